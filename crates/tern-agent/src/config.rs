@@ -1,0 +1,102 @@
+//! Agent configuration and the state directory layout.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Which accelerator guests run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelSetting {
+    /// Hardware virtualisation; starting fails if it is unusable.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+    /// KVM if a probe guest proves it boots, TCG otherwise (remembered).
+    Auto,
+}
+
+/// Everything `ternd` needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Root of all persistent state.
+    pub state_dir: PathBuf,
+    /// Unix socket of the host API.
+    pub socket: PathBuf,
+    /// Optional plain TCP listener.
+    pub listen: Option<SocketAddr>,
+    /// Accelerator policy.
+    pub accel: AccelSetting,
+    /// Where the `auto` probe's answer is remembered (host-wide).
+    pub accel_cache: PathBuf,
+    /// The QEMU system emulator.
+    pub qemu_binary: PathBuf,
+    /// Overrides of reported host facts, `key=value` (for tests of the
+    /// scheduler, which must see hosts that differ).
+    pub fact_overrides: Vec<(String, String)>,
+}
+
+impl AgentConfig {
+    /// A configuration with defaults under `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        AgentConfig {
+            socket: state_dir.join("ternd.sock"),
+            state_dir,
+            listen: None,
+            accel: AccelSetting::Auto,
+            accel_cache: PathBuf::from("/var/cache/tern/accel.json"),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            fact_overrides: Vec::new(),
+        }
+    }
+}
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Layout rooted at `root`.
+    pub fn new(root: &Path) -> Self {
+        Layout {
+            root: root.to_path_buf(),
+        }
+    }
+    /// Persistent domain definitions (`<name>.json`).
+    pub fn domains(&self) -> PathBuf {
+        self.root.join("domains")
+    }
+    /// Per-domain run directories (QMP socket, pid, runtime record, console log).
+    pub fn runs(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    /// One domain's run directory.
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.runs().join(name)
+    }
+    /// Pool definitions.
+    pub fn pools(&self) -> PathBuf {
+        self.root.join("pools")
+    }
+    /// Creates the directories.
+    pub fn create(&self) -> std::io::Result<()> {
+        for d in [self.domains(), self.runs(), self.pools()] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file atomically (temp file, fsync, rename) so a crash never
+/// leaves a half-written definition behind.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,248 @@
+//! Starting QEMU for a domain: checks that catch bad definitions before any
+//! process exists, then the launch itself, which undoes everything it did
+//! if QEMU does not come up.
+
+use crate::error::{AgentError, Result};
+use crate::netdev;
+use crate::procs;
+use crate::registry::Running;
+use crate::Agent;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tern_model::{CharDev, DiskDevice, Domain, InterfaceKind};
+use tern_qemu::cmdline::{self, Accel, LaunchSpec, NetBackend};
+use tern_qemu::Qmp;
+
+/// How a domain is being started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// A normal boot; `paused` leaves vCPUs stopped.
+    Boot {
+        /// Start paused.
+        paused: bool,
+    },
+    /// A migration destination: paused, waiting for `migrate-incoming`.
+    Incoming,
+}
+
+/// How long QEMU may take to open its monitor.
+const QMP_WAIT: Duration = Duration::from_secs(30);
+
+/// Refuses definitions that cannot start on this host, naming what is
+/// wrong and what to do. Nothing is created.
+pub fn preflight(agent: &Agent, d: &Domain) -> Result<()> {
+    for (what, p) in [("kernel", &d.os.kernel), ("initrd", &d.os.initrd)] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                return Err(AgentError::Invalid(format!(
+                    "{what} '{}' of domain '{}' does not exist; fix <{what}> in the definition",
+                    p.display(),
+                    d.name
+                )));
+            }
+        }
+    }
+    for disk in &d.devices.disks {
+        match (&disk.source, disk.device) {
+            (None, DiskDevice::Cdrom) => {}
+            (None, DiskDevice::Disk) => {
+                return Err(AgentError::Invalid(format!(
+                    "disk '{}' of domain '{}' has no source; add <source file=...>",
+                    disk.target_dev, d.name
+                )))
+            }
+            (Some(src), _) => {
+                if !src.exists() {
+                    return Err(AgentError::Invalid(format!(
+                        "disk '{}' of domain '{}': source '{}' does not exist; create it (tern vol-create-as) or fix <source>",
+                        disk.target_dev,
+                        d.name,
+                        src.display()
+                    )));
+                }
+            }
+        }
+    }
+    for (i, iface) in d.devices.interfaces.iter().enumerate() {
+        if let InterfaceKind::Bridge { bridge } = &iface.kind {
+            if !Path::new("/sys/class/net").join(bridge).exists() {
+                return Err(AgentError::Invalid(format!(
+                    "interface {i} of domain '{}': bridge '{bridge}' does not exist on this host; create it or change <source bridge=...>",
+                    d.name
+                )));
+            }
+            if iface.virtualport.as_ref().is_some_and(|v| v.port_type == "openvswitch")
+                && !netdev::have_ovs()
+            {
+                return Err(AgentError::Unsupported(format!(
+                    "interface {i} of domain '{}' is an Open vSwitch port but ovs-vsctl is not installed; install openvswitch-switch or remove <virtualport>",
+                    d.name
+                )));
+            }
+        }
+    }
+    if let Some(m) = &d.os.machine {
+        if !agent.machines.iter().any(|(n, _)| n == m) {
+            return Err(AgentError::Unsupported(format!(
+                "machine type '{m}' of domain '{}' is not known to QEMU {}; pick one from 'qemu-system-x86_64 -machine help'",
+                d.name, agent.qemu_version
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Starts QEMU for `d` and connects to its monitor. On any failure the
+/// process, its taps and its sockets are gone when this returns.
+pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Running> {
+    preflight(agent, d)?;
+    let accel = agent.accel().await.accel();
+    let run_dir = agent.layout.run_dir(&d.name);
+    std::fs::create_dir_all(&run_dir).map_err(|e| AgentError::state(&run_dir, e))?;
+    for stale in [
+        cmdline::qmp_socket(&run_dir),
+        cmdline::pid_file(&run_dir),
+        cmdline::console_log(&run_dir, 0),
+        cmdline::qemu_log(&run_dir),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let mut taps = Vec::new();
+    let mut nets = Vec::new();
+    for (i, iface) in d.devices.interfaces.iter().enumerate() {
+        match &iface.kind {
+            InterfaceKind::User => nets.push(NetBackend::User),
+            InterfaceKind::Bridge { bridge } => {
+                let name = netdev::tap_name(&agent.host_tag, &d.uuid, i);
+                if let Err(e) = netdev::create_tap(&name, bridge, iface.virtualport.as_ref()).await {
+                    netdev::remove_taps(&taps).await;
+                    return Err(e);
+                }
+                taps.push(name.clone());
+                nets.push(NetBackend::Tap { ifname: name });
+            }
+        }
+    }
+    let vnc_display = d
+        .devices
+        .graphics
+        .iter()
+        .find(|g| g.kind == "vnc")
+        .map(|g| match g.port {
+            Some(p) if !g.autoport && p >= 5900 => (p - 5900) as u16,
+            _ => free_vnc_display(),
+        });
+    let spec = LaunchSpec {
+        domain: d,
+        accel,
+        run_dir: run_dir.clone(),
+        nets,
+        vnc_display,
+        incoming: mode == LaunchMode::Incoming,
+        paused: matches!(mode, LaunchMode::Boot { paused: true }),
+    };
+    let args = cmdline::build_command_line(&spec);
+    tracing::info!(domain = %d.name, args = %args.join(" "), "starting QEMU");
+    let result = spawn_and_connect(agent, d, &run_dir, &args).await;
+    match result {
+        Ok((pid, start_time, qmp)) => {
+            let console_pty = console_pty(&qmp, d).await;
+            Ok(Running {
+                id: agent.next_id(),
+                pid,
+                start_time,
+                qmp,
+                live: d.clone(),
+                taps,
+                accel: accel_name(accel).into(),
+                console_pty,
+            })
+        }
+        Err(e) => {
+            netdev::remove_taps(&taps).await;
+            let _ = std::fs::remove_file(cmdline::qmp_socket(&run_dir));
+            let _ = std::fs::remove_file(cmdline::pid_file(&run_dir));
+            Err(e)
+        }
+    }
+}
+
+fn accel_name(a: Accel) -> &'static str {
+    a.as_str()
+}
+
+async fn spawn_and_connect(
+    agent: &Agent,
+    d: &Domain,
+    run_dir: &Path,
+    args: &[String],
+) -> Result<(u32, u64, Qmp)> {
+    let log = cmdline::qemu_log(run_dir);
+    let mut cmd = procs::detached_command(&agent.cfg.qemu_binary, &log)
+        .map_err(|e| AgentError::state(&log, e))?;
+    cmd.args(args);
+    let mut child = cmd.spawn().map_err(|e| {
+        AgentError::Failed(format!(
+            "cannot run {}: {e}; install qemu-system-x86",
+            agent.cfg.qemu_binary.display()
+        ))
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let sock = cmdline::qmp_socket(run_dir);
+    let deadline = Instant::now() + QMP_WAIT;
+    let qmp = loop {
+        if let Ok(Some(_status)) = child.try_wait() {
+            let why = procs::last_log_line(&log).unwrap_or_else(|| "no message".into());
+            return Err(AgentError::Failed(format!(
+                "QEMU refused to start domain '{}': {why}",
+                d.name
+            )));
+        }
+        if sock.exists() {
+            if let Ok(q) = Qmp::connect(&sock).await {
+                break q;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(AgentError::Timeout(format!(
+                "QEMU for domain '{}' did not open its monitor within {} s; see {}",
+                d.name,
+                QMP_WAIT.as_secs(),
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Reap the process when it ends; its end is observed through QMP.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let start_time = procs::start_time(pid).unwrap_or(0);
+    Ok((pid, start_time, qmp))
+}
+
+async fn console_pty(qmp: &Qmp, d: &Domain) -> Option<String> {
+    if !d
+        .devices
+        .serials
+        .iter()
+        .any(|s| s.port == 0 && s.kind == CharDev::Pty)
+    {
+        return None;
+    }
+    let v = qmp.execute("query-chardev", None).await.ok()?;
+    v.as_array()?
+        .iter()
+        .find(|c| c["label"] == "charserial0")
+        .and_then(|c| c["filename"].as_str())
+        .and_then(|f| f.strip_prefix("pty:"))
+        .map(str::to_string)
+}
+
+fn free_vnc_display() -> u16 {
+    (0..100u16)
+        .find(|n| std::net::TcpListener::bind(("127.0.0.1", 5900 + n)).is_ok())
+        .unwrap_or(99)
+}

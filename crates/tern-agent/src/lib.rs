@@ -1,0 +1,126 @@
+//! `ternd`, the host agent.
+//!
+//! It owns the QEMU processes of one host, their definitions, the storage
+//! pools, and serves the host API. Guests outlive the agent: QEMU runs in
+//! its own session with its monitor on a unix socket in the state
+//! directory, and a restarted agent re-attaches to every QEMU it finds
+//! there (see [`monitor::reattach_all`]).
+
+pub mod accel;
+pub mod config;
+pub mod domains;
+pub mod error;
+pub mod facts;
+pub mod launch;
+pub mod monitor;
+pub mod netdev;
+pub mod pools;
+pub mod procs;
+pub mod registry;
+pub mod server;
+
+use accel::AccelChoice;
+use config::{AgentConfig, Layout};
+use registry::Registry;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+/// The agent's shared state.
+#[derive(Debug)]
+pub struct Agent {
+    /// Configuration.
+    pub cfg: AgentConfig,
+    /// State directory layout.
+    pub layout: Layout,
+    /// Domains.
+    pub domains: Registry,
+    /// Pools.
+    pub pools: pools::Pools,
+    /// QEMU version string.
+    pub qemu_version: String,
+    /// Machine types QEMU knows, with aliases.
+    pub machines: Vec<(String, Option<String>)>,
+    /// Short tag distinguishing this agent's tap devices from another
+    /// agent's on the same machine.
+    pub host_tag: String,
+    accel: OnceCell<AccelChoice>,
+    next_id: AtomicU32,
+}
+
+impl Agent {
+    /// Prepares the state directory, learns about QEMU, loads pools and
+    /// definitions and re-attaches to running guests.
+    pub async fn open(cfg: AgentConfig) -> anyhow::Result<Arc<Agent>> {
+        let layout = Layout::new(&cfg.state_dir);
+        layout.create().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create state directory {}: {e}",
+                cfg.state_dir.display()
+            )
+        })?;
+        let qemu_version = tern_qemu::probe::qemu_version(&cfg.qemu_binary).await?;
+        let machines = tern_qemu::probe::machine_types(&cfg.qemu_binary).await?;
+        let host_tag = short_hash(&cfg.state_dir.display().to_string());
+        let pools = pools::Pools::load(layout.pools());
+        let agent = Arc::new(Agent {
+            layout,
+            domains: Registry::default(),
+            pools,
+            qemu_version,
+            machines,
+            host_tag,
+            accel: OnceCell::new(),
+            next_id: AtomicU32::new(1),
+            cfg,
+        });
+        agent.pools.autostart().await;
+        monitor::reattach_all(&agent).await;
+        Ok(agent)
+    }
+
+    /// The accelerator guests start with (probing once if `auto`).
+    pub async fn accel(&self) -> &AccelChoice {
+        self.accel
+            .get_or_init(|| async {
+                let kernel = facts::gather("", "", &[]).kernel;
+                let c = accel::resolve(
+                    self.cfg.accel,
+                    &self.cfg.qemu_binary,
+                    &self.qemu_version,
+                    &kernel,
+                    &self.cfg.accel_cache,
+                )
+                .await;
+                tracing::info!(accel = %c.accel, reason = %c.reason, "accelerator chosen");
+                c
+            })
+            .await
+    }
+
+    /// Next run-time id.
+    pub fn next_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes sure future ids are above `id` (after re-attaching).
+    pub fn bump_id(&self, id: u32) {
+        self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+    }
+
+    /// Host facts.
+    pub async fn facts(&self) -> tern_model::HostFacts {
+        let accel = self.accel().await.accel.clone();
+        facts::gather(&self.qemu_version, &accel, &self.cfg.fact_overrides)
+    }
+}
+
+/// Four hex digits derived from a string (FNV-1a), stable across runs.
+pub fn short_hash(s: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{:04x}", (h ^ (h >> 16)) & 0xffff)
+}

@@ -1,0 +1,211 @@
+//! Watching running guests, and finding them again after an agent restart.
+//!
+//! A guest's end is learnt from its QMP socket closing (QEMU exits and the
+//! kernel closes the socket), never by polling a pid: after an agent
+//! restart QEMU is not our child, and a slow init may leave it a zombie for
+//! a while. A `SHUTDOWN` event with `guest: true` before the close means the
+//! guest powered itself off; a close without one, unasked, means a crash.
+
+use crate::netdev;
+use crate::procs;
+use crate::registry::{self, DomainEntry, DomainSlot, Running, RuntimeRecord};
+use crate::Agent;
+use std::sync::Arc;
+use std::time::Duration;
+use tern_model::{DomainState, StateReason};
+use tern_qemu::{cmdline, Qmp};
+use tokio::sync::broadcast::error::RecvError;
+
+/// Records `run` as the domain's QEMU (on disk too) and starts watching it.
+pub fn install(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, entry: &mut DomainEntry, run: Running) {
+    let rec = RuntimeRecord {
+        id: run.id,
+        pid: run.pid,
+        start_time: run.start_time,
+        live: run.live.clone(),
+        persistent: entry.persistent,
+        taps: run.taps.clone(),
+        accel: run.accel.clone(),
+        console_pty: run.console_pty.clone(),
+    };
+    let run_dir = agent.layout.run_dir(&slot.name);
+    if let Err(e) = registry::save_runtime(&run_dir, &rec) {
+        tracing::error!(domain = %slot.name, error = %e, "cannot record run-time state; a restarted agent will not find this guest");
+    }
+    let qmp = run.qmp.clone();
+    let pid = run.pid;
+    entry.run = Some(run);
+    tokio::spawn(watch(agent.clone(), slot.clone(), qmp, pid));
+}
+
+async fn watch(agent: Arc<Agent>, slot: Arc<DomainSlot>, qmp: Qmp, pid: u32) {
+    let mut events = qmp.events();
+    let mut guest_shutdown = false;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => match ev.name.as_str() {
+                    "SHUTDOWN" => {
+                        if ev.data["guest"].as_bool().unwrap_or(false) {
+                            guest_shutdown = true;
+                            slot.set(DomainState::InShutdown, StateReason::Shutdown);
+                        }
+                    }
+                    "STOP" => {
+                        if slot.current().0 == DomainState::Running {
+                            slot.set(DomainState::Paused, StateReason::User);
+                        }
+                    }
+                    "RESUME" => slot.set(DomainState::Running, StateReason::Unpaused),
+                    _ => {}
+                },
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            },
+            _ = qmp.closed() => break,
+        }
+    }
+    let mut e = slot.inner.lock().await;
+    // Another QEMU may have been started for this slot meanwhile.
+    if e.run.as_ref().map(|r| r.pid) != Some(pid) {
+        return;
+    }
+    let reason = e.stopping.take().unwrap_or(if guest_shutdown {
+        StateReason::Shutdown
+    } else {
+        StateReason::Crashed
+    });
+    if reason == StateReason::Crashed {
+        tracing::warn!(domain = %slot.name, pid, "QEMU ended unexpectedly");
+    } else {
+        tracing::info!(domain = %slot.name, pid, %reason, "guest stopped");
+    }
+    if let Some(run) = e.run.take() {
+        finish_run(&agent, &slot.name, &run.taps).await;
+    }
+    if !e.persistent {
+        agent.domains.remove(&slot);
+    }
+    slot.set(DomainState::ShutOff, reason);
+}
+
+/// Removes what a run left: taps, sockets, the run-time record. The
+/// console log stays for `tern console` until the next start.
+pub async fn finish_run(agent: &Agent, name: &str, taps: &[String]) {
+    netdev::remove_taps(taps).await;
+    let dir = agent.layout.run_dir(name);
+    for f in [
+        registry::runtime_path(&dir),
+        cmdline::qmp_socket(&dir),
+        cmdline::pid_file(&dir),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Loads stored definitions and re-attaches to every QEMU that a previous
+/// agent started and that still runs. Guests whose QEMU died meanwhile are
+/// shown as shut off (crashed).
+pub async fn reattach_all(agent: &Arc<Agent>) {
+    for def in registry::load_defs(&agent.layout.domains()) {
+        let slot = DomainSlot::new(
+            DomainEntry {
+                def,
+                persistent: true,
+                run: None,
+                stopping: None,
+            },
+            (DomainState::ShutOff, StateReason::Unknown),
+        );
+        if let Err(e) = agent.domains.insert(slot) {
+            tracing::warn!(error = %e, "duplicate stored definition");
+        }
+    }
+    let Ok(rd) = std::fs::read_dir(agent.layout.runs()) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let dir = ent.path();
+        let Ok(text) = std::fs::read(registry::runtime_path(&dir)) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<RuntimeRecord>(&text) else {
+            tracing::warn!(dir = %dir.display(), "unreadable run-time record");
+            continue;
+        };
+        reattach_one(agent, rec).await;
+    }
+}
+
+async fn reattach_one(agent: &Arc<Agent>, rec: RuntimeRecord) {
+    let name = rec.live.name.clone();
+    let alive = procs::start_time(rec.pid) == Some(rec.start_time) && !procs::is_dead(rec.pid);
+    let qmp = if alive {
+        let sock = cmdline::qmp_socket(&agent.layout.run_dir(&name));
+        match tokio::time::timeout(Duration::from_secs(10), Qmp::connect(&sock)).await {
+            Ok(Ok(q)) => Some(q),
+            Ok(Err(e)) => {
+                tracing::warn!(domain = %name, error = %e, "cannot re-attach to QEMU");
+                None
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let slot = match agent.domains.get(&name) {
+        Some(s) => s,
+        None => {
+            let s = DomainSlot::new(
+                DomainEntry {
+                    def: rec.live.clone(),
+                    persistent: false,
+                    run: None,
+                    stopping: None,
+                },
+                (DomainState::ShutOff, StateReason::Unknown),
+            );
+            if agent.domains.insert(s.clone()).is_err() {
+                return;
+            }
+            s
+        }
+    };
+    let mut e = slot.inner.lock().await;
+    match qmp {
+        Some(qmp) => {
+            let (running, status) = qmp.query_status().await.unwrap_or((false, "unknown".into()));
+            agent.bump_id(rec.id);
+            let state = if running {
+                (DomainState::Running, StateReason::Booted)
+            } else if status == "inmigrate" {
+                (DomainState::Paused, StateReason::Incoming)
+            } else {
+                (DomainState::Paused, StateReason::User)
+            };
+            tracing::info!(domain = %name, pid = rec.pid, %status, "re-attached to running guest");
+            let run = Running {
+                id: rec.id,
+                pid: rec.pid,
+                start_time: rec.start_time,
+                qmp,
+                live: rec.live,
+                taps: rec.taps,
+                accel: rec.accel,
+                console_pty: rec.console_pty,
+            };
+            install(agent, &slot, &mut e, run);
+            slot.set(state.0, state.1);
+        }
+        None => {
+            tracing::warn!(domain = %name, pid = rec.pid, "QEMU ended while the agent was away");
+            finish_run(agent, &name, &rec.taps).await;
+            if !e.persistent {
+                drop(e);
+                agent.domains.remove(&slot);
+                return;
+            }
+            slot.set(DomainState::ShutOff, StateReason::Crashed);
+        }
+    }
+}

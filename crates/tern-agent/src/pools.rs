@@ -1,0 +1,375 @@
+//! Directory storage pools and their volumes.
+//!
+//! A pool is a directory; a volume is a file directly inside it, named by a
+//! plain file name (never a path), created and inspected with qemu-img.
+
+use crate::config::write_atomic;
+use crate::error::{AgentError, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tern_model::names::validate_name;
+use tern_model::{PoolDef, PoolInfo, VolumeInfo};
+use tern_qemu::img;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Clone)]
+struct Pool {
+    def: PoolDef,
+    active: bool,
+}
+
+/// The agent's pools, persisted as `pools/<name>.json` plus a
+/// `pools/<name>.active` marker while started.
+#[derive(Debug)]
+pub struct Pools {
+    dir: PathBuf,
+    pools: Mutex<BTreeMap<String, Pool>>,
+}
+
+fn statvfs(path: &Path) -> (u64, u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return (0, 0, 0);
+    };
+    // SAFETY: statvfs fills a plain struct from a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return (0, 0, 0);
+    }
+    let bs = s.f_frsize;
+    let cap = s.f_blocks * bs;
+    let free = s.f_bfree * bs;
+    (cap, cap.saturating_sub(free), s.f_bavail * bs)
+}
+
+impl Pools {
+    /// Loads pool definitions from `dir`.
+    pub fn load(dir: PathBuf) -> Pools {
+        let mut map = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                    continue;
+                }
+                match std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<PoolDef>(&b).ok())
+                {
+                    Some(def) => {
+                        let active = dir.join(format!("{}.active", def.name)).exists()
+                            && def.target.is_dir();
+                        map.insert(def.name.clone(), Pool { def, active });
+                    }
+                    None => tracing::warn!(path = %p.display(), "skipping unreadable pool"),
+                }
+            }
+        }
+        Pools {
+            dir,
+            pools: Mutex::new(map),
+        }
+    }
+
+    /// Starts every autostart pool whose directory exists.
+    pub async fn autostart(&self) {
+        let names: Vec<String> = {
+            let m = self.pools.lock().await;
+            m.values()
+                .filter(|p| p.def.autostart && !p.active)
+                .map(|p| p.def.name.clone())
+                .collect()
+        };
+        for n in names {
+            if let Err(e) = self.start(&n).await {
+                tracing::warn!(pool = %n, error = %e, "cannot autostart pool");
+            }
+        }
+    }
+
+    fn save(&self, def: &PoolDef) -> Result<()> {
+        let path = self.dir.join(format!("{}.json", def.name));
+        let text = serde_json::to_vec_pretty(def)
+            .map_err(|e| AgentError::Failed(format!("cannot serialise pool: {e}")))?;
+        write_atomic(&path, &text).map_err(|e| AgentError::state(&path, e))
+    }
+
+    fn marker(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.active"))
+    }
+
+    /// `pool-define-as NAME dir --target PATH [--shared]`.
+    pub async fn define(&self, name: &str, target: &Path, shared: bool) -> Result<()> {
+        validate_name("pool", name)?;
+        if !target.is_absolute() {
+            return Err(AgentError::Invalid(format!(
+                "pool target '{}' is not an absolute path; give the full directory path",
+                target.display()
+            )));
+        }
+        let mut m = self.pools.lock().await;
+        if m.contains_key(name) {
+            return Err(AgentError::Conflict(format!(
+                "storage pool '{name}' already exists; undefine it first or pick another name"
+            )));
+        }
+        if let Some(p) = m.values().find(|p| p.def.target == target) {
+            return Err(AgentError::Conflict(format!(
+                "directory '{}' is already the target of pool '{}'",
+                target.display(),
+                p.def.name
+            )));
+        }
+        let def = PoolDef {
+            name: name.into(),
+            target: target.into(),
+            shared,
+            autostart: false,
+        };
+        self.save(&def)?;
+        m.insert(name.into(), Pool { def, active: false });
+        Ok(())
+    }
+
+    /// `pool-build`: creates the directory.
+    pub async fn build(&self, name: &str) -> Result<()> {
+        let m = self.pools.lock().await;
+        let p = m.get(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        std::fs::create_dir_all(&p.def.target).map_err(|e| {
+            AgentError::Failed(format!(
+                "cannot create directory '{}' of pool '{name}': {e}",
+                p.def.target.display()
+            ))
+        })
+    }
+
+    /// `pool-start`.
+    pub async fn start(&self, name: &str) -> Result<()> {
+        let mut m = self.pools.lock().await;
+        let p = m.get_mut(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        if p.active {
+            return Err(AgentError::Conflict(format!(
+                "storage pool '{name}' is already active"
+            )));
+        }
+        if !p.def.target.is_dir() {
+            return Err(AgentError::Invalid(format!(
+                "directory '{}' of pool '{name}' does not exist; run 'tern pool-build {name}' or create it",
+                p.def.target.display()
+            )));
+        }
+        let marker = self.marker(name);
+        std::fs::write(&marker, b"").map_err(|e| AgentError::state(&marker, e))?;
+        p.active = true;
+        Ok(())
+    }
+
+    /// `pool-autostart [--disable]`.
+    pub async fn set_autostart(&self, name: &str, on: bool) -> Result<()> {
+        let mut m = self.pools.lock().await;
+        let p = m.get_mut(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        let mut def = p.def.clone();
+        def.autostart = on;
+        self.save(&def)?;
+        p.def = def;
+        Ok(())
+    }
+
+    /// `pool-destroy`: deactivates; files stay.
+    pub async fn destroy(&self, name: &str) -> Result<()> {
+        let mut m = self.pools.lock().await;
+        let p = m.get_mut(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        if !p.active {
+            return Err(AgentError::Conflict(format!(
+                "storage pool '{name}' is not active"
+            )));
+        }
+        let _ = std::fs::remove_file(self.marker(name));
+        p.active = false;
+        Ok(())
+    }
+
+    /// `pool-undefine`: only an inactive pool; files stay.
+    pub async fn undefine(&self, name: &str) -> Result<()> {
+        let mut m = self.pools.lock().await;
+        let p = m.get(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        if p.active {
+            return Err(AgentError::Conflict(format!(
+                "storage pool '{name}' is active; run 'tern pool-destroy {name}' first"
+            )));
+        }
+        let path = self.dir.join(format!("{name}.json"));
+        std::fs::remove_file(&path).map_err(|e| AgentError::state(&path, e))?;
+        m.remove(name);
+        Ok(())
+    }
+
+    /// `pool-list` / `pool-info` rows.
+    pub async fn list(&self, all: bool) -> Vec<PoolInfo> {
+        let m = self.pools.lock().await;
+        m.values()
+            .filter(|p| all || p.active)
+            .map(|p| {
+                let (capacity, allocation, available) = if p.active {
+                    statvfs(&p.def.target)
+                } else {
+                    (0, 0, 0)
+                };
+                PoolInfo {
+                    def: p.def.clone(),
+                    active: p.active,
+                    capacity,
+                    allocation,
+                    available,
+                }
+            })
+            .collect()
+    }
+
+    /// `pool-info`.
+    pub async fn info(&self, name: &str) -> Result<PoolInfo> {
+        self.list(true)
+            .await
+            .into_iter()
+            .find(|p| p.def.name == name)
+            .ok_or_else(|| AgentError::NoPool(name.into()))
+    }
+
+    /// The directory of an active pool.
+    pub async fn active_dir(&self, name: &str) -> Result<PathBuf> {
+        let m = self.pools.lock().await;
+        let p = m.get(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        if !p.active {
+            return Err(AgentError::Conflict(format!(
+                "storage pool '{name}' is not active; run 'tern pool-start {name}'"
+            )));
+        }
+        Ok(p.def.target.clone())
+    }
+
+    /// Whether `path` is a file directly inside one of the active pools.
+    pub async fn owns(&self, path: &Path) -> bool {
+        let m = self.pools.lock().await;
+        m.values()
+            .any(|p| p.active && path.parent() == Some(p.def.target.as_path()))
+    }
+
+    /// The pool definition whose directory holds `path`.
+    pub async fn pool_of(&self, path: &Path) -> Option<PoolDef> {
+        let m = self.pools.lock().await;
+        m.values()
+            .find(|p| path.parent() == Some(p.def.target.as_path()))
+            .map(|p| p.def.clone())
+    }
+
+    async fn vol_path(&self, pool: &str, name: &str) -> Result<PathBuf> {
+        validate_name("volume", name)?;
+        Ok(self.active_dir(pool).await?.join(name))
+    }
+
+    /// `vol-create-as`.
+    pub async fn vol_create(
+        &self,
+        pool: &str,
+        name: &str,
+        capacity: Option<u64>,
+        format: &str,
+        backing: Option<&str>,
+    ) -> Result<VolumeInfo> {
+        if !matches!(format, "qcow2" | "raw") {
+            return Err(AgentError::Invalid(format!(
+                "volume format '{format}' is not supported; use qcow2 or raw"
+            )));
+        }
+        let path = self.vol_path(pool, name).await?;
+        if path.exists() {
+            return Err(AgentError::Conflict(format!(
+                "storage volume '{name}' already exists in pool '{pool}'"
+            )));
+        }
+        let backing = match backing {
+            Some(b) => {
+                if format != "qcow2" {
+                    return Err(AgentError::Invalid(
+                        "a backing volume needs --format qcow2".into(),
+                    ));
+                }
+                let bp = self.vol_path(pool, b).await?;
+                if !bp.is_file() {
+                    return Err(AgentError::NoVolume {
+                        pool: pool.into(),
+                        name: b.into(),
+                    });
+                }
+                let bi = img::info(&bp).await?;
+                Some((bp, bi.format))
+            }
+            None => None,
+        };
+        if capacity.is_none() && backing.is_none() {
+            return Err(AgentError::Invalid(
+                "volume size is missing; give a size such as 1G".into(),
+            ));
+        }
+        img::create(
+            &path,
+            format,
+            capacity,
+            backing.as_ref().map(|(p, f)| (p.as_path(), f.as_str())),
+        )
+        .await?;
+        self.vol_info(pool, name).await
+    }
+
+    /// `vol-list`.
+    pub async fn vol_list(&self, pool: &str) -> Result<Vec<VolumeInfo>> {
+        let dir = self.active_dir(pool).await?;
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| AgentError::state(&dir, e))?
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for n in names {
+            if let Ok(v) = self.vol_info(pool, &n).await {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `vol-info` / `vol-path`.
+    pub async fn vol_info(&self, pool: &str, name: &str) -> Result<VolumeInfo> {
+        let path = self.vol_path(pool, name).await?;
+        if !path.is_file() {
+            return Err(AgentError::NoVolume {
+                pool: pool.into(),
+                name: name.into(),
+            });
+        }
+        let i = img::info(&path).await?;
+        Ok(VolumeInfo {
+            name: name.into(),
+            path,
+            format: i.format,
+            capacity: i.virtual_size,
+            allocation: i.actual_size,
+            backing: i.backing,
+        })
+    }
+
+    /// `vol-delete`.
+    pub async fn vol_delete(&self, pool: &str, name: &str) -> Result<()> {
+        let path = self.vol_path(pool, name).await?;
+        if !path.is_file() {
+            return Err(AgentError::NoVolume {
+                pool: pool.into(),
+                name: name.into(),
+            });
+        }
+        std::fs::remove_file(&path).map_err(|e| AgentError::state(&path, e))
+    }
+}

@@ -1,0 +1,243 @@
+//! Every operation of the host API as one typed enum.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A host API request. The JSON form is `{"op": "<kebab-name>", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Host facts (`nodeinfo`).
+    NodeInfo,
+    /// Domains (`list [--all]`).
+    List {
+        /// Include inactive (shut off) domains.
+        #[serde(default)]
+        all: bool,
+    },
+    /// One domain's details (`dominfo`).
+    DomInfo {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// One domain's disks (`domblklist`).
+    DomBlkList {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// libvirt XML of a domain (`dumpxml`).
+    DumpXml {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// Define or update a persistent domain from libvirt XML (`define`).
+    Define {
+        /// The XML document.
+        xml: String,
+    },
+    /// Start a transient domain from XML (`create`).
+    Create {
+        /// The XML document.
+        xml: String,
+        /// Leave vCPUs stopped.
+        #[serde(default)]
+        paused: bool,
+    },
+    /// Start a defined domain (`start`).
+    Start {
+        /// Domain name or uuid.
+        name: String,
+        /// Leave vCPUs stopped.
+        #[serde(default)]
+        paused: bool,
+    },
+    /// ACPI power-off request, waiting up to `timeout_secs` (`shutdown`).
+    Shutdown {
+        /// Domain name or uuid.
+        name: String,
+        /// Seconds to wait for the guest to power off.
+        timeout_secs: u64,
+    },
+    /// Kill the guest's QEMU (`destroy`).
+    Destroy {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// Reset the guest (`reboot`).
+    Reboot {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// Stop vCPUs (`suspend`).
+    Suspend {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// Restart vCPUs (`resume`).
+    Resume {
+        /// Domain name or uuid.
+        name: String,
+    },
+    /// Remove a definition (`undefine`).
+    Undefine {
+        /// Domain name or uuid.
+        name: String,
+        /// Also delete disk images that live in a pool.
+        #[serde(default)]
+        remove_all_storage: bool,
+    },
+    /// Serial console output from byte `offset` (`console`).
+    Console {
+        /// Domain name or uuid.
+        name: String,
+        /// Byte offset into the console log.
+        #[serde(default)]
+        offset: u64,
+        /// Maximum bytes to return.
+        #[serde(default = "default_console_max")]
+        max: u64,
+    },
+    /// Define a directory pool (`pool-define-as`).
+    PoolDefineAs {
+        /// Pool name.
+        name: String,
+        /// Directory.
+        target: PathBuf,
+        /// Whether other hosts see the same files.
+        #[serde(default)]
+        shared: bool,
+    },
+    /// Create a pool's directory (`pool-build`).
+    PoolBuild {
+        /// Pool name.
+        name: String,
+    },
+    /// Activate a pool (`pool-start`).
+    PoolStart {
+        /// Pool name.
+        name: String,
+    },
+    /// Set or clear autostart (`pool-autostart [--disable]`).
+    PoolAutostart {
+        /// Pool name.
+        name: String,
+        /// Clear instead of set.
+        #[serde(default)]
+        disable: bool,
+    },
+    /// Pools (`pool-list`).
+    PoolList {
+        /// Include inactive pools.
+        #[serde(default)]
+        all: bool,
+    },
+    /// One pool (`pool-info`).
+    PoolInfo {
+        /// Pool name.
+        name: String,
+    },
+    /// Rescan a pool (`pool-refresh`).
+    PoolRefresh {
+        /// Pool name.
+        name: String,
+    },
+    /// Deactivate a pool (`pool-destroy`); files are kept.
+    PoolDestroy {
+        /// Pool name.
+        name: String,
+    },
+    /// Remove a pool's definition (`pool-undefine`); files are kept.
+    PoolUndefine {
+        /// Pool name.
+        name: String,
+    },
+    /// Create a volume (`vol-create-as`).
+    VolCreateAs {
+        /// Pool name.
+        pool: String,
+        /// Volume (file) name.
+        name: String,
+        /// Size in bytes; may be omitted with a backing volume.
+        capacity: Option<u64>,
+        /// "qcow2" or "raw".
+        format: String,
+        /// Name of a volume in the same pool to use as backing image.
+        #[serde(default)]
+        backing_vol: Option<String>,
+    },
+    /// Volumes of a pool (`vol-list`).
+    VolList {
+        /// Pool name.
+        pool: String,
+    },
+    /// One volume (`vol-info`).
+    VolInfo {
+        /// Pool name.
+        pool: String,
+        /// Volume name.
+        name: String,
+    },
+    /// Delete a volume (`vol-delete`).
+    VolDelete {
+        /// Pool name.
+        pool: String,
+        /// Volume name.
+        name: String,
+    },
+}
+
+fn default_console_max() -> u64 {
+    1 << 20
+}
+
+impl Request {
+    /// Whether the request only reads state (for read-only identities).
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::NodeInfo
+                | Request::List { .. }
+                | Request::DomInfo { .. }
+                | Request::DomBlkList { .. }
+                | Request::DumpXml { .. }
+                | Request::Console { .. }
+                | Request::PoolList { .. }
+                | Request::PoolInfo { .. }
+                | Request::VolList { .. }
+                | Request::VolInfo { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let reqs = vec![
+            Request::NodeInfo,
+            Request::List { all: true },
+            Request::Shutdown {
+                name: "g".into(),
+                timeout_secs: 5,
+            },
+            Request::VolCreateAs {
+                pool: "p".into(),
+                name: "v".into(),
+                capacity: Some(1),
+                format: "raw".into(),
+                backing_vol: None,
+            },
+        ];
+        for r in reqs {
+            let s = serde_json::to_string(&r).unwrap();
+            assert!(s.contains("\"op\":"));
+            assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        }
+        let e = serde_json::from_str::<Request>(r#"{"op":"list","bogus":1}"#);
+        assert!(e.is_err());
+        let e = serde_json::from_str::<Request>(r#"{"op":"format-disk"}"#);
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! Results of host API calls.
+
+use serde::{Deserialize, Serialize};
+use tern_model::{DomainState, StateReason};
+use uuid::Uuid;
+
+/// One row of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSummary {
+    /// Run-time id while active (as virsh's Id column).
+    pub id: Option<u32>,
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: Uuid,
+    /// State.
+    pub state: DomainState,
+    /// Why it is in that state.
+    pub reason: StateReason,
+    /// Has a stored definition (false for `create`d transient domains).
+    pub persistent: bool,
+}
+
+/// `dominfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// The `list` fields.
+    #[serde(flatten)]
+    pub summary: DomainSummary,
+    /// OS type ("hvm").
+    pub os_type: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Maximum memory, KiB.
+    pub max_memory_kib: u64,
+    /// Current memory, KiB.
+    pub used_memory_kib: u64,
+    /// QEMU's pid while active.
+    pub pid: Option<u32>,
+    /// Accelerator the running QEMU uses.
+    pub accel: Option<String>,
+    /// The serial console's pty, if any.
+    pub console_pty: Option<String>,
+    /// Where the console log is kept on the host.
+    pub console_log: Option<String>,
+}
+
+/// One row of `domblklist`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    /// Target device, e.g. "vda".
+    pub target: String,
+    /// Source path, "-" style `None` for an empty cdrom.
+    pub source: Option<String>,
+    /// "disk" or "cdrom".
+    pub device: String,
+}
+
+/// A slice of the serial console log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleChunk {
+    /// Text from `offset` (lossy UTF-8).
+    pub data: String,
+    /// Offset to ask for next.
+    pub next_offset: u64,
+    /// Whether the guest is still active (a follower stops when it is not).
+    pub active: bool,
+}
+
+/// Result of `define` / `create` / `start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRef {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: Uuid,
+    /// Whether `define` updated an existing definition.
+    #[serde(default)]
+    pub updated: bool,
+}

@@ -1,0 +1,276 @@
+//! Command-line grammar: virsh's verbs and flags.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Tern: move KVM/QEMU virtual machines between hosts. Verbs, flags and
+/// connection URIs follow virsh.
+#[derive(Parser, Debug)]
+#[command(name = "tern", version, about, long_about = None)]
+pub struct Cli {
+    /// Connection URI: tern:///system, tern+unix:///system?socket=PATH,
+    /// tern+tcp://HOST[:PORT]/system (default from TERN_DEFAULT_URI).
+    #[arg(short = 'c', long = "connect", global = true, env = "TERN_DEFAULT_URI")]
+    pub connect: Option<String>,
+    /// The verb.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Verbs.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// List domains.
+    List {
+        /// Include inactive domains.
+        #[arg(long)]
+        all: bool,
+        /// Only inactive domains.
+        #[arg(long)]
+        inactive: bool,
+        /// Print names only.
+        #[arg(long)]
+        name: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a domain's details.
+    Dominfo {
+        /// Domain name or uuid.
+        domain: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a domain's state.
+    Domstate {
+        /// Domain name or uuid.
+        domain: String,
+        /// Also print why it is in that state.
+        #[arg(long)]
+        reason: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a domain's disks.
+    Domblklist {
+        /// Domain name or uuid.
+        domain: String,
+        /// Also show device type.
+        #[arg(long)]
+        details: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a domain's uuid.
+    Domuuid {
+        /// Domain name.
+        domain: String,
+    },
+    /// Print a domain's libvirt XML.
+    Dumpxml {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Define (or update) a domain from libvirt XML.
+    Define {
+        /// XML file.
+        file: PathBuf,
+    },
+    /// Start a transient domain from libvirt XML.
+    Create {
+        /// XML file.
+        file: PathBuf,
+        /// Leave the guest paused.
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Start a defined domain.
+    Start {
+        /// Domain name or uuid.
+        domain: String,
+        /// Leave the guest paused.
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Ask the guest to power off (ACPI) and wait for it.
+    Shutdown {
+        /// Domain name or uuid.
+        domain: String,
+        /// Seconds to wait before giving up.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stop a domain at once (kills QEMU).
+    Destroy {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Reset the guest.
+    Reboot {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Pause the guest's vCPUs.
+    Suspend {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Resume a paused guest.
+    Resume {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Remove a domain's definition.
+    Undefine {
+        /// Domain name or uuid.
+        domain: String,
+        /// Also delete its disk images that live in a pool.
+        #[arg(long)]
+        remove_all_storage: bool,
+    },
+    /// Print the guest's serial console output (or follow it).
+    Console {
+        /// Domain name or uuid.
+        domain: String,
+        /// Keep printing new output until the guest stops or ^C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Host facts: CPU, memory, kernel, QEMU, accelerator.
+    #[command(alias = "hostinfo")]
+    Nodeinfo {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Define a directory pool.
+    PoolDefineAs {
+        /// Pool name.
+        name: String,
+        /// Pool type (only "dir").
+        #[arg(value_parser = ["dir"])]
+        pool_type: String,
+        /// Directory.
+        #[arg(long)]
+        target: PathBuf,
+        /// Other hosts see the same files (NFS, CephFS...).
+        #[arg(long)]
+        shared: bool,
+    },
+    /// Create a pool's directory.
+    PoolBuild {
+        /// Pool name.
+        pool: String,
+    },
+    /// Start (activate) a pool.
+    PoolStart {
+        /// Pool name.
+        pool: String,
+    },
+    /// Start a pool when the agent starts.
+    PoolAutostart {
+        /// Pool name.
+        pool: String,
+        /// Turn autostart off.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// List pools.
+    PoolList {
+        /// Include inactive pools.
+        #[arg(long)]
+        all: bool,
+        /// Show capacity and type.
+        #[arg(long)]
+        details: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a pool.
+    PoolInfo {
+        /// Pool name.
+        pool: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rescan a pool.
+    PoolRefresh {
+        /// Pool name.
+        pool: String,
+    },
+    /// Stop (deactivate) a pool; files are kept.
+    PoolDestroy {
+        /// Pool name.
+        pool: String,
+    },
+    /// Remove a pool's definition; files are kept.
+    PoolUndefine {
+        /// Pool name.
+        pool: String,
+    },
+    /// Create a volume.
+    VolCreateAs {
+        /// Pool name.
+        pool: String,
+        /// Volume name (a plain file name).
+        name: String,
+        /// Size, e.g. 10G (optional with --backing-vol).
+        capacity: Option<String>,
+        /// Image format.
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+        format: String,
+        /// A volume of the same pool to use as backing image.
+        #[arg(long)]
+        backing_vol: Option<String>,
+        /// Backing image format (read from the image; accepted for virsh compatibility).
+        #[arg(long)]
+        backing_vol_format: Option<String>,
+    },
+    /// List a pool's volumes.
+    VolList {
+        /// Pool name.
+        pool: String,
+        /// Show capacity and allocation.
+        #[arg(long)]
+        details: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a volume.
+    VolInfo {
+        /// Volume name.
+        vol: String,
+        /// Pool name.
+        #[arg(long)]
+        pool: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a volume's path.
+    VolPath {
+        /// Volume name.
+        vol: String,
+        /// Pool name.
+        #[arg(long)]
+        pool: String,
+    },
+    /// Delete a volume.
+    VolDelete {
+        /// Volume name.
+        vol: String,
+        /// Pool name.
+        #[arg(long)]
+        pool: String,
+    },
+}

@@ -1,0 +1,82 @@
+//! The `tern` command line: parses virsh-style verbs, talks to `ternd`
+//! through the host API, and prints virsh-like tables (or JSON).
+
+pub mod args;
+mod domain;
+mod storage;
+pub mod table;
+
+use args::{Cli, Cmd};
+use tern_api::{Client, ClientError};
+use tern_model::uri::ConnectUri;
+use thiserror::Error;
+
+/// Why a command failed; printed as one `error: ...` line.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// The connection URI is malformed.
+    #[error("{0}")]
+    Uri(#[from] tern_model::uri::UriError),
+    /// Talking to the agent failed or it refused.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// A local file could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Result alias.
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
+
+/// Builds the client for `--connect`, TERN_DEFAULT_URI or the default.
+pub fn connect(uri: Option<&str>) -> Result<Client> {
+    let text = uri.unwrap_or(tern_model::uri::DEFAULT_URI);
+    let uri: ConnectUri = text.parse()?;
+    Ok(Client::from_uri(&uri)?)
+}
+
+pub(crate) fn read_file(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot print JSON: {e}"),
+    }
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let client = connect(cli.connect.as_deref())?;
+    match cli.cmd {
+        c @ (Cmd::Nodeinfo { .. }
+        | Cmd::PoolDefineAs { .. }
+        | Cmd::PoolBuild { .. }
+        | Cmd::PoolStart { .. }
+        | Cmd::PoolAutostart { .. }
+        | Cmd::PoolList { .. }
+        | Cmd::PoolInfo { .. }
+        | Cmd::PoolRefresh { .. }
+        | Cmd::PoolDestroy { .. }
+        | Cmd::PoolUndefine { .. }
+        | Cmd::VolCreateAs { .. }
+        | Cmd::VolList { .. }
+        | Cmd::VolInfo { .. }
+        | Cmd::VolPath { .. }
+        | Cmd::VolDelete { .. }) => storage::run(&client, c).await,
+        c => domain::run(&client, c).await,
+    }
+}

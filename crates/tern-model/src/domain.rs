@@ -1,0 +1,348 @@
+//! The domain definition: what a guest is, independent of where it runs.
+//!
+//! These types mirror the subset of libvirt's domain XML that Tern honours.
+//! Anything Tern accepts here it must also be able to start, migrate and
+//! print back (see `xml` for the import/export and its round-trip tests).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// A guest definition, as `virsh define` would store it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Unique name on a host (`<name>`).
+    pub name: String,
+    /// Stable identity across hosts (`<uuid>`).
+    pub uuid: Uuid,
+    /// `<domain type=...>`: "kvm" or "qemu". The accelerator actually used is
+    /// a host setting; this is kept for round trips.
+    pub domain_type: String,
+    /// Free-form `<title>`.
+    pub title: Option<String>,
+    /// Free-form `<description>`.
+    pub description: Option<String>,
+    /// Maximum memory in KiB (`<memory>`).
+    pub memory_kib: u64,
+    /// Current memory in KiB (`<currentMemory>`); equal to `memory_kib` when absent.
+    pub current_memory_kib: u64,
+    /// Number of virtual CPUs (`<vcpu>`).
+    pub vcpus: u32,
+    /// Boot configuration (`<os>`).
+    pub os: Os,
+    /// CPU model (`<cpu>`); `None` lets the host default apply.
+    pub cpu: Option<Cpu>,
+    /// `<features>`: acpi / apic / pae flags.
+    pub features: Features,
+    /// `<clock offset=...>`.
+    pub clock_offset: Option<String>,
+    /// `<on_poweroff>`.
+    pub on_poweroff: LifecycleAction,
+    /// `<on_reboot>`.
+    pub on_reboot: LifecycleAction,
+    /// `<on_crash>`.
+    pub on_crash: LifecycleAction,
+    /// Everything under `<devices>`.
+    pub devices: Devices,
+}
+
+/// `<os>`: firmware-less direct kernel boot or disk boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Os {
+    /// `<type>` text, always "hvm" for QEMU/KVM guests.
+    pub os_type: String,
+    /// `<type arch=...>`.
+    pub arch: Option<String>,
+    /// `<type machine=...>`: QEMU machine type; must match on both migration ends.
+    pub machine: Option<String>,
+    /// `<kernel>` for direct kernel boot.
+    pub kernel: Option<PathBuf>,
+    /// `<initrd>`.
+    pub initrd: Option<PathBuf>,
+    /// `<cmdline>`.
+    pub cmdline: Option<String>,
+    /// `<boot dev=...>` in order.
+    pub boot: Vec<BootDevice>,
+}
+
+/// `<boot dev=...>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootDevice {
+    /// `hd`
+    Hd,
+    /// `cdrom`
+    Cdrom,
+    /// `network`
+    Network,
+    /// `fd`
+    Fd,
+}
+
+/// `<cpu mode=...>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// How the guest CPU relates to the host's.
+    pub mode: CpuMode,
+    /// `<model>` for `custom` mode (e.g. "qemu64", "Skylake-Server").
+    pub model: Option<String>,
+}
+
+/// libvirt's CPU modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuMode {
+    /// `host-passthrough`: `-cpu host` (KVM) or `-cpu max` (TCG).
+    HostPassthrough,
+    /// `host-model`: treated like passthrough, resolved per host.
+    HostModel,
+    /// `custom`: a named model.
+    Custom,
+    /// `maximum`: `-cpu max`.
+    Maximum,
+}
+
+/// `<features>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Features {
+    /// `<acpi/>`
+    pub acpi: bool,
+    /// `<apic/>`
+    pub apic: bool,
+    /// `<pae/>`
+    pub pae: bool,
+}
+
+/// What happens on guest power-off, reboot or crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LifecycleAction {
+    /// Stop the QEMU process.
+    Destroy,
+    /// Restart the guest in the same QEMU.
+    Restart,
+    /// Keep QEMU around, paused, for debugging.
+    Preserve,
+    /// Rename and restart (accepted, treated as restart).
+    RenameRestart,
+}
+
+/// `<devices>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Devices {
+    /// `<emulator>` path, if pinned.
+    pub emulator: Option<PathBuf>,
+    /// `<disk>` elements.
+    pub disks: Vec<Disk>,
+    /// `<interface>` elements.
+    pub interfaces: Vec<Interface>,
+    /// `<serial>` elements.
+    pub serials: Vec<Serial>,
+    /// `<console>` elements (usually an alias of serial 0).
+    pub consoles: Vec<Console>,
+    /// `<graphics>` elements.
+    pub graphics: Vec<Graphics>,
+    /// `<video>` elements.
+    pub videos: Vec<Video>,
+    /// `<controller>` elements (kept for round trips; QEMU adds its own).
+    pub controllers: Vec<Controller>,
+    /// `<input>` elements.
+    pub inputs: Vec<Input>,
+    /// `<memballoon model=...>`; `None` means no balloon element.
+    pub memballoon: Option<String>,
+}
+
+/// `<disk type=... device=...>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// `type='file'` or `type='block'`.
+    pub source_type: DiskSourceType,
+    /// `device='disk'` or `device='cdrom'`.
+    pub device: DiskDevice,
+    /// `<driver type=...>`: image format.
+    pub format: DiskFormat,
+    /// `<driver cache=...>`; `None` means the hypervisor default.
+    pub cache: Option<CacheMode>,
+    /// `<source file=...>` / `<source dev=...>`; `None` for an empty cdrom.
+    pub source: Option<PathBuf>,
+    /// `<target dev=...>` e.g. "vda".
+    pub target_dev: String,
+    /// `<target bus=...>`.
+    pub target_bus: DiskBus,
+    /// `<readonly/>`
+    pub readonly: bool,
+    /// `<shareable/>`
+    pub shareable: bool,
+}
+
+/// Where a disk's bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskSourceType {
+    /// A regular file.
+    File,
+    /// A block device.
+    Block,
+}
+
+/// What the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskDevice {
+    /// A hard disk.
+    Disk,
+    /// A CD-ROM drive.
+    Cdrom,
+}
+
+/// Image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// qcow2
+    Qcow2,
+    /// raw
+    Raw,
+}
+
+/// libvirt's `cache=` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// No host page cache (O_DIRECT): safe for migration on shared storage.
+    None,
+    /// Write-through page cache.
+    Writethrough,
+    /// Write-back page cache: unsafe for shared-storage migration.
+    Writeback,
+    /// O_DIRECT without flushes.
+    Directsync,
+    /// Ignore flushes entirely.
+    Unsafe,
+}
+
+/// Disk bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// virtio-blk
+    Virtio,
+    /// IDE
+    Ide,
+    /// SATA (AHCI)
+    Sata,
+    /// SCSI (virtio-scsi)
+    Scsi,
+}
+
+/// `<interface>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Backend.
+    pub kind: InterfaceKind,
+    /// `<mac address=...>`, lower case.
+    pub mac: Option<String>,
+    /// `<model type=...>` e.g. "virtio", "e1000".
+    pub model: Option<String>,
+    /// `<virtualport type='openvswitch'>` with its interface id.
+    pub virtualport: Option<VirtualPort>,
+}
+
+/// Network backend of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum InterfaceKind {
+    /// `type='user'`: QEMU's slirp.
+    User,
+    /// `type='bridge'` with `<source bridge=...>`.
+    Bridge {
+        /// The host bridge to join.
+        bridge: String,
+    },
+}
+
+/// `<virtualport>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualPort {
+    /// `type=` e.g. "openvswitch".
+    pub port_type: String,
+    /// `<parameters interfaceid=...>`.
+    pub interface_id: Option<String>,
+}
+
+/// `<serial>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serial {
+    /// Backend.
+    pub kind: CharDev,
+    /// `<target port=...>`.
+    pub port: u32,
+}
+
+/// `<console>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Console {
+    /// Backend.
+    pub kind: CharDev,
+    /// `<target type=...>` e.g. "serial".
+    pub target_type: String,
+    /// `<target port=...>`.
+    pub port: u32,
+}
+
+/// Character device backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum CharDev {
+    /// A pseudo terminal (the agent also logs it for `tern console`).
+    Pty,
+    /// Append to a file.
+    File {
+        /// `<source path=...>`
+        path: PathBuf,
+    },
+}
+
+/// `<graphics>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Graphics {
+    /// Only "vnc" is honoured.
+    pub kind: String,
+    /// `port=`; `None` or -1 with autoport.
+    pub port: Option<i32>,
+    /// `autoport='yes'`.
+    pub autoport: bool,
+    /// `listen=` address.
+    pub listen: Option<String>,
+}
+
+/// `<video><model type=... vram=... heads=.../></video>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Video {
+    /// e.g. "cirrus", "vga", "virtio", "none".
+    pub model: String,
+    /// `vram=` KiB.
+    pub vram: Option<u64>,
+    /// `heads=`.
+    pub heads: Option<u32>,
+}
+
+/// `<controller type=... index=... model=...>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Controller {
+    /// e.g. "usb", "pci", "ide".
+    pub controller_type: String,
+    /// `index=`.
+    pub index: u32,
+    /// `model=`.
+    pub model: Option<String>,
+}
+
+/// `<input type=... bus=...>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// e.g. "mouse", "keyboard", "tablet".
+    pub input_type: String,
+    /// e.g. "ps2", "usb".
+    pub bus: Option<String>,
+}

@@ -1,0 +1,298 @@
+use super::*;
+use crate::domain::*;
+use std::path::PathBuf;
+use uuid::Uuid;
+
+fn valid() -> Domain {
+    Domain {
+        name: "vm1".to_string(),
+        uuid: Uuid::from_u128(42),
+        domain_type: "kvm".to_string(),
+        title: None,
+        description: None,
+        memory_kib: 262_144,
+        current_memory_kib: 262_144,
+        vcpus: 1,
+        os: Os {
+            os_type: "hvm".to_string(),
+            ..Os::default()
+        },
+        cpu: None,
+        features: Features::default(),
+        clock_offset: None,
+        on_poweroff: LifecycleAction::Destroy,
+        on_reboot: LifecycleAction::Restart,
+        on_crash: LifecycleAction::Destroy,
+        devices: Devices {
+            disks: vec![disk("vda")],
+            interfaces: vec![nic("52:54:00:00:00:01")],
+            ..Devices::default()
+        },
+    }
+}
+
+fn disk(dev: &str) -> Disk {
+    Disk {
+        source_type: DiskSourceType::File,
+        device: DiskDevice::Disk,
+        format: DiskFormat::Raw,
+        cache: None,
+        source: Some(PathBuf::from(format!("/images/{dev}.raw"))),
+        target_dev: dev.to_string(),
+        target_bus: DiskBus::Virtio,
+        readonly: false,
+        shareable: false,
+    }
+}
+
+fn nic(mac: &str) -> Interface {
+    Interface {
+        kind: InterfaceKind::User,
+        mac: Some(mac.to_string()),
+        model: None,
+        virtualport: None,
+    }
+}
+
+/// Applies `change` to a valid domain and returns the resulting error.
+fn error_after(change: impl FnOnce(&mut Domain)) -> ValidationError {
+    let mut d = valid();
+    change(&mut d);
+    let err = match validate(&d) {
+        Ok(()) => panic!("expected a validation error for {d:?}"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert!(!message.contains('\n'), "multi-line message: {message:?}");
+    assert!(
+        message.contains("; "),
+        "message gives no remedy: {message:?}"
+    );
+    err
+}
+
+#[test]
+fn accepts_a_valid_domain() {
+    assert_eq!(validate(&valid()), Ok(()));
+}
+
+#[test]
+fn checks_name_memory_and_vcpus() {
+    assert!(matches!(
+        error_after(|d| d.name = "../x".into()),
+        ValidationError::Name(_)
+    ));
+    assert!(matches!(
+        error_after(|d| d.name = "a\nb".into()),
+        ValidationError::Name(_)
+    ));
+    assert_eq!(
+        error_after(|d| d.memory_kib = 0),
+        ValidationError::ZeroMemory
+    );
+    assert_eq!(
+        error_after(|d| d.current_memory_kib = 0),
+        ValidationError::ZeroCurrentMemory
+    );
+    assert_eq!(
+        error_after(|d| d.current_memory_kib = d.memory_kib + 1),
+        ValidationError::CurrentMemoryTooLarge {
+            current: 262_145,
+            maximum: 262_144
+        }
+    );
+    assert_eq!(error_after(|d| d.vcpus = 0), ValidationError::VcpuCount(0));
+    assert_eq!(
+        error_after(|d| d.vcpus = 256),
+        ValidationError::VcpuCount(256)
+    );
+    let mut d = valid();
+    d.vcpus = MAX_VCPUS;
+    assert_eq!(validate(&d), Ok(()));
+}
+
+#[test]
+fn checks_disks() {
+    for bad in ["", "vd1", "VDA", "vd-a", "v da"] {
+        assert_eq!(
+            error_after(|d| d.devices.disks[0].target_dev = bad.into()),
+            ValidationError::BadTargetDev(bad.into()),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        error_after(|d| d.devices.disks.push(disk("vda"))),
+        ValidationError::DuplicateTargetDev("vda".into())
+    );
+    assert_eq!(
+        error_after(|d| d.devices.disks[0].source = None),
+        ValidationError::DiskWithoutSource("vda".into())
+    );
+    let cdrom = |readonly, bus| Disk {
+        device: DiskDevice::Cdrom,
+        source: None,
+        readonly,
+        target_bus: bus,
+        format: DiskFormat::Qcow2,
+        ..disk("hdc")
+    };
+    assert_eq!(
+        error_after(|d| d.devices.disks.push(cdrom(false, DiskBus::Ide))),
+        ValidationError::WritableCdrom("hdc".into())
+    );
+    assert_eq!(
+        error_after(|d| d.devices.disks.push(cdrom(true, DiskBus::Virtio))),
+        ValidationError::VirtioCdrom("hdc".into())
+    );
+    // An empty cdrom is fine whatever its declared format.
+    let mut d = valid();
+    d.devices.disks.push(cdrom(true, DiskBus::Ide));
+    assert_eq!(validate(&d), Ok(()));
+}
+
+#[test]
+fn checks_mac_addresses() {
+    for bad in [
+        "52:54:00:00:00",
+        "52:54:00:00:00:0g",
+        "52-54-00-00-00-01",
+        "52:54:00:AB:00:01",
+        "525:4:00:00:00:01",
+    ] {
+        assert_eq!(
+            error_after(|d| d.devices.interfaces[0].mac = Some(bad.into())),
+            ValidationError::BadMac(bad.into()),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        error_after(|d| d.devices.interfaces[0].mac = Some("03:00:00:00:00:01".into())),
+        ValidationError::MulticastMac("03:00:00:00:00:01".into())
+    );
+    assert_eq!(
+        error_after(|d| d.devices.interfaces.push(nic("52:54:00:00:00:01"))),
+        ValidationError::DuplicateMac("52:54:00:00:00:01".into())
+    );
+    let mut d = valid();
+    d.devices.interfaces.push(nic("52:54:00:00:00:02"));
+    d.devices.interfaces[1].mac = None;
+    d.devices.interfaces.push(Interface {
+        mac: None,
+        ..nic("")
+    });
+    assert_eq!(
+        validate(&d),
+        Ok(()),
+        "several interfaces without a MAC are fine"
+    );
+}
+
+#[test]
+fn checks_string_settings() {
+    assert!(matches!(
+        error_after(|d| d.domain_type = "xen".into()),
+        ValidationError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        error_after(|d| d.os.os_type = "exe".into()),
+        ValidationError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        error_after(|d| d.clock_offset = Some("timezone".into())),
+        ValidationError::Unsupported { .. }
+    ));
+    assert_eq!(
+        error_after(|d| d.title = Some("a\nb".into())),
+        ValidationError::MultilineTitle
+    );
+    assert_eq!(
+        error_after(|d| d.os.cmdline = Some("quiet".into())),
+        ValidationError::BootArgsWithoutKernel
+    );
+    assert_eq!(
+        error_after(|d| d.cpu = Some(Cpu {
+            mode: CpuMode::Custom,
+            model: Some(" ".into())
+        })),
+        ValidationError::EmptyCpuModel
+    );
+    assert_eq!(
+        error_after(|d| d.devices.interfaces[0].kind = InterfaceKind::Bridge {
+            bridge: String::new()
+        }),
+        ValidationError::EmptyBridge
+    );
+    assert_eq!(
+        error_after(|d| {
+            d.devices.interfaces[0].virtualport = Some(VirtualPort {
+                port_type: "openvswitch".into(),
+                interface_id: None,
+            })
+        }),
+        ValidationError::VirtualPortWithoutBridge
+    );
+    assert!(matches!(
+        error_after(|d| {
+            d.devices.interfaces[0].kind = InterfaceKind::Bridge {
+                bridge: "br0".into(),
+            };
+            d.devices.interfaces[0].virtualport = Some(VirtualPort {
+                port_type: "802.1Qbh".into(),
+                interface_id: None,
+            });
+        }),
+        ValidationError::Unsupported { .. }
+    ));
+    let vnc = |port| Graphics {
+        kind: "vnc".into(),
+        port,
+        autoport: false,
+        listen: None,
+    };
+    assert_eq!(
+        error_after(|d| d.devices.graphics.push(vnc(Some(-2)))),
+        ValidationError::GraphicsPort(-2)
+    );
+    assert!(matches!(
+        error_after(|d| d.devices.graphics.push(Graphics {
+            kind: "spice".into(),
+            ..vnc(None)
+        })),
+        ValidationError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        error_after(|d| d.devices.inputs.push(Input {
+            input_type: "passthrough".into(),
+            bus: None
+        })),
+        ValidationError::Unsupported { .. }
+    ));
+}
+
+#[test]
+fn refuses_text_xml_cannot_carry() {
+    assert!(matches!(
+        error_after(|d| d.description = Some("bell\u{7}".into())),
+        ValidationError::Unrepresentable(_)
+    ));
+    assert!(matches!(
+        error_after(|d| d.devices.emulator = Some(PathBuf::from("/usr/bin/q\nemu"))),
+        ValidationError::Unrepresentable(_)
+    ));
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let not_utf8 = PathBuf::from(std::ffi::OsStr::from_bytes(b"/images/\xff.raw"));
+        assert!(matches!(
+            error_after(|d| d.devices.disks[0].source = Some(not_utf8)),
+            ValidationError::Unrepresentable(_)
+        ));
+    }
+    let mut d = valid();
+    d.description = Some("multi\nline\r\n\twith tabs".into());
+    assert_eq!(
+        validate(&d),
+        Ok(()),
+        "newlines and tabs are fine in a description"
+    );
+}

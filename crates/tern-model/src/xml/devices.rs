@@ -1,0 +1,504 @@
+//! Domain XML import: the `<devices>` element.
+
+use super::import::{
+    elements, invalid, missing, parse_number, qualified_name, required_attr, set_once, text,
+    unsupported_child, Result,
+};
+use super::XmlError;
+use crate::domain::{
+    CacheMode, CharDev, Console, Controller, Devices, Disk, DiskBus, DiskDevice, DiskFormat,
+    DiskSourceType, Graphics, Input, Interface, InterfaceKind, Serial, Video, VirtualPort,
+};
+use roxmltree::Node;
+use std::path::PathBuf;
+
+/// Children every device may carry that only describe a running instance
+/// (libvirt's device alias and guest bus address); accepted and dropped.
+const RUNTIME_ONLY: &[&str] = &["alias", "address"];
+
+fn is_runtime_only(node: Node) -> bool {
+    node.tag_name().namespace().is_none() && RUNTIME_ONLY.contains(&node.tag_name().name())
+}
+
+/// Parses `<devices>`. Devices outside the honoured list are refused.
+pub(super) fn parse_devices(node: Node) -> Result<Devices> {
+    let mut devices = Devices::default();
+    for child in elements(node) {
+        if child.tag_name().namespace().is_some() {
+            return Err(refuse_device(&qualified_name(child)));
+        }
+        match child.tag_name().name() {
+            "emulator" => set_once(&mut devices.emulator, PathBuf::from(text(child)), child)?,
+            "disk" => devices.disks.push(parse_disk(child)?),
+            "interface" => devices.interfaces.push(parse_interface(child)?),
+            "serial" => {
+                let index = u32::try_from(devices.serials.len()).unwrap_or(u32::MAX);
+                devices.serials.push(parse_serial(child, index)?);
+            }
+            "console" => devices.consoles.push(parse_console(child)?),
+            "graphics" => devices.graphics.push(parse_graphics(child)?),
+            "video" => devices.videos.push(parse_video(child)?),
+            "controller" => devices.controllers.push(parse_controller(child)?),
+            "input" => devices.inputs.push(parse_input(child)?),
+            // Only the model matters; `<stats period>` and the like are
+            // accepted and dropped (the agent polls on its own schedule).
+            "memballoon" => set_once(
+                &mut devices.memballoon,
+                required_attr(child, "model")?.to_string(),
+                child,
+            )?,
+            other => return Err(refuse_device(other)),
+        }
+    }
+    Ok(devices)
+}
+
+/// Refusal of a device element Tern does not honour.
+fn refuse_device(name: &str) -> XmlError {
+    let why = match name {
+        "hostdev" => " (PCI/USB passthrough)",
+        "filesystem" => " (host directory sharing)",
+        "redirdev" => " (USB redirection)",
+        "smartcard" => " (smartcard)",
+        "tpm" => " (TPM)",
+        "rng" => " (random number generator)",
+        "watchdog" => " (watchdog)",
+        "sound" | "audio" => " (sound card)",
+        "channel" => " (guest agent or SPICE channel)",
+        "parallel" => " (parallel port)",
+        "hub" => " (USB hub)",
+        "shmem" => " (shared memory)",
+        "panic" => " (panic notifier)",
+        "vsock" => " (vsock)",
+        "memory" => " (memory hotplug DIMM)",
+        "iommu" => " (virtual IOMMU)",
+        "lease" => " (lock lease)",
+        _ => "",
+    };
+    XmlError::Unsupported {
+        what: format!("device <{name}>{why}"),
+        fix: "remove it from the domain XML".to_string(),
+    }
+}
+
+fn parse_disk(node: Node) -> Result<Disk> {
+    let source_type =
+        match required_attr(node, "type")? {
+            "file" => DiskSourceType::File,
+            "block" => DiskSourceType::Block,
+            other => return Err(XmlError::Unsupported {
+                what: format!("<disk type='{other}'>"),
+                fix: "use type='file' with <source file=...> or type='block' with <source dev=...>"
+                    .to_string(),
+            }),
+        };
+    let device = match node.attribute("device").unwrap_or("disk") {
+        "disk" => DiskDevice::Disk,
+        "cdrom" => DiskDevice::Cdrom,
+        "floppy" => {
+            return Err(XmlError::Unsupported {
+                what: "<disk device='floppy'>".to_string(),
+                fix: "remove the floppy disk from the domain XML".to_string(),
+            })
+        }
+        "lun" => {
+            return Err(XmlError::Unsupported {
+                what: "<disk device='lun'> (SCSI command passthrough)".to_string(),
+                fix: "use device='disk'".to_string(),
+            })
+        }
+        other => {
+            return Err(invalid(
+                "<disk device=>",
+                other,
+                "use device='disk' or 'cdrom'",
+            ))
+        }
+    };
+
+    let mut driver = None;
+    let mut source = None;
+    let mut target = None;
+    let mut readonly = false;
+    let mut shareable = false;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "driver" => set_once(&mut driver, parse_disk_driver(child)?, child)?,
+            "source" => set_once(&mut source, parse_disk_source(child, source_type)?, child)?,
+            "target" => set_once(&mut target, parse_disk_target(child)?, child)?,
+            "readonly" => readonly = true,
+            "shareable" => shareable = true,
+            // The backing chain as libvirt probed it; Tern reads it from the image.
+            "backingStore" => {}
+            "boot" => {
+                return Err(XmlError::Unsupported {
+                    what: "per-device <disk><boot order=...>".to_string(),
+                    fix: "remove it and list boot devices with <os><boot dev=.../>".to_string(),
+                })
+            }
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    let (format, cache) = driver.unwrap_or((DiskFormat::Raw, None));
+    let (target_dev, target_bus) = target.ok_or_else(|| missing("<disk><target dev=...>"))?;
+    Ok(Disk {
+        source_type,
+        device,
+        format,
+        cache,
+        source: source.flatten(),
+        target_dev,
+        target_bus,
+        // libvirt treats every cdrom as read-only.
+        readonly: readonly || device == DiskDevice::Cdrom,
+        shareable,
+    })
+}
+
+/// `<driver name='qemu' type=... cache=...>`; other attributes (io, discard...)
+/// are performance hints Tern chooses itself.
+fn parse_disk_driver(node: Node) -> Result<(DiskFormat, Option<CacheMode>)> {
+    if let Some(name) = node.attribute("name").filter(|n| *n != "qemu") {
+        return Err(invalid("<disk><driver name=>", name, "use name='qemu'"));
+    }
+    let format = match node.attribute("type").unwrap_or("raw") {
+        "raw" => DiskFormat::Raw,
+        "qcow2" => DiskFormat::Qcow2,
+        other => {
+            return Err(XmlError::Unsupported {
+                what: format!("disk image format '{other}'"),
+                fix: "convert the image with `qemu-img convert -O qcow2` and use type='qcow2', or use type='raw'".to_string(),
+            })
+        }
+    };
+    let cache = match node.attribute("cache") {
+        None | Some("default") => None,
+        Some("none") => Some(CacheMode::None),
+        Some("writethrough") => Some(CacheMode::Writethrough),
+        Some("writeback") => Some(CacheMode::Writeback),
+        Some("directsync") => Some(CacheMode::Directsync),
+        Some("unsafe") => Some(CacheMode::Unsafe),
+        Some(other) => {
+            return Err(invalid(
+                "<disk><driver cache=>",
+                other,
+                "use none, writethrough, writeback, directsync or unsafe",
+            ))
+        }
+    };
+    Ok((format, cache))
+}
+
+/// `<source file=...>` for file disks, `<source dev=...>` for block disks;
+/// `None` when the element names neither (an empty cdrom).
+fn parse_disk_source(node: Node, source_type: DiskSourceType) -> Result<Option<PathBuf>> {
+    let (wanted, other, kind) = match source_type {
+        DiskSourceType::File => ("file", "dev", "file"),
+        DiskSourceType::Block => ("dev", "file", "block"),
+    };
+    if let Some(path) = node.attribute(wanted) {
+        return Ok(Some(PathBuf::from(path)));
+    }
+    if node.attribute(other).is_some() {
+        return Err(XmlError::InvalidValue {
+            what: format!("<disk type='{kind}'><source>"),
+            value: format!("{other}=..."),
+            expected: format!(
+                "a {kind} disk takes <source {wanted}=...>; fix the attribute or the disk type"
+            ),
+        });
+    }
+    Ok(None)
+}
+
+/// `<target dev=... bus=...>`; without `bus=` the bus follows the name:
+/// vd* → virtio, hd* → ide, sd* → sata.
+fn parse_disk_target(node: Node) -> Result<(String, DiskBus)> {
+    let dev = required_attr(node, "dev")?;
+    let bus = match node.attribute("bus") {
+        Some("virtio") => DiskBus::Virtio,
+        Some("ide") => DiskBus::Ide,
+        Some("sata") => DiskBus::Sata,
+        Some("scsi") => DiskBus::Scsi,
+        Some(other) => {
+            return Err(XmlError::Unsupported {
+                what: format!("disk bus '{other}'"),
+                fix: "use bus='virtio', 'sata', 'scsi' or 'ide'".to_string(),
+            })
+        }
+        None if dev.starts_with("vd") => DiskBus::Virtio,
+        None if dev.starts_with("hd") => DiskBus::Ide,
+        None if dev.starts_with("sd") => DiskBus::Sata,
+        None => {
+            return Err(invalid(
+                "<disk><target dev=> without bus=",
+                dev,
+                "name it vdX, hdX or sdX, or add bus='virtio', 'sata', 'scsi' or 'ide'",
+            ))
+        }
+    };
+    Ok((dev.to_string(), bus))
+}
+
+fn parse_interface(node: Node) -> Result<Interface> {
+    let interface_type = required_attr(node, "type")?;
+    if !matches!(interface_type, "user" | "bridge") {
+        return Err(XmlError::Unsupported {
+            what: format!("<interface type='{interface_type}'>"),
+            fix: "use type='bridge' with <source bridge=...> or type='user'".to_string(),
+        });
+    }
+    let mut bridge = None;
+    let mut mac = None;
+    let mut model = None;
+    let mut virtualport = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "mac" => {
+                // Checked by `validate`, which wants the canonical lower case.
+                let address = required_attr(child, "address")?.to_ascii_lowercase();
+                set_once(&mut mac, address, child)?;
+            }
+            "source" if interface_type == "bridge" => {
+                let name = required_attr(child, "bridge")?.to_string();
+                set_once(&mut bridge, name, child)?;
+            }
+            "model" => set_once(&mut model, required_attr(child, "type")?.to_string(), child)?,
+            "virtualport" => set_once(&mut virtualport, parse_virtualport(child)?, child)?,
+            // The host tap device name, chosen at start.
+            "target" => {}
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    let kind = if interface_type == "bridge" {
+        InterfaceKind::Bridge {
+            bridge: bridge
+                .ok_or_else(|| missing("<source bridge=...> in <interface type='bridge'>"))?,
+        }
+    } else {
+        InterfaceKind::User
+    };
+    Ok(Interface {
+        kind,
+        mac,
+        model,
+        virtualport,
+    })
+}
+
+/// `<virtualport type=...><parameters interfaceid=.../></virtualport>`.
+fn parse_virtualport(node: Node) -> Result<VirtualPort> {
+    let port_type = required_attr(node, "type")?.to_string();
+    let mut interface_id = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            // Other parameters (profileid...) are Open vSwitch policy, not guest state.
+            "parameters" => {
+                if let Some(id) = child.attribute("interfaceid") {
+                    set_once(&mut interface_id, id.to_string(), child)?;
+                }
+            }
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    Ok(VirtualPort {
+        port_type,
+        interface_id,
+    })
+}
+
+/// The backend of a `<serial>` or `<console>` plus its `<target>`, if any.
+/// For a pty the `<source path>` (and console `tty=`) is the pty of the
+/// running instance and is ignored.
+fn parse_char_backend<'a, 'i>(node: Node<'a, 'i>) -> Result<(CharDev, Option<Node<'a, 'i>>)> {
+    let element = node.tag_name().name();
+    let backend = required_attr(node, "type")?;
+    if !matches!(backend, "pty" | "file") {
+        return Err(XmlError::Unsupported {
+            what: format!("<{element} type='{backend}'>"),
+            fix: "use type='pty', or type='file' with <source path=...>".to_string(),
+        });
+    }
+    let mut path = None;
+    let mut target = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "source" => {
+                let source = child.attribute("path").map(PathBuf::from);
+                set_once(&mut path, source, child)?;
+            }
+            "target" => set_once(&mut target, child, child)?,
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    let kind = if backend == "file" {
+        let path = path
+            .flatten()
+            .ok_or_else(|| missing(&format!("<source path=...> in <{element} type='file'>")))?;
+        CharDev::File { path }
+    } else {
+        CharDev::Pty
+    };
+    Ok((kind, target))
+}
+
+/// `<serial>`; without `<target port=...>` the port is its position, as libvirt assigns.
+fn parse_serial(node: Node, index: u32) -> Result<Serial> {
+    let (kind, target) = parse_char_backend(node)?;
+    let port = match target.and_then(|t| t.attribute("port")) {
+        Some(port) => parse_number(port, "<serial><target port=>")?,
+        None => index,
+    };
+    Ok(Serial { kind, port })
+}
+
+/// `<console>`; the target defaults to serial port 0.
+fn parse_console(node: Node) -> Result<Console> {
+    let (kind, target) = parse_char_backend(node)?;
+    let target_type = target
+        .and_then(|t| t.attribute("type"))
+        .unwrap_or("serial")
+        .to_string();
+    let port = match target.and_then(|t| t.attribute("port")) {
+        Some(port) => parse_number(port, "<console><target port=>")?,
+        None => 0,
+    };
+    Ok(Console {
+        kind,
+        target_type,
+        port,
+    })
+}
+
+fn parse_graphics(node: Node) -> Result<Graphics> {
+    let kind = required_attr(node, "type")?;
+    if kind != "vnc" {
+        return Err(XmlError::Unsupported {
+            what: format!("<graphics type='{kind}'>"),
+            fix: "use <graphics type='vnc'> or remove the element".to_string(),
+        });
+    }
+    if node.attribute("passwd").is_some() {
+        return Err(XmlError::Unsupported {
+            what: "a VNC password (<graphics passwd=...>)".to_string(),
+            fix: "remove passwd= and keep VNC on a trusted address such as listen='127.0.0.1'"
+                .to_string(),
+        });
+    }
+    if node.attribute("socket").is_some() {
+        return Err(XmlError::Unsupported {
+            what: "VNC on a UNIX socket (<graphics socket=...>)".to_string(),
+            fix: "remove socket= and use port= / autoport= instead".to_string(),
+        });
+    }
+    let port: Option<i32> = node
+        .attribute("port")
+        .map(|p| parse_number(p, "<graphics port=>"))
+        .transpose()?;
+    // libvirt: without autoport=, an absent port or port -1 means autoport.
+    let autoport = match node.attribute("autoport") {
+        Some("yes") => true,
+        Some("no") => false,
+        Some(other) => return Err(invalid("<graphics autoport=>", other, "use 'yes' or 'no'")),
+        None => matches!(port, None | Some(-1)),
+    };
+    let mut listen = node.attribute("listen").map(str::to_string);
+    let mut listen_child = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "listen" => set_once(&mut listen_child, parse_listen(child)?, child)?,
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    if let Some(address) = listen_child.flatten() {
+        match &listen {
+            Some(attr) if *attr != address => {
+                return Err(XmlError::InvalidValue {
+                    what: "<graphics><listen address=>".to_string(),
+                    value: address,
+                    expected: format!("it must match <graphics listen='{attr}'>; make them equal"),
+                })
+            }
+            _ => listen = Some(address),
+        }
+    }
+    Ok(Graphics {
+        kind: kind.to_string(),
+        port,
+        autoport,
+        listen,
+    })
+}
+
+/// `<listen type='address' address=...>`; other listen types are refused.
+fn parse_listen(node: Node) -> Result<Option<String>> {
+    match required_attr(node, "type")? {
+        "address" => Ok(node.attribute("address").map(str::to_string)),
+        other => Err(XmlError::Unsupported {
+            what: format!("<graphics><listen type='{other}'>"),
+            fix: "use <listen type='address' address=...> or the listen= attribute".to_string(),
+        }),
+    }
+}
+
+fn parse_video(node: Node) -> Result<Video> {
+    let mut video = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "model" => set_once(&mut video, parse_video_model(child)?, child)?,
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    video.ok_or_else(|| missing("<video><model type=...>"))
+}
+
+/// `<model type=... vram=... heads=...>`; `ram=`, `vgamem=`, `primary=` and
+/// `<acceleration>` are left to QEMU's defaults.
+fn parse_video_model(node: Node) -> Result<Video> {
+    for child in elements(node) {
+        if child.tag_name().name() != "acceleration" {
+            return Err(unsupported_child(node, child));
+        }
+    }
+    Ok(Video {
+        model: required_attr(node, "type")?.to_string(),
+        vram: node
+            .attribute("vram")
+            .map(|v| parse_number(v, "<video><model vram=>"))
+            .transpose()?,
+        heads: node
+            .attribute("heads")
+            .map(|v| parse_number(v, "<video><model heads=>"))
+            .transpose()?,
+    })
+}
+
+/// `<controller>`; kept for round trips only (QEMU creates the controllers
+/// it needs), so its children (`<model name>`, `<target>`, `<master>`...)
+/// are accepted and dropped.
+fn parse_controller(node: Node) -> Result<Controller> {
+    Ok(Controller {
+        controller_type: required_attr(node, "type")?.to_string(),
+        index: node
+            .attribute("index")
+            .map_or(Ok(0), |i| parse_number(i, "<controller index=>"))?,
+        model: node.attribute("model").map(str::to_string),
+    })
+}
+
+fn parse_input(node: Node) -> Result<Input> {
+    for child in elements(node) {
+        if !is_runtime_only(child) {
+            return Err(unsupported_child(node, child));
+        }
+    }
+    Ok(Input {
+        input_type: required_attr(node, "type")?.to_string(),
+        bus: node.attribute("bus").map(str::to_string),
+    })
+}

@@ -1,0 +1,433 @@
+//! Domain XML export in `virsh dumpxml` layout.
+
+use crate::domain::{
+    BootDevice, CacheMode, CharDev, Console, Cpu, CpuMode, Devices, Disk, DiskBus, DiskDevice,
+    DiskFormat, DiskSourceType, Domain, Graphics, Interface, InterfaceKind, LifecycleAction, Os,
+    Serial,
+};
+use std::path::Path;
+
+/// Attributes of one element, in output order.
+type Attrs = Vec<(&'static str, String)>;
+
+/// Prints `d` as libvirt domain XML: two-space indentation, single-quoted
+/// attributes and libvirt's element order, as `virsh dumpxml` does.
+///
+/// Memory is printed in KiB with `unit='KiB'`. Everything the model holds is
+/// printed, so `parse_domain(&to_xml(&d)) == Ok(d)` for every domain that
+/// passes [`validate`](crate::validate::validate).
+pub fn to_xml(d: &Domain) -> String {
+    let mut w = Writer::default();
+    w.open("domain", vec![("type", d.domain_type.clone())]);
+    w.text("name", vec![], &d.name);
+    w.text("uuid", vec![], &d.uuid.hyphenated().to_string());
+    if let Some(title) = &d.title {
+        w.text("title", vec![], title);
+    }
+    if let Some(description) = &d.description {
+        w.text("description", vec![], description);
+    }
+    let kib = || vec![("unit", "KiB".to_string())];
+    w.text("memory", kib(), &d.memory_kib.to_string());
+    w.text("currentMemory", kib(), &d.current_memory_kib.to_string());
+    w.text(
+        "vcpu",
+        vec![("placement", "static".to_string())],
+        &d.vcpus.to_string(),
+    );
+    write_os(&mut w, &d.os);
+    let features = [
+        ("acpi", d.features.acpi),
+        ("apic", d.features.apic),
+        ("pae", d.features.pae),
+    ];
+    if features.iter().any(|(_, on)| *on) {
+        w.open("features", vec![]);
+        for (name, _) in features.iter().filter(|(_, on)| *on) {
+            w.empty(name, vec![]);
+        }
+        w.close("features");
+    }
+    if let Some(cpu) = &d.cpu {
+        write_cpu(&mut w, cpu);
+    }
+    if let Some(offset) = &d.clock_offset {
+        w.empty("clock", vec![("offset", offset.clone())]);
+    }
+    w.text("on_poweroff", vec![], lifecycle(d.on_poweroff));
+    w.text("on_reboot", vec![], lifecycle(d.on_reboot));
+    w.text("on_crash", vec![], lifecycle(d.on_crash));
+    write_devices(&mut w, &d.devices);
+    w.close("domain");
+    w.out
+}
+
+fn write_os(w: &mut Writer, os: &Os) {
+    w.open("os", vec![]);
+    let mut attrs = Attrs::new();
+    push_opt(&mut attrs, "arch", os.arch.as_deref());
+    push_opt(&mut attrs, "machine", os.machine.as_deref());
+    w.text("type", attrs, &os.os_type);
+    if let Some(kernel) = &os.kernel {
+        w.text("kernel", vec![], &path(kernel));
+    }
+    if let Some(initrd) = &os.initrd {
+        w.text("initrd", vec![], &path(initrd));
+    }
+    if let Some(cmdline) = &os.cmdline {
+        w.text("cmdline", vec![], cmdline);
+    }
+    for boot in &os.boot {
+        let dev = match boot {
+            BootDevice::Hd => "hd",
+            BootDevice::Cdrom => "cdrom",
+            BootDevice::Network => "network",
+            BootDevice::Fd => "fd",
+        };
+        w.empty("boot", vec![("dev", dev.to_string())]);
+    }
+    w.close("os");
+}
+
+fn write_cpu(w: &mut Writer, cpu: &Cpu) {
+    let mode = match cpu.mode {
+        CpuMode::HostPassthrough => "host-passthrough",
+        CpuMode::HostModel => "host-model",
+        CpuMode::Custom => "custom",
+        CpuMode::Maximum => "maximum",
+    };
+    let attrs = vec![("mode", mode.to_string())];
+    match &cpu.model {
+        Some(model) => {
+            w.open("cpu", attrs);
+            w.text("model", vec![], model);
+            w.close("cpu");
+        }
+        None => w.empty("cpu", attrs),
+    }
+}
+
+fn lifecycle(action: LifecycleAction) -> &'static str {
+    match action {
+        LifecycleAction::Destroy => "destroy",
+        LifecycleAction::Restart => "restart",
+        LifecycleAction::Preserve => "preserve",
+        LifecycleAction::RenameRestart => "rename-restart",
+    }
+}
+
+fn write_devices(w: &mut Writer, devices: &Devices) {
+    w.open("devices", vec![]);
+    if let Some(emulator) = &devices.emulator {
+        w.text("emulator", vec![], &path(emulator));
+    }
+    for disk in &devices.disks {
+        write_disk(w, disk);
+    }
+    for controller in &devices.controllers {
+        let mut attrs = vec![
+            ("type", controller.controller_type.clone()),
+            ("index", controller.index.to_string()),
+        ];
+        push_opt(&mut attrs, "model", controller.model.as_deref());
+        w.empty("controller", attrs);
+    }
+    for interface in &devices.interfaces {
+        write_interface(w, interface);
+    }
+    for serial in &devices.serials {
+        write_serial(w, serial);
+    }
+    for console in &devices.consoles {
+        write_console(w, console);
+    }
+    for input in &devices.inputs {
+        let mut attrs = vec![("type", input.input_type.clone())];
+        push_opt(&mut attrs, "bus", input.bus.as_deref());
+        w.empty("input", attrs);
+    }
+    for graphics in &devices.graphics {
+        write_graphics(w, graphics);
+    }
+    for video in &devices.videos {
+        let mut attrs = vec![("type", video.model.clone())];
+        push_opt(
+            &mut attrs,
+            "vram",
+            video.vram.map(|v| v.to_string()).as_deref(),
+        );
+        push_opt(
+            &mut attrs,
+            "heads",
+            video.heads.map(|h| h.to_string()).as_deref(),
+        );
+        w.open("video", vec![]);
+        w.empty("model", attrs);
+        w.close("video");
+    }
+    if let Some(model) = &devices.memballoon {
+        w.empty("memballoon", vec![("model", model.clone())]);
+    }
+    w.close("devices");
+}
+
+fn write_disk(w: &mut Writer, disk: &Disk) {
+    let (source_type, source_attr) = match disk.source_type {
+        DiskSourceType::File => ("file", "file"),
+        DiskSourceType::Block => ("block", "dev"),
+    };
+    let device = match disk.device {
+        DiskDevice::Disk => "disk",
+        DiskDevice::Cdrom => "cdrom",
+    };
+    w.open(
+        "disk",
+        vec![
+            ("type", source_type.to_string()),
+            ("device", device.to_string()),
+        ],
+    );
+    let format = match disk.format {
+        DiskFormat::Qcow2 => "qcow2",
+        DiskFormat::Raw => "raw",
+    };
+    let mut driver = vec![("name", "qemu".to_string()), ("type", format.to_string())];
+    let cache = disk.cache.map(|c| match c {
+        CacheMode::None => "none",
+        CacheMode::Writethrough => "writethrough",
+        CacheMode::Writeback => "writeback",
+        CacheMode::Directsync => "directsync",
+        CacheMode::Unsafe => "unsafe",
+    });
+    push_opt(&mut driver, "cache", cache);
+    w.empty("driver", driver);
+    if let Some(source) = &disk.source {
+        w.empty("source", vec![(source_attr, path(source))]);
+    }
+    let bus = match disk.target_bus {
+        DiskBus::Virtio => "virtio",
+        DiskBus::Ide => "ide",
+        DiskBus::Sata => "sata",
+        DiskBus::Scsi => "scsi",
+    };
+    w.empty(
+        "target",
+        vec![("dev", disk.target_dev.clone()), ("bus", bus.to_string())],
+    );
+    if disk.readonly {
+        w.empty("readonly", vec![]);
+    }
+    if disk.shareable {
+        w.empty("shareable", vec![]);
+    }
+    w.close("disk");
+}
+
+fn write_interface(w: &mut Writer, interface: &Interface) {
+    let kind = match &interface.kind {
+        InterfaceKind::User => "user",
+        InterfaceKind::Bridge { .. } => "bridge",
+    };
+    w.open("interface", vec![("type", kind.to_string())]);
+    if let Some(mac) = &interface.mac {
+        w.empty("mac", vec![("address", mac.clone())]);
+    }
+    if let InterfaceKind::Bridge { bridge } = &interface.kind {
+        w.empty("source", vec![("bridge", bridge.clone())]);
+    }
+    if let Some(port) = &interface.virtualport {
+        let attrs = vec![("type", port.port_type.clone())];
+        match &port.interface_id {
+            Some(id) => {
+                w.open("virtualport", attrs);
+                w.empty("parameters", vec![("interfaceid", id.clone())]);
+                w.close("virtualport");
+            }
+            None => w.empty("virtualport", attrs),
+        }
+    }
+    if let Some(model) = &interface.model {
+        w.empty("model", vec![("type", model.clone())]);
+    }
+    w.close("interface");
+}
+
+/// Opens a `<serial>`/`<console>` and prints its backend.
+fn open_char_dev(w: &mut Writer, element: &'static str, kind: &CharDev) {
+    match kind {
+        CharDev::Pty => w.open(element, vec![("type", "pty".to_string())]),
+        CharDev::File { path: file } => {
+            w.open(element, vec![("type", "file".to_string())]);
+            w.empty("source", vec![("path", path(file))]);
+        }
+    }
+}
+
+fn write_serial(w: &mut Writer, serial: &Serial) {
+    open_char_dev(w, "serial", &serial.kind);
+    w.empty("target", vec![("port", serial.port.to_string())]);
+    w.close("serial");
+}
+
+fn write_console(w: &mut Writer, console: &Console) {
+    open_char_dev(w, "console", &console.kind);
+    w.empty(
+        "target",
+        vec![
+            ("type", console.target_type.clone()),
+            ("port", console.port.to_string()),
+        ],
+    );
+    w.close("console");
+}
+
+fn write_graphics(w: &mut Writer, graphics: &Graphics) {
+    let mut attrs = vec![("type", graphics.kind.clone())];
+    push_opt(
+        &mut attrs,
+        "port",
+        graphics.port.map(|p| p.to_string()).as_deref(),
+    );
+    let autoport = if graphics.autoport { "yes" } else { "no" };
+    attrs.push(("autoport", autoport.to_string()));
+    push_opt(&mut attrs, "listen", graphics.listen.as_deref());
+    match &graphics.listen {
+        Some(address) => {
+            w.open("graphics", attrs);
+            w.empty(
+                "listen",
+                vec![
+                    ("type", "address".to_string()),
+                    ("address", address.clone()),
+                ],
+            );
+            w.close("graphics");
+        }
+        None => w.empty("graphics", attrs),
+    }
+}
+
+fn push_opt(attrs: &mut Attrs, name: &'static str, value: Option<&str>) {
+    if let Some(value) = value {
+        attrs.push((name, value.to_string()));
+    }
+}
+
+/// Paths as text; `validate` refuses paths that are not UTF-8.
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// An indenting XML writer.
+#[derive(Default)]
+struct Writer {
+    out: String,
+    depth: usize,
+}
+
+impl Writer {
+    fn start_tag(&mut self, name: &str, attrs: &Attrs) {
+        for _ in 0..self.depth {
+            self.out.push_str("  ");
+        }
+        self.out.push('<');
+        self.out.push_str(name);
+        for (key, value) in attrs {
+            self.out.push(' ');
+            self.out.push_str(key);
+            self.out.push_str("='");
+            escape_attr(&mut self.out, value);
+            self.out.push('\'');
+        }
+    }
+
+    /// `<name attrs>` on its own line; children follow until [`Self::close`].
+    fn open(&mut self, name: &str, attrs: Attrs) {
+        self.start_tag(name, &attrs);
+        self.out.push_str(">\n");
+        self.depth += 1;
+    }
+
+    fn close(&mut self, name: &str) {
+        self.depth = self.depth.saturating_sub(1);
+        for _ in 0..self.depth {
+            self.out.push_str("  ");
+        }
+        self.out.push_str("</");
+        self.out.push_str(name);
+        self.out.push_str(">\n");
+    }
+
+    /// `<name attrs/>`.
+    fn empty(&mut self, name: &str, attrs: Attrs) {
+        self.start_tag(name, &attrs);
+        self.out.push_str("/>\n");
+    }
+
+    /// `<name attrs>text</name>` on one line.
+    fn text(&mut self, name: &str, attrs: Attrs, text: &str) {
+        self.start_tag(name, &attrs);
+        self.out.push('>');
+        escape_text(&mut self.out, text);
+        self.out.push_str("</");
+        self.out.push_str(name);
+        self.out.push_str(">\n");
+    }
+}
+
+/// Escapes element text. `\r` is written as a character reference because
+/// XML parsers turn a literal CR into LF.
+fn escape_text(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Escapes an attribute value. Tab, LF and CR are written as character
+/// references because XML parsers turn them into spaces in attributes.
+fn escape_attr(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_text_and_attributes() {
+        let mut text = String::new();
+        escape_text(&mut text, "a<b>&'\"\r\n");
+        assert_eq!(text, "a&lt;b&gt;&amp;'\"&#13;\n");
+        let mut attr = String::new();
+        escape_attr(&mut attr, "a<b>&'\"\t\n");
+        assert_eq!(attr, "a&lt;b&gt;&amp;&apos;&quot;&#9;&#10;");
+    }
+
+    #[test]
+    fn writer_indents_two_spaces() {
+        let mut w = Writer::default();
+        w.open("a", vec![("x", "1".to_string())]);
+        w.empty("b", vec![]);
+        w.text("c", vec![], "t");
+        w.close("a");
+        assert_eq!(w.out, "<a x='1'>\n  <b/>\n  <c>t</c>\n</a>\n");
+    }
+}

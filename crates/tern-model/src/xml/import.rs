@@ -1,0 +1,447 @@
+//! Domain XML import: the `<domain>` element and everything outside
+//! `<devices>` (see `devices.rs` for those).
+
+use super::devices::parse_devices;
+use super::units::{self, UnitError};
+use super::XmlError;
+use crate::domain::{BootDevice, Cpu, CpuMode, Domain, Features, LifecycleAction, Os};
+use crate::validate::validate;
+use roxmltree::{Document, Node};
+use std::path::PathBuf;
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub(super) type Result<T> = std::result::Result<T, XmlError>;
+
+/// Top-level elements that only describe a running instance or host-side
+/// policy Tern manages itself; they are accepted and dropped.
+///
+/// `<sysinfo>` is inert unless `<os><smbios mode='sysinfo'/>` refers to it,
+/// and `<smbios>` is refused, so dropping it changes nothing the guest sees.
+const IGNORED_TOP_LEVEL: &[&str] = &[
+    "metadata",
+    "seclabel",
+    "resource",
+    "pm",
+    "on_lockfailure",
+    "sysinfo",
+];
+
+/// Parses a libvirt domain XML document (e.g. `virsh dumpxml` output) into a
+/// [`Domain`], then checks it with [`validate`].
+///
+/// A missing `<uuid>` gets a fresh random one, a missing `<currentMemory>`
+/// equals `<memory>`, a missing `<vcpu>` means one vCPU. See the module
+/// documentation for what is honoured, ignored and refused.
+pub fn parse_domain(xml: &str) -> Result<Domain> {
+    let doc = Document::parse(xml).map_err(|e| XmlError::Malformed(e.to_string()))?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
+        let shown = match root.tag_name().namespace() {
+            Some(uri) if root.tag_name().name() == "domain" => format!("domain xmlns='{uri}'"),
+            _ => qualified_name(root),
+        };
+        return Err(XmlError::NotDomain(shown));
+    }
+    // `id=` is the runtime domain id and is ignored.
+    let domain_type = required_attr(root, "type")?.to_string();
+
+    let mut name = None;
+    let mut uuid = None;
+    let mut title = None;
+    let mut description = None;
+    let mut memory = None;
+    let mut current_memory = None;
+    let mut vcpus = None;
+    let mut os = None;
+    let mut cpu = None;
+    let mut features = None;
+    let mut clock_offset = None;
+    let mut on_poweroff = None;
+    let mut on_reboot = None;
+    let mut on_crash = None;
+    let mut devices = None;
+
+    for child in elements(root) {
+        if child.tag_name().namespace().is_some() {
+            return Err(refuse_top_level(&qualified_name(child)));
+        }
+        match child.tag_name().name() {
+            "name" => set_once(&mut name, text(child), child)?,
+            "uuid" => set_once(&mut uuid, parse_uuid(child)?, child)?,
+            "title" => set_once(&mut title, text(child), child)?,
+            "description" => set_once(&mut description, text(child), child)?,
+            "memory" => set_once(&mut memory, parse_memory(child)?, child)?,
+            "currentMemory" => set_once(&mut current_memory, parse_memory(child)?, child)?,
+            "vcpu" => set_once(&mut vcpus, parse_vcpu(child)?, child)?,
+            "os" => set_once(&mut os, parse_os(child)?, child)?,
+            "cpu" => set_once(&mut cpu, parse_cpu(child)?, child)?,
+            "features" => set_once(&mut features, parse_features(child), child)?,
+            "clock" => set_once(&mut clock_offset, parse_clock(child), child)?,
+            "on_poweroff" => set_once(&mut on_poweroff, parse_lifecycle(child)?, child)?,
+            "on_reboot" => set_once(&mut on_reboot, parse_lifecycle(child)?, child)?,
+            "on_crash" => set_once(&mut on_crash, parse_lifecycle(child)?, child)?,
+            "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
+            ignored if IGNORED_TOP_LEVEL.contains(&ignored) => {}
+            other => return Err(refuse_top_level(other)),
+        }
+    }
+
+    let name = name.ok_or_else(|| missing("<name>"))?;
+    let memory_kib = memory.ok_or_else(|| missing("<memory>"))?;
+    let vcpus = vcpus.unwrap_or(1);
+    let (cpu, topology) = cpu.unwrap_or((None, None));
+    if let Some(topology) = topology {
+        topology.check(vcpus)?;
+    }
+    let domain = Domain {
+        name,
+        uuid: uuid.unwrap_or_else(Uuid::new_v4),
+        domain_type,
+        title,
+        description,
+        memory_kib,
+        current_memory_kib: current_memory.unwrap_or(memory_kib),
+        vcpus,
+        os: os.ok_or_else(|| missing("<os>"))?,
+        cpu,
+        features: features.unwrap_or_default(),
+        clock_offset,
+        on_poweroff: on_poweroff.unwrap_or(LifecycleAction::Destroy),
+        on_reboot: on_reboot.unwrap_or(LifecycleAction::Restart),
+        on_crash: on_crash.unwrap_or(LifecycleAction::Destroy),
+        devices: devices.unwrap_or_default(),
+    };
+    validate(&domain)?;
+    Ok(domain)
+}
+
+/// Refusal of a top-level element outside the honoured and ignored lists.
+fn refuse_top_level(name: &str) -> XmlError {
+    let why = match name {
+        "maxMemory" => " (memory hotplug)",
+        "vcpus" => " (vCPU hotplug)",
+        "cputune" | "numatune" | "memtune" | "blkiotune" => " (host resource tuning)",
+        "memoryBacking" => " (hugepages or shared memory backing)",
+        "iothreads" | "iothreadids" => " (dedicated I/O threads)",
+        "bootloader" | "bootloader_args" => " (host-side boot loader)",
+        "idmap" => " (container id mapping)",
+        "genid" => " (VM generation ID)",
+        "launchSecurity" => " (memory encryption)",
+        "qemu:commandline" | "qemu:capabilities" => " (QEMU command-line passthrough)",
+        _ => "",
+    };
+    XmlError::Unsupported {
+        what: format!("element <{name}>{why}"),
+        fix: "remove it from the domain XML".to_string(),
+    }
+}
+
+fn parse_uuid(node: Node) -> Result<Uuid> {
+    let raw = text(node);
+    Uuid::parse_str(raw.trim()).map_err(|_| XmlError::InvalidValue {
+        what: "<uuid>".to_string(),
+        value: raw,
+        expected: "write a UUID such as 4dea22b3-1d52-d8f3-2516-782e98ab3fa0, or remove <uuid> to have one generated".to_string(),
+    })
+}
+
+/// `<memory>` / `<currentMemory>` in KiB, honouring `unit=`.
+fn parse_memory(node: Node) -> Result<u64> {
+    let element = node.tag_name().name();
+    let value: u64 = parse_number(&text(node), &format!("<{element}>"))?;
+    let unit = node.attribute("unit");
+    units::to_kib(value, unit).map_err(|e| match e {
+        UnitError::UnknownUnit => XmlError::InvalidValue {
+            what: format!("<{element} unit=>"),
+            value: unit.unwrap_or_default().to_string(),
+            expected: units::UNITS_HELP.to_string(),
+        },
+        UnitError::Overflow => XmlError::InvalidValue {
+            what: format!("<{element}>"),
+            value: format!("{value} {}", unit.unwrap_or("KiB")),
+            expected: "use a realistic amount of memory".to_string(),
+        },
+    })
+}
+
+/// `<vcpu>`: the count is the text; `placement=` and `cpuset=` are ignored.
+fn parse_vcpu(node: Node) -> Result<u32> {
+    let count: u32 = parse_number(&text(node), "<vcpu>")?;
+    if let Some(current) = node.attribute("current") {
+        let current: u32 = parse_number(current, "<vcpu current=>")?;
+        if current != count {
+            return Err(XmlError::Unsupported {
+                what: format!(
+                    "<vcpu current='{current}'> below the maximum of {count} (vCPU hotplug)"
+                ),
+                fix: "remove current= or set it equal to the vCPU count".to_string(),
+            });
+        }
+    }
+    Ok(count)
+}
+
+fn parse_os(node: Node) -> Result<Os> {
+    if let Some(firmware) = node.attribute("firmware") {
+        return Err(XmlError::Unsupported {
+            what: format!("<os firmware='{firmware}'> (UEFI or other firmware selection)"),
+            fix: "remove firmware= (Tern boots guests with QEMU's default BIOS or a direct kernel)"
+                .to_string(),
+        });
+    }
+    let mut os_type = None;
+    let mut os = Os::default();
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "type" => {
+                set_once(&mut os_type, text(child).trim().to_string(), child)?;
+                os.arch = child.attribute("arch").map(str::to_string);
+                os.machine = child.attribute("machine").map(str::to_string);
+            }
+            "kernel" => set_once(&mut os.kernel, PathBuf::from(text(child)), child)?,
+            "initrd" => set_once(&mut os.initrd, PathBuf::from(text(child)), child)?,
+            "cmdline" => set_once(&mut os.cmdline, text(child), child)?,
+            "boot" => os.boot.push(parse_boot(child)?),
+            "loader" | "nvram" => {
+                return Err(XmlError::Unsupported {
+                    what: format!("<os><{}> (UEFI or custom firmware)", child.tag_name().name()),
+                    fix: "remove <loader> and <nvram> (Tern boots guests with QEMU's default BIOS or a direct kernel)".to_string(),
+                })
+            }
+            // The interactive boot menu does not change what boots.
+            "bootmenu" => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    os.os_type = os_type.ok_or_else(|| missing("<os><type>"))?;
+    Ok(os)
+}
+
+fn parse_boot(node: Node) -> Result<BootDevice> {
+    let dev = required_attr(node, "dev")?;
+    match dev {
+        "hd" => Ok(BootDevice::Hd),
+        "cdrom" => Ok(BootDevice::Cdrom),
+        "network" => Ok(BootDevice::Network),
+        "fd" => Ok(BootDevice::Fd),
+        other => Err(invalid(
+            "<boot dev=>",
+            other,
+            "use hd, cdrom, network or fd",
+        )),
+    }
+}
+
+/// `<cpu><topology>`, checked against `<vcpu>` once both are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Topology {
+    sockets: u64,
+    dies: u64,
+    clusters: u64,
+    cores: u64,
+    threads: u64,
+}
+
+impl Topology {
+    fn parse(node: Node) -> Result<Self> {
+        let required = |attr: &'static str| -> Result<u64> {
+            parse_number(required_attr(node, attr)?, &format!("<topology {attr}=>"))
+        };
+        let optional = |attr: &'static str| -> Result<u64> {
+            node.attribute(attr)
+                .map_or(Ok(1), |v| parse_number(v, &format!("<topology {attr}=>")))
+        };
+        Ok(Topology {
+            sockets: required("sockets")?,
+            dies: optional("dies")?,
+            clusters: optional("clusters")?,
+            cores: required("cores")?,
+            threads: required("threads")?,
+        })
+    }
+
+    /// Tern lets QEMU choose the topology, which is only faithful when the
+    /// declared one describes exactly `<vcpu>` CPUs.
+    fn check(self, vcpus: u32) -> Result<()> {
+        let total = [self.dies, self.clusters, self.cores, self.threads]
+            .iter()
+            .try_fold(self.sockets, |acc, n| acc.checked_mul(*n));
+        if total == Some(u64::from(vcpus)) {
+            return Ok(());
+        }
+        Err(XmlError::InvalidValue {
+            what: "<cpu><topology>".to_string(),
+            value: format!(
+                "sockets={} cores={} threads={}",
+                self.sockets, self.cores, self.threads
+            ),
+            expected: format!(
+                "sockets*cores*threads must equal the <vcpu> count ({vcpus}); fix it or remove <topology>"
+            ),
+        })
+    }
+}
+
+/// `<cpu>`: the model plus, separately, a topology to check against `<vcpu>`.
+/// A `<cpu>` with neither mode nor model (only a topology) means "host default".
+fn parse_cpu(node: Node) -> Result<(Option<Cpu>, Option<Topology>)> {
+    let mode = match node.attribute("mode") {
+        None => None,
+        Some("custom") => Some(CpuMode::Custom),
+        Some("host-model") => Some(CpuMode::HostModel),
+        Some("host-passthrough") => Some(CpuMode::HostPassthrough),
+        Some("maximum") => Some(CpuMode::Maximum),
+        Some(other) => {
+            return Err(invalid(
+                "<cpu mode=>",
+                other,
+                "use custom, host-model, host-passthrough or maximum",
+            ))
+        }
+    };
+    let mut model: Option<String> = None;
+    let mut topology = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            // `fallback=` and `vendor_id=` only matter to libvirt's CPU checks.
+            "model" => set_once(&mut model, text(child), child)?,
+            "topology" => set_once(&mut topology, Topology::parse(child)?, child)?,
+            "feature" => {
+                return Err(XmlError::Unsupported {
+                    what: "<cpu><feature> (per-flag CPU tuning)".to_string(),
+                    fix: "remove the <feature> elements and pick a <model> that has the flags, or use mode='host-passthrough'".to_string(),
+                })
+            }
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
+    // `<model fallback='allow'/>` (common with host-model) names no model.
+    let model = model.filter(|m| !m.trim().is_empty());
+    let cpu = match (mode, model) {
+        (None, None) => None,
+        (mode, model) => Some(Cpu {
+            mode: mode.unwrap_or(CpuMode::Custom),
+            model,
+        }),
+    };
+    Ok((cpu, topology))
+}
+
+/// `<features>`: acpi, apic and pae are honoured; other features (hyperv,
+/// kvm, vmport...) are accepted and dropped.
+fn parse_features(node: Node) -> Features {
+    let mut features = Features::default();
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "acpi" => features.acpi = true,
+            "apic" => features.apic = true,
+            "pae" => features.pae = true,
+            _ => {}
+        }
+    }
+    features
+}
+
+/// `<clock offset=...>`; `<timer>` children are accepted and dropped, and an
+/// absent offset means libvirt's default, "utc".
+fn parse_clock(node: Node) -> String {
+    node.attribute("offset").unwrap_or("utc").to_string()
+}
+
+fn parse_lifecycle(node: Node) -> Result<LifecycleAction> {
+    let raw = text(node);
+    match raw.trim() {
+        "destroy" => Ok(LifecycleAction::Destroy),
+        "restart" => Ok(LifecycleAction::Restart),
+        "preserve" => Ok(LifecycleAction::Preserve),
+        "rename-restart" => Ok(LifecycleAction::RenameRestart),
+        _ => Err(invalid(
+            &format!("<{}>", node.tag_name().name()),
+            &raw,
+            "use destroy, restart, preserve or rename-restart",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers shared with devices.rs.
+
+/// The element children of `node`, skipping text, comments and PIs.
+pub(super) fn elements<'a, 'input>(
+    node: Node<'a, 'input>,
+) -> impl Iterator<Item = Node<'a, 'input>> {
+    node.children().filter(Node::is_element)
+}
+
+/// All text directly inside `node` (entities decoded), unmodified.
+pub(super) fn text(node: Node) -> String {
+    node.children()
+        .filter(Node::is_text)
+        .filter_map(|n| n.text())
+        .collect()
+}
+
+/// `prefix:name` for namespaced elements, `name` otherwise.
+pub(super) fn qualified_name(node: Node) -> String {
+    let tag = node.tag_name();
+    match tag.namespace().and_then(|uri| node.lookup_prefix(uri)) {
+        Some(prefix) if !prefix.is_empty() => format!("{prefix}:{}", tag.name()),
+        _ => tag.name().to_string(),
+    }
+}
+
+/// The value of `attr` on `node`, or an error naming both.
+pub(super) fn required_attr<'a>(node: Node<'a, '_>, attr: &'static str) -> Result<&'a str> {
+    node.attribute(attr)
+        .ok_or_else(|| XmlError::MissingAttribute {
+            element: qualified_name(node),
+            attribute: attr,
+        })
+}
+
+/// Stores `value` in `slot`, refusing a second occurrence of `node`.
+pub(super) fn set_once<T>(slot: &mut Option<T>, value: T, node: Node) -> Result<()> {
+    if slot.is_some() {
+        let parent = node
+            .parent_element()
+            .map(|p| format!("{}><", qualified_name(p)))
+            .unwrap_or_default();
+        return Err(XmlError::Duplicate {
+            element: format!("{parent}{}", qualified_name(node)),
+        });
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Parses a number, ignoring surrounding whitespace.
+pub(super) fn parse_number<T: FromStr>(raw: &str, what: &str) -> Result<T> {
+    raw.trim()
+        .parse()
+        .map_err(|_| invalid(what, raw, "write a non-negative whole number in range"))
+}
+
+/// An [`XmlError::InvalidValue`].
+pub(super) fn invalid(what: &str, value: &str, expected: &str) -> XmlError {
+    XmlError::InvalidValue {
+        what: what.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// An [`XmlError::MissingElement`].
+pub(super) fn missing(what: &str) -> XmlError {
+    XmlError::MissingElement {
+        what: what.to_string(),
+    }
+}
+
+/// Refusal of a child element Tern does not honour inside `parent`.
+pub(super) fn unsupported_child(parent: Node, child: Node) -> XmlError {
+    XmlError::Unsupported {
+        what: format!("<{}><{}>", qualified_name(parent), qualified_name(child)),
+        fix: "remove it from the domain XML".to_string(),
+    }
+}

@@ -1,0 +1,233 @@
+//! Documents Tern must refuse, each with a one-line message saying what to do.
+
+use super::{doc, refused, with_devices};
+use crate::xml::XmlError;
+
+#[test]
+fn refuses_devices_tern_cannot_honour() {
+    let err = refused(
+        &with_devices("<hostdev mode='subsystem' type='pci'/>"),
+        "device <hostdev> (PCI/USB passthrough) is not supported by Tern; remove it from the domain XML",
+    );
+    assert!(matches!(err, XmlError::Unsupported { .. }));
+    for device in [
+        "filesystem",
+        "redirdev",
+        "smartcard",
+        "tpm",
+        "rng",
+        "watchdog",
+        "channel",
+        "sound",
+    ] {
+        refused(
+            &with_devices(&format!("<{device}/>")),
+            &format!("device <{device}>"),
+        );
+    }
+    refused(
+        &with_devices("<graphics type='spice' autoport='yes'/>"),
+        "graphics type='spice'",
+    );
+    refused(
+        &with_devices("<graphics type='sdl'/>"),
+        "graphics type='sdl'",
+    );
+    refused(
+        &with_devices("<graphics type='vnc' passwd='x'/>"),
+        "VNC password",
+    );
+    refused(
+        &with_devices("<interface type='network'><source network='default'/></interface>"),
+        "<interface type='network'> is not supported by Tern; use type='bridge'",
+    );
+    refused(
+        &with_devices("<interface type='direct'/>"),
+        "interface type='direct'",
+    );
+    refused(
+        &with_devices("<interface type='bridge'/>"),
+        "<source bridge=...>",
+    );
+    refused(
+        &with_devices("<interface type='user'><link state='down'/></interface>"),
+        "<interface><link>",
+    );
+    refused(
+        &with_devices(
+            "<disk type='file' device='floppy'><source file='/f'/><target dev='fda'/></disk>",
+        ),
+        "device='floppy'",
+    );
+    refused(
+        &with_devices("<disk type='network'><target dev='vda'/></disk>"),
+        "disk type='network'",
+    );
+    refused(
+        &with_devices("<disk type='file'><driver name='qemu' type='vmdk'/><source file='/a'/><target dev='vda'/></disk>"),
+        "disk image format 'vmdk'",
+    );
+    refused(
+        &with_devices(
+            "<disk type='file'><source file='/a'/><target dev='vda'/><boot order='1'/></disk>",
+        ),
+        "<boot order=...>",
+    );
+    refused(
+        &with_devices("<disk type='block'><source file='/a'/><target dev='vda'/></disk>"),
+        "a block disk takes <source dev=...>",
+    );
+    refused(
+        &with_devices("<disk type='file'><source file='/a'/><target dev='xvda'/></disk>"),
+        "without bus=",
+    );
+    refused(&with_devices("<serial type='tcp'/>"), "<serial type='tcp'>");
+    refused(
+        &with_devices("<serial type='file'><target port='0'/></serial>"),
+        "<source path=...>",
+    );
+    refused(
+        &with_devices("<graphics type='vnc' listen='1.2.3.4'><listen type='address' address='5.6.7.8'/></graphics>"),
+        "must match",
+    );
+    refused(
+        &with_devices("<graphics type='vnc'><listen type='network' network='n'/></graphics>"),
+        "listen type='network'",
+    );
+}
+
+#[test]
+fn refuses_unsupported_domain_settings() {
+    refused(
+        &doc("").replace(
+            "<os>",
+            "<os><loader readonly='yes' type='pflash'>/usr/share/OVMF.fd</loader>",
+        ),
+        "<os><loader> (UEFI or custom firmware)",
+    );
+    refused(&doc("").replace("<os>", "<os firmware='efi'>"), "firmware");
+    refused(
+        &doc("<cputune><shares>1024</shares></cputune>"),
+        "element <cputune>",
+    );
+    refused(&doc("<bogus/>"), "element <bogus>");
+    refused(
+        &doc("")
+            .replace(
+                "<domain type='kvm'>",
+                "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
+            )
+            .replace("</domain>", "<qemu:commandline/></domain>"),
+        "element <qemu:commandline> (QEMU command-line passthrough)",
+    );
+    refused(
+        &doc("<cpu mode='host-model'><feature policy='require' name='vmx'/></cpu>"),
+        "<cpu><feature>",
+    );
+    refused(&doc("<vcpu current='1'>2</vcpu>"), "vCPU hotplug");
+    refused(
+        &doc("<on_crash>coredump-destroy</on_crash>"),
+        "<on_crash> value 'coredump-destroy'",
+    );
+    refused(
+        &doc("<clock offset='variable' adjustment='3'/>"),
+        "clock offset 'variable'",
+    );
+    refused(
+        &doc("").replace("type='kvm'", "type='xen'"),
+        "domain type 'xen'",
+    );
+    refused(
+        &doc("").replace("<type>hvm</type>", "<type>linux</type>"),
+        "OS type 'linux'",
+    );
+    refused(&doc("<name>again</name>"), "<name> appears more than once");
+}
+
+#[test]
+fn refusals_named_in_the_brief() {
+    refused("<domain type='kvm'><name>t</name", "not well-formed");
+    let malformed = refused(
+        "<domain type='kvm'>\n<name>t</nam>\n</domain>",
+        "not well-formed",
+    );
+    assert!(
+        malformed.to_string().contains("2:"),
+        "position missing: {malformed}"
+    );
+    refused(
+        "<network><name>n</name></network>",
+        "root element is <network>",
+    );
+    refused(
+        "<domain xmlns='urn:x' type='kvm'><name>t</name></domain>",
+        "root element is <domain xmlns='urn:x'>",
+    );
+    refused(
+        "<domain type='kvm'><memory>1</memory><os><type>hvm</type></os></domain>",
+        "<name> is missing",
+    );
+    refused(
+        "<domain type='kvm'><name>t</name><os><type>hvm</type></os></domain>",
+        "<memory> is missing",
+    );
+    refused(
+        "<domain type='kvm'><name>t</name><memory>1</memory></domain>",
+        "<os> is missing",
+    );
+    refused(
+        "<domain><name>t</name><memory>1</memory><os><type>hvm</type></os></domain>",
+        "has no type=",
+    );
+    refused(
+        &with_devices("<interface type='user'><mac address='52:54:00:zz:00:01'/></interface>"),
+        "MAC address '52:54:00:zz:00:01' is malformed",
+    );
+    refused(
+        &with_devices("<interface type='user'><mac address='01:00:5e:00:00:01'/></interface>"),
+        "multicast",
+    );
+    refused(
+        &with_devices(
+            "<interface type='user'><mac address='52:54:00:00:00:01'/></interface>\
+                       <interface type='user'><mac address='52:54:00:00:00:01'/></interface>",
+        ),
+        "used by more than one interface",
+    );
+    refused(
+        &with_devices(
+            "<disk type='file'><source file='/a'/><target dev='vda'/></disk>\
+                       <disk type='file'><source file='/b'/><target dev='vda'/></disk>",
+        ),
+        "disk target dev 'vda' is used by more than one disk",
+    );
+    refused(
+        &with_devices("<disk type='file'><target dev='vda'/></disk>"),
+        "disk 'vda' has no source",
+    );
+    refused(
+        &doc("").replace("<memory>1024", "<memory unit='KiBB'>1024"),
+        "<memory unit=> value 'KiBB' is invalid",
+    );
+    refused(
+        &doc("").replace("<memory>1024", "<memory>-5"),
+        "<memory> value '-5' is invalid",
+    );
+    refused(
+        &doc("<uuid>not-a-uuid</uuid>"),
+        "<uuid> value 'not-a-uuid' is invalid",
+    );
+    refused(
+        &doc("").replace("<name>t</name>", "<name>a/b</name>"),
+        "domain name 'a/b'",
+    );
+    refused(
+        &doc("").replace("<name>t</name>", "<name>a\nb</name>"),
+        "domain name 'a\\nb'",
+    );
+    refused(
+        &doc("<currentMemory>2048</currentMemory>"),
+        "currentMemory (2048 KiB) is larger than memory (1024 KiB)",
+    );
+    refused(&doc("<vcpu>0</vcpu>"), "vcpu count 0");
+}

@@ -1,0 +1,274 @@
+//! An asynchronous QMP client.
+//!
+//! QMP is line-delimited JSON over a unix socket: QEMU greets, the client
+//! sends `qmp_capabilities`, then commands carry an `id` that QEMU echoes in
+//! the `return`/`error` reply, while asynchronous `event`s arrive at any time.
+//! One reader task owns the read half: it routes replies to the waiting
+//! caller by id and broadcasts events. When the socket closes (QEMU exited or
+//! was killed) every pending call fails with [`QmpError::Closed`] and
+//! [`Qmp::closed`] resolves — this is how the agent learns a guest ended,
+//! rather than polling its pid.
+
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, oneshot, watch};
+
+/// QMP failures.
+#[derive(Debug, Error)]
+pub enum QmpError {
+    /// Could not connect to the monitor socket.
+    #[error("cannot connect to QMP socket {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the socket failed.
+    #[error("QMP I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// QEMU closed the monitor (the process ended).
+    #[error("QEMU closed its monitor connection (the process has ended)")]
+    Closed,
+    /// QEMU answered with an error.
+    #[error("QEMU refused '{command}': {desc}")]
+    Command {
+        /// The command that failed.
+        command: String,
+        /// QEMU's error class, e.g. "GenericError".
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+    /// QEMU sent something that is not QMP.
+    #[error("QMP protocol error: {0}")]
+    Protocol(String),
+    /// No reply in time.
+    #[error("QEMU did not answer '{0}' in time")]
+    Timeout(String),
+}
+
+/// An asynchronous QMP event.
+#[derive(Debug, Clone)]
+pub struct QmpEvent {
+    /// Event name, e.g. "SHUTDOWN", "STOP", "MIGRATION".
+    pub name: String,
+    /// Event payload (`data`), `Null` when absent.
+    pub data: Value,
+    /// QEMU's timestamp in microseconds since the epoch.
+    pub timestamp_us: u64,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
+
+/// A connected QMP monitor. Cheap to clone; all clones share one socket.
+#[derive(Clone)]
+pub struct Qmp {
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    events: broadcast::Sender<QmpEvent>,
+    closed: watch::Receiver<bool>,
+    /// QEMU's version as announced in the greeting, e.g. (7, 2, 22).
+    pub version: (u64, u64, u64),
+}
+
+impl std::fmt::Debug for Qmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmp").field("version", &self.version).finish()
+    }
+}
+
+/// How long a single QMP command may take before we give up on it. QMP
+/// commands are quick; migration and block jobs are asynchronous.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Qmp {
+    /// Connects to a QMP unix socket, reads the greeting and negotiates
+    /// capabilities. Events emitted after this call are delivered to
+    /// subscribers of [`Qmp::events`].
+    pub async fn connect(path: &Path) -> Result<Qmp, QmpError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| QmpError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = String::new();
+        let n = tokio::time::timeout(COMMAND_TIMEOUT, reader.read_line(&mut line))
+            .await
+            .map_err(|_| QmpError::Timeout("greeting".into()))??;
+        if n == 0 {
+            return Err(QmpError::Closed);
+        }
+        let greeting: Value = serde_json::from_str(&line)
+            .map_err(|e| QmpError::Protocol(format!("bad greeting: {e}")))?;
+        let v = &greeting["QMP"]["version"]["qemu"];
+        let version = (
+            v["major"].as_u64().unwrap_or(0),
+            v["minor"].as_u64().unwrap_or(0),
+            v["micro"].as_u64().unwrap_or(0),
+        );
+        let (events, _) = broadcast::channel(1024);
+        let (closed_tx, closed) = watch::channel(false);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let qmp = Qmp {
+            writer: Arc::new(tokio::sync::Mutex::new(write)),
+            pending: pending.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            events: events.clone(),
+            closed,
+            version,
+        };
+        tokio::spawn(read_loop(reader, pending, events, closed_tx));
+        qmp.execute("qmp_capabilities", None).await?;
+        Ok(qmp)
+    }
+
+    /// Runs a command and returns its `return` value.
+    pub async fn execute(&self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        self.execute_timeout(command, args, COMMAND_TIMEOUT).await
+    }
+
+    /// Runs a command with an explicit reply timeout.
+    pub async fn execute_timeout(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        if *self.closed.borrow() {
+            return Err(QmpError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut msg = Map::new();
+        msg.insert("execute".into(), json!(command));
+        if let Some(a) = args {
+            msg.insert("arguments".into(), a);
+        }
+        msg.insert("id".into(), json!(id));
+        let mut text = Value::Object(msg).to_string();
+        text.push('\n');
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        {
+            let mut w = self.writer.lock().await;
+            if let Err(e) = w.write_all(text.as_bytes()).await {
+                lock(&self.pending).remove(&id);
+                return Err(if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    QmpError::Closed
+                } else {
+                    QmpError::Io(e)
+                });
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(QmpError::Timeout(command.to_string()))
+            }
+            Ok(Err(_)) => Err(QmpError::Closed),
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err((class, desc)))) => Err(QmpError::Command {
+                command: command.to_string(),
+                class,
+                desc,
+            }),
+        }
+    }
+
+    /// Subscribes to events from now on.
+    pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
+        self.events.subscribe()
+    }
+
+    /// True once the socket has closed.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves when QEMU closes the monitor socket.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `query-status`: returns (running, status string).
+    pub async fn query_status(&self) -> Result<(bool, String), QmpError> {
+        let v = self.execute("query-status", None).await?;
+        Ok((
+            v["running"].as_bool().unwrap_or(false),
+            v["status"].as_str().unwrap_or("unknown").to_string(),
+        ))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent
+    // (single inserts/removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn read_loop(
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    pending: Pending,
+    events: broadcast::Sender<QmpEvent>,
+    closed: watch::Sender<bool>,
+) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            tracing::warn!(line = line.trim(), "ignoring non-JSON QMP line");
+            continue;
+        };
+        if let Some(name) = v.get("event").and_then(Value::as_str) {
+            let ts = &v["timestamp"];
+            let timestamp_us = ts["seconds"].as_u64().unwrap_or(0) * 1_000_000
+                + ts["microseconds"].as_u64().unwrap_or(0);
+            let _ = events.send(QmpEvent {
+                name: name.to_string(),
+                data: v.get("data").cloned().unwrap_or(Value::Null),
+                timestamp_us,
+            });
+            continue;
+        }
+        let Some(id) = v.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        let Some(tx) = lock(&pending).remove(&id) else {
+            continue;
+        };
+        let reply = if let Some(r) = v.get("return") {
+            Ok(r.clone())
+        } else {
+            let e = &v["error"];
+            Err((
+                e["class"].as_str().unwrap_or("GenericError").to_string(),
+                e["desc"].as_str().unwrap_or("unknown error").to_string(),
+            ))
+        };
+        let _ = tx.send(reply);
+    }
+    lock(&pending).clear();
+    let _ = closed.send(true);
+}

@@ -1,0 +1,33 @@
+//! Test support for Tern.
+//!
+//! - [`build_or_reuse`] builds the project's test guest: the host's Debian
+//!   kernel (as an uncompressed `vmlinux`, booted through PVH) and a busybox
+//!   initramfs whose `/init` runs `tern-workload`. See `README-guest.md` for
+//!   the guest's command-line parameters and console lines.
+//! - [`SerialLog`] parses what the guest printed on its serial console.
+//!
+//! ```no_run
+//! let image = tern_testkit::build_or_reuse(&tern_testkit::BuildOptions::default())?;
+//! let cmdline = tern_testkit::default_cmdline("tern.mem=64 tern.dirty=20");
+//! // qemu-system-x86_64 -accel tcg -m 256 -kernel {image.kernel} -initrd {image.initrd} -append {cmdline} ...
+//! # Ok::<(), tern_testkit::BuildError>(())
+//! ```
+
+mod cpio;
+mod elf;
+mod error;
+mod guest;
+mod initramfs;
+mod kernel;
+mod serial;
+mod vmlinux;
+
+pub use cpio::CpioWriter;
+pub use error::BuildError;
+pub use guest::{
+    build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
+    GUEST_TARGET,
+};
+pub use kernel::GUEST_MODULES;
+pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
+pub use vmlinux::extract as extract_vmlinux;
