@@ -64,6 +64,7 @@ pub async fn resolve(
         }
     }
     let kernel = probe::find_probe_kernel();
+    tracing::info!(kernel = ?kernel, "probing KVM by booting a kernel");
     let result = probe::probe_kvm(qemu, kernel.as_deref(), PROBE_TIMEOUT).await;
     let c = match result {
         KvmProbe::Works => choice("kvm", "a probe kernel booted under KVM".into()),

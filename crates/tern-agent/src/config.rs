@@ -32,6 +32,22 @@ pub struct AgentConfig {
     /// Overrides of reported host facts, `key=value` (for tests of the
     /// scheduler, which must see hosts that differ).
     pub fact_overrides: Vec<(String, String)>,
+    /// Address this host's QEMU is reached at for incoming migrations
+    /// (default: the `--listen` address, else 127.0.0.1 for a socket-only agent).
+    pub migration_address: Option<String>,
+    /// Ports incoming migrations listen on (libvirt's default range).
+    pub migration_ports: std::ops::RangeInclusive<u16>,
+    /// A migration whose byte count stands still this long is cancelled.
+    pub stall_timeout: std::time::Duration,
+    /// Fault injection for tests.
+    pub faults: Faults,
+}
+
+/// Deliberate delays and failures, for tests of the failure paths.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Sleep this long at the start of Prepare (lets a test kill the agent there).
+    pub prepare_delay: Option<std::time::Duration>,
 }
 
 impl AgentConfig {
@@ -46,6 +62,10 @@ impl AgentConfig {
             accel_cache: PathBuf::from("/var/cache/tern/accel.json"),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             fact_overrides: Vec::new(),
+            migration_address: None,
+            migration_ports: 49152..=49215,
+            stall_timeout: std::time::Duration::from_secs(15),
+            faults: Faults::default(),
         }
     }
 }

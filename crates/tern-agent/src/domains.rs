@@ -116,7 +116,12 @@ impl Agent {
     /// same name and uuid (a running domain keeps its live definition until
     /// its next start).
     pub async fn define(self: &Arc<Self>, xml_text: &str) -> Result<DomainRef> {
-        let mut d = parse(xml_text)?;
+        self.define_domain(parse(xml_text)?).await
+    }
+
+    /// `define` of an already parsed definition.
+    pub async fn define_domain(self: &Arc<Self>, mut d: Domain) -> Result<DomainRef> {
+        assign_macs(&mut d);
         for other in self.domains.all() {
             if other.uuid == d.uuid && other.name != d.name {
                 return Err(AgentError::Conflict(format!(

@@ -12,6 +12,7 @@ pub mod domains;
 pub mod error;
 pub mod facts;
 pub mod launch;
+pub mod migration;
 pub mod monitor;
 pub mod netdev;
 pub mod pools;
@@ -37,6 +38,8 @@ pub struct Agent {
     pub domains: Registry,
     /// Pools.
     pub pools: pools::Pools,
+    /// Migration jobs.
+    pub jobs: migration::Jobs,
     /// QEMU version string.
     pub qemu_version: String,
     /// Machine types QEMU knows, with aliases.
@@ -67,6 +70,7 @@ impl Agent {
             layout,
             domains: Registry::default(),
             pools,
+            jobs: migration::Jobs::default(),
             qemu_version,
             machines,
             host_tag,
@@ -106,6 +110,18 @@ impl Agent {
     /// Makes sure future ids are above `id` (after re-attaching).
     pub fn bump_id(&self, id: u32) {
         self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+    }
+
+    /// The address other hosts reach this host's incoming QEMU at.
+    pub fn migration_address(&self) -> String {
+        if let Some(a) = &self.cfg.migration_address {
+            return a.clone();
+        }
+        match self.cfg.listen {
+            Some(l) if !l.ip().is_unspecified() => l.ip().to_string(),
+            Some(_) => facts::gather("", "", &[]).hostname,
+            None => "127.0.0.1".into(),
+        }
     }
 
     /// Host facts.

@@ -153,6 +153,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 }
                 ok(a.pools.vol_delete(&pool, &name).await?)?
             }
+            Request::Migration(m) => crate::migration::dispatch(a, m).await?,
         })
     }
     .await;

@@ -8,13 +8,14 @@
 //! a server refuses versions it does not speak.
 
 pub mod client;
+pub mod driver;
 pub mod error;
 pub mod request;
 pub mod types;
 
 pub use client::{Client, ClientError};
 pub use error::{ApiError, ErrorCode};
-pub use request::Request;
+pub use request::{MigrationRequest, Request};
 pub use types::*;
 
 /// Version of this API; bumped on incompatible changes.

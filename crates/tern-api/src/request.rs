@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use tern_migrate::options::MigrateOptions;
+use tern_migrate::protocol::{ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest};
 
 /// A host API request. The JSON form is `{"op": "<kebab-name>", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +186,108 @@ pub enum Request {
         /// Volume name.
         name: String,
     },
+    /// A migration request.
+    #[serde(untagged)]
+    Migration(MigrationRequest),
+}
+
+/// Migration requests (see `tern_migrate::protocol` for the sequence).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MigrationRequest {
+    /// Source: check and describe the guest.
+    MigrateBegin {
+        /// Domain name or uuid.
+        name: String,
+        /// Options.
+        options: MigrateOptions,
+    },
+    /// Destination: get ready to receive.
+    MigratePrepare {
+        /// The message.
+        req: PrepareRequest,
+    },
+    /// Source: start sending (returns at once; poll `job-info`).
+    MigratePerform {
+        /// The message.
+        req: PerformRequest,
+    },
+    /// Destination: resume or discard.
+    MigrateFinish {
+        /// The message.
+        req: FinishRequest,
+    },
+    /// Source: clean up or resume.
+    MigrateConfirm {
+        /// The message.
+        req: ConfirmRequest,
+    },
+    /// Source: drive the whole migration from this agent (`--p2p`).
+    MigrateP2p {
+        /// Domain name or uuid.
+        name: String,
+        /// Destination connection URI as seen from the source host.
+        dest_uri: String,
+        /// Options.
+        options: MigrateOptions,
+    },
+    /// `domjobinfo [--completed]`.
+    JobInfo {
+        /// Domain name.
+        name: String,
+        /// The last finished job instead of the current one.
+        #[serde(default)]
+        completed: bool,
+    },
+    /// The job's events from index `since`.
+    JobEvents {
+        /// Domain name.
+        name: String,
+        /// First event index wanted.
+        #[serde(default)]
+        since: usize,
+    },
+    /// `domjobabort`.
+    JobAbort {
+        /// Domain name.
+        name: String,
+    },
+    /// `migrate-setspeed` (MiB/s, 0 = unlimited).
+    MigrateSetSpeed {
+        /// Domain name.
+        name: String,
+        /// MiB/s.
+        bandwidth_mib: u64,
+    },
+    /// `migrate-getspeed`.
+    MigrateGetSpeed {
+        /// Domain name.
+        name: String,
+    },
+    /// `migrate-setmaxdowntime`.
+    MigrateSetMaxDowntime {
+        /// Domain name.
+        name: String,
+        /// Milliseconds.
+        downtime_ms: u64,
+    },
+    /// `migrate-getmaxdowntime`.
+    MigrateGetMaxDowntime {
+        /// Domain name.
+        name: String,
+    },
+    /// `migrate-compcache [--size]`.
+    MigrateCompCache {
+        /// Domain name.
+        name: String,
+        /// New size in bytes, if setting.
+        size: Option<u64>,
+    },
+    /// `migrate-postcopy`: switch a running migration to post-copy.
+    MigratePostcopy {
+        /// Domain name.
+        name: String,
+    },
 }
 
 fn default_console_max() -> u64 {
@@ -205,6 +309,12 @@ impl Request {
                 | Request::PoolInfo { .. }
                 | Request::VolList { .. }
                 | Request::VolInfo { .. }
+                | Request::Migration(
+                    MigrationRequest::JobInfo { .. }
+                        | MigrationRequest::JobEvents { .. }
+                        | MigrationRequest::MigrateGetSpeed { .. }
+                        | MigrationRequest::MigrateGetMaxDowntime { .. }
+                )
         )
     }
 }
@@ -239,5 +349,32 @@ mod tests {
         assert!(e.is_err());
         let e = serde_json::from_str::<Request>(r#"{"op":"format-disk"}"#);
         assert!(e.is_err());
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn migration_requests_share_the_op_namespace() {
+        let r = Request::Migration(MigrationRequest::JobInfo {
+            name: "g".into(),
+            completed: true,
+        });
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"job-info","name":"g","completed":true}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let p = Request::Migration(MigrationRequest::MigrateP2p {
+            name: "g".into(),
+            dest_uri: "tern+tcp://h/system".into(),
+            options: MigrateOptions {
+                live: true,
+                ..Default::default()
+            },
+        });
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), p);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"job-info"}"#).is_err());
     }
 }

@@ -20,6 +20,72 @@ pub struct Cli {
 /// Verbs.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Migrate a domain to another host (as virsh migrate).
+    Migrate(Box<crate::migrate::MigrateArgs>),
+    /// Show the figures of a domain's migration job.
+    Domjobinfo {
+        /// Domain name.
+        domain: String,
+        /// The last finished job.
+        #[arg(long)]
+        completed: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print (or follow) a migration job's events: phases, iterations, decisions.
+    Domjobevents {
+        /// Domain name.
+        domain: String,
+        /// Keep printing until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort a domain's migration job.
+    Domjobabort {
+        /// Domain name.
+        domain: String,
+    },
+    /// Set the bandwidth of a running migration, MiB/s (0 = unlimited).
+    MigrateSetspeed {
+        /// Domain name.
+        domain: String,
+        /// MiB/s.
+        bandwidth: u64,
+    },
+    /// Print the migration bandwidth, MiB/s (0 = unlimited).
+    MigrateGetspeed {
+        /// Domain name.
+        domain: String,
+    },
+    /// Set the maximum downtime of a running migration, ms.
+    MigrateSetmaxdowntime {
+        /// Domain name.
+        domain: String,
+        /// Milliseconds.
+        downtime: u64,
+    },
+    /// Print the maximum downtime, ms.
+    MigrateGetmaxdowntime {
+        /// Domain name.
+        domain: String,
+    },
+    /// Print or set the xbzrle compression cache size.
+    MigrateCompcache {
+        /// Domain name.
+        domain: String,
+        /// New size, e.g. 256M.
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Switch a running migration (started with --postcopy) to post-copy.
+    MigratePostcopy {
+        /// Domain name.
+        domain: String,
+    },
     /// List domains.
     List {
         /// Include inactive domains.

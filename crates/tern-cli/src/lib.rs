@@ -3,6 +3,7 @@
 
 pub mod args;
 mod domain;
+pub mod migrate;
 mod storage;
 pub mod table;
 
@@ -32,6 +33,9 @@ pub enum CliError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// A migration failed.
+    #[error("{0}")]
+    Migrate(#[from] tern_api::driver::DriveError),
 }
 
 /// Result alias.
@@ -77,6 +81,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         | Cmd::VolInfo { .. }
         | Cmd::VolPath { .. }
         | Cmd::VolDelete { .. }) => storage::run(&client, c).await,
+        c @ (Cmd::Migrate(_)
+        | Cmd::Domjobinfo { .. }
+        | Cmd::Domjobevents { .. }
+        | Cmd::Domjobabort { .. }
+        | Cmd::MigrateSetspeed { .. }
+        | Cmd::MigrateGetspeed { .. }
+        | Cmd::MigrateSetmaxdowntime { .. }
+        | Cmd::MigrateGetmaxdowntime { .. }
+        | Cmd::MigrateCompcache { .. }
+        | Cmd::MigratePostcopy { .. }) => migrate::run(&client, c).await,
         c => domain::run(&client, c).await,
     }
 }

@@ -1,14 +1,15 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Live, offline and (later) storage migration, as pure logic: the phases
+//! as a state machine ([`phase`]), the options virsh users know and the
+//! QEMU capabilities and parameters they become ([`options`]), `domjobinfo`
+//! figures read from QEMU's `query-migrate` ([`jobinfo`]), and the
+//! versioned agent-to-agent protocol ([`protocol`]). How bytes move is not
+//! this crate's business: QEMU moves memory, the agents move control.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod jobinfo;
+pub mod options;
+pub mod phase;
+pub mod protocol;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use jobinfo::{JobEvent, JobInfo, JobKind};
+pub use options::{MigrateOptions, OptionsError, TimeoutAction};
+pub use phase::{Phase, PhaseError, Role};

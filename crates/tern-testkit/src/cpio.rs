@@ -42,7 +42,7 @@ impl<W: Write> CpioWriter<W> {
         let name = name.trim_start_matches('/');
         let ino = self.next_ino;
         self.next_ino += 1;
-        let nlink = if mode & S_IFDIR != 0 && mode & S_IFREG == 0 { 2 } else { 1 };
+        let nlink = if mode & 0o170_000 == S_IFDIR { 2 } else { 1 };
         let size = u32::try_from(data.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio entry over 4 GiB"))?;
         let header = format!(
@@ -109,8 +109,11 @@ mod tests {
                 let s = std::str::from_utf8(&a[6 + i * 8..14 + i * 8]).expect("ascii");
                 u32::from_str_radix(s, 16).expect("hex")
             };
-            let (mode, size, rmaj, namesize) = (field(1), field(6) as usize, field(9), field(11) as usize);
-            let name = std::str::from_utf8(&a[110..110 + namesize - 1]).expect("name").to_string();
+            let (mode, size, rmaj, namesize) =
+                (field(1), field(6) as usize, field(9), field(11) as usize);
+            let name = std::str::from_utf8(&a[110..110 + namesize - 1])
+                .expect("name")
+                .to_string();
             assert_eq!(a[110 + namesize - 1], 0);
             let data_at = (110 + namesize).div_ceil(4) * 4;
             let data = a[data_at..data_at + size].to_vec();
@@ -137,8 +140,14 @@ mod tests {
         assert_eq!(names, ["dev", "dev/console", "init", "empty", "bin/sh"]);
         assert_eq!(entries[0].1, 0o040755);
         assert_eq!((entries[1].1, entries[1].2), (0o020600, 5));
-        assert_eq!((entries[2].1, entries[2].3.as_slice()), (0o100755, &b"#!/bin/sh\n"[..]));
-        assert_eq!((entries[4].1, entries[4].3.as_slice()), (0o120777, &b"busybox"[..]));
+        assert_eq!(
+            (entries[2].1, entries[2].3.as_slice()),
+            (0o100755, &b"#!/bin/sh\n"[..])
+        );
+        assert_eq!(
+            (entries[4].1, entries[4].3.as_slice()),
+            (0o120777, &b"busybox"[..])
+        );
     }
 
     #[test]

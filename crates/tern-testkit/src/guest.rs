@@ -100,6 +100,27 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     })
 }
 
+/// Remove `initrd-*` files other than `keep` that are over an hour old
+/// (leftovers of earlier workload versions). Errors are ignored.
+fn prune_old_initrds(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        let is_initrd = e.file_name().to_string_lossy().starts_with("initrd-");
+        if is_initrd && old && path != keep {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Build `tern-workload` statically with cargo (incremental: fast when
 /// nothing changed) and return the binary's path.
 pub fn build_workload(opts: &BuildOptions) -> Result<PathBuf, BuildError> {
@@ -107,7 +128,14 @@ pub fn build_workload(opts: &BuildOptions) -> Result<PathBuf, BuildError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&opts.workspace)
-        .args(["build", "--release", "-p", "tern-workload", "--target", GUEST_TARGET])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tern-workload",
+            "--target",
+            GUEST_TARGET,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
@@ -126,7 +154,9 @@ pub fn build_workload(opts: &BuildOptions) -> Result<PathBuf, BuildError> {
     ] {
         cmd.env_remove(var);
     }
-    let out = cmd.output().map_err(|source| BuildError::CargoSpawn { source })?;
+    let out = cmd
+        .output()
+        .map_err(|source| BuildError::CargoSpawn { source })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
@@ -136,20 +166,32 @@ pub fn build_workload(opts: &BuildOptions) -> Result<PathBuf, BuildError> {
             tail,
         });
     }
-    Ok(target_dir.join(GUEST_TARGET).join("release").join("tern-workload"))
+    Ok(target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("tern-workload"))
 }
 
 /// Return the cached `vmlinux` for `kernel`, extracting it if needed; or
 /// `kernel` itself if it has no xz payload.
-fn vmlinux_for(opts: &BuildOptions, kernel: &Path, kernel_bytes: &[u8], say: &dyn Fn(&str)) -> Result<PathBuf, BuildError> {
-    let path = opts
-        .cache_dir
-        .join(format!("vmlinux-{}", &hex(&Sha256::digest(kernel_bytes))[..16]));
+fn vmlinux_for(
+    opts: &BuildOptions,
+    kernel: &Path,
+    kernel_bytes: &[u8],
+    say: &dyn Fn(&str),
+) -> Result<PathBuf, BuildError> {
+    let path = opts.cache_dir.join(format!(
+        "vmlinux-{}",
+        &hex(&Sha256::digest(kernel_bytes))[..16]
+    ));
     if path.is_file() {
         say(&format!("reusing {}", path.display()));
         return Ok(path);
     }
-    say(&format!("extracting vmlinux from {} (one-time, a few seconds)", kernel.display()));
+    say(&format!(
+        "extracting vmlinux from {} (one-time, a few seconds)",
+        kernel.display()
+    ));
     match vmlinux::extract(kernel_bytes) {
         Ok(Some(elf)) => {
             write_atomic(&path, &elf)?;
@@ -187,17 +229,22 @@ pub fn build_or_reuse(opts: &BuildOptions) -> Result<GuestImage, BuildError> {
         Some(k) => k.clone(),
         None => kernel::newest_kernel(Path::new("/boot"))?,
     };
+    let kernel_bytes = std::fs::read(&kernel).map_err(BuildError::io(&kernel))?;
     let modules_dir = match &opts.modules_dir {
         Some(d) => d.clone(),
         None => {
-            let version = kernel::version_of(&kernel).ok_or_else(|| BuildError::UnknownKernelVersion {
-                path: kernel.clone(),
-            })?;
+            let version =
+                kernel::version_of(&kernel).ok_or_else(|| BuildError::UnknownKernelVersion {
+                    path: kernel.clone(),
+                })?;
             PathBuf::from("/lib/modules").join(version)
         }
     };
-    say(&format!("kernel {} modules {}", kernel.display(), modules_dir.display()));
-    let kernel_bytes = std::fs::read(&kernel).map_err(BuildError::io(&kernel))?;
+    say(&format!(
+        "kernel {} modules {}",
+        kernel.display(),
+        modules_dir.display()
+    ));
     let modules = kernel::load_modules(&modules_dir)?;
 
     let busybox = std::fs::read(&opts.busybox).map_err(|_| BuildError::BusyboxMissing {
@@ -213,7 +260,9 @@ pub fn build_or_reuse(opts: &BuildOptions) -> Result<GuestImage, BuildError> {
     let workload_path = build_workload(opts)?;
     let workload = std::fs::read(&workload_path).map_err(BuildError::io(&workload_path))?;
     if elf::is_static(&workload) != Ok(true) {
-        return Err(BuildError::WorkloadNotStatic { path: workload_path });
+        return Err(BuildError::WorkloadNotStatic {
+            path: workload_path,
+        });
     }
 
     let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
@@ -237,7 +286,11 @@ pub fn build_or_reuse(opts: &BuildOptions) -> Result<GuestImage, BuildError> {
     if initrd.is_file() {
         say(&format!("reusing {}", initrd.display()));
     } else {
-        say(&format!("writing {} ({} modules)", initrd.display(), modules.len()));
+        say(&format!(
+            "writing {} ({} modules)",
+            initrd.display(),
+            modules.len()
+        ));
         let contents = Contents {
             init: &init,
             busybox: &busybox,
@@ -247,6 +300,7 @@ pub fn build_or_reuse(opts: &BuildOptions) -> Result<GuestImage, BuildError> {
         let mut data = Vec::new();
         initramfs::write(&contents, &mut data, GZIP_INITRD).map_err(BuildError::io(&initrd))?;
         write_atomic(&initrd, &data)?;
+        prune_old_initrds(&opts.cache_dir, &initrd);
     }
 
     let kernel = vmlinux_for(opts, &kernel, &kernel_bytes, &say)?;
@@ -278,6 +332,8 @@ mod tests {
 
     #[test]
     fn workspace_root_has_the_workload() {
-        assert!(workspace_root().join("crates/tern-workload/Cargo.toml").is_file());
+        assert!(workspace_root()
+            .join("crates/tern-workload/Cargo.toml")
+            .is_file());
     }
 }

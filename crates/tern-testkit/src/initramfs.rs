@@ -79,8 +79,20 @@ pub fn write(c: &Contents<'_>, out: impl Write, gzip: bool) -> io::Result<()> {
 fn archive<W: Write>(c: &Contents<'_>, out: W) -> io::Result<W> {
     let mut w = CpioWriter::new(out);
     for dir in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc",
-        "root", "lib", "lib/modules",
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "etc",
+        "root",
+        "lib",
+        "lib/modules",
     ] {
         w.dir(dir, 0o755)?;
     }
@@ -122,13 +134,20 @@ mod tests {
         let mut plain = Vec::new();
         write(&c, &mut plain, false).expect("plain");
         let text = String::from_utf8_lossy(&plain);
-        for name in ["init\0", "bin/busybox\0", "bin/tern-workload\0", "lib/modules/evdev.ko\0", "TRAILER!!!\0"] {
+        for name in [
+            "init\0",
+            "bin/busybox\0",
+            "bin/tern-workload\0",
+            "lib/modules/evdev.ko\0",
+            "TRAILER!!!\0",
+        ] {
             assert!(text.contains(name), "{name} missing");
         }
         let mut gz = Vec::new();
         write(&c, &mut gz, true).expect("gzip");
         let mut back = Vec::new();
-        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back).expect("gunzip");
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back)
+            .expect("gunzip");
         assert_eq!(back, plain);
     }
 }

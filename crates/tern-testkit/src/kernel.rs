@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// Modules the guest loads, by name. Their dependencies are added and the
 /// load order resolved from `modules.dep`; built-in ones are skipped.
-pub const GUEST_MODULES: [&str; 6] = ["virtio_pci", "virtio_blk", "virtio_net", "e1000", "button", "evdev"];
+pub const GUEST_MODULES: [&str; 6] = [
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "e1000",
+    "button",
+    "evdev",
+];
 
 /// Compare version strings naturally (`6.1.0-10` < `6.1.0-9` is false).
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
@@ -75,18 +82,29 @@ pub fn module_name(path: &str) -> String {
 /// The modules to load, in load order (dependencies first), as paths
 /// relative to the module directory. Names listed in `builtin_text`
 /// (`modules.builtin`) are skipped; an unknown name is returned as `Err(name)`.
-pub fn resolve_modules(dep_text: &str, builtin_text: &str, wanted: &[&str]) -> Result<Vec<String>, String> {
+pub fn resolve_modules(
+    dep_text: &str,
+    builtin_text: &str,
+    wanted: &[&str],
+) -> Result<Vec<String>, String> {
     let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut by_name: HashMap<String, &str> = HashMap::new();
     for line in dep_text.lines() {
-        let Some((module, rest)) = line.split_once(':') else { continue };
+        let Some((module, rest)) = line.split_once(':') else {
+            continue;
+        };
         let module = module.trim();
         deps.insert(module, rest.split_whitespace().collect());
         by_name.insert(module_name(module), module);
     }
     let builtin: HashSet<String> = builtin_text.lines().map(module_name).collect();
 
-    fn visit<'a>(m: &'a str, deps: &HashMap<&'a str, Vec<&'a str>>, seen: &mut HashSet<&'a str>, order: &mut Vec<String>) {
+    fn visit<'a>(
+        m: &'a str,
+        deps: &HashMap<&'a str, Vec<&'a str>>,
+        seen: &mut HashSet<&'a str>,
+        order: &mut Vec<String>,
+    ) {
         if !seen.insert(m) {
             return;
         }
@@ -121,7 +139,9 @@ pub struct Module {
 /// `.ko.xz` / `.ko.gz` files.
 pub fn load_modules(modules_dir: &Path) -> Result<Vec<Module>, BuildError> {
     if !modules_dir.join("modules.dep").is_file() {
-        return Err(BuildError::ModulesDirMissing { path: modules_dir.to_path_buf() });
+        return Err(BuildError::ModulesDirMissing {
+            path: modules_dir.to_path_buf(),
+        });
     }
     let read = |name: &str| {
         let p = modules_dir.join(name);
@@ -129,9 +149,11 @@ pub fn load_modules(modules_dir: &Path) -> Result<Vec<Module>, BuildError> {
     };
     let dep = read("modules.dep")?;
     let builtin = read("modules.builtin").unwrap_or_default();
-    let order = resolve_modules(&dep, &builtin, &GUEST_MODULES).map_err(|name| BuildError::ModuleMissing {
-        name,
-        dir: modules_dir.to_path_buf(),
+    let order = resolve_modules(&dep, &builtin, &GUEST_MODULES).map_err(|name| {
+        BuildError::ModuleMissing {
+            name,
+            dir: modules_dir.to_path_buf(),
+        }
     })?;
     let mut modules = Vec::new();
     for rel in order {
@@ -152,7 +174,10 @@ pub fn load_modules(modules_dir: &Path) -> Result<Vec<Module>, BuildError> {
         } else {
             return Err(BuildError::ModuleFormat { path });
         };
-        modules.push(Module { name: module_name(&rel), data });
+        modules.push(Module {
+            name: module_name(&rel),
+            data,
+        });
     }
     Ok(modules)
 }
@@ -176,8 +201,12 @@ kernel/net/core/failover.ko:
 
     #[test]
     fn dependencies_come_first() {
-        let order = resolve_modules(DEP, "kernel/drivers/input/evdev.ko\n", &["virtio_pci", "virtio_blk", "virtio-net", "button", "evdev"])
-            .expect("resolves");
+        let order = resolve_modules(
+            DEP,
+            "kernel/drivers/input/evdev.ko\n",
+            &["virtio_pci", "virtio_blk", "virtio-net", "button", "evdev"],
+        )
+        .expect("resolves");
         let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
         assert_eq!(
             names,
@@ -198,20 +227,35 @@ kernel/net/core/failover.ko:
 
     #[test]
     fn unknown_module_is_reported() {
-        assert_eq!(resolve_modules(DEP, "", &["e1000"]), Err("e1000".to_string()));
+        assert_eq!(
+            resolve_modules(DEP, "", &["e1000"]),
+            Err("e1000".to_string())
+        );
     }
 
     #[test]
     fn natural_version_order() {
-        assert_eq!(compare_versions("6.1.0-10-amd64", "6.1.0-9-amd64"), Ordering::Greater);
-        assert_eq!(compare_versions("6.1.0-28-amd64", "6.12.0-1-amd64"), Ordering::Less);
+        assert_eq!(
+            compare_versions("6.1.0-10-amd64", "6.1.0-9-amd64"),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_versions("6.1.0-28-amd64", "6.12.0-1-amd64"),
+            Ordering::Less
+        );
         assert_eq!(compare_versions("6.1.0", "6.1.0"), Ordering::Equal);
     }
 
     #[test]
     fn version_from_file_name() {
-        assert_eq!(version_of(Path::new("/boot/vmlinuz-6.1.0-56-amd64")).as_deref(), Some("6.1.0-56-amd64"));
+        assert_eq!(
+            version_of(Path::new("/boot/vmlinuz-6.1.0-56-amd64")).as_deref(),
+            Some("6.1.0-56-amd64")
+        );
         assert_eq!(version_of(Path::new("/tmp/bzImage")), None);
-        assert_eq!(module_name("kernel/drivers/net/virtio-net.ko.zst"), "virtio_net");
+        assert_eq!(
+            module_name("kernel/drivers/net/virtio-net.ko.zst"),
+            "virtio_net"
+        );
     }
 }

@@ -59,8 +59,12 @@ impl SerialLog {
         };
         let mut log = SerialLog::default();
         for raw in complete.split('\n') {
-            let Some(at) = raw.find("TERN-") else { continue };
-            let line = raw[at..].trim_end_matches(['\r', ' ', '\t']).replace('\r', "");
+            let Some(at) = raw.find("TERN-") else {
+                continue;
+            };
+            let line = raw[at..]
+                .trim_end_matches(['\r', ' ', '\t'])
+                .replace('\r', "");
             if let Some(hb) = parse_heartbeat(&line) {
                 log.heartbeats.push(hb);
             }
@@ -80,7 +84,10 @@ impl SerialLog {
 
     /// The first line starting with `prefix`.
     pub fn find(&self, prefix: &str) -> Option<&str> {
-        self.lines.iter().find(|l| l.starts_with(prefix)).map(String::as_str)
+        self.lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .map(String::as_str)
     }
 
     /// Whether some line starts with `prefix`.
@@ -147,7 +154,11 @@ TERN-HB seq=5 up_ms=1450 mem_pa";
     fn parses_lines_heartbeats_and_failures() {
         let log = SerialLog::parse(CONSOLE);
         assert_eq!(log.lines.len(), 7);
-        assert_eq!(log.heartbeats.len(), 3, "the incomplete last line is ignored");
+        assert_eq!(
+            log.heartbeats.len(),
+            3,
+            "the incomplete last line is ignored"
+        );
         assert_eq!(
             log.heartbeats[2],
             Heartbeat {
@@ -162,7 +173,10 @@ TERN-HB seq=5 up_ms=1450 mem_pa";
             ["TERN-FAIL disk block=3 expected_gen=4 found_gen=3 reason=stale"]
         );
         assert!(log.ready());
-        assert_eq!(log.find("TERN-MEM ok"), Some("TERN-MEM ok passes=1 pages=16384"));
+        assert_eq!(
+            log.find("TERN-MEM ok"),
+            Some("TERN-MEM ok passes=1 pages=16384")
+        );
         assert_eq!(log.count("TERN-HB"), 3);
         assert_eq!(log.last_seq(), Some(3));
     }
@@ -186,7 +200,10 @@ TERN-HB seq=5 up_ms=1450 mem_pa";
 
     #[test]
     fn fields() {
-        assert_eq!(field("TERN-DISK ok writes=5 verified=77", "verified"), Some(77));
+        assert_eq!(
+            field("TERN-DISK ok writes=5 verified=77", "verified"),
+            Some(77)
+        );
         assert_eq!(field("TERN-DISK ok writes=5", "verified"), None);
         assert_eq!(field("a=x", "a"), None);
         assert_eq!(parse_heartbeat("TERN-HB seq=1"), None);

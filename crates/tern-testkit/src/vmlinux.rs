@@ -36,7 +36,9 @@ pub fn extract(bzimage: &[u8]) -> Result<Option<Vec<u8>>, String> {
         }
         match decode_xz(&bzimage[start..]) {
             Ok(out) if out.starts_with(b"\x7fELF") => return Ok(Some(out)),
-            Ok(_) => last_err = Some("the xz payload does not decompress to an ELF file".to_string()),
+            Ok(_) => {
+                last_err = Some("the xz payload does not decompress to an ELF file".to_string())
+            }
             Err(e) => last_err = Some(e),
         }
     }
@@ -100,7 +102,9 @@ fn decode_xz(b: &[u8]) -> Result<Vec<u8>, String> {
         }
         let block_start = pos;
         let header_len = (size_byte as usize + 1) * 4;
-        let header = b.get(pos..pos + header_len).ok_or("truncated xz block header")?;
+        let header = b
+            .get(pos..pos + header_len)
+            .ok_or("truncated xz block header")?;
         let flags = header[1];
         let mut p = 2;
         if flags & 0x40 != 0 {
@@ -113,7 +117,9 @@ fn decode_xz(b: &[u8]) -> Result<Vec<u8>, String> {
         for _ in 0..(flags & 0x03) + 1 {
             let id = varint(header, &mut p)?;
             let props_len = varint(header, &mut p)? as usize;
-            let props = header.get(p..p + props_len).ok_or("truncated xz filter flags")?;
+            let props = header
+                .get(p..p + props_len)
+                .ok_or("truncated xz filter flags")?;
             p += props_len;
             filters.push((id, props.to_vec()));
         }
@@ -139,7 +145,9 @@ fn decode_xz(b: &[u8]) -> Result<Vec<u8>, String> {
         if let Some(start) = bcj_start {
             bcj_x86(&mut block, start, false);
         }
-        let stored = b.get(pos..pos + check_len).ok_or("truncated xz block check")?;
+        let stored = b
+            .get(pos..pos + check_len)
+            .ok_or("truncated xz block check")?;
         verify_check(check, stored, &block)?;
         pos += check_len;
         out.extend_from_slice(&block);

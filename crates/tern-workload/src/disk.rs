@@ -12,8 +12,9 @@ use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Held while blocks are being written; the power-off path takes it (and
-/// never gives it back) so the guest never powers off in the middle of a write.
+/// Held while the disk thread does I/O; the power-off path takes it (and
+/// never gives it back) so the guest never powers off in the middle of a
+/// write, nor reports errors from a device the kernel is shutting down.
 pub static IO_GATE: Mutex<()> = Mutex::new(());
 
 /// Blocks per read or write during format and full verification (256 KiB).
@@ -146,7 +147,6 @@ impl Disk {
 
     /// Rewrite `count` random blocks with a bumped generation, then fdatasync.
     fn rewrite_random(&mut self, rng: &mut Rng, count: u64) -> std::io::Result<()> {
-        let _gate = IO_GATE.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..count {
             let i = rng.below(self.blocks());
             self.gens[i as usize] += 1;
@@ -177,7 +177,6 @@ impl Disk {
         for (i, detail) in bad {
             self.report(detail);
             // Rewrite so one lost write is reported once, not on every sweep.
-            let _gate = IO_GATE.lock().unwrap_or_else(|e| e.into_inner());
             self.gens[i as usize] += 1;
             self.write(i, 1)?;
             self.file.sync_data()?;
@@ -232,6 +231,7 @@ fn run(dev: String, disk_mb: u64, rate_kibps: u64, verify_kibps: u64, ready: Sen
         verified: 0,
         failures: 0,
     };
+    let gate = IO_GATE.lock().unwrap_or_else(|e| e.into_inner());
     let setup = disk.read(0, 1).and_then(|()| {
         if block::has_magic(disk.buf.slice(BLOCK_BYTES)) {
             let bad = disk.verify_all()?;
@@ -246,6 +246,7 @@ fn run(dev: String, disk_mb: u64, rate_kibps: u64, verify_kibps: u64, ready: Sen
         }
         Ok(())
     });
+    drop(gate);
     let _ = ready.send(());
     if let Err(e) = setup {
         console::fail("disk", &format!("io error during setup of {dev}: {e}"));
@@ -271,6 +272,9 @@ fn steady(disk: &mut Disk, rate_kibps: u64, verify_kibps: u64) {
         let (due_w, due_r) = (due(rate_kibps), due(verify_kibps));
         writes_done = writes_done.max(due_w.saturating_sub(rate_kibps / 4 + 1));
         reads_done = reads_done.max(due_r.saturating_sub(verify_kibps / 4 + 1));
+        // All device I/O happens under the gate: once power-off holds it,
+        // this thread stops touching a device that is being shut down.
+        let gate = IO_GATE.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| -> std::io::Result<()> {
             if due_w > writes_done {
                 let n = (due_w - writes_done).min(CHUNK_BLOCKS as u64);
@@ -287,6 +291,7 @@ fn steady(disk: &mut Disk, rate_kibps: u64, verify_kibps: u64) {
             }
             Ok(())
         })();
+        drop(gate);
         if let Err(e) = result {
             disk.report(format!("io error: {e}"));
             std::thread::sleep(Duration::from_secs(1));

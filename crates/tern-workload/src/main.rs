@@ -40,7 +40,16 @@
 //! - `TERN-POWEROFF`: the power button was pressed; the guest syncs and powers off.
 //! - `TERN-INFO ...`: informational.
 //! - `TERN-FAIL <area> ...`: something is wrong (`param`, `mem`, `disk`, `net`,
-//!   `power`, `panic`). Tests should treat any such line as a failure.
+//!   `power`, `hb`, `panic`; `/init` prints `init`). Tests should treat any
+//!   such line as a failure.
+//!
+//! # Echo server (with `tern.ip=`)
+//!
+//! Listens on `0.0.0.0:<tern.port>`. Per connection it sends
+//! `TERN-HELLO seq=<hb seq>`, then echoes every line, except the line `seq`,
+//! answered with `TERN-SEQ seq=<current hb seq>`.
+//!
+//! # Failure lines
 //!
 //! Exact `TERN-FAIL` forms: `TERN-FAIL mem page=<i> expected_gen=<g>
 //! found_index=<i> found_gen=<g> bad_words=<n> first_bad_word=<k>` (then
@@ -62,16 +71,27 @@ mod power;
 
 use std::time::Duration;
 
+/// `MemAvailable` from /proc/meminfo, in MiB.
+fn mem_available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn main() {
     std::panic::set_hook(Box::new(|info| {
         console::fail("panic", &info.to_string().replace('\n', " "));
     }));
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
-        console::fail("param", &format!("cannot read /proc/cmdline: {e}, using defaults"));
+        console::fail(
+            "param",
+            &format!("cannot read /proc/cmdline: {e}, using defaults"),
+        );
         String::new()
     });
-    let (p, warnings) = params::parse(&cmdline);
+    let (mut p, warnings) = params::parse(&cmdline);
     console::emit(&format!("TERN-START {}", p.summary()));
     for w in warnings {
         console::fail("param", &w);
@@ -95,6 +115,22 @@ fn main() {
         drop(disk_ready_tx);
     }
 
+    if let Some(avail) = mem_available_mib() {
+        // Leave room for the kernel, the initramfs and the other threads.
+        if p.mem_mib > 0 && p.mem_mib + 32 > avail {
+            console::fail(
+                "param",
+                &format!(
+                    "tern.mem={} does not fit in the guest's {avail} MiB of available memory, using the default (0); give the VM more memory",
+                    p.mem_mib
+                ),
+            );
+            p.mem_mib = 0;
+        }
+    }
+    if p.dirty_mibps > 0 && p.mem_mib == 0 {
+        console::emit("TERN-INFO tern.dirty has no effect without tern.mem");
+    }
     if p.mem_mib > 0 {
         match mem::start(p.mem_mib, p.dirty_mibps, p.verify_mibps) {
             Ok(pages) => console::emit(&format!("TERN-MEM filled pages={pages}")),

@@ -60,12 +60,13 @@ pub fn start(ip: Ipv4Addr, port: u16) -> std::io::Result<()> {
                     CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
-                let spawned = std::thread::Builder::new()
-                    .name("net-conn".into())
-                    .spawn(move || {
-                        let _ = serve(stream);
-                        CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("net-conn".into())
+                        .spawn(move || {
+                            let _ = serve(stream);
+                            CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+                        });
                 if spawned.is_err() {
                     CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
                 }

@@ -111,9 +111,7 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
             }
             "disk_mb" => number(&key, value, 1, 1 << 20).map(|n| p.disk_mb = n),
             "disk_rate" => number(&key, value, 0, 1 << 30).map(|n| p.disk_rate_kibps = n),
-            "disk_verify_rate" => {
-                number(&key, value, 0, 1 << 30).map(|n| p.disk_verify_kibps = n)
-            }
+            "disk_verify_rate" => number(&key, value, 0, 1 << 30).map(|n| p.disk_verify_kibps = n),
             "ip" => ipv4_with_prefix(&key, value).map(|ip| p.ip = Some(ip)),
             "gw" => value
                 .parse::<Ipv4Addr>()

@@ -37,7 +37,8 @@ fn find_power_buttons() -> Vec<PathBuf> {
         if !name.starts_with("event") {
             continue;
         }
-        let dev_name = std::fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
+        let dev_name =
+            std::fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
         if dev_name.trim() == "Power Button" {
             found.push(PathBuf::from("/dev/input").join(&name));
         }
@@ -58,7 +59,10 @@ fn power_off() -> ! {
     }
     console::fail(
         "power",
-        &format!("reboot(RB_POWER_OFF) failed: {}", std::io::Error::last_os_error()),
+        &format!(
+            "reboot(RB_POWER_OFF) failed: {}",
+            std::io::Error::last_os_error()
+        ),
     );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -119,7 +123,10 @@ pub fn start() {
         .name("power".into())
         .spawn(move || watch(files));
     if let Err(e) = spawned {
-        console::fail("power", &format!("cannot start the power button thread: {e}"));
+        console::fail(
+            "power",
+            &format!("cannot start the power button thread: {e}"),
+        );
     }
 }
 

@@ -33,6 +33,30 @@ struct Args {
     /// kernel, qemu_version, hostname, page_size); for tests.
     #[arg(long = "fact", value_parser = parse_kv)]
     facts: Vec<(String, String)>,
+    /// Address other hosts use to reach incoming migrations on this host.
+    #[arg(long)]
+    migration_address: Option<String>,
+    /// Port range for incoming migrations, FIRST-LAST.
+    #[arg(long, default_value = "49152-49215", value_parser = parse_range)]
+    migration_ports: std::ops::RangeInclusive<u16>,
+    /// Cancel a migration whose transferred bytes stand still this many seconds.
+    #[arg(long, default_value_t = 15)]
+    stall_timeout: u64,
+    /// Test-only fault injection: delay Prepare by this many milliseconds.
+    #[arg(long, hide = true)]
+    fault_prepare_delay_ms: Option<u64>,
+}
+
+fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not FIRST-LAST"))?;
+    let a: u16 = a.parse().map_err(|_| format!("bad port '{a}'"))?;
+    let b: u16 = b.parse().map_err(|_| format!("bad port '{b}'"))?;
+    if a == 0 || a > b {
+        return Err(format!("'{s}' is not a valid port range"));
+    }
+    Ok(a..=b)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -49,6 +73,7 @@ async fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     if let Err(e) = run(args).await {
@@ -66,6 +91,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.accel_cache = args.accel_cache;
     cfg.qemu_binary = args.qemu;
     cfg.fact_overrides = args.facts;
+    cfg.migration_address = args.migration_address;
+    cfg.migration_ports = args.migration_ports;
+    cfg.stall_timeout = std::time::Duration::from_secs(args.stall_timeout.max(1));
+    cfg.faults.prepare_delay = args
+        .fault_prepare_delay_ms
+        .map(std::time::Duration::from_millis);
 
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir)

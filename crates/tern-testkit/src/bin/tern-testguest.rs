@@ -22,7 +22,9 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         let arg = arg.to_string_lossy().into_owned();
         let mut value = |name: &str| {
-            args.next().map(PathBuf::from).ok_or_else(|| format!("{name} needs a value"))
+            args.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         let result = match arg.as_str() {
             "--cache-dir" => value(&arg).map(|v| opts.cache_dir = v),

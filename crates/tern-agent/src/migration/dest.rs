@@ -1,0 +1,330 @@
+//! The destination side: Prepare (define, start QEMU paused with
+//! `-incoming defer`, listen) and Finish (resume, or discard everything
+//! Prepare created).
+
+use super::{set_capabilities, Job};
+use crate::error::{AgentError, Result};
+use crate::launch::{self, LaunchMode};
+use crate::monitor;
+use crate::registry::{self, DomainEntry, DomainSlot};
+use crate::Agent;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_migrate::options::parse_migrate_uri;
+use tern_migrate::protocol::{
+    check_version, FinishReply, FinishRequest, IncomingTarget, PrepareReply, PrepareRequest,
+    PROTOCOL_VERSION,
+};
+use tern_migrate::{JobKind, Phase, Role};
+use tern_model::{DomainState, StateReason};
+
+/// How long Finish waits for the incoming QEMU to have loaded everything.
+const LOAD_WAIT: Duration = Duration::from_secs(60);
+
+fn invalid(e: impl ToString) -> AgentError {
+    AgentError::Invalid(e.to_string())
+}
+
+/// Prepare: everything the destination needs before memory flows.
+pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareReply> {
+    check_version(req.version).map_err(invalid)?;
+    req.options.validate().map_err(invalid)?;
+    if let Some(f) = agent.cfg.faults.prepare_delay {
+        tokio::time::sleep(f).await;
+    }
+    let d = req.domain.clone();
+    let existing = agent.domains.get(&d.name);
+    if let Some(s) = &existing {
+        if s.uuid != d.uuid {
+            return Err(AgentError::Conflict(format!(
+                "the destination already has a different domain named '{}'; use --dname to rename",
+                d.name
+            )));
+        }
+        if s.inner.lock().await.run.is_some() {
+            return Err(AgentError::Conflict(format!(
+                "domain '{}' is already running on the destination",
+                d.name
+            )));
+        }
+    }
+    if agent
+        .domains
+        .all()
+        .iter()
+        .any(|s| s.uuid == d.uuid && s.name != d.name)
+    {
+        return Err(AgentError::Conflict(format!(
+            "the destination has domain uuid {} under another name",
+            d.uuid
+        )));
+    }
+    if !req.options.unsafe_ && !req.options.offline {
+        super::source::check_storage(agent, &d).await.map_err(|e| {
+            AgentError::Conflict(format!("on the destination: {e}"))
+        })?;
+    }
+    let job = Job::new(req.id, Role::Destination, &d.name, req.options.clone());
+    agent.jobs.insert(job.clone())?;
+    job.advance(Phase::Prepare)?;
+    job.event(format!("incoming from {}", req.source_host));
+
+    if req.options.offline {
+        job.set_offline_def(d);
+        return Ok(PrepareReply {
+            version: PROTOCOL_VERSION,
+            id: req.id,
+            incoming: None,
+        });
+    }
+
+    let slot = match existing {
+        Some(s) => s,
+        None => {
+            let s = DomainSlot::new(
+                DomainEntry {
+                    def: d.clone(),
+                    persistent: false,
+                    run: None,
+                    stopping: None,
+                },
+                (DomainState::ShutOff, StateReason::Unknown),
+            );
+            agent.domains.insert(s.clone())?;
+            s
+        }
+    };
+    let result = start_incoming(agent, &slot, &req).await;
+    match result {
+        Ok(target) => {
+            job.event(format!("QEMU listening on {}", target.qemu_uri()));
+            Ok(PrepareReply {
+                version: PROTOCOL_VERSION,
+                id: req.id,
+                incoming: Some(target),
+            })
+        }
+        Err(e) => {
+            discard(agent, &slot).await;
+            let _ = job.advance(Phase::Failed);
+            agent.jobs.finish(&job);
+            Err(e)
+        }
+    }
+}
+
+async fn start_incoming(
+    agent: &Arc<Agent>,
+    slot: &Arc<DomainSlot>,
+    req: &PrepareRequest,
+) -> Result<IncomingTarget> {
+    let mut e = slot.inner.lock().await;
+    let run = launch::launch(agent, &req.domain, LaunchMode::Incoming).await?;
+    let qmp = run.qmp.clone();
+    if !e.persistent {
+        e.def = req.domain.clone();
+    }
+    monitor::install(agent, slot, &mut e, run);
+    slot.set(DomainState::Paused, StateReason::Incoming);
+    drop(e);
+
+    let o = &req.options;
+    let mut caps = o.shared_capabilities();
+    caps.push(("events", true));
+    set_capabilities(&qmp, &caps).await?;
+    let params = o.shared_parameters();
+    if !params.is_empty() {
+        qmp.execute("migrate-set-parameters", Some(serde_json::Value::Object(params)))
+            .await?;
+    }
+    let wanted = match &o.migrate_uri {
+        Some(u) => Some(parse_migrate_uri(u).map_err(invalid)?),
+        None => None,
+    };
+    let listen = o
+        .listen_address
+        .clone()
+        .unwrap_or_else(|| "0.0.0.0".to_string());
+    let advertise = match (&wanted, &o.listen_address) {
+        (Some(w), _) => w.host.clone(),
+        (None, Some(l)) if l != "0.0.0.0" && l != "::" => l.clone(),
+        _ => agent.migration_address(),
+    };
+    let ports: Vec<u16> = match wanted.as_ref().and_then(|w| w.port) {
+        Some(p) => vec![p],
+        None => agent.cfg.migration_ports.clone().collect(),
+    };
+    let mut last_err = None;
+    for port in ports {
+        let target = IncomingTarget {
+            host: listen.clone(),
+            port,
+        };
+        match qmp
+            .execute("migrate-incoming", Some(json!({ "uri": target.qemu_uri() })))
+            .await
+        {
+            Ok(_) => {
+                return Ok(IncomingTarget {
+                    host: advertise,
+                    port,
+                })
+            }
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(AgentError::Failed(format!(
+        "the destination QEMU could not listen for migration: {}",
+        last_err.map(|e| e.to_string()).unwrap_or_else(|| "no port in range".into())
+    )))
+}
+
+/// Kills the incoming QEMU and removes a transient slot.
+async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
+    let pid = {
+        let mut e = slot.inner.lock().await;
+        e.stopping = Some(StateReason::Destroyed);
+        e.run.as_ref().map(|r| r.pid)
+    };
+    if let Some(pid) = pid {
+        crate::procs::signal(pid, libc::SIGKILL);
+        slot.wait_for(|s| s == DomainState::ShutOff, Duration::from_secs(10))
+            .await;
+    }
+    let e = slot.inner.lock().await;
+    if !e.persistent {
+        drop(e);
+        agent.domains.remove(slot);
+        let _ = std::fs::remove_dir_all(agent.layout.run_dir(&slot.name));
+    }
+}
+
+/// Finish: resume the guest here if the source completed, else discard.
+pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishReply> {
+    check_version(req.version).map_err(invalid)?;
+    let job = agent.jobs.get_id(&req.name, req.id)?;
+    job.advance(Phase::Finish)?;
+    if req.options.offline {
+        return finish_offline(agent, &job, &req).await;
+    }
+    let slot = agent.domains.find(&req.name)?;
+    let reply = if req.success {
+        match resume_here(agent, &slot, &req).await {
+            Ok(()) => {
+                job.advance(Phase::Completed)?;
+                job.update(|i| i.kind = JobKind::Completed);
+                job.event("guest runs on this host");
+                FinishReply {
+                    version: PROTOCOL_VERSION,
+                    resumed: true,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                job.event(format!("cannot take over: {e}"));
+                if !req.options.keep_dest_on_failure {
+                    discard(agent, &slot).await;
+                }
+                job.advance(Phase::Failed)?;
+                FinishReply {
+                    version: PROTOCOL_VERSION,
+                    resumed: false,
+                    error: Some(e.to_string()),
+                }
+            }
+        }
+    } else {
+        if req.options.keep_dest_on_failure {
+            job.event("migration failed; keeping the paused destination for debugging");
+        } else {
+            discard(agent, &slot).await;
+            job.event("migration failed; destination cleaned");
+        }
+        job.advance(Phase::Failed)?;
+        FinishReply {
+            version: PROTOCOL_VERSION,
+            resumed: false,
+            error: None,
+        }
+    };
+    agent.jobs.finish(&job);
+    Ok(reply)
+}
+
+async fn resume_here(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, req: &FinishRequest) -> Result<()> {
+    let mut e = slot.inner.lock().await;
+    let qmp = e
+        .run
+        .as_ref()
+        .map(|r| r.qmp.clone())
+        .ok_or_else(|| AgentError::Failed("the incoming QEMU is gone".into()))?;
+    let deadline = Instant::now() + LOAD_WAIT;
+    loop {
+        let q = qmp.execute("query-migrate", None).await?;
+        match q["status"].as_str().unwrap_or("") {
+            "completed" | "postcopy-active" => break,
+            "failed" => {
+                return Err(AgentError::Failed(format!(
+                    "incoming migration failed: {}",
+                    q["error-desc"].as_str().unwrap_or("unknown error")
+                )))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(AgentError::Timeout(
+                    "the incoming QEMU did not finish loading in time".into(),
+                ))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    if req.options.suspend {
+        slot.set(DomainState::Paused, StateReason::Migrated);
+    } else {
+        qmp.execute("cont", None).await?;
+        slot.set(DomainState::Running, StateReason::Migrated);
+        // Tell the network where the guest is now (gratuitous ARP/RARP).
+        let _ = qmp
+            .execute(
+                "announce-self",
+                Some(json!({"initial": 50, "max": 550, "rounds": 5, "step": 100})),
+            )
+            .await;
+    }
+    if req.options.persistent {
+        let def = e.run.as_ref().map(|r| r.live.clone()).unwrap_or_else(|| e.def.clone());
+        registry::save_def(&agent.layout.domains(), &def)?;
+        e.def = def;
+        e.persistent = true;
+    }
+    Ok(())
+}
+
+async fn finish_offline(agent: &Arc<Agent>, job: &Arc<Job>, _req: &FinishRequest) -> Result<FinishReply> {
+    let def = job.take_offline_def();
+    let result = match def {
+        Some(def) => agent.define_domain(def).await.map(|_| ()),
+        None => Err(AgentError::Failed("no prepared definition".into())),
+    };
+    let reply = match result {
+        Ok(()) => {
+            job.advance(Phase::Completed)?;
+            job.event("definition stored");
+            FinishReply {
+                version: PROTOCOL_VERSION,
+                resumed: true,
+                error: None,
+            }
+        }
+        Err(e) => {
+            job.advance(Phase::Failed)?;
+            FinishReply {
+                version: PROTOCOL_VERSION,
+                resumed: false,
+                error: Some(e.to_string()),
+            }
+        }
+    };
+    agent.jobs.finish(job);
+    Ok(reply)
+}

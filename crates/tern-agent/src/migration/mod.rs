@@ -1,0 +1,378 @@
+//! Migration jobs on this agent: the source side ([`source`]), the
+//! destination side ([`dest`]), and the operator's handles on a running job
+//! (`domjobinfo`, `domjobabort`, speed and downtime).
+
+pub mod dest;
+pub mod source;
+
+use crate::error::{AgentError, Result};
+use crate::Agent;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tern_api::MigrationRequest;
+use tern_migrate::{JobEvent, JobInfo, JobKind, MigrateOptions, Phase, Role};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Mutable part of a job.
+#[derive(Debug)]
+pub struct JobState {
+    /// Current phase.
+    pub phase: Phase,
+    /// Latest figures.
+    pub info: JobInfo,
+    /// Everything that happened, in order.
+    pub events: Vec<JobEvent>,
+}
+
+/// One migration, as one agent sees it.
+#[derive(Debug)]
+pub struct Job {
+    /// Migration id shared by both agents.
+    pub id: Uuid,
+    /// Our side.
+    pub role: Role,
+    /// Domain name on this host.
+    pub domain: String,
+    /// Options.
+    pub options: MigrateOptions,
+    /// When it started here.
+    pub started: Instant,
+    state: Mutex<JobState>,
+    /// Set by `domjobabort`.
+    pub cancel: watch::Sender<bool>,
+    /// Set by `migrate-postcopy`.
+    pub postcopy: watch::Sender<bool>,
+    offline_def: Mutex<Option<tern_model::Domain>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Job {
+    /// A new job in `Idle`.
+    pub fn new(id: Uuid, role: Role, domain: &str, options: MigrateOptions) -> Arc<Job> {
+        let info = JobInfo {
+            kind: JobKind::Unbounded,
+            operation: match role {
+                Role::Source => "Outgoing migration".into(),
+                Role::Destination => "Incoming migration".into(),
+            },
+            phase: Phase::Idle.to_string(),
+            ..Default::default()
+        };
+        Arc::new(Job {
+            id,
+            role,
+            domain: domain.to_string(),
+            options,
+            started: Instant::now(),
+            state: Mutex::new(JobState {
+                phase: Phase::Idle,
+                info,
+                events: Vec::new(),
+            }),
+            cancel: watch::channel(false).0,
+            postcopy: watch::channel(false).0,
+            offline_def: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves to `to` if the state machine allows it, recording an event.
+    pub fn advance(&self, to: Phase) -> Result<()> {
+        let mut s = self.lock();
+        let next = s
+            .phase
+            .next(self.role, to)
+            .map_err(|e| AgentError::Conflict(e.to_string()))?;
+        s.phase = next;
+        s.info.phase = next.to_string();
+        let msg = format!("phase {next}");
+        s.events.push(JobEvent {
+            at_ms: now_ms(),
+            phase: next.to_string(),
+            message: msg,
+        });
+        Ok(())
+    }
+
+    /// Records an event.
+    pub fn event(&self, message: impl Into<String>) {
+        let mut s = self.lock();
+        let phase = s.phase.to_string();
+        let message = message.into();
+        tracing::info!(domain = %self.domain, %phase, "{message}");
+        s.events.push(JobEvent {
+            at_ms: now_ms(),
+            phase,
+            message,
+        });
+    }
+
+    /// Keeps the definition an offline migration will store in Finish.
+    pub fn set_offline_def(&self, d: tern_model::Domain) {
+        *self.offline_def.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+    }
+
+    /// Takes that definition.
+    pub fn take_offline_def(&self) -> Option<tern_model::Domain> {
+        self.offline_def.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// A copy of the figures.
+    pub fn info(&self) -> JobInfo {
+        let s = self.lock();
+        let mut i = s.info.clone();
+        if !s.phase.is_terminal() && i.kind == JobKind::Unbounded && i.time_elapsed_ms == 0 {
+            i.time_elapsed_ms = self.started.elapsed().as_millis() as u64;
+        }
+        i
+    }
+
+    /// Changes the figures.
+    pub fn update(&self, f: impl FnOnce(&mut JobInfo)) {
+        f(&mut self.lock().info)
+    }
+
+    /// Events from index `since`.
+    pub fn events_since(&self, since: usize) -> Vec<JobEvent> {
+        self.lock().events.iter().skip(since).cloned().collect()
+    }
+}
+
+/// Current and finished jobs, by domain name.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    current: Mutex<HashMap<String, Arc<Job>>>,
+    completed: Mutex<HashMap<String, (JobInfo, Vec<JobEvent>)>>,
+}
+
+impl Jobs {
+    fn cur(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a job; refuses a second one for the same domain.
+    pub fn insert(&self, job: Arc<Job>) -> Result<()> {
+        let mut m = self.cur();
+        if let Some(old) = m.get(&job.domain) {
+            if !old.phase().is_terminal() && old.id != job.id {
+                return Err(AgentError::Conflict(format!(
+                    "domain '{}' already has a migration job in phase {}; wait for it or run 'tern domjobabort {}'",
+                    job.domain,
+                    old.phase(),
+                    job.domain
+                )));
+            }
+        }
+        m.insert(job.domain.clone(), job);
+        Ok(())
+    }
+
+    /// The job of a domain.
+    pub fn get(&self, domain: &str) -> Option<Arc<Job>> {
+        self.cur().get(domain).cloned()
+    }
+
+    /// The job of a domain, checking the migration id.
+    pub fn get_id(&self, domain: &str, id: Uuid) -> Result<Arc<Job>> {
+        match self.get(domain) {
+            Some(j) if j.id == id => Ok(j),
+            _ => Err(AgentError::Conflict(
+                tern_migrate::protocol::ProtocolError::UnknownMigration(id).to_string(),
+            )),
+        }
+    }
+
+    /// Moves a finished job to the completed table.
+    pub fn finish(&self, job: &Arc<Job>) {
+        let info = job.info();
+        let events = job.events_since(0);
+        self.completed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.domain.clone(), (info, events));
+        let mut m = self.cur();
+        if m.get(&job.domain).is_some_and(|j| Arc::ptr_eq(j, job)) {
+            m.remove(&job.domain);
+        }
+    }
+
+    /// The last finished job of a domain.
+    pub fn completed(&self, domain: &str) -> Option<(JobInfo, Vec<JobEvent>)> {
+        self.completed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
+    }
+}
+
+/// Runs a migration request.
+pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u8>> {
+    let ok = |v: serde_json::Value| Ok(serde_json::to_vec(&v).unwrap_or_default());
+    let to = |v: &dyn erased::Ser| v.to_vec();
+    match req {
+        MigrationRequest::MigrateBegin { name, options } => {
+            to(&source::begin(agent, &name, &options).await?)
+        }
+        MigrationRequest::MigratePrepare { req } => to(&dest::prepare(agent, req).await?),
+        MigrationRequest::MigratePerform { req } => {
+            source::perform(agent, req).await?;
+            ok(json!(null))
+        }
+        MigrationRequest::MigrateFinish { req } => to(&dest::finish(agent, req).await?),
+        MigrationRequest::MigrateConfirm { req } => {
+            source::confirm(agent, req).await?;
+            ok(json!(null))
+        }
+        MigrationRequest::MigrateP2p {
+            name,
+            dest_uri,
+            options,
+        } => {
+            source::p2p(agent, &name, &dest_uri, options).await?;
+            ok(json!(null))
+        }
+        MigrationRequest::JobInfo { name, completed } => {
+            let info = if completed {
+                agent.jobs.completed(&name).map(|(i, _)| i)
+            } else {
+                agent.jobs.get(&name).map(|j| j.info())
+            };
+            to(&info.unwrap_or_default())
+        }
+        MigrationRequest::JobEvents { name, since } => {
+            let ev = match agent.jobs.get(&name) {
+                Some(j) => j.events_since(since),
+                None => agent
+                    .jobs
+                    .completed(&name)
+                    .map(|(_, e)| e.into_iter().skip(since).collect())
+                    .unwrap_or_default(),
+            };
+            to(&ev)
+        }
+        MigrationRequest::JobAbort { name } => {
+            let job = agent.jobs.get(&name).ok_or_else(|| {
+                AgentError::Conflict(format!("domain '{name}' has no migration job to abort"))
+            })?;
+            job.event("abort requested by the operator");
+            job.cancel.send_replace(true);
+            ok(json!(null))
+        }
+        MigrationRequest::MigratePostcopy { name } => {
+            let job = agent.jobs.get(&name).ok_or_else(|| {
+                AgentError::Conflict(format!("domain '{name}' has no migration job"))
+            })?;
+            if !job.options.postcopy {
+                return Err(AgentError::Conflict(
+                    "this migration was not started with --postcopy".into(),
+                ));
+            }
+            job.postcopy.send_replace(true);
+            ok(json!(null))
+        }
+        MigrationRequest::MigrateSetSpeed {
+            name,
+            bandwidth_mib,
+        } => {
+            let bytes = MigrateOptions {
+                bandwidth_mib: Some(bandwidth_mib),
+                ..Default::default()
+            }
+            .bandwidth_bytes();
+            set_param(agent, &name, "max-bandwidth", json!(bytes)).await?;
+            ok(json!(null))
+        }
+        MigrationRequest::MigrateGetSpeed { name } => {
+            let b = get_param(agent, &name, "max-bandwidth").await?;
+            let mib = if b >= tern_migrate::options::UNLIMITED_BANDWIDTH {
+                0
+            } else {
+                b >> 20
+            };
+            ok(json!(mib))
+        }
+        MigrationRequest::MigrateSetMaxDowntime { name, downtime_ms } => {
+            set_param(agent, &name, "downtime-limit", json!(downtime_ms)).await?;
+            ok(json!(null))
+        }
+        MigrationRequest::MigrateGetMaxDowntime { name } => {
+            ok(json!(get_param(agent, &name, "downtime-limit").await?))
+        }
+        MigrationRequest::MigrateCompCache { name, size } => {
+            if let Some(s) = size {
+                set_param(agent, &name, "xbzrle-cache-size", json!(s)).await?;
+            }
+            ok(json!(get_param(agent, &name, "xbzrle-cache-size").await?))
+        }
+    }
+}
+
+/// Tiny helper so `dispatch` can serialise different reply types uniformly.
+mod erased {
+    use crate::error::{AgentError, Result};
+
+    pub trait Ser {
+        fn to_vec(&self) -> Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize> Ser for T {
+        fn to_vec(&self) -> Result<Vec<u8>> {
+            serde_json::to_vec(self)
+                .map_err(|e| AgentError::Failed(format!("cannot serialise reply: {e}")))
+        }
+    }
+}
+
+async fn running_qmp(agent: &Agent, name: &str) -> Result<tern_qemu::Qmp> {
+    let slot = agent.domains.find(name)?;
+    let e = slot.inner.lock().await;
+    e.run
+        .as_ref()
+        .map(|r| r.qmp.clone())
+        .ok_or_else(|| AgentError::Conflict(format!("domain '{name}' is not running")))
+}
+
+async fn set_param(agent: &Agent, name: &str, key: &str, v: serde_json::Value) -> Result<()> {
+    let qmp = running_qmp(agent, name).await?;
+    qmp.execute("migrate-set-parameters", Some(json!({ key: v })))
+        .await?;
+    if let Some(j) = agent.jobs.get(name) {
+        j.event(format!("{key} set to {v} by the operator"));
+    }
+    Ok(())
+}
+
+async fn get_param(agent: &Agent, name: &str, key: &str) -> Result<u64> {
+    let qmp = running_qmp(agent, name).await?;
+    let p = qmp.execute("query-migrate-parameters", None).await?;
+    Ok(p[key].as_u64().unwrap_or(0))
+}
+
+/// Sets migration capabilities on a QEMU.
+pub async fn set_capabilities(qmp: &tern_qemu::Qmp, caps: &[(&str, bool)]) -> Result<()> {
+    let list: Vec<serde_json::Value> = caps
+        .iter()
+        .map(|(c, s)| json!({"capability": c, "state": s}))
+        .collect();
+    qmp.execute("migrate-set-capabilities", Some(json!({ "capabilities": list })))
+        .await?;
+    Ok(())
+}

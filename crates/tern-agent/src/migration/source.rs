@@ -1,0 +1,414 @@
+//! The source side: Begin (checks), Perform (QEMU sends memory while we
+//! watch), Confirm (clean up, or resume on failure), and the `--p2p` flow.
+
+use super::{set_capabilities, Job};
+use crate::error::{AgentError, Result};
+use crate::Agent;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_api::driver;
+use tern_migrate::protocol::{
+    check_version, BeginReply, ConfirmRequest, PerformRequest, PROTOCOL_VERSION,
+};
+use tern_migrate::{JobKind, MigrateOptions, Phase, Role, TimeoutAction};
+use tern_model::{xml, CacheMode, DomainState, StateReason};
+use uuid::Uuid;
+
+/// How often Perform reads QEMU's figures.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Refuses disk setups that corrupt data when two hosts open the image:
+/// images outside a shared pool, or a host page cache that would hold
+/// writes the destination cannot see.
+pub async fn check_storage(agent: &Agent, d: &tern_model::Domain) -> Result<()> {
+    for disk in &d.devices.disks {
+        let Some(src) = &disk.source else { continue };
+        if disk.readonly || disk.device == tern_model::DiskDevice::Cdrom {
+            continue;
+        }
+        match agent.pools.pool_of(src).await {
+            Some(p) if p.shared => {}
+            Some(p) => {
+                return Err(AgentError::Conflict(format!(
+                    "disk '{}' ({}) is in pool '{}' which is not shared; migrating it would leave the destination without its data: use --copy-storage-all, or --unsafe if the storage is shared after all",
+                    disk.target_dev,
+                    src.display(),
+                    p.name
+                )))
+            }
+            None => {
+                return Err(AgentError::Conflict(format!(
+                    "disk '{}' ({}) is not in a shared storage pool; define the pool with --shared on both hosts, or pass --unsafe",
+                    disk.target_dev,
+                    src.display()
+                )))
+            }
+        }
+        if !matches!(disk.cache, Some(CacheMode::None) | Some(CacheMode::Directsync)) {
+            return Err(AgentError::Conflict(format!(
+                "disk '{}' uses cache mode '{}', which can lose writes when another host opens the image; set cache='none' or pass --unsafe",
+                disk.target_dev,
+                disk.cache
+                    .map(|c| format!("{c:?}").to_lowercase())
+                    .unwrap_or_else(|| "default (writeback)".into())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Begin: validates and describes the guest for the destination.
+pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result<BeginReply> {
+    o.validate().map_err(|e| AgentError::Invalid(e.to_string()))?;
+    if let Some(j) = agent.jobs.get(name) {
+        if !j.phase().is_terminal() && j.phase() != Phase::Begin {
+            return Err(AgentError::Conflict(format!(
+                "domain '{name}' is already migrating (phase {})",
+                j.phase()
+            )));
+        }
+    }
+    let slot = agent.domains.find(name)?;
+    let e = slot.inner.lock().await;
+    let active = e.run.is_some();
+    if !active && !o.offline {
+        return Err(AgentError::Conflict(format!(
+            "domain '{name}' is not running; use --offline --persistent to move its definition"
+        )));
+    }
+    let mut d = e
+        .run
+        .as_ref()
+        .map(|r| r.live.clone())
+        .unwrap_or_else(|| e.def.clone());
+    if o.offline && !e.persistent {
+        return Err(AgentError::Conflict(format!(
+            "domain '{name}' is transient; offline migration needs a stored definition"
+        )));
+    }
+    drop(e);
+    if let Some(x) = &o.xml {
+        let alt = xml::parse_domain(x)?;
+        if alt.uuid != d.uuid {
+            return Err(AgentError::Invalid(format!(
+                "--xml describes uuid {}, not the migrating domain's {}; keep the same <uuid>",
+                alt.uuid, d.uuid
+            )));
+        }
+        if alt.memory_kib != d.memory_kib
+            || alt.vcpus != d.vcpus
+            || alt.devices.disks.len() != d.devices.disks.len()
+            || alt.devices.interfaces.len() != d.devices.interfaces.len()
+        {
+            return Err(AgentError::Invalid(
+                "--xml changes guest-visible hardware (memory, vCPUs, disks or NICs); only host-side details such as paths may differ".into(),
+            ));
+        }
+        d = alt;
+    }
+    if let Some(n) = &o.dname {
+        tern_model::names::validate_name("domain", n)?;
+        d.name = n.clone();
+    }
+    if active && !o.unsafe_ {
+        check_storage(agent, &d).await?;
+    }
+    Ok(BeginReply {
+        version: PROTOCOL_VERSION,
+        domain: d,
+        active,
+    })
+}
+
+/// Perform: starts QEMU's migration and a task that watches it.
+pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
+    check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let slot = agent.domains.find(&req.name)?;
+    let (qmp, was_running) = {
+        let e = slot.inner.lock().await;
+        let run = e.run.as_ref().ok_or_else(|| {
+            AgentError::Conflict(format!("domain '{}' is not running", req.name))
+        })?;
+        (run.qmp.clone(), slot.current().0 == DomainState::Running)
+    };
+    let job = match agent.jobs.get(&slot.name) {
+        Some(j) if j.id == req.id => j,
+        _ => {
+            let j = Job::new(req.id, Role::Source, &slot.name, req.options.clone());
+            agent.jobs.insert(j.clone())?;
+            j.advance(Phase::Begin)?;
+            j
+        }
+    };
+    job.advance(Phase::Perform)?;
+    let o = &req.options;
+    let setup = async {
+        set_capabilities(&qmp, &o.source_capabilities()).await?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::Value::Object(o.source_parameters())),
+        )
+        .await?;
+        if !o.live && was_running {
+            qmp.execute("stop", None).await?;
+            job.event("guest paused for a non-live migration");
+        }
+        qmp.execute("migrate", Some(json!({ "uri": req.target.qemu_uri() })))
+            .await?;
+        Ok::<(), AgentError>(())
+    };
+    if let Err(e) = setup.await {
+        job.event(format!("could not start: {e}"));
+        job.update(|i| {
+            i.kind = JobKind::Failed;
+            i.error = Some(e.to_string());
+        });
+        return Err(e);
+    }
+    job.event(format!(
+        "sending memory to {} (bandwidth {}, max downtime {} ms)",
+        req.target.qemu_uri(),
+        match o.bandwidth_mib {
+            None | Some(0) => "unlimited".to_string(),
+            Some(m) => format!("{m} MiB/s"),
+        },
+        o.max_downtime_ms
+            .unwrap_or(tern_migrate::options::DEFAULT_MAX_DOWNTIME_MS)
+    ));
+    let stall = agent.cfg.stall_timeout;
+    tokio::spawn(watch(job, qmp, req.options.clone(), stall));
+    Ok(())
+}
+
+/// Follows QEMU's migration until it ends, applying timeouts, post-copy
+/// switches, cancels, and stall detection.
+async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Duration) {
+    let start = Instant::now();
+    let mut last_iter = 0;
+    let mut last_bytes = 0;
+    let mut last_progress = Instant::now();
+    let mut timeout_fired = false;
+    let mut postcopy_started = false;
+    let mut cancelled = false;
+    let mut cancel_rx = job.cancel.subscribe();
+    let mut post_rx = job.postcopy.subscribe();
+    loop {
+        tokio::time::sleep(POLL).await;
+        let q = match qmp.execute("query-migrate", None).await {
+            Ok(q) => q,
+            Err(e) => {
+                job.event(format!("lost the source QEMU: {e}"));
+                job.update(|i| {
+                    i.kind = JobKind::Failed;
+                    i.error = Some(format!("source QEMU went away: {e}"));
+                });
+                return;
+            }
+        };
+        job.update(|i| i.update_from_qemu(&q));
+        let info = job.info();
+        if info.iteration != last_iter && info.iteration > 0 {
+            last_iter = info.iteration;
+            job.event(format!(
+                "iteration {}: {} MiB remaining, {} MiB/s, dirtying {} MiB/s, expected downtime {} ms",
+                info.iteration,
+                info.memory_remaining >> 20,
+                info.memory_bandwidth >> 20,
+                info.dirty_rate >> 20,
+                info.expected_downtime_ms
+            ));
+        }
+        match info.kind {
+            JobKind::Completed => {
+                job.event(format!(
+                    "QEMU completed: downtime {} ms, {} MiB sent in {} ms",
+                    info.downtime_ms.unwrap_or(0),
+                    info.memory_processed >> 20,
+                    info.time_elapsed_ms
+                ));
+                return;
+            }
+            JobKind::Failed | JobKind::Cancelled => {
+                if cancelled {
+                    job.update(|i| {
+                        i.kind = JobKind::Cancelled;
+                        i.error = Some(i.error.clone().unwrap_or_else(|| {
+                            "migration cancelled by the operator".into()
+                        }));
+                    });
+                }
+                job.event(format!(
+                    "QEMU {}: {}",
+                    info.qemu_status,
+                    job.info().error.unwrap_or_default()
+                ));
+                return;
+            }
+            _ => {}
+        }
+        if *cancel_rx.borrow_and_update() && !cancelled {
+            cancelled = true;
+            let _ = qmp.execute("migrate_cancel", None).await;
+        }
+        if info.memory_processed != last_bytes {
+            last_bytes = info.memory_processed;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > stall && info.qemu_status != "postcopy-active" {
+            job.event(format!(
+                "no progress for {} s: the link to the destination looks down; cancelling",
+                stall.as_secs()
+            ));
+            let _ = qmp.execute("migrate_cancel", None).await;
+            job.update(|i| {
+                i.error = Some(format!(
+                    "migration made no progress for {} s (link to the destination down?)",
+                    stall.as_secs()
+                ))
+            });
+            last_progress = Instant::now();
+        }
+        let want_postcopy = o.postcopy
+            && !postcopy_started
+            && info.qemu_status == "active"
+            && ((o.postcopy_after_precopy && info.iteration >= 2)
+                || *post_rx.borrow_and_update());
+        let timed_out = o
+            .timeout_s
+            .is_some_and(|t| start.elapsed() >= Duration::from_secs(t));
+        if timed_out && !timeout_fired && info.qemu_status == "active" {
+            timeout_fired = true;
+            match o.timeout_action {
+                TimeoutAction::Suspend => {
+                    job.event("timeout reached: pausing the guest to finish");
+                    let _ = qmp.execute("stop", None).await;
+                }
+                TimeoutAction::Postcopy if !postcopy_started => {
+                    job.event("timeout reached: switching to post-copy");
+                    if qmp.execute("migrate-start-postcopy", None).await.is_ok() {
+                        postcopy_started = true;
+                    }
+                }
+                TimeoutAction::Postcopy => {}
+            }
+        }
+        if want_postcopy {
+            job.event("switching to post-copy");
+            match qmp.execute("migrate-start-postcopy", None).await {
+                Ok(_) => postcopy_started = true,
+                Err(e) => job.event(format!("post-copy refused: {e}")),
+            }
+        }
+    }
+}
+
+/// Confirm: after success stop the source QEMU and clean up; after failure
+/// resume the guest here.
+pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
+    check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let job = agent.jobs.get_id(&req.name, req.id)?;
+    let slot = agent.domains.find(&req.name)?;
+    job.advance(Phase::Confirm)?;
+    if req.success {
+        let pid = {
+            let mut e = slot.inner.lock().await;
+            e.stopping = Some(StateReason::Migrated);
+            if req.options.undefine_source && e.persistent {
+                let p = crate::registry::def_path(&agent.layout.domains(), &slot.name);
+                let _ = std::fs::remove_file(p);
+                e.persistent = false;
+            }
+            let pid = e.run.as_ref().map(|r| r.pid);
+            if let Some(r) = &e.run {
+                let _ = r.qmp.execute("quit", None).await;
+            }
+            pid
+        };
+        if !slot
+            .wait_for(|s| s == DomainState::ShutOff, Duration::from_secs(10))
+            .await
+        {
+            if let Some(pid) = pid {
+                crate::procs::signal(pid, libc::SIGKILL);
+            }
+        }
+        job.advance(Phase::Completed)?;
+        job.update(|i| i.kind = JobKind::Completed);
+        job.event("source stopped and cleaned; the guest runs on the destination");
+    } else {
+        let e = slot.inner.lock().await;
+        if let Some(r) = &e.run {
+            let (running, status) = r.qmp.query_status().await.unwrap_or((true, String::new()));
+            if !running {
+                match r.qmp.execute("cont", None).await {
+                    Ok(_) => {
+                        slot.set(DomainState::Running, StateReason::Unpaused);
+                        job.event(format!("guest resumed on the source (was {status})"));
+                    }
+                    Err(err) => job.event(format!("could not resume the source: {err}")),
+                }
+            }
+        }
+        drop(e);
+        let cancelled = *job.cancel.borrow() || job.info().kind == JobKind::Cancelled;
+        job.advance(if cancelled { Phase::Cancelled } else { Phase::Failed })?;
+        job.update(|i| {
+            if i.kind == JobKind::Unbounded || i.kind == JobKind::Completed {
+                i.kind = JobKind::Failed;
+            }
+        });
+        job.event("migration failed; the guest keeps running on the source");
+    }
+    agent.jobs.finish(&job);
+    Ok(())
+}
+
+/// `--p2p`: this agent drives the migration; the client may go away.
+pub async fn p2p(
+    agent: &Arc<Agent>,
+    name: &str,
+    dest_uri: &str,
+    options: MigrateOptions,
+) -> Result<()> {
+    options
+        .validate()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let uri: tern_model::uri::ConnectUri = dest_uri
+        .parse()
+        .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
+    let dst = tern_api::Client::from_uri(&uri).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let slot = agent.domains.find(name)?;
+    let id = Uuid::new_v4();
+    let job = Job::new(id, Role::Source, &slot.name, options.clone());
+    agent.jobs.insert(job.clone())?;
+    job.advance(Phase::Begin)?;
+    job.event(format!("peer-to-peer migration to {dest_uri}"));
+    let src = tern_api::Client::unix(agent.cfg.socket.clone());
+    let agent = agent.clone();
+    let name = slot.name.clone();
+    tokio::spawn(async move {
+        let r = driver::drive(&src, &dst, id, &name, &options, |_| {}).await;
+        if let Err(e) = r {
+            job.event(format!("failed: {e}"));
+            job.update(|i| {
+                if i.kind != JobKind::Cancelled {
+                    i.kind = JobKind::Failed;
+                }
+                i.error = Some(e.to_string());
+            });
+            if !job.phase().is_terminal() {
+                let to = if job.phase() == Phase::Begin {
+                    Phase::Failed
+                } else {
+                    Phase::Confirm
+                };
+                let _ = job.advance(to);
+                if to == Phase::Confirm {
+                    let _ = job.advance(Phase::Failed);
+                }
+            }
+            agent.jobs.finish(&job);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The migration driver: walks Begin, Prepare, Perform, Finish, Confirm
+//! against a source and a destination agent. The CLI runs it for managed
+//! direct migration; the source agent runs the very same code for `--p2p`
+//! (talking to itself through its own socket), so both flows behave alike.
+//!
+//! The driver keeps the rule of safety: the destination is told to resume
+//! only after the source's QEMU completed (the source is stopped), and the
+//! source is told to resume only when the destination said it did not. If
+//! the destination's answer is lost, nobody resumes and the error says so.
+
+use crate::{Client, ClientError, MigrationRequest, Request};
+use std::time::Duration;
+use tern_migrate::protocol::{
+    BeginReply, ConfirmRequest, FinishReply, FinishRequest, PerformRequest, PrepareReply,
+    PrepareRequest, PROTOCOL_VERSION,
+};
+use tern_migrate::{JobInfo, JobKind, MigrateOptions};
+use thiserror::Error;
+use uuid::Uuid;
+
+/// How often the driver polls the source's job.
+const POLL: Duration = Duration::from_millis(200);
+
+/// A failed migration, with where it failed.
+#[derive(Debug, Error)]
+pub enum DriveError {
+    /// The source refused to begin.
+    #[error("{0}")]
+    Begin(#[source] ClientError),
+    /// The destination could not prepare.
+    #[error("destination refused: {0}")]
+    Prepare(#[source] ClientError),
+    /// The source could not start or finish sending.
+    #[error("{0}")]
+    Perform(String),
+    /// The destination could not take over; the guest runs on the source.
+    #[error("destination could not resume the guest: {0}; the guest keeps running on the source")]
+    Finish(String),
+    /// The destination's answer was lost: the guest may be paused on both.
+    #[error("lost contact with the destination after the memory was sent ({0}); the guest is paused on the source and may be paused on the destination: check the destination, then resume or destroy one copy")]
+    Unknown(#[source] ClientError),
+    /// The final cleanup on the source failed.
+    #[error("the guest runs on the destination, but cleaning the source failed: {0}")]
+    Confirm(#[source] ClientError),
+}
+
+/// What a successful migration reports.
+#[derive(Debug, Clone)]
+pub struct DriveOutcome {
+    /// Final job figures from the source.
+    pub info: JobInfo,
+    /// Name on the destination.
+    pub dest_name: String,
+}
+
+/// Runs a whole migration. `on_progress` sees each polled snapshot.
+pub async fn drive(
+    src: &Client,
+    dst: &Client,
+    id: Uuid,
+    name: &str,
+    options: &MigrateOptions,
+    mut on_progress: impl FnMut(&JobInfo),
+) -> Result<DriveOutcome, DriveError> {
+    let begin: BeginReply = src
+        .call(&Request::Migration(MigrationRequest::MigrateBegin {
+            name: name.to_string(),
+            options: options.clone(),
+        }))
+        .await
+        .map_err(DriveError::Begin)?;
+    let dest_name = begin.domain.name.clone();
+    let prep: PrepareReply = dst
+        .call(&Request::Migration(MigrationRequest::MigratePrepare {
+            req: PrepareRequest {
+                version: PROTOCOL_VERSION,
+                id,
+                domain: begin.domain.clone(),
+                options: options.clone(),
+                source_host: src.describe(),
+            },
+        }))
+        .await
+        .map_err(DriveError::Prepare)?;
+
+    let finish = |success: bool| {
+        let req = FinishRequest {
+            version: PROTOCOL_VERSION,
+            id,
+            name: dest_name.clone(),
+            success,
+            options: options.clone(),
+        };
+        async move {
+            dst.call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req }))
+                .await
+        }
+    };
+    let confirm = |success: bool| {
+        let req = ConfirmRequest {
+            version: PROTOCOL_VERSION,
+            id,
+            name: name.to_string(),
+            success,
+            options: options.clone(),
+        };
+        async move {
+            src.call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigrateConfirm {
+                req,
+            }))
+            .await
+        }
+    };
+
+    let Some(target) = prep.incoming else {
+        // Offline: the destination defines it in Finish; nothing else moves.
+        let fin = finish(true).await.map_err(|e| DriveError::Finish(e.to_string()))?;
+        if !fin.resumed {
+            let why = fin.error.unwrap_or_else(|| "unknown reason".into());
+            let _ = confirm(false).await;
+            return Err(DriveError::Finish(why));
+        }
+        confirm(true).await.map_err(DriveError::Confirm)?;
+        return Ok(DriveOutcome {
+            info: JobInfo::default(),
+            dest_name,
+        });
+    };
+
+    let perform = src
+        .call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigratePerform {
+            req: PerformRequest {
+                version: PROTOCOL_VERSION,
+                id,
+                name: name.to_string(),
+                target,
+                options: options.clone(),
+            },
+        }))
+        .await;
+    if let Err(e) = perform {
+        let _ = finish(false).await;
+        let _ = confirm(false).await;
+        return Err(DriveError::Perform(e.to_string()));
+    }
+
+    // Poll the source until QEMU is done (or in post-copy, when the
+    // destination must run at once to serve page faults).
+    let mut finished: Option<FinishReply> = None;
+    let info = loop {
+        tokio::time::sleep(POLL).await;
+        let info: JobInfo = match src
+            .call(&Request::Migration(MigrationRequest::JobInfo {
+                name: name.to_string(),
+                completed: false,
+            }))
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                // The source agent is unreachable: we cannot know QEMU's
+                // state, so the destination must not resume.
+                let _ = finish(false).await;
+                return Err(DriveError::Perform(format!(
+                    "lost contact with the source: {e}"
+                )));
+            }
+        };
+        on_progress(&info);
+        if info.qemu_status == "postcopy-active" && finished.is_none() {
+            match finish(true).await {
+                Ok(f) => finished = Some(f),
+                Err(e) => return Err(DriveError::Unknown(e)),
+            }
+        }
+        if matches!(
+            info.kind,
+            JobKind::Completed | JobKind::Failed | JobKind::Cancelled
+        ) {
+            break info;
+        }
+    };
+
+    if info.kind != JobKind::Completed {
+        let why = info
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("migration {}", info.qemu_status));
+        if finished.is_none() {
+            let _ = finish(false).await;
+            let _ = confirm(false).await;
+        }
+        return Err(DriveError::Perform(why));
+    }
+    let fin = match finished {
+        Some(f) => f,
+        None => finish(true).await.map_err(DriveError::Unknown)?,
+    };
+    if !fin.resumed {
+        let why = fin.error.unwrap_or_else(|| "unknown reason".into());
+        let _ = confirm(false).await;
+        return Err(DriveError::Finish(why));
+    }
+    confirm(true).await.map_err(DriveError::Confirm)?;
+    Ok(DriveOutcome { info, dest_name })
+}

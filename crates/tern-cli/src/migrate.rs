@@ -1,0 +1,413 @@
+//! `tern migrate` and the job verbs (`domjobinfo`, `domjobabort`, ...).
+
+use crate::args::Cmd;
+use crate::table::kv;
+use crate::{connect, print_json, read_file, CliError, Result};
+use clap::Args;
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+use tern_api::{driver, Client, MigrationRequest, Request};
+use tern_migrate::{JobEvent, JobInfo, JobKind, MigrateOptions, TimeoutAction};
+
+/// `tern migrate [flags] DOMAIN DESTURI` — flags as in virsh.
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Domain name or uuid.
+    pub domain: String,
+    /// Destination connection URI (as seen from the client; with --p2p, as
+    /// seen from the source host).
+    pub desturi: String,
+    /// Live migration: memory is copied while the guest runs.
+    #[arg(long)]
+    pub live: bool,
+    /// Move the definition only.
+    #[arg(long)]
+    pub offline: bool,
+    /// Peer-to-peer: the source agent drives the migration.
+    #[arg(long)]
+    pub p2p: bool,
+    /// Direct migration (not supported by QEMU hosts, as in virsh).
+    #[arg(long)]
+    pub direct: bool,
+    /// Store the definition on the destination.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Remove the definition from the source.
+    #[arg(long)]
+    pub undefinesource: bool,
+    /// Leave the guest paused on the destination.
+    #[arg(long)]
+    pub suspend: bool,
+    /// New name on the destination.
+    #[arg(long)]
+    pub dname: Option<String>,
+    /// Definition to use on the destination (same guest hardware).
+    #[arg(long)]
+    pub xml: Option<std::path::PathBuf>,
+    /// Refuse changes to the domain while it migrates (always on in Tern).
+    #[arg(long)]
+    pub change_protection: bool,
+    /// Skip the shared-storage and cache-mode safety checks.
+    #[arg(long = "unsafe")]
+    pub unsafe_: bool,
+    /// Show a progress bar.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Compress repeated pages (xbzrle).
+    #[arg(long)]
+    pub compressed: bool,
+    /// xbzrle cache size, e.g. 256M.
+    #[arg(long)]
+    pub comp_xbzrle_cache: Option<String>,
+    /// Throttle the guest's vCPUs when it dirties memory too fast.
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// Initial throttle, percent.
+    #[arg(long)]
+    pub auto_converge_initial: Option<u8>,
+    /// Throttle increment, percent.
+    #[arg(long)]
+    pub auto_converge_increment: Option<u8>,
+    /// Several connections at once (multifd).
+    #[arg(long)]
+    pub parallel: bool,
+    /// Number of connections with --parallel.
+    #[arg(long)]
+    pub parallel_connections: Option<u32>,
+    /// Compression with --parallel: none, zlib, zstd.
+    #[arg(long)]
+    pub parallel_compression: Option<String>,
+    /// Allow switching to post-copy.
+    #[arg(long)]
+    pub postcopy: bool,
+    /// Switch to post-copy after the first pre-copy pass.
+    #[arg(long)]
+    pub postcopy_after_precopy: bool,
+    /// Bandwidth limit, MiB/s (default: unlimited).
+    #[arg(long)]
+    pub bandwidth: Option<u64>,
+    /// Maximum downtime, ms (default 300).
+    #[arg(long)]
+    pub max_downtime: Option<u64>,
+    /// Seconds before the timeout action.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// On timeout, pause the guest to finish (default).
+    #[arg(long)]
+    pub timeout_suspend: bool,
+    /// On timeout, switch to post-copy.
+    #[arg(long)]
+    pub timeout_postcopy: bool,
+    /// Abort on disk I/O errors.
+    #[arg(long)]
+    pub abort_on_error: bool,
+    /// Where QEMU sends memory: tcp://ADDRESS[:PORT].
+    #[arg(long)]
+    pub migrateuri: Option<String>,
+    /// Address the destination QEMU listens on.
+    #[arg(long)]
+    pub listen_address: Option<String>,
+    /// Keep the destination's paused QEMU after a failure (debugging).
+    #[arg(long)]
+    pub keep_dest_on_failure: bool,
+}
+
+impl MigrateArgs {
+    fn options(&self) -> Result<MigrateOptions> {
+        if self.direct {
+            return Err(CliError::Usage(
+                "direct migration is not supported by QEMU hosts (as in virsh); drop --direct, or use --p2p".into(),
+            ));
+        }
+        if self.timeout_suspend && self.timeout_postcopy {
+            return Err(CliError::Usage(
+                "--timeout-suspend and --timeout-postcopy cannot be used together".into(),
+            ));
+        }
+        if (self.timeout_suspend || self.timeout_postcopy) && self.timeout.is_none() {
+            return Err(CliError::Usage("--timeout-suspend/--timeout-postcopy need --timeout".into()));
+        }
+        let xbzrle_cache = match &self.comp_xbzrle_cache {
+            Some(s) => Some(tern_qemu::img::parse_size(s).ok_or_else(|| {
+                CliError::Usage(format!("invalid size '{s}' for --comp-xbzrle-cache; use e.g. 256M"))
+            })?),
+            None => None,
+        };
+        let xml = match &self.xml {
+            Some(p) => Some(read_file(p)?),
+            None => None,
+        };
+        let o = MigrateOptions {
+            live: self.live,
+            offline: self.offline,
+            p2p: self.p2p,
+            persistent: self.persistent,
+            undefine_source: self.undefinesource,
+            suspend: self.suspend,
+            dname: self.dname.clone(),
+            xml,
+            change_protection: self.change_protection,
+            unsafe_: self.unsafe_,
+            compressed: self.compressed,
+            xbzrle_cache,
+            auto_converge: self.auto_converge,
+            auto_converge_initial: self.auto_converge_initial,
+            auto_converge_increment: self.auto_converge_increment,
+            parallel: self.parallel,
+            parallel_connections: self.parallel_connections,
+            parallel_compression: self.parallel_compression.clone(),
+            postcopy: self.postcopy,
+            postcopy_after_precopy: self.postcopy_after_precopy,
+            bandwidth_mib: self.bandwidth,
+            max_downtime_ms: self.max_downtime,
+            timeout_s: self.timeout,
+            timeout_action: if self.timeout_postcopy {
+                TimeoutAction::Postcopy
+            } else {
+                TimeoutAction::Suspend
+            },
+            abort_on_error: self.abort_on_error,
+            migrate_uri: self.migrateuri.clone(),
+            listen_address: self.listen_address.clone(),
+            keep_dest_on_failure: self.keep_dest_on_failure,
+        };
+        o.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(o)
+    }
+}
+
+/// Draws virsh's "Migration: [ 45 %]" with Tern's extra figures.
+struct Progress {
+    tty: bool,
+    last: Option<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    fn show(&mut self, i: &JobInfo) {
+        if !self.enabled || i.memory_total == 0 {
+            return;
+        }
+        if !self.tty && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let line = format!(
+            "Migration: [{:>3} %]  {:.1}/{:.1} MiB  {:.1} MiB/s  dirty {:.1} MiB/s  iteration {}{}",
+            i.percent(),
+            (i.memory_total - i.memory_remaining.min(i.memory_total)) as f64 / 1048576.0,
+            i.memory_total as f64 / 1048576.0,
+            i.memory_bandwidth as f64 / 1048576.0,
+            i.dirty_rate as f64 / 1048576.0,
+            i.iteration,
+            i.auto_converge_throttle
+                .map(|t| format!("  throttle {t}%"))
+                .unwrap_or_default(),
+        );
+        let mut out = std::io::stdout();
+        if self.tty {
+            let _ = write!(out, "\r{line}\x1b[K");
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+
+    fn done(&mut self) {
+        if self.enabled {
+            let mut out = std::io::stdout();
+            if self.tty {
+                let _ = writeln!(out, "\rMigration: [100 %]\x1b[K");
+            } else {
+                let _ = writeln!(out, "Migration: [100 %]");
+            }
+        }
+    }
+}
+
+fn summary(domain: &str, dest: &str, i: &JobInfo, wall: Duration) -> String {
+    format!(
+        "Migrated '{domain}' to {dest} in {:.2} s: downtime {} ms, {:.1} MiB sent, {} iterations",
+        wall.as_secs_f64(),
+        i.downtime_ms.unwrap_or(0),
+        i.memory_processed as f64 / 1048576.0,
+        i.iteration
+    )
+}
+
+async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
+    let o = a.options()?;
+    let mut progress = Progress {
+        tty: std::io::stdout().is_terminal(),
+        last: None,
+        enabled: a.verbose,
+    };
+    let t0 = Instant::now();
+    if a.p2p {
+        let _: Value = src
+            .call(&Request::Migration(MigrationRequest::MigrateP2p {
+                name: a.domain.clone(),
+                dest_uri: a.desturi.clone(),
+                options: o.clone(),
+            }))
+            .await?;
+        // Follow the agent's job; the migration goes on if we are killed.
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let cur: JobInfo = src
+                .call(&Request::Migration(MigrationRequest::JobInfo {
+                    name: a.domain.clone(),
+                    completed: false,
+                }))
+                .await?;
+            if cur.kind != JobKind::None {
+                progress.show(&cur);
+                continue;
+            }
+            let fin: JobInfo = src
+                .call(&Request::Migration(MigrationRequest::JobInfo {
+                    name: a.domain.clone(),
+                    completed: true,
+                }))
+                .await?;
+            if fin.phase == "completed" {
+                progress.done();
+                println!("{}", summary(&a.domain, &a.desturi, &fin, t0.elapsed()));
+                return Ok(());
+            }
+            return Err(CliError::Usage(
+                fin.error
+                    .unwrap_or_else(|| format!("migration ended in phase {}", fin.phase)),
+            ));
+        }
+    }
+    let dst = connect(Some(&a.desturi))?;
+    let id = uuid::Uuid::new_v4();
+    let out = driver::drive(src, &dst, id, &a.domain, &o, |i| progress.show(i)).await?;
+    if o.offline {
+        println!("Domain '{}' definition migrated to {}", a.domain, a.desturi);
+    } else {
+        progress.done();
+        println!("{}", summary(&a.domain, &a.desturi, &out.info, t0.elapsed()));
+    }
+    Ok(())
+}
+
+fn job(req: MigrationRequest) -> Request {
+    Request::Migration(req)
+}
+
+pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Migrate(a) => migrate(c, &a).await?,
+        Cmd::Domjobinfo {
+            domain,
+            completed,
+            json,
+        } => {
+            let i: JobInfo = c
+                .call(&job(MigrationRequest::JobInfo {
+                    name: domain,
+                    completed,
+                }))
+                .await?;
+            if json {
+                print_json(&i);
+            } else {
+                let lines = i.lines();
+                let pairs: Vec<(&str, String)> =
+                    lines.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                print!("{}", kv(&pairs));
+            }
+        }
+        Cmd::Domjobevents {
+            domain,
+            follow,
+            json,
+        } => {
+            let mut since = 0;
+            loop {
+                let ev: Vec<JobEvent> = c
+                    .call(&job(MigrationRequest::JobEvents {
+                        name: domain.clone(),
+                        since,
+                    }))
+                    .await?;
+                since += ev.len();
+                for e in &ev {
+                    if json {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    } else {
+                        println!("{}  [{}]  {}", fmt_ms(e.at_ms), e.phase, e.message);
+                    }
+                }
+                if !follow {
+                    break;
+                }
+                let cur: JobInfo = c
+                    .call(&job(MigrationRequest::JobInfo {
+                        name: domain.clone(),
+                        completed: false,
+                    }))
+                    .await?;
+                if cur.kind == JobKind::None && ev.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Cmd::Domjobabort { domain } => {
+            let _: Value = c.call(&job(MigrationRequest::JobAbort { name: domain })).await?;
+        }
+        Cmd::MigrateSetspeed { domain, bandwidth } => {
+            let _: Value = c
+                .call(&job(MigrationRequest::MigrateSetSpeed {
+                    name: domain,
+                    bandwidth_mib: bandwidth,
+                }))
+                .await?;
+        }
+        Cmd::MigrateGetspeed { domain } => {
+            let v: u64 = c.call(&job(MigrationRequest::MigrateGetSpeed { name: domain })).await?;
+            println!("{v}");
+        }
+        Cmd::MigrateSetmaxdowntime { domain, downtime } => {
+            let _: Value = c
+                .call(&job(MigrationRequest::MigrateSetMaxDowntime {
+                    name: domain,
+                    downtime_ms: downtime,
+                }))
+                .await?;
+        }
+        Cmd::MigrateGetmaxdowntime { domain } => {
+            let v: u64 = c
+                .call(&job(MigrationRequest::MigrateGetMaxDowntime { name: domain }))
+                .await?;
+            println!("{v}");
+        }
+        Cmd::MigrateCompcache { domain, size } => {
+            let size = match size {
+                Some(s) => Some(tern_qemu::img::parse_size(&s).ok_or_else(|| {
+                    CliError::Usage(format!("invalid size '{s}'; use e.g. 256M"))
+                })?),
+                None => None,
+            };
+            let v: u64 = c
+                .call(&job(MigrationRequest::MigrateCompCache { name: domain, size }))
+                .await?;
+            println!("Compression cache: {:.3} MiB", v as f64 / 1048576.0);
+        }
+        Cmd::MigratePostcopy { domain } => {
+            let _: Value = c.call(&job(MigrationRequest::MigratePostcopy { name: domain })).await?;
+        }
+        other => return Err(CliError::Usage(format!("{other:?} is not a migration verb"))),
+    }
+    Ok(())
+}
+
+fn fmt_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}", ms % 1000)
+}

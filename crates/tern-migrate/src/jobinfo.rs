@@ -1,0 +1,274 @@
+//! `domjobinfo`: virsh's job figures, read from QEMU's `query-migrate`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// virsh's "Job type".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// No job.
+    #[default]
+    None,
+    /// Running, end unknown.
+    Unbounded,
+    /// Finished successfully.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// One snapshot of a migration job, in virsh's terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct JobInfo {
+    /// Job type.
+    pub kind: JobKind,
+    /// "Outgoing migration" or "Incoming migration".
+    pub operation: String,
+    /// Tern's phase name.
+    pub phase: String,
+    /// QEMU's migration status (setup, active, postcopy-active, completed...).
+    pub qemu_status: String,
+    /// Milliseconds since the job started.
+    pub time_elapsed_ms: u64,
+    /// Bytes transferred (memory and, later, disks).
+    pub data_processed: u64,
+    /// Bytes left.
+    pub data_remaining: u64,
+    /// Total bytes.
+    pub data_total: u64,
+    /// Memory bytes transferred.
+    pub memory_processed: u64,
+    /// Memory bytes left.
+    pub memory_remaining: u64,
+    /// Guest memory size.
+    pub memory_total: u64,
+    /// Transfer rate, bytes/s.
+    pub memory_bandwidth: u64,
+    /// Pages dirtied per second times page size, bytes/s.
+    pub dirty_rate: u64,
+    /// Page size, bytes.
+    pub page_size: u64,
+    /// Pre-copy iterations (dirty bitmap syncs).
+    pub iteration: u64,
+    /// Post-copy page requests.
+    pub postcopy_requests: u64,
+    /// Zero pages sent as one byte.
+    pub constant_pages: u64,
+    /// Pages sent in full.
+    pub normal_pages: u64,
+    /// Bytes of those pages.
+    pub normal_data: u64,
+    /// QEMU's expected downtime, ms.
+    pub expected_downtime_ms: u64,
+    /// Measured downtime once completed, ms.
+    pub downtime_ms: Option<u64>,
+    /// Setup time, ms.
+    pub setup_time_ms: Option<u64>,
+    /// xbzrle cache size, bytes.
+    pub compression_cache: Option<u64>,
+    /// xbzrle bytes sent.
+    pub compressed_data: Option<u64>,
+    /// xbzrle pages sent.
+    pub compressed_pages: Option<u64>,
+    /// xbzrle cache misses.
+    pub compression_cache_misses: Option<u64>,
+    /// xbzrle overflows.
+    pub compression_overflows: Option<u64>,
+    /// Auto-converge throttle, percent.
+    pub auto_converge_throttle: Option<u64>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+impl JobInfo {
+    /// Percent done, as virsh's progress bar computes it.
+    pub fn percent(&self) -> u64 {
+        if self.kind == JobKind::Completed {
+            return 100;
+        }
+        if self.data_total == 0 {
+            return 0;
+        }
+        let done = self.data_total.saturating_sub(self.data_remaining);
+        (done.saturating_mul(100) / self.data_total).min(99)
+    }
+
+    /// Updates the figures from a `query-migrate` reply.
+    pub fn update_from_qemu(&mut self, q: &Value) {
+        let u = |v: &Value| v.as_u64().unwrap_or(0);
+        let status = q["status"].as_str().unwrap_or("none").to_string();
+        let ram = &q["ram"];
+        if ram.is_object() {
+            self.memory_processed = u(&ram["transferred"]);
+            self.memory_remaining = u(&ram["remaining"]);
+            self.memory_total = u(&ram["total"]);
+            self.memory_bandwidth = (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64;
+            self.page_size = u(&ram["page-size"]).max(self.page_size);
+            let ps = if self.page_size == 0 { 4096 } else { self.page_size };
+            self.dirty_rate = u(&ram["dirty-pages-rate"]) * ps;
+            self.iteration = u(&ram["dirty-sync-count"]);
+            self.postcopy_requests = u(&ram["postcopy-requests"]);
+            self.constant_pages = u(&ram["duplicate"]);
+            self.normal_pages = u(&ram["normal"]);
+            self.normal_data = u(&ram["normal-bytes"]);
+            self.data_processed = self.memory_processed;
+            self.data_remaining = self.memory_remaining;
+            self.data_total = self.memory_total;
+        }
+        if let Some(t) = q["total-time"].as_u64() {
+            self.time_elapsed_ms = t;
+        }
+        if let Some(d) = q["expected-downtime"].as_u64() {
+            self.expected_downtime_ms = d;
+        }
+        if let Some(d) = q["downtime"].as_u64() {
+            self.downtime_ms = Some(d);
+        }
+        if let Some(d) = q["setup-time"].as_u64() {
+            self.setup_time_ms = Some(d);
+        }
+        let x = &q["xbzrle-cache"];
+        if x.is_object() {
+            self.compression_cache = x["cache-size"].as_u64();
+            self.compressed_data = x["bytes"].as_u64();
+            self.compressed_pages = x["pages"].as_u64();
+            self.compression_cache_misses = x["cache-miss"].as_u64();
+            self.compression_overflows = x["overflow"].as_u64();
+        }
+        if let Some(t) = q["cpu-throttle-percentage"].as_u64() {
+            self.auto_converge_throttle = Some(t);
+        }
+        if let Some(e) = q["error-desc"].as_str() {
+            self.error = Some(e.to_string());
+        }
+        self.kind = match status.as_str() {
+            "completed" => JobKind::Completed,
+            "failed" => JobKind::Failed,
+            "cancelled" => JobKind::Cancelled,
+            "none" => self.kind,
+            _ => JobKind::Unbounded,
+        };
+        self.qemu_status = status;
+    }
+
+    /// virsh-style `Key: value` lines.
+    pub fn lines(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = Vec::new();
+        let mut add = |k: &str, val: String| v.push((k.to_string(), val));
+        let kind = match self.kind {
+            JobKind::None => "None",
+            JobKind::Unbounded => "Unbounded",
+            JobKind::Completed => "Completed",
+            JobKind::Failed => "Failed",
+            JobKind::Cancelled => "Cancelled",
+        };
+        add("Job type", kind.into());
+        if self.kind == JobKind::None {
+            return v;
+        }
+        add("Operation", self.operation.clone());
+        add("Phase", self.phase.clone());
+        add("Time elapsed", format!("{} ms", self.time_elapsed_ms));
+        add("Data processed", mib(self.data_processed));
+        add("Data remaining", mib(self.data_remaining));
+        add("Data total", mib(self.data_total));
+        add("Memory processed", mib(self.memory_processed));
+        add("Memory remaining", mib(self.memory_remaining));
+        add("Memory total", mib(self.memory_total));
+        add("Memory bandwidth", format!("{}/s", mib(self.memory_bandwidth)));
+        add("Dirty rate", format!("{} pages/s", self.dirty_rate / self.page_size.max(1)));
+        add("Page size", format!("{} bytes", self.page_size));
+        add("Iteration", self.iteration.to_string());
+        add("Postcopy requests", self.postcopy_requests.to_string());
+        add("Constant pages", self.constant_pages.to_string());
+        add("Normal pages", self.normal_pages.to_string());
+        add("Normal data", mib(self.normal_data));
+        if let Some(d) = self.downtime_ms {
+            add("Total downtime", format!("{d} ms"));
+        } else {
+            add("Expected downtime", format!("{} ms", self.expected_downtime_ms));
+        }
+        if let Some(s) = self.setup_time_ms {
+            add("Setup time", format!("{s} ms"));
+        }
+        if let Some(c) = self.compression_cache {
+            add("Compression cache", mib(c));
+            add("Compressed data", mib(self.compressed_data.unwrap_or(0)));
+            add("Compressed pages", self.compressed_pages.unwrap_or(0).to_string());
+            add(
+                "Compression cache misses",
+                self.compression_cache_misses.unwrap_or(0).to_string(),
+            );
+            add(
+                "Compression overflows",
+                self.compression_overflows.unwrap_or(0).to_string(),
+            );
+        }
+        if let Some(t) = self.auto_converge_throttle {
+            add("Auto converge throttle", format!("{t}"));
+        }
+        if let Some(e) = &self.error {
+            add("Error", e.clone());
+        }
+        v
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.3} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_query_migrate_like_domjobinfo() {
+        let q = json!({
+            "status": "active", "total-time": 1200, "expected-downtime": 40,
+            "setup-time": 3,
+            "ram": {"transferred": 100u64<<20, "remaining": 156u64<<20, "total": 256u64<<20,
+                    "mbps": 838.8608, "dirty-pages-rate": 256, "page-size": 4096,
+                    "dirty-sync-count": 2, "duplicate": 10, "normal": 20, "normal-bytes": 81920,
+                    "postcopy-requests": 0},
+            "xbzrle-cache": {"cache-size": 67108864, "bytes": 1, "pages": 2, "cache-miss": 3, "overflow": 4},
+            "cpu-throttle-percentage": 20
+        });
+        let mut j = JobInfo::default();
+        j.update_from_qemu(&q);
+        assert_eq!(j.kind, JobKind::Unbounded);
+        assert_eq!(j.memory_total, 256 << 20);
+        assert_eq!(j.memory_bandwidth, 104_857_600);
+        assert_eq!(j.dirty_rate, 1 << 20);
+        assert_eq!(j.iteration, 2);
+        assert_eq!(j.percent(), 39);
+        assert_eq!(j.auto_converge_throttle, Some(20));
+        assert_eq!(j.compression_cache, Some(64 << 20));
+        let keys: Vec<String> = j.lines().into_iter().map(|(k, _)| k).collect();
+        for k in ["Job type", "Memory bandwidth", "Dirty rate", "Iteration", "Expected downtime", "Compression cache", "Auto converge throttle"] {
+            assert!(keys.iter().any(|x| x == k), "{k}");
+        }
+        j.update_from_qemu(&json!({"status": "completed", "downtime": 12, "total-time": 1500}));
+        assert_eq!(j.kind, JobKind::Completed);
+        assert_eq!(j.downtime_ms, Some(12));
+        assert_eq!(j.percent(), 100);
+    }
+}
+
+/// Something that happened during a migration: a phase change, an
+/// iteration, a decision, an error. Kept in order with a wall-clock stamp so
+/// the CLI and the controller can follow a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Phase when it happened.
+    pub phase: String,
+    /// What happened, one line.
+    pub message: String,
+}

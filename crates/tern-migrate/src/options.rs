@@ -1,0 +1,394 @@
+//! `virsh migrate` options, their validation, and the QEMU migration
+//! capabilities and parameters they turn into.
+//!
+//! Tern's defaults, documented for operators:
+//! - bandwidth: unlimited (QEMU's own default caps at 128 MiB/s, which
+//!   Tern never inherits: it always sets `max-bandwidth` explicitly);
+//! - maximum downtime: 300 ms;
+//! - multifd channels with `--parallel`: 2, compression none.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+
+/// Tern's default maximum downtime, ms.
+pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 300;
+/// "Unlimited" bandwidth as QEMU accepts it, bytes/s (1 TiB/s).
+pub const UNLIMITED_BANDWIDTH: u64 = 1 << 40;
+/// Default multifd channels with `--parallel`.
+pub const DEFAULT_PARALLEL_CONNECTIONS: u32 = 2;
+
+/// What to do when `--timeout` expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeoutAction {
+    /// Pause the guest so the rest can be copied (virsh's default).
+    #[default]
+    Suspend,
+    /// Switch to post-copy.
+    Postcopy,
+}
+
+/// Everything `tern migrate` can be asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrateOptions {
+    /// `--live` (otherwise the guest is paused while it moves).
+    pub live: bool,
+    /// `--offline`: the definition alone.
+    pub offline: bool,
+    /// `--p2p`: the source agent drives the destination.
+    pub p2p: bool,
+    /// `--persistent`: define on the destination.
+    pub persistent: bool,
+    /// `--undefinesource`.
+    pub undefine_source: bool,
+    /// `--suspend`: leave it paused on the destination.
+    pub suspend: bool,
+    /// `--dname`.
+    pub dname: Option<String>,
+    /// `--xml`: the destination's definition (same guest ABI).
+    pub xml: Option<String>,
+    /// `--change-protection`.
+    pub change_protection: bool,
+    /// `--unsafe`: skip the shared-storage and cache-mode checks.
+    pub unsafe_: bool,
+    /// `--compressed`: xbzrle.
+    pub compressed: bool,
+    /// `--comp-xbzrle-cache` bytes.
+    pub xbzrle_cache: Option<u64>,
+    /// `--auto-converge`.
+    pub auto_converge: bool,
+    /// `--auto-converge-initial` percent.
+    pub auto_converge_initial: Option<u8>,
+    /// `--auto-converge-increment` percent.
+    pub auto_converge_increment: Option<u8>,
+    /// `--parallel`: multifd.
+    pub parallel: bool,
+    /// `--parallel-connections`.
+    pub parallel_connections: Option<u32>,
+    /// `--parallel-compression`: none, zlib, zstd.
+    pub parallel_compression: Option<String>,
+    /// `--postcopy`: allow post-copy.
+    pub postcopy: bool,
+    /// `--postcopy-after-precopy`: switch after the first pass.
+    pub postcopy_after_precopy: bool,
+    /// `--bandwidth` MiB/s (0 or absent: unlimited).
+    pub bandwidth_mib: Option<u64>,
+    /// `--max-downtime` ms.
+    pub max_downtime_ms: Option<u64>,
+    /// `--timeout` seconds.
+    pub timeout_s: Option<u64>,
+    /// What `--timeout` does.
+    pub timeout_action: TimeoutAction,
+    /// `--abort-on-error`.
+    pub abort_on_error: bool,
+    /// `--migrateuri tcp://ADDR[:PORT]`.
+    pub migrate_uri: Option<String>,
+    /// `--listen-address`.
+    pub listen_address: Option<String>,
+    /// `--keep-dest-on-failure` (debugging).
+    pub keep_dest_on_failure: bool,
+}
+
+/// A combination of options that cannot work.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// Two options exclude each other.
+    #[error("--{0} and --{1} cannot be used together")]
+    Exclusive(&'static str, &'static str),
+    /// An option needs another one.
+    #[error("--{0} needs --{1}")]
+    Needs(&'static str, &'static str),
+    /// A value is out of range.
+    #[error("--{name} {value} is invalid: {why}")]
+    Value {
+        /// Option.
+        name: &'static str,
+        /// Value given.
+        value: String,
+        /// What is accepted.
+        why: &'static str,
+    },
+}
+
+/// A `tcp://host[:port]` migration URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpTarget {
+    /// Host or address.
+    pub host: String,
+    /// Port, if given.
+    pub port: Option<u16>,
+}
+
+/// Parses `--migrateuri`: `tcp://HOST[:PORT]`, `tcp:HOST[:PORT]`, IPv6 in brackets.
+pub fn parse_migrate_uri(s: &str) -> Result<TcpTarget, OptionsError> {
+    let bad = |why| OptionsError::Value {
+        name: "migrateuri",
+        value: s.to_string(),
+        why,
+    };
+    let rest = s
+        .strip_prefix("tcp://")
+        .or_else(|| s.strip_prefix("tcp:"))
+        .ok_or_else(|| bad("use tcp://ADDRESS[:PORT]"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, tail) = r.split_once(']').ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => Some(p.parse().map_err(|_| bad("port must be 1-65535"))?),
+            None if tail.is_empty() => None,
+            None => return Err(bad("use tcp://[ADDRESS]:PORT")),
+        };
+        (h.to_string(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                Some(p.parse().map_err(|_| bad("port must be 1-65535"))?),
+            ),
+            None => (rest.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("the address is missing"));
+    }
+    if port == Some(0) {
+        return Err(bad("port must be 1-65535"));
+    }
+    Ok(TcpTarget { host, port })
+}
+
+impl MigrateOptions {
+    /// Checks option combinations the way virsh does.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.offline {
+            if self.live {
+                return Err(OptionsError::Exclusive("offline", "live"));
+            }
+            if !self.persistent {
+                return Err(OptionsError::Needs("offline", "persistent"));
+            }
+            if self.suspend {
+                return Err(OptionsError::Exclusive("offline", "suspend"));
+            }
+        }
+        if self.postcopy_after_precopy && !self.postcopy {
+            return Err(OptionsError::Needs("postcopy-after-precopy", "postcopy"));
+        }
+        if self.timeout_action == TimeoutAction::Postcopy && !self.postcopy {
+            return Err(OptionsError::Needs("timeout-postcopy", "postcopy"));
+        }
+        if self.timeout_s == Some(0) {
+            return Err(OptionsError::Value {
+                name: "timeout",
+                value: "0".into(),
+                why: "give a number of seconds above 0",
+            });
+        }
+        if (self.parallel_connections.is_some() || self.parallel_compression.is_some())
+            && !self.parallel
+        {
+            return Err(OptionsError::Needs("parallel-connections", "parallel"));
+        }
+        if let Some(n) = self.parallel_connections {
+            if !(1..=255).contains(&n) {
+                return Err(OptionsError::Value {
+                    name: "parallel-connections",
+                    value: n.to_string(),
+                    why: "use 1 to 255",
+                });
+            }
+        }
+        if let Some(c) = &self.parallel_compression {
+            if !matches!(c.as_str(), "none" | "zlib" | "zstd") {
+                return Err(OptionsError::Value {
+                    name: "parallel-compression",
+                    value: c.clone(),
+                    why: "use none, zlib or zstd",
+                });
+            }
+        }
+        if self.xbzrle_cache.is_some() && !self.compressed {
+            return Err(OptionsError::Needs("comp-xbzrle-cache", "compressed"));
+        }
+        if (self.auto_converge_initial.is_some() || self.auto_converge_increment.is_some())
+            && !self.auto_converge
+        {
+            return Err(OptionsError::Needs("auto-converge-initial", "auto-converge"));
+        }
+        for (name, v) in [
+            ("auto-converge-initial", self.auto_converge_initial),
+            ("auto-converge-increment", self.auto_converge_increment),
+        ] {
+            if let Some(v) = v {
+                if !(1..=99).contains(&v) {
+                    return Err(OptionsError::Value {
+                        name,
+                        value: v.to_string(),
+                        why: "use a percentage from 1 to 99",
+                    });
+                }
+            }
+        }
+        if let Some(u) = &self.migrate_uri {
+            parse_migrate_uri(u)?;
+        }
+        if self.compressed && self.parallel {
+            // QEMU refuses xbzrle together with multifd.
+            return Err(OptionsError::Exclusive("compressed", "parallel"));
+        }
+        Ok(())
+    }
+
+    /// Bandwidth in bytes/s to set (unlimited when not given).
+    pub fn bandwidth_bytes(&self) -> u64 {
+        match self.bandwidth_mib {
+            None | Some(0) => UNLIMITED_BANDWIDTH,
+            Some(m) => m.saturating_mul(1 << 20),
+        }
+    }
+
+    /// Capabilities both QEMUs must agree on (set on the destination
+    /// before `migrate-incoming`, and on the source before `migrate`).
+    pub fn shared_capabilities(&self) -> Vec<(&'static str, bool)> {
+        vec![("multifd", self.parallel), ("postcopy-ram", self.postcopy)]
+    }
+
+    /// Capabilities for the source.
+    pub fn source_capabilities(&self) -> Vec<(&'static str, bool)> {
+        let mut c = self.shared_capabilities();
+        c.push(("xbzrle", self.compressed));
+        c.push(("auto-converge", self.auto_converge));
+        c.push(("events", true));
+        c
+    }
+
+    /// Parameters both QEMUs must agree on.
+    pub fn shared_parameters(&self) -> Map<String, Value> {
+        let mut p = Map::new();
+        if self.parallel {
+            p.insert(
+                "multifd-channels".into(),
+                json!(self
+                    .parallel_connections
+                    .unwrap_or(DEFAULT_PARALLEL_CONNECTIONS)),
+            );
+            p.insert(
+                "multifd-compression".into(),
+                json!(self.parallel_compression.as_deref().unwrap_or("none")),
+            );
+        }
+        p
+    }
+
+    /// `migrate-set-parameters` arguments for the source.
+    pub fn source_parameters(&self) -> Map<String, Value> {
+        let mut p = self.shared_parameters();
+        p.insert("max-bandwidth".into(), json!(self.bandwidth_bytes()));
+        p.insert(
+            "downtime-limit".into(),
+            json!(self.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS)),
+        );
+        if self.compressed {
+            if let Some(c) = self.xbzrle_cache {
+                p.insert("xbzrle-cache-size".into(), json!(c));
+            }
+        }
+        if self.auto_converge {
+            if let Some(i) = self.auto_converge_initial {
+                p.insert("cpu-throttle-initial".into(), json!(i));
+            }
+            if let Some(i) = self.auto_converge_increment {
+                p.insert("cpu-throttle-increment".into(), json!(i));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_never_inherit_qemus_bandwidth_cap() {
+        let o = MigrateOptions {
+            live: true,
+            ..Default::default()
+        };
+        let p = o.source_parameters();
+        assert_eq!(p["max-bandwidth"], json!(UNLIMITED_BANDWIDTH));
+        assert_eq!(p["downtime-limit"], json!(300));
+        assert!(!p.contains_key("multifd-channels"));
+    }
+
+    #[test]
+    fn options_map_to_qemu_settings() {
+        let o = MigrateOptions {
+            live: true,
+            parallel: true,
+            parallel_connections: Some(4),
+            parallel_compression: Some("zstd".into()),
+            auto_converge: true,
+            auto_converge_initial: Some(30),
+            bandwidth_mib: Some(100),
+            max_downtime_ms: Some(50),
+            postcopy: true,
+            ..Default::default()
+        };
+        o.validate().unwrap();
+        let p = o.source_parameters();
+        assert_eq!(p["multifd-channels"], json!(4));
+        assert_eq!(p["multifd-compression"], json!("zstd"));
+        assert_eq!(p["max-bandwidth"], json!(100u64 << 20));
+        assert_eq!(p["downtime-limit"], json!(50));
+        assert_eq!(p["cpu-throttle-initial"], json!(30));
+        let caps = o.source_capabilities();
+        assert!(caps.contains(&("multifd", true)));
+        assert!(caps.contains(&("postcopy-ram", true)));
+        assert!(caps.contains(&("auto-converge", true)));
+        assert_eq!(o.shared_parameters().len(), 2);
+    }
+
+    #[test]
+    fn bad_combinations_are_refused_like_virsh() {
+        let off = MigrateOptions {
+            offline: true,
+            ..Default::default()
+        };
+        assert_eq!(off.validate(), Err(OptionsError::Needs("offline", "persistent")));
+        let pc = MigrateOptions {
+            postcopy_after_precopy: true,
+            ..Default::default()
+        };
+        assert!(pc.validate().is_err());
+        let t = MigrateOptions {
+            timeout_action: TimeoutAction::Postcopy,
+            ..Default::default()
+        };
+        assert!(t.validate().is_err());
+        let comp = MigrateOptions {
+            parallel: true,
+            parallel_compression: Some("lz4".into()),
+            ..Default::default()
+        };
+        assert!(comp.validate().unwrap_err().to_string().contains("zstd"));
+    }
+
+    #[test]
+    fn migrate_uris_parse() {
+        assert_eq!(
+            parse_migrate_uri("tcp://10.0.0.2:49152").unwrap(),
+            TcpTarget {
+                host: "10.0.0.2".into(),
+                port: Some(49152)
+            }
+        );
+        assert_eq!(parse_migrate_uri("tcp:h").unwrap().port, None);
+        assert_eq!(parse_migrate_uri("tcp://[::1]:5").unwrap().host, "::1");
+        assert!(parse_migrate_uri("rdma://x").is_err());
+        assert!(parse_migrate_uri("tcp://h:0").is_err());
+        assert!(parse_migrate_uri("tcp://:5").is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! Test hosts: a `ternd` on a private state directory and socket, driven
+//! through the real `tern` binary. Dropping a [`TernHost`] kills the agent
+//! and every QEMU it started, and removes its files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the workspace's binaries are: next to the running test's `deps`
+/// directory (cargo builds every workspace binary before running tests).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TERN_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, panicking with advice if it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built; run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// Options for a test host.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// A name for logs.
+    pub name: String,
+    /// Also listen on TCP.
+    pub listen: Option<SocketAddr>,
+    /// Extra `ternd` arguments.
+    pub extra_args: Vec<String>,
+    /// Run `ternd` inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// `--accel` value; "tcg" when `None` (this machine's KVM cannot boot Linux).
+    pub accel: Option<String>,
+}
+
+/// A running `ternd` for tests.
+#[derive(Debug)]
+pub struct TernHost {
+    /// Options it was started with.
+    pub opts: HostOptions,
+    /// Root of its private files (state dir, socket, logs).
+    pub root: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+}
+
+impl TernHost {
+    /// Starts a host with default options.
+    pub fn start(name: &str) -> TernHost {
+        Self::start_with(HostOptions {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Starts a host and waits until its socket answers.
+    pub fn start_with(opts: HostOptions) -> TernHost {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("tern-{}-", opts.name))
+            .tempdir()
+            .expect("create temp dir");
+        let root = tmp.path().to_path_buf();
+        let mut h = TernHost {
+            opts,
+            root,
+            _tmp: Some(tmp),
+            child: None,
+        };
+        h.spawn();
+        h
+    }
+
+    /// State directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("ternd.sock")
+    }
+
+    /// Connection URI for the CLI.
+    pub fn uri(&self) -> String {
+        format!("tern+unix:///system?socket={}", self.socket().display())
+    }
+
+    /// The agent's log file.
+    pub fn log(&self) -> PathBuf {
+        self.root.join("ternd.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("open agent log");
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("ternd"));
+                c
+            }
+            None => Command::new(bin("ternd")),
+        };
+        cmd.arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--accel")
+            .arg(self.opts.accel.as_deref().unwrap_or("tcg"))
+            .args(&self.opts.extra_args)
+            .env("TERND_LOG", "info,tern_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        if let Some(l) = self.opts.listen {
+            cmd.arg("--listen").arg(l.to_string());
+        }
+        let child = cmd.spawn().expect("spawn ternd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "ternd exited ({st}) at start: {}",
+                        std::fs::read_to_string(self.log()).unwrap_or_default()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ternd did not open its socket within 30 s");
+    }
+
+    /// Runs `tern -c <this host> ARGS...`.
+    pub fn tern(&self, args: &[&str]) -> Output {
+        Command::new(bin("tern"))
+            .arg("-c")
+            .arg(self.uri())
+            .args(args)
+            .env_remove("TERN_DEFAULT_URI")
+            .output()
+            .expect("run tern")
+    }
+
+    /// Runs `tern` and returns stdout, panicking with stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.tern(args);
+        assert!(
+            o.status.success(),
+            "tern {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs `tern`, expects failure, and returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.tern(args);
+        assert!(
+            !o.status.success(),
+            "tern {} should have failed but printed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Pids of every QEMU this host's state directory records.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.state_dir().join("run")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(e.path().join("qemu.pid")) {
+                if let Ok(p) = s.trim().parse() {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Kills the agent with SIGKILL (guests keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same state directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Polls the console until `pred` holds for its text, or panics after
+    /// `timeout` with the console shown.
+    pub fn wait_console(
+        &self,
+        domain: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let o = self.tern(&["console", domain]);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            if pred(&text) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} on {domain}'s console; last output:\n{}",
+                    tail(&text, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for TernHost {
+    fn drop(&mut self) {
+        for pid in self.qemu_pids() {
+            // SAFETY: kill with a pid read from our own state directory.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        self.kill9();
+        // Taps created for bridged guests are named tn<hosttag>...; the
+        // agent removes them when it sees QEMU end, which it no longer can.
+        // They are cleaned by the namespace helpers that created bridges.
+    }
+}

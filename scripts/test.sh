@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds everything (including the
+# test guest), then runs every test. Integration tests boot real QEMU guests
+# under TCG.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo build --workspace --all-targets
+cargo run -q -p tern-testkit --bin tern-testguest >/dev/null
+cargo test --workspace -- --test-threads=2 "$@"
