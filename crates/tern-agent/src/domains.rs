@@ -200,8 +200,16 @@ impl Agent {
             Ok(run) => {
                 monitor::install(self, &slot, &mut e, run);
                 slot.set(
-                    if paused { DomainState::Paused } else { DomainState::Running },
-                    if paused { StateReason::User } else { StateReason::Booted },
+                    if paused {
+                        DomainState::Paused
+                    } else {
+                        DomainState::Running
+                    },
+                    if paused {
+                        StateReason::User
+                    } else {
+                        StateReason::Booted
+                    },
                 );
                 Ok(DomainRef {
                     name: d.name,
@@ -232,8 +240,16 @@ impl Agent {
         let run = launch::launch(self, &def, LaunchMode::Boot { paused }).await?;
         monitor::install(self, &slot, &mut e, run);
         slot.set(
-            if paused { DomainState::Paused } else { DomainState::Running },
-            if paused { StateReason::User } else { StateReason::Booted },
+            if paused {
+                DomainState::Paused
+            } else {
+                DomainState::Running
+            },
+            if paused {
+                StateReason::User
+            } else {
+                StateReason::Booted
+            },
         );
         Ok(DomainRef {
             name: def.name,
@@ -250,10 +266,7 @@ impl Agent {
             let run = e.run.as_ref().ok_or_else(|| not_running(&slot.name))?;
             run.qmp.execute("system_powerdown", None).await?;
         }
-        if slot
-            .wait_for(|s| s == DomainState::ShutOff, timeout)
-            .await
-        {
+        if slot.wait_for(|s| s == DomainState::ShutOff, timeout).await {
             Ok(())
         } else {
             Err(AgentError::Timeout(format!(
@@ -275,11 +288,17 @@ impl Agent {
             pid
         };
         procs::signal(pid, libc::SIGTERM);
-        if slot.wait_for(|s| s == DomainState::ShutOff, TERM_GRACE).await {
+        if slot
+            .wait_for(|s| s == DomainState::ShutOff, TERM_GRACE)
+            .await
+        {
             return Ok(());
         }
         procs::signal(pid, libc::SIGKILL);
-        if slot.wait_for(|s| s == DomainState::ShutOff, TERM_GRACE).await {
+        if slot
+            .wait_for(|s| s == DomainState::ShutOff, TERM_GRACE)
+            .await
+        {
             return Ok(());
         }
         Err(AgentError::Failed(format!(

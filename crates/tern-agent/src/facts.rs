@@ -44,7 +44,11 @@ fn uname() -> (String, String, String) {
         return Default::default();
     }
     let s = |a: &[libc::c_char]| {
-        let bytes: Vec<u8> = a.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        let bytes: Vec<u8> = a
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (s(&u.nodename), s(&u.release), s(&u.machine))
@@ -78,7 +82,11 @@ pub fn parse_cpuinfo(text: &str) -> HostFacts {
         }
     }
     f.sockets = (physical.len() as u32).max(1);
-    f.cores_per_socket = if cores > 0 { cores } else { f.cpus.max(1) / f.sockets };
+    f.cores_per_socket = if cores > 0 {
+        cores
+    } else {
+        f.cpus.max(1) / f.sockets
+    };
     f.threads_per_core = if cores > 0 && siblings >= cores {
         siblings / cores
     } else {
@@ -111,7 +119,10 @@ mod tests {
         assert_eq!(f.microcode, "0x42e");
         assert!(f.cpu_model.contains("E5-2650"));
         assert_eq!(f.cpu_flags, vec!["fpu", "vmx", "sse2"]);
-        assert_eq!((f.sockets, f.cores_per_socket, f.threads_per_core), (1, 1, 2));
+        assert_eq!(
+            (f.sockets, f.cores_per_socket, f.threads_per_core),
+            (1, 1, 2)
+        );
         assert_eq!(f.mhz, 2600);
         let mut f = f;
         apply_overrides(&mut f, &[("cpu_model".into(), "Other".into())]);

@@ -71,7 +71,10 @@ pub fn preflight(agent: &Agent, d: &Domain) -> Result<()> {
                     d.name
                 )));
             }
-            if iface.virtualport.as_ref().is_some_and(|v| v.port_type == "openvswitch")
+            if iface
+                .virtualport
+                .as_ref()
+                .is_some_and(|v| v.port_type == "openvswitch")
                 && !netdev::have_ovs()
             {
                 return Err(AgentError::Unsupported(format!(
@@ -114,7 +117,8 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
             InterfaceKind::User => nets.push(NetBackend::User),
             InterfaceKind::Bridge { bridge } => {
                 let name = netdev::tap_name(&agent.host_tag, &d.uuid, i);
-                if let Err(e) = netdev::create_tap(&name, bridge, iface.virtualport.as_ref()).await {
+                if let Err(e) = netdev::create_tap(&name, bridge, iface.virtualport.as_ref()).await
+                {
                     netdev::remove_taps(&taps).await;
                     return Err(e);
                 }

@@ -45,24 +45,32 @@ async fn watch(agent: Arc<Agent>, slot: Arc<DomainSlot>, qmp: Qmp, pid: u32) {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => match ev.name.as_str() {
-                    "SHUTDOWN" => {
-                        if ev.data["guest"].as_bool().unwrap_or(false) {
-                            guest_shutdown = true;
-                            slot.set(DomainState::InShutdown, StateReason::Shutdown);
-                        }
+                    "SHUTDOWN" if ev.data["guest"].as_bool().unwrap_or(false) => {
+                        guest_shutdown = true;
+                        slot.set(DomainState::InShutdown, StateReason::Shutdown);
                     }
-                    "STOP" => {
-                        if slot.current().0 == DomainState::Running {
-                            slot.set(DomainState::Paused, StateReason::User);
-                        }
+                    "STOP" if slot.current().0 == DomainState::Running => {
+                        slot.set(DomainState::Paused, StateReason::User);
                     }
-                    "RESUME" => slot.set(DomainState::Running, StateReason::Unpaused),
+                    "RESUME" if slot.current().0 != DomainState::Running => {
+                        let reason = match slot.current().1 {
+                            StateReason::Incoming | StateReason::Migrated => StateReason::Migrated,
+                            _ => StateReason::Unpaused,
+                        };
+                        slot.set(DomainState::Running, reason);
+                    }
                     _ => {}
                 },
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => break,
             },
             _ = qmp.closed() => break,
+        }
+    }
+    // The close may win the select over events still queued: read them.
+    while let Ok(ev) = events.try_recv() {
+        if ev.name == "SHUTDOWN" && ev.data["guest"].as_bool().unwrap_or(false) {
+            guest_shutdown = true;
         }
     }
     let mut e = slot.inner.lock().await;
@@ -174,7 +182,10 @@ async fn reattach_one(agent: &Arc<Agent>, rec: RuntimeRecord) {
     let mut e = slot.inner.lock().await;
     match qmp {
         Some(qmp) => {
-            let (running, status) = qmp.query_status().await.unwrap_or((false, "unknown".into()));
+            let (running, status) = qmp
+                .query_status()
+                .await
+                .unwrap_or((false, "unknown".into()));
             agent.bump_id(rec.id);
             let state = if running {
                 (DomainState::Running, StateReason::Booted)

@@ -146,7 +146,9 @@ impl Pools {
     /// `pool-start`.
     pub async fn start(&self, name: &str) -> Result<()> {
         let mut m = self.pools.lock().await;
-        let p = m.get_mut(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        let p = m
+            .get_mut(name)
+            .ok_or_else(|| AgentError::NoPool(name.into()))?;
         if p.active {
             return Err(AgentError::Conflict(format!(
                 "storage pool '{name}' is already active"
@@ -167,7 +169,9 @@ impl Pools {
     /// `pool-autostart [--disable]`.
     pub async fn set_autostart(&self, name: &str, on: bool) -> Result<()> {
         let mut m = self.pools.lock().await;
-        let p = m.get_mut(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        let p = m
+            .get_mut(name)
+            .ok_or_else(|| AgentError::NoPool(name.into()))?;
         let mut def = p.def.clone();
         def.autostart = on;
         self.save(&def)?;
@@ -178,7 +182,9 @@ impl Pools {
     /// `pool-destroy`: deactivates; files stay.
     pub async fn destroy(&self, name: &str) -> Result<()> {
         let mut m = self.pools.lock().await;
-        let p = m.get_mut(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        let p = m
+            .get_mut(name)
+            .ok_or_else(|| AgentError::NoPool(name.into()))?;
         if !p.active {
             return Err(AgentError::Conflict(format!(
                 "storage pool '{name}' is not active"

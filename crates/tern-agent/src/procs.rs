@@ -99,6 +99,9 @@ mod tests {
             "2026-11-21T22:00:00.000000Z qemu-system-x86_64: -blockdev x: Could not open 'x'\n\n",
         )
         .unwrap();
-        assert_eq!(last_log_line(&p).unwrap(), "-blockdev x: Could not open 'x'");
+        assert_eq!(
+            last_log_line(&p).unwrap(),
+            "-blockdev x: Could not open 'x'"
+        );
     }
 }

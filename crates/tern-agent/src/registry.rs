@@ -109,11 +109,7 @@ impl DomainSlot {
     }
 
     /// Waits until `pred` holds for the state, up to `timeout`.
-    pub async fn wait_for(
-        &self,
-        pred: impl Fn(DomainState) -> bool,
-        timeout: Duration,
-    ) -> bool {
+    pub async fn wait_for(&self, pred: impl Fn(DomainState) -> bool, timeout: Duration) -> bool {
         let mut rx = self.state.subscribe();
         let wait = async {
             loop {
@@ -215,7 +211,9 @@ pub fn load_defs(dir: &Path) -> Vec<Domain> {
             .and_then(|b| serde_json::from_slice::<Domain>(&b).map_err(|e| e.to_string()))
         {
             Ok(d) => out.push(d),
-            Err(e) => tracing::warn!(path = %p.display(), error = %e, "skipping unreadable definition"),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "skipping unreadable definition")
+            }
         }
     }
     out

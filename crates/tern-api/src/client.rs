@@ -108,12 +108,12 @@ impl Client {
         })?;
         let (status, bytes) = match &self.target {
             Target::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|source| ClientError::Connect {
+                let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
+                    ClientError::Connect {
                         target: self.describe(),
                         source,
-                    })?;
+                    }
+                })?;
                 self.exchange(s, body).await?
             }
             Target::Tcp(h, port) => {

@@ -114,7 +114,9 @@ pub async fn drive(
 
     let Some(target) = prep.incoming else {
         // Offline: the destination defines it in Finish; nothing else moves.
-        let fin = finish(true).await.map_err(|e| DriveError::Finish(e.to_string()))?;
+        let fin = finish(true)
+            .await
+            .map_err(|e| DriveError::Finish(e.to_string()))?;
         if !fin.resumed {
             let why = fin.error.unwrap_or_else(|| "unknown reason".into());
             let _ = confirm(false).await;

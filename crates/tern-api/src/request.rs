@@ -6,6 +6,9 @@ use tern_migrate::options::MigrateOptions;
 use tern_migrate::protocol::{ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest};
 
 /// A host API request. The JSON form is `{"op": "<kebab-name>", ...fields}`.
+// Requests are decoded once per call and dispatched at once; boxing the
+// larger variants would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
@@ -192,6 +195,7 @@ pub enum Request {
 }
 
 /// Migration requests (see `tern_migrate::protocol` for the sequence).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MigrationRequest {

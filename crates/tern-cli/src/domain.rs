@@ -52,7 +52,10 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 let s = &i.summary;
                 let yn = |b: bool| if b { "yes" } else { "no" }.to_string();
                 let mut pairs = vec![
-                    ("Id", s.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into())),
+                    (
+                        "Id",
+                        s.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    ),
                     ("Name", s.name.clone()),
                     ("UUID", s.uuid.to_string()),
                     ("OS Type", i.os_type.clone()),
@@ -147,7 +150,12 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             println!("Domain '{}' created from {}", r.name, file.display());
         }
         Cmd::Start { domain, paused } => {
-            let r: DomainRef = c.call(&Request::Start { name: domain, paused }).await?;
+            let r: DomainRef = c
+                .call(&Request::Start {
+                    name: domain,
+                    paused,
+                })
+                .await?;
             println!("Domain '{}' started", r.name);
         }
         Cmd::Shutdown { domain, timeout } => {
@@ -160,19 +168,35 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             println!("Domain '{domain}' has been shut down");
         }
         Cmd::Destroy { domain } => {
-            let _: Value = c.call(&Request::Destroy { name: domain.clone() }).await?;
+            let _: Value = c
+                .call(&Request::Destroy {
+                    name: domain.clone(),
+                })
+                .await?;
             println!("Domain '{domain}' destroyed");
         }
         Cmd::Reboot { domain } => {
-            let _: Value = c.call(&Request::Reboot { name: domain.clone() }).await?;
+            let _: Value = c
+                .call(&Request::Reboot {
+                    name: domain.clone(),
+                })
+                .await?;
             println!("Domain '{domain}' is being rebooted");
         }
         Cmd::Suspend { domain } => {
-            let _: Value = c.call(&Request::Suspend { name: domain.clone() }).await?;
+            let _: Value = c
+                .call(&Request::Suspend {
+                    name: domain.clone(),
+                })
+                .await?;
             println!("Domain '{domain}' suspended");
         }
         Cmd::Resume { domain } => {
-            let _: Value = c.call(&Request::Resume { name: domain.clone() }).await?;
+            let _: Value = c
+                .call(&Request::Resume {
+                    name: domain.clone(),
+                })
+                .await?;
             println!("Domain '{domain}' resumed");
         }
         Cmd::Undefine {

@@ -126,11 +126,15 @@ impl MigrateArgs {
             ));
         }
         if (self.timeout_suspend || self.timeout_postcopy) && self.timeout.is_none() {
-            return Err(CliError::Usage("--timeout-suspend/--timeout-postcopy need --timeout".into()));
+            return Err(CliError::Usage(
+                "--timeout-suspend/--timeout-postcopy need --timeout".into(),
+            ));
         }
         let xbzrle_cache = match &self.comp_xbzrle_cache {
             Some(s) => Some(tern_qemu::img::parse_size(s).ok_or_else(|| {
-                CliError::Usage(format!("invalid size '{s}' for --comp-xbzrle-cache; use e.g. 256M"))
+                CliError::Usage(format!(
+                    "invalid size '{s}' for --comp-xbzrle-cache; use e.g. 256M"
+                ))
             })?),
             None => None,
         };
@@ -189,7 +193,11 @@ impl Progress {
         if !self.enabled || i.memory_total == 0 {
             return;
         }
-        if !self.tty && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+        if !self.tty
+            && self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
             return;
         }
         self.last = Some(Instant::now());
@@ -276,10 +284,9 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
                 println!("{}", summary(&a.domain, &a.desturi, &fin, t0.elapsed()));
                 return Ok(());
             }
-            return Err(CliError::Usage(
-                fin.error
-                    .unwrap_or_else(|| format!("migration ended in phase {}", fin.phase)),
-            ));
+            return Err(CliError::Usage(fin.error.unwrap_or_else(|| {
+                format!("migration ended in phase {}", fin.phase)
+            })));
         }
     }
     let dst = connect(Some(&a.desturi))?;
@@ -289,7 +296,10 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
         println!("Domain '{}' definition migrated to {}", a.domain, a.desturi);
     } else {
         progress.done();
-        println!("{}", summary(&a.domain, &a.desturi, &out.info, t0.elapsed()));
+        println!(
+            "{}",
+            summary(&a.domain, &a.desturi, &out.info, t0.elapsed())
+        );
     }
     Ok(())
 }
@@ -358,7 +368,9 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Domjobabort { domain } => {
-            let _: Value = c.call(&job(MigrationRequest::JobAbort { name: domain })).await?;
+            let _: Value = c
+                .call(&job(MigrationRequest::JobAbort { name: domain }))
+                .await?;
         }
         Cmd::MigrateSetspeed { domain, bandwidth } => {
             let _: Value = c
@@ -369,7 +381,9 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 .await?;
         }
         Cmd::MigrateGetspeed { domain } => {
-            let v: u64 = c.call(&job(MigrationRequest::MigrateGetSpeed { name: domain })).await?;
+            let v: u64 = c
+                .call(&job(MigrationRequest::MigrateGetSpeed { name: domain }))
+                .await?;
             println!("{v}");
         }
         Cmd::MigrateSetmaxdowntime { domain, downtime } => {
@@ -382,7 +396,9 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         }
         Cmd::MigrateGetmaxdowntime { domain } => {
             let v: u64 = c
-                .call(&job(MigrationRequest::MigrateGetMaxDowntime { name: domain }))
+                .call(&job(MigrationRequest::MigrateGetMaxDowntime {
+                    name: domain,
+                }))
                 .await?;
             println!("{v}");
         }
@@ -394,14 +410,23 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 None => None,
             };
             let v: u64 = c
-                .call(&job(MigrationRequest::MigrateCompCache { name: domain, size }))
+                .call(&job(MigrationRequest::MigrateCompCache {
+                    name: domain,
+                    size,
+                }))
                 .await?;
             println!("Compression cache: {:.3} MiB", v as f64 / 1048576.0);
         }
         Cmd::MigratePostcopy { domain } => {
-            let _: Value = c.call(&job(MigrationRequest::MigratePostcopy { name: domain })).await?;
+            let _: Value = c
+                .call(&job(MigrationRequest::MigratePostcopy { name: domain }))
+                .await?;
         }
-        other => return Err(CliError::Usage(format!("{other:?} is not a migration verb"))),
+        other => {
+            return Err(CliError::Usage(format!(
+                "{other:?} is not a migration verb"
+            )))
+        }
     }
     Ok(())
 }

@@ -98,7 +98,15 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 print!(
                     "{}",
                     table(
-                        &["Name", "State", "Autostart", "Shared", "Capacity", "Allocation", "Available"],
+                        &[
+                            "Name",
+                            "State",
+                            "Autostart",
+                            "Shared",
+                            "Capacity",
+                            "Allocation",
+                            "Available"
+                        ],
                         &rows
                     )
                 );
@@ -145,7 +153,9 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             println!("Pool {pool} destroyed");
         }
         Cmd::PoolUndefine { pool } => {
-            let _: Value = c.call(&Request::PoolUndefine { name: pool.clone() }).await?;
+            let _: Value = c
+                .call(&Request::PoolUndefine { name: pool.clone() })
+                .await?;
             println!("Pool {pool} has been undefined");
         }
         Cmd::VolCreateAs {

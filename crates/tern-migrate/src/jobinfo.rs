@@ -108,7 +108,11 @@ impl JobInfo {
             self.memory_total = u(&ram["total"]);
             self.memory_bandwidth = (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64;
             self.page_size = u(&ram["page-size"]).max(self.page_size);
-            let ps = if self.page_size == 0 { 4096 } else { self.page_size };
+            let ps = if self.page_size == 0 {
+                4096
+            } else {
+                self.page_size
+            };
             self.dirty_rate = u(&ram["dirty-pages-rate"]) * ps;
             self.iteration = u(&ram["dirty-sync-count"]);
             self.postcopy_requests = u(&ram["postcopy-requests"]);
@@ -179,8 +183,14 @@ impl JobInfo {
         add("Memory processed", mib(self.memory_processed));
         add("Memory remaining", mib(self.memory_remaining));
         add("Memory total", mib(self.memory_total));
-        add("Memory bandwidth", format!("{}/s", mib(self.memory_bandwidth)));
-        add("Dirty rate", format!("{} pages/s", self.dirty_rate / self.page_size.max(1)));
+        add(
+            "Memory bandwidth",
+            format!("{}/s", mib(self.memory_bandwidth)),
+        );
+        add(
+            "Dirty rate",
+            format!("{} pages/s", self.dirty_rate / self.page_size.max(1)),
+        );
         add("Page size", format!("{} bytes", self.page_size));
         add("Iteration", self.iteration.to_string());
         add("Postcopy requests", self.postcopy_requests.to_string());
@@ -190,7 +200,10 @@ impl JobInfo {
         if let Some(d) = self.downtime_ms {
             add("Total downtime", format!("{d} ms"));
         } else {
-            add("Expected downtime", format!("{} ms", self.expected_downtime_ms));
+            add(
+                "Expected downtime",
+                format!("{} ms", self.expected_downtime_ms),
+            );
         }
         if let Some(s) = self.setup_time_ms {
             add("Setup time", format!("{s} ms"));
@@ -198,7 +211,10 @@ impl JobInfo {
         if let Some(c) = self.compression_cache {
             add("Compression cache", mib(c));
             add("Compressed data", mib(self.compressed_data.unwrap_or(0)));
-            add("Compressed pages", self.compressed_pages.unwrap_or(0).to_string());
+            add(
+                "Compressed pages",
+                self.compressed_pages.unwrap_or(0).to_string(),
+            );
             add(
                 "Compression cache misses",
                 self.compression_cache_misses.unwrap_or(0).to_string(),
@@ -250,7 +266,15 @@ mod tests {
         assert_eq!(j.auto_converge_throttle, Some(20));
         assert_eq!(j.compression_cache, Some(64 << 20));
         let keys: Vec<String> = j.lines().into_iter().map(|(k, _)| k).collect();
-        for k in ["Job type", "Memory bandwidth", "Dirty rate", "Iteration", "Expected downtime", "Compression cache", "Auto converge throttle"] {
+        for k in [
+            "Job type",
+            "Memory bandwidth",
+            "Dirty rate",
+            "Iteration",
+            "Expected downtime",
+            "Compression cache",
+            "Auto converge throttle",
+        ] {
             assert!(keys.iter().any(|x| x == k), "{k}");
         }
         j.update_from_qemu(&json!({"status": "completed", "downtime": 12, "total-time": 1500}));

@@ -134,7 +134,9 @@ pub fn parse_migrate_uri(s: &str) -> Result<TcpTarget, OptionsError> {
         .ok_or_else(|| bad("use tcp://ADDRESS[:PORT]"))?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-        let (h, tail) = r.split_once(']').ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
+        let (h, tail) = r
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
         let port = match tail.strip_prefix(':') {
             Some(p) => Some(p.parse().map_err(|_| bad("port must be 1-65535"))?),
             None if tail.is_empty() => None,
@@ -215,7 +217,10 @@ impl MigrateOptions {
         if (self.auto_converge_initial.is_some() || self.auto_converge_increment.is_some())
             && !self.auto_converge
         {
-            return Err(OptionsError::Needs("auto-converge-initial", "auto-converge"));
+            return Err(OptionsError::Needs(
+                "auto-converge-initial",
+                "auto-converge",
+            ));
         }
         for (name, v) in [
             ("auto-converge-initial", self.auto_converge_initial),
@@ -357,7 +362,10 @@ mod tests {
             offline: true,
             ..Default::default()
         };
-        assert_eq!(off.validate(), Err(OptionsError::Needs("offline", "persistent")));
+        assert_eq!(
+            off.validate(),
+            Err(OptionsError::Needs("offline", "persistent"))
+        );
         let pc = MigrateOptions {
             postcopy_after_precopy: true,
             ..Default::default()

@@ -135,7 +135,12 @@ mod tests {
     #[test]
     fn source_walks_begin_perform_confirm() {
         let mut p = Phase::Idle;
-        for to in [Phase::Begin, Phase::Perform, Phase::Confirm, Phase::Completed] {
+        for to in [
+            Phase::Begin,
+            Phase::Perform,
+            Phase::Confirm,
+            Phase::Completed,
+        ] {
             p = p.next(Role::Source, to).unwrap();
         }
         assert!(p.is_terminal());

@@ -122,7 +122,10 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-msg", "timestamp=on"]);
     push(&[
         "-qmp",
-        &format!("unix:{},server=on,wait=off", qmp_socket(&spec.run_dir).display()),
+        &format!(
+            "unix:{},server=on,wait=off",
+            qmp_socket(&spec.run_dir).display()
+        ),
     ]);
     push(&["-pidfile", &pid_file(&spec.run_dir).display().to_string()]);
     if d.on_reboot == LifecycleAction::Destroy {
@@ -137,19 +140,28 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     if let Some(c) = &d.os.cmdline {
         push(&["-append", c]);
     }
-    drop(push);
 
     disks(d, &mut a);
     nics(spec, &mut a);
     serials(spec, &mut a);
     display(spec, &mut a);
 
-    if d.devices.controllers.iter().any(|c| {
-        c.controller_type == "usb" && c.model.as_deref() != Some("none")
-    }) || d.devices.inputs.iter().any(|i| i.bus.as_deref() == Some("usb"))
+    if d.devices
+        .controllers
+        .iter()
+        .any(|c| c.controller_type == "usb" && c.model.as_deref() != Some("none"))
+        || d.devices
+            .inputs
+            .iter()
+            .any(|i| i.bus.as_deref() == Some("usb"))
     {
         a.extend(["-usb".to_string()]);
-        for i in d.devices.inputs.iter().filter(|i| i.bus.as_deref() == Some("usb")) {
+        for i in d
+            .devices
+            .inputs
+            .iter()
+            .filter(|i| i.bus.as_deref() == Some("usb"))
+        {
             let dev = match i.input_type.as_str() {
                 "tablet" => "usb-tablet",
                 "keyboard" => "usb-kbd",
@@ -265,7 +277,11 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
             ),
             (DiskBus::Ide, dev) => {
                 let (bus, unit) = ide_slot(id);
-                let kind = if dev == DiskDevice::Cdrom { "ide-cd" } else { "ide-hd" };
+                let kind = if dev == DiskDevice::Cdrom {
+                    "ide-cd"
+                } else {
+                    "ide-hd"
+                };
                 format!("{kind},id={id},bus=ide.{bus},unit={unit}{drive}{boot}")
             }
             (DiskBus::Sata, dev) => {
@@ -274,7 +290,11 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
                     a.push("ahci,id=ahci0".into());
                     have_ahci = true;
                 }
-                let kind = if dev == DiskDevice::Cdrom { "ide-cd" } else { "ide-hd" };
+                let kind = if dev == DiskDevice::Cdrom {
+                    "ide-cd"
+                } else {
+                    "ide-hd"
+                };
                 format!("{kind},id={id},bus=ahci0.{n}{drive}{boot}")
             }
             (DiskBus::Scsi, dev) => {
@@ -283,7 +303,11 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
                     a.push("virtio-scsi-pci,id=scsi0".into());
                     have_scsi = true;
                 }
-                let kind = if dev == DiskDevice::Cdrom { "scsi-cd" } else { "scsi-hd" };
+                let kind = if dev == DiskDevice::Cdrom {
+                    "scsi-cd"
+                } else {
+                    "scsi-hd"
+                };
                 format!("{kind},id={id},bus=scsi0.0{drive}{boot}")
             }
         };
@@ -302,9 +326,9 @@ fn nics(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
         .enumerate()
     {
         let netdev = match (backend, &iface.kind) {
-            (NetBackend::Tap { ifname }, _) => format!(
-                "tap,id=hostnet{i},ifname={ifname},script=no,downscript=no"
-            ),
+            (NetBackend::Tap { ifname }, _) => {
+                format!("tap,id=hostnet{i},ifname={ifname},script=no,downscript=no")
+            }
             (NetBackend::User, InterfaceKind::User) | (NetBackend::User, _) => {
                 format!("user,id=hostnet{i}")
             }
@@ -332,9 +356,19 @@ fn serials(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
     let d = spec.domain;
     // A <console type=serial> is an alias of serial 0; a lone console
     // still needs the serial port to exist.
-    let mut ports: Vec<(u32, &CharDev)> = d.devices.serials.iter().map(|s| (s.port, &s.kind)).collect();
+    let mut ports: Vec<(u32, &CharDev)> = d
+        .devices
+        .serials
+        .iter()
+        .map(|s| (s.port, &s.kind))
+        .collect();
     if ports.is_empty() {
-        if let Some(c) = d.devices.consoles.iter().find(|c| c.target_type == "serial") {
+        if let Some(c) = d
+            .devices
+            .consoles
+            .iter()
+            .find(|c| c.target_type == "serial")
+        {
             ports.push((c.port, &c.kind));
         }
     }
@@ -353,7 +387,9 @@ fn serials(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
         a.push("-chardev".into());
         a.push(chardev);
         a.push("-device".into());
-        a.push(format!("isa-serial,chardev={id},id=serial{port},index={port}"));
+        a.push(format!(
+            "isa-serial,chardev={id},id=serial{port},index={port}"
+        ));
     }
     for (i, c) in d
         .devices
@@ -370,7 +406,13 @@ fn serials(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
         let chardev = match &c.kind {
             CharDev::Pty => format!(
                 "pty,id={id},logfile={},logappend=on",
-                escape_comma(&spec.run_dir.join(format!("virtcon-{i}.log")).display().to_string())
+                escape_comma(
+                    &spec
+                        .run_dir
+                        .join(format!("virtcon-{i}.log"))
+                        .display()
+                        .to_string()
+                )
             ),
             CharDev::File { path } => format!(
                 "file,id={id},path={},append=on",
@@ -472,12 +514,17 @@ mod tests {
                     shareable: false,
                 }],
                 interfaces: vec![Interface {
-                    kind: InterfaceKind::Bridge { bridge: "br0".into() },
+                    kind: InterfaceKind::Bridge {
+                        bridge: "br0".into(),
+                    },
                     mac: Some("52:54:00:00:00:01".into()),
                     model: Some("virtio".into()),
                     virtualport: None,
                 }],
-                serials: vec![Serial { kind: CharDev::Pty, port: 0 }],
+                serials: vec![Serial {
+                    kind: CharDev::Pty,
+                    port: 0,
+                }],
                 ..Default::default()
             },
         }
@@ -490,7 +537,9 @@ mod tests {
             domain: &d,
             accel: Accel::Tcg,
             run_dir: "/run/tern/g1".into(),
-            nets: vec![NetBackend::Tap { ifname: "tn0".into() }],
+            nets: vec![NetBackend::Tap {
+                ifname: "tn0".into(),
+            }],
             vnc_display: None,
             incoming: true,
             paused: false,
@@ -514,7 +563,10 @@ mod tests {
     #[test]
     fn host_passthrough_maps_per_accelerator() {
         let mut d = guest();
-        d.cpu = Some(Cpu { mode: CpuMode::HostPassthrough, model: None });
+        d.cpu = Some(Cpu {
+            mode: CpuMode::HostPassthrough,
+            model: None,
+        });
         assert_eq!(cpu_model(&d, Accel::Kvm), "host");
         assert_eq!(cpu_model(&d, Accel::Tcg), "max");
     }

@@ -165,7 +165,9 @@ mod tests {
         let base = dir.path().join("base.qcow2");
         create(&base, "qcow2", Some(1 << 20), None).await.unwrap();
         let top = dir.path().join("top.qcow2");
-        create(&top, "qcow2", None, Some((&base, "qcow2"))).await.unwrap();
+        create(&top, "qcow2", None, Some((&base, "qcow2")))
+            .await
+            .unwrap();
         let i = info(&top).await.unwrap();
         assert_eq!(i.format, "qcow2");
         assert_eq!(i.virtual_size, 1 << 20);

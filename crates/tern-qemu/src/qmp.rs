@@ -84,7 +84,9 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp").field("version", &self.version).finish()
+        f.debug_struct("Qmp")
+            .field("version", &self.version)
+            .finish()
     }
 }
 

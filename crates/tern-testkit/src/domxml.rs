@@ -77,7 +77,9 @@ impl GuestSpec {
             ));
         }
         if self.user_net {
-            devs.push_str("    <interface type='user'>\n      <model type='virtio'/>\n    </interface>\n");
+            devs.push_str(
+                "    <interface type='user'>\n      <model type='virtio'/>\n    </interface>\n",
+            );
         }
         format!(
             "<domain type='kvm'>\n  <name>{name}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>{vcpus}</vcpu>\n  <os>\n    <type arch='x86_64'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n  <features><acpi/><apic/></features>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n{devs}    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n  </devices>\n</domain>\n",

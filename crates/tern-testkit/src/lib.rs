@@ -14,20 +14,24 @@
 //! ```
 
 mod cpio;
+mod domxml;
 mod elf;
 mod error;
 mod guest;
+pub mod host;
 mod initramfs;
 mod kernel;
 mod serial;
 mod vmlinux;
 
 pub use cpio::CpioWriter;
+pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
 pub use guest::{
     build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
     GUEST_TARGET,
 };
+pub use host::{bin, tail, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
 pub use vmlinux::extract as extract_vmlinux;

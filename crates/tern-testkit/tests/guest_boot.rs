@@ -145,7 +145,8 @@ impl Qemu {
     fn power_down(&mut self) -> SerialLog {
         qmp_command(&self.qmp, "system_powerdown")
             .unwrap_or_else(|e| panic!("QMP failed: {e}\n{}", self.diagnostics()));
-        let deadline = Instant::now() + POWEROFF_TIMEOUT;
+        let pressed = Instant::now();
+        let deadline = pressed + POWEROFF_TIMEOUT;
         let status = loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 break status;
@@ -157,6 +158,7 @@ impl Qemu {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
+        eprintln!("QEMU exited {:?} after system_powerdown", pressed.elapsed());
         assert!(
             status.success(),
             "QEMU exited with {status}\n{}",

@@ -24,9 +24,15 @@ fn last_seq(host: &TernHost, name: &str) -> u64 {
 }
 
 fn wait_seq_above(host: &TernHost, name: &str, above: u64) -> String {
-    host.wait_console(name, Duration::from_secs(60), "heartbeats", |t| {
-        SerialLog::parse(t).last_seq().is_some_and(|s| s > above)
-    })
+    host.wait_console(
+        name,
+        Duration::from_secs(60),
+        "TERN-READY and heartbeats",
+        |t| {
+            let log = SerialLog::parse(t);
+            log.ready() && log.last_seq().is_some_and(|s| s > above)
+        },
+    )
 }
 
 #[test]

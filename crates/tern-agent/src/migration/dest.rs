@@ -61,9 +61,9 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
         )));
     }
     if !req.options.unsafe_ && !req.options.offline {
-        super::source::check_storage(agent, &d).await.map_err(|e| {
-            AgentError::Conflict(format!("on the destination: {e}"))
-        })?;
+        super::source::check_storage(agent, &d)
+            .await
+            .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
     }
     let job = Job::new(req.id, Role::Destination, &d.name, req.options.clone());
     agent.jobs.insert(job.clone())?;
@@ -135,8 +135,11 @@ async fn start_incoming(
     set_capabilities(&qmp, &caps).await?;
     let params = o.shared_parameters();
     if !params.is_empty() {
-        qmp.execute("migrate-set-parameters", Some(serde_json::Value::Object(params)))
-            .await?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::Value::Object(params)),
+        )
+        .await?;
     }
     let wanted = match &o.migrate_uri {
         Some(u) => Some(parse_migrate_uri(u).map_err(invalid)?),
@@ -162,7 +165,10 @@ async fn start_incoming(
             port,
         };
         match qmp
-            .execute("migrate-incoming", Some(json!({ "uri": target.qemu_uri() })))
+            .execute(
+                "migrate-incoming",
+                Some(json!({ "uri": target.qemu_uri() })),
+            )
             .await
         {
             Ok(_) => {
@@ -176,7 +182,9 @@ async fn start_incoming(
     }
     Err(AgentError::Failed(format!(
         "the destination QEMU could not listen for migration: {}",
-        last_err.map(|e| e.to_string()).unwrap_or_else(|| "no port in range".into())
+        last_err
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no port in range".into())
     )))
 }
 
@@ -252,7 +260,11 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     Ok(reply)
 }
 
-async fn resume_here(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, req: &FinishRequest) -> Result<()> {
+async fn resume_here(
+    agent: &Arc<Agent>,
+    slot: &Arc<DomainSlot>,
+    req: &FinishRequest,
+) -> Result<()> {
     let mut e = slot.inner.lock().await;
     let qmp = e
         .run
@@ -292,7 +304,11 @@ async fn resume_here(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, req: &FinishReq
             .await;
     }
     if req.options.persistent {
-        let def = e.run.as_ref().map(|r| r.live.clone()).unwrap_or_else(|| e.def.clone());
+        let def = e
+            .run
+            .as_ref()
+            .map(|r| r.live.clone())
+            .unwrap_or_else(|| e.def.clone());
         registry::save_def(&agent.layout.domains(), &def)?;
         e.def = def;
         e.persistent = true;
@@ -300,7 +316,11 @@ async fn resume_here(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, req: &FinishReq
     Ok(())
 }
 
-async fn finish_offline(agent: &Arc<Agent>, job: &Arc<Job>, _req: &FinishRequest) -> Result<FinishReply> {
+async fn finish_offline(
+    agent: &Arc<Agent>,
+    job: &Arc<Job>,
+    _req: &FinishRequest,
+) -> Result<FinishReply> {
     let def = job.take_offline_def();
     let result = match def {
         Some(def) => agent.define_domain(def).await.map(|_| ()),

@@ -126,7 +126,10 @@ impl Job {
 
     /// Takes that definition.
     pub fn take_offline_def(&self) -> Option<tern_model::Domain> {
-        self.offline_def.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.offline_def
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Current phase.
@@ -372,7 +375,10 @@ pub async fn set_capabilities(qmp: &tern_qemu::Qmp, caps: &[(&str, bool)]) -> Re
         .iter()
         .map(|(c, s)| json!({"capability": c, "state": s}))
         .collect();
-    qmp.execute("migrate-set-capabilities", Some(json!({ "capabilities": list })))
-        .await?;
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": list })),
+    )
+    .await?;
     Ok(())
 }

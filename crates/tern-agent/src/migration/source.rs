@@ -45,7 +45,10 @@ pub async fn check_storage(agent: &Agent, d: &tern_model::Domain) -> Result<()> 
                 )))
             }
         }
-        if !matches!(disk.cache, Some(CacheMode::None) | Some(CacheMode::Directsync)) {
+        if !matches!(
+            disk.cache,
+            Some(CacheMode::None) | Some(CacheMode::Directsync)
+        ) {
             return Err(AgentError::Conflict(format!(
                 "disk '{}' uses cache mode '{}', which can lose writes when another host opens the image; set cache='none' or pass --unsafe",
                 disk.target_dev,
@@ -60,7 +63,8 @@ pub async fn check_storage(agent: &Agent, d: &tern_model::Domain) -> Result<()> 
 
 /// Begin: validates and describes the guest for the destination.
 pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result<BeginReply> {
-    o.validate().map_err(|e| AgentError::Invalid(e.to_string()))?;
+    o.validate()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
     if let Some(j) = agent.jobs.get(name) {
         if !j.phase().is_terminal() && j.phase() != Phase::Begin {
             return Err(AgentError::Conflict(format!(
@@ -127,9 +131,10 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
     let slot = agent.domains.find(&req.name)?;
     let (qmp, was_running) = {
         let e = slot.inner.lock().await;
-        let run = e.run.as_ref().ok_or_else(|| {
-            AgentError::Conflict(format!("domain '{}' is not running", req.name))
-        })?;
+        let run = e
+            .run
+            .as_ref()
+            .ok_or_else(|| AgentError::Conflict(format!("domain '{}' is not running", req.name)))?;
         (run.qmp.clone(), slot.current().0 == DomainState::Running)
     };
     let job = match agent.jobs.get(&slot.name) {
@@ -233,9 +238,11 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
                 if cancelled {
                     job.update(|i| {
                         i.kind = JobKind::Cancelled;
-                        i.error = Some(i.error.clone().unwrap_or_else(|| {
-                            "migration cancelled by the operator".into()
-                        }));
+                        i.error = Some(
+                            i.error
+                                .clone()
+                                .unwrap_or_else(|| "migration cancelled by the operator".into()),
+                        );
                     });
                 }
                 job.event(format!(
@@ -271,8 +278,7 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
         let want_postcopy = o.postcopy
             && !postcopy_started
             && info.qemu_status == "active"
-            && ((o.postcopy_after_precopy && info.iteration >= 2)
-                || *post_rx.borrow_and_update());
+            && ((o.postcopy_after_precopy && info.iteration >= 2) || *post_rx.borrow_and_update());
         let timed_out = o
             .timeout_s
             .is_some_and(|t| start.elapsed() >= Duration::from_secs(t));
@@ -351,7 +357,11 @@ pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
         }
         drop(e);
         let cancelled = *job.cancel.borrow() || job.info().kind == JobKind::Cancelled;
-        job.advance(if cancelled { Phase::Cancelled } else { Phase::Failed })?;
+        job.advance(if cancelled {
+            Phase::Cancelled
+        } else {
+            Phase::Failed
+        })?;
         job.update(|i| {
             if i.kind == JobKind::Unbounded || i.kind == JobKind::Completed {
                 i.kind = JobKind::Failed;
