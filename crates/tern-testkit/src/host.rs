@@ -187,6 +187,33 @@ impl TernHost {
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
+    /// The console log a domain's serial port 0 (pty) is kept in.
+    pub fn console_log(&self, domain: &str) -> PathBuf {
+        self.state_dir()
+            .join("run")
+            .join(domain)
+            .join("console.log")
+    }
+
+    /// Defines, builds and starts a directory pool.
+    pub fn add_pool(&self, name: &str, dir: &Path, shared: bool) {
+        let d = dir.to_str().expect("utf-8 path");
+        let mut args = vec!["pool-define-as", name, "dir", "--target", d];
+        if shared {
+            args.push("--shared");
+        }
+        self.ok(&args);
+        self.ok(&["pool-build", name]);
+        self.ok(&["pool-start", name]);
+    }
+
+    /// Writes a guest's XML into this host's directory and defines it.
+    pub fn define_guest(&self, spec: &crate::GuestSpec) {
+        let path = self.root.join(format!("{}.xml", spec.name));
+        std::fs::write(&path, spec.to_xml()).expect("write XML");
+        self.ok(&["define", path.to_str().expect("utf-8 path")]);
+    }
+
     /// Pids of every QEMU this host's state directory records.
     pub fn qemu_pids(&self) -> Vec<u32> {
         let mut out = Vec::new();

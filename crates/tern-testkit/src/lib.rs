@@ -23,6 +23,7 @@ mod initramfs;
 mod kernel;
 mod serial;
 mod vmlinux;
+pub mod watch;
 
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
@@ -35,3 +36,4 @@ pub use host::{bin, tail, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
 pub use vmlinux::extract as extract_vmlinux;
+pub use watch::{ConsoleWatcher, WatchReport};
