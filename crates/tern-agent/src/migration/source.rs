@@ -312,6 +312,13 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
 /// resume the guest here.
 pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    if req.options.offline {
+        // Only the definition moved; the source keeps running as it was.
+        if req.success && req.options.undefine_source {
+            agent.undefine(&req.name, false).await?;
+        }
+        return Ok(());
+    }
     let job = agent.jobs.get_id(&req.name, req.id)?;
     let slot = agent.domains.find(&req.name)?;
     job.advance(Phase::Confirm)?;

@@ -1,0 +1,464 @@
+//! Live and offline migration between two real agents on one machine, with
+//! a pool both see, and real guests under TCG. The guest is believed only
+//! through its console: heartbeats that continue without a reset, and a
+//! memory pattern that keeps verifying.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tern_testkit::{
+    build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, HostOptions, SerialLog, TernHost,
+    TestDisk,
+};
+
+struct Pair {
+    a: TernHost,
+    b: TernHost,
+    _pool: tempfile::TempDir,
+}
+
+fn pair(name: &str) -> Pair {
+    pair_with(name, vec![], vec![])
+}
+
+fn pair_with(name: &str, a_args: Vec<String>, b_args: Vec<String>) -> Pair {
+    let pool = tempfile::Builder::new()
+        .prefix("tern-shared-")
+        .tempdir()
+        .unwrap();
+    let a = TernHost::start_with(HostOptions {
+        name: format!("{name}-a"),
+        extra_args: a_args,
+        ..Default::default()
+    });
+    let b = TernHost::start_with(HostOptions {
+        name: format!("{name}-b"),
+        extra_args: b_args,
+        ..Default::default()
+    });
+    a.add_pool("shared", pool.path(), true);
+    b.add_pool("shared", pool.path(), true);
+    Pair { a, b, _pool: pool }
+}
+
+impl Pair {
+    /// Defines and starts a guest with a disk in the shared pool, and waits
+    /// until it is ready.
+    fn boot(&self, name: &str, workload: &str) -> GuestSpec {
+        let img = build_or_reuse(&BuildOptions::default()).unwrap();
+        let vol = format!("{name}.raw");
+        self.a.ok(&["vol-create-as", "shared", &vol, "16M"]);
+        let path = self.a.ok(&["vol-path", &vol, "--pool", "shared"]);
+        let mut spec = GuestSpec::new(name, &img).workload(&format!(
+            "{workload} tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32"
+        ));
+        spec.disks.push(TestDisk {
+            path: path.trim().into(),
+            format: "raw".into(),
+            target: "vda".into(),
+            cache: "none".into(),
+        });
+        self.a.define_guest(&spec);
+        self.a.ok(&["start", name]);
+        wait_ready(&self.a, name, 3);
+        spec
+    }
+
+    fn migrate(&self, name: &str, flags: &[&str]) -> std::process::Output {
+        let buri = self.b.uri();
+        let mut args = vec!["migrate"];
+        args.extend_from_slice(flags);
+        args.push(name);
+        args.push(&buri);
+        self.a.tern(&args)
+    }
+
+    fn migrate_bg(&self, name: &str, flags: &[&str]) -> Child {
+        let mut args: Vec<String> = vec!["-c".into(), self.a.uri(), "migrate".into()];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        args.push(name.into());
+        args.push(self.b.uri());
+        Command::new(tern_testkit::bin("tern"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+fn wait_ready(h: &TernHost, name: &str, above: u64) -> String {
+    h.wait_console(name, Duration::from_secs(90), "TERN-READY", |t| {
+        let l = SerialLog::parse(t);
+        l.ready() && l.last_seq().is_some_and(|s| s > above)
+    })
+}
+
+/// Waits for heartbeats on a host where the guest arrived by migration
+/// (its console there starts after boot, so without TERN-READY).
+fn wait_heartbeats(h: &TernHost, name: &str) -> String {
+    h.wait_console(name, Duration::from_secs(60), "heartbeats", |t| {
+        SerialLog::parse(t).heartbeats.len() >= 3
+    })
+}
+
+/// Waits until the job on `h` has moved some memory.
+fn wait_job_active(h: &TernHost, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&h.ok(&["domjobinfo", name, "--json"])).unwrap();
+        if j["kind"] == "unbounded" && j["memory_processed"].as_u64().unwrap_or(0) > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "job never became active: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn state(h: &TernHost, name: &str) -> String {
+    h.ok(&["domstate", name, "--reason"]).trim().to_string()
+}
+
+/// After a failed migration: the guest runs on A with its memory intact,
+/// and B holds nothing.
+fn assert_still_on_source(p: &Pair, name: &str) {
+    assert!(
+        state(&p.a, name).starts_with("running"),
+        "{}",
+        state(&p.a, name)
+    );
+    let passes = SerialLog::parse(&p.a.ok(&["console", name])).count("TERN-MEM ok");
+    let text =
+        p.a.wait_console(name, Duration::from_secs(90), "a new memory pass", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") > passes
+        });
+    let log = SerialLog::parse(&text);
+    assert!(!log.seq_went_backwards(), "heartbeat reset on the source");
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    assert_eq!(
+        p.b.ok(&["list", "--all", "--name"]).trim(),
+        "",
+        "destination kept a domain"
+    );
+    assert!(p.b.qemu_pids().is_empty(), "destination kept a QEMU");
+}
+
+#[test]
+fn idle_guest_migrates_and_keeps_counting() {
+    let p = pair("idle");
+    p.boot("idle1", "tern.mem=64 tern.dirty=0");
+    let w = ConsoleWatcher::start();
+    w.add(p.a.console_log("idle1"), false);
+    w.add(p.b.console_log("idle1"), true);
+    let out = p.migrate("idle1", &["--live", "--verbose"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Migration: [100 %]"), "{stdout}");
+    assert_eq!(state(&p.b, "idle1"), "running (migrated)");
+    assert_eq!(state(&p.a, "idle1"), "shut off (migrated)");
+    // Memory keeps verifying on the destination: new full passes, no failure.
+    let text =
+        p.b.wait_console("idle1", Duration::from_secs(60), "2 memory passes", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") >= 2
+        });
+    let report = w.finish();
+    let log = SerialLog::parse(&text);
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    assert!(
+        !report.went_backwards,
+        "heartbeat counter reset or duplicated"
+    );
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.count > 5);
+    let job: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "idle1", "--completed", "--json"])).unwrap();
+    assert_eq!(job["kind"], "completed");
+    println!(
+        "idle migration: QEMU downtime {} ms, guest-observed gap {} ms, {} heartbeats missed",
+        job["downtime_ms"],
+        report.max_gap.as_millis(),
+        report.missing
+    );
+    let ev = p.a.ok(&["domjobevents", "idle1"]);
+    for phase in ["[begin]", "[perform]", "[confirm]", "[completed]"] {
+        assert!(ev.contains(phase), "missing {phase} in events:\n{ev}");
+    }
+    assert!(ev.contains("iteration 1"), "{ev}");
+}
+
+#[test]
+fn dirtying_guest_completes_with_auto_converge() {
+    let p = pair("ac");
+    p.boot("ac1", "tern.mem=96 tern.dirty=40");
+    let out = p.migrate(
+        "ac1",
+        &[
+            "--live",
+            "--auto-converge",
+            "--auto-converge-initial",
+            "40",
+            "--bandwidth",
+            "20",
+            "--max-downtime",
+            "50",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text =
+        p.b.wait_console("ac1", Duration::from_secs(60), "memory verified", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") >= 2
+        });
+    assert!(SerialLog::parse(&text).failures.is_empty());
+    let job: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "ac1", "--completed", "--json"])).unwrap();
+    assert_eq!(job["kind"], "completed");
+    println!(
+        "auto-converge: throttle {}, iterations {}",
+        job["auto_converge_throttle"], job["iteration"]
+    );
+}
+
+#[test]
+fn timeout_suspend_finishes_a_migration_that_cannot_converge() {
+    let p = pair("tmo");
+    p.boot("tmo1", "tern.mem=96 tern.dirty=40");
+    let out = p.migrate(
+        "tmo1",
+        &[
+            "--live",
+            "--bandwidth",
+            "8",
+            "--max-downtime",
+            "10",
+            "--timeout",
+            "4",
+            "--timeout-suspend",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&p.b, "tmo1"), "running (migrated)");
+    let ev = p.a.ok(&["domjobevents", "tmo1"]);
+    assert!(ev.contains("timeout reached: pausing the guest"), "{ev}");
+    let text =
+        p.b.wait_console("tmo1", Duration::from_secs(60), "memory verified", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") >= 2
+        });
+    assert!(SerialLog::parse(&text).failures.is_empty());
+}
+
+#[test]
+fn postcopy_after_precopy_completes() {
+    let p = pair("pc");
+    p.boot("pc1", "tern.mem=96 tern.dirty=40");
+    let out = p.migrate(
+        "pc1",
+        &[
+            "--live",
+            "--postcopy",
+            "--postcopy-after-precopy",
+            "--bandwidth",
+            "30",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = p.a.ok(&["domjobevents", "pc1"]);
+    assert!(ev.contains("switching to post-copy"), "{ev}");
+    assert!(state(&p.b, "pc1").starts_with("running"));
+    let text =
+        p.b.wait_console("pc1", Duration::from_secs(60), "memory verified", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") >= 2
+        });
+    assert!(SerialLog::parse(&text).failures.is_empty());
+}
+
+#[test]
+fn domjobabort_cancels_and_the_guest_runs_on() {
+    let p = pair("abort");
+    p.boot("ab1", "tern.mem=128 tern.dirty=10");
+    let child = p.migrate_bg("ab1", &["--live", "--bandwidth", "2"]);
+    wait_job_active(&p.a, "ab1");
+    p.a.ok(&["domjobabort", "ab1"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cancel"), "{err}");
+    assert_still_on_source(&p, "ab1");
+    let job: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "ab1", "--completed", "--json"])).unwrap();
+    assert_eq!(job["phase"], "cancelled");
+}
+
+#[test]
+fn p2p_migration_finishes_when_the_client_is_killed() {
+    let p = pair("p2p");
+    p.boot("pp1", "tern.mem=96 tern.dirty=5");
+    let mut child = p.migrate_bg("pp1", &["--live", "--p2p", "--bandwidth", "15"]);
+    wait_job_active(&p.a, "pp1");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !p.b.ok(&["list", "--name"]).contains("pp1") || state(&p.b, "pp1") != "running (migrated)"
+    {
+        assert!(Instant::now() < deadline, "p2p migration did not complete");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let job: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "pp1", "--completed", "--json"])).unwrap();
+    assert_eq!(job["phase"], "completed");
+    assert!(state(&p.a, "pp1").starts_with("shut off"));
+    let text = wait_heartbeats(&p.b, "pp1");
+    assert!(SerialLog::parse(&text).failures.is_empty());
+}
+
+#[test]
+fn destination_qemu_killed_during_perform() {
+    let p = pair("dkill");
+    p.boot("dk1", "tern.mem=128 tern.dirty=10");
+    let child = p.migrate_bg("dk1", &["--live", "--bandwidth", "4"]);
+    wait_job_active(&p.a, "dk1");
+    for pid in p.b.qemu_pids() {
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    assert_still_on_source(&p, "dk1");
+}
+
+#[test]
+fn destination_agent_killed_during_prepare() {
+    let mut p = pair_with(
+        "pkill",
+        vec![],
+        vec!["--fault-prepare-delay-ms".into(), "3000".into()],
+    );
+    p.boot("pk1", "tern.mem=32 tern.dirty=0");
+    let child = p.migrate_bg("pk1", &["--live"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    p.b.kill9();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    p.b.restart();
+    assert_still_on_source(&p, "pk1");
+}
+
+#[test]
+fn offline_persistent_undefinesource_suspend_dname_xml() {
+    let p = pair("flags");
+    let spec = p.boot("fl1", "tern.mem=32 tern.dirty=0");
+
+    // Options virsh refuses.
+    let e = p.migrate("fl1", &["--direct"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("direct migration is not supported"));
+    let e = p.migrate("fl1", &["--offline"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--offline needs --persistent"));
+
+    // --suspend --persistent --dname --xml: arrives paused, renamed, stored, with the new XML.
+    let _ = spec;
+    let xml = p.a.ok(&["dumpxml", "fl1"]).replace(
+        "<name>fl1</name>",
+        "<name>fl1</name>\n  <title>moved by tern</title>",
+    );
+    let xml_path = p.a.root.join("alt.xml");
+    std::fs::write(&xml_path, &xml).unwrap();
+    let out = p.migrate(
+        "fl1",
+        &[
+            "--live",
+            "--suspend",
+            "--persistent",
+            "--dname",
+            "fl2",
+            "--xml",
+            xml_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&p.b, "fl2"), "paused (migrated)");
+    assert!(p.b.ok(&["dumpxml", "fl2"]).contains("moved by tern"));
+    p.b.ok(&["resume", "fl2"]);
+    wait_heartbeats(&p.b, "fl2");
+    // Without --undefinesource the source keeps its definition, shut off.
+    assert_eq!(state(&p.a, "fl1"), "shut off (migrated)");
+    // --persistent: the destination keeps the definition after destroy.
+    p.b.ok(&["destroy", "fl2"]);
+    assert!(p.b.ok(&["list", "--all", "--name"]).contains("fl2"));
+    // The same uuid under another name is refused on the destination.
+    let out = p.migrate("fl1", &["--offline", "--persistent"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("under another name"));
+    p.b.ok(&["undefine", "fl2"]);
+
+    // --offline --persistent --undefinesource moves the definition alone.
+    let out = p.migrate("fl1", &["--offline", "--persistent", "--undefinesource"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(p.b.ok(&["list", "--all", "--name"]).contains("fl1"));
+    assert_eq!(state(&p.b, "fl1"), "shut off (unknown)");
+    assert!(!p.a.ok(&["list", "--all", "--name"]).contains("fl1"));
+}
+
+#[test]
+fn unsafe_storage_is_refused_unless_asked() {
+    let p = pair("unsafe");
+    let local = tempfile::tempdir().unwrap();
+    p.a.add_pool("local", local.path(), false);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    p.a.ok(&["vol-create-as", "local", "u.raw", "8M"]);
+    let mut spec = GuestSpec::new("un1", &img);
+    spec.disks.push(TestDisk {
+        path: local.path().join("u.raw"),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "writeback".into(),
+    });
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", "un1"]);
+    let out = p.migrate("un1", &["--live"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not shared") && err.contains("--unsafe"),
+        "{err}"
+    );
+    assert!(state(&p.a, "un1").starts_with("running"));
+    assert!(p.b.qemu_pids().is_empty());
+    // The same file is visible to both here, so --unsafe is in fact safe.
+    let out = p.migrate("un1", &["--live", "--unsafe"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state(&p.b, "un1").starts_with("running"));
+}
