@@ -18,8 +18,8 @@ use tern_migrate::{JobInfo, JobKind, MigrateOptions};
 use thiserror::Error;
 use uuid::Uuid;
 
-/// How often the driver polls the source's job.
-const POLL: Duration = Duration::from_millis(200);
+/// Longest wait of one long poll of the source's job.
+const POLL: Duration = Duration::from_millis(500);
 
 /// A failed migration, with where it failed.
 #[derive(Debug, Error)]
@@ -150,11 +150,13 @@ pub async fn drive(
     // destination must run at once to serve page faults).
     let mut finished: Option<FinishReply> = None;
     let info = loop {
-        tokio::time::sleep(POLL).await;
+        // A long poll: the source answers the moment QEMU's state changes,
+        // so the destination resumes without a polling delay.
         let info: JobInfo = match src
             .call(&Request::Migration(MigrationRequest::JobInfo {
                 name: name.to_string(),
                 completed: false,
+                wait_ms: POLL.as_millis() as u64,
             }))
             .await
         {

@@ -242,6 +242,10 @@ pub enum MigrationRequest {
         /// The last finished job instead of the current one.
         #[serde(default)]
         completed: bool,
+        /// Long poll: answer as soon as the job changes, or after this many
+        /// milliseconds (0: answer at once).
+        #[serde(default)]
+        wait_ms: u64,
     },
     /// The job's events from index `since`.
     JobEvents {
@@ -365,9 +369,13 @@ mod migration_tests {
         let r = Request::Migration(MigrationRequest::JobInfo {
             name: "g".into(),
             completed: true,
+            wait_ms: 0,
         });
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"op":"job-info","name":"g","completed":true}"#);
+        assert_eq!(
+            s,
+            r#"{"op":"job-info","name":"g","completed":true,"wait_ms":0}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         let p = Request::Migration(MigrationRequest::MigrateP2p {
             name: "g".into(),

@@ -267,6 +267,7 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
                 .call(&Request::Migration(MigrationRequest::JobInfo {
                     name: a.domain.clone(),
                     completed: false,
+                    wait_ms: 0,
                 }))
                 .await?;
             if cur.kind != JobKind::None {
@@ -277,6 +278,7 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
                 .call(&Request::Migration(MigrationRequest::JobInfo {
                     name: a.domain.clone(),
                     completed: true,
+                    wait_ms: 0,
                 }))
                 .await?;
             if fin.phase == "completed" {
@@ -320,6 +322,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 .call(&job(MigrationRequest::JobInfo {
                     name: domain,
                     completed,
+                    wait_ms: 0,
                 }))
                 .await?;
             if json {
@@ -359,6 +362,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                     .call(&job(MigrationRequest::JobInfo {
                         name: domain.clone(),
                         completed: false,
+                        wait_ms: 0,
                     }))
                     .await?;
                 if cur.kind == JobKind::None && ev.is_empty() {

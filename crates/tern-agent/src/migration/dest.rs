@@ -287,7 +287,7 @@ async fn resume_here(
                     "the incoming QEMU did not finish loading in time".into(),
                 ))
             }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
     if req.options.suspend {

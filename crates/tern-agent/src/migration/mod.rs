@@ -46,6 +46,8 @@ pub struct Job {
     /// Set by `migrate-postcopy`.
     pub postcopy: watch::Sender<bool>,
     offline_def: Mutex<Option<tern_model::Domain>>,
+    /// Bumped on every change, for long polls.
+    changed: watch::Sender<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -81,6 +83,7 @@ impl Job {
             cancel: watch::channel(false).0,
             postcopy: watch::channel(false).0,
             offline_def: Mutex::new(None),
+            changed: watch::channel(0).0,
         })
     }
 
@@ -103,6 +106,8 @@ impl Job {
             phase: next.to_string(),
             message: msg,
         });
+        drop(s);
+        self.changed.send_modify(|v| *v += 1);
         Ok(())
     }
 
@@ -147,9 +152,24 @@ impl Job {
         i
     }
 
-    /// Changes the figures.
+    /// Changes the figures; long polls wake when QEMU's status or the
+    /// job kind changed.
     pub fn update(&self, f: impl FnOnce(&mut JobInfo)) {
-        f(&mut self.lock().info)
+        let mut s = self.lock();
+        let before = (s.info.kind, s.info.qemu_status.clone());
+        f(&mut s.info);
+        let after = (s.info.kind, s.info.qemu_status.clone());
+        drop(s);
+        if before != after {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Waits until the job changes, at most `d`.
+    pub async fn wait_change(&self, d: std::time::Duration) {
+        let mut rx = self.changed.subscribe();
+        rx.borrow_and_update();
+        let _ = tokio::time::timeout(d, rx.changed()).await;
     }
 
     /// Events from index `since`.
@@ -252,7 +272,20 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
             source::p2p(agent, &name, &dest_uri, options).await?;
             ok(json!(null))
         }
-        MigrationRequest::JobInfo { name, completed } => {
+        MigrationRequest::JobInfo {
+            name,
+            completed,
+            wait_ms,
+        } => {
+            if !completed && wait_ms > 0 {
+                if let Some(j) = agent.jobs.get(&name) {
+                    let k = j.info().kind;
+                    if !matches!(k, JobKind::Completed | JobKind::Failed | JobKind::Cancelled) {
+                        j.wait_change(std::time::Duration::from_millis(wait_ms.min(5000)))
+                            .await;
+                    }
+                }
+            }
             let info = if completed {
                 agent.jobs.completed(&name).map(|(i, _)| i)
             } else {

@@ -198,8 +198,23 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
     let mut cancelled = false;
     let mut cancel_rx = job.cancel.subscribe();
     let mut post_rx = job.postcopy.subscribe();
+    let mut events = qmp.events();
     loop {
-        tokio::time::sleep(POLL).await;
+        // Wake on QEMU's MIGRATION events (completion above all), or
+        // on the tick to refresh the figures.
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = async {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) if ev.name == "MIGRATION" => return,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                }
+            } => {}
+        }
         let q = match qmp.execute("query-migrate", None).await {
             Ok(q) => q,
             Err(e) => {
@@ -211,6 +226,19 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
                 return;
             }
         };
+        // QEMU announces "completed" a moment before it has filled in the
+        // total time and downtime; wait for the figures.
+        let mut q = q;
+        for _ in 0..500 {
+            if q["status"] != "completed" || q["total-time"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            match qmp.execute("query-migrate", None).await {
+                Ok(again) => q = again,
+                Err(_) => break,
+            }
+        }
         job.update(|i| i.update_from_qemu(&q));
         let info = job.info();
         if info.iteration != last_iter && info.iteration > 0 {
