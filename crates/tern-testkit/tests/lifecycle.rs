@@ -83,6 +83,61 @@ fn define_start_heartbeat_suspend_resume_shutdown_undefine() {
 }
 
 #[test]
+fn reboot_console_follow_and_remove_all_storage() {
+    let host = TernHost::start("reboot");
+    let pool = host.root.join("pool");
+    host.add_pool("p", &pool, false);
+    host.ok(&["vol-create-as", "p", "rb.raw", "8M"]);
+    let mut spec =
+        GuestSpec::new("rb1", &image()).workload("tern.mem=16 tern.disk=/dev/vda tern.disk_mb=2");
+    spec.disks.push(tern_testkit::TestDisk {
+        path: pool.join("rb.raw"),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    define(&host, &spec);
+    host.ok(&["start", "rb1"]);
+    wait_seq_above(&host, "rb1", 3);
+    assert!(host.ok(&["console", "rb1"]).contains("TERN-DISK formatted"));
+    host.ok(&["reboot", "rb1"]);
+    // A reset boots the guest again: a second TERN-READY, the disk verifies.
+    let text = host.wait_console("rb1", Duration::from_secs(60), "a second boot", |t| {
+        SerialLog::parse(t).count("TERN-READY") >= 2
+    });
+    assert!(
+        text.contains("TERN-DISK verified"),
+        "{}",
+        tern_testkit::tail(&text, 10)
+    );
+    assert!(SerialLog::parse(&text).seq_went_backwards());
+    // console --follow prints new output and ends when the guest stops.
+    let follow = std::process::Command::new(tern_testkit::bin("tern"))
+        .args([
+            "-c",
+            &host.uri(),
+            "console",
+            "rb1",
+            "--follow",
+            "--tail",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    host.ok(&["destroy", "rb1"]);
+    let out = follow.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout);
+    assert!(followed.matches("TERN-HB").count() >= 3, "{followed}");
+    let e = host.fails(&["undefine", "rb1", "--remove-all-storage", "--bogus"]);
+    assert!(e.contains("--bogus"), "{e}");
+    let out = host.ok(&["undefine", "rb1", "--remove-all-storage"]);
+    assert!(out.contains("rb.raw"), "{out}");
+    assert!(!pool.join("rb.raw").exists());
+}
+
+#[test]
 fn shutdown_ignored_by_guest_times_out_clearly_then_destroy_works() {
     let host = TernHost::start("deaf");
     let spec = GuestSpec::new("deaf1", &image()).workload("tern.mem=16 tern.ignore_acpi=1");

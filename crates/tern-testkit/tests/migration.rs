@@ -462,3 +462,82 @@ fn unsafe_storage_is_refused_unless_asked() {
     );
     assert!(state(&p.b, "un1").starts_with("running"));
 }
+
+#[test]
+fn parallel_compressed_and_tuning_verbs() {
+    let p = pair("tune");
+    p.boot("tu1", "tern.mem=96 tern.dirty=10");
+    // multifd with zstd, over an explicit migration URI and listen address.
+    let out = p.migrate(
+        "tu1",
+        &[
+            "--live",
+            "--parallel",
+            "--parallel-connections",
+            "4",
+            "--parallel-compression",
+            "zstd",
+            "--migrateuri",
+            "tcp://127.0.0.1:49300",
+            "--listen-address",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(p
+        .b
+        .ok(&["domjobevents", "tu1"])
+        .contains("tcp:127.0.0.1:49300"));
+    wait_heartbeats(&p.b, "tu1");
+
+    // Back again with xbzrle, slowly, tuning it while it runs.
+    let auri = p.a.uri();
+    let mut child = Command::new(tern_testkit::bin("tern"))
+        .args([
+            "-c",
+            &p.b.uri(),
+            "migrate",
+            "--live",
+            "--compressed",
+            "--comp-xbzrle-cache",
+            "64M",
+        ])
+        .args(["--bandwidth", "3", "tu1", &auri])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_job_active(&p.b, "tu1");
+    assert_eq!(p.b.ok(&["migrate-getspeed", "tu1"]).trim(), "3");
+    p.b.ok(&["migrate-setmaxdowntime", "tu1", "500"]);
+    assert_eq!(p.b.ok(&["migrate-getmaxdowntime", "tu1"]).trim(), "500");
+    assert!(p.b.ok(&["migrate-compcache", "tu1"]).contains("64.000 MiB"));
+    let info = p.b.ok(&["domjobinfo", "tu1"]);
+    for k in [
+        "Job type:",
+        "Data processed:",
+        "Memory bandwidth:",
+        "Dirty rate:",
+        "Iteration:",
+        "Expected downtime:",
+        "Compression cache:",
+    ] {
+        assert!(info.contains(k), "domjobinfo lacks {k}:\n{info}");
+    }
+    // 0 = unlimited: Tern never inherits QEMU's 128 MiB/s default.
+    p.b.ok(&["migrate-setspeed", "tu1", "0"]);
+    assert_eq!(p.b.ok(&["migrate-getspeed", "tu1"]).trim(), "0");
+    let st = child.wait().unwrap();
+    assert!(st.success());
+    let _ = child.stdout.take();
+    assert!(state(&p.a, "tu1").starts_with("running"));
+    let done = p.b.ok(&["domjobinfo", "tu1", "--completed"]);
+    assert!(
+        done.contains("Total downtime:") && done.contains("Compression cache:"),
+        "{done}"
+    );
+}

@@ -202,18 +202,27 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
     loop {
         // Wake on QEMU's MIGRATION events (completion above all), or
         // on the tick to refresh the figures.
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = async {
+        let io_error = tokio::select! {
+            _ = tokio::time::sleep(POLL) => false,
+            io = async {
                 loop {
                     match events.recv().await {
-                        Ok(ev) if ev.name == "MIGRATION" => return,
+                        Ok(ev) if ev.name == "MIGRATION" => return false,
+                        Ok(ev) if ev.name == "BLOCK_IO_ERROR" => return true,
                         Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(_) => std::future::pending::<()>().await,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
+                        Err(_) => return std::future::pending::<bool>().await,
                     }
                 }
-            } => {}
+            } => io,
+        };
+        if io_error && o.abort_on_error && !cancelled {
+            job.event("disk I/O error during migration: aborting (--abort-on-error)");
+            cancelled = true;
+            let _ = qmp.execute("migrate_cancel", None).await;
+            job.update(|i| {
+                i.error = Some("aborted after a disk I/O error (--abort-on-error)".into())
+            });
         }
         let q = match qmp.execute("query-migrate", None).await {
             Ok(q) => q,
