@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
+use std::time::Duration;
 use tern_model::uri::{ConnectUri, Transport};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -53,10 +54,18 @@ enum Target {
     Tcp(String, u16),
 }
 
+/// How long establishing a connection may take: a peer behind a cut link
+/// must fail a call in seconds, not after TCP's minutes of retries.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one call may take by default (Finish waits for QEMU to load).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A handle on one host API endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
     target: Target,
+    timeout: Duration,
 }
 
 impl Client {
@@ -74,13 +83,23 @@ impl Client {
             Transport::Tls => return Err(ClientError::Transport("tls".into())),
             Transport::Ssh => return Err(ClientError::Transport("ssh".into())),
         };
-        Ok(Client { target })
+        Ok(Client {
+            target,
+            timeout: CALL_TIMEOUT,
+        })
+    }
+
+    /// The same endpoint with another per-call time limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     /// A client for a unix socket path.
     pub fn unix(path: impl Into<PathBuf>) -> Client {
         Client {
             target: Target::Unix(path.into()),
+            timeout: CALL_TIMEOUT,
         }
     }
 
@@ -88,6 +107,7 @@ impl Client {
     pub fn tcp(host: impl Into<String>, port: u16) -> Client {
         Client {
             target: Target::Tcp(host.into(), port),
+            timeout: CALL_TIMEOUT,
         }
     }
 
@@ -100,8 +120,18 @@ impl Client {
         }
     }
 
-    /// Sends a request and decodes the result.
+    /// Sends a request and decodes the result, within the call timeout.
     pub async fn call<T: DeserializeOwned>(&self, req: &Request) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, self.call_inner(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Http {
+                target: self.describe(),
+                message: format!("no answer within {} s", self.timeout.as_secs()),
+            }),
+        }
+    }
+
+    async fn call_inner<T: DeserializeOwned>(&self, req: &Request) -> Result<T, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
             target: self.describe(),
             message: e.to_string(),
@@ -117,7 +147,7 @@ impl Client {
                 self.exchange(s, body).await?
             }
             Target::Tcp(h, port) => {
-                let s = tokio::net::TcpStream::connect((h.as_str(), *port))
+                let s = connect_within(tokio::net::TcpStream::connect((h.as_str(), *port)))
                     .await
                     .map_err(|source| ClientError::Connect {
                         target: self.describe(),
@@ -172,5 +202,17 @@ impl Client {
             .to_bytes();
         conn_task.abort();
         Ok((status, bytes))
+    }
+}
+
+async fn connect_within<S>(
+    f: impl std::future::Future<Output = std::io::Result<S>>,
+) -> std::io::Result<S> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        )),
     }
 }

@@ -78,6 +78,7 @@ pub async fn drive(
                 domain: begin.domain.clone(),
                 options: options.clone(),
                 source_host: src.describe(),
+                disks: begin.disks.clone(),
             },
         }))
         .await
@@ -136,6 +137,7 @@ pub async fn drive(
                 id,
                 name: name.to_string(),
                 target,
+                nbd: prep.nbd.clone(),
                 options: options.clone(),
             },
         }))

@@ -111,6 +111,24 @@ pub struct MigrateArgs {
     /// Keep the destination's paused QEMU after a failure (debugging).
     #[arg(long)]
     pub keep_dest_on_failure: bool,
+    /// Copy every local disk along (live: mirrored; offline: a cold copy).
+    #[arg(long)]
+    pub copy_storage_all: bool,
+    /// Copy only the top image of each disk; the backing chain must already
+    /// be on the destination.
+    #[arg(long)]
+    pub copy_storage_inc: bool,
+    /// Only these disks are copied (comma-separated targets, e.g. vda,vdb);
+    /// the others must be on shared storage.
+    #[arg(long, value_delimiter = ',')]
+    pub migrate_disks: Vec<String>,
+    /// Mirror disks actively (each guest write waits for the destination),
+    /// for guests that write faster than the link.
+    #[arg(long)]
+    pub copy_storage_synchronous_writes: bool,
+    /// Pool on the destination for copied disks (default: same name as the source's).
+    #[arg(long)]
+    pub target_pool: Option<String>,
 }
 
 impl MigrateArgs {
@@ -175,6 +193,11 @@ impl MigrateArgs {
             migrate_uri: self.migrateuri.clone(),
             listen_address: self.listen_address.clone(),
             keep_dest_on_failure: self.keep_dest_on_failure,
+            copy_storage_all: self.copy_storage_all,
+            copy_storage_inc: self.copy_storage_inc,
+            migrate_disks: self.migrate_disks.clone(),
+            copy_storage_synchronous_writes: self.copy_storage_synchronous_writes,
+            target_pool: self.target_pool.clone(),
         };
         o.validate().map_err(|e| CliError::Usage(e.to_string()))?;
         Ok(o)
@@ -190,7 +213,7 @@ struct Progress {
 
 impl Progress {
     fn show(&mut self, i: &JobInfo) {
-        if !self.enabled || i.memory_total == 0 {
+        if !self.enabled || i.data_total == 0 {
             return;
         }
         if !self.tty
@@ -201,8 +224,17 @@ impl Progress {
             return;
         }
         self.last = Some(Instant::now());
+        let disk = if i.disk_total > 0 {
+            format!(
+                "  disks {:.1}/{:.1} MiB",
+                i.disk_processed as f64 / 1048576.0,
+                i.disk_total as f64 / 1048576.0
+            )
+        } else {
+            String::new()
+        };
         let line = format!(
-            "Migration: [{:>3} %]  {:.1}/{:.1} MiB  {:.1} MiB/s  dirty {:.1} MiB/s  iteration {}{}",
+            "Migration: [{:>3} %]{disk}  memory {:.1}/{:.1} MiB  {:.1} MiB/s  dirty {:.1} MiB/s  iteration {}{}",
             i.percent(),
             (i.memory_total - i.memory_remaining.min(i.memory_total)) as f64 / 1048576.0,
             i.memory_total as f64 / 1048576.0,

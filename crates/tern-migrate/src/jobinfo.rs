@@ -46,6 +46,10 @@ pub struct JobInfo {
     pub memory_remaining: u64,
     /// Guest memory size.
     pub memory_total: u64,
+    /// Disk bytes mirrored so far.
+    pub disk_processed: u64,
+    /// Disk bytes to mirror in all.
+    pub disk_total: u64,
     /// Transfer rate, bytes/s.
     pub memory_bandwidth: u64,
     /// Pages dirtied per second times page size, bytes/s.
@@ -97,6 +101,20 @@ impl JobInfo {
         (done.saturating_mul(100) / self.data_total).min(99)
     }
 
+    /// Records disk mirroring progress; data figures include it.
+    pub fn set_disk(&mut self, processed: u64, total: u64) {
+        self.disk_processed = processed;
+        self.disk_total = total;
+        self.refresh_data();
+    }
+
+    fn refresh_data(&mut self) {
+        self.data_processed = self.memory_processed + self.disk_processed;
+        self.data_total = self.memory_total + self.disk_total;
+        self.data_remaining =
+            self.memory_remaining + self.disk_total.saturating_sub(self.disk_processed);
+    }
+
     /// Updates the figures from a `query-migrate` reply.
     pub fn update_from_qemu(&mut self, q: &Value) {
         let u = |v: &Value| v.as_u64().unwrap_or(0);
@@ -119,9 +137,7 @@ impl JobInfo {
             self.constant_pages = u(&ram["duplicate"]);
             self.normal_pages = u(&ram["normal"]);
             self.normal_data = u(&ram["normal-bytes"]);
-            self.data_processed = self.memory_processed;
-            self.data_remaining = self.memory_remaining;
-            self.data_total = self.memory_total;
+            self.refresh_data();
         }
         if let Some(t) = q["total-time"].as_u64() {
             self.time_elapsed_ms = t;
@@ -180,6 +196,14 @@ impl JobInfo {
         add("Data processed", mib(self.data_processed));
         add("Data remaining", mib(self.data_remaining));
         add("Data total", mib(self.data_total));
+        if self.disk_total > 0 {
+            add("File processed", mib(self.disk_processed));
+            add(
+                "File remaining",
+                mib(self.disk_total.saturating_sub(self.disk_processed)),
+            );
+            add("File total", mib(self.disk_total));
+        }
         add("Memory processed", mib(self.memory_processed));
         add("Memory remaining", mib(self.memory_remaining));
         add("Memory total", mib(self.memory_total));

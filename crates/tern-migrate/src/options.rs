@@ -89,6 +89,19 @@ pub struct MigrateOptions {
     pub listen_address: Option<String>,
     /// `--keep-dest-on-failure` (debugging).
     pub keep_dest_on_failure: bool,
+    /// `--copy-storage-all`: mirror every local disk (whole chain, flattened).
+    pub copy_storage_all: bool,
+    /// `--copy-storage-inc`: mirror only the top image; the backing chain
+    /// already exists on the destination.
+    pub copy_storage_inc: bool,
+    /// `--migrate-disks vda,vdb`: only these are copied; the rest must be shared.
+    pub migrate_disks: Vec<String>,
+    /// `--copy-storage-synchronous-writes`: active mirroring, so a guest
+    /// writing faster than the link still converges.
+    pub copy_storage_synchronous_writes: bool,
+    /// `--target-pool`: where the destination creates the copied volumes
+    /// (default: the pool of the same name as on the source).
+    pub target_pool: Option<String>,
 }
 
 /// A combination of options that cannot work.
@@ -239,6 +252,24 @@ impl MigrateOptions {
         if let Some(u) = &self.migrate_uri {
             parse_migrate_uri(u)?;
         }
+        if self.copy_storage_all && self.copy_storage_inc {
+            return Err(OptionsError::Exclusive(
+                "copy-storage-all",
+                "copy-storage-inc",
+            ));
+        }
+        let copies = self.copy_storage_all || self.copy_storage_inc;
+        if (!self.migrate_disks.is_empty()
+            || self.copy_storage_synchronous_writes
+            || self.target_pool.is_some())
+            && !copies
+        {
+            return Err(OptionsError::Needs("migrate-disks", "copy-storage-all"));
+        }
+        if copies && self.postcopy {
+            // QEMU cannot mirror disks while pages are pulled on demand.
+            return Err(OptionsError::Exclusive("copy-storage-all", "postcopy"));
+        }
         if self.compressed && self.parallel {
             // QEMU refuses xbzrle together with multifd.
             return Err(OptionsError::Exclusive("compressed", "parallel"));
@@ -260,9 +291,23 @@ impl MigrateOptions {
         vec![("multifd", self.parallel), ("postcopy-ram", self.postcopy)]
     }
 
+    /// Whether disks are copied along.
+    pub fn copies_storage(&self) -> bool {
+        self.copy_storage_all || self.copy_storage_inc
+    }
+
+    /// Whether the disk `target` (e.g. "vda") is to be copied.
+    pub fn copies_disk(&self, target: &str) -> bool {
+        self.copies_storage()
+            && (self.migrate_disks.is_empty() || self.migrate_disks.iter().any(|d| d == target))
+    }
+
     /// Capabilities for the source.
     pub fn source_capabilities(&self) -> Vec<(&'static str, bool)> {
         let mut c = self.shared_capabilities();
+        // With disks mirrored, QEMU must stop before switching over so the
+        // mirrors can be completed while the guest is paused.
+        c.push(("pause-before-switchover", self.copies_storage()));
         c.push(("xbzrle", self.compressed));
         c.push(("auto-converge", self.auto_converge));
         c.push(("events", true));

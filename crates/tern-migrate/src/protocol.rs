@@ -60,6 +60,50 @@ pub struct BeginReply {
     pub domain: Domain,
     /// Whether the guest runs (offline migration moves definitions only).
     pub active: bool,
+    /// Disks to copy along, when storage is migrated.
+    #[serde(default)]
+    pub disks: Vec<DiskCopy>,
+}
+
+/// How one disk's contents reach the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMode {
+    /// The whole chain, flattened into one image.
+    Full,
+    /// Only the top image; the backing chain is already there.
+    Top,
+}
+
+/// A disk the destination must create and receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCopy {
+    /// Target device, e.g. "vda".
+    pub target: String,
+    /// The source pool holding it, if any (the destination uses the pool of
+    /// the same name unless `--target-pool`).
+    pub pool: Option<String>,
+    /// File name inside the pool.
+    pub volume: String,
+    /// "qcow2" or "raw".
+    pub format: String,
+    /// Virtual size, bytes.
+    pub virtual_size: u64,
+    /// Backing file and its format (kept for `Top`).
+    pub backing: Option<(std::path::PathBuf, String)>,
+    /// Full or top-only.
+    pub mode: CopyMode,
+}
+
+/// Where the destination exports the disks it receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdTarget {
+    /// Address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// (target dev, export name) pairs.
+    pub exports: Vec<(String, String)>,
 }
 
 /// Ask the destination to get ready.
@@ -75,6 +119,9 @@ pub struct PrepareRequest {
     pub options: MigrateOptions,
     /// The source host's name, for logs.
     pub source_host: String,
+    /// Disks to receive.
+    #[serde(default)]
+    pub disks: Vec<DiskCopy>,
 }
 
 /// Where to send memory.
@@ -106,6 +153,9 @@ pub struct PrepareReply {
     pub id: Uuid,
     /// Where QEMU listens; `None` for offline migration.
     pub incoming: Option<IncomingTarget>,
+    /// Where copied disks are exported.
+    #[serde(default)]
+    pub nbd: Option<NbdTarget>,
 }
 
 /// Tell the source to migrate.
@@ -119,6 +169,9 @@ pub struct PerformRequest {
     pub name: String,
     /// Where to send memory.
     pub target: IncomingTarget,
+    /// Where to mirror disks.
+    #[serde(default)]
+    pub nbd: Option<NbdTarget>,
     /// Options.
     pub options: MigrateOptions,
 }
@@ -187,12 +240,27 @@ mod tests {
             version: PROTOCOL_VERSION,
             id,
             incoming: Some(target.clone()),
+            nbd: Some(NbdTarget {
+                host: "h".into(),
+                port: 10809,
+                exports: vec![("vda".into(), "drive-vda".into())],
+            }),
+        });
+        round_trip(&DiskCopy {
+            target: "vda".into(),
+            pool: Some("images".into()),
+            volume: "g.qcow2".into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 30,
+            backing: Some(("/b/base.qcow2".into(), "qcow2".into())),
+            mode: CopyMode::Top,
         });
         round_trip(&PerformRequest {
             version: PROTOCOL_VERSION,
             id,
             name: "g".into(),
             target: target.clone(),
+            nbd: None,
             options: MigrateOptions {
                 live: true,
                 bandwidth_mib: Some(10),

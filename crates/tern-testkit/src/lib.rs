@@ -21,6 +21,7 @@ mod guest;
 pub mod host;
 mod initramfs;
 mod kernel;
+pub mod netns;
 mod serial;
 mod vmlinux;
 pub mod watch;
@@ -34,6 +35,7 @@ pub use guest::{
 };
 pub use host::{bin, tail, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
+pub use netns::{Lab, Side};
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
 pub use vmlinux::extract as extract_vmlinux;
 pub use watch::{ConsoleWatcher, WatchReport};

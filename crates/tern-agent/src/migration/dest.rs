@@ -61,7 +61,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
         )));
     }
     if !req.options.unsafe_ && !req.options.offline {
-        super::source::check_storage(agent, &d)
+        super::source::check_storage(agent, &d, &req.options)
             .await
             .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
     }
@@ -76,6 +76,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             version: PROTOCOL_VERSION,
             id: req.id,
             incoming: None,
+            nbd: None,
         });
     }
 
@@ -95,18 +96,39 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             s
         }
     };
+    let mut req = req;
+    if !req.disks.is_empty() {
+        match super::storage::create_volumes(agent, &mut req.domain, &req.disks, &req.options).await
+        {
+            Ok(files) => {
+                job.event(format!(
+                    "created {} volume(s) for the copied disks",
+                    files.len()
+                ));
+                *job.created.lock().unwrap_or_else(|p| p.into_inner()) = files;
+            }
+            Err(e) => {
+                discard(agent, &slot).await;
+                let _ = job.advance(Phase::Failed);
+                agent.jobs.finish(&job);
+                return Err(e);
+            }
+        }
+    }
     let result = start_incoming(agent, &slot, &req).await;
     match result {
-        Ok(target) => {
+        Ok((target, nbd)) => {
             job.event(format!("QEMU listening on {}", target.qemu_uri()));
             Ok(PrepareReply {
                 version: PROTOCOL_VERSION,
                 id: req.id,
                 incoming: Some(target),
+                nbd,
             })
         }
         Err(e) => {
             discard(agent, &slot).await;
+            remove_created(&job);
             let _ = job.advance(Phase::Failed);
             agent.jobs.finish(&job);
             Err(e)
@@ -114,11 +136,22 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     }
 }
 
+fn remove_created(job: &Job) {
+    let files = std::mem::take(&mut *job.created.lock().unwrap_or_else(|p| p.into_inner()));
+    if !files.is_empty() {
+        job.event(format!(
+            "removing {} volume(s) created for this migration",
+            files.len()
+        ));
+    }
+    super::storage::remove_files(&files);
+}
+
 async fn start_incoming(
     agent: &Arc<Agent>,
     slot: &Arc<DomainSlot>,
     req: &PrepareRequest,
-) -> Result<IncomingTarget> {
+) -> Result<(IncomingTarget, Option<tern_migrate::protocol::NbdTarget>)> {
     let mut e = slot.inner.lock().await;
     let run = launch::launch(agent, &req.domain, LaunchMode::Incoming).await?;
     let qmp = run.qmp.clone();
@@ -172,10 +205,21 @@ async fn start_incoming(
             .await
         {
             Ok(_) => {
-                return Ok(IncomingTarget {
-                    host: advertise,
-                    port,
-                })
+                let nbd = if req.disks.is_empty() {
+                    None
+                } else {
+                    Some(
+                        super::storage::export(agent, &qmp, &listen, &advertise, &req.disks)
+                            .await?,
+                    )
+                };
+                return Ok((
+                    IncomingTarget {
+                        host: advertise,
+                        port,
+                    },
+                    nbd,
+                ));
             }
             Err(err) => last_err = Some(err),
         }
@@ -233,6 +277,7 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
                 job.event(format!("cannot take over: {e}"));
                 if !req.options.keep_dest_on_failure {
                     discard(agent, &slot).await;
+                    remove_created(&job);
                 }
                 job.advance(Phase::Failed)?;
                 FinishReply {
@@ -247,6 +292,7 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
             job.event("migration failed; keeping the paused destination for debugging");
         } else {
             discard(agent, &slot).await;
+            remove_created(&job);
             job.event("migration failed; destination cleaned");
         }
         job.advance(Phase::Failed)?;
@@ -289,6 +335,9 @@ async fn resume_here(
             }
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
+    }
+    if req.options.copies_storage() {
+        let _ = qmp.execute("nbd-server-stop", None).await;
     }
     if req.options.suspend {
         slot.set(DomainState::Paused, StateReason::Migrated);

@@ -4,6 +4,7 @@
 
 pub mod dest;
 pub mod source;
+pub mod storage;
 
 use crate::error::{AgentError, Result};
 use crate::Agent;
@@ -46,6 +47,8 @@ pub struct Job {
     /// Set by `migrate-postcopy`.
     pub postcopy: watch::Sender<bool>,
     offline_def: Mutex<Option<tern_model::Domain>>,
+    /// Files the destination created for this migration (removed on failure).
+    pub created: Mutex<Vec<std::path::PathBuf>>,
     /// Bumped on every change, for long polls.
     changed: watch::Sender<u64>,
 }
@@ -83,6 +86,7 @@ impl Job {
             cancel: watch::channel(false).0,
             postcopy: watch::channel(false).0,
             offline_def: Mutex::new(None),
+            created: Mutex::new(Vec::new()),
             changed: watch::channel(0).0,
         })
     }

@@ -21,10 +21,17 @@ const POLL: Duration = Duration::from_millis(100);
 /// Refuses disk setups that corrupt data when two hosts open the image:
 /// images outside a shared pool, or a host page cache that would hold
 /// writes the destination cannot see.
-pub async fn check_storage(agent: &Agent, d: &tern_model::Domain) -> Result<()> {
+pub async fn check_storage(
+    agent: &Agent,
+    d: &tern_model::Domain,
+    o: &MigrateOptions,
+) -> Result<()> {
     for disk in &d.devices.disks {
         let Some(src) = &disk.source else { continue };
-        if disk.readonly || disk.device == tern_model::DiskDevice::Cdrom {
+        if disk.readonly
+            || disk.device == tern_model::DiskDevice::Cdrom
+            || o.copies_disk(&disk.target_dev)
+        {
             continue;
         }
         match agent.pools.pool_of(src).await {
@@ -116,12 +123,18 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         d.name = n.clone();
     }
     if active && !o.unsafe_ {
-        check_storage(agent, &d).await?;
+        check_storage(agent, &d, o).await?;
     }
+    let disks = if active && o.copies_storage() {
+        super::storage::describe(agent, &d, o).await?
+    } else {
+        Vec::new()
+    };
     Ok(BeginReply {
         version: PROTOCOL_VERSION,
         domain: d,
         active,
+        disks,
     })
 }
 
@@ -159,17 +172,49 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
             qmp.execute("stop", None).await?;
             job.event("guest paused for a non-live migration");
         }
-        qmp.execute("migrate", Some(json!({ "uri": req.target.qemu_uri() })))
-            .await?;
         Ok::<(), AgentError>(())
     };
     if let Err(e) = setup.await {
-        job.event(format!("could not start: {e}"));
-        job.update(|i| {
-            i.kind = JobKind::Failed;
-            i.error = Some(e.to_string());
-        });
+        fail(&job, &e);
         return Err(e);
+    }
+    let stall = agent.cfg.stall_timeout;
+    tokio::spawn(run(job, qmp, req, stall));
+    Ok(())
+}
+
+fn fail(job: &Job, e: &AgentError) {
+    job.event(format!("could not start: {e}"));
+    job.update(|i| {
+        i.kind = JobKind::Failed;
+        i.error = Some(e.to_string());
+    });
+}
+
+/// Perform's background part: mirror disks (if any), start QEMU's
+/// migration, then follow it.
+async fn run(job: Arc<Job>, qmp: tern_qemu::Qmp, req: PerformRequest, stall: Duration) {
+    let o = &req.options;
+    if let Some(nbd) = &req.nbd {
+        if let Err(e) = super::storage::mirror(&qmp, nbd, o, &job).await {
+            super::storage::abandon(&qmp, nbd).await;
+            let cancelled = *job.cancel.borrow();
+            fail(&job, &e);
+            if cancelled {
+                job.update(|i| i.kind = JobKind::Cancelled);
+            }
+            return;
+        }
+    }
+    if let Err(e) = qmp
+        .execute("migrate", Some(json!({ "uri": req.target.qemu_uri() })))
+        .await
+    {
+        if let Some(nbd) = &req.nbd {
+            super::storage::abandon(&qmp, nbd).await;
+        }
+        fail(&job, &e.into());
+        return;
     }
     job.event(format!(
         "sending memory to {} (bandwidth {}, max downtime {} ms)",
@@ -181,14 +226,30 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         o.max_downtime_ms
             .unwrap_or(tern_migrate::options::DEFAULT_MAX_DOWNTIME_MS)
     ));
-    let stall = agent.cfg.stall_timeout;
-    tokio::spawn(watch(job, qmp, req.options.clone(), stall));
-    Ok(())
+    watch(
+        job.clone(),
+        qmp.clone(),
+        req.options.clone(),
+        stall,
+        req.nbd.clone(),
+    )
+    .await;
+    if let Some(nbd) = &req.nbd {
+        if job.info().kind != JobKind::Completed {
+            super::storage::abandon(&qmp, nbd).await;
+        }
+    }
 }
 
 /// Follows QEMU's migration until it ends, applying timeouts, post-copy
 /// switches, cancels, and stall detection.
-async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Duration) {
+async fn watch(
+    job: Arc<Job>,
+    qmp: tern_qemu::Qmp,
+    o: MigrateOptions,
+    stall: Duration,
+    nbd: Option<tern_migrate::protocol::NbdTarget>,
+) {
     let start = Instant::now();
     let mut last_iter = 0;
     let mut last_bytes = 0;
@@ -249,6 +310,19 @@ async fn watch(job: Arc<Job>, qmp: tern_qemu::Qmp, o: MigrateOptions, stall: Dur
             }
         }
         job.update(|i| i.update_from_qemu(&q));
+        if let Some(nbd) = &nbd {
+            if let Ok((_, done, total)) = super::storage::progress(&qmp, nbd).await {
+                job.update(|i| i.set_disk(done, total));
+            }
+            if q["status"] == "pre-switchover" {
+                if let Err(e) = super::storage::complete(&qmp, nbd, &job).await {
+                    job.event(format!("could not complete the disk mirrors: {e}"));
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                    job.update(|i| i.error = Some(e.to_string()));
+                }
+                continue;
+            }
+        }
         let info = job.info();
         if info.iteration != last_iter && info.iteration > 0 {
             last_iter = info.iteration;

@@ -1,0 +1,356 @@
+//! Disks copied along a live migration (`--copy-storage-all`,
+//! `--copy-storage-inc`, `--migrate-disks`).
+//!
+//! The destination creates each volume in the pool of the same name and
+//! exports it over NBD from its paused incoming QEMU; the source mirrors each
+//! disk into that export (`blockdev-mirror`) until every mirror is ready,
+//! then migrates memory with `pause-before-switchover`: once QEMU has paused
+//! the guest for the final pass, the mirrors are completed (every write the
+//! guest made is on the destination) and only then does QEMU switch over.
+//! The source's images are only ever read.
+
+use super::Job;
+use crate::error::{AgentError, Result};
+use crate::Agent;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tern_migrate::protocol::{CopyMode, DiskCopy, NbdTarget};
+use tern_migrate::MigrateOptions;
+use tern_model::{DiskFormat, Domain};
+use tern_qemu::cmdline::drive_node;
+use tern_qemu::{img, Qmp};
+
+/// Source, Begin: describes the disks to copy, refusing disks that are
+/// neither copied nor on shared storage.
+pub async fn describe(agent: &Agent, d: &Domain, o: &MigrateOptions) -> Result<Vec<DiskCopy>> {
+    for wanted in &o.migrate_disks {
+        if !d.devices.disks.iter().any(|k| &k.target_dev == wanted) {
+            return Err(AgentError::Invalid(format!(
+                "--migrate-disks names '{wanted}', which domain '{}' does not have",
+                d.name
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for disk in &d.devices.disks {
+        let Some(src) = &disk.source else { continue };
+        if disk.readonly || disk.shareable || !o.copies_disk(&disk.target_dev) {
+            continue;
+        }
+        let info = img::info(src).await?;
+        let pool = agent.pools.pool_of(src).await.map(|p| p.name);
+        let volume = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                AgentError::Invalid(format!("disk path {} has no file name", src.display()))
+            })?
+            .to_string();
+        let (mode, backing) = if o.copy_storage_inc {
+            match (&info.backing, &info.backing_format) {
+                (Some(b), Some(f)) => (CopyMode::Top, Some((b.clone(), f.clone()))),
+                (Some(b), None) => (CopyMode::Top, Some((b.clone(), "raw".into()))),
+                (None, _) => (CopyMode::Full, None),
+            }
+        } else {
+            (CopyMode::Full, None)
+        };
+        out.push(DiskCopy {
+            target: disk.target_dev.clone(),
+            pool,
+            volume,
+            format: match disk.format {
+                DiskFormat::Qcow2 => "qcow2".into(),
+                DiskFormat::Raw => "raw".into(),
+            },
+            virtual_size: info.virtual_size,
+            backing,
+            mode,
+        });
+    }
+    Ok(out)
+}
+
+/// Destination, Prepare: creates the volumes and points the definition at
+/// them. Returns the files created, for removal on failure. Checks every
+/// disk (pool, room, name clash, backing image) before creating any.
+pub async fn create_volumes(
+    agent: &Agent,
+    d: &mut Domain,
+    disks: &[DiskCopy],
+    o: &MigrateOptions,
+) -> Result<Vec<PathBuf>> {
+    let mut plan = Vec::new();
+    for dc in disks {
+        let pool = o.target_pool.clone().or(dc.pool.clone()).ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "disk '{}' is not in a pool on the source; pass --target-pool",
+                dc.target
+            ))
+        })?;
+        let dir = agent.pools.active_dir(&pool).await.map_err(|e| {
+            AgentError::Conflict(format!(
+                "the destination cannot hold disk '{}': {e}; create the pool or pass --target-pool",
+                dc.target
+            ))
+        })?;
+        let path = dir.join(&dc.volume);
+        if path.exists() {
+            return Err(AgentError::Conflict(format!(
+                "volume '{}' already exists in pool '{pool}' on the destination; remove it or use --target-pool",
+                dc.volume
+            )));
+        }
+        if let (CopyMode::Top, Some((b, _))) = (dc.mode, &dc.backing) {
+            if !b.exists() {
+                return Err(AgentError::Conflict(format!(
+                    "backing image '{}' of disk '{}' is missing on the destination; copy it there first or use --copy-storage-all",
+                    b.display(),
+                    dc.target
+                )));
+            }
+        }
+        plan.push((dc, path, pool));
+    }
+    let need: u64 = disks.iter().map(|d| d.virtual_size).sum();
+    for (_, _, pool) in &plan {
+        let info = agent.pools.info(pool).await?;
+        if info.available < need {
+            return Err(AgentError::Conflict(format!(
+                "pool '{pool}' on the destination has {} MiB free, the disks need up to {} MiB; free space or use --target-pool",
+                info.available >> 20,
+                need >> 20
+            )));
+        }
+    }
+    let mut created = Vec::new();
+    for (dc, path, _) in &plan {
+        let backing = match (dc.mode, &dc.backing) {
+            (CopyMode::Top, Some((b, f))) => Some((b.as_path(), f.as_str())),
+            _ => None,
+        };
+        let size = Some(dc.virtual_size);
+        if let Err(e) = img::create(path, &dc.format, size, backing).await {
+            remove_files(&created);
+            return Err(e.into());
+        }
+        created.push(path.clone());
+        if let Some(disk) = d
+            .devices
+            .disks
+            .iter_mut()
+            .find(|k| k.target_dev == dc.target)
+        {
+            disk.source = Some(path.clone());
+        }
+    }
+    Ok(created)
+}
+
+/// Removes files, ignoring ones already gone.
+pub fn remove_files(files: &[PathBuf]) {
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Destination, Prepare: exports the received disks over NBD.
+pub async fn export(
+    agent: &Agent,
+    qmp: &Qmp,
+    listen: &str,
+    advertise: &str,
+    disks: &[DiskCopy],
+) -> Result<NbdTarget> {
+    let mut last = None;
+    let mut port = None;
+    for p in agent.cfg.migration_ports.clone().rev() {
+        let r = qmp
+            .execute(
+                "nbd-server-start",
+                Some(json!({"addr": {"type": "inet", "data": {"host": listen, "port": p.to_string()}}})),
+            )
+            .await;
+        match r {
+            Ok(_) => {
+                port = Some(p);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let port = port.ok_or_else(|| {
+        AgentError::Failed(format!(
+            "the destination could not start its NBD server: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    })?;
+    let mut exports = Vec::new();
+    for dc in disks {
+        let node = drive_node(&dc.target);
+        qmp.execute(
+            "block-export-add",
+            Some(json!({"type": "nbd", "id": format!("export-{}", dc.target),
+                        "node-name": node, "name": node, "writable": true})),
+        )
+        .await?;
+        exports.push((dc.target.clone(), node));
+    }
+    Ok(NbdTarget {
+        host: advertise.to_string(),
+        port,
+        exports,
+    })
+}
+
+fn mirror_job(target: &str) -> String {
+    format!("mirror-{target}")
+}
+
+fn target_node(target: &str) -> String {
+    format!("nbd-{target}")
+}
+
+/// Source, Perform: starts one mirror per exported disk and waits until all
+/// are ready (in sync), reporting progress into the job.
+pub async fn mirror(qmp: &Qmp, nbd: &NbdTarget, o: &MigrateOptions, job: &Job) -> Result<()> {
+    let sync = if o.copy_storage_inc { "top" } else { "full" };
+    let speed = match o.bandwidth_mib {
+        None | Some(0) => 0,
+        Some(m) => m << 20,
+    };
+    for (dev, export) in &nbd.exports {
+        qmp.execute(
+            "blockdev-add",
+            Some(json!({"driver": "nbd", "node-name": target_node(dev),
+                        "server": {"type": "inet", "host": nbd.host, "port": nbd.port.to_string()},
+                        "export": export})),
+        )
+        .await?;
+        let mut args = json!({"job-id": mirror_job(dev), "device": drive_node(dev),
+                              "target": target_node(dev), "sync": sync, "speed": speed,
+                              "auto-finalize": true, "auto-dismiss": true});
+        if o.copy_storage_synchronous_writes {
+            args["copy-mode"] = json!("write-blocking");
+        }
+        qmp.execute("blockdev-mirror", Some(args)).await?;
+    }
+    job.event(format!(
+        "mirroring {} disk(s) to nbd://{}:{} (sync {sync})",
+        nbd.exports.len(),
+        nbd.host,
+        nbd.port
+    ));
+    let mut cancel = job.cancel.subscribe();
+    loop {
+        let (ready, done, total) = progress(qmp, nbd).await?;
+        job.update(|i| i.set_disk(done, total));
+        if ready {
+            job.event(format!(
+                "disks in sync ({} MiB); sending memory",
+                total >> 20
+            ));
+            return Ok(());
+        }
+        if *cancel.borrow_and_update() {
+            return Err(AgentError::Failed(
+                "migration cancelled by the operator".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (all ready, bytes done, bytes total) of our mirror jobs; an error if one
+/// vanished before being ready (it failed).
+pub async fn progress(qmp: &Qmp, nbd: &NbdTarget) -> Result<(bool, u64, u64)> {
+    let jobs = qmp.execute("query-block-jobs", None).await?;
+    let list = jobs.as_array().cloned().unwrap_or_default();
+    let (mut all_ready, mut done, mut total) = (true, 0, 0);
+    for (dev, _) in &nbd.exports {
+        let id = mirror_job(dev);
+        let Some(j) = list.iter().find(|j| j["device"] == id.as_str()) else {
+            return Err(AgentError::Failed(format!(
+                "the mirror of disk '{dev}' stopped before it was in sync (destination gone or out of space?)"
+            )));
+        };
+        all_ready &= j["ready"].as_bool().unwrap_or(false);
+        done += j["offset"].as_u64().unwrap_or(0);
+        total += j["len"].as_u64().unwrap_or(0);
+    }
+    Ok((all_ready, done, total))
+}
+
+/// Source, at pre-switchover (guest paused): completes every mirror so the
+/// destination holds every write, then lets QEMU switch over.
+pub async fn complete(qmp: &Qmp, nbd: &NbdTarget, job: &Job) -> Result<()> {
+    for (dev, _) in &nbd.exports {
+        qmp.execute("block-job-cancel", Some(json!({"device": mirror_job(dev)})))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = qmp.execute("query-block-jobs", None).await?;
+        let left = jobs
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|j| {
+                        nbd.exports
+                            .iter()
+                            .any(|(d, _)| j["device"] == mirror_job(d).as_str())
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(AgentError::Timeout(
+                "the disk mirrors did not complete within 60 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (dev, _) in &nbd.exports {
+        let _ = qmp
+            .execute("blockdev-del", Some(json!({"node-name": target_node(dev)})))
+            .await;
+    }
+    job.event("disk mirrors completed while paused; switching over");
+    qmp.execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
+        .await?;
+    Ok(())
+}
+
+/// Source, on failure: stops the mirrors and drops the NBD connections;
+/// the guest keeps using its own disks, untouched.
+pub async fn abandon(qmp: &Qmp, nbd: &NbdTarget) {
+    for (dev, _) in &nbd.exports {
+        let _ = qmp
+            .execute(
+                "block-job-cancel",
+                Some(json!({"device": mirror_job(dev), "force": true})),
+            )
+            .await;
+    }
+    for _ in 0..200 {
+        let busy = qmp
+            .execute("query-block-jobs", None)
+            .await
+            .ok()
+            .and_then(|v| v.as_array().map(|l| !l.is_empty()))
+            .unwrap_or(false);
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (dev, _) in &nbd.exports {
+        let _ = qmp
+            .execute("blockdev-del", Some(json!({"node-name": target_node(dev)})))
+            .await;
+    }
+}
