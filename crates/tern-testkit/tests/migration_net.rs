@@ -611,13 +611,11 @@ fn ping_and_tcp_survive_migration() {
 }
 
 /// The same cut with `--p2p`: the source agent drives the migration and
-/// reaches B over the lab network (the cut link). Ignored: ternd's p2p
-/// driver calls the destination (Finish) with no timeout, so after QEMU
-/// gives up the job stays in "perform", and the CLI waits, until TCP itself
-/// gives up or the link returns (~70 s here); meanwhile B keeps its paused
-/// incoming QEMU. Run with `--ignored` once that is fixed.
+/// reaches B over the lab network (the cut link). Its calls to B give up
+/// within the client's connect timeout, so the job ends promptly on A; B,
+/// unreachable meanwhile, drops its paused incoming QEMU once the link is
+/// back and the failed stream reaches it.
 #[test]
-#[ignore = "ternd: p2p calls to an unreachable destination hang (no timeout); see the doc comment"]
 fn p2p_link_cut_fails_promptly_and_destination_cleans_up() {
     if skip_unless_root("p2p_link_cut_fails_promptly_and_destination_cleans_up") {
         return;
