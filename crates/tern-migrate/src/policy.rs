@@ -1,0 +1,452 @@
+//! The convergence policy: a pure function from what QEMU reports about a
+//! running migration to the next step that makes it finish in time.
+//!
+//! Pre-copy converges when the link carries pages faster than the guest
+//! dirties them: each pass sends what the previous pass left dirty, so the
+//! remainder shrinks by `dirty / bandwidth` per pass until it fits in the
+//! downtime budget. When it does not, something must give. The steps, in
+//! order of cost to the guest:
+//!
+//! 1. **Raise the downtime limit** toward the operator's `--max-downtime`
+//!    (a slightly longer pause, nothing else changes).
+//! 2. **Throttle the vCPUs** (auto-converge): the guest runs slower, so it
+//!    dirties less. Tern raises QEMU's `max-cpu-throttle` ceiling in steps.
+//! 3. **Post-copy**, if the operator allowed it: the guest runs on the
+//!    destination at once and pulls the missing pages (no pause, but a
+//!    lost link then loses the guest, hence opt-in).
+//! 4. **Pause and finish** at the deadline: the guest is stopped so the rest
+//!    is sent in one go — the last resort, a long pause but a finished move.
+//!
+//! Flags the operator gave win: a knob set on the command line is never
+//! touched (see [`Knobs`]). [`predict`] is the same model run forward,
+//! used for `migrate-forecast` and to decide whether a step is needed.
+
+use serde::{Deserialize, Serialize};
+
+/// One look at a running migration (from `query-migrate`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Observation {
+    /// Milliseconds since the migration started.
+    pub elapsed_ms: u64,
+    /// Pre-copy pass number (QEMU's dirty-sync-count).
+    pub iteration: u64,
+    /// Bytes still to send.
+    pub remaining: u64,
+    /// Transfer rate, bytes/s.
+    pub bandwidth: u64,
+    /// Dirtying rate, bytes/s.
+    pub dirty_rate: u64,
+    /// Current auto-converge throttle, percent.
+    pub throttle: u64,
+}
+
+/// Which knobs the policy may turn (false: the operator set it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Knobs {
+    /// Downtime limit.
+    pub downtime: bool,
+    /// CPU throttle ceiling.
+    pub throttle: bool,
+    /// Post-copy switch (only if the operator allowed post-copy).
+    pub postcopy: bool,
+    /// Pause-and-finish at the deadline.
+    pub pause: bool,
+}
+
+/// The policy's settings for one migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    /// Finish within this many ms.
+    pub deadline_ms: u64,
+    /// Never set a downtime limit above this, ms.
+    pub max_downtime_ms: u64,
+    /// What may be changed.
+    pub knobs: Knobs,
+}
+
+/// What the policy has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// Current downtime limit, ms.
+    pub downtime_ms: u64,
+    /// Current throttle ceiling, percent (1 = off).
+    pub max_throttle: u64,
+    /// Post-copy started.
+    pub postcopy: bool,
+    /// Guest paused to finish.
+    pub paused: bool,
+    /// When the last step was taken, ms (steps are spaced out).
+    pub last_step_ms: u64,
+}
+
+impl PolicyState {
+    /// Initial state: the given downtime limit, throttling off.
+    pub fn new(downtime_ms: u64) -> Self {
+        PolicyState {
+            downtime_ms,
+            max_throttle: THROTTLE_OFF,
+            postcopy: false,
+            paused: false,
+            last_step_ms: 0,
+        }
+    }
+}
+
+/// QEMU's smallest throttle ceiling: auto-converge is on but inert.
+pub const THROTTLE_OFF: u64 = 1;
+/// Throttle ceilings, in order.
+pub const THROTTLE_STEPS: [u64; 5] = [30, 50, 70, 85, 99];
+/// Steps are at least this far apart, so QEMU's figures reflect the last one.
+pub const STEP_GAP_MS: u64 = 1500;
+
+/// One step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Action {
+    /// Set QEMU's `downtime-limit`.
+    SetDowntime {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// Set QEMU's `max-cpu-throttle`.
+    SetMaxThrottle {
+        /// Percent.
+        percent: u64,
+    },
+    /// `migrate-start-postcopy`.
+    StartPostcopy,
+    /// Stop the guest so the rest goes in one pass.
+    PauseAndFinish,
+}
+
+/// A step and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// One line with the figures behind it.
+    pub reason: String,
+}
+
+/// What the model expects.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Whether pre-copy alone reaches the downtime budget.
+    pub converges: bool,
+    /// Passes until it does (or the cap).
+    pub iterations: u64,
+    /// Time to finish, ms (including the final pause).
+    pub total_ms: u64,
+    /// The final pause, ms.
+    pub downtime_ms: u64,
+}
+
+/// Runs pre-copy forward: `remaining` bytes to send at `bandwidth`, the
+/// guest dirtying `dirty_rate` (bytes/s, after any throttle), until the
+/// remainder fits in `downtime_ms`. `max_iterations` bounds a migration
+/// that never converges; its total then is the cap's time plus the pause
+/// needed for what is left.
+pub fn predict(
+    remaining: u64,
+    bandwidth: u64,
+    dirty_rate: u64,
+    downtime_ms: u64,
+    max_iterations: u64,
+) -> Prediction {
+    let bw = bandwidth.max(1) as f64;
+    let budget = bw * downtime_ms as f64 / 1000.0;
+    let mut left = remaining as f64;
+    let mut total = 0.0;
+    let mut n = 0;
+    while left > budget && n < max_iterations {
+        let t = left / bw;
+        total += t;
+        // What the guest dirtied meanwhile, at most its whole memory.
+        left = (dirty_rate as f64 * t).min(remaining.max(1) as f64);
+        n += 1;
+    }
+    let pause = left / bw;
+    Prediction {
+        converges: left <= budget,
+        iterations: n + 1,
+        total_ms: ((total + pause) * 1000.0) as u64,
+        downtime_ms: (pause * 1000.0) as u64,
+    }
+}
+
+/// Decides the next step, if any, and the state after it.
+pub fn decide(
+    cfg: &PolicyConfig,
+    st: &PolicyState,
+    obs: &Observation,
+) -> (PolicyState, Option<Decision>) {
+    let mut next = *st;
+    if st.paused || st.postcopy || obs.bandwidth == 0 || obs.iteration < 2 {
+        return (next, None);
+    }
+    let left_ms = cfg.deadline_ms.saturating_sub(obs.elapsed_ms);
+    let dirty = obs.dirty_rate;
+    let p = predict(obs.remaining, obs.bandwidth, dirty, st.downtime_ms, 30);
+    let fmt = |what: &str| {
+        format!(
+            "{what}: {} MiB left, link {} MiB/s, guest dirtying {} MiB/s, throttle {}%, pass {}, {} s to the deadline; forecast {} s with {} ms downtime",
+            obs.remaining >> 20,
+            obs.bandwidth >> 20,
+            dirty >> 20,
+            obs.throttle,
+            obs.iteration,
+            left_ms / 1000,
+            p.total_ms / 1000,
+            p.downtime_ms
+        )
+    };
+    // Last resort first: out of time.
+    if left_ms == 0 {
+        if cfg.knobs.postcopy {
+            next.postcopy = true;
+            next.last_step_ms = obs.elapsed_ms;
+            return (
+                next,
+                Some(Decision {
+                    action: Action::StartPostcopy,
+                    reason: fmt("deadline reached, switching to post-copy"),
+                }),
+            );
+        }
+        if cfg.knobs.pause {
+            next.paused = true;
+            next.last_step_ms = obs.elapsed_ms;
+            return (
+                next,
+                Some(Decision {
+                    action: Action::PauseAndFinish,
+                    reason: fmt("deadline reached, pausing the guest to finish"),
+                }),
+            );
+        }
+        return (next, None);
+    }
+    let on_track = p.converges && p.total_ms <= left_ms;
+    if on_track || obs.elapsed_ms < st.last_step_ms + STEP_GAP_MS {
+        return (next, None);
+    }
+    // 1. A longer pause, if it would let the remainder go in one pass.
+    if cfg.knobs.downtime && st.downtime_ms < cfg.max_downtime_ms {
+        let needed = predict(obs.remaining, obs.bandwidth, dirty, cfg.max_downtime_ms, 30);
+        if needed.converges && needed.total_ms <= left_ms {
+            let ms = (st.downtime_ms * 2)
+                .min(cfg.max_downtime_ms)
+                .max(needed.downtime_ms.min(cfg.max_downtime_ms));
+            next.downtime_ms = ms;
+            next.last_step_ms = obs.elapsed_ms;
+            return (
+                next,
+                Some(Decision {
+                    action: Action::SetDowntime { ms },
+                    reason: fmt(&format!("raising the downtime limit to {ms} ms")),
+                }),
+            );
+        }
+    }
+    // 2. Slow the guest down.
+    if cfg.knobs.throttle {
+        if let Some(&pct) = THROTTLE_STEPS.iter().find(|&&s| s > st.max_throttle) {
+            next.max_throttle = pct;
+            next.last_step_ms = obs.elapsed_ms;
+            return (
+                next,
+                Some(Decision {
+                    action: Action::SetMaxThrottle { percent: pct },
+                    reason: fmt(&format!("throttling the guest up to {pct}%")),
+                }),
+            );
+        }
+    }
+    // 3. Post-copy, when the throttle is at its ceiling and still too slow.
+    if cfg.knobs.postcopy {
+        next.postcopy = true;
+        next.last_step_ms = obs.elapsed_ms;
+        return (
+            next,
+            Some(Decision {
+                action: Action::StartPostcopy,
+                reason: fmt("pre-copy cannot finish in time, switching to post-copy"),
+            }),
+        );
+    }
+    // 4. Use the whole downtime budget even if it is not enough yet.
+    if cfg.knobs.downtime && st.downtime_ms < cfg.max_downtime_ms {
+        next.downtime_ms = cfg.max_downtime_ms;
+        next.last_step_ms = obs.elapsed_ms;
+        let ms = cfg.max_downtime_ms;
+        return (
+            next,
+            Some(Decision {
+                action: Action::SetDowntime { ms },
+                reason: fmt(&format!(
+                    "raising the downtime limit to its ceiling, {ms} ms"
+                )),
+            }),
+        );
+    }
+    (next, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn cfg(postcopy: bool) -> PolicyConfig {
+        PolicyConfig {
+            deadline_ms: 60_000,
+            max_downtime_ms: 1000,
+            knobs: Knobs {
+                downtime: true,
+                throttle: true,
+                postcopy,
+                pause: true,
+            },
+        }
+    }
+
+    /// Replays a trace: a guest of `mem` dirtying `dirty` (slowed by the
+    /// throttle) on a link of `bw`; returns the decisions and whether and
+    /// when it finished.
+    fn replay(c: &PolicyConfig, mem: u64, bw: u64, dirty: u64) -> (Vec<Action>, bool, u64) {
+        let mut st = PolicyState::new(300);
+        let mut acts = Vec::new();
+        let mut remaining = mem;
+        let mut t = 0u64;
+        let mut throttle = 0u64;
+        for iteration in 1..2000 {
+            let eff = dirty * (100 - throttle) / 100;
+            let obs = Observation {
+                elapsed_ms: t,
+                iteration,
+                remaining,
+                bandwidth: bw,
+                dirty_rate: eff,
+                throttle,
+            };
+            let (s2, d) = decide(c, &st, &obs);
+            st = s2;
+            if let Some(d) = d {
+                assert!(!d.reason.contains('\n'));
+                acts.push(d.action);
+            }
+            if st.paused || st.postcopy || remaining * 1000 / bw <= st.downtime_ms {
+                return (acts, true, t + remaining * 1000 / bw);
+            }
+            let pass_ms = (remaining * 1000 / bw).max(100);
+            t += pass_ms;
+            remaining = (eff * pass_ms / 1000).min(mem);
+            // QEMU raises the throttle by 10 points per pass while it helps.
+            if throttle < st.max_throttle && st.max_throttle > THROTTLE_OFF {
+                throttle = (throttle + 10).min(st.max_throttle);
+            }
+        }
+        (acts, false, t)
+    }
+
+    #[test]
+    fn prediction_matches_the_geometric_series() {
+        // 1 GiB at 1 GiB/s, dirtying 256 MiB/s: 1 s + 0.25 s + ... until < 300 ms of data.
+        let p = predict(1 << 30, 1 << 30, 256 * MIB, 300, 30);
+        assert!(p.converges);
+        assert_eq!(p.iterations, 2);
+        assert!((1250..1260).contains(&p.total_ms), "{p:?}");
+        let never = predict(1 << 30, 100 * MIB, 200 * MIB, 300, 30);
+        assert!(!never.converges);
+        let idle = predict(512 * MIB, 1 << 30, 0, 300, 30);
+        assert!(idle.converges && idle.total_ms <= 510);
+    }
+
+    #[test]
+    fn an_easy_guest_gets_no_steps() {
+        let (acts, done, _) = replay(&cfg(false), 2 << 30, 1 << 30, 50 * MIB);
+        assert!(done);
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn a_guest_near_the_link_speed_gets_a_longer_pause_first() {
+        // 95% of the link: pre-copy converges, but too slowly for the
+        // deadline at 300 ms; a 4 s pause lets it finish in a few passes.
+        let mut c = cfg(false);
+        c.max_downtime_ms = 4000;
+        let (acts, done, t) = replay(&c, 512 * MIB, 100 * MIB, 95 * MIB);
+        assert!(done && t <= c.deadline_ms, "{acts:?} {t}");
+        assert!(matches!(acts[0], Action::SetDowntime { .. }), "{acts:?}");
+        assert!(!acts.iter().any(|a| matches!(a, Action::PauseAndFinish)));
+    }
+
+    #[test]
+    fn a_guest_faster_than_the_link_is_throttled_and_finishes() {
+        let c = cfg(false);
+        let (acts, done, t) = replay(&c, 512 * MIB, 100 * MIB, 300 * MIB);
+        assert!(done && t <= c.deadline_ms, "{acts:?} {t}");
+        assert!(acts.iter().any(|a| matches!(a, Action::SetMaxThrottle { .. })), "{acts:?}");
+        assert!(!acts.contains(&Action::StartPostcopy));
+        assert!(!acts.contains(&Action::PauseAndFinish));
+    }
+
+    #[test]
+    fn when_throttling_is_not_enough_postcopy_if_allowed_else_pause() {
+        let mut c = cfg(true);
+        c.knobs.throttle = false;
+        let (acts, done, _) = replay(&c, 512 * MIB, 50 * MIB, 500 * MIB);
+        assert!(done);
+        assert_eq!(acts.last(), Some(&Action::StartPostcopy), "{acts:?}");
+        let mut c = cfg(false);
+        c.knobs.throttle = false;
+        let (acts, done, t) = replay(&c, 512 * MIB, 50 * MIB, 500 * MIB);
+        assert!(done);
+        assert_eq!(acts.last(), Some(&Action::PauseAndFinish), "{acts:?}");
+        // Noticed within one pass of the deadline; the pause then sends at
+        // most the whole memory once.
+        assert!(t <= c.deadline_ms + 2 * (512 * 1000 / 50) + 1000, "{t}");
+    }
+
+    #[test]
+    fn operator_knobs_are_never_turned() {
+        let c = PolicyConfig {
+            deadline_ms: 10_000,
+            max_downtime_ms: 300,
+            knobs: Knobs {
+                downtime: false,
+                throttle: false,
+                postcopy: false,
+                pause: false,
+            },
+        };
+        let (acts, _, _) = replay(&c, 2 << 30, 50 * MIB, 500 * MIB);
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn steps_are_spaced_out() {
+        let c = cfg(false);
+        let st = PolicyState::new(300);
+        let obs = Observation {
+            elapsed_ms: 5000,
+            iteration: 3,
+            remaining: 1 << 30,
+            bandwidth: 10 * MIB,
+            dirty_rate: 100 * MIB,
+            throttle: 0,
+        };
+        let (st, d) = decide(&c, &st, &obs);
+        assert!(d.is_some());
+        let (_, d2) = decide(
+            &c,
+            &st,
+            &Observation {
+                elapsed_ms: 5500,
+                ..obs
+            },
+        );
+        assert!(d2.is_none());
+    }
+}
