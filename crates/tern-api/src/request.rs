@@ -296,6 +296,17 @@ pub enum MigrationRequest {
         /// Domain name.
         name: String,
     },
+    /// `migrate-forecast` / `migrate --dry-run`: sample and predict.
+    MigrateForecast {
+        /// Domain name.
+        name: String,
+        /// Destination URI as seen from the source host (for the link probe).
+        dest_uri: Option<String>,
+        /// Options of the planned migration.
+        options: MigrateOptions,
+    },
+    /// Destination: open a TCP sink for a link-speed probe; answers (host, port).
+    ProbeSink {},
 }
 
 fn default_console_max() -> u64 {

@@ -81,6 +81,22 @@ pub enum Cmd {
         #[arg(long)]
         size: Option<String>,
     },
+    /// Predict a live migration's total time and downtime before starting it.
+    MigrateForecast {
+        /// Domain name.
+        domain: String,
+        /// Destination URI (as seen from the source host), for the link probe.
+        desturi: Option<String>,
+        /// Planned bandwidth cap, MiB/s.
+        #[arg(long)]
+        bandwidth: Option<u64>,
+        /// Planned maximum downtime, ms.
+        #[arg(long)]
+        max_downtime: Option<u64>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Switch a running migration (started with --postcopy) to post-copy.
     MigratePostcopy {
         /// Domain name.

@@ -90,7 +90,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         | Cmd::MigrateSetmaxdowntime { .. }
         | Cmd::MigrateGetmaxdowntime { .. }
         | Cmd::MigrateCompcache { .. }
-        | Cmd::MigratePostcopy { .. }) => migrate::run(&client, c).await,
+        | Cmd::MigratePostcopy { .. }
+        | Cmd::MigrateForecast { .. }) => migrate::run(&client, c).await,
         c => domain::run(&client, c).await,
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use tern_api::{driver, Client, MigrationRequest, Request};
+use tern_migrate::policy::Forecast;
 use tern_migrate::{JobEvent, JobInfo, JobKind, MigrateOptions, TimeoutAction};
 
 /// `tern migrate [flags] DOMAIN DESTURI` — flags as in virsh.
@@ -129,6 +130,18 @@ pub struct MigrateArgs {
     /// Pool on the destination for copied disks (default: same name as the source's).
     #[arg(long)]
     pub target_pool: Option<String>,
+    /// The convergence policy finishes the migration within this many
+    /// seconds (default 300): longer downtime up to --max-downtime (default
+    /// 1000 ms under the policy), CPU throttling, post-copy if allowed, and
+    /// at last a pause to finish.
+    #[arg(long)]
+    pub deadline: Option<u64>,
+    /// Turn the convergence policy off: QEMU does only what the flags say.
+    #[arg(long)]
+    pub no_policy: bool,
+    /// Forecast total time and downtime, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl MigrateArgs {
@@ -198,6 +211,8 @@ impl MigrateArgs {
             migrate_disks: self.migrate_disks.clone(),
             copy_storage_synchronous_writes: self.copy_storage_synchronous_writes,
             target_pool: self.target_pool.clone(),
+            deadline_s: self.deadline,
+            no_policy: self.no_policy,
         };
         o.validate().map_err(|e| CliError::Usage(e.to_string()))?;
         Ok(o)
@@ -276,8 +291,54 @@ fn summary(domain: &str, dest: &str, i: &JobInfo, wall: Duration) -> String {
     )
 }
 
+async fn forecast(
+    src: &Client,
+    name: &str,
+    dest: Option<&str>,
+    o: &MigrateOptions,
+    json: bool,
+) -> Result<()> {
+    let f: Forecast = src
+        .call(&Request::Migration(MigrationRequest::MigrateForecast {
+            name: name.to_string(),
+            dest_uri: dest.map(str::to_string),
+            options: o.clone(),
+        }))
+        .await?;
+    if json {
+        print_json(&f);
+        return Ok(());
+    }
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    print!(
+        "{}",
+        kv(&[
+            ("Memory", mib(f.memory)),
+            ("Zero pages", format!("{:.0} %", f.zero_fraction * 100.0)),
+            ("Dirty rate", format!("{}/s", mib(f.dirty_rate))),
+            (
+                "Bandwidth",
+                format!("{}/s ({})", mib(f.bandwidth), f.bandwidth_source)
+            ),
+            ("Downtime limit", format!("{} ms", f.downtime_limit_ms)),
+            (
+                "Converges",
+                if f.prediction.converges { "yes" } else { "no" }.into()
+            ),
+            ("Iterations", f.prediction.iterations.to_string()),
+            ("Total time", format!("{} ms", f.prediction.total_ms)),
+            ("Downtime", format!("{} ms", f.prediction.downtime_ms)),
+            ("Verdict", f.verdict.clone()),
+        ])
+    );
+    Ok(())
+}
+
 async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
     let o = a.options()?;
+    if a.dry_run {
+        return forecast(src, &a.domain, Some(&a.desturi), &o, false).await;
+    }
     let mut progress = Progress {
         tty: std::io::stdout().is_terminal(),
         last: None,
@@ -452,6 +513,21 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 }))
                 .await?;
             println!("Compression cache: {:.3} MiB", v as f64 / 1048576.0);
+        }
+        Cmd::MigrateForecast {
+            domain,
+            desturi,
+            bandwidth,
+            max_downtime,
+            json,
+        } => {
+            let o = MigrateOptions {
+                live: true,
+                bandwidth_mib: bandwidth,
+                max_downtime_ms: max_downtime,
+                ..Default::default()
+            };
+            forecast(c, &domain, desturi.as_deref(), &o, json).await?;
         }
         Cmd::MigratePostcopy { domain } => {
             let _: Value = c

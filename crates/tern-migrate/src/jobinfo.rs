@@ -86,6 +86,12 @@ pub struct JobInfo {
     pub auto_converge_throttle: Option<u64>,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// Steps the convergence policy took.
+    pub policy_steps: u64,
+    /// The policy's last step, with the figures behind it.
+    pub policy_last: Option<String>,
+    /// The downtime limit in force, ms.
+    pub downtime_limit_ms: Option<u64>,
 }
 
 impl JobInfo {
@@ -250,6 +256,15 @@ impl JobInfo {
         }
         if let Some(t) = self.auto_converge_throttle {
             add("Auto converge throttle", format!("{t}"));
+        }
+        if let Some(d) = self.downtime_limit_ms {
+            add("Downtime limit", format!("{d} ms"));
+        }
+        if self.policy_steps > 0 {
+            add("Policy steps", self.policy_steps.to_string());
+        }
+        if let Some(p) = &self.policy_last {
+            add("Policy last step", p.clone());
         }
         if let Some(e) = &self.error {
             add("Error", e.clone());

@@ -102,7 +102,16 @@ pub struct MigrateOptions {
     /// `--target-pool`: where the destination creates the copied volumes
     /// (default: the pool of the same name as on the source).
     pub target_pool: Option<String>,
+    /// `--deadline S`: the convergence policy finishes within this.
+    pub deadline_s: Option<u64>,
+    /// `--no-policy`: QEMU's behaviour with the given flags only.
+    pub no_policy: bool,
 }
+
+/// Default `--deadline` of the convergence policy, seconds.
+pub const DEFAULT_DEADLINE_S: u64 = 300;
+/// The policy's default downtime ceiling when `--max-downtime` is not given, ms.
+pub const DEFAULT_POLICY_MAX_DOWNTIME_MS: u64 = 1000;
 
 /// A combination of options that cannot work.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -302,6 +311,40 @@ impl MigrateOptions {
             && (self.migrate_disks.is_empty() || self.migrate_disks.iter().any(|d| d == target))
     }
 
+    /// Whether the convergence policy steers this migration.
+    pub fn policy_on(&self) -> bool {
+        self.live && !self.no_policy && !self.offline
+    }
+
+    /// The policy's settings for these options: knobs the operator set
+    /// on the command line are the operator's.
+    pub fn policy_config(&self) -> crate::policy::PolicyConfig {
+        use crate::policy::{Knobs, PolicyConfig};
+        PolicyConfig {
+            deadline_ms: self.deadline_s.unwrap_or(DEFAULT_DEADLINE_S) * 1000,
+            max_downtime_ms: self
+                .max_downtime_ms
+                .unwrap_or(DEFAULT_POLICY_MAX_DOWNTIME_MS),
+            knobs: Knobs {
+                downtime: true,
+                throttle: !self.auto_converge,
+                postcopy: self.postcopy
+                    && !self.postcopy_after_precopy
+                    && self.timeout_action != TimeoutAction::Postcopy,
+                pause: self.timeout_s.is_none(),
+            },
+        }
+    }
+
+    /// The downtime limit QEMU starts with.
+    pub fn initial_downtime_ms(&self) -> u64 {
+        match (self.policy_on(), self.max_downtime_ms) {
+            (true, Some(m)) => m.min(DEFAULT_MAX_DOWNTIME_MS),
+            (true, None) => DEFAULT_MAX_DOWNTIME_MS,
+            (false, m) => m.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
+        }
+    }
+
     /// Capabilities for the source.
     pub fn source_capabilities(&self) -> Vec<(&'static str, bool)> {
         let mut c = self.shared_capabilities();
@@ -309,7 +352,9 @@ impl MigrateOptions {
         // mirrors can be completed while the guest is paused.
         c.push(("pause-before-switchover", self.copies_storage()));
         c.push(("xbzrle", self.compressed));
-        c.push(("auto-converge", self.auto_converge));
+        // Under the policy auto-converge is on but inert (throttle ceiling
+        // 1%) until the policy raises the ceiling.
+        c.push(("auto-converge", self.auto_converge || self.policy_on()));
         c.push(("events", true));
         c
     }
@@ -336,10 +381,18 @@ impl MigrateOptions {
     pub fn source_parameters(&self) -> Map<String, Value> {
         let mut p = self.shared_parameters();
         p.insert("max-bandwidth".into(), json!(self.bandwidth_bytes()));
-        p.insert(
-            "downtime-limit".into(),
-            json!(self.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS)),
-        );
+        p.insert("downtime-limit".into(), json!(self.initial_downtime_ms()));
+        if self.policy_on() && !self.auto_converge {
+            // QEMU requires initial <= max; both at 1% leave it inert.
+            p.insert(
+                "cpu-throttle-initial".into(),
+                json!(crate::policy::THROTTLE_OFF),
+            );
+            p.insert(
+                "max-cpu-throttle".into(),
+                json!(crate::policy::THROTTLE_OFF),
+            );
+        }
         if self.compressed {
             if let Some(c) = self.xbzrle_cache {
                 p.insert("xbzrle-cache-size".into(), json!(c));

@@ -141,6 +141,27 @@ pub struct Prediction {
     pub downtime_ms: u64,
 }
 
+/// What `migrate-forecast` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forecast {
+    /// Guest memory, bytes.
+    pub memory: u64,
+    /// Fraction of sampled pages that were all zero.
+    pub zero_fraction: f64,
+    /// Sampled dirty rate, bytes/s.
+    pub dirty_rate: u64,
+    /// Link estimate, bytes/s (after caps).
+    pub bandwidth: u64,
+    /// Where the link estimate came from.
+    pub bandwidth_source: String,
+    /// Downtime limit used, ms.
+    pub downtime_limit_ms: u64,
+    /// The model's answer.
+    pub prediction: Prediction,
+    /// One-line verdict.
+    pub verdict: String,
+}
+
 /// Runs pre-copy forward: `remaining` bytes to send at `bandwidth`, the
 /// guest dirtying `dirty_rate` (bytes/s, after any throttle), until the
 /// remainder fits in `downtime_ms`. `max_iterations` bounds a migration
@@ -387,7 +408,11 @@ mod tests {
         let c = cfg(false);
         let (acts, done, t) = replay(&c, 512 * MIB, 100 * MIB, 300 * MIB);
         assert!(done && t <= c.deadline_ms, "{acts:?} {t}");
-        assert!(acts.iter().any(|a| matches!(a, Action::SetMaxThrottle { .. })), "{acts:?}");
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::SetMaxThrottle { .. })),
+            "{acts:?}"
+        );
         assert!(!acts.contains(&Action::StartPostcopy));
         assert!(!acts.contains(&Action::PauseAndFinish));
     }

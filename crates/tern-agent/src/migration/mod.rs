@@ -3,6 +3,7 @@
 //! (`domjobinfo`, `domjobabort`, speed and downtime).
 
 pub mod dest;
+pub mod forecast;
 pub mod source;
 pub mod storage;
 
@@ -187,6 +188,8 @@ impl Job {
 pub struct Jobs {
     current: Mutex<HashMap<String, Arc<Job>>>,
     completed: Mutex<HashMap<String, (JobInfo, Vec<JobEvent>)>>,
+    /// Moving average of the pace (bytes/s) of outgoing migrations.
+    pace: Mutex<Option<u64>>,
 }
 
 impl Jobs {
@@ -226,9 +229,22 @@ impl Jobs {
         }
     }
 
+    /// The pace past outgoing migrations achieved, bytes/s.
+    pub fn pace(&self) -> Option<u64> {
+        *self.pace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Moves a finished job to the completed table.
     pub fn finish(&self, job: &Arc<Job>) {
         let info = job.info();
+        if job.role == Role::Source && info.kind == JobKind::Completed && info.time_elapsed_ms > 0 {
+            let rate = info.memory_processed * 1000 / info.time_elapsed_ms;
+            let mut p = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+            *p = Some(match *p {
+                Some(old) => (old * 3 + rate) / 4,
+                None => rate,
+            });
+        }
         let events = job.events_since(0);
         self.completed
             .lock()
@@ -356,6 +372,12 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
         MigrationRequest::MigrateGetMaxDowntime { name } => {
             ok(json!(get_param(agent, &name, "downtime-limit").await?))
         }
+        MigrationRequest::MigrateForecast {
+            name,
+            dest_uri,
+            options,
+        } => to(&forecast::forecast(agent, &name, dest_uri.as_deref(), &options).await?),
+        MigrationRequest::ProbeSink {} => to(&forecast::probe_sink(agent).await?),
         MigrationRequest::MigrateCompCache { name, size } => {
             if let Some(s) = size {
                 set_param(agent, &name, "xbzrle-cache-size", json!(s)).await?;

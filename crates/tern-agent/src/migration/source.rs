@@ -8,6 +8,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_api::driver;
+use tern_migrate::policy::{self, Action, Observation, PolicyState};
 use tern_migrate::protocol::{
     check_version, BeginReply, ConfirmRequest, PerformRequest, PROTOCOL_VERSION,
 };
@@ -260,6 +261,18 @@ async fn watch(
     let mut cancel_rx = job.cancel.subscribe();
     let mut post_rx = job.postcopy.subscribe();
     let mut events = qmp.events();
+    let mut paused_at: Option<Instant> = None;
+    let policy = o.policy_on().then(|| o.policy_config());
+    let mut pstate = PolicyState::new(o.initial_downtime_ms());
+    job.update(|i| i.downtime_limit_ms = Some(pstate.downtime_ms));
+    if let Some(c) = &policy {
+        job.event(format!(
+            "convergence policy on: deadline {} s, downtime {} ms up to {} ms",
+            c.deadline_ms / 1000,
+            pstate.downtime_ms,
+            c.max_downtime_ms
+        ));
+    }
     loop {
         // Wake on QEMU's MIGRATION events (completion above all), or
         // on the tick to refresh the figures.
@@ -337,6 +350,13 @@ async fn watch(
         }
         match info.kind {
             JobKind::Completed => {
+                // QEMU counts downtime from its own final stop; a guest we
+                // paused earlier (timeout, policy) was down since then.
+                if let Some(t) = paused_at {
+                    let ms = t.elapsed().as_millis() as u64;
+                    job.update(|i| i.downtime_ms = Some(i.downtime_ms.unwrap_or(0).max(ms)));
+                }
+                let info = job.info();
                 job.event(format!(
                     "QEMU completed: downtime {} ms, {} MiB sent in {} ms",
                     info.downtime_ms.unwrap_or(0),
@@ -386,6 +406,32 @@ async fn watch(
             });
             last_progress = Instant::now();
         }
+        if let (Some(cfg), "active") = (&policy, info.qemu_status.as_str()) {
+            let obs = Observation {
+                elapsed_ms: info.time_elapsed_ms,
+                iteration: info.iteration,
+                remaining: info.memory_remaining,
+                bandwidth: info.memory_bandwidth,
+                dirty_rate: info.dirty_rate,
+                throttle: info.auto_converge_throttle.unwrap_or(0),
+            };
+            let (next, decision) = policy::decide(cfg, &pstate, &obs);
+            pstate = next;
+            if let Some(d) = decision {
+                apply(&qmp, &job, &d.action).await;
+                match d.action {
+                    Action::StartPostcopy => postcopy_started = true,
+                    Action::PauseAndFinish => paused_at = Some(Instant::now()),
+                    _ => {}
+                }
+                job.event(format!("policy: {}", d.reason));
+                job.update(|i| {
+                    i.policy_steps += 1;
+                    i.policy_last = Some(d.reason.clone());
+                    i.downtime_limit_ms = Some(pstate.downtime_ms);
+                });
+            }
+        }
         let want_postcopy = o.postcopy
             && !postcopy_started
             && info.qemu_status == "active"
@@ -398,7 +444,9 @@ async fn watch(
             match o.timeout_action {
                 TimeoutAction::Suspend => {
                     job.event("timeout reached: pausing the guest to finish");
-                    let _ = qmp.execute("stop", None).await;
+                    if qmp.execute("stop", None).await.is_ok() {
+                        paused_at = Some(Instant::now());
+                    }
                 }
                 TimeoutAction::Postcopy if !postcopy_started => {
                     job.event("timeout reached: switching to post-copy");
@@ -416,6 +464,28 @@ async fn watch(
                 Err(e) => job.event(format!("post-copy refused: {e}")),
             }
         }
+    }
+}
+
+/// Carries out a policy step.
+async fn apply(qmp: &tern_qemu::Qmp, job: &Job, a: &Action) {
+    let r = match a {
+        Action::SetDowntime { ms } => {
+            qmp.execute("migrate-set-parameters", Some(json!({"downtime-limit": ms})))
+                .await
+        }
+        Action::SetMaxThrottle { percent } => {
+            qmp.execute(
+                "migrate-set-parameters",
+                Some(json!({"max-cpu-throttle": percent, "cpu-throttle-initial": (*percent).min(30)})),
+            )
+            .await
+        }
+        Action::StartPostcopy => qmp.execute("migrate-start-postcopy", None).await,
+        Action::PauseAndFinish => qmp.execute("stop", None).await,
+    };
+    if let Err(e) = r {
+        job.event(format!("policy step {a:?} refused by QEMU: {e}"));
     }
 }
 
