@@ -11,8 +11,8 @@
 use crate::{Client, ClientError, MigrationRequest, Request};
 use std::time::Duration;
 use tern_migrate::protocol::{
-    BeginReply, ConfirmRequest, FinishReply, FinishRequest, PerformRequest, PrepareReply,
-    PrepareRequest, PROTOCOL_VERSION,
+    BeginReply, ConfirmRequest, FinishReply, FinishRequest, IncomingTarget, PerformRequest,
+    PrepareReply, PrepareRequest, PROTOCOL_VERSION,
 };
 use tern_migrate::{JobInfo, JobKind, MigrateOptions};
 use thiserror::Error;
@@ -79,6 +79,7 @@ pub async fn drive(
                 options: options.clone(),
                 source_host: src.describe(),
                 disks: begin.disks.clone(),
+                files: begin.files.clone(),
             },
         }))
         .await
@@ -113,7 +114,16 @@ pub async fn drive(
         }
     };
 
-    let Some(target) = prep.incoming else {
+    let incoming = match (prep.incoming.clone(), options.cold) {
+        (Some(t), _) => Some(t),
+        // Cold: no QEMU listens; the files go to the receivers in `prep.cold`.
+        (None, true) => Some(IncomingTarget {
+            host: String::new(),
+            port: 0,
+        }),
+        (None, false) => None,
+    };
+    let Some(target) = incoming else {
         // Offline: the destination defines it in Finish; nothing else moves.
         let fin = finish(true)
             .await
@@ -138,6 +148,8 @@ pub async fn drive(
                 name: name.to_string(),
                 target,
                 nbd: prep.nbd.clone(),
+                cold: prep.cold.clone(),
+                files: begin.files.clone(),
                 options: options.clone(),
             },
         }))

@@ -142,6 +142,16 @@ pub struct MigrateArgs {
     /// Forecast total time and downtime, and do nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Cold migration of a shut-off guest: its definition and every disk
+    /// (with backing chains) move with Tern's transfer engine.
+    #[arg(long)]
+    pub cold: bool,
+    /// Start the guest on the destination after a cold migration.
+    #[arg(long)]
+    pub auto_start: bool,
+    /// Delete the source disks once the destination verified its copies.
+    #[arg(long)]
+    pub delete_source_storage: bool,
 }
 
 impl MigrateArgs {
@@ -213,7 +223,17 @@ impl MigrateArgs {
             target_pool: self.target_pool.clone(),
             deadline_s: self.deadline,
             no_policy: self.no_policy,
+            // `--offline --copy-storage-all` is a cold migration, as virsh users expect.
+            cold: self.cold || (self.offline && self.copy_storage_all),
+            auto_start: self.auto_start,
+            delete_source_storage: self.delete_source_storage,
         };
+        let mut o = o;
+        if o.cold {
+            o.offline = false;
+            o.copy_storage_all = false;
+            o.persistent = true;
+        }
         o.validate().map_err(|e| CliError::Usage(e.to_string()))?;
         Ok(o)
     }
@@ -387,7 +407,18 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
     let dst = connect(Some(&a.desturi))?;
     let id = uuid::Uuid::new_v4();
     let out = driver::drive(src, &dst, id, &a.domain, &o, |i| progress.show(i)).await?;
-    if o.offline {
+    if o.cold {
+        progress.done();
+        println!(
+            "Migrated '{}' (shut off) to {} in {:.2} s: {:.1} MiB of disk data, {:.1} MiB on the wire, {:.1} MiB resumed",
+            a.domain,
+            a.desturi,
+            t0.elapsed().as_secs_f64(),
+            out.info.disk_total as f64 / 1048576.0,
+            out.info.wire_bytes as f64 / 1048576.0,
+            out.info.resumed_bytes as f64 / 1048576.0
+        );
+    } else if o.offline {
         println!("Domain '{}' definition migrated to {}", a.domain, a.desturi);
     } else {
         progress.done();

@@ -50,6 +50,10 @@ pub struct JobInfo {
     pub disk_processed: u64,
     /// Disk bytes to mirror in all.
     pub disk_total: u64,
+    /// Cold copy: bytes that crossed the wire.
+    pub wire_bytes: u64,
+    /// Cold copy: bytes a resumed transfer did not send again.
+    pub resumed_bytes: u64,
     /// Transfer rate, bytes/s.
     pub memory_bandwidth: u64,
     /// Pages dirtied per second times page size, bytes/s.
@@ -209,6 +213,10 @@ impl JobInfo {
                 mib(self.disk_total.saturating_sub(self.disk_processed)),
             );
             add("File total", mib(self.disk_total));
+        }
+        if self.wire_bytes > 0 || self.resumed_bytes > 0 {
+            add("Bytes on the wire", mib(self.wire_bytes));
+            add("Bytes resumed", mib(self.resumed_bytes));
         }
         add("Memory processed", mib(self.memory_processed));
         add("Memory remaining", mib(self.memory_remaining));

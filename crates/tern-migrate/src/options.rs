@@ -106,6 +106,14 @@ pub struct MigrateOptions {
     pub deadline_s: Option<u64>,
     /// `--no-policy`: QEMU's behaviour with the given flags only.
     pub no_policy: bool,
+    /// `--cold` (or `--offline --copy-storage-all`): a shut-off guest's
+    /// definition and disks move with Tern's transfer engine.
+    pub cold: bool,
+    /// `--auto-start`: start it on the destination after a cold migration.
+    pub auto_start: bool,
+    /// `--delete-source-storage`: delete the source's disks once the
+    /// destination verified its copies.
+    pub delete_source_storage: bool,
 }
 
 /// Default `--deadline` of the convergence policy, seconds.
@@ -186,7 +194,7 @@ pub fn parse_migrate_uri(s: &str) -> Result<TcpTarget, OptionsError> {
 impl MigrateOptions {
     /// Checks option combinations the way virsh does.
     pub fn validate(&self) -> Result<(), OptionsError> {
-        if self.offline {
+        if self.offline && !self.cold {
             if self.live {
                 return Err(OptionsError::Exclusive("offline", "live"));
             }
@@ -261,13 +269,29 @@ impl MigrateOptions {
         if let Some(u) = &self.migrate_uri {
             parse_migrate_uri(u)?;
         }
+        if self.cold {
+            if self.live {
+                return Err(OptionsError::Exclusive("cold", "live"));
+            }
+            if self.postcopy || self.parallel || self.compressed || self.copy_storage_inc {
+                return Err(OptionsError::Exclusive(
+                    "cold",
+                    "postcopy/parallel/compressed/copy-storage-inc",
+                ));
+            }
+        } else if self.auto_start || self.delete_source_storage {
+            return Err(OptionsError::Needs(
+                "auto-start/delete-source-storage",
+                "cold",
+            ));
+        }
         if self.copy_storage_all && self.copy_storage_inc {
             return Err(OptionsError::Exclusive(
                 "copy-storage-all",
                 "copy-storage-inc",
             ));
         }
-        let copies = self.copy_storage_all || self.copy_storage_inc;
+        let copies = self.copy_storage_all || self.copy_storage_inc || self.cold;
         if (!self.migrate_disks.is_empty()
             || self.copy_storage_synchronous_writes
             || self.target_pool.is_some())
@@ -300,9 +324,9 @@ impl MigrateOptions {
         vec![("multifd", self.parallel), ("postcopy-ram", self.postcopy)]
     }
 
-    /// Whether disks are copied along.
+    /// Whether disks are mirrored along a live migration.
     pub fn copies_storage(&self) -> bool {
-        self.copy_storage_all || self.copy_storage_inc
+        !self.cold && (self.copy_storage_all || self.copy_storage_inc)
     }
 
     /// Whether the disk `target` (e.g. "vda") is to be copied.
@@ -313,7 +337,7 @@ impl MigrateOptions {
 
     /// Whether the convergence policy steers this migration.
     pub fn policy_on(&self) -> bool {
-        self.live && !self.no_policy && !self.offline
+        self.live && !self.no_policy && !self.offline && !self.cold
     }
 
     /// The policy's settings for these options: knobs the operator set

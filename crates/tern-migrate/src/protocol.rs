@@ -63,6 +63,9 @@ pub struct BeginReply {
     /// Disks to copy along, when storage is migrated.
     #[serde(default)]
     pub disks: Vec<DiskCopy>,
+    /// Files to copy, for a cold migration.
+    #[serde(default)]
+    pub files: Vec<ColdFile>,
 }
 
 /// How one disk's contents reach the destination.
@@ -95,6 +98,45 @@ pub struct DiskCopy {
     pub mode: CopyMode,
 }
 
+/// One image file of a cold migration (a disk's top image or one of its
+/// backing files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdFile {
+    /// Index in the list.
+    pub id: u32,
+    /// Disk it belongs to, e.g. "vda".
+    pub target: String,
+    /// 0 for the top image, 1 for its backing file, and so on.
+    pub depth: u32,
+    /// Source pool, if any (the destination uses the pool of the same name
+    /// unless `--target-pool`).
+    pub pool: Option<String>,
+    /// File name.
+    pub volume: String,
+    /// Image format.
+    pub format: String,
+    /// File length, bytes.
+    pub size: u64,
+    /// Bytes allocated on the source.
+    pub allocated: u64,
+    /// File name of its backing file (the entry with `depth + 1`).
+    pub backing_volume: Option<String>,
+    /// Transfer session id, hex; stable across retries of the same copy so
+    /// that a second attempt resumes.
+    pub session: String,
+    /// Path on the source (the source reads it; the destination never uses it).
+    pub source_path: std::path::PathBuf,
+}
+
+/// Where the destination receives cold files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdTarget {
+    /// Address.
+    pub host: String,
+    /// (file id, port) pairs.
+    pub ports: Vec<(u32, u16)>,
+}
+
 /// Where the destination exports the disks it receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NbdTarget {
@@ -122,6 +164,9 @@ pub struct PrepareRequest {
     /// Disks to receive.
     #[serde(default)]
     pub disks: Vec<DiskCopy>,
+    /// Files to receive, for a cold migration.
+    #[serde(default)]
+    pub files: Vec<ColdFile>,
 }
 
 /// Where to send memory.
@@ -156,6 +201,9 @@ pub struct PrepareReply {
     /// Where copied disks are exported.
     #[serde(default)]
     pub nbd: Option<NbdTarget>,
+    /// Where cold files go.
+    #[serde(default)]
+    pub cold: Option<ColdTarget>,
 }
 
 /// Tell the source to migrate.
@@ -172,6 +220,12 @@ pub struct PerformRequest {
     /// Where to mirror disks.
     #[serde(default)]
     pub nbd: Option<NbdTarget>,
+    /// Where to send cold files.
+    #[serde(default)]
+    pub cold: Option<ColdTarget>,
+    /// The files, for a cold migration.
+    #[serde(default)]
+    pub files: Vec<ColdFile>,
     /// Options.
     pub options: MigrateOptions,
 }
@@ -245,6 +299,7 @@ mod tests {
                 port: 10809,
                 exports: vec![("vda".into(), "drive-vda".into())],
             }),
+            cold: None,
         });
         round_trip(&DiskCopy {
             target: "vda".into(),
@@ -261,6 +316,8 @@ mod tests {
             name: "g".into(),
             target: target.clone(),
             nbd: None,
+            cold: None,
+            files: vec![],
             options: MigrateOptions {
                 live: true,
                 bandwidth_mib: Some(10),

@@ -99,6 +99,23 @@ pub async fn create(
     run("create", &args).await.map(|_| ())
 }
 
+/// Points an image at another backing file without touching data
+/// (`qemu-img rebase -u`): the backing file moved, its contents did not.
+pub async fn rebase_unsafe(
+    path: &Path,
+    backing: &Path,
+    backing_format: &str,
+) -> Result<(), ImgError> {
+    let p = path.display().to_string();
+    let b = backing.display().to_string();
+    run(
+        "rebase",
+        &["rebase", "-u", "-b", &b, "-F", backing_format, &p],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Reads image facts; `-U` lets it inspect an image a running guest holds.
 pub async fn info(path: &Path) -> Result<ImageInfo, ImgError> {
     let p = path.display().to_string();

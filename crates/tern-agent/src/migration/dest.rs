@@ -60,7 +60,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             d.uuid
         )));
     }
-    if !req.options.unsafe_ && !req.options.offline {
+    if !req.options.unsafe_ && !req.options.offline && !req.options.cold {
         super::source::check_storage(agent, &d, &req.options)
             .await
             .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
@@ -70,13 +70,39 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     job.advance(Phase::Prepare)?;
     job.event(format!("incoming from {}", req.source_host));
 
-    if req.options.offline {
+    if req.options.offline || req.options.cold {
+        if req.options.cold {
+            if existing.is_some() {
+                agent.jobs.finish(&job);
+                return Err(AgentError::Conflict(format!(
+                    "domain '{}' already exists on the destination; use --dname to rename",
+                    d.name
+                )));
+            }
+            let target = match super::cold::prepare(agent, &job, &req.files, &req.options).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = job.advance(Phase::Failed);
+                    agent.jobs.finish(&job);
+                    return Err(e);
+                }
+            };
+            job.set_offline_def(d);
+            return Ok(PrepareReply {
+                version: PROTOCOL_VERSION,
+                id: req.id,
+                incoming: None,
+                nbd: None,
+                cold: Some(target),
+            });
+        }
         job.set_offline_def(d);
         return Ok(PrepareReply {
             version: PROTOCOL_VERSION,
             id: req.id,
             incoming: None,
             nbd: None,
+            cold: None,
         });
     }
 
@@ -124,6 +150,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                 id: req.id,
                 incoming: Some(target),
                 nbd,
+                cold: None,
             })
         }
         Err(e) => {
@@ -257,6 +284,29 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     check_version(req.version).map_err(invalid)?;
     let job = agent.jobs.get_id(&req.name, req.id)?;
     job.advance(Phase::Finish)?;
+    if req.options.cold {
+        let r = super::cold::finish(agent, &job, req.success, &req.options).await;
+        let reply = match (&r, req.success) {
+            (Ok(()), true) => {
+                job.advance(Phase::Completed)?;
+                FinishReply {
+                    version: PROTOCOL_VERSION,
+                    resumed: true,
+                    error: None,
+                }
+            }
+            _ => {
+                job.advance(Phase::Failed)?;
+                FinishReply {
+                    version: PROTOCOL_VERSION,
+                    resumed: false,
+                    error: r.err().map(|e| e.to_string()),
+                }
+            }
+        };
+        agent.jobs.finish(&job);
+        return Ok(reply);
+    }
     if req.options.offline {
         return finish_offline(agent, &job, &req).await;
     }

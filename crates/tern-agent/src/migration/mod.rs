@@ -2,6 +2,7 @@
 //! destination side ([`dest`]), and the operator's handles on a running job
 //! (`domjobinfo`, `domjobabort`, speed and downtime).
 
+pub mod cold;
 pub mod dest;
 pub mod forecast;
 pub mod source;
@@ -50,6 +51,8 @@ pub struct Job {
     offline_def: Mutex<Option<tern_model::Domain>>,
     /// Files the destination created for this migration (removed on failure).
     pub created: Mutex<Vec<std::path::PathBuf>>,
+    /// Receivers of a cold migration (destination).
+    pub cold: Mutex<Option<cold::Incoming>>,
     /// Bumped on every change, for long polls.
     changed: watch::Sender<u64>,
 }
@@ -88,6 +91,7 @@ impl Job {
             postcopy: watch::channel(false).0,
             offline_def: Mutex::new(None),
             created: Mutex::new(Vec::new()),
+            cold: Mutex::new(None),
             changed: watch::channel(0).0,
         })
     }

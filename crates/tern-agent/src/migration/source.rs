@@ -84,7 +84,12 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
     let slot = agent.domains.find(name)?;
     let e = slot.inner.lock().await;
     let active = e.run.is_some();
-    if !active && !o.offline {
+    if o.cold && active {
+        return Err(AgentError::Conflict(format!(
+            "domain '{name}' is running; a cold migration needs it shut off (or use --live)"
+        )));
+    }
+    if !active && !o.offline && !o.cold {
         return Err(AgentError::Conflict(format!(
             "domain '{name}' is not running; use --offline --persistent to move its definition"
         )));
@@ -94,7 +99,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         .as_ref()
         .map(|r| r.live.clone())
         .unwrap_or_else(|| e.def.clone());
-    if o.offline && !e.persistent {
+    if (o.offline || o.cold) && !e.persistent {
         return Err(AgentError::Conflict(format!(
             "domain '{name}' is transient; offline migration needs a stored definition"
         )));
@@ -131,11 +136,17 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
     } else {
         Vec::new()
     };
+    let files = if o.cold {
+        super::cold::describe(agent, &d).await?
+    } else {
+        Vec::new()
+    };
     Ok(BeginReply {
         version: PROTOCOL_VERSION,
         domain: d,
         active,
         disks,
+        files,
     })
 }
 
@@ -143,6 +154,29 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
 pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let slot = agent.domains.find(&req.name)?;
+    if req.options.cold {
+        let target = req.cold.clone().ok_or_else(|| {
+            AgentError::Invalid("a cold migration needs the destination's receivers".into())
+        })?;
+        let job = match agent.jobs.get(&slot.name) {
+            Some(j) if j.id == req.id => j,
+            _ => {
+                let j = Job::new(req.id, Role::Source, &slot.name, req.options.clone());
+                agent.jobs.insert(j.clone())?;
+                j.advance(Phase::Begin)?;
+                j
+            }
+        };
+        job.advance(Phase::Perform)?;
+        job.update(|i| i.operation = "Cold migration".into());
+        tokio::spawn(super::cold::send_all(
+            job,
+            req.files.clone(),
+            target,
+            req.options.clone(),
+        ));
+        return Ok(());
+    }
     let (qmp, was_running) = {
         let e = slot.inner.lock().await;
         let run = e
@@ -493,6 +527,46 @@ async fn apply(qmp: &tern_qemu::Qmp, job: &Job, a: &Action) {
 /// resume the guest here.
 pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    if req.options.cold {
+        let job = agent.jobs.get_id(&req.name, req.id)?;
+        job.advance(Phase::Confirm)?;
+        if req.success {
+            if req.options.delete_source_storage {
+                let def = agent
+                    .domains
+                    .find(&req.name)?
+                    .inner
+                    .lock()
+                    .await
+                    .def
+                    .clone();
+                for disk in def
+                    .devices
+                    .disks
+                    .iter()
+                    .filter(|k| k.device != tern_model::DiskDevice::Cdrom)
+                {
+                    if let Some(p) = &disk.source {
+                        if std::fs::remove_file(p).is_ok() {
+                            job.event(format!("deleted source disk {}", p.display()));
+                        }
+                    }
+                }
+            }
+            if req.options.undefine_source {
+                agent.undefine(&req.name, false).await?;
+            }
+            job.advance(Phase::Completed)?;
+        } else {
+            job.advance(if *job.cancel.borrow() {
+                Phase::Cancelled
+            } else {
+                Phase::Failed
+            })?;
+        }
+        agent.jobs.finish(&job);
+        return Ok(());
+    }
     if req.options.offline {
         // Only the definition moved; the source keeps running as it was.
         if req.success && req.options.undefine_source {

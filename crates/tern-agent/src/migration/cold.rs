@@ -1,0 +1,351 @@
+//! Cold migration: a shut-off guest's definition and every disk file (with
+//! its backing chain) move with the transfer engine (`tern-transfer`):
+//! allocated extents only, verified end to end, resumable.
+//!
+//! Begin lists the files; Prepare (destination) checks pools, room and
+//! names before anything is copied, then opens one receiver per file;
+//! Perform (source) sends them; Finish (destination) re-points backing
+//! files, defines the guest and starts it with `--auto-start`; Confirm
+//! (source) undefines and deletes source disks only when asked, and only
+//! after the destination verified its copies.
+
+use super::Job;
+use crate::error::{AgentError, Result};
+use crate::Agent;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tern_migrate::protocol::{ColdFile, ColdTarget};
+use tern_migrate::{JobKind, MigrateOptions};
+use tern_model::{DiskDevice, Domain};
+use tern_qemu::img;
+use tern_transfer::{Compression, ReceiveOptions, Receiver, SendOptions, SessionId, Stats};
+
+/// Receivers of one cold migration on the destination.
+#[derive(Debug, Default)]
+pub struct Incoming {
+    /// (file, final path, the receiver's result when it ends).
+    pub files: Vec<(
+        ColdFile,
+        PathBuf,
+        tokio::task::JoinHandle<tern_transfer::Result<Stats>>,
+    )>,
+    /// Cancel tokens.
+    pub cancels: Vec<tern_transfer::CancelToken>,
+}
+
+fn session_of(uuid: &uuid::Uuid, path: &std::path::Path, meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    h.update(uuid.as_bytes());
+    h.update(path.as_os_str().as_encoded_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(meta.mtime().to_le_bytes());
+    h.update(meta.mtime_nsec().to_le_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn session_id(hex: &str) -> Result<SessionId> {
+    let mut b = [0u8; 16];
+    if hex.len() != 32 {
+        return Err(AgentError::Invalid(format!(
+            "bad transfer session id '{hex}'"
+        )));
+    }
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| AgentError::Invalid(format!("bad transfer session id '{hex}'")))?;
+    }
+    Ok(SessionId(b))
+}
+
+/// Source, Begin: every file of every disk, top image first, backing after.
+pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
+    let mut out: Vec<ColdFile> = Vec::new();
+    for disk in &d.devices.disks {
+        let Some(top) = &disk.source else { continue };
+        if disk.device == DiskDevice::Cdrom {
+            continue;
+        }
+        let mut path = top.clone();
+        let mut depth = 0;
+        loop {
+            let info = img::info(&path).await?;
+            let meta = std::fs::metadata(&path).map_err(|e| AgentError::state(&path, e))?;
+            use std::os::unix::fs::MetadataExt;
+            let volume = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| AgentError::Invalid(format!("{} has no file name", path.display())))?
+                .to_string();
+            if out
+                .iter()
+                .any(|f| f.volume == volume && f.source_path != path)
+            {
+                return Err(AgentError::Conflict(format!(
+                    "two disk files are both named '{volume}'; they would collide in the destination pool"
+                )));
+            }
+            let backing_volume = info
+                .backing
+                .as_ref()
+                .and_then(|b| b.file_name())
+                .and_then(|n| n.to_str())
+                .map(str::to_string);
+            if !out.iter().any(|f| f.source_path == path) {
+                out.push(ColdFile {
+                    id: out.len() as u32,
+                    target: disk.target_dev.clone(),
+                    depth,
+                    pool: agent.pools.pool_of(&path).await.map(|p| p.name),
+                    volume,
+                    format: info.format.clone(),
+                    size: meta.len(),
+                    allocated: meta.blocks() * 512,
+                    backing_volume,
+                    session: session_of(&d.uuid, &path, &meta),
+                    source_path: path.clone(),
+                });
+            }
+            match info.backing {
+                Some(b) => {
+                    path = b;
+                    depth += 1;
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Destination, Prepare: checks, then one receiver per file.
+pub async fn prepare(
+    agent: &Arc<Agent>,
+    job: &Job,
+    files: &[ColdFile],
+    o: &MigrateOptions,
+) -> Result<ColdTarget> {
+    // Check everything before opening anything.
+    let mut plan = Vec::new();
+    let mut need: std::collections::BTreeMap<String, u64> = Default::default();
+    for f in files {
+        tern_model::names::validate_name("volume", &f.volume)?;
+        let pool = o.target_pool.clone().or(f.pool.clone()).ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "'{}' is not in a pool on the source; pass --target-pool",
+                f.volume
+            ))
+        })?;
+        let dir = agent.pools.active_dir(&pool).await.map_err(|e| {
+            AgentError::Conflict(format!("the destination cannot take '{}': {e}", f.volume))
+        })?;
+        let path = dir.join(&f.volume);
+        if path.exists() {
+            return Err(AgentError::Conflict(format!(
+                "volume '{}' already exists in pool '{pool}' on the destination; delete it or use --target-pool",
+                f.volume
+            )));
+        }
+        *need.entry(pool.clone()).or_default() += f.allocated;
+        plan.push((f.clone(), path));
+    }
+    for (pool, bytes) in &need {
+        let info = agent.pools.info(pool).await?;
+        if info.available < *bytes {
+            return Err(AgentError::Conflict(format!(
+                "pool '{pool}' on the destination has {} MiB free but the disks hold {} MiB; free space or pass --target-pool",
+                info.available >> 20,
+                bytes >> 20
+            )));
+        }
+    }
+    let mut incoming = Incoming::default();
+    let mut ports = Vec::new();
+    for (f, path) in plan {
+        let mut ro = ReceiveOptions::new(session_id(&f.session)?);
+        ro.resume = true;
+        let rx = bind_receiver(agent, &path, ro)?;
+        ports.push((f.id, rx.port()));
+        incoming.cancels.push(rx.cancel_token());
+        let handle = tokio::task::spawn_blocking(move || rx.wait());
+        incoming.files.push((f, path, handle));
+    }
+    job.event(format!("receiving {} file(s)", incoming.files.len()));
+    *job.cold.lock().unwrap_or_else(|p| p.into_inner()) = Some(incoming);
+    Ok(ColdTarget {
+        host: agent.migration_address(),
+        ports,
+    })
+}
+
+fn bind_receiver(agent: &Agent, path: &std::path::Path, ro: ReceiveOptions) -> Result<Receiver> {
+    let mut last = None;
+    for p in agent.cfg.migration_ports.clone() {
+        match Receiver::bind(("0.0.0.0", p), path.to_path_buf(), ro.clone()) {
+            Ok(r) => return Ok(r),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(AgentError::Failed(format!(
+        "cannot open a receiver for {}: {}",
+        path.display(),
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "no free port".into())
+    )))
+}
+
+/// Source, Perform: sends every file; the job completes when all arrived
+/// and verified.
+pub async fn send_all(job: Arc<Job>, files: Vec<ColdFile>, target: ColdTarget, o: MigrateOptions) {
+    let total: u64 = files.iter().map(|f| f.allocated).sum();
+    job.update(|i| i.set_disk(0, total));
+    let mut done_before = 0u64;
+    for f in &files {
+        let Some(port) = target
+            .ports
+            .iter()
+            .find(|(id, _)| *id == f.id)
+            .map(|(_, p)| *p)
+        else {
+            fail(
+                &job,
+                format!("the destination opened no receiver for '{}'", f.volume),
+            );
+            return;
+        };
+        let sid = match session_id(&f.session) {
+            Ok(s) => s,
+            Err(e) => return fail(&job, e.to_string()),
+        };
+        let mut so = SendOptions::new(sid);
+        so.compression = Compression::None;
+        if let Some(m) = o.bandwidth_mib.filter(|m| *m > 0) {
+            so.rate_limit = Some(m << 20);
+        }
+        let cancel = so.cancel.clone();
+        let mut cancel_rx = job.cancel.subscribe();
+        let watcher = tokio::spawn(async move {
+            let _ = cancel_rx.wait_for(|c| *c).await;
+            cancel.cancel();
+        });
+        let addr = (target.host.clone(), port);
+        let path = f.source_path.clone();
+        let j = job.clone();
+        let base = done_before;
+        let r = tokio::task::spawn_blocking(move || {
+            tern_transfer::send(addr, &path, &so, |p| {
+                j.update(|i| i.set_disk(base + p.bytes_done, total));
+            })
+        })
+        .await;
+        watcher.abort();
+        match r {
+            Ok(Ok(stats)) => {
+                done_before += f.allocated;
+                job.update(|i| {
+                    i.wire_bytes += stats.bytes_sent_wire;
+                    i.resumed_bytes += stats.bytes_skipped_resumed;
+                    i.set_disk(done_before.min(total), total);
+                });
+                job.event(format!(
+                    "sent {} ({} MiB data, {} MiB on the wire, {} MiB resumed, {} ms)",
+                    f.volume,
+                    stats.bytes_total_data >> 20,
+                    stats.bytes_sent_wire >> 20,
+                    stats.bytes_skipped_resumed >> 20,
+                    stats.elapsed.as_millis()
+                ));
+            }
+            Ok(Err(e)) => return fail(&job, format!("copying {}: {e}", f.volume)),
+            Err(e) => return fail(&job, format!("copying {}: {e}", f.volume)),
+        }
+    }
+    job.update(|i| {
+        i.kind = JobKind::Completed;
+        i.qemu_status = "completed".into();
+        i.time_elapsed_ms = job.started.elapsed().as_millis() as u64;
+    });
+    job.event("every file arrived and verified");
+}
+
+fn fail(job: &Job, msg: String) {
+    job.event(format!("cold copy failed: {msg}"));
+    let cancelled = *job.cancel.borrow();
+    job.update(|i| {
+        i.kind = if cancelled {
+            JobKind::Cancelled
+        } else {
+            JobKind::Failed
+        };
+        i.error = Some(msg);
+    });
+}
+
+/// Destination, Finish: waits for the receivers, re-points backing files,
+/// defines the guest (with its disks at their new paths) and starts it if
+/// asked. On failure the receivers are stopped; partial files stay for a
+/// retry to resume (a full disk removes them, see tern-transfer).
+pub async fn finish(
+    agent: &Arc<Agent>,
+    job: &Job,
+    success: bool,
+    o: &MigrateOptions,
+) -> Result<()> {
+    let incoming = job.cold.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(incoming) = incoming else {
+        return Err(AgentError::Failed("no cold transfer was prepared".into()));
+    };
+    if !success {
+        for c in &incoming.cancels {
+            c.cancel();
+        }
+        for (_, _, h) in incoming.files {
+            let _ = h.await;
+        }
+        return Ok(());
+    }
+    let mut placed: Vec<(ColdFile, PathBuf)> = Vec::new();
+    for (f, path, h) in incoming.files {
+        match h.await {
+            Ok(Ok(_)) => placed.push((f, path)),
+            Ok(Err(e)) => return Err(AgentError::Failed(format!("receiving {}: {e}", f.volume))),
+            Err(e) => return Err(AgentError::Failed(format!("receiving {}: {e}", f.volume))),
+        }
+    }
+    // Backing references inside qcow2 images name source paths: re-point
+    // them at the copies (metadata only).
+    for (f, path) in &placed {
+        if let Some(bv) = &f.backing_volume {
+            let Some((bf, bpath)) = placed
+                .iter()
+                .find(|(g, _)| &g.volume == bv && g.target == f.target)
+            else {
+                continue;
+            };
+            img::rebase_unsafe(path, bpath, &bf.format).await?;
+        }
+    }
+    let mut d = job
+        .take_offline_def()
+        .ok_or_else(|| AgentError::Failed("no prepared definition".into()))?;
+    for disk in d.devices.disks.iter_mut() {
+        if let Some((_, p)) = placed
+            .iter()
+            .find(|(f, _)| f.target == disk.target_dev && f.depth == 0)
+        {
+            disk.source = Some(p.clone());
+        }
+    }
+    let name = d.name.clone();
+    agent.define_domain(d).await?;
+    job.event("definition stored with the disks at their new paths");
+    if o.auto_start {
+        agent.start(&name, false).await?;
+        job.event("started on this host (--auto-start)");
+    }
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! The source side: [`send`] streams a file's allocated extents to a [`crate::Receiver`].
+
+use std::fs::File;
+use std::io::{IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::extents::{self, ChunkPlan, ZERO_BLOCK};
+use crate::journal::Bitmap;
+use crate::ratelimit::TokenBucket;
+use crate::session::{Compression, Progress, SendOptions, Stats};
+use crate::wire::{self, ChunkHeader, Hello, Kind};
+
+/// Sends the file at `src` to the receiver listening at `addr`.
+///
+/// Only allocated extents travel; all-zero 64 KiB blocks are skipped; every chunk carries
+/// its BLAKE3 hash, which the receiver checks before acknowledging the whole file. If the
+/// receiver already holds verified chunks of the same session and unchanged source, they
+/// are skipped. `progress` runs on the calling thread every `opts.progress_interval` and
+/// once at the end. Returns after the receiver confirmed that the file is complete.
+pub fn send(
+    addr: impl ToSocketAddrs,
+    src: &Path,
+    opts: &SendOptions,
+    mut progress: impl FnMut(Progress),
+) -> Result<Stats> {
+    let start = Instant::now();
+    check_options(opts)?;
+    let file = File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading metadata of {}", src.display()), e))?;
+    let extents = extents::extents_of(&file, meta.len())
+        .map_err(|e| Error::io(format!("mapping extents of {}", src.display()), e))?;
+    let plan = ChunkPlan::new(&extents, opts.chunk_size);
+    let chunk_count = plan.chunks.len() as u64;
+    if chunk_count > wire::MAX_CHUNK_COUNT {
+        return Err(Error::InvalidOptions(format!(
+            "{} needs {chunk_count} chunks, more than the protocol's {}; use a larger chunk size",
+            src.display(),
+            wire::MAX_CHUNK_COUNT
+        )));
+    }
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::Connect { addr: "(unresolved)".into(), source: e })?
+        .collect();
+    let nstreams = opts.streams.min(chunk_count.max(1).min(u64::from(u16::MAX)) as u16);
+    let hello = Hello {
+        flags: if matches!(opts.compression, Compression::Zstd(_)) { wire::FLAG_ZSTD } else { 0 },
+        session: opts.session.0,
+        stream_index: 0,
+        stream_count: nstreams,
+        chunk_size: opts.chunk_size,
+        file_size: meta.len(),
+        chunk_count,
+        data_bytes: plan.data_bytes,
+        fingerprint: extents::fingerprint(&meta, &extents, opts.chunk_size),
+    };
+
+    let mut control = connect(&addrs, opts)?;
+    let (flags, bitmap) = handshake(&mut control, &hello, 0)?;
+    let done = Bitmap::from_bytes(&bitmap, chunk_count)
+        .ok_or_else(|| Error::Protocol("resume bitmap has the wrong size".into()))?;
+    let compression = match opts.compression {
+        Compression::Zstd(level) if flags & wire::FLAG_ZSTD != 0 => Some(level),
+        _ => None,
+    };
+    let mut streams = vec![control.try_clone().map_err(|e| Error::io("cloning a socket", e))?];
+    for i in 1..nstreams {
+        let mut s = connect(&addrs, opts)?;
+        handshake(&mut s, &Hello { stream_index: i, ..hello.clone() }, i)?;
+        streams.push(s);
+    }
+
+    let work: Vec<usize> = (0..plan.chunks.len()).filter(|&i| !done.get(i as u64)).collect();
+    let resumed_bytes: u64 = (0..plan.chunks.len())
+        .filter(|&i| done.get(i as u64))
+        .map(|i| u64::from(plan.chunks[i].len))
+        .sum();
+    let shared = Arc::new(Shared {
+        file,
+        plan,
+        work,
+        next: AtomicUsize::new(0),
+        abort: AtomicBool::new(false),
+        bytes_done: AtomicU64::new(0),
+        wire: AtomicU64::new(0),
+        zero: AtomicU64::new(0),
+        chunks: AtomicU64::new(0),
+        bucket: opts.rate_limit.map(TokenBucket::new),
+        compression,
+    });
+
+    // The receiver only ever speaks on the control stream: Done, or Error at any time.
+    let (final_tx, final_rx) = mpsc::channel();
+    let mut reader = control.try_clone().map_err(|e| Error::io("cloning a socket", e))?;
+    let _ = reader.set_read_timeout(None);
+    std::thread::Builder::new()
+        .name("tern-send-ctl".into())
+        .spawn(move || {
+            let _ = final_tx.send(read_final(&mut reader));
+        })
+        .map_err(|e| Error::io("spawning a thread", e))?;
+
+    let mut workers = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let s = s.try_clone().map_err(|e| Error::io("cloning a socket", e))?;
+        let sh = shared.clone();
+        let w = std::thread::Builder::new()
+            .name(format!("tern-send-{i}"))
+            .spawn(move || worker(&sh, s, i as u16))
+            .map_err(|e| Error::io("spawning a thread", e))?;
+        workers.push(w);
+    }
+
+    // Handshakes (preface, Hello) on every stream and the final Finish also crossed the wire.
+    let hs = (wire::PREFACE_LEN + wire::FRAME_HEADER_LEN + hello.encode().len()) as u64;
+    shared.wire.fetch_add(hs * u64::from(nstreams) + wire::FRAME_HEADER_LEN as u64, Ordering::Relaxed);
+    let total = shared.plan.data_bytes;
+    let report = |sh: &Shared| {
+        let sent = sh.bytes_done.load(Ordering::Relaxed);
+        Progress {
+            bytes_done: resumed_bytes + sent,
+            bytes_total: total,
+            bytes_per_sec: sent as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        }
+    };
+    let mut remote: Option<Result<()>> = None;
+    let mut last_report = Instant::now();
+    while !workers.iter().all(|w| w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(10).min(opts.progress_interval));
+        if opts.cancel.is_cancelled() {
+            shared.abort.store(true, Ordering::SeqCst);
+            shutdown_all(&streams);
+        } else if remote.is_some() {
+            shared.abort.store(true, Ordering::SeqCst);
+        } else if let Ok(r) = final_rx.try_recv() {
+            remote = Some(r.and(Err(Error::Protocol("receiver finished before the sender".into()))));
+            shared.abort.store(true, Ordering::SeqCst);
+            shutdown_all(&streams);
+        }
+        if last_report.elapsed() >= opts.progress_interval {
+            progress(report(&shared));
+            last_report = Instant::now();
+        }
+    }
+    let mut first_err = None;
+    for w in workers {
+        let r = w.join().unwrap_or_else(|_| Err(Error::Internal("a sender thread panicked".into())));
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    let cancelled = opts.cancel.is_cancelled();
+    if first_err.is_none() && remote.is_none() && !cancelled && source_changed(src, &meta) {
+        first_err = Some(Error::SourceChanged(src.to_path_buf()));
+    }
+    if cancelled || first_err.is_some() || remote.is_some() {
+        if remote.is_none() {
+            let msg = match &first_err {
+                Some(e) if !cancelled => format!("sender failed: {e}"),
+                _ => "the sender cancelled the transfer".to_string(),
+            };
+            let _ = wire::write_frame(&mut control, Kind::Error, wire::text_body(&msg));
+        }
+        // The receiver's own error (checksum, disk full...) explains more than a broken pipe.
+        let remote = remote.or_else(|| final_rx.recv_timeout(Duration::from_secs(2)).ok());
+        shutdown_all(&streams);
+        return Err(match (cancelled, remote, first_err) {
+            (true, _, _) => Error::Cancelled,
+            (_, Some(Err(r @ Error::Remote(_))), _) => r,
+            (_, _, Some(e)) => e,
+            (_, Some(Err(r)), None) => r,
+            (_, _, None) => Error::Internal("transfer aborted without a reason".into()),
+        });
+    }
+    wire::write_frame(&mut control, Kind::Finish, &[])
+        .map_err(|e| Error::LinkLost { stream: 0, context: "sending Finish".into(), source: e })?;
+    let result = final_rx
+        .recv_timeout(opts.io_timeout)
+        .unwrap_or(Err(Error::Timeout("waiting for the receiver to confirm the file".into())));
+    shutdown_all(&streams);
+    result?;
+    progress(report(&shared));
+    Ok(Stats {
+        bytes_total_data: total,
+        bytes_sent_wire: shared.wire.load(Ordering::Relaxed),
+        bytes_skipped_resumed: resumed_bytes,
+        bytes_zero_skipped: shared.zero.load(Ordering::Relaxed),
+        chunks: shared.chunks.load(Ordering::Relaxed),
+        chunks_resumed: chunk_count - shared.work.len() as u64,
+        compressed: compression.is_some(),
+        streams: nstreams,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn check_options(opts: &SendOptions) -> Result<()> {
+    let cs = opts.chunk_size;
+    if cs == 0 || cs % ZERO_BLOCK as u32 != 0 || cs > extents::MAX_CHUNK_SIZE {
+        return Err(Error::InvalidOptions(format!(
+            "chunk size {cs} must be a multiple of 64 KiB between 64 KiB and 4 MiB"
+        )));
+    }
+    if opts.streams == 0 || opts.streams > 64 {
+        return Err(Error::InvalidOptions(format!("{} streams is outside 1..=64", opts.streams)));
+    }
+    if opts.rate_limit == Some(0) {
+        return Err(Error::InvalidOptions("a rate limit of 0 bytes/s would never finish".into()));
+    }
+    Ok(())
+}
+
+fn source_changed(src: &Path, before: &std::fs::Metadata) -> bool {
+    match std::fs::metadata(src) {
+        Ok(m) => m.len() != before.len() || m.mtime() != before.mtime() || m.mtime_nsec() != before.mtime_nsec(),
+        Err(_) => true,
+    }
+}
+
+fn shutdown_all(streams: &[TcpStream]) {
+    for s in streams {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+fn connect(addrs: &[SocketAddr], opts: &SendOptions) -> Result<TcpStream> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(a, opts.connect_timeout) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                if let Ok(v) = std::env::var("TERN_XFER_SOCKBUF") { crate::wire::set_bufs(&s, v.parse().unwrap_or(0)); }
+                s.set_write_timeout(Some(opts.io_timeout))
+                    .and_then(|_| s.set_read_timeout(Some(opts.io_timeout)))
+                    .map_err(|e| Error::io("configuring a socket", e))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some((a.to_string(), e)),
+        }
+    }
+    let (addr, source) = last.unwrap_or_else(|| ("(no address)".into(), std::io::ErrorKind::NotFound.into()));
+    Err(Error::Connect { addr, source })
+}
+
+/// Sends preface + Hello, reads the receiver's preface + Welcome; returns its flags and bitmap.
+fn handshake(s: &mut TcpStream, hello: &Hello, stream: u16) -> Result<(u16, Vec<u8>)> {
+    let lost = |context: &str, e| Error::LinkLost { stream, context: context.into(), source: e };
+    let h = wire::frame_header(Kind::Hello, hello.encode().len());
+    wire::write_all_vectored(
+        s,
+        &mut [IoSlice::new(&wire::preface()), IoSlice::new(&h), IoSlice::new(&hello.encode())],
+    )
+    .map_err(|e| lost("sending Hello", e))?;
+    let mut p = [0u8; wire::PREFACE_LEN];
+    s.read_exact(&mut p).map_err(|e| lost("reading the receiver's preface", e))?;
+    wire::check_preface(&p)?;
+    let (kind, len) = wire::read_frame_header(s).map_err(|e| lost("reading Welcome", e))??;
+    let mut body = Vec::new();
+    wire::read_body(s, &mut body, len).map_err(|e| lost("reading Welcome", e))?;
+    match kind {
+        Kind::Welcome => {
+            let mut f = wire::Fields::new(&body, "Welcome");
+            let flags = f.u16()?;
+            Ok((flags, f.rest().to_vec()))
+        }
+        Kind::Reject => Err(Error::Rejected(wire::decode_text(&body))),
+        Kind::Error => Err(Error::Remote(wire::decode_text(&body))),
+        k => Err(Error::Protocol(format!("expected Welcome, got {k:?}"))),
+    }
+}
+
+/// Waits for the receiver's last word on the control stream.
+fn read_final(s: &mut TcpStream) -> Result<()> {
+    let lost = |e| Error::LinkLost { stream: 0, context: "waiting for the receiver's confirmation".into(), source: e };
+    let (kind, len) = wire::read_frame_header(s).map_err(lost)??;
+    let mut body = Vec::new();
+    wire::read_body(s, &mut body, len).map_err(lost)?;
+    match kind {
+        Kind::Done => Ok(()),
+        Kind::Error => Err(Error::Remote(wire::decode_text(&body))),
+        k => Err(Error::Protocol(format!("unexpected {k:?} frame from the receiver"))),
+    }
+}
+
+/// Bytes read and hashed at a time when not compressing: small enough to stay in cache.
+const PIECE: usize = 256 * 1024;
+
+struct Shared {
+    file: File,
+    plan: ChunkPlan,
+    work: Vec<usize>,
+    next: AtomicUsize,
+    abort: AtomicBool,
+    bytes_done: AtomicU64,
+    wire: AtomicU64,
+    zero: AtomicU64,
+    chunks: AtomicU64,
+    bucket: Option<TokenBucket>,
+    compression: Option<i32>,
+}
+
+/// One stream: takes chunks from the shared queue until it is empty, then sends End.
+fn worker(sh: &Shared, mut s: TcpStream, stream: u16) -> Result<()> {
+    let lost = |context: String, e| Error::LinkLost { stream, context, source: e };
+    let max_chunk = sh.plan.chunks.iter().map(|c| c.len as usize).max().unwrap_or(0);
+    let mut buf = vec![0u8; if sh.compression.is_some() { max_chunk } else { PIECE.min(max_chunk) }];
+    let read_err = |offset: u64, e| Error::io(format!("reading the source at offset {offset}"), e);
+    let mut staging = Vec::new();
+    let mut packed = Vec::new();
+    let mut zc = match sh.compression {
+        Some(level) => Some(zstd::bulk::Compressor::new(level).map_err(|e| Error::io("starting zstd", e))?),
+        None => None,
+    };
+    loop {
+        if sh.abort.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let w = sh.next.fetch_add(1, Ordering::Relaxed);
+        let Some(&index) = sh.work.get(w) else { break };
+        let c = sh.plan.chunks[index];
+        let (hash, mask) = if sh.compression.is_some() {
+            let data = &mut buf[..c.len as usize];
+            sh.file.read_exact_at(data, c.offset).map_err(|e| read_err(c.offset, e))?;
+            (*blake3::hash(data).as_bytes(), extents::zero_mask(data))
+        } else {
+            // Only hash and zero-scan here, a cache-sized piece at a time; the payload
+            // itself goes out with sendfile below.
+            let mut hasher = blake3::Hasher::new();
+            let mut mask = 0u64;
+            for start in (0..c.len as usize).step_by(PIECE) {
+                let piece = &mut buf[..PIECE.min(c.len as usize - start)];
+                sh.file.read_exact_at(piece, c.offset + start as u64).map_err(|e| read_err(c.offset, e))?;
+                hasher.update(piece);
+                mask |= extents::zero_mask(piece) << (start / ZERO_BLOCK);
+            }
+            (*hasher.finalize().as_bytes(), mask)
+        };
+        let data = &buf[..if sh.compression.is_some() { c.len as usize } else { 0 }];
+        let runs: Vec<_> = extents::runs(c.len as usize, mask).filter(|r| !r.0).collect();
+        let raw_len: usize = runs.iter().map(|r| r.2).sum();
+        let mut header = ChunkHeader { index: index as u64, offset: c.offset, len: c.len, flags: 0, zero_mask: mask, hash };
+        if let Some(z) = zc.as_mut().filter(|_| raw_len > 0) {
+            let input: &[u8] = if mask == 0 {
+                data
+            } else {
+                staging.clear();
+                for r in &runs {
+                    staging.extend_from_slice(&data[r.1..r.1 + r.2]);
+                }
+                &staging
+            };
+            packed.clear();
+            packed.reserve(zstd::zstd_safe::compress_bound(input.len()));
+            let n = z.compress_to_buffer(input, &mut packed).map_err(|e| Error::io("compressing a chunk", e))?;
+            if n < raw_len {
+                header.flags = wire::CHUNK_COMPRESSED;
+            }
+        }
+        let payload_len = if header.flags & wire::CHUNK_COMPRESSED != 0 { packed.len() } else { raw_len };
+        let mut head = [0u8; wire::FRAME_HEADER_LEN + wire::CHUNK_HEADER_LEN];
+        head[..wire::FRAME_HEADER_LEN]
+            .copy_from_slice(&wire::frame_header(Kind::Chunk, wire::CHUNK_HEADER_LEN + payload_len));
+        head[wire::FRAME_HEADER_LEN..].copy_from_slice(&header.encode());
+        let wire_len = (head.len() + payload_len) as u64;
+        if let Some(b) = &sh.bucket {
+            std::thread::sleep(b.take(wire_len));
+        }
+        let sent = if header.flags & wire::CHUNK_COMPRESSED != 0 {
+            wire::write_all_vectored(&mut s, &mut [IoSlice::new(&head), IoSlice::new(&packed)])
+        } else if sh.compression.is_some() {
+            // Incompressible: the bytes are in memory already.
+            let mut slices = vec![IoSlice::new(&head)];
+            slices.extend(runs.iter().map(|r| IoSlice::new(&data[r.1..r.1 + r.2])));
+            wire::write_all_vectored(&mut s, &mut slices)
+        } else {
+            // The payload goes from the page cache to the socket without a user-space copy;
+            // if the file changed since it was hashed, the receiver's check fails.
+            send_more(&s, &head).and_then(|_| {
+                runs.iter().try_for_each(|r| send_file(&s, &sh.file, c.offset + r.1 as u64, r.2))
+            })
+        };
+        sent.map_err(|e| lost(format!("sending chunk {index}"), e))?;
+        sh.wire.fetch_add(wire_len, Ordering::Relaxed);
+        sh.zero.fetch_add(u64::from(c.len) - raw_len as u64, Ordering::Relaxed);
+        sh.bytes_done.fetch_add(u64::from(c.len), Ordering::Relaxed);
+        sh.chunks.fetch_add(1, Ordering::Relaxed);
+    }
+    if stream != 0 {
+        wire::write_frame(&mut s, Kind::End, &[]).map_err(|e| lost("sending End".into(), e))?;
+        sh.wire.fetch_add(wire::FRAME_HEADER_LEN as u64, Ordering::Relaxed);
+    }
+    s.flush().map_err(|e| lost("flushing".into(), e))
+}
+
+/// Writes `buf` with MSG_MORE so it shares a segment with the payload that follows.
+fn send_more(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is an open socket.
+        let n = unsafe { libc::send(s.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_MORE) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Sends `len` bytes of `file` at `offset` with sendfile(2).
+fn send_file(s: &TcpStream, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
+    let mut off = offset as libc::off_t;
+    let mut left = len;
+    while left > 0 {
+        // SAFETY: both descriptors are open; `off` is a valid in/out offset.
+        let n = unsafe { libc::sendfile(s.as_raw_fd(), file.as_raw_fd(), &mut off, left) };
+        match n {
+            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the source file shrank")),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => left -= n as usize,
+        }
+    }
+    Ok(())
+}
