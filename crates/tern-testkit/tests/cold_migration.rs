@@ -1,0 +1,196 @@
+//! Cold migration: a shut-off guest's definition and disks (with backing
+//! chains) move with the transfer engine; refusals happen before any copy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
+
+struct Hosts {
+    a: TernHost,
+    b: TernHost,
+    ia: PathBuf,
+    ib: PathBuf,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn hosts(name: &str) -> Hosts {
+    let da = tempfile::Builder::new()
+        .prefix("tern-ca-")
+        .tempdir()
+        .unwrap();
+    let db = tempfile::Builder::new()
+        .prefix("tern-cb-")
+        .tempdir()
+        .unwrap();
+    let a = TernHost::start(&format!("{name}-a"));
+    let b = TernHost::start(&format!("{name}-b"));
+    a.add_pool("images", da.path(), false);
+    b.add_pool("images", db.path(), false);
+    Hosts {
+        a,
+        b,
+        ia: da.path().to_path_buf(),
+        ib: db.path().to_path_buf(),
+        _dirs: vec![da, db],
+    }
+}
+
+fn guest(name: &str, disk: &Path) -> GuestSpec {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut g = GuestSpec::new(name, &img).workload(
+        "tern.mem=16 tern.verify_rate=32 tern.disk=/dev/vda tern.disk_mb=8 tern.disk_rate=512",
+    );
+    g.disks.push(TestDisk {
+        path: disk.to_path_buf(),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    g
+}
+
+fn migrate(h: &Hosts, name: &str, flags: &[&str]) -> std::process::Output {
+    let bu = h.b.uri();
+    let mut args = vec!["migrate"];
+    args.extend_from_slice(flags);
+    args.extend([name, bu.as_str()]);
+    h.a.tern(&args)
+}
+
+fn err_line(o: &std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(e.lines().count(), 1, "{e}");
+    e
+}
+
+/// Boots the guest once so its disk holds checksummed blocks, then shuts it down.
+fn write_blocks(h: &TernHost, name: &str) {
+    h.ok(&["start", name]);
+    h.wait_console(name, Duration::from_secs(90), "disk writes", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") >= 2
+    });
+    h.ok(&["shutdown", name]);
+}
+
+#[test]
+fn cold_migration_moves_a_backing_chain_that_boots_and_verifies_there() {
+    let h = hosts("cold");
+    h.a.ok(&[
+        "vol-create-as",
+        "images",
+        "base.qcow2",
+        "32M",
+        "--format",
+        "qcow2",
+    ]);
+    h.a.define_guest(&guest("c0", &h.ia.join("base.qcow2")));
+    write_blocks(&h.a, "c0");
+    h.a.ok(&["undefine", "c0"]);
+    h.a.ok(&[
+        "vol-create-as",
+        "images",
+        "top.qcow2",
+        "--format",
+        "qcow2",
+        "--backing-vol",
+        "base.qcow2",
+    ]);
+    h.a.define_guest(&guest("cold1", &h.ia.join("top.qcow2")));
+    write_blocks(&h.a, "cold1");
+
+    // Refused before any copy: a running guest, a name clash, a missing pool.
+    h.a.ok(&["start", "cold1"]);
+    assert!(err_line(&migrate(&h, "cold1", &["--cold"])).contains("shut off"));
+    h.a.ok(&["destroy", "cold1"]);
+    let clash = guest("cold1", &h.ib.join("other.qcow2")).to_xml();
+    let f = h.b.root.join("clash.xml");
+    std::fs::write(&f, clash).unwrap();
+    h.b.ok(&["define", f.to_str().unwrap()]);
+    assert!(err_line(&migrate(&h, "cold1", &["--cold"])).contains("--dname"));
+    h.b.ok(&["undefine", "cold1"]);
+    assert!(err_line(&migrate(&h, "cold1", &["--cold", "--target-pool", "nope"])).contains("nope"));
+    assert_eq!(
+        std::fs::read_dir(&h.ib).unwrap().count(),
+        0,
+        "something was copied"
+    );
+
+    let out = migrate(&h, "cold1", &["--cold", "--verbose", "--undefinesource"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("on the wire"), "{text}");
+    // The chain arrived, re-pointed at the copied base, equal to the source.
+    for f in ["top.qcow2", "base.qcow2"] {
+        let st = Command::new("qemu-img")
+            .args(["compare", "-q"])
+            .arg(h.ia.join(f))
+            .arg(h.ib.join(f))
+            .status()
+            .unwrap();
+        assert!(st.success(), "{f} differs");
+    }
+    let top: serde_json::Value =
+        serde_json::from_str(&h.b.ok(&["vol-info", "top.qcow2", "--pool", "images", "--json"]))
+            .unwrap();
+    assert_eq!(top["backing"], h.ib.join("base.qcow2").to_str().unwrap());
+    // Defined on the destination, gone from the source, source disks kept.
+    assert!(!h.a.ok(&["list", "--all", "--name"]).contains("cold1"));
+    assert!(h.ia.join("top.qcow2").exists());
+    assert_eq!(h.b.ok(&["domstate", "cold1"]).trim(), "shut off");
+    // It boots there and every block verifies from the disk.
+    h.b.ok(&["start", "cold1"]);
+    let text =
+        h.b.wait_console("cold1", Duration::from_secs(90), "disk verification", |t| {
+            t.contains("TERN-DISK verified") || t.contains("TERN-FAIL")
+        });
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
+
+#[test]
+fn cold_migration_with_auto_start_and_source_storage_deletion() {
+    let h = hosts("cauto");
+    h.a.ok(&[
+        "vol-create-as",
+        "images",
+        "ca.qcow2",
+        "32M",
+        "--format",
+        "qcow2",
+    ]);
+    h.a.define_guest(&guest("ca", &h.ia.join("ca.qcow2")));
+    write_blocks(&h.a, "ca");
+    // `--offline --copy-storage-all` is the same cold migration.
+    let out = migrate(
+        &h,
+        "ca",
+        &[
+            "--offline",
+            "--persistent",
+            "--copy-storage-all",
+            "--auto-start",
+            "--delete-source-storage",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(h.b.ok(&["domstate", "ca"]).starts_with("running"));
+    assert!(!h.ia.join("ca.qcow2").exists(), "source disk kept");
+    let text =
+        h.b.wait_console("ca", Duration::from_secs(90), "disk verification", |t| {
+            t.contains("TERN-DISK verified") || t.contains("TERN-FAIL")
+        });
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
