@@ -168,6 +168,10 @@ pub async fn prepare(
     for (f, path) in plan {
         let mut ro = ReceiveOptions::new(session_id(&f.session)?);
         ro.resume = true;
+        ro.io_timeout = agent
+            .cfg
+            .stall_timeout
+            .max(std::time::Duration::from_secs(5));
         let rx = bind_receiver(agent, &path, ro)?;
         ports.push((f.id, rx.port()));
         incoming.cancels.push(rx.cancel_token());
@@ -200,7 +204,13 @@ fn bind_receiver(agent: &Agent, path: &std::path::Path, ro: ReceiveOptions) -> R
 
 /// Source, Perform: sends every file; the job completes when all arrived
 /// and verified.
-pub async fn send_all(job: Arc<Job>, files: Vec<ColdFile>, target: ColdTarget, o: MigrateOptions) {
+pub async fn send_all(
+    job: Arc<Job>,
+    files: Vec<ColdFile>,
+    target: ColdTarget,
+    o: MigrateOptions,
+    stall: std::time::Duration,
+) {
     let total: u64 = files.iter().map(|f| f.allocated).sum();
     job.update(|i| i.set_disk(0, total));
     let mut done_before = 0u64;
@@ -223,6 +233,8 @@ pub async fn send_all(job: Arc<Job>, files: Vec<ColdFile>, target: ColdTarget, o
         };
         let mut so = SendOptions::new(sid);
         so.compression = Compression::None;
+        // A cut link must fail the copy as quickly as it fails a live migration.
+        so.io_timeout = stall;
         if let Some(m) = o.bandwidth_mib.filter(|m| *m > 0) {
             so.rate_limit = Some(m << 20);
         }

@@ -174,6 +174,7 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
             req.files.clone(),
             target,
             req.options.clone(),
+            agent.cfg.stall_timeout,
         ));
         return Ok(());
     }
