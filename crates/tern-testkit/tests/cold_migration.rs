@@ -194,3 +194,106 @@ fn cold_migration_with_auto_start_and_source_storage_deletion() {
         });
     assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
 }
+
+/// A tmpfs mount removed on drop.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn destination_filling_up_mid_copy_fails_clearly_and_leaves_nothing() {
+    if !tern_testkit::netns::is_root() {
+        println!("skipping: mounting a small tmpfs pool needs root");
+        return;
+    }
+    let h = hosts("full");
+    let small = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64M", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _mount = Tmpfs(small.path().to_path_buf());
+    h.b.add_pool("small", small.path(), false);
+    // 40 MiB of data: it fits when checked, but not once something else
+    // takes the room during the copy.
+    let disk = h.ia.join("big.raw");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&disk).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..40 {
+            for c in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let before = std::fs::read(&disk).unwrap();
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut g = GuestSpec::new("full1", &img);
+    g.disks.push(TestDisk {
+        path: disk.clone(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    h.a.define_guest(&g);
+    let child = Command::new(tern_testkit::bin("tern"))
+        .args([
+            "-c",
+            &h.a.uri(),
+            "migrate",
+            "--cold",
+            "--target-pool",
+            "small",
+            "--bandwidth",
+            "8",
+        ])
+        .args(["full1", &h.b.uri()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&h.a.ok(&["domjobinfo", "full1", "--json"])).unwrap();
+        if j["disk_processed"].as_u64().unwrap_or(0) > 4 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy never started: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Something else fills the pool.
+    let filler = small.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=40", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let e = err_line(&out);
+    assert!(e.contains("space"), "{e}");
+    std::fs::remove_file(&filler).unwrap();
+    let left: Vec<_> = std::fs::read_dir(small.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(std::fs::read(&disk).unwrap(), before, "the source changed");
+    assert!(h.a.ok(&["list", "--all", "--name"]).contains("full1"));
+    assert!(!h.b.ok(&["list", "--all", "--name"]).contains("full1"));
+}
