@@ -5,6 +5,7 @@
 pub mod cold;
 pub mod dest;
 pub mod forecast;
+mod perform;
 pub mod source;
 pub mod storage;
 

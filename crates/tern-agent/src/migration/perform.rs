@@ -1,0 +1,320 @@
+//! Following a running migration on the source: mirrors first (if any),
+//! then QEMU's migration, watched until it ends — timeouts, post-copy
+//! switches, cancels, stall detection and the convergence policy's steps.
+
+use super::Job;
+use crate::error::AgentError;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_migrate::policy::{self, Action, Observation, PolicyState};
+use tern_migrate::protocol::PerformRequest;
+use tern_migrate::{JobKind, MigrateOptions, TimeoutAction};
+
+/// How often Perform reads QEMU's figures.
+const POLL: Duration = Duration::from_millis(100);
+
+pub(super) fn fail(job: &Job, e: &AgentError) {
+    job.event(format!("could not start: {e}"));
+    job.update(|i| {
+        i.kind = JobKind::Failed;
+        i.error = Some(e.to_string());
+    });
+}
+
+/// Perform's background part: mirror disks (if any), start QEMU's
+/// migration, then follow it.
+pub(super) async fn run(job: Arc<Job>, qmp: tern_qemu::Qmp, req: PerformRequest, stall: Duration) {
+    let o = &req.options;
+    if let Some(nbd) = &req.nbd {
+        if let Err(e) = super::storage::mirror(&qmp, nbd, o, &job).await {
+            super::storage::abandon(&qmp, nbd).await;
+            let cancelled = *job.cancel.borrow();
+            fail(&job, &e);
+            if cancelled {
+                job.update(|i| i.kind = JobKind::Cancelled);
+            }
+            return;
+        }
+    }
+    if let Err(e) = qmp
+        .execute("migrate", Some(json!({ "uri": req.target.qemu_uri() })))
+        .await
+    {
+        if let Some(nbd) = &req.nbd {
+            super::storage::abandon(&qmp, nbd).await;
+        }
+        fail(&job, &e.into());
+        return;
+    }
+    job.event(format!(
+        "sending memory to {} (bandwidth {}, max downtime {} ms)",
+        req.target.qemu_uri(),
+        match o.bandwidth_mib {
+            None | Some(0) => "unlimited".to_string(),
+            Some(m) => format!("{m} MiB/s"),
+        },
+        o.max_downtime_ms
+            .unwrap_or(tern_migrate::options::DEFAULT_MAX_DOWNTIME_MS)
+    ));
+    watch(
+        job.clone(),
+        qmp.clone(),
+        req.options.clone(),
+        stall,
+        req.nbd.clone(),
+    )
+    .await;
+    if let Some(nbd) = &req.nbd {
+        if job.info().kind != JobKind::Completed {
+            super::storage::abandon(&qmp, nbd).await;
+        }
+    }
+}
+
+/// Follows QEMU's migration until it ends, applying timeouts, post-copy
+/// switches, cancels, and stall detection.
+async fn watch(
+    job: Arc<Job>,
+    qmp: tern_qemu::Qmp,
+    o: MigrateOptions,
+    stall: Duration,
+    nbd: Option<tern_migrate::protocol::NbdTarget>,
+) {
+    let start = Instant::now();
+    let mut last_iter = 0;
+    let mut last_bytes = 0;
+    let mut last_progress = Instant::now();
+    let mut timeout_fired = false;
+    let mut postcopy_started = false;
+    let mut cancelled = false;
+    let mut cancel_rx = job.cancel.subscribe();
+    let mut post_rx = job.postcopy.subscribe();
+    let mut events = qmp.events();
+    let mut paused_at: Option<Instant> = None;
+    let policy = o.policy_on().then(|| o.policy_config());
+    let mut pstate = PolicyState::new(o.initial_downtime_ms());
+    job.update(|i| i.downtime_limit_ms = Some(pstate.downtime_ms));
+    if let Some(c) = &policy {
+        job.event(format!(
+            "convergence policy on: deadline {} s, downtime {} ms up to {} ms",
+            c.deadline_ms / 1000,
+            pstate.downtime_ms,
+            c.max_downtime_ms
+        ));
+    }
+    loop {
+        // Wake on QEMU's MIGRATION events (completion above all), or
+        // on the tick to refresh the figures.
+        let io_error = tokio::select! {
+            _ = tokio::time::sleep(POLL) => false,
+            io = async {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) if ev.name == "MIGRATION" => return false,
+                        Ok(ev) if ev.name == "BLOCK_IO_ERROR" => return true,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
+                        Err(_) => return std::future::pending::<bool>().await,
+                    }
+                }
+            } => io,
+        };
+        if io_error && o.abort_on_error && !cancelled {
+            job.event("disk I/O error during migration: aborting (--abort-on-error)");
+            cancelled = true;
+            let _ = qmp.execute("migrate_cancel", None).await;
+            job.update(|i| {
+                i.error = Some("aborted after a disk I/O error (--abort-on-error)".into())
+            });
+        }
+        let q = match qmp.execute("query-migrate", None).await {
+            Ok(q) => q,
+            Err(e) => {
+                job.event(format!("lost the source QEMU: {e}"));
+                job.update(|i| {
+                    i.kind = JobKind::Failed;
+                    i.error = Some(format!("source QEMU went away: {e}"));
+                });
+                return;
+            }
+        };
+        // QEMU announces "completed" a moment before it has filled in the
+        // total time and downtime; wait for the figures.
+        let mut q = q;
+        for _ in 0..500 {
+            if q["status"] != "completed" || q["total-time"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            match qmp.execute("query-migrate", None).await {
+                Ok(again) => q = again,
+                Err(_) => break,
+            }
+        }
+        job.update(|i| i.update_from_qemu(&q));
+        if let Some(nbd) = &nbd {
+            if let Ok((_, done, total)) = super::storage::progress(&qmp, nbd).await {
+                job.update(|i| i.set_disk(done, total));
+            }
+            if q["status"] == "pre-switchover" {
+                if let Err(e) = super::storage::complete(&qmp, nbd, &job).await {
+                    job.event(format!("could not complete the disk mirrors: {e}"));
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                    job.update(|i| i.error = Some(e.to_string()));
+                }
+                continue;
+            }
+        }
+        let info = job.info();
+        if info.iteration != last_iter && info.iteration > 0 {
+            last_iter = info.iteration;
+            job.event(format!(
+                "iteration {}: {} MiB remaining, {} MiB/s, dirtying {} MiB/s, expected downtime {} ms",
+                info.iteration,
+                info.memory_remaining >> 20,
+                info.memory_bandwidth >> 20,
+                info.dirty_rate >> 20,
+                info.expected_downtime_ms
+            ));
+        }
+        match info.kind {
+            JobKind::Completed => {
+                // QEMU counts downtime from its own final stop; a guest we
+                // paused earlier (timeout, policy) was down since then.
+                if let Some(t) = paused_at {
+                    let ms = t.elapsed().as_millis() as u64;
+                    job.update(|i| i.downtime_ms = Some(i.downtime_ms.unwrap_or(0).max(ms)));
+                }
+                let info = job.info();
+                job.event(format!(
+                    "QEMU completed: downtime {} ms, {} MiB sent in {} ms",
+                    info.downtime_ms.unwrap_or(0),
+                    info.memory_processed >> 20,
+                    info.time_elapsed_ms
+                ));
+                return;
+            }
+            JobKind::Failed | JobKind::Cancelled => {
+                if cancelled {
+                    job.update(|i| {
+                        i.kind = JobKind::Cancelled;
+                        i.error = Some(
+                            i.error
+                                .clone()
+                                .unwrap_or_else(|| "migration cancelled by the operator".into()),
+                        );
+                    });
+                }
+                job.event(format!(
+                    "QEMU {}: {}",
+                    info.qemu_status,
+                    job.info().error.unwrap_or_default()
+                ));
+                return;
+            }
+            _ => {}
+        }
+        if *cancel_rx.borrow_and_update() && !cancelled {
+            cancelled = true;
+            let _ = qmp.execute("migrate_cancel", None).await;
+        }
+        if info.memory_processed != last_bytes {
+            last_bytes = info.memory_processed;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > stall && info.qemu_status != "postcopy-active" {
+            job.event(format!(
+                "no progress for {} s: the link to the destination looks down; cancelling",
+                stall.as_secs()
+            ));
+            let _ = qmp.execute("migrate_cancel", None).await;
+            job.update(|i| {
+                i.error = Some(format!(
+                    "migration made no progress for {} s (link to the destination down?)",
+                    stall.as_secs()
+                ))
+            });
+            last_progress = Instant::now();
+        }
+        if let (Some(cfg), "active") = (&policy, info.qemu_status.as_str()) {
+            let obs = Observation {
+                elapsed_ms: info.time_elapsed_ms,
+                iteration: info.iteration,
+                remaining: info.memory_remaining,
+                bandwidth: info.memory_bandwidth,
+                dirty_rate: info.dirty_rate,
+                throttle: info.auto_converge_throttle.unwrap_or(0),
+            };
+            let (next, decision) = policy::decide(cfg, &pstate, &obs);
+            pstate = next;
+            if let Some(d) = decision {
+                apply(&qmp, &job, &d.action).await;
+                match d.action {
+                    Action::StartPostcopy => postcopy_started = true,
+                    Action::PauseAndFinish => paused_at = Some(Instant::now()),
+                    _ => {}
+                }
+                job.event(format!("policy: {}", d.reason));
+                job.update(|i| {
+                    i.policy_steps += 1;
+                    i.policy_last = Some(d.reason.clone());
+                    i.downtime_limit_ms = Some(pstate.downtime_ms);
+                });
+            }
+        }
+        let want_postcopy = o.postcopy
+            && !postcopy_started
+            && info.qemu_status == "active"
+            && ((o.postcopy_after_precopy && info.iteration >= 2) || *post_rx.borrow_and_update());
+        let timed_out = o
+            .timeout_s
+            .is_some_and(|t| start.elapsed() >= Duration::from_secs(t));
+        if timed_out && !timeout_fired && info.qemu_status == "active" {
+            timeout_fired = true;
+            match o.timeout_action {
+                TimeoutAction::Suspend => {
+                    job.event("timeout reached: pausing the guest to finish");
+                    if qmp.execute("stop", None).await.is_ok() {
+                        paused_at = Some(Instant::now());
+                    }
+                }
+                TimeoutAction::Postcopy if !postcopy_started => {
+                    job.event("timeout reached: switching to post-copy");
+                    if qmp.execute("migrate-start-postcopy", None).await.is_ok() {
+                        postcopy_started = true;
+                    }
+                }
+                TimeoutAction::Postcopy => {}
+            }
+        }
+        if want_postcopy {
+            job.event("switching to post-copy");
+            match qmp.execute("migrate-start-postcopy", None).await {
+                Ok(_) => postcopy_started = true,
+                Err(e) => job.event(format!("post-copy refused: {e}")),
+            }
+        }
+    }
+}
+
+/// Carries out a policy step.
+async fn apply(qmp: &tern_qemu::Qmp, job: &Job, a: &Action) {
+    let r = match a {
+        Action::SetDowntime { ms } => {
+            qmp.execute("migrate-set-parameters", Some(json!({"downtime-limit": ms})))
+                .await
+        }
+        Action::SetMaxThrottle { percent } => {
+            qmp.execute(
+                "migrate-set-parameters",
+                Some(json!({"max-cpu-throttle": percent, "cpu-throttle-initial": (*percent).min(30)})),
+            )
+            .await
+        }
+        Action::StartPostcopy => qmp.execute("migrate-start-postcopy", None).await,
+        Action::PauseAndFinish => qmp.execute("stop", None).await,
+    };
+    if let Err(e) = r {
+        job.event(format!("policy step {a:?} refused by QEMU: {e}"));
+    }
+}
