@@ -319,8 +319,15 @@ fn p2p_migration_finishes_when_the_client_is_killed() {
         assert!(Instant::now() < deadline, "p2p migration did not complete");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let job: serde_json::Value =
-        serde_json::from_str(&p.a.ok(&["domjobinfo", "pp1", "--completed", "--json"])).unwrap();
+    // The destination resumed in Finish; the source confirms just after.
+    let job = loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&p.a.ok(&["domjobinfo", "pp1", "--completed", "--json"])).unwrap();
+        if j["phase"] != "" || Instant::now() > deadline {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(job["phase"], "completed");
     assert!(state(&p.a, "pp1").starts_with("shut off"));
     let text = wait_heartbeats(&p.b, "pp1");
