@@ -119,8 +119,24 @@ impl Agent {
         self.define_domain(parse(xml_text)?).await
     }
 
+    /// Refuses changes to a domain that is migrating (virsh's
+    /// `--change-protection`, always on in Tern).
+    fn ensure_not_migrating(&self, name: &str) -> Result<()> {
+        use tern_migrate::Phase;
+        // Finish and Confirm are the migration's own steps that define or
+        // undefine; anything earlier is a change from outside.
+        match self.jobs.get(name) {
+            Some(j) if matches!(j.phase(), Phase::Begin | Phase::Prepare | Phase::Perform) => Err(AgentError::Conflict(format!(
+                "domain '{name}' is migrating (phase {}); its definition cannot change until the job ends",
+                j.phase()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// `define` of an already parsed definition.
     pub async fn define_domain(self: &Arc<Self>, mut d: Domain) -> Result<DomainRef> {
+        self.ensure_not_migrating(&d.name)?;
         assign_macs(&mut d);
         for other in self.domains.all() {
             if other.uuid == d.uuid && other.name != d.name {
@@ -347,6 +363,7 @@ impl Agent {
     /// live in one of this host's pools. Returns the removed files.
     pub async fn undefine(&self, name: &str, remove_storage: bool) -> Result<Vec<String>> {
         let slot = self.domains.find(name)?;
+        self.ensure_not_migrating(&slot.name)?;
         let mut e = slot.inner.lock().await;
         if !e.persistent {
             return Err(AgentError::Conflict(format!(

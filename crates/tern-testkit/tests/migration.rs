@@ -293,6 +293,12 @@ fn domjobabort_cancels_and_the_guest_runs_on() {
     p.boot("ab1", "tern.mem=128 tern.dirty=10");
     let child = p.migrate_bg("ab1", &["--live", "--bandwidth", "2"]);
     wait_job_active(&p.a, "ab1");
+    // --change-protection is always on: no redefinition mid-flight.
+    let xml = p.a.ok(&["dumpxml", "ab1"]);
+    let f = p.a.root.join("ab1-again.xml");
+    std::fs::write(&f, xml).unwrap();
+    let e = p.a.fails(&["define", f.to_str().unwrap()]);
+    assert!(e.contains("is migrating"), "{e}");
     p.a.ok(&["domjobabort", "ab1"]);
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
