@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --workspace --all-targets
 cargo run -q -p tern-testkit --bin tern-testguest >/dev/null
-cargo test --workspace -- --test-threads=2 "$@"
+cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"
