@@ -42,11 +42,13 @@ pub fn allocated_extents(path: &Path) -> Result<Vec<Extent>> {
         .metadata()
         .map_err(|e| Error::io(format!("reading metadata of {}", path.display()), e))?
         .len();
-    extents_of(&file, size).map_err(|e| Error::io(format!("mapping extents of {}", path.display()), e))
+    extents_of(&file, size)
+        .map_err(|e| Error::io(format!("mapping extents of {}", path.display()), e))
 }
 
 fn lseek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
     // SAFETY: lseek on a valid, owned descriptor has no memory-safety preconditions.
     let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
     if r < 0 {
@@ -71,14 +73,19 @@ pub fn extents_of(file: &File, size: u64) -> io::Result<Vec<Extent>> {
             Ok(None) => break,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pos == 0 => {
                 // No SEEK_DATA support: treat the whole file as data.
-                return Ok(vec![Extent { offset: 0, len: size }]);
+                return Ok(vec![Extent {
+                    offset: 0,
+                    len: size,
+                }]);
             }
             Err(e) => return Err(e),
         };
         if data >= size {
             break;
         }
-        let hole = lseek(file, data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        let hole = lseek(file, data, libc::SEEK_HOLE)?
+            .unwrap_or(size)
+            .min(size);
         if hole <= data {
             return Err(io::Error::other("SEEK_HOLE went backwards"));
         }
@@ -203,8 +210,14 @@ mod tests {
         assert_eq!(
             ext,
             vec![
-                Extent { offset: 1 << 20, len: 8192 },
-                Extent { offset: 10 << 20, len: 4096 }
+                Extent {
+                    offset: 1 << 20,
+                    len: 8192
+                },
+                Extent {
+                    offset: 10 << 20,
+                    len: 4096
+                }
             ]
         );
     }
@@ -216,12 +229,24 @@ mod tests {
         File::create(&p).unwrap();
         assert!(allocated_extents(&p).unwrap().is_empty());
         std::fs::write(&p, vec![7u8; 10_000]).unwrap();
-        assert_eq!(allocated_extents(&p).unwrap(), vec![Extent { offset: 0, len: 10_000 }]);
+        assert_eq!(
+            allocated_extents(&p).unwrap(),
+            vec![Extent {
+                offset: 0,
+                len: 10_000
+            }]
+        );
     }
 
     #[test]
     fn plan_cuts_extents() {
-        let ext = [Extent { offset: 0, len: 10 }, Extent { offset: 100, len: 25 }];
+        let ext = [
+            Extent { offset: 0, len: 10 },
+            Extent {
+                offset: 100,
+                len: 25,
+            },
+        ];
         let plan = ChunkPlan::new(&ext, 10);
         let lens: Vec<_> = plan.chunks.iter().map(|c| (c.offset, c.len)).collect();
         assert_eq!(lens, vec![(0, 10), (100, 10), (110, 10), (120, 5)]);

@@ -47,7 +47,10 @@ pub struct Bitmap {
 impl Bitmap {
     /// An empty set over `len` indexes.
     pub fn new(len: u64) -> Self {
-        Bitmap { words: vec![0; len.div_ceil(64) as usize], len }
+        Bitmap {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+        }
     }
     /// Membership.
     pub fn get(&self, i: u64) -> bool {
@@ -67,7 +70,11 @@ impl Bitmap {
     /// Wire form: bit i is bit (i % 8) of byte i / 8.
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = self.len.div_ceil(8) as usize;
-        self.words.iter().flat_map(|w| w.to_le_bytes()).take(n).collect()
+        self.words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .take(n)
+            .collect()
     }
     /// Parses the wire form; `None` if the length is wrong or bits past `len` are set.
     pub fn from_bytes(b: &[u8], len: u64) -> Option<Self> {
@@ -162,7 +169,11 @@ pub struct Journal {
 impl Journal {
     /// Starts a new journal (replacing any old one).
     pub fn create(path: &Path, hdr: &Header) -> io::Result<Journal> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         file.write_all(&hdr.encode())?;
         Ok(Journal { file })
     }
@@ -227,7 +238,9 @@ impl JournalWriter {
                             pending.push((i, h));
                             pending_bytes += len;
                         }
-                        Ok(Msg::Stop { flush: f }) => return if f { flush(&mut pending) } else { Ok(()) },
+                        Ok(Msg::Stop { flush: f }) => {
+                            return if f { flush(&mut pending) } else { Ok(()) }
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return Ok(()),
                     }
@@ -261,7 +274,13 @@ mod tests {
     use super::*;
 
     fn hdr() -> Header {
-        Header { session: [1; 16], fingerprint: [2; 32], file_size: 1 << 30, chunk_size: 1 << 20, chunk_count: 100 }
+        Header {
+            session: [1; 16],
+            fingerprint: [2; 32],
+            file_size: 1 << 30,
+            chunk_size: 1 << 20,
+            chunk_count: 100,
+        }
     }
 
     #[test]
@@ -308,7 +327,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j");
         let data = Arc::new(File::create(dir.path().join("d")).unwrap());
-        let w = JournalWriter::spawn(Journal::create(&p, &hdr()).unwrap(), data, true, u64::MAX).unwrap();
+        let w = JournalWriter::spawn(Journal::create(&p, &hdr()).unwrap(), data, true, u64::MAX)
+            .unwrap();
         w.record(5, [5; 32], 10);
         w.finish(true).unwrap();
         assert!(load(&p, &hdr()).unwrap().unwrap().0.get(5));
@@ -316,7 +336,13 @@ mod tests {
 
     #[test]
     fn suffixes() {
-        assert_eq!(partial_path(Path::new("/a/b.img")), Path::new("/a/b.img.tern-partial"));
-        assert_eq!(journal_path(Path::new("/a/b.img")), Path::new("/a/b.img.tern-journal"));
+        assert_eq!(
+            partial_path(Path::new("/a/b.img")),
+            Path::new("/a/b.img.tern-partial")
+        );
+        assert_eq!(
+            journal_path(Path::new("/a/b.img")),
+            Path::new("/a/b.img.tern-journal")
+        );
     }
 }

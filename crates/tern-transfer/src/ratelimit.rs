@@ -16,7 +16,11 @@ impl TokenBucket {
     pub fn new(rate: u64) -> Self {
         let rate = rate.max(1) as f64;
         let burst = (rate / 4.0).max(65536.0);
-        TokenBucket { rate, burst, state: Mutex::new((burst, Instant::now())) }
+        TokenBucket {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
     }
 
     /// Takes `n` tokens and returns how long to wait before using them.
@@ -43,7 +47,10 @@ mod tests {
         let b = TokenBucket::new(1_000_000);
         assert_eq!(b.take(100_000), Duration::ZERO); // within the 250 kB burst
         let w = b.take(1_150_000); // 1 MB in debt
-        assert!(w > Duration::from_millis(950) && w < Duration::from_millis(1050), "{w:?}");
+        assert!(
+            w > Duration::from_millis(950) && w < Duration::from_millis(1050),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -54,6 +61,10 @@ mod tests {
             std::thread::sleep(b.take(100_000));
         }
         // 2 MB at 4 MB/s with a 1 MB burst: at least ~0.25 s.
-        assert!(start.elapsed() >= Duration::from_millis(240), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(240),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

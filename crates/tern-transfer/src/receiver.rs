@@ -1,7 +1,6 @@
 //! The destination side: [`Receiver`] accepts one sender's streams and writes one file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, IoSlice, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{is_no_space, Error, Result};
-use crate::extents::{MAX_CHUNK_SIZE, ZERO_BLOCK};
 use crate::journal::{self, Bitmap, Journal, JournalWriter};
+use crate::recv_accept::{accept_one, check_hello, reject, welcome};
 use crate::recv_stream::{self, Recv, StreamEnd};
 use crate::session::{CancelToken, ReceiveOptions, Stats};
 use crate::wire::{self, Hello, Kind};
@@ -31,27 +30,45 @@ pub struct Receiver {
 impl Receiver {
     /// Binds `addr` (port 0 picks a free port) and starts waiting for the sender of
     /// `opts.session`; the file goes to `dest` and nowhere else.
-    pub fn bind(addr: impl ToSocketAddrs, dest: impl Into<PathBuf>, opts: ReceiveOptions) -> Result<Receiver> {
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        dest: impl Into<PathBuf>,
+        opts: ReceiveOptions,
+    ) -> Result<Receiver> {
         let dest: PathBuf = dest.into();
         if dest.file_name().is_none() {
-            return Err(Error::InvalidOptions(format!("{} does not name a file", dest.display())));
+            return Err(Error::InvalidOptions(format!(
+                "{} does not name a file",
+                dest.display()
+            )));
         }
         if !opts.overwrite && dest.exists() {
             return Err(Error::DestinationExists(dest));
         }
         if opts.max_streams == 0 {
-            return Err(Error::InvalidOptions("max_streams must be at least 1".into()));
+            return Err(Error::InvalidOptions(
+                "max_streams must be at least 1".into(),
+            ));
         }
-        let listener = TcpListener::bind(addr).map_err(|e| Error::io("binding the receiver's socket", e))?;
-        let local_addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
-        listener.set_nonblocking(true).map_err(|e| Error::io("configuring the listener", e))?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| Error::io("binding the receiver's socket", e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configuring the listener", e))?;
         let cancel = CancelToken::new();
         let c = cancel.clone();
         let handle = std::thread::Builder::new()
             .name("tern-recv".into())
             .spawn(move || run(listener, &dest, &opts, &c))
             .map_err(|e| Error::io("spawning a thread", e))?;
-        Ok(Receiver { local_addr, cancel, handle })
+        Ok(Receiver {
+            local_addr,
+            cancel,
+            handle,
+        })
     }
 
     /// The address the receiver listens on.
@@ -87,128 +104,24 @@ impl Receiver {
     }
 }
 
-/// Reads preface + Hello from a new connection; answers bad ones with a Reject.
-fn read_hello(s: &mut TcpStream) -> Result<Hello> {
-    let lost = |e| Error::LinkLost { stream: 0, context: "reading Hello".into(), source: e };
-    let mut p = [0u8; wire::PREFACE_LEN];
-    s.read_exact(&mut p).map_err(lost)?;
-    let hello = wire::check_preface(&p).and_then(|_| {
-        let (kind, len) = wire::read_frame_header(s).map_err(lost)??;
-        if kind != Kind::Hello {
-            return Err(Error::Protocol(format!("expected Hello, got {kind:?}")));
-        }
-        let mut body = Vec::new();
-        wire::read_body(s, &mut body, len).map_err(lost)?;
-        Hello::decode(&body)
-    });
-    if let Err(e) = &hello {
-        reject(s, &e.to_string());
-    }
-    hello
-}
-
-fn reject(s: &mut TcpStream, msg: &str) {
-    let body = wire::text_body(msg);
-    let h = wire::frame_header(Kind::Reject, body.len());
-    let _ = wire::write_all_vectored(s, &mut [IoSlice::new(&wire::preface()), IoSlice::new(&h), IoSlice::new(body)]);
-}
-
-fn welcome(s: &mut TcpStream, flags: u16, bitmap: &[u8]) -> std::io::Result<u64> {
-    let mut body = flags.to_le_bytes().to_vec();
-    body.extend_from_slice(bitmap);
-    let h = wire::frame_header(Kind::Welcome, body.len());
-    wire::write_all_vectored(s, &mut [IoSlice::new(&wire::preface()), IoSlice::new(&h), IoSlice::new(&body)])?;
-    Ok((wire::PREFACE_LEN + h.len() + body.len()) as u64)
-}
-
-/// Checks a control Hello against the options; the error text goes back in a Reject.
-fn check_hello(h: &Hello, opts: &ReceiveOptions) -> std::result::Result<(), String> {
-    if h.session != opts.session.0 {
-        return Err(format!("session {} is not expected here", crate::SessionId(h.session)));
-    }
-    if h.stream_index != 0 {
-        return Err("a data stream arrived before the control stream".into());
-    }
-    if h.stream_count == 0 || h.stream_count > opts.max_streams {
-        return Err(format!("{} streams requested, at most {} allowed", h.stream_count, opts.max_streams));
-    }
-    if h.chunk_size == 0 || h.chunk_size % ZERO_BLOCK as u32 != 0 || h.chunk_size > MAX_CHUNK_SIZE {
-        return Err(format!("chunk size {} is not a multiple of 64 KiB up to 4 MiB", h.chunk_size));
-    }
-    if h.file_size > i64::MAX as u64
-        || h.chunk_count > wire::MAX_CHUNK_COUNT
-        || h.data_bytes > h.file_size
-        || h.chunk_count > h.data_bytes
-        || h.chunk_count.saturating_mul(u64::from(h.chunk_size)) < h.data_bytes
-    {
-        return Err("file size, data size and chunk count are inconsistent".into());
-    }
-    Ok(())
-}
-
-/// Waits for a connection whose Hello passes `accept`; rejects and drops the others.
-fn accept_one(
-    listener: &TcpListener,
-    deadline: Instant,
-    opts: &ReceiveOptions,
-    cancel: &CancelToken,
-    mut accept: impl FnMut(&Hello) -> std::result::Result<(), String>,
-) -> Result<(TcpStream, Hello)> {
-    loop {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout("waiting for the sender's streams".into()));
-        }
-        let mut s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Err(e) => return Err(Error::io("accepting a connection", e)),
-        };
-        let setup = s
-            .set_nonblocking(false)
-            .and_then(|_| s.set_read_timeout(Some(opts.io_timeout.min(Duration::from_secs(10)))))
-            .and_then(|_| s.set_write_timeout(Some(opts.io_timeout)))
-            .and_then(|_| s.set_nodelay(true));
-        if let Ok(v) = std::env::var("TERN_XFER_SOCKBUF") { crate::wire::set_bufs(&s, v.parse().unwrap_or(0)); }
-        if setup.is_err() {
-            continue;
-        }
-        let hello = match read_hello(&mut s) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("tern-transfer: refused a connection: {e}");
-                continue;
-            }
-        };
-        match accept(&hello) {
-            Ok(()) => {
-                let _ = s.set_read_timeout(Some(opts.io_timeout));
-                return Ok((s, hello));
-            }
-            Err(msg) => {
-                tracing::warn!("tern-transfer: refused a connection: {msg}");
-                reject(&mut s, &msg);
-            }
-        }
-    }
-}
-
 /// Opens the partial file and journal: resumed if they match, fresh otherwise.
-fn open_data(dest: &Path, hdr: &journal::Header, opts: &ReceiveOptions) -> Result<(File, Journal, Bitmap, bool)> {
+fn open_data(
+    dest: &Path,
+    hdr: &journal::Header,
+    opts: &ReceiveOptions,
+) -> Result<(File, Journal, Bitmap, bool)> {
     let partial = journal::partial_path(dest);
     let jpath = journal::journal_path(dest);
     let ctx = |what: &str| format!("{what} for {}", dest.display());
     if opts.resume {
-        if let Some((done, valid)) = journal::load(&jpath, hdr).map_err(|e| Error::io(ctx("reading the journal"), e))? {
+        if let Some((done, valid)) =
+            journal::load(&jpath, hdr).map_err(|e| Error::io(ctx("reading the journal"), e))?
+        {
             let f = OpenOptions::new().read(true).write(true).open(&partial);
             if let Ok(f) = f.and_then(|f| f.metadata().map(|m| (f, m.len()))) {
                 if f.1 == hdr.file_size {
-                    let j = Journal::reopen(&jpath, valid).map_err(|e| Error::io(ctx("reopening the journal"), e))?;
+                    let j = Journal::reopen(&jpath, valid)
+                        .map_err(|e| Error::io(ctx("reopening the journal"), e))?;
                     return Ok((f.0, j, done, true));
                 }
             }
@@ -222,7 +135,10 @@ fn open_data(dest: &Path, hdr: &journal::Header, opts: &ReceiveOptions) -> Resul
         .open(&partial)
         .and_then(|f| f.set_len(hdr.file_size).map(|_| f))
         .map_err(|e| match is_no_space(&e) {
-            true => Error::NoSpace { path: dest.to_path_buf(), offset: 0 },
+            true => Error::NoSpace {
+                path: dest.to_path_buf(),
+                offset: 0,
+            },
             false => Error::io(ctx("creating the partial file"), e),
         })?;
     let j = Journal::create(&jpath, hdr).map_err(|e| Error::io(ctx("creating the journal"), e))?;
@@ -234,9 +150,15 @@ fn remove_partial(dest: &Path) {
     let _ = std::fs::remove_file(journal::journal_path(dest));
 }
 
-fn run(listener: TcpListener, dest: &Path, opts: &ReceiveOptions, cancel: &CancelToken) -> Result<Stats> {
+fn run(
+    listener: TcpListener,
+    dest: &Path,
+    opts: &ReceiveOptions,
+    cancel: &CancelToken,
+) -> Result<Stats> {
     let deadline = Instant::now() + opts.accept_timeout;
-    let (mut control, hello) = accept_one(&listener, deadline, opts, cancel, |h| check_hello(h, opts))?;
+    let (mut control, hello) =
+        accept_one(&listener, deadline, opts, cancel, |h| check_hello(h, opts))?;
     let start = Instant::now();
     let hdr = journal::Header {
         session: hello.session,
@@ -256,8 +178,13 @@ fn run(listener: TcpListener, dest: &Path, opts: &ReceiveOptions, cancel: &Cance
     let flags = if compressed { wire::FLAG_ZSTD } else { 0 };
     let resumed_chunks = done.count();
     let file = Arc::new(file);
-    let journal = JournalWriter::spawn(journal, file.clone(), opts.fsync, opts.journal_interval_bytes)
-        .map_err(|e| Error::io("spawning a thread", e))?;
+    let journal = JournalWriter::spawn(
+        journal,
+        file.clone(),
+        opts.fsync,
+        opts.journal_interval_bytes,
+    )
+    .map_err(|e| Error::io("spawning a thread", e))?;
     let hs_in = (wire::PREFACE_LEN + wire::FRAME_HEADER_LEN + hello.encode().len()) as u64;
     let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::io("cloning a socket", e));
     let rs = Arc::new(Recv {
@@ -281,27 +208,47 @@ fn run(listener: TcpListener, dest: &Path, opts: &ReceiveOptions, cancel: &Cance
     let bitmap = rs.done.lock().unwrap_or_else(|p| p.into_inner()).to_bytes();
     let mut threads = Vec::new();
     let result = (|| -> Result<()> {
-        welcome(&mut control, flags, &bitmap)
-            .map_err(|e| Error::LinkLost { stream: 0, context: "sending Welcome".into(), source: e })?;
+        welcome(&mut control, flags, &bitmap).map_err(|e| Error::LinkLost {
+            stream: 0,
+            context: "sending Welcome".into(),
+            source: e,
+        })?;
         threads.push(spawn_stream(&rs, control, 0)?);
         let mut joined = vec![false; usize::from(hello.stream_count)];
         joined[0] = true;
         for _ in 1..hello.stream_count {
-            let (mut s, h) = accept_one(&listener, Instant::now() + opts.accept_timeout, opts, cancel, |h| {
-                let same = Hello { stream_index: 0, ..h.clone() } == hello;
-                match joined.get(usize::from(h.stream_index)) {
-                    Some(false) if same => Ok(()),
-                    _ if !same => Err("Hello does not match the session's control stream".into()),
-                    _ => Err(format!("stream {} is invalid or already connected", h.stream_index)),
-                }
-            })?;
+            let (mut s, h) = accept_one(
+                &listener,
+                Instant::now() + opts.accept_timeout,
+                opts,
+                cancel,
+                |h| {
+                    let same = Hello {
+                        stream_index: 0,
+                        ..h.clone()
+                    } == hello;
+                    match joined.get(usize::from(h.stream_index)) {
+                        Some(false) if same => Ok(()),
+                        _ if !same => {
+                            Err("Hello does not match the session's control stream".into())
+                        }
+                        _ => Err(format!(
+                            "stream {} is invalid or already connected",
+                            h.stream_index
+                        )),
+                    }
+                },
+            )?;
             joined[usize::from(h.stream_index)] = true;
             welcome(&mut s, flags, &[]).map_err(|e| Error::LinkLost {
                 stream: h.stream_index,
                 context: "sending Welcome".into(),
                 source: e,
             })?;
-            rs.sockets.lock().unwrap_or_else(|p| p.into_inner()).push(clone(&s)?);
+            rs.sockets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(clone(&s)?);
             threads.push(spawn_stream(&rs, s, h.stream_index)?);
         }
         Ok(())
@@ -319,7 +266,8 @@ fn run(listener: TcpListener, dest: &Path, opts: &ReceiveOptions, cancel: &Cance
     for t in threads {
         let _ = t.join();
     }
-    let rs = Arc::into_inner(rs).ok_or_else(|| Error::Internal("receiver state still shared".into()))?;
+    let rs =
+        Arc::into_inner(rs).ok_or_else(|| Error::Internal("receiver state still shared".into()))?;
     let have = rs.done.lock().unwrap_or_else(|p| p.into_inner()).count();
     let error = rs.error.lock().unwrap_or_else(|p| p.into_inner()).take();
     let journal = rs.journal;
@@ -368,7 +316,10 @@ fn run(listener: TcpListener, dest: &Path, opts: &ReceiveOptions, cancel: &Cance
 
 fn io_or_no_space(e: std::io::Error, what: &str, dest: &Path) -> Error {
     match is_no_space(&e) {
-        true => Error::NoSpace { path: dest.to_path_buf(), offset: 0 },
+        true => Error::NoSpace {
+            path: dest.to_path_buf(),
+            offset: 0,
+        },
         false => Error::io(format!("{what} {}", dest.display()), e),
     }
 }
@@ -385,7 +336,13 @@ fn spawn_stream(rs: &Arc<Recv>, s: TcpStream, i: u16) -> Result<JoinHandle<()>> 
 }
 
 /// After Finish and every End: all chunks present, data durable, then the rename.
-fn finalize(file: &File, hello: &Hello, have: u64, dest: &Path, opts: &ReceiveOptions) -> Result<()> {
+fn finalize(
+    file: &File,
+    hello: &Hello,
+    have: u64,
+    dest: &Path,
+    opts: &ReceiveOptions,
+) -> Result<()> {
     if have != hello.chunk_count {
         return Err(Error::Protocol(format!(
             "sender finished with {} of {} chunks missing",
@@ -394,7 +351,8 @@ fn finalize(file: &File, hello: &Hello, have: u64, dest: &Path, opts: &ReceiveOp
         )));
     }
     if opts.fsync {
-        file.sync_all().map_err(|e| io_or_no_space(e, "syncing", dest))?;
+        file.sync_all()
+            .map_err(|e| io_or_no_space(e, "syncing", dest))?;
     }
     if !opts.overwrite && dest.exists() {
         return Err(Error::DestinationExists(dest.to_path_buf()));

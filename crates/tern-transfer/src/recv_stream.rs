@@ -73,7 +73,12 @@ impl Recv {
         }
         drop(slot);
         self.abort.store(true, Ordering::SeqCst);
-        for s in self.sockets.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for s in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -90,29 +95,50 @@ pub(crate) fn serve(rs: &Recv, mut s: TcpStream, stream: u16) -> Result<StreamEn
         None
     };
     loop {
-        let lost = |e| Error::LinkLost { stream, context: "reading a frame".into(), source: e };
+        let lost = |e| Error::LinkLost {
+            stream,
+            context: "reading a frame".into(),
+            source: e,
+        };
         let (kind, len) = wire::read_frame_header(&mut s).map_err(lost)??;
-        rs.wire.fetch_add(wire::FRAME_HEADER_LEN as u64 + u64::from(len), Ordering::Relaxed);
+        rs.wire.fetch_add(
+            wire::FRAME_HEADER_LEN as u64 + u64::from(len),
+            Ordering::Relaxed,
+        );
         match kind {
             Kind::Chunk => {
                 if (len as usize) < wire::CHUNK_HEADER_LEN {
-                    return Err(Error::Protocol(format!("chunk frame of {len} bytes is too short")));
+                    return Err(Error::Protocol(format!(
+                        "chunk frame of {len} bytes is too short"
+                    )));
                 }
                 let mut ch = [0u8; wire::CHUNK_HEADER_LEN];
                 s.read_exact(&mut ch).map_err(lost)?;
                 let h = ChunkHeader::decode(&ch)?;
                 let raw_len = check_chunk(rs, &h, len as usize - wire::CHUNK_HEADER_LEN)?;
                 if h.flags & wire::CHUNK_COMPRESSED == 0 {
-                    store_chunk(rs, &h, Payload::Socket(&mut s, stream), &mut buf, &mut readback)?;
+                    store_chunk(
+                        rs,
+                        &h,
+                        Payload::Socket(&mut s, stream),
+                        &mut buf,
+                        &mut readback,
+                    )?;
                 } else {
                     let Some(d) = dz.as_mut() else {
-                        return Err(Error::Protocol("compressed chunk without negotiated compression".into()));
+                        return Err(Error::Protocol(
+                            "compressed chunk without negotiated compression".into(),
+                        ));
                     };
-                    wire::read_body(&mut s, &mut buf, len - wire::CHUNK_HEADER_LEN as u32).map_err(lost)?;
+                    wire::read_body(&mut s, &mut buf, len - wire::CHUNK_HEADER_LEN as u32)
+                        .map_err(lost)?;
                     unpacked.clear();
                     unpacked.reserve(raw_len);
                     let n = d.decompress_to_buffer(&buf, &mut unpacked).map_err(|e| {
-                        Error::Protocol(format!("chunk {} does not decompress within {raw_len} bytes: {e}", h.index))
+                        Error::Protocol(format!(
+                            "chunk {} does not decompress within {raw_len} bytes: {e}",
+                            h.index
+                        ))
                     })?;
                     if n != raw_len {
                         return Err(Error::Protocol(format!(
@@ -129,7 +155,11 @@ pub(crate) fn serve(rs: &Recv, mut s: TcpStream, stream: u16) -> Result<StreamEn
                 wire::read_body(&mut s, &mut buf, len).map_err(lost)?;
                 return Err(Error::Remote(wire::decode_text(&buf)));
             }
-            k => return Err(Error::Protocol(format!("unexpected {k:?} frame on stream {stream}"))),
+            k => {
+                return Err(Error::Protocol(format!(
+                    "unexpected {k:?} frame on stream {stream}"
+                )))
+            }
         }
         if rs.abort.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -142,13 +172,25 @@ pub(crate) fn serve(rs: &Recv, mut s: TcpStream, stream: u16) -> Result<StreamEn
 fn check_chunk(rs: &Recv, h: &ChunkHeader, payload_len: usize) -> Result<usize> {
     let bad = |what: String| Err(Error::Protocol(format!("chunk {}: {what}", h.index)));
     if h.index >= rs.hello.chunk_count {
-        return bad(format!("index is beyond the {} chunks of the session", rs.hello.chunk_count));
+        return bad(format!(
+            "index is beyond the {} chunks of the session",
+            rs.hello.chunk_count
+        ));
     }
     if h.len == 0 || h.len > rs.hello.chunk_size {
-        return bad(format!("length {} is outside 1..={}", h.len, rs.hello.chunk_size));
+        return bad(format!(
+            "length {} is outside 1..={}",
+            h.len, rs.hello.chunk_size
+        ));
     }
-    if h.offset.checked_add(u64::from(h.len)).is_none_or(|end| end > rs.hello.file_size) {
-        return bad(format!("range at offset {} runs past the end of the file", h.offset));
+    if h.offset
+        .checked_add(u64::from(h.len))
+        .is_none_or(|end| end > rs.hello.file_size)
+    {
+        return bad(format!(
+            "range at offset {} runs past the end of the file",
+            h.offset
+        ));
     }
     let blocks = extents::blocks_in(h.len as usize);
     if blocks < 64 && h.zero_mask >> blocks != 0 {
@@ -157,11 +199,21 @@ fn check_chunk(rs: &Recv, h: &ChunkHeader, payload_len: usize) -> Result<usize> 
     if h.flags & !wire::CHUNK_COMPRESSED != 0 || (h.flags != 0 && !rs.compressed) {
         return bad(format!("flags {:#x} were not negotiated", h.flags));
     }
-    let raw_len: usize = extents::runs(h.len as usize, h.zero_mask).filter(|r| !r.0).map(|r| r.2).sum();
+    let raw_len: usize = extents::runs(h.len as usize, h.zero_mask)
+        .filter(|r| !r.0)
+        .map(|r| r.2)
+        .sum();
     if h.flags == 0 && payload_len != raw_len {
-        return bad(format!("payload is {payload_len} bytes, expected {raw_len}"));
+        return bad(format!(
+            "payload is {payload_len} bytes, expected {raw_len}"
+        ));
     }
-    if !rs.done.lock().unwrap_or_else(|p| p.into_inner()).set(h.index) {
+    if !rs
+        .done
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set(h.index)
+    {
         return bad("was sent twice".into());
     }
     Ok(raw_len)
@@ -182,11 +234,24 @@ const PIECE: usize = 256 * 1024;
 /// (zero runs stay holes), then compares the hash. Bytes are written before the hash is
 /// known, which is safe: only verified chunks are journaled, and the partial file is
 /// renamed to the destination only when every chunk is verified.
-fn store_chunk(rs: &Recv, h: &ChunkHeader, mut src: Payload<'_>, buf: &mut Vec<u8>, readback: &mut Vec<u8>) -> Result<()> {
+fn store_chunk(
+    rs: &Recv,
+    h: &ChunkHeader,
+    mut src: Payload<'_>,
+    buf: &mut Vec<u8>,
+    readback: &mut Vec<u8>,
+) -> Result<()> {
     let len = h.len as usize;
-    let mismatch = || Error::ChecksumMismatch { chunk: h.index, offset: h.offset, len: u64::from(h.len) };
+    let mismatch = || Error::ChecksumMismatch {
+        chunk: h.index,
+        offset: h.offset,
+        len: u64::from(h.len),
+    };
     let write_err = |e: io::Error, at: u64| match is_no_space(&e) {
-        true => Error::NoSpace { path: rs.dest.clone(), offset: at },
+        true => Error::NoSpace {
+            path: rs.dest.clone(),
+            offset: at,
+        },
         false => Error::io(format!("writing {} at offset {at}", rs.dest.display()), e),
     };
     buf.resize(PIECE.max(buf.len()), 0);
@@ -219,7 +284,9 @@ fn store_chunk(rs: &Recv, h: &ChunkHeader, mut src: Payload<'_>, buf: &mut Vec<u
             };
             used += k;
             hasher.update(bytes);
-            rs.file.write_all_at(bytes, at + piece as u64).map_err(|e| write_err(e, at + piece as u64))?;
+            rs.file
+                .write_all_at(bytes, at + piece as u64)
+                .map_err(|e| write_err(e, at + piece as u64))?;
         }
     }
     if hasher.finalize().as_bytes() != &h.hash {
@@ -227,9 +294,12 @@ fn store_chunk(rs: &Recv, h: &ChunkHeader, mut src: Payload<'_>, buf: &mut Vec<u
     }
     if rs.verify_read_back {
         readback.resize(len, 0);
-        rs.file
-            .read_exact_at(readback, h.offset)
-            .map_err(|e| Error::io(format!("reading back {} at offset {}", rs.dest.display(), h.offset), e))?;
+        rs.file.read_exact_at(readback, h.offset).map_err(|e| {
+            Error::io(
+                format!("reading back {} at offset {}", rs.dest.display(), h.offset),
+                e,
+            )
+        })?;
         if blake3::hash(readback).as_bytes() != &h.hash {
             return Err(mismatch());
         }
@@ -245,7 +315,14 @@ fn store_chunk(rs: &Recv, h: &ChunkHeader, mut src: Payload<'_>, buf: &mut Vec<u
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let flags = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: fallocate on an owned descriptor has no memory-safety preconditions.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), flags, offset as libc::off_t, len as libc::off_t) };
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            flags,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
     if r == 0 {
         return Ok(());
     }

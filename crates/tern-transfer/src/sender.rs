@@ -1,10 +1,9 @@
 //! The source side: [`send`] streams a file's allocated extents to a [`crate::Receiver`].
 
 use std::fs::File;
-use std::io::{IoSlice, Read, Write};
+use std::io::{IoSlice, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -15,8 +14,9 @@ use crate::error::{Error, Result};
 use crate::extents::{self, ChunkPlan, ZERO_BLOCK};
 use crate::journal::Bitmap;
 use crate::ratelimit::TokenBucket;
+use crate::send_stream::{worker, Shared};
 use crate::session::{Compression, Progress, SendOptions, Stats};
-use crate::wire::{self, ChunkHeader, Hello, Kind};
+use crate::wire::{self, Hello, Kind};
 
 /// Sends the file at `src` to the receiver listening at `addr`.
 ///
@@ -50,11 +50,20 @@ pub fn send(
     }
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
-        .map_err(|e| Error::Connect { addr: "(unresolved)".into(), source: e })?
+        .map_err(|e| Error::Connect {
+            addr: "(unresolved)".into(),
+            source: e,
+        })?
         .collect();
-    let nstreams = opts.streams.min(chunk_count.max(1).min(u64::from(u16::MAX)) as u16);
+    let nstreams = opts
+        .streams
+        .min(chunk_count.max(1).min(u64::from(u16::MAX)) as u16);
     let hello = Hello {
-        flags: if matches!(opts.compression, Compression::Zstd(_)) { wire::FLAG_ZSTD } else { 0 },
+        flags: if matches!(opts.compression, Compression::Zstd(_)) {
+            wire::FLAG_ZSTD
+        } else {
+            0
+        },
         session: opts.session.0,
         stream_index: 0,
         stream_count: nstreams,
@@ -73,14 +82,25 @@ pub fn send(
         Compression::Zstd(level) if flags & wire::FLAG_ZSTD != 0 => Some(level),
         _ => None,
     };
-    let mut streams = vec![control.try_clone().map_err(|e| Error::io("cloning a socket", e))?];
+    let mut streams = vec![control
+        .try_clone()
+        .map_err(|e| Error::io("cloning a socket", e))?];
     for i in 1..nstreams {
         let mut s = connect(&addrs, opts)?;
-        handshake(&mut s, &Hello { stream_index: i, ..hello.clone() }, i)?;
+        handshake(
+            &mut s,
+            &Hello {
+                stream_index: i,
+                ..hello.clone()
+            },
+            i,
+        )?;
         streams.push(s);
     }
 
-    let work: Vec<usize> = (0..plan.chunks.len()).filter(|&i| !done.get(i as u64)).collect();
+    let work: Vec<usize> = (0..plan.chunks.len())
+        .filter(|&i| !done.get(i as u64))
+        .collect();
     let resumed_bytes: u64 = (0..plan.chunks.len())
         .filter(|&i| done.get(i as u64))
         .map(|i| u64::from(plan.chunks[i].len))
@@ -101,7 +121,9 @@ pub fn send(
 
     // The receiver only ever speaks on the control stream: Done, or Error at any time.
     let (final_tx, final_rx) = mpsc::channel();
-    let mut reader = control.try_clone().map_err(|e| Error::io("cloning a socket", e))?;
+    let mut reader = control
+        .try_clone()
+        .map_err(|e| Error::io("cloning a socket", e))?;
     let _ = reader.set_read_timeout(None);
     std::thread::Builder::new()
         .name("tern-send-ctl".into())
@@ -112,7 +134,9 @@ pub fn send(
 
     let mut workers = Vec::new();
     for (i, s) in streams.iter().enumerate() {
-        let s = s.try_clone().map_err(|e| Error::io("cloning a socket", e))?;
+        let s = s
+            .try_clone()
+            .map_err(|e| Error::io("cloning a socket", e))?;
         let sh = shared.clone();
         let w = std::thread::Builder::new()
             .name(format!("tern-send-{i}"))
@@ -123,7 +147,10 @@ pub fn send(
 
     // Handshakes (preface, Hello) on every stream and the final Finish also crossed the wire.
     let hs = (wire::PREFACE_LEN + wire::FRAME_HEADER_LEN + hello.encode().len()) as u64;
-    shared.wire.fetch_add(hs * u64::from(nstreams) + wire::FRAME_HEADER_LEN as u64, Ordering::Relaxed);
+    shared.wire.fetch_add(
+        hs * u64::from(nstreams) + wire::FRAME_HEADER_LEN as u64,
+        Ordering::Relaxed,
+    );
     let total = shared.plan.data_bytes;
     let report = |sh: &Shared| {
         let sent = sh.bytes_done.load(Ordering::Relaxed);
@@ -143,7 +170,9 @@ pub fn send(
         } else if remote.is_some() {
             shared.abort.store(true, Ordering::SeqCst);
         } else if let Ok(r) = final_rx.try_recv() {
-            remote = Some(r.and(Err(Error::Protocol("receiver finished before the sender".into()))));
+            remote = Some(r.and(Err(Error::Protocol(
+                "receiver finished before the sender".into(),
+            ))));
             shared.abort.store(true, Ordering::SeqCst);
             shutdown_all(&streams);
         }
@@ -154,7 +183,9 @@ pub fn send(
     }
     let mut first_err = None;
     for w in workers {
-        let r = w.join().unwrap_or_else(|_| Err(Error::Internal("a sender thread panicked".into())));
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("a sender thread panicked".into())));
         if let Err(e) = r {
             first_err.get_or_insert(e);
         }
@@ -182,11 +213,16 @@ pub fn send(
             (_, _, None) => Error::Internal("transfer aborted without a reason".into()),
         });
     }
-    wire::write_frame(&mut control, Kind::Finish, &[])
-        .map_err(|e| Error::LinkLost { stream: 0, context: "sending Finish".into(), source: e })?;
+    wire::write_frame(&mut control, Kind::Finish, &[]).map_err(|e| Error::LinkLost {
+        stream: 0,
+        context: "sending Finish".into(),
+        source: e,
+    })?;
     let result = final_rx
         .recv_timeout(opts.io_timeout)
-        .unwrap_or(Err(Error::Timeout("waiting for the receiver to confirm the file".into())));
+        .unwrap_or(Err(Error::Timeout(
+            "waiting for the receiver to confirm the file".into(),
+        )));
     shutdown_all(&streams);
     result?;
     progress(report(&shared));
@@ -211,17 +247,26 @@ fn check_options(opts: &SendOptions) -> Result<()> {
         )));
     }
     if opts.streams == 0 || opts.streams > 64 {
-        return Err(Error::InvalidOptions(format!("{} streams is outside 1..=64", opts.streams)));
+        return Err(Error::InvalidOptions(format!(
+            "{} streams is outside 1..=64",
+            opts.streams
+        )));
     }
     if opts.rate_limit == Some(0) {
-        return Err(Error::InvalidOptions("a rate limit of 0 bytes/s would never finish".into()));
+        return Err(Error::InvalidOptions(
+            "a rate limit of 0 bytes/s would never finish".into(),
+        ));
     }
     Ok(())
 }
 
 fn source_changed(src: &Path, before: &std::fs::Metadata) -> bool {
     match std::fs::metadata(src) {
-        Ok(m) => m.len() != before.len() || m.mtime() != before.mtime() || m.mtime_nsec() != before.mtime_nsec(),
+        Ok(m) => {
+            m.len() != before.len()
+                || m.mtime() != before.mtime()
+                || m.mtime_nsec() != before.mtime_nsec()
+        }
         Err(_) => true,
     }
 }
@@ -238,7 +283,6 @@ fn connect(addrs: &[SocketAddr], opts: &SendOptions) -> Result<TcpStream> {
         match TcpStream::connect_timeout(a, opts.connect_timeout) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                if let Ok(v) = std::env::var("TERN_XFER_SOCKBUF") { crate::wire::set_bufs(&s, v.parse().unwrap_or(0)); }
                 s.set_write_timeout(Some(opts.io_timeout))
                     .and_then(|_| s.set_read_timeout(Some(opts.io_timeout)))
                     .map_err(|e| Error::io("configuring a socket", e))?;
@@ -247,21 +291,31 @@ fn connect(addrs: &[SocketAddr], opts: &SendOptions) -> Result<TcpStream> {
             Err(e) => last = Some((a.to_string(), e)),
         }
     }
-    let (addr, source) = last.unwrap_or_else(|| ("(no address)".into(), std::io::ErrorKind::NotFound.into()));
+    let (addr, source) =
+        last.unwrap_or_else(|| ("(no address)".into(), std::io::ErrorKind::NotFound.into()));
     Err(Error::Connect { addr, source })
 }
 
 /// Sends preface + Hello, reads the receiver's preface + Welcome; returns its flags and bitmap.
 fn handshake(s: &mut TcpStream, hello: &Hello, stream: u16) -> Result<(u16, Vec<u8>)> {
-    let lost = |context: &str, e| Error::LinkLost { stream, context: context.into(), source: e };
+    let lost = |context: &str, e| Error::LinkLost {
+        stream,
+        context: context.into(),
+        source: e,
+    };
     let h = wire::frame_header(Kind::Hello, hello.encode().len());
     wire::write_all_vectored(
         s,
-        &mut [IoSlice::new(&wire::preface()), IoSlice::new(&h), IoSlice::new(&hello.encode())],
+        &mut [
+            IoSlice::new(&wire::preface()),
+            IoSlice::new(&h),
+            IoSlice::new(&hello.encode()),
+        ],
     )
     .map_err(|e| lost("sending Hello", e))?;
     let mut p = [0u8; wire::PREFACE_LEN];
-    s.read_exact(&mut p).map_err(|e| lost("reading the receiver's preface", e))?;
+    s.read_exact(&mut p)
+        .map_err(|e| lost("reading the receiver's preface", e))?;
     wire::check_preface(&p)?;
     let (kind, len) = wire::read_frame_header(s).map_err(|e| lost("reading Welcome", e))??;
     let mut body = Vec::new();
@@ -280,161 +334,19 @@ fn handshake(s: &mut TcpStream, hello: &Hello, stream: u16) -> Result<(u16, Vec<
 
 /// Waits for the receiver's last word on the control stream.
 fn read_final(s: &mut TcpStream) -> Result<()> {
-    let lost = |e| Error::LinkLost { stream: 0, context: "waiting for the receiver's confirmation".into(), source: e };
+    let lost = |e| Error::LinkLost {
+        stream: 0,
+        context: "waiting for the receiver's confirmation".into(),
+        source: e,
+    };
     let (kind, len) = wire::read_frame_header(s).map_err(lost)??;
     let mut body = Vec::new();
     wire::read_body(s, &mut body, len).map_err(lost)?;
     match kind {
         Kind::Done => Ok(()),
         Kind::Error => Err(Error::Remote(wire::decode_text(&body))),
-        k => Err(Error::Protocol(format!("unexpected {k:?} frame from the receiver"))),
+        k => Err(Error::Protocol(format!(
+            "unexpected {k:?} frame from the receiver"
+        ))),
     }
-}
-
-/// Bytes read and hashed at a time when not compressing: small enough to stay in cache.
-const PIECE: usize = 256 * 1024;
-
-struct Shared {
-    file: File,
-    plan: ChunkPlan,
-    work: Vec<usize>,
-    next: AtomicUsize,
-    abort: AtomicBool,
-    bytes_done: AtomicU64,
-    wire: AtomicU64,
-    zero: AtomicU64,
-    chunks: AtomicU64,
-    bucket: Option<TokenBucket>,
-    compression: Option<i32>,
-}
-
-/// One stream: takes chunks from the shared queue until it is empty, then sends End.
-fn worker(sh: &Shared, mut s: TcpStream, stream: u16) -> Result<()> {
-    let lost = |context: String, e| Error::LinkLost { stream, context, source: e };
-    let max_chunk = sh.plan.chunks.iter().map(|c| c.len as usize).max().unwrap_or(0);
-    let mut buf = vec![0u8; if sh.compression.is_some() { max_chunk } else { PIECE.min(max_chunk) }];
-    let read_err = |offset: u64, e| Error::io(format!("reading the source at offset {offset}"), e);
-    let mut staging = Vec::new();
-    let mut packed = Vec::new();
-    let mut zc = match sh.compression {
-        Some(level) => Some(zstd::bulk::Compressor::new(level).map_err(|e| Error::io("starting zstd", e))?),
-        None => None,
-    };
-    loop {
-        if sh.abort.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
-        }
-        let w = sh.next.fetch_add(1, Ordering::Relaxed);
-        let Some(&index) = sh.work.get(w) else { break };
-        let c = sh.plan.chunks[index];
-        let (hash, mask) = if sh.compression.is_some() {
-            let data = &mut buf[..c.len as usize];
-            sh.file.read_exact_at(data, c.offset).map_err(|e| read_err(c.offset, e))?;
-            (*blake3::hash(data).as_bytes(), extents::zero_mask(data))
-        } else {
-            // Only hash and zero-scan here, a cache-sized piece at a time; the payload
-            // itself goes out with sendfile below.
-            let mut hasher = blake3::Hasher::new();
-            let mut mask = 0u64;
-            for start in (0..c.len as usize).step_by(PIECE) {
-                let piece = &mut buf[..PIECE.min(c.len as usize - start)];
-                sh.file.read_exact_at(piece, c.offset + start as u64).map_err(|e| read_err(c.offset, e))?;
-                hasher.update(piece);
-                mask |= extents::zero_mask(piece) << (start / ZERO_BLOCK);
-            }
-            (*hasher.finalize().as_bytes(), mask)
-        };
-        let data = &buf[..if sh.compression.is_some() { c.len as usize } else { 0 }];
-        let runs: Vec<_> = extents::runs(c.len as usize, mask).filter(|r| !r.0).collect();
-        let raw_len: usize = runs.iter().map(|r| r.2).sum();
-        let mut header = ChunkHeader { index: index as u64, offset: c.offset, len: c.len, flags: 0, zero_mask: mask, hash };
-        if let Some(z) = zc.as_mut().filter(|_| raw_len > 0) {
-            let input: &[u8] = if mask == 0 {
-                data
-            } else {
-                staging.clear();
-                for r in &runs {
-                    staging.extend_from_slice(&data[r.1..r.1 + r.2]);
-                }
-                &staging
-            };
-            packed.clear();
-            packed.reserve(zstd::zstd_safe::compress_bound(input.len()));
-            let n = z.compress_to_buffer(input, &mut packed).map_err(|e| Error::io("compressing a chunk", e))?;
-            if n < raw_len {
-                header.flags = wire::CHUNK_COMPRESSED;
-            }
-        }
-        let payload_len = if header.flags & wire::CHUNK_COMPRESSED != 0 { packed.len() } else { raw_len };
-        let mut head = [0u8; wire::FRAME_HEADER_LEN + wire::CHUNK_HEADER_LEN];
-        head[..wire::FRAME_HEADER_LEN]
-            .copy_from_slice(&wire::frame_header(Kind::Chunk, wire::CHUNK_HEADER_LEN + payload_len));
-        head[wire::FRAME_HEADER_LEN..].copy_from_slice(&header.encode());
-        let wire_len = (head.len() + payload_len) as u64;
-        if let Some(b) = &sh.bucket {
-            std::thread::sleep(b.take(wire_len));
-        }
-        let sent = if header.flags & wire::CHUNK_COMPRESSED != 0 {
-            wire::write_all_vectored(&mut s, &mut [IoSlice::new(&head), IoSlice::new(&packed)])
-        } else if sh.compression.is_some() {
-            // Incompressible: the bytes are in memory already.
-            let mut slices = vec![IoSlice::new(&head)];
-            slices.extend(runs.iter().map(|r| IoSlice::new(&data[r.1..r.1 + r.2])));
-            wire::write_all_vectored(&mut s, &mut slices)
-        } else {
-            // The payload goes from the page cache to the socket without a user-space copy;
-            // if the file changed since it was hashed, the receiver's check fails.
-            send_more(&s, &head).and_then(|_| {
-                runs.iter().try_for_each(|r| send_file(&s, &sh.file, c.offset + r.1 as u64, r.2))
-            })
-        };
-        sent.map_err(|e| lost(format!("sending chunk {index}"), e))?;
-        sh.wire.fetch_add(wire_len, Ordering::Relaxed);
-        sh.zero.fetch_add(u64::from(c.len) - raw_len as u64, Ordering::Relaxed);
-        sh.bytes_done.fetch_add(u64::from(c.len), Ordering::Relaxed);
-        sh.chunks.fetch_add(1, Ordering::Relaxed);
-    }
-    if stream != 0 {
-        wire::write_frame(&mut s, Kind::End, &[]).map_err(|e| lost("sending End".into(), e))?;
-        sh.wire.fetch_add(wire::FRAME_HEADER_LEN as u64, Ordering::Relaxed);
-    }
-    s.flush().map_err(|e| lost("flushing".into(), e))
-}
-
-/// Writes `buf` with MSG_MORE so it shares a segment with the payload that follows.
-fn send_more(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is an open socket.
-        let n = unsafe { libc::send(s.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_MORE) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        buf = &buf[n as usize..];
-    }
-    Ok(())
-}
-
-/// Sends `len` bytes of `file` at `offset` with sendfile(2).
-fn send_file(s: &TcpStream, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
-    let mut off = offset as libc::off_t;
-    let mut left = len;
-    while left > 0 {
-        // SAFETY: both descriptors are open; `off` is a valid in/out offset.
-        let n = unsafe { libc::sendfile(s.as_raw_fd(), file.as_raw_fd(), &mut off, left) };
-        match n {
-            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the source file shrank")),
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            n => left -= n as usize,
-        }
-    }
-    Ok(())
 }

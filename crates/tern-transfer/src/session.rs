@@ -48,9 +48,9 @@ impl FromStr for SessionId {
 
     /// Parses 32 hex digits, or a UUID with dashes.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s)
-            .map(SessionId::from)
-            .map_err(|_| crate::Error::InvalidOptions(format!("{s:?} is not a session id (32 hex digits)")))
+        uuid::Uuid::parse_str(s).map(SessionId::from).map_err(|_| {
+            crate::Error::InvalidOptions(format!("{s:?} is not a session id (32 hex digits)"))
+        })
     }
 }
 

@@ -75,14 +75,6 @@ impl Kind {
     }
 }
 
-/// EXPERIMENT
-pub fn set_bufs(s: &std::net::TcpStream, n: i32) {
-    use std::os::unix::io::AsRawFd;
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, opt, (&n as *const i32).cast(), 4) };
-    }
-}
-
 /// Builds this side's preface.
 pub fn preface() -> [u8; PREFACE_LEN] {
     let mut p = [0u8; PREFACE_LEN];
@@ -98,7 +90,10 @@ pub fn check_preface(p: &[u8; PREFACE_LEN]) -> Result<()> {
     }
     let v = u16::from_le_bytes([p[8], p[9]]);
     if v != VERSION {
-        return Err(Error::UnsupportedVersion { peer: v, ours: VERSION });
+        return Err(Error::UnsupportedVersion {
+            peer: v,
+            ours: VERSION,
+        });
     }
     Ok(())
 }
@@ -347,7 +342,14 @@ mod tests {
 
     #[test]
     fn chunk_header_roundtrip() {
-        let c = ChunkHeader { index: 3, offset: 99, len: 4096, flags: 1, zero_mask: 5, hash: [1; 32] };
+        let c = ChunkHeader {
+            index: 3,
+            offset: 99,
+            len: 4096,
+            flags: 1,
+            zero_mask: 5,
+            hash: [1; 32],
+        };
         assert_eq!(ChunkHeader::decode(&c.encode()).unwrap(), c);
     }
 
@@ -358,9 +360,15 @@ mod tests {
         let r = read_frame_header(&mut h.as_slice()).unwrap();
         assert!(matches!(r, Err(Error::Protocol(_))));
         let mut bad = [42u8, 0, 0, 0, 0, 0, 0, 0];
-        assert!(matches!(read_frame_header(&mut bad.as_slice()).unwrap(), Err(Error::Protocol(_))));
+        assert!(matches!(
+            read_frame_header(&mut bad.as_slice()).unwrap(),
+            Err(Error::Protocol(_))
+        ));
         bad[0] = Kind::End as u8;
-        assert_eq!(read_frame_header(&mut bad.as_slice()).unwrap().unwrap(), (Kind::End, 0));
+        assert_eq!(
+            read_frame_header(&mut bad.as_slice()).unwrap().unwrap(),
+            (Kind::End, 0)
+        );
     }
 
     #[test]
@@ -368,7 +376,10 @@ mod tests {
         assert!(check_preface(&preface()).is_ok());
         let mut p = preface();
         p[9] = 1;
-        assert!(matches!(check_preface(&p), Err(Error::UnsupportedVersion { peer: 257, ours: 1 })));
+        assert!(matches!(
+            check_preface(&p),
+            Err(Error::UnsupportedVersion { peer: 257, ours: 1 })
+        ));
         let mut p = preface();
         p[0] = b'G';
         assert!(matches!(check_preface(&p), Err(Error::BadMagic)));

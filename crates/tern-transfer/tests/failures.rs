@@ -23,9 +23,22 @@ fn corrupted_byte_fails_with_checksum_mismatch_then_retry_succeeds() {
     let proxy = Proxy::start(r.local_addr(), Fault::FlipAt(512 * 1024));
     let s = tern_transfer::send(proxy.addr, &d.src, &so, |_| {});
     let re = r.wait().unwrap_err();
-    assert!(matches!(re, Error::ChecksumMismatch { chunk: 0, offset: 0, .. }), "{re}");
+    assert!(
+        matches!(
+            re,
+            Error::ChecksumMismatch {
+                chunk: 0,
+                offset: 0,
+                ..
+            }
+        ),
+        "{re}"
+    );
     let se = s.unwrap_err();
-    assert!(se.to_string().contains("checksum mismatch for chunk 0"), "{se}");
+    assert!(
+        se.to_string().contains("checksum mismatch for chunk 0"),
+        "{se}"
+    );
     assert!(!d.dest.exists());
     // The bad chunk was never journaled: a retry resends it and the result is right.
     let (s, r) = transfer(&d.src, &d.dest, &so, recv_opts(sid));
@@ -37,7 +50,14 @@ fn corrupted_byte_fails_with_checksum_mismatch_then_retry_succeeds() {
 #[test]
 fn cut_link_resumes_without_resending_verified_chunks() {
     let d = dirs();
-    make_file(&d.src, 64 * MIB, &[(0, random_bytes(12, 10 * MIB as usize)), (30 * MIB, random_bytes(13, 6 * MIB as usize))]);
+    make_file(
+        &d.src,
+        64 * MIB,
+        &[
+            (0, random_bytes(12, 10 * MIB as usize)),
+            (30 * MIB, random_bytes(13, 6 * MIB as usize)),
+        ],
+    );
     let before = identity(&d.src);
     let sid = SessionId::random();
     let so = send_opts(sid);
@@ -57,11 +77,22 @@ fn cut_link_resumes_without_resending_verified_chunks() {
     let total = 16 * MIB;
     assert_eq!(s.bytes_total_data, total);
     // At least the chunks the first cut stream delivered before its cut (~2.75 MiB).
-    assert!(s.bytes_skipped_resumed >= 2 * MIB, "resumed only {}", s.bytes_skipped_resumed);
+    assert!(
+        s.bytes_skipped_resumed >= 2 * MIB,
+        "resumed only {}",
+        s.bytes_skipped_resumed
+    );
     assert_eq!(s.bytes_skipped_resumed, r.bytes_skipped_resumed);
     assert!(s.chunks_resumed > 0 && s.chunks_resumed == r.chunks_resumed);
-    assert!(s.bytes_sent_wire < total - s.bytes_skipped_resumed + 64 * 1024, "wire {}", s.bytes_sent_wire);
-    assert!(s.bytes_sent_wire < total, "the second attempt sends less than a full copy");
+    assert!(
+        s.bytes_sent_wire < total - s.bytes_skipped_resumed + 64 * 1024,
+        "wire {}",
+        s.bytes_sent_wire
+    );
+    assert!(
+        s.bytes_sent_wire < total,
+        "the second attempt sends less than a full copy"
+    );
     assert!(!partial_path(&d.dest).exists() && !journal_path(&d.dest).exists());
 }
 
@@ -95,7 +126,11 @@ fn without_resume_a_failure_removes_partial_data() {
     let proxy = Proxy::start(r.local_addr(), Fault::CutAfter(2 * MIB));
     assert!(tern_transfer::send(proxy.addr, &d.src, &send_opts(sid), |_| {}).is_err());
     assert!(r.wait().is_err());
-    assert!(dest_dir_listing(&d).is_empty(), "{:?}", dest_dir_listing(&d));
+    assert!(
+        dest_dir_listing(&d).is_empty(),
+        "{:?}",
+        dest_dir_listing(&d)
+    );
 }
 
 /// A small tmpfs mounted over a directory for the ENOSPC test; unmounted on drop.
@@ -125,16 +160,31 @@ fn full_destination_fails_clearly_and_removes_partial_data() {
         eprintln!("skipping: cannot mount a small tmpfs (needs root)");
         return;
     };
-    make_file(&d.src, 64 * MIB, &[(0, random_bytes(17, 12 * MIB as usize))]);
+    make_file(
+        &d.src,
+        64 * MIB,
+        &[(0, random_bytes(17, 12 * MIB as usize))],
+    );
     let sid = SessionId::random();
     let (s, r) = transfer(&d.src, &d.dest, &send_opts(sid), recv_opts(sid));
     let re = r.unwrap_err();
     assert!(matches!(re, Error::NoSpace { .. }), "{re}");
     let msg = re.to_string();
-    assert!(msg.starts_with("destination ran out of space writing ") && msg.contains("dest.img"), "{msg}");
+    assert!(
+        msg.starts_with("destination ran out of space writing ") && msg.contains("dest.img"),
+        "{msg}"
+    );
     let se = s.unwrap_err();
-    assert!(se.to_string().contains("destination ran out of space writing"), "{se}");
-    assert!(dest_dir_listing(&d).is_empty(), "{:?}", dest_dir_listing(&d));
+    assert!(
+        se.to_string()
+            .contains("destination ran out of space writing"),
+        "{se}"
+    );
+    assert!(
+        dest_dir_listing(&d).is_empty(),
+        "{:?}",
+        dest_dir_listing(&d)
+    );
 }
 
 #[test]
@@ -185,4 +235,29 @@ fn sender_cancel_stops_the_transfer() {
     t.join().unwrap();
     assert!(matches!(e, Error::Cancelled), "{e}");
     assert!(r.wait().is_err());
+}
+
+#[test]
+fn source_modified_during_the_transfer_fails_it() {
+    let d = dirs();
+    make_file(&d.src, 16 * MIB, &[(0, random_bytes(20, 4 * MIB as usize))]);
+    let sid = SessionId::random();
+    let mut so = send_opts(sid);
+    so.rate_limit = Some(4 * MIB);
+    let r = Receiver::bind("127.0.0.1:0", &d.dest, recv_opts(sid)).unwrap();
+    let src = d.src.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let f = std::fs::File::options().write(true).open(&src).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 12 * MIB).unwrap();
+    });
+    let e = tern_transfer::send(r.local_addr(), &d.src, &so, |_| {}).unwrap_err();
+    t.join().unwrap();
+    assert!(matches!(e, Error::SourceChanged(_)), "{e}");
+    let re = r.wait().unwrap_err();
+    assert!(
+        re.to_string().contains("changed during the transfer"),
+        "{re}"
+    );
+    assert!(!d.dest.exists());
 }

@@ -28,14 +28,29 @@ fn receiver_refuses_strangers_and_old_versions_then_serves_the_real_sender() {
     let sid = SessionId::random();
     let r = Receiver::bind("127.0.0.1:0", &d.dest, recv_opts(sid)).unwrap();
     let msg = reply_to(r.local_addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(msg, "peer is not a tern-transfer endpoint (bad magic in handshake)");
+    assert_eq!(
+        msg,
+        "peer is not a tern-transfer endpoint (bad magic in handshake)"
+    );
     let mut v99 = wire::MAGIC.to_vec();
     v99.extend_from_slice(&[99, 0, 0, 0]);
     let msg = reply_to(r.local_addr(), &v99);
-    assert_eq!(msg, "peer speaks tern-transfer protocol version 99, but this side supports only version 1");
+    assert_eq!(
+        msg,
+        "peer speaks tern-transfer protocol version 99, but this side supports only version 1"
+    );
     // Wrong session: a clear refusal, and the receiver keeps waiting for the right one.
-    let e = tern_transfer::send(r.local_addr(), &d.src, &send_opts(SessionId::random()), |_| {}).unwrap_err();
-    assert!(matches!(&e, Error::Rejected(m) if m.contains("is not expected here")), "{e}");
+    let e = tern_transfer::send(
+        r.local_addr(),
+        &d.src,
+        &send_opts(SessionId::random()),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Rejected(m) if m.contains("is not expected here")),
+        "{e}"
+    );
     tern_transfer::send(r.local_addr(), &d.src, &send_opts(sid), |_| {}).unwrap();
     r.wait().unwrap();
     assert_eq!(read_all(&d.dest), read_all(&d.src));
@@ -58,10 +73,25 @@ fn sender_refuses_peers_that_are_not_receivers() {
     let d = dirs();
     make_file(&d.src, MIB, &[(0, random_bytes(31, 4096))]);
     let so = send_opts(SessionId::random());
-    let e = tern_transfer::send(fake_receiver(b"HTTP/1.1 400 Bad Request\r\n\r\n"), &d.src, &so, |_| {}).unwrap_err();
+    let e = tern_transfer::send(
+        fake_receiver(b"HTTP/1.1 400 Bad Request\r\n\r\n"),
+        &d.src,
+        &so,
+        |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::BadMagic), "{e}");
-    let e = tern_transfer::send(fake_receiver(b"TERNXFER\x02\x00\x00\x00"), &d.src, &so, |_| {}).unwrap_err();
-    assert!(matches!(e, Error::UnsupportedVersion { peer: 2, ours: 1 }), "{e}");
+    let e = tern_transfer::send(
+        fake_receiver(b"TERNXFER\x02\x00\x00\x00"),
+        &d.src,
+        &so,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::UnsupportedVersion { peer: 2, ours: 1 }),
+        "{e}"
+    );
 }
 
 /// Handshakes as a (malicious) sender and returns the connected control stream.
@@ -103,7 +133,14 @@ fn receiver_rejects_chunks_outside_the_file_and_oversized_frames() {
     let sid = SessionId::random();
     let r = Receiver::bind("127.0.0.1:0", &d.dest, recv_opts(sid)).unwrap();
     let mut s = hostile_sender(r.local_addr(), sid);
-    let h = ChunkHeader { index: 0, offset: 8 * MIB - 10, len: 4096, flags: 0, zero_mask: 0, hash: [0; 32] };
+    let h = ChunkHeader {
+        index: 0,
+        offset: 8 * MIB - 10,
+        len: 4096,
+        flags: 0,
+        zero_mask: 0,
+        hash: [0; 32],
+    };
     let mut body = h.encode().to_vec();
     body.extend_from_slice(&[1u8; 4096]);
     wire::write_frame(&mut s, Kind::Chunk, &body).unwrap();
@@ -111,7 +148,12 @@ fn receiver_rejects_chunks_outside_the_file_and_oversized_frames() {
     let e = r.wait().unwrap_err();
     assert!(matches!(e, Error::Protocol(_)), "{e}");
     // Nothing was written outside the file; partial data is kept for a resume.
-    assert_eq!(std::fs::metadata(tern_transfer::partial_path(&d.dest)).unwrap().len(), 8 * MIB);
+    assert_eq!(
+        std::fs::metadata(tern_transfer::partial_path(&d.dest))
+            .unwrap()
+            .len(),
+        8 * MIB
+    );
 
     let r = Receiver::bind("127.0.0.1:0", &d.dest, recv_opts(sid)).unwrap();
     let mut s = hostile_sender(r.local_addr(), sid);

@@ -42,18 +42,28 @@ fn sparse_file_roundtrip_keeps_holes_and_skips_zero_blocks() {
     assert_eq!(identity(&d.src), before, "source must not change");
     assert_eq!(s.bytes_total_data, data);
     assert_eq!(r.bytes_total_data, data);
-    let zero = (3 * 65536 + MIB) as u64;
+    let zero = 3 * 65536 + MIB;
     assert_eq!(s.bytes_zero_skipped, zero);
     assert_eq!(r.bytes_zero_skipped, zero);
     assert_eq!(s.bytes_skipped_resumed, 0);
     assert_eq!(s.chunks, r.chunks);
-    assert_eq!(s.bytes_sent_wire, r.bytes_sent_wire, "both sides count the same wire bytes");
+    assert_eq!(
+        s.bytes_sent_wire, r.bytes_sent_wire,
+        "both sides count the same wire bytes"
+    );
     assert!(s.bytes_sent_wire < data - zero + 4096 * s.chunks);
     // Holes stay holes; zero blocks became holes.
     let dest_alloc = allocated(&d.dest);
-    assert!(dest_alloc <= data - zero + 64 * 1024, "dest allocates {dest_alloc} for {} data bytes", data - zero);
+    assert!(
+        dest_alloc <= data - zero + 64 * 1024,
+        "dest allocates {dest_alloc} for {} data bytes",
+        data - zero
+    );
     let ext = allocated_extents(&d.dest).unwrap();
-    let covers = |off: u64| ext.iter().any(|e: &Extent| e.offset <= off && off < e.end());
+    let covers = |off: u64| {
+        ext.iter()
+            .any(|e: &Extent| e.offset <= off && off < e.end())
+    };
     assert!(!covers(10 * MIB) && !covers(41 * MIB + 65536) && !covers(42 * MIB + 100));
     assert!(covers(40 * MIB) && covers(64 * MIB - 1));
     // Only the destination file remains: no partial, no journal.
@@ -63,8 +73,17 @@ fn sparse_file_roundtrip_keeps_holes_and_skips_zero_blocks() {
 #[test]
 fn zstd_compression_is_negotiated_and_shrinks_the_wire() {
     let d = dirs();
-    let text: Vec<u8> = b"tern moves virtual machines between hosts. ".iter().copied().cycle().take(6 << 20).collect();
-    make_file(&d.src, 16 * MIB, &[(MIB, text), (12 * MIB, random_bytes(9, MIB as usize))]);
+    let text: Vec<u8> = b"tern moves virtual machines between hosts. "
+        .iter()
+        .copied()
+        .cycle()
+        .take(6 << 20)
+        .collect();
+    make_file(
+        &d.src,
+        16 * MIB,
+        &[(MIB, text), (12 * MIB, random_bytes(9, MIB as usize))],
+    );
     let sid = SessionId::random();
     let mut so = send_opts(sid);
     so.compression = Compression::Zstd(3);
@@ -90,7 +109,9 @@ fn zstd_compression_is_negotiated_and_shrinks_the_wire() {
 #[test]
 fn many_streams_and_read_back_verification() {
     let d = dirs();
-    let regions: Vec<_> = (0..12).map(|i| (i * 5 * MIB + i * 4096, random_bytes(i + 20, 1_500_000))).collect();
+    let regions: Vec<_> = (0..12)
+        .map(|i| (i * 5 * MIB + i * 4096, random_bytes(i + 20, 1_500_000)))
+        .collect();
     make_file(&d.src, 80 * MIB, &regions);
     let sid = SessionId::random();
     let mut so = send_opts(sid);
@@ -132,7 +153,11 @@ fn rate_limit_slows_the_transfer() {
     s.unwrap();
     r.unwrap();
     // 3 MiB at 2 MiB/s with a 0.5 MiB burst: at least 1.25 s.
-    assert!(t.elapsed() >= Duration::from_millis(1200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(read_all(&d.dest), read_all(&d.src));
 }
@@ -163,7 +188,11 @@ fn qcow2_like_file_is_sent_as_a_file() {
     let d = dirs();
     let mut header = vec![0u8; 65536];
     header[..4].copy_from_slice(b"QFI\xfb");
-    make_file(&d.src, 0, &[(0, header), (65536, random_bytes(7, 3 * MIB as usize))]);
+    make_file(
+        &d.src,
+        0,
+        &[(0, header), (65536, random_bytes(7, 3 * MIB as usize))],
+    );
     let f = File::options().write(true).open(&d.src).unwrap();
     f.set_len(32 * MIB).unwrap();
     f.write_all_at(b"tail", 32 * MIB - 4).unwrap();

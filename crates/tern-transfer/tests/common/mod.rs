@@ -49,7 +49,12 @@ pub fn allocated(path: &Path) -> u64 {
 /// Size, mtime and BLAKE3 of a file: everything that must not change on the source.
 pub fn identity(path: &Path) -> (u64, i64, i64, [u8; 32]) {
     let m = std::fs::metadata(path).unwrap();
-    (m.len(), m.mtime(), m.mtime_nsec(), *blake3::hash(&read_all(path)).as_bytes())
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        *blake3::hash(&read_all(path)).as_bytes(),
+    )
 }
 
 /// Receive options for tests: short timeouts.
@@ -120,7 +125,11 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, stop, forwarded }
+        Proxy {
+            addr,
+            stop,
+            forwarded,
+        }
     }
 }
 
@@ -141,8 +150,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, count: &At
         let chunk = &mut buf[..n];
         let mut take = n;
         match fault {
-            Some(Fault::CutAfter(limit)) if pos + n as u64 >= limit => take = (limit - pos) as usize,
-            Some(Fault::FlipAt(at)) if at >= pos && at < pos + n as u64 => chunk[(at - pos) as usize] ^= 0xff,
+            Some(Fault::CutAfter(limit)) if pos + n as u64 >= limit => {
+                take = (limit - pos) as usize
+            }
+            Some(Fault::FlipAt(at)) if at >= pos && at < pos + n as u64 => {
+                chunk[(at - pos) as usize] ^= 0xff
+            }
             _ => {}
         }
         if to.write_all(&chunk[..take]).is_err() {

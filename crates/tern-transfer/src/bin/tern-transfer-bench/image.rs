@@ -20,11 +20,17 @@ pub struct Layout {
 /// 8 GiB with 2 GiB of random data in four 512 MiB extents, plus 64 MiB of written zeros
 /// (allocated on the source, to be detected and left as a hole by sparse-aware tools).
 pub fn default_layout() -> Layout {
-    let r = |off: u64| Extent { offset: off, len: 512 * MIB };
+    let r = |off: u64| Extent {
+        offset: off,
+        len: 512 * MIB,
+    };
     Layout {
         size: 8 * GIB,
         random: vec![r(0), r(2 * GIB + MIB), r(4 * GIB + 12 * MIB), r(7 * GIB)],
-        zeroed: Extent { offset: 3 * GIB, len: 64 * MIB },
+        zeroed: Extent {
+            offset: 3 * GIB,
+            len: 64 * MIB,
+        },
     }
 }
 
@@ -48,7 +54,8 @@ pub fn create(path: &Path, layout: &Layout) -> io::Result<()> {
         for (i, e) in layout.random.iter().enumerate() {
             let e = *e;
             jobs.push(s.spawn(move || -> io::Result<()> {
-                let mut state = 0x1234_5678_9abc_def1 ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut state =
+                    0x1234_5678_9abc_def1 ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let mut buf = vec![0u8; 8 << 20];
                 let mut off = e.offset;
                 while off < e.end() {
@@ -60,11 +67,14 @@ pub fn create(path: &Path, layout: &Layout) -> io::Result<()> {
                 Ok(())
             }));
             if jobs.len() == 2 {
-                jobs.remove(0).join().map_err(|_| io::Error::other("writer panicked"))??;
+                jobs.remove(0)
+                    .join()
+                    .map_err(|_| io::Error::other("writer panicked"))??;
             }
         }
         for j in jobs {
-            j.join().map_err(|_| io::Error::other("writer panicked"))??;
+            j.join()
+                .map_err(|_| io::Error::other("writer panicked"))??;
         }
         let z = vec![0u8; 8 << 20];
         let mut off = layout.zeroed.offset;
@@ -84,7 +94,11 @@ pub fn on_disk(path: &Path) -> io::Result<u64> {
 
 /// Sum of the allocated extents' lengths.
 pub fn data_bytes(path: &Path) -> io::Result<u64> {
-    Ok(allocated_extents(path).map_err(io::Error::other)?.iter().map(|e| e.len).sum())
+    Ok(allocated_extents(path)
+        .map_err(io::Error::other)?
+        .iter()
+        .map(|e| e.len)
+        .sum())
 }
 
 /// Byte-for-byte comparison that skips ranges that are holes in both files.

@@ -20,7 +20,10 @@ pub struct Sshd {
 fn run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(())
 }
@@ -34,9 +37,12 @@ impl Sshd {
         }
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         for key in ["host_key", "client_key"] {
-            run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(dir.join(key)))?;
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key)))?;
         }
-        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).map_err(|e| e.to_string())?;
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
+            .map_err(|e| e.to_string())?;
         // Privilege separation directory, normally made at boot.
         let run_dir = Path::new("/run/sshd");
         let made_run_dir = !run_dir.exists();
@@ -66,10 +72,22 @@ impl Sshd {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting sshd: {e}"))?;
-        let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().map_err(|e| e.to_string())?.stdout)
-            .trim()
-            .to_string();
-        let s = Sshd { child, dir: dir.to_path_buf(), port, user, made_run_dir };
+        let user = String::from_utf8_lossy(
+            &Command::new("id")
+                .arg("-un")
+                .output()
+                .map_err(|e| e.to_string())?
+                .stdout,
+        )
+        .trim()
+        .to_string();
+        let s = Sshd {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+            user,
+            made_run_dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -77,7 +95,10 @@ impl Sshd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        run(Command::new("ssh").args(s.ssh_args("-p")).arg(s.target("")).arg("true"))?;
+        run(Command::new("ssh")
+            .args(s.ssh_args("-p"))
+            .arg(s.target(""))
+            .arg("true"))?;
         Ok(s)
     }
 
@@ -85,9 +106,22 @@ impl Sshd {
     pub fn ssh_args(&self, port_flag: &str) -> Vec<String> {
         let key = self.dir.join("client_key");
         [
-            "-F", "/dev/null", port_flag, &self.port.to_string(), "-i", &key.to_string_lossy(), "-c", CIPHER,
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR",
+            "-F",
+            "/dev/null",
+            port_flag,
+            &self.port.to_string(),
+            "-i",
+            &key.to_string_lossy(),
+            "-c",
+            CIPHER,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
         ]
         .iter()
         .map(|s| s.to_string())
