@@ -1,0 +1,302 @@
+//! `tern-bench live`: live migration with shared storage (issue 3).
+//!
+//! For every guest size and dirty rate, the same guest is migrated twice:
+//! (a) with `tern migrate --live` between two `ternd`s, (b) by this program
+//! over QMP, with the QEMU command line, capabilities and parameters Tern
+//! would use. The difference in wall-clock time is Tern's control overhead.
+
+mod direct;
+mod report;
+mod table;
+mod tern;
+
+use crate::guest::{AfterMigration, Case, GuestSetup};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use report::{Outcome, Row};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tern_testkit::watch::WatchReport;
+use tern_testkit::{BuildOptions, TernHost};
+
+/// Which way to migrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// `tern migrate --live` between two agents.
+    Tern,
+    /// QMP from this program.
+    Qmp,
+}
+
+/// `tern-bench live` options. The defaults are the documented run.
+#[derive(Args, Debug)]
+pub struct LiveArgs {
+    /// Guest RAM sizes, MiB (the guest fills half of it).
+    #[arg(long, value_delimiter = ',', default_value = "512,2048")]
+    sizes: Vec<u64>,
+    /// Dirty rates (`tern.dirty`), MiB/s.
+    #[arg(long, value_delimiter = ',', default_value = "0,20,100")]
+    rates: Vec<u64>,
+    /// Seconds the guest runs after TERN-READY before it is migrated.
+    #[arg(long, default_value_t = 3)]
+    settle: u64,
+    /// Seconds after which a migration that has not converged is cancelled.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// `tern.verify_rate`, MiB/s: keeps the guest's memory verifier from
+    /// taking a whole core.
+    #[arg(long, default_value_t = 8)]
+    verify_rate: u64,
+    /// Migrations per case and driver: the guest moves back and forth
+    /// (settling in between) and the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Keep every migration's two console logs in this directory.
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// Measure only one way.
+    #[arg(long, value_enum)]
+    only: Option<Driver>,
+    /// Before each case, wait up to this many seconds for other people's
+    /// QEMUs to end (on a shared machine they compete for the cores; the
+    /// conditions table records how many ran either way).
+    #[arg(long, default_value_t = 0)]
+    quiet_wait: u64,
+    /// QEMU for the direct case (what `ternd` runs by default).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+}
+
+/// Shared state of a run: the two hosts, the guest, the limits.
+pub struct Bench {
+    /// Source host.
+    pub a: TernHost,
+    /// Destination host.
+    pub b: TernHost,
+    /// Image, shared disk, verifier rate.
+    pub guest: GuestSetup,
+    /// Time between TERN-READY and the migration.
+    pub settle: Duration,
+    /// Deadline for one migration.
+    pub timeout: Duration,
+    /// QEMU binary for the direct case.
+    pub qemu: PathBuf,
+    /// Migrations per case and driver.
+    pub repeat: u32,
+    /// Where to keep console logs, if anywhere.
+    pub logs: Option<PathBuf>,
+    // Dropped last: the hosts' QEMUs are gone before the disk is removed.
+    _pool: tempfile::TempDir,
+}
+
+impl Bench {
+    /// Copies a migration's source and destination console logs to the
+    /// `--logs` directory, as `<label>-src.log` and `<label>-dst.log`.
+    pub fn keep_logs(&self, label: &str, src: &Path, dst: &Path) {
+        let Some(dir) = &self.logs else {
+            return;
+        };
+        for (role, p) in [("src", src), ("dst", dst)] {
+            let to = dir.join(format!("{label}-{role}.log"));
+            if let Err(e) = std::fs::copy(p, &to) {
+                eprintln!("tern-bench: cannot keep {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Runs the matrix and prints the tables on stdout (progress on stderr).
+pub async fn run(args: LiveArgs) -> Result<()> {
+    let bin_dir = tern_testkit::host::bin_dir();
+    for b in ["ternd", "tern"] {
+        if !bin_dir.join(b).is_file() {
+            bail!(
+                "{} is not built; build the workspace with the same profile as tern-bench \
+                 (`cargo build --release --workspace`) or set TERN_BIN_DIR",
+                bin_dir.join(b).display()
+            );
+        }
+    }
+    let qemu_version = qemu_version(&args.qemu)?;
+    if let Some(d) = &args.logs {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let image = tern_testkit::build_or_reuse(&BuildOptions {
+        progress: true,
+        ..Default::default()
+    })
+    .context("build the test guest")?;
+    let pool = crate::guest::scratch("tern-bench-pool-")?;
+    eprintln!("tern-bench: starting two agents from {}", bin_dir.display());
+    let a = TernHost::start("bench-a");
+    let b = TernHost::start("bench-b");
+    for h in [&a, &b] {
+        h.add_pool("shared", pool.path(), true);
+    }
+    a.ok(&[
+        "vol-create-as",
+        "shared",
+        "bench.img",
+        "16M",
+        "--format",
+        "raw",
+    ]);
+    let bench = Bench {
+        guest: GuestSetup {
+            image,
+            disk: pool.path().join("bench.img"),
+            verify_rate: args.verify_rate,
+        },
+        a,
+        b,
+        settle: Duration::from_secs(args.settle),
+        timeout: Duration::from_secs(args.timeout),
+        qemu: args.qemu.clone(),
+        repeat: args.repeat.max(1),
+        logs: args.logs.clone(),
+        _pool: pool,
+    };
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &memory_mib in &args.sizes {
+        for &dirty_mib_s in &args.rates {
+            let case = Case {
+                memory_mib,
+                dirty_mib_s,
+            };
+            wait_quiet(Duration::from_secs(args.quiet_wait)).await;
+            rows.push(measure(&bench, case, args.only).await);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "Live migration, shared storage: {cores} cores, TCG, {qemu_version}, median of {} \
+         migrations per cell, settle {} s, tern.verify_rate={} MiB/s, tern.mem = RAM/2; \
+         whole run {} s\n",
+        bench.repeat,
+        args.settle,
+        args.verify_rate,
+        started.elapsed().as_secs()
+    );
+    println!("{}", table::results_table(&rows));
+    println!("Where Tern's wall-clock time goes (ms, from the agents' job events):\n");
+    println!("{}", table::breakdown_table(&rows));
+    println!("{}", table::conditions_table(&rows));
+    Ok(())
+}
+
+/// Waits until no other QEMU runs, at most `max`.
+async fn wait_quiet(max: Duration) {
+    let deadline = Instant::now() + max;
+    let n = crate::sys::qemu_processes();
+    if n > 0 && !max.is_zero() {
+        eprintln!(
+            "tern-bench: {n} other QEMU(s) running; waiting up to {} s for them to end",
+            max.as_secs()
+        );
+    }
+    while crate::sys::qemu_processes() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Measures one case both ways (or the one asked for).
+async fn measure(bench: &Bench, case: Case, only: Option<Driver>) -> Row {
+    let mut row = Row {
+        case,
+        tern: Vec::new(),
+        direct: Vec::new(),
+        dest_start: None,
+        other_qemus: crate::sys::qemu_processes(),
+        load: crate::sys::loadavg(),
+        notes: Vec::new(),
+    };
+    let label = format!("{} MiB, dirty {} MiB/s", case.memory_mib, case.dirty_mib_s);
+    if only != Some(Driver::Qmp) {
+        eprintln!("tern-bench: {label}: tern migrate --live ...");
+        row.tern = tern::run(bench, case, &mut row.notes)
+            .await
+            .unwrap_or_else(|e| vec![Outcome::Failed(format!("{e:#}"))]);
+        for o in &row.tern {
+            eprintln!("tern-bench: {label}: tern: {}", summary(o));
+        }
+    }
+    if only != Some(Driver::Tern) {
+        eprintln!("tern-bench: {label}: direct QMP ...");
+        match direct::run(bench, case, &mut row.notes).await {
+            Ok(d) => {
+                row.dest_start = median(d.dest_starts);
+                row.direct = d.outcomes;
+            }
+            Err(e) => row.direct = vec![Outcome::Failed(format!("{e:#}"))],
+        }
+        for o in &row.direct {
+            eprintln!("tern-bench: {label}: QMP: {}", summary(o));
+        }
+    }
+    row
+}
+
+/// The median (the upper of the middle two).
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// One line for the progress log.
+fn summary(o: &Outcome) -> String {
+    match o {
+        Outcome::Done(r) => format!(
+            "{} ms wall, QEMU {} ms, downtime {} ms, {:.0} MiB, {} iterations, gap {}",
+            r.wall.as_millis(),
+            r.figures.total_ms,
+            r.figures.downtime_ms,
+            r.figures.bytes as f64 / 1048576.0,
+            r.figures.iterations,
+            r.gap
+                .map(|g| format!("{} ms", g.as_millis()))
+                .unwrap_or_else(|| "not seen".into())
+        ),
+        Outcome::DidNotConverge { after, .. } => {
+            format!("did not converge in {} s; cancelled", after.as_secs())
+        }
+        Outcome::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+/// Adds what the heartbeats and the destination console showed beyond the
+/// gap to a row's notes.
+fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
+    match after {
+        AfterMigration::Running => {}
+        AfterMigration::Crashed(l) => {
+            notes.push(format!("{who}: guest crashed on the destination: {l}"));
+        }
+        AfterMigration::Silent => notes.push(format!("{who}: no heartbeat from the destination")),
+    }
+    if r.went_backwards {
+        notes.push(format!("{who}: heartbeat counter went backwards"));
+    }
+    if r.missing > 0 {
+        notes.push(format!("{who}: {} heartbeats missing", r.missing));
+    }
+    for f in r.failures.iter().take(3) {
+        notes.push(format!("{who}: {f}"));
+    }
+}
+
+/// `qemu-system-x86_64 --version`, e.g. "QEMU 7.2.22".
+fn qemu_version(qemu: &std::path::Path) -> Result<String> {
+    let o = std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("run {} --version", qemu.display()))?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("unknown version");
+    Ok(format!("QEMU {v}"))
+}

@@ -1,0 +1,235 @@
+//! What one migration measured, and how repeated runs fold into one row.
+
+use crate::guest::Case;
+use serde_json::Value;
+use std::time::Duration;
+use tern_migrate::JobInfo;
+
+/// QEMU's own figures for a migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// `total-time`, ms.
+    pub total_ms: u64,
+    /// `downtime`, ms.
+    pub downtime_ms: u64,
+    /// `ram.transferred`, bytes.
+    pub bytes: u64,
+    /// `ram.dirty-sync-count`.
+    pub iterations: u64,
+}
+
+impl Figures {
+    /// From a `query-migrate` reply.
+    pub fn from_query(q: &Value) -> Figures {
+        let u = |v: &Value| v.as_u64().unwrap_or(0);
+        Figures {
+            total_ms: u(&q["total-time"]),
+            downtime_ms: u(&q["downtime"]),
+            bytes: u(&q["ram"]["transferred"]),
+            iterations: u(&q["ram"]["dirty-sync-count"]),
+        }
+    }
+
+    /// From `tern domjobinfo --completed --json`.
+    pub fn from_jobinfo(j: &JobInfo) -> Figures {
+        Figures {
+            total_ms: j.time_elapsed_ms,
+            downtime_ms: j.downtime_ms.unwrap_or(0),
+            bytes: j.memory_processed,
+            iterations: j.iteration,
+        }
+    }
+
+    /// A completed migration cannot take 0 ms: QEMU answered before it had
+    /// computed its times (see `docs/BENCHMARKS.md`).
+    pub fn times_missing(&self) -> bool {
+        self.total_ms == 0
+    }
+}
+
+/// Where the wall-clock time of `tern migrate` went, from the two agents'
+/// job events (ms; `None` when an event was not found).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breakdown {
+    /// CLI start to the destination's Prepare (CLI start-up, Begin).
+    pub to_prepare: Option<u64>,
+    /// Prepare: destination QEMU started, capabilities set, listening.
+    pub prepare: Option<u64>,
+    /// Listening to the source's `migrate` (Prepare reply, Perform set-up).
+    pub handoff: Option<u64>,
+    /// `migrate` to the source agent seeing QEMU completed (QEMU's
+    /// total-time plus the agent's polling).
+    pub copy: Option<u64>,
+    /// QEMU completed to the guest running on the destination (the CLI's
+    /// polling, Finish, `cont`).
+    pub resume: Option<u64>,
+    /// Guest running to the CLI's exit (Confirm: the source QEMU stops).
+    pub confirm: Option<u64>,
+    /// QEMU's total-time of the same run, ms (0 when QEMU did not say).
+    pub qemu_total_ms: u64,
+}
+
+/// A migration that completed.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Wall clock: the `tern migrate` command, or `migrate` to `cont`.
+    pub wall: Duration,
+    /// QEMU's figures.
+    pub figures: Figures,
+    /// Longest wait between heartbeats on the consoles, if the guest was
+    /// seen running on the destination.
+    pub gap: Option<Duration>,
+    /// Tern only: the phases of its wall-clock time.
+    pub breakdown: Option<Breakdown>,
+    /// The first `query-migrate` that said "completed" had no total-time
+    /// yet (QEMU 7.2 sets the status before the times).
+    pub times_late: bool,
+    /// The console line that shows the guest broke after arriving.
+    pub crash: Option<String>,
+}
+
+/// How one migration ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Completed, guest running on the destination.
+    Done(Run),
+    /// Still copying at the deadline; cancelled. The figures are QEMU's at
+    /// the end.
+    DidNotConverge {
+        /// Deadline.
+        after: Duration,
+        /// Figures when cancelled.
+        figures: Figures,
+    },
+    /// Something went wrong.
+    Failed(String),
+}
+
+/// The median of some values (the upper one of the middle two).
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Folds repeated migrations of one case into one outcome: the first that
+/// did not complete, else the median of every figure separately (runs in
+/// which QEMU had not filled in its times do not count for those), and the
+/// phase breakdown of the run with the median wall-clock time.
+pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
+    if let Some(bad) = runs.iter().find(|o| !matches!(o, Outcome::Done(_))) {
+        return Some(bad.clone());
+    }
+    let done: Vec<&Run> = runs
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Done(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if done.is_empty() {
+        return None;
+    }
+    let with_times: Vec<&&Run> = done.iter().filter(|r| !r.figures.times_missing()).collect();
+    let m = |f: &dyn Fn(&Run) -> u64| median(done.iter().map(|r| f(r)).collect()).unwrap_or(0);
+    let mt =
+        |f: &dyn Fn(&Run) -> u64| median(with_times.iter().map(|r| f(r)).collect()).unwrap_or(0);
+    // The phases of one run add up; medians taken phase by phase would not.
+    let mut by_wall = done.clone();
+    by_wall.sort_by_key(|r| r.wall);
+    let mid = by_wall[by_wall.len() / 2];
+    Some(Outcome::Done(Run {
+        wall: median(done.iter().map(|r| r.wall).collect()).unwrap_or_default(),
+        figures: Figures {
+            total_ms: mt(&|r| r.figures.total_ms),
+            downtime_ms: mt(&|r| r.figures.downtime_ms),
+            bytes: m(&|r| r.figures.bytes),
+            iterations: m(&|r| r.figures.iterations),
+        },
+        gap: median(done.iter().filter_map(|r| r.gap).collect()),
+        times_late: done.iter().any(|r| r.times_late),
+        crash: done.iter().find_map(|r| r.crash.clone()),
+        breakdown: mid.breakdown,
+    }))
+}
+
+/// The control time of a driver: the median over completed runs of wall
+/// clock minus QEMU's own total-time, i.e. everything around QEMU's copy
+/// (starting the destination, hand-offs, noticing completion, resuming).
+/// Unlike the wall clock it does not move with QEMU's copy speed, which
+/// varies a lot on a loaded machine.
+pub fn control_ms(runs: &[Outcome]) -> Option<i64> {
+    if runs.iter().any(|o| !matches!(o, Outcome::Done(_))) {
+        return None;
+    }
+    median(
+        runs.iter()
+            .filter_map(|o| match o {
+                Outcome::Done(r) if !r.figures.times_missing() => {
+                    Some(r.wall.as_millis() as i64 - r.figures.total_ms as i64)
+                }
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// How many completed runs first saw "completed" without QEMU's times.
+pub fn times_late(runs: &[Outcome]) -> usize {
+    runs.iter()
+        .filter(|o| matches!(o, Outcome::Done(r) if r.times_late))
+        .count()
+}
+
+/// One row: a case measured both ways, plus what else was going on.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Guest RAM and dirty rate.
+    pub case: Case,
+    /// Through `tern migrate --live`, each repetition.
+    pub tern: Vec<Outcome>,
+    /// Direct QMP, each repetition.
+    pub direct: Vec<Outcome>,
+    /// Median time to start the destination QEMU and connect to it (direct
+    /// case), which Tern does inside its wall clock.
+    pub dest_start: Option<Duration>,
+    /// Other processes' QEMUs running when the case started.
+    pub other_qemus: usize,
+    /// 1-minute load average when the case started.
+    pub load: Option<f64>,
+    /// Oddities: `TERN-FAIL` lines, heartbeats going backwards, ...
+    pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn figures_from_query_migrate() {
+        let q = json!({"status": "completed", "total-time": 1077, "downtime": 49,
+            "ram": {"transferred": 404170408u64, "dirty-sync-count": 3}});
+        let f = Figures::from_query(&q);
+        assert_eq!((f.total_ms, f.downtime_ms, f.iterations), (1077, 49, 3));
+        assert!(!f.times_missing());
+        assert!(Figures::from_query(&json!({"status": "completed"})).times_missing());
+    }
+
+    #[test]
+    fn control_time_ignores_runs_without_qemu_times() {
+        let run = |w: u64, t: u64| {
+            Outcome::Done(Run {
+                wall: Duration::from_millis(w),
+                figures: Figures {
+                    total_ms: t,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let runs = [run(1500, 1200), run(1400, 1300), run(1600, 0)];
+        assert_eq!(control_ms(&runs), Some(300));
+        let failed = [run(1500, 1200), Outcome::Failed("x".into())];
+        assert_eq!(control_ms(&failed), None);
+    }
+}

@@ -1,0 +1,220 @@
+//! Case (a): `tern migrate --live` between two test hosts.
+
+use super::report::{Breakdown, Figures, Outcome, Run};
+use super::Bench;
+use crate::guest::{after_migration, wait_ready, AfterMigration, Case};
+use anyhow::{Context, Result};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tern_migrate::{JobEvent, JobInfo};
+use tern_testkit::watch::ConsoleWatcher;
+use tern_testkit::{bin, TernHost};
+
+/// How long `tern migrate` may take to return after `domjobabort`.
+const ABORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Removes a case's guest from both hosts, whatever state it is in.
+struct Cleanup<'a> {
+    a: &'a TernHost,
+    b: &'a TernHost,
+    name: String,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for (h, verb) in [
+            (self.b, "destroy"),
+            (self.a, "destroy"),
+            (self.a, "undefine"),
+            (self.b, "undefine"),
+        ] {
+            // Most of these fail (not running, not defined there); that is fine.
+            let _ = h.tern(&[verb, &self.name]);
+        }
+    }
+}
+
+/// Boots the case's guest on host A, lets it settle, and migrates it with
+/// `tern migrate --live` `bench.repeat` times, A to B and back, letting it
+/// settle again between migrations. Stops at the first migration that
+/// does not complete or after which the guest crashed.
+pub async fn run(bench: &Bench, case: Case, notes: &mut Vec<String>) -> Result<Vec<Outcome>> {
+    let (a, b) = (&bench.a, &bench.b);
+    let name = case.name("tern");
+    a.define_guest(&case.spec(&name, &bench.guest));
+    let _cleanup = Cleanup {
+        a,
+        b,
+        name: name.clone(),
+    };
+    a.ok(&["start", &name]);
+    wait_ready(&a.console_log(&name)).await?;
+    let mut out = Vec::new();
+    for i in 0..bench.repeat {
+        tokio::time::sleep(bench.settle).await;
+        let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        let who = format!("tern #{}", i + 1);
+        let o = migrate_once(bench, (from, to), &name, &who, notes)
+            .await
+            .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
+        bench.keep_logs(
+            &format!("{name}-r{}", i + 1),
+            &from.console_log(&name),
+            &to.console_log(&name),
+        );
+        // A guest that crashed or did not arrive cannot be measured again.
+        let go_on = matches!(&o, Outcome::Done(r) if r.crash.is_none() && r.gap.is_some());
+        out.push(o);
+        if !go_on {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One `tern migrate --live NAME TO` run against FROM, timed, with the
+/// guest's heartbeats watched on both consoles.
+async fn migrate_once(
+    bench: &Bench,
+    (from, to): (&TernHost, &TernHost),
+    name: &str,
+    who: &str,
+    notes: &mut Vec<String>,
+) -> Result<Outcome> {
+    let scratch = crate::guest::scratch("tern-bench-cli-")?;
+    let watcher = ConsoleWatcher::start();
+    watcher.add(from.console_log(name), false);
+    // Coming back to a host, its old console log is still there until the
+    // agent starts the destination QEMU (which replaces it): skip it.
+    let dest_log = to.console_log(name);
+    let stale = dest_log.exists();
+    watcher.add(dest_log, !stale);
+    let (out_path, err_path) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
+    let out = std::fs::File::create(&out_path).context("create the CLI's stdout file")?;
+    let err = std::fs::File::create(&err_path).context("create the CLI's stderr file")?;
+    let t0 = Instant::now();
+    let t0_ms = epoch_ms();
+    let mut child = tokio::process::Command::new(bin("tern"))
+        .arg("-c")
+        .arg(from.uri())
+        .args(["migrate", "--live", name, &to.uri()])
+        .env_remove("TERN_DEFAULT_URI")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .context("run tern migrate")?;
+    let status = match tokio::time::timeout(bench.timeout, child.wait()).await {
+        Ok(st) => st.context("wait for tern migrate")?,
+        Err(_) => {
+            let _ = from.tern(&["domjobabort", name]);
+            if tokio::time::timeout(ABORT_WAIT, child.wait())
+                .await
+                .is_err()
+            {
+                notes.push(format!(
+                    "{who}: migrate still running {} s after domjobabort; killed the CLI",
+                    ABORT_WAIT.as_secs()
+                ));
+                let _ = child.kill().await;
+            }
+            let figures = job_figures(from, name).unwrap_or_default();
+            let _ = watcher.finish();
+            return Ok(Outcome::DidNotConverge {
+                after: bench.timeout,
+                figures,
+            });
+        }
+    };
+    let wall = t0.elapsed();
+    let end = Instant::now();
+    let end_ms = epoch_ms();
+    if !status.success() {
+        let _ = watcher.finish();
+        let e = std::fs::read_to_string(&err_path).unwrap_or_default();
+        return Ok(Outcome::Failed(format!("{status}: {}", e.trim())));
+    }
+    let figures = job_figures(from, name)?;
+    let (src_events, dst_events) = (events(from, name), events(to, name));
+    // The direct driver does not run Tern's convergence policy: say so
+    // when the policy changed anything.
+    for e in src_events
+        .iter()
+        .filter(|e| e.message.starts_with("policy:"))
+    {
+        notes.push(format!("{who}: {}", e.message));
+    }
+    let breakdown = Breakdown {
+        qemu_total_ms: figures.total_ms,
+        ..breakdown(&src_events, &dst_events, t0_ms, end_ms)
+    };
+    let after = after_migration(&watcher, &to.console_log(name), end).await;
+    let rep = watcher.finish();
+    super::note_watch(who, &rep, &after, notes);
+    Ok(Outcome::Done(Run {
+        wall,
+        figures,
+        gap: (after == AfterMigration::Running).then_some(rep.max_gap),
+        breakdown: Some(breakdown),
+        times_late: figures.times_missing(),
+        crash: match after {
+            AfterMigration::Crashed(l) => Some(l),
+            _ => None,
+        },
+    }))
+}
+
+/// QEMU's figures as `tern domjobinfo --completed --json` reports them.
+fn job_figures(src: &TernHost, name: &str) -> Result<Figures> {
+    let o = src.tern(&["domjobinfo", name, "--completed", "--json"]);
+    anyhow::ensure!(
+        o.status.success(),
+        "tern domjobinfo --completed failed: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    let j: JobInfo =
+        serde_json::from_slice(&o.stdout).context("parse tern domjobinfo --completed --json")?;
+    Ok(Figures::from_jobinfo(&j))
+}
+
+/// Milliseconds since the Unix epoch, the agents' event clock.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A host's job events for a domain (its last job).
+fn events(h: &TernHost, name: &str) -> Vec<JobEvent> {
+    let o = h.tern(&["domjobevents", name, "--json"]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Splits the CLI's wall clock at the agents' job events. The events are
+/// matched by the start of their message, as the agents word them today.
+fn breakdown(es: &[JobEvent], ed: &[JobEvent], t0_ms: u64, end_ms: u64) -> Breakdown {
+    let at = |ev: &[JobEvent], prefix: &str| {
+        ev.iter()
+            .find(|e| e.message.starts_with(prefix))
+            .map(|e| e.at_ms)
+    };
+    let span = |from: Option<u64>, to: Option<u64>| to?.checked_sub(from?);
+    let prepare = at(ed, "phase prepare");
+    let listening = at(ed, "QEMU listening");
+    let sending = at(es, "sending memory");
+    let completed = at(es, "QEMU completed");
+    let runs = at(ed, "guest runs on this host");
+    Breakdown {
+        to_prepare: span(Some(t0_ms), prepare),
+        prepare: span(prepare, listening),
+        handoff: span(listening, sending),
+        copy: span(sending, completed),
+        resume: span(completed, runs),
+        confirm: span(runs, Some(end_ms)),
+        qemu_total_ms: 0,
+    }
+}

@@ -1,0 +1,63 @@
+//! `tern-bench`: Tern's benchmarks, one subcommand per measurement.
+//!
+//! Tests assert behaviour; figures belong here and in `docs/BENCHMARKS.md`,
+//! where every section names the command that produced it. Run with:
+//!
+//! ```sh
+//! cargo build --release --workspace && cargo run --release -p tern-bench -- live
+//! ```
+//!
+//! The benchmark drives the real `ternd` and `tern` binaries found next to
+//! its own executable (so build the workspace with the same profile first),
+//! or in `$TERN_BIN_DIR`.
+
+mod guest;
+mod live;
+mod qemu;
+mod sys;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tern-bench",
+    about = "Tern benchmarks; results go to docs/BENCHMARKS.md"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// One subcommand per benchmark.
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Live migration with shared storage (issue 3): `tern migrate --live`
+    /// against the same migration driven directly over QMP.
+    Live(live::LiveArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let work = async {
+        match cli.cmd {
+            Cmd::Live(a) => live::run(a).await,
+        }
+    };
+    // On Ctrl-C the benchmark's future is dropped, and with it every guard:
+    // the agents' QEMUs (which run in their own sessions), our own QEMUs,
+    // and the temporary directories.
+    let r = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
