@@ -201,38 +201,15 @@ impl Agent {
                 d.uuid
             )));
         }
-        let slot = DomainSlot::new(
-            DomainEntry {
-                def: d.clone(),
-                persistent: false,
-                run: None,
-                stopping: None,
-            },
-            (DomainState::ShutOff, StateReason::Unknown),
-        );
+        let slot = DomainSlot::transient(d.clone());
         self.domains.insert(slot.clone())?;
         let mut e = slot.inner.lock().await;
-        match launch::launch(self, &d, LaunchMode::Boot { paused }).await {
-            Ok(run) => {
-                monitor::install(self, &slot, &mut e, run);
-                slot.set(
-                    if paused {
-                        DomainState::Paused
-                    } else {
-                        DomainState::Running
-                    },
-                    if paused {
-                        StateReason::User
-                    } else {
-                        StateReason::Booted
-                    },
-                );
-                Ok(DomainRef {
-                    name: d.name,
-                    uuid: d.uuid,
-                    updated: false,
-                })
-            }
+        match self.boot(&slot, &mut e, &d, paused).await {
+            Ok(()) => Ok(DomainRef {
+                name: d.name,
+                uuid: d.uuid,
+                updated: false,
+            }),
             Err(err) => {
                 drop(e);
                 self.domains.remove(&slot);
@@ -240,6 +217,24 @@ impl Agent {
                 Err(err)
             }
         }
+    }
+
+    /// Launches QEMU for `def` and records it as the domain's run.
+    async fn boot(
+        self: &Arc<Self>,
+        slot: &Arc<DomainSlot>,
+        e: &mut DomainEntry,
+        def: &Domain,
+        paused: bool,
+    ) -> Result<()> {
+        let run = launch::launch(self, def, LaunchMode::Boot { paused }).await?;
+        monitor::install(self, slot, e, run);
+        if paused {
+            slot.set(DomainState::Paused, StateReason::User);
+        } else {
+            slot.set(DomainState::Running, StateReason::Booted);
+        }
+        Ok(())
     }
 
     /// `start`.
@@ -253,20 +248,7 @@ impl Agent {
             )));
         }
         let def = e.def.clone();
-        let run = launch::launch(self, &def, LaunchMode::Boot { paused }).await?;
-        monitor::install(self, &slot, &mut e, run);
-        slot.set(
-            if paused {
-                DomainState::Paused
-            } else {
-                DomainState::Running
-            },
-            if paused {
-                StateReason::User
-            } else {
-                StateReason::Booted
-            },
-        );
+        self.boot(&slot, &mut e, &def, paused).await?;
         Ok(DomainRef {
             name: def.name,
             uuid: def.uuid,

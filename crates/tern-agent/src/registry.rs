@@ -98,6 +98,20 @@ impl DomainSlot {
         })
     }
 
+    /// A slot for a domain that has no stored definition (yet): `create`d,
+    /// or arriving by migration.
+    pub fn transient(def: Domain) -> Arc<Self> {
+        DomainSlot::new(
+            DomainEntry {
+                def,
+                persistent: false,
+                run: None,
+                stopping: None,
+            },
+            (DomainState::ShutOff, StateReason::Unknown),
+        )
+    }
+
     /// Current state.
     pub fn current(&self) -> (DomainState, StateReason) {
         *self.state.borrow()

@@ -6,7 +6,7 @@ use super::{set_capabilities, Job};
 use crate::error::{AgentError, Result};
 use crate::launch::{self, LaunchMode};
 use crate::monitor;
-use crate::registry::{self, DomainEntry, DomainSlot};
+use crate::registry::{self, DomainSlot};
 use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
@@ -109,15 +109,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     let slot = match existing {
         Some(s) => s,
         None => {
-            let s = DomainSlot::new(
-                DomainEntry {
-                    def: d.clone(),
-                    persistent: false,
-                    run: None,
-                    stopping: None,
-                },
-                (DomainState::ShutOff, StateReason::Unknown),
-            );
+            let s = DomainSlot::transient(d.clone());
             agent.domains.insert(s.clone())?;
             s
         }

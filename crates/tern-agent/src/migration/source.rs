@@ -145,6 +145,22 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
     })
 }
 
+/// The source's job for a Perform, in phase Perform: the one `--p2p`
+/// registered already, or a new one (managed mode creates none in Begin).
+fn performing_job(agent: &Agent, name: &str, req: &PerformRequest) -> Result<Arc<Job>> {
+    let job = match agent.jobs.get(name) {
+        Some(j) if j.id == req.id => j,
+        _ => {
+            let j = Job::new(req.id, Role::Source, name, req.options.clone());
+            agent.jobs.insert(j.clone())?;
+            j.advance(Phase::Begin)?;
+            j
+        }
+    };
+    job.advance(Phase::Perform)?;
+    Ok(job)
+}
+
 /// Perform: starts QEMU's migration and a task that watches it.
 pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -153,16 +169,7 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         let target = req.cold.clone().ok_or_else(|| {
             AgentError::Invalid("a cold migration needs the destination's receivers".into())
         })?;
-        let job = match agent.jobs.get(&slot.name) {
-            Some(j) if j.id == req.id => j,
-            _ => {
-                let j = Job::new(req.id, Role::Source, &slot.name, req.options.clone());
-                agent.jobs.insert(j.clone())?;
-                j.advance(Phase::Begin)?;
-                j
-            }
-        };
-        job.advance(Phase::Perform)?;
+        let job = performing_job(agent, &slot.name, &req)?;
         job.update(|i| i.operation = "Cold migration".into());
         tokio::spawn(super::cold::send_all(
             job,
@@ -181,16 +188,7 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
             .ok_or_else(|| AgentError::Conflict(format!("domain '{}' is not running", req.name)))?;
         (run.qmp.clone(), slot.current().0 == DomainState::Running)
     };
-    let job = match agent.jobs.get(&slot.name) {
-        Some(j) if j.id == req.id => j,
-        _ => {
-            let j = Job::new(req.id, Role::Source, &slot.name, req.options.clone());
-            agent.jobs.insert(j.clone())?;
-            j.advance(Phase::Begin)?;
-            j
-        }
-    };
-    job.advance(Phase::Perform)?;
+    let job = performing_job(agent, &slot.name, &req)?;
     let o = &req.options;
     let setup = async {
         set_capabilities(&qmp, &o.source_capabilities()).await?;
