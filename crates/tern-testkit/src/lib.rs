@@ -15,6 +15,7 @@
 
 mod cpio;
 mod domxml;
+pub mod fixtures;
 mod elf;
 mod error;
 mod guest;

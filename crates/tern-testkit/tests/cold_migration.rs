@@ -6,34 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
 
-struct Hosts {
-    a: TernHost,
-    b: TernHost,
-    ia: PathBuf,
-    ib: PathBuf,
-    _dirs: Vec<tempfile::TempDir>,
-}
+use tern_testkit::fixtures::{write_random, LocalPools as Hosts};
 
 fn hosts(name: &str) -> Hosts {
-    let da = tempfile::Builder::new()
-        .prefix("tern-ca-")
-        .tempdir()
-        .unwrap();
-    let db = tempfile::Builder::new()
-        .prefix("tern-cb-")
-        .tempdir()
-        .unwrap();
-    let a = TernHost::start(&format!("{name}-a"));
-    let b = TernHost::start(&format!("{name}-b"));
-    a.add_pool("images", da.path(), false);
-    b.add_pool("images", db.path(), false);
-    Hosts {
-        a,
-        b,
-        ia: da.path().to_path_buf(),
-        ib: db.path().to_path_buf(),
-        _dirs: vec![da, db],
-    }
+    Hosts::start(name)
 }
 
 fn guest(name: &str, disk: &Path) -> GuestSpec {
@@ -51,11 +27,7 @@ fn guest(name: &str, disk: &Path) -> GuestSpec {
 }
 
 fn migrate(h: &Hosts, name: &str, flags: &[&str]) -> std::process::Output {
-    let bu = h.b.uri();
-    let mut args = vec!["migrate"];
-    args.extend_from_slice(flags);
-    args.extend([name, bu.as_str()]);
-    h.a.tern(&args)
+    h.migrate(name, flags)
 }
 
 fn err_line(o: &std::process::Output) -> String {
@@ -223,21 +195,7 @@ fn destination_filling_up_mid_copy_fails_clearly_and_leaves_nothing() {
     // 40 MiB of data: it fits when checked, but not once something else
     // takes the room during the copy.
     let disk = h.ia.join("big.raw");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&disk).unwrap();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..40 {
-            for c in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                c.copy_from_slice(&x.to_le_bytes());
-            }
-            f.write_all(&buf).unwrap();
-        }
-    }
+    write_random(&disk, 40, 0x9e37_79b9_7f4a_7c15, None);
     let before = std::fs::read(&disk).unwrap();
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
     let mut g = GuestSpec::new("full1", &img);

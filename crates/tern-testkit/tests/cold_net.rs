@@ -2,9 +2,9 @@
 //! the copy fails clearly, and the same command afterwards resumes without
 //! resending what already arrived. Needs root (skips otherwise).
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tern_testkit::fixtures::write_random;
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, TernHost, TestDisk};
 
@@ -28,21 +28,7 @@ fn cut_link_mid_copy_then_the_same_command_resumes() {
 
     // A raw disk holding 48 MiB of incompressible data in a 128 MiB file.
     let disk = da.path().join("data.raw");
-    {
-        let mut f = std::fs::File::create(&disk).unwrap();
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..48 {
-            for c in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                c.copy_from_slice(&x.to_le_bytes());
-            }
-            f.write_all(&buf).unwrap();
-        }
-        f.set_len(128 << 20).unwrap();
-    }
+    write_random(&disk, 48, 0x1234_5678_9abc_def1, Some(128 << 20));
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
     let mut g = GuestSpec::new("cres", &img);
     g.disks.push(TestDisk {

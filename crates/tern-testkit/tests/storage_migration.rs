@@ -4,39 +4,15 @@
 //! generations it remembers, so a write lost in the mirror shows up as a
 //! `TERN-FAIL disk` line on the destination.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
 
-struct Hosts {
-    a: TernHost,
-    b: TernHost,
-    ia: PathBuf,
-    ib: PathBuf,
-    _dirs: Vec<tempfile::TempDir>,
-}
+use tern_testkit::fixtures::LocalPools as Hosts;
 
 fn hosts(name: &str) -> Hosts {
-    let da = tempfile::Builder::new()
-        .prefix("tern-ia-")
-        .tempdir()
-        .unwrap();
-    let db = tempfile::Builder::new()
-        .prefix("tern-ib-")
-        .tempdir()
-        .unwrap();
-    let a = TernHost::start(&format!("{name}-a"));
-    let b = TernHost::start(&format!("{name}-b"));
-    a.add_pool("images", da.path(), false);
-    b.add_pool("images", db.path(), false);
-    Hosts {
-        a,
-        b,
-        ia: da.path().to_path_buf(),
-        ib: db.path().to_path_buf(),
-        _dirs: vec![da, db],
-    }
+    Hosts::start(name)
 }
 
 fn disk(path: &Path, format: &str, target: &str) -> TestDisk {
@@ -68,11 +44,7 @@ fn wait_disk_ok(h: &TernHost, name: &str, what: &str) -> String {
 }
 
 fn migrate(h: &Hosts, name: &str, flags: &[&str]) -> std::process::Output {
-    let bu = h.b.uri();
-    let mut args = vec!["migrate"];
-    args.extend_from_slice(flags);
-    args.extend([name, bu.as_str()]);
-    h.a.tern(&args)
+    h.migrate(name, flags)
 }
 
 fn ok(o: &std::process::Output) {
