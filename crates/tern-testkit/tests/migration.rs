@@ -554,3 +554,37 @@ fn parallel_compressed_and_tuning_verbs() {
         "{done}"
     );
 }
+
+#[test]
+fn timeout_postcopy_switches_a_slow_migration_to_postcopy() {
+    let p = pair("tpc");
+    p.boot("tpc1", "tern.mem=96 tern.dirty=40");
+    let out = p.migrate(
+        "tpc1",
+        &[
+            "--live",
+            "--postcopy",
+            "--bandwidth",
+            "8",
+            "--timeout",
+            "3",
+            "--timeout-postcopy",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = p.a.ok(&["domjobevents", "tpc1"]);
+    assert!(
+        ev.contains("timeout reached: switching to post-copy"),
+        "{ev}"
+    );
+    assert!(state(&p.b, "tpc1").starts_with("running"));
+    let text =
+        p.b.wait_console("tpc1", Duration::from_secs(60), "memory verified", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") >= 2
+        });
+    assert!(SerialLog::parse(&text).failures.is_empty());
+}
