@@ -15,9 +15,9 @@
 
 mod cpio;
 mod domxml;
-pub mod fixtures;
 mod elf;
 mod error;
+pub mod fixtures;
 mod guest;
 pub mod host;
 mod initramfs;
