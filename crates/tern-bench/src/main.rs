@@ -14,6 +14,7 @@
 mod guest;
 mod live;
 mod qemu;
+mod storage;
 mod sys;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Cmd {
     /// Live migration with shared storage (issue 3): `tern migrate --live`
     /// against the same migration driven directly over QMP.
     Live(live::LiveArgs),
+    /// Storage (issue 4): cold copy between two agents against cp, and a
+    /// live migration with the disk mirrored.
+    Storage(storage::StorageArgs),
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> ExitCode {
     let work = async {
         match cli.cmd {
             Cmd::Live(a) => live::run(a).await,
+            Cmd::Storage(a) => storage::run(a).await,
         }
     };
     // On Ctrl-C the benchmark's future is dropped, and with it every guard:
