@@ -261,9 +261,10 @@ impl Progress {
         self.last = Some(Instant::now());
         let disk = if i.disk_total > 0 {
             format!(
-                "  disks {:.1}/{:.1} MiB",
+                "  disks {:.1}/{:.1} MiB at {:.1} MiB/s",
                 i.disk_processed as f64 / 1048576.0,
-                i.disk_total as f64 / 1048576.0
+                i.disk_total as f64 / 1048576.0,
+                i.disk_rate as f64 / 1048576.0
             )
         } else {
             String::new()

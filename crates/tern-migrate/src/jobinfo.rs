@@ -52,6 +52,8 @@ pub struct JobInfo {
     pub disk_total: u64,
     /// Cold copy: bytes that crossed the wire.
     pub wire_bytes: u64,
+    /// Disk copy rate, bytes/s (cold copies and mirrors).
+    pub disk_rate: u64,
     /// Cold copy: bytes a resumed transfer did not send again.
     pub resumed_bytes: u64,
     /// Transfer rate, bytes/s.

@@ -273,10 +273,10 @@ impl MigrateOptions {
             if self.live {
                 return Err(OptionsError::Exclusive("cold", "live"));
             }
-            if self.postcopy || self.parallel || self.compressed || self.copy_storage_inc {
+            if self.postcopy || self.parallel || self.copy_storage_inc {
                 return Err(OptionsError::Exclusive(
                     "cold",
-                    "postcopy/parallel/compressed/copy-storage-inc",
+                    "postcopy/parallel/copy-storage-inc",
                 ));
             }
         } else if self.auto_start || self.delete_source_storage {

@@ -141,7 +141,8 @@ fn cold_migration_with_auto_start_and_source_storage_deletion() {
     ]);
     h.a.define_guest(&guest("ca", &h.ia.join("ca.qcow2")));
     write_blocks(&h.a, "ca");
-    // `--offline --copy-storage-all` is the same cold migration.
+    // `--offline --copy-storage-all` is the same cold migration; with
+    // `--compressed` the engine sends zstd chunks.
     let out = migrate(
         &h,
         "ca",
@@ -151,6 +152,7 @@ fn cold_migration_with_auto_start_and_source_storage_deletion() {
             "--copy-storage-all",
             "--auto-start",
             "--delete-source-storage",
+            "--compressed",
         ],
     );
     assert!(

@@ -232,7 +232,13 @@ pub async fn send_all(
             Err(e) => return fail(&job, e.to_string()),
         };
         let mut so = SendOptions::new(sid);
-        so.compression = Compression::None;
+        // `--compressed` on a cold copy: zstd per chunk (fast level; data
+        // that does not compress is sent as is).
+        so.compression = if o.compressed {
+            Compression::Zstd(1)
+        } else {
+            Compression::None
+        };
         // A cut link must fail the copy as quickly as it fails a live migration.
         so.io_timeout = stall;
         if let Some(m) = o.bandwidth_mib.filter(|m| *m > 0) {
@@ -250,7 +256,10 @@ pub async fn send_all(
         let base = done_before;
         let r = tokio::task::spawn_blocking(move || {
             tern_transfer::send(addr, &path, &so, |p| {
-                j.update(|i| i.set_disk(base + p.bytes_done, total));
+                j.update(|i| {
+                    i.set_disk(base + p.bytes_done, total);
+                    i.disk_rate = p.bytes_per_sec as u64;
+                });
             })
         })
         .await;
