@@ -227,6 +227,7 @@ impl MigrateArgs {
             cold: self.cold || (self.offline && self.copy_storage_all),
             auto_start: self.auto_start,
             delete_source_storage: self.delete_source_storage,
+            no_throttle: false,
         };
         let mut o = o;
         if o.cold {

@@ -114,6 +114,10 @@ pub struct MigrateOptions {
     /// `--delete-source-storage`: delete the source's disks once the
     /// destination verified its copies.
     pub delete_source_storage: bool,
+    /// Set by the source agent, not the operator: leave CPU throttling
+    /// (auto-converge) out of the policy. Under TCG, QEMU 7.2 guests that
+    /// were throttled during a migration were seen to crash afterwards.
+    pub no_throttle: bool,
 }
 
 /// Default `--deadline` of the convergence policy, seconds.
@@ -351,7 +355,7 @@ impl MigrateOptions {
                 .unwrap_or(DEFAULT_POLICY_MAX_DOWNTIME_MS),
             knobs: Knobs {
                 downtime: true,
-                throttle: !self.auto_converge,
+                throttle: !self.auto_converge && !self.no_throttle,
                 postcopy: self.postcopy
                     && !self.postcopy_after_precopy
                     && self.timeout_action != TimeoutAction::Postcopy,
@@ -378,7 +382,10 @@ impl MigrateOptions {
         c.push(("xbzrle", self.compressed));
         // Under the policy auto-converge is on but inert (throttle ceiling
         // 1%) until the policy raises the ceiling.
-        c.push(("auto-converge", self.auto_converge || self.policy_on()));
+        c.push((
+            "auto-converge",
+            self.auto_converge || (self.policy_on() && !self.no_throttle),
+        ));
         c.push(("events", true));
         c
     }
@@ -406,7 +413,7 @@ impl MigrateOptions {
         let mut p = self.shared_parameters();
         p.insert("max-bandwidth".into(), json!(self.bandwidth_bytes()));
         p.insert("downtime-limit".into(), json!(self.initial_downtime_ms()));
-        if self.policy_on() && !self.auto_converge {
+        if self.policy_on() && !self.auto_converge && !self.no_throttle {
             // QEMU requires initial <= max; both at 1% leave it inert.
             p.insert(
                 "cpu-throttle-initial".into(),

@@ -219,8 +219,6 @@ fn ide_slot(dev: &str) -> (u32, u32) {
     (idx / 2, idx % 2)
 }
 
-// `discard=unmap` on both layers keeps images sparse: zeros a disk mirror
-// writes into a new image, and blocks the guest trims, become holes.
 fn disks(d: &Domain, a: &mut Vec<String>) {
     let mut have_ahci = false;
     let mut have_scsi = false;
@@ -238,7 +236,7 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
             };
             a.push("-blockdev".into());
             a.push(format!(
-                "driver={file_driver},filename={},node-name={},cache.direct={},cache.no-flush={},read-only={},discard=unmap{}",
+                "driver={file_driver},filename={},node-name={},cache.direct={},cache.no-flush={},read-only={}{}",
                 escape_comma(&src.display().to_string()),
                 file_node(&disk.target_dev),
                 onoff(direct),
@@ -252,7 +250,7 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
             };
             a.push("-blockdev".into());
             a.push(format!(
-                "driver={fmt},file={},node-name={node},cache.direct={},cache.no-flush={},read-only={},discard=unmap",
+                "driver={fmt},file={},node-name={node},cache.direct={},cache.no-flush={},read-only={}",
                 file_node(&disk.target_dev),
                 onoff(direct),
                 onoff(no_flush),

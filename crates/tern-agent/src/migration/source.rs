@@ -180,15 +180,26 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         ));
         return Ok(());
     }
-    let (qmp, was_running) = {
+    let (qmp, was_running, tcg) = {
         let e = slot.inner.lock().await;
         let run = e
             .run
             .as_ref()
             .ok_or_else(|| AgentError::Conflict(format!("domain '{}' is not running", req.name)))?;
-        (run.qmp.clone(), slot.current().0 == DomainState::Running)
+        (
+            run.qmp.clone(),
+            slot.current().0 == DomainState::Running,
+            run.accel == "tcg",
+        )
     };
+    let mut req = req;
+    if tcg && !req.options.auto_converge {
+        req.options.no_throttle = true;
+    }
     let job = performing_job(agent, &slot.name, &req)?;
+    if req.options.no_throttle && req.options.policy_on() {
+        job.event("TCG: the policy will not throttle vCPUs (guests throttled under TCG were seen to crash after migration)");
+    }
     let o = &req.options;
     let setup = async {
         set_capabilities(&qmp, &o.source_capabilities()).await?;
