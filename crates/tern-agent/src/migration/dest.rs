@@ -71,6 +71,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     job.event(format!("incoming from {}", req.source_host));
 
     if req.options.offline || req.options.cold {
+        let mut cold = None;
         if req.options.cold {
             if existing.is_some() {
                 agent.jobs.finish(&job);
@@ -87,14 +88,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                     return Err(e);
                 }
             };
-            job.set_offline_def(d);
-            return Ok(PrepareReply {
-                version: PROTOCOL_VERSION,
-                id: req.id,
-                incoming: None,
-                nbd: None,
-                cold: Some(target),
-            });
+            cold = Some(target);
         }
         job.set_offline_def(d);
         return Ok(PrepareReply {
@@ -102,7 +96,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             id: req.id,
             incoming: None,
             nbd: None,
-            cold: None,
+            cold,
         });
     }
 
