@@ -24,6 +24,7 @@ mod initramfs;
 mod kernel;
 pub mod netns;
 mod serial;
+pub mod sshd;
 mod vmlinux;
 pub mod watch;
 

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value = "/var/cache/tern/accel.json")]
     accel_cache: PathBuf,
     /// QEMU system emulator.
-    #[arg(long, default_value = "qemu-system-x86_64")]
+    #[arg(long, env = "TERN_QEMU", default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
     /// Override a reported host fact, KEY=VALUE (cpu_model, microcode,
     /// kernel, qemu_version, hostname, page_size); for tests.
