@@ -93,6 +93,12 @@ pub enum Cmd {
         /// Planned maximum downtime, ms.
         #[arg(long)]
         max_downtime: Option<u64>,
+        /// Post-copy will be allowed (as `migrate --postcopy`).
+        #[arg(long)]
+        postcopy: bool,
+        /// The policy's deadline, seconds (as `migrate --deadline`).
+        #[arg(long)]
+        deadline: Option<u64>,
         /// JSON output.
         #[arg(long)]
         json: bool,

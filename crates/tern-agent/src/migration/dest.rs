@@ -206,6 +206,12 @@ async fn start_incoming(
     };
     let mut last_err = None;
     for port in ports {
+        // QEMU 10 cannot retry `migrate-incoming` after a failed bind (its
+        // incoming state stays "setup"), so skip ports in use first. A port
+        // taken between this check and QEMU's bind fails the Prepare.
+        if std::net::TcpListener::bind((listen.as_str(), port)).is_err() {
+            continue;
+        }
         let target = IncomingTarget {
             host: listen.clone(),
             port,
@@ -234,7 +240,10 @@ async fn start_incoming(
                     nbd,
                 ));
             }
-            Err(err) => last_err = Some(err),
+            Err(err) => {
+                last_err = Some(err);
+                break;
+            }
         }
     }
     Err(AgentError::Failed(format!(

@@ -193,6 +193,9 @@ fn forecast(from: &TernHost, to: &TernHost, name: &str, flags: &[String]) -> Res
             args.extend(["--bandwidth", bw]);
         }
     }
+    if flags.iter().any(|f| f == "--postcopy") {
+        args.push("--postcopy");
+    }
     let o = from.tern(&args);
     anyhow::ensure!(
         o.status.success(),
