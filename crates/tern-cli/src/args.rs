@@ -20,6 +20,15 @@ pub struct Cli {
 /// Verbs.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Make a CA and certificates for mutual TLS (tern+tls://).
+    #[command(subcommand)]
+    Pki(crate::pki::PkiCmd),
+    /// Splice stdin/stdout to the local agent's socket (the remote end of tern+ssh://).
+    Proxy {
+        /// The agent socket to reach.
+        #[arg(long, default_value = tern_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.

@@ -4,6 +4,8 @@
 pub mod args;
 mod domain;
 pub mod migrate;
+pub mod pki;
+mod proxy;
 mod storage;
 pub mod table;
 
@@ -33,6 +35,12 @@ pub enum CliError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// Making a certificate failed.
+    #[error("{0}")]
+    Pki(#[from] tern_pki::IssueError),
+    /// The ssh proxy could not reach the agent.
+    #[error("{0}")]
+    Proxy(String),
     /// A migration failed.
     #[error("{0}")]
     Migrate(#[from] tern_api::driver::DriveError),
@@ -64,8 +72,14 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    // These verbs work without (or are themselves) a connection.
+    let cmd = match cli.cmd {
+        Cmd::Pki(p) => return pki::run(p),
+        Cmd::Proxy { socket } => return proxy::run(&socket).await,
+        other => other,
+    };
     let client = connect(cli.connect.as_deref())?;
-    match cli.cmd {
+    match cmd {
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }
