@@ -80,6 +80,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     };
     let client = connect(cli.connect.as_deref())?;
     match cmd {
+        Cmd::SrvInfo { json } => srv_info(&client, json).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }
@@ -108,4 +109,32 @@ pub async fn run(cli: Cli) -> Result<()> {
         | Cmd::MigrateForecast { .. }) => migrate::run(&client, c).await,
         c => domain::run(&client, c).await,
     }
+}
+
+async fn srv_info(client: &Client, json: bool) -> Result<()> {
+    let i: tern_api::ServerInfo = client.call(&tern_api::Request::ServerInfo).await?;
+    if json {
+        print_json(&i);
+        return Ok(());
+    }
+    let access = if i.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    println!("{:<22} {} ({access})", "Identity:", i.identity);
+    println!("{:<22} {} of {}", "Clients:", i.clients, i.max_clients);
+    println!(
+        "{:<22} {} of {}",
+        "Unauthenticated:", i.anonymous_clients, i.max_anonymous_clients
+    );
+    println!(
+        "{:<22} {} of {}",
+        "Workers busy:", i.workers_busy, i.max_workers
+    );
+    println!(
+        "{:<22} {} of {}",
+        "Priority workers busy:", i.prio_workers_busy, i.prio_workers
+    );
+    Ok(())
 }
