@@ -82,8 +82,9 @@ impl Validity {
         })
     }
 
-    /// A window that ended `ago` before now (for tests of expiry).
-    pub fn expired(ago: Duration) -> Validity {
+    /// A window that ended `days_ago` days before now (for tests of expiry).
+    pub fn expired(days_ago: u32) -> Validity {
+        let ago = Duration::days(days_ago as i64);
         let now = OffsetDateTime::now_utc();
         Validity {
             not_before: now - ago - Duration::days(1),

@@ -227,7 +227,10 @@ fn explain(e: &rustls::Error, side: Side) -> String {
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             "is not valid yet (check the clocks)"
         }
-        CertificateError::UnknownIssuer => "is not signed by the trusted CA (cacert.pem)",
+        // A CA of the same name but another key fails on the signature.
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            "is not signed by the trusted CA (cacert.pem)"
+        }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             "is not valid for the host name dialled"
         }
@@ -240,6 +243,9 @@ fn explain(e: &rustls::Error, side: Side) -> String {
         }
         (Side::Client, E::AlertReceived(AlertDescription::UnknownCA)) => {
             "the server refused our client certificate: it is not signed by the server's CA".into()
+        }
+        (Side::Client, E::AlertReceived(AlertDescription::DecryptError)) => {
+            "the server refused our client certificate: it is not signed by the server's CA (its signature does not verify; a CA of the same name but another key?)".into()
         }
         (Side::Client, E::AlertReceived(AlertDescription::CertificateExpired)) => {
             "the server refused our client certificate: it has expired or is not valid yet; issue a new one with `tern pki issue-client NAME`".into()

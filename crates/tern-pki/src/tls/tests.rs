@@ -103,13 +103,7 @@ async fn a_client_of_another_ca_is_refused() {
 async fn an_expired_client_certificate_is_refused() {
     let p = pki();
     let old = PkiDir::new(p.ca.root().with_file_name("old"));
-    issue_client(
-        &p.ca,
-        &old,
-        "bob",
-        Validity::expired(time::Duration::days(2)),
-    )
-    .unwrap();
+    issue_client(&p.ca, &old, "bob", Validity::expired(2)).unwrap();
     let (srv, cli) = exchange(&p.ca, client_config(&old).unwrap()).await;
     let srv = srv.unwrap_err();
     assert!(srv.contains("has expired"), "{srv}");
@@ -139,4 +133,19 @@ fn missing_files_name_the_path_and_the_fix() {
         e.contains("clientcert.pem") && e.contains("tern pki"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_client_of_another_ca_with_the_same_name_is_refused() {
+    let p = pki();
+    let other = PkiDir::new(p.ca.root().with_file_name("twin"));
+    let v = Validity::days(1).unwrap();
+    init_ca(&other, "Tern test CA", v).unwrap();
+    issue_client(&other, &other, "mallory", v).unwrap();
+    std::fs::copy(p.ca.ca_cert(), other.ca_cert()).unwrap();
+    let (srv, cli) = exchange(&p.ca, client_config(&other).unwrap()).await;
+    let srv = srv.unwrap_err();
+    assert!(srv.contains("not signed by the trusted CA"), "{srv}");
+    let cli = cli.unwrap_err();
+    assert!(cli.contains("not signed by the server's CA"), "{cli}");
 }
