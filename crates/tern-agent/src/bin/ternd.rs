@@ -159,7 +159,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --pki-dir must stop ternd, not surface at the first client.
     let tls = match cfg.listen_tls {
         Some(addr) => {
-            let config = tern_pki::server_config(&tern_pki::PkiDir::new(&cfg.pki_dir))?;
+            // The message already names the cause; anyhow's chain would repeat it.
+            let config = tern_pki::server_config(&tern_pki::PkiDir::new(&cfg.pki_dir))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
