@@ -137,6 +137,19 @@ impl Agent {
         tern_api::Client::from_uri_with_pki(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
     }
 
+    /// The TLS server configuration from `--pki-dir` (servercert.pem,
+    /// client certificates required and checked against cacert.pem); for
+    /// any listener that carries agent traffic.
+    pub fn tls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, tern_pki::TlsError> {
+        tern_pki::server_config(&tern_pki::PkiDir::new(&self.cfg.pki_dir))
+    }
+
+    /// The TLS client configuration from `--pki-dir` (clientcert.pem,
+    /// servers checked against cacert.pem); what this agent presents to peers.
+    pub fn tls_client_config(&self) -> Result<Arc<rustls::ClientConfig>, tern_pki::TlsError> {
+        tern_pki::client_config(&tern_pki::PkiDir::new(&self.cfg.pki_dir))
+    }
+
     /// Host facts.
     pub async fn facts(&self) -> tern_model::HostFacts {
         let accel = self.accel().await.accel.clone();

@@ -80,6 +80,14 @@ fn tls_refuses_missing_foreign_and_expired_certificates() {
     assert_eq!(info["identity"], "admin");
     assert_eq!(info["read_only"], false);
     ok(tern_at(&host.tls_uri(&admin), &["list", "--all"]), "list");
+    // Without ?pkipath=, TERN_PKI_DIR names the certificates.
+    let addr = host.opts.listen_tls.unwrap();
+    let o = Command::new(tern_testkit::bin("tern"))
+        .args(["-c", &format!("tern+tls://{addr}/system"), "srv-info"])
+        .env("TERN_PKI_DIR", &admin)
+        .output()
+        .unwrap();
+    assert!(ok(o, "srv-info with TERN_PKI_DIR").contains("admin"));
 
     // No certificate: the client cannot even offer one, and says so.
     let bare = pki.dir("bare");
