@@ -12,6 +12,9 @@ PKGS=(
   iproute2             # bridges, taps, network namespaces in tests
   xz-utils
   cpio
+  openssh-client       # ssh, ssh-keygen: the tern+ssh:// transport
+  openssh-server       # sshd for the tern+ssh:// tests (run on a loopback port)
+  rsync                # the storage benchmark's baseline
 )
 
 missing=()

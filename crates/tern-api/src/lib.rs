@@ -11,6 +11,7 @@ pub mod client;
 pub mod driver;
 pub mod error;
 pub mod request;
+pub mod transport;
 pub mod types;
 
 pub use client::{Client, ClientError};

@@ -207,7 +207,7 @@ fn cold(a: &StorageArgs) -> Result<()> {
     };
     local("cp --sparse=always", runs, &mut cp(false));
     local("cp --sparse=always && sync", runs, &mut cp(true));
-    match tern_testkit::sshd::Sshd::start(&h.ia.join("../ssh")) {
+    match tern_testkit::sshd::Sshd::try_start() {
         Ok(ssh) => {
             let dst_s = dst.to_string_lossy().into_owned();
             local("rsync -aS over ssh (localhost)", 1, &mut || {

@@ -1,110 +1,112 @@
-//! A throwaway sshd on a high loopback port with temporary keys, for rsync and scp.
+//! A real OpenSSH server on a loopback port for tests of `tern+ssh://`,
+//! with a generated host key and a generated client key that may log in
+//! as the current user, also used by the benchmarks for rsync and scp.
+//! Dropping it kills sshd and removes its files.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Cipher for rsync and scp: AES-GCM is the fastest one OpenSSH offers on AES-NI machines.
+/// Cipher for rsync and scp: AES-GCM is the fastest one OpenSSH offers on
+/// AES-NI machines.
 const CIPHER: &str = "aes128-gcm@openssh.com";
 
-/// A running sshd; killed and its files removed on drop.
+/// A running sshd.
+#[derive(Debug)]
 pub struct Sshd {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    tmp: tempfile::TempDir,
     child: Child,
-    dir: PathBuf,
-    port: u16,
-    user: String,
-    made_run_dir: bool,
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if !out.status.success() {
+fn keygen(path: &Path) -> Result<(), String> {
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen (install openssh-client): {e}"))?;
+    if !o.status.success() {
         return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&o.stderr)
         ));
     }
     Ok(())
 }
 
+/// The name of the user running the tests.
+pub fn current_user() -> String {
+    let o = Command::new("id").arg("-un").output().expect("run id");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 impl Sshd {
-    /// Starts sshd with keys in `dir` (created, removed on drop).
-    pub fn start(dir: &Path) -> Result<Sshd, String> {
-        let sshd = Path::new("/usr/sbin/sshd");
-        if !sshd.exists() {
-            return Err("sshd is not installed (apt-get install openssh-server)".into());
-        }
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        for key in ["host_key", "client_key"] {
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(dir.join(key)))?;
-        }
-        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
-            .map_err(|e| e.to_string())?;
-        // Privilege separation directory, normally made at boot.
-        let run_dir = Path::new("/run/sshd");
-        let made_run_dir = !run_dir.exists();
-        if made_run_dir {
-            std::fs::create_dir_all(run_dir).map_err(|e| format!("creating /run/sshd: {e}"))?;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let d = dir.display();
+    /// Starts sshd and waits until it greets; panics on failure (tests).
+    pub fn start() -> Sshd {
+        Sshd::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts sshd and waits until it greets.
+    pub fn try_start() -> Result<Sshd, String> {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or("sshd is not installed; run scripts/install-deps.sh (openssh-server)")?;
+        let tmp = tempfile::Builder::new()
+            .prefix("tern-sshd-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let d = tmp.path();
+        keygen(&d.join("host_key"))?;
+        keygen(&d.join("client_key"))?;
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
+            .map_err(|e| format!("cannot write authorized_keys: {e}"))?;
+        // sshd insists on its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = crate::host::free_port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-             PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
-             Subsystem sftp internal-sftp\nLogLevel ERROR\n"
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nPubkeyAuthentication yes\nSubsystem sftp internal-sftp\n\
+             LogLevel VERBOSE\n",
+            d = d.display()
         );
-        std::fs::write(dir.join("sshd_config"), config).map_err(|e| e.to_string())?;
+        let io = |e: std::io::Error| format!("cannot set up sshd: {e}");
+        std::fs::write(d.join("sshd_config"), config).map_err(io)?;
+        let log = std::fs::File::create(d.join("sshd.log")).map_err(io)?;
         let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(dir.join("sshd_config"))
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().map_err(io)?)
+            .stderr(log)
             .spawn()
-            .map_err(|e| format!("starting sshd: {e}"))?;
-        let user = String::from_utf8_lossy(
-            &Command::new("id")
-                .arg("-un")
-                .output()
-                .map_err(|e| e.to_string())?
-                .stdout,
-        )
-        .trim()
-        .to_string();
-        let s = Sshd {
-            child,
-            dir: dir.to_path_buf(),
-            port,
-            user,
-            made_run_dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("sshd did not start listening within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        run(Command::new("ssh")
-            .args(s.ssh_args("-p"))
-            .arg(s.target(""))
-            .arg("true"))?;
+            .map_err(|e| format!("cannot start sshd: {e}"))?;
+        let mut s = Sshd { port, tmp, child };
+        s.wait_ready()?;
         Ok(s)
     }
 
-    /// Client options; `port_flag` is "-p" for ssh, "-P" for scp.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!("sshd exited ({st}): {}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("sshd did not listen within 20 s: {}", self.log()))
+    }
+
+    /// Client options for rsync and scp; `port_flag` is "-p" for ssh, "-P"
+    /// for scp.
     pub fn ssh_args(&self, port_flag: &str) -> Vec<String> {
-        let key = self.dir.join("client_key");
+        let key = self.client_key();
         [
             "-F",
             "/dev/null",
@@ -131,9 +133,9 @@ impl Sshd {
     /// `user@127.0.0.1:path` (or without `:path` when it is empty).
     pub fn target(&self, path: &str) -> String {
         if path.is_empty() {
-            format!("{}@127.0.0.1", self.user)
+            format!("{}@127.0.0.1", current_user())
         } else {
-            format!("{}@127.0.0.1:{path}", self.user)
+            format!("{}@127.0.0.1:{path}", current_user())
         }
     }
 
@@ -141,15 +143,34 @@ impl Sshd {
     pub fn rsync_shell(&self) -> String {
         format!("ssh {}", self.ssh_args("-p").join(" "))
     }
+
+    /// The private key that may log in.
+    pub fn client_key(&self) -> PathBuf {
+        self.tmp.path().join("client_key")
+    }
+
+    /// sshd's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// A `tern+ssh://` URI reaching the agent socket `socket` through this
+    /// sshd, running the workspace's `tern` as the remote proxy.
+    pub fn uri(&self, socket: &Path) -> String {
+        format!(
+            "tern+ssh://{}@127.0.0.1:{}/system?socket={}&keyfile={}&no_verify=1&proxy={}",
+            current_user(),
+            self.port,
+            socket.display(),
+            self.client_key().display(),
+            crate::host::bin("tern").display()
+        )
+    }
 }
 
 impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if self.made_run_dir {
-            let _ = std::fs::remove_dir("/run/sshd");
-        }
     }
 }

@@ -177,7 +177,8 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
         .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
-    let dst = tern_api::Client::from_uri(&uri)
+    let dst = agent
+        .peer_client(&uri)
         .map_err(|e| AgentError::Invalid(e.to_string()))?
         .with_timeout(Duration::from_secs(10));
     let (host, port): (String, u16) = dst

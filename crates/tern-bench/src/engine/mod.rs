@@ -291,7 +291,7 @@ pub fn run(a: EngineArgs) -> Result<()> {
             &mut engine(Compression::Zstd(1), true),
         );
         let sshd = if ssh {
-            match sshd::Sshd::start(&work.0.join("ssh")) {
+            match sshd::Sshd::try_start() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!("no sshd ({e}); running rsync locally and skipping scp");
