@@ -228,6 +228,7 @@ impl MigrateArgs {
             auto_start: self.auto_start,
             delete_source_storage: self.delete_source_storage,
             no_throttle: false,
+            start_plan: None,
         };
         let mut o = o;
         if o.cold {
@@ -350,6 +351,20 @@ async fn forecast(
             ("Iterations", f.prediction.iterations.to_string()),
             ("Total time", format!("{} ms", f.prediction.total_ms)),
             ("Downtime", format!("{} ms", f.prediction.downtime_ms)),
+            (
+                "Page deltas",
+                f.delta_fraction
+                    .map_or("no sampled page changed".into(), |d| {
+                        format!("{:.0} % of a rewritten page", d * 100.0)
+                    })
+            ),
+            ("Compression", format!("{:.1}x (zstd)", f.compress_ratio)),
+            (
+                "Start plan",
+                f.plan
+                    .as_ref()
+                    .map_or("none (plain pre-copy)".into(), |p| p.reason.clone())
+            ),
             ("Verdict", f.verdict.clone()),
         ])
     );

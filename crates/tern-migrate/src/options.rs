@@ -118,6 +118,10 @@ pub struct MigrateOptions {
     /// (auto-converge) out of the policy. Under TCG, QEMU 7.2 guests that
     /// were throttled during a migration were seen to crash afterwards.
     pub no_throttle: bool,
+    /// Set by the source agent at Begin, not the operator: the policy's
+    /// start plan (capabilities chosen from a fresh forecast), as the line
+    /// that explains it.
+    pub start_plan: Option<String>,
 }
 
 /// Default `--deadline` of the convergence policy, seconds.

@@ -66,6 +66,10 @@ pub struct BeginReply {
     /// Files to copy, for a cold migration.
     #[serde(default)]
     pub files: Vec<ColdFile>,
+    /// The options every later phase must use, when the source changed
+    /// them (the policy's start plan); absent: the ones given.
+    #[serde(default)]
+    pub options: Option<MigrateOptions>,
 }
 
 /// How one disk's contents reach the destination.

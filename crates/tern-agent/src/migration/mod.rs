@@ -195,6 +195,8 @@ pub struct Jobs {
     completed: Mutex<HashMap<String, (JobInfo, Vec<JobEvent>)>>,
     /// Moving average of the pace (bytes/s) of outgoing migrations.
     pace: Mutex<Option<u64>>,
+    /// The last forecast of each domain, for the policy's start plan.
+    forecasts: Mutex<HashMap<String, (std::time::Instant, tern_migrate::policy::Forecast)>>,
 }
 
 impl Jobs {
@@ -232,6 +234,24 @@ impl Jobs {
                 tern_migrate::protocol::ProtocolError::UnknownMigration(id).to_string(),
             )),
         }
+    }
+
+    /// Keeps a domain's forecast for the start plan of its next migration.
+    pub fn remember_forecast(&self, domain: &str, f: tern_migrate::policy::Forecast) {
+        let mut m = self.forecasts.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(domain.to_string(), (std::time::Instant::now(), f));
+    }
+
+    /// A domain's forecast, if it was made less than `max_age` ago.
+    pub fn fresh_forecast(
+        &self,
+        domain: &str,
+        max_age: std::time::Duration,
+    ) -> Option<tern_migrate::policy::Forecast> {
+        let m = self.forecasts.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(domain)
+            .filter(|(at, _)| at.elapsed() <= max_age)
+            .map(|(_, f)| f.clone())
     }
 
     /// The pace past outgoing migrations achieved, bytes/s.

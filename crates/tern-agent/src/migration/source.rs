@@ -64,6 +64,32 @@ pub async fn check_storage(
     Ok(())
 }
 
+/// How old a forecast may be for its start plan to apply.
+const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The options with the policy's start plan applied, when a fresh forecast
+/// of this guest made one and the operator left those knobs alone.
+fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Option<MigrateOptions> {
+    if !active || !o.policy_on() || o.compressed || o.parallel {
+        return None;
+    }
+    let plan = agent.jobs.fresh_forecast(name, PLAN_MAX_AGE)?.plan?;
+    let mut p = o.clone();
+    if let Some(cache) = plan.xbzrle_cache {
+        p.compressed = true;
+        p.xbzrle_cache = Some(cache);
+    }
+    if let Some(n) = plan.multifd_channels {
+        p.parallel = true;
+        p.parallel_connections = Some(n);
+        if plan.zstd {
+            p.parallel_compression = Some("zstd".into());
+        }
+    }
+    p.start_plan = Some(plan.reason);
+    Some(p)
+}
+
 /// Begin: validates and describes the guest for the destination.
 pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result<BeginReply> {
     o.validate()
@@ -142,6 +168,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         active,
         disks,
         files,
+        options: planned(agent, name, o, active),
     })
 }
 
@@ -197,6 +224,9 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         req.options.no_throttle = true;
     }
     let job = performing_job(agent, &slot.name, &req)?;
+    if let Some(plan) = &req.options.start_plan {
+        job.event(format!("policy: {plan}"));
+    }
     if req.options.no_throttle && req.options.policy_on() {
         job.event("TCG: the policy will not throttle vCPUs (guests throttled under TCG were seen to crash after migration)");
     }
