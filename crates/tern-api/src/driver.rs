@@ -120,6 +120,7 @@ pub async fn drive(
         (None, true) => Some(IncomingTarget {
             host: String::new(),
             port: 0,
+            tunnel: false,
         }),
         (None, false) => None,
     };

@@ -32,7 +32,9 @@ pub struct Outbound {
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").field("path", &self.path).finish()
+        f.debug_struct("Outbound")
+            .field("path", &self.path)
+            .finish()
     }
 }
 

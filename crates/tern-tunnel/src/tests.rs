@@ -88,7 +88,10 @@ struct Ends {
 }
 
 async fn ends(f: &Fixture, id: Uuid, gate: Gate, events: EventSink) -> Ends {
-    let qemu = f.tmp.path().join(format!("dst-{}.sock", Uuid::new_v4().simple()));
+    let qemu = f
+        .tmp
+        .path()
+        .join(format!("dst-{}.sock", Uuid::new_v4().simple()));
     sink(&qemu);
     let inbound = Inbound::bind(
         "127.0.0.1",
@@ -122,8 +125,8 @@ async fn streams_carry_every_byte_both_ways_in_parallel() {
     let id = Uuid::new_v4();
     let (ev, log) = recorder();
     let e = ends(&f, id, Arc::new(|cn| cn == Some("host-a")), ev.clone()).await;
-    let out = Outbound::listen(&e.src_sock, StreamKind::Memory, &e.remote, e.client, id, ev)
-        .unwrap();
+    let out =
+        Outbound::listen(&e.src_sock, StreamKind::Memory, &e.remote, e.client, id, ev).unwrap();
     // Five streams at once, as QEMU opens with --parallel 4.
     let tasks: Vec<_> = (0..5u8)
         .map(|i| {
@@ -195,7 +198,8 @@ async fn streams_for_another_migration_or_kind_or_identity_are_refused() {
     drop(nbd);
     let msgs = log.lock().unwrap().clone();
     assert!(
-        msgs.iter().any(|m| m.contains("expects no tunnelled migration")),
+        msgs.iter()
+            .any(|m| m.contains("expects no tunnelled migration")),
         "{msgs:?}"
     );
     assert!(
@@ -214,10 +218,7 @@ async fn streams_for_another_migration_or_kind_or_identity_are_refused() {
             .any(|m| m.contains("may not migrate guests") && m.contains("host-a")),
         "{msgs:?}"
     );
-    assert!(
-        msgs.iter().any(|m| m.contains("access rules")),
-        "{msgs:?}"
-    );
+    assert!(msgs.iter().any(|m| m.contains("access rules")), "{msgs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,8 +228,8 @@ async fn a_destination_with_the_wrong_name_is_not_trusted() {
     let (ev, log) = recorder();
     let mut e = ends(&f, id, Arc::new(|_| true), ev.clone()).await;
     e.remote.server_name = "localhost".into();
-    let _o = Outbound::listen(&e.src_sock, StreamKind::Memory, &e.remote, e.client, id, ev)
-        .unwrap();
+    let _o =
+        Outbound::listen(&e.src_sock, StreamKind::Memory, &e.remote, e.client, id, ev).unwrap();
     let mut s = UnixStream::connect(&e.src_sock).await.unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
