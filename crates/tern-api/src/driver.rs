@@ -122,6 +122,7 @@ pub async fn drive(
         (None, true) => Some(IncomingTarget {
             host: String::new(),
             port: 0,
+            tunnel: false,
         }),
         (None, false) => None,
     };

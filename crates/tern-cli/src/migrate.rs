@@ -28,6 +28,14 @@ pub struct MigrateArgs {
     /// Peer-to-peer: the source agent drives the migration.
     #[arg(long)]
     pub p2p: bool,
+    /// Carry QEMU's connections (memory, every --parallel channel, disk
+    /// mirrors) through the agents' mutual-TLS link (needs --p2p).
+    #[arg(long)]
+    pub tunnelled: bool,
+    /// Encrypt the native transport with QEMU's own TLS, using each host's
+    /// certificates from its --pki-dir.
+    #[arg(long)]
+    pub tls: bool,
     /// Direct migration (not supported by QEMU hosts, as in virsh).
     #[arg(long)]
     pub direct: bool,
@@ -227,6 +235,8 @@ impl MigrateArgs {
             cold: self.cold || (self.offline && self.copy_storage_all),
             auto_start: self.auto_start,
             delete_source_storage: self.delete_source_storage,
+            tunnelled: self.tunnelled,
+            tls: self.tls,
             no_throttle: false,
             start_plan: None,
         };

@@ -6,8 +6,10 @@ pub mod cold;
 pub mod dest;
 pub mod forecast;
 mod perform;
+pub mod qemu_tls;
 pub mod source;
 pub mod storage;
+pub mod tunnel;
 
 use crate::error::{AgentError, Result};
 use crate::Agent;
@@ -54,6 +56,8 @@ pub struct Job {
     pub created: Mutex<Vec<std::path::PathBuf>>,
     /// Receivers of a cold migration (destination).
     pub cold: Mutex<Option<cold::Incoming>>,
+    /// The tunnel's ends, with `--tunnelled`.
+    tunnel: Mutex<Option<tunnel::Ends>>,
     /// Bumped on every change, for long polls.
     changed: watch::Sender<u64>,
 }
@@ -93,6 +97,7 @@ impl Job {
             offline_def: Mutex::new(None),
             created: Mutex::new(Vec::new()),
             cold: Mutex::new(None),
+            tunnel: Mutex::new(None),
             changed: watch::channel(0).0,
         })
     }
@@ -145,6 +150,33 @@ impl Job {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
+    }
+
+    /// Keeps the tunnel's ends for the life of the migration.
+    pub fn set_tunnel(&self, ends: tunnel::Ends) {
+        *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(ends);
+    }
+
+    /// The source's tunnel sockets: QEMU's `migrate` URI and the NBD server
+    /// of disk mirrors.
+    pub fn tunnel_route(&self) -> Option<(String, Option<serde_json::Value>)> {
+        match &*self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(tunnel::Ends::Outbound(o)) => Some((o.qemu_uri(), o.nbd_server())),
+            _ => None,
+        }
+    }
+
+    /// Stops the tunnel accepting streams. With `abort` every stream ends
+    /// now (the migration failed); without, streams end when QEMU closes
+    /// them (a post-copy guest still pulls pages through them).
+    pub fn close_tunnel(&self, abort: bool) {
+        let ends = self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = ends {
+            if abort {
+                t.abort();
+            }
+            self.event(t.summary());
+        }
     }
 
     /// Current phase.
@@ -261,6 +293,7 @@ impl Jobs {
 
     /// Moves a finished job to the completed table.
     pub fn finish(&self, job: &Arc<Job>) {
+        job.close_tunnel(job.phase() != Phase::Completed);
         let info = job.info();
         if job.role == Role::Source && info.kind == JobKind::Completed && info.time_elapsed_ms > 0 {
             let rate = info.memory_processed * 1000 / info.time_elapsed_ms;

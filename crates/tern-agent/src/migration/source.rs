@@ -1,9 +1,12 @@
 //! The source side: Begin (checks), Perform (QEMU sends memory while we
 //! watch), Confirm (clean up, or resume on failure), and the `--p2p` flow.
 
+use super::perform::Route;
+use super::qemu_tls::Endpoint;
 use super::{set_capabilities, Job};
 use crate::error::{AgentError, Result};
 use crate::Agent;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_api::driver;
@@ -231,11 +234,26 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         job.event("TCG: the policy will not throttle vCPUs (guests throttled under TCG were seen to crash after migration)");
     }
     let o = &req.options;
+    if o.tunnelled != req.target.tunnel {
+        let e = AgentError::Conflict(
+            "the destination did not open a migration tunnel for --tunnelled (is it an older agent?)"
+                .into(),
+        );
+        super::perform::fail(&job, &e);
+        return Err(e);
+    }
+    let run_dir = agent.layout.run_dir(&slot.name);
     let setup = async {
         set_capabilities(&qmp, &o.source_capabilities()).await?;
+        let mut params = o.source_parameters();
+        if o.tls {
+            super::qemu_tls::add_credentials(agent, &qmp, &run_dir, Endpoint::Client).await?;
+            // The destination's certificate must name the address it announced.
+            params.insert("tls-hostname".into(), json!(req.target.host));
+        }
         qmp.execute(
             "migrate-set-parameters",
-            Some(serde_json::Value::Object(o.source_parameters())),
+            Some(serde_json::Value::Object(params)),
         )
         .await?;
         if !o.live && was_running {
@@ -248,8 +266,22 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         super::perform::fail(&job, &e);
         return Err(e);
     }
+    let route = if o.tunnelled {
+        if let Err(e) = super::tunnel::outgoing(agent, &job, &run_dir, &req) {
+            super::perform::fail(&job, &e);
+            return Err(e);
+        }
+        job.event("QEMU's connections go through this agent's TLS tunnel");
+        let (uri, nbd_via) = job.tunnel_route().unwrap_or_default();
+        Route { uri, nbd_via }
+    } else {
+        Route {
+            uri: req.target.qemu_uri(),
+            nbd_via: None,
+        }
+    };
     let stall = agent.cfg.stall_timeout;
-    tokio::spawn(super::perform::run(job, qmp, req, stall));
+    tokio::spawn(super::perform::run(job, qmp, req, stall, route));
     Ok(())
 }
 
