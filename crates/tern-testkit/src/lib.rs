@@ -17,6 +17,7 @@ mod cpio;
 mod domxml;
 mod elf;
 mod error;
+pub mod etcd;
 pub mod fixtures;
 mod guest;
 pub mod host;
@@ -30,6 +31,7 @@ pub mod watch;
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
+pub use etcd::Etcd;
 pub use guest::{
     build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
     GUEST_TARGET,
