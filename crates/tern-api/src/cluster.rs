@@ -372,6 +372,9 @@ pub struct JobRecord {
     pub finished_ms: Option<u64>,
     /// The server's state before the job, restored on cancel.
     pub prior_state: ServerState,
+    /// The operator asked to cancel it while it ran.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// One host's verdict in `migrate-forecast`.
