@@ -7,6 +7,7 @@
 //! there (see [`monitor::reattach_all`]).
 
 pub mod accel;
+pub mod cluster;
 pub mod config;
 pub mod domains;
 pub mod error;

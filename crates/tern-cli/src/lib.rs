@@ -2,6 +2,7 @@
 //! through the host API, and prints virsh-like tables (or JSON).
 
 pub mod args;
+pub mod cluster;
 mod domain;
 pub mod migrate;
 mod storage;
@@ -64,8 +65,26 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Cluster(c) => {
+            return cluster::run(&cluster::client(cli.controller.as_deref())?, c).await
+        }
+        // With a controller, `migrate-forecast ID` asks the scheduler which
+        // hosts qualify (Cloudpods's verb) instead of sampling the guest.
+        Cmd::MigrateForecast {
+            ref domain,
+            desturi: None,
+            json,
+            ..
+        } if cli.controller.is_some() => {
+            let c = cluster::client(cli.controller.as_deref())?;
+            return cluster::forecast(&c, domain, json).await;
+        }
+        _ => {}
+    }
     let client = connect(cli.connect.as_deref())?;
     match cli.cmd {
+        Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

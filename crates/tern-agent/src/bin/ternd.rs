@@ -42,6 +42,16 @@ struct Args {
     /// Cancel a migration whose transferred bytes stand still this many seconds.
     #[arg(long, default_value_t = 15)]
     stall_timeout: u64,
+    /// Join a cluster: the controller's URL (http://HOST:PORT); several,
+    /// comma-separated, for controllers sharing an etcd store. Needs --listen.
+    #[arg(long, value_delimiter = ',')]
+    controller: Vec<String>,
+    /// Name of this host in the cluster (default: the host name).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// Labels reported to the controller, KEY=VALUE (repeatable).
+    #[arg(long = "labels", value_parser = parse_kv)]
+    labels: Vec<(String, String)>,
     /// Test-only fault injection: delay Prepare by this many milliseconds.
     #[arg(long, hide = true)]
     fault_prepare_delay_ms: Option<u64>,
@@ -94,6 +104,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.migration_address = args.migration_address;
     cfg.migration_ports = args.migration_ports;
     cfg.stall_timeout = std::time::Duration::from_secs(args.stall_timeout.max(1));
+    cfg.controllers = args.controller;
+    cfg.host_name = args.host_name;
+    cfg.labels = args.labels;
+    if !cfg.controllers.is_empty() && cfg.listen.is_none() {
+        anyhow::bail!(
+            "--controller needs --listen: the controller reaches this host's API over TCP"
+        );
+    }
     cfg.faults.prepare_delay = args
         .fault_prepare_delay_ms
         .map(std::time::Duration::from_millis);
@@ -129,6 +147,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(l) = tcp {
         tracing::warn!(addr = %l.local_addr()?, "serving the API on plain TCP without authentication");
         tokio::spawn(server::serve_tcp(agent.clone(), l));
+    }
+    if !agent.cfg.controllers.is_empty() {
+        tokio::spawn(tern_agent::cluster::run(agent.clone()));
     }
     let serve = server::serve_unix(agent.clone(), unix);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
