@@ -13,6 +13,7 @@
 //! # Ok::<(), tern_testkit::BuildError>(())
 //! ```
 
+pub mod controller;
 mod cpio;
 mod domxml;
 mod elf;
@@ -28,6 +29,7 @@ mod serial;
 mod vmlinux;
 pub mod watch;
 
+pub use controller::TestController;
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
