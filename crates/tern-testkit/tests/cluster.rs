@@ -24,10 +24,16 @@ fn shared_pool(hosts: &[&TernHost]) -> tempfile::TempDir {
 /// Defines and starts an idle guest on `h`, its disk in `pool` (skipped
 /// when `None`), and waits for it to be ready.
 fn boot(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64) {
+    boot_touching(h, name, pool, mem_mib, 16)
+}
+
+/// As [`boot`], with `touched_mib` of memory filled by the workload (so a
+/// migration has that much to send).
+fn boot_touching(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64, touched_mib: u64) {
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
     let mut spec = GuestSpec::new(name, &img);
     spec.memory_mib = mem_mib;
-    spec.workload = "tern.mem=16 tern.dirty=0".into();
+    spec.workload = format!("tern.mem={touched_mib} tern.dirty=0");
     if let Some(pool) = pool {
         let vol = format!("{name}.raw");
         h.ok(&["vol-create-as", pool, &vol, "8M"]);
@@ -319,7 +325,9 @@ fn slow_migration_running(c: &TestController, a: &TernHost) {
         }
         assert!(
             Instant::now() < deadline,
-            "migration never moved memory: {j}"
+            "migration never moved memory: {j}\njobs:\n{}\ncontroller log:\n{}",
+            c.ok(&["job-list"]),
+            tern_testkit::tail(&std::fs::read_to_string(&c.log).unwrap_or_default(), 40)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -331,7 +339,8 @@ fn controller_restarted_mid_job_completes_it_embedded_store() {
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
     let _pool = shared_pool(&[&a, &b]);
-    boot(&a, "vm", Some("shared"), 128);
+    // 64 MiB of guest memory at 4 MB/s: long enough to kill the controller mid-way.
+    boot_touching(&a, "vm", Some("shared"), 192, 64);
     wait_server(&c, "vm", "a", "running");
     c.wait_json(&["host-list"], LONG, "two hosts", |v| {
         v.as_array().is_some_and(|a| a.len() == 2)
@@ -340,6 +349,11 @@ fn controller_restarted_mid_job_completes_it_embedded_store() {
     c.restart();
     let done = wait_jobs_done(&c, 1);
     assert_eq!(done[0]["state"], "succeeded", "{done:#?}");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(
+        log.contains("resuming a running job"),
+        "the restarted controller did not resume the job"
+    );
     wait_server(&c, "vm", "b", "running");
     wait_heartbeats(&b, "vm");
     assert!(a
@@ -360,7 +374,7 @@ fn two_controllers_on_etcd_hand_over_mid_job() {
     let a = TestController::host(&[&c1, &c2], "a", &[]);
     let b = TestController::host(&[&c1, &c2], "b", &[]);
     let _pool = shared_pool(&[&a, &b]);
-    boot(&a, "vm", Some("shared"), 128);
+    boot_touching(&a, "vm", Some("shared"), 192, 64);
     wait_server(&c2, "vm", "a", "running");
     c2.wait_json(&["host-list"], LONG, "two hosts", |v| {
         v.as_array().is_some_and(|a| a.len() == 2)

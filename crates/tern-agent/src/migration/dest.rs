@@ -210,6 +210,13 @@ async fn start_incoming(
             host: listen.clone(),
             port,
         };
+        // A failed `migrate-incoming` leaves QEMU's incoming state at
+        // "setup" and refuses every retry: skip ports already taken (by
+        // another agent on this machine, say) before QEMU tries them.
+        if std::net::TcpListener::bind((listen.as_str(), port)).is_err() {
+            last_err = Some(AgentError::Failed(format!("port {port} is in use")));
+            continue;
+        }
         match qmp
             .execute(
                 "migrate-incoming",
@@ -234,7 +241,7 @@ async fn start_incoming(
                     nbd,
                 ));
             }
-            Err(err) => last_err = Some(err),
+            Err(err) => last_err = Some(err.into()),
         }
     }
     Err(AgentError::Failed(format!(
