@@ -3,9 +3,12 @@
 //!
 //! Fencing: once the controller says it would restart this host's servers
 //! elsewhere when the host dies (`fence`), an agent that cannot renew its
-//! lease for longer than the lease's TTL stops its own guests. By the time
-//! the controller has waited out the lease and its grace period, the
-//! guests it is about to restart elsewhere no longer run here.
+//! lease for longer than the lease's TTL, and reaches none of the peer
+//! hosts the controller last named either, stops its own guests. By the
+//! time the controller has waited out the lease and its grace period, the
+//! guests it is about to restart elsewhere no longer run here. An agent
+//! that still reaches a peer is not cut off: the controller is down, and
+//! killing every guest of the cluster for that would be the wrong answer.
 //! The protocol is documented in `tern_api::cluster`.
 
 use crate::Agent;
@@ -65,6 +68,8 @@ pub async fn run(agent: Arc<Agent>) {
     let mut last_ok = Instant::now();
     let mut fence_armed = false;
     let mut fenced = false;
+    let mut peers: Vec<String> = Vec::new();
+    let mut peers_warned = false;
     loop {
         let report = report(&agent, &uri).await;
         let (url, client) = &clients[which % clients.len()];
@@ -76,6 +81,7 @@ pub async fn run(agent: Arc<Agent>) {
                 Ok(r) => {
                     tracing::info!(controller = %url, lease = r.lease, "registered with the controller");
                     fence_armed = r.fence;
+                    peers = r.peers.clone();
                     session = Some(Session { reply: r });
                     true
                 }
@@ -99,6 +105,7 @@ pub async fn run(agent: Arc<Agent>) {
                 }
                 Ok(r) => {
                     fence_armed = r.fence;
+                    peers = r.peers;
                     true
                 }
                 Err(e) => {
@@ -110,6 +117,7 @@ pub async fn run(agent: Arc<Agent>) {
         if ok {
             last_ok = Instant::now();
             fenced = false;
+            peers_warned = false;
         } else {
             // Another controller may be the one that answers.
             which += 1;
@@ -117,8 +125,13 @@ pub async fn run(agent: Arc<Agent>) {
                 Duration::from_millis(s.reply.lease_ttl_ms)
             });
             if fence_armed && !fenced && last_ok.elapsed() > ttl {
-                fence(&agent).await;
-                fenced = true;
+                if !any_peer_answers(&peers).await {
+                    fence(&agent).await;
+                    fenced = true;
+                } else if !peers_warned {
+                    tracing::warn!("the controller is unreachable but peers answer: not fencing");
+                    peers_warned = true;
+                }
             }
         }
         let every = session.as_ref().map_or(RETRY, |s| {
@@ -126,6 +139,26 @@ pub async fn run(agent: Arc<Agent>) {
         });
         tokio::time::sleep(if ok { every } else { every.min(RETRY) / 2 }).await;
     }
+}
+
+/// Whether any peer host's agent answers (within a second each).
+async fn any_peer_answers(peers: &[String]) -> bool {
+    for p in peers {
+        let Ok(uri) = p.parse::<tern_model::uri::ConnectUri>() else {
+            continue;
+        };
+        let Ok(c) = Client::from_uri(&uri) else {
+            continue;
+        };
+        let r = c
+            .with_timeout(Duration::from_secs(1))
+            .call::<serde_json::Value>(&tern_api::Request::NodeInfo)
+            .await;
+        if r.is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Stops every guest of this host: the controller will restart them elsewhere.

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! Host down: the lease lapses (no heartbeat for `lease_ttl_ms`); the
-//! agent that cannot reach the controller that long stops its own guests
-//! (fencing, when `fence` was set in its last reply); the controller waits
+//! agent that cannot reach the controller that long, nor any of its
+//! `peers`, stops its own guests (fencing, when `fence` was set in its
+//! last reply); the controller waits
 //! a grace period, confirms the agent does not answer, then restarts the
 //! host's shared-storage servers elsewhere (rescue jobs, each created once).
 
@@ -201,6 +202,11 @@ pub struct RegisterReply {
     pub heartbeat_ms: u64,
     /// Stop own guests after losing the controller for `lease_ttl_ms`.
     pub fence: bool,
+    /// Host API URIs of the other online hosts. An agent that loses the
+    /// controller fences only if none of them answers either: reaching
+    /// peers means the controller is down, not this host cut off.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// Answer to `heartbeat`.
@@ -210,6 +216,9 @@ pub struct HeartbeatReply {
     pub reregister: bool,
     /// As in [`RegisterReply::fence`].
     pub fence: bool,
+    /// As in [`RegisterReply::peers`].
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// A host's health, as the controller's state machine sees it.

@@ -190,6 +190,7 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         lease_ttl_ms: ctl.cfg.lease_ttl.as_millis() as u64,
         heartbeat_ms: ctl.cfg.heartbeat.as_millis() as u64,
         fence,
+        peers: peers(ctl, &name).await?,
     })
 }
 
@@ -202,6 +203,7 @@ async fn heartbeat(
     let gone = HeartbeatReply {
         reregister: true,
         fence: false,
+        peers: Vec::new(),
     };
     let Some((_, rec)) = ctl.inv.get::<HostRecord>(&format!("{HOSTS}{host}")).await? else {
         return Ok(gone);
@@ -226,7 +228,20 @@ async fn heartbeat(
     Ok(HeartbeatReply {
         reregister: false,
         fence: rec.auto_migrate_on_host_down,
+        peers: peers(ctl, host).await?,
     })
+}
+
+/// API URIs of the other online hosts.
+async fn peers(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
+    Ok(ctl
+        .inv
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.report.name != host && h.status == HostStatus::Online)
+        .map(|h| h.report.api_uri)
+        .collect())
 }
 
 /// Brings server records in line with a host's report.

@@ -151,8 +151,6 @@ mod tests {
             rec("f", "h1", ServerState::MigrateFailed),
             rec("m", "h1", ServerState::StartMigrate),
         ];
-        let mut df = dom("f", false);
-        df.vcpus = 1;
         let c = reconcile("h1", &[dom("f", false), dom("m", true)], &s);
         assert!(
             c.iter()

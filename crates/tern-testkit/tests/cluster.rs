@@ -273,7 +273,7 @@ fn host_down_restarts_shared_servers_elsewhere_exactly_once() {
     });
     assert_eq!(db["host"], "a");
     let hosts = c.json(&["host-list"]);
-    assert_eq!(hosts[0]["status"]["down"].is_object(), true, "{hosts}");
+    assert!(hosts[0]["status"]["down"].is_object(), "{hosts}");
 
     // The host returns: it does not start the rescued server again, and
     // its stale definition is removed.
@@ -311,6 +311,52 @@ fn host_down_restarts_shared_servers_elsewhere_exactly_once() {
         (s["host"].as_str(), s["state"].as_str()),
         (Some("b"), Some("running"))
     );
+}
+
+#[test]
+fn an_agent_fences_only_when_it_reaches_neither_controller_nor_peers() {
+    let mut c = TestController::file(&[]);
+    let a = TestController::host(&[&c], "a", &[]);
+    let mut b = TestController::host(&[&c], "b", &[]);
+    boot(&a, "g", None, 128);
+    wait_server(&c, "g", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    c.ok(&[
+        "host-auto-migrate-on-host-down",
+        "a",
+        "--auto-migrate-on-host-down",
+        "enable",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    // The controller dies: a still reaches b, so the controller is the
+    // one that is gone, and a's guest keeps running.
+    c.kill9();
+    let deadline = Instant::now() + LONG;
+    while !std::fs::read_to_string(a.log())
+        .unwrap_or_default()
+        .contains("peers answer: not fencing")
+    {
+        assert!(Instant::now() < deadline, "a never considered fencing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(a.ok(&["domstate", "g"]).starts_with("running"));
+    // Now a reaches nobody: it is cut off and stops its guest.
+    kill_host(&mut b);
+    let deadline = Instant::now() + LONG;
+    while a.ok(&["domstate", "g"]).starts_with("running") {
+        assert!(Instant::now() < deadline, "a never fenced its guest");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(std::fs::read_to_string(a.log())
+        .unwrap()
+        .contains("fencing"));
+    // The controller returns; a registers again.
+    c.restart();
+    c.wait_json(&["host-show", "a"], LONG, "a online", |v| {
+        v["status"] == "online"
+    });
 }
 
 /// Starts a slow live migration of `vm` from `a` and waits until it moves memory.
