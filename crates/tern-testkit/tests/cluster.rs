@@ -359,6 +359,87 @@ fn an_agent_fences_only_when_it_reaches_neither_controller_nor_peers() {
     });
 }
 
+#[test]
+fn cancel_queued_and_running_jobs_then_evacuate_a_host_for_maintenance() {
+    let c = TestController::file(&["--max-cluster-migrations", "1"]);
+    let a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let _pool = shared_pool(&[&a, &b]);
+    boot_touching(&a, "vm", Some("shared"), 192, 64);
+    // A stopped server with its disk in the shared pool.
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    a.ok(&["vol-create-as", "shared", "cold.raw", "8M"]);
+    let path = a.ok(&["vol-path", "cold.raw", "--pool", "shared"]);
+    let mut spec = GuestSpec::new("cold", &img);
+    spec.memory_mib = 128;
+    spec.disks.push(TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    a.define_guest(&spec);
+    wait_server(&c, "vm", "a", "running");
+    wait_server(&c, "cold", "a", "ready");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    let e = c.fails(&["server-migrate", "vm"]);
+    assert!(e.contains("is running"), "{e}");
+    let e = c.fails(&["server-live-migrate", "cold"]);
+    assert!(e.contains("server-migrate"), "{e}");
+
+    // One slow migration runs; the cluster limit keeps the next queued.
+    slow_migration_running(&c, &a);
+    c.ok(&["server-migrate", "cold"]);
+    c.wait_json(&["job-list"], LONG, "the cold job waiting", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter().any(|j| {
+                j["server"] == "cold"
+                    && j["state"] == "queued"
+                    && j["note"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("cluster already runs 1")
+            })
+        })
+    });
+    assert!(c.ok(&["migrate-cancel", "cold"]).contains("cancelled"));
+    assert_eq!(c.json(&["server-show", "cold"])["state"], "ready");
+    // Cancelling the running one rolls it back: the guest stays on a.
+    c.ok(&["migrate-cancel", "vm"]);
+    let done = wait_jobs_done(&c, 2);
+    let vm_job = done.iter().find(|j| j["server"] == "vm").unwrap();
+    assert_eq!(vm_job["state"], "cancelled", "{done:#?}");
+    // The destination's side of the cancelled migration is over too.
+    let dj: serde_json::Value =
+        serde_json::from_str(&b.ok(&["domjobinfo", "vm", "--json"])).unwrap();
+    assert_ne!(dj["phase"], "finish", "{dj}");
+    let s = wait_server(&c, "vm", "a", "running");
+    assert_eq!(s["error"], serde_json::Value::Null);
+    let passes = SerialLog::parse(&a.ok(&["console", "vm"])).count("TERN-MEM ok");
+    a.wait_console("vm", LONG, "a new memory pass on a", |t| {
+        SerialLog::parse(t).count("TERN-MEM ok") > passes
+    });
+
+    // Maintenance: live for the running server, cold for the stopped one.
+    c.ok(&["host-maintenance", "a"]);
+    let done = wait_jobs_done(&c, 4);
+    assert!(
+        done[2..].iter().all(|j| j["state"] == "succeeded"),
+        "{done:#?}"
+    );
+    wait_server(&c, "vm", "b", "running");
+    wait_server(&c, "cold", "b", "ready");
+    wait_heartbeats(&b, "vm");
+    assert_eq!(c.json(&["host-show", "a"])["maintenance"], true);
+    let f = c.ok(&["migrate-forecast", "vm"]);
+    assert!(f.contains("maintenance"), "{f}");
+    // The cold server starts on its new host.
+    b.ok(&["start", "cold"]);
+    b.wait_console("cold", LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+}
+
 /// Starts a slow live migration of `vm` from `a` and waits until it moves memory.
 fn slow_migration_running(c: &TestController, a: &TernHost) {
     c.ok(&["server-live-migrate", "vm", "--max-bandwidth-mb", "4"]);

@@ -303,7 +303,25 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     if req.options.offline {
         return finish_offline(agent, &job, &req).await;
     }
-    let slot = agent.domains.find(&req.name)?;
+    let slot = match agent.domains.find(&req.name) {
+        Ok(s) => s,
+        Err(e) => {
+            // The incoming QEMU is gone already (it exits when the stream is
+            // cut by a cancel): end the job rather than leave it in Finish,
+            // where it would refuse every later migration of this guest.
+            job.event("the incoming guest is gone already");
+            job.advance(Phase::Failed)?;
+            agent.jobs.finish(&job);
+            if req.success {
+                return Err(e);
+            }
+            return Ok(FinishReply {
+                version: PROTOCOL_VERSION,
+                resumed: false,
+                error: None,
+            });
+        }
+    };
     let reply = if req.success {
         match resume_here(agent, &slot, &req).await {
             Ok(()) => {
