@@ -367,15 +367,17 @@ fn spawn_runner(ctl: &Arc<Controller>, job: JobRecord, recovering: bool) {
     if !ctl.runner_claim(&job.id) {
         return;
     }
-    let ctl = ctl.clone();
-    tokio::spawn(async move {
+    let id = job.id.clone();
+    let c = ctl.clone();
+    let h = tokio::spawn(async move {
         let id = job.id.clone();
-        let r = crate::runner::run(&ctl, &job, recovering).await;
+        let r = crate::runner::run(&c, &job, recovering).await;
         if let Err(e) = r {
             tracing::warn!(job = %id, error = %e, "job runner failed");
         }
-        ctl.runner_release(&id);
+        c.runner_release(&id);
     });
+    ctl.runner_started(&id, h.abort_handle());
 }
 
 /// The migrate options a job runs with.
@@ -396,7 +398,9 @@ pub fn migrate_options(
             m.copy_storage_all = local;
             m.bandwidth_mib = o.max_bandwidth_mb;
             m.keep_dest_on_failure = o.keep_dest_guest_on_failed;
-            if o.quickly_finish {
+            // Post-copy cannot carry mirrored disks: with local disks,
+            // quickly-finish leaves it out rather than fail.
+            if o.quickly_finish && !local {
                 m.postcopy = true;
                 m.postcopy_after_precopy = true;
             }
@@ -467,4 +471,128 @@ pub async fn drive(
     }
     driver::roll_back(src, dst, id, name, name, options).await;
     Err("the controller restarted before the migration's data moved; rolled back".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_api::cluster::{DiskReport, DomainReport};
+
+    fn server(active: bool, shared: bool, state: ServerState) -> ServerRecord {
+        ServerRecord {
+            domain: DomainReport {
+                name: "vm".into(),
+                uuid: String::new(),
+                active,
+                vcpus: 1,
+                memory_mib: 128,
+                disks: vec![DiskReport {
+                    target: "vda".into(),
+                    path: "/p/vm.raw".into(),
+                    pool: Some("p".into()),
+                    shared,
+                    bytes: 1 << 20,
+                }],
+                networks: vec![],
+                xml: String::new(),
+            },
+            host: "a".into(),
+            state,
+            error: None,
+            rescued_from: None,
+        }
+    }
+
+    #[test]
+    fn admit_matches_requests_to_server_states() {
+        let o = MigrateRequestOptions::default();
+        let up = HostStatus::Online;
+        let down = HostStatus::Down { since_ms: 1 };
+        let running = server(true, true, ServerState::Running);
+        let ready = server(false, true, ServerState::Ready);
+        assert_eq!(admit(&running, true, &o, up).unwrap(), JobKind::LiveMigrate);
+        assert_eq!(admit(&ready, false, &o, up).unwrap(), JobKind::Migrate);
+        assert!(admit(&running, false, &o, up)
+            .unwrap_err()
+            .to_string()
+            .contains("is running"));
+        assert!(admit(&ready, true, &o, up)
+            .unwrap_err()
+            .to_string()
+            .contains("server-migrate"));
+        let moving = server(true, true, ServerState::LiveMigrating);
+        assert!(admit(&moving, true, &o, up)
+            .unwrap_err()
+            .to_string()
+            .contains("migrate-cancel"));
+        let rescue = MigrateRequestOptions {
+            rescue_mode: true,
+            ..Default::default()
+        };
+        let unknown = server(true, true, ServerState::Unknown);
+        assert!(
+            admit(&unknown, false, &rescue, up).is_err(),
+            "host is not down"
+        );
+        assert_eq!(
+            admit(&unknown, false, &rescue, down).unwrap(),
+            JobKind::Rescue
+        );
+        let local = server(true, false, ServerState::Unknown);
+        assert!(admit(&local, false, &rescue, down)
+            .unwrap_err()
+            .to_string()
+            .contains("shared pool"));
+        assert!(admit(&unknown, false, &o, down)
+            .unwrap_err()
+            .to_string()
+            .contains("--rescue-mode"));
+        let tls = MigrateRequestOptions {
+            enable_tls: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            admit(&running, true, &tls, up),
+            Err(CtlError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn options_follow_the_kind_and_the_disks() {
+        let o = MigrateRequestOptions {
+            max_bandwidth_mb: Some(50),
+            quickly_finish: true,
+            auto_start: true,
+            ..Default::default()
+        };
+        let m = migrate_options(
+            JobKind::LiveMigrate,
+            &o,
+            &server(true, false, ServerState::Running),
+        );
+        assert!(m.live && m.copy_storage_all && !m.postcopy);
+        assert_eq!(m.bandwidth_mib, Some(50));
+        assert!(m.persistent && m.undefine_source);
+        assert!(m.validate().is_ok(), "{:?}", m.validate());
+        let m = migrate_options(
+            JobKind::LiveMigrate,
+            &o,
+            &server(true, true, ServerState::Running),
+        );
+        assert!(!m.copy_storage_all);
+        let m = migrate_options(
+            JobKind::Migrate,
+            &o,
+            &server(false, false, ServerState::Ready),
+        );
+        assert!(m.cold && m.auto_start && !m.live);
+        assert!(m.validate().is_ok(), "{:?}", m.validate());
+        let m = migrate_options(
+            JobKind::Migrate,
+            &o,
+            &server(false, true, ServerState::Ready),
+        );
+        assert!(m.offline && !m.cold);
+        assert!(m.validate().is_ok());
+    }
 }

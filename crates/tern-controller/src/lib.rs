@@ -19,7 +19,7 @@ pub mod sync;
 pub mod views;
 
 use inventory::Inventory;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,8 +84,9 @@ pub struct Controller {
     /// The election every controller takes part in.
     pub election: Election,
     leader: AtomicBool,
-    /// Jobs with a runner in this process.
-    runners: Mutex<HashSet<String>>,
+    /// Jobs with a runner in this process (aborted if leadership is lost,
+    /// so two controllers never drive one migration).
+    runners: Mutex<HashMap<String, Option<tokio::task::AbortHandle>>>,
 }
 
 /// Name of the controllers' election.
@@ -142,6 +143,19 @@ impl Controller {
                 }
             }
             self.leader.store(false, Ordering::Relaxed);
+            self.abort_runners();
+        }
+    }
+
+    /// Stops every job runner of this process: the next leader resumes
+    /// their jobs from the store.
+    fn abort_runners(&self) {
+        let mut r = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, h) in r.drain() {
+            if let Some(h) = h {
+                tracing::warn!(job = %id, "no longer leading: leaving the job to the next leader");
+                h.abort();
+            }
         }
     }
 
@@ -152,10 +166,21 @@ impl Controller {
     }
 
     fn runner_claim(&self, id: &str) -> bool {
-        self.runners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string())
+        let mut r = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        if r.contains_key(id) {
+            return false;
+        }
+        r.insert(id.to_string(), None);
+        true
+    }
+
+    fn runner_started(&self, id: &str, h: tokio::task::AbortHandle) {
+        let mut r = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        match r.get_mut(id) {
+            Some(slot) => *slot = Some(h),
+            // Leadership was lost between claim and spawn.
+            None => h.abort(),
+        }
     }
 
     fn runner_release(&self, id: &str) {
@@ -169,6 +194,6 @@ impl Controller {
         self.runners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+            .contains_key(id)
     }
 }
