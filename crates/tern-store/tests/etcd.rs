@@ -6,7 +6,11 @@ use tern_store::{Election, EtcdStore, Store, StoreError};
 use tern_testkit::Etcd;
 
 async fn store(e: &Etcd, prefix: &str) -> Arc<dyn Store> {
-    Arc::new(EtcdStore::connect(std::slice::from_ref(&e.url), prefix).await.unwrap())
+    Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&e.url), prefix)
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
