@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Tern needs on a Debian machine: QEMU, qemu-img, a kernel and
-# busybox for the test guest, iproute2 for bridges and namespaces.
+# busybox for the test guest, iproute2 for bridges and namespaces, protoc and
+# etcd for the cluster controller's etcd store.
 # Idempotent: only missing packages are installed.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ PKGS=(
   openssh-client       # ssh, ssh-keygen: the tern+ssh:// transport
   openssh-server       # sshd for the tern+ssh:// tests (run on a loopback port)
   rsync                # the storage benchmark's baseline
+  protobuf-compiler    # protoc, for the etcd client (tern-store)
+  etcd-server          # the cluster store for several controllers; tests start one
 )
 
 missing=()

@@ -48,6 +48,12 @@ pub struct AgentConfig {
     pub stall_timeout: std::time::Duration,
     /// Fault injection for tests.
     pub faults: Faults,
+    /// Cluster controllers to register with (empty: standalone).
+    pub controllers: Vec<String>,
+    /// Name in the cluster (default: the host name).
+    pub host_name: Option<String>,
+    /// Labels reported to the controller.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Deliberate delays and failures, for tests of the failure paths.
@@ -76,6 +82,9 @@ impl AgentConfig {
             migration_ports: 49152..=49215,
             stall_timeout: std::time::Duration::from_secs(15),
             faults: Faults::default(),
+            controllers: Vec::new(),
+            host_name: None,
+            labels: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod accel;
 pub mod access;
+pub mod cluster;
 pub mod config;
 pub mod domains;
 pub mod error;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 use tern_model::uri::{ConnectUri, Transport};
@@ -185,6 +186,15 @@ impl Client {
 
     /// Sends a request and decodes the result, within the call timeout.
     pub async fn call<T: DeserializeOwned>(&self, req: &Request) -> Result<T, ClientError> {
+        self.call_json(req).await
+    }
+
+    /// Sends any request enum of the same transport (the cluster API's,
+    /// say) and decodes the result, within the call timeout.
+    pub async fn call_json<Q: Serialize + Sync, T: DeserializeOwned>(
+        &self,
+        req: &Q,
+    ) -> Result<T, ClientError> {
         match tokio::time::timeout(self.timeout, self.call_inner(req)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Http {
@@ -194,7 +204,10 @@ impl Client {
         }
     }
 
-    async fn call_inner<T: DeserializeOwned>(&self, req: &Request) -> Result<T, ClientError> {
+    async fn call_inner<Q: Serialize + Sync, T: DeserializeOwned>(
+        &self,
+        req: &Q,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
             target: self.describe(),
             message: e.to_string(),

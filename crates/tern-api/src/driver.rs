@@ -60,7 +60,7 @@ pub async fn drive(
     id: Uuid,
     name: &str,
     options: &MigrateOptions,
-    mut on_progress: impl FnMut(&JobInfo),
+    on_progress: impl FnMut(&JobInfo),
 ) -> Result<DriveOutcome, DriveError> {
     let begin: BeginReply = src
         .call(&Request::Migration(MigrationRequest::MigrateBegin {
@@ -87,34 +87,8 @@ pub async fn drive(
         .await
         .map_err(DriveError::Prepare)?;
 
-    let finish = |success: bool| {
-        let req = FinishRequest {
-            version: PROTOCOL_VERSION,
-            id,
-            name: dest_name.clone(),
-            success,
-            options: options.clone(),
-        };
-        async move {
-            dst.call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req }))
-                .await
-        }
-    };
-    let confirm = |success: bool| {
-        let req = ConfirmRequest {
-            version: PROTOCOL_VERSION,
-            id,
-            name: name.to_string(),
-            success,
-            options: options.clone(),
-        };
-        async move {
-            src.call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigrateConfirm {
-                req,
-            }))
-            .await
-        }
-    };
+    let finish = |success: bool| finish_call(dst, id, &dest_name, success, options);
+    let confirm = |success: bool| confirm_call(src, id, name, success, options);
 
     let incoming = match (prep.incoming.clone(), options.cold) {
         (Some(t), _) => Some(t),
@@ -163,6 +137,24 @@ pub async fn drive(
         return Err(DriveError::Perform(e.to_string()));
     }
 
+    complete(src, dst, id, name, &dest_name, options, on_progress).await
+}
+
+/// The second half of [`drive`], from a started Perform: polls the source
+/// until QEMU is done, then Finish and Confirm. A controller that lost
+/// track of a migration (restarted mid-job) resumes it here, knowing only
+/// the migration id and the names.
+pub async fn complete(
+    src: &Client,
+    dst: &Client,
+    id: Uuid,
+    name: &str,
+    dest_name: &str,
+    options: &MigrateOptions,
+    mut on_progress: impl FnMut(&JobInfo),
+) -> Result<DriveOutcome, DriveError> {
+    let finish = |success: bool| finish_call(dst, id, dest_name, success, options);
+    let confirm = |success: bool| confirm_call(src, id, name, success, options);
     // Poll the source until QEMU is done (or in post-copy, when the
     // destination must run at once to serve page faults).
     let mut finished: Option<FinishReply> = None;
@@ -223,5 +215,61 @@ pub async fn drive(
         return Err(DriveError::Finish(why));
     }
     confirm(true).await.map_err(DriveError::Confirm)?;
-    Ok(DriveOutcome { info, dest_name })
+    Ok(DriveOutcome {
+        info,
+        dest_name: dest_name.to_string(),
+    })
+}
+
+async fn finish_call(
+    dst: &Client,
+    id: Uuid,
+    dest_name: &str,
+    success: bool,
+    options: &MigrateOptions,
+) -> Result<FinishReply, ClientError> {
+    let req = FinishRequest {
+        version: PROTOCOL_VERSION,
+        id,
+        name: dest_name.to_string(),
+        success,
+        options: options.clone(),
+    };
+    dst.call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req }))
+        .await
+}
+
+async fn confirm_call(
+    src: &Client,
+    id: Uuid,
+    name: &str,
+    success: bool,
+    options: &MigrateOptions,
+) -> Result<serde_json::Value, ClientError> {
+    let req = ConfirmRequest {
+        version: PROTOCOL_VERSION,
+        id,
+        name: name.to_string(),
+        success,
+        options: options.clone(),
+    };
+    src.call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigrateConfirm {
+        req,
+    }))
+    .await
+}
+
+/// Abandons a migration whose Perform may never have started: the
+/// destination discards what it prepared, the source resumes. Errors are
+/// ignored: either side may never have heard of the migration.
+pub async fn roll_back(
+    src: &Client,
+    dst: &Client,
+    id: Uuid,
+    name: &str,
+    dest_name: &str,
+    options: &MigrateOptions,
+) {
+    let _ = finish_call(dst, id, dest_name, false, options).await;
+    let _ = confirm_call(src, id, name, false, options).await;
 }

@@ -8,6 +8,7 @@
 //! a server refuses versions it does not speak.
 
 pub mod client;
+pub mod cluster;
 pub mod driver;
 pub mod error;
 pub mod request;

@@ -229,10 +229,9 @@ fn table(cells: &[Cell]) -> String {
                     r.figures.bytes as f64 / 1048576.0
                 )
             }
-            Some(Outcome::DidNotConverge { after, .. }) => format!(
-                "did not converge in {} s | | | | |",
-                after.as_secs()
-            ),
+            Some(Outcome::DidNotConverge { after, .. }) => {
+                format!("did not converge in {} s | | | | |", after.as_secs())
+            }
             Some(Outcome::Failed(e)) => format!("failed: {} | | | | |", e.replace('|', "/")),
             None => "no run | | | | |".into(),
         };
@@ -307,7 +306,9 @@ async fn raw_tunnel(pki_dir: &std::path::Path, mib: u64) -> Result<(u64, f64)> {
     }
     s.shutdown().await?;
     let mut n = [0u8; 8];
-    s.read_exact(&mut n).await.context("read the sink's count")?;
+    s.read_exact(&mut n)
+        .await
+        .context("read the sink's count")?;
     let secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
         u64::from_le_bytes(n) == mib << 20,

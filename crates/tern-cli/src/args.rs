@@ -14,6 +14,10 @@ pub struct Cli {
     /// tern+tcp://HOST[:PORT]/system (default from TERN_DEFAULT_URI).
     #[arg(short = 'c', long = "connect", global = true, env = "TERN_DEFAULT_URI")]
     pub connect: Option<String>,
+    /// Cluster controller URL, http://HOST:PORT, for the cluster verbs
+    /// (host-list, server-live-migrate...) and migrate-forecast ID.
+    #[arg(long, global = true, env = "TERN_CONTROLLER")]
+    pub controller: Option<String>,
     /// The verb.
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -37,6 +41,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster verbs (answered by tern-controller).
+    #[command(flatten)]
+    Cluster(crate::cluster::ClusterCmd),
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.

@@ -2,6 +2,7 @@
 //! through the host API, and prints virsh-like tables (or JSON).
 
 pub mod args;
+pub mod cluster;
 mod domain;
 pub mod migrate;
 pub mod pki;
@@ -72,15 +73,30 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    // These verbs work without (or are themselves) a connection.
+    // These verbs work without (or are themselves) a connection to an agent.
     let cmd = match cli.cmd {
         Cmd::Pki(p) => return pki::run(p),
         Cmd::Proxy { socket } => return proxy::run(&socket).await,
+        Cmd::Cluster(c) => {
+            return cluster::run(&cluster::client(cli.controller.as_deref())?, c).await
+        }
+        // With a controller, `migrate-forecast ID` asks the scheduler which
+        // hosts qualify (Cloudpods's verb) instead of sampling the guest.
+        Cmd::MigrateForecast {
+            ref domain,
+            desturi: None,
+            json,
+            ..
+        } if cli.controller.is_some() => {
+            let c = cluster::client(cli.controller.as_deref())?;
+            return cluster::forecast(&c, domain, json).await;
+        }
         other => other,
     };
     let client = connect(cli.connect.as_deref())?;
     match cmd {
         Cmd::SrvInfo { json } => srv_info(&client, json).await,
+        Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

@@ -13,10 +13,12 @@
 //! # Ok::<(), tern_testkit::BuildError>(())
 //! ```
 
+pub mod controller;
 mod cpio;
 mod domxml;
 mod elf;
 mod error;
+pub mod etcd;
 pub mod fixtures;
 mod guest;
 pub mod host;
@@ -29,9 +31,11 @@ pub mod sshd;
 mod vmlinux;
 pub mod watch;
 
+pub use controller::TestController;
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
+pub use etcd::Etcd;
 pub use guest::{
     build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
     GUEST_TARGET,

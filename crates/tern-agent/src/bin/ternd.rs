@@ -63,6 +63,16 @@ struct Args {
     /// Cancel a migration whose transferred bytes stand still this many seconds.
     #[arg(long, default_value_t = 15)]
     stall_timeout: u64,
+    /// Join a cluster: the controller's URL (http://HOST:PORT); several,
+    /// comma-separated, for controllers sharing an etcd store. Needs --listen.
+    #[arg(long, value_delimiter = ',')]
+    controller: Vec<String>,
+    /// Name of this host in the cluster (default: the host name).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// Labels reported to the controller, KEY=VALUE (repeatable).
+    #[arg(long = "labels", value_parser = parse_kv)]
+    labels: Vec<(String, String)>,
     /// Test-only fault injection: delay Prepare by this many milliseconds.
     #[arg(long, hide = true)]
     fault_prepare_delay_ms: Option<u64>,
@@ -136,6 +146,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.migration_address = args.migration_address;
     cfg.migration_ports = args.migration_ports;
     cfg.stall_timeout = std::time::Duration::from_secs(args.stall_timeout.max(1));
+    cfg.controllers = args.controller;
+    cfg.host_name = args.host_name;
+    cfg.labels = args.labels;
+    if !cfg.controllers.is_empty() && cfg.listen.is_none() {
+        anyhow::bail!(
+            "--controller needs --listen: the controller reaches this host's API over TCP"
+        );
+    }
     cfg.faults.prepare_delay = args
         .fault_prepare_delay_ms
         .map(std::time::Duration::from_millis);
@@ -188,6 +206,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(l) = tcp {
         tracing::warn!(addr = %l.local_addr()?, "INSECURE: serving the API on plain TCP without encryption or authentication (--auth none); anyone who reaches this port controls every guest");
         tokio::spawn(listen::serve_tcp(srv.clone(), l));
+    }
+    if !agent.cfg.controllers.is_empty() {
+        tokio::spawn(tern_agent::cluster::run(agent.clone()));
     }
     if let Some((l, acceptor)) = tls {
         tracing::info!(addr = %l.local_addr()?, pki_dir = %agent.cfg.pki_dir.display(), "serving the API on mutual TLS");

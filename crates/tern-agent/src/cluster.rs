@@ -1,0 +1,258 @@
+//! Joining a cluster: register with `tern-controller`, renew the lease with
+//! heartbeats that carry this host's report, and fence.
+//!
+//! Fencing: once the controller says it would restart this host's servers
+//! elsewhere when the host dies (`fence`), an agent that cannot renew its
+//! lease for longer than the lease's TTL, and reaches none of the peer
+//! hosts the controller last named either, stops its own guests. By the
+//! time the controller has waited out the lease and its grace period, the
+//! guests it is about to restart elsewhere no longer run here. An agent
+//! that still reaches a peer is not cut off: the controller is down, and
+//! killing every guest of the cluster for that would be the wrong answer.
+//! The protocol is documented in `tern_api::cluster`.
+
+use crate::Agent;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_api::cluster::{
+    controller_client, ClusterRequest, DiskReport, DomainReport, HeartbeatReply, HostReport,
+    RegisterReply,
+};
+use tern_api::Client;
+use tern_model::{InterfaceKind, PoolInfo};
+
+/// Wait between attempts while no controller answers.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A registration in force.
+#[derive(Debug, Clone)]
+struct Session {
+    reply: RegisterReply,
+}
+
+/// The address the controller reaches this host's API at.
+pub fn api_uri(agent: &Agent) -> Option<String> {
+    let l = agent.cfg.listen?;
+    let host = agent.migration_address();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Some(format!("tern+tcp://{host}:{}/system", l.port()))
+}
+
+/// Runs forever: register, heartbeat, re-register, fence.
+pub async fn run(agent: Arc<Agent>) {
+    let Some(uri) = api_uri(&agent) else {
+        tracing::error!("--controller needs --listen: the controller must reach this host's API");
+        return;
+    };
+    let clients: Vec<(String, Client)> = agent
+        .cfg
+        .controllers
+        .iter()
+        .filter_map(|u| match controller_client(u) {
+            Ok(c) => Some((u.clone(), c.with_timeout(Duration::from_secs(2)))),
+            Err(e) => {
+                tracing::error!(controller = %u, error = %e, "ignoring a bad controller URL");
+                None
+            }
+        })
+        .collect();
+    if clients.is_empty() {
+        return;
+    }
+    let mut which = 0usize;
+    let mut session: Option<Session> = None;
+    let mut last_ok = Instant::now();
+    let mut fence_armed = false;
+    let mut fenced = false;
+    let mut peers: Vec<String> = Vec::new();
+    let mut peers_warned = false;
+    loop {
+        let report = report(&agent, &uri).await;
+        let (url, client) = &clients[which % clients.len()];
+        let ok = match &session {
+            None => match client
+                .call_json::<_, RegisterReply>(&ClusterRequest::Register { report })
+                .await
+            {
+                Ok(r) => {
+                    tracing::info!(controller = %url, lease = r.lease, "registered with the controller");
+                    fence_armed = r.fence;
+                    peers = r.peers.clone();
+                    session = Some(Session { reply: r });
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(controller = %url, error = %e, "registration failed");
+                    false
+                }
+            },
+            Some(s) => match client
+                .call_json::<_, HeartbeatReply>(&ClusterRequest::Heartbeat {
+                    host: report.name.clone(),
+                    lease: s.reply.lease,
+                    report,
+                })
+                .await
+            {
+                Ok(r) if r.reregister => {
+                    tracing::warn!(controller = %url, "lease lost; registering again");
+                    session = None;
+                    continue;
+                }
+                Ok(r) => {
+                    fence_armed = r.fence;
+                    peers = r.peers;
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(controller = %url, error = %e, "heartbeat failed");
+                    false
+                }
+            },
+        };
+        if ok {
+            last_ok = Instant::now();
+            fenced = false;
+            peers_warned = false;
+        } else {
+            // Another controller may be the one that answers.
+            which += 1;
+            let ttl = session.as_ref().map_or(Duration::from_secs(3), |s| {
+                Duration::from_millis(s.reply.lease_ttl_ms)
+            });
+            if fence_armed && !fenced && last_ok.elapsed() > ttl {
+                if !any_peer_answers(&peers).await {
+                    fence(&agent).await;
+                    fenced = true;
+                } else if !peers_warned {
+                    tracing::warn!("the controller is unreachable but peers answer: not fencing");
+                    peers_warned = true;
+                }
+            }
+        }
+        let every = session.as_ref().map_or(RETRY, |s| {
+            Duration::from_millis(s.reply.heartbeat_ms.max(100))
+        });
+        tokio::time::sleep(if ok { every } else { every.min(RETRY) / 2 }).await;
+    }
+}
+
+/// Whether any peer host's agent answers (within a second each).
+async fn any_peer_answers(peers: &[String]) -> bool {
+    for p in peers {
+        let Ok(uri) = p.parse::<tern_model::uri::ConnectUri>() else {
+            continue;
+        };
+        let Ok(c) = Client::from_uri(&uri) else {
+            continue;
+        };
+        let r = c
+            .with_timeout(Duration::from_secs(1))
+            .call::<serde_json::Value>(&tern_api::Request::NodeInfo)
+            .await;
+        if r.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Stops every guest of this host: the controller will restart them elsewhere.
+async fn fence(agent: &Arc<Agent>) {
+    tracing::warn!("lost the controller for longer than the lease: stopping guests (fencing)");
+    for d in agent.list(false).await {
+        if let Err(e) = agent.destroy(&d.name).await {
+            tracing::error!(domain = %d.name, error = %e, "fencing could not stop a guest");
+        }
+    }
+}
+
+fn bridges() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+        for e in rd.flatten() {
+            if e.path().join("bridge").is_dir() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pool_of<'a>(pools: &'a [PoolInfo], path: &str) -> Option<&'a PoolInfo> {
+    pools
+        .iter()
+        .filter(|p| std::path::Path::new(path).starts_with(&p.def.target))
+        .max_by_key(|p| p.def.target.as_os_str().len())
+}
+
+/// What this host is and runs.
+pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
+    let facts = agent.facts().await;
+    let pools = agent.pools.list(true).await;
+    let mut domains = Vec::new();
+    for s in agent.list(true).await {
+        let (Ok(info), Ok(blk), Ok(xml)) = (
+            agent.dominfo(&s.name).await,
+            agent.domblklist(&s.name).await,
+            agent.dumpxml(&s.name).await,
+        ) else {
+            continue;
+        };
+        let disks = blk
+            .iter()
+            .filter(|b| b.device == "disk")
+            .filter_map(|b| {
+                let path = b.source.clone()?;
+                let pool = pool_of(&pools, &path);
+                Some(DiskReport {
+                    target: b.target.clone(),
+                    bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                    pool: pool.map(|p| p.def.name.clone()),
+                    shared: pool.is_some_and(|p| p.def.shared),
+                    path,
+                })
+            })
+            .collect();
+        let networks = tern_model::xml::parse_domain(&xml)
+            .map(|d| {
+                d.devices
+                    .interfaces
+                    .iter()
+                    .filter_map(|i| match &i.kind {
+                        InterfaceKind::Bridge { bridge } => Some(bridge.clone()),
+                        InterfaceKind::User => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        domains.push(DomainReport {
+            name: s.name.clone(),
+            uuid: s.uuid.to_string(),
+            active: s.id.is_some(),
+            vcpus: info.vcpus,
+            memory_mib: info.max_memory_kib / 1024,
+            disks,
+            networks,
+            xml,
+        });
+    }
+    HostReport {
+        name: agent
+            .cfg
+            .host_name
+            .clone()
+            .unwrap_or_else(|| facts.hostname.clone()),
+        api_uri: api_uri.to_string(),
+        facts,
+        pools,
+        networks: bridges(),
+        labels: agent.cfg.labels.iter().cloned().collect(),
+        domains,
+    }
+}

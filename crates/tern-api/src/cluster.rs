@@ -1,0 +1,461 @@
+//! The cluster API between `tern-controller`, the agents and `tern`.
+//!
+//! Same transport as the host API (`POST /api/v1/call`, JSON tagged by
+//! `op`), another request enum. The message sequence:
+//!
+//! ```text
+//! ternd                         tern-controller                      tern
+//!   | register {report} ---------->|  host record, lease granted        |
+//!   |<--------- {lease, ttl, hb}   |                                    |
+//!   | heartbeat {lease, report} -->|  lease renewed, servers synced     |
+//!   |<--------- {fence, reregister}|                                    |
+//!   |        ...every heartbeat... |<--------- server-live-migrate ID --|
+//!   |                              |  job queued ---------------------->|
+//!   |<== migrate-begin/prepare/... |  (leader: scheduler + limits, then |
+//!   |    perform/finish/confirm    |   the migration driver)            |
+//!   |                              |<--------- job-list ----------------|
+//! ```
+//!
+//! Host down: the lease lapses (no heartbeat for `lease_ttl_ms`); the
+//! agent that cannot reach the controller that long, nor any of its
+//! `peers`, stops its own guests (fencing, when `fence` was set in its
+//! last reply); the controller waits
+//! a grace period, confirms the agent does not answer, then restarts the
+//! host's shared-storage servers elsewhere (rescue jobs, each created once).
+
+use crate::{Client, ClientError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tern_model::{HostFacts, PoolInfo};
+
+/// A cluster API request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ClusterRequest {
+    /// An agent joins (or re-joins) and gets a lease.
+    Register {
+        /// What the host is and runs.
+        report: HostReport,
+    },
+    /// An agent renews its lease; the report keeps servers current.
+    Heartbeat {
+        /// Host name.
+        host: String,
+        /// The lease from `register`.
+        lease: i64,
+        /// What the host runs now.
+        report: HostReport,
+    },
+    /// Hosts.
+    HostList,
+    /// One host.
+    HostShow {
+        /// Host name.
+        id: String,
+    },
+    /// Servers.
+    ServerList,
+    /// One server.
+    ServerShow {
+        /// Server name.
+        id: String,
+    },
+    /// Cold migration (or `rescue_mode`: restart a dead host's server elsewhere).
+    ServerMigrate {
+        /// Server name.
+        id: String,
+        /// Options.
+        #[serde(default)]
+        opts: MigrateRequestOptions,
+    },
+    /// Live migration.
+    ServerLiveMigrate {
+        /// Server name.
+        id: String,
+        /// Options.
+        #[serde(default)]
+        opts: MigrateRequestOptions,
+    },
+    /// Which hosts qualify, and why each other does not.
+    MigrateForecast {
+        /// Server name.
+        id: String,
+        /// Plan a live migration (default: as the server's state implies).
+        #[serde(default)]
+        live: Option<bool>,
+        /// Options.
+        #[serde(default)]
+        opts: MigrateRequestOptions,
+    },
+    /// Cancel a queued or running job (by job id or server name).
+    MigrateCancel {
+        /// Job id or server name.
+        id: String,
+    },
+    /// Jobs.
+    JobList,
+    /// Evacuate a host: live for running servers, cold for stopped.
+    HostMaintenance {
+        /// Host name.
+        id: String,
+    },
+    /// Per-host evacuation policy.
+    HostAutoMigrate {
+        /// Host name.
+        id: String,
+        /// Restart servers elsewhere when the host dies.
+        on_host_down: Option<bool>,
+        /// Move servers away when the host shuts down cleanly.
+        on_host_shutdown: Option<bool>,
+    },
+    /// The controller answering and the current leader.
+    Status,
+}
+
+/// Options of `server-migrate` / `server-live-migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrateRequestOptions {
+    /// Only this host.
+    pub prefer_host: Option<String>,
+    /// Cold: start it on the destination.
+    pub auto_start: bool,
+    /// Cold: restart a dead host's server from shared storage.
+    pub rescue_mode: bool,
+    /// Live: accept another CPU model or microcode.
+    pub skip_cpu_check: bool,
+    /// Live: accept another kernel.
+    pub skip_kernel_check: bool,
+    /// Live: QEMU's migration stream over TLS.
+    pub enable_tls: bool,
+    /// Live: finish quickly (post-copy after the first pass).
+    pub quickly_finish: bool,
+    /// Live: bandwidth cap, MB/s.
+    pub max_bandwidth_mb: Option<u64>,
+    /// Live: keep the destination's guest when it fails (debugging).
+    pub keep_dest_guest_on_failed: bool,
+}
+
+/// What an agent tells the controller about its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HostReport {
+    /// Host name, unique in the cluster.
+    pub name: String,
+    /// Where the controller (and other agents) reach its host API.
+    pub api_uri: String,
+    /// Facts from nodeinfo.
+    pub facts: HostFacts,
+    /// Pools.
+    pub pools: Vec<PoolInfo>,
+    /// Bridges guests can join.
+    pub networks: Vec<String>,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Defined and transient domains.
+    pub domains: Vec<DomainReport>,
+}
+
+/// One domain on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainReport {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Whether QEMU runs it (running or paused).
+    pub active: bool,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Disks.
+    pub disks: Vec<DiskReport>,
+    /// Bridges its interfaces join.
+    pub networks: Vec<String>,
+    /// Its definition as libvirt XML.
+    pub xml: String,
+}
+
+/// One disk of a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// Target, e.g. "vda".
+    pub target: String,
+    /// Image path.
+    pub path: String,
+    /// Pool holding it, if any.
+    pub pool: Option<String>,
+    /// Whether that pool is shared.
+    pub shared: bool,
+    /// Bytes of the image.
+    pub bytes: u64,
+}
+
+/// Answer to `register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterReply {
+    /// The lease to renew.
+    pub lease: i64,
+    /// The lease lapses after this long without a heartbeat.
+    pub lease_ttl_ms: u64,
+    /// Send a heartbeat this often.
+    pub heartbeat_ms: u64,
+    /// Stop own guests after losing the controller for `lease_ttl_ms`.
+    pub fence: bool,
+    /// Host API URIs of the other online hosts. An agent that loses the
+    /// controller fences only if none of them answers either: reaching
+    /// peers means the controller is down, not this host cut off.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// Answer to `heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The lease is gone: register again.
+    pub reregister: bool,
+    /// As in [`RegisterReply::fence`].
+    pub fence: bool,
+    /// As in [`RegisterReply::peers`].
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// A host's health, as the controller's state machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// Lease current.
+    Online,
+    /// Lease lapsed at `since_ms`; within the grace period.
+    Lapsed {
+        /// When the lapse was seen, ms since the epoch.
+        since_ms: u64,
+    },
+    /// Confirmed gone (lease lapsed, grace over, agent unreachable).
+    Down {
+        /// When it was declared down.
+        since_ms: u64,
+    },
+}
+
+/// A host as the controller keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// The last report.
+    pub report: HostReport,
+    /// Health.
+    pub status: HostStatus,
+    /// The current lease.
+    pub lease: i64,
+    /// Excluded from scheduling (being evacuated).
+    pub maintenance: bool,
+    /// Restart its servers elsewhere when it dies.
+    pub auto_migrate_on_host_down: bool,
+    /// Move its servers away when it shuts down cleanly.
+    pub auto_migrate_on_host_shutdown: bool,
+}
+
+/// Server states, as Cloudpods names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Running.
+    Running,
+    /// Defined, not running.
+    Ready,
+    /// A migration was accepted and waits for its turn.
+    StartMigrate,
+    /// Moving while stopped (cold) or being restarted elsewhere (rescue).
+    Migrating,
+    /// Moving while running.
+    LiveMigrating,
+    /// The last migration failed; the reason is in `error`.
+    MigrateFailed,
+    /// Its host is down and it is not restarted elsewhere.
+    Unknown,
+    /// Its host died and its local disks went with it.
+    Lost,
+}
+
+impl ServerState {
+    /// A job owns the server: reports must not overwrite its state.
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            ServerState::StartMigrate | ServerState::Migrating | ServerState::LiveMigrating
+        )
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// A server as the controller keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// The domain as its host last reported it.
+    pub domain: DomainReport,
+    /// Host it belongs to.
+    pub host: String,
+    /// State.
+    pub state: ServerState,
+    /// Why the last migration failed.
+    pub error: Option<String>,
+    /// A host this server was rescued from: if it returns with a stale
+    /// definition, the controller removes that definition.
+    pub rescued_from: Option<String>,
+}
+
+/// Kinds of jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// Cold migration.
+    Migrate,
+    /// Live migration.
+    LiveMigrate,
+    /// Restart of a dead host's server elsewhere.
+    Rescue,
+}
+
+/// Job states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for the limits.
+    Queued,
+    /// Running towards `dest`.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed; see `error`.
+    Failed,
+    /// Cancelled by the operator.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A migration job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: JobKind,
+    /// Server name.
+    pub server: String,
+    /// Host it leaves.
+    pub source: String,
+    /// Host it goes to, once chosen.
+    pub dest: Option<String>,
+    /// State.
+    pub state: JobState,
+    /// The migration id the agents know it by.
+    pub migration_id: String,
+    /// Options.
+    pub opts: MigrateRequestOptions,
+    /// Why it waits, or why it failed.
+    pub note: Option<String>,
+    /// Created, ms since the epoch.
+    pub created_ms: u64,
+    /// Started, ms since the epoch.
+    pub started_ms: Option<u64>,
+    /// Finished, ms since the epoch.
+    pub finished_ms: Option<u64>,
+    /// The server's state before the job, restored on cancel.
+    pub prior_state: ServerState,
+    /// The operator asked to cancel it while it ran.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+/// One host's verdict in `migrate-forecast`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForecastRow {
+    /// Host.
+    pub host: String,
+    /// Whether it qualifies.
+    pub ok: bool,
+    /// Its score, or why not.
+    pub detail: String,
+}
+
+/// Answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// This controller's id.
+    pub id: String,
+    /// The leader's id, if any.
+    pub leader: Option<String>,
+}
+
+/// A client for a controller URL: `http://HOST:PORT`, `HOST:PORT` or
+/// `tern+tcp://HOST:PORT`.
+pub fn controller_client(url: &str) -> Result<Client, ClientError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("tern+tcp://"))
+        .unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or("");
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| ClientError::Http {
+            target: url.to_string(),
+            message: "a controller URL is http://HOST:PORT".into(),
+        })?;
+    Ok(Client::tcp(host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_and_strict() {
+        let r = ClusterRequest::ServerLiveMigrate {
+            id: "vm".into(),
+            opts: MigrateRequestOptions {
+                skip_cpu_check: true,
+                ..Default::default()
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.starts_with(r#"{"op":"server-live-migrate""#), "{s}");
+        assert_eq!(serde_json::from_str::<ClusterRequest>(&s).unwrap(), r);
+        assert!(
+            serde_json::from_str::<ClusterRequest>(r#"{"op":"server-show","id":"a","x":1}"#)
+                .is_err()
+        );
+        assert_eq!(ServerState::LiveMigrating.to_string(), "live_migrating");
+    }
+
+    #[test]
+    fn controller_urls() {
+        assert_eq!(
+            controller_client("http://127.0.0.1:7000")
+                .unwrap()
+                .describe(),
+            "127.0.0.1:7000"
+        );
+        assert_eq!(controller_client("h:1/").unwrap().describe(), "h:1");
+        assert!(controller_client("nowhere").is_err());
+    }
+}

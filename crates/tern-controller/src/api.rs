@@ -1,0 +1,373 @@
+//! The cluster API server: HTTP/1.1 on TCP, `POST /api/v1/call` with a
+//! [`ClusterRequest`], in the style of the agent's host API.
+
+use crate::error::{CtlError, Result};
+use crate::evacuate::host_client;
+use crate::inventory::{ALIVE, HOSTS, SERVERS};
+use crate::sync::{reconcile, Change};
+use crate::{jobs, Controller};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::sync::Arc;
+use tern_api::cluster::{
+    ClusterRequest, HeartbeatReply, HostRecord, HostReport, HostStatus, JobRecord, RegisterReply,
+    StatusReply,
+};
+use tern_api::{ApiError, ErrorCode, Request, CALL_PATH};
+use tern_store::StoreError;
+
+/// Largest request accepted (reports carry every domain's XML).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: ApiError) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&e).unwrap_or_default();
+    json_response(e.code.http_status(), body)
+}
+
+fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
+    serde_json::to_vec(&v).map_err(|e| CtlError::Invalid(e.to_string()))
+}
+
+async fn handle(
+    ctl: Arc<Controller>,
+    req: hyper::Request<Incoming>,
+) -> std::result::Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    if req.method() != hyper::Method::POST || req.uri().path() != CALL_PATH {
+        return Ok(error_response(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no such endpoint; POST {CALL_PATH}"),
+        )));
+    }
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Ok(error_response(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("request body refused: {e}"),
+            )))
+        }
+    };
+    let parsed: std::result::Result<ClusterRequest, _> = serde_json::from_slice(&body);
+    let r = match parsed {
+        Ok(r) => dispatch(&ctl, r).await.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed request: {e}"),
+        )),
+    };
+    Ok(match r {
+        Ok(b) => json_response(200, b),
+        Err(e) => error_response(e),
+    })
+}
+
+/// Runs one request.
+pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<u8>> {
+    match req {
+        ClusterRequest::Register { report } => ok(register(ctl, report).await?),
+        ClusterRequest::Heartbeat {
+            host,
+            lease,
+            report,
+        } => ok(heartbeat(ctl, &host, lease, report).await?),
+        ClusterRequest::HostList => ok(ctl.inv.hosts().await?),
+        ClusterRequest::HostShow { id } => ok(ctl.inv.host(&id).await?),
+        ClusterRequest::ServerList => ok(ctl.inv.servers().await?),
+        ClusterRequest::ServerShow { id } => ok(ctl.inv.server(&id).await?),
+        ClusterRequest::ServerMigrate { id, opts } => {
+            ok(jobs::create(ctl, &id, false, opts).await?)
+        }
+        ClusterRequest::ServerLiveMigrate { id, opts } => {
+            ok(jobs::create(ctl, &id, true, opts).await?)
+        }
+        ClusterRequest::MigrateForecast { id, live, opts } => {
+            ok(jobs::forecast(ctl, &id, live, &opts).await?)
+        }
+        ClusterRequest::MigrateCancel { id } => ok(jobs::cancel(ctl, &id).await?),
+        ClusterRequest::JobList => ok(ctl.inv.jobs().await?),
+        ClusterRequest::HostMaintenance { id } => ok(maintenance(ctl, &id).await?),
+        ClusterRequest::HostAutoMigrate {
+            id,
+            on_host_down,
+            on_host_shutdown,
+        } => {
+            ctl.inv.host(&id).await?;
+            let r = ctl
+                .inv
+                .update_host(&id, |h| {
+                    if let Some(v) = on_host_down {
+                        h.auto_migrate_on_host_down = v;
+                    }
+                    if let Some(v) = on_host_shutdown {
+                        h.auto_migrate_on_host_shutdown = v;
+                    }
+                    Ok(true)
+                })
+                .await?;
+            ok(r)
+        }
+        ClusterRequest::Status => ok(StatusReply {
+            id: ctl.cfg.id.clone(),
+            leader: ctl.election.leader().await?,
+        }),
+    }
+}
+
+fn check_report(r: &HostReport) -> Result<()> {
+    let valid = !r.name.is_empty()
+        && r.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid {
+        return Err(CtlError::Invalid(format!(
+            "host name '{}' is invalid; use letters, digits, '-', '_' and '.'",
+            r.name
+        )));
+    }
+    if r.api_uri.parse::<tern_model::uri::ConnectUri>().is_err() {
+        return Err(CtlError::Invalid(format!(
+            "host {} reports API address '{}', which is not a tern URI",
+            r.name, r.api_uri
+        )));
+    }
+    Ok(())
+}
+
+async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterReply> {
+    check_report(&report)?;
+    let name = report.name.clone();
+    let store = &ctl.inv.store;
+    let lease = store.grant(ctl.cfg.lease_ttl).await?;
+    store
+        .put(&format!("{ALIVE}{name}"), b"1".to_vec(), Some(lease))
+        .await?;
+    let key = format!("{HOSTS}{name}");
+    let rec = HostRecord {
+        report: report.clone(),
+        status: HostStatus::Online,
+        lease,
+        maintenance: false,
+        auto_migrate_on_host_down: false,
+        auto_migrate_on_host_shutdown: false,
+    };
+    let fence = if ctl.inv.create(&key, &rec).await? {
+        false
+    } else {
+        let r = ctl
+            .inv
+            .update_host(&name, |h| {
+                h.report = report.clone();
+                h.status = HostStatus::Online;
+                h.lease = lease;
+                Ok(true)
+            })
+            .await?;
+        r.is_some_and(|h| h.auto_migrate_on_host_down)
+    };
+    tracing::info!(host = %name, "host registered");
+    apply_sync(ctl, &report).await?;
+    Ok(RegisterReply {
+        lease,
+        lease_ttl_ms: ctl.cfg.lease_ttl.as_millis() as u64,
+        heartbeat_ms: ctl.cfg.heartbeat.as_millis() as u64,
+        fence,
+        peers: peers(ctl, &name).await?,
+    })
+}
+
+async fn heartbeat(
+    ctl: &Arc<Controller>,
+    host: &str,
+    lease: i64,
+    report: HostReport,
+) -> Result<HeartbeatReply> {
+    let gone = HeartbeatReply {
+        reregister: true,
+        fence: false,
+        peers: Vec::new(),
+    };
+    let Some((_, rec)) = ctl.inv.get::<HostRecord>(&format!("{HOSTS}{host}")).await? else {
+        return Ok(gone);
+    };
+    if rec.lease != lease || matches!(rec.status, HostStatus::Down { .. }) {
+        return Ok(gone);
+    }
+    match ctl.inv.store.keep_alive(lease).await {
+        Ok(()) => {}
+        Err(StoreError::LeaseExpired(_)) => return Ok(gone),
+        Err(e) => return Err(e.into()),
+    }
+    if rec.report != report {
+        ctl.inv
+            .update_host(host, |h| {
+                h.report = report.clone();
+                Ok(true)
+            })
+            .await?;
+    }
+    apply_sync(ctl, &report).await?;
+    Ok(HeartbeatReply {
+        reregister: false,
+        fence: rec.auto_migrate_on_host_down,
+        peers: peers(ctl, host).await?,
+    })
+}
+
+/// API URIs of the other online hosts.
+async fn peers(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
+    Ok(ctl
+        .inv
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.report.name != host && h.status == HostStatus::Online)
+        .map(|h| h.report.api_uri)
+        .collect())
+}
+
+/// Brings server records in line with a host's report.
+async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport) -> Result<()> {
+    let host = report.name.as_str();
+    let servers = ctl.inv.servers().await?;
+    for c in reconcile(host, &report.domains, &servers) {
+        match c {
+            Change::Create(r) => {
+                ctl.inv
+                    .create(&format!("{SERVERS}{}", r.domain.name), &r)
+                    .await?;
+            }
+            Change::Refresh {
+                name,
+                domain,
+                state,
+            } => {
+                ctl.inv
+                    .update_server(&name, |r| {
+                        if r.host != host || r.state.in_flight() {
+                            return Ok(false);
+                        }
+                        r.domain = domain.clone();
+                        if let Some(s) = state {
+                            r.state = s;
+                        }
+                        Ok(true)
+                    })
+                    .await?;
+            }
+            Change::Remove(name) => {
+                let key = format!("{SERVERS}{name}");
+                if let Some((_, r)) = ctl.inv.get::<tern_api::cluster::ServerRecord>(&key).await? {
+                    if r.host == host && !r.state.in_flight() {
+                        ctl.inv.store.delete(&key).await?;
+                    }
+                }
+            }
+            Change::Undefine(name) => {
+                let c = host_client(&HostRecord {
+                    report: report.clone(),
+                    status: HostStatus::Online,
+                    lease: 0,
+                    maintenance: false,
+                    auto_migrate_on_host_down: false,
+                    auto_migrate_on_host_shutdown: false,
+                })
+                .map_err(|source| CtlError::Agent {
+                    host: host.to_string(),
+                    source,
+                })?;
+                tracing::info!(%host, server = %name, "removing a stale definition from a returning host");
+                let r = c
+                    .call::<serde_json::Value>(&Request::Undefine {
+                        name: name.clone(),
+                        remove_all_storage: false,
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(%host, server = %name, error = %e, "could not remove a stale definition");
+                    continue;
+                }
+                ctl.inv
+                    .update_server(&name, |r| {
+                        let change = r.rescued_from.as_deref() == Some(host);
+                        if change {
+                            r.rescued_from = None;
+                        }
+                        Ok(change)
+                    })
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Evacuates a host: live for running servers, cold for stopped ones.
+async fn maintenance(ctl: &Arc<Controller>, host: &str) -> Result<Vec<JobRecord>> {
+    ctl.inv.host(host).await?;
+    ctl.inv
+        .update_host(host, |h| {
+            let change = !h.maintenance;
+            h.maintenance = true;
+            Ok(change)
+        })
+        .await?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for s in ctl.inv.servers().await? {
+        if s.host != host || s.state.in_flight() {
+            continue;
+        }
+        match jobs::create(ctl, &s.domain.name, s.domain.active, Default::default()).await {
+            Ok(j) => out.push(j),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if out.is_empty() && !errors.is_empty() {
+        return Err(CtlError::Conflict(errors.join("; ")));
+    }
+    Ok(out)
+}
+
+/// Serves the API on a TCP listener forever.
+pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                let ctl = ctl.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(ctl.clone(), req));
+                    if let Err(e) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

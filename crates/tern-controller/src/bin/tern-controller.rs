@@ -1,0 +1,96 @@
+//! `tern-controller`: Tern's cluster controller.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tern_controller::{api, Controller, ControllerConfig};
+
+/// Tern cluster controller: inventory, scheduler, migration jobs, host-down evacuation.
+#[derive(Parser, Debug)]
+#[command(name = "tern-controller", version)]
+struct Args {
+    /// API address (agents and `tern --controller` connect here).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    listen: SocketAddr,
+    /// Store: file:DIR (embedded, one controller) or etcd:URL[,URL...].
+    #[arg(long, default_value = "file:/var/lib/tern-controller")]
+    store: String,
+    /// This controller's id in elections (default: random).
+    #[arg(long)]
+    id: Option<String>,
+    /// Host lease, ms: a host is lapsed after this long without a heartbeat.
+    #[arg(long, default_value_t = 3000)]
+    lease_ttl_ms: u64,
+    /// Agents' heartbeat interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Grace between a lapse and declaring the host down, ms.
+    #[arg(long, default_value_t = 2000)]
+    grace_ms: u64,
+    /// Leader lease, ms (how soon another controller takes over).
+    #[arg(long, default_value_t = 3000)]
+    leader_ttl_ms: u64,
+    /// Outbound migrations per host.
+    #[arg(long, default_value_t = 2)]
+    max_outbound_per_host: u32,
+    /// Inbound migrations per host.
+    #[arg(long, default_value_t = 2)]
+    max_inbound_per_host: u32,
+    /// Migrations in the cluster.
+    #[arg(long, default_value_t = 5)]
+    max_cluster_migrations: u32,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_CONTROLLER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("tern-controller: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    if a.lease_ttl_ms < 2 * a.heartbeat_ms {
+        anyhow::bail!(
+            "--lease-ttl-ms {} must be at least twice --heartbeat-ms {}",
+            a.lease_ttl_ms,
+            a.heartbeat_ms
+        );
+    }
+    let mut cfg = ControllerConfig::new(a.listen, &a.store);
+    if let Some(id) = a.id {
+        cfg.id = id;
+    }
+    cfg.lease_ttl = Duration::from_millis(a.lease_ttl_ms);
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    cfg.grace = Duration::from_millis(a.grace_ms);
+    cfg.leader_ttl = Duration::from_millis(a.leader_ttl_ms);
+    cfg.limits = tern_scheduler::Limits {
+        per_host_outbound: a.max_outbound_per_host.max(1),
+        per_host_inbound: a.max_inbound_per_host.max(1),
+        cluster: a.max_cluster_migrations.max(1),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let ctl = Controller::open(cfg).await?;
+    tracing::info!(id = %ctl.cfg.id, listen = %ctl.cfg.listen, store = %ctl.cfg.store, "tern-controller ready");
+    tokio::spawn(ctl.clone().run());
+    let serve = api::serve(ctl.clone(), listener);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = serve => {}
+        _ = term.recv() => tracing::info!("SIGTERM: exiting"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: exiting"),
+    }
+    Ok(())
+}

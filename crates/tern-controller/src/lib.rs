@@ -1,0 +1,199 @@
+//! `tern-controller`: the cluster controller.
+//!
+//! Agents register and renew a lease ([`api`]); the controller keeps hosts,
+//! servers and jobs in a [`tern_store::Store`] ([`inventory`]). Every
+//! controller serves the API; the elected leader alone runs the loop in
+//! [`Controller::run`]: host health ([`health`]), evacuation of dead hosts
+//! ([`evacuate`]), and migration jobs through the scheduler and its limits
+//! ([`jobs`]). The wire protocol and its message sequence are documented
+//! in `tern_api::cluster`.
+
+pub mod api;
+pub mod error;
+pub mod evacuate;
+pub mod health;
+pub mod inventory;
+pub mod jobs;
+pub mod runner;
+pub mod sync;
+pub mod views;
+
+use inventory::Inventory;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tern_scheduler::Limits;
+use tern_store::Election;
+
+/// Default lease of a host: it is lapsed after this long without a heartbeat.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+/// Default heartbeat interval of agents.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default grace between a lapse and the probe that declares a host down.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything the controller needs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// API address.
+    pub listen: SocketAddr,
+    /// `file:DIR` or `etcd:URL[,URL...]`.
+    pub store: String,
+    /// This controller's id (in elections and logs).
+    pub id: String,
+    /// Host lease TTL.
+    pub lease_ttl: Duration,
+    /// Agents' heartbeat interval.
+    pub heartbeat: Duration,
+    /// Grace after a lapse.
+    pub grace: Duration,
+    /// How often the leader looks at the cluster.
+    pub tick: Duration,
+    /// Leader lease TTL (hand-over time).
+    pub leader_ttl: Duration,
+    /// Migration limits.
+    pub limits: Limits,
+}
+
+impl ControllerConfig {
+    /// Defaults for a store and a listen address.
+    pub fn new(listen: SocketAddr, store: &str) -> ControllerConfig {
+        ControllerConfig {
+            listen,
+            store: store.to_string(),
+            id: format!("ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            heartbeat: DEFAULT_HEARTBEAT,
+            grace: DEFAULT_GRACE,
+            tick: Duration::from_millis(250),
+            leader_ttl: Duration::from_secs(3),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The controller's shared state.
+#[derive(Debug)]
+pub struct Controller {
+    /// Configuration.
+    pub cfg: ControllerConfig,
+    /// Records.
+    pub inv: Inventory,
+    /// The election every controller takes part in.
+    pub election: Election,
+    leader: AtomicBool,
+    /// Jobs with a runner in this process (aborted if leadership is lost,
+    /// so two controllers never drive one migration).
+    runners: Mutex<HashMap<String, Option<tokio::task::AbortHandle>>>,
+}
+
+/// Name of the controllers' election.
+const ELECTION: &str = "controller";
+
+impl Controller {
+    /// Opens the store.
+    pub async fn open(cfg: ControllerConfig) -> anyhow::Result<Arc<Controller>> {
+        let store = tern_store::open(&cfg.store)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", cfg.store))?;
+        if cfg.store.starts_with("file:") {
+            // The file store's lock makes this the only controller: an
+            // election key left by our previous life is stale.
+            store.delete(&format!("election/{ELECTION}")).await?;
+        }
+        let election = Election::new(store.clone(), ELECTION, cfg.leader_ttl);
+        Ok(Arc::new(Controller {
+            inv: Inventory::new(store),
+            election,
+            leader: AtomicBool::new(false),
+            runners: Mutex::default(),
+            cfg,
+        }))
+    }
+
+    /// Whether this controller leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Campaigns, then leads until the lease is lost; forever.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let lead = self
+                .election
+                .campaign(&self.cfg.id, Duration::from_millis(250))
+                .await;
+            let Ok(lead) = lead else { continue };
+            self.leader.store(true, Ordering::Relaxed);
+            tracing::info!(id = %self.cfg.id, "leading the cluster");
+            let mut renewed = Instant::now();
+            loop {
+                tokio::time::sleep(self.cfg.tick).await;
+                if renewed.elapsed() >= self.cfg.leader_ttl / 3 {
+                    if let Err(e) = lead.renew().await {
+                        tracing::warn!(error = %e, "lost leadership");
+                        break;
+                    }
+                    renewed = Instant::now();
+                }
+                if let Err(e) = self.tick().await {
+                    tracing::warn!(error = %e, "controller tick failed");
+                }
+            }
+            self.leader.store(false, Ordering::Relaxed);
+            self.abort_runners();
+        }
+    }
+
+    /// Stops every job runner of this process: the next leader resumes
+    /// their jobs from the store.
+    fn abort_runners(&self) {
+        let mut r = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, h) in r.drain() {
+            if let Some(h) = h {
+                tracing::warn!(job = %id, "no longer leading: leaving the job to the next leader");
+                h.abort();
+            }
+        }
+    }
+
+    /// One look at the cluster: host health, then jobs.
+    pub async fn tick(self: &Arc<Self>) -> error::Result<()> {
+        evacuate::health_tick(self).await?;
+        jobs::schedule_tick(self).await
+    }
+
+    fn runner_claim(&self, id: &str) -> bool {
+        let mut r = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        if r.contains_key(id) {
+            return false;
+        }
+        r.insert(id.to_string(), None);
+        true
+    }
+
+    fn runner_started(&self, id: &str, h: tokio::task::AbortHandle) {
+        let mut r = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        match r.get_mut(id) {
+            Some(slot) => *slot = Some(h),
+            // Leadership was lost between claim and spawn.
+            None => h.abort(),
+        }
+    }
+
+    fn runner_release(&self, id: &str) {
+        self.runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn has_runner(&self, id: &str) -> bool {
+        self.runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+}

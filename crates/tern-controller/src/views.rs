@@ -1,0 +1,84 @@
+//! The scheduler's view of the inventory.
+
+use tern_api::cluster::{HostRecord, HostStatus, JobRecord, JobState, ServerRecord};
+use tern_scheduler::{DiskNeed, HostView, PoolView, ServerView};
+
+/// vCPUs a host may give guests per logical CPU (Cloudpods's default
+/// CPU overcommit bound is 8).
+pub const CPU_OVERCOMMIT: u32 = 8;
+
+/// A server as the scheduler sees it.
+pub fn server_view(s: &ServerRecord) -> ServerView {
+    ServerView {
+        name: s.domain.name.clone(),
+        host: s.host.clone(),
+        vcpus: s.domain.vcpus,
+        memory_mib: s.domain.memory_mib,
+        disks: s
+            .domain
+            .disks
+            .iter()
+            .map(|d| DiskNeed {
+                pool: d.pool.clone().unwrap_or_else(|| "(no pool)".into()),
+                shared: d.shared,
+                bytes: d.bytes,
+            })
+            .collect(),
+        networks: s.domain.networks.clone(),
+    }
+}
+
+/// Every host as the scheduler sees it: load from the servers placed on
+/// it, migrations in flight from the running jobs.
+pub fn host_views(
+    hosts: &[HostRecord],
+    servers: &[ServerRecord],
+    jobs: &[JobRecord],
+) -> Vec<HostView> {
+    hosts
+        .iter()
+        .map(|h| {
+            let r = &h.report;
+            let mine = servers.iter().filter(|s| s.host == r.name);
+            let (vcpus_used, memory_used_mib) = mine.fold((0u32, 0u64), |(c, m), s| {
+                (c + s.domain.vcpus, m + s.domain.memory_mib)
+            });
+            let running = jobs.iter().filter(|j| j.state == JobState::Running);
+            let (mut inbound, mut outbound) = (0, 0);
+            for j in running {
+                if j.dest.as_deref() == Some(&r.name) {
+                    inbound += 1;
+                }
+                if j.source == r.name {
+                    outbound += 1;
+                }
+            }
+            HostView {
+                name: r.name.clone(),
+                schedulable: h.status == HostStatus::Online && !h.maintenance,
+                cpu_model: r.facts.cpu_model.clone(),
+                microcode: r.facts.microcode.clone(),
+                kernel: r.facts.kernel.clone(),
+                page_size: r.facts.page_size,
+                qemu_version: r.facts.qemu_version.clone(),
+                vcpus_total: r.facts.cpus.max(1) * CPU_OVERCOMMIT,
+                vcpus_used,
+                memory_total_mib: r.facts.memory_total_kib / 1024,
+                memory_used_mib,
+                pools: r
+                    .pools
+                    .iter()
+                    .filter(|p| p.active)
+                    .map(|p| PoolView {
+                        name: p.def.name.clone(),
+                        shared: p.def.shared,
+                        free_bytes: p.available,
+                    })
+                    .collect(),
+                networks: r.networks.clone(),
+                inbound,
+                outbound,
+            }
+        })
+        .collect()
+}

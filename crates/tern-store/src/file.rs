@@ -1,0 +1,353 @@
+//! The embedded store: one controller, one directory, one JSON snapshot.
+//!
+//! Every change rewrites `store.json` atomically (temp file, fsync,
+//! rename, fsync of the directory), so a crash leaves the old or the new
+//! snapshot, never a mix. That is O(size) per write: fine for the one
+//! controller of a small cluster; etcd is the store for scale.
+
+use crate::{Entry, LeaseId, Result, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const MAGIC: &str = "tern-store";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKey {
+    value: String,
+    revision: u64,
+    lease: Option<LeaseId>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Snapshot {
+    magic: String,
+    version: u32,
+    revision: u64,
+    next_lease: LeaseId,
+    keys: BTreeMap<String, StoredKey>,
+    /// Lease TTLs in ms; deadlines are not stored: a restart renews them.
+    leases: BTreeMap<LeaseId, u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    snap: Snapshot,
+    deadlines: BTreeMap<LeaseId, Instant>,
+}
+
+/// The embedded file store.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    state: Mutex<State>,
+    _lock: std::fs::File,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl FileStore {
+    /// Opens (creating) the store in `dir`, taking its lock.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileStore> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        // SAFETY: flock on a descriptor we own; released when it closes.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StoreError::Locked(dir.display().to_string()));
+        }
+        let path = dir.join("store.json");
+        let snap = match std::fs::read(&path) {
+            Ok(b) => {
+                let s: Snapshot = serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                if s.magic != MAGIC || s.version != VERSION {
+                    return Err(StoreError::Corrupt {
+                        path: path.display().to_string(),
+                        message: format!("magic {:?} version {}", s.magic, s.version),
+                    });
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot {
+                magic: MAGIC.into(),
+                version: VERSION,
+                next_lease: 1,
+                ..Default::default()
+            },
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let now = Instant::now();
+        let deadlines = snap
+            .leases
+            .iter()
+            .map(|(id, ttl)| (*id, now + Duration::from_millis(*ttl)))
+            .collect();
+        Ok(FileStore {
+            path,
+            state: Mutex::new(State { snap, deadlines }),
+            _lock: lock,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, bool)>) -> Result<T> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = sweep(&mut st, Instant::now());
+        let (out, changed) = f(&mut st)?;
+        if changed || expired {
+            self.save(&st.snap)?;
+        }
+        Ok(out)
+    }
+
+    fn save(&self, snap: &Snapshot) -> Result<()> {
+        let data = serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let tmp = self.path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&data).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops expired leases and their keys; whether anything changed.
+fn sweep(st: &mut State, now: Instant) -> bool {
+    let dead: Vec<LeaseId> = st
+        .deadlines
+        .iter()
+        .filter(|(_, d)| **d <= now)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &dead {
+        drop_lease(st, *id);
+    }
+    !dead.is_empty()
+}
+
+fn drop_lease(st: &mut State, id: LeaseId) {
+    st.deadlines.remove(&id);
+    st.snap.leases.remove(&id);
+    st.snap.keys.retain(|_, k| k.lease != Some(id));
+}
+
+fn entry(key: &str, k: &StoredKey) -> Entry {
+    Entry {
+        key: key.to_string(),
+        value: k.value.clone().into_bytes(),
+        revision: k.revision,
+        lease: k.lease,
+    }
+}
+
+fn write(st: &mut State, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<u64> {
+    if let Some(l) = lease {
+        if !st.deadlines.contains_key(&l) {
+            return Err(StoreError::LeaseExpired(l));
+        }
+    }
+    // Values are JSON documents from the controller; keep them readable
+    // in the snapshot rather than as byte arrays.
+    let value = String::from_utf8(value).map_err(|e| StoreError::Corrupt {
+        path: key.to_string(),
+        message: format!("value is not UTF-8: {e}"),
+    })?;
+    st.snap.revision += 1;
+    let revision = st.snap.revision;
+    st.snap.keys.insert(
+        key.to_string(),
+        StoredKey {
+            value,
+            revision,
+            lease,
+        },
+    );
+    Ok(revision)
+}
+
+#[async_trait::async_trait]
+impl Store for FileStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.with(|st| Ok((st.snap.keys.get(key).map(|k| entry(key, k)), false)))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<u64> {
+        self.with(|st| Ok((write(st, key, value, lease)?, true)))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.with(|st| {
+            let had = st.snap.keys.remove(key).is_some();
+            Ok((had, had))
+        })
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<u64>> {
+        self.with(|st| {
+            let cur = st.snap.keys.get(key).map(|k| k.revision);
+            if cur != expected {
+                return Ok((None, false));
+            }
+            Ok((Some(write(st, key, value, lease)?), true))
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
+        self.with(|st| {
+            let v = st
+                .snap
+                .keys
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| entry(k, v))
+                .collect();
+            Ok((v, false))
+        })
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
+        self.with(|st| {
+            let id = st.snap.next_lease;
+            st.snap.next_lease += 1;
+            st.snap.leases.insert(id, ttl.as_millis() as u64);
+            st.deadlines.insert(id, Instant::now() + ttl);
+            Ok((id, true))
+        })
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        self.with(|st| {
+            let ttl = *st
+                .snap
+                .leases
+                .get(&lease)
+                .ok_or(StoreError::LeaseExpired(lease))?;
+            st.deadlines
+                .insert(lease, Instant::now() + Duration::from_millis(ttl));
+            Ok(((), false))
+        })
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        self.with(|st| {
+            drop_lease(st, lease);
+            Ok(((), true))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn values_revisions_and_cas() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.get("a").await.unwrap(), None);
+        let r1 = s.put("a", b"1".to_vec(), None).await.unwrap();
+        assert_eq!(
+            s.compare_and_swap("a", None, b"x".to_vec(), None)
+                .await
+                .unwrap(),
+            None
+        );
+        let r2 = s
+            .compare_and_swap("a", Some(r1), b"2".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r2 > r1);
+        assert_eq!(
+            s.compare_and_swap("a", Some(r1), b"3".to_vec(), None)
+                .await
+                .unwrap(),
+            None
+        );
+        s.put("b/1", b"x".to_vec(), None).await.unwrap();
+        s.put("b/2", b"y".to_vec(), None).await.unwrap();
+        s.put("c", b"z".to_vec(), None).await.unwrap();
+        let l: Vec<String> = s
+            .list("b/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(l, vec!["b/1", "b/2"]);
+        assert!(s.delete("c").await.unwrap());
+        assert!(!s.delete("c").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_locks_out_a_second_opener() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = FileStore::open(d.path()).unwrap();
+            s.put("k", b"v".to_vec(), None).await.unwrap();
+            assert!(matches!(
+                FileStore::open(d.path()),
+                Err(StoreError::Locked(_))
+            ));
+        }
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.get("k").await.unwrap().unwrap().value, b"v");
+    }
+
+    #[tokio::test]
+    async fn leases_expire_with_their_keys_and_renew_on_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let l = s.grant(Duration::from_millis(200)).await.unwrap();
+        s.put("alive/h", b"1".to_vec(), Some(l)).await.unwrap();
+        s.keep_alive(l).await.unwrap();
+        drop(s);
+        // Reopened: the lease gets a fresh TTL rather than expiring at once.
+        let s = FileStore::open(d.path()).unwrap();
+        assert!(s.get("alive/h").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(s.get("alive/h").await.unwrap().is_none());
+        assert!(matches!(
+            s.keep_alive(l).await,
+            Err(StoreError::LeaseExpired(_))
+        ));
+        assert!(matches!(
+            s.put("x", b"1".to_vec(), Some(l)).await,
+            Err(StoreError::LeaseExpired(_))
+        ));
+    }
+}

@@ -1,0 +1,115 @@
+//! The etcd store against a real etcd on loopback ports.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tern_store::{Election, EtcdStore, Store, StoreError};
+use tern_testkit::Etcd;
+
+async fn store(e: &Etcd, prefix: &str) -> Arc<dyn Store> {
+    Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&e.url), prefix)
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn kv_cas_and_prefix_lists() {
+    let e = Etcd::start();
+    let s = store(&e, "/t1/").await;
+    assert!(s.get("a").await.unwrap().is_none());
+    let r1 = s.put("a", b"1".to_vec(), None).await.unwrap();
+    assert_eq!(s.get("a").await.unwrap().unwrap().revision, r1);
+    assert!(s
+        .compare_and_swap("a", None, b"x".to_vec(), None)
+        .await
+        .unwrap()
+        .is_none());
+    let r2 = s
+        .compare_and_swap("a", Some(r1), b"2".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r2 > r1);
+    assert!(s
+        .compare_and_swap("a", Some(r1), b"3".to_vec(), None)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .compare_and_swap("n", None, b"new".to_vec(), None)
+        .await
+        .unwrap()
+        .is_some());
+    s.put("b/1", b"x".to_vec(), None).await.unwrap();
+    s.put("b/2", b"y".to_vec(), None).await.unwrap();
+    // Another prefix is another namespace.
+    store(&e, "/t2/")
+        .await
+        .put("b/3", b"z".to_vec(), None)
+        .await
+        .unwrap();
+    let keys: Vec<String> = s
+        .list("b/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.key)
+        .collect();
+    assert_eq!(keys, vec!["b/1", "b/2"]);
+    assert!(s.delete("b/1").await.unwrap());
+    assert!(!s.delete("b/1").await.unwrap());
+}
+
+#[tokio::test]
+async fn lease_keys_vanish_when_not_renewed() {
+    let e = Etcd::start();
+    let s = store(&e, "/t/").await;
+    let l = s.grant(Duration::from_secs(1)).await.unwrap();
+    s.put("alive/h1", b"1".to_vec(), Some(l)).await.unwrap();
+    s.keep_alive(l).await.unwrap();
+    assert!(s.get("alive/h1").await.unwrap().is_some());
+    // Wait for the expiry as etcd reports it (no timing assumption beyond "eventually").
+    let mut gone = false;
+    for _ in 0..100 {
+        if s.get("alive/h1").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "lease key outlived its lease");
+    let r = s.keep_alive(l).await;
+    assert!(matches!(r, Err(StoreError::LeaseExpired(_))), "{r:?}");
+    assert!(matches!(
+        s.put("x", b"1".to_vec(), Some(l)).await,
+        Err(StoreError::LeaseExpired(_))
+    ));
+}
+
+#[tokio::test]
+async fn election_hands_over_when_the_leader_stops_renewing() {
+    let e = Etcd::start();
+    let a = Election::new(store(&e, "/t/").await, "ctl", Duration::from_secs(1));
+    let b = Election::new(store(&e, "/t/").await, "ctl", Duration::from_secs(1));
+    let la = a
+        .try_campaign("ctl-a")
+        .await
+        .unwrap()
+        .expect("a leads first");
+    assert!(b.try_campaign("ctl-b").await.unwrap().is_none());
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("ctl-a"));
+    la.renew().await.unwrap();
+    // A stops renewing (as if it died): B's campaign wins once A's lease ends.
+    let lb = b
+        .campaign("ctl-b", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(a.leader().await.unwrap().as_deref(), Some("ctl-b"));
+    assert!(
+        la.renew().await.is_err(),
+        "the old leader must learn it lost"
+    );
+    lb.resign().await.unwrap();
+    assert_eq!(a.leader().await.unwrap(), None);
+}

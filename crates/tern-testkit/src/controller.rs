@@ -1,0 +1,202 @@
+//! Test controllers: a `tern-controller` on a free loopback port, and
+//! agents that join it. Dropping a [`TestController`] kills the process.
+
+use crate::etcd::free_port;
+use crate::host::{bin, HostOptions, TernHost};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `tern-controller`.
+#[derive(Debug)]
+pub struct TestController {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// `file:DIR` or `etcd:URL`.
+    pub store: String,
+    /// Its log.
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestController {
+    /// Starts a controller on the embedded store in a private directory.
+    pub fn file(extra: &[&str]) -> TestController {
+        Self::start(None, extra)
+    }
+
+    /// Starts a controller on an etcd store.
+    pub fn etcd(etcd_url: &str, extra: &[&str]) -> TestController {
+        Self::start(Some(format!("etcd:{etcd_url}")), extra)
+    }
+
+    fn start(store: Option<String>, extra: &[&str]) -> TestController {
+        let tmp = tempfile::Builder::new()
+            .prefix("tern-ctl-")
+            .tempdir()
+            .expect("temp dir");
+        let store = store.unwrap_or_else(|| format!("file:{}", tmp.path().join("store").display()));
+        let port = free_port();
+        let mut c = TestController {
+            url: format!("http://127.0.0.1:{port}"),
+            store,
+            log: tmp.path().join("controller.log"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            _tmp: tmp,
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("controller log");
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let child = Command::new(bin("tern-controller"))
+            .args(["--listen", &listen, "--store", &self.store])
+            .args(&self.args)
+            .env("TERN_CONTROLLER_LOG", "info,tern_controller=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tern-controller");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&listen).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "tern-controller exited ({st}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tern-controller did not listen within 30 s");
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same store and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs `tern --controller URL ARGS...`.
+    pub fn tern(&self, args: &[&str]) -> Output {
+        Command::new(bin("tern"))
+            .arg("--controller")
+            .arg(&self.url)
+            .args(args)
+            .env_remove("TERN_DEFAULT_URI")
+            .env_remove("TERN_CONTROLLER")
+            .output()
+            .expect("run tern")
+    }
+
+    /// Runs `tern` and returns stdout, panicking with stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.tern(args);
+        assert!(
+            o.status.success(),
+            "tern {} failed: {}\ncontroller log tail:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr),
+            crate::tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 30)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs `tern`, expects failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.tern(args);
+        assert!(
+            !o.status.success(),
+            "tern {} should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// `--json` output of a verb, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("JSON from tern")
+    }
+
+    /// Polls until `pred` holds for the JSON of `args`, or panics after `timeout`.
+    pub fn wait_json(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let o = self.tern(&[args, &["--json"]].concat());
+            if o.status.success() {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                    if pred(&v) {
+                        return v;
+                    }
+                    if Instant::now() > deadline {
+                        panic!("timed out after {timeout:?} waiting for {what}; last: {v:#}");
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts an agent named `name` that joins `controllers`, with extra
+    /// `ternd` arguments (e.g. `--fact cpu_model=Other`).
+    pub fn host(controllers: &[&TestController], name: &str, extra: &[&str]) -> TernHost {
+        let urls: Vec<&str> = controllers.iter().map(|c| c.url.as_str()).collect();
+        let mut args = vec![
+            "--controller".to_string(),
+            urls.join(","),
+            "--host-name".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        TernHost::start_with(HostOptions {
+            name: name.into(),
+            listen: Some(
+                format!("127.0.0.1:{}", free_port())
+                    .parse()
+                    .expect("address"),
+            ),
+            extra_args: args,
+            ..Default::default()
+        })
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
