@@ -13,6 +13,9 @@ PKGS=(
   iproute2             # bridges, taps, network namespaces in tests
   xz-utils
   cpio
+  openssh-client       # ssh, ssh-keygen: the tern+ssh:// transport
+  openssh-server       # sshd for the tern+ssh:// tests (run on a loopback port)
+  rsync                # the storage benchmark's baseline
   protobuf-compiler    # protoc, for the etcd client (tern-store)
   etcd-server          # the cluster store for several controllers; tests start one
 )
@@ -36,15 +39,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Installing Debian's qemu-system-x86 can remove a newer qemu-utils from
-# backports (their packages conflict): make sure the tools are really there.
-need_cmd() { command -v "$1" >/dev/null 2>&1 || {
-  echo "install-deps: $1 missing, installing $2"
+# QEMU 7.2 (bookworm's) corrupts guests migrated under TCG with post-copy
+# and, more rarely, with pre-copy of a dirtying guest (see docs/BENCHMARKS.md,
+# "QEMU version"); Tern needs QEMU 10, which bookworm has in backports.
+QEMU_MIN_MAJOR=10
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1; }
+major=$(qemu_major || true)
+if [ -z "$major" ] || [ "$major" -lt "$QEMU_MIN_MAJOR" ] || ! command -v qemu-img >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$2" >/dev/null
-}; }
-need_cmd qemu-img qemu-utils
-need_cmd qemu-system-x86_64 qemu-system-x86
+  export DEBIAN_FRONTEND=noninteractive
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  target=()
+  if [ "$codename" = "bookworm" ]; then
+    echo "install-deps: QEMU ${major:-none} found; installing QEMU from bookworm-backports"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      | $SUDO tee /etc/apt/sources.list.d/tern-backports.sources >/dev/null
+    target=(-t bookworm-backports)
+  fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-system-x86 qemu-utils >/dev/null
+  major=$(qemu_major || true)
+  if [ -z "$major" ] || [ "$major" -lt "$QEMU_MIN_MAJOR" ]; then
+    echo "install-deps: QEMU ${major:-none} installed, Tern needs $QEMU_MIN_MAJOR or newer" >&2
+    exit 1
+  fi
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo is missing; install a Rust toolchain (rustup) first" >&2

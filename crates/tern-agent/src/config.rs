@@ -21,8 +21,15 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Unix socket of the host API.
     pub socket: PathBuf,
-    /// Optional plain TCP listener.
+    /// Optional plain TCP listener (no authentication).
     pub listen: Option<SocketAddr>,
+    /// Optional mutual-TLS listener.
+    pub listen_tls: Option<SocketAddr>,
+    /// Certificates: servercert.pem to serve TLS, clientcert.pem to call
+    /// other agents over tern+tls:// (`--p2p`).
+    pub pki_dir: PathBuf,
+    /// Access rules and limits (`--config`).
+    pub server: crate::settings::ServerSettings,
     /// Accelerator policy.
     pub accel: AccelSetting,
     /// Where the `auto` probe's answer is remembered (host-wide).
@@ -64,6 +71,9 @@ impl AgentConfig {
             socket: state_dir.join("ternd.sock"),
             state_dir,
             listen: None,
+            listen_tls: None,
+            pki_dir: PathBuf::from(tern_pki::DEFAULT_PKI_DIR),
+            server: crate::settings::ServerSettings::default(),
             accel: AccelSetting::Auto,
             accel_cache: PathBuf::from("/var/cache/tern/accel.json"),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),

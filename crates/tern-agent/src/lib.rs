@@ -7,12 +7,15 @@
 //! there (see [`monitor::reattach_all`]).
 
 pub mod accel;
+pub mod access;
 pub mod cluster;
 pub mod config;
 pub mod domains;
 pub mod error;
 pub mod facts;
 pub mod launch;
+pub mod limits;
+pub mod listen;
 pub mod migration;
 pub mod monitor;
 pub mod netdev;
@@ -20,6 +23,7 @@ pub mod pools;
 pub mod procs;
 pub mod registry;
 pub mod server;
+pub mod settings;
 
 use accel::AccelChoice;
 use config::{AgentConfig, Layout};
@@ -118,11 +122,33 @@ impl Agent {
         if let Some(a) = &self.cfg.migration_address {
             return a.clone();
         }
-        match self.cfg.listen {
+        match self.cfg.listen.or(self.cfg.listen_tls) {
             Some(l) if !l.ip().is_unspecified() => l.ip().to_string(),
             Some(_) => facts::gather("", "", &[]).hostname,
             None => "127.0.0.1".into(),
         }
+    }
+
+    /// A client for another agent: over tern+tls:// it presents this
+    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does.
+    pub fn peer_client(
+        &self,
+        uri: &tern_model::uri::ConnectUri,
+    ) -> Result<tern_api::Client, tern_api::ClientError> {
+        tern_api::Client::from_uri_with_pki(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
+    }
+
+    /// The TLS server configuration from `--pki-dir` (servercert.pem,
+    /// client certificates required and checked against cacert.pem); for
+    /// any listener that carries agent traffic.
+    pub fn tls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, tern_pki::TlsError> {
+        tern_pki::server_config(&tern_pki::PkiDir::new(&self.cfg.pki_dir))
+    }
+
+    /// The TLS client configuration from `--pki-dir` (clientcert.pem,
+    /// servers checked against cacert.pem); what this agent presents to peers.
+    pub fn tls_client_config(&self) -> Result<Arc<rustls::ClientConfig>, tern_pki::TlsError> {
+        tern_pki::client_config(&tern_pki::PkiDir::new(&self.cfg.pki_dir))
     }
 
     /// Host facts.

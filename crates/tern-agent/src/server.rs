@@ -1,7 +1,10 @@
-//! The host API server: HTTP/1.1 on a unix socket (and TCP when asked),
-//! one typed [`Request`] per call, dispatched to the agent.
+//! The host API server: HTTP/1.1 over whatever stream a listener accepted
+//! (see [`crate::listen`]), one typed [`Request`] per call: checked against
+//! the connection's [`Grant`], given a worker, dispatched to the agent.
 
+use crate::access::{self, Grant};
 use crate::error::AgentError;
+use crate::limits::{ClientSlot, Clients, Workers};
 use crate::Agent;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,8 +19,59 @@ use std::time::Duration;
 use tern_api::{ApiError, ErrorCode, Request, API_VERSION, CALL_PATH, VERSION_HEADER};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Largest request body accepted (domain XML is the biggest payload).
+/// Largest request body accepted by default (domain XML is the biggest
+/// payload); `max_request_bytes` in the config file changes it.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// The API server: the agent plus the connection and worker accounting.
+#[derive(Debug)]
+pub struct Server {
+    /// The agent requests run against.
+    pub agent: Arc<Agent>,
+    /// Open connections.
+    pub clients: Arc<Clients>,
+    /// Request workers.
+    pub workers: Workers,
+}
+
+impl Server {
+    /// A server with the limits of the agent's configuration.
+    pub fn new(agent: Arc<Agent>) -> Arc<Server> {
+        let l = agent.cfg.server.limits.clone();
+        Arc::new(Server {
+            workers: Workers::new(l.max_workers, l.prio_workers),
+            clients: Clients::new(l),
+            agent,
+        })
+    }
+
+    fn info(&self, peer: &Peer) -> tern_api::ServerInfo {
+        let c = self.clients.counts();
+        let l = self.clients.limits();
+        let (busy, max, prio_busy, prio_max) = self.workers.usage();
+        tern_api::ServerInfo {
+            clients: c.anonymous + c.authenticated,
+            anonymous_clients: c.anonymous,
+            max_clients: l.max_clients,
+            max_anonymous_clients: l.max_anonymous_clients,
+            workers_busy: busy,
+            max_workers: max,
+            prio_workers_busy: prio_busy,
+            prio_workers: prio_max,
+            identity: peer.identity.clone(),
+            read_only: peer.grant == Grant::ReadOnly,
+        }
+    }
+}
+
+/// Who is on the other end of a connection, and what they may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// For logs and `srv-info`: certificate CN, `unix`, `unix-ro`, `tcp`.
+    pub identity: String,
+    /// What the connection may do.
+    pub grant: Grant,
+}
 
 fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -49,46 +103,62 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
 }
 
 async fn handle(
-    agent: Arc<Agent>,
+    server: Arc<Server>,
+    peer: Arc<Peer>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    Ok(match call(&server, &peer, req).await {
+        Ok(b) => json_response(200, b),
+        Err(e) => error_response(e),
+    })
+}
+
+async fn call(
+    server: &Arc<Server>,
+    peer: &Peer,
+    req: hyper::Request<Incoming>,
+) -> Result<Vec<u8>, ApiError> {
     if req.method() != hyper::Method::POST || req.uri().path() != CALL_PATH {
-        return Ok(error_response(ApiError::new(
+        return Err(ApiError::new(
             ErrorCode::NotFound,
             format!("no such endpoint; POST {CALL_PATH}"),
-        )));
+        ));
     }
     if let Some(v) = req.headers().get(VERSION_HEADER) {
         if v.to_str().ok() != Some(&API_VERSION.to_string()) {
-            return Ok(error_response(ApiError::new(
+            return Err(ApiError::new(
                 ErrorCode::Version,
                 format!(
                     "client speaks API version {}, this ternd speaks {API_VERSION}; use matching versions",
                     v.to_str().unwrap_or("?")
                 ),
-            )));
+            ));
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+    // Refuse before reading the body: a refused identity sends nothing big.
+    if let Grant::Refused(why) = &peer.grant {
+        return Err(ApiError::new(ErrorCode::Forbidden, why.clone()));
+    }
+    let limit = server.clients.limits().max_request_bytes;
+    let body = Limited::new(req.into_body(), limit)
         .collect()
         .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Ok(error_response(ApiError::new(
+        .map_err(|e| {
+            ApiError::new(
                 ErrorCode::InvalidArgument,
-                format!("request body refused: {e}"),
-            )))
-        }
-    };
-    let result = match parse_request(&body) {
-        Ok(r) => dispatch(&agent, r).await,
-        Err(e) => Err(e),
-    };
-    Ok(match result {
-        Ok(b) => json_response(200, b),
-        Err(e) => error_response(e),
-    })
+                format!("request body refused: {e} (limit {limit} bytes, max_request_bytes)"),
+            )
+        })?
+        .to_bytes();
+    let req = parse_request(&body)?;
+    access::check(&peer.grant, &req).inspect_err(|_| {
+        tracing::info!(identity = %peer.identity, ?req, "refused on a read-only connection");
+    })?;
+    if req == Request::ServerInfo {
+        return ok(server.info(peer));
+    }
+    let _worker = server.workers.acquire(req.is_priority()).await;
+    dispatch(&server.agent, req).await
 }
 
 /// Runs one request against the agent.
@@ -157,6 +227,11 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 ok(a.pools.vol_delete(&pool, &name).await?)?
             }
             Request::Migration(m) => crate::migration::dispatch(a, m).await?,
+            Request::ServerInfo => {
+                return Err(AgentError::Failed(
+                    "server-info is answered by the API server, not the agent".into(),
+                ))
+            }
         })
     }
     .await;
@@ -190,47 +265,22 @@ impl From<ApiError> for AgentError {
     }
 }
 
-/// Serves one connection.
-pub async fn serve_connection<S>(agent: Arc<Agent>, stream: S)
+/// Serves one connection until the peer closes it; `slot` holds its
+/// place among the server's clients meanwhile.
+pub async fn serve_connection<S>(server: Arc<Server>, stream: S, peer: Peer, slot: ClientSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(agent.clone(), req));
+    tracing::debug!(identity = %peer.identity, grant = ?peer.grant, "connection");
+    let peer = Arc::new(peer);
+    let svc = service_fn(move |req| handle(server.clone(), peer.clone(), req));
     if let Err(e) = http1::Builder::new()
+        // Headers are small; a peer streaming endless headers is cut off.
+        .max_buf_size(64 << 10)
         .serve_connection(TokioIo::new(stream), svc)
         .await
     {
         tracing::debug!(error = %e, "connection ended with an error");
     }
-}
-
-/// Accepts connections on a unix socket forever.
-pub async fn serve_unix(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
-    loop {
-        match listener.accept().await {
-            Ok((s, _)) => {
-                tokio::spawn(serve_connection(agent.clone(), s));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Accepts connections on a TCP socket forever.
-pub async fn serve_tcp(agent: Arc<Agent>, listener: tokio::net::TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((s, _)) => {
-                let _ = s.set_nodelay(true);
-                tokio::spawn(serve_connection(agent.clone(), s));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    drop(slot);
 }

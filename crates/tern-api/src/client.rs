@@ -1,6 +1,7 @@
 //! The host API client: one HTTP/1.1 request per call, over whatever byte
 //! stream the connection URI names.
 
+use crate::transport::{last_stderr_line, SshStream, SshTarget, TlsTarget};
 use crate::{ApiError, Request, API_VERSION, CALL_PATH, DEFAULT_SOCKET, VERSION_HEADER};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -10,6 +11,8 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 use tern_model::uri::{ConnectUri, Transport};
+use tern_pki::tls::Side;
+use tern_pki::PkiDir;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -25,9 +28,25 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// This transport is not available in this build.
-    #[error("transport '{0}' is not supported yet; use tern+unix or tern+tcp")]
-    Transport(String),
+    /// The client's certificates could not be loaded.
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(#[from] tern_pki::TlsError),
+    /// The TLS handshake or a TLS exchange failed.
+    #[error("TLS connection to {target} failed: {reason}")]
+    Tls {
+        /// Peer.
+        target: String,
+        /// Why, in plain words.
+        reason: String,
+    },
+    /// ssh could not be started or the remote end failed.
+    #[error("ssh connection to {target} failed: {message}")]
+    Ssh {
+        /// Peer.
+        target: String,
+        /// ssh's own last words, or the I/O error.
+        message: String,
+    },
     /// The HTTP exchange failed.
     #[error("connection to {target} failed: {message}")]
     Http {
@@ -53,6 +72,8 @@ pub enum ClientError {
 enum Target {
     Unix(PathBuf),
     Tcp(String, u16),
+    Tls(TlsTarget),
+    Ssh(SshTarget),
 }
 
 /// How long establishing a connection may take: a peer behind a cut link
@@ -70,8 +91,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// Builds a client for a connection URI.
+    /// Builds a client for a connection URI; TLS certificates come from
+    /// `?pkipath=`, else `$TERN_PKI_DIR`, else /etc/pki/tern.
     pub fn from_uri(uri: &ConnectUri) -> Result<Client, ClientError> {
+        Self::from_uri_with_pki(uri, &PkiDir::from_env())
+    }
+
+    /// Builds a client for a connection URI, with `pki` as the certificate
+    /// directory unless the URI names one (`?pkipath=`). Agents pass their
+    /// own directory, so an agent calling an agent presents its
+    /// `clientcert.pem`, as libvirtd does.
+    pub fn from_uri_with_pki(uri: &ConnectUri, pki: &PkiDir) -> Result<Client, ClientError> {
+        let host = || uri.host.clone().unwrap_or_else(|| "localhost".into());
         let target = match uri.transport {
             Transport::Unix => Target::Unix(
                 uri.socket_path()
@@ -81,8 +112,26 @@ impl Client {
                 uri.host.clone().unwrap_or_else(|| "localhost".into()),
                 uri.port_or_default(),
             ),
-            Transport::Tls => return Err(ClientError::Transport("tls".into())),
-            Transport::Ssh => return Err(ClientError::Transport("ssh".into())),
+            Transport::Tls => {
+                let dir = uri.param("pkipath").map(PkiDir::new);
+                let dir = dir.as_ref().unwrap_or(pki);
+                Target::Tls(TlsTarget {
+                    host: host(),
+                    port: uri.port_or_default(),
+                    config: tern_pki::client_config(dir)?,
+                    pki_dir: dir.root().to_path_buf(),
+                })
+            }
+            Transport::Ssh => Target::Ssh(SshTarget {
+                user: uri.user.clone(),
+                host: host(),
+                port: uri.port_or_default(),
+                socket: uri.param("socket").map(str::to_string),
+                keyfile: uri.param("keyfile").map(str::to_string),
+                no_verify: matches!(uri.param("no_verify"), Some("1" | "true" | "yes")),
+                proxy: uri.param("proxy").unwrap_or("tern").to_string(),
+                ssh: uri.param("command").unwrap_or("ssh").to_string(),
+            }),
         };
         Ok(Client {
             target,
@@ -116,8 +165,22 @@ impl Client {
     pub fn describe(&self) -> String {
         match &self.target {
             Target::Unix(p) => format!("unix socket {}", p.display()),
-            Target::Tcp(h, p) if h.contains(':') => format!("[{h}]:{p}"),
-            Target::Tcp(h, p) => format!("{h}:{p}"),
+            Target::Tcp(h, p)
+            | Target::Tls(TlsTarget {
+                host: h, port: p, ..
+            }) if h.contains(':') => {
+                format!("[{h}]:{p}")
+            }
+            Target::Tcp(h, p)
+            | Target::Tls(TlsTarget {
+                host: h, port: p, ..
+            }) => {
+                format!("{h}:{p}")
+            }
+            Target::Ssh(t) => match &t.user {
+                Some(u) => format!("{u}@{}:{}", t.host, t.port),
+                None => format!("{}:{}", t.host, t.port),
+            },
         }
     }
 
@@ -169,6 +232,32 @@ impl Client {
                 let _ = s.set_nodelay(true);
                 self.exchange(s, body).await?
             }
+            Target::Tls(t) => {
+                let s = self.connect_tls(t).await?;
+                self.exchange(s, body)
+                    .await
+                    .map_err(|e| self.tls_error(e))?
+            }
+            Target::Ssh(t) => {
+                let mut s = SshStream::spawn(t).map_err(|e| ClientError::Ssh {
+                    target: self.describe(),
+                    message: format!("cannot run {}: {e}", t.ssh),
+                })?;
+                let stderr = s.take_stderr();
+                match self.exchange(s, body).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let message = match last_stderr_line(stderr).await {
+                            Some(line) => line,
+                            None => e.to_string(),
+                        };
+                        return Err(ClientError::Ssh {
+                            target: self.describe(),
+                            message,
+                        });
+                    }
+                }
+            }
         };
         if status >= 400 {
             let err: ApiError =
@@ -184,6 +273,46 @@ impl Client {
         })
     }
 
+    async fn connect_tls(
+        &self,
+        t: &TlsTarget,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let tcp = connect_within(tokio::net::TcpStream::connect((t.host.as_str(), t.port)))
+            .await
+            .map_err(|source| ClientError::Connect {
+                target: self.describe(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let name = tern_pki::tls::server_name(&t.host)?;
+        let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+        connect_within(connector.connect(name, tcp))
+            .await
+            .map_err(|e| ClientError::Tls {
+                target: self.describe(),
+                reason: tern_pki::explain_tls_failure(&e, Side::Client)
+                    .unwrap_or_else(|| e.to_string()),
+            })
+    }
+
+    /// Turns an HTTP failure on a TLS connection into the TLS reason when
+    /// there is one: with TLS 1.3 a server refuses a client certificate
+    /// after the client thinks the handshake is done, so the refusal
+    /// surfaces while the request is in flight.
+    fn tls_error(&self, e: ClientError) -> ClientError {
+        match &e {
+            ClientError::Http { message, .. } => {
+                let reason =
+                    format!("{message}; the server may have refused our certificate (see its log)");
+                ClientError::Tls {
+                    target: self.describe(),
+                    reason,
+                }
+            }
+            _ => e,
+        }
+    }
+
     async fn exchange<S>(&self, stream: S, body: Vec<u8>) -> Result<(u16, Bytes), ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -192,9 +321,17 @@ impl Client {
             target: self.describe(),
             message,
         };
+        // A TLS refusal hides inside hyper's error: say it plainly.
+        let hyper_err = |e: hyper::Error| match tern_pki::explain_tls_failure(&e, Side::Client) {
+            Some(reason) => ClientError::Tls {
+                target: self.describe(),
+                reason,
+            },
+            None => http(e.to_string()),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| http(e.to_string()))?;
+            .map_err(hyper_err)?;
         let conn_task = tokio::spawn(conn);
         let req = hyper::Request::post(CALL_PATH)
             .header("host", "ternd")
@@ -202,16 +339,13 @@ impl Client {
             .header(VERSION_HEADER, API_VERSION.to_string())
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(hyper_err)?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| http(e.to_string()))?
+            .map_err(hyper_err)?
             .to_bytes();
         conn_task.abort();
         Ok((status, bytes))

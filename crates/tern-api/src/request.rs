@@ -189,6 +189,11 @@ pub enum Request {
         /// Volume name.
         name: String,
     },
+    /// The API server's own figures: connections and busy workers
+    /// (`srv-info`, as virt-admin's srv-clients-info and srv-threadpool-info).
+    /// Answered by the server itself, without a worker, so it works when
+    /// every worker is busy.
+    ServerInfo,
     /// A migration request.
     #[serde(untagged)]
     Migration(MigrationRequest),
@@ -309,33 +314,10 @@ pub enum MigrationRequest {
     ProbeSink {},
 }
 
+mod classify;
+
 fn default_console_max() -> u64 {
     1 << 20
-}
-
-impl Request {
-    /// Whether the request only reads state (for read-only identities).
-    pub fn is_read_only(&self) -> bool {
-        matches!(
-            self,
-            Request::NodeInfo
-                | Request::List { .. }
-                | Request::DomInfo { .. }
-                | Request::DomBlkList { .. }
-                | Request::DumpXml { .. }
-                | Request::Console { .. }
-                | Request::PoolList { .. }
-                | Request::PoolInfo { .. }
-                | Request::VolList { .. }
-                | Request::VolInfo { .. }
-                | Request::Migration(
-                    MigrationRequest::JobInfo { .. }
-                        | MigrationRequest::JobEvents { .. }
-                        | MigrationRequest::MigrateGetSpeed { .. }
-                        | MigrationRequest::MigrateGetMaxDowntime { .. }
-                )
-        )
-    }
 }
 
 #[cfg(test)]

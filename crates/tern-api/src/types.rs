@@ -78,3 +78,29 @@ pub struct DomainRef {
     #[serde(default)]
     pub updated: bool,
 }
+
+/// `srv-info`: the API server's connections and workers, and who is asking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Connections open now (authenticated and not).
+    pub clients: usize,
+    /// Of those, connections still in their TLS handshake.
+    pub anonymous_clients: usize,
+    /// `max_clients`.
+    pub max_clients: usize,
+    /// `max_anonymous_clients`.
+    pub max_anonymous_clients: usize,
+    /// Ordinary workers running a request now.
+    pub workers_busy: usize,
+    /// `max_workers`.
+    pub max_workers: usize,
+    /// Priority workers running a request now.
+    pub prio_workers_busy: usize,
+    /// `prio_workers`.
+    pub prio_workers: usize,
+    /// The caller's identity as the server sees it (certificate CN,
+    /// `unix`, `unix-ro`, `tcp`).
+    pub identity: String,
+    /// Whether the caller's connection is read-only.
+    pub read_only: bool,
+}

@@ -149,6 +149,22 @@ pub async fn after_migration(w: &ConsoleWatcher, dest_log: &Path, end: Instant) 
     }
 }
 
+/// Bytes in a console log now (where the heartbeats of what follows start).
+pub fn log_len(console: &Path) -> u64 {
+    std::fs::metadata(console).map_or(0, |m| m.len())
+}
+
+/// MiB/s the guest's dirtier reported in the heartbeats written to a
+/// console log after byte `from` (guest clock), if there are two.
+pub fn workload_rate(console: &Path, from: u64) -> Option<f64> {
+    let bytes = std::fs::read(console).ok()?;
+    let text = String::from_utf8_lossy(bytes.get(from as usize..)?);
+    let log = tern_testkit::SerialLog::parse(&text);
+    let (first, last) = (log.heartbeats.first()?, log.heartbeats.last()?);
+    let ms = last.up_ms.checked_sub(first.up_ms).filter(|&ms| ms > 0)?;
+    Some(last.dirtied_mib.saturating_sub(first.dirtied_mib) as f64 * 1000.0 / ms as f64)
+}
+
 /// A scratch directory for one case's files, removed on drop.
 pub fn scratch(prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()

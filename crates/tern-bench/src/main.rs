@@ -11,6 +11,8 @@
 //! its own executable (so build the workspace with the same profile first),
 //! or in `$TERN_BIN_DIR`.
 
+mod converge;
+mod engine;
 mod guest;
 mod live;
 mod qemu;
@@ -40,6 +42,11 @@ enum Cmd {
     /// Storage (issue 4): cold copy between two agents against cp, and a
     /// live migration with the disk mirrored.
     Storage(storage::StorageArgs),
+    /// Convergence (issue 6): Tern's policy against QEMU's defaults and
+    /// Nova's stepped downtime, with the forecast.
+    Converge(converge::ConvergeArgs),
+    /// The cold-copy engine alone (in process) against cp, rsync and scp.
+    Engine(engine::EngineArgs),
 }
 
 #[tokio::main]
@@ -49,6 +56,8 @@ async fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Live(a) => live::run(a).await,
             Cmd::Storage(a) => storage::run(a).await,
+            Cmd::Converge(a) => converge::run(a).await,
+            Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };
     // On Ctrl-C the benchmark's future is dropped, and with it every guard:

@@ -2,7 +2,8 @@
 //!
 //! - **cold**: `tern migrate --cold` of a shut-off guest whose disk is an
 //!   8 GiB sparse raw image holding 2 GiB of data, against
-//!   `cp --sparse=always` + `sync` of the same file in the same run;
+//!   `cp --sparse=always` (with and without `sync`), `rsync -aS` over ssh
+//!   and `scp` of the same file in the same run;
 //! - **live**: `tern migrate --live --copy-storage-all` of a running guest
 //!   whose 4 GiB disk holds 1 GiB: total time and downtime.
 
@@ -24,6 +25,13 @@ pub struct StorageArgs {
     /// Data in the live disk, GiB (the disk is four times larger).
     #[arg(long, default_value_t = 1)]
     pub live_data_gib: u64,
+    /// Runs of tern and cp in the cold table (the median is shown; rsync
+    /// and scp run once).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Only the cold table.
+    #[arg(long)]
+    pub cold_only: bool,
 }
 
 fn disk_bytes(p: &Path) -> u64 {
@@ -50,8 +58,58 @@ fn guest(name: &str, disk: &Path) -> Result<GuestSpec> {
 /// Runs both measurements and prints markdown tables.
 pub async fn run(a: StorageArgs) -> Result<()> {
     cold(&a)?;
-    live(&a)?;
+    if !a.cold_only {
+        live(&a)?;
+    }
     Ok(())
+}
+
+/// One row of the cold table: the median of its runs.
+struct ColdRow {
+    tool: &'static str,
+    secs: Vec<f64>,
+    wire: String,
+    disk: u64,
+    equal: bool,
+}
+
+impl ColdRow {
+    fn median(&self) -> f64 {
+        let mut v = self.secs.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+fn files_equal(a: &Path, b: &Path) -> bool {
+    Command::new("cmp")
+        .arg(a)
+        .arg(b)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a command, returning its wall time and stdout.
+fn timed(cmd: &mut Command) -> Result<(f64, String)> {
+    let t = Instant::now();
+    let out = cmd.stdin(std::process::Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((
+        t.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// "Total bytes sent: 1,234" from rsync --stats.
+fn rsync_sent(stats: &str) -> Option<u64> {
+    let line = stats.lines().find(|l| l.starts_with("Total bytes sent:"))?;
+    line.split(':').nth(1)?.trim().replace(',', "").parse().ok()
 }
 
 fn cold(a: &StorageArgs) -> Result<()> {
@@ -66,59 +124,142 @@ fn cold(a: &StorageArgs) -> Result<()> {
     write_random(&src, (data >> 20) as usize, 0x5eed, Some(4 * data));
     let _ = Command::new("sync").status();
     h.a.define_guest(&guest("cold", &src)?);
+    let dst = h.ib.join("cold.raw");
+    let runs = a.runs.max(1);
+    let mut rows = Vec::new();
 
-    // Baseline: cp --sparse=always, then sync, into B's pool directory.
-    let cp_dst = h.ib.join("cp-copy.raw");
-    let t = Instant::now();
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&src)
-        .arg(&cp_dst)
-        .status()?;
-    let cp_plain = t.elapsed();
-    let _ = Command::new("sync").arg(&cp_dst).status();
-    let cp_sync = t.elapsed();
-    if !st.success() {
-        bail!("cp failed");
+    // Tern: agent to agent, the definition and the disk, BLAKE3 per chunk,
+    // fsync and rename at the destination. Each run starts from a clean
+    // destination (the copy and its definition removed).
+    let mut tern = ColdRow {
+        tool: "tern migrate --cold (2 agents, BLAKE3, fsync)",
+        secs: Vec::new(),
+        wire: String::new(),
+        disk: 0,
+        equal: true,
+    };
+    for _ in 0..runs {
+        let _ = Command::new("sync").status();
+        let t = Instant::now();
+        let o = h.migrate("cold", &["--cold"]);
+        let secs = t.elapsed().as_secs_f64();
+        if !o.status.success() {
+            bail!(
+                "tern migrate --cold failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let j = job(&h.a, "cold")?;
+        tern.secs.push(secs);
+        tern.wire = j["wire_bytes"].as_u64().unwrap_or(0).to_string();
+        tern.disk = disk_bytes(&dst);
+        tern.equal &= files_equal(&src, &dst);
+        eprintln!("tern migrate --cold: {secs:.2} s");
+        h.b.ok(&["undefine", "cold"]);
+        std::fs::remove_file(&dst)?;
     }
-    let cp_disk = disk_bytes(&cp_dst);
-    std::fs::remove_file(&cp_dst)?;
+    rows.push(tern);
 
-    let t = Instant::now();
-    let o = h.migrate("cold", &["--cold"]);
-    let tern_time = t.elapsed();
-    if !o.status.success() {
-        bail!(
-            "tern migrate --cold failed: {}",
-            String::from_utf8_lossy(&o.stderr)
+    // Baselines, into the same destination directory.
+    let mut local = |tool: &'static str, n: usize, f: &mut dyn FnMut() -> Result<(f64, String)>| {
+        let mut row = ColdRow {
+            tool,
+            secs: Vec::new(),
+            wire: String::new(),
+            disk: 0,
+            equal: true,
+        };
+        for _ in 0..n {
+            let _ = std::fs::remove_file(&dst);
+            let _ = Command::new("sync").status();
+            match f() {
+                Ok((secs, wire)) => {
+                    eprintln!("{tool}: {secs:.2} s");
+                    row.secs.push(secs);
+                    row.wire = wire;
+                    row.disk = disk_bytes(&dst);
+                    row.equal &= files_equal(&src, &dst);
+                }
+                Err(e) => {
+                    eprintln!("{tool}: FAILED: {e:#}");
+                    row.equal = false;
+                }
+            }
+            let _ = std::fs::remove_file(&dst);
+        }
+        rows.push(row);
+    };
+    let cp = |then_sync: bool| {
+        let (src, dst) = (src.clone(), dst.clone());
+        move || -> Result<(f64, String)> {
+            let t = Instant::now();
+            timed(
+                Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(&src)
+                    .arg(&dst),
+            )?;
+            if then_sync {
+                timed(Command::new("sync").arg(&dst))?;
+            }
+            Ok((t.elapsed().as_secs_f64(), "0 (local)".into()))
+        }
+    };
+    local("cp --sparse=always", runs, &mut cp(false));
+    local("cp --sparse=always && sync", runs, &mut cp(true));
+    match tern_testkit::sshd::Sshd::try_start() {
+        Ok(ssh) => {
+            let dst_s = dst.to_string_lossy().into_owned();
+            local("rsync -aS over ssh (localhost)", 1, &mut || {
+                let (secs, out) = timed(
+                    Command::new("rsync")
+                        .args(["-aS", "--stats", "-e", &ssh.rsync_shell()])
+                        .arg(&src)
+                        .arg(ssh.target(&dst_s)),
+                )?;
+                Ok((secs, rsync_sent(&out).map_or("?".into(), |b| b.to_string())))
+            });
+            local("scp (localhost)", 1, &mut || {
+                let (secs, _) = timed(
+                    Command::new("scp")
+                        .args(ssh.ssh_args("-P"))
+                        .arg(&src)
+                        .arg(ssh.target(&dst_s)),
+                )?;
+                // scp sends the whole file, holes as zeros.
+                Ok((secs, format!("≈{} (whole file)", 4 * data)))
+            });
+        }
+        Err(e) => eprintln!("tern-bench: no sshd ({e}); rsync and scp rows skipped"),
+    }
+
+    println!("\n### Cold copy between two agents\n");
+    println!("| tool | seconds (median) | runs | bytes on the wire | bytes on disk | equal |");
+    println!("|---|---:|---|---:|---:|---|");
+    for r in &rows {
+        let each = r
+            .secs
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        println!(
+            "| {} | {:.2} | {each} | {} | {} | {} |",
+            r.tool,
+            r.median(),
+            r.wire,
+            r.disk,
+            if r.equal { "yes" } else { "NO" }
         );
     }
-    let j = job(&h.a, "cold")?;
-    let dst = h.ib.join("cold.raw");
-    let equal = Command::new("cmp").arg(&src).arg(&dst).status()?.success();
-    println!("\n### Cold copy between two agents\n");
-    println!("| tool | seconds | bytes on the wire | bytes on disk | equal |");
-    println!("|---|---:|---:|---:|---|");
-    println!(
-        "| tern migrate --cold (engine, BLAKE3, fsync) | {:.2} | {} | {} | {} |",
-        tern_time.as_secs_f64(),
-        j["wire_bytes"].as_u64().unwrap_or(0),
-        disk_bytes(&dst),
-        if equal { "yes" } else { "NO" }
-    );
-    println!(
-        "| cp --sparse=always && sync | {:.2} | 0 (local) | {cp_disk} | yes |",
-        cp_sync.as_secs_f64()
-    );
-    println!(
-        "| cp --sparse=always | {:.2} | 0 (local) | {cp_disk} | yes |",
-        cp_plain.as_secs_f64()
-    );
-    println!(
-        "\nratio: {:.2}x of cp, {:.2}x of cp+sync",
-        tern_time.as_secs_f64() / cp_plain.as_secs_f64().max(1e-3),
-        tern_time.as_secs_f64() / cp_sync.as_secs_f64().max(1e-3)
-    );
+    let t = rows[0].median();
+    println!();
+    for r in &rows[1..] {
+        println!("tern / {}: {:.2}x", r.tool, t / r.median());
+    }
+    if rows.iter().any(|r| !r.equal) {
+        bail!("a copy differs from the source");
+    }
     Ok(())
 }
 

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 #[command(name = "tern", version, about, long_about = None)]
 pub struct Cli {
     /// Connection URI: tern:///system, tern+unix:///system?socket=PATH,
+    /// tern+tls://HOST[:PORT]/system[?pkipath=DIR],
+    /// tern+ssh://[USER@]HOST[:PORT]/system[?socket=&keyfile=&no_verify=1&proxy=],
     /// tern+tcp://HOST[:PORT]/system (default from TERN_DEFAULT_URI).
     #[arg(short = 'c', long = "connect", global = true, env = "TERN_DEFAULT_URI")]
     pub connect: Option<String>,
@@ -27,6 +29,21 @@ pub enum Cmd {
     /// Cluster verbs (answered by tern-controller).
     #[command(flatten)]
     Cluster(crate::cluster::ClusterCmd),
+    /// Make a CA and certificates for mutual TLS (tern+tls://).
+    #[command(subcommand)]
+    Pki(crate::pki::PkiCmd),
+    /// Splice stdin/stdout to the local agent's socket (the remote end of tern+ssh://).
+    Proxy {
+        /// The agent socket to reach.
+        #[arg(long, default_value = tern_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Show the agent's API server: connections, workers, and who you are to it.
+    SrvInfo {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.
@@ -100,6 +117,12 @@ pub enum Cmd {
         /// Planned maximum downtime, ms.
         #[arg(long)]
         max_downtime: Option<u64>,
+        /// Post-copy will be allowed (as `migrate --postcopy`).
+        #[arg(long)]
+        postcopy: bool,
+        /// The policy's deadline, seconds (as `migrate --deadline`).
+        #[arg(long)]
+        deadline: Option<u64>,
         /// JSON output.
         #[arg(long)]
         json: bool,

@@ -5,6 +5,8 @@ pub mod args;
 pub mod cluster;
 mod domain;
 pub mod migrate;
+pub mod pki;
+mod proxy;
 mod storage;
 pub mod table;
 
@@ -34,6 +36,12 @@ pub enum CliError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// Making a certificate failed.
+    #[error("{0}")]
+    Pki(#[from] tern_pki::IssueError),
+    /// The ssh proxy could not reach the agent.
+    #[error("{0}")]
+    Proxy(String),
     /// A migration failed.
     #[error("{0}")]
     Migrate(#[from] tern_api::driver::DriveError),
@@ -65,7 +73,10 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
+    // These verbs work without (or are themselves) a connection.
+    let cmd = match cli.cmd {
+        Cmd::Pki(p) => return pki::run(p),
+        Cmd::Proxy { socket } => return proxy::run(&socket).await,
         Cmd::Cluster(c) => {
             return cluster::run(&cluster::client(cli.controller.as_deref())?, c).await
         }
@@ -80,11 +91,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             let c = cluster::client(cli.controller.as_deref())?;
             return cluster::forecast(&c, domain, json).await;
         }
-        _ => {}
-    }
+        other => other,
+    };
     let client = connect(cli.connect.as_deref())?;
-    match cli.cmd {
+    match cmd {
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
+        Cmd::SrvInfo { json } => srv_info(&client, json).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }
@@ -113,4 +125,32 @@ pub async fn run(cli: Cli) -> Result<()> {
         | Cmd::MigrateForecast { .. }) => migrate::run(&client, c).await,
         c => domain::run(&client, c).await,
     }
+}
+
+async fn srv_info(client: &Client, json: bool) -> Result<()> {
+    let i: tern_api::ServerInfo = client.call(&tern_api::Request::ServerInfo).await?;
+    if json {
+        print_json(&i);
+        return Ok(());
+    }
+    let access = if i.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    println!("{:<22} {} ({access})", "Identity:", i.identity);
+    println!("{:<22} {} of {}", "Clients:", i.clients, i.max_clients);
+    println!(
+        "{:<22} {} of {}",
+        "Unauthenticated:", i.anonymous_clients, i.max_anonymous_clients
+    );
+    println!(
+        "{:<22} {} of {}",
+        "Workers busy:", i.workers_busy, i.max_workers
+    );
+    println!(
+        "{:<22} {} of {}",
+        "Priority workers busy:", i.prio_workers_busy, i.prio_workers
+    );
+    Ok(())
 }

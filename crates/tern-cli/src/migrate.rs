@@ -552,12 +552,16 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             desturi,
             bandwidth,
             max_downtime,
+            postcopy,
+            deadline,
             json,
         } => {
             let o = MigrateOptions {
                 live: true,
                 bandwidth_mib: bandwidth,
                 max_downtime_ms: max_downtime,
+                postcopy,
+                deadline_s: deadline,
                 ..Default::default()
             };
             forecast(c, &domain, desturi.as_deref(), &o, json).await?;

@@ -77,6 +77,17 @@ pub struct PolicyState {
     pub paused: bool,
     /// When the last step was taken, ms (steps are spaced out).
     pub last_step_ms: u64,
+    /// The pass last seen, and what was left when it began.
+    #[serde(default)]
+    pub pass: u64,
+    /// Bytes left when [`PolicyState::pass`] began.
+    #[serde(default)]
+    pub pass_start_remaining: u64,
+    /// Passes in a row that did not shrink the remainder by a fifth: the
+    /// evidence that pre-copy is not converging, which a switch to
+    /// post-copy waits for (QEMU's figures early on are noisy).
+    #[serde(default)]
+    pub stalled_passes: u32,
 }
 
 impl PolicyState {
@@ -88,6 +99,9 @@ impl PolicyState {
             postcopy: false,
             paused: false,
             last_step_ms: 0,
+            pass: 0,
+            pass_start_remaining: 0,
+            stalled_passes: 0,
         }
     }
 }
@@ -98,6 +112,24 @@ pub const THROTTLE_OFF: u64 = 1;
 pub const THROTTLE_STEPS: [u64; 5] = [30, 50, 70, 85, 99];
 /// Steps are at least this far apart, so QEMU's figures reflect the last one.
 pub const STEP_GAP_MS: u64 = 1500;
+/// Passes without progress before the policy gives up on pre-copy early
+/// (it still does at the deadline).
+pub const STALLED_PASSES_FOR_POSTCOPY: u32 = 2;
+
+/// Follows pass boundaries: a pass that began with at least four fifths of
+/// what the previous one began with made no real progress.
+fn track_passes(st: &mut PolicyState, obs: &Observation) {
+    if obs.iteration == st.pass {
+        return;
+    }
+    if st.pass > 0 && obs.remaining * 5 >= st.pass_start_remaining * 4 {
+        st.stalled_passes += 1;
+    } else {
+        st.stalled_passes = 0;
+    }
+    st.pass = obs.iteration;
+    st.pass_start_remaining = obs.remaining;
+}
 
 /// One step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +227,71 @@ pub fn predict(
     }
 }
 
+/// Time a migration spends outside QEMU's copy, ms: starting the
+/// destination QEMU, the hand-offs between the agents, and resuming
+/// (measured on the benchmark machine; see docs/BENCHMARKS.md).
+pub const SETUP_MS: u64 = 300;
+
+/// Pause of a switch to post-copy, ms: the device state and the pages the
+/// destination asks for first (QEMU 10 measured 2–12 ms under TCG).
+pub const POSTCOPY_SWITCH_MS: u64 = 20;
+
+/// [`predict`] with the policy's steps run forward, for `migrate-forecast`:
+/// what a migration of `remaining` bytes will take with this configuration,
+/// including [`SETUP_MS`]. The policy acts from the second pass on: it
+/// raises the downtime limit if that lets pre-copy finish by the deadline;
+/// otherwise it switches to post-copy (if allowed: the rest then goes once
+/// while the guest runs on the destination), else it pauses the guest at
+/// the deadline and sends what is left.
+pub fn predict_with_policy(
+    cfg: &PolicyConfig,
+    remaining: u64,
+    bandwidth: u64,
+    dirty_rate: u64,
+    downtime_ms: u64,
+) -> Prediction {
+    let with_setup = |p: Prediction| Prediction {
+        total_ms: p.total_ms + SETUP_MS,
+        ..p
+    };
+    let plain = predict(remaining, bandwidth, dirty_rate, downtime_ms, 30);
+    if plain.converges && plain.total_ms <= cfg.deadline_ms {
+        return with_setup(plain);
+    }
+    if cfg.knobs.downtime {
+        let longer = predict(remaining, bandwidth, dirty_rate, cfg.max_downtime_ms, 30);
+        if longer.converges && longer.total_ms <= cfg.deadline_ms {
+            return with_setup(longer);
+        }
+    }
+    let bw = bandwidth.max(1) as f64;
+    let whole = remaining.max(1) as f64;
+    // Two passes before the policy acts (the second is where it sees the
+    // remainder does not shrink), then what the guest dirtied meanwhile.
+    let t1 = whole / bw;
+    let left1 = (dirty_rate as f64 * t1).min(whole);
+    let t2 = left1 / bw;
+    let left2 = (dirty_rate as f64 * t2).min(whole);
+    let ms = |s: f64| (s * 1000.0) as u64;
+    if cfg.knobs.postcopy {
+        return with_setup(Prediction {
+            converges: true,
+            iterations: 3,
+            total_ms: ms(t1 + t2 + left2 / bw),
+            downtime_ms: POSTCOPY_SWITCH_MS,
+        });
+    }
+    // Paused at the deadline: the remainder has settled where the guest
+    // re-dirties what each pass sends.
+    let pause = left2 / bw;
+    with_setup(Prediction {
+        converges: cfg.knobs.pause,
+        iterations: 30,
+        total_ms: cfg.deadline_ms.max(ms(t1 + t2)) + ms(pause),
+        downtime_ms: ms(pause),
+    })
+}
+
 /// Decides the next step, if any, and the state after it.
 pub fn decide(
     cfg: &PolicyConfig,
@@ -202,6 +299,7 @@ pub fn decide(
     obs: &Observation,
 ) -> (PolicyState, Option<Decision>) {
     let mut next = *st;
+    track_passes(&mut next, obs);
     if st.paused || st.postcopy || obs.bandwidth == 0 || obs.iteration < 2 {
         return (next, None);
     }
@@ -283,8 +381,12 @@ pub fn decide(
             );
         }
     }
-    // 3. Post-copy, when the throttle is at its ceiling and still too slow.
-    if cfg.knobs.postcopy {
+    // 3. Post-copy, when the throttle is at its ceiling and still too slow,
+    // once passes have shown the remainder does not shrink (or time is short).
+    let postcopy_needs_ms = obs.remaining * 1000 / obs.bandwidth.max(1) * 2;
+    let evidence =
+        next.stalled_passes >= STALLED_PASSES_FOR_POSTCOPY || left_ms <= postcopy_needs_ms;
+    if cfg.knobs.postcopy && evidence {
         next.postcopy = true;
         next.last_step_ms = obs.elapsed_ms;
         return (
@@ -369,6 +471,65 @@ mod tests {
             }
         }
         (acts, false, t)
+    }
+
+    #[test]
+    fn forecast_with_policy_adds_setup_and_models_the_last_resorts() {
+        // Easy: plain pre-copy plus the fixed set-up time.
+        let easy = predict_with_policy(&cfg(false), 512 * MIB, 1024 * MIB, 0, 300);
+        assert_eq!(easy.total_ms, 500 + SETUP_MS);
+        // 256 MiB at 50 MiB/s, dirtying 48 MiB/s: post-copy after two
+        // passes, about three times the memory over the link.
+        let pc = predict_with_policy(&cfg(true), 256 * MIB, 50 * MIB, 48 * MIB, 300);
+        assert!(pc.converges);
+        assert_eq!(pc.downtime_ms, POSTCOPY_SWITCH_MS);
+        assert!((14_000..16_000).contains(&pc.total_ms), "{pc:?}");
+        // Without post-copy: paused at the deadline, a long pause.
+        let pause = predict_with_policy(&cfg(false), 256 * MIB, 50 * MIB, 48 * MIB, 300);
+        assert!(
+            pause.total_ms > 60_000 && pause.downtime_ms > 4_000,
+            "{pause:?}"
+        );
+    }
+
+    #[test]
+    fn postcopy_waits_for_passes_that_do_not_shrink() {
+        let c = cfg(true);
+        let obs = |iteration, remaining, elapsed_ms| Observation {
+            elapsed_ms,
+            iteration,
+            remaining,
+            bandwidth: 40 * MIB,
+            dirty_rate: 45 * MIB,
+            throttle: 0,
+        };
+        let c = PolicyConfig {
+            knobs: Knobs {
+                throttle: false,
+                ..c.knobs
+            },
+            ..c
+        };
+        let mut st = PolicyState::new(300);
+        let mut acts = Vec::new();
+        // One noisy pass that looks hopeless, then the remainder shrinks.
+        for (i, rem, t) in [
+            (1, 512 * MIB, 0),
+            (2, 500 * MIB, 3000),
+            (3, 200 * MIB, 9000),
+        ] {
+            let (s, d) = decide(&c, &st, &obs(i, rem, t));
+            st = s;
+            acts.extend(d.map(|d| d.action));
+        }
+        assert!(!acts.contains(&Action::StartPostcopy), "{acts:?}");
+        // Two passes in a row that do not shrink: now post-copy.
+        for (i, rem, t) in [(4, 190 * MIB, 14000), (5, 185 * MIB, 19000)] {
+            let (s, d) = decide(&c, &st, &obs(i, rem, t));
+            st = s;
+            acts.extend(d.map(|d| d.action));
+        }
+        assert_eq!(acts.last(), Some(&Action::StartPostcopy), "{acts:?}");
     }
 
     #[test]

@@ -37,8 +37,14 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct HostOptions {
     /// A name for logs.
     pub name: String,
-    /// Also listen on TCP.
+    /// Also listen on plain TCP (`--listen-tcp ADDR --auth none`).
     pub listen: Option<SocketAddr>,
+    /// Also listen on mutual TLS (`--listen-tls ADDR`).
+    pub listen_tls: Option<SocketAddr>,
+    /// `--pki-dir` (server and client certificates of this agent).
+    pub pki_dir: Option<PathBuf>,
+    /// Contents of a `--config` file (TOML).
+    pub config: Option<String>,
     /// Extra `ternd` arguments.
     pub extra_args: Vec<String>,
     /// Run `ternd` inside this network namespace (`ip netns exec`).
@@ -99,6 +105,30 @@ impl TernHost {
         format!("tern+unix:///system?socket={}", self.socket().display())
     }
 
+    /// The read-only API socket.
+    pub fn socket_ro(&self) -> PathBuf {
+        self.root.join("ternd.sock-ro")
+    }
+
+    /// Connection URI of the read-only socket.
+    pub fn uri_ro(&self) -> String {
+        format!("tern+unix:///system?socket={}", self.socket_ro().display())
+    }
+
+    /// Connection URI of the TLS listener, with client certificates from `pki`.
+    pub fn tls_uri(&self, pki: &Path) -> String {
+        let addr = self
+            .opts
+            .listen_tls
+            .expect("host started without listen_tls");
+        format!(
+            "tern+tls://{}:{}/system?pkipath={}",
+            addr.ip(),
+            addr.port(),
+            pki.display()
+        )
+    }
+
     /// The agent's log file.
     pub fn log(&self) -> PathBuf {
         self.root.join("ternd.log")
@@ -130,7 +160,20 @@ impl TernHost {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
         if let Some(l) = self.opts.listen {
-            cmd.arg("--listen").arg(l.to_string());
+            cmd.arg("--listen-tcp")
+                .arg(l.to_string())
+                .args(["--auth", "none"]);
+        }
+        if let Some(l) = self.opts.listen_tls {
+            cmd.arg("--listen-tls").arg(l.to_string());
+        }
+        if let Some(d) = &self.opts.pki_dir {
+            cmd.arg("--pki-dir").arg(d);
+        }
+        if let Some(text) = &self.opts.config {
+            let path = self.root.join("ternd.toml");
+            std::fs::write(&path, text).expect("write ternd.toml");
+            cmd.arg("--config").arg(path);
         }
         let child = cmd.spawn().expect("spawn ternd");
         self.child = Some(child);
@@ -154,13 +197,7 @@ impl TernHost {
 
     /// Runs `tern -c <this host> ARGS...`.
     pub fn tern(&self, args: &[&str]) -> Output {
-        Command::new(bin("tern"))
-            .arg("-c")
-            .arg(self.uri())
-            .args(args)
-            .env_remove("TERN_DEFAULT_URI")
-            .output()
-            .expect("run tern")
+        tern_at(&self.uri(), args)
     }
 
     /// Runs `tern` and returns stdout, panicking with stderr on failure.
@@ -269,6 +306,26 @@ impl TernHost {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Runs `tern -c URI ARGS...`.
+pub fn tern_at(uri: &str, args: &[&str]) -> Output {
+    Command::new(bin("tern"))
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .env_remove("TERN_DEFAULT_URI")
+        .env_remove("TERN_PKI_DIR")
+        .output()
+        .expect("run tern")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a tiny race remains).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Last `n` lines of a text.

@@ -25,7 +25,9 @@ pub mod host;
 mod initramfs;
 mod kernel;
 pub mod netns;
+pub mod pki;
 mod serial;
+pub mod sshd;
 mod vmlinux;
 pub mod watch;
 
@@ -38,7 +40,7 @@ pub use guest::{
     build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
     GUEST_TARGET,
 };
-pub use host::{bin, tail, HostOptions, TernHost};
+pub use host::{bin, free_port, tail, tern_at, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
 pub use netns::{Lab, Side};
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};

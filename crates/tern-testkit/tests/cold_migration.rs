@@ -179,7 +179,7 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-fn destination_filling_up_mid_copy_fails_clearly_and_leaves_nothing() {
+fn no_room_is_refused_and_filling_up_mid_copy_fails_clearly_leaving_nothing() {
     if !tern_testkit::netns::is_root() {
         println!("skipping: mounting a small tmpfs pool needs root");
         return;
@@ -194,12 +194,31 @@ fn destination_filling_up_mid_copy_fails_clearly_and_leaves_nothing() {
     assert!(st.success());
     let _mount = Tmpfs(small.path().to_path_buf());
     h.b.add_pool("small", small.path(), false);
+    // More data than the pool has room for: refused before any copy.
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let huge = h.ia.join("huge.raw");
+    write_random(&huge, 80, 7, None);
+    let mut g = GuestSpec::new("full0", &img);
+    g.disks.push(TestDisk {
+        path: huge.clone(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    h.a.define_guest(&g);
+    let e = err_line(&migrate(&h, "full0", &["--cold", "--target-pool", "small"]));
+    assert!(e.contains("MiB free") && e.contains("small"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(small.path()).unwrap().count(),
+        0,
+        "something was copied"
+    );
+    assert!(!h.b.ok(&["list", "--all", "--name"]).contains("full0"));
     // 40 MiB of data: it fits when checked, but not once something else
     // takes the room during the copy.
     let disk = h.ia.join("big.raw");
     write_random(&disk, 40, 0x9e37_79b9_7f4a_7c15, None);
     let before = std::fs::read(&disk).unwrap();
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
     let mut g = GuestSpec::new("full1", &img);
     g.disks.push(TestDisk {
         path: disk.clone(),

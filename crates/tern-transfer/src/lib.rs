@@ -109,7 +109,7 @@
 //! cache; the sender reads 256 KiB pieces only to hash and zero-scan them while they are
 //! in cache, and the receiver receives, hashes and `pwrite`s in 256 KiB pieces for the
 //! same reason. Two streams by default; the rate limit is a token bucket shared by all
-//! streams. `cargo run --release -p tern-transfer --bin tern-transfer-bench` compares
+//! streams. `cargo run --release -p tern-bench -- engine` compares
 //! with cp, rsync and scp.
 #![warn(missing_docs)]
 

@@ -3,8 +3,9 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tern_agent::access::Grant;
 use tern_agent::config::{AccelSetting, AgentConfig};
-use tern_agent::{server, Agent};
+use tern_agent::{listen, server, Agent};
 
 /// Tern host agent: runs QEMU guests and serves the host API.
 #[derive(Parser, Debug)]
@@ -16,10 +17,30 @@ struct Args {
     /// Unix socket of the host API.
     #[arg(long, default_value = tern_api::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Also serve the API on this TCP address (no authentication: keep it on
-    /// a trusted network).
+    /// Serve the API over mutual TLS 1.3 on this address (default port of
+    /// tern+tls:// is 16714); clients need a certificate from the CA in --pki-dir.
     #[arg(long)]
+    listen_tls: Option<SocketAddr>,
+    /// CA, server and client certificates (see `tern pki`).
+    #[arg(long, default_value = tern_pki::DEFAULT_PKI_DIR, env = "TERND_PKI_DIR")]
+    pki_dir: PathBuf,
+    /// Serve the API on plain TCP, without encryption or authentication;
+    /// requires --auth none.
+    #[arg(long)]
+    listen_tcp: Option<SocketAddr>,
+    /// Authentication on --listen-tcp; only `none` exists: say it explicitly.
+    #[arg(long, value_enum)]
+    auth: Option<TcpAuth>,
+    /// Old spelling of `--listen-tcp ADDR --auth none`.
+    #[arg(long, hide = true, conflicts_with = "listen_tcp")]
     listen: Option<SocketAddr>,
+    /// Access rules and limits, TOML with libvirtd.conf's key names
+    /// (max_clients, max_anonymous_clients, max_workers, prio_workers,
+    /// max_client_requests, max_request_bytes, auth_timeout,
+    /// unix_sock_{group,ro_perms,rw_perms}, tls_allowed_dn_list,
+    /// tls_readonly_dn_list).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Accelerator: kvm, tcg, or auto (prove KVM boots a kernel, else tcg).
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelSetting,
@@ -27,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "/var/cache/tern/accel.json")]
     accel_cache: PathBuf,
     /// QEMU system emulator.
-    #[arg(long, default_value = "qemu-system-x86_64")]
+    #[arg(long, env = "TERN_QEMU", default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
     /// Override a reported host fact, KEY=VALUE (cpu_model, microcode,
     /// kernel, qemu_version, hostname, page_size); for tests.
@@ -43,7 +64,8 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     stall_timeout: u64,
     /// Join a cluster: the controller's URL (http://HOST:PORT); several,
-    /// comma-separated, for controllers sharing an etcd store. Needs --listen.
+    /// comma-separated, for controllers sharing an etcd store. Needs
+    /// --listen-tcp ADDR --auth none (the controller reaches the API there).
     #[arg(long, value_delimiter = ',')]
     controller: Vec<String>,
     /// Name of this host in the cluster (default: the host name).
@@ -55,6 +77,13 @@ struct Args {
     /// Test-only fault injection: delay Prepare by this many milliseconds.
     #[arg(long, hide = true)]
     fault_prepare_delay_ms: Option<u64>,
+}
+
+/// `--auth` values for plain TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TcpAuth {
+    /// Anyone who reaches the port has full access.
+    None,
 }
 
 fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
@@ -96,7 +125,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::procs::become_subreaper();
     let mut cfg = AgentConfig::new(&args.state_dir);
     cfg.socket = args.socket.clone();
-    cfg.listen = args.listen;
+    let listen_tcp = match (args.listen_tcp, args.auth, args.listen) {
+        (Some(a), Some(TcpAuth::None), None) | (None, _, Some(a)) => Some(a),
+        (Some(a), None, None) => anyhow::bail!(
+            "--listen-tcp {a} serves the API without authentication; add --auth none to accept that, or use --listen-tls"
+        ),
+        (None, Some(_), None) => anyhow::bail!("--auth applies to --listen-tcp, which is not given"),
+        (Some(_), _, Some(_)) => anyhow::bail!("use --listen-tcp or --listen, not both"),
+        (None, None, None) => None,
+    };
+    cfg.listen = listen_tcp;
+    cfg.listen_tls = args.listen_tls;
+    cfg.pki_dir = args.pki_dir;
+    if let Some(path) = &args.config {
+        cfg.server = tern_agent::settings::ServerSettings::load(path)?;
+    }
     cfg.accel = args.accel;
     cfg.accel_cache = args.accel_cache;
     cfg.qemu_binary = args.qemu;
@@ -109,7 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.labels = args.labels;
     if !cfg.controllers.is_empty() && cfg.listen.is_none() {
         anyhow::bail!(
-            "--controller needs --listen: the controller reaches this host's API over TCP"
+            "--controller needs --listen-tcp ADDR --auth none: the controller reaches this host's API over plain TCP"
         );
     }
     cfg.faults.prepare_delay = args
@@ -126,9 +169,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cfg.socket.display()
         );
     }
-    let _ = std::fs::remove_file(&cfg.socket);
-    let unix = tokio::net::UnixListener::bind(&cfg.socket)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.socket.display()))?;
+    let set = &cfg.server;
+    let group = set.unix_sock_group.as_deref();
+    let unix = listen::bind_unix(&cfg.socket, set.unix_sock_rw_perms, group)?;
+    let ro_path = listen::read_only_socket(&cfg.socket);
+    let unix_ro = listen::bind_unix(&ro_path, set.unix_sock_ro_perms, group)?;
+    // Certificates are checked before anything else starts: a typo in
+    // --pki-dir must stop ternd, not surface at the first client.
+    let tls = match cfg.listen_tls {
+        Some(addr) => {
+            // The message already names the cause; anyhow's chain would repeat it.
+            let config = tern_pki::server_config(&tern_pki::PkiDir::new(&cfg.pki_dir))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            Some((l, tokio_rustls::TlsAcceptor::from(config)))
+        }
+        None => None,
+    };
     let tcp = match cfg.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -143,15 +202,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(async move {
         a.accel().await;
     });
+    let srv = server::Server::new(agent.clone());
     tracing::info!(socket = %agent.cfg.socket.display(), state_dir = %agent.cfg.state_dir.display(), "ternd ready");
     if let Some(l) = tcp {
-        tracing::warn!(addr = %l.local_addr()?, "serving the API on plain TCP without authentication");
-        tokio::spawn(server::serve_tcp(agent.clone(), l));
+        tracing::warn!(addr = %l.local_addr()?, "INSECURE: serving the API on plain TCP without encryption or authentication (--auth none); anyone who reaches this port controls every guest");
+        tokio::spawn(listen::serve_tcp(srv.clone(), l));
+    }
+    if let Some((l, acceptor)) = tls {
+        tracing::info!(addr = %l.local_addr()?, pki_dir = %agent.cfg.pki_dir.display(), "serving the API on mutual TLS");
+        tokio::spawn(listen::serve_tls(srv.clone(), l, acceptor));
     }
     if !agent.cfg.controllers.is_empty() {
         tokio::spawn(tern_agent::cluster::run(agent.clone()));
     }
-    let serve = server::serve_unix(agent.clone(), unix);
+    tokio::spawn(listen::serve_unix(srv.clone(), unix_ro, Grant::ReadOnly));
+    let serve = listen::serve_unix(srv, unix, Grant::ReadWrite);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}
@@ -159,5 +224,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: exiting; guests keep running"),
     }
     let _ = std::fs::remove_file(&agent.cfg.socket);
+    let _ = std::fs::remove_file(listen::read_only_socket(&agent.cfg.socket));
     Ok(())
 }

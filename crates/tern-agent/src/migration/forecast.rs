@@ -13,7 +13,7 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_migrate::policy::{predict, Forecast};
+use tern_migrate::policy::{predict, predict_with_policy, Forecast};
 use tern_migrate::MigrateOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -62,16 +62,38 @@ pub async fn forecast(
     let downtime = o.initial_downtime_ms();
     let effective =
         (memory as f64 * ((1.0 - zero_fraction) + zero_fraction * ZERO_PAGE_COST)) as u64;
-    let prediction = predict(effective, bandwidth, dirty_rate, downtime, 30);
-    let verdict = if prediction.converges {
+    let alone = predict(effective, bandwidth, dirty_rate, downtime, 30);
+    let cfg = o.policy_config();
+    let prediction = if o.policy_on() {
+        predict_with_policy(&cfg, effective, bandwidth, dirty_rate, downtime)
+    } else {
+        alone
+    };
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    let verdict = if alone.converges && alone.total_ms <= cfg.deadline_ms {
         format!(
             "converges in {} passes: about {:.1} s with {} ms downtime",
             prediction.iterations,
-            prediction.total_ms as f64 / 1000.0,
+            secs(prediction.total_ms),
+            prediction.downtime_ms
+        )
+    } else if o.policy_on() && prediction.downtime_ms <= cfg.max_downtime_ms {
+        format!(
+            "does not converge on its own: the policy finishes it in about {:.1} s ({}) with {} ms downtime",
+            secs(prediction.total_ms),
+            if prediction.downtime_ms == tern_migrate::policy::POSTCOPY_SWITCH_MS {
+                "switching to post-copy"
+            } else {
+                "with a longer downtime limit"
+            },
             prediction.downtime_ms
         )
     } else if o.policy_on() {
-        "does not converge on its own: the policy will raise the downtime, throttle the guest, and pause to finish by the deadline".to_string()
+        format!(
+            "does not converge on its own: the policy pauses the guest at the deadline, finishing in about {:.1} s with a {:.1} s pause (allow --postcopy to avoid it)",
+            secs(prediction.total_ms),
+            secs(prediction.downtime_ms)
+        )
     } else {
         "does not converge: use the policy (default), --auto-converge, --postcopy or --timeout"
             .to_string()
@@ -155,7 +177,8 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
         .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
-    let dst = tern_api::Client::from_uri(&uri)
+    let dst = agent
+        .peer_client(&uri)
         .map_err(|e| AgentError::Invalid(e.to_string()))?
         .with_timeout(Duration::from_secs(10));
     let (host, port): (String, u16) = dst

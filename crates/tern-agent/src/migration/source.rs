@@ -348,7 +348,9 @@ pub async fn p2p(
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
         .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
-    let dst = tern_api::Client::from_uri(&uri).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let dst = agent
+        .peer_client(&uri)
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let slot = agent.domains.find(name)?;
     let id = Uuid::new_v4();
     let job = Job::new(id, Role::Source, &slot.name, options.clone());

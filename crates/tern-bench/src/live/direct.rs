@@ -19,6 +19,29 @@ const POLL: Duration = Duration::from_millis(100);
 /// completed, and QEMU to settle after `migrate_cancel`.
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
+/// How the direct driver sets QEMU up for a migration.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Capabilities and parameters, as Tern's agents would set them.
+    pub options: MigrateOptions,
+    /// Downtime limits (ms) to set as the migration's clock passes each
+    /// time, in order (Nova's stepped downtime); empty: never changed.
+    pub downtime_steps: Vec<(Duration, u64)>,
+}
+
+impl Plan {
+    /// What Tern's agents set for a plain `migrate --live`.
+    pub fn tern_defaults() -> Plan {
+        Plan {
+            options: MigrateOptions {
+                live: true,
+                ..Default::default()
+            },
+            downtime_steps: Vec::new(),
+        }
+    }
+}
+
 /// What the direct case measured.
 #[derive(Debug, Default)]
 pub struct Direct {
@@ -32,7 +55,12 @@ pub struct Direct {
 /// migrates it `bench.repeat` times, each time to a fresh destination
 /// QEMU, letting it settle again between migrations. Stops at the first
 /// migration that does not complete or after which the guest crashed.
-pub async fn run(bench: &Bench, case: Case, notes: &mut Vec<String>) -> Result<Direct> {
+pub async fn run(
+    bench: &Bench,
+    case: Case,
+    plan: &Plan,
+    notes: &mut Vec<String>,
+) -> Result<Direct> {
     let name = case.name("qmp");
     let spec = case.spec(&name, &bench.guest);
     let domain = tern_model::xml::parse_domain(&spec.to_xml())
@@ -48,7 +76,7 @@ pub async fn run(bench: &Bench, case: Case, notes: &mut Vec<String>) -> Result<D
         let dst = QemuProc::launch(&bench.qemu, &domain, &dst_dir, true).await?;
         d.dest_starts.push(t_dst.elapsed());
         let who = format!("QMP #{i}");
-        let o = migrate_once(bench, (&src, &dst), &who, notes)
+        let o = migrate_once(bench, (&src, &dst), &who, plan, notes)
             .await
             .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
         bench.keep_logs(
@@ -74,14 +102,12 @@ async fn migrate_once(
     bench: &Bench,
     (src, dst): (&QemuProc, &QemuProc),
     who: &str,
+    plan: &Plan,
     notes: &mut Vec<String>,
 ) -> Result<Outcome> {
     // What the agents set: the destination before migrate-incoming, the
     // source before migrate (see crates/tern-agent/src/migration).
-    let o = MigrateOptions {
-        live: true,
-        ..Default::default()
-    };
+    let o = &plan.options;
     let mut caps = o.shared_capabilities();
     caps.push(("events", true));
     set_capabilities(&dst.qmp, &caps).await?;
@@ -108,12 +134,22 @@ async fn migrate_once(
     let watcher = ConsoleWatcher::start();
     watcher.add(src.console_log(), false);
     watcher.add(dst.console_log(), true);
+    let log_from = crate::guest::log_len(&src.console_log());
     let t0 = Instant::now();
     src.qmp
         .execute("migrate", Some(json!({ "uri": uri })))
         .await?;
+    let mut steps = plan.downtime_steps.iter().peekable();
     let done = loop {
         migration_event(&mut src_events, POLL).await;
+        while let Some((_, ms)) = steps.next_if(|(at, _)| t0.elapsed() >= *at) {
+            src.qmp
+                .execute(
+                    "migrate-set-parameters",
+                    Some(json!({ "downtime-limit": ms })),
+                )
+                .await?;
+        }
         let q = src.qmp.execute("query-migrate", None).await?;
         match q["status"].as_str().unwrap_or("") {
             "completed" => break q,
@@ -140,6 +176,7 @@ async fn migrate_once(
     let wall = t0.elapsed();
     let end = Instant::now();
 
+    let workload_mib_s = crate::guest::workload_rate(&src.console_log(), log_from);
     let times_late = Figures::from_query(&done).times_missing();
     let figures = final_figures(&src.qmp, &done).await?;
     let after = after_migration(&watcher, &dst.console_log(), end).await;
@@ -155,6 +192,8 @@ async fn migrate_once(
             AfterMigration::Crashed(l) => Some(l),
             _ => None,
         },
+        workload_mib_s,
+        forecast_ms: None,
     }))
 }
 

@@ -5,10 +5,10 @@
 //! over QMP, with the QEMU command line, capabilities and parameters Tern
 //! would use. The difference in wall-clock time is Tern's control overhead.
 
-mod direct;
-mod report;
+pub mod direct;
+pub mod report;
 mod table;
-mod tern;
+pub mod tern;
 
 use crate::guest::{AfterMigration, Case, GuestSetup};
 use anyhow::{bail, Context, Result};
@@ -85,6 +85,8 @@ pub struct Bench {
     pub repeat: u32,
     /// Where to keep console logs, if anywhere.
     pub logs: Option<PathBuf>,
+    /// Ask `tern migrate-forecast` before each `tern migrate`.
+    pub forecast: bool,
     // Dropped last: the hosts' QEMUs are gone before the disk is removed.
     _pool: tempfile::TempDir,
 }
@@ -105,57 +107,89 @@ impl Bench {
     }
 }
 
+/// What [`Bench::start`] needs.
+pub struct BenchSetup {
+    /// `tern.verify_rate`, MiB/s.
+    pub verify_rate: u64,
+    /// Time between TERN-READY and the migration.
+    pub settle: Duration,
+    /// Deadline for one migration.
+    pub timeout: Duration,
+    /// QEMU binary for the direct case.
+    pub qemu: PathBuf,
+    /// Migrations per case and driver.
+    pub repeat: u32,
+    /// Where to keep console logs, if anywhere.
+    pub logs: Option<PathBuf>,
+}
+
+impl Bench {
+    /// Checks the binaries are built, builds the test guest, and starts two
+    /// agents sharing a pool that holds the guests' disk.
+    pub fn start(s: BenchSetup) -> Result<Bench> {
+        let bin_dir = tern_testkit::host::bin_dir();
+        for b in ["ternd", "tern"] {
+            if !bin_dir.join(b).is_file() {
+                bail!(
+                    "{} is not built; build the workspace with the same profile as tern-bench \
+                     (`cargo build --release --workspace`) or set TERN_BIN_DIR",
+                    bin_dir.join(b).display()
+                );
+            }
+        }
+        let image = tern_testkit::build_or_reuse(&BuildOptions {
+            progress: true,
+            ..Default::default()
+        })
+        .context("build the test guest")?;
+        let pool = crate::guest::scratch("tern-bench-pool-")?;
+        eprintln!("tern-bench: starting two agents from {}", bin_dir.display());
+        let a = TernHost::start("bench-a");
+        let b = TernHost::start("bench-b");
+        for h in [&a, &b] {
+            h.add_pool("shared", pool.path(), true);
+        }
+        a.ok(&[
+            "vol-create-as",
+            "shared",
+            "bench.img",
+            "16M",
+            "--format",
+            "raw",
+        ]);
+        Ok(Bench {
+            guest: GuestSetup {
+                image,
+                disk: pool.path().join("bench.img"),
+                verify_rate: s.verify_rate,
+            },
+            a,
+            b,
+            settle: s.settle,
+            timeout: s.timeout,
+            qemu: s.qemu,
+            repeat: s.repeat,
+            logs: s.logs,
+            forecast: false,
+            _pool: pool,
+        })
+    }
+}
+
 /// Runs the matrix and prints the tables on stdout (progress on stderr).
 pub async fn run(args: LiveArgs) -> Result<()> {
-    let bin_dir = tern_testkit::host::bin_dir();
-    for b in ["ternd", "tern"] {
-        if !bin_dir.join(b).is_file() {
-            bail!(
-                "{} is not built; build the workspace with the same profile as tern-bench \
-                 (`cargo build --release --workspace`) or set TERN_BIN_DIR",
-                bin_dir.join(b).display()
-            );
-        }
-    }
     let qemu_version = qemu_version(&args.qemu)?;
     if let Some(d) = &args.logs {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
-    let image = tern_testkit::build_or_reuse(&BuildOptions {
-        progress: true,
-        ..Default::default()
-    })
-    .context("build the test guest")?;
-    let pool = crate::guest::scratch("tern-bench-pool-")?;
-    eprintln!("tern-bench: starting two agents from {}", bin_dir.display());
-    let a = TernHost::start("bench-a");
-    let b = TernHost::start("bench-b");
-    for h in [&a, &b] {
-        h.add_pool("shared", pool.path(), true);
-    }
-    a.ok(&[
-        "vol-create-as",
-        "shared",
-        "bench.img",
-        "16M",
-        "--format",
-        "raw",
-    ]);
-    let bench = Bench {
-        guest: GuestSetup {
-            image,
-            disk: pool.path().join("bench.img"),
-            verify_rate: args.verify_rate,
-        },
-        a,
-        b,
+    let bench = Bench::start(BenchSetup {
+        verify_rate: args.verify_rate,
         settle: Duration::from_secs(args.settle),
         timeout: Duration::from_secs(args.timeout),
         qemu: args.qemu.clone(),
         repeat: args.repeat.max(1),
         logs: args.logs.clone(),
-        _pool: pool,
-    };
+    })?;
 
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -215,7 +249,7 @@ async fn measure(bench: &Bench, case: Case, only: Option<Driver>) -> Row {
     let label = format!("{} MiB, dirty {} MiB/s", case.memory_mib, case.dirty_mib_s);
     if only != Some(Driver::Qmp) {
         eprintln!("tern-bench: {label}: tern migrate --live ...");
-        row.tern = tern::run(bench, case, &mut row.notes)
+        row.tern = tern::run(bench, case, &[], &mut row.notes)
             .await
             .unwrap_or_else(|e| vec![Outcome::Failed(format!("{e:#}"))]);
         for o in &row.tern {
@@ -224,7 +258,7 @@ async fn measure(bench: &Bench, case: Case, only: Option<Driver>) -> Row {
     }
     if only != Some(Driver::Tern) {
         eprintln!("tern-bench: {label}: direct QMP ...");
-        match direct::run(bench, case, &mut row.notes).await {
+        match direct::run(bench, case, &direct::Plan::tern_defaults(), &mut row.notes).await {
             Ok(d) => {
                 row.dest_start = median(d.dest_starts);
                 row.direct = d.outcomes;

@@ -86,6 +86,11 @@ pub struct Run {
     pub times_late: bool,
     /// The console line that shows the guest broke after arriving.
     pub crash: Option<String>,
+    /// MiB/s the guest's dirtier managed while it ran on the source during
+    /// the migration (from its heartbeats), if it printed two.
+    pub workload_mib_s: Option<f64>,
+    /// Tern only, when asked: `tern migrate-forecast`'s total time, ms.
+    pub forecast_ms: Option<u64>,
 }
 
 /// How one migration ended.
@@ -149,6 +154,8 @@ pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
         times_late: done.iter().any(|r| r.times_late),
         crash: done.iter().find_map(|r| r.crash.clone()),
         breakdown: mid.breakdown,
+        workload_mib_s: mid.workload_mib_s,
+        forecast_ms: mid.forecast_ms,
     }))
 }
 

@@ -298,6 +298,7 @@ mod tests {
                 breakdown: None,
                 times_late: t == 0,
                 crash: None,
+                ..Default::default()
             })
         };
         let rows = vec![
@@ -353,6 +354,7 @@ mod tests {
             breakdown: None,
             times_late: false,
             crash: Some("BUG: kernel NULL pointer dereference".into()),
+            ..Default::default()
         };
         assert_eq!(cells(Some(&Outcome::Done(run)))[5], "crash‡");
     }

@@ -38,7 +38,12 @@ impl Drop for Cleanup<'_> {
 /// `tern migrate --live` `bench.repeat` times, A to B and back, letting it
 /// settle again between migrations. Stops at the first migration that
 /// does not complete or after which the guest crashed.
-pub async fn run(bench: &Bench, case: Case, notes: &mut Vec<String>) -> Result<Vec<Outcome>> {
+pub async fn run(
+    bench: &Bench,
+    case: Case,
+    flags: &[String],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Outcome>> {
     let (a, b) = (&bench.a, &bench.b);
     let name = case.name("tern");
     a.define_guest(&case.spec(&name, &bench.guest));
@@ -54,7 +59,7 @@ pub async fn run(bench: &Bench, case: Case, notes: &mut Vec<String>) -> Result<V
         tokio::time::sleep(bench.settle).await;
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
         let who = format!("tern #{}", i + 1);
-        let o = migrate_once(bench, (from, to), &name, &who, notes)
+        let o = migrate_once(bench, (from, to), &name, &who, flags, notes)
             .await
             .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
         bench.keep_logs(
@@ -79,6 +84,7 @@ async fn migrate_once(
     (from, to): (&TernHost, &TernHost),
     name: &str,
     who: &str,
+    flags: &[String],
     notes: &mut Vec<String>,
 ) -> Result<Outcome> {
     let scratch = crate::guest::scratch("tern-bench-cli-")?;
@@ -92,12 +98,20 @@ async fn migrate_once(
     let (out_path, err_path) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
     let out = std::fs::File::create(&out_path).context("create the CLI's stdout file")?;
     let err = std::fs::File::create(&err_path).context("create the CLI's stderr file")?;
+    let forecast_ms = if bench.forecast {
+        Some(forecast(from, to, name, flags)?)
+    } else {
+        None
+    };
+    let log_from = crate::guest::log_len(&from.console_log(name));
     let t0 = Instant::now();
     let t0_ms = epoch_ms();
     let mut child = tokio::process::Command::new(bin("tern"))
         .arg("-c")
         .arg(from.uri())
-        .args(["migrate", "--live", name, &to.uri()])
+        .args(["migrate", "--live"])
+        .args(flags)
+        .args([name, &to.uri()])
         .env_remove("TERN_DEFAULT_URI")
         .stdin(Stdio::null())
         .stdout(out)
@@ -135,6 +149,7 @@ async fn migrate_once(
         let e = std::fs::read_to_string(&err_path).unwrap_or_default();
         return Ok(Outcome::Failed(format!("{status}: {}", e.trim())));
     }
+    let workload_mib_s = crate::guest::workload_rate(&from.console_log(name), log_from);
     let figures = job_figures(from, name)?;
     let (src_events, dst_events) = (events(from, name), events(to, name));
     // The direct driver does not run Tern's convergence policy: say so
@@ -162,7 +177,34 @@ async fn migrate_once(
             AfterMigration::Crashed(l) => Some(l),
             _ => None,
         },
+        workload_mib_s,
+        forecast_ms,
     }))
+}
+
+/// `tern migrate-forecast --json` with the migration's bandwidth limit:
+/// the predicted total time, ms.
+fn forecast(from: &TernHost, to: &TernHost, name: &str, flags: &[String]) -> Result<u64> {
+    let mut args = vec!["migrate-forecast", "--json", name];
+    let to_uri = to.uri();
+    args.push(&to_uri);
+    if let Some(i) = flags.iter().position(|f| f == "--bandwidth") {
+        if let Some(bw) = flags.get(i + 1) {
+            args.extend(["--bandwidth", bw]);
+        }
+    }
+    if flags.iter().any(|f| f == "--postcopy") {
+        args.push("--postcopy");
+    }
+    let o = from.tern(&args);
+    anyhow::ensure!(
+        o.status.success(),
+        "tern migrate-forecast failed: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    let f: tern_migrate::policy::Forecast =
+        serde_json::from_slice(&o.stdout).context("parse tern migrate-forecast --json")?;
+    Ok(f.prediction.total_ms)
 }
 
 /// QEMU's figures as `tern domjobinfo --completed --json` reports them.

@@ -1,19 +1,22 @@
-//! `tern-transfer-bench`: times the transfer engine against cp, rsync and scp on an 8 GiB
-//! sparse image holding 2 GiB of random data, and prints a markdown table.
+//! `tern-bench engine`: times the transfer engine (in process, no agents) against cp,
+//! rsync and scp on an 8 GiB sparse image holding 2 GiB of random data, and prints a
+//! markdown table.
 //!
-//! Usage: `tern-transfer-bench [--dir DIR] [--runs N] [--no-ssh] [--quick]`. A fresh
+//! Usage: `tern-bench engine [--dir DIR] [--runs N] [--no-ssh] [--quick]`. A fresh
 //! directory is made under DIR (default /tmp) and removed at the end. The engine and cp
 //! rows are the median of N runs (default 3), because the machine may be shared; rsync
 //! and scp run once. `--quick` runs only the engine without fsync and cp.
 
-mod image;
-mod sshd;
+pub mod image;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context, Result};
+use clap::Args;
 use image::{GIB, MIB};
+use tern_testkit::sshd;
 use tern_transfer::{Compression, ReceiveOptions, Receiver, SendOptions, SessionId};
 
 /// What one run of a tool reports: wall seconds and bytes on the wire (as text).
@@ -158,35 +161,34 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let mut base = PathBuf::from("/tmp");
-    let (mut ssh, mut quick, mut runs) = (true, false, 3usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.len()) {
-            ("--dir", 1..) => base = args.next().map(PathBuf::from).unwrap_or(base),
-            ("--runs", 1..) => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(3).max(1),
-            ("--no-ssh", _) => ssh = false,
-            ("--quick", _) => quick = true,
-            _ => {
-                eprintln!("usage: tern-transfer-bench [--dir DIR] [--runs N] [--no-ssh] [--quick]");
-                std::process::exit(2);
-            }
-        }
-    }
-    let work = WorkDir(base.join(format!("tern-transfer-bench-{}", std::process::id())));
-    if let Err(e) = std::fs::create_dir_all(work.0.join("out")) {
-        eprintln!("cannot create {}: {e}", work.0.display());
-        std::process::exit(1);
-    }
+/// Options.
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// Where the work directory is made (removed at the end).
+    #[arg(long, default_value = "/tmp")]
+    pub dir: PathBuf,
+    /// Runs of the engine and cp rows (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Skip rsync and scp over ssh.
+    #[arg(long)]
+    pub no_ssh: bool,
+    /// Only the engine without fsync and cp.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Runs the engine benchmark and prints the table.
+pub fn run(a: EngineArgs) -> Result<()> {
+    let (base, ssh, quick, runs) = (a.dir, !a.no_ssh, a.quick, a.runs.max(1));
+    let work = WorkDir(base.join(format!("tern-bench-engine-{}", std::process::id())));
+    std::fs::create_dir_all(work.0.join("out"))
+        .with_context(|| format!("creating {}", work.0.display()))?;
     let total = Instant::now();
     let src = work.0.join("src.img");
     let layout = image::default_layout();
     let t = Instant::now();
-    if let Err(e) = image::create(&src, &layout) {
-        eprintln!("creating the image failed: {e}");
-        std::process::exit(1);
-    }
+    image::create(&src, &layout).context("creating the image")?;
     let src_data = image::data_bytes(&src).unwrap_or(0);
     println!(
         "source: {} logical, {} allocated ({} random in {} extents + {} of written zeros), made in {:.1} s",
@@ -289,7 +291,7 @@ fn main() {
             &mut engine(Compression::Zstd(1), true),
         );
         let sshd = if ssh {
-            match sshd::Sshd::start(&work.0.join("ssh")) {
+            match sshd::Sshd::try_start() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!("no sshd ({e}); running rsync locally and skipping scp");
@@ -437,6 +439,7 @@ fn main() {
     drop(work);
     sync();
     if rows.iter().any(|r| !r.equal) {
-        std::process::exit(1);
+        bail!("a copy differs from the source");
     }
+    Ok(())
 }

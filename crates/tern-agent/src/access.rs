@@ -1,0 +1,148 @@
+//! Who may do what on a connection: read-write, read-only, or nothing.
+//!
+//! Unix sockets decide by which socket was used (the read-write socket
+//! with unix_sock_rw_perms, `<socket>-ro` with unix_sock_ro_perms), as
+//! libvirtd. TLS decides by the client certificate's common name against
+//! `tls_allowed_dn_list` and `tls_readonly_dn_list`. Plain TCP is read-write
+//! for anyone, which is why it needs `--auth none` spelled out.
+
+use tern_api::{ApiError, ErrorCode, Request};
+
+/// What a connection may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Anything.
+    ReadWrite,
+    /// Only requests for which [`Request::is_read_only`] holds.
+    ReadOnly,
+    /// Nothing; the reason is told to the client on every request.
+    Refused(String),
+}
+
+/// The message of a refused change on a read-only connection.
+pub const READ_ONLY_REFUSAL: &str = "operation forbidden: read-only connection";
+
+/// Whether `grant` allows `req`.
+pub fn check(grant: &Grant, req: &Request) -> Result<(), ApiError> {
+    match grant {
+        Grant::ReadWrite => Ok(()),
+        Grant::ReadOnly if req.is_read_only() => Ok(()),
+        Grant::ReadOnly => Err(ApiError::new(ErrorCode::Forbidden, READ_ONLY_REFUSAL)),
+        Grant::Refused(why) => Err(ApiError::new(ErrorCode::Forbidden, why.clone())),
+    }
+}
+
+/// The TLS identity rules (`tls_allowed_dn_list`, `tls_readonly_dn_list`).
+/// Entries are patterns on the certificate's common name, written `name`
+/// or `CN=name`, with `*` and `?` wildcards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsRules {
+    /// Names allowed in (empty: every certificate the CA signed).
+    pub allowed: Vec<String>,
+    /// Names that may only read.
+    pub read_only: Vec<String>,
+}
+
+impl TlsRules {
+    /// The grant of a client whose certificate (already verified against
+    /// the CA) has common name `cn`.
+    pub fn grant(&self, cn: Option<&str>) -> Grant {
+        let Some(cn) = cn else {
+            return Grant::Refused(
+                "operation forbidden: the client certificate has no common name (CN); issue one with `tern pki issue-client NAME`".into(),
+            );
+        };
+        let any = |list: &[String]| list.iter().any(|p| glob(strip_cn(p), cn));
+        if any(&self.read_only) {
+            Grant::ReadOnly
+        } else if self.allowed.is_empty() || any(&self.allowed) {
+            Grant::ReadWrite
+        } else {
+            Grant::Refused(format!(
+                "operation forbidden: certificate name '{cn}' is not in this agent's tls_allowed_dn_list; ask its administrator to add it"
+            ))
+        }
+    }
+}
+
+fn strip_cn(p: &str) -> &str {
+    let p = p.trim();
+    match p.get(..3) {
+        Some(head) if head.eq_ignore_ascii_case("cn=") => &p[3..],
+        _ => p,
+    }
+}
+
+/// Shell-style match of `pattern` (`*` any run, `?` one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names() {
+        assert!(glob("admin", "admin"));
+        assert!(!glob("admin", "admin2"));
+        assert!(glob("host*", "host12"));
+        assert!(glob("*", ""));
+        assert!(glob("h?st-*-a", "host-12-a"));
+        assert!(!glob("h?st-*-a", "host-12-b"));
+    }
+
+    #[test]
+    fn tls_rules_grant_by_common_name() {
+        let open = TlsRules::default();
+        assert_eq!(open.grant(Some("anyone")), Grant::ReadWrite);
+        assert!(matches!(open.grant(None), Grant::Refused(_)));
+        let r = TlsRules {
+            allowed: vec!["CN=admin".into(), "host*".into()],
+            read_only: vec!["monitor".into()],
+        };
+        assert_eq!(r.grant(Some("admin")), Grant::ReadWrite);
+        assert_eq!(r.grant(Some("host7")), Grant::ReadWrite);
+        assert_eq!(r.grant(Some("monitor")), Grant::ReadOnly);
+        match r.grant(Some("mallory")) {
+            Grant::Refused(m) => {
+                assert!(m.contains("'mallory'") && m.contains("tls_allowed_dn_list"))
+            }
+            g => panic!("{g:?}"),
+        }
+    }
+
+    #[test]
+    fn read_only_grants_refuse_changes_clearly() {
+        let list = Request::List { all: true };
+        let start = Request::Start {
+            name: "g".into(),
+            paused: false,
+        };
+        assert!(check(&Grant::ReadOnly, &list).is_ok());
+        let e = check(&Grant::ReadOnly, &start).unwrap_err();
+        assert_eq!(e.message, READ_ONLY_REFUSAL);
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert!(check(&Grant::ReadWrite, &start).is_ok());
+        assert!(check(&Grant::Refused("no".into()), &list).is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! `tern-bench converge`: does a live migration finish, and at what cost
+//! (issue 6)?
+//!
+//! A 2 GiB guest dirtying 0, 50 and 200 MiB/s over an unlimited link, and
+//! one dirtying faster than a bandwidth limit, each migrated three ways in
+//! the same run:
+//!
+//! - **tern**: `tern migrate --live --postcopy` with the convergence policy
+//!   (the default); `--postcopy` only *allows* post-copy, the policy decides
+//!   whether to switch. `tern migrate-forecast` is asked first.
+//! - **qemu**: QEMU driven directly over QMP with its defaults: downtime
+//!   limit 300 ms, nothing else.
+//! - **nova**: the same, with Nova's stepped downtime (`live_migration_downtime`
+//!   500 ms in 10 steps, `live_migration_downtime_delay` 75 s per GiB of
+//!   data, at least 2 GiB: 50 ms at the start, +45 ms every 150 s).
+//!
+//! Every method gets the same bandwidth limit. Total time is the wall
+//! clock from the command to the guest running on the destination, with
+//! the destination QEMU's start-up for the direct methods too (Tern's
+//! includes it). A migration still copying
+//! after `--give-up` seconds (10 minutes by default) is cancelled and counts
+//! as not completed.
+
+use crate::guest::Case;
+use crate::live::direct::{self, Plan};
+use crate::live::report::{Outcome, Run};
+use crate::live::{tern, Bench, BenchSetup};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tern_migrate::MigrateOptions;
+
+/// Options. The defaults are the documented run.
+#[derive(Args, Debug)]
+pub struct ConvergeArgs {
+    /// Guest RAM, MiB (the guest fills half of it).
+    #[arg(long, default_value_t = 2048)]
+    memory: u64,
+    /// Dirty rates over an unlimited link, MiB/s.
+    #[arg(long, value_delimiter = ',', default_value = "0,50,200")]
+    rates: Vec<u64>,
+    /// Cases faster than the link, as DIRTY@BANDWIDTH in MiB/s.
+    #[arg(long, value_delimiter = ',', default_value = "200@100")]
+    over: Vec<String>,
+    /// Seconds after which a migration still copying is cancelled.
+    #[arg(long, default_value_t = 600)]
+    give_up: u64,
+    /// Seconds the guest runs after TERN-READY before it is migrated.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+    /// `tern.verify_rate`, MiB/s.
+    #[arg(long, default_value_t = 8)]
+    verify_rate: u64,
+    /// Only these methods (tern, qemu, nova).
+    #[arg(long, value_delimiter = ',', default_value = "tern,qemu,nova")]
+    methods: Vec<String>,
+    /// Keep every migration's console logs in this directory.
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// QEMU for the direct methods.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+}
+
+/// One case: a dirty rate and a bandwidth limit.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    dirty: u64,
+    bandwidth: Option<u64>,
+}
+
+impl Load {
+    fn label(&self) -> String {
+        match self.bandwidth {
+            Some(b) => format!("{} MiB/s over a {b} MiB/s link", self.dirty),
+            None => format!("{} MiB/s, unlimited link", self.dirty),
+        }
+    }
+}
+
+/// Nova's `downtime_steps(data_gb)` with its defaults: (delay, downtime ms).
+pub fn nova_steps(data_gib: u64) -> Vec<(Duration, u64)> {
+    let (downtime, steps, delay) = (500.0_f64, 10u64, 75u64);
+    let delay = delay * data_gib.max(2);
+    let base = downtime / steps as f64;
+    let offset = (downtime - base) / steps as f64;
+    (0..=steps)
+        .map(|i| {
+            (
+                Duration::from_secs(delay * i),
+                (base + offset * i as f64) as u64,
+            )
+        })
+        .collect()
+}
+
+/// One measured migration.
+struct Cell {
+    load: Load,
+    method: &'static str,
+    outcome: Outcome,
+    notes: Vec<String>,
+}
+
+/// Runs every case and method and prints the table.
+pub async fn run(a: ConvergeArgs) -> Result<()> {
+    let mut loads: Vec<Load> = a
+        .rates
+        .iter()
+        .map(|&dirty| Load {
+            dirty,
+            bandwidth: None,
+        })
+        .collect();
+    for o in &a.over {
+        let (d, b) = o
+            .split_once('@')
+            .with_context(|| format!("--over {o}: expected DIRTY@BANDWIDTH, e.g. 200@100"))?;
+        loads.push(Load {
+            dirty: d
+                .parse()
+                .with_context(|| format!("--over {o}: bad dirty rate"))?,
+            bandwidth: Some(
+                b.parse()
+                    .with_context(|| format!("--over {o}: bad bandwidth"))?,
+            ),
+        });
+    }
+    if let Some(d) = &a.logs {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let mut bench = Bench::start(BenchSetup {
+        verify_rate: a.verify_rate,
+        settle: Duration::from_secs(a.settle),
+        timeout: Duration::from_secs(a.give_up),
+        qemu: a.qemu.clone(),
+        repeat: 1,
+        logs: a.logs.clone(),
+    })?;
+    bench.forecast = true;
+    let started = Instant::now();
+    let mut cells = Vec::new();
+    for &load in &loads {
+        let case = Case {
+            memory_mib: a.memory,
+            dirty_mib_s: load.dirty,
+        };
+        for m in &a.methods {
+            let mut notes = Vec::new();
+            eprintln!("tern-bench: {}: {m} ...", load.label());
+            let outcome = match m.as_str() {
+                "tern" => {
+                    let mut flags = vec!["--postcopy".to_string()];
+                    if let Some(b) = load.bandwidth {
+                        flags.extend(["--bandwidth".to_string(), b.to_string()]);
+                    }
+                    first(tern::run(&bench, case, &flags, &mut notes).await)
+                }
+                "qemu" | "nova" => {
+                    let mut plan = Plan {
+                        options: MigrateOptions {
+                            live: true,
+                            no_policy: true,
+                            bandwidth_mib: load.bandwidth,
+                            ..Default::default()
+                        },
+                        downtime_steps: Vec::new(),
+                    };
+                    if m == "nova" {
+                        let steps = nova_steps(a.memory.div_ceil(1024));
+                        plan.options.max_downtime_ms = steps.first().map(|s| s.1);
+                        plan.downtime_steps = steps.into_iter().skip(1).collect();
+                    }
+                    // Starting the destination QEMU counts, as it does
+                    // in Tern's time.
+                    let r = direct::run(&bench, case, &plan, &mut notes).await.map(|d| {
+                        let start = d.dest_starts.first().copied().unwrap_or_default();
+                        d.outcomes
+                            .into_iter()
+                            .map(|o| match o {
+                                Outcome::Done(mut r) => {
+                                    r.wall += start;
+                                    Outcome::Done(r)
+                                }
+                                o => o,
+                            })
+                            .collect()
+                    });
+                    first(r)
+                }
+                other => anyhow::bail!("unknown method {other:?}: use tern, qemu or nova"),
+            };
+            eprintln!("tern-bench: {}: {m}: {}", load.label(), brief(&outcome));
+            cells.push(Cell {
+                load,
+                method: static_name(m),
+                outcome,
+                notes,
+            });
+        }
+    }
+    println!(
+        "Convergence: {} MiB guest (tern.mem {} MiB), TCG, {} cores, give up after {} s; \
+         load average {}; whole run {} s\n",
+        a.memory,
+        a.memory / 2,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        a.give_up,
+        crate::sys::loadavg().map_or("?".into(), |l| format!("{l:.1}")),
+        started.elapsed().as_secs()
+    );
+    print_table(&cells, a.give_up);
+    Ok(())
+}
+
+fn static_name(m: &str) -> &'static str {
+    match m {
+        "tern" => "tern (policy)",
+        "qemu" => "QEMU defaults",
+        _ => "Nova steps",
+    }
+}
+
+fn first(r: Result<Vec<Outcome>>) -> Outcome {
+    match r {
+        Ok(v) => v
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Outcome::Failed("no migration ran".into())),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
+fn brief(o: &Outcome) -> String {
+    match o {
+        Outcome::Done(r) => format!(
+            "{:.1} s, downtime {} ms",
+            r.wall.as_secs_f64(),
+            r.figures.downtime_ms
+        ),
+        Outcome::DidNotConverge { after, .. } => format!("not done after {} s", after.as_secs()),
+        Outcome::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+fn done(o: &Outcome) -> Option<&Run> {
+    match o {
+        Outcome::Done(r) if r.crash.is_none() => Some(r),
+        _ => None,
+    }
+}
+
+fn print_table(cells: &[Cell], give_up: u64) {
+    println!(
+        "| guest dirtying | method | completed | total s | QEMU's total-time s | downtime ms | guest MiB/s during | forecast s |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    for c in cells {
+        let (completed, total, qemu, down, rate, fc) = match &c.outcome {
+            Outcome::Done(r) => (
+                if r.crash.is_some() {
+                    "yes, guest crashed".to_string()
+                } else {
+                    "yes".to_string()
+                },
+                format!("{:.1}", r.wall.as_secs_f64()),
+                format!("{:.1}", r.figures.total_ms as f64 / 1000.0),
+                r.figures.downtime_ms.to_string(),
+                r.workload_mib_s.map_or("–".into(), |w| format!("{w:.0}")),
+                r.forecast_ms
+                    .map_or("–".into(), |f| format!("{:.1}", f as f64 / 1000.0)),
+            ),
+            Outcome::DidNotConverge { .. } => (
+                format!("no (cancelled at {give_up} s)"),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+            ),
+            Outcome::Failed(e) => (
+                format!("failed: {e}"),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+            ),
+        };
+        println!(
+            "| {} | {} | {completed} | {total} | {qemu} | {down} | {rate} | {fc} |",
+            c.load.label(),
+            c.method
+        );
+    }
+    println!();
+    // Tern against QEMU's defaults where those completed, and the forecast.
+    let mut labels: Vec<String> = cells.iter().map(|c| c.load.label()).collect();
+    labels.dedup();
+    for l in labels {
+        let get = |m: &str| {
+            cells
+                .iter()
+                .find(|c| c.load.label() == l && c.method == m)
+                .and_then(|c| done(&c.outcome))
+        };
+        if let Some(t) = get("tern (policy)") {
+            if let Some(q) = get("QEMU defaults") {
+                println!(
+                    "- {l}: tern / QEMU defaults = {:.2}x",
+                    t.wall.as_secs_f64() / q.wall.as_secs_f64().max(1e-3)
+                );
+            }
+            if let Some(f) = t.forecast_ms {
+                let w = t.wall.as_millis() as f64;
+                println!(
+                    "- {l}: forecast {:.1} s vs measured {:.1} s ({:+.0} %)",
+                    f as f64 / 1000.0,
+                    w / 1000.0,
+                    (f as f64 - w) / w.max(1.0) * 100.0
+                );
+            }
+        }
+    }
+    for c in cells {
+        for n in &c.notes {
+            println!("- {} / {}: {n}", c.load.label(), c.method);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nova_steps_match_novas_defaults_for_two_gib() {
+        let s = nova_steps(2);
+        assert_eq!(s.len(), 11);
+        assert_eq!(s[0], (Duration::ZERO, 50));
+        assert_eq!(s[1], (Duration::from_secs(150), 95));
+        assert_eq!(s[10], (Duration::from_secs(1500), 500));
+    }
+}

@@ -1,0 +1,95 @@
+//! `tern pki`: a CA and certificates in the layout `ternd --listen-tls` and
+//! `tern+tls://` read (see the `tern_pki` crate for the files).
+
+use crate::Result;
+use clap::Subcommand;
+use std::path::PathBuf;
+use tern_pki::{PkiDir, Validity};
+
+/// `tern pki` verbs.
+#[derive(Subcommand, Debug)]
+pub enum PkiCmd {
+    /// Make a new CA (cacert.pem, private/cakey.pem).
+    Init {
+        /// PKI directory.
+        #[arg(long, default_value = tern_pki::DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Tern CA")]
+        cn: String,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a server certificate for HOST (DNS name or IP address).
+    IssueServer {
+        /// Host name or IP address clients dial (SAN and CN).
+        host: String,
+        /// PKI directory holding the CA.
+        #[arg(long, default_value = tern_pki::DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Where to write the certificate, key and a copy of cacert.pem
+        /// (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue a client certificate whose common name NAME is the identity
+    /// agents check (tls_allowed_dn_list, tls_readonly_dn_list).
+    IssueClient {
+        /// Identity (CN).
+        name: String,
+        /// PKI directory holding the CA.
+        #[arg(long, default_value = tern_pki::DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Where to write the certificate, key and a copy of cacert.pem
+        /// (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// Runs a `tern pki` verb.
+pub fn run(cmd: PkiCmd) -> Result<()> {
+    match cmd {
+        PkiCmd::Init { dir, cn, days } => {
+            let d = PkiDir::new(dir);
+            tern_pki::init_ca(&d, &cn, Validity::days(days)?)?;
+            println!("CA created in {}", d.root().display());
+        }
+        PkiCmd::IssueServer {
+            host,
+            dir,
+            out,
+            days,
+        } => {
+            let ca = PkiDir::new(&dir);
+            let out = PkiDir::new(out.unwrap_or(dir));
+            tern_pki::issue_server(&ca, &out, &host, Validity::days(days)?)?;
+            println!(
+                "server certificate for {host} in {}",
+                out.server_cert().display()
+            );
+        }
+        PkiCmd::IssueClient {
+            name,
+            dir,
+            out,
+            days,
+        } => {
+            let ca = PkiDir::new(&dir);
+            let out = PkiDir::new(out.unwrap_or(dir));
+            tern_pki::issue_client(&ca, &out, &name, Validity::days(days)?)?;
+            println!(
+                "client certificate for {name} in {}",
+                out.client_cert().display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Mutual-TLS configurations for servers (agents) and clients (the CLI, and
+//! agents calling agents), and plain-language explanations of handshake
+//! failures.
+//!
+//! Both sides speak TLS 1.3 only. A server requires a client certificate
+//! chained to `cacert.pem`; a client verifies the server against the same CA
+//! and the host name it dialled. Names, not addresses, identify clients:
+//! [`peer_common_name`] gives the CN the server's access rules match.
+
+use crate::layout::PkiDir;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}; create it with `tern pki` or point --pki-dir / ?pkipath= / TERN_PKI_DIR at the right directory")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds no certificate or key.
+    #[error("{path} holds no PEM {what}; re-issue it with `tern pki`")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// "certificate" or "private key".
+        what: &'static str,
+    },
+    /// rustls refused the certificate or key.
+    #[error("cannot use the certificates in {dir}: {source}")]
+    Config {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The CA certificate could not be used as a trust anchor.
+    #[error("cannot trust {path}: {message}")]
+    Verifier {
+        /// The CA file.
+        path: PathBuf,
+        /// What the verifier said.
+        message: String,
+    },
+    /// The host to connect to is no valid TLS server name.
+    #[error("'{0}' is not a host name or IP address TLS can verify")]
+    ServerName(String),
+}
+
+/// The crypto provider every Tern TLS endpoint uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match rustls_pemfile::private_key(&mut data.as_slice()) {
+        Ok(Some(k)) => Ok(k),
+        _ => Err(TlsError::Empty {
+            path: path.to_path_buf(),
+            what: "private key",
+        }),
+    }
+}
+
+/// The CA of `dir` as a root store.
+pub fn load_roots(dir: &PkiDir) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(&dir.ca_cert())? {
+        roots.add(c).map_err(|e| TlsError::Verifier {
+            path: dir.ca_cert(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A server configuration from `dir`: serves `servercert.pem` and requires
+/// a client certificate signed by `cacert.pem`.
+pub fn server_config(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = load_roots(dir)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: dir.ca_cert(),
+            message: e.to_string(),
+        })?;
+    let chain = load_certs(&dir.server_cert())?;
+    let key = load_key(&dir.server_key())?;
+    let cfg_err = |source| TlsError::Config {
+        dir: dir.root().to_path_buf(),
+        source,
+    };
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cfg_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(cfg_err)?;
+    Ok(Arc::new(cfg))
+}
+
+/// A client configuration from `dir`: trusts `cacert.pem` and presents
+/// `clientcert.pem`.
+pub fn client_config(dir: &PkiDir) -> Result<Arc<ClientConfig>, TlsError> {
+    let chain = load_certs(&dir.client_cert())?;
+    let key = load_key(&dir.client_key())?;
+    let cfg_err = |source| TlsError::Config {
+        dir: dir.root().to_path_buf(),
+        source,
+    };
+    let cfg = client_builder(dir)?
+        .with_client_auth_cert(chain, key)
+        .map_err(cfg_err)?;
+    Ok(Arc::new(cfg))
+}
+
+/// The part of a client configuration that verifies the server; callers
+/// add a client certificate (or, in tests of refusal, none).
+pub fn client_builder(
+    dir: &PkiDir,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    let roots = load_roots(dir)?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: dir.ca_cert(),
+            message: e.to_string(),
+        })?;
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Config {
+            dir: dir.root().to_path_buf(),
+            source,
+        })?
+        .with_webpki_verifier(verifier))
+}
+
+/// The name a client verifies the server's certificate against.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.into()))
+}
+
+/// The common name of the peer's end-entity certificate.
+pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    let der = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// Which end of a handshake is explaining a failure: the same rustls error
+/// means "your certificate" on one side and "theirs" on the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The connecting party.
+    Client,
+    /// The listening party.
+    Server,
+}
+
+/// Finds a rustls error anywhere in `err`'s chain (also inside
+/// `std::io::Error`s, whose `source()` skips the error they wrap).
+pub fn find_rustls_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+                    return Some(r);
+                }
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// One sentence saying why a TLS exchange failed, from `side`'s point of
+/// view, if the failure was a TLS one.
+pub fn explain_tls_failure(err: &(dyn std::error::Error + 'static), side: Side) -> Option<String> {
+    find_rustls_error(err).map(|e| explain(e, side))
+}
+
+fn explain(e: &rustls::Error, side: Side) -> String {
+    use rustls::Error as E;
+    let cert_problem = |c: &CertificateError| match c {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "has expired",
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "is not valid yet (check the clocks)"
+        }
+        // A CA of the same name but another key fails on the signature.
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            "is not signed by the trusted CA (cacert.pem)"
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "is not valid for the host name dialled"
+        }
+        CertificateError::Revoked => "has been revoked",
+        _ => "is invalid",
+    };
+    match (side, e) {
+        (Side::Client, E::AlertReceived(AlertDescription::CertificateRequired)) => {
+            "the server requires a client certificate and none was presented; issue one with `tern pki issue-client NAME`".into()
+        }
+        (Side::Client, E::AlertReceived(AlertDescription::UnknownCA)) => {
+            "the server refused our client certificate: it is not signed by the server's CA".into()
+        }
+        (Side::Client, E::AlertReceived(AlertDescription::DecryptError)) => {
+            "the server refused our client certificate: it is not signed by the server's CA (its signature does not verify; a CA of the same name but another key?)".into()
+        }
+        (Side::Client, E::AlertReceived(AlertDescription::CertificateExpired)) => {
+            "the server refused our client certificate: it has expired or is not valid yet; issue a new one with `tern pki issue-client NAME`".into()
+        }
+        (Side::Client, E::AlertReceived(a)) => {
+            format!("the server ended the TLS handshake ({a:?}); check its log")
+        }
+        (Side::Client, E::InvalidCertificate(c)) => {
+            format!("the server's certificate {}", cert_problem(c))
+        }
+        (Side::Server, E::NoCertificatesPresented) => {
+            "the client presented no certificate".into()
+        }
+        (Side::Server, E::InvalidCertificate(c)) => {
+            format!("the client's certificate {}", cert_problem(c))
+        }
+        (Side::Server, E::AlertReceived(a)) => {
+            format!("the client ended the TLS handshake ({a:?}); it probably does not trust our certificate")
+        }
+        (_, other) => format!("TLS failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
