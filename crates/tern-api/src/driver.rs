@@ -70,6 +70,8 @@ pub async fn drive(
         .await
         .map_err(DriveError::Begin)?;
     let dest_name = begin.domain.name.clone();
+    // The source may have applied the policy's start plan.
+    let options = begin.options.as_ref().unwrap_or(options);
     let prep: PrepareReply = dst
         .call(&Request::Migration(MigrationRequest::MigratePrepare {
             req: PrepareRequest {
@@ -94,6 +96,7 @@ pub async fn drive(
         (None, true) => Some(IncomingTarget {
             host: String::new(),
             port: 0,
+            tunnel: false,
         }),
         (None, false) => None,
     };

@@ -137,6 +137,7 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
         qemu: a.qemu.clone(),
         repeat: 1,
         logs: a.logs.clone(),
+        pki_dir: None,
     })?;
     bench.forecast = true;
     let started = Instant::now();

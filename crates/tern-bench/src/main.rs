@@ -18,6 +18,7 @@ mod live;
 mod qemu;
 mod storage;
 mod sys;
+mod transports;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Cmd {
     Converge(converge::ConvergeArgs),
     /// The cold-copy engine alone (in process) against cp, rsync and scp.
     Engine(engine::EngineArgs),
+    /// Transports (issue 5): native TCP, native --tls, --tunnelled and
+    /// --tunnelled --parallel 4, idle and dirtying, in one run.
+    Transports(transports::TransportsArgs),
 }
 
 #[tokio::main]
@@ -57,6 +61,7 @@ async fn main() -> ExitCode {
             Cmd::Live(a) => live::run(a).await,
             Cmd::Storage(a) => storage::run(a).await,
             Cmd::Converge(a) => converge::run(a).await,
+            Cmd::Transports(a) => transports::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };

@@ -28,6 +28,14 @@ pub struct MigrateArgs {
     /// Peer-to-peer: the source agent drives the migration.
     #[arg(long)]
     pub p2p: bool,
+    /// Carry QEMU's connections (memory, every --parallel channel, disk
+    /// mirrors) through the agents' mutual-TLS link (needs --p2p).
+    #[arg(long)]
+    pub tunnelled: bool,
+    /// Encrypt the native transport with QEMU's own TLS, using each host's
+    /// certificates from its --pki-dir.
+    #[arg(long)]
+    pub tls: bool,
     /// Direct migration (not supported by QEMU hosts, as in virsh).
     #[arg(long)]
     pub direct: bool,
@@ -227,7 +235,10 @@ impl MigrateArgs {
             cold: self.cold || (self.offline && self.copy_storage_all),
             auto_start: self.auto_start,
             delete_source_storage: self.delete_source_storage,
+            tunnelled: self.tunnelled,
+            tls: self.tls,
             no_throttle: false,
+            start_plan: None,
         };
         let mut o = o;
         if o.cold {
@@ -350,6 +361,20 @@ async fn forecast(
             ("Iterations", f.prediction.iterations.to_string()),
             ("Total time", format!("{} ms", f.prediction.total_ms)),
             ("Downtime", format!("{} ms", f.prediction.downtime_ms)),
+            (
+                "Page deltas",
+                f.delta_fraction
+                    .map_or("no sampled page changed".into(), |d| {
+                        format!("{:.0} % of a rewritten page", d * 100.0)
+                    })
+            ),
+            ("Compression", format!("{:.1}x (zstd)", f.compress_ratio)),
+            (
+                "Start plan",
+                f.plan
+                    .as_ref()
+                    .map_or("none (plain pre-copy)".into(), |p| p.reason.clone())
+            ),
             ("Verdict", f.verdict.clone()),
         ])
     );

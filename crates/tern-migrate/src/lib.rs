@@ -8,6 +8,7 @@
 pub mod jobinfo;
 pub mod options;
 pub mod phase;
+pub mod plan;
 pub mod policy;
 pub mod protocol;
 

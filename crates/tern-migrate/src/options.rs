@@ -15,6 +15,8 @@ use thiserror::Error;
 pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 300;
 /// "Unlimited" bandwidth as QEMU accepts it, bytes/s (1 TiB/s).
 pub const UNLIMITED_BANDWIDTH: u64 = 1 << 40;
+/// Id of the `tls-creds-x509` object `--tls` gives each QEMU.
+pub const TLS_CREDS_ID: &str = "tern-migration-tls";
 /// Default multifd channels with `--parallel`.
 pub const DEFAULT_PARALLEL_CONNECTIONS: u32 = 2;
 
@@ -114,10 +116,20 @@ pub struct MigrateOptions {
     /// `--delete-source-storage`: delete the source's disks once the
     /// destination verified its copies.
     pub delete_source_storage: bool,
+    /// `--tunnelled`: QEMU's connections (memory, multifd channels, NBD)
+    /// travel through the agents' mutual-TLS tunnel (needs `--p2p`).
+    pub tunnelled: bool,
+    /// `--tls`: QEMU's own TLS on the native transport, with certificates
+    /// from each agent's pki directory.
+    pub tls: bool,
     /// Set by the source agent, not the operator: leave CPU throttling
     /// (auto-converge) out of the policy. Under TCG, QEMU 7.2 guests that
     /// were throttled during a migration were seen to crash afterwards.
     pub no_throttle: bool,
+    /// Set by the source agent at Begin, not the operator: the policy's
+    /// start plan (capabilities chosen from a fresh forecast), as the line
+    /// that explains it.
+    pub start_plan: Option<String>,
 }
 
 /// Default `--deadline` of the convergence policy, seconds.
@@ -311,6 +323,30 @@ impl MigrateOptions {
             // QEMU refuses xbzrle together with multifd.
             return Err(OptionsError::Exclusive("compressed", "parallel"));
         }
+        self.validate_transport()
+    }
+
+    /// The transport flags: `--tunnelled` (with `--p2p`, as virsh) and `--tls`.
+    fn validate_transport(&self) -> Result<(), OptionsError> {
+        if self.tunnelled {
+            if !self.p2p {
+                return Err(OptionsError::Needs("tunnelled", "p2p"));
+            }
+            if self.tls {
+                // The tunnel is TLS already; QEMU's TLS inside it would
+                // only double the cost.
+                return Err(OptionsError::Exclusive("tunnelled", "tls"));
+            }
+            if self.migrate_uri.is_some() {
+                return Err(OptionsError::Exclusive("tunnelled", "migrateuri"));
+            }
+            if self.cold || self.offline {
+                return Err(OptionsError::Exclusive("tunnelled", "offline/cold"));
+            }
+        }
+        if self.tls && (self.cold || self.offline) {
+            return Err(OptionsError::Exclusive("tls", "offline/cold"));
+        }
         Ok(())
     }
 
@@ -411,6 +447,12 @@ impl MigrateOptions {
     /// `migrate-set-parameters` arguments for the source.
     pub fn source_parameters(&self) -> Map<String, Value> {
         let mut p = self.shared_parameters();
+        // Always explicit: a QEMU that migrated with --tls before (and whose
+        // migration failed) must not keep using those credentials.
+        p.insert(
+            "tls-creds".into(),
+            json!(if self.tls { TLS_CREDS_ID } else { "" }),
+        );
         p.insert("max-bandwidth".into(), json!(self.bandwidth_bytes()));
         p.insert("downtime-limit".into(), json!(self.initial_downtime_ms()));
         if self.policy_on() && !self.auto_converge && !self.no_throttle {
@@ -511,6 +553,51 @@ mod tests {
             ..Default::default()
         };
         assert!(comp.validate().unwrap_err().to_string().contains("zstd"));
+    }
+
+    #[test]
+    fn transports_need_what_virsh_needs() {
+        let t = MigrateOptions {
+            live: true,
+            tunnelled: true,
+            ..Default::default()
+        };
+        assert_eq!(t.validate(), Err(OptionsError::Needs("tunnelled", "p2p")));
+        assert_eq!(
+            t.validate().unwrap_err().to_string(),
+            "--tunnelled needs --p2p"
+        );
+        let ok = MigrateOptions {
+            p2p: true,
+            parallel: true,
+            copy_storage_all: true,
+            ..t.clone()
+        };
+        ok.validate().unwrap();
+        let both = MigrateOptions {
+            tls: true,
+            ..ok.clone()
+        };
+        assert_eq!(
+            both.validate(),
+            Err(OptionsError::Exclusive("tunnelled", "tls"))
+        );
+        let uri = MigrateOptions {
+            migrate_uri: Some("tcp://h:1".into()),
+            ..ok
+        };
+        assert!(uri.validate().is_err());
+        let tls = MigrateOptions {
+            live: true,
+            tls: true,
+            ..Default::default()
+        };
+        tls.validate().unwrap();
+        assert_eq!(tls.source_parameters()["tls-creds"], json!(TLS_CREDS_ID));
+        assert_eq!(
+            MigrateOptions::default().source_parameters()["tls-creds"],
+            json!("")
+        );
     }
 
     #[test]

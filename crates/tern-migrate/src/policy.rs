@@ -192,6 +192,17 @@ pub struct Forecast {
     pub prediction: Prediction,
     /// One-line verdict.
     pub verdict: String,
+    /// Of the sampled pages the guest rewrote while it was watched, the
+    /// mean fraction of their bytes that changed.
+    #[serde(default)]
+    pub delta_fraction: Option<f64>,
+    /// How much the sampled pages shrink with zstd.
+    #[serde(default)]
+    pub compress_ratio: f64,
+    /// Capabilities the policy turns on at the start of a migration that
+    /// follows this forecast within two minutes.
+    #[serde(default)]
+    pub plan: Option<crate::plan::StartPlan>,
 }
 
 /// Runs pre-copy forward: `remaining` bytes to send at `bandwidth`, the

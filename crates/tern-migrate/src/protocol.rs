@@ -18,6 +18,40 @@
 //! a receiver refuses any other version with [`ProtocolError::Version`]
 //! before acting. Every message names the migration by a random id, so a
 //! late Finish for an old attempt cannot touch a newer one.
+//!
+//! # Transports of the guest's bytes
+//!
+//! - **Native** (default): QEMU to QEMU over TCP, at the [`IncomingTarget`]
+//!   the destination announces in Prepare (and NBD at [`NbdTarget`]).
+//! - **Native TLS** (`--tls`): the same sockets, but both QEMUs wrap them in
+//!   their own TLS (`tls-creds-x509` objects built from each agent's pki
+//!   directory: the destination is the server, the source the client, and
+//!   the source checks the destination's certificate against
+//!   `IncomingTarget::host`).
+//! - **Tunnelled** (`--tunnelled`, needs `--p2p`): neither QEMU touches the
+//!   network. The destination agent opens a *dedicated* mutual-TLS listener
+//!   for this one migration (a port from its migration range, not its API
+//!   listener, so bulk bytes never queue behind API limits and the port
+//!   closes with the migration) and announces it in Prepare as an
+//!   [`IncomingTarget`] with `tunnel: true` (and, with disks, as the
+//!   [`NbdTarget`] address). The source QEMU migrates to a unix socket of
+//!   its agent, which carries every connection QEMU opens — the main
+//!   channel, each multifd channel, each NBD connection of a disk mirror —
+//!   as its own TLS stream:
+//!
+//! ```text
+//!  src QEMU ──unix──▶ src agent ══TLS 1.3 (mutual)══▶ dst agent ──unix──▶ dst QEMU
+//!                     │ TunnelHello{id, stream} ─────▶ │ checks id, CN; connects
+//!                     │ ◀──────────── TunnelReply code │ the stream's local socket
+//!                     │ ◀═════════ raw bytes, both ways ═════════▶ │
+//! ```
+//!
+//! A stream opens with a fixed 32-byte [`TunnelHello`] (magic, version,
+//! migration id, stream kind) and one reply byte ([`TunnelReply`]); after
+//! an `Ok` the TLS stream is a transparent byte pipe until either QEMU
+//! closes. The destination accepts streams only for the migration it
+//! prepared, only from certificates its access rules allow to change
+//! things, and stops accepting once the migration ends.
 
 use crate::options::MigrateOptions;
 use serde::{Deserialize, Serialize};
@@ -66,6 +100,10 @@ pub struct BeginReply {
     /// Files to copy, for a cold migration.
     #[serde(default)]
     pub files: Vec<ColdFile>,
+    /// The options every later phase must use, when the source changed
+    /// them (the policy's start plan); absent: the ones given.
+    #[serde(default)]
+    pub options: Option<MigrateOptions>,
 }
 
 /// How one disk's contents reach the destination.
@@ -172,10 +210,14 @@ pub struct PrepareRequest {
 /// Where to send memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncomingTarget {
-    /// Address the destination QEMU listens on.
+    /// Address the destination QEMU (or, tunnelled, agent) listens on.
     pub host: String,
     /// Port.
     pub port: u16,
+    /// The address is the destination agent's mutual-TLS tunnel listener,
+    /// not QEMU: the source agent carries QEMU's connections there.
+    #[serde(default)]
+    pub tunnel: bool,
 }
 
 impl IncomingTarget {
@@ -198,12 +240,162 @@ pub struct PrepareReply {
     pub id: Uuid,
     /// Where QEMU listens; `None` for offline migration.
     pub incoming: Option<IncomingTarget>,
-    /// Where copied disks are exported.
+    /// Where copied disks are exported (tunnelled: the tunnel listener).
     #[serde(default)]
     pub nbd: Option<NbdTarget>,
     /// Where cold files go.
     #[serde(default)]
     pub cold: Option<ColdTarget>,
+}
+
+/// The first bytes of a tunnel stream.
+pub const TUNNEL_MAGIC: &[u8; 7] = b"TERNTUN";
+/// Version of the tunnel stream header.
+pub const TUNNEL_VERSION: u8 = 1;
+/// Length of an encoded [`TunnelHello`].
+pub const TUNNEL_HELLO_LEN: usize = 32;
+
+/// What a tunnel stream carries, i.e. which local socket the destination
+/// agent connects it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A migration channel (the main one or a multifd one: QEMU tells them
+    /// apart itself).
+    Memory,
+    /// An NBD connection of a disk mirror.
+    Nbd,
+}
+
+impl StreamKind {
+    fn code(self) -> u8 {
+        match self {
+            StreamKind::Memory => 1,
+            StreamKind::Nbd => 2,
+        }
+    }
+}
+
+/// Opens every tunnel stream: which migration, which kind of stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelHello {
+    /// Migration id (as in Prepare).
+    pub id: Uuid,
+    /// What the stream carries.
+    pub stream: StreamKind,
+}
+
+/// A tunnel header that cannot be accepted.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TunnelHeaderError {
+    /// The bytes are not a Tern tunnel header.
+    #[error("the peer did not open a Tern tunnel stream (bad magic)")]
+    Magic,
+    /// Another header version.
+    #[error("the peer speaks tunnel header version {0}, this agent speaks {TUNNEL_VERSION}; upgrade the older agent")]
+    Version(u8),
+    /// An unknown stream kind.
+    #[error("the peer asked for unknown tunnel stream kind {0}")]
+    Kind(u8),
+    /// Reserved bytes are not zero (a newer peer's feature).
+    #[error("the peer set reserved tunnel header bytes; upgrade this agent")]
+    Reserved,
+}
+
+impl TunnelHello {
+    /// The header's 32 bytes: magic (7), version (1), id (16), kind (1),
+    /// reserved zeros (7).
+    pub fn encode(&self) -> [u8; TUNNEL_HELLO_LEN] {
+        let mut b = [0u8; TUNNEL_HELLO_LEN];
+        b[..7].copy_from_slice(TUNNEL_MAGIC);
+        b[7] = TUNNEL_VERSION;
+        b[8..24].copy_from_slice(self.id.as_bytes());
+        b[24] = self.stream.code();
+        b
+    }
+
+    /// Reads a header, refusing anything but exactly what [`encode`](Self::encode) makes.
+    pub fn decode(b: &[u8; TUNNEL_HELLO_LEN]) -> Result<TunnelHello, TunnelHeaderError> {
+        if &b[..7] != TUNNEL_MAGIC {
+            return Err(TunnelHeaderError::Magic);
+        }
+        if b[7] != TUNNEL_VERSION {
+            return Err(TunnelHeaderError::Version(b[7]));
+        }
+        let stream = match b[24] {
+            1 => StreamKind::Memory,
+            2 => StreamKind::Nbd,
+            k => return Err(TunnelHeaderError::Kind(k)),
+        };
+        if b[25..].iter().any(|&x| x != 0) {
+            return Err(TunnelHeaderError::Reserved);
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[8..24]);
+        Ok(TunnelHello {
+            id: Uuid::from_bytes(id),
+            stream,
+        })
+    }
+}
+
+/// The destination's one-byte answer to a [`TunnelHello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelReply {
+    /// Connected; bytes flow from now on.
+    Ok,
+    /// The header could not be read.
+    BadHeader,
+    /// No such migration is waiting for streams here.
+    UnknownMigration,
+    /// The certificate's identity may not migrate guests here.
+    Forbidden,
+    /// The destination QEMU did not accept the connection.
+    LocalRefused,
+    /// No local socket for that kind of stream (e.g. NBD without disks).
+    NoRoute,
+}
+
+impl TunnelReply {
+    /// The byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            TunnelReply::Ok => 0,
+            TunnelReply::BadHeader => 1,
+            TunnelReply::UnknownMigration => 2,
+            TunnelReply::Forbidden => 3,
+            TunnelReply::LocalRefused => 4,
+            TunnelReply::NoRoute => 5,
+        }
+    }
+
+    /// Reads the byte; `None` for a code this build does not know.
+    pub fn from_code(c: u8) -> Option<TunnelReply> {
+        Some(match c {
+            0 => TunnelReply::Ok,
+            1 => TunnelReply::BadHeader,
+            2 => TunnelReply::UnknownMigration,
+            3 => TunnelReply::Forbidden,
+            4 => TunnelReply::LocalRefused,
+            5 => TunnelReply::NoRoute,
+            _ => return None,
+        })
+    }
+
+    /// What the source reports when the destination refused a stream.
+    pub fn explain(self) -> &'static str {
+        match self {
+            TunnelReply::Ok => "accepted",
+            TunnelReply::BadHeader => "the destination could not read the tunnel header",
+            TunnelReply::UnknownMigration => {
+                "the destination expects no tunnelled migration with this id (cancelled or timed out?)"
+            }
+            TunnelReply::Forbidden => {
+                "the destination's access rules do not let this agent's certificate migrate guests there"
+            }
+            TunnelReply::LocalRefused => "the destination QEMU refused the connection",
+            TunnelReply::NoRoute => "the destination has no socket for this kind of stream",
+        }
+    }
 }
 
 /// Tell the source to migrate.
@@ -289,6 +481,7 @@ mod tests {
         let target = IncomingTarget {
             host: "10.0.0.2".into(),
             port: 49152,
+            tunnel: false,
         };
         round_trip(&PrepareReply {
             version: PROTOCOL_VERSION,
@@ -347,11 +540,66 @@ mod tests {
         assert_eq!(
             IncomingTarget {
                 host: "::1".into(),
-                port: 5
+                port: 5,
+                tunnel: false,
             }
             .qemu_uri(),
             "tcp:[::1]:5"
         );
+    }
+
+    #[test]
+    fn tunnel_messages_round_trip() {
+        let id = Uuid::new_v4();
+        for stream in [StreamKind::Memory, StreamKind::Nbd] {
+            let h = TunnelHello { id, stream };
+            assert_eq!(TunnelHello::decode(&h.encode()), Ok(h));
+        }
+        for r in [
+            TunnelReply::Ok,
+            TunnelReply::BadHeader,
+            TunnelReply::UnknownMigration,
+            TunnelReply::Forbidden,
+            TunnelReply::LocalRefused,
+            TunnelReply::NoRoute,
+        ] {
+            assert_eq!(TunnelReply::from_code(r.code()), Some(r));
+        }
+        assert_eq!(TunnelReply::from_code(200), None);
+        // A tunnel target says so; an old peer's target (no field) is native.
+        let t = IncomingTarget {
+            host: "h".into(),
+            port: 1,
+            tunnel: true,
+        };
+        round_trip(&t);
+        let old: IncomingTarget = serde_json::from_str(r#"{"host":"h","port":1}"#).unwrap();
+        assert!(!old.tunnel);
+    }
+
+    #[test]
+    fn bad_tunnel_headers_are_refused() {
+        let good = TunnelHello {
+            id: Uuid::nil(),
+            stream: StreamKind::Nbd,
+        }
+        .encode();
+        let mut b = good;
+        b[0] = b'X';
+        assert_eq!(TunnelHello::decode(&b), Err(TunnelHeaderError::Magic));
+        let mut b = good;
+        b[7] = 9;
+        assert_eq!(TunnelHello::decode(&b), Err(TunnelHeaderError::Version(9)));
+        let mut b = good;
+        b[24] = 0;
+        assert_eq!(TunnelHello::decode(&b), Err(TunnelHeaderError::Kind(0)));
+        let mut b = good;
+        b[31] = 1;
+        assert_eq!(TunnelHello::decode(&b), Err(TunnelHeaderError::Reserved));
+        // An HTTP request sent to the tunnel port by mistake.
+        let mut b = [0u8; TUNNEL_HELLO_LEN];
+        b.copy_from_slice(&b"POST /api/v1/call HTTP/1.1\r\nHost: x"[..32]);
+        assert!(TunnelHello::decode(&b).is_err());
     }
 
     #[test]

@@ -590,3 +590,38 @@ fn timeout_postcopy_switches_a_slow_migration_to_postcopy() {
         });
     assert!(SerialLog::parse(&text).failures.is_empty());
 }
+
+#[test]
+fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
+    let p = pair("fc");
+    p.boot("fc1", "tern.mem=64 tern.dirty=10");
+    let buri = p.b.uri();
+    let f: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["migrate-forecast", "--json", "--postcopy", "fc1", &buri]))
+            .unwrap();
+    assert_eq!(f["memory"], 256u64 << 20, "{f}");
+    assert!(f["dirty_rate"].as_u64().unwrap() > 0, "{f}");
+    assert_eq!(f["bandwidth_source"], "measured to the destination", "{f}");
+    assert_eq!(f["prediction"]["converges"], true, "{f}");
+    // Sampled pages: the pattern and the zero pages compress.
+    assert!(f["compress_ratio"].as_f64().unwrap() > 1.0, "{f}");
+    assert!(f["verdict"].as_str().unwrap().contains("converges"), "{f}");
+    let dry = p.migrate("fc1", &["--live", "--dry-run"]);
+    assert!(dry.status.success());
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        text.contains("Start plan") && text.contains("Verdict"),
+        "{text}"
+    );
+    assert_eq!(state(&p.a, "fc1"), "running (booted)");
+    assert!(!p.b.ok(&["list", "--all", "--name"]).contains("fc1"));
+    // A migration right after the forecast completes (no plan on this
+    // machine: two cores, whole-page rewrites).
+    let out = p.migrate("fc1", &["--live"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&p.b, "fc1"), "running (migrated)");
+}

@@ -2,6 +2,7 @@
 //! `-incoming defer`, listen) and Finish (resume, or discard everything
 //! Prepare created).
 
+use super::qemu_tls::Endpoint;
 use super::{set_capabilities, Job};
 use crate::error::{AgentError, Result};
 use crate::launch::{self, LaunchMode};
@@ -12,9 +13,10 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_migrate::options::parse_migrate_uri;
+use tern_migrate::options::TLS_CREDS_ID;
 use tern_migrate::protocol::{
-    check_version, FinishReply, FinishRequest, IncomingTarget, PrepareReply, PrepareRequest,
-    PROTOCOL_VERSION,
+    check_version, FinishReply, FinishRequest, IncomingTarget, NbdTarget, PrepareReply,
+    PrepareRequest, PROTOCOL_VERSION,
 };
 use tern_migrate::{JobKind, Phase, Role};
 use tern_model::{DomainState, StateReason};
@@ -127,7 +129,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             }
         }
     }
-    let result = start_incoming(agent, &slot, &req).await;
+    let result = start_incoming(agent, &slot, &req, &job).await;
     match result {
         Ok((target, nbd)) => {
             job.event(format!("QEMU listening on {}", target.qemu_uri()));
@@ -140,6 +142,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             })
         }
         Err(e) => {
+            job.close_tunnel(true);
             discard(agent, &slot).await;
             remove_created(&job);
             let _ = job.advance(Phase::Failed);
@@ -164,7 +167,8 @@ async fn start_incoming(
     agent: &Arc<Agent>,
     slot: &Arc<DomainSlot>,
     req: &PrepareRequest,
-) -> Result<(IncomingTarget, Option<tern_migrate::protocol::NbdTarget>)> {
+    job: &Arc<Job>,
+) -> Result<(IncomingTarget, Option<NbdTarget>)> {
     let mut e = slot.inner.lock().await;
     let run = launch::launch(agent, &req.domain, LaunchMode::Incoming).await?;
     let qmp = run.qmp.clone();
@@ -187,6 +191,16 @@ async fn start_incoming(
         )
         .await?;
     }
+    let run_dir = agent.layout.run_dir(&slot.name);
+    if o.tls {
+        super::qemu_tls::add_credentials(agent, &qmp, &run_dir, Endpoint::Server).await?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({ "tls-creds": TLS_CREDS_ID })),
+        )
+        .await?;
+        job.event("QEMU's own TLS on: this host is the server");
+    }
     let wanted = match &o.migrate_uri {
         Some(u) => Some(parse_migrate_uri(u).map_err(invalid)?),
         None => None,
@@ -200,6 +214,9 @@ async fn start_incoming(
         (None, Some(l)) if l != "0.0.0.0" && l != "::" => l.clone(),
         _ => agent.migration_address(),
     };
+    if o.tunnelled {
+        return tunnelled_incoming(agent, &qmp, req, job, &listen, &advertise).await;
+    }
     let ports: Vec<u16> = match wanted.as_ref().and_then(|w| w.port) {
         Some(p) => vec![p],
         None => agent.cfg.migration_ports.clone().collect(),
@@ -215,6 +232,7 @@ async fn start_incoming(
         let target = IncomingTarget {
             host: listen.clone(),
             port,
+            tunnel: false,
         };
         match qmp
             .execute(
@@ -228,7 +246,7 @@ async fn start_incoming(
                     None
                 } else {
                     Some(
-                        super::storage::export(agent, &qmp, &listen, &advertise, &req.disks)
+                        super::storage::export(agent, &qmp, &listen, &advertise, &req.disks, o.tls)
                             .await?,
                     )
                 };
@@ -236,6 +254,7 @@ async fn start_incoming(
                     IncomingTarget {
                         host: advertise,
                         port,
+                        tunnel: false,
                     },
                     nbd,
                 ));
@@ -252,6 +271,41 @@ async fn start_incoming(
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no port in range".into())
     )))
+}
+
+/// `--tunnelled`: QEMU listens on a unix socket (and exports the disks on
+/// another) that only this agent reaches; the agent's tunnel listener is
+/// what the source is told about.
+async fn tunnelled_incoming(
+    agent: &Arc<Agent>,
+    qmp: &tern_qemu::Qmp,
+    req: &PrepareRequest,
+    job: &Arc<Job>,
+    listen: &str,
+    advertise: &str,
+) -> Result<(IncomingTarget, Option<NbdTarget>)> {
+    let run_dir = agent.layout.run_dir(&req.domain.name);
+    let (memory, nbd) = super::tunnel::incoming_sockets(&run_dir, !req.disks.is_empty())?;
+    qmp.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("unix:{}", memory.display()) })),
+    )
+    .await?;
+    let exports = match &nbd {
+        Some(p) => Some(super::storage::export_unix(qmp, p, &req.disks).await?),
+        None => None,
+    };
+    let routes = tern_tunnel::Routes {
+        memory: Some(memory),
+        nbd,
+    };
+    let target = super::tunnel::listen(agent, job, listen, advertise, routes).await?;
+    let nbd = exports.map(|exports| NbdTarget {
+        host: target.host.clone(),
+        port: target.port,
+        exports,
+    });
+    Ok((target, nbd))
 }
 
 /// Kills the incoming QEMU and removes a transient slot.
@@ -338,6 +392,7 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
             }
             Err(e) => {
                 job.event(format!("cannot take over: {e}"));
+                job.close_tunnel(true);
                 if !req.options.keep_dest_on_failure {
                     discard(agent, &slot).await;
                     remove_created(&job);
@@ -351,6 +406,7 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
             }
         }
     } else {
+        job.close_tunnel(true);
         if req.options.keep_dest_on_failure {
             job.event("migration failed; keeping the paused destination for debugging");
         } else {

@@ -13,6 +13,7 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tern_migrate::plan::{start_plan, Sample};
 use tern_migrate::policy::{predict, predict_with_policy, Forecast};
 use tern_migrate::MigrateOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,8 +39,14 @@ pub async fn forecast(
         })?;
         (run.qmp.clone(), run.live.memory_kib * 1024)
     };
+    // The same pages are read before and after the dirty-rate second: how
+    // many are zero, how well they compress, and how much of a rewritten
+    // page changes.
+    let before = read_pages(agent, &qmp, name, memory).await;
     let dirty_rate = sample_dirty_rate(&qmp).await?;
-    let zero_fraction = sample_zero_fraction(agent, &qmp, name, memory).await;
+    let after = read_pages(agent, &qmp, name, memory).await;
+    let pages = page_figures(&before, &after);
+    let zero_fraction = pages.zero_fraction;
     let (mut bandwidth, mut source) = match dest_uri {
         Some(u) => match probe_link(agent, u).await {
             Ok(b) => (b, "measured to the destination".to_string()),
@@ -98,7 +105,20 @@ pub async fn forecast(
         "does not converge: use the policy (default), --auto-converge, --postcopy or --timeout"
             .to_string()
     };
-    Ok(Forecast {
+    let plan = if o.policy_on() && !o.compressed && !o.parallel {
+        let sample = Sample {
+            effective_memory: effective,
+            dirty_rate,
+            bandwidth,
+            delta_fraction: pages.delta_fraction,
+            compress_ratio: pages.compress_ratio,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        };
+        start_plan(&cfg, &sample, downtime)
+    } else {
+        None
+    };
+    let f = Forecast {
         memory,
         zero_fraction,
         dirty_rate,
@@ -107,7 +127,45 @@ pub async fn forecast(
         downtime_limit_ms: downtime,
         prediction,
         verdict,
-    })
+        delta_fraction: pages.delta_fraction,
+        compress_ratio: pages.compress_ratio,
+        plan,
+    };
+    agent.jobs.remember_forecast(name, f.clone());
+    Ok(f)
+}
+
+/// What two reads of the same sampled pages showed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PageFigures {
+    zero_fraction: f64,
+    delta_fraction: Option<f64>,
+    compress_ratio: f64,
+}
+
+/// Pure: zero pages and compressibility from the first read; for pages
+/// that differ between the reads, the mean fraction of bytes that changed.
+fn page_figures(before: &[Vec<u8>], after: &[Vec<u8>]) -> PageFigures {
+    let n = before.len().max(1) as f64;
+    let zero = before.iter().filter(|p| p.iter().all(|&b| b == 0)).count() as f64;
+    let mut deltas = Vec::new();
+    for (a, b) in before.iter().zip(after) {
+        if a.len() == b.len() && a != b {
+            let changed = a.iter().zip(b).filter(|(x, y)| x != y).count();
+            deltas.push(changed as f64 / a.len().max(1) as f64);
+        }
+    }
+    let raw: Vec<u8> = before.concat();
+    let compress_ratio = match zstd::bulk::compress(&raw, 1) {
+        Ok(c) if !raw.is_empty() => raw.len() as f64 / c.len().max(1) as f64,
+        _ => 1.0,
+    };
+    PageFigures {
+        zero_fraction: zero / n,
+        delta_fraction: (!deltas.is_empty())
+            .then(|| deltas.iter().sum::<f64>() / deltas.len() as f64),
+        compress_ratio,
+    }
 }
 
 async fn sample_dirty_rate(qmp: &tern_qemu::Qmp) -> Result<u64> {
@@ -128,16 +186,16 @@ async fn sample_dirty_rate(qmp: &tern_qemu::Qmp) -> Result<u64> {
     }
 }
 
-/// Reads `n` random guest pages with `pmemsave` and counts the zero ones.
-async fn sample_zero_fraction(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64) -> f64 {
+/// Reads 256 pseudo-random guest pages (the same ones every time for a
+/// given memory size) with `pmemsave`; pages that could not be read are
+/// left out.
+async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64) -> Vec<Vec<u8>> {
     let dir = agent.layout.run_dir(name);
     let file = dir.join("sample.page");
     let pages = memory / 4096;
-    let n = 256u64;
-    let mut zero = 0;
-    let mut seen = 0;
+    let mut out = Vec::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ memory;
-    for _ in 0..n {
+    for _ in 0..256 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -154,22 +212,14 @@ async fn sample_zero_fraction(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, m
                 Some(json!({"val": addr, "size": 4096, "filename": file.display().to_string()})),
             )
             .await;
-        if r.is_err() {
-            continue;
-        }
-        if let Ok(b) = std::fs::read(&file) {
-            seen += 1;
-            if b.iter().all(|&c| c == 0) {
-                zero += 1;
+        if r.is_ok() {
+            if let Ok(b) = std::fs::read(&file) {
+                out.push(b);
             }
         }
     }
     let _ = std::fs::remove_file(&file);
-    if seen == 0 {
-        0.0
-    } else {
-        zero as f64 / seen as f64
-    }
+    out
 }
 
 /// Streams bytes for half a second into a sink the destination opened.
@@ -230,4 +280,24 @@ pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16)> {
         let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
     });
     Ok((agent.migration_address(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_figures_count_zeros_deltas_and_compression() {
+        let zero = vec![0u8; 4096];
+        let mut text = vec![b'a'; 4096];
+        let before = vec![zero.clone(), text.clone(), text.clone(), zero.clone()];
+        text[0] = b'b';
+        let after = vec![zero.clone(), text.clone(), before[2].clone(), zero];
+        let f = page_figures(&before, &after);
+        assert_eq!(f.zero_fraction, 0.5);
+        let d = f.delta_fraction.expect("one page changed");
+        assert!((d - 1.0 / 4096.0).abs() < 1e-9);
+        assert!(f.compress_ratio > 10.0);
+        assert_eq!(page_figures(&before, &before).delta_fraction, None);
+    }
 }

@@ -6,8 +6,10 @@ pub mod cold;
 pub mod dest;
 pub mod forecast;
 mod perform;
+pub mod qemu_tls;
 pub mod source;
 pub mod storage;
+pub mod tunnel;
 
 use crate::error::{AgentError, Result};
 use crate::Agent;
@@ -54,6 +56,8 @@ pub struct Job {
     pub created: Mutex<Vec<std::path::PathBuf>>,
     /// Receivers of a cold migration (destination).
     pub cold: Mutex<Option<cold::Incoming>>,
+    /// The tunnel's ends, with `--tunnelled`.
+    tunnel: Mutex<Option<tunnel::Ends>>,
     /// Bumped on every change, for long polls.
     changed: watch::Sender<u64>,
 }
@@ -93,6 +97,7 @@ impl Job {
             offline_def: Mutex::new(None),
             created: Mutex::new(Vec::new()),
             cold: Mutex::new(None),
+            tunnel: Mutex::new(None),
             changed: watch::channel(0).0,
         })
     }
@@ -147,6 +152,33 @@ impl Job {
             .take()
     }
 
+    /// Keeps the tunnel's ends for the life of the migration.
+    pub fn set_tunnel(&self, ends: tunnel::Ends) {
+        *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(ends);
+    }
+
+    /// The source's tunnel sockets: QEMU's `migrate` URI and the NBD server
+    /// of disk mirrors.
+    pub fn tunnel_route(&self) -> Option<(String, Option<serde_json::Value>)> {
+        match &*self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(tunnel::Ends::Outbound(o)) => Some((o.qemu_uri(), o.nbd_server())),
+            _ => None,
+        }
+    }
+
+    /// Stops the tunnel accepting streams. With `abort` every stream ends
+    /// now (the migration failed); without, streams end when QEMU closes
+    /// them (a post-copy guest still pulls pages through them).
+    pub fn close_tunnel(&self, abort: bool) {
+        let ends = self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = ends {
+            if abort {
+                t.abort();
+            }
+            self.event(t.summary());
+        }
+    }
+
     /// Current phase.
     pub fn phase(&self) -> Phase {
         self.lock().phase
@@ -195,6 +227,8 @@ pub struct Jobs {
     completed: Mutex<HashMap<String, (JobInfo, Vec<JobEvent>)>>,
     /// Moving average of the pace (bytes/s) of outgoing migrations.
     pace: Mutex<Option<u64>>,
+    /// The last forecast of each domain, for the policy's start plan.
+    forecasts: Mutex<HashMap<String, (std::time::Instant, tern_migrate::policy::Forecast)>>,
 }
 
 impl Jobs {
@@ -234,6 +268,24 @@ impl Jobs {
         }
     }
 
+    /// Keeps a domain's forecast for the start plan of its next migration.
+    pub fn remember_forecast(&self, domain: &str, f: tern_migrate::policy::Forecast) {
+        let mut m = self.forecasts.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(domain.to_string(), (std::time::Instant::now(), f));
+    }
+
+    /// A domain's forecast, if it was made less than `max_age` ago.
+    pub fn fresh_forecast(
+        &self,
+        domain: &str,
+        max_age: std::time::Duration,
+    ) -> Option<tern_migrate::policy::Forecast> {
+        let m = self.forecasts.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(domain)
+            .filter(|(at, _)| at.elapsed() <= max_age)
+            .map(|(_, f)| f.clone())
+    }
+
     /// The pace past outgoing migrations achieved, bytes/s.
     pub fn pace(&self) -> Option<u64> {
         *self.pace.lock().unwrap_or_else(|p| p.into_inner())
@@ -241,6 +293,7 @@ impl Jobs {
 
     /// Moves a finished job to the completed table.
     pub fn finish(&self, job: &Arc<Job>) {
+        job.close_tunnel(job.phase() != Phase::Completed);
         let info = job.info();
         if job.role == Role::Source && info.kind == JobKind::Completed && info.time_elapsed_ms > 0 {
             let rate = info.memory_processed * 1000 / info.time_elapsed_ms;

@@ -22,12 +22,28 @@ pub(super) fn fail(job: &Job, e: &AgentError) {
     });
 }
 
+/// Where the source QEMU sends its bytes: the destination itself, or the
+/// local sockets of this agent's tunnel.
+#[derive(Debug, Clone)]
+pub(super) struct Route {
+    /// QEMU's `migrate` URI.
+    pub uri: String,
+    /// The NBD server disk mirrors dial instead of the destination's address.
+    pub nbd_via: Option<serde_json::Value>,
+}
+
 /// Perform's background part: mirror disks (if any), start QEMU's
 /// migration, then follow it.
-pub(super) async fn run(job: Arc<Job>, qmp: tern_qemu::Qmp, req: PerformRequest, stall: Duration) {
+pub(super) async fn run(
+    job: Arc<Job>,
+    qmp: tern_qemu::Qmp,
+    req: PerformRequest,
+    stall: Duration,
+    route: Route,
+) {
     let o = &req.options;
     if let Some(nbd) = &req.nbd {
-        if let Err(e) = super::storage::mirror(&qmp, nbd, o, &job).await {
+        if let Err(e) = super::storage::mirror(&qmp, nbd, route.nbd_via.clone(), o, &job).await {
             super::storage::abandon(&qmp, nbd).await;
             let cancelled = *job.cancel.borrow();
             fail(&job, &e);
@@ -38,7 +54,7 @@ pub(super) async fn run(job: Arc<Job>, qmp: tern_qemu::Qmp, req: PerformRequest,
         }
     }
     if let Err(e) = qmp
-        .execute("migrate", Some(json!({ "uri": req.target.qemu_uri() })))
+        .execute("migrate", Some(json!({ "uri": route.uri })))
         .await
     {
         if let Some(nbd) = &req.nbd {
@@ -48,8 +64,13 @@ pub(super) async fn run(job: Arc<Job>, qmp: tern_qemu::Qmp, req: PerformRequest,
         return;
     }
     job.event(format!(
-        "sending memory to {} (bandwidth {}, max downtime {} ms)",
+        "sending memory to {}{} (bandwidth {}, max downtime {} ms)",
         req.target.qemu_uri(),
+        match (req.target.tunnel, o.tls) {
+            (true, _) => " through the TLS tunnel",
+            (false, true) => " over QEMU's TLS",
+            _ => "",
+        },
         match o.bandwidth_mib {
             None | Some(0) => "unlimited".to_string(),
             Some(m) => format!("{m} MiB/s"),

@@ -1,9 +1,12 @@
 //! The source side: Begin (checks), Perform (QEMU sends memory while we
 //! watch), Confirm (clean up, or resume on failure), and the `--p2p` flow.
 
+use super::perform::Route;
+use super::qemu_tls::Endpoint;
 use super::{set_capabilities, Job};
 use crate::error::{AgentError, Result};
 use crate::Agent;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_api::driver;
@@ -62,6 +65,32 @@ pub async fn check_storage(
         }
     }
     Ok(())
+}
+
+/// How old a forecast may be for its start plan to apply.
+const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The options with the policy's start plan applied, when a fresh forecast
+/// of this guest made one and the operator left those knobs alone.
+fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Option<MigrateOptions> {
+    if !active || !o.policy_on() || o.compressed || o.parallel {
+        return None;
+    }
+    let plan = agent.jobs.fresh_forecast(name, PLAN_MAX_AGE)?.plan?;
+    let mut p = o.clone();
+    if let Some(cache) = plan.xbzrle_cache {
+        p.compressed = true;
+        p.xbzrle_cache = Some(cache);
+    }
+    if let Some(n) = plan.multifd_channels {
+        p.parallel = true;
+        p.parallel_connections = Some(n);
+        if plan.zstd {
+            p.parallel_compression = Some("zstd".into());
+        }
+    }
+    p.start_plan = Some(plan.reason);
+    Some(p)
 }
 
 /// Begin: validates and describes the guest for the destination.
@@ -142,6 +171,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         active,
         disks,
         files,
+        options: planned(agent, name, o, active),
     })
 }
 
@@ -197,15 +227,33 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         req.options.no_throttle = true;
     }
     let job = performing_job(agent, &slot.name, &req)?;
+    if let Some(plan) = &req.options.start_plan {
+        job.event(format!("policy: {plan}"));
+    }
     if req.options.no_throttle && req.options.policy_on() {
         job.event("TCG: the policy will not throttle vCPUs (guests throttled under TCG were seen to crash after migration)");
     }
     let o = &req.options;
+    if o.tunnelled != req.target.tunnel {
+        let e = AgentError::Conflict(
+            "the destination did not open a migration tunnel for --tunnelled (is it an older agent?)"
+                .into(),
+        );
+        super::perform::fail(&job, &e);
+        return Err(e);
+    }
+    let run_dir = agent.layout.run_dir(&slot.name);
     let setup = async {
         set_capabilities(&qmp, &o.source_capabilities()).await?;
+        let mut params = o.source_parameters();
+        if o.tls {
+            super::qemu_tls::add_credentials(agent, &qmp, &run_dir, Endpoint::Client).await?;
+            // The destination's certificate must name the address it announced.
+            params.insert("tls-hostname".into(), json!(req.target.host));
+        }
         qmp.execute(
             "migrate-set-parameters",
-            Some(serde_json::Value::Object(o.source_parameters())),
+            Some(serde_json::Value::Object(params)),
         )
         .await?;
         if !o.live && was_running {
@@ -218,8 +266,22 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         super::perform::fail(&job, &e);
         return Err(e);
     }
+    let route = if o.tunnelled {
+        if let Err(e) = super::tunnel::outgoing(agent, &job, &run_dir, &req) {
+            super::perform::fail(&job, &e);
+            return Err(e);
+        }
+        job.event("QEMU's connections go through this agent's TLS tunnel");
+        let (uri, nbd_via) = job.tunnel_route().unwrap_or_default();
+        Route { uri, nbd_via }
+    } else {
+        Route {
+            uri: req.target.qemu_uri(),
+            nbd_via: None,
+        }
+    };
     let stall = agent.cfg.stall_timeout;
-    tokio::spawn(super::perform::run(job, qmp, req, stall));
+    tokio::spawn(super::perform::run(job, qmp, req, stall, route));
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use crate::Agent;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tern_migrate::options::TLS_CREDS_ID;
 use tern_migrate::protocol::{CopyMode, DiskCopy, NbdTarget};
 use tern_migrate::MigrateOptions;
 use tern_model::{DiskFormat, Domain};
@@ -155,23 +156,25 @@ pub fn remove_files(files: &[PathBuf]) {
     }
 }
 
-/// Destination, Prepare: exports the received disks over NBD.
+/// Destination, Prepare: exports the received disks over NBD on TCP (with
+/// `tls`, wrapped in QEMU's TLS with the migration's credentials).
 pub async fn export(
     agent: &Agent,
     qmp: &Qmp,
     listen: &str,
     advertise: &str,
     disks: &[DiskCopy],
+    tls: bool,
 ) -> Result<NbdTarget> {
     let mut last = None;
     let mut port = None;
     for p in agent.cfg.migration_ports.clone().rev() {
-        let r = qmp
-            .execute(
-                "nbd-server-start",
-                Some(json!({"addr": {"type": "inet", "data": {"host": listen, "port": p.to_string()}}})),
-            )
-            .await;
+        let mut args =
+            json!({"addr": {"type": "inet", "data": {"host": listen, "port": p.to_string()}}});
+        if tls {
+            args["tls-creds"] = json!(TLS_CREDS_ID);
+        }
+        let r = qmp.execute("nbd-server-start", Some(args)).await;
         match r {
             Ok(_) => {
                 port = Some(p);
@@ -186,6 +189,29 @@ pub async fn export(
             last.map(|e| e.to_string()).unwrap_or_default()
         ))
     })?;
+    Ok(NbdTarget {
+        host: advertise.to_string(),
+        port,
+        exports: add_exports(qmp, disks).await?,
+    })
+}
+
+/// Destination, Prepare (`--tunnelled`): exports the received disks on a
+/// unix socket only this agent's tunnel reaches.
+pub async fn export_unix(
+    qmp: &Qmp,
+    path: &std::path::Path,
+    disks: &[DiskCopy],
+) -> Result<Vec<(String, String)>> {
+    qmp.execute(
+        "nbd-server-start",
+        Some(json!({"addr": {"type": "unix", "data": {"path": path}}})),
+    )
+    .await?;
+    add_exports(qmp, disks).await
+}
+
+async fn add_exports(qmp: &Qmp, disks: &[DiskCopy]) -> Result<Vec<(String, String)>> {
     let mut exports = Vec::new();
     for dc in disks {
         let node = drive_node(&dc.target);
@@ -197,11 +223,7 @@ pub async fn export(
         .await?;
         exports.push((dc.target.clone(), node));
     }
-    Ok(NbdTarget {
-        host: advertise.to_string(),
-        port,
-        exports,
-    })
+    Ok(exports)
 }
 
 fn mirror_job(target: &str) -> String {
@@ -213,21 +235,31 @@ fn target_node(target: &str) -> String {
 }
 
 /// Source, Perform: starts one mirror per exported disk and waits until all
-/// are ready (in sync), reporting progress into the job.
-pub async fn mirror(qmp: &Qmp, nbd: &NbdTarget, o: &MigrateOptions, job: &Job) -> Result<()> {
+/// are ready (in sync), reporting progress into the job. `via` is the NBD
+/// server to dial instead of `nbd`'s address (the tunnel's local socket).
+pub async fn mirror(
+    qmp: &Qmp,
+    nbd: &NbdTarget,
+    via: Option<serde_json::Value>,
+    o: &MigrateOptions,
+    job: &Job,
+) -> Result<()> {
     let sync = if o.copy_storage_inc { "top" } else { "full" };
     let speed = match o.bandwidth_mib {
         None | Some(0) => 0,
         Some(m) => m << 20,
     };
+    let server = via
+        .clone()
+        .unwrap_or_else(|| json!({"type": "inet", "host": nbd.host, "port": nbd.port.to_string()}));
     for (dev, export) in &nbd.exports {
-        qmp.execute(
-            "blockdev-add",
-            Some(json!({"driver": "nbd", "node-name": target_node(dev),
-                        "server": {"type": "inet", "host": nbd.host, "port": nbd.port.to_string()},
-                        "export": export})),
-        )
-        .await?;
+        let mut node = json!({"driver": "nbd", "node-name": target_node(dev),
+                              "server": server, "export": export});
+        if o.tls {
+            node["tls-creds"] = json!(TLS_CREDS_ID);
+            node["tls-hostname"] = json!(nbd.host);
+        }
+        qmp.execute("blockdev-add", Some(node)).await?;
         let mut args = json!({"job-id": mirror_job(dev), "device": drive_node(dev),
                               "target": target_node(dev), "sync": sync, "speed": speed,
                               "auto-finalize": true, "auto-dismiss": true});
@@ -237,10 +269,15 @@ pub async fn mirror(qmp: &Qmp, nbd: &NbdTarget, o: &MigrateOptions, job: &Job) -
         qmp.execute("blockdev-mirror", Some(args)).await?;
     }
     job.event(format!(
-        "mirroring {} disk(s) to nbd://{}:{} (sync {sync})",
+        "mirroring {} disk(s) to nbd://{}:{} (sync {sync}{})",
         nbd.exports.len(),
         nbd.host,
-        nbd.port
+        nbd.port,
+        match (via.is_some(), o.tls) {
+            (true, _) => ", tunnelled",
+            (false, true) => ", TLS",
+            _ => "",
+        }
     ));
     let mut cancel = job.cancel.subscribe();
     loop {

@@ -224,7 +224,11 @@ mod tests {
                         version: 1,
                         id,
                         name: n(),
-                        target: IncomingTarget { host: n(), port: 1 },
+                        target: IncomingTarget {
+                            host: n(),
+                            port: 1,
+                            tunnel: false,
+                        },
                         nbd: None,
                         cold: None,
                         files: vec![],

@@ -121,6 +121,9 @@ pub struct BenchSetup {
     pub repeat: u32,
     /// Where to keep console logs, if anywhere.
     pub logs: Option<PathBuf>,
+    /// `--pki-dir` of both agents (server and client certificates), for
+    /// transports that need them.
+    pub pki_dir: Option<PathBuf>,
 }
 
 impl Bench {
@@ -144,8 +147,15 @@ impl Bench {
         .context("build the test guest")?;
         let pool = crate::guest::scratch("tern-bench-pool-")?;
         eprintln!("tern-bench: starting two agents from {}", bin_dir.display());
-        let a = TernHost::start("bench-a");
-        let b = TernHost::start("bench-b");
+        let host = |name: &str| {
+            TernHost::start_with(tern_testkit::HostOptions {
+                name: name.into(),
+                pki_dir: s.pki_dir.clone(),
+                ..Default::default()
+            })
+        };
+        let a = host("bench-a");
+        let b = host("bench-b");
         for h in [&a, &b] {
             h.add_pool("shared", pool.path(), true);
         }
@@ -189,6 +199,7 @@ pub async fn run(args: LiveArgs) -> Result<()> {
         qemu: args.qemu.clone(),
         repeat: args.repeat.max(1),
         logs: args.logs.clone(),
+        pki_dir: None,
     })?;
 
     let started = Instant::now();
@@ -279,7 +290,7 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
 }
 
 /// One line for the progress log.
-fn summary(o: &Outcome) -> String {
+pub(crate) fn summary(o: &Outcome) -> String {
     match o {
         Outcome::Done(r) => format!(
             "{} ms wall, QEMU {} ms, downtime {} ms, {:.0} MiB, {} iterations, gap {}",
@@ -321,7 +332,7 @@ fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Ve
 }
 
 /// `qemu-system-x86_64 --version`, e.g. "QEMU 7.2.22".
-fn qemu_version(qemu: &std::path::Path) -> Result<String> {
+pub fn qemu_version(qemu: &std::path::Path) -> Result<String> {
     let o = std::process::Command::new(qemu)
         .arg("--version")
         .output()

@@ -1,0 +1,118 @@
+//! `--tls` on the native transport: each QEMU gets a `tls-creds-x509`
+//! object built from its agent's pki directory — the destination as the
+//! server (`servercert.pem`, client certificates required), the source as
+//! the client (`clientcert.pem`, the destination's certificate checked
+//! against the address it announced), as Cloudpods's `--enable-tls` does.
+//!
+//! QEMU reads its credentials from a directory with fixed names; Tern copies
+//! the files into `<run dir>/migration-tls/` (0700, files 0600) just for
+//! `object-add`, which loads them, and removes the directory right after.
+
+use crate::error::{AgentError, Result};
+use crate::Agent;
+use serde_json::json;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use tern_migrate::options::TLS_CREDS_ID;
+use tern_pki::PkiDir;
+
+/// Which end of the migration's TLS a QEMU is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The destination: listens, requires a client certificate.
+    Server,
+    /// The source: connects, checks the server's certificate.
+    Client,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Server => "server",
+            Endpoint::Client => "client",
+        }
+    }
+
+    /// (file in the pki dir, name QEMU expects) pairs.
+    fn files(self, pki: &PkiDir) -> [(PathBuf, &'static str); 3] {
+        match self {
+            Endpoint::Server => [
+                (pki.ca_cert(), "ca-cert.pem"),
+                (pki.server_cert(), "server-cert.pem"),
+                (pki.server_key(), "server-key.pem"),
+            ],
+            Endpoint::Client => [
+                (pki.ca_cert(), "ca-cert.pem"),
+                (pki.client_cert(), "client-cert.pem"),
+                (pki.client_key(), "client-key.pem"),
+            ],
+        }
+    }
+}
+
+/// Copies the credentials QEMU needs into `dir`, each file 0600.
+fn stage(pki: &PkiDir, endpoint: Endpoint, dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| AgentError::state(dir, e))?;
+    for (from, to) in endpoint.files(pki) {
+        let data = std::fs::read(&from).map_err(|e| {
+            AgentError::Conflict(format!(
+                "--tls needs {} on this host: {e}; issue it with `tern pki` or point --pki-dir at it",
+                from.display()
+            ))
+        })?;
+        let path = dir.join(to);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| AgentError::state(&path, e))?;
+        std::io::Write::write_all(&mut f, &data).map_err(|e| AgentError::state(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Gives `qmp`'s QEMU the migration TLS credentials of `endpoint` (replacing
+/// any from an earlier attempt). The staged files are gone when this returns.
+pub async fn add_credentials(
+    agent: &Agent,
+    qmp: &tern_qemu::Qmp,
+    run_dir: &Path,
+    endpoint: Endpoint,
+) -> Result<()> {
+    let pki = PkiDir::new(&agent.cfg.pki_dir);
+    let dir = run_dir.join("migration-tls");
+    let staged = stage(&pki, endpoint, &dir);
+    let added = match staged {
+        Ok(()) => {
+            let _ = qmp
+                .execute("object-del", Some(json!({ "id": TLS_CREDS_ID })))
+                .await;
+            qmp.execute(
+                "object-add",
+                Some(json!({
+                    "qom-type": "tls-creds-x509",
+                    "id": TLS_CREDS_ID,
+                    "dir": dir,
+                    "endpoint": endpoint.name(),
+                    "verify-peer": true,
+                })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                AgentError::Failed(format!(
+                    "QEMU refused the migration TLS certificates from {}: {e}",
+                    pki.root().display()
+                ))
+            })
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    added
+}

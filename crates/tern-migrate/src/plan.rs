@@ -1,0 +1,221 @@
+//! The policy's start plan: what must be decided before a migration starts.
+//!
+//! QEMU accepts `migrate-set-capabilities` only while no migration runs, so
+//! the convergence steps that are capabilities — XBZRLE delta encoding,
+//! multifd channels, multifd compression — cannot be taken mid-flight the
+//! way [`crate::policy::decide`] raises the downtime or the throttle. They
+//! are decided here, from a sample of the guest taken shortly before
+//! (`migrate-forecast`, or `migrate --dry-run`):
+//!
+//! - **XBZRLE** when pre-copy will struggle and the pages the guest
+//!   rewrites change only in small parts (it then sends deltas of re-sent
+//!   pages instead of whole pages);
+//! - **multifd with zstd** when the link is the limit, the pages compress,
+//!   and the source has cores to spare for compressing;
+//! - **multifd alone** when the link is faster than one migration thread
+//!   can fill and there are cores to spare.
+//!
+//! The operator's flags win: a migration that names `--compressed`,
+//! `--parallel` or `--no-policy` gets no plan.
+
+use crate::policy::{predict, PolicyConfig};
+use serde::{Deserialize, Serialize};
+
+/// What a short look at the guest and the link showed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Sample {
+    /// Bytes pre-copy must send (zero pages discounted).
+    pub effective_memory: u64,
+    /// Dirty rate, bytes/s.
+    pub dirty_rate: u64,
+    /// Link estimate, bytes/s.
+    pub bandwidth: u64,
+    /// Of the sampled pages that changed between two reads, the mean
+    /// fraction of their bytes that changed (None: none changed).
+    pub delta_fraction: Option<f64>,
+    /// How much the sampled pages shrink with zstd level 1 (2.0 = half).
+    pub compress_ratio: f64,
+    /// CPU cores on the source host.
+    pub cores: u32,
+}
+
+/// Capabilities to turn on before the migration starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartPlan {
+    /// XBZRLE with a cache of this many bytes.
+    pub xbzrle_cache: Option<u64>,
+    /// Multifd channels.
+    pub multifd_channels: Option<u32>,
+    /// zstd on the multifd channels.
+    pub zstd: bool,
+    /// One line with the figures behind it.
+    pub reason: String,
+}
+
+/// One migration thread fills about this much of a link, bytes/s.
+pub const ONE_THREAD_RATE: u64 = 1 << 30;
+/// XBZRLE pays off when re-sent pages change in at most this fraction.
+pub const XBZRLE_MAX_DELTA: f64 = 0.25;
+/// Compression pays off from this ratio on.
+pub const MIN_COMPRESS_RATIO: f64 = 2.0;
+/// Multifd and compression take cores from the guest: only from this many.
+pub const MIN_SPARE_CORES: u32 = 4;
+/// Channels the plan asks for.
+pub const PLAN_CHANNELS: u32 = 4;
+
+/// Decides the start plan, or `None` when plain pre-copy will do (or
+/// nothing would help).
+pub fn start_plan(cfg: &PolicyConfig, s: &Sample, downtime_ms: u64) -> Option<StartPlan> {
+    let alone = predict(
+        s.effective_memory,
+        s.bandwidth,
+        s.dirty_rate,
+        downtime_ms,
+        30,
+    );
+    // Comfortably inside the deadline: nothing to pay for.
+    if alone.converges && alone.total_ms <= cfg.deadline_ms / 2 {
+        return None;
+    }
+    let mib = |b: u64| b >> 20;
+    let figures = format!(
+        "{} MiB to send, link {} MiB/s, guest dirtying {} MiB/s, pages compress {:.1}x, {} cores",
+        mib(s.effective_memory),
+        mib(s.bandwidth),
+        mib(s.dirty_rate),
+        s.compress_ratio,
+        s.cores
+    );
+    let spare = s.cores >= MIN_SPARE_CORES;
+    let link_bound = s.bandwidth < ONE_THREAD_RATE;
+    let mut plan = StartPlan {
+        xbzrle_cache: None,
+        multifd_channels: None,
+        zstd: false,
+        reason: String::new(),
+    };
+    let mut why = Vec::new();
+    if let Some(d) = s.delta_fraction.filter(|d| *d <= XBZRLE_MAX_DELTA) {
+        // Room for what one pass re-sends, at most a quarter of memory.
+        let cache = (s.effective_memory / 4).clamp(64 << 20, 1 << 30);
+        plan.xbzrle_cache = Some(cache);
+        why.push(format!(
+            "XBZRLE ({} MiB cache): rewritten pages change in {:.0} % of their bytes",
+            mib(cache),
+            d * 100.0
+        ));
+    }
+    if spare && link_bound && s.compress_ratio >= MIN_COMPRESS_RATIO {
+        plan.multifd_channels = Some(PLAN_CHANNELS);
+        plan.zstd = true;
+        why.push(format!(
+            "{PLAN_CHANNELS} multifd channels with zstd: the link is the limit and pages compress"
+        ));
+    } else if spare && !link_bound {
+        plan.multifd_channels = Some(PLAN_CHANNELS);
+        why.push(format!(
+            "{PLAN_CHANNELS} multifd channels: the link is faster than one migration thread"
+        ));
+    }
+    // XBZRLE and multifd do not combine in QEMU; multifd wins when both
+    // were chosen (it helps every page, XBZRLE only re-sent ones).
+    if plan.multifd_channels.is_some() && plan.xbzrle_cache.is_some() {
+        plan.xbzrle_cache = None;
+        why.retain(|w| !w.starts_with("XBZRLE"));
+    }
+    if why.is_empty() {
+        return None;
+    }
+    plan.reason = format!("start plan: {}; {figures}", why.join(", "));
+    Some(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Knobs;
+
+    const MIB: u64 = 1 << 20;
+
+    fn cfg() -> PolicyConfig {
+        PolicyConfig {
+            deadline_ms: 300_000,
+            max_downtime_ms: 1000,
+            knobs: Knobs {
+                downtime: true,
+                throttle: true,
+                postcopy: false,
+                pause: true,
+            },
+        }
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            effective_memory: 2048 * MIB,
+            dirty_rate: 200 * MIB,
+            bandwidth: 100 * MIB,
+            delta_fraction: Some(1.0),
+            compress_ratio: 1.0,
+            cores: 2,
+        }
+    }
+
+    #[test]
+    fn an_easy_migration_gets_no_plan() {
+        let s = Sample {
+            dirty_rate: 10 * MIB,
+            bandwidth: 1 << 30,
+            ..sample()
+        };
+        assert_eq!(start_plan(&cfg(), &s, 300), None);
+    }
+
+    #[test]
+    fn small_deltas_get_xbzrle() {
+        let s = Sample {
+            delta_fraction: Some(0.05),
+            ..sample()
+        };
+        let p = start_plan(&cfg(), &s, 300).expect("a plan");
+        assert_eq!(p.xbzrle_cache, Some(512 * MIB));
+        assert!(p.multifd_channels.is_none());
+        assert!(p.reason.contains("XBZRLE") && !p.reason.contains('\n'));
+    }
+
+    #[test]
+    fn whole_page_rewrites_on_two_cores_get_nothing() {
+        // Random rewrites, incompressible, no cores to spare: nothing helps
+        // before the start; the running policy takes over.
+        assert_eq!(start_plan(&cfg(), &sample(), 300), None);
+    }
+
+    #[test]
+    fn a_slow_link_with_compressible_pages_and_spare_cores_gets_zstd() {
+        let s = Sample {
+            compress_ratio: 3.5,
+            cores: 8,
+            delta_fraction: Some(0.1),
+            ..sample()
+        };
+        let p = start_plan(&cfg(), &s, 300).expect("a plan");
+        assert_eq!(p.multifd_channels, Some(PLAN_CHANNELS));
+        assert!(p.zstd);
+        // Multifd and XBZRLE do not combine.
+        assert_eq!(p.xbzrle_cache, None);
+    }
+
+    #[test]
+    fn a_fast_link_gets_more_channels_without_compression() {
+        let s = Sample {
+            bandwidth: 4 << 30,
+            dirty_rate: 3 << 30,
+            effective_memory: 256 << 30,
+            cores: 16,
+            ..sample()
+        };
+        let p = start_plan(&cfg(), &s, 300).expect("a plan");
+        assert_eq!(p.multifd_channels, Some(PLAN_CHANNELS));
+        assert!(!p.zstd);
+    }
+}
