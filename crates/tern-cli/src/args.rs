@@ -26,9 +26,6 @@ pub struct Cli {
 /// Verbs.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Cluster verbs (answered by tern-controller).
-    #[command(flatten)]
-    Cluster(crate::cluster::ClusterCmd),
     /// Make a CA and certificates for mutual TLS (tern+tls://).
     #[command(subcommand)]
     Pki(crate::pki::PkiCmd),
@@ -44,6 +41,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster verbs (answered by tern-controller).
+    #[command(flatten)]
+    Cluster(crate::cluster::ClusterCmd),
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.

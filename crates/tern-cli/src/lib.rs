@@ -73,7 +73,7 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    // These verbs work without (or are themselves) a connection.
+    // These verbs work without (or are themselves) a connection to an agent.
     let cmd = match cli.cmd {
         Cmd::Pki(p) => return pki::run(p),
         Cmd::Proxy { socket } => return proxy::run(&socket).await,
@@ -95,8 +95,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     };
     let client = connect(cli.connect.as_deref())?;
     match cmd {
-        Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         Cmd::SrvInfo { json } => srv_info(&client, json).await,
+        Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

@@ -283,7 +283,7 @@ fn postcopy_after_precopy_completes() {
     assert!(ev.contains("switching to post-copy"), "{ev}");
     assert!(state(&p.b, "pc1").starts_with("running"));
     let text =
-        p.b.wait_console("pc1", Duration::from_secs(60), "memory verified", |t| {
+        p.b.wait_console("pc1", Duration::from_secs(240), "memory verified", |t| {
             SerialLog::parse(t).count("TERN-MEM ok") >= 2
         });
     assert!(SerialLog::parse(&text).failures.is_empty());
@@ -585,7 +585,7 @@ fn timeout_postcopy_switches_a_slow_migration_to_postcopy() {
     );
     assert!(state(&p.b, "tpc1").starts_with("running"));
     let text =
-        p.b.wait_console("tpc1", Duration::from_secs(60), "memory verified", |t| {
+        p.b.wait_console("tpc1", Duration::from_secs(240), "memory verified", |t| {
             SerialLog::parse(t).count("TERN-MEM ok") >= 2
         });
     assert!(SerialLog::parse(&text).failures.is_empty());

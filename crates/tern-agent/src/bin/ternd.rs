@@ -208,12 +208,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!(addr = %l.local_addr()?, "INSECURE: serving the API on plain TCP without encryption or authentication (--auth none); anyone who reaches this port controls every guest");
         tokio::spawn(listen::serve_tcp(srv.clone(), l));
     }
+    if !agent.cfg.controllers.is_empty() {
+        tokio::spawn(tern_agent::cluster::run(agent.clone()));
+    }
     if let Some((l, acceptor)) = tls {
         tracing::info!(addr = %l.local_addr()?, pki_dir = %agent.cfg.pki_dir.display(), "serving the API on mutual TLS");
         tokio::spawn(listen::serve_tls(srv.clone(), l, acceptor));
-    }
-    if !agent.cfg.controllers.is_empty() {
-        tokio::spawn(tern_agent::cluster::run(agent.clone()));
     }
     tokio::spawn(listen::serve_unix(srv.clone(), unix_ro, Grant::ReadOnly));
     let serve = listen::serve_unix(srv, unix, Grant::ReadWrite);

@@ -223,17 +223,18 @@ async fn start_incoming(
     };
     let mut last_err = None;
     for port in ports {
-        // QEMU 10 cannot retry `migrate-incoming` after a failed bind (its
-        // incoming state stays "setup"), so skip ports in use first. A port
-        // taken between this check and QEMU's bind fails the Prepare.
-        if std::net::TcpListener::bind((listen.as_str(), port)).is_err() {
-            continue;
-        }
         let target = IncomingTarget {
             host: listen.clone(),
             port,
             tunnel: false,
         };
+        // A failed `migrate-incoming` leaves QEMU's incoming state at
+        // "setup" and refuses every retry: skip ports already taken (by
+        // another agent on this machine, say) before QEMU tries them.
+        if std::net::TcpListener::bind((listen.as_str(), port)).is_err() {
+            last_err = Some(AgentError::Failed(format!("port {port} is in use")));
+            continue;
+        }
         match qmp
             .execute(
                 "migrate-incoming",
@@ -259,8 +260,9 @@ async fn start_incoming(
                     nbd,
                 ));
             }
+            // QEMU cannot retry after a failed `migrate-incoming`.
             Err(err) => {
-                last_err = Some(err);
+                last_err = Some(err.into());
                 break;
             }
         }
