@@ -45,7 +45,9 @@ pub fn api_uri(agent: &Agent) -> Option<String> {
 /// Runs forever: register, heartbeat, re-register, fence.
 pub async fn run(agent: Arc<Agent>) {
     let Some(uri) = api_uri(&agent) else {
-        tracing::error!("--controller needs --listen: the controller must reach this host's API");
+        tracing::error!(
+            "--controller needs --listen-tcp: the controller must reach this host's API"
+        );
         return;
     };
     let clients: Vec<(String, Client)> = agent

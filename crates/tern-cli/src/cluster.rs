@@ -87,7 +87,7 @@ pub enum ClusterCmd {
         /// Accept a host with another kernel.
         #[arg(long)]
         skip_kernel_check: bool,
-        /// Encrypt the migration stream (not supported yet).
+        /// Encrypt the migration stream with QEMU's TLS (agents need --pki-dir certificates).
         #[arg(long)]
         enable_tls: bool,
         /// Finish quickly: switch to post-copy after the first pass.

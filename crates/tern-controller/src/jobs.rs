@@ -47,11 +47,6 @@ pub fn admit(
             s.state
         )));
     }
-    if o.enable_tls {
-        return Err(CtlError::Invalid(
-            "--enable-tls is not supported yet: the agents have no TLS migration channel; leave it out".into(),
-        ));
-    }
     let down = matches!(source_status, HostStatus::Down { .. });
     if live {
         if !s.domain.active || down {
@@ -398,6 +393,8 @@ pub fn migrate_options(
             m.copy_storage_all = local;
             m.bandwidth_mib = o.max_bandwidth_mb;
             m.keep_dest_on_failure = o.keep_dest_guest_on_failed;
+            // QEMU's TLS with certificates from each agent's pki directory.
+            m.tls = o.enable_tls;
             // Post-copy cannot carry mirrored disks: with local disks,
             // quickly-finish leaves it out rather than fail.
             if o.quickly_finish && !local {
@@ -547,14 +544,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--rescue-mode"));
-        let tls = MigrateRequestOptions {
-            enable_tls: true,
-            ..Default::default()
-        };
-        assert!(matches!(
-            admit(&running, true, &tls, up),
-            Err(CtlError::Invalid(_))
-        ));
     }
 
     #[test]
@@ -594,5 +583,15 @@ mod tests {
         );
         assert!(m.offline && !m.cold);
         assert!(m.validate().is_ok());
+        let tls = MigrateRequestOptions {
+            enable_tls: true,
+            ..Default::default()
+        };
+        let m = migrate_options(
+            JobKind::LiveMigrate,
+            &tls,
+            &server(true, true, ServerState::Running),
+        );
+        assert!(m.tls && m.validate().is_ok(), "{:?}", m.validate());
     }
 }

@@ -174,24 +174,30 @@ impl TestController {
     /// Starts an agent named `name` that joins `controllers`, with extra
     /// `ternd` arguments (e.g. `--fact cpu_model=Other`).
     pub fn host(controllers: &[&TestController], name: &str, extra: &[&str]) -> TernHost {
+        let mut opts = HostOptions {
+            name: name.into(),
+            ..Default::default()
+        };
+        opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        Self::join(controllers, opts)
+    }
+
+    /// Starts an agent with `opts` (plus a plain TCP listener) that joins
+    /// `controllers` under the name `opts.name`.
+    pub fn join(controllers: &[&TestController], mut opts: HostOptions) -> TernHost {
         let urls: Vec<&str> = controllers.iter().map(|c| c.url.as_str()).collect();
-        let mut args = vec![
+        opts.extra_args.extend([
             "--controller".to_string(),
             urls.join(","),
             "--host-name".into(),
-            name.into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        TernHost::start_with(HostOptions {
-            name: name.into(),
-            listen: Some(
-                format!("127.0.0.1:{}", free_port())
-                    .parse()
-                    .expect("address"),
-            ),
-            extra_args: args,
-            ..Default::default()
-        })
+            opts.name.clone(),
+        ]);
+        opts.listen = Some(
+            format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("address"),
+        );
+        TernHost::start_with(opts)
     }
 }
 

@@ -160,8 +160,6 @@ fn live_migrate_picks_the_only_compatible_host_and_forecast_explains() {
     // Bad requests change nothing and say what to do.
     let e = c.fails(&["server-live-migrate", "nosuch"]);
     assert!(e.contains("no server 'nosuch'"), "{e}");
-    let e = c.fails(&["server-live-migrate", "vm1", "--enable-tls"]);
-    assert!(e.contains("--enable-tls"), "{e}");
 }
 
 #[test]
@@ -438,6 +436,35 @@ fn cancel_queued_and_running_jobs_then_evacuate_a_host_for_maintenance() {
     // The cold server starts on its new host.
     b.ok(&["start", "cold"]);
     b.wait_console("cold", LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+}
+
+#[test]
+fn enable_tls_migrates_over_qemus_tls() {
+    let pki = tern_testkit::pki::TestPki::new();
+    let c = TestController::file(&[]);
+    let join = |name: &str| {
+        TestController::join(
+            &[&c],
+            tern_testkit::HostOptions {
+                name: name.into(),
+                pki_dir: Some(pki.agent(name, "127.0.0.1", &format!("host-{name}"))),
+                ..Default::default()
+            },
+        )
+    };
+    let a = join("a");
+    let b = join("b");
+    let _pool = shared_pool(&[&a, &b]);
+    boot(&a, "vm", Some("shared"), 128);
+    wait_server(&c, "vm", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    c.ok(&["server-live-migrate", "vm", "--enable-tls", "--wait"]);
+    wait_server(&c, "vm", "b", "running");
+    wait_heartbeats(&b, "vm");
+    let ev = a.ok(&["domjobevents", "vm"]);
+    assert!(ev.contains("over QEMU's TLS"), "{ev}");
 }
 
 /// Starts a slow live migration of `vm` from `a` and waits until it moves memory.

@@ -64,7 +64,8 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     stall_timeout: u64,
     /// Join a cluster: the controller's URL (http://HOST:PORT); several,
-    /// comma-separated, for controllers sharing an etcd store. Needs --listen.
+    /// comma-separated, for controllers sharing an etcd store. Needs
+    /// --listen-tcp ADDR --auth none (the controller reaches the API there).
     #[arg(long, value_delimiter = ',')]
     controller: Vec<String>,
     /// Name of this host in the cluster (default: the host name).
@@ -151,7 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.labels = args.labels;
     if !cfg.controllers.is_empty() && cfg.listen.is_none() {
         anyhow::bail!(
-            "--controller needs --listen: the controller reaches this host's API over TCP"
+            "--controller needs --listen-tcp ADDR --auth none: the controller reaches this host's API over plain TCP"
         );
     }
     cfg.faults.prepare_delay = args
