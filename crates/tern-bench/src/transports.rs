@@ -93,6 +93,9 @@ pub struct TransportsArgs {
     /// Keep every migration's console logs in this directory.
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Measure only the tunnel alone (no agents, no guest).
+    #[arg(long)]
+    raw_only: bool,
 }
 
 /// One cell of the table.
@@ -120,6 +123,17 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
     } else {
         None
     };
+    if a.raw_only {
+        if let Some((mib, secs, cpu)) = raw {
+            println!(
+                "Tunnel alone: {mib} MiB in {secs:.2} s = {:.0} MiB/s, {:.0} MiB per CPU second (load {})",
+                mib as f64 / secs,
+                mib as f64 / cpu,
+                load_before.map_or("?".into(), |l| format!("{l:.2}"))
+            );
+        }
+        return Ok(());
+    }
     let bench = Bench::start(BenchSetup {
         verify_rate: a.verify_rate,
         settle: Duration::from_secs(a.settle),
@@ -168,11 +182,13 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
         started.elapsed().as_secs()
     );
     println!("{}", table(&cells));
-    if let Some((mib, secs)) = raw {
+    if let Some((mib, secs, cpu)) = raw {
         println!(
             "Tunnel alone (no QEMU; one stream, both TLS ends in one process): \
-             {mib} MiB in {secs:.2} s = {:.0} MiB/s\n",
-            mib as f64 / secs
+             {mib} MiB in {secs:.2} s = {:.0} MiB/s; {:.0} MiB per CPU second \
+             (writer, both TLS ends and the sink together)\n",
+            mib as f64 / secs,
+            mib as f64 / cpu
         );
     }
     for c in cells.iter().filter(|c| !c.notes.is_empty()) {
@@ -246,8 +262,8 @@ fn table(cells: &[Cell]) -> String {
 
 /// Pushes `mib` MiB through a tunnel in this process: a unix socket, the
 /// source end, TLS over loopback, the destination end, a unix socket that
-/// discards. Returns (MiB, seconds).
-async fn raw_tunnel(pki_dir: &std::path::Path, mib: u64) -> Result<(u64, f64)> {
+/// discards. Returns (MiB, seconds, CPU seconds).
+async fn raw_tunnel(pki_dir: &std::path::Path, mib: u64) -> Result<(u64, f64, f64)> {
     use std::sync::Arc;
     use tern_migrate::protocol::StreamKind;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,6 +313,7 @@ async fn raw_tunnel(pki_dir: &std::path::Path, mib: u64) -> Result<(u64, f64)> {
         quiet,
     )?;
     let chunk = vec![0x5au8; 1 << 20];
+    let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut s = tokio::net::UnixStream::connect(&src)
         .await
@@ -310,11 +327,23 @@ async fn raw_tunnel(pki_dir: &std::path::Path, mib: u64) -> Result<(u64, f64)> {
         .await
         .context("read the sink's count")?;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     anyhow::ensure!(
         u64::from_le_bytes(n) == mib << 20,
         "the tunnel lost bytes: {} of {}",
         u64::from_le_bytes(n),
         mib << 20
     );
-    Ok((mib, secs))
+    Ok((mib, secs, cpu))
+}
+
+/// CPU time this process used so far (user + system), seconds: the cost of
+/// the tunnel even when other work on the machine stretches wall time.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; zeroed is a valid start.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }

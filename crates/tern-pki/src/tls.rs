@@ -59,9 +59,18 @@ pub enum TlsError {
     ServerName(String),
 }
 
-/// The crypto provider every Tern TLS endpoint uses.
+/// The crypto provider every Tern TLS endpoint uses. AES-128-GCM comes
+/// first (ring's default order puts AES-256 first): migration streams
+/// are bulk data, and ten AES rounds instead of fourteen are a third less
+/// cipher work per byte at a security level TLS 1.3 deems sufficient.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    });
+    Arc::new(p)
 }
 
 /// Reads every certificate of a PEM file.

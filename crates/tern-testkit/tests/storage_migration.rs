@@ -143,6 +143,8 @@ fn copy_storage_inc_moves_only_the_top_image() {
         text.contains("TERN-DISK verified"),
         "the base's blocks did not verify: {text}"
     );
+    // The destination reads the base only from one of its pools.
+    h.b.add_pool("golden", &h.ia, false);
     ok(&migrate(&h, "inc", &["--live", "--copy-storage-inc"]));
     let top: serde_json::Value =
         serde_json::from_str(&h.b.ok(&["vol-info", "top.qcow2", "--pool", "images", "--json"]))

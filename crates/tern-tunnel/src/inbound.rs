@@ -179,6 +179,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
 async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx) {
     let _ = tcp.set_nodelay(true);
     keepalive(&tcp);
+    let tcp = crate::read_buffered(tcp);
     let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let mut tls = ctx.acceptor.accept(tcp).await.map_err(|e| {
             tern_pki::explain_tls_failure(&e, Side::Server).unwrap_or_else(|| e.to_string())

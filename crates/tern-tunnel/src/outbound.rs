@@ -151,7 +151,7 @@ async fn carry(mut local: UnixStream, ctx: &Ctx) {
         keepalive(&tcp);
         let mut tls = ctx
             .connector
-            .connect(ctx.name.clone(), tcp)
+            .connect(ctx.name.clone(), crate::read_buffered(tcp))
             .await
             .map_err(|e| {
                 let why = tern_pki::explain_tls_failure(&e, Side::Client)

@@ -350,6 +350,28 @@ pub async fn finish(
             img::rebase_unsafe(path, bpath, &bf.format).await?;
         }
     }
+    // An image names its backing file in its own header, which the peer
+    // wrote: after re-pointing, every backing file must be one of the
+    // copies or an image of this host's pools, or QEMU would read any file
+    // the peer named.
+    let copies: Vec<PathBuf> = placed.iter().map(|(_, p)| p.clone()).collect();
+    for (f, path) in &placed {
+        let backing = img::info(path).await?.backing;
+        let in_pool = match &backing {
+            Some(b) => agent
+                .pools
+                .pool_of(&resolve_backing(path, b))
+                .await
+                .is_some(),
+            None => false,
+        };
+        if let Some(why) = foreign_backing(path, backing.as_deref(), &copies, in_pool) {
+            return Err(AgentError::Conflict(format!(
+                "refusing '{}': {why}",
+                f.volume
+            )));
+        }
+    }
     let mut d = job
         .take_offline_def()
         .ok_or_else(|| AgentError::Failed("no prepared definition".into()))?;
@@ -369,4 +391,67 @@ pub async fn finish(
         job.event("started on this host (--auto-start)");
     }
     Ok(())
+}
+
+/// The backing file's path as QEMU opens it: a relative name is relative
+/// to the image's directory.
+pub fn resolve_backing(image: &std::path::Path, backing: &std::path::Path) -> PathBuf {
+    match image.parent() {
+        Some(dir) if backing.is_relative() => dir.join(backing),
+        _ => backing.to_path_buf(),
+    }
+}
+
+/// Why a received image's backing file is not acceptable, if it is not: it
+/// must be one of the copies (`copies`) or inside one of this host's pools
+/// (`in_pool`).
+pub fn foreign_backing(
+    image: &std::path::Path,
+    backing: Option<&std::path::Path>,
+    copies: &[PathBuf],
+    in_pool: bool,
+) -> Option<String> {
+    let b = backing?;
+    let resolved = resolve_backing(image, b);
+    if in_pool || copies.contains(&resolved) {
+        return None;
+    }
+    Some(format!(
+        "its backing file {} is neither one of the copied images nor in a storage pool of this host",
+        b.display()
+    ))
+}
+
+#[cfg(test)]
+mod backing_tests {
+    use super::foreign_backing;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn received_images_may_only_lean_on_copies_or_pool_images() {
+        let copies = vec![
+            PathBuf::from("/pool/top.qcow2"),
+            PathBuf::from("/pool/base.qcow2"),
+        ];
+        let top = Path::new("/pool/top.qcow2");
+        assert_eq!(foreign_backing(top, None, &copies, false), None);
+        assert_eq!(
+            foreign_backing(top, Some(Path::new("/pool/base.qcow2")), &copies, false),
+            None
+        );
+        assert_eq!(
+            foreign_backing(top, Some(Path::new("base.qcow2")), &copies, false),
+            None
+        );
+        assert_eq!(
+            foreign_backing(top, Some(Path::new("/golden/base.qcow2")), &copies, true),
+            None
+        );
+        let e = foreign_backing(top, Some(Path::new("/etc/shadow")), &copies, false).unwrap();
+        assert!(
+            e.contains("/etc/shadow") && e.contains("storage pool"),
+            "{e}"
+        );
+        assert!(foreign_backing(top, Some(Path::new("../etc/shadow")), &copies, false).is_some());
+    }
 }

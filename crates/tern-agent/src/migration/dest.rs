@@ -32,6 +32,10 @@ fn invalid(e: impl ToString) -> AgentError {
 pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareReply> {
     check_version(req.version).map_err(invalid)?;
     req.options.validate().map_err(invalid)?;
+    // The definition comes from a peer as JSON, not through `define`'s XML
+    // import: check it the same way before its name becomes a path.
+    tern_model::validate::validate(&req.domain)
+        .map_err(|e| invalid(format!("the source sent a domain this host refuses: {e}")))?;
     if let Some(f) = agent.cfg.faults.prepare_delay {
         tokio::time::sleep(f).await;
     }

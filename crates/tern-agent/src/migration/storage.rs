@@ -84,6 +84,8 @@ pub async fn create_volumes(
 ) -> Result<Vec<PathBuf>> {
     let mut plan = Vec::new();
     for dc in disks {
+        // Names from the peer become paths: no separators, no "..".
+        tern_model::names::validate_name("volume", &dc.volume)?;
         let pool = o.target_pool.clone().or(dc.pool.clone()).ok_or_else(|| {
             AgentError::Invalid(format!(
                 "disk '{}' is not in a pool on the source; pass --target-pool",
@@ -104,6 +106,15 @@ pub async fn create_volumes(
             )));
         }
         if let (CopyMode::Top, Some((b, _))) = (dc.mode, &dc.backing) {
+            // The new image would make QEMU read its backing file: only
+            // images of this host's pools qualify, never any path a peer names.
+            if agent.pools.pool_of(b).await.is_none() {
+                return Err(AgentError::Conflict(format!(
+                    "backing image '{}' of disk '{}' is not in a storage pool on the destination; define a pool holding it there, or use --copy-storage-all",
+                    b.display(),
+                    dc.target
+                )));
+            }
             if !b.exists() {
                 return Err(AgentError::Conflict(format!(
                     "backing image '{}' of disk '{}' is missing on the destination; copy it there first or use --copy-storage-all",

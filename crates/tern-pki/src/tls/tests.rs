@@ -149,3 +149,12 @@ async fn a_client_of_another_ca_with_the_same_name_is_refused() {
     let cli = cli.unwrap_err();
     assert!(cli.contains("not signed by the server's CA"), "{cli}");
 }
+
+#[test]
+fn bulk_streams_prefer_aes_128_gcm() {
+    let p = provider();
+    assert_eq!(
+        p.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+}
