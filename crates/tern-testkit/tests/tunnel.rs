@@ -163,24 +163,7 @@ fn tunnelled_parallel_carries_one_stream_per_channel() {
 #[test]
 fn tunnelled_copy_storage_all_carries_the_disk_mirror_too() {
     let p = pair("tcsa");
-    p.a.ok(&[
-        "vol-create-as",
-        "images",
-        "tcsa.qcow2",
-        "32M",
-        "--format",
-        "qcow2",
-    ]);
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new("tcsa", &img).workload(
-        "tern.mem=32 tern.dirty=20 tern.verify_rate=32 tern.disk=/dev/vda tern.disk_mb=8 tern.disk_rate=256",
-    );
-    spec.disks.push(TestDisk {
-        path: p.ia.join("tcsa.qcow2"),
-        format: "qcow2".into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
+    let spec = disk_guest(&p, "tcsa");
     p.boot(spec);
     p.a.wait_console("tcsa", Duration::from_secs(90), "disk writes", |t| {
         SerialLog::parse(t).count("TERN-DISK ok") >= 2
@@ -196,6 +179,41 @@ fn tunnelled_copy_storage_all_carries_the_disk_mirror_too() {
     let src = p.a.ok(&["domjobevents", "tcsa"]);
     assert!(src.contains("tunnelled)"), "{src}");
     assert!(src.contains("disk mirrors completed while paused"), "{src}");
+}
+
+/// A guest with a qcow2 disk in A's local pool, writing and re-reading
+/// checksummed blocks.
+fn disk_guest(p: &Pair, name: &str) -> GuestSpec {
+    let vol = format!("{name}.qcow2");
+    p.a.ok(&["vol-create-as", "images", &vol, "32M", "--format", "qcow2"]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img).workload(
+        "tern.mem=32 tern.dirty=20 tern.verify_rate=32 tern.disk=/dev/vda tern.disk_mb=8 tern.disk_rate=256",
+    );
+    spec.disks.push(TestDisk {
+        path: p.ia.join(&vol),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    spec
+}
+
+#[test]
+fn native_tls_copy_storage_all_wraps_nbd_too() {
+    let p = pair("qtlsd");
+    p.boot(disk_guest(&p, "qtlsd"));
+    p.a.wait_console("qtlsd", Duration::from_secs(90), "disk writes", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") >= 2
+    });
+    p.migrate_and_verify(
+        "qtlsd",
+        &["--live", "--p2p", "--tls", "--copy-storage-all"],
+        true,
+    );
+    let src = p.a.ok(&["domjobevents", "qtlsd"]);
+    assert!(src.contains(", TLS)"), "{src}");
+    assert!(p.ib.join("qtlsd.qcow2").exists());
 }
 
 #[test]

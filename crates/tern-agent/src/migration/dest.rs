@@ -136,7 +136,14 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     let result = start_incoming(agent, &slot, &req, &job).await;
     match result {
         Ok((target, nbd)) => {
-            job.event(format!("QEMU listening on {}", target.qemu_uri()));
+            job.event(if target.tunnel {
+                format!(
+                    "QEMU listening on its unix socket, behind this agent's tunnel at {}",
+                    target.qemu_uri()
+                )
+            } else {
+                format!("QEMU listening on {}", target.qemu_uri())
+            });
             Ok(PrepareReply {
                 version: PROTOCOL_VERSION,
                 id: req.id,
