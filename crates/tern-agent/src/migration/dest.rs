@@ -233,6 +233,13 @@ async fn start_incoming(
         None => agent.cfg.migration_ports.clone().collect(),
     };
     let mut last_err = None;
+    // Two Prepares on this agent at once must not both find the same port
+    // free before either QEMU has bound it.
+    static PORTS: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    let _ports = PORTS
+        .get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await;
     for port in ports {
         let target = IncomingTarget {
             host: listen.clone(),
