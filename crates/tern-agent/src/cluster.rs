@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_api::cluster::{
     controller_client, ClusterRequest, DiskReport, DomainReport, HeartbeatReply, HostReport,
-    RegisterReply,
+    RegisterReply, ShutdownReply,
 };
 use tern_api::Client;
 use tern_model::{InterfaceKind, PoolInfo};
@@ -170,6 +170,91 @@ async fn fence(agent: &Arc<Agent>) {
         if let Err(e) = agent.destroy(&d.name).await {
             tracing::error!(domain = %d.name, error = %e, "fencing could not stop a guest");
         }
+    }
+}
+
+/// Whether this stop of the agent is a host shutdown.
+pub fn stop_is_host_shutdown(on_stop: crate::config::OnStop) -> bool {
+    use crate::config::OnStop;
+    match on_stop {
+        OnStop::HostShutdown => true,
+        OnStop::AgentOnly => false,
+        // systemd stops ternd both for a restart and for a shutdown; only
+        // the manager's own state tells them apart.
+        OnStop::Auto => std::process::Command::new("systemctl")
+            .arg("is-system-running")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "stopping"),
+    }
+}
+
+/// The host is shutting down: asks a controller to move the running guests
+/// away (when the host's policy says so) and waits until none runs here,
+/// the controller's jobs have all ended, or `timeout` passes. Guests still
+/// here afterwards are left to the host's own shutdown.
+pub async fn leave_for_shutdown(agent: &Arc<Agent>, timeout: Duration) {
+    let host = match &agent.cfg.host_name {
+        Some(h) => h.clone(),
+        None => agent.facts().await.hostname,
+    };
+    let mut reply = None;
+    for u in &agent.cfg.controllers {
+        let Ok(c) = controller_client(u) else {
+            continue;
+        };
+        let c = c.with_timeout(Duration::from_secs(10));
+        match c
+            .call_json::<_, ShutdownReply>(&ClusterRequest::HostShutdown { host: host.clone() })
+            .await
+        {
+            Ok(r) => {
+                reply = Some((c, r));
+                break;
+            }
+            Err(e) => tracing::warn!(controller = %u, error = %e, "host shutdown not acknowledged"),
+        }
+    }
+    let Some((client, reply)) = reply else {
+        tracing::warn!("no controller answered: guests stay on this host");
+        return;
+    };
+    if !reply.evacuating {
+        tracing::info!(
+            reason = reply.reason.as_deref().unwrap_or(""),
+            "host shutdown: guests stay on this host"
+        );
+        return;
+    }
+    let ids: Vec<String> = reply.jobs.iter().map(|j| j.id.clone()).collect();
+    tracing::warn!(jobs = ?ids, "host shutdown: waiting for the controller to move the running guests away");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let running: Vec<String> = agent
+            .list(false)
+            .await
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        if running.is_empty() {
+            tracing::info!("host shutdown: no guest runs here any more");
+            return;
+        }
+        let jobs = client
+            .call_json::<_, Vec<tern_api::cluster::JobRecord>>(&ClusterRequest::JobList)
+            .await
+            .unwrap_or_default();
+        let open = jobs
+            .iter()
+            .any(|j| ids.contains(&j.id) && !j.state.is_terminal());
+        if !open && !jobs.is_empty() {
+            tracing::warn!(guests = ?running, "host shutdown: the controller's jobs ended; these guests stay");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(guests = ?running, "host shutdown: gave up waiting; these guests stay");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

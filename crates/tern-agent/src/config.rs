@@ -14,6 +14,20 @@ pub enum AccelSetting {
     Auto,
 }
 
+/// What a stop of `ternd` (SIGTERM) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStop {
+    /// A host shutdown when systemd says the system is stopping; else
+    /// only the agent stops (an upgrade or a restart).
+    Auto,
+    /// Always a host shutdown: ask the controller to move the running
+    /// guests away (the host's auto-migrate-on-host-shutdown policy) and
+    /// wait for them.
+    HostShutdown,
+    /// Only the agent stops; guests keep running.
+    AgentOnly,
+}
+
 /// Everything `ternd` needs to run.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -48,6 +62,10 @@ pub struct AgentConfig {
     pub stall_timeout: std::time::Duration,
     /// Fault injection for tests.
     pub faults: Faults,
+    /// What SIGTERM means (see [`OnStop`]).
+    pub on_stop: OnStop,
+    /// Longest wait for guests to move away when the host shuts down.
+    pub shutdown_timeout: std::time::Duration,
     /// Cluster controllers to register with (empty: standalone).
     pub controllers: Vec<String>,
     /// Name in the cluster (default: the host name).
@@ -82,6 +100,8 @@ impl AgentConfig {
             migration_ports: 49152..=49215,
             stall_timeout: std::time::Duration::from_secs(15),
             faults: Faults::default(),
+            on_stop: OnStop::Auto,
+            shutdown_timeout: std::time::Duration::from_secs(300),
             controllers: Vec::new(),
             host_name: None,
             labels: Vec::new(),

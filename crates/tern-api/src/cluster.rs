@@ -22,6 +22,11 @@
 //! last reply); the controller waits
 //! a grace period, confirms the agent does not answer, then restarts the
 //! host's shared-storage servers elsewhere (rescue jobs, each created once).
+//!
+//! Clean host shutdown: the stopping agent sends `host-shutdown`; with the
+//! host's auto-migrate-on-host-shutdown policy the controller queues a live
+//! migration for each running server and the agent waits until none runs
+//! on it before it exits.
 
 use crate::{Client, ClientError};
 use serde::{Deserialize, Serialize};
@@ -108,8 +113,26 @@ pub enum ClusterRequest {
         /// Move servers away when the host shuts down cleanly.
         on_host_shutdown: Option<bool>,
     },
+    /// An agent says its host is shutting down cleanly: with the host's
+    /// auto-migrate-on-host-shutdown policy, its running servers are
+    /// live-migrated away (the agent waits for them before it exits).
+    HostShutdown {
+        /// Host name.
+        host: String,
+    },
     /// The controller answering and the current leader.
     Status,
+}
+
+/// Reply to [`ClusterRequest::HostShutdown`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownReply {
+    /// The controller moves the running servers away; wait for them.
+    pub evacuating: bool,
+    /// The live migrations queued for them.
+    pub jobs: Vec<JobRecord>,
+    /// Why nothing moves, when `evacuating` is false.
+    pub reason: Option<String>,
 }
 
 /// Options of `server-migrate` / `server-live-migrate`.
@@ -254,6 +277,10 @@ pub struct HostRecord {
     pub auto_migrate_on_host_down: bool,
     /// Move its servers away when it shuts down cleanly.
     pub auto_migrate_on_host_shutdown: bool,
+    /// It said it is shutting down: excluded from scheduling until it
+    /// registers again.
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// Server states, as Cloudpods names them.

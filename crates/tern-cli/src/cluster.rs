@@ -130,9 +130,15 @@ pub enum ClusterCmd {
         /// Host name.
         id: String,
         /// Restart servers elsewhere when the host dies.
-        #[arg(long, value_enum)]
-        auto_migrate_on_host_down: Switch,
-        /// Move servers away when the host shuts down.
+        #[arg(
+            long,
+            value_enum,
+            required_unless_present = "auto_migrate_on_host_shutdown"
+        )]
+        auto_migrate_on_host_down: Option<Switch>,
+        /// Live-migrate running servers away when the host shuts down
+        /// cleanly (needs the host-down policy too; the agent runs with
+        /// `--on-stop auto` or `host-shutdown`).
         #[arg(long, value_enum)]
         auto_migrate_on_host_shutdown: Option<Switch>,
     },
@@ -494,7 +500,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
                 c,
                 ClusterRequest::HostAutoMigrate {
                     id,
-                    on_host_down: Some(auto_migrate_on_host_down == Switch::Enable),
+                    on_host_down: auto_migrate_on_host_down.map(|s| s == Switch::Enable),
                     on_host_shutdown: auto_migrate_on_host_shutdown.map(|s| s == Switch::Enable),
                 },
             )

@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use tern_api::cluster::{
     ClusterRequest, HeartbeatReply, HostRecord, HostReport, HostStatus, JobRecord, RegisterReply,
-    StatusReply,
+    ShutdownReply, StatusReply,
 };
 use tern_api::{ApiError, ErrorCode, Request, CALL_PATH};
 use tern_store::StoreError;
@@ -109,22 +109,8 @@ pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<
             id,
             on_host_down,
             on_host_shutdown,
-        } => {
-            ctl.inv.host(&id).await?;
-            let r = ctl
-                .inv
-                .update_host(&id, |h| {
-                    if let Some(v) = on_host_down {
-                        h.auto_migrate_on_host_down = v;
-                    }
-                    if let Some(v) = on_host_shutdown {
-                        h.auto_migrate_on_host_shutdown = v;
-                    }
-                    Ok(true)
-                })
-                .await?;
-            ok(r)
-        }
+        } => ok(auto_migrate(ctl, &id, on_host_down, on_host_shutdown).await?),
+        ClusterRequest::HostShutdown { host } => ok(host_shutdown(ctl, &host).await?),
         ClusterRequest::Status => ok(StatusReply {
             id: ctl.cfg.id.clone(),
             leader: ctl.election.leader().await?,
@@ -168,6 +154,7 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         maintenance: false,
         auto_migrate_on_host_down: false,
         auto_migrate_on_host_shutdown: false,
+        shutting_down: false,
     };
     let fence = if ctl.inv.create(&key, &rec).await? {
         false
@@ -178,6 +165,8 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
                 h.report = report.clone();
                 h.status = HostStatus::Online;
                 h.lease = lease;
+                // Back from a clean shutdown: schedulable again.
+                h.shutting_down = false;
                 Ok(true)
             })
             .await?;
@@ -289,6 +278,7 @@ async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport) -> Result<()> {
                     maintenance: false,
                     auto_migrate_on_host_down: false,
                     auto_migrate_on_host_shutdown: false,
+                    shutting_down: false,
                 })
                 .map_err(|source| CtlError::Agent {
                     host: host.to_string(),
@@ -318,6 +308,87 @@ async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets a host's evacuation policy. As in Cloudpods, moving servers away
+/// on shutdown needs the host-down policy too, and turning that off turns
+/// both off.
+async fn auto_migrate(
+    ctl: &Arc<Controller>,
+    id: &str,
+    on_host_down: Option<bool>,
+    on_host_shutdown: Option<bool>,
+) -> Result<Option<HostRecord>> {
+    let h = ctl.inv.host(id).await?;
+    let (down, shutdown) = auto_migrate_policy(
+        (h.auto_migrate_on_host_down, h.auto_migrate_on_host_shutdown),
+        on_host_down,
+        on_host_shutdown,
+    )?;
+    ctl.inv
+        .update_host(id, |h| {
+            h.auto_migrate_on_host_down = down;
+            h.auto_migrate_on_host_shutdown = shutdown;
+            Ok(true)
+        })
+        .await
+}
+
+/// The (on-host-down, on-host-shutdown) pair after a request.
+fn auto_migrate_policy(
+    (down_now, shutdown_now): (bool, bool),
+    on_host_down: Option<bool>,
+    on_host_shutdown: Option<bool>,
+) -> Result<(bool, bool)> {
+    let down = on_host_down.unwrap_or(down_now);
+    match on_host_shutdown {
+        Some(true) if !down => Err(CtlError::Invalid(
+            "--auto-migrate-on-host-shutdown enable needs --auto-migrate-on-host-down enable too"
+                .into(),
+        )),
+        Some(s) => Ok((down, s)),
+        None => Ok((down, down && shutdown_now)),
+    }
+}
+
+/// A host shuts down cleanly: with its policy, its running servers are
+/// live-migrated away; the agent waits for them.
+async fn host_shutdown(ctl: &Arc<Controller>, host: &str) -> Result<ShutdownReply> {
+    let h = ctl.inv.host(host).await?;
+    if !h.auto_migrate_on_host_shutdown {
+        return Ok(ShutdownReply {
+            evacuating: false,
+            jobs: Vec::new(),
+            reason: Some(format!(
+                "host {host} does not have --auto-migrate-on-host-shutdown enabled"
+            )),
+        });
+    }
+    ctl.inv
+        .update_host(host, |h| {
+            let change = !h.shutting_down;
+            h.shutting_down = true;
+            Ok(change)
+        })
+        .await?;
+    tracing::warn!(%host, "host shutting down: moving its running servers away");
+    let mut jobs_out = Vec::new();
+    for s in ctl.inv.servers().await? {
+        if s.host != host || !s.domain.active || s.state.in_flight() {
+            continue;
+        }
+        match jobs::create(ctl, &s.domain.name, true, Default::default()).await {
+            Ok(j) => jobs_out.push(j),
+            Err(e) => {
+                tracing::warn!(%host, server = %s.domain.name, error = %e, "cannot move a server off a host shutting down")
+            }
+        }
+    }
+    Ok(ShutdownReply {
+        evacuating: true,
+        jobs: jobs_out,
+        reason: None,
+    })
 }
 
 /// Evacuates a host: live for running servers, cold for stopped ones.
@@ -369,5 +440,27 @@ pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_migrate_policy;
+
+    #[test]
+    fn shutdown_policy_needs_the_host_down_policy() {
+        let p = auto_migrate_policy;
+        assert_eq!(p((false, false), Some(true), None).unwrap(), (true, false));
+        assert_eq!(
+            p((false, false), Some(true), Some(true)).unwrap(),
+            (true, true)
+        );
+        assert!(p((false, false), None, Some(true)).is_err());
+        assert!(p((true, true), Some(false), Some(true)).is_err());
+        assert_eq!(p((true, false), None, Some(true)).unwrap(), (true, true));
+        // Turning host-down off turns shutdown off too; other changes keep it.
+        assert_eq!(p((true, true), Some(false), None).unwrap(), (false, false));
+        assert_eq!(p((true, true), None, None).unwrap(), (true, true));
+        assert_eq!(p((true, true), None, Some(false)).unwrap(), (true, false));
     }
 }

@@ -55,7 +55,7 @@ pub fn host_views(
             }
             HostView {
                 name: r.name.clone(),
-                schedulable: h.status == HostStatus::Online && !h.maintenance,
+                schedulable: h.status == HostStatus::Online && !h.maintenance && !h.shutting_down,
                 cpu_model: r.facts.cpu_model.clone(),
                 microcode: r.facts.microcode.clone(),
                 kernel: r.facts.kernel.clone(),

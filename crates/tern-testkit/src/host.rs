@@ -275,6 +275,28 @@ impl TernHost {
         }
     }
 
+    /// Stops the agent with SIGTERM and waits up to `timeout` for it to
+    /// exit (then kills it); its exit status, if it exited by itself.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: our own child, not yet reaped.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts the agent again on the same state directory.
     pub fn restart(&mut self) {
         self.kill9();

@@ -439,6 +439,60 @@ fn cancel_queued_and_running_jobs_then_evacuate_a_host_for_maintenance() {
 }
 
 #[test]
+fn a_host_shutting_down_moves_its_running_servers_away_first() {
+    let c = TestController::file(&[]);
+    let mut a = TestController::host(&[&c], "a", &["--on-stop", "host-shutdown"]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let _pool = shared_pool(&[&a, &b]);
+    boot(&a, "web", Some("shared"), 128);
+    wait_server(&c, "web", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    // As in Cloudpods: the shutdown policy needs the host-down one.
+    let e = c.fails(&[
+        "host-auto-migrate-on-host-down",
+        "a",
+        "--auto-migrate-on-host-shutdown",
+        "enable",
+    ]);
+    assert!(e.contains("--auto-migrate-on-host-down enable"), "{e}");
+    let h = c.json(&["host-show", "a"]);
+    assert_eq!(h["auto_migrate_on_host_shutdown"], false, "{h}");
+    c.ok(&[
+        "host-auto-migrate-on-host-down",
+        "a",
+        "--auto-migrate-on-host-down",
+        "enable",
+        "--auto-migrate-on-host-shutdown",
+        "enable",
+    ]);
+
+    // The host shuts down: its agent is stopped, and waits for the move.
+    let status = a.terminate(Duration::from_secs(300));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ternd on a did not exit cleanly: {status:?}"
+    );
+    assert!(a.qemu_pids().iter().all(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    }));
+    let s = wait_server(&c, "web", "b", "running");
+    assert_eq!(s["error"], serde_json::Value::Null);
+    let text = wait_heartbeats(&b, "web");
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+    let j = jobs(&c);
+    assert_eq!(j.len(), 1, "{j:#?}");
+    assert_eq!(
+        (j[0]["kind"].as_str(), j[0]["state"].as_str()),
+        (Some("live-migrate"), Some("succeeded"))
+    );
+    // Not a candidate while it is gone.
+    assert_eq!(c.json(&["host-show", "a"])["shutting_down"], true);
+}
+
+#[test]
 fn enable_tls_migrates_over_qemus_tls() {
     let pki = tern_testkit::pki::TestPki::new();
     let c = TestController::file(&[]);

@@ -4,7 +4,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tern_agent::access::Grant;
-use tern_agent::config::{AccelSetting, AgentConfig};
+use tern_agent::config::{AccelSetting, AgentConfig, OnStop};
 use tern_agent::{listen, server, Agent};
 
 /// Tern host agent: runs QEMU guests and serves the host API.
@@ -71,6 +71,15 @@ struct Args {
     /// Name of this host in the cluster (default: the host name).
     #[arg(long)]
     host_name: Option<String>,
+    /// What SIGTERM means: auto (a host shutdown when systemd says the
+    /// system is stopping), host-shutdown (always), agent-only (never). On
+    /// a host shutdown a cluster agent asks the controller to move its
+    /// running guests away (auto-migrate-on-host-shutdown) and waits.
+    #[arg(long, value_enum, default_value = "auto")]
+    on_stop: OnStop,
+    /// Longest wait, in seconds, for guests to move away on a host shutdown.
+    #[arg(long, default_value_t = 300)]
+    shutdown_timeout: u64,
     /// Labels reported to the controller, KEY=VALUE (repeatable).
     #[arg(long = "labels", value_parser = parse_kv)]
     labels: Vec<(String, String)>,
@@ -150,6 +159,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.controllers = args.controller;
     cfg.host_name = args.host_name;
     cfg.labels = args.labels;
+    cfg.on_stop = args.on_stop;
+    cfg.shutdown_timeout = std::time::Duration::from_secs(args.shutdown_timeout);
     if !cfg.controllers.is_empty() && cfg.listen.is_none() {
         anyhow::bail!(
             "--controller needs --listen-tcp ADDR --auth none: the controller reaches this host's API over plain TCP"
@@ -216,11 +227,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(listen::serve_tls(srv.clone(), l, acceptor));
     }
     tokio::spawn(listen::serve_unix(srv.clone(), unix_ro, Grant::ReadOnly));
-    let serve = listen::serve_unix(srv, unix, Grant::ReadWrite);
+    let serve = tokio::spawn(listen::serve_unix(srv, unix, Grant::ReadWrite));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}
-        _ = term.recv() => tracing::info!("SIGTERM: exiting; guests keep running"),
+        _ = term.recv() => {
+            // Every listener keeps serving meanwhile: the controller drives
+            // the migrations through this agent's API.
+            if !agent.cfg.controllers.is_empty()
+                && tern_agent::cluster::stop_is_host_shutdown(agent.cfg.on_stop)
+            {
+                tracing::warn!("SIGTERM during a host shutdown");
+                tern_agent::cluster::leave_for_shutdown(&agent, agent.cfg.shutdown_timeout).await;
+            }
+            tracing::info!("SIGTERM: exiting; guests keep running")
+        }
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: exiting; guests keep running"),
     }
     let _ = std::fs::remove_file(&agent.cfg.socket);
