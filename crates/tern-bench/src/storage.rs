@@ -128,11 +128,11 @@ fn cold(a: &StorageArgs) -> Result<()> {
     let runs = a.runs.max(1);
     let mut rows = Vec::new();
 
-    // Tern: agent to agent, the definition and the disk, BLAKE3 per chunk,
+    // Tern: agent to agent, the definition and the disk, XXH3-128 per chunk,
     // fsync and rename at the destination. Each run starts from a clean
     // destination (the copy and its definition removed).
     let mut tern = ColdRow {
-        tool: "tern migrate --cold (2 agents, BLAKE3, fsync)",
+        tool: "tern migrate --cold (2 agents, XXH3-128, fsync)",
         secs: Vec::new(),
         wire: String::new(),
         disk: 0,

@@ -134,10 +134,18 @@ impl ChunkPlan {
     }
 }
 
-/// Identity of a source file's content for resume: size, mtime, inode, chunk size and extent map.
-pub fn fingerprint(meta: &std::fs::Metadata, extents: &[Extent], chunk_size: u32) -> [u8; 32] {
+/// Identity of a source file's content for resume: size, mtime, inode, chunk size, extent
+/// map and checksum function.
+pub fn fingerprint(
+    meta: &std::fs::Metadata,
+    extents: &[Extent],
+    chunk_size: u32,
+    checksum: crate::Checksum,
+) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(b"tern-transfer fingerprint v1");
+    h.update(b"tern-transfer fingerprint v2");
+    // Journal records hold checksums: another function cannot reuse them.
+    h.update(checksum.name().as_bytes());
     h.update(&meta.len().to_le_bytes());
     h.update(&meta.mtime().to_le_bytes());
     h.update(&meta.mtime_nsec().to_le_bytes());

@@ -2,7 +2,7 @@
 //!
 //! Layout: an 88-byte header (magic `TERNJNL1`, version, chunk size, file size, chunk count,
 //! session id, source fingerprint, 8-byte BLAKE3 check) followed by 48-byte records (chunk
-//! index, chunk BLAKE3, 8-byte check). A record is appended only after the chunk's data was
+//! index, chunk checksum, 8-byte check). A record is appended only after the chunk's data was
 //! written, verified and (with `fsync`) made durable, so every record names good data.
 //! A torn or corrupt tail is ignored and cut off on the next append.
 

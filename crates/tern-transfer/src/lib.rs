@@ -3,7 +3,8 @@
 //! Moves one file (a raw image, or one qcow2 file of a backing chain: the engine is
 //! format-agnostic and works on files) from a source agent to a destination agent over
 //! TCP. Only allocated extents travel, holes stay holes, every chunk is verified with
-//! BLAKE3 end to end, and an interrupted transfer resumes without resending what arrived.
+//! a checksum end to end (XXH3-128, or BLAKE3 on request: see [`Checksum`]), and an
+//! interrupted transfer resumes without resending what arrived.
 //!
 //! ## API
 //!
@@ -49,7 +50,10 @@
 //!
 //! ## Verification
 //!
-//! The sender hashes each chunk's logical bytes (zero blocks included) with BLAKE3 before
+//! The checksum is XXH3-128 unless the sender asks for BLAKE3 (Hello flag); see
+//! [`Checksum`] for why a fast non-cryptographic function is the default.
+//!
+//! The sender checksums each chunk's logical bytes (zero blocks included) before
 //! sending. The receiver hashes the bytes it received, as it writes them (zero runs fed
 //! as zeros), and compares; a mismatch fails the transfer with
 //! [`Error::ChecksumMismatch`]. Durability comes from `fdatasync` (before any chunk is
@@ -74,7 +78,7 @@
 //! except when the destination ran out of space ([`Error::NoSpace`]): then, as with
 //! `resume = false`, the partial file and journal are removed.
 //!
-//! ## Wire protocol (version 1)
+//! ## Wire protocol (version 2)
 //!
 //! Every connection starts with a 12-byte preface from each side: magic `TERNXFER`,
 //! version (u16 LE), 2 reserved bytes. A wrong magic or version is refused with a
@@ -86,11 +90,11 @@
 //! ```text
 //! sender                                     receiver
 //!  stream 0 (control) ─ preface, Hello{session, stream 0 of N, file size, chunk size,
-//!                        chunk count, data bytes, fingerprint, wants zstd} ──▶
+//!                        chunk count, data bytes, fingerprint, wants zstd, BLAKE3?} ──▶
 //!                     ◀── preface, Welcome{zstd accepted, bitmap of verified chunks}
 //!                         (or Reject{text}: wrong session, bad parameters...)
 //!  streams 1..N-1     ─ preface, Hello{same, stream i} ──▶  ◀── preface, Welcome{}
-//!  every stream       ─ Chunk{index, offset, len, flags, zero mask, BLAKE3} + payload
+//!  every stream       ─ Chunk{index, offset, len, flags, zero mask, checksum} + payload
 //!                        (non-zero 64 KiB blocks back to back, maybe zstd) ──▶ ...
 //!  streams 1..N-1     ─ End ──▶
 //!  stream 0           ─ Finish ──▶  (after every stream has sent its chunks)
@@ -113,6 +117,7 @@
 //! with cp, rsync and scp.
 #![warn(missing_docs)]
 
+mod checksum;
 mod error;
 pub mod extents;
 mod journal;
@@ -125,6 +130,7 @@ mod sender;
 mod session;
 pub mod wire;
 
+pub use checksum::Checksum;
 pub use error::{Error, Result};
 pub use extents::{allocated_extents, Extent};
 pub use journal::{journal_path, partial_path};

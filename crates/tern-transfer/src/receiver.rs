@@ -192,8 +192,14 @@ fn run(
         file,
         hello: hello.clone(),
         compressed,
+        checksum: if hello.flags & wire::FLAG_BLAKE3 != 0 {
+            crate::Checksum::Blake3
+        } else {
+            crate::Checksum::Xxh3
+        },
         resumed: resumed || resumed_chunks > 0,
         verify_read_back: opts.verify_read_back,
+        fsync: opts.fsync,
         done: Mutex::new(done),
         journal,
         abort: AtomicBool::new(false),

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::checksum::ChunkHasher;
 use crate::error::{Error, Result};
 use crate::extents::{self, ChunkPlan, ZERO_BLOCK};
 use crate::ratelimit::TokenBucket;
@@ -28,6 +29,7 @@ pub(crate) struct Shared {
     pub(crate) chunks: AtomicU64,
     pub(crate) bucket: Option<TokenBucket>,
     pub(crate) compression: Option<i32>,
+    pub(crate) checksum: crate::Checksum,
 }
 
 /// One stream: takes chunks from the shared queue until it is empty, then sends End.
@@ -73,11 +75,11 @@ pub(crate) fn worker(sh: &Shared, mut s: TcpStream, stream: u16) -> Result<()> {
             sh.file
                 .read_exact_at(data, c.offset)
                 .map_err(|e| read_err(c.offset, e))?;
-            (*blake3::hash(data).as_bytes(), extents::zero_mask(data))
+            (sh.checksum.of(data), extents::zero_mask(data))
         } else {
             // Only hash and zero-scan here, a cache-sized piece at a time; the payload
             // itself goes out with sendfile below.
-            let mut hasher = blake3::Hasher::new();
+            let mut hasher = ChunkHasher::new(sh.checksum);
             let mut mask = 0u64;
             for start in (0..c.len as usize).step_by(PIECE) {
                 let piece = &mut buf[..PIECE.min(c.len as usize - start)];
@@ -87,7 +89,7 @@ pub(crate) fn worker(sh: &Shared, mut s: TcpStream, stream: u16) -> Result<()> {
                 hasher.update(piece);
                 mask |= extents::zero_mask(piece) << (start / ZERO_BLOCK);
             }
-            (*hasher.finalize().as_bytes(), mask)
+            (hasher.finalize(), mask)
         };
         let data = &buf[..if sh.compression.is_some() {
             c.len as usize

@@ -21,7 +21,7 @@ use crate::wire::{self, Hello, Kind};
 /// Sends the file at `src` to the receiver listening at `addr`.
 ///
 /// Only allocated extents travel; all-zero 64 KiB blocks are skipped; every chunk carries
-/// its BLAKE3 hash, which the receiver checks before acknowledging the whole file. If the
+/// its checksum (`opts.checksum`), which the receiver checks before acknowledging the whole file. If the
 /// receiver already holds verified chunks of the same session and unchanged source, they
 /// are skipped. `progress` runs on the calling thread every `opts.progress_interval` and
 /// once at the end. Returns after the receiver confirmed that the file is complete.
@@ -63,6 +63,10 @@ pub fn send(
             wire::FLAG_ZSTD
         } else {
             0
+        } | if opts.checksum == crate::Checksum::Blake3 {
+            wire::FLAG_BLAKE3
+        } else {
+            0
         },
         session: opts.session.0,
         stream_index: 0,
@@ -71,7 +75,7 @@ pub fn send(
         file_size: meta.len(),
         chunk_count,
         data_bytes: plan.data_bytes,
-        fingerprint: extents::fingerprint(&meta, &extents, opts.chunk_size),
+        fingerprint: extents::fingerprint(&meta, &extents, opts.chunk_size, opts.checksum),
     };
 
     let mut control = connect(&addrs, opts)?;
@@ -117,6 +121,7 @@ pub fn send(
         chunks: AtomicU64::new(0),
         bucket: opts.rate_limit.map(TokenBucket::new),
         compression,
+        checksum: opts.checksum,
     });
 
     // The receiver only ever speaks on the control stream: Done, or Error at any time.

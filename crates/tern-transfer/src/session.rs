@@ -92,6 +92,8 @@ pub struct SendOptions {
     pub streams: u16,
     /// Compression to ask for (default none).
     pub compression: Compression,
+    /// Checksum of every chunk (default XXH3-128).
+    pub checksum: crate::Checksum,
     /// Wire bytes per second over all streams, `None` for unlimited.
     pub rate_limit: Option<u64>,
     /// Chunk size: a multiple of 64 KiB from 64 KiB to 4 MiB (default 4 MiB).
@@ -113,6 +115,7 @@ impl SendOptions {
             session,
             streams: 2,
             compression: Compression::None,
+            checksum: crate::Checksum::default(),
             rate_limit: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             connect_timeout: Duration::from_secs(10),

@@ -8,7 +8,7 @@ use crate::extents::MAX_CHUNK_SIZE;
 /// First 8 bytes each side sends on every connection.
 pub const MAGIC: [u8; 8] = *b"TERNXFER";
 /// Protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Preface: magic, version (u16), reserved (u16).
 pub const PREFACE_LEN: usize = 12;
 /// Most chunks a session may have (bounds the resume bitmap to 4 MiB).
@@ -23,6 +23,8 @@ pub const FRAME_HEADER_LEN: usize = 8;
 pub const CHUNK_HEADER_LEN: usize = 64;
 /// Hello flag / Welcome flag: zstd compression wanted / accepted.
 pub const FLAG_ZSTD: u16 = 1;
+/// Hello flag: chunks carry BLAKE3 checksums (else XXH3-128). Version 2.
+pub const FLAG_BLAKE3: u16 = 2;
 /// Chunk flag: the payload is zstd-compressed.
 pub const CHUNK_COMPRESSED: u8 = 1;
 
@@ -217,7 +219,8 @@ impl<'a> Fields<'a> {
 /// First frame on every stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// [`FLAG_ZSTD`] if the sender wants compression.
+    /// [`FLAG_ZSTD`] if the sender wants compression, [`FLAG_BLAKE3`] for
+    /// BLAKE3 checksums.
     pub flags: u16,
     /// Session id both callers agreed on.
     pub session: [u8; 16],
@@ -283,7 +286,7 @@ pub struct ChunkHeader {
     pub flags: u8,
     /// Bit i set: 64 KiB block i is all zeros and not in the payload.
     pub zero_mask: u64,
-    /// BLAKE3 of the chunk's `len` logical bytes.
+    /// Checksum of the chunk's `len` logical bytes (XXH3-128 zero-padded, or BLAKE3).
     pub hash: [u8; 32],
 }
 
@@ -378,7 +381,7 @@ mod tests {
         p[9] = 1;
         assert!(matches!(
             check_preface(&p),
-            Err(Error::UnsupportedVersion { peer: 257, ours: 1 })
+            Err(Error::UnsupportedVersion { peer: 258, ours: 2 })
         ));
         let mut p = preface();
         p[0] = b'G';

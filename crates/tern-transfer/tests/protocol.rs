@@ -37,7 +37,7 @@ fn receiver_refuses_strangers_and_old_versions_then_serves_the_real_sender() {
     let msg = reply_to(r.local_addr(), &v99);
     assert_eq!(
         msg,
-        "peer speaks tern-transfer protocol version 99, but this side supports only version 1"
+        "peer speaks tern-transfer protocol version 99, but this side supports only version 2"
     );
     // Wrong session: a clear refusal, and the receiver keeps waiting for the right one.
     let e = tern_transfer::send(
@@ -82,14 +82,14 @@ fn sender_refuses_peers_that_are_not_receivers() {
     .unwrap_err();
     assert!(matches!(e, Error::BadMagic), "{e}");
     let e = tern_transfer::send(
-        fake_receiver(b"TERNXFER\x02\x00\x00\x00"),
+        fake_receiver(b"TERNXFER\x01\x00\x00\x00"),
         &d.src,
         &so,
         |_| {},
     )
     .unwrap_err();
     assert!(
-        matches!(e, Error::UnsupportedVersion { peer: 2, ours: 1 }),
+        matches!(e, Error::UnsupportedVersion { peer: 1, ours: 2 }),
         "{e}"
     );
 }

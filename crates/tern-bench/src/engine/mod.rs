@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::{GIB, MIB};
 use tern_testkit::sshd;
-use tern_transfer::{Compression, ReceiveOptions, Receiver, SendOptions, SessionId};
+use tern_transfer::{Checksum, Compression, ReceiveOptions, Receiver, SendOptions, SessionId};
 
 /// What one run of a tool reports: wall seconds and bytes on the wire (as text).
 type RunResult = Result<(f64, String), String>;
@@ -65,6 +65,7 @@ fn run_engine(
     compression: Compression,
     fsync: bool,
     streams: u16,
+    checksum: Checksum,
 ) -> RunResult {
     let sid = SessionId::random();
     let mut ro = ReceiveOptions::new(sid);
@@ -72,6 +73,7 @@ fn run_engine(
     let mut so = SendOptions::new(sid);
     so.compression = compression;
     so.streams = streams;
+    so.checksum = checksum;
     so.progress_interval = Duration::from_secs(1);
     let t = Instant::now();
     let r = Receiver::bind("127.0.0.1:0", dest, ro).map_err(|e| e.to_string())?;
@@ -212,7 +214,7 @@ pub fn run(a: EngineArgs) -> Result<()> {
     let mut rows = Vec::new();
     let engine = |c: Compression, fsync: bool| {
         let (src, dest) = (src.clone(), dest.clone());
-        move || run_engine(&src, &dest, c, fsync, 2)
+        move || run_engine(&src, &dest, c, fsync, 2, Checksum::Xxh3)
     };
     let cp = |then_sync: bool| {
         let (src, dest) = (src.clone(), dest.clone());
@@ -236,7 +238,7 @@ pub fn run(a: EngineArgs) -> Result<()> {
             m,
             &src,
             &dest,
-            "tern-transfer, 2 streams, BLAKE3, fsync",
+            "tern-transfer, 2 streams, XXH3, fsync",
             runs,
             true,
             &mut engine(Compression::None, true),
@@ -255,7 +257,7 @@ pub fn run(a: EngineArgs) -> Result<()> {
         m,
         &src,
         &dest,
-        "tern-transfer, 2 streams, BLAKE3, no fsync",
+        "tern-transfer, 2 streams, XXH3, no fsync",
         runs,
         true,
         &mut engine(Compression::None, false),
@@ -271,21 +273,32 @@ pub fn run(a: EngineArgs) -> Result<()> {
     );
     if !quick {
         let (s4, d4) = (src.clone(), dest.clone());
-        let mut four = move || run_engine(&s4, &d4, Compression::None, false, 4);
+        let mut four = move || run_engine(&s4, &d4, Compression::None, false, 4, Checksum::Xxh3);
         measure(
             m,
             &src,
             &dest,
-            "tern-transfer, 4 streams, BLAKE3, no fsync",
+            "tern-transfer, 4 streams, XXH3, no fsync",
             runs,
             true,
             &mut four,
+        );
+        let (sb, db) = (src.clone(), dest.clone());
+        let mut blake = move || run_engine(&sb, &db, Compression::None, false, 2, Checksum::Blake3);
+        measure(
+            m,
+            &src,
+            &dest,
+            "tern-transfer, 2 streams, BLAKE3, no fsync",
+            runs,
+            true,
+            &mut blake,
         );
         measure(
             m,
             &src,
             &dest,
-            "tern-transfer, 2 streams, BLAKE3, zstd-1, fsync",
+            "tern-transfer, 2 streams, XXH3, zstd-1, fsync",
             1,
             true,
             &mut engine(Compression::Zstd(1), true),
@@ -396,29 +409,29 @@ pub fn run(a: EngineArgs) -> Result<()> {
     let ratio = |e: &str, c: &str| find(e).zip(find(c)).map(|(e, c)| e / c);
     let cpu = |n: &str| rows.iter().find(|r| r.tool == n).and_then(|r| r.cpu);
     let cpus = (
-        cpu("tern-transfer, 2 streams, BLAKE3, no fsync"),
+        cpu("tern-transfer, 2 streams, XXH3, no fsync"),
         cpu("cp --sparse=always"),
     );
     if let (Some(e), Some(c)) = cpus {
         println!(
-            "CPU: engine (both ends, two BLAKE3 passes) {e:.2} s vs cp {c:.2} s = {:.2}x",
+            "CPU: engine (both ends, two XXH3 passes) {e:.2} s vs cp {c:.2} s = {:.2}x",
             e / c
         );
     }
     if let Some(x) = ratio(
-        "tern-transfer, 2 streams, BLAKE3, no fsync",
+        "tern-transfer, 2 streams, XXH3, no fsync",
         "cp --sparse=always",
     ) {
         println!("\nengine without fsync / cp: {x:.2}x (target <= 1.5x)");
     }
     if let Some(x) = ratio(
-        "tern-transfer, 2 streams, BLAKE3, fsync",
+        "tern-transfer, 2 streams, XXH3, fsync",
         "cp --sparse=always && sync FILE",
     ) {
         println!("engine with fsync / cp + sync: {x:.2}x");
     }
     if let Some(x) = ratio(
-        "tern-transfer, 2 streams, BLAKE3, fsync",
+        "tern-transfer, 2 streams, XXH3, fsync",
         "cp --sparse=always",
     ) {
         println!("engine with fsync / cp: {x:.2}x");
