@@ -98,6 +98,9 @@ pub struct JobInfo {
     pub policy_last: Option<String>,
     /// The downtime limit in force, ms.
     pub downtime_limit_ms: Option<u64>,
+    /// The migration switched to post-copy.
+    #[serde(default)]
+    pub went_postcopy: bool,
 }
 
 impl JobInfo {
@@ -111,6 +114,23 @@ impl JobInfo {
         }
         let done = self.data_total.saturating_sub(self.data_remaining);
         (done.saturating_mul(100) / self.data_total).min(99)
+    }
+
+    /// The pace a completed pre-copy migration achieved (bytes sent per
+    /// second of QEMU's total time), the figure a later forecast on the
+    /// same host may use for the link. None when it says nothing about the
+    /// link: a bandwidth cap, post-copy (the destination pulled pages at
+    /// its own pace), or no figures.
+    pub fn pace_sample(&self, capped: bool) -> Option<u64> {
+        if capped
+            || self.went_postcopy
+            || self.kind != JobKind::Completed
+            || self.time_elapsed_ms == 0
+            || self.memory_processed == 0
+        {
+            return None;
+        }
+        Some(self.memory_processed * 1000 / self.time_elapsed_ms)
     }
 
     /// Records disk mirroring progress; data figures include it.
@@ -131,6 +151,9 @@ impl JobInfo {
     pub fn update_from_qemu(&mut self, q: &Value) {
         let u = |v: &Value| v.as_u64().unwrap_or(0);
         let status = q["status"].as_str().unwrap_or("none").to_string();
+        if status.starts_with("postcopy") {
+            self.went_postcopy = true;
+        }
         let ram = &q["ram"];
         if ram.is_object() {
             self.memory_processed = u(&ram["transferred"]);
@@ -291,6 +314,27 @@ fn mib(b: u64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pace_only_from_uncapped_precopy_migrations() {
+        let mut i = JobInfo {
+            kind: JobKind::Completed,
+            time_elapsed_ms: 2000,
+            memory_processed: 2 << 30,
+            ..Default::default()
+        };
+        assert_eq!(i.pace_sample(false), Some(1 << 30));
+        assert_eq!(i.pace_sample(true), None);
+        i.update_from_qemu(&json!({"status": "postcopy-active"}));
+        assert!(i.went_postcopy);
+        i.kind = JobKind::Completed;
+        assert_eq!(i.pace_sample(false), None);
+        let failed = JobInfo {
+            kind: JobKind::Failed,
+            ..i
+        };
+        assert_eq!(failed.pace_sample(false), None);
+    }
 
     #[test]
     fn reads_query_migrate_like_domjobinfo() {

@@ -13,7 +13,7 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_migrate::plan::{start_plan, Sample};
+use tern_migrate::plan::{arm_postcopy, start_plan, Sample};
 use tern_migrate::policy::{predict, predict_with_policy, Forecast};
 use tern_migrate::MigrateOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,19 +105,20 @@ pub async fn forecast(
         "does not converge: use the policy (default), --auto-converge, --postcopy or --timeout"
             .to_string()
     };
+    let sample = Sample {
+        effective_memory: effective,
+        dirty_rate,
+        bandwidth,
+        delta_fraction: pages.delta_fraction,
+        compress_ratio: pages.compress_ratio,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+    };
     let plan = if o.policy_on() && !o.compressed && !o.parallel {
-        let sample = Sample {
-            effective_memory: effective,
-            dirty_rate,
-            bandwidth,
-            delta_fraction: pages.delta_fraction,
-            compress_ratio: pages.compress_ratio,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        };
         start_plan(&cfg, &sample, downtime)
     } else {
         None
     };
+    let arm = (o.policy_on() && o.postcopy).then(|| arm_postcopy(&cfg, &sample, downtime));
     let f = Forecast {
         memory,
         zero_fraction,
@@ -130,6 +131,7 @@ pub async fn forecast(
         delta_fraction: pages.delta_fraction,
         compress_ratio: pages.compress_ratio,
         plan,
+        arm_postcopy: arm,
     };
     agent.jobs.remember_forecast(name, f.clone());
     Ok(f)

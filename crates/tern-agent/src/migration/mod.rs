@@ -295,8 +295,11 @@ impl Jobs {
     pub fn finish(&self, job: &Arc<Job>) {
         job.close_tunnel(job.phase() != Phase::Completed);
         let info = job.info();
-        if job.role == Role::Source && info.kind == JobKind::Completed && info.time_elapsed_ms > 0 {
-            let rate = info.memory_processed * 1000 / info.time_elapsed_ms;
+        let capped = job.options.bandwidth_mib.is_some_and(|m| m > 0);
+        if let Some(rate) = info
+            .pace_sample(capped)
+            .filter(|_| job.role == Role::Source)
+        {
             let mut p = self.pace.lock().unwrap_or_else(|p| p.into_inner());
             *p = Some(match *p {
                 Some(old) => (old * 3 + rate) / 4,

@@ -271,7 +271,10 @@ async fn watch(
             if let Some(d) = decision {
                 apply(&qmp, &job, &d.action).await;
                 match d.action {
-                    Action::StartPostcopy => postcopy_started = true,
+                    Action::StartPostcopy => {
+                        postcopy_started = true;
+                        job.update(|i| i.went_postcopy = true);
+                    }
                     Action::PauseAndFinish => paused_at = Some(Instant::now()),
                     _ => {}
                 }
@@ -303,6 +306,7 @@ async fn watch(
                     job.event("timeout reached: switching to post-copy");
                     if qmp.execute("migrate-start-postcopy", None).await.is_ok() {
                         postcopy_started = true;
+                        job.update(|i| i.went_postcopy = true);
                     }
                 }
                 TimeoutAction::Postcopy => {}
@@ -311,7 +315,10 @@ async fn watch(
         if want_postcopy {
             job.event("switching to post-copy");
             match qmp.execute("migrate-start-postcopy", None).await {
-                Ok(_) => postcopy_started = true,
+                Ok(_) => {
+                    postcopy_started = true;
+                    job.update(|i| i.went_postcopy = true);
+                }
                 Err(e) => job.event(format!("post-copy refused: {e}")),
             }
         }

@@ -13,7 +13,7 @@ use tern_api::driver;
 use tern_migrate::protocol::{
     check_version, BeginReply, ConfirmRequest, PerformRequest, PROTOCOL_VERSION,
 };
-use tern_migrate::{JobKind, MigrateOptions, Phase, Role};
+use tern_migrate::{JobKind, MigrateOptions, Phase, Role, TimeoutAction};
 use tern_model::{xml, CacheMode, DomainState, StateReason};
 use uuid::Uuid;
 
@@ -73,11 +73,32 @@ const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
 /// The options with the policy's start plan applied, when a fresh forecast
 /// of this guest made one and the operator left those knobs alone.
 fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Option<MigrateOptions> {
-    if !active || !o.policy_on() || o.compressed || o.parallel {
+    if !active || !o.policy_on() {
         return None;
     }
-    let plan = agent.jobs.fresh_forecast(name, PLAN_MAX_AGE)?.plan?;
+    let forecast = agent.jobs.fresh_forecast(name, PLAN_MAX_AGE)?;
     let mut p = o.clone();
+    let mut why = Vec::new();
+    // `--postcopy` allows post-copy; arming it costs pre-copy time, so not
+    // when the forecast saw pre-copy finish comfortably on its own. The
+    // operator's explicit switches (after the first pass, at the timeout)
+    // keep it armed.
+    let explicit = o.postcopy_after_precopy || o.timeout_action == TimeoutAction::Postcopy;
+    if o.postcopy && !explicit && forecast.arm_postcopy == Some(false) {
+        p.postcopy = false;
+        why.push(format!(
+            "post-copy allowed but not armed: pre-copy alone is forecast to finish in about {:.1} s",
+            forecast.prediction.total_ms as f64 / 1000.0
+        ));
+    }
+    let plan = forecast.plan.filter(|_| !o.compressed && !o.parallel);
+    let Some(plan) = plan else {
+        if why.is_empty() {
+            return None;
+        }
+        p.start_plan = Some(format!("start plan: {}", why.join("; ")));
+        return Some(p);
+    };
     if let Some(cache) = plan.xbzrle_cache {
         p.compressed = true;
         p.xbzrle_cache = Some(cache);
@@ -89,7 +110,8 @@ fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Optio
             p.parallel_compression = Some("zstd".into());
         }
     }
-    p.start_plan = Some(plan.reason);
+    why.insert(0, plan.reason);
+    p.start_plan = Some(why.join("; "));
     Some(p)
 }
 
