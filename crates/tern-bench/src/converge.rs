@@ -226,6 +226,15 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
         started.elapsed().as_secs()
     );
     print_table(&cells, a.give_up);
+    if let Some(d) = &a.logs {
+        // The agents' logs hold the policy's observations (one JSON line per
+        // look, target tern_agent::policy_trace).
+        for (h, n) in [(&bench.a, "agent-a.log"), (&bench.b, "agent-b.log")] {
+            if let Err(e) = std::fs::copy(h.log(), d.join(n)) {
+                eprintln!("tern-bench: cannot keep {}: {e}", h.log().display());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_migrate::plan::{arm_postcopy, start_plan, Sample};
+use tern_migrate::plan::{arm_postcopy, start_plan, Sample, ONE_THREAD_RATE};
 use tern_migrate::policy::{predict, predict_with_policy, Forecast};
 use tern_migrate::MigrateOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +54,12 @@ pub async fn forecast(
         },
         None => (1 << 30, "assumed 1 GiB/s (no destination given)".into()),
     };
+    // Without multifd one QEMU thread sends every page: a probe of a fast
+    // link (loopback, 25 Gb/s) says more than that thread can fill.
+    if !o.parallel && bandwidth > ONE_THREAD_RATE {
+        bandwidth = ONE_THREAD_RATE;
+        source = "one migration thread's rate (the link measured faster)".into();
+    }
     if let Some(pace) = agent.jobs.pace() {
         if pace < bandwidth {
             bandwidth = pace;

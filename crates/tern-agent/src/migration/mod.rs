@@ -399,7 +399,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
             })?;
             if !job.options.postcopy {
                 return Err(AgentError::Conflict(
-                    "this migration was not started with --postcopy".into(),
+                    "post-copy is not armed for this migration: it was started without --postcopy, or its start plan left post-copy unarmed (see domjobevents); use --postcopy-after-precopy to always arm it".into(),
                 ));
             }
             job.postcopy.send_replace(true);

@@ -266,6 +266,14 @@ async fn watch(
                 dirty_rate: info.dirty_rate,
                 throttle: info.auto_converge_throttle.unwrap_or(0),
             };
+            // One JSON line per look: the traces the policy's tests replay
+            // (crates/tern-migrate/traces) are cut from these.
+            tracing::debug!(
+                target: "tern_agent::policy_trace",
+                domain = %job.domain,
+                obs = %serde_json::to_string(&obs).unwrap_or_default(),
+                "policy observation"
+            );
             let (next, decision) = policy::decide(cfg, &pstate, &obs);
             pstate = next;
             if let Some(d) = decision {
