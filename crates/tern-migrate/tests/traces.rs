@@ -1,0 +1,108 @@
+//! The policy replayed over observations recorded from real migrations
+//! (QEMU 10, TCG, `tern-bench converge --logs DIR`: the agent logs one JSON
+//! line per look, target `tern_agent::policy_trace`). `decide` is pure, so
+//! a replay takes exactly the steps the recorded migration took.
+
+use tern_migrate::policy::{self, Action, Knobs, Observation, PolicyConfig, PolicyState};
+use tern_migrate::MigrateOptions;
+
+fn trace(name: &str) -> Vec<Observation> {
+    let path = format!("{}/traces/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}: {l}")))
+        .collect()
+}
+
+/// `tern migrate --live --postcopy` under TCG with the default deadline
+/// and downtime ceiling (TCG: no throttling).
+fn tcg_postcopy_allowed() -> (PolicyConfig, PolicyState) {
+    let o = MigrateOptions {
+        live: true,
+        postcopy: true,
+        no_throttle: true,
+        ..Default::default()
+    };
+    (o.policy_config(), PolicyState::new(o.initial_downtime_ms()))
+}
+
+fn replay(cfg: &PolicyConfig, mut st: PolicyState, obs: &[Observation]) -> Vec<(u64, Action)> {
+    let mut steps = Vec::new();
+    for o in obs {
+        let (next, d) = policy::decide(cfg, &st, o);
+        st = next;
+        if let Some(d) = d {
+            steps.push((o.elapsed_ms, d.action));
+        }
+    }
+    steps
+}
+
+#[test]
+fn a_guest_dirtying_faster_than_the_link_gets_a_longer_pause_then_postcopy() {
+    // 2 GiB guest dirtying 200 MiB/s (about 100 under TCG) over a 100 MiB/s cap.
+    let obs = trace("dirty-200-over-100.jsonl");
+    let (cfg, st) = tcg_postcopy_allowed();
+    assert_eq!(
+        cfg.knobs,
+        Knobs {
+            downtime: true,
+            throttle: false,
+            postcopy: true,
+            pause: true
+        }
+    );
+    let steps = replay(&cfg, st, &obs);
+    let actions: Vec<&Action> = steps.iter().map(|(_, a)| a).collect();
+    // Recorded: 995 ms, then the 1000 ms ceiling, then post-copy at pass 4.
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                Action::SetDowntime { .. },
+                Action::SetDowntime { ms: 1000 },
+                Action::StartPostcopy
+            ]
+        ),
+        "{steps:?}"
+    );
+    for w in steps.windows(2) {
+        assert!(w[1].0 >= w[0].0 + policy::STEP_GAP_MS, "{steps:?}");
+    }
+    for (_, a) in &steps {
+        if let Action::SetDowntime { ms } = a {
+            assert!(*ms <= cfg.max_downtime_ms);
+        }
+    }
+    // The recording ends where QEMU left "active" for post-copy.
+    let (at, _) = steps[2];
+    assert_eq!(at, obs.last().map_or(0, |o| o.elapsed_ms), "{steps:?}");
+
+    // Without --postcopy the same 30 s only raise the downtime limit: the
+    // pause comes at the 300 s deadline, not before.
+    let o = MigrateOptions {
+        live: true,
+        no_throttle: true,
+        ..Default::default()
+    };
+    let steps = replay(
+        &o.policy_config(),
+        PolicyState::new(o.initial_downtime_ms()),
+        &obs,
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|(_, a)| matches!(a, Action::SetDowntime { .. })),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn a_guest_the_link_outpaces_gets_no_steps() {
+    // 2 GiB guest dirtying 50 MiB/s over an unlimited loopback link.
+    let obs = trace("dirty-50-unlimited.jsonl");
+    assert!(obs.len() > 10);
+    let (cfg, st) = tcg_postcopy_allowed();
+    assert_eq!(replay(&cfg, st, &obs), Vec::new());
+}
