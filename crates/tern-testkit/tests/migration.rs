@@ -601,8 +601,16 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
             .unwrap();
     assert_eq!(f["memory"], 256u64 << 20, "{f}");
     assert!(f["dirty_rate"].as_u64().unwrap() > 0, "{f}");
-    assert_eq!(f["bandwidth_source"], "measured to the destination", "{f}");
+    // Loopback is faster than one migration thread: the probe's figure is
+    // capped at that thread's rate.
+    let source = f["bandwidth_source"].as_str().unwrap_or("");
+    assert!(
+        source == "measured to the destination" || source.starts_with("one migration thread"),
+        "{f}"
+    );
     assert_eq!(f["prediction"]["converges"], true, "{f}");
+    // An easy guest: --postcopy would leave post-copy unarmed.
+    assert_eq!(f["arm_postcopy"], false, "{f}");
     // Sampled pages: the pattern and the zero pages compress.
     assert!(f["compress_ratio"].as_f64().unwrap() > 1.0, "{f}");
     assert!(f["verdict"].as_str().unwrap().contains("converges"), "{f}");
