@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Response, StatusCode};
+use hyper::Response;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::sync::Arc;
@@ -25,20 +25,7 @@ use tern_store::StoreError;
 /// Largest request accepted (reports carry every domain's XML).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
-fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error_response(e: ApiError) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(&e).unwrap_or_default();
-    json_response(e.code.http_status(), body)
-}
+use tern_api::response::{error_response, json_response};
 
 fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
     serde_json::to_vec(&v).map_err(|e| CtlError::Invalid(e.to_string()))
