@@ -140,6 +140,7 @@ fn cold(a: &StorageArgs) -> Result<()> {
     };
     for _ in 0..runs {
         let _ = Command::new("sync").status();
+        let t0_ms = crate::live::tern::epoch_ms();
         let t = Instant::now();
         let o = h.migrate("cold", &["--cold"]);
         let secs = t.elapsed().as_secs_f64();
@@ -155,6 +156,17 @@ fn cold(a: &StorageArgs) -> Result<()> {
         tern.disk = disk_bytes(&dst);
         tern.equal &= files_equal(&src, &dst);
         eprintln!("tern migrate --cold: {secs:.2} s");
+        // Where the time went: both agents' job events, ms from the start.
+        let mut ev: Vec<(u64, &str, String)> = Vec::new();
+        for (side, host) in [("src", &h.a), ("dst", &h.b)] {
+            for e in crate::live::tern::events(host, "cold") {
+                ev.push((e.at_ms.saturating_sub(t0_ms), side, e.message));
+            }
+        }
+        ev.sort();
+        for (ms, side, m) in ev {
+            eprintln!("  {ms:>5} ms {side}: {m}");
+        }
         h.b.ok(&["undefine", "cold"]);
         std::fs::remove_file(&dst)?;
     }
@@ -256,6 +268,16 @@ fn cold(a: &StorageArgs) -> Result<()> {
     println!();
     for r in &rows[1..] {
         println!("tern / {}: {:.2}x", r.tool, t / r.median());
+    }
+    // Tern makes its copy durable before it reports success (fdatasync);
+    // cp does not. The disk's own write time bounds a durable copy.
+    if let (Some(cp), Some(cps)) = (rows.get(1), rows.get(2)) {
+        let disk = cps.median() - cp.median();
+        println!(
+            "the disk alone needs about {disk:.2} s to write it (cp && sync minus cp); \
+             a durable copy cannot finish sooner than that, and it bounds tern at {:.2}x of cp",
+            disk / cp.median()
+        );
     }
     if rows.iter().any(|r| !r.equal) {
         bail!("a copy differs from the source");

@@ -221,14 +221,14 @@ fn job_figures(src: &TernHost, name: &str) -> Result<Figures> {
 }
 
 /// Milliseconds since the Unix epoch, the agents' event clock.
-fn epoch_ms() -> u64 {
+pub fn epoch_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A host's job events for a domain (its last job).
-fn events(h: &TernHost, name: &str) -> Vec<JobEvent> {
+pub fn events(h: &TernHost, name: &str) -> Vec<JobEvent> {
     let o = h.tern(&["domjobevents", name, "--json"]);
     String::from_utf8_lossy(&o.stdout)
         .lines()
