@@ -2,7 +2,7 @@
 //! migration, connecting each accepted stream to the local socket of its
 //! kind.
 
-use crate::splice::{splice, Stats};
+use crate::splice::{take_over, Stats};
 use crate::{keepalive, EventSink, Gate, TunnelError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,8 +112,13 @@ impl Inbound {
         };
         let kill = watch::channel(false).0;
         let stats = Arc::new(Stats::default());
+        // The agent seals the bulk of each stream itself (`record`); no
+        // session tickets, so nothing arrives after the hello but records.
+        let mut config = (*config).clone();
+        config.enable_secret_extraction = true;
+        config.send_tls13_tickets = 0;
         let ctx = Arc::new(Ctx {
-            acceptor: TlsAcceptor::from(config),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
             id,
             routes,
             gate,
@@ -203,7 +208,6 @@ async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx) {
         }
     };
     let cn = tern_pki::peer_common_name(tls.get_ref().1.peer_certificates());
-    let mut kill = ctx.kill.clone();
     let (reply, local) = match TunnelHello::decode(&head) {
         Err(e) => {
             (ctx.events)(format!("tunnel: {e} (from {addr})"));
@@ -235,17 +239,13 @@ async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx) {
     if tls.write_all(&[reply.code()]).await.is_err() || tls.flush().await.is_err() {
         return;
     }
-    let Some(mut local) = local else {
+    let Some(local) = local else {
         let _ = tls.shutdown().await;
         return;
     };
     crate::big_buffers(&local);
-    tokio::select! {
-        r = splice(&mut local, &mut tls, &ctx.stats) => {
-            if let Err(e) = r {
-                tracing::debug!(%addr, error = %e, "tunnel stream ended with an error");
-            }
-        }
-        _ = kill.wait_for(|k| *k) => {}
+    let (io, conn) = tls.into_inner();
+    if let Err(e) = take_over(local, io, conn, &ctx.stats, ctx.kill.clone()).await {
+        tracing::debug!(%addr, error = %e, "tunnel stream ended with an error");
     }
 }

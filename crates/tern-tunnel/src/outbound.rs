@@ -1,7 +1,7 @@
 //! The source's end: a unix socket QEMU migrates to; every connection on
 //! it becomes a TLS stream to the destination agent's tunnel listener.
 
-use crate::splice::{splice, Stats};
+use crate::splice::{take_over, Stats};
 use crate::{keepalive, EventSink, TunnelError};
 use rustls::pki_types::ServerName;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,9 @@ impl Outbound {
             return Err(TunnelError::PathTooLong(path.to_path_buf()));
         }
         let name = tern_pki::tls::server_name(&remote.server_name)?;
+        // The agent seals the bulk of each stream itself (`record`).
+        let mut config = (*config).clone();
+        config.enable_secret_extraction = true;
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).map_err(|source| TunnelError::Listen {
             what: path.display().to_string(),
@@ -83,7 +86,7 @@ impl Outbound {
         let kill = watch::channel(false).0;
         let stats = Arc::new(Stats::default());
         let ctx = Arc::new(Ctx {
-            connector: TlsConnector::from(config),
+            connector: TlsConnector::from(Arc::new(config)),
             name,
             host: remote.host.clone(),
             port: remote.port,
@@ -140,7 +143,7 @@ async fn accept_loop(listener: UnixListener, ctx: Arc<Ctx>) {
     }
 }
 
-async fn carry(mut local: UnixStream, ctx: &Ctx) {
+async fn carry(local: UnixStream, ctx: &Ctx) {
     crate::big_buffers(&local);
     let target = format!("{}:{}", ctx.host, ctx.port);
     let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -181,7 +184,7 @@ async fn carry(mut local: UnixStream, ctx: &Ctx) {
         }
     })
     .await;
-    let mut tls = match opened {
+    let tls = match opened {
         Ok(Ok(t)) => t,
         Ok(Err(why)) => {
             (ctx.events)(why);
@@ -195,13 +198,8 @@ async fn carry(mut local: UnixStream, ctx: &Ctx) {
             return;
         }
     };
-    let mut kill = ctx.kill.clone();
-    tokio::select! {
-        r = splice(&mut local, &mut tls, &ctx.stats) => {
-            if let Err(e) = r {
-                tracing::debug!(%target, error = %e, "tunnel stream ended with an error");
-            }
-        }
-        _ = kill.wait_for(|k| *k) => {}
+    let (io, conn) = tls.into_inner();
+    if let Err(e) = take_over(local, io, conn, &ctx.stats, ctx.kill.clone()).await {
+        tracing::debug!(%target, error = %e, "tunnel stream ended with an error");
     }
 }

@@ -60,3 +60,75 @@ where
     }
     r
 }
+
+/// Carries a stream whose hello exchange is done with the agent's own
+/// record threads (`record`): rustls's keys are taken over, and each
+/// direction runs on a blocking thread until both ended, one failed, or
+/// `kill` fires. `io` is the TLS side's socket with what its read buffer
+/// still holds.
+pub(crate) async fn take_over(
+    local: tokio::net::UnixStream,
+    io: tokio::io::BufReader<tokio::net::TcpStream>,
+    conn: impl Into<rustls::Connection>,
+    stats: &Stats,
+    mut kill: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(u64, u64)> {
+    use crate::record::{down, up, Cipher};
+    use std::net::Shutdown;
+    use std::sync::Arc;
+    let conn: rustls::Connection = conn.into();
+    let secrets = conn
+        .dangerous_extract_secrets()
+        .map_err(|e| std::io::Error::other(format!("cannot take over the tunnel's keys: {e}")))?;
+    let tx = Cipher::new(secrets.tx.0, &secrets.tx.1)?;
+    let rx = Cipher::new(secrets.rx.0, &secrets.rx.1)?;
+    let early = io.buffer().to_vec();
+    let tcp = io.into_inner().into_std()?;
+    tcp.set_nonblocking(false)?;
+    let local = local.into_std()?;
+    local.set_nonblocking(false)?;
+    let (tcp, local) = (Arc::new(tcp), Arc::new(local));
+    // Either direction failing ends both: the other thread's blocked call
+    // returns once its sockets are shut down.
+    let stop = {
+        let (tcp, local) = (tcp.clone(), local.clone());
+        move || {
+            let _ = tcp.shutdown(Shutdown::Both);
+            let _ = local.shutdown(Shutdown::Both);
+        }
+    };
+    stats.opened();
+    let upward = tokio::task::spawn_blocking({
+        let (tcp, local, stop) = (tcp.clone(), local.clone(), stop.clone());
+        move || up(&local, &tcp, tx).inspect_err(|_| stop())
+    });
+    let downward = tokio::task::spawn_blocking({
+        let (tcp, local, stop) = (tcp.clone(), local.clone(), stop.clone());
+        move || down(&tcp, &local, rx, &early).inspect_err(|_| stop())
+    });
+    let both = async {
+        let (u, d) = tokio::join!(upward, downward);
+        let joined = |r: Result<std::io::Result<u64>, tokio::task::JoinError>| {
+            r.map_err(std::io::Error::other).and_then(|x| x)
+        };
+        Ok::<_, std::io::Error>((joined(u)?, joined(d)?))
+    };
+    tokio::pin!(both);
+    let ended = tokio::select! {
+        r = &mut both => Some(r),
+        _ = kill.wait_for(|k| *k) => None,
+    };
+    let r = match ended {
+        Some(r) => r,
+        None => {
+            stop();
+            let _ = both.await;
+            Err(std::io::Error::other("the tunnel stream was aborted"))
+        }
+    };
+    match &r {
+        Ok((u, d)) => stats.closed(*u, *d),
+        Err(_) => stats.closed(0, 0),
+    }
+    r
+}
