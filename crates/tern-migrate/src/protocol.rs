@@ -49,7 +49,10 @@
 //! A stream opens with a fixed 32-byte [`TunnelHello`] (magic, version,
 //! migration id, stream kind) and one reply byte ([`TunnelReply`]); after
 //! an `Ok` the TLS stream is a transparent byte pipe until either QEMU
-//! closes. The destination accepts streams only for the migration it
+//! closes. From then on each agent seals and opens the stream's TLS 1.3
+//! records itself with the keys the handshake agreed (no session tickets,
+//! no key updates); a direction ends with a `close_notify` alert, and a FIN
+//! without one is a truncated stream. The destination accepts streams only for the migration it
 //! prepared, only from certificates its access rules allow to change
 //! things, and stops accepting once the migration ends.
 
