@@ -61,6 +61,65 @@ pub struct StartPlan {
 
 /// One migration thread fills about this much of a link, bytes/s.
 pub const ONE_THREAD_RATE: u64 = 1 << 30;
+/// How much cheaper a zero page is to send than a normal one: QEMU sends a
+/// flag instead of 4 KiB, the cost left is scanning it. The forecast counts
+/// memory in these "effective" bytes, and the pace a host remembers is
+/// measured in the same unit.
+pub const ZERO_PAGE_COST: f64 = 0.08;
+/// The forecast's figure for the link, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEstimate {
+    /// Bytes/s, in effective bytes (see [`ZERO_PAGE_COST`]).
+    pub bandwidth: u64,
+    /// Where it came from, for the operator.
+    pub source: String,
+    /// The link, not QEMU's thread, is the limit: zero pages then cost
+    /// nothing of it (their scan overlaps the wait for the link).
+    pub link_bound: bool,
+}
+
+/// Pure: the link figure a forecast uses. In order of evidence: the
+/// operator's `--bandwidth` cap; the probe of the link to the destination,
+/// when it is slower than what this host's migrations achieved; else the
+/// pace this host's past migrations achieved (what one migration really
+/// fills here, above or below the fixed figure); else, without multifd,
+/// [`ONE_THREAD_RATE`] when the probe says more.
+pub fn link_estimate(
+    probe: Result<u64, String>,
+    pace: Option<u64>,
+    cap: Option<u64>,
+    parallel: bool,
+) -> LinkEstimate {
+    let est = |bandwidth: u64, source: &str, link_bound: bool| LinkEstimate {
+        bandwidth,
+        source: source.to_string(),
+        link_bound,
+    };
+    let mut e = match (probe, pace) {
+        (Ok(p), Some(pace)) if p <= pace => est(p, "measured to the destination", true),
+        (_, Some(pace)) => est(pace, "past migrations' pace on this host", false),
+        (Ok(p), None) if !parallel && p > ONE_THREAD_RATE => est(
+            ONE_THREAD_RATE,
+            "one migration thread's rate (the link measured faster)",
+            false,
+        ),
+        (Ok(p), None) => est(p, "measured to the destination", p < ONE_THREAD_RATE),
+        (Err(why), None) => est(ONE_THREAD_RATE, &why, false),
+    };
+    if let Some(c) = cap.filter(|&c| c < e.bandwidth) {
+        e = est(c, "--bandwidth", true);
+    }
+    e
+}
+
+/// Pure: the memory a migration has to move, in effective bytes: normal
+/// pages whole, zero pages at [`ZERO_PAGE_COST`] unless the link is the
+/// limit.
+pub fn effective_memory(memory: u64, zero_fraction: f64, link_bound: bool) -> u64 {
+    let zero_cost = if link_bound { 0.0 } else { ZERO_PAGE_COST };
+    (memory as f64 * ((1.0 - zero_fraction) + zero_fraction * zero_cost)) as u64
+}
+
 /// XBZRLE pays off when re-sent pages change in at most this fraction.
 pub const XBZRLE_MAX_DELTA: f64 = 0.25;
 /// Compression pays off from this ratio on.
@@ -158,6 +217,47 @@ mod tests {
     use crate::policy::Knobs;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_link_figure_prefers_evidence_over_assumptions() {
+        let gib = 1u64 << 30;
+        // Loopback probe, no history: one thread's rate.
+        let e = link_estimate(Ok(3 * gib), None, None, false);
+        assert_eq!((e.bandwidth, e.link_bound), (ONE_THREAD_RATE, false));
+        // With multifd the probe stands.
+        assert_eq!(
+            link_estimate(Ok(3 * gib), None, None, true).bandwidth,
+            3 * gib
+        );
+        // This host's past migrations did better than the fixed figure.
+        let e = link_estimate(Ok(3 * gib), Some(gib + gib / 5), None, false);
+        assert_eq!((e.bandwidth, e.link_bound), (gib + gib / 5, false));
+        // A link slower than past migrations' pace is the limit.
+        let e = link_estimate(Ok(100 * MIB), Some(gib), None, false);
+        assert_eq!((e.bandwidth, e.link_bound), (100 * MIB, true));
+        // The operator's cap wins when lower.
+        let e = link_estimate(Ok(3 * gib), Some(gib), Some(100 * MIB), false);
+        assert_eq!(
+            (e.bandwidth, e.source.as_str(), e.link_bound),
+            (100 * MIB, "--bandwidth", true)
+        );
+        // No probe: assumed, and said so.
+        let e = link_estimate(
+            Err("assumed 1 GiB/s (no destination given)".into()),
+            None,
+            None,
+            false,
+        );
+        assert!(e.source.starts_with("assumed"));
+    }
+
+    #[test]
+    fn zero_pages_cost_only_when_the_thread_is_the_limit() {
+        let half = effective_memory(2048 * MIB, 0.5, false);
+        // 1024 MiB of data and 1024 MiB of zero pages at 8 %.
+        assert_eq!(half, (2048.0 * MIB as f64 * 0.54) as u64);
+        assert_eq!(effective_memory(2048 * MIB, 0.5, true), 1024 * MIB);
+    }
 
     fn cfg() -> PolicyConfig {
         PolicyConfig {

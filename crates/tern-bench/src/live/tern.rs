@@ -99,7 +99,17 @@ async fn migrate_once(
     let out = std::fs::File::create(&out_path).context("create the CLI's stdout file")?;
     let err = std::fs::File::create(&err_path).context("create the CLI's stderr file")?;
     let forecast_ms = if bench.forecast {
-        Some(forecast(from, to, name, flags)?)
+        let f = forecast(from, to, name, flags)?;
+        notes.push(format!(
+            "{who}: forecast {} ms from {} MiB at {} MiB/s ({}), {:.0} % zero pages, dirtying {} MiB/s",
+            f.prediction.total_ms,
+            f.memory >> 20,
+            f.bandwidth >> 20,
+            f.bandwidth_source,
+            f.zero_fraction * 100.0,
+            f.dirty_rate >> 20
+        ));
+        Some(f.prediction.total_ms)
     } else {
         None
     };
@@ -182,9 +192,13 @@ async fn migrate_once(
     }))
 }
 
-/// `tern migrate-forecast --json` with the migration's bandwidth limit:
-/// the predicted total time, ms.
-fn forecast(from: &TernHost, to: &TernHost, name: &str, flags: &[String]) -> Result<u64> {
+/// `tern migrate-forecast --json` with the migration's bandwidth limit.
+fn forecast(
+    from: &TernHost,
+    to: &TernHost,
+    name: &str,
+    flags: &[String],
+) -> Result<tern_migrate::policy::Forecast> {
     let mut args = vec!["migrate-forecast", "--json", name];
     let to_uri = to.uri();
     args.push(&to_uri);
@@ -204,7 +218,7 @@ fn forecast(from: &TernHost, to: &TernHost, name: &str, flags: &[String]) -> Res
     );
     let f: tern_migrate::policy::Forecast =
         serde_json::from_slice(&o.stdout).context("parse tern migrate-forecast --json")?;
-    Ok(f.prediction.total_ms)
+    Ok(f)
 }
 
 /// QEMU's figures as `tern domjobinfo --completed --json` reports them.
