@@ -132,14 +132,19 @@ impl JobInfo {
         {
             return None;
         }
-        let page = if self.page_size == 0 {
+        let zero_cost = (self.constant_pages as f64
+            * self.page_bytes() as f64
+            * crate::plan::ZERO_PAGE_COST) as u64;
+        Some((self.memory_processed + zero_cost) * 1000 / self.time_elapsed_ms)
+    }
+
+    /// The guest's page size, 4 KiB until QEMU said.
+    fn page_bytes(&self) -> u64 {
+        if self.page_size == 0 {
             4096
         } else {
             self.page_size
-        };
-        let zero_cost =
-            (self.constant_pages as f64 * page as f64 * crate::plan::ZERO_PAGE_COST) as u64;
-        Some((self.memory_processed + zero_cost) * 1000 / self.time_elapsed_ms)
+        }
     }
 
     /// Records disk mirroring progress; data figures include it.
@@ -170,11 +175,7 @@ impl JobInfo {
             self.memory_total = u(&ram["total"]);
             self.memory_bandwidth = (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64;
             self.page_size = u(&ram["page-size"]).max(self.page_size);
-            let ps = if self.page_size == 0 {
-                4096
-            } else {
-                self.page_size
-            };
+            let ps = self.page_bytes();
             self.dirty_rate = u(&ram["dirty-pages-rate"]) * ps;
             self.iteration = u(&ram["dirty-sync-count"]);
             self.postcopy_requests = u(&ram["postcopy-requests"]);

@@ -134,6 +134,11 @@ pub const PLAN_CHANNELS: u32 = 4;
 /// (the policy then still has the downtime limit, the throttle and, at the
 /// deadline, the pause to finish with).
 pub fn arm_postcopy(cfg: &PolicyConfig, s: &Sample, downtime_ms: u64) -> bool {
+    !precopy_is_easy(cfg, s, downtime_ms)
+}
+
+/// Pre-copy alone is predicted to finish within half the deadline.
+fn precopy_is_easy(cfg: &PolicyConfig, s: &Sample, downtime_ms: u64) -> bool {
     let alone = predict(
         s.effective_memory,
         s.bandwidth,
@@ -141,21 +146,14 @@ pub fn arm_postcopy(cfg: &PolicyConfig, s: &Sample, downtime_ms: u64) -> bool {
         downtime_ms,
         30,
     );
-    !(alone.converges && alone.total_ms <= cfg.deadline_ms / 2)
+    alone.converges && alone.total_ms <= cfg.deadline_ms / 2
 }
 
 /// Decides the start plan, or `None` when plain pre-copy will do (or
 /// nothing would help).
 pub fn start_plan(cfg: &PolicyConfig, s: &Sample, downtime_ms: u64) -> Option<StartPlan> {
-    let alone = predict(
-        s.effective_memory,
-        s.bandwidth,
-        s.dirty_rate,
-        downtime_ms,
-        30,
-    );
     // Comfortably inside the deadline: nothing to pay for.
-    if alone.converges && alone.total_ms <= cfg.deadline_ms / 2 {
+    if precopy_is_easy(cfg, s, downtime_ms) {
         return None;
     }
     let mib = |b: u64| b >> 20;

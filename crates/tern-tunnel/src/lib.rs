@@ -10,10 +10,10 @@
 //!   connection QEMU opens (the main migration channel, each multifd
 //!   channel, each NBD connection) it dials the destination, sends a
 //!   [`TunnelHello`](tern_migrate::protocol::TunnelHello), waits for the
-//!   reply byte and splices.
+//!   reply byte and carries the stream.
 //! - [`Inbound`] (destination agent): a dedicated TLS listener for one
 //!   migration; it checks the header and the client certificate, connects
-//!   the stream to the local socket for its kind, and splices.
+//!   the stream to the local socket for its kind, and carries it.
 //!
 //! Once a stream's hello is answered, the agent takes rustls's traffic keys
 //! and seals and opens the TLS 1.3 records itself on two blocking threads
@@ -33,7 +33,7 @@ mod splice;
 
 pub use inbound::{Inbound, Routes};
 pub use outbound::{Outbound, Remote};
-pub use splice::{splice, Stats, SPLICE_BUFFER};
+pub use splice::{Stats, SPLICE_BUFFER};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,10 +1,11 @@
-//! Moving bytes both ways between a local socket and a TLS stream.
+//! Moving bytes both ways between a local socket and a TLS stream: the
+//! hand-over from rustls to the record threads (`record`), and the counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Bytes moved per read. Large, so the TLS layer seals full 16 KiB records
-/// and the loop runs rarely; small enough to stay in cache.
+/// Read buffer of the TLS side's socket during the handshake and hello
+/// (rustls reads 4 KiB at a time otherwise); what it holds at the hand-over
+/// goes to the record thread.
 pub const SPLICE_BUFFER: usize = 256 << 10;
 
 /// Counters of one tunnel endpoint (all its streams).
@@ -40,25 +41,6 @@ impl Stats {
             self.from_peer.load(Ordering::Relaxed),
         )
     }
-}
-
-/// Copies `local` to `peer` and back until both directions ended (or one
-/// failed); returns (bytes to the peer, bytes from the peer). When one side
-/// ends its writing, the other side's write half is shut down, so QEMU's
-/// end-of-stream crosses the tunnel.
-pub async fn splice<L, P>(local: &mut L, peer: &mut P, stats: &Stats) -> std::io::Result<(u64, u64)>
-where
-    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    P: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    stats.opened();
-    let r =
-        tokio::io::copy_bidirectional_with_sizes(local, peer, SPLICE_BUFFER, SPLICE_BUFFER).await;
-    match &r {
-        Ok((up, down)) => stats.closed(*up, *down),
-        Err(_) => stats.closed(0, 0),
-    }
-    r
 }
 
 /// Carries a stream whose hello exchange is done with the agent's own
