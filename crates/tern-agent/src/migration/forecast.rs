@@ -44,10 +44,9 @@ pub async fn forecast(
     let pages = page_figures(&before, &after);
     let zero_fraction = pages.zero_fraction;
     let probe = match dest_uri {
-        Some(u) => match probe_link(agent, u).await {
-            Ok(b) => Ok(b),
-            Err(e) => Err(format!("assumed 1 GiB/s (probe failed: {e})")),
-        },
+        Some(u) => probe_link(agent, u)
+            .await
+            .map_err(|e| format!("assumed 1 GiB/s (probe failed: {e})")),
         None => Err("assumed 1 GiB/s (no destination given)".to_string()),
     };
     let cap = o.bandwidth_mib.filter(|m| *m > 0).map(|m| m << 20);
