@@ -145,7 +145,12 @@ fn assert_still_on_source(p: &Pair, name: &str) {
 
 #[test]
 fn idle_guest_migrates_and_keeps_counting() {
-    let p = pair("idle");
+    // Another program holds the first port of B's migration range: QEMU
+    // must take the next one rather than fail the migration.
+    let squatter = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let first = squatter.local_addr().unwrap().port();
+    let range = format!("{first}-{}", first.saturating_add(15));
+    let p = pair_with("idle", vec![], vec!["--migration-ports".into(), range]);
     p.boot("idle1", "tern.mem=64 tern.dirty=0");
     let w = ConsoleWatcher::start();
     w.add(p.a.console_log("idle1"), false);

@@ -228,69 +228,61 @@ async fn start_incoming(
     if o.tunnelled {
         return tunnelled_incoming(agent, &qmp, req, job, &listen, &advertise).await;
     }
-    let ports: Vec<u16> = match wanted.as_ref().and_then(|w| w.port) {
-        Some(p) => vec![p],
-        None => agent.cfg.migration_ports.clone().collect(),
+    let (first, last) = match wanted.as_ref().and_then(|w| w.port) {
+        Some(p) => (p, p),
+        None => (
+            *agent.cfg.migration_ports.start(),
+            *agent.cfg.migration_ports.end(),
+        ),
     };
-    let mut last_err = None;
-    // Two Prepares on this agent at once must not both find the same port
-    // free before either QEMU has bound it.
-    static PORTS: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
-    let _ports = PORTS
-        .get_or_init(|| tokio::sync::Mutex::new(()))
-        .lock()
-        .await;
-    for port in ports {
-        let target = IncomingTarget {
-            host: listen.clone(),
+    // QEMU walks the range and binds the first free port itself: probing a
+    // port here and handing it over would race every other process on
+    // this machine (another agent's QEMU or NBD server, an outgoing
+    // connection's ephemeral port), and a failed `migrate-incoming` leaves
+    // QEMU's incoming state at "setup", refusing every retry.
+    let channel = json!([{
+        "channel-type": "main",
+        "addr": {"transport": "socket", "type": "inet", "host": listen,
+                 "port": first.to_string(), "to": last},
+    }]);
+    qmp.execute("migrate-incoming", Some(json!({ "channels": channel })))
+        .await
+        .map_err(|e| {
+            AgentError::Failed(format!(
+                "the destination QEMU could not listen for migration on {listen} ports \
+                 {first}-{last}: {e}"
+            ))
+        })?;
+    let port = listening_port(&qmp).await?;
+    let nbd = if req.disks.is_empty() {
+        None
+    } else {
+        Some(super::storage::export(agent, &qmp, &listen, &advertise, &req.disks, o.tls).await?)
+    };
+    Ok((
+        IncomingTarget {
+            host: advertise,
             port,
             tunnel: false,
-        };
-        // A failed `migrate-incoming` leaves QEMU's incoming state at
-        // "setup" and refuses every retry: skip ports already taken (by
-        // another agent on this machine, say) before QEMU tries them.
-        if std::net::TcpListener::bind((listen.as_str(), port)).is_err() {
-            last_err = Some(AgentError::Failed(format!("port {port} is in use")));
-            continue;
-        }
-        match qmp
-            .execute(
-                "migrate-incoming",
-                Some(json!({ "uri": target.qemu_uri() })),
-            )
-            .await
-        {
-            Ok(_) => {
-                let nbd = if req.disks.is_empty() {
-                    None
-                } else {
-                    Some(
-                        super::storage::export(agent, &qmp, &listen, &advertise, &req.disks, o.tls)
-                            .await?,
-                    )
-                };
-                return Ok((
-                    IncomingTarget {
-                        host: advertise,
-                        port,
-                        tunnel: false,
-                    },
-                    nbd,
-                ));
-            }
-            // QEMU cannot retry after a failed `migrate-incoming`.
-            Err(err) => {
-                last_err = Some(err.into());
-                break;
-            }
-        }
-    }
-    Err(AgentError::Failed(format!(
-        "the destination QEMU could not listen for migration: {}",
-        last_err
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "no port in range".into())
-    )))
+        },
+        nbd,
+    ))
+}
+
+/// The port QEMU bound for `migrate-incoming`, from `query-migrate`'s
+/// `socket-address`.
+async fn listening_port(qmp: &tern_qemu::Qmp) -> Result<u16> {
+    let info = qmp.execute("query-migrate", None).await?;
+    info.get("socket-address")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .find_map(|a| a.get("port")?.as_str()?.parse::<u16>().ok())
+        .ok_or_else(|| {
+            AgentError::Failed(format!(
+                "the destination QEMU listens for migration but did not say on which port: {info}"
+            ))
+        })
 }
 
 /// `--tunnelled`: QEMU listens on a unix socket (and exports the disks on
