@@ -65,8 +65,9 @@ pub struct ConvergeArgs {
     /// postcopy-ram capability from the start, on both sides.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     tern_postcopy: bool,
-    /// Migrations per case and method (back and forth); the table shows the
-    /// median. A migration that does not finish ends its cell's repeats.
+    /// Migrations per case and method, the methods taking turns; the table
+    /// shows the median. A migration that does not finish ends its method's
+    /// turns in that case.
     #[arg(long, default_value_t = 3)]
     repeat: u32,
 }
@@ -148,6 +149,12 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
         pki_dir: None,
     })?;
     bench.forecast = true;
+    // Each migration boots its own guest, and the methods take turns
+    // migration by migration (the first method rotating with each round):
+    // the machine's speed drifts by more than the 10 % being measured over
+    // a half-hour run, and taking turns puts the drift on every method alike.
+    let rounds = bench.repeat;
+    bench.repeat = 1;
     let started = Instant::now();
     let mut cells = Vec::new();
     for &load in &loads {
@@ -155,63 +162,41 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
             memory_mib: a.memory,
             dirty_mib_s: load.dirty,
         };
-        for m in &a.methods {
-            let mut notes = Vec::new();
-            eprintln!("tern-bench: {}: {m} ...", load.label());
-            let outcome = match m.as_str() {
-                "tern" => {
-                    let mut flags = Vec::new();
-                    if a.tern_postcopy {
-                        flags.push("--postcopy".to_string());
-                    }
-                    if let Some(b) = load.bandwidth {
-                        flags.extend(["--bandwidth".to_string(), b.to_string()]);
-                    }
-                    median(
-                        tern::run(&bench, case, &flags, &mut notes).await,
-                        &mut notes,
-                    )
+        let n = a.methods.len();
+        let mut runs: Vec<Vec<Outcome>> = vec![Vec::new(); n];
+        let mut notes: Vec<Vec<String>> = vec![Vec::new(); n];
+        for round in 0..rounds as usize {
+            for k in 0..n {
+                let i = (round + k) % n;
+                // A method that did not finish once is not asked again.
+                if runs[i].last().is_some_and(|o| done(o).is_none()) {
+                    continue;
                 }
-                "qemu" | "nova" => {
-                    let mut plan = Plan {
-                        options: MigrateOptions {
-                            live: true,
-                            no_policy: true,
-                            bandwidth_mib: load.bandwidth,
-                            ..Default::default()
-                        },
-                        downtime_steps: Vec::new(),
-                    };
-                    if m == "nova" {
-                        let steps = nova_steps(a.memory.div_ceil(1024));
-                        plan.options.max_downtime_ms = steps.first().map(|s| s.1);
-                        plan.downtime_steps = steps.into_iter().skip(1).collect();
-                    }
-                    // Starting the destination QEMU counts, as it does
-                    // in Tern's time.
-                    let r = direct::run(&bench, case, &plan, &mut notes).await.map(|d| {
-                        d.outcomes
-                            .into_iter()
-                            .zip(d.dest_starts.iter().copied())
-                            .map(|(o, start)| match o {
-                                Outcome::Done(mut r) => {
-                                    r.wall += start;
-                                    Outcome::Done(r)
-                                }
-                                o => o,
-                            })
-                            .collect()
-                    });
-                    median(r, &mut notes)
+                let m = a.methods[i].as_str();
+                eprintln!(
+                    "tern-bench: {}: {m}, round {}/{rounds} ...",
+                    load.label(),
+                    round + 1
+                );
+                let o = one(&bench, &a, case, load, m, &mut notes[i]).await?;
+                eprintln!("tern-bench: {}: {m}: {}", load.label(), brief(&o));
+                runs[i].push(o);
+            }
+        }
+        let pairs = paired_ratios(&a.methods, &runs);
+        for (i, (m, v)) in a.methods.iter().zip(runs).enumerate() {
+            let mut n = std::mem::take(&mut notes[i]);
+            if m == "tern" {
+                if let Some(p) = &pairs {
+                    n.push(p.clone());
                 }
-                other => anyhow::bail!("unknown method {other:?}: use tern, qemu or nova"),
-            };
-            eprintln!("tern-bench: {}: {m}: {}", load.label(), brief(&outcome));
+            }
+            let outcome = median(Ok(v), &mut n);
             cells.push(Cell {
                 load,
                 method: static_name(m),
                 outcome,
-                notes,
+                notes: n,
             });
         }
     }
@@ -244,6 +229,92 @@ fn static_name(m: &str) -> &'static str {
         "qemu" => "QEMU defaults",
         _ => "Nova steps",
     }
+}
+
+/// One migration of `case` by method `m`, on a freshly booted guest.
+async fn one(
+    bench: &Bench,
+    a: &ConvergeArgs,
+    case: Case,
+    load: Load,
+    m: &str,
+    notes: &mut Vec<String>,
+) -> Result<Outcome> {
+    let r = match m {
+        "tern" => {
+            let mut flags = Vec::new();
+            if a.tern_postcopy {
+                flags.push("--postcopy".to_string());
+            }
+            if let Some(b) = load.bandwidth {
+                flags.extend(["--bandwidth".to_string(), b.to_string()]);
+            }
+            tern::run(bench, case, &flags, notes).await
+        }
+        "qemu" | "nova" => {
+            let mut plan = Plan {
+                options: MigrateOptions {
+                    live: true,
+                    no_policy: true,
+                    bandwidth_mib: load.bandwidth,
+                    ..Default::default()
+                },
+                downtime_steps: Vec::new(),
+            };
+            if m == "nova" {
+                let steps = nova_steps(a.memory.div_ceil(1024));
+                plan.options.max_downtime_ms = steps.first().map(|s| s.1);
+                plan.downtime_steps = steps.into_iter().skip(1).collect();
+            }
+            // Starting the destination QEMU counts, as it does in Tern's time.
+            direct::run(bench, case, &plan, notes).await.map(|d| {
+                d.outcomes
+                    .into_iter()
+                    .zip(d.dest_starts.iter().copied())
+                    .map(|(o, start)| match o {
+                        Outcome::Done(mut r) => {
+                            r.wall += start;
+                            Outcome::Done(r)
+                        }
+                        o => o,
+                    })
+                    .collect()
+            })
+        }
+        other => anyhow::bail!("unknown method {other:?}: use tern, qemu or nova"),
+    };
+    Ok(match r {
+        Ok(v) => v
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Outcome::Failed("no migration ran".into())),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    })
+}
+
+/// Tern's total over QEMU's defaults' in the same round, when both
+/// finished every round: each ratio, and their median.
+fn paired_ratios(methods: &[String], runs: &[Vec<Outcome>]) -> Option<String> {
+    let at = |name: &str| methods.iter().position(|m| m == name);
+    let (t, q) = (&runs[at("tern")?], &runs[at("qemu")?]);
+    let mut ratios: Vec<f64> = t
+        .iter()
+        .zip(q)
+        .map(|(t, q)| Some(done(t)?.wall.as_secs_f64() / done(q)?.wall.as_secs_f64().max(1e-3)))
+        .collect::<Option<_>>()?;
+    if ratios.len() < 2 {
+        return None;
+    }
+    let each = ratios
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    ratios.sort_by(f64::total_cmp);
+    Some(format!(
+        "tern / QEMU defaults round by round: {each}; median {:.2}x",
+        ratios[ratios.len() / 2]
+    ))
 }
 
 /// The run with the median total time when every run finished, else the
