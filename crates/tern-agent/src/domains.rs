@@ -227,6 +227,7 @@ impl Agent {
         def: &Domain,
         paused: bool,
     ) -> Result<()> {
+        crate::migration::cold::ensure_durable(def).await?;
         let run = launch::launch(self, def, LaunchMode::Boot { paused }).await?;
         monitor::install(self, slot, e, run);
         if paused {

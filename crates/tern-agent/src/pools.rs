@@ -336,6 +336,12 @@ impl Pools {
             .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
+            // The transfer engine's companions of a file being received.
+            .filter(|n| {
+                ![".tern-partial", ".tern-journal", ".tern-unsynced"]
+                    .iter()
+                    .any(|s| n.ends_with(s))
+            })
             .collect();
         names.sort();
         let mut out = Vec::new();

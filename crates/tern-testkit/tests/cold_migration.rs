@@ -119,6 +119,28 @@ fn cold_migration_moves_a_backing_chain_that_boots_and_verifies_there() {
     assert!(!h.a.ok(&["list", "--all", "--name"]).contains("cold1"));
     assert!(h.ia.join("top.qcow2").exists());
     assert_eq!(h.b.ok(&["domstate", "cold1"]).trim(), "shut off");
+    // The source kept its disks, so the destination synced its copies after
+    // answering: each carried a marker until it was on disk.
+    for f in ["top.qcow2", "base.qcow2"] {
+        let marker = tern_transfer::durable::marker_path(&h.ib.join(f));
+        let t = std::time::Instant::now();
+        while marker.exists() {
+            assert!(t.elapsed() < Duration::from_secs(60), "{f} never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let vols = h.b.ok(&["vol-list", "images"]);
+    assert!(!vols.contains(".tern-"), "{vols}");
+    // As if the host had restarted before the sync: the guest is refused.
+    let marker = tern_transfer::durable::marker_path(&h.ib.join("top.qcow2"));
+    std::fs::write(&marker, "00000000-0000-0000-0000-000000000000").unwrap();
+    let e = err_line(&h.b.tern(&["start", "cold1"]));
+    assert!(
+        e.contains("may be incomplete") && e.contains("migrate"),
+        "{e}"
+    );
+    assert_eq!(h.b.ok(&["domstate", "cold1"]).trim(), "shut off");
+    std::fs::remove_file(&marker).unwrap();
     // It boots there and every block verifies from the disk.
     h.b.ok(&["start", "cold1"]);
     let text =

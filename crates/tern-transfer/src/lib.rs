@@ -45,7 +45,9 @@
 //! `set_len`, writes only non-zero data (zeros are never written; on a resumed file,
 //! zero blocks are hole-punched), and journals verified chunks in `<dest>.tern-journal`.
 //! When every chunk is verified it fsyncs, renames the partial file to `dest`, fsyncs the
-//! directory and deletes the journal. The source is opened read-only and never modified;
+//! directory and deletes the journal. With [`Durability::Deferred`] it syncs nothing while
+//! copying and, instead of the final fsync, leaves a marker naming this boot for
+//! [`make_durable`] to clear later (see [`durable`]). The source is opened read-only and never modified;
 //! a source whose size or mtime changes during the transfer fails it.
 //!
 //! ## Verification
@@ -118,6 +120,7 @@
 #![warn(missing_docs)]
 
 mod checksum;
+pub mod durable;
 mod error;
 pub mod extents;
 mod journal;
@@ -131,6 +134,7 @@ mod session;
 pub mod wire;
 
 pub use checksum::Checksum;
+pub use durable::{make_durable, Durability};
 pub use error::{Error, Result};
 pub use extents::{allocated_extents, Extent};
 pub use journal::{journal_path, partial_path};

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::durable::{self, Durability};
 use crate::error::{is_no_space, Error, Result};
 use crate::journal::{self, Bitmap, Journal, JournalWriter};
 use crate::recv_accept::{accept_one, check_hello, reject, welcome};
@@ -160,9 +161,10 @@ fn run(
     let (mut control, hello) =
         accept_one(&listener, deadline, opts, cancel, |h| check_hello(h, opts))?;
     let start = Instant::now();
+    let synced = opts.durability == Durability::Synced;
     let hdr = journal::Header {
         session: hello.session,
-        fingerprint: hello.fingerprint,
+        fingerprint: journal_fingerprint(&hello.fingerprint, opts.durability)?,
         file_size: hello.file_size,
         chunk_size: hello.chunk_size,
         chunk_count: hello.chunk_count,
@@ -178,13 +180,8 @@ fn run(
     let flags = if compressed { wire::FLAG_ZSTD } else { 0 };
     let resumed_chunks = done.count();
     let file = Arc::new(file);
-    let journal = JournalWriter::spawn(
-        journal,
-        file.clone(),
-        opts.fsync,
-        opts.journal_interval_bytes,
-    )
-    .map_err(|e| Error::io("spawning a thread", e))?;
+    let journal = JournalWriter::spawn(journal, file.clone(), synced, opts.journal_interval_bytes)
+        .map_err(|e| Error::io("spawning a thread", e))?;
     let hs_in = (wire::PREFACE_LEN + wire::FRAME_HEADER_LEN + hello.encode().len()) as u64;
     let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::io("cloning a socket", e));
     let rs = Arc::new(Recv {
@@ -199,7 +196,7 @@ fn run(
         },
         resumed: resumed || resumed_chunks > 0,
         verify_read_back: opts.verify_read_back,
-        fsync: opts.fsync,
+        fsync: synced,
         done: Mutex::new(done),
         journal,
         abort: AtomicBool::new(false),
@@ -356,21 +353,44 @@ fn finalize(
             hello.chunk_count
         )));
     }
-    if opts.fsync {
-        file.sync_all()
-            .map_err(|e| io_or_no_space(e, "syncing", dest))?;
-    }
     if !opts.overwrite && dest.exists() {
         return Err(Error::DestinationExists(dest.to_path_buf()));
     }
-    std::fs::rename(journal::partial_path(dest), dest)
-        .map_err(|e| io_or_no_space(e, "renaming the partial file to", dest))?;
-    if opts.fsync {
-        if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_or_no_space(e, "syncing the directory of", dest))?;
+    match opts.durability {
+        Durability::Synced => file
+            .sync_all()
+            .map_err(|e| io_or_no_space(e, "syncing", dest))?,
+        // The marker is on disk before the name it describes.
+        Durability::Deferred => {
+            durable::mark(dest).map_err(|e| io_or_no_space(e, "marking as not yet synced", dest))?
         }
     }
+    if let Err(e) = std::fs::rename(journal::partial_path(dest), dest) {
+        let _ = std::fs::remove_file(durable::marker_path(dest));
+        return Err(io_or_no_space(e, "renaming the partial file to", dest));
+    }
+    if synced(opts) {
+        durable::sync_dir(dest).map_err(|e| io_or_no_space(e, "syncing the directory of", dest))?;
+    }
     Ok(())
+}
+
+fn synced(opts: &ReceiveOptions) -> bool {
+    opts.durability == Durability::Synced
+}
+
+/// The fingerprint a journal is kept under. A deferred transfer's journal
+/// also names this boot: its records name data that was never synced, which
+/// a reboot may have lost.
+fn journal_fingerprint(source: &[u8; 32], d: Durability) -> Result<[u8; 32]> {
+    match d {
+        Durability::Synced => Ok(*source),
+        Durability::Deferred => {
+            let boot = durable::boot_id().map_err(|e| Error::io("reading the boot id", e))?;
+            let mut h = blake3::Hasher::new();
+            h.update(source);
+            h.update(boot.as_bytes());
+            Ok(*h.finalize().as_bytes())
+        }
+    }
 }

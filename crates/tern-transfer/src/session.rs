@@ -1,5 +1,6 @@
 //! Session identity, options, statistics and progress reports.
 
+use crate::durable::Durability;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,8 +139,9 @@ pub struct ReceiveOptions {
     pub resume: bool,
     /// Replace an existing destination file (default false: fail if it exists).
     pub overwrite: bool,
-    /// fdatasync data before journaling it and before the final rename (default true).
-    pub fsync: bool,
+    /// When the data is made durable (default [`Durability::Synced`]: fdatasync before
+    /// journaling and before the final rename).
+    pub durability: Durability,
     /// Also read every chunk back after writing and hash it again (default false).
     pub verify_read_back: bool,
     /// Most streams a sender may open (default 16).
@@ -160,7 +162,7 @@ impl ReceiveOptions {
             allow_compression: true,
             resume: true,
             overwrite: false,
-            fsync: true,
+            durability: Durability::Synced,
             verify_read_back: false,
             max_streams: 16,
             accept_timeout: Duration::from_secs(60),

@@ -213,6 +213,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(async move {
         a.accel().await;
     });
+    // Migrated disks whose sync was deferred, from before this agent started.
+    let dirs: Vec<_> = agent
+        .pools
+        .list(false)
+        .await
+        .into_iter()
+        .map(|p| p.def.target)
+        .collect();
+    tokio::task::spawn_blocking(move || tern_agent::migration::cold::settle_markers(dirs));
     let srv = server::Server::new(agent.clone());
     tracing::info!(socket = %agent.cfg.socket.display(), state_dir = %agent.cfg.state_dir.display(), "ternd ready");
     if let Some(l) = tcp {

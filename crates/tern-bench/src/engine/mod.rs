@@ -69,7 +69,12 @@ fn run_engine(
 ) -> RunResult {
     let sid = SessionId::random();
     let mut ro = ReceiveOptions::new(sid);
-    ro.fsync = fsync;
+    // Without fsync the receiver defers it (and marks the file as such).
+    ro.durability = if fsync {
+        tern_transfer::Durability::Synced
+    } else {
+        tern_transfer::Durability::Deferred
+    };
     let mut so = SendOptions::new(sid);
     so.compression = compression;
     so.streams = streams;
@@ -79,6 +84,7 @@ fn run_engine(
     let r = Receiver::bind("127.0.0.1:0", dest, ro).map_err(|e| e.to_string())?;
     let s = tern_transfer::send(r.local_addr(), src, &so, |_| {}).map_err(|e| e.to_string())?;
     r.wait().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(tern_transfer::durable::marker_path(dest));
     Ok((
         t.elapsed().as_secs_f64(),
         format!("{} ({} B)", gib(s.bytes_sent_wire), s.bytes_sent_wire),
