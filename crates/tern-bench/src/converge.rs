@@ -340,10 +340,14 @@ fn median(r: Result<Vec<Outcome>>, notes: &mut Vec<String>) -> Outcome {
         .collect();
     if runs.len() > 1 {
         notes.push(format!(
-            "totals of {} runs: {} s",
+            "totals of {} runs, in order (QEMU's own total-time): {} s",
             runs.len(),
             runs.iter()
-                .map(|r| format!("{:.2}", r.wall.as_secs_f64()))
+                .map(|r| format!(
+                    "{:.2} (QEMU {:.2})",
+                    r.wall.as_secs_f64(),
+                    r.figures.total_ms as f64 / 1000.0
+                ))
                 .collect::<Vec<_>>()
                 .join(" / ")
         ));
