@@ -20,6 +20,12 @@
 //! includes it). A migration still copying
 //! after `--give-up` seconds (10 minutes by default) is cancelled and counts
 //! as not completed.
+//!
+//! Every migration boots a fresh guest, and the methods take turns
+//! migration by migration (`--repeat` rounds, the first method rotating),
+//! so that drifts in the machine's speed fall on every method alike; the
+//! table shows each cell's median, and Tern's ratio to QEMU's defaults is
+//! also given round by round.
 
 use crate::guest::Case;
 use crate::live::direct::{self, Plan};
