@@ -65,12 +65,21 @@ async fn main() -> ExitCode {
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };
-    // On Ctrl-C the benchmark's future is dropped, and with it every guard:
-    // the agents' QEMUs (which run in their own sessions), our own QEMUs,
-    // and the temporary directories.
+    // On Ctrl-C or SIGTERM the benchmark's future is dropped, and with it
+    // every guard: the agents' QEMUs (which run in their own sessions), our
+    // own QEMUs, and the temporary directories.
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
     let r = tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+        _ = term => Err(anyhow::anyhow!("terminated; cleaned up")),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
