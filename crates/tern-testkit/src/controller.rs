@@ -1,7 +1,7 @@
 //! Test controllers: a `tern-controller` on a free loopback port, and
 //! agents that join it. Dropping a [`TestController`] kills the process.
 
-use crate::etcd::free_port;
+use crate::free_port;
 use crate::host::{bin, HostOptions, TernHost};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

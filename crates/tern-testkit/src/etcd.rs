@@ -1,7 +1,6 @@
 //! A real etcd for tests: one member on free loopback ports, its data in a
 //! temporary directory; dropping it kills the process and removes the data.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +16,6 @@ pub struct Etcd {
     _dir: tempfile::TempDir,
 }
 
-/// A port the kernel just gave out (closed again for the child to take).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("allocate a loopback port")
-}
-
 impl Etcd {
     /// Starts etcd (Debian's `etcd-server`) and waits until it answers.
     pub fn start() -> Etcd {
@@ -32,7 +23,7 @@ impl Etcd {
             .prefix("tern-etcd-")
             .tempdir()
             .expect("temp dir");
-        let (cp, pp) = (free_port(), free_port());
+        let (cp, pp) = (crate::free_port(), crate::free_port());
         let url = format!("http://127.0.0.1:{cp}");
         let peer = format!("http://127.0.0.1:{pp}");
         let log = dir.path().join("etcd.log");

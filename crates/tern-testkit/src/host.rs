@@ -342,12 +342,21 @@ pub fn tern_at(uri: &str, args: &[&str]) -> Output {
         .expect("run tern")
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; a tiny race remains).
+/// A free TCP port on 127.0.0.1 (bound and released; a tiny race remains),
+/// outside the agents' default migration range: the test binds it later,
+/// and an agent's QEMU could take a port of that range in between.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    const MIGRATION_PORTS: std::ops::RangeInclusive<u16> = 49152..=49215;
+    // Hold every unwanted pick until a good one comes, so the kernel moves on.
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = l.local_addr().expect("a bound port").port();
+        if !MIGRATION_PORTS.contains(&port) {
+            return port;
+        }
+        held.push(l);
+    }
 }
 
 /// Last `n` lines of a text.

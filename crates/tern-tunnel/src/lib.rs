@@ -26,6 +26,7 @@
 //! QEMU closes (post-copy keeps its streams after the destination resumed),
 //! or at once with `abort()`.
 
+mod bounded;
 mod inbound;
 mod outbound;
 mod record;
@@ -101,8 +102,11 @@ fn keepalive(s: &tokio::net::TcpStream) {
 /// The TLS side's socket behind a large read buffer: rustls reads records
 /// 4 KiB at a time, which without it costs four system calls per 16 KiB
 /// record on the receiving agent.
-fn read_buffered(tcp: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::TcpStream> {
-    tokio::io::BufReader::with_capacity(splice::SPLICE_BUFFER, tcp)
+fn read_buffered(tcp: tokio::net::TcpStream) -> bounded::RecordBounded {
+    bounded::RecordBounded::new(tokio::io::BufReader::with_capacity(
+        splice::SPLICE_BUFFER,
+        tcp,
+    ))
 }
 
 /// Larger socket buffers: bulk streams on fast links fill the defaults.

@@ -50,7 +50,7 @@ impl Stats {
 /// still holds.
 pub(crate) async fn take_over(
     local: tokio::net::UnixStream,
-    io: tokio::io::BufReader<tokio::net::TcpStream>,
+    io: crate::bounded::RecordBounded,
     conn: impl Into<rustls::Connection>,
     stats: &Stats,
     mut kill: tokio::sync::watch::Receiver<bool>,
@@ -58,7 +58,19 @@ pub(crate) async fn take_over(
     use crate::record::{down, up, Cipher};
     use std::net::Shutdown;
     use std::sync::Arc;
-    let conn: rustls::Connection = conn.into();
+    let mut conn: rustls::Connection = conn.into();
+    // Plaintext rustls decrypted but nobody read yet goes out first.
+    let mut plain = Vec::new();
+    let mut piece = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut conn.reader(), &mut piece) {
+            Ok(0) => break,
+            Ok(n) => plain.extend_from_slice(&piece[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let io = io.into_inner()?;
     let secrets = conn
         .dangerous_extract_secrets()
         .map_err(|e| std::io::Error::other(format!("cannot take over the tunnel's keys: {e}")))?;
@@ -67,8 +79,9 @@ pub(crate) async fn take_over(
     let early = io.buffer().to_vec();
     let tcp = io.into_inner().into_std()?;
     tcp.set_nonblocking(false)?;
-    let local = local.into_std()?;
+    let mut local = local.into_std()?;
     local.set_nonblocking(false)?;
+    std::io::Write::write_all(&mut local, &plain)?;
     let (tcp, local) = (Arc::new(tcp), Arc::new(local));
     // Either direction failing ends both: the other thread's blocked call
     // returns once its sockets are shut down.
