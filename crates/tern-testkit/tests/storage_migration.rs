@@ -47,8 +47,20 @@ fn migrate(h: &Hosts, name: &str, flags: &[&str]) -> std::process::Output {
     h.migrate(name, flags)
 }
 
-fn ok(o: &std::process::Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+/// Migrates and expects success; on failure, both hosts' job events say why.
+fn migrate_ok(h: &Hosts, name: &str, flags: &[&str]) {
+    let o = h.migrate(name, flags);
+    if !o.status.success() {
+        let events = |t: &TernHost| {
+            String::from_utf8_lossy(&t.tern(&["domjobevents", name]).stdout).into_owned()
+        };
+        panic!(
+            "{}\nsource events:\n{}\ndestination events:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            events(&h.a),
+            events(&h.b)
+        );
+    }
 }
 
 #[test]
@@ -68,11 +80,11 @@ fn copy_storage_all_keeps_every_write_and_boots_again_there() {
     ));
     h.a.ok(&["start", "csa"]);
     wait_disk_ok(&h.a, "csa", "disk writes on the source");
-    ok(&migrate(
+    migrate_ok(
         &h,
         "csa",
         &["--live", "--verbose", "--copy-storage-all", "--persistent"],
-    ));
+    );
     assert!(h.b.ok(&["domstate", "csa"]).starts_with("running"));
     let vols = h.b.ok(&["vol-list", "images"]);
     assert!(vols.contains("csa.qcow2"), "{vols}");
@@ -145,7 +157,7 @@ fn copy_storage_inc_moves_only_the_top_image() {
     );
     // The destination reads the base only from one of its pools.
     h.b.add_pool("golden", &h.ia, false);
-    ok(&migrate(&h, "inc", &["--live", "--copy-storage-inc"]));
+    migrate_ok(&h, "inc", &["--live", "--copy-storage-inc"]);
     let top: serde_json::Value =
         serde_json::from_str(&h.b.ok(&["vol-info", "top.qcow2", "--pool", "images", "--json"]))
             .unwrap();
@@ -184,11 +196,11 @@ fn migrate_disks_copies_only_the_named_local_disk() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("'vda'") && e.contains("not shared"), "{e}");
     assert!(h.b.qemu_pids().is_empty());
-    ok(&migrate(
+    migrate_ok(
         &h,
         "md",
         &["--live", "--copy-storage-all", "--migrate-disks", "vda"],
-    ));
+    );
     assert!(h.ib.join("local.raw").exists());
     assert!(!h.ib.join("data.raw").exists());
     let blk = h.b.ok(&["domblklist", "md"]);
