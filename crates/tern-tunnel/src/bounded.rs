@@ -90,13 +90,13 @@ impl AsyncRead for RecordBounded {
         if want == 0 {
             return Poll::Ready(Ok(()));
         }
+        let start = buf.filled().len();
         let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
         match Pin::new(&mut this.inner).poll_read(cx, &mut part) {
             Poll::Ready(Ok(())) => {
                 let n = part.filled().len();
-                let got = part.filled().to_vec();
-                this.consumed(&got);
                 buf.advance(n);
+                this.consumed(&buf.filled()[start..]);
                 Poll::Ready(Ok(()))
             }
             other => other,
