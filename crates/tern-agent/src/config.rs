@@ -134,13 +134,18 @@ impl Layout {
     pub fn run_dir(&self, name: &str) -> PathBuf {
         self.runs().join(name)
     }
+    /// Migration job records (`<domain>.json` while running,
+    /// `<domain>.done.json` for the last finished one).
+    pub fn jobs(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
     /// Pool definitions.
     pub fn pools(&self) -> PathBuf {
         self.root.join("pools")
     }
     /// Creates the directories.
     pub fn create(&self) -> std::io::Result<()> {
-        for d in [self.domains(), self.runs(), self.pools()] {
+        for d in [self.domains(), self.runs(), self.pools(), self.jobs()] {
             std::fs::create_dir_all(d)?;
         }
         Ok(())
@@ -157,5 +162,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself is only durable once the directory is synced.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -180,7 +180,7 @@ pub async fn complete(
             }
         };
         on_progress(&info);
-        if info.qemu_status == "postcopy-active" && finished.is_none() {
+        if info.qemu_status.is_postcopy() && finished.is_none() {
             match finish(true).await {
                 Ok(f) => finished = Some(f),
                 Err(e) => return Err(DriveError::Unknown(e)),

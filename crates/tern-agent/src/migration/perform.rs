@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tern_migrate::policy::{self, Action, Observation, PolicyState};
 use tern_migrate::protocol::PerformRequest;
 use tern_migrate::{JobKind, MigrateOptions, TimeoutAction};
+use tern_qemu::MigrationStatus;
 
 /// How often Perform reads QEMU's figures.
 const POLL: Duration = Duration::from_millis(100);
@@ -164,7 +165,9 @@ async fn watch(
         // total time and downtime; wait for the figures.
         let mut q = q;
         for _ in 0..500 {
-            if q["status"] != "completed" || q["total-time"].as_u64().unwrap_or(0) > 0 {
+            if MigrationStatus::of_reply(&q) != MigrationStatus::Completed
+                || q["total-time"].as_u64().unwrap_or(0) > 0
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -178,7 +181,7 @@ async fn watch(
             if let Ok((_, done, total)) = super::storage::progress(&qmp, nbd).await {
                 job.update(|i| i.set_disk(done, total));
             }
-            if q["status"] == "pre-switchover" {
+            if MigrationStatus::of_reply(&q) == MigrationStatus::PreSwitchover {
                 if let Err(e) = super::storage::complete(&qmp, nbd, &job).await {
                     job.event(format!("could not complete the disk mirrors: {e}"));
                     let _ = qmp.execute("migrate_cancel", None).await;
@@ -243,7 +246,7 @@ async fn watch(
         if info.memory_processed != last_bytes {
             last_bytes = info.memory_processed;
             last_progress = Instant::now();
-        } else if last_progress.elapsed() > stall && info.qemu_status != "postcopy-active" {
+        } else if last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
             job.event(format!(
                 "no progress for {} s: the link to the destination looks down; cancelling",
                 stall.as_secs()
@@ -257,7 +260,7 @@ async fn watch(
             });
             last_progress = Instant::now();
         }
-        if let (Some(cfg), "active") = (&policy, info.qemu_status.as_str()) {
+        if let (Some(cfg), MigrationStatus::Active) = (&policy, info.qemu_status) {
             let obs = Observation {
                 elapsed_ms: info.time_elapsed_ms,
                 iteration: info.iteration,
@@ -296,12 +299,12 @@ async fn watch(
         }
         let want_postcopy = o.postcopy
             && !postcopy_started
-            && info.qemu_status == "active"
+            && info.qemu_status == MigrationStatus::Active
             && ((o.postcopy_after_precopy && info.iteration >= 2) || *post_rx.borrow_and_update());
         let timed_out = o
             .timeout_s
             .is_some_and(|t| start.elapsed() >= Duration::from_secs(t));
-        if timed_out && !timeout_fired && info.qemu_status == "active" {
+        if timed_out && !timeout_fired && info.qemu_status == MigrationStatus::Active {
             timeout_fired = true;
             match o.timeout_action {
                 TimeoutAction::Suspend => {

@@ -15,6 +15,7 @@ use tern_migrate::protocol::{
 };
 use tern_migrate::{JobKind, MigrateOptions, Phase, Role, TimeoutAction};
 use tern_model::{xml, CacheMode, DomainState, StateReason};
+use tern_qemu::RunState;
 use uuid::Uuid;
 
 /// Refuses disk setups that corrupt data when two hosts open the image:
@@ -390,8 +391,8 @@ pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
     } else {
         let e = slot.inner.lock().await;
         if let Some(r) = &e.run {
-            let (running, status) = r.qmp.query_status().await.unwrap_or((true, String::new()));
-            if !running {
+            let status = r.qmp.run_state().await.unwrap_or(RunState::Running);
+            if !status.is_running() {
                 match r.qmp.execute("cont", None).await {
                     Ok(_) => {
                         slot.set(DomainState::Running, StateReason::Unpaused);
