@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub migration_ports: std::ops::RangeInclusive<u16>,
     /// A migration whose byte count stands still this long is cancelled.
     pub stall_timeout: std::time::Duration,
+    /// A migration no driver spoke about for this long is settled by this
+    /// agent alone (libvirt's autodestroy of an orphaned incoming domain).
+    pub orphan_timeout: std::time::Duration,
     /// Fault injection for tests.
     pub faults: Faults,
     /// What SIGTERM means (see [`OnStop`]).
@@ -79,6 +82,9 @@ pub struct AgentConfig {
 pub struct Faults {
     /// Sleep this long at the start of Prepare (lets a test kill the agent there).
     pub prepare_delay: Option<std::time::Duration>,
+    /// Stop the migration task that reaches this named point (see
+    /// [`crate::faults`]), so a test can kill a process exactly there.
+    pub stop_at: Option<String>,
 }
 
 impl AgentConfig {
@@ -99,6 +105,7 @@ impl AgentConfig {
             migration_address: None,
             migration_ports: 49152..=49215,
             stall_timeout: std::time::Duration::from_secs(15),
+            orphan_timeout: std::time::Duration::from_secs(30),
             faults: Faults::default(),
             on_stop: OnStop::Auto,
             shutdown_timeout: std::time::Duration::from_secs(300),
