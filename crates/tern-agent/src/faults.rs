@@ -2,7 +2,8 @@
 //! fault (`kill -9` of a process, a cut link) lands exactly where it is
 //! meant to. Off unless `--fault-stop-at POINT` is given (hidden, for
 //! tests); then the task that reaches POINT writes `fault-POINT` in the
-//! state directory and never goes on.
+//! state directory and waits there until the test removes that file (or
+//! kills the process meanwhile, which is the point).
 //!
 //! Points: `source-before-migrate` (disks in sync, QEMU not yet told to
 //! migrate), `source-completed` (QEMU sent everything; before the job
@@ -12,13 +13,18 @@
 
 use crate::Agent;
 
-/// Stops here for good if the agent was told to.
+/// Waits here while the test holds the point, if the agent was told to.
 pub async fn point(agent: &Agent, name: &str) {
     if agent.cfg.faults.stop_at.as_deref() != Some(name) {
         return;
     }
     let marker = agent.cfg.state_dir.join(format!("fault-{name}"));
-    tracing::warn!(point = name, "fault injection: stopping here");
-    let _ = std::fs::write(&marker, name);
-    std::future::pending::<()>().await;
+    tracing::warn!(point = name, "fault injection: holding here");
+    if std::fs::write(&marker, name).is_err() {
+        return;
+    }
+    while marker.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::warn!(point = name, "fault injection: released");
 }

@@ -255,9 +255,11 @@ pub fn resume_refusal(
         }
         _ => {}
     }
-    if migration.is_postcopy() || migration == MigrationStatus::Completed {
+    // (A destination that loaded a `--suspend` migration is `paused` with
+    // its incoming migration `completed`: that one may resume.)
+    if migration.is_postcopy() {
         return Some(format!(
-            "its migration is {migration}: the destination runs (or may run) the guest"
+            "its migration is {migration}: the destination runs the guest and this copy serves its pages"
         ));
     }
     match job {
@@ -484,6 +486,13 @@ mod tests {
                 .is_some()
         );
         assert!(resume_refusal(RunState::Paused, MigrationStatus::None, None).is_none());
+        // A destination kept paused by --suspend.
+        assert!(resume_refusal(
+            RunState::Paused,
+            MigrationStatus::Completed,
+            Some(Phase::Completed)
+        )
+        .is_none());
         assert!(resume_refusal(
             RunState::Paused,
             MigrationStatus::Cancelled,

@@ -165,6 +165,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                 format!("QEMU listening on {}", target.qemu_uri())
             });
             super::recover::watch_dest(agent, &job);
+            faults::point(agent, "dest-prepared").await;
             Ok(PrepareReply {
                 version: PROTOCOL_VERSION,
                 id: req.id,

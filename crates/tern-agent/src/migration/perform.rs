@@ -36,6 +36,7 @@ pub(super) struct Route {
 /// Perform's background part: mirror disks (if any), start QEMU's
 /// migration, then follow it.
 pub(super) async fn run(
+    agent: Arc<crate::Agent>,
     job: Arc<Job>,
     qmp: tern_qemu::Qmp,
     req: PerformRequest,
@@ -54,6 +55,7 @@ pub(super) async fn run(
             return;
         }
     }
+    crate::faults::point(&agent, "source-before-migrate").await;
     if let Err(e) = qmp
         .execute("migrate", Some(json!({ "uri": route.uri })))
         .await
@@ -80,6 +82,7 @@ pub(super) async fn run(
             .unwrap_or(tern_migrate::options::DEFAULT_MAX_DOWNTIME_MS)
     ));
     watch(
+        &agent,
         job.clone(),
         qmp.clone(),
         req.options.clone(),
@@ -97,6 +100,7 @@ pub(super) async fn run(
 /// Follows QEMU's migration until it ends, applying timeouts, post-copy
 /// switches, cancels, and stall detection.
 async fn watch(
+    agent: &crate::Agent,
     job: Arc<Job>,
     qmp: tern_qemu::Qmp,
     o: MigrateOptions,
@@ -153,14 +157,13 @@ async fn watch(
         let q = match qmp.execute("query-migrate", None).await {
             Ok(q) => q,
             Err(e) => {
-                job.event(format!("lost the source QEMU: {e}"));
-                job.update(|i| {
-                    i.kind = JobKind::Failed;
-                    i.error = Some(format!("source QEMU went away: {e}"));
-                });
+                lost_source_qemu(agent, &job, &e).await;
                 return;
             }
         };
+        if MigrationStatus::of_reply(&q) == MigrationStatus::Completed {
+            crate::faults::point(agent, "source-completed").await;
+        }
         // QEMU announces "completed" a moment before it has filled in the
         // total time and downtime; wait for the figures.
         let mut q = q;
@@ -334,6 +337,25 @@ async fn watch(
             }
         }
     }
+}
+
+/// The source QEMU died mid-migration. If the destination loaded the
+/// whole guest first, the guest lives on there: the job completes and the
+/// driver resumes it there. Otherwise it is lost with its QEMU.
+async fn lost_source_qemu(agent: &crate::Agent, job: &Job, e: &tern_qemu::QmpError) {
+    job.event(format!("lost the source QEMU: {e}"));
+    if super::recover::destination_has_everything(agent, job).await {
+        job.event("the destination loaded the whole guest before the source QEMU died: completing there");
+        job.update(|i| {
+            i.kind = JobKind::Completed;
+            i.qemu_status = MigrationStatus::Completed;
+        });
+        return;
+    }
+    job.update(|i| {
+        i.kind = JobKind::Failed;
+        i.error = Some(format!("source QEMU went away: {e}"));
+    });
 }
 
 /// Carries out a policy step.

@@ -99,6 +99,12 @@ async fn ask(agent: &Agent, job: &Job) -> Option<PeerView> {
     Some(r.view)
 }
 
+/// Source: whether the destination holds the whole guest, paused and
+/// never run (asked when the source QEMU died mid-migration).
+pub async fn destination_has_everything(agent: &Agent, job: &Job) -> bool {
+    ask(agent, job).await == Some(PeerView::Prepared { complete: true })
+}
+
 /// Answers the other side's `migrate-query`.
 pub async fn query(agent: &Agent, req: QueryRequest) -> Result<QueryReply> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;

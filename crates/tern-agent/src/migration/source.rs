@@ -316,7 +316,7 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
     };
     let stall = agent.cfg.stall_timeout;
     super::recover::watch_source(agent, &job);
-    tokio::spawn(super::perform::run(job, qmp, req, stall, route));
+    tokio::spawn(super::perform::run(agent.clone(), job, qmp, req, stall, route));
     Ok(())
 }
 
@@ -402,6 +402,7 @@ pub async fn stop_migrated(
     slot: &Arc<crate::registry::DomainSlot>,
     job: &Arc<Job>,
 ) -> Result<()> {
+    crate::faults::point(agent, "source-before-quit").await;
     let pid = {
         let mut e = slot.inner.lock().await;
         e.stopping = Some(StateReason::Migrated);
