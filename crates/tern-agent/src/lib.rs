@@ -145,10 +145,7 @@ impl Agent {
         match (self.cfg.listen_tls, self.cfg.listen) {
             (Some(l), _) => format!("tern+tls://{host}:{}/system", l.port()),
             (None, Some(l)) => format!("tern+tcp://{host}:{}/system", l.port()),
-            (None, None) => format!(
-                "tern+unix:///system?socket={}",
-                self.cfg.socket.display()
-            ),
+            (None, None) => format!("tern+unix:///system?socket={}", self.cfg.socket.display()),
         }
     }
 

@@ -155,7 +155,12 @@ async fn call(
         dispatch(&agent, req).await
     })
     .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the request's task failed: {e}")))?
+    .map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the request's task failed: {e}"),
+        )
+    })?
 }
 
 /// Runs one request against the agent.

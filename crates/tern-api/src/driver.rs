@@ -66,7 +66,16 @@ pub async fn drive(
     options: &MigrateOptions,
     on_progress: impl FnMut(&JobInfo),
 ) -> Result<DriveOutcome, DriveError> {
-    drive_with(src, dst, id, name, options, &AtomicBool::new(false), on_progress).await
+    drive_with(
+        src,
+        dst,
+        id,
+        name,
+        options,
+        &AtomicBool::new(false),
+        on_progress,
+    )
+    .await
 }
 
 /// [`drive`], stopping before Perform when `cancel` is set (Ctrl-C on

@@ -84,11 +84,7 @@ pub enum SourceAction {
 
 /// The source's decision. `peer` is `None` until the destination was
 /// asked, and `Some(None)` when it could not be reached.
-pub fn source_action(
-    phase: Phase,
-    qemu: QemuSeen,
-    peer: Option<Option<PeerView>>,
-) -> SourceAction {
+pub fn source_action(phase: Phase, qemu: QemuSeen, peer: Option<Option<PeerView>>) -> SourceAction {
     use SourceAction::*;
     if matches!(phase, Phase::Idle | Phase::Begin) {
         // QEMU was never told to migrate by this job.
@@ -449,10 +445,7 @@ mod tests {
             dest_orphan(Some(PeerView::Sent), true),
             DestAction::AwaitFinish
         );
-        assert_eq!(
-            dest_orphan(Some(PeerView::Owns), true),
-            DestAction::Discard
-        );
+        assert_eq!(dest_orphan(Some(PeerView::Owns), true), DestAction::Discard);
         assert_eq!(
             dest_orphan(Some(PeerView::Unknown), true),
             DestAction::Discard
@@ -472,19 +465,19 @@ mod tests {
     #[test]
     fn resume_refuses_every_second_copy() {
         assert!(resume_refusal(RunState::Inmigrate, MigrationStatus::None, None).is_some());
-        assert!(
-            resume_refusal(RunState::Postmigrate, MigrationStatus::Completed, None).is_some()
-        );
+        assert!(resume_refusal(RunState::Postmigrate, MigrationStatus::Completed, None).is_some());
         assert!(resume_refusal(
             RunState::Paused,
             MigrationStatus::PostcopyPaused,
             Some(Phase::Perform)
         )
         .is_some());
-        assert!(
-            resume_refusal(RunState::Paused, MigrationStatus::Active, Some(Phase::Perform))
-                .is_some()
-        );
+        assert!(resume_refusal(
+            RunState::Paused,
+            MigrationStatus::Active,
+            Some(Phase::Perform)
+        )
+        .is_some());
         assert!(resume_refusal(RunState::Paused, MigrationStatus::None, None).is_none());
         // A destination kept paused by --suspend.
         assert!(resume_refusal(

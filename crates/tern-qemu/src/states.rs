@@ -306,10 +306,7 @@ mod tests {
             MigrationStatus::parse("some-future-state"),
             MigrationStatus::Unknown
         );
-        assert_eq!(
-            MigrationStatus::of_reply(&json!({})),
-            MigrationStatus::None
-        );
+        assert_eq!(MigrationStatus::of_reply(&json!({})), MigrationStatus::None);
     }
 
     #[test]

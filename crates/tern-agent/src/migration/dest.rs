@@ -5,6 +5,7 @@
 use super::qemu_tls::Endpoint;
 use super::{set_capabilities, Job};
 use crate::error::{AgentError, Result};
+use crate::faults;
 use crate::launch::{self, LaunchMode};
 use crate::monitor;
 use crate::registry::{self, DomainSlot};
@@ -21,7 +22,6 @@ use tern_migrate::protocol::{
 use tern_migrate::{JobKind, Phase, Role};
 use tern_model::{DomainState, StateReason};
 use tern_qemu::MigrationStatus;
-use crate::faults;
 
 /// How long Finish waits for the incoming QEMU to have loaded everything.
 const LOAD_WAIT: Duration = Duration::from_secs(60);

@@ -301,9 +301,9 @@ impl Job {
     /// job kind changed.
     pub fn update(&self, f: impl FnOnce(&mut JobInfo)) {
         let mut s = self.lock();
-        let before = (s.info.kind, s.info.qemu_status.clone());
+        let before = (s.info.kind, s.info.qemu_status);
         f(&mut s.info);
-        let after = (s.info.kind, s.info.qemu_status.clone());
+        let after = (s.info.kind, s.info.qemu_status);
         drop(s);
         if before != after {
             self.changed.send_modify(|v| *v += 1);

@@ -345,7 +345,9 @@ async fn watch(
 async fn lost_source_qemu(agent: &crate::Agent, job: &Job, e: &tern_qemu::QmpError) {
     job.event(format!("lost the source QEMU: {e}"));
     if super::recover::destination_has_everything(agent, job).await {
-        job.event("the destination loaded the whole guest before the source QEMU died: completing there");
+        job.event(
+            "the destination loaded the whole guest before the source QEMU died: completing there",
+        );
         job.update(|i| {
             i.kind = JobKind::Completed;
             i.qemu_status = MigrationStatus::Completed;

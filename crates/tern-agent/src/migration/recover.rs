@@ -124,7 +124,9 @@ pub async fn query(agent: &Agent, req: QueryRequest) -> Result<QueryReply> {
                 Role::Source if matches!(j.phase(), Phase::Idle | Phase::Begin) => PeerView::Owns,
                 // Mirroring disks, or QEMU's migration not yet ended: the
                 // job knows before QEMU's status says so.
-                Role::Source if j.phase() == Phase::Perform && j.info().kind == JobKind::Unbounded => {
+                Role::Source
+                    if j.phase() == Phase::Perform && j.info().kind == JobKind::Unbounded =>
+                {
                     PeerView::Sending
                 }
                 Role::Source => source_view(qemu, None),
@@ -237,7 +239,9 @@ async fn settle_source(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<bool> {
                 return Ok(true);
             }
             SourceAction::FinishOnDestination => {
-                job.event("the destination holds the whole guest and never ran it: telling it to resume");
+                job.event(
+                    "the destination holds the whole guest and never ran it: telling it to resume",
+                );
                 match finish_on_destination(agent, job, true).await {
                     Some(r) if r.resumed => peer = Some(Some(PeerView::Owns)),
                     Some(_) => peer = Some(Some(PeerView::Discarded)),
@@ -344,13 +348,7 @@ async fn discard_here(agent: &Arc<Agent>, job: &Arc<Job>, why: &str) {
 
 async fn discard_slot(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>) {
     job.close_tunnel(true);
-    let running = slot
-        .inner
-        .lock()
-        .await
-        .run
-        .as_ref()
-        .map(|r| r.qmp.clone());
+    let running = slot.inner.lock().await.run.as_ref().map(|r| r.qmp.clone());
     if let Some(qmp) = running {
         // Never kill a guest that runs: that is not an incoming copy.
         if matches!(qmp.run_state().await, Ok(RunState::Running)) {

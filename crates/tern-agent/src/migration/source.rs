@@ -316,7 +316,14 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
     };
     let stall = agent.cfg.stall_timeout;
     super::recover::watch_source(agent, &job);
-    tokio::spawn(super::perform::run(agent.clone(), job, qmp, req, stall, route));
+    tokio::spawn(super::perform::run(
+        agent.clone(),
+        job,
+        qmp,
+        req,
+        stall,
+        route,
+    ));
     Ok(())
 }
 
@@ -462,7 +469,9 @@ pub async fn resume_after_failure(slot: &Arc<crate::registry::DomainSlot>, job: 
         return;
     }
     if !job.links().was_running {
-        job.event(format!("the guest was paused before the migration; leaving it {status}"));
+        job.event(format!(
+            "the guest was paused before the migration; leaving it {status}"
+        ));
         return;
     }
     match qmp.execute("cont", None).await {
