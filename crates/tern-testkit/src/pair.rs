@@ -85,23 +85,7 @@ impl HostPair {
     /// it with `workload` (the test guest's kernel arguments) and waits
     /// until it reports ready.
     pub fn boot(&self, name: &str, workload: &str) -> GuestSpec {
-        let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
-        let vol = format!("{name}.raw");
-        self.a.ok(&["vol-create-as", "shared", &vol, "16M"]);
-        let path = self.a.ok(&["vol-path", &vol, "--pool", "shared"]);
-        let mut spec = GuestSpec::new(name, &img).workload(&format!(
-            "{workload} tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32"
-        ));
-        spec.disks.push(TestDisk {
-            path: path.trim().into(),
-            format: "raw".into(),
-            target: "vda".into(),
-            cache: "none".into(),
-        });
-        self.a.define_guest(&spec);
-        self.a.ok(&["start", name]);
-        wait_ready(&self.a, name, 3);
-        spec
+        boot_guest(&self.a, name, workload)
     }
 
     /// `tern -c FROM migrate FLAGS NAME TO`, as a command to run.
@@ -253,6 +237,68 @@ impl HostPair {
             log.failures
         );
         assert!(!log.has("TERN-READY") || log.ready(), "guest rebooted");
+    }
+}
+
+/// Defines a guest with a 16 MiB disk in `h`'s pool `shared`, starts it
+/// with `workload` (the test guest's kernel arguments) and waits until it
+/// reports ready.
+pub fn boot_guest(h: &TernHost, name: &str, workload: &str) -> GuestSpec {
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    let vol = format!("{name}.raw");
+    h.ok(&["vol-create-as", "shared", &vol, "16M"]);
+    let path = h.ok(&["vol-path", &vol, "--pool", "shared"]);
+    let mut spec = GuestSpec::new(name, &img).workload(&format!(
+        "{workload} tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32"
+    ));
+    spec.disks.push(TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    h.define_guest(&spec);
+    h.ok(&["start", name]);
+    wait_ready(h, name, 3);
+    spec
+}
+
+/// Two agents in the network namespaces of a [`Lab`], joined by its veth
+/// link, sharing the pool `shared`. Fields drop in order: agents (and
+/// their QEMUs) first, the namespaces last.
+pub struct LabPair {
+    /// The agent in namespace A.
+    pub a: TernHost,
+    /// The agent in namespace B.
+    pub b: TernHost,
+    _pool: tempfile::TempDir,
+    /// The namespaces and their link (cut and restore it).
+    pub lab: crate::Lab,
+}
+
+impl LabPair {
+    /// Starts both agents in their namespaces with extra arguments.
+    pub fn start(name: &str, extra: &[&str]) -> LabPair {
+        let lab = crate::Lab::start();
+        let pool = tempfile::Builder::new()
+            .prefix("tern-shared-")
+            .tempdir()
+            .expect("shared pool dir");
+        let start = |side: crate::Side, suffix: &str| {
+            let mut o = lab.host_options(side, &format!("{name}-{suffix}"));
+            o.extra_args.extend(extra.iter().map(|s| s.to_string()));
+            TernHost::start_with(o)
+        };
+        let a = start(crate::Side::A, "a");
+        let b = start(crate::Side::B, "b");
+        a.add_pool("shared", pool.path(), true);
+        b.add_pool("shared", pool.path(), true);
+        LabPair {
+            a,
+            b,
+            _pool: pool,
+            lab,
+        }
     }
 }
 
