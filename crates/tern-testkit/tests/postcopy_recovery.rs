@@ -38,10 +38,12 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
     }
     let p = LabPair::start("pcrec", &["--stall-timeout", "3", "--orphan-timeout", "5"]);
     let name = "pc1";
-    boot_guest(&p.a, name, "tern.mem=128 tern.dirty=10");
-    // Post-copy capped at 2 MiB/s: a minute of pages still on the source.
+    boot_guest(&p.a, name, "tern.mem=128 tern.dirty=40");
+    // Pre-copy at 20 MiB/s cannot catch a guest dirtying 40; post-copy
+    // capped at 2 MiB/s leaves a minute of pages on the source.
     let mut cli = Command::new(tern_testkit::bin("tern"))
         .args(["-c", &p.a.uri(), "migrate", "--live", "--postcopy"])
+        .args(["--bandwidth", "20", "--no-policy"])
         .args(["--postcopy-after-precopy", "--postcopy-bandwidth", "2"])
         .args([name, &p.b.uri()])
         .stdout(Stdio::piped())
@@ -49,6 +51,13 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
         .spawn()
         .unwrap();
     wait_status(&p.a, name, "postcopy-active", Duration::from_secs(90));
+    // QEMU can recover a post-copy only once the destination loaded the
+    // device state and runs the guest: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state(&p.b, name).starts_with("running") {
+        assert!(Instant::now() < deadline, "the destination never took over");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // By hand: pause, see it stay paused, resume.
     p.a.ok(&["domjobabort", name, "--postcopy"]);
@@ -57,7 +66,14 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
     assert_eq!(job(&p.a, name)["qemu_status"], "postcopy-paused");
     let refused = p.a.fails(&["resume", name]);
     assert!(refused.contains("cannot be resumed"), "{refused}");
-    p.a.ok(&["migrate", "--postcopy-resume", name, &p.b.uri()]);
+    let resumed = p.a.tern(&["migrate", "--postcopy-resume", name, &p.b.uri()]);
+    assert!(
+        resumed.status.success(),
+        "{}\nB: {}\n{}",
+        String::from_utf8_lossy(&resumed.stderr),
+        p.b.ok(&["domjobevents", name]),
+        tern_testkit::tail(&std::fs::read_to_string(p.b.log()).unwrap_or_default(), 40)
+    );
 
     // By accident: the link goes down while pages are still moving.
     wait_status(&p.a, name, "postcopy-active", Duration::from_secs(30));
@@ -96,9 +112,10 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
     assert_eq!(live_qemus(&p.b), 1);
     assert!(state(&p.b, name).starts_with("running"));
     let passes = SerialLog::parse(&p.b.ok(&["console", name])).count("TERN-MEM ok");
-    let text = p.b.wait_console(name, Duration::from_secs(120), "a memory pass", |t| {
-        SerialLog::parse(t).count("TERN-MEM ok") > passes
-    });
+    let text =
+        p.b.wait_console(name, Duration::from_secs(120), "a memory pass", |t| {
+            SerialLog::parse(t).count("TERN-MEM ok") > passes
+        });
     let log = SerialLog::parse(&text);
     assert!(log.failures.is_empty(), "{:?}", log.failures);
     assert!(!log.seq_went_backwards(), "heartbeat counter reset");
