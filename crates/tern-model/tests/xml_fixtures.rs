@@ -72,6 +72,7 @@ fn seed004_parses_with_the_expected_fields() {
                 target_bus: DiskBus::Virtio,
                 readonly: false,
                 shareable: false,
+                remote: None,
             },
             Disk {
                 source_type: DiskSourceType::Block,
@@ -83,6 +84,7 @@ fn seed004_parses_with_the_expected_fields() {
                 target_bus: DiskBus::Ide,
                 readonly: true,
                 shareable: false,
+                remote: None,
             },
         ]
     );

@@ -512,6 +512,7 @@ mod tests {
                     target_bus: DiskBus::Virtio,
                     readonly: false,
                     shareable: false,
+                    remote: None,
                 }],
                 interfaces: vec![Interface {
                     kind: InterfaceKind::Bridge {

@@ -42,6 +42,7 @@ fn disk(dev: &str) -> Disk {
         target_bus: DiskBus::Virtio,
         readonly: false,
         shareable: false,
+        remote: None,
     }
 }
 

@@ -6,6 +6,7 @@ use crate::domain::*;
 use std::path::PathBuf;
 use uuid::Uuid;
 
+mod netdisk;
 mod refusals;
 
 /// Wraps `body` (elements inside `<domain>`) with the minimum Tern needs.
@@ -98,6 +99,7 @@ fn rich() -> Domain {
                     target_bus: DiskBus::Scsi,
                     readonly: false,
                     shareable: true,
+                    remote: None,
                 },
                 Disk {
                     source_type: DiskSourceType::File,
@@ -109,6 +111,7 @@ fn rich() -> Domain {
                     target_bus: DiskBus::Sata,
                     readonly: true,
                     shareable: false,
+                    remote: None,
                 },
                 Disk {
                     source_type: DiskSourceType::File,
@@ -120,6 +123,7 @@ fn rich() -> Domain {
                     target_bus: DiskBus::Virtio,
                     readonly: true,
                     shareable: false,
+                    remote: None,
                 },
             ],
             interfaces: vec![
