@@ -18,6 +18,7 @@ pub mod limits;
 pub mod listen;
 pub mod migration;
 pub mod monitor;
+pub mod netfs;
 pub mod netdev;
 pub mod pools;
 pub mod procs;

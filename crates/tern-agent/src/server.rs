@@ -178,7 +178,8 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 name,
                 target,
                 shared,
-            } => ok(a.pools.define(&name, &target, shared).await?)?,
+                netfs,
+            } => ok(a.pools.define(&name, &target, shared, netfs).await?)?,
             Request::PoolBuild { name } => ok(a.pools.build(&name).await?)?,
             Request::PoolStart { name } => ok(a.pools.start(&name).await?)?,
             Request::PoolAutostart { name, disable } => {

@@ -154,6 +154,7 @@ mod tests {
                     name: n(),
                     target: "/p".into(),
                     shared: false,
+                    netfs: None,
                 },
                 false,
             ),

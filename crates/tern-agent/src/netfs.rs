@@ -1,0 +1,415 @@
+//! netfs pools: reaching an NFS export either through the kernel (`mount
+//! -t nfs` on the pool's target, as libvirt does) or without it, where QEMU
+//! opens volumes as `nfs://` URLs and the agent lists, sizes and deletes
+//! files with its own NFSv3 client (the `nfs3_client` crate), the same
+//! protocol QEMU's libnfs speaks.
+
+use nfs3_client::nfs3_types::nfs3::{
+    self, diropargs3, filename3, nfs_fh3, FSSTAT3args, LOOKUP3args, Nfs3Result, READDIR3args,
+    REMOVE3args,
+};
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::TokioConnector;
+use nfs3_client::Nfs3ConnectionBuilder;
+use std::path::Path;
+use std::time::Duration;
+use tern_model::NetfsSource;
+use thiserror::Error;
+use tokio::process::Command;
+
+/// Failures reaching or changing an export.
+#[derive(Debug, Error)]
+pub enum NetfsError {
+    /// The server's name does not resolve.
+    #[error("cannot resolve NFS server '{host}': {source}")]
+    Resolve {
+        /// The name.
+        host: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Portmapper, MOUNT or NFS connection failed.
+    #[error("cannot mount {host}:{path} over NFSv3: {message}; check that the server runs rpcbind and exports the path to this host")]
+    Connect {
+        /// Server.
+        host: String,
+        /// Export.
+        path: String,
+        /// What the client said.
+        message: String,
+    },
+    /// An NFS call failed.
+    #[error("NFS {op} on {host}:{path} failed: {message}")]
+    Call {
+        /// The operation.
+        op: &'static str,
+        /// Server.
+        host: String,
+        /// Export.
+        path: String,
+        /// Status or transport error.
+        message: String,
+    },
+    /// The server did not answer in time.
+    #[error("NFS server {host} did not answer within {secs} s; check the network path to it")]
+    Timeout {
+        /// Server.
+        host: String,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// `mount` or `umount` failed.
+    #[error("{cmd} failed: {message}")]
+    Mount {
+        /// The command line.
+        cmd: String,
+        /// Its last line of stderr.
+        message: String,
+    },
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, NetfsError>;
+
+/// How long one NFS conversation (mount + calls) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether this kernel can mount NFS: `nfs` is a registered filesystem, or
+/// its module is installed and `mount` will load it.
+pub fn kernel_has_nfs() -> bool {
+    let registered = std::fs::read_to_string("/proc/filesystems")
+        .map(|t| filesystems_list_nfs(&t))
+        .unwrap_or(false);
+    registered || nfs_module_installed()
+}
+
+fn filesystems_list_nfs(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.split_whitespace().last() == Some("nfs"))
+}
+
+fn nfs_module_installed() -> bool {
+    let mut u: libc::utsname = unsafe {
+        // SAFETY: utsname is plain data; zeroed is a valid value.
+        std::mem::zeroed()
+    };
+    // SAFETY: uname fills the struct it is given.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    // SAFETY: uname wrote a NUL-terminated string into release.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    let dir = Path::new("/lib/modules")
+        .join(release.to_string_lossy().as_ref())
+        .join("kernel/fs/nfs");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("nfs.ko"))
+        })
+        .unwrap_or(false)
+}
+
+/// The `mount` command line libvirt uses for a netfs pool of format nfs:
+/// `mount -t nfs HOST:PATH TARGET -o nodev,nosuid,noexec`.
+pub fn mount_args(src: &NetfsSource, target: &Path) -> Vec<String> {
+    vec![
+        "-t".into(),
+        "nfs".into(),
+        format!("{}:{}", src.host, src.path),
+        target.display().to_string(),
+        "-o".into(),
+        "nodev,nosuid,noexec".into(),
+    ]
+}
+
+/// Whether `target` is a mount point (listed in /proc/self/mountinfo).
+pub fn is_mounted(target: &Path) -> bool {
+    let t = target.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4).is_some_and(|p| unescape_mount(p) == t))
+        })
+        .unwrap_or(false)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+async fn run(prog: &str, args: &[String]) -> Result<()> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| NetfsError::Mount {
+            cmd: format!("{prog} {}", args.join(" ")),
+            message: format!("cannot run {prog}: {e} (install nfs-common)"),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(NetfsError::Mount {
+        cmd: format!("{prog} {}", args.join(" ")),
+        message: err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no error message")
+            .trim()
+            .to_string(),
+    })
+}
+
+/// Mounts the export on `target` unless something is mounted there already.
+pub async fn mount(src: &NetfsSource, target: &Path) -> Result<()> {
+    if is_mounted(target) {
+        return Ok(());
+    }
+    run("mount", &mount_args(src, target)).await
+}
+
+/// Unmounts `target` if it is mounted.
+pub async fn unmount(target: &Path) -> Result<()> {
+    if !is_mounted(target) {
+        return Ok(());
+    }
+    run("umount", &[target.display().to_string()]).await
+}
+
+/// Space on the export, as `statvfs` would give it for a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Total bytes.
+    pub total: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Bytes free for the caller.
+    pub available: u64,
+}
+
+type Conn = nfs3_client::Nfs3Connection<nfs3_client::tokio::TokioIo<tokio::net::TcpStream>>;
+
+/// A short NFSv3 conversation with an export, as root (AUTH_SYS uid 0, the
+/// identity QEMU's libnfs uses when the agent runs it as root).
+pub struct Export<'a> {
+    src: &'a NetfsSource,
+}
+
+impl<'a> Export<'a> {
+    /// Talks to `src`.
+    pub fn new(src: &'a NetfsSource) -> Self {
+        Export { src }
+    }
+
+    fn call_err(&self, op: &'static str, message: impl std::fmt::Display) -> NetfsError {
+        NetfsError::Call {
+            op,
+            host: self.src.host.clone(),
+            path: self.src.path.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn> {
+        let host = &self.src.host;
+        let ip = tokio::net::lookup_host((host.as_str(), 111))
+            .await
+            .map_err(|source| NetfsError::Resolve {
+                host: host.clone(),
+                source,
+            })?
+            .next()
+            .ok_or_else(|| NetfsError::Resolve {
+                host: host.clone(),
+                source: std::io::Error::other("no address"),
+            })?
+            .ip();
+        let cred = opaque_auth::auth_unix(&auth_unix {
+            stamp: 0,
+            machinename: Opaque::borrowed(b"ternd"),
+            uid: 0,
+            gid: 0,
+            gids: vec![],
+        });
+        Nfs3ConnectionBuilder::new(TokioConnector, ip.to_string(), &self.src.path)
+            .connect_from_privileged_port(false)
+            .credential(cred)
+            .mount()
+            .await
+            .map_err(|e| NetfsError::Connect {
+                host: host.clone(),
+                path: self.src.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(CALL_TIMEOUT, f)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NetfsError::Timeout {
+                    host: self.src.host.clone(),
+                    secs: CALL_TIMEOUT.as_secs(),
+                })
+            })
+    }
+
+    /// Mounts, reads the space figures and unmounts: proof the export works.
+    pub async fn space(&self) -> Result<Space> {
+        self.timed(async {
+            let mut c = self.connect().await?;
+            let root = c.root_nfs_fh3();
+            let r = c
+                .fsstat(&FSSTAT3args { fsroot: root })
+                .await
+                .map_err(|e| self.call_err("FSSTAT", e))?;
+            let _ = c.unmount().await;
+            match r {
+                Nfs3Result::Ok(ok) => Ok(Space {
+                    total: ok.tbytes,
+                    free: ok.fbytes,
+                    available: ok.abytes,
+                }),
+                Nfs3Result::Err((st, _)) => Err(self.call_err("FSSTAT", format!("{st:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Names in the export's top directory, without `.` and `..`.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        self.timed(async {
+            let mut c = self.connect().await?;
+            let root = c.root_nfs_fh3();
+            let mut names = Vec::new();
+            let mut cookie = nfs3::cookie3::default();
+            let mut cookieverf = nfs3::cookieverf3::default();
+            loop {
+                let r = c
+                    .readdir(&READDIR3args {
+                        dir: root.clone(),
+                        cookie,
+                        cookieverf,
+                        count: 64 * 1024,
+                    })
+                    .await
+                    .map_err(|e| self.call_err("READDIR", e))?;
+                let ok = match r {
+                    Nfs3Result::Ok(ok) => ok,
+                    Nfs3Result::Err((st, _)) => {
+                        return Err(self.call_err("READDIR", format!("{st:?}")))
+                    }
+                };
+                let entries = ok.reply.entries.into_inner();
+                for e in &entries {
+                    let n = String::from_utf8_lossy(e.name.0.as_ref()).into_owned();
+                    if n != "." && n != ".." {
+                        names.push(n);
+                    }
+                }
+                match entries.last() {
+                    Some(last) if !ok.reply.eof => {
+                        cookie = last.cookie;
+                        cookieverf = ok.cookieverf;
+                    }
+                    _ => break,
+                }
+            }
+            let _ = c.unmount().await;
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn lookup_in(&self, c: &mut Conn, root: &nfs_fh3, name: &str) -> Result<bool> {
+        let r = c
+            .lookup(&LOOKUP3args {
+                what: diropargs3 {
+                    dir: root.clone(),
+                    name: filename3::from(name.as_bytes()),
+                },
+            })
+            .await
+            .map_err(|e| self.call_err("LOOKUP", e))?;
+        match r {
+            Nfs3Result::Ok(_) => Ok(true),
+            Nfs3Result::Err((nfs3::nfsstat3::NFS3ERR_NOENT, _)) => Ok(false),
+            Nfs3Result::Err((st, _)) => Err(self.call_err("LOOKUP", format!("{st:?}"))),
+        }
+    }
+
+    /// Whether `name` exists in the export's top directory.
+    pub async fn exists(&self, name: &str) -> Result<bool> {
+        self.timed(async {
+            let mut c = self.connect().await?;
+            let root = c.root_nfs_fh3();
+            let found = self.lookup_in(&mut c, &root, name).await;
+            let _ = c.unmount().await;
+            found
+        })
+        .await
+    }
+
+    /// Removes `name` from the export's top directory.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        self.timed(async {
+            let mut c = self.connect().await?;
+            let root = c.root_nfs_fh3();
+            let r = c
+                .remove(&REMOVE3args {
+                    object: diropargs3 {
+                        dir: root,
+                        name: filename3::from(name.as_bytes()),
+                    },
+                })
+                .await
+                .map_err(|e| self.call_err("REMOVE", e))?;
+            let _ = c.unmount().await;
+            match r {
+                Nfs3Result::Ok(_) => Ok(()),
+                Nfs3Result::Err((st, _)) => Err(self.call_err("REMOVE", format!("{st:?}"))),
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_model::NetfsAccess;
+
+    #[test]
+    fn mount_uses_libvirts_netfs_options() {
+        let src = NetfsSource {
+            host: "192.168.1.101".into(),
+            path: "/nfs".into(),
+            access: NetfsAccess::Mount,
+        };
+        assert_eq!(
+            mount_args(&src, Path::new("/mykvm/nfspool")).join(" "),
+            "-t nfs 192.168.1.101:/nfs /mykvm/nfspool -o nodev,nosuid,noexec"
+        );
+    }
+
+    #[test]
+    fn proc_filesystems_is_read_by_name() {
+        assert!(filesystems_list_nfs("nodev\tsysfs\n\text4\nnodev\tnfs\nnodev\tnfs4\n"));
+        assert!(!filesystems_list_nfs("nodev\tsysfs\n\text4\nnodev\tnfsd\n"));
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+}
