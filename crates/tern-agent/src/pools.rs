@@ -18,6 +18,8 @@ use tokio::sync::Mutex;
 mod remote;
 mod resolve;
 
+pub use resolve::check_network_drivers;
+
 #[derive(Debug, Clone)]
 struct Pool {
     def: PoolDef,

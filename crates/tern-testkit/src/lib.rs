@@ -25,6 +25,7 @@ pub mod host;
 mod initramfs;
 mod kernel;
 pub mod netns;
+pub mod nfs;
 pub mod pki;
 mod serial;
 pub mod sshd;
@@ -43,6 +44,7 @@ pub use guest::{
 pub use host::{bin, free_port, tail, tern_at, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
 pub use netns::{Lab, Side};
+pub use nfs::NfsServer;
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
 pub use vmlinux::extract as extract_vmlinux;
 pub use watch::{ConsoleWatcher, WatchReport};

@@ -76,3 +76,43 @@ impl Pools {
         Ok(out)
     }
 }
+
+/// Block drivers of the QEMU in use, probed once.
+static DRIVERS: tokio::sync::OnceCell<Vec<String>> = tokio::sync::OnceCell::const_new();
+
+/// Refuses a network disk whose protocol this host's QEMU cannot open,
+/// naming the protocol and the package that brings it.
+pub async fn check_network_drivers(d: &Domain) -> Result<()> {
+    let protocols: Vec<NetProtocol> = d
+        .devices
+        .disks
+        .iter()
+        .filter_map(|disk| match &disk.remote {
+            Some(DiskRemote::Network(n)) => Some(n.protocol),
+            _ => None,
+        })
+        .collect();
+    if protocols.is_empty() {
+        return Ok(());
+    }
+    let drivers = DRIVERS
+        .get_or_init(|| async {
+            tern_qemu::img::block_drivers().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list QEMU block drivers");
+                Vec::new()
+            })
+        })
+        .await;
+    match protocols
+        .into_iter()
+        .find(|p| !drivers.iter().any(|x| x == p.as_str()))
+    {
+        Some(p) => Err(AgentError::Unsupported(format!(
+            "domain '{}' has a protocol='{}' network disk but this host's QEMU has no '{}' block driver; install qemu-block-extra (from the same release as QEMU) or use another disk type",
+            d.name,
+            p.as_str(),
+            p.as_str()
+        ))),
+        None => Ok(()),
+    }
+}
