@@ -404,7 +404,9 @@ mod tests {
 
     #[test]
     fn proc_filesystems_is_read_by_name() {
-        assert!(filesystems_list_nfs("nodev\tsysfs\n\text4\nnodev\tnfs\nnodev\tnfs4\n"));
+        assert!(filesystems_list_nfs(
+            "nodev\tsysfs\n\text4\nnodev\tnfs\nnodev\tnfs4\n"
+        ));
         assert!(!filesystems_list_nfs("nodev\tsysfs\n\text4\nnodev\tnfsd\n"));
     }
 

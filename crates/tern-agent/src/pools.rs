@@ -102,7 +102,8 @@ impl Pools {
                     .and_then(|b| serde_json::from_slice::<PoolDef>(&b).ok())
                 {
                     Some(def) => {
-                        let marker = std::fs::read_to_string(dir.join(format!("{}.active", def.name)));
+                        let marker =
+                            std::fs::read_to_string(dir.join(format!("{}.active", def.name)));
                         let access = marker.as_deref().ok().and_then(parse_access);
                         let active = match (def.kind, access) {
                             (PoolKind::Netfs, Some(NetfsAccess::Qemu)) => true,
@@ -112,7 +113,14 @@ impl Pools {
                             (PoolKind::Dir, _) => marker.is_ok() && def.target.is_dir(),
                         };
                         let access = access.filter(|_| active && def.kind == PoolKind::Netfs);
-                        map.insert(def.name.clone(), Pool { def, active, access });
+                        map.insert(
+                            def.name.clone(),
+                            Pool {
+                                def,
+                                active,
+                                access,
+                            },
+                        );
                     }
                     None => tracing::warn!(path = %p.display(), "skipping unreadable pool"),
                 }

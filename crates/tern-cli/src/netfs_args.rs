@@ -69,7 +69,10 @@ mod tests {
         let s = netfs_source(None, Some("netfs"), h(), p(), None)
             .unwrap()
             .unwrap();
-        assert_eq!((s.host.as_str(), s.path.as_str()), ("192.168.1.101", "/nfs"));
+        assert_eq!(
+            (s.host.as_str(), s.path.as_str()),
+            ("192.168.1.101", "/nfs")
+        );
         assert_eq!(s.access, NetfsAccess::Auto);
         assert!(netfs_source(Some("netfs"), None, h(), p(), Some("qemu"))
             .unwrap()

@@ -151,10 +151,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                                 .map(|s| format!("{}:{}", s.host, s.path))
                                 .unwrap_or_else(|| "-".into()),
                         ),
-                        (
-                            "Access",
-                            crate::netfs_args::access_text(&p),
-                        ),
+                        ("Access", crate::netfs_args::access_text(&p),),
                         (
                             "State",
                             if p.active { "running" } else { "inactive" }.into()

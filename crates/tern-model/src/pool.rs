@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn urls_join_export_and_file_with_single_slashes() {
         assert_eq!(src("/nfs").url("test01"), "nfs://192.168.1.101/nfs/test01");
-        assert_eq!(src("/nfs/").url("a.qcow2"), "nfs://192.168.1.101/nfs/a.qcow2");
+        assert_eq!(
+            src("/nfs/").url("a.qcow2"),
+            "nfs://192.168.1.101/nfs/a.qcow2"
+        );
         assert_eq!(src("/").url("a"), "nfs://192.168.1.101/a");
         assert_eq!(src("/srv/vm").file_path("a"), "/srv/vm/a");
         assert_eq!(src("/").file_path("a"), "/a");

@@ -152,7 +152,11 @@ impl NfsServer {
                 panic!(
                     "the NFS server did not come up ({}): {}\n{}",
                     ended.map_or("still starting".into(), |s| s.to_string()),
-                    crate::tail(&std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default(), 20),
+                    crate::tail(
+                        &std::fs::read_to_string(self.dir.path().join("stderr"))
+                            .unwrap_or_default(),
+                        20
+                    ),
                     crate::tail(&self.log(), 30)
                 );
             }

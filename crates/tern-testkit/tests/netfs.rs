@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::nfs::{skip_without_nfs_server, walk_through_pool, NfsServer};
-use tern_testkit::{build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestDisk};
+use tern_testkit::{
+    build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestDisk,
+};
 
 /// Agents first, then the server, then the namespaces.
 struct NfsPair {
@@ -27,7 +29,10 @@ fn skip(test: &str) -> bool {
 fn nfs_pair(name: &str) -> NfsPair {
     let lab = Lab::start();
     let nfs = NfsServer::start(&lab.ns(Side::C), lab.host_addr(Side::C));
-    let root = tempfile::Builder::new().prefix("tern-mykvm-").tempdir().unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("tern-mykvm-")
+        .tempdir()
+        .unwrap();
     let target = root.path().join("nfspool");
     let a = TernHost::start_with(lab.host_options(Side::A, &format!("{name}-a")));
     let b = TernHost::start_with(lab.host_options(Side::B, &format!("{name}-b")));
@@ -60,9 +65,12 @@ fn disk_oks(text: &str) -> usize {
 /// Waits until the guest on `h` has reported `more` new disk checks.
 fn wait_disk_ok(h: &TernHost, name: &str, more: usize) {
     let before = disk_oks(&h.ok(&["console", name]));
-    h.wait_console(name, Duration::from_secs(90), "more TERN-DISK ok lines", |t| {
-        disk_oks(t) >= before + more || t.contains("TERN-FAIL")
-    });
+    h.wait_console(
+        name,
+        Duration::from_secs(90),
+        "more TERN-DISK ok lines",
+        |t| disk_oks(t) >= before + more || t.contains("TERN-FAIL"),
+    );
     let text = h.ok(&["console", name]);
     assert!(
         SerialLog::parse(&text).failures.is_empty(),
@@ -94,7 +102,14 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     let p = nfs_pair("wt");
     let access = pool_access(&p.a);
     assert_eq!(access, pool_access(&p.b));
-    p.a.ok(&["vol-create-as", "nfspool", "test01", "64M", "--format", "qcow2"]);
+    p.a.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "test01",
+        "64M",
+        "--format",
+        "qcow2",
+    ]);
     // The other host sees the volume, and the server holds it.
     let list = p.b.ok(&["vol-list", "nfspool"]);
     assert!(list.contains("test01"), "{list}");
@@ -136,7 +151,10 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     // The definition still names the volume by its path under the target.
     let xml = p.a.ok(&["dumpxml", name]);
     assert!(
-        xml.contains(&format!("<source file='{}'/>", p.target.join("test01").display())),
+        xml.contains(&format!(
+            "<source file='{}'/>",
+            p.target.join("test01").display()
+        )),
         "{xml}"
     );
     let report = w.finish();
@@ -150,4 +168,118 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
         report.max_gap.as_millis(),
         report.missing
     );
+}
+
+/// A guest whose disks are `<disk type='network'>` (protocol nfs, on the
+/// export) and `<disk type='volume'>` (a volume of the netfs pool): it
+/// starts from them, `dumpxml` prints them back as written, and it
+/// migrates live without copying storage.
+#[test]
+fn network_and_volume_disks_start_round_trip_and_migrate() {
+    let test = "network_and_volume_disks_start_round_trip_and_migrate";
+    if skip(test) {
+        return;
+    }
+    let p = nfs_pair("nd");
+    p.a.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "net01",
+        "64M",
+        "--format",
+        "qcow2",
+    ]);
+    p.a.ok(&["vol-create-as", "nfspool", "vol02", "8M", "--format", "raw"]);
+    let name = "nfsg2";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=32 tern.dirty=5 tern.disk=/dev/vda tern.disk_mb=4");
+    let network = format!(
+        "    <disk type='network' device='disk'>\n      <driver name='qemu' type='qcow2' cache='none'/>\n      <source protocol='nfs' name='nfs/net01'>\n        <host name='{}'/>\n      </source>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n",
+        p.nfs.host()
+    );
+    let volume = "    <disk type='volume' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source pool='nfspool' volume='vol02'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>\n";
+    let xml = spec.to_xml().replace(
+        "    <serial type='pty'>",
+        &format!("{network}{volume}    <serial type='pty'>"),
+    );
+    let file = p._root.path().join(format!("{name}.xml"));
+    std::fs::write(&file, &xml).unwrap();
+    p.a.ok(&["define", file.to_str().unwrap()]);
+    p.a.ok(&["start", name]);
+    let w = ConsoleWatcher::start();
+    w.add(p.a.console_log(name), true);
+    w.add(p.b.console_log(name), true);
+    wait_disk_ok(&p.a, name, 2);
+
+    for host in [&p.a] {
+        let dump = host.ok(&["dumpxml", name]);
+        assert!(
+            dump.contains("<disk type='network' device='disk'>"),
+            "{dump}"
+        );
+        assert!(
+            dump.contains(&format!(
+                "<source protocol='nfs' name='nfs/net01'>\n        <host name='{}'/>",
+                p.nfs.host()
+            )),
+            "{dump}"
+        );
+        assert!(
+            dump.contains("<source pool='nfspool' volume='vol02'/>"),
+            "{dump}"
+        );
+    }
+    migrate(&p.a, &[], name, &p.b.uri());
+    wait_disk_ok(&p.b, name, 2);
+    let dump = p.b.ok(&["dumpxml", name]);
+    assert!(
+        dump.contains("<source pool='nfspool' volume='vol02'/>"),
+        "{dump}"
+    );
+    assert!(dump.contains("protocol='nfs'"), "{dump}");
+    let report = w.finish();
+    assert!(!report.went_backwards, "heartbeat went backwards");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+/// A netfs pool whose server does not answer is refused at pool-start with
+/// the reason, and stays inactive.
+#[test]
+fn netfs_pool_start_names_an_unreachable_server() {
+    let test = "netfs_pool_start_names_an_unreachable_server";
+    if skip_unless_root(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let root = tempfile::tempdir().unwrap();
+    let a = TernHost::start_with(lab.host_options(Side::A, "unreach-a"));
+    let t = root.path().join("p");
+    let target = t.to_str().unwrap();
+    let c = lab.host_addr(Side::C).to_string();
+    a.ok(&[
+        "pool-define-as",
+        "far",
+        "netfs",
+        "--source-host",
+        &c,
+        "--source-path",
+        "/nfs",
+        "--source-format",
+        "nfs",
+        "--target",
+        target,
+        "--access",
+        "qemu",
+    ]);
+    a.ok(&["pool-build", "far"]);
+    let err = a.fails(&["pool-start", "far"]);
+    assert!(err.contains("cannot start pool 'far'"), "{err}");
+    assert!(err.contains(&c), "{err}");
+    let info = a.ok(&["pool-info", "far"]);
+    assert!(info.contains("netfs"), "{info}");
+    assert!(info.contains("inactive"), "{info}");
+    a.ok(&["pool-undefine", "far"]);
+    drop(a);
+    drop(lab);
 }

@@ -42,7 +42,8 @@ pub(super) fn check_source(src: &NetfsSource) -> Result<()> {
 /// Returns the access in use.
 pub(super) async fn start(name: &str, src: &NetfsSource, target: &Path) -> Result<NetfsAccess> {
     let access = src.access.resolve(netfs::kernel_has_nfs());
-    let fail = |e: netfs::NetfsError| AgentError::Failed(format!("cannot start pool '{name}': {e}"));
+    let fail =
+        |e: netfs::NetfsError| AgentError::Failed(format!("cannot start pool '{name}': {e}"));
     match access {
         NetfsAccess::Mount => {
             if !target.is_dir() {

@@ -4,7 +4,9 @@
 
 use super::import::{elements, invalid, missing, parse_number, required_attr, Result};
 use super::XmlError;
-use crate::domain::{DiskRemote, DiskSourceType, NetHost, NetProtocol, NetworkSource, VolumeSource};
+use crate::domain::{
+    DiskRemote, DiskSourceType, NetHost, NetProtocol, NetworkSource, VolumeSource,
+};
 use roxmltree::Node;
 
 /// Parses the `<source>` of a network or volume disk.
@@ -75,7 +77,10 @@ fn parse_host(node: Node) -> Result<NetHost> {
 /// `virsh dumpxml` order.
 pub(super) fn source_attrs(
     remote: &DiskRemote,
-) -> (Vec<(&'static str, String)>, Vec<Vec<(&'static str, String)>>) {
+) -> (
+    Vec<(&'static str, String)>,
+    Vec<Vec<(&'static str, String)>>,
+) {
     match remote {
         DiskRemote::Volume(v) => (
             vec![("pool", v.pool.clone()), ("volume", v.volume.clone())],

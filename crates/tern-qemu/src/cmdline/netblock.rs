@@ -87,9 +87,15 @@ pub(super) fn protocol_blockdev(disk: &Disk, n: &NetworkSource, read_only: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_model::{CacheMode, DiskBus, DiskDevice, DiskFormat, DiskRemote, DiskSourceType, NetHost};
+    use tern_model::{
+        CacheMode, DiskBus, DiskDevice, DiskFormat, DiskRemote, DiskSourceType, NetHost,
+    };
 
-    fn disk(protocol: NetProtocol, name: &str, hosts: &[(&str, Option<u16>)]) -> (Disk, NetworkSource) {
+    fn disk(
+        protocol: NetProtocol,
+        name: &str,
+        hosts: &[(&str, Option<u16>)],
+    ) -> (Disk, NetworkSource) {
         let n = NetworkSource {
             protocol,
             name: name.into(),
@@ -135,12 +141,26 @@ mod tests {
     #[test]
     fn rbd_gluster_and_iscsi_split_their_names() {
         let v = node(NetProtocol::Rbd, "pool/img", &[("mon1", None)]);
-        assert_eq!((v["pool"].as_str(), v["image"].as_str()), (Some("pool"), Some("img")));
+        assert_eq!(
+            (v["pool"].as_str(), v["image"].as_str()),
+            (Some("pool"), Some("img"))
+        );
         assert_eq!(v["server"][0]["port"], "6789");
-        let v = node(NetProtocol::Gluster, "vol/dir/a.qcow2", &[("g1", Some(24008))]);
-        assert_eq!((v["volume"].as_str(), v["path"].as_str()), (Some("vol"), Some("dir/a.qcow2")));
+        let v = node(
+            NetProtocol::Gluster,
+            "vol/dir/a.qcow2",
+            &[("g1", Some(24008))],
+        );
+        assert_eq!(
+            (v["volume"].as_str(), v["path"].as_str()),
+            (Some("vol"), Some("dir/a.qcow2"))
+        );
         assert_eq!(v["server"][0]["port"], "24008");
-        let v = node(NetProtocol::Iscsi, "iqn.2013-07.com.example:t1/2", &[("h", None)]);
+        let v = node(
+            NetProtocol::Iscsi,
+            "iqn.2013-07.com.example:t1/2",
+            &[("h", None)],
+        );
         assert_eq!(v["portal"], "h:3260");
         assert_eq!(v["target"], "iqn.2013-07.com.example:t1");
         assert_eq!(v["lun"], 2);

@@ -27,12 +27,11 @@ fn nfs_disk_parses_and_round_trips() {
     }
     round_trip(&d);
     let xml = to_xml(&d);
+    assert!(xml.contains("<disk type='network' device='disk'>"), "{xml}");
     assert!(
-        xml.contains("<disk type='network' device='disk'>"),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("<source protocol='nfs' name='nfs/test01'>\n        <host name='192.168.1.101'/>"),
+        xml.contains(
+            "<source protocol='nfs' name='nfs/test01'>\n        <host name='192.168.1.101'/>"
+        ),
         "{xml}"
     );
 }
@@ -72,7 +71,9 @@ fn bad_network_disks_are_refused_by_name() {
         "network disk protocol 'sheepdog'",
     );
     refused(
-        &with_devices("<disk type='network'><source protocol='nfs' name='e/f'/><target dev='vda'/></disk>"),
+        &with_devices(
+            "<disk type='network'><source protocol='nfs' name='e/f'/><target dev='vda'/></disk>",
+        ),
         "<host name=...>",
     );
     refused(
