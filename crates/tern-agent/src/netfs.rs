@@ -5,8 +5,8 @@
 //! protocol QEMU's libnfs speaks.
 
 use nfs3_client::nfs3_types::nfs3::{
-    self, diropargs3, filename3, nfs_fh3, FSSTAT3args, LOOKUP3args, Nfs3Result, READDIR3args,
-    REMOVE3args,
+    self, createhow3, diropargs3, filename3, nfs_fh3, sattr3, stable_how, CREATE3args, FSSTAT3args,
+    LOOKUP3args, Nfs3Option, Nfs3Result, READ3args, READDIR3args, REMOVE3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -332,6 +332,10 @@ impl<'a> Export<'a> {
     }
 
     async fn lookup_in(&self, c: &mut Conn, root: &nfs_fh3, name: &str) -> Result<bool> {
+        Ok(self.handle_of(c, root, name).await?.is_some())
+    }
+
+    async fn handle_of(&self, c: &mut Conn, root: &nfs_fh3, name: &str) -> Result<Option<nfs_fh3>> {
         let r = c
             .lookup(&LOOKUP3args {
                 what: diropargs3 {
@@ -342,10 +346,84 @@ impl<'a> Export<'a> {
             .await
             .map_err(|e| self.call_err("LOOKUP", e))?;
         match r {
-            Nfs3Result::Ok(_) => Ok(true),
-            Nfs3Result::Err((nfs3::nfsstat3::NFS3ERR_NOENT, _)) => Ok(false),
+            Nfs3Result::Ok(ok) => Ok(Some(ok.object)),
+            Nfs3Result::Err((nfs3::nfsstat3::NFS3ERR_NOENT, _)) => Ok(None),
             Nfs3Result::Err((st, _)) => Err(self.call_err("LOOKUP", format!("{st:?}"))),
         }
+    }
+
+    /// Writes a small file `name` in the export's top directory (created or
+    /// truncated), synchronously.
+    pub async fn write_small(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.timed(async {
+            let mut c = self.connect().await?;
+            let root = c.root_nfs_fh3();
+            let mut attrs = sattr3::default();
+            attrs.size = nfs3::set_size3::Some(0);
+            let r = c
+                .create(&CREATE3args {
+                    where_: diropargs3 {
+                        dir: root.clone(),
+                        name: filename3::from(name.as_bytes()),
+                    },
+                    how: createhow3::UNCHECKED(attrs),
+                })
+                .await
+                .map_err(|e| self.call_err("CREATE", e))?;
+            let fh = match r {
+                Nfs3Result::Ok(ok) => match ok.obj {
+                    Nfs3Option::Some(fh) => fh,
+                    Nfs3Option::None => self
+                        .handle_of(&mut c, &root, name)
+                        .await?
+                        .ok_or_else(|| self.call_err("CREATE", "no file handle"))?,
+                },
+                Nfs3Result::Err((st, _)) => return Err(self.call_err("CREATE", format!("{st:?}"))),
+            };
+            let r = c
+                .write(&WRITE3args {
+                    file: fh,
+                    offset: 0,
+                    count: data.len() as u32,
+                    stable: stable_how::FILE_SYNC,
+                    data: Opaque::borrowed(data),
+                })
+                .await
+                .map_err(|e| self.call_err("WRITE", e))?;
+            let _ = c.unmount().await;
+            match r {
+                Nfs3Result::Ok(_) => Ok(()),
+                Nfs3Result::Err((st, _)) => Err(self.call_err("WRITE", format!("{st:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Reads up to 4 KiB of `name` in the export's top directory; `None`
+    /// when it does not exist.
+    pub async fn read_small(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.timed(async {
+            let mut c = self.connect().await?;
+            let root = c.root_nfs_fh3();
+            let Some(fh) = self.handle_of(&mut c, &root, name).await? else {
+                let _ = c.unmount().await;
+                return Ok(None);
+            };
+            let r = c
+                .read(&READ3args {
+                    file: fh,
+                    offset: 0,
+                    count: 4096,
+                })
+                .await
+                .map_err(|e| self.call_err("READ", e))?;
+            let _ = c.unmount().await;
+            match r {
+                Nfs3Result::Ok(ok) => Ok(Some(ok.data.as_ref().to_vec())),
+                Nfs3Result::Err((st, _)) => Err(self.call_err("READ", format!("{st:?}"))),
+            }
+        })
+        .await
     }
 
     /// Whether `name` exists in the export's top directory.

@@ -15,6 +15,7 @@ use tern_model::{NetfsAccess, NetfsSource, PoolDef, PoolInfo, PoolKind, VolumeIn
 use tern_qemu::img;
 use tokio::sync::Mutex;
 
+mod proof;
 mod remote;
 mod resolve;
 

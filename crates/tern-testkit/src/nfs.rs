@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 /// The export path clients mount.
 pub const EXPORT: &str = "/nfs";
+/// A second export, a different directory ([`NfsServer::second_export_path`]).
+pub const EXPORT2: &str = "/nfs2";
 
 /// A running ganesha + rpcbind pair; see the module documentation.
 #[derive(Debug)]
@@ -31,6 +33,7 @@ pub struct NfsServer {
 /// period (a fresh server has no clients to wait for), root not squashed
 /// (QEMU and the agents run as root).
 pub fn ganesha_config(addr: Ipv4Addr, export: &Path, recovery: &Path) -> String {
+    let second = export.with_file_name("export2");
     format!(
         r#"NFS_CORE_PARAM {{
   Bind_addr = {addr};
@@ -56,9 +59,21 @@ EXPORT {{
   SecType = sys;
   FSAL {{ Name = VFS; }}
 }}
+EXPORT {{
+  Export_Id = 2;
+  Path = {second};
+  Pseudo = {EXPORT2};
+  Access_Type = RW;
+  Squash = No_Root_Squash;
+  Protocols = 3, 4;
+  Transports = TCP;
+  SecType = sys;
+  FSAL {{ Name = VFS; }}
+}}
 LOG {{ Default_Log_Level = EVENT; }}
 "#,
         export = export.display(),
+        second = second.display(),
         recovery = recovery.display(),
     )
 }
@@ -68,6 +83,9 @@ fn have(prog: &str) -> bool {
         .iter()
         .any(|d| Path::new(d).join(prog).exists())
 }
+
+// ganesha exits when it cannot register with rpcbind, so the script waits
+// for rpcbind's socket before starting it (under load rpcbind is slow).
 
 /// For tests: `true` (after saying why) when the NFS server packages are
 /// missing; scripts/install-deps.sh installs them.
@@ -98,6 +116,7 @@ impl NfsServer {
         let export = dir.path().join("export");
         let recovery = dir.path().join("recovery");
         std::fs::create_dir_all(&export).unwrap();
+        std::fs::create_dir_all(dir.path().join("export2")).unwrap();
         std::fs::create_dir_all(&recovery).unwrap();
         let conf = dir.path().join("ganesha.conf");
         std::fs::write(&conf, ganesha_config(addr, &export, &recovery)).unwrap();
@@ -106,6 +125,7 @@ impl NfsServer {
              mount -t tmpfs tern-nfs /run\n\
              mkdir -p /run/rpcbind /run/ganesha\n\
              rpcbind -f -h {addr} &\n\
+             i=0; while [ ! -S /run/rpcbind.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n\
              exec ganesha.nfsd -F -f {conf} -L {log} -p /run/ganesha/ganesha.pid\n",
             conf = conf.display(),
             log = dir.path().join("ganesha.log").display(),
@@ -172,6 +192,12 @@ impl NfsServer {
     /// The export path (give it as `--source-path`).
     pub fn export_path(&self) -> &'static str {
         EXPORT
+    }
+
+    /// Another export of the same server, a different directory: a pool
+    /// defined on it shares nothing with one on [`NfsServer::export_path`].
+    pub fn second_export_path(&self) -> &'static str {
+        EXPORT2
     }
 
     /// The exported directory as the server sees it: files the clients

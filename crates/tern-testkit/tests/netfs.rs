@@ -283,3 +283,84 @@ fn netfs_pool_start_names_an_unreachable_server() {
     drop(a);
     drop(lab);
 }
+
+/// Two hosts whose pools share a name and a target path but not the
+/// export: the shared-storage proof (a token the destination writes and
+/// the source must read) refuses the migration, and the guest runs on.
+#[test]
+fn migration_between_different_exports_is_refused_by_the_token_check() {
+    let test = "migration_between_different_exports_is_refused_by_the_token_check";
+    if skip(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let nfs = NfsServer::start(&lab.ns(Side::C), lab.host_addr(Side::C));
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("nfspool");
+    let t = target.to_str().unwrap();
+    let a = TernHost::start_with(lab.host_options(Side::A, "split-a"));
+    let b = TernHost::start_with(lab.host_options(Side::B, "split-b"));
+    walk_through_pool(&a, "nfspool", &nfs, &target);
+    let host = nfs.host();
+    b.ok(&[
+        "pool-define-as",
+        "nfspool",
+        "--type",
+        "netfs",
+        "--source-host",
+        &host,
+        "--source-path",
+        nfs.second_export_path(),
+        "--target",
+        t,
+    ]);
+    b.ok(&["pool-start", "nfspool"]);
+    for h in [&a, &b] {
+        h.ok(&[
+            "vol-create-as",
+            "nfspool",
+            "split01",
+            "64M",
+            "--format",
+            "qcow2",
+        ]);
+    }
+    let name = "split1";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=32 tern.dirty=5 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.disks.push(TestDisk {
+        path: target.join("split01"),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    a.define_guest(&spec);
+    a.ok(&["start", name]);
+    wait_disk_ok(&a, name, 1);
+    let err = String::from_utf8_lossy(&a.tern(&["migrate", "--live", name, &b.uri()]).stderr)
+        .into_owned();
+    assert!(
+        err.contains("pool 'nfspool' is not the same storage"),
+        "{err}"
+    );
+    assert_eq!(a.ok(&["domstate", name]).trim(), "running");
+    wait_disk_ok(&a, name, 1);
+    assert!(b.qemu_pids().is_empty(), "B kept an incoming QEMU");
+    // No token is left behind on either export.
+    for dir in [nfs.export_dir(), nfs.export_dir().with_file_name("export2")] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tern-share"))
+            .collect();
+        // The destination's token sits on its own export, which the source
+        // cannot see; it is the evidence, and harmless (vol-list skips it).
+        assert!(left.len() <= 1, "{left:?} in {}", dir.display());
+    }
+    drop(a);
+    drop(b);
+    drop(nfs);
+    drop(lab);
+}

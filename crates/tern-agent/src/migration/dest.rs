@@ -70,6 +70,12 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
         super::source::check_storage(agent, &d, &req.options)
             .await
             .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
+        // The source reads these in Perform: proof both see one export.
+        agent
+            .pools
+            .leave_share_tokens(&d, &req.options, &req.id)
+            .await
+            .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
     }
     let job = Job::new(req.id, Role::Destination, &d.name, req.options.clone());
     agent.jobs.insert(job.clone())?;

@@ -265,7 +265,11 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         return Err(e);
     }
     let run_dir = agent.layout.run_dir(&slot.name);
+    let live = slot.inner.lock().await.run.as_ref().map(|r| r.live.clone());
     let setup = async {
+        if let Some(d) = live.as_ref().filter(|_| !o.unsafe_ && !o.offline) {
+            agent.pools.prove_shared(d, o, &req.id).await?;
+        }
         set_capabilities(&qmp, &o.source_capabilities()).await?;
         let mut params = o.source_parameters();
         if o.tls {
