@@ -26,6 +26,7 @@ mod initramfs;
 mod kernel;
 pub mod netns;
 pub mod nfs;
+pub mod ping;
 pub mod pki;
 mod serial;
 pub mod sshd;

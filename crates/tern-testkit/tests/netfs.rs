@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::nfs::{skip_without_nfs_server, walk_through_pool, NfsServer};
+use tern_testkit::ping::Pinger;
 use tern_testkit::{
     build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestDisk,
 };
@@ -125,8 +126,14 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
 
     let name = "nfsg1";
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new(name, &img)
-        .workload("tern.mem=32 tern.dirty=5 tern.disk=/dev/vda tern.disk_mb=4");
+    let guest_ip = p.lab.addr(60);
+    let mut spec = GuestSpec::new(name, &img).workload(&format!(
+        "tern.mem=32 tern.dirty=5 tern.disk=/dev/vda tern.disk_mb=4 tern.ip={guest_ip}/24"
+    ));
+    spec.bridge = Some((
+        "br0".into(),
+        format!("52:54:00:78:{:02x}:3c", p.lab.subnet()),
+    ));
     spec.disks.push(TestDisk {
         path: p.target.join("test01"),
         format: "qcow2".into(),
@@ -139,14 +146,40 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     w.add(p.a.console_log(name), true);
     w.add(p.b.console_log(name), true);
     wait_disk_ok(&p.a, name, 2);
+    // The walk-through pings the guest throughout, from a third host.
+    assert!(
+        p.lab.wait_ping(Side::C, guest_ip, Duration::from_secs(30)),
+        "the guest never answered ping from c"
+    );
+    let pinger = Pinger::start(&p.lab, Side::C, guest_ip);
+    pinger.wait_received(10, Duration::from_secs(20), "before migrating");
 
     // There (managed), and back (peer to peer, driven by B's agent).
     let there = migrate(&p.a, &[], name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
     assert_eq!(p.b.ok(&["domstate", name]).trim(), "running");
+    let n = pinger.received();
+    pinger.wait_received(n + 10, Duration::from_secs(20), "on B");
     let back = migrate(&p.b, &["--p2p"], name, &p.lab.tcp_uri(Side::A));
     wait_disk_ok(&p.a, name, 2);
     assert_eq!(p.a.ok(&["domstate", name]).trim(), "running");
+    let n = pinger.received();
+    pinger.wait_received(n + 10, Duration::from_secs(20), "back on A");
+    let ping = pinger.stop();
+    let downtime = |h: &TernHost| -> u64 {
+        let j: serde_json::Value =
+            serde_json::from_str(&h.ok(&["domjobinfo", name, "--completed", "--json"])).unwrap();
+        j["downtime_ms"].as_u64().unwrap_or(0)
+    };
+    let (d_there, d_back) = (downtime(&p.a), downtime(&p.b));
+    // One request every 50 ms: a pause of D ms swallows about D/50 of them;
+    // two more per switch-over for the bridge to learn where the NIC went.
+    let allowed = (d_there + d_back) / 50 + 4;
+    assert!(
+        ping.lost.len() as u64 <= allowed,
+        "pings lost {:?} (downtime {d_there} + {d_back} ms allows {allowed})",
+        ping.lost
+    );
 
     // The definition still names the volume by its path under the target.
     let xml = p.a.ok(&["dumpxml", name]);
@@ -161,6 +194,13 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     assert!(!report.went_backwards, "heartbeat went backwards");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     println!("pool access: {access}\nthere: {there}\nback: {back}");
+    println!(
+        "pings from c every 50 ms: {} sent, {} answered, lost {:?}; longest silence {} ms",
+        ping.transmitted,
+        ping.received,
+        ping.lost,
+        ping.longest_silence.as_millis()
+    );
     println!(
         "heartbeats {}..{}, longest gap {} ms, missing {}",
         report.first_seq,
