@@ -358,8 +358,10 @@ impl<'a> Export<'a> {
         self.timed(async {
             let mut c = self.connect().await?;
             let root = c.root_nfs_fh3();
-            let mut attrs = sattr3::default();
-            attrs.size = nfs3::set_size3::Some(0);
+            let attrs = sattr3 {
+                size: nfs3::set_size3::Some(0),
+                ..Default::default()
+            };
             let r = c
                 .create(&CREATE3args {
                     where_: diropargs3 {

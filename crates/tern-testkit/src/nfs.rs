@@ -225,6 +225,29 @@ impl Drop for NfsServer {
     }
 }
 
+/// The walk-through's pool commands on `host`, with `tern` for `virsh`:
+/// `pool-define-as NAME --type netfs --source-host H --source-path /nfs
+/// --target DIR`, `pool-build`, `pool-start`, `pool-autostart`.
+pub fn walk_through_pool(host: &crate::TernHost, name: &str, server: &NfsServer, target: &Path) {
+    let t = target.to_str().expect("utf-8 path");
+    let h = server.host();
+    host.ok(&[
+        "pool-define-as",
+        name,
+        "--type",
+        "netfs",
+        "--source-host",
+        &h,
+        "--source-path",
+        server.export_path(),
+        "--target",
+        t,
+    ]);
+    host.ok(&["pool-build", name]);
+    host.ok(&["pool-start", name]);
+    host.ok(&["pool-autostart", name]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,27 +271,4 @@ mod tests {
             assert!(c.contains(needle), "{needle} missing from\n{c}");
         }
     }
-}
-
-/// The walk-through's pool commands on `host`, with `tern` for `virsh`:
-/// `pool-define-as NAME --type netfs --source-host H --source-path /nfs
-/// --target DIR`, `pool-build`, `pool-start`, `pool-autostart`.
-pub fn walk_through_pool(host: &crate::TernHost, name: &str, server: &NfsServer, target: &Path) {
-    let t = target.to_str().expect("utf-8 path");
-    let h = server.host();
-    host.ok(&[
-        "pool-define-as",
-        name,
-        "--type",
-        "netfs",
-        "--source-host",
-        &h,
-        "--source-path",
-        server.export_path(),
-        "--target",
-        t,
-    ]);
-    host.ok(&["pool-build", name]);
-    host.ok(&["pool-start", name]);
-    host.ok(&["pool-autostart", name]);
 }

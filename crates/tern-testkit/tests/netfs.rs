@@ -252,8 +252,8 @@ fn network_and_volume_disks_start_round_trip_and_migrate() {
     w.add(p.b.console_log(name), true);
     wait_disk_ok(&p.a, name, 2);
 
-    for host in [&p.a] {
-        let dump = host.ok(&["dumpxml", name]);
+    {
+        let dump = p.a.ok(&["dumpxml", name]);
         assert!(
             dump.contains("<disk type='network' device='disk'>"),
             "{dump}"

@@ -73,14 +73,12 @@ fn parse_host(node: Node) -> Result<NetHost> {
     Ok(NetHost { name, port })
 }
 
+/// Attributes of one element, in output order.
+type Attrs = Vec<(&'static str, String)>;
+
 /// The attributes of `<source>` and of each `<host>` under it, in
 /// `virsh dumpxml` order.
-pub(super) fn source_attrs(
-    remote: &DiskRemote,
-) -> (
-    Vec<(&'static str, String)>,
-    Vec<Vec<(&'static str, String)>>,
-) {
+pub(super) fn source_attrs(remote: &DiskRemote) -> (Attrs, Vec<Attrs>) {
     match remote {
         DiskRemote::Volume(v) => (
             vec![("pool", v.pool.clone()), ("volume", v.volume.clone())],
