@@ -165,6 +165,10 @@ pub struct Disk {
     pub cache: Option<CacheMode>,
     /// `<source file=...>` / `<source dev=...>`; `None` for an empty cdrom.
     pub source: Option<PathBuf>,
+    /// Where a `type='network'` or `type='volume'` disk lives (its
+    /// `<source>` names no host path); `None` for file and block disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<DiskRemote>,
     /// `<target dev=...>` e.g. "vda".
     pub target_dev: String,
     /// `<target bus=...>`.
@@ -173,10 +177,6 @@ pub struct Disk {
     pub readonly: bool,
     /// `<shareable/>`
     pub shareable: bool,
-    /// Where a `type='network'` or `type='volume'` disk lives (its
-    /// `<source>` names no host path); `None` for file and block disks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<DiskRemote>,
 }
 
 /// Where a disk's bytes live.

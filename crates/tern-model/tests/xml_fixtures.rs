@@ -68,11 +68,11 @@ fn seed004_parses_with_the_expected_fields() {
                 format: DiskFormat::Qcow2,
                 cache: Some(CacheMode::None),
                 source: Some(PathBuf::from("/var/lib/tern/images/ubuntu-14.04.img")),
+                remote: None,
                 target_dev: "vda".to_string(),
                 target_bus: DiskBus::Virtio,
                 readonly: false,
                 shareable: false,
-                remote: None,
             },
             Disk {
                 source_type: DiskSourceType::Block,
@@ -80,11 +80,11 @@ fn seed004_parses_with_the_expected_fields() {
                 format: DiskFormat::Raw,
                 cache: None,
                 source: None,
+                remote: None,
                 target_dev: "hdc".to_string(),
                 target_bus: DiskBus::Ide,
                 readonly: true,
                 shareable: false,
-                remote: None,
             },
         ]
     );

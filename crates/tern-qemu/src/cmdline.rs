@@ -7,7 +7,6 @@
 //! the [`LaunchSpec`].
 
 use std::path::{Path, PathBuf};
-mod netblock;
 use tern_model::{
     CacheMode, CharDev, CpuMode, DiskBus, DiskDevice, DiskFormat, Domain, InterfaceKind,
     LifecycleAction,
@@ -210,6 +209,8 @@ fn cache_flags(cache: Option<CacheMode>) -> (bool, bool, bool) {
         CacheMode::Unsafe => (false, true, true),
     }
 }
+
+mod netblock;
 
 /// The format node (`driver=qcow2|raw`) over a disk's protocol node.
 fn format_blockdev(disk: &tern_model::Disk, ro: bool, a: &mut Vec<String>) {
@@ -534,11 +535,11 @@ mod tests {
                     format: DiskFormat::Qcow2,
                     cache: Some(CacheMode::None),
                     source: Some("/pool/a,b.qcow2".into()),
+                    remote: None,
                     target_dev: "vda".into(),
                     target_bus: DiskBus::Virtio,
                     readonly: false,
                     shareable: false,
-                    remote: None,
                 }],
                 interfaces: vec![Interface {
                     kind: InterfaceKind::Bridge {

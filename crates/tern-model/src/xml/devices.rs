@@ -160,12 +160,12 @@ fn parse_disk(node: Node) -> Result<Disk> {
         format,
         cache,
         source: source.flatten(),
+        remote,
         target_dev,
         target_bus,
         // libvirt treats every cdrom as read-only.
         readonly: readonly || device == DiskDevice::Cdrom,
         shareable,
-        remote,
     })
 }
 
