@@ -19,7 +19,7 @@ mod proof;
 mod remote;
 mod resolve;
 
-pub use resolve::check_network_drivers;
+pub use resolve::{block_source, check_network_drivers};
 
 #[derive(Debug, Clone)]
 struct Pool {

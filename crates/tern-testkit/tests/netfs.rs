@@ -270,6 +270,15 @@ fn network_and_volume_disks_start_round_trip_and_migrate() {
             "{dump}"
         );
     }
+    let blk = p.a.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&format!("nfs://{}/nfs/net01", p.nfs.host())),
+        "{blk}"
+    );
+    assert!(
+        blk.contains(&p.target.join("vol02").display().to_string()),
+        "{blk}"
+    );
     migrate(&p.a, &[], name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
     let dump = p.b.ok(&["dumpxml", name]);

@@ -116,3 +116,35 @@ pub async fn check_network_drivers(d: &Domain) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// What `domblklist` shows as a disk's source: the path, a network disk's
+/// URL (`nfs://host/export/file`), or a volume's path under its pool's
+/// target (`pool/volume` when the pool is not defined here).
+pub async fn block_source(pools: &Pools, disk: &Disk) -> Option<String> {
+    match (&disk.source, &disk.remote) {
+        (Some(p), _) => Some(p.display().to_string()),
+        (None, Some(DiskRemote::Network(n))) => {
+            let host = n
+                .hosts
+                .first()
+                .map(|h| match h.port {
+                    Some(p) => format!("{}:{p}", h.name),
+                    None => h.name.clone(),
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "{}://{host}/{}",
+                n.protocol.as_str(),
+                n.name.trim_start_matches('/')
+            ))
+        }
+        (None, Some(DiskRemote::Volume(v))) => {
+            let m = pools.pools.lock().await;
+            Some(match m.get(&v.pool) {
+                Some(p) => p.def.target.join(&v.volume).display().to_string(),
+                None => format!("{}/{}", v.pool, v.volume),
+            })
+        }
+        (None, None) => None,
+    }
+}
