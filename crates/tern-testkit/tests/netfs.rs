@@ -10,7 +10,8 @@ use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::nfs::{skip_without_nfs_server, walk_through_pool, NfsServer};
 use tern_testkit::ping::Pinger;
 use tern_testkit::{
-    build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestDisk,
+    build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestController,
+    TestDisk,
 };
 
 /// Agents first, then the server, then the namespaces.
@@ -410,6 +411,104 @@ fn migration_between_different_exports_is_refused_by_the_token_check() {
     }
     drop(a);
     drop(b);
+    drop(nfs);
+    drop(lab);
+}
+
+/// Host-down recovery with the guest's disk on NFS: the controller (in C,
+/// with the NFS server) sees A die and restarts the guest on B from the
+/// same export; the guest verifies at boot every disk block it wrote on A.
+/// QEMU's image locks do not reach across hosts over nfs://: A's QEMU is
+/// dead (killed with its agent, the fencing the cluster rules require)
+/// before B's opens the image.
+#[test]
+fn host_down_restarts_the_guest_from_its_nfs_disk_elsewhere() {
+    let test = "host_down_restarts_the_guest_from_its_nfs_disk_elsewhere";
+    if skip(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let nfs = NfsServer::start(&lab.ns(Side::C), lab.host_addr(Side::C));
+    let c = TestController::file_in_netns(&lab.ns(Side::C), lab.host_addr(Side::C), &[]);
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("nfspool");
+    let join = |side: Side, name: &str| {
+        let mut o = lab.host_options(side, name);
+        o.extra_args.extend([
+            "--controller".to_string(),
+            c.url.clone(),
+            "--host-name".into(),
+            name.into(),
+        ]);
+        TernHost::start_with(o)
+    };
+    let mut a = join(Side::A, "a");
+    let b = join(Side::B, "b");
+    for h in [&a, &b] {
+        walk_through_pool(h, "nfspool", &nfs, &target);
+    }
+    a.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "web01",
+        "64M",
+        "--format",
+        "qcow2",
+    ]);
+    let name = "web";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.memory_mib = 128;
+    spec.disks.push(TestDisk {
+        path: target.join("web01"),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    a.define_guest(&spec);
+    a.ok(&["start", name]);
+    wait_disk_ok(&a, name, 2);
+    let long = Duration::from_secs(120);
+    c.wait_json(&["server-show", name], long, "web running on a", |v| {
+        v["host"] == "a" && v["state"] == "running"
+    });
+    let disks = c.json(&["server-show", name]);
+    assert!(disks.to_string().contains("\"shared\":true"), "{disks}");
+    c.ok(&[
+        "host-auto-migrate-on-host-down",
+        "a",
+        "--auto-migrate-on-host-down",
+        "enable",
+    ]);
+    // The agent learns the policy (and arms fencing) on its next heartbeat.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let qemus = a.qemu_pids();
+    a.kill9();
+    for p in qemus {
+        // SAFETY: pids from the test host's own state directory.
+        unsafe {
+            libc::kill(p as i32, libc::SIGKILL);
+        }
+    }
+    c.wait_json(&["server-show", name], long, "web running on b", |v| {
+        v["host"] == "b" && v["state"] == "running"
+    });
+    let text = b.wait_console(name, long, "the disk verified at boot", |t| {
+        t.contains("TERN-DISK verified") || t.contains("TERN-FAIL")
+    });
+    let log = SerialLog::parse(&text);
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    assert!(text.contains("TERN-DISK verified"), "{text}");
+    let blk = b.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&target.join("web01").display().to_string()),
+        "{blk}"
+    );
+    drop(b);
+    drop(a);
+    drop(c);
     drop(nfs);
     drop(lab);
 }
