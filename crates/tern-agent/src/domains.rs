@@ -367,9 +367,8 @@ impl Agent {
         if e.run.is_none() {
             if remove_storage {
                 for disk in e.def.devices.disks.iter().filter(|d| !d.readonly) {
-                    let Some(src) = &disk.source else { continue };
-                    if self.pools.owns(src).await && std::fs::remove_file(src).is_ok() {
-                        removed.push(src.display().to_string());
+                    if let Some(r) = self.pools.remove_disk_volume(disk).await {
+                        removed.push(r);
                     }
                 }
             }

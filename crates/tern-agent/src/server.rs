@@ -188,7 +188,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::PoolList { all } => ok(a.pools.list(all).await)?,
             Request::PoolInfo { name } => ok(a.pools.info(&name).await?)?,
             Request::PoolRefresh { name } => {
-                a.pools.active_dir(&name).await?;
+                a.pools.active_store(&name).await?;
                 ok(a.pools.info(&name).await?)?
             }
             Request::PoolDestroy { name } => ok(a.pools.destroy(&name).await?)?,

@@ -291,6 +291,16 @@ fn network_and_volume_disks_start_round_trip_and_migrate() {
     let report = w.finish();
     assert!(!report.went_backwards, "heartbeat went backwards");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    // Removing the guest with its storage (A kept the persistent
+    // definition) deletes its pool volume on the export; the network disk
+    // is no pool's, so it stays.
+    p.b.ok(&["destroy", name]);
+    let out = p.a.ok(&["undefine", name, "--remove-all-storage"]);
+    assert!(!p.nfs.export_dir().join("vol02").exists(), "{out}");
+    assert!(p.nfs.export_dir().join("net01").exists(), "{out}");
+    let list = p.a.ok(&["vol-list", "nfspool"]);
+    assert!(list.contains("net01") && !list.contains("vol02"), "{list}");
 }
 
 /// A netfs pool whose server does not answer is refused at pool-start with

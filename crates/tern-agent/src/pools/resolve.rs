@@ -77,6 +77,14 @@ impl Pools {
     }
 }
 
+/// The first protocol `drivers` lacks.
+fn missing_driver(protocols: &[NetProtocol], drivers: &[String]) -> Option<NetProtocol> {
+    protocols
+        .iter()
+        .copied()
+        .find(|p| !drivers.iter().any(|x| x == p.as_str()))
+}
+
 /// Block drivers of the QEMU in use, probed once.
 static DRIVERS: tokio::sync::OnceCell<Vec<String>> = tokio::sync::OnceCell::const_new();
 
@@ -103,10 +111,7 @@ pub async fn check_network_drivers(d: &Domain) -> Result<()> {
             })
         })
         .await;
-    match protocols
-        .into_iter()
-        .find(|p| !drivers.iter().any(|x| x == p.as_str()))
-    {
+    match missing_driver(&protocols, drivers) {
         Some(p) => Err(AgentError::Unsupported(format!(
             "domain '{}' has a protocol='{}' network disk but this host's QEMU has no '{}' block driver; install qemu-block-extra (from the same release as QEMU) or use another disk type",
             d.name,
@@ -146,5 +151,78 @@ pub async fn block_source(pools: &Pools, disk: &Disk) -> Option<String> {
             })
         }
         (None, None) => None,
+    }
+}
+
+impl Pools {
+    /// `undefine --remove-all-storage` for one disk: deletes its volume when
+    /// it is one of an active pool's (a file in a directory, a file on an
+    /// export QEMU reaches, or a `type='volume'` disk); what was removed.
+    pub async fn remove_disk_volume(&self, disk: &Disk) -> Option<String> {
+        let (store, file, shown) = match (&disk.source, &disk.remote) {
+            (Some(path), None) => {
+                let file = path.file_name()?.to_string_lossy().into_owned();
+                (
+                    self.store_holding(path).await?,
+                    file,
+                    path.display().to_string(),
+                )
+            }
+            (None, Some(DiskRemote::Volume(v))) => {
+                let store = self.active_store(&v.pool).await.ok()?;
+                (store, v.volume.clone(), format!("{}/{}", v.pool, v.volume))
+            }
+            _ => return None,
+        };
+        match store {
+            Store::Dir(dir) => {
+                let p = dir.join(&file);
+                std::fs::remove_file(&p).ok()?;
+                Some(p.display().to_string())
+            }
+            Store::Nfs { src, .. } => {
+                crate::netfs::Export::new(&src).remove(&file).await.ok()?;
+                Some(shown)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_protocol_without_its_driver_is_named() {
+        let have: Vec<String> = ["file", "nfs", "qcow2", "raw"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(missing_driver(&[NetProtocol::Nfs], &have), None);
+        assert_eq!(
+            missing_driver(&[NetProtocol::Nfs, NetProtocol::Rbd], &have),
+            Some(NetProtocol::Rbd)
+        );
+        assert_eq!(
+            missing_driver(&[NetProtocol::Gluster], &[]),
+            Some(NetProtocol::Gluster)
+        );
+    }
+
+    #[test]
+    fn nfs_sources_name_the_file_on_the_export() {
+        let src = NetfsSource {
+            host: "10.0.0.3".into(),
+            path: "/nfs/".into(),
+            access: tern_model::NetfsAccess::Qemu,
+        };
+        match nfs_source(&src, "test01") {
+            DiskRemote::Network(n) => {
+                assert_eq!(n.name, "nfs/test01");
+                assert_eq!(n.hosts[0].name, "10.0.0.3");
+                assert_eq!(n.protocol, NetProtocol::Nfs);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
