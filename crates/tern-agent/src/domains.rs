@@ -336,6 +336,15 @@ impl Agent {
                 slot.name
             )));
         }
+        let state = run.qmp.run_state().await?;
+        let (migration, _) = run.qmp.migration().await?;
+        let job = self.jobs.get(&slot.name).map(|j| j.phase());
+        if let Some(why) = tern_migrate::recovery::resume_refusal(state, migration, job) {
+            return Err(AgentError::Conflict(format!(
+                "domain '{}' cannot be resumed: {why}",
+                slot.name
+            )));
+        }
         run.qmp.execute("cont", None).await?;
         slot.set(DomainState::Running, StateReason::Unpaused);
         Ok(())

@@ -79,6 +79,7 @@ fn statvfs(path: &Path) -> (u64, u64, u64) {
     };
     // SAFETY: statvfs fills a plain struct from a valid C string.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `s` a valid, writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return (0, 0, 0);
     }

@@ -144,8 +144,23 @@ async fn call(
     if req == Request::ServerInfo {
         return ok(server.info(peer));
     }
-    let _worker = server.workers.acquire(req.is_priority()).await;
-    dispatch(&server.agent, req).await
+    let worker = server.workers.acquire(req.is_priority()).await;
+    // The request runs to its end even if the client goes away: hyper drops
+    // a pending service future when the connection closes, and a migration
+    // step cut at an await (between `cont` and recording it, say) would
+    // leave its job half-done.
+    let agent = server.agent.clone();
+    tokio::spawn(async move {
+        let _worker = worker;
+        dispatch(&agent, req).await
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the request's task failed: {e}"),
+        )
+    })?
 }
 
 /// Runs one request against the agent.

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tern_migrate::options::MigrateOptions;
-use tern_migrate::protocol::{ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest};
+use tern_migrate::protocol::{
+    ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest, QueryRequest,
+};
 
 /// A host API request. The JSON form is `{"op": "<kebab-name>", ...fields}`.
 // Requests are decoded once per call and dispatched at once; boxing the
@@ -233,6 +235,12 @@ pub enum MigrationRequest {
     MigrateConfirm {
         /// The message.
         req: ConfirmRequest,
+    },
+    /// Either side: where does a migration stand here? Asked by the other
+    /// side when the driver vanished (protocol version 2).
+    MigrateQuery {
+        /// The message.
+        req: QueryRequest,
     },
     /// Source: drive the whole migration from this agent (`--p2p`).
     MigrateP2p {

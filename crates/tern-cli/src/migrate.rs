@@ -400,7 +400,10 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
                 options: o.clone(),
             }))
             .await?;
-        // Follow the agent's job; the migration goes on if we are killed.
+        // Follow the agent's job; the migration goes on if we are killed,
+        // and Ctrl-C aborts it, as virsh does.
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel);
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let cur: JobInfo = src
@@ -433,7 +436,14 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
     }
     let dst = connect(Some(&a.desturi))?;
     let id = uuid::Uuid::new_v4();
-    let out = driver::drive(src, &dst, id, &a.domain, &o, |i| progress.show(i)).await?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel.clone());
+    let out = driver::drive_with(src, &dst, id, &a.domain, &o, &cancel, |i| progress.show(i)).await;
+    watcher.abort();
+    let out = out?;
+    if let Some(w) = &out.warning {
+        eprintln!("warning: {w}");
+    }
     if o.cold {
         progress.done();
         println!(
@@ -455,6 +465,37 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Ctrl-C on `tern migrate` aborts the migration, as in virsh: the first
+/// one asks the source to abort its job (before Perform, the driver stops
+/// and rolls back instead); a second one leaves at once, and the agents
+/// settle the migration by themselves (their orphan timers).
+fn abort_on_ctrl_c(
+    src: Client,
+    domain: String,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("\ninterrupted: aborting the migration (Ctrl-C again to leave it to the agents)");
+        match src
+            .call::<Value>(&Request::Migration(MigrationRequest::JobAbort {
+                name: domain,
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => eprintln!("abort: {e}"),
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("left the migration to the agents; 'tern domjobinfo' shows how it ends");
+            std::process::exit(130);
+        }
+    })
 }
 
 fn job(req: MigrationRequest) -> Request {

@@ -7,6 +7,8 @@ pub mod cmdline;
 pub mod img;
 pub mod probe;
 pub mod qmp;
+pub mod states;
 
 pub use cmdline::{build_command_line, LaunchSpec, NetBackend};
 pub use qmp::{Qmp, QmpError, QmpEvent};
+pub use states::{BlockJob, BlockJobStatus, MigrationStatus, MirrorEnd, RunState};

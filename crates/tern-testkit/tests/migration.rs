@@ -354,9 +354,7 @@ fn destination_qemu_killed_during_perform() {
     let child = p.migrate_bg("dk1", &["--live", "--bandwidth", "4"]);
     wait_job_active(&p.a, "dk1");
     for pid in p.b.qemu_pids() {
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
+        tern_testkit::pair::kill9(pid);
     }
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());

@@ -60,6 +60,7 @@ impl MigrationRequest {
         match self {
             MigrationRequest::JobInfo { .. }
             | MigrationRequest::JobEvents { .. }
+            | MigrationRequest::MigrateQuery { .. }
             | MigrationRequest::MigrateGetSpeed { .. }
             | MigrationRequest::MigrateGetMaxDowntime { .. } => true,
             MigrationRequest::MigrateCompCache { size, .. } => size.is_none(),
@@ -215,6 +216,8 @@ mod tests {
                         source_host: n(),
                         disks: vec![],
                         files: vec![],
+                        source_uri: None,
+                        source_name: None,
                     },
                 }),
                 false,
@@ -234,6 +237,8 @@ mod tests {
                         cold: None,
                         files: vec![],
                         options: o(),
+                        dest_uri: None,
+                        dest_name: None,
                     },
                 }),
                 false,
@@ -286,6 +291,12 @@ mod tests {
                 true,
             ),
             (m(M::JobAbort { name: n() }), false),
+            (
+                m(M::MigrateQuery {
+                    req: tern_migrate::protocol::QueryRequest { version: 2, id },
+                }),
+                true,
+            ),
             (
                 m(M::MigrateSetSpeed {
                     name: n(),
@@ -368,6 +379,7 @@ mod tests {
                 | MigrationRequest::MigrateFinish { .. }
                 | MigrationRequest::MigrateConfirm { .. }
                 | MigrationRequest::MigrateP2p { .. }
+                | MigrationRequest::MigrateQuery { .. }
                 | MigrationRequest::JobInfo { .. }
                 | MigrationRequest::JobEvents { .. }
                 | MigrationRequest::JobAbort { .. }
@@ -386,9 +398,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 29 plain requests + 17 migration requests (+1 for compcache's
+        // 29 plain requests + 18 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 29 + 17 + 1);
+        assert_eq!(all.len(), 29 + 18 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
