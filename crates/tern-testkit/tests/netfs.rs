@@ -104,6 +104,10 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     let p = nfs_pair("wt");
     let access = pool_access(&p.a);
     assert_eq!(access, pool_access(&p.b));
+    let info = p.a.ok(&["pool-info", "nfspool"]);
+    for needle in ["netfs", &format!("{}:/nfs", p.nfs.host()), "running"] {
+        assert!(info.contains(needle), "{needle} not in\n{info}");
+    }
     p.a.ok(&[
         "vol-create-as",
         "nfspool",
@@ -340,6 +344,35 @@ fn netfs_pool_start_names_an_unreachable_server() {
     assert!(info.contains("netfs"), "{info}");
     assert!(info.contains("inactive"), "{info}");
     a.ok(&["pool-undefine", "far"]);
+
+    // Forced kernel access: `mount -t nfs` runs, and its failure (this
+    // kernel may have no NFS client; the server is not there anyway) is
+    // reported with the command, leaving the pool inactive.
+    a.ok(&[
+        "pool-define-as",
+        "mnt",
+        "--type",
+        "netfs",
+        "--source-host",
+        &c,
+        "--source-path",
+        "/nfs",
+        "--target",
+        target,
+        "--access",
+        "mount",
+    ]);
+    let err = a.fails(&["pool-start", "mnt"]);
+    assert!(err.contains("cannot start pool 'mnt'"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "mount -t nfs {c}:/nfs {target} -o nodev,nosuid,noexec"
+        )),
+        "{err}"
+    );
+    let info = a.ok(&["pool-info", "mnt"]);
+    assert!(info.contains("inactive"), "{info}");
+    assert!(info.contains("mount (when started)"), "{info}");
     drop(a);
     drop(lab);
 }
