@@ -555,3 +555,67 @@ fn host_down_restarts_the_guest_from_its_nfs_disk_elsewhere() {
     drop(nfs);
     drop(lab);
 }
+
+/// A cold migration of a guest whose disk is on the shared export moves
+/// the definition and leaves the volume where both hosts see it; the guest
+/// boots on B and verifies every block it wrote on A.
+#[test]
+fn cold_migration_leaves_the_nfs_volume_in_place() {
+    let test = "cold_migration_leaves_the_nfs_volume_in_place";
+    if skip(test) {
+        return;
+    }
+    let p = nfs_pair("cold");
+    p.a.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "cold01",
+        "64M",
+        "--format",
+        "qcow2",
+    ]);
+    let name = "nfscold";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.disks.push(TestDisk {
+        path: p.target.join("cold01"),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", name]);
+    wait_disk_ok(&p.a, name, 2);
+    p.a.ok(&["shutdown", name]);
+    p.a.wait_console(name, Duration::from_secs(60), "power off", |t| {
+        t.contains("TERN-POWEROFF")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !p.a.ok(&["domstate", name]).starts_with("shut off") {
+        assert!(std::time::Instant::now() < deadline, "guest did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = std::fs::metadata(p.nfs.export_dir().join("cold01")).unwrap();
+    let out = p.a.tern(&["migrate", "--cold", name, &p.b.uri()]);
+    assert!(
+        out.status.success(),
+        "cold migration failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing was copied or rewritten on the export.
+    let after = std::fs::metadata(p.nfs.export_dir().join("cold01")).unwrap();
+    assert_eq!(
+        (before.len(), before.modified().unwrap()),
+        (after.len(), after.modified().unwrap())
+    );
+    p.b.ok(&["start", name]);
+    let text = p.b.wait_console(
+        name,
+        Duration::from_secs(90),
+        "the disk verified at boot",
+        |t| t.contains("TERN-DISK verified") || t.contains("TERN-FAIL"),
+    );
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+    assert!(text.contains("TERN-DISK verified"), "{text}");
+}

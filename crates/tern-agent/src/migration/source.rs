@@ -184,7 +184,9 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         Vec::new()
     };
     let files = if o.cold {
-        super::cold::describe(agent, &d).await?
+        // Disks on an export QEMU reaches itself (netfs pools without a
+        // kernel mount, network disks) are shared: they stay in place.
+        super::cold::describe(agent, &agent.pools.resolve_disks(&d).await?).await?
     } else {
         Vec::new()
     };
