@@ -440,7 +440,19 @@ fn migration_between_different_exports_is_refused_by_the_token_check() {
     assert_eq!(a.ok(&["domstate", name]).trim(), "running");
     wait_disk_ok(&a, name, 1);
     assert!(b.qemu_pids().is_empty(), "B kept an incoming QEMU");
-    // No token is left behind on either export.
+
+    // A cold migration would leave the disk in place (only QEMU reaches the
+    // export here): the same proof refuses it before anything moves.
+    a.ok(&["destroy", name]);
+    let err = String::from_utf8_lossy(&a.tern(&["migrate", "--cold", name, &b.uri()]).stderr)
+        .into_owned();
+    assert!(
+        err.contains("pool 'nfspool' is not the same storage"),
+        "{err}"
+    );
+    assert!(a.ok(&["list", "--all", "--name"]).contains(name));
+    assert!(!b.ok(&["list", "--all", "--name"]).contains(name));
+    // The destination removed its tokens when the migrations failed.
     for dir in [nfs.export_dir(), nfs.export_dir().with_file_name("export2")] {
         let left: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -448,10 +460,9 @@ fn migration_between_different_exports_is_refused_by_the_token_check() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(".tern-share"))
             .collect();
-        // The destination's token sits on its own export, which the source
-        // cannot see; it is the evidence, and harmless (vol-list skips it).
-        assert!(left.len() <= 1, "{left:?} in {}", dir.display());
+        assert!(left.is_empty(), "{left:?} in {}", dir.display());
     }
+
     drop(a);
     drop(b);
     drop(nfs);

@@ -105,6 +105,15 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                     d.name
                 )));
             }
+            if !req.options.unsafe_ {
+                // The source reads these before sending: proof that the
+                // disks it leaves in place are on storage this host sees.
+                let left = agent.pools.leave_cold_tokens(&d, &req.files, &req.id).await;
+                if let Err(e) = left {
+                    agent.jobs.finish(&job);
+                    return Err(e);
+                }
+            }
             let target = match super::cold::prepare(agent, &job, &req.files, &req.options).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -374,6 +383,9 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     let job = agent.jobs.get_id(&req.name, req.id)?;
     job.touch();
     job.advance(Phase::Finish)?;
+    if !req.success {
+        agent.pools.clear_tokens(&req.id).await;
+    }
     if req.options.cold {
         let r = super::cold::finish(agent, &job, req.success, &req.options).await;
         let reply = match (&r, req.success) {

@@ -227,6 +227,13 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         })?;
         let job = performing_job(agent, &slot.name, &req)?;
         job.update(|i| i.operation = "Cold migration".into());
+        if !req.options.unsafe_ {
+            let def = slot.inner.lock().await.def.clone();
+            if let Err(e) = agent.pools.prove_shared_cold(&def, &req.id).await {
+                super::perform::fail(&job, &e);
+                return Err(e);
+            }
+        }
         tokio::spawn(super::cold::send_all(
             job,
             req.files.clone(),
