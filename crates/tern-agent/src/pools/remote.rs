@@ -61,10 +61,22 @@ pub(super) async fn start(name: &str, src: &NetfsSource, target: &Path) -> Resul
     Ok(access)
 }
 
+/// How long `pool-list` (and the cluster report that lists pools on every
+/// heartbeat) waits for an export's space figures.
+const SPACE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// (capacity, allocation, available) of an export; zeros when it does not
-/// answer (the pool stays listed).
+/// answer within [`SPACE_WAIT`] (the pool stays listed).
 pub(super) async fn space(src: &NetfsSource) -> (u64, u64, u64) {
-    match Export::new(src).space().await {
+    let answer = tokio::time::timeout(SPACE_WAIT, Export::new(src).space())
+        .await
+        .unwrap_or_else(|_| {
+            Err(netfs::NetfsError::Timeout {
+                host: src.host.clone(),
+                secs: SPACE_WAIT.as_secs(),
+            })
+        });
+    match answer {
         Ok(s) => (s.total, s.total.saturating_sub(s.free), s.available),
         Err(e) => {
             tracing::warn!(host = %src.host, path = %src.path, error = %e, "cannot read NFS export space");
