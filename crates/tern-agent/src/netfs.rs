@@ -136,13 +136,24 @@ fn unescape_mount(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
+/// How long `mount`/`umount` may take (mount.nfs retries an unreachable
+/// server for minutes; the pool table is locked meanwhile).
+const MOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn run(prog: &str, args: &[String]) -> Result<()> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
+    let cmd = || format!("{prog} {}", args.join(" "));
+    let child = Command::new(prog).args(args).kill_on_drop(true).output();
+    let out = tokio::time::timeout(MOUNT_WAIT, child)
         .await
+        .map_err(|_| NetfsError::Mount {
+            cmd: cmd(),
+            message: format!(
+                "no answer within {} s; check that the NFS server is reachable",
+                MOUNT_WAIT.as_secs()
+            ),
+        })?
         .map_err(|e| NetfsError::Mount {
-            cmd: format!("{prog} {}", args.join(" ")),
+            cmd: cmd(),
             message: format!("cannot run {prog}: {e} (install nfs-common)"),
         })?;
     if out.status.success() {
@@ -150,7 +161,7 @@ async fn run(prog: &str, args: &[String]) -> Result<()> {
     }
     let err = String::from_utf8_lossy(&out.stderr);
     Err(NetfsError::Mount {
-        cmd: format!("{prog} {}", args.join(" ")),
+        cmd: cmd(),
         message: err
             .lines()
             .rev()
