@@ -350,3 +350,39 @@ pub fn interrupt(c: &Child) {
         libc::kill(c.id() as i32, libc::SIGINT);
     }
 }
+
+/// A directory made full: a 64 KiB tmpfs mounted over it and filled, as a
+/// disk that fills up. Unmounted on drop (what was written there goes with
+/// it). Needs root, as the tests that use it.
+pub struct FullDir {
+    path: PathBuf,
+}
+
+impl FullDir {
+    /// Mounts and fills; panics if that cannot be done.
+    pub fn over(path: &Path) -> FullDir {
+        std::fs::create_dir_all(path).expect("create the directory to fill");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tern-full"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "cannot mount a tmpfs over {}", path.display());
+        let full = FullDir {
+            path: path.to_path_buf(),
+        };
+        let filler = path.join("filler");
+        let chunk = vec![0u8; 4096];
+        let mut f = std::fs::File::create(&filler).expect("create filler");
+        use std::io::Write;
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        full
+    }
+}
+
+impl Drop for FullDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

@@ -57,9 +57,10 @@ fn run(cell: &Cell) {
         };
         args.extend(["--fault-stop-at", point]);
     }
-    let mut p = HostPair::start(cell.name, &a_args, &b_args);
-    let name = cell.name.replace('_', "-");
-    let name = &name[..name.len().min(40)];
+    let mut p = HostPair::start(&cell.name[..cell.name.len().min(24)], &a_args, &b_args);
+    // Initials keep QEMU's socket paths under 108 bytes.
+    let name: String = cell.name.split('_').filter_map(|w| w.chars().next()).collect();
+    let name = &format!("fm-{name}");
     p.boot(name, "tern.mem=48 tern.dirty=0");
     let flags: &[&str] = match cell.moment {
         Moment::Precopy => &["--live", "--bandwidth", "16"],
@@ -107,6 +108,12 @@ fn run(cell: &Cell) {
     );
     p.wait_settled_on(cell.expect.other(), name, Duration::from_secs(60));
     p.assert_guest_whole_on(cell.expect.other(), name);
+    // The finished job outlives its agent.
+    p.kill9_and_restart(cell.expect);
+    let done = p
+        .host(cell.expect)
+        .ok(&["domjobinfo", name, "--completed", "--json"]);
+    assert!(done.contains("\"completed\""), "{done}");
 }
 
 /// Waits for the driver to end (killing it after `timeout`); its exit
@@ -163,4 +170,51 @@ cells! {
     driver_killed_after_prepare: KillDriver, Point(B, "dest-prepared") => A;
     driver_killed_before_cont: KillDriver, Point(B, "dest-before-cont") => B;
     ctrl_c_in_precopy: CtrlC, Precopy => A;
+}
+
+/// The destination's state directory is full when Prepare must record the
+/// migration: Prepare refuses, names the directory, and creates nothing;
+/// the guest never stops on the source.
+#[test]
+fn dest_state_dir_full_in_prepare() {
+    let p = HostPair::start("fullprep", ORPHAN, ORPHAN);
+    let name = "fullprep";
+    p.boot(name, "tern.mem=48 tern.dirty=0");
+    let full = tern_testkit::pair::FullDir::over(&p.b.state_dir().join("jobs"));
+    let out = p.migrate(Which::A, name, &["--live"]);
+    assert!(!out.status.success(), "migrated into a full state directory");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot record migration") && err.contains("free space"),
+        "{err}"
+    );
+    p.wait_settled_on(Which::A, name, Duration::from_secs(30));
+    p.assert_guest_whole_on(Which::A, name);
+    drop(full);
+    let again = p.migrate(Which::A, name, &["--live"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    p.wait_settled_on(Which::B, name, Duration::from_secs(60));
+    p.assert_guest_whole_on(Which::B, name);
+}
+
+/// The destination cannot store the definition after `cont` (its
+/// definitions directory is full, `--persistent`): the guest runs there
+/// and only there, the migration succeeds with a warning, and the source
+/// does not resume a second copy.
+#[test]
+fn dest_state_dir_full_in_finish() {
+    let p = HostPair::start("fullfin", ORPHAN, ORPHAN);
+    let name = "fullfin";
+    p.boot(name, "tern.mem=48 tern.dirty=0");
+    let full = tern_testkit::pair::FullDir::over(&p.b.state_dir().join("domains"));
+    let out = p.migrate(Which::A, name, &["--live", "--persistent"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", p.events(name));
+    assert!(err.contains("warning") && err.contains("could not be stored"), "{err}");
+    p.wait_settled_on(Which::B, name, Duration::from_secs(30));
+    p.assert_guest_whole_on(Which::B, name);
+    drop(full);
+    let again = p.migrate(Which::B, name, &["--live"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    p.wait_settled_on(Which::A, name, Duration::from_secs(60));
 }

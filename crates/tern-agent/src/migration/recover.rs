@@ -33,8 +33,18 @@ const TICK: Duration = Duration::from_secs(1);
 /// After a restart: rebuilds every migration that was under way from its
 /// record and settles it (in the background: a peer may need asking).
 pub async fn recover_all(agent: &Arc<Agent>, records: Vec<JobRecord>) {
-    for rec in records {
+    for mut rec in records {
+        let finish_died = rec.role == Role::Destination && rec.phase == Phase::Finish;
+        if finish_died {
+            // The Finish under way died with the agent: its driver saw an
+            // error, so the verdict must come again (from the source or the
+            // orphan timer), as if only Prepare had happened.
+            rec.phase = Phase::Prepare;
+        }
         let job = Job::from_record(&rec);
+        if finish_died {
+            job.event("the Finish under way died with the agent; waiting for a new verdict");
+        }
         if let Err(e) = agent.jobs.insert(job.clone()) {
             tracing::warn!(domain = %rec.domain, error = %e, "cannot recover migration");
             continue;
