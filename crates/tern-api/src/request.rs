@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tern_migrate::options::MigrateOptions;
 use tern_migrate::protocol::{
-    ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest, QueryRequest,
+    ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest, QueryRequest, RecoverRequest,
 };
 
 /// A host API request. The JSON form is `{"op": "<kebab-name>", ...fields}`.
@@ -242,6 +242,18 @@ pub enum MigrationRequest {
         /// The message.
         req: QueryRequest,
     },
+    /// Destination: listen for a paused post-copy's recovery channel
+    /// (protocol version 2).
+    MigrateRecover {
+        /// The message.
+        req: RecoverRequest,
+    },
+    /// Source: resume a post-copy that a broken link or
+    /// `domjobabort --postcopy` paused (`migrate --postcopy-resume`).
+    MigratePostcopyResume {
+        /// Domain name.
+        name: String,
+    },
     /// Source: drive the whole migration from this agent (`--p2p`).
     MigrateP2p {
         /// Domain name or uuid.
@@ -271,10 +283,14 @@ pub enum MigrationRequest {
         #[serde(default)]
         since: usize,
     },
-    /// `domjobabort`.
+    /// `domjobabort [--postcopy]`.
     JobAbort {
         /// Domain name.
         name: String,
+        /// Pause a post-copy migration instead (`migrate-pause`); it
+        /// resumes with `migrate --postcopy-resume`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        postcopy: bool,
     },
     /// `migrate-setspeed` (MiB/s, 0 = unlimited).
     MigrateSetSpeed {

@@ -72,6 +72,10 @@ pub enum Cmd {
     Domjobabort {
         /// Domain name.
         domain: String,
+        /// Pause a post-copy migration instead (the guest already runs on
+        /// the destination); 'migrate --postcopy-resume' resumes it.
+        #[arg(long)]
+        postcopy: bool,
     },
     /// Set the bandwidth of a running migration, MiB/s (0 = unlimited).
     MigrateSetspeed {

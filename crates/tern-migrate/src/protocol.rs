@@ -518,6 +518,26 @@ pub struct ConfirmRequest {
     pub options: MigrateOptions,
 }
 
+/// Source to destination: the post-copy of migration `id` broke (or was
+/// paused); listen for the source to resume it (version 2). The
+/// destination pauses its side first if it still thinks it is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// Version.
+    pub version: u32,
+    /// Migration id.
+    pub id: Uuid,
+}
+
+/// Where the destination's QEMU waits for the recovery channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverReply {
+    /// Version.
+    pub version: u32,
+    /// Address and port (`migrate-recover`).
+    pub target: IncomingTarget,
+}
+
 /// "Where does migration `id` stand on your side?" (version 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryRequest {

@@ -59,7 +59,11 @@ fn run(cell: &Cell) {
     }
     let mut p = HostPair::start(&cell.name[..cell.name.len().min(24)], &a_args, &b_args);
     // Initials keep QEMU's socket paths under 108 bytes.
-    let name: String = cell.name.split('_').filter_map(|w| w.chars().next()).collect();
+    let name: String = cell
+        .name
+        .split('_')
+        .filter_map(|w| w.chars().next())
+        .collect();
     let name = &format!("fm-{name}");
     p.boot(name, "tern.mem=48 tern.dirty=0");
     let flags: &[&str] = match cell.moment {
@@ -182,7 +186,10 @@ fn dest_state_dir_full_in_prepare() {
     p.boot(name, "tern.mem=48 tern.dirty=0");
     let full = tern_testkit::pair::FullDir::over(&p.b.state_dir().join("jobs"));
     let out = p.migrate(Which::A, name, &["--live"]);
-    assert!(!out.status.success(), "migrated into a full state directory");
+    assert!(
+        !out.status.success(),
+        "migrated into a full state directory"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot record migration") && err.contains("free space"),
@@ -192,7 +199,11 @@ fn dest_state_dir_full_in_prepare() {
     p.assert_guest_whole_on(Which::A, name);
     drop(full);
     let again = p.migrate(Which::A, name, &["--live"]);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     p.wait_settled_on(Which::B, name, Duration::from_secs(60));
     p.assert_guest_whole_on(Which::B, name);
 }
@@ -210,11 +221,18 @@ fn dest_state_dir_full_in_finish() {
     let out = p.migrate(Which::A, name, &["--live", "--persistent"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}\n{}", p.events(name));
-    assert!(err.contains("warning") && err.contains("could not be stored"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("could not be stored"),
+        "{err}"
+    );
     p.wait_settled_on(Which::B, name, Duration::from_secs(30));
     p.assert_guest_whole_on(Which::B, name);
     drop(full);
     let again = p.migrate(Which::B, name, &["--live"]);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     p.wait_settled_on(Which::A, name, Duration::from_secs(60));
 }

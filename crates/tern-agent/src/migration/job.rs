@@ -42,6 +42,9 @@ pub struct Job {
     pub cancel: watch::Sender<bool>,
     /// Set by `migrate-postcopy`.
     pub postcopy: watch::Sender<bool>,
+    /// Set while the operator holds a post-copy paused
+    /// (`domjobabort --postcopy`): no automatic recovery then.
+    pub postcopy_hold: watch::Sender<bool>,
     offline_def: Mutex<Option<tern_model::Domain>>,
     /// Files the destination created for this migration (removed on failure).
     pub created: Mutex<Vec<std::path::PathBuf>>,
@@ -92,6 +95,7 @@ impl Job {
             }),
             cancel: watch::channel(false).0,
             postcopy: watch::channel(false).0,
+            postcopy_hold: watch::channel(false).0,
             offline_def: Mutex::new(None),
             created: Mutex::new(Vec::new()),
             cold: Mutex::new(None),

@@ -9,6 +9,7 @@ pub mod dest;
 pub mod forecast;
 pub mod job;
 mod perform;
+pub mod postcopy;
 pub mod qemu_tls;
 pub mod record;
 pub mod recover;
@@ -85,17 +86,51 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
             };
             to(&ev)
         }
-        MigrationRequest::JobAbort { name } => {
+        MigrationRequest::JobAbort { name, postcopy } => {
             let job = agent.jobs.get(&name).ok_or_else(|| {
                 AgentError::Conflict(format!("domain '{name}' has no migration job to abort"))
             })?;
-            if job.info().qemu_status.is_postcopy() {
+            let status = job.info().qemu_status;
+            if postcopy {
+                if status != tern_qemu::MigrationStatus::PostcopyActive {
+                    return Err(AgentError::Conflict(format!(
+                        "the migration of '{name}' is {status}, not in post-copy; use domjobabort without --postcopy"
+                    )));
+                }
+                job.postcopy_hold.send_replace(true);
+                running_qmp(agent, &name)
+                    .await?
+                    .execute("migrate-pause", None)
+                    .await?;
+                job.event(
+                    "post-copy paused by the operator; 'tern migrate --postcopy-resume' resumes it",
+                );
+                return ok(json!(null));
+            }
+            if status.is_postcopy() {
                 return Err(AgentError::Conflict(format!(
-                    "the migration of '{name}' is in post-copy: the guest already runs on the destination and cannot come back; let it finish"
+                    "the migration of '{name}' is in post-copy: the guest already runs on the destination and cannot come back; let it finish, or pause it with 'domjobabort --postcopy'"
                 )));
             }
             job.event("abort requested by the operator");
             job.cancel.send_replace(true);
+            ok(json!(null))
+        }
+        MigrationRequest::MigrateRecover { req } => to(&postcopy::listen(agent, req).await?),
+        MigrationRequest::MigratePostcopyResume { name } => {
+            let job = agent.jobs.get(&name).ok_or_else(|| {
+                AgentError::Conflict(format!("domain '{name}' has no migration job to resume"))
+            })?;
+            let qmp = running_qmp(agent, &name).await?;
+            let (status, _) = qmp.migration().await?;
+            if status != tern_qemu::MigrationStatus::PostcopyPaused {
+                return Err(AgentError::Conflict(format!(
+                    "the migration of '{name}' is {status}; only a paused post-copy can be resumed"
+                )));
+            }
+            job.postcopy_hold.send_replace(false);
+            job.event("post-copy resume requested by the operator");
+            postcopy::recover(agent, &job, &qmp).await?;
             ok(json!(null))
         }
         MigrationRequest::MigratePostcopy { name } => {

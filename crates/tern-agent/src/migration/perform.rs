@@ -15,6 +15,9 @@ use tern_qemu::MigrationStatus;
 /// How often Perform reads QEMU's figures.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How often a paused post-copy tries to resume.
+const RECOVER_EVERY: Duration = Duration::from_secs(2);
+
 pub(super) fn fail(job: &Job, e: &AgentError) {
     job.event(format!("could not start: {e}"));
     job.update(|i| {
@@ -118,6 +121,8 @@ async fn watch(
     let mut post_rx = job.postcopy.subscribe();
     let mut events = qmp.events();
     let mut paused_at: Option<Instant> = None;
+    let mut last_recovery = Instant::now();
+    let mut recovery_failed = false;
     let policy = o.policy_on().then(|| o.policy_config());
     let mut pstate = PolicyState::new(o.initial_downtime_ms());
     job.update(|i| i.downtime_limit_ms = Some(pstate.downtime_ms));
@@ -249,6 +254,17 @@ async fn watch(
         if info.memory_processed != last_bytes {
             last_bytes = info.memory_processed;
             last_progress = Instant::now();
+        } else if last_progress.elapsed() > stall
+            && info.qemu_status == MigrationStatus::PostcopyActive
+        {
+            // A dead link leaves QEMU waiting on TCP for many minutes; a
+            // paused post-copy can be resumed when the link returns.
+            job.event(format!(
+                "no post-copy progress for {} s: pausing it, to resume when the destination answers",
+                stall.as_secs()
+            ));
+            let _ = qmp.execute("migrate-pause", None).await;
+            last_progress = Instant::now();
         } else if last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
             job.event(format!(
                 "no progress for {} s: the link to the destination looks down; cancelling",
@@ -298,6 +314,22 @@ async fn watch(
                     i.policy_last = Some(d.reason.clone());
                     i.downtime_limit_ms = Some(pstate.downtime_ms);
                 });
+            }
+        }
+        if info.qemu_status == MigrationStatus::PostcopyPaused
+            && !*job.postcopy_hold.borrow()
+            && last_recovery.elapsed() > RECOVER_EVERY
+        {
+            last_recovery = Instant::now();
+            match super::postcopy::recover(agent, &job, &qmp).await {
+                Ok(()) => last_progress = Instant::now(),
+                Err(e) if !recovery_failed => {
+                    recovery_failed = true;
+                    job.event(format!(
+                        "post-copy paused: {e}; trying again until it answers"
+                    ));
+                }
+                Err(_) => {}
             }
         }
         let want_postcopy = o.postcopy

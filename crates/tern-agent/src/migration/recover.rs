@@ -128,7 +128,8 @@ pub async fn query(agent: &Agent, req: QueryRequest) -> Result<QueryReply> {
             (Some(r.role), view)
         }
         Some(Found::Running(j)) => {
-            j.touch();
+            // Not a touch: the other side asking is no driver, and counting
+            // it would keep both orphan timers from ever firing.
             let (qemu, _) = seen(agent, &j.domain).await;
             let view = match j.role {
                 Role::Source if matches!(j.phase(), Phase::Idle | Phase::Begin) => PeerView::Owns,
@@ -229,7 +230,15 @@ async fn settle_source(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<bool> {
                 continue;
             }
             SourceAction::Wait => return Ok(false),
-            SourceAction::ServePostcopy | SourceAction::RecoverPostcopy => {
+            SourceAction::RecoverPostcopy => {
+                if let Some(q) = &qmp {
+                    if let Err(e) = super::postcopy::recover(agent, job, q).await {
+                        tracing::info!(domain = %job.domain, error = %e, "post-copy still paused");
+                    }
+                }
+                return Ok(false);
+            }
+            SourceAction::ServePostcopy => {
                 // The destination runs the guest: wait for the post-copy to
                 // end here (or for a recovery), never resume.
                 if let Some(q) = &qmp {

@@ -70,6 +70,8 @@ impl MigrationRequest {
             | MigrationRequest::MigrateFinish { .. }
             | MigrationRequest::MigrateConfirm { .. }
             | MigrationRequest::MigrateP2p { .. }
+            | MigrationRequest::MigrateRecover { .. }
+            | MigrationRequest::MigratePostcopyResume { .. }
             | MigrationRequest::JobAbort { .. }
             | MigrationRequest::MigrateSetSpeed { .. }
             | MigrationRequest::MigrateSetMaxDowntime { .. }
@@ -290,7 +292,20 @@ mod tests {
                 }),
                 true,
             ),
-            (m(M::JobAbort { name: n() }), false),
+            (
+                m(M::JobAbort {
+                    name: n(),
+                    postcopy: false,
+                }),
+                false,
+            ),
+            (
+                m(M::MigrateRecover {
+                    req: tern_migrate::protocol::RecoverRequest { version: 2, id },
+                }),
+                false,
+            ),
+            (m(M::MigratePostcopyResume { name: n() }), false),
             (
                 m(M::MigrateQuery {
                     req: tern_migrate::protocol::QueryRequest { version: 2, id },
@@ -380,6 +395,8 @@ mod tests {
                 | MigrationRequest::MigrateConfirm { .. }
                 | MigrationRequest::MigrateP2p { .. }
                 | MigrationRequest::MigrateQuery { .. }
+                | MigrationRequest::MigrateRecover { .. }
+                | MigrationRequest::MigratePostcopyResume { .. }
                 | MigrationRequest::JobInfo { .. }
                 | MigrationRequest::JobEvents { .. }
                 | MigrationRequest::JobAbort { .. }
@@ -398,9 +415,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 29 plain requests + 18 migration requests (+1 for compcache's
+        // 29 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 29 + 18 + 1);
+        assert_eq!(all.len(), 29 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
