@@ -45,6 +45,7 @@ pub fn preflight(agent: &Agent, d: &Domain) -> Result<()> {
     for disk in &d.devices.disks {
         match (&disk.source, disk.device) {
             (None, DiskDevice::Cdrom) => {}
+            (None, DiskDevice::Disk) if disk.remote.is_some() => {}
             (None, DiskDevice::Disk) => {
                 return Err(AgentError::Invalid(format!(
                     "disk '{}' of domain '{}' has no source; add <source file=...>",
@@ -98,6 +99,13 @@ pub fn preflight(agent: &Agent, d: &Domain) -> Result<()> {
 /// Starts QEMU for `d` and connects to its monitor. On any failure the
 /// process, its taps and its sockets are gone when this returns.
 pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Running> {
+    // What QEMU opens on this host: volumes and paths of netfs pools that
+    // QEMU reaches itself become nfs:// network sources.
+    // The live definition keeps what the operator wrote.
+    let written = d;
+    let resolved = agent.pools.resolve_disks(d).await?;
+    let d = &resolved;
+    crate::pools::check_network_drivers(d).await?;
     preflight(agent, d)?;
     let accel = agent.accel().await.accel();
     let run_dir = agent.layout.run_dir(&d.name);
@@ -156,7 +164,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
                 pid,
                 start_time,
                 qmp,
-                live: d.clone(),
+                live: written.clone(),
                 taps,
                 accel: accel_name(accel).into(),
                 console_pty,

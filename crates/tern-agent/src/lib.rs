@@ -20,6 +20,7 @@ pub mod listen;
 pub mod migration;
 pub mod monitor;
 pub mod netdev;
+pub mod netfs;
 pub mod pools;
 pub mod procs;
 pub mod registry;

@@ -193,7 +193,8 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 name,
                 target,
                 shared,
-            } => ok(a.pools.define(&name, &target, shared).await?)?,
+                netfs,
+            } => ok(a.pools.define(&name, &target, shared, netfs).await?)?,
             Request::PoolBuild { name } => ok(a.pools.build(&name).await?)?,
             Request::PoolStart { name } => ok(a.pools.start(&name).await?)?,
             Request::PoolAutostart { name, disable } => {
@@ -202,7 +203,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::PoolList { all } => ok(a.pools.list(all).await)?,
             Request::PoolInfo { name } => ok(a.pools.info(&name).await?)?,
             Request::PoolRefresh { name } => {
-                a.pools.active_dir(&name).await?;
+                a.pools.active_store(&name).await?;
                 ok(a.pools.info(&name).await?)?
             }
             Request::PoolDestroy { name } => ok(a.pools.destroy(&name).await?)?,

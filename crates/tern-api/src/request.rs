@@ -104,7 +104,7 @@ pub enum Request {
         #[serde(default = "default_console_max")]
         max: u64,
     },
-    /// Define a directory pool (`pool-define-as`).
+    /// Define a directory or netfs pool (`pool-define-as`).
     PoolDefineAs {
         /// Pool name.
         name: String,
@@ -113,6 +113,9 @@ pub enum Request {
         /// Whether other hosts see the same files.
         #[serde(default)]
         shared: bool,
+        /// The export of a netfs pool; `None` for a dir pool.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netfs: Option<tern_model::NetfsSource>,
     },
     /// Create a pool's directory (`pool-build`).
     PoolBuild {

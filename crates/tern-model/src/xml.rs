@@ -45,6 +45,7 @@
 mod devices;
 mod export;
 mod import;
+mod netdisk;
 mod units;
 
 #[cfg(test)]

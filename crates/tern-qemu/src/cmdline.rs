@@ -210,6 +210,26 @@ fn cache_flags(cache: Option<CacheMode>) -> (bool, bool, bool) {
     }
 }
 
+mod netblock;
+
+/// The format node (`driver=qcow2|raw`) over a disk's protocol node.
+fn format_blockdev(disk: &tern_model::Disk, ro: bool, a: &mut Vec<String>) {
+    let (direct, no_flush, _) = cache_flags(disk.cache);
+    let fmt = match disk.format {
+        DiskFormat::Qcow2 => "qcow2",
+        DiskFormat::Raw => "raw",
+    };
+    a.push("-blockdev".into());
+    a.push(format!(
+        "driver={fmt},file={},node-name={},cache.direct={},cache.no-flush={},read-only={}",
+        file_node(&disk.target_dev),
+        drive_node(&disk.target_dev),
+        onoff(direct),
+        onoff(no_flush),
+        onoff(ro),
+    ));
+}
+
 fn ide_slot(dev: &str) -> (u32, u32) {
     let idx = dev
         .chars()
@@ -227,6 +247,11 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
     for (n, disk) in d.devices.disks.iter().enumerate() {
         let node = drive_node(&disk.target_dev);
         let ro = disk.readonly || disk.device == DiskDevice::Cdrom;
+        if let (None, Some(tern_model::DiskRemote::Network(n))) = (&disk.source, &disk.remote) {
+            a.push("-blockdev".into());
+            a.push(netblock::protocol_blockdev(disk, n, ro));
+            format_blockdev(disk, ro, a);
+        }
         if let Some(src) = &disk.source {
             let (direct, no_flush, _) = cache_flags(disk.cache);
             let file_driver = if disk.source_type == tern_model::DiskSourceType::Block {
@@ -258,7 +283,9 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
             ));
         }
         let (_, _, write_cache) = cache_flags(disk.cache);
-        let drive = if disk.source.is_some() {
+        let drive = if disk.source.is_some()
+            || matches!(disk.remote, Some(tern_model::DiskRemote::Network(_)))
+        {
             format!(",drive={node}")
         } else {
             String::new()
@@ -508,6 +535,7 @@ mod tests {
                     format: DiskFormat::Qcow2,
                     cache: Some(CacheMode::None),
                     source: Some("/pool/a,b.qcow2".into()),
+                    remote: None,
                     target_dev: "vda".into(),
                     target_bus: DiskBus::Virtio,
                     readonly: false,

@@ -25,7 +25,9 @@ pub mod host;
 mod initramfs;
 mod kernel;
 pub mod netns;
+pub mod nfs;
 pub mod pair;
+pub mod ping;
 pub mod pki;
 mod serial;
 pub mod sshd;
@@ -44,6 +46,7 @@ pub use guest::{
 pub use host::{bin, free_port, tail, tern_at, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
 pub use netns::{Lab, Side};
+pub use nfs::NfsServer;
 pub use pair::{FaultPoint, HostPair, Which};
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
 pub use vmlinux::extract as extract_vmlinux;

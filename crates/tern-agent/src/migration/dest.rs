@@ -72,6 +72,12 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
         super::source::check_storage(agent, &d, &req.options)
             .await
             .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
+        // The source reads these in Perform: proof both see one export.
+        agent
+            .pools
+            .leave_share_tokens(&d, &req.options, &req.id)
+            .await
+            .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
     }
     let job = Job::new(req.id, Role::Destination, &d.name, req.options.clone());
     agent.jobs.insert(job.clone())?;
@@ -98,6 +104,15 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                     "domain '{}' already exists on the destination; use --dname to rename",
                     d.name
                 )));
+            }
+            if !req.options.unsafe_ {
+                // The source reads these before sending: proof that the
+                // disks it leaves in place are on storage this host sees.
+                let left = agent.pools.leave_cold_tokens(&d, &req.files, &req.id).await;
+                if let Err(e) = left {
+                    agent.jobs.finish(&job);
+                    return Err(e);
+                }
             }
             let target = match super::cold::prepare(agent, &job, &req.files, &req.options).await {
                 Ok(t) => t,
@@ -368,6 +383,9 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     let job = agent.jobs.get_id(&req.name, req.id)?;
     job.touch();
     job.advance(Phase::Finish)?;
+    if !req.success {
+        agent.pools.clear_tokens(&req.id).await;
+    }
     if req.options.cold {
         let r = super::cold::finish(agent, &job, req.success, &req.options).await;
         let reply = match (&r, req.success) {

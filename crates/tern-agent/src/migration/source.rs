@@ -184,7 +184,9 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         Vec::new()
     };
     let files = if o.cold {
-        super::cold::describe(agent, &d).await?
+        // Disks on an export QEMU reaches itself (netfs pools without a
+        // kernel mount, network disks) are shared: they stay in place.
+        super::cold::describe(agent, &agent.pools.resolve_disks(&d).await?).await?
     } else {
         Vec::new()
     };
@@ -225,6 +227,13 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         })?;
         let job = performing_job(agent, &slot.name, &req)?;
         job.update(|i| i.operation = "Cold migration".into());
+        if !req.options.unsafe_ {
+            let def = slot.inner.lock().await.def.clone();
+            if let Err(e) = agent.pools.prove_shared_cold(&def, &req.id).await {
+                super::perform::fail(&job, &e);
+                return Err(e);
+            }
+        }
         tokio::spawn(super::cold::send_all(
             job,
             req.files.clone(),
@@ -277,7 +286,11 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         return Err(e);
     }
     let run_dir = agent.layout.run_dir(&slot.name);
+    let live = slot.inner.lock().await.run.as_ref().map(|r| r.live.clone());
     let setup = async {
+        if let Some(d) = live.as_ref().filter(|_| !o.unsafe_ && !o.offline) {
+            agent.pools.prove_shared(d, o, &req.id).await?;
+        }
         set_capabilities(&qmp, &o.source_capabilities()).await?;
         let mut params = o.source_parameters();
         if o.tls {

@@ -157,6 +157,7 @@ mod tests {
                     name: n(),
                     target: "/p".into(),
                     shared: false,
+                    netfs: None,
                 },
                 false,
             ),

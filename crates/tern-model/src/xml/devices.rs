@@ -86,9 +86,11 @@ fn parse_disk(node: Node) -> Result<Disk> {
         match required_attr(node, "type")? {
             "file" => DiskSourceType::File,
             "block" => DiskSourceType::Block,
+            "network" => DiskSourceType::Network,
+            "volume" => DiskSourceType::Volume,
             other => return Err(XmlError::Unsupported {
                 what: format!("<disk type='{other}'>"),
-                fix: "use type='file' with <source file=...> or type='block' with <source dev=...>"
+                fix: "use type='file' with <source file=...>, type='block' with <source dev=...>, type='network' or type='volume'"
                     .to_string(),
             }),
         };
@@ -121,9 +123,19 @@ fn parse_disk(node: Node) -> Result<Disk> {
     let mut target = None;
     let mut readonly = false;
     let mut shareable = false;
+    let mut remote = None;
+    let names_no_path = matches!(
+        source_type,
+        DiskSourceType::Network | DiskSourceType::Volume
+    );
     for child in elements(node) {
         match child.tag_name().name() {
             "driver" => set_once(&mut driver, parse_disk_driver(child)?, child)?,
+            "source" if names_no_path => set_once(
+                &mut remote,
+                super::netdisk::parse_source(child, source_type)?,
+                child,
+            )?,
             "source" => set_once(&mut source, parse_disk_source(child, source_type)?, child)?,
             "target" => set_once(&mut target, parse_disk_target(child)?, child)?,
             "readonly" => readonly = true,
@@ -148,6 +160,7 @@ fn parse_disk(node: Node) -> Result<Disk> {
         format,
         cache,
         source: source.flatten(),
+        remote,
         target_dev,
         target_bus,
         // libvirt treats every cdrom as read-only.
@@ -196,6 +209,7 @@ fn parse_disk_source(node: Node, source_type: DiskSourceType) -> Result<Option<P
     let (wanted, other, kind) = match source_type {
         DiskSourceType::File => ("file", "dev", "file"),
         DiskSourceType::Block => ("dev", "file", "block"),
+        DiskSourceType::Network | DiskSourceType::Volume => return Ok(None),
     };
     if let Some(path) = node.attribute(wanted) {
         return Ok(Some(PathBuf::from(path)));
