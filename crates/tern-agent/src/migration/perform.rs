@@ -113,6 +113,7 @@ async fn watch(
     let start = Instant::now();
     let mut last_iter = 0;
     let mut last_bytes = 0;
+    let mut last_status = MigrationStatus::None;
     let mut last_progress = Instant::now();
     let mut timeout_fired = false;
     let mut postcopy_started = false;
@@ -251,11 +252,15 @@ async fn watch(
             cancelled = true;
             let _ = qmp.execute("migrate_cancel", None).await;
         }
-        if info.memory_processed != last_bytes {
+        if info.memory_processed != last_bytes || info.qemu_status != last_status {
+            // Bytes moved, or QEMU changed state (a post-copy recovery
+            // resends its bitmap before pages flow again): not a stall.
             last_bytes = info.memory_processed;
+            last_status = info.qemu_status;
             last_progress = Instant::now();
         } else if last_progress.elapsed() > stall
-            && info.qemu_status == MigrationStatus::PostcopyActive
+            && info.qemu_status.is_postcopy()
+            && info.qemu_status != MigrationStatus::PostcopyPaused
         {
             // A dead link leaves QEMU waiting on TCP for many minutes; a
             // paused post-copy can be resumed when the link returns.
