@@ -18,6 +18,9 @@ PKGS=(
   rsync                # the storage benchmark's baseline
   protobuf-compiler    # protoc, for the etcd client (tern-store)
   etcd-server          # the cluster store for several controllers; tests start one
+  chromium             # the web console's browser test (headless)
+  chromium-driver      # WebDriver for it
+  fonts-dejavu-core    # text in the console's screenshots
 )
 
 missing=()
