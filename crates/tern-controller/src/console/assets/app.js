@@ -113,6 +113,7 @@ function route() {
   $("nav").hidden = !logged;
   $("who").hidden = !logged;
   $("page").replaceChildren();
+  state.lastHosts = state.lastServers = state.lastJobs = null;
   if (!logged) { $("login-user").focus(); return; }
   $("who-name").textContent = `${state.me.user} (${state.me.role})`;
   const [, page, arg] = (location.hash || "#/servers").split("/");
@@ -150,8 +151,18 @@ function keepFocus(fn) {
 
 // ---- hosts ------------------------------------------------------------------
 
+// Whether `key`'s data changed since the last render (a page re-renders
+// only then, so focus and open menus survive the refresh).
+function changed(key, data) {
+  const js = JSON.stringify(data);
+  if (state[key] === js && $("page").childElementCount) return false;
+  state[key] = js;
+  return true;
+}
+
 async function renderHosts() {
   const rows = await api("/api/hosts");
+  if (!changed("lastHosts", rows)) return;
   const body = rows.map(({ record: r, view: v }) => {
     const st = hostStatus(r);
     const pools = v.pools.map((p) => `${p.name}: ${bytes(p.free_bytes)}${p.shared ? " (shared)" : ""}`).join(", ");
@@ -213,6 +224,7 @@ async function maintenance(host) {
 
 async function renderServers() {
   state.servers = await call({ op: "server-list" });
+  if (!changed("lastServers", state.servers) && $("servers-body")) return;
   let tb = $("servers-body");
   if (!tb) {
     const search = h("input", { id: "server-search", type: "search", placeholder: "name, host or state", oninput: filterServers });
@@ -416,6 +428,7 @@ async function submitMigrate() {
 
 async function renderJobs() {
   state.jobs = await call({ op: "job-list" });
+  if (!changed("lastJobs", state.jobs)) return;
   const groups = [
     ["Running", (j) => j.state === "running"],
     ["Queued", (j) => j.state === "queued"],

@@ -1,0 +1,300 @@
+//! The web console in a real browser (headless Chromium over WebDriver)
+//! against a real controller, real agents and a real guest: log in, see
+//! the scheduler's verdicts in the migrate dialog, migrate while watching
+//! the progress, cancel a capped migration, and a read-only login that
+//! cannot act.
+//!
+//! Screenshots of each page (1280x800) go to a temporary directory, or to
+//! docs/console/ with `TERN_UPDATE_SCREENSHOTS=1`:
+//! `TERN_UPDATE_SCREENSHOTS=1 cargo test -p tern-testkit --test console`.
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tern_testkit::{
+    build_or_reuse, console_passwd, free_port, BuildOptions, ChromeDriver, GuestSpec, SerialLog,
+    TernHost, TestController, TestDisk,
+};
+
+const LONG: Duration = Duration::from_secs(180);
+
+/// A directory every host sees as the pool "shared".
+fn shared_pool(hosts: &[&TernHost]) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("tern-console-shared-")
+        .tempdir()
+        .unwrap();
+    for h in hosts {
+        h.add_pool("shared", d.path(), true);
+    }
+    d
+}
+
+/// Boots `name` on `h` with its disk in the shared pool and 64 MiB of
+/// touched memory (a migration has that much to send).
+fn boot(h: &TernHost, name: &str) {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img);
+    spec.memory_mib = 256;
+    let vol = format!("{name}.raw");
+    h.ok(&["vol-create-as", "shared", &vol, "8M"]);
+    let path = h.ok(&["vol-path", &vol, "--pool", "shared"]);
+    spec.workload =
+        "tern.mem=64 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=2 tern.verify_rate=8".into();
+    spec.disks.push(TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    h.define_guest(&spec);
+    h.ok(&["start", name]);
+    h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+}
+
+/// Waits for `n` more heartbeats of `name` on `h` than it printed so far.
+fn more_heartbeats(h: &TernHost, name: &str, n: usize) {
+    let now = SerialLog::parse(&h.ok(&["console", name])).heartbeats.len();
+    h.wait_console(name, LONG, "new heartbeats", |t| {
+        SerialLog::parse(t).heartbeats.len() >= now + n
+    });
+}
+
+fn shots_dir(tmp: &Path) -> PathBuf {
+    if std::env::var_os("TERN_UPDATE_SCREENSHOTS").is_some() {
+        let d = tern_testkit::workspace_root().join("docs/console");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    } else {
+        tmp.to_path_buf()
+    }
+}
+
+async fn shot(c: &Client, dir: &Path, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+async fn wait(c: &Client, css: &str) -> Element {
+    c.wait()
+        .at_most(LONG)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no '{css}' on the page: {e}"))
+}
+
+/// Clicks `css`, again if a refresh replaced the element meanwhile.
+async fn click(c: &Client, css: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let r = match wait(c, css).await.click().await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        assert!(Instant::now() < deadline, "cannot click '{css}': {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    match wait(c, css).await.text().await {
+        Ok(t) => t,
+        Err(_) => String::new(),
+    }
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = wait(c, css).await;
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn log_in(c: &Client, base: &str, user: &str, pw: &str) {
+    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    fill(c, "#login-user", user).await;
+    fill(c, "#login-password", pw).await;
+    click(c, "#login-submit").await;
+    wait(c, "#who:not([hidden])").await;
+}
+
+/// Follows a job's progress page to its end; the distinct "Sent" figures
+/// seen, and the job's final state. Takes a screenshot once the page
+/// has shown three updates.
+async fn follow_progress(c: &Client, dir: Option<&Path>) -> (Vec<String>, String) {
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + LONG;
+    loop {
+        let sent = text(c, "#f-sent").await;
+        if sent != "–" && seen.last() != Some(&sent) {
+            seen.push(sent);
+            if seen.len() == 3 {
+                if let Some(d) = dir {
+                    shot(c, d, "progress").await;
+                }
+            }
+        }
+        let ended = wait(c, "#progress").await.attr("data-ended").await.unwrap();
+        if let Some(state) = ended {
+            return (seen, state);
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn open_migrate(c: &Client, base: &str) {
+    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    click(c, "#menu-vm > summary").await;
+    click(c, "#migrate-vm").await;
+    wait(c, "#verdicts tr[data-host]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_out() {
+    let tmp = tempfile::Builder::new()
+        .prefix("tern-console-")
+        .tempdir()
+        .unwrap();
+    let users = tmp.path().join("users");
+    console_passwd(&users, "admin", "rw", "admin-pw");
+    console_passwd(&users, "viewer", "ro", "viewer-pw");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let base = format!("http://{listen}");
+    let ctl = TestController::file(&[
+        "--console-listen",
+        &listen,
+        "--console-users",
+        users.to_str().unwrap(),
+    ]);
+    let a = TestController::host(&[&ctl], "a", &[]);
+    let b = TestController::host(&[&ctl], "b", &[]);
+    let x = TestController::host(&[&ctl], "x", &["--fact", "cpu_model=Other CPU"]);
+    let _pool = shared_pool(&[&a, &b, &x]);
+    boot(&a, "vm");
+    ctl.wait_json(&["server-show", "vm"], LONG, "vm running on a", |v| {
+        v["host"] == "a" && v["state"] == "running"
+    });
+    let dir = shots_dir(tmp.path());
+
+    let driver = ChromeDriver::start();
+    let c = ClientBuilder::new(HttpConnector::new())
+        .capabilities(driver.capabilities(1280, 800))
+        .connect(&driver.url)
+        .await
+        .expect("WebDriver session");
+
+    // Log in; the hosts and servers pages.
+    c.goto(&format!("{base}/")).await.unwrap();
+    wait(&c, "#login:not([hidden])").await;
+    shot(&c, &dir, "login").await;
+    log_in(&c, &base, "admin", "admin-pw").await;
+    c.goto(&format!("{base}/#/hosts")).await.unwrap();
+    for h in ["a", "b", "x"] {
+        wait(&c, &format!("#hosts-table tr[data-host='{h}'] .s-online")).await;
+    }
+    shot(&c, &dir, "hosts").await;
+    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    wait(&c, "#servers-body tr[data-server='vm'][data-state='running']").await;
+    shot(&c, &dir, "servers").await;
+
+    // The migrate dialog: b qualifies, x is rejected for its CPU.
+    open_migrate(&c, &base).await;
+    wait(&c, "#verdicts tr[data-host='b'][data-ok='1']").await;
+    let why = text(&c, "#verdicts tr[data-host='x'][data-ok='0'] .reason").await;
+    assert!(why.contains("--skip-cpu-check"), "x's reason: {why}");
+    let why = text(&c, "#verdicts tr[data-host='a'] .reason").await;
+    assert!(why.contains("already on this host"), "a's reason: {why}");
+    click(&c, "#dest-pick").await;
+    click(&c, "#dest-b").await;
+    fill(&c, "#opt-bw", "16").await;
+    click(&c, "#forecast-run").await;
+    let deadline = Instant::now() + LONG;
+    let forecast = loop {
+        let t = text(&c, "#forecast-text").await;
+        if t.starts_with("To b:") {
+            break t;
+        }
+        assert!(
+            !t.contains("failed") && Instant::now() < deadline,
+            "forecast: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(forecast.contains("downtime"), "{forecast}");
+    shot(&c, &dir, "migrate").await;
+
+    // Migrate, watching the progress page.
+    click(&c, "#migrate-ok").await;
+    wait(&c, "#progress").await;
+    let first_job = c.current_url().await.unwrap().fragment().unwrap_or("").to_string();
+    let (seen, end) = follow_progress(&c, Some(&dir)).await;
+    assert_eq!(end, "succeeded", "figures seen: {seen:?}");
+    assert!(seen.len() >= 3, "progress updated {} times: {seen:?}", seen.len());
+    let total = text(&c, "#f-total").await;
+    assert_ne!(total, "–", "a finished job shows its total time");
+    ctl.wait_json(&["server-show", "vm"], LONG, "vm running on b", |v| {
+        v["host"] == "b" && v["state"] == "running"
+    });
+    more_heartbeats(&b, "vm", 3);
+
+    // A capped migration cancelled from the page: the guest stays on b.
+    open_migrate(&c, &base).await;
+    wait(&c, "#verdicts tr[data-host='a'][data-ok='1']").await;
+    fill(&c, "#opt-bw", "1").await;
+    click(&c, "#migrate-ok").await;
+    wait(&c, "#progress").await;
+    let deadline = Instant::now() + LONG;
+    while text(&c, "#f-sent").await == "–" {
+        assert!(Instant::now() < deadline, "the capped migration never moved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    click(&c, "#job-cancel").await;
+    let (_, end) = follow_progress(&c, None).await;
+    assert_eq!(end, "cancelled");
+    ctl.wait_json(&["server-show", "vm"], LONG, "vm back to running on b", |v| {
+        v["host"] == "b" && v["state"] == "running"
+    });
+    more_heartbeats(&b, "vm", 3);
+
+    // Jobs: both finished, the first with its final figures.
+    c.goto(&format!("{base}/#/jobs")).await.unwrap();
+    wait(&c, "#jobs-finished tbody tr:nth-child(2)").await;
+    shot(&c, &dir, "jobs").await;
+    c.goto(&format!("{base}/#{first_job}")).await.unwrap();
+    wait(&c, "#progress[data-ended='succeeded']").await;
+    assert_ne!(text(&c, "#f-downtime").await, "–");
+
+    // Phone width.
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    wait(&c, "#servers-body tr[data-server='vm']").await;
+    shot(&c, &dir, "servers-phone").await;
+    c.set_window_size(1280, 800).await.unwrap();
+
+    // Read-only: no Migrate action, and the API refuses it anyway.
+    click(&c, "#logout").await;
+    log_in(&c, &base, "viewer", "viewer-pw").await;
+    click(&c, "#menu-vm > summary").await;
+    wait(&c, "#output-vm").await;
+    assert!(c.find(Locator::Css("#migrate-vm")).await.is_err());
+    assert!(c.find(Locator::Css("#shutdown-vm")).await.is_err());
+    let r = c
+        .execute_async(
+            r#"const done = arguments[0];
+               fetch("/api/call", {method: "POST",
+                 headers: {"content-type": "application/json", "x-tern-console": "1"},
+                 body: JSON.stringify({op: "server-live-migrate", id: "vm"})})
+               .then(async (r) => done([r.status, await r.text()]));"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0], 403, "{r}");
+    assert!(r[1].as_str().unwrap().contains("read-only"), "{r}");
+    let s = ctl.json(&["server-show", "vm"]);
+    assert_eq!(s["host"], "b");
+    c.close().await.unwrap();
+}
