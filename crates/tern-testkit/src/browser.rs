@@ -71,7 +71,11 @@ impl ChromeDriver {
     /// Capabilities for a headless Chromium with a `width`x`height`
     /// window, a fresh profile, and nothing that reaches the network on
     /// its own (as root, it also needs `--no-sandbox`).
-    pub fn capabilities(&self, width: u32, height: u32) -> serde_json::Map<String, serde_json::Value> {
+    pub fn capabilities(
+        &self,
+        width: u32,
+        height: u32,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let dir = self.profile.path().join("profile");
         let args = vec![
             "--headless".to_string(),

@@ -54,6 +54,29 @@ fn boot(h: &TernHost, name: &str) {
     h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
 }
 
+/// Defines `name` on `h` without starting it (a stopped server).
+fn define_stopped(h: &TernHost, name: &str) {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img);
+    spec.memory_mib = 128;
+    h.define_guest(&spec);
+}
+
+/// Sizes the window so that the page itself is `w`x`h` (the window's
+/// frame takes some of `--window-size`).
+async fn fit_viewport(c: &Client, w: u32, h: u32) {
+    let r = c
+        .execute(
+            "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let dw = r[0].as_u64().unwrap_or(0) as u32;
+    let dh = r[1].as_u64().unwrap_or(0) as u32;
+    c.set_window_size(w + dw, h + dh).await.unwrap();
+}
+
 /// Waits for `n` more heartbeats of `name` on `h` than it printed so far.
 fn more_heartbeats(h: &TernHost, name: &str, n: usize) {
     let now = SerialLog::parse(&h.ok(&["console", name])).heartbeats.len();
@@ -174,6 +197,7 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     let x = TestController::host(&[&ctl], "x", &["--fact", "cpu_model=Other CPU"]);
     let _pool = shared_pool(&[&a, &b, &x]);
     boot(&a, "vm");
+    define_stopped(&b, "archive");
     ctl.wait_json(&["server-show", "vm"], LONG, "vm running on a", |v| {
         v["host"] == "a" && v["state"] == "running"
     });
@@ -185,6 +209,7 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         .connect(&driver.url)
         .await
         .expect("WebDriver session");
+    fit_viewport(&c, 1280, 800).await;
 
     // Log in; the hosts and servers pages.
     c.goto(&format!("{base}/")).await.unwrap();
@@ -197,7 +222,18 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     }
     shot(&c, &dir, "hosts").await;
     c.goto(&format!("{base}/#/servers")).await.unwrap();
-    wait(&c, "#servers-body tr[data-server='vm'][data-state='running']").await;
+    wait(
+        &c,
+        "#servers-body tr[data-server='vm'][data-state='running']",
+    )
+    .await;
+    wait(
+        &c,
+        "#servers-body tr[data-server='archive'][data-state='ready']",
+    )
+    .await;
+    click(&c, "#menu-vm > summary").await;
+    wait(&c, "#shutdown-vm").await;
     shot(&c, &dir, "servers").await;
 
     // The migrate dialog: b qualifies, x is rejected for its CPU.
@@ -229,10 +265,20 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     // Migrate, watching the progress page.
     click(&c, "#migrate-ok").await;
     wait(&c, "#progress").await;
-    let first_job = c.current_url().await.unwrap().fragment().unwrap_or("").to_string();
+    let first_job = c
+        .current_url()
+        .await
+        .unwrap()
+        .fragment()
+        .unwrap_or("")
+        .to_string();
     let (seen, end) = follow_progress(&c, Some(&dir)).await;
     assert_eq!(end, "succeeded", "figures seen: {seen:?}");
-    assert!(seen.len() >= 3, "progress updated {} times: {seen:?}", seen.len());
+    assert!(
+        seen.len() >= 3,
+        "progress updated {} times: {seen:?}",
+        seen.len()
+    );
     let total = text(&c, "#f-total").await;
     assert_ne!(total, "–", "a finished job shows its total time");
     ctl.wait_json(&["server-show", "vm"], LONG, "vm running on b", |v| {
@@ -248,15 +294,21 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     wait(&c, "#progress").await;
     let deadline = Instant::now() + LONG;
     while text(&c, "#f-sent").await == "–" {
-        assert!(Instant::now() < deadline, "the capped migration never moved");
+        assert!(
+            Instant::now() < deadline,
+            "the capped migration never moved"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     click(&c, "#job-cancel").await;
     let (_, end) = follow_progress(&c, None).await;
     assert_eq!(end, "cancelled");
-    ctl.wait_json(&["server-show", "vm"], LONG, "vm back to running on b", |v| {
-        v["host"] == "b" && v["state"] == "running"
-    });
+    ctl.wait_json(
+        &["server-show", "vm"],
+        LONG,
+        "vm back to running on b",
+        |v| v["host"] == "b" && v["state"] == "running",
+    );
     more_heartbeats(&b, "vm", 3);
 
     // Jobs: both finished, the first with its final figures.
@@ -266,13 +318,14 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     c.goto(&format!("{base}/#{first_job}")).await.unwrap();
     wait(&c, "#progress[data-ended='succeeded']").await;
     assert_ne!(text(&c, "#f-downtime").await, "–");
+    shot(&c, &dir, "progress-finished").await;
 
     // Phone width.
-    c.set_window_size(390, 844).await.unwrap();
+    fit_viewport(&c, 390, 844).await;
     c.goto(&format!("{base}/#/servers")).await.unwrap();
     wait(&c, "#servers-body tr[data-server='vm']").await;
     shot(&c, &dir, "servers-phone").await;
-    c.set_window_size(1280, 800).await.unwrap();
+    fit_viewport(&c, 1280, 800).await;
 
     // Read-only: no Migrate action, and the API refuses it anyway.
     click(&c, "#logout").await;
@@ -296,5 +349,16 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     assert!(r[1].as_str().unwrap().contains("read-only"), "{r}");
     let s = ctl.json(&["server-show", "vm"]);
     assert_eq!(s["host"], "b");
+    // Console output follows the guest's serial log.
+    click(&c, "#output-vm").await;
+    let deadline = Instant::now() + LONG;
+    while !text(&c, "#output-text").await.contains("TERN-HB") {
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeats in the console output"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shot(&c, &dir, "console-output").await;
     c.close().await.unwrap();
 }

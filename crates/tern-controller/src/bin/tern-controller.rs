@@ -9,7 +9,11 @@ use tern_controller::{api, Controller, ControllerConfig};
 
 /// Tern cluster controller: inventory, scheduler, migration jobs, host-down evacuation.
 #[derive(Parser, Debug)]
-#[command(name = "tern-controller", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "tern-controller",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,

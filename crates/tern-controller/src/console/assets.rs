@@ -9,7 +9,8 @@ const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/app.css");
 
 /// Nothing but this origin's own files, and no framing.
-const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'";
+const CSP: &str =
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'";
 
 fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
     (

@@ -305,7 +305,10 @@ mod tests {
         assert_eq!(s.get(&t).unwrap().role, Role::ReadOnly);
         s.close(&t);
         assert!(s.get(&t).is_none());
-        assert_eq!(cookie_token("a=1; tern_session=xyz", "tern_session"), Some("xyz"));
+        assert_eq!(
+            cookie_token("a=1; tern_session=xyz", "tern_session"),
+            Some("xyz")
+        );
         assert_eq!(cookie_token("a=1", "tern_session"), None);
     }
 }

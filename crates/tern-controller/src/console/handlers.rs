@@ -243,12 +243,15 @@ pub async fn time_forecast(
 /// hosts first, best first.
 async fn best_host(c: &Console, server: &str, o: &MigrateRequestOptions) -> Result<String, Fail> {
     let rows = jobs::forecast(&c.ctl, server, Some(true), o).await?;
-    rows.into_iter().find(|r| r.ok).map(|r| r.host).ok_or_else(|| {
-        Fail(ApiError::new(
-            ErrorCode::Conflict,
-            format!("no host qualifies for server '{server}'; see each host's reason"),
-        ))
-    })
+    rows.into_iter()
+        .find(|r| r.ok)
+        .map(|r| r.host)
+        .ok_or_else(|| {
+            Fail(ApiError::new(
+                ErrorCode::Conflict,
+                format!("no host qualifies for server '{server}'; see each host's reason"),
+            ))
+        })
 }
 
 /// `GET /api/hosts`: each host's record with the scheduler's view of it

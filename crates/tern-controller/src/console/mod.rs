@@ -138,10 +138,7 @@ impl Console {
 }
 
 /// Refuses a POST without the console's header (cross-site requests).
-async fn csrf(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<Response, Fail> {
+async fn csrf(req: axum::extract::Request, next: axum::middleware::Next) -> Result<Response, Fail> {
     if req.method() == axum::http::Method::POST && req.headers().get(CSRF_HEADER).is_none() {
         return Err(Fail(ApiError::new(
             ErrorCode::Forbidden,

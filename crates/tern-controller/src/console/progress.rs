@@ -114,8 +114,14 @@ async fn record_once(c: &Arc<Console>) -> Result<(), Fail> {
             (s, None) if s.is_terminal() => {
                 // Ended before this controller sampled it: the agent's final
                 // figures are this job's only if it ended just now.
-                let recent = j.finished_ms.is_some_and(|f| now_ms().saturating_sub(f) < 30_000);
-                let stored = c.ctl.inv.get::<History>(&format!("{HISTORY}{}", j.id)).await?;
+                let recent = j
+                    .finished_ms
+                    .is_some_and(|f| now_ms().saturating_sub(f) < 30_000);
+                let stored = c
+                    .ctl
+                    .inv
+                    .get::<History>(&format!("{HISTORY}{}", j.id))
+                    .await?;
                 match stored {
                     Some((_, h)) => {
                         c.history.update(&j.id, |m| *m = h);
@@ -212,7 +218,12 @@ pub async fn events(
     tokio::spawn(async move {
         let (mut samples, mut steps, mut last_job, mut last_info) = (0, 0, None, None);
         loop {
-            let Ok(Some((_, job))) = c.ctl.inv.get::<JobRecord>(&format!("{}{id}", crate::inventory::JOBS)).await else {
+            let Ok(Some((_, job))) = c
+                .ctl
+                .inv
+                .get::<JobRecord>(&format!("{}{id}", crate::inventory::JOBS))
+                .await
+            else {
                 let _ = tx.send(Ok(event("gone", &id))).await;
                 return;
             };

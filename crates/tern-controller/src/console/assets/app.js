@@ -46,7 +46,7 @@ const call = (req) => api("/api/call", req);
 function toast(msg, bad) {
   const t = h("div", { class: bad ? "toast bad" : "toast" }, msg);
   $("toasts").append(t);
-  setTimeout(() => t.remove(), bad ? 9000 : 5000);
+  setTimeout(() => t.remove(), bad ? 9000 : 4000);
 }
 
 const canWrite = () => state.me && state.me.role === "read-write";
@@ -55,7 +55,7 @@ function bytes(b) {
   const u = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
-  return `${b.toFixed(i ? 1 : 0)} ${u[i]}`;
+  return `${Number.isInteger(b) ? b : b.toFixed(1)} ${u[i]}`;
 }
 const rate = (b) => (b === null || b === undefined ? "–" : `${bytes(b)}/s`);
 const ms = (m) => (m === null || m === undefined ? "–" : m >= 10000 ? `${(m / 1000).toFixed(1)} s` : `${m} ms`);
@@ -78,6 +78,15 @@ async function boot() {
   wireMigrateDialog();
   $("output-close").addEventListener("click", () => $("output").close());
   window.addEventListener("hashchange", route);
+  // A click elsewhere or Escape closes an open row menu.
+  document.addEventListener("click", (e) => {
+    for (const d of document.querySelectorAll("details.menu[open]")) if (!d.contains(e.target)) d.open = false;
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    const open = document.querySelector("details.menu[open]");
+    if (open) { open.open = false; open.querySelector("summary").focus(); }
+  });
   try {
     state.me = await api("/api/me");
   } catch (_) {
@@ -239,7 +248,7 @@ async function renderServers() {
       h("div", { class: "scroll" }, h("table", { id: "servers-table" },
         h("caption", { class: "sr" }, "Servers"),
         h("thead", {}, h("tr", {}, ...["Name", "Host", "State", "vCPUs", "Memory", "Disks", ""]
-          .map((c, i) => h("th", { scope: "col", class: i === 5 ? "opt" : [3, 4].includes(i) ? "num" : null }, c)))),
+          .map((c, i) => h("th", { scope: "col", class: i === 5 ? "opt" : i === 3 ? "num opt" : i === 4 ? "num" : null }, c)))),
         tb)));
   }
   tb.replaceChildren(...state.servers.map(serverRow));
@@ -256,15 +265,15 @@ function serverRow(s) {
     if (d.active) items.push(h("button", { type: "button", id: `shutdown-${name}`, onclick: () => serverAction(name, "shutdown") }, "Shut down"));
   }
   items.push(h("button", { type: "button", id: `output-${name}`, onclick: () => openOutput(name) }, "Console output"));
-  const disks = d.disks.map((k) => `${k.target} ${bytes(k.bytes)} ${k.shared ? "shared" : "local"}${k.pool ? ` (${k.pool})` : ""}`).join(", ");
+  const disks = d.disks.map((k) => `${k.target}: ${bytes(k.bytes)}, ${k.shared ? "shared" : "local"}${k.pool ? ` in pool ${k.pool}` : ""}`).join("; ");
   return h("tr", { "data-server": name, "data-search": `${name} ${s.host} ${s.state}`, "data-state": s.state },
     h("th", { scope: "row" }, name),
     h("td", { class: "host" }, s.host),
     h("td", { class: "state" }, badge(s.state), s.error ? h("div", { class: "error" }, s.error) : null),
-    h("td", { class: "num" }, d.vcpus),
+    h("td", { class: "num opt" }, d.vcpus),
     h("td", { class: "num" }, bytes(d.memory_mib * 1048576)),
     h("td", { class: "opt" }, disks || "–"),
-    h("td", {}, h("details", { class: "menu", id: `menu-${name}` },
+    h("td", {}, h("details", { class: "menu", id: `menu-${name}`, ontoggle: placeMenu },
       h("summary", { "aria-label": `Actions for ${name}` }, "Actions ▾"),
       h("div", { class: "items", role: "menu" }, items))));
 }
@@ -286,6 +295,17 @@ async function serverAction(name, action) {
   } catch (e) {
     toast(e.message, true);
   }
+}
+
+// A row menu floats over the page (a table's scroll box would clip it).
+function placeMenu(ev) {
+  const d = ev.currentTarget;
+  if (!d.open) return;
+  for (const o of document.querySelectorAll("details.menu[open]")) if (o !== d) o.open = false;
+  const r = d.querySelector("summary").getBoundingClientRect();
+  const m = d.querySelector(".items");
+  m.style.top = `${r.bottom + 2}px`;
+  m.style.right = `${Math.max(4, window.innerWidth - r.right)}px`;
 }
 
 function closeMenus() {
@@ -428,7 +448,15 @@ async function submitMigrate() {
 
 async function renderJobs() {
   state.jobs = await call({ op: "job-list" });
-  if (!changed("lastJobs", state.jobs)) return;
+  state.finals = state.finals || {};
+  const done = state.jobs.filter((j) => ["succeeded", "failed", "cancelled"].includes(j.state) && j.kind !== "rescue");
+  await Promise.all(done.slice(-20).filter((j) => !state.finals[j.id]).map(async (j) => {
+    try {
+      const hist = await api(`/api/jobs/${encodeURIComponent(j.id)}/history`);
+      if (hist.finished) state.finals[j.id] = hist.last || {};
+    } catch (_) { /* shown as unknown */ }
+  }));
+  if (!changed("lastJobs", [state.jobs, state.finals])) return;
   const groups = [
     ["Running", (j) => j.state === "running"],
     ["Queued", (j) => j.state === "queued"],
@@ -440,8 +468,8 @@ async function renderJobs() {
     out.push(h("h2", {}, `${title} (${jobs.length})`));
     if (!jobs.length) { out.push(h("p", { class: "muted" }, "None.")); continue; }
     out.push(h("div", { class: "scroll" }, h("table", { id: `jobs-${title.toLowerCase()}` },
-      h("thead", {}, h("tr", {}, ...["Job", "Kind", "Server", "From → to", "State", "Why", "Created", "Took"]
-        .map((c, i) => h("th", { scope: "col", class: [1, 6].includes(i) ? "opt" : null }, c)))),
+      h("thead", {}, h("tr", {}, ...["Job", "Kind", "Server", "From → to", "State", "Why", "Created", "Took", "Downtime", "Sent"]
+        .map((c, i) => h("th", { scope: "col", class: [1, 6, 9].includes(i) ? "opt" : null }, c)))),
       h("tbody", {}, jobs.map((j) => h("tr", { "data-job": j.id },
         h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.id)),
         h("td", { class: "opt" }, j.kind),
@@ -450,9 +478,17 @@ async function renderJobs() {
         h("td", {}, badge(j.state, j.state === "running" ? "running-job" : j.state)),
         h("td", {}, j.note || (j.state === "succeeded" ? "done" : "–")),
         h("td", { class: "opt" }, when(j.created_ms)),
-        h("td", {}, j.finished_ms && j.started_ms ? ms(j.finished_ms - j.started_ms) : "–")))))));
+        h("td", {}, j.finished_ms && j.started_ms ? ms(j.finished_ms - j.started_ms) : "–"),
+        h("td", {}, finalFig(j, (f) => (f.downtime_ms === null || f.downtime_ms === undefined ? null : ms(f.downtime_ms)))),
+        h("td", { class: "opt" }, finalFig(j, (f) => (f.data_processed ? bytes(f.data_processed) : null)))))))));
   }
   keepFocus(() => $("page").replaceChildren(...out));
+}
+
+// A finished job's final figure from its kept history, "–" if none.
+function finalFig(j, pick) {
+  const f = (state.finals || {})[j.id];
+  return (f && pick(f)) || "–";
 }
 
 // ---- progress ---------------------------------------------------------------
