@@ -169,7 +169,10 @@ async fn follow_progress(c: &Client, dir: Option<&Path>) -> (Vec<String>, String
 
 async fn open_migrate(c: &Client, base: &str) {
     c.goto(&format!("{base}/#/servers")).await.unwrap();
-    click(c, "#menu-vm > summary").await;
+    wait(c, "#menu-vm > summary").await;
+    if c.find(Locator::Css("#menu-vm[open]")).await.is_err() {
+        click(c, "#menu-vm > summary").await;
+    }
     click(c, "#migrate-vm").await;
     wait(c, "#verdicts tr[data-host]").await;
 }
