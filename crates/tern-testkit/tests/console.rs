@@ -63,18 +63,23 @@ fn define_stopped(h: &TernHost, name: &str) {
 }
 
 /// Sizes the window so that the page itself is `w`x`h` (the window's
-/// frame takes some of `--window-size`).
+/// frame takes some of its size, and a window has a minimum width).
 async fn fit_viewport(c: &Client, w: u32, h: u32) {
-    let r = c
-        .execute(
-            "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];",
-            vec![],
-        )
-        .await
-        .unwrap();
-    let dw = r[0].as_u64().unwrap_or(0) as u32;
-    let dh = r[1].as_u64().unwrap_or(0) as u32;
-    c.set_window_size(w + dw, h + dh).await.unwrap();
+    let (mut ww, mut wh) = (w, h);
+    for _ in 0..3 {
+        c.set_window_size(ww, wh).await.unwrap();
+        let r = c
+            .execute("return [window.innerWidth, window.innerHeight];", vec![])
+            .await
+            .unwrap();
+        let iw = r[0].as_u64().unwrap_or(0) as u32;
+        let ih = r[1].as_u64().unwrap_or(0) as u32;
+        if (iw, ih) == (w, h) {
+            return;
+        }
+        ww = (ww + w).saturating_sub(iw);
+        wh = (wh + h).saturating_sub(ih);
+    }
 }
 
 /// Waits for `n` more heartbeats of `name` on `h` than it printed so far.
@@ -363,5 +368,31 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shot(&c, &dir, "console-output").await;
+    c.close().await.unwrap();
+
+    // Dark mode follows the browser's setting.
+    let mut caps = driver.capabilities(1280, 800);
+    caps["goog:chromeOptions"]["args"]
+        .as_array_mut()
+        .unwrap()
+        .push("--force-dark-mode".into());
+    let c = ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("WebDriver session");
+    fit_viewport(&c, 1280, 800).await;
+    log_in(&c, &base, "admin", "admin-pw").await;
+    c.goto(&format!("{base}/#{first_job}")).await.unwrap();
+    wait(&c, "#progress[data-ended='succeeded']").await;
+    let dark = c
+        .execute(
+            "return matchMedia('(prefers-color-scheme: dark)').matches;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dark, true, "--force-dark-mode makes the page dark");
+    shot(&c, &dir, "progress-dark").await;
     c.close().await.unwrap();
 }

@@ -38,3 +38,19 @@ pub async fn script() -> impl IntoResponse {
 pub async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_assets_load_nothing_from_elsewhere() {
+        for (name, text) in [
+            ("index.html", super::INDEX),
+            ("app.js", super::SCRIPT),
+            ("app.css", super::STYLE),
+        ] {
+            for bad in ["http://", "https://", "src=\"//", "url(//"] {
+                assert!(!text.contains(bad), "{name} refers to {bad}");
+            }
+        }
+    }
+}

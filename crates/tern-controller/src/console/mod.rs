@@ -19,6 +19,8 @@ mod assets;
 pub mod auth;
 mod handlers;
 pub mod progress;
+#[cfg(test)]
+mod router_tests;
 
 use crate::Controller;
 use auth::{Role, Session, Sessions, User};
