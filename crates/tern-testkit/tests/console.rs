@@ -127,10 +127,8 @@ async fn click(c: &Client, css: &str) {
 }
 
 async fn text(c: &Client, css: &str) -> String {
-    match wait(c, css).await.text().await {
-        Ok(t) => t,
-        Err(_) => String::new(),
-    }
+    // A refresh may replace the element between finding and reading it.
+    wait(c, css).await.text().await.unwrap_or_default()
 }
 
 async fn fill(c: &Client, css: &str, value: &str) {
