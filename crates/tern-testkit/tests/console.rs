@@ -326,6 +326,19 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     assert_ne!(text(&c, "#f-downtime").await, "–");
     shot(&c, &dir, "progress-finished").await;
 
+    // Start a stopped server from its row menu.
+    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    click(&c, "#menu-archive > summary").await;
+    click(&c, "#start-archive").await;
+    wait(
+        &c,
+        "#servers-body tr[data-server='archive'][data-state='running']",
+    )
+    .await;
+    b.wait_console("archive", LONG, "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    });
+
     // Phone width.
     fit_viewport(&c, 390, 844).await;
     c.goto(&format!("{base}/#/servers")).await.unwrap();
