@@ -41,6 +41,8 @@ pub async fn login(State(c): State<Arc<Console>>, Json(l): Json<Login>) -> Res {
         .flatten();
     let Some(role) = role else {
         tracing::info!(user = %l.user, "console login refused");
+        // Slows password guessing down to one try a second per connection.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         return Err(Fail(ApiError::new(
             ErrorCode::Forbidden,
             "wrong user name or password",

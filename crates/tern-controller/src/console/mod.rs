@@ -72,6 +72,7 @@ pub fn access(r: &ClusterRequest) -> Access {
         | ClusterRequest::ServerLiveMigrate { .. }
         | ClusterRequest::MigrateCancel { .. }
         | ClusterRequest::HostMaintenance { .. }
+        | ClusterRequest::HostMaintenanceLeave { .. }
         | ClusterRequest::HostAutoMigrate { .. } => Access::Write,
         ClusterRequest::Register { .. }
         | ClusterRequest::Heartbeat { .. }

@@ -10,6 +10,10 @@ use axum::Router;
 use tower::ServiceExt;
 
 async fn console(dir: &std::path::Path) -> Router {
+    console_and_controller(dir).await.0
+}
+
+async fn console_and_controller(dir: &std::path::Path) -> (Router, std::sync::Arc<Controller>) {
     let cfg = ControllerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         &format!("file:{}", dir.display()),
@@ -27,7 +31,7 @@ async fn console(dir: &std::path::Path) -> Router {
             hash: hash_password("pw-ro").unwrap(),
         },
     ];
-    router(Console::new(ctl, users))
+    (router(Console::new(ctl.clone(), users)), ctl)
 }
 
 fn post(path: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
@@ -128,4 +132,53 @@ async fn roles_decide_what_a_session_may_send() {
         .unwrap()
         .to_string();
     assert!(csp.starts_with("default-src 'self'"), "{csp}");
+}
+
+#[tokio::test]
+async fn maintenance_is_entered_and_left_from_the_console() {
+    use tern_api::cluster::{HostRecord, HostReport, HostStatus};
+    let d = tempfile::tempdir().unwrap();
+    let (app, ctl) = console_and_controller(d.path()).await;
+    let rec = HostRecord {
+        report: HostReport {
+            name: "h1".into(),
+            api_uri: "tern+tcp://127.0.0.1:9".into(),
+            ..Default::default()
+        },
+        status: HostStatus::Online,
+        lease: 0,
+        maintenance: false,
+        auto_migrate_on_host_down: false,
+        auto_migrate_on_host_shutdown: false,
+        shutting_down: false,
+    };
+    ctl.inv
+        .create(&format!("{}h1", crate::inventory::HOSTS), &rec)
+        .await
+        .unwrap();
+    let rw = login(&app, "admin", "pw-rw").await;
+    let ro = login(&app, "viewer", "pw-ro").await;
+    let enter = r#"{"op":"host-maintenance","id":"h1"}"#;
+    let leave = r#"{"op":"host-maintenance-leave","id":"h1"}"#;
+    let (s, _, _) = send(&app, post("/api/call", Some(&ro), enter)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), enter)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(ctl.inv.host("h1").await.unwrap().maintenance);
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), leave)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["maintenance"], false);
+    assert!(!ctl.inv.host("h1").await.unwrap().maintenance);
+    let nosuch = r#"{"op":"host-maintenance-leave","id":"nosuch"}"#;
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), nosuch)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // The scheduler's view of each host comes with its record.
+    let r = Request::get("/api/hosts")
+        .header(header::COOKIE, &ro)
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, v) = send(&app, r).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["view"]["name"], "h1");
+    assert_eq!(v[0]["view"]["schedulable"], true);
 }

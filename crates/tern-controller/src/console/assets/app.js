@@ -196,7 +196,9 @@ async function renderHosts() {
       h("td", { class: "opt" }, toggle("auto_migrate_on_host_down", "Host down"), toggle("auto_migrate_on_host_shutdown", "Shutdown")),
       h("td", {}, canWrite() && !r.maintenance
         ? h("button", { type: "button", id: `maint-${name}`, onclick: () => maintenance(name) }, "Enter maintenance")
-        : r.maintenance ? h("span", { class: "muted", title: "The controller has no request to leave maintenance yet" }, "In maintenance") : ""));
+        : canWrite() && r.maintenance
+          ? h("button", { type: "button", id: `leave-${name}`, onclick: () => leaveMaintenance(name) }, "Leave maintenance")
+          : ""));
   });
   const table = h("div", { class: "scroll" }, h("table", { id: "hosts-table" },
     h("caption", { class: "sr" }, "Hosts"),
@@ -212,6 +214,16 @@ async function setPolicy(host, field, on) {
   try {
     await call(req);
     toast(`${host}: ${field.replace(/_/g, " ")} ${on ? "on" : "off"}`);
+  } catch (e) {
+    toast(e.message, true);
+  }
+  renderHosts().catch(() => {});
+}
+
+async function leaveMaintenance(host) {
+  try {
+    await call({ op: "host-maintenance-leave", id: host });
+    toast(`${host} takes new servers again`);
   } catch (e) {
     toast(e.message, true);
   }
