@@ -198,8 +198,8 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         "--console-users",
         users.to_str().unwrap(),
     ]);
-    let a = TestController::host(&[&ctl], "a", &[]);
-    let b = TestController::host(&[&ctl], "b", &[]);
+    let a = TestController::host(&[&ctl], "a", &["--labels", "rack=r1"]);
+    let b = TestController::host(&[&ctl], "b", &["--labels", "rack=r2"]);
     let x = TestController::host(&[&ctl], "x", &["--fact", "cpu_model=Other CPU"]);
     let _pool = shared_pool(&[&a, &b, &x]);
     boot(&a, "vm");
@@ -226,7 +226,15 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     for h in ["a", "b", "x"] {
         wait(&c, &format!("#hosts-table tr[data-host='{h}'] .s-online")).await;
     }
+    // Maintenance on x (it runs nothing), shown, then left again.
+    click(&c, "#maint-x").await;
+    c.accept_alert().await.unwrap();
+    wait(&c, "#hosts-table tr[data-host='x'] .s-maintenance").await;
+    wait(&c, "#leave-x").await;
     shot(&c, &dir, "hosts").await;
+    click(&c, "#leave-x").await;
+    wait(&c, "#hosts-table tr[data-host='x'] .s-online").await;
+    wait(&c, "#maint-x").await;
     c.goto(&format!("{base}/#/servers")).await.unwrap();
     wait(
         &c,
