@@ -221,6 +221,7 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     c.goto(&format!("{base}/")).await.unwrap();
     wait(&c, "#login:not([hidden])").await;
     shot(&c, &dir, "login").await;
+    assert!(!wait(&c, "#nav").await.is_displayed().await.unwrap());
     log_in(&c, &base, "admin", "admin-pw").await;
     c.goto(&format!("{base}/#/hosts")).await.unwrap();
     for h in ["a", "b", "x"] {
@@ -257,6 +258,12 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     assert!(why.contains("--skip-cpu-check"), "x's reason: {why}");
     let why = text(&c, "#verdicts tr[data-host='a'] .reason").await;
     assert!(why.contains("already on this host"), "a's reason: {why}");
+    // A live migration has no auto-start (that is for cold ones).
+    assert!(!wait(&c, "#opt-autostart")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
     click(&c, "#dest-pick").await;
     click(&c, "#dest-b").await;
     fill(&c, "#opt-bw", "16").await;
