@@ -129,6 +129,11 @@ fn agent_err(host: &str) -> impl Fn(tern_api::ClientError) -> Fail + '_ {
     }
 }
 
+/// How long "Shut down" waits for the guest to power off (ACPI), as
+/// `tern shutdown`'s agent call does; past it the agent's message says to
+/// force it off.
+pub const SHUTDOWN_WAIT_SECS: u64 = 60;
+
 /// Body of `POST /api/server-action`.
 #[derive(Debug, Deserialize)]
 pub struct ServerAction {
@@ -152,7 +157,7 @@ pub async fn server_action(
         },
         "shutdown" => Request::Shutdown {
             name: a.server.clone(),
-            timeout_secs: 0,
+            timeout_secs: SHUTDOWN_WAIT_SECS,
         },
         other => {
             return Err(Fail(ApiError::new(

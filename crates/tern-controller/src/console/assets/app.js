@@ -301,9 +301,10 @@ function filterServers() {
 
 async function serverAction(name, action) {
   closeMenus();
+  if (action === "shutdown") toast(`${name}: ACPI power button pressed; waiting for it to power off`);
   try {
     await api("/api/server-action", { server: name, action });
-    toast(`${name}: ${action === "start" ? "started" : "shutdown requested"}`);
+    toast(`${name}: ${action === "start" ? "started" : "shut off"}`);
   } catch (e) {
     toast(e.message, true);
   }
