@@ -170,13 +170,16 @@ async fn follow_progress(c: &Client, dir: Option<&Path>) -> (Vec<String>, String
     }
 }
 
-async fn open_migrate(c: &Client, base: &str) {
+async fn open_migrate(c: &Client, base: &str, server: &str) {
     c.goto(&format!("{base}/#/servers")).await.unwrap();
-    wait(c, "#menu-vm > summary").await;
-    if c.find(Locator::Css("#menu-vm[open]")).await.is_err() {
-        click(c, "#menu-vm > summary").await;
+    wait(c, &format!("#menu-{server} > summary")).await;
+    if c.find(Locator::Css(&format!("#menu-{server}[open]")))
+        .await
+        .is_err()
+    {
+        click(c, &format!("#menu-{server} > summary")).await;
     }
-    click(c, "#migrate-vm").await;
+    click(c, &format!("#migrate-{server}")).await;
     wait(c, "#verdicts tr[data-host]").await;
 }
 
@@ -252,7 +255,7 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     shot(&c, &dir, "servers").await;
 
     // The migrate dialog: b qualifies, x is rejected for its CPU.
-    open_migrate(&c, &base).await;
+    open_migrate(&c, &base, "vm").await;
     wait(&c, "#verdicts tr[data-host='b'][data-ok='1']").await;
     let why = text(&c, "#verdicts tr[data-host='x'][data-ok='0'] .reason").await;
     assert!(why.contains("--skip-cpu-check"), "x's reason: {why}");
@@ -308,7 +311,7 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     more_heartbeats(&b, "vm", 3);
 
     // A capped migration cancelled from the page: the guest stays on b.
-    open_migrate(&c, &base).await;
+    open_migrate(&c, &base, "vm").await;
     wait(&c, "#verdicts tr[data-host='a'][data-ok='1']").await;
     fill(&c, "#opt-bw", "1").await;
     click(&c, "#migrate-ok").await;
@@ -341,8 +344,35 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     assert_ne!(text(&c, "#f-downtime").await, "–");
     shot(&c, &dir, "progress-finished").await;
 
-    // Start a stopped server from its row menu.
+    // A stopped server moves cold (no time forecast, auto-start offered)
+    // to the scheduler's pick, then starts there from its row menu.
+    open_migrate(&c, &base, "archive").await;
+    assert!(text(&c, "#migrate-kind")
+        .await
+        .starts_with("Cold migration"));
+    assert!(wait(&c, "#opt-autostart")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
+    assert!(!wait(&c, "#forecast-run")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
+    click(&c, "#migrate-ok").await;
+    wait(&c, "#progress[data-ended='succeeded']").await;
+    let s = ctl.json(&["server-show", "archive"]);
+    assert_eq!(s["state"], "ready", "{s}");
+    let dest = s["host"].as_str().unwrap().to_string();
+    assert_ne!(dest, "b");
     c.goto(&format!("{base}/#/servers")).await.unwrap();
+    let row = "#servers-body tr[data-server='archive'][data-state='ready'] td.host";
+    let deadline = Instant::now() + LONG;
+    while text(&c, row).await != dest {
+        assert!(Instant::now() < deadline, "archive never showed on {dest}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     click(&c, "#menu-archive > summary").await;
     click(&c, "#start-archive").await;
     wait(
@@ -350,7 +380,11 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         "#servers-body tr[data-server='archive'][data-state='running']",
     )
     .await;
-    b.wait_console("archive", LONG, "TERN-READY", |t| {
+    let host = [&a, &b, &x]
+        .into_iter()
+        .find(|h| h.opts.name == dest)
+        .unwrap();
+    host.wait_console("archive", LONG, "TERN-READY", |t| {
         SerialLog::parse(t).ready()
     });
 
