@@ -183,8 +183,21 @@ async fn open_migrate(c: &Client, base: &str, server: &str) {
     wait(c, "#verdicts tr[data-host]").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_out() {
+/// The cluster the browser drives: a controller with the console, hosts
+/// a and b alike, x with another CPU model, vm running on a and archive
+/// stopped on b.
+struct Lab {
+    ctl: TestController,
+    a: TernHost,
+    b: TernHost,
+    x: TernHost,
+    base: String,
+    dir: PathBuf,
+    _pool: tempfile::TempDir,
+    _tmp: tempfile::TempDir,
+}
+
+fn lab() -> Lab {
     let tmp = tempfile::Builder::new()
         .prefix("tern-console-")
         .tempdir()
@@ -192,9 +205,7 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     let users = tmp.path().join("users");
     console_passwd(&users, "admin", "rw", "admin-pw");
     console_passwd(&users, "viewer", "ro", "viewer-pw");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let base = format!("http://{listen}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let ctl = TestController::file(&[
         "--console-listen",
         &listen,
@@ -204,76 +215,117 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
     let a = TestController::host(&[&ctl], "a", &["--labels", "rack=r1"]);
     let b = TestController::host(&[&ctl], "b", &["--labels", "rack=r2"]);
     let x = TestController::host(&[&ctl], "x", &["--fact", "cpu_model=Other CPU"]);
-    let _pool = shared_pool(&[&a, &b, &x]);
+    let pool = shared_pool(&[&a, &b, &x]);
     boot(&a, "vm");
     define_stopped(&b, "archive");
     ctl.wait_json(&["server-show", "vm"], LONG, "vm running on a", |v| {
         v["host"] == "a" && v["state"] == "running"
     });
-    let dir = shots_dir(tmp.path());
+    Lab {
+        dir: shots_dir(tmp.path()),
+        base: format!("http://{listen}"),
+        ctl,
+        a,
+        b,
+        x,
+        _pool: pool,
+        _tmp: tmp,
+    }
+}
 
-    let driver = ChromeDriver::start();
+async fn browser(driver: &ChromeDriver, extra_arg: Option<&str>) -> Client {
+    let mut caps = driver.capabilities(1280, 800);
+    if let Some(arg) = extra_arg {
+        caps["goog:chromeOptions"]["args"]
+            .as_array_mut()
+            .unwrap()
+            .push(arg.into());
+    }
     let c = ClientBuilder::new(HttpConnector::new())
-        .capabilities(driver.capabilities(1280, 800))
+        .capabilities(caps)
         .connect(&driver.url)
         .await
         .expect("WebDriver session");
     fit_viewport(&c, 1280, 800).await;
+    c
+}
 
-    // Log in; the hosts and servers pages.
-    c.goto(&format!("{base}/")).await.unwrap();
-    wait(&c, "#login:not([hidden])").await;
-    shot(&c, &dir, "login").await;
-    assert!(!wait(&c, "#nav").await.is_displayed().await.unwrap());
-    log_in(&c, &base, "admin", "admin-pw").await;
-    c.goto(&format!("{base}/#/hosts")).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_out() {
+    let l = lab();
+    let driver = ChromeDriver::start();
+    let c = browser(&driver, None).await;
+    hosts_and_servers(&l, &c).await;
+    migrate_dialog(&l, &c).await;
+    let first_job = migrate_watching_progress(&l, &c).await;
+    cancel_capped_migration(&l, &c).await;
+    jobs_keep_final_figures(&l, &c, &first_job).await;
+    cold_migrate_and_start(&l, &c).await;
+    phone_width(&l, &c).await;
+    read_only(&l, &c).await;
+    c.close().await.unwrap();
+    dark_mode(&l, &driver, &first_job).await;
+}
+
+/// Logs in; the hosts page (maintenance entered and left) and the
+/// servers page with a row menu open.
+async fn hosts_and_servers(l: &Lab, c: &Client) {
+    c.goto(&format!("{}/", l.base)).await.unwrap();
+    wait(c, "#login:not([hidden])").await;
+    shot(c, &l.dir, "login").await;
+    assert!(!wait(c, "#nav").await.is_displayed().await.unwrap());
+    log_in(c, &l.base, "admin", "admin-pw").await;
+    c.goto(&format!("{}/#/hosts", l.base)).await.unwrap();
     for h in ["a", "b", "x"] {
-        wait(&c, &format!("#hosts-table tr[data-host='{h}'] .s-online")).await;
+        wait(c, &format!("#hosts-table tr[data-host='{h}'] .s-online")).await;
     }
     // Maintenance on x (it runs nothing), shown, then left again.
-    click(&c, "#maint-x").await;
+    click(c, "#maint-x").await;
     c.accept_alert().await.unwrap();
-    wait(&c, "#hosts-table tr[data-host='x'] .s-maintenance").await;
-    wait(&c, "#leave-x").await;
-    shot(&c, &dir, "hosts").await;
-    click(&c, "#leave-x").await;
-    wait(&c, "#hosts-table tr[data-host='x'] .s-online").await;
-    wait(&c, "#maint-x").await;
-    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    wait(c, "#hosts-table tr[data-host='x'] .s-maintenance").await;
+    wait(c, "#leave-x").await;
+    shot(c, &l.dir, "hosts").await;
+    click(c, "#leave-x").await;
+    wait(c, "#hosts-table tr[data-host='x'] .s-online").await;
+    wait(c, "#maint-x").await;
+    c.goto(&format!("{}/#/servers", l.base)).await.unwrap();
     wait(
-        &c,
+        c,
         "#servers-body tr[data-server='vm'][data-state='running']",
     )
     .await;
     wait(
-        &c,
+        c,
         "#servers-body tr[data-server='archive'][data-state='ready']",
     )
     .await;
-    click(&c, "#menu-vm > summary").await;
-    wait(&c, "#shutdown-vm").await;
-    shot(&c, &dir, "servers").await;
+    click(c, "#menu-vm > summary").await;
+    wait(c, "#shutdown-vm").await;
+    shot(c, &l.dir, "servers").await;
+}
 
-    // The migrate dialog: b qualifies, x is rejected for its CPU.
-    open_migrate(&c, &base, "vm").await;
-    wait(&c, "#verdicts tr[data-host='b'][data-ok='1']").await;
-    let why = text(&c, "#verdicts tr[data-host='x'][data-ok='0'] .reason").await;
+/// The migrate dialog: b qualifies, x is rejected for its CPU, a time
+/// forecast towards b.
+async fn migrate_dialog(l: &Lab, c: &Client) {
+    open_migrate(c, &l.base, "vm").await;
+    wait(c, "#verdicts tr[data-host='b'][data-ok='1']").await;
+    let why = text(c, "#verdicts tr[data-host='x'][data-ok='0'] .reason").await;
     assert!(why.contains("--skip-cpu-check"), "x's reason: {why}");
-    let why = text(&c, "#verdicts tr[data-host='a'] .reason").await;
+    let why = text(c, "#verdicts tr[data-host='a'] .reason").await;
     assert!(why.contains("already on this host"), "a's reason: {why}");
     // A live migration has no auto-start (that is for cold ones).
-    assert!(!wait(&c, "#opt-autostart")
+    assert!(!wait(c, "#opt-autostart")
         .await
         .is_displayed()
         .await
         .unwrap());
-    click(&c, "#dest-pick").await;
-    click(&c, "#dest-b").await;
-    fill(&c, "#opt-bw", "16").await;
-    click(&c, "#forecast-run").await;
+    click(c, "#dest-pick").await;
+    click(c, "#dest-b").await;
+    fill(c, "#opt-bw", "16").await;
+    click(c, "#forecast-run").await;
     let deadline = Instant::now() + LONG;
     let forecast = loop {
-        let t = text(&c, "#forecast-text").await;
+        let t = text(c, "#forecast-text").await;
         if t.starts_with("To b:") {
             break t;
         }
@@ -284,11 +336,14 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(forecast.contains("downtime"), "{forecast}");
-    shot(&c, &dir, "migrate").await;
+    shot(c, &l.dir, "migrate").await;
+}
 
+/// Migrates, watching the progress page; the job's fragment.
+async fn migrate_watching_progress(l: &Lab, c: &Client) -> String {
     // Migrate, watching the progress page.
-    click(&c, "#migrate-ok").await;
-    wait(&c, "#progress").await;
+    click(c, "#migrate-ok").await;
+    wait(c, "#progress").await;
     let first_job = c
         .current_url()
         .await
@@ -296,110 +351,118 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         .fragment()
         .unwrap_or("")
         .to_string();
-    let (seen, end) = follow_progress(&c, Some(&dir)).await;
+    let (seen, end) = follow_progress(c, Some(&l.dir)).await;
     assert_eq!(end, "succeeded", "figures seen: {seen:?}");
     assert!(
         seen.len() >= 3,
         "progress updated {} times: {seen:?}",
         seen.len()
     );
-    let total = text(&c, "#f-total").await;
+    let total = text(c, "#f-total").await;
     assert_ne!(total, "–", "a finished job shows its total time");
-    ctl.wait_json(&["server-show", "vm"], LONG, "vm running on b", |v| {
-        v["host"] == "b" && v["state"] == "running"
-    });
-    more_heartbeats(&b, "vm", 3);
+    l.ctl
+        .wait_json(&["server-show", "vm"], LONG, "vm running on b", |v| {
+            v["host"] == "b" && v["state"] == "running"
+        });
+    more_heartbeats(&l.b, "vm", 3);
 
+    first_job
+}
+
+/// A capped migration cancelled from the page: the guest stays on b.
+async fn cancel_capped_migration(l: &Lab, c: &Client) {
     // A capped migration cancelled from the page: the guest stays on b.
-    open_migrate(&c, &base, "vm").await;
-    wait(&c, "#verdicts tr[data-host='a'][data-ok='1']").await;
-    fill(&c, "#opt-bw", "1").await;
-    click(&c, "#migrate-ok").await;
-    wait(&c, "#progress").await;
+    open_migrate(c, &l.base, "vm").await;
+    wait(c, "#verdicts tr[data-host='a'][data-ok='1']").await;
+    fill(c, "#opt-bw", "1").await;
+    click(c, "#migrate-ok").await;
+    wait(c, "#progress").await;
     let deadline = Instant::now() + LONG;
-    while text(&c, "#f-sent").await == "–" {
+    while text(c, "#f-sent").await == "–" {
         assert!(
             Instant::now() < deadline,
             "the capped migration never moved"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    click(&c, "#job-cancel").await;
-    let (_, end) = follow_progress(&c, None).await;
+    click(c, "#job-cancel").await;
+    let (_, end) = follow_progress(c, None).await;
     assert_eq!(end, "cancelled");
-    ctl.wait_json(
+    l.ctl.wait_json(
         &["server-show", "vm"],
         LONG,
         "vm back to running on b",
         |v| v["host"] == "b" && v["state"] == "running",
     );
-    more_heartbeats(&b, "vm", 3);
+    more_heartbeats(&l.b, "vm", 3);
+}
 
+async fn jobs_keep_final_figures(l: &Lab, c: &Client, first_job: &str) {
     // Jobs: both finished, the first with its final figures.
-    c.goto(&format!("{base}/#/jobs")).await.unwrap();
-    wait(&c, "#jobs-finished tbody tr:nth-child(2)").await;
-    shot(&c, &dir, "jobs").await;
-    c.goto(&format!("{base}/#{first_job}")).await.unwrap();
-    wait(&c, "#progress[data-ended='succeeded']").await;
-    assert_ne!(text(&c, "#f-downtime").await, "–");
-    shot(&c, &dir, "progress-finished").await;
+    c.goto(&format!("{}/#/jobs", l.base)).await.unwrap();
+    wait(c, "#jobs-finished tbody tr:nth-child(2)").await;
+    shot(c, &l.dir, "jobs").await;
+    c.goto(&format!("{}/#{first_job}", l.base)).await.unwrap();
+    wait(c, "#progress[data-ended='succeeded']").await;
+    assert_ne!(text(c, "#f-downtime").await, "–");
+    shot(c, &l.dir, "progress-finished").await;
+}
 
+async fn cold_migrate_and_start(l: &Lab, c: &Client) {
     // A stopped server moves cold (no time forecast, auto-start offered)
     // to the scheduler's pick, then starts there from its row menu.
-    open_migrate(&c, &base, "archive").await;
-    assert!(text(&c, "#migrate-kind")
-        .await
-        .starts_with("Cold migration"));
-    assert!(wait(&c, "#opt-autostart")
+    open_migrate(c, &l.base, "archive").await;
+    assert!(text(c, "#migrate-kind").await.starts_with("Cold migration"));
+    assert!(wait(c, "#opt-autostart")
         .await
         .is_displayed()
         .await
         .unwrap());
-    assert!(!wait(&c, "#forecast-run")
-        .await
-        .is_displayed()
-        .await
-        .unwrap());
-    click(&c, "#migrate-ok").await;
-    wait(&c, "#progress[data-ended='succeeded']").await;
-    let s = ctl.json(&["server-show", "archive"]);
+    assert!(!wait(c, "#forecast-run").await.is_displayed().await.unwrap());
+    click(c, "#migrate-ok").await;
+    wait(c, "#progress[data-ended='succeeded']").await;
+    let s = l.ctl.json(&["server-show", "archive"]);
     assert_eq!(s["state"], "ready", "{s}");
     let dest = s["host"].as_str().unwrap().to_string();
     assert_ne!(dest, "b");
-    c.goto(&format!("{base}/#/servers")).await.unwrap();
+    c.goto(&format!("{}/#/servers", l.base)).await.unwrap();
     let row = "#servers-body tr[data-server='archive'][data-state='ready'] td.host";
     let deadline = Instant::now() + LONG;
-    while text(&c, row).await != dest {
+    while text(c, row).await != dest {
         assert!(Instant::now() < deadline, "archive never showed on {dest}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    click(&c, "#menu-archive > summary").await;
-    click(&c, "#start-archive").await;
+    click(c, "#menu-archive > summary").await;
+    click(c, "#start-archive").await;
     wait(
-        &c,
+        c,
         "#servers-body tr[data-server='archive'][data-state='running']",
     )
     .await;
-    let host = [&a, &b, &x]
+    let host = [&l.a, &l.b, &l.x]
         .into_iter()
         .find(|h| h.opts.name == dest)
         .unwrap();
     host.wait_console("archive", LONG, "TERN-READY", |t| {
         SerialLog::parse(t).ready()
     });
+}
 
+async fn phone_width(l: &Lab, c: &Client) {
     // Phone width.
-    fit_viewport(&c, 390, 844).await;
-    c.goto(&format!("{base}/#/servers")).await.unwrap();
-    wait(&c, "#servers-body tr[data-server='vm']").await;
-    shot(&c, &dir, "servers-phone").await;
-    fit_viewport(&c, 1280, 800).await;
+    fit_viewport(c, 390, 844).await;
+    c.goto(&format!("{}/#/servers", l.base)).await.unwrap();
+    wait(c, "#servers-body tr[data-server='vm']").await;
+    shot(c, &l.dir, "servers-phone").await;
+    fit_viewport(c, 1280, 800).await;
+}
 
+async fn read_only(l: &Lab, c: &Client) {
     // Read-only: no Migrate action, and the API refuses it anyway.
-    click(&c, "#logout").await;
-    log_in(&c, &base, "viewer", "viewer-pw").await;
-    click(&c, "#menu-vm > summary").await;
-    wait(&c, "#output-vm").await;
+    click(c, "#logout").await;
+    log_in(c, &l.base, "viewer", "viewer-pw").await;
+    click(c, "#menu-vm > summary").await;
+    wait(c, "#output-vm").await;
     assert!(c.find(Locator::Css("#migrate-vm")).await.is_err());
     assert!(c.find(Locator::Css("#shutdown-vm")).await.is_err());
     let r = c
@@ -415,35 +478,26 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         .unwrap();
     assert_eq!(r[0], 403, "{r}");
     assert!(r[1].as_str().unwrap().contains("read-only"), "{r}");
-    let s = ctl.json(&["server-show", "vm"]);
+    let s = l.ctl.json(&["server-show", "vm"]);
     assert_eq!(s["host"], "b");
     // Console output follows the guest's serial log.
-    click(&c, "#output-vm").await;
+    click(c, "#output-vm").await;
     let deadline = Instant::now() + LONG;
-    while !text(&c, "#output-text").await.contains("TERN-HB") {
+    while !text(c, "#output-text").await.contains("TERN-HB") {
         assert!(
             Instant::now() < deadline,
             "no heartbeats in the console output"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    shot(&c, &dir, "console-output").await;
-    c.close().await.unwrap();
+    shot(c, &l.dir, "console-output").await;
+}
 
-    // Dark mode follows the browser's setting.
-    let mut caps = driver.capabilities(1280, 800);
-    caps["goog:chromeOptions"]["args"]
-        .as_array_mut()
-        .unwrap()
-        .push("--force-dark-mode".into());
-    let c = ClientBuilder::new(HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("WebDriver session");
-    fit_viewport(&c, 1280, 800).await;
-    log_in(&c, &base, "admin", "admin-pw").await;
-    c.goto(&format!("{base}/#{first_job}")).await.unwrap();
+/// Dark mode follows the browser's setting.
+async fn dark_mode(l: &Lab, driver: &ChromeDriver, first_job: &str) {
+    let c = browser(driver, Some("--force-dark-mode")).await;
+    log_in(&c, &l.base, "admin", "admin-pw").await;
+    c.goto(&format!("{}/#{first_job}", l.base)).await.unwrap();
     wait(&c, "#progress[data-ended='succeeded']").await;
     let dark = c
         .execute(
@@ -453,6 +507,6 @@ async fn console_migrates_with_live_progress_cancels_and_keeps_read_only_users_o
         .await
         .unwrap();
     assert_eq!(dark, true, "--force-dark-mode makes the page dark");
-    shot(&c, &dir, "progress-dark").await;
+    shot(&c, &l.dir, "progress-dark").await;
     c.close().await.unwrap();
 }
