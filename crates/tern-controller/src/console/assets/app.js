@@ -287,7 +287,7 @@ function serverRow(s) {
     h("td", { class: "opt" }, disks || "–"),
     h("td", {}, h("details", { class: "menu", id: `menu-${name}`, ontoggle: placeMenu },
       h("summary", { "aria-label": `Actions for ${name}` }, "Actions ▾"),
-      h("div", { class: "items", role: "menu" }, items))));
+      h("div", { class: "items" }, items))));
 }
 
 function filterServers() {
