@@ -182,3 +182,35 @@ async fn maintenance_is_entered_and_left_from_the_console() {
     assert_eq!(v[0]["view"]["name"], "h1");
     assert_eq!(v[0]["view"]["schedulable"], true);
 }
+
+#[tokio::test]
+async fn a_finished_jobs_history_is_read_back_from_the_store() {
+    use super::progress::{History, Sample, HISTORY};
+    let d = tempfile::tempdir().unwrap();
+    let (app, ctl) = console_and_controller(d.path()).await;
+    let h = History {
+        samples: vec![Sample {
+            at_ms: 1,
+            sent: 10,
+            remaining: 90,
+            rate: 5,
+        }],
+        finished: true,
+        ..Default::default()
+    };
+    ctl.inv.put(&format!("{HISTORY}job1"), &h).await.unwrap();
+    let ro = login(&app, "viewer", "pw-ro").await;
+    let get = |path: &str| {
+        Request::get(path)
+            .header(header::COOKIE, &ro)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, v) = send(&app, get("/api/jobs/job1/history")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(serde_json::from_value::<History>(v).unwrap(), h);
+    // A job never seen has an empty history, not an error.
+    let (s, _, v) = send(&app, get("/api/jobs/other/history")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["finished"], false);
+}
