@@ -21,6 +21,9 @@ PKGS=(
   nfs-ganesha          # the NFS server the netfs pool tests start in a namespace
   nfs-ganesha-vfs      # its backend that exports a local directory
   rpcbind              # the portmapper NFSv3 clients (libnfs) ask for ports
+  chromium             # the web console's browser test (headless)
+  chromium-driver      # WebDriver for it
+  fonts-dejavu-core    # text in the console's screenshots
 )
 
 missing=()

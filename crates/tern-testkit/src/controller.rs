@@ -245,3 +245,32 @@ impl Drop for TestController {
         self.kill9();
     }
 }
+
+/// Adds `user` with `role` (`ro` or `rw`) and `password` to the web
+/// console's password file, as an operator does:
+/// `tern-controller console-passwd FILE USER --role ROLE` with the
+/// password on standard input.
+pub fn console_passwd(file: &std::path::Path, user: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(bin("tern-controller"))
+        .arg("console-passwd")
+        .arg(file)
+        .args([user, "--role", role])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tern-controller console-passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("console-passwd");
+    assert!(
+        out.status.success(),
+        "console-passwd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -13,6 +13,7 @@
 //! # Ok::<(), tern_testkit::BuildError>(())
 //! ```
 
+pub mod browser;
 pub mod controller;
 mod cpio;
 mod domxml;
@@ -34,7 +35,8 @@ pub mod sshd;
 mod vmlinux;
 pub mod watch;
 
-pub use controller::TestController;
+pub use browser::ChromeDriver;
+pub use controller::{console_passwd, TestController};
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
