@@ -68,7 +68,14 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
     assert!(refused.contains("cannot be resumed"), "{refused}");
     // Like virsh's, it follows the migration to its end: in the background.
     let resumer = Command::new(tern_testkit::bin("tern"))
-        .args(["-c", &p.a.uri(), "migrate", "--postcopy-resume", name, &p.b.uri()])
+        .args([
+            "-c",
+            &p.a.uri(),
+            "migrate",
+            "--postcopy-resume",
+            name,
+            &p.b.uri(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
