@@ -66,7 +66,8 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
     assert_eq!(job(&p.a, name)["qemu_status"], "postcopy-paused");
     let refused = p.a.fails(&["resume", name]);
     assert!(refused.contains("cannot be resumed"), "{refused}");
-    let resumed = p.a.tern(&["migrate", "--postcopy-resume", name, &p.b.uri()]);
+    let resumed =
+        p.a.tern(&["migrate", "--postcopy-resume", name, &p.b.uri()]);
     assert!(
         resumed.status.success(),
         "{}\nB: {}\n{}",
