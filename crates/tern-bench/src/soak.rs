@@ -41,7 +41,7 @@
 //! the switch to post-copy. A guest that settles on neither host ends
 //! the soak early. The run exits non-zero when anything failed.
 
-use crate::guest::{after_migration, AfterMigration};
+use crate::guest::{after_migration, AfterMigration, CRASH_MARKERS};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -141,6 +141,7 @@ enum DiskHome {
 struct Stay {
     side: Which,
     failures_seen: usize,
+    crashes_seen: usize,
     reset_seen: bool,
 }
 
@@ -149,6 +150,7 @@ impl Stay {
         Stay {
             side,
             failures_seen: 0,
+            crashes_seen: 0,
             reset_seen: false,
         }
     }
@@ -204,6 +206,8 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     }
     let qemu_version = crate::live::qemu_version(std::path::Path::new("qemu-system-x86_64"))?;
     crate::live::check_binaries()?;
+    // Other people's guests compete for the cores; the header says so.
+    let others = crate::sys::qemu_processes();
     let mut soak = Soak::start(&a)?;
     let started = Instant::now();
     let mut records: Vec<Record> = Vec::new();
@@ -238,7 +242,8 @@ pub async fn run(a: SoakArgs) -> Result<()> {
     }
     println!(
         "Soak: {} migrations of a {} MiB guest (tern.mem {} MiB) dirtying {} MiB/s, \
-         methods {}, TCG, {qemu_version}, {} cores, load average {}; whole run {} s\n",
+         methods {}, TCG, {qemu_version}, {} cores, {others} other QEMUs at the start, \
+         load average {} at the end; whole run {} s\n",
         records.len(),
         a.mem_mib,
         a.mem_mib / 2,
@@ -349,10 +354,8 @@ impl Soak {
                     .any(|e| e.message.contains(p))
             });
             match after_migration(&watcher, &dest_log, end).await {
-                AfterMigration::Running => {}
-                // TERN-FAIL lines are counted by the stay scans.
-                AfterMigration::Crashed(l) if l.contains("TERN-FAIL") => {}
-                AfterMigration::Crashed(l) => rec.guest.push(format!("guest crashed: {l}")),
+                // Crash and TERN-FAIL lines are counted by the stay scans.
+                AfterMigration::Running | AfterMigration::Crashed(_) => {}
                 AfterMigration::Silent => rec.guest.push(format!(
                     "no heartbeat on {to:?} within {} s of the migration's end",
                     crate::guest::RESUME_TIMEOUT.as_secs()
@@ -505,15 +508,17 @@ impl Soak {
     /// New `TERN-FAIL` lines, and a first heartbeat reset, in the console
     /// of the guest's current stay.
     fn scan_stay(&mut self) -> Vec<String> {
-        let log = SerialLog::read(&self.console(self.stay.side)).unwrap_or_default();
-        self.stay.news(&log)
+        let bytes = std::fs::read(self.console(self.stay.side)).unwrap_or_default();
+        self.stay.news(&String::from_utf8_lossy(&bytes))
     }
 }
 
 impl Stay {
-    /// What `log` (the stay's console so far) shows that was not reported
-    /// yet: `TERN-FAIL` lines, and the first heartbeat counter reset.
-    fn news(&mut self, log: &SerialLog) -> Vec<String> {
+    /// What `text` (the stay's console so far) shows that was not
+    /// reported yet: `TERN-FAIL` lines, kernel crash lines, and the first
+    /// heartbeat counter reset.
+    fn news(&mut self, text: &str) -> Vec<String> {
+        let log = SerialLog::parse(text);
         let mut out = Vec::new();
         if !self.reset_seen && log.seq_went_backwards() {
             self.reset_seen = true;
@@ -526,6 +531,17 @@ impl Stay {
                 .map(|f| format!("on {:?}: {f}", self.side)),
         );
         self.failures_seen = log.failures.len();
+        let crashes: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("TERN-") && CRASH_MARKERS.iter().any(|m| l.contains(m)))
+            .collect();
+        let seen = self.crashes_seen.min(crashes.len());
+        out.extend(
+            crashes[seen..]
+                .iter()
+                .map(|l| format!("on {:?}: guest kernel: {}", self.side, l.trim())),
+        );
+        self.crashes_seen = crashes.len();
         out
     }
 }
@@ -622,16 +638,23 @@ mod tests {
         let mut st = Stay::on(Which::B);
         let hb = |s: u64| format!("TERN-HB seq={s} up_ms={s} mem_passes=0 dirtied_mib=0\n");
         let mut text = hb(1) + &hb(2);
-        assert!(st.news(&SerialLog::parse(&text)).is_empty());
+        assert!(st.news(&text).is_empty());
         text += "TERN-FAIL mem pass=3 bad_pages=1 total_bad_pages=1\n";
         text += &hb(1);
-        let n = st.news(&SerialLog::parse(&text));
+        let n = st.news(&text);
         assert_eq!(n.len(), 2, "{n:?}");
         assert!(n[0].contains("reset on B") && n[1].contains("TERN-FAIL mem"));
         text += &hb(2);
-        assert!(st.news(&SerialLog::parse(&text)).is_empty());
+        assert!(st.news(&text).is_empty());
         text += "TERN-FAIL disk block=3 expected_gen=2 found_gen=1 reason=stale\n";
-        assert_eq!(st.news(&SerialLog::parse(&text)).len(), 1);
+        assert_eq!(st.news(&text).len(), 1);
+        text += "[   12.3] BUG: unable to handle page fault\n";
+        let n = st.news(&text);
+        assert!(
+            n.len() == 1 && n[0].contains("guest kernel: [   12.3] BUG:"),
+            "{n:?}"
+        );
+        assert!(st.news(&text).is_empty());
     }
 
     #[test]
