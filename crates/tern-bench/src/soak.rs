@@ -326,21 +326,7 @@ impl Soak {
             guest: Vec::new(),
             proved: None,
         };
-        let mut flags = vec!["--live"];
-        match method {
-            Method::Managed => {}
-            Method::P2p => flags.push("--p2p"),
-            Method::Postcopy => flags.extend(["--postcopy", "--postcopy-after-precopy"]),
-            Method::Storage => {
-                let (pool, dir) = match self.disk {
-                    DiskHome::Shared => ("local", self.local_dir(to)),
-                    DiskHome::Local => ("shared", self.pair.pool_dir().to_path_buf()),
-                };
-                // The copy the guest left there last time is stale.
-                let _ = std::fs::remove_file(dir.join(VOLUME));
-                flags.extend(["--copy-storage-all", "--target-pool", pool]);
-            }
-        }
+        let flags = self.flags(method, to);
         let watcher = ConsoleWatcher::start();
         watcher.add(self.console(from), false);
         let dest_log = self.console(to);
@@ -403,6 +389,27 @@ impl Soak {
         }
         rec.guest.extend(self.scan_stay());
         (rec, None)
+    }
+
+    /// `tern migrate`'s flags for `method` towards `to`. For a storage
+    /// copy, the stale copy the guest left in the target pool last time
+    /// is deleted first.
+    fn flags(&self, method: Method, to: Which) -> Vec<&'static str> {
+        let mut flags = vec!["--live"];
+        match method {
+            Method::Managed => {}
+            Method::P2p => flags.push("--p2p"),
+            Method::Postcopy => flags.extend(["--postcopy", "--postcopy-after-precopy"]),
+            Method::Storage => {
+                let (pool, dir) = match self.disk {
+                    DiskHome::Shared => ("local", self.local_dir(to)),
+                    DiskHome::Local => ("shared", self.pair.pool_dir().to_path_buf()),
+                };
+                let _ = std::fs::remove_file(dir.join(VOLUME));
+                flags.extend(["--copy-storage-all", "--target-pool", pool]);
+            }
+        }
+        flags
     }
 
     /// `tern migrate FLAGS soak TO` against `from`, within `--give-up`:
