@@ -169,7 +169,11 @@ impl HostPair {
         }
     }
 
-    fn unsettled(&self, side: Which, name: &str) -> Option<String> {
+    /// Why the guest is not (yet) settled on `side` alone, or `None` when
+    /// it is: the check [`HostPair::wait_settled_on`] repeats, looked at
+    /// once and never panicking, for callers that count failures (the soak
+    /// benchmark) instead of stopping at the first.
+    pub fn unsettled(&self, side: Which, name: &str) -> Option<String> {
         let here = self.host(side);
         let there = self.host(side.other());
         let counts = (live_qemus(here), live_qemus(there));
@@ -178,7 +182,10 @@ impl HostPair {
                 "{counts:?} live QEMUs on ({side:?}, the other host)"
             ));
         }
-        let st = state(here, name);
+        let st = match try_state(here, name) {
+            Ok(st) => st,
+            Err(e) => return Some(format!("domstate on {side:?} failed: {e}")),
+        };
         if !st.starts_with("running") {
             return Some(format!("state on {side:?} is '{st}'"));
         }
@@ -188,7 +195,15 @@ impl HostPair {
                 return Some(format!("{w:?} still has an unfinished migration record"));
             }
         }
-        let listed = there.ok(&["list", "--all", "--name"]);
+        let listed = there.tern(&["list", "--all", "--name"]);
+        if !listed.status.success() {
+            return Some(format!(
+                "list on {:?} failed: {}",
+                side.other(),
+                String::from_utf8_lossy(&listed.stderr).trim()
+            ));
+        }
+        let listed = String::from_utf8_lossy(&listed.stdout);
         let persistent_copy = there
             .state_dir()
             .join("domains")
@@ -244,6 +259,18 @@ impl HostPair {
 /// with `workload` (the test guest's kernel arguments) and waits until it
 /// reports ready.
 pub fn boot_guest(h: &TernHost, name: &str, workload: &str) -> GuestSpec {
+    boot_guest_sized(h, name, workload, None)
+}
+
+/// [`boot_guest`] with `memory_mib` of RAM instead of the spec's default;
+/// a bigger guest gets longer to fill its memory and report ready (a
+/// minute more per GiB under TCG).
+pub fn boot_guest_sized(
+    h: &TernHost,
+    name: &str,
+    workload: &str,
+    memory_mib: Option<u64>,
+) -> GuestSpec {
     let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
     let vol = format!("{name}.raw");
     h.ok(&["vol-create-as", "shared", &vol, "16M"]);
@@ -257,9 +284,13 @@ pub fn boot_guest(h: &TernHost, name: &str, workload: &str) -> GuestSpec {
         target: "vda".into(),
         cache: "none".into(),
     });
+    if let Some(m) = memory_mib {
+        spec.memory_mib = m;
+    }
     h.define_guest(&spec);
     h.ok(&["start", name]);
-    wait_ready(h, name, 3);
+    let extra = Duration::from_secs(60 * spec.memory_mib.saturating_sub(256) / 1024);
+    wait_ready_within(h, name, 3, Duration::from_secs(90) + extra);
     spec
 }
 
@@ -325,9 +356,24 @@ pub fn state(h: &TernHost, name: &str) -> String {
     h.ok(&["domstate", name, "--reason"]).trim().to_string()
 }
 
+/// `domstate NAME --reason`, or the CLI's error (never panics).
+pub fn try_state(h: &TernHost, name: &str) -> Result<String, String> {
+    let o = h.tern(&["domstate", name, "--reason"]);
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
 /// Waits for the test guest's TERN-READY and a heartbeat above `above`.
 pub fn wait_ready(h: &TernHost, name: &str, above: u64) -> String {
-    h.wait_console(name, Duration::from_secs(90), "TERN-READY", |t| {
+    wait_ready_within(h, name, above, Duration::from_secs(90))
+}
+
+/// [`wait_ready`] with its own time limit.
+pub fn wait_ready_within(h: &TernHost, name: &str, above: u64, timeout: Duration) -> String {
+    h.wait_console(name, timeout, "TERN-READY", |t| {
         let l = SerialLog::parse(t);
         l.ready() && l.last_seq().is_some_and(|s| s > above)
     })
