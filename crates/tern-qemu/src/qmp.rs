@@ -81,6 +81,9 @@ pub struct Qmp {
     closed: watch::Receiver<bool>,
     /// QEMU's version as announced in the greeting, e.g. (7, 2, 22).
     pub version: (u64, u64, u64),
+    /// Out-of-band execution was negotiated: [`Qmp::execute_oob`] runs
+    /// commands even while QEMU's main loop is blocked.
+    pub oob: bool,
 }
 
 impl std::fmt::Debug for Qmp {
@@ -133,15 +136,29 @@ impl Qmp {
             events: events.clone(),
             closed,
             version,
+            oob: false,
         };
         tokio::spawn(read_loop(reader, pending, events, closed_tx));
-        qmp.execute("qmp_capabilities", None).await?;
-        Ok(qmp)
+        // Out-of-band commands (`migrate-pause`, `migrate-recover`) are how a
+        // post-copy is recovered while the destination's main loop waits,
+        // forever, on a page the broken link will not bring.
+        let oob = greeting["QMP"]["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "oob"));
+        let args = oob.then(|| json!({"enable": ["oob"]}));
+        qmp.execute("qmp_capabilities", args).await?;
+        Ok(Qmp { oob, ..qmp })
     }
 
     /// Runs a command and returns its `return` value.
     pub async fn execute(&self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
         self.execute_timeout(command, args, COMMAND_TIMEOUT).await
+    }
+
+    /// Runs a command out of band when QEMU allows it (the command must be
+    /// one QEMU marks `allow-oob`), else in band.
+    pub async fn execute_oob(&self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        self.send(command, args, COMMAND_TIMEOUT, self.oob).await
     }
 
     /// Runs a command with an explicit reply timeout.
@@ -151,12 +168,23 @@ impl Qmp {
         args: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.send(command, args, timeout, false).await
+    }
+
+    async fn send(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        timeout: Duration,
+        oob: bool,
+    ) -> Result<Value, QmpError> {
         if *self.closed.borrow() {
             return Err(QmpError::Closed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = Map::new();
-        msg.insert("execute".into(), json!(command));
+        let key = if oob { "exec-oob" } else { "execute" };
+        msg.insert(key.into(), json!(command));
         if let Some(a) = args {
             msg.insert("arguments".into(), a);
         }

@@ -35,6 +35,8 @@ enum Moment {
     Point(Which, &'static str),
     /// QEMU is sending memory (a 16 MiB/s cap makes this last seconds).
     Precopy,
+    /// The same, in a `--p2p` migration (the source agent drives).
+    PrecopyP2p,
 }
 
 struct Cell {
@@ -68,6 +70,7 @@ fn run(cell: &Cell) {
     p.boot(name, "tern.mem=48 tern.dirty=0");
     let flags: &[&str] = match cell.moment {
         Moment::Precopy => &["--live", "--bandwidth", "16"],
+        Moment::PrecopyP2p => &["--live", "--p2p", "--bandwidth", "16"],
         Moment::Point(..) => &["--live"],
     };
     let mut driver = p.migrate_bg(Which::A, name, flags);
@@ -77,7 +80,7 @@ fn run(cell: &Cell) {
             fp.wait_reached(Duration::from_secs(90));
             Some(fp)
         }
-        Moment::Precopy => {
+        Moment::Precopy | Moment::PrecopyP2p => {
             wait_job_active(&p.a, name);
             None
         }
@@ -162,6 +165,8 @@ use Which::{A, B};
 
 cells! {
     source_agent_killed_in_precopy: KillAgent(A), Precopy => A;
+    p2p_source_agent_killed_in_precopy: KillAgent(A), PrecopyP2p => A;
+    p2p_dest_agent_killed_in_precopy: KillAgent(B), PrecopyP2p => B;
     source_agent_killed_after_qemu_completed: KillAgent(A), Point(A, "source-completed") => A;
     source_agent_killed_in_confirm: KillAgent(A), Point(A, "source-before-quit") => B;
     dest_agent_killed_in_prepare: KillAgent(B), Point(B, "dest-prepared") => A;

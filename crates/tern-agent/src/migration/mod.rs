@@ -100,7 +100,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
                 job.postcopy_hold.send_replace(true);
                 running_qmp(agent, &name)
                     .await?
-                    .execute("migrate-pause", None)
+                    .execute_oob("migrate-pause", None)
                     .await?;
                 job.event(
                     "post-copy paused by the operator; 'tern migrate --postcopy-resume' resumes it",

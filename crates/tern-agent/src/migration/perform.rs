@@ -122,7 +122,9 @@ async fn watch(
     let mut post_rx = job.postcopy.subscribe();
     let mut events = qmp.events();
     let mut paused_at: Option<Instant> = None;
-    let mut last_recovery = Instant::now();
+    // A recovery needs time to resend its bitmap before pages flow: no
+    // stall is called within four stall periods of one.
+    let mut last_recovery = Instant::now() - RECOVER_EVERY;
     let mut recovery_failed = false;
     let policy = o.policy_on().then(|| o.policy_config());
     let mut pstate = PolicyState::new(o.initial_downtime_ms());
@@ -252,15 +254,20 @@ async fn watch(
             cancelled = true;
             let _ = qmp.execute("migrate_cancel", None).await;
         }
+        if last_status == MigrationStatus::PostcopyPaused
+            && info.qemu_status != MigrationStatus::PostcopyPaused
+        {
+            // Resumed, by this loop or by the operator.
+            last_recovery = Instant::now();
+        }
         if info.memory_processed != last_bytes || info.qemu_status != last_status {
             // Bytes moved, or QEMU changed state (a post-copy recovery
             // resends its bitmap before pages flow again): not a stall.
             last_bytes = info.memory_processed;
             last_status = info.qemu_status;
             last_progress = Instant::now();
-        } else if last_progress.elapsed() > stall
-            && info.qemu_status.is_postcopy()
-            && info.qemu_status != MigrationStatus::PostcopyPaused
+        } else if postcopy_stalled(info.qemu_status, last_progress.elapsed(), stall)
+            && last_recovery.elapsed() > stall * 4
         {
             // A dead link leaves QEMU waiting on TCP for many minutes; a
             // paused post-copy can be resumed when the link returns.
@@ -268,7 +275,7 @@ async fn watch(
                 "no post-copy progress for {} s: pausing it, to resume when the destination answers",
                 stall.as_secs()
             ));
-            let _ = qmp.execute("migrate-pause", None).await;
+            let _ = qmp.execute_oob("migrate-pause", None).await;
             last_progress = Instant::now();
         } else if last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
             job.event(format!(
@@ -376,6 +383,20 @@ async fn watch(
     }
 }
 
+/// Whether a post-copy stopped moving for long enough to pause it (so it
+/// can be resumed when the link returns): pages stand still for `stall`
+/// while active, or a recovery's handshake hangs four times as long (it
+/// resends a bitmap first, slowly on a loaded host).
+fn postcopy_stalled(status: MigrationStatus, still: Duration, stall: Duration) -> bool {
+    match status {
+        MigrationStatus::PostcopyActive => still > stall,
+        MigrationStatus::PostcopyRecover | MigrationStatus::PostcopyRecoverSetup => {
+            still > stall * 4
+        }
+        _ => false,
+    }
+}
+
 /// The source QEMU died mid-migration. If the destination loaded the
 /// whole guest first, the guest lives on there: the job completes and the
 /// driver resumes it there. Otherwise it is lost with its QEMU.
@@ -416,5 +437,33 @@ async fn apply(qmp: &tern_qemu::Qmp, job: &Job, a: &Action) {
     };
     if let Err(e) = r {
         job.event(format!("policy step {a:?} refused by QEMU: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recovering_post_copy_gets_longer_than_an_active_one() {
+        let stall = Duration::from_secs(3);
+        let s = Duration::from_secs(4);
+        assert!(postcopy_stalled(MigrationStatus::PostcopyActive, s, stall));
+        assert!(!postcopy_stalled(
+            MigrationStatus::PostcopyRecover,
+            s,
+            stall
+        ));
+        assert!(postcopy_stalled(
+            MigrationStatus::PostcopyRecover,
+            Duration::from_secs(13),
+            stall
+        ));
+        assert!(!postcopy_stalled(
+            MigrationStatus::PostcopyPaused,
+            s * 10,
+            stall
+        ));
+        assert!(!postcopy_stalled(MigrationStatus::Active, s * 10, stall));
     }
 }

@@ -19,7 +19,7 @@ use tern_migrate::protocol::{
     check_version, IncomingTarget, RecoverReply, RecoverRequest, PROTOCOL_VERSION,
 };
 use tern_migrate::Role;
-use tern_qemu::{MigrationStatus, Qmp};
+use tern_qemu::Qmp;
 
 /// Source: one attempt at resuming a paused post-copy.
 pub async fn recover(agent: &Agent, job: &Job, qmp: &Qmp) -> Result<()> {
@@ -81,20 +81,30 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
         .as_ref()
         .map(|r| r.qmp.clone())
         .ok_or_else(|| AgentError::Conflict(format!("'{domain}' is not running here")))?;
-    let (status, _) = qmp.migration().await?;
-    if status == MigrationStatus::PostcopyActive {
-        // The source saw the link break; this side may not have yet.
-        qmp.execute("migrate-pause", None).await?;
-    }
-    wait_for(&qmp, |s| s == MigrationStatus::PostcopyPaused).await?;
+    // Only out-of-band commands here: the destination's main loop may be
+    // blocked on a page that the broken link will not bring, and every
+    // in-band command (query-migrate included) would wait with it.
     let port = free_port(agent).ok_or_else(|| {
         AgentError::Failed("no free port in the migration range for the recovery".into())
     })?;
-    qmp.execute(
-        "migrate-recover",
-        Some(json!({"uri": format!("tcp:0.0.0.0:{port}")})),
-    )
-    .await?;
+    let uri = format!("tcp:0.0.0.0:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The source saw the link break; this side may not have yet.
+        let _ = qmp.execute_oob("migrate-pause", None).await;
+        match qmp
+            .execute_oob("migrate-recover", Some(json!({ "uri": uri })))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(AgentError::Failed(format!(
+                    "the incoming QEMU does not take the recovery channel: {e}"
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
     tracing::info!(domain, port, "waiting for the post-copy recovery channel");
     Ok(RecoverReply {
         version: PROTOCOL_VERSION,
@@ -104,22 +114,6 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
             tunnel: false,
         },
     })
-}
-
-async fn wait_for(qmp: &Qmp, pred: impl Fn(MigrationStatus) -> bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (s, _) = qmp.migration().await?;
-        if pred(s) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(AgentError::Timeout(format!(
-                "the incoming QEMU stays {s}; it cannot be recovered now"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A port of the migration range nobody listens on now. QEMU binds it a
