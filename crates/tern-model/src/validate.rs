@@ -240,8 +240,8 @@ fn validate_other_devices(d: &Domain) -> Result {
         one_of(
             "graphics type",
             &graphics.kind,
-            &["vnc"],
-            "use <graphics type='vnc'> or remove it",
+            &["vnc", "spice"],
+            "use <graphics type='vnc'> or 'spice', or remove it",
         )?;
         if let Some(port) = graphics.port {
             if !(-1..=65535).contains(&port) {

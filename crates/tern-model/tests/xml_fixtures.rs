@@ -41,7 +41,13 @@ fn seed004_parses_with_the_expected_fields() {
         Features {
             acpi: true,
             apic: true,
-            pae: true
+            pae: true,
+            vmport: None,
+            smm: None,
+            vmcoreinfo: None,
+            hyperv_mode: None,
+            hyperv: vec![],
+            kvm_hidden: None,
         }
     );
     assert_eq!(d.clock_offset.as_deref(), Some("utc"));
@@ -72,6 +78,12 @@ fn seed004_parses_with_the_expected_fields() {
                 target_bus: DiskBus::Virtio,
                 readonly: false,
                 shareable: false,
+                io: None,
+                discard: None,
+                detect_zeroes: None,
+                boot_order: None,
+                serial: None,
+                address: None,
             },
             Disk {
                 source_type: DiskSourceType::Block,
@@ -83,6 +95,12 @@ fn seed004_parses_with_the_expected_fields() {
                 target_bus: DiskBus::Ide,
                 readonly: true,
                 shareable: false,
+                io: None,
+                discard: None,
+                detect_zeroes: None,
+                boot_order: None,
+                serial: None,
+                address: None,
             },
         ]
     );
@@ -111,6 +129,8 @@ fn seed004_parses_with_the_expected_fields() {
                 port_type: "openvswitch".to_string(),
                 interface_id: Some("18a45d7e-d96b-4b9e-9d92-dc9ff3ea77e0".to_string()),
             }),
+            boot_order: None,
+            address: None,
         }]
     );
     assert_eq!(
@@ -144,6 +164,7 @@ fn seed004_parses_with_the_expected_fields() {
             port: Some(5908),
             autoport: true,
             listen: Some(String::new()),
+            spice: None,
         }]
     );
     assert_eq!(
@@ -151,7 +172,9 @@ fn seed004_parses_with_the_expected_fields() {
         vec![Video {
             model: "cirrus".to_string(),
             vram: Some(9216),
-            heads: Some(1)
+            heads: Some(1),
+            primary: false,
+            address: None,
         }]
     );
     assert_eq!(dev.memballoon.as_deref(), Some("virtio"));
@@ -181,7 +204,11 @@ fn testguest_parses_with_the_expected_fields() {
         d.cpu,
         Some(Cpu {
             mode: CpuMode::Custom,
-            model: Some("qemu64".to_string())
+            model: Some("qemu64".to_string()),
+            features: vec![],
+            match_mode: None,
+            check: None,
+            topology: None,
         })
     );
     let disk = &d.devices.disks[0];

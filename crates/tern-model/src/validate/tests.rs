@@ -28,6 +28,8 @@ fn valid() -> Domain {
             interfaces: vec![nic("52:54:00:00:00:01")],
             ..Devices::default()
         },
+        clock_timers: vec![],
+        vcpus_current: None,
     }
 }
 
@@ -42,6 +44,12 @@ fn disk(dev: &str) -> Disk {
         target_bus: DiskBus::Virtio,
         readonly: false,
         shareable: false,
+        io: None,
+        discard: None,
+        detect_zeroes: None,
+        boot_order: None,
+        serial: None,
+        address: None,
     }
 }
 
@@ -51,6 +59,8 @@ fn nic(mac: &str) -> Interface {
         mac: Some(mac.to_string()),
         model: None,
         virtualport: None,
+        boot_order: None,
+        address: None,
     }
 }
 
@@ -212,7 +222,11 @@ fn checks_string_settings() {
     assert_eq!(
         error_after(|d| d.cpu = Some(Cpu {
             mode: CpuMode::Custom,
-            model: Some(" ".into())
+            model: Some(" ".into()),
+            features: vec![],
+            match_mode: None,
+            check: None,
+            topology: None,
         })),
         ValidationError::EmptyCpuModel
     );
@@ -248,6 +262,7 @@ fn checks_string_settings() {
         port,
         autoport: false,
         listen: None,
+        spice: None,
     };
     assert_eq!(
         error_after(|d| d.devices.graphics.push(vnc(Some(-2)))),
@@ -255,7 +270,7 @@ fn checks_string_settings() {
     );
     assert!(matches!(
         error_after(|d| d.devices.graphics.push(Graphics {
-            kind: "spice".into(),
+            kind: "rdp".into(),
             ..vnc(None)
         })),
         ValidationError::Unsupported { .. }
@@ -263,7 +278,8 @@ fn checks_string_settings() {
     assert!(matches!(
         error_after(|d| d.devices.inputs.push(Input {
             input_type: "passthrough".into(),
-            bus: None
+            bus: None,
+            address: None,
         })),
         ValidationError::Unsupported { .. }
     ));
