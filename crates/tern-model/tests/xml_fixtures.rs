@@ -22,7 +22,14 @@ fn assert_round_trip(d: &Domain) {
 
 #[test]
 fn seed004_parses_with_the_expected_fields() {
-    let d = parse(SEED004);
+    let mut d = parse(SEED004);
+    // Addresses are checked by the disk assertions below and by the export test.
+    let addresses = (d.devices.interfaces[0].address.take(), d.devices.videos[0].address.take());
+    assert_eq!(addresses, (Some(Address::pci(0, 3)), Some(Address::pci(0, 2))));
+    for c in &mut d.devices.controllers {
+        c.address = None;
+    }
+    d.devices.memballoon_address = None;
     assert_eq!(d.name, "ubuntu-14.04");
     assert_eq!(d.uuid.to_string(), "2f3c6b0e-8d41-4a5f-9c7e-1b2d3e4f5a60");
     assert_eq!(d.domain_type, "kvm");
@@ -83,7 +90,7 @@ fn seed004_parses_with_the_expected_fields() {
                 detect_zeroes: None,
                 boot_order: None,
                 serial: None,
-                address: None,
+                address: Some(Address::pci(0, 4)),
             },
             Disk {
                 source_type: DiskSourceType::Block,
@@ -100,7 +107,12 @@ fn seed004_parses_with_the_expected_fields() {
                 detect_zeroes: None,
                 boot_order: None,
                 serial: None,
-                address: None,
+                address: Some(Address::Drive {
+                    controller: 0,
+                    bus: 1,
+                    target: 0,
+                    unit: 0,
+                }),
             },
         ]
     );
@@ -247,7 +259,7 @@ fn fixtures_round_trip() {
 fn seed004_export_drops_only_runtime_details() {
     let xml = to_xml(&parse(SEED004));
     for runtime in [
-        "id='55'", "<alias", "<address", "vnet8", "/dev/pts", "tty=", "seclabel",
+        "id='55'", "<alias", "vnet8", "/dev/pts", "tty=", "seclabel",
     ] {
         assert!(
             !xml.contains(runtime),
@@ -262,6 +274,8 @@ fn seed004_export_drops_only_runtime_details() {
         "<graphics type='vnc' port='5908' autoport='yes' listen=''>",
         "<listen type='address' address=''/>",
         "<model type='cirrus' vram='9216' heads='1'/>",
+        "<address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/>",
+        "<address type='drive' controller='0' bus='1' target='0' unit='0'/>",
     ] {
         assert!(xml.contains(kept), "{kept} missing from the export:\n{xml}");
     }
