@@ -51,6 +51,9 @@ pub struct Domain {
     /// `<vcpu current=...>`: vCPUs online at start (hot-pluggable up to `vcpus`).
     #[serde(default)]
     pub vcpus_current: Option<u32>,
+    /// `<sysinfo type='smbios'>`.
+    #[serde(default)]
+    pub sysinfo: Option<Sysinfo>,
 }
 
 /// `<os>`: firmware-less direct kernel boot or disk boot.
@@ -86,6 +89,9 @@ pub struct Os {
     /// `<nvram>`.
     #[serde(default)]
     pub nvram: Option<Nvram>,
+    /// `<smbios mode=...>`: "sysinfo" shows `<sysinfo>` to the guest.
+    #[serde(default)]
+    pub smbios_mode: Option<String>,
 }
 
 /// `<boot dev=...>`.

@@ -266,3 +266,15 @@ pub struct SpiceOptions {
     /// `<image compression=...>`.
     pub image_compression: Option<String>,
 }
+
+/// `<sysinfo type='smbios'>`: the SMBIOS strings the guest reads (cloud-init
+/// recognises OpenStack by them). Only guest-visible with
+/// `<os><smbios mode='sysinfo'/>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Sysinfo {
+    /// `<bios><entry name=...>` (SMBIOS type 0): vendor, version, date, release.
+    pub bios: Vec<(String, String)>,
+    /// `<system><entry name=...>` (SMBIOS type 1): manufacturer, product,
+    /// version, serial, uuid, sku, family.
+    pub system: Vec<(String, String)>,
+}

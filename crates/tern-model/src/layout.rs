@@ -265,7 +265,10 @@ fn assign_pci_slots(d: &mut Domain) {
             continue;
         }
         // The i440fx PIIX3 USB controller is function 2 of the chipset slot.
-        if !q35 && c.controller_type == "usb" && matches!(c.model.as_deref(), None | Some("piix3-uhci")) {
+        if !q35
+            && c.controller_type == "usb"
+            && matches!(c.model.as_deref(), None | Some("piix3-uhci"))
+        {
             c.address = Some(Address::Pci {
                 domain: 0,
                 bus: 0,

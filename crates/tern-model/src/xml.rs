@@ -45,8 +45,8 @@
 mod devices;
 mod export;
 mod export_guest;
-mod import;
 mod guest_devices;
+mod import;
 mod platform;
 mod units;
 

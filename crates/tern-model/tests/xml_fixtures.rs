@@ -24,8 +24,14 @@ fn assert_round_trip(d: &Domain) {
 fn seed004_parses_with_the_expected_fields() {
     let mut d = parse(SEED004);
     // Addresses are checked by the disk assertions below and by the export test.
-    let addresses = (d.devices.interfaces[0].address.take(), d.devices.videos[0].address.take());
-    assert_eq!(addresses, (Some(Address::pci(0, 3)), Some(Address::pci(0, 2))));
+    let addresses = (
+        d.devices.interfaces[0].address.take(),
+        d.devices.videos[0].address.take(),
+    );
+    assert_eq!(
+        addresses,
+        (Some(Address::pci(0, 3)), Some(Address::pci(0, 2)))
+    );
     for c in &mut d.devices.controllers {
         c.address = None;
     }
@@ -258,9 +264,7 @@ fn fixtures_round_trip() {
 #[test]
 fn seed004_export_drops_only_runtime_details() {
     let xml = to_xml(&parse(SEED004));
-    for runtime in [
-        "id='55'", "<alias", "vnet8", "/dev/pts", "tty=", "seclabel",
-    ] {
+    for runtime in ["id='55'", "<alias", "vnet8", "/dev/pts", "tty=", "seclabel"] {
         assert!(
             !xml.contains(runtime),
             "{runtime} leaked into the export:\n{xml}"

@@ -30,6 +30,7 @@ fn valid() -> Domain {
         },
         clock_timers: vec![],
         vcpus_current: None,
+        sysinfo: None,
     }
 }
 

@@ -1,20 +1,20 @@
 //! Domain XML import: the `<devices>` element.
 
+use super::guest_devices::{
+    parse_address, parse_audio, parse_channel, parse_panic, parse_redirdev, parse_rng, parse_sound,
+    parse_tpm, parse_watchdog,
+};
 use super::import::{
     elements, invalid, missing, parse_number, qualified_name, required_attr, set_once, text,
     unsupported_child, Result,
 };
-use super::guest_devices::{
-    parse_address, parse_audio, parse_channel, parse_panic, parse_redirdev, parse_rng,
-    parse_sound, parse_tpm, parse_watchdog,
-};
 use super::platform::yes_no;
 use super::XmlError;
-use crate::guest::{ControllerDetail, SpiceOptions};
 use crate::domain::{
     CacheMode, CharDev, Console, Controller, Devices, Disk, DiskBus, DiskDevice, DiskFormat,
     DiskSourceType, Graphics, Input, Interface, InterfaceKind, Serial, Video, VirtualPort,
 };
+use crate::guest::{ControllerDetail, SpiceOptions};
 use roxmltree::Node;
 use std::path::PathBuf;
 
@@ -230,7 +230,10 @@ fn one_of_attr(node: Node, attr: &'static str, allowed: &[&str]) -> Result<Optio
 /// `<driver name='qemu' type=... cache=... io=... discard=... detect_zeroes=...>`.
 fn parse_disk_driver(node: Node) -> Result<DriverOpts> {
     for (attr, _) in node.attributes().map(|a| (a.name(), a.value())) {
-        if !matches!(attr, "name" | "type" | "cache" | "io" | "discard" | "detect_zeroes") {
+        if !matches!(
+            attr,
+            "name" | "type" | "cache" | "io" | "discard" | "detect_zeroes"
+        ) {
             return Err(XmlError::Unsupported {
                 what: format!("<disk><driver {attr}=...>"),
                 fix: "remove the attribute".to_string(),
@@ -420,6 +423,9 @@ fn parse_char_backend<'a, 'i>(node: Node<'a, 'i>) -> Result<(CharDev, Option<Nod
                 set_once(&mut path, source, child)?;
             }
             "target" => set_once(&mut target, child, child)?,
+            // libvirt's virtlogd copy of the console (OpenStack writes it);
+            // Tern keeps its own console log in the run directory.
+            "log" => {}
             _ if is_runtime_only(child) => {}
             _ => return Err(unsupported_child(node, child)),
         }
@@ -438,6 +444,17 @@ fn parse_char_backend<'a, 'i>(node: Node<'a, 'i>) -> Result<(CharDev, Option<Nod
 /// `<serial>`; without `<target port=...>` the port is its position, as libvirt assigns.
 fn parse_serial(node: Node, index: u32) -> Result<Serial> {
     let (kind, target) = parse_char_backend(node)?;
+    // Tern builds ISA serial ports, libvirt's default on x86.
+    if let Some(t) = target {
+        let model = elements(t).find(|c| c.tag_name().name() == "model");
+        let kinds = [t.attribute("type"), model.and_then(|m| m.attribute("name"))];
+        if let Some(other) = kinds.into_iter().flatten().find(|k| *k != "isa-serial") {
+            return Err(XmlError::Unsupported {
+                what: format!("serial port type '{other}'"),
+                fix: "use <target type='isa-serial'> or leave the type out".to_string(),
+            });
+        }
+    }
     let port = match target.and_then(|t| t.attribute("port")) {
         Some(port) => parse_number(port, "<serial><target port=>")?,
         None => index,

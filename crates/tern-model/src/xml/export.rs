@@ -1,13 +1,13 @@
 //! Domain XML export in `virsh dumpxml` layout.
 
+use super::export_guest::{
+    open_or_empty, write_address, write_clock, write_features, write_guest_devices,
+    write_os_firmware,
+};
 use crate::domain::{
     BootDevice, CacheMode, CharDev, Console, Cpu, CpuMode, Devices, Disk, DiskBus, DiskDevice,
     DiskFormat, DiskSourceType, Domain, Graphics, Interface, InterfaceKind, LifecycleAction, Os,
     Serial,
-};
-use super::export_guest::{
-    open_or_empty, write_address, write_clock, write_features, write_guest_devices,
-    write_os_firmware,
 };
 use std::path::Path;
 
@@ -35,8 +35,15 @@ pub fn to_xml(d: &Domain) -> String {
     w.text("memory", kib(), &d.memory_kib.to_string());
     w.text("currentMemory", kib(), &d.current_memory_kib.to_string());
     let mut vcpu = vec![("placement", "static".to_string())];
-    push_opt(&mut vcpu, "current", d.vcpus_current.map(|c| c.to_string()).as_deref());
+    push_opt(
+        &mut vcpu,
+        "current",
+        d.vcpus_current.map(|c| c.to_string()).as_deref(),
+    );
     w.text("vcpu", vcpu, &d.vcpus.to_string());
+    if let Some(info) = &d.sysinfo {
+        super::export_guest::write_sysinfo(&mut w, info);
+    }
     write_os(&mut w, &d.os);
     write_features(&mut w, &d.features);
     if let Some(cpu) = &d.cpu {

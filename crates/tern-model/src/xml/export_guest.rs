@@ -89,6 +89,9 @@ pub(super) fn write_os_firmware(w: &mut Writer, os: &Os) {
         }
         w.close("firmware");
     }
+    if let Some(mode) = &os.smbios_mode {
+        w.empty("smbios", vec![("mode", mode.clone())]);
+    }
     if let Some(l) = &os.loader {
         let mut attrs = vec![("readonly", yes_no(l.readonly))];
         push_opt(&mut attrs, "secure", l.secure.map(yes_no).as_deref());
@@ -125,7 +128,12 @@ pub(super) fn write_features(w: &mut Writer, f: &Features) {
         }
     }
     if let Some(mode) = &f.hyperv_mode {
-        if open_or_empty(w, "hyperv", vec![("mode", mode.clone())], !f.hyperv.is_empty()) {
+        if open_or_empty(
+            w,
+            "hyperv",
+            vec![("mode", mode.clone())],
+            !f.hyperv.is_empty(),
+        ) {
             for h in &f.hyperv {
                 let mut attrs = vec![("state", on_off(h.on))];
                 match h.name.as_str() {
@@ -143,7 +151,11 @@ pub(super) fn write_features(w: &mut Writer, f: &Features) {
         w.empty("hidden", vec![("state", on_off(hidden))]);
         w.close("kvm");
     }
-    for (name, state) in [("vmport", f.vmport), ("smm", f.smm), ("vmcoreinfo", f.vmcoreinfo)] {
+    for (name, state) in [
+        ("vmport", f.vmport),
+        ("smm", f.smm),
+        ("vmcoreinfo", f.vmcoreinfo),
+    ] {
         if let Some(on) = state {
             w.empty(name, vec![("state", on_off(on))]);
         }
@@ -153,7 +165,12 @@ pub(super) fn write_features(w: &mut Writer, f: &Features) {
 
 pub(super) fn write_clock(w: &mut Writer, offset: Option<&str>, timers: &[Timer]) {
     let Some(offset) = offset else { return };
-    if !open_or_empty(w, "clock", vec![("offset", offset.to_string())], !timers.is_empty()) {
+    if !open_or_empty(
+        w,
+        "clock",
+        vec![("offset", offset.to_string())],
+        !timers.is_empty(),
+    ) {
         return;
     }
     for t in timers {
@@ -168,7 +185,11 @@ pub(super) fn write_clock(w: &mut Writer, offset: Option<&str>, timers: &[Timer]
 /// `<controller>` with its model name, target, master and address.
 pub(super) fn write_controller(w: &mut Writer, mut attrs: Attrs, c: &Controller) {
     let d = &c.detail;
-    push_opt(&mut attrs, "ports", d.ports.map(|p| p.to_string()).as_deref());
+    push_opt(
+        &mut attrs,
+        "ports",
+        d.ports.map(|p| p.to_string()).as_deref(),
+    );
     let children = d.model_name.is_some()
         || d.chassis.is_some()
         || d.port.is_some()
@@ -189,7 +210,11 @@ pub(super) fn write_controller(w: &mut Writer, mut attrs: Attrs, c: &Controller)
     }
     if d.chassis.is_some() || d.port.is_some() {
         let mut t = Attrs::new();
-        push_opt(&mut t, "chassis", d.chassis.map(|c| c.to_string()).as_deref());
+        push_opt(
+            &mut t,
+            "chassis",
+            d.chassis.map(|c| c.to_string()).as_deref(),
+        );
         push_opt(&mut t, "port", d.port.as_deref());
         w.empty("target", t);
     }
@@ -279,7 +304,11 @@ pub(super) fn write_guest_devices(w: &mut Writer, d: &Devices) {
     }
     for r in &d.rngs {
         w.open("rng", vec![("model", "virtio".to_string())]);
-        w.text("backend", vec![("model", "random".to_string())], &path(&r.source));
+        w.text(
+            "backend",
+            vec![("model", "random".to_string())],
+            &path(&r.source),
+        );
         write_address(w, &r.address);
         w.close("rng");
     }
@@ -290,4 +319,20 @@ pub(super) fn write_guest_devices(w: &mut Writer, d: &Devices) {
             w.close("panic");
         }
     }
+}
+
+/// `<sysinfo type='smbios'>`.
+pub(super) fn write_sysinfo(w: &mut Writer, info: &crate::guest::Sysinfo) {
+    w.open("sysinfo", vec![("type", "smbios".to_string())]);
+    for (name, entries) in [("bios", &info.bios), ("system", &info.system)] {
+        if entries.is_empty() {
+            continue;
+        }
+        w.open(name, vec![]);
+        for (key, value) in entries {
+            w.text("entry", vec![("name", key.clone())], value);
+        }
+        w.close(name);
+    }
+    w.close("sysinfo");
 }

@@ -21,9 +21,13 @@ fn parse_hex_or_dec<T: TryFrom<u64>>(node: Node, attr: &'static str) -> Result<T
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => raw.parse().ok(),
     };
-    value
-        .and_then(|v| T::try_from(v).ok())
-        .ok_or_else(|| invalid(&format!("<address {attr}=>"), raw, "write a number in range, e.g. 0x03"))
+    value.and_then(|v| T::try_from(v).ok()).ok_or_else(|| {
+        invalid(
+            &format!("<address {attr}=>"),
+            raw,
+            "write a number in range, e.g. 0x03",
+        )
+    })
 }
 
 /// `<address>`; `None` for an ISA address at the device's default port.
@@ -113,7 +117,11 @@ pub(super) fn parse_channel(node: Node) -> Result<Channel> {
                     });
                 }
                 // `state=` is the guest agent's connection state at dumpxml time.
-                set_once(&mut target_name, required_attr(child, "name")?.to_string(), child)?;
+                set_once(
+                    &mut target_name,
+                    required_attr(child, "name")?.to_string(),
+                    child,
+                )?;
             }
             "address" => set_once(&mut address, parse_address(child)?, child)?,
             "alias" => {}
@@ -161,7 +169,11 @@ pub(super) fn parse_rng(node: Node) -> Result<Rng> {
                     });
                 }
                 let text = super::import::text(child).trim().to_string();
-                let path = if text.is_empty() { "/dev/urandom".to_string() } else { text };
+                let path = if text.is_empty() {
+                    "/dev/urandom".to_string()
+                } else {
+                    text
+                };
                 set_once(&mut source, PathBuf::from(path), child)?;
             }
             "address" => set_once(&mut address, parse_address(child)?, child)?,

@@ -2,9 +2,11 @@
 //! `<devices>` (see `devices.rs` for those).
 
 use super::devices::parse_devices;
+use super::platform::{
+    check_topology, parse_clock, parse_cpu, parse_features, parse_os, parse_sysinfo,
+};
 use super::units::{self, UnitError};
 use super::XmlError;
-use super::platform::{check_topology, parse_clock, parse_cpu, parse_features, parse_os};
 use crate::domain::{Domain, LifecycleAction};
 use crate::validate::validate;
 use roxmltree::{Document, Node};
@@ -15,17 +17,7 @@ pub(super) type Result<T> = std::result::Result<T, XmlError>;
 
 /// Top-level elements that only describe a running instance or host-side
 /// policy Tern manages itself; they are accepted and dropped.
-///
-/// `<sysinfo>` is inert unless `<os><smbios mode='sysinfo'/>` refers to it,
-/// and `<smbios>` is refused, so dropping it changes nothing the guest sees.
-const IGNORED_TOP_LEVEL: &[&str] = &[
-    "metadata",
-    "seclabel",
-    "resource",
-    "pm",
-    "on_lockfailure",
-    "sysinfo",
-];
+const IGNORED_TOP_LEVEL: &[&str] = &["metadata", "seclabel", "resource", "pm", "on_lockfailure"];
 
 /// Parses a libvirt domain XML document (e.g. `virsh dumpxml` output) into a
 /// [`Domain`], then checks it with [`validate`].
@@ -61,6 +53,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut on_reboot = None;
     let mut on_crash = None;
     let mut devices = None;
+    let mut sysinfo = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -82,6 +75,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "on_reboot" => set_once(&mut on_reboot, parse_lifecycle(child)?, child)?,
             "on_crash" => set_once(&mut on_crash, parse_lifecycle(child)?, child)?,
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
+            "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
             ignored if IGNORED_TOP_LEVEL.contains(&ignored) => {}
             other => return Err(refuse_top_level(other)),
         }
@@ -127,6 +121,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         devices: devices.unwrap_or_default(),
         clock_timers,
         vcpus_current,
+        sysinfo,
     };
     validate(&domain)?;
     Ok(domain)

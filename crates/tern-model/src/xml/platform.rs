@@ -7,7 +7,9 @@ use super::import::{
 };
 use super::XmlError;
 use crate::domain::{BootDevice, Cpu, CpuMode, Features, Os};
-use crate::guest::{CpuFeature, CpuTopology, FirmwareFeature, HypervFeature, Loader, Nvram, Timer};
+use crate::guest::{
+    CpuFeature, CpuTopology, FirmwareFeature, HypervFeature, Loader, Nvram, Sysinfo, Timer,
+};
 use roxmltree::Node;
 use std::path::PathBuf;
 
@@ -62,6 +64,16 @@ pub(super) fn parse_os(node: Node) -> Result<Os> {
             "nvram" => set_once(&mut os.nvram, parse_nvram(child)?, child)?,
             "firmware" => os.firmware_features = parse_firmware_features(child)?,
             "bootmenu" => os.bootmenu = yes_no(child, "enable")?,
+            "smbios" => match required_attr(child, "mode")? {
+                m @ ("sysinfo" | "emulate") => os.smbios_mode = Some(m.to_string()),
+                other => {
+                    return Err(XmlError::Unsupported {
+                        what: format!("<smbios mode='{other}'> (the host's SMBIOS)"),
+                        fix: "use mode='sysinfo' with a <sysinfo> element, or 'emulate'"
+                            .to_string(),
+                    })
+                }
+            },
             _ => return Err(unsupported_child(node, child)),
         }
     }
@@ -95,7 +107,11 @@ fn parse_loader(node: Node) -> Result<Loader> {
     }
     let loader_type = node.attribute("type").unwrap_or("rom").to_string();
     if !matches!(loader_type.as_str(), "rom" | "pflash") {
-        return Err(invalid("<loader type=>", &loader_type, "use 'pflash' or 'rom'"));
+        return Err(invalid(
+            "<loader type=>",
+            &loader_type,
+            "use 'pflash' or 'rom'",
+        ));
     }
     let path = text(node).trim().to_string();
     if path.is_empty() {
@@ -200,7 +216,10 @@ pub(super) fn parse_cpu(node: Node) -> Result<(Option<Cpu>, Option<CpuTopology>)
 
 fn parse_cpu_feature(node: Node) -> Result<CpuFeature> {
     let policy = node.attribute("policy").unwrap_or("require");
-    if !matches!(policy, "require" | "force" | "disable" | "forbid" | "optional") {
+    if !matches!(
+        policy,
+        "require" | "force" | "disable" | "forbid" | "optional"
+    ) {
         return Err(invalid(
             "<cpu><feature policy=>",
             policy,
@@ -208,8 +227,16 @@ fn parse_cpu_feature(node: Node) -> Result<CpuFeature> {
         ));
     }
     let name = required_attr(node, "name")?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(invalid("<cpu><feature name=>", name, "use a CPU flag name such as 'vmx'"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(
+            "<cpu><feature name=>",
+            name,
+            "use a CPU flag name such as 'vmx'",
+        ));
     }
     Ok(CpuFeature {
         policy: policy.to_string(),
@@ -239,7 +266,9 @@ fn parse_topology(node: Node) -> Result<CpuTopology> {
 pub(super) fn check_topology(t: CpuTopology, vcpus: u32) -> Result<()> {
     let total = [t.dies, t.clusters, t.cores, t.threads]
         .iter()
-        .try_fold(u64::from(t.sockets), |acc, n| acc.checked_mul(u64::from(*n)));
+        .try_fold(u64::from(t.sockets), |acc, n| {
+            acc.checked_mul(u64::from(*n))
+        });
     if total == Some(u64::from(vcpus)) {
         return Ok(());
     }
@@ -380,4 +409,49 @@ pub(super) fn parse_clock(node: Node) -> Result<(String, Vec<Timer>)> {
         });
     }
     Ok((offset.to_string(), timers))
+}
+
+/// SMBIOS fields QEMU's `-smbios` takes, per `<sysinfo>` child.
+const SYSINFO_BIOS: &[&str] = &["vendor", "version", "date", "release"];
+const SYSINFO_SYSTEM: &[&str] = &[
+    "manufacturer",
+    "product",
+    "version",
+    "serial",
+    "uuid",
+    "sku",
+    "family",
+];
+
+/// `<sysinfo type='smbios'>` with `<bios>` and `<system>` entries.
+pub(super) fn parse_sysinfo(node: Node) -> Result<Sysinfo> {
+    let kind = required_attr(node, "type")?;
+    if kind != "smbios" {
+        return Err(XmlError::Unsupported {
+            what: format!("<sysinfo type='{kind}'>"),
+            fix: "use type='smbios'".to_string(),
+        });
+    }
+    let mut info = Sysinfo::default();
+    for child in elements(node) {
+        let (list, allowed) = match child.tag_name().name() {
+            "bios" => (&mut info.bios, SYSINFO_BIOS),
+            "system" => (&mut info.system, SYSINFO_SYSTEM),
+            _ => return Err(unsupported_child(node, child)),
+        };
+        for entry in elements(child) {
+            let name = required_attr(entry, "name")?;
+            if entry.tag_name().name() != "entry" || !allowed.contains(&name) {
+                return Err(XmlError::Unsupported {
+                    what: format!(
+                        "<sysinfo><{}><entry name='{name}'>",
+                        child.tag_name().name()
+                    ),
+                    fix: format!("use one of {}", allowed.join(", ")),
+                });
+            }
+            list.push((name.to_string(), text(entry)));
+        }
+    }
+    Ok(info)
 }

@@ -76,6 +76,7 @@ fn rich() -> Domain {
             firmware_features: vec![],
             loader: None,
             nvram: None,
+            smbios_mode: None,
         },
         cpu: Some(Cpu {
             mode: CpuMode::Custom,
@@ -245,6 +246,7 @@ fn rich() -> Domain {
         },
         clock_timers: vec![],
         vcpus_current: None,
+        sysinfo: None,
     }
 }
 
@@ -469,8 +471,14 @@ fn cpu_topology_must_match_vcpus() {
     assert_eq!(d.cpu.map(|c| c.mode), Some(CpuMode::HostPassthrough));
     let only_topology =
         doc("<vcpu>2</vcpu><cpu><topology sockets='2' cores='1' threads='1'/></cpu>");
-    let cpu = parse_domain(&only_topology).expect("parses").cpu.expect("a cpu");
-    assert_eq!((cpu.model, cpu.topology.map(|t| t.sockets)), (None, Some(2)));
+    let cpu = parse_domain(&only_topology)
+        .expect("parses")
+        .cpu
+        .expect("a cpu");
+    assert_eq!(
+        (cpu.model, cpu.topology.map(|t| t.sockets)),
+        (None, Some(2))
+    );
     let model_only = doc("<cpu><model fallback='allow'>qemu64</model></cpu>");
     let cpu = parse_domain(&model_only).expect("parses").cpu;
     assert_eq!(

@@ -109,11 +109,26 @@ fn refuses_unsupported_domain_settings() {
         ),
         "<loader format='qcow2'>",
     );
-    refused(&doc("").replace("<os>", "<os firmware='xen'>"), "<os firmware=> value 'xen'");
-    refused(&doc("<features><gic version='3'/></features>"), "<features><gic>");
-    refused(&doc("<features><hyperv mode='custom'><evil state='on'/></hyperv></features>"), "<hyperv><evil>");
-    refused(&doc("<clock offset='timezone' timezone='Europe/Paris'/>"), "<clock offset='timezone'>");
-    refused(&doc("<clock offset='utc'><timer name='armvtimer'/></clock>"), "<timer name='armvtimer'>");
+    refused(
+        &doc("").replace("<os>", "<os firmware='xen'>"),
+        "<os firmware=> value 'xen'",
+    );
+    refused(
+        &doc("<features><gic version='3'/></features>"),
+        "<features><gic>",
+    );
+    refused(
+        &doc("<features><hyperv mode='custom'><evil state='on'/></hyperv></features>"),
+        "<hyperv><evil>",
+    );
+    refused(
+        &doc("<clock offset='timezone' timezone='Europe/Paris'/>"),
+        "<clock offset='timezone'>",
+    );
+    refused(
+        &doc("<clock offset='utc'><timer name='armvtimer'/></clock>"),
+        "<timer name='armvtimer'>",
+    );
     refused(
         &doc("<cputune><shares>1024</shares></cputune>"),
         "element <cputune>",
@@ -132,7 +147,10 @@ fn refuses_unsupported_domain_settings() {
         &doc("<cpu mode='host-model'><feature policy='want' name='vmx'/></cpu>"),
         "<cpu><feature policy=> value 'want'",
     );
-    refused(&doc("<vcpu current='3'>2</vcpu>"), "<vcpu current=> value '3'");
+    refused(
+        &doc("<vcpu current='3'>2</vcpu>"),
+        "<vcpu current=> value '3'",
+    );
     refused(
         &doc("<on_crash>coredump-destroy</on_crash>"),
         "<on_crash> value 'coredump-destroy'",
