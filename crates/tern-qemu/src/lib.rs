@@ -4,6 +4,8 @@
 //! hosts, peers or HTTP.
 
 pub mod cmdline;
+pub mod firmware;
+pub mod identity;
 pub mod img;
 pub mod probe;
 pub mod qmp;
