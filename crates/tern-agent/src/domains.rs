@@ -138,6 +138,7 @@ impl Agent {
     pub async fn define_domain(self: &Arc<Self>, mut d: Domain) -> Result<DomainRef> {
         self.ensure_not_migrating(&d.name)?;
         assign_macs(&mut d);
+        crate::guest_setup::complete(self, &mut d);
         for other in self.domains.all() {
             if other.uuid == d.uuid && other.name != d.name {
                 return Err(AgentError::Conflict(format!(
