@@ -19,7 +19,11 @@ pub enum GuestEvent {
 
 /// What to do about `event`, per the domain's lifecycle settings.
 /// `None` means QEMU handles it alone (power-off with destroy: it exits).
-pub fn decide(event: GuestEvent, on_poweroff: LifecycleAction, on_crash: LifecycleAction) -> Option<LifecycleAction> {
+pub fn decide(
+    event: GuestEvent,
+    on_poweroff: LifecycleAction,
+    on_crash: LifecycleAction,
+) -> Option<LifecycleAction> {
     match event {
         GuestEvent::PowerOff if on_poweroff == LifecycleAction::Destroy => None,
         GuestEvent::PowerOff => Some(on_poweroff),
@@ -80,8 +84,14 @@ mod tests {
     #[test]
     fn poweroff_with_destroy_is_left_to_qemu() {
         assert_eq!(decide(GuestEvent::PowerOff, Destroy, Restart), None);
-        assert_eq!(decide(GuestEvent::PowerOff, Restart, Destroy), Some(Restart));
-        assert_eq!(decide(GuestEvent::PowerOff, Preserve, Destroy), Some(Preserve));
+        assert_eq!(
+            decide(GuestEvent::PowerOff, Restart, Destroy),
+            Some(Restart)
+        );
+        assert_eq!(
+            decide(GuestEvent::PowerOff, Preserve, Destroy),
+            Some(Preserve)
+        );
     }
 
     #[test]

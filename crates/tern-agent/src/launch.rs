@@ -110,7 +110,8 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     }
     let d = &live;
     preflight(agent, d)?;
-    firmware::prepare_firmware(d).map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
+    firmware::prepare_firmware(d)
+        .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
     let run_dir = agent.layout.run_dir(&d.name);
     std::fs::create_dir_all(&run_dir).map_err(|e| AgentError::state(&run_dir, e))?;
     for stale in [

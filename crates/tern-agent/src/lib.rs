@@ -122,13 +122,12 @@ impl Agent {
         if let Some((_, cpu)) = cache.iter().find(|(a, _)| *a == accel.as_str()) {
             return Ok(cpu.clone());
         }
-        let cpu = tern_qemu::identity::probe_host_cpu(
-            &self.cfg.qemu_binary,
-            accel,
-            &self.layout.runs(),
-        )
-        .await
-        .map_err(|e| error::AgentError::Failed(format!("cannot resolve host-model: {e}")))?;
+        let cpu =
+            tern_qemu::identity::probe_host_cpu(&self.cfg.qemu_binary, accel, &self.layout.runs())
+                .await
+                .map_err(|e| {
+                    error::AgentError::Failed(format!("cannot resolve host-model: {e}"))
+                })?;
         tracing::info!(model = %cpu.model, features = cpu.features.len(), "host-model resolved");
         cache.push((accel.as_str(), cpu.clone()));
         Ok(cpu)

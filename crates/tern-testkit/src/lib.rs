@@ -14,6 +14,7 @@
 //! ```
 
 pub mod controller;
+pub mod corpus;
 mod cpio;
 mod domxml;
 mod elf;

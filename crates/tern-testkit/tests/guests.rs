@@ -1,0 +1,225 @@
+//! The VMs operators run: the corpus XML (virt-install, virt-manager,
+//! OpenStack Nova, Proxmox) defines unchanged and starts under TCG, and a
+//! guest's machine type and CPU are pinned at start and carried by live
+//! migration. Real `ternd`, `tern` and QEMU.
+
+use std::time::Duration;
+use tern_testkit::corpus::{corpus_for_host, CORPUS};
+use tern_testkit::{
+    build_or_reuse, BuildOptions, GuestSpec, HostOptions, SerialLog, TernHost, TestDisk,
+};
+
+fn define_xml(host: &TernHost, name: &str, xml: &str) {
+    let path = host.root.join(format!("{name}.xml"));
+    std::fs::write(&path, xml).unwrap();
+    host.ok(&["define", path.to_str().unwrap()]);
+}
+
+/// The `<name>` of a document.
+fn name_of(xml: &str) -> String {
+    let s = xml.find("<name>").unwrap() + "<name>".len();
+    xml[s..s + xml[s..].find("</name>").unwrap()].to_string()
+}
+
+#[test]
+fn corpus_guests_define_unchanged_and_start_under_tcg() {
+    let host = TernHost::start("corpus");
+    let scratch = tempfile::tempdir().unwrap();
+    for doc in CORPUS {
+        let xml = corpus_for_host(doc, scratch.path());
+        let name = name_of(&xml);
+        define_xml(&host, &name, &xml);
+        // The stored definition has a full, stable layout.
+        let defined = host.ok(&["dumpxml", &name]);
+        assert!(defined.contains("<address type='pci'"), "{doc}: {defined}");
+        host.ok(&["start", &name]);
+        assert_eq!(host.ok(&["domstate", &name]).trim(), "running", "{doc}");
+        let live = host.ok(&["dumpxml", &name]);
+        // The machine is the versioned type of the QEMU in use, never an alias.
+        let machine = live
+            .split("machine='")
+            .nth(1)
+            .and_then(|r| r.split('\'').next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(machine.starts_with("pc-"), "{doc}: machine {machine}");
+        assert!(
+            !live.contains("mode='host-model'"),
+            "{doc}: host-model not pinned:\n{live}"
+        );
+        // Starting again gives the same layout.
+        host.ok(&["destroy", &name]);
+        host.ok(&["start", &name]);
+        let again = host.ok(&["dumpxml", &name]);
+        assert_eq!(
+            again, live,
+            "{doc}: the live definition changed between starts"
+        );
+        host.ok(&["destroy", &name]);
+    }
+    // The UEFI guest got its own variable store from Debian's template.
+    let vars = scratch.path().join("virt-install-q35-uefi.xml_VARS.fd");
+    let template = std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd")
+        .unwrap()
+        .len();
+    assert_eq!(
+        std::fs::metadata(&vars).expect("NVRAM created").len(),
+        template
+    );
+}
+
+struct Pair {
+    a: TernHost,
+    b: TernHost,
+    _pool: tempfile::TempDir,
+}
+
+fn pair(name: &str, b_args: Vec<String>) -> Pair {
+    let pool = tempfile::Builder::new()
+        .prefix("tern-shared-")
+        .tempdir()
+        .unwrap();
+    let a = TernHost::start(&format!("{name}-a"));
+    let b = TernHost::start_with(HostOptions {
+        name: format!("{name}-b"),
+        extra_args: b_args,
+        ..Default::default()
+    });
+    a.add_pool("shared", pool.path(), true);
+    b.add_pool("shared", pool.path(), true);
+    Pair { a, b, _pool: pool }
+}
+
+/// The test guest with no machine type and `<cpu mode='host-model'/>`,
+/// booted on `host` with a disk in the shared pool.
+fn boot_host_model_guest(host: &TernHost, name: &str) {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let vol = format!("{name}.raw");
+    host.ok(&["vol-create-as", "shared", &vol, "16M"]);
+    let path = host.ok(&["vol-path", &vol, "--pool", "shared"]);
+    let mut spec = GuestSpec::new(name, &img);
+    spec.disks.push(TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    let xml = spec
+        .to_xml()
+        .replace("</features>", "</features>\n  <cpu mode='host-model'/>");
+    assert!(!xml.contains("machine="));
+    define_xml(host, name, &xml);
+    host.ok(&["start", name]);
+    host.wait_console(name, Duration::from_secs(90), "TERN-READY", |t| {
+        let l = SerialLog::parse(t);
+        l.ready() && l.last_seq().is_some_and(|s| s > 2)
+    });
+}
+
+fn attr_of(xml: &str, attr: &str) -> String {
+    xml.split(&format!("{attr}='"))
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn machine_alias_and_host_model_are_pinned_and_the_destination_gets_them() {
+    let p = pair("pin", vec![]);
+    boot_host_model_guest(&p.a, "pin1");
+    let live = p.a.ok(&["dumpxml", "pin1"]);
+    let machine = attr_of(&live, "machine");
+    let pc_alias = std::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&pc_alias.stdout);
+    assert!(
+        help.lines()
+            .any(|l| l.starts_with("pc ") && l.contains(&format!("(alias of {machine})"))),
+        "machine {machine} is not what 'pc' stands for:\n{help}"
+    );
+    assert!(
+        live.contains("<cpu mode='custom' match='exact' check='full'>"),
+        "{live}"
+    );
+    let model = live
+        .split("<model>")
+        .nth(1)
+        .and_then(|r| r.split("</model>").next())
+        .unwrap();
+    assert!(
+        !model.is_empty() && model != "max" && model != "host",
+        "{live}"
+    );
+
+    let out = p.a.tern(&["migrate", "--live", "pin1", &p.b.uri()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest = p.b.ok(&["dumpxml", "pin1"]);
+    assert_eq!(attr_of(&dest, "machine"), machine);
+    let cpu = |x: &str| x[x.find("<cpu").unwrap()..x.find("</cpu>").unwrap()].to_string();
+    assert_eq!(cpu(&dest), cpu(&live), "the destination runs another CPU");
+    p.b.wait_console(
+        "pin1",
+        Duration::from_secs(60),
+        "heartbeats on the destination",
+        |t| SerialLog::parse(t).heartbeats.len() >= 3,
+    );
+    p.b.ok(&["destroy", "pin1"]);
+}
+
+#[test]
+fn a_destination_without_the_pinned_machine_refuses_naming_it() {
+    // Host B's QEMU lacks the current i440fx machine (as an older QEMU would).
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("qemu-older");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = -machine ] && [ \"$2\" = help ]; then\n  qemu-system-x86_64 -machine help | grep -v 'pc-i440fx-10.0'\n  exit 0\nfi\nexec qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = pair(
+        "pinold",
+        vec!["--qemu".into(), wrapper.display().to_string()],
+    );
+    boot_host_model_guest(&p.a, "old1");
+    let machine = attr_of(&p.a.ok(&["dumpxml", "old1"]), "machine");
+    assert_eq!(machine, "pc-i440fx-10.0");
+    let out = p.a.tern(&["migrate", "--live", "old1", &p.b.uri()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("'pc-i440fx-10.0'"), "{err}");
+    assert_eq!(p.a.ok(&["domstate", "old1"]).trim(), "running");
+    p.a.ok(&["destroy", "old1"]);
+}
+
+#[test]
+fn on_poweroff_restart_boots_the_guest_again() {
+    let host = TernHost::start("onoff");
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let spec = GuestSpec::new("onoff1", &img);
+    let xml = spec.to_xml().replace(
+        "<on_poweroff>destroy</on_poweroff>",
+        "<on_poweroff>restart</on_poweroff>",
+    );
+    define_xml(&host, "onoff1", &xml);
+    host.ok(&["start", "onoff1"]);
+    host.wait_console("onoff1", Duration::from_secs(90), "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    });
+    // The guest powers off (ACPI button); on_poweroff=restart boots it again.
+    let _ = host.tern(&["shutdown", "onoff1", "--timeout", "2"]);
+    let text = host.wait_console("onoff1", Duration::from_secs(120), "a second boot", |t| {
+        t.contains("TERN-POWEROFF") && t.matches("TERN-READY").count() >= 2
+    });
+    assert!(text.contains("TERN-POWEROFF"));
+    assert_eq!(host.ok(&["domstate", "onoff1"]).trim(), "running");
+    host.ok(&["destroy", "onoff1"]);
+}
