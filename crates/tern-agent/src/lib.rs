@@ -13,6 +13,7 @@ pub mod config;
 pub mod domains;
 pub mod error;
 pub mod facts;
+pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;
 pub mod launch;

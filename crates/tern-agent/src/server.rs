@@ -167,6 +167,13 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             }
             Request::Destroy { name } => ok(a.destroy(&name).await?)?,
             Request::Reboot { name } => ok(a.reboot(&name).await?)?,
+            Request::QemuAgentCommand {
+                name,
+                command,
+                timeout_secs,
+            } => ok(a
+                .qemu_agent_command(&name, &command, Duration::from_secs(timeout_secs))
+                .await?)?,
             Request::Suspend { name } => ok(a.suspend(&name).await?)?,
             Request::Resume { name } => ok(a.resume(&name).await?)?,
             Request::Undefine {

@@ -68,6 +68,16 @@ pub enum Request {
         /// Domain name or uuid.
         name: String,
     },
+    /// Send a command to the QEMU guest agent in the guest
+    /// (`qemu-agent-command`); the answer is the agent's JSON reply.
+    QemuAgentCommand {
+        /// Domain name or uuid.
+        name: String,
+        /// The command, e.g. `{"execute":"guest-ping"}`.
+        command: String,
+        /// Seconds to wait for the agent's answer.
+        timeout_secs: u64,
+    },
     /// Reset the guest (`reboot`).
     Reboot {
         /// Domain name or uuid.

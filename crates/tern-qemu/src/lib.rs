@@ -5,6 +5,7 @@
 
 pub mod cmdline;
 pub mod firmware;
+pub mod guest_agent;
 pub mod identity;
 pub mod img;
 pub mod probe;

@@ -223,3 +223,49 @@ fn on_poweroff_restart_boots_the_guest_again() {
     assert_eq!(host.ok(&["domstate", "onoff1"]).trim(), "running");
     host.ok(&["destroy", "onoff1"]);
 }
+
+#[test]
+fn the_guest_agent_channel_is_wired_and_named_in_errors() {
+    let host = TernHost::start("qga");
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let spec = GuestSpec::new("qga1", &img);
+    let plain = spec.to_xml();
+    define_xml(&host, "qga1", &plain);
+    host.ok(&["start", "qga1"]);
+    let err = host.fails(&["qemu-agent-command", "qga1", r#"{"execute":"guest-ping"}"#]);
+    assert!(err.contains("has no guest agent channel"), "{err}");
+    host.ok(&["destroy", "qga1"]);
+    host.ok(&["undefine", "qga1"]);
+
+    // With the channel QEMU serves its socket; the busybox test guest runs
+    // no qemu-ga, so the command times out saying so.
+    let with_channel = plain.replace(
+        "  </devices>",
+        "    <channel type='unix'>\n      <target type='virtio' name='org.qemu.guest_agent.0'/>\n    </channel>\n  </devices>",
+    );
+    define_xml(&host, "qga1", &with_channel);
+    host.ok(&["start", "qga1"]);
+    let live = host.ok(&["dumpxml", "qga1"]);
+    assert!(
+        live.contains("<address type='virtio-serial' controller='0' bus='0' port='1'/>"),
+        "{live}"
+    );
+    assert!(host
+        .state_dir()
+        .join("run/qga1/org.qemu.guest_agent.0.sock")
+        .exists());
+    let err = host.fails(&[
+        "qemu-agent-command",
+        "qga1",
+        r#"{"execute":"guest-ping"}"#,
+        "--timeout",
+        "1",
+    ]);
+    assert!(
+        err.contains("is qemu-guest-agent running in the guest?"),
+        "{err}"
+    );
+    let err = host.fails(&["qemu-agent-command", "qga1", "not json"]);
+    assert!(err.contains("is not JSON"), "{err}");
+    host.ok(&["destroy", "qga1"]);
+}

@@ -26,6 +26,7 @@ impl Request {
             | Request::Shutdown { .. }
             | Request::Destroy { .. }
             | Request::Reboot { .. }
+            | Request::QemuAgentCommand { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -132,6 +133,14 @@ mod tests {
             ),
             (Request::Destroy { name: n() }, false),
             (Request::Reboot { name: n() }, false),
+            (
+                Request::QemuAgentCommand {
+                    name: n(),
+                    command: n(),
+                    timeout_secs: 1,
+                },
+                false,
+            ),
             (Request::Suspend { name: n() }, false),
             (Request::Resume { name: n() }, false),
             (
@@ -342,6 +351,7 @@ mod tests {
             | Request::Shutdown { .. }
             | Request::Destroy { .. }
             | Request::Reboot { .. }
+            | Request::QemuAgentCommand { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
