@@ -179,7 +179,8 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::Undefine {
                 name,
                 remove_all_storage,
-            } => ok(a.undefine(&name, remove_all_storage).await?)?,
+                nvram,
+            } => ok(a.undefine_with(&name, remove_all_storage, nvram).await?)?,
             Request::Console { name, offset, max } => ok(a.console(&name, offset, max).await?)?,
             Request::PoolDefineAs {
                 name,

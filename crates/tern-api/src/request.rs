@@ -100,6 +100,9 @@ pub enum Request {
         /// Also delete disk images that live in a pool.
         #[serde(default)]
         remove_all_storage: bool,
+        /// Also delete the UEFI variable store (`--nvram`).
+        #[serde(default)]
+        nvram: bool,
     },
     /// Serial console output from byte `offset` (`console`).
     Console {

@@ -271,6 +271,9 @@ pub enum Cmd {
         /// Also delete its disk images that live in a pool.
         #[arg(long)]
         remove_all_storage: bool,
+        /// Also delete its UEFI variable store (NVRAM file).
+        #[arg(long)]
+        nvram: bool,
     },
     /// Print the guest's serial console output (or follow it).
     Console {

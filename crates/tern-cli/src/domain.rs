@@ -249,11 +249,13 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Undefine {
             domain,
             remove_all_storage,
+            nvram,
         } => {
             let removed: Vec<String> = c
                 .call(&Request::Undefine {
                     name: domain.clone(),
                     remove_all_storage,
+                    nvram,
                 })
                 .await?;
             for r in removed {

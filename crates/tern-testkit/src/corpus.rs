@@ -96,3 +96,10 @@ fn swap_bridges(xml: &str) -> String {
     }
     out
 }
+
+/// The distribution kernel (a bzImage with an EFI stub) the test guest's
+/// `vmlinux` and modules come from: what UEFI firmware can load, where the
+/// test guest's own ELF `vmlinux` only boots through PVH.
+pub fn efi_stub_kernel() -> PathBuf {
+    crate::kernel::newest_kernel(Path::new("/boot")).expect("a /boot/vmlinuz-* kernel")
+}

@@ -4,7 +4,7 @@
 //! migration. Real `ternd`, `tern` and QEMU.
 
 use std::time::Duration;
-use tern_testkit::corpus::{corpus_for_host, CORPUS};
+use tern_testkit::corpus::{corpus_for_host, efi_stub_kernel, CORPUS};
 use tern_testkit::{
     build_or_reuse, BuildOptions, GuestSpec, HostOptions, SerialLog, TernHost, TestDisk,
 };
@@ -268,4 +268,76 @@ fn the_guest_agent_channel_is_wired_and_named_in_errors() {
     let err = host.fails(&["qemu-agent-command", "qga1", "not json"]);
     assert!(err.contains("is not JSON"), "{err}");
     host.ok(&["destroy", "qga1"]);
+}
+
+#[test]
+fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
+    let p = pair("uefi", vec![]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    p.a.ok(&["vol-create-as", "shared", "uefi1.raw", "16M"]);
+    let path = p.a.ok(&["vol-path", "uefi1.raw", "--pool", "shared"]);
+    let mut spec = GuestSpec::new("uefi1", &img);
+    spec.disks.push(TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    let xml = spec
+        .to_xml()
+        .replace("<os>", "<os firmware='efi'>")
+        .replace(
+            &format!("<kernel>{}</kernel>", img.kernel.display()),
+            &format!("<kernel>{}</kernel>", efi_stub_kernel().display()),
+        )
+        .replace("<type arch='x86_64'>", "<type arch='x86_64' machine='q35'>")
+        .replace(
+            "  </devices>",
+            "    <tpm model='tpm-crb'>\n      <backend type='emulator' version='2.0'/>\n    </tpm>\n  </devices>",
+        );
+    define_xml(&p.a, "uefi1", &xml);
+    let defined = p.a.ok(&["dumpxml", "uefi1"]);
+    assert!(defined.contains("<loader readonly='yes' secure='no' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"), "{defined}");
+    let nvram = p.a.state_dir().join("nvram/uefi1_VARS.fd");
+    assert!(
+        defined.contains(&format!(">{}</nvram>", nvram.display())),
+        "{defined}"
+    );
+    p.a.ok(&["start", "uefi1"]);
+    assert!(nvram.exists(), "NVRAM not created from the template");
+    // OVMF loads the kernel: the guest's own heartbeats prove it booted.
+    p.a.wait_console(
+        "uefi1",
+        Duration::from_secs(180),
+        "TERN-READY under OVMF",
+        |t| {
+            let l = SerialLog::parse(t);
+            l.ready() && l.last_seq().is_some_and(|s| s > 2)
+        },
+    );
+    let out = p.a.tern(&[
+        "migrate",
+        "--live",
+        "--persistent",
+        "--undefinesource",
+        "uefi1",
+        &p.b.uri(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.b.wait_console(
+        "uefi1",
+        Duration::from_secs(60),
+        "heartbeats on the destination",
+        |t| SerialLog::parse(t).heartbeats.len() >= 3,
+    );
+    let live = p.b.ok(&["dumpxml", "uefi1"]);
+    assert!(live.contains("machine='pc-q35-"), "{live}");
+    assert!(live.contains("<tpm model='tpm-crb'>"), "{live}");
+    p.b.ok(&["destroy", "uefi1"]);
+    p.b.ok(&["undefine", "uefi1", "--nvram"]);
+    assert!(!nvram.exists(), "undefine --nvram left the variable store");
 }

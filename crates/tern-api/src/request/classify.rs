@@ -147,6 +147,7 @@ mod tests {
                 Request::Undefine {
                     name: n(),
                     remove_all_storage: false,
+                    nvram: false,
                 },
                 false,
             ),
