@@ -314,3 +314,153 @@ fn assign_pci_slots(d: &mut Domain) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::parse_domain;
+
+    fn domain(machine: &str, devices: &str) -> Domain {
+        parse_domain(&format!(
+            "<domain type='kvm'><name>l</name><memory>1024</memory>\
+             <os><type machine='{machine}'>hvm</type></os><devices>{devices}</devices></domain>"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn target_names_give_libvirt_indexes() {
+        for (dev, idx) in [
+            ("sda", 0),
+            ("hdb", 1),
+            ("sdz", 25),
+            ("sdaa", 26),
+            ("vdab", 27),
+        ] {
+            assert_eq!(target_index(dev), idx, "{dev}");
+        }
+    }
+
+    #[test]
+    fn drive_addresses_follow_the_target_name() {
+        let mut d = domain(
+            "pc",
+            "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>\
+             <disk type='file'><source file='/a'/><target dev='sdb' bus='sata'/></disk>\
+             <disk type='file'><source file='/b'/><target dev='sdh' bus='scsi'/></disk>",
+        );
+        assert_addresses(&mut d);
+        let a: Vec<_> = d.devices.disks.iter().map(|x| x.address.clone()).collect();
+        assert_eq!(
+            a[0],
+            Some(Address::Drive {
+                controller: 0,
+                bus: 1,
+                target: 0,
+                unit: 0
+            })
+        );
+        assert_eq!(
+            a[1],
+            Some(Address::Drive {
+                controller: 0,
+                bus: 0,
+                target: 0,
+                unit: 1
+            })
+        );
+        assert_eq!(
+            a[2],
+            Some(Address::Drive {
+                controller: 1,
+                bus: 0,
+                target: 0,
+                unit: 0
+            })
+        );
+        // The SATA and SCSI controllers the disks need were added.
+        let kinds: Vec<_> = d
+            .devices
+            .controllers
+            .iter()
+            .map(|c| c.controller_type.as_str())
+            .collect();
+        assert_eq!(kinds, ["sata", "scsi"]);
+    }
+
+    fn assert_addresses(d: &mut Domain) {
+        assign_addresses(d);
+        let again = d.clone();
+        assign_addresses(d);
+        assert_eq!(*d, again, "assignment is idempotent");
+    }
+
+    #[test]
+    fn pci_slots_skip_given_ones_and_the_chipset() {
+        let mut d = domain(
+            "pc-i440fx-10.0",
+            "<interface type='user'><address type='pci' bus='0x00' slot='0x03'/></interface>\
+             <interface type='user'/>\
+             <disk type='file'><source file='/a'/><target dev='vda'/></disk>\
+             <video><model type='vga'/></video><memballoon model='virtio'/>",
+        );
+        assert_addresses(&mut d);
+        assert_eq!(d.devices.videos[0].address, Some(Address::pci(0, 2)));
+        assert_eq!(d.devices.interfaces[1].address, Some(Address::pci(0, 4)));
+        assert_eq!(d.devices.disks[0].address, Some(Address::pci(0, 5)));
+        assert_eq!(d.devices.memballoon_address, Some(Address::pci(0, 6)));
+        let mut q = domain(
+            "q35",
+            "<video><model type='virtio'/></video><watchdog model='i6300esb'/>",
+        );
+        assert_addresses(&mut q);
+        assert_eq!(q.devices.videos[0].address, Some(Address::pci(0, 1)));
+        assert_eq!(q.devices.watchdogs[0].address, Some(Address::pci(0, 2)));
+    }
+
+    #[test]
+    fn channels_get_serial_ports_and_usb_inputs_ports() {
+        let mut d = domain(
+            "q35",
+            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+             <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>\
+             <input type='tablet' bus='usb'/><redirdev bus='usb' type='spicevmc'/>",
+        );
+        assert_addresses(&mut d);
+        let ports: Vec<_> = d
+            .devices
+            .channels
+            .iter()
+            .map(|c| c.address.clone())
+            .collect();
+        assert_eq!(
+            ports,
+            [1, 2].map(|port| Some(Address::VirtioSerial {
+                controller: 0,
+                bus: 0,
+                port
+            }))
+        );
+        assert_eq!(
+            d.devices.inputs[0].address,
+            Some(Address::Usb {
+                bus: 0,
+                port: "1".into()
+            })
+        );
+        assert_eq!(
+            d.devices.redirdevs[0].address,
+            Some(Address::Usb {
+                bus: 0,
+                port: "2".into()
+            })
+        );
+        let usb = d
+            .devices
+            .controllers
+            .iter()
+            .find(|c| c.controller_type == "usb")
+            .unwrap();
+        assert_eq!(usb.model.as_deref(), Some("qemu-xhci"));
+    }
+}

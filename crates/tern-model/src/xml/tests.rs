@@ -59,7 +59,7 @@ fn rich() -> Domain {
         os: Os {
             os_type: "hvm".to_string(),
             arch: Some("x86_64".to_string()),
-            machine: Some("pc-q35-7.2".to_string()),
+            machine: Some("pc-i440fx-7.2".to_string()),
             kernel: Some(PathBuf::from("/boot/vmlinuz with space")),
             initrd: Some(PathBuf::from("/boot/initrd&<>.img")),
             cmdline: Some(

@@ -257,3 +257,23 @@ fn refusals_named_in_the_brief() {
     );
     refused(&doc("<vcpu>0</vcpu>"), "vcpu count 0");
 }
+
+#[test]
+fn refuses_controllers_and_buses_tern_cannot_build() {
+    refused(
+        &with_devices("<controller type='pci' index='1' model='pcie-switch-upstream-port'/>"),
+        "PCI controller model 'pcie-switch-upstream-port' is not supported",
+    );
+    refused(
+        &with_devices("<controller type='usb' model='ehci'/>"),
+        "USB controller model 'ehci'",
+    );
+    refused(
+        &with_devices("<controller type='fdc'/>"),
+        "controller type 'fdc'",
+    );
+    refused(
+        &with_devices("<interface type='user'><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></interface>"),
+        "names PCI bus 0x05",
+    );
+}
