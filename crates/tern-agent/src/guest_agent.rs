@@ -9,6 +9,22 @@ use tern_qemu::cmdline::channel_socket;
 use tern_qemu::guest_agent;
 
 impl Agent {
+    /// `inject-nmi`: a non-maskable interrupt on every vCPU (what a
+    /// guest's "unknown NMI" handling, e.g. Linux's `unknown_nmi_panic`,
+    /// acts on).
+    pub async fn inject_nmi(&self, name: &str) -> Result<()> {
+        let slot = self.domains.find(name)?;
+        let e = slot.inner.lock().await;
+        let run = e.run.as_ref().ok_or_else(|| {
+            AgentError::Conflict(format!(
+                "domain '{}' is not running; start it first",
+                slot.name
+            ))
+        })?;
+        run.qmp.execute("inject-nmi", None).await?;
+        Ok(())
+    }
+
     /// Sends `command` (JSON) to the guest agent of running domain `name`
     /// and returns the agent's answer.
     pub async fn qemu_agent_command(

@@ -167,6 +167,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             }
             Request::Destroy { name } => ok(a.destroy(&name).await?)?,
             Request::Reboot { name } => ok(a.reboot(&name).await?)?,
+            Request::InjectNmi { name } => ok(a.inject_nmi(&name).await?)?,
             Request::QemuAgentCommand {
                 name,
                 command,

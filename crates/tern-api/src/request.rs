@@ -78,6 +78,11 @@ pub enum Request {
         /// Seconds to wait for the agent's answer.
         timeout_secs: u64,
     },
+    /// Send a non-maskable interrupt to the guest (`inject-nmi`).
+    InjectNmi {
+        /// Domain name or uuid.
+        name: String,
+    },
     /// Reset the guest (`reboot`).
     Reboot {
         /// Domain name or uuid.

@@ -249,6 +249,11 @@ pub enum Cmd {
         /// Domain name or uuid.
         domain: String,
     },
+    /// Send a non-maskable interrupt to the guest.
+    InjectNmi {
+        /// Domain name or uuid.
+        domain: String,
+    },
     /// Reset the guest.
     Reboot {
         /// Domain name or uuid.

@@ -222,6 +222,14 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 agent_command(c, &domain, r#"{"execute":"guest-fsfreeze-thaw"}"#, 30).await?;
             println!("Thawed {} filesystem(s)", answer["return"]);
         }
+        Cmd::InjectNmi { domain } => {
+            let _: Value = c
+                .call(&Request::InjectNmi {
+                    name: domain.clone(),
+                })
+                .await?;
+            println!("NMI sent to domain '{domain}'");
+        }
         Cmd::Reboot { domain } => {
             let _: Value = c
                 .call(&Request::Reboot {

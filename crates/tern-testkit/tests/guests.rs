@@ -341,3 +341,70 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
     p.b.ok(&["undefine", "uefi1", "--nvram"]);
     assert!(!nvram.exists(), "undefine --nvram left the variable store");
 }
+
+/// The test guest with a `<panic>` device whose kernel panics on an
+/// unknown NMI (`unknown_nmi_panic`).
+fn crashable_guest(name: &str, on_crash: &str) -> String {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    GuestSpec::new(name, &img)
+        .workload("unknown_nmi_panic=1")
+        .to_xml()
+        .replace(
+            "<on_crash>destroy</on_crash>",
+            &format!("<on_crash>{on_crash}</on_crash>"),
+        )
+        .replace("  </devices>", "    <panic model='isa'/>\n  </devices>")
+}
+
+/// Boots the guest, then makes its kernel panic. The panic reaches QEMU
+/// through the guest's pvpanic driver; QEMU stops the vCPUs at once, so
+/// the panic text may stay in the guest's log buffer.
+fn boot_and_crash(host: &TernHost, name: &str, on_crash: &str) {
+    define_xml(host, name, &crashable_guest(name, on_crash));
+    host.ok(&["start", name]);
+    host.wait_console(name, Duration::from_secs(90), "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    });
+    host.ok(&["inject-nmi", name]);
+}
+
+#[test]
+fn on_crash_follows_a_guest_kernel_panic() {
+    let host = TernHost::start("crash");
+    // destroy: QEMU goes, and the domain is shut off as crashed.
+    boot_and_crash(&host, "crash1", "destroy");
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = host
+            .ok(&["domstate", "crash1", "--reason"])
+            .trim()
+            .to_string();
+        if state.starts_with("shut off") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(state, "shut off (crashed)");
+    // restart: the guest is reset and boots again in the same QEMU.
+    boot_and_crash(&host, "crash2", "restart");
+    host.wait_console("crash2", Duration::from_secs(90), "a second boot", |t| {
+        t.matches("TERN-READY").count() >= 2
+    });
+    assert_eq!(host.ok(&["domstate", "crash2"]).trim(), "running");
+    host.ok(&["destroy", "crash2"]);
+    // preserve: the crashed guest stays, paused, for inspection.
+    boot_and_crash(&host, "crash3", "preserve");
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = host
+            .ok(&["domstate", "crash3", "--reason"])
+            .trim()
+            .to_string();
+        if state == "paused (crashed)" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(state, "paused (crashed)");
+    host.ok(&["destroy", "crash3"]);
+}

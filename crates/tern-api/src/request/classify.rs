@@ -27,6 +27,7 @@ impl Request {
             | Request::Destroy { .. }
             | Request::Reboot { .. }
             | Request::QemuAgentCommand { .. }
+            | Request::InjectNmi { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -133,6 +134,7 @@ mod tests {
             ),
             (Request::Destroy { name: n() }, false),
             (Request::Reboot { name: n() }, false),
+            (Request::InjectNmi { name: n() }, false),
             (
                 Request::QemuAgentCommand {
                     name: n(),
@@ -353,6 +355,7 @@ mod tests {
             | Request::Destroy { .. }
             | Request::Reboot { .. }
             | Request::QemuAgentCommand { .. }
+            | Request::InjectNmi { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -398,7 +401,7 @@ mod tests {
         let all = every_request();
         // 29 plain requests + 17 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 30 + 17 + 1);
+        assert_eq!(all.len(), 31 + 17 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
