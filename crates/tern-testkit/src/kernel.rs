@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Modules the guest loads, by name. Their dependencies are added and the
 /// load order resolved from `modules.dep`; built-in ones are skipped.
-pub const GUEST_MODULES: [&str; 7] = [
+pub const GUEST_MODULES: [&str; 8] = [
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
@@ -17,6 +17,8 @@ pub const GUEST_MODULES: [&str; 7] = [
     // The ISA/ACPI panic notifier, so `<panic>` and `<on_crash>` see a
     // guest kernel panic.
     "pvpanic_mmio",
+    // The i6300esb watchdog, for `<watchdog>` and `tern.watchdog_stall`.
+    "i6300esb",
 ];
 
 /// Compare version strings naturally (`6.1.0-10` < `6.1.0-9` is false).

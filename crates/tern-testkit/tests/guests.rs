@@ -408,3 +408,47 @@ fn on_crash_follows_a_guest_kernel_panic() {
     assert_eq!(state, "paused (crashed)");
     host.ok(&["destroy", "crash3"]);
 }
+
+#[test]
+fn the_watchdog_action_follows_a_hung_guest() {
+    let host = TernHost::start("wdog");
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let with_watchdog = |name: &str, action: &str| {
+        GuestSpec::new(name, &img)
+            .workload("tern.watchdog_stall=3")
+            .to_xml()
+            .replace(
+                "  </devices>",
+                &format!("    <watchdog model='i6300esb' action='{action}'/>\n  </devices>"),
+            )
+    };
+    // reset: the guest stops pinging, the watchdog resets it, it boots again.
+    define_xml(&host, "wd1", &with_watchdog("wd1", "reset"));
+    host.ok(&["start", "wd1"]);
+    host.wait_console(
+        "wd1",
+        Duration::from_secs(120),
+        "a boot after the watchdog reset",
+        |t| t.contains("TERN-WATCHDOG stalled") && t.matches("TERN-READY").count() >= 2,
+    );
+    host.ok(&["destroy", "wd1"]);
+    // poweroff: the hung guest is powered off.
+    define_xml(&host, "wd2", &with_watchdog("wd2", "poweroff"));
+    host.ok(&["start", "wd2"]);
+    host.wait_console("wd2", Duration::from_secs(120), "the stall", |t| {
+        t.contains("TERN-WATCHDOG stalled")
+    });
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = host.ok(&["domstate", "wd2"]).trim().to_string();
+        if state == "shut off" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(state, "shut off");
+    assert_eq!(
+        SerialLog::parse(&host.ok(&["console", "wd2"])).count("TERN-READY"),
+        1
+    );
+}
