@@ -35,6 +35,8 @@ for arg in $(cat /proc/cmdline); do
         tern.watchdog_stall=*) wd="${{arg#tern.watchdog_stall=}}" ;;
     esac
 done
+# The guest's wall clock as its kernel set it from the RTC at boot.
+echo "TERN-CLOCK epoch=$(date -u +%s)"
 # tern.watchdog_stall=N: arm the guest's hardware watchdog (pinged every
 # second), then stop pinging after N seconds, as a hung guest would.
 if [ -n "$wd" ] && [ -e /dev/watchdog ]; then

@@ -452,3 +452,48 @@ fn the_watchdog_action_follows_a_hung_guest() {
         1
     );
 }
+
+/// Seconds between the guest's clock (read from its RTC at boot and
+/// printed by the guest) and the host's.
+fn guest_clock_offset(host: &TernHost, name: &str, offset: &str) -> i64 {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let xml = GuestSpec::new(name, &img).to_xml().replace(
+        "<on_poweroff>",
+        &format!("<clock offset='{offset}'/>\n  <on_poweroff>"),
+    );
+    define_xml(host, name, &xml);
+    host.ok(&["start", name]);
+    let text = host.wait_console(name, Duration::from_secs(90), "TERN-CLOCK", |t| {
+        t.contains("TERN-CLOCK")
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    host.ok(&["destroy", name]);
+    let guest: i64 = text
+        .split("TERN-CLOCK epoch=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the guest printed its clock");
+    guest - now
+}
+
+#[test]
+fn clock_offset_localtime_gives_the_guest_local_time() {
+    // The host's time zone is UTC+5 (POSIX writes it "-5").
+    let host = TernHost::start_with(HostOptions {
+        name: "clock".into(),
+        env: vec![("TZ".into(), "TERN-5".into())],
+        ..Default::default()
+    });
+    let utc = guest_clock_offset(&host, "clk-utc", "utc");
+    let local = guest_clock_offset(&host, "clk-local", "localtime");
+    // The guest's clock has a second's resolution and boots in a few.
+    assert!(utc.abs() < 600, "utc guest is {utc} s off");
+    assert!(
+        (local - 5 * 3600).abs() < 600,
+        "localtime guest is {local} s off, not 5 h ahead"
+    );
+}
