@@ -13,6 +13,7 @@
 //! # Ok::<(), tern_testkit::BuildError>(())
 //! ```
 
+pub mod bootsector;
 pub mod controller;
 pub mod corpus;
 mod cpio;

@@ -497,3 +497,39 @@ fn clock_offset_localtime_gives_the_guest_local_time() {
         "localtime guest is {local} s off, not 5 h ahead"
     );
 }
+
+#[test]
+fn boot_order_decides_which_disk_the_firmware_boots() {
+    let host = TernHost::start("bootord");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["A", "B"] {
+        let mut image =
+            tern_testkit::bootsector::serial_boot_sector(&format!("TERN-BOOTED-{name}")).to_vec();
+        image.resize(1 << 20, 0);
+        std::fs::write(dir.path().join(format!("{name}.raw")), image).unwrap();
+    }
+    let disk = |name: &str, target: &str, order: u32| {
+        format!(
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='{target}' bus='virtio'/>\n      <boot order='{order}'/>\n    </disk>\n",
+            dir.path().join(format!("{name}.raw")).display()
+        )
+    };
+    for (vm, first) in [("boot-b", "B"), ("boot-a", "A")] {
+        let (order_a, order_b) = if first == "A" { (1, 2) } else { (2, 1) };
+        let xml = format!(
+            "<domain type='kvm'>\n  <name>{vm}</name>\n  <memory unit='MiB'>64</memory>\n  <os>\n    <type arch='x86_64'>hvm</type>\n  </os>\n  <devices>\n{}{}    <serial type='pty'/>\n  </devices>\n</domain>\n",
+            disk("A", "vda", order_a),
+            disk("B", "vdb", order_b),
+        );
+        define_xml(&host, vm, &xml);
+        host.ok(&["start", vm]);
+        let text = host.wait_console(vm, Duration::from_secs(60), "a boot sector's line", |t| {
+            t.contains("TERN-BOOTED-")
+        });
+        assert!(
+            text.contains(&format!("TERN-BOOTED-{first}")),
+            "{vm}: {text}"
+        );
+        host.ok(&["destroy", vm]);
+    }
+}
