@@ -21,6 +21,12 @@ PKGS=(
   ovmf                 # UEFI firmware for <os firmware='efi'> guests (/usr/share/OVMF)
   swtpm                # the TPM emulator behind <tpm><backend type='emulator'>
   swtpm-tools          # swtpm_setup, to create a TPM's state
+  nfs-ganesha          # the NFS server the netfs pool tests start in a namespace
+  nfs-ganesha-vfs      # its backend that exports a local directory
+  rpcbind              # the portmapper NFSv3 clients (libnfs) ask for ports
+  chromium             # the web console's browser test (headless)
+  chromium-driver      # WebDriver for it
+  fonts-dejavu-core    # text in the console's screenshots
 )
 
 missing=()
@@ -60,7 +66,7 @@ if [ -z "$major" ] || [ "$major" -lt "$QEMU_MIN_MAJOR" ] || ! command -v qemu-im
     target=(-t bookworm-backports)
   fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-system-x86 qemu-utils >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-system-x86 qemu-utils qemu-block-extra >/dev/null
   major=$(qemu_major || true)
   if [ -z "$major" ] || [ "$major" -lt "$QEMU_MIN_MAJOR" ]; then
     echo "install-deps: QEMU ${major:-none} installed, Tern needs $QEMU_MIN_MAJOR or newer" >&2
@@ -77,6 +83,19 @@ if ! qemu-system-x86_64 -spice help >/dev/null 2>&1; then
   [ -f /etc/apt/sources.list.d/tern-backports.sources ] && target=(-t bookworm-backports)
   echo "install-deps: installing QEMU's SPICE module"
   $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-system-modules-spice >/dev/null
+fi
+
+# QEMU's network block drivers (nfs:// through libnfs, rbd, iscsi, gluster)
+# must come from the same QEMU build: on bookworm, from backports too.
+if ! dpkg-query -W -f='${Status}' qemu-block-extra 2>/dev/null | grep -q "install ok installed"; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  target=()
+  if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = "bookworm" ]; then
+    target=(-t bookworm-backports)
+  fi
+  echo "install-deps: installing qemu-block-extra ${target[*]}"
+  $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-block-extra >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

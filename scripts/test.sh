@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Style and lints are part of the tests: formatting, then clippy with every
+# warning an error (the workspace's [workspace.lints] included).
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo run -q -p tern-testkit --bin tern-testguest >/dev/null
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"

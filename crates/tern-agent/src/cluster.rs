@@ -297,11 +297,13 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
             .filter_map(|b| {
                 let path = b.source.clone()?;
                 let pool = pool_of(&pools, &path);
+                // A network disk (nfs://, rbd://...) is the same on every host.
+                let network = path.contains("://");
                 Some(DiskReport {
                     target: b.target.clone(),
                     bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                     pool: pool.map(|p| p.def.name.clone()),
-                    shared: pool.is_some_and(|p| p.def.shared),
+                    shared: network || pool.is_some_and(|p| p.def.shared),
                     path,
                 })
             })

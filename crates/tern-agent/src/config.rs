@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub migration_ports: std::ops::RangeInclusive<u16>,
     /// A migration whose byte count stands still this long is cancelled.
     pub stall_timeout: std::time::Duration,
+    /// A migration no driver spoke about for this long is settled by this
+    /// agent alone (libvirt's autodestroy of an orphaned incoming domain).
+    pub orphan_timeout: std::time::Duration,
     /// Fault injection for tests.
     pub faults: Faults,
     /// What SIGTERM means (see [`OnStop`]).
@@ -79,6 +82,9 @@ pub struct AgentConfig {
 pub struct Faults {
     /// Sleep this long at the start of Prepare (lets a test kill the agent there).
     pub prepare_delay: Option<std::time::Duration>,
+    /// Stop the migration task that reaches this named point (see
+    /// [`crate::faults`]), so a test can kill a process exactly there.
+    pub stop_at: Option<String>,
 }
 
 impl AgentConfig {
@@ -99,6 +105,7 @@ impl AgentConfig {
             migration_address: None,
             migration_ports: 49152..=49215,
             stall_timeout: std::time::Duration::from_secs(15),
+            orphan_timeout: std::time::Duration::from_secs(30),
             faults: Faults::default(),
             on_stop: OnStop::Auto,
             shutdown_timeout: std::time::Duration::from_secs(300),
@@ -134,13 +141,18 @@ impl Layout {
     pub fn run_dir(&self, name: &str) -> PathBuf {
         self.runs().join(name)
     }
+    /// Migration job records (`<domain>.json` while running,
+    /// `<domain>.done.json` for the last finished one).
+    pub fn jobs(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
     /// Pool definitions.
     pub fn pools(&self) -> PathBuf {
         self.root.join("pools")
     }
     /// Creates the directories.
     pub fn create(&self) -> std::io::Result<()> {
-        for d in [self.domains(), self.runs(), self.pools()] {
+        for d in [self.domains(), self.runs(), self.pools(), self.jobs()] {
             std::fs::create_dir_all(d)?;
         }
         Ok(())
@@ -157,5 +169,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself is only durable once the directory is synced.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -90,18 +90,18 @@ impl Agent {
         let slot = self.domains.find(name)?;
         let e = slot.inner.lock().await;
         let d = e.run.as_ref().map(|r| &r.live).unwrap_or(&e.def);
-        Ok(d.devices
-            .disks
-            .iter()
-            .map(|k| BlockEntry {
+        let mut out = Vec::with_capacity(d.devices.disks.len());
+        for k in &d.devices.disks {
+            out.push(BlockEntry {
                 target: k.target_dev.clone(),
-                source: k.source.as_ref().map(|p| p.display().to_string()),
+                source: crate::pools::block_source(&self.pools, k).await,
                 device: match k.device {
                     tern_model::DiskDevice::Disk => "disk".into(),
                     tern_model::DiskDevice::Cdrom => "cdrom".into(),
                 },
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 
     /// `dumpxml`: the live definition while running, else the stored one.
@@ -337,6 +337,15 @@ impl Agent {
                 slot.name
             )));
         }
+        let state = run.qmp.run_state().await?;
+        let (migration, _) = run.qmp.migration().await?;
+        let job = self.jobs.get(&slot.name).map(|j| j.phase());
+        if let Some(why) = tern_migrate::recovery::resume_refusal(state, migration, job) {
+            return Err(AgentError::Conflict(format!(
+                "domain '{}' cannot be resumed: {why}",
+                slot.name
+            )));
+        }
         run.qmp.execute("cont", None).await?;
         slot.set(DomainState::Running, StateReason::Unpaused);
         Ok(())
@@ -379,9 +388,8 @@ impl Agent {
         if e.run.is_none() {
             if remove_storage {
                 for disk in e.def.devices.disks.iter().filter(|d| !d.readonly) {
-                    let Some(src) = &disk.source else { continue };
-                    if self.pools.owns(src).await && std::fs::remove_file(src).is_ok() {
-                        removed.push(src.display().to_string());
+                    if let Some(r) = self.pools.remove_disk_volume(disk).await {
+                        removed.push(r);
                     }
                 }
             }

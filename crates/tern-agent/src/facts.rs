@@ -40,6 +40,7 @@ fn apply_overrides(f: &mut HostFacts, overrides: &[(String, String)]) {
 fn uname() -> (String, String, String) {
     // SAFETY: utsname is plain data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
     if unsafe { libc::uname(&mut u) } != 0 {
         return Default::default();
     }

@@ -46,6 +46,7 @@ pub fn preflight(agent: &Agent, d: &Domain) -> Result<()> {
     for disk in &d.devices.disks {
         match (&disk.source, disk.device) {
             (None, DiskDevice::Cdrom) => {}
+            (None, DiskDevice::Disk) if disk.remote.is_some() => {}
             (None, DiskDevice::Disk) => {
                 return Err(AgentError::Invalid(format!(
                     "disk '{}' of domain '{}' has no source; add <source file=...>",
@@ -108,7 +109,13 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     if mode != LaunchMode::Incoming {
         guest_setup::pin_identity(agent, &mut live, accel).await?;
     }
-    let d = &live;
+    // What QEMU opens on this host: volumes and paths of netfs pools that
+    // QEMU reaches itself become nfs:// network sources.
+    // The live definition keeps what the operator wrote.
+    let written = &live;
+    let resolved = agent.pools.resolve_disks(written).await?;
+    let d = &resolved;
+    crate::pools::check_network_drivers(d).await?;
     preflight(agent, d)?;
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
@@ -182,7 +189,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
                 pid,
                 start_time,
                 qmp,
-                live: d.clone(),
+                live: written.clone(),
                 taps,
                 accel: accel_name(accel).into(),
                 console_pty,

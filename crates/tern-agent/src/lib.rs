@@ -13,6 +13,7 @@ pub mod config;
 pub mod domains;
 pub mod error;
 pub mod facts;
+pub mod faults;
 pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;
@@ -22,6 +23,7 @@ pub mod listen;
 pub mod migration;
 pub mod monitor;
 pub mod netdev;
+pub mod netfs;
 pub mod pools;
 pub mod procs;
 pub mod registry;
@@ -76,11 +78,12 @@ impl Agent {
         let machines = tern_qemu::probe::machine_types(&cfg.qemu_binary).await?;
         let host_tag = short_hash(&cfg.state_dir.display().to_string());
         let pools = pools::Pools::load(layout.pools());
+        let (jobs, unfinished) = migration::Jobs::open(layout.jobs());
         let agent = Arc::new(Agent {
             layout,
             domains: Registry::default(),
             pools,
-            jobs: migration::Jobs::default(),
+            jobs,
             qemu_version,
             machines,
             host_tag,
@@ -91,6 +94,7 @@ impl Agent {
         });
         agent.pools.autostart().await;
         monitor::reattach_all(&agent).await;
+        migration::recover::recover_all(&agent, unfinished).await;
         Ok(agent)
     }
 
@@ -153,6 +157,23 @@ impl Agent {
             Some(l) if !l.ip().is_unspecified() => l.ip().to_string(),
             Some(_) => facts::gather("", "", &[]).hostname,
             None => "127.0.0.1".into(),
+        }
+    }
+
+    /// How other agents reach this agent's API: its TLS listener, else its
+    /// TCP listener (at the migration address), else its unix socket (peers
+    /// on the same machine, as in tests).
+    pub fn self_uri(&self) -> String {
+        let addr = self.migration_address();
+        let host = if addr.contains(':') {
+            format!("[{addr}]")
+        } else {
+            addr
+        };
+        match (self.cfg.listen_tls, self.cfg.listen) {
+            (Some(l), _) => format!("tern+tls://{host}:{}/system", l.port()),
+            (None, Some(l)) => format!("tern+tcp://{host}:{}/system", l.port()),
+            (None, None) => format!("tern+unix:///system?socket={}", self.cfg.socket.display()),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::Agent;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_model::{DomainState, StateReason};
-use tern_qemu::{cmdline, Qmp};
+use tern_qemu::{cmdline, MigrationStatus, Qmp, RunState};
 use tokio::sync::broadcast::error::RecvError;
 
 /// Records `run` as the domain's QEMU (on disk too) and starts watching it.
@@ -187,19 +187,14 @@ async fn reattach_one(agent: &Arc<Agent>, rec: RuntimeRecord) {
     let mut e = slot.inner.lock().await;
     match qmp {
         Some(qmp) => {
-            let (running, status) = qmp
-                .query_status()
+            let status = qmp.run_state().await.unwrap_or(RunState::Unknown);
+            let (migration, _) = qmp
+                .migration()
                 .await
-                .unwrap_or((false, "unknown".into()));
+                .unwrap_or((MigrationStatus::Unknown, serde_json::Value::Null));
             agent.bump_id(rec.id);
-            let state = if running {
-                (DomainState::Running, StateReason::Booted)
-            } else if status == "inmigrate" {
-                (DomainState::Paused, StateReason::Incoming)
-            } else {
-                (DomainState::Paused, StateReason::User)
-            };
-            tracing::info!(domain = %name, pid = rec.pid, %status, "re-attached to running guest");
+            let state = reattached_state(status, migration);
+            tracing::info!(domain = %name, pid = rec.pid, %status, %migration, "re-attached to running guest");
             let run = Running {
                 id: rec.id,
                 pid: rec.pid,
@@ -223,5 +218,48 @@ async fn reattach_one(agent: &Arc<Agent>, rec: RuntimeRecord) {
             }
             slot.set(DomainState::ShutOff, StateReason::Crashed);
         }
+    }
+}
+
+/// The domain state of a guest found again after a restart, from QEMU's run
+/// state and migration status. A paused guest in the middle of a migration
+/// is paused *for* the migration, not by the user: migration recovery
+/// decides whether it resumes.
+fn reattached_state(run: RunState, migration: MigrationStatus) -> (DomainState, StateReason) {
+    match run {
+        RunState::Running => (DomainState::Running, StateReason::Booted),
+        RunState::Inmigrate => (DomainState::Paused, StateReason::Incoming),
+        RunState::Postmigrate | RunState::FinishMigrate => {
+            (DomainState::Paused, StateReason::Migrated)
+        }
+        _ if migration.is_precopy_in_flight() || migration.is_postcopy() => {
+            (DomainState::Paused, StateReason::Migrated)
+        }
+        _ => (DomainState::Paused, StateReason::User),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_paused_by_a_migration_is_not_paused_by_the_user() {
+        assert_eq!(
+            reattached_state(RunState::Postmigrate, MigrationStatus::Completed).1,
+            StateReason::Migrated
+        );
+        assert_eq!(
+            reattached_state(RunState::Paused, MigrationStatus::PreSwitchover).1,
+            StateReason::Migrated
+        );
+        assert_eq!(
+            reattached_state(RunState::Paused, MigrationStatus::None).1,
+            StateReason::User
+        );
+        assert_eq!(
+            reattached_state(RunState::Inmigrate, MigrationStatus::None),
+            (DomainState::Paused, StateReason::Incoming)
+        );
     }
 }

@@ -1,21 +1,67 @@
-//! Directory storage pools and their volumes.
+//! Storage pools and their volumes.
 //!
-//! A pool is a directory; a volume is a file directly inside it, named by a
-//! plain file name (never a path), created and inspected with qemu-img.
+//! A `dir` pool is a directory; a volume is a file directly inside it, named
+//! by a plain file name (never a path), created and inspected with qemu-img.
+//! A `netfs` pool is an NFS export: with kernel access it is mounted on the
+//! target and then behaves as a directory; with QEMU access nothing is
+//! mounted and volumes are `nfs://` URLs (see `netfs` and `pools::remote`).
 
 use crate::config::write_atomic;
 use crate::error::{AgentError, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tern_model::names::validate_name;
-use tern_model::{PoolDef, PoolInfo, VolumeInfo};
+use tern_model::{NetfsAccess, NetfsSource, PoolDef, PoolInfo, PoolKind, VolumeInfo};
 use tern_qemu::img;
 use tokio::sync::Mutex;
+
+mod proof;
+mod remote;
+mod resolve;
+
+pub use resolve::{block_source, check_network_drivers};
 
 #[derive(Debug, Clone)]
 struct Pool {
     def: PoolDef,
     active: bool,
+    /// How an active netfs pool reaches its export.
+    access: Option<NetfsAccess>,
+}
+
+/// Where an active pool's volumes live.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Files in a local (or kernel-mounted) directory.
+    Dir(PathBuf),
+    /// Files on an NFS export that only QEMU and the agent's NFS client
+    /// reach; `target` is the directory disk paths name them under.
+    Nfs {
+        /// The export.
+        src: NetfsSource,
+        /// The pool's target directory.
+        target: PathBuf,
+    },
+}
+
+impl Pool {
+    fn store(&self) -> Store {
+        match (&self.def.source, self.access) {
+            (Some(src), Some(NetfsAccess::Qemu)) => Store::Nfs {
+                src: src.clone(),
+                target: self.def.target.clone(),
+            },
+            _ => Store::Dir(self.def.target.clone()),
+        }
+    }
+}
+
+fn parse_access(marker: &str) -> Option<NetfsAccess> {
+    match marker.trim() {
+        "mount" => Some(NetfsAccess::Mount),
+        "qemu" => Some(NetfsAccess::Qemu),
+        _ => None,
+    }
 }
 
 /// The agent's pools, persisted as `pools/<name>.json` plus a
@@ -33,6 +79,7 @@ fn statvfs(path: &Path) -> (u64, u64, u64) {
     };
     // SAFETY: statvfs fills a plain struct from a valid C string.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `s` a valid, writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return (0, 0, 0);
     }
@@ -57,9 +104,25 @@ impl Pools {
                     .and_then(|b| serde_json::from_slice::<PoolDef>(&b).ok())
                 {
                     Some(def) => {
-                        let active = dir.join(format!("{}.active", def.name)).exists()
-                            && def.target.is_dir();
-                        map.insert(def.name.clone(), Pool { def, active });
+                        let marker =
+                            std::fs::read_to_string(dir.join(format!("{}.active", def.name)));
+                        let access = marker.as_deref().ok().and_then(parse_access);
+                        let active = match (def.kind, access) {
+                            (PoolKind::Netfs, Some(NetfsAccess::Qemu)) => true,
+                            (PoolKind::Netfs, _) => {
+                                marker.is_ok() && crate::netfs::is_mounted(&def.target)
+                            }
+                            (PoolKind::Dir, _) => marker.is_ok() && def.target.is_dir(),
+                        };
+                        let access = access.filter(|_| active && def.kind == PoolKind::Netfs);
+                        map.insert(
+                            def.name.clone(),
+                            Pool {
+                                def,
+                                active,
+                                access,
+                            },
+                        );
                     }
                     None => tracing::warn!(path = %p.display(), "skipping unreadable pool"),
                 }
@@ -98,9 +161,19 @@ impl Pools {
         self.dir.join(format!("{name}.active"))
     }
 
-    /// `pool-define-as NAME dir --target PATH [--shared]`.
-    pub async fn define(&self, name: &str, target: &Path, shared: bool) -> Result<()> {
+    /// `pool-define-as NAME dir --target PATH [--shared]`, or with `netfs`
+    /// the export (a netfs pool is always shared).
+    pub async fn define(
+        &self,
+        name: &str,
+        target: &Path,
+        shared: bool,
+        netfs: Option<NetfsSource>,
+    ) -> Result<()> {
         validate_name("pool", name)?;
+        if let Some(src) = &netfs {
+            remote::check_source(src)?;
+        }
         if !target.is_absolute() {
             return Err(AgentError::Invalid(format!(
                 "pool target '{}' is not an absolute path; give the full directory path",
@@ -123,11 +196,24 @@ impl Pools {
         let def = PoolDef {
             name: name.into(),
             target: target.into(),
-            shared,
+            shared: shared || netfs.is_some(),
             autostart: false,
+            kind: if netfs.is_some() {
+                PoolKind::Netfs
+            } else {
+                PoolKind::Dir
+            },
+            source: netfs,
         };
         self.save(&def)?;
-        m.insert(name.into(), Pool { def, active: false });
+        m.insert(
+            name.into(),
+            Pool {
+                def,
+                active: false,
+                access: None,
+            },
+        );
         Ok(())
     }
 
@@ -154,15 +240,21 @@ impl Pools {
                 "storage pool '{name}' is already active"
             )));
         }
-        if !p.def.target.is_dir() {
+        let access = match &p.def.source {
+            Some(src) => Some(remote::start(name, src, &p.def.target).await?),
+            None => None,
+        };
+        if access != Some(NetfsAccess::Qemu) && !p.def.target.is_dir() {
             return Err(AgentError::Invalid(format!(
                 "directory '{}' of pool '{name}' does not exist; run 'tern pool-build {name}' or create it",
                 p.def.target.display()
             )));
         }
         let marker = self.marker(name);
-        std::fs::write(&marker, b"").map_err(|e| AgentError::state(&marker, e))?;
+        let text = access.map(|a| a.as_str()).unwrap_or("");
+        std::fs::write(&marker, text).map_err(|e| AgentError::state(&marker, e))?;
         p.active = true;
+        p.access = access;
         Ok(())
     }
 
@@ -190,8 +282,14 @@ impl Pools {
                 "storage pool '{name}' is not active"
             )));
         }
+        if p.access == Some(NetfsAccess::Mount) {
+            crate::netfs::unmount(&p.def.target)
+                .await
+                .map_err(|e| AgentError::Failed(format!("cannot stop pool '{name}': {e}")))?;
+        }
         let _ = std::fs::remove_file(self.marker(name));
         p.active = false;
+        p.access = None;
         Ok(())
     }
 
@@ -212,24 +310,27 @@ impl Pools {
 
     /// `pool-list` / `pool-info` rows.
     pub async fn list(&self, all: bool) -> Vec<PoolInfo> {
-        let m = self.pools.lock().await;
-        m.values()
-            .filter(|p| all || p.active)
-            .map(|p| {
-                let (capacity, allocation, available) = if p.active {
-                    statvfs(&p.def.target)
-                } else {
-                    (0, 0, 0)
-                };
-                PoolInfo {
-                    def: p.def.clone(),
-                    active: p.active,
-                    capacity,
-                    allocation,
-                    available,
-                }
-            })
-            .collect()
+        let pools: Vec<Pool> = {
+            let m = self.pools.lock().await;
+            m.values().filter(|p| all || p.active).cloned().collect()
+        };
+        let mut out = Vec::with_capacity(pools.len());
+        for p in pools {
+            let (capacity, allocation, available) = match (p.active, p.store()) {
+                (false, _) => (0, 0, 0),
+                (true, Store::Dir(d)) => statvfs(&d),
+                (true, Store::Nfs { src, .. }) => remote::space(&src).await,
+            };
+            out.push(PoolInfo {
+                def: p.def.clone(),
+                active: p.active,
+                capacity,
+                allocation,
+                available,
+                access: p.access,
+            });
+        }
+        out
     }
 
     /// `pool-info`.
@@ -241,8 +342,18 @@ impl Pools {
             .ok_or_else(|| AgentError::NoPool(name.into()))
     }
 
-    /// The directory of an active pool.
+    /// The directory of an active pool whose volumes are local files.
     pub async fn active_dir(&self, name: &str) -> Result<PathBuf> {
+        match self.active_store(name).await? {
+            Store::Dir(d) => Ok(d),
+            Store::Nfs { .. } => Err(AgentError::Unsupported(format!(
+                "storage pool '{name}' is reached by QEMU over nfs:// (no kernel NFS client here), so its volumes are not local files; copy them with qemu-img, or start the pool where the kernel can mount NFS"
+            ))),
+        }
+    }
+
+    /// Where an active pool's volumes live.
+    pub async fn active_store(&self, name: &str) -> Result<Store> {
         let m = self.pools.lock().await;
         let p = m.get(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
         if !p.active {
@@ -250,7 +361,7 @@ impl Pools {
                 "storage pool '{name}' is not active; run 'tern pool-start {name}'"
             )));
         }
-        Ok(p.def.target.clone())
+        Ok(p.store())
     }
 
     /// Whether `path` is a file directly inside one of the active pools.
@@ -286,6 +397,11 @@ impl Pools {
             return Err(AgentError::Invalid(format!(
                 "volume format '{format}' is not supported; use qcow2 or raw"
             )));
+        }
+        validate_name("volume", name)?;
+        if let Store::Nfs { src, target } = self.active_store(pool).await? {
+            let v = remote::Vols::new(pool, &src, &target);
+            return v.create(name, capacity, format, backing).await;
         }
         let path = self.vol_path(pool, name).await?;
         if path.exists() {
@@ -329,6 +445,9 @@ impl Pools {
 
     /// `vol-list`.
     pub async fn vol_list(&self, pool: &str) -> Result<Vec<VolumeInfo>> {
+        if let Store::Nfs { src, target } = self.active_store(pool).await? {
+            return remote::Vols::new(pool, &src, &target).list().await;
+        }
         let dir = self.active_dir(pool).await?;
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .map_err(|e| AgentError::state(&dir, e))?
@@ -355,6 +474,10 @@ impl Pools {
 
     /// `vol-info` / `vol-path`.
     pub async fn vol_info(&self, pool: &str, name: &str) -> Result<VolumeInfo> {
+        validate_name("volume", name)?;
+        if let Store::Nfs { src, target } = self.active_store(pool).await? {
+            return remote::Vols::new(pool, &src, &target).info(name).await;
+        }
         let path = self.vol_path(pool, name).await?;
         if !path.is_file() {
             return Err(AgentError::NoVolume {
@@ -375,6 +498,10 @@ impl Pools {
 
     /// `vol-delete`.
     pub async fn vol_delete(&self, pool: &str, name: &str) -> Result<()> {
+        validate_name("volume", name)?;
+        if let Store::Nfs { src, target } = self.active_store(pool).await? {
+            return remote::Vols::new(pool, &src, &target).delete(name).await;
+        }
         let path = self.vol_path(pool, name).await?;
         if !path.is_file() {
             return Err(AgentError::NoVolume {

@@ -144,8 +144,23 @@ async fn call(
     if req == Request::ServerInfo {
         return ok(server.info(peer));
     }
-    let _worker = server.workers.acquire(req.is_priority()).await;
-    dispatch(&server.agent, req).await
+    let worker = server.workers.acquire(req.is_priority()).await;
+    // The request runs to its end even if the client goes away: hyper drops
+    // a pending service future when the connection closes, and a migration
+    // step cut at an await (between `cont` and recording it, say) would
+    // leave its job half-done.
+    let agent = server.agent.clone();
+    tokio::spawn(async move {
+        let _worker = worker;
+        dispatch(&agent, req).await
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the request's task failed: {e}"),
+        )
+    })?
 }
 
 /// Runs one request against the agent.
@@ -187,7 +202,8 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 name,
                 target,
                 shared,
-            } => ok(a.pools.define(&name, &target, shared).await?)?,
+                netfs,
+            } => ok(a.pools.define(&name, &target, shared, netfs).await?)?,
             Request::PoolBuild { name } => ok(a.pools.build(&name).await?)?,
             Request::PoolStart { name } => ok(a.pools.start(&name).await?)?,
             Request::PoolAutostart { name, disable } => {
@@ -196,7 +212,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::PoolList { all } => ok(a.pools.list(all).await)?,
             Request::PoolInfo { name } => ok(a.pools.info(&name).await?)?,
             Request::PoolRefresh { name } => {
-                a.pools.active_dir(&name).await?;
+                a.pools.active_store(&name).await?;
                 ok(a.pools.info(&name).await?)?
             }
             Request::PoolDestroy { name } => ok(a.pools.destroy(&name).await?)?,

@@ -88,6 +88,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Client {
     target: Target,
     timeout: Duration,
+    uri: Option<String>,
 }
 
 impl Client {
@@ -136,7 +137,21 @@ impl Client {
         Ok(Client {
             target,
             timeout: CALL_TIMEOUT,
+            uri: Some(uri.to_string()),
         })
+    }
+
+    /// The connection URI this client was built from, if any: what a
+    /// migration's driver tells each side about the other, so either can
+    /// settle the migration if the driver vanishes.
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+
+    /// The same endpoint, known to others by `uri`.
+    pub fn with_uri(mut self, uri: impl Into<String>) -> Client {
+        self.uri = Some(uri.into());
+        self
     }
 
     /// The same endpoint with another per-call time limit.
@@ -150,6 +165,7 @@ impl Client {
         Client {
             target: Target::Unix(path.into()),
             timeout: CALL_TIMEOUT,
+            uri: None,
         }
     }
 
@@ -158,6 +174,7 @@ impl Client {
         Client {
             target: Target::Tcp(host.into(), port),
             timeout: CALL_TIMEOUT,
+            uri: None,
         }
     }
 

@@ -104,6 +104,12 @@ pub enum ClusterRequest {
         /// Host name.
         id: String,
     },
+    /// A host in maintenance takes new servers again (its evacuated
+    /// servers stay where they went).
+    HostMaintenanceLeave {
+        /// Host name.
+        id: String,
+    },
     /// Per-host evacuation policy.
     HostAutoMigrate {
         /// Host name.

@@ -9,6 +9,7 @@
 //! the destination's answer is lost, nobody resumes and the error says so.
 
 use crate::{Client, ClientError, MigrationRequest, Request};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tern_migrate::protocol::{
     BeginReply, ConfirmRequest, FinishReply, FinishRequest, IncomingTarget, PerformRequest,
@@ -51,6 +52,9 @@ pub struct DriveOutcome {
     pub info: JobInfo,
     /// Name on the destination.
     pub dest_name: String,
+    /// What went wrong after the destination took the guest over (its
+    /// definition could not be stored, say): the migration still succeeded.
+    pub warning: Option<String>,
 }
 
 /// Runs a whole migration. `on_progress` sees each polled snapshot.
@@ -62,6 +66,30 @@ pub async fn drive(
     options: &MigrateOptions,
     on_progress: impl FnMut(&JobInfo),
 ) -> Result<DriveOutcome, DriveError> {
+    drive_with(
+        src,
+        dst,
+        id,
+        name,
+        options,
+        &AtomicBool::new(false),
+        on_progress,
+    )
+    .await
+}
+
+/// [`drive`], stopping before Perform when `cancel` is set (Ctrl-C on
+/// `tern migrate`: once Perform started, the caller aborts the source's
+/// job instead, and the migration rolls back through the usual path).
+pub async fn drive_with(
+    src: &Client,
+    dst: &Client,
+    id: Uuid,
+    name: &str,
+    options: &MigrateOptions,
+    cancel: &AtomicBool,
+    on_progress: impl FnMut(&JobInfo),
+) -> Result<DriveOutcome, DriveError> {
     let begin: BeginReply = src
         .call(&Request::Migration(MigrationRequest::MigrateBegin {
             name: name.to_string(),
@@ -69,6 +97,7 @@ pub async fn drive(
         }))
         .await
         .map_err(DriveError::Begin)?;
+    check_reply_version(begin.version).map_err(DriveError::Perform)?;
     let dest_name = begin.domain.name.clone();
     // The source may have applied the policy's start plan.
     let options = begin.options.as_ref().unwrap_or(options);
@@ -82,10 +111,16 @@ pub async fn drive(
                 source_host: src.describe(),
                 disks: begin.disks.clone(),
                 files: begin.files.clone(),
+                source_uri: begin
+                    .source_uri
+                    .clone()
+                    .or_else(|| src.uri().map(str::to_string)),
+                source_name: Some(name.to_string()),
             },
         }))
         .await
         .map_err(DriveError::Prepare)?;
+    check_reply_version(prep.version).map_err(DriveError::Perform)?;
 
     let finish = |success: bool| finish_call(dst, id, &dest_name, success, options);
     let confirm = |success: bool| confirm_call(src, id, name, success, options);
@@ -114,9 +149,17 @@ pub async fn drive(
         return Ok(DriveOutcome {
             info: JobInfo::default(),
             dest_name,
+            warning: fin.error,
         });
     };
 
+    if cancel.load(Ordering::SeqCst) {
+        let _ = finish(false).await;
+        let _ = confirm(false).await;
+        return Err(DriveError::Perform(
+            "migration cancelled by the operator before memory moved; the guest keeps running on the source".into(),
+        ));
+    }
     let perform = src
         .call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigratePerform {
             req: PerformRequest {
@@ -128,6 +171,8 @@ pub async fn drive(
                 cold: prep.cold.clone(),
                 files: begin.files.clone(),
                 options: options.clone(),
+                dest_uri: dst.uri().map(str::to_string),
+                dest_name: Some(dest_name.clone()),
             },
         }))
         .await;
@@ -180,7 +225,7 @@ pub async fn complete(
             }
         };
         on_progress(&info);
-        if info.qemu_status == "postcopy-active" && finished.is_none() {
+        if info.qemu_status.is_postcopy() && finished.is_none() {
             match finish(true).await {
                 Ok(f) => finished = Some(f),
                 Err(e) => return Err(DriveError::Unknown(e)),
@@ -218,7 +263,13 @@ pub async fn complete(
     Ok(DriveOutcome {
         info,
         dest_name: dest_name.to_string(),
+        warning: fin.error,
     })
+}
+
+/// Refuses a reply from an agent whose protocol this build does not speak.
+fn check_reply_version(v: u32) -> Result<(), String> {
+    tern_migrate::protocol::check_version(v).map_err(|e| e.to_string())
 }
 
 async fn finish_call(
@@ -235,8 +286,14 @@ async fn finish_call(
         success,
         options: options.clone(),
     };
-    dst.call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req }))
-        .await
+    let reply = dst
+        .call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req }))
+        .await?;
+    tern_migrate::protocol::check_version(reply.version).map_err(|e| ClientError::Decode {
+        target: dst.describe(),
+        message: e.to_string(),
+    })?;
+    Ok(reply)
 }
 
 async fn confirm_call(

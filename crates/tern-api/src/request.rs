@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tern_migrate::options::MigrateOptions;
-use tern_migrate::protocol::{ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest};
+use tern_migrate::protocol::{
+    ConfirmRequest, FinishRequest, PerformRequest, PrepareRequest, QueryRequest, RecoverRequest,
+};
 
 /// A host API request. The JSON form is `{"op": "<kebab-name>", ...fields}`.
 // Requests are decoded once per call and dispatched at once; boxing the
@@ -120,7 +122,7 @@ pub enum Request {
         #[serde(default = "default_console_max")]
         max: u64,
     },
-    /// Define a directory pool (`pool-define-as`).
+    /// Define a directory or netfs pool (`pool-define-as`).
     PoolDefineAs {
         /// Pool name.
         name: String,
@@ -129,6 +131,9 @@ pub enum Request {
         /// Whether other hosts see the same files.
         #[serde(default)]
         shared: bool,
+        /// The export of a netfs pool; `None` for a dir pool.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netfs: Option<tern_model::NetfsSource>,
     },
     /// Create a pool's directory (`pool-build`).
     PoolBuild {
@@ -249,6 +254,24 @@ pub enum MigrationRequest {
         /// The message.
         req: ConfirmRequest,
     },
+    /// Either side: where does a migration stand here? Asked by the other
+    /// side when the driver vanished (protocol version 2).
+    MigrateQuery {
+        /// The message.
+        req: QueryRequest,
+    },
+    /// Destination: listen for a paused post-copy's recovery channel
+    /// (protocol version 2).
+    MigrateRecover {
+        /// The message.
+        req: RecoverRequest,
+    },
+    /// Source: resume a post-copy that a broken link or
+    /// `domjobabort --postcopy` paused (`migrate --postcopy-resume`).
+    MigratePostcopyResume {
+        /// Domain name.
+        name: String,
+    },
     /// Source: drive the whole migration from this agent (`--p2p`).
     MigrateP2p {
         /// Domain name or uuid.
@@ -278,10 +301,14 @@ pub enum MigrationRequest {
         #[serde(default)]
         since: usize,
     },
-    /// `domjobabort`.
+    /// `domjobabort [--postcopy]`.
     JobAbort {
         /// Domain name.
         name: String,
+        /// Pause a post-copy migration instead (`migrate-pause`); it
+        /// resumes with `migrate --postcopy-resume`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        postcopy: bool,
     },
     /// `migrate-setspeed` (MiB/s, 0 = unlimited).
     MigrateSetSpeed {

@@ -98,7 +98,7 @@ pub const CRASH_WATCH: Duration = Duration::from_secs(1);
 
 /// Console text that means the guest is broken: kernel oopses and the
 /// workload's own failure lines.
-const CRASH_MARKERS: &[&str] = &[
+pub const CRASH_MARKERS: &[&str] = &[
     "BUG:",
     "kernel BUG",
     "Oops",

@@ -16,6 +16,7 @@ mod engine;
 mod guest;
 mod live;
 mod qemu;
+mod soak;
 mod storage;
 mod sys;
 mod transports;
@@ -51,6 +52,10 @@ enum Cmd {
     /// Transports (issue 5): native TCP, native --tls, --tunnelled and
     /// --tunnelled --parallel 4, idle and dirtying, in one run.
     Transports(transports::TransportsArgs),
+    /// Soak (issue 13): many live migrations back and forth across
+    /// managed, p2p, storage copy and post-copy, counting failed
+    /// migrations and what the guest reports.
+    Soak(soak::SoakArgs),
 }
 
 #[tokio::main]
@@ -62,6 +67,7 @@ async fn main() -> ExitCode {
             Cmd::Storage(a) => storage::run(a).await,
             Cmd::Converge(a) => converge::run(a).await,
             Cmd::Transports(a) => transports::run(a).await,
+            Cmd::Soak(a) => soak::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };

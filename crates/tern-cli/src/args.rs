@@ -72,6 +72,10 @@ pub enum Cmd {
     Domjobabort {
         /// Domain name.
         domain: String,
+        /// Pause a post-copy migration instead (the guest already runs on
+        /// the destination); 'migrate --postcopy-resume' resumes it.
+        #[arg(long)]
+        postcopy: bool,
     },
     /// Set the bandwidth of a running migration, MiB/s (0 = unlimited).
     MigrateSetspeed {
@@ -298,19 +302,35 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Define a directory pool.
+    /// Define a directory pool, or a netfs (NFS) pool.
     PoolDefineAs {
         /// Pool name.
         name: String,
-        /// Pool type (only "dir").
-        #[arg(value_parser = ["dir"])]
-        pool_type: String,
-        /// Directory.
+        /// Pool type: "dir" or "netfs" (or give --type).
+        #[arg(value_parser = ["dir", "netfs"])]
+        pool_type: Option<String>,
+        /// Pool type, as `virsh pool-define-as --type`.
+        #[arg(long = "type", value_name = "TYPE", value_parser = ["dir", "netfs"])]
+        type_flag: Option<String>,
+        /// Directory (for netfs, where the export is mounted or named).
         #[arg(long)]
         target: PathBuf,
-        /// Other hosts see the same files (NFS, CephFS...).
+        /// Other hosts see the same files (NFS, CephFS...); netfs pools always do.
         #[arg(long)]
         shared: bool,
+        /// netfs: the NFS server.
+        #[arg(long)]
+        source_host: Option<String>,
+        /// netfs: the exported directory.
+        #[arg(long)]
+        source_path: Option<String>,
+        /// netfs: the export's format (only "nfs").
+        #[arg(long, value_parser = ["nfs", "auto"])]
+        source_format: Option<String>,
+        /// netfs: "mount" (kernel NFS client), "qemu" (QEMU opens nfs://
+        /// itself), or "auto" (mount when the kernel has NFS).
+        #[arg(long, value_parser = ["auto", "mount", "qemu"])]
+        access: Option<String>,
     },
     /// Create a pool's directory.
     PoolBuild {

@@ -121,6 +121,9 @@ pub enum ClusterCmd {
     HostMaintenance {
         /// Host name.
         id: String,
+        /// End the maintenance instead: the host takes new servers again.
+        #[arg(long)]
+        leave: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -483,7 +486,19 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
                 print!("{}", job_rows(&jobs));
             }
         }
-        ClusterCmd::HostMaintenance { id, json } => {
+        ClusterCmd::HostMaintenance {
+            id,
+            leave: true,
+            json,
+        } => {
+            let h: HostRecord = call(c, ClusterRequest::HostMaintenanceLeave { id }).await?;
+            if json {
+                print_json(&h);
+            } else {
+                println!("{}: out of maintenance", h.report.name);
+            }
+        }
+        ClusterCmd::HostMaintenance { id, json, .. } => {
             let jobs: Vec<JobRecord> = call(c, ClusterRequest::HostMaintenance { id }).await?;
             if json {
                 print_json(&jobs);

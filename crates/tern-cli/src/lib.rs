@@ -5,6 +5,7 @@ pub mod args;
 pub mod cluster;
 mod domain;
 pub mod migrate;
+mod netfs_args;
 pub mod pki;
 mod proxy;
 mod storage;

@@ -93,6 +93,13 @@ pub struct MigrateArgs {
     /// Switch to post-copy after the first pre-copy pass.
     #[arg(long)]
     pub postcopy_after_precopy: bool,
+    /// Bandwidth cap once in post-copy, MiB/s (default: unlimited).
+    #[arg(long)]
+    pub postcopy_bandwidth: Option<u64>,
+    /// Resume a post-copy migration that a broken link or
+    /// 'domjobabort --postcopy' paused, then follow it to its end.
+    #[arg(long)]
+    pub postcopy_resume: bool,
     /// Bandwidth limit, MiB/s (default: unlimited).
     #[arg(long)]
     pub bandwidth: Option<u64>,
@@ -212,6 +219,7 @@ impl MigrateArgs {
             parallel_compression: self.parallel_compression.clone(),
             postcopy: self.postcopy,
             postcopy_after_precopy: self.postcopy_after_precopy,
+            postcopy_bandwidth_mib: self.postcopy_bandwidth,
             bandwidth_mib: self.bandwidth,
             max_downtime_ms: self.max_downtime,
             timeout_s: self.timeout,
@@ -392,6 +400,16 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
         enabled: a.verbose,
     };
     let t0 = Instant::now();
+    if a.postcopy_resume {
+        let _: Value = src
+            .call(&Request::Migration(
+                MigrationRequest::MigratePostcopyResume {
+                    name: a.domain.clone(),
+                },
+            ))
+            .await?;
+        return follow(src, a, &mut progress, t0).await;
+    }
     if a.p2p {
         let _: Value = src
             .call(&Request::Migration(MigrationRequest::MigrateP2p {
@@ -400,40 +418,18 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
                 options: o.clone(),
             }))
             .await?;
-        // Follow the agent's job; the migration goes on if we are killed.
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let cur: JobInfo = src
-                .call(&Request::Migration(MigrationRequest::JobInfo {
-                    name: a.domain.clone(),
-                    completed: false,
-                    wait_ms: 0,
-                }))
-                .await?;
-            if cur.kind != JobKind::None {
-                progress.show(&cur);
-                continue;
-            }
-            let fin: JobInfo = src
-                .call(&Request::Migration(MigrationRequest::JobInfo {
-                    name: a.domain.clone(),
-                    completed: true,
-                    wait_ms: 0,
-                }))
-                .await?;
-            if fin.phase == "completed" {
-                progress.done();
-                println!("{}", summary(&a.domain, &a.desturi, &fin, t0.elapsed()));
-                return Ok(());
-            }
-            return Err(CliError::Usage(fin.error.unwrap_or_else(|| {
-                format!("migration ended in phase {}", fin.phase)
-            })));
-        }
+        return follow(src, a, &mut progress, t0).await;
     }
     let dst = connect(Some(&a.desturi))?;
     let id = uuid::Uuid::new_v4();
-    let out = driver::drive(src, &dst, id, &a.domain, &o, |i| progress.show(i)).await?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel.clone());
+    let out = driver::drive_with(src, &dst, id, &a.domain, &o, &cancel, |i| progress.show(i)).await;
+    watcher.abort();
+    let out = out?;
+    if let Some(w) = &out.warning {
+        eprintln!("warning: {w}");
+    }
     if o.cold {
         progress.done();
         println!(
@@ -455,6 +451,77 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Follows the source agent's job to its end (`--p2p`, `--postcopy-resume`):
+/// the migration goes on if we are killed, and Ctrl-C aborts it, as virsh
+/// does.
+async fn follow(src: &Client, a: &MigrateArgs, progress: &mut Progress, t0: Instant) -> Result<()> {
+    // Follow the agent's job; the migration goes on if we are killed,
+    // and Ctrl-C aborts it, as virsh does.
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cur: JobInfo = src
+            .call(&Request::Migration(MigrationRequest::JobInfo {
+                name: a.domain.clone(),
+                completed: false,
+                wait_ms: 0,
+            }))
+            .await?;
+        if cur.kind != JobKind::None {
+            progress.show(&cur);
+            continue;
+        }
+        let fin: JobInfo = src
+            .call(&Request::Migration(MigrationRequest::JobInfo {
+                name: a.domain.clone(),
+                completed: true,
+                wait_ms: 0,
+            }))
+            .await?;
+        if fin.phase == "completed" {
+            progress.done();
+            println!("{}", summary(&a.domain, &a.desturi, &fin, t0.elapsed()));
+            return Ok(());
+        }
+        return Err(CliError::Usage(fin.error.unwrap_or_else(|| {
+            format!("migration ended in phase {}", fin.phase)
+        })));
+    }
+}
+
+/// Ctrl-C on `tern migrate` aborts the migration, as in virsh: the first
+/// one asks the source to abort its job (before Perform, the driver stops
+/// and rolls back instead); a second one leaves at once, and the agents
+/// settle the migration by themselves (their orphan timers).
+fn abort_on_ctrl_c(
+    src: Client,
+    domain: String,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("\ninterrupted: aborting the migration (Ctrl-C again to leave it to the agents)");
+        match src
+            .call::<Value>(&Request::Migration(MigrationRequest::JobAbort {
+                name: domain,
+                postcopy: false,
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => eprintln!("abort: {e}"),
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("left the migration to the agents; 'tern domjobinfo' shows how it ends");
+            std::process::exit(130);
+        }
+    })
 }
 
 fn job(req: MigrationRequest) -> Request {
@@ -522,9 +589,12 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        Cmd::Domjobabort { domain } => {
+        Cmd::Domjobabort { domain, postcopy } => {
             let _: Value = c
-                .call(&job(MigrationRequest::JobAbort { name: domain }))
+                .call(&job(MigrationRequest::JobAbort {
+                    name: domain,
+                    postcopy,
+                }))
                 .await?;
         }
         Cmd::MigrateSetspeed { domain, bandwidth } => {

@@ -38,15 +38,28 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         }
         Cmd::PoolDefineAs {
             name,
+            pool_type,
+            type_flag,
             target,
             shared,
+            source_host,
+            source_path,
+            access,
             ..
         } => {
+            let netfs = crate::netfs_args::netfs_source(
+                pool_type.as_deref(),
+                type_flag.as_deref(),
+                source_host,
+                source_path,
+                access.as_deref(),
+            )?;
             let _: Value = c
                 .call(&Request::PoolDefineAs {
                     name: name.clone(),
                     target,
                     shared,
+                    netfs,
                 })
                 .await?;
             println!("Pool {name} defined");
@@ -128,8 +141,17 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                     "{}",
                     kv(&[
                         ("Name", p.def.name.clone()),
-                        ("Type", "dir".into()),
+                        ("Type", p.def.kind.as_str().into()),
                         ("Target", p.def.target.display().to_string()),
+                        (
+                            "Source",
+                            p.def
+                                .source
+                                .as_ref()
+                                .map(|s| format!("{}:{}", s.host, s.path))
+                                .unwrap_or_else(|| "-".into()),
+                        ),
+                        ("Access", crate::netfs_args::access_text(&p),),
                         (
                             "State",
                             if p.active { "running" } else { "inactive" }.into()

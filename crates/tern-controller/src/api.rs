@@ -92,6 +92,7 @@ pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<
         ClusterRequest::MigrateCancel { id } => ok(jobs::cancel(ctl, &id).await?),
         ClusterRequest::JobList => ok(ctl.inv.jobs().await?),
         ClusterRequest::HostMaintenance { id } => ok(maintenance(ctl, &id).await?),
+        ClusterRequest::HostMaintenanceLeave { id } => ok(leave_maintenance(ctl, &id).await?),
         ClusterRequest::HostAutoMigrate {
             id,
             on_host_down,
@@ -404,6 +405,19 @@ async fn maintenance(ctl: &Arc<Controller>, host: &str) -> Result<Vec<JobRecord>
         return Err(CtlError::Conflict(errors.join("; ")));
     }
     Ok(out)
+}
+
+/// Ends a host's maintenance: the scheduler may place servers on it again.
+async fn leave_maintenance(ctl: &Arc<Controller>, host: &str) -> Result<HostRecord> {
+    ctl.inv.host(host).await?;
+    ctl.inv
+        .update_host(host, |h| {
+            let change = h.maintenance;
+            h.maintenance = false;
+            Ok(change)
+        })
+        .await?
+        .ok_or_else(|| CtlError::NotFound(format!("no host '{host}'; see 'tern host-list'")))
 }
 
 /// Serves the API on a TCP listener forever.

@@ -244,6 +244,7 @@ pub async fn cancel(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord> {
             })?;
             c.call::<serde_json::Value>(&Request::Migration(MigrationRequest::JobAbort {
                 name: j.server.clone(),
+                postcopy: false,
             }))
             .await
             .map_err(|source| CtlError::Agent {

@@ -9,6 +9,7 @@
 //! in `tern_api::cluster`.
 
 pub mod api;
+pub mod console;
 pub mod error;
 pub mod evacuate;
 pub mod health;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use tern_qemu::MigrationStatus;
 
 /// virsh's "Job type".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -31,7 +32,7 @@ pub struct JobInfo {
     /// Tern's phase name.
     pub phase: String,
     /// QEMU's migration status (setup, active, postcopy-active, completed...).
-    pub qemu_status: String,
+    pub qemu_status: MigrationStatus,
     /// Milliseconds since the job started.
     pub time_elapsed_ms: u64,
     /// Bytes transferred (memory and, later, disks).
@@ -164,8 +165,8 @@ impl JobInfo {
     /// Updates the figures from a `query-migrate` reply.
     pub fn update_from_qemu(&mut self, q: &Value) {
         let u = |v: &Value| v.as_u64().unwrap_or(0);
-        let status = q["status"].as_str().unwrap_or("none").to_string();
-        if status.starts_with("postcopy") {
+        let status = MigrationStatus::of_reply(q);
+        if status.is_postcopy() {
             self.went_postcopy = true;
         }
         let ram = &q["ram"];
@@ -210,11 +211,11 @@ impl JobInfo {
         if let Some(e) = q["error-desc"].as_str() {
             self.error = Some(e.to_string());
         }
-        self.kind = match status.as_str() {
-            "completed" => JobKind::Completed,
-            "failed" => JobKind::Failed,
-            "cancelled" => JobKind::Cancelled,
-            "none" => self.kind,
+        self.kind = match status {
+            MigrationStatus::Completed => JobKind::Completed,
+            MigrationStatus::Failed => JobKind::Failed,
+            MigrationStatus::Cancelled => JobKind::Cancelled,
+            MigrationStatus::None => self.kind,
             _ => JobKind::Unbounded,
         };
         self.qemu_status = status;

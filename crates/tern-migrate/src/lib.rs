@@ -11,6 +11,7 @@ pub mod phase;
 pub mod plan;
 pub mod policy;
 pub mod protocol;
+pub mod recovery;
 
 pub use jobinfo::{JobEvent, JobInfo, JobKind};
 pub use options::{MigrateOptions, OptionsError, TimeoutAction};

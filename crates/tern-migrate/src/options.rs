@@ -75,6 +75,11 @@ pub struct MigrateOptions {
     pub postcopy: bool,
     /// `--postcopy-after-precopy`: switch after the first pass.
     pub postcopy_after_precopy: bool,
+    /// `--postcopy-bandwidth` MiB/s: the cap once in post-copy (QEMU's
+    /// `max-postcopy-bandwidth`; absent: unlimited). Sent only when set, so
+    /// an agent that predates it still accepts the options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postcopy_bandwidth_mib: Option<u64>,
     /// `--bandwidth` MiB/s (0 or absent: unlimited).
     pub bandwidth_mib: Option<u64>,
     /// `--max-downtime` ms.
@@ -220,6 +225,9 @@ impl MigrateOptions {
             if self.suspend {
                 return Err(OptionsError::Exclusive("offline", "suspend"));
             }
+        }
+        if self.postcopy_bandwidth_mib.is_some() && !self.postcopy {
+            return Err(OptionsError::Needs("postcopy-bandwidth", "postcopy"));
         }
         if self.postcopy_after_precopy && !self.postcopy {
             return Err(OptionsError::Needs("postcopy-after-precopy", "postcopy"));
@@ -454,6 +462,9 @@ impl MigrateOptions {
             json!(if self.tls { TLS_CREDS_ID } else { "" }),
         );
         p.insert("max-bandwidth".into(), json!(self.bandwidth_bytes()));
+        if let Some(m) = self.postcopy_bandwidth_mib.filter(|m| *m > 0) {
+            p.insert("max-postcopy-bandwidth".into(), json!(m << 20));
+        }
         p.insert("downtime-limit".into(), json!(self.initial_downtime_ms()));
         if self.policy_on() && !self.auto_converge && !self.no_throttle {
             // QEMU requires initial <= max; both at 1% leave it inert.

@@ -1,4 +1,4 @@
-//! The agent-to-agent migration protocol, version 1.
+//! The agent-to-agent migration protocol, version 2.
 //!
 //! Messages travel as JSON inside the host API (`tern-api`'s `Request`
 //! variants `migrate-begin`, `migrate-prepare`, `migrate-perform`,
@@ -15,9 +15,41 @@
 //! ```
 //!
 //! Every message that crosses between agents carries [`PROTOCOL_VERSION`];
-//! a receiver refuses any other version with [`ProtocolError::Version`]
-//! before acting. Every message names the migration by a random id, so a
-//! late Finish for an old attempt cannot touch a newer one.
+//! a receiver accepts its own version and the one before
+//! ([`OLDEST_SUPPORTED_VERSION`]), so hosts can be upgraded one at a time,
+//! and refuses any other with [`ProtocolError::Version`] before acting.
+//! Replies carry the version too, and the driver checks them. Every message
+//! names the migration by a random id, so a late Finish for an old attempt
+//! cannot touch a newer one.
+//!
+//! # Settling a migration without its driver (version 2)
+//!
+//! The driver may vanish at any moment (`tern` killed, a link cut, an agent
+//! restarted after `kill -9`). Each side then settles the migration by
+//! itself, asking the other where it stands:
+//!
+//! ```text
+//!  source ──Query{version, id}──▶ destination → QueryReply{version, role, view}
+//!  source ──Finish{success}─────▶ destination    (only if the view is Prepared{complete})
+//!  destination ──Query{id}──────▶ source      → QueryReply (orphan timer)
+//! ```
+//!
+//! To reach each other, Perform names the destination agent's URI
+//! ([`PerformRequest::dest_uri`]) and Prepare the source's
+//! ([`PrepareRequest::source_uri`]). `crate::recovery` decides from the
+//! answer; the rule of safety is written there.
+//!
+//! # Raising the version
+//!
+//! Raise [`PROTOCOL_VERSION`] when a message gains a field the receiver
+//! must understand, or a new message is needed; set
+//! [`OLDEST_SUPPORTED_VERSION`] to the previous version. New fields are
+//! `#[serde(default)]` so the previous version's messages still parse, and
+//! code that needs a new message checks the peer's version first (a
+//! version-1 peer answers a `migrate-query` with "unknown request", which
+//! the asker treats as "unreachable": it keeps waiting and never resumes on
+//! that answer). Never remove a field while the previous version is
+//! accepted.
 //!
 //! # Transports of the guest's bytes
 //!
@@ -63,13 +95,16 @@ use thiserror::Error;
 use uuid::Uuid;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version this build still accepts (the previous one).
+pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
 /// Protocol-level refusals.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtocolError {
     /// The peer speaks another version.
-    #[error("peer speaks migration protocol version {got}, this agent speaks {PROTOCOL_VERSION}; upgrade the older agent")]
+    #[error("peer speaks migration protocol version {got}, this agent speaks {OLDEST_SUPPORTED_VERSION} to {PROTOCOL_VERSION}; upgrade the older agent")]
     Version {
         /// Version received.
         got: u32,
@@ -81,7 +116,7 @@ pub enum ProtocolError {
 
 /// Checks a received version.
 pub fn check_version(got: u32) -> Result<(), ProtocolError> {
-    if got == PROTOCOL_VERSION {
+    if (OLDEST_SUPPORTED_VERSION..=PROTOCOL_VERSION).contains(&got) {
         Ok(())
     } else {
         Err(ProtocolError::Version { got })
@@ -107,6 +142,9 @@ pub struct BeginReply {
     /// them (the policy's start plan); absent: the ones given.
     #[serde(default)]
     pub options: Option<MigrateOptions>,
+    /// How the destination reaches the source agent (version 2).
+    #[serde(default)]
+    pub source_uri: Option<String>,
 }
 
 /// How one disk's contents reach the destination.
@@ -208,6 +246,13 @@ pub struct PrepareRequest {
     /// Files to receive, for a cold migration.
     #[serde(default)]
     pub files: Vec<ColdFile>,
+    /// The source agent's URI, so an orphaned destination can ask it where
+    /// the migration stands (version 2).
+    #[serde(default)]
+    pub source_uri: Option<String>,
+    /// The domain's name on the source (version 2).
+    #[serde(default)]
+    pub source_name: Option<String>,
 }
 
 /// Where to send memory.
@@ -423,6 +468,13 @@ pub struct PerformRequest {
     pub files: Vec<ColdFile>,
     /// Options.
     pub options: MigrateOptions,
+    /// The destination agent's URI, so a source whose driver vanished can
+    /// ask it where the migration stands (version 2).
+    #[serde(default)]
+    pub dest_uri: Option<String>,
+    /// The domain's name on the destination (version 2).
+    #[serde(default)]
+    pub dest_name: Option<String>,
 }
 
 /// Tell the destination how Perform ended.
@@ -464,6 +516,48 @@ pub struct ConfirmRequest {
     pub success: bool,
     /// Options (`--undefinesource`...).
     pub options: MigrateOptions,
+}
+
+/// Source to destination: the post-copy of migration `id` broke (or was
+/// paused); listen for the source to resume it (version 2). The
+/// destination pauses its side first if it still thinks it is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// Version.
+    pub version: u32,
+    /// Migration id.
+    pub id: Uuid,
+}
+
+/// Where the destination's QEMU waits for the recovery channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverReply {
+    /// Version.
+    pub version: u32,
+    /// Address and port (`migrate-recover`).
+    pub target: IncomingTarget,
+}
+
+/// "Where does migration `id` stand on your side?" (version 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryRequest {
+    /// Version.
+    pub version: u32,
+    /// Migration id.
+    pub id: Uuid,
+}
+
+/// The answer to a [`QueryRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryReply {
+    /// Version.
+    pub version: u32,
+    /// Migration id.
+    pub id: Uuid,
+    /// The answering side's role, if it knows the migration.
+    pub role: Option<crate::phase::Role>,
+    /// Where it stands.
+    pub view: crate::recovery::PeerView,
 }
 
 #[cfg(test)]
@@ -519,6 +613,14 @@ mod tests {
                 bandwidth_mib: Some(10),
                 ..Default::default()
             },
+            dest_uri: Some("tern+tcp://b/system".into()),
+            dest_name: Some("g".into()),
+        });
+        round_trip(&QueryReply {
+            version: PROTOCOL_VERSION,
+            id,
+            role: Some(crate::Role::Destination),
+            view: crate::recovery::PeerView::Prepared { complete: true },
         });
         round_trip(&FinishRequest {
             version: PROTOCOL_VERSION,
@@ -608,6 +710,13 @@ mod tests {
     #[test]
     fn unknown_versions_are_refused_clearly() {
         assert!(check_version(PROTOCOL_VERSION).is_ok());
+        // The previous version is still spoken, so hosts upgrade one by one.
+        assert!(check_version(PROTOCOL_VERSION - 1).is_ok());
+        assert!(check_version(OLDEST_SUPPORTED_VERSION - 1).is_err());
+        // A version-1 Perform (no dest_uri) still parses.
+        let v1 = r#"{"version":1,"id":"00000000-0000-0000-0000-000000000001","name":"g",
+            "target":{"host":"h","port":1},"options":{}}"#;
+        assert!(serde_json::from_str::<PerformRequest>(v1).is_ok());
         let e = check_version(7).unwrap_err();
         assert!(e.to_string().contains("version 7"));
         // Unknown fields (a newer peer's options) are refused, not ignored.

@@ -251,6 +251,10 @@ pub struct Disk {
     pub cache: Option<CacheMode>,
     /// `<source file=...>` / `<source dev=...>`; `None` for an empty cdrom.
     pub source: Option<PathBuf>,
+    /// Where a `type='network'` or `type='volume'` disk lives (its
+    /// `<source>` names no host path); `None` for file and block disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<DiskRemote>,
     /// `<target dev=...>` e.g. "vda".
     pub target_dev: String,
     /// `<target bus=...>`.
@@ -287,6 +291,11 @@ pub enum DiskSourceType {
     File,
     /// A block device.
     Block,
+    /// An image QEMU opens itself over the network (`<source protocol=...>`).
+    Network,
+    /// A volume of a storage pool (`<source pool=... volume=...>`), resolved
+    /// on each host by that host's pool of the same name.
+    Volume,
 }
 
 /// What the guest sees.
@@ -473,4 +482,82 @@ pub struct Input {
     /// Where a USB or virtio input device sits.
     #[serde(default)]
     pub address: Option<Address>,
+}
+
+/// The `<source>` of a disk that names no host path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum DiskRemote {
+    /// `<disk type='network'>`.
+    Network(NetworkSource),
+    /// `<disk type='volume'>`.
+    Volume(VolumeSource),
+}
+
+/// `<source protocol=... name=...><host name=... port=.../></source>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSource {
+    /// The protocol, which is also the QEMU block driver that opens it.
+    pub protocol: NetProtocol,
+    /// `name=`: for nfs `export/path/file`, for rbd `pool/image`, for gluster
+    /// `volume/path`, for iscsi `iqn.../lun`. Kept as written.
+    pub name: String,
+    /// `<host>` elements (rbd may list several monitors).
+    pub hosts: Vec<NetHost>,
+}
+
+/// Network disk protocols Tern knows how to hand to QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetProtocol {
+    /// NFSv3 through libnfs (`nfs://`).
+    Nfs,
+    /// Ceph RBD through librbd.
+    Rbd,
+    /// iSCSI through libiscsi.
+    Iscsi,
+    /// GlusterFS through libgfapi.
+    Gluster,
+}
+
+impl NetProtocol {
+    /// The XML spelling, which is also QEMU's block driver name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetProtocol::Nfs => "nfs",
+            NetProtocol::Rbd => "rbd",
+            NetProtocol::Iscsi => "iscsi",
+            NetProtocol::Gluster => "gluster",
+        }
+    }
+
+    /// Parses the XML spelling.
+    pub fn parse(s: &str) -> Option<NetProtocol> {
+        [
+            NetProtocol::Nfs,
+            NetProtocol::Rbd,
+            NetProtocol::Iscsi,
+            NetProtocol::Gluster,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// `<host name=... port=...>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetHost {
+    /// Host name or address.
+    pub name: String,
+    /// Port; `None` means the protocol's default.
+    pub port: Option<u16>,
+}
+
+/// `<source pool=... volume=...>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSource {
+    /// Storage pool name (the same on every host the guest may run on).
+    pub pool: String,
+    /// Volume name inside the pool.
+    pub volume: String,
 }

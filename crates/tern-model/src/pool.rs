@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// A directory pool (`pool-define-as NAME dir --target PATH`).
+/// A storage pool: a directory (`pool-define-as NAME dir --target PATH`)
+/// or an NFS export (`pool-define-as NAME netfs --source-host H
+/// --source-path P --target DIR`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolDef {
     /// Pool name, unique per host.
@@ -15,6 +17,12 @@ pub struct PoolDef {
     pub shared: bool,
     /// Start the pool when the agent starts.
     pub autostart: bool,
+    /// `dir` (the default, and what definitions from before netfs hold) or `netfs`.
+    #[serde(default)]
+    pub kind: PoolKind,
+    /// The export of a netfs pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<NetfsSource>,
 }
 
 /// What `pool-list` / `pool-info` show.
@@ -31,6 +39,9 @@ pub struct PoolInfo {
     pub allocation: u64,
     /// Bytes free for non-root users on that filesystem.
     pub available: u64,
+    /// How an active netfs pool reaches its export (never `Auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<NetfsAccess>,
 }
 
 /// What `vol-list` / `vol-info` show.
@@ -48,4 +59,131 @@ pub struct VolumeInfo {
     pub allocation: u64,
     /// Backing file, if any.
     pub backing: Option<PathBuf>,
+}
+
+/// libvirt's pool types that Tern implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// A local (or already shared) directory.
+    #[default]
+    Dir,
+    /// An NFS export.
+    Netfs,
+}
+
+impl PoolKind {
+    /// libvirt's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Dir => "dir",
+            PoolKind::Netfs => "netfs",
+        }
+    }
+}
+
+/// The export of a netfs pool (`--source-host`, `--source-path`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetfsSource {
+    /// The NFS server's name or address.
+    pub host: String,
+    /// The exported directory, absolute (`/nfs`).
+    pub path: String,
+    /// How to reach it; `Auto` decides when the pool starts.
+    #[serde(default)]
+    pub access: NetfsAccess,
+}
+
+impl NetfsSource {
+    /// `nfs://HOST/PATH/FILE`, the URL QEMU and qemu-img open a volume by.
+    pub fn url(&self, file: &str) -> String {
+        format!("nfs://{}{}", self.host, self.file_path(file))
+    }
+
+    /// The path QEMU's nfs block driver takes: `/PATH/FILE`.
+    pub fn file_path(&self, file: &str) -> String {
+        let dir = self.path.trim_matches('/');
+        if dir.is_empty() {
+            format!("/{file}")
+        } else {
+            format!("/{dir}/{file}")
+        }
+    }
+}
+
+/// How a host reaches a netfs pool's export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetfsAccess {
+    /// `mount` when the kernel has an NFS client (`nfs` in
+    /// /proc/filesystems), `qemu` otherwise.
+    #[default]
+    Auto,
+    /// The kernel mounts the export on the target (`mount -t nfs`).
+    Mount,
+    /// Nothing is mounted: QEMU opens volumes as `nfs://` itself and the
+    /// agent's volume operations use qemu-img and an NFSv3 client.
+    Qemu,
+}
+
+impl NetfsAccess {
+    /// The spelling of `--access`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetfsAccess::Auto => "auto",
+            NetfsAccess::Mount => "mount",
+            NetfsAccess::Qemu => "qemu",
+        }
+    }
+
+    /// The mode to use given whether the kernel has an NFS client.
+    pub fn resolve(self, kernel_nfs: bool) -> NetfsAccess {
+        match self {
+            NetfsAccess::Auto if kernel_nfs => NetfsAccess::Mount,
+            NetfsAccess::Auto => NetfsAccess::Qemu,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(path: &str) -> NetfsSource {
+        NetfsSource {
+            host: "192.168.1.101".into(),
+            path: path.into(),
+            access: NetfsAccess::Auto,
+        }
+    }
+
+    #[test]
+    fn urls_join_export_and_file_with_single_slashes() {
+        assert_eq!(src("/nfs").url("test01"), "nfs://192.168.1.101/nfs/test01");
+        assert_eq!(
+            src("/nfs/").url("a.qcow2"),
+            "nfs://192.168.1.101/nfs/a.qcow2"
+        );
+        assert_eq!(src("/").url("a"), "nfs://192.168.1.101/a");
+        assert_eq!(src("/srv/vm").file_path("a"), "/srv/vm/a");
+        assert_eq!(src("/").file_path("a"), "/a");
+    }
+
+    #[test]
+    fn auto_access_follows_the_kernel() {
+        assert_eq!(NetfsAccess::Auto.resolve(true), NetfsAccess::Mount);
+        assert_eq!(NetfsAccess::Auto.resolve(false), NetfsAccess::Qemu);
+        assert_eq!(NetfsAccess::Qemu.resolve(true), NetfsAccess::Qemu);
+        assert_eq!(NetfsAccess::Mount.resolve(false), NetfsAccess::Mount);
+    }
+
+    #[test]
+    fn old_definitions_load_as_dir_pools() {
+        let d: PoolDef =
+            serde_json::from_str(r#"{"name":"p","target":"/t","shared":true,"autostart":false}"#)
+                .unwrap();
+        assert_eq!(d.kind, PoolKind::Dir);
+        assert_eq!(d.source, None);
+    }
 }

@@ -176,7 +176,7 @@ fn validate_disks(d: &Domain) -> Result {
             return Err(ValidationError::DuplicateTargetDev(dev.clone()));
         }
         match disk.device {
-            DiskDevice::Disk if disk.source.is_none() => {
+            DiskDevice::Disk if disk.source.is_none() && disk.remote.is_none() => {
                 return Err(ValidationError::DiskWithoutSource(dev.clone()))
             }
             DiskDevice::Cdrom if !disk.readonly => {
@@ -345,6 +345,19 @@ fn validate_representable(d: &Domain) -> Result {
     for disk in &d.devices.disks {
         if let Some(source) = &disk.source {
             check_path("a disk source path", source)?;
+        }
+        match &disk.remote {
+            Some(crate::DiskRemote::Network(n)) => {
+                check_plain("a network disk name", &n.name)?;
+                for h in &n.hosts {
+                    check_plain("a network disk host", &h.name)?;
+                }
+            }
+            Some(crate::DiskRemote::Volume(v)) => {
+                check_plain("a disk's pool name", &v.pool)?;
+                check_plain("a disk's volume name", &v.volume)?;
+            }
+            None => {}
         }
     }
     for interface in &d.devices.interfaces {

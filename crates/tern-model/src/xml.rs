@@ -47,6 +47,7 @@ mod export;
 mod export_guest;
 mod guest_devices;
 mod import;
+mod netdisk;
 mod platform;
 mod units;
 

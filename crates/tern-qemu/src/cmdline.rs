@@ -184,10 +184,10 @@ fn cache_flags(cache: Option<CacheMode>) -> (bool, bool, bool) {
     }
 }
 
-/// The two block nodes of a disk: protocol (file or block device) and format.
-fn disk_blockdevs(disk: &tern_model::Disk, src: &Path, a: &mut Vec<String>) {
-    let node = drive_node(&disk.target_dev);
-    let ro = disk.readonly || disk.device == DiskDevice::Cdrom;
+mod netblock;
+
+/// The protocol node of a local disk: a file or a block device.
+fn file_blockdev(disk: &tern_model::Disk, src: &Path, ro: bool, a: &mut Vec<String>) {
     let (direct, no_flush, _) = cache_flags(disk.cache);
     let file_driver = if disk.source_type == tern_model::DiskSourceType::Block {
         "host_device"
@@ -199,20 +199,29 @@ fn disk_blockdevs(disk: &tern_model::Disk, src: &Path, a: &mut Vec<String>) {
         (None, true) => ",aio=native".to_string(),
         (None, false) => String::new(),
     };
-    let discard = disk
-        .discard
-        .as_deref()
-        .map(|d| format!(",discard={d}"))
-        .unwrap_or_default();
     a.push("-blockdev".into());
     a.push(format!(
-        "driver={file_driver},filename={},node-name={},cache.direct={},cache.no-flush={},read-only={}{aio}{discard}",
+        "driver={file_driver},filename={},node-name={},cache.direct={},cache.no-flush={},read-only={}{aio}{}",
         escape_comma(&src.display().to_string()),
         file_node(&disk.target_dev),
         onoff(direct),
         onoff(no_flush),
         onoff(ro),
+        discard_opt(disk),
     ));
+}
+
+fn discard_opt(disk: &tern_model::Disk) -> String {
+    disk.discard
+        .as_deref()
+        .map(|d| format!(",discard={d}"))
+        .unwrap_or_default()
+}
+
+/// The format node (`driver=qcow2|raw`) over a disk's protocol node, with
+/// the guest's discard and zero-detection settings.
+fn format_blockdev(disk: &tern_model::Disk, ro: bool, a: &mut Vec<String>) {
+    let (direct, no_flush, _) = cache_flags(disk.cache);
     let fmt = match disk.format {
         DiskFormat::Qcow2 => "qcow2",
         DiskFormat::Raw => "raw",
@@ -224,11 +233,13 @@ fn disk_blockdevs(disk: &tern_model::Disk, src: &Path, a: &mut Vec<String>) {
         .unwrap_or_default();
     a.push("-blockdev".into());
     a.push(format!(
-        "driver={fmt},file={},node-name={node},cache.direct={},cache.no-flush={},read-only={}{discard}{zeroes}",
+        "driver={fmt},file={},node-name={},cache.direct={},cache.no-flush={},read-only={}{}{zeroes}",
         file_node(&disk.target_dev),
+        drive_node(&disk.target_dev),
         onoff(direct),
         onoff(no_flush),
         onoff(ro),
+        discard_opt(disk),
     ));
 }
 
@@ -258,11 +269,20 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
     let (boot, _) = platform::boot_indexes(d);
     for (n, disk) in d.devices.disks.iter().enumerate() {
         let node = drive_node(&disk.target_dev);
+        let ro = disk.readonly || disk.device == DiskDevice::Cdrom;
+        if let (None, Some(tern_model::DiskRemote::Network(n))) = (&disk.source, &disk.remote) {
+            a.push("-blockdev".into());
+            a.push(netblock::protocol_blockdev(disk, n, ro));
+            format_blockdev(disk, ro, a);
+        }
         if let Some(src) = &disk.source {
-            disk_blockdevs(disk, src, a);
+            file_blockdev(disk, src, ro, a);
+            format_blockdev(disk, ro, a);
         }
         let (_, _, write_cache) = cache_flags(disk.cache);
-        let drive = if disk.source.is_some() {
+        let drive = if disk.source.is_some()
+            || matches!(disk.remote, Some(tern_model::DiskRemote::Network(_)))
+        {
             format!(",drive={node}")
         } else {
             String::new()

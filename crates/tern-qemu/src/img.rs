@@ -130,6 +130,34 @@ pub async fn info(path: &Path) -> Result<ImageInfo, ImgError> {
     })
 }
 
+/// The block drivers this QEMU build has (`qemu-img --help`, "Supported
+/// image formats"), including those loaded as modules (nfs, rbd, iscsi,
+/// gluster come from Debian's qemu-block-extra).
+pub async fn block_drivers() -> Result<Vec<String>, ImgError> {
+    let out = run("--help", &["--help"]).await?;
+    Ok(parse_block_drivers(&String::from_utf8_lossy(&out)))
+}
+
+/// The words after "Supported image formats:" up to the next paragraph
+/// that is not indented.
+pub fn parse_block_drivers(help: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in help.lines() {
+        if line.trim_start().starts_with("Supported") && line.contains("formats:") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if !line.is_empty() && !line.starts_with(' ') {
+                break;
+            }
+            out.extend(line.split_whitespace().map(str::to_string));
+        }
+    }
+    out
+}
+
 /// Parses a virsh-style size: a number with an optional unit suffix
 /// (b, k/K/KiB, KB, M/MiB, MB, G/GiB, GB, T/TiB, TB); bare numbers are bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -164,6 +192,15 @@ pub fn parse_size(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_drivers_are_read_from_help() {
+        let help = "Recognized commands:\n  info - Display\n\nSupported image formats:\n\n  blkdebug file gluster\n  nfs null-co qcow2 raw rbd\n\nSee <https://qemu.org>\n";
+        assert_eq!(
+            parse_block_drivers(help),
+            ["blkdebug", "file", "gluster", "nfs", "null-co", "qcow2", "raw", "rbd"]
+        );
+    }
 
     #[test]
     fn sizes_parse_like_virsh() {

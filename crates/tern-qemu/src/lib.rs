@@ -10,6 +10,8 @@ pub mod identity;
 pub mod img;
 pub mod probe;
 pub mod qmp;
+pub mod states;
 
 pub use cmdline::{build_command_line, LaunchSpec, NetBackend};
 pub use qmp::{Qmp, QmpError, QmpEvent};
+pub use states::{BlockJob, BlockJobStatus, MigrationStatus, MirrorEnd, RunState};

@@ -9,6 +9,7 @@
 //! [`Qmp::closed`] resolves — this is how the agent learns a guest ended,
 //! rather than polling its pid.
 
+use crate::states::{BlockJob, MigrationStatus, RunState};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -210,13 +211,26 @@ impl Qmp {
         }
     }
 
-    /// `query-status`: returns (running, status string).
-    pub async fn query_status(&self) -> Result<(bool, String), QmpError> {
+    /// `query-status`: QEMU's run state.
+    pub async fn run_state(&self) -> Result<RunState, QmpError> {
         let v = self.execute("query-status", None).await?;
-        Ok((
-            v["running"].as_bool().unwrap_or(false),
-            v["status"].as_str().unwrap_or("unknown").to_string(),
-        ))
+        Ok(v["status"]
+            .as_str()
+            .map(RunState::parse)
+            .unwrap_or(RunState::Unknown))
+    }
+
+    /// `query-migrate`: the migration status, with the whole reply for the
+    /// figures.
+    pub async fn migration(&self) -> Result<(MigrationStatus, Value), QmpError> {
+        let v = self.execute("query-migrate", None).await?;
+        Ok((MigrationStatus::of_reply(&v), v))
+    }
+
+    /// `query-block-jobs`, typed.
+    pub async fn block_jobs(&self) -> Result<Vec<BlockJob>, QmpError> {
+        let v = self.execute("query-block-jobs", None).await?;
+        Ok(BlockJob::list(&v))
     }
 }
 

@@ -18,6 +18,8 @@ pub struct TestController {
     pub log: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// Network namespace it (and `tern` talking to it) runs in.
+    netns: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -32,15 +34,34 @@ impl TestController {
         Self::start(Some(format!("etcd:{etcd_url}")), extra)
     }
 
+    /// Starts a controller on the embedded store inside network namespace
+    /// `ns`, listening on `addr` (agents in a [`crate::Lab`] reach it there;
+    /// `tern` calls to it run in the namespace too).
+    pub fn file_in_netns(ns: &str, addr: std::net::Ipv4Addr, extra: &[&str]) -> TestController {
+        Self::start_at(None, extra, Some((ns.to_string(), format!("{addr}:16800"))))
+    }
+
     fn start(store: Option<String>, extra: &[&str]) -> TestController {
+        Self::start_at(store, extra, None)
+    }
+
+    fn start_at(
+        store: Option<String>,
+        extra: &[&str],
+        at: Option<(String, String)>,
+    ) -> TestController {
         let tmp = tempfile::Builder::new()
             .prefix("tern-ctl-")
             .tempdir()
             .expect("temp dir");
         let store = store.unwrap_or_else(|| format!("file:{}", tmp.path().join("store").display()));
-        let port = free_port();
+        let (netns, listen) = match at {
+            Some((ns, listen)) => (Some(ns), listen),
+            None => (None, format!("127.0.0.1:{}", free_port())),
+        };
         let mut c = TestController {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{listen}"),
+            netns,
             store,
             log: tmp.path().join("controller.log"),
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -58,7 +79,8 @@ impl TestController {
             .open(&self.log)
             .expect("controller log");
         let listen = self.url.trim_start_matches("http://").to_string();
-        let child = Command::new(bin("tern-controller"))
+        let child = self
+            .command(bin("tern-controller"))
             .args(["--listen", &listen, "--store", &self.store])
             .args(&self.args)
             .env("TERN_CONTROLLER_LOG", "info,tern_controller=debug")
@@ -70,7 +92,12 @@ impl TestController {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&listen).is_ok() {
+            let connect = || std::net::TcpStream::connect(&listen).is_ok();
+            let up = match &self.netns {
+                Some(ns) => crate::netns::in_netns(ns, connect).unwrap_or(false),
+                None => connect(),
+            };
+            if up {
                 return;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -98,9 +125,21 @@ impl TestController {
         self.spawn();
     }
 
+    /// `prog`, run inside the controller's namespace if it has one.
+    fn command(&self, prog: PathBuf) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(prog);
+                c
+            }
+            None => Command::new(prog),
+        }
+    }
+
     /// Runs `tern --controller URL ARGS...`.
     pub fn tern(&self, args: &[&str]) -> Output {
-        Command::new(bin("tern"))
+        self.command(bin("tern"))
             .arg("--controller")
             .arg(&self.url)
             .args(args)
@@ -205,4 +244,33 @@ impl Drop for TestController {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Adds `user` with `role` (`ro` or `rw`) and `password` to the web
+/// console's password file, as an operator does:
+/// `tern-controller console-passwd FILE USER --role ROLE` with the
+/// password on standard input.
+pub fn console_passwd(file: &std::path::Path, user: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(bin("tern-controller"))
+        .arg("console-passwd")
+        .arg(file)
+        .args([user, "--role", role])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tern-controller console-passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("console-passwd");
+    assert!(
+        out.status.success(),
+        "console-passwd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod bootsector;
+pub mod browser;
 pub mod controller;
 pub mod corpus;
 mod cpio;
@@ -27,13 +28,17 @@ pub mod host;
 mod initramfs;
 mod kernel;
 pub mod netns;
+pub mod nfs;
+pub mod pair;
+pub mod ping;
 pub mod pki;
 mod serial;
 pub mod sshd;
 mod vmlinux;
 pub mod watch;
 
-pub use controller::TestController;
+pub use browser::ChromeDriver;
+pub use controller::{console_passwd, TestController};
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
@@ -45,6 +50,8 @@ pub use guest::{
 pub use host::{bin, free_port, tail, tern_at, HostOptions, TernHost};
 pub use kernel::GUEST_MODULES;
 pub use netns::{Lab, Side};
+pub use nfs::NfsServer;
+pub use pair::{FaultPoint, HostPair, Which};
 pub use serial::{field, parse_heartbeat, Heartbeat, SerialLog};
 pub use vmlinux::extract as extract_vmlinux;
 pub use watch::{ConsoleWatcher, WatchReport};

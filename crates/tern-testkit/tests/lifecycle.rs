@@ -181,9 +181,7 @@ fn agent_killed_with_sigkill_reattaches_and_sees_crashes() {
 
     host.kill9();
     // While the agent is away: one QEMU dies, the others keep running.
-    unsafe {
-        libc::kill(dies_pid as i32, libc::SIGKILL);
-    }
+    tern_testkit::pair::kill9(dies_pid);
     std::thread::sleep(Duration::from_millis(500));
     host.restart();
 

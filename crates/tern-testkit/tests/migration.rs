@@ -3,94 +3,22 @@
 //! through its console: heartbeats that continue without a reset, and a
 //! memory pattern that keeps verifying.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tern_testkit::pair::{state, wait_job_active};
 use tern_testkit::{
-    build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, HostOptions, SerialLog, TernHost,
-    TestDisk,
+    build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, HostPair, SerialLog, TernHost,
+    TestDisk, Which::A,
 };
 
-struct Pair {
-    a: TernHost,
-    b: TernHost,
-    _pool: tempfile::TempDir,
+fn pair(name: &str) -> HostPair {
+    HostPair::start(name, &[], &[])
 }
 
-fn pair(name: &str) -> Pair {
-    pair_with(name, vec![], vec![])
-}
-
-fn pair_with(name: &str, a_args: Vec<String>, b_args: Vec<String>) -> Pair {
-    let pool = tempfile::Builder::new()
-        .prefix("tern-shared-")
-        .tempdir()
-        .unwrap();
-    let a = TernHost::start_with(HostOptions {
-        name: format!("{name}-a"),
-        extra_args: a_args,
-        ..Default::default()
-    });
-    let b = TernHost::start_with(HostOptions {
-        name: format!("{name}-b"),
-        extra_args: b_args,
-        ..Default::default()
-    });
-    a.add_pool("shared", pool.path(), true);
-    b.add_pool("shared", pool.path(), true);
-    Pair { a, b, _pool: pool }
-}
-
-impl Pair {
-    /// Defines and starts a guest with a disk in the shared pool, and waits
-    /// until it is ready.
-    fn boot(&self, name: &str, workload: &str) -> GuestSpec {
-        let img = build_or_reuse(&BuildOptions::default()).unwrap();
-        let vol = format!("{name}.raw");
-        self.a.ok(&["vol-create-as", "shared", &vol, "16M"]);
-        let path = self.a.ok(&["vol-path", &vol, "--pool", "shared"]);
-        let mut spec = GuestSpec::new(name, &img).workload(&format!(
-            "{workload} tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32"
-        ));
-        spec.disks.push(TestDisk {
-            path: path.trim().into(),
-            format: "raw".into(),
-            target: "vda".into(),
-            cache: "none".into(),
-        });
-        self.a.define_guest(&spec);
-        self.a.ok(&["start", name]);
-        wait_ready(&self.a, name, 3);
-        spec
-    }
-
-    fn migrate(&self, name: &str, flags: &[&str]) -> std::process::Output {
-        let buri = self.b.uri();
-        let mut args = vec!["migrate"];
-        args.extend_from_slice(flags);
-        args.push(name);
-        args.push(&buri);
-        self.a.tern(&args)
-    }
-
-    fn migrate_bg(&self, name: &str, flags: &[&str]) -> Child {
-        let mut args: Vec<String> = vec!["-c".into(), self.a.uri(), "migrate".into()];
-        args.extend(flags.iter().map(|s| s.to_string()));
-        args.push(name.into());
-        args.push(self.b.uri());
-        Command::new(tern_testkit::bin("tern"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-}
-
-fn wait_ready(h: &TernHost, name: &str, above: u64) -> String {
-    h.wait_console(name, Duration::from_secs(90), "TERN-READY", |t| {
-        let l = SerialLog::parse(t);
-        l.ready() && l.last_seq().is_some_and(|s| s > above)
-    })
+fn pair_with(name: &str, a_args: Vec<String>, b_args: Vec<String>) -> HostPair {
+    let a: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let b: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    HostPair::start(name, &a, &b)
 }
 
 /// Waits for heartbeats on a host where the guest arrived by migration
@@ -101,27 +29,9 @@ fn wait_heartbeats(h: &TernHost, name: &str) -> String {
     })
 }
 
-/// Waits until the job on `h` has moved some memory.
-fn wait_job_active(h: &TernHost, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let j: serde_json::Value =
-            serde_json::from_str(&h.ok(&["domjobinfo", name, "--json"])).unwrap();
-        if j["kind"] == "unbounded" && j["memory_processed"].as_u64().unwrap_or(0) > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "job never became active: {j}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn state(h: &TernHost, name: &str) -> String {
-    h.ok(&["domstate", name, "--reason"]).trim().to_string()
-}
-
 /// After a failed migration: the guest runs on A with its memory intact,
 /// and B holds nothing.
-fn assert_still_on_source(p: &Pair, name: &str) {
+fn assert_still_on_source(p: &HostPair, name: &str) {
     assert!(
         state(&p.a, name).starts_with("running"),
         "{}",
@@ -155,7 +65,7 @@ fn idle_guest_migrates_and_keeps_counting() {
     let w = ConsoleWatcher::start();
     w.add(p.a.console_log("idle1"), false);
     w.add(p.b.console_log("idle1"), true);
-    let out = p.migrate("idle1", &["--live", "--verbose"]);
+    let out = p.migrate(A, "idle1", &["--live", "--verbose"]);
     assert!(
         out.status.success(),
         "{}",
@@ -202,6 +112,7 @@ fn dirtying_guest_completes_with_auto_converge() {
     // after migration (see docs/BENCHMARKS.md); this checks the plumbing.
     p.boot("ac1", "tern.mem=64 tern.dirty=10");
     let out = p.migrate(
+        A,
         "ac1",
         &[
             "--live",
@@ -238,6 +149,7 @@ fn timeout_suspend_finishes_a_migration_that_cannot_converge() {
     let p = pair("tmo");
     p.boot("tmo1", "tern.mem=96 tern.dirty=40");
     let out = p.migrate(
+        A,
         "tmo1",
         &[
             "--live",
@@ -270,6 +182,7 @@ fn postcopy_after_precopy_completes() {
     let p = pair("pc");
     p.boot("pc1", "tern.mem=96 tern.dirty=40");
     let out = p.migrate(
+        A,
         "pc1",
         &[
             "--live",
@@ -298,7 +211,7 @@ fn postcopy_after_precopy_completes() {
 fn domjobabort_cancels_and_the_guest_runs_on() {
     let p = pair("abort");
     p.boot("ab1", "tern.mem=128 tern.dirty=10");
-    let child = p.migrate_bg("ab1", &["--live", "--bandwidth", "2"]);
+    let child = p.migrate_bg(A, "ab1", &["--live", "--bandwidth", "2"]);
     wait_job_active(&p.a, "ab1");
     // --change-protection is always on: no redefinition mid-flight.
     let xml = p.a.ok(&["dumpxml", "ab1"]);
@@ -322,7 +235,7 @@ fn domjobabort_cancels_and_the_guest_runs_on() {
 fn p2p_migration_finishes_when_the_client_is_killed() {
     let p = pair("p2p");
     p.boot("pp1", "tern.mem=96 tern.dirty=5");
-    let mut child = p.migrate_bg("pp1", &["--live", "--p2p", "--bandwidth", "15"]);
+    let mut child = p.migrate_bg(A, "pp1", &["--live", "--p2p", "--bandwidth", "15"]);
     wait_job_active(&p.a, "pp1");
     child.kill().unwrap();
     let _ = child.wait();
@@ -351,12 +264,10 @@ fn p2p_migration_finishes_when_the_client_is_killed() {
 fn destination_qemu_killed_during_perform() {
     let p = pair("dkill");
     p.boot("dk1", "tern.mem=128 tern.dirty=10");
-    let child = p.migrate_bg("dk1", &["--live", "--bandwidth", "4"]);
+    let child = p.migrate_bg(A, "dk1", &["--live", "--bandwidth", "4"]);
     wait_job_active(&p.a, "dk1");
     for pid in p.b.qemu_pids() {
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
+        tern_testkit::pair::kill9(pid);
     }
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -375,7 +286,7 @@ fn destination_agent_killed_during_prepare() {
         vec!["--fault-prepare-delay-ms".into(), "3000".into()],
     );
     p.boot("pk1", "tern.mem=32 tern.dirty=0");
-    let child = p.migrate_bg("pk1", &["--live"]);
+    let child = p.migrate_bg(A, "pk1", &["--live"]);
     std::thread::sleep(Duration::from_millis(1000));
     p.b.kill9();
     let out = child.wait_with_output().unwrap();
@@ -392,9 +303,9 @@ fn offline_persistent_undefinesource_suspend_dname_xml() {
     let spec = p.boot("fl1", "tern.mem=32 tern.dirty=0");
 
     // Options virsh refuses.
-    let e = p.migrate("fl1", &["--direct"]);
+    let e = p.migrate(A, "fl1", &["--direct"]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("direct migration is not supported"));
-    let e = p.migrate("fl1", &["--offline"]);
+    let e = p.migrate(A, "fl1", &["--offline"]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("--offline needs --persistent"));
 
     // --suspend --persistent --dname --xml: arrives paused, renamed, stored, with the new XML.
@@ -406,6 +317,7 @@ fn offline_persistent_undefinesource_suspend_dname_xml() {
     let xml_path = p.a.root.join("alt.xml");
     std::fs::write(&xml_path, &xml).unwrap();
     let out = p.migrate(
+        A,
         "fl1",
         &[
             "--live",
@@ -432,12 +344,12 @@ fn offline_persistent_undefinesource_suspend_dname_xml() {
     p.b.ok(&["destroy", "fl2"]);
     assert!(p.b.ok(&["list", "--all", "--name"]).contains("fl2"));
     // The same uuid under another name is refused on the destination.
-    let out = p.migrate("fl1", &["--offline", "--persistent"]);
+    let out = p.migrate(A, "fl1", &["--offline", "--persistent"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("under another name"));
     p.b.ok(&["undefine", "fl2"]);
 
     // --offline --persistent --undefinesource moves the definition alone.
-    let out = p.migrate("fl1", &["--offline", "--persistent", "--undefinesource"]);
+    let out = p.migrate(A, "fl1", &["--offline", "--persistent", "--undefinesource"]);
     assert!(
         out.status.success(),
         "{}",
@@ -464,7 +376,7 @@ fn unsafe_storage_is_refused_unless_asked() {
     });
     p.a.define_guest(&spec);
     p.a.ok(&["start", "un1"]);
-    let out = p.migrate("un1", &["--live"]);
+    let out = p.migrate(A, "un1", &["--live"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -474,7 +386,7 @@ fn unsafe_storage_is_refused_unless_asked() {
     assert!(state(&p.a, "un1").starts_with("running"));
     assert!(p.b.qemu_pids().is_empty());
     // The same file is visible to both here, so --unsafe is in fact safe.
-    let out = p.migrate("un1", &["--live", "--unsafe"]);
+    let out = p.migrate(A, "un1", &["--live", "--unsafe"]);
     assert!(
         out.status.success(),
         "{}",
@@ -489,6 +401,7 @@ fn parallel_compressed_and_tuning_verbs() {
     p.boot("tu1", "tern.mem=96 tern.dirty=10");
     // multifd with zstd, over an explicit migration URI and listen address.
     let out = p.migrate(
+        A,
         "tu1",
         &[
             "--live",
@@ -567,6 +480,7 @@ fn timeout_postcopy_switches_a_slow_migration_to_postcopy() {
     let p = pair("tpc");
     p.boot("tpc1", "tern.mem=96 tern.dirty=40");
     let out = p.migrate(
+        A,
         "tpc1",
         &[
             "--live",
@@ -619,7 +533,7 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     // Sampled pages: the pattern and the zero pages compress.
     assert!(f["compress_ratio"].as_f64().unwrap() > 1.0, "{f}");
     assert!(f["verdict"].as_str().unwrap().contains("converges"), "{f}");
-    let dry = p.migrate("fc1", &["--live", "--dry-run"]);
+    let dry = p.migrate(A, "fc1", &["--live", "--dry-run"]);
     assert!(dry.status.success());
     let text = String::from_utf8_lossy(&dry.stdout);
     assert!(
@@ -630,7 +544,7 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     assert!(!p.b.ok(&["list", "--all", "--name"]).contains("fc1"));
     // A migration right after the forecast completes (no plan on this
     // machine: two cores, whole-page rewrites).
-    let out = p.migrate("fc1", &["--live"]);
+    let out = p.migrate(A, "fc1", &["--live"]);
     assert!(
         out.status.success(),
         "{}",

@@ -35,6 +35,8 @@ fn request(name: &str, disks: Vec<DiskCopy>, o: MigrateOptions) -> PrepareReques
         source_host: "hostile".into(),
         disks,
         files: vec![],
+        source_uri: None,
+        source_name: None,
     }
 }
 

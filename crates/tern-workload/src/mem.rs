@@ -69,7 +69,9 @@ impl MemArea {
     /// The caller must hold page `i`'s lock (or be the only thread).
     #[allow(clippy::mut_from_ref)]
     unsafe fn page_mut(&self, i: usize) -> &mut [u64] {
-        std::slice::from_raw_parts_mut(self.base.add(i * PAGE_WORDS), PAGE_WORDS)
+        // SAFETY: page `i` lies inside the mapping, and the caller holds its
+        // lock, so no other reference to it exists.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(i * PAGE_WORDS), PAGE_WORDS) }
     }
 
     /// Take page `i`'s lock if it is free; returns its expected generation.

@@ -83,9 +83,18 @@ struct Args {
     /// Labels reported to the controller, KEY=VALUE (repeatable).
     #[arg(long = "labels", value_parser = parse_kv)]
     labels: Vec<(String, String)>,
+    /// Settle a migration alone once no driver spoke about it for this
+    /// many seconds (a killed `tern`, a cut link): roll back an incoming
+    /// guest that never ran, finish or roll back an outgoing one.
+    #[arg(long, default_value_t = 30)]
+    orphan_timeout: u64,
     /// Test-only fault injection: delay Prepare by this many milliseconds.
     #[arg(long, hide = true)]
     fault_prepare_delay_ms: Option<u64>,
+    /// Test-only fault injection: a migration task that reaches this named
+    /// point writes `fault-POINT` in the state directory and stops there.
+    #[arg(long, hide = true)]
+    fault_stop_at: Option<String>,
 }
 
 /// `--auth` values for plain TCP.
@@ -156,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.migration_address = args.migration_address;
     cfg.migration_ports = args.migration_ports;
     cfg.stall_timeout = std::time::Duration::from_secs(args.stall_timeout.max(1));
+    cfg.orphan_timeout = std::time::Duration::from_secs(args.orphan_timeout.max(1));
     cfg.controllers = args.controller;
     cfg.host_name = args.host_name;
     cfg.labels = args.labels;
@@ -169,6 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.faults.prepare_delay = args
         .fault_prepare_delay_ms
         .map(std::time::Duration::from_millis);
+    cfg.faults.stop_at = args.fault_stop_at;
 
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir)

@@ -289,7 +289,7 @@ pub async fn send_all(
     }
     job.update(|i| {
         i.kind = JobKind::Completed;
-        i.qemu_status = "completed".into();
+        i.qemu_status = tern_qemu::MigrationStatus::Completed;
         i.time_elapsed_ms = job.started.elapsed().as_millis() as u64;
     });
     job.event("every file arrived and verified");

@@ -5,6 +5,7 @@
 use super::qemu_tls::Endpoint;
 use super::{set_capabilities, Job};
 use crate::error::{AgentError, Result};
+use crate::faults;
 use crate::launch::{self, LaunchMode};
 use crate::monitor;
 use crate::registry::{self, DomainSlot};
@@ -20,6 +21,7 @@ use tern_migrate::protocol::{
 };
 use tern_migrate::{JobKind, Phase, Role};
 use tern_model::{DomainState, StateReason};
+use tern_qemu::MigrationStatus;
 
 /// How long Finish waits for the incoming QEMU to have loaded everything.
 const LOAD_WAIT: Duration = Duration::from_secs(60);
@@ -70,10 +72,27 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
         super::source::check_storage(agent, &d, &req.options)
             .await
             .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
+        // The source reads these in Perform: proof both see one export.
+        agent
+            .pools
+            .leave_share_tokens(&d, &req.options, &req.id)
+            .await
+            .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
     }
     let job = Job::new(req.id, Role::Destination, &d.name, req.options.clone());
     agent.jobs.insert(job.clone())?;
-    job.advance(Phase::Prepare)?;
+    // Who the source is goes on disk with the phase, before anything is
+    // created: an orphaned destination asks it where the migration stands.
+    let prepared = job
+        .set_links(|l| {
+            l.peer_uri = req.source_uri.clone();
+            l.peer_name = req.source_name.clone();
+        })
+        .and_then(|_| job.advance(Phase::Prepare));
+    if let Err(e) = prepared {
+        agent.jobs.forget(&job);
+        return Err(e);
+    }
     job.event(format!("incoming from {}", req.source_host));
 
     if req.options.offline || req.options.cold {
@@ -85,6 +104,15 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                     "domain '{}' already exists on the destination; use --dname to rename",
                     d.name
                 )));
+            }
+            if !req.options.unsafe_ {
+                // The source reads these before sending: proof that the
+                // disks it leaves in place are on storage this host sees.
+                let left = agent.pools.leave_cold_tokens(&d, &req.files, &req.id).await;
+                if let Err(e) = left {
+                    agent.jobs.finish(&job);
+                    return Err(e);
+                }
             }
             let target = match super::cold::prepare(agent, &job, &req.files, &req.options).await {
                 Ok(t) => t,
@@ -124,6 +152,13 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
                     files.len()
                 ));
                 *job.created.lock().unwrap_or_else(|p| p.into_inner()) = files;
+                if let Err(e) = job.persist() {
+                    remove_created(&job);
+                    discard(agent, &slot).await;
+                    let _ = job.advance(Phase::Failed);
+                    agent.jobs.finish(&job);
+                    return Err(e);
+                }
             }
             Err(e) => {
                 discard(agent, &slot).await;
@@ -144,6 +179,8 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
             } else {
                 format!("QEMU listening on {}", target.qemu_uri())
             });
+            super::recover::watch_dest(agent, &job);
+            faults::point(agent, "dest-prepared").await;
             Ok(PrepareReply {
                 version: PROTOCOL_VERSION,
                 id: req.id,
@@ -163,7 +200,7 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     }
 }
 
-fn remove_created(job: &Job) {
+pub(super) fn remove_created(job: &Job) {
     let files = std::mem::take(&mut *job.created.lock().unwrap_or_else(|p| p.into_inner()));
     if !files.is_empty() {
         job.event(format!(
@@ -321,7 +358,7 @@ async fn tunnelled_incoming(
 }
 
 /// Kills the incoming QEMU and removes a transient slot.
-async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
+pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
     let pid = {
         let mut e = slot.inner.lock().await;
         e.stopping = Some(StateReason::Destroyed);
@@ -344,7 +381,11 @@ async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
 pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishReply> {
     check_version(req.version).map_err(invalid)?;
     let job = agent.jobs.get_id(&req.name, req.id)?;
+    job.touch();
     job.advance(Phase::Finish)?;
+    if !req.success {
+        agent.pools.clear_tokens(&req.id).await;
+    }
     if req.options.cold {
         let r = super::cold::finish(agent, &job, req.success, &req.options).await;
         let reply = match (&r, req.success) {
@@ -391,15 +432,15 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
         }
     };
     let reply = if req.success {
-        match resume_here(agent, &slot, &req).await {
-            Ok(()) => {
+        match resume_here(agent, &slot, &job).await {
+            Ok(warning) => {
                 job.advance(Phase::Completed)?;
                 job.update(|i| i.kind = JobKind::Completed);
                 job.event("guest runs on this host");
                 FinishReply {
                     version: PROTOCOL_VERSION,
                     resumed: true,
-                    error: None,
+                    error: warning,
                 }
             }
             Err(e) => {
@@ -437,11 +478,16 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     Ok(reply)
 }
 
-async fn resume_here(
+/// Resumes the incoming guest. Errors before `cont` mean the guest never
+/// ran here; once `cont` succeeded this host is the copy, so a later
+/// failure (the definition cannot be saved, say) is only a warning: the
+/// source must not resume too.
+pub(super) async fn resume_here(
     agent: &Arc<Agent>,
     slot: &Arc<DomainSlot>,
-    req: &FinishRequest,
-) -> Result<()> {
+    job: &Arc<Job>,
+) -> Result<Option<String>> {
+    let o = &job.options;
     let mut e = slot.inner.lock().await;
     let qmp = e
         .run
@@ -450,12 +496,13 @@ async fn resume_here(
         .ok_or_else(|| AgentError::Failed("the incoming QEMU is gone".into()))?;
     let deadline = Instant::now() + LOAD_WAIT;
     loop {
-        let q = qmp.execute("query-migrate", None).await?;
-        match q["status"].as_str().unwrap_or("") {
-            "completed" | "postcopy-active" => break,
-            "failed" => {
+        let (status, q) = qmp.migration().await?;
+        match status {
+            MigrationStatus::Completed => break,
+            s if s.is_postcopy() => break,
+            MigrationStatus::Failed | MigrationStatus::Cancelled => {
                 return Err(AgentError::Failed(format!(
-                    "incoming migration failed: {}",
+                    "incoming migration {status}: {}",
                     q["error-desc"].as_str().unwrap_or("unknown error")
                 )))
             }
@@ -467,14 +514,23 @@ async fn resume_here(
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
-    if req.options.copies_storage() {
+    if o.copies_storage() {
         let _ = qmp.execute("nbd-server-stop", None).await;
     }
-    if req.options.suspend {
+    faults::point(agent, "dest-before-cont").await;
+    if o.suspend {
         slot.set(DomainState::Paused, StateReason::Migrated);
     } else {
         qmp.execute("cont", None).await?;
         slot.set(DomainState::Running, StateReason::Migrated);
+    }
+    // From here on this host is the copy, whatever fails next.
+    let mut warnings = Vec::new();
+    if let Err(err) = job.set_links(|l| l.owns = true) {
+        warnings.push(err.to_string());
+    }
+    faults::point(agent, "dest-after-cont").await;
+    if !o.suspend {
         // Tell the network where the guest is now (gratuitous ARP/RARP).
         let _ = qmp
             .execute(
@@ -483,17 +539,27 @@ async fn resume_here(
             )
             .await;
     }
-    if req.options.persistent {
+    if o.persistent {
         let def = e
             .run
             .as_ref()
             .map(|r| r.live.clone())
             .unwrap_or_else(|| e.def.clone());
-        registry::save_def(&agent.layout.domains(), &def)?;
-        e.def = def;
-        e.persistent = true;
+        match registry::save_def(&agent.layout.domains(), &def) {
+            Ok(()) => {
+                e.def = def;
+                e.persistent = true;
+            }
+            Err(err) => warnings.push(format!(
+                "the guest runs here, but its definition could not be stored ({err}); \
+                 it stays transient: free space and run 'tern define' with 'tern dumpxml' output"
+            )),
+        }
     }
-    Ok(())
+    for w in &warnings {
+        job.event(format!("warning: {w}"));
+    }
+    Ok((!warnings.is_empty()).then(|| warnings.join("; ")))
 }
 
 async fn finish_offline(

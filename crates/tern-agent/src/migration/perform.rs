@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use tern_migrate::policy::{self, Action, Observation, PolicyState};
 use tern_migrate::protocol::PerformRequest;
 use tern_migrate::{JobKind, MigrateOptions, TimeoutAction};
+use tern_qemu::MigrationStatus;
 
 /// How often Perform reads QEMU's figures.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How often a paused post-copy tries to resume.
+const RECOVER_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) fn fail(job: &Job, e: &AgentError) {
     job.event(format!("could not start: {e}"));
@@ -35,6 +39,7 @@ pub(super) struct Route {
 /// Perform's background part: mirror disks (if any), start QEMU's
 /// migration, then follow it.
 pub(super) async fn run(
+    agent: Arc<crate::Agent>,
     job: Arc<Job>,
     qmp: tern_qemu::Qmp,
     req: PerformRequest,
@@ -53,6 +58,7 @@ pub(super) async fn run(
             return;
         }
     }
+    crate::faults::point(&agent, "source-before-migrate").await;
     if let Err(e) = qmp
         .execute("migrate", Some(json!({ "uri": route.uri })))
         .await
@@ -79,6 +85,7 @@ pub(super) async fn run(
             .unwrap_or(tern_migrate::options::DEFAULT_MAX_DOWNTIME_MS)
     ));
     watch(
+        &agent,
         job.clone(),
         qmp.clone(),
         req.options.clone(),
@@ -96,6 +103,7 @@ pub(super) async fn run(
 /// Follows QEMU's migration until it ends, applying timeouts, post-copy
 /// switches, cancels, and stall detection.
 async fn watch(
+    agent: &crate::Agent,
     job: Arc<Job>,
     qmp: tern_qemu::Qmp,
     o: MigrateOptions,
@@ -105,6 +113,7 @@ async fn watch(
     let start = Instant::now();
     let mut last_iter = 0;
     let mut last_bytes = 0;
+    let mut last_status = MigrationStatus::None;
     let mut last_progress = Instant::now();
     let mut timeout_fired = false;
     let mut postcopy_started = false;
@@ -113,6 +122,8 @@ async fn watch(
     let mut post_rx = job.postcopy.subscribe();
     let mut events = qmp.events();
     let mut paused_at: Option<Instant> = None;
+    let mut last_recovery = Instant::now();
+    let mut recovery_failed = false;
     let policy = o.policy_on().then(|| o.policy_config());
     let mut pstate = PolicyState::new(o.initial_downtime_ms());
     job.update(|i| i.downtime_limit_ms = Some(pstate.downtime_ms));
@@ -152,19 +163,20 @@ async fn watch(
         let q = match qmp.execute("query-migrate", None).await {
             Ok(q) => q,
             Err(e) => {
-                job.event(format!("lost the source QEMU: {e}"));
-                job.update(|i| {
-                    i.kind = JobKind::Failed;
-                    i.error = Some(format!("source QEMU went away: {e}"));
-                });
+                lost_source_qemu(agent, &job, &e).await;
                 return;
             }
         };
+        if MigrationStatus::of_reply(&q) == MigrationStatus::Completed {
+            crate::faults::point(agent, "source-completed").await;
+        }
         // QEMU announces "completed" a moment before it has filled in the
         // total time and downtime; wait for the figures.
         let mut q = q;
         for _ in 0..500 {
-            if q["status"] != "completed" || q["total-time"].as_u64().unwrap_or(0) > 0 {
+            if MigrationStatus::of_reply(&q) != MigrationStatus::Completed
+                || q["total-time"].as_u64().unwrap_or(0) > 0
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -178,7 +190,7 @@ async fn watch(
             if let Ok((_, done, total)) = super::storage::progress(&qmp, nbd).await {
                 job.update(|i| i.set_disk(done, total));
             }
-            if q["status"] == "pre-switchover" {
+            if MigrationStatus::of_reply(&q) == MigrationStatus::PreSwitchover {
                 if let Err(e) = super::storage::complete(&qmp, nbd, &job).await {
                     job.event(format!("could not complete the disk mirrors: {e}"));
                     let _ = qmp.execute("migrate_cancel", None).await;
@@ -240,10 +252,25 @@ async fn watch(
             cancelled = true;
             let _ = qmp.execute("migrate_cancel", None).await;
         }
-        if info.memory_processed != last_bytes {
+        if info.memory_processed != last_bytes || info.qemu_status != last_status {
+            // Bytes moved, or QEMU changed state (a post-copy recovery
+            // resends its bitmap before pages flow again): not a stall.
             last_bytes = info.memory_processed;
+            last_status = info.qemu_status;
             last_progress = Instant::now();
-        } else if last_progress.elapsed() > stall && info.qemu_status != "postcopy-active" {
+        } else if last_progress.elapsed() > stall
+            && info.qemu_status.is_postcopy()
+            && info.qemu_status != MigrationStatus::PostcopyPaused
+        {
+            // A dead link leaves QEMU waiting on TCP for many minutes; a
+            // paused post-copy can be resumed when the link returns.
+            job.event(format!(
+                "no post-copy progress for {} s: pausing it, to resume when the destination answers",
+                stall.as_secs()
+            ));
+            let _ = qmp.execute("migrate-pause", None).await;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
             job.event(format!(
                 "no progress for {} s: the link to the destination looks down; cancelling",
                 stall.as_secs()
@@ -257,7 +284,7 @@ async fn watch(
             });
             last_progress = Instant::now();
         }
-        if let (Some(cfg), "active") = (&policy, info.qemu_status.as_str()) {
+        if let (Some(cfg), MigrationStatus::Active) = (&policy, info.qemu_status) {
             let obs = Observation {
                 elapsed_ms: info.time_elapsed_ms,
                 iteration: info.iteration,
@@ -294,14 +321,30 @@ async fn watch(
                 });
             }
         }
+        if info.qemu_status == MigrationStatus::PostcopyPaused
+            && !*job.postcopy_hold.borrow()
+            && last_recovery.elapsed() > RECOVER_EVERY
+        {
+            last_recovery = Instant::now();
+            match super::postcopy::recover(agent, &job, &qmp).await {
+                Ok(()) => last_progress = Instant::now(),
+                Err(e) if !recovery_failed => {
+                    recovery_failed = true;
+                    job.event(format!(
+                        "post-copy paused: {e}; trying again until it answers"
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
         let want_postcopy = o.postcopy
             && !postcopy_started
-            && info.qemu_status == "active"
+            && info.qemu_status == MigrationStatus::Active
             && ((o.postcopy_after_precopy && info.iteration >= 2) || *post_rx.borrow_and_update());
         let timed_out = o
             .timeout_s
             .is_some_and(|t| start.elapsed() >= Duration::from_secs(t));
-        if timed_out && !timeout_fired && info.qemu_status == "active" {
+        if timed_out && !timeout_fired && info.qemu_status == MigrationStatus::Active {
             timeout_fired = true;
             match o.timeout_action {
                 TimeoutAction::Suspend => {
@@ -331,6 +374,27 @@ async fn watch(
             }
         }
     }
+}
+
+/// The source QEMU died mid-migration. If the destination loaded the
+/// whole guest first, the guest lives on there: the job completes and the
+/// driver resumes it there. Otherwise it is lost with its QEMU.
+async fn lost_source_qemu(agent: &crate::Agent, job: &Job, e: &tern_qemu::QmpError) {
+    job.event(format!("lost the source QEMU: {e}"));
+    if super::recover::destination_has_everything(agent, job).await {
+        job.event(
+            "the destination loaded the whole guest before the source QEMU died: completing there",
+        );
+        job.update(|i| {
+            i.kind = JobKind::Completed;
+            i.qemu_status = MigrationStatus::Completed;
+        });
+        return;
+    }
+    job.update(|i| {
+        i.kind = JobKind::Failed;
+        i.error = Some(format!("source QEMU went away: {e}"));
+    });
 }
 
 /// Carries out a policy step.

@@ -15,6 +15,7 @@ use tern_migrate::protocol::{
 };
 use tern_migrate::{JobKind, MigrateOptions, Phase, Role, TimeoutAction};
 use tern_model::{xml, CacheMode, DomainState, StateReason};
+use tern_qemu::{MigrationStatus, RunState};
 use uuid::Uuid;
 
 /// Refuses disk setups that corrupt data when two hosts open the image:
@@ -183,7 +184,9 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         Vec::new()
     };
     let files = if o.cold {
-        super::cold::describe(agent, &d).await?
+        // Disks on an export QEMU reaches itself (netfs pools without a
+        // kernel mount, network disks) are shared: they stay in place.
+        super::cold::describe(agent, &agent.pools.resolve_disks(&d).await?).await?
     } else {
         Vec::new()
     };
@@ -194,6 +197,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         disks,
         files,
         options: planned(agent, name, o, active),
+        source_uri: Some(agent.self_uri()),
     })
 }
 
@@ -223,6 +227,13 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         })?;
         let job = performing_job(agent, &slot.name, &req)?;
         job.update(|i| i.operation = "Cold migration".into());
+        if !req.options.unsafe_ {
+            let def = slot.inner.lock().await.def.clone();
+            if let Err(e) = agent.pools.prove_shared_cold(&def, &req.id).await {
+                super::perform::fail(&job, &e);
+                return Err(e);
+            }
+        }
         tokio::spawn(super::cold::send_all(
             job,
             req.files.clone(),
@@ -249,6 +260,16 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         req.options.no_throttle = true;
     }
     let job = performing_job(agent, &slot.name, &req)?;
+    // On disk before QEMU is told anything: who the destination is, and
+    // whether the guest ran (a rollback resumes only a guest that ran).
+    if let Err(e) = job.set_links(|l| {
+        l.was_running = was_running;
+        l.peer_uri = req.dest_uri.clone();
+        l.peer_name = req.dest_name.clone();
+    }) {
+        super::perform::fail(&job, &e);
+        return Err(e);
+    }
     if let Some(plan) = &req.options.start_plan {
         job.event(format!("policy: {plan}"));
     }
@@ -265,7 +286,11 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         return Err(e);
     }
     let run_dir = agent.layout.run_dir(&slot.name);
+    let live = slot.inner.lock().await.run.as_ref().map(|r| r.live.clone());
     let setup = async {
+        if let Some(d) = live.as_ref().filter(|_| !o.unsafe_ && !o.offline) {
+            agent.pools.prove_shared(d, o, &req.id).await?;
+        }
         set_capabilities(&qmp, &o.source_capabilities()).await?;
         let mut params = o.source_parameters();
         if o.tls {
@@ -303,7 +328,15 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         }
     };
     let stall = agent.cfg.stall_timeout;
-    tokio::spawn(super::perform::run(job, qmp, req, stall, route));
+    super::recover::watch_source(agent, &job);
+    tokio::spawn(super::perform::run(
+        agent.clone(),
+        job,
+        qmp,
+        req,
+        stall,
+        route,
+    ));
     Ok(())
 }
 
@@ -358,65 +391,131 @@ pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(super::job::Found::Done(r)) = agent.jobs.by_id(req.id) {
+        // Settled here already (the orphan watcher was faster).
+        return if (r.phase == Phase::Completed) == req.success {
+            Ok(())
+        } else {
+            Err(AgentError::Conflict(format!(
+                "migration {} of '{}' already ended here as {}",
+                req.id, req.name, r.phase
+            )))
+        };
+    }
     let job = agent.jobs.get_id(&req.name, req.id)?;
+    job.touch();
     let slot = agent.domains.find(&req.name)?;
     job.advance(Phase::Confirm)?;
     if req.success {
-        let pid = {
-            let mut e = slot.inner.lock().await;
-            e.stopping = Some(StateReason::Migrated);
-            if req.options.undefine_source && e.persistent {
-                let p = crate::registry::def_path(&agent.layout.domains(), &slot.name);
-                let _ = std::fs::remove_file(p);
-                e.persistent = false;
-            }
-            let pid = e.run.as_ref().map(|r| r.pid);
-            if let Some(r) = &e.run {
-                let _ = r.qmp.execute("quit", None).await;
-            }
-            pid
-        };
-        if !slot
-            .wait_for(|s| s == DomainState::ShutOff, Duration::from_secs(10))
-            .await
-        {
-            if let Some(pid) = pid {
-                crate::procs::signal(pid, libc::SIGKILL);
-            }
-        }
-        job.advance(Phase::Completed)?;
-        job.update(|i| i.kind = JobKind::Completed);
-        job.event("source stopped and cleaned; the guest runs on the destination");
+        stop_migrated(agent, &slot, &job).await?;
     } else {
-        let e = slot.inner.lock().await;
+        resume_after_failure(&slot, &job).await;
+        end_failed(agent, &job);
+    }
+    Ok(())
+}
+
+/// The destination runs the guest: stops this copy for good (and removes
+/// its definition with `--undefinesource`), and ends the job completed.
+pub async fn stop_migrated(
+    agent: &Arc<Agent>,
+    slot: &Arc<crate::registry::DomainSlot>,
+    job: &Arc<Job>,
+) -> Result<()> {
+    crate::faults::point(agent, "source-before-quit").await;
+    let pid = {
+        let mut e = slot.inner.lock().await;
+        e.stopping = Some(StateReason::Migrated);
+        if job.options.undefine_source && e.persistent {
+            let p = crate::registry::def_path(&agent.layout.domains(), &slot.name);
+            let _ = std::fs::remove_file(p);
+            e.persistent = false;
+        }
+        let pid = e.run.as_ref().map(|r| r.pid);
         if let Some(r) = &e.run {
-            let (running, status) = r.qmp.query_status().await.unwrap_or((true, String::new()));
-            if !running {
-                match r.qmp.execute("cont", None).await {
-                    Ok(_) => {
-                        slot.set(DomainState::Running, StateReason::Unpaused);
-                        job.event(format!("guest resumed on the source (was {status})"));
+            let _ = r.qmp.execute("quit", None).await;
+        }
+        pid
+    };
+    if !slot
+        .wait_for(|s| s == DomainState::ShutOff, Duration::from_secs(10))
+        .await
+    {
+        if let Some(pid) = pid {
+            crate::procs::signal(pid, libc::SIGKILL);
+        }
+    }
+    if job.phase() != Phase::Confirm {
+        job.advance(Phase::Confirm)?;
+    }
+    job.advance(Phase::Completed)?;
+    job.update(|i| i.kind = JobKind::Completed);
+    job.event("source stopped and cleaned; the guest runs on the destination");
+    agent.jobs.finish(job);
+    Ok(())
+}
+
+/// The destination never ran the guest: cancels what is left of QEMU's
+/// migration and runs the guest here again, if it ran before.
+pub async fn resume_after_failure(slot: &Arc<crate::registry::DomainSlot>, job: &Arc<Job>) {
+    let qmp = slot.inner.lock().await.run.as_ref().map(|r| r.qmp.clone());
+    let Some(qmp) = qmp else {
+        job.event("the source QEMU is gone; nothing to resume here");
+        return;
+    };
+    if let Ok((m, _)) = qmp.migration().await {
+        if m.is_precopy_in_flight() {
+            job.event(format!("cancelling QEMU's unfinished migration ({m})"));
+            let _ = qmp.execute("migrate_cancel", None).await;
+            for _ in 0..500 {
+                match qmp.migration().await {
+                    Ok((m, _)) if m.is_precopy_in_flight() || m == MigrationStatus::Cancelling => {
+                        tokio::time::sleep(Duration::from_millis(10)).await
                     }
-                    Err(err) => job.event(format!("could not resume the source: {err}")),
+                    _ => break,
                 }
             }
         }
-        drop(e);
-        let cancelled = *job.cancel.borrow() || job.info().kind == JobKind::Cancelled;
-        job.advance(if cancelled {
+    }
+    let status = qmp.run_state().await.unwrap_or(RunState::Running);
+    if status.is_running() {
+        return;
+    }
+    if !job.links().was_running {
+        job.event(format!(
+            "the guest was paused before the migration; leaving it {status}"
+        ));
+        return;
+    }
+    match qmp.execute("cont", None).await {
+        Ok(_) => {
+            slot.set(DomainState::Running, StateReason::Unpaused);
+            job.event(format!("guest resumed on the source (was {status})"));
+        }
+        Err(err) => job.event(format!("could not resume the source: {err}")),
+    }
+}
+
+/// Ends a source job that did not move the guest.
+pub fn end_failed(agent: &Agent, job: &Arc<Job>) {
+    let cancelled = *job.cancel.borrow() || job.info().kind == JobKind::Cancelled;
+    if !job.phase().is_terminal() {
+        if job.phase() == Phase::Perform {
+            let _ = job.advance(Phase::Confirm);
+        }
+        let _ = job.advance(if cancelled {
             Phase::Cancelled
         } else {
             Phase::Failed
-        })?;
-        job.update(|i| {
-            if i.kind == JobKind::Unbounded || i.kind == JobKind::Completed {
-                i.kind = JobKind::Failed;
-            }
         });
-        job.event("migration failed; the guest keeps running on the source");
     }
-    agent.jobs.finish(&job);
-    Ok(())
+    job.update(|i| {
+        if i.kind == JobKind::Unbounded || i.kind == JobKind::Completed {
+            i.kind = JobKind::Failed;
+        }
+    });
+    job.event("migration failed; the guest keeps running on the source");
+    agent.jobs.finish(job);
 }
 
 /// `--p2p`: this agent drives the migration; the client may go away.
@@ -446,27 +545,36 @@ pub async fn p2p(
     let name = slot.name.clone();
     tokio::spawn(async move {
         let r = driver::drive(&src, &dst, id, &name, &options, |_| {}).await;
-        if let Err(e) = r {
-            job.event(format!("failed: {e}"));
-            job.update(|i| {
-                if i.kind != JobKind::Cancelled {
-                    i.kind = JobKind::Failed;
-                }
-                i.error = Some(e.to_string());
-            });
-            if !job.phase().is_terminal() {
-                let to = if job.phase() == Phase::Begin {
-                    Phase::Failed
-                } else {
-                    Phase::Confirm
-                };
-                let _ = job.advance(to);
-                if to == Phase::Confirm {
-                    let _ = job.advance(Phase::Failed);
-                }
-            }
-            agent.jobs.finish(&job);
+        let Err(e) = r else { return };
+        job.event(format!("failed: {e}"));
+        if matches!(
+            e,
+            driver::DriveError::Unknown(_) | driver::DriveError::Confirm(_)
+        ) && !job.phase().is_terminal()
+        {
+            // The destination's answer was lost after the memory moved: it
+            // may run the guest. The orphan watcher asks it and settles.
+            job.event("the destination's verdict is unknown: settling it with the destination");
+            return;
         }
+        job.update(|i| {
+            if i.kind != JobKind::Cancelled {
+                i.kind = JobKind::Failed;
+            }
+            i.error = Some(e.to_string());
+        });
+        if !job.phase().is_terminal() {
+            let to = if job.phase() == Phase::Begin {
+                Phase::Failed
+            } else {
+                Phase::Confirm
+            };
+            let _ = job.advance(to);
+            if to == Phase::Confirm {
+                let _ = job.advance(Phase::Failed);
+            }
+        }
+        agent.jobs.finish(&job);
     });
     Ok(())
 }

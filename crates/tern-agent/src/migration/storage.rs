@@ -20,7 +20,8 @@ use tern_migrate::protocol::{CopyMode, DiskCopy, NbdTarget};
 use tern_migrate::MigrateOptions;
 use tern_model::{DiskFormat, Domain};
 use tern_qemu::cmdline::drive_node;
-use tern_qemu::{img, Qmp};
+use tern_qemu::states::mirror_end;
+use tern_qemu::{img, BlockJobStatus, MirrorEnd, Qmp};
 
 /// Source, Begin: describes the disks to copy, refusing disks that are
 /// neither copied nor on shared storage.
@@ -273,7 +274,7 @@ pub async fn mirror(
         qmp.execute("blockdev-add", Some(node)).await?;
         let mut args = json!({"job-id": mirror_job(dev), "device": drive_node(dev),
                               "target": target_node(dev), "sync": sync, "speed": speed,
-                              "auto-finalize": true, "auto-dismiss": true});
+                              "auto-finalize": true, "auto-dismiss": false});
         if o.copy_storage_synchronous_writes {
             args["copy-mode"] = json!("write-blocking");
         }
@@ -313,47 +314,52 @@ pub async fn mirror(
 /// (all ready, bytes done, bytes total) of our mirror jobs; an error if one
 /// vanished before being ready (it failed).
 pub async fn progress(qmp: &Qmp, nbd: &NbdTarget) -> Result<(bool, u64, u64)> {
-    let jobs = qmp.execute("query-block-jobs", None).await?;
-    let list = jobs.as_array().cloned().unwrap_or_default();
+    let list = qmp.block_jobs().await?;
     let (mut all_ready, mut done, mut total) = (true, 0, 0);
     for (dev, _) in &nbd.exports {
         let id = mirror_job(dev);
-        let Some(j) = list.iter().find(|j| j["device"] == id.as_str()) else {
-            return Err(AgentError::Failed(format!(
-                "the mirror of disk '{dev}' stopped before it was in sync (destination gone or out of space?)"
-            )));
+        let j = list.iter().find(|j| j.id == id);
+        // Mirrors run with auto-dismiss off, so one that ended before it was
+        // in sync stays listed as concluded with its error.
+        if let Some(j) = j.filter(|j| j.status != BlockJobStatus::Concluded) {
+            all_ready &= j.ready;
+            done += j.offset;
+            total += j.len;
+            continue;
+        }
+        let why = match mirror_end(j) {
+            MirrorEnd::Failed(e) => e,
+            _ => "it ended early".into(),
         };
-        all_ready &= j["ready"].as_bool().unwrap_or(false);
-        done += j["offset"].as_u64().unwrap_or(0);
-        total += j["len"].as_u64().unwrap_or(0);
+        return Err(AgentError::Failed(format!(
+            "the mirror of disk '{dev}' stopped before it was in sync ({why}): destination gone or out of space?"
+        )));
     }
     Ok((all_ready, done, total))
 }
 
 /// Source, at pre-switchover (guest paused): completes every mirror so the
-/// destination holds every write, then lets QEMU switch over.
+/// destination holds every write, checks that each one concluded without
+/// an error, then lets QEMU switch over. A mirror that failed or vanished
+/// is never taken for a completed one: the switch-over does not happen.
 pub async fn complete(qmp: &Qmp, nbd: &NbdTarget, job: &Job) -> Result<()> {
     for (dev, _) in &nbd.exports {
         qmp.execute("block-job-cancel", Some(json!({"device": mirror_job(dev)})))
             .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let jobs = qmp.execute("query-block-jobs", None).await?;
-        let left = jobs
-            .as_array()
-            .map(|l| {
-                l.iter()
-                    .filter(|j| {
-                        nbd.exports
-                            .iter()
-                            .any(|(d, _)| j["device"] == mirror_job(d).as_str())
-                    })
-                    .count()
+    let ends = loop {
+        let list = qmp.block_jobs().await?;
+        let ends: Vec<(String, MirrorEnd)> = nbd
+            .exports
+            .iter()
+            .map(|(d, _)| {
+                let id = mirror_job(d);
+                (d.clone(), mirror_end(list.iter().find(|j| j.id == id)))
             })
-            .unwrap_or(0);
-        if left == 0 {
-            break;
+            .collect();
+        if ends.iter().all(|(_, e)| *e != MirrorEnd::Busy) {
+            break ends;
         }
         if Instant::now() > deadline {
             return Err(AgentError::Timeout(
@@ -361,16 +367,33 @@ pub async fn complete(qmp: &Qmp, nbd: &NbdTarget, job: &Job) -> Result<()> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    dismiss(qmp, nbd).await;
+    if let Some((dev, MirrorEnd::Failed(why))) =
+        ends.iter().find(|(_, e)| matches!(e, MirrorEnd::Failed(_)))
+    {
+        return Err(AgentError::Failed(format!(
+            "the mirror of disk '{dev}' failed at switch-over ({why}); not switching over"
+        )));
     }
     for (dev, _) in &nbd.exports {
         let _ = qmp
             .execute("blockdev-del", Some(json!({"node-name": target_node(dev)})))
             .await;
     }
-    job.event("disk mirrors completed while paused; switching over");
+    job.event("disk mirrors completed while paused, each without an error; switching over");
     qmp.execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
         .await?;
     Ok(())
+}
+
+/// Removes the concluded entries of our mirrors (auto-dismiss is off).
+async fn dismiss(qmp: &Qmp, nbd: &NbdTarget) {
+    for (dev, _) in &nbd.exports {
+        let _ = qmp
+            .execute("job-dismiss", Some(json!({"id": mirror_job(dev)})))
+            .await;
+    }
 }
 
 /// Source, on failure: stops the mirrors and drops the NBD connections;
@@ -385,17 +408,17 @@ pub async fn abandon(qmp: &Qmp, nbd: &NbdTarget) {
             .await;
     }
     for _ in 0..200 {
-        let busy = qmp
-            .execute("query-block-jobs", None)
-            .await
-            .ok()
-            .and_then(|v| v.as_array().map(|l| !l.is_empty()))
-            .unwrap_or(false);
+        let ours = |j: &tern_qemu::BlockJob| nbd.exports.iter().any(|(d, _)| j.id == mirror_job(d));
+        let busy = qmp.block_jobs().await.ok().is_some_and(|l| {
+            l.iter()
+                .any(|j| ours(j) && j.status != BlockJobStatus::Concluded)
+        });
         if !busy {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    dismiss(qmp, nbd).await;
     for (dev, _) in &nbd.exports {
         let _ = qmp
             .execute("blockdev-del", Some(json!({"node-name": target_node(dev)})))

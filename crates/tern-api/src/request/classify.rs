@@ -62,6 +62,7 @@ impl MigrationRequest {
         match self {
             MigrationRequest::JobInfo { .. }
             | MigrationRequest::JobEvents { .. }
+            | MigrationRequest::MigrateQuery { .. }
             | MigrationRequest::MigrateGetSpeed { .. }
             | MigrationRequest::MigrateGetMaxDowntime { .. } => true,
             MigrationRequest::MigrateCompCache { size, .. } => size.is_none(),
@@ -71,6 +72,8 @@ impl MigrationRequest {
             | MigrationRequest::MigrateFinish { .. }
             | MigrationRequest::MigrateConfirm { .. }
             | MigrationRequest::MigrateP2p { .. }
+            | MigrationRequest::MigrateRecover { .. }
+            | MigrationRequest::MigratePostcopyResume { .. }
             | MigrationRequest::JobAbort { .. }
             | MigrationRequest::MigrateSetSpeed { .. }
             | MigrationRequest::MigrateSetMaxDowntime { .. }
@@ -166,6 +169,7 @@ mod tests {
                     name: n(),
                     target: "/p".into(),
                     shared: false,
+                    netfs: None,
                 },
                 false,
             ),
@@ -226,6 +230,8 @@ mod tests {
                         source_host: n(),
                         disks: vec![],
                         files: vec![],
+                        source_uri: None,
+                        source_name: None,
                     },
                 }),
                 false,
@@ -245,6 +251,8 @@ mod tests {
                         cold: None,
                         files: vec![],
                         options: o(),
+                        dest_uri: None,
+                        dest_name: None,
                     },
                 }),
                 false,
@@ -296,7 +304,26 @@ mod tests {
                 }),
                 true,
             ),
-            (m(M::JobAbort { name: n() }), false),
+            (
+                m(M::JobAbort {
+                    name: n(),
+                    postcopy: false,
+                }),
+                false,
+            ),
+            (
+                m(M::MigrateRecover {
+                    req: tern_migrate::protocol::RecoverRequest { version: 2, id },
+                }),
+                false,
+            ),
+            (m(M::MigratePostcopyResume { name: n() }), false),
+            (
+                m(M::MigrateQuery {
+                    req: tern_migrate::protocol::QueryRequest { version: 2, id },
+                }),
+                true,
+            ),
             (
                 m(M::MigrateSetSpeed {
                     name: n(),
@@ -381,6 +408,9 @@ mod tests {
                 | MigrationRequest::MigrateFinish { .. }
                 | MigrationRequest::MigrateConfirm { .. }
                 | MigrationRequest::MigrateP2p { .. }
+                | MigrationRequest::MigrateQuery { .. }
+                | MigrationRequest::MigrateRecover { .. }
+                | MigrationRequest::MigratePostcopyResume { .. }
                 | MigrationRequest::JobInfo { .. }
                 | MigrationRequest::JobEvents { .. }
                 | MigrationRequest::JobAbort { .. }
@@ -399,9 +429,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 29 plain requests + 17 migration requests (+1 for compcache's
+        // 29 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 31 + 17 + 1);
+        assert_eq!(all.len(), 31 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

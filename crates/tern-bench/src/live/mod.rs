@@ -130,16 +130,7 @@ impl Bench {
     /// Checks the binaries are built, builds the test guest, and starts two
     /// agents sharing a pool that holds the guests' disk.
     pub fn start(s: BenchSetup) -> Result<Bench> {
-        let bin_dir = tern_testkit::host::bin_dir();
-        for b in ["ternd", "tern"] {
-            if !bin_dir.join(b).is_file() {
-                bail!(
-                    "{} is not built; build the workspace with the same profile as tern-bench \
-                     (`cargo build --release --workspace`) or set TERN_BIN_DIR",
-                    bin_dir.join(b).display()
-                );
-            }
-        }
+        let bin_dir = check_binaries()?;
         let image = tern_testkit::build_or_reuse(&BuildOptions {
             progress: true,
             ..Default::default()
@@ -184,6 +175,21 @@ impl Bench {
             _pool: pool,
         })
     }
+}
+
+/// Where `ternd` and `tern` are, or an error saying how to build them.
+pub fn check_binaries() -> Result<PathBuf> {
+    let bin_dir = tern_testkit::host::bin_dir();
+    for b in ["ternd", "tern"] {
+        if !bin_dir.join(b).is_file() {
+            bail!(
+                "{} is not built; build the workspace with the same profile as tern-bench \
+                 (`cargo build --release --workspace`) or set TERN_BIN_DIR",
+                bin_dir.join(b).display()
+            );
+        }
+    }
+    Ok(bin_dir)
 }
 
 /// Runs the matrix and prints the tables on stdout (progress on stderr).

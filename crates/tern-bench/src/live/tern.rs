@@ -222,7 +222,7 @@ fn forecast(
 }
 
 /// QEMU's figures as `tern domjobinfo --completed --json` reports them.
-fn job_figures(src: &TernHost, name: &str) -> Result<Figures> {
+pub(crate) fn job_figures(src: &TernHost, name: &str) -> Result<Figures> {
     let o = src.tern(&["domjobinfo", name, "--completed", "--json"]);
     anyhow::ensure!(
         o.status.success(),

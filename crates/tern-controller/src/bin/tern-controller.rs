@@ -1,14 +1,22 @@
 //! `tern-controller`: Tern's cluster controller.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+use tern_controller::console::{self, auth};
 use tern_controller::{api, Controller, ControllerConfig};
 
 /// Tern cluster controller: inventory, scheduler, migration jobs, host-down evacuation.
 #[derive(Parser, Debug)]
-#[command(name = "tern-controller", version)]
+#[command(
+    name = "tern-controller",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// API address (agents and `tern --controller` connect here).
     #[arg(long, default_value = "127.0.0.1:7480")]
     listen: SocketAddr,
@@ -39,6 +47,43 @@ struct Args {
     /// Migrations in the cluster.
     #[arg(long, default_value_t = 5)]
     max_cluster_migrations: u32,
+    /// Serve the web console on this address (needs --console-users).
+    #[arg(long, requires = "console_users")]
+    console_listen: Option<SocketAddr>,
+    /// The console's password file (see `tern-controller console-passwd`).
+    #[arg(long)]
+    console_users: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Adds or replaces a web console user; reads the password from stdin.
+    ConsolePasswd {
+        /// The password file (created if absent, mode 0600).
+        file: PathBuf,
+        /// User name.
+        user: String,
+        /// ro (read-only) or rw (read-write).
+        #[arg(long, default_value = "ro")]
+        role: String,
+    },
+}
+
+/// `console-passwd`: the password is the first line of stdin.
+fn console_passwd(file: &std::path::Path, user: &str, role: &str) -> anyhow::Result<()> {
+    let role: auth::Role = role.parse()?;
+    let mut line = String::new();
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password for {user}: ");
+    }
+    std::io::stdin().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() {
+        anyhow::bail!("the password is empty; give it on standard input");
+    }
+    auth::set_user(file, user, role, pw)?;
+    eprintln!("{user} ({role:?}) written to {}", file.display());
+    Ok(())
 }
 
 #[tokio::main]
@@ -51,8 +96,12 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
-    if let Err(e) = run(args).await {
+    let mut args = Args::parse();
+    let r = match args.cmd.take() {
+        Some(Cmd::ConsolePasswd { file, user, role }) => console_passwd(&file, &user, &role),
+        None => run(args).await,
+    };
+    if let Err(e) = r {
         eprintln!("tern-controller: {e:#}");
         std::process::exit(1);
     }
@@ -82,8 +131,29 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let console_listener = match a.console_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--console-listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let users = match &a.console_users {
+        Some(f) => auth::load_users(f)?,
+        None => Vec::new(),
+    };
     let ctl = Controller::open(cfg).await?;
     tracing::info!(id = %ctl.cfg.id, listen = %ctl.cfg.listen, store = %ctl.cfg.store, "tern-controller ready");
+    if let Some(l) = console_listener {
+        tracing::info!(listen = %l.local_addr()?, users = users.len(), "web console ready");
+        let c = console::Console::new(ctl.clone(), users);
+        tokio::spawn(async move {
+            if let Err(e) = console::serve(c, l).await {
+                tracing::error!(error = %e, "web console stopped");
+            }
+        });
+    }
     tokio::spawn(ctl.clone().run());
     let serve = api::serve(ctl.clone(), listener);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

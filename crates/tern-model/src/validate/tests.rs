@@ -41,6 +41,7 @@ fn disk(dev: &str) -> Disk {
         format: DiskFormat::Raw,
         cache: None,
         source: Some(PathBuf::from(format!("/images/{dev}.raw"))),
+        remote: None,
         target_dev: dev.to_string(),
         target_bus: DiskBus::Virtio,
         readonly: false,

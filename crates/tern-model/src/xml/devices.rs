@@ -102,9 +102,11 @@ fn parse_disk(node: Node) -> Result<Disk> {
         match required_attr(node, "type")? {
             "file" => DiskSourceType::File,
             "block" => DiskSourceType::Block,
+            "network" => DiskSourceType::Network,
+            "volume" => DiskSourceType::Volume,
             other => return Err(XmlError::Unsupported {
                 what: format!("<disk type='{other}'>"),
-                fix: "use type='file' with <source file=...> or type='block' with <source dev=...>"
+                fix: "use type='file' with <source file=...>, type='block' with <source dev=...>, type='network' or type='volume'"
                     .to_string(),
             }),
         };
@@ -140,12 +142,22 @@ fn parse_disk(node: Node) -> Result<Disk> {
     let mut boot_order = None;
     let mut serial = None;
     let mut address = None;
+    let mut remote = None;
+    let names_no_path = matches!(
+        source_type,
+        DiskSourceType::Network | DiskSourceType::Volume
+    );
     for child in elements(node) {
         match child.tag_name().name() {
             "driver" => set_once(&mut driver, parse_disk_driver(child)?, child)?,
             "boot" => set_once(&mut boot_order, parse_boot_order(child)?, child)?,
             "serial" => set_once(&mut serial, super::import::text(child), child)?,
             "address" => set_once(&mut address, parse_address(child)?, child)?,
+            "source" if names_no_path => set_once(
+                &mut remote,
+                super::netdisk::parse_source(child, source_type)?,
+                child,
+            )?,
             "source" => set_once(&mut source, parse_disk_source(child, source_type)?, child)?,
             "target" => set_once(&mut target, parse_disk_target(child)?, child)?,
             "readonly" => readonly = true,
@@ -170,6 +182,7 @@ fn parse_disk(node: Node) -> Result<Disk> {
         format,
         cache,
         source: source.flatten(),
+        remote,
         target_dev,
         target_bus,
         // libvirt treats every cdrom as read-only.
@@ -283,6 +296,7 @@ fn parse_disk_source(node: Node, source_type: DiskSourceType) -> Result<Option<P
     let (wanted, other, kind) = match source_type {
         DiskSourceType::File => ("file", "dev", "file"),
         DiskSourceType::Block => ("dev", "file", "block"),
+        DiskSourceType::Network | DiskSourceType::Volume => return Ok(None),
     };
     if let Some(path) = node.attribute(wanted) {
         return Ok(Some(PathBuf::from(path)));

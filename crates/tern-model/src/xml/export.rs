@@ -207,6 +207,8 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
     let (source_type, source_attr) = match disk.source_type {
         DiskSourceType::File => ("file", "file"),
         DiskSourceType::Block => ("block", "dev"),
+        DiskSourceType::Network => ("network", ""),
+        DiskSourceType::Volume => ("volume", ""),
     };
     let device = match disk.device {
         DiskDevice::Disk => "disk",
@@ -238,6 +240,18 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
     w.empty("driver", driver);
     if let Some(source) = &disk.source {
         w.empty("source", vec![(source_attr, path(source))]);
+    }
+    if let Some(remote) = &disk.remote {
+        let (attrs, hosts) = super::netdisk::source_attrs(remote);
+        if hosts.is_empty() {
+            w.empty("source", attrs);
+        } else {
+            w.open("source", attrs);
+            for h in hosts {
+                w.empty("host", h);
+            }
+            w.close("source");
+        }
     }
     let bus = match disk.target_bus {
         DiskBus::Virtio => "virtio",

@@ -6,6 +6,7 @@ use crate::domain::*;
 use std::path::PathBuf;
 use uuid::Uuid;
 
+mod netdisk;
 mod refusals;
 
 /// Wraps `body` (elements inside `<domain>`) with the minimum Tern needs.
@@ -110,6 +111,7 @@ fn rich() -> Domain {
                     format: DiskFormat::Raw,
                     cache: Some(CacheMode::Directsync),
                     source: Some(PathBuf::from("/dev/vg0/it's")),
+                    remote: None,
                     target_dev: "sda".to_string(),
                     target_bus: DiskBus::Scsi,
                     readonly: false,
@@ -127,6 +129,7 @@ fn rich() -> Domain {
                     format: DiskFormat::Qcow2,
                     cache: None,
                     source: Some(PathBuf::from("/isos/a\"b.iso")),
+                    remote: None,
                     target_dev: "sdb".to_string(),
                     target_bus: DiskBus::Sata,
                     readonly: true,
@@ -144,6 +147,7 @@ fn rich() -> Domain {
                     format: DiskFormat::Qcow2,
                     cache: Some(CacheMode::Unsafe),
                     source: Some(PathBuf::from("/var/lib/tern/x.qcow2")),
+                    remote: None,
                     target_dev: "vdz".to_string(),
                     target_bus: DiskBus::Virtio,
                     readonly: true,

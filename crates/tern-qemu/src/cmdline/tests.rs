@@ -33,6 +33,7 @@ fn guest() -> Domain {
                 format: DiskFormat::Qcow2,
                 cache: Some(CacheMode::None),
                 source: Some("/pool/a,b.qcow2".into()),
+                remote: None,
                 target_dev: "vda".into(),
                 target_bus: DiskBus::Virtio,
                 readonly: false,

@@ -64,8 +64,8 @@ fn refuses_devices_tern_cannot_honour() {
         "device='floppy'",
     );
     refused(
-        &with_devices("<disk type='network'><target dev='vda'/></disk>"),
-        "disk type='network'",
+        &with_devices("<disk type='dir'><target dev='vda'/></disk>"),
+        "disk type='dir'",
     );
     refused(
         &with_devices("<disk type='file'><driver name='qemu' type='vmdk'/><source file='/a'/><target dev='vda'/></disk>"),

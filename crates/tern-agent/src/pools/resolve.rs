@@ -1,0 +1,228 @@
+//! What QEMU opens for each disk on this host: a `<disk type='volume'>`
+//! becomes the volume's file (dir or mounted netfs pool) or its `nfs://`
+//! network source (netfs pool reached by QEMU), and a file path under such
+//! a pool's target becomes that network source too. The stored definition
+//! keeps what the operator wrote; only the launched QEMU sees the result.
+
+use super::{Pools, Store};
+use crate::error::{AgentError, Result};
+use std::path::Path;
+use tern_model::{
+    Disk, DiskRemote, DiskSourceType, Domain, NetHost, NetProtocol, NetfsSource, NetworkSource,
+};
+
+/// The network source QEMU opens a file of an export by.
+fn nfs_source(src: &NetfsSource, file: &str) -> DiskRemote {
+    DiskRemote::Network(NetworkSource {
+        protocol: NetProtocol::Nfs,
+        name: src.file_path(file).trim_start_matches('/').to_string(),
+        hosts: vec![NetHost {
+            name: src.host.clone(),
+            port: None,
+        }],
+    })
+}
+
+fn as_network(disk: &mut Disk, remote: DiskRemote) {
+    disk.source_type = DiskSourceType::Network;
+    disk.source = None;
+    disk.remote = Some(remote);
+}
+
+impl Pools {
+    /// The store of the active pool whose target directly holds `path`.
+    async fn store_holding(&self, path: &Path) -> Option<Store> {
+        let m = self.pools.lock().await;
+        m.values()
+            .find(|p| p.active && path.parent() == Some(p.def.target.as_path()))
+            .map(|p| p.store())
+    }
+
+    /// `d` with every disk as QEMU must open it on this host; refuses a
+    /// volume disk whose pool or volume is missing here.
+    pub async fn resolve_disks(&self, d: &Domain) -> Result<Domain> {
+        let mut out = d.clone();
+        for disk in &mut out.devices.disks {
+            match (disk.source.clone(), disk.remote.clone()) {
+                (_, Some(DiskRemote::Volume(v))) => {
+                    let store = self.active_store(&v.pool).await.map_err(|e| {
+                        AgentError::Invalid(format!(
+                            "disk '{}' of domain '{}' names pool '{}': {e}",
+                            disk.target_dev, d.name, v.pool
+                        ))
+                    })?;
+                    tern_model::names::validate_name("volume", &v.volume)?;
+                    match store {
+                        Store::Dir(dir) => {
+                            disk.source_type = DiskSourceType::File;
+                            disk.remote = None;
+                            disk.source = Some(dir.join(&v.volume));
+                        }
+                        Store::Nfs { src, .. } => as_network(disk, nfs_source(&src, &v.volume)),
+                    }
+                }
+                (Some(path), None) if disk.source_type == DiskSourceType::File => {
+                    if let Some(Store::Nfs { src, .. }) = self.store_holding(&path).await {
+                        let file = path
+                            .file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        as_network(disk, nfs_source(&src, &file));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The first protocol `drivers` lacks.
+fn missing_driver(protocols: &[NetProtocol], drivers: &[String]) -> Option<NetProtocol> {
+    protocols
+        .iter()
+        .copied()
+        .find(|p| !drivers.iter().any(|x| x == p.as_str()))
+}
+
+/// Block drivers of the QEMU in use, probed once.
+static DRIVERS: tokio::sync::OnceCell<Vec<String>> = tokio::sync::OnceCell::const_new();
+
+/// Refuses a network disk whose protocol this host's QEMU cannot open,
+/// naming the protocol and the package that brings it.
+pub async fn check_network_drivers(d: &Domain) -> Result<()> {
+    let protocols: Vec<NetProtocol> = d
+        .devices
+        .disks
+        .iter()
+        .filter_map(|disk| match &disk.remote {
+            Some(DiskRemote::Network(n)) => Some(n.protocol),
+            _ => None,
+        })
+        .collect();
+    if protocols.is_empty() {
+        return Ok(());
+    }
+    let drivers = DRIVERS
+        .get_or_init(|| async {
+            tern_qemu::img::block_drivers().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list QEMU block drivers");
+                Vec::new()
+            })
+        })
+        .await;
+    match missing_driver(&protocols, drivers) {
+        Some(p) => Err(AgentError::Unsupported(format!(
+            "domain '{}' has a protocol='{}' network disk but this host's QEMU has no '{}' block driver; install qemu-block-extra (from the same release as QEMU) or use another disk type",
+            d.name,
+            p.as_str(),
+            p.as_str()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What `domblklist` shows as a disk's source: the path, a network disk's
+/// URL (`nfs://host/export/file`), or a volume's path under its pool's
+/// target (`pool/volume` when the pool is not defined here).
+pub async fn block_source(pools: &Pools, disk: &Disk) -> Option<String> {
+    match (&disk.source, &disk.remote) {
+        (Some(p), _) => Some(p.display().to_string()),
+        (None, Some(DiskRemote::Network(n))) => {
+            let host = n
+                .hosts
+                .first()
+                .map(|h| match h.port {
+                    Some(p) => format!("{}:{p}", h.name),
+                    None => h.name.clone(),
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "{}://{host}/{}",
+                n.protocol.as_str(),
+                n.name.trim_start_matches('/')
+            ))
+        }
+        (None, Some(DiskRemote::Volume(v))) => {
+            let m = pools.pools.lock().await;
+            Some(match m.get(&v.pool) {
+                Some(p) => p.def.target.join(&v.volume).display().to_string(),
+                None => format!("{}/{}", v.pool, v.volume),
+            })
+        }
+        (None, None) => None,
+    }
+}
+
+impl Pools {
+    /// `undefine --remove-all-storage` for one disk: deletes its volume when
+    /// it is one of an active pool's (a file in a directory, a file on an
+    /// export QEMU reaches, or a `type='volume'` disk); what was removed.
+    pub async fn remove_disk_volume(&self, disk: &Disk) -> Option<String> {
+        let (store, file, shown) = match (&disk.source, &disk.remote) {
+            (Some(path), None) => {
+                let file = path.file_name()?.to_string_lossy().into_owned();
+                (
+                    self.store_holding(path).await?,
+                    file,
+                    path.display().to_string(),
+                )
+            }
+            (None, Some(DiskRemote::Volume(v))) => {
+                let store = self.active_store(&v.pool).await.ok()?;
+                (store, v.volume.clone(), format!("{}/{}", v.pool, v.volume))
+            }
+            _ => return None,
+        };
+        match store {
+            Store::Dir(dir) => {
+                let p = dir.join(&file);
+                std::fs::remove_file(&p).ok()?;
+                Some(p.display().to_string())
+            }
+            Store::Nfs { src, .. } => {
+                crate::netfs::Export::new(&src).remove(&file).await.ok()?;
+                Some(shown)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_protocol_without_its_driver_is_named() {
+        let have: Vec<String> = ["file", "nfs", "qcow2", "raw"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(missing_driver(&[NetProtocol::Nfs], &have), None);
+        assert_eq!(
+            missing_driver(&[NetProtocol::Nfs, NetProtocol::Rbd], &have),
+            Some(NetProtocol::Rbd)
+        );
+        assert_eq!(
+            missing_driver(&[NetProtocol::Gluster], &[]),
+            Some(NetProtocol::Gluster)
+        );
+    }
+
+    #[test]
+    fn nfs_sources_name_the_file_on_the_export() {
+        let src = NetfsSource {
+            host: "10.0.0.3".into(),
+            path: "/nfs/".into(),
+            access: tern_model::NetfsAccess::Qemu,
+        };
+        match nfs_source(&src, "test01") {
+            DiskRemote::Network(n) => {
+                assert_eq!(n.name, "nfs/test01");
+                assert_eq!(n.hosts[0].name, "10.0.0.3");
+                assert_eq!(n.protocol, NetProtocol::Nfs);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The console's routes in process, on a real (file) store: login,
+//! roles, the cross-site header, and errors as the API's JSON.
+
+use super::auth::{hash_password, Role, User};
+use super::{router, Console, CSRF_HEADER};
+use crate::{Controller, ControllerConfig};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use tower::ServiceExt;
+
+async fn console(dir: &std::path::Path) -> Router {
+    console_and_controller(dir).await.0
+}
+
+async fn console_and_controller(dir: &std::path::Path) -> (Router, std::sync::Arc<Controller>) {
+    let cfg = ControllerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("file:{}", dir.display()),
+    );
+    let ctl = Controller::open(cfg).await.unwrap();
+    let users = vec![
+        User {
+            name: "admin".into(),
+            role: Role::ReadWrite,
+            hash: hash_password("pw-rw").unwrap(),
+        },
+        User {
+            name: "viewer".into(),
+            role: Role::ReadOnly,
+            hash: hash_password("pw-ro").unwrap(),
+        },
+    ];
+    (router(Console::new(ctl.clone(), users)), ctl)
+}
+
+fn post(path: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
+    let mut r = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(CSRF_HEADER, "1");
+    if let Some(c) = cookie {
+        r = r.header(header::COOKIE, c);
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+async fn send(app: &Router, r: Request<Body>) -> (StatusCode, Option<String>, serde_json::Value) {
+    let resp = app.clone().oneshot(r).await.unwrap();
+    let status = resp.status();
+    let cookie = resp
+        .headers()
+        .get(header::SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_string());
+    let b = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null);
+    (status, cookie, v)
+}
+
+async fn login(app: &Router, user: &str, pw: &str) -> String {
+    let body = format!(r#"{{"user":"{user}","password":"{pw}"}}"#);
+    let (s, cookie, _) = send(app, post("/api/login", None, &body)).await;
+    assert_eq!(s, StatusCode::OK);
+    let c = cookie.expect("a session cookie");
+    assert!(
+        c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+        "{c}"
+    );
+    c.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn roles_decide_what_a_session_may_send() {
+    let d = tempfile::tempdir().unwrap();
+    let app = console(d.path()).await;
+    let list = r#"{"op":"server-list"}"#;
+    let migrate = r#"{"op":"server-live-migrate","id":"nosuch"}"#;
+
+    // Nobody logged in: refused.
+    let (s, _, v) = send(&app, post("/api/call", None, list)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(v["message"].as_str().unwrap().contains("log in"), "{v}");
+    // A wrong password changes nothing.
+    let (s, cookie, _) = send(
+        &app,
+        post("/api/login", None, r#"{"user":"admin","password":"no"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(cookie.is_none());
+
+    // Read-only: reads, but may not act.
+    let ro = login(&app, "viewer", "pw-ro").await;
+    let (s, _, v) = send(&app, post("/api/call", Some(&ro), list)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, serde_json::json!([]));
+    let (s, _, v) = send(&app, post("/api/call", Some(&ro), migrate)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("read-only"), "{v}");
+
+    // Read-write: the API's own answer (and its one-line message).
+    let rw = login(&app, "admin", "pw-rw").await;
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), migrate)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["message"], "no server 'nosuch'; see 'tern server-list'");
+    // Agents' requests never come from a browser.
+    let hb = r#"{"op":"host-shutdown","host":"a"}"#;
+    let (s, _, _) = send(&app, post("/api/call", Some(&rw), hb)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // A POST without the console's header (a cross-site form) is refused.
+    let r = Request::post("/api/call")
+        .header(header::COOKIE, &rw)
+        .body(Body::from(list))
+        .unwrap();
+    let (s, _, _) = send(&app, r).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Logged out: the cookie no longer works.
+    let (s, _, _) = send(&app, post("/api/logout", Some(&rw), "{}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = send(&app, post("/api/call", Some(&rw), list)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // The page itself needs no login, and loads nothing from elsewhere.
+    let r = Request::get("/").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let csp = resp.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+}
+
+#[tokio::test]
+async fn maintenance_is_entered_and_left_from_the_console() {
+    use tern_api::cluster::{HostRecord, HostReport, HostStatus};
+    let d = tempfile::tempdir().unwrap();
+    let (app, ctl) = console_and_controller(d.path()).await;
+    let rec = HostRecord {
+        report: HostReport {
+            name: "h1".into(),
+            api_uri: "tern+tcp://127.0.0.1:9".into(),
+            ..Default::default()
+        },
+        status: HostStatus::Online,
+        lease: 0,
+        maintenance: false,
+        auto_migrate_on_host_down: false,
+        auto_migrate_on_host_shutdown: false,
+        shutting_down: false,
+    };
+    ctl.inv
+        .create(&format!("{}h1", crate::inventory::HOSTS), &rec)
+        .await
+        .unwrap();
+    let rw = login(&app, "admin", "pw-rw").await;
+    let ro = login(&app, "viewer", "pw-ro").await;
+    let enter = r#"{"op":"host-maintenance","id":"h1"}"#;
+    let leave = r#"{"op":"host-maintenance-leave","id":"h1"}"#;
+    let (s, _, _) = send(&app, post("/api/call", Some(&ro), enter)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), enter)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(ctl.inv.host("h1").await.unwrap().maintenance);
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), leave)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["maintenance"], false);
+    assert!(!ctl.inv.host("h1").await.unwrap().maintenance);
+    let nosuch = r#"{"op":"host-maintenance-leave","id":"nosuch"}"#;
+    let (s, _, v) = send(&app, post("/api/call", Some(&rw), nosuch)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // The scheduler's view of each host comes with its record.
+    let r = Request::get("/api/hosts")
+        .header(header::COOKIE, &ro)
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, v) = send(&app, r).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["view"]["name"], "h1");
+    assert_eq!(v[0]["view"]["schedulable"], true);
+}
+
+#[tokio::test]
+async fn a_finished_jobs_history_is_read_back_from_the_store() {
+    use super::progress::{History, Sample, HISTORY};
+    let d = tempfile::tempdir().unwrap();
+    let (app, ctl) = console_and_controller(d.path()).await;
+    let h = History {
+        samples: vec![Sample {
+            at_ms: 1,
+            sent: 10,
+            remaining: 90,
+            rate: 5,
+        }],
+        finished: true,
+        ..Default::default()
+    };
+    ctl.inv.put(&format!("{HISTORY}job1"), &h).await.unwrap();
+    let ro = login(&app, "viewer", "pw-ro").await;
+    let get = |path: &str| {
+        Request::get(path)
+            .header(header::COOKIE, &ro)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, v) = send(&app, get("/api/jobs/job1/history")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(serde_json::from_value::<History>(v).unwrap(), h);
+    // A job never seen has an empty history, not an error.
+    let (s, _, v) = send(&app, get("/api/jobs/other/history")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["finished"], false);
+}

@@ -1,0 +1,238 @@
+//! The fault matrix: one process dies (or the driver is interrupted, or a
+//! state directory fills) at one named moment of a live migration between
+//! two real agents with a real guest, and the guest must end up running on
+//! exactly one host, whole, with nothing left on the other; then it must
+//! migrate again. docs/FAULTS.md lists every cell and its outcome.
+//!
+//! Agents hold at a moment with `--fault-stop-at POINT` (see
+//! `tern_agent::faults`); moments without a point (pre-copy) are reached by
+//! a bandwidth cap and waiting for the job to move memory. Both agents run
+//! with `--orphan-timeout 3`, so a migration whose driver vanished settles
+//! within seconds.
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+use tern_testkit::pair::{interrupt, kill9, wait_job_active};
+use tern_testkit::{FaultPoint, HostPair, Which};
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `kill -9` of a host's agent, which is then started again.
+    KillAgent(Which),
+    /// `kill -9` of a host's QEMU for the guest.
+    KillQemu(Which),
+    /// `kill -9` of the managed `tern migrate`.
+    KillDriver,
+    /// Ctrl-C on `tern migrate`.
+    CtrlC,
+}
+
+/// When it goes wrong.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// An agent holds at a fault point.
+    Point(Which, &'static str),
+    /// QEMU is sending memory (a 16 MiB/s cap makes this last seconds).
+    Precopy,
+}
+
+struct Cell {
+    name: &'static str,
+    fault: Fault,
+    moment: Moment,
+    /// Where the guest must run afterwards.
+    expect: Which,
+}
+
+const ORPHAN: &[&str] = &["--orphan-timeout", "3"];
+
+fn run(cell: &Cell) {
+    let mut a_args: Vec<&str> = ORPHAN.to_vec();
+    let mut b_args: Vec<&str> = ORPHAN.to_vec();
+    if let Moment::Point(w, point) = cell.moment {
+        let args = match w {
+            Which::A => &mut a_args,
+            Which::B => &mut b_args,
+        };
+        args.extend(["--fault-stop-at", point]);
+    }
+    let mut p = HostPair::start(&cell.name[..cell.name.len().min(24)], &a_args, &b_args);
+    // Initials keep QEMU's socket paths under 108 bytes.
+    let name: String = cell
+        .name
+        .split('_')
+        .filter_map(|w| w.chars().next())
+        .collect();
+    let name = &format!("fm-{name}");
+    p.boot(name, "tern.mem=48 tern.dirty=0");
+    let flags: &[&str] = match cell.moment {
+        Moment::Precopy => &["--live", "--bandwidth", "16"],
+        Moment::Point(..) => &["--live"],
+    };
+    let mut driver = p.migrate_bg(Which::A, name, flags);
+    let point = match cell.moment {
+        Moment::Point(w, pt) => {
+            let fp = FaultPoint::of(p.host(w), pt);
+            fp.wait_reached(Duration::from_secs(90));
+            Some(fp)
+        }
+        Moment::Precopy => {
+            wait_job_active(&p.a, name);
+            None
+        }
+    };
+    match cell.fault {
+        Fault::KillAgent(w) => p.kill9_and_restart(w),
+        Fault::KillQemu(w) => {
+            for pid in p.host(w).qemu_pids() {
+                kill9(pid);
+            }
+        }
+        Fault::KillDriver => {
+            let _ = driver.kill();
+        }
+        Fault::CtrlC => interrupt(&driver),
+    }
+    if let Some(fp) = &point {
+        fp.release();
+    }
+    let out = wait_child(&mut driver, Duration::from_secs(120));
+    println!("{}: driver said: {out}", cell.name);
+    p.wait_settled_on(cell.expect, name, Duration::from_secs(90));
+    p.assert_guest_whole_on(cell.expect, name);
+    // And it moves again.
+    let again = p.migrate(cell.expect, name, &["--live"]);
+    assert!(
+        again.status.success(),
+        "{}: second migration failed: {}\n{}",
+        cell.name,
+        String::from_utf8_lossy(&again.stderr),
+        p.events(name)
+    );
+    p.wait_settled_on(cell.expect.other(), name, Duration::from_secs(60));
+    p.assert_guest_whole_on(cell.expect.other(), name);
+    // The finished job outlives its agent.
+    p.kill9_and_restart(cell.expect);
+    let done = p
+        .host(cell.expect)
+        .ok(&["domjobinfo", name, "--completed", "--json"]);
+    assert!(done.contains("\"completed\""), "{done}");
+}
+
+/// Waits for the driver to end (killing it after `timeout`); its exit
+/// status and its last words.
+fn wait_child(c: &mut Child, timeout: Duration) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + timeout;
+    while !matches!(c.try_wait(), Ok(Some(_))) {
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = c.wait().map(|s| s.to_string()).unwrap_or_default();
+    let mut err = String::new();
+    if let Some(e) = c.stderr.as_mut() {
+        let _ = e.read_to_string(&mut err);
+    }
+    format!("{status}: {}", err.trim())
+}
+
+macro_rules! cells {
+    ($($name:ident: $fault:expr, $moment:expr => $expect:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run(&Cell {
+                    name: stringify!($name),
+                    fault: $fault,
+                    moment: $moment,
+                    expect: $expect,
+                });
+            }
+        )*
+    };
+}
+
+use Fault::*;
+use Moment::*;
+use Which::{A, B};
+
+cells! {
+    source_agent_killed_in_precopy: KillAgent(A), Precopy => A;
+    source_agent_killed_after_qemu_completed: KillAgent(A), Point(A, "source-completed") => A;
+    source_agent_killed_in_confirm: KillAgent(A), Point(A, "source-before-quit") => B;
+    dest_agent_killed_in_prepare: KillAgent(B), Point(B, "dest-prepared") => A;
+    dest_agent_killed_in_precopy: KillAgent(B), Precopy => B;
+    dest_agent_killed_before_cont: KillAgent(B), Point(B, "dest-before-cont") => B;
+    dest_agent_killed_after_cont: KillAgent(B), Point(B, "dest-after-cont") => B;
+    source_qemu_killed_after_completion: KillQemu(A), Point(A, "source-completed") => B;
+    dest_qemu_killed_before_cont: KillQemu(B), Point(B, "dest-before-cont") => A;
+    driver_killed_in_precopy: KillDriver, Precopy => B;
+    driver_killed_after_prepare: KillDriver, Point(B, "dest-prepared") => A;
+    driver_killed_before_cont: KillDriver, Point(B, "dest-before-cont") => B;
+    ctrl_c_in_precopy: CtrlC, Precopy => A;
+}
+
+/// The destination's state directory is full when Prepare must record the
+/// migration: Prepare refuses, names the directory, and creates nothing;
+/// the guest never stops on the source.
+#[test]
+fn dest_state_dir_full_in_prepare() {
+    let p = HostPair::start("fullprep", ORPHAN, ORPHAN);
+    let name = "fullprep";
+    p.boot(name, "tern.mem=48 tern.dirty=0");
+    let full = tern_testkit::pair::FullDir::over(&p.b.state_dir().join("jobs"));
+    let out = p.migrate(Which::A, name, &["--live"]);
+    assert!(
+        !out.status.success(),
+        "migrated into a full state directory"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot record migration") && err.contains("free space"),
+        "{err}"
+    );
+    p.wait_settled_on(Which::A, name, Duration::from_secs(30));
+    p.assert_guest_whole_on(Which::A, name);
+    drop(full);
+    let again = p.migrate(Which::A, name, &["--live"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    p.wait_settled_on(Which::B, name, Duration::from_secs(60));
+    p.assert_guest_whole_on(Which::B, name);
+}
+
+/// The destination cannot store the definition after `cont` (its
+/// definitions directory is full, `--persistent`): the guest runs there
+/// and only there, the migration succeeds with a warning, and the source
+/// does not resume a second copy.
+#[test]
+fn dest_state_dir_full_in_finish() {
+    let p = HostPair::start("fullfin", ORPHAN, ORPHAN);
+    let name = "fullfin";
+    p.boot(name, "tern.mem=48 tern.dirty=0");
+    let full = tern_testkit::pair::FullDir::over(&p.b.state_dir().join("domains"));
+    let out = p.migrate(Which::A, name, &["--live", "--persistent"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", p.events(name));
+    assert!(
+        err.contains("warning") && err.contains("could not be stored"),
+        "{err}"
+    );
+    p.wait_settled_on(Which::B, name, Duration::from_secs(30));
+    p.assert_guest_whole_on(Which::B, name);
+    drop(full);
+    let again = p.migrate(Which::B, name, &["--live"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    p.wait_settled_on(Which::A, name, Duration::from_secs(60));
+}
