@@ -18,6 +18,9 @@ PKGS=(
   rsync                # the storage benchmark's baseline
   protobuf-compiler    # protoc, for the etcd client (tern-store)
   etcd-server          # the cluster store for several controllers; tests start one
+  ovmf                 # UEFI firmware for <os firmware='efi'> guests (/usr/share/OVMF)
+  swtpm                # the TPM emulator behind <tpm><backend type='emulator'>
+  swtpm-tools          # swtpm_setup, to create a TPM's state
   nfs-ganesha          # the NFS server the netfs pool tests start in a namespace
   nfs-ganesha-vfs      # its backend that exports a local directory
   rpcbind              # the portmapper NFSv3 clients (libnfs) ask for ports
@@ -69,6 +72,17 @@ if [ -z "$major" ] || [ "$major" -lt "$QEMU_MIN_MAJOR" ] || ! command -v qemu-im
     echo "install-deps: QEMU ${major:-none} installed, Tern needs $QEMU_MIN_MAJOR or newer" >&2
     exit 1
   fi
+fi
+
+# SPICE (<graphics type='spice'>, qxl, spicevmc channels) is a QEMU module that
+# must come from the same QEMU build as qemu-system-x86.
+if ! qemu-system-x86_64 -spice help >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  target=()
+  [ -f /etc/apt/sources.list.d/tern-backports.sources ] && target=(-t bookworm-backports)
+  echo "install-deps: installing QEMU's SPICE module"
+  $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-system-modules-spice >/dev/null
 fi
 
 # QEMU's network block drivers (nfs:// through libnfs, rbd, iscsi, gluster)

@@ -138,6 +138,7 @@ impl Agent {
     pub async fn define_domain(self: &Arc<Self>, mut d: Domain) -> Result<DomainRef> {
         self.ensure_not_migrating(&d.name)?;
         assign_macs(&mut d);
+        crate::guest_setup::complete(self, &mut d);
         for other in self.domains.all() {
             if other.uuid == d.uuid && other.name != d.name {
                 return Err(AgentError::Conflict(format!(
@@ -354,6 +355,17 @@ impl Agent {
     /// storage is only removed from an inactive domain, and only files that
     /// live in one of this host's pools. Returns the removed files.
     pub async fn undefine(&self, name: &str, remove_storage: bool) -> Result<Vec<String>> {
+        self.undefine_with(name, remove_storage, false).await
+    }
+
+    /// `undefine`, also removing the NVRAM file with `nvram`. A guest's TPM
+    /// state goes with its definition, as in libvirt.
+    pub async fn undefine_with(
+        &self,
+        name: &str,
+        remove_storage: bool,
+        nvram: bool,
+    ) -> Result<Vec<String>> {
         let slot = self.domains.find(name)?;
         self.ensure_not_migrating(&slot.name)?;
         let mut e = slot.inner.lock().await;
@@ -381,6 +393,12 @@ impl Agent {
                     }
                 }
             }
+            if let Some(store) = e.def.os.nvram.as_ref().filter(|_| nvram) {
+                if std::fs::remove_file(&store.path).is_ok() {
+                    removed.push(store.path.display().to_string());
+                }
+            }
+            crate::guest_setup::remove_tpm_state(self, &e.def);
             let _ = std::fs::remove_dir_all(self.layout.run_dir(&slot.name));
             drop(e);
             self.domains.remove(&slot);

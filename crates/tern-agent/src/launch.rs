@@ -3,6 +3,7 @@
 //! if QEMU does not come up.
 
 use crate::error::{AgentError, Result};
+use crate::guest_setup;
 use crate::netdev;
 use crate::procs;
 use crate::registry::Running;
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tern_model::{CharDev, DiskDevice, Domain, InterfaceKind};
 use tern_qemu::cmdline::{self, Accel, LaunchSpec, NetBackend};
-use tern_qemu::Qmp;
+use tern_qemu::{firmware, Qmp};
 
 /// How a domain is being started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,15 +100,25 @@ pub fn preflight(agent: &Agent, d: &Domain) -> Result<()> {
 /// Starts QEMU for `d` and connects to its monitor. On any failure the
 /// process, its taps and its sockets are gone when this returns.
 pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Running> {
+    let accel = agent.accel().await.accel();
+    // The live definition: laid out, with firmware, and (on a fresh boot)
+    // the machine and CPU pinned; a migration destination takes the
+    // source's pinned definition as it is.
+    let mut live = d.clone();
+    guest_setup::complete(agent, &mut live);
+    if mode != LaunchMode::Incoming {
+        guest_setup::pin_identity(agent, &mut live, accel).await?;
+    }
     // What QEMU opens on this host: volumes and paths of netfs pools that
     // QEMU reaches itself become nfs:// network sources.
     // The live definition keeps what the operator wrote.
-    let written = d;
-    let resolved = agent.pools.resolve_disks(d).await?;
+    let written = &live;
+    let resolved = agent.pools.resolve_disks(written).await?;
     let d = &resolved;
     crate::pools::check_network_drivers(d).await?;
     preflight(agent, d)?;
-    let accel = agent.accel().await.accel();
+    firmware::prepare_firmware(d)
+        .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
     let run_dir = agent.layout.run_dir(&d.name);
     std::fs::create_dir_all(&run_dir).map_err(|e| AgentError::state(&run_dir, e))?;
     for stale in [
@@ -144,12 +155,26 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
             Some(p) if !g.autoport && p >= 5900 => (p - 5900) as u16,
             _ => free_vnc_display(),
         });
+    let spice_port = d
+        .devices
+        .graphics
+        .iter()
+        .find(|g| g.kind == "spice")
+        .map(|g| match g.port {
+            Some(p) if !g.autoport && p > 0 => p as u16,
+            _ => 5900 + free_vnc_display(),
+        });
+    if let Err(e) = guest_setup::start_swtpm(agent, d, &run_dir).await {
+        netdev::remove_taps(&taps).await;
+        return Err(e);
+    }
     let spec = LaunchSpec {
         domain: d,
         accel,
         run_dir: run_dir.clone(),
         nets,
         vnc_display,
+        spice_port,
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
     };

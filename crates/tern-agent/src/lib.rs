@@ -14,6 +14,9 @@ pub mod domains;
 pub mod error;
 pub mod facts;
 pub mod faults;
+pub mod guest_agent;
+pub mod guest_events;
+pub mod guest_setup;
 pub mod launch;
 pub mod limits;
 pub mod listen;
@@ -55,6 +58,8 @@ pub struct Agent {
     /// agent's on the same machine.
     pub host_tag: String,
     accel: OnceCell<AccelChoice>,
+    /// `host-model` resolved per accelerator, probed once from this QEMU binary.
+    host_cpus: tokio::sync::Mutex<Vec<(&'static str, tern_qemu::identity::HostCpu)>>,
     next_id: AtomicU32,
 }
 
@@ -83,6 +88,7 @@ impl Agent {
             machines,
             host_tag,
             accel: OnceCell::new(),
+            host_cpus: Default::default(),
             next_id: AtomicU32::new(1),
             cfg,
         });
@@ -109,6 +115,27 @@ impl Agent {
                 c
             })
             .await
+    }
+
+    /// `host-model` on this host as a named model plus features, probed
+    /// from the QEMU binary once per accelerator and cached.
+    pub async fn host_cpu(
+        &self,
+        accel: tern_qemu::cmdline::Accel,
+    ) -> Result<tern_qemu::identity::HostCpu, error::AgentError> {
+        let mut cache = self.host_cpus.lock().await;
+        if let Some((_, cpu)) = cache.iter().find(|(a, _)| *a == accel.as_str()) {
+            return Ok(cpu.clone());
+        }
+        let cpu =
+            tern_qemu::identity::probe_host_cpu(&self.cfg.qemu_binary, accel, &self.layout.runs())
+                .await
+                .map_err(|e| {
+                    error::AgentError::Failed(format!("cannot resolve host-model: {e}"))
+                })?;
+        tracing::info!(model = %cpu.model, features = cpu.features.len(), "host-model resolved");
+        cache.push((accel.as_str(), cpu.clone()));
+        Ok(cpu)
     }
 
     /// Next run-time id.

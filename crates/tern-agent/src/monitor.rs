@@ -6,6 +6,7 @@
 //! a while. A `SHUTDOWN` event with `guest: true` before the close means the
 //! guest powered itself off; a close without one, unasked, means a crash.
 
+use crate::guest_events::{self, GuestEvent};
 use crate::netdev;
 use crate::procs;
 use crate::registry::{self, DomainEntry, DomainSlot, Running, RuntimeRecord};
@@ -48,6 +49,10 @@ async fn watch(agent: Arc<Agent>, slot: Arc<DomainSlot>, qmp: Qmp, pid: u32) {
                     "SHUTDOWN" if ev.data["guest"].as_bool().unwrap_or(false) => {
                         guest_shutdown = true;
                         slot.set(DomainState::InShutdown, StateReason::Shutdown);
+                        tokio::spawn(guest_events::handle(slot.clone(), qmp.clone(), GuestEvent::PowerOff));
+                    }
+                    "GUEST_PANICKED" => {
+                        tokio::spawn(guest_events::handle(slot.clone(), qmp.clone(), GuestEvent::Panic));
                     }
                     "STOP" if slot.current().0 == DomainState::Running => {
                         slot.set(DomainState::Paused, StateReason::User);

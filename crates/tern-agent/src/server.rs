@@ -182,12 +182,21 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             }
             Request::Destroy { name } => ok(a.destroy(&name).await?)?,
             Request::Reboot { name } => ok(a.reboot(&name).await?)?,
+            Request::InjectNmi { name } => ok(a.inject_nmi(&name).await?)?,
+            Request::QemuAgentCommand {
+                name,
+                command,
+                timeout_secs,
+            } => ok(a
+                .qemu_agent_command(&name, &command, Duration::from_secs(timeout_secs))
+                .await?)?,
             Request::Suspend { name } => ok(a.suspend(&name).await?)?,
             Request::Resume { name } => ok(a.resume(&name).await?)?,
             Request::Undefine {
                 name,
                 remove_all_storage,
-            } => ok(a.undefine(&name, remove_all_storage).await?)?,
+                nvram,
+            } => ok(a.undefine_with(&name, remove_all_storage, nvram).await?)?,
             Request::Console { name, offset, max } => ok(a.console(&name, offset, max).await?)?,
             Request::PoolDefineAs {
                 name,

@@ -70,6 +70,21 @@ pub enum Request {
         /// Domain name or uuid.
         name: String,
     },
+    /// Send a command to the QEMU guest agent in the guest
+    /// (`qemu-agent-command`); the answer is the agent's JSON reply.
+    QemuAgentCommand {
+        /// Domain name or uuid.
+        name: String,
+        /// The command, e.g. `{"execute":"guest-ping"}`.
+        command: String,
+        /// Seconds to wait for the agent's answer.
+        timeout_secs: u64,
+    },
+    /// Send a non-maskable interrupt to the guest (`inject-nmi`).
+    InjectNmi {
+        /// Domain name or uuid.
+        name: String,
+    },
     /// Reset the guest (`reboot`).
     Reboot {
         /// Domain name or uuid.
@@ -92,6 +107,9 @@ pub enum Request {
         /// Also delete disk images that live in a pool.
         #[serde(default)]
         remove_all_storage: bool,
+        /// Also delete the UEFI variable store (`--nvram`).
+        #[serde(default)]
+        nvram: bool,
     },
     /// Serial console output from byte `offset` (`console`).
     Console {

@@ -51,6 +51,7 @@ impl QemuProc {
             run_dir: run_dir.to_path_buf(),
             nets: Vec::new(),
             vnc_display: None,
+            spice_port: None,
             incoming,
             paused: false,
         };

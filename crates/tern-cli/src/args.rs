@@ -225,6 +225,39 @@ pub enum Cmd {
         /// Domain name or uuid.
         domain: String,
     },
+    /// Send a JSON command to the QEMU guest agent and print its answer.
+    QemuAgentCommand {
+        /// Domain name or uuid.
+        domain: String,
+        /// The command, e.g. '{"execute":"guest-info"}'.
+        command: String,
+        /// Seconds to wait for the agent.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Show a guest's interfaces and addresses.
+    Domifaddr {
+        /// Domain name or uuid.
+        domain: String,
+        /// Where to learn them; only 'agent' (the QEMU guest agent).
+        #[arg(long, default_value = "agent")]
+        source: String,
+    },
+    /// Freeze the guest's file systems through the guest agent.
+    Domfsfreeze {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Thaw file systems frozen by domfsfreeze.
+    Domfsthaw {
+        /// Domain name or uuid.
+        domain: String,
+    },
+    /// Send a non-maskable interrupt to the guest.
+    InjectNmi {
+        /// Domain name or uuid.
+        domain: String,
+    },
     /// Reset the guest.
     Reboot {
         /// Domain name or uuid.
@@ -247,6 +280,9 @@ pub enum Cmd {
         /// Also delete its disk images that live in a pool.
         #[arg(long)]
         remove_all_storage: bool,
+        /// Also delete its UEFI variable store (NVRAM file).
+        #[arg(long)]
+        nvram: bool,
     },
     /// Print the guest's serial console output (or follow it).
     Console {

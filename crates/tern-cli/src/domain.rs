@@ -175,6 +175,61 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 .await?;
             println!("Domain '{domain}' destroyed");
         }
+        Cmd::QemuAgentCommand {
+            domain,
+            command,
+            timeout,
+        } => {
+            let answer = agent_command(c, &domain, &command, timeout).await?;
+            println!("{answer}");
+        }
+        Cmd::Domifaddr { domain, source } => {
+            if source != "agent" {
+                return Err(CliError::Usage(format!(
+                    "domifaddr --source {source} is not supported; use --source agent (the QEMU guest agent)"
+                )));
+            }
+            let answer = agent_command(
+                c,
+                &domain,
+                r#"{"execute":"guest-network-get-interfaces"}"#,
+                5,
+            )
+            .await?;
+            let mut rows = Vec::new();
+            for i in tern_qemu::guest_agent::parse_interfaces(&answer) {
+                for (family, addr) in &i.addresses {
+                    rows.push(vec![
+                        i.name.clone(),
+                        i.mac.clone(),
+                        family.clone(),
+                        addr.clone(),
+                    ]);
+                }
+            }
+            print!(
+                "{}",
+                table(&["Name", "MAC address", "Protocol", "Address"], &rows)
+            );
+        }
+        Cmd::Domfsfreeze { domain } => {
+            let answer =
+                agent_command(c, &domain, r#"{"execute":"guest-fsfreeze-freeze"}"#, 30).await?;
+            println!("Froze {} filesystem(s)", answer["return"]);
+        }
+        Cmd::Domfsthaw { domain } => {
+            let answer =
+                agent_command(c, &domain, r#"{"execute":"guest-fsfreeze-thaw"}"#, 30).await?;
+            println!("Thawed {} filesystem(s)", answer["return"]);
+        }
+        Cmd::InjectNmi { domain } => {
+            let _: Value = c
+                .call(&Request::InjectNmi {
+                    name: domain.clone(),
+                })
+                .await?;
+            println!("NMI sent to domain '{domain}'");
+        }
         Cmd::Reboot { domain } => {
             let _: Value = c
                 .call(&Request::Reboot {
@@ -202,11 +257,13 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Undefine {
             domain,
             remove_all_storage,
+            nvram,
         } => {
             let removed: Vec<String> = c
                 .call(&Request::Undefine {
                     name: domain.clone(),
                     remove_all_storage,
+                    nvram,
                 })
                 .await?;
             for r in removed {
@@ -264,4 +321,27 @@ async fn console(c: &Client, domain: &str, follow: bool, tail: Option<usize>) ->
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Runs a guest-agent command; an `{"error": ...}` answer is an error.
+async fn agent_command(
+    c: &tern_api::Client,
+    domain: &str,
+    command: &str,
+    timeout: u64,
+) -> Result<Value, CliError> {
+    let answer: Value = c
+        .call(&Request::QemuAgentCommand {
+            name: domain.to_string(),
+            command: command.to_string(),
+            timeout_secs: timeout,
+        })
+        .await?;
+    if let Some(e) = answer.get("error") {
+        return Err(CliError::GuestAgent(format!(
+            "the guest agent refused the command: {}",
+            e["desc"].as_str().unwrap_or("no reason given")
+        )));
+    }
+    Ok(answer)
 }

@@ -46,6 +46,9 @@ pub enum CliError {
     /// A migration failed.
     #[error("{0}")]
     Migrate(#[from] tern_api::driver::DriveError),
+    /// The guest agent answered with an error.
+    #[error("{0}")]
+    GuestAgent(String),
 }
 
 /// Result alias.

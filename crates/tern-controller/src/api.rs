@@ -277,6 +277,7 @@ async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport) -> Result<()> {
                     .call::<serde_json::Value>(&Request::Undefine {
                         name: name.clone(),
                         remove_all_storage: false,
+                        nvram: false,
                     })
                     .await;
                 if let Err(e) = r {

@@ -4,6 +4,7 @@
 //! Anything Tern accepts here it must also be able to start, migrate and
 //! print back (see `xml` for the import/export and its round-trip tests).
 
+use crate::guest::*;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -44,6 +45,15 @@ pub struct Domain {
     pub on_crash: LifecycleAction,
     /// Everything under `<devices>`.
     pub devices: Devices,
+    /// `<clock><timer>` elements.
+    #[serde(default)]
+    pub clock_timers: Vec<Timer>,
+    /// `<vcpu current=...>`: vCPUs online at start (hot-pluggable up to `vcpus`).
+    #[serde(default)]
+    pub vcpus_current: Option<u32>,
+    /// `<sysinfo type='smbios'>`.
+    #[serde(default)]
+    pub sysinfo: Option<Sysinfo>,
 }
 
 /// `<os>`: firmware-less direct kernel boot or disk boot.
@@ -63,6 +73,25 @@ pub struct Os {
     pub cmdline: Option<String>,
     /// `<boot dev=...>` in order.
     pub boot: Vec<BootDevice>,
+    /// `<bootmenu enable=...>`.
+    #[serde(default)]
+    pub bootmenu: Option<bool>,
+    /// `<os firmware=...>`: "efi" or "bios"; Tern fills in `loader` and
+    /// `nvram` for "efi" at define time, as libvirt does.
+    #[serde(default)]
+    pub firmware: Option<String>,
+    /// `<firmware><feature>` requests (secure-boot, enrolled-keys).
+    #[serde(default)]
+    pub firmware_features: Vec<FirmwareFeature>,
+    /// `<loader>`.
+    #[serde(default)]
+    pub loader: Option<Loader>,
+    /// `<nvram>`.
+    #[serde(default)]
+    pub nvram: Option<Nvram>,
+    /// `<smbios mode=...>`: "sysinfo" shows `<sysinfo>` to the guest.
+    #[serde(default)]
+    pub smbios_mode: Option<String>,
 }
 
 /// `<boot dev=...>`.
@@ -86,6 +115,18 @@ pub struct Cpu {
     pub mode: CpuMode,
     /// `<model>` for `custom` mode (e.g. "qemu64", "Skylake-Server").
     pub model: Option<String>,
+    /// `<feature policy=... name=...>` flags on top of the model.
+    #[serde(default)]
+    pub features: Vec<CpuFeature>,
+    /// `match=` (exact, minimum, strict), kept as written.
+    #[serde(default)]
+    pub match_mode: Option<String>,
+    /// `check=` (none, partial, full), kept as written.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// `<topology>`.
+    #[serde(default)]
+    pub topology: Option<CpuTopology>,
 }
 
 /// libvirt's CPU modes.
@@ -103,7 +144,7 @@ pub enum CpuMode {
 }
 
 /// `<features>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Features {
     /// `<acpi/>`
     pub acpi: bool,
@@ -111,6 +152,24 @@ pub struct Features {
     pub apic: bool,
     /// `<pae/>`
     pub pae: bool,
+    /// `<vmport state=...>`: VMware I/O port (i440fx/q35 only).
+    #[serde(default)]
+    pub vmport: Option<bool>,
+    /// `<smm state=...>`: System Management Mode (needed by secure boot).
+    #[serde(default)]
+    pub smm: Option<bool>,
+    /// `<vmcoreinfo state=...>`: lets a guest kernel tell QEMU where its crash notes are.
+    #[serde(default)]
+    pub vmcoreinfo: Option<bool>,
+    /// `<hyperv mode=...>`; `None` when absent.
+    #[serde(default)]
+    pub hyperv_mode: Option<String>,
+    /// The `<hyperv>` enlightenments.
+    #[serde(default)]
+    pub hyperv: Vec<HypervFeature>,
+    /// `<kvm><hidden state='on'/>`.
+    #[serde(default)]
+    pub kvm_hidden: Option<bool>,
 }
 
 /// What happens on guest power-off, reboot or crash.
@@ -150,6 +209,33 @@ pub struct Devices {
     pub inputs: Vec<Input>,
     /// `<memballoon model=...>`; `None` means no balloon element.
     pub memballoon: Option<String>,
+    /// The balloon's `<address>`.
+    #[serde(default)]
+    pub memballoon_address: Option<Address>,
+    /// `<channel>` elements.
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    /// `<rng>` elements.
+    #[serde(default)]
+    pub rngs: Vec<Rng>,
+    /// `<watchdog>` elements.
+    #[serde(default)]
+    pub watchdogs: Vec<Watchdog>,
+    /// `<sound>` elements.
+    #[serde(default)]
+    pub sounds: Vec<Sound>,
+    /// `<audio>` elements.
+    #[serde(default)]
+    pub audios: Vec<Audio>,
+    /// `<tpm>` elements.
+    #[serde(default)]
+    pub tpms: Vec<Tpm>,
+    /// `<panic>` elements.
+    #[serde(default)]
+    pub panics: Vec<Panic>,
+    /// `<redirdev>` elements.
+    #[serde(default)]
+    pub redirdevs: Vec<RedirDev>,
 }
 
 /// `<disk type=... device=...>`.
@@ -177,6 +263,24 @@ pub struct Disk {
     pub readonly: bool,
     /// `<shareable/>`
     pub shareable: bool,
+    /// `<driver io=...>`: native, threads or io_uring.
+    #[serde(default)]
+    pub io: Option<String>,
+    /// `<driver discard=...>`: unmap or ignore.
+    #[serde(default)]
+    pub discard: Option<String>,
+    /// `<driver detect_zeroes=...>`: off, on or unmap.
+    #[serde(default)]
+    pub detect_zeroes: Option<String>,
+    /// `<boot order=...>`: per-device boot priority.
+    #[serde(default)]
+    pub boot_order: Option<u32>,
+    /// `<serial>`: the disk serial number the guest sees.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Where the disk sits (PCI for virtio, drive for IDE/SATA/SCSI).
+    #[serde(default)]
+    pub address: Option<Address>,
 }
 
 /// Where a disk's bytes live.
@@ -255,6 +359,12 @@ pub struct Interface {
     pub model: Option<String>,
     /// `<virtualport type='openvswitch'>` with its interface id.
     pub virtualport: Option<VirtualPort>,
+    /// `<boot order=...>`.
+    #[serde(default)]
+    pub boot_order: Option<u32>,
+    /// Where the NIC sits.
+    #[serde(default)]
+    pub address: Option<Address>,
 }
 
 /// Network backend of an interface.
@@ -323,6 +433,9 @@ pub struct Graphics {
     pub autoport: bool,
     /// `listen=` address.
     pub listen: Option<String>,
+    /// SPICE-only settings.
+    #[serde(default)]
+    pub spice: Option<SpiceOptions>,
 }
 
 /// `<video><model type=... vram=... heads=.../></video>`.
@@ -334,6 +447,12 @@ pub struct Video {
     pub vram: Option<u64>,
     /// `heads=`.
     pub heads: Option<u32>,
+    /// `primary='yes'`.
+    #[serde(default)]
+    pub primary: bool,
+    /// Where the adapter sits.
+    #[serde(default)]
+    pub address: Option<Address>,
 }
 
 /// `<controller type=... index=... model=...>`.
@@ -345,6 +464,12 @@ pub struct Controller {
     pub index: u32,
     /// `model=`.
     pub model: Option<String>,
+    /// Children and attributes that shape the device.
+    #[serde(default)]
+    pub detail: ControllerDetail,
+    /// Where the controller sits.
+    #[serde(default)]
+    pub address: Option<Address>,
 }
 
 /// `<input type=... bus=...>`.
@@ -354,6 +479,9 @@ pub struct Input {
     pub input_type: String,
     /// e.g. "ps2", "usb".
     pub bus: Option<String>,
+    /// Where a USB or virtio input device sits.
+    #[serde(default)]
+    pub address: Option<Address>,
 }
 
 /// The `<source>` of a disk that names no host path.

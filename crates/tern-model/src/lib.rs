@@ -3,6 +3,8 @@
 //! connection URIs. Nothing in this crate does I/O.
 
 pub mod domain;
+pub mod guest;
+pub mod layout;
 pub mod names;
 pub mod pool;
 pub mod state;
@@ -12,5 +14,6 @@ pub mod validate;
 pub mod xml;
 
 pub use domain::*;
+pub use guest::*;
 pub use pool::*;
 pub use state::*;

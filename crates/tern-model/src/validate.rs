@@ -76,6 +76,9 @@ pub enum ValidationError {
     /// A multicast MAC address (low bit of the first octet set).
     #[error("MAC address '{}' is a multicast address; use a unicast one such as 52:54:00:xx:xx:xx", one_line(.0))]
     MulticastMac(String),
+    /// A PCI address on a bus no `<controller type='pci'>` provides.
+    #[error("an <address> names PCI bus {0:#04x}, but no <controller type='pci' index='{0}'> provides it; add the controller or fix the address")]
+    MissingPciBus(u8),
     /// Two interfaces share a MAC address.
     #[error("MAC address '{}' is used by more than one interface; give each interface its own MAC", one_line(.0))]
     DuplicateMac(String),
@@ -142,6 +145,7 @@ pub fn validate(d: &Domain) -> Result {
     validate_disks(d)?;
     validate_interfaces(d)?;
     validate_other_devices(d)?;
+    controllers::validate_controllers(d)?;
     validate_representable(d)
 }
 
@@ -240,8 +244,8 @@ fn validate_other_devices(d: &Domain) -> Result {
         one_of(
             "graphics type",
             &graphics.kind,
-            &["vnc"],
-            "use <graphics type='vnc'> or remove it",
+            &["vnc", "spice"],
+            "use <graphics type='vnc'> or 'spice', or remove it",
         )?;
         if let Some(port) = graphics.port {
             if !(-1..=65535).contains(&port) {
@@ -386,6 +390,8 @@ fn validate_representable(d: &Domain) -> Result {
     }
     opt("the memballoon model", &d.devices.memballoon)
 }
+
+mod controllers;
 
 #[cfg(test)]
 mod tests;

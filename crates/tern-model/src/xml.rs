@@ -6,8 +6,8 @@
 //! * Elements Tern honours are parsed with libvirt's semantics (memory units,
 //!   disk bus defaults, graphics autoport...).
 //! * Runtime-only details that `virsh dumpxml` prints for a running guest
-//!   (`id=`, `<alias>`, `<address>`, the interface `<target dev>`, pty paths,
-//!   `<seclabel>`...) are accepted and dropped.
+//!   (`id=`, `<alias>`, the interface `<target dev>`, pty paths,
+//!   `<seclabel>`...) are accepted and dropped. `<address>` is honoured.
 //! * Everything else is refused with an error naming the element, because a
 //!   guest Tern cannot start, migrate and print back faithfully is better
 //!   rejected at `define` time than silently changed.
@@ -44,8 +44,11 @@
 
 mod devices;
 mod export;
+mod export_guest;
+mod guest_devices;
 mod import;
 mod netdisk;
+mod platform;
 mod units;
 
 #[cfg(test)]

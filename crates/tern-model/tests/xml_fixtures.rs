@@ -22,7 +22,20 @@ fn assert_round_trip(d: &Domain) {
 
 #[test]
 fn seed004_parses_with_the_expected_fields() {
-    let d = parse(SEED004);
+    let mut d = parse(SEED004);
+    // Addresses are checked by the disk assertions below and by the export test.
+    let addresses = (
+        d.devices.interfaces[0].address.take(),
+        d.devices.videos[0].address.take(),
+    );
+    assert_eq!(
+        addresses,
+        (Some(Address::pci(0, 3)), Some(Address::pci(0, 2)))
+    );
+    for c in &mut d.devices.controllers {
+        c.address = None;
+    }
+    d.devices.memballoon_address = None;
     assert_eq!(d.name, "ubuntu-14.04");
     assert_eq!(d.uuid.to_string(), "2f3c6b0e-8d41-4a5f-9c7e-1b2d3e4f5a60");
     assert_eq!(d.domain_type, "kvm");
@@ -41,7 +54,13 @@ fn seed004_parses_with_the_expected_fields() {
         Features {
             acpi: true,
             apic: true,
-            pae: true
+            pae: true,
+            vmport: None,
+            smm: None,
+            vmcoreinfo: None,
+            hyperv_mode: None,
+            hyperv: vec![],
+            kvm_hidden: None,
         }
     );
     assert_eq!(d.clock_offset.as_deref(), Some("utc"));
@@ -73,6 +92,12 @@ fn seed004_parses_with_the_expected_fields() {
                 target_bus: DiskBus::Virtio,
                 readonly: false,
                 shareable: false,
+                io: None,
+                discard: None,
+                detect_zeroes: None,
+                boot_order: None,
+                serial: None,
+                address: Some(Address::pci(0, 4)),
             },
             Disk {
                 source_type: DiskSourceType::Block,
@@ -85,6 +110,17 @@ fn seed004_parses_with_the_expected_fields() {
                 target_bus: DiskBus::Ide,
                 readonly: true,
                 shareable: false,
+                io: None,
+                discard: None,
+                detect_zeroes: None,
+                boot_order: None,
+                serial: None,
+                address: Some(Address::Drive {
+                    controller: 0,
+                    bus: 1,
+                    target: 0,
+                    unit: 0,
+                }),
             },
         ]
     );
@@ -113,6 +149,8 @@ fn seed004_parses_with_the_expected_fields() {
                 port_type: "openvswitch".to_string(),
                 interface_id: Some("18a45d7e-d96b-4b9e-9d92-dc9ff3ea77e0".to_string()),
             }),
+            boot_order: None,
+            address: None,
         }]
     );
     assert_eq!(
@@ -146,6 +184,7 @@ fn seed004_parses_with_the_expected_fields() {
             port: Some(5908),
             autoport: true,
             listen: Some(String::new()),
+            spice: None,
         }]
     );
     assert_eq!(
@@ -153,7 +192,9 @@ fn seed004_parses_with_the_expected_fields() {
         vec![Video {
             model: "cirrus".to_string(),
             vram: Some(9216),
-            heads: Some(1)
+            heads: Some(1),
+            primary: false,
+            address: None,
         }]
     );
     assert_eq!(dev.memballoon.as_deref(), Some("virtio"));
@@ -183,7 +224,11 @@ fn testguest_parses_with_the_expected_fields() {
         d.cpu,
         Some(Cpu {
             mode: CpuMode::Custom,
-            model: Some("qemu64".to_string())
+            model: Some("qemu64".to_string()),
+            features: vec![],
+            match_mode: None,
+            check: None,
+            topology: None,
         })
     );
     let disk = &d.devices.disks[0];
@@ -221,9 +266,7 @@ fn fixtures_round_trip() {
 #[test]
 fn seed004_export_drops_only_runtime_details() {
     let xml = to_xml(&parse(SEED004));
-    for runtime in [
-        "id='55'", "<alias", "<address", "vnet8", "/dev/pts", "tty=", "seclabel",
-    ] {
+    for runtime in ["id='55'", "<alias", "vnet8", "/dev/pts", "tty=", "seclabel"] {
         assert!(
             !xml.contains(runtime),
             "{runtime} leaked into the export:\n{xml}"
@@ -237,6 +280,8 @@ fn seed004_export_drops_only_runtime_details() {
         "<graphics type='vnc' port='5908' autoport='yes' listen=''>",
         "<listen type='address' address=''/>",
         "<model type='cirrus' vram='9216' heads='1'/>",
+        "<address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/>",
+        "<address type='drive' controller='0' bus='1' target='0' unit='0'/>",
     ] {
         assert!(xml.contains(kept), "{kept} missing from the export:\n{xml}");
     }

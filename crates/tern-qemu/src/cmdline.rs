@@ -6,10 +6,17 @@
 //! host-local wiring (sockets, tap names, log files, accelerator) comes from
 //! the [`LaunchSpec`].
 
+mod devices;
+mod platform;
+
+pub use devices::{channel_socket, swtpm_socket};
+pub use platform::{cpu_model, PFLASH_CODE, PFLASH_VARS};
+
+use devices::pci_addr;
 use std::path::{Path, PathBuf};
+use tern_model::layout::is_q35;
 use tern_model::{
-    CacheMode, CharDev, CpuMode, DiskBus, DiskDevice, DiskFormat, Domain, InterfaceKind,
-    LifecycleAction,
+    Address, CacheMode, CharDev, DiskBus, DiskDevice, DiskFormat, Domain, InterfaceKind,
 };
 
 /// The accelerator QEMU runs the guest with.
@@ -56,6 +63,8 @@ pub struct LaunchSpec<'a> {
     pub nets: Vec<NetBackend>,
     /// VNC display number (port - 5900) for a VNC graphics device.
     pub vnc_display: Option<u16>,
+    /// TCP port for a SPICE graphics device.
+    pub spice_port: Option<u16>,
     /// Start with `-incoming defer` (migration destination).
     pub incoming: bool,
     /// Start with vCPUs stopped (`-S`).
@@ -113,12 +122,11 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-name", &format!("guest={},debug-threads=on", d.name)]);
     push(&["-uuid", &d.uuid.to_string()]);
     push(&["-nodefaults", "-no-user-config"]);
-    let machine = d.os.machine.as_deref().unwrap_or("pc");
-    push(&["-machine", machine]);
+    push(&["-machine", &platform::machine_opts(d)]);
     push(&["-accel", spec.accel.as_str()]);
-    push(&["-cpu", &cpu_model(d, spec.accel)]);
+    push(&["-cpu", &platform::cpu_opts(d, spec.accel)]);
     push(&["-m", &format!("{}M", d.memory_kib.div_ceil(1024))]);
-    push(&["-smp", &d.vcpus.to_string()]);
+    push(&["-smp", &platform::smp_opts(d)]);
     push(&["-msg", "timestamp=on"]);
     push(&[
         "-qmp",
@@ -128,9 +136,6 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
         ),
     ]);
     push(&["-pidfile", &pid_file(&spec.run_dir).display().to_string()]);
-    if d.on_reboot == LifecycleAction::Destroy {
-        push(&["-no-reboot"]);
-    }
     if let Some(k) = &d.os.kernel {
         push(&["-kernel", &k.display().to_string()]);
     }
@@ -140,42 +145,25 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     if let Some(c) = &d.os.cmdline {
         push(&["-append", c]);
     }
+    if d.os.bootmenu == Some(true) {
+        push(&["-boot", "menu=on"]);
+    }
+    platform::action_args(d, &mut a);
+    platform::clock_args(d, spec.accel, &mut a);
+    platform::firmware_args(d, &mut a);
+    platform::smbios_args(d, &mut a);
 
+    devices::pci_controllers(d, &mut a);
+    devices::controllers(d, &mut a);
     disks(d, &mut a);
     nics(spec, &mut a);
     serials(spec, &mut a);
+    devices::channels(spec, &mut a);
+    devices::inputs(d, &mut a);
+    devices::tpm(spec, &mut a);
     display(spec, &mut a);
-
-    if d.devices
-        .controllers
-        .iter()
-        .any(|c| c.controller_type == "usb" && c.model.as_deref() != Some("none"))
-        || d.devices
-            .inputs
-            .iter()
-            .any(|i| i.bus.as_deref() == Some("usb"))
-    {
-        a.extend(["-usb".to_string()]);
-        for i in d
-            .devices
-            .inputs
-            .iter()
-            .filter(|i| i.bus.as_deref() == Some("usb"))
-        {
-            let dev = match i.input_type.as_str() {
-                "tablet" => "usb-tablet",
-                "keyboard" => "usb-kbd",
-                _ => "usb-mouse",
-            };
-            a.extend(["-device".to_string(), dev.to_string()]);
-        }
-    }
-    if matches!(d.devices.memballoon.as_deref(), Some("virtio")) {
-        a.extend([
-            "-device".to_string(),
-            "virtio-balloon-pci,id=balloon0".to_string(),
-        ]);
-    }
+    devices::sound(d, &mut a);
+    devices::misc(d, &mut a);
     if spec.paused || spec.incoming {
         a.push("-S".into());
     }
@@ -183,20 +171,6 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
         a.extend(["-incoming".to_string(), "defer".to_string()]);
     }
     a
-}
-
-fn cpu_model(d: &Domain, accel: Accel) -> String {
-    match &d.cpu {
-        None => "qemu64".into(),
-        Some(cpu) => match cpu.mode {
-            CpuMode::HostPassthrough | CpuMode::HostModel => match accel {
-                Accel::Kvm => "host".into(),
-                Accel::Tcg => "max".into(),
-            },
-            CpuMode::Maximum => "max".into(),
-            CpuMode::Custom => cpu.model.clone().unwrap_or_else(|| "qemu64".into()),
-        },
-    }
 }
 
 fn cache_flags(cache: Option<CacheMode>) -> (bool, bool, bool) {
@@ -212,38 +186,87 @@ fn cache_flags(cache: Option<CacheMode>) -> (bool, bool, bool) {
 
 mod netblock;
 
-/// The format node (`driver=qcow2|raw`) over a disk's protocol node.
+/// The protocol node of a local disk: a file or a block device.
+fn file_blockdev(disk: &tern_model::Disk, src: &Path, ro: bool, a: &mut Vec<String>) {
+    let (direct, no_flush, _) = cache_flags(disk.cache);
+    let file_driver = if disk.source_type == tern_model::DiskSourceType::Block {
+        "host_device"
+    } else {
+        "file"
+    };
+    let aio = match (disk.io.as_deref(), direct) {
+        (Some(io), _) => format!(",aio={io}"),
+        (None, true) => ",aio=native".to_string(),
+        (None, false) => String::new(),
+    };
+    a.push("-blockdev".into());
+    a.push(format!(
+        "driver={file_driver},filename={},node-name={},cache.direct={},cache.no-flush={},read-only={}{aio}{}",
+        escape_comma(&src.display().to_string()),
+        file_node(&disk.target_dev),
+        onoff(direct),
+        onoff(no_flush),
+        onoff(ro),
+        discard_opt(disk),
+    ));
+}
+
+fn discard_opt(disk: &tern_model::Disk) -> String {
+    disk.discard
+        .as_deref()
+        .map(|d| format!(",discard={d}"))
+        .unwrap_or_default()
+}
+
+/// The format node (`driver=qcow2|raw`) over a disk's protocol node, with
+/// the guest's discard and zero-detection settings.
 fn format_blockdev(disk: &tern_model::Disk, ro: bool, a: &mut Vec<String>) {
     let (direct, no_flush, _) = cache_flags(disk.cache);
     let fmt = match disk.format {
         DiskFormat::Qcow2 => "qcow2",
         DiskFormat::Raw => "raw",
     };
+    let zeroes = disk
+        .detect_zeroes
+        .as_deref()
+        .map(|z| format!(",detect-zeroes={z}"))
+        .unwrap_or_default();
     a.push("-blockdev".into());
     a.push(format!(
-        "driver={fmt},file={},node-name={},cache.direct={},cache.no-flush={},read-only={}",
+        "driver={fmt},file={},node-name={},cache.direct={},cache.no-flush={},read-only={}{}{zeroes}",
         file_node(&disk.target_dev),
         drive_node(&disk.target_dev),
         onoff(direct),
         onoff(no_flush),
         onoff(ro),
+        discard_opt(disk),
     ));
 }
 
-fn ide_slot(dev: &str) -> (u32, u32) {
-    let idx = dev
-        .chars()
-        .last()
-        .map(|c| (c as u32).saturating_sub('a' as u32))
-        .unwrap_or(0);
-    (idx / 2, idx % 2)
+/// The bus a disk's device plugs into, from its drive address.
+fn drive_bus(d: &Domain, disk: &tern_model::Disk) -> String {
+    let (controller, bus, target, unit) = match disk.address {
+        Some(Address::Drive {
+            controller,
+            bus,
+            target,
+            unit,
+        }) => (controller, bus, target, unit),
+        _ => (0, 0, 0, 0),
+    };
+    match disk.target_bus {
+        DiskBus::Virtio => pci_addr(d, &disk.address),
+        DiskBus::Ide => format!(",bus=ide.{bus},unit={unit}"),
+        DiskBus::Sata if is_q35(d) && controller == 0 => format!(",bus=ide.{unit}"),
+        DiskBus::Sata => format!(",bus=sata{controller}.{unit}"),
+        DiskBus::Scsi => {
+            format!(",bus=scsi{controller}.0,channel={bus},scsi-id={target},lun={unit}")
+        }
+    }
 }
 
 fn disks(d: &Domain, a: &mut Vec<String>) {
-    let mut have_ahci = false;
-    let mut have_scsi = false;
-    let boot_hd = d.os.kernel.is_none();
-    let mut boot_given = false;
+    let (boot, _) = platform::boot_indexes(d);
     for (n, disk) in d.devices.disks.iter().enumerate() {
         let node = drive_node(&disk.target_dev);
         let ro = disk.readonly || disk.device == DiskDevice::Cdrom;
@@ -253,34 +276,8 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
             format_blockdev(disk, ro, a);
         }
         if let Some(src) = &disk.source {
-            let (direct, no_flush, _) = cache_flags(disk.cache);
-            let file_driver = if disk.source_type == tern_model::DiskSourceType::Block {
-                "host_device"
-            } else {
-                "file"
-            };
-            a.push("-blockdev".into());
-            a.push(format!(
-                "driver={file_driver},filename={},node-name={},cache.direct={},cache.no-flush={},read-only={}{}",
-                escape_comma(&src.display().to_string()),
-                file_node(&disk.target_dev),
-                onoff(direct),
-                onoff(no_flush),
-                onoff(ro),
-                if direct { ",aio=native" } else { "" },
-            ));
-            let fmt = match disk.format {
-                DiskFormat::Qcow2 => "qcow2",
-                DiskFormat::Raw => "raw",
-            };
-            a.push("-blockdev".into());
-            a.push(format!(
-                "driver={fmt},file={},node-name={node},cache.direct={},cache.no-flush={},read-only={}",
-                file_node(&disk.target_dev),
-                onoff(direct),
-                onoff(no_flush),
-                onoff(ro),
-            ));
+            file_blockdev(disk, src, ro, a);
+            format_blockdev(disk, ro, a);
         }
         let (_, _, write_cache) = cache_flags(disk.cache);
         let drive = if disk.source.is_some()
@@ -290,52 +287,29 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
         } else {
             String::new()
         };
-        let boot = if boot_hd && !boot_given && disk.device == DiskDevice::Disk {
-            boot_given = true;
-            ",bootindex=1"
-        } else {
-            ""
-        };
+        let boot = boot[n]
+            .map(|b| format!(",bootindex={b}"))
+            .unwrap_or_default();
+        let serial = disk
+            .serial
+            .as_deref()
+            .map(|s| format!(",serial={}", escape_comma(s)))
+            .unwrap_or_default();
         let id = &disk.target_dev;
-        let dev = match (disk.target_bus, disk.device) {
-            (DiskBus::Virtio, _) => format!(
-                "virtio-blk-pci,id={id}{drive},write-cache={}{boot}",
+        let at = drive_bus(d, disk);
+        let cd = disk.device == DiskDevice::Cdrom;
+        let dev = match disk.target_bus {
+            DiskBus::Virtio => format!(
+                "virtio-blk-pci,id={id}{drive},write-cache={}{at}{boot}{serial}",
                 onoff(write_cache)
             ),
-            (DiskBus::Ide, dev) => {
-                let (bus, unit) = ide_slot(id);
-                let kind = if dev == DiskDevice::Cdrom {
-                    "ide-cd"
-                } else {
-                    "ide-hd"
-                };
-                format!("{kind},id={id},bus=ide.{bus},unit={unit}{drive}{boot}")
+            DiskBus::Ide | DiskBus::Sata => {
+                let kind = if cd { "ide-cd" } else { "ide-hd" };
+                format!("{kind},id={id}{at}{drive}{boot}{serial}")
             }
-            (DiskBus::Sata, dev) => {
-                if !have_ahci {
-                    a.push("-device".into());
-                    a.push("ahci,id=ahci0".into());
-                    have_ahci = true;
-                }
-                let kind = if dev == DiskDevice::Cdrom {
-                    "ide-cd"
-                } else {
-                    "ide-hd"
-                };
-                format!("{kind},id={id},bus=ahci0.{n}{drive}{boot}")
-            }
-            (DiskBus::Scsi, dev) => {
-                if !have_scsi {
-                    a.push("-device".into());
-                    a.push("virtio-scsi-pci,id=scsi0".into());
-                    have_scsi = true;
-                }
-                let kind = if dev == DiskDevice::Cdrom {
-                    "scsi-cd"
-                } else {
-                    "scsi-hd"
-                };
-                format!("{kind},id={id},bus=scsi0.0{drive}{boot}")
+            DiskBus::Scsi => {
+                let kind = if cd { "scsi-cd" } else { "scsi-hd" };
+                format!("{kind},id={id}{at}{drive}{boot}{serial}")
             }
         };
         a.push("-device".into());
@@ -344,6 +318,7 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
 }
 
 fn nics(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
+    let (_, boot) = platform::boot_indexes(spec.domain);
     for (i, (iface, backend)) in spec
         .domain
         .devices
@@ -374,8 +349,17 @@ fn nics(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
             .as_deref()
             .map(|m| format!(",mac={m}"))
             .unwrap_or_default();
+        let at = pci_addr(spec.domain, &iface.address);
+        let boot = boot
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|b| format!(",bootindex={b}"))
+            .unwrap_or_default();
         a.push("-device".into());
-        a.push(format!("{model},id=net{i},netdev=hostnet{i}{mac}"));
+        a.push(format!(
+            "{model},id=net{i},netdev=hostnet{i}{mac}{at}{boot}"
+        ));
     }
 }
 
@@ -475,13 +459,32 @@ fn display(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
             a.push("none".into());
         }
     }
-    for v in &d.devices.videos {
+    let spice = d.devices.graphics.iter().find(|g| g.kind == "spice");
+    if let (Some(g), Some(port)) = (spice, spec.spice_port) {
+        let listen = match g.listen.as_deref() {
+            None | Some("") => "127.0.0.1",
+            Some(l) => l,
+        };
+        let mut opts =
+            format!("port={port},addr={listen},disable-ticketing=on,seamless-migration=on");
+        if let Some(c) = g
+            .spice
+            .as_ref()
+            .and_then(|s| s.image_compression.as_deref())
+        {
+            opts.push_str(&format!(",image-compression={c}"));
+        }
+        a.push("-spice".into());
+        a.push(opts);
+    }
+    for (i, v) in d.devices.videos.iter().enumerate() {
         let dev = match v.model.as_str() {
             "none" => continue,
             "cirrus" => "cirrus-vga".to_string(),
             "vga" => "VGA".to_string(),
             "virtio" => "virtio-vga".to_string(),
-            "qxl" => "qxl-vga".to_string(),
+            "qxl" if i == 0 => "qxl-vga".to_string(),
+            "qxl" => "qxl".to_string(),
             "bochs" => "bochs-display".to_string(),
             other => other.to_string(),
         };
@@ -491,119 +494,17 @@ fn display(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
             _ => String::new(),
         };
         a.push("-device".into());
-        a.push(format!("{dev},id=video0{vram}"));
+        a.push(format!(
+            "{dev},id=video{i}{vram}{}",
+            pci_addr(d, &v.address)
+        ));
     }
 }
 
 /// QEMU option values escape ',' by doubling it.
-fn escape_comma(s: &str) -> String {
+pub(crate) fn escape_comma(s: &str) -> String {
     s.replace(',', ",,")
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tern_model::*;
-
-    fn guest() -> Domain {
-        Domain {
-            name: "g1".into(),
-            uuid: "8b4a3a59-2e36-4a37-9d1c-2f1f5c2e7a11".parse().unwrap(),
-            domain_type: "kvm".into(),
-            title: None,
-            description: None,
-            memory_kib: 262144,
-            current_memory_kib: 262144,
-            vcpus: 2,
-            os: Os {
-                os_type: "hvm".into(),
-                kernel: Some("/k".into()),
-                initrd: Some("/i".into()),
-                cmdline: Some("console=ttyS0".into()),
-                ..Default::default()
-            },
-            cpu: None,
-            features: Features::default(),
-            clock_offset: None,
-            on_poweroff: LifecycleAction::Destroy,
-            on_reboot: LifecycleAction::Restart,
-            on_crash: LifecycleAction::Destroy,
-            devices: Devices {
-                disks: vec![Disk {
-                    source_type: DiskSourceType::File,
-                    device: DiskDevice::Disk,
-                    format: DiskFormat::Qcow2,
-                    cache: Some(CacheMode::None),
-                    source: Some("/pool/a,b.qcow2".into()),
-                    remote: None,
-                    target_dev: "vda".into(),
-                    target_bus: DiskBus::Virtio,
-                    readonly: false,
-                    shareable: false,
-                }],
-                interfaces: vec![Interface {
-                    kind: InterfaceKind::Bridge {
-                        bridge: "br0".into(),
-                    },
-                    mac: Some("52:54:00:00:00:01".into()),
-                    model: Some("virtio".into()),
-                    virtualport: None,
-                }],
-                serials: vec![Serial {
-                    kind: CharDev::Pty,
-                    port: 0,
-                }],
-                ..Default::default()
-            },
-        }
-    }
-
-    #[test]
-    fn command_line_has_guest_visible_devices_and_host_wiring() {
-        let d = guest();
-        let spec = LaunchSpec {
-            domain: &d,
-            accel: Accel::Tcg,
-            run_dir: "/run/tern/g1".into(),
-            nets: vec![NetBackend::Tap {
-                ifname: "tn0".into(),
-            }],
-            vnc_display: None,
-            incoming: true,
-            paused: false,
-        };
-        let a = build_command_line(&spec).join(" ");
-        assert!(a.contains("-m 256M"), "{a}");
-        assert!(a.contains("-smp 2"));
-        assert!(a.contains("-accel tcg"));
-        assert!(a.contains("-cpu qemu64"));
-        assert!(a.contains("filename=/pool/a,,b.qcow2"), "{a}");
-        assert!(a.contains("cache.direct=on"));
-        assert!(a.contains("virtio-blk-pci,id=vda,drive=drive-vda"));
-        assert!(a.contains("tap,id=hostnet0,ifname=tn0"));
-        assert!(a.contains("virtio-net-pci,id=net0,netdev=hostnet0,mac=52:54:00:00:00:01"));
-        assert!(a.contains("logfile=/run/tern/g1/console.log"));
-        assert!(a.contains("-incoming defer"));
-        assert!(a.contains("-S"));
-        assert!(a.contains("-display none"));
-    }
-
-    #[test]
-    fn host_passthrough_maps_per_accelerator() {
-        let mut d = guest();
-        d.cpu = Some(Cpu {
-            mode: CpuMode::HostPassthrough,
-            model: None,
-        });
-        assert_eq!(cpu_model(&d, Accel::Kvm), "host");
-        assert_eq!(cpu_model(&d, Accel::Tcg), "max");
-    }
-
-    #[test]
-    fn ide_slots_follow_libvirt_naming() {
-        assert_eq!(ide_slot("hda"), (0, 0));
-        assert_eq!(ide_slot("hdb"), (0, 1));
-        assert_eq!(ide_slot("hdc"), (1, 0));
-        assert_eq!(ide_slot("hdd"), (1, 1));
-    }
-}
+mod tests;

@@ -4,6 +4,9 @@
 //! hosts, peers or HTTP.
 
 pub mod cmdline;
+pub mod firmware;
+pub mod guest_agent;
+pub mod identity;
 pub mod img;
 pub mod probe;
 pub mod qmp;

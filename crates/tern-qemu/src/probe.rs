@@ -26,6 +26,9 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    /// QEMU ran but could not answer.
+    #[error("probing QEMU failed: {0}")]
+    Failed(String),
 }
 
 /// Outcome of a KVM probe.

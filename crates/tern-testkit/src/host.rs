@@ -51,6 +51,8 @@ pub struct HostOptions {
     pub netns: Option<String>,
     /// `--accel` value; "tcg" when `None` (this machine's KVM cannot boot Linux).
     pub accel: Option<String>,
+    /// Extra environment of `ternd` (and so of its QEMUs), e.g. `TZ`.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `ternd` for tests.
@@ -155,6 +157,7 @@ impl TernHost {
             .arg("--accel")
             .arg(self.opts.accel.as_deref().unwrap_or("tcg"))
             .args(&self.opts.extra_args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .env("TERND_LOG", "info,tern_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

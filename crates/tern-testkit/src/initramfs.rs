@@ -27,12 +27,24 @@ for m in {modules}; do
 done
 ip=
 gw=
+wd=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         tern.ip=*) ip="${{arg#tern.ip=}}" ;;
         tern.gw=*) gw="${{arg#tern.gw=}}" ;;
+        tern.watchdog_stall=*) wd="${{arg#tern.watchdog_stall=}}" ;;
     esac
 done
+# The guest's wall clock as its kernel set it from the RTC at boot.
+echo "TERN-CLOCK epoch=$(date -u +%s)"
+# tern.watchdog_stall=N: arm the guest's hardware watchdog (pinged every
+# second), then stop pinging after N seconds, as a hung guest would.
+if [ -n "$wd" ] && [ -e /dev/watchdog ]; then
+    watchdog -F -t 1 -T 2 /dev/watchdog &
+    wdpid=$!
+    echo "TERN-WATCHDOG armed stall_after_s=$wd"
+    (sleep "$wd"; kill -STOP "$wdpid"; echo "TERN-WATCHDOG stalled") &
+fi
 ip link set lo up
 if [ -n "$ip" ]; then
     case "$ip" in */*) ;; *) ip="$ip/24" ;; esac

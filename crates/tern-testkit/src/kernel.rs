@@ -7,13 +7,18 @@ use std::path::{Path, PathBuf};
 
 /// Modules the guest loads, by name. Their dependencies are added and the
 /// load order resolved from `modules.dep`; built-in ones are skipped.
-pub const GUEST_MODULES: [&str; 6] = [
+pub const GUEST_MODULES: [&str; 8] = [
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
     "e1000",
     "button",
     "evdev",
+    // The ISA/ACPI panic notifier, so `<panic>` and `<on_crash>` see a
+    // guest kernel panic.
+    "pvpanic_mmio",
+    // The i6300esb watchdog, for `<watchdog>` and `tern.watchdog_stall`.
+    "i6300esb",
 ];
 
 /// Compare version strings naturally (`6.1.0-10` < `6.1.0-9` is false).

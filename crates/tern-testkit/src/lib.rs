@@ -13,8 +13,10 @@
 //! # Ok::<(), tern_testkit::BuildError>(())
 //! ```
 
+pub mod bootsector;
 pub mod browser;
 pub mod controller;
+pub mod corpus;
 mod cpio;
 mod domxml;
 mod elf;

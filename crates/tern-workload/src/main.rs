@@ -21,6 +21,7 @@
 //! | `tern.gw=A` | none | default gateway (set by /init) |
 //! | `tern.port=N` | 7777 | TCP port of the echo server |
 //! | `tern.ignore_acpi=1` | 0 | ignore the ACPI power button (so `system_powerdown` does nothing) |
+//! | `tern.watchdog_stall=N` | none | read by the guest's `/init`: arm the i6300esb watchdog, stop pinging it after N s |
 //!
 //! A bad or unknown `tern.*` parameter prints `TERN-FAIL param ...` and the
 //! default is used; the workload never panics on its input.

@@ -119,6 +119,8 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
                 .map_err(|_| format!("{key}={value:?} is not an IPv4 address, ignoring it")),
             "port" => number(&key, value, 1, 65_535).map(|n| p.port = n as u16),
             "ignore_acpi" => flag(&key, value).map(|b| p.ignore_acpi = b),
+            // Read by the guest's /init, which drives the watchdog.
+            "watchdog_stall" => number(&key, value, 1, 3600).map(|_| ()),
             _ => Err(format!("unknown parameter {key}, ignoring it")),
         };
         if let Err(w) = result {

@@ -26,6 +26,8 @@ impl Request {
             | Request::Shutdown { .. }
             | Request::Destroy { .. }
             | Request::Reboot { .. }
+            | Request::QemuAgentCommand { .. }
+            | Request::InjectNmi { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -135,12 +137,22 @@ mod tests {
             ),
             (Request::Destroy { name: n() }, false),
             (Request::Reboot { name: n() }, false),
+            (Request::InjectNmi { name: n() }, false),
+            (
+                Request::QemuAgentCommand {
+                    name: n(),
+                    command: n(),
+                    timeout_secs: 1,
+                },
+                false,
+            ),
             (Request::Suspend { name: n() }, false),
             (Request::Resume { name: n() }, false),
             (
                 Request::Undefine {
                     name: n(),
                     remove_all_storage: false,
+                    nvram: false,
                 },
                 false,
             ),
@@ -369,6 +381,8 @@ mod tests {
             | Request::Shutdown { .. }
             | Request::Destroy { .. }
             | Request::Reboot { .. }
+            | Request::QemuAgentCommand { .. }
+            | Request::InjectNmi { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -417,7 +431,7 @@ mod tests {
         let all = every_request();
         // 29 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 29 + 20 + 1);
+        assert_eq!(all.len(), 31 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

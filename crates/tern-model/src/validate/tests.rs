@@ -28,6 +28,9 @@ fn valid() -> Domain {
             interfaces: vec![nic("52:54:00:00:00:01")],
             ..Devices::default()
         },
+        clock_timers: vec![],
+        vcpus_current: None,
+        sysinfo: None,
     }
 }
 
@@ -43,6 +46,12 @@ fn disk(dev: &str) -> Disk {
         target_bus: DiskBus::Virtio,
         readonly: false,
         shareable: false,
+        io: None,
+        discard: None,
+        detect_zeroes: None,
+        boot_order: None,
+        serial: None,
+        address: None,
     }
 }
 
@@ -52,6 +61,8 @@ fn nic(mac: &str) -> Interface {
         mac: Some(mac.to_string()),
         model: None,
         virtualport: None,
+        boot_order: None,
+        address: None,
     }
 }
 
@@ -213,7 +224,11 @@ fn checks_string_settings() {
     assert_eq!(
         error_after(|d| d.cpu = Some(Cpu {
             mode: CpuMode::Custom,
-            model: Some(" ".into())
+            model: Some(" ".into()),
+            features: vec![],
+            match_mode: None,
+            check: None,
+            topology: None,
         })),
         ValidationError::EmptyCpuModel
     );
@@ -249,6 +264,7 @@ fn checks_string_settings() {
         port,
         autoport: false,
         listen: None,
+        spice: None,
     };
     assert_eq!(
         error_after(|d| d.devices.graphics.push(vnc(Some(-2)))),
@@ -256,7 +272,7 @@ fn checks_string_settings() {
     );
     assert!(matches!(
         error_after(|d| d.devices.graphics.push(Graphics {
-            kind: "spice".into(),
+            kind: "rdp".into(),
             ..vnc(None)
         })),
         ValidationError::Unsupported { .. }
@@ -264,7 +280,8 @@ fn checks_string_settings() {
     assert!(matches!(
         error_after(|d| d.devices.inputs.push(Input {
             input_type: "passthrough".into(),
-            bus: None
+            bus: None,
+            address: None,
         })),
         ValidationError::Unsupported { .. }
     ));

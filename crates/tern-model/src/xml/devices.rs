@@ -1,20 +1,26 @@
 //! Domain XML import: the `<devices>` element.
 
+use super::guest_devices::{
+    parse_address, parse_audio, parse_channel, parse_panic, parse_redirdev, parse_rng, parse_sound,
+    parse_tpm, parse_watchdog,
+};
 use super::import::{
     elements, invalid, missing, parse_number, qualified_name, required_attr, set_once, text,
     unsupported_child, Result,
 };
+use super::platform::yes_no;
 use super::XmlError;
 use crate::domain::{
     CacheMode, CharDev, Console, Controller, Devices, Disk, DiskBus, DiskDevice, DiskFormat,
     DiskSourceType, Graphics, Input, Interface, InterfaceKind, Serial, Video, VirtualPort,
 };
+use crate::guest::{ControllerDetail, SpiceOptions};
 use roxmltree::Node;
 use std::path::PathBuf;
 
 /// Children every device may carry that only describe a running instance
-/// (libvirt's device alias and guest bus address); accepted and dropped.
-const RUNTIME_ONLY: &[&str] = &["alias", "address"];
+/// (libvirt's device alias); accepted and dropped.
+const RUNTIME_ONLY: &[&str] = &["alias"];
 
 fn is_runtime_only(node: Node) -> bool {
     node.tag_name().namespace().is_none() && RUNTIME_ONLY.contains(&node.tag_name().name())
@@ -40,13 +46,30 @@ pub(super) fn parse_devices(node: Node) -> Result<Devices> {
             "video" => devices.videos.push(parse_video(child)?),
             "controller" => devices.controllers.push(parse_controller(child)?),
             "input" => devices.inputs.push(parse_input(child)?),
-            // Only the model matters; `<stats period>` and the like are
-            // accepted and dropped (the agent polls on its own schedule).
-            "memballoon" => set_once(
-                &mut devices.memballoon,
-                required_attr(child, "model")?.to_string(),
-                child,
-            )?,
+            // `<stats period>` is accepted and dropped (the agent polls
+            // on its own schedule).
+            "memballoon" => {
+                set_once(
+                    &mut devices.memballoon,
+                    required_attr(child, "model")?.to_string(),
+                    child,
+                )?;
+                for c in elements(child) {
+                    match c.tag_name().name() {
+                        "address" => devices.memballoon_address = parse_address(c)?,
+                        "stats" | "alias" => {}
+                        _ => return Err(unsupported_child(child, c)),
+                    }
+                }
+            }
+            "channel" => devices.channels.push(parse_channel(child)?),
+            "rng" => devices.rngs.push(parse_rng(child)?),
+            "watchdog" => devices.watchdogs.push(parse_watchdog(child)?),
+            "sound" => devices.sounds.push(parse_sound(child)?),
+            "audio" => devices.audios.push(parse_audio(child)?),
+            "tpm" => devices.tpms.push(parse_tpm(child)?),
+            "panic" => devices.panics.push(parse_panic(child)?),
+            "redirdev" => devices.redirdevs.push(parse_redirdev(child)?),
             other => return Err(refuse_device(other)),
         }
     }
@@ -58,17 +81,10 @@ fn refuse_device(name: &str) -> XmlError {
     let why = match name {
         "hostdev" => " (PCI/USB passthrough)",
         "filesystem" => " (host directory sharing)",
-        "redirdev" => " (USB redirection)",
         "smartcard" => " (smartcard)",
-        "tpm" => " (TPM)",
-        "rng" => " (random number generator)",
-        "watchdog" => " (watchdog)",
-        "sound" | "audio" => " (sound card)",
-        "channel" => " (guest agent or SPICE channel)",
         "parallel" => " (parallel port)",
         "hub" => " (USB hub)",
         "shmem" => " (shared memory)",
-        "panic" => " (panic notifier)",
         "vsock" => " (vsock)",
         "memory" => " (memory hotplug DIMM)",
         "iommu" => " (virtual IOMMU)",
@@ -123,6 +139,9 @@ fn parse_disk(node: Node) -> Result<Disk> {
     let mut target = None;
     let mut readonly = false;
     let mut shareable = false;
+    let mut boot_order = None;
+    let mut serial = None;
+    let mut address = None;
     let mut remote = None;
     let names_no_path = matches!(
         source_type,
@@ -131,6 +150,9 @@ fn parse_disk(node: Node) -> Result<Disk> {
     for child in elements(node) {
         match child.tag_name().name() {
             "driver" => set_once(&mut driver, parse_disk_driver(child)?, child)?,
+            "boot" => set_once(&mut boot_order, parse_boot_order(child)?, child)?,
+            "serial" => set_once(&mut serial, super::import::text(child), child)?,
+            "address" => set_once(&mut address, parse_address(child)?, child)?,
             "source" if names_no_path => set_once(
                 &mut remote,
                 super::netdisk::parse_source(child, source_type)?,
@@ -142,17 +164,17 @@ fn parse_disk(node: Node) -> Result<Disk> {
             "shareable" => shareable = true,
             // The backing chain as libvirt probed it; Tern reads it from the image.
             "backingStore" => {}
-            "boot" => {
-                return Err(XmlError::Unsupported {
-                    what: "per-device <disk><boot order=...>".to_string(),
-                    fix: "remove it and list boot devices with <os><boot dev=.../>".to_string(),
-                })
-            }
             _ if is_runtime_only(child) => {}
             _ => return Err(unsupported_child(node, child)),
         }
     }
-    let (format, cache) = driver.unwrap_or((DiskFormat::Raw, None));
+    let DriverOpts {
+        format,
+        cache,
+        io,
+        discard,
+        detect_zeroes,
+    } = driver.unwrap_or_default();
     let (target_dev, target_bus) = target.ok_or_else(|| missing("<disk><target dev=...>"))?;
     Ok(Disk {
         source_type,
@@ -166,12 +188,71 @@ fn parse_disk(node: Node) -> Result<Disk> {
         // libvirt treats every cdrom as read-only.
         readonly: readonly || device == DiskDevice::Cdrom,
         shareable,
+        io,
+        discard,
+        detect_zeroes,
+        boot_order,
+        serial,
+        address: address.flatten(),
     })
 }
 
-/// `<driver name='qemu' type=... cache=...>`; other attributes (io, discard...)
-/// are performance hints Tern chooses itself.
-fn parse_disk_driver(node: Node) -> Result<(DiskFormat, Option<CacheMode>)> {
+/// What `<disk><driver>` says.
+struct DriverOpts {
+    format: DiskFormat,
+    cache: Option<CacheMode>,
+    io: Option<String>,
+    discard: Option<String>,
+    detect_zeroes: Option<String>,
+}
+
+impl Default for DriverOpts {
+    fn default() -> Self {
+        DriverOpts {
+            format: DiskFormat::Raw,
+            cache: None,
+            io: None,
+            discard: None,
+            detect_zeroes: None,
+        }
+    }
+}
+
+/// `<boot order=N>` on a disk or interface.
+pub(super) fn parse_boot_order(node: Node) -> Result<u32> {
+    let order: u32 = parse_number(required_attr(node, "order")?, "<boot order=>")?;
+    if order == 0 {
+        return Err(invalid("<boot order=>", "0", "boot orders start at 1"));
+    }
+    Ok(order)
+}
+
+/// An optional attribute that must be one of `allowed`.
+fn one_of_attr(node: Node, attr: &'static str, allowed: &[&str]) -> Result<Option<String>> {
+    match node.attribute(attr) {
+        None => Ok(None),
+        Some(v) if allowed.contains(&v) => Ok(Some(v.to_string())),
+        Some(v) => Err(invalid(
+            &format!("<disk><driver {attr}=>"),
+            v,
+            &format!("use {}", allowed.join(", ")),
+        )),
+    }
+}
+
+/// `<driver name='qemu' type=... cache=... io=... discard=... detect_zeroes=...>`.
+fn parse_disk_driver(node: Node) -> Result<DriverOpts> {
+    for (attr, _) in node.attributes().map(|a| (a.name(), a.value())) {
+        if !matches!(
+            attr,
+            "name" | "type" | "cache" | "io" | "discard" | "detect_zeroes"
+        ) {
+            return Err(XmlError::Unsupported {
+                what: format!("<disk><driver {attr}=...>"),
+                fix: "remove the attribute".to_string(),
+            });
+        }
+    }
     if let Some(name) = node.attribute("name").filter(|n| *n != "qemu") {
         return Err(invalid("<disk><driver name=>", name, "use name='qemu'"));
     }
@@ -200,7 +281,13 @@ fn parse_disk_driver(node: Node) -> Result<(DiskFormat, Option<CacheMode>)> {
             ))
         }
     };
-    Ok((format, cache))
+    Ok(DriverOpts {
+        format,
+        cache,
+        io: one_of_attr(node, "io", &["native", "threads", "io_uring"])?,
+        discard: one_of_attr(node, "discard", &["unmap", "ignore"])?,
+        detect_zeroes: one_of_attr(node, "detect_zeroes", &["off", "on", "unmap"])?,
+    })
 }
 
 /// `<source file=...>` for file disks, `<source dev=...>` for block disks;
@@ -267,6 +354,8 @@ fn parse_interface(node: Node) -> Result<Interface> {
     let mut mac = None;
     let mut model = None;
     let mut virtualport = None;
+    let mut boot_order = None;
+    let mut address = None;
     for child in elements(node) {
         match child.tag_name().name() {
             "mac" => {
@@ -280,6 +369,8 @@ fn parse_interface(node: Node) -> Result<Interface> {
             }
             "model" => set_once(&mut model, required_attr(child, "type")?.to_string(), child)?,
             "virtualport" => set_once(&mut virtualport, parse_virtualport(child)?, child)?,
+            "boot" => set_once(&mut boot_order, parse_boot_order(child)?, child)?,
+            "address" => set_once(&mut address, parse_address(child)?, child)?,
             // The host tap device name, chosen at start.
             "target" => {}
             _ if is_runtime_only(child) => {}
@@ -299,6 +390,8 @@ fn parse_interface(node: Node) -> Result<Interface> {
         mac,
         model,
         virtualport,
+        boot_order,
+        address: address.flatten(),
     })
 }
 
@@ -344,6 +437,9 @@ fn parse_char_backend<'a, 'i>(node: Node<'a, 'i>) -> Result<(CharDev, Option<Nod
                 set_once(&mut path, source, child)?;
             }
             "target" => set_once(&mut target, child, child)?,
+            // libvirt's virtlogd copy of the console (OpenStack writes it);
+            // Tern keeps its own console log in the run directory.
+            "log" => {}
             _ if is_runtime_only(child) => {}
             _ => return Err(unsupported_child(node, child)),
         }
@@ -362,6 +458,17 @@ fn parse_char_backend<'a, 'i>(node: Node<'a, 'i>) -> Result<(CharDev, Option<Nod
 /// `<serial>`; without `<target port=...>` the port is its position, as libvirt assigns.
 fn parse_serial(node: Node, index: u32) -> Result<Serial> {
     let (kind, target) = parse_char_backend(node)?;
+    // Tern builds ISA serial ports, libvirt's default on x86.
+    if let Some(t) = target {
+        let model = elements(t).find(|c| c.tag_name().name() == "model");
+        let kinds = [t.attribute("type"), model.and_then(|m| m.attribute("name"))];
+        if let Some(other) = kinds.into_iter().flatten().find(|k| *k != "isa-serial") {
+            return Err(XmlError::Unsupported {
+                what: format!("serial port type '{other}'"),
+                fix: "use <target type='isa-serial'> or leave the type out".to_string(),
+            });
+        }
+    }
     let port = match target.and_then(|t| t.attribute("port")) {
         Some(port) => parse_number(port, "<serial><target port=>")?,
         None => index,
@@ -389,12 +496,13 @@ fn parse_console(node: Node) -> Result<Console> {
 
 fn parse_graphics(node: Node) -> Result<Graphics> {
     let kind = required_attr(node, "type")?;
-    if kind != "vnc" {
+    if kind != "vnc" && kind != "spice" {
         return Err(XmlError::Unsupported {
             what: format!("<graphics type='{kind}'>"),
-            fix: "use <graphics type='vnc'> or remove the element".to_string(),
+            fix: "use <graphics type='vnc'> or 'spice', or remove the element".to_string(),
         });
     }
+    let mut spice = (kind == "spice").then(SpiceOptions::default);
     if node.attribute("passwd").is_some() {
         return Err(XmlError::Unsupported {
             what: "a VNC password (<graphics passwd=...>)".to_string(),
@@ -422,8 +530,11 @@ fn parse_graphics(node: Node) -> Result<Graphics> {
     let mut listen = node.attribute("listen").map(str::to_string);
     let mut listen_child = None;
     for child in elements(node) {
-        match child.tag_name().name() {
-            "listen" => set_once(&mut listen_child, parse_listen(child)?, child)?,
+        match (child.tag_name().name(), spice.as_mut()) {
+            ("image", Some(spice)) => {
+                spice.image_compression = child.attribute("compression").map(str::to_string)
+            }
+            ("listen", _) => set_once(&mut listen_child, parse_listen(child)?, child)?,
             _ if is_runtime_only(child) => {}
             _ => return Err(unsupported_child(node, child)),
         }
@@ -445,6 +556,7 @@ fn parse_graphics(node: Node) -> Result<Graphics> {
         port,
         autoport,
         listen,
+        spice,
     })
 }
 
@@ -461,14 +573,18 @@ fn parse_listen(node: Node) -> Result<Option<String>> {
 
 fn parse_video(node: Node) -> Result<Video> {
     let mut video = None;
+    let mut address = None;
     for child in elements(node) {
         match child.tag_name().name() {
             "model" => set_once(&mut video, parse_video_model(child)?, child)?,
+            "address" => set_once(&mut address, parse_address(child)?, child)?,
             _ if is_runtime_only(child) => {}
             _ => return Err(unsupported_child(node, child)),
         }
     }
-    video.ok_or_else(|| missing("<video><model type=...>"))
+    let mut video = video.ok_or_else(|| missing("<video><model type=...>"))?;
+    video.address = address.flatten();
+    Ok(video)
 }
 
 /// `<model type=... vram=... heads=...>`; `ram=`, `vgamem=`, `primary=` and
@@ -489,30 +605,84 @@ fn parse_video_model(node: Node) -> Result<Video> {
             .attribute("heads")
             .map(|v| parse_number(v, "<video><model heads=>"))
             .transpose()?,
+        primary: yes_no(node, "primary")?.unwrap_or(false),
+        address: None,
     })
 }
 
-/// `<controller>`; kept for round trips only (QEMU creates the controllers
-/// it needs), so its children (`<model name>`, `<target>`, `<master>`...)
-/// are accepted and dropped.
+/// `<controller>`: its model, the PCI topology (`<model name>`,
+/// `<target chassis port>`), USB companions (`<master startport>`) and its
+/// address all reach QEMU.
 fn parse_controller(node: Node) -> Result<Controller> {
+    let mut detail = ControllerDetail {
+        ports: node
+            .attribute("ports")
+            .map(|p| parse_number(p, "<controller ports=>"))
+            .transpose()?,
+        ..Default::default()
+    };
+    let mut address = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "model" => detail.model_name = child.attribute("name").map(str::to_string),
+            "target" => {
+                detail.chassis = child
+                    .attribute("chassis")
+                    .map(|c| parse_number(c, "<controller><target chassis=>"))
+                    .transpose()?;
+                detail.port = child.attribute("port").map(str::to_string);
+                // busNr/index/numaNode would change the PCI topology further.
+                if let Some(attr) = child
+                    .attributes()
+                    .map(|a| a.name())
+                    .find(|a| !matches!(*a, "chassis" | "port"))
+                {
+                    return Err(XmlError::Unsupported {
+                        what: format!("<controller><target {attr}=...>"),
+                        fix: "remove the attribute".to_string(),
+                    });
+                }
+            }
+            "master" => {
+                detail.master_startport = Some(parse_number(
+                    required_attr(child, "startport")?,
+                    "<controller><master startport=>",
+                )?)
+            }
+            "driver" => {
+                detail.queues = child
+                    .attribute("queues")
+                    .map(|q| parse_number(q, "<controller><driver queues=>"))
+                    .transpose()?
+            }
+            "address" => set_once(&mut address, parse_address(child)?, child)?,
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
+        }
+    }
     Ok(Controller {
         controller_type: required_attr(node, "type")?.to_string(),
         index: node
             .attribute("index")
             .map_or(Ok(0), |i| parse_number(i, "<controller index=>"))?,
         model: node.attribute("model").map(str::to_string),
+        detail,
+        address: address.flatten(),
     })
 }
 
 fn parse_input(node: Node) -> Result<Input> {
+    let mut address = None;
     for child in elements(node) {
-        if !is_runtime_only(child) {
-            return Err(unsupported_child(node, child));
+        match child.tag_name().name() {
+            "address" => set_once(&mut address, parse_address(child)?, child)?,
+            _ if is_runtime_only(child) => {}
+            _ => return Err(unsupported_child(node, child)),
         }
     }
     Ok(Input {
         input_type: required_attr(node, "type")?.to_string(),
         bus: node.attribute("bus").map(str::to_string),
+        address: address.flatten(),
     })
 }

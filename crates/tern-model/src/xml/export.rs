@@ -1,5 +1,9 @@
 //! Domain XML export in `virsh dumpxml` layout.
 
+use super::export_guest::{
+    open_or_empty, write_address, write_clock, write_features, write_guest_devices,
+    write_os_firmware,
+};
 use crate::domain::{
     BootDevice, CacheMode, CharDev, Console, Cpu, CpuMode, Devices, Disk, DiskBus, DiskDevice,
     DiskFormat, DiskSourceType, Domain, Graphics, Interface, InterfaceKind, LifecycleAction, Os,
@@ -8,7 +12,7 @@ use crate::domain::{
 use std::path::Path;
 
 /// Attributes of one element, in output order.
-type Attrs = Vec<(&'static str, String)>;
+pub(super) type Attrs = Vec<(&'static str, String)>;
 
 /// Prints `d` as libvirt domain XML: two-space indentation, single-quoted
 /// attributes and libvirt's element order, as `virsh dumpxml` does.
@@ -30,30 +34,22 @@ pub fn to_xml(d: &Domain) -> String {
     let kib = || vec![("unit", "KiB".to_string())];
     w.text("memory", kib(), &d.memory_kib.to_string());
     w.text("currentMemory", kib(), &d.current_memory_kib.to_string());
-    w.text(
-        "vcpu",
-        vec![("placement", "static".to_string())],
-        &d.vcpus.to_string(),
+    let mut vcpu = vec![("placement", "static".to_string())];
+    push_opt(
+        &mut vcpu,
+        "current",
+        d.vcpus_current.map(|c| c.to_string()).as_deref(),
     );
-    write_os(&mut w, &d.os);
-    let features = [
-        ("acpi", d.features.acpi),
-        ("apic", d.features.apic),
-        ("pae", d.features.pae),
-    ];
-    if features.iter().any(|(_, on)| *on) {
-        w.open("features", vec![]);
-        for (name, _) in features.iter().filter(|(_, on)| *on) {
-            w.empty(name, vec![]);
-        }
-        w.close("features");
+    w.text("vcpu", vcpu, &d.vcpus.to_string());
+    if let Some(info) = &d.sysinfo {
+        super::export_guest::write_sysinfo(&mut w, info);
     }
+    write_os(&mut w, &d.os);
+    write_features(&mut w, &d.features);
     if let Some(cpu) = &d.cpu {
         write_cpu(&mut w, cpu);
     }
-    if let Some(offset) = &d.clock_offset {
-        w.empty("clock", vec![("offset", offset.clone())]);
-    }
+    write_clock(&mut w, d.clock_offset.as_deref(), &d.clock_timers);
     w.text("on_poweroff", vec![], lifecycle(d.on_poweroff));
     w.text("on_reboot", vec![], lifecycle(d.on_reboot));
     w.text("on_crash", vec![], lifecycle(d.on_crash));
@@ -63,11 +59,14 @@ pub fn to_xml(d: &Domain) -> String {
 }
 
 fn write_os(w: &mut Writer, os: &Os) {
-    w.open("os", vec![]);
+    let mut os_attrs = Attrs::new();
+    push_opt(&mut os_attrs, "firmware", os.firmware.as_deref());
+    w.open("os", os_attrs);
     let mut attrs = Attrs::new();
     push_opt(&mut attrs, "arch", os.arch.as_deref());
     push_opt(&mut attrs, "machine", os.machine.as_deref());
     w.text("type", attrs, &os.os_type);
+    write_os_firmware(w, os);
     if let Some(kernel) = &os.kernel {
         w.text("kernel", vec![], &path(kernel));
     }
@@ -86,6 +85,10 @@ fn write_os(w: &mut Writer, os: &Os) {
         };
         w.empty("boot", vec![("dev", dev.to_string())]);
     }
+    if let Some(enable) = os.bootmenu {
+        let v = if enable { "yes" } else { "no" };
+        w.empty("bootmenu", vec![("enable", v.to_string())]);
+    }
     w.close("os");
 }
 
@@ -96,15 +99,36 @@ fn write_cpu(w: &mut Writer, cpu: &Cpu) {
         CpuMode::Custom => "custom",
         CpuMode::Maximum => "maximum",
     };
-    let attrs = vec![("mode", mode.to_string())];
-    match &cpu.model {
-        Some(model) => {
-            w.open("cpu", attrs);
-            w.text("model", vec![], model);
-            w.close("cpu");
-        }
-        None => w.empty("cpu", attrs),
+    let mut attrs = vec![("mode", mode.to_string())];
+    push_opt(&mut attrs, "match", cpu.match_mode.as_deref());
+    push_opt(&mut attrs, "check", cpu.check.as_deref());
+    if cpu.model.is_none() && cpu.features.is_empty() && cpu.topology.is_none() {
+        w.empty("cpu", attrs);
+        return;
     }
+    w.open("cpu", attrs);
+    if let Some(model) = &cpu.model {
+        w.text("model", vec![], model);
+    }
+    if let Some(t) = &cpu.topology {
+        w.empty(
+            "topology",
+            vec![
+                ("sockets", t.sockets.to_string()),
+                ("dies", t.dies.to_string()),
+                ("clusters", t.clusters.to_string()),
+                ("cores", t.cores.to_string()),
+                ("threads", t.threads.to_string()),
+            ],
+        );
+    }
+    for f in &cpu.features {
+        w.empty(
+            "feature",
+            vec![("policy", f.policy.clone()), ("name", f.name.clone())],
+        );
+    }
+    w.close("cpu");
 }
 
 fn lifecycle(action: LifecycleAction) -> &'static str {
@@ -130,7 +154,7 @@ fn write_devices(w: &mut Writer, devices: &Devices) {
             ("index", controller.index.to_string()),
         ];
         push_opt(&mut attrs, "model", controller.model.as_deref());
-        w.empty("controller", attrs);
+        super::export_guest::write_controller(w, attrs, controller);
     }
     for interface in &devices.interfaces {
         write_interface(w, interface);
@@ -141,14 +165,20 @@ fn write_devices(w: &mut Writer, devices: &Devices) {
     for console in &devices.consoles {
         write_console(w, console);
     }
+    super::export_guest::write_channels(w, &devices.channels);
     for input in &devices.inputs {
         let mut attrs = vec![("type", input.input_type.clone())];
         push_opt(&mut attrs, "bus", input.bus.as_deref());
-        w.empty("input", attrs);
+        if open_or_empty(w, "input", attrs, input.address.is_some()) {
+            write_address(w, &input.address);
+            w.close("input");
+        }
     }
+    super::export_guest::write_tpms(w, &devices.tpms);
     for graphics in &devices.graphics {
         write_graphics(w, graphics);
     }
+    super::export_guest::write_sound(w, devices);
     for video in &devices.videos {
         let mut attrs = vec![("type", video.model.clone())];
         push_opt(
@@ -161,13 +191,15 @@ fn write_devices(w: &mut Writer, devices: &Devices) {
             "heads",
             video.heads.map(|h| h.to_string()).as_deref(),
         );
+        if video.primary {
+            attrs.push(("primary", "yes".to_string()));
+        }
         w.open("video", vec![]);
         w.empty("model", attrs);
+        write_address(w, &video.address);
         w.close("video");
     }
-    if let Some(model) = &devices.memballoon {
-        w.empty("memballoon", vec![("model", model.clone())]);
-    }
+    write_guest_devices(w, devices);
     w.close("devices");
 }
 
@@ -202,6 +234,9 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
         CacheMode::Unsafe => "unsafe",
     });
     push_opt(&mut driver, "cache", cache);
+    push_opt(&mut driver, "io", disk.io.as_deref());
+    push_opt(&mut driver, "discard", disk.discard.as_deref());
+    push_opt(&mut driver, "detect_zeroes", disk.detect_zeroes.as_deref());
     w.empty("driver", driver);
     if let Some(source) = &disk.source {
         w.empty("source", vec![(source_attr, path(source))]);
@@ -234,6 +269,13 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
     if disk.shareable {
         w.empty("shareable", vec![]);
     }
+    if let Some(serial) = &disk.serial {
+        w.text("serial", vec![], serial);
+    }
+    if let Some(order) = disk.boot_order {
+        w.empty("boot", vec![("order", order.to_string())]);
+    }
+    write_address(w, &disk.address);
     w.close("disk");
 }
 
@@ -263,6 +305,10 @@ fn write_interface(w: &mut Writer, interface: &Interface) {
     if let Some(model) = &interface.model {
         w.empty("model", vec![("type", model.clone())]);
     }
+    if let Some(order) = interface.boot_order {
+        w.empty("boot", vec![("order", order.to_string())]);
+    }
+    write_address(w, &interface.address);
     w.close("interface");
 }
 
@@ -305,37 +351,45 @@ fn write_graphics(w: &mut Writer, graphics: &Graphics) {
     let autoport = if graphics.autoport { "yes" } else { "no" };
     attrs.push(("autoport", autoport.to_string()));
     push_opt(&mut attrs, "listen", graphics.listen.as_deref());
-    match &graphics.listen {
-        Some(address) => {
-            w.open("graphics", attrs);
-            w.empty(
-                "listen",
-                vec![
-                    ("type", "address".to_string()),
-                    ("address", address.clone()),
-                ],
-            );
-            w.close("graphics");
-        }
-        None => w.empty("graphics", attrs),
+    let compression = graphics
+        .spice
+        .as_ref()
+        .and_then(|s| s.image_compression.clone());
+    if graphics.listen.is_none() && compression.is_none() {
+        w.empty("graphics", attrs);
+        return;
     }
+    w.open("graphics", attrs);
+    if let Some(address) = &graphics.listen {
+        w.empty(
+            "listen",
+            vec![
+                ("type", "address".to_string()),
+                ("address", address.clone()),
+            ],
+        );
+    }
+    if let Some(c) = compression {
+        w.empty("image", vec![("compression", c)]);
+    }
+    w.close("graphics");
 }
 
-fn push_opt(attrs: &mut Attrs, name: &'static str, value: Option<&str>) {
+pub(super) fn push_opt(attrs: &mut Attrs, name: &'static str, value: Option<&str>) {
     if let Some(value) = value {
         attrs.push((name, value.to_string()));
     }
 }
 
 /// Paths as text; `validate` refuses paths that are not UTF-8.
-fn path(p: &Path) -> String {
+pub(super) fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
 /// An indenting XML writer.
 #[derive(Default)]
-struct Writer {
-    out: String,
+pub(super) struct Writer {
+    pub(super) out: String,
     depth: usize,
 }
 
@@ -356,13 +410,13 @@ impl Writer {
     }
 
     /// `<name attrs>` on its own line; children follow until [`Self::close`].
-    fn open(&mut self, name: &str, attrs: Attrs) {
+    pub(super) fn open(&mut self, name: &str, attrs: Attrs) {
         self.start_tag(name, &attrs);
         self.out.push_str(">\n");
         self.depth += 1;
     }
 
-    fn close(&mut self, name: &str) {
+    pub(super) fn close(&mut self, name: &str) {
         self.depth = self.depth.saturating_sub(1);
         for _ in 0..self.depth {
             self.out.push_str("  ");
@@ -373,13 +427,13 @@ impl Writer {
     }
 
     /// `<name attrs/>`.
-    fn empty(&mut self, name: &str, attrs: Attrs) {
+    pub(super) fn empty(&mut self, name: &str, attrs: Attrs) {
         self.start_tag(name, &attrs);
         self.out.push_str("/>\n");
     }
 
     /// `<name attrs>text</name>` on one line.
-    fn text(&mut self, name: &str, attrs: Attrs, text: &str) {
+    pub(super) fn text(&mut self, name: &str, attrs: Attrs, text: &str) {
         self.start_tag(name, &attrs);
         self.out.push('>');
         escape_text(&mut self.out, text);

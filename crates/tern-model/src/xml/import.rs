@@ -2,12 +2,14 @@
 //! `<devices>` (see `devices.rs` for those).
 
 use super::devices::parse_devices;
+use super::platform::{
+    check_topology, parse_clock, parse_cpu, parse_features, parse_os, parse_sysinfo,
+};
 use super::units::{self, UnitError};
 use super::XmlError;
-use crate::domain::{BootDevice, Cpu, CpuMode, Domain, Features, LifecycleAction, Os};
+use crate::domain::{Domain, LifecycleAction};
 use crate::validate::validate;
 use roxmltree::{Document, Node};
-use std::path::PathBuf;
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -15,17 +17,7 @@ pub(super) type Result<T> = std::result::Result<T, XmlError>;
 
 /// Top-level elements that only describe a running instance or host-side
 /// policy Tern manages itself; they are accepted and dropped.
-///
-/// `<sysinfo>` is inert unless `<os><smbios mode='sysinfo'/>` refers to it,
-/// and `<smbios>` is refused, so dropping it changes nothing the guest sees.
-const IGNORED_TOP_LEVEL: &[&str] = &[
-    "metadata",
-    "seclabel",
-    "resource",
-    "pm",
-    "on_lockfailure",
-    "sysinfo",
-];
+const IGNORED_TOP_LEVEL: &[&str] = &["metadata", "seclabel", "resource", "pm", "on_lockfailure"];
 
 /// Parses a libvirt domain XML document (e.g. `virsh dumpxml` output) into a
 /// [`Domain`], then checks it with [`validate`].
@@ -56,11 +48,12 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut os = None;
     let mut cpu = None;
     let mut features = None;
-    let mut clock_offset = None;
+    let mut clock = None;
     let mut on_poweroff = None;
     let mut on_reboot = None;
     let mut on_crash = None;
     let mut devices = None;
+    let mut sysinfo = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -76,12 +69,13 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "vcpu" => set_once(&mut vcpus, parse_vcpu(child)?, child)?,
             "os" => set_once(&mut os, parse_os(child)?, child)?,
             "cpu" => set_once(&mut cpu, parse_cpu(child)?, child)?,
-            "features" => set_once(&mut features, parse_features(child), child)?,
-            "clock" => set_once(&mut clock_offset, parse_clock(child), child)?,
+            "features" => set_once(&mut features, parse_features(child)?, child)?,
+            "clock" => set_once(&mut clock, parse_clock(child)?, child)?,
             "on_poweroff" => set_once(&mut on_poweroff, parse_lifecycle(child)?, child)?,
             "on_reboot" => set_once(&mut on_reboot, parse_lifecycle(child)?, child)?,
             "on_crash" => set_once(&mut on_crash, parse_lifecycle(child)?, child)?,
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
+            "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
             ignored if IGNORED_TOP_LEVEL.contains(&ignored) => {}
             other => return Err(refuse_top_level(other)),
         }
@@ -89,11 +83,25 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
 
     let name = name.ok_or_else(|| missing("<name>"))?;
     let memory_kib = memory.ok_or_else(|| missing("<memory>"))?;
-    let vcpus = vcpus.unwrap_or(1);
-    let (cpu, topology) = cpu.unwrap_or((None, None));
+    let (vcpus, vcpus_current) = vcpus.unwrap_or((1, None));
+    let (mut cpu, topology) = cpu.unwrap_or((None, None));
     if let Some(topology) = topology {
-        topology.check(vcpus)?;
+        check_topology(topology, vcpus)?;
+        // A topology alone still needs a <cpu> to live in.
+        cpu.get_or_insert_with(|| crate::domain::Cpu {
+            mode: crate::domain::CpuMode::Custom,
+            model: None,
+            features: Vec::new(),
+            match_mode: None,
+            check: None,
+            topology: None,
+        })
+        .topology = Some(topology);
     }
+    let (clock_offset, clock_timers) = match clock {
+        Some((offset, timers)) => (Some(offset), timers),
+        None => (None, Vec::new()),
+    };
     let domain = Domain {
         name,
         uuid: uuid.unwrap_or_else(Uuid::new_v4),
@@ -111,6 +119,9 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         on_reboot: on_reboot.unwrap_or(LifecycleAction::Restart),
         on_crash: on_crash.unwrap_or(LifecycleAction::Destroy),
         devices: devices.unwrap_or_default(),
+        clock_timers,
+        vcpus_current,
+        sysinfo,
     };
     validate(&domain)?;
     Ok(domain)
@@ -165,188 +176,25 @@ fn parse_memory(node: Node) -> Result<u64> {
     })
 }
 
-/// `<vcpu>`: the count is the text; `placement=` and `cpuset=` are ignored.
-fn parse_vcpu(node: Node) -> Result<u32> {
+/// `<vcpu current=...>N</vcpu>`: N the maximum, `current` the vCPUs online
+/// at start; `placement=` and `cpuset=` are host pinning and are ignored.
+fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>)> {
     let count: u32 = parse_number(&text(node), "<vcpu>")?;
-    if let Some(current) = node.attribute("current") {
-        let current: u32 = parse_number(current, "<vcpu current=>")?;
-        if current != count {
-            return Err(XmlError::Unsupported {
-                what: format!(
-                    "<vcpu current='{current}'> below the maximum of {count} (vCPU hotplug)"
-                ),
-                fix: "remove current= or set it equal to the vCPU count".to_string(),
-            });
-        }
-    }
-    Ok(count)
-}
-
-fn parse_os(node: Node) -> Result<Os> {
-    if let Some(firmware) = node.attribute("firmware") {
-        return Err(XmlError::Unsupported {
-            what: format!("<os firmware='{firmware}'> (UEFI or other firmware selection)"),
-            fix: "remove firmware= (Tern boots guests with QEMU's default BIOS or a direct kernel)"
-                .to_string(),
-        });
-    }
-    let mut os_type = None;
-    let mut os = Os::default();
-    for child in elements(node) {
-        match child.tag_name().name() {
-            "type" => {
-                set_once(&mut os_type, text(child).trim().to_string(), child)?;
-                os.arch = child.attribute("arch").map(str::to_string);
-                os.machine = child.attribute("machine").map(str::to_string);
-            }
-            "kernel" => set_once(&mut os.kernel, PathBuf::from(text(child)), child)?,
-            "initrd" => set_once(&mut os.initrd, PathBuf::from(text(child)), child)?,
-            "cmdline" => set_once(&mut os.cmdline, text(child), child)?,
-            "boot" => os.boot.push(parse_boot(child)?),
-            "loader" | "nvram" => {
-                return Err(XmlError::Unsupported {
-                    what: format!("<os><{}> (UEFI or custom firmware)", child.tag_name().name()),
-                    fix: "remove <loader> and <nvram> (Tern boots guests with QEMU's default BIOS or a direct kernel)".to_string(),
-                })
-            }
-            // The interactive boot menu does not change what boots.
-            "bootmenu" => {}
-            _ => return Err(unsupported_child(node, child)),
-        }
-    }
-    os.os_type = os_type.ok_or_else(|| missing("<os><type>"))?;
-    Ok(os)
-}
-
-fn parse_boot(node: Node) -> Result<BootDevice> {
-    let dev = required_attr(node, "dev")?;
-    match dev {
-        "hd" => Ok(BootDevice::Hd),
-        "cdrom" => Ok(BootDevice::Cdrom),
-        "network" => Ok(BootDevice::Network),
-        "fd" => Ok(BootDevice::Fd),
-        other => Err(invalid(
-            "<boot dev=>",
-            other,
-            "use hd, cdrom, network or fd",
-        )),
-    }
-}
-
-/// `<cpu><topology>`, checked against `<vcpu>` once both are known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Topology {
-    sockets: u64,
-    dies: u64,
-    clusters: u64,
-    cores: u64,
-    threads: u64,
-}
-
-impl Topology {
-    fn parse(node: Node) -> Result<Self> {
-        let required = |attr: &'static str| -> Result<u64> {
-            parse_number(required_attr(node, attr)?, &format!("<topology {attr}=>"))
-        };
-        let optional = |attr: &'static str| -> Result<u64> {
-            node.attribute(attr)
-                .map_or(Ok(1), |v| parse_number(v, &format!("<topology {attr}=>")))
-        };
-        Ok(Topology {
-            sockets: required("sockets")?,
-            dies: optional("dies")?,
-            clusters: optional("clusters")?,
-            cores: required("cores")?,
-            threads: required("threads")?,
-        })
-    }
-
-    /// Tern lets QEMU choose the topology, which is only faithful when the
-    /// declared one describes exactly `<vcpu>` CPUs.
-    fn check(self, vcpus: u32) -> Result<()> {
-        let total = [self.dies, self.clusters, self.cores, self.threads]
-            .iter()
-            .try_fold(self.sockets, |acc, n| acc.checked_mul(*n));
-        if total == Some(u64::from(vcpus)) {
-            return Ok(());
-        }
-        Err(XmlError::InvalidValue {
-            what: "<cpu><topology>".to_string(),
-            value: format!(
-                "sockets={} cores={} threads={}",
-                self.sockets, self.cores, self.threads
-            ),
-            expected: format!(
-                "sockets*cores*threads must equal the <vcpu> count ({vcpus}); fix it or remove <topology>"
-            ),
-        })
-    }
-}
-
-/// `<cpu>`: the model plus, separately, a topology to check against `<vcpu>`.
-/// A `<cpu>` with neither mode nor model (only a topology) means "host default".
-fn parse_cpu(node: Node) -> Result<(Option<Cpu>, Option<Topology>)> {
-    let mode = match node.attribute("mode") {
+    let current = match node.attribute("current") {
         None => None,
-        Some("custom") => Some(CpuMode::Custom),
-        Some("host-model") => Some(CpuMode::HostModel),
-        Some("host-passthrough") => Some(CpuMode::HostPassthrough),
-        Some("maximum") => Some(CpuMode::Maximum),
-        Some(other) => {
-            return Err(invalid(
-                "<cpu mode=>",
-                other,
-                "use custom, host-model, host-passthrough or maximum",
-            ))
-        }
-    };
-    let mut model: Option<String> = None;
-    let mut topology = None;
-    for child in elements(node) {
-        match child.tag_name().name() {
-            // `fallback=` and `vendor_id=` only matter to libvirt's CPU checks.
-            "model" => set_once(&mut model, text(child), child)?,
-            "topology" => set_once(&mut topology, Topology::parse(child)?, child)?,
-            "feature" => {
-                return Err(XmlError::Unsupported {
-                    what: "<cpu><feature> (per-flag CPU tuning)".to_string(),
-                    fix: "remove the <feature> elements and pick a <model> that has the flags, or use mode='host-passthrough'".to_string(),
-                })
+        Some(current) => {
+            let current: u32 = parse_number(current, "<vcpu current=>")?;
+            if current == 0 || current > count {
+                return Err(invalid(
+                    "<vcpu current=>",
+                    &current.to_string(),
+                    &format!("use 1 to the maximum of {count}"),
+                ));
             }
-            _ => return Err(unsupported_child(node, child)),
+            (current != count).then_some(current)
         }
-    }
-    // `<model fallback='allow'/>` (common with host-model) names no model.
-    let model = model.filter(|m| !m.trim().is_empty());
-    let cpu = match (mode, model) {
-        (None, None) => None,
-        (mode, model) => Some(Cpu {
-            mode: mode.unwrap_or(CpuMode::Custom),
-            model,
-        }),
     };
-    Ok((cpu, topology))
-}
-
-/// `<features>`: acpi, apic and pae are honoured; other features (hyperv,
-/// kvm, vmport...) are accepted and dropped.
-fn parse_features(node: Node) -> Features {
-    let mut features = Features::default();
-    for child in elements(node) {
-        match child.tag_name().name() {
-            "acpi" => features.acpi = true,
-            "apic" => features.apic = true,
-            "pae" => features.pae = true,
-            _ => {}
-        }
-    }
-    features
-}
-
-/// `<clock offset=...>`; `<timer>` children are accepted and dropped, and an
-/// absent offset means libvirt's default, "utc".
-fn parse_clock(node: Node) -> String {
-    node.attribute("offset").unwrap_or("utc").to_string()
+    Ok((count, current))
 }
 
 fn parse_lifecycle(node: Node) -> Result<LifecycleAction> {

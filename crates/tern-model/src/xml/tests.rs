@@ -60,7 +60,7 @@ fn rich() -> Domain {
         os: Os {
             os_type: "hvm".to_string(),
             arch: Some("x86_64".to_string()),
-            machine: Some("pc-q35-7.2".to_string()),
+            machine: Some("pc-i440fx-7.2".to_string()),
             kernel: Some(PathBuf::from("/boot/vmlinuz with space")),
             initrd: Some(PathBuf::from("/boot/initrd&<>.img")),
             cmdline: Some(
@@ -72,15 +72,31 @@ fn rich() -> Domain {
                 BootDevice::Network,
                 BootDevice::Fd,
             ],
+            bootmenu: None,
+            firmware: None,
+            firmware_features: vec![],
+            loader: None,
+            nvram: None,
+            smbios_mode: None,
         },
         cpu: Some(Cpu {
             mode: CpuMode::Custom,
             model: Some("Skylake-Server".to_string()),
+            features: vec![],
+            match_mode: None,
+            check: None,
+            topology: None,
         }),
         features: Features {
             acpi: true,
             apic: false,
             pae: true,
+            vmport: None,
+            smm: None,
+            vmcoreinfo: None,
+            hyperv_mode: None,
+            hyperv: vec![],
+            kvm_hidden: None,
         },
         clock_offset: Some("localtime".to_string()),
         on_poweroff: LifecycleAction::Preserve,
@@ -100,6 +116,12 @@ fn rich() -> Domain {
                     target_bus: DiskBus::Scsi,
                     readonly: false,
                     shareable: true,
+                    io: None,
+                    discard: None,
+                    detect_zeroes: None,
+                    boot_order: None,
+                    serial: None,
+                    address: None,
                 },
                 Disk {
                     source_type: DiskSourceType::File,
@@ -112,6 +134,12 @@ fn rich() -> Domain {
                     target_bus: DiskBus::Sata,
                     readonly: true,
                     shareable: false,
+                    io: None,
+                    discard: None,
+                    detect_zeroes: None,
+                    boot_order: None,
+                    serial: None,
+                    address: None,
                 },
                 Disk {
                     source_type: DiskSourceType::File,
@@ -124,6 +152,12 @@ fn rich() -> Domain {
                     target_bus: DiskBus::Virtio,
                     readonly: true,
                     shareable: false,
+                    io: None,
+                    discard: None,
+                    detect_zeroes: None,
+                    boot_order: None,
+                    serial: None,
+                    address: None,
                 },
             ],
             interfaces: vec![
@@ -132,6 +166,8 @@ fn rich() -> Domain {
                     mac: None,
                     model: Some("e1000".to_string()),
                     virtualport: None,
+                    boot_order: None,
+                    address: None,
                 },
                 Interface {
                     kind: InterfaceKind::Bridge {
@@ -143,6 +179,8 @@ fn rich() -> Domain {
                         port_type: "openvswitch".to_string(),
                         interface_id: None,
                     }),
+                    boot_order: None,
+                    address: None,
                 },
             ],
             serials: vec![
@@ -170,30 +208,49 @@ fn rich() -> Domain {
                     port: None,
                     autoport: false,
                     listen: None,
+                    spice: None,
                 },
                 Graphics {
                     kind: "vnc".to_string(),
                     port: Some(-1),
                     autoport: true,
                     listen: Some("::1".to_string()),
+                    spice: None,
                 },
             ],
             videos: vec![Video {
                 model: "virtio".to_string(),
                 vram: None,
                 heads: Some(2),
+                primary: false,
+                address: None,
             }],
             controllers: vec![Controller {
                 controller_type: "usb".to_string(),
                 index: 1,
                 model: Some("qemu-xhci".to_string()),
+                detail: Default::default(),
+                address: None,
             }],
             inputs: vec![Input {
                 input_type: "tablet".to_string(),
                 bus: Some("usb".to_string()),
+                address: None,
             }],
             memballoon: Some("none".to_string()),
+            memballoon_address: None,
+            channels: vec![],
+            rngs: vec![],
+            watchdogs: vec![],
+            sounds: vec![],
+            audios: vec![],
+            tpms: vec![],
+            panics: vec![],
+            redirdevs: vec![],
         },
+        clock_timers: vec![],
+        vcpus_current: None,
+        sysinfo: None,
     }
 }
 
@@ -287,6 +344,10 @@ fn every_enum_value_round_trips() {
             d.cpu = Some(Cpu {
                 mode,
                 model: model.clone(),
+                features: vec![],
+                match_mode: None,
+                check: None,
+                topology: None,
             });
             round_trip(&d);
         }
@@ -414,14 +475,25 @@ fn cpu_topology_must_match_vcpus() {
     assert_eq!(d.cpu.map(|c| c.mode), Some(CpuMode::HostPassthrough));
     let only_topology =
         doc("<vcpu>2</vcpu><cpu><topology sockets='2' cores='1' threads='1'/></cpu>");
-    assert_eq!(parse_domain(&only_topology).expect("parses").cpu, None);
+    let cpu = parse_domain(&only_topology)
+        .expect("parses")
+        .cpu
+        .expect("a cpu");
+    assert_eq!(
+        (cpu.model, cpu.topology.map(|t| t.sockets)),
+        (None, Some(2))
+    );
     let model_only = doc("<cpu><model fallback='allow'>qemu64</model></cpu>");
     let cpu = parse_domain(&model_only).expect("parses").cpu;
     assert_eq!(
         cpu,
         Some(Cpu {
             mode: CpuMode::Custom,
-            model: Some("qemu64".to_string())
+            model: Some("qemu64".to_string()),
+            features: vec![],
+            match_mode: None,
+            check: None,
+            topology: None,
         })
     );
     refused(

@@ -118,6 +118,12 @@ mod tests {
             readonly: false,
             shareable: false,
             remote: Some(DiskRemote::Network(n.clone())),
+            io: None,
+            discard: None,
+            detect_zeroes: None,
+            boot_order: None,
+            serial: None,
+            address: None,
         };
         (d, n)
     }

@@ -10,25 +10,29 @@ fn refuses_devices_tern_cannot_honour() {
         "device <hostdev> (PCI/USB passthrough) is not supported by Tern; remove it from the domain XML",
     );
     assert!(matches!(err, XmlError::Unsupported { .. }));
-    for device in [
-        "filesystem",
-        "redirdev",
-        "smartcard",
-        "tpm",
-        "rng",
-        "watchdog",
-        "channel",
-        "sound",
-    ] {
+    for device in ["filesystem", "smartcard", "parallel", "shmem", "vsock"] {
         refused(
             &with_devices(&format!("<{device}/>")),
             &format!("device <{device}>"),
         );
     }
-    refused(
-        &with_devices("<graphics type='spice' autoport='yes'/>"),
-        "graphics type='spice'",
-    );
+    for (device, named) in [
+        ("<redirdev bus='usb' type='tcp'/>", "<redirdev type='tcp'>"),
+        ("<tpm model='tpm-crb'><backend type='passthrough'/></tpm>", "<tpm><backend type='passthrough'> (host TPM passthrough)"),
+        ("<rng model='virtio'><backend model='egd' type='tcp'/></rng>", "<rng><backend model='egd'>"),
+        ("<watchdog model='diag288' action='reset'/>", "<watchdog model='diag288'>"),
+        ("<watchdog model='i6300esb' action='dump'/>", "<watchdog action='dump'>"),
+        ("<sound model='sb16'/>", "<sound model='sb16'>"),
+        ("<channel type='pty'><target type='virtio' name='x'/></channel>", "<channel type='pty'>"),
+        ("<channel type='unix'><target type='guestfwd' name='x'/></channel>", "<channel><target type='guestfwd'>"),
+        ("<audio id='1' type='pulseaudio'/>", "<audio type='pulseaudio'>"),
+        ("<memballoon model='virtio'><address type='ccw' cssid='0xfe'/></memballoon>", "<address type='ccw'>"),
+        ("<disk type='file'><driver name='qemu' type='raw' iothread='1'/><source file='/a'/><target dev='vda'/></disk>", "<disk><driver iothread=...>"),
+        ("<disk type='file'><driver name='qemu' type='raw' io='posix'/><source file='/a'/><target dev='vda'/></disk>", "<disk><driver io=> value 'posix'"),
+        ("<interface type='user'><address type='pci' slot='0x40'/></interface>", "<address type='pci'> value 'slot 0x40"),
+    ] {
+        refused(&with_devices(device), named);
+    }
     refused(
         &with_devices("<graphics type='sdl'/>"),
         "graphics type='sdl'",
@@ -69,9 +73,9 @@ fn refuses_devices_tern_cannot_honour() {
     );
     refused(
         &with_devices(
-            "<disk type='file'><source file='/a'/><target dev='vda'/><boot order='1'/></disk>",
+            "<disk type='file'><source file='/a'/><target dev='vda'/><boot order='0'/></disk>",
         ),
-        "<boot order=...>",
+        "<boot order=> value '0'",
     );
     refused(
         &with_devices("<disk type='block'><source file='/a'/><target dev='vda'/></disk>"),
@@ -101,11 +105,30 @@ fn refuses_unsupported_domain_settings() {
     refused(
         &doc("").replace(
             "<os>",
-            "<os><loader readonly='yes' type='pflash'>/usr/share/OVMF.fd</loader>",
+            "<os><loader readonly='yes' type='pflash' format='qcow2'>/usr/share/OVMF.qcow2</loader>",
         ),
-        "<os><loader> (UEFI or custom firmware)",
+        "<loader format='qcow2'>",
     );
-    refused(&doc("").replace("<os>", "<os firmware='efi'>"), "firmware");
+    refused(
+        &doc("").replace("<os>", "<os firmware='xen'>"),
+        "<os firmware=> value 'xen'",
+    );
+    refused(
+        &doc("<features><gic version='3'/></features>"),
+        "<features><gic>",
+    );
+    refused(
+        &doc("<features><hyperv mode='custom'><evil state='on'/></hyperv></features>"),
+        "<hyperv><evil>",
+    );
+    refused(
+        &doc("<clock offset='timezone' timezone='Europe/Paris'/>"),
+        "<clock offset='timezone'>",
+    );
+    refused(
+        &doc("<clock offset='utc'><timer name='armvtimer'/></clock>"),
+        "<timer name='armvtimer'>",
+    );
     refused(
         &doc("<cputune><shares>1024</shares></cputune>"),
         "element <cputune>",
@@ -121,17 +144,20 @@ fn refuses_unsupported_domain_settings() {
         "element <qemu:commandline> (QEMU command-line passthrough)",
     );
     refused(
-        &doc("<cpu mode='host-model'><feature policy='require' name='vmx'/></cpu>"),
-        "<cpu><feature>",
+        &doc("<cpu mode='host-model'><feature policy='want' name='vmx'/></cpu>"),
+        "<cpu><feature policy=> value 'want'",
     );
-    refused(&doc("<vcpu current='1'>2</vcpu>"), "vCPU hotplug");
+    refused(
+        &doc("<vcpu current='3'>2</vcpu>"),
+        "<vcpu current=> value '3'",
+    );
     refused(
         &doc("<on_crash>coredump-destroy</on_crash>"),
         "<on_crash> value 'coredump-destroy'",
     );
     refused(
         &doc("<clock offset='variable' adjustment='3'/>"),
-        "clock offset 'variable'",
+        "<clock offset='variable'>",
     );
     refused(
         &doc("").replace("type='kvm'", "type='xen'"),
@@ -230,4 +256,24 @@ fn refusals_named_in_the_brief() {
         "currentMemory (2048 KiB) is larger than memory (1024 KiB)",
     );
     refused(&doc("<vcpu>0</vcpu>"), "vcpu count 0");
+}
+
+#[test]
+fn refuses_controllers_and_buses_tern_cannot_build() {
+    refused(
+        &with_devices("<controller type='pci' index='1' model='pcie-switch-upstream-port'/>"),
+        "PCI controller model 'pcie-switch-upstream-port' is not supported",
+    );
+    refused(
+        &with_devices("<controller type='usb' model='ehci'/>"),
+        "USB controller model 'ehci'",
+    );
+    refused(
+        &with_devices("<controller type='fdc'/>"),
+        "controller type 'fdc'",
+    );
+    refused(
+        &with_devices("<interface type='user'><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></interface>"),
+        "names PCI bus 0x05",
+    );
 }

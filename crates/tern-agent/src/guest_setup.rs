@@ -1,0 +1,97 @@
+//! Completing a definition the way libvirt does at define and start:
+//! device addresses, UEFI firmware, and (at boot) the pinned machine type
+//! and CPU model; plus the swtpm process behind a `<tpm>`.
+
+use crate::error::{AgentError, Result};
+use crate::Agent;
+use std::path::{Path, PathBuf};
+use tern_model::{layout, CpuFeature, CpuMode, Domain};
+use tern_qemu::cmdline::{swtpm_socket, Accel};
+use tern_qemu::firmware;
+use tern_qemu::identity::{self, HostCpu};
+
+/// Where per-guest UEFI variable stores live.
+pub fn nvram_dir(agent: &Agent) -> PathBuf {
+    agent.cfg.state_dir.join("nvram")
+}
+
+/// Where a guest's TPM state lives on this host.
+pub fn tpm_dir(agent: &Agent, d: &Domain) -> PathBuf {
+    agent.cfg.state_dir.join("tpm").join(d.uuid.to_string())
+}
+
+/// Addresses and firmware paths, recorded in the definition (idempotent).
+pub fn complete(agent: &Agent, d: &mut Domain) {
+    layout::assign_addresses(d);
+    firmware::complete_firmware(d, &nvram_dir(agent));
+}
+
+/// Pins the machine alias and `host-model` to what this host's QEMU runs,
+/// so the live definition (what migration sends) names them exactly.
+pub async fn pin_identity(agent: &Agent, d: &mut Domain, accel: Accel) -> Result<()> {
+    d.os.machine = identity::expand_machine(&agent.machines, d.os.machine.as_deref());
+    let Some(cpu) = d.cpu.as_mut().filter(|c| c.mode == CpuMode::HostModel) else {
+        return Ok(());
+    };
+    let host: HostCpu = agent.host_cpu(accel).await?;
+    cpu.mode = CpuMode::Custom;
+    cpu.model = Some(host.model);
+    cpu.match_mode = Some("exact".into());
+    cpu.check = Some("full".into());
+    let mut features: Vec<CpuFeature> = host
+        .features
+        .into_iter()
+        .map(|name| CpuFeature {
+            policy: "require".into(),
+            name,
+        })
+        .collect();
+    // Flags the XML asked for explicitly keep their policy.
+    features.retain(|f| !cpu.features.iter().any(|g| g.name == f.name));
+    cpu.features.extend(features);
+    Ok(())
+}
+
+/// Starts swtpm for a guest with a `<tpm>`; it ends by itself when QEMU
+/// closes its socket (`--terminate`). A fresh (empty) state directory is
+/// what a migration destination needs: QEMU brings the TPM state along.
+pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()> {
+    if d.devices.tpms.is_empty() {
+        return Ok(());
+    }
+    let state = tpm_dir(agent, d);
+    std::fs::create_dir_all(&state).map_err(|e| AgentError::state(&state, e))?;
+    let sock = swtpm_socket(run_dir);
+    let _ = std::fs::remove_file(&sock);
+    let out = tokio::process::Command::new("swtpm")
+        .arg("socket")
+        .arg("--tpm2")
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", sock.display()))
+        .arg("--log")
+        .arg(format!("file={}", run_dir.join("swtpm.log").display()))
+        .args(["--terminate", "--daemon"])
+        .output()
+        .await
+        .map_err(|e| {
+            AgentError::Unsupported(format!(
+                "domain '{}' has a <tpm> but swtpm cannot run ({e}); install swtpm (scripts/install-deps.sh) or remove <tpm>",
+                d.name
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(AgentError::Failed(format!(
+            "swtpm for domain '{}' failed: {}",
+            d.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a guest's TPM state (undefine).
+pub fn remove_tpm_state(agent: &Agent, d: &Domain) {
+    let _ = std::fs::remove_dir_all(tpm_dir(agent, d));
+}
