@@ -37,7 +37,7 @@ fn wait_status(h: &TernHost, name: &str, want: &str, timeout: Duration) {
 }
 
 #[test]
-#[ignore = "flaky under TCG: the destination's post-copy recovery handshake hangs in most runs (1 of 7 passed here); run with --ignored"]
+#[ignore = "flaky: the resumed post-copy hangs in postcopy-recover in most runs (2 of 11 passed; see docs/FAULTS.md); run with --ignored"]
 fn postcopy_pauses_resumes_and_survives_a_link_cut() {
     if skip_unless_root("postcopy_pauses_resumes_and_survives_a_link_cut") {
         return;
@@ -78,6 +78,10 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
         assert!(Instant::now() < deadline, "the destination never took over");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Let post-copy run a moment: a pause in its very first instants was
+    // seen to leave QEMU's recovery hanging.
+    std::thread::sleep(Duration::from_secs(2));
 
     // By hand: pause, see it stay paused, resume.
     p.a.ok(&["domjobabort", name, "--postcopy"]);

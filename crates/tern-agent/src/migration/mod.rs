@@ -128,9 +128,10 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
                     "the migration of '{name}' is {status}; only a paused post-copy can be resumed"
                 )));
             }
+            // The migration's own watcher resumes it (within a couple of
+            // seconds): one owner, so two recoveries never race on QEMU.
             job.postcopy_hold.send_replace(false);
             job.event("post-copy resume requested by the operator");
-            postcopy::recover(agent, &job, &qmp).await?;
             ok(json!(null))
         }
         MigrationRequest::MigratePostcopy { name } => {

@@ -5,9 +5,11 @@
 //! the destination listens again (`migrate-recover`), the source reconnects
 //! (`migrate` with `resume: true`), and post-copy goes on where it stopped.
 //!
-//! The source drives it: by itself when the link returns (the perform
-//! watcher calls [`recover`] while QEMU is paused and the operator did not
-//! ask for the pause), or at once on `migrate --postcopy-resume`.
+//! The source drives it, from one place only (two recoveries racing on one
+//! QEMU wedge it): the perform watcher calls [`recover`] while QEMU is
+//! paused and the operator does not hold the pause (`migrate
+//! --postcopy-resume` lifts the hold); after an agent restart, the
+//! recovery loop of `super::recover` does.
 
 use super::job::{Found, Job};
 use crate::error::{AgentError, Result};
