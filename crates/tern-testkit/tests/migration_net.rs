@@ -3,11 +3,11 @@
 //! real QEMU guests under TCG. These tests need root; they skip otherwise.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
+use tern_testkit::ping::Pinger;
 use tern_testkit::{
     build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestDisk,
 };
@@ -374,100 +374,6 @@ impl Echo {
             .write_all(format!("{text}\n").as_bytes())
             .expect("write to the guest");
         assert_eq!(self.line(), text);
-    }
-}
-
-/// `busybox ping -i 0.05` in a namespace, its replies stamped as they come.
-struct Pinger {
-    child: Reaped,
-    replies: Arc<Mutex<Vec<(u64, Instant)>>>,
-    output: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-/// What a pinger saw.
-struct PingReport {
-    transmitted: u64,
-    received: u64,
-    lost: Vec<u64>,
-    longest_silence: Duration,
-}
-
-impl Pinger {
-    fn start(lab: &Lab, from: Side, to: Ipv4Addr) -> Pinger {
-        let mut child = lab
-            .cmd(from, "busybox")
-            .args(["ping", "-i", "0.05", &to.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let replies: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
-        let output: Arc<Mutex<String>> = Arc::default();
-        let (r, o) = (replies.clone(), output.clone());
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let now = Instant::now();
-                if line.contains("bytes from") {
-                    if let Some(s) = tern_testkit::field(&line, "seq") {
-                        r.lock().unwrap().push((s, now));
-                    }
-                }
-                let mut o = o.lock().unwrap();
-                o.push_str(&line);
-                o.push('\n');
-            }
-        });
-        Pinger {
-            child: Reaped(Some(child)),
-            replies,
-            output,
-            reader: Some(reader),
-        }
-    }
-
-    fn received(&self) -> usize {
-        self.replies.lock().unwrap().len()
-    }
-
-    /// Stops with SIGINT (busybox then prints its statistics).
-    fn stop(mut self) -> PingReport {
-        let pid = self.child.child().id();
-        // SAFETY: our own child (ip netns exec replaced itself with busybox).
-        unsafe {
-            libc::kill(pid as i32, libc::SIGINT);
-        }
-        let _ = self.child.wait(Duration::from_secs(5), "ping");
-        if let Some(t) = self.reader.take() {
-            let _ = t.join();
-        }
-        let text = self.output.lock().unwrap().clone();
-        let stat = |key: &str| -> Option<u64> {
-            let l = text.lines().find(|l| l.contains(key))?;
-            let at = l.find(key)?;
-            l[..at].split_whitespace().last()?.parse().ok()
-        };
-        let replies = self.replies.lock().unwrap().clone();
-        let got: std::collections::BTreeSet<u64> = replies.iter().map(|r| r.0).collect();
-        let transmitted = stat("packets transmitted").unwrap_or(0);
-        // The last request may still have been in flight at SIGINT.
-        let lost = (0..transmitted.saturating_sub(1))
-            .filter(|s| !got.contains(s))
-            .collect();
-        let longest_silence = replies
-            .windows(2)
-            .map(|w| w[1].1.saturating_duration_since(w[0].1))
-            .max()
-            .unwrap_or_default();
-        PingReport {
-            transmitted,
-            received: stat("packets received").unwrap_or(got.len() as u64),
-            lost,
-            longest_silence,
-        }
     }
 }
 
