@@ -144,24 +144,28 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     };
     let mut req = req;
     if !req.disks.is_empty() {
-        match super::storage::create_volumes(agent, &mut req.domain, &req.disks, &req.options).await
+        let record = |planned: &[std::path::PathBuf]| {
+            *job.created.lock().unwrap_or_else(|p| p.into_inner()) = planned.to_vec();
+            job.persist()
+        };
+        match super::storage::create_volumes(
+            agent,
+            &mut req.domain,
+            &req.disks,
+            &req.options,
+            record,
+        )
+        .await
         {
             Ok(files) => {
                 job.event(format!(
                     "created {} volume(s) for the copied disks",
                     files.len()
                 ));
-                *job.created.lock().unwrap_or_else(|p| p.into_inner()) = files;
-                if let Err(e) = job.persist() {
-                    remove_created(&job);
-                    discard(agent, &slot).await;
-                    let _ = job.advance(Phase::Failed);
-                    agent.jobs.finish(&job);
-                    return Err(e);
-                }
             }
             Err(e) => {
                 discard(agent, &slot).await;
+                remove_created(&job);
                 let _ = job.advance(Phase::Failed);
                 agent.jobs.finish(&job);
                 return Err(e);

@@ -82,6 +82,7 @@ pub async fn create_volumes(
     d: &mut Domain,
     disks: &[DiskCopy],
     o: &MigrateOptions,
+    record: impl FnOnce(&[PathBuf]) -> Result<()>,
 ) -> Result<Vec<PathBuf>> {
     let mut plan = Vec::new();
     for dc in disks {
@@ -137,6 +138,10 @@ pub async fn create_volumes(
             )));
         }
     }
+    // Recorded before any is created: an agent killed half-way knows every
+    // file that may be its own (none existed before: checked above).
+    let planned: Vec<PathBuf> = plan.iter().map(|(_, p, _)| p.clone()).collect();
+    record(&planned)?;
     let mut created = Vec::new();
     for (dc, path, _) in &plan {
         let backing = match (dc.mode, &dc.backing) {
