@@ -124,7 +124,9 @@ async fn watch(
     let mut paused_at: Option<Instant> = None;
     // A recovery needs time to resend its bitmap before pages flow: no
     // stall is called within four stall periods of one.
-    let mut last_recovery = Instant::now() - RECOVER_EVERY;
+    let mut last_recovery = Instant::now()
+        .checked_sub(RECOVER_EVERY)
+        .unwrap_or_else(Instant::now);
     let mut recovery_failed = false;
     let policy = o.policy_on().then(|| o.policy_config());
     let mut pstate = PolicyState::new(o.initial_downtime_ms());

@@ -25,17 +25,7 @@ use tern_qemu::Qmp;
 
 /// Source: one attempt at resuming a paused post-copy.
 pub async fn recover(agent: &Agent, job: &Job, qmp: &Qmp) -> Result<()> {
-    let links = job.links();
-    let uri = links.peer_uri.ok_or_else(|| {
-        AgentError::Conflict("this migration does not know the destination's address".into())
-    })?;
-    let uri: tern_model::uri::ConnectUri = uri
-        .parse()
-        .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
-    let client = agent
-        .peer_client(&uri)
-        .map_err(|e| AgentError::Failed(e.to_string()))?
-        .with_timeout(Duration::from_secs(15));
+    let client = super::recover::peer_of(agent, job)?.with_timeout(Duration::from_secs(15));
     let req = RecoverRequest {
         version: PROTOCOL_VERSION,
         id: job.id,

@@ -82,13 +82,23 @@ async fn seen(agent: &Agent, domain: &str) -> (QemuSeen, Option<tern_qemu::Qmp>)
     }
 }
 
+/// A client for the other side of `job`, from the URI its record keeps.
+pub(super) fn peer_of(agent: &Agent, job: &Job) -> Result<tern_api::Client> {
+    let uri = job.links().peer_uri.ok_or_else(|| {
+        AgentError::Conflict("this migration does not know the other side's address".into())
+    })?;
+    let uri: tern_model::uri::ConnectUri = uri
+        .parse()
+        .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
+    agent
+        .peer_client(&uri)
+        .map_err(|e| AgentError::Failed(e.to_string()))
+}
+
 /// Asks the other side where the migration stands; `None` when it cannot
 /// be reached (or speaks protocol version 1, which has no query).
 async fn ask(agent: &Agent, job: &Job) -> Option<PeerView> {
-    let uri = job.links().peer_uri?;
-    let uri: tern_model::uri::ConnectUri = uri.parse().ok()?;
-    let client = agent
-        .peer_client(&uri)
+    let client = peer_of(agent, job)
         .ok()?
         .with_timeout(Duration::from_secs(5));
     let req = QueryRequest {
@@ -284,8 +294,7 @@ async fn settle_source(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<bool> {
 /// Tells the destination how the migration ended, as the driver would.
 async fn finish_on_destination(agent: &Agent, job: &Job, success: bool) -> Option<FinishReply> {
     let links = job.links();
-    let uri: tern_model::uri::ConnectUri = links.peer_uri?.parse().ok()?;
-    let client = agent.peer_client(&uri).ok()?;
+    let client = peer_of(agent, job).ok()?;
     let req = FinishRequest {
         version: PROTOCOL_VERSION,
         id: job.id,
