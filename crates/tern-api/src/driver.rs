@@ -38,7 +38,7 @@ pub enum DriveError {
     #[error("destination could not resume the guest: {0}; the guest keeps running on the source")]
     Finish(String),
     /// The destination's answer was lost: the guest may be paused on both.
-    #[error("lost contact with the destination after the memory was sent ({0}); the guest is paused on the source and may be paused on the destination: check the destination, then resume or destroy one copy")]
+    #[error("lost contact with the destination after the memory was sent ({0}); the two agents settle it as soon as they reach each other: the destination keeps the guest if it ran it, otherwise the source resumes it (watch 'tern domjobinfo' on either host)")]
     Unknown(#[source] ClientError),
     /// The final cleanup on the source failed.
     #[error("the guest runs on the destination, but cleaning the source failed: {0}")]

@@ -411,6 +411,12 @@ pub struct QueryReply {
     pub role: Option<crate::phase::Role>,
     /// Where it stands.
     pub view: crate::recovery::PeerView,
+    /// Destination: its guest runs (its Finish ran `cont`). A post-copy may
+    /// be paused only from then on: QEMU cannot recover an incoming copy
+    /// that has not loaded the device state yet. Absent from version-1
+    /// peers' replies, read as `false`.
+    #[serde(default)]
+    pub runs: bool,
 }
 
 #[cfg(test)]
@@ -474,6 +480,7 @@ mod tests {
             id,
             role: Some(crate::Role::Destination),
             view: crate::recovery::PeerView::Prepared { complete: true },
+            runs: false,
         });
         round_trip(&FinishRequest {
             version: PROTOCOL_VERSION,

@@ -32,13 +32,20 @@ impl Which {
     }
 }
 
-/// Two hosts sharing the pool `shared`.
+/// Two hosts sharing the pool `shared`: on loopback, or each in a network
+/// namespace of a [`crate::Lab`] so that a test can cut the link between
+/// them. Fields drop in order: agents (and their QEMUs) first, the
+/// namespaces last.
 pub struct HostPair {
     /// The first host.
     pub a: TernHost,
     /// The second host.
     pub b: TernHost,
     pool: tempfile::TempDir,
+    /// With [`HostPair::start_in_lab`]: the namespaces, where agents talk
+    /// to each other and the driver runs in namespace C, all over TCP, so
+    /// a cut link parts B from both.
+    lab: Option<crate::Lab>,
 }
 
 impl HostPair {
@@ -57,7 +64,44 @@ impl HostPair {
         let b = TernHost::start_with(opts("b", b_args));
         a.add_pool("shared", pool.path(), true);
         b.add_pool("shared", pool.path(), true);
-        HostPair { a, b, pool }
+        HostPair {
+            a,
+            b,
+            pool,
+            lab: None,
+        }
+    }
+
+    /// Starts both agents in the namespaces of a new lab (needs root):
+    /// the API on each one's lab address, migrations on the a–b link.
+    pub fn start_in_lab(name: &str, a_args: &[&str], b_args: &[&str]) -> HostPair {
+        let lab = crate::Lab::start();
+        let pool = tempfile::Builder::new()
+            .prefix("tern-shared-")
+            .tempdir()
+            .expect("shared pool dir");
+        let start = |side: crate::Side, suffix: &str, args: &[&str]| {
+            let mut o = lab.host_options(side, &format!("{name}-{suffix}"));
+            o.extra_args.extend(args.iter().map(|s| s.to_string()));
+            TernHost::start_with(o)
+        };
+        let a = start(crate::Side::A, "a", a_args);
+        let b = start(crate::Side::B, "b", b_args);
+        a.add_pool("shared", pool.path(), true);
+        b.add_pool("shared", pool.path(), true);
+        HostPair {
+            a,
+            b,
+            pool,
+            lab: Some(lab),
+        }
+    }
+
+    /// The lab, for a pair started with [`HostPair::start_in_lab`].
+    pub fn lab(&self) -> &crate::Lab {
+        self.lab
+            .as_ref()
+            .expect("this pair runs on loopback; start it with start_in_lab")
     }
 
     /// The shared pool's directory.
@@ -88,15 +132,28 @@ impl HostPair {
         boot_guest(&self.a, name, workload)
     }
 
-    /// `tern -c FROM migrate FLAGS NAME TO`, as a command to run.
+    /// `tern -c FROM migrate FLAGS NAME TO`, as a command to run: on
+    /// this machine with the agents' local sockets, or, in a lab, from
+    /// namespace C with their TCP addresses.
     pub fn migrate_cmd(&self, from: Which, name: &str, flags: &[&str]) -> Command {
-        let mut c = Command::new(bin("tern"));
+        let (mut c, src, dst) = match &self.lab {
+            None => (
+                Command::new(bin("tern")),
+                self.host(from).uri(),
+                self.host(from.other()).uri(),
+            ),
+            Some(lab) => (
+                lab.cmd(crate::Side::C, &bin("tern").to_string_lossy()),
+                lab.tcp_uri(side(from)),
+                lab.tcp_uri(side(from.other())),
+            ),
+        };
         c.arg("-c")
-            .arg(self.host(from).uri())
+            .arg(src)
             .arg("migrate")
             .args(flags)
             .arg(name)
-            .arg(self.host(from.other()).uri());
+            .arg(dst);
         c
     }
 
@@ -252,6 +309,14 @@ impl HostPair {
             log.failures
         );
         assert!(!log.has("TERN-READY") || log.ready(), "guest rebooted");
+    }
+}
+
+/// The lab side of a host.
+fn side(w: Which) -> crate::Side {
+    match w {
+        Which::A => crate::Side::A,
+        Which::B => crate::Side::B,
     }
 }
 

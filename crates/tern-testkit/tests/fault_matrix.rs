@@ -12,6 +12,7 @@
 
 use std::process::Child;
 use std::time::{Duration, Instant};
+use tern_testkit::netns::skip_unless_root;
 use tern_testkit::pair::{interrupt, kill9, wait_job_active};
 use tern_testkit::{FaultPoint, HostPair, Which};
 
@@ -26,7 +27,15 @@ enum Fault {
     KillDriver,
     /// Ctrl-C on `tern migrate`.
     CtrlC,
+    /// The a–b link goes down for [`CUT_FOR`], in a lab where the agents
+    /// and the driver (in namespace C) talk over TCP: B is parted from
+    /// both.
+    CutLink,
 }
+
+/// How long a cut link stays down: longer than the orphan timeout, so
+/// both sides act on their own before they can talk again.
+const CUT_FOR: Duration = Duration::from_secs(8);
 
 /// When it goes wrong.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +59,9 @@ struct Cell {
 const ORPHAN: &[&str] = &["--orphan-timeout", "3"];
 
 fn run(cell: &Cell) {
+    if matches!(cell.fault, Fault::CutLink) && skip_unless_root(cell.name) {
+        return;
+    }
     let mut a_args: Vec<&str> = ORPHAN.to_vec();
     let mut b_args: Vec<&str> = ORPHAN.to_vec();
     if let Moment::Point(w, point) = cell.moment {
@@ -59,7 +71,11 @@ fn run(cell: &Cell) {
         };
         args.extend(["--fault-stop-at", point]);
     }
-    let mut p = HostPair::start(&cell.name[..cell.name.len().min(24)], &a_args, &b_args);
+    let short = &cell.name[..cell.name.len().min(24)];
+    let mut p = match cell.fault {
+        Fault::CutLink => HostPair::start_in_lab(short, &a_args, &b_args),
+        _ => HostPair::start(short, &a_args, &b_args),
+    };
     // Initials keep QEMU's socket paths under 108 bytes.
     let name: String = cell
         .name
@@ -96,9 +112,14 @@ fn run(cell: &Cell) {
             let _ = driver.kill();
         }
         Fault::CtrlC => interrupt(&driver),
+        Fault::CutLink => p.lab().cut_link(),
     }
     if let Some(fp) = &point {
         fp.release();
+    }
+    if let Fault::CutLink = cell.fault {
+        std::thread::sleep(CUT_FOR);
+        p.lab().restore_link();
     }
     let out = wait_child(&mut driver, Duration::from_secs(120));
     println!("{}: driver said: {out}", cell.name);
@@ -179,6 +200,9 @@ cells! {
     driver_killed_after_prepare: KillDriver, Point(B, "dest-prepared") => A;
     driver_killed_before_cont: KillDriver, Point(B, "dest-before-cont") => B;
     ctrl_c_in_precopy: CtrlC, Precopy => A;
+    link_cut_after_qemu_completed: CutLink, Point(A, "source-completed") => A;
+    link_cut_before_cont: CutLink, Point(B, "dest-before-cont") => B;
+    link_cut_in_confirm: CutLink, Point(A, "source-before-quit") => B;
 }
 
 /// The destination's state directory is full when Prepare must record the

@@ -97,6 +97,11 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
                         "the migration of '{name}' is {status}, not in post-copy; use domjobabort without --postcopy"
                     )));
                 }
+                if !recover::destination_runs(agent, &job).await {
+                    return Err(AgentError::Conflict(format!(
+                        "the destination of '{name}' has not started the guest yet, and QEMU cannot resume a post-copy paused before that; try again in a moment"
+                    )));
+                }
                 job.postcopy_hold.send_replace(true);
                 running_qmp(agent, &name)
                     .await?
