@@ -13,7 +13,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 use tern_testkit::netns::skip_unless_root;
-use tern_testkit::pair::{interrupt, kill9, wait_job_active};
+use tern_testkit::pair::{interrupt, kill9, wait_job_active, wait_mirror_active};
 use tern_testkit::{FaultPoint, HostPair, Which};
 
 /// What goes wrong.
@@ -46,6 +46,19 @@ enum Moment {
     Precopy,
     /// The same, in a `--p2p` migration (the source agent drives).
     PrecopyP2p,
+    /// A `--copy-storage-all` migration of a guest on a local disk, while
+    /// the disk mirror runs (capped at 4 MiB/s).
+    Mirror,
+}
+
+/// The migration flags of a moment (also those of the second migration).
+fn flags(m: Moment) -> &'static [&'static str] {
+    match m {
+        Moment::Precopy => &["--live", "--bandwidth", "16"],
+        Moment::PrecopyP2p => &["--live", "--p2p", "--bandwidth", "16"],
+        Moment::Mirror => &["--live", "--copy-storage-all", "--bandwidth", "4"],
+        Moment::Point(..) => &["--live"],
+    }
 }
 
 struct Cell {
@@ -83,13 +96,14 @@ fn run(cell: &Cell) {
         .filter_map(|w| w.chars().next())
         .collect();
     let name = &format!("fm-{name}");
-    p.boot(name, "tern.mem=48 tern.dirty=0");
-    let flags: &[&str] = match cell.moment {
-        Moment::Precopy => &["--live", "--bandwidth", "16"],
-        Moment::PrecopyP2p => &["--live", "--p2p", "--bandwidth", "16"],
-        Moment::Point(..) => &["--live"],
-    };
-    let mut driver = p.migrate_bg(Which::A, name, flags);
+    let mirror = matches!(cell.moment, Moment::Mirror);
+    if mirror {
+        p.add_local_pools();
+        p.boot_local(name, "tern.mem=48 tern.dirty=0", 16);
+    } else {
+        p.boot(name, "tern.mem=48 tern.dirty=0");
+    }
+    let mut driver = p.migrate_bg(Which::A, name, flags(cell.moment));
     let point = match cell.moment {
         Moment::Point(w, pt) => {
             let fp = FaultPoint::of(p.host(w), pt);
@@ -98,6 +112,10 @@ fn run(cell: &Cell) {
         }
         Moment::Precopy | Moment::PrecopyP2p => {
             wait_job_active(&p.a, name);
+            None
+        }
+        Moment::Mirror => {
+            wait_mirror_active(&p.a, name);
             None
         }
     };
@@ -125,8 +143,27 @@ fn run(cell: &Cell) {
     println!("{}: driver said: {out}", cell.name);
     p.wait_settled_on(cell.expect, name, Duration::from_secs(90));
     p.assert_guest_whole_on(cell.expect, name);
+    let vol = format!("{name}.raw");
+    match (mirror, cell.expect) {
+        (true, Which::A) => {
+            // The rolled-back destination deleted the volume it created.
+            let vols = p.b.ok(&["vol-list", "images"]);
+            assert!(!vols.contains(&vol), "{vols}");
+        }
+        (true, Which::B) => {
+            // As with virsh, the source keeps its (now stale) disk; the
+            // way back needs the name free.
+            p.a.ok(&["vol-delete", &vol, "--pool", "images"]);
+        }
+        _ => {}
+    }
     // And it moves again.
-    let again = p.migrate(cell.expect, name, &["--live"]);
+    let again_flags: &[&str] = if mirror {
+        &["--live", "--copy-storage-all"]
+    } else {
+        &["--live"]
+    };
+    let again = p.migrate(cell.expect, name, again_flags);
     assert!(
         again.status.success(),
         "{}: second migration failed: {}\n{}",
@@ -203,6 +240,10 @@ cells! {
     link_cut_after_qemu_completed: CutLink, Point(A, "source-completed") => A;
     link_cut_before_cont: CutLink, Point(B, "dest-before-cont") => B;
     link_cut_in_confirm: CutLink, Point(A, "source-before-quit") => B;
+    source_agent_killed_in_mirror: KillAgent(A), Mirror => A;
+    dest_agent_killed_in_mirror: KillAgent(B), Mirror => B;
+    dest_qemu_killed_in_mirror: KillQemu(B), Mirror => A;
+    driver_killed_in_mirror: KillDriver, Mirror => B;
 }
 
 /// The destination's state directory is full when Prepare must record the
@@ -264,4 +305,38 @@ fn dest_state_dir_full_in_finish() {
         String::from_utf8_lossy(&again.stderr)
     );
     p.wait_settled_on(Which::A, name, Duration::from_secs(60));
+}
+
+/// The destination's pool has room for the volume Prepare creates (raw
+/// and sparse) but not for what the mirror writes into it: the mirror
+/// fails, the guest keeps running on the source, the destination deletes
+/// the volume it created, and the error names what ran out.
+#[test]
+fn dest_pool_fills_during_mirror() {
+    let mut p = HostPair::start("poolfull", ORPHAN, ORPHAN);
+    let name = "poolfull";
+    let (_, ib) = p.add_local_pools();
+    p.boot_local(name, "tern.mem=48 tern.dirty=0", 16);
+    let full = tern_testkit::pair::FullDir::small(&ib, 2048);
+    let out = p.migrate(Which::A, name, &["--live", "--copy-storage-all"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrated into a full pool");
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
+    p.wait_settled_on(Which::A, name, Duration::from_secs(60));
+    p.assert_guest_whole_on(Which::A, name);
+    let vols = p.b.ok(&["vol-list", "images"]);
+    assert!(!vols.contains(&format!("{name}.raw")), "{vols}");
+    drop(full);
+    let again = p.migrate(Which::A, name, &["--live", "--copy-storage-all"]);
+    assert!(
+        again.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&again.stderr),
+        p.events(name)
+    );
+    p.wait_settled_on(Which::B, name, Duration::from_secs(60));
+    p.assert_guest_whole_on(Which::B, name);
 }

@@ -423,6 +423,8 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
             // cut by a cancel): end the job rather than leave it in Finish,
             // where it would refuse every later migration of this guest.
             job.event("the incoming guest is gone already");
+            job.close_tunnel(true);
+            remove_created(&job);
             job.advance(Phase::Failed)?;
             agent.jobs.finish(&job);
             if req.success {

@@ -296,6 +296,9 @@ async fn settle_source(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<bool> {
                 continue;
             }
             SourceAction::Resume | SourceAction::EndFailed => {
+                if let Some(q) = &qmp {
+                    super::storage::abandon_left_over(q).await;
+                }
                 if let Some(slot) = &slot {
                     super::source::resume_after_failure(slot, job).await;
                 }
