@@ -203,6 +203,7 @@ pub async fn complete(
     // Poll the source until QEMU is done (or in post-copy, when the
     // destination must run at once to serve page faults).
     let mut finished: Option<FinishReply> = None;
+    let mut in_postcopy = false;
     let info = loop {
         // A long poll: the source answers the moment QEMU's state changes,
         // so the destination resumes without a polling delay.
@@ -215,6 +216,15 @@ pub async fn complete(
             .await
         {
             Ok(i) => i,
+            Err(e) if in_postcopy => {
+                // The guest runs on the destination and pulls its missing
+                // pages from the source QEMU: nothing may be rolled back.
+                // The source agent, once back, serves the post-copy to its
+                // end (or recovers it) by itself.
+                return Err(DriveError::Perform(format!(
+                    "lost contact with the source during post-copy ({e}); the guest runs on the destination, and the source agent finishes the post-copy when it is back"
+                )));
+            }
             Err(e) => {
                 // The source agent is unreachable: we cannot know QEMU's
                 // state, so the destination must not resume.
@@ -225,6 +235,7 @@ pub async fn complete(
             }
         };
         on_progress(&info);
+        in_postcopy |= info.qemu_status.is_postcopy();
         if info.qemu_status.is_postcopy() && finished.is_none() {
             match finish(true).await {
                 Ok(f) => finished = Some(f),

@@ -13,7 +13,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 use tern_testkit::netns::skip_unless_root;
-use tern_testkit::pair::{interrupt, kill9, wait_job_active, wait_mirror_active};
+use tern_testkit::pair::{interrupt, kill9, try_state, wait_job_active, wait_mirror_active};
 use tern_testkit::{FaultPoint, HostPair, Which};
 
 /// What goes wrong.
@@ -49,6 +49,18 @@ enum Moment {
     /// A `--copy-storage-all` migration of a guest on a local disk, while
     /// the disk mirror runs (capped at 4 MiB/s).
     Mirror,
+    /// Post-copy, once the destination runs the guest: a guest dirtying
+    /// 40 MiB/s, switched after one pre-copy pass, pages pulled at 4 MiB/s.
+    Postcopy,
+}
+
+/// The flags of a second migration after the fault.
+fn again_flags(m: Moment) -> &'static [&'static str] {
+    match m {
+        Moment::Mirror => &["--live", "--copy-storage-all"],
+        Moment::Postcopy => &["--live", "--postcopy", "--postcopy-after-precopy"],
+        _ => &["--live"],
+    }
 }
 
 /// The migration flags of a moment (also those of the second migration).
@@ -57,6 +69,16 @@ fn flags(m: Moment) -> &'static [&'static str] {
         Moment::Precopy => &["--live", "--bandwidth", "16"],
         Moment::PrecopyP2p => &["--live", "--p2p", "--bandwidth", "16"],
         Moment::Mirror => &["--live", "--copy-storage-all", "--bandwidth", "4"],
+        Moment::Postcopy => &[
+            "--live",
+            "--postcopy",
+            "--postcopy-after-precopy",
+            "--no-policy",
+            "--bandwidth",
+            "20",
+            "--postcopy-bandwidth",
+            "4",
+        ],
         Moment::Point(..) => &["--live"],
     }
 }
@@ -100,6 +122,8 @@ fn run(cell: &Cell) {
     if mirror {
         p.add_local_pools();
         p.boot_local(name, "tern.mem=48 tern.dirty=0", 16);
+    } else if let Moment::Postcopy = cell.moment {
+        p.boot(name, "tern.mem=64 tern.dirty=40 tern.verify_rate=32");
     } else {
         p.boot(name, "tern.mem=48 tern.dirty=0");
     }
@@ -116,6 +140,10 @@ fn run(cell: &Cell) {
         }
         Moment::Mirror => {
             wait_mirror_active(&p.a, name);
+            None
+        }
+        Moment::Postcopy => {
+            wait_postcopy_running(&p, name);
             None
         }
     };
@@ -158,12 +186,7 @@ fn run(cell: &Cell) {
         _ => {}
     }
     // And it moves again.
-    let again_flags: &[&str] = if mirror {
-        &["--live", "--copy-storage-all"]
-    } else {
-        &["--live"]
-    };
-    let again = p.migrate(cell.expect, name, again_flags);
+    let again = p.migrate(cell.expect, name, again_flags(cell.moment));
     assert!(
         again.status.success(),
         "{}: second migration failed: {}\n{}",
@@ -179,6 +202,22 @@ fn run(cell: &Cell) {
         .host(cell.expect)
         .ok(&["domjobinfo", name, "--completed", "--json"]);
     assert!(done.contains("\"completed\""), "{done}");
+}
+
+/// Waits until the source's QEMU is in post-copy and the destination runs
+/// the guest (its Finish is done), with pages still to pull.
+fn wait_postcopy_running(p: &HostPair, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = p.a.ok(&["domjobinfo", name, "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
+        let runs = try_state(&p.b, name).is_ok_and(|s| s.starts_with("running"));
+        if j["qemu_status"] == "postcopy-active" && runs {
+            return;
+        }
+        assert!(Instant::now() < deadline, "post-copy never ran: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits for the driver to end (killing it after `timeout`); its exit
@@ -244,6 +283,8 @@ cells! {
     dest_agent_killed_in_mirror: KillAgent(B), Mirror => B;
     dest_qemu_killed_in_mirror: KillQemu(B), Mirror => A;
     driver_killed_in_mirror: KillDriver, Mirror => B;
+    source_agent_killed_in_postcopy: KillAgent(A), Postcopy => B;
+    dest_agent_killed_in_postcopy: KillAgent(B), Postcopy => B;
 }
 
 /// The destination's state directory is full when Prepare must record the

@@ -204,6 +204,29 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     }
 }
 
+/// A driver that lost Finish's reply (the connection, or this agent, died
+/// after `cont`) asks again: the guest already runs here, and the answer
+/// stands.
+fn repeated_finish(agent: &Agent, req: &FinishRequest) -> Option<FinishReply> {
+    use super::job::Found;
+    if !req.success {
+        return None;
+    }
+    let runs_here = match agent.jobs.by_id(req.id)? {
+        Found::Running(j) => {
+            j.role == Role::Destination
+                && matches!(j.phase(), Phase::Finish | Phase::Completed)
+                && j.links().owns
+        }
+        Found::Done(r) => r.role == Role::Destination && r.phase == Phase::Completed,
+    };
+    runs_here.then(|| FinishReply {
+        version: PROTOCOL_VERSION,
+        resumed: true,
+        error: None,
+    })
+}
+
 pub(super) fn remove_created(job: &Job) {
     let files = std::mem::take(&mut *job.created.lock().unwrap_or_else(|p| p.into_inner()));
     if !files.is_empty() {
@@ -384,6 +407,9 @@ pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
 /// Finish: resume the guest here if the source completed, else discard.
 pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishReply> {
     check_version(req.version).map_err(invalid)?;
+    if let Some(reply) = repeated_finish(agent, &req) {
+        return Ok(reply);
+    }
     let job = agent.jobs.get_id(&req.name, req.id)?;
     job.touch();
     job.advance(Phase::Finish)?;
