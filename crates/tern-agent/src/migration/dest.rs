@@ -220,7 +220,7 @@ fn repeated_finish(agent: &Agent, req: &FinishRequest) -> Option<FinishReply> {
         }
         Found::Done(r) => r.role == Role::Destination && r.phase == Phase::Completed,
     };
-    runs_here.then(|| FinishReply {
+    runs_here.then_some(FinishReply {
         version: PROTOCOL_VERSION,
         resumed: true,
         error: None,
