@@ -17,6 +17,7 @@ pub mod faults;
 pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;
+pub mod hotplug;
 pub mod launch;
 pub mod limits;
 pub mod listen;
@@ -50,6 +51,8 @@ pub struct Agent {
     pub pools: pools::Pools,
     /// Migration jobs.
     pub jobs: migration::Jobs,
+    /// Device removals the guests have not acknowledged yet.
+    pub unplugs: hotplug::Pending,
     /// QEMU version string.
     pub qemu_version: String,
     /// Machine types QEMU knows, with aliases.
@@ -84,6 +87,7 @@ impl Agent {
             domains: Registry::default(),
             pools,
             jobs,
+            unplugs: Default::default(),
             qemu_version,
             machines,
             host_tag,

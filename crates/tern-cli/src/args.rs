@@ -44,6 +44,9 @@ pub enum Cmd {
     /// Cluster verbs (answered by tern-controller).
     #[command(flatten)]
     Cluster(crate::cluster::ClusterCmd),
+    /// Device hot-plug verbs (attach-device, detach-interface...).
+    #[command(flatten)]
+    Device(crate::device::DeviceCmd),
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.

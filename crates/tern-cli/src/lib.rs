@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod cluster;
+pub mod device;
 mod domain;
 pub mod migrate;
 mod netfs_args;
@@ -101,6 +102,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cmd {
         Cmd::SrvInfo { json } => srv_info(&client, json).await,
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
+        Cmd::Device(d) => device::run(&client, d).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

@@ -28,6 +28,8 @@ impl Request {
             | Request::Reboot { .. }
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
+            | Request::AttachDevice { .. }
+            | Request::DetachDevice { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -138,6 +140,22 @@ mod tests {
             (Request::Destroy { name: n() }, false),
             (Request::Reboot { name: n() }, false),
             (Request::InjectNmi { name: n() }, false),
+            (
+                Request::AttachDevice {
+                    name: n(),
+                    xml: n(),
+                    flags: Default::default(),
+                },
+                false,
+            ),
+            (
+                Request::DetachDevice {
+                    name: n(),
+                    xml: n(),
+                    flags: Default::default(),
+                },
+                false,
+            ),
             (
                 Request::QemuAgentCommand {
                     name: n(),
@@ -383,6 +401,8 @@ mod tests {
             | Request::Reboot { .. }
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
+            | Request::AttachDevice { .. }
+            | Request::DetachDevice { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -429,9 +449,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 29 plain requests + 20 migration requests (+1 for compcache's
+        // 31 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 31 + 20 + 1);
+        assert_eq!(all.len(), 33 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
