@@ -134,3 +134,87 @@ fn a_detach_waits_for_the_guest_and_a_pending_one_refuses_migration() {
     p.wait_settled_on(Which::B, name, Duration::from_secs(60));
     p.assert_guest_whole_on(Which::B, name);
 }
+
+/// The walk-through's `attach-interface --type bridge`, then a live
+/// migration: the guest configures the NIC when it appears, answers ping
+/// through it from a third namespace, and still does on the destination,
+/// where the NIC sits at the same PCI address. Needs root.
+#[test]
+fn an_attached_interface_answers_ping_before_and_after_migration() {
+    use tern_testkit::netns::skip_unless_root;
+    use tern_testkit::pair::LabPair;
+    use tern_testkit::Side;
+    if skip_unless_root("an_attached_interface_answers_ping_before_and_after_migration") {
+        return;
+    }
+    let p = LabPair::start("hpnic", &[]);
+    let name = "hpnic";
+    let ip = p.lab.addr(51);
+    let mac = format!("52:54:00:78:{:02x}:33", p.lab.subnet());
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let spec = GuestSpec::new(name, &img)
+        .workload(&format!("tern.mem=32 tern.ip={ip}/24 tern.net_hotplug=1"));
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", name]);
+    wait_ready(&p.a, name, 3);
+    assert!(
+        !p.lab.ping_once(Side::C, ip),
+        "the guest answered before it had a NIC"
+    );
+    let out = p.a.ok(&[
+        "attach-interface",
+        name,
+        "--type",
+        "bridge",
+        "--source",
+        "br0",
+        "--model",
+        "virtio",
+        "--mac",
+        &mac,
+        "--live",
+    ]);
+    assert!(out.contains("attached successfully"), "{out}");
+    assert!(
+        p.lab.wait_ping(Side::C, ip, Duration::from_secs(30)),
+        "the guest never answered ping through its attached NIC"
+    );
+    let nic = |h: &TernHost| {
+        let xml = h.ok(&["dumpxml", name]);
+        let at = xml.find("<interface").expect("an interface in dumpxml");
+        let rest = &xml[at..];
+        rest[..rest.find("</interface>").unwrap()].to_string()
+    };
+    let before = nic(&p.a);
+    assert!(
+        before.contains(&mac) && before.contains("<address"),
+        "{before}"
+    );
+
+    let m = p.a.tern(&["migrate", "--live", name, &p.b.uri()]);
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    assert_eq!(nic(&p.b), before);
+    assert!(
+        p.lab.wait_ping(Side::C, ip, Duration::from_secs(20)),
+        "no ping through the NIC after the migration"
+    );
+    let text = p.b.ok(&["console", name]);
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+
+    // And it goes away when asked, acknowledged by the guest.
+    let out = p.b.ok(&[
+        "detach-interface",
+        name,
+        "--type",
+        "bridge",
+        "--mac",
+        &mac,
+        "--live",
+    ]);
+    assert!(out.contains("detached successfully"), "{out}");
+    assert!(!p.b.ok(&["dumpxml", name]).contains("<interface"));
+    assert!(
+        !p.lab.ping_once(Side::C, ip),
+        "ping answered after the NIC was removed"
+    );
+}

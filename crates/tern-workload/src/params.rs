@@ -126,6 +126,8 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
             "ignore_acpi" => flag(&key, value).map(|b| p.ignore_acpi = b),
             // Read by the guest's /init, which drives the watchdog.
             "watchdog_stall" => number(&key, value, 1, 3600).map(|_| ()),
+            // Read by the guest's /init, which configures a NIC plugged in later.
+            "net_hotplug" => flag(&key, value).map(|_| ()),
             _ => Err(format!("unknown parameter {key}, ignoring it")),
         };
         if let Err(w) = result {
