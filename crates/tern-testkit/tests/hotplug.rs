@@ -218,3 +218,46 @@ fn an_attached_interface_answers_ping_before_and_after_migration() {
         "ping answered after the NIC was removed"
     );
 }
+
+/// The same with the disk in A's local pool, copied along by
+/// `--copy-storage-all`: the mirror covers a disk that arrived live.
+#[test]
+fn an_attached_local_disk_is_copied_along_and_verified_there() {
+    let mut p = HostPair::start("hpcopy", &[], &[]);
+    let name = "hpcopy";
+    let dir = tempfile::tempdir().unwrap();
+    p.add_local_pools();
+    boot_diskless(&p, name);
+    p.a.ok(&["vol-create-as", "images", "hc.raw", "16M"]);
+    let path = p.a.ok(&["vol-path", "hc.raw", "--pool", "images"]);
+    let xml = dir.path().join("vda.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>\
+             <source file='{}'/><target dev='vda' bus='virtio'/></disk>",
+            path.trim()
+        ),
+    )
+    .unwrap();
+    p.a.ok(&["attach-device", name, &xml.display().to_string(), "--live"]);
+    p.a.wait_console(name, Duration::from_secs(90), "disk checks", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") >= 2
+    });
+    let addr = address_of(&p.a, name, "vda");
+    let m = p.migrate(Which::A, name, &["--live", "--copy-storage-all"]);
+    assert!(
+        m.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&m.stderr),
+        p.events(name)
+    );
+    p.wait_settled_on(Which::B, name, Duration::from_secs(60));
+    assert_eq!(address_of(&p.b, name, "vda"), addr);
+    assert!(p.b.ok(&["vol-list", "images"]).contains("hc.raw"));
+    let before = disk_oks(&p.b, name);
+    p.b.wait_console(name, Duration::from_secs(90), "disk checks there", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") > before
+    });
+    p.assert_guest_whole_on(Which::B, name);
+}

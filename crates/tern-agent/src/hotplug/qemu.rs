@@ -32,9 +32,11 @@ pub(super) async fn plug(
         .ok_or_else(|| super::not_running(&slot.name))?;
     let mut live = run.live.clone();
     super::add_to(&mut live, dev)?;
+    // What QEMU opens: volume disks become the files or URLs of their pool.
+    let resolved = agent.pools.resolve_disks(&live).await?;
     let placed = match dev {
         HotDevice::Disk(d) => {
-            plug_disk(&run.qmp, &live, &d.target_dev).await?;
+            plug_disk(&run.qmp, &resolved, &d.target_dev).await?;
             let at = live
                 .devices
                 .disks
@@ -51,7 +53,7 @@ pub(super) async fn plug(
                 Accel::Tcg
             };
             let run_dir = agent.layout.run_dir(&slot.name);
-            if let Some(tap) = plug_nic(agent, &run.qmp, &live, at, accel, run_dir).await? {
+            if let Some(tap) = plug_nic(agent, &run.qmp, &resolved, at, accel, run_dir).await? {
                 run.taps.push(tap);
             }
             HotDevice::Interface(live.devices.interfaces[at].clone())

@@ -47,7 +47,14 @@ fn split_opts(s: &str) -> Vec<String> {
 /// `driver=file,cache.direct=on,...` as a JSON object; dotted keys nest.
 /// A leading bare word is the value of `implied` (`tap,id=...` is
 /// `type=tap,id=...`).
+/// A string already in QEMU's JSON syntax (`-blockdev {"driver":...}`, as
+/// network disks are written) is parsed as it is.
 pub fn opts_to_json(s: &str, implied: &str) -> Value {
+    if s.trim_start().starts_with('{') {
+        if let Ok(v) = serde_json::from_str(s) {
+            return v;
+        }
+    }
     let mut root = Map::new();
     for (n, part) in split_opts(s).into_iter().enumerate() {
         let (key, val) = match part.split_once('=') {
