@@ -315,6 +315,8 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
                     .iter()
                     .filter_map(|i| match &i.kind {
                         InterfaceKind::Bridge { bridge } => Some(bridge.clone()),
+                        // Matched against the networks hosts define.
+                        InterfaceKind::Network { network } => Some(format!("network:{network}")),
                         InterfaceKind::User => None,
                     })
                     .collect()
@@ -340,7 +342,16 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
         api_uri: api_uri.to_string(),
         facts,
         pools,
-        networks: bridges(),
+        networks: bridges()
+            .into_iter()
+            .chain(
+                agent
+                    .networks
+                    .list()
+                    .into_iter()
+                    .map(|n| format!("network:{}", n.name)),
+            )
+            .collect(),
         labels: agent.cfg.labels.iter().cloned().collect(),
         domains,
     }

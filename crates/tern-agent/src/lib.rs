@@ -25,6 +25,7 @@ pub mod migration;
 pub mod monitor;
 pub mod netdev;
 pub mod netfs;
+pub mod networks;
 pub mod pools;
 pub mod procs;
 pub mod registry;
@@ -53,6 +54,8 @@ pub struct Agent {
     pub jobs: migration::Jobs,
     /// Device removals the guests have not acknowledged yet.
     pub unplugs: hotplug::Pending,
+    /// Networks: names for host bridges.
+    pub networks: networks::Networks,
     /// QEMU version string.
     pub qemu_version: String,
     /// Machine types QEMU knows, with aliases.
@@ -81,6 +84,7 @@ impl Agent {
         let machines = tern_qemu::probe::machine_types(&cfg.qemu_binary).await?;
         let host_tag = short_hash(&cfg.state_dir.display().to_string());
         let pools = pools::Pools::load(layout.pools());
+        let networks = networks::Networks::load(layout.networks());
         let (jobs, unfinished) = migration::Jobs::open(layout.jobs());
         let agent = Arc::new(Agent {
             layout,
@@ -88,6 +92,7 @@ impl Agent {
             pools,
             jobs,
             unplugs: Default::default(),
+            networks,
             qemu_version,
             machines,
             host_tag,

@@ -122,3 +122,15 @@ pub struct DeviceFlags {
     #[serde(default)]
     pub persistent: bool,
 }
+
+/// A network of a host (`net-list`, `net-info`): a name guests use for a
+/// host bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The name `<source network=...>` uses.
+    pub name: String,
+    /// The host bridge.
+    pub bridge: String,
+    /// Whether the bridge exists on the host now.
+    pub active: bool,
+}

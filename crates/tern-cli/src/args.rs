@@ -47,6 +47,9 @@ pub enum Cmd {
     /// Device hot-plug verbs (attach-device, detach-interface...).
     #[command(flatten)]
     Device(crate::device::DeviceCmd),
+    /// Network verbs (net-define-as, net-list...).
+    #[command(flatten)]
+    Net(crate::network::NetCmd),
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.

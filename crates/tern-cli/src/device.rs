@@ -61,10 +61,10 @@ pub enum DeviceCmd {
     AttachInterface {
         /// Domain name or uuid.
         domain: String,
-        /// Interface type: bridge, or user.
+        /// Interface type: network, bridge, or user.
         #[arg(long = "type")]
         kind: String,
-        /// The host bridge (with --type bridge).
+        /// The network (--type network) or host bridge (--type bridge).
         #[arg(long)]
         source: Option<String>,
         /// NIC model, e.g. virtio (the default), e1000.
@@ -109,6 +109,12 @@ pub fn interface_xml(
     let mut x = format!("<interface type='{}'>", esc(kind));
     match (kind, source) {
         ("bridge", Some(br)) => x.push_str(&format!("<source bridge='{}'/>", esc(br))),
+        ("network", Some(n)) => x.push_str(&format!("<source network='{}'/>", esc(n))),
+        ("network", None) => {
+            return Err(CliError::Usage(
+                "--type network needs --source NETWORK (see tern net-list)".into(),
+            ))
+        }
         ("bridge", None) => {
             return Err(CliError::Usage(
                 "--type bridge needs --source BRIDGE".into(),
@@ -117,7 +123,7 @@ pub fn interface_xml(
         ("user", _) => {}
         (other, _) => {
             return Err(CliError::Usage(format!(
-                "interface type '{other}' is not supported; use bridge or user"
+                "interface type '{other}' is not supported; use network, bridge or user"
             )))
         }
     }
@@ -179,7 +185,7 @@ pub async fn run(c: &Client, cmd: DeviceCmd) -> Result<()> {
             Request::DetachDevice {
                 name: domain,
                 // Only the MAC names the interface to remove.
-                xml: interface_xml(&kind, Some("br0"), None, mac.as_deref())?,
+                xml: interface_xml(&kind, Some("any"), None, mac.as_deref())?,
                 flags: scope.into(),
             }
         }

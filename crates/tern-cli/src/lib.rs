@@ -7,6 +7,7 @@ pub mod device;
 mod domain;
 pub mod migrate;
 mod netfs_args;
+pub mod network;
 pub mod pki;
 mod proxy;
 mod storage;
@@ -103,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::SrvInfo { json } => srv_info(&client, json).await,
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         Cmd::Device(d) => device::run(&client, d).await,
+        Cmd::Net(n) => network::run(&client, n).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

@@ -33,7 +33,9 @@ pub(super) async fn plug(
     let mut live = run.live.clone();
     super::add_to(&mut live, dev)?;
     // What QEMU opens: volume disks become the files or URLs of their pool.
-    let resolved = agent.pools.resolve_disks(&live).await?;
+    let resolved = agent
+        .networks
+        .resolve(&agent.pools.resolve_disks(&live).await?)?;
     let placed = match dev {
         HotDevice::Disk(d) => {
             plug_disk(&run.qmp, &resolved, &d.target_dev).await?;
@@ -131,7 +133,7 @@ async fn plug_nic(
             });
             Some(name)
         }
-        InterfaceKind::User => {
+        InterfaceKind::User | InterfaceKind::Network { .. } => {
             nets.push(NetBackend::User);
             None
         }

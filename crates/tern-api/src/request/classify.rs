@@ -19,6 +19,8 @@ impl Request {
             | Request::PoolInfo { .. }
             | Request::VolList { .. }
             | Request::VolInfo { .. }
+            | Request::NetList
+            | Request::NetInfo { .. }
             | Request::ServerInfo => true,
             Request::Define { .. }
             | Request::Create { .. }
@@ -30,6 +32,8 @@ impl Request {
             | Request::InjectNmi { .. }
             | Request::AttachDevice { .. }
             | Request::DetachDevice { .. }
+            | Request::NetDefineAs { .. }
+            | Request::NetUndefine { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -140,6 +144,16 @@ mod tests {
             (Request::Destroy { name: n() }, false),
             (Request::Reboot { name: n() }, false),
             (Request::InjectNmi { name: n() }, false),
+            (
+                Request::NetDefineAs {
+                    name: n(),
+                    bridge: n(),
+                },
+                false,
+            ),
+            (Request::NetUndefine { name: n() }, false),
+            (Request::NetList, true),
+            (Request::NetInfo { name: n() }, true),
             (
                 Request::AttachDevice {
                     name: n(),
@@ -403,6 +417,10 @@ mod tests {
             | Request::InjectNmi { .. }
             | Request::AttachDevice { .. }
             | Request::DetachDevice { .. }
+            | Request::NetDefineAs { .. }
+            | Request::NetUndefine { .. }
+            | Request::NetList
+            | Request::NetInfo { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -449,9 +467,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 31 plain requests + 20 migration requests (+1 for compcache's
+        // 35 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 33 + 20 + 1);
+        assert_eq!(all.len(), 37 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
