@@ -308,7 +308,9 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
                 })
             })
             .collect();
-        let networks = tern_model::xml::parse_domain(&xml)
+        let parsed = tern_model::xml::parse_domain(&xml);
+        let machine = parsed.as_ref().ok().and_then(|d| d.os.machine.clone());
+        let networks = parsed
             .map(|d| {
                 d.devices
                     .interfaces
@@ -330,6 +332,7 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
             memory_mib: info.max_memory_kib / 1024,
             disks,
             networks,
+            machine,
             xml,
         });
     }

@@ -211,7 +211,13 @@ impl Agent {
     /// Host facts.
     pub async fn facts(&self) -> tern_model::HostFacts {
         let accel = self.accel().await.accel.clone();
-        facts::gather(&self.qemu_version, &accel, &self.cfg.fact_overrides)
+        let mut f = facts::gather(&self.qemu_version, &accel, &self.cfg.fact_overrides);
+        f.machines = self
+            .machines
+            .iter()
+            .flat_map(|(name, alias)| std::iter::once(name.clone()).chain(alias.clone()))
+            .collect();
+        f
     }
 }
 

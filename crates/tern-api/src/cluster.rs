@@ -201,6 +201,9 @@ pub struct DomainReport {
     pub disks: Vec<DiskReport>,
     /// Bridges its interfaces join.
     pub networks: Vec<String>,
+    /// Its machine type (the versioned one it was pinned to at start).
+    #[serde(default)]
+    pub machine: Option<String>,
     /// Its definition as libvirt XML.
     pub xml: String,
 }

@@ -492,6 +492,7 @@ mod tests {
                     bytes: 1 << 20,
                 }],
                 networks: vec![],
+                machine: None,
                 xml: String::new(),
             },
             host: "a".into(),
