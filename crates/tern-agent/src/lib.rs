@@ -178,12 +178,14 @@ impl Agent {
     }
 
     /// A client for another agent: over tern+tls:// it presents this
-    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does.
+    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does. URIs
+    /// reach an agent from others (drivers, the controller), so `ssh` and
+    /// `?pkipath=` / `?command=` are refused (see [`tern_api::peer`]).
     pub fn peer_client(
         &self,
         uri: &tern_model::uri::ConnectUri,
     ) -> Result<tern_api::Client, tern_api::ClientError> {
-        tern_api::Client::from_uri_with_pki(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
+        tern_api::peer::client(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
     }
 
     /// The TLS server configuration from `--pki-dir` (servercert.pem,

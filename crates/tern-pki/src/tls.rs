@@ -191,6 +191,84 @@ pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> 
     cn.as_str().ok().map(str::to_string)
 }
 
+/// Who a verified peer certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The common name.
+    pub cn: String,
+    /// Whether the certificate is a host's (OU [`crate::issue::HOST_OU`]).
+    pub host: bool,
+    /// The subject as QEMU's `tls-authz` sees it (GnuTLS's RFC 4514
+    /// string, most specific attribute first: `CN=a,OU=...,O=Tern`).
+    pub dn: String,
+}
+
+/// The identity in the peer's end-entity certificate, if it has a CN.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
+    let der = certs?.first()?;
+    identity_of(der.as_ref())
+}
+
+/// The identity in one DER certificate.
+pub fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let host = subject
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().ok() == Some(crate::issue::HOST_OU));
+    Some(PeerIdentity {
+        cn,
+        host,
+        dn: rfc4514(subject),
+    })
+}
+
+/// The identity of the first certificate of a PEM file (this host's own
+/// `clientcert.pem`, say).
+pub fn identity_of_file(path: &Path) -> Result<PeerIdentity, TlsError> {
+    let certs = load_certs(path)?;
+    identity_of(certs[0].as_ref()).ok_or_else(|| TlsError::Empty {
+        path: path.to_path_buf(),
+        what: "certificate with a common name",
+    })
+}
+
+/// A subject as RFC 4514 writes it: attributes in reverse order, `,`
+/// between them, special characters escaped.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for rdn in name.iter() {
+        for a in rdn.iter() {
+            let key = match a.attr_type().to_id_string().as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.11" => "OU",
+                "2.5.4.10" => "O",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                other => return format!("unsupported attribute {other}"),
+            };
+            let v = a.as_str().unwrap_or("");
+            let mut esc = String::new();
+            for (i, c) in v.chars().enumerate() {
+                if ",+\"<>;=".contains(c) || (i == 0 && (c == '#' || c == ' ')) {
+                    esc.push('\\');
+                }
+                esc.push(c);
+            }
+            parts.push(format!("{key}={esc}"));
+        }
+    }
+    parts.reverse();
+    parts.join(",")
+}
+
 /// Which end of a handshake is explaining a failure: the same rustls error
 /// means "your certificate" on one side and "theirs" on the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

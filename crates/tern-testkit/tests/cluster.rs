@@ -494,20 +494,9 @@ fn a_host_shutting_down_moves_its_running_servers_away_first() {
 
 #[test]
 fn enable_tls_migrates_over_qemus_tls() {
-    let pki = tern_testkit::pki::TestPki::new();
     let c = TestController::file(&[]);
-    let join = |name: &str| {
-        TestController::join(
-            &[&c],
-            tern_testkit::HostOptions {
-                name: name.into(),
-                pki_dir: Some(pki.agent(name, "127.0.0.1", &format!("host-{name}"))),
-                ..Default::default()
-            },
-        )
-    };
-    let a = join("a");
-    let b = join("b");
+    let a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
     let _pool = shared_pool(&[&a, &b]);
     boot(&a, "vm", Some("shared"), 128);
     wait_server(&c, "vm", "a", "running");

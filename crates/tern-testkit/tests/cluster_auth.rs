@@ -1,0 +1,139 @@
+//! The cluster on mutual TLS with real processes: `tern-controller`,
+//! `ternd` agents and `tern`, each with certificates from the cluster's
+//! `tern pki` CA (see `TestController`). Who gets in, what each identity
+//! may do, and that a host's certificate is its name.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+use tern_testkit::pki::TestPki;
+use tern_testkit::{HostOptions, TernHost, TestController};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn stderr_of_failure(o: Output, what: &str) -> String {
+    assert!(
+        !o.status.success(),
+        "{what} should have been refused but printed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn wait_log(c: &TestController, what: &str, needle: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; controller log:\n{}",
+            tern_testkit::tail(&log, 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn clients_without_a_certificate_of_the_cluster_ca_are_refused() {
+    let c = TestController::file(&[]);
+    // The operator gets in.
+    c.ok(&["host-list"]);
+    // No certificate at all: the client cannot even load one.
+    let empty = tempfile::tempdir().unwrap();
+    let e = stderr_of_failure(c.tern_as(empty.path(), &["host-list"]), "no certificate");
+    assert!(
+        e.contains("cannot set up TLS") || e.contains("certificate"),
+        "{e}"
+    );
+    // A certificate of another CA with the same names.
+    let other = TestPki::new();
+    let dir = other.client("admin", "admin");
+    // Trust the cluster's CA for the server, present the foreign client cert.
+    std::fs::copy(c.pki.ca().join("cacert.pem"), dir.join("cacert.pem")).unwrap();
+    let e = stderr_of_failure(c.tern_as(&dir, &["host-list"]), "foreign CA");
+    assert!(e.contains("not signed by the server's CA"), "{e}");
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = c.url.replace("https://", "http://");
+    let o = std::process::Command::new(tern_testkit::bin("tern"))
+        .args(["--controller", &plain, "host-list"])
+        .output()
+        .unwrap();
+    stderr_of_failure(o, "plain HTTP");
+}
+
+#[test]
+fn read_only_and_host_identities_cannot_migrate_or_evacuate() {
+    let c = TestController::file(&[]);
+    let a = TestController::host(&[&c], "a", &[]);
+    c.wait_json(&["host-list"], LONG, "host a", |v| {
+        v.as_array().is_some_and(|h| h.len() == 1)
+    });
+    let viewer = c.pki.dir("viewer");
+    let list = c.tern_as(&viewer, &["host-list"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    for verb in [
+        &["server-live-migrate", "vm"][..],
+        &["server-migrate", "vm"][..],
+        &["host-maintenance", "a"][..],
+        &[
+            "host-auto-migrate-on-host-down",
+            "a",
+            "--auto-migrate-on-host-down",
+            "enable",
+        ][..],
+    ] {
+        let e = stderr_of_failure(c.tern_as(&viewer, verb), verb[0]);
+        assert!(e.contains("read-only identity"), "{verb:?}: {e}");
+    }
+    // A host's own certificate (the agent's) cannot act as an operator.
+    let host_dir = a.opts.pki_dir.clone().unwrap();
+    let e = stderr_of_failure(
+        c.tern_as(&host_dir, &["host-maintenance", "a"]),
+        "host-maintenance with a host certificate",
+    );
+    assert!(e.contains("host certificate"), "{e}");
+    assert_eq!(c.json(&["host-show", "a"])["maintenance"], false);
+}
+
+#[test]
+fn an_agent_with_host_as_certificate_cannot_report_as_b() {
+    let c = TestController::file(&[]);
+    let a = TestController::host(&[&c], "a", &[]);
+    // An impostor: host a's certificate, claiming to be b.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", tern_testkit::free_port())
+        .parse()
+        .unwrap();
+    let dir = c.pki.cluster_agent("impostor", "127.0.0.1", "a");
+    let _b = TernHost::start_with(HostOptions {
+        name: "impostor".into(),
+        listen_tls: Some(addr),
+        pki_dir: Some(dir),
+        extra_args: vec![
+            "--controller".into(),
+            c.url.clone(),
+            "--host-name".into(),
+            "b".into(),
+        ],
+        ..Default::default()
+    });
+    wait_log(
+        &c,
+        "the impostor's refusal",
+        "belongs to host 'a' and cannot speak for host 'b'",
+    );
+    let hosts = c.json(&["host-list"]);
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["report"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a"], "{hosts:#}");
+    drop(a);
+}
