@@ -160,6 +160,14 @@ impl Agent {
         }
     }
 
+    /// The address data-plane listeners (incoming QEMU, NBD, cold-copy
+    /// receivers, post-copy recovery) bind: the migration address only,
+    /// never every interface, so they are not reachable from networks the
+    /// migration does not use.
+    pub fn migration_bind_address(&self) -> String {
+        self.migration_address()
+    }
+
     /// How other agents reach this agent's API: its TLS listener, else its
     /// TCP listener (at the migration address), else its unix socket (peers
     /// on the same machine, as in tests).

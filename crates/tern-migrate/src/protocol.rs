@@ -148,6 +148,11 @@ pub struct BeginReply {
     /// How the destination reaches the source agent (version 2).
     #[serde(default)]
     pub source_uri: Option<String>,
+    /// With `--tls`: the subject DN of the certificate the source's QEMU
+    /// presents (its agent's `clientcert.pem`), which the destination's
+    /// QEMU alone accepts (`tls-authz`).
+    #[serde(default)]
+    pub tls_identity: Option<String>,
 }
 
 /// How one disk's contents reach the destination.
@@ -256,6 +261,9 @@ pub struct PrepareRequest {
     /// The domain's name on the source (version 2).
     #[serde(default)]
     pub source_name: Option<String>,
+    /// [`BeginReply::tls_identity`], relayed by the driver.
+    #[serde(default)]
+    pub source_tls_identity: Option<String>,
 }
 
 /// Where to send memory.

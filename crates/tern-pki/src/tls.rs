@@ -198,8 +198,9 @@ pub struct PeerIdentity {
     pub cn: String,
     /// Whether the certificate is a host's (OU [`crate::issue::HOST_OU`]).
     pub host: bool,
-    /// The subject as QEMU's `tls-authz` sees it (GnuTLS's RFC 4514
-    /// string, most specific attribute first: `CN=a,OU=...,O=Tern`).
+    /// The subject as QEMU's `tls-authz` compares it: GnuTLS's
+    /// `gnutls_x509_crt_get_dn` string, attributes in certificate order
+    /// (`O=Tern,OU=Tern hosts,CN=a`; QEMU 10 prints it so when it denies).
     pub dn: String,
 }
 
@@ -225,7 +226,7 @@ pub fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
     Some(PeerIdentity {
         cn,
         host,
-        dn: rfc4514(subject),
+        dn: gnutls_dn(subject),
     })
 }
 
@@ -239,9 +240,9 @@ pub fn identity_of_file(path: &Path) -> Result<PeerIdentity, TlsError> {
     })
 }
 
-/// A subject as RFC 4514 writes it: attributes in reverse order, `,`
-/// between them, special characters escaped.
-fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+/// A subject as GnuTLS's `gnutls_x509_crt_get_dn` writes it: attributes
+/// in certificate order, `,` between them, special characters escaped.
+fn gnutls_dn(name: &x509_parser::x509::X509Name<'_>) -> String {
     let mut parts: Vec<String> = Vec::new();
     for rdn in name.iter() {
         for a in rdn.iter() {
@@ -265,7 +266,6 @@ fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
             parts.push(format!("{key}={esc}"));
         }
     }
-    parts.reverse();
     parts.join(",")
 }
 

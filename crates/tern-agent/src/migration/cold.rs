@@ -191,7 +191,11 @@ pub async fn prepare(
 fn bind_receiver(agent: &Agent, path: &std::path::Path, ro: ReceiveOptions) -> Result<Receiver> {
     let mut last = None;
     for p in agent.cfg.migration_ports.clone() {
-        match Receiver::bind(("0.0.0.0", p), path.to_path_buf(), ro.clone()) {
+        match Receiver::bind(
+            (agent.migration_bind_address().as_str(), p),
+            path.to_path_buf(),
+            ro.clone(),
+        ) {
             Ok(r) => return Ok(r),
             Err(e) => last = Some(e),
         }

@@ -160,7 +160,7 @@ fn bulk_streams_prefer_aes_128_gcm() {
 }
 
 #[test]
-fn host_certificates_carry_the_host_mark_and_an_rfc4514_dn() {
+fn host_certificates_carry_the_host_mark_and_gnutls_dn() {
     let t = tempfile::tempdir().unwrap();
     let d = PkiDir::new(t.path());
     let v = Validity::days(1).unwrap();
@@ -169,9 +169,9 @@ fn host_certificates_carry_the_host_mark_and_an_rfc4514_dn() {
     let id = identity_of_file(&d.client_cert()).unwrap();
     assert_eq!(id.cn, "node-a");
     assert!(id.host);
-    assert_eq!(id.dn, "CN=node-a,OU=Tern hosts,O=Tern");
+    assert_eq!(id.dn, "O=Tern,OU=Tern hosts,CN=node-a");
     issue_client(&d, &d, "admin", v).unwrap();
     let id = identity_of_file(&d.client_cert()).unwrap();
     assert!(!id.host);
-    assert_eq!(id.dn, "CN=admin,O=Tern");
+    assert_eq!(id.dn, "O=Tern,CN=admin");
 }
