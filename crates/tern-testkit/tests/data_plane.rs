@@ -162,7 +162,7 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
         let (host, port) = ep.rsplit_once(':').unwrap();
         assert_eq!(host, b_addr, "{ep}");
         // Bound to the migration address, not to every interface.
-        assert_eq!(listeners(&lab, Side::B, port), [ep.clone()], "{ep}");
+        assert_eq!(listeners(&lab, Side::B, port), vec![ep.to_string()], "{ep}");
     }
 
     // C with a certificate of the same CA on the incoming-migration port:
