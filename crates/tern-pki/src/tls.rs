@@ -142,6 +142,32 @@ pub fn server_config(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// As [`server_config`], but a client certificate is asked for, not
+/// required (the web console: browsers without one log in with a password).
+pub fn server_config_optional_client(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = load_roots(dir)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: dir.ca_cert(),
+            message: e.to_string(),
+        })?;
+    let chain = load_certs(&dir.server_cert())?;
+    let key = load_key(&dir.server_key())?;
+    let cfg_err = |source| TlsError::Config {
+        dir: dir.root().to_path_buf(),
+        source,
+    };
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cfg_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(cfg_err)?;
+    Ok(Arc::new(cfg))
+}
+
 /// A client configuration from `dir`: trusts `cacert.pem` and presents
 /// `clientcert.pem`.
 pub fn client_config(dir: &PkiDir) -> Result<Arc<ClientConfig>, TlsError> {

@@ -137,3 +137,93 @@ fn an_agent_with_host_as_certificate_cannot_report_as_b() {
     assert_eq!(names, ["a"], "{hosts:#}");
     drop(a);
 }
+
+/// `curl` against the console with the certificates of `pki_dir` (none
+/// when `None`): POST `path` with `body`, cookies in `jar`; (status, body).
+fn console_curl(
+    c: &TestController,
+    base: &str,
+    pki_dir: Option<&std::path::Path>,
+    jar: &std::path::Path,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let ca = c.pki.ca().join("cacert.pem");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg("-b")
+        .arg(jar)
+        .arg("-c")
+        .arg(jar)
+        .args([
+            "-H",
+            "X-Tern-Console: 1",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-X", "POST", "--data", body]);
+    if let Some(d) = pki_dir {
+        cmd.arg("--cert")
+            .arg(d.join("clientcert.pem"))
+            .arg("--key")
+            .arg(d.join("private/clientkey.pem"));
+    }
+    let o = cmd.arg(format!("{base}{path}")).output().expect("run curl");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_console_logs_in_with_the_clusters_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users");
+    tern_testkit::console_passwd(&users, "pw-user", "ro", "pw");
+    let listen = format!("127.0.0.1:{}", tern_testkit::free_port());
+    let c = TestController::file(&[
+        "--console-listen",
+        &listen,
+        "--console-users",
+        users.to_str().unwrap(),
+        "--console-tls",
+    ]);
+    let base = format!("https://{listen}");
+    let call = r#"{"op":"host-maintenance","id":"nowhere"}"#;
+    let jar = |n: &str| tmp.path().join(n);
+
+    // An operator certificate opens a read-write session.
+    let admin = c.pki.dir("admin");
+    let (st, body) = console_curl(&c, &base, Some(&admin), &jar("a"), "/api/login-cert", "{}");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("read-write"), "{body}");
+    let (st, body) = console_curl(&c, &base, Some(&admin), &jar("a"), "/api/call", call);
+    assert!(body.contains("no host 'nowhere'"), "{st} {body}");
+
+    // A read-only one a read-only session: acting is refused.
+    let viewer = c.pki.dir("viewer");
+    let (st, body) = console_curl(&c, &base, Some(&viewer), &jar("v"), "/api/login-cert", "{}");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let (st, body) = console_curl(&c, &base, Some(&viewer), &jar("v"), "/api/call", call);
+    assert_eq!(st, 403, "{body}");
+
+    // A host certificate, or none, opens nothing.
+    let host = c.pki.cluster_agent("console-host", "127.0.0.1", "h1");
+    let (st, body) = console_curl(&c, &base, Some(&host), &jar("h"), "/api/login-cert", "{}");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("host certificate"), "{body}");
+    let (st, body) = console_curl(&c, &base, None, &jar("n"), "/api/login-cert", "{}");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("no client certificate"), "{body}");
+    // Passwords still work without a certificate.
+    let (st, body) = console_curl(
+        &c,
+        &base,
+        None,
+        &jar("p"),
+        "/api/login",
+        r#"{"user":"pw-user","password":"pw"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+}

@@ -74,6 +74,11 @@ struct Args {
     /// The console's password file (see `tern-controller console-passwd`).
     #[arg(long)]
     console_users: Option<PathBuf>,
+    /// Serve the console over TLS with the certificates of --pki-dir;
+    /// browsers presenting an operator certificate of the CA log in with
+    /// it (the API's identities and --tls-*-dn rules), others with a password.
+    #[arg(long, requires = "console_listen")]
+    console_tls: bool,
 }
 
 /// `--auth` values.
@@ -194,8 +199,21 @@ async fn run(a: Args) -> anyhow::Result<()> {
     if let Some(l) = console_listener {
         tracing::info!(listen = %l.local_addr()?, users = users.len(), "web console ready");
         let c = console::Console::new(ctl.clone(), users);
+        let tls = if a.console_tls {
+            let cfg =
+                tern_pki::tls::server_config_optional_client(&tern_pki::PkiDir::new(&a.pki_dir))
+                    .map_err(|e| anyhow::anyhow!("--console-tls: {e}"))?;
+            Some(tokio_rustls::TlsAcceptor::from(cfg))
+        } else {
+            None
+        };
+        let rules = rules.clone();
         tokio::spawn(async move {
-            if let Err(e) = console::serve(c, l).await {
+            let r = match tls {
+                Some(acc) => console::cert_login::serve_tls(c, l, acc, rules).await,
+                None => console::serve(c, l).await,
+            };
+            if let Err(e) = r {
                 tracing::error!(error = %e, "web console stopped");
             }
         });
