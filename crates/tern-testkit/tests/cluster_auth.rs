@@ -99,6 +99,28 @@ fn read_only_and_host_identities_cannot_migrate_or_evacuate() {
     );
     assert!(e.contains("host certificate"), "{e}");
     assert_eq!(c.json(&["host-show", "a"])["maintenance"], false);
+    // On a peer's agent, a host certificate reads and receives migrations
+    // only: it cannot make the peer send its guests away or stop them.
+    let b_dir = c.pki.cluster_agent("peer-b", "127.0.0.1", "b");
+    let uri = a.tls_uri(&b_dir);
+    let o = tern_testkit::tern_at(&uri, &["list", "--all"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for verb in [
+        &["destroy", "vm"][..],
+        &[
+            "migrate",
+            "--p2p",
+            "--live",
+            "vm",
+            "tern+tls://127.0.0.1:1/system",
+        ][..],
+    ] {
+        let e = stderr_of_failure(tern_testkit::tern_at(&uri, verb), verb[0]);
+        assert!(
+            e.contains("may only read and receive migrations"),
+            "{verb:?}: {e}"
+        );
+    }
 }
 
 #[test]
