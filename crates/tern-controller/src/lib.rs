@@ -18,7 +18,7 @@ pub mod health;
 pub mod inventory;
 pub mod jobs;
 pub mod listen;
-pub mod rescue;
+pub mod rescue_check;
 pub mod runner;
 pub mod sync;
 pub mod views;

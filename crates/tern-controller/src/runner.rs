@@ -39,7 +39,8 @@ pub async fn run(ctl: &Arc<Controller>, job: &JobRecord, recovering: bool) -> Re
     let dst = client(&dst_h)?;
     let outcome: Outcome = match job.kind {
         JobKind::Rescue => {
-            match crate::rescue::check(&server.domain.name, &server.domain.xml, &dst_h.report) {
+            match crate::rescue_check::check(&server.domain.name, &server.domain.xml, &dst_h.report)
+            {
                 // The definition the controller stored, checked against the rescue host.
                 Ok(()) => rescue(&dst, &server.domain.name, &server.domain.xml).await,
                 Err(why) => Err(format!("not rescued: {why}")),
