@@ -169,6 +169,14 @@ impl Agent {
         }
     }
 
+    /// The address data-plane listeners (incoming QEMU, NBD, cold-copy
+    /// receivers, post-copy recovery) bind: the migration address only,
+    /// never every interface, so they are not reachable from networks the
+    /// migration does not use.
+    pub fn migration_bind_address(&self) -> String {
+        self.migration_address()
+    }
+
     /// How other agents reach this agent's API: its TLS listener, else its
     /// TCP listener (at the migration address), else its unix socket (peers
     /// on the same machine, as in tests).
@@ -187,12 +195,14 @@ impl Agent {
     }
 
     /// A client for another agent: over tern+tls:// it presents this
-    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does.
+    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does. URIs
+    /// reach an agent from others (drivers, the controller), so `ssh` and
+    /// `?pkipath=` / `?command=` are refused (see [`tern_api::peer`]).
     pub fn peer_client(
         &self,
         uri: &tern_model::uri::ConnectUri,
     ) -> Result<tern_api::Client, tern_api::ClientError> {
-        tern_api::Client::from_uri_with_pki(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
+        tern_api::peer::client(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
     }
 
     /// The TLS server configuration from `--pki-dir` (servercert.pem,

@@ -116,6 +116,7 @@ pub async fn drive_with(
                     .clone()
                     .or_else(|| src.uri().map(str::to_string)),
                 source_name: Some(name.to_string()),
+                source_tls_identity: begin.tls_identity.clone(),
             },
         }))
         .await

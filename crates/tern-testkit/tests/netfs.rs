@@ -486,16 +486,7 @@ fn host_down_restarts_the_guest_from_its_nfs_disk_elsewhere() {
     let c = TestController::file_in_netns(&lab.ns(Side::C), lab.host_addr(Side::C), &[]);
     let root = tempfile::tempdir().unwrap();
     let target = root.path().join("nfspool");
-    let join = |side: Side, name: &str| {
-        let mut o = lab.host_options(side, name);
-        o.extra_args.extend([
-            "--controller".to_string(),
-            c.url.clone(),
-            "--host-name".into(),
-            name.into(),
-        ]);
-        TernHost::start_with(o)
-    };
+    let join = |side: Side, name: &str| TestController::join(&[&c], lab.host_options(side, name));
     let mut a = join(Side::A, "a");
     let b = join(Side::B, "b");
     for h in [&a, &b] {

@@ -269,12 +269,17 @@ async fn start_incoming(
     let run_dir = agent.layout.run_dir(&slot.name);
     if o.tls {
         super::qemu_tls::add_credentials(agent, &qmp, &run_dir, Endpoint::Server).await?;
+        let peer = req.source_tls_identity.as_deref();
+        let authz = super::qemu_tls::add_authz(&qmp, peer).await?;
         qmp.execute(
             "migrate-set-parameters",
-            Some(json!({ "tls-creds": TLS_CREDS_ID })),
+            Some(json!({ "tls-creds": TLS_CREDS_ID, "tls-authz": authz })),
         )
         .await?;
-        job.event("QEMU's own TLS on: this host is the server");
+        job.event(format!(
+            "QEMU's own TLS on: this host is the server; only {} may connect (tls-authz)",
+            peer.unwrap_or("?")
+        ));
     }
     let wanted = match &o.migrate_uri {
         Some(u) => Some(parse_migrate_uri(u).map_err(invalid)?),
@@ -283,7 +288,7 @@ async fn start_incoming(
     let listen = o
         .listen_address
         .clone()
-        .unwrap_or_else(|| "0.0.0.0".to_string());
+        .unwrap_or_else(|| agent.migration_bind_address());
     let advertise = match (&wanted, &o.listen_address) {
         (Some(w), _) => w.host.clone(),
         (None, Some(l)) if l != "0.0.0.0" && l != "::" => l.clone(),

@@ -5,6 +5,7 @@
 //! (`domjobinfo`, `domjobabort`, speed and downtime).
 
 pub mod cold;
+pub mod cold_mac;
 pub mod dest;
 pub mod forecast;
 pub mod job;

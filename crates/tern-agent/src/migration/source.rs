@@ -203,6 +203,11 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         files,
         options: planned(agent, name, o, active),
         source_uri: Some(agent.self_uri()),
+        tls_identity: if o.tls {
+            Some(super::qemu_tls::own_identity(agent)?)
+        } else {
+            None
+        },
     })
 }
 

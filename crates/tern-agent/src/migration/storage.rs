@@ -189,7 +189,9 @@ pub async fn export(
         let mut args =
             json!({"addr": {"type": "inet", "data": {"host": listen, "port": p.to_string()}}});
         if tls {
+            // Same credentials and the same single peer as the migration stream.
             args["tls-creds"] = json!(TLS_CREDS_ID);
+            args["tls-authz"] = json!(super::qemu_tls::TLS_AUTHZ_ID);
         }
         let r = qmp.execute("nbd-server-start", Some(args)).await;
         match r {

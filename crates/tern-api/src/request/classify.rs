@@ -264,6 +264,7 @@ mod tests {
                         files: vec![],
                         source_uri: None,
                         source_name: None,
+                        source_tls_identity: None,
                     },
                 }),
                 false,
