@@ -1,6 +1,8 @@
 //! The destination side: Prepare (define, start QEMU paused with
 //! `-incoming defer`, listen) and Finish (resume, or discard everything
-//! Prepare created).
+//! Prepare created). Each is one function listing its phases in order, in
+//! `dest/prepare.rs` and `dest/finish.rs`; this file holds the steps they
+//! share with recovery (starting the incoming QEMU, `cont`, discarding).
 
 use super::qemu_tls::Endpoint;
 use super::{set_capabilities, Job};
@@ -16,192 +18,22 @@ use std::time::{Duration, Instant};
 use tern_migrate::options::parse_migrate_uri;
 use tern_migrate::options::TLS_CREDS_ID;
 use tern_migrate::protocol::{
-    check_version, FinishReply, FinishRequest, IncomingTarget, NbdTarget, PrepareReply,
-    PrepareRequest, PROTOCOL_VERSION,
+    FinishReply, FinishRequest, IncomingTarget, NbdTarget, PrepareRequest, PROTOCOL_VERSION,
 };
-use tern_migrate::{JobKind, Phase, Role};
+use tern_migrate::{Phase, Role};
 use tern_model::{DomainState, StateReason};
 use tern_qemu::MigrationStatus;
 
 /// How long Finish waits for the incoming QEMU to have loaded everything.
 const LOAD_WAIT: Duration = Duration::from_secs(60);
 
+mod finish;
+mod prepare;
+pub use finish::finish;
+pub use prepare::prepare;
+
 fn invalid(e: impl ToString) -> AgentError {
     AgentError::Invalid(e.to_string())
-}
-
-/// Prepare: everything the destination needs before memory flows.
-pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareReply> {
-    check_version(req.version).map_err(invalid)?;
-    req.options.validate().map_err(invalid)?;
-    // The definition comes from a peer as JSON, not through `define`'s XML
-    // import: check it the same way before its name becomes a path.
-    tern_model::validate::validate(&req.domain)
-        .map_err(|e| invalid(format!("the source sent a domain this host refuses: {e}")))?;
-    if let Some(f) = agent.cfg.faults.prepare_delay {
-        tokio::time::sleep(f).await;
-    }
-    let d = req.domain.clone();
-    let existing = agent.domains.get(&d.name);
-    if let Some(s) = &existing {
-        if s.uuid != d.uuid {
-            return Err(AgentError::Conflict(format!(
-                "the destination already has a different domain named '{}'; use --dname to rename",
-                d.name
-            )));
-        }
-        if s.inner.lock().await.run.is_some() {
-            return Err(AgentError::Conflict(format!(
-                "domain '{}' is already running on the destination",
-                d.name
-            )));
-        }
-    }
-    if agent
-        .domains
-        .all()
-        .iter()
-        .any(|s| s.uuid == d.uuid && s.name != d.name)
-    {
-        return Err(AgentError::Conflict(format!(
-            "the destination has domain uuid {} under another name",
-            d.uuid
-        )));
-    }
-    if !req.options.unsafe_ && !req.options.offline && !req.options.cold {
-        super::source::check_storage(agent, &d, &req.options)
-            .await
-            .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
-        // The source reads these in Perform: proof both see one export.
-        agent
-            .pools
-            .leave_share_tokens(&d, &req.options, &req.id)
-            .await
-            .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
-    }
-    let job = Job::new(req.id, Role::Destination, &d.name, req.options.clone());
-    agent.jobs.insert(job.clone())?;
-    // Who the source is goes on disk with the phase, before anything is
-    // created: an orphaned destination asks it where the migration stands.
-    let prepared = job
-        .set_links(|l| {
-            l.peer_uri = req.source_uri.clone();
-            l.peer_name = req.source_name.clone();
-        })
-        .and_then(|_| job.advance(Phase::Prepare));
-    if let Err(e) = prepared {
-        agent.jobs.forget(&job);
-        return Err(e);
-    }
-    job.event(format!("incoming from {}", req.source_host));
-
-    if req.options.offline || req.options.cold {
-        let mut cold = None;
-        if req.options.cold {
-            if existing.is_some() {
-                agent.jobs.finish(&job);
-                return Err(AgentError::Conflict(format!(
-                    "domain '{}' already exists on the destination; use --dname to rename",
-                    d.name
-                )));
-            }
-            if !req.options.unsafe_ {
-                // The source reads these before sending: proof that the
-                // disks it leaves in place are on storage this host sees.
-                let left = agent.pools.leave_cold_tokens(&d, &req.files, &req.id).await;
-                if let Err(e) = left {
-                    agent.jobs.finish(&job);
-                    return Err(e);
-                }
-            }
-            let target = match super::cold::prepare(agent, &job, &req.files, &req.options).await {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = job.advance(Phase::Failed);
-                    agent.jobs.finish(&job);
-                    return Err(e);
-                }
-            };
-            cold = Some(target);
-        }
-        job.set_offline_def(d);
-        return Ok(PrepareReply {
-            version: PROTOCOL_VERSION,
-            id: req.id,
-            incoming: None,
-            nbd: None,
-            cold,
-        });
-    }
-
-    let slot = match existing {
-        Some(s) => s,
-        None => {
-            let s = DomainSlot::transient(d.clone());
-            agent.domains.insert(s.clone())?;
-            s
-        }
-    };
-    let mut req = req;
-    if !req.disks.is_empty() {
-        let record = |planned: &[std::path::PathBuf]| {
-            *job.created.lock().unwrap_or_else(|p| p.into_inner()) = planned.to_vec();
-            job.persist()
-        };
-        match super::storage::create_volumes(
-            agent,
-            &mut req.domain,
-            &req.disks,
-            &req.options,
-            record,
-        )
-        .await
-        {
-            Ok(files) => {
-                job.event(format!(
-                    "created {} volume(s) for the copied disks",
-                    files.len()
-                ));
-            }
-            Err(e) => {
-                discard(agent, &slot).await;
-                remove_created(&job);
-                let _ = job.advance(Phase::Failed);
-                agent.jobs.finish(&job);
-                return Err(e);
-            }
-        }
-    }
-    let result = start_incoming(agent, &slot, &req, &job).await;
-    match result {
-        Ok((target, nbd)) => {
-            job.event(if target.tunnel {
-                format!(
-                    "QEMU listening on its unix socket, behind this agent's tunnel at {}",
-                    target.qemu_uri()
-                )
-            } else {
-                format!("QEMU listening on {}", target.qemu_uri())
-            });
-            super::recover::watch_dest(agent, &job);
-            faults::point(agent, "dest-prepared").await;
-            Ok(PrepareReply {
-                version: PROTOCOL_VERSION,
-                id: req.id,
-                incoming: Some(target),
-                nbd,
-                cold: None,
-            })
-        }
-        Err(e) => {
-            job.close_tunnel(true);
-            discard(agent, &slot).await;
-            remove_created(&job);
-            let _ = job.advance(Phase::Failed);
-            agent.jobs.finish(&job);
-            Err(e)
-        }
-    }
 }
 
 /// A driver that lost Finish's reply (the connection, or this agent, died
@@ -407,112 +239,6 @@ pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
         agent.domains.remove(slot);
         let _ = std::fs::remove_dir_all(agent.layout.run_dir(&slot.name));
     }
-}
-
-/// Finish: resume the guest here if the source completed, else discard.
-pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishReply> {
-    check_version(req.version).map_err(invalid)?;
-    if let Some(reply) = repeated_finish(agent, &req) {
-        return Ok(reply);
-    }
-    let job = agent.jobs.get_id(&req.name, req.id)?;
-    job.touch();
-    job.advance(Phase::Finish)?;
-    if !req.success {
-        agent.pools.clear_tokens(&req.id).await;
-    }
-    if req.options.cold {
-        let r = super::cold::finish(agent, &job, req.success, &req.options).await;
-        let reply = match (&r, req.success) {
-            (Ok(()), true) => {
-                job.advance(Phase::Completed)?;
-                FinishReply {
-                    version: PROTOCOL_VERSION,
-                    resumed: true,
-                    error: None,
-                }
-            }
-            _ => {
-                job.advance(Phase::Failed)?;
-                FinishReply {
-                    version: PROTOCOL_VERSION,
-                    resumed: false,
-                    error: r.err().map(|e| e.to_string()),
-                }
-            }
-        };
-        agent.jobs.finish(&job);
-        return Ok(reply);
-    }
-    if req.options.offline {
-        return finish_offline(agent, &job, &req).await;
-    }
-    let slot = match agent.domains.find(&req.name) {
-        Ok(s) => s,
-        Err(e) => {
-            // The incoming QEMU is gone already (it exits when the stream is
-            // cut by a cancel): end the job rather than leave it in Finish,
-            // where it would refuse every later migration of this guest.
-            job.event("the incoming guest is gone already");
-            job.close_tunnel(true);
-            remove_created(&job);
-            job.advance(Phase::Failed)?;
-            agent.jobs.finish(&job);
-            if req.success {
-                return Err(e);
-            }
-            return Ok(FinishReply {
-                version: PROTOCOL_VERSION,
-                resumed: false,
-                error: None,
-            });
-        }
-    };
-    let reply = if req.success {
-        match resume_here(agent, &slot, &job).await {
-            Ok(warning) => {
-                job.advance(Phase::Completed)?;
-                job.update(|i| i.kind = JobKind::Completed);
-                job.event("guest runs on this host");
-                FinishReply {
-                    version: PROTOCOL_VERSION,
-                    resumed: true,
-                    error: warning,
-                }
-            }
-            Err(e) => {
-                job.event(format!("cannot take over: {e}"));
-                job.close_tunnel(true);
-                if !req.options.keep_dest_on_failure {
-                    discard(agent, &slot).await;
-                    remove_created(&job);
-                }
-                job.advance(Phase::Failed)?;
-                FinishReply {
-                    version: PROTOCOL_VERSION,
-                    resumed: false,
-                    error: Some(e.to_string()),
-                }
-            }
-        }
-    } else {
-        job.close_tunnel(true);
-        if req.options.keep_dest_on_failure {
-            job.event("migration failed; keeping the paused destination for debugging");
-        } else {
-            discard(agent, &slot).await;
-            remove_created(&job);
-            job.event("migration failed; destination cleaned");
-        }
-        job.advance(Phase::Failed)?;
-        FinishReply {
-            version: PROTOCOL_VERSION,
-            resumed: false,
-            error: None,
-        }
-    };
-    agent.jobs.finish(&job);
-    Ok(reply)
 }
 
 /// Resumes the incoming guest. Errors before `cont` mean the guest never
