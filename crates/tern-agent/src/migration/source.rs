@@ -227,31 +227,16 @@ fn performing_job(agent: &Agent, name: &str, req: &PerformRequest) -> Result<Arc
     Ok(job)
 }
 
-/// Perform: starts QEMU's migration and a task that watches it.
+/// Perform, phase by phase: the job (phase Perform, on disk), then
+/// [`record_peer`], [`configure`] and [`route`]; then
+/// `perform::run` follows it in the background (disk mirrors, QEMU's
+/// migration, its watch, switch-over). A failed phase fails the job, and
+/// the driver's Confirm rolls the source back.
 pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let slot = agent.domains.find(&req.name)?;
     if req.options.cold {
-        let target = req.cold.clone().ok_or_else(|| {
-            AgentError::Invalid("a cold migration needs the destination's receivers".into())
-        })?;
-        let job = performing_job(agent, &slot.name, &req)?;
-        job.update(|i| i.operation = "Cold migration".into());
-        if !req.options.unsafe_ {
-            let def = slot.inner.lock().await.def.clone();
-            if let Err(e) = agent.pools.prove_shared_cold(&def, &req.id).await {
-                super::perform::fail(&job, &e);
-                return Err(e);
-            }
-        }
-        tokio::spawn(super::cold::send_all(
-            job,
-            req.files.clone(),
-            target,
-            req.options.clone(),
-            agent.cfg.stall_timeout,
-        ));
-        return Ok(());
+        return perform_cold(agent, &slot, req).await;
     }
     let (qmp, was_running, tcg) = {
         let e = slot.inner.lock().await;
@@ -270,75 +255,21 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         req.options.no_throttle = true;
     }
     let job = performing_job(agent, &slot.name, &req)?;
-    // On disk before QEMU is told anything: who the destination is, and
-    // whether the guest ran (a rollback resumes only a guest that ran).
-    if let Err(e) = job.set_links(|l| {
-        l.was_running = was_running;
-        l.peer_uri = req.dest_uri.clone();
-        l.peer_name = req.dest_name.clone();
-    }) {
-        super::perform::fail(&job, &e);
-        return Err(e);
+    let started = async {
+        record_peer(&job, &req, was_running)?;
+        configure(agent, &slot, &job, &qmp, &req, was_running).await?;
+        route(agent, &slot, &job, &req)
     }
-    if let Some(plan) = &req.options.start_plan {
-        job.event(format!("policy: {plan}"));
-    }
-    if req.options.no_throttle && req.options.policy_on() {
-        job.event("TCG: the policy will not throttle vCPUs (guests throttled under TCG were seen to crash after migration)");
-    }
-    let o = &req.options;
-    if o.tunnelled != req.target.tunnel {
-        let e = AgentError::Conflict(
-            "the destination did not open a migration tunnel for --tunnelled (is it an older agent?)"
-                .into(),
-        );
-        super::perform::fail(&job, &e);
-        return Err(e);
-    }
-    let run_dir = agent.layout.run_dir(&slot.name);
-    let live = slot.inner.lock().await.run.as_ref().map(|r| r.live.clone());
-    let setup = async {
-        if let Some(d) = live.as_ref().filter(|_| !o.unsafe_ && !o.offline) {
-            agent.pools.prove_shared(d, o, &req.id).await?;
-        }
-        set_capabilities(&qmp, &o.source_capabilities()).await?;
-        let mut params = o.source_parameters();
-        if o.tls {
-            super::qemu_tls::add_credentials(agent, &qmp, &run_dir, Endpoint::Client).await?;
-            // The destination's certificate must name the address it announced.
-            params.insert("tls-hostname".into(), json!(req.target.host));
-        }
-        qmp.execute(
-            "migrate-set-parameters",
-            Some(serde_json::Value::Object(params)),
-        )
-        .await?;
-        if !o.live && was_running {
-            qmp.execute("stop", None).await?;
-            job.event("guest paused for a non-live migration");
-        }
-        Ok::<(), AgentError>(())
-    };
-    if let Err(e) = setup.await {
-        super::perform::fail(&job, &e);
-        return Err(e);
-    }
-    let route = if o.tunnelled {
-        if let Err(e) = super::tunnel::outgoing(agent, &job, &run_dir, &req) {
+    .await;
+    let route = match started {
+        Ok(r) => r,
+        Err(e) => {
             super::perform::fail(&job, &e);
             return Err(e);
         }
-        job.event("QEMU's connections go through this agent's TLS tunnel");
-        let (uri, nbd_via) = job.tunnel_route().unwrap_or_default();
-        Route { uri, nbd_via }
-    } else {
-        Route {
-            uri: req.target.qemu_uri(),
-            nbd_via: None,
-        }
     };
-    let stall = agent.cfg.stall_timeout;
     super::recover::watch_source(agent, &job);
+    let stall = agent.cfg.stall_timeout;
     tokio::spawn(super::perform::run(
         agent.clone(),
         job,
@@ -348,6 +279,115 @@ pub async fn perform(agent: &Arc<Agent>, req: PerformRequest) -> Result<()> {
         route,
     ));
     Ok(())
+}
+
+/// Perform, cold: proves the disks left in place are shared, then sends
+/// the files in the background.
+async fn perform_cold(
+    agent: &Arc<Agent>,
+    slot: &Arc<crate::registry::DomainSlot>,
+    req: PerformRequest,
+) -> Result<()> {
+    let target = req.cold.clone().ok_or_else(|| {
+        AgentError::Invalid("a cold migration needs the destination's receivers".into())
+    })?;
+    let job = performing_job(agent, &slot.name, &req)?;
+    job.update(|i| i.operation = "Cold migration".into());
+    if !req.options.unsafe_ {
+        let def = slot.inner.lock().await.def.clone();
+        if let Err(e) = agent.pools.prove_shared_cold(&def, &req.id).await {
+            super::perform::fail(&job, &e);
+            return Err(e);
+        }
+    }
+    tokio::spawn(super::cold::send_all(
+        job,
+        req.files.clone(),
+        target,
+        req.options.clone(),
+        agent.cfg.stall_timeout,
+    ));
+    Ok(())
+}
+
+/// Perform, phase 1: on disk before QEMU is told anything: who the
+/// destination is, and whether the guest ran (a rollback resumes only a
+/// guest that ran).
+fn record_peer(job: &Arc<Job>, req: &PerformRequest, was_running: bool) -> Result<()> {
+    job.set_links(|l| {
+        l.was_running = was_running;
+        l.peer_uri = req.dest_uri.clone();
+        l.peer_name = req.dest_name.clone();
+    })?;
+    if let Some(plan) = &req.options.start_plan {
+        job.event(format!("policy: {plan}"));
+    }
+    if req.options.no_throttle && req.options.policy_on() {
+        job.event("TCG: the policy will not throttle vCPUs (guests throttled under TCG were seen to crash after migration)");
+    }
+    if req.options.tunnelled != req.target.tunnel {
+        return Err(AgentError::Conflict(
+            "the destination did not open a migration tunnel for --tunnelled (is it an older agent?)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Perform, phase 2: proves shared storage is shared, then sets QEMU's
+/// capabilities, parameters and TLS credentials; pauses a non-live guest.
+async fn configure(
+    agent: &Arc<Agent>,
+    slot: &Arc<crate::registry::DomainSlot>,
+    job: &Arc<Job>,
+    qmp: &tern_qemu::Qmp,
+    req: &PerformRequest,
+    was_running: bool,
+) -> Result<()> {
+    let o = &req.options;
+    let run_dir = agent.layout.run_dir(&slot.name);
+    let live = slot.inner.lock().await.run.as_ref().map(|r| r.live.clone());
+    if let Some(d) = live.as_ref().filter(|_| !o.unsafe_ && !o.offline) {
+        agent.pools.prove_shared(d, o, &req.id).await?;
+    }
+    set_capabilities(qmp, &o.source_capabilities()).await?;
+    let mut params = o.source_parameters();
+    if o.tls {
+        super::qemu_tls::add_credentials(agent, qmp, &run_dir, Endpoint::Client).await?;
+        // The destination's certificate must name the address it announced.
+        params.insert("tls-hostname".into(), json!(req.target.host));
+    }
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(serde_json::Value::Object(params)),
+    )
+    .await?;
+    if !o.live && was_running {
+        qmp.execute("stop", None).await?;
+        job.event("guest paused for a non-live migration");
+    }
+    Ok(())
+}
+
+/// Perform, phase 3: where QEMU sends its bytes (the destination, or this
+/// agent's tunnel).
+fn route(
+    agent: &Arc<Agent>,
+    slot: &Arc<crate::registry::DomainSlot>,
+    job: &Arc<Job>,
+    req: &PerformRequest,
+) -> Result<Route> {
+    if !req.options.tunnelled {
+        return Ok(Route {
+            uri: req.target.qemu_uri(),
+            nbd_via: None,
+        });
+    }
+    let run_dir = agent.layout.run_dir(&slot.name);
+    super::tunnel::outgoing(agent, job, &run_dir, req)?;
+    job.event("QEMU's connections go through this agent's TLS tunnel");
+    let (uri, nbd_via) = job.tunnel_route().unwrap_or_default();
+    Ok(Route { uri, nbd_via })
 }
 
 /// Confirm: after success stop the source QEMU and clean up; after failure
