@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_migrate::policy::{self, Action, Observation, PolicyState};
 use tern_migrate::protocol::PerformRequest;
-use tern_migrate::{JobKind, MigrateOptions, TimeoutAction};
+use tern_migrate::{JobInfo, JobKind, MigrateOptions, TimeoutAction};
 use tern_qemu::MigrationStatus;
 
 /// How often Perform reads QEMU's figures.
@@ -110,107 +110,171 @@ async fn watch(
     stall: Duration,
     nbd: Option<tern_migrate::protocol::NbdTarget>,
 ) {
-    let start = Instant::now();
-    let mut last_iter = 0;
-    let mut last_bytes = 0;
-    let mut last_status = MigrationStatus::None;
-    let mut last_progress = Instant::now();
-    let mut timeout_fired = false;
-    let mut postcopy_started = false;
-    let mut cancelled = false;
-    let mut cancel_rx = job.cancel.subscribe();
-    let mut post_rx = job.postcopy.subscribe();
-    let mut events = qmp.events();
-    let mut paused_at: Option<Instant> = None;
-    // A recovery needs time to resend its bitmap before pages flow: no
-    // stall is called within four stall periods of one.
-    let mut last_recovery = Instant::now()
-        .checked_sub(RECOVER_EVERY)
-        .unwrap_or_else(Instant::now);
-    let mut recovery_failed = false;
-    let policy = o.policy_on().then(|| o.policy_config());
-    let mut pstate = PolicyState::new(o.initial_downtime_ms());
-    job.update(|i| i.downtime_limit_ms = Some(pstate.downtime_ms));
-    if let Some(c) = &policy {
-        job.event(format!(
-            "convergence policy on: deadline {} s, downtime {} ms up to {} ms",
-            c.deadline_ms / 1000,
-            pstate.downtime_ms,
-            c.max_downtime_ms
-        ));
+    Watch::new(agent, job, qmp, o, stall, nbd).run().await
+}
+
+/// What one look at QEMU's migration gave.
+enum Look {
+    /// Its figures, in the job.
+    Going(Box<JobInfo>),
+    /// Nothing to act on this time (QEMU busy, mirrors completing).
+    Again,
+    /// The migration ended (completed, failed, cancelled, or QEMU died).
+    Ended,
+}
+
+/// The watch of one outgoing migration: what it has seen so far.
+struct Watch<'a> {
+    agent: &'a crate::Agent,
+    job: Arc<Job>,
+    qmp: tern_qemu::Qmp,
+    o: MigrateOptions,
+    stall: Duration,
+    nbd: Option<tern_migrate::protocol::NbdTarget>,
+    start: Instant,
+    last_iter: u64,
+    last_bytes: u64,
+    last_status: MigrationStatus,
+    last_progress: Instant,
+    timeout_fired: bool,
+    postcopy_started: bool,
+    cancelled: bool,
+    /// When Tern paused the guest itself (timeout, policy): downtime
+    /// counts from then.
+    paused_at: Option<Instant>,
+    /// A recovery needs time to resend its bitmap before pages flow: no
+    /// stall is called within four stall periods of one.
+    last_recovery: Instant,
+    recovery_failed: bool,
+    policy: Option<policy::PolicyConfig>,
+    pstate: PolicyState,
+}
+
+impl<'a> Watch<'a> {
+    fn new(
+        agent: &'a crate::Agent,
+        job: Arc<Job>,
+        qmp: tern_qemu::Qmp,
+        o: MigrateOptions,
+        stall: Duration,
+        nbd: Option<tern_migrate::protocol::NbdTarget>,
+    ) -> Self {
+        let policy = o.policy_on().then(|| o.policy_config());
+        let pstate = PolicyState::new(o.initial_downtime_ms());
+        Watch {
+            agent,
+            job,
+            qmp,
+            o,
+            stall,
+            nbd,
+            start: Instant::now(),
+            last_iter: 0,
+            last_bytes: 0,
+            last_status: MigrationStatus::None,
+            last_progress: Instant::now(),
+            timeout_fired: false,
+            postcopy_started: false,
+            cancelled: false,
+            paused_at: None,
+            last_recovery: Instant::now()
+                .checked_sub(RECOVER_EVERY)
+                .unwrap_or_else(Instant::now),
+            recovery_failed: false,
+            policy,
+            pstate,
+        }
     }
-    loop {
-        // Wake on QEMU's MIGRATION events (completion above all), or
-        // on the tick to refresh the figures.
-        let io_error = tokio::select! {
-            _ = tokio::time::sleep(POLL) => false,
-            io = async {
-                loop {
-                    match events.recv().await {
-                        Ok(ev) if ev.name == "MIGRATION" => return false,
-                        Ok(ev) if ev.name == "BLOCK_IO_ERROR" => return true,
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
-                        Err(_) => return std::future::pending::<bool>().await,
-                    }
-                }
-            } => io,
-        };
-        if io_error && o.abort_on_error && !cancelled {
-            job.event("disk I/O error during migration: aborting (--abort-on-error)");
-            cancelled = true;
-            let _ = qmp.execute("migrate_cancel", None).await;
-            job.update(|i| {
+
+    /// Each look: the figures, then every rule in turn.
+    async fn run(mut self) {
+        self.announce_policy();
+        let mut cancel_rx = self.job.cancel.subscribe();
+        let mut post_rx = self.job.postcopy.subscribe();
+        let mut events = self.qmp.events();
+        loop {
+            let io_error = wake(&mut events).await;
+            self.abort_on_io_error(io_error).await;
+            let info = match self.look().await {
+                Look::Going(i) => i,
+                Look::Again => continue,
+                Look::Ended => return,
+            };
+            if *cancel_rx.borrow_and_update() && !self.cancelled {
+                self.cancelled = true;
+                let _ = self.qmp.execute("migrate_cancel", None).await;
+            }
+            self.stall_check(&info).await;
+            self.policy_step(&info).await;
+            self.recover_postcopy(&info).await;
+            let asked = *post_rx.borrow_and_update();
+            self.timeout(&info).await;
+            self.switch_to_postcopy(&info, asked).await;
+        }
+    }
+
+    fn announce_policy(&self) {
+        self.job
+            .update(|i| i.downtime_limit_ms = Some(self.pstate.downtime_ms));
+        if let Some(c) = &self.policy {
+            self.job.event(format!(
+                "convergence policy on: deadline {} s, downtime {} ms up to {} ms",
+                c.deadline_ms / 1000,
+                self.pstate.downtime_ms,
+                c.max_downtime_ms
+            ));
+        }
+    }
+
+    async fn abort_on_io_error(&mut self, io_error: bool) {
+        if io_error && self.o.abort_on_error && !self.cancelled {
+            self.job
+                .event("disk I/O error during migration: aborting (--abort-on-error)");
+            self.cancelled = true;
+            let _ = self.qmp.execute("migrate_cancel", None).await;
+            self.job.update(|i| {
                 i.error = Some("aborted after a disk I/O error (--abort-on-error)".into())
             });
         }
+    }
+
+    /// Reads QEMU's figures into the job, completes the disk mirrors at
+    /// pre-switchover, and says whether the migration ended.
+    async fn look(&mut self) -> Look {
+        let (job, qmp) = (&self.job, &self.qmp);
         let q = match qmp.execute("query-migrate", None).await {
             Ok(q) => q,
             Err(tern_qemu::QmpError::Timeout(_)) => {
-                unblock(&qmp, &job, last_status).await;
-                last_progress = Instant::now();
-                continue;
+                unblock(qmp, job, self.last_status).await;
+                self.last_progress = Instant::now();
+                return Look::Again;
             }
             Err(e) => {
-                lost_source_qemu(agent, &job, &e).await;
-                return;
+                lost_source_qemu(self.agent, job, &e).await;
+                return Look::Ended;
             }
         };
         if MigrationStatus::of_reply(&q) == MigrationStatus::Completed {
-            crate::faults::point(agent, "source-completed").await;
+            crate::faults::point(self.agent, "source-completed").await;
         }
-        // QEMU announces "completed" a moment before it has filled in the
-        // total time and downtime; wait for the figures.
-        let mut q = q;
-        for _ in 0..500 {
-            if MigrationStatus::of_reply(&q) != MigrationStatus::Completed
-                || q["total-time"].as_u64().unwrap_or(0) > 0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            match qmp.execute("query-migrate", None).await {
-                Ok(again) => q = again,
-                Err(_) => break,
-            }
-        }
+        let q = with_final_figures(qmp, q).await;
         job.update(|i| i.update_from_qemu(&q));
-        if let Some(nbd) = &nbd {
-            if let Ok((_, done, total)) = super::storage::progress(&qmp, nbd).await {
+        if let Some(nbd) = &self.nbd {
+            if let Ok((_, done, total)) = super::storage::progress(qmp, nbd).await {
                 job.update(|i| i.set_disk(done, total));
             }
             if MigrationStatus::of_reply(&q) == MigrationStatus::PreSwitchover {
-                if let Err(e) = super::storage::complete(&qmp, nbd, &job).await {
+                if let Err(e) = super::storage::complete(qmp, nbd, job).await {
                     job.event(format!("could not complete the disk mirrors: {e}"));
                     let _ = qmp.execute("migrate_cancel", None).await;
                     job.update(|i| i.error = Some(e.to_string()));
                 }
-                continue;
+                return Look::Again;
             }
         }
         let info = job.info();
-        if info.iteration != last_iter && info.iteration > 0 {
-            last_iter = info.iteration;
+        if info.iteration != self.last_iter && info.iteration > 0 {
+            self.last_iter = info.iteration;
             job.event(format!(
                 "iteration {}: {} MiB remaining, {} MiB/s, dirtying {} MiB/s, expected downtime {} ms",
                 info.iteration,
@@ -222,59 +286,70 @@ async fn watch(
         }
         match info.kind {
             JobKind::Completed => {
-                // QEMU counts downtime from its own final stop; a guest we
-                // paused earlier (timeout, policy) was down since then.
-                if let Some(t) = paused_at {
-                    let ms = t.elapsed().as_millis() as u64;
-                    job.update(|i| i.downtime_ms = Some(i.downtime_ms.unwrap_or(0).max(ms)));
-                }
-                let info = job.info();
-                job.event(format!(
-                    "QEMU completed: downtime {} ms, {} MiB sent in {} ms",
-                    info.downtime_ms.unwrap_or(0),
-                    info.memory_processed >> 20,
-                    info.time_elapsed_ms
-                ));
-                return;
+                self.completed();
+                Look::Ended
             }
             JobKind::Failed | JobKind::Cancelled => {
-                if cancelled {
-                    job.update(|i| {
-                        i.kind = JobKind::Cancelled;
-                        i.error = Some(
-                            i.error
-                                .clone()
-                                .unwrap_or_else(|| "migration cancelled by the operator".into()),
-                        );
-                    });
-                }
-                job.event(format!(
-                    "QEMU {}: {}",
-                    info.qemu_status,
-                    job.info().error.unwrap_or_default()
-                ));
-                return;
+                self.failed(&info);
+                Look::Ended
             }
-            _ => {}
+            _ => Look::Going(Box::new(info)),
         }
-        if *cancel_rx.borrow_and_update() && !cancelled {
-            cancelled = true;
-            let _ = qmp.execute("migrate_cancel", None).await;
+    }
+
+    fn completed(&self) {
+        // QEMU counts downtime from its own final stop; a guest we paused
+        // earlier (timeout, policy) was down since then.
+        if let Some(t) = self.paused_at {
+            let ms = t.elapsed().as_millis() as u64;
+            self.job
+                .update(|i| i.downtime_ms = Some(i.downtime_ms.unwrap_or(0).max(ms)));
         }
-        if last_status == MigrationStatus::PostcopyPaused
+        let info = self.job.info();
+        self.job.event(format!(
+            "QEMU completed: downtime {} ms, {} MiB sent in {} ms",
+            info.downtime_ms.unwrap_or(0),
+            info.memory_processed >> 20,
+            info.time_elapsed_ms
+        ));
+    }
+
+    fn failed(&self, info: &JobInfo) {
+        if self.cancelled {
+            self.job.update(|i| {
+                i.kind = JobKind::Cancelled;
+                i.error = Some(
+                    i.error
+                        .clone()
+                        .unwrap_or_else(|| "migration cancelled by the operator".into()),
+                );
+            });
+        }
+        self.job.event(format!(
+            "QEMU {}: {}",
+            info.qemu_status,
+            self.job.info().error.unwrap_or_default()
+        ));
+    }
+
+    /// No bytes moving: a stalled post-copy is paused (to be resumed when
+    /// the link returns); a stalled pre-copy is cancelled.
+    async fn stall_check(&mut self, info: &JobInfo) {
+        let (job, qmp, stall) = (&self.job, &self.qmp, self.stall);
+        if self.last_status == MigrationStatus::PostcopyPaused
             && info.qemu_status != MigrationStatus::PostcopyPaused
         {
-            // Resumed, by this loop or by the operator.
-            last_recovery = Instant::now();
+            // Resumed, by this watch or by the operator.
+            self.last_recovery = Instant::now();
         }
-        if info.memory_processed != last_bytes || info.qemu_status != last_status {
+        if info.memory_processed != self.last_bytes || info.qemu_status != self.last_status {
             // Bytes moved, or QEMU changed state (a post-copy recovery
             // resends its bitmap before pages flow again): not a stall.
-            last_bytes = info.memory_processed;
-            last_status = info.qemu_status;
-            last_progress = Instant::now();
-        } else if postcopy_stalled(info.qemu_status, last_progress.elapsed(), stall)
-            && last_recovery.elapsed() > stall * 4
+            self.last_bytes = info.memory_processed;
+            self.last_status = info.qemu_status;
+            self.last_progress = Instant::now();
+        } else if postcopy_stalled(info.qemu_status, self.last_progress.elapsed(), stall)
+            && self.last_recovery.elapsed() > stall * 4
         {
             // A dead link leaves QEMU waiting on TCP for many minutes; a
             // paused post-copy can be resumed when the link returns.
@@ -283,8 +358,8 @@ async fn watch(
                 stall.as_secs()
             ));
             let _ = qmp.execute_oob("migrate-pause", None).await;
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
+            self.last_progress = Instant::now();
+        } else if self.last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
             job.event(format!(
                 "no progress for {} s: the link to the destination looks down; cancelling",
                 stall.as_secs()
@@ -296,98 +371,164 @@ async fn watch(
                     stall.as_secs()
                 ))
             });
-            last_progress = Instant::now();
-        }
-        if let (Some(cfg), MigrationStatus::Active) = (&policy, info.qemu_status) {
-            let obs = Observation {
-                elapsed_ms: info.time_elapsed_ms,
-                iteration: info.iteration,
-                remaining: info.memory_remaining,
-                bandwidth: info.memory_bandwidth,
-                dirty_rate: info.dirty_rate,
-                throttle: info.auto_converge_throttle.unwrap_or(0),
-            };
-            // One JSON line per look: the traces the policy's tests replay
-            // (crates/tern-migrate/traces) are cut from these.
-            tracing::debug!(
-                target: "tern_agent::policy_trace",
-                domain = %job.domain,
-                obs = %serde_json::to_string(&obs).unwrap_or_default(),
-                "policy observation"
-            );
-            let (next, decision) = policy::decide(cfg, &pstate, &obs);
-            pstate = next;
-            if let Some(d) = decision {
-                apply(&qmp, &job, &d.action).await;
-                match d.action {
-                    Action::StartPostcopy => {
-                        postcopy_started = true;
-                        job.update(|i| i.went_postcopy = true);
-                    }
-                    Action::PauseAndFinish => paused_at = Some(Instant::now()),
-                    _ => {}
-                }
-                job.event(format!("policy: {}", d.reason));
-                job.update(|i| {
-                    i.policy_steps += 1;
-                    i.policy_last = Some(d.reason.clone());
-                    i.downtime_limit_ms = Some(pstate.downtime_ms);
-                });
-            }
-        }
-        if info.qemu_status == MigrationStatus::PostcopyPaused
-            && !*job.postcopy_hold.borrow()
-            && last_recovery.elapsed() > RECOVER_EVERY
-        {
-            last_recovery = Instant::now();
-            match super::postcopy::recover(agent, &job, &qmp).await {
-                Ok(()) => last_progress = Instant::now(),
-                Err(e) if !recovery_failed => {
-                    recovery_failed = true;
-                    job.event(format!(
-                        "post-copy paused: {e}; trying again until it answers"
-                    ));
-                }
-                Err(_) => {}
-            }
-        }
-        let want_postcopy = o.postcopy
-            && !postcopy_started
-            && info.qemu_status == MigrationStatus::Active
-            && ((o.postcopy_after_precopy && info.iteration >= 2) || *post_rx.borrow_and_update());
-        let timed_out = o
-            .timeout_s
-            .is_some_and(|t| start.elapsed() >= Duration::from_secs(t));
-        if timed_out && !timeout_fired && info.qemu_status == MigrationStatus::Active {
-            timeout_fired = true;
-            match o.timeout_action {
-                TimeoutAction::Suspend => {
-                    job.event("timeout reached: pausing the guest to finish");
-                    if qmp.execute("stop", None).await.is_ok() {
-                        paused_at = Some(Instant::now());
-                    }
-                }
-                TimeoutAction::Postcopy if !postcopy_started => {
-                    job.event("timeout reached: switching to post-copy");
-                    if qmp.execute("migrate-start-postcopy", None).await.is_ok() {
-                        postcopy_started = true;
-                        job.update(|i| i.went_postcopy = true);
-                    }
-                }
-                TimeoutAction::Postcopy => {}
-            }
-        }
-        if want_postcopy {
-            job.event("switching to post-copy");
-            match qmp.execute("migrate-start-postcopy", None).await {
-                Ok(_) => {
-                    postcopy_started = true;
-                    job.update(|i| i.went_postcopy = true);
-                }
-                Err(e) => job.event(format!("post-copy refused: {e}")),
-            }
+            self.last_progress = Instant::now();
         }
     }
+
+    /// The convergence policy's step for this look, if it takes one.
+    async fn policy_step(&mut self, info: &JobInfo) {
+        let Some(cfg) = &self.policy else { return };
+        if info.qemu_status != MigrationStatus::Active {
+            return;
+        }
+        let obs = Observation {
+            elapsed_ms: info.time_elapsed_ms,
+            iteration: info.iteration,
+            remaining: info.memory_remaining,
+            bandwidth: info.memory_bandwidth,
+            dirty_rate: info.dirty_rate,
+            throttle: info.auto_converge_throttle.unwrap_or(0),
+        };
+        // One JSON line per look: the traces the policy's tests replay
+        // (crates/tern-migrate/traces) are cut from these.
+        tracing::debug!(
+            target: "tern_agent::policy_trace",
+            domain = %self.job.domain,
+            obs = %serde_json::to_string(&obs).unwrap_or_default(),
+            "policy observation"
+        );
+        let (next, decision) = policy::decide(cfg, &self.pstate, &obs);
+        self.pstate = next;
+        let Some(d) = decision else { return };
+        apply(&self.qmp, &self.job, &d.action).await;
+        match d.action {
+            Action::StartPostcopy => {
+                self.postcopy_started = true;
+                self.job.update(|i| i.went_postcopy = true);
+            }
+            Action::PauseAndFinish => self.paused_at = Some(Instant::now()),
+            _ => {}
+        }
+        self.job.event(format!("policy: {}", d.reason));
+        let downtime = self.pstate.downtime_ms;
+        self.job.update(|i| {
+            i.policy_steps += 1;
+            i.policy_last = Some(d.reason.clone());
+            i.downtime_limit_ms = Some(downtime);
+        });
+    }
+
+    /// A paused post-copy the operator does not hold: try to resume it.
+    async fn recover_postcopy(&mut self, info: &JobInfo) {
+        if info.qemu_status != MigrationStatus::PostcopyPaused
+            || *self.job.postcopy_hold.borrow()
+            || self.last_recovery.elapsed() <= RECOVER_EVERY
+        {
+            return;
+        }
+        self.last_recovery = Instant::now();
+        match super::postcopy::recover(self.agent, &self.job, &self.qmp).await {
+            Ok(()) => self.last_progress = Instant::now(),
+            Err(e) if !self.recovery_failed => {
+                self.recovery_failed = true;
+                self.job.event(format!(
+                    "post-copy paused: {e}; trying again until it answers"
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// `--timeout`: pause the guest, or switch to post-copy, once.
+    async fn timeout(&mut self, info: &JobInfo) {
+        let timed_out = self
+            .o
+            .timeout_s
+            .is_some_and(|t| self.start.elapsed() >= Duration::from_secs(t));
+        if !timed_out || self.timeout_fired || info.qemu_status != MigrationStatus::Active {
+            return;
+        }
+        self.timeout_fired = true;
+        match self.o.timeout_action {
+            TimeoutAction::Suspend => {
+                self.job
+                    .event("timeout reached: pausing the guest to finish");
+                if self.qmp.execute("stop", None).await.is_ok() {
+                    self.paused_at = Some(Instant::now());
+                }
+            }
+            TimeoutAction::Postcopy if !self.postcopy_started => {
+                self.job.event("timeout reached: switching to post-copy");
+                if self
+                    .qmp
+                    .execute("migrate-start-postcopy", None)
+                    .await
+                    .is_ok()
+                {
+                    self.postcopy_started = true;
+                    self.job.update(|i| i.went_postcopy = true);
+                }
+            }
+            TimeoutAction::Postcopy => {}
+        }
+    }
+
+    /// `--postcopy-after-precopy` after the first pass, or the operator's
+    /// `migrate-postcopy`.
+    async fn switch_to_postcopy(&mut self, info: &JobInfo, asked: bool) {
+        let want = self.o.postcopy
+            && !self.postcopy_started
+            && info.qemu_status == MigrationStatus::Active
+            && ((self.o.postcopy_after_precopy && info.iteration >= 2) || asked);
+        if !want {
+            return;
+        }
+        self.job.event("switching to post-copy");
+        match self.qmp.execute("migrate-start-postcopy", None).await {
+            Ok(_) => {
+                self.postcopy_started = true;
+                self.job.update(|i| i.went_postcopy = true);
+            }
+            Err(e) => self.job.event(format!("post-copy refused: {e}")),
+        }
+    }
+}
+
+/// Waits for QEMU's MIGRATION events (completion above all) or the tick;
+/// true on a disk I/O error.
+async fn wake(events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(POLL) => false,
+        io = async {
+            loop {
+                match events.recv().await {
+                    Ok(ev) if ev.name == "MIGRATION" => return false,
+                    Ok(ev) if ev.name == "BLOCK_IO_ERROR" => return true,
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
+                    Err(_) => return std::future::pending::<bool>().await,
+                }
+            }
+        } => io,
+    }
+}
+
+/// QEMU announces "completed" a moment before it has filled in the total
+/// time and downtime; waits (briefly) for the figures.
+async fn with_final_figures(qmp: &tern_qemu::Qmp, mut q: serde_json::Value) -> serde_json::Value {
+    for _ in 0..500 {
+        if MigrationStatus::of_reply(&q) != MigrationStatus::Completed
+            || q["total-time"].as_u64().unwrap_or(0) > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        match qmp.execute("query-migrate", None).await {
+            Ok(again) => q = again,
+            Err(_) => break,
+        }
+    }
+    q
 }
 
 /// Whether a post-copy stopped moving for long enough to pause it (so it
