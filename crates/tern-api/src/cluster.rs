@@ -417,6 +417,12 @@ pub struct JobRecord {
     /// The operator asked to cancel it while it ran.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Attempts that failed so far (a rescue is retried with a backoff).
+    #[serde(default)]
+    pub attempts: u32,
+    /// A queued retry waits until then, ms since the epoch.
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
 }
 
 /// One host's verdict in `migrate-forecast`.

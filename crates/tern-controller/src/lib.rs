@@ -12,9 +12,11 @@ pub mod api;
 pub mod console;
 pub mod error;
 pub mod evacuate;
+pub mod fencing;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
+pub mod rescue;
 pub mod runner;
 pub mod sync;
 pub mod views;
@@ -24,7 +26,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tern_scheduler::Limits;
 use tern_store::Election;
 
@@ -56,6 +58,8 @@ pub struct ControllerConfig {
     pub leader_ttl: Duration,
     /// Migration limits.
     pub limits: Limits,
+    /// Tests: exit right after marking a host down, before its rescues.
+    pub fault_exit_after_mark_down: bool,
 }
 
 impl ControllerConfig {
@@ -71,6 +75,7 @@ impl ControllerConfig {
             tick: Duration::from_millis(250),
             leader_ttl: Duration::from_secs(3),
             limits: Limits::default(),
+            fault_exit_after_mark_down: false,
         }
     }
 }
@@ -85,9 +90,27 @@ pub struct Controller {
     /// The election every controller takes part in.
     pub election: Election,
     leader: AtomicBool,
+    /// The current term's guard while leading.
+    guard: Mutex<Option<tern_store::Guard>>,
     /// Jobs with a runner in this process (aborted if leadership is lost,
     /// so two controllers never drive one migration).
     runners: Mutex<HashMap<String, Option<tokio::task::AbortHandle>>>,
+    /// What the leader saw of lapsed hosts' storage leases.
+    fence_watch: Mutex<fencing::Watch>,
+    /// Per host, why its fencing is not proven yet (shown on rescue jobs).
+    fence_notes: Mutex<HashMap<String, String>>,
+}
+
+/// Renews the leader's lease every `every` until that fails; then says so.
+async fn renew(lead: tern_store::Leadership, every: Duration, lost: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = lead.renew().await {
+            tracing::warn!(error = %e, term = lead.term, "lost leadership");
+            lost.notify_one();
+            return;
+        }
+    }
 }
 
 /// Name of the controllers' election.
@@ -109,7 +132,10 @@ impl Controller {
             inv: Inventory::new(store),
             election,
             leader: AtomicBool::new(false),
+            guard: Mutex::default(),
             runners: Mutex::default(),
+            fence_watch: Mutex::default(),
+            fence_notes: Mutex::default(),
             cfg,
         }))
     }
@@ -119,7 +145,26 @@ impl Controller {
         self.leader.load(Ordering::Relaxed)
     }
 
-    /// Campaigns, then leads until the lease is lost; forever.
+    /// The records as the leader writes them: every conditional write
+    /// carries this controller's term, and fails once another leads (or
+    /// at once when this one does not lead).
+    pub fn lead(&self) -> Inventory {
+        let g = self
+            .guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(tern_store::Guard {
+                key: format!("election/{ELECTION}"),
+                revision: u64::MAX,
+            });
+        self.inv.guarded(g)
+    }
+
+    /// Campaigns, then leads until the lease is lost; forever. The lease
+    /// is renewed by its own task, so a slow tick cannot let it lapse
+    /// unnoticed; and a tick that runs on after the lease was lost writes
+    /// nothing, since its writes carry the lost term.
     pub async fn run(self: Arc<Self>) {
         loop {
             let lead = self
@@ -127,23 +172,25 @@ impl Controller {
                 .campaign(&self.cfg.id, Duration::from_millis(250))
                 .await;
             let Ok(lead) = lead else { continue };
+            *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(lead.guard());
             self.leader.store(true, Ordering::Relaxed);
-            tracing::info!(id = %self.cfg.id, "leading the cluster");
-            let mut renewed = Instant::now();
+            tracing::info!(id = %self.cfg.id, term = lead.term, "leading the cluster");
+            let lost = Arc::new(tokio::sync::Notify::new());
+            let renewer = tokio::spawn(renew(lead, self.cfg.leader_ttl / 3, lost.clone()));
             loop {
-                tokio::time::sleep(self.cfg.tick).await;
-                if renewed.elapsed() >= self.cfg.leader_ttl / 3 {
-                    if let Err(e) = lead.renew().await {
-                        tracing::warn!(error = %e, "lost leadership");
-                        break;
-                    }
-                    renewed = Instant::now();
-                }
-                if let Err(e) = self.tick().await {
-                    tracing::warn!(error = %e, "controller tick failed");
+                tokio::select! {
+                    _ = lost.notified() => break,
+                    _ = async {
+                        tokio::time::sleep(self.cfg.tick).await;
+                        if let Err(e) = self.tick().await {
+                            tracing::warn!(error = %e, "controller tick failed");
+                        }
+                    } => {}
                 }
             }
+            renewer.abort();
             self.leader.store(false, Ordering::Relaxed);
+            *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.abort_runners();
         }
     }
@@ -164,6 +211,25 @@ impl Controller {
     pub async fn tick(self: &Arc<Self>) -> error::Result<()> {
         evacuate::health_tick(self).await?;
         jobs::schedule_tick(self).await
+    }
+
+    fn fence_watch(&self) -> std::sync::MutexGuard<'_, fencing::Watch> {
+        self.fence_watch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_fence_note(&self, host: &str, note: String) {
+        self.fence_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), note);
+    }
+
+    fn fence_note(&self, host: &str) -> Option<String> {
+        self.fence_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
     }
 
     fn runner_claim(&self, id: &str) -> bool {

@@ -53,6 +53,9 @@ struct Args {
     /// The console's password file (see `tern-controller console-passwd`).
     #[arg(long)]
     console_users: Option<PathBuf>,
+    /// Tests: exit right after marking a host down, before its rescues.
+    #[arg(long, hide = true)]
+    fault_exit_after_mark_down: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +126,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
     cfg.grace = Duration::from_millis(a.grace_ms);
     cfg.leader_ttl = Duration::from_millis(a.leader_ttl_ms);
+    cfg.fault_exit_after_mark_down = a.fault_exit_after_mark_down;
     cfg.limits = tern_scheduler::Limits {
         per_host_outbound: a.max_outbound_per_host.max(1),
         per_host_inbound: a.max_inbound_per_host.max(1),
