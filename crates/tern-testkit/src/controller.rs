@@ -119,6 +119,34 @@ impl TestController {
         }
     }
 
+    /// Its pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits (up to `timeout`) for it to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tern-controller did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts it again on the same store and port with other extra arguments.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.args = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
+
     /// Starts it again on the same store and port.
     pub fn restart(&mut self) {
         self.kill9();
@@ -219,6 +247,27 @@ impl TestController {
         };
         opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
         Self::join(controllers, opts)
+    }
+
+    /// Starts an agent inside side `s` of `lab` that joins `controllers`
+    /// (which must be reachable from there) under the name `name`.
+    pub fn join_lab(
+        controllers: &[&TestController],
+        lab: &crate::Lab,
+        s: crate::Side,
+        name: &str,
+        extra: &[&str],
+    ) -> TernHost {
+        let mut opts = lab.host_options(s, name);
+        let urls: Vec<&str> = controllers.iter().map(|c| c.url.as_str()).collect();
+        opts.extra_args.extend(extra.iter().map(|a| a.to_string()));
+        opts.extra_args.extend([
+            "--controller".to_string(),
+            urls.join(","),
+            "--host-name".into(),
+            name.to_string(),
+        ]);
+        TernHost::start_with(opts)
     }
 
     /// Starts an agent with `opts` (plus a plain TCP listener) that joins

@@ -15,6 +15,7 @@
 
 pub mod bootsector;
 pub mod browser;
+pub mod cluster;
 pub mod controller;
 pub mod corpus;
 mod cpio;
@@ -22,6 +23,7 @@ mod domxml;
 mod elf;
 mod error;
 pub mod etcd;
+pub mod fencing;
 pub mod fixtures;
 mod guest;
 pub mod host;

@@ -1,0 +1,83 @@
+//! Cluster test helpers: a shared pool on several hosts, a small guest
+//! with its disk there, and waits on what the controller reports.
+
+use crate::controller::TestController;
+use crate::host::TernHost;
+use crate::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TestDisk};
+use std::time::Duration;
+
+/// Patience for cluster waits (TCG guests on a shared two-core machine).
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// A directory every host sees as the shared pool `name`.
+pub fn shared_pool(hosts: &[&TernHost], name: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("tern-fshared-")
+        .tempdir()
+        .expect("temp dir");
+    for h in hosts {
+        h.add_pool(name, d.path(), true);
+    }
+    d
+}
+
+/// Defines and starts a small idle guest on `h` with its disk in `pool`,
+/// and waits until it is ready.
+pub fn boot_on_pool(h: &TernHost, name: &str, pool: &str) {
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    let mut spec = GuestSpec::new(name, &img);
+    spec.memory_mib = 128;
+    let vol = format!("{name}.raw");
+    h.ok(&["vol-create-as", pool, &vol, "8M"]);
+    let path = h.ok(&["vol-path", &vol, "--pool", pool]);
+    spec.workload =
+        "tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=2 tern.verify_rate=8".into();
+    spec.disks.push(TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    h.define_guest(&spec);
+    h.ok(&["start", name]);
+    h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+}
+
+/// Waits until the controller lists server `name` on `host` in `state`.
+pub fn wait_server(c: &TestController, name: &str, host: &str, state: &str) -> serde_json::Value {
+    c.wait_json(
+        &["server-show", name],
+        LONG,
+        &format!("{name} {state} on {host}"),
+        |v| v["host"] == host && v["state"] == state,
+    )
+}
+
+/// The controller's jobs.
+pub fn jobs(c: &TestController) -> Vec<serde_json::Value> {
+    c.json(&["job-list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Enables auto-migrate-on-host-down for `host`.
+pub fn enable_host_down_policy(c: &TestController, host: &str) {
+    c.ok(&[
+        "host-auto-migrate-on-host-down",
+        host,
+        "--auto-migrate-on-host-down",
+        "enable",
+    ]);
+}
+
+/// Waits for `n` more heartbeats of guest `name` on `h` than it has now:
+/// proof that it still runs there.
+pub fn more_heartbeats(h: &TernHost, name: &str, n: usize) {
+    let have = SerialLog::read(&h.console_log(name))
+        .map(|l| l.heartbeats.len())
+        .unwrap_or(0);
+    h.wait_console(name, LONG, "more heartbeats", |t| {
+        SerialLog::parse(t).heartbeats.len() >= have + n
+    });
+}
