@@ -27,6 +27,7 @@ PKGS=(
   chromium             # the web console's browser test (headless)
   chromium-driver      # WebDriver for it
   fonts-dejavu-core    # text in the console's screenshots
+  e2fsprogs            # chattr: the fencing tests make one host's storage lease unwritable
 )
 
 missing=()
