@@ -426,6 +426,10 @@ pub struct JobRecord {
     /// A queued retry waits until then, ms since the epoch.
     #[serde(default)]
     pub retry_at_ms: Option<u64>,
+    /// Term of the leader that last wrote it (its election key's revision;
+    /// the write was refused had another controller led by then).
+    #[serde(default)]
+    pub term: Option<u64>,
 }
 
 /// One host's verdict in `migrate-forecast`.

@@ -326,8 +326,14 @@ async fn queue_rescue(
         cancel_requested: false,
         attempts: 0,
         retry_at_ms: None,
+        term: None,
     };
-    if ctl.lead().create(&format!("{JOBS}{id}"), &job).await? {
+    let inv = ctl.lead();
+    let job = JobRecord {
+        term: inv.term(),
+        ..job
+    };
+    if inv.create(&format!("{JOBS}{id}"), &job).await? {
         tracing::info!(%server, %host, "rescue queued");
     }
     ctl.lead()

@@ -170,9 +170,22 @@ impl Inventory {
     pub async fn update_job(
         &self,
         id: &str,
-        f: impl FnMut(&mut JobRecord) -> Result<bool>,
+        mut f: impl FnMut(&mut JobRecord) -> Result<bool>,
     ) -> Result<Option<JobRecord>> {
-        self.update(&format!("{JOBS}{id}"), f).await
+        let term = self.guard.as_ref().map(|g| g.revision);
+        self.update(&format!("{JOBS}{id}"), |r: &mut JobRecord| {
+            let change = f(r)?;
+            if change && term.is_some() {
+                r.term = term;
+            }
+            Ok(change)
+        })
+        .await
+    }
+
+    /// The term this view's writes carry, if it is the leader's.
+    pub fn term(&self) -> Option<u64> {
+        self.guard.as_ref().map(|g| g.revision)
     }
 
     /// Updates a host record.

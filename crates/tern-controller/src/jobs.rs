@@ -116,6 +116,7 @@ pub async fn create(
         cancel_requested: false,
         attempts: 0,
         retry_at_ms: None,
+        term: None,
     };
     // Claim the server first: of two racing requests only one gets it.
     let mut claimed = false;
