@@ -235,7 +235,7 @@ pub fn summary(v: &[Verdict]) -> String {
     if v.is_empty() {
         return "no storage lease of the host could be read: its fencing cannot be proven".into();
     }
-    if v.iter().any(|v| *v == Verdict::NotArmed) {
+    if v.contains(&Verdict::NotArmed) {
         return "the host's fence is not armed: its fencing cannot be proven".into();
     }
     let left = v

@@ -92,3 +92,47 @@ pub fn more_heartbeats(h: &TernHost, name: &str, n: usize) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Waits until the server's rescue job exists and waits for the host's
+/// fencing (its note says why).
+pub fn wait_rescue_waiting(c: &TestController, server: &str) -> serde_json::Value {
+    c.wait_json(&["job-list"], LONG, "a rescue waiting for fencing", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter().any(|j| {
+                j["kind"] == "rescue"
+                    && j["server"] == server
+                    && j["state"] == "queued"
+                    && j["note"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("storage lease"))
+            })
+        })
+    })
+}
+
+/// The rescue jobs, each checked to have succeeded; how many.
+pub fn rescues_succeeded(c: &TestController) -> usize {
+    let r: Vec<_> = jobs(c)
+        .into_iter()
+        .filter(|j| j["kind"] == "rescue")
+        .collect();
+    assert!(r.iter().all(|j| j["state"] == "succeeded"), "{r:#?}");
+    r.len()
+}
+
+/// Waits until `path` (a log) contains `needle`, from byte `from` on.
+pub fn wait_log(path: &std::path::Path, from: usize, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.get(from..).is_some_and(|t| t.contains(needle)) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never said {needle:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

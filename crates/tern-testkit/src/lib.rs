@@ -44,7 +44,7 @@ pub use controller::{console_passwd, TestController};
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdCluster};
 pub use guest::{
     build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
     GUEST_TARGET,
