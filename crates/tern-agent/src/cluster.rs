@@ -101,6 +101,9 @@ pub async fn run(agent: Arc<Agent>) {
                     continue;
                 }
                 Ok(r) => {
+                    // The controller hears us: it rescues nothing of ours
+                    // without first declaring us down.
+                    crate::fence::clear_fenced(&agent);
                     crate::fence::sync(&agent, &host, r.fence).await;
                     true
                 }

@@ -110,10 +110,19 @@ pub fn wait_rescue_waiting(c: &TestController, server: &str) -> serde_json::Valu
     })
 }
 
-/// The rescue jobs, each checked to have succeeded; how many.
+/// Waits until every rescue job has ended, checks each succeeded; how many.
 pub fn rescues_succeeded(c: &TestController) -> usize {
-    let r: Vec<_> = jobs(c)
+    let all = c.wait_json(&["job-list"], LONG, "rescues to end", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .filter(|j| j["kind"] == "rescue")
+                .all(|j| j["state"] != "queued" && j["state"] != "running")
+        })
+    });
+    let r: Vec<_> = all
+        .as_array()
         .into_iter()
+        .flatten()
         .filter(|j| j["kind"] == "rescue")
         .collect();
     assert!(r.iter().all(|j| j["state"] == "succeeded"), "{r:#?}");

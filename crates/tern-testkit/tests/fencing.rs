@@ -137,8 +137,10 @@ fn a_rescue_refused_once_is_retried_and_succeeds() {
     assert_eq!(r[0]["attempts"], 1, "{r:#?}");
 }
 
-/// A lab whose controller runs in B's namespace: cutting the a–b link cuts
-/// host a off from the controller and from b (storage stays).
+/// A lab with host a in namespace A, host b in B, and the controller in
+/// `controller` (B: cutting the a–b link cuts a off from the controller
+/// and from b; C: on a's bridge, so a pair of routes can cut a from the
+/// controller alone). Storage is a directory both hosts see.
 struct Partition {
     c: TestController,
     a: TernHost,
@@ -147,9 +149,9 @@ struct Partition {
     lab: Lab,
 }
 
-fn partition_lab() -> Partition {
+fn partition_lab(controller: Side) -> Partition {
     let lab = Lab::start();
-    let c = TestController::file_in_netns(&lab.ns(Side::B), lab.host_addr(Side::B), &[]);
+    let c = TestController::file_in_netns(&lab.ns(controller), lab.host_addr(controller), &[]);
     let a = TestController::join_lab(&[&c], &lab, Side::A, "a", &[]);
     let b = TestController::join_lab(&[&c], &lab, Side::B, "b", &[]);
     let pool = shared_pool(&[&a, &b], "shared");
@@ -165,7 +167,7 @@ fn a_host_cut_off_from_controller_and_peer_but_not_storage_keeps_its_guest() {
     if skip_unless_root("a_host_cut_off_from_controller_and_peer_but_not_storage_keeps_its_guest") {
         return;
     }
-    let p = partition_lab();
+    let p = partition_lab(Side::B);
     let copies = CopyCounter::start(&[&p.a, &p.b], "vm");
     p.lab.cut_link();
     p.c.wait_json(&["host-show", "a"], LONG, "a down", |v| {
@@ -186,7 +188,7 @@ fn a_fully_partitioned_host_stops_its_guest_before_it_starts_elsewhere() {
     if skip_unless_root("a_fully_partitioned_host_stops_its_guest_before_it_starts_elsewhere") {
         return;
     }
-    let p = partition_lab();
+    let p = partition_lab(Side::B);
     let copies = CopyCounter::start(&[&p.a, &p.b], "vm");
     // Network and storage gone at once.
     p.lab.cut_link();
@@ -207,5 +209,36 @@ fn a_fully_partitioned_host_stops_its_guest_before_it_starts_elsewhere() {
     );
     more_heartbeats(&p.b, "vm", 3);
     assert_eq!(rescues_succeeded(&p.c), 1);
+    assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn asymmetric_partition_controller_loses_a_but_a_reaches_its_peer_and_storage() {
+    if skip_unless_root(
+        "asymmetric_partition_controller_loses_a_but_a_reaches_its_peer_and_storage",
+    ) {
+        return;
+    }
+    let p = partition_lab(Side::C);
+    let copies = CopyCounter::start(&[&p.a, &p.b], "vm");
+    // The controller and a no longer reach each other; a still reaches b
+    // (and b the controller), and its storage.
+    p.lab.cut_between(Side::A, Side::C);
+    assert!(p.lab.ping_once(Side::A, p.lab.host_addr(Side::B)));
+    p.c.wait_json(&["host-show", "a"], LONG, "a down", |v| {
+        v["status"]["down"].is_object()
+    });
+    wait_rescue_waiting(&p.c, "vm");
+    more_heartbeats(&p.a, "vm", 5);
+    assert!(fenced_record(&p.a).is_none(), "{}", log_tail(&p.a));
+    assert!(!tern_testkit::fencing::runs_guest(&p.b.state_dir(), "vm"));
+    p.lab.restore_between(Side::A, Side::C);
+    p.c.wait_json(&["job-list"], LONG, "rescue cancelled", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|j| j["kind"] == "rescue" && j["state"] == "cancelled")
+        })
+    });
+    wait_server(&p.c, "vm", "a", "running");
     assert_eq!(copies.max(), 1);
 }

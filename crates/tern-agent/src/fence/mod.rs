@@ -105,8 +105,10 @@ pub fn is_fenced(agent: &Agent) -> bool {
     FenceDir::of(&agent.cfg.state_dir).fenced().exists()
 }
 
-/// Back in the cluster: the controller knows what happened, so the fence
-/// may renew again (its guests stay as they are).
+/// Back in the cluster (registered, or a heartbeat accepted): the
+/// controller rescues a host's guests only after declaring it down, which
+/// a registered or heartbeating host is not, so the fence may renew again
+/// and guests may start here again.
 pub fn clear_fenced(agent: &Agent) {
     let dir = FenceDir::of(&agent.cfg.state_dir);
     if let Some(r) = dir.load_fenced() {
