@@ -242,3 +242,41 @@ fn asymmetric_partition_controller_loses_a_but_a_reaches_its_peer_and_storage() 
     wait_server(&p.c, "vm", "a", "running");
     assert_eq!(copies.max(), 1);
 }
+
+#[test]
+fn a_host_dying_mid_migration_leaves_its_server_on_exactly_one_host() {
+    let c = TestController::file(&[]);
+    let mut a = TestController::host(&[&c], "a", &[]);
+    // The destination discards an orphaned incoming copy after 5 s.
+    let b = TestController::host(&[&c], "b", &["--orphan-timeout", "5"]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    c.ok(&["server-live-migrate", "vm", "--max-bandwidth-mb", "1"]);
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&a.ok(&["domjobinfo", "vm", "--json"])).unwrap();
+        if j["memory_processed"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never migrating: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_host(&mut a);
+    // From here on at most one QEMU of the guest (b's incoming copy, or
+    // the rescued guest) may live.
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+    wait_server(&c, "vm", "b", "running");
+    more_heartbeats(&b, "vm", 3);
+    let all = jobs(&c);
+    let migration = all.iter().find(|j| j["kind"] == "live-migrate").unwrap();
+    assert_eq!(migration["state"], "failed", "{all:#?}");
+    assert_eq!(rescues_succeeded(&c), 1);
+    assert_eq!(copies.max(), 1);
+}
