@@ -52,6 +52,12 @@ pub fn lease_path(pool_dir: &Path, host: &str) -> PathBuf {
     pool_dir.join(LEASE_DIR).join(format!("{host}.lease"))
 }
 
+/// The lease file of `host` in the top directory of an NFS export that
+/// only QEMU and the agents' NFS clients reach (no mount, no subdirectory).
+pub fn nfs_lease_name(host: &str) -> String {
+    format!("{LEASE_DIR}-{host}.lease")
+}
+
 /// Whether `host` is a name that can be a lease file's stem.
 pub fn valid_host_name(host: &str) -> bool {
     !host.is_empty()

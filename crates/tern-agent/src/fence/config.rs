@@ -65,6 +65,10 @@ pub struct FenceConfig {
     pub armed: bool,
     /// Target directories of the shared pools that carry a lease.
     pub pools: Vec<PathBuf>,
+    /// Exports of the shared pools QEMU reaches over `nfs://` (no mount):
+    /// their lease is written with the agent's NFSv3 client.
+    #[serde(default)]
+    pub nfs: Vec<tern_model::NetfsSource>,
     /// Timings.
     pub settings: FenceSettings,
 }
@@ -172,6 +176,7 @@ mod tests {
             host: "a".into(),
             armed: true,
             pools: vec!["/p".into()],
+            nfs: Vec::new(),
             settings: FenceSettings::default(),
         };
         f.save_config(&c).unwrap();

@@ -30,7 +30,13 @@ pub enum DaemonError {
 
 /// Lease writes still running, by pool: a pool whose last write has not
 /// returned gets no second one, and does not count as renewed.
-type Pending = HashMap<PathBuf, mpsc::Receiver<std::io::Result<()>>>;
+type Pending = HashMap<String, mpsc::Receiver<std::io::Result<()>>>;
+
+/// Where one lease is written.
+enum Target {
+    Dir(PathBuf),
+    Nfs(tern_model::NetfsSource),
+}
 
 /// The fence's life in one process.
 struct Fence {
@@ -190,20 +196,34 @@ impl Fence {
         };
         let mut ok = true;
         let mut started = Vec::new();
-        for pool in &cfg.pools {
-            if let Some(rx) = self.pending.remove(pool) {
+        let dirs = cfg
+            .pools
+            .iter()
+            .map(|p| (p.display().to_string(), Target::Dir(p.clone())));
+        let nfs = cfg.nfs.iter().map(|n| {
+            (
+                format!("nfs://{}{}", n.host, n.path),
+                Target::Nfs(n.clone()),
+            )
+        });
+        for (key, target) in dirs.chain(nfs) {
+            if let Some(rx) = self.pending.remove(&key) {
                 if let Err(mpsc::TryRecvError::Empty) = rx.try_recv() {
-                    self.pending.insert(pool.clone(), rx);
+                    self.pending.insert(key, rx);
                     ok = false;
                     continue;
                 }
             }
             let (tx, rx) = mpsc::channel();
-            let (p, r) = (pool.clone(), rec.clone());
+            let r = rec.clone();
             std::thread::spawn(move || {
-                let _ = tx.send(lease::write(&p, &r));
+                let res = match target {
+                    Target::Dir(p) => lease::write(&p, &r),
+                    Target::Nfs(n) => lease::write_nfs(&n, &r),
+                };
+                let _ = tx.send(res);
             });
-            started.push((pool.clone(), rx));
+            started.push((key, rx));
         }
         let deadline = Instant::now() + wait;
         for (pool, rx) in started {
@@ -211,11 +231,11 @@ impl Fence {
             match rx.recv_timeout(left) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(pool = %pool.display(), error = %e, "lease renewal failed");
+                    tracing::warn!(%pool, error = %e, "lease renewal failed");
                     ok = false;
                 }
                 Err(_) => {
-                    tracing::warn!(pool = %pool.display(), "lease renewal too slow");
+                    tracing::warn!(%pool, "lease renewal too slow");
                     self.pending.insert(pool, rx);
                     ok = false;
                 }

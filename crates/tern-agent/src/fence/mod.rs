@@ -17,11 +17,13 @@ pub mod lease;
 pub mod policy;
 
 use crate::error::{AgentError, Result};
+use crate::pools::Store;
 use crate::Agent;
 use config::{FenceConfig, FenceDir};
 use std::sync::Arc;
 use std::time::Duration;
 use tern_api::fence::{valid_host_name, LeaseRecord};
+use tern_model::NetfsSource;
 
 /// How long reading a lease for the controller may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,41 +35,55 @@ pub async fn read_lease(agent: &Arc<Agent>, pool: &str, host: &str) -> Result<Op
             "'{host}' is not a host name; give the cluster name of a host"
         )));
     }
-    let dir = agent.pools.active_dir(pool).await?;
-    let host = host.to_string();
-    let read = tokio::task::spawn_blocking(move || lease::read(&dir, &host));
+    let read = async {
+        match agent.pools.active_store(pool).await? {
+            Store::Dir(dir) => {
+                let host = host.to_string();
+                tokio::task::spawn_blocking(move || lease::read(&dir, &host))
+                    .await
+                    .map_err(|e| AgentError::Failed(format!("lease read failed: {e}")))?
+                    .map_err(|e| AgentError::Failed(format!("cannot read the lease: {e}")))
+            }
+            Store::Nfs { src, .. } => lease::read_nfs(&src, host).await,
+        }
+    };
     match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Ok(Ok(Ok(r))) => Ok(r),
-        Ok(Ok(Err(e))) => Err(AgentError::Failed(format!("cannot read the lease: {e}"))),
-        Ok(Err(e)) => Err(AgentError::Failed(format!("lease read failed: {e}"))),
+        Ok(r) => r,
         Err(_) => Err(AgentError::Timeout(format!(
             "reading the lease in pool '{pool}' took over {READ_TIMEOUT:?}"
         ))),
     }
 }
 
-/// Target directories of the active shared pools: each carries a lease.
-async fn lease_pools(agent: &Arc<Agent>) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
+/// The active shared pools, each of which carries a lease: directories,
+/// and exports reached over `nfs://`.
+async fn lease_pools(agent: &Arc<Agent>) -> (Vec<std::path::PathBuf>, Vec<NetfsSource>) {
+    let (mut dirs, mut nfs) = (Vec::new(), Vec::new());
     for p in agent.pools.list(false).await {
-        if p.def.shared {
-            if let Ok(d) = agent.pools.active_dir(&p.def.name).await {
-                out.push(d);
-            }
+        if !p.def.shared {
+            continue;
+        }
+        match agent.pools.active_store(&p.def.name).await {
+            Ok(Store::Dir(d)) => dirs.push(d),
+            Ok(Store::Nfs { src, .. }) => nfs.push(src),
+            Err(_) => {}
         }
     }
-    out.sort();
-    out
+    dirs.sort();
+    nfs.sort_by(|a, b| (&a.host, &a.path).cmp(&(&b.host, &b.path)));
+    (dirs, nfs)
 }
 
 /// Tells the fence what the controller said (`armed`) and which pools
 /// carry a lease, and makes sure a fence process runs.
 pub async fn sync(agent: &Arc<Agent>, host: &str, armed: bool) {
     let dir = FenceDir::of(&agent.cfg.state_dir);
+    let (pools, nfs) = lease_pools(agent).await;
     let want = FenceConfig {
         host: host.to_string(),
         armed,
-        pools: lease_pools(agent).await,
+        pools,
+        nfs,
         settings: agent.cfg.fence,
     };
     if dir.load_config().as_ref() != Some(&want) {
