@@ -269,8 +269,14 @@ fn a_host_dying_mid_migration_leaves_its_server_on_exactly_one_host() {
         std::thread::sleep(Duration::from_millis(100));
     }
     kill_host(&mut a);
-    // From here on at most one QEMU of the guest (b's incoming copy, or
-    // the rescued guest) may live.
+    // b's incoming copy (paused, not running the guest) lives on; once a's
+    // SIGKILLed QEMU has ended, at most one QEMU of the guest (that copy,
+    // or the rescued guest) may live from here on.
+    let deadline = std::time::Instant::now() + LONG;
+    while tern_testkit::fencing::runs_guest(&a.state_dir(), "vm") {
+        assert!(std::time::Instant::now() < deadline, "a's QEMU never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let copies = CopyCounter::start(&[&a, &b], "vm");
     wait_server(&c, "vm", "b", "running");
     more_heartbeats(&b, "vm", 3);
