@@ -109,3 +109,43 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_resumed() {
         2,
     );
 }
+
+/// The etcd store refuses a guarded write once the guard key was deleted
+/// and created again (another leader's term), and writes nothing.
+#[tokio::test]
+async fn etcd_refuses_a_write_from_a_past_term() {
+    use tern_store::{Guard, Store, StoreError};
+    let etcd = Etcd::start();
+    let s = tern_store::open(&format!("etcd:{}", etcd.url))
+        .await
+        .unwrap();
+    let term = s
+        .compare_and_swap("election/x", None, b"c1".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let g = Guard {
+        key: "election/x".into(),
+        revision: term,
+    };
+    let r = s
+        .compare_and_swap_guarded("jobs/1", None, b"a".to_vec(), &g)
+        .await;
+    assert!(r.unwrap().is_some());
+    // The key's own condition failing is not a lost term.
+    let r = s
+        .compare_and_swap_guarded("jobs/1", None, b"b".to_vec(), &g)
+        .await;
+    assert_eq!(r.unwrap(), None);
+    s.delete("election/x").await.unwrap();
+    s.compare_and_swap("election/x", None, b"c2".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let r = s
+        .compare_and_swap_guarded("jobs/2", None, b"c".to_vec(), &g)
+        .await;
+    assert!(matches!(r, Err(StoreError::Deposed(_))), "{r:?}");
+    assert!(s.get("jobs/2").await.unwrap().is_none());
+    assert_eq!(s.get("jobs/1").await.unwrap().unwrap().value, b"a");
+}
