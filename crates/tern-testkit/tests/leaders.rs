@@ -114,7 +114,7 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_resumed() {
 /// and created again (another leader's term), and writes nothing.
 #[tokio::test]
 async fn etcd_refuses_a_write_from_a_past_term() {
-    use tern_store::{Guard, Store, StoreError};
+    use tern_store::{Guard, StoreError};
     let etcd = Etcd::start();
     let s = tern_store::open(&format!("etcd:{}", etcd.url))
         .await
