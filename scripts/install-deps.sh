@@ -29,6 +29,7 @@ PKGS=(
   fonts-dejavu-core    # text in the console's screenshots
   openssl              # s_client: an intruder's TLS client in the data-plane test
   curl                 # the console's certificate login test
+  e2fsprogs            # chattr: the fencing tests make one host's storage lease unwritable
 )
 
 missing=()

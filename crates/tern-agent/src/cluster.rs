@@ -2,14 +2,10 @@
 //! heartbeats that carry this host's report, and fence.
 //!
 //! Fencing: once the controller says it would restart this host's servers
-//! elsewhere when the host dies (`fence`), an agent that cannot renew its
-//! lease for longer than the lease's TTL, and reaches none of the peer
-//! hosts the controller last named either, stops its own guests. By the
-//! time the controller has waited out the lease and its grace period, the
-//! guests it is about to restart elsewhere no longer run here. An agent
-//! that still reaches a peer is not cut off: the controller is down, and
-//! killing every guest of the cluster for that would be the wrong answer.
-//! The protocol is documented in `tern_api::cluster`.
+//! elsewhere when the host dies (`fence`), the agent arms the host's fence
+//! process ([`crate::fence`]), which renews a lease on every shared pool
+//! and kills the guests when it cannot. Losing the controller alone kills
+//! nothing. The protocol is documented in `tern_api::cluster`.
 
 use crate::Agent;
 use std::sync::Arc;
@@ -75,15 +71,14 @@ pub async fn run(agent: Arc<Agent>) {
     if clients.is_empty() {
         return;
     }
+    // The armed state persists in the fence's own files: a fence left
+    // armed by our previous life keeps guarding while we find a controller.
+    crate::fence::ensure_running(&agent);
     let mut which = 0usize;
     let mut session: Option<Session> = None;
-    let mut last_ok = Instant::now();
-    let mut fence_armed = false;
-    let mut fenced = false;
-    let mut peers: Vec<String> = Vec::new();
-    let mut peers_warned = false;
     loop {
         let report = report(&agent, &uri).await;
+        let host = report.name.clone();
         let (url, client) = &clients[which % clients.len()];
         let ok = match &session {
             None => match client
@@ -92,8 +87,8 @@ pub async fn run(agent: Arc<Agent>) {
             {
                 Ok(r) => {
                     tracing::info!(controller = %url, lease = r.lease, "registered with the controller");
-                    fence_armed = r.fence;
-                    peers = r.peers.clone();
+                    crate::fence::clear_fenced(&agent);
+                    crate::fence::sync(&agent, &host, r.fence).await;
                     session = Some(Session { reply: r });
                     true
                 }
@@ -116,8 +111,10 @@ pub async fn run(agent: Arc<Agent>) {
                     continue;
                 }
                 Ok(r) => {
-                    fence_armed = r.fence;
-                    peers = r.peers;
+                    // The controller hears us: it rescues nothing of ours
+                    // without first declaring us down.
+                    crate::fence::clear_fenced(&agent);
+                    crate::fence::sync(&agent, &host, r.fence).await;
                     true
                 }
                 Err(e) => {
@@ -126,61 +123,14 @@ pub async fn run(agent: Arc<Agent>) {
                 }
             },
         };
-        if ok {
-            last_ok = Instant::now();
-            fenced = false;
-            peers_warned = false;
-        } else {
+        if !ok {
             // Another controller may be the one that answers.
             which += 1;
-            let ttl = session.as_ref().map_or(Duration::from_secs(3), |s| {
-                Duration::from_millis(s.reply.lease_ttl_ms)
-            });
-            if fence_armed && !fenced && last_ok.elapsed() > ttl {
-                if !any_peer_answers(&agent, &peers).await {
-                    fence(&agent).await;
-                    fenced = true;
-                } else if !peers_warned {
-                    tracing::warn!("the controller is unreachable but peers answer: not fencing");
-                    peers_warned = true;
-                }
-            }
         }
         let every = session.as_ref().map_or(RETRY, |s| {
             Duration::from_millis(s.reply.heartbeat_ms.max(100))
         });
         tokio::time::sleep(if ok { every } else { every.min(RETRY) / 2 }).await;
-    }
-}
-
-/// Whether any peer host's agent answers (within a second each).
-async fn any_peer_answers(agent: &Agent, peers: &[String]) -> bool {
-    for p in peers {
-        let Ok(uri) = p.parse::<tern_model::uri::ConnectUri>() else {
-            continue;
-        };
-        // Never an ssh URI or a ?pkipath= from the controller's list.
-        let Ok(c) = agent.peer_client(&uri) else {
-            continue;
-        };
-        let r = c
-            .with_timeout(Duration::from_secs(1))
-            .call::<serde_json::Value>(&tern_api::Request::NodeInfo)
-            .await;
-        if r.is_ok() {
-            return true;
-        }
-    }
-    false
-}
-
-/// Stops every guest of this host: the controller will restart them elsewhere.
-async fn fence(agent: &Arc<Agent>) {
-    tracing::warn!("lost the controller for longer than the lease: stopping guests (fencing)");
-    for d in agent.list(false).await {
-        if let Err(e) = agent.destroy(&d.name).await {
-            tracing::error!(domain = %d.name, error = %e, "fencing could not stop a guest");
-        }
     }
 }
 

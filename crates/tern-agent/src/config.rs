@@ -75,6 +75,8 @@ pub struct AgentConfig {
     pub host_name: Option<String>,
     /// Labels reported to the controller.
     pub labels: Vec<(String, String)>,
+    /// Timings of the storage-lease fence (see [`crate::fence`]).
+    pub fence: crate::fence::config::FenceSettings,
 }
 
 /// Deliberate delays and failures, for tests of the failure paths.
@@ -85,6 +87,8 @@ pub struct Faults {
     /// Stop the migration task that reaches this named point (see
     /// [`crate::faults`]), so a test can kill a process exactly there.
     pub stop_at: Option<String>,
+    /// Refuse the first `start` of a domain (a rescue that fails once).
+    pub refuse_start_once: bool,
 }
 
 impl AgentConfig {
@@ -112,6 +116,7 @@ impl AgentConfig {
             controllers: Vec::new(),
             host_name: None,
             labels: Vec::new(),
+            fence: Default::default(),
         }
     }
 }

@@ -249,6 +249,7 @@ impl Agent {
                 slot.name, slot.name
             )));
         }
+        crate::fence::refuse_start(self, &slot.name)?;
         let def = e.def.clone();
         self.boot(&slot, &mut e, &def, paused).await?;
         Ok(DomainRef {

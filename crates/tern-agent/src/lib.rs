@@ -14,6 +14,7 @@ pub mod domains;
 pub mod error;
 pub mod facts;
 pub mod faults;
+pub mod fence;
 pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;

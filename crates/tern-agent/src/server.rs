@@ -254,6 +254,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 ok(a.pools.vol_delete(&pool, &name).await?)?
             }
             Request::Migration(m) => crate::migration::dispatch(a, m).await?,
+            Request::FenceLease { pool, host } => ok(crate::fence::read_lease(a, &pool, &host).await?)?,
             Request::ServerInfo => {
                 return Err(AgentError::Failed(
                     "server-info is answered by the API server, not the agent".into(),

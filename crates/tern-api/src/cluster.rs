@@ -17,11 +17,14 @@
 //! ```
 //!
 //! Host down: the lease lapses (no heartbeat for `lease_ttl_ms`); the
-//! agent that cannot reach the controller that long, nor any of its
-//! `peers`, stops its own guests (fencing, when `fence` was set in its
-//! last reply); the controller waits
-//! a grace period, confirms the agent does not answer, then restarts the
-//! host's shared-storage servers elsewhere (rescue jobs, each created once).
+//! controller waits a grace period, confirms the agent does not answer,
+//! marks the host down and stores a rescue job for each shared-storage
+//! server (each created once). The rescues start only once the host is
+//! proven fenced: with `fence` set in its last reply, the host's fence
+//! process renews a lease on each shared pool and kills its guests when it
+//! cannot ([`crate::fence`]); the controller waits, through other hosts'
+//! `fence-lease` reads, until those leases stood still past the host's
+//! promise. `docs/FENCING.md` has the details.
 //!
 //! Clean host shutdown: the stopping agent sends `host-shutdown`; with the
 //! host's auto-migrate-on-host-shutdown policy the controller queues a live
@@ -232,11 +235,11 @@ pub struct RegisterReply {
     pub lease_ttl_ms: u64,
     /// Send a heartbeat this often.
     pub heartbeat_ms: u64,
-    /// Stop own guests after losing the controller for `lease_ttl_ms`.
+    /// Arm the host's fence: it kills the guests when it cannot renew its
+    /// storage leases (losing the controller alone kills nothing).
     pub fence: bool,
-    /// Host API URIs of the other online hosts. An agent that loses the
-    /// controller fences only if none of them answers either: reaching
-    /// peers means the controller is down, not this host cut off.
+    /// Host API URIs of the other online hosts (informational; fencing
+    /// follows the storage, not the peers).
     #[serde(default)]
     pub peers: Vec<String>,
 }
@@ -420,6 +423,16 @@ pub struct JobRecord {
     /// The operator asked to cancel it while it ran.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Attempts that failed so far (a rescue is retried with a backoff).
+    #[serde(default)]
+    pub attempts: u32,
+    /// A queued retry waits until then, ms since the epoch.
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
+    /// Term of the leader that last wrote it (its election key's revision;
+    /// the write was refused had another controller led by then).
+    #[serde(default)]
+    pub term: Option<u64>,
 }
 
 /// One host's verdict in `migrate-forecast`.

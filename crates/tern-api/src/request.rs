@@ -256,6 +256,14 @@ pub enum Request {
     /// Answered by the server itself, without a worker, so it works when
     /// every worker is busy.
     ServerInfo,
+    /// Reads `host`'s storage lease on `pool` (see [`crate::fence`]): the
+    /// controller asks a host that sees the pool, before any rescue.
+    FenceLease {
+        /// Pool name on this host.
+        pool: String,
+        /// The host whose lease to read.
+        host: String,
+    },
     /// A migration request.
     #[serde(untagged)]
     Migration(MigrationRequest),

@@ -14,6 +14,7 @@
 mod converge;
 mod engine;
 mod guest;
+mod hostdown;
 mod live;
 mod qemu;
 mod soak;
@@ -56,6 +57,9 @@ enum Cmd {
     /// managed, p2p, storage copy and post-copy, counting failed
     /// migrations and what the guest reports.
     Soak(soak::SoakArgs),
+    /// Host down (issue 14): host death to its guest running elsewhere,
+    /// with the host proven fenced first.
+    Hostdown(hostdown::HostDownArgs),
 }
 
 #[tokio::main]
@@ -68,6 +72,7 @@ async fn main() -> ExitCode {
             Cmd::Converge(a) => converge::run(a).await,
             Cmd::Transports(a) => transports::run(a).await,
             Cmd::Soak(a) => soak::run(a).await,
+            Cmd::Hostdown(a) => hostdown::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };

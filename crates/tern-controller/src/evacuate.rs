@@ -2,23 +2,31 @@
 //!
 //! Each host's lease key is checked every tick; [`crate::health::step`]
 //! decides. A host declared down (lease lapsed, grace over, agent silent)
-//! is evacuated once — the transition to `Down` is a CAS on its record:
-//! with auto-migrate-on-host-down enabled, each shared-storage server gets
-//! a rescue job whose id is derived from the server and the death, so it is
-//! created exactly once whoever leads; servers with local disks are marked
-//! lost; without the policy, servers are marked unknown.
+//! is marked `Down { since }` by a CAS on its record; from then on every
+//! tick of whoever leads evacuates it again ([`evacuate`], idempotent)
+//! until every server has its fate, and only then stores
+//! `evacuated/HOST/SINCE`: a leader that dies between the mark and the
+//! rescues leaves the work to the next tick of the next leader. Fates come
+//! from [`crate::rescue::decide`]; each rescue is a job whose id is derived
+//! from the server and the death, stored before anything acts on it, and
+//! started only once the host is proven fenced ([`crate::fencing`]).
 
 use crate::error::Result;
 use crate::health::{step, Action};
 use crate::inventory::{now_ms, ALIVE, JOBS};
+use crate::rescue::{decide, Decision, DestState, ServerFacts};
 use crate::Controller;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_api::cluster::{
-    HostRecord, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerState,
+    HostRecord, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerRecord,
+    ServerState,
 };
-use tern_api::{Client, Request};
+use tern_api::{Client, DomainInfo, Request};
+
+/// Store prefix of finished evacuations: `evacuated/HOST/SINCE_MS`.
+pub const EVACUATED: &str = "evacuated/";
 
 /// How long the confirming probe waits for the agent.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,7 +49,8 @@ async fn answers(h: &HostRecord) -> bool {
     }
 }
 
-/// Looks at every host's lease and acts on lapses.
+/// Looks at every host's lease and acts on lapses, then watches fencing
+/// and evacuates every down host whose evacuation is unfinished.
 pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
     let alive: HashSet<String> = ctl
         .inv
@@ -51,7 +60,7 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
         .into_iter()
         .map(|e| e.key[ALIVE.len()..].to_string())
         .collect();
-    for h in ctl.inv.hosts().await? {
+    for h in ctl.lead().hosts().await? {
         let name = h.report.name.clone();
         let now = now_ms();
         match step(
@@ -63,7 +72,7 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
             Action::Stay => {}
             Action::Set(s) => {
                 tracing::info!(host = %name, status = ?s, "host status");
-                ctl.inv
+                ctl.lead()
                     .update_host(&name, |r| {
                         let same = r.status == h.status;
                         if same {
@@ -73,48 +82,72 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
                     })
                     .await?;
             }
-            Action::Probe => {
-                if answers(&h).await {
-                    // Alive but not heartbeating: wait another grace.
-                    tracing::warn!(host = %name, "lease lapsed but the agent answers; waiting");
-                    ctl.inv
-                        .update_host(&name, |r| {
-                            r.status = HostStatus::Lapsed { since_ms: now_ms() };
-                            Ok(true)
-                        })
-                        .await?;
-                    continue;
-                }
-                let mut won = false;
-                let rec = ctl
-                    .inv
-                    .update_host(&name, |r| {
-                        won = matches!(r.status, HostStatus::Lapsed { .. });
-                        if won {
-                            r.status = HostStatus::Down { since_ms: now };
-                        }
-                        Ok(won)
-                    })
-                    .await?;
-                if let (true, Some(rec)) = (won, rec) {
-                    tracing::warn!(host = %name, "host is down");
-                    evacuate(ctl, &rec, now).await?;
-                }
-            }
+            Action::Probe => probe(ctl, &h, now).await?,
+        }
+    }
+    let hosts = ctl.lead().hosts().await?;
+    crate::fencing::watch_tick(ctl, &hosts).await?;
+    for h in &hosts {
+        let HostStatus::Down { since_ms } = h.status else {
+            continue;
+        };
+        let key = format!("{EVACUATED}{}/{since_ms}", h.report.name);
+        if ctl.lead().store.get(&key).await?.is_some() {
+            continue;
+        }
+        if evacuate(ctl, h, since_ms).await? {
+            tracing::info!(host = %h.report.name, "evacuation decided for every server");
+            ctl.lead().create(&key, &now_ms()).await?;
         }
     }
     Ok(())
 }
 
-/// Deals with a dead host's servers and jobs.
-pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -> Result<()> {
-    let name = &host.report.name;
-    // Queued jobs leaving the dead host can no longer run.
-    for j in ctl.inv.jobs().await? {
+/// Grace is over: probes the agent; marks the host down if it is silent.
+async fn probe(ctl: &Arc<Controller>, h: &HostRecord, now: u64) -> Result<()> {
+    let name = &h.report.name;
+    if answers(h).await {
+        // Alive but not heartbeating: wait another grace.
+        tracing::warn!(host = %name, "lease lapsed but the agent answers; waiting");
+        ctl.lead()
+            .update_host(name, |r| {
+                r.status = HostStatus::Lapsed { since_ms: now_ms() };
+                Ok(true)
+            })
+            .await?;
+        return Ok(());
+    }
+    let mut won = false;
+    ctl.lead()
+        .update_host(name, |r| {
+            won = matches!(r.status, HostStatus::Lapsed { .. });
+            if won {
+                r.status = HostStatus::Down { since_ms: now };
+            }
+            Ok(won)
+        })
+        .await?;
+    if won {
+        tracing::warn!(host = %name, since_ms = now, "host is down");
+        if ctl.cfg.fault_exit_after_mark_down {
+            tracing::error!(
+                "fault injection: exiting between marking the host down and its rescues"
+            );
+            std::process::exit(3);
+        }
+    }
+    Ok(())
+}
+
+/// Fails queued migrations leaving a dead host: they can no longer run.
+async fn fail_queued_leaving(ctl: &Arc<Controller>, name: &str) -> Result<()> {
+    for j in ctl.lead().jobs().await? {
         if j.state == JobState::Queued && j.source == *name && j.kind != JobKind::Rescue {
-            ctl.inv
+            let mut done = false;
+            ctl.lead()
                 .update_job(&j.id, |r| {
-                    if r.state != JobState::Queued {
+                    done = r.state == JobState::Queued;
+                    if !done {
                         return Ok(false);
                     }
                     r.state = JobState::Failed;
@@ -123,64 +156,246 @@ pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -
                     Ok(true)
                 })
                 .await?;
-            let prior = j.prior_state;
-            ctl.inv
-                .update_server(&j.server, |s| {
-                    s.state = prior;
-                    Ok(true)
-                })
-                .await?;
+            if done {
+                let prior = j.prior_state;
+                ctl.lead()
+                    .update_server(&j.server, |s| {
+                        s.state = prior;
+                        Ok(true)
+                    })
+                    .await?;
+            }
         }
     }
-    for s in ctl.inv.servers().await? {
-        if s.host != *name || s.state.in_flight() {
+    Ok(())
+}
+
+/// The destination of the server's migration that ended in failure around
+/// the host's death, and where it stands there.
+async fn interrupted_dest(
+    ctl: &Arc<Controller>,
+    jobs: &[JobRecord],
+    s: &ServerRecord,
+    since_ms: u64,
+) -> Option<(String, DestState)> {
+    let j = jobs.iter().rev().find(|j| j.server == s.domain.name)?;
+    let recent = j.finished_ms.is_some_and(|f| f + 60_000 >= since_ms);
+    if j.kind == JobKind::Rescue || j.state != JobState::Failed || !recent || j.source != s.host {
+        return None;
+    }
+    let dest = j.dest.clone()?;
+    let state = match ctl
+        .lead()
+        .host(&dest)
+        .await
+        .ok()
+        .and_then(|h| host_client(&h).ok())
+    {
+        None => DestState::Unreachable,
+        Some(c) => match c
+            .with_timeout(PROBE_TIMEOUT * 2)
+            .call::<DomainInfo>(&Request::DomInfo {
+                name: s.domain.name.clone(),
+            })
+            .await
+        {
+            Ok(i) if i.summary.state == tern_model::DomainState::Running => DestState::Running,
+            Ok(_) => DestState::Present,
+            Err(tern_api::ClientError::Api(e)) if e.code == tern_api::ErrorCode::NotFound => {
+                DestState::Absent
+            }
+            Err(_) => DestState::Unreachable,
+        },
+    };
+    Some((dest, state))
+}
+
+/// Gives every server of a dead host its fate; whether all have one.
+pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -> Result<bool> {
+    let name = &host.report.name;
+    fail_queued_leaving(ctl, name).await?;
+    let jobs = ctl.lead().jobs().await?;
+    let mut complete = true;
+    for s in ctl.lead().servers().await? {
+        if s.host != *name {
             continue;
         }
         let server = s.domain.name.clone();
-        let all_shared = s.domain.disks.iter().all(|d| d.shared);
-        let state = if !host.auto_migrate_on_host_down {
-            ServerState::Unknown
-        } else if !all_shared {
-            ServerState::Lost
-        } else {
-            let job = JobRecord {
-                id: format!("rescue-{server}-{since_ms}"),
-                kind: JobKind::Rescue,
-                server: server.clone(),
-                source: name.clone(),
-                dest: None,
-                state: JobState::Queued,
-                migration_id: uuid::Uuid::new_v4().to_string(),
-                opts: MigrateRequestOptions {
-                    rescue_mode: true,
-                    auto_start: true,
-                    ..Default::default()
-                },
-                note: Some(format!("host {name} died")),
-                created_ms: since_ms,
-                started_ms: None,
-                finished_ms: None,
-                prior_state: s.state,
-                cancel_requested: false,
-            };
-            if !ctl.inv.create(&format!("{JOBS}{}", job.id), &job).await? {
-                continue;
-            }
-            tracing::info!(%server, host = %name, "rescue queued");
-            ServerState::StartMigrate
+        let rescue_id = format!("rescue-{server}-{since_ms}");
+        let dest = interrupted_dest(ctl, &jobs, &s, since_ms).await;
+        let facts = ServerFacts {
+            policy: host.auto_migrate_on_host_down,
+            all_shared: s.domain.disks.iter().all(|d| d.shared),
+            rescue_exists: jobs.iter().any(|j| j.id == rescue_id),
+            open_job: jobs
+                .iter()
+                .any(|j| j.server == server && !j.state.is_terminal()),
+            dest: dest.as_ref().map(|d| d.1),
         };
-        ctl.inv
-            .update_server(&server, |r| {
-                if r.host != *name || r.state.in_flight() && state != ServerState::StartMigrate {
-                    return Ok(false);
-                }
-                r.state = state;
-                if state == ServerState::Lost {
-                    r.error = Some(format!("host {name} died with this server's local disks"));
-                }
-                Ok(true)
-            })
-            .await?;
+        match decide(&facts) {
+            Decision::Done => {}
+            Decision::Wait(why) => {
+                tracing::debug!(%server, host = %name, why, "evacuation waits");
+                complete = false;
+            }
+            Decision::Adopt => {
+                let to = dest.map(|d| d.0).unwrap_or_default();
+                tracing::warn!(%server, from = %name, %to, "its host died mid-migration; it runs on the destination");
+                set_server(ctl, &server, name, Some(&to), ServerState::Running, None).await?;
+            }
+            Decision::Rescue => {
+                queue_rescue(ctl, &s, name, &rescue_id, since_ms).await?;
+            }
+            Decision::Unknown(why) => {
+                set_server(ctl, &server, name, None, ServerState::Unknown, Some(why)).await?;
+            }
+            Decision::Lost(why) => {
+                set_server(ctl, &server, name, None, ServerState::Lost, Some(why)).await?;
+            }
+        }
     }
+    Ok(complete)
+}
+
+/// Records a server's fate (only while it is still on the dead host and
+/// no job owns it); `to` moves it to another host.
+async fn set_server(
+    ctl: &Arc<Controller>,
+    server: &str,
+    host: &str,
+    to: Option<&str>,
+    state: ServerState,
+    why: Option<&str>,
+) -> Result<()> {
+    ctl.lead()
+        .update_server(server, |r| {
+            let error = why.map(str::to_string);
+            let change = r.host == host
+                && !r.state.in_flight()
+                && (r.state != state || r.error != error || to.is_some());
+            if change {
+                r.state = state;
+                r.error = error;
+                if let Some(to) = to {
+                    r.host = to.to_string();
+                    r.domain.active = state == ServerState::Running;
+                }
+            }
+            Ok(change)
+        })
+        .await?;
     Ok(())
+}
+
+/// Stores the rescue job (before anything acts on it), then claims the
+/// server for it.
+async fn queue_rescue(
+    ctl: &Arc<Controller>,
+    s: &ServerRecord,
+    host: &str,
+    id: &str,
+    since_ms: u64,
+) -> Result<()> {
+    let server = s.domain.name.clone();
+    let job = JobRecord {
+        id: id.to_string(),
+        kind: JobKind::Rescue,
+        server: server.clone(),
+        source: host.to_string(),
+        dest: None,
+        state: JobState::Queued,
+        migration_id: uuid::Uuid::new_v4().to_string(),
+        opts: MigrateRequestOptions {
+            rescue_mode: true,
+            auto_start: true,
+            ..Default::default()
+        },
+        note: Some(format!("host {host} died; waiting for its fencing")),
+        created_ms: since_ms,
+        started_ms: None,
+        finished_ms: None,
+        prior_state: s.state,
+        cancel_requested: false,
+        attempts: 0,
+        retry_at_ms: None,
+        term: None,
+    };
+    let inv = ctl.lead();
+    let job = JobRecord {
+        term: inv.term(),
+        ..job
+    };
+    if inv.create(&format!("{JOBS}{id}"), &job).await? {
+        tracing::info!(%server, %host, "rescue queued");
+    }
+    ctl.lead()
+        .update_server(&server, |r| {
+            let change = r.host == host && !r.state.in_flight();
+            if change {
+                r.state = ServerState::StartMigrate;
+            }
+            Ok(change)
+        })
+        .await?;
+    Ok(())
+}
+
+/// Whether a queued rescue may start now: only once its host is proven
+/// fenced. Meanwhile its note says why it waits; a host that came back
+/// before it was fenced still runs the guest, so the rescue is cancelled.
+pub async fn rescue_may_start(ctl: &Arc<Controller>, j: &JobRecord) -> Result<bool> {
+    let h = ctl.lead().host(&j.source).await?;
+    let mut proven = crate::fencing::proven(ctl, &j.source, j.created_ms).await?;
+    if let HostStatus::Down { since_ms } = h.status {
+        proven = proven || crate::fencing::proven(ctl, &j.source, since_ms).await?;
+    }
+    match crate::rescue::gate(h.status, proven) {
+        crate::rescue::Gate::Go => Ok(true),
+        crate::rescue::Gate::Wait => {
+            let why = ctl
+                .fence_note(&j.source)
+                .unwrap_or_else(|| "waiting for the host's fencing to be proven".into());
+            let why = format!("host {} is down; {why}", j.source);
+            ctl.lead()
+                .update_job(&j.id, |r| {
+                    let change = r.note.as_deref() != Some(why.as_str());
+                    r.note = Some(why.clone());
+                    Ok(change)
+                })
+                .await?;
+            Ok(false)
+        }
+        crate::rescue::Gate::Cancel => {
+            let mut done = false;
+            ctl.lead()
+                .update_job(&j.id, |r| {
+                    done = r.state == JobState::Queued;
+                    if done {
+                        r.state = JobState::Cancelled;
+                        r.note = Some(format!(
+                            "host {} came back before it was proven fenced: the server kept running there",
+                            j.source
+                        ));
+                        r.finished_ms = Some(now_ms());
+                    }
+                    Ok(done)
+                })
+                .await?;
+            if done {
+                tracing::warn!(job = %j.id, host = %j.source, "host back unfenced: rescue cancelled");
+                let prior = j.prior_state;
+                let source = j.source.clone();
+                ctl.lead()
+                    .update_server(&j.server, |s| {
+                        let change = s.host == source && s.state == ServerState::StartMigrate;
+                        if change {
+                            s.state = prior;
+                        }
+                        Ok(change)
+                    })
+                    .await?;
+            }
+            Ok(false)
+        }
+    }
 }

@@ -6,9 +6,9 @@
 //!   +------lease back------+<------answers---------+      re-register ---+
 //! ```
 //!
-//! The grace period is longer than nothing: an agent that lost the
-//! controller stops its guests once its lease has run out (fencing), so by
-//! the end of the grace period a cut-off host no longer runs them.
+//! `Down` only says the agent is gone. Whether the host's guests are gone
+//! too is proven separately, from its storage leases ([`crate::fencing`]),
+//! before any of them is restarted elsewhere.
 
 use tern_api::cluster::HostStatus;
 

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use tern_api::cluster::{HostRecord, JobRecord, ServerRecord};
-use tern_store::Store;
+use tern_store::{Guard, Store};
 
 /// Host records.
 pub const HOSTS: &str = "hosts/";
@@ -23,6 +23,9 @@ pub const ALIVE: &str = "alive/";
 pub struct Inventory {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Set on the leader's view: every conditional write also needs the
+    /// leader's term to be current ([`tern_store::Guard`]).
+    guard: Option<Guard>,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
@@ -40,7 +43,31 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl Inventory {
     /// Wraps a store.
     pub fn new(store: Arc<dyn Store>) -> Inventory {
-        Inventory { store }
+        Inventory { store, guard: None }
+    }
+
+    /// The same records, with every conditional write guarded by `guard`.
+    pub fn guarded(&self, guard: Guard) -> Inventory {
+        Inventory {
+            store: self.store.clone(),
+            guard: Some(guard),
+        }
+    }
+
+    async fn cas(&self, key: &str, expected: Option<u64>, value: Vec<u8>) -> Result<bool> {
+        let r = match &self.guard {
+            Some(g) => {
+                self.store
+                    .compare_and_swap_guarded(key, expected, value, g)
+                    .await?
+            }
+            None => {
+                self.store
+                    .compare_and_swap(key, expected, value, None)
+                    .await?
+            }
+        };
+        Ok(r.is_some())
     }
 
     /// One record with its revision.
@@ -71,11 +98,7 @@ impl Inventory {
 
     /// Writes a record only if absent; whether it was written.
     pub async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool> {
-        Ok(self
-            .store
-            .compare_and_swap(key, None, encode(v), None)
-            .await?
-            .is_some())
+        self.cas(key, None, encode(v)).await
     }
 
     /// Applies `f` to a record until the write is not raced. `f` returns
@@ -93,12 +116,7 @@ impl Inventory {
             if !f(&mut v)? {
                 return Ok(Some(v));
             }
-            if self
-                .store
-                .compare_and_swap(key, Some(rev), encode(&v), None)
-                .await?
-                .is_some()
-            {
+            if self.cas(key, Some(rev), encode(&v)).await? {
                 return Ok(Some(v));
             }
         }
@@ -152,9 +170,22 @@ impl Inventory {
     pub async fn update_job(
         &self,
         id: &str,
-        f: impl FnMut(&mut JobRecord) -> Result<bool>,
+        mut f: impl FnMut(&mut JobRecord) -> Result<bool>,
     ) -> Result<Option<JobRecord>> {
-        self.update(&format!("{JOBS}{id}"), f).await
+        let term = self.guard.as_ref().map(|g| g.revision);
+        self.update(&format!("{JOBS}{id}"), |r: &mut JobRecord| {
+            let change = f(r)?;
+            if change && term.is_some() {
+                r.term = term;
+            }
+            Ok(change)
+        })
+        .await
+    }
+
+    /// The term this view's writes carry, if it is the leader's.
+    pub fn term(&self) -> Option<u64> {
+        self.guard.as_ref().map(|g| g.revision)
     }
 
     /// Updates a host record.

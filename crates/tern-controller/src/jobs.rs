@@ -117,6 +117,9 @@ pub async fn create(
         finished_ms: None,
         prior_state: s.state,
         cancel_requested: false,
+        attempts: 0,
+        retry_at_ms: None,
+        term: None,
     };
     // Claim the server first: of two racing requests only one gets it.
     let mut claimed = false;
@@ -266,22 +269,29 @@ pub async fn cancel(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord> {
 /// The leader's pass over the jobs: start what the limits allow, resume
 /// running jobs nobody drives.
 pub async fn schedule_tick(ctl: &Arc<Controller>) -> Result<()> {
-    let jobs = ctl.inv.jobs().await?;
+    let jobs = ctl.lead().jobs().await?;
     for j in jobs.iter().filter(|j| j.state == JobState::Running) {
         if !ctl.has_runner(&j.id) {
             tracing::info!(job = %j.id, "resuming a running job nobody drives");
             spawn_runner(ctl, j.clone(), true);
         }
     }
-    let queued: Vec<&JobRecord> = jobs
-        .iter()
-        .filter(|j| j.state == JobState::Queued)
-        .collect();
+    let now = now_ms();
+    let mut queued: Vec<&JobRecord> = Vec::new();
+    for j in jobs.iter().filter(|j| j.state == JobState::Queued) {
+        if j.retry_at_ms.is_some_and(|t| t > now) {
+            continue;
+        }
+        if j.kind == JobKind::Rescue && !crate::evacuate::rescue_may_start(ctl, j).await? {
+            continue;
+        }
+        queued.push(j);
+    }
     if queued.is_empty() {
         return Ok(());
     }
-    let hosts = ctl.inv.hosts().await?;
-    let servers = ctl.inv.servers().await?;
+    let hosts = ctl.lead().hosts().await?;
+    let servers = ctl.lead().servers().await?;
     let views = host_views(&hosts, &servers, &jobs);
     let mut queue = Vec::new();
     for j in &queued {
@@ -318,7 +328,7 @@ pub async fn schedule_tick(ctl: &Arc<Controller>) -> Result<()> {
                 }
             }
             Step::Wait { id, why } => {
-                ctl.inv
+                ctl.lead()
                     .update_job(&id, |r| {
                         let change = r.note.as_deref() != Some(why.as_str());
                         r.note = Some(why.clone());
@@ -339,7 +349,7 @@ pub async fn schedule_tick(ctl: &Arc<Controller>) -> Result<()> {
 /// Ends a job as failed and records why on the server.
 async fn fail(ctl: &Arc<Controller>, j: &JobRecord, why: String) -> Result<()> {
     tracing::warn!(job = %j.id, server = %j.server, %why, "job failed");
-    ctl.inv
+    ctl.lead()
         .update_job(&j.id, |r| {
             r.state = JobState::Failed;
             r.note = Some(why.clone());
@@ -352,7 +362,7 @@ async fn fail(ctl: &Arc<Controller>, j: &JobRecord, why: String) -> Result<()> {
     } else {
         ServerState::MigrateFailed
     };
-    ctl.inv
+    ctl.lead()
         .update_server(&j.server, |s| {
             s.state = state;
             s.error = Some(why.clone());

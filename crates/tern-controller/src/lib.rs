@@ -14,10 +14,12 @@ pub mod authz;
 pub mod console;
 pub mod error;
 pub mod evacuate;
+pub mod fencing;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
 pub mod listen;
+pub mod rescue;
 pub mod rescue_check;
 pub mod runner;
 pub mod sync;
@@ -28,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tern_scheduler::Limits;
 use tern_store::Election;
 
@@ -66,6 +68,8 @@ pub struct ControllerConfig {
     /// The API is on mutual TLS (not `--auth none`): hosts must then be
     /// reached over `tern+tls://` too.
     pub api_tls: bool,
+    /// Tests: exit right after marking a host down, before its rescues.
+    pub fault_exit_after_mark_down: bool,
 }
 
 impl ControllerConfig {
@@ -83,6 +87,7 @@ impl ControllerConfig {
             limits: Limits::default(),
             migration_tls: false,
             api_tls: false,
+            fault_exit_after_mark_down: false,
         }
     }
 }
@@ -97,9 +102,27 @@ pub struct Controller {
     /// The election every controller takes part in.
     pub election: Election,
     leader: AtomicBool,
+    /// The current term's guard while leading.
+    guard: Mutex<Option<tern_store::Guard>>,
     /// Jobs with a runner in this process (aborted if leadership is lost,
     /// so two controllers never drive one migration).
     runners: Mutex<HashMap<String, Option<tokio::task::AbortHandle>>>,
+    /// What the leader saw of lapsed hosts' storage leases.
+    fence_watch: Mutex<fencing::Watch>,
+    /// Per host, why its fencing is not proven yet (shown on rescue jobs).
+    fence_notes: Mutex<HashMap<String, String>>,
+}
+
+/// Renews the leader's lease every `every` until that fails; then says so.
+async fn renew(lead: tern_store::Leadership, every: Duration, lost: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = lead.renew().await {
+            tracing::warn!(error = %e, term = lead.term, "lost leadership");
+            lost.notify_one();
+            return;
+        }
+    }
 }
 
 /// Name of the controllers' election.
@@ -121,7 +144,10 @@ impl Controller {
             inv: Inventory::new(store),
             election,
             leader: AtomicBool::new(false),
+            guard: Mutex::default(),
             runners: Mutex::default(),
+            fence_watch: Mutex::default(),
+            fence_notes: Mutex::default(),
             cfg,
         }))
     }
@@ -131,7 +157,26 @@ impl Controller {
         self.leader.load(Ordering::Relaxed)
     }
 
-    /// Campaigns, then leads until the lease is lost; forever.
+    /// The records as the leader writes them: every conditional write
+    /// carries this controller's term, and fails once another leads (or
+    /// at once when this one does not lead).
+    pub fn lead(&self) -> Inventory {
+        let g = self
+            .guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(tern_store::Guard {
+                key: format!("election/{ELECTION}"),
+                revision: u64::MAX,
+            });
+        self.inv.guarded(g)
+    }
+
+    /// Campaigns, then leads until the lease is lost; forever. The lease
+    /// is renewed by its own task, so a slow tick cannot let it lapse
+    /// unnoticed; and a tick that runs on after the lease was lost writes
+    /// nothing, since its writes carry the lost term.
     pub async fn run(self: Arc<Self>) {
         loop {
             let lead = self
@@ -139,23 +184,25 @@ impl Controller {
                 .campaign(&self.cfg.id, Duration::from_millis(250))
                 .await;
             let Ok(lead) = lead else { continue };
+            *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(lead.guard());
             self.leader.store(true, Ordering::Relaxed);
-            tracing::info!(id = %self.cfg.id, "leading the cluster");
-            let mut renewed = Instant::now();
+            tracing::info!(id = %self.cfg.id, term = lead.term, "leading the cluster");
+            let lost = Arc::new(tokio::sync::Notify::new());
+            let renewer = tokio::spawn(renew(lead, self.cfg.leader_ttl / 3, lost.clone()));
             loop {
-                tokio::time::sleep(self.cfg.tick).await;
-                if renewed.elapsed() >= self.cfg.leader_ttl / 3 {
-                    if let Err(e) = lead.renew().await {
-                        tracing::warn!(error = %e, "lost leadership");
-                        break;
-                    }
-                    renewed = Instant::now();
-                }
-                if let Err(e) = self.tick().await {
-                    tracing::warn!(error = %e, "controller tick failed");
+                tokio::select! {
+                    _ = lost.notified() => break,
+                    _ = async {
+                        tokio::time::sleep(self.cfg.tick).await;
+                        if let Err(e) = self.tick().await {
+                            tracing::warn!(error = %e, "controller tick failed");
+                        }
+                    } => {}
                 }
             }
+            renewer.abort();
             self.leader.store(false, Ordering::Relaxed);
+            *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.abort_runners();
         }
     }
@@ -176,6 +223,25 @@ impl Controller {
     pub async fn tick(self: &Arc<Self>) -> error::Result<()> {
         evacuate::health_tick(self).await?;
         jobs::schedule_tick(self).await
+    }
+
+    fn fence_watch(&self) -> std::sync::MutexGuard<'_, fencing::Watch> {
+        self.fence_watch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_fence_note(&self, host: &str, note: String) {
+        self.fence_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), note);
+    }
+
+    fn fence_note(&self, host: &str) -> Option<String> {
+        self.fence_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
     }
 
     fn runner_claim(&self, id: &str) -> bool {

@@ -23,19 +23,19 @@ pub async fn run(ctl: &Arc<Controller>, job: &JobRecord, recovering: bool) -> Re
         .dest
         .clone()
         .ok_or_else(|| CtlError::Conflict(format!("job {} runs without a destination", job.id)))?;
-    let server = ctl.inv.server(&job.server).await?;
+    let server = ctl.lead().server(&job.server).await?;
     let moving = match job.kind {
         JobKind::LiveMigrate => ServerState::LiveMigrating,
         _ => ServerState::Migrating,
     };
-    ctl.inv
+    ctl.lead()
         .update_server(&job.server, |s| {
             let change = s.state != moving;
             s.state = moving;
             Ok(change)
         })
         .await?;
-    let dst_h = ctl.inv.host(&dest).await?;
+    let dst_h = ctl.lead().host(&dest).await?;
     let dst = client(&dst_h)?;
     let outcome: Outcome = match job.kind {
         JobKind::Rescue => {
@@ -47,7 +47,7 @@ pub async fn run(ctl: &Arc<Controller>, job: &JobRecord, recovering: bool) -> Re
             }
         }
         kind => {
-            let src_h = ctl.inv.host(&job.source).await?;
+            let src_h = ctl.lead().host(&job.source).await?;
             let src = client(&src_h)?;
             let options = migrate_options(kind, &job.opts, &server);
             let mut r = drive(&src, &dst, job, &options, recovering).await;
@@ -57,7 +57,59 @@ pub async fn run(ctl: &Arc<Controller>, job: &JobRecord, recovering: bool) -> Re
             r
         }
     };
+    if let (Err(e), JobKind::Rescue) = (&outcome, job.kind) {
+        if let Some(wait) = crate::rescue::backoff(job.attempts + 1) {
+            return retry_rescue(ctl, job, &dst, e, wait).await;
+        }
+    }
     finish(ctl, job, &dest, outcome).await
+}
+
+/// A rescue attempt failed: removes what it left on its destination (a
+/// definition that does not run) and queues the job again after `wait`.
+async fn retry_rescue(
+    ctl: &Arc<Controller>,
+    job: &JobRecord,
+    dst: &Client,
+    e: &str,
+    wait: std::time::Duration,
+) -> Result<()> {
+    let name = job.server.clone();
+    let running = dst
+        .call::<DomainInfo>(&Request::DomInfo { name: name.clone() })
+        .await
+        .map(|i| i.summary.id.is_some());
+    if matches!(running, Ok(false)) {
+        let _ = dst
+            .call::<serde_json::Value>(&Request::Undefine {
+                name: name.clone(),
+                remove_all_storage: false,
+                nvram: false,
+            })
+            .await;
+    }
+    let attempt = job.attempts + 1;
+    tracing::warn!(job = %job.id, server = %name, attempt, error = %e, retry_in = ?wait, "rescue failed; retrying");
+    ctl.lead()
+        .update_job(&job.id, |r| {
+            r.state = JobState::Queued;
+            r.dest = None;
+            r.attempts = attempt;
+            r.retry_at_ms = Some(now_ms() + wait.as_millis() as u64);
+            r.note = Some(format!(
+                "attempt {attempt} failed: {e}; retrying in {} s",
+                wait.as_secs()
+            ));
+            Ok(true)
+        })
+        .await?;
+    ctl.lead()
+        .update_server(&name, |s| {
+            s.state = ServerState::StartMigrate;
+            Ok(true)
+        })
+        .await?;
+    Ok(())
 }
 
 async fn start(dst: &Client, name: &str) -> Outcome {
@@ -124,7 +176,7 @@ async fn finish(
         Err(e) => tracing::warn!(job = %job.id, server = %job.server, error = %e, "job ended"),
     }
     let live = job.kind == JobKind::LiveMigrate;
-    ctl.inv
+    ctl.lead()
         .update_server(&job.server, |s| {
             match (&outcome, job.kind) {
                 (Ok(()), kind) => {
@@ -157,7 +209,7 @@ async fn finish(
             Ok(true)
         })
         .await?;
-    ctl.inv
+    ctl.lead()
         .update_job(&job.id, |r| {
             r.state = state;
             r.note = note.clone();

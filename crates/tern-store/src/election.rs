@@ -24,6 +24,10 @@ pub struct Leadership {
     pub lease: LeaseId,
     /// This candidate's id.
     pub id: String,
+    /// The term: the election key's revision, which stays the same for
+    /// as long as this leadership lasts ([`Leadership::guard`]).
+    pub term: u64,
+    key: String,
 }
 
 impl Election {
@@ -53,10 +57,12 @@ impl Election {
             .compare_and_swap(&self.key, None, id.as_bytes().to_vec(), Some(lease))
             .await?
         {
-            Some(_) => Ok(Some(Leadership {
+            Some(term) => Ok(Some(Leadership {
                 store: self.store.clone(),
                 lease,
                 id: id.to_string(),
+                term,
+                key: self.key.clone(),
             })),
             None => {
                 self.store.revoke(lease).await?;
@@ -82,6 +88,14 @@ impl Leadership {
     /// Renews the lease; an error means leadership is lost.
     pub async fn renew(&self) -> Result<()> {
         self.store.keep_alive(self.lease).await
+    }
+
+    /// The guard that makes a write conditional on this leadership.
+    pub fn guard(&self) -> crate::Guard {
+        crate::Guard {
+            key: self.key.clone(),
+            revision: self.term,
+        }
     }
 
     /// Gives leadership up at once.

@@ -2,7 +2,7 @@
 //! under a prefix; revisions are etcd's mod revisions; CAS is a
 //! transaction comparing them.
 
-use crate::{Entry, LeaseId, Result, Store, StoreError};
+use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::time::Duration;
 
@@ -109,6 +109,39 @@ impl Store for EtcdStore {
             .map_err(|e| lease_err(lease, e))?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision() as u64)))
+    }
+
+    async fn compare_and_swap_guarded(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        guard: &Guard,
+    ) -> Result<Option<u64>> {
+        let k = self.k(key);
+        let g = self.k(&guard.key);
+        let cmp = Compare::mod_revision(k.clone(), CompareOp::Equal, expected.unwrap_or(0) as i64);
+        let term = Compare::mod_revision(g.clone(), CompareOp::Equal, guard.revision as i64);
+        // One transaction: the write and both conditions are atomic; on
+        // failure, the guard key is read to tell a deposed leader apart.
+        let txn = Txn::new()
+            .when(vec![cmp, term])
+            .and_then(vec![TxnOp::put(k, value, None)])
+            .or_else(vec![TxnOp::get(g, None)]);
+        let r = self.client.clone().txn(txn).await?;
+        if r.succeeded() {
+            return Ok(Some(r.header().map_or(0, |h| h.revision() as u64)));
+        }
+        let guard_rev = r.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => {
+                Some(g.kvs().first().map_or(0, |kv| kv.mod_revision() as u64))
+            }
+            _ => None,
+        });
+        if guard_rev != Some(guard.revision) {
+            return Err(StoreError::Deposed(guard.key.clone()));
+        }
+        Ok(None)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {

@@ -5,7 +5,7 @@
 //! snapshot, never a mix. That is O(size) per write: fine for the one
 //! controller of a small cluster; etcd is the store for scale.
 
-use crate::{Entry, LeaseId, Result, Store, StoreError};
+use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -226,6 +226,25 @@ impl Store for FileStore {
         })
     }
 
+    async fn compare_and_swap_guarded(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        guard: &Guard,
+    ) -> Result<Option<u64>> {
+        self.with(|st| {
+            if st.snap.keys.get(&guard.key).map(|k| k.revision) != Some(guard.revision) {
+                return Err(StoreError::Deposed(guard.key.clone()));
+            }
+            let cur = st.snap.keys.get(key).map(|k| k.revision);
+            if cur != expected {
+                return Ok((None, false));
+            }
+            Ok((Some(write(st, key, value, None)?), true))
+        })
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
         self.with(|st| {
             let v = st
@@ -311,6 +330,42 @@ mod tests {
         assert_eq!(l, vec!["b/1", "b/2"]);
         assert!(s.delete("c").await.unwrap());
         assert!(!s.delete("c").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn guarded_writes_need_the_guard_key_at_its_revision() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let term = s
+            .compare_and_swap("election/x", None, b"me".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let g = Guard {
+            key: "election/x".into(),
+            revision: term,
+        };
+        let r = s
+            .compare_and_swap_guarded("jobs/1", None, b"a".to_vec(), &g)
+            .await
+            .unwrap();
+        assert!(r.is_some());
+        // Key condition fails: no write, no error.
+        let r = s
+            .compare_and_swap_guarded("jobs/1", None, b"b".to_vec(), &g)
+            .await
+            .unwrap();
+        assert_eq!(r, None);
+        // Another leader's term: refused, nothing written.
+        s.delete("election/x").await.unwrap();
+        s.compare_and_swap("election/x", None, b"other".to_vec(), None)
+            .await
+            .unwrap();
+        let e = s
+            .compare_and_swap_guarded("jobs/2", None, b"c".to_vec(), &g)
+            .await;
+        assert!(matches!(e, Err(StoreError::Deposed(_))), "{e:?}");
+        assert!(s.get("jobs/2").await.unwrap().is_none());
     }
 
     #[tokio::test]

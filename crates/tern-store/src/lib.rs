@@ -70,6 +70,10 @@ pub enum StoreError {
     /// The lease expired or never existed.
     #[error("lease {0:x} has expired")]
     LeaseExpired(LeaseId),
+    /// A guarded write found its guard key changed: the writer's term is
+    /// over (another controller leads).
+    #[error("write refused: {0} changed, so this controller no longer leads")]
+    Deposed(String),
     /// A store URL could not be parsed.
     #[error("store '{0}' is not file:DIR or etcd:URL[,URL...]")]
     Url(String),
@@ -79,6 +83,17 @@ impl From<etcd_client::Error> for StoreError {
     fn from(e: etcd_client::Error) -> Self {
         StoreError::Etcd(Box::new(e))
     }
+}
+
+/// A condition on another key: a guarded write happens only while `key`
+/// is still at `revision`. Leaders guard their writes with the election
+/// key's revision (their term), so a deposed leader writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The key.
+    pub key: String,
+    /// The revision it must still have.
+    pub revision: u64,
 }
 
 /// Result alias.
@@ -101,6 +116,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         expected: Option<u64>,
         value: Vec<u8>,
         lease: Option<LeaseId>,
+    ) -> Result<Option<u64>>;
+    /// As [`Store::compare_and_swap`], and only while `guard` holds;
+    /// [`StoreError::Deposed`] if it does not.
+    async fn compare_and_swap_guarded(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        guard: &Guard,
     ) -> Result<Option<u64>>;
     /// Every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>>;

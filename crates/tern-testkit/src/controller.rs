@@ -164,6 +164,34 @@ impl TestController {
         }
     }
 
+    /// Its pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits (up to `timeout`) for it to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tern-controller did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts it again on the same store and port with other extra arguments.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.args = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
+
     /// Starts it again on the same store and port.
     pub fn restart(&mut self) {
         self.kill9();
@@ -270,6 +298,21 @@ impl TestController {
             ..Default::default()
         };
         opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        Self::join(controllers, opts)
+    }
+
+    /// Starts an agent inside side `s` of `lab` that joins `controllers`
+    /// (which must be reachable from there) under the name `name`, with
+    /// extra `ternd` arguments.
+    pub fn join_lab(
+        controllers: &[&TestController],
+        lab: &crate::Lab,
+        s: crate::Side,
+        name: &str,
+        extra: &[&str],
+    ) -> TernHost {
+        let mut opts = lab.host_options(s, name);
+        opts.extra_args.extend(extra.iter().map(|a| a.to_string()));
         Self::join(controllers, opts)
     }
 

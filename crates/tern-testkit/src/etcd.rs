@@ -91,3 +91,129 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// A running etcd cluster of several members on loopback ports; dropping
+/// it kills every member and removes their data.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    /// Client URLs, one per member.
+    pub urls: Vec<String>,
+    logs: Vec<PathBuf>,
+    children: Vec<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until each serves clients.
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("tern-etcdc-")
+            .tempdir()
+            .expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (crate::free_port(), crate::free_port()))
+            .collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let mut c = EtcdCluster {
+            urls: Vec::new(),
+            logs: Vec::new(),
+            children: Vec::new(),
+            _dir: dir,
+        };
+        for (i, (cp, pp)) in ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{cp}");
+            let peer = format!("http://127.0.0.1:{pp}");
+            let log = c._dir.path().join(format!("m{i}.log"));
+            let out = std::fs::File::create(&log).expect("etcd log");
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(c._dir.path().join(format!("m{i}")))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("dup"))
+                .stderr(out)
+                .spawn()
+                .expect("spawn etcd (apt-get install etcd-server)");
+            c.urls.push(url);
+            c.logs.push(log);
+            c.children.push(Some(child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.leader().is_none() {
+            assert!(Instant::now() < deadline, "etcd cluster elected no leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    /// The client URLs as `etcd:` store endpoints (`URL,URL,...`).
+    pub fn endpoints(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// The index of the member that leads now, if a live member says so.
+    pub fn leader(&self) -> Option<usize> {
+        for (i, url) in self.urls.iter().enumerate() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let Some(st) = status(url) else { continue };
+            let me = st["header"]["member_id"].as_str().map(str::to_string);
+            let leader = st["leader"].as_str().map(str::to_string);
+            if me.is_some() && me == leader {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `POST /v3/maintenance/status` through etcd's JSON gateway.
+fn status(url: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!(
+        "POST /v3/maintenance/status HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let body = buf.split_once("\r\n\r\n")?.1;
+    // A chunked body carries its JSON between size lines.
+    let start = body.find('{')?;
+    let end = body.rfind('}')?;
+    serde_json::from_str(&body[start..=end]).ok()
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}

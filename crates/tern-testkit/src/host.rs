@@ -370,6 +370,8 @@ pub fn tail(text: &str, n: usize) -> String {
 
 impl Drop for TernHost {
     fn drop(&mut self) {
+        // The fence process outlives the agent by design; not the test.
+        crate::fencing::signal_fence(self, libc::SIGKILL);
         for pid in self.qemu_pids() {
             // SAFETY: kill with a pid read from our own state directory.
             unsafe {

@@ -15,6 +15,7 @@
 
 pub mod bootsector;
 pub mod browser;
+pub mod cluster;
 pub mod controller;
 pub mod corpus;
 mod cpio;
@@ -22,6 +23,7 @@ mod domxml;
 mod elf;
 mod error;
 pub mod etcd;
+pub mod fencing;
 pub mod fixtures;
 mod guest;
 pub mod host;
@@ -42,7 +44,7 @@ pub use controller::{console_passwd, TestController};
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
 pub use error::BuildError;
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdCluster};
 pub use guest::{
     build_or_reuse, build_workload, default_cmdline, workspace_root, BuildOptions, GuestImage,
     GUEST_TARGET,

@@ -347,6 +347,23 @@ impl Lab {
         ip_ok(&["-n", &self.ns(Side::B), "link", "set", LINK_IF, "up"]);
     }
 
+    /// Cuts IP traffic between two sides only (a blackhole route each
+    /// way); every other pair still talks, over the same bridges.
+    pub fn cut_between(&self, x: Side, y: Side) {
+        for (from, to) in [(x, y), (y, x)] {
+            let dst = format!("{}/32", self.host_addr(to));
+            ip_ok(&["-n", &self.ns(from), "route", "add", "blackhole", &dst]);
+        }
+    }
+
+    /// Undoes [`Lab::cut_between`].
+    pub fn restore_between(&self, x: Side, y: Side) {
+        for (from, to) in [(x, y), (y, x)] {
+            let dst = format!("{}/32", self.host_addr(to));
+            ip_ok(&["-n", &self.ns(from), "route", "del", "blackhole", &dst]);
+        }
+    }
+
     /// Whether A's end of the link is administratively up.
     pub fn link_is_up(&self) -> bool {
         let o = ip(&["-n", &self.ns(Side::A), "-o", "link", "show", LINK_IF]);

@@ -529,14 +529,9 @@ fn host_down_restarts_the_guest_from_its_nfs_disk_elsewhere() {
     // The agent learns the policy (and arms fencing) on its next heartbeat.
     std::thread::sleep(Duration::from_secs(2));
 
-    let qemus = a.qemu_pids();
-    a.kill9();
-    for p in qemus {
-        // SAFETY: pids from the test host's own state directory.
-        unsafe {
-            libc::kill(p as i32, libc::SIGKILL);
-        }
-    }
+    // The host dies, its fence process too: its lease on the export (written
+    // with the agent's NFS client) stops, and the controller waits that out.
+    tern_testkit::fencing::kill_host(&mut a);
     c.wait_json(&["server-show", name], long, "web running on b", |v| {
         v["host"] == "b" && v["state"] == "running"
     });

@@ -97,6 +97,19 @@ struct Args {
     /// point writes `fault-POINT` in the state directory and stops there.
     #[arg(long, hide = true)]
     fault_stop_at: Option<String>,
+    /// Refuse the first domain start (tests: a rescue that fails once).
+    #[arg(long, hide = true)]
+    fault_refuse_start_once: bool,
+    /// Fence: a host in a cluster promises its guests are dead this long
+    /// after its last storage lease renewal, ms (see docs/FENCING.md).
+    #[arg(long, default_value_t = 5000)]
+    fence_after_ms: u64,
+    /// Fence: storage lease renewal interval, ms.
+    #[arg(long, default_value_t = 500)]
+    fence_renew_ms: u64,
+    /// Fence: a lease write slower than this does not count, ms.
+    #[arg(long, default_value_t = 1000)]
+    fence_io_timeout_ms: u64,
 }
 
 /// `--auth` values for plain TCP.
@@ -182,6 +195,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .fault_prepare_delay_ms
         .map(std::time::Duration::from_millis);
     cfg.faults.stop_at = args.fault_stop_at;
+    cfg.faults.refuse_start_once = args.fault_refuse_start_once;
+    cfg.fence = tern_agent::fence::config::FenceSettings {
+        renew_ms: args.fence_renew_ms,
+        fence_after_ms: args.fence_after_ms,
+        io_timeout_ms: args.fence_io_timeout_ms,
+        ..Default::default()
+    };
+    cfg.fence.validate().map_err(|e| anyhow::anyhow!(e))?;
 
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir)

@@ -21,7 +21,8 @@ impl Request {
             | Request::VolInfo { .. }
             | Request::NetList
             | Request::NetInfo { .. }
-            | Request::ServerInfo => true,
+            | Request::ServerInfo
+            | Request::FenceLease { .. } => true,
             Request::Define { .. }
             | Request::Create { .. }
             | Request::Start { .. }
@@ -246,6 +247,13 @@ mod tests {
             ),
             (Request::ServerInfo, true),
             (
+                Request::FenceLease {
+                    pool: "p".into(),
+                    host: "h".into(),
+                },
+                true,
+            ),
+            (
                 m(M::MigrateBegin {
                     name: n(),
                     options: o(),
@@ -439,7 +447,8 @@ mod tests {
             | Request::VolList { .. }
             | Request::VolInfo { .. }
             | Request::VolDelete { .. }
-            | Request::ServerInfo => {}
+            | Request::ServerInfo
+            | Request::FenceLease { .. } => {}
             Request::Migration(m) => match m {
                 MigrationRequest::MigrateBegin { .. }
                 | MigrationRequest::MigratePrepare { .. }
@@ -468,9 +477,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 35 plain requests + 20 migration requests (+1 for compcache's
+        // 36 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 37 + 20 + 1);
+        assert_eq!(all.len(), 38 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

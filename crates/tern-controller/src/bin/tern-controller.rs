@@ -79,6 +79,9 @@ struct Args {
     /// it (the API's identities and --tls-*-dn rules), others with a password.
     #[arg(long, requires = "console_listen")]
     console_tls: bool,
+    /// Tests: exit right after marking a host down, before its rescues.
+    #[arg(long, hide = true)]
+    fault_exit_after_mark_down: bool,
 }
 
 /// `--auth` values.
@@ -156,6 +159,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
     cfg.grace = Duration::from_millis(a.grace_ms);
     cfg.leader_ttl = Duration::from_millis(a.leader_ttl_ms);
+    cfg.fault_exit_after_mark_down = a.fault_exit_after_mark_down;
     cfg.limits = tern_scheduler::Limits {
         per_host_outbound: a.max_outbound_per_host.max(1),
         per_host_inbound: a.max_inbound_per_host.max(1),

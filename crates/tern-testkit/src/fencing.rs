@@ -1,0 +1,228 @@
+//! Host-down helpers: ending a host for real (its fence process, its
+//! QEMUs and its agent), cutting one host's storage lease, and counting
+//! the running copies of a guest on every host all along a test.
+
+use crate::host::TernHost;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The pid of a host's fence process, if one runs (checked by its
+/// command line, so a reused pid is never taken for it).
+pub fn fence_pid(h: &TernHost) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(h.state_dir().join("fence/fence.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let live = live_pid(pid);
+    (live && String::from_utf8_lossy(&cmd).contains("tern-fence")).then_some(pid)
+}
+
+/// Waits until the host's fence process runs; its pid.
+pub fn wait_fence(h: &TernHost, timeout: Duration) -> u32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(p) = fence_pid(h) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fence process on {}",
+            h.opts.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `sig` to the host's fence process, if it runs.
+pub fn signal_fence(h: &TernHost, sig: i32) {
+    if let Some(p) = fence_pid(h) {
+        // SAFETY: kill with a pid checked to be the host's fence process.
+        unsafe {
+            libc::kill(p as i32, sig);
+        }
+    }
+}
+
+/// The host dies: its fence process, every QEMU and the agent, SIGKILL.
+pub fn kill_host(h: &mut TernHost) {
+    signal_fence(h, libc::SIGKILL);
+    for p in h.qemu_pids() {
+        // SAFETY: pids from the test host's own state directory.
+        unsafe {
+            libc::kill(p as i32, libc::SIGKILL);
+        }
+    }
+    h.kill9();
+}
+
+/// What the host's fence recorded when it killed the guests
+/// (`STATE/fence/fenced.json`), if it did.
+pub fn fenced_record(h: &TernHost) -> Option<serde_json::Value> {
+    let b = std::fs::read(h.state_dir().join("fence/fenced.json")).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// One host's storage lease made unwritable (`chattr +i` on its lease
+/// file: renaming a new lease over it fails with EPERM), as when the host
+/// loses its storage; other hosts' leases in the pool are untouched.
+/// Dropping it makes the lease writable again.
+#[derive(Debug)]
+pub struct LeaseCut {
+    path: PathBuf,
+}
+
+/// Cuts `host`'s lease in the pool directory `pool`, waiting (up to 30 s)
+/// for the lease to exist first.
+pub fn cut_lease(pool: &Path, host: &str) -> LeaseCut {
+    let path = pool.join(".tern-fence").join(format!("{host}.lease"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no lease {}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    chattr(&path, "+i");
+    LeaseCut { path }
+}
+
+fn chattr(path: &Path, flag: &str) {
+    let o = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .output()
+        .expect("run chattr (e2fsprogs)");
+    assert!(
+        o.status.success(),
+        "chattr {flag} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Drop for LeaseCut {
+    fn drop(&mut self) {
+        chattr(&self.path, "-i");
+    }
+}
+
+fn live_pid(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// Whether a live QEMU runs guest `name` from the state directory `state`.
+pub fn runs_guest(state: &Path, name: &str) -> bool {
+    let Ok(b) = std::fs::read(state.join("run").join(name).join("runtime.json")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) else {
+        return false;
+    };
+    v["pid"].as_u64().is_some_and(|p| live_pid(p as u32))
+}
+
+/// Samples, every 20 ms on a thread, how many hosts run a live QEMU of a
+/// guest, and keeps the most seen at once.
+#[derive(Debug)]
+pub struct CopyCounter {
+    max: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CopyCounter {
+    /// Starts counting guest `name` over the hosts' state directories.
+    pub fn start(hosts: &[&TernHost], name: &str) -> CopyCounter {
+        let dirs: Vec<PathBuf> = hosts.iter().map(|h| h.state_dir()).collect();
+        let name = name.to_string();
+        let max = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let n = dirs.iter().filter(|d| runs_guest(d, &name)).count();
+                m.fetch_max(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        CopyCounter {
+            max,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The most copies seen running at once so far.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CopyCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Last-modified time of a file (e.g. the console log a QEMU writes).
+pub fn mtime(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("mtime of {}: {e}", path.display()))
+}
+
+/// Birth time of a file (the console log a QEMU creates when it starts).
+pub fn birth(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.created())
+        .unwrap_or_else(|e| panic!("birth time of {}: {e}", path.display()))
+}
+
+/// `host`'s lease in the pool directory `pool`, as JSON, if written.
+pub fn lease(pool: &Path, host: &str) -> Option<serde_json::Value> {
+    let b = std::fs::read(pool.join(".tern-fence").join(format!("{host}.lease"))).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Waits until `host`'s lease in `pool` is armed (the agent heard the
+/// host-down policy and told its fence); its counter then.
+pub fn wait_armed(pool: &Path, host: &str, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = lease(pool, host) {
+            if l["armed"] == true {
+                return l["counter"].as_u64().unwrap_or(0);
+            }
+        }
+        assert!(Instant::now() < deadline, "lease of {host} never armed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `host`'s lease counter in `pool` reaches `counter`.
+pub fn wait_lease_counter(pool: &Path, host: &str, counter: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = lease(pool, host).and_then(|l| l["counter"].as_u64());
+        if now.is_some_and(|c| c >= counter) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lease of {host} stuck at {now:?}, wanted {counter}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

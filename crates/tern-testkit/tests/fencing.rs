@@ -1,0 +1,288 @@
+//! Host-down recovery that never runs a guest twice: real agents, real
+//! guests (TCG), the fence process and its storage leases, and network
+//! namespaces for partitions. Every test counts the guest's running QEMUs
+//! on every host all along ([`CopyCounter`]) and believes the guest only
+//! through its console. See `docs/FENCING.md`.
+
+use std::time::Duration;
+use tern_testkit::cluster::{
+    boot_on_pool, enable_host_down_policy, jobs, more_heartbeats, rescues_succeeded, shared_pool,
+    wait_rescue_waiting, wait_server, LONG,
+};
+use tern_testkit::fencing::{
+    birth, cut_lease, fenced_record, kill_host, mtime, wait_armed, wait_fence, CopyCounter,
+};
+use tern_testkit::netns::{skip_unless_root, Lab, Side};
+use tern_testkit::{SerialLog, TernHost, TestController};
+
+fn log_tail(h: &TernHost) -> String {
+    tern_testkit::tail(&std::fs::read_to_string(h.log()).unwrap_or_default(), 20)
+}
+
+#[test]
+fn agent_killed_with_its_qemu_alive_never_gives_two_copies() {
+    let c = TestController::file(&[]);
+    let mut a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+
+    // Only the agent dies: its fence process and QEMU live on.
+    a.kill9();
+    c.wait_json(&["host-show", "a"], LONG, "a down", |v| {
+        v["status"]["down"].is_object()
+    });
+    // The controller queued the rescue but waits: the lease still renews.
+    wait_rescue_waiting(&c, "vm");
+    more_heartbeats(&a, "vm", 5);
+    assert!(fenced_record(&a).is_none());
+    assert!(!tern_testkit::fencing::runs_guest(&b.state_dir(), "vm"));
+
+    // The agent comes back: the guest never left, the rescue is cancelled.
+    a.restart();
+    c.wait_json(&["job-list"], LONG, "rescue cancelled", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|j| j["kind"] == "rescue" && j["state"] == "cancelled")
+        })
+    });
+    wait_server(&c, "vm", "a", "running");
+    more_heartbeats(&a, "vm", 2);
+    assert_eq!(copies.max(), 1, "two copies ran at once");
+}
+
+#[test]
+fn a_host_that_loses_its_storage_is_fenced_before_the_rescue_starts() {
+    let c = TestController::file(&[]);
+    let mut a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    wait_fence(&a, LONG);
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+
+    // The agent dies and the host's storage goes: the fence alone acts.
+    a.kill9();
+    let _cut = cut_lease(pool.path(), "a");
+    wait_server(&c, "vm", "b", "running");
+    let fenced = fenced_record(&a).expect("a's fence recorded the kill");
+    assert!(fenced["killed"].to_string().contains("vm"), "{fenced}");
+    // A's guest wrote its last console byte before B's QEMU was created.
+    let a_last = mtime(&a.console_log("vm"));
+    let b_first = birth(&b.console_log("vm"));
+    assert!(
+        a_last <= b_first,
+        "a wrote at {a_last:?}, after b started at {b_first:?}"
+    );
+    let log = SerialLog::parse(&b.wait_console("vm", LONG, "heartbeats on b", |t| {
+        SerialLog::parse(t).heartbeats.len() >= 3
+    }));
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    assert_eq!(rescues_succeeded(&c), 1);
+    assert_eq!(copies.max(), 1, "two copies ran at once");
+}
+
+#[test]
+fn controller_killed_between_marking_the_host_down_and_the_rescue_rescues_once() {
+    let mut c = TestController::file(&["--fault-exit-after-mark-down"]);
+    let mut a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+
+    kill_host(&mut a);
+    // It marks a down, then dies before any rescue exists.
+    let st = c.wait_exit(LONG);
+    assert_eq!(st.code(), Some(3), "{st:?}");
+    c.restart_with(&[]);
+    assert!(c.json(&["host-show", "a"])["status"]["down"].is_object());
+    wait_server(&c, "vm", "b", "running");
+    more_heartbeats(&b, "vm", 3);
+    assert_eq!(rescues_succeeded(&c), 1);
+    assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn a_rescue_refused_once_is_retried_and_succeeds() {
+    let c = TestController::file(&[]);
+    let mut a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &["--fault-refuse-start-once"]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+
+    kill_host(&mut a);
+    wait_server(&c, "vm", "b", "running");
+    more_heartbeats(&b, "vm", 3);
+    let r: Vec<_> = jobs(&c)
+        .into_iter()
+        .filter(|j| j["kind"] == "rescue")
+        .collect();
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0]["state"], "succeeded");
+    // The first attempt was refused (the fault), the second succeeded.
+    assert_eq!(r[0]["attempts"], 1, "{r:#?}");
+}
+
+/// A lab with host a in namespace A, host b in B, and the controller in
+/// `controller` (B: cutting the a–b link cuts a off from the controller
+/// and from b; C: on a's bridge, so a pair of routes can cut a from the
+/// controller alone). Storage is a directory both hosts see.
+struct Partition {
+    c: TestController,
+    a: TernHost,
+    b: TernHost,
+    pool: tempfile::TempDir,
+    lab: Lab,
+}
+
+fn partition_lab(controller: Side) -> Partition {
+    let lab = Lab::start();
+    let c = TestController::file_in_netns(&lab.ns(controller), lab.host_addr(controller), &[]);
+    let a = TestController::join_lab(&[&c], &lab, Side::A, "a", &[]);
+    let b = TestController::join_lab(&[&c], &lab, Side::B, "b", &[]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    Partition { c, a, b, pool, lab }
+}
+
+#[test]
+fn a_host_cut_off_from_controller_and_peer_but_not_storage_keeps_its_guest() {
+    if skip_unless_root("a_host_cut_off_from_controller_and_peer_but_not_storage_keeps_its_guest") {
+        return;
+    }
+    let p = partition_lab(Side::B);
+    let copies = CopyCounter::start(&[&p.a, &p.b], "vm");
+    p.lab.cut_link();
+    p.c.wait_json(&["host-show", "a"], LONG, "a down", |v| {
+        v["status"]["down"].is_object()
+    });
+    wait_rescue_waiting(&p.c, "vm");
+    more_heartbeats(&p.a, "vm", 5);
+    assert!(fenced_record(&p.a).is_none(), "{}", log_tail(&p.a));
+    p.lab.restore_link();
+    wait_server(&p.c, "vm", "a", "running");
+    assert_eq!(copies.max(), 1);
+    drop(copies);
+    drop(p.pool);
+}
+
+#[test]
+fn a_fully_partitioned_host_stops_its_guest_before_it_starts_elsewhere() {
+    if skip_unless_root("a_fully_partitioned_host_stops_its_guest_before_it_starts_elsewhere") {
+        return;
+    }
+    let p = partition_lab(Side::B);
+    let copies = CopyCounter::start(&[&p.a, &p.b], "vm");
+    // Network and storage gone at once.
+    p.lab.cut_link();
+    let _cut = cut_lease(p.pool.path(), "a");
+    wait_server(&p.c, "vm", "b", "running");
+    let fenced = fenced_record(&p.a).expect("a's fence recorded the kill");
+    let a_last = mtime(&p.a.console_log("vm"));
+    let b_first = birth(&p.b.console_log("vm"));
+    assert!(
+        a_last <= b_first,
+        "a wrote at {a_last:?}, after b started at {b_first:?}"
+    );
+    let fenced_at =
+        std::time::UNIX_EPOCH + Duration::from_millis(fenced["at_ms"].as_u64().unwrap());
+    assert!(
+        fenced_at <= b_first,
+        "fenced at {fenced_at:?}, b started at {b_first:?}"
+    );
+    more_heartbeats(&p.b, "vm", 3);
+    assert_eq!(rescues_succeeded(&p.c), 1);
+    assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn asymmetric_partition_controller_loses_a_but_a_reaches_its_peer_and_storage() {
+    if skip_unless_root(
+        "asymmetric_partition_controller_loses_a_but_a_reaches_its_peer_and_storage",
+    ) {
+        return;
+    }
+    let p = partition_lab(Side::C);
+    let copies = CopyCounter::start(&[&p.a, &p.b], "vm");
+    // The controller and a no longer reach each other; a still reaches b
+    // (and b the controller), and its storage.
+    p.lab.cut_between(Side::A, Side::C);
+    assert!(p.lab.ping_once(Side::A, p.lab.host_addr(Side::B)));
+    p.c.wait_json(&["host-show", "a"], LONG, "a down", |v| {
+        v["status"]["down"].is_object()
+    });
+    wait_rescue_waiting(&p.c, "vm");
+    more_heartbeats(&p.a, "vm", 5);
+    assert!(fenced_record(&p.a).is_none(), "{}", log_tail(&p.a));
+    assert!(!tern_testkit::fencing::runs_guest(&p.b.state_dir(), "vm"));
+    p.lab.restore_between(Side::A, Side::C);
+    p.c.wait_json(&["job-list"], LONG, "rescue cancelled", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|j| j["kind"] == "rescue" && j["state"] == "cancelled")
+        })
+    });
+    wait_server(&p.c, "vm", "a", "running");
+    assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn a_host_dying_mid_migration_leaves_its_server_on_exactly_one_host() {
+    let c = TestController::file(&[]);
+    let mut a = TestController::host(&[&c], "a", &[]);
+    // The destination discards an orphaned incoming copy after 5 s.
+    let b = TestController::host(&[&c], "b", &["--orphan-timeout", "5"]);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(&c, "vm", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    enable_host_down_policy(&c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    c.ok(&["server-live-migrate", "vm", "--max-bandwidth-mb", "1"]);
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&a.ok(&["domjobinfo", "vm", "--json"])).unwrap();
+        if j["memory_processed"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never migrating: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_host(&mut a);
+    // b's incoming copy (paused, not running the guest) lives on; once a's
+    // SIGKILLed QEMU has ended, at most one QEMU of the guest (that copy,
+    // or the rescued guest) may live from here on.
+    let deadline = std::time::Instant::now() + LONG;
+    while tern_testkit::fencing::runs_guest(&a.state_dir(), "vm") {
+        assert!(std::time::Instant::now() < deadline, "a's QEMU never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+    wait_server(&c, "vm", "b", "running");
+    more_heartbeats(&b, "vm", 3);
+    let all = jobs(&c);
+    let migration = all.iter().find(|j| j["kind"] == "live-migrate").unwrap();
+    assert_eq!(migration["state"], "failed", "{all:#?}");
+    assert_eq!(rescues_succeeded(&c), 1);
+    assert_eq!(copies.max(), 1);
+}
