@@ -27,6 +27,7 @@ PKGS=(
   chromium             # the web console's browser test (headless)
   chromium-driver      # WebDriver for it
   fonts-dejavu-core    # text in the console's screenshots
+  prometheus           # promtool, to lint the /metrics the daemons serve
 )
 
 missing=()

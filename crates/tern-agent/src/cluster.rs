@@ -166,6 +166,7 @@ async fn any_peer_answers(peers: &[String]) -> bool {
 /// Stops every guest of this host: the controller will restart them elsewhere.
 async fn fence(agent: &Arc<Agent>) {
     tracing::warn!("lost the controller for longer than the lease: stopping guests (fencing)");
+    crate::metrics::metrics().fenced();
     for d in agent.list(false).await {
         if let Err(e) = agent.destroy(&d.name).await {
             tracing::error!(domain = %d.name, error = %e, "fencing could not stop a guest");

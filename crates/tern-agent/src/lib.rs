@@ -20,6 +20,7 @@ pub mod guest_setup;
 pub mod launch;
 pub mod limits;
 pub mod listen;
+pub mod metrics;
 pub mod migration;
 pub mod monitor;
 pub mod netdev;

@@ -166,6 +166,7 @@ async fn call(
 /// Runs one request against the agent.
 pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiError> {
     tracing::debug!(?req, "request");
+    let verb = crate::metrics::verb_of(&req);
     let a = agent;
     let r: Result<Vec<u8>, AgentError> = async {
         Ok(match req {
@@ -247,7 +248,16 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
         })
     }
     .await;
-    r.map_err(ApiError::from)
+    let r = r.map_err(ApiError::from);
+    let status = match &r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => serde_json::to_value(e.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    };
+    crate::metrics::metrics().api_request(&verb, &status);
+    r
 }
 
 impl Agent {

@@ -106,6 +106,7 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
                     .await?;
                 if let (true, Some(rec)) = (won, rec) {
                     tracing::warn!(host = %name, "host is down");
+                    crate::metrics::metrics().host_declared_down();
                     evacuate(ctl, &rec, now).await?;
                 }
             }

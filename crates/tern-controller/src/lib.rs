@@ -15,6 +15,7 @@ pub mod evacuate;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
+pub mod metrics;
 pub mod runner;
 pub mod sync;
 pub mod views;

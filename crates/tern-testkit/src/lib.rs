@@ -32,6 +32,7 @@ pub mod nfs;
 pub mod pair;
 pub mod ping;
 pub mod pki;
+pub mod scrape;
 mod serial;
 pub mod sshd;
 mod vmlinux;

@@ -88,6 +88,9 @@ struct Args {
     /// guest that never ran, finish or roll back an outgoing one.
     #[arg(long, default_value_t = 30)]
     orphan_timeout: u64,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Test-only fault injection: delay Prepare by this many milliseconds.
     #[arg(long, hide = true)]
     fault_prepare_delay_ms: Option<u64>,
@@ -218,7 +221,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
     let agent = Agent::open(cfg).await?;
+    if let Some(l) = metrics {
+        tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(tern_agent::metrics::serve(agent.clone(), l));
+    }
     // Probe the accelerator now rather than on the first start.
     let a = agent.clone();
     tokio::spawn(async move {

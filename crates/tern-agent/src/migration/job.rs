@@ -404,6 +404,9 @@ impl Jobs {
             }
         }
         *job.dir.lock().unwrap_or_else(|p| p.into_inner()) = self.dir.clone();
+        if m.get(&job.domain).is_none_or(|old| old.id != job.id) {
+            crate::metrics::metrics().migration_started(&job);
+        }
         m.insert(job.domain.clone(), job);
         Ok(())
     }
@@ -474,6 +477,14 @@ impl Jobs {
     /// Moves a finished job to the completed table.
     pub fn finish(&self, job: &Arc<Job>) {
         job.close_tunnel(job.phase() != Phase::Completed);
+        // Counted once: a second finish of the same job finds it gone.
+        if self
+            .cur()
+            .get(&job.domain)
+            .is_some_and(|j| Arc::ptr_eq(j, job))
+        {
+            crate::metrics::metrics().migration_finished(job);
+        }
         let info = job.info();
         let capped = job.options.bandwidth_mib.is_some_and(|m| m > 0);
         if let Some(rate) = info

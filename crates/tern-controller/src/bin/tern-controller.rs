@@ -53,6 +53,9 @@ struct Args {
     /// The console's password file (see `tern-controller console-passwd`).
     #[arg(long)]
     console_users: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,7 +146,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
         Some(f) => auth::load_users(f)?,
         None => Vec::new(),
     };
+    let metrics_listener = match a.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
     let ctl = Controller::open(cfg).await?;
+    if let Some(l) = metrics_listener {
+        tracing::info!(listen = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(tern_controller::metrics::serve(ctl.clone(), l));
+    }
     tracing::info!(id = %ctl.cfg.id, listen = %ctl.cfg.listen, store = %ctl.cfg.store, "tern-controller ready");
     if let Some(l) = console_listener {
         tracing::info!(listen = %l.local_addr()?, users = users.len(), "web console ready");
