@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod domains;
 pub mod error;
+pub mod events;
 pub mod facts;
 pub mod faults;
 pub mod guest_agent;

@@ -144,6 +144,10 @@ async fn call(
     if req == Request::ServerInfo {
         return ok(server.info(peer));
     }
+    if let Request::Events { .. } = &req {
+        // A watcher waits here without holding a worker.
+        return dispatch(&server.agent, req).await;
+    }
     let worker = server.workers.acquire(req.is_priority()).await;
     // The request runs to its end even if the client goes away: hyper drops
     // a pending service future when the connection closes, and a migration
@@ -240,6 +244,13 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 ok(a.pools.vol_delete(&pool, &name).await?)?
             }
             Request::Migration(m) => crate::migration::dispatch(a, m).await?,
+            Request::Events {
+                after,
+                domain,
+                wait_ms,
+            } => ok(crate::events::log()
+                .wait(after, domain.as_deref(), Duration::from_millis(wait_ms))
+                .await)?,
             Request::ServerInfo => {
                 return Err(AgentError::Failed(
                     "server-info is answered by the API server, not the agent".into(),

@@ -22,6 +22,7 @@ mod domxml;
 mod elf;
 mod error;
 pub mod etcd;
+pub mod events;
 pub mod fixtures;
 mod guest;
 pub mod host;

@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use tern_testkit::events::EventStream;
 use tern_testkit::pair::boot_guest;
 use tern_testkit::scrape::{http_get, promtool_check, sample};
-use tern_testkit::{free_port, HostPair, TestController, Which::A};
+use tern_testkit::{free_port, FaultPoint, HostPair, TestController, Which::A};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -140,4 +141,62 @@ fn controller_metrics_count_hosts_servers_and_jobs() {
     assert_eq!(got("tern_cluster_jobs", &done), Some(1.0), "{text}");
     assert_eq!(got("tern_controller_leader", &[]), Some(1.0), "{text}");
     promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+}
+
+#[test]
+fn tern_event_loop_prints_a_migrations_phases_as_it_runs() {
+    let p = HostPair::start("event", &["--fault-stop-at", "source-completed"], &[]);
+    p.boot("ev1", "tern.mem=48 tern.dirty=0");
+    let mut src = EventStream::start(&p.a.uri(), &["--domain", "ev1", "--timestamp"]);
+    let mut dst = EventStream::start(&p.b.uri(), &["--domain", "ev1"]);
+    // A lifecycle event each watcher must print: both are listening now.
+    p.a.ok(&["suspend", "ev1"]);
+    src.wait_for("paused", LONG);
+    p.a.ok(&["resume", "ev1"]);
+    src.wait_for("'lifecycle' for domain 'ev1': running", LONG);
+    // 16 MiB/s: a few seconds of pre-copy, so iterations are reported.
+    let mig = p.migrate_bg(A, "ev1", &["--live", "--bandwidth", "16"]);
+    src.wait_for("'iteration' for domain 'ev1': iteration 1", LONG);
+    // The source holds once QEMU has sent everything, before Confirm: what
+    // the watchers printed so far came while the migration ran.
+    let hold = FaultPoint::of(&p.a, "source-completed");
+    hold.wait_reached(LONG);
+    let so_far = src.wait_for("'migration-phase' for domain 'ev1': perform", LONG);
+    let begin = "'migration-phase' for domain 'ev1': begin";
+    assert!(so_far.iter().any(|l| l.contains(begin)), "{so_far:#?}");
+    assert!(
+        !so_far.iter().any(|l| l.contains(": completed")),
+        "{so_far:#?}"
+    );
+    assert!(so_far[0].starts_with("20"), "--timestamp: {so_far:#?}");
+    dst.wait_for("'migration-phase' for domain 'ev1': prepare", LONG);
+    hold.release();
+    let out = mig.wait_with_output().expect("tern migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = src.wait_for("'migration-phase' for domain 'ev1': completed", LONG);
+    let at = |t: &str| {
+        all.iter()
+            .position(|l| l.contains(t))
+            .unwrap_or_else(|| panic!("{t}: {all:#?}"))
+    };
+    assert!(
+        at(": begin") < at(": perform") && at(": perform") < at(": confirm"),
+        "{all:#?}"
+    );
+    assert!(at(": confirm") < at(": completed"), "{all:#?}");
+    src.wait_for("'lifecycle' for domain 'ev1': shut off (migrated)", LONG);
+    let d = dst.wait_for("'migration-phase' for domain 'ev1': completed", LONG);
+    assert!(d.iter().any(|l| l.contains(": finish")), "{d:#?}");
+    dst.wait_for("'lifecycle' for domain 'ev1': running", LONG);
+    // JSON, one object per line.
+    let mut j = EventStream::start(&p.b.uri(), &["--json"]);
+    p.b.ok(&["suspend", "ev1"]);
+    let l = j.wait_for("lifecycle", LONG);
+    let v: serde_json::Value = serde_json::from_str(&l[0]).expect("JSON line");
+    assert_eq!(v["domain"], "ev1");
+    assert_eq!(v["kind"], "lifecycle");
 }

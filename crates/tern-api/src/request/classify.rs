@@ -19,7 +19,8 @@ impl Request {
             | Request::PoolInfo { .. }
             | Request::VolList { .. }
             | Request::VolInfo { .. }
-            | Request::ServerInfo => true,
+            | Request::ServerInfo
+            | Request::Events { .. } => true,
             Request::Define { .. }
             | Request::Create { .. }
             | Request::Start { .. }
