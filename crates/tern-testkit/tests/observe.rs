@@ -200,3 +200,42 @@ fn tern_event_loop_prints_a_migrations_phases_as_it_runs() {
     assert_eq!(v["domain"], "ev1");
     assert_eq!(v["kind"], "lifecycle");
 }
+
+/// Every non-empty line of a log, parsed as JSON (panics on one that is not).
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("read log");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn both_daemons_log_json_lines_with_log_format_json() {
+    let c = TestController::file(&["--log-format", "json"]);
+    let h = tern_testkit::TernHost::start_with(tern_testkit::HostOptions {
+        name: "jsonlog".into(),
+        extra_args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    });
+    h.ok(&["list", "--all"]);
+    for (log, ready) in [
+        (h.log(), "ternd ready"),
+        (c.log.clone(), "tern-controller ready"),
+    ] {
+        let lines = json_lines(&log);
+        let r = lines
+            .iter()
+            .find(|v| v["message"] == ready)
+            .unwrap_or_else(|| panic!("no '{ready}' in {lines:#?}"));
+        assert_eq!(r["level"], "INFO", "{r}");
+        assert!(r["timestamp"].is_string(), "{r}");
+    }
+    // A bad value is refused with the choices.
+    let out = std::process::Command::new(tern_testkit::bin("ternd"))
+        .args(["--log-format", "xml"])
+        .output()
+        .expect("run ternd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("text, json"), "{err}");
+}

@@ -88,6 +88,9 @@ struct Args {
     /// guest that never ran, finish or roll back an outgoing one.
     #[arg(long, default_value_t = 30)]
     orphan_timeout: u64,
+    /// Log lines as text or as JSON objects (filter with TERND_LOG).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: tern_log::LogFormat,
     /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -127,15 +130,8 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERND_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    tern_log::init(args.log_format, "TERND_LOG");
     if let Err(e) = run(args).await {
         eprintln!("ternd: {e:#}");
         std::process::exit(1);

@@ -53,6 +53,9 @@ struct Args {
     /// The console's password file (see `tern-controller console-passwd`).
     #[arg(long)]
     console_users: Option<PathBuf>,
+    /// Log lines as text or as JSON objects (filter with TERN_CONTROLLER_LOG).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: tern_log::LogFormat,
     /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -91,15 +94,8 @@ fn console_passwd(file: &std::path::Path, user: &str, role: &str) -> anyhow::Res
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERN_CONTROLLER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let mut args = Args::parse();
+    tern_log::init(args.log_format, "TERN_CONTROLLER_LOG");
     let r = match args.cmd.take() {
         Some(Cmd::ConsolePasswd { file, user, role }) => console_passwd(&file, &user, &role),
         None => run(args).await,
