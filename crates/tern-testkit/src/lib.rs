@@ -32,6 +32,7 @@ pub mod netns;
 pub mod nfs;
 pub mod pair;
 pub mod ping;
+pub mod pkgroot;
 pub mod pki;
 pub mod scrape;
 mod serial;

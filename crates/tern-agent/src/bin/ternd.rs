@@ -130,6 +130,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() {
+    tern_docgen::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
     let args = Args::parse();
     tern_log::init(args.log_format, "TERND_LOG");
     if let Err(e) = run(args).await {
@@ -259,10 +260,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(listen::serve_unix(srv.clone(), unix_ro, Grant::ReadOnly));
     let serve = tokio::spawn(listen::serve_unix(srv, unix, Grant::ReadWrite));
+    // systemd (Type=notify): every listener is bound and served from here on.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}
         _ = term.recv() => {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             // Every listener keeps serving meanwhile: the controller drives
             // the migrations through this agent's API.
             if !agent.cfg.controllers.is_empty()

@@ -94,6 +94,7 @@ fn console_passwd(file: &std::path::Path, user: &str, role: &str) -> anyhow::Res
 
 #[tokio::main]
 async fn main() {
+    tern_docgen::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
     let mut args = Args::parse();
     tern_log::init(args.log_format, "TERN_CONTROLLER_LOG");
     let r = match args.cmd.take() {
@@ -167,6 +168,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(ctl.clone().run());
     let serve = api::serve(ctl.clone(), listener);
+    // systemd (Type=notify): the API listener is bound; it serves from here on.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}

@@ -1,0 +1,109 @@
+//! The Debian packages on a clean root: `dpkg -i` of ternd, tern and
+//! tern-controller into a copy of a minimal Debian (with only the packages
+//! they depend on), what the maintainer scripts create, the units
+//! (`systemd-analyze verify`), and each daemon started from its unit's
+//! ExecStart line until it tells systemd READY=1.
+//!
+//! Needs `scripts/package.sh --dev` and `scripts/pkgtest-root.sh` first
+//! (scripts/test.sh runs both).
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
+use tern_testkit::pkgroot::{built_packages, exec_start, unit_key, PackageRoot};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+#[test]
+fn packages_install_on_a_clean_root_and_ternd_starts_from_its_unit() {
+    let root = PackageRoot::new();
+    ok(root.install(&built_packages()), "dpkg -i");
+    // The maintainer scripts made the user, group and directories.
+    let pw = ok(
+        root.run(&["getent", "passwd", "tern"]),
+        "getent passwd tern",
+    );
+    let uid: u32 = pw
+        .split(':')
+        .nth(2)
+        .and_then(|u| u.parse().ok())
+        .expect("uid");
+    ok(root.run(&["getent", "group", "tern"]), "getent group tern");
+    for d in ["var/lib/tern", "var/cache/tern", "etc/tern"] {
+        assert!(root.join(d).is_dir(), "{d} missing");
+    }
+    let ctl_dir =
+        std::fs::metadata(root.join("var/lib/tern-controller")).expect("controller state");
+    assert_eq!(
+        ctl_dir.uid(),
+        uid,
+        "/var/lib/tern-controller belongs to tern"
+    );
+    // Man pages and completions from the clap definitions.
+    for f in [
+        "usr/share/man/man8/ternd.8.gz",
+        "usr/share/man/man8/tern-controller.8.gz",
+        "usr/share/man/man1/tern.1.gz",
+        "usr/share/man/man1/tern-migrate.1.gz",
+        "usr/share/man/man1/tern-event.1.gz",
+        "usr/share/bash-completion/completions/tern",
+        "usr/share/zsh/vendor-completions/_tern",
+        "usr/share/fish/vendor_completions.d/tern.fish",
+        "usr/share/bash-completion/completions/ternd",
+    ] {
+        assert!(root.join(f).is_file(), "{f} missing");
+    }
+    // The units: what the agent's guests need from systemd, and verify.
+    let unit_dir = root.join("usr/lib/systemd/system");
+    let ternd = std::fs::read_to_string(unit_dir.join("ternd.service")).expect("ternd.service");
+    assert_eq!(unit_key(&ternd, "KillMode").as_deref(), Some("process"));
+    assert_eq!(unit_key(&ternd, "Type").as_deref(), Some("notify"));
+    let argv = exec_start(&ternd, |_| None);
+    let shutdown: u64 = argv
+        .iter()
+        .position(|a| a == "--shutdown-timeout")
+        .and_then(|i| argv.get(i + 1)?.parse().ok())
+        .expect("--shutdown-timeout in ExecStart");
+    let stop: u64 = unit_key(&ternd, "TimeoutStopSec")
+        .and_then(|s| s.parse().ok())
+        .expect("TimeoutStopSec");
+    assert!(
+        stop > shutdown,
+        "TimeoutStopSec={stop} must exceed --shutdown-timeout {shutdown}"
+    );
+    assert!(
+        argv.windows(2).any(|w| w == ["--on-stop", "auto"]),
+        "{argv:?}"
+    );
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", root.path().display()))
+        .args([
+            "/usr/lib/systemd/system/ternd.service",
+            "/usr/lib/systemd/system/tern-controller.service",
+        ])
+        .output()
+        .expect("systemd-analyze");
+    ok(verify, "systemd-analyze verify");
+
+    // ternd from its ExecStart line: READY=1 once the API is served.
+    let mut agent = root.start_service("ternd.service");
+    let said = agent.wait_ready(LONG);
+    assert!(said.contains("READY=1"), "{said}");
+    let info = ok(root.run(&["tern", "nodeinfo"]), "tern nodeinfo in the root");
+    assert!(info.contains("QEMU") || info.contains("qemu"), "{info}");
+    ok(root.run(&["tern", "list", "--all"]), "tern list");
+    // tern-controller from its ExecStart line, as the tern user.
+    let mut ctl = root.start_service("tern-controller.service");
+    ctl.wait_ready(LONG);
+}
