@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Prepares the clean root the package test installs Tern's .debs into
 # (crates/tern-testkit/tests/packages.rs): a minimal Debian made by
-# debootstrap, plus the Debian packages that target/debian/*.deb declare in
-# Depends (QEMU from bookworm-backports on bookworm, as install-deps does).
+# debootstrap, plus systemd (as on any host; `systemd-analyze verify
+# --root` needs its units) and the Debian packages that target/debian/*.deb
+# declare in Depends (QEMU from bookworm-backports on bookworm, as
+# install-deps does).
 # Tern itself is not installed there: the test does that with dpkg -i.
 #
 # The root is cached under target/pkgroot/deps (about 600 MB) and rebuilt
@@ -21,6 +23,7 @@ done
 # The dependency names, without versions or alternatives' extras.
 deps=$(for d in "${debs[@]}"; do dpkg-deb -f "$d" Depends; done | tr ',' '\n' \
   | sed 's/([^)]*)//g; s/|.*//; s/ //g' | grep -v '^$' | sort -u | tr '\n' ' ')
+deps="$deps systemd"
 want="$codename: $deps"
 if [ -f "$root/deps/.tern-deps" ] && [ "$(cat "$root/deps/.tern-deps")" = "$want" ]; then
   exit 0

@@ -240,6 +240,20 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // The service is unshare's child and PID 1 of its namespace:
+        // killing it ends the namespace. unshare's --kill-child alone is not
+        // enough when chroot --userspec changed the credentials (that
+        // clears the parent-death signal).
+        let id = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"));
+        for pid in children.unwrap_or_default().split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: kill(2) on a pid we just read as our child's child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
