@@ -3,7 +3,7 @@
 //! packages Tern's .debs depend on), into which a test `dpkg -i`s
 //! `target/debian/*.deb` and starts services from their units' ExecStart
 //! lines. Commands run under `chroot` in a private mount namespace (with
-//! its own /proc), so nothing is left mounted on the host; a service also
+//! its own /proc and /dev/pts), so nothing is left mounted on the host; a service also
 //! gets its own PID and network namespaces (loopback only) and dies with
 //! its handle. The copy is removed on drop.
 
@@ -111,6 +111,9 @@ impl PackageRoot {
             .arg(
                 "if [ \"$3\" = net ]; then ip link set lo up; fi; \
                  mount -t proc proc \"$1/proc\" && \
+                 mkdir -p \"$1/dev/pts\" && \
+                 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts \"$1/dev/pts\" && \
+                 touch \"$1/dev/ptmx\" && mount --bind \"$1/dev/pts/ptmx\" \"$1/dev/ptmx\" && \
                  root=\"$1\" && user=\"$2\" && shift 3 && \
                  if [ -n \"$user\" ]; then exec chroot --userspec=\"$user\" \"$root\" \"$@\"; \
                  else exec chroot \"$root\" \"$@\"; fi",
@@ -132,8 +135,16 @@ impl PackageRoot {
 
     /// Starts the service of the installed unit `unit` (e.g.
     /// `ternd.service`) from its ExecStart line, with the variables of its
-    /// EnvironmentFile, as its User=, with a systemd notify socket.
+    /// EnvironmentFile, as its User=, with a systemd notify socket, in its
+    /// own PID and network namespaces.
     pub fn start_service(&self, unit: &str) -> Service {
+        self.start_service_with(unit, true)
+    }
+
+    /// [`Self::start_service`]; without `own_namespaces` the service shares
+    /// the host's PIDs and network, so what it starts (QEMU) outlives it,
+    /// as under systemd's KillMode=process.
+    pub fn start_service_with(&self, unit: &str, own_namespaces: bool) -> Service {
         let text = std::fs::read_to_string(self.join(&format!("usr/lib/systemd/system/{unit}")))
             .unwrap_or_else(|e| panic!("{unit} is not installed: {e}"));
         let argv = exec_start(&text, |f| std::fs::read_to_string(self.join(f)).ok());
@@ -153,8 +164,13 @@ impl PackageRoot {
         let log = self.join(&format!("var/log/{unit}.log"));
         let out = std::fs::File::create(&log).expect("service log");
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let ns: &[&str] = if own_namespaces {
+            &["--pid", "--net"]
+        } else {
+            &[]
+        };
         let child = self
-            .command(&["--pid", "--net"], &argv, user.as_deref())
+            .command(ns, &argv, user.as_deref())
             .env("NOTIFY_SOCKET", &sock_inside)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
@@ -162,6 +178,42 @@ impl PackageRoot {
             .spawn()
             .expect("start the service");
         Service { child, notify, log }
+    }
+}
+
+impl Drop for PackageRoot {
+    fn drop(&mut self) {
+        for pid in self.processes() {
+            // SAFETY: kill(2) on a process that runs inside our root.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl PackageRoot {
+    /// Processes whose root directory is this root (a service, its QEMUs).
+    pub fn processes(&self) -> Vec<u32> {
+        let me = std::fs::canonicalize(self.path()).unwrap_or_default();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == me))
+            .collect()
+    }
+
+    /// The processes in this root whose command name starts with `comm`.
+    pub fn processes_named(&self, comm: &str) -> Vec<u32> {
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim().starts_with(comm))
+            })
+            .collect()
     }
 }
 
@@ -213,6 +265,22 @@ pub struct Service {
 }
 
 impl Service {
+    /// Stops the service as systemd does with KillMode=process: SIGTERM to
+    /// the main process alone; waits for it to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let id = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"));
+        for pid in children.unwrap_or_default().split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: kill(2) on our child's child, the service.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+        self.child.wait().expect("wait for the service")
+    }
+
     /// Waits for the service's `READY=1` on the notify socket, as systemd
     /// does for Type=notify; panics with its log if it never comes.
     pub fn wait_ready(&mut self, timeout: Duration) -> String {

@@ -9,8 +9,9 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_testkit::pkgroot::{built_packages, exec_start, unit_key, PackageRoot};
+use tern_testkit::{build_or_reuse, BuildOptions, GuestImage, GuestSpec, SerialLog};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -106,4 +107,118 @@ fn packages_install_on_a_clean_root_and_ternd_starts_from_its_unit() {
     // tern-controller from its ExecStart line, as the tern user.
     let mut ctl = root.start_service("tern-controller.service");
     ctl.wait_ready(LONG);
+}
+
+/// The ternd package with its version changed to `version`, repacked.
+fn ternd_package_at(version: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let deb = built_packages()
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ternd_")
+        })
+        .expect("ternd deb");
+    let tree = dir.join("tree");
+    ok(
+        Command::new("dpkg-deb")
+            .arg("-R")
+            .arg(&deb)
+            .arg(&tree)
+            .output()
+            .unwrap(),
+        "dpkg-deb -R",
+    );
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| match l.starts_with("Version:") {
+            true => format!("Version: {version}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&control, text).unwrap();
+    let out = dir.join(format!("ternd_{version}_amd64.deb"));
+    ok(
+        Command::new("dpkg-deb")
+            .arg("-b")
+            .arg(&tree)
+            .arg(&out)
+            .output()
+            .unwrap(),
+        "dpkg-deb -b",
+    );
+    out
+}
+
+/// Waits until the guest's console shows `n` more heartbeats than `after`.
+fn heartbeats(root: &PackageRoot, name: &str, more_than: usize) -> SerialLog {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = root.run(&["tern", "console", name]);
+        let log = SerialLog::parse(&String::from_utf8_lossy(&out.stdout));
+        if log.heartbeats.len() > more_than + 2 {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeats from {name}: {:?}",
+            log.heartbeats.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn upgrading_the_agent_package_leaves_a_running_guest_running() {
+    let root = PackageRoot::new();
+    ok(root.install(&built_packages()), "dpkg -i");
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    std::fs::create_dir_all(root.join("var/lib/tern/images")).unwrap();
+    std::fs::copy(&img.kernel, root.join("var/lib/tern/images/vmlinux")).unwrap();
+    std::fs::copy(&img.initrd, root.join("var/lib/tern/images/initrd")).unwrap();
+    let inside = GuestImage {
+        kernel: "/var/lib/tern/images/vmlinux".into(),
+        initrd: "/var/lib/tern/images/initrd".into(),
+    };
+    let spec = GuestSpec::new("up1", &inside).workload("tern.mem=32 tern.dirty=0");
+    std::fs::write(root.join("tmp/up1.xml"), spec.to_xml()).unwrap();
+    // Under systemd's KillMode=process the guests are not the agent's to
+    // lose: the service shares the host's PIDs here, as in a unit's cgroup.
+    let mut agent = root.start_service_with("ternd.service", false);
+    agent.wait_ready(LONG);
+    ok(root.run(&["tern", "define", "/tmp/up1.xml"]), "define");
+    ok(root.run(&["tern", "start", "up1"]), "start");
+    let before = heartbeats(&root, "up1", 0);
+    let qemu = root.processes_named("qemu-system");
+    assert_eq!(qemu.len(), 1, "one QEMU: {qemu:?}");
+
+    // The upgrade: the agent stops (SIGTERM to it alone), dpkg installs the
+    // new version, the agent starts again from the unit.
+    let st = agent.stop();
+    assert!(st.success() || st.code().is_some(), "{st:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let newer = ternd_package_at("0.1.0-2", tmp.path());
+    ok(root.install(&[newer]), "dpkg -i (upgrade)");
+    let v = ok(
+        root.run(&["dpkg-query", "-W", "-f", "${Version}", "ternd"]),
+        "dpkg-query",
+    );
+    assert_eq!(v.trim(), "0.1.0-2");
+    let mut agent = root.start_service_with("ternd.service", false);
+    agent.wait_ready(LONG);
+
+    assert_eq!(
+        root.processes_named("qemu-system"),
+        qemu,
+        "the same QEMU runs"
+    );
+    let list = ok(root.run(&["tern", "list"]), "list");
+    assert!(list.contains("up1") && list.contains("running"), "{list}");
+    let after = heartbeats(&root, "up1", before.heartbeats.len());
+    assert!(!after.seq_went_backwards(), "the guest was reset");
+    assert!(after.failures.is_empty(), "{:?}", after.failures);
+    ok(root.run(&["tern", "destroy", "up1"]), "destroy");
 }
