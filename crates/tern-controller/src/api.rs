@@ -31,7 +31,7 @@ fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
     serde_json::to_vec(&v).map_err(|e| CtlError::Invalid(e.to_string()))
 }
 
-async fn handle(
+pub(crate) async fn handle(
     ctl: Arc<Controller>,
     req: hyper::Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, std::convert::Infallible> {
@@ -428,7 +428,7 @@ pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener) {
                 let _ = s.set_nodelay(true);
                 let ctl = ctl.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(ctl.clone(), req));
+                    let svc = service_fn(move |req| crate::rest::route(ctl.clone(), req));
                     if let Err(e) = http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
                         .await

@@ -16,6 +16,7 @@ pub mod health;
 pub mod inventory;
 pub mod jobs;
 pub mod metrics;
+pub mod rest;
 pub mod runner;
 pub mod sync;
 pub mod views;
