@@ -8,8 +8,30 @@ use std::process::{Command, Stdio};
 
 /// `GET path` on `addr` with HTTP/1.0; returns the status and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None)
+}
+
+/// `METHOD path` on `addr` with HTTP/1.0 and an optional JSON body; reads
+/// until the server closes (an event stream: until it ends); returns the
+/// status and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
+    let body = json.unwrap_or("");
+    let ctype = match json {
+        Some(_) => "Content-Type: application/json\r\n",
+        None => "",
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send request");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read answer");
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));

@@ -166,9 +166,22 @@ async fn show_server(State(ctl): State<Arc<Controller>>, Path(id): Path<String>)
 async fn migrate_server(
     State(ctl): State<Arc<Controller>>,
     Path(id): Path<String>,
-    body: Option<Json<MigrateBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let b = body.map(|Json(b)| b).unwrap_or_default();
+    // An empty body means the defaults; a malformed one is refused (not
+    // replaced by the defaults, which would migrate with options nobody gave).
+    let b: MigrateBody = match body.iter().all(u8::is_ascii_whitespace) {
+        true => MigrateBody::default(),
+        false => match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("malformed migrate body: {e}; see MigrateBody in /v1/openapi.json"),
+                ))
+            }
+        },
+    };
     let live = match b.live {
         Some(l) => l,
         None => match ctl.inv.server(&id).await {
