@@ -86,6 +86,12 @@ fn packages_install_on_a_clean_root_and_ternd_starts_from_its_unit() {
         argv.windows(2).any(|w| w == ["--on-stop", "auto"]),
         "{argv:?}"
     );
+    // With the documented etcd drop-in for three controllers.
+    let dropin = root.join("etc/systemd/system/tern-controller.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    let example =
+        tern_testkit::workspace_root().join("packaging/examples/tern-controller-etcd.conf");
+    std::fs::copy(example, dropin.join("etcd.conf")).unwrap();
     let verify = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(format!("--root={}", root.path().display()))
