@@ -226,8 +226,8 @@ impl Default for PackageRoot {
 /// The value of `Key=` in a unit file (the last one wins, as in systemd).
 pub fn unit_key(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
         .map(str::to_string)
 }
 

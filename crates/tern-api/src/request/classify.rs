@@ -213,6 +213,14 @@ mod tests {
                 },
                 false,
             ),
+            (
+                Request::Events {
+                    after: None,
+                    domain: None,
+                    wait_ms: 1,
+                },
+                true,
+            ),
             (Request::ServerInfo, true),
             (
                 m(M::MigrateBegin {
@@ -401,7 +409,8 @@ mod tests {
             | Request::VolList { .. }
             | Request::VolInfo { .. }
             | Request::VolDelete { .. }
-            | Request::ServerInfo => {}
+            | Request::ServerInfo
+            | Request::Events { .. } => {}
             Request::Migration(m) => match m {
                 MigrationRequest::MigrateBegin { .. }
                 | MigrationRequest::MigratePrepare { .. }
