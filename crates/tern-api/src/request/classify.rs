@@ -441,7 +441,7 @@ mod tests {
         let all = every_request();
         // 29 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 31 + 20 + 1);
+        assert_eq!(all.len(), 32 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
