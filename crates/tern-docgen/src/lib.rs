@@ -34,7 +34,10 @@ pub fn generate(cmd: Command, section: &str, out: &Path) -> io::Result<Vec<PathB
     std::fs::write(&page, buf)?;
     written.push(page);
     // One page per subcommand, as git and cargo ship (`man tern-migrate`).
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let full = format!("{name}-{}", sub.get_name());
         let page = man_dir.join(format!("{full}.{section}"));
         let mut buf = Vec::new();
