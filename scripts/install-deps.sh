@@ -31,6 +31,8 @@ PKGS=(
   dpkg-dev             # dpkg-shlibdeps, for cargo deb (scripts/package.sh)
   debootstrap          # the clean root of the package test (scripts/pkgtest-root.sh)
   systemd              # systemd-analyze verify, for the units' test
+  openssl              # s_client: an intruder's TLS client in the data-plane test
+  curl                 # the console's certificate login test
 )
 
 missing=()

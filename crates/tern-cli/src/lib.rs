@@ -3,10 +3,12 @@
 
 pub mod args;
 pub mod cluster;
+pub mod device;
 mod domain;
 pub mod event;
 pub mod migrate;
 mod netfs_args;
+pub mod network;
 pub mod pki;
 mod proxy;
 mod storage;
@@ -118,6 +120,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             event::run(&client, a).await
         }
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
+        Cmd::Device(d) => device::run(&client, d).await,
+        Cmd::Net(n) => network::run(&client, n).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

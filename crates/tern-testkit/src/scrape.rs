@@ -83,3 +83,34 @@ pub fn promtool_check(text: &str) -> Result<(), String> {
         Err(said)
     }
 }
+
+/// `METHOD url` over mutual TLS with `curl`: the CA of `ca_dir`
+/// (`cacert.pem`) and the client certificate of `cert_dir` (`tern pki`
+/// layout); reads until the server closes (an event stream: until it
+/// ends); returns the status and the body.
+pub fn https_request(
+    ca_dir: &std::path::Path,
+    cert_dir: &std::path::Path,
+    method: &str,
+    url: &str,
+    json: Option<&str>,
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-N", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca_dir.join("cacert.pem"))
+        .arg("--cert")
+        .arg(cert_dir.join("clientcert.pem"))
+        .arg("--key")
+        .arg(cert_dir.join("private/clientkey.pem"))
+        .args(["-X", method]);
+    if let Some(body) = json {
+        cmd.args(["-H", "Content-Type: application/json", "--data", body]);
+    }
+    let o = cmd
+        .arg(url)
+        .output()
+        .expect("run curl (scripts/install-deps.sh installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

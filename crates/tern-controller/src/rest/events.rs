@@ -2,8 +2,9 @@
 //! server-sent events (`event: job`), ending after its terminal state.
 
 use super::{error, find_job, ErrorBody};
+use crate::authz::Caller;
 use crate::Controller;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
@@ -18,12 +19,16 @@ const POLL: Duration = Duration::from_millis(250);
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "text/event-stream: `event: job` with the job record as JSON data, each time it changes, until it succeeds, fails or is cancelled", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such job", body = ErrorBody)))]
-pub async fn job_events(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) -> Response {
-    let first = match find_job(&ctl, &id).await {
+pub async fn job_events(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    let first = match find_job(&ctl, &caller, &id).await {
         Ok(j) => j,
         Err(e) => return error(e),
     };
-    let stream = futures_stream(ctl, id, first);
+    let stream = futures_stream(ctl, caller, id, first);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -31,6 +36,7 @@ pub async fn job_events(State(ctl): State<Arc<Controller>>, Path(id): Path<Strin
 
 fn futures_stream(
     ctl: Arc<Controller>,
+    caller: Arc<Caller>,
     id: String,
     first: tern_api::cluster::JobRecord,
 ) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>> {
@@ -55,7 +61,7 @@ fn futures_stream(
                 }
             }
             tokio::time::sleep(POLL).await;
-            match find_job(&ctl, &id).await {
+            match find_job(&ctl, &caller, &id).await {
                 Ok(j) => job = Some(j),
                 // The job was removed: the stream ends.
                 Err(_) => return,

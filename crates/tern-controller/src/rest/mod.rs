@@ -12,8 +12,9 @@ mod events;
 pub mod openapi;
 
 use crate::api::dispatch;
+use crate::authz::{self, Caller};
 use crate::Controller;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -91,16 +92,20 @@ pub fn router(ctl: Arc<Controller>) -> Router {
 
 /// One request on the API port: `/v1/...` to the REST router, anything
 /// else to the RPC endpoint ([`crate::api`]).
+/// The connection's [`Caller`] rides in the request's extensions: every
+/// resource is authorized as the cluster request it runs ([`authz::check`]).
 pub async fn route(
     ctl: Arc<Controller>,
+    caller: Arc<Caller>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
     use tower::ServiceExt;
     if req.uri().path().starts_with("/v1/") {
-        let req = req.map(axum::body::Body::new);
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(caller);
         return router(ctl).oneshot(req).await;
     }
-    let r = crate::api::handle(ctl, req).await?;
+    let r = crate::api::handle(ctl, caller, req).await?;
     Ok(r.map(axum::body::Body::new))
 }
 
@@ -115,8 +120,22 @@ fn error(e: ApiError) -> Response {
     error_response(e).into_response()
 }
 
-/// Runs a cluster request and answers with its JSON (or its error).
-async fn call(ctl: &Arc<Controller>, req: ClusterRequest, status: u16) -> Response {
+/// Whether the connection's caller may send `req`.
+fn allowed(caller: &Caller, req: &ClusterRequest) -> Result<(), Response> {
+    authz::check(caller, req).map_err(error)
+}
+
+/// Runs a cluster request, if the caller may, and answers with its JSON
+/// (or its error).
+async fn call(
+    ctl: &Arc<Controller>,
+    caller: &Caller,
+    req: ClusterRequest,
+    status: u16,
+) -> Response {
+    if let Err(r) = allowed(caller, &req) {
+        return r;
+    }
     match dispatch(ctl, req).await {
         Ok(body) => json_response(status, body).into_response(),
         Err(e) => error(ApiError::from(e)),
@@ -126,8 +145,11 @@ async fn call(ctl: &Arc<Controller>, req: ClusterRequest, status: u16) -> Respon
 /// Hosts and their health.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
     responses((status = 200, description = "Every host record (report, status, lease, maintenance, policies)", body = [Object])))]
-async fn list_hosts(State(ctl): State<Arc<Controller>>) -> Response {
-    call(&ctl, ClusterRequest::HostList, 200).await
+async fn list_hosts(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::HostList, 200).await
 }
 
 /// One host.
@@ -135,15 +157,22 @@ async fn list_hosts(State(ctl): State<Arc<Controller>>) -> Response {
     params(("id" = String, Path, description = "Host name")),
     responses((status = 200, description = "The host record", body = Object),
         (status = 404, description = "No such host", body = ErrorBody)))]
-async fn show_host(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) -> Response {
-    call(&ctl, ClusterRequest::HostShow { id }, 200).await
+async fn show_host(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::HostShow { id }, 200).await
 }
 
 /// Servers (guests) in the cluster.
 #[utoipa::path(get, path = "/v1/servers", tag = "servers",
     responses((status = 200, description = "Every server record (domain, host, state, error)", body = [Object])))]
-async fn list_servers(State(ctl): State<Arc<Controller>>) -> Response {
-    call(&ctl, ClusterRequest::ServerList, 200).await
+async fn list_servers(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::ServerList, 200).await
 }
 
 /// One server.
@@ -151,8 +180,12 @@ async fn list_servers(State(ctl): State<Arc<Controller>>) -> Response {
     params(("id" = String, Path, description = "Server name")),
     responses((status = 200, description = "The server record", body = Object),
         (status = 404, description = "No such server", body = ErrorBody)))]
-async fn show_server(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) -> Response {
-    call(&ctl, ClusterRequest::ServerShow { id }, 200).await
+async fn show_server(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::ServerShow { id }, 200).await
 }
 
 /// Queues a migration of a server; follow it at `/v1/jobs/{id}/events`.
@@ -165,6 +198,7 @@ async fn show_server(State(ctl): State<Arc<Controller>>, Path(id): Path<String>)
         (status = 409, description = "The server cannot move now (state, limits, host)", body = ErrorBody)))]
 async fn migrate_server(
     State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -182,6 +216,10 @@ async fn migrate_server(
             }
         },
     };
+    // Reading the server's state needs the right to read it.
+    if let Err(r) = allowed(&caller, &ClusterRequest::ServerShow { id: id.clone() }) {
+        return r;
+    }
     let live = match b.live {
         Some(l) => l,
         None => match ctl.inv.server(&id).await {
@@ -194,18 +232,22 @@ async fn migrate_server(
         true => ClusterRequest::ServerLiveMigrate { id, opts },
         false => ClusterRequest::ServerMigrate { id, opts },
     };
-    call(&ctl, req, 202).await
+    call(&ctl, &caller, req, 202).await
 }
 
 /// Migration jobs, queued, running and finished.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     responses((status = 200, description = "Every job record", body = [Object])))]
-async fn list_jobs(State(ctl): State<Arc<Controller>>) -> Response {
-    call(&ctl, ClusterRequest::JobList, 200).await
+async fn list_jobs(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::JobList, 200).await
 }
 
-/// The job with this id.
-async fn find_job(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord, ApiError> {
+/// The job with this id, if the caller may list jobs.
+async fn find_job(ctl: &Arc<Controller>, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
+    authz::check(caller, &ClusterRequest::JobList)?;
     let jobs = ctl.inv.jobs().await.map_err(ApiError::from)?;
     jobs.into_iter().find(|j| j.id == id).ok_or_else(|| {
         ApiError::new(
@@ -220,8 +262,12 @@ async fn find_job(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord, ApiError
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "The job record", body = Object),
         (status = 404, description = "No such job", body = ErrorBody)))]
-async fn show_job(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) -> Response {
-    match find_job(&ctl, &id).await {
+async fn show_job(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    match find_job(&ctl, &caller, &id).await {
         Ok(j) => (StatusCode::OK, Json(j)).into_response(),
         Err(e) => error(e),
     }
@@ -233,6 +279,10 @@ async fn show_job(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) ->
     responses((status = 200, description = "The job, cancelled or asked to cancel", body = Object),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is over", body = ErrorBody)))]
-async fn cancel_job(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) -> Response {
-    call(&ctl, ClusterRequest::MigrateCancel { id }, 200).await
+async fn cancel_job(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::MigrateCancel { id }, 200).await
 }
