@@ -15,8 +15,16 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// Starts `tern -c uri event --loop` with `args` (e.g. `--domain X`).
+    /// Starts `tern -c uri event --loop` with `args` (e.g. `--domain X`)
+    /// and returns once it is connected (the agent counts one more client),
+    /// so every event from then on is printed.
     pub fn start(uri: &str, args: &[&str]) -> EventStream {
+        let clients = || -> u64 {
+            let out = crate::tern_at(uri, &["srv-info", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["clients"].as_u64().unwrap_or(0)
+        };
+        let before = clients();
         let mut child = Command::new(bin("tern"))
             .args(["-c", uri, "event", "--loop"])
             .args(args)
@@ -33,6 +41,14 @@ impl EventStream {
                 }
             }
         });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while clients() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "tern event never connected to {uri}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         EventStream {
             child,
             lines: rx,
