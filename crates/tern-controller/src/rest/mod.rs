@@ -120,9 +120,9 @@ fn error(e: ApiError) -> Response {
     error_response(e).into_response()
 }
 
-/// Whether the connection's caller may send `req`.
-fn allowed(caller: &Caller, req: &ClusterRequest) -> Result<(), Response> {
-    authz::check(caller, req).map_err(error)
+/// The refusal, if the connection's caller may not send `req`.
+fn refused(caller: &Caller, req: &ClusterRequest) -> Option<Response> {
+    authz::check(caller, req).err().map(error)
 }
 
 /// Runs a cluster request, if the caller may, and answers with its JSON
@@ -133,7 +133,7 @@ async fn call(
     req: ClusterRequest,
     status: u16,
 ) -> Response {
-    if let Err(r) = allowed(caller, &req) {
+    if let Some(r) = refused(caller, &req) {
         return r;
     }
     match dispatch(ctl, req).await {
@@ -217,7 +217,7 @@ async fn migrate_server(
         },
     };
     // Reading the server's state needs the right to read it.
-    if let Err(r) = allowed(&caller, &ClusterRequest::ServerShow { id: id.clone() }) {
+    if let Some(r) = refused(&caller, &ClusterRequest::ServerShow { id: id.clone() }) {
         return r;
     }
     let live = match b.live {
