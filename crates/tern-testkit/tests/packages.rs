@@ -110,7 +110,17 @@ fn packages_install_on_a_clean_root_and_ternd_starts_from_its_unit() {
     let info = ok(root.run(&["tern", "nodeinfo"]), "tern nodeinfo in the root");
     assert!(info.contains("QEMU") || info.contains("qemu"), "{info}");
     ok(root.run(&["tern", "list", "--all"]), "tern list");
-    // tern-controller from its ExecStart line, as the tern user.
+    // tern-controller from its ExecStart line, as the tern user, with the
+    // certificates its mutual TLS needs (made with the packaged `tern pki`).
+    let pki = [
+        "tern pki init --dir /etc/pki/tern-ca --cn 'Package test CA'",
+        "tern pki issue-server 127.0.0.1 --dir /etc/pki/tern-ca --out /etc/pki/tern",
+        "tern pki issue-client tern-controller --dir /etc/pki/tern-ca --out /etc/pki/tern",
+        "chown -R tern:tern /etc/pki/tern",
+    ];
+    for step in pki {
+        ok(root.run(&["sh", "-c", step]), step);
+    }
     let mut ctl = root.start_service("tern-controller.service");
     ctl.wait_ready(LONG);
 }
