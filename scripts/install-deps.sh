@@ -27,6 +27,10 @@ PKGS=(
   chromium             # the web console's browser test (headless)
   chromium-driver      # WebDriver for it
   fonts-dejavu-core    # text in the console's screenshots
+  prometheus           # promtool, to lint the /metrics the daemons serve
+  dpkg-dev             # dpkg-shlibdeps, for cargo deb (scripts/package.sh)
+  debootstrap          # the clean root of the package test (scripts/pkgtest-root.sh)
+  systemd              # systemd-analyze verify, for the units' test
   openssl              # s_client: an intruder's TLS client in the data-plane test
   curl                 # the console's certificate login test
   e2fsprogs            # chattr: the fencing tests make one host's storage lease unwritable
@@ -104,5 +108,11 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo is missing; install a Rust toolchain (rustup) first" >&2
   exit 1
+fi
+# cargo-deb builds the .deb packages (scripts/package.sh); pinned.
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+  echo "install-deps: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 echo "install-deps: ok ($(qemu-system-x86_64 --version | head -1))"

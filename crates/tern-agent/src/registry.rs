@@ -119,7 +119,14 @@ impl DomainSlot {
 
     /// Publishes a new state.
     pub fn set(&self, state: DomainState, reason: StateReason) {
-        self.state.send_replace((state, reason));
+        let old = self.state.send_replace((state, reason));
+        if old != (state, reason) {
+            crate::events::log().emit(
+                &self.name,
+                tern_api::event::EventKind::Lifecycle,
+                format!("{state} ({reason})"),
+            );
+        }
     }
 
     /// Waits until `pred` holds for the state, up to `timeout`.

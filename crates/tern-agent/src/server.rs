@@ -144,6 +144,10 @@ async fn call(
     if req == Request::ServerInfo {
         return ok(server.info(peer));
     }
+    if let Request::Events { .. } = &req {
+        // A watcher waits here without holding a worker.
+        return dispatch(&server.agent, req).await;
+    }
     let worker = server.workers.acquire(req.is_priority()).await;
     // The request runs to its end even if the client goes away: hyper drops
     // a pending service future when the connection closes, and a migration
@@ -166,6 +170,7 @@ async fn call(
 /// Runs one request against the agent.
 pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiError> {
     tracing::debug!(?req, "request");
+    let verb = crate::metrics::verb_of(&req);
     let a = agent;
     let r: Result<Vec<u8>, AgentError> = async {
         Ok(match req {
@@ -255,6 +260,13 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             }
             Request::Migration(m) => crate::migration::dispatch(a, m).await?,
             Request::FenceLease { pool, host } => ok(crate::fence::read_lease(a, &pool, &host).await?)?,
+            Request::Events {
+                after,
+                domain,
+                wait_ms,
+            } => ok(crate::events::log()
+                .wait(after, domain.as_deref(), Duration::from_millis(wait_ms))
+                .await)?,
             Request::ServerInfo => {
                 return Err(AgentError::Failed(
                     "server-info is answered by the API server, not the agent".into(),
@@ -263,7 +275,16 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
         })
     }
     .await;
-    r.map_err(ApiError::from)
+    let r = r.map_err(ApiError::from);
+    let status = match &r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => serde_json::to_value(e.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    };
+    crate::metrics::metrics().api_request(&verb, &status);
+    r
 }
 
 impl Agent {

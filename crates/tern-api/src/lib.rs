@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod driver;
 pub mod error;
 pub mod fence;
+pub mod event;
 pub mod peer;
 pub mod request;
 pub mod response;

@@ -264,6 +264,20 @@ pub enum Request {
         /// The host whose lease to read.
         host: String,
     },
+    /// Agent events (`event`): lifecycle, migration phases, iterations and
+    /// job events, as a long poll. Answered by the API server without a
+    /// worker, like `ServerInfo`, so watchers never starve requests.
+    Events {
+        /// The last event seen; none: start from now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// Only this domain's events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+        /// Wait up to this many milliseconds for an event (0: answer at once).
+        #[serde(default)]
+        wait_ms: u64,
+    },
     /// A migration request.
     #[serde(untagged)]
     Migration(MigrationRequest),

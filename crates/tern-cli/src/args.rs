@@ -63,6 +63,25 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the host's events as they happen (as virsh event): lifecycle,
+    /// migration phases, pre-copy iterations and migration job events.
+    Event {
+        /// Only this domain's events.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Keep printing until interrupted (without it: stop after one event).
+        #[arg(long = "loop")]
+        keep_looping: bool,
+        /// Prefix each event with its time (UTC).
+        #[arg(long)]
+        timestamp: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print (or follow) a migration job's events: phases, iterations, decisions.
     Domjobevents {
         /// Domain name.

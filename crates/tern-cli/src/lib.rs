@@ -5,6 +5,7 @@ pub mod args;
 pub mod cluster;
 pub mod device;
 mod domain;
+pub mod event;
 pub mod migrate;
 mod netfs_args;
 pub mod network;
@@ -102,6 +103,22 @@ pub async fn run(cli: Cli) -> Result<()> {
     let client = connect(cli.connect.as_deref())?;
     match cmd {
         Cmd::SrvInfo { json } => srv_info(&client, json).await,
+        Cmd::Event {
+            domain,
+            keep_looping,
+            timestamp,
+            timeout,
+            json,
+        } => {
+            let a = event::EventArgs {
+                domain,
+                keep_looping,
+                timestamp,
+                json,
+                timeout: timeout.map(std::time::Duration::from_secs),
+            };
+            event::run(&client, a).await
+        }
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         Cmd::Device(d) => device::run(&client, d).await,
         Cmd::Net(n) => network::run(&client, n).await,

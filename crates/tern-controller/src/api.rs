@@ -32,7 +32,7 @@ fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
     serde_json::to_vec(&v).map_err(|e| CtlError::Invalid(e.to_string()))
 }
 
-async fn handle(
+pub(crate) async fn handle(
     ctl: Arc<Controller>,
     caller: Arc<Caller>,
     req: hyper::Request<Incoming>,
@@ -454,7 +454,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
-    let svc = service_fn(move |req| handle(ctl.clone(), caller.clone(), req));
+    let svc = service_fn(move |req| crate::rest::route(ctl.clone(), caller.clone(), req));
     if let Err(e) = http1::Builder::new()
         .max_buf_size(64 << 10)
         .serve_connection(TokioIo::new(stream), svc)

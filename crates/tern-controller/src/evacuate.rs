@@ -129,6 +129,7 @@ async fn probe(ctl: &Arc<Controller>, h: &HostRecord, now: u64) -> Result<()> {
         .await?;
     if won {
         tracing::warn!(host = %name, since_ms = now, "host is down");
+        crate::metrics::metrics().host_declared_down();
         if ctl.cfg.fault_exit_after_mark_down {
             tracing::error!(
                 "fault injection: exiting between marking the host down and its rescues"

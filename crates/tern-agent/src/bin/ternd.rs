@@ -90,6 +90,12 @@ struct Args {
     /// guest that never ran, finish or roll back an outgoing one.
     #[arg(long, default_value_t = 30)]
     orphan_timeout: u64,
+    /// Log lines as text or as JSON objects (filter with TERND_LOG).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: tern_log::LogFormat,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Test-only fault injection: delay Prepare by this many milliseconds.
     #[arg(long, hide = true)]
     fault_prepare_delay_ms: Option<u64>,
@@ -139,15 +145,9 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERND_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tern_docgen::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
     let args = Args::parse();
+    tern_log::init(args.log_format, "TERND_LOG");
     if let Err(e) = run(args).await {
         eprintln!("ternd: {e:#}");
         std::process::exit(1);
@@ -241,7 +241,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
     let agent = Agent::open(cfg).await?;
+    if let Some(l) = metrics {
+        tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(tern_agent::metrics::serve(agent.clone(), l));
+    }
     // Probe the accelerator now rather than on the first start.
     let a = agent.clone();
     tokio::spawn(async move {
@@ -271,10 +283,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(listen::serve_unix(srv.clone(), unix_ro, Grant::ReadOnly));
     let serve = tokio::spawn(listen::serve_unix(srv, unix, Grant::ReadWrite));
+    // systemd (Type=notify): every listener is bound and served from here on.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}
         _ = term.recv() => {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             // Every listener keeps serving meanwhile: the controller drives
             // the migrations through this agent's API.
             if !agent.cfg.controllers.is_empty()

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tern_api::event::EventKind;
 use tern_migrate::{JobEvent, JobInfo, JobKind, MigrateOptions, Phase, Role};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -229,6 +230,15 @@ impl Job {
             message: msg,
         });
         drop(s);
+        let role = match self.role {
+            Role::Source => "outgoing",
+            Role::Destination => "incoming",
+        };
+        crate::events::log().emit(
+            &self.domain,
+            EventKind::MigrationPhase,
+            format!("{next} ({role} {})", self.id),
+        );
         self.changed.send_modify(|v| *v += 1);
         Ok(())
     }
@@ -239,6 +249,7 @@ impl Job {
         let phase = s.phase.to_string();
         let message = message.into();
         tracing::info!(domain = %self.domain, %phase, "{message}");
+        crate::events::log().emit(&self.domain, EventKind::Job, format!("[{phase}] {message}"));
         s.events.push(JobEvent {
             at_ms: now_ms(),
             phase,
@@ -306,9 +317,21 @@ impl Job {
     pub fn update(&self, f: impl FnOnce(&mut JobInfo)) {
         let mut s = self.lock();
         let before = (s.info.kind, s.info.qemu_status);
+        let iteration = s.info.iteration;
         f(&mut s.info);
         let after = (s.info.kind, s.info.qemu_status);
+        let i = s.info.clone();
         drop(s);
+        if i.iteration > iteration {
+            crate::events::log().emit(
+                &self.domain,
+                EventKind::Iteration,
+                format!(
+                    "iteration {}: {} bytes remaining, {} B/s sent, {} B/s dirtied",
+                    i.iteration, i.memory_remaining, i.memory_bandwidth, i.dirty_rate
+                ),
+            );
+        }
         if before != after {
             self.changed.send_modify(|v| *v += 1);
         }
@@ -404,6 +427,9 @@ impl Jobs {
             }
         }
         *job.dir.lock().unwrap_or_else(|p| p.into_inner()) = self.dir.clone();
+        if m.get(&job.domain).is_none_or(|old| old.id != job.id) {
+            crate::metrics::metrics().migration_started(&job);
+        }
         m.insert(job.domain.clone(), job);
         Ok(())
     }
@@ -430,6 +456,12 @@ impl Jobs {
         }
         s.phase = to;
         s.info.phase = to.to_string();
+        drop(s);
+        crate::events::log().emit(
+            &job.domain,
+            EventKind::MigrationPhase,
+            format!("{to} (settled alone: no driver) {}", job.id),
+        );
         true
     }
 
@@ -474,6 +506,14 @@ impl Jobs {
     /// Moves a finished job to the completed table.
     pub fn finish(&self, job: &Arc<Job>) {
         job.close_tunnel(job.phase() != Phase::Completed);
+        // Counted once: a second finish of the same job finds it gone.
+        if self
+            .cur()
+            .get(&job.domain)
+            .is_some_and(|j| Arc::ptr_eq(j, job))
+        {
+            crate::metrics::metrics().migration_finished(job);
+        }
         let info = job.info();
         let capped = job.options.bandwidth_mib.is_some_and(|m| m > 0);
         if let Some(rate) = info

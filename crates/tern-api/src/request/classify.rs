@@ -22,7 +22,8 @@ impl Request {
             | Request::NetList
             | Request::NetInfo { .. }
             | Request::ServerInfo
-            | Request::FenceLease { .. } => true,
+            | Request::FenceLease { .. }
+            | Request::Events { .. } => true,
             Request::Define { .. }
             | Request::Create { .. }
             | Request::Start { .. }
@@ -245,6 +246,14 @@ mod tests {
                 },
                 false,
             ),
+            (
+                Request::Events {
+                    after: None,
+                    domain: None,
+                    wait_ms: 1,
+                },
+                true,
+            ),
             (Request::ServerInfo, true),
             (
                 Request::FenceLease {
@@ -448,7 +457,8 @@ mod tests {
             | Request::VolInfo { .. }
             | Request::VolDelete { .. }
             | Request::ServerInfo
-            | Request::FenceLease { .. } => {}
+            | Request::FenceLease { .. }
+            | Request::Events { .. } => {}
             Request::Migration(m) => match m {
                 MigrationRequest::MigrateBegin { .. }
                 | MigrationRequest::MigratePrepare { .. }
@@ -477,9 +487,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 36 plain requests + 20 migration requests (+1 for compcache's
+        // 39 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 38 + 20 + 1);
+        assert_eq!(all.len(), 39 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

@@ -10,6 +10,7 @@ async fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    tern_docgen::generate_if_asked(<tern_cli::args::Cli as clap::CommandFactory>::command, "1");
     let cli = tern_cli::args::Cli::parse();
     if let Err(e) = tern_cli::run(cli).await {
         eprintln!("error: {e}");

@@ -74,6 +74,12 @@ struct Args {
     /// The console's password file (see `tern-controller console-passwd`).
     #[arg(long)]
     console_users: Option<PathBuf>,
+    /// Log lines as text or as JSON objects (filter with TERN_CONTROLLER_LOG).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: tern_log::LogFormat,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Serve the console over TLS with the certificates of --pki-dir;
     /// browsers presenting an operator certificate of the CA log in with
     /// it (the API's identities and --tls-*-dn rules), others with a password.
@@ -124,15 +130,9 @@ fn console_passwd(file: &std::path::Path, user: &str, role: &str) -> anyhow::Res
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERN_CONTROLLER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tern_docgen::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
     let mut args = Args::parse();
+    tern_log::init(args.log_format, "TERN_CONTROLLER_LOG");
     let r = match args.cmd.take() {
         Some(Cmd::ConsolePasswd { file, user, role }) => console_passwd(&file, &user, &role),
         None => run(args).await,
@@ -198,7 +198,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
         Some(f) => auth::load_users(f)?,
         None => Vec::new(),
     };
+    let metrics_listener = match a.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
     let ctl = Controller::open(cfg).await?;
+    if let Some(l) = metrics_listener {
+        tracing::info!(listen = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(tern_controller::metrics::serve(ctl.clone(), l));
+    }
     tracing::info!(id = %ctl.cfg.id, listen = %ctl.cfg.listen, store = %ctl.cfg.store, "tern-controller ready");
     if let Some(l) = console_listener {
         tracing::info!(listen = %l.local_addr()?, users = users.len(), "web console ready");
@@ -235,6 +247,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     };
+    // systemd (Type=notify): the API listener is bound; it serves from here on.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}
