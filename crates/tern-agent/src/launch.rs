@@ -116,6 +116,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     let resolved = agent.pools.resolve_disks(written).await?;
     let d = &resolved;
     crate::pools::check_network_drivers(d).await?;
+    crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;

@@ -10,6 +10,7 @@ pub mod accel;
 pub mod access;
 pub mod cluster;
 pub mod config;
+pub mod confine;
 pub mod domains;
 pub mod error;
 pub mod facts;

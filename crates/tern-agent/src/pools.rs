@@ -364,6 +364,13 @@ impl Pools {
         Ok(p.store())
     }
 
+    /// The directories of every defined pool: where a definition's files
+    /// may lie (see [`crate::confine`]).
+    pub async fn targets(&self) -> Vec<PathBuf> {
+        let m = self.pools.lock().await;
+        m.values().map(|p| p.def.target.clone()).collect()
+    }
+
     /// Whether `path` is a file directly inside one of the active pools.
     pub async fn owns(&self, path: &Path) -> bool {
         let m = self.pools.lock().await;

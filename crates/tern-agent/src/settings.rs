@@ -75,6 +75,7 @@ struct File {
     unix_sock_ro_perms: Option<String>,
     tls_allowed_dn_list: Option<Vec<String>>,
     tls_readonly_dn_list: Option<Vec<String>>,
+    qemu: Option<crate::confine::QemuSettings>,
 }
 
 /// The connection limits.
@@ -124,6 +125,8 @@ pub struct ServerSettings {
     pub unix_sock_rw_perms: u32,
     /// Mode of the read-only socket.
     pub unix_sock_ro_perms: u32,
+    /// How QEMU is confined (the `[qemu]` table).
+    pub qemu: crate::confine::QemuSettings,
 }
 
 impl Default for ServerSettings {
@@ -134,6 +137,7 @@ impl Default for ServerSettings {
             unix_sock_group: None,
             unix_sock_rw_perms: 0o700,
             unix_sock_ro_perms: 0o777,
+            qemu: crate::confine::QemuSettings::default(),
         }
     }
 }
@@ -236,6 +240,7 @@ impl ServerSettings {
             unix_sock_group: f.unix_sock_group,
             unix_sock_rw_perms: perms("unix_sock_rw_perms", f.unix_sock_rw_perms, 0o700)?,
             unix_sock_ro_perms: perms("unix_sock_ro_perms", f.unix_sock_ro_perms, 0o777)?,
+            qemu: f.qemu.unwrap_or_default(),
         })
     }
 }

@@ -53,6 +53,21 @@ pub struct HostOptions {
     pub accel: Option<String>,
     /// Extra environment of `ternd` (and so of its QEMUs), e.g. `TZ`.
     pub env: Vec<(String, String)>,
+    /// Body of the config file's `[qemu]` table; `None` gives
+    /// [`default_qemu_table`] (test files live in temp and target dirs).
+    pub qemu: Option<String>,
+}
+
+/// The `[qemu]` table test hosts get by default: definitions may name
+/// files under the temp directory and the workspace's target directory
+/// (the test guest's kernel and initrd), besides the pools.
+pub fn default_qemu_table() -> String {
+    let target = crate::guest::workspace_root().join("target");
+    format!(
+        "allowed_paths = [{:?}, {:?}]\n",
+        std::env::temp_dir().display().to_string(),
+        target.display().to_string()
+    )
 }
 
 /// A running `ternd` for tests.
@@ -173,11 +188,14 @@ impl TernHost {
         if let Some(d) = &self.opts.pki_dir {
             cmd.arg("--pki-dir").arg(d);
         }
-        if let Some(text) = &self.opts.config {
-            let path = self.root.join("ternd.toml");
-            std::fs::write(&path, text).expect("write ternd.toml");
-            cmd.arg("--config").arg(path);
-        }
+        let qemu = self.opts.qemu.clone().unwrap_or_else(default_qemu_table);
+        let text = format!(
+            "{}\n[qemu]\n{qemu}",
+            self.opts.config.as_deref().unwrap_or_default()
+        );
+        let path = self.root.join("ternd.toml");
+        std::fs::write(&path, text).expect("write ternd.toml");
+        cmd.arg("--config").arg(path);
         let child = cmd.spawn().expect("spawn ternd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);

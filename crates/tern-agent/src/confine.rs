@@ -1,0 +1,61 @@
+//! Confining QEMU: which host files a definition may name, and the
+//! unprivileged user QEMU runs as.
+//!
+//! A definition comes from a client or, during a migration, from a peer.
+//! Either way QEMU would open what it names (as root, before this existed):
+//! a serial file appended to any file, a kernel path read any file into
+//! the guest. So every path must lie in a storage pool or under a directory
+//! the operator listed, and QEMU itself runs as a user that owns only its
+//! own domain's files.
+
+pub mod paths;
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The user QEMU runs as unless the config file names another.
+pub const DEFAULT_QEMU_USER: &str = "tern-qemu";
+
+/// The `[qemu]` table of `ternd --config`:
+///
+/// ```toml
+/// [qemu]
+/// user = "tern-qemu"                 # "root" keeps QEMU privileged (not advised)
+/// sandbox = true                     # -sandbox on (seccomp)
+/// allowed_paths = ["/srv/iso", "/dev/vg0"]   # besides the storage pools
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuSettings {
+    /// User QEMU drops to (`-run-with user=`); "root" runs it unconfined.
+    pub user: String,
+    /// Whether QEMU gets `-sandbox on` (seccomp filters).
+    pub sandbox: bool,
+    /// Directories (or files) besides the storage pools a definition may name.
+    pub allowed_paths: Vec<PathBuf>,
+}
+
+impl Default for QemuSettings {
+    fn default() -> Self {
+        QemuSettings {
+            user: DEFAULT_QEMU_USER.into(),
+            sandbox: true,
+            allowed_paths: Vec::new(),
+        }
+    }
+}
+
+/// Refuses `d` unless every host path it names lies in a storage pool, an
+/// `allowed_paths` entry, this agent's NVRAM directory or the domain's run
+/// directory (firmware images may also come from [`paths::FIRMWARE_DIRS`]).
+pub async fn check_domain_paths(
+    agent: &crate::Agent,
+    d: &tern_model::Domain,
+) -> crate::error::Result<()> {
+    let mut dirs = agent.pools.targets().await;
+    dirs.extend(agent.cfg.server.qemu.allowed_paths.iter().cloned());
+    dirs.push(crate::guest_setup::nvram_dir(agent));
+    dirs.push(agent.layout.run_dir(&d.name));
+    paths::check_domain(d, &paths::Roots::new(dirs))
+        .map_err(|e| crate::error::AgentError::Invalid(format!("domain '{}': {e}", d.name)))
+}

@@ -1,0 +1,178 @@
+//! Confined QEMU and inputs that cannot reach the host (issue 15): option
+//! smuggling through models and paths outside the pools are refused before
+//! anything starts; a raw disk carrying a qcow2 header moves as raw bytes;
+//! QEMU runs as the unprivileged user and still migrates with storage.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+use tern_testkit::fixtures::{dir_contains, write_raw_with_qcow2_header, LocalPools};
+use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
+
+fn one_line_error(o: &Output, what: &str) -> String {
+    assert!(
+        !o.status.success(),
+        "{what} should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(e.lines().count(), 1, "{what}: {e}");
+    e
+}
+
+fn guest(name: &str) -> GuestSpec {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    GuestSpec::new(name, &img)
+}
+
+fn raw_disk(path: &Path) -> TestDisk {
+    TestDisk {
+        path: path.to_path_buf(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    }
+}
+
+/// Defines `xml` and creates it; both must fail naming `expect`, and the
+/// host must have no such domain and no QEMU afterwards.
+fn refused(h: &TernHost, name: &str, xml: &str, expect: &str) {
+    let f = h.root.join(format!("{name}.xml"));
+    std::fs::write(&f, xml).unwrap();
+    let f = f.to_str().unwrap();
+    for verb in ["define", "create"] {
+        let e = one_line_error(&h.tern(&[verb, f]), verb);
+        assert!(e.contains(expect), "{verb}: {e}");
+    }
+    assert!(!h.ok(&["list", "--all", "--name"]).contains(name));
+    assert!(h.qemu_pids().is_empty(), "a QEMU was started");
+}
+
+#[test]
+fn smuggled_options_and_paths_outside_pools_are_refused_before_anything_starts() {
+    let h = TernHost::start("confine");
+    let pool = tempfile::tempdir().unwrap();
+    h.add_pool("images", pool.path(), false);
+    let base = guest("bad1").to_xml();
+    let nic = base.replace(
+        "  </devices>",
+        "    <interface type='user'>\n      <model type='virtio-net-pci,romfile=/etc/shadow'/>\n    </interface>\n  </devices>",
+    );
+    refused(&h, "bad1", &nic, "virtio-net-pci,romfile=/etc/shadow");
+    let video = base.replace(
+        "  </devices>",
+        "    <video>\n      <model type='VGA,romfile=/etc/shadow'/>\n    </video>\n  </devices>",
+    );
+    refused(&h, "bad1", &video, "VGA,romfile=/etc/shadow");
+    let vnc = base.replace(
+        "  </devices>",
+        "    <graphics type='vnc' autoport='yes' listen='127.0.0.1,password=on'/>\n  </devices>",
+    );
+    refused(&h, "bad1", &vnc, "listen");
+    let outside = "/etc/tern-confinement-test.log";
+    let serial = |path: &str| {
+        base.replace(
+            "<serial type='pty'>\n      <target port='0'/>",
+            &format!(
+                "<serial type='file'>\n      <source path='{path}'/>\n      <target port='0'/>"
+            ),
+        )
+    };
+    let xml = serial(outside);
+    assert!(xml.contains(outside));
+    refused(
+        &h,
+        "bad1",
+        &xml,
+        &format!("serial file '{outside}' is outside every storage pool"),
+    );
+    assert!(!Path::new(outside).exists());
+    // A symlink inside the pool pointing out of it is judged by its target.
+    let link = pool.path().join("console.log");
+    std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+    refused(
+        &h,
+        "bad1",
+        &serial(link.to_str().unwrap()),
+        "resolves to '/etc/shadow'",
+    );
+    std::fs::remove_file(&link).unwrap();
+    // The same file inside the pool is fine, and QEMU writes the console there.
+    let f = h.root.join("good.xml");
+    std::fs::write(&f, serial(link.to_str().unwrap()).replace("bad1", "good1")).unwrap();
+    h.ok(&["define", f.to_str().unwrap()]);
+    h.ok(&["start", "good1"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(&link)
+        .unwrap_or_default()
+        .contains("TERN-HB")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no console output in the pool file"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.ok(&["destroy", "good1"]);
+}
+
+/// The classic format-probing hole: the guest writes a qcow2 header naming
+/// a host file as backing into its raw disk. A cold migration and a live
+/// one with storage must move the disk's own bytes, and no byte of the
+/// host file may reach the destination.
+#[test]
+fn a_raw_disk_with_a_qcow2_header_moves_as_raw_bytes() {
+    let secret = std::fs::read("/etc/shadow").unwrap();
+    let h = LocalPools::start("probe");
+    for (name, flags) in [
+        ("cold1", &["--cold", "--target-pool", "images"][..]),
+        (
+            "live1",
+            &["--live", "--copy-storage-all", "--persistent"][..],
+        ),
+    ] {
+        let disk = h.ia.join(format!("{name}.raw"));
+        write_raw_with_qcow2_header(&disk, 16, Path::new("/etc/shadow"));
+        let before = std::fs::read(&disk).unwrap();
+        let mut g = guest(name);
+        g.disks.push(raw_disk(&disk));
+        h.a.define_guest(&g);
+        if name == "live1" {
+            h.a.ok(&["start", name]);
+            h.a.wait_console(name, Duration::from_secs(90), "boot", |t| {
+                t.contains("TERN-HB")
+            });
+        }
+        let o = h.migrate(name, flags);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if let Some(p) = dir_contains(&h.ib, &secret) {
+            panic!(
+                "{name}: /etc/shadow reached the destination in {}",
+                p.display()
+            );
+        }
+        let files: Vec<_> = std::fs::read_dir(&h.ib)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!files.iter().any(|f| f.contains("shadow")), "{files:?}");
+        let copied = std::fs::read(h.ib.join(format!("{name}.raw"))).unwrap();
+        assert_eq!(copied.len(), before.len(), "{name}: size changed");
+        assert!(copied == before, "{name}: the raw bytes differ");
+        if name == "live1" {
+            let l = SerialLog::parse(&h.b.wait_console(
+                name,
+                Duration::from_secs(60),
+                "heartbeat",
+                |t| t.contains("TERN-HB"),
+            ));
+            assert!(l.failures.is_empty(), "{:?}", l.failures);
+            h.b.ok(&["destroy", name]);
+        }
+    }
+}
