@@ -9,6 +9,7 @@
 //! own domain's files.
 
 pub mod paths;
+pub mod user;
 
 use serde::Deserialize;
 use std::path::PathBuf;

@@ -179,7 +179,11 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
     };
-    let args = cmdline::build_command_line(&spec);
+    let mut args = cmdline::build_command_line(&spec);
+    args.extend(crate::confine::user::qemu_args(
+        &agent.cfg.server.qemu,
+        agent.qemu_user.as_ref(),
+    ));
     tracing::info!(domain = %d.name, args = %args.join(" "), "starting QEMU");
     let result = spawn_and_connect(agent, d, &run_dir, &args).await;
     match result {

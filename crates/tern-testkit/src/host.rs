@@ -97,6 +97,11 @@ impl TernHost {
             .tempdir()
             .expect("create temp dir");
         let root = tmp.path().to_path_buf();
+        // QEMU runs as its own user and must pass through to the one
+        // directory the agent hands it (see tern_agent::confine::user).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
+            .expect("open the host's root for search");
         let mut h = TernHost {
             opts,
             root,
