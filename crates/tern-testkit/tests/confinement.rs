@@ -164,6 +164,21 @@ fn a_raw_disk_with_a_qcow2_header_moves_as_raw_bytes() {
         let copied = std::fs::read(h.ib.join(format!("{name}.raw"))).unwrap();
         assert_eq!(copied.len(), before.len(), "{name}: size changed");
         assert!(copied == before, "{name}: the raw bytes differ");
+        // Received copies are private to root (ternd's umask is 077).
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(h.ib.join(format!("{name}.raw")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o077, 0, "{name}: mode {m:o}");
+        // Transfer session ids stay out of both agents' logs.
+        for host in [&h.a, &h.b] {
+            let log = std::fs::read_to_string(host.log()).unwrap();
+            assert!(
+                !log.contains("session:") && !log.contains("\"session\""),
+                "a session id was logged"
+            );
+        }
         if name == "live1" {
             let l = SerialLog::parse(&h.b.wait_console(
                 name,
@@ -237,4 +252,77 @@ fn qemu_runs_as_the_unprivileged_user_and_still_migrates_with_storage() {
     assert_eq!(ps_user(pids[0]), "tern-qemu");
     disk_writes_ok(&h.b, "u1", "disk verification on the destination");
     h.b.ok(&["destroy", "u1"]);
+}
+
+/// Reads from `s` until the server closes it; panics if it stays open
+/// for minutes (the idle timeout under test is one second).
+fn closed_by_server(mut s: std::os::unix::net::UnixStream) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the server kept an idle connection open: {e}"),
+        }
+    }
+}
+
+/// umask 077, socket modes, console on read-write only, the read-only
+/// share of connections, idle and slow-header timeouts.
+#[test]
+fn private_files_console_read_write_only_and_read_only_share_with_timeouts() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let h = TernHost::start_with(tern_testkit::HostOptions {
+        name: "hygiene".into(),
+        config: Some("max_ro_clients = 1\nidle_timeout = 1\n".into()),
+        ..Default::default()
+    });
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&h.socket()), 0o700);
+    assert_eq!(mode(&h.socket_ro()), 0o777);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    h.define_guest(&GuestSpec::new("hy1", &img));
+    let def = h.state_dir().join("domains/hy1.json");
+    assert_eq!(mode(&def) & 0o077, 0, "{}", def.display());
+    h.ok(&["start", "hy1"]);
+    h.wait_console("hy1", Duration::from_secs(90), "heartbeat", |t| {
+        t.contains("TERN-HB")
+    });
+    // The console is read-write only; listing still works read-only.
+    let e = one_line_error(
+        &tern_testkit::tern_at(&h.uri_ro(), &["console", "hy1"]),
+        "console",
+    );
+    assert!(e.contains("read-only connection"), "{e}");
+    assert!(
+        String::from_utf8_lossy(&tern_testkit::tern_at(&h.uri_ro(), &["list"]).stdout)
+            .contains("hy1")
+    );
+    // One idle reader fills the read-only share: the next reader is
+    // turned away, an administrator is not.
+    let idle = UnixStream::connect(h.socket_ro()).unwrap();
+    let refused = tern_testkit::tern_at(&h.uri_ro(), &["list"]);
+    assert!(!refused.status.success(), "a second reader got in");
+    h.ok(&["list"]);
+    // The idle reader is disconnected after idle_timeout, freeing its place.
+    closed_by_server(idle);
+    let list = tern_testkit::tern_at(&h.uri_ro(), &["list"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    // A client that never finishes its headers is cut off too.
+    let mut slow = UnixStream::connect(h.socket()).unwrap();
+    std::io::Write::write_all(&mut slow, b"POST /call HTTP/1.1\r\nHost: x\r\n").unwrap();
+    closed_by_server(slow);
+    h.ok(&["destroy", "hy1"]);
+    // Requests are logged by operation, not with their fields.
+    let log = std::fs::read_to_string(h.log()).unwrap();
+    assert!(log.contains("op=start"), "{}", tern_testkit::tail(&log, 20));
+    assert!(!log.contains("xml:"), "a request's fields reached the log");
 }

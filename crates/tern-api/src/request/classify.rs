@@ -14,13 +14,15 @@ impl Request {
             | Request::DomInfo { .. }
             | Request::DomBlkList { .. }
             | Request::DumpXml { .. }
-            | Request::Console { .. }
             | Request::PoolList { .. }
             | Request::PoolInfo { .. }
             | Request::VolList { .. }
             | Request::VolInfo { .. }
             | Request::ServerInfo => true,
-            Request::Define { .. }
+            // A console shows what the guest prints (passwords typed at a
+            // login prompt among it): read-write only, as in libvirt.
+            Request::Console { .. }
+            | Request::Define { .. }
             | Request::Create { .. }
             | Request::Start { .. }
             | Request::Shutdown { .. }
@@ -162,7 +164,7 @@ mod tests {
                     offset: 0,
                     max: 1,
                 },
-                true,
+                false,
             ),
             (
                 Request::PoolDefineAs {

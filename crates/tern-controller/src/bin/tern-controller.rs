@@ -88,6 +88,9 @@ fn console_passwd(file: &std::path::Path, user: &str, role: &str) -> anyhow::Res
 
 #[tokio::main]
 async fn main() {
+    // The store, sockets and keys it writes: private unless given a mode.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TERN_CONTROLLER_LOG")
