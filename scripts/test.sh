@@ -11,4 +11,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo run -q -p tern-testkit --bin tern-testguest >/dev/null
+# The fuzz workspace (its own, see fuzz/Cargo.toml) must build, and its
+# whole corpus replays as tests against the current code (stable toolchain).
+cargo build --manifest-path fuzz/Cargo.toml --all-targets
+cargo test --manifest-path fuzz/Cargo.toml
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"
