@@ -55,7 +55,11 @@ pub async fn check_domain_paths(
 ) -> crate::error::Result<()> {
     let mut dirs = agent.pools.targets().await;
     dirs.extend(agent.cfg.server.qemu.allowed_paths.iter().cloned());
-    dirs.push(crate::guest_setup::nvram_dir(agent));
+    // The agent's own NVRAM directory is made on first use; it must exist
+    // for a store in it to be recognised.
+    let nvram = crate::guest_setup::nvram_dir(agent);
+    let _ = std::fs::create_dir_all(&nvram);
+    dirs.push(nvram);
     dirs.push(agent.layout.run_dir(&d.name));
     paths::check_domain(d, &paths::Roots::new(dirs))
         .map_err(|e| crate::error::AgentError::Invalid(format!("domain '{}': {e}", d.name)))

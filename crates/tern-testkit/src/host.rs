@@ -59,12 +59,13 @@ pub struct HostOptions {
 }
 
 /// The `[qemu]` table test hosts get by default: definitions may name
-/// files under the temp directory and the workspace's target directory
-/// (the test guest's kernel and initrd), besides the pools.
+/// files under the temp directory, the workspace's target directory (the
+/// test guest's kernel and initrd) and /boot (the host kernel the UEFI
+/// tests boot), besides the pools.
 pub fn default_qemu_table() -> String {
     let target = crate::guest::workspace_root().join("target");
     format!(
-        "allowed_paths = [{:?}, {:?}]\n",
+        "allowed_paths = [{:?}, {:?}, \"/boot\"]\n",
         std::env::temp_dir().display().to_string(),
         target.display().to_string()
     )
