@@ -163,13 +163,16 @@ async fn tls_connection(server: Arc<Server>, acceptor: TlsAcceptor, tcp: TcpStre
     }
     // A read-only identity moves to the read-only share.
     let slot = match grant {
-        Grant::ReadOnly => match server.read_only.clients.admit_authenticated() {
-            Some(ro) => ro,
-            None => {
-                tracing::warn!(%addr, "max_ro_clients reached: refusing a read-only TLS client");
-                return;
+        Grant::ReadOnly => {
+            drop(slot);
+            match server.read_only.clients.admit_authenticated() {
+                Some(ro) => ro,
+                None => {
+                    tracing::warn!(%addr, "max_ro_clients reached: refusing a read-only TLS client");
+                    return;
+                }
             }
-        },
+        }
         _ => slot.promote(),
     };
     let peer = Peer {
