@@ -52,24 +52,32 @@ pub enum PathRefusal {
 #[derive(Debug, Clone, Default)]
 pub struct Roots {
     roots: Vec<PathBuf>,
+    /// Roots that do not exist on this host (a netfs pool QEMU reaches
+    /// over nfs://): matched by name, as nothing there can be a symlink.
+    absent: Vec<PathBuf>,
 }
 
 impl Roots {
-    /// Roots from directories; those that do not exist are left out, the
-    /// others are resolved so a symlinked pool still matches.
+    /// Roots from directories, resolved so a symlinked pool still
+    /// matches; those that do not exist are matched by name.
     pub fn new<I: IntoIterator<Item = PathBuf>>(dirs: I) -> Roots {
-        Roots {
-            roots: dirs
-                .into_iter()
-                .filter_map(|d| std::fs::canonicalize(d).ok())
-                .collect(),
+        let mut r = Roots::default();
+        for d in dirs {
+            match std::fs::canonicalize(&d) {
+                Ok(c) => r.roots.push(c),
+                Err(_) if d.is_absolute() && d.symlink_metadata().is_err() => r.absent.push(d),
+                Err(_) => {}
+            }
         }
+        r
     }
 
     /// These roots and `more`.
     pub fn with<I: IntoIterator<Item = PathBuf>>(&self, more: I) -> Roots {
         let mut r = self.clone();
-        r.roots.extend(Roots::new(more).roots);
+        let more = Roots::new(more);
+        r.roots.extend(more.roots);
+        r.absent.extend(more.absent);
         r
     }
 
@@ -78,6 +86,9 @@ impl Roots {
         let shown = path.display().to_string();
         if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
             return Err(PathRefusal::NotPlain { what, path: shown });
+        }
+        if self.absent.iter().any(|r| path.starts_with(r)) && path.symlink_metadata().is_err() {
+            return Ok(path.to_path_buf());
         }
         let resolved = resolve(path).ok_or_else(|| PathRefusal::NoDirectory {
             what,
@@ -206,6 +217,13 @@ mod tests {
             .is_ok());
         assert!(roots
             .check("serial file", &t.path().join("nodir/x.log"))
+            .is_err());
+        // A root absent from this host (a netfs pool reached over nfs://)
+        // matches by name; other absent paths still do not.
+        let absent = t.path().join("missing");
+        assert!(roots.check("disk source", &absent.join("v.qcow2")).is_ok());
+        assert!(roots
+            .check("disk source", &t.path().join("other/v.qcow2"))
             .is_err());
     }
 }
