@@ -61,6 +61,22 @@ pub async fn check_domain_paths(
     let _ = std::fs::create_dir_all(&nvram);
     dirs.push(nvram);
     dirs.push(agent.layout.run_dir(&d.name));
-    paths::check_domain(d, &paths::Roots::new(dirs))
-        .map_err(|e| crate::error::AgentError::Invalid(format!("domain '{}': {e}", d.name)))
+    let roots = paths::Roots::new(dirs);
+    let refuse = |e: paths::PathRefusal| {
+        crate::error::AgentError::Invalid(format!("domain '{}': {e}", d.name))
+    };
+    paths::check_domain(d, &roots).map_err(refuse)?;
+    // QEMU opens a qcow2 disk's backing files too, as root, before it drops
+    // privileges: they must lie inside the same roots.
+    for disk in &d.devices.disks {
+        let Some(src) = &disk.source else { continue };
+        if disk.format != tern_model::DiskFormat::Qcow2 || !src.is_file() {
+            continue;
+        }
+        let chain = tern_qemu::img::backing_chain(src, "qcow2").await?;
+        for link in chain.iter().skip(1) {
+            roots.check("backing file", &link.path).map_err(refuse)?;
+        }
+    }
+    Ok(())
 }

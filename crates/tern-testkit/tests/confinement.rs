@@ -87,6 +87,38 @@ fn smuggled_options_and_paths_outside_pools_are_refused_before_anything_starts()
         &format!("serial file '{outside}' is outside every storage pool"),
     );
     assert!(!Path::new(outside).exists());
+    // A qcow2 disk in the pool whose backing file is outside it.
+    let top = pool.path().join("top.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "/etc/shadow",
+        ])
+        .arg(&top)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut g = guest("bad1");
+    g.disks.push(TestDisk {
+        path: top.clone(),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    refused(
+        &h,
+        "bad1",
+        &g.to_xml(),
+        "backing file '/etc/shadow' is outside every storage pool",
+    );
+    std::fs::remove_file(&top).unwrap();
     // A symlink inside the pool pointing out of it is judged by its target.
     let link = pool.path().join("console.log");
     std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
