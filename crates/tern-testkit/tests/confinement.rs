@@ -119,6 +119,27 @@ fn smuggled_options_and_paths_outside_pools_are_refused_before_anything_starts()
         "backing file '/etc/shadow' is outside every storage pool",
     );
     std::fs::remove_file(&top).unwrap();
+    // An overlay on a pool volume qemu-img takes for qcow2 (a raw guest
+    // disk carrying a header) whose backing leaves the pools is refused.
+    write_raw_with_qcow2_header(&pool.path().join("evil.raw"), 1, Path::new("/etc/shadow"));
+    let e = one_line_error(
+        &h.tern(&[
+            "vol-create-as",
+            "images",
+            "o.qcow2",
+            "--format",
+            "qcow2",
+            "--backing-vol",
+            "evil.raw",
+        ]),
+        "vol-create-as",
+    );
+    assert!(
+        e.contains("/etc/shadow") && e.contains("not in a storage pool"),
+        "{e}"
+    );
+    assert!(!pool.path().join("o.qcow2").exists());
+    std::fs::remove_file(pool.path().join("evil.raw")).unwrap();
     // A symlink inside the pool pointing out of it is judged by its target.
     let link = pool.path().join("console.log");
     std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
