@@ -5,8 +5,11 @@
 
 use std::io::Cursor;
 
+/// A target's body.
+pub type Body = fn(&[u8]);
+
 /// Every target: (name, body). The name is the corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("uri", uri),
     ("domain_xml", domain_xml),
     ("migration_protocol", migration_protocol),
