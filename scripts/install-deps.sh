@@ -27,6 +27,8 @@ PKGS=(
   chromium             # the web console's browser test (headless)
   chromium-driver      # WebDriver for it
   fonts-dejavu-core    # text in the console's screenshots
+  openssl              # s_client: an intruder's TLS client in the data-plane test
+  curl                 # the console's certificate login test
 )
 
 missing=()

@@ -15,6 +15,11 @@ pub enum Grant {
     ReadWrite,
     /// Only requests for which [`Request::is_read_only`] holds.
     ReadOnly,
+    /// Another cluster host (a certificate of `tern pki issue-host`): reads,
+    /// and the destination's side of a migration it drives (Prepare,
+    /// Finish, post-copy recovery, the bandwidth probe). It cannot make
+    /// this host send a guest away, nor start, stop or define anything else.
+    Peer,
     /// Nothing; the reason is told to the client on every request.
     Refused(String),
 }
@@ -22,12 +27,33 @@ pub enum Grant {
 /// The message of a refused change on a read-only connection.
 pub const READ_ONLY_REFUSAL: &str = "operation forbidden: read-only connection";
 
+/// The message of a request a peer host may not make.
+pub const PEER_REFUSAL: &str =
+    "operation forbidden: a host certificate may only read and receive migrations on its peers";
+
+/// What a peer host asks of a destination it migrates to.
+fn peer_may(req: &Request) -> bool {
+    use tern_api::MigrationRequest as M;
+    matches!(
+        req,
+        Request::Migration(
+            M::MigratePrepare { .. }
+                | M::MigrateFinish { .. }
+                | M::MigrateRecover { .. }
+                | M::MigrateQuery { .. }
+                | M::ProbeSink {}
+        )
+    )
+}
+
 /// Whether `grant` allows `req`.
 pub fn check(grant: &Grant, req: &Request) -> Result<(), ApiError> {
     match grant {
         Grant::ReadWrite => Ok(()),
         Grant::ReadOnly if req.is_read_only() => Ok(()),
         Grant::ReadOnly => Err(ApiError::new(ErrorCode::Forbidden, READ_ONLY_REFUSAL)),
+        Grant::Peer if req.is_read_only() || peer_may(req) => Ok(()),
+        Grant::Peer => Err(ApiError::new(ErrorCode::Forbidden, PEER_REFUSAL)),
         Grant::Refused(why) => Err(ApiError::new(ErrorCode::Forbidden, why.clone())),
     }
 }
@@ -44,6 +70,19 @@ pub struct TlsRules {
 }
 
 impl TlsRules {
+    /// The grant of a verified client certificate: a host certificate
+    /// (`tern pki issue-host`) is a [`Grant::Peer`] unless a read-only
+    /// rule names it; others as [`TlsRules::grant`].
+    pub fn grant_identity(&self, id: Option<&tern_pki::PeerIdentity>) -> Grant {
+        match id {
+            Some(i) if i.host => match self.grant(Some(&i.cn)) {
+                Grant::ReadWrite => Grant::Peer,
+                other => other,
+            },
+            other => self.grant(other.map(|i| i.cn.as_str())),
+        }
+    }
+
     /// The grant of a client whose certificate (already verified against
     /// the CA) has common name `cn`.
     pub fn grant(&self, cn: Option<&str>) -> Grant {
@@ -73,29 +112,7 @@ fn strip_cn(p: &str) -> &str {
     }
 }
 
-/// Shell-style match of `pattern` (`*` any run, `?` one character).
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
+pub use tern_pki::names::glob;
 
 #[cfg(test)]
 mod tests {
@@ -129,6 +146,31 @@ mod tests {
             }
             g => panic!("{g:?}"),
         }
+    }
+
+    #[test]
+    fn host_certificates_only_receive_migrations() {
+        let host = tern_pki::PeerIdentity {
+            cn: "b".into(),
+            host: true,
+            dn: "O=Tern,OU=Tern hosts,CN=b".into(),
+        };
+        let g = TlsRules::default().grant_identity(Some(&host));
+        assert_eq!(g, Grant::Peer);
+        let p2p = Request::Migration(tern_api::MigrationRequest::MigrateP2p {
+            name: "vm".into(),
+            dest_uri: "tern+tls://evil/system".into(),
+            options: Default::default(),
+        });
+        assert_eq!(check(&g, &p2p).unwrap_err().message, PEER_REFUSAL);
+        let destroy = Request::Destroy { name: "vm".into() };
+        assert!(check(&g, &destroy).is_err());
+        assert!(check(&g, &Request::NodeInfo).is_ok());
+        assert!(check(
+            &g,
+            &Request::Migration(tern_api::MigrationRequest::ProbeSink {})
+        )
+        .is_ok());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::Agent;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_api::cluster::{
-    controller_client, ClusterRequest, DiskReport, DomainReport, HeartbeatReply, HostReport,
-    RegisterReply, ShutdownReply,
+    controller_client_with_pki, ClusterRequest, DiskReport, DomainReport, HeartbeatReply,
+    HostReport, RegisterReply, ShutdownReply,
 };
 use tern_api::Client;
 use tern_model::{InterfaceKind, PoolInfo};
@@ -30,23 +30,33 @@ struct Session {
     reply: RegisterReply,
 }
 
-/// The address the controller reaches this host's API at.
+/// The address the controller reaches this host's API at: its mutual-TLS
+/// listener, else (development clusters) its plain TCP one.
 pub fn api_uri(agent: &Agent) -> Option<String> {
-    let l = agent.cfg.listen?;
+    let (scheme, l) = match (agent.cfg.listen_tls, agent.cfg.listen) {
+        (Some(l), _) => ("tern+tls", l),
+        (None, Some(l)) => ("tern+tcp", l),
+        (None, None) => return None,
+    };
     let host = agent.migration_address();
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host
     };
-    Some(format!("tern+tcp://{host}:{}/system", l.port()))
+    Some(format!("{scheme}://{host}:{}/system", l.port()))
+}
+
+/// A client for a controller URL, presenting this host's certificate.
+fn controller(agent: &Agent, url: &str) -> Result<Client, tern_api::ClientError> {
+    controller_client_with_pki(url, &tern_pki::PkiDir::new(&agent.cfg.pki_dir))
 }
 
 /// Runs forever: register, heartbeat, re-register, fence.
 pub async fn run(agent: Arc<Agent>) {
     let Some(uri) = api_uri(&agent) else {
         tracing::error!(
-            "--controller needs --listen-tcp: the controller must reach this host's API"
+            "--controller needs --listen-tls (or --listen-tcp --auth none): the controller must reach this host's API"
         );
         return;
     };
@@ -54,7 +64,7 @@ pub async fn run(agent: Arc<Agent>) {
         .cfg
         .controllers
         .iter()
-        .filter_map(|u| match controller_client(u) {
+        .filter_map(|u| match controller(&agent, u) {
             Ok(c) => Some((u.clone(), c.with_timeout(Duration::from_secs(2)))),
             Err(e) => {
                 tracing::error!(controller = %u, error = %e, "ignoring a bad controller URL");
@@ -127,7 +137,7 @@ pub async fn run(agent: Arc<Agent>) {
                 Duration::from_millis(s.reply.lease_ttl_ms)
             });
             if fence_armed && !fenced && last_ok.elapsed() > ttl {
-                if !any_peer_answers(&peers).await {
+                if !any_peer_answers(&agent, &peers).await {
                     fence(&agent).await;
                     fenced = true;
                 } else if !peers_warned {
@@ -144,12 +154,13 @@ pub async fn run(agent: Arc<Agent>) {
 }
 
 /// Whether any peer host's agent answers (within a second each).
-async fn any_peer_answers(peers: &[String]) -> bool {
+async fn any_peer_answers(agent: &Agent, peers: &[String]) -> bool {
     for p in peers {
         let Ok(uri) = p.parse::<tern_model::uri::ConnectUri>() else {
             continue;
         };
-        let Ok(c) = Client::from_uri(&uri) else {
+        // Never an ssh URI or a ?pkipath= from the controller's list.
+        let Ok(c) = agent.peer_client(&uri) else {
             continue;
         };
         let r = c
@@ -199,7 +210,7 @@ pub async fn leave_for_shutdown(agent: &Arc<Agent>, timeout: Duration) {
     };
     let mut reply = None;
     for u in &agent.cfg.controllers {
-        let Ok(c) = controller_client(u) else {
+        let Ok(c) = controller(agent, u) else {
             continue;
         };
         let c = c.with_timeout(Duration::from_secs(10));
@@ -308,13 +319,17 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
                 })
             })
             .collect();
-        let networks = tern_model::xml::parse_domain(&xml)
+        let parsed = tern_model::xml::parse_domain(&xml);
+        let machine = parsed.as_ref().ok().and_then(|d| d.os.machine.clone());
+        let networks = parsed
             .map(|d| {
                 d.devices
                     .interfaces
                     .iter()
                     .filter_map(|i| match &i.kind {
                         InterfaceKind::Bridge { bridge } => Some(bridge.clone()),
+                        // Matched against the networks hosts define.
+                        InterfaceKind::Network { network } => Some(format!("network:{network}")),
                         InterfaceKind::User => None,
                     })
                     .collect()
@@ -328,6 +343,7 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
             memory_mib: info.max_memory_kib / 1024,
             disks,
             networks,
+            machine,
             xml,
         });
     }
@@ -340,7 +356,16 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
         api_uri: api_uri.to_string(),
         facts,
         pools,
-        networks: bridges(),
+        networks: bridges()
+            .into_iter()
+            .chain(
+                agent
+                    .networks
+                    .list()
+                    .into_iter()
+                    .map(|n| format!("network:{}", n.name)),
+            )
+            .collect(),
         labels: agent.cfg.labels.iter().cloned().collect(),
         domains,
     }

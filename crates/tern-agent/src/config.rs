@@ -150,9 +150,19 @@ impl Layout {
     pub fn pools(&self) -> PathBuf {
         self.root.join("pools")
     }
+    /// Network definitions (`<name>.json`: a name for a host bridge).
+    pub fn networks(&self) -> PathBuf {
+        self.root.join("networks")
+    }
     /// Creates the directories.
     pub fn create(&self) -> std::io::Result<()> {
-        for d in [self.domains(), self.runs(), self.pools(), self.jobs()] {
+        for d in [
+            self.domains(),
+            self.runs(),
+            self.pools(),
+            self.jobs(),
+            self.networks(),
+        ] {
             std::fs::create_dir_all(d)?;
         }
         Ok(())

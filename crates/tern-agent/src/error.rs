@@ -12,6 +12,9 @@ pub enum AgentError {
     /// No such pool.
     #[error("storage pool '{0}' not found; see 'tern pool-list --all'")]
     NoPool(String),
+    /// No such network.
+    #[error("network '{0}' not found; see 'tern net-list', or define it with 'tern net-define-as {0} --bridge BRIDGE'")]
+    NoNetwork(String),
     /// No such volume.
     #[error("storage volume '{name}' not found in pool '{pool}'; see 'tern vol-list {pool}'")]
     NoVolume {
@@ -71,9 +74,10 @@ impl AgentError {
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> ApiError {
         let code = match &e {
-            AgentError::NoDomain(_) | AgentError::NoPool(_) | AgentError::NoVolume { .. } => {
-                ErrorCode::NotFound
-            }
+            AgentError::NoDomain(_)
+            | AgentError::NoPool(_)
+            | AgentError::NoNetwork(_)
+            | AgentError::NoVolume { .. } => ErrorCode::NotFound,
             AgentError::Invalid(_) | AgentError::Xml(_) | AgentError::Name(_) => {
                 ErrorCode::InvalidArgument
             }

@@ -114,6 +114,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     // The live definition keeps what the operator wrote.
     let written = &live;
     let resolved = agent.pools.resolve_disks(written).await?;
+    let resolved = agent.networks.resolve(&resolved)?;
     let d = &resolved;
     crate::pools::check_network_drivers(d).await?;
     crate::confine::check_domain_paths(agent, d).await?;
@@ -134,7 +135,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     let mut nets = Vec::new();
     for (i, iface) in d.devices.interfaces.iter().enumerate() {
         match &iface.kind {
-            InterfaceKind::User => nets.push(NetBackend::User),
+            InterfaceKind::User | InterfaceKind::Network { .. } => nets.push(NetBackend::User),
             InterfaceKind::Bridge { bridge } => {
                 let name = netdev::tap_name(&agent.host_tag, &d.uuid, i);
                 if let Err(e) = netdev::create_tap(&name, bridge, iface.virtualport.as_ref()).await

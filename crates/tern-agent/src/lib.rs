@@ -18,6 +18,7 @@ pub mod faults;
 pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;
+pub mod hotplug;
 pub mod launch;
 pub mod limits;
 pub mod listen;
@@ -25,6 +26,7 @@ pub mod migration;
 pub mod monitor;
 pub mod netdev;
 pub mod netfs;
+pub mod networks;
 pub mod pools;
 pub mod procs;
 pub mod registry;
@@ -51,6 +53,10 @@ pub struct Agent {
     pub pools: pools::Pools,
     /// Migration jobs.
     pub jobs: migration::Jobs,
+    /// Device removals the guests have not acknowledged yet.
+    pub unplugs: hotplug::Pending,
+    /// Networks: names for host bridges.
+    pub networks: networks::Networks,
     /// QEMU version string.
     pub qemu_version: String,
     /// Machine types QEMU knows, with aliases.
@@ -88,12 +94,15 @@ impl Agent {
             })?;
         }
         let pools = pools::Pools::load(layout.pools());
+        let networks = networks::Networks::load(layout.networks());
         let (jobs, unfinished) = migration::Jobs::open(layout.jobs());
         let agent = Arc::new(Agent {
             layout,
             domains: Registry::default(),
             pools,
             jobs,
+            unplugs: Default::default(),
+            networks,
             qemu_version,
             machines,
             host_tag,
@@ -171,6 +180,14 @@ impl Agent {
         }
     }
 
+    /// The address data-plane listeners (incoming QEMU, NBD, cold-copy
+    /// receivers, post-copy recovery) bind: the migration address only,
+    /// never every interface, so they are not reachable from networks the
+    /// migration does not use.
+    pub fn migration_bind_address(&self) -> String {
+        self.migration_address()
+    }
+
     /// How other agents reach this agent's API: its TLS listener, else its
     /// TCP listener (at the migration address), else its unix socket (peers
     /// on the same machine, as in tests).
@@ -189,12 +206,14 @@ impl Agent {
     }
 
     /// A client for another agent: over tern+tls:// it presents this
-    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does.
+    /// agent's `clientcert.pem` (from `--pki-dir`), as libvirtd does. URIs
+    /// reach an agent from others (drivers, the controller), so `ssh` and
+    /// `?pkipath=` / `?command=` are refused (see [`tern_api::peer`]).
     pub fn peer_client(
         &self,
         uri: &tern_model::uri::ConnectUri,
     ) -> Result<tern_api::Client, tern_api::ClientError> {
-        tern_api::Client::from_uri_with_pki(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
+        tern_api::peer::client(uri, &tern_pki::PkiDir::new(&self.cfg.pki_dir))
     }
 
     /// The TLS server configuration from `--pki-dir` (servercert.pem,
@@ -213,7 +232,13 @@ impl Agent {
     /// Host facts.
     pub async fn facts(&self) -> tern_model::HostFacts {
         let accel = self.accel().await.accel.clone();
-        facts::gather(&self.qemu_version, &accel, &self.cfg.fact_overrides)
+        let mut f = facts::gather(&self.qemu_version, &accel, &self.cfg.fact_overrides);
+        f.machines = self
+            .machines
+            .iter()
+            .flat_map(|(name, alias)| std::iter::once(name.clone()).chain(alias.clone()))
+            .collect();
+        f
     }
 }
 

@@ -156,8 +156,9 @@ async fn tls_connection(server: Arc<Server>, acceptor: TlsAcceptor, tcp: TcpStre
         }
         Ok(Ok(tls)) => tls,
     };
-    let cn = tern_pki::peer_common_name(tls.get_ref().1.peer_certificates());
-    let grant = server.agent.cfg.server.tls.grant(cn.as_deref());
+    let id = tern_pki::peer_identity(tls.get_ref().1.peer_certificates());
+    let cn = id.as_ref().map(|i| i.cn.clone());
+    let grant = server.agent.cfg.server.tls.grant_identity(id.as_ref());
     if let Grant::Refused(why) = &grant {
         tracing::warn!(%addr, cn = cn.as_deref().unwrap_or("-"), "TLS client refused: {why}");
     }

@@ -238,6 +238,21 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::Destroy { name } => ok(a.destroy(&name).await?)?,
             Request::Reboot { name } => ok(a.reboot(&name).await?)?,
             Request::InjectNmi { name } => ok(a.inject_nmi(&name).await?)?,
+            Request::NetDefineAs { name, bridge } => ok(a.networks.define(&name, &bridge)?.info())?,
+            Request::NetUndefine { name } => ok(a.networks.undefine(&name)?)?,
+            Request::NetList => ok(a
+                .networks
+                .list()
+                .iter()
+                .map(|n| n.info())
+                .collect::<Vec<_>>())?,
+            Request::NetInfo { name } => ok(a.networks.get(&name)?.info())?,
+            Request::AttachDevice { name, xml, flags } => {
+                ok(a.attach_device(&name, &xml, flags).await?)?
+            }
+            Request::DetachDevice { name, xml, flags } => {
+                ok(a.detach_device(&name, &xml, flags).await?)?
+            }
             Request::QemuAgentCommand {
                 name,
                 command,

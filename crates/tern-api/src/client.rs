@@ -55,6 +55,14 @@ pub enum ClientError {
         /// What went wrong.
         message: String,
     },
+    /// A connection URI from another party that is never followed.
+    #[error("refusing to connect to {target}: {reason}")]
+    Untrusted {
+        /// The URI.
+        target: String,
+        /// Why.
+        reason: String,
+    },
     /// The server refused the request.
     #[error("{0}")]
     Api(#[from] ApiError),
@@ -176,6 +184,21 @@ impl Client {
             timeout: CALL_TIMEOUT,
             uri: None,
         }
+    }
+
+    /// A client for a mutual-TLS endpoint at `host:port`, presenting
+    /// `pki`'s client certificate (the controller's API, say).
+    pub fn tls(host: impl Into<String>, port: u16, pki: &PkiDir) -> Result<Client, ClientError> {
+        Ok(Client {
+            target: Target::Tls(TlsTarget {
+                host: host.into(),
+                port,
+                config: tern_pki::client_config(pki)?,
+                pki_dir: pki.root().to_path_buf(),
+            }),
+            timeout: CALL_TIMEOUT,
+            uri: None,
+        })
     }
 
     /// Human-readable description of the endpoint.

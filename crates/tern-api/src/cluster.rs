@@ -201,6 +201,9 @@ pub struct DomainReport {
     pub disks: Vec<DiskReport>,
     /// Bridges its interfaces join.
     pub networks: Vec<String>,
+    /// Its machine type (the versioned one it was pinned to at start).
+    #[serde(default)]
+    pub machine: Option<String>,
     /// Its definition as libvirt XML.
     pub xml: String,
 }
@@ -439,21 +442,40 @@ pub struct StatusReply {
     pub leader: Option<String>,
 }
 
-/// A client for a controller URL: `http://HOST:PORT`, `HOST:PORT` or
-/// `tern+tcp://HOST:PORT`.
+/// A client for a controller URL, with client certificates from
+/// `$TERN_PKI_DIR` (else /etc/pki/tern): see [`controller_client_with_pki`].
 pub fn controller_client(url: &str) -> Result<Client, ClientError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("tern+tcp://"))
-        .unwrap_or(url);
+    controller_client_with_pki(url, &tern_pki::PkiDir::from_env())
+}
+
+/// A client for a controller URL: `https://HOST:PORT` (mutual TLS,
+/// presenting `pki`'s `clientcert.pem`, the controller checked against its
+/// `cacert.pem`), or for development controllers started with
+/// `--auth none`: `http://HOST:PORT`, `HOST:PORT` or `tern+tcp://HOST:PORT`.
+pub fn controller_client_with_pki(
+    url: &str,
+    pki: &tern_pki::PkiDir,
+) -> Result<Client, ClientError> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (
+            false,
+            url.strip_prefix("http://")
+                .or_else(|| url.strip_prefix("tern+tcp://"))
+                .unwrap_or(url),
+        ),
+    };
     let hostport = rest.split('/').next().unwrap_or("");
     let (host, port) = hostport
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
         .ok_or_else(|| ClientError::Http {
             target: url.to_string(),
-            message: "a controller URL is http://HOST:PORT".into(),
+            message: "a controller URL is https://HOST:PORT".into(),
         })?;
+    if tls {
+        return Client::tls(host, port, pki);
+    }
     Ok(Client::tcp(host, port))
 }
 

@@ -38,7 +38,7 @@ pub enum DriveError {
     #[error("destination could not resume the guest: {0}; the guest keeps running on the source")]
     Finish(String),
     /// The destination's answer was lost: the guest may be paused on both.
-    #[error("lost contact with the destination after the memory was sent ({0}); the guest is paused on the source and may be paused on the destination: check the destination, then resume or destroy one copy")]
+    #[error("lost contact with the destination after the memory was sent ({0}); the two agents settle it as soon as they reach each other: the destination keeps the guest if it ran it, otherwise the source resumes it (watch 'tern domjobinfo' on either host)")]
     Unknown(#[source] ClientError),
     /// The final cleanup on the source failed.
     #[error("the guest runs on the destination, but cleaning the source failed: {0}")]
@@ -116,6 +116,7 @@ pub async fn drive_with(
                     .clone()
                     .or_else(|| src.uri().map(str::to_string)),
                 source_name: Some(name.to_string()),
+                source_tls_identity: begin.tls_identity.clone(),
             },
         }))
         .await
@@ -203,6 +204,7 @@ pub async fn complete(
     // Poll the source until QEMU is done (or in post-copy, when the
     // destination must run at once to serve page faults).
     let mut finished: Option<FinishReply> = None;
+    let mut in_postcopy = false;
     let info = loop {
         // A long poll: the source answers the moment QEMU's state changes,
         // so the destination resumes without a polling delay.
@@ -215,6 +217,15 @@ pub async fn complete(
             .await
         {
             Ok(i) => i,
+            Err(e) if in_postcopy => {
+                // The guest runs on the destination and pulls its missing
+                // pages from the source QEMU: nothing may be rolled back.
+                // The source agent, once back, serves the post-copy to its
+                // end (or recovers it) by itself.
+                return Err(DriveError::Perform(format!(
+                    "lost contact with the source during post-copy ({e}); the guest runs on the destination, and the source agent finishes the post-copy when it is back"
+                )));
+            }
             Err(e) => {
                 // The source agent is unreachable: we cannot know QEMU's
                 // state, so the destination must not resume.
@@ -225,6 +236,7 @@ pub async fn complete(
             }
         };
         on_progress(&info);
+        in_postcopy |= info.qemu_status.is_postcopy();
         if info.qemu_status.is_postcopy() && finished.is_none() {
             match finish(true).await {
                 Ok(f) => finished = Some(f),

@@ -11,6 +11,7 @@ pub mod client;
 pub mod cluster;
 pub mod driver;
 pub mod error;
+pub mod peer;
 pub mod request;
 pub mod response;
 pub mod transport;

@@ -80,6 +80,45 @@ pub enum Request {
         /// Seconds to wait for the agent's answer.
         timeout_secs: u64,
     },
+    /// Define a network: a name for a host bridge (`net-define-as`).
+    NetDefineAs {
+        /// The network's name.
+        name: String,
+        /// The host bridge.
+        bridge: String,
+    },
+    /// Remove a network definition (`net-undefine`).
+    NetUndefine {
+        /// The network's name.
+        name: String,
+    },
+    /// The host's networks (`net-list`).
+    NetList,
+    /// One network (`net-info`).
+    NetInfo {
+        /// The network's name.
+        name: String,
+    },
+    /// Add a `<disk>` or `<interface>` (`attach-device`, `attach-interface`).
+    AttachDevice {
+        /// Domain name or uuid.
+        name: String,
+        /// The device's XML element.
+        xml: String,
+        /// Which definitions change.
+        #[serde(default)]
+        flags: crate::types::DeviceFlags,
+    },
+    /// Remove a `<disk>` or `<interface>` (`detach-device`, `detach-interface`).
+    DetachDevice {
+        /// Domain name or uuid.
+        name: String,
+        /// The device's XML element (a disk's target, an interface's MAC).
+        xml: String,
+        /// Which definitions change.
+        #[serde(default)]
+        flags: crate::types::DeviceFlags,
+    },
     /// Send a non-maskable interrupt to the guest (`inject-nmi`).
     InjectNmi {
         /// Domain name or uuid.

@@ -104,3 +104,33 @@ pub struct ServerInfo {
     /// Whether the caller's connection is read-only.
     pub read_only: bool,
 }
+
+/// Which definitions `attach-device` and `detach-device` change, as
+/// virsh's `--live`, `--config`, `--current` and `--persistent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceFlags {
+    /// `--live`: the running guest.
+    #[serde(default)]
+    pub live: bool,
+    /// `--config`: the stored definition.
+    #[serde(default)]
+    pub config: bool,
+    /// `--current`: the running guest if it runs, else the stored one.
+    #[serde(default)]
+    pub current: bool,
+    /// `--persistent`: both (the stored one only, when the guest is off).
+    #[serde(default)]
+    pub persistent: bool,
+}
+
+/// A network of a host (`net-list`, `net-info`): a name guests use for a
+/// host bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The name `<source network=...>` uses.
+    pub name: String,
+    /// The host bridge.
+    pub bridge: String,
+    /// Whether the bridge exists on the host now.
+    pub active: bool,
+}

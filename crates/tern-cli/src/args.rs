@@ -44,6 +44,12 @@ pub enum Cmd {
     /// Cluster verbs (answered by tern-controller).
     #[command(flatten)]
     Cluster(crate::cluster::ClusterCmd),
+    /// Device hot-plug verbs (attach-device, detach-interface...).
+    #[command(flatten)]
+    Device(crate::device::DeviceCmd),
+    /// Network verbs (net-define-as, net-list...).
+    #[command(flatten)]
+    Net(crate::network::NetCmd),
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.

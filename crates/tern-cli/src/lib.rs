@@ -3,9 +3,11 @@
 
 pub mod args;
 pub mod cluster;
+pub mod device;
 mod domain;
 pub mod migrate;
 mod netfs_args;
+pub mod network;
 pub mod pki;
 mod proxy;
 mod storage;
@@ -101,6 +103,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cmd {
         Cmd::SrvInfo { json } => srv_info(&client, json).await,
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
+        Cmd::Device(d) => device::run(&client, d).await,
+        Cmd::Net(n) => network::run(&client, n).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

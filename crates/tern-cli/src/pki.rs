@@ -52,6 +52,24 @@ pub enum PkiCmd {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Issue a cluster host's client certificate: CN HOST plus the host
+    /// mark (OU "Tern hosts"). The controller accepts reports only for the
+    /// host a certificate names, and gives host certificates no operator
+    /// rights; agents present it to each other and QEMU's tls-authz checks it.
+    IssueHost {
+        /// The host's name in the cluster (`ternd --host-name`).
+        name: String,
+        /// PKI directory holding the CA.
+        #[arg(long, default_value = tern_pki::DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Where to write the certificate, key and a copy of cacert.pem
+        /// (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 /// Runs a `tern pki` verb.
@@ -87,6 +105,20 @@ pub fn run(cmd: PkiCmd) -> Result<()> {
             tern_pki::issue_client(&ca, &out, &name, Validity::days(days)?)?;
             println!(
                 "client certificate for {name} in {}",
+                out.client_cert().display()
+            );
+        }
+        PkiCmd::IssueHost {
+            name,
+            dir,
+            out,
+            days,
+        } => {
+            let ca = PkiDir::new(&dir);
+            let out = PkiDir::new(out.unwrap_or(dir));
+            tern_pki::issue_host(&ca, &out, &name, Validity::days(days)?)?;
+            println!(
+                "host certificate for {name} in {}",
                 out.client_cert().display()
             );
         }

@@ -1,6 +1,7 @@
 //! The cluster API server: HTTP/1.1 on TCP, `POST /api/v1/call` with a
 //! [`ClusterRequest`], in the style of the agent's host API.
 
+use crate::authz::{self, Caller};
 use crate::error::{CtlError, Result};
 use crate::evacuate::host_client;
 use crate::inventory::{ALIVE, HOSTS, SERVERS};
@@ -33,8 +34,16 @@ fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
 
 async fn handle(
     ctl: Arc<Controller>,
+    caller: Arc<Caller>,
     req: hyper::Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    // Refuse before reading the body: a refused identity sends nothing big.
+    if let Caller::Refused(why) = caller.as_ref() {
+        return Ok(error_response(ApiError::new(
+            ErrorCode::Forbidden,
+            why.clone(),
+        )));
+    }
     if req.method() != hyper::Method::POST || req.uri().path() != CALL_PATH {
         return Ok(error_response(ApiError::new(
             ErrorCode::NotFound,
@@ -55,7 +64,13 @@ async fn handle(
     };
     let parsed: std::result::Result<ClusterRequest, _> = serde_json::from_slice(&body);
     let r = match parsed {
-        Ok(r) => dispatch(&ctl, r).await.map_err(ApiError::from),
+        Ok(r) => match authz::check(&caller, &r) {
+            Ok(()) => dispatch(&ctl, r).await.map_err(ApiError::from),
+            Err(e) => {
+                tracing::info!(caller = caller.name(), error = %e, "request refused");
+                Err(e)
+            }
+        },
         Err(e) => Err(ApiError::new(
             ErrorCode::InvalidArgument,
             format!("malformed request: {e}"),
@@ -106,7 +121,7 @@ pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<
     }
 }
 
-fn check_report(r: &HostReport) -> Result<()> {
+fn check_report(r: &HostReport, api_tls: bool) -> Result<()> {
     let valid = !r.name.is_empty()
         && r.name
             .chars()
@@ -117,9 +132,21 @@ fn check_report(r: &HostReport) -> Result<()> {
             r.name
         )));
     }
-    if r.api_uri.parse::<tern_model::uri::ConnectUri>().is_err() {
+    let Ok(uri) = r.api_uri.parse::<tern_model::uri::ConnectUri>() else {
         return Err(CtlError::Invalid(format!(
             "host {} reports API address '{}', which is not a tern URI",
+            r.name, r.api_uri
+        )));
+    };
+    if let Some(why) = tern_api::peer::refusal(&uri) {
+        return Err(CtlError::Invalid(format!(
+            "host {} reports API address '{}': {why}",
+            r.name, r.api_uri
+        )));
+    }
+    if api_tls && uri.transport != tern_model::uri::Transport::Tls {
+        return Err(CtlError::Invalid(format!(
+            "host {} reports API address '{}', but this controller reaches hosts only over mutual TLS; start ternd with --listen-tls",
             r.name, r.api_uri
         )));
     }
@@ -127,7 +154,7 @@ fn check_report(r: &HostReport) -> Result<()> {
 }
 
 async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterReply> {
-    check_report(&report)?;
+    check_report(&report, ctl.cfg.api_tls)?;
     let name = report.name.clone();
     let store = &ctl.inv.store;
     let lease = store.grant(ctl.cfg.lease_ttl).await?;
@@ -194,6 +221,7 @@ async fn heartbeat(
         Err(e) => return Err(e.into()),
     }
     if rec.report != report {
+        check_report(&report, ctl.cfg.api_tls)?;
         ctl.inv
             .update_host(host, |h| {
                 h.report = report.clone();
@@ -420,22 +448,30 @@ async fn leave_maintenance(ctl: &Arc<Controller>, host: &str) -> Result<HostReco
         .ok_or_else(|| CtlError::NotFound(format!("no host '{host}'; see 'tern host-list'")))
 }
 
-/// Serves the API on a TCP listener forever.
+/// Serves one connection (plain or TLS) for `caller` until it closes.
+pub async fn serve_connection<S>(ctl: Arc<Controller>, stream: S, caller: Caller)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let caller = Arc::new(caller);
+    let svc = service_fn(move |req| handle(ctl.clone(), caller.clone(), req));
+    if let Err(e) = http1::Builder::new()
+        .max_buf_size(64 << 10)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves the API on plain TCP forever, without authentication
+/// (`--auth none`, development only; see [`crate::listen`] for TLS).
 pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                let ctl = ctl.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(ctl.clone(), req));
-                    if let Err(e) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_connection(ctl.clone(), s, Caller::Unauthenticated));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

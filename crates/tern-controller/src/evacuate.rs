@@ -19,22 +19,14 @@ use tern_api::cluster::{
     HostRecord, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerState,
 };
 use tern_api::{Client, Request};
-use tern_model::uri::ConnectUri;
 
 /// How long the confirming probe waits for the agent.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A client for a host's API.
+/// A client for a host's API: its reported URI, if that may be followed
+/// (see [`crate::agents`]), with the controller's certificates.
 pub fn host_client(h: &HostRecord) -> std::result::Result<Client, tern_api::ClientError> {
-    let uri: ConnectUri = h
-        .report
-        .api_uri
-        .parse()
-        .map_err(|e: tern_model::uri::UriError| tern_api::ClientError::Http {
-            target: h.report.api_uri.clone(),
-            message: e.to_string(),
-        })?;
-    Client::from_uri(&uri)
+    crate::agents::client(&h.report.api_uri)
 }
 
 /// Whether the host's agent answers.

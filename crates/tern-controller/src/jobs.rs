@@ -98,6 +98,9 @@ pub async fn create(
         ctl.inv.host(p).await?;
     }
     let kind = admit(&s, live, &opts, src.status)?;
+    // The cluster's --migration-tls makes encrypted live migration the default.
+    let mut opts = opts;
+    opts.enable_tls |= ctl.cfg.migration_tls && kind == JobKind::LiveMigrate;
     let id = Uuid::new_v4().simple().to_string()[..12].to_string();
     let job = JobRecord {
         id: id.clone(),
@@ -492,6 +495,7 @@ mod tests {
                     bytes: 1 << 20,
                 }],
                 networks: vec![],
+                machine: None,
                 xml: String::new(),
             },
             host: "a".into(),

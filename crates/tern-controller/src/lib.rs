@@ -8,13 +8,17 @@
 //! ([`jobs`]). The wire protocol and its message sequence are documented
 //! in `tern_api::cluster`.
 
+pub mod agents;
 pub mod api;
+pub mod authz;
 pub mod console;
 pub mod error;
 pub mod evacuate;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
+pub mod listen;
+pub mod rescue_check;
 pub mod runner;
 pub mod sync;
 pub mod views;
@@ -56,6 +60,12 @@ pub struct ControllerConfig {
     pub leader_ttl: Duration,
     /// Migration limits.
     pub limits: Limits,
+    /// Cluster setting: every live migration uses QEMU's TLS
+    /// (`--enable-tls`), whatever the request says.
+    pub migration_tls: bool,
+    /// The API is on mutual TLS (not `--auth none`): hosts must then be
+    /// reached over `tern+tls://` too.
+    pub api_tls: bool,
 }
 
 impl ControllerConfig {
@@ -71,6 +81,8 @@ impl ControllerConfig {
             tick: Duration::from_millis(250),
             leader_ttl: Duration::from_secs(3),
             limits: Limits::default(),
+            migration_tls: false,
+            api_tls: false,
         }
     }
 }

@@ -38,7 +38,14 @@ pub async fn run(ctl: &Arc<Controller>, job: &JobRecord, recovering: bool) -> Re
     let dst_h = ctl.inv.host(&dest).await?;
     let dst = client(&dst_h)?;
     let outcome: Outcome = match job.kind {
-        JobKind::Rescue => rescue(&dst, &server.domain.name, &server.domain.xml).await,
+        JobKind::Rescue => {
+            match crate::rescue_check::check(&server.domain.name, &server.domain.xml, &dst_h.report)
+            {
+                // The definition the controller stored, checked against the rescue host.
+                Ok(()) => rescue(&dst, &server.domain.name, &server.domain.xml).await,
+                Err(why) => Err(format!("not rescued: {why}")),
+            }
+        }
         kind => {
             let src_h = ctl.inv.host(&job.source).await?;
             let src = client(&src_h)?;

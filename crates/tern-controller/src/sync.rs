@@ -97,6 +97,7 @@ mod tests {
             memory_mib: 128,
             disks: vec![],
             networks: vec![],
+            machine: None,
             xml: String::new(),
         }
     }

@@ -25,6 +25,7 @@ pub fn server_view(s: &ServerRecord) -> ServerView {
             })
             .collect(),
         networks: s.domain.networks.clone(),
+        machine: s.domain.machine.clone(),
     }
 }
 
@@ -76,6 +77,7 @@ pub fn host_views(
                     })
                     .collect(),
                 networks: r.networks.clone(),
+                machines: r.facts.machines.clone(),
                 inbound,
                 outbound,
             }

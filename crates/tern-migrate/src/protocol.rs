@@ -148,6 +148,11 @@ pub struct BeginReply {
     /// How the destination reaches the source agent (version 2).
     #[serde(default)]
     pub source_uri: Option<String>,
+    /// With `--tls`: the subject DN of the certificate the source's QEMU
+    /// presents (its agent's `clientcert.pem`), which the destination's
+    /// QEMU alone accepts (`tls-authz`).
+    #[serde(default)]
+    pub tls_identity: Option<String>,
 }
 
 /// How one disk's contents reach the destination.
@@ -208,6 +213,25 @@ pub struct ColdFile {
     pub session: String,
     /// Path on the source (the source reads it; the destination never uses it).
     pub source_path: std::path::PathBuf,
+    /// The copy's MAC key (64 hex digits), sent only over the agents'
+    /// authenticated API, never on the data connection: the destination's
+    /// receiver accepts only a sender holding it and checks every chunk's
+    /// MAC (see `tern_transfer::Checksum::Mac`). Stable across retries,
+    /// like `session`.
+    #[serde(default)]
+    pub mac_key: Option<SecretHex>,
+}
+
+/// A secret as hex; `Debug` never shows it, so requests logged with `{:?}`
+/// do not leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretHex(pub String);
+
+impl std::fmt::Debug for SecretHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretHex(..)")
+    }
 }
 
 /// Where the destination receives cold files.
@@ -256,6 +280,9 @@ pub struct PrepareRequest {
     /// The domain's name on the source (version 2).
     #[serde(default)]
     pub source_name: Option<String>,
+    /// [`BeginReply::tls_identity`], relayed by the driver.
+    #[serde(default)]
+    pub source_tls_identity: Option<String>,
 }
 
 /// Where to send memory.
@@ -411,6 +438,12 @@ pub struct QueryReply {
     pub role: Option<crate::phase::Role>,
     /// Where it stands.
     pub view: crate::recovery::PeerView,
+    /// Destination: its guest runs (its Finish ran `cont`). A post-copy may
+    /// be paused only from then on: QEMU cannot recover an incoming copy
+    /// that has not loaded the device state yet. Absent from version-1
+    /// peers' replies, read as `false`.
+    #[serde(default)]
+    pub runs: bool,
 }
 
 #[cfg(test)]
@@ -474,6 +507,7 @@ mod tests {
             id,
             role: Some(crate::Role::Destination),
             view: crate::recovery::PeerView::Prepared { complete: true },
+            runs: false,
         });
         round_trip(&FinishRequest {
             version: PROTOCOL_VERSION,

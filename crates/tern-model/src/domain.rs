@@ -378,6 +378,13 @@ pub enum InterfaceKind {
         /// The host bridge to join.
         bridge: String,
     },
+    /// `type='network'` with `<source network=...>`: a network each host
+    /// defines (`tern net-define-as NAME --bridge BR`), so one definition
+    /// joins the right bridge wherever the guest runs.
+    Network {
+        /// The network's name.
+        network: String,
+    },
 }
 
 /// `<virtualport>`.

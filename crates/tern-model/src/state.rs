@@ -106,4 +106,8 @@ pub struct HostFacts {
     pub qemu_version: String,
     /// Accelerator in use: "kvm" or "tcg".
     pub accelerator: String,
+    /// Machine types this QEMU offers (versioned names and aliases): a
+    /// guest pinned to a machine the QEMU lacks cannot start or arrive.
+    #[serde(default)]
+    pub machines: Vec<String>,
 }

@@ -210,6 +210,9 @@ fn validate_interfaces(d: &Domain) -> Result {
             InterfaceKind::Bridge { bridge } if bridge.is_empty() => {
                 return Err(ValidationError::EmptyBridge)
             }
+            InterfaceKind::Network { network } if network.is_empty() => {
+                return Err(ValidationError::EmptyBridge)
+            }
             InterfaceKind::User if interface.virtualport.is_some() => {
                 return Err(ValidationError::VirtualPortWithoutBridge)
             }
@@ -362,8 +365,10 @@ fn validate_representable(d: &Domain) -> Result {
         }
     }
     for interface in &d.devices.interfaces {
-        if let InterfaceKind::Bridge { bridge } = &interface.kind {
-            check_plain("a bridge name", bridge)?;
+        match &interface.kind {
+            InterfaceKind::Bridge { bridge } => check_plain("a bridge name", bridge)?,
+            InterfaceKind::Network { network } => check_plain("a network name", network)?,
+            InterfaceKind::User => {}
         }
         opt("an interface model", &interface.model)?;
         if let Some(port) = &interface.virtualport {

@@ -46,6 +46,7 @@ mod devices;
 mod export;
 mod export_guest;
 pub(crate) mod guest_devices;
+mod hotplug;
 mod import;
 mod netdisk;
 pub(crate) mod platform;
@@ -59,6 +60,7 @@ use thiserror::Error;
 
 pub use crate::validate::{validate, ValidationError};
 pub use export::to_xml;
+pub use hotplug::{parse_device, HotDevice};
 pub use import::parse_domain;
 
 /// Why a domain XML document was refused.

@@ -93,9 +93,17 @@ impl Validity {
     }
 }
 
-fn dn(cn: &str) -> DistinguishedName {
+/// The organizational unit of host certificates: a client certificate
+/// carrying it is a cluster host named by its CN (see
+/// [`crate::tls::PeerIdentity`]); only the CA can put it there.
+pub const HOST_OU: &str = "Tern hosts";
+
+fn dn(cn: &str, host: bool) -> DistinguishedName {
     let mut d = DistinguishedName::new();
     d.push(DnType::OrganizationName, "Tern");
+    if host {
+        d.push(DnType::OrganizationalUnitName, HOST_OU);
+    }
     d.push(DnType::CommonName, cn);
     d
 }
@@ -109,7 +117,7 @@ pub fn init_ca(dir: &PkiDir, cn: &str, validity: Validity) -> Result<(), IssueEr
     }
     let key = KeyPair::generate().map_err(IssueError::Generate)?;
     let mut p = CertificateParams::default();
-    p.distinguished_name = dn(cn);
+    p.distinguished_name = dn(cn, false);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -128,6 +136,8 @@ pub fn init_ca(dir: &PkiDir, cn: &str, validity: Validity) -> Result<(), IssueEr
 enum Role {
     Server,
     Client,
+    /// A client certificate naming a cluster host.
+    Host,
 }
 
 /// Issues `out/servercert.pem` and `out/private/serverkey.pem` for `host`
@@ -153,6 +163,18 @@ pub fn issue_client(
     issue(ca, out, name, Role::Client, validity)
 }
 
+/// Issues a host's client certificate (`out/clientcert.pem`): CN `name`
+/// and OU [`HOST_OU`]. The controller accepts reports only for the host
+/// this certificate names; agents present it to each other and to QEMU.
+pub fn issue_host(
+    ca: &PkiDir,
+    out: &PkiDir,
+    name: &str,
+    validity: Validity,
+) -> Result<(), IssueError> {
+    issue(ca, out, name, Role::Host, validity)
+}
+
 fn issue(
     ca: &PkiDir,
     out: &PkiDir,
@@ -176,12 +198,12 @@ fn issue(
             p.subject_alt_names = vec![san];
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         }
-        Role::Client => {
+        Role::Client | Role::Host => {
             check_plain_name(name, "client name")?;
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
     }
-    p.distinguished_name = dn(name);
+    p.distinguished_name = dn(name, role == Role::Host);
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -209,7 +231,7 @@ fn issue(
         .map_err(IssueError::Generate)?;
     let (cert_path, key_path) = match role {
         Role::Server => (out.server_cert(), out.server_key()),
-        Role::Client => (out.client_cert(), out.client_key()),
+        Role::Client | Role::Host => (out.client_cert(), out.client_key()),
     };
     write_private(out, &key_path, &key.serialize_pem())?;
     write_public(&cert_path, &cert.pem())?;

@@ -21,8 +21,12 @@
 
 pub mod issue;
 pub mod layout;
+pub mod names;
 pub mod tls;
 
-pub use issue::{init_ca, issue_client, issue_server, IssueError, Validity};
+pub use issue::{init_ca, issue_client, issue_host, issue_server, IssueError, Validity, HOST_OU};
 pub use layout::{PkiDir, DEFAULT_PKI_DIR, PKI_DIR_ENV};
-pub use tls::{client_config, explain_tls_failure, peer_common_name, server_config, TlsError};
+pub use tls::{
+    client_config, explain_tls_failure, peer_common_name, peer_identity, server_config,
+    PeerIdentity, TlsError,
+};

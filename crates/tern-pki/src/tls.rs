@@ -142,6 +142,32 @@ pub fn server_config(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// As [`server_config`], but a client certificate is asked for, not
+/// required (the web console: browsers without one log in with a password).
+pub fn server_config_optional_client(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = load_roots(dir)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: dir.ca_cert(),
+            message: e.to_string(),
+        })?;
+    let chain = load_certs(&dir.server_cert())?;
+    let key = load_key(&dir.server_key())?;
+    let cfg_err = |source| TlsError::Config {
+        dir: dir.root().to_path_buf(),
+        source,
+    };
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cfg_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(cfg_err)?;
+    Ok(Arc::new(cfg))
+}
+
 /// A client configuration from `dir`: trusts `cacert.pem` and presents
 /// `clientcert.pem`.
 pub fn client_config(dir: &PkiDir) -> Result<Arc<ClientConfig>, TlsError> {
@@ -189,6 +215,84 @@ pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> 
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
+}
+
+/// Who a verified peer certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The common name.
+    pub cn: String,
+    /// Whether the certificate is a host's (OU [`crate::issue::HOST_OU`]).
+    pub host: bool,
+    /// The subject as QEMU's `tls-authz` compares it: GnuTLS's
+    /// `gnutls_x509_crt_get_dn` string, attributes in certificate order
+    /// (`O=Tern,OU=Tern hosts,CN=a`; QEMU 10 prints it so when it denies).
+    pub dn: String,
+}
+
+/// The identity in the peer's end-entity certificate, if it has a CN.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
+    let der = certs?.first()?;
+    identity_of(der.as_ref())
+}
+
+/// The identity in one DER certificate.
+pub fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let host = subject
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().ok() == Some(crate::issue::HOST_OU));
+    Some(PeerIdentity {
+        cn,
+        host,
+        dn: gnutls_dn(subject),
+    })
+}
+
+/// The identity of the first certificate of a PEM file (this host's own
+/// `clientcert.pem`, say).
+pub fn identity_of_file(path: &Path) -> Result<PeerIdentity, TlsError> {
+    let certs = load_certs(path)?;
+    identity_of(certs[0].as_ref()).ok_or_else(|| TlsError::Empty {
+        path: path.to_path_buf(),
+        what: "certificate with a common name",
+    })
+}
+
+/// A subject as GnuTLS's `gnutls_x509_crt_get_dn` writes it: attributes
+/// in certificate order, `,` between them, special characters escaped.
+fn gnutls_dn(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for rdn in name.iter() {
+        for a in rdn.iter() {
+            let key = match a.attr_type().to_id_string().as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.11" => "OU",
+                "2.5.4.10" => "O",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                other => return format!("unsupported attribute {other}"),
+            };
+            let v = a.as_str().unwrap_or("");
+            let mut esc = String::new();
+            for (i, c) in v.chars().enumerate() {
+                if ",+\"<>;=".contains(c) || (i == 0 && (c == '#' || c == ' ')) {
+                    esc.push('\\');
+                }
+                esc.push(c);
+            }
+            parts.push(format!("{key}={esc}"));
+        }
+    }
+    parts.join(",")
 }
 
 /// Which end of a handshake is explaining a failure: the same rustls error

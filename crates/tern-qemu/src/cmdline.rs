@@ -7,6 +7,7 @@
 //! the [`LaunchSpec`].
 
 mod devices;
+pub mod hotplug;
 mod platform;
 
 pub use devices::{channel_socket, swtpm_socket};

@@ -93,6 +93,11 @@ pub enum Rejection<'a> {
         /// Candidate's.
         candidate: Text<'a>,
     },
+    /// The host's QEMU lacks the guest's machine type.
+    MachineType {
+        /// The guest's machine type.
+        machine: Text<'a>,
+    },
     /// The host already receives as many migrations as allowed.
     InboundLimit {
         /// The limit.
@@ -148,6 +153,10 @@ impl fmt::Display for Rejection<'_> {
             Rejection::QemuOlder { source, candidate } => {
                 write!(f, "QEMU {candidate} is older than the source's {source}")
             }
+            Rejection::MachineType { machine } => write!(
+                f,
+                "its QEMU lacks the guest's machine type {machine}"
+            ),
             Rejection::InboundLimit { limit } => {
                 write!(
                     f,
@@ -202,6 +211,9 @@ impl Rejection<'_> {
                 source: o(source),
                 candidate: o(candidate),
             },
+            Rejection::MachineType { machine } => Rejection::MachineType {
+                machine: o(machine),
+            },
             Rejection::InboundLimit { limit } => Rejection::InboundLimit { limit },
         }
     }
@@ -228,6 +240,7 @@ pub const FILTERS: &[Filter] = &[
     kernel,
     page_size,
     qemu_version,
+    machine_type,
 ];
 
 /// Runs every filter; the first rejection wins.
@@ -456,6 +469,24 @@ pub fn qemu_version<'a>(
         source: Cow::Borrowed(&src.qemu_version),
         candidate: Cow::Borrowed(&c.qemu_version),
     })
+}
+
+/// Any move: the host's QEMU offers the guest's machine type (a guest
+/// keeps its versioned machine across hosts, so an older QEMU may lack it).
+pub fn machine_type<'a>(
+    _: &'a MoveRequest,
+    s: &'a ServerView,
+    _: Option<&'a HostView>,
+    c: &'a HostView,
+) -> Result<(), Rejection<'a>> {
+    match &s.machine {
+        Some(m) if !c.machines.is_empty() && !c.machines.iter().any(|x| x == m) => {
+            Err(Rejection::MachineType {
+                machine: Cow::Borrowed(m),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// "7.2.22" → [7, 2, 22]; anything after the numbers ("(Debian ...)") is ignored.

@@ -43,6 +43,9 @@ pub struct HostView {
     pub pools: Vec<PoolView>,
     /// Networks (bridge names) guests can attach to.
     pub networks: Vec<String>,
+    /// Machine types its QEMU offers (empty: not reported, not checked).
+    #[serde(default)]
+    pub machines: Vec<String>,
     /// Migrations arriving now.
     pub inbound: u32,
     /// Migrations leaving now.
@@ -90,6 +93,9 @@ pub struct ServerView {
     pub disks: Vec<DiskNeed>,
     /// Networks it attaches to.
     pub networks: Vec<String>,
+    /// Its machine type, e.g. `pc-q35-10.0`.
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 /// Which kind of move is planned; the live checks apply to `Live` only.

@@ -67,6 +67,7 @@ pub fn hosts(n: usize, seed: u64) -> Vec<HostView> {
                     },
                 ],
                 networks: vec!["br0".into(), "br-storage".into()],
+                machines: vec!["pc-q35-10.0".into(), "q35".into()],
                 inbound: r.below(3) as u32,
                 outbound: r.below(3) as u32,
             }
@@ -94,5 +95,6 @@ pub fn server(host: &str) -> ServerView {
             },
         ],
         networks: vec!["br0".into()],
+        machine: Some("pc-q35-10.0".into()),
     }
 }

@@ -26,6 +26,7 @@ fn host(name: &str) -> HostView {
             },
         ],
         networks: vec!["br0".into()],
+        machines: vec!["pc-q35-10.0".into(), "pc-q35-7.2".into(), "q35".into()],
         inbound: 0,
         outbound: 0,
     }
@@ -43,6 +44,7 @@ fn server(on: &str) -> ServerView {
             bytes: 1 << 30,
         }],
         networks: vec!["br0".into()],
+        machine: Some("pc-q35-10.0".into()),
     }
 }
 
@@ -149,6 +151,21 @@ fn network_must_exist() {
             network: "br0".into()
         })
     );
+}
+
+#[test]
+fn the_machine_type_must_be_offered() {
+    let mut b = host("b");
+    b.machines = vec!["pc-q35-7.2".into(), "q35".into()];
+    assert_eq!(
+        reject(&live(), &server("a"), &host("a"), &b),
+        Some(Rejection::MachineType {
+            machine: "pc-q35-10.0".into()
+        })
+    );
+    // A host that does not report its machines is not judged on them.
+    b.machines.clear();
+    assert_eq!(reject(&live(), &server("a"), &host("a"), &b), None);
 }
 
 #[test]

@@ -1,8 +1,36 @@
 //! Test controllers: a `tern-controller` on a free loopback port, and
 //! agents that join it. Dropping a [`TestController`] kills the process.
+//!
+//! Every controller gets its own CA ([`TestPki`]) and runs on mutual TLS as
+//! in production: its own server and client certificates, an operator
+//! `admin` (read-write, what [`TestController::tern`] uses) and `viewer`
+//! (read-only, `--tls-readonly-dn viewer`); agents that join get a server
+//! certificate for their address and a host certificate for their name.
 
 use crate::free_port;
 use crate::host::{bin, HostOptions, TernHost};
+use crate::pki::TestPki;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// The CA of each etcd store's controllers, while any of them lives.
+static SHARED_CA: Mutex<Option<HashMap<String, Weak<TestPki>>>> = Mutex::new(None);
+
+/// The CA for a controller on `store`: one per etcd store, a new one for
+/// every embedded store.
+fn ca_for(store: &Option<String>) -> Arc<TestPki> {
+    let Some(store) = store else {
+        return Arc::new(TestPki::new());
+    };
+    let mut g = SHARED_CA.lock().unwrap_or_else(|p| p.into_inner());
+    let map = g.get_or_insert_with(HashMap::new);
+    if let Some(p) = map.get(store).and_then(Weak::upgrade) {
+        return p;
+    }
+    let p = Arc::new(TestPki::new());
+    map.insert(store.clone(), Arc::downgrade(&p));
+    p
+}
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,8 +38,13 @@ use std::time::{Duration, Instant};
 /// A running `tern-controller`.
 #[derive(Debug)]
 pub struct TestController {
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT`.
     pub url: String,
+    /// The cluster's CA and certificates (shared by controllers of one
+    /// etcd store, whose agents join them all).
+    pub pki: Arc<TestPki>,
+    /// The controller's own certificates (`--pki-dir`).
+    pki_dir: PathBuf,
     /// `file:DIR` or `etcd:URL`.
     pub store: String,
     /// Its log.
@@ -54,13 +87,22 @@ impl TestController {
             .prefix("tern-ctl-")
             .tempdir()
             .expect("temp dir");
+        let pki = ca_for(&store);
         let store = store.unwrap_or_else(|| format!("file:{}", tmp.path().join("store").display()));
         let (netns, listen) = match at {
             Some((ns, listen)) => (Some(ns), listen),
             None => (None, format!("127.0.0.1:{}", free_port())),
         };
+        let (ip, port) = listen.rsplit_once(':').unwrap_or(("127.0.0.1", "0"));
+        let own = format!("controller-{port}");
+        let pki_dir = pki.server(&own, ip);
+        pki.client(&own, "tern-controller");
+        pki.client("admin", "admin");
+        pki.client("viewer", "viewer");
         let mut c = TestController {
-            url: format!("http://{listen}"),
+            url: format!("https://{listen}"),
+            pki,
+            pki_dir,
             netns,
             store,
             log: tmp.path().join("controller.log"),
@@ -78,10 +120,13 @@ impl TestController {
             .append(true)
             .open(&self.log)
             .expect("controller log");
-        let listen = self.url.trim_start_matches("http://").to_string();
+        let listen = self.url.trim_start_matches("https://").to_string();
         let child = self
             .command(bin("tern-controller"))
             .args(["--listen", &listen, "--store", &self.store])
+            .arg("--pki-dir")
+            .arg(&self.pki_dir)
+            .args(["--tls-readonly-dn", "viewer"])
             .args(&self.args)
             .env("TERN_CONTROLLER_LOG", "info,tern_controller=debug")
             .stdin(Stdio::null())
@@ -137,14 +182,21 @@ impl TestController {
         }
     }
 
-    /// Runs `tern --controller URL ARGS...`.
+    /// Runs `tern --controller URL ARGS...` as the operator `admin`.
     pub fn tern(&self, args: &[&str]) -> Output {
+        self.tern_as(&self.pki.dir("admin"), args)
+    }
+
+    /// Runs `tern --controller URL ARGS...` with the certificates in
+    /// `pki_dir` (`TERN_PKI_DIR`): another identity, another CA, or none.
+    pub fn tern_as(&self, pki_dir: &std::path::Path, args: &[&str]) -> Output {
         self.command(bin("tern"))
             .arg("--controller")
             .arg(&self.url)
             .args(args)
             .env_remove("TERN_DEFAULT_URI")
             .env_remove("TERN_CONTROLLER")
+            .env("TERN_PKI_DIR", pki_dir)
             .output()
             .expect("run tern")
     }
@@ -221,8 +273,11 @@ impl TestController {
         Self::join(controllers, opts)
     }
 
-    /// Starts an agent with `opts` (plus a plain TCP listener) that joins
-    /// `controllers` under the name `opts.name`.
+    /// Starts an agent with `opts` that joins `controllers` under the name
+    /// `opts.name`, on mutual TLS with certificates of the first
+    /// controller's CA: its API on `--listen-tls` (at `opts.listen`'s
+    /// address, port 16714, when given, which then replaces the plain TCP
+    /// listener; else on a free loopback port).
     pub fn join(controllers: &[&TestController], mut opts: HostOptions) -> TernHost {
         let urls: Vec<&str> = controllers.iter().map(|c| c.url.as_str()).collect();
         opts.extra_args.extend([
@@ -231,11 +286,19 @@ impl TestController {
             "--host-name".into(),
             opts.name.clone(),
         ]);
-        opts.listen = Some(
-            format!("127.0.0.1:{}", free_port())
+        let addr: std::net::SocketAddr = match opts.listen.take() {
+            Some(a) => (a.ip(), 16714).into(),
+            None => format!("127.0.0.1:{}", free_port())
                 .parse()
                 .expect("address"),
-        );
+        };
+        opts.listen_tls = Some(addr);
+        let pki = &controllers.first().expect("a controller").pki;
+        opts.pki_dir = Some(pki.cluster_agent(
+            &format!("host-{}", opts.name),
+            &addr.ip().to_string(),
+            &opts.name,
+        ));
         TernHost::start_with(opts)
     }
 }

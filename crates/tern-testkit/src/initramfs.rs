@@ -28,11 +28,13 @@ done
 ip=
 gw=
 wd=
+nh=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         tern.ip=*) ip="${{arg#tern.ip=}}" ;;
         tern.gw=*) gw="${{arg#tern.gw=}}" ;;
         tern.watchdog_stall=*) wd="${{arg#tern.watchdog_stall=}}" ;;
+        tern.net_hotplug=1) nh=1 ;;
     esac
 done
 # The guest's wall clock as its kernel set it from the RTC at boot.
@@ -46,7 +48,16 @@ if [ -n "$wd" ] && [ -e /dev/watchdog ]; then
     (sleep "$wd"; kill -STOP "$wdpid"; echo "TERN-WATCHDOG stalled") &
 fi
 ip link set lo up
-if [ -n "$ip" ]; then
+if [ -n "$ip" ] && [ -n "$nh" ]; then
+    # tern.net_hotplug=1: the NIC arrives later (attach-interface).
+    case "$ip" in */*) ;; *) ip="$ip/24" ;; esac
+    (while [ ! -e /sys/class/net/eth0 ]; do sleep 0.2; done
+     if ip addr add "$ip" dev eth0 && ip link set eth0 up; then
+         echo "TERN-NET eth0 up $ip" >/dev/console
+     else
+         echo "TERN-FAIL init cannot configure the attached eth0 with $ip" >/dev/console
+     fi) &
+elif [ -n "$ip" ]; then
     case "$ip" in */*) ;; *) ip="$ip/24" ;; esac
     n=0
     while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done

@@ -32,13 +32,22 @@ impl Which {
     }
 }
 
-/// Two hosts sharing the pool `shared`.
+/// Two hosts sharing the pool `shared`: on loopback, or each in a network
+/// namespace of a [`crate::Lab`] so that a test can cut the link between
+/// them. Fields drop in order: agents (and their QEMUs) first, the
+/// namespaces last.
 pub struct HostPair {
     /// The first host.
     pub a: TernHost,
     /// The second host.
     pub b: TernHost,
     pool: tempfile::TempDir,
+    /// The directories of the hosts' local pools, once added.
+    local: Vec<tempfile::TempDir>,
+    /// With [`HostPair::start_in_lab`]: the namespaces, where agents talk
+    /// to each other and the driver runs in namespace C, all over TCP, so
+    /// a cut link parts B from both.
+    lab: Option<crate::Lab>,
 }
 
 impl HostPair {
@@ -57,12 +66,75 @@ impl HostPair {
         let b = TernHost::start_with(opts("b", b_args));
         a.add_pool("shared", pool.path(), true);
         b.add_pool("shared", pool.path(), true);
-        HostPair { a, b, pool }
+        HostPair {
+            a,
+            b,
+            pool,
+            local: Vec::new(),
+            lab: None,
+        }
+    }
+
+    /// Starts both agents in the namespaces of a new lab (needs root):
+    /// the API on each one's lab address, migrations on the a–b link.
+    pub fn start_in_lab(name: &str, a_args: &[&str], b_args: &[&str]) -> HostPair {
+        let lab = crate::Lab::start();
+        let pool = tempfile::Builder::new()
+            .prefix("tern-shared-")
+            .tempdir()
+            .expect("shared pool dir");
+        let start = |side: crate::Side, suffix: &str, args: &[&str]| {
+            let mut o = lab.host_options(side, &format!("{name}-{suffix}"));
+            o.extra_args.extend(args.iter().map(|s| s.to_string()));
+            TernHost::start_with(o)
+        };
+        let a = start(crate::Side::A, "a", a_args);
+        let b = start(crate::Side::B, "b", b_args);
+        a.add_pool("shared", pool.path(), true);
+        b.add_pool("shared", pool.path(), true);
+        HostPair {
+            a,
+            b,
+            pool,
+            local: Vec::new(),
+            lab: Some(lab),
+        }
+    }
+
+    /// The lab, for a pair started with [`HostPair::start_in_lab`].
+    pub fn lab(&self) -> &crate::Lab {
+        self.lab
+            .as_ref()
+            .expect("this pair runs on loopback; start it with start_in_lab")
     }
 
     /// The shared pool's directory.
     pub fn pool_dir(&self) -> &Path {
         self.pool.path()
+    }
+
+    /// Gives each host a local (not shared) pool "images" of its own, for
+    /// migrations that copy storage; returns their directories (A, B).
+    pub fn add_local_pools(&mut self) -> (PathBuf, PathBuf) {
+        let mk = |side: &str| {
+            tempfile::Builder::new()
+                .prefix(&format!("tern-i{side}-"))
+                .tempdir()
+                .expect("local pool dir")
+        };
+        let (da, db) = (mk("a"), mk("b"));
+        self.a.add_pool("images", da.path(), false);
+        self.b.add_pool("images", db.path(), false);
+        let dirs = (da.path().to_path_buf(), db.path().to_path_buf());
+        self.local.extend([da, db]);
+        dirs
+    }
+
+    /// Boots a guest on A whose disk is a volume of A's local pool
+    /// "images" (see [`HostPair::add_local_pools`]), `disk_mb` MiB of which
+    /// the guest keeps writing and verifying.
+    pub fn boot_local(&self, name: &str, workload: &str, disk_mb: u64) -> GuestSpec {
+        boot_guest_in(&self.a, "images", name, workload, disk_mb, None)
     }
 
     /// One of the hosts.
@@ -88,15 +160,28 @@ impl HostPair {
         boot_guest(&self.a, name, workload)
     }
 
-    /// `tern -c FROM migrate FLAGS NAME TO`, as a command to run.
+    /// `tern -c FROM migrate FLAGS NAME TO`, as a command to run: on
+    /// this machine with the agents' local sockets, or, in a lab, from
+    /// namespace C with their TCP addresses.
     pub fn migrate_cmd(&self, from: Which, name: &str, flags: &[&str]) -> Command {
-        let mut c = Command::new(bin("tern"));
+        let (mut c, src, dst) = match &self.lab {
+            None => (
+                Command::new(bin("tern")),
+                self.host(from).uri(),
+                self.host(from.other()).uri(),
+            ),
+            Some(lab) => (
+                lab.cmd(crate::Side::C, &bin("tern").to_string_lossy()),
+                lab.tcp_uri(side(from)),
+                lab.tcp_uri(side(from.other())),
+            ),
+        };
         c.arg("-c")
-            .arg(self.host(from).uri())
+            .arg(src)
             .arg("migrate")
             .args(flags)
             .arg(name)
-            .arg(self.host(from.other()).uri());
+            .arg(dst);
         c
     }
 
@@ -255,6 +340,14 @@ impl HostPair {
     }
 }
 
+/// The lab side of a host.
+fn side(w: Which) -> crate::Side {
+    match w {
+        Which::A => crate::Side::A,
+        Which::B => crate::Side::B,
+    }
+}
+
 /// Defines a guest with a 16 MiB disk in `h`'s pool `shared`, starts it
 /// with `workload` (the test guest's kernel arguments) and waits until it
 /// reports ready.
@@ -271,12 +364,27 @@ pub fn boot_guest_sized(
     workload: &str,
     memory_mib: Option<u64>,
 ) -> GuestSpec {
+    boot_guest_in(h, "shared", name, workload, 4, memory_mib)
+}
+
+/// Defines a guest with a raw disk in pool `pool` of `h` (`disk_mb` MiB
+/// of it written and verified by the guest), starts it and waits until
+/// it reports ready.
+pub fn boot_guest_in(
+    h: &TernHost,
+    pool: &str,
+    name: &str,
+    workload: &str,
+    disk_mb: u64,
+    memory_mib: Option<u64>,
+) -> GuestSpec {
     let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
     let vol = format!("{name}.raw");
-    h.ok(&["vol-create-as", "shared", &vol, "16M"]);
-    let path = h.ok(&["vol-path", &vol, "--pool", "shared"]);
+    let size = format!("{}M", (disk_mb * 2).max(16));
+    h.ok(&["vol-create-as", pool, &vol, &size]);
+    let path = h.ok(&["vol-path", &vol, "--pool", pool]);
     let mut spec = GuestSpec::new(name, &img).workload(&format!(
-        "{workload} tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32"
+        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
     ));
     spec.disks.push(TestDisk {
         path: path.trim().into(),
@@ -394,6 +502,24 @@ pub fn wait_job_active(h: &TernHost, name: &str) {
     }
 }
 
+/// Waits until a migration's disk mirrors have copied something but not
+/// everything: the moment to strike a `--copy-storage-all` migration.
+pub fn wait_mirror_active(h: &TernHost, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = h.tern(&["domjobinfo", name, "--json"]);
+        if let Ok(j) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+            let done = j["disk_processed"].as_u64().unwrap_or(0);
+            let total = j["disk_total"].as_u64().unwrap_or(0);
+            if j["kind"] == "unbounded" && done > 0 && done < total {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the disk mirror never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A fault point an agent was started with (`--fault-stop-at POINT`).
 pub struct FaultPoint {
     marker: PathBuf,
@@ -453,16 +579,8 @@ pub struct FullDir {
 impl FullDir {
     /// Mounts and fills; panics if that cannot be done.
     pub fn over(path: &Path) -> FullDir {
-        std::fs::create_dir_all(path).expect("create the directory to fill");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k", "tern-full"])
-            .arg(path)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "cannot mount a tmpfs over {}", path.display());
-        let full = FullDir {
-            path: path.to_path_buf(),
-        };
+        let full = FullDir::small(path, 64);
+        let path = &full.path;
         let filler = path.join("filler");
         let chunk = vec![0u8; 4096];
         let mut f = std::fs::File::create(&filler).expect("create filler");
@@ -470,6 +588,21 @@ impl FullDir {
         while f.write_all(&chunk).is_ok() {}
         let _ = f.sync_all();
         full
+    }
+
+    /// Mounts an empty tmpfs of `kib` KiB over `path`: it fills as it is
+    /// written (a pool that runs out of space half-way through a copy).
+    pub fn small(path: &Path, kib: u64) -> FullDir {
+        std::fs::create_dir_all(path).expect("create the directory to fill");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tern-full"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "cannot mount a tmpfs over {}", path.display());
+        FullDir {
+            path: path.to_path_buf(),
+        }
     }
 }
 

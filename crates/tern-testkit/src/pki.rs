@@ -81,6 +81,29 @@ impl TestPki {
         out
     }
 
+    /// Issues a cluster host's certificate (`tern pki issue-host HOST`:
+    /// CN `host` and the host mark) into `dir(name)`; returns it.
+    pub fn host(&self, name: &str, host: &str) -> PathBuf {
+        let out = self.dir(name);
+        let ca = self.ca();
+        self.run(&[
+            "issue-host",
+            host,
+            "--dir",
+            self.s(&ca),
+            "--out",
+            self.s(&out),
+        ]);
+        out
+    }
+
+    /// A cluster agent's directory: a server certificate for `addr` and
+    /// the host certificate of `host`.
+    pub fn cluster_agent(&self, name: &str, addr: &str, host: &str) -> PathBuf {
+        self.server(name, addr);
+        self.host(name, host)
+    }
+
     /// An agent's directory: a server certificate for `host` and a client
     /// certificate named `cn` (presented when it calls other agents).
     pub fn agent(&self, name: &str, host: &str, cn: &str) -> PathBuf {

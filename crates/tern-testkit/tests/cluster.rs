@@ -494,20 +494,9 @@ fn a_host_shutting_down_moves_its_running_servers_away_first() {
 
 #[test]
 fn enable_tls_migrates_over_qemus_tls() {
-    let pki = tern_testkit::pki::TestPki::new();
     let c = TestController::file(&[]);
-    let join = |name: &str| {
-        TestController::join(
-            &[&c],
-            tern_testkit::HostOptions {
-                name: name.into(),
-                pki_dir: Some(pki.agent(name, "127.0.0.1", &format!("host-{name}"))),
-                ..Default::default()
-            },
-        )
-    };
-    let a = join("a");
-    let b = join("b");
+    let a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
     let _pool = shared_pool(&[&a, &b]);
     boot(&a, "vm", Some("shared"), 128);
     wait_server(&c, "vm", "a", "running");
@@ -519,6 +508,31 @@ fn enable_tls_migrates_over_qemus_tls() {
     wait_heartbeats(&b, "vm");
     let ev = a.ok(&["domjobevents", "vm"]);
     assert!(ev.contains("over QEMU's TLS"), "{ev}");
+}
+
+/// `--migration-tls`: the cluster setting encrypts a migration whose
+/// request did not ask for it.
+#[test]
+fn the_migration_tls_cluster_setting_encrypts_every_live_migration() {
+    let c = TestController::file(&["--migration-tls"]);
+    let a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let _pool = shared_pool(&[&a, &b]);
+    boot(&a, "vm", Some("shared"), 128);
+    wait_server(&c, "vm", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    c.ok(&["server-live-migrate", "vm", "--wait"]);
+    wait_server(&c, "vm", "b", "running");
+    wait_heartbeats(&b, "vm");
+    let ev = a.ok(&["domjobevents", "vm"]);
+    assert!(ev.contains("over QEMU's TLS"), "{ev}");
+    let ev = b.ok(&["domjobevents", "vm"]);
+    assert!(
+        ev.contains("only O=Tern,OU=Tern hosts,CN=a may connect"),
+        "{ev}"
+    );
 }
 
 /// Starts a slow live migration of `vm` from `a` and waits until it moves memory.

@@ -12,7 +12,8 @@
 
 use std::process::Child;
 use std::time::{Duration, Instant};
-use tern_testkit::pair::{interrupt, kill9, wait_job_active};
+use tern_testkit::netns::skip_unless_root;
+use tern_testkit::pair::{interrupt, kill9, try_state, wait_job_active, wait_mirror_active};
 use tern_testkit::{FaultPoint, HostPair, Which};
 
 /// What goes wrong.
@@ -26,7 +27,15 @@ enum Fault {
     KillDriver,
     /// Ctrl-C on `tern migrate`.
     CtrlC,
+    /// The a–b link goes down for [`CUT_FOR`], in a lab where the agents
+    /// and the driver (in namespace C) talk over TCP: B is parted from
+    /// both.
+    CutLink,
 }
+
+/// How long a cut link stays down: longer than the orphan timeout, so
+/// both sides act on their own before they can talk again.
+const CUT_FOR: Duration = Duration::from_secs(8);
 
 /// When it goes wrong.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +46,41 @@ enum Moment {
     Precopy,
     /// The same, in a `--p2p` migration (the source agent drives).
     PrecopyP2p,
+    /// A `--copy-storage-all` migration of a guest on a local disk, while
+    /// the disk mirror runs (capped at 4 MiB/s).
+    Mirror,
+    /// Post-copy, once the destination runs the guest: a guest dirtying
+    /// 40 MiB/s, switched after one pre-copy pass, pages pulled at 4 MiB/s.
+    Postcopy,
+}
+
+/// The flags of a second migration after the fault.
+fn again_flags(m: Moment) -> &'static [&'static str] {
+    match m {
+        Moment::Mirror => &["--live", "--copy-storage-all"],
+        Moment::Postcopy => &["--live", "--postcopy", "--postcopy-after-precopy"],
+        _ => &["--live"],
+    }
+}
+
+/// The migration flags of a moment (also those of the second migration).
+fn flags(m: Moment) -> &'static [&'static str] {
+    match m {
+        Moment::Precopy => &["--live", "--bandwidth", "16"],
+        Moment::PrecopyP2p => &["--live", "--p2p", "--bandwidth", "16"],
+        Moment::Mirror => &["--live", "--copy-storage-all", "--bandwidth", "4"],
+        Moment::Postcopy => &[
+            "--live",
+            "--postcopy",
+            "--postcopy-after-precopy",
+            "--no-policy",
+            "--bandwidth",
+            "20",
+            "--postcopy-bandwidth",
+            "4",
+        ],
+        Moment::Point(..) => &["--live"],
+    }
 }
 
 struct Cell {
@@ -50,6 +94,9 @@ struct Cell {
 const ORPHAN: &[&str] = &["--orphan-timeout", "3"];
 
 fn run(cell: &Cell) {
+    if matches!(cell.fault, Fault::CutLink) && skip_unless_root(cell.name) {
+        return;
+    }
     let mut a_args: Vec<&str> = ORPHAN.to_vec();
     let mut b_args: Vec<&str> = ORPHAN.to_vec();
     if let Moment::Point(w, point) = cell.moment {
@@ -59,7 +106,11 @@ fn run(cell: &Cell) {
         };
         args.extend(["--fault-stop-at", point]);
     }
-    let mut p = HostPair::start(&cell.name[..cell.name.len().min(24)], &a_args, &b_args);
+    let short = &cell.name[..cell.name.len().min(24)];
+    let mut p = match cell.fault {
+        Fault::CutLink => HostPair::start_in_lab(short, &a_args, &b_args),
+        _ => HostPair::start(short, &a_args, &b_args),
+    };
     // Initials keep QEMU's socket paths under 108 bytes.
     let name: String = cell
         .name
@@ -67,13 +118,16 @@ fn run(cell: &Cell) {
         .filter_map(|w| w.chars().next())
         .collect();
     let name = &format!("fm-{name}");
-    p.boot(name, "tern.mem=48 tern.dirty=0");
-    let flags: &[&str] = match cell.moment {
-        Moment::Precopy => &["--live", "--bandwidth", "16"],
-        Moment::PrecopyP2p => &["--live", "--p2p", "--bandwidth", "16"],
-        Moment::Point(..) => &["--live"],
-    };
-    let mut driver = p.migrate_bg(Which::A, name, flags);
+    let mirror = matches!(cell.moment, Moment::Mirror);
+    if mirror {
+        p.add_local_pools();
+        p.boot_local(name, "tern.mem=48 tern.dirty=0", 16);
+    } else if let Moment::Postcopy = cell.moment {
+        p.boot(name, "tern.mem=64 tern.dirty=40 tern.verify_rate=32");
+    } else {
+        p.boot(name, "tern.mem=48 tern.dirty=0");
+    }
+    let mut driver = p.migrate_bg(Which::A, name, flags(cell.moment));
     let point = match cell.moment {
         Moment::Point(w, pt) => {
             let fp = FaultPoint::of(p.host(w), pt);
@@ -82,6 +136,14 @@ fn run(cell: &Cell) {
         }
         Moment::Precopy | Moment::PrecopyP2p => {
             wait_job_active(&p.a, name);
+            None
+        }
+        Moment::Mirror => {
+            wait_mirror_active(&p.a, name);
+            None
+        }
+        Moment::Postcopy => {
+            wait_postcopy_running(&p, name);
             None
         }
     };
@@ -96,16 +158,35 @@ fn run(cell: &Cell) {
             let _ = driver.kill();
         }
         Fault::CtrlC => interrupt(&driver),
+        Fault::CutLink => p.lab().cut_link(),
     }
     if let Some(fp) = &point {
         fp.release();
+    }
+    if let Fault::CutLink = cell.fault {
+        std::thread::sleep(CUT_FOR);
+        p.lab().restore_link();
     }
     let out = wait_child(&mut driver, Duration::from_secs(120));
     println!("{}: driver said: {out}", cell.name);
     p.wait_settled_on(cell.expect, name, Duration::from_secs(90));
     p.assert_guest_whole_on(cell.expect, name);
+    let vol = format!("{name}.raw");
+    match (mirror, cell.expect) {
+        (true, Which::A) => {
+            // The rolled-back destination deleted the volume it created.
+            let vols = p.b.ok(&["vol-list", "images"]);
+            assert!(!vols.contains(&vol), "{vols}");
+        }
+        (true, Which::B) => {
+            // As with virsh, the source keeps its (now stale) disk; the
+            // way back needs the name free.
+            p.a.ok(&["vol-delete", &vol, "--pool", "images"]);
+        }
+        _ => {}
+    }
     // And it moves again.
-    let again = p.migrate(cell.expect, name, &["--live"]);
+    let again = p.migrate(cell.expect, name, again_flags(cell.moment));
     assert!(
         again.status.success(),
         "{}: second migration failed: {}\n{}",
@@ -121,6 +202,22 @@ fn run(cell: &Cell) {
         .host(cell.expect)
         .ok(&["domjobinfo", name, "--completed", "--json"]);
     assert!(done.contains("\"completed\""), "{done}");
+}
+
+/// Waits until the source's QEMU is in post-copy and the destination runs
+/// the guest (its Finish is done), with pages still to pull.
+fn wait_postcopy_running(p: &HostPair, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = p.a.ok(&["domjobinfo", name, "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
+        let runs = try_state(&p.b, name).is_ok_and(|s| s.starts_with("running"));
+        if j["qemu_status"] == "postcopy-active" && runs {
+            return;
+        }
+        assert!(Instant::now() < deadline, "post-copy never ran: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits for the driver to end (killing it after `timeout`); its exit
@@ -179,6 +276,15 @@ cells! {
     driver_killed_after_prepare: KillDriver, Point(B, "dest-prepared") => A;
     driver_killed_before_cont: KillDriver, Point(B, "dest-before-cont") => B;
     ctrl_c_in_precopy: CtrlC, Precopy => A;
+    link_cut_after_qemu_completed: CutLink, Point(A, "source-completed") => A;
+    link_cut_before_cont: CutLink, Point(B, "dest-before-cont") => B;
+    link_cut_in_confirm: CutLink, Point(A, "source-before-quit") => B;
+    source_agent_killed_in_mirror: KillAgent(A), Mirror => A;
+    dest_agent_killed_in_mirror: KillAgent(B), Mirror => B;
+    dest_qemu_killed_in_mirror: KillQemu(B), Mirror => A;
+    driver_killed_in_mirror: KillDriver, Mirror => B;
+    source_agent_killed_in_postcopy: KillAgent(A), Postcopy => B;
+    dest_agent_killed_in_postcopy: KillAgent(B), Postcopy => B;
 }
 
 /// The destination's state directory is full when Prepare must record the
@@ -240,4 +346,38 @@ fn dest_state_dir_full_in_finish() {
         String::from_utf8_lossy(&again.stderr)
     );
     p.wait_settled_on(Which::A, name, Duration::from_secs(60));
+}
+
+/// The destination's pool has room for the volume Prepare creates (raw
+/// and sparse) but not for what the mirror writes into it: the mirror
+/// fails, the guest keeps running on the source, the destination deletes
+/// the volume it created, and the error names what ran out.
+#[test]
+fn dest_pool_fills_during_mirror() {
+    let mut p = HostPair::start("poolfull", ORPHAN, ORPHAN);
+    let name = "poolfull";
+    let (_, ib) = p.add_local_pools();
+    p.boot_local(name, "tern.mem=48 tern.dirty=0", 16);
+    let full = tern_testkit::pair::FullDir::small(&ib, 2048);
+    let out = p.migrate(Which::A, name, &["--live", "--copy-storage-all"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrated into a full pool");
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
+    p.wait_settled_on(Which::A, name, Duration::from_secs(60));
+    p.assert_guest_whole_on(Which::A, name);
+    let vols = p.b.ok(&["vol-list", "images"]);
+    assert!(!vols.contains(&format!("{name}.raw")), "{vols}");
+    drop(full);
+    let again = p.migrate(Which::A, name, &["--live", "--copy-storage-all"]);
+    assert!(
+        again.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&again.stderr),
+        p.events(name)
+    );
+    p.wait_settled_on(Which::B, name, Duration::from_secs(60));
+    p.assert_guest_whole_on(Which::B, name);
 }

@@ -486,16 +486,7 @@ fn host_down_restarts_the_guest_from_its_nfs_disk_elsewhere() {
     let c = TestController::file_in_netns(&lab.ns(Side::C), lab.host_addr(Side::C), &[]);
     let root = tempfile::tempdir().unwrap();
     let target = root.path().join("nfspool");
-    let join = |side: Side, name: &str| {
-        let mut o = lab.host_options(side, name);
-        o.extra_args.extend([
-            "--controller".to_string(),
-            c.url.clone(),
-            "--host-name".into(),
-            name.into(),
-        ]);
-        TernHost::start_with(o)
-    };
+    let join = |side: Side, name: &str| TestController::join(&[&c], lab.host_options(side, name));
     let mut a = join(Side::A, "a");
     let b = join(Side::B, "b");
     for h in [&a, &b] {
@@ -629,4 +620,45 @@ fn cold_migration_leaves_the_nfs_volume_in_place() {
     );
     assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
     assert!(text.contains("TERN-DISK verified"), "{text}");
+}
+
+/// A volume of the NFS pool attached to a running guest with
+/// `attach-device`, written by the guest, live-migrated over the shared
+/// export and verified on the destination.
+#[test]
+fn a_disk_attached_from_the_nfs_pool_migrates() {
+    let test = "a_disk_attached_from_the_nfs_pool_migrates";
+    if skip(test) {
+        return;
+    }
+    let p = nfs_pair("hn");
+    p.a.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "hot01",
+        "16M",
+        "--format",
+        "raw",
+    ]);
+    let name = "nfshot";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=32 tern.disk=/dev/vda tern.disk_hotplug=1 tern.disk_mb=4");
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", name]);
+    tern_testkit::pair::wait_ready(&p.a, name, 3);
+    let file = p._root.path().join("hot01.xml");
+    std::fs::write(
+        &file,
+        "<disk type='volume' device='disk'><driver name='qemu' type='raw' cache='none'/>\
+         <source pool='nfspool' volume='hot01'/><target dev='vda' bus='virtio'/></disk>",
+    )
+    .unwrap();
+    let out =
+        p.a.ok(&["attach-device", name, file.to_str().unwrap(), "--live"]);
+    assert!(out.contains("attached successfully"), "{out}");
+    wait_disk_ok(&p.a, name, 2);
+    migrate(&p.a, &[], name, &p.b.uri());
+    wait_disk_ok(&p.b, name, 2);
+    assert!(p.b.ok(&["dumpxml", name]).contains("volume='hot01'"));
 }

@@ -37,6 +37,7 @@ fn request(name: &str, disks: Vec<DiskCopy>, o: MigrateOptions) -> PrepareReques
         files: vec![],
         source_uri: None,
         source_name: None,
+        source_tls_identity: None,
     }
 }
 

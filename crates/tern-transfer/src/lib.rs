@@ -133,7 +133,7 @@ mod sender;
 mod session;
 pub mod wire;
 
-pub use checksum::Checksum;
+pub use checksum::{Checksum, MacKey};
 pub use durable::{make_durable, Durability};
 pub use error::{Error, Result};
 pub use extents::{allocated_extents, Extent};

@@ -189,10 +189,11 @@ fn run(
         file,
         hello: hello.clone(),
         compressed,
-        checksum: if hello.flags & wire::FLAG_BLAKE3 != 0 {
-            crate::Checksum::Blake3
-        } else {
-            crate::Checksum::Xxh3
+        checksum: match opts.mac_key {
+            // check_hello made sure the sender uses it.
+            Some(k) => crate::Checksum::Mac(k),
+            None if hello.flags & wire::FLAG_BLAKE3 != 0 => crate::Checksum::Blake3,
+            None => crate::Checksum::Xxh3,
         },
         resumed: resumed || resumed_chunks > 0,
         verify_read_back: opts.verify_read_back,

@@ -63,11 +63,27 @@ pub(crate) fn welcome(s: &mut TcpStream, flags: u16, bitmap: &[u8]) -> std::io::
 
 /// Checks a control Hello against the options; the error text goes back in a Reject.
 pub(crate) fn check_hello(h: &Hello, opts: &ReceiveOptions) -> std::result::Result<(), String> {
-    if h.session != opts.session.0 {
-        return Err(format!(
-            "session {} is not expected here",
-            crate::SessionId(h.session)
-        ));
+    match opts.mac_key {
+        Some(k) => {
+            if h.flags & wire::FLAG_MAC == 0 {
+                return Err("this receiver needs an authenticated (MAC) session".into());
+            }
+            if !crate::checksum::same_tag(&h.session, &k.hello_tag(&opts.session.0, h)) {
+                return Err("the Hello's MAC does not verify: wrong key or session".into());
+            }
+        }
+        None if h.flags & wire::FLAG_MAC != 0 => {
+            return Err(
+                "the sender authenticates with a MAC key this receiver was not given".into(),
+            );
+        }
+        None if h.session != opts.session.0 => {
+            return Err(format!(
+                "session {} is not expected here",
+                crate::SessionId(h.session)
+            ));
+        }
+        None => {}
     }
     if h.stream_index != 0 {
         return Err("a data stream arrived before the control stream".into());

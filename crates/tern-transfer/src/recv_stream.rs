@@ -260,7 +260,7 @@ fn store_chunk(
         false => Error::io(format!("writing {} at offset {at}", rs.dest.display()), e),
     };
     buf.resize(PIECE.max(buf.len()), 0);
-    let mut hasher = ChunkHasher::new(rs.checksum);
+    let mut hasher = ChunkHasher::for_chunk(rs.checksum, h.index, h.offset, u64::from(h.len));
     let (mut used, mut zero_bytes) = (0usize, 0u64);
     for (zero, start, n) in extents::runs(len, h.zero_mask) {
         let at = h.offset + start as u64;
@@ -305,7 +305,7 @@ fn store_chunk(
                 e,
             )
         })?;
-        if rs.checksum.of(readback) != h.hash {
+        if rs.checksum.of_chunk(h.index, h.offset, readback) != h.hash {
             return Err(mismatch());
         }
     }

@@ -75,11 +75,15 @@ pub(crate) fn worker(sh: &Shared, mut s: TcpStream, stream: u16) -> Result<()> {
             sh.file
                 .read_exact_at(data, c.offset)
                 .map_err(|e| read_err(c.offset, e))?;
-            (sh.checksum.of(data), extents::zero_mask(data))
+            (
+                sh.checksum.of_chunk(index as u64, c.offset, data),
+                extents::zero_mask(data),
+            )
         } else {
             // Only hash and zero-scan here, a cache-sized piece at a time; the payload
             // itself goes out with sendfile below.
-            let mut hasher = ChunkHasher::new(sh.checksum);
+            let mut hasher =
+                ChunkHasher::for_chunk(sh.checksum, index as u64, c.offset, u64::from(c.len));
             let mut mask = 0u64;
             for start in (0..c.len as usize).step_by(PIECE) {
                 let piece = &mut buf[..PIECE.min(c.len as usize - start)];

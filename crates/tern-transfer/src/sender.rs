@@ -58,15 +58,19 @@ pub fn send(
     let nstreams = opts
         .streams
         .min(chunk_count.max(1).min(u64::from(u16::MAX)) as u16);
-    let hello = Hello {
+    let checksum = match opts.mac_key {
+        Some(k) => crate::Checksum::Mac(k),
+        None => opts.checksum,
+    };
+    let mut hello = Hello {
         flags: if matches!(opts.compression, Compression::Zstd(_)) {
             wire::FLAG_ZSTD
         } else {
             0
-        } | if opts.checksum == crate::Checksum::Blake3 {
-            wire::FLAG_BLAKE3
-        } else {
-            0
+        } | match checksum {
+            crate::Checksum::Blake3 => wire::FLAG_BLAKE3,
+            crate::Checksum::Mac(_) => wire::FLAG_MAC,
+            crate::Checksum::Xxh3 => 0,
         },
         session: opts.session.0,
         stream_index: 0,
@@ -75,8 +79,11 @@ pub fn send(
         file_size: meta.len(),
         chunk_count,
         data_bytes: plan.data_bytes,
-        fingerprint: extents::fingerprint(&meta, &extents, opts.chunk_size, opts.checksum),
+        fingerprint: extents::fingerprint(&meta, &extents, opts.chunk_size, checksum),
     };
+    if let Some(k) = opts.mac_key {
+        hello.session = k.hello_tag(&opts.session.0, &hello);
+    }
 
     let mut control = connect(&addrs, opts)?;
     let (flags, bitmap) = handshake(&mut control, &hello, 0)?;
@@ -121,7 +128,7 @@ pub fn send(
         chunks: AtomicU64::new(0),
         bucket: opts.rate_limit.map(TokenBucket::new),
         compression,
-        checksum: opts.checksum,
+        checksum,
     });
 
     // The receiver only ever speaks on the control stream: Done, or Error at any time.

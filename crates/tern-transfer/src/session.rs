@@ -95,6 +95,9 @@ pub struct SendOptions {
     pub compression: Compression,
     /// Checksum of every chunk (default XXH3-128).
     pub checksum: crate::Checksum,
+    /// With a key: chunks and the Hello are authenticated with a MAC
+    /// (overrides `checksum`; the receiver must have the same key).
+    pub mac_key: Option<crate::MacKey>,
     /// Wire bytes per second over all streams, `None` for unlimited.
     pub rate_limit: Option<u64>,
     /// Chunk size: a multiple of 64 KiB from 64 KiB to 4 MiB (default 4 MiB).
@@ -117,6 +120,7 @@ impl SendOptions {
             streams: 2,
             compression: Compression::None,
             checksum: crate::Checksum::default(),
+            mac_key: None,
             rate_limit: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             connect_timeout: Duration::from_secs(10),
@@ -132,6 +136,9 @@ impl SendOptions {
 pub struct ReceiveOptions {
     /// The only session id accepted.
     pub session: SessionId,
+    /// With a key: only a sender holding it is accepted, and every chunk's
+    /// MAC is checked (see [`crate::Checksum::Mac`]).
+    pub mac_key: Option<crate::MacKey>,
     /// Accept a sender's request for zstd (default true).
     pub allow_compression: bool,
     /// Keep the partial file and journal after a failure (except running out of space) and
@@ -159,6 +166,7 @@ impl ReceiveOptions {
     pub fn new(session: SessionId) -> Self {
         ReceiveOptions {
             session,
+            mac_key: None,
             allow_compression: true,
             resume: true,
             overwrite: false,

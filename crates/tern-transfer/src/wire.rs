@@ -25,6 +25,9 @@ pub const CHUNK_HEADER_LEN: usize = 64;
 pub const FLAG_ZSTD: u16 = 1;
 /// Hello flag: chunks carry BLAKE3 checksums (else XXH3-128). Version 2.
 pub const FLAG_BLAKE3: u16 = 2;
+/// Hello flag: chunks carry keyed BLAKE3 MACs and the Hello's session
+/// field is its MAC tag ([`crate::checksum::MacKey::hello_tag`]).
+pub const FLAG_MAC: u16 = 4;
 /// Chunk flag: the payload is zstd-compressed.
 pub const CHUNK_COMPRESSED: u8 = 1;
 

@@ -185,9 +185,9 @@ impl Disk {
     }
 }
 
-fn open_device(dev: &str) -> Result<File, String> {
+fn open_device(dev: &str, wait_s: u64) -> Result<File, String> {
     let path = Path::new(dev);
-    let deadline = clock::mono_ns() + 10_000_000_000;
+    let deadline = clock::mono_ns() + wait_s * 1_000_000_000;
     while !path.exists() && clock::mono_ns() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -200,8 +200,15 @@ fn open_device(dev: &str) -> Result<File, String> {
 }
 
 /// Set up the region (verify or format), signal `ready`, then run forever.
-fn run(dev: String, disk_mb: u64, rate_kibps: u64, verify_kibps: u64, ready: Sender<()>) {
-    let file = match open_device(&dev) {
+fn run(
+    dev: String,
+    disk_mb: u64,
+    rate_kibps: u64,
+    verify_kibps: u64,
+    wait_s: u64,
+    ready: Sender<()>,
+) {
+    let file = match open_device(&dev, wait_s) {
         Ok(f) => f,
         Err(e) => {
             console::fail("disk", &e);
@@ -321,10 +328,22 @@ pub fn spawn(
     disk_mb: u64,
     rate_kibps: u64,
     verify_kibps: u64,
+    hotplug: bool,
     ready: Sender<()>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("disk".into())
-        .spawn(move || run(dev, disk_mb, rate_kibps, verify_kibps, ready))
+        .spawn(move || {
+            // A disk plugged in later must not hold up TERN-READY; wait
+            // for it as long as the guest lives.
+            let wait_s = if hotplug {
+                let _ = ready.send(());
+                console::emit(&format!("TERN-DISK waiting for {dev}"));
+                u64::MAX / 2_000_000_000
+            } else {
+                10
+            };
+            run(dev, disk_mb, rate_kibps, verify_kibps, wait_s, ready)
+        })
         .map(|_| ())
 }

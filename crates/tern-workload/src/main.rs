@@ -108,6 +108,7 @@ fn main() {
             p.disk_mb,
             p.disk_rate_kibps,
             p.disk_verify_kibps,
+            p.disk_hotplug,
             disk_ready_tx,
         ) {
             console::fail("disk", &format!("cannot start the disk thread: {e}"));

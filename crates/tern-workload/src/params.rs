@@ -24,6 +24,9 @@ pub struct Params {
     pub disk_rate_kibps: u64,
     /// `tern.disk_verify_rate`: KiB/s of read-back verification.
     pub disk_verify_kibps: u64,
+    /// `tern.disk_hotplug`: the disk arrives later (`attach-device`): wait
+    /// for it without holding up `TERN-READY`.
+    pub disk_hotplug: bool,
     /// `tern.ip`: IPv4 address with prefix length, e.g. `10.0.0.2/24` (none = no network).
     pub ip: Option<(Ipv4Addr, u8)>,
     /// `tern.gw`: default gateway (used by the init script only).
@@ -45,6 +48,7 @@ impl Default for Params {
             disk_mb: 16,
             disk_rate_kibps: 256,
             disk_verify_kibps: 1024,
+            disk_hotplug: false,
             ip: None,
             gw: None,
             port: 7777,
@@ -112,6 +116,7 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
             "disk_mb" => number(&key, value, 1, 1 << 20).map(|n| p.disk_mb = n),
             "disk_rate" => number(&key, value, 0, 1 << 30).map(|n| p.disk_rate_kibps = n),
             "disk_verify_rate" => number(&key, value, 0, 1 << 30).map(|n| p.disk_verify_kibps = n),
+            "disk_hotplug" => flag(&key, value).map(|b| p.disk_hotplug = b),
             "ip" => ipv4_with_prefix(&key, value).map(|ip| p.ip = Some(ip)),
             "gw" => value
                 .parse::<Ipv4Addr>()
@@ -121,6 +126,8 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
             "ignore_acpi" => flag(&key, value).map(|b| p.ignore_acpi = b),
             // Read by the guest's /init, which drives the watchdog.
             "watchdog_stall" => number(&key, value, 1, 3600).map(|_| ()),
+            // Read by the guest's /init, which configures a NIC plugged in later.
+            "net_hotplug" => flag(&key, value).map(|_| ()),
             _ => Err(format!("unknown parameter {key}, ignoring it")),
         };
         if let Err(w) = result {
@@ -189,6 +196,7 @@ mod tests {
                 disk_mb: 8,
                 disk_rate_kibps: 512,
                 disk_verify_kibps: 2048,
+                disk_hotplug: false,
                 ip: Some((Ipv4Addr::new(10, 0, 0, 2), 24)),
                 gw: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 port: 9000,

@@ -63,9 +63,11 @@ struct Args {
     /// Cancel a migration whose transferred bytes stand still this many seconds.
     #[arg(long, default_value_t = 15)]
     stall_timeout: u64,
-    /// Join a cluster: the controller's URL (http://HOST:PORT); several,
-    /// comma-separated, for controllers sharing an etcd store. Needs
-    /// --listen-tcp ADDR --auth none (the controller reaches the API there).
+    /// Join a cluster: the controller's URL (https://HOST:PORT, mutual TLS
+    /// with this host's certificate from --pki-dir, issued by `tern pki
+    /// issue-host NAME`); several, comma-separated, for controllers sharing
+    /// an etcd store. Needs --listen-tls (the controller reaches the API
+    /// there); http:// and --listen-tcp --auth none are for development.
     #[arg(long, value_delimiter = ',')]
     controller: Vec<String>,
     /// Name of this host in the cluster (default: the host name).
@@ -174,9 +176,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.labels = args.labels;
     cfg.on_stop = args.on_stop;
     cfg.shutdown_timeout = std::time::Duration::from_secs(args.shutdown_timeout);
-    if !cfg.controllers.is_empty() && cfg.listen.is_none() {
+    if !cfg.controllers.is_empty() && cfg.listen.is_none() && cfg.listen_tls.is_none() {
         anyhow::bail!(
-            "--controller needs --listen-tcp ADDR --auth none: the controller reaches this host's API over plain TCP"
+            "--controller needs --listen-tls ADDR (or, for development only, --listen-tcp ADDR --auth none): the controller reaches this host's API there"
         );
     }
     cfg.faults.prepare_delay = args

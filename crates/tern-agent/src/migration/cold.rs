@@ -115,6 +115,10 @@ pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
                     size: meta.len(),
                     allocated: meta.blocks() * 512,
                     backing_volume,
+                    mac_key: Some(super::cold_mac::key_for(
+                        agent,
+                        &session_of(&d.uuid, &path, &meta),
+                    )?),
                     session: session_of(&d.uuid, &path, &meta),
                     source_path: path.clone(),
                 });
@@ -169,6 +173,7 @@ pub async fn prepare(
     let mut ports = Vec::new();
     for (f, path) in plan {
         let mut ro = ReceiveOptions::new(session_id(&f.session)?);
+        ro.mac_key = Some(super::cold_mac::parse(f.mac_key.as_ref())?);
         ro.resume = true;
         ro.durability = durability(o);
         ro.io_timeout = agent
@@ -192,7 +197,11 @@ pub async fn prepare(
 fn bind_receiver(agent: &Agent, path: &std::path::Path, ro: ReceiveOptions) -> Result<Receiver> {
     let mut last = None;
     for p in agent.cfg.migration_ports.clone() {
-        match Receiver::bind(("0.0.0.0", p), path.to_path_buf(), ro.clone()) {
+        match Receiver::bind(
+            (agent.migration_bind_address().as_str(), p),
+            path.to_path_buf(),
+            ro.clone(),
+        ) {
             Ok(r) => return Ok(r),
             Err(e) => last = Some(e),
         }
@@ -235,6 +244,10 @@ pub async fn send_all(
             Err(e) => return fail(&job, e.to_string()),
         };
         let mut so = SendOptions::new(sid);
+        so.mac_key = match super::cold_mac::parse(f.mac_key.as_ref()) {
+            Ok(k) => Some(k),
+            Err(e) => return fail(&job, e.to_string()),
+        };
         // `--compressed` on a cold copy: zstd per chunk (fast level; data
         // that does not compress is sent as is).
         so.compression = if o.compressed {

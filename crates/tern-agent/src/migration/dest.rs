@@ -204,6 +204,29 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     }
 }
 
+/// A driver that lost Finish's reply (the connection, or this agent, died
+/// after `cont`) asks again: the guest already runs here, and the answer
+/// stands.
+fn repeated_finish(agent: &Agent, req: &FinishRequest) -> Option<FinishReply> {
+    use super::job::Found;
+    if !req.success {
+        return None;
+    }
+    let runs_here = match agent.jobs.by_id(req.id)? {
+        Found::Running(j) => {
+            j.role == Role::Destination
+                && matches!(j.phase(), Phase::Finish | Phase::Completed)
+                && j.links().owns
+        }
+        Found::Done(r) => r.role == Role::Destination && r.phase == Phase::Completed,
+    };
+    runs_here.then_some(FinishReply {
+        version: PROTOCOL_VERSION,
+        resumed: true,
+        error: None,
+    })
+}
+
 pub(super) fn remove_created(job: &Job) {
     let files = std::mem::take(&mut *job.created.lock().unwrap_or_else(|p| p.into_inner()));
     if !files.is_empty() {
@@ -246,12 +269,17 @@ async fn start_incoming(
     let run_dir = agent.layout.run_dir(&slot.name);
     if o.tls {
         super::qemu_tls::add_credentials(agent, &qmp, &run_dir, Endpoint::Server).await?;
+        let peer = req.source_tls_identity.as_deref();
+        let authz = super::qemu_tls::add_authz(&qmp, peer).await?;
         qmp.execute(
             "migrate-set-parameters",
-            Some(json!({ "tls-creds": TLS_CREDS_ID })),
+            Some(json!({ "tls-creds": TLS_CREDS_ID, "tls-authz": authz })),
         )
         .await?;
-        job.event("QEMU's own TLS on: this host is the server");
+        job.event(format!(
+            "QEMU's own TLS on: this host is the server; only {} may connect (tls-authz)",
+            peer.unwrap_or("?")
+        ));
     }
     let wanted = match &o.migrate_uri {
         Some(u) => Some(parse_migrate_uri(u).map_err(invalid)?),
@@ -260,7 +288,7 @@ async fn start_incoming(
     let listen = o
         .listen_address
         .clone()
-        .unwrap_or_else(|| "0.0.0.0".to_string());
+        .unwrap_or_else(|| agent.migration_bind_address());
     let advertise = match (&wanted, &o.listen_address) {
         (Some(w), _) => w.host.clone(),
         (None, Some(l)) if l != "0.0.0.0" && l != "::" => l.clone(),
@@ -384,6 +412,9 @@ pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
 /// Finish: resume the guest here if the source completed, else discard.
 pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishReply> {
     check_version(req.version).map_err(invalid)?;
+    if let Some(reply) = repeated_finish(agent, &req) {
+        return Ok(reply);
+    }
     let job = agent.jobs.get_id(&req.name, req.id)?;
     job.touch();
     job.advance(Phase::Finish)?;
@@ -423,6 +454,8 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
             // cut by a cancel): end the job rather than leave it in Finish,
             // where it would refuse every later migration of this guest.
             job.event("the incoming guest is gone already");
+            job.close_tunnel(true);
+            remove_created(&job);
             job.advance(Phase::Failed)?;
             agent.jobs.finish(&job);
             if req.success {

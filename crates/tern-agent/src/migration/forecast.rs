@@ -255,7 +255,9 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
 pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16)> {
     let mut listener = None;
     for p in agent.cfg.migration_ports.clone() {
-        if let Ok(l) = tokio::net::TcpListener::bind(("0.0.0.0", p)).await {
+        if let Ok(l) =
+            tokio::net::TcpListener::bind((agent.migration_bind_address().as_str(), p)).await
+        {
             listener = Some((l, p));
             break;
         }

@@ -5,6 +5,7 @@
 //! (`domjobinfo`, `domjobabort`, speed and downtime).
 
 pub mod cold;
+pub mod cold_mac;
 pub mod dest;
 pub mod forecast;
 pub mod job;
@@ -95,6 +96,11 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
                 if status != tern_qemu::MigrationStatus::PostcopyActive {
                     return Err(AgentError::Conflict(format!(
                         "the migration of '{name}' is {status}, not in post-copy; use domjobabort without --postcopy"
+                    )));
+                }
+                if !recover::destination_runs(agent, &job).await {
+                    return Err(AgentError::Conflict(format!(
+                        "the destination of '{name}' has not started the guest yet, and QEMU cannot resume a post-copy paused before that; try again in a moment"
                     )));
                 }
                 job.postcopy_hold.send_replace(true);

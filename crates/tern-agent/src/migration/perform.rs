@@ -166,6 +166,11 @@ async fn watch(
         }
         let q = match qmp.execute("query-migrate", None).await {
             Ok(q) => q,
+            Err(tern_qemu::QmpError::Timeout(_)) => {
+                unblock(&qmp, &job, last_status).await;
+                last_progress = Instant::now();
+                continue;
+            }
             Err(e) => {
                 lost_source_qemu(agent, &job, &e).await;
                 return;
@@ -396,6 +401,35 @@ fn postcopy_stalled(status: MigrationStatus, still: Duration, stall: Duration) -
             still > stall * 4
         }
         _ => false,
+    }
+}
+
+/// QEMU lives but does not answer `query-migrate`: on a dead link its
+/// migration thread blocks in a send, and the main loop waits behind it.
+/// That QEMU is not lost (in post-copy it holds the guest's missing
+/// pages); the stuck channel is broken out of band instead. A post-copy
+/// is paused, to be resumed when the link returns; a pre-copy is failed
+/// (`yank`), and the source, whose guest never ran elsewhere, goes on.
+async fn unblock(qmp: &tern_qemu::Qmp, job: &Job, last: MigrationStatus) {
+    let (what, r) = if last.is_postcopy() {
+        (
+            "pausing the post-copy",
+            qmp.execute_oob("migrate-pause", None).await,
+        )
+    } else {
+        (
+            "breaking the migration channel",
+            qmp.execute_oob("yank", Some(json!({"instances": [{"type": "migration"}]})))
+                .await,
+        )
+    };
+    match r {
+        Ok(_) => job.event(format!(
+            "QEMU does not answer while migrating (link down?): {what}"
+        )),
+        Err(e) => job.event(format!(
+            "QEMU does not answer while migrating, and {what} failed: {e}"
+        )),
     }
 }
 

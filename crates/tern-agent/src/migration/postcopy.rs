@@ -79,7 +79,12 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
     let port = free_port(agent).ok_or_else(|| {
         AgentError::Failed("no free port in the migration range for the recovery".into())
     })?;
-    let uri = format!("tcp:0.0.0.0:{port}");
+    let bind = agent.migration_bind_address();
+    let uri = if bind.contains(':') {
+        format!("tcp:[{bind}]:{port}")
+    } else {
+        format!("tcp:{bind}:{port}")
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // The source saw the link break; this side may not have yet.
@@ -112,9 +117,7 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
 /// moment later; a race with another listener makes `migrate-recover`
 /// fail, and the source simply asks again.
 fn free_port(agent: &Agent) -> Option<u16> {
-    agent
-        .cfg
-        .migration_ports
-        .clone()
-        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+    agent.cfg.migration_ports.clone().find(|p| {
+        std::net::TcpListener::bind((agent.migration_bind_address().as_str(), *p)).is_ok()
+    })
 }

@@ -120,3 +120,46 @@ pub async fn add_credentials(
     let _ = std::fs::remove_dir_all(&dir);
     added
 }
+
+/// Id of the destination QEMU's `authz-simple` object (`tls-authz`).
+pub const TLS_AUTHZ_ID: &str = "tern-migration-authz";
+
+/// The subject DN of this agent's `clientcert.pem`: what its QEMU presents
+/// as a migration source, and what the destination lets in.
+pub fn own_identity(agent: &Agent) -> Result<String> {
+    let pki = PkiDir::new(&agent.cfg.pki_dir);
+    tern_pki::tls::identity_of_file(&pki.client_cert())
+        .map(|id| id.dn)
+        .map_err(|e| {
+            AgentError::Conflict(format!("--tls needs this host's client certificate: {e}"))
+        })
+}
+
+/// Destination: only the certificate whose subject is `identity` (the
+/// source agent's, as the driver relayed it from Begin) may send the
+/// migration stream or write the NBD exports; any other certificate of
+/// the CA, read-only operators' included, is refused by QEMU itself.
+/// Returns the authz object's id for `tls-authz`.
+pub async fn add_authz(qmp: &tern_qemu::Qmp, identity: Option<&str>) -> Result<&'static str> {
+    let identity = identity.ok_or_else(|| {
+        AgentError::Invalid(
+            "--tls: the migration request does not say which certificate the source presents \
+             (source_tls_identity); use a driver of this version"
+                .into(),
+        )
+    })?;
+    let _ = qmp
+        .execute("object-del", Some(json!({ "id": TLS_AUTHZ_ID })))
+        .await;
+    qmp.execute(
+        "object-add",
+        Some(json!({
+            "qom-type": "authz-simple",
+            "id": TLS_AUTHZ_ID,
+            "identity": identity,
+        })),
+    )
+    .await
+    .map_err(|e| AgentError::Failed(format!("QEMU refused the migration's tls-authz: {e}")))?;
+    Ok(TLS_AUTHZ_ID)
+}

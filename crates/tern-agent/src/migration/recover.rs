@@ -98,6 +98,17 @@ pub(super) fn peer_of(agent: &Agent, job: &Job) -> Result<tern_api::Client> {
 /// Asks the other side where the migration stands; `None` when it cannot
 /// be reached (or speaks protocol version 1, which has no query).
 async fn ask(agent: &Agent, job: &Job) -> Option<PeerView> {
+    ask_full(agent, job).await.map(|r| r.view)
+}
+
+/// Source: whether the destination's guest runs (its Finish ran `cont`),
+/// which a post-copy pause needs; `false` when it cannot be asked.
+pub async fn destination_runs(agent: &Agent, job: &Job) -> bool {
+    ask_full(agent, job).await.is_some_and(|r| r.runs)
+}
+
+/// [`ask`], with the whole reply.
+async fn ask_full(agent: &Agent, job: &Job) -> Option<QueryReply> {
     let client = peer_of(agent, job)
         .ok()?
         .with_timeout(Duration::from_secs(5));
@@ -116,7 +127,7 @@ async fn ask(agent: &Agent, job: &Job) -> Option<PeerView> {
         }
     };
     check_version(r.version).ok()?;
-    Some(r.view)
+    Some(r)
 }
 
 /// Source: whether the destination holds the whole guest, paused and
@@ -128,6 +139,11 @@ pub async fn destination_has_everything(agent: &Agent, job: &Job) -> bool {
 /// Answers the other side's `migrate-query`.
 pub async fn query(agent: &Agent, req: QueryRequest) -> Result<QueryReply> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let runs = match agent.jobs.by_id(req.id) {
+        Some(Found::Running(j)) => j.role == Role::Destination && j.links().owns,
+        Some(Found::Done(r)) => r.role == Role::Destination && r.links.owns,
+        None => false,
+    };
     let (role, view) = match agent.jobs.by_id(req.id) {
         None => (None, PeerView::Unknown),
         Some(Found::Done(r)) => {
@@ -165,6 +181,7 @@ pub async fn query(agent: &Agent, req: QueryRequest) -> Result<QueryReply> {
         id: req.id,
         role,
         view,
+        runs,
     })
 }
 
@@ -279,6 +296,9 @@ async fn settle_source(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<bool> {
                 continue;
             }
             SourceAction::Resume | SourceAction::EndFailed => {
+                if let Some(q) = &qmp {
+                    super::storage::abandon_left_over(q).await;
+                }
                 if let Some(slot) = &slot {
                     super::source::resume_after_failure(slot, job).await;
                 }

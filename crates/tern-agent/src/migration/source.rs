@@ -129,6 +129,11 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         }
     }
     let slot = agent.domains.find(name)?;
+    if let Some(why) = agent.unplugs.refusal(&slot.name) {
+        return Err(AgentError::Conflict(format!(
+            "cannot migrate '{name}': {why}"
+        )));
+    }
     let e = slot.inner.lock().await;
     let active = e.run.is_some();
     if o.cold && active {
@@ -198,6 +203,11 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         files,
         options: planned(agent, name, o, active),
         source_uri: Some(agent.self_uri()),
+        tls_identity: if o.tls {
+            Some(super::qemu_tls::own_identity(agent)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -535,6 +545,11 @@ pub async fn p2p(
         .peer_client(&uri)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let slot = agent.domains.find(name)?;
+    if let Some(why) = agent.unplugs.refusal(&slot.name) {
+        return Err(AgentError::Conflict(format!(
+            "cannot migrate '{name}': {why}"
+        )));
+    }
     let id = Uuid::new_v4();
     let job = Job::new(id, Role::Source, &slot.name, options.clone());
     agent.jobs.insert(job.clone())?;

@@ -194,7 +194,9 @@ pub async fn export(
         let mut args =
             json!({"addr": {"type": "inet", "data": {"host": listen, "port": p.to_string()}}});
         if tls {
+            // Same credentials and the same single peer as the migration stream.
             args["tls-creds"] = json!(TLS_CREDS_ID);
+            args["tls-authz"] = json!(super::qemu_tls::TLS_AUTHZ_ID);
         }
         let r = qmp.execute("nbd-server-start", Some(args)).await;
         match r {
@@ -409,7 +411,44 @@ async fn dismiss(qmp: &Qmp, nbd: &NbdTarget) {
 /// Source, on failure: stops the mirrors and drops the NBD connections;
 /// the guest keeps using its own disks, untouched.
 pub async fn abandon(qmp: &Qmp, nbd: &NbdTarget) {
-    for (dev, _) in &nbd.exports {
+    let devs: Vec<String> = nbd.exports.iter().map(|(d, _)| d.clone()).collect();
+    abandon_devs(qmp, &devs).await;
+}
+
+/// Source, when an agent restarted during a storage migration: the same
+/// as [`abandon`] for whatever mirrors and NBD targets QEMU still holds.
+/// Their names depend on the disk only (`mirror-vda`, `nbd-vda`), so the
+/// lost NBD target need not be known; left in place, they would refuse
+/// the next migration ("Duplicate nodes").
+pub async fn abandon_left_over(qmp: &Qmp) {
+    let mut devs: Vec<String> = qmp
+        .block_jobs()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|j| j.id.strip_prefix("mirror-").map(str::to_string))
+        .collect();
+    if let Ok(nodes) = qmp
+        .execute("query-named-block-nodes", Some(json!({"flat": true})))
+        .await
+    {
+        for n in nodes.as_array().into_iter().flatten() {
+            if let Some(dev) = n["node-name"].as_str().and_then(|s| s.strip_prefix("nbd-")) {
+                if !devs.iter().any(|d| d == dev) {
+                    devs.push(dev.to_string());
+                }
+            }
+        }
+    }
+    if !devs.is_empty() {
+        abandon_devs(qmp, &devs).await;
+    }
+}
+
+/// Cancels the mirrors of `devs`, waits until they concluded, dismisses
+/// them and deletes their NBD target nodes.
+async fn abandon_devs(qmp: &Qmp, devs: &[String]) {
+    for dev in devs {
         let _ = qmp
             .execute(
                 "block-job-cancel",
@@ -418,7 +457,7 @@ pub async fn abandon(qmp: &Qmp, nbd: &NbdTarget) {
             .await;
     }
     for _ in 0..200 {
-        let ours = |j: &tern_qemu::BlockJob| nbd.exports.iter().any(|(d, _)| j.id == mirror_job(d));
+        let ours = |j: &tern_qemu::BlockJob| devs.iter().any(|d| j.id == mirror_job(d));
         let busy = qmp.block_jobs().await.ok().is_some_and(|l| {
             l.iter()
                 .any(|j| ours(j) && j.status != BlockJobStatus::Concluded)
@@ -428,8 +467,10 @@ pub async fn abandon(qmp: &Qmp, nbd: &NbdTarget) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    dismiss(qmp, nbd).await;
-    for (dev, _) in &nbd.exports {
+    for dev in devs {
+        let _ = qmp
+            .execute("job-dismiss", Some(json!({"id": mirror_job(dev)})))
+            .await;
         let _ = qmp
             .execute("blockdev-del", Some(json!({"node-name": target_node(dev)})))
             .await;

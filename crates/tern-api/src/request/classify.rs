@@ -18,6 +18,8 @@ impl Request {
             | Request::PoolInfo { .. }
             | Request::VolList { .. }
             | Request::VolInfo { .. }
+            | Request::NetList
+            | Request::NetInfo { .. }
             | Request::ServerInfo => true,
             // A console shows what the guest prints (passwords typed at a
             // login prompt among it): read-write only, as in libvirt.
@@ -30,6 +32,10 @@ impl Request {
             | Request::Reboot { .. }
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
+            | Request::AttachDevice { .. }
+            | Request::DetachDevice { .. }
+            | Request::NetDefineAs { .. }
+            | Request::NetUndefine { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -141,6 +147,32 @@ mod tests {
             (Request::Reboot { name: n() }, false),
             (Request::InjectNmi { name: n() }, false),
             (
+                Request::NetDefineAs {
+                    name: n(),
+                    bridge: n(),
+                },
+                false,
+            ),
+            (Request::NetUndefine { name: n() }, false),
+            (Request::NetList, true),
+            (Request::NetInfo { name: n() }, true),
+            (
+                Request::AttachDevice {
+                    name: n(),
+                    xml: n(),
+                    flags: Default::default(),
+                },
+                false,
+            ),
+            (
+                Request::DetachDevice {
+                    name: n(),
+                    xml: n(),
+                    flags: Default::default(),
+                },
+                false,
+            ),
+            (
                 Request::QemuAgentCommand {
                     name: n(),
                     command: n(),
@@ -234,6 +266,7 @@ mod tests {
                         files: vec![],
                         source_uri: None,
                         source_name: None,
+                        source_tls_identity: None,
                     },
                 }),
                 false,
@@ -385,6 +418,12 @@ mod tests {
             | Request::Reboot { .. }
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
+            | Request::AttachDevice { .. }
+            | Request::DetachDevice { .. }
+            | Request::NetDefineAs { .. }
+            | Request::NetUndefine { .. }
+            | Request::NetList
+            | Request::NetInfo { .. }
             | Request::Suspend { .. }
             | Request::Resume { .. }
             | Request::Undefine { .. }
@@ -431,9 +470,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 29 plain requests + 20 migration requests (+1 for compcache's
+        // 35 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 31 + 20 + 1);
+        assert_eq!(all.len(), 37 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

@@ -17,9 +17,30 @@ use tern_controller::{api, Controller, ControllerConfig};
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// API address (agents and `tern --controller` connect here).
+    /// API address (agents and `tern --controller https://ADDR` connect
+    /// here); mutual TLS with the certificates in --pki-dir.
     #[arg(long, default_value = "127.0.0.1:7480")]
     listen: SocketAddr,
+    /// CA, server certificate (served to agents and `tern`) and client
+    /// certificate (presented to agents), as `tern pki` makes them.
+    #[arg(long, default_value = tern_pki::DEFAULT_PKI_DIR, env = "TERN_CONTROLLER_PKI_DIR")]
+    pki_dir: PathBuf,
+    /// `none`: serve the API on plain HTTP without authentication, for
+    /// development only (anyone who reaches the port controls the cluster).
+    #[arg(long, value_enum)]
+    auth: Option<ApiAuth>,
+    /// Operator certificate names (CN patterns, `*` and `?`) allowed to
+    /// change things; repeatable. Default: every operator certificate of
+    /// the CA. Host certificates (`tern pki issue-host`) never are.
+    #[arg(long = "tls-allowed-dn")]
+    tls_allowed_dn: Vec<String>,
+    /// Operator certificate names (CN patterns) that may only read; repeatable.
+    #[arg(long = "tls-readonly-dn")]
+    tls_readonly_dn: Vec<String>,
+    /// Cluster setting: every live migration is encrypted with QEMU's TLS
+    /// (as if each request said --enable-tls).
+    #[arg(long)]
+    migration_tls: bool,
     /// Store: file:DIR (embedded, one controller) or etcd:URL[,URL...].
     #[arg(long, default_value = "file:/var/lib/tern-controller")]
     store: String,
@@ -53,6 +74,18 @@ struct Args {
     /// The console's password file (see `tern-controller console-passwd`).
     #[arg(long)]
     console_users: Option<PathBuf>,
+    /// Serve the console over TLS with the certificates of --pki-dir;
+    /// browsers presenting an operator certificate of the CA log in with
+    /// it (the API's identities and --tls-*-dn rules), others with a password.
+    #[arg(long, requires = "console_listen")]
+    console_tls: bool,
+}
+
+/// `--auth` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ApiAuth {
+    /// No authentication (development only).
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,6 +164,24 @@ async fn run(a: Args) -> anyhow::Result<()> {
         per_host_inbound: a.max_inbound_per_host.max(1),
         cluster: a.max_cluster_migrations.max(1),
     };
+    cfg.migration_tls = a.migration_tls;
+    cfg.api_tls = a.auth.is_none();
+    let pki = tern_pki::PkiDir::new(&a.pki_dir);
+    // Certificates are checked first: a wrong --pki-dir stops the controller.
+    let acceptor = if cfg.api_tls {
+        let config = tern_pki::server_config(&pki).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tern_pki::client_config(&pki).map_err(|e| {
+            anyhow::anyhow!("{e} (the controller presents it to agents; issue it with `tern pki issue-client tern-controller --out DIR`)")
+        })?;
+        Some(tokio_rustls::TlsAcceptor::from(config))
+    } else {
+        None
+    };
+    tern_controller::agents::use_pki(pki);
+    let rules = std::sync::Arc::new(tern_controller::authz::Rules {
+        allowed: a.tls_allowed_dn.clone(),
+        read_only: a.tls_readonly_dn.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
@@ -151,14 +202,38 @@ async fn run(a: Args) -> anyhow::Result<()> {
     if let Some(l) = console_listener {
         tracing::info!(listen = %l.local_addr()?, users = users.len(), "web console ready");
         let c = console::Console::new(ctl.clone(), users);
+        let tls = if a.console_tls {
+            let cfg =
+                tern_pki::tls::server_config_optional_client(&tern_pki::PkiDir::new(&a.pki_dir))
+                    .map_err(|e| anyhow::anyhow!("--console-tls: {e}"))?;
+            Some(tokio_rustls::TlsAcceptor::from(cfg))
+        } else {
+            None
+        };
+        let rules = rules.clone();
         tokio::spawn(async move {
-            if let Err(e) = console::serve(c, l).await {
+            let r = match tls {
+                Some(acc) => console::cert_login::serve_tls(c, l, acc, rules).await,
+                None => console::serve(c, l).await,
+            };
+            if let Err(e) = r {
                 tracing::error!(error = %e, "web console stopped");
             }
         });
     }
     tokio::spawn(ctl.clone().run());
-    let serve = api::serve(ctl.clone(), listener);
+    let serve = async {
+        match acceptor {
+            Some(acc) => {
+                tracing::info!(pki_dir = %a.pki_dir.display(), "serving the cluster API on mutual TLS");
+                tern_controller::listen::serve_tls(ctl.clone(), listener, acc, rules).await
+            }
+            None => {
+                tracing::warn!("INSECURE: serving the cluster API on plain HTTP without authentication (--auth none); anyone who reaches this port controls the cluster");
+                api::serve(ctl.clone(), listener).await
+            }
+        }
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serve => {}

@@ -17,6 +17,7 @@
 
 mod assets;
 pub mod auth;
+pub mod cert_login;
 mod handlers;
 pub mod progress;
 #[cfg(test)]
@@ -158,6 +159,7 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
         .route("/api/login", post(handlers::login))
+        .route("/api/login-cert", post(cert_login::login_cert))
         .route("/api/logout", post(handlers::logout))
         .route("/api/me", get(handlers::me))
         .route("/api/call", post(handlers::call))

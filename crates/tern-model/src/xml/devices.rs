@@ -344,10 +344,10 @@ fn parse_disk_target(node: Node) -> Result<(String, DiskBus)> {
 
 fn parse_interface(node: Node) -> Result<Interface> {
     let interface_type = required_attr(node, "type")?;
-    if !matches!(interface_type, "user" | "bridge") {
+    if !matches!(interface_type, "user" | "bridge" | "network") {
         return Err(XmlError::Unsupported {
             what: format!("<interface type='{interface_type}'>"),
-            fix: "use type='bridge' with <source bridge=...> or type='user'".to_string(),
+            fix: "use type='network' with <source network=...> (a Tern network: net-define-as), type='bridge' with <source bridge=...> or type='user'".to_string(),
         });
     }
     let mut bridge = None;
@@ -367,6 +367,10 @@ fn parse_interface(node: Node) -> Result<Interface> {
                 let name = required_attr(child, "bridge")?.to_string();
                 set_once(&mut bridge, name, child)?;
             }
+            "source" if interface_type == "network" => {
+                let name = required_attr(child, "network")?.to_string();
+                set_once(&mut bridge, name, child)?;
+            }
             "model" => set_once(&mut model, required_attr(child, "type")?.to_string(), child)?,
             "virtualport" => set_once(&mut virtualport, parse_virtualport(child)?, child)?,
             "boot" => set_once(&mut boot_order, parse_boot_order(child)?, child)?,
@@ -377,13 +381,16 @@ fn parse_interface(node: Node) -> Result<Interface> {
             _ => return Err(unsupported_child(node, child)),
         }
     }
-    let kind = if interface_type == "bridge" {
-        InterfaceKind::Bridge {
+    let kind = match interface_type {
+        "bridge" => InterfaceKind::Bridge {
             bridge: bridge
                 .ok_or_else(|| missing("<source bridge=...> in <interface type='bridge'>"))?,
-        }
-    } else {
-        InterfaceKind::User
+        },
+        "network" => InterfaceKind::Network {
+            network: bridge
+                .ok_or_else(|| missing("<source network=...> in <interface type='network'>"))?,
+        },
+        _ => InterfaceKind::User,
     };
     Ok(Interface {
         kind,

@@ -283,13 +283,16 @@ fn write_interface(w: &mut Writer, interface: &Interface) {
     let kind = match &interface.kind {
         InterfaceKind::User => "user",
         InterfaceKind::Bridge { .. } => "bridge",
+        InterfaceKind::Network { .. } => "network",
     };
     w.open("interface", vec![("type", kind.to_string())]);
     if let Some(mac) = &interface.mac {
         w.empty("mac", vec![("address", mac.clone())]);
     }
-    if let InterfaceKind::Bridge { bridge } = &interface.kind {
-        w.empty("source", vec![("bridge", bridge.clone())]);
+    match &interface.kind {
+        InterfaceKind::Bridge { bridge } => w.empty("source", vec![("bridge", bridge.clone())]),
+        InterfaceKind::Network { network } => w.empty("source", vec![("network", network.clone())]),
+        InterfaceKind::User => {}
     }
     if let Some(port) = &interface.virtualport {
         let attrs = vec![("type", port.port_type.clone())];

@@ -158,3 +158,20 @@ fn bulk_streams_prefer_aes_128_gcm() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
     );
 }
+
+#[test]
+fn host_certificates_carry_the_host_mark_and_gnutls_dn() {
+    let t = tempfile::tempdir().unwrap();
+    let d = PkiDir::new(t.path());
+    let v = Validity::days(1).unwrap();
+    init_ca(&d, "ca", v).unwrap();
+    crate::issue_host(&d, &d, "node-a", v).unwrap();
+    let id = identity_of_file(&d.client_cert()).unwrap();
+    assert_eq!(id.cn, "node-a");
+    assert!(id.host);
+    assert_eq!(id.dn, "O=Tern,OU=Tern hosts,CN=node-a");
+    issue_client(&d, &d, "admin", v).unwrap();
+    let id = identity_of_file(&d.client_cert()).unwrap();
+    assert!(!id.host);
+    assert_eq!(id.dn, "O=Tern,CN=admin");
+}

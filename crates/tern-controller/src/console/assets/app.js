@@ -74,6 +74,7 @@ function hostStatus(r) {
 
 async function boot() {
   $("login-form").addEventListener("submit", login);
+  $("login-cert").addEventListener("click", loginWithCertificate);
   $("logout").addEventListener("click", logout);
   wireMigrateDialog();
   $("output-close").addEventListener("click", () => $("output").close());
@@ -101,6 +102,19 @@ async function login(ev) {
   try {
     state.me = await api("/api/login", { user: $("login-user").value, password: $("login-password").value });
     $("login-password").value = "";
+    if (!location.hash || location.hash === "#/login") location.hash = "#/servers";
+    route();
+  } catch (e) {
+    $("login-error").textContent = e.message;
+  }
+}
+
+// The client certificate the browser presented to a console served with
+// --console-tls: the cluster API's operator identities.
+async function loginWithCertificate() {
+  $("login-error").textContent = "";
+  try {
+    state.me = await api("/api/login-cert", {});
     if (!location.hash || location.hash === "#/login") location.hash = "#/servers";
     route();
   } catch (e) {

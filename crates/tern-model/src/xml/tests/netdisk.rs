@@ -89,3 +89,22 @@ fn bad_network_disks_are_refused_by_name() {
         "volume=",
     );
 }
+
+#[test]
+fn a_network_interface_round_trips() {
+    let d = parse_domain(&with_devices(
+        "<interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/>\
+         <model type='virtio'/></interface>",
+    ))
+    .unwrap();
+    assert_eq!(
+        d.devices.interfaces[0].kind,
+        crate::InterfaceKind::Network {
+            network: "default".into()
+        }
+    );
+    let xml = to_xml(&d);
+    assert!(xml.contains("<interface type='network'>"), "{xml}");
+    assert!(xml.contains("<source network='default'/>"), "{xml}");
+    assert_eq!(parse_domain(&xml).unwrap(), d);
+}

@@ -42,8 +42,8 @@ fn refuses_devices_tern_cannot_honour() {
         "VNC password",
     );
     refused(
-        &with_devices("<interface type='network'><source network='default'/></interface>"),
-        "<interface type='network'> is not supported by Tern; use type='bridge'",
+        &with_devices("<interface type='network'/>"),
+        "<source network=...> in <interface type='network'>",
     );
     refused(
         &with_devices("<interface type='direct'/>"),

@@ -1,0 +1,233 @@
+//! The closed data plane with real parts: two agents in network
+//! namespaces A and B on mutual TLS, a third namespace C on the same link
+//! playing an intruder, and a `--tls` live migration with storage whose
+//! guest keeps writing and verifying its disk. While the disk is mirrored,
+//! B's incoming-migration and NBD listeners are bound to B's migration
+//! address only, and C is refused on both: without TLS, and with a
+//! certificate of the same CA that is not the source host's (tls-authz).
+//! The migration then completes and the guest verifies its disk on B.
+//! Needs root (namespaces); skips otherwise.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tern_testkit::netns::{skip_unless_root, Lab, Side};
+use tern_testkit::pki::TestPki;
+use tern_testkit::{bin, build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// An agent in `side`'s namespace with a TLS API at its lab address,
+/// certificates from `pki` (server for its address, host certificate
+/// `name`), and a local pool "images".
+fn agent(lab: &Lab, pki: &TestPki, side: Side, name: &str) -> (TernHost, tempfile::TempDir) {
+    let mut o = lab.host_options(side, name);
+    let addr = lab.host_addr(side);
+    o.listen = None;
+    o.listen_tls = Some((addr, 16714).into());
+    o.pki_dir = Some(pki.cluster_agent(name, &addr.to_string(), name));
+    let h = TernHost::start_with(o);
+    let pool = tempfile::Builder::new()
+        .prefix(&format!("tern-{name}-images-"))
+        .tempdir()
+        .unwrap();
+    h.add_pool("images", pool.path(), false);
+    (h, pool)
+}
+
+/// Polls `h`'s job events of `name` until a line contains `marker`;
+/// returns the `host:port` that follows it.
+fn wait_endpoint(h: &TernHost, name: &str, marker: &str, child: &mut Child) -> String {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let ev = String::from_utf8_lossy(&h.tern(&["domjobevents", name]).stdout).into_owned();
+        if let Some(rest) = ev
+            .lines()
+            .find_map(|l| l.split_once(marker).map(|(_, r)| r.to_string()))
+        {
+            let ep: String = rest
+                .trim_start_matches("tcp:")
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            return ep.trim_end_matches(':').to_string();
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the migration ended ({st}) before '{marker}' appeared:\n{ev}");
+        }
+        assert!(Instant::now() < deadline, "no '{marker}' in events:\n{ev}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A tls-creds-x509 client directory (QEMU's file names) from a `tern pki` one.
+fn qemu_client_dir(from: &std::path::Path) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (src, dst) in [
+        ("cacert.pem", "ca-cert.pem"),
+        ("clientcert.pem", "client-cert.pem"),
+        ("private/clientkey.pem", "client-key.pem"),
+    ] {
+        std::fs::copy(from.join(src), d.path().join(dst)).unwrap();
+    }
+    d
+}
+
+/// `qemu-img info` of an NBD export from namespace C; its stderr on failure.
+fn nbd_from_c(
+    lab: &Lab,
+    endpoint: &str,
+    export: &str,
+    creds: Option<&std::path::Path>,
+) -> Result<String, String> {
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let mut opts = format!("driver=nbd,host={host},port={port},export={export}");
+    let mut args = vec!["qemu-img".to_string(), "info".into()];
+    if let Some(dir) = creds {
+        opts.push_str(",tls-creds=intruder");
+        args.push("--object".into());
+        args.push(format!(
+            "tls-creds-x509,id=intruder,dir={},endpoint=client",
+            dir.display()
+        ));
+    }
+    args.extend(["--image-opts".into(), opts]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = lab.exec(Side::C, &a);
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The local addresses listening on `port` in `side`'s namespace.
+fn listeners(lab: &Lab, side: Side, port: &str) -> Vec<String> {
+    let filter = format!("sport = :{port}");
+    let out = lab.exec(side, &["ss", "-Hltn", &filter]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
+    let test = "tls_migration_listeners_refuse_other_namespaces_and_other_identities";
+    if skip_unless_root(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let pki = TestPki::new();
+    let (a, ia) = agent(&lab, &pki, Side::A, "dpa");
+    let (b, _ib) = agent(&lab, &pki, Side::B, "dpb");
+    let name = "dp1";
+    a.ok(&[
+        "vol-create-as",
+        "images",
+        "dp1.qcow2",
+        "24M",
+        "--format",
+        "qcow2",
+    ]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img).workload(
+        "tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=16 tern.disk_rate=64 tern.verify_rate=8",
+    );
+    spec.disks.push(TestDisk {
+        path: ia.path().join("dp1.qcow2"),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    a.define_guest(&spec);
+    a.ok(&["start", name]);
+    a.wait_console(name, LONG, "disk writes", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") >= 1
+    });
+
+    // A slow --tls migration with storage, driven by A (--p2p: only A
+    // reaches B's address).
+    let dest = format!("tern+tls://{}:16714/system", lab.host_addr(Side::B));
+    let mut child = Command::new(bin("tern"))
+        .args(["-c", &a.uri(), "migrate", "--live", "--p2p", "--tls"])
+        .args(["--copy-storage-all", "--bandwidth", "2", name, &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let incoming = wait_endpoint(&b, name, "QEMU listening on ", &mut child);
+    let nbd = wait_endpoint(&a, name, "to nbd://", &mut child);
+    let b_addr = lab.host_addr(Side::B).to_string();
+    for ep in [&incoming, &nbd] {
+        let (host, port) = ep.rsplit_once(':').unwrap();
+        assert_eq!(host, b_addr, "{ep}");
+        // Bound to the migration address, not to every interface.
+        assert_eq!(listeners(&lab, Side::B, port), vec![ep.to_string()], "{ep}");
+    }
+
+    // C with a certificate of the same CA on the incoming-migration port:
+    // QEMU's TLS handshake completes, its tls-authz refuses the identity.
+    let viewer_pki = pki.client("viewer", "viewer");
+    let p = |f: &str| viewer_pki.join(f).display().to_string();
+    let o = lab.exec(
+        Side::C,
+        &[
+            "sh", "-c",
+            &format!(
+                "echo | timeout 10 openssl s_client -connect {incoming} -CAfile {} -cert {} -key {} -quiet",
+                p("cacert.pem"),
+                p("clientcert.pem"),
+                p("private/clientkey.pem")
+            ),
+        ],
+    );
+    let _ = o;
+    let denials = |log: &str| {
+        log.matches("authz check for O=Tern,CN=viewer is denied")
+            .count()
+    };
+    let qemu_log_path = b.state_dir().join("run").join(name).join("qemu.log");
+    let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
+    assert_eq!(
+        denials(&log),
+        1,
+        "incoming port: B's QEMU did not deny by tls-authz:\n{log}"
+    );
+
+    // C without TLS: the NBD server insists on TLS.
+    let e = nbd_from_c(&lab, &nbd, "drive-vda", None).unwrap_err();
+    assert!(e.to_lowercase().contains("tls"), "{e}");
+    // C with a certificate of the same CA that is not A's: tls-authz says no.
+    let viewer = qemu_client_dir(&viewer_pki);
+    nbd_from_c(&lab, &nbd, "drive-vda", Some(viewer.path())).unwrap_err();
+    let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
+    assert_eq!(
+        denials(&log),
+        2,
+        "NBD: B's QEMU did not deny by tls-authz:\n{log}"
+    );
+    let b_events = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    assert!(
+        b_events.contains("only O=Tern,OU=Tern hosts,CN=dpa may connect"),
+        "{b_events}"
+    );
+
+    // The real migration is unharmed and completes.
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "migration failed: {}\nA events:\n{}\nB events:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.ok(&["domjobevents", name]),
+        b_events
+    );
+    assert_eq!(
+        b.ok(&["domstate", name, "--reason"]).trim(),
+        "running (migrated)"
+    );
+    let text = b.wait_console(name, LONG, "disk verified on B", |t| {
+        let l = SerialLog::parse(t);
+        l.count("TERN-DISK ok") >= 3 || !l.failures.is_empty()
+    });
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
