@@ -80,3 +80,31 @@ pub async fn check_domain_paths(
     }
     Ok(())
 }
+
+/// Hands a hot-plugged local disk to QEMU's user (which opens it after it
+/// dropped privileges) and lets that user through its directory, as
+/// libvirt's DAC driver does for a disk attached live. Network and
+/// cdrom-less disks need nothing; nothing happens when QEMU runs as root.
+pub fn hand_over_disk(
+    agent: &crate::Agent,
+    d: &tern_model::Domain,
+    target: &str,
+) -> crate::error::Result<()> {
+    let user = agent.qemu_user.as_ref();
+    let Some(src) = d
+        .devices
+        .disks
+        .iter()
+        .find(|x| x.target_dev == target)
+        .and_then(|x| x.source.as_ref())
+    else {
+        return Ok(());
+    };
+    let give = || -> std::io::Result<()> {
+        if let Some(dir) = src.parent() {
+            user::let_through(dir, user)?;
+        }
+        user::hand_over(src, user)
+    };
+    give().map_err(|e| crate::error::AgentError::state(src, e))
+}
