@@ -91,6 +91,7 @@ fn write_seeds() {
             }],
             networks: vec!["br0".into()],
             xml: "<domain type='kvm'><name>vm1</name></domain>".into(),
+            machine: Some("pc-q35-10.0".into()),
         }],
         ..Default::default()
     };
