@@ -105,6 +105,20 @@ if ! dpkg-query -W -f='${Status}' qemu-block-extra 2>/dev/null | grep -q "instal
   $SUDO apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-block-extra >/dev/null
 fi
 
+# QEMU drops to this user once it has opened its domain's files (ternd's
+# [qemu] user; see docs/SECURITY.md, "Confinement and inputs"). It may use
+# KVM and, for post-copy, /dev/userfaultfd.
+if ! id tern-qemu >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "install-deps: creating the tern-qemu user"
+  $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin tern-qemu
+fi
+if getent group kvm >/dev/null && ! id -nG tern-qemu | grep -qw kvm; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO usermod -aG kvm tern-qemu
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo is missing; install a Rust toolchain (rustup) first" >&2
   exit 1

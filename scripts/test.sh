@@ -14,4 +14,8 @@ cargo run -q -p tern-testkit --bin tern-testguest >/dev/null
 # The .deb packages (debug build) and the clean root their test installs into.
 scripts/package.sh --dev >/dev/null
 scripts/pkgtest-root.sh
+# The fuzz workspace (its own, see fuzz/Cargo.toml) must build, and its
+# whole corpus replays as tests against the current code (stable toolchain).
+cargo build --manifest-path fuzz/Cargo.toml --all-targets
+cargo test --manifest-path fuzz/Cargo.toml
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"

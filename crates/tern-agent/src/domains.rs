@@ -139,6 +139,7 @@ impl Agent {
         self.ensure_not_migrating(&d.name)?;
         assign_macs(&mut d);
         crate::guest_setup::complete(self, &mut d);
+        crate::confine::check_domain_paths(self, &d).await?;
         for other in self.domains.all() {
             if other.uuid == d.uuid && other.name != d.name {
                 return Err(AgentError::Conflict(format!(

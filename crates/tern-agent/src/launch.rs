@@ -117,6 +117,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     let resolved = agent.networks.resolve(&resolved)?;
     let d = &resolved;
     crate::pools::check_network_drivers(d).await?;
+    crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
@@ -179,7 +180,11 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
     };
-    let args = cmdline::build_command_line(&spec);
+    let mut args = cmdline::build_command_line(&spec);
+    args.extend(crate::confine::user::qemu_args(
+        &agent.cfg.server.qemu,
+        agent.qemu_user.as_ref(),
+    ));
     tracing::info!(domain = %d.name, args = %args.join(" "), "starting QEMU");
     let result = spawn_and_connect(agent, d, &run_dir, &args).await;
     match result {

@@ -10,6 +10,7 @@ pub mod accel;
 pub mod access;
 pub mod cluster;
 pub mod config;
+pub mod confine;
 pub mod domains;
 pub mod error;
 pub mod events;
@@ -66,6 +67,8 @@ pub struct Agent {
     /// Short tag distinguishing this agent's tap devices from another
     /// agent's on the same machine.
     pub host_tag: String,
+    /// The user QEMU drops to; `None` keeps it root (see [`confine::user`]).
+    pub qemu_user: Option<confine::user::QemuUser>,
     accel: OnceCell<AccelChoice>,
     /// `host-model` resolved per accelerator, probed once from this QEMU binary.
     host_cpus: tokio::sync::Mutex<Vec<(&'static str, tern_qemu::identity::HostCpu)>>,
@@ -86,6 +89,13 @@ impl Agent {
         let qemu_version = tern_qemu::probe::qemu_version(&cfg.qemu_binary).await?;
         let machines = tern_qemu::probe::machine_types(&cfg.qemu_binary).await?;
         let host_tag = short_hash(&cfg.state_dir.display().to_string());
+        let qemu_user = confine::user::lookup(&cfg.server.qemu)?;
+        confine::user::grant_userfaultfd(qemu_user.as_ref());
+        for dir in [cfg.state_dir.clone(), layout.runs()] {
+            confine::user::let_through(&dir, qemu_user.as_ref()).map_err(|e| {
+                anyhow::anyhow!("cannot let QEMU's user through {}: {e}", dir.display())
+            })?;
+        }
         let pools = pools::Pools::load(layout.pools());
         let networks = networks::Networks::load(layout.networks());
         let (jobs, unfinished) = migration::Jobs::open(layout.jobs());
@@ -99,6 +109,7 @@ impl Agent {
             qemu_version,
             machines,
             host_tag,
+            qemu_user,
             accel: OnceCell::new(),
             host_cpus: Default::default(),
             next_id: AtomicU32::new(1),

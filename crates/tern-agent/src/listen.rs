@@ -69,8 +69,8 @@ pub async fn serve_unix(server: Arc<Server>, listener: UnixListener, grant: Gran
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
-                let Some(slot) = server.clients.admit_authenticated() else {
-                    tracing::warn!("max_clients reached: refusing a unix connection");
+                let Some(slot) = server.clients_for(&grant).admit_authenticated() else {
+                    tracing::warn!("max_clients (max_ro_clients on {label}) reached: refusing a unix connection");
                     continue;
                 };
                 let identity = match s.peer_cred() {
@@ -162,11 +162,25 @@ async fn tls_connection(server: Arc<Server>, acceptor: TlsAcceptor, tcp: TcpStre
     if let Grant::Refused(why) = &grant {
         tracing::warn!(%addr, cn = cn.as_deref().unwrap_or("-"), "TLS client refused: {why}");
     }
+    // A read-only identity moves to the read-only share.
+    let slot = match grant {
+        Grant::ReadOnly => {
+            drop(slot);
+            match server.read_only.clients.admit_authenticated() {
+                Some(ro) => ro,
+                None => {
+                    tracing::warn!(%addr, "max_ro_clients reached: refusing a read-only TLS client");
+                    return;
+                }
+            }
+        }
+        _ => slot.promote(),
+    };
     let peer = Peer {
         identity: cn.unwrap_or_else(|| format!("tls:{addr}")),
         grant,
     };
-    serve_connection(server, tls, peer, slot.promote()).await;
+    serve_connection(server, tls, peer, slot).await;
 }
 
 /// Half-closes and drains a refused connection for a moment, so its TLS

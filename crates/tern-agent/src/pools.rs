@@ -364,6 +364,13 @@ impl Pools {
         Ok(p.store())
     }
 
+    /// The directories of every defined pool: where a definition's files
+    /// may lie (see [`crate::confine`]).
+    pub async fn targets(&self) -> Vec<PathBuf> {
+        let m = self.pools.lock().await;
+        m.values().map(|p| p.def.target.clone()).collect()
+    }
+
     /// Whether `path` is a file directly inside one of the active pools.
     pub async fn owns(&self, path: &Path) -> bool {
         let m = self.pools.lock().await;
@@ -423,8 +430,8 @@ impl Pools {
                         name: b.into(),
                     });
                 }
-                let bi = img::info(&bp).await?;
-                Some((bp, bi.format))
+                let format = self.backing_format(&bp).await?;
+                Some((bp, format))
             }
             None => None,
         };
@@ -485,7 +492,8 @@ impl Pools {
                 name: name.into(),
             });
         }
-        let i = img::info(&path).await?;
+        // A report only: nothing opens the volume with this guess.
+        let i = img::probe(&path).await?;
         Ok(VolumeInfo {
             name: name.into(),
             path,
@@ -494,6 +502,37 @@ impl Pools {
             allocation: i.actual_size,
             backing: i.backing,
         })
+    }
+
+    /// The format to record for a new overlay's backing volume. A pool
+    /// volume's format is not recorded anywhere, so qemu-img guesses it; a
+    /// guess of qcow2 may be a raw guest disk carrying a qcow2 header, so
+    /// its whole chain (read without further guessing) must stay inside
+    /// the storage pools, or the overlay would show a host file to a guest.
+    async fn backing_format(&self, bp: &Path) -> Result<String> {
+        let guess = img::probe(bp).await?.format;
+        if guess == "raw" {
+            return Ok(guess);
+        }
+        let targets = self.targets().await;
+        for link in img::backing_chain(bp, &guess).await? {
+            let dir = std::fs::canonicalize(&link.path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf));
+            let inside = dir.is_some_and(|d| {
+                targets
+                    .iter()
+                    .any(|t| std::fs::canonicalize(t).is_ok_and(|t| t == d))
+            });
+            if !inside {
+                return Err(AgentError::Invalid(format!(
+                    "backing volume {} reads {}, which is not in a storage pool; pick another backing volume or copy it with 'qemu-img convert -f raw'",
+                    bp.display(),
+                    link.path.display()
+                )));
+            }
+        }
+        Ok(guess)
     }
 
     /// `vol-delete`.

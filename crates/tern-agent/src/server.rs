@@ -32,17 +32,45 @@ pub struct Server {
     pub clients: Arc<Clients>,
     /// Request workers.
     pub workers: Workers,
+    /// Read-only connections and their workers: a share of their own.
+    pub read_only: ReadOnlyShare,
+}
+
+/// The connections and workers of read-only clients, apart from the
+/// read-write ones, so a crowd of readers cannot starve administrators.
+#[derive(Debug)]
+pub struct ReadOnlyShare {
+    /// Read-only connections (`max_ro_clients`).
+    pub clients: Arc<Clients>,
+    /// Read-only request workers (`ro_workers`).
+    pub workers: Workers,
 }
 
 impl Server {
     /// A server with the limits of the agent's configuration.
     pub fn new(agent: Arc<Agent>) -> Arc<Server> {
         let l = agent.cfg.server.limits.clone();
+        let ro_limits = crate::settings::Limits {
+            max_clients: l.max_ro_clients,
+            ..l.clone()
+        };
         Arc::new(Server {
+            read_only: ReadOnlyShare {
+                clients: Clients::new(ro_limits),
+                workers: Workers::new(l.ro_workers, 0),
+            },
             workers: Workers::new(l.max_workers, l.prio_workers),
             clients: Clients::new(l),
             agent,
         })
+    }
+
+    /// The connection table a client with `grant` is counted in.
+    pub fn clients_for(&self, grant: &Grant) -> &Arc<Clients> {
+        match grant {
+            Grant::ReadOnly => &self.read_only.clients,
+            _ => &self.clients,
+        }
     }
 
     fn info(&self, peer: &Peer) -> tern_api::ServerInfo {
@@ -127,9 +155,18 @@ async fn call(
         return Err(ApiError::new(ErrorCode::Forbidden, why.clone()));
     }
     let limit = server.clients.limits().max_request_bytes;
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
+    let wait = server.clients.limits().request_timeout;
+    let body = tokio::time::timeout(wait, Limited::new(req.into_body(), limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "request body did not arrive within {} s (request_timeout)",
+                    wait.as_secs()
+                ),
+            )
+        })?
         .map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -139,7 +176,7 @@ async fn call(
         .to_bytes();
     let req = parse_request(&body)?;
     access::check(&peer.grant, &req).inspect_err(|_| {
-        tracing::info!(identity = %peer.identity, ?req, "refused on a read-only connection");
+        tracing::info!(identity = %peer.identity, op = %op_name(&req), "refused on a read-only connection");
     })?;
     if req == Request::ServerInfo {
         return ok(server.info(peer));
@@ -148,7 +185,10 @@ async fn call(
         // A watcher waits here without holding a worker.
         return dispatch(&server.agent, req).await;
     }
-    let worker = server.workers.acquire(req.is_priority()).await;
+    let worker = match peer.grant {
+        Grant::ReadOnly => server.read_only.workers.acquire(false).await,
+        _ => server.workers.acquire(req.is_priority()).await,
+    };
     // The request runs to its end even if the client goes away: hyper drops
     // a pending service future when the connection closes, and a migration
     // step cut at an await (between `cont` and recording it, say) would
@@ -167,9 +207,24 @@ async fn call(
     })?
 }
 
+/// A request's operation for logs, e.g. `migrate-prepare` (its JSON `op`,
+/// and a nested one for migration requests), never its fields.
+pub fn op_name(req: &Request) -> String {
+    let v = serde_json::to_value(req).unwrap_or_default();
+    let op = |v: &serde_json::Value| v.get("op").and_then(|o| o.as_str()).map(str::to_string);
+    match (op(&v), v.as_object().and_then(|o| o.values().find_map(op))) {
+        (Some(a), Some(b)) if a != b => format!("{a}/{b}"),
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => "?".into(),
+    }
+}
+
 /// Runs one request against the agent.
 pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiError> {
-    tracing::debug!(?req, "request");
+    // The operation only: requests carry transfer session ids and whole
+    // definitions, which do not belong in logs.
+    tracing::debug!(op = %op_name(&req), "request");
     let verb = crate::metrics::verb_of(&req);
     let a = agent;
     let r: Result<Vec<u8>, AgentError> = async {
@@ -321,11 +376,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::debug!(identity = %peer.identity, grant = ?peer.grant, "connection");
+    let idle = server.clients.limits().idle_timeout;
     let peer = Arc::new(peer);
     let svc = service_fn(move |req| handle(server.clone(), peer.clone(), req));
     if let Err(e) = http1::Builder::new()
         // Headers are small; a peer streaming endless headers is cut off.
         .max_buf_size(64 << 10)
+        // Runs while hyper waits for a request head: from the connection's
+        // start and after each answer, so it closes idle connections and
+        // ones that send their headers too slowly.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle)
         .serve_connection(TokioIo::new(stream), svc)
         .await
     {

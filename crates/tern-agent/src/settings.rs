@@ -13,6 +13,10 @@
 //! max_client_requests = 5    # HTTP/1.1 runs one request at a time per connection
 //! max_request_bytes = 4194304
 //! auth_timeout = 10          # seconds a connection may take to finish its TLS handshake
+//! max_ro_clients = 100       # read-only connections: their own share, apart from max_clients
+//! ro_workers = 5             # read-only requests run on their own workers
+//! idle_timeout = 60          # seconds a connection may wait before (or while) sending a request head
+//! request_timeout = 30       # seconds a request body may take to arrive
 //! unix_sock_group = "tern"   # optional
 //! unix_sock_rw_perms = "0700"
 //! unix_sock_ro_perms = "0777"
@@ -70,11 +74,16 @@ struct File {
     max_client_requests: Option<usize>,
     max_request_bytes: Option<usize>,
     auth_timeout: Option<u64>,
+    max_ro_clients: Option<usize>,
+    ro_workers: Option<usize>,
+    idle_timeout: Option<u64>,
+    request_timeout: Option<u64>,
     unix_sock_group: Option<String>,
     unix_sock_rw_perms: Option<String>,
     unix_sock_ro_perms: Option<String>,
     tls_allowed_dn_list: Option<Vec<String>>,
     tls_readonly_dn_list: Option<Vec<String>>,
+    qemu: Option<crate::confine::QemuSettings>,
 }
 
 /// The connection limits.
@@ -94,6 +103,17 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Time a connection has to authenticate.
     pub auth_timeout: Duration,
+    /// Read-only connections at once (counted apart from `max_clients`,
+    /// so readers cannot crowd out administrators).
+    pub max_ro_clients: usize,
+    /// Requests of read-only connections served at once (apart from
+    /// `max_workers`).
+    pub ro_workers: usize,
+    /// Longest wait for a request head, from the connection's start or its
+    /// last answer: an idle or slow client is disconnected after it.
+    pub idle_timeout: Duration,
+    /// Longest time a request body may take to arrive.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -107,6 +127,10 @@ impl Default for Limits {
             max_client_requests: 5,
             max_request_bytes: 4 << 20,
             auth_timeout: Duration::from_secs(10),
+            max_ro_clients: 100,
+            ro_workers: 5,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -124,6 +148,8 @@ pub struct ServerSettings {
     pub unix_sock_rw_perms: u32,
     /// Mode of the read-only socket.
     pub unix_sock_ro_perms: u32,
+    /// How QEMU is confined (the `[qemu]` table).
+    pub qemu: crate::confine::QemuSettings,
 }
 
 impl Default for ServerSettings {
@@ -134,6 +160,7 @@ impl Default for ServerSettings {
             unix_sock_group: None,
             unix_sock_rw_perms: 0o700,
             unix_sock_ro_perms: 0o777,
+            qemu: crate::confine::QemuSettings::default(),
         }
     }
 }
@@ -210,6 +237,10 @@ impl ServerSettings {
                 Some(s) => Duration::from_secs(s),
                 None => l.auth_timeout,
             },
+            max_ro_clients: at_least_one("max_ro_clients", f.max_ro_clients, l.max_ro_clients)?,
+            ro_workers: at_least_one("ro_workers", f.ro_workers, l.ro_workers)?,
+            idle_timeout: seconds("idle_timeout", f.idle_timeout, l.idle_timeout)?,
+            request_timeout: seconds("request_timeout", f.request_timeout, l.request_timeout)?,
         };
         if let Some(min) = f.min_workers {
             if min > limits.max_workers {
@@ -236,7 +267,20 @@ impl ServerSettings {
             unix_sock_group: f.unix_sock_group,
             unix_sock_rw_perms: perms("unix_sock_rw_perms", f.unix_sock_rw_perms, 0o700)?,
             unix_sock_ro_perms: perms("unix_sock_ro_perms", f.unix_sock_ro_perms, 0o777)?,
+            qemu: f.qemu.unwrap_or_default(),
         })
+    }
+}
+
+fn seconds(key: &'static str, v: Option<u64>, dflt: Duration) -> Result<Duration, SettingsError> {
+    match v {
+        Some(0) => Err(SettingsError::Value {
+            key,
+            value: "0".into(),
+            why: "use a number of seconds, 1 or more",
+        }),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(dflt),
     }
 }
 

@@ -146,6 +146,7 @@ pub fn validate(d: &Domain) -> Result {
     validate_interfaces(d)?;
     validate_other_devices(d)?;
     controllers::validate_controllers(d)?;
+    qemu_values::validate_qemu_values(d)?;
     validate_representable(d)
 }
 
@@ -397,6 +398,7 @@ fn validate_representable(d: &Domain) -> Result {
 }
 
 mod controllers;
+pub mod qemu_values;
 
 #[cfg(test)]
 mod tests;

@@ -45,11 +45,11 @@
 mod devices;
 mod export;
 mod export_guest;
-mod guest_devices;
+pub(crate) mod guest_devices;
 mod hotplug;
 mod import;
 mod netdisk;
-mod platform;
+pub(crate) mod platform;
 mod units;
 
 #[cfg(test)]

@@ -343,7 +343,13 @@ fn nics(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
             Some("e1000") => "e1000",
             Some("rtl8139") => "rtl8139",
             Some("e1000e") => "e1000e",
-            Some(other) => other,
+            Some("ne2k_pci") => "ne2k_pci",
+            Some("pcnet") => "pcnet",
+            Some("vmxnet3") => "vmxnet3",
+            Some("igb") => "igb",
+            // validate() refuses every other model (an option smuggled in
+            // as `virtio-net-pci,romfile=...` never reaches QEMU).
+            Some(_) => "virtio-net-pci",
         };
         let mac = iface
             .mac
@@ -443,14 +449,9 @@ fn display(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
     let vnc = d.devices.graphics.iter().find(|g| g.kind == "vnc");
     match (vnc, spec.vnc_display) {
         (Some(g), Some(disp)) => {
-            let listen = match g.listen.as_deref() {
-                None | Some("") => "127.0.0.1",
-                Some(l) => l,
-            };
-            let listen = if listen.contains(':') {
-                format!("[{listen}]")
-            } else {
-                listen.to_string()
+            let listen = match listen_ip(g.listen.as_deref()) {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
             };
             a.push("-vnc".into());
             a.push(format!("{listen}:{disp}"));
@@ -462,10 +463,7 @@ fn display(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
     }
     let spice = d.devices.graphics.iter().find(|g| g.kind == "spice");
     if let (Some(g), Some(port)) = (spice, spec.spice_port) {
-        let listen = match g.listen.as_deref() {
-            None | Some("") => "127.0.0.1",
-            Some(l) => l,
-        };
+        let listen = listen_ip(g.listen.as_deref());
         let mut opts =
             format!("port={port},addr={listen},disable-ticketing=on,seamless-migration=on");
         if let Some(c) = g
@@ -487,7 +485,9 @@ fn display(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
             "qxl" if i == 0 => "qxl-vga".to_string(),
             "qxl" => "qxl".to_string(),
             "bochs" => "bochs-display".to_string(),
-            other => other.to_string(),
+            "ramfb" => "ramfb".to_string(),
+            // validate() refuses every other model.
+            _ => continue,
         };
         let vram = match (v.model.as_str(), v.vram) {
             ("cirrus", _) => String::new(),
@@ -500,6 +500,14 @@ fn display(spec: &LaunchSpec<'_>, a: &mut Vec<String>) {
             pci_addr(d, &v.address)
         ));
     }
+}
+
+/// A graphics listen address; loopback unless it is an IP address
+/// (validate() refuses anything else, so nothing can add options here).
+fn listen_ip(listen: Option<&str>) -> std::net::IpAddr {
+    listen
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// QEMU option values escape ',' by doubling it.

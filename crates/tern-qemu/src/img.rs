@@ -22,6 +22,53 @@ pub enum ImgError {
     /// `qemu-img info` printed something we could not read.
     #[error("cannot parse qemu-img info output: {0}")]
     Parse(#[from] serde_json::Error),
+    /// A format other than raw or qcow2 was asked for or recorded.
+    #[error("image {path}: format '{format}' is not supported; use raw or qcow2")]
+    Format {
+        /// The image.
+        path: PathBuf,
+        /// The format named.
+        format: String,
+    },
+    /// A qcow2 image names a backing file but not its format, so QEMU would
+    /// guess it from the backing file's contents.
+    #[error("image {image} names backing file {backing} without its format; record it with 'qemu-img rebase -u -f qcow2 -F raw|qcow2 -b {backing} {image}'")]
+    BackingWithoutFormat {
+        /// The image.
+        image: PathBuf,
+        /// Its backing file.
+        backing: PathBuf,
+    },
+    /// A backing chain longer than [`MAX_CHAIN_DEPTH`].
+    #[error("the backing chain of {top} is deeper than {MAX_CHAIN_DEPTH} images; flatten it with 'qemu-img convert'")]
+    ChainTooDeep {
+        /// The top image.
+        top: PathBuf,
+    },
+    /// A backing chain that comes back to an image it already passed.
+    #[error("the backing chain of {top} loops back to {again}; fix the backing file names")]
+    ChainLoop {
+        /// The top image.
+        top: PathBuf,
+        /// The image met twice.
+        again: PathBuf,
+    },
+}
+
+/// Deepest backing chain Tern follows (libvirt refuses beyond 200; real
+/// chains are a handful of snapshots deep).
+pub const MAX_CHAIN_DEPTH: usize = 32;
+
+/// The two formats Tern opens images with.
+fn checked_format(path: &Path, format: &str) -> Result<&'static str, ImgError> {
+    match format {
+        "raw" => Ok("raw"),
+        "qcow2" => Ok("qcow2"),
+        other => Err(ImgError::Format {
+            path: path.to_path_buf(),
+            format: other.to_string(),
+        }),
+    }
 }
 
 /// What `qemu-img info` says about an image.
@@ -99,7 +146,7 @@ pub async fn create(
     run("create", &args).await.map(|_| ())
 }
 
-/// Points an image at another backing file without touching data
+/// Points a qcow2 image at another backing file without touching data
 /// (`qemu-img rebase -u`): the backing file moved, its contents did not.
 pub async fn rebase_unsafe(
     path: &Path,
@@ -108,19 +155,37 @@ pub async fn rebase_unsafe(
 ) -> Result<(), ImgError> {
     let p = path.display().to_string();
     let b = backing.display().to_string();
+    let bf = checked_format(backing, backing_format)?;
     run(
         "rebase",
-        &["rebase", "-u", "-b", &b, "-F", backing_format, &p],
+        &["rebase", "-u", "-f", "qcow2", "-b", &b, "-F", bf, &p],
     )
     .await
     .map(|_| ())
 }
 
-/// Reads image facts; `-U` lets it inspect an image a running guest holds.
-pub async fn info(path: &Path) -> Result<ImageInfo, ImgError> {
+/// Reads the facts of an image of a known format (`-f`, so a raw image is
+/// never probed: a guest can write a qcow2 header into its raw disk); `-U`
+/// lets it inspect an image a running guest holds.
+pub async fn info(path: &Path, format: &str) -> Result<ImageInfo, ImgError> {
+    let f = checked_format(path, format)?;
+    let p = path.display().to_string();
+    let out = run("info", &["info", "-U", "-f", f, "--output=json", &p]).await?;
+    parse_info(&out)
+}
+
+/// What `qemu-img` guesses an image of unknown format to be. Only for
+/// reports (`vol-info`); nothing may open an image with the guessed format
+/// unless the image's bytes cannot come from a guest.
+pub async fn probe(path: &Path) -> Result<ImageInfo, ImgError> {
     let p = path.display().to_string();
     let out = run("info", &["info", "-U", "--output=json", &p]).await?;
-    let raw: RawInfo = serde_json::from_slice(&out)?;
+    parse_info(&out)
+}
+
+/// Parses `qemu-img info --output=json`.
+pub fn parse_info(out: &[u8]) -> Result<ImageInfo, ImgError> {
+    let raw: RawInfo = serde_json::from_slice(out)?;
     Ok(ImageInfo {
         format: raw.format,
         virtual_size: raw.virtual_size,
@@ -128,6 +193,63 @@ pub async fn info(path: &Path) -> Result<ImageInfo, ImgError> {
         backing: raw.full_backing.or(raw.backing).map(PathBuf::from),
         backing_format: raw.backing_format,
     })
+}
+
+/// One image of a backing chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    /// Where it is (as the image above names it; the top as given).
+    pub path: PathBuf,
+    /// Its format: the top's as the caller knows it, the others' as the
+    /// image above records it (never guessed).
+    pub format: String,
+    /// What qemu-img says about it, read with that format.
+    pub info: ImageInfo,
+}
+
+/// The backing chain of `top` (a `format` image), top first: each backing
+/// file read with the format its overlay records, at most
+/// [`MAX_CHAIN_DEPTH`] images, refusing loops.
+pub async fn backing_chain(top: &Path, format: &str) -> Result<Vec<ChainLink>, ImgError> {
+    let mut out: Vec<ChainLink> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut next = Some((top.to_path_buf(), format.to_string()));
+    while let Some((path, fmt)) = next.take() {
+        if out.len() >= MAX_CHAIN_DEPTH {
+            return Err(ImgError::ChainTooDeep {
+                top: top.to_path_buf(),
+            });
+        }
+        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if seen.contains(&key) {
+            return Err(ImgError::ChainLoop {
+                top: top.to_path_buf(),
+                again: path,
+            });
+        }
+        seen.push(key);
+        let info = info(&path, &fmt).await?;
+        if let Some(b) = &info.backing {
+            let bf = info
+                .backing_format
+                .clone()
+                .ok_or_else(|| ImgError::BackingWithoutFormat {
+                    image: path.clone(),
+                    backing: b.clone(),
+                })?;
+            let b = match path.parent() {
+                Some(dir) if b.is_relative() => dir.join(b),
+                _ => b.clone(),
+            };
+            next = Some((b, bf));
+        }
+        out.push(ChainLink {
+            path,
+            format: fmt,
+            info,
+        });
+    }
+    Ok(out)
 }
 
 /// The block drivers this QEMU build has (`qemu-img --help`, "Supported
@@ -222,11 +344,120 @@ mod tests {
         create(&top, "qcow2", None, Some((&base, "qcow2")))
             .await
             .unwrap();
-        let i = info(&top).await.unwrap();
+        let i = info(&top, "qcow2").await.unwrap();
         assert_eq!(i.format, "qcow2");
         assert_eq!(i.virtual_size, 1 << 20);
         assert_eq!(i.backing.as_deref(), Some(base.as_path()));
         let err = create(&dir.path().join("x"), "nope", Some(1), None).await;
         assert!(matches!(err, Err(ImgError::Failed { .. })));
+    }
+
+    /// The format-probing hole: a raw image whose first sector is a qcow2
+    /// header naming a host file as backing.
+    #[tokio::test]
+    async fn a_raw_image_is_never_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"not for guests").unwrap();
+        let hdr = dir.path().join("hdr.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "compat=0.10",
+                "-F",
+                "raw",
+                "-b",
+            ])
+            .arg(&secret)
+            .arg(&hdr)
+            .arg("64M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut disk = std::fs::read(&hdr).unwrap()[..512].to_vec();
+        disk.resize(1 << 20, 0);
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, &disk).unwrap();
+        // qemu-img's guess would follow the header to the secret.
+        assert_eq!(
+            probe(&raw).await.unwrap().backing.as_deref(),
+            Some(secret.as_path())
+        );
+        let i = info(&raw, "raw").await.unwrap();
+        assert_eq!(
+            (i.format.as_str(), i.virtual_size, i.backing),
+            ("raw", 1 << 20, None)
+        );
+        let chain = backing_chain(&raw, "raw").await.unwrap();
+        assert_eq!(chain.len(), 1);
+        assert!(matches!(
+            info(&raw, "vmdk").await,
+            Err(ImgError::Format { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn backing_chains_stop_at_loops_depth_and_missing_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        create(&p("base.raw"), "raw", Some(1 << 20), None)
+            .await
+            .unwrap();
+        create(
+            &p("mid.qcow2"),
+            "qcow2",
+            None,
+            Some((&p("base.raw"), "raw")),
+        )
+        .await
+        .unwrap();
+        create(
+            &p("top.qcow2"),
+            "qcow2",
+            None,
+            Some((&p("mid.qcow2"), "qcow2")),
+        )
+        .await
+        .unwrap();
+        let chain = backing_chain(&p("top.qcow2"), "qcow2").await.unwrap();
+        let formats: Vec<_> = chain.iter().map(|l| l.format.as_str()).collect();
+        assert_eq!(formats, ["qcow2", "qcow2", "raw"]);
+        assert_eq!(chain[2].path, p("base.raw"));
+        // a -> b -> a
+        create(&p("a.qcow2"), "qcow2", Some(1 << 20), None)
+            .await
+            .unwrap();
+        create(&p("b.qcow2"), "qcow2", None, Some((&p("a.qcow2"), "qcow2")))
+            .await
+            .unwrap();
+        rebase_unsafe(&p("a.qcow2"), &p("b.qcow2"), "qcow2")
+            .await
+            .unwrap();
+        let e = backing_chain(&p("a.qcow2"), "qcow2").await.unwrap_err();
+        assert!(matches!(e, ImgError::ChainLoop { .. }), "{e}");
+        // Deeper than the limit.
+        create(&p("l0.qcow2"), "qcow2", Some(1 << 20), None)
+            .await
+            .unwrap();
+        for n in 1..=MAX_CHAIN_DEPTH {
+            let below = p(&format!("l{}.qcow2", n - 1));
+            create(
+                &p(&format!("l{n}.qcow2")),
+                "qcow2",
+                None,
+                Some((&below, "qcow2")),
+            )
+            .await
+            .unwrap();
+        }
+        let top = p(&format!("l{MAX_CHAIN_DEPTH}.qcow2"));
+        let e = backing_chain(&top, "qcow2").await.unwrap_err();
+        assert!(matches!(e, ImgError::ChainTooDeep { .. }), "{e}");
+        // (qemu-img 10 no longer writes a backing file without its format,
+        // so BackingWithoutFormat is only met in images from older tools.)
     }
 }

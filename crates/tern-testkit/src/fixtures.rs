@@ -72,3 +72,68 @@ pub fn write_random(path: &Path, mib: usize, seed: u64, len: Option<u64>) {
         f.set_len(l).expect("size data file");
     }
 }
+
+/// Writes a raw image of `mib` MiB of pseudo-random data whose first
+/// sector is a qcow2 header naming `backing` as its backing file: what a
+/// guest can write to its own raw disk. A tool that probes the format sees
+/// a qcow2 image over `backing`; the guest's bytes are what must move.
+pub fn write_raw_with_qcow2_header(path: &Path, mib: usize, backing: &Path) {
+    write_random(path, mib, 0x5eed_cafe, None);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hdr = dir.path().join("hdr.qcow2");
+    // compat=0.10 keeps the header and backing name inside 512 bytes.
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "-F",
+            "raw",
+            "-b",
+        ])
+        .arg(backing)
+        .arg(&hdr)
+        .arg("64M")
+        .status()
+        .expect("run qemu-img");
+    assert!(st.success(), "qemu-img create of the header failed");
+    let header = std::fs::read(&hdr).expect("read header");
+    let name = backing.as_os_str().as_encoded_bytes();
+    assert!(
+        header[..512].windows(name.len()).any(|w| w == name),
+        "the backing name does not fit in the first sector"
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open image");
+    f.write_all(&header[..512]).expect("write header");
+}
+
+/// Whether any file under `dir` contains the (non-empty) bytes of `secret`,
+/// or any of its lines of 8 bytes or more.
+pub fn dir_contains(dir: &Path, secret: &[u8]) -> Option<PathBuf> {
+    let lines: Vec<&[u8]> = secret
+        .split(|b| *b == b'\n')
+        .filter(|l| l.len() >= 8)
+        .collect();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(found) = dir_contains(&p, secret) {
+                return Some(found);
+            }
+            continue;
+        }
+        let Ok(data) = std::fs::read(&p) else {
+            continue;
+        };
+        if lines.iter().any(|l| data.windows(l.len()).any(|w| w == *l)) {
+            return Some(p);
+        }
+    }
+    None
+}

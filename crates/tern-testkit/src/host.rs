@@ -53,6 +53,22 @@ pub struct HostOptions {
     pub accel: Option<String>,
     /// Extra environment of `ternd` (and so of its QEMUs), e.g. `TZ`.
     pub env: Vec<(String, String)>,
+    /// Body of the config file's `[qemu]` table; `None` gives
+    /// [`default_qemu_table`] (test files live in temp and target dirs).
+    pub qemu: Option<String>,
+}
+
+/// The `[qemu]` table test hosts get by default: definitions may name
+/// files under the temp directory, the workspace's target directory (the
+/// test guest's kernel and initrd) and /boot (the host kernel the UEFI
+/// tests boot), besides the pools.
+pub fn default_qemu_table() -> String {
+    let target = crate::guest::workspace_root().join("target");
+    format!(
+        "allowed_paths = [{:?}, {:?}, \"/boot\"]\n",
+        std::env::temp_dir().display().to_string(),
+        target.display().to_string()
+    )
 }
 
 /// A running `ternd` for tests.
@@ -82,6 +98,11 @@ impl TernHost {
             .tempdir()
             .expect("create temp dir");
         let root = tmp.path().to_path_buf();
+        // QEMU runs as its own user and must pass through to the one
+        // directory the agent hands it (see tern_agent::confine::user).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
+            .expect("open the host's root for search");
         let mut h = TernHost {
             opts,
             root,
@@ -173,11 +194,14 @@ impl TernHost {
         if let Some(d) = &self.opts.pki_dir {
             cmd.arg("--pki-dir").arg(d);
         }
-        if let Some(text) = &self.opts.config {
-            let path = self.root.join("ternd.toml");
-            std::fs::write(&path, text).expect("write ternd.toml");
-            cmd.arg("--config").arg(path);
-        }
+        let qemu = self.opts.qemu.clone().unwrap_or_else(default_qemu_table);
+        let text = format!(
+            "{}\n[qemu]\n{qemu}",
+            self.opts.config.as_deref().unwrap_or_default()
+        );
+        let path = self.root.join("ternd.toml");
+        std::fs::write(&path, text).expect("write ternd.toml");
+        cmd.arg("--config").arg(path);
         let child = cmd.spawn().expect("spawn ternd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -123,7 +123,7 @@ mod checksum;
 pub mod durable;
 mod error;
 pub mod extents;
-mod journal;
+pub mod journal;
 mod ratelimit;
 mod receiver;
 mod recv_accept;

@@ -146,6 +146,9 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() {
     tern_docgen::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
+    // State, sockets, received disk copies: private unless given a mode.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let args = Args::parse();
     tern_log::init(args.log_format, "TERND_LOG");
     if let Err(e) = run(args).await {

@@ -38,6 +38,10 @@ pub(super) async fn plug(
         .resolve(&agent.pools.resolve_disks(&live).await?)?;
     let placed = match dev {
         HotDevice::Disk(d) => {
+            // QEMU opens it after it dropped privileges: checked like a
+            // definition's paths, then handed to QEMU's user.
+            crate::confine::check_domain_paths(agent, &resolved).await?;
+            crate::confine::hand_over_disk(agent, &resolved, &d.target_dev)?;
             plug_disk(&run.qmp, &resolved, &d.target_dev).await?;
             let at = live
                 .devices

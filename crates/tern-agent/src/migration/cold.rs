@@ -71,10 +71,18 @@ pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
         if disk.device == DiskDevice::Cdrom {
             continue;
         }
-        let mut path = top.clone();
-        let mut depth = 0;
-        loop {
-            let info = img::info(&path).await?;
+        // The disk's own format, never a guess: a raw disk may hold a
+        // qcow2 header the guest wrote, naming any host file as backing.
+        let format = match disk.format {
+            tern_model::DiskFormat::Raw => "raw",
+            tern_model::DiskFormat::Qcow2 => "qcow2",
+        };
+        for (depth, link) in img::backing_chain(top, format)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            let (path, info) = (link.path, link.info);
             let meta = std::fs::metadata(&path).map_err(|e| AgentError::state(&path, e))?;
             use std::os::unix::fs::MetadataExt;
             let volume = path
@@ -100,10 +108,10 @@ pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
                 out.push(ColdFile {
                     id: out.len() as u32,
                     target: disk.target_dev.clone(),
-                    depth,
+                    depth: depth as u32,
                     pool: agent.pools.pool_of(&path).await.map(|p| p.name),
                     volume,
-                    format: info.format.clone(),
+                    format: link.format.clone(),
                     size: meta.len(),
                     allocated: meta.blocks() * 512,
                     backing_volume,
@@ -114,13 +122,6 @@ pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
                     session: session_of(&d.uuid, &path, &meta),
                     source_path: path.clone(),
                 });
-            }
-            match info.backing {
-                Some(b) => {
-                    path = b;
-                    depth += 1;
-                }
-                None => break,
             }
         }
     }
@@ -371,7 +372,7 @@ pub async fn finish(
     // the peer named.
     let copies: Vec<PathBuf> = placed.iter().map(|(_, p)| p.clone()).collect();
     for (f, path) in &placed {
-        let backing = img::info(path).await?.backing;
+        let backing = img::info(path, &f.format).await?.backing;
         let in_pool = match &backing {
             Some(b) => agent
                 .pools

@@ -198,7 +198,7 @@ async fn tunnelled_incoming(
     advertise: &str,
 ) -> Result<(IncomingTarget, Option<NbdTarget>)> {
     let run_dir = agent.layout.run_dir(&req.domain.name);
-    let (memory, nbd) = super::tunnel::incoming_sockets(&run_dir, !req.disks.is_empty())?;
+    let (memory, nbd) = super::tunnel::incoming_sockets(agent, &run_dir, !req.disks.is_empty())?;
     qmp.execute(
         "migrate-incoming",
         Some(json!({ "uri": format!("unix:{}", memory.display()) })),

@@ -86,7 +86,11 @@ pub async fn add_credentials(
 ) -> Result<()> {
     let pki = PkiDir::new(&agent.cfg.pki_dir);
     let dir = run_dir.join("migration-tls");
-    let staged = stage(&pki, endpoint, &dir);
+    // QEMU reads them after it dropped to its own user.
+    let staged = stage(&pki, endpoint, &dir).and_then(|()| {
+        crate::confine::user::hand_over_dir(&dir, agent.qemu_user.as_ref())
+            .map_err(|e| AgentError::state(&dir, e))
+    });
     let added = match staged {
         Ok(()) => {
             let _ = qmp

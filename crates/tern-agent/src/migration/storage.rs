@@ -40,7 +40,12 @@ pub async fn describe(agent: &Agent, d: &Domain, o: &MigrateOptions) -> Result<V
         if disk.readonly || disk.shareable || !o.copies_disk(&disk.target_dev) {
             continue;
         }
-        let info = img::info(src).await?;
+        let format = match disk.format {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        };
+        // Never probed: a raw disk may carry a qcow2 header its guest wrote.
+        let info = img::info(src, format).await?;
         let pool = agent.pools.pool_of(src).await.map(|p| p.name);
         let volume = src
             .file_name()

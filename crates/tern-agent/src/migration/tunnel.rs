@@ -90,9 +90,12 @@ fn sink(job: &Arc<Job>) -> EventSink {
 }
 
 /// The socket paths of a domain's tunnel, checked for length (QEMU and the
-/// kernel take at most 107 bytes).
-fn socket(run_dir: &Path, name: &str) -> Result<PathBuf> {
-    let p = run_dir.join(name);
+/// kernel take at most 107 bytes). They live in the run directory's part
+/// that QEMU's unprivileged user may use (see `crate::confine::user`).
+fn socket(agent: &Agent, run_dir: &Path, name: &str) -> Result<PathBuf> {
+    let dir = crate::confine::user::qemu_dir(run_dir, agent.qemu_user.as_ref())
+        .map_err(|e| AgentError::state(run_dir, e))?;
+    let p = dir.join(name);
     if p.as_os_str().len() > 107 {
         return Err(AgentError::Conflict(format!(
             "the tunnel socket path {} is too long for a unix socket; use a shorter --state-dir",
@@ -112,10 +115,14 @@ fn needs_pki(what: &str, e: impl std::fmt::Display) -> AgentError {
 /// Destination, Prepare: QEMU waits on a unix socket (and exports disks on
 /// another); the agent opens its tunnel listener for this migration.
 /// Returns the socket QEMU must listen on and the NBD socket if disks come.
-pub fn incoming_sockets(run_dir: &Path, disks: bool) -> Result<(PathBuf, Option<PathBuf>)> {
-    let mem = socket(run_dir, "tun-mem.sock")?;
+pub fn incoming_sockets(
+    agent: &Agent,
+    run_dir: &Path,
+    disks: bool,
+) -> Result<(PathBuf, Option<PathBuf>)> {
+    let mem = socket(agent, run_dir, "tun-mem.sock")?;
     let nbd = if disks {
-        Some(socket(run_dir, "tun-nbd.sock")?)
+        Some(socket(agent, run_dir, "tun-nbd.sock")?)
     } else {
         None
     };
@@ -170,15 +177,13 @@ pub fn outgoing(agent: &Agent, job: &Arc<Job>, run_dir: &Path, req: &PerformRequ
         server_name: host.to_string(),
     };
     let open = |name: &str, kind, r: &Remote| {
-        Outbound::listen(
-            &socket(run_dir, name)?,
-            kind,
-            r,
-            config.clone(),
-            req.id,
-            sink(job),
-        )
-        .map_err(|e| AgentError::Failed(e.to_string()))
+        let path = socket(agent, run_dir, name)?;
+        let out = Outbound::listen(&path, kind, r, config.clone(), req.id, sink(job))
+            .map_err(|e| AgentError::Failed(e.to_string()))?;
+        // QEMU, unprivileged, connects to it.
+        crate::confine::user::hand_over(&path, agent.qemu_user.as_ref())
+            .map_err(|e| AgentError::state(&path, e))?;
+        Ok::<_, AgentError>(out)
     };
     let memory = open(
         "tun-mem.sock",

@@ -146,7 +146,8 @@ impl<'a> Vols<'a> {
                 if !export.exists(b).await.map_err(|e| self.nfs_err(e))? {
                     return Err(self.no_volume(b));
                 }
-                let bi = img::info(&self.url(b)).await?;
+                // qemu-img's guess (see Pools::backing_format's caveat).
+                let bi = img::probe(&self.url(b)).await?;
                 Some((self.url(b), bi.format))
             }
             None => None,
@@ -175,7 +176,8 @@ impl<'a> Vols<'a> {
         {
             return Err(self.no_volume(name));
         }
-        let i = img::info(&self.url(name)).await?;
+        // A report only: nothing opens the volume with this guess.
+        let i = img::probe(&self.url(name)).await?;
         Ok(VolumeInfo {
             name: name.into(),
             path: self.target.join(name),

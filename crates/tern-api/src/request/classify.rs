@@ -14,7 +14,6 @@ impl Request {
             | Request::DomInfo { .. }
             | Request::DomBlkList { .. }
             | Request::DumpXml { .. }
-            | Request::Console { .. }
             | Request::PoolList { .. }
             | Request::PoolInfo { .. }
             | Request::VolList { .. }
@@ -24,7 +23,10 @@ impl Request {
             | Request::ServerInfo
             | Request::FenceLease { .. }
             | Request::Events { .. } => true,
-            Request::Define { .. }
+            // A console shows what the guest prints (passwords typed at a
+            // login prompt among it): read-write only, as in libvirt.
+            Request::Console { .. }
+            | Request::Define { .. }
             | Request::Create { .. }
             | Request::Start { .. }
             | Request::Shutdown { .. }
@@ -196,7 +198,7 @@ mod tests {
                     offset: 0,
                     max: 1,
                 },
-                true,
+                false,
             ),
             (
                 Request::PoolDefineAs {

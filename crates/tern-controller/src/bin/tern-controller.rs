@@ -131,6 +131,9 @@ fn console_passwd(file: &std::path::Path, user: &str, role: &str) -> anyhow::Res
 #[tokio::main]
 async fn main() {
     tern_docgen::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
+    // The store, sockets and keys it writes: private unless given a mode.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let mut args = Args::parse();
     tern_log::init(args.log_format, "TERN_CONTROLLER_LOG");
     let r = match args.cmd.take() {

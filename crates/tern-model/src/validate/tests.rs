@@ -314,3 +314,91 @@ fn refuses_text_xml_cannot_carry() {
         "newlines and tabs are fine in a description"
     );
 }
+
+#[test]
+fn option_smuggling_in_models_and_addresses_is_refused() {
+    let mut d = valid();
+    d.devices.interfaces[0].model = Some("virtio-net-pci,romfile=/etc/shadow".into());
+    let e = validate(&d).unwrap_err().to_string();
+    assert!(e.contains("NIC model") && e.contains("use virtio"), "{e}");
+    d.devices.interfaces[0].model = Some("e1000".into());
+    validate(&d).unwrap();
+
+    let mut d = valid();
+    d.devices.videos.push(Video {
+        model: "VGA,romfile=/etc/shadow".into(),
+        vram: None,
+        heads: None,
+        primary: true,
+        address: None,
+    });
+    let e = validate(&d).unwrap_err().to_string();
+    assert!(e.contains("video model"), "{e}");
+
+    let mut d = valid();
+    d.cpu = Some(Cpu {
+        mode: CpuMode::Custom,
+        model: Some("qemu64,+vmx".into()),
+        features: vec![],
+        match_mode: None,
+        check: None,
+        topology: None,
+    });
+    assert!(validate(&d).unwrap_err().to_string().contains("CPU model"));
+    d.cpu.as_mut().unwrap().model = Some("Skylake-Server-v4".into());
+    validate(&d).unwrap();
+    d.cpu
+        .as_mut()
+        .unwrap()
+        .features
+        .push(crate::guest::CpuFeature {
+            policy: "require".into(),
+            name: "sse4.2,romfile=x".into(),
+        });
+    assert!(validate(&d)
+        .unwrap_err()
+        .to_string()
+        .contains("CPU feature"));
+
+    let mut d = valid();
+    d.os.machine = Some("q35,memory-backend=x".into());
+    assert!(validate(&d)
+        .unwrap_err()
+        .to_string()
+        .contains("machine type"));
+
+    for (listen, ok) in [
+        ("127.0.0.1", true),
+        ("::1", true),
+        ("0.0.0.0", true),
+        ("127.0.0.1:1,password=on", false),
+        ("localhost", false),
+    ] {
+        let mut d = valid();
+        d.devices.graphics.push(Graphics {
+            kind: "vnc".into(),
+            port: Some(-1),
+            autoport: true,
+            listen: Some(listen.into()),
+            spice: None,
+        });
+        assert_eq!(validate(&d).is_ok(), ok, "{listen}");
+    }
+}
+
+#[test]
+fn rng_sources_and_audio_back_ends_are_allow_listed() {
+    let mut d = valid();
+    d.devices.rngs.push(crate::guest::Rng {
+        source: PathBuf::from("/etc/shadow"),
+        address: None,
+    });
+    assert!(validate(&d).unwrap_err().to_string().contains("rng source"));
+    d.devices.rngs[0].source = PathBuf::from("/dev/urandom");
+    validate(&d).unwrap();
+    d.devices.audios.push(crate::guest::Audio {
+        id: 1,
+        kind: "wav,path=/etc/passwd".into(),
+    });
+    assert!(validate(&d).unwrap_err().to_string().contains("audio"));
+}

@@ -189,7 +189,7 @@ pub(super) fn parse_rng(node: Node) -> Result<Rng> {
 }
 
 /// Watchdog actions QEMU's `-action watchdog=` knows.
-const WATCHDOG_ACTIONS: &[&str] = &[
+pub(crate) const WATCHDOG_ACTIONS: &[&str] = &[
     "reset",
     "shutdown",
     "poweroff",

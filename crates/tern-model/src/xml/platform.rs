@@ -412,8 +412,8 @@ pub(super) fn parse_clock(node: Node) -> Result<(String, Vec<Timer>)> {
 }
 
 /// SMBIOS fields QEMU's `-smbios` takes, per `<sysinfo>` child.
-const SYSINFO_BIOS: &[&str] = &["vendor", "version", "date", "release"];
-const SYSINFO_SYSTEM: &[&str] = &[
+pub(crate) const SYSINFO_BIOS: &[&str] = &["vendor", "version", "date", "release"];
+pub(crate) const SYSINFO_SYSTEM: &[&str] = &[
     "manufacturer",
     "product",
     "version",

@@ -295,3 +295,38 @@ fn vcpu_hotplug_maximum_and_topology_reach_smp() {
     );
     assert!(a.contains("-cpu Westmere,+avx,-vmx"), "{a}");
 }
+
+/// Even a definition that skipped validation cannot add QEMU options
+/// through a model or listen address; file paths are comma-escaped.
+#[test]
+fn models_and_listen_addresses_cannot_carry_options() {
+    let mut d = guest();
+    d.devices.interfaces[0].model = Some("virtio-net-pci,romfile=/etc/shadow".into());
+    d.devices.videos.push(Video {
+        model: "VGA,romfile=/etc/shadow".into(),
+        vram: None,
+        heads: None,
+        primary: true,
+        address: None,
+    });
+    d.devices.graphics.push(Graphics {
+        kind: "vnc".into(),
+        port: Some(-1),
+        autoport: true,
+        listen: Some("0.0.0.0:1,password=on".into()),
+        spice: None,
+    });
+    d.devices.serials[0].kind = CharDev::File {
+        path: "/pool/x,append=off,path=/etc/shadow".into(),
+    };
+    let a = line(&d);
+    assert!(!a.contains("romfile"), "{a}");
+    assert!(!a.contains("password"), "{a}");
+    assert!(a.contains("-vnc 127.0.0.1:0"), "{a}");
+    assert!(
+        a.contains("path=/pool/x,,append=off,,path=/etc/shadow,append=on"),
+        "{a}"
+    );
+    d.devices.graphics[0].listen = Some("::1".into());
+    assert!(line(&d).contains("-vnc [::1]:0"));
+}

@@ -1,0 +1,188 @@
+//! The unprivileged user QEMU runs as.
+//!
+//! QEMU starts as root, opens what its command line names (disks, kernel,
+//! firmware, sockets, the console pty), then drops to this user
+//! (`-run-with user=`, which also sets its groups, so `kvm` membership
+//! keeps /dev/kvm usable) under seccomp (`-sandbox on`). After that it can
+//! open nothing the user may not: not another guest's disks, not the
+//! agent's state. The few files it must open later are handed to it one by
+//! one ([`hand_over`]): the migration TLS credentials while they are
+//! loaded, the directory `pmemsave` writes into, and /dev/userfaultfd for
+//! post-copy.
+//!
+//! `-sandbox` leaves `elevateprivileges` allowed: QEMU installs its filter
+//! before dropping privileges, and `elevateprivileges=deny` would kill it at
+//! its own `setgid` (tried with QEMU 10.0). Once the user is not root it
+//! holds no capabilities, so the set*id calls gain it nothing.
+
+use super::QemuSettings;
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The user QEMU drops to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuUser {
+    /// Its name, as `-run-with user=` takes it.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+/// Why the configured user cannot be used.
+#[derive(Debug, Error)]
+pub enum UserError {
+    /// No such user on this host.
+    #[error("the QEMU user '{0}' does not exist on this host; create it with scripts/install-deps.sh (useradd --system --user-group {0}), or set user in the [qemu] table of ternd's --config file")]
+    Missing(String),
+    /// A name with a NUL or comma.
+    #[error("the QEMU user name '{0}' is not a plain user name; fix user in the [qemu] table")]
+    BadName(String),
+}
+
+/// Looks up the configured user; `None` when QEMU is to stay root.
+pub fn lookup(settings: &QemuSettings) -> Result<Option<QemuUser>, UserError> {
+    let name = settings.user.as_str();
+    if name == "root" {
+        return Ok(None);
+    }
+    if name.is_empty() || name.contains(',') {
+        return Err(UserError::BadName(name.into()));
+    }
+    let c = CString::new(name).map_err(|_| UserError::BadName(name.into()))?;
+    // SAFETY: getpwnam takes a NUL-terminated string and returns either
+    // NULL or a pointer to static storage that stays valid until the next
+    // getpw* call; the fields are copied out before this function returns,
+    // and it runs once at agent start, before any other thread calls getpw*.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(UserError::Missing(name.into()));
+    }
+    // SAFETY: `pw` is non-null and points to a valid passwd record (above).
+    let (uid, gid, pw_name) =
+        unsafe { ((*pw).pw_uid, (*pw).pw_gid, CStr::from_ptr((*pw).pw_name)) };
+    Ok(Some(QemuUser {
+        name: pw_name.to_string_lossy().into_owned(),
+        uid,
+        gid,
+    }))
+}
+
+/// The host-local QEMU arguments that confine it (not guest-visible, so
+/// they may differ between the two ends of a migration).
+pub fn qemu_args(settings: &QemuSettings, user: Option<&QemuUser>) -> Vec<String> {
+    let mut a = Vec::new();
+    if settings.sandbox {
+        a.push("-sandbox".into());
+        a.push("on,obsolete=deny,spawn=deny,resourcecontrol=deny".into());
+    }
+    if let Some(u) = user {
+        a.push("-run-with".into());
+        a.push(format!("user={}", u.name));
+    }
+    a
+}
+
+/// Gives `path` to QEMU's user, for a file QEMU opens after it dropped
+/// privileges; nothing to do when QEMU runs as root.
+pub fn hand_over(path: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
+    match user {
+        Some(u) => std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)),
+        None => Ok(()),
+    }
+}
+
+/// Lets QEMU's group pass through `dir` (group-owned, mode 0710: search
+/// but not list), so it reaches the one directory handed to it below.
+pub fn let_through(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(u) = user else { return Ok(()) };
+    std::os::unix::fs::chown(dir, None, Some(u.gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+}
+
+/// [`hand_over`] of a directory in a run directory and of the files
+/// directly in it; the run directory lets QEMU's group through.
+pub fn hand_over_dir(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
+    if user.is_none() {
+        return Ok(());
+    }
+    if let Some(run_dir) = dir.parent() {
+        let_through(run_dir, user)?;
+    }
+    hand_over(dir, user)?;
+    for e in std::fs::read_dir(dir)? {
+        hand_over(&e?.path(), user)?;
+    }
+    Ok(())
+}
+
+/// The directory inside a run directory that QEMU itself may write
+/// (`pmemsave` samples, staged TLS credentials); created on demand.
+pub fn qemu_dir(run_dir: &Path, user: Option<&QemuUser>) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = run_dir.join("qemu");
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    }
+    hand_over_dir(&dir, user)?;
+    Ok(dir)
+}
+
+/// Lets QEMU's group open /dev/userfaultfd, which a post-copy destination
+/// needs once QEMU is unprivileged (vm.unprivileged_userfaultfd is 0 on
+/// most distributions). Logged, never fatal: only post-copy depends on it.
+pub fn grant_userfaultfd(user: Option<&QemuUser>) {
+    let Some(u) = user else { return };
+    let dev = Path::new("/dev/userfaultfd");
+    if !dev.exists() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let r = std::os::unix::fs::chown(dev, None, Some(u.gid))
+        .and_then(|_| std::fs::set_permissions(dev, std::fs::Permissions::from_mode(0o660)));
+    match r {
+        Ok(()) => tracing::info!(
+            group = u.gid,
+            "/dev/userfaultfd opened to QEMU's group for post-copy"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open /dev/userfaultfd to QEMU's group; post-copy will fail")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_keeps_qemu_unconfined_by_user_and_others_are_looked_up() {
+        let mut s = QemuSettings {
+            user: "root".into(),
+            ..QemuSettings::default()
+        };
+        assert_eq!(lookup(&s).unwrap(), None);
+        assert_eq!(
+            qemu_args(&s, None),
+            [
+                "-sandbox",
+                "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
+            ]
+        );
+        s.user = "nobody".into();
+        let u = lookup(&s).unwrap().unwrap();
+        assert_eq!(u.name, "nobody");
+        assert_eq!(qemu_args(&s, Some(&u))[2..], ["-run-with", "user=nobody"]);
+        s.user = "no-such-user-here".into();
+        let e = lookup(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("'no-such-user-here' does not exist") && e.contains("install-deps"),
+            "{e}"
+        );
+        s.user = "a,b".into();
+        assert!(matches!(lookup(&s), Err(UserError::BadName(_))));
+    }
+}
