@@ -15,6 +15,7 @@
 
 pub mod bootsector;
 pub mod browser;
+pub mod ceph;
 pub mod controller;
 pub mod corpus;
 mod cpio;
@@ -38,6 +39,7 @@ mod vmlinux;
 pub mod watch;
 
 pub use browser::ChromeDriver;
+pub use ceph::CephCluster;
 pub use controller::{console_passwd, TestController};
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
