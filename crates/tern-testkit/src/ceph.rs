@@ -342,7 +342,6 @@ impl CephCluster {
     /// Polls `ceph health` until HEALTH_OK; fails fast if a daemon exits.
     fn wait_healthy(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut last = String::new();
         loop {
             for (what, child) in &mut self.daemons {
                 if let Ok(Some(st)) = child.try_wait() {
@@ -351,7 +350,7 @@ impl CephCluster {
                 }
             }
             let out = self.admin(&["health", "--connect-timeout", "10"]);
-            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let last = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if out.status.success() && last.starts_with("HEALTH_OK") {
                 return;
             }
