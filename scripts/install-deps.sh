@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tern needs on a Debian machine: QEMU, qemu-img, a kernel and
 # busybox for the test guest, iproute2 for bridges and namespaces, protoc and
-# etcd for the cluster controller's etcd store.
+# etcd for the cluster controller's etcd store, and a single-node Ceph for
+# the RBD tests.
 # Idempotent: only missing packages are installed.
 set -euo pipefail
 
@@ -34,6 +35,10 @@ PKGS=(
   openssl              # s_client: an intruder's TLS client in the data-plane test
   curl                 # the console's certificate login test
   e2fsprogs            # chattr: the fencing tests make one host's storage lease unwritable
+  ceph-mon             # the single-node Ceph the RBD tests start (issue 21)
+  ceph-mgr             # its manager: a cluster without one never reports HEALTH_OK
+  ceph-osd             # its one BlueStore OSD, on a sparse file
+  ceph-common          # ceph, rbd, ceph-authtool: pools, images, blocklists, keys
 )
 
 missing=()

@@ -15,6 +15,7 @@
 
 pub mod bootsector;
 pub mod browser;
+pub mod ceph;
 pub mod cluster;
 pub mod controller;
 pub mod corpus;
@@ -43,6 +44,7 @@ mod vmlinux;
 pub mod watch;
 
 pub use browser::ChromeDriver;
+pub use ceph::CephCluster;
 pub use controller::{console_passwd, TestController};
 pub use cpio::CpioWriter;
 pub use domxml::{GuestSpec, TestDisk};
