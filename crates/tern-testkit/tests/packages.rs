@@ -205,6 +205,19 @@ fn upgrading_the_agent_package_leaves_a_running_guest_running() {
     // lose: the service shares the host's PIDs here, as in a unit's cgroup.
     let mut agent = root.start_service_with("ternd.service", false);
     agent.wait_ready(LONG);
+    // The kernel and initramfs live in a pool, as every guest file must.
+    ok(
+        root.run(&[
+            "tern",
+            "pool-define-as",
+            "images",
+            "dir",
+            "--target",
+            "/var/lib/tern/images",
+        ]),
+        "pool-define-as",
+    );
+    ok(root.run(&["tern", "pool-start", "images"]), "pool-start");
     ok(root.run(&["tern", "define", "/tmp/up1.xml"]), "define");
     ok(root.run(&["tern", "start", "up1"]), "start");
     let before = heartbeats(&root, "up1", 0);

@@ -75,6 +75,15 @@ async fn plug_disk(qmp: &Qmp, live: &Domain, target: &str) -> Result<()> {
         .ok_or_else(|| AgentError::Failed(format!("no QEMU arguments for disk {target}")))?;
     let mut added: Vec<String> = Vec::new();
     for b in &plug.blockdevs {
+        let mut b = b.clone();
+        if b["driver"] == "nfs" && b.get("user").is_none() {
+            // QEMU opened its other NFS disks at start, as root, before it
+            // dropped to its own user; a disk plugged in later would reach
+            // the server as that user (AUTH_SYS), which the volume's owner
+            // check refuses. It speaks as root, as at start.
+            b["user"] = json!(0);
+            b["group"] = json!(0);
+        }
         if let Err(err) = qmp.execute("blockdev-add", Some(b.clone())).await {
             del_nodes(qmp, &added).await;
             return Err(err.into());
