@@ -3,23 +3,10 @@
 //! two cores. Servers are believed through their consoles.
 
 use std::time::{Duration, Instant};
+use tern_testkit::cluster::{jobs, shared_pool, wait_server, LONG};
 use tern_testkit::{
     build_or_reuse, BuildOptions, Etcd, GuestSpec, SerialLog, TernHost, TestController, TestDisk,
 };
-
-const LONG: Duration = Duration::from_secs(120);
-
-/// A directory every host sees as the pool "shared".
-fn shared_pool(hosts: &[&TernHost]) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("tern-cshared-")
-        .tempdir()
-        .unwrap();
-    for h in hosts {
-        h.add_pool("shared", d.path(), true);
-    }
-    d
-}
 
 /// Defines and starts an idle guest on `h`, its disk in `pool` (skipped
 /// when `None`), and waits for it to be ready.
@@ -52,28 +39,11 @@ fn boot_touching(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64, tou
     h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
 }
 
-/// Waits until the controller lists `name` on `host` in `state`.
-fn wait_server(c: &TestController, name: &str, host: &str, state: &str) -> serde_json::Value {
-    c.wait_json(
-        &["server-show", name],
-        LONG,
-        &format!("{name} {state} on {host}"),
-        |v| v["host"] == host && v["state"] == state,
-    )
-}
-
 /// New heartbeats on `h`'s console for `name`.
 fn wait_heartbeats(h: &TernHost, name: &str) -> String {
     h.wait_console(name, LONG, "heartbeats", |t| {
         SerialLog::parse(t).heartbeats.len() >= 3
     })
-}
-
-fn jobs(c: &TestController) -> Vec<serde_json::Value> {
-    c.json(&["job-list"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn wait_jobs_done(c: &TestController, n: usize) -> Vec<serde_json::Value> {
@@ -101,7 +71,7 @@ fn live_migrate_picks_the_only_compatible_host_and_forecast_explains() {
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &["--fact", "cpu_model=Other CPU"]);
     let d = TestController::host(&[&c], "d", &[]);
-    let _pool = shared_pool(&[&a, &b, &d]);
+    let _pool = shared_pool(&[&a, &b, &d], "shared");
     boot(&a, "vm1", Some("shared"), 128);
     wait_server(&c, "vm1", "a", "running");
     c.wait_json(&["host-list"], LONG, "three online hosts", |v| {
@@ -173,7 +143,7 @@ fn six_migrations_with_a_per_host_limit_of_two() {
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
     let d = TestController::host(&[&c], "d", &[]);
-    let _pool = shared_pool(&[&a, &b, &d]);
+    let _pool = shared_pool(&[&a, &b, &d], "shared");
     let names: Vec<String> = (1..=6).map(|i| format!("s{i}")).collect();
     for n in &names {
         boot(&a, n, None, 128);
@@ -230,7 +200,7 @@ fn host_down_restarts_shared_servers_elsewhere_exactly_once() {
     let c = TestController::file(&[]);
     let mut a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     let local = tempfile::tempdir().unwrap();
     a.add_pool("local", local.path(), false);
     boot(&a, "web", Some("shared"), 128);
@@ -310,7 +280,7 @@ fn losing_the_controller_and_every_peer_kills_no_guest_while_storage_answers() {
     let mut c = TestController::file(&[]);
     let a = TestController::host(&[&c], "a", &[]);
     let mut b = TestController::host(&[&c], "b", &[]);
-    let pool = shared_pool(&[&a, &b]);
+    let pool = shared_pool(&[&a, &b], "shared");
     boot(&a, "g", Some("shared"), 128);
     wait_server(&c, "g", "a", "running");
     c.ok(&[
@@ -340,7 +310,7 @@ fn cancel_queued_and_running_jobs_then_evacuate_a_host_for_maintenance() {
     let c = TestController::file(&["--max-cluster-migrations", "1"]);
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     boot_touching(&a, "vm", Some("shared"), 192, 64);
     // A stopped server with its disk in the shared pool.
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
@@ -421,7 +391,7 @@ fn a_host_shutting_down_moves_its_running_servers_away_first() {
     let c = TestController::file(&[]);
     let mut a = TestController::host(&[&c], "a", &["--on-stop", "host-shutdown"]);
     let b = TestController::host(&[&c], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     boot(&a, "web", Some("shared"), 128);
     wait_server(&c, "web", "a", "running");
     c.wait_json(&["host-list"], LONG, "two hosts", |v| {
@@ -475,7 +445,7 @@ fn enable_tls_migrates_over_qemus_tls() {
     let c = TestController::file(&[]);
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     boot(&a, "vm", Some("shared"), 128);
     wait_server(&c, "vm", "a", "running");
     c.wait_json(&["host-list"], LONG, "two hosts", |v| {
@@ -495,7 +465,7 @@ fn the_migration_tls_cluster_setting_encrypts_every_live_migration() {
     let c = TestController::file(&["--migration-tls"]);
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     boot(&a, "vm", Some("shared"), 128);
     wait_server(&c, "vm", "a", "running");
     c.wait_json(&["host-list"], LONG, "two hosts", |v| {
@@ -538,7 +508,7 @@ fn controller_restarted_mid_job_completes_it_embedded_store() {
     let mut c = TestController::file(&[]);
     let a = TestController::host(&[&c], "a", &[]);
     let b = TestController::host(&[&c], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     // 64 MiB of guest memory at 4 MB/s: long enough to kill the controller mid-way.
     boot_touching(&a, "vm", Some("shared"), 192, 64);
     wait_server(&c, "vm", "a", "running");
@@ -573,7 +543,7 @@ fn two_controllers_on_etcd_hand_over_mid_job() {
     let c2 = TestController::etcd(&e.url, &["--id", "c2", "--leader-ttl-ms", "2000"]);
     let a = TestController::host(&[&c1, &c2], "a", &[]);
     let b = TestController::host(&[&c1, &c2], "b", &[]);
-    let _pool = shared_pool(&[&a, &b]);
+    let _pool = shared_pool(&[&a, &b], "shared");
     boot_touching(&a, "vm", Some("shared"), 192, 64);
     wait_server(&c2, "vm", "a", "running");
     c2.wait_json(&["host-list"], LONG, "two hosts", |v| {

@@ -22,8 +22,13 @@ fn boot_diskless(p: &HostPair, name: &str) {
 
 /// A raw volume of the shared pool, and an XML file for it as `target`.
 fn disk_file(h: &TernHost, dir: &Path, vol: &str, target: &str) -> String {
-    h.ok(&["vol-create-as", "shared", vol, "16M"]);
-    let path = h.ok(&["vol-path", vol, "--pool", "shared"]);
+    disk_file_in(h, "shared", dir, vol, target)
+}
+
+/// A raw volume of `pool`, and an XML file for it as `target`.
+fn disk_file_in(h: &TernHost, pool: &str, dir: &Path, vol: &str, target: &str) -> String {
+    h.ok(&["vol-create-as", pool, vol, "16M"]);
+    let path = h.ok(&["vol-path", vol, "--pool", pool]);
     let xml = format!(
         "<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>\
          <source file='{}'/><target dev='{target}' bus='virtio'/></disk>",
@@ -228,19 +233,8 @@ fn an_attached_local_disk_is_copied_along_and_verified_there() {
     let dir = tempfile::tempdir().unwrap();
     p.add_local_pools();
     boot_diskless(&p, name);
-    p.a.ok(&["vol-create-as", "images", "hc.raw", "16M"]);
-    let path = p.a.ok(&["vol-path", "hc.raw", "--pool", "images"]);
-    let xml = dir.path().join("vda.xml");
-    std::fs::write(
-        &xml,
-        format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>\
-             <source file='{}'/><target dev='vda' bus='virtio'/></disk>",
-            path.trim()
-        ),
-    )
-    .unwrap();
-    p.a.ok(&["attach-device", name, &xml.display().to_string(), "--live"]);
+    let xml = disk_file_in(&p.a, "images", dir.path(), "hc.raw", "vda");
+    p.a.ok(&["attach-device", name, &xml, "--live"]);
     p.a.wait_console(name, Duration::from_secs(90), "disk checks", |t| {
         SerialLog::parse(t).count("TERN-DISK ok") >= 2
     });
