@@ -1,15 +1,26 @@
 //! The etcd store: several controllers share one etcd cluster. Keys live
 //! under a prefix; revisions are etcd's mod revisions; CAS is a
 //! transaction comparing them.
+//!
+//! Failover is ours, as etcd's own Go client does it: one client per
+//! member, one pinned member, and a call that finds its member unreachable
+//! (or without a leader) tries the next one and pins it. etcd-client's
+//! balanced channel keeps sending a share of the calls to a dead member
+//! (about one in four failed in `the_etcd_store_fails_over_when_a_member_dies`),
+//! and a controller whose store fails cannot rescue anything.
 
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A store on etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Vec<Client>>,
+    pinned: Arc<AtomicUsize>,
     prefix: String,
 }
 
@@ -27,11 +38,49 @@ impl EtcdStore {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(opts)).await?;
+        let mut members = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            members.push(Client::connect([e], Some(opts.clone())).await?);
+        }
+        if members.is_empty() {
+            return Err(StoreError::from(etcd_client::Error::InvalidArgs(
+                "no etcd endpoint".into(),
+            )));
+        }
         Ok(EtcdStore {
-            client,
+            members: Arc::new(members),
+            pinned: Arc::new(AtomicUsize::new(0)),
             prefix: prefix.to_string(),
         })
+    }
+
+    /// Runs `f` on the pinned member; when that member cannot answer, on
+    /// each other member in turn, pinning the first that does. A retried
+    /// write is safe here: puts are idempotent, and a compare-and-swap
+    /// that did land the first time fails its comparison the second time,
+    /// which callers already treat as "someone else wrote".
+    async fn call<T, F, Fut>(&self, f: F) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let n = self.members.len();
+        let first = self.pinned.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let m = (first + i) % n;
+            match f(self.members[m].clone()).await {
+                Ok(v) => {
+                    if m != first {
+                        self.pinned.store(m, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if member_unavailable(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one member"))
     }
 
     fn k(&self, key: &str) -> String {
@@ -46,6 +95,20 @@ impl EtcdStore {
             revision: kv.mod_revision() as u64,
             lease: (kv.lease() != 0).then_some(kv.lease()),
         }
+    }
+}
+
+/// Whether `e` says the member could not serve the call (down, cut off,
+/// or without a leader), so another member may.
+fn member_unavailable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
     }
 }
 
@@ -68,22 +131,27 @@ fn lease_err(lease: Option<LeaseId>, e: etcd_client::Error) -> StoreError {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        let r = self.client.clone().get(self.k(key), None).await?;
+        let k = &self.k(key);
+        let r = self
+            .call(|mut c| async move { c.get(k.as_str(), None).await })
+            .await?;
         Ok(r.kvs().first().map(|kv| self.entry(kv)))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<u64> {
+        let (k, value) = (&self.k(key), &value);
         let r = self
-            .client
-            .clone()
-            .put(self.k(key), value, lease_opts(lease))
+            .call(|mut c| async move { c.put(k.as_str(), value.clone(), lease_opts(lease)).await })
             .await
             .map_err(|e| lease_err(lease, e))?;
         Ok(r.header().map_or(0, |h| h.revision() as u64))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let r = self.client.clone().delete(self.k(key), None).await?;
+        let k = &self.k(key);
+        let r = self
+            .call(|mut c| async move { c.delete(k.as_str(), None).await })
+            .await?;
         Ok(r.deleted() > 0)
     }
 
@@ -101,10 +169,9 @@ impl Store for EtcdStore {
             Txn::new()
                 .when(vec![cmp])
                 .and_then(vec![TxnOp::put(k, value, lease_opts(lease))]);
+        let txn = &txn;
         let r = self
-            .client
-            .clone()
-            .txn(txn)
+            .call(|mut c| async move { c.txn(txn.clone()).await })
             .await
             .map_err(|e| lease_err(lease, e))?;
         Ok(r.succeeded()
@@ -128,7 +195,10 @@ impl Store for EtcdStore {
             .when(vec![cmp, term])
             .and_then(vec![TxnOp::put(k, value, None)])
             .or_else(vec![TxnOp::get(g, None)]);
-        let r = self.client.clone().txn(txn).await?;
+        let txn = &txn;
+        let r = self
+            .call(|mut c| async move { c.txn(txn.clone()).await })
+            .await?;
         if r.succeeded() {
             return Ok(Some(r.header().map_or(0, |h| h.revision() as u64)));
         }
@@ -145,25 +215,26 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let k = &self.k(prefix);
+        let opts = || Some(GetOptions::new().with_prefix());
         let r = self
-            .client
-            .clone()
-            .get(self.k(prefix), Some(GetOptions::new().with_prefix()))
+            .call(|mut c| async move { c.get(k.as_str(), opts()).await })
             .await?;
         Ok(r.kvs().iter().map(|kv| self.entry(kv)).collect())
     }
 
     async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        Ok(self.client.clone().lease_grant(secs, None).await?.id())
+        let r = self
+            .call(|mut c| async move { c.lease_grant(secs, None).await })
+            .await?;
+        Ok(r.id())
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
         let e = |e| lease_err(Some(lease), e);
         let (mut keeper, mut stream) = self
-            .client
-            .clone()
-            .lease_keep_alive(lease)
+            .call(|mut c| async move { c.lease_keep_alive(lease).await })
             .await
             .map_err(e)?;
         keeper.keep_alive().await.map_err(e)?;
@@ -174,7 +245,10 @@ impl Store for EtcdStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
-        match self.client.clone().lease_revoke(lease).await {
+        let r = self
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await;
+        match r {
             Ok(_) => Ok(()),
             Err(e) => match lease_err(Some(lease), e) {
                 StoreError::LeaseExpired(_) => Ok(()),

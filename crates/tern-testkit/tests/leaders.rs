@@ -149,3 +149,47 @@ async fn etcd_refuses_a_write_from_a_past_term() {
     assert!(s.get("jobs/2").await.unwrap().is_none());
     assert_eq!(s.get("jobs/1").await.unwrap().unwrap().value, b"a");
 }
+
+/// A store connected to three members keeps answering once the member it
+/// talks to dies: after the survivors elect a leader, every read and write
+/// succeeds (a client that keeps picking the dead member fails a share of
+/// them, and a controller whose store fails cannot rescue anything).
+#[tokio::test]
+async fn the_etcd_store_fails_over_when_a_member_dies() {
+    let mut etcd = EtcdCluster::start(3);
+    let s = tern_store::open(&format!("etcd:{}", etcd.endpoints()))
+        .await
+        .unwrap();
+    for i in 0..30 {
+        s.put(&format!("k/{i}"), b"v".to_vec(), None).await.unwrap();
+    }
+    let l = etcd.leader().expect("an etcd leader");
+    etcd.kill(l);
+    // The survivors need a moment to elect a new leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.get("k/0").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer after a member died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut failed = Vec::new();
+    for i in 0..100 {
+        if let Err(e) = s.get(&format!("k/{}", i % 30)).await {
+            failed.push(format!("get: {e}"));
+        }
+        if let Err(e) = s.put(&format!("k/{}", i % 30), b"w".to_vec(), None).await {
+            failed.push(format!("put: {e}"));
+        }
+        if let Err(e) = s.list("k/").await {
+            failed.push(format!("list: {e}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 300 calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
