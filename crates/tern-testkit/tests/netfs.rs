@@ -657,3 +657,71 @@ fn a_disk_attached_from_the_nfs_pool_migrates() {
     wait_disk_ok(&p.b, name, 2);
     assert!(p.b.ok(&["dumpxml", name]).contains("volume='hot01'"));
 }
+
+/// `--copy-storage-all --target-pool nfspool`: a disk in A's local pool is
+/// mirrored into the export (a pool QEMU reaches over `nfs://` on this
+/// kernel), verified by the guest on B, then mirrored back into A's local
+/// pool (its stale copy deleted first, as virsh users do); the export's
+/// copy is then B's to delete with `vol-delete`.
+#[test]
+fn a_local_disk_is_mirrored_into_the_nfs_pool_and_back() {
+    let test = "a_local_disk_is_mirrored_into_the_nfs_pool_and_back";
+    if skip(test) {
+        return;
+    }
+    let p = nfs_pair("mir");
+    let locals: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            tempfile::Builder::new()
+                .prefix("tern-local-")
+                .tempdir()
+                .unwrap()
+        })
+        .collect();
+    p.a.add_pool("local", locals[0].path(), false);
+    p.b.add_pool("local", locals[1].path(), false);
+    let name = "nfsmir";
+    p.a.ok(&["vol-create-as", "local", "mir01", "16M", "--format", "raw"]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.disks.push(TestDisk {
+        path: locals[0].path().join("mir01"),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", name]);
+    wait_disk_ok(&p.a, name, 2);
+
+    let into = ["--copy-storage-all", "--target-pool", "nfspool"];
+    migrate(&p.a, &into, name, &p.b.uri());
+    wait_disk_ok(&p.b, name, 2);
+    let blk = p.b.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&p.target.join("mir01").display().to_string()),
+        "{blk}"
+    );
+    assert!(
+        p.nfs.export_dir().join("mir01").is_file(),
+        "no copy on the export"
+    );
+    assert!(
+        !locals[1].path().join("mir01").exists(),
+        "B's local pool got the copy"
+    );
+
+    p.a.ok(&["vol-delete", "mir01", "--pool", "local"]);
+    let back = ["--copy-storage-all", "--target-pool", "local"];
+    migrate(&p.b, &back, name, &p.a.uri());
+    wait_disk_ok(&p.a, name, 2);
+    let blk = p.a.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&locals[0].path().join("mir01").display().to_string()),
+        "{blk}"
+    );
+    // The export's copy is B's to delete now, through the pool.
+    p.b.ok(&["vol-delete", "mir01", "--pool", "nfspool"]);
+    assert!(!p.nfs.export_dir().join("mir01").exists());
+}

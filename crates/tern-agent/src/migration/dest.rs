@@ -59,7 +59,7 @@ fn repeated_finish(agent: &Agent, req: &FinishRequest) -> Option<FinishReply> {
     })
 }
 
-pub(super) fn remove_created(job: &Job) {
+pub(super) async fn remove_created(agent: &Agent, job: &Job) {
     let files = std::mem::take(&mut *job.created.lock().unwrap_or_else(|p| p.into_inner()));
     if !files.is_empty() {
         job.event(format!(
@@ -67,7 +67,7 @@ pub(super) fn remove_created(job: &Job) {
             files.len()
         ));
     }
-    super::storage::remove_files(&files);
+    super::storage::remove_files(agent, &files).await;
 }
 
 async fn start_incoming(

@@ -45,7 +45,8 @@ pub async fn describe(agent: &Agent, d: &Domain, o: &MigrateOptions) -> Result<V
             DiskFormat::Raw => "raw",
         };
         // Never probed: a raw disk may carry a qcow2 header its guest wrote.
-        let info = img::info(src, format).await?;
+        // A file on an export QEMU reaches is read on its nfs:// URL.
+        let info = img::info(&agent.pools.img_path(src).await, format).await?;
         let pool = agent.pools.pool_of(src).await.map(|p| p.name);
         let volume = src
             .file_name()
@@ -99,14 +100,17 @@ pub async fn create_volumes(
                 dc.target
             ))
         })?;
-        let dir = agent.pools.active_dir(&pool).await.map_err(|e| {
-            AgentError::Conflict(format!(
+        let (path, exists) = agent
+            .pools
+            .volume_slot(&pool, &dc.volume)
+            .await
+            .map_err(|e| {
+                AgentError::Conflict(format!(
                 "the destination cannot hold disk '{}': {e}; create the pool or pass --target-pool",
                 dc.target
             ))
-        })?;
-        let path = dir.join(&dc.volume);
-        if path.exists() {
+            })?;
+        if exists {
             return Err(AgentError::Conflict(format!(
                 "volume '{}' already exists in pool '{pool}' on the destination; remove it or use --target-pool",
                 dc.volume
@@ -154,8 +158,10 @@ pub async fn create_volumes(
             _ => None,
         };
         let size = Some(dc.virtual_size);
-        if let Err(e) = img::create(path, &dc.format, size, backing).await {
-            remove_files(&created);
+        // A volume of a pool QEMU reaches over NFS is created on its URL.
+        let at = agent.pools.img_path(path).await;
+        if let Err(e) = img::create(&at, &dc.format, size, backing).await {
+            remove_files(agent, &created).await;
             return Err(e.into());
         }
         created.push(path.clone());
@@ -171,10 +177,13 @@ pub async fn create_volumes(
     Ok(created)
 }
 
-/// Removes files, ignoring ones already gone.
-pub fn remove_files(files: &[PathBuf]) {
+/// Removes volume files this migration created, in a directory or on an
+/// NFS export, ignoring ones already gone.
+pub async fn remove_files(agent: &Agent, files: &[PathBuf]) {
     for f in files {
-        let _ = std::fs::remove_file(f);
+        if let Err(e) = agent.pools.remove_path(f).await {
+            tracing::warn!(path = %f.display(), error = %e, "cannot remove a volume created for a migration");
+        }
     }
 }
 

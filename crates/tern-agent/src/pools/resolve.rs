@@ -6,7 +6,7 @@
 
 use super::{Pools, Store};
 use crate::error::{AgentError, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tern_model::{
     Disk, DiskRemote, DiskSourceType, Domain, NetHost, NetProtocol, NetfsSource, NetworkSource,
 };
@@ -184,6 +184,63 @@ impl Pools {
                 crate::netfs::Export::new(&src).remove(&file).await.ok()?;
                 Some(shown)
             }
+        }
+    }
+}
+
+impl Pools {
+    /// Where a volume named `volume` of active pool `pool` would be, as a
+    /// disk names it (a path under the pool's target), and whether it
+    /// exists already: a file in a directory, or a file on an export that
+    /// only QEMU and the agent's NFS client reach.
+    pub async fn volume_slot(&self, pool: &str, volume: &str) -> Result<(PathBuf, bool)> {
+        tern_model::names::validate_name("volume", volume)?;
+        match self.active_store(pool).await? {
+            Store::Dir(dir) => {
+                let p = dir.join(volume);
+                let exists = p.exists();
+                Ok((p, exists))
+            }
+            Store::Nfs { src, target } => {
+                let exists = crate::netfs::Export::new(&src)
+                    .exists(volume)
+                    .await
+                    .map_err(|e| AgentError::Failed(format!("storage pool '{pool}': {e}")))?;
+                Ok((target.join(volume), exists))
+            }
+        }
+    }
+
+    /// What qemu-img opens for `path`: the path itself, or the `nfs://`
+    /// URL of a file under a pool QEMU reaches over NFS.
+    pub async fn img_path(&self, path: &Path) -> PathBuf {
+        match (self.store_holding(path).await, path.file_name()) {
+            (Some(Store::Nfs { src, .. }), Some(f)) => PathBuf::from(src.url(&f.to_string_lossy())),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Removes the file a disk path names (see [`Pools::img_path`]);
+    /// a file already gone is not an error.
+    pub async fn remove_path(&self, path: &Path) -> Result<()> {
+        match (self.store_holding(path).await, path.file_name()) {
+            (Some(Store::Nfs { src, .. }), Some(f)) => {
+                let export = crate::netfs::Export::new(&src);
+                let f = f.to_string_lossy();
+                let gone = !export.exists(&f).await.unwrap_or(true);
+                if gone {
+                    return Ok(());
+                }
+                export.remove(&f).await.map_err(|e| {
+                    AgentError::Failed(format!("cannot remove {}: {e}", path.display()))
+                })
+            }
+            _ => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(AgentError::state(path, e))
+                }
+                _ => Ok(()),
+            },
         }
     }
 }

@@ -238,7 +238,7 @@ async fn listening(
 async fn roll_back(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>) {
     job.close_tunnel(true);
     discard(agent, slot).await;
-    remove_created(job);
+    remove_created(agent, job).await;
     let _ = job.advance(Phase::Failed);
     agent.jobs.finish(job);
 }
