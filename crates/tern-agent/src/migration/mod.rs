@@ -5,7 +5,9 @@
 //! (`domjobinfo`, `domjobabort`, speed and downtime).
 
 pub mod cold;
+mod cold_durable;
 pub mod cold_mac;
+pub mod cold_stage;
 pub mod dest;
 pub mod forecast;
 pub mod job;

@@ -119,9 +119,11 @@ impl Pools {
     }
 
     /// Source, Perform of a cold migration: the same proof for the disks
-    /// it does not send (those on an export only QEMU reaches here).
-    pub async fn prove_shared_cold(&self, d: &Domain, id: &Uuid) -> Result<()> {
-        let pools = self.netfs_pools_of(d, |_| true, true).await;
+    /// it does not send (those on an export only QEMU reaches here, unless
+    /// `--target-pool` copies them).
+    pub async fn prove_shared_cold(&self, d: &Domain, files: &[ColdFile], id: &Uuid) -> Result<()> {
+        let stays = |k: &Disk| !files.iter().any(|f| f.target == k.target_dev);
+        let pools = self.netfs_pools_of(d, stays, true).await;
         check_tokens(pools, id).await
     }
 }
