@@ -16,6 +16,7 @@ mod engine;
 mod guest;
 mod hostdown;
 mod live;
+mod nfs;
 mod qemu;
 mod soak;
 mod storage;
@@ -57,6 +58,9 @@ enum Cmd {
     /// managed, p2p, storage copy and post-copy, counting failed
     /// migrations and what the guest reports.
     Soak(soak::SoakArgs),
+    /// NFS (issue 20): live migration with the disk on an NFS export
+    /// against a local shared directory.
+    Nfs(nfs::NfsArgs),
     /// Host down (issue 14): host death to its guest running elsewhere,
     /// with the host proven fenced first.
     Hostdown(hostdown::HostDownArgs),
@@ -73,6 +77,7 @@ async fn main() -> ExitCode {
             Cmd::Transports(a) => transports::run(a).await,
             Cmd::Soak(a) => soak::run(a).await,
             Cmd::Hostdown(a) => hostdown::run(a).await,
+            Cmd::Nfs(a) => nfs::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };
