@@ -17,6 +17,7 @@ pub mod qemu_tls;
 pub mod record;
 pub mod recover;
 pub mod source;
+mod sparse;
 pub mod storage;
 pub mod tunnel;
 

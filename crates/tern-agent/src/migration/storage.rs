@@ -165,6 +165,12 @@ pub async fn create_volumes(
             return Err(e.into());
         }
         created.push(path.clone());
+        if at == *path {
+            // QEMU's own user reopens it while it arrives (see `sparse`).
+            if let Err(e) = crate::confine::user::hand_over(path, agent.qemu_user.as_ref()) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot give a received volume to QEMU's user");
+            }
+        }
         if let Some(disk) = d
             .devices
             .disks
@@ -286,8 +292,10 @@ pub async fn mirror(
         .clone()
         .unwrap_or_else(|| json!({"type": "inet", "host": nbd.host, "port": nbd.port.to_string()}));
     for (dev, export) in &nbd.exports {
+        // `discard=unmap` on this node lets the mirror's zero writes ask
+        // the destination to unmap (see `sparse`); the guest never sees it.
         let mut node = json!({"driver": "nbd", "node-name": target_node(dev),
-                              "server": server, "export": export});
+                              "server": server, "export": export, "discard": "unmap"});
         if o.tls {
             node["tls-creds"] = json!(TLS_CREDS_ID);
             node["tls-hostname"] = json!(nbd.host);
