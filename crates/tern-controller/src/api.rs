@@ -466,8 +466,12 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Serves one connection until the peer closes it, or until it sends no
 /// complete request head within `idle` (from its start and after each
 /// answer: idle and slow-header clients).
-pub async fn serve_connection<S>(ctl: Arc<Controller>, stream: S, caller: Caller, idle: std::time::Duration)
-where
+pub async fn serve_connection<S>(
+    ctl: Arc<Controller>,
+    stream: S,
+    caller: Caller,
+    idle: std::time::Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
@@ -485,7 +489,11 @@ where
 
 /// Serves the API on plain TCP forever, without authentication
 /// (`--auth none`, development only; see [`crate::listen`] for TLS).
-pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener, idle: std::time::Duration) {
+pub async fn serve(
+    ctl: Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    idle: std::time::Duration,
+) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {

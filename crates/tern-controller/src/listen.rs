@@ -169,7 +169,9 @@ mod tests {
         let t = Arc::new(Mutex::new(Handshakes::default()));
         let (a, mut ra) = Handshakes::admit(&t, 2);
         let (_b, mut rb) = Handshakes::admit(&t, 2);
-        assert!(ra.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert!(ra
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
         let (_c, _rc) = Handshakes::admit(&t, 2);
         // a was displaced: its sender is gone.
         assert_eq!(ra.try_recv(), Err(oneshot::error::TryRecvError::Closed));

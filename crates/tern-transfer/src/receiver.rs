@@ -221,10 +221,8 @@ fn run(
         let mut joined = vec![false; usize::from(hello.stream_count)];
         joined[0] = true;
         for _ in 1..hello.stream_count {
-            let (mut s, h) = acceptor.accept_one(
-                Instant::now() + opts.accept_timeout,
-                cancel,
-                |h| {
+            let (mut s, h) =
+                acceptor.accept_one(Instant::now() + opts.accept_timeout, cancel, |h| {
                     let same = Hello {
                         stream_index: 0,
                         ..h.clone()
@@ -239,8 +237,7 @@ fn run(
                             h.stream_index
                         )),
                     }
-                },
-            )?;
+                })?;
             joined[usize::from(h.stream_index)] = true;
             welcome(&mut s, flags, &[]).map_err(|e| Error::LinkLost {
                 stream: h.stream_index,

@@ -203,7 +203,8 @@ impl<'a> Acceptor<'a> {
                     busy = true;
                     self.start(s);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io("accepting a connection", e)),
             }
             if !busy {
@@ -236,7 +237,9 @@ impl<'a> Acceptor<'a> {
         };
         if self.pending.len() >= self.max_pending() {
             if let Some(old) = self.pending.pop_front() {
-                tracing::info!("tern-transfer: too many connections without a Hello: dropping the oldest");
+                tracing::info!(
+                    "tern-transfer: too many connections without a Hello: dropping the oldest"
+                );
                 let _ = old.stream.shutdown(Shutdown::Both);
             }
         }

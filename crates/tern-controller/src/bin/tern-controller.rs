@@ -255,8 +255,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         match acceptor {
             Some(acc) => {
                 tracing::info!(pki_dir = %a.pki_dir.display(), "serving the cluster API on mutual TLS");
-                tern_controller::listen::serve_tls(ctl.clone(), listener, acc, rules, limits)
-                    .await
+                tern_controller::listen::serve_tls(ctl.clone(), listener, acc, rules, limits).await
             }
             None => {
                 tracing::warn!("INSECURE: serving the cluster API on plain HTTP without authentication (--auth none); anyone who reaches this port controls the cluster");

@@ -237,6 +237,9 @@ mod tests {
             id: "vm".into(),
             opts: Default::default(),
         };
-        assert_eq!(handlers::action_summary(&r), ("server-live-migrate", Some("vm")));
+        assert_eq!(
+            handlers::action_summary(&r),
+            ("server-live-migrate", Some("vm"))
+        );
     }
 }
