@@ -13,12 +13,11 @@
 use crate::api::serve_connection;
 use crate::authz::{Caller, Rules};
 use crate::Controller;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use tern_pki::handshakes::{Handshakes, Slot};
 use tern_pki::tls::Side;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 /// How long a client has to complete the TLS handshake.
@@ -44,54 +43,6 @@ impl Default for Limits {
     }
 }
 
-/// Connections still in their handshake, oldest first; dropping a sender
-/// tells that handshake to give up.
-#[derive(Debug, Default)]
-struct Handshakes {
-    next: u64,
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
-}
-
-/// A connection's place among the handshakes; freed on drop.
-struct HandshakeSlot {
-    table: Arc<Mutex<Handshakes>>,
-    id: u64,
-}
-
-impl Handshakes {
-    /// Admits a new handshake, displacing the oldest when `max` are running.
-    /// The receiver completes when this one is displaced in turn.
-    fn admit(table: &Arc<Mutex<Handshakes>>, max: usize) -> (HandshakeSlot, oneshot::Receiver<()>) {
-        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        while t.queue.len() >= max.max(1) {
-            if let Some((id, _cancel)) = t.queue.pop_front() {
-                tracing::info!(
-                    connection = id,
-                    "too many connections in their TLS handshake: dropping the oldest"
-                );
-            }
-        }
-        let id = t.next;
-        t.next += 1;
-        let (tx, rx) = oneshot::channel();
-        t.queue.push_back((id, tx));
-        (
-            HandshakeSlot {
-                table: table.clone(),
-                id,
-            },
-            rx,
-        )
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        t.queue.retain(|(id, _)| *id != self.id);
-    }
-}
-
 /// Accepts mutual-TLS connections forever.
 pub async fn serve_tls(
     ctl: Arc<Controller>,
@@ -100,12 +51,12 @@ pub async fn serve_tls(
     rules: Arc<Rules>,
     limits: Limits,
 ) {
-    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
+    let handshakes = Handshakes::new(limits.max_anonymous);
     loop {
         match listener.accept().await {
             Ok((s, addr)) => {
                 let _ = s.set_nodelay(true);
-                let slot = Handshakes::admit(&handshakes, limits.max_anonymous);
+                let slot = handshakes.admit();
                 tokio::spawn(connection(
                     ctl.clone(),
                     acceptor.clone(),
@@ -130,15 +81,13 @@ async fn connection(
     rules: Arc<Rules>,
     tcp: TcpStream,
     addr: String,
-    (slot, displaced): (HandshakeSlot, oneshot::Receiver<()>),
+    slot: Slot,
     idle: Duration,
 ) {
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-    let done = tokio::select! {
-        r = handshake => r,
-        _ = displaced => return,
+    let Some(done) = slot.run(handshake).await else {
+        return;
     };
-    drop(slot);
     let tls = match done {
         Err(_) => {
             tracing::info!(%addr, "closing a connection that did not finish its TLS handshake in time");
@@ -158,25 +107,4 @@ async fn connection(
         c => tracing::debug!(%addr, caller = ?c, "connection"),
     }
     serve_connection(ctl, tls, caller, idle).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_handshake_table_displaces_its_oldest_entry() {
-        let t = Arc::new(Mutex::new(Handshakes::default()));
-        let (a, mut ra) = Handshakes::admit(&t, 2);
-        let (_b, mut rb) = Handshakes::admit(&t, 2);
-        assert!(ra
-            .try_recv()
-            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
-        let (_c, _rc) = Handshakes::admit(&t, 2);
-        // a was displaced: its sender is gone.
-        assert_eq!(ra.try_recv(), Err(oneshot::error::TryRecvError::Closed));
-        assert_eq!(rb.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-        drop(a);
-        assert_eq!(t.lock().unwrap().queue.len(), 2);
-    }
 }

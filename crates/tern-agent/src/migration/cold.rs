@@ -33,6 +33,9 @@ pub struct Incoming {
     )>,
     /// Cancel tokens.
     pub cancels: Vec<tern_transfer::CancelToken>,
+    /// With `--tls`: the TLS listeners in front of the receivers (which
+    /// then listen on loopback only).
+    pub fronts: Vec<super::cold_tls::Front>,
 }
 
 fn session_of(uuid: &uuid::Uuid, path: &std::path::Path, meta: &std::fs::Metadata) -> String {
@@ -134,6 +137,7 @@ pub async fn prepare(
     job: &Job,
     files: &[ColdFile],
     o: &MigrateOptions,
+    source_identity: Option<&str>,
 ) -> Result<ColdTarget> {
     // Check everything before opening anything.
     let mut plan = Vec::new();
@@ -180,8 +184,24 @@ pub async fn prepare(
             .cfg
             .stall_timeout
             .max(std::time::Duration::from_secs(5));
-        let rx = bind_receiver(agent, &path, ro)?;
-        ports.push((f.id, rx.port()));
+        let rx = if o.tls {
+            // Only the TLS front reaches it.
+            Receiver::bind(("127.0.0.1", 0), path.clone(), ro).map_err(|e| {
+                AgentError::Failed(format!(
+                    "cannot open a receiver for {}: {e}",
+                    path.display()
+                ))
+            })?
+        } else {
+            bind_receiver(agent, &path, ro)?
+        };
+        if o.tls {
+            let front = super::cold_tls::front(agent, rx.local_addr(), source_identity).await?;
+            ports.push((f.id, front.port()));
+            incoming.fronts.push(front);
+        } else {
+            ports.push((f.id, rx.port()));
+        }
         incoming.cancels.push(rx.cancel_token());
         let handle = tokio::task::spawn_blocking(move || rx.wait());
         incoming.files.push((f, path, handle));
@@ -217,6 +237,7 @@ fn bind_receiver(agent: &Agent, path: &std::path::Path, ro: ReceiveOptions) -> R
 /// Source, Perform: sends every file; the job completes when all arrived
 /// and verified.
 pub async fn send_all(
+    agent: Arc<Agent>,
     job: Arc<Job>,
     files: Vec<ColdFile>,
     target: ColdTarget,
@@ -266,7 +287,20 @@ pub async fn send_all(
             let _ = cancel_rx.wait_for(|c| *c).await;
             cancel.cancel();
         });
-        let addr = (target.host.clone(), port);
+        // With --tls the sender talks to a local relay that carries each
+        // stream to the destination's TLS front.
+        let relay = if o.tls {
+            match super::cold_tls::relay(&agent, &target.host, port).await {
+                Ok(r) => Some(r),
+                Err(e) => return fail(&job, e.to_string()),
+            }
+        } else {
+            None
+        };
+        let addr = match &relay {
+            Some(r) => (r.addr().ip().to_string(), r.addr().port()),
+            None => (target.host.clone(), port),
+        };
         let path = f.source_path.clone();
         let j = job.clone();
         let base = done_before;
@@ -280,6 +314,7 @@ pub async fn send_all(
         })
         .await;
         watcher.abort();
+        drop(relay);
         match r {
             Ok(Ok(stats)) => {
                 done_before += f.allocated;

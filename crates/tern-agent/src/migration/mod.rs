@@ -6,6 +6,7 @@
 
 pub mod cold;
 pub mod cold_mac;
+pub mod cold_tls;
 pub mod dest;
 pub mod forecast;
 pub mod job;

@@ -301,6 +301,7 @@ async fn perform_cold(
         }
     }
     tokio::spawn(super::cold::send_all(
+        agent.clone(),
         job,
         req.files.clone(),
         target,

@@ -37,8 +37,9 @@ struct Args {
     /// Operator certificate names (CN patterns) that may only read; repeatable.
     #[arg(long = "tls-readonly-dn")]
     tls_readonly_dn: Vec<String>,
-    /// Cluster setting: every live migration is encrypted with QEMU's TLS
-    /// (as if each request said --enable-tls).
+    /// Cluster setting: every migration is encrypted (as if each request
+    /// said --enable-tls): live ones with QEMU's TLS, cold copies of local
+    /// disks over TLS streams between the agents.
     #[arg(long)]
     migration_tls: bool,
     /// Store: file:DIR (embedded, one controller) or etcd:URL[,URL...].
