@@ -74,11 +74,11 @@ pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()
     let sock = swtpm_socket(run_dir);
     let _ = std::fs::remove_file(&sock);
     let mut cmd = tokio::process::Command::new("swtpm");
+    cmd.arg("socket");
     if let Some(u) = user {
         cmd.args(["--runas", &u.name]);
     }
     let out = cmd
-        .arg("socket")
         .arg("--tpm2")
         .arg("--tpmstate")
         .arg(format!("dir={}", state.display()))
