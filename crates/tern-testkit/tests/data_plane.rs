@@ -287,6 +287,7 @@ fn a_tls_cold_copy_cannot_be_read_on_the_link_and_arrives_whole() {
         let out = a.tern(&args);
         let (seen, bytes) = (cap.hits(), cap.bytes());
         drop(cap);
+        eprintln!("{name}: {bytes} bytes on the link, {seen} frames with the marker");
         assert!(
             out.status.success(),
             "{name}: {}\nA events:\n{}",
