@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("transfer_frames", transfer_frames),
     ("transfer_journal", transfer_journal),
     ("cluster_messages", cluster_messages),
+    ("tunnel_records", tunnel_records),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -235,4 +236,11 @@ pub fn cluster_messages(data: &[u8]) {
     if let Ok(r) = serde_json::from_slice::<HostReport>(data) {
         let _ = serde_json::to_vec(&r).expect("a parsed report serialises");
     }
+}
+
+/// The tunnel's record reader (`tern_tunnel`, bulk phase) on a peer's
+/// bytes, raw or sealed records with some corrupted: never panics, and
+/// delivers only a prefix of the application data that was sealed.
+pub fn tunnel_records(data: &[u8]) {
+    tern_tunnel::fuzz_read_records(data);
 }

@@ -121,4 +121,40 @@ fn write_seeds() {
         std::fs::write(d.join(name), serde_json::to_vec(&r).unwrap()).unwrap();
     }
     std::fs::write(d.join("report"), serde_json::to_vec(&report).unwrap()).unwrap();
+
+    // tunnel_records: mode (odd = records to seal), read size, then
+    // records as kind (0 data, 1 alert, 2 handshake; bit 7 corrupts),
+    // two length bytes and the payload.
+    let script = |mode: u8, step: u8, recs: &[(u8, &[u8])]| {
+        let mut v = vec![mode, step];
+        for (k, d) in recs {
+            v.push(*k);
+            v.extend_from_slice(&(d.len() as u16).to_be_bytes());
+            v.extend_from_slice(d);
+        }
+        v
+    };
+    let big = vec![0x61u8; 16384];
+    let d = corpus("tunnel_records");
+    let close: &[u8] = &[1, 0];
+    let seeds: [(&str, Vec<u8>); 6] = [
+        (
+            "stream",
+            script(1, 3, &[(0, b"hello"), (0, &big), (1, close)]),
+        ),
+        (
+            "corrupt-second",
+            script(1, 0, &[(0, b"hello"), (0x80, b"world"), (1, close)]),
+        ),
+        ("alert", script(1, 200, &[(0, b"x"), (1, &[2, 40])])),
+        (
+            "key-update",
+            script(1, 1, &[(2, &[24, 0, 0, 1, 0]), (0, b"after")]),
+        ),
+        ("truncated", script(1, 255, &[(0, &big)])),
+        ("raw", vec![0, 7, 0x17, 3, 3, 0x40, 0, 1, 2, 3, 4, 5]),
+    ];
+    for (name, v) in seeds {
+        std::fs::write(d.join(name), v).unwrap();
+    }
 }

@@ -6,7 +6,7 @@ use crate::error::{AgentError, Result};
 use crate::Agent;
 use std::path::{Path, PathBuf};
 use tern_model::{layout, CpuFeature, CpuMode, Domain};
-use tern_qemu::cmdline::{swtpm_socket, Accel};
+use tern_qemu::cmdline::{swtpm_dir, swtpm_socket, Accel};
 use tern_qemu::firmware;
 use tern_qemu::identity::{self, HostCpu};
 
@@ -55,23 +55,37 @@ pub async fn pin_identity(agent: &Agent, d: &mut Domain, accel: Accel) -> Result
 /// Starts swtpm for a guest with a `<tpm>`; it ends by itself when QEMU
 /// closes its socket (`--terminate`). A fresh (empty) state directory is
 /// what a migration destination needs: QEMU brings the TPM state along.
+///
+/// swtpm runs as QEMU's unprivileged user (`--runas`), which it becomes
+/// before it creates its socket and log: it is given its state directory
+/// and `<run>/swtpm/`, and nothing else of the agent's.
 pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()> {
     if d.devices.tpms.is_empty() {
         return Ok(());
     }
     let state = tpm_dir(agent, d);
     std::fs::create_dir_all(&state).map_err(|e| AgentError::state(&state, e))?;
+    let dir = swtpm_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| AgentError::state(&dir, e))?;
+    let user = agent.qemu_user.as_ref();
+    for p in [&state, &dir] {
+        crate::confine::user::hand_over_dir(p, user).map_err(|e| AgentError::state(p, e))?;
+    }
     let sock = swtpm_socket(run_dir);
     let _ = std::fs::remove_file(&sock);
-    let out = tokio::process::Command::new("swtpm")
-        .arg("socket")
+    let mut cmd = tokio::process::Command::new("swtpm");
+    cmd.arg("socket");
+    if let Some(u) = user {
+        cmd.args(["--runas", &u.name]);
+    }
+    let out = cmd
         .arg("--tpm2")
         .arg("--tpmstate")
         .arg(format!("dir={}", state.display()))
         .arg("--ctrl")
         .arg(format!("type=unixio,path={}", sock.display()))
         .arg("--log")
-        .arg(format!("file={}", run_dir.join("swtpm.log").display()))
+        .arg(format!("file={}", dir.join("swtpm.log").display()))
         .args(["--terminate", "--daemon"])
         .output()
         .await

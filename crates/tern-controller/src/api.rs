@@ -50,12 +50,23 @@ pub(crate) async fn handle(
             format!("no such endpoint; POST {CALL_PATH}"),
         )));
     }
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
+    let body = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect(),
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => {
+            return Ok(error_response(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "request body did not arrive within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            )))
+        }
+        Ok(Err(e)) => {
             return Ok(error_response(ApiError::new(
                 ErrorCode::InvalidArgument,
                 format!("request body refused: {e}"),
@@ -449,14 +460,26 @@ async fn leave_maintenance(ctl: &Arc<Controller>, host: &str) -> Result<HostReco
 }
 
 /// Serves one connection (plain or TLS) for `caller` until it closes.
-pub async fn serve_connection<S>(ctl: Arc<Controller>, stream: S, caller: Caller)
-where
+/// How long a request body may take to arrive.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves one connection until the peer closes it, or until it sends no
+/// complete request head within `idle` (from its start and after each
+/// answer: idle and slow-header clients).
+pub async fn serve_connection<S>(
+    ctl: Arc<Controller>,
+    stream: S,
+    caller: Caller,
+    idle: std::time::Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
     let svc = service_fn(move |req| crate::rest::route(ctl.clone(), caller.clone(), req));
     if let Err(e) = http1::Builder::new()
         .max_buf_size(64 << 10)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle)
         .serve_connection(TokioIo::new(stream), svc)
         .await
     {
@@ -466,12 +489,21 @@ where
 
 /// Serves the API on plain TCP forever, without authentication
 /// (`--auth none`, development only; see [`crate::listen`] for TLS).
-pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener) {
+pub async fn serve(
+    ctl: Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    idle: std::time::Duration,
+) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(serve_connection(ctl.clone(), s, Caller::Unauthenticated));
+                tokio::spawn(serve_connection(
+                    ctl.clone(),
+                    s,
+                    Caller::Unauthenticated,
+                    idle,
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -98,9 +98,11 @@ pub async fn create(
         ctl.inv.host(p).await?;
     }
     let kind = admit(&s, live, &opts, src.status)?;
-    // The cluster's --migration-tls makes encrypted live migration the default.
+    // The cluster's --migration-tls makes encrypted migration the default:
+    // QEMU's TLS for live migrations, TLS streams for cold copies (an
+    // offline move carries no disk).
     let mut opts = opts;
-    opts.enable_tls |= ctl.cfg.migration_tls && kind == JobKind::LiveMigrate;
+    opts.enable_tls |= ctl.cfg.migration_tls;
     let id = Uuid::new_v4().simple().to_string()[..12].to_string();
     let job = JobRecord {
         id: id.clone(),
@@ -419,6 +421,8 @@ pub fn migrate_options(
         JobKind::Migrate if local => {
             m.cold = true;
             m.auto_start = o.auto_start;
+            // The disks' copy over TLS with the agents' certificates.
+            m.tls = o.enable_tls;
         }
         _ => m.offline = true,
     }

@@ -352,8 +352,10 @@ impl MigrateOptions {
                 return Err(OptionsError::Exclusive("tunnelled", "offline/cold"));
             }
         }
-        if self.tls && (self.cold || self.offline) {
-            return Err(OptionsError::Exclusive("tls", "offline/cold"));
+        // A cold copy goes over TLS (the agents' certificates); an offline
+        // migration without disks moves nothing but the definition.
+        if self.tls && self.offline && !self.cold {
+            return Err(OptionsError::Exclusive("tls", "offline"));
         }
         Ok(())
     }

@@ -19,6 +19,7 @@
 //! always requires a client certificate signed by the CA, and the client's
 //! identity is the certificate's common name (CN).
 
+pub mod handshakes;
 pub mod issue;
 pub mod layout;
 pub mod names;

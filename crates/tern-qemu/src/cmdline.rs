@@ -10,7 +10,7 @@ mod devices;
 pub mod hotplug;
 mod platform;
 
-pub use devices::{channel_socket, swtpm_socket};
+pub use devices::{channel_socket, swtpm_dir, swtpm_socket};
 pub use platform::{cpu_model, PFLASH_CODE, PFLASH_VARS};
 
 use devices::pci_addr;

@@ -15,6 +15,7 @@
 
 pub mod bootsector;
 pub mod browser;
+pub mod capture;
 pub mod ceph;
 pub mod cluster;
 pub mod controller;
@@ -27,6 +28,7 @@ pub mod etcd;
 pub mod events;
 pub mod fencing;
 pub mod fixtures;
+pub mod flood;
 mod guest;
 pub mod host;
 mod initramfs;

@@ -307,6 +307,50 @@ fn qemu_runs_as_the_unprivileged_user_and_still_migrates_with_storage() {
     h.b.ok(&["destroy", "u1"]);
 }
 
+/// The processes whose command line starts with `prog` and mentions `needle`.
+fn pids_of(prog: &str, needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.split('\0').next() == Some(prog) && cmd.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// swtpm, like QEMU, runs as `tern-qemu`: it is handed its state
+/// directory and a socket directory, and the guest boots with its TPM.
+#[test]
+fn swtpm_runs_as_the_unprivileged_user() {
+    let h = TernHost::start("swtpm");
+    let xml = guest("t1").to_xml().replace(
+        "  </devices>",
+        "    <tpm model='tpm-tis'>\n      <backend type='emulator' version='2.0'/>\n    </tpm>\n  </devices>",
+    );
+    let f = h.root.join("t1.xml");
+    std::fs::write(&f, xml).unwrap();
+    h.ok(&["define", f.to_str().unwrap()]);
+    h.ok(&["start", "t1"]);
+    let state = h.state_dir().display().to_string();
+    let swtpm = pids_of("swtpm", &state);
+    assert_eq!(swtpm.len(), 1, "one swtpm for the guest");
+    assert_eq!(ps_user(swtpm[0]), "tern-qemu");
+    let qemu = h.qemu_pids();
+    assert_eq!(ps_user(qemu[0]), "tern-qemu");
+    let cmd = std::fs::read_to_string(format!("/proc/{}/cmdline", qemu[0])).unwrap();
+    assert!(cmd.contains("tpm-tis"), "{cmd}");
+    // The guest itself reports that it runs.
+    h.wait_console("t1", Duration::from_secs(90), "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    });
+    h.ok(&["destroy", "t1"]);
+}
+
 /// Reads from `s` until the server closes it; panics if it stays open
 /// for minutes (the idle timeout under test is one second).
 fn closed_by_server(mut s: std::os::unix::net::UnixStream) {

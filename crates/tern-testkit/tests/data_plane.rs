@@ -10,7 +10,8 @@
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tern_testkit::netns::{skip_unless_root, Lab, Side};
+use tern_testkit::capture::Capture;
+use tern_testkit::netns::{skip_unless_root, Lab, Side, LINK_IF};
 use tern_testkit::pki::TestPki;
 use tern_testkit::{bin, build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
 
@@ -230,4 +231,90 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
         l.count("TERN-DISK ok") >= 3 || !l.failures.is_empty()
     });
     assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
+
+/// A raw disk of `mib` MiB whose every 4 KiB block starts with `marker`
+/// (what an eavesdropper would look for), the rest pseudo-random.
+fn marked_disk(path: &std::path::Path, marker: &str, mib: usize) {
+    let mut data = vec![0u8; mib << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, block) in data.chunks_mut(4096).enumerate() {
+        block[..marker.len()].copy_from_slice(marker.as_bytes());
+        for b in block[marker.len()..].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x as u8) ^ (i as u8);
+        }
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+/// `--tls --cold`: the transfer engine's streams cross the link inside
+/// mutual TLS. An eavesdropper on B's end of the link sees the disk's
+/// marker in a plain cold copy (proof that the capture works) and not in a
+/// `--tls` one, which still arrives whole and verified.
+#[test]
+fn a_tls_cold_copy_cannot_be_read_on_the_link_and_arrives_whole() {
+    let test = "a_tls_cold_copy_cannot_be_read_on_the_link_and_arrives_whole";
+    if skip_unless_root(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let pki = TestPki::new();
+    let (a, ia) = agent(&lab, &pki, Side::A, "cta");
+    let (b, ib) = agent(&lab, &pki, Side::B, "ctb");
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let dest = format!("tern+tls://{}:16714/system", lab.host_addr(Side::B));
+    for (name, tls) in [("plain1", false), ("tls1", true)] {
+        let marker = format!("TERN-COLD-{name}-{}-NOT-FOR-THE-WIRE", std::process::id());
+        let disk = ia.path().join(format!("{name}.raw"));
+        marked_disk(&disk, &marker, 8);
+        let mut spec = GuestSpec::new(name, &img);
+        spec.disks.push(TestDisk {
+            path: disk.clone(),
+            format: "raw".into(),
+            target: "vda".into(),
+            cache: "none".into(),
+        });
+        a.define_guest(&spec);
+        let cap = Capture::start(&lab, Side::B, LINK_IF, marker.as_bytes());
+        let mut args = vec!["migrate", "--cold", "--p2p", "--verbose"];
+        if tls {
+            args.push("--tls");
+        }
+        args.extend([name, dest.as_str()]);
+        let out = a.tern(&args);
+        let (seen, bytes) = (cap.hits(), cap.bytes());
+        drop(cap);
+        eprintln!("{name}: {bytes} bytes on the link, {seen} frames with the marker");
+        assert!(
+            out.status.success(),
+            "{name}: {}\nA events:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&a.tern(&["domjobevents", name]).stdout)
+        );
+        assert!(
+            bytes > 8 << 20,
+            "{name}: only {bytes} bytes crossed the link"
+        );
+        if tls {
+            assert_eq!(
+                seen, 0,
+                "{name}: the disk's marker crossed the link in the clear"
+            );
+        } else {
+            assert!(
+                seen > 100,
+                "{name}: the capture saw the plain copy only {seen} times"
+            );
+        }
+        // The copy is the disk, and the guest is defined on B.
+        assert!(
+            std::fs::read(ib.path().join(format!("{name}.raw"))).unwrap()
+                == std::fs::read(&disk).unwrap(),
+            "{name}: the copy differs"
+        );
+        assert_eq!(b.ok(&["domstate", name]).trim(), "shut off");
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::durable::{self, Durability};
 use crate::error::{is_no_space, Error, Result};
 use crate::journal::{self, Bitmap, Journal, JournalWriter};
-use crate::recv_accept::{accept_one, check_hello, reject, welcome};
+use crate::recv_accept::{check_hello, reject, welcome, Acceptor};
 use crate::recv_stream::{self, Recv, StreamEnd};
 use crate::session::{CancelToken, ReceiveOptions, Stats};
 use crate::wire::{self, Hello, Kind};
@@ -158,8 +158,8 @@ fn run(
     cancel: &CancelToken,
 ) -> Result<Stats> {
     let deadline = Instant::now() + opts.accept_timeout;
-    let (mut control, hello) =
-        accept_one(&listener, deadline, opts, cancel, |h| check_hello(h, opts))?;
+    let mut acceptor = Acceptor::new(&listener, opts);
+    let (mut control, hello) = acceptor.accept_one(deadline, cancel, |h| check_hello(h, opts))?;
     let start = Instant::now();
     let synced = opts.durability == Durability::Synced;
     let hdr = journal::Header {
@@ -221,12 +221,8 @@ fn run(
         let mut joined = vec![false; usize::from(hello.stream_count)];
         joined[0] = true;
         for _ in 1..hello.stream_count {
-            let (mut s, h) = accept_one(
-                &listener,
-                Instant::now() + opts.accept_timeout,
-                opts,
-                cancel,
-                |h| {
+            let (mut s, h) =
+                acceptor.accept_one(Instant::now() + opts.accept_timeout, cancel, |h| {
                     let same = Hello {
                         stream_index: 0,
                         ..h.clone()
@@ -241,8 +237,7 @@ fn run(
                             h.stream_index
                         )),
                     }
-                },
-            )?;
+                })?;
             joined[usize::from(h.stream_index)] = true;
             welcome(&mut s, flags, &[]).map_err(|e| Error::LinkLost {
                 stream: h.stream_index,
@@ -257,6 +252,7 @@ fn run(
         }
         Ok(())
     })();
+    drop(acceptor);
     drop(listener);
     if let Err(e) = result {
         rs.fail(e);

@@ -1,7 +1,9 @@
 //! The receiver's handshakes: accepting connections, checking Hellos, Welcome and Reject.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -111,53 +113,161 @@ pub(crate) fn check_hello(h: &Hello, opts: &ReceiveOptions) -> std::result::Resu
     Ok(())
 }
 
-/// Waits for a connection whose Hello passes `accept`; rejects and drops the others.
-pub(crate) fn accept_one(
-    listener: &TcpListener,
-    deadline: Instant,
-    opts: &ReceiveOptions,
-    cancel: &CancelToken,
-    mut accept: impl FnMut(&Hello) -> std::result::Result<(), String>,
-) -> Result<(TcpStream, Hello)> {
-    loop {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
+/// The whole Hello (preface, header, body) must arrive within this.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections reading their Hello at once beyond the session's streams;
+/// a newer one displaces the oldest.
+const SPARE_PENDING: usize = 16;
+
+/// A connection still reading its Hello: a handle to cut it, and since when.
+struct Pending {
+    id: u64,
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// What a Hello reader thread hands back.
+type Arrival = (u64, TcpStream, Result<Hello>);
+
+/// The receiver's accepting side. Each connection reads its Hello on its own
+/// thread, under a deadline for the whole Hello, so a connection that says
+/// nothing (or drips bytes) holds neither the accept loop nor the others
+/// up; at most `max_streams + 16` wait at once and a newcomer beyond that
+/// displaces the oldest. A flood of silent connections thus only delays a
+/// real sender by the milliseconds its own Hello takes.
+pub(crate) struct Acceptor<'a> {
+    listener: &'a TcpListener,
+    opts: &'a ReceiveOptions,
+    tx: mpsc::Sender<Arrival>,
+    rx: mpsc::Receiver<Arrival>,
+    pending: VecDeque<Pending>,
+    next: u64,
+}
+
+impl<'a> Acceptor<'a> {
+    pub(crate) fn new(listener: &'a TcpListener, opts: &'a ReceiveOptions) -> Self {
+        let (tx, rx) = mpsc::channel();
+        Acceptor {
+            listener,
+            opts,
+            tx,
+            rx,
+            pending: VecDeque::new(),
+            next: 0,
         }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout("waiting for the sender's streams".into()));
-        }
-        let mut s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
+    }
+
+    fn max_pending(&self) -> usize {
+        usize::from(self.opts.max_streams) + SPARE_PENDING
+    }
+
+    /// Waits for a connection whose Hello passes `accept`; rejects and drops the others.
+    pub(crate) fn accept_one(
+        &mut self,
+        deadline: Instant,
+        cancel: &CancelToken,
+        mut accept: impl FnMut(&Hello) -> std::result::Result<(), String>,
+    ) -> Result<(TcpStream, Hello)> {
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
             }
-            Err(e) => return Err(Error::io("accepting a connection", e)),
-        };
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout("waiting for the sender's streams".into()));
+            }
+            let mut busy = false;
+            while let Ok((id, mut s, hello)) = self.rx.try_recv() {
+                busy = true;
+                self.pending.retain(|p| p.id != id);
+                let hello = match hello {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!("tern-transfer: refused a connection: {e}");
+                        continue;
+                    }
+                };
+                match accept(&hello) {
+                    Ok(()) => {
+                        let _ = s.set_read_timeout(Some(self.opts.io_timeout));
+                        return Ok((s, hello));
+                    }
+                    Err(msg) => {
+                        tracing::warn!("tern-transfer: refused a connection: {msg}");
+                        reject(&mut s, &msg);
+                    }
+                }
+            }
+            self.expire();
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    busy = true;
+                    self.start(s);
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("accepting a connection", e)),
+            }
+            if !busy {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Cuts the connections whose Hello is late (their threads then end).
+    fn expire(&mut self) {
+        while let Some(p) = self.pending.front() {
+            if p.since.elapsed() < HELLO_TIMEOUT {
+                break;
+            }
+            tracing::info!("tern-transfer: closing a connection that sent no Hello in time");
+            let _ = p.stream.shutdown(Shutdown::Both);
+            self.pending.pop_front();
+        }
+    }
+
+    /// Reads a new connection's Hello on its own thread.
+    fn start(&mut self, s: TcpStream) {
         let setup = s
             .set_nonblocking(false)
-            .and_then(|_| s.set_read_timeout(Some(opts.io_timeout.min(Duration::from_secs(10)))))
-            .and_then(|_| s.set_write_timeout(Some(opts.io_timeout)))
+            .and_then(|_| s.set_read_timeout(Some(HELLO_TIMEOUT)))
+            .and_then(|_| s.set_write_timeout(Some(self.opts.io_timeout)))
             .and_then(|_| s.set_nodelay(true));
-        if setup.is_err() {
-            continue;
-        }
-        let hello = match read_hello(&mut s) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("tern-transfer: refused a connection: {e}");
-                continue;
-            }
+        let Ok(handle) = setup.and_then(|_| s.try_clone()) else {
+            return;
         };
-        match accept(&hello) {
-            Ok(()) => {
-                let _ = s.set_read_timeout(Some(opts.io_timeout));
-                return Ok((s, hello));
+        if self.pending.len() >= self.max_pending() {
+            if let Some(old) = self.pending.pop_front() {
+                tracing::info!(
+                    "tern-transfer: too many connections without a Hello: dropping the oldest"
+                );
+                let _ = old.stream.shutdown(Shutdown::Both);
             }
-            Err(msg) => {
-                tracing::warn!("tern-transfer: refused a connection: {msg}");
-                reject(&mut s, &msg);
-            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tern-recv-hello".into())
+            .spawn(move || {
+                let mut s = s;
+                let hello = read_hello(&mut s);
+                let _ = tx.send((id, s, hello));
+            });
+        if spawned.is_ok() {
+            self.pending.push_back(Pending {
+                id,
+                stream: handle,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Drop for Acceptor<'_> {
+    fn drop(&mut self) {
+        // Threads still reading a Hello end with their sockets.
+        for p in self.pending.drain(..) {
+            let _ = p.stream.shutdown(Shutdown::Both);
         }
     }
 }

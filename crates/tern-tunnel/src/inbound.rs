@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_migrate::protocol::{StreamKind, TunnelHello, TunnelReply, TUNNEL_HELLO_LEN};
+use tern_pki::handshakes::{Handshakes, Slot};
 use tern_pki::tls::Side;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -17,9 +18,12 @@ use uuid::Uuid;
 
 /// How long a connection has to finish its handshake and send its header.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections at once (multifd allows 255 channels, plus NBD streams and
-/// room for strays that never finish their handshake).
-const MAX_CONNECTIONS: usize = 512;
+/// Connections in their handshake at once (multifd opens up to 255
+/// channels together, plus NBD streams); a newer one displaces the oldest,
+/// so strays that never finish cannot crowd the real streams out.
+const MAX_HANDSHAKES: usize = 320;
+/// Connections at once: every handshake slot plus as many carried streams.
+const MAX_CONNECTIONS: usize = 2 * MAX_HANDSHAKES;
 
 /// Where each kind of stream goes on this host.
 #[derive(Debug, Clone, Default)]
@@ -160,6 +164,7 @@ impl Drop for Inbound {
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Handshakes::new(MAX_HANDSHAKES);
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(a) => a,
@@ -174,28 +179,34 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
             continue;
         };
         let ctx = ctx.clone();
+        let slot = handshakes.admit();
         tokio::spawn(async move {
-            stream(tcp, addr.to_string(), &ctx).await;
+            stream(tcp, addr.to_string(), &ctx, slot).await;
             drop(permit);
         });
     }
 }
 
-async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx) {
+async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     keepalive(&tcp);
     let tcp = crate::read_buffered(tcp);
-    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let mut tls = ctx.acceptor.accept(tcp).await.map_err(|e| {
-            tern_pki::explain_tls_failure(&e, Side::Server).unwrap_or_else(|| e.to_string())
-        })?;
-        let mut head = [0u8; TUNNEL_HELLO_LEN];
-        tls.read_exact(&mut head)
-            .await
-            .map_err(|e| format!("no tunnel header: {e}"))?;
-        Ok::<_, String>((tls, head))
-    })
-    .await;
+    let opened = slot
+        .run(tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut tls = ctx.acceptor.accept(tcp).await.map_err(|e| {
+                tern_pki::explain_tls_failure(&e, Side::Server).unwrap_or_else(|| e.to_string())
+            })?;
+            let mut head = [0u8; TUNNEL_HELLO_LEN];
+            tls.read_exact(&mut head)
+                .await
+                .map_err(|e| format!("no tunnel header: {e}"))?;
+            Ok::<_, String>((tls, head))
+        }))
+        .await;
+    let Some(opened) = opened else {
+        tracing::info!(%addr, "tunnel connection displaced by newer ones before its handshake ended");
+        return;
+    };
     let (mut tls, head) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(why)) => {

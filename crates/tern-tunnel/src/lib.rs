@@ -34,6 +34,8 @@ mod splice;
 
 pub use inbound::{Inbound, Routes};
 pub use outbound::{Outbound, Remote};
+#[doc(hidden)]
+pub use record::fuzz_read_records;
 pub use splice::{Stats, SPLICE_BUFFER};
 
 use std::path::PathBuf;

@@ -38,6 +38,9 @@ pub struct Incoming {
     /// Files bound for an export only QEMU reaches: (file id, where it is
     /// received, its path in the pool), written there at Finish.
     pub uploads: Vec<(u32, PathBuf, PathBuf)>,
+    /// With `--tls`: the TLS listeners in front of the receivers (which
+    /// then listen on loopback only).
+    pub fronts: Vec<super::cold_tls::Front>,
 }
 
 fn session_of(uuid: &uuid::Uuid, path: &std::path::Path, meta: &std::fs::Metadata) -> String {
@@ -227,6 +230,7 @@ pub async fn prepare(
     job: &Job,
     files: &[ColdFile],
     o: &MigrateOptions,
+    source_identity: Option<&str>,
 ) -> Result<ColdTarget> {
     // Check everything before opening anything.
     let mut plan = Vec::new();
@@ -292,8 +296,24 @@ pub async fn prepare(
             .cfg
             .stall_timeout
             .max(std::time::Duration::from_secs(5));
-        let rx = bind_receiver(agent, &receive_at, ro)?;
-        ports.push((f.id, rx.port()));
+        let rx = if o.tls {
+            // Only the TLS front reaches it.
+            Receiver::bind(("127.0.0.1", 0), receive_at.clone(), ro).map_err(|e| {
+                AgentError::Failed(format!(
+                    "cannot open a receiver for {}: {e}",
+                    receive_at.display()
+                ))
+            })?
+        } else {
+            bind_receiver(agent, &receive_at, ro)?
+        };
+        if o.tls {
+            let front = super::cold_tls::front(agent, rx.local_addr(), source_identity).await?;
+            ports.push((f.id, front.port()));
+            incoming.fronts.push(front);
+        } else {
+            ports.push((f.id, rx.port()));
+        }
         incoming.cancels.push(rx.cancel_token());
         let handle = tokio::task::spawn_blocking(move || rx.wait());
         incoming.files.push((f, receive_at, handle));
@@ -379,7 +399,6 @@ pub async fn send_all(
             let _ = cancel_rx.wait_for(|c| *c).await;
             cancel.cancel();
         });
-        let addr = (target.host.clone(), port);
         // A file on an export only QEMU reaches is staged first (and the
         // staged copy removed when this iteration ends).
         let staged = match super::cold_stage::stage_out(&agent, &f.source_path, &f.session).await {
@@ -395,6 +414,23 @@ pub async fn send_all(
         let path = staged
             .as_ref()
             .map_or_else(|| f.source_path.clone(), |s| s.path().to_path_buf());
+        // With --tls the sender talks to a local relay that carries each
+        // stream to the destination's TLS front.
+        let relay = if o.tls {
+            match super::cold_tls::relay(&agent, &target.host, port).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    watcher.abort();
+                    return fail(&job, e.to_string());
+                }
+            }
+        } else {
+            None
+        };
+        let addr = match &relay {
+            Some(r) => (r.addr().ip().to_string(), r.addr().port()),
+            None => (target.host.clone(), port),
+        };
         let j = job.clone();
         let base = done_before;
         let r = tokio::task::spawn_blocking(move || {
@@ -407,6 +443,7 @@ pub async fn send_all(
         })
         .await;
         watcher.abort();
+        drop(relay);
         match r {
             Ok(Ok(stats)) => {
                 done_before += f.allocated;

@@ -8,6 +8,7 @@ pub mod cold;
 mod cold_durable;
 pub mod cold_mac;
 pub mod cold_stage;
+pub mod cold_tls;
 pub mod dest;
 pub mod forecast;
 pub mod job;

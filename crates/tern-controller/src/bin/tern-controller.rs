@@ -37,8 +37,9 @@ struct Args {
     /// Operator certificate names (CN patterns) that may only read; repeatable.
     #[arg(long = "tls-readonly-dn")]
     tls_readonly_dn: Vec<String>,
-    /// Cluster setting: every live migration is encrypted with QEMU's TLS
-    /// (as if each request said --enable-tls).
+    /// Cluster setting: every migration is encrypted (as if each request
+    /// said --enable-tls): live ones with QEMU's TLS, cold copies of local
+    /// disks over TLS streams between the agents.
     #[arg(long)]
     migration_tls: bool,
     /// Store: file:DIR (embedded, one controller) or etcd:URL[,URL...].
@@ -85,6 +86,15 @@ struct Args {
     /// it (the API's identities and --tls-*-dn rules), others with a password.
     #[arg(long, requires = "console_listen")]
     console_tls: bool,
+    /// Seconds a connection to the API may wait before (or while) sending
+    /// a request head; idle and slow clients are closed after it.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Connections to the API that may be in their TLS handshake at once;
+    /// a newer one displaces the oldest (a flood of silent connections
+    /// cannot crowd out real clients).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_anonymous_clients: u64,
     /// Tests: exit right after marking a host down, before its rescues.
     #[arg(long, hide = true)]
     fault_exit_after_mark_down: bool,
@@ -238,15 +248,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(ctl.clone().run());
+    let limits = tern_controller::listen::Limits {
+        idle_timeout: Duration::from_secs(a.idle_timeout),
+        max_anonymous: a.max_anonymous_clients as usize,
+    };
     let serve = async {
         match acceptor {
             Some(acc) => {
                 tracing::info!(pki_dir = %a.pki_dir.display(), "serving the cluster API on mutual TLS");
-                tern_controller::listen::serve_tls(ctl.clone(), listener, acc, rules).await
+                tern_controller::listen::serve_tls(ctl.clone(), listener, acc, rules, limits).await
             }
             None => {
                 tracing::warn!("INSECURE: serving the cluster API on plain HTTP without authentication (--auth none); anyone who reaches this port controls the cluster");
-                api::serve(ctl.clone(), listener).await
+                api::serve(ctl.clone(), listener, limits.idle_timeout).await
             }
         }
     };

@@ -95,7 +95,11 @@ pub async fn serve_tls(
             let id = tern_pki::peer_identity(tls.get_ref().1.peer_certificates());
             let who = Presented(id.map(|i| rules.caller(Some(&i))));
             let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(who)));
+            // Idle and slow-header browsers are closed as on the API.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 << 10)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(60))
                 .serve_connection(TokioIo::new(tls), svc)
                 .await
             {

@@ -98,9 +98,34 @@ pub async fn call(State(c): State<Arc<Console>>, h: HeaderMap, body: axum::body:
         }
     };
     if access(&r) == Access::Write {
-        tracing::info!(user = %s.user, request = ?r, "console action");
+        let (op, target) = action_summary(&r);
+        tracing::info!(user = %s.user, op, target = target.unwrap_or("-"), "console action");
     }
     Ok(raw_json(dispatch(&c.ctl, r).await?))
+}
+
+/// What the console's action log says about a request: its operation and
+/// the server or host it names, never its other fields (options, reports).
+pub(crate) fn action_summary(r: &ClusterRequest) -> (&'static str, Option<&str>) {
+    use ClusterRequest as R;
+    match r {
+        R::Register { .. } => ("register", None),
+        R::Heartbeat { host, .. } => ("heartbeat", Some(host)),
+        R::HostList => ("host-list", None),
+        R::HostShow { id } => ("host-show", Some(id)),
+        R::ServerList => ("server-list", None),
+        R::ServerShow { id } => ("server-show", Some(id)),
+        R::ServerMigrate { id, .. } => ("server-migrate", Some(id)),
+        R::ServerLiveMigrate { id, .. } => ("server-live-migrate", Some(id)),
+        R::MigrateForecast { id, .. } => ("migrate-forecast", Some(id)),
+        R::MigrateCancel { id } => ("migrate-cancel", Some(id)),
+        R::JobList => ("job-list", None),
+        R::HostMaintenance { id } => ("host-maintenance", Some(id)),
+        R::HostMaintenanceLeave { id } => ("host-maintenance-leave", Some(id)),
+        R::HostAutoMigrate { id, .. } => ("host-auto-migrate", Some(id)),
+        R::HostShutdown { host } => ("host-shutdown", Some(host)),
+        R::Status => ("status", None),
+    }
 }
 
 fn agent(h: &HostRecord) -> Result<Client, Fail> {

@@ -200,4 +200,46 @@ mod tests {
         };
         assert_eq!(access(&r), Access::Read);
     }
+
+    #[test]
+    fn the_action_log_names_the_operation_and_target_only() {
+        use tern_api::cluster::MigrateRequestOptions;
+        let opts = MigrateRequestOptions {
+            prefer_host: Some("secret-host".into()),
+            enable_tls: true,
+            ..Default::default()
+        };
+        let reqs = [
+            ClusterRequest::ServerLiveMigrate {
+                id: "vm".into(),
+                opts: opts.clone(),
+            },
+            ClusterRequest::ServerMigrate {
+                id: "vm".into(),
+                opts,
+            },
+            ClusterRequest::HostMaintenance { id: "h1".into() },
+            ClusterRequest::HostList,
+            ClusterRequest::Register {
+                report: Default::default(),
+            },
+        ];
+        for r in reqs {
+            let (op, target) = handlers::action_summary(&r);
+            // The same name the wire format uses.
+            let wire = serde_json::to_value(&r).expect("json");
+            assert_eq!(wire["op"], op, "{r:?}");
+            let line = format!("{op} {target:?}");
+            assert!(!line.contains("secret-host"), "{line}");
+            assert!(!line.contains("enable_tls"), "{line}");
+        }
+        let r = ClusterRequest::ServerLiveMigrate {
+            id: "vm".into(),
+            opts: Default::default(),
+        };
+        assert_eq!(
+            handlers::action_summary(&r),
+            ("server-live-migrate", Some("vm"))
+        );
+    }
 }

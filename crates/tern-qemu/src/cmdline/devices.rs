@@ -317,7 +317,14 @@ pub fn misc(d: &Domain, a: &mut Vec<String>) {
 
 /// The swtpm control socket in a run directory.
 pub fn swtpm_socket(run_dir: &Path) -> PathBuf {
-    run_dir.join("swtpm.sock")
+    swtpm_dir(run_dir).join("ctrl.sock")
+}
+
+/// The directory of a guest's swtpm (its socket and log): swtpm drops to
+/// QEMU's unprivileged user before it creates them, so it gets a
+/// directory of its own rather than write access to the run directory.
+pub fn swtpm_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("swtpm")
 }
 
 /// TPM front end and its swtpm back end (started by the agent).

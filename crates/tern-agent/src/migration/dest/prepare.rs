@@ -157,7 +157,15 @@ async fn prepare_copy(
                 return Err(e);
             }
         }
-        match super::super::cold::prepare(agent, job, &req.files, &req.options).await {
+        match super::super::cold::prepare(
+            agent,
+            job,
+            &req.files,
+            &req.options,
+            req.source_tls_identity.as_deref(),
+        )
+        .await
+        {
             Ok(t) => cold = Some(t),
             Err(e) => {
                 let _ = job.advance(Phase::Failed);
