@@ -20,6 +20,7 @@ fn nfs_source(src: &NetfsSource, file: &str) -> DiskRemote {
             name: src.host.clone(),
             port: None,
         }],
+        auth: None,
     })
 }
 

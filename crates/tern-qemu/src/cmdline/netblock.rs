@@ -106,6 +106,7 @@ mod tests {
                     port: *p,
                 })
                 .collect(),
+            auth: None,
         };
         let d = Disk {
             source_type: DiskSourceType::Network,
