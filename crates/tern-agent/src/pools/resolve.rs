@@ -9,6 +9,7 @@ use crate::error::{AgentError, Result};
 use std::path::Path;
 use tern_model::{
     Disk, DiskRemote, DiskSourceType, Domain, NetHost, NetProtocol, NetfsSource, NetworkSource,
+    RbdSource,
 };
 
 /// The network source QEMU opens a file of an export by.
@@ -21,6 +22,17 @@ fn nfs_source(src: &NetfsSource, file: &str) -> DiskRemote {
             port: None,
         }],
         auth: None,
+    })
+}
+
+/// The network source QEMU opens an image of an rbd pool by: the pool's
+/// monitors and credentials, as libvirt builds it for a volume disk.
+fn rbd_source(src: &RbdSource, image: &str) -> DiskRemote {
+    DiskRemote::Network(NetworkSource {
+        protocol: NetProtocol::Rbd,
+        name: format!("{}/{image}", src.name),
+        hosts: src.hosts.clone(),
+        auth: src.auth.clone(),
     })
 }
 
@@ -60,6 +72,7 @@ impl Pools {
                             disk.source = Some(dir.join(&v.volume));
                         }
                         Store::Nfs { src, .. } => as_network(disk, nfs_source(&src, &v.volume)),
+                        Store::Rbd(src) => as_network(disk, rbd_source(&src, &v.volume)),
                     }
                 }
                 (Some(path), None) if disk.source_type == DiskSourceType::File => {
@@ -147,6 +160,15 @@ pub async fn block_source(pools: &Pools, disk: &Disk) -> Option<String> {
         (None, Some(DiskRemote::Volume(v))) => {
             let m = pools.pools.lock().await;
             Some(match m.get(&v.pool) {
+                Some(p) if p.def.rbd.is_some() => {
+                    let r = p
+                        .def
+                        .rbd
+                        .as_ref()
+                        .map(|r| r.name.as_str())
+                        .unwrap_or_default();
+                    format!("rbd:{r}/{}", v.volume)
+                }
                 Some(p) => p.def.target.join(&v.volume).display().to_string(),
                 None => format!("{}/{}", v.pool, v.volume),
             })
@@ -183,6 +205,17 @@ impl Pools {
             }
             Store::Nfs { src, .. } => {
                 crate::netfs::Export::new(&src).remove(&file).await.ok()?;
+                Some(shown)
+            }
+            Store::Rbd(src) => {
+                let pool = match &disk.remote {
+                    Some(DiskRemote::Volume(v)) => v.pool.clone(),
+                    _ => return None,
+                };
+                super::rbd::Cluster::new(&pool, &src, &self.secrets)
+                    .delete(&file)
+                    .await
+                    .ok()?;
                 Some(shown)
             }
         }
