@@ -15,7 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tern_api::{ApiError, ErrorCode, SecretRequest};
 use tern_model::secret::{parse_secret, parse_uuid};
-use tern_model::{SecretDef, SecretInfo, SecretRef};
+use tern_model::{DiskRemote, Domain, SecretDef, SecretInfo, SecretRef};
 
 /// The agent's secrets; see the module documentation.
 #[derive(Debug)]
@@ -215,6 +215,69 @@ impl Secrets {
         let src = self.value_file(r)?;
         let v = std::fs::read(&src).map_err(|e| AgentError::state(&src, e))?;
         write_private(dest, &v).map_err(|e| AgentError::state(dest, e))
+    }
+}
+
+/// The rbd disks of `d` (as QEMU opens them) that carry credentials.
+fn auth_disks(d: &Domain) -> impl Iterator<Item = (&str, &tern_model::CephAuth)> {
+    d.devices
+        .disks
+        .iter()
+        .filter_map(|disk| match &disk.remote {
+            Some(DiskRemote::Network(n)) if disk.source.is_none() => {
+                n.auth.as_ref().map(|a| (disk.target_dev.as_str(), a))
+            }
+            _ => None,
+        })
+}
+
+impl Secrets {
+    /// Refuses `d` (with its disks resolved, see
+    /// [`crate::pools::Pools::resolve_disks`]) when a disk names a secret
+    /// this host lacks or has no value for, naming the disk, the secret
+    /// and the commands that fix it. Run before anything starts: at launch
+    /// and when a migration's destination admits the guest.
+    pub fn check_domain(&self, d: &Domain) -> Result<()> {
+        for (dev, auth) in auth_disks(d) {
+            self.value_file(&auth.secret).map_err(|e| {
+                AgentError::Invalid(format!(
+                    "disk '{dev}' of domain '{}' authenticates as client.{} with a secret this host cannot give it: {e}",
+                    d.name, auth.username
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes each rbd disk's key where QEMU's `-object secret,file=`
+    /// reads it ([`tern_qemu::cmdline::disk_secret_file`], mode 0600, given
+    /// to QEMU's user); the files written, to remove once QEMU has read them.
+    pub fn stage_for_qemu(
+        &self,
+        d: &Domain,
+        run_dir: &Path,
+        user: Option<&crate::confine::user::QemuUser>,
+    ) -> Result<Vec<PathBuf>> {
+        let mut staged = Vec::new();
+        for (dev, auth) in auth_disks(d) {
+            let f = tern_qemu::cmdline::disk_secret_file(run_dir, dev);
+            let done = self.copy_value(&auth.secret, &f).and_then(|_| {
+                crate::confine::user::hand_over(&f, user).map_err(|e| AgentError::state(&f, e))
+            });
+            staged.push(f);
+            if let Err(e) = done {
+                remove_staged(&staged);
+                return Err(e);
+            }
+        }
+        Ok(staged)
+    }
+}
+
+/// Removes keys staged for QEMU (it reads them once, at start).
+pub fn remove_staged(files: &[PathBuf]) {
+    for f in files {
+        let _ = std::fs::remove_file(f);
     }
 }
 
