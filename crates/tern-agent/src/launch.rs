@@ -118,6 +118,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     let d = &resolved;
     crate::pools::check_network_drivers(d).await?;
     agent.pools.secrets.check_domain(d)?;
+    agent.pools.check_rbd_disks(d).await?;
     crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
     firmware::prepare_firmware(d)

@@ -241,9 +241,30 @@ fn a_guest_on_an_rbd_volume_migrates_live_without_copying_storage() {
         assert_eq!(mode & 0o777, 0o600, "{}", stored.display());
     }
 
-    // The volume is in use on B: deleting it is refused; once the guest is
-    // gone it goes.
-    p.b.ok(&["destroy", name]);
+    // And back, peer to peer.
+    let out = p.migrate(Which::B, name, &["--live", "--p2p", "--verbose"]);
+    assert!(
+        out.status.success(),
+        "--p2p migration back failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.events(name)
+    );
+    p.wait_settled_on(Which::A, name, std::time::Duration::from_secs(60));
+    assert_eq!(p.qemu_counts(), (1, 0), "the guest runs on A only");
+    p.assert_guest_whole_on(Which::A, name);
+    wait_disk_ok(&p.a, name, 2);
+    assert_eq!(
+        watchers(&ceph, "rbdg-disk").len(),
+        1,
+        "one client has the image"
+    );
+
+    // A volume a running guest has open is not deleted; once the guest
+    // is gone it goes.
+    let busy = p.b.fails(&["vol-delete", "rbdg-disk", "--pool", RBD_POOL]);
+    eprintln!("busy volume: {busy}");
+    assert!(busy.contains("is open by one client"), "{busy}");
+    p.a.ok(&["destroy", name]);
     p.a.ok(&["vol-delete", "rbdg-disk", "--pool", RBD_POOL]);
     let vols = p.b.ok(&["vol-list", RBD_POOL]);
     assert!(!vols.contains("rbdg-disk"), "{vols}");
@@ -292,6 +313,7 @@ fn an_rbd_network_disk_needs_its_secret_on_both_hosts() {
         !out.status.success(),
         "migrated to a host without the secret"
     );
+    eprintln!("refused as: {err}");
     for needle in [SECRET_USAGE, "tern secret-define", "tern secret-set-value"] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }

@@ -17,6 +17,9 @@ use tokio::process::Command;
 /// How long one `rbd`/`ceph` call may take: an unreachable monitor
 /// otherwise hangs it for minutes.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// librados' own limit on reaching the monitors (`client_mount_timeout`,
+/// 300 s by default): a wrong key makes it retry until then, silently.
+const MOUNT_TIMEOUT_SECS: &str = "10";
 
 /// Refuses a definition that cannot reach a cluster.
 pub(super) fn check_source(src: &RbdSource) -> Result<()> {
@@ -57,6 +60,8 @@ pub(super) fn check_source(src: &RbdSource) -> Result<()> {
 /// One rbd pool's view of its cluster.
 pub(super) struct Cluster<'a> {
     pool: &'a str,
+    /// What messages name: "storage pool 'P'" or "disk 'vda' of domain 'D'".
+    what: String,
     src: &'a RbdSource,
     secrets: &'a Secrets,
 }
@@ -81,20 +86,42 @@ struct DuImage {
 }
 
 impl<'a> Cluster<'a> {
+    /// The cluster of rbd pool `pool`.
     pub(super) fn new(pool: &'a str, src: &'a RbdSource, secrets: &'a Secrets) -> Self {
-        Cluster { pool, src, secrets }
+        Cluster {
+            pool,
+            what: format!("storage pool '{pool}'"),
+            src,
+            secrets,
+        }
+    }
+
+    /// The cluster of a network disk, named `what` in messages.
+    pub(super) fn for_disk(what: String, src: &'a RbdSource, secrets: &'a Secrets) -> Self {
+        Cluster {
+            pool: "",
+            what,
+            src,
+            secrets,
+        }
     }
 
     /// `-c /dev/null -m MONS [--id ID --keyfile FILE]`.
     fn base_args(&self) -> Result<Vec<String>> {
-        let mut a: Vec<String> = vec!["-c".into(), "/dev/null".into()];
+        let mut a: Vec<String> = vec![
+            "-c".into(),
+            "/dev/null".into(),
+            "--client-mount-timeout".into(),
+            MOUNT_TIMEOUT_SECS.into(),
+        ];
         a.push("-m".into());
         a.push(self.src.mon_host());
         match &self.src.auth {
             Some(auth) => {
-                let key: PathBuf = self.secrets.value_file(&auth.secret).map_err(|e| {
-                    AgentError::Invalid(format!("storage pool '{}': {e}", self.pool))
-                })?;
+                let key: PathBuf = self
+                    .secrets
+                    .value_file(&auth.secret)
+                    .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.what)))?;
                 a.extend([
                     "--id".into(),
                     auth.username.clone(),
@@ -118,8 +145,8 @@ impl<'a> Cluster<'a> {
             .await
             .map_err(|_| {
                 AgentError::Timeout(format!(
-                    "storage pool '{}': '{prog} {}' got no answer from monitors {} in {}s",
-                    self.pool,
+                    "{}: '{prog} {}' got no answer from monitors {} in {}s",
+                    self.what,
                     args.first().copied().unwrap_or_default(),
                     self.src.mon_host(),
                     CALL_TIMEOUT.as_secs()
@@ -127,8 +154,8 @@ impl<'a> Cluster<'a> {
             })?
             .map_err(|e| {
                 AgentError::Failed(format!(
-                    "cannot run '{prog}' for storage pool '{}': {e}; install ceph-common",
-                    self.pool
+                    "cannot run '{prog}' for {}: {e}; install ceph-common",
+                    self.what
                 ))
             })?;
         if !out.status.success() {
@@ -146,9 +173,23 @@ impl<'a> Cluster<'a> {
                 .unwrap_or("")
                 .trim()
                 .to_string();
+            let hint = if last.contains("couldn't connect to the cluster") {
+                let who = self
+                    .src
+                    .auth
+                    .as_ref()
+                    .map(|a| format!("client.{} with the key of secret {}", a.username, a.secret))
+                    .unwrap_or_else(|| "a client without cephx".into());
+                format!(
+                    " (monitors {} did not accept {who} within {MOUNT_TIMEOUT_SECS} s: check the key with 'tern secret-set-value', the user and the monitors)",
+                    self.src.mon_host()
+                )
+            } else {
+                String::new()
+            };
             return Err(AgentError::Failed(format!(
-                "storage pool '{}': {prog} {} failed: {last}",
-                self.pool,
+                "{}: {prog} {} failed: {last}{hint}",
+                self.what,
                 args.first().copied().unwrap_or_default(),
             )));
         }
@@ -166,6 +207,15 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// Before QEMU opens an image: the cluster takes the credentials and
+    /// the image exists. QEMU itself would wait for minutes on a wrong key
+    /// and then say nothing useful.
+    pub(super) async fn probe_image(&self, image: &str) -> Result<()> {
+        self.call("rbd", &["info", &self.spec(image)])
+            .await
+            .map(|_| ())
+    }
+
     /// `pool-start`: the cluster answers and the Ceph pool exists.
     pub(super) async fn check(&self) -> Result<()> {
         self.call("rbd", &["ls", &self.src.name]).await.map(|_| ())
@@ -177,7 +227,7 @@ impl<'a> Cluster<'a> {
         let out = match self.call("ceph", &["df", "--format", "json"]).await {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(pool = %self.pool, error = %e, "cannot read Ceph pool space");
+                tracing::warn!(pool = %self.what, error = %e, "cannot read Ceph pool space");
                 return (0, 0, 0);
             }
         };
@@ -230,9 +280,8 @@ impl<'a> Cluster<'a> {
             Err(e) if e.to_string().contains("No such file") => return Err(self.no_volume(name)),
             Err(e) => return Err(e),
         };
-        let du: Du = serde_json::from_slice(&out).map_err(|e| {
-            AgentError::Failed(format!("storage pool '{}': rbd du: {e}", self.pool))
-        })?;
+        let du: Du = serde_json::from_slice(&out)
+            .map_err(|e| AgentError::Failed(format!("{}: rbd du: {e}", self.what)))?;
         let img = du.images.first().ok_or_else(|| self.no_volume(name))?;
         Ok(self.volume(name, img.provisioned_size, img.used_size))
     }
@@ -268,11 +317,37 @@ impl<'a> Cluster<'a> {
         self.info(name).await
     }
 
-    /// `vol-delete`: `rbd rm` refuses an image a QEMU still has open.
+    /// The client addresses that have image `name` open (its watchers):
+    /// what a fence blocklists.
+    pub(super) async fn watchers(&self, name: &str) -> Result<Vec<String>> {
+        let out = self
+            .call("rbd", &["status", "--format", "json", &self.spec(name)])
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        Ok(v["watchers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(|x| x["address"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `vol-delete`: refused while a QEMU has the image open.
     pub(super) async fn delete(&self, name: &str) -> Result<()> {
         tern_model::names::validate_name("volume", name)?;
         if !self.list().await?.iter().any(|v| v.name == name) {
             return Err(self.no_volume(name));
+        }
+        let open = self.watchers(name).await?;
+        if !open.is_empty() {
+            return Err(AgentError::Conflict(format!(
+                "storage volume '{name}' of pool '{}' is open by {} ({}), a guest running on some host; stop it first",
+                self.pool,
+                if open.len() == 1 { "one client".to_string() } else { format!("{} clients", open.len()) },
+                open.join(", ")
+            )));
         }
         self.call("rbd", &["rm", "--no-progress", &self.spec(name)])
             .await

@@ -91,6 +91,38 @@ impl Pools {
     }
 }
 
+impl Pools {
+    /// Refuses `d` (disks resolved) when Ceph does not take the credentials
+    /// of one of its rbd disks or the image is missing, naming the disk:
+    /// checked with the `rbd` CLI before QEMU, which would retry a wrong key
+    /// for minutes. Disks without monitors (read from the host's ceph.conf)
+    /// are left to QEMU.
+    pub async fn check_rbd_disks(&self, d: &Domain) -> Result<()> {
+        for disk in &d.devices.disks {
+            let Some(DiskRemote::Network(n)) = &disk.remote else {
+                continue;
+            };
+            if n.protocol != NetProtocol::Rbd || n.hosts.is_empty() || disk.source.is_some() {
+                continue;
+            }
+            let name = n.name.trim_start_matches('/');
+            let Some((pool, image)) = name.split_once('/') else {
+                continue;
+            };
+            let src = RbdSource {
+                hosts: n.hosts.clone(),
+                name: pool.to_string(),
+                auth: n.auth.clone(),
+            };
+            let what = format!("disk '{}' of domain '{}'", disk.target_dev, d.name);
+            super::rbd::Cluster::for_disk(what, &src, &self.secrets)
+                .probe_image(image)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The first protocol `drivers` lacks.
 fn missing_driver(protocols: &[NetProtocol], drivers: &[String]) -> Option<NetProtocol> {
     protocols
