@@ -12,6 +12,8 @@ use tern_model::{SecretDef, SecretInfo};
 
 /// The secret verbs.
 #[derive(Subcommand, Debug)]
+// virsh's verb names, which all start with `secret-`.
+#[allow(clippy::enum_variant_names)]
 pub enum SecretCmd {
     /// Define (or redefine) a secret from libvirt XML.
     SecretDefine {

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// A secret request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// virsh's verb names, which all start with `secret-`.
+#[allow(clippy::enum_variant_names)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SecretRequest {
     /// Define (or redefine) a secret from libvirt XML (`secret-define`).
