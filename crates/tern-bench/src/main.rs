@@ -17,6 +17,7 @@ mod guest;
 mod hostdown;
 mod live;
 mod qemu;
+mod rbd;
 mod soak;
 mod storage;
 mod sys;
@@ -60,6 +61,9 @@ enum Cmd {
     /// Host down (issue 14): host death to its guest running elsewhere,
     /// with the host proven fenced first.
     Hostdown(hostdown::HostDownArgs),
+    /// RBD (issue 21): live migration with the disk on Ceph RBD (shared)
+    /// against a local dir pool with `--copy-storage-all`.
+    Rbd(rbd::RbdArgs),
 }
 
 #[tokio::main]
@@ -73,6 +77,7 @@ async fn main() -> ExitCode {
             Cmd::Transports(a) => transports::run(a).await,
             Cmd::Soak(a) => soak::run(a).await,
             Cmd::Hostdown(a) => hostdown::run(a).await,
+            Cmd::Rbd(a) => rbd::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };
