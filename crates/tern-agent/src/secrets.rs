@@ -259,18 +259,39 @@ impl Secrets {
         user: Option<&crate::confine::user::QemuUser>,
     ) -> Result<Vec<PathBuf>> {
         let mut staged = Vec::new();
-        for (dev, auth) in auth_disks(d) {
-            let f = tern_qemu::cmdline::disk_secret_file(run_dir, dev);
-            let done = self.copy_value(&auth.secret, &f).and_then(|_| {
-                crate::confine::user::hand_over(&f, user).map_err(|e| AgentError::state(&f, e))
-            });
-            staged.push(f);
-            if let Err(e) = done {
-                remove_staged(&staged);
-                return Err(e);
+        for (dev, _) in auth_disks(d) {
+            match self.stage_disk(d, dev, run_dir, user) {
+                Ok(f) => staged.extend(f),
+                Err(e) => {
+                    remove_staged(&staged);
+                    return Err(e);
+                }
             }
         }
         Ok(staged)
+    }
+
+    /// [`Secrets::stage_for_qemu`] for disk `target` alone, into `dir`;
+    /// `None` when the disk carries no credentials.
+    pub fn stage_disk(
+        &self,
+        d: &Domain,
+        target: &str,
+        dir: &Path,
+        user: Option<&crate::confine::user::QemuUser>,
+    ) -> Result<Option<PathBuf>> {
+        let Some((dev, auth)) = auth_disks(d).find(|(dev, _)| *dev == target) else {
+            return Ok(None);
+        };
+        let f = tern_qemu::cmdline::disk_secret_file(dir, dev);
+        let done = self.copy_value(&auth.secret, &f).and_then(|_| {
+            crate::confine::user::hand_over(&f, user).map_err(|e| AgentError::state(&f, e))
+        });
+        if let Err(e) = done {
+            remove_staged(std::slice::from_ref(&f));
+            return Err(e);
+        }
+        Ok(Some(f))
     }
 }
 

@@ -328,3 +328,55 @@ fn an_rbd_network_disk_needs_its_secret_on_both_hosts() {
     assert!(err.contains("vda") || err.contains("rbd"), "{err}");
     assert_eq!(p.qemu_counts(), (0, 0));
 }
+
+/// Issue 21: an RBD network disk with `<auth>` hot-plugged into a running
+/// guest gets its key as a QEMU secret object (added over QMP from a file
+/// QEMU reads once, never on a command line); the guest finds the disk and
+/// writes and verifies it, and keeps doing so after a live migration to a
+/// host that has the secret too.
+#[test]
+fn a_hot_plugged_rbd_disk_gets_its_key_and_migrates() {
+    if skip_without_ceph("a_hot_plugged_rbd_disk_gets_its_key_and_migrates") {
+        return;
+    }
+    let ceph = CephCluster::start();
+    let key = ceph.key(QEMU_ID);
+    let p = HostPair::start("rbdhp", &[], &[]);
+    for h in [&p.a, &p.b] {
+        define_secret(h, &key);
+    }
+    let name = "rbdhp";
+    define_guest_with_disk(&p.a, name, "tern.mem=32 tern.disk_hotplug=1", 4, "");
+    p.a.ok(&["start", name]);
+    tern_testkit::pair::wait_ready(&p.a, name, 3);
+    ceph.rbd_ok(
+        "admin",
+        &["create", "--size", "16", &format!("{POOL}/rbdhp-disk")],
+    );
+    let xml = p.a.state_dir().with_file_name("vda.xml");
+    std::fs::write(&xml, network_disk_xml(&ceph, "rbdhp-disk", "vda")).unwrap();
+    let out =
+        p.a.ok(&["attach-device", name, xml.to_str().unwrap(), "--live"]);
+    assert!(out.contains("attached successfully"), "{out}");
+    wait_disk_ok(&p.a, name, 2);
+    for c in qemu_cmdlines(&p.a) {
+        assert!(!c.contains(&key), "the key is on QEMU's command line");
+    }
+
+    let m = p.migrate(Which::A, name, &["--live"]);
+    assert!(
+        m.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&m.stderr),
+        p.events(name)
+    );
+    p.wait_settled_on(Which::B, name, std::time::Duration::from_secs(60));
+    wait_disk_ok(&p.b, name, 2);
+    p.assert_guest_whole_on(Which::B, name);
+    assert_eq!(watchers(&ceph, "rbdhp-disk").len(), 1);
+    let dump = p.b.ok(&["dumpxml", name]);
+    assert!(
+        dump.contains(&format!("<auth username='{QEMU_ID}'>")),
+        "{dump}"
+    );
+}
