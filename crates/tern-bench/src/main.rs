@@ -18,6 +18,7 @@ mod hostdown;
 mod live;
 mod nfs;
 mod qemu;
+mod rbd;
 mod soak;
 mod storage;
 mod sys;
@@ -64,6 +65,9 @@ enum Cmd {
     /// Host down (issue 14): host death to its guest running elsewhere,
     /// with the host proven fenced first.
     Hostdown(hostdown::HostDownArgs),
+    /// RBD (issue 21): live migration with the disk on Ceph RBD (shared)
+    /// against a local dir pool with `--copy-storage-all`.
+    Rbd(rbd::RbdArgs),
 }
 
 #[tokio::main]
@@ -78,6 +82,7 @@ async fn main() -> ExitCode {
             Cmd::Soak(a) => soak::run(a).await,
             Cmd::Hostdown(a) => hostdown::run(a).await,
             Cmd::Nfs(a) => nfs::run(a).await,
+            Cmd::Rbd(a) => rbd::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };

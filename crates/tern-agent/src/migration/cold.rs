@@ -109,6 +109,10 @@ async fn disk_file(agent: &Agent, disk: &tern_model::Disk) -> Result<Option<Path
     match (&disk.source, &disk.remote) {
         (Some(p), None) => Ok(Some(p.clone())),
         (_, Some(tern_model::DiskRemote::Volume(v))) => {
+            if agent.pools.is_rbd(&v.pool).await {
+                // An RBD image: shared, it stays.
+                return Ok(None);
+            }
             let (path, _) = agent.pools.volume_slot(&v.pool, &v.volume).await?;
             Ok(Some(path))
         }

@@ -114,6 +114,8 @@ impl Pools {
                         let _ = e.remove(&name).await;
                     }
                 }
+                // Only netfs pools carry tokens.
+                Store::Rbd(_) => {}
             }
         }
     }
@@ -144,6 +146,7 @@ async fn leave_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
                 .write_small(&name, id.to_string().as_bytes())
                 .await
                 .map_err(|e| fail(e.to_string()))?,
+            Store::Rbd(_) => {}
         }
     }
     Ok(())
@@ -171,6 +174,7 @@ async fn check_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
                 }
                 t
             }
+            Store::Rbd(_) => continue,
         };
         if found.as_deref() != Some(id.to_string().as_bytes()) {
             return Err(AgentError::Conflict(format!(
