@@ -343,8 +343,13 @@ fn a_source_dying_before_sending_everything_is_rescued_from_its_disk() {
     let copies = CopyCounter::start(&[&a, &b], "vm");
     wait_server(&c, "vm", "b", "running");
     more_heartbeats(&b, "vm", 3);
-    // Rescued: booted afresh from the shared disk.
-    assert!(console(&b, "vm").ready());
+    // Rescued: booted afresh (its heartbeat counter starts again) from
+    // the shared disk, whose data the guest verified before READY.
+    let log = SerialLog::parse(&b.wait_console("vm", LONG, "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    }));
+    assert_eq!(log.heartbeats.first().map(|h| h.seq), Some(1), "{:?}", log.lines);
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
     assert_eq!(rescues_succeeded(&c), 1);
     assert_eq!(copies.max(), 1);
 }
