@@ -108,6 +108,20 @@ impl Drop for LeaseCut {
     }
 }
 
+/// Whether process `pid` lives (a zombie does not: PID 1 reaps slowly).
+pub fn pid_alive(pid: u32) -> bool {
+    live_pid(pid)
+}
+
+/// Waits until process `pid` no longer lives.
+pub fn wait_pid_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while live_pid(pid) {
+        assert!(Instant::now() < deadline, "process {pid} never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn live_pid(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 use tern_testkit::cluster::{
-    boot_on_pool, enable_host_down_policy, jobs, more_heartbeats, rescues_succeeded, shared_pool,
-    wait_rescue_waiting, wait_server, LONG,
+    boot_on_pool, define_on_pool, enable_host_down_policy, jobs, more_heartbeats,
+    rescues_succeeded, shared_pool, wait_rescue_waiting, wait_server, LONG,
 };
 use tern_testkit::fencing::{
-    armed_pair, birth, cut_lease, fenced_record, kill_host, mtime, wait_armed, wait_fence,
-    wait_guest_gone, wait_stop_point, ArmedPair, CopyCounter,
+    armed_pair, birth, cut_lease, fenced_record, kill_host, mtime, pid_alive, wait_armed,
+    wait_fence, wait_guest_gone, wait_pid_gone, wait_stop_point, ArmedPair, CopyCounter,
 };
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::{SerialLog, TernHost, TestController};
@@ -345,11 +345,61 @@ fn a_source_dying_before_sending_everything_is_rescued_from_its_disk() {
     more_heartbeats(&b, "vm", 3);
     // Rescued: booted afresh (its heartbeat counter starts again) from
     // the shared disk, whose data the guest verified before READY.
-    let log = SerialLog::parse(&b.wait_console("vm", LONG, "TERN-READY", |t| {
-        SerialLog::parse(t).ready()
-    }));
-    assert_eq!(log.heartbeats.first().map(|h| h.seq), Some(1), "{:?}", log.lines);
+    let log = SerialLog::parse(
+        &b.wait_console("vm", LONG, "TERN-READY", |t| SerialLog::parse(t).ready()),
+    );
+    assert_eq!(
+        log.heartbeats.first().map(|h| h.seq),
+        Some(1),
+        "{:?}",
+        log.lines
+    );
     assert!(log.failures.is_empty(), "{:?}", log.failures);
     assert_eq!(rescues_succeeded(&c), 1);
     assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn a_guest_launched_but_not_yet_recorded_is_killed_by_the_fence_too() {
+    let c = TestController::file(&[]);
+    let ArmedPair { mut a, b: _b, pool } = armed_pair(&c, &[], &[]);
+    define_on_pool(&a, "vm2", "shared");
+    // From now on a's agent holds a boot once QEMU started, before it
+    // records that QEMU in runtime.json.
+    a.opts.extra_args.extend([
+        "--fault-stop-at".to_string(),
+        "boot-before-record".to_string(),
+    ]);
+    a.restart();
+    let uri = a.uri();
+    let start = std::thread::spawn(move || tern_testkit::host::tern_at(&uri, &["start", "vm2"]));
+    wait_stop_point(&a, "boot-before-record", LONG);
+    let run = a.state_dir().join("run").join("vm2");
+    assert!(!run.join("runtime.json").exists(), "vm2 was recorded");
+    let pid: u32 = std::fs::read_to_string(run.join("qemu.pid"))
+        .expect("QEMU wrote its pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid_alive(pid));
+
+    // The agent dies there, and the host loses its storage: the fence
+    // alone acts, and kills the unrecorded QEMU with the recorded one.
+    a.kill9();
+    let _cut = cut_lease(pool.path(), "a");
+    wait_pid_gone(pid, LONG);
+    let deadline = std::time::Instant::now() + LONG;
+    let fenced = loop {
+        if let Some(f) = fenced_record(&a) {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", log_tail(&a));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let killed = fenced["killed"].to_string();
+    assert!(
+        killed.contains("vm2") && killed.contains("\"vm\""),
+        "{fenced}"
+    );
+    let _ = start.join();
 }
