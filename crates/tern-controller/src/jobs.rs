@@ -92,8 +92,7 @@ pub async fn create(
     live: bool,
     opts: MigrateRequestOptions,
 ) -> Result<JobRecord> {
-    let inv = ctl.operator().await?;
-    let s = inv.server(server).await?;
+    let s = ctl.inv.server(server).await?;
     let src = ctl.inv.host(&s.host).await?;
     if let Some(p) = &opts.prefer_host {
         ctl.inv.host(p).await?;
@@ -102,6 +101,8 @@ pub async fn create(
     // The cluster's --migration-tls makes encrypted live migration the default.
     let mut opts = opts;
     opts.enable_tls |= ctl.cfg.migration_tls && kind == JobKind::LiveMigrate;
+    // The request is valid: from here on every write carries a term.
+    let inv = ctl.operator().await?;
     let id = Uuid::new_v4().simple().to_string()[..12].to_string();
     let job = JobRecord {
         id: id.clone(),
@@ -211,8 +212,7 @@ pub async fn forecast(
 
 /// Cancels a job, by id or by server name.
 pub async fn cancel(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord> {
-    let inv = ctl.operator().await?;
-    let jobs = inv.jobs().await?;
+    let jobs = ctl.inv.jobs().await?;
     let j = jobs
         .iter()
         .find(|j| j.id == id)
@@ -227,6 +227,8 @@ pub async fn cancel(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord> {
                 "no job or running job of a server '{id}'; see 'tern job-list'"
             ))
         })?;
+    // From here on every write carries a term.
+    let inv = ctl.operator().await?;
     match j.state {
         JobState::Queued => {
             let mut done = false;
