@@ -231,6 +231,7 @@ impl Agent {
     ) -> Result<()> {
         crate::migration::cold::ensure_durable(def).await?;
         let run = launch::launch(self, def, LaunchMode::Boot { paused }).await?;
+        crate::faults::point(self, "boot-before-record").await;
         monitor::install(self, slot, e, run);
         if paused {
             slot.set(DomainState::Paused, StateReason::User);

@@ -10,7 +10,9 @@
 //! migrate), `source-completed` (QEMU sent everything; before the job
 //! says so), `source-before-quit` (Confirm, before the source QEMU is
 //! stopped), `dest-prepared` (Prepare done, before its reply),
-//! `dest-before-cont` and `dest-after-cont` (Finish, around `cont`).
+//! `dest-before-cont` and `dest-after-cont` (Finish, around `cont`);
+//! `boot-before-record` (a guest's QEMU started, not yet recorded in its
+//! `runtime.json`).
 
 use crate::Agent;
 use std::sync::atomic::{AtomicBool, Ordering};

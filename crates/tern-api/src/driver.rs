@@ -228,7 +228,16 @@ pub async fn complete(
             }
             Err(e) => {
                 // The source agent is unreachable: we cannot know QEMU's
-                // state, so the destination must not resume.
+                // state, so the destination must not resume. A copy it
+                // holds whole is kept, paused, for whoever settles the
+                // migration (the source agent once back, or the cluster
+                // once the source host is proven fenced); a partial one
+                // is only in the way.
+                if dest_holds_everything(dst, id).await {
+                    return Err(DriveError::Perform(format!(
+                        "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
+                    )));
+                }
                 let _ = finish(false).await;
                 return Err(DriveError::Perform(format!(
                     "lost contact with the source: {e}"
@@ -277,6 +286,33 @@ pub async fn complete(
         dest_name: dest_name.to_string(),
         warning: fin.error,
     })
+}
+
+/// Whether the destination holds migration `id`'s whole guest, paused and
+/// never run (its incoming QEMU completed): the one copy worth keeping
+/// when the source can no longer be asked.
+pub async fn dest_holds_everything(dst: &Client, id: Uuid) -> bool {
+    let req = tern_migrate::protocol::QueryRequest {
+        version: PROTOCOL_VERSION,
+        id,
+    };
+    let r = dst
+        .clone()
+        .with_timeout(Duration::from_secs(5))
+        .call::<tern_migrate::protocol::QueryReply>(&Request::Migration(
+            MigrationRequest::MigrateQuery { req },
+        ))
+        .await;
+    match r {
+        Ok(r) => {
+            check_reply_version(r.version).is_ok()
+                && matches!(
+                    r.view,
+                    tern_migrate::recovery::PeerView::Prepared { complete: true }
+                )
+        }
+        Err(_) => false,
+    }
 }
 
 /// Refuses a reply from an agent whose protocol this build does not speak.

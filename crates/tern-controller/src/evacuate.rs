@@ -14,7 +14,7 @@
 use crate::error::Result;
 use crate::health::{step, Action};
 use crate::inventory::{now_ms, ALIVE, JOBS};
-use crate::rescue::{decide, Decision, DestState, ServerFacts};
+use crate::rescue::{decide, Decision, ServerFacts};
 use crate::Controller;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use tern_api::cluster::{
     HostRecord, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerRecord,
     ServerState,
 };
-use tern_api::{Client, DomainInfo, Request};
+use tern_api::{Client, Request};
 
 /// Store prefix of finished evacuations: `evacuated/HOST/SINCE_MS`.
 pub const EVACUATED: &str = "evacuated/";
@@ -171,51 +171,12 @@ async fn fail_queued_leaving(ctl: &Arc<Controller>, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The destination of the server's migration that ended in failure around
-/// the host's death, and where it stands there.
-async fn interrupted_dest(
-    ctl: &Arc<Controller>,
-    jobs: &[JobRecord],
-    s: &ServerRecord,
-    since_ms: u64,
-) -> Option<(String, DestState)> {
-    let j = jobs.iter().rev().find(|j| j.server == s.domain.name)?;
-    let recent = j.finished_ms.is_some_and(|f| f + 60_000 >= since_ms);
-    if j.kind == JobKind::Rescue || j.state != JobState::Failed || !recent || j.source != s.host {
-        return None;
-    }
-    let dest = j.dest.clone()?;
-    let state = match ctl
-        .lead()
-        .host(&dest)
-        .await
-        .ok()
-        .and_then(|h| host_client(&h).ok())
-    {
-        None => DestState::Unreachable,
-        Some(c) => match c
-            .with_timeout(PROBE_TIMEOUT * 2)
-            .call::<DomainInfo>(&Request::DomInfo {
-                name: s.domain.name.clone(),
-            })
-            .await
-        {
-            Ok(i) if i.summary.state == tern_model::DomainState::Running => DestState::Running,
-            Ok(_) => DestState::Present,
-            Err(tern_api::ClientError::Api(e)) if e.code == tern_api::ErrorCode::NotFound => {
-                DestState::Absent
-            }
-            Err(_) => DestState::Unreachable,
-        },
-    };
-    Some((dest, state))
-}
-
 /// Gives every server of a dead host its fate; whether all have one.
 pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -> Result<bool> {
     let name = &host.report.name;
     fail_queued_leaving(ctl, name).await?;
     let jobs = ctl.lead().jobs().await?;
+    let fenced = crate::fencing::proven(ctl, name, since_ms).await?;
     let mut complete = true;
     for s in ctl.lead().servers().await? {
         if s.host != *name {
@@ -223,7 +184,7 @@ pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -
         }
         let server = s.domain.name.clone();
         let rescue_id = format!("rescue-{server}-{since_ms}");
-        let dest = interrupted_dest(ctl, &jobs, &s, since_ms).await;
+        let dest = crate::interrupted::find(ctl, &jobs, &s, since_ms).await;
         let facts = ServerFacts {
             policy: host.auto_migrate_on_host_down,
             all_shared: s.domain.disks.iter().all(|d| d.shared),
@@ -231,7 +192,8 @@ pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -
             open_job: jobs
                 .iter()
                 .any(|j| j.server == server && !j.state.is_terminal()),
-            dest: dest.as_ref().map(|d| d.1),
+            dest: dest.as_ref().map(|d| d.state),
+            fenced,
         };
         match decide(&facts) {
             Decision::Done => {}
@@ -240,9 +202,34 @@ pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -
                 complete = false;
             }
             Decision::Adopt => {
-                let to = dest.map(|d| d.0).unwrap_or_default();
+                let to = dest.map(|d| d.dest).unwrap_or_default();
                 tracing::warn!(%server, from = %name, %to, "its host died mid-migration; it runs on the destination");
                 set_server(ctl, &server, name, Some(&to), ServerState::Running, None).await?;
+            }
+            Decision::ResumeAtDest | Decision::DiscardAtDest => {
+                // Settled on the destination; the next tick sees it
+                // running there (adopted) or gone (rescued).
+                complete = false;
+                let Some(i) = dest else { continue };
+                let resume = decide(&facts) == Decision::ResumeAtDest;
+                match crate::interrupted::settle(ctl, &i, &s, resume).await {
+                    Ok(true) => {
+                        tracing::warn!(%server, from = %name, to = %i.dest, "the complete copy resumed on the destination");
+                        set_server(
+                            ctl,
+                            &server,
+                            name,
+                            Some(&i.dest),
+                            ServerState::Running,
+                            None,
+                        )
+                        .await?;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(%server, to = %i.dest, error = %e, "settling the destination's copy failed; trying again");
+                    }
+                }
             }
             Decision::Rescue => {
                 queue_rescue(ctl, &s, name, &rescue_id, since_ms).await?;
@@ -280,6 +267,9 @@ async fn set_server(
                 if let Some(to) = to {
                     r.host = to.to_string();
                     r.domain.active = state == ServerState::Running;
+                    // A definition the dead host still keeps is stale: it
+                    // is removed when the host registers again.
+                    r.rescued_from = Some(host.to_string());
                 }
             }
             Ok(change)

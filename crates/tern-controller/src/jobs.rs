@@ -103,6 +103,8 @@ pub async fn create(
     // offline move carries no disk).
     let mut opts = opts;
     opts.enable_tls |= ctl.cfg.migration_tls;
+    // The request is valid: from here on every write carries a term.
+    let inv = ctl.operator().await?;
     let id = Uuid::new_v4().simple().to_string()[..12].to_string();
     let job = JobRecord {
         id: id.clone(),
@@ -121,28 +123,51 @@ pub async fn create(
         cancel_requested: false,
         attempts: 0,
         retry_at_ms: None,
-        term: None,
+        term: inv.term(),
     };
     // Claim the server first: of two racing requests only one gets it.
     let mut claimed = false;
-    ctl.inv
-        .update_server(server, |r| {
-            claimed = !r.state.in_flight();
-            if claimed {
-                r.state = ServerState::StartMigrate;
-                r.error = None;
-            }
-            Ok(claimed)
-        })
-        .await?;
+    inv.update_server(server, |r| {
+        claimed = !r.state.in_flight();
+        if claimed {
+            r.state = ServerState::StartMigrate;
+            r.error = None;
+        }
+        Ok(claimed)
+    })
+    .await?;
     if !claimed {
         return Err(CtlError::Conflict(format!(
             "server '{server}' already has a migration job"
         )));
     }
-    ctl.inv.create(&format!("{JOBS}{id}"), &job).await?;
+    if let Err(e) = inv.create(&format!("{JOBS}{id}"), &job).await {
+        // Leadership changed between the claim and the job: give the
+        // claim back under the term that holds now, and say so.
+        release_claim(ctl, server, s.state).await;
+        return Err(e);
+    }
     tracing::info!(job = %id, %server, ?kind, "job queued");
     Ok(job)
+}
+
+/// Undoes a claim whose job could not be stored.
+async fn release_claim(ctl: &Arc<Controller>, server: &str, prior: ServerState) {
+    let Ok(inv) = ctl.operator().await else {
+        return;
+    };
+    let r = inv
+        .update_server(server, |r| {
+            let change = r.state == ServerState::StartMigrate;
+            if change {
+                r.state = prior;
+            }
+            Ok(change)
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(%server, error = %e, "could not release the claim of a job that was not stored");
+    }
 }
 
 /// Every host's verdict for moving `server`.
@@ -204,11 +229,12 @@ pub async fn cancel(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord> {
                 "no job or running job of a server '{id}'; see 'tern job-list'"
             ))
         })?;
+    // From here on every write carries a term.
+    let inv = ctl.operator().await?;
     match j.state {
         JobState::Queued => {
             let mut done = false;
-            let r = ctl
-                .inv
+            let r = inv
                 .update_job(&j.id, |r| {
                     done = r.state == JobState::Queued;
                     if done {
@@ -226,26 +252,24 @@ pub async fn cancel(ctl: &Arc<Controller>, id: &str) -> Result<JobRecord> {
                 )));
             }
             let prior = j.prior_state;
-            ctl.inv
-                .update_server(&j.server, |s| {
-                    s.state = prior;
-                    Ok(true)
-                })
-                .await?;
+            inv.update_server(&j.server, |s| {
+                s.state = prior;
+                Ok(true)
+            })
+            .await?;
             r.ok_or_else(|| CtlError::NotFound(format!("job {} vanished", j.id)))
         }
         JobState::Running if j.kind == JobKind::Rescue => Err(CtlError::Conflict(
             "a rescue restarts a dead host's server and cannot be cancelled".into(),
         )),
         JobState::Running => {
-            let r = ctl
-                .inv
+            let r = inv
                 .update_job(&j.id, |r| {
                     r.cancel_requested = true;
                     Ok(true)
                 })
                 .await?;
-            let src = ctl.inv.host(&j.source).await?;
+            let src = inv.host(&j.source).await?;
             let c = host_client(&src).map_err(|source| CtlError::Agent {
                 host: j.source.clone(),
                 source,
@@ -448,14 +472,25 @@ pub async fn drive(
             .map(|_| ())
             .map_err(|e: DriveError| e.to_string());
     }
-    let info: JobInfo = src
+    let info: JobInfo = match src
         .call(&Request::Migration(MigrationRequest::JobInfo {
             name: name.to_string(),
             completed: false,
             wait_ms: 0,
         }))
         .await
-        .unwrap_or_default();
+    {
+        Ok(i) => i,
+        // The source cannot say where QEMU stands: a whole copy on the
+        // destination stays paused for whoever settles the migration (the
+        // source agent, or the evacuation once its host is fenced).
+        Err(e) if driver::dest_holds_everything(dst, id).await => {
+            return Err(format!(
+                "the source cannot be reached ({e}) and the destination holds the whole guest, paused; it stays so until the migration is settled"
+            ))
+        }
+        Err(_) => JobInfo::default(),
+    };
     if info.phase == "perform" {
         return driver::complete(src, dst, id, name, name, options, |_| {})
             .await

@@ -16,10 +16,13 @@ pub mod error;
 pub mod evacuate;
 pub mod fencing;
 pub mod health;
+pub mod interrupted;
 pub mod inventory;
 pub mod jobs;
 pub mod listen;
 pub mod metrics;
+#[cfg(test)]
+mod operator_tests;
 pub mod rescue;
 pub mod rescue_check;
 pub mod rest;
@@ -173,6 +176,27 @@ impl Controller {
                 revision: u64::MAX,
             });
         self.inv.guarded(g)
+    }
+
+    /// The records as an operator request (queue or cancel a job) writes
+    /// them: guarded by a term like every job write. The leader uses its
+    /// own, so once deposed (paused past its lease, say) its writes are
+    /// refused; another controller uses the term of the leader it sees
+    /// now, so its write is refused if leadership changes meanwhile.
+    pub async fn operator(&self) -> error::Result<Inventory> {
+        if self.is_leader() {
+            return Ok(self.lead());
+        }
+        let key = format!("election/{ELECTION}");
+        match self.inv.store.get(&key).await? {
+            Some(e) => Ok(self.inv.guarded(tern_store::Guard {
+                key,
+                revision: e.revision,
+            })),
+            None => Err(error::CtlError::Conflict(
+                "no controller leads the cluster right now; try again in a few seconds".into(),
+            )),
+        }
     }
 
     /// Campaigns, then leads until the lease is lost; forever. The lease

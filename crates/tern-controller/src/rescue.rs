@@ -11,8 +11,12 @@ use tern_api::cluster::HostStatus;
 pub enum DestState {
     /// It runs the guest there.
     Running,
-    /// It holds a copy that does not run (paused, incoming).
-    Present,
+    /// It holds a paused incoming copy that never ran; `complete` once its
+    /// QEMU loaded the whole guest (the source's QEMU had sent everything).
+    Prepared {
+        /// The incoming migration completed: the copy can resume.
+        complete: bool,
+    },
     /// It has nothing.
     Absent,
     /// It does not answer.
@@ -32,6 +36,8 @@ pub struct ServerFacts {
     pub open_job: bool,
     /// Its last migration was interrupted: where its destination stands.
     pub dest: Option<DestState>,
+    /// The dead host is proven fenced (its guests are dead).
+    pub fenced: bool,
 }
 
 /// What becomes of it.
@@ -43,6 +49,12 @@ pub enum Decision {
     Wait(&'static str),
     /// It runs on its interrupted migration's destination: it lives there.
     Adopt,
+    /// The destination holds the whole guest, paused, and the source is
+    /// proven dead: tell the destination to resume it (then adopt it).
+    ResumeAtDest,
+    /// The destination holds a partial copy and the source is proven dead:
+    /// tell the destination to discard it (then rescue from the disks).
+    DiscardAtDest,
     /// Restart it elsewhere once the host is proven fenced.
     Rescue,
     /// Its host is down and it stays there, not running.
@@ -61,9 +73,15 @@ pub fn decide(f: &ServerFacts) -> Decision {
     }
     match f.dest {
         Some(DestState::Running) => return Decision::Adopt,
-        Some(DestState::Present) => {
-            return Decision::Wait("the destination of its interrupted migration holds a copy")
+        // Before the proof the source's QEMU may still run (or still be
+        // sending): neither copy may be touched.
+        Some(DestState::Prepared { .. }) if !f.fenced => {
+            return Decision::Wait(
+                "the destination of its interrupted migration holds a paused copy; settled once the host is proven fenced",
+            )
         }
+        Some(DestState::Prepared { complete: true }) => return Decision::ResumeAtDest,
+        Some(DestState::Prepared { complete: false }) => return Decision::DiscardAtDest,
         Some(DestState::Unreachable) => {
             return Decision::Lost(
                 "its host died during a migration whose destination does not answer",
@@ -123,6 +141,7 @@ mod tests {
             rescue_exists: false,
             open_job: false,
             dest: None,
+            fenced: false,
         }
     }
 
@@ -137,10 +156,29 @@ mod tests {
         assert_eq!(f(|x| x.rescue_exists = true), Decision::Done);
         assert!(matches!(f(|x| x.open_job = true), Decision::Wait(_)));
         assert_eq!(f(|x| x.dest = Some(DestState::Running)), Decision::Adopt);
+        let paused = |complete| Some(DestState::Prepared { complete });
         assert!(matches!(
-            f(|x| x.dest = Some(DestState::Present)),
+            f(|x| x.dest = Some(DestState::Prepared { complete: true })),
             Decision::Wait(_)
         ));
+        assert!(matches!(
+            f(|x| x.dest = Some(DestState::Prepared { complete: false })),
+            Decision::Wait(_)
+        ));
+        let fenced = |complete| {
+            let mut x = facts();
+            x.dest = paused(complete);
+            x.fenced = true;
+            decide(&x)
+        };
+        assert_eq!(fenced(true), Decision::ResumeAtDest);
+        assert_eq!(fenced(false), Decision::DiscardAtDest);
+        // A running job still owns the server, proof or not.
+        let mut x = facts();
+        x.dest = paused(true);
+        x.fenced = true;
+        x.open_job = true;
+        assert!(matches!(decide(&x), Decision::Wait(_)));
         assert!(matches!(
             f(|x| x.dest = Some(DestState::Unreachable)),
             Decision::Lost(_)

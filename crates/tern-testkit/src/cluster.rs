@@ -24,6 +24,14 @@ pub fn shared_pool(hosts: &[&TernHost], name: &str) -> tempfile::TempDir {
 /// Defines and starts a small idle guest on `h` with its disk in `pool`,
 /// and waits until it is ready.
 pub fn boot_on_pool(h: &TernHost, name: &str, pool: &str) {
+    define_on_pool(h, name, pool);
+    h.ok(&["start", name]);
+    h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+}
+
+/// Defines (does not start) a small idle guest on `h` with its disk in
+/// `pool`.
+pub fn define_on_pool(h: &TernHost, name: &str, pool: &str) {
     let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
     let mut spec = GuestSpec::new(name, &img);
     spec.memory_mib = 128;
@@ -39,8 +47,6 @@ pub fn boot_on_pool(h: &TernHost, name: &str, pool: &str) {
         cache: "none".into(),
     });
     h.define_guest(&spec);
-    h.ok(&["start", name]);
-    h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
 }
 
 /// Waits until the controller lists server `name` on `host` in `state`.

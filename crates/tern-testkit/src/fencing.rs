@@ -108,6 +108,20 @@ impl Drop for LeaseCut {
     }
 }
 
+/// Whether process `pid` lives (a zombie does not: PID 1 reaps slowly).
+pub fn pid_alive(pid: u32) -> bool {
+    live_pid(pid)
+}
+
+/// Waits until process `pid` no longer lives.
+pub fn wait_pid_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while live_pid(pid) {
+        assert!(Instant::now() < deadline, "process {pid} never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn live_pid(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -224,5 +238,64 @@ pub fn wait_lease_counter(pool: &Path, host: &str, counter: u64, timeout: Durati
             "lease of {host} stuck at {now:?}, wanted {counter}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The start of most host-down tests: hosts `a` and `b` of a controller,
+/// sharing the pool `shared`, the guest `vm` running on `a` from it, and
+/// `a`'s host-down policy on with its lease armed.
+#[derive(Debug)]
+pub struct ArmedPair {
+    /// The host whose death the test stages; `vm` runs here.
+    pub a: TernHost,
+    /// The other host.
+    pub b: TernHost,
+    /// The shared pool's directory (removed after both hosts ended).
+    pub pool: tempfile::TempDir,
+}
+
+/// Starts an [`ArmedPair`] under controller `c`, with extra `ternd`
+/// arguments for each host.
+pub fn armed_pair(c: &crate::TestController, a_args: &[&str], b_args: &[&str]) -> ArmedPair {
+    use crate::cluster::{boot_on_pool, enable_host_down_policy, shared_pool, wait_server, LONG};
+    let a = crate::TestController::host(&[c], "a", a_args);
+    let b = crate::TestController::host(&[c], "b", b_args);
+    let pool = shared_pool(&[&a, &b], "shared");
+    boot_on_pool(&a, "vm", "shared");
+    wait_server(c, "vm", "a", "running");
+    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
+        v.as_array().is_some_and(|h| h.len() == 2)
+    });
+    enable_host_down_policy(c, "a");
+    wait_armed(pool.path(), "a", LONG);
+    ArmedPair { a, b, pool }
+}
+
+/// Waits until host `h`'s agent holds at the fault point `point`
+/// (`--fault-stop-at POINT`; see `tern-agent`'s `faults`).
+pub fn wait_stop_point(h: &TernHost, point: &str, timeout: Duration) {
+    let marker = h.state_dir().join(format!("fault-{point}"));
+    let deadline = Instant::now() + timeout;
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached {point}",
+            h.opts.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until no live QEMU of guest `name` runs from `h`'s state
+/// directory (after a [`kill_host`], say).
+pub fn wait_guest_gone(h: &TernHost, name: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while runs_guest(&h.state_dir(), name) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s QEMU on {} never ended",
+            h.opts.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

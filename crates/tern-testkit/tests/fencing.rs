@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 use tern_testkit::cluster::{
-    boot_on_pool, enable_host_down_policy, jobs, more_heartbeats, rescues_succeeded, shared_pool,
-    wait_rescue_waiting, wait_server, LONG,
+    boot_on_pool, define_on_pool, enable_host_down_policy, jobs, more_heartbeats,
+    rescues_succeeded, shared_pool, wait_rescue_waiting, wait_server, LONG,
 };
 use tern_testkit::fencing::{
-    birth, cut_lease, fenced_record, kill_host, mtime, wait_armed, wait_fence, CopyCounter,
+    armed_pair, birth, cut_lease, fenced_record, kill_host, mtime, pid_alive, wait_armed,
+    wait_fence, wait_guest_gone, wait_pid_gone, wait_stop_point, ArmedPair, CopyCounter,
 };
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::{SerialLog, TernHost, TestController};
@@ -22,13 +23,11 @@ fn log_tail(h: &TernHost) -> String {
 #[test]
 fn agent_killed_with_its_qemu_alive_never_gives_two_copies() {
     let c = TestController::file(&[]);
-    let mut a = TestController::host(&[&c], "a", &[]);
-    let b = TestController::host(&[&c], "b", &[]);
-    let pool = shared_pool(&[&a, &b], "shared");
-    boot_on_pool(&a, "vm", "shared");
-    wait_server(&c, "vm", "a", "running");
-    enable_host_down_policy(&c, "a");
-    wait_armed(pool.path(), "a", LONG);
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(&c, &[], &[]);
     let copies = CopyCounter::start(&[&a, &b], "vm");
 
     // Only the agent dies: its fence process and QEMU live on.
@@ -58,13 +57,7 @@ fn agent_killed_with_its_qemu_alive_never_gives_two_copies() {
 #[test]
 fn a_host_that_loses_its_storage_is_fenced_before_the_rescue_starts() {
     let c = TestController::file(&[]);
-    let mut a = TestController::host(&[&c], "a", &[]);
-    let b = TestController::host(&[&c], "b", &[]);
-    let pool = shared_pool(&[&a, &b], "shared");
-    boot_on_pool(&a, "vm", "shared");
-    wait_server(&c, "vm", "a", "running");
-    enable_host_down_policy(&c, "a");
-    wait_armed(pool.path(), "a", LONG);
+    let ArmedPair { mut a, b, pool } = armed_pair(&c, &[], &[]);
     wait_fence(&a, LONG);
     let copies = CopyCounter::start(&[&a, &b], "vm");
 
@@ -92,13 +85,11 @@ fn a_host_that_loses_its_storage_is_fenced_before_the_rescue_starts() {
 #[test]
 fn controller_killed_between_marking_the_host_down_and_the_rescue_rescues_once() {
     let mut c = TestController::file(&["--fault-exit-after-mark-down"]);
-    let mut a = TestController::host(&[&c], "a", &[]);
-    let b = TestController::host(&[&c], "b", &[]);
-    let pool = shared_pool(&[&a, &b], "shared");
-    boot_on_pool(&a, "vm", "shared");
-    wait_server(&c, "vm", "a", "running");
-    enable_host_down_policy(&c, "a");
-    wait_armed(pool.path(), "a", LONG);
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(&c, &[], &[]);
     let copies = CopyCounter::start(&[&a, &b], "vm");
 
     kill_host(&mut a);
@@ -116,13 +107,11 @@ fn controller_killed_between_marking_the_host_down_and_the_rescue_rescues_once()
 #[test]
 fn a_rescue_refused_once_is_retried_and_succeeds() {
     let c = TestController::file(&[]);
-    let mut a = TestController::host(&[&c], "a", &[]);
-    let b = TestController::host(&[&c], "b", &["--fault-refuse-start-once"]);
-    let pool = shared_pool(&[&a, &b], "shared");
-    boot_on_pool(&a, "vm", "shared");
-    wait_server(&c, "vm", "a", "running");
-    enable_host_down_policy(&c, "a");
-    wait_armed(pool.path(), "a", LONG);
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(&c, &[], &["--fault-refuse-start-once"]);
 
     kill_host(&mut a);
     wait_server(&c, "vm", "b", "running");
@@ -246,17 +235,13 @@ fn asymmetric_partition_controller_loses_a_but_a_reaches_its_peer_and_storage() 
 #[test]
 fn a_host_dying_mid_migration_leaves_its_server_on_exactly_one_host() {
     let c = TestController::file(&[]);
-    let mut a = TestController::host(&[&c], "a", &[]);
-    // The destination discards an orphaned incoming copy after 5 s.
-    let b = TestController::host(&[&c], "b", &["--orphan-timeout", "5"]);
-    let pool = shared_pool(&[&a, &b], "shared");
-    boot_on_pool(&a, "vm", "shared");
-    wait_server(&c, "vm", "a", "running");
-    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
-        v.as_array().is_some_and(|a| a.len() == 2)
-    });
-    enable_host_down_policy(&c, "a");
-    wait_armed(pool.path(), "a", LONG);
+    // The destination's own orphan timer is kept out of the way: the
+    // partial copy must be settled without it.
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(&c, &[], &["--orphan-timeout", "600"]);
     c.ok(&["server-live-migrate", "vm", "--max-bandwidth-mb", "1"]);
     let deadline = std::time::Instant::now() + LONG;
     loop {
@@ -272,11 +257,7 @@ fn a_host_dying_mid_migration_leaves_its_server_on_exactly_one_host() {
     // b's incoming copy (paused, not running the guest) lives on; once a's
     // SIGKILLed QEMU has ended, at most one QEMU of the guest (that copy,
     // or the rescued guest) may live from here on.
-    let deadline = std::time::Instant::now() + LONG;
-    while tern_testkit::fencing::runs_guest(&a.state_dir(), "vm") {
-        assert!(std::time::Instant::now() < deadline, "a's QEMU never ended");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_guest_gone(&a, "vm", LONG);
     let copies = CopyCounter::start(&[&a, &b], "vm");
     wait_server(&c, "vm", "b", "running");
     more_heartbeats(&b, "vm", 3);
@@ -285,4 +266,140 @@ fn a_host_dying_mid_migration_leaves_its_server_on_exactly_one_host() {
     assert_eq!(migration["state"], "failed", "{all:#?}");
     assert_eq!(rescues_succeeded(&c), 1);
     assert_eq!(copies.max(), 1);
+}
+
+/// The heartbeats guest `name` printed on `h`'s console so far.
+fn console(h: &TernHost, name: &str) -> SerialLog {
+    SerialLog::read(&h.console_log(name)).unwrap_or_default()
+}
+
+#[test]
+fn a_source_dying_after_sending_everything_resumes_the_guest_on_the_destination() {
+    let c = TestController::file(&[]);
+    // a holds once QEMU sent the whole guest, before it says so; b keeps
+    // its orphan timer out of the way.
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(
+        &c,
+        &["--fault-stop-at", "source-completed"],
+        &["--orphan-timeout", "600"],
+    );
+    c.ok(&["server-live-migrate", "vm"]);
+    wait_stop_point(&a, "source-completed", LONG);
+    let last_on_a = console(&a, "vm").last_seq().expect("heartbeats on a");
+    kill_host(&mut a);
+    wait_guest_gone(&a, "vm", LONG);
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+    // Once a is proven fenced, b's complete copy resumes: the guest goes
+    // on where it was (its heartbeat counter continues), never rebooted.
+    wait_server(&c, "vm", "b", "running");
+    more_heartbeats(&b, "vm", 3);
+    let on_b = console(&b, "vm");
+    assert!(
+        !on_b.ready(),
+        "the guest booted again on b: {:?}",
+        on_b.lines
+    );
+    let first_on_b = on_b.heartbeats.first().expect("heartbeats on b").seq;
+    assert!(
+        first_on_b > last_on_a,
+        "b's first heartbeat {first_on_b} does not follow a's last {last_on_a}"
+    );
+    assert!(on_b.failures.is_empty(), "{:?}", on_b.failures);
+    let all = jobs(&c);
+    assert!(all.iter().all(|j| j["kind"] != "rescue"), "{all:#?}");
+    let migration = all.iter().find(|j| j["kind"] == "live-migrate").unwrap();
+    assert_eq!(migration["state"], "failed", "{all:#?}");
+    assert!(
+        migration["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("complete copy resumes")),
+        "{migration:#}"
+    );
+    assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn a_source_dying_before_sending_everything_is_rescued_from_its_disk() {
+    let c = TestController::file(&[]);
+    // a holds with the disks in sync and QEMU not yet told to migrate:
+    // b holds an incoming copy with nothing in it.
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(
+        &c,
+        &["--fault-stop-at", "source-before-migrate"],
+        &["--orphan-timeout", "600"],
+    );
+    c.ok(&["server-live-migrate", "vm"]);
+    wait_stop_point(&a, "source-before-migrate", LONG);
+    kill_host(&mut a);
+    wait_guest_gone(&a, "vm", LONG);
+    let copies = CopyCounter::start(&[&a, &b], "vm");
+    wait_server(&c, "vm", "b", "running");
+    more_heartbeats(&b, "vm", 3);
+    // Rescued: booted afresh (its heartbeat counter starts again) from
+    // the shared disk, whose data the guest verified before READY.
+    let log = SerialLog::parse(
+        &b.wait_console("vm", LONG, "TERN-READY", |t| SerialLog::parse(t).ready()),
+    );
+    assert_eq!(
+        log.heartbeats.first().map(|h| h.seq),
+        Some(1),
+        "{:?}",
+        log.lines
+    );
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    assert_eq!(rescues_succeeded(&c), 1);
+    assert_eq!(copies.max(), 1);
+}
+
+#[test]
+fn a_guest_launched_but_not_yet_recorded_is_killed_by_the_fence_too() {
+    let c = TestController::file(&[]);
+    let ArmedPair { mut a, b: _b, pool } = armed_pair(&c, &[], &[]);
+    define_on_pool(&a, "vm2", "shared");
+    // From now on a's agent holds a boot once QEMU started, before it
+    // records that QEMU in runtime.json.
+    a.opts.extra_args.extend([
+        "--fault-stop-at".to_string(),
+        "boot-before-record".to_string(),
+    ]);
+    a.restart();
+    let uri = a.uri();
+    let start = std::thread::spawn(move || tern_testkit::host::tern_at(&uri, &["start", "vm2"]));
+    wait_stop_point(&a, "boot-before-record", LONG);
+    let run = a.state_dir().join("run").join("vm2");
+    assert!(!run.join("runtime.json").exists(), "vm2 was recorded");
+    let pid: u32 = std::fs::read_to_string(run.join("qemu.pid"))
+        .expect("QEMU wrote its pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid_alive(pid));
+
+    // The agent dies there, and the host loses its storage: the fence
+    // alone acts, and kills the unrecorded QEMU with the recorded one.
+    a.kill9();
+    let _cut = cut_lease(pool.path(), "a");
+    wait_pid_gone(pid, LONG);
+    let deadline = std::time::Instant::now() + LONG;
+    let fenced = loop {
+        if let Some(f) = fenced_record(&a) {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", log_tail(&a));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let killed = fenced["killed"].to_string();
+    assert!(
+        killed.contains("vm2") && killed.contains("\"vm\""),
+        "{fenced}"
+    );
+    let _ = start.join();
 }

@@ -28,6 +28,9 @@ pub enum DaemonError {
     },
 }
 
+/// How often a fenced host looks for a guest QEMU that lives on.
+const SWEEP: Duration = Duration::from_millis(100);
+
 /// Lease writes still running, by pool: a pool whose last write has not
 /// returned gets no second one, and does not count as renewed.
 type Pending = HashMap<String, mpsc::Receiver<std::io::Result<()>>>;
@@ -135,7 +138,10 @@ impl Fence {
         }
         let due = Duration::from_millis(s.fence_after_ms.saturating_sub(s.kill_budget_ms));
         match turn(cfg.armed, self.fenced, self.last_ok.elapsed(), s) {
-            Turn::Stay => s.renew(),
+            Turn::Stay => {
+                self.sweep();
+                s.renew().min(SWEEP)
+            }
             Turn::Kill => {
                 self.kill(cfg);
                 s.renew()
@@ -150,6 +156,16 @@ impl Fence {
                 let left = due.saturating_sub(self.last_ok.elapsed());
                 s.renew().saturating_sub(start.elapsed()).min(left)
             }
+        }
+    }
+
+    /// Fenced: a guest QEMU must not live on. One whose launch raced
+    /// the kill (spawned before, its pid file written after) is killed
+    /// on sight, well before any rescue may start.
+    fn sweep(&self) {
+        let late = kill::sweep(&self.runs);
+        if !late.is_empty() {
+            tracing::error!(guests = ?late, "a guest QEMU lived on after fencing: killed it");
         }
     }
 
