@@ -24,8 +24,9 @@ if [ "$have" != "$CARGO_DEB_VERSION" ]; then
   exit 1
 fi
 
-cargo build --profile "$profile" -p tern-agent --bin ternd -p tern-cli --bin tern \
-  -p tern-controller --bin tern-controller
+# Every binary a package ships: ternd's package carries tern-fence too.
+cargo build --profile "$profile" -p tern-agent --bin ternd --bin tern-fence \
+  -p tern-cli --bin tern -p tern-controller --bin tern-controller
 
 docs=target/docs
 rm -rf "$docs"

@@ -410,7 +410,11 @@ fn answer<B>(agent: &crate::Agent, req: &Request<B>) -> Response<Full<Bytes>> {
         let fence = FenceDir::of(&agent.cfg.state_dir)
             .load_status()
             .unwrap_or_default();
-        (200, prometheus::TEXT_FORMAT, metrics().render(&agent.jobs, &fence))
+        (
+            200,
+            prometheus::TEXT_FORMAT,
+            metrics().render(&agent.jobs, &fence),
+        )
     } else {
         (
             404,
