@@ -172,9 +172,9 @@ impl ControllerApi {
 fn last_job(stream: &str) -> Option<JobRecord> {
     stream
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str(d.trim()).ok())
-        .last()
+        .find_map(|d| serde_json::from_str(d.trim()).ok())
 }
 
 #[cfg(test)]

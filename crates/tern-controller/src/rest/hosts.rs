@@ -1,6 +1,6 @@
 //! `/v1/hosts/...`: hosts, their health, maintenance and evacuation policy.
 
-use super::{call, parse_body, ErrorBody};
+use super::{call, error, parse_body, ErrorBody};
 use crate::authz::Caller;
 use crate::Controller;
 use axum::extract::{Extension, Path, State};
@@ -83,7 +83,7 @@ pub async fn auto_migrate(
 ) -> Response {
     let b: AutoMigrateBody = match parse_body(&body, "AutoMigrateBody") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(e),
     };
     let req = ClusterRequest::HostAutoMigrate {
         id,

@@ -135,15 +135,15 @@ async fn not_found() -> Response {
 /// A JSON body, or the defaults when it is empty; a malformed one is
 /// refused (not replaced by the defaults, which would act with options
 /// nobody gave).
-fn parse_body<T: DeserializeOwned + Default>(body: &[u8], schema: &str) -> Result<T, Response> {
+fn parse_body<T: DeserializeOwned + Default>(body: &[u8], schema: &str) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| {
-        error(ApiError::new(
+        ApiError::new(
             ErrorCode::InvalidArgument,
             format!("malformed body: {e}; see {schema} in /v1/openapi.json"),
-        ))
+        )
     })
 }
 
@@ -212,7 +212,7 @@ async fn migrate_server(
 ) -> Response {
     let b: MigrateBody = match parse_body(&body, "MigrateBody") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(e),
     };
     // Reading the server's state needs the right to read it.
     if let Some(r) = refused(&caller, &ClusterRequest::ServerShow { id: id.clone() }) {
@@ -248,7 +248,7 @@ async fn forecast_server(
 ) -> Response {
     let b: MigrateBody = match parse_body(&body, "MigrateBody") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(e),
     };
     let req = ClusterRequest::MigrateForecast {
         id,
