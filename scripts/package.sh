@@ -3,7 +3,9 @@
 # target/debian/. Man pages and shell completions are generated first from
 # the programs' own clap definitions (TERN_GENERATE_DOCS, see tern-docgen).
 #
-#   scripts/package.sh          release build (what to install on hosts)
+#   scripts/package.sh          release build (what to install on hosts);
+#                               the binaries are stripped, their debug
+#                               symbols go to *-dbgsym_*.ddeb beside them
 #   scripts/package.sh --dev    debug build, for the package tests
 #
 # Needs cargo-deb at the version below (scripts/install-deps.sh installs it)
@@ -14,9 +16,13 @@ CARGO_DEB_VERSION=3.8.0
 
 profile=release
 dir=release
+# The release profile keeps debug info (line tables for backtraces): ship
+# it in separate dbgsym packages, not in the 120 MB binaries.
+debug=(--dbgsym)
 if [ "${1:-}" = "--dev" ]; then
   profile=dev
   dir=debug
+  debug=()
 fi
 have=$(cargo deb --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$CARGO_DEB_VERSION" ]; then
@@ -24,8 +30,9 @@ if [ "$have" != "$CARGO_DEB_VERSION" ]; then
   exit 1
 fi
 
-cargo build --profile "$profile" -p tern-agent --bin ternd -p tern-cli --bin tern \
-  -p tern-controller --bin tern-controller
+# Every binary a package ships: ternd's package carries tern-fence too.
+cargo build --profile "$profile" -p tern-agent --bin ternd --bin tern-fence \
+  -p tern-cli --bin tern -p tern-controller --bin tern-controller
 
 docs=target/docs
 rm -rf "$docs"
@@ -36,7 +43,7 @@ gzip -9nf "$docs"/man/*
 
 mkdir -p target/debian
 for crate in tern-agent tern-cli tern-controller; do
-  cargo deb --no-build --profile "$profile" -p "$crate" --output target/debian/
+  cargo deb --no-build --profile "$profile" "${debug[@]}" -p "$crate" --output target/debian/
 done
 # The package names and versions make the file names; report what was built.
 ls -1 target/debian/*.deb

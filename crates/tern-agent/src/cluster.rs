@@ -201,7 +201,7 @@ pub async fn leave_for_shutdown(agent: &Arc<Agent>, timeout: Duration) {
             return;
         }
         let jobs = client
-            .call_json::<_, Vec<tern_api::cluster::JobRecord>>(&ClusterRequest::JobList)
+            .get::<Vec<tern_api::cluster::JobRecord>>("/v1/jobs")
             .await
             .unwrap_or_default();
         let open = jobs

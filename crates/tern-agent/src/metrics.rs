@@ -5,9 +5,13 @@
 //! ([`crate::migration::Jobs`]) and where API requests are answered
 //! ([`crate::server`]); the per-migration gauges are rebuilt at each scrape
 //! from the jobs under way, so a finished migration leaves no stale series.
+//! The fence's series mirror what the fence process (`tern-fence`, a
+//! process of its own) last wrote to its status file
+//! ([`crate::fence::config::FenceStatus`]), read at each scrape.
 //! One agent runs per process, so the registry is process-wide: the code
 //! that counts does not need a handle threaded through it.
 
+use crate::fence::config::{FenceDir, FenceStatus};
 use crate::migration::{Job, Jobs};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,8 +20,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 use tern_migrate::{MigrateOptions, Phase, Role};
@@ -48,7 +52,65 @@ pub struct Metrics {
     cold_bytes: IntCounterVec,
     cold_rate: GaugeVec,
     requests: IntCounterVec,
-    fencing: IntCounter,
+    fence: FenceMetrics,
+}
+
+/// The fence process's series.
+#[derive(Debug)]
+struct FenceMetrics {
+    fencings: IntCounter,
+    renewals: IntCounter,
+    failures: IntCounter,
+    last_renewal: Gauge,
+    armed: Gauge,
+    fenced: Gauge,
+    pools: Gauge,
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    r.register(Box::new(c.clone())).expect("unique name");
+    c
+}
+
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid gauge");
+    r.register(Box::new(g.clone())).expect("unique name");
+    g
+}
+
+/// Sets a counter to a count kept elsewhere (a lower one is a reset: the
+/// fence process restarted).
+fn mirror(c: &IntCounter, v: u64) {
+    if v < c.get() {
+        c.reset();
+    }
+    c.inc_by(v - c.get());
+}
+
+impl FenceMetrics {
+    fn new(r: &Registry) -> FenceMetrics {
+        FenceMetrics {
+            fencings: plain_counter(r, "tern_agent_fencing_events_total", "Times this host's fence killed its guests (it could not renew its storage lease in time)."),
+            renewals: plain_counter(r, "tern_fence_lease_renewals_total", "Renewals of this host's storage lease that landed on every shared pool in time."),
+            failures: plain_counter(r, "tern_fence_lease_renewal_failures_total", "Renewals of this host's storage lease that failed or were too slow on some pool."),
+            last_renewal: plain_gauge(r, "tern_fence_last_renewal_timestamp_seconds", "When the last renewal that counted started (0: none yet)."),
+            armed: plain_gauge(r, "tern_fence_armed", "1 when the fence kills the guests if it cannot renew (the host's auto-migrate-on-host-down policy)."),
+            fenced: plain_gauge(r, "tern_fence_fenced", "1 when the fence killed the guests and waits for the agent to be back in the cluster."),
+            pools: plain_gauge(r, "tern_fence_lease_pools", "Shared pools carrying this host's lease."),
+        }
+    }
+
+    fn refresh(&self, s: &FenceStatus) {
+        mirror(&self.fencings, s.fencings);
+        mirror(&self.renewals, s.renewals);
+        mirror(&self.failures, s.renewal_failures);
+        let secs = s.last_renewal_ms.unwrap_or(0) as f64 / 1000.0;
+        self.last_renewal.set(secs);
+        self.armed.set(f64::from(u8::from(s.armed)));
+        self.fenced.set(f64::from(u8::from(s.fenced)));
+        self.pools.set(s.pools as f64);
+    }
 }
 
 /// The process-wide metrics.
@@ -211,11 +273,7 @@ impl Metrics {
                 "Host API requests answered, by verb and status.",
                 &["verb", "status"],
             ),
-            fencing: {
-                let c = IntCounter::new("tern_agent_fencing_events_total", "Times this agent fenced itself (stopped its guests after losing the controller).").expect("valid counter");
-                r.register(Box::new(c.clone())).expect("unique name");
-                c
-            },
+            fence: FenceMetrics::new(&r),
             registry: r,
         }
     }
@@ -264,11 +322,6 @@ impl Metrics {
         self.requests.with_label_values(&[verb, status]).inc();
     }
 
-    /// This agent fenced itself.
-    pub fn fenced(&self) {
-        self.fencing.inc();
-    }
-
     /// Rebuilds the per-migration gauges from the jobs under way.
     fn refresh(&self, jobs: &Jobs) {
         for g in [
@@ -307,9 +360,11 @@ impl Metrics {
         }
     }
 
-    /// The exposition text, with the gauges of `jobs` as they stand.
-    pub fn render(&self, jobs: &Jobs) -> String {
+    /// The exposition text, with the gauges of `jobs` and the fence's
+    /// series as they stand.
+    pub fn render(&self, jobs: &Jobs, fence: &FenceStatus) -> String {
         self.refresh(jobs);
+        self.fence.refresh(fence);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -352,7 +407,14 @@ pub async fn serve(agent: Arc<crate::Agent>, listener: TcpListener) {
 
 fn answer<B>(agent: &crate::Agent, req: &Request<B>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = if req.method() == Method::GET && req.uri().path() == "/metrics" {
-        (200, prometheus::TEXT_FORMAT, metrics().render(&agent.jobs))
+        let fence = FenceDir::of(&agent.cfg.state_dir)
+            .load_status()
+            .unwrap_or_default();
+        (
+            200,
+            prometheus::TEXT_FORMAT,
+            metrics().render(&agent.jobs, &fence),
+        )
     } else {
         (
             404,
@@ -374,13 +436,25 @@ mod tests {
     #[test]
     fn names_follow_the_conventions() {
         metrics().api_request("list", "ok");
-        let text = metrics().render(&Jobs::default());
+        let text = metrics().render(&Jobs::default(), &FenceStatus::default());
         assert!(
             text.contains("# TYPE tern_agent_api_requests_total counter"),
             "{text}"
         );
         assert!(text.contains("tern_agent_api_requests_total{status=\"ok\",verb=\"list\"}"));
         assert!(text.contains("tern_agent_fencing_events_total 0"), "{text}");
+    }
+
+    #[test]
+    fn fence_counters_mirror_the_fence_process_and_its_restarts() {
+        let c = IntCounter::new("x_total", "x").unwrap();
+        mirror(&c, 5);
+        assert_eq!(c.get(), 5);
+        mirror(&c, 7);
+        assert_eq!(c.get(), 7);
+        // A new fence process counts from 0 again.
+        mirror(&c, 2);
+        assert_eq!(c.get(), 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::transport::{last_stderr_line, SshStream, SshTarget, TlsTarget};
 use crate::{ApiError, Request, API_VERSION, CALL_PATH, DEFAULT_SOCKET, VERSION_HEADER};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+pub use hyper::Method;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -235,7 +236,58 @@ impl Client {
         &self,
         req: &Q,
     ) -> Result<T, ClientError> {
-        match tokio::time::timeout(self.timeout, self.call_inner(req)).await {
+        self.rest(Method::POST, CALL_PATH, Some(req)).await
+    }
+
+    /// `method` on a resource `path` (the controller's `/v1/...`), with an
+    /// optional JSON body, decoding the JSON answer, within the call timeout.
+    pub async fn rest<Q: Serialize + Sync, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Q>,
+    ) -> Result<T, ClientError> {
+        let body = body.map(|b| self.encode(b)).transpose()?;
+        let (status, bytes) = self
+            .within_timeout(self.round_trip(method, path, body))
+            .await?;
+        self.decode(status, &bytes)
+    }
+
+    /// `GET path`, decoding the JSON answer, within the call timeout.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.rest::<(), T>(Method::GET, path, None).await
+    }
+
+    /// The whole body of `GET path` as text, with no call timeout: for a
+    /// stream that ends when what it follows does (a job's server-sent
+    /// events), however long that takes.
+    pub async fn get_stream(&self, path: &str) -> Result<String, ClientError> {
+        let (status, bytes) = self.round_trip(Method::GET, path, None).await?;
+        if status >= 400 {
+            return Err(self
+                .decode::<serde_json::Value>(status, &bytes)
+                .err()
+                .unwrap_or_else(|| ClientError::Decode {
+                    target: self.describe(),
+                    message: format!("HTTP {status} without an error body"),
+                }));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn encode<Q: Serialize>(&self, body: &Q) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            target: self.describe(),
+            message: e.to_string(),
+        })
+    }
+
+    async fn within_timeout<R>(
+        &self,
+        f: impl std::future::Future<Output = Result<R, ClientError>>,
+    ) -> Result<R, ClientError> {
+        match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Http {
                 target: self.describe(),
@@ -244,15 +296,30 @@ impl Client {
         }
     }
 
-    async fn call_inner<Q: Serialize + Sync, T: DeserializeOwned>(
-        &self,
-        req: &Q,
-    ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+    /// The answer's JSON, or the [`ApiError`] of a status of 400 or more.
+    fn decode<T: DeserializeOwned>(&self, status: u16, bytes: &[u8]) -> Result<T, ClientError> {
+        if status >= 400 {
+            let err: ApiError = serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+                target: self.describe(),
+                message: format!("HTTP {status}: {e}"),
+            })?;
+            return Err(ClientError::Api(err));
+        }
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
             target: self.describe(),
             message: e.to_string(),
-        })?;
-        let (status, bytes) = match &self.target {
+        })
+    }
+
+    /// One HTTP exchange over the endpoint's transport: (status, body).
+    async fn round_trip(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let req = Exchange { method, path, body };
+        Ok(match &self.target {
             Target::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
                     ClientError::Connect {
@@ -260,7 +327,7 @@ impl Client {
                         source,
                     }
                 })?;
-                self.exchange(s, body).await?
+                self.exchange(s, req).await?
             }
             Target::Tcp(h, port) => {
                 let s = connect_within(tokio::net::TcpStream::connect((h.as_str(), *port)))
@@ -270,13 +337,11 @@ impl Client {
                         source,
                     })?;
                 let _ = s.set_nodelay(true);
-                self.exchange(s, body).await?
+                self.exchange(s, req).await?
             }
             Target::Tls(t) => {
                 let s = self.connect_tls(t).await?;
-                self.exchange(s, body)
-                    .await
-                    .map_err(|e| self.tls_error(e))?
+                self.exchange(s, req).await.map_err(|e| self.tls_error(e))?
             }
             Target::Ssh(t) => {
                 let mut s = SshStream::spawn(t).map_err(|e| ClientError::Ssh {
@@ -284,7 +349,7 @@ impl Client {
                     message: format!("cannot run {}: {e}", t.ssh),
                 })?;
                 let stderr = s.take_stderr();
-                match self.exchange(s, body).await {
+                match self.exchange(s, req).await {
                     Ok(r) => r,
                     Err(e) => {
                         let message = match last_stderr_line(stderr).await {
@@ -298,18 +363,6 @@ impl Client {
                     }
                 }
             }
-        };
-        if status >= 400 {
-            let err: ApiError =
-                serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-                    target: self.describe(),
-                    message: format!("HTTP {status}: {e}"),
-                })?;
-            return Err(ClientError::Api(err));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            target: self.describe(),
-            message: e.to_string(),
         })
     }
 
@@ -353,7 +406,7 @@ impl Client {
         }
     }
 
-    async fn exchange<S>(&self, stream: S, body: Vec<u8>) -> Result<(u16, Bytes), ClientError>
+    async fn exchange<S>(&self, stream: S, x: Exchange<'_>) -> Result<(u16, Bytes), ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -373,11 +426,16 @@ impl Client {
             .await
             .map_err(hyper_err)?;
         let conn_task = tokio::spawn(conn);
-        let req = hyper::Request::post(CALL_PATH)
+        let mut req = hyper::Request::builder()
+            .method(x.method)
+            .uri(x.path)
             .header("host", "ternd")
-            .header("content-type", "application/json")
-            .header(VERSION_HEADER, API_VERSION.to_string())
-            .body(Full::new(Bytes::from(body)))
+            .header(VERSION_HEADER, API_VERSION.to_string());
+        if x.body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(x.body.unwrap_or_default())))
             .map_err(|e| http(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(hyper_err)?;
         let status = resp.status().as_u16();
@@ -390,6 +448,13 @@ impl Client {
         conn_task.abort();
         Ok((status, bytes))
     }
+}
+
+/// One request: method, path and JSON body.
+struct Exchange<'a> {
+    method: Method,
+    path: &'a str,
+    body: Option<Vec<u8>>,
 }
 
 async fn connect_within<S>(

@@ -1,7 +1,10 @@
 //! The cluster API between `tern-controller`, the agents and `tern`.
 //!
-//! Same transport as the host API (`POST /api/v1/call`, JSON tagged by
-//! `op`), another request enum. The message sequence:
+//! Agents speak it on the same transport as the host API (`POST
+//! /api/v1/call`, JSON tagged by `op`), another request enum; `tern` and
+//! the web console reach the same operations as REST resources
+//! ([`crate::rest`], `/v1/...`), which the controller runs as these
+//! requests. The message sequence (`tern`'s arrows are REST calls):
 //!
 //! ```text
 //! ternd                         tern-controller                      tern
@@ -9,11 +12,11 @@
 //!   |<--------- {lease, ttl, hb}   |                                    |
 //!   | heartbeat {lease, report} -->|  lease renewed, servers synced     |
 //!   |<--------- {fence, reregister}|                                    |
-//!   |        ...every heartbeat... |<--------- server-live-migrate ID --|
+//!   |        ...every heartbeat... |<-- POST /v1/servers/ID/migrate ---|
 //!   |                              |  job queued ---------------------->|
 //!   |<== migrate-begin/prepare/... |  (leader: scheduler + limits, then |
 //!   |    perform/finish/confirm    |   the migration driver)            |
-//!   |                              |<--------- job-list ----------------|
+//!   |                              |<--------- GET /v1/jobs ------------|
 //! ```
 //!
 //! Host down: the lease lapses (no heartbeat for `lease_ttl_ms`); the

@@ -16,6 +16,7 @@ pub mod fence;
 pub mod peer;
 pub mod request;
 pub mod response;
+pub mod rest;
 pub mod transport;
 pub mod types;
 

@@ -1,15 +1,15 @@
 //! Cluster verbs, answered by `tern-controller` (`--controller URL` or
-//! TERN_CONTROLLER), named and flagged as Cloudpods's `climc`.
+//! TERN_CONTROLLER) on its REST resources (`/v1/...`,
+//! [`tern_api::rest::ControllerApi`]), named and flagged as Cloudpods's
+//! `climc`.
 
 use crate::table::{kv, table};
 use crate::{print_json, CliError, Result};
 use clap::{Subcommand, ValueEnum};
-use std::time::Duration;
 use tern_api::cluster::{
-    controller_client, ClusterRequest, ForecastRow, HostRecord, HostStatus, JobRecord, JobState,
-    MigrateRequestOptions, ServerRecord,
+    controller_client, HostStatus, JobRecord, JobState, MigrateRequestOptions,
 };
-use tern_api::Client;
+use tern_api::rest::{AutoMigrateBody, ControllerApi, MigrateBody};
 
 /// enable | disable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,18 +147,14 @@ pub enum ClusterCmd {
     },
 }
 
-/// The controller client for `--controller` / TERN_CONTROLLER.
-pub fn client(url: Option<&str>) -> Result<Client> {
+/// The controller's API at `--controller` / TERN_CONTROLLER.
+pub fn client(url: Option<&str>) -> Result<ControllerApi> {
     let url = url.ok_or_else(|| {
         CliError::Usage(
             "cluster verbs need a controller: pass --controller URL or set TERN_CONTROLLER".into(),
         )
     })?;
-    Ok(controller_client(url)?)
-}
-
-async fn call<T: serde::de::DeserializeOwned>(c: &Client, r: ClusterRequest) -> Result<T> {
-    Ok(c.call_json(&r).await?)
+    Ok(ControllerApi::new(controller_client(url)?))
 }
 
 fn status(s: HostStatus) -> String {
@@ -174,16 +170,8 @@ fn onoff(b: bool) -> String {
 }
 
 /// `migrate-forecast ID` against the controller.
-pub async fn forecast(c: &Client, id: &str, json: bool) -> Result<()> {
-    let rows: Vec<ForecastRow> = call(
-        c,
-        ClusterRequest::MigrateForecast {
-            id: id.to_string(),
-            live: None,
-            opts: Default::default(),
-        },
-    )
-    .await?;
+pub async fn forecast(c: &ControllerApi, id: &str, json: bool) -> Result<()> {
+    let rows = c.forecast(id, &MigrateBody::default()).await?;
     if json {
         print_json(&rows);
         return Ok(());
@@ -229,22 +217,22 @@ fn job_rows(jobs: &[JobRecord]) -> String {
     )
 }
 
-async fn wait_job(c: &Client, id: &str) -> Result<JobRecord> {
-    loop {
-        let jobs: Vec<JobRecord> = call(c, ClusterRequest::JobList).await?;
-        if let Some(j) = jobs.into_iter().find(|j| j.id == id) {
-            if j.state.is_terminal() {
-                return Ok(j);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn submit(c: &Client, req: ClusterRequest, wait: bool, json: bool) -> Result<()> {
-    let mut j: JobRecord = call(c, req).await?;
+/// Queues a migration of `id`; with `wait`, follows its job to the end.
+async fn submit(
+    c: &ControllerApi,
+    id: &str,
+    live: bool,
+    options: MigrateRequestOptions,
+    wait: bool,
+    json: bool,
+) -> Result<()> {
+    let body = MigrateBody {
+        live: Some(live),
+        options,
+    };
+    let mut j = c.migrate(id, &body).await?;
     if wait {
-        j = wait_job(c, &j.id).await?;
+        j = c.wait_job(&j.id).await?;
     }
     if json {
         print_json(&j);
@@ -263,10 +251,10 @@ async fn submit(c: &Client, req: ClusterRequest, wait: bool, json: bool) -> Resu
 }
 
 /// Runs a cluster verb.
-pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
+pub async fn run(c: &ControllerApi, cmd: ClusterCmd) -> Result<()> {
     match cmd {
         ClusterCmd::HostList { json } => {
-            let hosts: Vec<HostRecord> = call(c, ClusterRequest::HostList).await?;
+            let hosts = c.hosts().await?;
             if json {
                 print_json(&hosts);
                 return Ok(());
@@ -302,7 +290,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             );
         }
         ClusterCmd::HostShow { id, json } => {
-            let h: HostRecord = call(c, ClusterRequest::HostShow { id }).await?;
+            let h = c.host(&id).await?;
             if json {
                 print_json(&h);
                 return Ok(());
@@ -359,7 +347,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             );
         }
         ClusterCmd::ServerList { details, json } => {
-            let servers: Vec<ServerRecord> = call(c, ClusterRequest::ServerList).await?;
+            let servers = c.servers().await?;
             if json {
                 print_json(&servers);
                 return Ok(());
@@ -406,7 +394,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             print!("{}", table(headers, &rows));
         }
         ClusterCmd::ServerShow { id, json } => {
-            let s: ServerRecord = call(c, ClusterRequest::ServerShow { id }).await?;
+            let s = c.server(&id).await?;
             if json {
                 print_json(&s);
                 return Ok(());
@@ -438,7 +426,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
                 rescue_mode,
                 ..Default::default()
             };
-            submit(c, ClusterRequest::ServerMigrate { id, opts }, wait, json).await?;
+            submit(c, &id, false, opts, wait, json).await?;
         }
         ClusterCmd::ServerLiveMigrate {
             id,
@@ -462,16 +450,10 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
                 keep_dest_guest_on_failed,
                 ..Default::default()
             };
-            submit(
-                c,
-                ClusterRequest::ServerLiveMigrate { id, opts },
-                wait,
-                json,
-            )
-            .await?;
+            submit(c, &id, true, opts, wait, json).await?;
         }
         ClusterCmd::MigrateCancel { id } => {
-            let j: JobRecord = call(c, ClusterRequest::MigrateCancel { id }).await?;
+            let j = c.cancel(&id).await?;
             if j.state == JobState::Cancelled {
                 println!("Job {} cancelled", j.id);
             } else {
@@ -479,7 +461,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             }
         }
         ClusterCmd::JobList { json } => {
-            let jobs: Vec<JobRecord> = call(c, ClusterRequest::JobList).await?;
+            let jobs = c.jobs().await?;
             if json {
                 print_json(&jobs);
             } else {
@@ -491,7 +473,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             leave: true,
             json,
         } => {
-            let h: HostRecord = call(c, ClusterRequest::HostMaintenanceLeave { id }).await?;
+            let h = c.leave_maintenance(&id).await?;
             if json {
                 print_json(&h);
             } else {
@@ -499,7 +481,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             }
         }
         ClusterCmd::HostMaintenance { id, json, .. } => {
-            let jobs: Vec<JobRecord> = call(c, ClusterRequest::HostMaintenance { id }).await?;
+            let jobs = c.enter_maintenance(&id).await?;
             if json {
                 print_json(&jobs);
             } else {
@@ -511,15 +493,11 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             auto_migrate_on_host_down,
             auto_migrate_on_host_shutdown,
         } => {
-            let h: HostRecord = call(
-                c,
-                ClusterRequest::HostAutoMigrate {
-                    id,
-                    on_host_down: auto_migrate_on_host_down.map(|s| s == Switch::Enable),
-                    on_host_shutdown: auto_migrate_on_host_shutdown.map(|s| s == Switch::Enable),
-                },
-            )
-            .await?;
+            let body = AutoMigrateBody {
+                on_host_down: auto_migrate_on_host_down.map(|s| s == Switch::Enable),
+                on_host_shutdown: auto_migrate_on_host_shutdown.map(|s| s == Switch::Enable),
+            };
+            let h = c.auto_migrate(&id, &body).await?;
             println!(
                 "Host {}: auto-migrate on host down {}, on host shutdown {}",
                 h.report.name,

@@ -42,12 +42,77 @@ pub type Result<T, E = CtlError> = std::result::Result<T, E>;
 
 impl From<CtlError> for ApiError {
     fn from(e: CtlError) -> Self {
-        let code = match &e {
-            CtlError::NotFound(_) => ErrorCode::NotFound,
-            CtlError::Conflict(_) => ErrorCode::Conflict,
-            CtlError::Invalid(_) => ErrorCode::InvalidArgument,
-            _ => ErrorCode::Internal,
-        };
+        let code = error_code(&e);
         ApiError::new(code, e.to_string())
+    }
+}
+
+/// The API code (and so the HTTP status) of an error. Every variant is
+/// named, so a new one must be classified here; an agent's refusal keeps
+/// the agent's own code across the hop.
+pub fn error_code(e: &CtlError) -> ErrorCode {
+    match e {
+        CtlError::Store(s) => store_code(s),
+        CtlError::NotFound(_) => ErrorCode::NotFound,
+        CtlError::Conflict(_) => ErrorCode::Conflict,
+        CtlError::Invalid(_) => ErrorCode::InvalidArgument,
+        CtlError::Agent { source, .. } => client_code(source),
+        CtlError::Record { .. } => ErrorCode::Internal,
+    }
+}
+
+fn store_code(e: &tern_store::StoreError) -> ErrorCode {
+    use tern_store::StoreError as S;
+    match e {
+        // Another controller leads now, or the lease went: try again.
+        S::Deposed(_) | S::LeaseExpired(_) => ErrorCode::Conflict,
+        // etcd refused or did not answer.
+        S::Etcd(_) => ErrorCode::Failed,
+        S::Io { .. } | S::Corrupt { .. } | S::Locked(_) | S::Url(_) => ErrorCode::Internal,
+    }
+}
+
+fn client_code(e: &tern_api::ClientError) -> ErrorCode {
+    use tern_api::ClientError as C;
+    match e {
+        // The agent answered: its own code.
+        C::Api(a) => a.code,
+        // The agent could not be reached or hung up.
+        C::Connect { .. } | C::Tls { .. } | C::Ssh { .. } | C::Http { .. } => ErrorCode::Failed,
+        C::TlsSetup(_) | C::Untrusted { .. } => ErrorCode::Internal,
+        C::Decode { .. } => ErrorCode::Version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_api::ApiError;
+
+    #[test]
+    fn an_agents_refusal_keeps_its_code_across_the_controller() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::Unsupported,
+        ] {
+            let e = CtlError::Agent {
+                host: "a".into(),
+                source: tern_api::ClientError::Api(ApiError::new(code, "no domain 'vm'")),
+            };
+            let a = ApiError::from(e);
+            assert_eq!(a.code, code);
+            assert_eq!(a.message, "host a: no domain 'vm'");
+        }
+        let down = CtlError::Agent {
+            host: "a".into(),
+            source: tern_api::ClientError::Http {
+                target: "a:1".into(),
+                message: "reset".into(),
+            },
+        };
+        assert_eq!(ApiError::from(down).code.http_status(), 500);
+        let deposed = CtlError::Store(tern_store::StoreError::Deposed("leader".into()));
+        assert_eq!(ApiError::from(deposed).code.http_status(), 409);
     }
 }

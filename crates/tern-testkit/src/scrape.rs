@@ -56,6 +56,30 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// Scrapes `addr`'s `/metrics` until `ready` holds for the text (what the
+/// daemon reports, not a clock, decides); panics after `timeout` with the
+/// last text and `what` was awaited.
+pub fn wait_metrics(
+    addr: SocketAddr,
+    what: &str,
+    timeout: std::time::Duration,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (status, text) = http_get(addr, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within {timeout:?}:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs `promtool check metrics` on the text; returns its verdict (Ok
 /// when it found nothing to say).
 pub fn promtool_check(text: &str) -> Result<(), String> {

@@ -211,7 +211,7 @@ fn the_console_logs_in_with_the_clusters_identities() {
         "--console-tls",
     ]);
     let base = format!("https://{listen}");
-    let call = r#"{"op":"host-maintenance","id":"nowhere"}"#;
+    let evacuate = "/v1/hosts/nowhere/maintenance";
     let jar = |n: &str| tmp.path().join(n);
 
     // An operator certificate opens a read-write session.
@@ -219,7 +219,7 @@ fn the_console_logs_in_with_the_clusters_identities() {
     let (st, body) = console_curl(&c, &base, Some(&admin), &jar("a"), "/api/login-cert", "{}");
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("read-write"), "{body}");
-    let (st, body) = console_curl(&c, &base, Some(&admin), &jar("a"), "/api/call", call);
+    let (st, body) = console_curl(&c, &base, Some(&admin), &jar("a"), evacuate, "");
     assert!(body.contains("no host 'nowhere'"), "{st} {body}");
 
     // A read-only one a read-only session: acting is refused.
@@ -227,7 +227,7 @@ fn the_console_logs_in_with_the_clusters_identities() {
     let (st, body) = console_curl(&c, &base, Some(&viewer), &jar("v"), "/api/login-cert", "{}");
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("read-only"), "{body}");
-    let (st, body) = console_curl(&c, &base, Some(&viewer), &jar("v"), "/api/call", call);
+    let (st, body) = console_curl(&c, &base, Some(&viewer), &jar("v"), evacuate, "");
     assert_eq!(st, 403, "{body}");
 
     // A host certificate, or none, opens nothing.

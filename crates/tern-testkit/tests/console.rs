@@ -468,9 +468,9 @@ async fn read_only(l: &Lab, c: &Client) {
     let r = c
         .execute_async(
             r#"const done = arguments[0];
-               fetch("/api/call", {method: "POST",
+               fetch("/v1/servers/vm/migrate", {method: "POST",
                  headers: {"content-type": "application/json", "x-tern-console": "1"},
-                 body: JSON.stringify({op: "server-live-migrate", id: "vm"})})
+                 body: JSON.stringify({live: true})})
                .then(async (r) => done([r.status, await r.text()]));"#,
             vec![],
         )

@@ -74,6 +74,19 @@ fn rest_resources_migrate_a_server_and_stream_its_job() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("nosuch"), "{body}");
 
+    // The scheduler's verdicts: b qualifies (a is where it runs).
+    let (status, body) = req(&c, "viewer", "POST", "/v1/servers/rs1/forecast", Some("{}"));
+    assert_eq!(status, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("forecast JSON");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == "b" && r["ok"] == true),
+        "{rows}"
+    );
+    assert!(json(&c, "/v1/status")["id"].is_string());
+
     // Bad options are refused and change nothing.
     // A read-only identity may look but not migrate.
     let (status, body) = req(&c, "viewer", "POST", "/v1/servers/rs1/migrate", Some("{}"));
@@ -126,6 +139,6 @@ fn rest_resources_migrate_a_server_and_stream_its_job() {
         doc["paths"]["/v1/jobs/{id}/events"]["get"].is_object(),
         "{doc}"
     );
-    // The RPC endpoint still answers beside the resources.
+    // `tern --controller` reads the same resources.
     assert!(c.ok(&["job-list"]).contains(&id));
 }

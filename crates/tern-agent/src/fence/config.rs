@@ -3,6 +3,8 @@
 //! lease, the timings), and what it did (`fenced.json`, written when it
 //! killed the guests). Both survive restarts of the agent and of the fence
 //! process, so an agent restarted during a partition still fences.
+//! `status.json` counts what the running fence process did (renewals,
+//! failures, fencings) for the agent's metrics; it is not durable.
 
 use crate::config::write_atomic;
 use serde::{Deserialize, Serialize};
@@ -84,6 +86,28 @@ pub struct FencedRecord {
     pub killed: Vec<(String, bool)>,
 }
 
+/// What the running fence process did since it started
+/// (`STATE/fence/status.json`), rewritten after each turn; the agent's
+/// `/metrics` reads it at each scrape. Its counts start at 0 with each
+/// fence process (Prometheus reads that as a counter reset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceStatus {
+    /// Armed: it kills the guests when it cannot renew in time.
+    pub armed: bool,
+    /// It killed the guests and waits for the agent to clear that.
+    pub fenced: bool,
+    /// Pools whose lease it renews.
+    pub pools: u64,
+    /// Renewals that landed on every pool in time.
+    pub renewals: u64,
+    /// Renewals that did not (a pool refused the write or was too slow).
+    pub renewal_failures: u64,
+    /// Times it killed the guests.
+    pub fencings: u64,
+    /// When the last renewal that counted started, ms since the epoch.
+    pub last_renewal_ms: Option<u64>,
+}
+
 /// Paths of the fence's files.
 #[derive(Debug, Clone)]
 pub struct FenceDir {
@@ -108,6 +132,10 @@ impl FenceDir {
     /// `fenced.json`.
     pub fn fenced(&self) -> PathBuf {
         self.root.join("fenced.json")
+    }
+    /// `status.json`.
+    pub fn status(&self) -> PathBuf {
+        self.root.join("status.json")
     }
     /// The lock the running fence process holds.
     pub fn lock(&self) -> PathBuf {
@@ -134,6 +162,21 @@ impl FenceDir {
         std::fs::create_dir_all(&self.root)?;
         let data = serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?;
         write_atomic(&self.config(), &data)
+    }
+
+    /// The running fence's counts, if one wrote them.
+    pub fn load_status(&self) -> Option<FenceStatus> {
+        let b = std::fs::read(self.status()).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Replaces the counts (renamed into place, so a reader never sees half
+    /// a file; not synced: they only feed the metrics).
+    pub fn save_status(&self, s: &FenceStatus) -> std::io::Result<()> {
+        let data = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+        let tmp = self.root.join("status.json.tmp");
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, self.status())
     }
 
     /// The fence's record of killing the guests, if it did.
@@ -181,5 +224,13 @@ mod tests {
         };
         f.save_config(&c).unwrap();
         assert_eq!(f.load_config(), Some(c));
+        assert!(f.load_status().is_none());
+        let s = FenceStatus {
+            renewals: 3,
+            last_renewal_ms: Some(7),
+            ..Default::default()
+        };
+        f.save_status(&s).unwrap();
+        assert_eq!(f.load_status(), Some(s));
     }
 }

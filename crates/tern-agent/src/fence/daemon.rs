@@ -4,7 +4,7 @@
 //! separate process from `ternd`, in its own session, so it lives on when
 //! the agent dies or restarts; one runs per state directory (a lock).
 
-use super::config::{FenceConfig, FenceDir, FencedRecord};
+use super::config::{FenceConfig, FenceDir, FenceStatus, FencedRecord};
 use super::policy::{turn, Turn};
 use super::{kill, lease};
 use std::collections::HashMap;
@@ -51,6 +51,8 @@ struct Fence {
     armed: bool,
     fenced: bool,
     pending: Pending,
+    /// What it did, for the agent's metrics.
+    status: FenceStatus,
 }
 
 fn now_ms() -> u64 {
@@ -108,11 +110,16 @@ pub fn run(state_dir: &Path) -> Result<(), DaemonError> {
         last_ok: Instant::now(),
         armed: false,
         pending: HashMap::new(),
+        status: FenceStatus::default(),
     };
     tracing::info!(fenced = f.fenced, "fence process running");
     loop {
         let wait = match f.dir.load_config() {
-            Some(cfg) => f.turn(&cfg),
+            Some(cfg) => {
+                let wait = f.turn(&cfg);
+                f.report(&cfg);
+                wait
+            }
             None => Duration::from_millis(500),
         };
         std::thread::sleep(wait);
@@ -150,8 +157,13 @@ impl Fence {
                 let left = due.saturating_sub(self.last_ok.elapsed());
                 let wait = left.min(Duration::from_millis(s.io_timeout_ms));
                 let start = Instant::now();
+                let started_ms = now_ms();
                 if self.renew(cfg, wait) {
                     self.last_ok = start;
+                    self.status.renewals += 1;
+                    self.status.last_renewal_ms = Some(started_ms);
+                } else {
+                    self.status.renewal_failures += 1;
                 }
                 let left = due.saturating_sub(self.last_ok.elapsed());
                 s.renew().saturating_sub(start.elapsed()).min(left)
@@ -169,7 +181,19 @@ impl Fence {
         }
     }
 
+    /// Writes what it did for the agent's metrics (a failure costs only
+    /// the metrics, never a renewal).
+    fn report(&mut self, cfg: &FenceConfig) {
+        self.status.armed = self.armed;
+        self.status.fenced = self.fenced;
+        self.status.pools = (cfg.pools.len() + cfg.nfs.len()) as u64;
+        if let Err(e) = self.dir.save_status(&self.status) {
+            tracing::debug!(error = %e, "cannot write the fence status");
+        }
+    }
+
     fn kill(&mut self, cfg: &FenceConfig) {
+        self.status.fencings += 1;
         let since = self.last_ok.elapsed();
         tracing::error!(
             since_ms = since.as_millis() as u64,

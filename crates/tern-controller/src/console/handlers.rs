@@ -1,9 +1,9 @@
-//! The console's JSON endpoints: login, the cluster API behind a role
-//! check, and the agent calls the migrate dialog and the server menu need.
+//! The console's JSON endpoints: login, and the agent calls the migrate
+//! dialog and the server menu need (the cluster's own resources are the
+//! REST API's, [`crate::rest`]).
 
 use super::auth;
-use super::{access, Access, Console, Fail, COOKIE};
-use crate::api::dispatch;
+use super::{Console, Fail, COOKIE};
 use crate::error::CtlError;
 use crate::evacuate::host_client;
 use crate::jobs;
@@ -14,14 +14,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tern_api::cluster::{ClusterRequest, HostRecord, JobKind, MigrateRequestOptions};
+use tern_api::cluster::{HostRecord, JobKind, MigrateRequestOptions};
 use tern_api::{ApiError, Client, ErrorCode, MigrationRequest, Request};
 
 type Res = Result<Response, Fail>;
-
-fn raw_json(body: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
 
 /// Body of `POST /api/login`.
 #[derive(Debug, Deserialize)]
@@ -79,55 +75,6 @@ pub async fn me(State(c): State<Arc<Console>>, h: HeaderMap) -> Res {
     Ok(Json(json!({"user": s.user, "role": s.role, "controller": c.ctl.cfg.id})).into_response())
 }
 
-/// A cluster request, through the API's own dispatch.
-pub async fn call(State(c): State<Arc<Console>>, h: HeaderMap, body: axum::body::Bytes) -> Res {
-    let r: ClusterRequest = serde_json::from_slice(&body).map_err(|e| {
-        Fail(ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!("malformed request: {e}"),
-        ))
-    })?;
-    let s = match access(&r) {
-        Access::Read => c.session(&h)?,
-        Access::Write => c.writer(&h)?,
-        Access::Refused => {
-            return Err(Fail(ApiError::new(
-                ErrorCode::Forbidden,
-                "only agents send this request",
-            )))
-        }
-    };
-    if access(&r) == Access::Write {
-        let (op, target) = action_summary(&r);
-        tracing::info!(user = %s.user, op, target = target.unwrap_or("-"), "console action");
-    }
-    Ok(raw_json(dispatch(&c.ctl, r).await?))
-}
-
-/// What the console's action log says about a request: its operation and
-/// the server or host it names, never its other fields (options, reports).
-pub(crate) fn action_summary(r: &ClusterRequest) -> (&'static str, Option<&str>) {
-    use ClusterRequest as R;
-    match r {
-        R::Register { .. } => ("register", None),
-        R::Heartbeat { host, .. } => ("heartbeat", Some(host)),
-        R::HostList => ("host-list", None),
-        R::HostShow { id } => ("host-show", Some(id)),
-        R::ServerList => ("server-list", None),
-        R::ServerShow { id } => ("server-show", Some(id)),
-        R::ServerMigrate { id, .. } => ("server-migrate", Some(id)),
-        R::ServerLiveMigrate { id, .. } => ("server-live-migrate", Some(id)),
-        R::MigrateForecast { id, .. } => ("migrate-forecast", Some(id)),
-        R::MigrateCancel { id } => ("migrate-cancel", Some(id)),
-        R::JobList => ("job-list", None),
-        R::HostMaintenance { id } => ("host-maintenance", Some(id)),
-        R::HostMaintenanceLeave { id } => ("host-maintenance-leave", Some(id)),
-        R::HostAutoMigrate { id, .. } => ("host-auto-migrate", Some(id)),
-        R::HostShutdown { host } => ("host-shutdown", Some(host)),
-        R::Status => ("status", None),
-    }
-}
-
 fn agent(h: &HostRecord) -> Result<Client, Fail> {
     host_client(h).map_err(|source| {
         Fail(
@@ -140,17 +87,16 @@ fn agent(h: &HostRecord) -> Result<Client, Fail> {
     })
 }
 
+/// An agent's failure: its own code when it answered ([`crate::error::error_code`]).
 fn agent_err(host: &str) -> impl Fn(tern_api::ClientError) -> Fail + '_ {
     move |source| {
-        let e = match &source {
-            tern_api::ClientError::Api(a) => ApiError::new(a.code, format!("host {host}: {a}")),
-            _ => CtlError::Agent {
+        Fail(
+            CtlError::Agent {
                 host: host.to_string(),
                 source,
             }
             .into(),
-        };
-        Fail(e)
+        )
     }
 }
 

@@ -2,18 +2,19 @@
 //! scheduler's verdicts, live progress and jobs, served on its own
 //! listener (`--console-listen`).
 //!
-//! The console adds no cluster logic of its own: its `POST /api/call`
-//! takes the same [`ClusterRequest`]s as the cluster API and runs them
-//! through the same [`crate::api::dispatch`], after checking the
-//! session's role ([`access`]). Host actions (start, shut down, serial
+//! The console adds no cluster logic of its own: it serves the API's own
+//! REST resources (`/v1/...`, [`crate::rest`]) to its sessions, each
+//! session's role standing for the caller's identity, authorized by the
+//! same [`crate::authz::check`] (whose read and write classes are
+//! [`access`]). Host actions (start, shut down, serial
 //! output, the time forecast) go to the server's agent with the same
 //! client the controller's jobs use. Progress comes from the source
 //! agent's job figures, recorded while a job runs ([`progress`]) and
 //! streamed to browsers as server-sent events.
 //!
 //! Browsers log in with a password file of argon2 hashes ([`auth`]); the
-//! session cookie is HttpOnly and SameSite=Strict, and every POST must
-//! carry `X-Tern-Console: 1`, which a cross-site form cannot send.
+//! session cookie is HttpOnly and SameSite=Strict, and every request but a
+//! GET must carry `X-Tern-Console: 1`, which a cross-site form cannot send.
 
 mod assets;
 pub mod auth;
@@ -23,9 +24,11 @@ pub mod progress;
 #[cfg(test)]
 mod router_tests;
 
+use crate::authz::Caller;
 use crate::Controller;
 use auth::{Role, Session, Sessions, User};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -141,9 +144,15 @@ impl Console {
     }
 }
 
-/// Refuses a POST without the console's header (cross-site requests).
+/// Whether a request only reads (and so needs no cross-site header).
+fn reads(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD)
+}
+
+/// Refuses a request that acts (POST, PATCH, DELETE...) without the
+/// console's header (cross-site requests).
 async fn csrf(req: axum::extract::Request, next: axum::middleware::Next) -> Result<Response, Fail> {
-    if req.method() == axum::http::Method::POST && req.headers().get(CSRF_HEADER).is_none() {
+    if !reads(req.method()) && req.headers().get(CSRF_HEADER).is_none() {
         return Err(Fail(ApiError::new(
             ErrorCode::Forbidden,
             format!("console requests carry the header {CSRF_HEADER}: 1"),
@@ -152,8 +161,31 @@ async fn csrf(req: axum::extract::Request, next: axum::middleware::Next) -> Resu
     Ok(next.run(req).await)
 }
 
-/// The console's routes.
+/// The caller a session stands for on the REST resources: its role as an
+/// operator's (read-only or read-write); no session, no access.
+async fn session_caller(
+    State(c): State<Arc<Console>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, Fail> {
+    let s = c.session(req.headers())?;
+    if !reads(req.method()) {
+        tracing::info!(user = %s.user, method = %req.method(), path = %req.uri().path(), "console action");
+    }
+    let caller = match s.role {
+        Role::ReadOnly => Caller::ReadOnly(s.user),
+        Role::ReadWrite => Caller::ReadWrite(s.user),
+    };
+    req.extensions_mut().insert(Arc::new(caller));
+    Ok(next.run(req).await)
+}
+
+/// The console's routes: its pages and helpers, and the API's REST
+/// resources for its sessions.
 pub fn router(c: Arc<Console>) -> Router {
+    let resources = crate::rest::resources(c.ctl.clone()).layer(
+        axum::middleware::from_fn_with_state(c.clone(), session_caller),
+    );
     Router::new()
         .route("/", get(assets::index))
         .route("/app.js", get(assets::script))
@@ -162,15 +194,15 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/api/login-cert", post(cert_login::login_cert))
         .route("/api/logout", post(handlers::logout))
         .route("/api/me", get(handlers::me))
-        .route("/api/call", post(handlers::call))
         .route("/api/hosts", get(handlers::hosts))
         .route("/api/server-action", post(handlers::server_action))
         .route("/api/console-output", get(handlers::console_output))
         .route("/api/time-forecast", post(handlers::time_forecast))
         .route("/api/jobs/:id/history", get(progress::history))
         .route("/api/jobs/:id/events", get(progress::events))
-        .layer(axum::middleware::from_fn(csrf))
         .with_state(c)
+        .merge(resources)
+        .layer(axum::middleware::from_fn(csrf))
 }
 
 /// Serves the console on `listener` until the process ends; records the
@@ -199,47 +231,5 @@ mod tests {
             opts: Default::default(),
         };
         assert_eq!(access(&r), Access::Read);
-    }
-
-    #[test]
-    fn the_action_log_names_the_operation_and_target_only() {
-        use tern_api::cluster::MigrateRequestOptions;
-        let opts = MigrateRequestOptions {
-            prefer_host: Some("secret-host".into()),
-            enable_tls: true,
-            ..Default::default()
-        };
-        let reqs = [
-            ClusterRequest::ServerLiveMigrate {
-                id: "vm".into(),
-                opts: opts.clone(),
-            },
-            ClusterRequest::ServerMigrate {
-                id: "vm".into(),
-                opts,
-            },
-            ClusterRequest::HostMaintenance { id: "h1".into() },
-            ClusterRequest::HostList,
-            ClusterRequest::Register {
-                report: Default::default(),
-            },
-        ];
-        for r in reqs {
-            let (op, target) = handlers::action_summary(&r);
-            // The same name the wire format uses.
-            let wire = serde_json::to_value(&r).expect("json");
-            assert_eq!(wire["op"], op, "{r:?}");
-            let line = format!("{op} {target:?}");
-            assert!(!line.contains("secret-host"), "{line}");
-            assert!(!line.contains("enable_tls"), "{line}");
-        }
-        let r = ClusterRequest::ServerLiveMigrate {
-            id: "vm".into(),
-            opts: Default::default(),
-        };
-        assert_eq!(
-            handlers::action_summary(&r),
-            ("server-live-migrate", Some("vm"))
-        );
     }
 }

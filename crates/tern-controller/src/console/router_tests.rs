@@ -1,5 +1,6 @@
 //! The console's routes in process, on a real (file) store: login,
-//! roles, the cross-site header, and errors as the API's JSON.
+//! roles on the REST resources, the cross-site header, and errors as the
+//! API's JSON.
 
 use super::auth::{hash_password, Role, User};
 use super::{router, Console, CSRF_HEADER};
@@ -35,13 +36,28 @@ async fn console_and_controller(dir: &std::path::Path) -> (Router, std::sync::Ar
 }
 
 fn post(path: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
-    let mut r = Request::post(path)
+    with("POST", path, cookie, body)
+}
+
+/// `method` on `path` as the console's page sends it (with its header).
+fn with(method: &str, path: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::CONTENT_TYPE, "application/json")
         .header(CSRF_HEADER, "1");
     if let Some(c) = cookie {
         r = r.header(header::COOKIE, c);
     }
     r.body(Body::from(body.to_string())).unwrap()
+}
+
+fn get(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut r = Request::get(path);
+    if let Some(c) = cookie {
+        r = r.header(header::COOKIE, c);
+    }
+    r.body(Body::empty()).unwrap()
 }
 
 async fn send(app: &Router, r: Request<Body>) -> (StatusCode, Option<String>, serde_json::Value) {
@@ -74,11 +90,12 @@ async fn login(app: &Router, user: &str, pw: &str) -> String {
 async fn roles_decide_what_a_session_may_send() {
     let d = tempfile::tempdir().unwrap();
     let app = console(d.path()).await;
-    let list = r#"{"op":"server-list"}"#;
-    let migrate = r#"{"op":"server-live-migrate","id":"nosuch"}"#;
+    let list = "/v1/servers";
+    let migrate = "/v1/servers/nosuch/migrate";
+    let live = r#"{"live":true}"#;
 
     // Nobody logged in: refused.
-    let (s, _, v) = send(&app, post("/api/call", None, list)).await;
+    let (s, _, v) = send(&app, get(list, None)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(v["message"].as_str().unwrap().contains("log in"), "{v}");
     // A wrong password changes nothing.
@@ -92,35 +109,44 @@ async fn roles_decide_what_a_session_may_send() {
 
     // Read-only: reads, but may not act.
     let ro = login(&app, "viewer", "pw-ro").await;
-    let (s, _, v) = send(&app, post("/api/call", Some(&ro), list)).await;
+    let (s, _, v) = send(&app, get(list, Some(&ro))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v, serde_json::json!([]));
-    let (s, _, v) = send(&app, post("/api/call", Some(&ro), migrate)).await;
+    let (s, _, v) = send(&app, post(migrate, Some(&ro), live)).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(v["message"].as_str().unwrap().contains("read-only"), "{v}");
 
     // Read-write: the API's own answer (and its one-line message).
     let rw = login(&app, "admin", "pw-rw").await;
-    let (s, _, v) = send(&app, post("/api/call", Some(&rw), migrate)).await;
+    let (s, _, v) = send(&app, post(migrate, Some(&rw), live)).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(v["message"], "no server 'nosuch'; see 'tern server-list'");
-    // Agents' requests never come from a browser.
+    // A malformed body is refused, not replaced by the defaults.
+    let (s, _, v) = send(&app, post(migrate, Some(&rw), r#"{"bogus":1}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // The agents' RPC endpoint is not the console's: nothing answers there.
     let hb = r#"{"op":"host-shutdown","host":"a"}"#;
     let (s, _, _) = send(&app, post("/api/call", Some(&rw), hb)).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::NOT_FOUND);
 
-    // A POST without the console's header (a cross-site form) is refused.
-    let r = Request::post("/api/call")
-        .header(header::COOKIE, &rw)
-        .body(Body::from(list))
-        .unwrap();
-    let (s, _, _) = send(&app, r).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A request that acts without the console's header (a cross-site
+    // form) is refused, whatever its method.
+    for method in ["POST", "DELETE", "PATCH"] {
+        let r = Request::builder()
+            .method(method)
+            .uri("/v1/hosts/h1/maintenance")
+            .header(header::COOKIE, &rw)
+            .body(Body::from(live))
+            .unwrap();
+        let (s, _, v) = send(&app, r).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(CSRF_HEADER), "{v}");
+    }
 
     // Logged out: the cookie no longer works.
     let (s, _, _) = send(&app, post("/api/logout", Some(&rw), "{}")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, _) = send(&app, post("/api/call", Some(&rw), list)).await;
+    let (s, _, _) = send(&app, get(list, Some(&rw))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // The page itself needs no login, and loads nothing from elsewhere.
@@ -158,20 +184,39 @@ async fn maintenance_is_entered_and_left_from_the_console() {
         .unwrap();
     let rw = login(&app, "admin", "pw-rw").await;
     let ro = login(&app, "viewer", "pw-ro").await;
-    let enter = r#"{"op":"host-maintenance","id":"h1"}"#;
-    let leave = r#"{"op":"host-maintenance-leave","id":"h1"}"#;
-    let (s, _, _) = send(&app, post("/api/call", Some(&ro), enter)).await;
+    let path = "/v1/hosts/h1/maintenance";
+    let (s, _, _) = send(&app, post(path, Some(&ro), "")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _, v) = send(&app, post("/api/call", Some(&rw), enter)).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = send(&app, post(path, Some(&rw), "")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert!(ctl.inv.host("h1").await.unwrap().maintenance);
-    let (s, _, v) = send(&app, post("/api/call", Some(&rw), leave)).await;
+    let (s, _, v) = send(&app, with("DELETE", path, Some(&rw), "")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["maintenance"], false);
     assert!(!ctl.inv.host("h1").await.unwrap().maintenance);
-    let nosuch = r#"{"op":"host-maintenance-leave","id":"nosuch"}"#;
-    let (s, _, v) = send(&app, post("/api/call", Some(&rw), nosuch)).await;
+    let nosuch = "/v1/hosts/nosuch/maintenance";
+    let (s, _, v) = send(&app, with("DELETE", nosuch, Some(&rw), "")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // The evacuation policy: the shutdown one needs the host-down one.
+    let policy = "/v1/hosts/h1/auto-migrate";
+    let (s, _, v) = send(
+        &app,
+        with("PATCH", policy, Some(&rw), r#"{"on_host_shutdown":true}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let both = r#"{"on_host_down":true,"on_host_shutdown":true}"#;
+    let (s, _, v) = send(&app, with("PATCH", policy, Some(&ro), both)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, _, v) = send(&app, with("PATCH", policy, Some(&rw), both)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            &v["auto_migrate_on_host_down"],
+            &v["auto_migrate_on_host_shutdown"]
+        ),
+        (&serde_json::json!(true), &serde_json::json!(true))
+    );
     // The scheduler's view of each host comes with its record.
     let r = Request::get("/api/hosts")
         .header(header::COOKIE, &ro)

@@ -1,14 +1,19 @@
-//! The controller's API as resources (`/v1/...`), served on the API port
-//! beside `POST /api/v1/call`, with an OpenAPI document generated from
-//! these handlers at `/v1/openapi.json`.
+//! The controller's API as resources (`/v1/...`), with an OpenAPI
+//! document generated from these handlers at `/v1/openapi.json`: what
+//! `tern`'s cluster verbs and the web console use. The API port also
+//! serves them (beside `POST /api/v1/call`, which only the agents still
+//! speak: register, heartbeat, host-shutdown); the console serves them to
+//! its logged-in sessions.
 //!
-//! Every handler runs the same [`ClusterRequest`] as the RPC endpoint
-//! ([`crate::api::dispatch`]), so both always agree; errors are the RPC's
+//! Every handler runs a [`ClusterRequest`] through the RPC's own
+//! [`crate::api::dispatch`], authorized as that request
+//! ([`authz::check`]), so both always agree; errors are the API's
 //! [`tern_api::ApiError`] body with its HTTP status. `GET
 //! /v1/jobs/{id}/events` streams a job's changes as server-sent events
 //! until it ends.
 
 mod events;
+mod hosts;
 pub mod openapi;
 
 use crate::api::dispatch;
@@ -17,12 +22,14 @@ use crate::Controller;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tern_api::cluster::{ClusterRequest, JobRecord, MigrateRequestOptions, ServerState};
+use tern_api::cluster::{ClusterRequest, JobRecord, ServerState};
 use tern_api::response::{error_response, json_response};
+use tern_api::rest::MigrateBody;
 use tern_api::{ApiError, ErrorCode};
 use utoipa::ToSchema;
 
@@ -33,20 +40,6 @@ pub struct ErrorBody {
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
-}
-
-/// `POST /v1/servers/{id}/migrate`.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct MigrateBody {
-    /// Live migration; default: live when the server runs, cold otherwise.
-    pub live: Option<bool>,
-    /// The options of `tern server-migrate` / `server-live-migrate`
-    /// (prefer_host, auto_start, rescue_mode, skip_cpu_check,
-    /// skip_kernel_check, enable_tls, quickly_finish, max_bandwidth_mb,
-    /// keep_dest_guest_on_failed).
-    #[schema(value_type = Object)]
-    pub options: MigrateRequestOptions,
 }
 
 /// A route: method, path in OpenAPI's spelling, and its handler.
@@ -67,27 +60,50 @@ pub fn routes() -> Vec<Route> {
         handler,
     };
     vec![
-        r("get", "/v1/hosts", get(list_hosts)),
-        r("get", "/v1/hosts/{id}", get(show_host)),
+        r("get", "/v1/hosts", get(hosts::list_hosts)),
+        r("get", "/v1/hosts/{id}", get(hosts::show_host)),
+        r(
+            "post",
+            "/v1/hosts/{id}/maintenance",
+            post(hosts::enter_maintenance),
+        ),
+        r(
+            "delete",
+            "/v1/hosts/{id}/maintenance",
+            delete(hosts::leave_maintenance),
+        ),
+        r(
+            "patch",
+            "/v1/hosts/{id}/auto-migrate",
+            patch(hosts::auto_migrate),
+        ),
         r("get", "/v1/servers", get(list_servers)),
         r("get", "/v1/servers/{id}", get(show_server)),
         r("post", "/v1/servers/{id}/migrate", post(migrate_server)),
+        r("post", "/v1/servers/{id}/forecast", post(forecast_server)),
         r("get", "/v1/jobs", get(list_jobs)),
         r("get", "/v1/jobs/{id}", get(show_job)),
         r("post", "/v1/jobs/{id}/cancel", post(cancel_job)),
         r("get", "/v1/jobs/{id}/events", get(events::job_events)),
+        r("get", "/v1/status", get(status)),
         r("get", "/v1/openapi.json", get(openapi::document)),
     ]
 }
 
-/// The REST router over `ctl`.
-pub fn router(ctl: Arc<Controller>) -> Router {
+/// The routes, without a fallback (the console has its own pages).
+/// Every handler wants the caller's [`Caller`] in the request's extensions.
+pub fn resources(ctl: Arc<Controller>) -> Router {
     let mut app = Router::new();
     for r in routes() {
-        // axum 0.7 spells path parameters `:id`.
+        // axum 0.7 spells path parameters `:id`; methods on one path merge.
         app = app.route(&r.path.replace("{id}", ":id"), r.handler);
     }
-    app.fallback(not_found).with_state(ctl)
+    app.with_state(ctl)
+}
+
+/// The REST router over `ctl`, with a JSON 404 for unknown paths.
+pub fn router(ctl: Arc<Controller>) -> Router {
+    resources(ctl).fallback(not_found)
 }
 
 /// One request on the API port: `/v1/...` to the REST router, anything
@@ -116,6 +132,21 @@ async fn not_found() -> Response {
     ))
 }
 
+/// A JSON body, or the defaults when it is empty; a malformed one is
+/// refused (not replaced by the defaults, which would act with options
+/// nobody gave).
+fn parse_body<T: DeserializeOwned + Default>(body: &[u8], schema: &str) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed body: {e}; see {schema} in /v1/openapi.json"),
+        )
+    })
+}
+
 fn error(e: ApiError) -> Response {
     error_response(e).into_response()
 }
@@ -140,29 +171,6 @@ async fn call(
         Ok(body) => json_response(status, body).into_response(),
         Err(e) => error(ApiError::from(e)),
     }
-}
-
-/// Hosts and their health.
-#[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
-    responses((status = 200, description = "Every host record (report, status, lease, maintenance, policies)", body = [Object])))]
-async fn list_hosts(
-    State(ctl): State<Arc<Controller>>,
-    Extension(caller): Extension<Arc<Caller>>,
-) -> Response {
-    call(&ctl, &caller, ClusterRequest::HostList, 200).await
-}
-
-/// One host.
-#[utoipa::path(get, path = "/v1/hosts/{id}", tag = "hosts",
-    params(("id" = String, Path, description = "Host name")),
-    responses((status = 200, description = "The host record", body = Object),
-        (status = 404, description = "No such host", body = ErrorBody)))]
-async fn show_host(
-    State(ctl): State<Arc<Controller>>,
-    Extension(caller): Extension<Arc<Caller>>,
-    Path(id): Path<String>,
-) -> Response {
-    call(&ctl, &caller, ClusterRequest::HostShow { id }, 200).await
 }
 
 /// Servers (guests) in the cluster.
@@ -202,19 +210,9 @@ async fn migrate_server(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    // An empty body means the defaults; a malformed one is refused (not
-    // replaced by the defaults, which would migrate with options nobody gave).
-    let b: MigrateBody = match body.iter().all(u8::is_ascii_whitespace) {
-        true => MigrateBody::default(),
-        false => match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("malformed migrate body: {e}; see MigrateBody in /v1/openapi.json"),
-                ))
-            }
-        },
+    let b: MigrateBody = match parse_body(&body, "MigrateBody") {
+        Ok(b) => b,
+        Err(e) => return error(e),
     };
     // Reading the server's state needs the right to read it.
     if let Some(r) = refused(&caller, &ClusterRequest::ServerShow { id: id.clone() }) {
@@ -233,6 +231,41 @@ async fn migrate_server(
         false => ClusterRequest::ServerMigrate { id, opts },
     };
     call(&ctl, &caller, req, 202).await
+}
+
+/// Which hosts qualify for a server's migration, and why each other does not.
+#[utoipa::path(post, path = "/v1/servers/{id}/forecast", tag = "servers",
+    params(("id" = String, Path, description = "Server name")),
+    request_body(content = MigrateBody, description = "Live or cold (default: as the server's state implies), and the options"),
+    responses((status = 200, description = "One verdict per host (host, ok, detail), the qualifying ones first, best first", body = [Object]),
+        (status = 400, description = "Bad options", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody)))]
+async fn forecast_server(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: MigrateBody = match parse_body(&body, "MigrateBody") {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let req = ClusterRequest::MigrateForecast {
+        id,
+        live: b.live,
+        opts: b.options,
+    };
+    call(&ctl, &caller, req, 200).await
+}
+
+/// This controller and the current leader.
+#[utoipa::path(get, path = "/v1/status", tag = "meta",
+    responses((status = 200, description = "This controller's id and the leader's", body = Object)))]
+async fn status(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
+    call(&ctl, &caller, ClusterRequest::Status, 200).await
 }
 
 /// Migration jobs, queued, running and finished.

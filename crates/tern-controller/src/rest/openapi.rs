@@ -10,26 +10,35 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Tern controller API",
-        description = "Hosts, servers and migration jobs of a Tern cluster. The RPC endpoint POST /api/v1/call (ClusterRequest) carries the same operations."
+        description = "Hosts, servers and migration jobs of a Tern cluster: what `tern --controller` and the web console use. Agents register and report on the RPC endpoint POST /api/v1/call."
     ),
     paths(
-        super::list_hosts,
-        super::show_host,
+        super::hosts::list_hosts,
+        super::hosts::show_host,
+        super::hosts::enter_maintenance,
+        super::hosts::leave_maintenance,
+        super::hosts::auto_migrate,
         super::list_servers,
         super::show_server,
         super::migrate_server,
+        super::forecast_server,
+        super::status,
         super::list_jobs,
         super::show_job,
         super::cancel_job,
         super::events::job_events,
         document,
     ),
-    components(schemas(super::ErrorBody, super::MigrateBody)),
+    components(schemas(
+        super::ErrorBody,
+        tern_api::rest::MigrateBody,
+        tern_api::rest::AutoMigrateBody
+    )),
     tags(
         (name = "hosts", description = "Hypervisor hosts and their health"),
         (name = "servers", description = "Guests and their migrations"),
         (name = "jobs", description = "Migration jobs"),
-        (name = "meta", description = "This document"),
+        (name = "meta", description = "This controller, and this document"),
     )
 )]
 pub struct ApiDoc;

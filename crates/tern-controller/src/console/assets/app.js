@@ -1,7 +1,8 @@
 // Tern web console: plain DOM, no framework, no network but this origin.
-// Every figure comes from the controller: /api/call runs the cluster API's
-// own requests, /api/hosts adds the scheduler's view of each host, and a
-// job's progress arrives as server-sent events.
+// Every figure comes from the controller: the cluster API's own REST
+// resources (/v1/..., documented at /v1/openapi.json), /api/hosts adds the
+// scheduler's view of each host, and a job's progress arrives as
+// server-sent events.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -25,11 +26,17 @@ function h(tag, attrs, ...kids) {
 }
 
 async function api(path, body) {
-  const opt = body === undefined ? {} : {
-    method: "POST",
-    headers: { "content-type": "application/json", "x-tern-console": "1" },
-    body: JSON.stringify(body),
-  };
+  return body === undefined ? rest("GET", path) : rest("POST", path, body);
+}
+
+// One request: the console's header on anything but a GET (a cross-site
+// form cannot send it), JSON both ways, the API's message on failure.
+async function rest(method, path, body) {
+  const opt = { method, headers: method === "GET" ? {} : { "x-tern-console": "1" } };
+  if (body !== undefined) {
+    opt.headers["content-type"] = "application/json";
+    opt.body = JSON.stringify(body);
+  }
   const r = await fetch(path, opt);
   const t = await r.text();
   let v = null;
@@ -41,7 +48,7 @@ async function api(path, body) {
   }
   return v;
 }
-const call = (req) => api("/api/call", req);
+const seg = encodeURIComponent;
 
 function toast(msg, bad) {
   const t = h("div", { class: bad ? "toast bad" : "toast" }, msg);
@@ -223,10 +230,10 @@ async function renderHosts() {
 }
 
 async function setPolicy(host, field, on) {
-  const req = { op: "host-auto-migrate", id: host, on_host_down: null, on_host_shutdown: null };
-  req[field === "auto_migrate_on_host_down" ? "on_host_down" : "on_host_shutdown"] = on;
+  const body = {};
+  body[field === "auto_migrate_on_host_down" ? "on_host_down" : "on_host_shutdown"] = on;
   try {
-    await call(req);
+    await rest("PATCH", `/v1/hosts/${seg(host)}/auto-migrate`, body);
     toast(`${host}: ${field.replace(/_/g, " ")} ${on ? "on" : "off"}`);
   } catch (e) {
     toast(e.message, true);
@@ -236,7 +243,7 @@ async function setPolicy(host, field, on) {
 
 async function leaveMaintenance(host) {
   try {
-    await call({ op: "host-maintenance-leave", id: host });
+    await rest("DELETE", `/v1/hosts/${seg(host)}/maintenance`);
     toast(`${host} takes new servers again`);
   } catch (e) {
     toast(e.message, true);
@@ -247,7 +254,7 @@ async function leaveMaintenance(host) {
 async function maintenance(host) {
   if (!confirm(`Move every server off ${host} and keep new ones away?`)) return;
   try {
-    const jobs = await call({ op: "host-maintenance", id: host });
+    const jobs = await rest("POST", `/v1/hosts/${seg(host)}/maintenance`);
     toast(`${host} in maintenance: ${jobs.length} job(s) queued`);
   } catch (e) {
     toast(e.message, true);
@@ -258,7 +265,7 @@ async function maintenance(host) {
 // ---- servers ----------------------------------------------------------------
 
 async function renderServers() {
-  state.servers = await call({ op: "server-list" });
+  state.servers = await rest("GET", "/v1/servers");
   if (!changed("lastServers", state.servers) && $("servers-body")) return;
   let tb = $("servers-body");
   if (!tb) {
@@ -422,7 +429,7 @@ async function loadVerdicts() {
   const opts = migrateOpts();
   const prev = opts.prefer_host;
   try {
-    const rows = await call({ op: "migrate-forecast", id: m.name, live: m.live, opts: { ...opts, prefer_host: null } });
+    const rows = await rest("POST", `/v1/servers/${seg(m.name)}/forecast`, { live: m.live, options: { ...opts, prefer_host: null } });
     $("verdicts").replaceChildren(...rows.map((r) => h("tr", { "data-host": r.host, "data-ok": r.ok ? "1" : "0" },
       h("td", {}, h("label", { class: "inline" },
         h("input", { type: "radio", name: "dest-host", value: r.host, id: `dest-${r.host}`, "data-ok": r.ok ? "1" : "0",
@@ -462,7 +469,7 @@ async function submitMigrate() {
     return;
   }
   try {
-    const job = await call({ op: m.live ? "server-live-migrate" : "server-migrate", id: m.name, opts });
+    const job = await rest("POST", `/v1/servers/${seg(m.name)}/migrate`, { live: m.live, options: opts });
     $("migrate").close();
     toast(`${m.name}: job ${job.id} queued`);
     location.hash = `#/jobs/${job.id}`;
@@ -474,7 +481,7 @@ async function submitMigrate() {
 // ---- jobs ---------------------------------------------------------------------
 
 async function renderJobs() {
-  state.jobs = await call({ op: "job-list" });
+  state.jobs = await rest("GET", "/v1/jobs");
   state.finals = state.finals || {};
   const done = state.jobs.filter((j) => ["succeeded", "failed", "cancelled"].includes(j.state) && j.kind !== "rescue");
   await Promise.all(done.slice(-20).filter((j) => !state.finals[j.id]).map(async (j) => {
@@ -590,7 +597,7 @@ function progressPage(id) {
 
 async function cancelJob(id) {
   try {
-    const j = await call({ op: "migrate-cancel", id });
+    const j = await rest("POST", `/v1/jobs/${seg(id)}/cancel`);
     toast(`Job ${j.id}: cancel ${j.state === "cancelled" ? "done" : "requested"}`);
   } catch (e) {
     toast(e.message, true);
