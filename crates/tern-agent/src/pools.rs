@@ -632,6 +632,43 @@ impl Pools {
         Ok(guess)
     }
 
+    /// `vol-resize`: to `size` bytes from `current`; a smaller size needs
+    /// `shrink`.
+    pub async fn vol_resize(
+        &self,
+        pool: &str,
+        name: &str,
+        current: u64,
+        size: u64,
+        shrink: bool,
+    ) -> Result<VolumeInfo> {
+        validate_name("volume", name)?;
+        if size < current && !shrink {
+            return Err(AgentError::Invalid(format!(
+                "vol-resize would shrink '{name}' from {current} to {size} bytes, losing the data past the new end; pass --shrink if that is what you want"
+            )));
+        }
+        if size == 0 {
+            return Err(AgentError::Invalid(
+                "a volume cannot be resized to 0 bytes; give a size such as 10G".into(),
+            ));
+        }
+        let info = self.vol_info(pool, name).await?;
+        match self.active_store(pool).await? {
+            Store::Rbd(src) => {
+                rbd::Cluster::new(pool, &src, &self.secrets)
+                    .resize(name, size, shrink)
+                    .await?
+            }
+            Store::Nfs { src, .. } => {
+                let url = PathBuf::from(src.url(name));
+                img::resize(&url, &info.format, size, shrink).await?
+            }
+            Store::Dir(dir) => img::resize(&dir.join(name), &info.format, size, shrink).await?,
+        }
+        self.vol_info(pool, name).await
+    }
+
     /// `vol-delete`.
     pub async fn vol_delete(&self, pool: &str, name: &str) -> Result<()> {
         validate_name("volume", name)?;
