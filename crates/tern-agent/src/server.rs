@@ -321,8 +321,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 if let Some(user) = a.running_user_of(&v.path).await {
                     return Err(AgentError::Conflict(format!(
                         "storage volume '{name}' is in use by running domain '{user}'; stop it first"
-                    ))
-                    .into());
+                    )));
                 }
                 let size = if delta { v.capacity.saturating_add(capacity) } else { capacity };
                 ok(a.pools.vol_resize(&pool, &name, v.capacity, size, shrink).await?)?
