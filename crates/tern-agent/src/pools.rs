@@ -243,7 +243,11 @@ impl Pools {
     /// `pool-define-as NAME rbd --source-host MON --source-name POOL
     /// [--auth-username ID --secret-usage|uuid S]`: an rbd pool, always
     /// shared (every host reaching the cluster sees the same images). It
-    /// has no directory: its target is empty.
+    /// has no directory: its target is the relative `rbd:CEPHPOOL`, which
+    /// no disk path (always absolute) lies under, and which is what
+    /// `domblklist` shows its volumes under (`rbd:CEPHPOOL/VOLUME`), so
+    /// the cluster report finds their pool. (An empty target would hold
+    /// every path: `Path::starts_with("")` is always true.)
     pub async fn define_rbd(&self, name: &str, src: RbdSource) -> Result<()> {
         validate_name("pool", name)?;
         rbd::check_source(&src)?;
@@ -255,7 +259,7 @@ impl Pools {
         }
         let def = PoolDef {
             name: name.into(),
-            target: PathBuf::new(),
+            target: PathBuf::from(format!("rbd:{}", src.name)),
             shared: true,
             autostart: false,
             kind: PoolKind::Rbd,
