@@ -235,6 +235,8 @@ fn bridges() -> Vec<String> {
 fn pool_of<'a>(pools: &'a [PoolInfo], path: &str) -> Option<&'a PoolInfo> {
     pools
         .iter()
+        // An empty target would hold every path.
+        .filter(|p| !p.def.target.as_os_str().is_empty())
         .filter(|p| std::path::Path::new(path).starts_with(&p.def.target))
         .max_by_key(|p| p.def.target.as_os_str().len())
 }

@@ -243,7 +243,11 @@ impl Pools {
     /// `pool-define-as NAME rbd --source-host MON --source-name POOL
     /// [--auth-username ID --secret-usage|uuid S]`: an rbd pool, always
     /// shared (every host reaching the cluster sees the same images). It
-    /// has no directory: its target is empty.
+    /// has no directory: its target is the relative `rbd:CEPHPOOL`, which
+    /// no disk path (always absolute) lies under, and which is what
+    /// `domblklist` shows its volumes under (`rbd:CEPHPOOL/VOLUME`), so
+    /// the cluster report finds their pool. (An empty target would hold
+    /// every path: `Path::starts_with("")` is always true.)
     pub async fn define_rbd(&self, name: &str, src: RbdSource) -> Result<()> {
         validate_name("pool", name)?;
         rbd::check_source(&src)?;
@@ -255,7 +259,7 @@ impl Pools {
         }
         let def = PoolDef {
             name: name.into(),
-            target: PathBuf::new(),
+            target: PathBuf::from(format!("rbd:{}", src.name)),
             shared: true,
             autostart: false,
             kind: PoolKind::Rbd,
@@ -630,6 +634,43 @@ impl Pools {
             }
         }
         Ok(guess)
+    }
+
+    /// `vol-resize`: to `size` bytes from `current`; a smaller size needs
+    /// `shrink`.
+    pub async fn vol_resize(
+        &self,
+        pool: &str,
+        name: &str,
+        current: u64,
+        size: u64,
+        shrink: bool,
+    ) -> Result<VolumeInfo> {
+        validate_name("volume", name)?;
+        if size < current && !shrink {
+            return Err(AgentError::Invalid(format!(
+                "vol-resize would shrink '{name}' from {current} to {size} bytes, losing the data past the new end; pass --shrink if that is what you want"
+            )));
+        }
+        if size == 0 {
+            return Err(AgentError::Invalid(
+                "a volume cannot be resized to 0 bytes; give a size such as 10G".into(),
+            ));
+        }
+        let info = self.vol_info(pool, name).await?;
+        match self.active_store(pool).await? {
+            Store::Rbd(src) => {
+                rbd::Cluster::new(pool, &src, &self.secrets)
+                    .resize(name, size, shrink)
+                    .await?
+            }
+            Store::Nfs { src, .. } => {
+                let url = PathBuf::from(src.url(name));
+                img::resize(&url, &info.format, size, shrink).await?
+            }
+            Store::Dir(dir) => img::resize(&dir.join(name), &info.format, size, shrink).await?,
+        }
+        self.vol_info(pool, name).await
     }
 
     /// `vol-delete`.

@@ -310,6 +310,22 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 .await?)?,
             Request::VolList { pool } => ok(a.pools.vol_list(&pool).await?)?,
             Request::VolInfo { pool, name } => ok(a.pools.vol_info(&pool, &name).await?)?,
+            Request::VolResize {
+                pool,
+                name,
+                capacity,
+                delta,
+                shrink,
+            } => {
+                let v = a.pools.vol_info(&pool, &name).await?;
+                if let Some(user) = a.running_user_of(&v.path).await {
+                    return Err(AgentError::Conflict(format!(
+                        "storage volume '{name}' is in use by running domain '{user}'; stop it first"
+                    )));
+                }
+                let size = if delta { v.capacity.saturating_add(capacity) } else { capacity };
+                ok(a.pools.vol_resize(&pool, &name, v.capacity, size, shrink).await?)?
+            }
             Request::VolDelete { pool, name } => {
                 let v = a.pools.vol_info(&pool, &name).await?;
                 if let Some(user) = a.running_user_of(&v.path).await {

@@ -247,6 +247,21 @@ pub enum Request {
         /// Volume name.
         name: String,
     },
+    /// Change a volume's size (`vol-resize`).
+    VolResize {
+        /// Pool name.
+        pool: String,
+        /// Volume name.
+        name: String,
+        /// The new size in bytes, or with `delta` the bytes to add.
+        capacity: u64,
+        /// `capacity` is added to the current size.
+        #[serde(default)]
+        delta: bool,
+        /// Allow a smaller size (data past the new end is lost).
+        #[serde(default)]
+        shrink: bool,
+    },
     /// Delete a volume (`vol-delete`).
     VolDelete {
         /// Pool name.

@@ -480,6 +480,22 @@ pub enum Cmd {
         #[arg(long)]
         pool: String,
     },
+    /// Change a volume's size (raw or qcow2 file, or RBD image).
+    VolResize {
+        /// Volume name.
+        vol: String,
+        /// New size, e.g. 20G (or, with --delta, the size to add).
+        capacity: String,
+        /// Pool name.
+        #[arg(long)]
+        pool: String,
+        /// Add CAPACITY to the current size.
+        #[arg(long)]
+        delta: bool,
+        /// Allow a smaller size (data past the new end is lost).
+        #[arg(long)]
+        shrink: bool,
+    },
     /// Delete a volume.
     VolDelete {
         /// Volume name.

@@ -139,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         | Cmd::VolList { .. }
         | Cmd::VolInfo { .. }
         | Cmd::VolPath { .. }
+        | Cmd::VolResize { .. }
         | Cmd::VolDelete { .. }) => storage::run(&client, c).await,
         c @ (Cmd::Migrate(_)
         | Cmd::Domjobinfo { .. }

@@ -310,6 +310,32 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             let v: VolumeInfo = c.call(&Request::VolInfo { pool, name: vol }).await?;
             println!("{}", v.path.display());
         }
+        Cmd::VolResize {
+            vol,
+            capacity,
+            pool,
+            delta,
+            shrink,
+        } => {
+            let bytes = tern_qemu::img::parse_size(&capacity).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "invalid size '{capacity}'; use a number with an optional unit such as 512M or 10G"
+                ))
+            })?;
+            let v: VolumeInfo = c
+                .call(&Request::VolResize {
+                    pool,
+                    name: vol.clone(),
+                    capacity: bytes,
+                    delta,
+                    shrink,
+                })
+                .await?;
+            println!(
+                "Size of volume '{vol}' successfully changed to {}",
+                human(v.capacity)
+            );
+        }
         Cmd::VolDelete { vol, pool } => {
             let _: Value = c
                 .call(&Request::VolDelete {

@@ -132,6 +132,8 @@ fn readers<'a>(host: &HostRecord, hosts: &'a [HostRecord]) -> Vec<(String, &'a H
         .pools
         .iter()
         .filter(|p| p.def.shared && p.active)
+        // RBD pools carry no lease file (Ceph's blocklist fences them).
+        .filter(|p| p.def.kind != tern_model::PoolKind::Rbd)
         .filter_map(|p| {
             hosts
                 .iter()

@@ -28,10 +28,11 @@ pub fn check(name: &str, xml: &str, dest: &HostReport) -> Result<(), String> {
             // Network disks (nfs://...) name no local file.
             continue;
         };
-        let shared = dest
-            .pools
-            .iter()
-            .any(|p| p.def.shared && path.starts_with(&p.def.target));
+        let shared = dest.pools.iter().any(|p| {
+            // A relative or empty target (an rbd pool's `rbd:POOL`)
+            // holds no file: `starts_with("")` is true of every path.
+            p.def.shared && p.def.target.is_absolute() && path.starts_with(&p.def.target)
+        });
         if !shared {
             return Err(format!(
                 "disk {} of {name} ({}) is in no shared pool of host {}; a rescue restarts only servers on shared storage",
@@ -80,5 +81,16 @@ mod tests {
         assert!(e.contains("no shared pool of host b"), "{e}");
         let e = check("vm", &xml("other", "/srv/shared/vm.raw"), &b).unwrap_err();
         assert!(e.contains("not of server 'vm'"), "{e}");
+    }
+
+    #[test]
+    fn an_rbd_pool_holds_no_file() {
+        let mut b = host("/srv/shared");
+        for target in ["rbd:vms", ""] {
+            b.pools[0].def.target = target.into();
+            b.pools[0].def.kind = tern_model::PoolKind::Rbd;
+            let e = check("vm", &xml("vm", "/etc/shadow"), &b).unwrap_err();
+            assert!(e.contains("no shared pool of host b"), "{target}: {e}");
+        }
     }
 }

@@ -146,6 +146,19 @@ pub async fn create(
     run("create", &args).await.map(|_| ())
 }
 
+/// Changes an image's virtual size (`qemu-img resize`); shrinking needs
+/// `shrink` (data past the new end is lost).
+pub async fn resize(path: &Path, format: &str, size: u64, shrink: bool) -> Result<(), ImgError> {
+    let p = path.display().to_string();
+    let s = size.to_string();
+    let mut args: Vec<&str> = vec!["resize", "-q", "-f", format];
+    if shrink {
+        args.push("--shrink");
+    }
+    args.extend([p.as_str(), s.as_str()]);
+    run("resize", &args).await.map(|_| ())
+}
+
 /// Points a qcow2 image at another backing file without touching data
 /// (`qemu-img rebase -u`): the backing file moved, its contents did not.
 pub async fn rebase_unsafe(

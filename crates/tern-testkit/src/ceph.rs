@@ -125,9 +125,18 @@ pub fn skip_without_ceph(test: &str) -> bool {
     true
 }
 
+/// One cluster at a time per test process: five started at once by the
+/// tests of one binary (about 500 MB each, plus their guests) on the
+/// loaded 2-core development machine left every monitor unanswered for
+/// 300 s. Held by the cluster, released when it drops.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running single-node cluster; see the module documentation.
 #[derive(Debug)]
 pub struct CephCluster {
+    /// Released after `Drop::drop` killed the daemons: the next test's
+    /// cluster starts once this one's are gone.
+    _turn: std::sync::MutexGuard<'static, ()>,
     /// Daemons in start order (mon, mgr, osd); killed in reverse.
     daemons: Vec<(&'static str, Child)>,
     ports: MonPorts,
@@ -164,6 +173,8 @@ impl CephCluster {
     /// daemons, creates [`POOL`] and waits for HEALTH_OK. Panics with the
     /// daemons' logs if the cluster does not come up.
     pub fn start() -> CephCluster {
+        // Before the ports are picked, so none goes stale while waiting.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("tern-ceph-")
             .tempdir()
@@ -173,6 +184,7 @@ impl CephCluster {
             v1: crate::free_port(),
         };
         let mut c = CephCluster {
+            _turn: turn,
             daemons: Vec::new(),
             ports,
             fsid: uuid(),

@@ -265,6 +265,34 @@ fn a_guest_on_an_rbd_volume_migrates_live_without_copying_storage() {
     eprintln!("busy volume: {busy}");
     assert!(busy.contains("is open by one client"), "{busy}");
     p.a.ok(&["destroy", name]);
+    // vol-resize: growing is plain, shrinking needs --shrink.
+    let e =
+        p.b.fails(&["vol-resize", "rbdg-disk", "8M", "--pool", RBD_POOL]);
+    assert!(e.contains("--shrink"), "{e}");
+    p.b.ok(&[
+        "vol-resize",
+        "rbdg-disk",
+        "16M",
+        "--pool",
+        RBD_POOL,
+        "--delta",
+    ]);
+    let info =
+        p.a.ok(&["vol-info", "rbdg-disk", "--pool", RBD_POOL, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["capacity"], 32 << 20, "{info}");
+    p.a.ok(&[
+        "vol-resize",
+        "rbdg-disk",
+        "24M",
+        "--pool",
+        RBD_POOL,
+        "--shrink",
+    ]);
+    let info =
+        p.b.ok(&["vol-info", "rbdg-disk", "--pool", RBD_POOL, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["capacity"], 24 << 20, "{info}");
     p.a.ok(&["vol-delete", "rbdg-disk", "--pool", RBD_POOL]);
     let vols = p.b.ok(&["vol-list", RBD_POOL]);
     assert!(!vols.contains("rbdg-disk"), "{vols}");

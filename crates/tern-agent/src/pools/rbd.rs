@@ -334,6 +334,27 @@ impl<'a> Cluster<'a> {
             .unwrap_or_default())
     }
 
+    /// `vol-resize`: refused while a QEMU has the image open (the guest
+    /// would not learn its new size).
+    pub(super) async fn resize(&self, name: &str, bytes: u64, shrink: bool) -> Result<()> {
+        let open = self.watchers(name).await?;
+        if !open.is_empty() {
+            return Err(AgentError::Conflict(format!(
+                "storage volume '{name}' of pool '{}' is open ({}), a guest running on some host; stop it first",
+                self.pool,
+                open.join(", ")
+            )));
+        }
+        let size = format!("{}K", bytes.div_ceil(1024));
+        let spec = self.spec(name);
+        let mut args = vec!["resize", "--no-progress", "--size", &size];
+        if shrink {
+            args.push("--allow-shrink");
+        }
+        args.push(&spec);
+        self.call("rbd", &args).await.map(|_| ())
+    }
+
     /// `vol-delete`: refused while a QEMU has the image open.
     pub(super) async fn delete(&self, name: &str) -> Result<()> {
         tern_model::names::validate_name("volume", name)?;

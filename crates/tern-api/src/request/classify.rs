@@ -50,6 +50,7 @@ impl Request {
             | Request::PoolDestroy { .. }
             | Request::PoolUndefine { .. }
             | Request::VolCreateAs { .. }
+            | Request::VolResize { .. }
             | Request::VolDelete { .. } => false,
             Request::Migration(m) => m.is_read_only(),
             Request::Secret(s) => s.is_read_only(),
@@ -459,6 +460,7 @@ mod tests {
             | Request::VolCreateAs { .. }
             | Request::VolList { .. }
             | Request::VolInfo { .. }
+            | Request::VolResize { .. }
             | Request::VolDelete { .. }
             | Request::ServerInfo
             | Request::FenceLease { .. }
