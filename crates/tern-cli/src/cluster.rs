@@ -67,6 +67,11 @@ pub enum ClusterCmd {
         /// Restart a dead host's server elsewhere from shared storage.
         #[arg(long)]
         rescue_mode: bool,
+        /// Copy local disks over TLS between the agents (agents need
+        /// --pki-dir certificates; the controller's --migration-tls does
+        /// this for every migration).
+        #[arg(long)]
+        enable_tls: bool,
         /// Wait for the job to end; fail if it fails.
         #[arg(long)]
         wait: bool,
@@ -429,6 +434,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
             prefer_host,
             auto_start,
             rescue_mode,
+            enable_tls,
             wait,
             json,
         } => {
@@ -436,6 +442,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> Result<()> {
                 prefer_host,
                 auto_start,
                 rescue_mode,
+                enable_tls,
                 ..Default::default()
             };
             submit(c, ClusterRequest::ServerMigrate { id, opts }, wait, json).await?;

@@ -207,6 +207,12 @@ pub async fn prepare(
         incoming.files.push((f, path, handle));
     }
     job.event(format!("receiving {} file(s)", incoming.files.len()));
+    if o.tls {
+        job.event(format!(
+            "cold copy over TLS: only {} may send",
+            source_identity.unwrap_or("-")
+        ));
+    }
     *job.cold.lock().unwrap_or_else(|p| p.into_inner()) = Some(incoming);
     Ok(ColdTarget {
         host: agent.migration_address(),
@@ -291,7 +297,13 @@ pub async fn send_all(
         // stream to the destination's TLS front.
         let relay = if o.tls {
             match super::cold_tls::relay(&agent, &target.host, port).await {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    job.event(format!(
+                        "sending {} over TLS to {}:{port}",
+                        f.volume, target.host
+                    ));
+                    Some(r)
+                }
                 Err(e) => return fail(&job, e.to_string()),
             }
         } else {
