@@ -297,13 +297,7 @@ pub async fn send_all(
         // stream to the destination's TLS front.
         let relay = if o.tls {
             match super::cold_tls::relay(&agent, &target.host, port).await {
-                Ok(r) => {
-                    job.event(format!(
-                        "sending {} over TLS to {}:{port}",
-                        f.volume, target.host
-                    ));
-                    Some(r)
-                }
+                Ok(r) => Some(r),
                 Err(e) => return fail(&job, e.to_string()),
             }
         } else {
