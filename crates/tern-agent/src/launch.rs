@@ -117,6 +117,8 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     let resolved = agent.networks.resolve(&resolved)?;
     let d = &resolved;
     crate::pools::check_network_drivers(d).await?;
+    agent.pools.secrets.check_domain(d)?;
+    agent.pools.check_rbd_disks(d).await?;
     crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
     firmware::prepare_firmware(d)
@@ -180,6 +182,17 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
     };
+    let staged = match agent
+        .pools
+        .secrets
+        .stage_for_qemu(d, &run_dir, agent.qemu_user.as_ref())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            netdev::remove_taps(&taps).await;
+            return Err(e);
+        }
+    };
     let mut args = cmdline::build_command_line(&spec);
     args.extend(crate::confine::user::qemu_args(
         &agent.cfg.server.qemu,
@@ -187,6 +200,8 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     ));
     tracing::info!(domain = %d.name, args = %args.join(" "), "starting QEMU");
     let result = spawn_and_connect(agent, d, &run_dir, &args).await;
+    // QEMU read its keys while starting (or failed to start): none stays.
+    crate::secrets::remove_staged(&staged);
     match result {
         Ok((pid, start_time, qmp)) => {
             let console_pty = console_pty(&qmp, d).await;

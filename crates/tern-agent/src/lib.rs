@@ -33,6 +33,7 @@ pub mod networks;
 pub mod pools;
 pub mod procs;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod settings;
 

@@ -5,19 +5,24 @@
 //! A `netfs` pool is an NFS export: with kernel access it is mounted on the
 //! target and then behaves as a directory; with QEMU access nothing is
 //! mounted and volumes are `nfs://` URLs (see `netfs` and `pools::remote`).
+//! An `rbd` pool is a Ceph pool: volumes are RBD images that QEMU opens
+//! through librbd with a cephx key from a secret (see `pools::rbd`).
 
 use crate::config::write_atomic;
 use crate::error::{AgentError, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tern_model::names::validate_name;
-use tern_model::{NetfsAccess, NetfsSource, PoolDef, PoolInfo, PoolKind, VolumeInfo};
+use tern_model::{NetfsAccess, NetfsSource, PoolDef, PoolInfo, PoolKind, RbdSource, VolumeInfo};
 use tern_qemu::img;
 use tokio::sync::Mutex;
 
 mod proof;
+mod rbd;
 mod remote;
 mod resolve;
+
+pub use crate::secrets::Secrets;
 
 pub use resolve::{block_source, check_network_drivers};
 
@@ -42,10 +47,15 @@ pub enum Store {
         /// The pool's target directory.
         target: PathBuf,
     },
+    /// RBD images in a Ceph pool.
+    Rbd(RbdSource),
 }
 
 impl Pool {
     fn store(&self) -> Store {
+        if let Some(r) = &self.def.rbd {
+            return Store::Rbd(r.clone());
+        }
         match (&self.def.source, self.access) {
             (Some(src), Some(NetfsAccess::Qemu)) => Store::Nfs {
                 src: src.clone(),
@@ -70,6 +80,9 @@ fn parse_access(marker: &str) -> Option<NetfsAccess> {
 pub struct Pools {
     dir: PathBuf,
     pools: Mutex<BTreeMap<String, Pool>>,
+    /// The host's secrets (`<state>/secrets`, next to the pools): rbd
+    /// pools and disks take their cephx keys from them.
+    pub secrets: Secrets,
 }
 
 fn statvfs(path: &Path) -> (u64, u64, u64) {
@@ -90,8 +103,10 @@ fn statvfs(path: &Path) -> (u64, u64, u64) {
 }
 
 impl Pools {
-    /// Loads pool definitions from `dir`.
+    /// Loads pool definitions from `dir`, and the secrets from `secrets`
+    /// next to it.
     pub fn load(dir: PathBuf) -> Pools {
+        let secrets = Secrets::open(dir.with_file_name("secrets"));
         let mut map = BTreeMap::new();
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
@@ -113,6 +128,7 @@ impl Pools {
                                 marker.is_ok() && crate::netfs::is_mounted(&def.target)
                             }
                             (PoolKind::Dir, _) => marker.is_ok() && def.target.is_dir(),
+                            (PoolKind::Rbd, _) => marker.is_ok(),
                         };
                         let access = access.filter(|_| active && def.kind == PoolKind::Netfs);
                         map.insert(
@@ -131,6 +147,7 @@ impl Pools {
         Pools {
             dir,
             pools: Mutex::new(map),
+            secrets,
         }
     }
 
@@ -174,6 +191,11 @@ impl Pools {
         if let Some(src) = &netfs {
             remote::check_source(src)?;
         }
+        if target.as_os_str().is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "pool '{name}' has no target directory; give --target PATH (rbd pools take --source-host and --source-name instead)"
+            )));
+        }
         if !target.is_absolute() {
             return Err(AgentError::Invalid(format!(
                 "pool target '{}' is not an absolute path; give the full directory path",
@@ -204,6 +226,41 @@ impl Pools {
                 PoolKind::Dir
             },
             source: netfs,
+            rbd: None,
+        };
+        self.save(&def)?;
+        m.insert(
+            name.into(),
+            Pool {
+                def,
+                active: false,
+                access: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// `pool-define-as NAME rbd --source-host MON --source-name POOL
+    /// [--auth-username ID --secret-usage|uuid S]`: an rbd pool, always
+    /// shared (every host reaching the cluster sees the same images). It
+    /// has no directory: its target is empty.
+    pub async fn define_rbd(&self, name: &str, src: RbdSource) -> Result<()> {
+        validate_name("pool", name)?;
+        rbd::check_source(&src)?;
+        let mut m = self.pools.lock().await;
+        if m.contains_key(name) {
+            return Err(AgentError::Conflict(format!(
+                "storage pool '{name}' already exists; undefine it first or pick another name"
+            )));
+        }
+        let def = PoolDef {
+            name: name.into(),
+            target: PathBuf::new(),
+            shared: true,
+            autostart: false,
+            kind: PoolKind::Rbd,
+            source: None,
+            rbd: Some(src),
         };
         self.save(&def)?;
         m.insert(
@@ -239,6 +296,13 @@ impl Pools {
             return Err(AgentError::Conflict(format!(
                 "storage pool '{name}' is already active"
             )));
+        }
+        if let Some(src) = &p.def.rbd {
+            rbd::Cluster::new(name, src, &self.secrets).check().await?;
+            let marker = self.marker(name);
+            std::fs::write(&marker, "rbd").map_err(|e| AgentError::state(&marker, e))?;
+            p.active = true;
+            return Ok(());
         }
         let access = match &p.def.source {
             Some(src) => Some(remote::start(name, src, &p.def.target).await?),
@@ -320,6 +384,11 @@ impl Pools {
                 (false, _) => (0, 0, 0),
                 (true, Store::Dir(d)) => statvfs(&d),
                 (true, Store::Nfs { src, .. }) => remote::space(&src).await,
+                (true, Store::Rbd(src)) => {
+                    rbd::Cluster::new(&p.def.name, &src, &self.secrets)
+                        .space()
+                        .await
+                }
             };
             out.push(PoolInfo {
                 def: p.def.clone(),
@@ -349,6 +418,9 @@ impl Pools {
             Store::Nfs { .. } => Err(AgentError::Unsupported(format!(
                 "storage pool '{name}' is reached by QEMU over nfs:// (no kernel NFS client here), so its volumes are not local files; copy them with qemu-img, or start the pool where the kernel can mount NFS"
             ))),
+            Store::Rbd(_) => Err(AgentError::Unsupported(format!(
+                "storage pool '{name}' is an rbd pool: its volumes are RBD images, not local files; use a dir or netfs pool for this"
+            ))),
         }
     }
 
@@ -366,22 +438,28 @@ impl Pools {
 
     /// The directories of every defined pool: where a definition's files
     /// may lie (see [`crate::confine`]).
+    /// rbd pools have none (an empty path would admit every file).
     pub async fn targets(&self) -> Vec<PathBuf> {
         let m = self.pools.lock().await;
-        m.values().map(|p| p.def.target.clone()).collect()
+        m.values()
+            .filter(|p| p.def.kind != PoolKind::Rbd)
+            .map(|p| p.def.target.clone())
+            .collect()
     }
 
     /// Whether `path` is a file directly inside one of the active pools.
     pub async fn owns(&self, path: &Path) -> bool {
         let m = self.pools.lock().await;
-        m.values()
-            .any(|p| p.active && path.parent() == Some(p.def.target.as_path()))
+        m.values().any(|p| {
+            p.active && p.def.kind != PoolKind::Rbd && path.parent() == Some(p.def.target.as_path())
+        })
     }
 
     /// The pool definition whose directory holds `path`.
     pub async fn pool_of(&self, path: &Path) -> Option<PoolDef> {
         let m = self.pools.lock().await;
         m.values()
+            .filter(|p| p.def.kind != PoolKind::Rbd)
             .find(|p| path.parent() == Some(p.def.target.as_path()))
             .map(|p| p.def.clone())
     }
@@ -406,9 +484,16 @@ impl Pools {
             )));
         }
         validate_name("volume", name)?;
-        if let Store::Nfs { src, target } = self.active_store(pool).await? {
-            let v = remote::Vols::new(pool, &src, &target);
-            return v.create(name, capacity, format, backing).await;
+        match self.active_store(pool).await? {
+            Store::Nfs { src, target } => {
+                let v = remote::Vols::new(pool, &src, &target);
+                return v.create(name, capacity, format, backing).await;
+            }
+            Store::Rbd(src) => {
+                let c = rbd::Cluster::new(pool, &src, &self.secrets);
+                return c.create(name, capacity, format, backing).await;
+            }
+            Store::Dir(_) => {}
         }
         let path = self.vol_path(pool, name).await?;
         if path.exists() {
@@ -452,8 +537,12 @@ impl Pools {
 
     /// `vol-list`.
     pub async fn vol_list(&self, pool: &str) -> Result<Vec<VolumeInfo>> {
-        if let Store::Nfs { src, target } = self.active_store(pool).await? {
-            return remote::Vols::new(pool, &src, &target).list().await;
+        match self.active_store(pool).await? {
+            Store::Nfs { src, target } => {
+                return remote::Vols::new(pool, &src, &target).list().await
+            }
+            Store::Rbd(src) => return rbd::Cluster::new(pool, &src, &self.secrets).list().await,
+            Store::Dir(_) => {}
         }
         let dir = self.active_dir(pool).await?;
         let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -482,8 +571,16 @@ impl Pools {
     /// `vol-info` / `vol-path`.
     pub async fn vol_info(&self, pool: &str, name: &str) -> Result<VolumeInfo> {
         validate_name("volume", name)?;
-        if let Store::Nfs { src, target } = self.active_store(pool).await? {
-            return remote::Vols::new(pool, &src, &target).info(name).await;
+        match self.active_store(pool).await? {
+            Store::Nfs { src, target } => {
+                return remote::Vols::new(pool, &src, &target).info(name).await
+            }
+            Store::Rbd(src) => {
+                return rbd::Cluster::new(pool, &src, &self.secrets)
+                    .info(name)
+                    .await
+            }
+            Store::Dir(_) => {}
         }
         let path = self.vol_path(pool, name).await?;
         if !path.is_file() {
@@ -538,8 +635,16 @@ impl Pools {
     /// `vol-delete`.
     pub async fn vol_delete(&self, pool: &str, name: &str) -> Result<()> {
         validate_name("volume", name)?;
-        if let Store::Nfs { src, target } = self.active_store(pool).await? {
-            return remote::Vols::new(pool, &src, &target).delete(name).await;
+        match self.active_store(pool).await? {
+            Store::Nfs { src, target } => {
+                return remote::Vols::new(pool, &src, &target).delete(name).await
+            }
+            Store::Rbd(src) => {
+                return rbd::Cluster::new(pool, &src, &self.secrets)
+                    .delete(name)
+                    .await
+            }
+            Store::Dir(_) => {}
         }
         let path = self.vol_path(pool, name).await?;
         if !path.is_file() {

@@ -275,9 +275,15 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::Console { name, offset, max } => ok(a.console(&name, offset, max).await?)?,
             Request::PoolDefineAs {
                 name,
+                rbd: Some(src),
+                ..
+            } => ok(a.pools.define_rbd(&name, src).await?)?,
+            Request::PoolDefineAs {
+                name,
                 target,
                 shared,
                 netfs,
+                rbd: None,
             } => ok(a.pools.define(&name, &target, shared, netfs).await?)?,
             Request::PoolBuild { name } => ok(a.pools.build(&name).await?)?,
             Request::PoolStart { name } => ok(a.pools.start(&name).await?)?,
@@ -314,6 +320,7 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 ok(a.pools.vol_delete(&pool, &name).await?)?
             }
             Request::Migration(m) => crate::migration::dispatch(a, m).await?,
+            Request::Secret(r) => crate::secrets::dispatch(&a.pools.secrets, r)?,
             Request::FenceLease { pool, host } => ok(crate::fence::read_lease(a, &pool, &host).await?)?,
             Request::Events {
                 after,

@@ -21,7 +21,7 @@ pub mod types;
 
 pub use client::{Client, ClientError};
 pub use error::{ApiError, ErrorCode};
-pub use request::{MigrationRequest, Request};
+pub use request::{MigrationRequest, Request, SecretRequest};
 pub use types::*;
 
 /// Version of this API; bumped on incompatible changes.

@@ -173,6 +173,9 @@ pub enum Request {
         /// The export of a netfs pool; `None` for a dir pool.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netfs: Option<tern_model::NetfsSource>,
+        /// The Ceph pool of an rbd pool (whose `target` is empty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rbd: Option<tern_model::RbdSource>,
     },
     /// Create a pool's directory (`pool-build`).
     PoolBuild {
@@ -281,6 +284,9 @@ pub enum Request {
     /// A migration request.
     #[serde(untagged)]
     Migration(MigrationRequest),
+    /// A secret request (`secret-define`...).
+    #[serde(untagged)]
+    Secret(SecretRequest),
 }
 
 /// Migration requests (see `tern_migrate::protocol` for the sequence).
@@ -421,6 +427,8 @@ pub enum MigrationRequest {
 }
 
 mod classify;
+mod secret;
+pub use secret::SecretRequest;
 
 fn default_console_max() -> u64 {
     1 << 20

@@ -16,7 +16,9 @@ mod engine;
 mod guest;
 mod hostdown;
 mod live;
+mod nfs;
 mod qemu;
+mod rbd;
 mod soak;
 mod storage;
 mod sys;
@@ -57,9 +59,15 @@ enum Cmd {
     /// managed, p2p, storage copy and post-copy, counting failed
     /// migrations and what the guest reports.
     Soak(soak::SoakArgs),
+    /// NFS (issue 20): live migration with the disk on an NFS export
+    /// against a local shared directory.
+    Nfs(nfs::NfsArgs),
     /// Host down (issue 14): host death to its guest running elsewhere,
     /// with the host proven fenced first.
     Hostdown(hostdown::HostDownArgs),
+    /// RBD (issue 21): live migration with the disk on Ceph RBD (shared)
+    /// against a local dir pool with `--copy-storage-all`.
+    Rbd(rbd::RbdArgs),
 }
 
 #[tokio::main]
@@ -73,6 +81,8 @@ async fn main() -> ExitCode {
             Cmd::Transports(a) => transports::run(a).await,
             Cmd::Soak(a) => soak::run(a).await,
             Cmd::Hostdown(a) => hostdown::run(a).await,
+            Cmd::Nfs(a) => nfs::run(a).await,
+            Cmd::Rbd(a) => rbd::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };

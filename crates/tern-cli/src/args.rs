@@ -50,6 +50,9 @@ pub enum Cmd {
     /// Network verbs (net-define-as, net-list...).
     #[command(flatten)]
     Net(crate::network::NetCmd),
+    /// Secret verbs (secret-define, secret-set-value...).
+    #[command(flatten)]
+    Secret(crate::secret::SecretCmd),
     /// Migrate a domain to another host (as virsh migrate).
     Migrate(Box<crate::migrate::MigrateArgs>),
     /// Show the figures of a domain's migration job.
@@ -327,25 +330,44 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Define a directory pool, or a netfs (NFS) pool.
+    /// Define a directory pool, a netfs (NFS) pool or an rbd (Ceph) pool.
     PoolDefineAs {
         /// Pool name.
         name: String,
-        /// Pool type: "dir" or "netfs" (or give --type).
-        #[arg(value_parser = ["dir", "netfs"])]
+        /// Pool type: "dir", "netfs" or "rbd" (or give --type).
+        #[arg(value_parser = ["dir", "netfs", "rbd"])]
         pool_type: Option<String>,
         /// Pool type, as `virsh pool-define-as --type`.
-        #[arg(long = "type", value_name = "TYPE", value_parser = ["dir", "netfs"])]
+        #[arg(long = "type", value_name = "TYPE", value_parser = ["dir", "netfs", "rbd"])]
         type_flag: Option<String>,
-        /// Directory (for netfs, where the export is mounted or named).
+        /// Directory (for netfs, where the export is mounted or named); rbd
+        /// pools have none.
         #[arg(long)]
-        target: PathBuf,
+        target: Option<PathBuf>,
         /// Other hosts see the same files (NFS, CephFS...); netfs pools always do.
         #[arg(long)]
         shared: bool,
-        /// netfs: the NFS server.
+        /// netfs: the NFS server; rbd: the monitors, MON[:PORT][,MON[:PORT]...].
         #[arg(long)]
         source_host: Option<String>,
+        /// rbd: the monitors' port when --source-host gives none (6789).
+        #[arg(long)]
+        source_port: Option<u16>,
+        /// rbd: the Ceph pool.
+        #[arg(long)]
+        source_name: Option<String>,
+        /// rbd: "ceph" (cephx).
+        #[arg(long, value_parser = ["ceph"])]
+        auth_type: Option<String>,
+        /// rbd: the cephx id, without "client." (e.g. admin).
+        #[arg(long)]
+        auth_username: Option<String>,
+        /// rbd: the secret holding the key, by usage name.
+        #[arg(long)]
+        secret_usage: Option<String>,
+        /// rbd: the secret holding the key, by uuid.
+        #[arg(long)]
+        secret_uuid: Option<String>,
         /// netfs: the exported directory.
         #[arg(long)]
         source_path: Option<String>,

@@ -11,6 +11,8 @@ mod netfs_args;
 pub mod network;
 pub mod pki;
 mod proxy;
+mod rbd_args;
+mod secret;
 mod storage;
 pub mod table;
 
@@ -122,6 +124,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(c) => cluster::run(&cluster::client(cli.controller.as_deref())?, c).await,
         Cmd::Device(d) => device::run(&client, d).await,
         Cmd::Net(n) => network::run(&client, n).await,
+        Cmd::Secret(s) => secret::run(&client, s).await,
         c @ (Cmd::Nodeinfo { .. }
         | Cmd::PoolDefineAs { .. }
         | Cmd::PoolBuild { .. }

@@ -4,6 +4,7 @@ use crate::args::Cmd;
 use crate::table::{human, kv, table};
 use crate::{print_json, CliError, Result};
 use serde_json::Value;
+use std::path::PathBuf;
 use tern_api::{Client, Request};
 use tern_model::{HostFacts, PoolInfo, VolumeInfo};
 
@@ -45,8 +46,53 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             source_host,
             source_path,
             access,
+            source_port,
+            source_name,
+            auth_type,
+            auth_username,
+            secret_usage,
+            secret_uuid,
             ..
         } => {
+            let flags = crate::rbd_args::RbdFlags {
+                host: source_host.clone(),
+                port: source_port,
+                name: source_name,
+                auth_type,
+                username: auth_username,
+                secret_usage,
+                secret_uuid,
+            };
+            let kind = pool_type.as_deref().or(type_flag.as_deref());
+            if kind == Some("rbd") {
+                if target.is_some() || source_path.is_some() || access.is_some() {
+                    return Err(CliError::Usage(
+                        "an rbd pool has no --target, --source-path or --access; give --source-host and --source-name".into(),
+                    ));
+                }
+                let rbd = crate::rbd_args::rbd_source(flags)?;
+                let _: Value = c
+                    .call(&Request::PoolDefineAs {
+                        name: name.clone(),
+                        target: PathBuf::new(),
+                        shared: true,
+                        netfs: None,
+                        rbd: Some(rbd),
+                    })
+                    .await?;
+                println!("Pool {name} defined");
+                return Ok(());
+            }
+            if flags.any() {
+                return Err(CliError::Usage(
+                    "--source-name, --source-port, --auth-* and --secret-* apply to rbd pools only; give --type rbd or drop them".into(),
+                ));
+            }
+            let target = target.ok_or_else(|| {
+                CliError::Usage(
+                    "--target PATH is missing; dir and netfs pools need a directory".into(),
+                )
+            })?;
             let netfs = crate::netfs_args::netfs_source(
                 pool_type.as_deref(),
                 type_flag.as_deref(),
@@ -60,6 +106,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                     target,
                     shared,
                     netfs,
+                    rbd: None,
                 })
                 .await?;
             println!("Pool {name} defined");
@@ -149,6 +196,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                                 .source
                                 .as_ref()
                                 .map(|s| format!("{}:{}", s.host, s.path))
+                                .or_else(|| crate::rbd_args::source_text(&p))
                                 .unwrap_or_else(|| "-".into()),
                         ),
                         ("Access", crate::netfs_args::access_text(&p),),

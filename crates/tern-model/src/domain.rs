@@ -511,6 +511,9 @@ pub struct NetworkSource {
     pub name: String,
     /// `<host>` elements (rbd may list several monitors).
     pub hosts: Vec<NetHost>,
+    /// `<auth username=..><secret type='ceph' uuid|usage=../></auth>` (rbd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::CephAuth>,
 }
 
 /// Network disk protocols Tern knows how to hand to QEMU.

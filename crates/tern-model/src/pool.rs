@@ -23,6 +23,9 @@ pub struct PoolDef {
     /// The export of a netfs pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<NetfsSource>,
+    /// The Ceph pool of an rbd pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<RbdSource>,
 }
 
 /// What `pool-list` / `pool-info` show.
@@ -70,6 +73,8 @@ pub enum PoolKind {
     Dir,
     /// An NFS export.
     Netfs,
+    /// A Ceph RBD pool: volumes are RBD images, opened by QEMU through librbd.
+    Rbd,
 }
 
 impl PoolKind {
@@ -78,6 +83,7 @@ impl PoolKind {
         match self {
             PoolKind::Dir => "dir",
             PoolKind::Netfs => "netfs",
+            PoolKind::Rbd => "rbd",
         }
     }
 }
@@ -108,6 +114,32 @@ impl NetfsSource {
         } else {
             format!("/{dir}/{file}")
         }
+    }
+}
+
+/// The Ceph side of an rbd pool (`--source-host MON[:PORT]` (repeatable),
+/// `--source-name POOL`, `--auth-username ID`, `--secret-usage|uuid`), as
+/// libvirt's `<pool type='rbd'><source><host/><name/><auth/></source>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RbdSource {
+    /// Monitors; a port of `None` is Ceph's default (6789).
+    pub hosts: Vec<crate::NetHost>,
+    /// The Ceph pool's name.
+    pub name: String,
+    /// The cephx user and the secret holding its key; `None` for a
+    /// cluster without cephx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::CephAuth>,
+}
+
+impl RbdSource {
+    /// The monitors as Ceph's `mon_host` (`-m`) takes them.
+    pub fn mon_host(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| format!("{}:{}", h.name, h.port.unwrap_or(6789)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -185,5 +217,25 @@ mod tests {
                 .unwrap();
         assert_eq!(d.kind, PoolKind::Dir);
         assert_eq!(d.source, None);
+        assert_eq!(d.rbd, None);
+    }
+
+    #[test]
+    fn rbd_monitors_default_to_port_6789() {
+        let s = RbdSource {
+            hosts: vec![
+                crate::NetHost {
+                    name: "10.0.0.1".into(),
+                    port: None,
+                },
+                crate::NetHost {
+                    name: "10.0.0.2".into(),
+                    port: Some(3300),
+                },
+            ],
+            name: "vms".into(),
+            auth: None,
+        };
+        assert_eq!(s.mon_host(), "10.0.0.1:6789,10.0.0.2:3300");
     }
 }

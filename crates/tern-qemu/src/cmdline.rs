@@ -156,6 +156,7 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
 
     devices::pci_controllers(d, &mut a);
     devices::controllers(d, &mut a);
+    netblock::secret_objects(d, &spec.run_dir, &mut a);
     disks(d, &mut a);
     nics(spec, &mut a);
     serials(spec, &mut a);
@@ -186,6 +187,8 @@ fn cache_flags(cache: Option<CacheMode>) -> (bool, bool, bool) {
 }
 
 mod netblock;
+
+pub use netblock::{disk_secret_file, disk_secret_id};
 
 /// The protocol node of a local disk: a file or a block device.
 fn file_blockdev(disk: &tern_model::Disk, src: &Path, ro: bool, a: &mut Vec<String>) {

@@ -164,6 +164,44 @@ pub async fn rebase_unsafe(
     .map(|_| ())
 }
 
+/// Copies a file byte for byte (both sides opened as raw, whatever they
+/// hold: a qcow2 file's header, backing name included, moves as bytes),
+/// between a local path and a URL QEMU's block layer reaches (`nfs://`).
+/// Zero runs are not written, so a sparse file stays sparse; `to` must
+/// not exist.
+pub async fn copy_bytes(from: &Path, to: &Path) -> Result<(), ImgError> {
+    let f = from.display().to_string();
+    let t = to.display().to_string();
+    run(
+        "convert",
+        &["convert", "-f", "raw", "-O", "raw", "-S", "4k", &f, &t],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Whether two files have the same length and bytes (both read as raw; a
+/// hole reads as zeros): the check after [`copy_bytes`].
+pub async fn same_bytes(a: &Path, b: &Path) -> Result<bool, ImgError> {
+    if info(a, "raw").await?.virtual_size != info(b, "raw").await?.virtual_size {
+        return Ok(false);
+    }
+    let (x, y) = (a.display().to_string(), b.display().to_string());
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", &x, &y])
+        .output()
+        .await
+        .map_err(ImgError::Spawn)?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(ImgError::Failed {
+            op: "compare",
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+    }
+}
+
 /// Reads the facts of an image of a known format (`-f`, so a raw image is
 /// never probed: a guest can write a qcow2 header into its raw disk); `-U`
 /// lets it inspect an image a running guest holds.

@@ -39,6 +39,7 @@ pub mod pair;
 pub mod ping;
 pub mod pkgroot;
 pub mod pki;
+pub mod rbd;
 pub mod scrape;
 mod serial;
 pub mod sshd;

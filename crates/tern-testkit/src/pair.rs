@@ -383,8 +383,14 @@ pub fn boot_guest_in(
     let size = format!("{}M", (disk_mb * 2).max(16));
     h.ok(&["vol-create-as", pool, &vol, &size]);
     let path = h.ok(&["vol-path", &vol, "--pool", pool]);
+    // The verifier reads 32 MiB/s unless the caller chose a rate.
+    let verify = if workload.contains("tern.verify_rate=") {
+        ""
+    } else {
+        " tern.verify_rate=32"
+    };
     let mut spec = GuestSpec::new(name, &img).workload(&format!(
-        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
+        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb}{verify}"
     ));
     spec.disks.push(TestDisk {
         path: path.trim().into(),

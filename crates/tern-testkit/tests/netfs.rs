@@ -81,6 +81,39 @@ fn wait_disk_ok(h: &TernHost, name: &str, more: usize) {
     );
 }
 
+/// Shuts the guest down from inside and waits until the host says so.
+fn shut_off(h: &TernHost, name: &str) {
+    h.ok(&["shutdown", name]);
+    h.wait_console(name, Duration::from_secs(60), "power off", |t| {
+        t.contains("TERN-POWEROFF")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !h.ok(&["domstate", name]).starts_with("shut off") {
+        assert!(std::time::Instant::now() < deadline, "guest did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts the shut-off guest on `h` and waits until it verified at boot
+/// every block it wrote before.
+fn boot_and_verify(h: &TernHost, name: &str) {
+    h.ok(&["start", name]);
+    let text = h.wait_console(
+        name,
+        Duration::from_secs(90),
+        "the disk verified at boot",
+        |t| t.contains("TERN-DISK verified") || t.contains("TERN-FAIL"),
+    );
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+    assert!(text.contains("TERN-DISK verified"), "{text}");
+}
+
+/// Bytes a file holds on disk (its holes not counted).
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
 fn migrate(from: &TernHost, flags: &[&str], name: &str, dest: &str) -> String {
     let mut args = vec!["migrate", "--live", "--verbose"];
     args.extend_from_slice(flags);
@@ -584,15 +617,7 @@ fn cold_migration_leaves_the_nfs_volume_in_place() {
     p.a.define_guest(&spec);
     p.a.ok(&["start", name]);
     wait_disk_ok(&p.a, name, 2);
-    p.a.ok(&["shutdown", name]);
-    p.a.wait_console(name, Duration::from_secs(60), "power off", |t| {
-        t.contains("TERN-POWEROFF")
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !p.a.ok(&["domstate", name]).starts_with("shut off") {
-        assert!(std::time::Instant::now() < deadline, "guest did not stop");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    shut_off(&p.a, name);
     let before = std::fs::metadata(p.nfs.export_dir().join("cold01")).unwrap();
     let out = p.a.tern(&["migrate", "--cold", name, &p.b.uri()]);
     assert!(
@@ -656,4 +681,160 @@ fn a_disk_attached_from_the_nfs_pool_migrates() {
     migrate(&p.a, &[], name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
     assert!(p.b.ok(&["dumpxml", name]).contains("volume='hot01'"));
+}
+
+/// `--copy-storage-all --target-pool nfspool`: a disk in A's local pool is
+/// mirrored into the export (a pool QEMU reaches over `nfs://` on this
+/// kernel), verified by the guest on B, then mirrored back into A's local
+/// pool (its stale copy deleted first, as virsh users do); the export's
+/// copy is then B's to delete with `vol-delete`.
+#[test]
+fn a_local_disk_is_mirrored_into_the_nfs_pool_and_back() {
+    let test = "a_local_disk_is_mirrored_into_the_nfs_pool_and_back";
+    if skip(test) {
+        return;
+    }
+    let p = nfs_pair("mir");
+    let locals: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            tempfile::Builder::new()
+                .prefix("tern-local-")
+                .tempdir()
+                .unwrap()
+        })
+        .collect();
+    p.a.add_pool("local", locals[0].path(), false);
+    p.b.add_pool("local", locals[1].path(), false);
+    let name = "nfsmir";
+    p.a.ok(&["vol-create-as", "local", "mir01", "16M", "--format", "raw"]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.disks.push(TestDisk {
+        path: locals[0].path().join("mir01"),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", name]);
+    wait_disk_ok(&p.a, name, 2);
+
+    let into = ["--copy-storage-all", "--target-pool", "nfspool"];
+    migrate(&p.a, &into, name, &p.b.uri());
+    wait_disk_ok(&p.b, name, 2);
+    let blk = p.b.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&p.target.join("mir01").display().to_string()),
+        "{blk}"
+    );
+    assert!(
+        p.nfs.export_dir().join("mir01").is_file(),
+        "no copy on the export"
+    );
+    assert!(
+        !locals[1].path().join("mir01").exists(),
+        "B's local pool got the copy"
+    );
+
+    p.a.ok(&["vol-delete", "mir01", "--pool", "local"]);
+    let back = ["--copy-storage-all", "--target-pool", "local"];
+    migrate(&p.b, &back, name, &p.a.uri());
+    wait_disk_ok(&p.a, name, 2);
+    let blk = p.a.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&locals[0].path().join("mir01").display().to_string()),
+        "{blk}"
+    );
+    // The export's copy is B's to delete now, through the pool.
+    p.b.ok(&["vol-delete", "mir01", "--pool", "nfspool"]);
+    assert!(!p.nfs.export_dir().join("mir01").exists());
+}
+
+/// A cold migration out of the NFS pool into a directory pool and back:
+/// with `--target-pool` the disk on the export is copied (staged through
+/// the agent, since QEMU alone reaches the export on this kernel), holes
+/// stay holes on both trips, `--delete-source-storage` removes the copy
+/// left behind, and the guest verifies every block at boot on each host.
+#[test]
+fn cold_migration_between_the_nfs_pool_and_a_dir_pool_both_ways() {
+    let test = "cold_migration_between_the_nfs_pool_and_a_dir_pool_both_ways";
+    if skip(test) {
+        return;
+    }
+    let p = nfs_pair("cnd");
+    let local = tempfile::Builder::new()
+        .prefix("tern-local-")
+        .tempdir()
+        .unwrap();
+    p.b.add_pool("local", local.path(), false);
+    p.a.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "cold02",
+        "64M",
+        "--format",
+        "raw",
+    ]);
+    let name = "nfsdir";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.disks.push(TestDisk {
+        path: p.target.join("cold02"),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", name]);
+    wait_disk_ok(&p.a, name, 2);
+    shut_off(&p.a, name);
+
+    let on_export = p.nfs.export_dir().join("cold02");
+    let in_local = local.path().join("cold02");
+    let flags = [
+        "migrate",
+        "--cold",
+        "--undefinesource",
+        "--delete-source-storage",
+        "--target-pool",
+    ];
+    let out =
+        p.a.tern(&[&flags[..], &["local", name, &p.b.uri()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!on_export.exists(), "the export kept the source's copy");
+    assert_eq!(std::fs::metadata(&in_local).unwrap().len(), 64 << 20);
+    assert!(
+        allocated(&in_local) < 32 << 20,
+        "holes were filled: {}",
+        allocated(&in_local)
+    );
+    boot_and_verify(&p.b, name);
+    shut_off(&p.b, name);
+
+    let out =
+        p.b.tern(&[&flags[..], &["nfspool", name, &p.a.uri()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!in_local.exists(), "B's pool kept the source's copy");
+    assert_eq!(std::fs::metadata(&on_export).unwrap().len(), 64 << 20);
+    assert!(
+        allocated(&on_export) < 32 << 20,
+        "holes were filled: {}",
+        allocated(&on_export)
+    );
+    let blk = p.a.ok(&["domblklist", name]);
+    assert!(
+        blk.contains(&p.target.join("cold02").display().to_string()),
+        "{blk}"
+    );
+    boot_and_verify(&p.a, name);
 }

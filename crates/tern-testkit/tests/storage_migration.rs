@@ -277,3 +277,46 @@ fn failed_storage_migration_removes_what_the_destination_created() {
     );
     assert!(SerialLog::parse(&text).failures.is_empty());
 }
+
+/// Bytes a file holds on disk (its holes not counted).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// A raw disk mostly made of holes arrives with its holes: the mirror's
+/// zero writes unmap on the destination while the disk arrives (the nodes
+/// are reopened with `discard=unmap`), and the guest then runs with the
+/// definition's own discard setting. The destination may allocate at most
+/// 5 % more than the source.
+#[test]
+fn a_mirrored_raw_disk_keeps_its_holes() {
+    let h = hosts("holes");
+    h.a.ok(&[
+        "vol-create-as",
+        "images",
+        "holes.raw",
+        "256M",
+        "--format",
+        "raw",
+    ]);
+    h.a.define_guest(&guest(
+        "holes",
+        vec![disk(&h.ia.join("holes.raw"), "raw", "vda")],
+    ));
+    h.a.ok(&["start", "holes"]);
+    wait_disk_ok(&h.a, "holes", "disk writes on the source");
+    migrate_ok(&h, "holes", &["--live", "--copy-storage-all"]);
+    wait_disk_ok(&h.b, "holes", "disk verification on the destination");
+    let (src, dst) = (
+        allocated(&h.ia.join("holes.raw")),
+        allocated(&h.ib.join("holes.raw")),
+    );
+    assert!(src > 0 && src < 64 << 20, "the source holds {src} bytes");
+    let ev = h.b.ok(&["domjobevents", "holes"]);
+    assert!(
+        dst * 100 <= src * 105,
+        "the destination allocated {dst} bytes for the source's {src}; its events:\n{ev}"
+    );
+    assert!(!ev.contains("keep discard=unmap"), "{ev}");
+}

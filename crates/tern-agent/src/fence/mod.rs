@@ -45,6 +45,9 @@ pub async fn read_lease(agent: &Arc<Agent>, pool: &str, host: &str) -> Result<Op
                     .map_err(|e| AgentError::Failed(format!("cannot read the lease: {e}")))
             }
             Store::Nfs { src, .. } => lease::read_nfs(&src, host).await,
+            Store::Rbd(_) => Err(AgentError::Unsupported(format!(
+                "pool '{pool}' is an rbd pool, which carries no lease file: RBD guests are fenced by blocklisting their clients in Ceph"
+            ))),
         }
     };
     match tokio::time::timeout(READ_TIMEOUT, read).await {
@@ -66,7 +69,7 @@ async fn lease_pools(agent: &Arc<Agent>) -> (Vec<std::path::PathBuf>, Vec<NetfsS
         match agent.pools.active_store(&p.def.name).await {
             Ok(Store::Dir(d)) => dirs.push(d),
             Ok(Store::Nfs { src, .. }) => nfs.push(src),
-            Err(_) => {}
+            Ok(Store::Rbd(_)) | Err(_) => {}
         }
     }
     dirs.sort();

@@ -42,7 +42,16 @@ pub(super) async fn plug(
             // definition's paths, then handed to QEMU's user.
             crate::confine::check_domain_paths(agent, &resolved).await?;
             crate::confine::hand_over_disk(agent, &resolved, &d.target_dev)?;
-            plug_disk(&run.qmp, &resolved, &d.target_dev).await?;
+            agent.pools.secrets.check_domain(&resolved)?;
+            agent.pools.check_rbd_disks(&resolved).await?;
+            let run_dir = agent.layout.run_dir(&slot.name);
+            let key = add_key(agent, &run.qmp, &resolved, &d.target_dev, &run_dir).await?;
+            if let Err(e) = plug_disk(&run.qmp, &resolved, &d.target_dev).await {
+                if let Some(id) = key {
+                    del_key(&run.qmp, &id).await;
+                }
+                return Err(e);
+            }
             let at = live
                 .devices
                 .disks
@@ -95,6 +104,40 @@ async fn plug_disk(qmp: &Qmp, live: &Domain, target: &str) -> Result<()> {
         return Err(err);
     }
     Ok(())
+}
+
+/// For an rbd disk with `<auth>`: its key as QEMU's `secret` object
+/// (`object-add` with `file=`, a 0600 copy in QEMU's own directory, removed
+/// once read), before the `blockdev-add` that names it; the object's id.
+async fn add_key(
+    agent: &Agent,
+    qmp: &Qmp,
+    live: &Domain,
+    target: &str,
+    run_dir: &std::path::Path,
+) -> Result<Option<String>> {
+    let user = agent.qemu_user.as_ref();
+    let dir =
+        crate::confine::user::qemu_dir(run_dir, user).map_err(|e| AgentError::state(run_dir, e))?;
+    let Some(file) = agent.pools.secrets.stage_disk(live, target, &dir, user)? else {
+        return Ok(None);
+    };
+    let id = tern_qemu::cmdline::disk_secret_id(target);
+    // A key object left by an earlier plug of the same target goes first.
+    del_key(qmp, &id).await;
+    let added = qmp
+        .execute(
+            "object-add",
+            Some(json!({"qom-type": "secret", "id": id, "file": file, "format": "base64"})),
+        )
+        .await;
+    crate::secrets::remove_staged(&[file]);
+    added?;
+    Ok(Some(id))
+}
+
+async fn del_key(qmp: &Qmp, id: &str) {
+    let _ = qmp.execute("object-del", Some(json!({ "id": id }))).await;
 }
 
 async fn del_nodes(qmp: &Qmp, nodes: &[String]) {
@@ -337,6 +380,7 @@ async fn finish(agent: &Agent, slot: &DomainSlot, e: &mut DomainEntry, id: &str,
     match left {
         Leftover::Disk { target } => {
             del_nodes(&run.qmp, &[file_node(target), drive_node(target)]).await;
+            del_key(&run.qmp, &tern_qemu::cmdline::disk_secret_id(target)).await;
             run.live.devices.disks.retain(|d| d.target_dev != *target);
         }
         Leftover::Nic { mac, netdev, tap } => {

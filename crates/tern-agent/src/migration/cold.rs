@@ -9,6 +9,8 @@
 //! (source) undefines and deletes source disks only when asked, and only
 //! after the destination verified its copies.
 
+use super::cold_durable::{durability, sync_in_background};
+pub use super::cold_durable::{ensure_durable, settle_markers};
 use super::Job;
 use crate::error::{AgentError, Result};
 use crate::Agent;
@@ -19,13 +21,13 @@ use tern_migrate::protocol::{ColdFile, ColdTarget};
 use tern_migrate::{JobKind, MigrateOptions};
 use tern_model::{DiskDevice, Domain};
 use tern_qemu::img;
-use tern_transfer::durable::{self, Durability, Pending};
+use tern_transfer::durable::Durability;
 use tern_transfer::{Compression, ReceiveOptions, Receiver, SendOptions, SessionId, Stats};
 
 /// Receivers of one cold migration on the destination.
 #[derive(Debug, Default)]
 pub struct Incoming {
-    /// (file, final path, the receiver's result when it ends).
+    /// (file, where it is received, the receiver's result when it ends).
     pub files: Vec<(
         ColdFile,
         PathBuf,
@@ -33,6 +35,9 @@ pub struct Incoming {
     )>,
     /// Cancel tokens.
     pub cancels: Vec<tern_transfer::CancelToken>,
+    /// Files bound for an export only QEMU reaches: (file id, where it is
+    /// received, its path in the pool), written there at Finish.
+    pub uploads: Vec<(u32, PathBuf, PathBuf)>,
     /// With `--tls`: the TLS listeners in front of the receivers (which
     /// then listen on loopback only).
     pub fronts: Vec<super::cold_tls::Front>,
@@ -67,68 +72,160 @@ fn session_id(hex: &str) -> Result<SessionId> {
 }
 
 /// Source, Begin: every file of every disk, top image first, backing after.
-pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
+pub async fn describe(agent: &Agent, d: &Domain, copy_exports: bool) -> Result<Vec<ColdFile>> {
     let mut out: Vec<ColdFile> = Vec::new();
     for disk in &d.devices.disks {
-        let Some(top) = &disk.source else { continue };
         if disk.device == DiskDevice::Cdrom {
             continue;
         }
+        let Some(top) = disk_file(agent, disk).await? else {
+            continue;
+        };
+        let top = &top;
         // The disk's own format, never a guess: a raw disk may hold a
         // qcow2 header the guest wrote, naming any host file as backing.
         let format = match disk.format {
             tern_model::DiskFormat::Raw => "raw",
             tern_model::DiskFormat::Qcow2 => "qcow2",
         };
-        for (depth, link) in img::backing_chain(top, format)
-            .await?
-            .into_iter()
-            .enumerate()
-        {
-            let (path, info) = (link.path, link.info);
-            let meta = std::fs::metadata(&path).map_err(|e| AgentError::state(&path, e))?;
-            use std::os::unix::fs::MetadataExt;
-            let volume = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| AgentError::Invalid(format!("{} has no file name", path.display())))?
-                .to_string();
-            if out
-                .iter()
-                .any(|f| f.volume == volume && f.source_path != path)
-            {
-                return Err(AgentError::Conflict(format!(
-                    "two disk files are both named '{volume}'; they would collide in the destination pool"
-                )));
+        let url = agent.pools.img_path(top).await;
+        if url != *top {
+            // On an export only QEMU reaches: shared, so it stays in place
+            // unless the operator named a pool to copy it into.
+            if copy_exports {
+                let f = exported_file(agent, disk, top, &url, format, out.len()).await?;
+                out.push(f);
             }
-            let backing_volume = info
-                .backing
-                .as_ref()
-                .and_then(|b| b.file_name())
-                .and_then(|n| n.to_str())
-                .map(str::to_string);
-            if !out.iter().any(|f| f.source_path == path) {
-                out.push(ColdFile {
-                    id: out.len() as u32,
-                    target: disk.target_dev.clone(),
-                    depth: depth as u32,
-                    pool: agent.pools.pool_of(&path).await.map(|p| p.name),
-                    volume,
-                    format: link.format.clone(),
-                    size: meta.len(),
-                    allocated: meta.blocks() * 512,
-                    backing_volume,
-                    mac_key: Some(super::cold_mac::key_for(
-                        agent,
-                        &session_of(&d.uuid, &path, &meta),
-                    )?),
-                    session: session_of(&d.uuid, &path, &meta),
-                    source_path: path.clone(),
-                });
-            }
+            continue;
         }
+        push_chain(agent, d, disk, top, format, &mut out).await?;
     }
     Ok(out)
+}
+
+/// The file a disk names on this host (its path, or its volume's path
+/// under the pool's target); `None` for a network disk, which stays.
+async fn disk_file(agent: &Agent, disk: &tern_model::Disk) -> Result<Option<PathBuf>> {
+    match (&disk.source, &disk.remote) {
+        (Some(p), None) => Ok(Some(p.clone())),
+        (_, Some(tern_model::DiskRemote::Volume(v))) => {
+            if agent.pools.is_rbd(&v.pool).await {
+                // An RBD image: shared, it stays.
+                return Ok(None);
+            }
+            let (path, _) = agent.pools.volume_slot(&v.pool, &v.volume).await?;
+            Ok(Some(path))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A local disk file and its backing chain, top first.
+async fn push_chain(
+    agent: &Agent,
+    d: &Domain,
+    disk: &tern_model::Disk,
+    top: &std::path::Path,
+    format: &str,
+    out: &mut Vec<ColdFile>,
+) -> Result<()> {
+    for (depth, link) in img::backing_chain(top, format)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        let (path, info) = (link.path, link.info);
+        let meta = std::fs::metadata(&path).map_err(|e| AgentError::state(&path, e))?;
+        use std::os::unix::fs::MetadataExt;
+        let volume = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| AgentError::Invalid(format!("{} has no file name", path.display())))?
+            .to_string();
+        if out
+            .iter()
+            .any(|f| f.volume == volume && f.source_path != path)
+        {
+            return Err(AgentError::Conflict(format!(
+                "two disk files are both named '{volume}'; they would collide in the destination pool"
+            )));
+        }
+        let backing_volume = info
+            .backing
+            .as_ref()
+            .and_then(|b| b.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_string);
+        if !out.iter().any(|f| f.source_path == path) {
+            out.push(ColdFile {
+                id: out.len() as u32,
+                target: disk.target_dev.clone(),
+                depth: depth as u32,
+                pool: agent.pools.pool_of(&path).await.map(|p| p.name),
+                volume,
+                format: link.format.clone(),
+                size: meta.len(),
+                allocated: meta.blocks() * 512,
+                backing_volume,
+                mac_key: Some(super::cold_mac::key_for(
+                    agent,
+                    &session_of(&d.uuid, &path, &meta),
+                )?),
+                session: session_of(&d.uuid, &path, &meta),
+                source_path: path.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A disk file on an export only QEMU reaches, copied out with
+/// `--target-pool`: staged byte for byte into the state directory at
+/// Perform and sent from there. Single files only: a chain's backing names
+/// would have to be rewritten on the export.
+async fn exported_file(
+    agent: &Agent,
+    disk: &tern_model::Disk,
+    path: &std::path::Path,
+    url: &std::path::Path,
+    format: &str,
+    id: usize,
+) -> Result<ColdFile> {
+    let info = img::info(url, format).await?;
+    if info.backing.is_some() {
+        return Err(AgentError::Unsupported(format!(
+            "disk '{}' ({}) has a backing file on an export QEMU reaches over nfs://; a cold copy takes single-file disks from there: flatten it with 'qemu-img convert', or leave it in place (no --target-pool)",
+            disk.target_dev,
+            path.display()
+        )));
+    }
+    let bytes = img::info(url, "raw").await?;
+    let volume = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| AgentError::Invalid(format!("{} has no file name", path.display())))?
+        .to_string();
+    // Never resumed: the export's file may change between attempts, and
+    // the staged copy is made again each time.
+    let session: String = uuid::Uuid::new_v4().simple().to_string();
+    Ok(ColdFile {
+        id: id as u32,
+        target: disk.target_dev.clone(),
+        depth: 0,
+        pool: agent.pools.pool_of(path).await.map(|p| p.name),
+        volume,
+        format: format.to_string(),
+        size: bytes.virtual_size,
+        allocated: if bytes.actual_size > 0 {
+            bytes.actual_size
+        } else {
+            bytes.virtual_size
+        },
+        backing_volume: None,
+        mac_key: Some(super::cold_mac::key_for(agent, &session)?),
+        session,
+        source_path: path.to_path_buf(),
+    })
 }
 
 /// Destination, Prepare: checks, then one receiver per file.
@@ -150,18 +247,29 @@ pub async fn prepare(
                 f.volume
             ))
         })?;
-        let dir = agent.pools.active_dir(&pool).await.map_err(|e| {
-            AgentError::Conflict(format!("the destination cannot take '{}': {e}", f.volume))
-        })?;
-        let path = dir.join(&f.volume);
-        if path.exists() {
+        let (path, exists) = agent
+            .pools
+            .volume_slot(&pool, &f.volume)
+            .await
+            .map_err(|e| {
+                AgentError::Conflict(format!("the destination cannot take '{}': {e}", f.volume))
+            })?;
+        if exists {
             return Err(AgentError::Conflict(format!(
                 "volume '{}' already exists in pool '{pool}' on the destination; delete it or use --target-pool",
                 f.volume
             )));
         }
+        // A pool only QEMU reaches takes the file through a staged copy.
+        let to_export = agent.pools.img_path(&path).await != path;
+        if to_export && (f.depth > 0 || f.backing_volume.is_some()) {
+            return Err(AgentError::Unsupported(format!(
+                "'{}' is part of a backing chain, and pool '{pool}' is reached over nfs://, where a chain's backing names cannot be re-pointed; flatten the disk first, or pass --target-pool with a directory pool",
+                f.volume
+            )));
+        }
         *need.entry(pool.clone()).or_default() += f.allocated;
-        plan.push((f.clone(), path));
+        plan.push((f.clone(), path, to_export));
     }
     for (pool, bytes) in &need {
         let info = agent.pools.info(pool).await?;
@@ -175,7 +283,15 @@ pub async fn prepare(
     }
     let mut incoming = Incoming::default();
     let mut ports = Vec::new();
-    for (f, path) in plan {
+    for (f, path, to_export) in plan {
+        let receive_at = if to_export {
+            let at = super::cold_stage::incoming_path(agent, &f.session)?;
+            super::cold_stage::remove_with_partials(&at);
+            incoming.uploads.push((f.id, at.clone(), path.clone()));
+            at
+        } else {
+            path.clone()
+        };
         let mut ro = ReceiveOptions::new(session_id(&f.session)?);
         ro.mac_key = Some(super::cold_mac::parse(f.mac_key.as_ref())?);
         ro.resume = true;
@@ -186,14 +302,14 @@ pub async fn prepare(
             .max(std::time::Duration::from_secs(5));
         let rx = if o.tls {
             // Only the TLS front reaches it.
-            Receiver::bind(("127.0.0.1", 0), path.clone(), ro).map_err(|e| {
+            Receiver::bind(("127.0.0.1", 0), receive_at.clone(), ro).map_err(|e| {
                 AgentError::Failed(format!(
                     "cannot open a receiver for {}: {e}",
-                    path.display()
+                    receive_at.display()
                 ))
             })?
         } else {
-            bind_receiver(agent, &path, ro)?
+            bind_receiver(agent, &receive_at, ro)?
         };
         if o.tls {
             let front = super::cold_tls::front(agent, rx.local_addr(), source_identity).await?;
@@ -204,7 +320,7 @@ pub async fn prepare(
         }
         incoming.cancels.push(rx.cancel_token());
         let handle = tokio::task::spawn_blocking(move || rx.wait());
-        incoming.files.push((f, path, handle));
+        incoming.files.push((f, receive_at, handle));
     }
     job.event(format!("receiving {} file(s)", incoming.files.len()));
     if o.tls {
@@ -293,12 +409,30 @@ pub async fn send_all(
             let _ = cancel_rx.wait_for(|c| *c).await;
             cancel.cancel();
         });
+        // A file on an export only QEMU reaches is staged first (and the
+        // staged copy removed when this iteration ends).
+        let staged = match super::cold_stage::stage_out(&agent, &f.source_path, &f.session).await {
+            Ok(s) => s,
+            Err(e) => {
+                watcher.abort();
+                return fail(&job, format!("staging {}: {e}", f.volume));
+            }
+        };
+        if staged.is_some() {
+            job.event(format!("{} staged from the export", f.volume));
+        }
+        let path = staged
+            .as_ref()
+            .map_or_else(|| f.source_path.clone(), |s| s.path().to_path_buf());
         // With --tls the sender talks to a local relay that carries each
         // stream to the destination's TLS front.
         let relay = if o.tls {
             match super::cold_tls::relay(&agent, &target.host, port).await {
                 Ok(r) => Some(r),
-                Err(e) => return fail(&job, e.to_string()),
+                Err(e) => {
+                    watcher.abort();
+                    return fail(&job, e.to_string());
+                }
             }
         } else {
             None
@@ -307,7 +441,6 @@ pub async fn send_all(
             Some(r) => (r.addr().ip().to_string(), r.addr().port()),
             None => (target.host.clone(), port),
         };
-        let path = f.source_path.clone();
         let j = job.clone();
         let base = done_before;
         let r = tokio::task::spawn_blocking(move || {
@@ -384,6 +517,9 @@ pub async fn finish(
         for (_, _, h) in incoming.files {
             let _ = h.await;
         }
+        for (_, at, _) in &incoming.uploads {
+            super::cold_stage::remove_with_partials(at);
+        }
         return Ok(());
     }
     let mut placed: Vec<(ColdFile, PathBuf)> = Vec::new();
@@ -429,6 +565,18 @@ pub async fn finish(
             )));
         }
     }
+    // Files bound for an export: written there and checked, then the
+    // definition names them by their path in the pool.
+    let mut local: Vec<PathBuf> = placed.iter().map(|(_, p)| p.clone()).collect();
+    for (id, at, final_path) in &incoming.uploads {
+        let staged = super::cold_stage::adopt(at.clone());
+        super::cold_stage::upload(agent, staged, final_path).await?;
+        local.retain(|p| p != at);
+        if let Some((f, p)) = placed.iter_mut().find(|(f, _)| f.id == *id) {
+            job.event(format!("{} written to the export", f.volume));
+            *p = final_path.clone();
+        }
+    }
     let mut d = job
         .take_offline_def()
         .ok_or_else(|| AgentError::Failed("no prepared definition".into()))?;
@@ -437,6 +585,10 @@ pub async fn finish(
             .iter()
             .find(|(f, _)| f.target == disk.target_dev && f.depth == 0)
         {
+            // A `type='volume'` disk becomes a file disk: the copy's pool
+            // may not be the one the source named.
+            disk.source_type = tern_model::DiskSourceType::File;
+            disk.remote = None;
             disk.source = Some(p.clone());
         }
     }
@@ -447,7 +599,11 @@ pub async fn finish(
         // Backing files first: a top image without a marker then says its
         // whole chain is on disk (see `ensure_durable`).
         placed.sort_by_key(|(f, _)| std::cmp::Reverse(f.depth));
-        let paths: Vec<PathBuf> = placed.into_iter().map(|(_, p)| p).collect();
+        let paths: Vec<PathBuf> = placed
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| local.contains(p))
+            .collect();
         tokio::task::spawn_blocking(move || sync_in_background(&paths));
     }
     if o.auto_start {
@@ -455,91 +611,6 @@ pub async fn finish(
         job.event("started on this host (--auto-start)");
     }
     Ok(())
-}
-
-/// When the destination makes the copies durable. The source keeps its
-/// disks until Confirm, and keeps them for good unless asked to delete
-/// them: while it does, the copies need not be on disk before the
-/// migration reports success, as with cp or rsync, and they are synced in
-/// the background. Deleting the source, or starting the guest on the
-/// copies, waits for the sync first.
-fn durability(o: &MigrateOptions) -> Durability {
-    if o.delete_source_storage || o.auto_start {
-        Durability::Synced
-    } else {
-        Durability::Deferred
-    }
-}
-
-/// Syncs copies received with deferred durability, in order.
-fn sync_in_background(paths: &[PathBuf]) {
-    let t = std::time::Instant::now();
-    for p in paths {
-        match durable::make_durable(p) {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(path = %p.display(), error = %e, "a migrated disk could not be synced; the guest will not start on it");
-                return;
-            }
-        }
-    }
-    tracing::info!(
-        files = paths.len(),
-        ms = t.elapsed().as_millis() as u64,
-        "migrated disks are on disk"
-    );
-}
-
-/// Before a guest boots: every disk received with deferred durability is
-/// synced first, and one whose sync a host restart interrupted is refused.
-pub async fn ensure_durable(d: &Domain) -> Result<()> {
-    for disk in &d.devices.disks {
-        let Some(path) = disk.source.clone() else {
-            continue;
-        };
-        let p = path.clone();
-        let state = tokio::task::spawn_blocking(move || match durable::pending(&p)? {
-            Pending::ThisBoot => durable::make_durable(&p).map(|_| Pending::ThisBoot),
-            other => Ok(other),
-        })
-        .await
-        .map_err(|e| AgentError::Failed(format!("syncing {}: {e}", path.display())))?
-        .map_err(|e| AgentError::state(&path, e))?;
-        if state == Pending::EarlierBoot {
-            return Err(AgentError::Conflict(format!(
-                "disk {} of '{}' may be incomplete: this host restarted before the migrated copy reached the disk; migrate the guest again from its source, or delete {} if you know the disk is whole",
-                path.display(),
-                d.name,
-                durable::marker_path(&path).display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// At agent start: copies of this boot still waiting for their sync are
-/// synced; those of an earlier boot are reported (a guest will not boot on
-/// them, see [`ensure_durable`]).
-pub fn settle_markers(dirs: Vec<PathBuf>) {
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(file) = name.to_str().and_then(|n| n.strip_suffix(".tern-unsynced")) else {
-                continue;
-            };
-            let path = dir.join(file);
-            match durable::pending(&path) {
-                Ok(Pending::ThisBoot) => sync_in_background(&[path]),
-                Ok(Pending::EarlierBoot) => {
-                    tracing::warn!(path = %path.display(), "a migrated disk may be incomplete: the host restarted before it reached the disk")
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// The backing file's path as QEMU opens it: a relative name is relative

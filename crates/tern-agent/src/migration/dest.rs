@@ -59,7 +59,7 @@ fn repeated_finish(agent: &Agent, req: &FinishRequest) -> Option<FinishReply> {
     })
 }
 
-pub(super) fn remove_created(job: &Job) {
+pub(super) async fn remove_created(agent: &Agent, job: &Job) {
     let files = std::mem::take(&mut *job.created.lock().unwrap_or_else(|p| p.into_inner()));
     if !files.is_empty() {
         job.event(format!(
@@ -67,7 +67,7 @@ pub(super) fn remove_created(job: &Job) {
             files.len()
         ));
     }
-    super::storage::remove_files(&files);
+    super::storage::remove_files(agent, &files).await;
 }
 
 async fn start_incoming(
@@ -126,6 +126,18 @@ async fn start_incoming(
         (None, Some(l)) if l != "0.0.0.0" && l != "::" => l.clone(),
         _ => agent.migration_address(),
     };
+    if !req.disks.is_empty() {
+        // Holes arrive as holes (see `sparse`); only a cost if it fails.
+        let live = slot.inner.lock().await.run.as_ref().map(|r| r.live.clone());
+        if let Some(live) = live {
+            *job.receiving.lock().unwrap_or_else(|p| p.into_inner()) = req.disks.clone();
+            if let Err(err) = super::sparse::set_unmap(agent, &qmp, &live, &req.disks, true).await {
+                job.event(format!(
+                    "disks arrive without unmapping zeros (holes get allocated): {err}"
+                ));
+            }
+        }
+    }
     if o.tunnelled {
         return tunnelled_incoming(agent, &qmp, req, job, &listen, &advertise).await;
     }
@@ -279,6 +291,20 @@ pub(super) async fn resume_here(
     }
     if o.copies_storage() {
         let _ = qmp.execute("nbd-server-stop", None).await;
+        // The disks as their definition says, before the guest runs here.
+        if let Some(run) = e.run.as_ref() {
+            let disks = job
+                .receiving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Err(err) = super::sparse::set_unmap(agent, &qmp, &run.live, &disks, false).await
+            {
+                job.event(format!(
+                    "warning: the received disks keep discard=unmap: {err}"
+                ));
+            }
+        }
     }
     faults::point(agent, "dest-before-cont").await;
     if o.suspend {

@@ -49,6 +49,9 @@ pub struct Job {
     offline_def: Mutex<Option<tern_model::Domain>>,
     /// Files the destination created for this migration (removed on failure).
     pub created: Mutex<Vec<std::path::PathBuf>>,
+    /// Disks the destination receives over NBD, reopened to unmap zeros
+    /// until the guest runs (see `sparse`).
+    pub receiving: Mutex<Vec<tern_migrate::protocol::DiskCopy>>,
     /// Receivers of a cold migration (destination).
     pub cold: Mutex<Option<cold::Incoming>>,
     /// The tunnel's ends, with `--tunnelled`.
@@ -99,6 +102,7 @@ impl Job {
             postcopy_hold: watch::channel(false).0,
             offline_def: Mutex::new(None),
             created: Mutex::new(Vec::new()),
+            receiving: Mutex::new(Vec::new()),
             cold: Mutex::new(None),
             tunnel: Mutex::new(None),
             changed: watch::channel(0).0,

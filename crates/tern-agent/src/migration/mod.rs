@@ -5,7 +5,9 @@
 //! (`domjobinfo`, `domjobabort`, speed and downtime).
 
 pub mod cold;
+mod cold_durable;
 pub mod cold_mac;
+pub mod cold_stage;
 pub mod cold_tls;
 pub mod dest;
 pub mod forecast;
@@ -16,6 +18,7 @@ pub mod qemu_tls;
 pub mod record;
 pub mod recover;
 pub mod source;
+mod sparse;
 pub mod storage;
 pub mod tunnel;
 

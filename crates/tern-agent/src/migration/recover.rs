@@ -405,7 +405,7 @@ async fn discard_slot(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>
         }
     }
     super::dest::discard(agent, slot).await;
-    super::dest::remove_created(job);
+    super::dest::remove_created(agent, job).await;
 }
 
 /// Destination: the orphan timer of a prepared migration. While the

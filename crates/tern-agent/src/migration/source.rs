@@ -190,8 +190,9 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
     };
     let files = if o.cold {
         // Disks on an export QEMU reaches itself (netfs pools without a
-        // kernel mount, network disks) are shared: they stay in place.
-        super::cold::describe(agent, &agent.pools.resolve_disks(&d).await?).await?
+        // kernel mount, network disks) are shared: they stay in place,
+        // unless `--target-pool` names where to copy them.
+        super::cold::describe(agent, &d, o.target_pool.is_some()).await?
     } else {
         Vec::new()
     };
@@ -295,7 +296,11 @@ async fn perform_cold(
     job.update(|i| i.operation = "Cold migration".into());
     if !req.options.unsafe_ {
         let def = slot.inner.lock().await.def.clone();
-        if let Err(e) = agent.pools.prove_shared_cold(&def, &req.id).await {
+        if let Err(e) = agent
+            .pools
+            .prove_shared_cold(&def, &req.files, &req.id)
+            .await
+        {
             super::perform::fail(&job, &e);
             return Err(e);
         }
@@ -408,18 +413,7 @@ pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
                     .await
                     .def
                     .clone();
-                for disk in def
-                    .devices
-                    .disks
-                    .iter()
-                    .filter(|k| k.device != tern_model::DiskDevice::Cdrom)
-                {
-                    if let Some(p) = &disk.source {
-                        if std::fs::remove_file(p).is_ok() {
-                            job.event(format!("deleted source disk {}", p.display()));
-                        }
-                    }
-                }
+                delete_sent_disks(agent, &job, &def, &req.options).await;
             }
             if req.options.undefine_source {
                 agent.undefine(&req.name, false).await?;
@@ -464,6 +458,28 @@ pub async fn confirm(agent: &Arc<Agent>, req: ConfirmRequest) -> Result<()> {
         end_failed(agent, &job);
     }
     Ok(())
+}
+
+/// `--delete-source-storage` after a cold copy the destination verified:
+/// the disks that were sent go (a disk on an export QEMU reaches was sent
+/// only with `--target-pool`; otherwise it is the destination's disk too).
+async fn delete_sent_disks(agent: &Agent, job: &Job, def: &tern_model::Domain, o: &MigrateOptions) {
+    for disk in def
+        .devices
+        .disks
+        .iter()
+        .filter(|k| k.device != tern_model::DiskDevice::Cdrom)
+    {
+        let Some(p) = &disk.source else { continue };
+        let on_export = agent.pools.img_path(p).await != *p;
+        if on_export && o.target_pool.is_none() {
+            continue;
+        }
+        match agent.pools.remove_path(p).await {
+            Ok(()) => job.event(format!("deleted source disk {}", p.display())),
+            Err(e) => job.event(format!("cannot delete source disk {}: {e}", p.display())),
+        }
+    }
 }
 
 /// The destination runs the guest: stops this copy for good (and removes

@@ -45,7 +45,8 @@ pub async fn describe(agent: &Agent, d: &Domain, o: &MigrateOptions) -> Result<V
             DiskFormat::Raw => "raw",
         };
         // Never probed: a raw disk may carry a qcow2 header its guest wrote.
-        let info = img::info(src, format).await?;
+        // A file on an export QEMU reaches is read on its nfs:// URL.
+        let info = img::info(&agent.pools.img_path(src).await, format).await?;
         let pool = agent.pools.pool_of(src).await.map(|p| p.name);
         let volume = src
             .file_name()
@@ -99,14 +100,17 @@ pub async fn create_volumes(
                 dc.target
             ))
         })?;
-        let dir = agent.pools.active_dir(&pool).await.map_err(|e| {
-            AgentError::Conflict(format!(
+        let (path, exists) = agent
+            .pools
+            .volume_slot(&pool, &dc.volume)
+            .await
+            .map_err(|e| {
+                AgentError::Conflict(format!(
                 "the destination cannot hold disk '{}': {e}; create the pool or pass --target-pool",
                 dc.target
             ))
-        })?;
-        let path = dir.join(&dc.volume);
-        if path.exists() {
+            })?;
+        if exists {
             return Err(AgentError::Conflict(format!(
                 "volume '{}' already exists in pool '{pool}' on the destination; remove it or use --target-pool",
                 dc.volume
@@ -154,11 +158,19 @@ pub async fn create_volumes(
             _ => None,
         };
         let size = Some(dc.virtual_size);
-        if let Err(e) = img::create(path, &dc.format, size, backing).await {
-            remove_files(&created);
+        // A volume of a pool QEMU reaches over NFS is created on its URL.
+        let at = agent.pools.img_path(path).await;
+        if let Err(e) = img::create(&at, &dc.format, size, backing).await {
+            remove_files(agent, &created).await;
             return Err(e.into());
         }
         created.push(path.clone());
+        if at == *path {
+            // QEMU's own user reopens it while it arrives (see `sparse`).
+            if let Err(e) = crate::confine::user::hand_over(path, agent.qemu_user.as_ref()) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot give a received volume to QEMU's user");
+            }
+        }
         if let Some(disk) = d
             .devices
             .disks
@@ -171,10 +183,13 @@ pub async fn create_volumes(
     Ok(created)
 }
 
-/// Removes files, ignoring ones already gone.
-pub fn remove_files(files: &[PathBuf]) {
+/// Removes volume files this migration created, in a directory or on an
+/// NFS export, ignoring ones already gone.
+pub async fn remove_files(agent: &Agent, files: &[PathBuf]) {
     for f in files {
-        let _ = std::fs::remove_file(f);
+        if let Err(e) = agent.pools.remove_path(f).await {
+            tracing::warn!(path = %f.display(), error = %e, "cannot remove a volume created for a migration");
+        }
     }
 }
 
@@ -277,8 +292,10 @@ pub async fn mirror(
         .clone()
         .unwrap_or_else(|| json!({"type": "inet", "host": nbd.host, "port": nbd.port.to_string()}));
     for (dev, export) in &nbd.exports {
+        // `discard=unmap` on this node lets the mirror's zero writes ask
+        // the destination to unmap (see `sparse`); the guest never sees it.
         let mut node = json!({"driver": "nbd", "node-name": target_node(dev),
-                              "server": server, "export": export});
+                              "server": server, "export": export, "discard": "unmap"});
         if o.tls {
             node["tls-creds"] = json!(TLS_CREDS_ID);
             node["tls-hostname"] = json!(nbd.host);

@@ -114,14 +114,18 @@ impl Pools {
                         let _ = e.remove(&name).await;
                     }
                 }
+                // Only netfs pools carry tokens.
+                Store::Rbd(_) => {}
             }
         }
     }
 
     /// Source, Perform of a cold migration: the same proof for the disks
-    /// it does not send (those on an export only QEMU reaches here).
-    pub async fn prove_shared_cold(&self, d: &Domain, id: &Uuid) -> Result<()> {
-        let pools = self.netfs_pools_of(d, |_| true, true).await;
+    /// it does not send (those on an export only QEMU reaches here, unless
+    /// `--target-pool` copies them).
+    pub async fn prove_shared_cold(&self, d: &Domain, files: &[ColdFile], id: &Uuid) -> Result<()> {
+        let stays = |k: &Disk| !files.iter().any(|f| f.target == k.target_dev);
+        let pools = self.netfs_pools_of(d, stays, true).await;
         check_tokens(pools, id).await
     }
 }
@@ -142,6 +146,7 @@ async fn leave_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
                 .write_small(&name, id.to_string().as_bytes())
                 .await
                 .map_err(|e| fail(e.to_string()))?,
+            Store::Rbd(_) => {}
         }
     }
     Ok(())
@@ -169,6 +174,7 @@ async fn check_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
                 }
                 t
             }
+            Store::Rbd(_) => continue,
         };
         if found.as_deref() != Some(id.to_string().as_bytes()) {
             return Err(AgentError::Conflict(format!(

@@ -6,9 +6,10 @@
 
 use super::{Pools, Store};
 use crate::error::{AgentError, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tern_model::{
     Disk, DiskRemote, DiskSourceType, Domain, NetHost, NetProtocol, NetfsSource, NetworkSource,
+    RbdSource,
 };
 
 /// The network source QEMU opens a file of an export by.
@@ -20,6 +21,18 @@ fn nfs_source(src: &NetfsSource, file: &str) -> DiskRemote {
             name: src.host.clone(),
             port: None,
         }],
+        auth: None,
+    })
+}
+
+/// The network source QEMU opens an image of an rbd pool by: the pool's
+/// monitors and credentials, as libvirt builds it for a volume disk.
+fn rbd_source(src: &RbdSource, image: &str) -> DiskRemote {
+    DiskRemote::Network(NetworkSource {
+        protocol: NetProtocol::Rbd,
+        name: format!("{}/{image}", src.name),
+        hosts: src.hosts.clone(),
+        auth: src.auth.clone(),
     })
 }
 
@@ -59,6 +72,7 @@ impl Pools {
                             disk.source = Some(dir.join(&v.volume));
                         }
                         Store::Nfs { src, .. } => as_network(disk, nfs_source(&src, &v.volume)),
+                        Store::Rbd(src) => as_network(disk, rbd_source(&src, &v.volume)),
                     }
                 }
                 (Some(path), None) if disk.source_type == DiskSourceType::File => {
@@ -74,6 +88,38 @@ impl Pools {
             }
         }
         Ok(out)
+    }
+}
+
+impl Pools {
+    /// Refuses `d` (disks resolved) when Ceph does not take the credentials
+    /// of one of its rbd disks or the image is missing, naming the disk:
+    /// checked with the `rbd` CLI before QEMU, which would retry a wrong key
+    /// for minutes. Disks without monitors (read from the host's ceph.conf)
+    /// are left to QEMU.
+    pub async fn check_rbd_disks(&self, d: &Domain) -> Result<()> {
+        for disk in &d.devices.disks {
+            let Some(DiskRemote::Network(n)) = &disk.remote else {
+                continue;
+            };
+            if n.protocol != NetProtocol::Rbd || n.hosts.is_empty() || disk.source.is_some() {
+                continue;
+            }
+            let name = n.name.trim_start_matches('/');
+            let Some((pool, image)) = name.split_once('/') else {
+                continue;
+            };
+            let src = RbdSource {
+                hosts: n.hosts.clone(),
+                name: pool.to_string(),
+                auth: n.auth.clone(),
+            };
+            let what = format!("disk '{}' of domain '{}'", disk.target_dev, d.name);
+            super::rbd::Cluster::for_disk(what, &src, &self.secrets)
+                .probe_image(image)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -146,6 +192,15 @@ pub async fn block_source(pools: &Pools, disk: &Disk) -> Option<String> {
         (None, Some(DiskRemote::Volume(v))) => {
             let m = pools.pools.lock().await;
             Some(match m.get(&v.pool) {
+                Some(p) if p.def.rbd.is_some() => {
+                    let r = p
+                        .def
+                        .rbd
+                        .as_ref()
+                        .map(|r| r.name.as_str())
+                        .unwrap_or_default();
+                    format!("rbd:{r}/{}", v.volume)
+                }
                 Some(p) => p.def.target.join(&v.volume).display().to_string(),
                 None => format!("{}/{}", v.pool, v.volume),
             })
@@ -184,6 +239,83 @@ impl Pools {
                 crate::netfs::Export::new(&src).remove(&file).await.ok()?;
                 Some(shown)
             }
+            Store::Rbd(src) => {
+                let pool = match &disk.remote {
+                    Some(DiskRemote::Volume(v)) => v.pool.clone(),
+                    _ => return None,
+                };
+                super::rbd::Cluster::new(&pool, &src, &self.secrets)
+                    .delete(&file)
+                    .await
+                    .ok()?;
+                Some(shown)
+            }
+        }
+    }
+}
+
+impl Pools {
+    /// Where a volume named `volume` of active pool `pool` would be, as a
+    /// disk names it (a path under the pool's target), and whether it
+    /// exists already: a file in a directory, or a file on an export that
+    /// only QEMU and the agent's NFS client reach.
+    pub async fn volume_slot(&self, pool: &str, volume: &str) -> Result<(PathBuf, bool)> {
+        tern_model::names::validate_name("volume", volume)?;
+        match self.active_store(pool).await? {
+            Store::Dir(dir) => {
+                let p = dir.join(volume);
+                let exists = p.exists();
+                Ok((p, exists))
+            }
+            Store::Nfs { src, target } => {
+                let exists = crate::netfs::Export::new(&src)
+                    .exists(volume)
+                    .await
+                    .map_err(|e| AgentError::Failed(format!("storage pool '{pool}': {e}")))?;
+                Ok((target.join(volume), exists))
+            }
+            Store::Rbd(_) => Err(AgentError::Unsupported(format!(
+                "storage pool '{pool}' is an rbd pool: copying a disk into it is not supported; use a dir or netfs pool, or keep the disk on RBD and migrate without copying storage"
+            ))),
+        }
+    }
+
+    /// Whether `pool` is an active RBD pool (its volumes are shared images,
+    /// never files).
+    pub async fn is_rbd(&self, pool: &str) -> bool {
+        matches!(self.active_store(pool).await, Ok(Store::Rbd(_)))
+    }
+
+    /// What qemu-img opens for `path`: the path itself, or the `nfs://`
+    /// URL of a file under a pool QEMU reaches over NFS.
+    pub async fn img_path(&self, path: &Path) -> PathBuf {
+        match (self.store_holding(path).await, path.file_name()) {
+            (Some(Store::Nfs { src, .. }), Some(f)) => PathBuf::from(src.url(&f.to_string_lossy())),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Removes the file a disk path names (see [`Pools::img_path`]);
+    /// a file already gone is not an error.
+    pub async fn remove_path(&self, path: &Path) -> Result<()> {
+        match (self.store_holding(path).await, path.file_name()) {
+            (Some(Store::Nfs { src, .. }), Some(f)) => {
+                let export = crate::netfs::Export::new(&src);
+                let f = f.to_string_lossy();
+                let gone = !export.exists(&f).await.unwrap_or(true);
+                if gone {
+                    return Ok(());
+                }
+                export.remove(&f).await.map_err(|e| {
+                    AgentError::Failed(format!("cannot remove {}: {e}", path.display()))
+                })
+            }
+            _ => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(AgentError::state(path, e))
+                }
+                _ => Ok(()),
+            },
         }
     }
 }

@@ -52,6 +52,7 @@ impl Request {
             | Request::VolCreateAs { .. }
             | Request::VolDelete { .. } => false,
             Request::Migration(m) => m.is_read_only(),
+            Request::Secret(s) => s.is_read_only(),
         }
     }
 
@@ -206,6 +207,7 @@ mod tests {
                     target: "/p".into(),
                     shared: false,
                     netfs: None,
+                    rbd: None,
                 },
                 false,
             ),
@@ -460,7 +462,8 @@ mod tests {
             | Request::VolDelete { .. }
             | Request::ServerInfo
             | Request::FenceLease { .. }
-            | Request::Events { .. } => {}
+            | Request::Events { .. }
+            | Request::Secret(_) => {}
             Request::Migration(m) => match m {
                 MigrationRequest::MigrateBegin { .. }
                 | MigrationRequest::MigratePrepare { .. }

@@ -143,6 +143,7 @@ fn parse_disk(node: Node) -> Result<Disk> {
     let mut serial = None;
     let mut address = None;
     let mut remote = None;
+    let mut auth = None;
     let names_no_path = matches!(
         source_type,
         DiskSourceType::Network | DiskSourceType::Volume
@@ -160,6 +161,9 @@ fn parse_disk(node: Node) -> Result<Disk> {
             )?,
             "source" => set_once(&mut source, parse_disk_source(child, source_type)?, child)?,
             "target" => set_once(&mut target, parse_disk_target(child)?, child)?,
+            "auth" if source_type == DiskSourceType::Network => {
+                set_once(&mut auth, super::netdisk::parse_auth(child)?, child)?
+            }
             "readonly" => readonly = true,
             "shareable" => shareable = true,
             // The backing chain as libvirt probed it; Tern reads it from the image.
@@ -175,6 +179,7 @@ fn parse_disk(node: Node) -> Result<Disk> {
         discard,
         detect_zeroes,
     } = driver.unwrap_or_default();
+    super::netdisk::attach_auth(&mut remote, auth)?;
     let (target_dev, target_bus) = target.ok_or_else(|| missing("<disk><target dev=...>"))?;
     Ok(Disk {
         source_type,

@@ -6,8 +6,8 @@ use super::export_guest::{
 };
 use crate::domain::{
     BootDevice, CacheMode, CharDev, Console, Cpu, CpuMode, Devices, Disk, DiskBus, DiskDevice,
-    DiskFormat, DiskSourceType, Domain, Graphics, Interface, InterfaceKind, LifecycleAction, Os,
-    Serial,
+    DiskFormat, DiskRemote, DiskSourceType, Domain, Graphics, Interface, InterfaceKind,
+    LifecycleAction, NetworkSource, Os, Serial,
 };
 use std::path::Path;
 
@@ -251,6 +251,13 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
                 w.empty("host", h);
             }
             w.close("source");
+        }
+        if let DiskRemote::Network(NetworkSource { auth: Some(a), .. }) = remote {
+            // Under <disk>, where virt-install and OpenStack write it.
+            let (auth, secret) = super::netdisk::auth_attrs(a);
+            w.open("auth", auth);
+            w.empty("secret", secret);
+            w.close("auth");
         }
     }
     let bus = match disk.target_bus {

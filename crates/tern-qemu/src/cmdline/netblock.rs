@@ -4,7 +4,8 @@
 
 use super::{cache_flags, file_node};
 use serde_json::{json, Value};
-use tern_model::{Disk, NetProtocol, NetworkSource};
+use std::path::{Path, PathBuf};
+use tern_model::{Disk, DiskRemote, Domain, NetProtocol, NetworkSource};
 
 /// The protocol node for `n`, named like a file disk's protocol node.
 fn protocol_node(disk: &Disk, n: &NetworkSource, read_only: bool) -> Value {
@@ -28,7 +29,22 @@ fn protocol_node(disk: &Disk, n: &NetworkSource, read_only: bool) -> Value {
             let (pool, image) = split_first(&n.name);
             let mut v = json!({"driver": "rbd", "pool": pool, "image": image});
             if !n.hosts.is_empty() {
-                v["server"] = servers(n, 6789);
+                // rbd's servers are InetSocketAddressBase: no "type" (QEMU
+                // refuses `server[0].type`), unlike gluster's SocketAddress.
+                let mut list = servers(n, 6789);
+                if let Value::Array(items) = &mut list {
+                    for i in items {
+                        if let Value::Object(o) = i {
+                            o.remove("type");
+                        }
+                    }
+                }
+                v["server"] = list;
+            }
+            if let Some(a) = &n.auth {
+                v["user"] = json!(a.username);
+                v["key-secret"] = json!(disk_secret_id(&disk.target_dev));
+                v["auth-client-required"] = json!(["cephx"]);
             }
             v
         }
@@ -49,6 +65,41 @@ fn protocol_node(disk: &Disk, n: &NetworkSource, read_only: bool) -> Value {
     v["cache"] = json!({"direct": direct, "no-flush": no_flush});
     v["read-only"] = json!(read_only);
     v
+}
+
+/// The id of the `secret` object holding the cephx key of disk `dev`.
+pub fn disk_secret_id(target_dev: &str) -> String {
+    format!("sec-{target_dev}")
+}
+
+/// Where the agent puts the cephx key of disk `dev` for QEMU: a file of
+/// mode 0600 in the run directory, read once by `-object secret,file=`
+/// (the key is never on QEMU's command line).
+pub fn disk_secret_file(run_dir: &Path, target_dev: &str) -> PathBuf {
+    run_dir.join(format!("{}.key", disk_secret_id(target_dev)))
+}
+
+/// `-object secret,id=sec-DEV,file=RUN/sec-DEV.key,format=base64` for every
+/// rbd disk with `<auth>`, before the `-blockdev`s that name them.
+pub(super) fn secret_objects(d: &Domain, run_dir: &Path, a: &mut Vec<String>) {
+    for disk in &d.devices.disks {
+        let Some(DiskRemote::Network(n)) = &disk.remote else {
+            continue;
+        };
+        if disk.source.is_some() || n.auth.is_none() {
+            continue;
+        }
+        a.push("-object".into());
+        a.push(format!(
+            "secret,id={},file={},format=base64",
+            disk_secret_id(&disk.target_dev),
+            super::escape_comma(
+                &disk_secret_file(run_dir, &disk.target_dev)
+                    .display()
+                    .to_string()
+            )
+        ));
+    }
 }
 
 fn host(n: &NetworkSource, i: usize) -> String {
@@ -106,6 +157,7 @@ mod tests {
                     port: *p,
                 })
                 .collect(),
+            auth: None,
         };
         let d = Disk {
             source_type: DiskSourceType::Network,
@@ -145,6 +197,36 @@ mod tests {
     }
 
     #[test]
+    fn rbd_with_auth_names_a_secret_object_never_the_key() {
+        let (mut d, mut n) = disk(NetProtocol::Rbd, "tern/img", &[("127.0.0.1", Some(6790))]);
+        n.auth = Some(tern_model::CephAuth {
+            username: "qemu".into(),
+            secret: tern_model::SecretRef::Usage("client.qemu secret".into()),
+        });
+        d.remote = Some(DiskRemote::Network(n.clone()));
+        let v: Value = serde_json::from_str(&protocol_blockdev(&d, &n, false)).unwrap();
+        assert_eq!(v["user"], "qemu");
+        assert_eq!(v["key-secret"], "sec-vda");
+        assert_eq!(v["auth-client-required"], json!(["cephx"]));
+        assert_eq!(v["server"][0]["port"], "6790");
+        assert!(v["server"][0].get("type").is_none(), "{v}");
+        let mut dom = tern_model::xml::parse_domain(
+            "<domain type='kvm'><name>r</name><memory>65536</memory><os><type>hvm</type></os></domain>",
+        )
+        .unwrap();
+        dom.devices.disks.push(d);
+        let mut a = Vec::new();
+        secret_objects(&dom, Path::new("/run/t/r"), &mut a);
+        assert_eq!(
+            a,
+            [
+                "-object",
+                "secret,id=sec-vda,file=/run/t/r/sec-vda.key,format=base64"
+            ]
+        );
+    }
+
+    #[test]
     fn rbd_gluster_and_iscsi_split_their_names() {
         let v = node(NetProtocol::Rbd, "pool/img", &[("mon1", None)]);
         assert_eq!(
@@ -152,6 +234,7 @@ mod tests {
             (Some("pool"), Some("img"))
         );
         assert_eq!(v["server"][0]["port"], "6789");
+        assert!(v.get("key-secret").is_none() && v.get("user").is_none());
         let v = node(
             NetProtocol::Gluster,
             "vol/dir/a.qcow2",

@@ -35,7 +35,7 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     }
     let slot = match agent.domains.find(&req.name) {
         Ok(s) => s,
-        Err(e) => return incoming_gone(agent, &job, &req, e),
+        Err(e) => return incoming_gone(agent, &job, &req, e).await,
     };
     let r = if req.success {
         take_over(agent, &slot, &job, &req).await?
@@ -82,7 +82,7 @@ async fn finish_cold(
 /// The incoming QEMU is gone already (it exits when the stream is cut by a
 /// cancel): the job ends rather than stay in Finish, where it would refuse
 /// every later migration of this guest, and the volumes made for it go.
-fn incoming_gone(
+async fn incoming_gone(
     agent: &Arc<Agent>,
     job: &Arc<Job>,
     req: &FinishRequest,
@@ -90,7 +90,7 @@ fn incoming_gone(
 ) -> Result<FinishReply> {
     job.event("the incoming guest is gone already");
     job.close_tunnel(true);
-    remove_created(job);
+    remove_created(agent, job).await;
     job.advance(Phase::Failed)?;
     agent.jobs.finish(job);
     if req.success {
@@ -119,7 +119,7 @@ async fn take_over(
             job.close_tunnel(true);
             if !req.options.keep_dest_on_failure {
                 discard(agent, slot).await;
-                remove_created(job);
+                remove_created(agent, job).await;
             }
             job.advance(Phase::Failed)?;
             Ok(reply(false, Some(e.to_string())))
@@ -140,7 +140,7 @@ async fn give_up(
         job.event("migration failed; keeping the paused destination for debugging");
     } else {
         discard(agent, slot).await;
-        remove_created(job);
+        remove_created(agent, job).await;
         job.event("migration failed; destination cleaned");
     }
     job.advance(Phase::Failed)?;

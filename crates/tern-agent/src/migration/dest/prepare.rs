@@ -90,6 +90,23 @@ async fn admit(agent: &Arc<Agent>, req: &PrepareRequest) -> Result<Option<Arc<Do
             d.uuid
         )));
     }
+    if !req.options.offline {
+        // A guest whose rbd disks need a secret this host lacks would only
+        // fail when its QEMU starts: refuse before anything is created.
+        // (A disk that does not resolve here fails later, as before.)
+        if let Ok(resolved) = agent.pools.resolve_disks(d).await {
+            agent
+                .pools
+                .secrets
+                .check_domain(&resolved)
+                .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
+            agent
+                .pools
+                .check_rbd_disks(&resolved)
+                .await
+                .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
+        }
+    }
     if !req.options.unsafe_ && !req.options.offline && !req.options.cold {
         super::super::source::check_storage(agent, d, &req.options)
             .await
@@ -246,7 +263,7 @@ async fn listening(
 async fn roll_back(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>) {
     job.close_tunnel(true);
     discard(agent, slot).await;
-    remove_created(job);
+    remove_created(agent, job).await;
     let _ = job.advance(Phase::Failed);
     agent.jobs.finish(job);
 }

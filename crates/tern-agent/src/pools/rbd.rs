@@ -1,0 +1,393 @@
+//! rbd pools: volumes are RBD images in a Ceph pool, managed with the `rbd`
+//! and `ceph` CLIs (Debian's ceph-common) and opened by QEMU through librbd.
+//!
+//! The tools get the monitors with `-m`, the cephx id with `--id` and the
+//! key as a file (`--keyfile`: the secret's stored value, mode 0600), never
+//! on their command line. `-c /dev/null` keeps a host's own
+//! /etc/ceph/ceph.conf out of it, as libvirt does (it sets every option
+//! itself).
+
+use super::Secrets;
+use crate::error::{AgentError, Result};
+use serde::Deserialize;
+use std::path::PathBuf;
+use tern_model::{RbdSource, VolumeInfo};
+use tokio::process::Command;
+
+/// How long one `rbd`/`ceph` call may take: an unreachable monitor
+/// otherwise hangs it for minutes.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// librados' own limit on reaching the monitors (`client_mount_timeout`,
+/// 300 s by default): a wrong key makes it retry until then, silently.
+const MOUNT_TIMEOUT_SECS: &str = "10";
+
+/// Refuses a definition that cannot reach a cluster.
+pub(super) fn check_source(src: &RbdSource) -> Result<()> {
+    if src.hosts.is_empty() {
+        return Err(AgentError::Invalid(
+            "an rbd pool needs its monitors; give --source-host MON[:PORT]".into(),
+        ));
+    }
+    for h in &src.hosts {
+        let ok = !h.name.is_empty()
+            && h.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+        if !ok {
+            return Err(AgentError::Invalid(format!(
+                "monitor '{}' is not a host name or address; give --source-host MON[:PORT]",
+                h.name
+            )));
+        }
+    }
+    let name_ok = !src.name.is_empty()
+        && src
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(AgentError::Invalid(format!(
+            "Ceph pool '{}' is not a plain pool name; give --source-name POOL",
+            src.name
+        )));
+    }
+    if let Some(a) = &src.auth {
+        a.check().map_err(|e| AgentError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// One rbd pool's view of its cluster.
+pub(super) struct Cluster<'a> {
+    pool: &'a str,
+    /// What messages name: "storage pool 'P'" or "disk 'vda' of domain 'D'".
+    what: String,
+    src: &'a RbdSource,
+    secrets: &'a Secrets,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    image: String,
+    size: u64,
+}
+
+#[derive(Deserialize)]
+struct Du {
+    images: Vec<DuImage>,
+}
+
+#[derive(Deserialize)]
+struct DuImage {
+    #[serde(default)]
+    used_size: u64,
+    #[serde(default)]
+    provisioned_size: u64,
+}
+
+impl<'a> Cluster<'a> {
+    /// The cluster of rbd pool `pool`.
+    pub(super) fn new(pool: &'a str, src: &'a RbdSource, secrets: &'a Secrets) -> Self {
+        Cluster {
+            pool,
+            what: format!("storage pool '{pool}'"),
+            src,
+            secrets,
+        }
+    }
+
+    /// The cluster of a network disk, named `what` in messages.
+    pub(super) fn for_disk(what: String, src: &'a RbdSource, secrets: &'a Secrets) -> Self {
+        Cluster {
+            pool: "",
+            what,
+            src,
+            secrets,
+        }
+    }
+
+    /// `-c /dev/null -m MONS [--id ID --keyfile FILE]`.
+    fn base_args(&self) -> Result<Vec<String>> {
+        let mut a: Vec<String> = vec![
+            "-c".into(),
+            "/dev/null".into(),
+            "--client-mount-timeout".into(),
+            MOUNT_TIMEOUT_SECS.into(),
+        ];
+        a.push("-m".into());
+        a.push(self.src.mon_host());
+        match &self.src.auth {
+            Some(auth) => {
+                let key: PathBuf = self
+                    .secrets
+                    .value_file(&auth.secret)
+                    .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.what)))?;
+                a.extend([
+                    "--id".into(),
+                    auth.username.clone(),
+                    "--keyfile".into(),
+                    key.display().to_string(),
+                ]);
+            }
+            None => a.extend(["--auth-client-required".into(), "none".into()]),
+        }
+        Ok(a)
+    }
+
+    /// Runs `prog` with the cluster arguments and `args`; its stdout.
+    async fn call(&self, prog: &str, args: &[&str]) -> Result<Vec<u8>> {
+        let mut cmd = Command::new(prog);
+        cmd.args(self.base_args()?)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(CALL_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| {
+                AgentError::Timeout(format!(
+                    "{}: '{prog} {}' got no answer from monitors {} in {}s",
+                    self.what,
+                    args.first().copied().unwrap_or_default(),
+                    self.src.mon_host(),
+                    CALL_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| {
+                AgentError::Failed(format!(
+                    "cannot run '{prog}' for {}: {e}; install ceph-common",
+                    self.what
+                ))
+            })?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| {
+                    // librados' own timestamped log lines are noise here.
+                    let l = l.trim();
+                    !l.is_empty()
+                        && !l.starts_with(|c: char| c.is_ascii_digit())
+                        && !l.contains("did not load config file")
+                })
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let hint = if last.contains("couldn't connect to the cluster") {
+                let who = self
+                    .src
+                    .auth
+                    .as_ref()
+                    .map(|a| format!("client.{} with the key of secret {}", a.username, a.secret))
+                    .unwrap_or_else(|| "a client without cephx".into());
+                format!(
+                    " (monitors {} did not accept {who} within {MOUNT_TIMEOUT_SECS} s: check the key with 'tern secret-set-value', the user and the monitors)",
+                    self.src.mon_host()
+                )
+            } else {
+                String::new()
+            };
+            return Err(AgentError::Failed(format!(
+                "{}: {prog} {} failed: {last}{hint}",
+                self.what,
+                args.first().copied().unwrap_or_default(),
+            )));
+        }
+        Ok(out.stdout)
+    }
+
+    fn spec(&self, name: &str) -> String {
+        format!("{}/{name}", self.src.name)
+    }
+
+    fn no_volume(&self, name: &str) -> AgentError {
+        AgentError::NoVolume {
+            pool: self.pool.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Before QEMU opens an image: the cluster takes the credentials and
+    /// the image exists. QEMU itself would wait for minutes on a wrong key
+    /// and then say nothing useful.
+    pub(super) async fn probe_image(&self, image: &str) -> Result<()> {
+        self.call("rbd", &["info", &self.spec(image)])
+            .await
+            .map(|_| ())
+    }
+
+    /// `pool-start`: the cluster answers and the Ceph pool exists.
+    pub(super) async fn check(&self) -> Result<()> {
+        self.call("rbd", &["ls", &self.src.name]).await.map(|_| ())
+    }
+
+    /// (capacity, allocation, available) of the Ceph pool; zeros when the
+    /// cluster does not say.
+    pub(super) async fn space(&self) -> (u64, u64, u64) {
+        let out = match self.call("ceph", &["df", "--format", "json"]).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(pool = %self.what, error = %e, "cannot read Ceph pool space");
+                return (0, 0, 0);
+            }
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        let stats = v["pools"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == self.src.name.as_str()))
+            .map(|p| p["stats"].clone())
+            .unwrap_or_default();
+        let used = stats["bytes_used"].as_u64().unwrap_or(0);
+        let avail = stats["max_avail"].as_u64().unwrap_or(0);
+        (used + avail, used, avail)
+    }
+
+    /// `vol-list`.
+    pub(super) async fn list(&self) -> Result<Vec<VolumeInfo>> {
+        let out = self
+            .call("rbd", &["ls", "-l", "--format", "json", &self.src.name])
+            .await?;
+        let listed: Vec<Listed> = serde_json::from_slice(&out).unwrap_or_default();
+        let mut names: Vec<&Listed> = listed.iter().collect();
+        names.sort_by(|a, b| a.image.cmp(&b.image));
+        names.dedup_by(|a, b| a.image == b.image);
+        Ok(names
+            .into_iter()
+            .map(|l| self.volume(&l.image, l.size, l.size))
+            .collect())
+    }
+
+    fn volume(&self, name: &str, capacity: u64, allocation: u64) -> VolumeInfo {
+        VolumeInfo {
+            name: name.into(),
+            // What libvirt's vol-path prints for an rbd volume.
+            path: PathBuf::from(self.spec(name)),
+            format: "raw".into(),
+            capacity,
+            allocation,
+            backing: None,
+        }
+    }
+
+    /// `vol-info`: size from `rbd du` (which also tells what is written).
+    pub(super) async fn info(&self, name: &str) -> Result<VolumeInfo> {
+        tern_model::names::validate_name("volume", name)?;
+        let out = match self
+            .call("rbd", &["du", "--format", "json", &self.spec(name)])
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.to_string().contains("No such file") => return Err(self.no_volume(name)),
+            Err(e) => return Err(e),
+        };
+        let du: Du = serde_json::from_slice(&out)
+            .map_err(|e| AgentError::Failed(format!("{}: rbd du: {e}", self.what)))?;
+        let img = du.images.first().ok_or_else(|| self.no_volume(name))?;
+        Ok(self.volume(name, img.provisioned_size, img.used_size))
+    }
+
+    /// `vol-create-as`: a raw image (RBD images have no qcow2 layer; clones
+    /// of a backing image are `rbd clone`, not offered here).
+    pub(super) async fn create(
+        &self,
+        name: &str,
+        capacity: Option<u64>,
+        format: &str,
+        backing: Option<&str>,
+    ) -> Result<VolumeInfo> {
+        if format != "raw" || backing.is_some() {
+            return Err(AgentError::Invalid(format!(
+                "storage pool '{}' is an rbd pool: its volumes are raw RBD images; give --format raw and no backing volume",
+                self.pool
+            )));
+        }
+        let bytes = capacity.ok_or_else(|| {
+            AgentError::Invalid("volume size is missing; give a size such as 1G".into())
+        })?;
+        if self.list().await?.iter().any(|v| v.name == name) {
+            return Err(AgentError::Conflict(format!(
+                "storage volume '{name}' already exists in pool '{}'",
+                self.pool
+            )));
+        }
+        // rbd takes sizes in whole units; KiB keeps byte sizes exact enough.
+        let size = format!("{}K", bytes.div_ceil(1024));
+        self.call("rbd", &["create", "--size", &size, &self.spec(name)])
+            .await?;
+        self.info(name).await
+    }
+
+    /// The client addresses that have image `name` open (its watchers):
+    /// what a fence blocklists.
+    pub(super) async fn watchers(&self, name: &str) -> Result<Vec<String>> {
+        let out = self
+            .call("rbd", &["status", "--format", "json", &self.spec(name)])
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        Ok(v["watchers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(|x| x["address"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `vol-delete`: refused while a QEMU has the image open.
+    pub(super) async fn delete(&self, name: &str) -> Result<()> {
+        tern_model::names::validate_name("volume", name)?;
+        if !self.list().await?.iter().any(|v| v.name == name) {
+            return Err(self.no_volume(name));
+        }
+        let open = self.watchers(name).await?;
+        if !open.is_empty() {
+            return Err(AgentError::Conflict(format!(
+                "storage volume '{name}' of pool '{}' is open by {} ({}), a guest running on some host; stop it first",
+                self.pool,
+                if open.len() == 1 { "one client".to_string() } else { format!("{} clients", open.len()) },
+                open.join(", ")
+            )));
+        }
+        self.call("rbd", &["rm", "--no-progress", &self.spec(name)])
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_model::{CephAuth, NetHost, SecretRef};
+
+    fn src(host: &str, name: &str, user: &str) -> RbdSource {
+        RbdSource {
+            hosts: vec![NetHost {
+                name: host.into(),
+                port: Some(6789),
+            }],
+            name: name.into(),
+            auth: Some(CephAuth {
+                username: user.into(),
+                secret: SecretRef::Usage("client.x secret".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn definitions_that_cannot_reach_ceph_are_refused() {
+        assert!(check_source(&src("127.0.0.1", "rbd", "admin")).is_ok());
+        for (h, n, u, want) in [
+            ("a b", "rbd", "admin", "--source-host"),
+            ("h", "rb/d", "admin", "--source-name"),
+            ("h", "", "admin", "--source-name"),
+            ("h", "rbd", "client.x,y", "--auth-username"),
+        ] {
+            let e = check_source(&src(h, n, u)).unwrap_err().to_string();
+            assert!(e.contains(want), "{h} {n} {u}: {e}");
+        }
+        let mut none = src("h", "rbd", "admin");
+        none.hosts.clear();
+        assert!(check_source(&none).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Tern on the test kit's Ceph (issue 21): a host's secret and rbd pool
+//! defined with the commands an operator types, guests whose disk is an
+//! RBD image (a `<disk type='volume'>` of the rbd pool, or a
+//! `<disk type='network'>` with `<auth>`), and what a test checks about
+//! where the key went.
+
+use crate::ceph::{CephCluster, POOL, QEMU_ID};
+use crate::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The uuid every test host gives the cephx key of `client.qemu`.
+pub const SECRET_UUID: &str = "6f2a1c3e-9d4b-4e8a-b1c2-3d4e5f6a7b8c";
+/// Its usage name.
+pub const SECRET_USAGE: &str = "client.qemu secret";
+/// The name of the rbd pool [`add_rbd_pool`] defines.
+pub const RBD_POOL: &str = "ceph";
+
+/// The libvirt XML of the secret.
+pub fn secret_xml() -> String {
+    format!(
+        "<secret ephemeral='no' private='yes'>\n  <uuid>{SECRET_UUID}</uuid>\n  <usage type='ceph'>\n    <name>{SECRET_USAGE}</name>\n  </usage>\n</secret>\n"
+    )
+}
+
+/// `secret-define` and `secret-set-value --file` on `h` with `key` (base64),
+/// from files written (the key mode 0600) into `h`'s directory.
+pub fn define_secret(h: &TernHost, key: &str) {
+    let dir = h.state_dir().with_file_name("secret-files");
+    std::fs::create_dir_all(&dir).expect("secret file directory");
+    let xml = dir.join("secret.xml");
+    std::fs::write(&xml, secret_xml()).expect("secret XML");
+    h.ok(&["secret-define", xml.to_str().expect("utf-8")]);
+    let keyfile = dir.join("client.qemu.key");
+    let _ = std::fs::remove_file(&keyfile);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&keyfile)
+        .expect("key file");
+    std::io::Write::write_all(&mut f, key.as_bytes()).expect("write key");
+    h.ok(&[
+        "secret-set-value",
+        "--secret",
+        SECRET_UUID,
+        "--file",
+        keyfile.to_str().expect("utf-8"),
+    ]);
+    let _ = std::fs::remove_file(&keyfile);
+}
+
+/// The secret (with `client.qemu`'s key) and the rbd pool [`RBD_POOL`] on
+/// the cluster's pool, defined and started on `h` as virsh users do.
+pub fn add_rbd_pool(h: &TernHost, ceph: &CephCluster) {
+    define_secret(h, &ceph.key(QEMU_ID));
+    h.ok(&[
+        "pool-define-as",
+        RBD_POOL,
+        "rbd",
+        "--source-host",
+        &ceph.mon_addr(),
+        "--source-name",
+        POOL,
+        "--auth-type",
+        "ceph",
+        "--auth-username",
+        QEMU_ID,
+        "--secret-usage",
+        SECRET_USAGE,
+    ]);
+    h.ok(&["pool-start", RBD_POOL]);
+}
+
+/// A `<disk type='volume'>` of the rbd pool.
+pub fn volume_disk_xml(volume: &str, dev: &str) -> String {
+    format!(
+        "    <disk type='volume' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source pool='{RBD_POOL}' volume='{volume}'/>\n      <target dev='{dev}' bus='virtio'/>\n    </disk>\n"
+    )
+}
+
+/// A `<disk type='network'>` on image `image` of the cluster's pool, with
+/// `<auth>` as virt-install and OpenStack write it.
+pub fn network_disk_xml(ceph: &CephCluster, image: &str, dev: &str) -> String {
+    let port = ceph.mon_ports().v1;
+    format!(
+        "    <disk type='network' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source protocol='rbd' name='{POOL}/{image}'>\n        <host name='127.0.0.1' port='{port}'/>\n      </source>\n      <auth username='{QEMU_ID}'>\n        <secret type='ceph' usage='{SECRET_USAGE}'/>\n      </auth>\n      <target dev='{dev}' bus='virtio'/>\n    </disk>\n"
+    )
+}
+
+/// Defines on `h` the test guest `name` whose only disk is `disk_xml`
+/// (as vda; `disk_mb` MiB of it written and verified by the guest).
+pub fn define_guest_with_disk(
+    h: &TernHost,
+    name: &str,
+    workload: &str,
+    disk_mb: u64,
+    disk_xml: &str,
+) {
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    let spec = GuestSpec::new(name, &img).workload(&format!(
+        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
+    ));
+    let xml = spec.to_xml().replace(
+        "    <serial type='pty'>",
+        &format!("{disk_xml}    <serial type='pty'>"),
+    );
+    let file = h.state_dir().with_file_name(format!("{name}.xml"));
+    std::fs::write(&file, xml).expect("guest XML");
+    h.ok(&["define", file.to_str().expect("utf-8")]);
+}
+
+/// Number of `TERN-DISK ok` lines in a console text.
+pub fn disk_oks(text: &str) -> usize {
+    SerialLog::parse(text).count("TERN-DISK ok")
+}
+
+/// Waits until the guest on `h` reports `more` new verified disk passes,
+/// and fails on any failure it reports.
+pub fn wait_disk_ok(h: &TernHost, name: &str, more: usize) {
+    let before = disk_oks(&h.ok(&["console", name]));
+    h.wait_console(
+        name,
+        Duration::from_secs(120),
+        "more TERN-DISK ok lines",
+        |t| disk_oks(t) >= before + more || t.contains("TERN-FAIL"),
+    );
+    let text = h.ok(&["console", name]);
+    assert!(
+        SerialLog::parse(&text).failures.is_empty(),
+        "guest reported a failure:\n{}",
+        crate::tail(&text, 20)
+    );
+}
+
+/// The command lines of `h`'s QEMUs, for checks that no key is on them.
+pub fn qemu_cmdlines(h: &TernHost) -> Vec<String> {
+    h.qemu_pids()
+        .into_iter()
+        .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .collect()
+}
+
+/// Files under `dir` (recursively) whose content holds `needle`.
+pub fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_holding(&p, needle));
+        } else if std::fs::read(&p)
+            .map(|b| String::from_utf8_lossy(&b).contains(needle))
+            .unwrap_or(false)
+        {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
