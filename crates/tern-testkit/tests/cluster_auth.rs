@@ -275,8 +275,16 @@ fn the_migration_tls_setting_sends_cold_copies_over_tls() {
     });
     a.define_guest(&spec);
     wait_server(&c, "cold", "a", "ready");
-    c.wait_json(&["host-list"], LONG, "two hosts", |v| {
-        v.as_array().is_some_and(|h| h.len() == 2)
+    // Both hosts have reported their pools (the scheduler checks room).
+    c.wait_json(&["host-list"], LONG, "two hosts with their pools", |v| {
+        v.as_array().is_some_and(|h| {
+            h.len() == 2
+                && h.iter().all(|h| {
+                    h["report"]["pools"]
+                        .as_array()
+                        .is_some_and(|p| !p.is_empty())
+                })
+        })
     });
     let before = std::fs::read(&disk).unwrap();
     c.ok(&["server-migrate", "cold", "--wait"]);
