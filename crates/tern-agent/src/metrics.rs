@@ -398,7 +398,11 @@ pub async fn serve(agent: Arc<crate::Agent>, listener: TcpListener) {
                 let agent = agent.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&agent, &req)) }
             });
+            // Idle and slow-header scrapers are closed, as on the API.
             let _ = http1::Builder::new()
+                .max_buf_size(64 << 10)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(60))
                 .serve_connection(TokioIo::new(s), svc)
                 .await;
         });

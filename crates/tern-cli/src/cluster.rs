@@ -67,6 +67,11 @@ pub enum ClusterCmd {
         /// Restart a dead host's server elsewhere from shared storage.
         #[arg(long)]
         rescue_mode: bool,
+        /// Copy local disks over TLS between the agents (agents need
+        /// --pki-dir certificates; the controller's --migration-tls does
+        /// this for every migration).
+        #[arg(long)]
+        enable_tls: bool,
         /// Wait for the job to end; fail if it fails.
         #[arg(long)]
         wait: bool,
@@ -417,6 +422,7 @@ pub async fn run(c: &ControllerApi, cmd: ClusterCmd) -> Result<()> {
             prefer_host,
             auto_start,
             rescue_mode,
+            enable_tls,
             wait,
             json,
         } => {
@@ -424,6 +430,7 @@ pub async fn run(c: &ControllerApi, cmd: ClusterCmd) -> Result<()> {
                 prefer_host,
                 auto_start,
                 rescue_mode,
+                enable_tls,
                 ..Default::default()
             };
             submit(c, &id, false, opts, wait, json).await?;

@@ -108,3 +108,35 @@ async fn connection(
     }
     serve_connection(ctl, tls, caller, idle).await;
 }
+
+/// How long the console and metrics listeners wait for a request head.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `app` on plain HTTP (the console without `--console-tls`, the
+/// metrics endpoint) until the process ends, closing connections that send
+/// no complete request head within [`HTTP_IDLE_TIMEOUT`] (idle and
+/// slow-header clients), as the API does.
+pub async fn serve_http(listener: TcpListener, app: axum::Router) -> std::io::Result<()> {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 << 10)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HTTP_IDLE_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}

@@ -166,5 +166,5 @@ async fn scrape(State(ctl): State<Arc<Controller>>) -> impl IntoResponse {
 /// Serves `GET /metrics` on `listener` until it fails.
 pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let app = Router::new().route("/metrics", get(scrape)).with_state(ctl);
-    axum::serve(listener, app).await
+    crate::listen::serve_http(listener, app).await
 }

@@ -249,3 +249,53 @@ fn the_console_logs_in_with_the_clusters_identities() {
     );
     assert_eq!(st, 200, "{body}");
 }
+
+/// `--migration-tls` covers cold copies: a stopped server whose disk is in
+/// a local pool moves to b over TLS streams that only a's host certificate
+/// may open, and the copy equals the disk.
+#[test]
+fn the_migration_tls_setting_sends_cold_copies_over_tls() {
+    use tern_testkit::cluster::wait_server;
+    use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, TestDisk};
+    let c = TestController::file(&["--migration-tls"]);
+    let a = TestController::host(&[&c], "a", &[]);
+    let b = TestController::host(&[&c], "b", &[]);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    a.add_pool("images", da.path(), false);
+    b.add_pool("images", db.path(), false);
+    let disk = da.path().join("cold.raw");
+    tern_testkit::fixtures::write_random(&disk, 8, 15, None);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new("cold", &img);
+    spec.disks.push(TestDisk {
+        path: disk.clone(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    a.define_guest(&spec);
+    wait_server(&c, "cold", "a", "ready");
+    // Both hosts have reported their pools (the scheduler checks room).
+    c.wait_json(&["host-list"], LONG, "two hosts with their pools", |v| {
+        v.as_array().is_some_and(|h| {
+            h.len() == 2
+                && h.iter().all(|h| {
+                    h["report"]["pools"]
+                        .as_array()
+                        .is_some_and(|p| !p.is_empty())
+                })
+        })
+    });
+    let before = std::fs::read(&disk).unwrap();
+    c.ok(&["server-migrate", "cold", "--wait"]);
+    wait_server(&c, "cold", "b", "ready");
+    assert!(
+        std::fs::read(db.path().join("cold.raw")).unwrap() == before,
+        "the copy differs from the disk"
+    );
+    let ev = b.ok(&["domjobevents", "cold"]);
+    assert!(
+        ev.contains("cold copy over TLS: only O=Tern,OU=Tern hosts,CN=a may send"),
+        "{ev}"
+    );
+}

@@ -262,3 +262,30 @@ async fn long_socket_paths_are_refused_clearly() {
     .unwrap_err();
     assert!(e.to_string().contains("too long"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_does_not_keep_streams_out() {
+    let f = fixture();
+    let id = Uuid::new_v4();
+    let (ev, _log) = recorder();
+    let e = ends(&f, id, Arc::new(|cn| cn == Some("host-a")), ev.clone()).await;
+    let out =
+        Outbound::listen(&e.src_sock, StreamKind::Memory, &e.remote, e.client, id, ev).unwrap();
+    // More silent connections than the listener takes in its handshakes
+    // at once; a real stream opened after them still gets through.
+    let mut silent = Vec::new();
+    for _ in 0..700 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", e.remote.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let d = data(1 << 20, 7);
+    assert_eq!(send(&e.src_sock, &d).await, expected(&d));
+    // The oldest silent one is closed by the listener, not kept.
+    let mut buf = [0u8; 1];
+    let first = &mut silent[0];
+    assert_eq!(first.read(&mut buf).await.unwrap_or(0), 0);
+    drop(out);
+}

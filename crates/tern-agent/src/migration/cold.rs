@@ -323,6 +323,12 @@ pub async fn prepare(
         incoming.files.push((f, receive_at, handle));
     }
     job.event(format!("receiving {} file(s)", incoming.files.len()));
+    if o.tls {
+        job.event(format!(
+            "cold copy over TLS: only {} may send",
+            source_identity.unwrap_or("-")
+        ));
+    }
     *job.cold.lock().unwrap_or_else(|p| p.into_inner()) = Some(incoming);
     Ok(ColdTarget {
         host: agent.migration_address(),

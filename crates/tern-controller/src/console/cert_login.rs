@@ -99,7 +99,7 @@ pub async fn serve_tls(
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 << 10)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(60))
+                .header_read_timeout(crate::listen::HTTP_IDLE_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), svc)
                 .await
             {

@@ -209,7 +209,7 @@ pub fn router(c: Arc<Console>) -> Router {
 /// progress of running jobs meanwhile.
 pub async fn serve(c: Arc<Console>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tokio::spawn(progress::record(c.clone()));
-    axum::serve(listener, router(c)).await
+    crate::listen::serve_http(listener, router(c)).await
 }
 
 #[cfg(test)]
