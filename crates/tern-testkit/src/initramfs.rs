@@ -25,6 +25,10 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 for m in {modules}; do
     insmod /lib/modules/$m.ko || echo "TERN-FAIL init insmod $m failed"
 done
+# UEFI variables, when the firmware booted the kernel (OVMF).
+if [ -d /sys/firmware/efi/efivars ]; then
+    mount -t efivarfs efivarfs /sys/firmware/efi/efivars || echo "TERN-FAIL init cannot mount efivarfs"
+fi
 ip=
 gw=
 wd=

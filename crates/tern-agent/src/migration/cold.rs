@@ -121,11 +121,50 @@ pub async fn describe(agent: &Agent, d: &Domain) -> Result<Vec<ColdFile>> {
                     )?),
                     session: session_of(&d.uuid, &path, &meta),
                     source_path: path.clone(),
+                    nvram: false,
                 });
             }
         }
     }
+    if let Some(f) = nvram_file(agent, d, out.len() as u32)? {
+        out.push(f);
+    }
     Ok(out)
+}
+
+/// The guest's UEFI variable store, when this agent placed it in its own
+/// NVRAM directory: it belongs to this host and must travel with the
+/// guest. A store at a path the operator chose stays where it is, as the
+/// disks of a shared pool do.
+fn nvram_file(agent: &Agent, d: &Domain, id: u32) -> Result<Option<ColdFile>> {
+    let Some(path) = d.os.nvram.as_ref().map(|n| n.path.clone()) else {
+        return Ok(None);
+    };
+    if path.parent() != Some(crate::guest_setup::nvram_dir(agent).as_path()) || !path.is_file() {
+        return Ok(None);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&path).map_err(|e| AgentError::state(&path, e))?;
+    let session = session_of(&d.uuid, &path, &meta);
+    Ok(Some(ColdFile {
+        id,
+        target: "nvram".into(),
+        depth: 0,
+        pool: None,
+        volume: path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string(),
+        format: "raw".into(),
+        size: meta.len(),
+        allocated: meta.blocks() * 512,
+        backing_volume: None,
+        mac_key: Some(super::cold_mac::key_for(agent, &session)?),
+        session,
+        source_path: path,
+        nvram: true,
+    }))
 }
 
 /// Destination, Prepare: checks, then one receiver per file.
@@ -140,6 +179,13 @@ pub async fn prepare(
     let mut need: std::collections::BTreeMap<String, u64> = Default::default();
     for f in files {
         tern_model::names::validate_name("volume", &f.volume)?;
+        if f.nvram {
+            // The guest's own store (the definition names this path, see
+            // `rehome_nvram`); a stale one from an earlier stay is replaced.
+            let path = crate::guest_setup::nvram_dir(agent).join(&f.volume);
+            plan.push((f.clone(), path));
+            continue;
+        }
         let pool = o.target_pool.clone().or(f.pool.clone()).ok_or_else(|| {
             AgentError::Invalid(format!(
                 "'{}' is not in a pool on the source; pass --target-pool",
@@ -172,6 +218,11 @@ pub async fn prepare(
     let mut incoming = Incoming::default();
     let mut ports = Vec::new();
     for (f, path) in plan {
+        if f.nvram {
+            let dir = crate::guest_setup::nvram_dir(agent);
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::state(&dir, e))?;
+            let _ = std::fs::remove_file(&path);
+        }
         let mut ro = ReceiveOptions::new(session_id(&f.session)?);
         ro.mac_key = Some(super::cold_mac::parse(f.mac_key.as_ref())?);
         ro.resume = true;
@@ -391,10 +442,13 @@ pub async fn finish(
     let mut d = job
         .take_offline_def()
         .ok_or_else(|| AgentError::Failed("no prepared definition".into()))?;
+    if let (Some(n), Some((_, p))) = (d.os.nvram.as_mut(), placed.iter().find(|(f, _)| f.nvram)) {
+        n.path = p.clone();
+    }
     for disk in d.devices.disks.iter_mut() {
         if let Some((_, p)) = placed
             .iter()
-            .find(|(f, _)| f.target == disk.target_dev && f.depth == 0)
+            .find(|(f, _)| !f.nvram && f.target == disk.target_dev && f.depth == 0)
         {
             disk.source = Some(p.clone());
         }

@@ -20,6 +20,8 @@ use super::super::Job;
 /// Prepare: everything the destination needs before memory flows.
 pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareReply> {
     let existing = admit(agent, &req).await?;
+    let mut req = req;
+    crate::guest_setup::rehome_nvram(agent, &mut req.domain, req.source_nvram_dir.as_deref());
     let job = record(agent, &req)?;
     if req.options.offline || req.options.cold {
         return prepare_copy(agent, &job, req, existing).await;
