@@ -372,6 +372,14 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
     p.b.wait_console("uefi1", Duration::from_secs(30), "the ping on the destination", |t| {
         t.contains("TERN-QGA guest-ping")
     });
+    // The agent verbs, answered by the guest on the destination.
+    let ifaddr = p.b.ok(&["domifaddr", "uefi1", "--source", "agent"]);
+    assert!(
+        ifaddr.lines().any(|l| l.contains("lo") && l.contains("127.0.0.1/8")),
+        "{ifaddr}"
+    );
+    assert!(p.b.ok(&["domfsfreeze", "uefi1"]).contains("Froze 0 filesystem(s)"));
+    assert!(p.b.ok(&["domfsthaw", "uefi1"]).contains("Thawed 0 filesystem(s)"));
     // The store is the destination agent's own, where its definition says.
     let dest_nvram = p.b.state_dir().join("nvram/uefi1_VARS.fd");
     assert!(

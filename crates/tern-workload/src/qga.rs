@@ -3,7 +3,10 @@
 //! (and reconnect after a migration) without a distribution in the guest.
 //!
 //! It answers `guest-sync-delimited` (0xFF, then the id), `guest-sync`,
-//! `guest-ping`, `guest-info` and `guest-get-time`; anything else gets
+//! `guest-ping`, `guest-info`, `guest-get-time`,
+//! `guest-network-get-interfaces` (the guest's interfaces and IPv4
+//! addresses, read from its kernel) and `guest-fsfreeze-freeze`/`-thaw`
+//! (0: the initramfs has no filesystem to freeze); anything else gets
 //! QEMU's `CommandNotFound` error. Each command other than a sync is also
 //! printed as `TERN-QGA <command>`. `TERN-QGA listening <dev>` says the
 //! port was found.
@@ -83,6 +86,8 @@ fn answer(line: &str) -> Option<Vec<u8>> {
         "guest-info" => {
             "{\"return\": {\"version\": \"tern-workload\", \"supported_commands\": []}}".to_string()
         }
+        "guest-network-get-interfaces" => format!("{{\"return\": {}}}", interfaces_json()),
+        "guest-fsfreeze-freeze" | "guest-fsfreeze-thaw" => "{\"return\": 0}".to_string(),
         "guest-get-time" => {
             let ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -100,6 +105,73 @@ fn answer(line: &str) -> Option<Vec<u8>> {
     out.extend_from_slice(body.as_bytes());
     out.push(b'\n');
     Some(out)
+}
+
+/// `[{"name", "hardware-address", "ip-addresses": [...]}]` for every
+/// interface in /sys/class/net.
+fn interfaces_json() -> String {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let items: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let mac = std::fs::read_to_string(format!("/sys/class/net/{n}/address"))
+                .unwrap_or_default();
+            let addrs = match ipv4_of(n) {
+                Some((a, p)) => format!(
+                    "{{\"ip-address-type\": \"ipv4\", \"ip-address\": \"{a}\", \"prefix\": {p}}}"
+                ),
+                None => String::new(),
+            };
+            format!(
+                "{{\"name\": \"{n}\", \"hardware-address\": \"{}\", \"ip-addresses\": [{addrs}]}}",
+                mac.trim()
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// An interface's IPv4 address and prefix length, from the kernel
+/// (`SIOCGIFADDR`, `SIOCGIFNETMASK`).
+fn ipv4_of(name: &str) -> Option<(std::net::Ipv4Addr, u32)> {
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a plain socket(2) call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let ask = |request: libc::c_ulong| -> Option<u32> {
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: `req` is a live ifreq with a NUL-terminated name, as
+        // these ioctls expect; the kernel writes only inside it.
+        if unsafe { libc::ioctl(fd, request, &mut req) } < 0 {
+            return None;
+        }
+        // SAFETY: for AF_INET the kernel filled the union's address as a
+        // sockaddr_in, which fits inside sockaddr.
+        let sin: libc::sockaddr_in = unsafe {
+            std::ptr::read_unaligned(std::ptr::addr_of!(req.ifr_ifru.ifru_addr).cast())
+        };
+        Some(u32::from_be(sin.sin_addr.s_addr))
+    };
+    let addr = ask(libc::SIOCGIFADDR);
+    let mask = ask(libc::SIOCGIFNETMASK);
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    Some((std::net::Ipv4Addr::from(addr?), mask?.count_ones()))
 }
 
 /// The text after `"key":` up to the next non-space, as a JSON string.
@@ -137,5 +209,15 @@ mod tests {
         let a = String::from_utf8(answer(r#"{"execute":"guest-exec"}"#).unwrap()).unwrap();
         assert!(a.contains("CommandNotFound") && a.contains("guest-exec"), "{a}");
         assert_eq!(answer("  "), None);
+        let a = answer(r#"{"execute":"guest-fsfreeze-freeze"}"#).unwrap();
+        assert_eq!(a, b"{\"return\": 0}\n");
+    }
+
+    #[test]
+    fn interfaces_are_valid_json_naming_loopback() {
+        let a = String::from_utf8(answer(r#"{"execute":"guest-network-get-interfaces"}"#).unwrap())
+            .unwrap();
+        assert!(a.starts_with("{\"return\": [") && a.ends_with("]}\n"), "{a}");
+        assert!(a.contains("\"name\": \"lo\""), "{a}");
     }
 }
