@@ -522,12 +522,19 @@ mod tests {
     #[test]
     fn a_machine_the_destination_lacks_is_refused_by_name() {
         let mut o = MigrateOptions::default();
-        assert_eq!(o.machine_refusal("g", Some("pc-q35-10.0")), None, "unknown offer");
+        assert_eq!(
+            o.machine_refusal("g", Some("pc-q35-10.0")),
+            None,
+            "unknown offer"
+        );
         o.dest_machines = Some(vec!["pc-q35-7.2".into(), "q35".into()]);
         assert_eq!(o.machine_refusal("g", None), None);
         assert_eq!(o.machine_refusal("g", Some("pc-q35-7.2")), None);
         let why = o.machine_refusal("g", Some("pc-q35-10.0")).unwrap();
-        assert!(why.contains("'pc-q35-10.0'") && why.contains("domain 'g'"), "{why}");
+        assert!(
+            why.contains("'pc-q35-10.0'") && why.contains("domain 'g'"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -198,7 +198,9 @@ fn a_destination_without_the_pinned_machine_refuses_naming_it() {
     // Refused by the source in Begin, before the destination prepared
     // anything (Prepare's refusal starts "destination refused").
     assert!(
-        err.contains("runs machine type 'pc-i440fx-10.0', which the destination's QEMU does not offer"),
+        err.contains(
+            "runs machine type 'pc-i440fx-10.0', which the destination's QEMU does not offer"
+        ),
         "{err}"
     );
     assert!(!err.contains("destination refused"), "{err}");
@@ -325,7 +327,8 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
     let p = pair("uefi", vec![]);
     p.a.ok(&["vol-create-as", "shared", "uefi1.raw", "16M"]);
     let path = p.a.ok(&["vol-path", "uefi1.raw", "--pool", "shared"]);
-    let tpm = "    <tpm model='tpm-crb'>\n      <backend type='emulator' version='2.0'/>\n    </tpm>\n";
+    let tpm =
+        "    <tpm model='tpm-crb'>\n      <backend type='emulator' version='2.0'/>\n    </tpm>\n";
     let xml = uefi_guest("uefi1", Some(path.trim()), "live-1", tpm);
     define_xml(&p.a, "uefi1", &xml);
     let defined = p.a.ok(&["dumpxml", "uefi1"]);
@@ -369,17 +372,28 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
     // The agent channel reconnects on the destination: the guest answers
     // there, and says so on its console.
     agent_ping(&p.b, "uefi1");
-    p.b.wait_console("uefi1", Duration::from_secs(30), "the ping on the destination", |t| {
-        t.contains("TERN-QGA guest-ping")
-    });
+    p.b.wait_console(
+        "uefi1",
+        Duration::from_secs(30),
+        "the ping on the destination",
+        |t| t.contains("TERN-QGA guest-ping"),
+    );
     // The agent verbs, answered by the guest on the destination.
     let ifaddr = p.b.ok(&["domifaddr", "uefi1", "--source", "agent"]);
     assert!(
-        ifaddr.lines().any(|l| l.contains("lo") && l.contains("127.0.0.1/8")),
+        ifaddr
+            .lines()
+            .any(|l| l.contains("lo") && l.contains("127.0.0.1/8")),
         "{ifaddr}"
     );
-    assert!(p.b.ok(&["domfsfreeze", "uefi1"]).contains("Froze 0 filesystem(s)"));
-    assert!(p.b.ok(&["domfsthaw", "uefi1"]).contains("Thawed 0 filesystem(s)"));
+    assert!(p
+        .b
+        .ok(&["domfsfreeze", "uefi1"])
+        .contains("Froze 0 filesystem(s)"));
+    assert!(p
+        .b
+        .ok(&["domfsthaw", "uefi1"])
+        .contains("Thawed 0 filesystem(s)"));
     // The store is the destination agent's own, where its definition says.
     let dest_nvram = p.b.state_dir().join("nvram/uefi1_VARS.fd");
     assert!(
@@ -410,7 +424,13 @@ fn cold_migration_carries_the_uefi_variable_store() {
     assert!(text.contains("TERN-EFIVAR wrote value=cold-1"), "{text}");
     p.a.ok(&["destroy", "uefic1"]);
     let source_nvram = p.a.state_dir().join("nvram/uefic1_VARS.fd");
-    let out = p.a.tern(&["migrate", "--cold", "--undefinesource", "uefic1", &p.b.uri()]);
+    let out = p.a.tern(&[
+        "migrate",
+        "--cold",
+        "--undefinesource",
+        "uefic1",
+        &p.b.uri(),
+    ]);
     assert!(
         out.status.success(),
         "{}",

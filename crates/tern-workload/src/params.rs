@@ -132,11 +132,17 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
             "ignore_acpi" => flag(&key, value).map(|b| p.ignore_acpi = b),
             "qga" => flag(&key, value).map(|b| p.qga = b),
             "efivar" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                if !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
                     p.efivar = Some(value.to_string());
                     Ok(())
                 } else {
-                    Err(format!("{key}={value:?} is not letters, digits and '-', ignoring it"))
+                    Err(format!(
+                        "{key}={value:?} is not letters, digits and '-', ignoring it"
+                    ))
                 }
             }
             // Read by the guest's /init, which drives the watchdog.

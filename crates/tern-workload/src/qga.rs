@@ -20,17 +20,15 @@ const PORT_NAME: &str = "org.qemu.guest_agent.0";
 
 /// Looks for the agent's port for a while; serves it if it appears.
 pub fn spawn() {
-    let _ = std::thread::Builder::new()
-        .name("qga".into())
-        .spawn(|| {
-            // The port appears once the host's virtio-serial announces it.
-            for _ in 0..100 {
-                if let Some(dev) = find_port() {
-                    return serve(dev);
-                }
-                std::thread::sleep(Duration::from_millis(100));
+    let _ = std::thread::Builder::new().name("qga".into()).spawn(|| {
+        // The port appears once the host's virtio-serial announces it.
+        for _ in 0..100 {
+            if let Some(dev) = find_port() {
+                return serve(dev);
             }
-        });
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 }
 
 fn find_port() -> Option<PathBuf> {
@@ -44,7 +42,11 @@ fn find_port() -> Option<PathBuf> {
 }
 
 fn serve(dev: PathBuf) {
-    let mut port = match std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+    let mut port = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+    {
         Ok(f) => f,
         Err(e) => return console::fail("qga", &format!("cannot open {}: {e}", dev.display())),
     };
@@ -121,8 +123,8 @@ fn interfaces_json() -> String {
     let items: Vec<String> = names
         .iter()
         .map(|n| {
-            let mac = std::fs::read_to_string(format!("/sys/class/net/{n}/address"))
-                .unwrap_or_default();
+            let mac =
+                std::fs::read_to_string(format!("/sys/class/net/{n}/address")).unwrap_or_default();
             let addrs = match ipv4_of(n) {
                 Some((a, p)) => format!(
                     "{{\"ip-address-type\": \"ipv4\", \"ip-address\": \"{a}\", \"prefix\": {p}}}"
@@ -162,9 +164,8 @@ fn ipv4_of(name: &str) -> Option<(std::net::Ipv4Addr, u32)> {
         }
         // SAFETY: for AF_INET the kernel filled the union's address as a
         // sockaddr_in, which fits inside sockaddr.
-        let sin: libc::sockaddr_in = unsafe {
-            std::ptr::read_unaligned(std::ptr::addr_of!(req.ifr_ifru.ifru_addr).cast())
-        };
+        let sin: libc::sockaddr_in =
+            unsafe { std::ptr::read_unaligned(std::ptr::addr_of!(req.ifr_ifru.ifru_addr).cast()) };
         Some(u32::from_be(sin.sin_addr.s_addr))
     };
     let addr = ask(libc::SIOCGIFADDR);
@@ -188,7 +189,9 @@ fn string_field(json: &str, key: &str) -> Option<String> {
 
 fn number_field(json: &str, key: &str) -> Option<u64> {
     let rest = after_key(json, key)?;
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -207,7 +210,10 @@ mod tests {
         let a = answer(r#"{ "execute" : "guest-ping" }"#).unwrap();
         assert_eq!(a, b"{\"return\": {}}\n");
         let a = String::from_utf8(answer(r#"{"execute":"guest-exec"}"#).unwrap()).unwrap();
-        assert!(a.contains("CommandNotFound") && a.contains("guest-exec"), "{a}");
+        assert!(
+            a.contains("CommandNotFound") && a.contains("guest-exec"),
+            "{a}"
+        );
         assert_eq!(answer("  "), None);
         let a = answer(r#"{"execute":"guest-fsfreeze-freeze"}"#).unwrap();
         assert_eq!(a, b"{\"return\": 0}\n");
@@ -217,7 +223,10 @@ mod tests {
     fn interfaces_are_valid_json_naming_loopback() {
         let a = String::from_utf8(answer(r#"{"execute":"guest-network-get-interfaces"}"#).unwrap())
             .unwrap();
-        assert!(a.starts_with("{\"return\": [") && a.ends_with("]}\n"), "{a}");
+        assert!(
+            a.starts_with("{\"return\": [") && a.ends_with("]}\n"),
+            "{a}"
+        );
         assert!(a.contains("\"name\": \"lo\""), "{a}");
     }
 }
