@@ -277,3 +277,45 @@ fn failed_storage_migration_removes_what_the_destination_created() {
     );
     assert!(SerialLog::parse(&text).failures.is_empty());
 }
+
+/// Bytes a file holds on disk (not its length).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn copy_storage_all_keeps_the_holes_of_a_sparse_disk() {
+    let h = hosts("holes");
+    // 256 MiB, of which the guest writes its 8 MiB block region.
+    h.a.ok(&["vol-create-as", "images", "holes.raw", "256M"]);
+    let spec = guest("holes", vec![disk(&h.ia.join("holes.raw"), "raw", "vda")]);
+    let xml = spec.to_xml().replace(
+        "cache='none'/>",
+        "cache='none' discard='unmap' detect_zeroes='unmap'/>",
+    );
+    let path = h.a.root.join("holes.xml");
+    std::fs::write(&path, xml).unwrap();
+    h.a.ok(&["define", path.to_str().unwrap()]);
+    h.a.ok(&["start", "holes"]);
+    wait_disk_ok(&h.a, "holes", "disk writes on the source");
+    let src = allocated(&h.ia.join("holes.raw"));
+    migrate_ok(
+        &h,
+        "holes",
+        &["--live", "--copy-storage-all", "--persistent"],
+    );
+    wait_disk_ok(&h.b, "holes", "disk verification on the destination");
+    let dst = allocated(&h.ib.join("holes.raw"));
+    eprintln!(
+        "allocated: source {} KiB, destination {} KiB (of 262144 KiB)",
+        src >> 10,
+        dst >> 10
+    );
+    // The copy holds what the guest wrote, not 256 MiB of zeroes.
+    assert!(
+        dst <= src + (4 << 20),
+        "source {src} B, destination {dst} B allocated"
+    );
+    h.b.ok(&["destroy", "holes"]);
+}

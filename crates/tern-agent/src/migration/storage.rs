@@ -277,8 +277,12 @@ pub async fn mirror(
         .clone()
         .unwrap_or_else(|| json!({"type": "inet", "host": nbd.host, "port": nbd.port.to_string()}));
     for (dev, export) in &nbd.exports {
+        // `discard: unmap` keeps the mirror's zero writes allowed to unmap
+        // on their way to the destination (QEMU drops that flag on a node
+        // opened without it), so a hole stays a hole where the guest's
+        // disk has `discard='unmap'`; otherwise every zero is written out.
         let mut node = json!({"driver": "nbd", "node-name": target_node(dev),
-                              "server": server, "export": export});
+                              "server": server, "export": export, "discard": "unmap"});
         if o.tls {
             node["tls-creds"] = json!(TLS_CREDS_ID);
             node["tls-hostname"] = json!(nbd.host);
