@@ -28,6 +28,37 @@ pub fn rehome_nvram(agent: &Agent, d: &mut Domain, source_dir: Option<&Path>) {
     }
 }
 
+/// Refuses a migrating guest whose UEFI variable store on this host is
+/// another domain's (a peer could otherwise name a store here that the
+/// incoming QEMU or the cold copy would overwrite).
+pub async fn check_nvram_owner(agent: &Agent, d: &Domain) -> Result<()> {
+    let Some(path) = d.os.nvram.as_ref().map(|n| n.path.clone()) else {
+        return Ok(());
+    };
+    for s in agent.domains.all() {
+        if s.uuid == d.uuid {
+            continue;
+        }
+        let theirs = s
+            .inner
+            .lock()
+            .await
+            .def
+            .os
+            .nvram
+            .as_ref()
+            .map(|n| n.path.clone());
+        if theirs.as_deref() == Some(path.as_path()) {
+            return Err(AgentError::Conflict(format!(
+                "the UEFI variable store {} on the destination belongs to domain '{}'; rename the guest with --dname or give it another <nvram>",
+                path.display(),
+                s.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Where a store at `path` goes: into `mine` when it sits directly in the
 /// source agent's `source_dir` (and that is not `mine`).
 fn rehomed(path: &Path, source_dir: Option<&Path>, mine: &Path) -> Option<PathBuf> {

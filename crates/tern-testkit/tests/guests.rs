@@ -454,6 +454,25 @@ fn cold_migration_carries_the_uefi_variable_store() {
     p.b.ok(&["destroy", "uefic1"]);
 }
 
+#[test]
+fn a_migrating_guest_never_takes_another_guests_uefi_store() {
+    let p = pair("uefio", vec![]);
+    // B has its own guest named like the one coming, under another uuid.
+    define_xml(&p.b, "uefio1", &uefi_guest("uefio1", None, "b", ""));
+    define_xml(&p.a, "uefio1", &uefi_guest("uefio1", None, "a", ""));
+    // Renamed on the way, its store would land on B's guest's store.
+    let err = p.a.fails(&[
+        "migrate",
+        "--cold",
+        "--dname",
+        "uefio2",
+        "uefio1",
+        &p.b.uri(),
+    ]);
+    assert!(err.contains("belongs to domain 'uefio1'"), "{err}");
+    assert!(!p.b.ok(&["list", "--all", "--name"]).contains("uefio2"));
+}
+
 /// The test guest with a `<panic>` device whose kernel panics on an
 /// unknown NMI (`unknown_nmi_panic`).
 fn crashable_guest(name: &str, on_crash: &str) -> String {
