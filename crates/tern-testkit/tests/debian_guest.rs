@@ -114,6 +114,20 @@ fn debian_guest_from_virt_install_xml_live_migrates_with_storage_and_its_agent_a
         up_after > up_before,
         "uptime {up_before} s, then {up_after} s"
     );
+    // The real agent freezes and thaws the guest's root filesystem there.
+    let froze = b.ok(&["domfsfreeze", "debian12"]);
+    let thawed = b.ok(&["domfsthaw", "debian12"]);
+    assert!(
+        froze.contains("Froze 1 filesystem(s)") && thawed.contains("Thawed 1 filesystem(s)"),
+        "{froze}{thawed}"
+    );
+    let seq = last_seq(&b.ok(&["console", "debian12"]));
+    b.wait_console(
+        "debian12",
+        Duration::from_secs(60),
+        "heartbeats after the thaw",
+        |t| last_seq(t) > seq + 1,
+    );
     b.ok(&["destroy", "debian12"]);
     b.ok(&["undefine", "debian12", "--nvram"]);
 }
