@@ -15,6 +15,58 @@ pub fn nvram_dir(agent: &Agent) -> PathBuf {
     agent.cfg.state_dir.join("nvram")
 }
 
+/// A migrating guest's UEFI variable store on this host: a store the
+/// source agent kept in its own NVRAM directory (where [`complete`] puts
+/// it) moves to this agent's, as each libvirt host keeps its stores under
+/// its own nvram directory. A path the operator chose stays as given.
+pub fn rehome_nvram(agent: &Agent, d: &mut Domain, source_dir: Option<&Path>) {
+    let mine = nvram_dir(agent);
+    if let Some(n) = d.os.nvram.as_mut() {
+        if let Some(to) = rehomed(&n.path, source_dir, &mine) {
+            n.path = to;
+        }
+    }
+}
+
+/// Refuses a migrating guest whose UEFI variable store on this host is
+/// another domain's (a peer could otherwise name a store here that the
+/// incoming QEMU or the cold copy would overwrite).
+pub async fn check_nvram_owner(agent: &Agent, d: &Domain) -> Result<()> {
+    let Some(path) = d.os.nvram.as_ref().map(|n| n.path.clone()) else {
+        return Ok(());
+    };
+    for s in agent.domains.all() {
+        if s.uuid == d.uuid {
+            continue;
+        }
+        let theirs = s
+            .inner
+            .lock()
+            .await
+            .def
+            .os
+            .nvram
+            .as_ref()
+            .map(|n| n.path.clone());
+        if theirs.as_deref() == Some(path.as_path()) {
+            return Err(AgentError::Conflict(format!(
+                "the UEFI variable store {} on the destination belongs to domain '{}'; rename the guest with --dname or give it another <nvram>",
+                path.display(),
+                s.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where a store at `path` goes: into `mine` when it sits directly in the
+/// source agent's `source_dir` (and that is not `mine`).
+fn rehomed(path: &Path, source_dir: Option<&Path>, mine: &Path) -> Option<PathBuf> {
+    let src = source_dir?;
+    let file = path.file_name()?;
+    (path.parent()? == src && src != mine).then(|| mine.join(file))
+}
+
 /// Where a guest's TPM state lives on this host.
 pub fn tpm_dir(agent: &Agent, d: &Domain) -> PathBuf {
     agent.cfg.state_dir.join("tpm").join(d.uuid.to_string())
@@ -108,4 +160,24 @@ pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()
 /// Removes a guest's TPM state (undefine).
 pub fn remove_tpm_state(agent: &Agent, d: &Domain) {
     let _ = std::fs::remove_dir_all(tpm_dir(agent, d));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rehomed;
+    use std::path::Path;
+
+    #[test]
+    fn only_a_store_in_the_source_agents_directory_moves() {
+        let (src, mine) = (Path::new("/a/nvram"), Path::new("/b/nvram"));
+        let store = Path::new("/a/nvram/g_VARS.fd");
+        assert_eq!(
+            rehomed(store, Some(src), mine).as_deref(),
+            Some(Path::new("/b/nvram/g_VARS.fd"))
+        );
+        // The operator's path, an unknown source, or the same directory.
+        assert_eq!(rehomed(Path::new("/srv/g_VARS.fd"), Some(src), mine), None);
+        assert_eq!(rehomed(store, None, mine), None);
+        assert_eq!(rehomed(store, Some(src), src), None);
+    }
 }

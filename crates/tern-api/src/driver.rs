@@ -90,6 +90,7 @@ pub async fn drive_with(
     cancel: &AtomicBool,
     on_progress: impl FnMut(&JobInfo),
 ) -> Result<DriveOutcome, DriveError> {
+    let options = &with_dest_machines(dst, options).await;
     let begin: BeginReply = src
         .call(&Request::Migration(MigrationRequest::MigrateBegin {
             name: name.to_string(),
@@ -117,6 +118,7 @@ pub async fn drive_with(
                     .or_else(|| src.uri().map(str::to_string)),
                 source_name: Some(name.to_string()),
                 source_tls_identity: begin.tls_identity.clone(),
+                source_nvram_dir: begin.nvram_dir.clone(),
             },
         }))
         .await
@@ -184,6 +186,19 @@ pub async fn drive_with(
     }
 
     complete(src, dst, id, name, &dest_name, options, on_progress).await
+}
+
+/// `options` with the machine types the destination's QEMU offers, so
+/// that Begin on the source can refuse a guest pinned to one it lacks. A
+/// destination that does not answer `nodeinfo` leaves the check to Prepare.
+async fn with_dest_machines(dst: &Client, options: &MigrateOptions) -> MigrateOptions {
+    let mut o = options.clone();
+    if o.dest_machines.is_none() {
+        if let Ok(f) = dst.call::<tern_model::HostFacts>(&Request::NodeInfo).await {
+            o.dest_machines = Some(f.machines).filter(|m| !m.is_empty());
+        }
+    }
+    o
 }
 
 /// The second half of [`drive`], from a started Perform: polls the source

@@ -135,6 +135,12 @@ pub struct MigrateOptions {
     /// start plan (capabilities chosen from a fresh forecast), as the line
     /// that explains it.
     pub start_plan: Option<String>,
+    /// Set by the driver, not the operator: the machine types the
+    /// destination's QEMU offers (from its `nodeinfo`), so that Begin
+    /// refuses a guest pinned to a machine the destination lacks before
+    /// anything is prepared. `None` when the destination did not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dest_machines: Option<Vec<String>>,
 }
 
 /// Default `--deadline` of the convergence policy, seconds.
@@ -213,6 +219,21 @@ pub fn parse_migrate_uri(s: &str) -> Result<TcpTarget, OptionsError> {
 }
 
 impl MigrateOptions {
+    /// Why a guest pinned to `machine` cannot go to this destination: its
+    /// QEMU (as the driver learnt in `dest_machines`) lacks that machine
+    /// type, so the guest could neither arrive nor start there.
+    pub fn machine_refusal(&self, name: &str, machine: Option<&str>) -> Option<String> {
+        let (Some(m), Some(offered)) = (machine, &self.dest_machines) else {
+            return None;
+        };
+        if offered.iter().any(|o| o == m) {
+            return None;
+        }
+        Some(format!(
+            "domain '{name}' runs machine type '{m}', which the destination's QEMU does not offer; upgrade QEMU there or pick another destination"
+        ))
+    }
+
     /// Checks option combinations the way virsh does.
     pub fn validate(&self) -> Result<(), OptionsError> {
         if self.offline && !self.cold {
@@ -499,6 +520,24 @@ impl MigrateOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_machine_the_destination_lacks_is_refused_by_name() {
+        let mut o = MigrateOptions::default();
+        assert_eq!(
+            o.machine_refusal("g", Some("pc-q35-10.0")),
+            None,
+            "unknown offer"
+        );
+        o.dest_machines = Some(vec!["pc-q35-7.2".into(), "q35".into()]);
+        assert_eq!(o.machine_refusal("g", None), None);
+        assert_eq!(o.machine_refusal("g", Some("pc-q35-7.2")), None);
+        let why = o.machine_refusal("g", Some("pc-q35-10.0")).unwrap();
+        assert!(
+            why.contains("'pc-q35-10.0'") && why.contains("domain 'g'"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn defaults_never_inherit_qemus_bandwidth_cap() {

@@ -153,6 +153,11 @@ pub struct BeginReply {
     /// QEMU alone accepts (`tls-authz`).
     #[serde(default)]
     pub tls_identity: Option<String>,
+    /// The source agent's own UEFI variable directory. A store there was
+    /// placed by the agent (not chosen by the operator) and moves to the
+    /// destination agent's own directory.
+    #[serde(default)]
+    pub nvram_dir: Option<std::path::PathBuf>,
 }
 
 /// How one disk's contents reach the destination.
@@ -220,6 +225,10 @@ pub struct ColdFile {
     /// like `session`.
     #[serde(default)]
     pub mac_key: Option<SecretHex>,
+    /// The guest's UEFI variable store (`<nvram>`), not a disk: it goes to
+    /// the destination agent's NVRAM directory, not to a pool.
+    #[serde(default)]
+    pub nvram: bool,
 }
 
 /// A secret as hex; `Debug` never shows it, so requests logged with `{:?}`
@@ -283,6 +292,9 @@ pub struct PrepareRequest {
     /// [`BeginReply::tls_identity`], relayed by the driver.
     #[serde(default)]
     pub source_tls_identity: Option<String>,
+    /// [`BeginReply::nvram_dir`], relayed by the driver.
+    #[serde(default)]
+    pub source_nvram_dir: Option<std::path::PathBuf>,
 }
 
 /// Where to send memory.

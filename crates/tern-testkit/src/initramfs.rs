@@ -23,8 +23,14 @@ pub fn init_script(modules: &[&str]) -> String {
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 for m in {modules}; do
+    # efivarfs exists only on a kernel the UEFI firmware booted.
+    if [ "$m" = efivarfs ] && [ ! -d /sys/firmware/efi ]; then continue; fi
     insmod /lib/modules/$m.ko || echo "TERN-FAIL init insmod $m failed"
 done
+# UEFI variables, when the firmware booted the kernel (OVMF).
+if [ -d /sys/firmware/efi/efivars ]; then
+    mount -t efivarfs efivarfs /sys/firmware/efi/efivars || echo "TERN-FAIL init cannot mount efivarfs"
+fi
 ip=
 gw=
 wd=

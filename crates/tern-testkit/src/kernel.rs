@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Modules the guest loads, by name. Their dependencies are added and the
 /// load order resolved from `modules.dep`; built-in ones are skipped.
-pub const GUEST_MODULES: [&str; 8] = [
+pub const GUEST_MODULES: [&str; 10] = [
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
@@ -19,6 +19,10 @@ pub const GUEST_MODULES: [&str; 8] = [
     "pvpanic_mmio",
     // The i6300esb watchdog, for `<watchdog>` and `tern.watchdog_stall`.
     "i6300esb",
+    // virtio-serial ports, for the guest-agent channel (`<channel>`).
+    "virtio_console",
+    // UEFI variables from a guest booted by OVMF (`tern.efivar`).
+    "efivarfs",
 ];
 
 /// Compare version strings naturally (`6.1.0-10` < `6.1.0-9` is false).

@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod controller;
 pub mod corpus;
 mod cpio;
+pub mod debian;
 mod domxml;
 mod elf;
 mod error;

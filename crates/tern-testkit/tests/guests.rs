@@ -195,7 +195,16 @@ fn a_destination_without_the_pinned_machine_refuses_naming_it() {
     let out = p.a.tern(&["migrate", "--live", "old1", &p.b.uri()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("'pc-i440fx-10.0'"), "{err}");
+    // Refused by the source in Begin, before the destination prepared
+    // anything (Prepare's refusal starts "destination refused").
+    assert!(
+        err.contains(
+            "runs machine type 'pc-i440fx-10.0', which the destination's QEMU does not offer"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("destination refused"), "{err}");
+    assert!(!p.b.ok(&["list", "--all", "--name"]).contains("old1"));
     assert_eq!(p.a.ok(&["domstate", "old1"]).trim(), "running");
     p.a.ok(&["destroy", "old1"]);
 }
@@ -228,7 +237,9 @@ fn on_poweroff_restart_boots_the_guest_again() {
 fn the_guest_agent_channel_is_wired_and_named_in_errors() {
     let host = TernHost::start("qga");
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let spec = GuestSpec::new("qga1", &img);
+    // `tern.qga=0`: the workload's stand-in agent stays silent, as a guest
+    // without qemu-guest-agent would.
+    let spec = GuestSpec::new("qga1", &img).workload("tern.qga=0");
     let plain = spec.to_xml();
     define_xml(&host, "qga1", &plain);
     host.ok(&["start", "qga1"]);
@@ -237,8 +248,8 @@ fn the_guest_agent_channel_is_wired_and_named_in_errors() {
     host.ok(&["destroy", "qga1"]);
     host.ok(&["undefine", "qga1"]);
 
-    // With the channel QEMU serves its socket; the busybox test guest runs
-    // no qemu-ga, so the command times out saying so.
+    // With the channel QEMU serves its socket; no agent answers in this
+    // guest, so the command times out saying so.
     let with_channel = plain.replace(
         "  </devices>",
         "    <channel type='unix'>\n      <target type='virtio' name='org.qemu.guest_agent.0'/>\n    </channel>\n  </devices>",
@@ -270,21 +281,21 @@ fn the_guest_agent_channel_is_wired_and_named_in_errors() {
     host.ok(&["destroy", "qga1"]);
 }
 
-#[test]
-fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
-    let p = pair("uefi", vec![]);
+/// The test guest booted by OVMF (its kernel is the distribution's
+/// bzImage, loaded through its EFI stub), keeping `efivar` in a UEFI
+/// variable, with the guest-agent channel; `extra` goes into `<devices>`.
+fn uefi_guest(name: &str, disk: Option<&str>, efivar: &str, extra: &str) -> String {
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    p.a.ok(&["vol-create-as", "shared", "uefi1.raw", "16M"]);
-    let path = p.a.ok(&["vol-path", "uefi1.raw", "--pool", "shared"]);
-    let mut spec = GuestSpec::new("uefi1", &img);
-    spec.disks.push(TestDisk {
-        path: path.trim().into(),
-        format: "raw".into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
-    let xml = spec
-        .to_xml()
+    let mut spec = GuestSpec::new(name, &img).workload(&format!("tern.efivar={efivar}"));
+    if let Some(path) = disk {
+        spec.disks.push(TestDisk {
+            path: path.into(),
+            format: "raw".into(),
+            target: "vda".into(),
+            cache: "none".into(),
+        });
+    }
+    spec.to_xml()
         .replace("<os>", "<os firmware='efi'>")
         .replace(
             &format!("<kernel>{}</kernel>", img.kernel.display()),
@@ -293,8 +304,32 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
         .replace("<type arch='x86_64'>", "<type arch='x86_64' machine='q35'>")
         .replace(
             "  </devices>",
-            "    <tpm model='tpm-crb'>\n      <backend type='emulator' version='2.0'/>\n    </tpm>\n  </devices>",
-        );
+            &format!("    <channel type='unix'>\n      <target type='virtio' name='org.qemu.guest_agent.0'/>\n    </channel>\n{extra}  </devices>"),
+        )
+}
+
+/// Waits for the guest's heartbeats after `boots` boots on `host`'s console.
+fn wait_booted(host: &TernHost, name: &str, what: &str, boots: usize) -> String {
+    host.wait_console(name, Duration::from_secs(240), what, |t| {
+        let l = SerialLog::parse(t);
+        t.matches("TERN-READY").count() >= boots && l.last_seq().is_some_and(|s| s > 2)
+    })
+}
+
+/// Asks the guest agent (the workload's stand-in) for a ping.
+fn agent_ping(host: &TernHost, name: &str) {
+    let out = host.ok(&["qemu-agent-command", name, r#"{"execute":"guest-ping"}"#]);
+    assert!(out.contains(r#""return""#), "guest-ping on {name}: {out}");
+}
+
+#[test]
+fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
+    let p = pair("uefi", vec![]);
+    p.a.ok(&["vol-create-as", "shared", "uefi1.raw", "16M"]);
+    let path = p.a.ok(&["vol-path", "uefi1.raw", "--pool", "shared"]);
+    let tpm =
+        "    <tpm model='tpm-crb'>\n      <backend type='emulator' version='2.0'/>\n    </tpm>\n";
+    let xml = uefi_guest("uefi1", Some(path.trim()), "live-1", tpm);
     define_xml(&p.a, "uefi1", &xml);
     let defined = p.a.ok(&["dumpxml", "uefi1"]);
     assert!(defined.contains("<loader readonly='yes' secure='no' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"), "{defined}");
@@ -305,16 +340,13 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
     );
     p.a.ok(&["start", "uefi1"]);
     assert!(nvram.exists(), "NVRAM not created from the template");
-    // OVMF loads the kernel: the guest's own heartbeats prove it booted.
-    p.a.wait_console(
-        "uefi1",
-        Duration::from_secs(180),
-        "TERN-READY under OVMF",
-        |t| {
-            let l = SerialLog::parse(t);
-            l.ready() && l.last_seq().is_some_and(|s| s > 2)
-        },
-    );
+    // OVMF loads the kernel: the guest's own heartbeats prove it booted,
+    // and it wrote its variable through the firmware.
+    let text = wait_booted(&p.a, "uefi1", "TERN-READY under OVMF", 1);
+    assert!(text.contains("TERN-EFIVAR absent"), "{text}");
+    assert!(text.contains("TERN-EFIVAR wrote value=live-1"), "{text}");
+    // The agent channel answers before the migration.
+    agent_ping(&p.a, "uefi1");
     let out = p.a.tern(&[
         "migrate",
         "--live",
@@ -337,9 +369,108 @@ fn uefi_guest_with_tpm_boots_under_ovmf_migrates_and_undefines_its_nvram() {
     let live = p.b.ok(&["dumpxml", "uefi1"]);
     assert!(live.contains("machine='pc-q35-"), "{live}");
     assert!(live.contains("<tpm model='tpm-crb'>"), "{live}");
+    // The agent channel reconnects on the destination: the guest answers
+    // there, and says so on its console.
+    agent_ping(&p.b, "uefi1");
+    p.b.wait_console(
+        "uefi1",
+        Duration::from_secs(30),
+        "the ping on the destination",
+        |t| t.contains("TERN-QGA guest-ping"),
+    );
+    // The agent verbs, answered by the guest on the destination.
+    let ifaddr = p.b.ok(&["domifaddr", "uefi1", "--source", "agent"]);
+    assert!(
+        ifaddr
+            .lines()
+            .any(|l| l.contains("lo") && l.contains("127.0.0.1/8")),
+        "{ifaddr}"
+    );
+    assert!(p
+        .b
+        .ok(&["domfsfreeze", "uefi1"])
+        .contains("Froze 0 filesystem(s)"));
+    assert!(p
+        .b
+        .ok(&["domfsthaw", "uefi1"])
+        .contains("Thawed 0 filesystem(s)"));
+    // The store is the destination agent's own, where its definition says.
+    let dest_nvram = p.b.state_dir().join("nvram/uefi1_VARS.fd");
+    assert!(
+        live.contains(&format!(">{}</nvram>", dest_nvram.display())),
+        "{live}"
+    );
+    assert!(dest_nvram.exists(), "no NVRAM on the destination");
+    // Booted again from the destination's store, the guest finds the
+    // variable it wrote on the source.
+    p.b.ok(&["destroy", "uefi1"]);
+    p.b.ok(&["start", "uefi1"]);
+    let text = wait_booted(&p.b, "uefi1", "a boot on the destination", 1);
+    assert!(text.contains("TERN-EFIVAR found value=live-1"), "{text}");
     p.b.ok(&["destroy", "uefi1"]);
     p.b.ok(&["undefine", "uefi1", "--nvram"]);
-    assert!(!nvram.exists(), "undefine --nvram left the variable store");
+    assert!(
+        !dest_nvram.exists(),
+        "undefine --nvram left the variable store"
+    );
+}
+
+#[test]
+fn cold_migration_carries_the_uefi_variable_store() {
+    let p = pair("uefic", vec![]);
+    define_xml(&p.a, "uefic1", &uefi_guest("uefic1", None, "cold-1", ""));
+    p.a.ok(&["start", "uefic1"]);
+    let text = wait_booted(&p.a, "uefic1", "TERN-READY under OVMF", 1);
+    assert!(text.contains("TERN-EFIVAR wrote value=cold-1"), "{text}");
+    p.a.ok(&["destroy", "uefic1"]);
+    let source_nvram = p.a.state_dir().join("nvram/uefic1_VARS.fd");
+    let out = p.a.tern(&[
+        "migrate",
+        "--cold",
+        "--undefinesource",
+        "uefic1",
+        &p.b.uri(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest_nvram = p.b.state_dir().join("nvram/uefic1_VARS.fd");
+    let defined = p.b.ok(&["dumpxml", "uefic1"]);
+    assert!(
+        defined.contains(&format!(">{}</nvram>", dest_nvram.display())),
+        "{defined}"
+    );
+    assert_eq!(
+        std::fs::read(&dest_nvram).expect("the store arrived"),
+        std::fs::read(&source_nvram).unwrap()
+    );
+    // Booted on the destination, the guest reads the variable it wrote on
+    // the source.
+    p.b.ok(&["start", "uefic1"]);
+    let text = wait_booted(&p.b, "uefic1", "a boot on the destination", 1);
+    assert!(text.contains("TERN-EFIVAR found value=cold-1"), "{text}");
+    p.b.ok(&["destroy", "uefic1"]);
+}
+
+#[test]
+fn a_migrating_guest_never_takes_another_guests_uefi_store() {
+    let p = pair("uefio", vec![]);
+    // B has its own guest named like the one coming, under another uuid.
+    define_xml(&p.b, "uefio1", &uefi_guest("uefio1", None, "b", ""));
+    define_xml(&p.a, "uefio1", &uefi_guest("uefio1", None, "a", ""));
+    // Renamed on the way, its store would land on B's guest's store.
+    let err = p.a.fails(&[
+        "migrate",
+        "--cold",
+        "--dname",
+        "uefio2",
+        "uefio1",
+        &p.b.uri(),
+    ]);
+    assert!(err.contains("belongs to domain 'uefio1'"), "{err}");
+    assert!(!p.b.ok(&["list", "--all", "--name"]).contains("uefio2"));
 }
 
 /// The test guest with a `<panic>` device whose kernel panics on an

@@ -38,6 +38,7 @@ fn request(name: &str, disks: Vec<DiskCopy>, o: MigrateOptions) -> PrepareReques
         source_uri: None,
         source_name: None,
         source_tls_identity: None,
+        source_nvram_dir: None,
     }
 }
 

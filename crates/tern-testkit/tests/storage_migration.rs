@@ -320,3 +320,41 @@ fn a_mirrored_raw_disk_keeps_its_holes() {
     );
     assert!(!ev.contains("keep discard=unmap"), "{ev}");
 }
+
+/// With `discard='unmap' detect_zeroes='unmap'` in the definition the
+/// destination keeps the holes as well (no reopen needed there).
+#[test]
+fn copy_storage_all_keeps_the_holes_of_a_sparse_disk() {
+    let h = hosts("holes-unmap");
+    // 256 MiB, of which the guest writes its 8 MiB block region.
+    h.a.ok(&["vol-create-as", "images", "holes.raw", "256M"]);
+    let spec = guest("holes", vec![disk(&h.ia.join("holes.raw"), "raw", "vda")]);
+    let xml = spec.to_xml().replace(
+        "cache='none'/>",
+        "cache='none' discard='unmap' detect_zeroes='unmap'/>",
+    );
+    let path = h.a.root.join("holes.xml");
+    std::fs::write(&path, xml).unwrap();
+    h.a.ok(&["define", path.to_str().unwrap()]);
+    h.a.ok(&["start", "holes"]);
+    wait_disk_ok(&h.a, "holes", "disk writes on the source");
+    let src = allocated(&h.ia.join("holes.raw"));
+    migrate_ok(
+        &h,
+        "holes",
+        &["--live", "--copy-storage-all", "--persistent"],
+    );
+    wait_disk_ok(&h.b, "holes", "disk verification on the destination");
+    let dst = allocated(&h.ib.join("holes.raw"));
+    eprintln!(
+        "allocated: source {} KiB, destination {} KiB (of 262144 KiB)",
+        src >> 10,
+        dst >> 10
+    );
+    // The copy holds what the guest wrote, not 256 MiB of zeroes.
+    assert!(
+        dst <= src + (4 << 20),
+        "source {src} B, destination {dst} B allocated"
+    );
+    h.b.ok(&["destroy", "holes"]);
+}

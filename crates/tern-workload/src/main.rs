@@ -21,6 +21,8 @@
 //! | `tern.gw=A` | none | default gateway (set by /init) |
 //! | `tern.port=N` | 7777 | TCP port of the echo server |
 //! | `tern.ignore_acpi=1` | 0 | ignore the ACPI power button (so `system_powerdown` does nothing) |
+//! | `tern.efivar=V` | none | keep `V` (letters, digits, `-`) in a UEFI variable; see `efivar` |
+//! | `tern.qga=0` | 1 | do not answer on the guest-agent port (as a guest without qemu-ga) |
 //! | `tern.watchdog_stall=N` | none | read by the guest's `/init`: arm the i6300esb watchdog, stop pinging it after N s |
 //!
 //! A bad or unknown `tern.*` parameter prints `TERN-FAIL param ...` and the
@@ -38,6 +40,10 @@
 //! - `TERN-DISK ok writes=<n> verified=<n>`: every second while no disk failure happened in that second.
 //! - `TERN-NET listening <ip>:<port>`: the echo server is up.
 //! - `TERN-READY up_ms=<ms>`: everything above is set up.
+//! - `TERN-EFIVAR found value=<v>` / `absent` / `wrote value=<v>`: the UEFI
+//!   variable at start (UEFI guests only).
+//! - `TERN-QGA listening <dev>` and `TERN-QGA <command>`: the guest-agent
+//!   stand-in found its virtio-serial port, and answered a command.
 //! - `TERN-POWEROFF`: the power button was pressed; the guest syncs and powers off.
 //! - `TERN-INFO ...`: informational.
 //! - `TERN-FAIL <area> ...`: something is wrong (`param`, `mem`, `disk`, `net`,
@@ -63,12 +69,14 @@ mod block;
 mod clock;
 mod console;
 mod disk;
+mod efivar;
 mod heartbeat;
 mod mem;
 mod net;
 mod params;
 mod pattern;
 mod power;
+mod qga;
 
 use std::time::Duration;
 
@@ -99,6 +107,11 @@ fn main() {
     }
     if let Err(e) = heartbeat::spawn(p.hb_ms) {
         console::fail("hb", &format!("cannot start the heartbeat thread: {e}"));
+    }
+
+    efivar::run(p.efivar.as_deref());
+    if p.qga {
+        qga::spawn();
     }
 
     let (disk_ready_tx, disk_ready) = std::sync::mpsc::channel();

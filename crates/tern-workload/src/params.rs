@@ -35,6 +35,10 @@ pub struct Params {
     pub port: u16,
     /// `tern.ignore_acpi`: ignore the ACPI power button.
     pub ignore_acpi: bool,
+    /// `tern.efivar`: a value to keep in a UEFI variable (see `efivar`).
+    pub efivar: Option<String>,
+    /// `tern.qga`: answer on the guest-agent port (see `qga`).
+    pub qga: bool,
 }
 
 impl Default for Params {
@@ -53,6 +57,8 @@ impl Default for Params {
             gw: None,
             port: 7777,
             ignore_acpi: false,
+            efivar: None,
+            qga: true,
         }
     }
 }
@@ -124,6 +130,21 @@ pub fn parse(cmdline: &str) -> (Params, Vec<String>) {
                 .map_err(|_| format!("{key}={value:?} is not an IPv4 address, ignoring it")),
             "port" => number(&key, value, 1, 65_535).map(|n| p.port = n as u16),
             "ignore_acpi" => flag(&key, value).map(|b| p.ignore_acpi = b),
+            "qga" => flag(&key, value).map(|b| p.qga = b),
+            "efivar" => {
+                if !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    p.efivar = Some(value.to_string());
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{key}={value:?} is not letters, digits and '-', ignoring it"
+                    ))
+                }
+            }
             // Read by the guest's /init, which drives the watchdog.
             "watchdog_stall" => number(&key, value, 1, 3600).map(|_| ()),
             // Read by the guest's /init, which configures a NIC plugged in later.
@@ -201,6 +222,8 @@ mod tests {
                 gw: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 port: 9000,
                 ignore_acpi: true,
+                efivar: None,
+                qga: true,
             }
         );
     }

@@ -11,15 +11,15 @@
 
 use super::cold_durable::{durability, sync_in_background};
 pub use super::cold_durable::{ensure_durable, settle_markers};
+pub use super::cold_files::describe;
 use super::Job;
 use crate::error::{AgentError, Result};
 use crate::Agent;
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tern_migrate::protocol::{ColdFile, ColdTarget};
 use tern_migrate::{JobKind, MigrateOptions};
-use tern_model::{DiskDevice, Domain};
+
 use tern_qemu::img;
 use tern_transfer::durable::Durability;
 use tern_transfer::{Compression, ReceiveOptions, Receiver, SendOptions, SessionId, Stats};
@@ -43,20 +43,6 @@ pub struct Incoming {
     pub fronts: Vec<super::cold_tls::Front>,
 }
 
-fn session_of(uuid: &uuid::Uuid, path: &std::path::Path, meta: &std::fs::Metadata) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let mut h = Sha256::new();
-    h.update(uuid.as_bytes());
-    h.update(path.as_os_str().as_encoded_bytes());
-    h.update(meta.len().to_le_bytes());
-    h.update(meta.mtime().to_le_bytes());
-    h.update(meta.mtime_nsec().to_le_bytes());
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn session_id(hex: &str) -> Result<SessionId> {
     let mut b = [0u8; 16];
     if hex.len() != 32 {
@@ -69,163 +55,6 @@ fn session_id(hex: &str) -> Result<SessionId> {
             .map_err(|_| AgentError::Invalid(format!("bad transfer session id '{hex}'")))?;
     }
     Ok(SessionId(b))
-}
-
-/// Source, Begin: every file of every disk, top image first, backing after.
-pub async fn describe(agent: &Agent, d: &Domain, copy_exports: bool) -> Result<Vec<ColdFile>> {
-    let mut out: Vec<ColdFile> = Vec::new();
-    for disk in &d.devices.disks {
-        if disk.device == DiskDevice::Cdrom {
-            continue;
-        }
-        let Some(top) = disk_file(agent, disk).await? else {
-            continue;
-        };
-        let top = &top;
-        // The disk's own format, never a guess: a raw disk may hold a
-        // qcow2 header the guest wrote, naming any host file as backing.
-        let format = match disk.format {
-            tern_model::DiskFormat::Raw => "raw",
-            tern_model::DiskFormat::Qcow2 => "qcow2",
-        };
-        let url = agent.pools.img_path(top).await;
-        if url != *top {
-            // On an export only QEMU reaches: shared, so it stays in place
-            // unless the operator named a pool to copy it into.
-            if copy_exports {
-                let f = exported_file(agent, disk, top, &url, format, out.len()).await?;
-                out.push(f);
-            }
-            continue;
-        }
-        push_chain(agent, d, disk, top, format, &mut out).await?;
-    }
-    Ok(out)
-}
-
-/// The file a disk names on this host (its path, or its volume's path
-/// under the pool's target); `None` for a network disk, which stays.
-async fn disk_file(agent: &Agent, disk: &tern_model::Disk) -> Result<Option<PathBuf>> {
-    match (&disk.source, &disk.remote) {
-        (Some(p), None) => Ok(Some(p.clone())),
-        (_, Some(tern_model::DiskRemote::Volume(v))) => {
-            if agent.pools.is_rbd(&v.pool).await {
-                // An RBD image: shared, it stays.
-                return Ok(None);
-            }
-            let (path, _) = agent.pools.volume_slot(&v.pool, &v.volume).await?;
-            Ok(Some(path))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// A local disk file and its backing chain, top first.
-async fn push_chain(
-    agent: &Agent,
-    d: &Domain,
-    disk: &tern_model::Disk,
-    top: &std::path::Path,
-    format: &str,
-    out: &mut Vec<ColdFile>,
-) -> Result<()> {
-    for (depth, link) in img::backing_chain(top, format)
-        .await?
-        .into_iter()
-        .enumerate()
-    {
-        let (path, info) = (link.path, link.info);
-        let meta = std::fs::metadata(&path).map_err(|e| AgentError::state(&path, e))?;
-        use std::os::unix::fs::MetadataExt;
-        let volume = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| AgentError::Invalid(format!("{} has no file name", path.display())))?
-            .to_string();
-        if out
-            .iter()
-            .any(|f| f.volume == volume && f.source_path != path)
-        {
-            return Err(AgentError::Conflict(format!(
-                "two disk files are both named '{volume}'; they would collide in the destination pool"
-            )));
-        }
-        let backing_volume = info
-            .backing
-            .as_ref()
-            .and_then(|b| b.file_name())
-            .and_then(|n| n.to_str())
-            .map(str::to_string);
-        if !out.iter().any(|f| f.source_path == path) {
-            out.push(ColdFile {
-                id: out.len() as u32,
-                target: disk.target_dev.clone(),
-                depth: depth as u32,
-                pool: agent.pools.pool_of(&path).await.map(|p| p.name),
-                volume,
-                format: link.format.clone(),
-                size: meta.len(),
-                allocated: meta.blocks() * 512,
-                backing_volume,
-                mac_key: Some(super::cold_mac::key_for(
-                    agent,
-                    &session_of(&d.uuid, &path, &meta),
-                )?),
-                session: session_of(&d.uuid, &path, &meta),
-                source_path: path.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// A disk file on an export only QEMU reaches, copied out with
-/// `--target-pool`: staged byte for byte into the state directory at
-/// Perform and sent from there. Single files only: a chain's backing names
-/// would have to be rewritten on the export.
-async fn exported_file(
-    agent: &Agent,
-    disk: &tern_model::Disk,
-    path: &std::path::Path,
-    url: &std::path::Path,
-    format: &str,
-    id: usize,
-) -> Result<ColdFile> {
-    let info = img::info(url, format).await?;
-    if info.backing.is_some() {
-        return Err(AgentError::Unsupported(format!(
-            "disk '{}' ({}) has a backing file on an export QEMU reaches over nfs://; a cold copy takes single-file disks from there: flatten it with 'qemu-img convert', or leave it in place (no --target-pool)",
-            disk.target_dev,
-            path.display()
-        )));
-    }
-    let bytes = img::info(url, "raw").await?;
-    let volume = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| AgentError::Invalid(format!("{} has no file name", path.display())))?
-        .to_string();
-    // Never resumed: the export's file may change between attempts, and
-    // the staged copy is made again each time.
-    let session: String = uuid::Uuid::new_v4().simple().to_string();
-    Ok(ColdFile {
-        id: id as u32,
-        target: disk.target_dev.clone(),
-        depth: 0,
-        pool: agent.pools.pool_of(path).await.map(|p| p.name),
-        volume,
-        format: format.to_string(),
-        size: bytes.virtual_size,
-        allocated: if bytes.actual_size > 0 {
-            bytes.actual_size
-        } else {
-            bytes.virtual_size
-        },
-        backing_volume: None,
-        mac_key: Some(super::cold_mac::key_for(agent, &session)?),
-        session,
-        source_path: path.to_path_buf(),
-    })
 }
 
 /// Destination, Prepare: checks, then one receiver per file.
@@ -241,6 +70,13 @@ pub async fn prepare(
     let mut need: std::collections::BTreeMap<String, u64> = Default::default();
     for f in files {
         tern_model::names::validate_name("volume", &f.volume)?;
+        if f.nvram {
+            // The guest's own store (the definition names this path, see
+            // `rehome_nvram`); a stale one from an earlier stay is replaced.
+            let path = crate::guest_setup::nvram_dir(agent).join(&f.volume);
+            plan.push((f.clone(), path, false));
+            continue;
+        }
         let pool = o.target_pool.clone().or(f.pool.clone()).ok_or_else(|| {
             AgentError::Invalid(format!(
                 "'{}' is not in a pool on the source; pass --target-pool",
@@ -292,6 +128,11 @@ pub async fn prepare(
         } else {
             path.clone()
         };
+        if f.nvram {
+            let dir = crate::guest_setup::nvram_dir(agent);
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::state(&dir, e))?;
+            let _ = std::fs::remove_file(&path);
+        }
         let mut ro = ReceiveOptions::new(session_id(&f.session)?);
         ro.mac_key = Some(super::cold_mac::parse(f.mac_key.as_ref())?);
         ro.resume = true;
@@ -580,10 +421,13 @@ pub async fn finish(
     let mut d = job
         .take_offline_def()
         .ok_or_else(|| AgentError::Failed("no prepared definition".into()))?;
+    if let (Some(n), Some((_, p))) = (d.os.nvram.as_mut(), placed.iter().find(|(f, _)| f.nvram)) {
+        n.path = p.clone();
+    }
     for disk in d.devices.disks.iter_mut() {
         if let Some((_, p)) = placed
             .iter()
-            .find(|(f, _)| f.target == disk.target_dev && f.depth == 0)
+            .find(|(f, _)| !f.nvram && f.target == disk.target_dev && f.depth == 0)
         {
             // A `type='volume'` disk becomes a file disk: the copy's pool
             // may not be the one the source named.

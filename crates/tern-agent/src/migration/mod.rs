@@ -6,6 +6,7 @@
 
 pub mod cold;
 mod cold_durable;
+mod cold_files;
 pub mod cold_mac;
 pub mod cold_stage;
 pub mod cold_tls;

@@ -180,6 +180,9 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         tern_model::names::validate_name("domain", n)?;
         d.name = n.clone();
     }
+    if let Some(why) = o.machine_refusal(name, d.os.machine.as_deref()) {
+        return Err(AgentError::Conflict(why));
+    }
     if active && !o.unsafe_ {
         check_storage(agent, &d, o).await?;
     }
@@ -209,6 +212,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         } else {
             None
         },
+        nvram_dir: Some(crate::guest_setup::nvram_dir(agent)),
     })
 }
 

@@ -1,10 +1,11 @@
 //! Proof that two hosts see the same export before a live migration that
 //! copies no storage: in Prepare the destination writes a token file
-//! (`.tern-share-<migration id>`, holding the id) into each netfs pool the
-//! guest's uncopied disks live in, as it sees that pool; in Perform the
-//! source reads the token through its own view of the pool and removes it.
-//! Two pools that only share a name and a target path, but not the export,
-//! fail here, before any memory moves.
+//! (`.tern-share-<migration id>`, holding the id) into each netfs pool, and
+//! each dir pool declared `--shared`, that the guest's uncopied disks live
+//! in, as it sees that pool; in Perform the source reads the token through
+//! its own view of the pool and removes it. Two pools that only share a
+//! name and a target path, but not the export (or a `--shared` directory
+//! that is a local one on each host), fail here, before any memory moves.
 //!
 //! A cold migration does the same for the disks it leaves in place (those on
 //! an export the source reaches only through QEMU): the destination leaves
@@ -25,7 +26,8 @@ pub fn token_name(id: &Uuid) -> String {
 }
 
 impl Pools {
-    /// The active netfs pools holding the disks of `d` for which `stays`
+    /// The active netfs pools (with `shared_dirs`, also the dir pools
+    /// declared `--shared`) holding the disks of `d` for which `stays`
     /// holds (those the migration leaves in place); with `qemu_only`, only
     /// pools this host reaches through QEMU.
     async fn netfs_pools_of(
@@ -33,12 +35,15 @@ impl Pools {
         d: &Domain,
         stays: impl Fn(&Disk) -> bool,
         qemu_only: bool,
+        shared_dirs: bool,
     ) -> Vec<(String, Store)> {
         let m = self.pools.lock().await;
         let wanted = |p: &&Pool| {
-            p.active
-                && p.def.kind == PoolKind::Netfs
-                && (!qemu_only || p.access == Some(NetfsAccess::Qemu))
+            let netfs = p.def.kind == PoolKind::Netfs
+                && (!qemu_only || p.access == Some(NetfsAccess::Qemu));
+            let shared_dir =
+                shared_dirs && !qemu_only && p.def.kind == PoolKind::Dir && p.def.shared;
+            p.active && (netfs || shared_dir)
         };
         let mut out: Vec<(String, Store)> = Vec::new();
         for disk in &d.devices.disks {
@@ -70,7 +75,7 @@ impl Pools {
         id: &Uuid,
     ) -> Result<()> {
         let stays = |k: &Disk| !o.copies_disk(&k.target_dev);
-        let pools = self.netfs_pools_of(d, stays, false).await;
+        let pools = self.netfs_pools_of(d, stays, false, true).await;
         leave_tokens(pools, id).await
     }
 
@@ -78,7 +83,7 @@ impl Pools {
     /// netfs pool of the disks it does not receive.
     pub async fn leave_cold_tokens(&self, d: &Domain, files: &[ColdFile], id: &Uuid) -> Result<()> {
         let stays = |k: &Disk| !files.iter().any(|f| f.target == k.target_dev);
-        let pools = self.netfs_pools_of(d, stays, false).await;
+        let pools = self.netfs_pools_of(d, stays, false, false).await;
         leave_tokens(pools, id).await
     }
 
@@ -87,7 +92,7 @@ impl Pools {
     /// token is missing or holds another id.
     pub async fn prove_shared(&self, d: &Domain, o: &MigrateOptions, id: &Uuid) -> Result<()> {
         let stays = |k: &Disk| !o.copies_disk(&k.target_dev);
-        let pools = self.netfs_pools_of(d, stays, false).await;
+        let pools = self.netfs_pools_of(d, stays, false, true).await;
         check_tokens(pools, id).await
     }
 
@@ -98,7 +103,11 @@ impl Pools {
         let stores: Vec<Store> = {
             let m = self.pools.lock().await;
             m.values()
-                .filter(|p| p.active && p.def.kind == PoolKind::Netfs)
+                .filter(|p| {
+                    p.active
+                        && (p.def.kind == PoolKind::Netfs
+                            || (p.def.kind == PoolKind::Dir && p.def.shared))
+                })
                 .map(|p| p.store())
                 .collect()
         };
@@ -125,7 +134,7 @@ impl Pools {
     /// `--target-pool` copies them).
     pub async fn prove_shared_cold(&self, d: &Domain, files: &[ColdFile], id: &Uuid) -> Result<()> {
         let stays = |k: &Disk| !files.iter().any(|f| f.target == k.target_dev);
-        let pools = self.netfs_pools_of(d, stays, true).await;
+        let pools = self.netfs_pools_of(d, stays, true, false).await;
         check_tokens(pools, id).await
     }
 }
@@ -178,7 +187,7 @@ async fn check_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
         };
         if found.as_deref() != Some(id.to_string().as_bytes()) {
             return Err(AgentError::Conflict(format!(
-                "pool '{pool}' is not the same storage on both hosts: the destination's token {name} is not visible here; define the pool with the same --source-host and --source-path on both hosts, use --copy-storage-all, or pass --unsafe"
+                "pool '{pool}' is not the same storage on both hosts: the destination's token {name} is not visible here; define the pool with the same --source-host and --source-path on both hosts (a dir pool declared --shared: mount the same shared filesystem at its target on both), use --copy-storage-all, or pass --unsafe"
             )));
         }
     }

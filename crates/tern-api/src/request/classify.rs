@@ -287,6 +287,7 @@ mod tests {
                         source_uri: None,
                         source_name: None,
                         source_tls_identity: None,
+                        source_nvram_dir: None,
                     },
                 }),
                 false,

@@ -20,6 +20,9 @@ use super::super::Job;
 /// Prepare: everything the destination needs before memory flows.
 pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareReply> {
     let existing = admit(agent, &req).await?;
+    let mut req = req;
+    crate::guest_setup::rehome_nvram(agent, &mut req.domain, req.source_nvram_dir.as_deref());
+    crate::guest_setup::check_nvram_owner(agent, &req.domain).await?;
     let job = record(agent, &req)?;
     if req.options.offline || req.options.cold {
         return prepare_copy(agent, &job, req, existing).await;
@@ -173,6 +176,20 @@ async fn prepare_copy(
                 agent.jobs.finish(job);
                 return Err(e);
             }
+        }
+        // A variable store arrives only as the guest's own (see `rehome_nvram`).
+        let store = req.domain.os.nvram.as_ref().map(|n| n.path.clone());
+        let nvram_dir = crate::guest_setup::nvram_dir(agent);
+        if let Some(f) = req
+            .files
+            .iter()
+            .find(|f| f.nvram && store.as_deref() != Some(nvram_dir.join(&f.volume).as_path()))
+        {
+            agent.jobs.finish(job);
+            return Err(AgentError::Conflict(format!(
+                "the source sent UEFI variable store '{}', which is not the guest's <nvram>",
+                f.volume
+            )));
         }
         match super::super::cold::prepare(
             agent,

@@ -1,0 +1,160 @@
+//! The Debian test guest that `scripts/debian-guest.sh` builds: Debian's
+//! systemd, udev and qemu-guest-agent on an ext4 root, booted with
+//! Debian's kernel and initrd, reporting `TERN-READY` and `TERN-HB` lines
+//! on its serial console; and the domain XML virt-install writes for it.
+
+use crate::guest::workspace_root;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The built guest: its root image and boot files.
+#[derive(Debug, Clone)]
+pub struct DebianGuest {
+    /// The cache directory (one build per version of the script).
+    pub dir: PathBuf,
+    /// The root filesystem, a raw ext4 image (use it as a backing file).
+    pub root: PathBuf,
+    /// Debian's kernel.
+    pub kernel: PathBuf,
+    /// Debian's initrd.
+    pub initrd: PathBuf,
+}
+
+/// Builds the guest once (debootstrap: minutes; the script says so) or
+/// reuses the cached build. Panics with the script's output on failure.
+pub fn debian_guest() -> DebianGuest {
+    static BUILT: OnceLock<DebianGuest> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = workspace_root().join("scripts/debian-guest.sh");
+            let out = std::process::Command::new(&script)
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+            assert!(
+                out.status.success(),
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let dir = workspace_root().join(stdout.lines().last().unwrap_or_default().trim());
+            DebianGuest {
+                root: dir.join("root.raw"),
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initrd.img"),
+                dir,
+            }
+        })
+        .clone()
+}
+
+/// The domain XML `virt-install --print-xml` writes for
+/// `virt-install --name NAME --osinfo debian12 --memory 1024 --vcpus 1
+/// --boot uefi,kernel=K,initrd=I,kernel_args="root=/dev/vda rw
+/// console=ttyS0" --disk path=DISK,format=qcow2,bus=virtio,discard=unmap
+/// --network user,model=virtio --graphics none --channel
+/// unix,target.type=virtio,name=org.qemu.guest_agent.0 --tpm default`,
+/// double quotes and all.
+pub fn virt_install_xml(name: &str, disk: &Path, g: &DebianGuest) -> String {
+    let root_ports = "    <controller type=\"pci\" model=\"pcie-root-port\"/>\n".repeat(14);
+    format!(
+        r#"<domain type="kvm">
+  <name>{name}</name>
+  <uuid>5b2d7c1e-3f4a-4b6c-9d8e-0f1a2b3c4d16</uuid>
+  <metadata>
+    <libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0">
+      <libosinfo:os id="http://debian.org/debian/12"/>
+    </libosinfo:libosinfo>
+  </metadata>
+  <memory>1048576</memory>
+  <currentMemory>1048576</currentMemory>
+  <vcpu>1</vcpu>
+  <os firmware="efi">
+    <type arch="x86_64" machine="q35">hvm</type>
+    <firmware>
+      <feature enabled="no" name="enrolled-keys"/>
+      <feature enabled="no" name="secure-boot"/>
+    </firmware>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>root=/dev/vda rw console=ttyS0</cmdline>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+    <vmport state="off"/>
+  </features>
+  <cpu mode="host-passthrough"/>
+  <clock offset="utc">
+    <timer name="rtc" tickpolicy="catchup"/>
+    <timer name="pit" tickpolicy="delay"/>
+    <timer name="hpet" present="no"/>
+  </clock>
+  <pm>
+    <suspend-to-mem enabled="no"/>
+    <suspend-to-disk enabled="no"/>
+  </pm>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="qcow2" discard="unmap"/>
+      <source file="{disk}"/>
+      <target dev="vda" bus="virtio"/>
+    </disk>
+    <controller type="usb" model="qemu-xhci" ports="15"/>
+    <controller type="pci" model="pcie-root"/>
+{root_ports}    <interface type="user">
+      <mac address="52:54:00:4e:16:01"/>
+      <model type="virtio"/>
+    </interface>
+    <console type="pty"/>
+    <channel type="unix">
+      <source mode="bind"/>
+      <target type="virtio" name="org.qemu.guest_agent.0"/>
+    </channel>
+    <tpm model="tpm-crb">
+      <backend type="emulator"/>
+    </tpm>
+    <memballoon model="virtio"/>
+    <rng model="virtio">
+      <backend model="random">/dev/urandom</backend>
+    </rng>
+  </devices>
+</domain>
+"#,
+        kernel = g.kernel.display(),
+        initrd = g.initrd.display(),
+        disk = disk.display(),
+    )
+}
+
+/// Decodes standard base64 (what qemu-guest-agent's `guest-exec-status`
+/// returns as `out-data`); `None` on a character outside the alphabet.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(base64_decode("MTIuMzQgNS42Nwo=").unwrap(), b"12.34 5.67\n");
+        assert_eq!(base64_decode("YWI").unwrap(), b"ab");
+        assert_eq!(base64_decode("a!"), None);
+    }
+}
