@@ -375,7 +375,9 @@ fn private_files_console_read_write_only_and_read_only_share_with_timeouts() {
     use std::os::unix::net::UnixStream;
     let h = TernHost::start_with(tern_testkit::HostOptions {
         name: "hygiene".into(),
-        config: Some("max_ro_clients = 2\nidle_timeout = 1\n".into()),
+        // Long enough that the two idle readers still hold the share when
+        // a third `tern` process starts on a loaded machine.
+        config: Some("max_ro_clients = 2\nidle_timeout = 5\n".into()),
         ..Default::default()
     });
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

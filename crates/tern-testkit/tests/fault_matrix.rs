@@ -264,7 +264,7 @@ cells! {
     source_agent_killed_in_precopy: KillAgent(A), Precopy => A;
     p2p_source_agent_killed_in_precopy: KillAgent(A), PrecopyP2p => A;
     p2p_dest_agent_killed_in_precopy: KillAgent(B), PrecopyP2p => B;
-    source_agent_killed_after_qemu_completed: KillAgent(A), Point(A, "source-completed") => A;
+    source_agent_killed_after_qemu_completed: KillAgent(A), Point(A, "source-completed") => B;
     source_agent_killed_in_confirm: KillAgent(A), Point(A, "source-before-quit") => B;
     dest_agent_killed_in_prepare: KillAgent(B), Point(B, "dest-prepared") => A;
     dest_agent_killed_in_precopy: KillAgent(B), Precopy => B;
