@@ -17,6 +17,7 @@ pub mod bootsector;
 pub mod browser;
 pub mod capture;
 pub mod ceph;
+pub mod checks;
 pub mod cluster;
 pub mod controller;
 pub mod corpus;

@@ -248,6 +248,52 @@ pub fn walk_through_pool(host: &crate::TernHost, name: &str, server: &NfsServer,
     host.ok(&["pool-autostart", name]);
 }
 
+/// The walk-through's setting: an NFS server in namespace C, agents in A
+/// and B, and the netfs pool `nfspool` defined and started on both with
+/// the walk-through's commands, its target under a temporary `/mykvm`.
+/// Fields drop in order: agents first, then the server, the namespaces.
+pub struct NfsPair {
+    /// The agent in namespace A.
+    pub a: crate::TernHost,
+    /// The agent in namespace B.
+    pub b: crate::TernHost,
+    /// The server both mount (or reach through QEMU).
+    pub nfs: NfsServer,
+    /// The pool's target directory on both hosts.
+    pub target: PathBuf,
+    /// The temporary directory holding the target (and test files).
+    pub root: tempfile::TempDir,
+    /// The namespaces and their links.
+    pub lab: crate::Lab,
+}
+
+impl NfsPair {
+    /// Starts the server, both agents (named `NAME-a`, `NAME-b`) and the pool.
+    pub fn start(name: &str) -> NfsPair {
+        use crate::netns::Side;
+        let lab = crate::Lab::start();
+        let nfs = NfsServer::start(&lab.ns(Side::C), lab.host_addr(Side::C));
+        let root = tempfile::Builder::new()
+            .prefix("tern-mykvm-")
+            .tempdir()
+            .expect("temp dir");
+        let target = root.path().join("nfspool");
+        let a = crate::TernHost::start_with(lab.host_options(Side::A, &format!("{name}-a")));
+        let b = crate::TernHost::start_with(lab.host_options(Side::B, &format!("{name}-b")));
+        for h in [&a, &b] {
+            walk_through_pool(h, "nfspool", &nfs, &target);
+        }
+        NfsPair {
+            a,
+            b,
+            nfs,
+            target,
+            root,
+            lab,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,9 @@
 //! where the key went.
 
 use crate::ceph::{CephCluster, POOL, QEMU_ID};
-use crate::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost};
+use crate::{build_or_reuse, BuildOptions, GuestSpec, TernHost};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 /// The uuid every test host gives the cephx key of `client.qemu`.
 pub const SECRET_UUID: &str = "6f2a1c3e-9d4b-4e8a-b1c2-3d4e5f6a7b8c";
@@ -111,28 +110,7 @@ pub fn define_guest_with_disk(
     h.ok(&["define", file.to_str().expect("utf-8")]);
 }
 
-/// Number of `TERN-DISK ok` lines in a console text.
-pub fn disk_oks(text: &str) -> usize {
-    SerialLog::parse(text).count("TERN-DISK ok")
-}
-
-/// Waits until the guest on `h` reports `more` new verified disk passes,
-/// and fails on any failure it reports.
-pub fn wait_disk_ok(h: &TernHost, name: &str, more: usize) {
-    let before = disk_oks(&h.ok(&["console", name]));
-    h.wait_console(
-        name,
-        Duration::from_secs(120),
-        "more TERN-DISK ok lines",
-        |t| disk_oks(t) >= before + more || t.contains("TERN-FAIL"),
-    );
-    let text = h.ok(&["console", name]);
-    assert!(
-        SerialLog::parse(&text).failures.is_empty(),
-        "guest reported a failure:\n{}",
-        crate::tail(&text, 20)
-    );
-}
+pub use crate::checks::{disk_oks, wait_disk_ok};
 
 /// The command lines of `h`'s QEMUs, for checks that no key is on them.
 pub fn qemu_cmdlines(h: &TernHost) -> Vec<String> {

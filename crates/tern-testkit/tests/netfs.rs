@@ -6,49 +6,17 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use tern_testkit::checks::{live_migrate, wait_disk_ok};
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
-use tern_testkit::nfs::{skip_without_nfs_server, walk_through_pool, NfsServer};
+use tern_testkit::nfs::{skip_without_nfs_server, walk_through_pool, NfsPair, NfsServer};
 use tern_testkit::ping::Pinger;
 use tern_testkit::{
     build_or_reuse, BuildOptions, ConsoleWatcher, GuestSpec, SerialLog, TernHost, TestController,
     TestDisk,
 };
 
-/// Agents first, then the server, then the namespaces.
-struct NfsPair {
-    a: TernHost,
-    b: TernHost,
-    nfs: NfsServer,
-    target: PathBuf,
-    _root: tempfile::TempDir,
-    lab: Lab,
-}
-
 fn skip(test: &str) -> bool {
     skip_unless_root(test) || skip_without_nfs_server(test)
-}
-
-fn nfs_pair(name: &str) -> NfsPair {
-    let lab = Lab::start();
-    let nfs = NfsServer::start(&lab.ns(Side::C), lab.host_addr(Side::C));
-    let root = tempfile::Builder::new()
-        .prefix("tern-mykvm-")
-        .tempdir()
-        .unwrap();
-    let target = root.path().join("nfspool");
-    let a = TernHost::start_with(lab.host_options(Side::A, &format!("{name}-a")));
-    let b = TernHost::start_with(lab.host_options(Side::B, &format!("{name}-b")));
-    for h in [&a, &b] {
-        walk_through_pool(h, "nfspool", &nfs, &target);
-    }
-    NfsPair {
-        a,
-        b,
-        nfs,
-        target,
-        _root: root,
-        lab,
-    }
 }
 
 fn pool_access(h: &TernHost) -> String {
@@ -60,81 +28,13 @@ fn pool_access(h: &TernHost) -> String {
     v["access"].as_str().unwrap_or_default().to_string()
 }
 
-fn disk_oks(text: &str) -> usize {
-    SerialLog::parse(text).count("TERN-DISK ok")
-}
-
-/// Waits until the guest on `h` has reported `more` new disk checks.
-fn wait_disk_ok(h: &TernHost, name: &str, more: usize) {
-    let before = disk_oks(&h.ok(&["console", name]));
-    h.wait_console(
-        name,
-        Duration::from_secs(90),
-        "more TERN-DISK ok lines",
-        |t| disk_oks(t) >= before + more || t.contains("TERN-FAIL"),
-    );
-    let text = h.ok(&["console", name]);
-    assert!(
-        SerialLog::parse(&text).failures.is_empty(),
-        "guest reported a failure:\n{}",
-        tern_testkit::tail(&text, 20)
-    );
-}
-
-/// Shuts the guest down from inside and waits until the host says so.
-fn shut_off(h: &TernHost, name: &str) {
-    h.ok(&["shutdown", name]);
-    h.wait_console(name, Duration::from_secs(60), "power off", |t| {
-        t.contains("TERN-POWEROFF")
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !h.ok(&["domstate", name]).starts_with("shut off") {
-        assert!(std::time::Instant::now() < deadline, "guest did not stop");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Starts the shut-off guest on `h` and waits until it verified at boot
-/// every block it wrote before.
-fn boot_and_verify(h: &TernHost, name: &str) {
-    h.ok(&["start", name]);
-    let text = h.wait_console(
-        name,
-        Duration::from_secs(90),
-        "the disk verified at boot",
-        |t| t.contains("TERN-DISK verified") || t.contains("TERN-FAIL"),
-    );
-    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
-    assert!(text.contains("TERN-DISK verified"), "{text}");
-}
-
-/// Bytes a file holds on disk (its holes not counted).
-fn allocated(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-fn migrate(from: &TernHost, flags: &[&str], name: &str, dest: &str) -> String {
-    let mut args = vec!["migrate", "--live", "--verbose"];
-    args.extend_from_slice(flags);
-    args.extend([name, dest]);
-    let out = from.tern(&args);
-    assert!(
-        out.status.success(),
-        "tern {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     let test = "walk_through_nfs_pool_and_live_migration_there_and_back";
     if skip(test) {
         return;
     }
-    let p = nfs_pair("wt");
+    let p = NfsPair::start("wt");
     let access = pool_access(&p.a);
     assert_eq!(access, pool_access(&p.b));
     let info = p.a.ok(&["pool-info", "nfspool"]);
@@ -193,12 +93,12 @@ fn walk_through_nfs_pool_and_live_migration_there_and_back() {
     pinger.wait_received(10, Duration::from_secs(20), "before migrating");
 
     // There (managed), and back (peer to peer, driven by B's agent).
-    let there = migrate(&p.a, &[], name, &p.b.uri());
+    let there = live_migrate(&p.a, &[], name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
     assert_eq!(p.b.ok(&["domstate", name]).trim(), "running");
     let n = pinger.received();
     pinger.wait_received(n + 10, Duration::from_secs(20), "on B");
-    let back = migrate(&p.b, &["--p2p"], name, &p.lab.tcp_uri(Side::A));
+    let back = live_migrate(&p.b, &["--p2p"], name, &p.lab.tcp_uri(Side::A));
     wait_disk_ok(&p.a, name, 2);
     assert_eq!(p.a.ok(&["domstate", name]).trim(), "running");
     let n = pinger.received();
@@ -258,7 +158,7 @@ fn network_and_volume_disks_start_round_trip_and_migrate() {
     if skip(test) {
         return;
     }
-    let p = nfs_pair("nd");
+    let p = NfsPair::start("nd");
     p.a.ok(&[
         "vol-create-as",
         "nfspool",
@@ -281,7 +181,7 @@ fn network_and_volume_disks_start_round_trip_and_migrate() {
         "    <serial type='pty'>",
         &format!("{network}{volume}    <serial type='pty'>"),
     );
-    let file = p._root.path().join(format!("{name}.xml"));
+    let file = p.root.path().join(format!("{name}.xml"));
     std::fs::write(&file, &xml).unwrap();
     p.a.ok(&["define", file.to_str().unwrap()]);
     p.a.ok(&["start", name]);
@@ -317,7 +217,7 @@ fn network_and_volume_disks_start_round_trip_and_migrate() {
         blk.contains(&p.target.join("vol02").display().to_string()),
         "{blk}"
     );
-    migrate(&p.a, &[], name, &p.b.uri());
+    live_migrate(&p.a, &[], name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
     let dump = p.b.ok(&["dumpxml", name]);
     assert!(
@@ -586,62 +486,6 @@ fn host_down_restarts_the_guest_from_its_nfs_disk_elsewhere() {
     drop(lab);
 }
 
-/// A cold migration of a guest whose disk is on the shared export moves
-/// the definition and leaves the volume where both hosts see it; the guest
-/// boots on B and verifies every block it wrote on A.
-#[test]
-fn cold_migration_leaves_the_nfs_volume_in_place() {
-    let test = "cold_migration_leaves_the_nfs_volume_in_place";
-    if skip(test) {
-        return;
-    }
-    let p = nfs_pair("cold");
-    p.a.ok(&[
-        "vol-create-as",
-        "nfspool",
-        "cold01",
-        "64M",
-        "--format",
-        "qcow2",
-    ]);
-    let name = "nfscold";
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new(name, &img)
-        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
-    spec.disks.push(TestDisk {
-        path: p.target.join("cold01"),
-        format: "qcow2".into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
-    p.a.define_guest(&spec);
-    p.a.ok(&["start", name]);
-    wait_disk_ok(&p.a, name, 2);
-    shut_off(&p.a, name);
-    let before = std::fs::metadata(p.nfs.export_dir().join("cold01")).unwrap();
-    let out = p.a.tern(&["migrate", "--cold", name, &p.b.uri()]);
-    assert!(
-        out.status.success(),
-        "cold migration failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Nothing was copied or rewritten on the export.
-    let after = std::fs::metadata(p.nfs.export_dir().join("cold01")).unwrap();
-    assert_eq!(
-        (before.len(), before.modified().unwrap()),
-        (after.len(), after.modified().unwrap())
-    );
-    p.b.ok(&["start", name]);
-    let text = p.b.wait_console(
-        name,
-        Duration::from_secs(90),
-        "the disk verified at boot",
-        |t| t.contains("TERN-DISK verified") || t.contains("TERN-FAIL"),
-    );
-    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
-    assert!(text.contains("TERN-DISK verified"), "{text}");
-}
-
 /// A volume of the NFS pool attached to a running guest with
 /// `attach-device`, written by the guest, live-migrated over the shared
 /// export and verified on the destination.
@@ -651,7 +495,7 @@ fn a_disk_attached_from_the_nfs_pool_migrates() {
     if skip(test) {
         return;
     }
-    let p = nfs_pair("hn");
+    let p = NfsPair::start("hn");
     p.a.ok(&[
         "vol-create-as",
         "nfspool",
@@ -667,7 +511,7 @@ fn a_disk_attached_from_the_nfs_pool_migrates() {
     p.a.define_guest(&spec);
     p.a.ok(&["start", name]);
     tern_testkit::pair::wait_ready(&p.a, name, 3);
-    let file = p._root.path().join("hot01.xml");
+    let file = p.root.path().join("hot01.xml");
     std::fs::write(
         &file,
         "<disk type='volume' device='disk'><driver name='qemu' type='raw' cache='none'/>\
@@ -678,163 +522,7 @@ fn a_disk_attached_from_the_nfs_pool_migrates() {
         p.a.ok(&["attach-device", name, file.to_str().unwrap(), "--live"]);
     assert!(out.contains("attached successfully"), "{out}");
     wait_disk_ok(&p.a, name, 2);
-    migrate(&p.a, &[], name, &p.b.uri());
+    live_migrate(&p.a, &[], name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
     assert!(p.b.ok(&["dumpxml", name]).contains("volume='hot01'"));
-}
-
-/// `--copy-storage-all --target-pool nfspool`: a disk in A's local pool is
-/// mirrored into the export (a pool QEMU reaches over `nfs://` on this
-/// kernel), verified by the guest on B, then mirrored back into A's local
-/// pool (its stale copy deleted first, as virsh users do); the export's
-/// copy is then B's to delete with `vol-delete`.
-#[test]
-fn a_local_disk_is_mirrored_into_the_nfs_pool_and_back() {
-    let test = "a_local_disk_is_mirrored_into_the_nfs_pool_and_back";
-    if skip(test) {
-        return;
-    }
-    let p = nfs_pair("mir");
-    let locals: Vec<tempfile::TempDir> = (0..2)
-        .map(|_| {
-            tempfile::Builder::new()
-                .prefix("tern-local-")
-                .tempdir()
-                .unwrap()
-        })
-        .collect();
-    p.a.add_pool("local", locals[0].path(), false);
-    p.b.add_pool("local", locals[1].path(), false);
-    let name = "nfsmir";
-    p.a.ok(&["vol-create-as", "local", "mir01", "16M", "--format", "raw"]);
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new(name, &img)
-        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
-    spec.disks.push(TestDisk {
-        path: locals[0].path().join("mir01"),
-        format: "raw".into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
-    p.a.define_guest(&spec);
-    p.a.ok(&["start", name]);
-    wait_disk_ok(&p.a, name, 2);
-
-    let into = ["--copy-storage-all", "--target-pool", "nfspool"];
-    migrate(&p.a, &into, name, &p.b.uri());
-    wait_disk_ok(&p.b, name, 2);
-    let blk = p.b.ok(&["domblklist", name]);
-    assert!(
-        blk.contains(&p.target.join("mir01").display().to_string()),
-        "{blk}"
-    );
-    assert!(
-        p.nfs.export_dir().join("mir01").is_file(),
-        "no copy on the export"
-    );
-    assert!(
-        !locals[1].path().join("mir01").exists(),
-        "B's local pool got the copy"
-    );
-
-    p.a.ok(&["vol-delete", "mir01", "--pool", "local"]);
-    let back = ["--copy-storage-all", "--target-pool", "local"];
-    migrate(&p.b, &back, name, &p.a.uri());
-    wait_disk_ok(&p.a, name, 2);
-    let blk = p.a.ok(&["domblklist", name]);
-    assert!(
-        blk.contains(&locals[0].path().join("mir01").display().to_string()),
-        "{blk}"
-    );
-    // The export's copy is B's to delete now, through the pool.
-    p.b.ok(&["vol-delete", "mir01", "--pool", "nfspool"]);
-    assert!(!p.nfs.export_dir().join("mir01").exists());
-}
-
-/// A cold migration out of the NFS pool into a directory pool and back:
-/// with `--target-pool` the disk on the export is copied (staged through
-/// the agent, since QEMU alone reaches the export on this kernel), holes
-/// stay holes on both trips, `--delete-source-storage` removes the copy
-/// left behind, and the guest verifies every block at boot on each host.
-#[test]
-fn cold_migration_between_the_nfs_pool_and_a_dir_pool_both_ways() {
-    let test = "cold_migration_between_the_nfs_pool_and_a_dir_pool_both_ways";
-    if skip(test) {
-        return;
-    }
-    let p = nfs_pair("cnd");
-    let local = tempfile::Builder::new()
-        .prefix("tern-local-")
-        .tempdir()
-        .unwrap();
-    p.b.add_pool("local", local.path(), false);
-    p.a.ok(&[
-        "vol-create-as",
-        "nfspool",
-        "cold02",
-        "64M",
-        "--format",
-        "raw",
-    ]);
-    let name = "nfsdir";
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new(name, &img)
-        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
-    spec.disks.push(TestDisk {
-        path: p.target.join("cold02"),
-        format: "raw".into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
-    p.a.define_guest(&spec);
-    p.a.ok(&["start", name]);
-    wait_disk_ok(&p.a, name, 2);
-    shut_off(&p.a, name);
-
-    let on_export = p.nfs.export_dir().join("cold02");
-    let in_local = local.path().join("cold02");
-    let flags = [
-        "migrate",
-        "--cold",
-        "--undefinesource",
-        "--delete-source-storage",
-        "--target-pool",
-    ];
-    let out =
-        p.a.tern(&[&flags[..], &["local", name, &p.b.uri()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!on_export.exists(), "the export kept the source's copy");
-    assert_eq!(std::fs::metadata(&in_local).unwrap().len(), 64 << 20);
-    assert!(
-        allocated(&in_local) < 32 << 20,
-        "holes were filled: {}",
-        allocated(&in_local)
-    );
-    boot_and_verify(&p.b, name);
-    shut_off(&p.b, name);
-
-    let out =
-        p.b.tern(&[&flags[..], &["nfspool", name, &p.a.uri()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!in_local.exists(), "B's pool kept the source's copy");
-    assert_eq!(std::fs::metadata(&on_export).unwrap().len(), 64 << 20);
-    assert!(
-        allocated(&on_export) < 32 << 20,
-        "holes were filled: {}",
-        allocated(&on_export)
-    );
-    let blk = p.a.ok(&["domblklist", name]);
-    assert!(
-        blk.contains(&p.target.join("cold02").display().to_string()),
-        "{blk}"
-    );
-    boot_and_verify(&p.a, name);
 }

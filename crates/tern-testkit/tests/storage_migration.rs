@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
 
+use tern_testkit::checks::allocated;
 use tern_testkit::fixtures::LocalPools as Hosts;
 
 fn hosts(name: &str) -> Hosts {
@@ -276,12 +277,6 @@ fn failed_storage_migration_removes_what_the_destination_created() {
         |t| SerialLog::parse(t).count("TERN-DISK ok") > before + 1,
     );
     assert!(SerialLog::parse(&text).failures.is_empty());
-}
-
-/// Bytes a file holds on disk (its holes not counted).
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
 /// A raw disk mostly made of holes arrives with its holes: the mirror's
