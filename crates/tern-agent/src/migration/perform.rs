@@ -263,8 +263,13 @@ impl<'a> Watch<'a> {
             if let Ok((_, done, total)) = super::storage::progress(qmp, nbd).await {
                 job.update(|i| i.set_disk(done, total));
             }
-            if MigrationStatus::of_reply(&q) == MigrationStatus::PreSwitchover {
-                if let Err(e) = super::storage::complete(qmp, nbd, job).await {
+        }
+        if MigrationStatus::of_reply(&q) == MigrationStatus::PreSwitchover {
+            // Once: after `migrate-continue` QEMU may still say
+            // pre-switchover at the next look, when the mirrors are gone
+            // (completing them again failed and cancelled a good migration).
+            if let Some(nbd) = self.nbd.take() {
+                if let Err(e) = super::storage::complete(qmp, &nbd, job).await {
                     job.event(format!("could not complete the disk mirrors: {e}"));
                     let _ = qmp.execute("migrate_cancel", None).await;
                     job.update(|i| i.error = Some(e.to_string()));
