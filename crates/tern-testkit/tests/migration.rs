@@ -188,8 +188,14 @@ fn postcopy_after_precopy_completes() {
             "--live",
             "--postcopy",
             "--postcopy-after-precopy",
+            // The convergence policy may raise the downtime limit and
+            // throttle the guest until pre-copy converges within its first
+            // pass on a loaded machine (the soak saw 5 of 24 do so), and
+            // then there is nothing to switch: this test is about the
+            // switch, so QEMU keeps its own downtime limit.
+            "--no-policy",
             "--bandwidth",
-            "30",
+            "20",
         ],
     );
     // CI failed here once without saying where: every check names the
