@@ -272,6 +272,7 @@ mod tests {
             fence_after_ms: 5000,
             io_timeout_ms: 1000,
             written_ms: 0,
+            watchdog_ms: 0,
         }
     }
 

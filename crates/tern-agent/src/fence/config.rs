@@ -73,6 +73,9 @@ pub struct FenceConfig {
     pub nfs: Vec<tern_model::NetfsSource>,
     /// Timings.
     pub settings: FenceSettings,
+    /// The watchdog the fence feeds while armed (`ternd --fence-watchdog`).
+    #[serde(default)]
+    pub watchdog: super::watchdog::WatchdogSpec,
 }
 
 /// What the fence did (`STATE/fence/fenced.json`).
@@ -221,6 +224,7 @@ mod tests {
             pools: vec!["/p".into()],
             nfs: Vec::new(),
             settings: FenceSettings::default(),
+            watchdog: super::super::watchdog::WatchdogSpec::Guests,
         };
         f.save_config(&c).unwrap();
         assert_eq!(f.load_config(), Some(c));
