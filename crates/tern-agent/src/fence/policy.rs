@@ -134,9 +134,13 @@ impl Dog {
                 },
                 DogAct::Wait,
             ),
-            (Dog::Fired, DogEvent::MagicClose) | (Dog::Disarmed, _) => (Dog::Disarmed, DogAct::Wait),
+            (Dog::Fired, DogEvent::MagicClose) | (Dog::Disarmed, _) => {
+                (Dog::Disarmed, DogAct::Wait)
+            }
             (Dog::Armed { .. }, DogEvent::MagicClose) => (Dog::Disarmed, DogAct::Wait),
-            (Dog::Armed { deadline }, DogEvent::Tick) if now >= deadline => (Dog::Fired, DogAct::Fire),
+            (Dog::Armed { deadline }, DogEvent::Tick) if now >= deadline => {
+                (Dog::Fired, DogAct::Fire)
+            }
             (armed @ Dog::Armed { .. }, DogEvent::Tick) => (armed, DogAct::Wait),
             (Dog::Fired, DogEvent::Tick) => (Dog::Fired, DogAct::Sweep),
         }
@@ -225,16 +229,25 @@ mod tests {
         let t0 = std::time::Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         // Unfed, it never acts.
-        assert_eq!(Dog::Disarmed.step(DogEvent::Tick, ms(60_000), t), (Dog::Disarmed, DogAct::Wait));
+        assert_eq!(
+            Dog::Disarmed.step(DogEvent::Tick, ms(60_000), t),
+            (Dog::Disarmed, DogAct::Wait)
+        );
         let (d, _) = Dog::Disarmed.step(DogEvent::Feed, ms(0), t);
         assert_eq!(d.step(DogEvent::Tick, ms(2999), t), (d, DogAct::Wait));
         let (d, _) = d.step(DogEvent::Feed, ms(2000), t);
         assert_eq!(d.step(DogEvent::Tick, ms(4999), t).1, DogAct::Wait);
         let (fired, act) = d.step(DogEvent::Tick, ms(5000), t);
         assert_eq!((fired, act), (Dog::Fired, DogAct::Fire));
-        assert_eq!(fired.step(DogEvent::Tick, ms(9000), t), (Dog::Fired, DogAct::Sweep));
+        assert_eq!(
+            fired.step(DogEvent::Tick, ms(9000), t),
+            (Dog::Fired, DogAct::Sweep)
+        );
         // Fed again (the fence lives and renews again): armed anew.
-        assert!(matches!(fired.step(DogEvent::Feed, ms(9000), t).0, Dog::Armed { .. }));
+        assert!(matches!(
+            fired.step(DogEvent::Feed, ms(9000), t).0,
+            Dog::Armed { .. }
+        ));
         // The magic close disarms it.
         assert_eq!(d.step(DogEvent::MagicClose, ms(2500), t).0, Dog::Disarmed);
     }

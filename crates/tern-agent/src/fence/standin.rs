@@ -13,7 +13,7 @@
 //! be killed; the fence then starts it again at its next feed.
 
 use super::config::{FenceDir, FenceSettings, FencedRecord};
-use super::daemon::{hold, held, DaemonError};
+use super::daemon::{held, hold, DaemonError};
 use super::kill;
 use super::policy::{watchdog_timeout, Dog, DogAct, DogEvent};
 use std::io::Read;

@@ -282,7 +282,10 @@ mod tests {
         let missing = WatchdogSpec::Device("/nonexistent/watchdog".into());
         assert!(missing.check(&s).unwrap_err().contains("modprobe softdog"));
         let regular = WatchdogSpec::Device("/etc/hostname".into());
-        assert!(regular.check(&s).unwrap_err().contains("not a character device"));
+        assert!(regular
+            .check(&s)
+            .unwrap_err()
+            .contains("not a character device"));
         assert!(WatchdogSpec::Guests.check(&s).is_ok());
     }
 
