@@ -12,16 +12,17 @@ use std::time::{Duration, Instant, SystemTime};
 use tern_testkit::checks::wait_disk_ok;
 use tern_testkit::cluster::{more_heartbeats, rescues_succeeded, wait_server, LONG};
 use tern_testkit::fencing::{
-    armed_pair, birth, fail_agent_and_fence, fenced_record, mtime, pid_alive, pid_stopped,
-    runs_guest, wait_watchdog_armed, wait_watchdog_fed, watchdog_pid, ArmedPair, CopyCounter,
-    ExitWatch,
+    armed_pair, birth, fail_agent_and_fence, fenced_record, kill_host, mtime, pid_alive,
+    pid_stopped, runs_guest, wait_watchdog_armed, wait_watchdog_fed, watchdog_pid, ArmedPair,
+    CopyCounter, ExitWatch,
 };
 use tern_testkit::{SerialLog, TestController};
 
 /// The agent is killed and its fence gets `sig` at once; the watchdog
 /// alone stops the guest before the rescue starts it on `b`.
 fn agent_and_fence_fail_together(sig: i32) {
-    let c = TestController::file(&[]);
+    // The controller insists on the watchdog that a's lease names.
+    let c = TestController::file(&["--fence-require-watchdog"]);
     let ArmedPair { mut a, b, pool } = armed_pair(&c, &["--fence-watchdog", "guests"], &[]);
     let timeout_ms = wait_watchdog_fed(pool.path(), "a", LONG);
     let dog = watchdog_pid(&a).expect("a's fence started tern-watchdog");
@@ -93,6 +94,38 @@ fn agent_and_fence_killed_together_the_watchdog_stops_the_guest_before_the_rescu
 #[test]
 fn agent_killed_and_fence_frozen_together_the_watchdog_stops_the_guest_before_the_rescue() {
     agent_and_fence_fail_together(libc::SIGSTOP);
+}
+
+/// A controller that requires a watchdog proves nothing of a host whose
+/// fence feeds none: the whole host dies, and its rescue waits, saying why.
+#[test]
+fn a_controller_requiring_a_watchdog_rescues_no_host_without_one() {
+    let c = TestController::file(&["--fence-require-watchdog"]);
+    let ArmedPair {
+        mut a,
+        b,
+        pool: _pool,
+    } = armed_pair(&c, &[], &[]);
+    kill_host(&mut a);
+    c.wait_json(
+        &["job-list"],
+        LONG,
+        "the rescue waiting for a watchdog",
+        |v| {
+            v.as_array().is_some_and(|a| {
+                a.iter().any(|j| {
+                    j["kind"] == "rescue"
+                        && j["state"] == "queued"
+                        && j["note"]
+                            .as_str()
+                            .is_some_and(|n| n.contains("--fence-require-watchdog"))
+                })
+            })
+        },
+    );
+    assert!(!runs_guest(&b.state_dir(), "vm"));
+    let proofs = c.json(&["host-show", "a"]);
+    assert!(proofs["status"]["down"].is_object(), "{proofs}");
 }
 
 /// The stand-in itself killed while the fence lives: the fence's next
