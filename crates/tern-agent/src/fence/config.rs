@@ -109,6 +109,9 @@ pub struct FenceStatus {
     pub fencings: u64,
     /// When the last renewal that counted started, ms since the epoch.
     pub last_renewal_ms: Option<u64>,
+    /// Timeout of the watchdog it feeds, ms (0: none armed).
+    #[serde(default)]
+    pub watchdog_ms: u64,
 }
 
 /// Paths of the fence's files.

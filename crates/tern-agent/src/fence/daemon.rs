@@ -154,6 +154,11 @@ impl Fence {
             self.instance = uuid::Uuid::new_v4().simple().to_string();
             self.last_ok = Instant::now();
         }
+        if !self.fenced && fenced_now {
+            // The watchdog (tern-watchdog) got there first: count it too.
+            tracing::warn!("the guests were fenced by the watchdog");
+            self.status.fencings += 1;
+        }
         self.fenced = fenced_now;
         if cfg.armed != self.armed {
             tracing::info!(armed = cfg.armed, pools = ?cfg.pools, "fence armed state changed");
@@ -216,6 +221,7 @@ impl Fence {
         self.status.armed = self.armed;
         self.status.fenced = self.fenced;
         self.status.pools = (cfg.pools.len() + cfg.nfs.len()) as u64;
+        self.status.watchdog_ms = self.dog.armed().map_or(0, |t| t.as_millis() as u64);
         if let Err(e) = self.dir.save_status(&self.status) {
             tracing::debug!(error = %e, "cannot write the fence status");
         }

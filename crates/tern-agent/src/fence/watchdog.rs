@@ -152,7 +152,7 @@ impl Feeder {
         let Some(o) = self.open.as_mut() else {
             return false;
         };
-        match (&o.file).write(b"1") {
+        match (&o.file).write_all(b"1") {
             Ok(_) => {
                 self.last_error = None;
                 true
@@ -170,7 +170,7 @@ impl Feeder {
     /// Disarms the watchdog on purpose (`V`, then close), if one is open.
     pub fn disarm(&mut self) {
         if let Some(o) = self.open.take() {
-            match (&o.file).write(b"V") {
+            match (&o.file).write_all(b"V") {
                 Ok(_) => tracing::info!(watchdog = %o.spec, "watchdog disarmed"),
                 Err(e) => {
                     tracing::error!(watchdog = %o.spec, error = %e, "cannot disarm the watchdog: it will act")
@@ -219,7 +219,7 @@ fn open(spec: &WatchdogSpec, state_dir: &Path, s: &FenceSettings) -> Result<Open
     match spec {
         WatchdogSpec::Device(_) if kind.is_char_device() => {
             if let Err(e) = set_timeout(&file, timeout) {
-                let _ = (&file).write(b"V");
+                let _ = (&file).write_all(b"V");
                 return Err(format!("watchdog {}: {e}", path.display()));
             }
         }
