@@ -152,3 +152,41 @@ fn a_killed_watchdog_is_started_again_by_the_fence_and_the_guest_runs_on() {
     assert!(fenced_record(&a).is_none());
     wait_server(&c, "vm", "a", "running");
 }
+
+/// A watchdog `ternd` cannot use is refused at start, in one line naming
+/// the fix, before anything is created.
+#[test]
+fn ternd_refuses_a_watchdog_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for (args, says) in [
+        (
+            &["--fence-watchdog", "/nonexistent/watchdog"][..],
+            "modprobe softdog",
+        ),
+        (
+            &["--fence-watchdog", "/etc/hostname"][..],
+            "not a character device",
+        ),
+        (&["--fence-watchdog", "softdog"][..], "/dev/watchdog"),
+        (
+            &["--fence-watchdog", "guests", "--fence-after-ms", "3500"][..],
+            "raise --fence-after-ms",
+        ),
+    ] {
+        let out = std::process::Command::new(tern_testkit::bin("ternd"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--socket")
+            .arg(dir.path().join("ternd.sock"))
+            .args(args)
+            .output()
+            .expect("run ternd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert!(!state.exists(), "{args:?} created {}", state.display());
+    }
+}
