@@ -46,10 +46,10 @@ pub fn running(state_dir: &Path) -> bool {
 }
 
 /// Starts `tern-watchdog` (next to this binary) in its own session,
-/// unless one runs.
-pub fn ensure_running(state_dir: &Path) {
+/// unless one runs; why not, if it could not.
+pub fn ensure_running(state_dir: &Path) -> Result<(), String> {
     if running(state_dir) {
-        return;
+        return Ok(());
     }
     let bin = std::env::current_exe()
         .map(|e| e.with_file_name("tern-watchdog"))
@@ -83,10 +83,12 @@ pub fn ensure_running(state_dir: &Path) {
             tracing::info!(pid = c.id(), "guest watchdog started");
             // Reaped here if it ends while this process lives.
             std::thread::spawn(move || c.wait());
+            Ok(())
         }
-        Err(e) => {
-            tracing::error!(binary = %bin.display(), error = %e, "cannot start the guest watchdog")
-        }
+        Err(e) => Err(format!(
+            "cannot start the guest watchdog {}: {e}",
+            bin.display()
+        )),
     }
 }
 

@@ -207,7 +207,7 @@ fn open(spec: &WatchdogSpec, state_dir: &Path, s: &FenceSettings) -> Result<Open
                 && (e.raw_os_error() == Some(libc::ENXIO)
                     || e.kind() == std::io::ErrorKind::NotFound) =>
         {
-            super::standin::ensure_running(state_dir);
+            super::standin::ensure_running(state_dir)?;
             return Err("the guest watchdog (tern-watchdog) was not running: started it".into());
         }
         Err(e) => return Err(format!("cannot open the watchdog {}: {e}", path.display())),
