@@ -250,8 +250,36 @@ pub fn birth(path: &Path) -> std::time::SystemTime {
 
 /// `host`'s lease in the pool directory `pool`, as JSON, if written.
 pub fn lease(pool: &Path, host: &str) -> Option<serde_json::Value> {
-    let b = std::fs::read(pool.join(".tern-fence").join(format!("{host}.lease"))).ok()?;
+    lease_file(&pool.join(".tern-fence").join(format!("{host}.lease")))
+}
+
+/// A lease file, as JSON, if written (a half-written one reads as none).
+pub fn lease_file(path: &Path) -> Option<serde_json::Value> {
+    let b = std::fs::read(path).ok()?;
     serde_json::from_slice(&b).ok()
+}
+
+/// Waits until the lease file `path` holds a record for which `pred`
+/// holds; that record.
+pub fn wait_lease_file(
+    path: &Path,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = lease_file(path).filter(|l| pred(l)) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} reads {:?}",
+            path.display(),
+            lease_file(path)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until `host`'s lease in `pool` is armed (the agent heard the
@@ -272,18 +300,15 @@ pub fn wait_armed(pool: &Path, host: &str, timeout: Duration) -> u64 {
 /// Waits until `host`'s lease in `pool` says its fence feeds a watchdog;
 /// the watchdog's timeout then, ms.
 pub fn wait_watchdog_fed(pool: &Path, host: &str, timeout: Duration) -> u64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let fed = lease(pool, host).and_then(|l| l["watchdog_ms"].as_u64());
-        if let Some(ms) = fed.filter(|ms| *ms > 0) {
-            return ms;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the lease of {host} never named a watchdog"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let path = pool.join(".tern-fence").join(format!("{host}.lease"));
+    watchdog_ms(&wait_lease_file(&path, "a watchdog named", timeout, |l| {
+        watchdog_ms(l) > 0
+    }))
+}
+
+/// The watchdog timeout a lease record names, ms (0: none).
+pub fn watchdog_ms(lease: &serde_json::Value) -> u64 {
+    lease["watchdog_ms"].as_u64().unwrap_or(0)
 }
 
 /// Waits until the host's `tern-watchdog` processes, all told, were armed

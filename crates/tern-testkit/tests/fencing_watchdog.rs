@@ -13,10 +13,13 @@ use tern_testkit::checks::wait_disk_ok;
 use tern_testkit::cluster::{more_heartbeats, rescues_succeeded, wait_server, LONG};
 use tern_testkit::fencing::{
     armed_pair, birth, fail_agent_and_fence, fenced_record, kill_host, mtime, pid_alive,
-    pid_stopped, runs_guest, wait_watchdog_armed, wait_watchdog_fed, watchdog_pid, ArmedPair,
-    CopyCounter, ExitWatch,
+    pid_stopped, runs_guest, wait_lease_file, wait_watchdog_armed, wait_watchdog_fed, watchdog_ms,
+    watchdog_pid, ArmedPair, CopyCounter, ExitWatch,
 };
-use tern_testkit::{SerialLog, TestController};
+use tern_testkit::fencing_nfs::NfsArmedPair;
+use tern_testkit::netns::skip_unless_root;
+use tern_testkit::nfs::skip_without_nfs_server;
+use tern_testkit::{SerialLog, TernHost, TestController};
 
 /// The agent is killed and its fence gets `sig` at once; the watchdog
 /// alone stops the guest before the rescue starts it on `b`.
@@ -25,15 +28,22 @@ fn agent_and_fence_fail_together(sig: i32) {
     let c = TestController::file(&["--fence-require-watchdog"]);
     let ArmedPair { mut a, b, pool } = armed_pair(&c, &["--fence-watchdog", "guests"], &[]);
     let timeout_ms = wait_watchdog_fed(pool.path(), "a", LONG);
+    double_fault(&c, &mut a, &b, sig, timeout_ms);
+    drop(pool);
+}
+
+/// The double fault on `a` (`vm` running there, armed, its watchdog fed
+/// with `timeout_ms`), and everything the test believes afterwards.
+fn double_fault(c: &TestController, a: &mut TernHost, b: &TernHost, sig: i32, timeout_ms: u64) {
     let dog = watchdog_pid(&a).expect("a's fence started tern-watchdog");
     let qemu = *a.qemu_pids().first().expect("vm's QEMU runs on a");
     let qemu_end = ExitWatch::start(qemu);
-    let copies = CopyCounter::start(&[&a, &b], "vm");
-    more_heartbeats(&a, "vm", 2);
+    let copies = CopyCounter::start(&[a, b], "vm");
+    more_heartbeats(a, "vm", 2);
 
     let at = (Instant::now(), SystemTime::now());
-    let fence = fail_agent_and_fence(&mut a, sig);
-    wait_server(&c, "vm", "b", "running");
+    let fence = fail_agent_and_fence(a, sig);
+    wait_server(c, "vm", "b", "running");
 
     // The old copy ended (seen through its pidfd) and wrote its last
     // console byte before the rescued copy's QEMU was created.
@@ -74,16 +84,14 @@ fn agent_and_fence_fail_together(sig: i32) {
         SerialLog::parse(t).heartbeats.len() >= 3
     }));
     assert!(log.failures.is_empty(), "{:?}", log.failures);
-    wait_disk_ok(&b, "vm", 2);
-    more_heartbeats(&b, "vm", 2);
+    wait_disk_ok(b, "vm", 2);
+    more_heartbeats(b, "vm", 2);
     assert!(!runs_guest(&a.state_dir(), "vm"));
     assert!(runs_guest(&b.state_dir(), "vm"));
-    assert_eq!(rescues_succeeded(&c), 1);
+    assert_eq!(rescues_succeeded(c), 1);
     assert_eq!(copies.max(), 1, "two copies ran at once");
     // Still one: a's watchdog stays fired and a's agent is gone.
     assert!(!runs_guest(&a.state_dir(), "vm"));
-    drop(copies);
-    drop(pool);
 }
 
 #[test]
@@ -94,6 +102,23 @@ fn agent_and_fence_killed_together_the_watchdog_stops_the_guest_before_the_rescu
 #[test]
 fn agent_killed_and_fence_frozen_together_the_watchdog_stops_the_guest_before_the_rescue() {
     agent_and_fence_fail_together(libc::SIGSTOP);
+}
+
+/// The same on NFS, where QEMU opens the disk over `nfs://` and no image
+/// lock reaches across hosts: nothing but the watchdog keeps B's copy from
+/// running next to A's. Frozen fence, the harder case.
+#[test]
+fn on_nfs_agent_killed_and_fence_frozen_the_watchdog_stops_the_guest_before_the_rescue() {
+    let test =
+        "on_nfs_agent_killed_and_fence_frozen_the_watchdog_stops_the_guest_before_the_rescue";
+    if skip_unless_root(test) || skip_without_nfs_server(test) {
+        return;
+    }
+    let mut p = NfsArmedPair::start(&["--fence-watchdog", "guests"]);
+    let fed = wait_lease_file(&p.lease_path("a"), "a's watchdog fed", LONG, |l| {
+        watchdog_ms(l) > 0
+    });
+    double_fault(&p.c, &mut p.a, &p.b, libc::SIGSTOP, watchdog_ms(&fed));
 }
 
 /// A controller that requires a watchdog proves nothing of a host whose
