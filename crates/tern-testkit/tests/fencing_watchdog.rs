@@ -35,7 +35,7 @@ fn agent_and_fence_fail_together(sig: i32) {
 /// The double fault on `a` (`vm` running there, armed, its watchdog fed
 /// with `timeout_ms`), and everything the test believes afterwards.
 fn double_fault(c: &TestController, a: &mut TernHost, b: &TernHost, sig: i32, timeout_ms: u64) {
-    let dog = watchdog_pid(&a).expect("a's fence started tern-watchdog");
+    let dog = watchdog_pid(a).expect("a's fence started tern-watchdog");
     let qemu = *a.qemu_pids().first().expect("vm's QEMU runs on a");
     let qemu_end = ExitWatch::start(qemu);
     let copies = CopyCounter::start(&[a, b], "vm");
@@ -59,7 +59,7 @@ fn double_fault(c: &TestController, a: &mut TernHost, b: &TernHost, sig: i32, ti
         "a's guest wrote at {a_last:?}, after b's started at {b_first:?}"
     );
     // The watchdog did it: the fence is still frozen, or dead.
-    let fenced = fenced_record(&a).expect("a's watchdog recorded the kill");
+    let fenced = fenced_record(a).expect("a's watchdog recorded the kill");
     assert!(
         fenced["reason"].as_str().unwrap_or("").contains("watchdog"),
         "{fenced}"
