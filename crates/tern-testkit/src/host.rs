@@ -394,7 +394,9 @@ pub fn tail(text: &str, n: usize) -> String {
 
 impl Drop for TernHost {
     fn drop(&mut self) {
-        // The fence process outlives the agent by design; not the test.
+        // The fence process and its watchdog outlive the agent by design;
+        // not the test. (The watchdog first: it would kill the guests.)
+        crate::fencing::signal_watchdog(self, libc::SIGKILL);
         crate::fencing::signal_fence(self, libc::SIGKILL);
         for pid in self.qemu_pids() {
             // SAFETY: kill with a pid read from our own state directory.

@@ -29,6 +29,7 @@ mod error;
 pub mod etcd;
 pub mod events;
 pub mod fencing;
+pub mod fencing_nfs;
 pub mod fixtures;
 pub mod flood;
 mod guest;
