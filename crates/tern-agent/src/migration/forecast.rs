@@ -186,7 +186,8 @@ const REGION_PAGES: u64 = 4;
 async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64) -> Vec<Vec<u8>> {
     let dir = agent.layout.run_dir(name);
     // QEMU writes the file after it dropped to its own user.
-    let dir = crate::confine::user::qemu_dir(&dir, agent.qemu_user.as_ref()).unwrap_or(dir);
+    let user = agent.guest_user_of(name).ok().flatten();
+    let dir = crate::confine::user::qemu_dir(&dir, user.as_ref()).unwrap_or(dir);
     let file = dir.join("sample.page");
     let regions = (memory / 4096 / REGION_PAGES).max(1);
     let mut out = Vec::new();
