@@ -348,6 +348,28 @@ mod tests {
         assert_eq!(page_figures(&before, &before).delta_fraction, None);
     }
 
+    #[tokio::test]
+    async fn the_sink_drains_only_the_stream_that_presents_its_token() {
+        use tokio::net::TcpStream;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let token = b"0123456789abcdef0123456789abcdef".to_vec();
+        let task = tokio::spawn(sink(l, token.clone()));
+        // A silent connection does not hold it up; a wrong token is closed.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut wrong = TcpStream::connect(addr).await.unwrap();
+        wrong.write_all(&[b'x'; 32]).await.unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(wrong.read(&mut b).await.unwrap_or(0), 0, "wrong token kept");
+        // 8 MiB is more than the socket buffers hold: it goes through
+        // only because the sink drains this stream; the sink ends at its end.
+        let mut real = TcpStream::connect(addr).await.unwrap();
+        real.write_all(&token).await.unwrap();
+        real.write_all(&vec![0u8; 8 << 20]).await.unwrap();
+        real.shutdown().await.unwrap();
+        task.await.unwrap();
+    }
+
     #[test]
     fn the_sink_reply_carries_a_token_or_comes_from_an_older_agent() {
         let v = serde_json::json!(["10.0.0.2", 49152, "abc"]);
