@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tern_testkit::creds::{owned_by, owner_mode, pids_of, test_uid_range, Creds};
 use tern_testkit::fixtures::LocalPools;
-use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
+use tern_testkit::{
+    build_or_reuse, BuildOptions, GuestSpec, HostPair, SerialLog, TernHost, TestDisk, Which,
+};
 
 /// A `dominfo` field.
 fn info(h: &TernHost, name: &str, key: &str) -> Option<String> {
@@ -46,7 +48,19 @@ fn creds(h: &TernHost, name: &str) -> Creds {
 /// Attaches a fresh raw volume of the `images` pool to `name` as `target`;
 /// returns its path.
 fn hot_disk(h: &TernHost, pool_dir: &Path, name: &str, vol: &str, target: &str) -> PathBuf {
-    h.ok(&["vol-create-as", "images", vol, "16M"]);
+    hot_disk_in(h, "images", pool_dir, name, vol, target)
+}
+
+/// [`hot_disk`] from pool `pool`.
+fn hot_disk_in(
+    h: &TernHost,
+    pool: &str,
+    pool_dir: &Path,
+    name: &str,
+    vol: &str,
+    target: &str,
+) -> PathBuf {
+    h.ok(&["vol-create-as", pool, vol, "16M"]);
     let path = pool_dir.join(vol);
     let xml = format!(
         "<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>\
@@ -205,4 +219,44 @@ fn each_guest_has_its_own_uid_which_follows_a_storage_migration_and_is_released_
     h.a.ok(&["destroy", "g3"]);
     h.b.ok(&["destroy", "g1"]);
     assert_eq!(owner_mode(&h.ib.join("g1.qcow2")).0, 0, "given back on b");
+}
+
+/// A pool both hosts see (a `--shared` dir pool, as an NFS mount would
+/// be): a disk hot-plugged there is the guest's uid on the source while it
+/// runs there; once the guest moved (live, storage not copied), the
+/// destination's QEMU opened it as root at its start, the source gave it
+/// back, and no host's uid stays on the shared file.
+#[test]
+fn a_disk_hot_plugged_on_shared_storage_carries_no_uid_once_its_guest_moved() {
+    let p = HostPair::start("uidshared", &[], &[]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let spec = GuestSpec::new("s1", &img).workload(
+        "tern.mem=32 tern.verify_rate=32 tern.disk=/dev/vda tern.disk_hotplug=1 tern.disk_mb=4",
+    );
+    p.a.define_guest(&spec);
+    p.a.ok(&["start", "s1"]);
+    p.a.wait_console("s1", Duration::from_secs(120), "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    });
+    let disk = hot_disk_in(&p.a, "shared", p.pool_dir(), "s1", "s1-hot.raw", "vda");
+    let ca = creds(&p.a, "s1");
+    assert_eq!(owner_mode(&disk), (ca.uid, ca.gid, 0o600));
+    disk_writes_ok(&p.a, "s1", "writes to the hot-plugged disk");
+    let m = p.migrate(Which::A, "s1", &["--live"]);
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    p.wait_settled_on(Which::B, "s1", Duration::from_secs(60));
+    let cb = creds(&p.b, "s1");
+    assert_ne!(cb.uid, ca.uid, "each host its own range");
+    assert_eq!(
+        owner_mode(&disk).0,
+        0,
+        "the source gave the shared disk back"
+    );
+    // The guest goes on verifying the disk there.
+    let before = SerialLog::parse(&p.b.ok(&["console", "s1"])).count("TERN-DISK ok");
+    p.b.wait_console("s1", Duration::from_secs(120), "disk checks there", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") > before
+    });
+    p.assert_guest_whole_on(Which::B, "s1");
+    p.b.ok(&["destroy", "s1"]);
 }

@@ -235,9 +235,8 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
         ))
         .await
         .map_err(|e| AgentError::Failed(e.to_string()))?;
-    let (host, port, token) = sink_reply(&reply).ok_or_else(|| {
-        AgentError::Failed(format!("the destination's probe answered {reply}"))
-    })?;
+    let (host, port, token) = sink_reply(&reply)
+        .ok_or_else(|| AgentError::Failed(format!("the destination's probe answered {reply}")))?;
     let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| AgentError::Failed(format!("cannot reach the destination's probe: {e}")))?;
