@@ -43,9 +43,21 @@ impl Creds {
     /// drops to them, then its shell opens the file or directory).
     /// `Err` carries the shell's message, e.g. "Permission denied".
     pub fn open(&self, path: &Path) -> Result<(), String> {
+        self.sh(": < \"$1\"", path.as_os_str())
+    }
+
+    /// Sends signal 0 to `pid` as these credentials: whether they may
+    /// signal (kill, stop) that process. `Err` carries `kill`'s message.
+    pub fn signal(&self, pid: u32) -> Result<(), String> {
+        self.sh("kill -0 \"$1\"", std::ffi::OsStr::new(&pid.to_string()))
+    }
+
+    /// Runs `script` with `$1` = `arg` in `sh` dropped to these
+    /// credentials.
+    fn sh(&self, script: &str, arg: &std::ffi::OsStr) -> Result<(), String> {
         let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
         let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", ": < \"$1\"", "sh"]).arg(path);
+        cmd.args(["-c", script, "sh"]).arg(arg);
         // SAFETY: the closure runs in the forked child before exec and
         // makes only async-signal-safe system calls (setgroups, setgid,
         // setuid) on memory allocated before the fork.

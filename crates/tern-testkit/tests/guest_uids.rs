@@ -5,9 +5,9 @@
 //! migration with storage belong to the destination's uid for the guest,
 //! and undefine frees the uid.
 //!
-//! "Cannot open" is tried with the exact credentials of the other guest's
-//! running QEMU (uid, gid and groups from /proc), as a compromised QEMU
-//! would try.
+//! "Cannot open" (and "cannot signal") is tried with the exact
+//! credentials of the other guest's running QEMU (uid, gid and groups from
+//! /proc), as a compromised QEMU would try.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -171,6 +171,12 @@ fn each_guest_has_its_own_uid_which_follows_a_storage_migration_and_is_released_
     denied(&c1, "g2's hot-plugged disk", &hot2);
     denied(&c2, "g1's disk", &h.ia.join("g1.qcow2"));
     denied(&c2, "g1's hot-plugged disk", &hot1);
+    // Nor signals (kills, stops) the other's QEMU; its own, it may.
+    let e = c1
+        .signal(qemu_pid(&h.a, "g2"))
+        .expect_err("g1 signalled g2");
+    assert!(e.contains("not permitted"), "{e}");
+    c1.signal(qemu_pid(&h.a, "g1")).expect("g1 signals itself");
 
     // A restarted agent keeps every guest's uid.
     h.a.restart();
