@@ -5,8 +5,9 @@
 //! Either way QEMU would open what it names (as root, before this existed):
 //! a serial file appended to any file, a kernel path read any file into
 //! the guest. So every path must lie in a storage pool or under a directory
-//! the operator listed, and QEMU itself runs as a user that owns only its
-//! own domain's files.
+//! the operator listed, and each guest's QEMU runs as a uid of its own
+//! that owns only its own domain's files while it runs ([`guest_uids`],
+//! [`ownership`]).
 
 pub mod guest_uids;
 pub mod ownership;

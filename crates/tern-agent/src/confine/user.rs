@@ -1,14 +1,17 @@
 //! The unprivileged user QEMU runs as.
 //!
 //! QEMU starts as root, opens what its command line names (disks, kernel,
-//! firmware, sockets, the console pty), then drops to this user
-//! (`-run-with user=`, which also sets its groups, so `kvm` membership
-//! keeps /dev/kvm usable) under seccomp (`-sandbox on`). After that it can
-//! open nothing the user may not: not another guest's disks, not the
-//! agent's state. The few files it must open later are handed to it one by
-//! one ([`hand_over`]): the migration TLS credentials while they are
-//! loaded, the directory `pmemsave` writes into, and /dev/userfaultfd for
-//! post-copy.
+//! firmware, sockets, the console pty, /dev/kvm), then drops under seccomp
+//! (`-sandbox on`) to the guest's own uid with this user's group
+//! (`-run-with user=UID:GID`, see [`super::guest_uids`]), or to this user
+//! itself (`-run-with user=NAME`) when no uid range is configured. After
+//! that it can open nothing its uid may not: not another guest's disks,
+//! not the agent's state. The few files it must open later are handed to
+//! it one by one ([`hand_over`], owner only) and given back to root
+//! ([`give_back`]) when it no longer needs them: a disk attached live, a
+//! received volume, the TPM state, the migration TLS credentials while
+//! they are loaded, the directory `pmemsave` writes into; /dev/userfaultfd
+//! (post-copy) is open to the group.
 //!
 //! `-sandbox` leaves `elevateprivileges` allowed: QEMU installs its filter
 //! before dropping privileges, and `elevateprivileges=deny` would kill it at

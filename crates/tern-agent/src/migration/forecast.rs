@@ -275,7 +275,7 @@ const MAX_KNOCKING: usize = 32;
 /// the one stream that starts with a fresh token (at most 30 s in all).
 /// The token goes to the source only in this authenticated API's answer,
 /// so a third party on the migration network can no longer feed the
-/// estimate; each connection gets [`TOKEN_WAIT`] to present it, on its
+/// estimate; each connection gets 5 s to present it, on its
 /// own task, so silent connections do not hold up the real one.
 pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16, String)> {
     let mut listener = None;
