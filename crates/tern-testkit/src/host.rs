@@ -54,7 +54,8 @@ pub struct HostOptions {
     /// Extra environment of `ternd` (and so of its QEMUs), e.g. `TZ`.
     pub env: Vec<(String, String)>,
     /// Body of the config file's `[qemu]` table; `None` gives
-    /// [`default_qemu_table`] (test files live in temp and target dirs).
+    /// [`default_qemu_table`] (test files live in temp and target dirs)
+    /// and a `uid_range` of the host's own ([`crate::creds::test_uid_range`]).
     pub qemu: Option<String>,
 }
 
@@ -103,6 +104,15 @@ impl TernHost {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
             .expect("open the host's root for search");
+        let mut opts = opts;
+        if opts.qemu.is_none() {
+            // Each test host its own guest uids (kept across restarts).
+            let (first, last) = crate::creds::test_uid_range(&root);
+            opts.qemu = Some(format!(
+                "{}uid_range = \"{first}-{last}\"\n",
+                default_qemu_table()
+            ));
+        }
         let mut h = TernHost {
             opts,
             root,

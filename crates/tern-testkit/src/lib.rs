@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod controller;
 pub mod corpus;
 mod cpio;
+pub mod creds;
 pub mod debian;
 mod domxml;
 mod elf;
