@@ -9,7 +9,7 @@
 
 pub mod client;
 pub mod cluster;
-pub mod driver;
+pub mod settle;
 pub mod error;
 pub mod event;
 pub mod fence;

@@ -354,7 +354,10 @@ pub enum MigrationRequest {
         /// Domain name.
         name: String,
     },
-    /// Source: drive the whole migration from this agent (`--p2p`).
+    /// Source: run the whole migration from this agent (every flow: the
+    /// managed `tern migrate`, `--p2p` and the controller's jobs). The
+    /// reply comes once the destination prepared; the caller then follows
+    /// the job.
     MigrateP2p {
         /// Domain name or uuid.
         name: String,
@@ -362,6 +365,10 @@ pub enum MigrationRequest {
         dest_uri: String,
         /// Options.
         options: MigrateOptions,
+        /// The migration's id, when the caller keeps its own record of it
+        /// (the controller); a new one otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<uuid::Uuid>,
     },
     /// `domjobinfo [--completed]`.
     JobInfo {
@@ -506,6 +513,7 @@ mod migration_tests {
                 live: true,
                 ..Default::default()
             },
+            id: None,
         });
         let s = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), p);

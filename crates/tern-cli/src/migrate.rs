@@ -2,12 +2,12 @@
 
 use crate::args::Cmd;
 use crate::table::kv;
-use crate::{connect, print_json, read_file, CliError, Result};
+use crate::{print_json, read_file, CliError, Result};
 use clap::Args;
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
-use tern_api::{driver, Client, MigrationRequest, Request};
+use tern_api::{Client, MigrationRequest, Request};
 use tern_migrate::policy::Forecast;
 use tern_migrate::{JobEvent, JobInfo, JobKind, MigrateOptions, TimeoutAction};
 
@@ -411,47 +411,37 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
             .await?;
         return follow(src, a, &mut progress, t0).await;
     }
-    if a.p2p {
-        let _: Value = src
-            .call(&Request::Migration(MigrationRequest::MigrateP2p {
-                name: a.domain.clone(),
-                dest_uri: a.desturi.clone(),
-                options: o.clone(),
-            }))
-            .await?;
-        return follow(src, a, &mut progress, t0).await;
-    }
-    let dst = connect(Some(&a.desturi))?;
-    let id = uuid::Uuid::new_v4();
-    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel.clone());
-    let out = driver::drive_with(src, &dst, id, &a.domain, &o, &cancel, |i| progress.show(i)).await;
-    watcher.abort();
-    let out = out?;
-    if let Some(w) = &out.warning {
-        eprintln!("warning: {w}");
-    }
+    // Every flow is run by the source agent (managed or `--p2p`: the
+    // difference is only whose view of the destination URI it is); this
+    // command follows the job, and Ctrl-C aborts it.
+    let _: Value = src
+        .call(&Request::Migration(MigrationRequest::MigrateP2p {
+            name: a.domain.clone(),
+            dest_uri: a.desturi.clone(),
+            options: o.clone(),
+            id: None,
+        }))
+        .await?;
+    follow(src, a, &mut progress, t0).await
+}
+
+/// The last line of a successful migration, as virsh prints it.
+fn done_line(a: &MigrateArgs, o: &MigrateOptions, fin: &JobInfo, wall: Duration) -> String {
     if o.cold {
-        progress.done();
-        println!(
+        format!(
             "Migrated '{}' (shut off) to {} in {:.2} s: {:.1} MiB of disk data, {:.1} MiB on the wire, {:.1} MiB resumed",
             a.domain,
             a.desturi,
-            t0.elapsed().as_secs_f64(),
-            out.info.disk_total as f64 / 1048576.0,
-            out.info.wire_bytes as f64 / 1048576.0,
-            out.info.resumed_bytes as f64 / 1048576.0
-        );
+            wall.as_secs_f64(),
+            fin.disk_total as f64 / 1048576.0,
+            fin.wire_bytes as f64 / 1048576.0,
+            fin.resumed_bytes as f64 / 1048576.0
+        )
     } else if o.offline {
-        println!("Domain '{}' definition migrated to {}", a.domain, a.desturi);
+        format!("Domain '{}' definition migrated to {}", a.domain, a.desturi)
     } else {
-        progress.done();
-        println!(
-            "{}",
-            summary(&a.domain, &a.desturi, &out.info, t0.elapsed())
-        );
+        summary(&a.domain, &a.desturi, fin, wall)
     }
-    Ok(())
 }
 
 /// Follows the source agent's job to its end (`--p2p`, `--postcopy-resume`):
@@ -484,18 +474,22 @@ async fn follow(src: &Client, a: &MigrateArgs, progress: &mut Progress, t0: Inst
             .await?;
         if fin.phase == "completed" {
             progress.done();
-            println!("{}", summary(&a.domain, &a.desturi, &fin, t0.elapsed()));
+            if let Some(w) = &fin.warning {
+                eprintln!("warning: {w}");
+            }
+            let o = a.options()?;
+            println!("{}", done_line(a, &o, &fin, t0.elapsed()));
             return Ok(());
         }
-        return Err(CliError::Usage(fin.error.unwrap_or_else(|| {
+        return Err(CliError::Migrate(fin.error.unwrap_or_else(|| {
             format!("migration ended in phase {}", fin.phase)
         })));
     }
 }
 
 /// Ctrl-C on `tern migrate` aborts the migration, as in virsh: the first
-/// one asks the source to abort its job (before Perform, the driver stops
-/// and rolls back instead); a second one leaves at once, and the agents
+/// one asks the source to abort its job (before Perform, its run rolls
+/// back instead); a second one leaves at once, and the agents
 /// settle the migration by themselves (their orphan timers).
 fn abort_on_ctrl_c(
     src: Client,

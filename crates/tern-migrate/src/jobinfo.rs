@@ -93,6 +93,9 @@ pub struct JobInfo {
     pub auto_converge_throttle: Option<u64>,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// What went wrong after the destination took the guest over (its
+    /// definition could not be stored, say): the migration still succeeded.
+    pub warning: Option<String>,
     /// Steps the convergence policy took.
     pub policy_steps: u64,
     /// The policy's last step, with the figures behind it.

@@ -342,6 +342,7 @@ mod tests {
                     name: n(),
                     dest_uri: n(),
                     options: o(),
+                    id: None,
                 }),
                 false,
             ),
