@@ -38,6 +38,18 @@ pub struct Observation {
     pub dirty_rate: u64,
     /// Current auto-converge throttle, percent.
     pub throttle: u64,
+    /// Bytes sent so far (QEMU's ram.transferred); 0 in older traces.
+    #[serde(default)]
+    pub transferred: u64,
+    /// Zero pages sent so far (QEMU's ram.duplicate).
+    #[serde(default)]
+    pub zero_pages: u64,
+    /// Guest memory, bytes (QEMU's ram.total).
+    #[serde(default)]
+    pub memory: u64,
+    /// Page size, bytes (0: 4 KiB).
+    #[serde(default)]
+    pub page_size: u64,
 }
 
 /// Which knobs the policy may turn (false: the operator set it).
@@ -88,6 +100,10 @@ pub struct PolicyState {
     /// post-copy waits for (QEMU's figures early on are noisy).
     #[serde(default)]
     pub stalled_passes: u32,
+    /// QEMU's send rate, smoothed over the looks (its own figure jumps
+    /// by a factor of five from one look to the next under TCG), bytes/s.
+    #[serde(default)]
+    pub bandwidth_avg: u64,
 }
 
 impl PolicyState {
@@ -102,6 +118,7 @@ impl PolicyState {
             pass: 0,
             pass_start_remaining: 0,
             stalled_passes: 0,
+            bandwidth_avg: 0,
         }
     }
 }
@@ -119,6 +136,12 @@ pub const STALLED_PASSES_FOR_POSTCOPY: u32 = 2;
 /// Follows pass boundaries: a pass that began with at least four fifths of
 /// what the previous one began with made no real progress.
 fn track_passes(st: &mut PolicyState, obs: &Observation) {
+    if obs.bandwidth > 0 {
+        st.bandwidth_avg = match st.bandwidth_avg {
+            0 => obs.bandwidth,
+            a => (a * 3 + obs.bandwidth) / 4,
+        };
+    }
     if obs.iteration == st.pass {
         return;
     }
@@ -320,6 +343,29 @@ pub fn decide(
     if st.paused || st.postcopy || obs.bandwidth == 0 || obs.iteration < 2 {
         return (next, None);
     }
+    // At a pass boundary: a higher downtime limit if the measured rates
+    // say it saves real time (crate::downtime).
+    if cfg.knobs.downtime && obs.iteration != st.pass {
+        let bw = next.bandwidth_avg.max(1);
+        if let Some(r) = crate::downtime::step(
+            obs.remaining,
+            bw,
+            obs.dirty_rate,
+            st.downtime_ms,
+            cfg.max_downtime_ms,
+            obs.elapsed_ms,
+        ) {
+            next.downtime_ms = r.ms;
+            next.last_step_ms = obs.elapsed_ms;
+            return (
+                next,
+                Some(Decision {
+                    action: Action::SetDowntime { ms: r.ms },
+                    reason: r.reason,
+                }),
+            );
+        }
+    }
     let left_ms = cfg.deadline_ms.saturating_sub(obs.elapsed_ms);
     let dirty = obs.dirty_rate;
     let p = predict(obs.remaining, obs.bandwidth, dirty, st.downtime_ms, 30);
@@ -469,6 +515,7 @@ mod tests {
                 bandwidth: bw,
                 dirty_rate: eff,
                 throttle,
+                ..Default::default()
             };
             let (s2, d) = decide(c, &st, &obs);
             st = s2;
@@ -519,6 +566,7 @@ mod tests {
             bandwidth: 40 * MIB,
             dirty_rate: 45 * MIB,
             throttle: 0,
+            ..Default::default()
         };
         let c = PolicyConfig {
             knobs: Knobs {
@@ -639,6 +687,7 @@ mod tests {
             bandwidth: 10 * MIB,
             dirty_rate: 100 * MIB,
             throttle: 0,
+            ..Default::default()
         };
         let (st, d) = decide(&c, &st, &obs);
         assert!(d.is_some());
