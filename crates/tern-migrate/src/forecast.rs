@@ -20,6 +20,9 @@ use crate::plan::ZERO_PAGE_COST;
 use crate::policy::{predict, predict_with_policy, Observation, PolicyConfig, SETUP_MS};
 use serde::{Deserialize, Serialize};
 
+mod inputs;
+pub use inputs::{inputs, Measured, QUIET_THREAD_RATE, THREAD_PER_CPU};
+
 /// One input of a forecast: its likely value, the span it probably falls
 /// in, and where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

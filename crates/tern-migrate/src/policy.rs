@@ -230,6 +230,14 @@ pub struct Forecast {
     /// minutes arms post-copy (see [`crate::plan::arm_postcopy`]).
     #[serde(default)]
     pub arm_postcopy: Option<bool>,
+    /// The forecast as a range, with every input and its source; its
+    /// median is [`Forecast::prediction`].
+    #[serde(default)]
+    pub range: Option<crate::forecast::RangeForecast>,
+    /// This host's single-thread copy speed when the forecast was made,
+    /// bytes/s (what one migration thread's rate is scaled from).
+    #[serde(default)]
+    pub cpu_rate: u64,
 }
 
 /// Runs pre-copy forward: `remaining` bytes to send at `bandwidth`, the
