@@ -351,10 +351,13 @@ pub fn decide(
     if st.paused || st.postcopy || obs.bandwidth == 0 || obs.iteration < 2 {
         return (next, None);
     }
+    // QEMU's per-look figure jumps from 24 to 470 MB/s under TCG: every
+    // rule uses the smoothed one (a single low reading once raised the
+    // limit to its ceiling on a guest that was converging).
+    let bw = next.bandwidth_avg.max(1);
     // At a pass boundary: a higher downtime limit if the measured rates
     // say it saves real time (crate::downtime).
     if cfg.knobs.downtime && obs.iteration != st.pass {
-        let bw = next.bandwidth_avg.max(1);
         if let Some(r) = crate::downtime::step(
             obs.remaining,
             bw,
@@ -376,12 +379,12 @@ pub fn decide(
     }
     let left_ms = cfg.deadline_ms.saturating_sub(obs.elapsed_ms);
     let dirty = obs.dirty_rate;
-    let p = predict(obs.remaining, obs.bandwidth, dirty, st.downtime_ms, 30);
+    let p = predict(obs.remaining, bw, dirty, st.downtime_ms, 30);
     let fmt = |what: &str| {
         format!(
             "{what}: {} MiB left, link {} MiB/s, guest dirtying {} MiB/s, throttle {}%, pass {}, {} s to the deadline; forecast {} s with {} ms downtime",
             obs.remaining >> 20,
-            obs.bandwidth >> 20,
+            bw >> 20,
             dirty >> 20,
             obs.throttle,
             obs.iteration,
@@ -422,7 +425,7 @@ pub fn decide(
     }
     // 1. A longer pause, if it would let the remainder go in one pass.
     if cfg.knobs.downtime && st.downtime_ms < cfg.max_downtime_ms {
-        let needed = predict(obs.remaining, obs.bandwidth, dirty, cfg.max_downtime_ms, 30);
+        let needed = predict(obs.remaining, bw, dirty, cfg.max_downtime_ms, 30);
         if needed.converges && needed.total_ms <= left_ms {
             let ms = (st.downtime_ms * 2)
                 .min(cfg.max_downtime_ms)
@@ -454,7 +457,7 @@ pub fn decide(
     }
     // 3. Post-copy, when the throttle is at its ceiling and still too slow,
     // once passes have shown the remainder does not shrink (or time is short).
-    let postcopy_needs_ms = obs.remaining * 1000 / obs.bandwidth.max(1) * 2;
+    let postcopy_needs_ms = obs.remaining * 1000 / bw * 2;
     let evidence =
         next.stalled_passes >= STALLED_PASSES_FOR_POSTCOPY || left_ms <= postcopy_needs_ms;
     if cfg.knobs.postcopy && evidence {

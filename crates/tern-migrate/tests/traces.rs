@@ -54,16 +54,17 @@ fn a_guest_dirtying_faster_than_the_link_gets_a_longer_pause_then_postcopy() {
     );
     let steps = replay(&cfg, st, &obs);
     let actions: Vec<&Action> = steps.iter().map(|(_, a)| a).collect();
-    // Recorded: 995 ms, then the 1000 ms ceiling, then post-copy at pass 4.
+    // Recorded (policy of the time, 300 ms start): 995 ms, then the
+    // 1000 ms ceiling, then post-copy at pass 4. From 30 ms with the
+    // smoothed send rate: the ceiling once no limit converges, then
+    // post-copy at the same look.
     assert!(
         matches!(
             actions.as_slice(),
-            [
-                Action::SetDowntime { .. },
-                Action::SetDowntime { ms: 1000 },
-                Action::StartPostcopy
-            ]
-        ),
+            [.., Action::SetDowntime { ms: 1000 }, Action::StartPostcopy]
+        ) && actions[..actions.len() - 1]
+            .iter()
+            .all(|a| matches!(a, Action::SetDowntime { .. })),
         "{steps:?}"
     );
     for w in steps.windows(2) {
@@ -75,7 +76,7 @@ fn a_guest_dirtying_faster_than_the_link_gets_a_longer_pause_then_postcopy() {
         }
     }
     // The recording ends where QEMU left "active" for post-copy.
-    let (at, _) = steps[2];
+    let (at, _) = steps[steps.len() - 1];
     assert_eq!(at, obs.last().map_or(0, |o| o.elapsed_ms), "{steps:?}");
 
     // Without --postcopy the same 30 s only raise the downtime limit: the

@@ -162,31 +162,38 @@ pub async fn forecast(
 }
 
 /// This host's single-thread copy speed now, bytes/s: pages checked for
-/// zeros and copied, as QEMU's migration thread does, for 100 ms. memcmp
-/// and memcpy run at the same speed in debug and release builds, so the
-/// figure does not depend on how the agent was built. It moves with the
-/// host's load, which is what the forecast needs it for.
+/// zeros and copied, as QEMU's migration thread does, in six 50 ms windows,
+/// the median of them (on a shared machine one window may fall into
+/// another process's time slice). memcmp and memcpy run at the same speed
+/// in debug and release builds, so the figure does not depend on how the
+/// agent was built. It moves with the host's load, which is what the
+/// forecast needs it for.
 fn copy_speed() -> u64 {
     const PAGE: usize = 4096;
-    let src = vec![0x5au8; 8 << 20];
+    let src = vec![0x5au8; 4 << 20];
     let zero = [0u8; PAGE];
     let mut dst = vec![0u8; 1 << 20];
-    let t0 = Instant::now();
-    let mut bytes = 0u64;
     let mut zeros = 0u64;
-    while t0.elapsed() < Duration::from_millis(100) {
-        for (i, page) in src.chunks_exact(PAGE).enumerate() {
-            if page == zero.as_slice() {
-                zeros += 1;
-                continue;
+    let mut windows = Vec::new();
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        while t0.elapsed() < Duration::from_millis(50) {
+            for (i, page) in src.chunks_exact(PAGE).enumerate() {
+                if page == zero.as_slice() {
+                    zeros += 1;
+                    continue;
+                }
+                let at = (i * PAGE) % dst.len();
+                dst[at..at + PAGE].copy_from_slice(page);
             }
-            let at = (i * PAGE) % dst.len();
-            dst[at..at + PAGE].copy_from_slice(page);
+            bytes += src.len() as u64;
         }
-        bytes += src.len() as u64;
+        windows.push((bytes as f64 / t0.elapsed().as_secs_f64()) as u64);
     }
     std::hint::black_box((&dst, zeros));
-    (bytes as f64 / t0.elapsed().as_secs_f64()) as u64
+    windows.sort_unstable();
+    windows[windows.len() / 2]
 }
 
 /// What two reads of the same sampled pages showed.
