@@ -470,9 +470,10 @@ fn print_table(cells: &[Cell], give_up: u64) {
                     errors_cell(&r.run_errors),
                 ],
             ),
-            Outcome::DidNotConverge { .. } => {
-                (format!("no (cancelled at {give_up} s)"), std::array::from_fn(|_| dash()))
-            }
+            Outcome::DidNotConverge { .. } => (
+                format!("no (cancelled at {give_up} s)"),
+                std::array::from_fn(|_| dash()),
+            ),
             Outcome::Failed(e) => (format!("failed: {e}"), std::array::from_fn(|_| dash())),
         };
         println!(

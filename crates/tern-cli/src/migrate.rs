@@ -368,8 +368,17 @@ async fn forecast(
                 if f.prediction.converges { "yes" } else { "no" }.into()
             ),
             ("Iterations", f.prediction.iterations.to_string()),
-            ("Total time", forecast_span(f.prediction.total_ms, f.range.as_ref().map(|r| r.total))),
-            ("Downtime", forecast_span(f.prediction.downtime_ms, f.range.as_ref().map(|r| r.downtime))),
+            (
+                "Total time",
+                forecast_span(f.prediction.total_ms, f.range.as_ref().map(|r| r.total))
+            ),
+            (
+                "Downtime",
+                forecast_span(
+                    f.prediction.downtime_ms,
+                    f.range.as_ref().map(|r| r.downtime)
+                )
+            ),
             (
                 "Page deltas",
                 f.delta_fraction
@@ -396,10 +405,7 @@ async fn forecast(
 /// "1200 ms (p10-p90 900-1800 ms)" when the agent gave a range.
 fn forecast_span(median: u64, r: Option<tern_migrate::forecast::Range>) -> String {
     match r {
-        Some(r) => format!(
-            "{} ms (p10-p90 {}-{} ms)",
-            r.p50_ms, r.p10_ms, r.p90_ms
-        ),
+        Some(r) => format!("{} ms (p10-p90 {}-{} ms)", r.p50_ms, r.p10_ms, r.p90_ms),
         None => format!("{median} ms"),
     }
 }

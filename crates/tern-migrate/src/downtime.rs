@@ -100,7 +100,9 @@ pub fn step(
     if bandwidth == 0 || current >= ceiling {
         return None;
     }
-    let ms = lowest_that_pays(remaining, bandwidth, dirty_rate, current, ceiling, elapsed_ms)?;
+    let ms = lowest_that_pays(
+        remaining, bandwidth, dirty_rate, current, ceiling, elapsed_ms,
+    )?;
     if ms <= current {
         return None;
     }
@@ -141,7 +143,10 @@ mod tests {
     #[test]
     fn a_guest_far_below_the_link_keeps_the_low_limit() {
         // Dirtying a fifth of what is sent: each extra pass is short.
-        assert_eq!(step(200 * MIB, 200 * MIB, 40 * MIB, START_MS, 1000, 5000), None);
+        assert_eq!(
+            step(200 * MIB, 200 * MIB, 40 * MIB, START_MS, 1000, 5000),
+            None
+        );
         // Idle.
         assert_eq!(step(20 * MIB, 200 * MIB, 0, START_MS, 1000, 5000), None);
     }
@@ -175,18 +180,27 @@ mod tests {
         // The hot case recorded under load (traces/dirty-200-unlimited):
         // 132 MiB left after 7.2 s, 40 of 250 MiB/s dirtied. A 30 ms
         // limit costs two short passes, well inside 5 % of the run.
-        assert_eq!(step(132 * MIB, 250 * MIB, 40 * MIB, START_MS, 1000, 7200), None);
+        assert_eq!(
+            step(132 * MIB, 250 * MIB, 40 * MIB, START_MS, 1000, 7200),
+            None
+        );
         // Dirtying half of what is sent: four extra passes, 0.46 s. Five
         // percent of a 20 s run covers them; at the start of a run they
         // are worth a higher limit.
-        assert_eq!(step(132 * MIB, 250 * MIB, 120 * MIB, START_MS, 1000, 20_000), None);
+        assert_eq!(
+            step(132 * MIB, 250 * MIB, 120 * MIB, START_MS, 1000, 20_000),
+            None
+        );
         let r = step(132 * MIB, 250 * MIB, 120 * MIB, START_MS, 1000, 0).expect("a raise");
         assert!(r.ms > START_MS, "{r:?}");
     }
 
     #[test]
     fn no_limit_helps_a_guest_faster_than_the_link() {
-        assert_eq!(step(1 << 30, 100 * MIB, 150 * MIB, START_MS, 1000, 5000), None);
+        assert_eq!(
+            step(1 << 30, 100 * MIB, 150 * MIB, START_MS, 1000, 5000),
+            None
+        );
     }
 
     #[test]

@@ -338,7 +338,12 @@ impl Follower {
     /// Takes one look in.
     pub fn see(&mut self, obs: &Observation) {
         if self.first.is_none() {
-            self.first = Some((obs.elapsed_ms, obs.transferred, obs.zero_pages, obs.remaining));
+            self.first = Some((
+                obs.elapsed_ms,
+                obs.transferred,
+                obs.zero_pages,
+                obs.remaining,
+            ));
         }
         if obs.iteration >= 2 && obs.bandwidth > 0 {
             self.tail_rate = match self.tail_rate {
@@ -401,7 +406,10 @@ impl Follower {
             let s = (data_left + zero_left * ZERO_PAGE_COST) / rate;
             let pass_s = o.elapsed_ms as f64 / 1000.0 + s;
             let data = (memory as f64 - zero_total).max(0.0);
-            (s, (dirty as f64 * pass_s * FIRST_PASS_REDIRTY).min(data) as u64)
+            (
+                s,
+                (dirty as f64 * pass_s * FIRST_PASS_REDIRTY).min(data) as u64,
+            )
         } else {
             (0.0, o.remaining)
         };

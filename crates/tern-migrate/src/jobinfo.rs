@@ -418,7 +418,9 @@ mod tests {
         let lines = j.lines();
         let get = |k: &str| lines.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
         assert_eq!(get("Expected remaining").as_deref(), Some("800 ms"));
-        assert!(get("Expected downtime").unwrap().starts_with("25 ms (Tern's forecast"));
+        assert!(get("Expected downtime")
+            .unwrap()
+            .starts_with("25 ms (Tern's forecast"));
         j.update_from_qemu(&json!({"status": "completed", "downtime": 12, "total-time": 1500}));
         assert_eq!(j.kind, JobKind::Completed);
         assert_eq!(j.downtime_ms, Some(12));

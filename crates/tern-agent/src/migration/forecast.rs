@@ -102,10 +102,7 @@ pub async fn forecast(
         range.downtime.p90_ms
     );
     let verdict = if alone.converges && alone.total_ms <= cfg.deadline_ms {
-        format!(
-            "converges in {} passes: {span}",
-            prediction.iterations,
-        )
+        format!("converges in {} passes: {span}", prediction.iterations,)
     } else if o.policy_on() && policy_point.downtime_ms <= cfg.max_downtime_ms {
         format!(
             "does not converge on its own: the policy finishes it ({}): {span}",

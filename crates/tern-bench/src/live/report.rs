@@ -99,6 +99,9 @@ pub struct Run {
 }
 
 /// How one migration ended.
+// A benchmark holds a few dozen of these: their size does not matter,
+// and boxing `Run` would touch every place one is built.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Completed, guest running on the destination.

@@ -65,9 +65,11 @@ pub fn inputs(m: &Measured) -> Inputs {
         ),
     );
     let send_rate = match (&m.probe, m.cap) {
-        (_, Some(c)) if (c as f64) < thread => {
-            Estimate::spread(c as f64, 0.05, "--bandwidth (slower than one migration thread)")
-        }
+        (_, Some(c)) if (c as f64) < thread => Estimate::spread(
+            c as f64,
+            0.05,
+            "--bandwidth (slower than one migration thread)",
+        ),
         (Ok(p), _) if (*p as f64) < thread => Estimate::spread(
             *p as f64,
             0.2,
@@ -117,7 +119,10 @@ pub fn inputs(m: &Measured) -> Inputs {
     let switch_ms = Estimate::spread(
         SWITCH_MS as f64 * slowdown.sqrt(),
         0.5,
-        format!("{SWITCH_MS} ms device state and last sync, x{:.1} for this host's speed now", slowdown.sqrt()),
+        format!(
+            "{SWITCH_MS} ms device state and last sync, x{:.1} for this host's speed now",
+            slowdown.sqrt()
+        ),
     );
     Inputs {
         memory: m.memory,
@@ -154,7 +159,10 @@ mod tests {
         let i = inputs(&measured());
         let thread = 4000.0 * THREAD_PER_CPU * MIB as f64;
         assert!((i.send_rate.p50 - thread).abs() < 1.0);
-        assert!(i.send_rate.source.contains("link measured 700 MiB/s"), "{i:?}");
+        assert!(
+            i.send_rate.source.contains("link measured 700 MiB/s"),
+            "{i:?}"
+        );
         assert!(i.thread_rate.source.contains("calibrated"));
     }
 
