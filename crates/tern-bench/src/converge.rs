@@ -21,6 +21,17 @@
 //! after `--give-up` seconds (10 minutes by default) is cancelled and counts
 //! as not completed.
 //!
+//! Each row also shows the pause the guest saw (the longest wait between
+//! two of its heartbeats, which it prints every 50 ms, `tern.hb_ms`) beside
+//! QEMU's downtime, Tern's forecast as a median with its p10-p90 span, and
+//! the error of the forecasts Tern's source agent made during the run, at
+//! 25, 50 and 75 % of QEMU's total time, on the time that followed
+//! (`domjobinfo --completed --json`'s `forecast_updates`). Below the table,
+//! one line per case checks the targets of issue 22: median forecast
+//! against median total, Tern's median downtime against the lower of QEMU's
+//! defaults and Nova's steps, Tern's median total against the fastest, and
+//! the guest's pause against QEMU's downtime plus 60 ms.
+//!
 //! Every migration boots a fresh guest, and the methods take turns
 //! migration by migration (`--repeat` rounds, the first method rotating),
 //! so that drifts in the machine's speed fall on every method alike; the

@@ -50,6 +50,8 @@ pub async fn forecast(
             .map_err(|e| format!("probe failed: {e}")),
         None => Err("no destination given".to_string()),
     };
+    let probe_loopback = matches!(probe, Ok((_, true)));
+    let probe = probe.map(|(rate, _)| rate);
     let cap = o.bandwidth_mib.filter(|m| *m > 0).map(|m| m << 20);
     let cpu_rate = tokio::task::spawn_blocking(copy_speed)
         .await
@@ -63,6 +65,7 @@ pub async fn forecast(
         cpu_rate,
         learned_ratio: agent.jobs.thread_ratio(),
         probe,
+        probe_loopback,
         cap,
     });
     let cfg = o.policy_config();
@@ -289,8 +292,9 @@ async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64
     out
 }
 
-/// Streams bytes for half a second into a sink the destination opened.
-async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
+/// Streams bytes for half a second into a sink the destination opened:
+/// bytes/s, and whether the sink was on this host's loopback.
+async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<(u64, bool)> {
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
         .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
@@ -318,7 +322,8 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
         sent += buf.len() as u64;
     }
     let _ = s.shutdown().await;
-    Ok((sent as f64 / t0.elapsed().as_secs_f64()) as u64)
+    let loopback = s.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    Ok(((sent as f64 / t0.elapsed().as_secs_f64()) as u64, loopback))
 }
 
 /// Destination side of the probe: accept one stream on a migration port,

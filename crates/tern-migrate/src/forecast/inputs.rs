@@ -23,6 +23,10 @@ pub struct Measured {
     pub learned_ratio: Option<f64>,
     /// The link to the destination, bytes/s, or why it is not known.
     pub probe: Result<u64, String>,
+    /// The probe's sink was on this host's loopback: the probe then
+    /// measured this host's CPUs, as the migration will use them (see
+    /// [`THREAD_PER_LOOPBACK_PROBE`]).
+    pub probe_loopback: bool,
     /// The operator's `--bandwidth`, bytes/s.
     pub cap: Option<u64>,
 }
@@ -36,6 +40,14 @@ pub struct Measured {
 /// 2 GiB guest: 390 MiB/s against a copy speed of 6.7 GiB/s,
 /// docs/BENCHMARKS.md).
 pub const THREAD_PER_CPU: f64 = 0.06;
+
+/// One migration thread's pace (effective bytes/s) over a loopback probe
+/// measured just before: both push bytes through the kernel from one
+/// process to another on the same CPUs, so both move together with the
+/// host's load. Five `tern-bench converge` migrations under load (load
+/// average 8-14) gave 0.19, 0.27, 0.28, 0.37 and 0.38; the single-thread
+/// copy speed's ratio varied three times as much (0.06-0.17).
+pub const THREAD_PER_LOOPBACK_PROBE: (f64, f64, f64) = (0.2, 0.28, 0.38);
 
 /// What a guest under TCG dirties while it migrates, as a fraction of what
 /// `calc-dirty-rate` measured just before (p10, median, p90): the
@@ -55,15 +67,30 @@ pub fn inputs(m: &Measured) -> Inputs {
         Some(r) => (r, "this host's past migrations", 0.2),
         None => (THREAD_PER_CPU, "the calibrated ratio", 0.35),
     };
-    let thread = m.cpu_rate as f64 * ratio;
-    let thread_rate = Estimate::spread(
-        thread,
-        ratio_spread,
-        format!(
-            "one migration thread here now: copy speed measured {:.0} MiB/s x {ratio:.3} ({ratio_source})",
-            mib(m.cpu_rate as f64)
+    let thread_rate = match (&m.probe, m.probe_loopback) {
+        (Ok(p), true) => {
+            let (lo, mid, hi) = THREAD_PER_LOOPBACK_PROBE;
+            let p = *p as f64;
+            Estimate {
+                p10: p * lo,
+                p50: p * mid,
+                p90: p * hi,
+                source: format!(
+                    "one migration thread here now: the loopback probe measured {:.0} MiB/s, x{mid} (calibrated)",
+                    mib(p)
+                ),
+            }
+        }
+        _ => Estimate::spread(
+            m.cpu_rate as f64 * ratio,
+            ratio_spread,
+            format!(
+                "one migration thread here now: copy speed measured {:.0} MiB/s x {ratio:.3} ({ratio_source})",
+                mib(m.cpu_rate as f64)
+            ),
         ),
-    );
+    };
+    let thread = thread_rate.p50;
     let send_rate = match (&m.probe, m.cap) {
         (_, Some(c)) if (c as f64) < thread => Estimate::spread(
             c as f64,
@@ -73,7 +100,7 @@ pub fn inputs(m: &Measured) -> Inputs {
         (Ok(p), _) if (*p as f64) < thread => Estimate::spread(
             *p as f64,
             0.2,
-            "the link, measured to the destination (slower than one migration thread)",
+            "measured to the destination (the link is slower than one migration thread)",
         ),
         (Ok(p), _) => Estimate {
             source: format!(
@@ -150,6 +177,7 @@ mod tests {
             cpu_rate: 4000 * MIB,
             learned_ratio: None,
             probe: Ok(700 * MIB),
+            probe_loopback: false,
             cap: None,
         }
     }
@@ -178,6 +206,13 @@ mod tests {
             ..measured()
         });
         assert!(capped.send_rate.source.starts_with("--bandwidth"));
+        let local = inputs(&Measured {
+            probe_loopback: true,
+            ..measured()
+        });
+        assert!((local.thread_rate.p50 - 700.0 * 0.28 * MIB as f64).abs() < 1.0);
+        assert!(local.send_rate.source.starts_with("one migration thread"));
+        assert!(local.thread_rate.source.contains("loopback probe"));
         let learned = inputs(&Measured {
             learned_ratio: Some(0.1),
             ..measured()
