@@ -104,6 +104,10 @@ pub struct PolicyState {
     /// by a factor of five from one look to the next under TCG), bytes/s.
     #[serde(default)]
     pub bandwidth_avg: u64,
+    /// Bytes sent and ms at the last look, for the send rate from QEMU's
+    /// byte count (its own figure lags a pass behind).
+    #[serde(default)]
+    pub last_sent: (u64, u64),
 }
 
 impl PolicyState {
@@ -119,6 +123,7 @@ impl PolicyState {
             pass_start_remaining: 0,
             stalled_passes: 0,
             bandwidth_avg: 0,
+            last_sent: (0, 0),
         }
     }
 }
@@ -136,10 +141,17 @@ pub const STALLED_PASSES_FOR_POSTCOPY: u32 = 2;
 /// Follows pass boundaries: a pass that began with at least four fifths of
 /// what the previous one began with made no real progress.
 fn track_passes(st: &mut PolicyState, obs: &Observation) {
-    if obs.bandwidth > 0 {
+    let sample = send_rate_sample(st.last_sent, obs);
+    st.last_sent = (obs.transferred, obs.elapsed_ms);
+    // The first pass's rate (zero pages send no bytes) says little about
+    // the later ones: the average starts again with the second.
+    if obs.iteration == 2 && st.pass < 2 {
+        st.bandwidth_avg = 0;
+    }
+    if sample > 0 {
         st.bandwidth_avg = match st.bandwidth_avg {
-            0 => obs.bandwidth,
-            a => (a * 3 + obs.bandwidth) / 4,
+            0 => sample,
+            a => (a * 3 + sample) / 4,
         };
     }
     if obs.iteration == st.pass {
@@ -152,6 +164,18 @@ fn track_passes(st: &mut PolicyState, obs: &Observation) {
     }
     st.pass = obs.iteration;
     st.pass_start_remaining = obs.remaining;
+}
+
+/// Pure: the send rate since the last look from QEMU's byte count, or
+/// QEMU's own figure when the count is missing (older traces) or stood
+/// still.
+fn send_rate_sample((sent, at): (u64, u64), obs: &Observation) -> u64 {
+    let dt = obs.elapsed_ms.saturating_sub(at);
+    if sent > 0 && obs.transferred > sent && dt > 0 {
+        (obs.transferred - sent) * 1000 / dt
+    } else {
+        obs.bandwidth
+    }
 }
 
 /// One step.
@@ -423,6 +447,15 @@ pub fn decide(
     if on_track || obs.elapsed_ms < st.last_step_ms + STEP_GAP_MS {
         return (next, None);
     }
+    // The deadline steps need more than one look's figures (QEMU's send
+    // rate after a first pass of zero pages reads a quarter of the real
+    // one): a pass that did not shrink the remainder, or the deadline
+    // close. Without this a hot guest that was converging got the 1000 ms
+    // ceiling at pass 2 and paused 576 ms.
+    let postcopy_needs_ms = obs.remaining * 1000 / bw * 2;
+    if next.stalled_passes == 0 && left_ms > postcopy_needs_ms {
+        return (next, None);
+    }
     // 1. A longer pause, if it would let the remainder go in one pass.
     if cfg.knobs.downtime && st.downtime_ms < cfg.max_downtime_ms {
         let needed = predict(obs.remaining, bw, dirty, cfg.max_downtime_ms, 30);
@@ -457,7 +490,6 @@ pub fn decide(
     }
     // 3. Post-copy, when the throttle is at its ceiling and still too slow,
     // once passes have shown the remainder does not shrink (or time is short).
-    let postcopy_needs_ms = obs.remaining * 1000 / bw * 2;
     let evidence =
         next.stalled_passes >= STALLED_PASSES_FOR_POSTCOPY || left_ms <= postcopy_needs_ms;
     if cfg.knobs.postcopy && evidence {

@@ -182,3 +182,29 @@ fn a_check_uses_the_last_forecast_made_by_then() {
     assert!(worth_recording(None, &ups[0]));
     assert!(!worth_recording(Some(&ups[0]), &u(250, 1)));
 }
+
+#[test]
+fn following_runs_with_byte_counts_uses_them() {
+    // Recorded with QEMU's byte counts (transferred, zero pages, memory):
+    // the idle guest (QEMU completed at 4639 ms) and the hot one, whose
+    // passes after the first went at 508 MiB/s against 150 in the first
+    // (5484 ms; the first forecasts could not know).
+    let idle = trace("idle-unlimited-counts.jsonl");
+    let prior = Prior {
+        zero_fraction: Some(0.43),
+        dirty_rate: 0,
+    };
+    let ups = follow(&idle, prior, 30);
+    for at in [0.25, 0.5, 0.75] {
+        let c = check_at(&ups, 4639, at).expect("a forecast by then");
+        assert!(c.error.abs() <= 0.3, "idle at {at}: {c:?}");
+    }
+    let hot = trace("dirty-200-unlimited-fast-pass2.jsonl");
+    let prior = Prior {
+        zero_fraction: Some(0.44),
+        dirty_rate: 71 << 20,
+    };
+    let ups = follow(&hot, prior, 30);
+    let c = check_at(&ups, 5484, 0.75).expect("a forecast by then");
+    assert!(c.error.abs() <= 0.5, "hot at 0.75: {c:?}");
+}
