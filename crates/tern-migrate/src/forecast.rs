@@ -307,6 +307,10 @@ pub struct Prior {
     pub zero_fraction: Option<f64>,
     /// Dirty rate, bytes/s.
     pub dirty_rate: u64,
+    /// The send rate it forecast, bytes/s: used until the run has shown
+    /// its own.
+    #[serde(default)]
+    pub send_rate: u64,
 }
 
 /// Follows a migration look by look (pure state, no I/O): what the run
@@ -363,7 +367,11 @@ impl Follower {
         let o = self.last?;
         let dt = o.elapsed_ms.saturating_sub(t0);
         if dt < MIN_RUN_MS {
-            return (o.bandwidth > 0).then_some(o.bandwidth as f64);
+            return match (o.bandwidth, self.prior.send_rate) {
+                (0, 0) => None,
+                (0, p) => Some(p as f64),
+                (b, _) => Some(b as f64),
+            };
         }
         let secs = dt as f64 / 1000.0;
         if o.transferred > 0 {

@@ -457,7 +457,6 @@ fn parallel_compressed_and_tuning_verbs() {
         "Dirty rate:",
         "Iteration:",
         "Expected downtime:",
-        "Expected remaining:",
         "Compression cache:",
     ] {
         assert!(info.contains(k), "domjobinfo lacks {k}:\n{info}");
@@ -580,4 +579,13 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(state(&p.b, "fc1"), "running (migrated)");
+    // The source followed the run with forecasts of what was left.
+    let done: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "fc1", "--completed", "--json"])).unwrap();
+    let ups = done["forecast_updates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!ups.is_empty(), "{done}");
+    assert!(ups[0]["remaining_ms"].as_u64().is_some(), "{done}");
 }

@@ -188,6 +188,7 @@ impl<'a> Watch<'a> {
                 .map(|f| Prior {
                     zero_fraction: Some(f.zero_fraction),
                     dirty_rate: f.dirty_rate,
+                    send_rate: f.bandwidth,
                 })
                 .unwrap_or_default(),
         );

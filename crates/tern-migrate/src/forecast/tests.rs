@@ -134,6 +134,7 @@ fn following_the_idle_run_forecasts_what_followed() {
     let prior = Prior {
         zero_fraction: Some(0.43),
         dirty_rate: 0,
+        send_rate: 0,
     };
     let ups = follow(&obs, prior, 300);
     assert!(ups.len() > 10);
@@ -151,6 +152,7 @@ fn following_the_hot_run_forecasts_what_followed() {
     let prior = Prior {
         zero_fraction: Some(0.43),
         dirty_rate: 44 << 20,
+        send_rate: 0,
     };
     let ups = follow(&obs, prior, 300);
     // The passes after the first went twice as fast as the first on that
@@ -193,6 +195,7 @@ fn following_runs_with_byte_counts_uses_them() {
     let prior = Prior {
         zero_fraction: Some(0.43),
         dirty_rate: 0,
+        send_rate: 0,
     };
     let ups = follow(&idle, prior, 30);
     for at in [0.25, 0.5, 0.75] {
@@ -203,6 +206,7 @@ fn following_runs_with_byte_counts_uses_them() {
     let prior = Prior {
         zero_fraction: Some(0.44),
         dirty_rate: 71 << 20,
+        send_rate: 0,
     };
     let ups = follow(&hot, prior, 30);
     let c = check_at(&ups, 5484, 0.75).expect("a forecast by then");
