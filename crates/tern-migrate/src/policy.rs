@@ -326,11 +326,15 @@ pub fn predict_with_policy(
         total_ms: p.total_ms + SETUP_MS,
         ..p
     };
+    // Passes that shrink the remainder by less than a fifth are the
+    // evidence the policy switches to post-copy on (two in a row), however
+    // slowly pre-copy would converge otherwise.
+    let stalls = cfg.knobs.postcopy && dirty_rate.saturating_mul(5) >= bandwidth.saturating_mul(4);
     let plain = predict(remaining, bandwidth, dirty_rate, downtime_ms, 30);
-    if plain.converges && plain.total_ms <= cfg.deadline_ms {
+    if plain.converges && plain.total_ms <= cfg.deadline_ms && !stalls {
         return with_setup(plain);
     }
-    if cfg.knobs.downtime {
+    if cfg.knobs.downtime && !stalls {
         let longer = predict(remaining, bandwidth, dirty_rate, cfg.max_downtime_ms, 30);
         if longer.converges && longer.total_ms <= cfg.deadline_ms {
             return with_setup(longer);
