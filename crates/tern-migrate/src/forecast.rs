@@ -17,7 +17,7 @@
 //! zero pages still to scan, and the dirty rate QEMU measures.
 
 use crate::plan::ZERO_PAGE_COST;
-use crate::policy::{predict, predict_with_policy, Observation, PolicyConfig, SETUP_MS};
+use crate::policy::{predict_with_policy, Observation, PolicyConfig, SETUP_MS};
 use serde::{Deserialize, Serialize};
 
 mod inputs;
@@ -288,6 +288,10 @@ pub fn range(cfg: &PolicyConfig, inputs: &Inputs) -> RangeForecast {
 /// loaded one (`tern-bench converge`, docs/BENCHMARKS.md).
 pub const SWITCH_MS: u64 = 20;
 
+/// Seconds post-copy took after the switch, recorded over a 100 MiB/s cap
+/// (traces/dirty-200-over-100: 30.1 s to 30.9 s).
+const POSTCOPY_TAIL_S: f64 = 1.0;
+
 /// One forecast made during a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForecastUpdate {
@@ -324,6 +328,11 @@ pub struct Follower {
     /// QEMU's send rate smoothed over the looks after the first pass,
     /// bytes/s (0 until then): what the remaining passes go at.
     tail_rate: u64,
+    /// The pass last seen and what was left when it began.
+    pass: (u64, u64),
+    /// Passes in a row that did not shrink the remainder by a fifth, as
+    /// the policy counts them (it switches to post-copy after two).
+    stalled: u32,
 }
 
 /// Below this much run time, the rate so far says little: the prior and
@@ -348,6 +357,15 @@ impl Follower {
                 obs.zero_pages,
                 obs.remaining,
             ));
+        }
+        if obs.iteration != self.pass.0 {
+            let (p, start) = self.pass;
+            self.stalled = if p > 0 && obs.remaining * 5 >= start * 4 {
+                self.stalled + 1
+            } else {
+                0
+            };
+            self.pass = (obs.iteration, obs.remaining);
         }
         if obs.iteration >= 2 && obs.bandwidth > 0 {
             self.tail_rate = match self.tail_rate {
@@ -425,20 +443,50 @@ impl Follower {
             deadline_ms: cfg.deadline_ms.saturating_sub(o.elapsed_ms),
             ..*cfg
         };
-        let tail = predict(after_first, bw, dirty, limit_ms, 30);
-        let tail = if tail.converges {
-            tail
-        } else {
-            let p = predict_with_policy(&left_cfg, after_first, bw, dirty, limit_ms);
-            crate::policy::Prediction {
-                total_ms: p.total_ms.saturating_sub(SETUP_MS),
-                ..p
-            }
+        if let Some(u) = self.postcopy_ahead(cfg, &o, bw, dirty) {
+            return Some(u);
+        }
+        // The policy's steps run forward: a longer pause, post-copy on
+        // stalled passes, the pause at the deadline.
+        let p = predict_with_policy(&left_cfg, after_first, bw, dirty, limit_ms);
+        let tail = crate::policy::Prediction {
+            total_ms: p.total_ms.saturating_sub(SETUP_MS),
+            ..p
         };
         Some(ForecastUpdate {
             at_ms: o.elapsed_ms,
             remaining_ms: (first_left_s * 1000.0) as u64 + tail.total_ms + SWITCH_MS,
             downtime_ms: tail.downtime_ms + SWITCH_MS,
+        })
+    }
+}
+
+impl Follower {
+    /// Pure: with post-copy allowed and passes that cannot shrink the
+    /// remainder, the policy switches after two stalled passes: the rest
+    /// of this pass, the passes still to stall, and post-copy's tail.
+    fn postcopy_ahead(
+        &self,
+        cfg: &PolicyConfig,
+        o: &Observation,
+        bw: u64,
+        dirty: u64,
+    ) -> Option<ForecastUpdate> {
+        let stalls = dirty.saturating_mul(5) >= bw.saturating_mul(4);
+        if !cfg.knobs.postcopy || !stalls || o.iteration < 2 {
+            return None;
+        }
+        let bw = bw.max(1) as f64;
+        let pass_s = self.pass.1 as f64 / bw;
+        let more = crate::policy::STALLED_PASSES_FOR_POSTCOPY.saturating_sub(self.stalled + 1);
+        // After the switch the destination pulls the rest at post-copy's
+        // own pace, which `--bandwidth` does not cap (the recorded capped
+        // run: under a second for what a pass took 10 s to send).
+        let s = o.remaining as f64 / bw + f64::from(more) * pass_s + POSTCOPY_TAIL_S;
+        Some(ForecastUpdate {
+            at_ms: o.elapsed_ms,
+            remaining_ms: (s * 1000.0) as u64,
+            downtime_ms: crate::policy::POSTCOPY_SWITCH_MS,
         })
     }
 }

@@ -212,3 +212,22 @@ fn following_runs_with_byte_counts_uses_them() {
     let c = check_at(&ups, 5484, 0.75).expect("a forecast by then");
     assert!(c.error.abs() <= 0.5, "hot at 0.75: {c:?}");
 }
+
+#[test]
+fn following_a_guest_faster_than_the_link_expects_postcopy() {
+    // 200 MiB/s asked over a 100 MiB/s cap (traces/dirty-200-over-100):
+    // the policy switched to post-copy at 30.1 s, QEMU completed at about
+    // 30.9 s. Pre-copy alone would converge only in minutes; the forecast
+    // follows the policy instead.
+    let obs = trace("dirty-200-over-100.jsonl");
+    let prior = Prior {
+        zero_fraction: Some(0.43),
+        dirty_rate: 100 << 20,
+        send_rate: 100 << 20,
+    };
+    let ups = follow(&obs, prior, 1000);
+    for at in [0.5, 0.75] {
+        let c = check_at(&ups, 30_900, at).expect("a forecast by then");
+        assert!(c.error.abs() <= 0.3, "at {at}: {c:?}");
+    }
+}
