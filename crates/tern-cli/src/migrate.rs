@@ -368,8 +368,17 @@ async fn forecast(
                 if f.prediction.converges { "yes" } else { "no" }.into()
             ),
             ("Iterations", f.prediction.iterations.to_string()),
-            ("Total time", format!("{} ms", f.prediction.total_ms)),
-            ("Downtime", format!("{} ms", f.prediction.downtime_ms)),
+            (
+                "Total time",
+                forecast_span(f.prediction.total_ms, f.range.as_ref().map(|r| r.total))
+            ),
+            (
+                "Downtime",
+                forecast_span(
+                    f.prediction.downtime_ms,
+                    f.range.as_ref().map(|r| r.downtime)
+                )
+            ),
             (
                 "Page deltas",
                 f.delta_fraction
@@ -387,7 +396,50 @@ async fn forecast(
             ("Verdict", f.verdict.clone()),
         ])
     );
+    if let Some(r) = &f.range {
+        print!("{}", forecast_inputs(&r.inputs));
+    }
     Ok(())
+}
+
+/// "1200 ms (p10-p90 900-1800 ms)" when the agent gave a range.
+fn forecast_span(median: u64, r: Option<tern_migrate::forecast::Range>) -> String {
+    match r {
+        Some(r) => format!("{} ms (p10-p90 {}-{} ms)", r.p50_ms, r.p10_ms, r.p90_ms),
+        None => format!("{median} ms"),
+    }
+}
+
+/// The forecast's inputs, one line each: median, p10-p90, source.
+fn forecast_inputs(i: &tern_migrate::forecast::Inputs) -> String {
+    use tern_migrate::forecast::Estimate;
+    let rate = |e: &Estimate| {
+        format!(
+            "{:.0} MiB/s ({:.0}-{:.0}): {}",
+            e.p50 / 1048576.0,
+            e.p10 / 1048576.0,
+            e.p90 / 1048576.0,
+            e.source
+        )
+    };
+    let ms = |e: &Estimate| format!("{:.0} ms ({:.0}-{:.0}): {}", e.p50, e.p10, e.p90, e.source);
+    kv(&[
+        (
+            "Input: zero pages",
+            format!(
+                "{:.0} % ({:.0}-{:.0}): {}",
+                i.zero_fraction.p50 * 100.0,
+                i.zero_fraction.p10 * 100.0,
+                i.zero_fraction.p90 * 100.0,
+                i.zero_fraction.source
+            ),
+        ),
+        ("Input: send rate", rate(&i.send_rate)),
+        ("Input: thread rate", rate(&i.thread_rate)),
+        ("Input: dirty rate", rate(&i.dirty_rate)),
+        ("Input: setup", ms(&i.setup_ms)),
+        ("Input: switch-over", ms(&i.switch_ms)),
+    ])
 }
 
 async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {

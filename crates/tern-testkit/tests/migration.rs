@@ -541,9 +541,34 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     // capped at that thread's rate.
     let source = f["bandwidth_source"].as_str().unwrap_or("");
     assert!(
-        source == "measured to the destination" || source.starts_with("one migration thread"),
+        source.starts_with("measured to the destination")
+            || source.starts_with("one migration thread"),
         "{f}"
     );
+    // A range, its median the point figure, each input with its source.
+    let r = &f["range"];
+    let (lo, mid, hi) = (
+        r["total"]["p10_ms"].as_u64().unwrap(),
+        r["total"]["p50_ms"].as_u64().unwrap(),
+        r["total"]["p90_ms"].as_u64().unwrap(),
+    );
+    assert!(lo <= mid && mid <= hi && lo > 0, "{f}");
+    assert_eq!(f["prediction"]["total_ms"].as_u64(), Some(mid), "{f}");
+    for k in [
+        "zero_fraction",
+        "send_rate",
+        "thread_rate",
+        "dirty_rate",
+        "setup_ms",
+        "switch_ms",
+    ] {
+        let e = &r["inputs"][k];
+        assert!(
+            e["p10"].as_f64() <= e["p50"].as_f64() && e["p50"].as_f64() <= e["p90"].as_f64(),
+            "{k}: {f}"
+        );
+        assert!(!e["source"].as_str().unwrap_or("").is_empty(), "{k}: {f}");
+    }
     assert_eq!(f["prediction"]["converges"], true, "{f}");
     // An easy guest: --postcopy would leave post-copy unarmed.
     assert_eq!(f["arm_postcopy"], false, "{f}");
@@ -554,7 +579,10 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     assert!(dry.status.success());
     let text = String::from_utf8_lossy(&dry.stdout);
     assert!(
-        text.contains("Start plan") && text.contains("Verdict"),
+        text.contains("Start plan")
+            && text.contains("Verdict")
+            && text.contains("p10-p90")
+            && text.contains("Input: send rate"),
         "{text}"
     );
     assert_eq!(state(&p.a, "fc1"), "running (booted)");
@@ -568,4 +596,13 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(state(&p.b, "fc1"), "running (migrated)");
+    // The source followed the run with forecasts of what was left.
+    let done: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "fc1", "--completed", "--json"])).unwrap();
+    let ups = done["forecast_updates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!ups.is_empty(), "{done}");
+    assert!(ups[0]["remaining_ms"].as_u64().is_some(), "{done}");
 }

@@ -13,8 +13,9 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_migrate::plan::{arm_postcopy, effective_memory, link_estimate, start_plan, Sample};
-use tern_migrate::policy::{predict, predict_with_policy, Forecast};
+use tern_migrate::forecast::Measured;
+use tern_migrate::plan::{arm_postcopy, start_plan, Sample, ZERO_PAGE_COST};
+use tern_migrate::policy::{predict, predict_with_policy, Forecast, Prediction};
 use tern_migrate::MigrateOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,45 +47,77 @@ pub async fn forecast(
     let probe = match dest_uri {
         Some(u) => probe_link(agent, u)
             .await
-            .map_err(|e| format!("assumed 1 GiB/s (probe failed: {e})")),
-        None => Err("assumed 1 GiB/s (no destination given)".to_string()),
+            .map_err(|e| format!("probe failed: {e}")),
+        None => Err("no destination given".to_string()),
     };
+    let probe_loopback = matches!(probe, Ok((_, true)));
+    let probe = probe.map(|(rate, _)| rate);
     let cap = o.bandwidth_mib.filter(|m| *m > 0).map(|m| m << 20);
-    let link = link_estimate(probe, agent.jobs.pace(), cap, o.parallel);
-    let (bandwidth, source) = (link.bandwidth, link.source);
-    let downtime = o.initial_downtime_ms();
-    let effective = effective_memory(memory, zero_fraction, link.link_bound);
-    let alone = predict(effective, bandwidth, dirty_rate, downtime, 30);
+    let cpu_rate = tokio::task::spawn_blocking(copy_speed)
+        .await
+        .unwrap_or(0)
+        .max(1);
+    let inputs = tern_migrate::forecast::inputs(&Measured {
+        memory,
+        zero_fraction,
+        zero_samples: REGIONS,
+        dirty_rate,
+        cpu_rate,
+        learned_ratio: agent.jobs.thread_ratio(),
+        probe,
+        probe_loopback,
+        cap,
+    });
     let cfg = o.policy_config();
+    let range = tern_migrate::forecast::range(&cfg, &inputs);
+    let bandwidth = inputs.send_rate.p50 as u64;
+    let source = inputs.send_rate.source.clone();
+    let downtime = o.initial_downtime_ms();
+    // What the first pass sends, in bytes at the send rate (zero pages at
+    // their scan cost on the thread).
+    let effective = (memory as f64 * (1.0 - zero_fraction)
+        + memory as f64 * zero_fraction * ZERO_PAGE_COST * inputs.send_rate.p50
+            / inputs.thread_rate.p50.max(1.0)) as u64;
+    let alone = predict(effective, bandwidth, dirty_rate, downtime, 30);
+    let policy_point = predict_with_policy(
+        &cfg,
+        effective,
+        bandwidth,
+        dirty_rate,
+        range.downtime_limit_ms,
+    );
     let prediction = if o.policy_on() {
-        predict_with_policy(&cfg, effective, bandwidth, dirty_rate, downtime)
+        Prediction {
+            total_ms: range.total.p50_ms,
+            downtime_ms: range.downtime.p50_ms,
+            ..policy_point
+        }
     } else {
         alone
     };
     let secs = |ms: u64| ms as f64 / 1000.0;
+    let span = format!(
+        "{:.1}-{:.1} s (median {:.1} s), pause {}-{} ms",
+        secs(range.total.p10_ms),
+        secs(range.total.p90_ms),
+        secs(range.total.p50_ms),
+        range.downtime.p10_ms,
+        range.downtime.p90_ms
+    );
     let verdict = if alone.converges && alone.total_ms <= cfg.deadline_ms {
+        format!("converges in {} passes: {span}", prediction.iterations,)
+    } else if o.policy_on() && policy_point.downtime_ms <= cfg.max_downtime_ms {
         format!(
-            "converges in {} passes: about {:.1} s with {} ms downtime",
-            prediction.iterations,
-            secs(prediction.total_ms),
-            prediction.downtime_ms
-        )
-    } else if o.policy_on() && prediction.downtime_ms <= cfg.max_downtime_ms {
-        format!(
-            "does not converge on its own: the policy finishes it in about {:.1} s ({}) with {} ms downtime",
-            secs(prediction.total_ms),
-            if prediction.downtime_ms == tern_migrate::policy::POSTCOPY_SWITCH_MS {
+            "does not converge on its own: the policy finishes it ({}): {span}",
+            if policy_point.downtime_ms == tern_migrate::policy::POSTCOPY_SWITCH_MS {
                 "switching to post-copy"
             } else {
                 "with a longer downtime limit"
             },
-            prediction.downtime_ms
         )
     } else if o.policy_on() {
         format!(
-            "does not converge on its own: the policy pauses the guest at the deadline, finishing in about {:.1} s with a {:.1} s pause (allow --postcopy to avoid it)",
-            secs(prediction.total_ms),
-            secs(prediction.downtime_ms)
+            "does not converge on its own: the policy pauses the guest at the deadline: {span} (allow --postcopy to avoid it)"
         )
     } else {
         "does not converge: use the policy (default), --auto-converge, --postcopy or --timeout"
@@ -110,16 +143,57 @@ pub async fn forecast(
         dirty_rate,
         bandwidth,
         bandwidth_source: source,
-        downtime_limit_ms: downtime,
+        downtime_limit_ms: if o.policy_on() {
+            range.downtime_limit_ms
+        } else {
+            downtime
+        },
         prediction,
         verdict,
         delta_fraction: pages.delta_fraction,
         compress_ratio: pages.compress_ratio,
         plan,
         arm_postcopy: arm,
+        range: Some(range),
+        cpu_rate,
     };
     agent.jobs.remember_forecast(name, f.clone());
     Ok(f)
+}
+
+/// This host's single-thread copy speed now, bytes/s: pages checked for
+/// zeros and copied, as QEMU's migration thread does, in six 50 ms windows,
+/// the median of them (on a shared machine one window may fall into
+/// another process's time slice). memcmp and memcpy run at the same speed
+/// in debug and release builds, so the figure does not depend on how the
+/// agent was built. It moves with the host's load, which is what the
+/// forecast needs it for.
+fn copy_speed() -> u64 {
+    const PAGE: usize = 4096;
+    let src = vec![0x5au8; 4 << 20];
+    let zero = [0u8; PAGE];
+    let mut dst = vec![0u8; 1 << 20];
+    let mut zeros = 0u64;
+    let mut windows = Vec::new();
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        while t0.elapsed() < Duration::from_millis(50) {
+            for (i, page) in src.chunks_exact(PAGE).enumerate() {
+                if page == zero.as_slice() {
+                    zeros += 1;
+                    continue;
+                }
+                let at = (i * PAGE) % dst.len();
+                dst[at..at + PAGE].copy_from_slice(page);
+            }
+            bytes += src.len() as u64;
+        }
+        windows.push((bytes as f64 / t0.elapsed().as_secs_f64()) as u64);
+    }
+    std::hint::black_box((&dst, zeros));
+    windows.sort_unstable();
+    windows[windows.len() / 2]
 }
 
 /// What two reads of the same sampled pages showed.
@@ -220,8 +294,9 @@ async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64
 }
 
 /// Streams bytes for half a second into a sink the destination opened,
-/// after the sink's one-time token (see [`probe_sink`]).
-async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
+/// after the sink's one-time token (see [`probe_sink`]): bytes/s, and
+/// whether the sink was on this host's loopback.
+async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<(u64, bool)> {
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
         .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
@@ -253,7 +328,8 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
         sent += buf.len() as u64;
     }
     let _ = s.shutdown().await;
-    Ok((sent as f64 / t0.elapsed().as_secs_f64()) as u64)
+    let loopback = s.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    Ok(((sent as f64 / t0.elapsed().as_secs_f64()) as u64, loopback))
 }
 
 /// `[host, port, token]` (or an older agent's `[host, port]`).
