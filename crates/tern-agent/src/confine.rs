@@ -24,6 +24,7 @@ pub const DEFAULT_QEMU_USER: &str = "tern-qemu";
 /// user = "tern-qemu"                 # "root" keeps QEMU privileged (not advised)
 /// sandbox = true                     # -sandbox on (seccomp)
 /// allowed_paths = ["/srv/iso", "/dev/vg0"]   # besides the storage pools
+/// shared_filesystems = ["/srv/shared"]      # shared although local by type
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +35,9 @@ pub struct QemuSettings {
     pub sandbox: bool,
     /// Directories (or files) besides the storage pools a definition may name.
     pub allowed_paths: Vec<PathBuf>,
+    /// Directories other hosts see too although their filesystem type is a
+    /// local one (libvirt's `shared_filesystems`); see `pools::sharedfs`.
+    pub shared_filesystems: Vec<PathBuf>,
 }
 
 impl Default for QemuSettings {
@@ -42,6 +46,7 @@ impl Default for QemuSettings {
             user: DEFAULT_QEMU_USER.into(),
             sandbox: true,
             allowed_paths: Vec::new(),
+            shared_filesystems: Vec::new(),
         }
     }
 }
@@ -54,6 +59,8 @@ pub async fn check_domain_paths(
     d: &tern_model::Domain,
 ) -> crate::error::Result<()> {
     let mut dirs = agent.pools.targets().await;
+    // A logical volume's path (/dev/VG/LV) leads to its device node.
+    dirs.extend(agent.pools.logical_device_nodes().await);
     dirs.extend(agent.cfg.server.qemu.allowed_paths.iter().cloned());
     // The agent's own NVRAM directory is made on first use; it must exist
     // for a store in it to be recognised.

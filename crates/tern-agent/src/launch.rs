@@ -121,6 +121,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     agent.pools.check_rbd_disks(d).await?;
     crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
+    let mem_path = crate::hugepages::mem_path(d)?;
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
     let run_dir = agent.layout.run_dir(&d.name);
@@ -181,6 +182,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         spice_port,
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
+        mem_path,
     };
     let staged = match agent
         .pools

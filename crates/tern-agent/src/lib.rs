@@ -21,6 +21,7 @@ pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;
 pub mod hotplug;
+pub mod hugepages;
 pub mod launch;
 pub mod limits;
 pub mod listen;

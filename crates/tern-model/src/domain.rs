@@ -54,6 +54,31 @@ pub struct Domain {
     /// `<sysinfo type='smbios'>`.
     #[serde(default)]
     pub sysinfo: Option<Sysinfo>,
+    /// `<memoryBacking>`: huge pages, KSM and preallocation of guest RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_backing: Option<MemoryBacking>,
+}
+
+/// `<memoryBacking>`: how the host backs guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemoryBacking {
+    /// `<hugepages>`: guest RAM on hugetlbfs (`memory-backend-file`).
+    #[serde(default)]
+    pub hugepages: Option<Hugepages>,
+    /// `<nosharepages/>`: KSM does not merge this guest's pages (`mem-merge=off`).
+    #[serde(default)]
+    pub nosharepages: bool,
+    /// `<allocation mode='immediate'>`: all RAM allocated at start (`prealloc=on`).
+    #[serde(default)]
+    pub preallocate: bool,
+}
+
+/// `<hugepages>`, with at most one page size for all guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hugepages {
+    /// `<page size=>` in KiB; `None`: the host's default huge page size.
+    #[serde(default)]
+    pub page_size_kib: Option<u64>,
 }
 
 /// `<os>`: firmware-less direct kernel boot or disk boot.

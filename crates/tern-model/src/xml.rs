@@ -48,6 +48,7 @@ mod export_guest;
 pub(crate) mod guest_devices;
 mod hotplug;
 mod import;
+mod memory;
 mod netdisk;
 pub(crate) mod platform;
 mod units;

@@ -8,6 +8,7 @@
 
 mod devices;
 pub mod hotplug;
+mod memory;
 mod platform;
 
 pub use devices::{channel_socket, swtpm_dir, swtpm_socket};
@@ -70,6 +71,9 @@ pub struct LaunchSpec<'a> {
     pub incoming: bool,
     /// Start with vCPUs stopped (`-S`).
     pub paused: bool,
+    /// The hugetlbfs directory guest RAM lives in, for a guest with
+    /// `<memoryBacking><hugepages/>` (the agent picks it per host).
+    pub mem_path: Option<PathBuf>,
 }
 
 /// Path of the QMP socket inside a run directory.
@@ -123,7 +127,11 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-name", &format!("guest={},debug-threads=on", d.name)]);
     push(&["-uuid", &d.uuid.to_string()]);
     push(&["-nodefaults", "-no-user-config"]);
-    push(&["-machine", &platform::machine_opts(d)]);
+    let (ram, machine_ram) = memory::memory_args(spec);
+    if let Some(o) = &ram {
+        push(&["-object", o]);
+    }
+    push(&["-machine", &(platform::machine_opts(d) + &machine_ram)]);
     push(&["-accel", spec.accel.as_str()]);
     push(&["-cpu", &platform::cpu_opts(d, spec.accel)]);
     push(&["-m", &format!("{}M", d.memory_kib.div_ceil(1024))]);

@@ -33,6 +33,7 @@ pub mod fixtures;
 pub mod flood;
 mod guest;
 pub mod host;
+pub mod hugepages;
 mod initramfs;
 mod kernel;
 pub mod netns;

@@ -31,6 +31,7 @@ fn valid() -> Domain {
         clock_timers: vec![],
         vcpus_current: None,
         sysinfo: None,
+        memory_backing: None,
     }
 }
 

@@ -34,6 +34,9 @@ pub fn to_xml(d: &Domain) -> String {
     let kib = || vec![("unit", "KiB".to_string())];
     w.text("memory", kib(), &d.memory_kib.to_string());
     w.text("currentMemory", kib(), &d.current_memory_kib.to_string());
+    if let Some(mb) = &d.memory_backing {
+        super::memory::write_memory_backing(&mut w, mb);
+    }
     let mut vcpu = vec![("placement", "static".to_string())];
     push_opt(
         &mut vcpu,

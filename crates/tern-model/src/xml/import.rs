@@ -54,6 +54,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut on_crash = None;
     let mut devices = None;
     let mut sysinfo = None;
+    let mut memory_backing = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -76,6 +77,11 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "on_crash" => set_once(&mut on_crash, parse_lifecycle(child)?, child)?,
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
             "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
+            "memoryBacking" => set_once(
+                &mut memory_backing,
+                super::memory::parse_memory_backing(child)?,
+                child,
+            )?,
             ignored if IGNORED_TOP_LEVEL.contains(&ignored) => {}
             other => return Err(refuse_top_level(other)),
         }
@@ -122,6 +128,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         clock_timers,
         vcpus_current,
         sysinfo,
+        memory_backing,
     };
     validate(&domain)?;
     Ok(domain)
@@ -133,7 +140,6 @@ fn refuse_top_level(name: &str) -> XmlError {
         "maxMemory" => " (memory hotplug)",
         "vcpus" => " (vCPU hotplug)",
         "cputune" | "numatune" | "memtune" | "blkiotune" => " (host resource tuning)",
-        "memoryBacking" => " (hugepages or shared memory backing)",
         "iothreads" | "iothreadids" => " (dedicated I/O threads)",
         "bootloader" | "bootloader_args" => " (host-side boot loader)",
         "idmap" => " (container id mapping)",
@@ -177,8 +183,32 @@ fn parse_memory(node: Node) -> Result<u64> {
 }
 
 /// `<vcpu current=...>N</vcpu>`: N the maximum, `current` the vCPUs online
-/// at start; `placement=` and `cpuset=` are host pinning and are ignored.
+/// at start. `placement='static'` is what QEMU does anyway; host pinning
+/// (`cpuset=`, `placement='auto'`) needs libvirt's cgroup and numad
+/// plumbing and is refused by name.
 fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>)> {
+    if node.attribute("cpuset").is_some() {
+        return Err(XmlError::Unsupported {
+            what: "<vcpu cpuset=> (pinning vCPUs to host CPUs)".to_string(),
+            fix: "remove cpuset= from <vcpu>".to_string(),
+        });
+    }
+    match node.attribute("placement") {
+        None | Some("static") => {}
+        Some("auto") => {
+            return Err(XmlError::Unsupported {
+                what: "<vcpu placement='auto'> (numad placement)".to_string(),
+                fix: "use placement='static' or drop it".to_string(),
+            })
+        }
+        Some(other) => {
+            return Err(invalid(
+                "<vcpu placement=>",
+                other,
+                "use placement='static'",
+            ))
+        }
+    }
     let count: u32 = parse_number(&text(node), "<vcpu>")?;
     let current = match node.attribute("current") {
         None => None,

@@ -251,6 +251,7 @@ fn rich() -> Domain {
         clock_timers: vec![],
         vcpus_current: None,
         sysinfo: None,
+        memory_backing: None,
     }
 }
 

@@ -1,0 +1,176 @@
+//! `<vcpu current=>`, `<memoryBacking>` and host tuning as virt-install
+//! and OpenStack write them: each reaches QEMU (its command line, and
+//! what the guest itself reports) or is refused by name. Real `ternd`,
+//! `tern`, QEMU and huge pages.
+
+use std::time::Duration;
+use tern_testkit::hugepages::{self, HugePages};
+use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost};
+
+const BOOT: Duration = Duration::from_secs(90);
+
+/// The arguments of `h`'s only QEMU, space-separated.
+fn qemu_cmdline(h: &TernHost) -> String {
+    let pids = h.qemu_pids();
+    assert_eq!(pids.len(), 1, "expected one QEMU");
+    std::fs::read(format!("/proc/{}/cmdline", pids[0]))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The test guest's XML (no disk) with `edit` applied, defined on `h`.
+fn define(h: &TernHost, name: &str, memory_mib: u64, vcpus: u32, edit: impl Fn(String) -> String) {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img).workload("tern.mem=32 tern.dirty=0");
+    spec.memory_mib = memory_mib;
+    spec.vcpus = vcpus;
+    let path = h.root.join(format!("{name}.xml"));
+    std::fs::write(&path, edit(spec.to_xml())).unwrap();
+    h.ok(&["define", path.to_str().unwrap()]);
+}
+
+fn wait_heartbeats(h: &TernHost, name: &str, n: usize) -> String {
+    h.wait_console(name, BOOT, "heartbeats", |t| {
+        let l = SerialLog::parse(t);
+        l.ready() && l.heartbeats.len() >= n
+    })
+}
+
+#[test]
+fn vcpus_below_the_maximum_boot_online_and_the_rest_stay_pluggable() {
+    let h = TernHost::start("vcpus");
+    define(&h, "vc1", 256, 2, |x| {
+        x.replace(
+            "<vcpu>2</vcpu>",
+            "<vcpu placement='static' current='1'>2</vcpu>",
+        )
+    });
+    assert!(h.ok(&["dumpxml", "vc1"]).contains("current='1'>2</vcpu>"));
+    h.ok(&["start", "vc1"]);
+    let console = wait_heartbeats(&h, "vc1", 1);
+    // The guest sees one vCPU online and two possible.
+    let cpus = SerialLog::parse(&console)
+        .find("TERN-CPUS")
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert_eq!(cpus.trim(), "TERN-CPUS online=0 possible=0-1", "{console}");
+    assert!(qemu_cmdline(&h).contains("-smp 1,maxcpus=2"));
+
+    // A guest with every vCPU online reports them all.
+    define(&h, "vc2", 256, 2, |x| x);
+    h.ok(&["destroy", "vc1"]);
+    h.ok(&["start", "vc2"]);
+    let console = wait_heartbeats(&h, "vc2", 1);
+    let cpus = SerialLog::parse(&console)
+        .find("TERN-CPUS")
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert_eq!(
+        cpus.trim(),
+        "TERN-CPUS online=0-1 possible=0-1",
+        "{console}"
+    );
+    h.ok(&["destroy", "vc2"]);
+}
+
+#[test]
+fn host_tuning_libvirt_does_with_cgroups_is_refused_by_name() {
+    let h = TernHost::start("tuning");
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let xml = GuestSpec::new("tu1", &img).to_xml();
+    for (edit, named) in [
+        (
+            xml.replace(
+                "<os>",
+                "<cputune><vcpupin vcpu='0' cpuset='0'/></cputune>\n  <os>",
+            ),
+            "element <cputune> (host resource tuning)",
+        ),
+        (
+            xml.replace(
+                "<os>",
+                "<numatune><memory mode='strict' nodeset='0'/></numatune>\n  <os>",
+            ),
+            "element <numatune>",
+        ),
+        (
+            xml.replace("<vcpu>", "<vcpu cpuset='0'>"),
+            "<vcpu cpuset=> (pinning vCPUs to host CPUs)",
+        ),
+        (
+            xml.replace("<os>", "<memoryBacking><locked/></memoryBacking>\n  <os>"),
+            "<memoryBacking><locked>",
+        ),
+    ] {
+        let path = h.root.join("tu1.xml");
+        std::fs::write(&path, edit).unwrap();
+        let err = h.fails(&["define", path.to_str().unwrap()]);
+        assert!(err.contains(named), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(!h.ok(&["list", "--all"]).contains("tu1"));
+}
+
+#[test]
+fn hugepages_back_guest_ram_and_migrate_or_are_refused_by_name() {
+    let huge = |x: String| {
+        x.replace(
+            "<os>",
+            "<memoryBacking><hugepages/><nosharepages/></memoryBacking>\n  <os>",
+        )
+    };
+    // Declared first, dropped last: after the hosts and their QEMUs.
+    let mut pages: Option<HugePages> = None;
+    let a = TernHost::start("huge-a");
+    let b = TernHost::start("huge-b");
+    define(&a, "hp1", 128, 1, huge);
+    let defined = a.ok(&["dumpxml", "hp1"]);
+    assert!(defined.contains("<hugepages/>"), "{defined}");
+    assert!(defined.contains("<nosharepages/>"), "{defined}");
+
+    if hugepages::total() == 0 {
+        let err = a.fails(&["start", "hp1"]);
+        assert!(
+            err.contains("domain 'hp1' has <memoryBacking><hugepages>"),
+            "{err}"
+        );
+        assert!(
+            err.contains("no huge pages of that size configured"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(a.ok(&["domstate", "hp1"]).trim(), "shut off");
+    } else {
+        eprintln!("this host has huge pages reserved already: refusal not shown");
+    }
+
+    // 64 pages of 2 MiB for the guest, on each side during the migration.
+    let p = pages.insert(HugePages::reserve(2 * 64 + 8));
+    let free_before = hugepages::free();
+    a.ok(&["start", "hp1"]);
+    wait_heartbeats(&a, "hp1", 2);
+    let line = qemu_cmdline(&a);
+    let backend = format!(
+        "memory-backend-file,id=pc.ram,mem-path={},size=128M,share=off,merge=off",
+        p.dir().display()
+    );
+    assert!(line.contains(&backend), "{line}");
+    assert!(line.contains("memory-backend=pc.ram"), "{line}");
+    assert!(
+        hugepages::free() < free_before,
+        "the running guest took no huge pages"
+    );
+
+    let out = a.tern(&["migrate", "--live", "hp1", &b.uri()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The destination's console starts at the migration: heartbeats only.
+    b.wait_console("hp1", BOOT, "heartbeats on the destination", |t| {
+        SerialLog::parse(t).heartbeats.len() >= 2
+    });
+    assert!(qemu_cmdline(&b).contains(&backend));
+    b.ok(&["destroy", "hp1"]);
+}
