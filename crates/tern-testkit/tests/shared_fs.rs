@@ -66,6 +66,11 @@ fn a_shared_dir_pool_on_a_local_filesystem_is_refused_unless_declared() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    tern_testkit::pair::wait_ready(&d, "lfs1", 4);
+    d.wait_console(
+        "lfs1",
+        std::time::Duration::from_secs(90),
+        "heartbeats on the destination",
+        |t| tern_testkit::SerialLog::parse(t).heartbeats.len() >= 2,
+    );
     d.ok(&["destroy", "lfs1"]);
 }
