@@ -36,6 +36,7 @@ pub mod host;
 pub mod hugepages;
 mod initramfs;
 mod kernel;
+pub mod lvm;
 pub mod netns;
 pub mod nfs;
 pub mod pair;
