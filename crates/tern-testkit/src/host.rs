@@ -73,6 +73,22 @@ pub fn default_qemu_table() -> String {
     )
 }
 
+/// [`default_qemu_table`] that also lets definitions name `extra` (block
+/// devices a test made, say).
+pub fn qemu_table_allowing(extra: &[PathBuf]) -> String {
+    let target = crate::guest::workspace_root().join("target");
+    let mut allowed = vec![
+        std::env::temp_dir().display().to_string(),
+        target.display().to_string(),
+        "/boot".to_string(),
+    ];
+    allowed.extend(extra.iter().map(|p| p.display().to_string()));
+    format!(
+        "allowed_paths = {allowed:?}\nshared_filesystems = [{:?}]\n",
+        std::env::temp_dir().display().to_string()
+    )
+}
+
 /// [`default_qemu_table`] without `shared_filesystems`: a host that trusts
 /// a `--shared` dir pool only when its filesystem type is a shared one.
 pub fn local_qemu_table() -> String {

@@ -216,3 +216,82 @@ fn guests_on_logical_volumes_run_and_move_into_a_logical_pool() {
     wait_disk_ok(&a, "lv2", 1);
     a.ok(&["destroy", "lv2"]);
 }
+
+/// The test guest with a raw `<disk type='block'>` on `dev`, defined on `h`.
+fn define_on_device(h: &TernHost, name: &str, dev: &std::path::Path) {
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=32 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32");
+    spec.disks.push(TestDisk {
+        path: dev.into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    let xml = spec
+        .to_xml()
+        .replace("<disk type='file'", "<disk type='block'")
+        .replace(
+            &format!("<source file='{}'/>", dev.display()),
+            &format!("<source dev='{}'/>", dev.display()),
+        );
+    let file = h.root.join(format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    h.ok(&["define", file.to_str().unwrap()]);
+}
+
+#[test]
+fn guests_on_block_devices_run_and_move_into_a_dir_pool_live_and_cold() {
+    // Two block devices of this test's own (loop devices; no group on them).
+    let devs = LoopVg::new("blk", 2, 16);
+    let a = TernHost::start_with(tern_testkit::HostOptions {
+        name: "blk-a".into(),
+        qemu: Some(tern_testkit::host::qemu_table_allowing(&devs.devices)),
+        ..Default::default()
+    });
+    let b = TernHost::start("blk-b");
+    let pool = tempfile::tempdir().unwrap();
+    b.add_pool("img", pool.path(), false);
+
+    // Live with --copy-storage-all: the destination holds a file of the
+    // device's size and opens it as a file disk.
+    define_on_device(&a, "bd1", &devs.devices[0]);
+    a.ok(&["start", "bd1"]);
+    wait_disk_ok(&a, "bd1", 1);
+    live_migrate(
+        &a,
+        &["--copy-storage-all", "--target-pool", "img"],
+        "bd1",
+        &b.uri(),
+    );
+    let dest = b.ok(&["dumpxml", "bd1"]);
+    let file = pool.path().join(devs.devices[0].file_name().unwrap());
+    assert!(dest.contains("<disk type='file'"), "{dest}");
+    assert!(
+        dest.contains(&format!("<source file='{}'/>", file.display())),
+        "{dest}"
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
+    b.wait_console("bd1", Duration::from_secs(90), "heartbeats", |t| {
+        SerialLog::parse(t).heartbeats.len() >= 2
+    });
+    wait_disk_ok(&b, "bd1", 1);
+    b.ok(&["destroy", "bd1"]);
+
+    // Cold: the device is read whole (staged), sent, and every block the
+    // guest wrote is there when it boots on the destination.
+    define_on_device(&a, "bd2", &devs.devices[1]);
+    a.ok(&["start", "bd2"]);
+    wait_disk_ok(&a, "bd2", 1);
+    shut_off(&a, "bd2");
+    let out = a.tern(&["migrate", "--cold", "--target-pool", "img", "bd2", &b.uri()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest = b.ok(&["dumpxml", "bd2"]);
+    assert!(dest.contains("<disk type='file'"), "{dest}");
+    boot_and_verify(&b, "bd2");
+    b.ok(&["destroy", "bd2"]);
+}
