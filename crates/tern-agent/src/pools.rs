@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 
 mod define;
 mod logical;
+mod logical_copies;
 mod proof;
 mod rbd;
 mod remote;

@@ -177,7 +177,7 @@ fn validate_memory(d: &Domain) -> Result {
         .and_then(|m| m.hugepages)
         .and_then(|h| h.page_size_kib);
     if let Some(page_kib) = page {
-        if d.memory_kib % page_kib != 0 {
+        if !d.memory_kib.is_multiple_of(page_kib) {
             return Err(ValidationError::HugepageMultiple {
                 memory_kib: d.memory_kib,
                 page_kib,

@@ -170,7 +170,7 @@ mod tests {
         let sub = d.path().join("pool");
         std::fs::create_dir(&sub).unwrap();
         assert!(is_declared(&sub, &[d.path().to_path_buf()]));
-        assert!(!is_declared(d.path(), &[sub.clone()]));
+        assert!(!is_declared(d.path(), std::slice::from_ref(&sub)));
         assert!(!is_declared(&sub, &[]));
     }
 
