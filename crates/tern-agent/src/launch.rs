@@ -122,6 +122,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
     let mem_path = crate::hugepages::mem_path(d)?;
+    let pins = crate::pinning::plan_here(d)?;
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
     let run_dir = agent.layout.run_dir(&d.name);
@@ -206,6 +207,13 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     crate::secrets::remove_staged(&staged);
     match result {
         Ok((pid, start_time, qmp)) => {
+            if let Some(plan) = &pins {
+                if let Err(e) = crate::pinning::apply(&qmp, pid, &d.name, plan).await {
+                    let _ = qmp.execute("quit", None).await;
+                    netdev::remove_taps(&taps).await;
+                    return Err(e);
+                }
+            }
             let console_pty = console_pty(&qmp, d).await;
             Ok(Running {
                 id: agent.next_id(),

@@ -31,6 +31,7 @@ pub mod monitor;
 pub mod netdev;
 pub mod netfs;
 pub mod networks;
+pub mod pinning;
 pub mod pools;
 pub mod procs;
 pub mod registry;

@@ -57,6 +57,34 @@ pub struct Domain {
     /// `<memoryBacking>`: huge pages, KSM and preallocation of guest RAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_backing: Option<MemoryBacking>,
+    /// `<cputune>`: vCPU and emulator threads pinned to host CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cputune: Option<CpuTune>,
+    /// `<vcpu cpuset=>`: the host CPUs every vCPU and the emulator may run
+    /// on unless `<cputune>` pins them otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_cpuset: Option<String>,
+}
+
+/// `<cputune>`: thread pinning, which the agent applies with
+/// `sched_setaffinity` on QEMU's threads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CpuTune {
+    /// `<vcpupin vcpu= cpuset=>`.
+    #[serde(default)]
+    pub vcpupins: Vec<VcpuPin>,
+    /// `<emulatorpin cpuset=>`: QEMU's threads other than the vCPUs.
+    #[serde(default)]
+    pub emulatorpin: Option<String>,
+}
+
+/// One `<vcpupin>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuPin {
+    /// The vCPU's index.
+    pub vcpu: u32,
+    /// Host CPUs, as libvirt writes them (`0-3,^2`).
+    pub cpuset: String,
 }
 
 /// `<memoryBacking>`: how the host backs guest RAM.

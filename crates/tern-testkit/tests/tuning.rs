@@ -74,17 +74,14 @@ fn vcpus_below_the_maximum_boot_online_and_the_rest_stay_pluggable() {
 }
 
 #[test]
-fn host_tuning_libvirt_does_with_cgroups_is_refused_by_name() {
+fn host_tuning_that_needs_libvirts_cgroups_is_refused_by_name() {
     let h = TernHost::start("tuning");
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
     let xml = GuestSpec::new("tu1", &img).to_xml();
     for (edit, named) in [
         (
-            xml.replace(
-                "<os>",
-                "<cputune><vcpupin vcpu='0' cpuset='0'/></cputune>\n  <os>",
-            ),
-            "element <cputune> (host resource tuning)",
+            xml.replace("<os>", "<cputune><shares>2048</shares></cputune>\n  <os>"),
+            "<cputune><shares> (CPU bandwidth needs libvirt's cgroups)",
         ),
         (
             xml.replace(
@@ -94,8 +91,8 @@ fn host_tuning_libvirt_does_with_cgroups_is_refused_by_name() {
             "element <numatune>",
         ),
         (
-            xml.replace("<vcpu>", "<vcpu cpuset='0'>"),
-            "<vcpu cpuset=> (pinning vCPUs to host CPUs)",
+            xml.replace("<vcpu>", "<vcpu placement='auto'>"),
+            "<vcpu placement='auto'> (numad placement)",
         ),
         (
             xml.replace("<os>", "<memoryBacking><locked/></memoryBacking>\n  <os>"),
@@ -173,4 +170,82 @@ fn hugepages_back_guest_ram_and_migrate_or_are_refused_by_name() {
     });
     assert!(qemu_cmdline(&b).contains(&backend));
     b.ok(&["destroy", "hp1"]);
+}
+
+/// (thread name, allowed host CPUs) of every thread of `h`'s only QEMU.
+fn thread_cpus(h: &TernHost) -> Vec<(String, String)> {
+    let pid = h.qemu_pids()[0];
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let main = t.file_name().to_str() == Some(pid.to_string().as_str());
+        let name = if main {
+            "main".to_string()
+        } else {
+            comm.trim().to_string()
+        };
+        out.push((name, allowed));
+    }
+    out
+}
+
+#[test]
+fn vcpu_and_emulator_pins_reach_qemus_threads_or_are_refused_by_name() {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    assert_eq!(
+        online.trim(),
+        "0-1",
+        "this test pins across host CPUs 0 and 1"
+    );
+    let h = TernHost::start("pins");
+    define(&h, "pin1", 256, 2, |x| {
+        x.replace(
+            "<vcpu>2</vcpu>",
+            "<vcpu placement='static' cpuset='0-1'>2</vcpu>\n  <cputune>\n    \
+             <vcpupin vcpu='0' cpuset='1'/>\n    <vcpupin vcpu='1' cpuset='0'/>\n    \
+             <emulatorpin cpuset='0'/>\n  </cputune>",
+        )
+    });
+    let defined = h.ok(&["dumpxml", "pin1"]);
+    assert!(
+        defined.contains("<vcpupin vcpu='0' cpuset='1'/>"),
+        "{defined}"
+    );
+    assert!(defined.contains("<emulatorpin cpuset='0'/>"), "{defined}");
+    h.ok(&["start", "pin1"]);
+    wait_heartbeats(&h, "pin1", 1);
+    let threads = thread_cpus(&h);
+    let cpus_of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("no thread {name}: {threads:?}"))
+    };
+    assert_eq!(cpus_of("CPU 0/TCG"), "1", "{threads:?}");
+    assert_eq!(cpus_of("CPU 1/TCG"), "0", "{threads:?}");
+    assert_eq!(cpus_of("main"), "0", "{threads:?}");
+    h.ok(&["destroy", "pin1"]);
+
+    // A host CPU this host lacks: refused at start, by name.
+    define(&h, "pin2", 256, 1, |x| {
+        x.replace(
+            "<vcpu>1</vcpu>",
+            "<vcpu>1</vcpu>\n  <cputune><vcpupin vcpu='0' cpuset='63'/></cputune>",
+        )
+    });
+    let err = h.fails(&["start", "pin2"]);
+    assert!(err.contains("names host CPU 63"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(h.ok(&["domstate", "pin2"]).trim(), "shut off");
 }

@@ -32,6 +32,8 @@ fn valid() -> Domain {
         vcpus_current: None,
         sysinfo: None,
         memory_backing: None,
+        cputune: None,
+        vcpu_cpuset: None,
     }
 }
 

@@ -43,7 +43,11 @@ pub fn to_xml(d: &Domain) -> String {
         "current",
         d.vcpus_current.map(|c| c.to_string()).as_deref(),
     );
+    push_opt(&mut vcpu, "cpuset", d.vcpu_cpuset.as_deref());
     w.text("vcpu", vcpu, &d.vcpus.to_string());
+    if let Some(t) = &d.cputune {
+        super::cputune::write_cputune(&mut w, t);
+    }
     if let Some(info) = &d.sysinfo {
         super::export_guest::write_sysinfo(&mut w, info);
     }

@@ -55,6 +55,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut devices = None;
     let mut sysinfo = None;
     let mut memory_backing = None;
+    let mut cputune = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -77,6 +78,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "on_crash" => set_once(&mut on_crash, parse_lifecycle(child)?, child)?,
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
             "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
+            "cputune" => set_once(&mut cputune, super::cputune::parse_cputune(child)?, child)?,
             "memoryBacking" => set_once(
                 &mut memory_backing,
                 super::memory::parse_memory_backing(child)?,
@@ -89,7 +91,21 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
 
     let name = name.ok_or_else(|| missing("<name>"))?;
     let memory_kib = memory.ok_or_else(|| missing("<memory>"))?;
-    let (vcpus, vcpus_current) = vcpus.unwrap_or((1, None));
+    let (vcpus, vcpus_current, vcpu_cpuset) = vcpus.unwrap_or((1, None, None));
+    if let Some(p) = cputune
+        .as_ref()
+        .and_then(|t: &crate::domain::CpuTune| t.vcpupins.iter().find(|p| p.vcpu >= vcpus))
+    {
+        return Err(invalid(
+            "<vcpupin vcpu=>",
+            &p.vcpu.to_string(),
+            &format!(
+                "pin vCPU {} only if the domain has it: it has {vcpus} (0-{})",
+                p.vcpu,
+                vcpus - 1
+            ),
+        ));
+    }
     let (mut cpu, topology) = cpu.unwrap_or((None, None));
     if let Some(topology) = topology {
         check_topology(topology, vcpus)?;
@@ -129,6 +145,8 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         vcpus_current,
         sysinfo,
         memory_backing,
+        cputune,
+        vcpu_cpuset,
     };
     validate(&domain)?;
     Ok(domain)
@@ -139,7 +157,7 @@ fn refuse_top_level(name: &str) -> XmlError {
     let why = match name {
         "maxMemory" => " (memory hotplug)",
         "vcpus" => " (vCPU hotplug)",
-        "cputune" | "numatune" | "memtune" | "blkiotune" => " (host resource tuning)",
+        "numatune" | "memtune" | "blkiotune" => " (host resource tuning)",
         "iothreads" | "iothreadids" => " (dedicated I/O threads)",
         "bootloader" | "bootloader_args" => " (host-side boot loader)",
         "idmap" => " (container id mapping)",
@@ -182,17 +200,24 @@ fn parse_memory(node: Node) -> Result<u64> {
     })
 }
 
-/// `<vcpu current=...>N</vcpu>`: N the maximum, `current` the vCPUs online
-/// at start. `placement='static'` is what QEMU does anyway; host pinning
-/// (`cpuset=`, `placement='auto'`) needs libvirt's cgroup and numad
-/// plumbing and is refused by name.
-fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>)> {
-    if node.attribute("cpuset").is_some() {
-        return Err(XmlError::Unsupported {
-            what: "<vcpu cpuset=> (pinning vCPUs to host CPUs)".to_string(),
-            fix: "remove cpuset= from <vcpu>".to_string(),
-        });
-    }
+/// `<vcpu current=... cpuset=...>N</vcpu>`: N the maximum, `current` the
+/// vCPUs online at start, `cpuset` the host CPUs they (and the emulator)
+/// run on. `placement='static'` is what QEMU does anyway; numad placement
+/// (`placement='auto'`) is refused by name.
+fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>, Option<String>)> {
+    let cpuset = match node.attribute("cpuset") {
+        None => None,
+        Some(raw) => {
+            super::cputune::parse_cpuset(raw).map_err(|e| {
+                invalid(
+                    "<vcpu cpuset=>",
+                    raw,
+                    &format!("{e}; write host CPUs such as '0-3,^2'"),
+                )
+            })?;
+            Some(raw.to_string())
+        }
+    };
     match node.attribute("placement") {
         None | Some("static") => {}
         Some("auto") => {
@@ -224,7 +249,7 @@ fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>)> {
             (current != count).then_some(current)
         }
     };
-    Ok((count, current))
+    Ok((count, current, cpuset))
 }
 
 fn parse_lifecycle(node: Node) -> Result<LifecycleAction> {

@@ -252,6 +252,8 @@ fn rich() -> Domain {
         vcpus_current: None,
         sysinfo: None,
         memory_backing: None,
+        cputune: None,
+        vcpu_cpuset: None,
     }
 }
 

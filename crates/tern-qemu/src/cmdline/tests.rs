@@ -65,6 +65,8 @@ fn guest() -> Domain {
         vcpus_current: None,
         sysinfo: None,
         memory_backing: None,
+        cputune: None,
+        vcpu_cpuset: None,
     }
 }
 
