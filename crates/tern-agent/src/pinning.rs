@@ -74,9 +74,30 @@ pub fn online_cpus() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The plan for `d` on this host, refused by name before QEMU starts.
+/// The plan for `d` on this host, refused by name before QEMU starts
+/// (its `<numatune>` nodes checked too).
 pub fn plan_here(d: &Domain) -> Result<Option<Plan>> {
+    let nodes = std::fs::read_to_string("/sys/devices/system/node/online")
+        .ok()
+        .and_then(|s| parse_cpuset(s.trim()).ok())
+        .unwrap_or_else(|| vec![0]);
+    check_numa(d, &nodes).map_err(AgentError::Invalid)?;
     plan(d, &online_cpus()).map_err(AgentError::Invalid)
+}
+
+/// Refuses a `<numatune>` naming a host NUMA node not in `online`.
+pub fn check_numa(d: &Domain, online: &[u32]) -> std::result::Result<(), String> {
+    let Some(t) = &d.numatune else { return Ok(()) };
+    let nodes = parse_cpuset(&t.nodeset).map_err(|e| format!("domain '{}': {e}", d.name))?;
+    match nodes.iter().find(|n| !online.contains(n)) {
+        Some(n) => Err(format!(
+            "domain '{}': <numatune><memory nodeset='{}'> names host NUMA node {n}, which this host does not have ({}); use nodes it has, or remove <numatune>",
+            d.name,
+            t.nodeset,
+            show(online)
+        )),
+        None => Ok(()),
+    }
 }
 
 fn set_affinity(tid: i32, cpus: &[u32]) -> std::io::Result<()> {
@@ -169,6 +190,18 @@ mod tests {
         assert!(p.vcpus.is_empty());
         assert_eq!(p.emulator, Some(vec![0]));
         assert_eq!(plan(&dom("<vcpu>2</vcpu>", ""), &[0, 1]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_numa_node_the_host_lacks_is_refused_by_name() {
+        let d = dom(
+            "<vcpu>1</vcpu>",
+            "<numatune><memory mode='strict' nodeset='0-1'/></numatune>",
+        );
+        assert!(check_numa(&d, &[0, 1]).is_ok());
+        let e = check_numa(&d, &[0]).unwrap_err();
+        assert!(e.contains("names host NUMA node 1"), "{e}");
+        assert!(check_numa(&dom("<vcpu>1</vcpu>", ""), &[]).is_ok());
     }
 
     #[test]

@@ -64,6 +64,30 @@ pub struct Domain {
     /// on unless `<cputune>` pins them otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpu_cpuset: Option<String>,
+    /// `<numatune><memory>`: the host NUMA nodes guest RAM comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numatune: Option<NumaTune>,
+}
+
+/// `<numatune><memory mode= nodeset=/>`: a memory policy QEMU sets on
+/// guest RAM itself (`host-nodes=`, `policy=`), without cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumaTune {
+    /// `strict`, `preferred` or `interleave`.
+    pub mode: String,
+    /// Host NUMA nodes, as libvirt writes them (`0-1,^3`).
+    pub nodeset: String,
+}
+
+impl NumaTune {
+    /// QEMU's `policy=` for the mode.
+    pub fn qemu_policy(&self) -> &'static str {
+        match self.mode.as_str() {
+            "preferred" => "preferred",
+            "interleave" => "interleave",
+            _ => "bind",
+        }
+    }
 }
 
 /// `<cputune>`: thread pinning, which the agent applies with

@@ -86,9 +86,9 @@ fn host_tuning_that_needs_libvirts_cgroups_is_refused_by_name() {
         (
             xml.replace(
                 "<os>",
-                "<numatune><memory mode='strict' nodeset='0'/></numatune>\n  <os>",
+                "<numatune><memnode cellid='0' mode='strict' nodeset='0'/></numatune>\n  <os>",
             ),
-            "element <numatune>",
+            "<numatune><memnode>",
         ),
         (
             xml.replace("<vcpu>", "<vcpu placement='auto'>"),
@@ -248,4 +248,40 @@ fn vcpu_and_emulator_pins_reach_qemus_threads_or_are_refused_by_name() {
     assert!(err.contains("names host CPU 63"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(h.ok(&["domstate", "pin2"]).trim(), "shut off");
+}
+
+#[test]
+fn numatune_binds_guest_ram_to_a_host_node_or_is_refused_by_name() {
+    let h = TernHost::start("numa");
+    define(&h, "nu1", 128, 1, |x| {
+        x.replace(
+            "<os>",
+            "<numatune><memory mode='strict' nodeset='0'/></numatune>\n  <os>",
+        )
+    });
+    assert!(h
+        .ok(&["dumpxml", "nu1"])
+        .contains("<memory mode='strict' nodeset='0'/>"));
+    h.ok(&["start", "nu1"]);
+    wait_heartbeats(&h, "nu1", 1);
+    let line = qemu_cmdline(&h);
+    assert!(
+        line.contains("memory-backend-ram,id=pc.ram,size=128M,host-nodes=0,policy=bind"),
+        "{line}"
+    );
+    // The kernel holds guest RAM under QEMU's bind policy.
+    let pid = h.qemu_pids()[0];
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
+    assert!(maps.lines().any(|l| l.contains(" bind:0 ")), "{maps}");
+    h.ok(&["destroy", "nu1"]);
+
+    define(&h, "nu2", 128, 1, |x| {
+        x.replace(
+            "<os>",
+            "<numatune><memory mode='strict' nodeset='7'/></numatune>\n  <os>",
+        )
+    });
+    let err = h.fails(&["start", "nu2"]);
+    assert!(err.contains("names host NUMA node 7"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -34,6 +34,7 @@ fn valid() -> Domain {
         memory_backing: None,
         cputune: None,
         vcpu_cpuset: None,
+        numatune: None,
     }
 }
 

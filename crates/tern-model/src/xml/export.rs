@@ -48,6 +48,9 @@ pub fn to_xml(d: &Domain) -> String {
     if let Some(t) = &d.cputune {
         super::cputune::write_cputune(&mut w, t);
     }
+    if let Some(t) = &d.numatune {
+        super::memory::write_numatune(&mut w, t);
+    }
     if let Some(info) = &d.sysinfo {
         super::export_guest::write_sysinfo(&mut w, info);
     }

@@ -56,6 +56,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut sysinfo = None;
     let mut memory_backing = None;
     let mut cputune = None;
+    let mut numatune = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -79,6 +80,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
             "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
             "cputune" => set_once(&mut cputune, super::cputune::parse_cputune(child)?, child)?,
+            "numatune" => set_once(&mut numatune, super::memory::parse_numatune(child)?, child)?,
             "memoryBacking" => set_once(
                 &mut memory_backing,
                 super::memory::parse_memory_backing(child)?,
@@ -147,6 +149,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         memory_backing,
         cputune,
         vcpu_cpuset,
+        numatune,
     };
     validate(&domain)?;
     Ok(domain)
@@ -157,7 +160,7 @@ fn refuse_top_level(name: &str) -> XmlError {
     let why = match name {
         "maxMemory" => " (memory hotplug)",
         "vcpus" => " (vCPU hotplug)",
-        "numatune" | "memtune" | "blkiotune" => " (host resource tuning)",
+        "memtune" | "blkiotune" => " (host resource tuning)",
         "iothreads" | "iothreadids" => " (dedicated I/O threads)",
         "bootloader" | "bootloader_args" => " (host-side boot loader)",
         "idmap" => " (container id mapping)",

@@ -9,7 +9,7 @@ use super::export::{Attrs, Writer};
 use super::import::{elements, invalid, parse_number, Result};
 use super::units::to_kib;
 use super::XmlError;
-use crate::domain::{Hugepages, MemoryBacking};
+use crate::domain::{Hugepages, MemoryBacking, NumaTune};
 use roxmltree::Node;
 
 fn refuse(what: &str, why: &str) -> XmlError {
@@ -95,6 +95,70 @@ fn parse_hugepages(node: Node) -> Result<Hugepages> {
         page_size_kib = Some(kib);
     }
     Ok(Hugepages { page_size_kib })
+}
+
+/// `<numatune>` with one `<memory mode= nodeset=>`. Per-guest-node
+/// `<memnode>` (the guest has no NUMA cells), `mode='restrictive'` (a
+/// cgroup setting) and `placement='auto'` (numad) are refused by name.
+pub(super) fn parse_numatune(node: Node) -> Result<NumaTune> {
+    let refuse = |what: &str, why: &str| XmlError::Unsupported {
+        what: format!("<numatune><{what}>{why}"),
+        fix: "remove it from <numatune>".to_string(),
+    };
+    let mut out = None;
+    for child in elements(node) {
+        match child.tag_name().name() {
+            "memory" => {
+                if child.attribute("placement") == Some("auto") {
+                    return Err(refuse("memory placement='auto'", " (numad placement)"));
+                }
+                let mode = child.attribute("mode").unwrap_or("strict");
+                if mode == "restrictive" {
+                    return Err(refuse(
+                        "memory mode='restrictive'",
+                        " (a cgroup memory policy)",
+                    ));
+                }
+                if !["strict", "preferred", "interleave"].contains(&mode) {
+                    return Err(invalid(
+                        "<numatune><memory mode=>",
+                        mode,
+                        "use strict, preferred or interleave",
+                    ));
+                }
+                let nodeset = child.attribute("nodeset").unwrap_or_default();
+                super::cputune::parse_cpuset(nodeset).map_err(|e| {
+                    invalid(
+                        "<numatune><memory nodeset=>",
+                        nodeset,
+                        &format!("{e}; write host NUMA nodes such as '0' or '0-1'"),
+                    )
+                })?;
+                out = Some(NumaTune {
+                    mode: mode.to_string(),
+                    nodeset: nodeset.to_string(),
+                });
+            }
+            "memnode" => {
+                return Err(refuse(
+                    "memnode",
+                    " (per guest NUMA cell; the guest has none)",
+                ))
+            }
+            other => return Err(refuse(other, "")),
+        }
+    }
+    out.ok_or_else(|| invalid("<numatune>", "", "give <memory mode='strict' nodeset='0'/>"))
+}
+
+/// `<numatune>` back.
+pub(super) fn write_numatune(w: &mut Writer, t: &NumaTune) {
+    w.open("numatune", vec![]);
+    w.empty(
+        "memory",
+        vec![("mode", t.mode.clone()), ("nodeset", t.nodeset.clone())],
+    );
+    w.close("numatune");
 }
 
 /// `<memoryBacking>` back, as libvirt writes it.
@@ -184,6 +248,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("huge page"), "{e}");
+    }
+
+    #[test]
+    fn numatune_memory_round_trips_and_the_rest_is_refused_by_name() {
+        let d = parse_domain(&doc(
+            "<numatune><memory mode='interleave' nodeset='0-1'/></numatune>",
+        ))
+        .unwrap();
+        let t = d.numatune.clone().unwrap();
+        assert_eq!((t.mode.as_str(), t.nodeset.as_str()), ("interleave", "0-1"));
+        assert_eq!(t.qemu_policy(), "interleave");
+        let again = parse_domain(&to_xml(&d)).unwrap();
+        assert_eq!(again.numatune, d.numatune);
+        for (inner, named) in [
+            (
+                "<memnode cellid='0' mode='strict' nodeset='0'/>",
+                "<numatune><memnode>",
+            ),
+            (
+                "<memory mode='restrictive' nodeset='0'/>",
+                "mode='restrictive'",
+            ),
+            ("<memory placement='auto'/>", "placement='auto'"),
+            (
+                "<memory mode='strict' nodeset='x'/>",
+                "<numatune><memory nodeset=>",
+            ),
+        ] {
+            let e = parse_domain(&doc(&format!("<numatune>{inner}</numatune>")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{inner}: {e}");
+        }
     }
 
     #[test]

@@ -254,6 +254,7 @@ fn rich() -> Domain {
         memory_backing: None,
         cputune: None,
         vcpu_cpuset: None,
+        numatune: None,
     }
 }
 

@@ -67,6 +67,7 @@ fn guest() -> Domain {
         memory_backing: None,
         cputune: None,
         vcpu_cpuset: None,
+        numatune: None,
     }
 }
 
@@ -385,4 +386,21 @@ fn nosharepages_alone_turns_merging_off_on_the_machine() {
         a.contains("-object memory-backend-ram,id=pc.ram,size=256M,prealloc=on"),
         "{a}"
     );
+}
+
+#[test]
+fn numatune_binds_guest_ram_to_host_nodes() {
+    let mut d = guest();
+    d.numatune = Some(tern_model::NumaTune {
+        mode: "strict".into(),
+        nodeset: "0,2".into(),
+    });
+    let a = line(&d);
+    assert!(
+        a.contains(
+            "-object memory-backend-ram,id=pc.ram,size=256M,host-nodes=0,host-nodes=2,policy=bind"
+        ),
+        "{a}"
+    );
+    assert!(a.contains(",memory-backend=pc.ram"), "{a}");
 }

@@ -134,8 +134,8 @@ fn refuses_unsupported_domain_settings() {
         "<cputune><shares> (CPU bandwidth needs libvirt's cgroups)",
     );
     refused(
-        &doc("<numatune><memory mode='strict' nodeset='0'/></numatune>"),
-        "element <numatune>",
+        &doc("<numatune><memnode cellid='0' mode='strict' nodeset='0'/></numatune>"),
+        "<numatune><memnode>",
     );
     refused(&doc("<iothreads>2</iothreads>"), "element <iothreads>");
     refused(
