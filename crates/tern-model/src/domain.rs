@@ -67,6 +67,10 @@ pub struct Domain {
     /// `<numatune><memory>`: the host NUMA nodes guest RAM comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numatune: Option<NumaTune>,
+    /// `<iothreads>N</iothreads>`: I/O threads QEMU runs (`-object
+    /// iothread`), numbered 1..=N, for disks that name one.
+    #[serde(default)]
+    pub iothreads: u32,
 }
 
 /// `<numatune><memory mode= nodeset=/>`: a memory policy QEMU sets on
@@ -349,6 +353,10 @@ pub struct Disk {
     /// `<driver detect_zeroes=...>`: off, on or unmap.
     #[serde(default)]
     pub detect_zeroes: Option<String>,
+    /// `<driver iothread=N>`: the I/O thread (1..=`iothreads`) a virtio
+    /// disk runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iothread: Option<u32>,
     /// `<boot order=...>`: per-device boot priority.
     #[serde(default)]
     pub boot_order: Option<u32>,

@@ -165,6 +165,10 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     devices::pci_controllers(d, &mut a);
     devices::controllers(d, &mut a);
     netblock::secret_objects(d, &spec.run_dir, &mut a);
+    // `<iothreads>N`: iothread1..iothreadN, which disks name.
+    for t in 1..=d.iothreads {
+        a.extend(["-object".to_string(), format!("iothread,id=iothread{t}")]);
+    }
     disks(d, &mut a);
     nics(spec, &mut a);
     serials(spec, &mut a);
@@ -310,9 +314,13 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
         let id = &disk.target_dev;
         let at = drive_bus(d, disk);
         let cd = disk.device == DiskDevice::Cdrom;
+        let iothread = disk
+            .iothread
+            .map(|t| format!(",iothread=iothread{t}"))
+            .unwrap_or_default();
         let dev = match disk.target_bus {
             DiskBus::Virtio => format!(
-                "virtio-blk-pci,id={id}{drive},write-cache={}{at}{boot}{serial}",
+                "virtio-blk-pci,id={id}{drive},write-cache={}{at}{boot}{serial}{iothread}",
                 onoff(write_cache)
             ),
             DiskBus::Ide | DiskBus::Sata => {

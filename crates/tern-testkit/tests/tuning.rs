@@ -285,3 +285,56 @@ fn numatune_binds_guest_ram_to_a_host_node_or_is_refused_by_name() {
     assert!(err.contains("names host NUMA node 7"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_virtio_disk_runs_in_its_io_thread_and_migrates_with_its_storage() {
+    let a = TernHost::start("io-a");
+    let b = TernHost::start("io-b");
+    let (pa, pb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    a.add_pool("img", pa.path(), false);
+    b.add_pool("img", pb.path(), false);
+    a.ok(&["vol-create-as", "img", "io1.raw", "16M"]);
+    let path = a.ok(&["vol-path", "io1.raw", "--pool", "img"]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new("io1", &img)
+        .workload("tern.mem=32 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4 tern.verify_rate=32");
+    spec.disks.push(tern_testkit::TestDisk {
+        path: path.trim().into(),
+        format: "raw".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    let xml = spec
+        .to_xml()
+        .replace("cache='none'/>", "cache='none' iothread='1'/>")
+        .replace("<os>", "<iothreads>1</iothreads>\n  <os>");
+    let file = a.root.join("io1.xml");
+    std::fs::write(&file, xml).unwrap();
+    a.ok(&["define", file.to_str().unwrap()]);
+    let defined = a.ok(&["dumpxml", "io1"]);
+    assert!(defined.contains("<iothreads>1</iothreads>"), "{defined}");
+    assert!(defined.contains("iothread='1'"), "{defined}");
+    a.ok(&["start", "io1"]);
+    tern_testkit::checks::wait_disk_ok(&a, "io1", 1);
+    let line = qemu_cmdline(&a);
+    assert!(line.contains("-object iothread,id=iothread1"), "{line}");
+    assert!(line.contains(",iothread=iothread1"), "{line}");
+    let pid = a.qemu_pids()[0];
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| std::fs::read_to_string(t.path().join("comm")).unwrap_or_default())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.trim() == "IO iothread1"),
+        "{names:?}"
+    );
+
+    tern_testkit::checks::live_migrate(&a, &["--copy-storage-all"], "io1", &b.uri());
+    b.wait_console("io1", BOOT, "heartbeats on the destination", |t| {
+        SerialLog::parse(t).heartbeats.len() >= 2
+    });
+    tern_testkit::checks::wait_disk_ok(&b, "io1", 1);
+    assert!(qemu_cmdline(&b).contains(",iothread=iothread1"));
+    b.ok(&["destroy", "io1"]);
+}

@@ -35,6 +35,7 @@ fn valid() -> Domain {
         cputune: None,
         vcpu_cpuset: None,
         numatune: None,
+        iothreads: 0,
     }
 }
 
@@ -53,6 +54,7 @@ fn disk(dev: &str) -> Disk {
         io: None,
         discard: None,
         detect_zeroes: None,
+        iothread: None,
         boot_order: None,
         serial: None,
         address: None,

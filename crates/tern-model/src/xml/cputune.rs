@@ -161,6 +161,24 @@ mod tests {
     }
 
     #[test]
+    fn iothreads_and_the_disks_in_them_round_trip() {
+        let d = parse_domain(&doc(
+            "<vcpu>1</vcpu><iothreads>2</iothreads>",
+            "<devices><disk type='file'><driver name='qemu' type='raw' iothread='2'/>\
+             <source file='/a'/><target dev='vda' bus='virtio'/></disk></devices>",
+        ))
+        .unwrap();
+        assert_eq!(d.iothreads, 2);
+        assert_eq!(d.devices.disks[0].iothread, Some(2));
+        let xml = to_xml(&d);
+        assert!(xml.contains("<iothreads>2</iothreads>"), "{xml}");
+        assert!(xml.contains("iothread='2'"), "{xml}");
+        let again = parse_domain(&xml).unwrap();
+        assert_eq!(again.iothreads, 2);
+        assert_eq!(again.devices.disks[0].iothread, Some(2));
+    }
+
+    #[test]
     fn what_needs_cgroups_or_a_wrong_pin_is_refused_by_name() {
         for (inner, named) in [
             ("<shares>1024</shares>", "<cputune><shares> (CPU bandwidth"),

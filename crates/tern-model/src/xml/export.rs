@@ -45,6 +45,9 @@ pub fn to_xml(d: &Domain) -> String {
     );
     push_opt(&mut vcpu, "cpuset", d.vcpu_cpuset.as_deref());
     w.text("vcpu", vcpu, &d.vcpus.to_string());
+    if d.iothreads > 0 {
+        w.text("iothreads", vec![], &d.iothreads.to_string());
+    }
     if let Some(t) = &d.cputune {
         super::cputune::write_cputune(&mut w, t);
     }
@@ -247,6 +250,11 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
     push_opt(&mut driver, "io", disk.io.as_deref());
     push_opt(&mut driver, "discard", disk.discard.as_deref());
     push_opt(&mut driver, "detect_zeroes", disk.detect_zeroes.as_deref());
+    push_opt(
+        &mut driver,
+        "iothread",
+        disk.iothread.map(|t| t.to_string()).as_deref(),
+    );
     w.empty("driver", driver);
     if let Some(source) = &disk.source {
         w.empty("source", vec![(source_attr, path(source))]);

@@ -57,6 +57,7 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut memory_backing = None;
     let mut cputune = None;
     let mut numatune = None;
+    let mut iothreads = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -80,6 +81,11 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
             "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
             "cputune" => set_once(&mut cputune, super::cputune::parse_cputune(child)?, child)?,
+            "iothreads" => set_once(
+                &mut iothreads,
+                parse_number::<u32>(&text(child), "<iothreads>")?,
+                child,
+            )?,
             "numatune" => set_once(&mut numatune, super::memory::parse_numatune(child)?, child)?,
             "memoryBacking" => set_once(
                 &mut memory_backing,
@@ -150,9 +156,40 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         cputune,
         vcpu_cpuset,
         numatune,
+        iothreads: iothreads.unwrap_or(0),
     };
+    check_iothreads(&domain)?;
     validate(&domain)?;
     Ok(domain)
+}
+
+/// A disk's `<driver iothread=N>` needs a virtio disk and N within
+/// `<iothreads>`.
+fn check_iothreads(d: &Domain) -> Result<()> {
+    for disk in &d.devices.disks {
+        let Some(t) = disk.iothread else { continue };
+        if disk.target_bus != crate::domain::DiskBus::Virtio {
+            return Err(invalid(
+                "<disk><driver iothread=>",
+                &t.to_string(),
+                &format!(
+                    "only virtio disks run in an I/O thread; drop it from disk '{}'",
+                    disk.target_dev
+                ),
+            ));
+        }
+        if t == 0 || t > d.iothreads {
+            return Err(invalid(
+                "<disk><driver iothread=>",
+                &t.to_string(),
+                &format!(
+                    "use 1 to {} (the domain's <iothreads>), or raise <iothreads>",
+                    d.iothreads
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refusal of a top-level element outside the honoured and ignored lists.
@@ -161,7 +198,7 @@ fn refuse_top_level(name: &str) -> XmlError {
         "maxMemory" => " (memory hotplug)",
         "vcpus" => " (vCPU hotplug)",
         "memtune" | "blkiotune" => " (host resource tuning)",
-        "iothreads" | "iothreadids" => " (dedicated I/O threads)",
+        "iothreadids" => " (named I/O thread ids; give <iothreads>N</iothreads>)",
         "bootloader" | "bootloader_args" => " (host-side boot loader)",
         "idmap" => " (container id mapping)",
         "genid" => " (VM generation ID)",

@@ -119,6 +119,7 @@ fn rich() -> Domain {
                     io: None,
                     discard: None,
                     detect_zeroes: None,
+                    iothread: None,
                     boot_order: None,
                     serial: None,
                     address: None,
@@ -137,6 +138,7 @@ fn rich() -> Domain {
                     io: None,
                     discard: None,
                     detect_zeroes: None,
+                    iothread: None,
                     boot_order: None,
                     serial: None,
                     address: None,
@@ -155,6 +157,7 @@ fn rich() -> Domain {
                     io: None,
                     discard: None,
                     detect_zeroes: None,
+                    iothread: None,
                     boot_order: None,
                     serial: None,
                     address: None,
@@ -255,6 +258,7 @@ fn rich() -> Domain {
         cputune: None,
         vcpu_cpuset: None,
         numatune: None,
+        iothreads: 0,
     }
 }
 

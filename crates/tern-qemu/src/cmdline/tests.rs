@@ -41,6 +41,7 @@ fn guest() -> Domain {
                 io: None,
                 discard: None,
                 detect_zeroes: None,
+                iothread: None,
                 boot_order: None,
                 serial: None,
                 address: None,
@@ -68,6 +69,7 @@ fn guest() -> Domain {
         cputune: None,
         vcpu_cpuset: None,
         numatune: None,
+        iothreads: 0,
     }
 }
 
@@ -403,4 +405,17 @@ fn numatune_binds_guest_ram_to_host_nodes() {
         "{a}"
     );
     assert!(a.contains(",memory-backend=pc.ram"), "{a}");
+}
+
+#[test]
+fn iothreads_are_objects_that_virtio_disks_run_in() {
+    let mut d = guest();
+    d.iothreads = 2;
+    d.devices.disks[0].iothread = Some(2);
+    let a = line(&d);
+    assert!(
+        a.contains("-object iothread,id=iothread1 -object iothread,id=iothread2"),
+        "{a}"
+    );
+    assert!(a.contains(",iothread=iothread2"), "{a}");
 }
