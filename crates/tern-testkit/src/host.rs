@@ -54,7 +54,8 @@ pub struct HostOptions {
     /// Extra environment of `ternd` (and so of its QEMUs), e.g. `TZ`.
     pub env: Vec<(String, String)>,
     /// Body of the config file's `[qemu]` table; `None` gives
-    /// [`default_qemu_table`] (test files live in temp and target dirs).
+    /// [`default_qemu_table`] (test files live in temp and target dirs)
+    /// and a `uid_range` of the host's own ([`crate::creds::test_uid_range`]).
     pub qemu: Option<String>,
 }
 
@@ -132,6 +133,15 @@ impl TernHost {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
             .expect("open the host's root for search");
+        let mut opts = opts;
+        if opts.qemu.is_none() {
+            // Each test host its own guest uids (kept across restarts).
+            let (first, last) = crate::creds::test_uid_range(&root);
+            opts.qemu = Some(format!(
+                "{}uid_range = \"{first}-{last}\"\n",
+                default_qemu_table()
+            ));
+        }
         let mut h = TernHost {
             opts,
             root,
@@ -423,7 +433,9 @@ pub fn tail(text: &str, n: usize) -> String {
 
 impl Drop for TernHost {
     fn drop(&mut self) {
-        // The fence process outlives the agent by design; not the test.
+        // The fence process and its watchdog outlive the agent by design;
+        // not the test. (The watchdog first: it would kill the guests.)
+        crate::fencing::signal_watchdog(self, libc::SIGKILL);
         crate::fencing::signal_fence(self, libc::SIGKILL);
         for pid in self.qemu_pids() {
             // SAFETY: kill with a pid read from our own state directory.

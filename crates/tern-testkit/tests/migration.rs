@@ -188,18 +188,35 @@ fn postcopy_after_precopy_completes() {
             "--live",
             "--postcopy",
             "--postcopy-after-precopy",
+            // The convergence policy may raise the downtime limit and
+            // throttle the guest until pre-copy converges within its first
+            // pass on a loaded machine (the soak saw 5 of 24 do so), and
+            // then there is nothing to switch: this test is about the
+            // switch, so QEMU keeps its own downtime limit.
+            "--no-policy",
             "--bandwidth",
-            "30",
+            "20",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // CI failed here once without saying where: every check names the
+    // job's events and its completed statistics.
+    let ev = p.a.tern(&["domjobevents", "pc1"]);
+    let done = p.a.tern(&["domjobinfo", "pc1", "--completed"]);
+    let why = format!(
+        "stderr: {}\nevents: {}\ncompleted: {}\nsource log: {}\ndestination log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&ev.stdout),
+        String::from_utf8_lossy(&done.stdout),
+        tern_testkit::tail(&std::fs::read_to_string(p.a.log()).unwrap_or_default(), 30),
+        tern_testkit::tail(&std::fs::read_to_string(p.b.log()).unwrap_or_default(), 30),
     );
-    let ev = p.a.ok(&["domjobevents", "pc1"]);
-    assert!(ev.contains("switching to post-copy"), "{ev}");
-    assert!(state(&p.b, "pc1").starts_with("running"));
+    assert!(out.status.success(), "{why}");
+    assert!(
+        String::from_utf8_lossy(&ev.stdout).contains("switching to post-copy"),
+        "{why}"
+    );
+    let on_b = state(&p.b, "pc1");
+    assert!(on_b.starts_with("running"), "{on_b}\n{why}");
     let text =
         p.b.wait_console("pc1", Duration::from_secs(240), "memory verified", |t| {
             SerialLog::parse(t).count("TERN-MEM ok") >= 2

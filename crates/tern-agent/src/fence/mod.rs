@@ -15,6 +15,8 @@ pub mod daemon;
 pub mod kill;
 pub mod lease;
 pub mod policy;
+pub mod standin;
+pub mod watchdog;
 
 use crate::error::{AgentError, Result};
 use crate::pools::Store;
@@ -91,6 +93,7 @@ pub async fn sync(agent: &Arc<Agent>, host: &str, armed: bool) {
         pools,
         nfs,
         settings: agent.cfg.fence,
+        watchdog: agent.cfg.fence_watchdog.clone(),
     };
     if dir.load_config().as_ref() != Some(&want) {
         tracing::info!(armed, pools = ?want.pools, "fence configuration");

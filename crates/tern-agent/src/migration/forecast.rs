@@ -186,7 +186,8 @@ const REGION_PAGES: u64 = 4;
 async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64) -> Vec<Vec<u8>> {
     let dir = agent.layout.run_dir(name);
     // QEMU writes the file after it dropped to its own user.
-    let dir = crate::confine::user::qemu_dir(&dir, agent.qemu_user.as_ref()).unwrap_or(dir);
+    let user = agent.guest_user_of(name).ok().flatten();
+    let dir = crate::confine::user::qemu_dir(&dir, user.as_ref()).unwrap_or(dir);
     let file = dir.join("sample.page");
     let regions = (memory / 4096 / REGION_PAGES).max(1);
     let mut out = Vec::new();
@@ -218,7 +219,8 @@ async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64
     out
 }
 
-/// Streams bytes for half a second into a sink the destination opened.
+/// Streams bytes for half a second into a sink the destination opened,
+/// after the sink's one-time token (see [`probe_sink`]).
 async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
@@ -227,32 +229,55 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
         .peer_client(&uri)
         .map_err(|e| AgentError::Invalid(e.to_string()))?
         .with_timeout(Duration::from_secs(10));
-    let (host, port): (String, u16) = dst
+    let reply: serde_json::Value = dst
         .call(&tern_api::Request::Migration(
             tern_api::MigrationRequest::ProbeSink {},
         ))
         .await
         .map_err(|e| AgentError::Failed(e.to_string()))?;
-    let _ = agent;
+    let (host, port, token) = sink_reply(&reply)
+        .ok_or_else(|| AgentError::Failed(format!("the destination's probe answered {reply}")))?;
     let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| AgentError::Failed(format!("cannot reach the destination's probe: {e}")))?;
+    let failed = |e: std::io::Error| AgentError::Failed(format!("probe stream failed: {e}"));
+    // An older destination sends no token and expects none.
+    if let Some(t) = token {
+        s.write_all(t.as_bytes()).await.map_err(failed)?;
+    }
     let buf = vec![0x5au8; 1 << 20];
     let t0 = Instant::now();
     let mut sent = 0u64;
     while t0.elapsed() < Duration::from_millis(500) {
-        s.write_all(&buf)
-            .await
-            .map_err(|e| AgentError::Failed(format!("probe stream failed: {e}")))?;
+        s.write_all(&buf).await.map_err(failed)?;
         sent += buf.len() as u64;
     }
     let _ = s.shutdown().await;
     Ok((sent as f64 / t0.elapsed().as_secs_f64()) as u64)
 }
 
-/// Destination side of the probe: accept one stream on a migration port,
-/// read and discard it (at most 30 s).
-pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16)> {
+/// `[host, port, token]` (or an older agent's `[host, port]`).
+fn sink_reply(v: &serde_json::Value) -> Option<(String, u16, Option<String>)> {
+    let a = v.as_array()?;
+    let host = a.first()?.as_str()?.to_string();
+    let port = u16::try_from(a.get(1)?.as_u64()?).ok()?;
+    let token = a.get(2).and_then(|t| t.as_str()).map(str::to_string);
+    Some((host, port, token))
+}
+
+/// How long a connection to the probe sink has to present the token.
+const TOKEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections to the probe sink checked at once; more are closed.
+const MAX_KNOCKING: usize = 32;
+
+/// Destination side of the probe: on a migration port, read and discard
+/// the one stream that starts with a fresh token (at most 30 s in all).
+/// The token goes to the source only in this authenticated API's answer,
+/// so a third party on the migration network can no longer feed the
+/// estimate; each connection gets 5 s to present it, on its
+/// own task, so silent connections do not hold up the real one.
+pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16, String)> {
     let mut listener = None;
     for p in agent.cfg.migration_ports.clone() {
         if let Ok(l) =
@@ -264,20 +289,43 @@ pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16)> {
     }
     let (l, port) = listener
         .ok_or_else(|| AgentError::Failed("no free migration port for the probe".into()))?;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let want = token.clone().into_bytes();
     tokio::spawn(async move {
-        let work = async {
-            if let Ok((mut s, _)) = l.accept().await {
-                let mut buf = vec![0u8; 1 << 20];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), sink(l, want)).await;
     });
-    Ok((agent.migration_address(), port))
+    Ok((agent.migration_address(), port, token))
+}
+
+/// Accepts until one connection presents `token`, then drains it.
+async fn sink(l: tokio::net::TcpListener, token: Vec<u8>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_KNOCKING));
+    let mut stream = loop {
+        tokio::select! {
+            Some(s) = rx.recv() => break s,
+            accepted = l.accept() => {
+                let Ok((mut s, _)) = accepted else { continue };
+                let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                let (tx, token) = (tx.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut got = vec![0u8; token.len()];
+                    let read = tokio::time::timeout(TOKEN_WAIT, s.read_exact(&mut got)).await;
+                    drop(slot);
+                    if matches!(read, Ok(Ok(_))) && got == token {
+                        let _ = tx.send(s).await;
+                    }
+                });
+            }
+        }
+    };
+    drop(l);
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -297,5 +345,39 @@ mod tests {
         assert!((d - 1.0 / 4096.0).abs() < 1e-9);
         assert!(f.compress_ratio > 10.0);
         assert_eq!(page_figures(&before, &before).delta_fraction, None);
+    }
+
+    #[tokio::test]
+    async fn the_sink_drains_only_the_stream_that_presents_its_token() {
+        use tokio::net::TcpStream;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let token = b"0123456789abcdef0123456789abcdef".to_vec();
+        let task = tokio::spawn(sink(l, token.clone()));
+        // A silent connection does not hold it up; a wrong token is closed.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut wrong = TcpStream::connect(addr).await.unwrap();
+        wrong.write_all(&[b'x'; 32]).await.unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(wrong.read(&mut b).await.unwrap_or(0), 0, "wrong token kept");
+        // 8 MiB is more than the socket buffers hold: it goes through
+        // only because the sink drains this stream; the sink ends at its end.
+        let mut real = TcpStream::connect(addr).await.unwrap();
+        real.write_all(&token).await.unwrap();
+        real.write_all(&vec![0u8; 8 << 20]).await.unwrap();
+        real.shutdown().await.unwrap();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn the_sink_reply_carries_a_token_or_comes_from_an_older_agent() {
+        let v = serde_json::json!(["10.0.0.2", 49152, "abc"]);
+        assert_eq!(
+            sink_reply(&v),
+            Some(("10.0.0.2".into(), 49152, Some("abc".into())))
+        );
+        let old = serde_json::json!(["10.0.0.2", 49152]);
+        assert_eq!(sink_reply(&old), Some(("10.0.0.2".into(), 49152, None)));
+        assert_eq!(sink_reply(&serde_json::json!(["h", 70000])), None);
     }
 }

@@ -161,6 +161,8 @@ pub async fn create_volumes(
             )));
         }
     }
+    // Received volumes belong to this guest's uid on this host.
+    let user = agent.guest_user(d.uuid)?;
     // Recorded before any is created: an agent killed half-way knows every
     // file that may be its own (none existed before: checked above).
     let planned: Vec<PathBuf> = plan.iter().map(|(_, p, _)| p.clone()).collect();
@@ -185,8 +187,9 @@ pub async fn create_volumes(
         created.push(path.clone());
         let block = agent.pools.is_logical_path(path).await;
         if at == *path {
-            // QEMU's own user reopens it while it arrives (see `sparse`).
-            if let Err(e) = crate::confine::user::hand_over(path, agent.qemu_user.as_ref()) {
+            // QEMU, as the guest's uid, reopens it while it arrives (see
+            // `sparse`); it goes back to root when that QEMU ends.
+            if let Err(e) = crate::confine::user::hand_over(path, user.as_ref()) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot give a received volume to QEMU's user");
             }
         }
