@@ -28,6 +28,7 @@ pub const DEFAULT_QEMU_USER: &str = "tern-qemu";
 /// uid_range = "1900000000-1900009999" # one uid per guest; "" = all run as `user`
 /// sandbox = true                     # -sandbox on (seccomp)
 /// allowed_paths = ["/srv/iso", "/dev/vg0"]   # besides the storage pools
+/// shared_filesystems = ["/srv/shared"]      # shared although local by type
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +42,9 @@ pub struct QemuSettings {
     pub sandbox: bool,
     /// Directories (or files) besides the storage pools a definition may name.
     pub allowed_paths: Vec<PathBuf>,
+    /// Directories other hosts see too although their filesystem type is a
+    /// local one (libvirt's `shared_filesystems`); see `pools::sharedfs`.
+    pub shared_filesystems: Vec<PathBuf>,
 }
 
 impl Default for QemuSettings {
@@ -50,6 +54,7 @@ impl Default for QemuSettings {
             uid_range: guest_uids::DEFAULT_UID_RANGE.into(),
             sandbox: true,
             allowed_paths: Vec::new(),
+            shared_filesystems: Vec::new(),
         }
     }
 }
@@ -62,6 +67,8 @@ pub async fn check_domain_paths(
     d: &tern_model::Domain,
 ) -> crate::error::Result<()> {
     let mut dirs = agent.pools.targets().await;
+    // A logical volume's path (/dev/VG/LV) leads to its device node.
+    dirs.extend(agent.pools.logical_device_nodes().await);
     dirs.extend(agent.cfg.server.qemu.allowed_paths.iter().cloned());
     // The agent's own NVRAM directory is made on first use; it must exist
     // for a store in it to be recognised.

@@ -121,6 +121,8 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     agent.pools.check_rbd_disks(d).await?;
     crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
+    let mem_path = crate::hugepages::mem_path(d)?;
+    let pins = crate::pinning::plan_here(d)?;
     // The guest's own uid (see `confine::guest_uids`). At a boot its
     // images go back to root first if a QEMU that ended without its agent
     // left them a guest uid's (a migration destination has just handed
@@ -190,6 +192,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         spice_port,
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
+        mem_path,
     };
     let staged = match agent
         .pools
@@ -214,6 +217,14 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     crate::secrets::remove_staged(&staged);
     match result {
         Ok((pid, start_time, qmp)) => {
+            if let Some(plan) = &pins {
+                if let Err(e) = crate::pinning::apply(&qmp, pid, &d.name, plan).await {
+                    let _ = qmp.execute("quit", None).await;
+                    netdev::remove_taps(&taps).await;
+                    crate::confine::ownership::give_back_domain(agent, d, user.as_ref()).await;
+                    return Err(e);
+                }
+            }
             let console_pty = console_pty(&qmp, d).await;
             Ok(Running {
                 id: agent.next_id(),

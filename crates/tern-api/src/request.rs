@@ -176,6 +176,9 @@ pub enum Request {
         /// The Ceph pool of an rbd pool (whose `target` is empty).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rbd: Option<tern_model::RbdSource>,
+        /// The volume group of a logical pool (`target` empty or `/dev/VG`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logical: Option<tern_model::LogicalSource>,
     },
     /// Create a pool's directory (`pool-build`).
     PoolBuild {

@@ -62,8 +62,37 @@ pub struct HostOptions {
 /// The `[qemu]` table test hosts get by default: definitions may name
 /// files under the temp directory, the workspace's target directory (the
 /// test guest's kernel and initrd) and /boot (the host kernel the UEFI
-/// tests boot), besides the pools.
+/// tests boot), besides the pools. The temp directory is also declared a
+/// shared filesystem: every test host runs on this one machine, so a
+/// `--shared` dir pool there is seen by all of them (see
+/// [`local_qemu_table`] for hosts that must not assume it).
 pub fn default_qemu_table() -> String {
+    format!(
+        "{}shared_filesystems = [{:?}]\n",
+        local_qemu_table(),
+        std::env::temp_dir().display().to_string()
+    )
+}
+
+/// [`default_qemu_table`] that also lets definitions name `extra` (block
+/// devices a test made, say).
+pub fn qemu_table_allowing(extra: &[PathBuf]) -> String {
+    let target = crate::guest::workspace_root().join("target");
+    let mut allowed = vec![
+        std::env::temp_dir().display().to_string(),
+        target.display().to_string(),
+        "/boot".to_string(),
+    ];
+    allowed.extend(extra.iter().map(|p| p.display().to_string()));
+    format!(
+        "allowed_paths = {allowed:?}\nshared_filesystems = [{:?}]\n",
+        std::env::temp_dir().display().to_string()
+    )
+}
+
+/// [`default_qemu_table`] without `shared_filesystems`: a host that trusts
+/// a `--shared` dir pool only when its filesystem type is a shared one.
+pub fn local_qemu_table() -> String {
     let target = crate::guest::workspace_root().join("target");
     format!(
         "allowed_paths = [{:?}, {:?}, \"/boot\"]\n",

@@ -204,6 +204,7 @@ async fn plug_nic(
         spice_port: None,
         incoming: false,
         paused: false,
+        mem_path: None,
     };
     let undo_tap = || async {
         if let Some(t) = &tap {

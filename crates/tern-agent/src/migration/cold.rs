@@ -96,8 +96,19 @@ pub async fn prepare(
                 f.volume
             )));
         }
-        // A pool only QEMU reaches takes the file through a staged copy.
-        let to_export = agent.pools.img_path(&path).await != path;
+        // A pool only QEMU reaches, and a logical pool, take the file
+        // through a staged copy.
+        let logical = agent.pools.is_logical_path(&path).await;
+        if logical {
+            agent
+                .pools
+                .accepts_image(&pool, &f.format, f.depth > 0 || f.backing_volume.is_some())
+                .await
+                .map_err(|e| {
+                    AgentError::Conflict(format!("the destination cannot take '{}': {e}", f.volume))
+                })?;
+        }
+        let to_export = logical || agent.pools.img_path(&path).await != path;
         if to_export && (f.depth > 0 || f.backing_volume.is_some()) {
             return Err(AgentError::Unsupported(format!(
                 "'{}' is part of a backing chain, and pool '{pool}' is reached over nfs://, where a chain's backing names cannot be re-pointed; flatten the disk first, or pass --target-pool with a directory pool",
@@ -429,9 +440,14 @@ pub async fn finish(
             .iter()
             .find(|(f, _)| !f.nvram && f.target == disk.target_dev && f.depth == 0)
         {
-            // A `type='volume'` disk becomes a file disk: the copy's pool
-            // may not be the one the source named.
-            disk.source_type = tern_model::DiskSourceType::File;
+            // A `type='volume'` disk becomes a file disk (or a block disk
+            // in a logical pool): the copy's pool may not be the one the
+            // source named.
+            disk.source_type = if agent.pools.is_logical_path(p).await {
+                tern_model::DiskSourceType::Block
+            } else {
+                tern_model::DiskSourceType::File
+            };
             disk.remote = None;
             disk.source = Some(p.clone());
         }

@@ -33,6 +33,14 @@ pub async fn check_storage(
             continue;
         }
         match agent.pools.pool_of(src).await {
+            Some(p) if p.shared && p.kind == tern_model::PoolKind::Dir => {
+                // Declared shared: the filesystem must say so too.
+                crate::pools::sharedfs::check_shared_dir(
+                    &p.name,
+                    &p.target,
+                    &agent.cfg.server.qemu.shared_filesystems,
+                )?
+            }
             Some(p) if p.shared => {}
             Some(p) => {
                 return Err(AgentError::Conflict(format!(

@@ -116,6 +116,20 @@ pub async fn create_volumes(
                 dc.volume
             )));
         }
+        agent
+            .pools
+            .accepts_image(
+                &pool,
+                &dc.format,
+                dc.mode == CopyMode::Top && dc.backing.is_some(),
+            )
+            .await
+            .map_err(|e| {
+                AgentError::Conflict(format!(
+                    "the destination cannot hold disk '{}' ({}): {e}",
+                    dc.target, dc.format
+                ))
+            })?;
         if let (CopyMode::Top, Some((b, _))) = (dc.mode, &dc.backing) {
             // The new image would make QEMU read its backing file: only
             // images of this host's pools qualify, never any path a peer names.
@@ -159,14 +173,19 @@ pub async fn create_volumes(
             (CopyMode::Top, Some((b, f))) => Some((b.as_path(), f.as_str())),
             _ => None,
         };
-        let size = Some(dc.virtual_size);
-        // A volume of a pool QEMU reaches over NFS is created on its URL.
+        // A volume of a pool QEMU reaches over NFS is created on its URL,
+        // one of a logical pool as a logical volume.
         let at = agent.pools.img_path(path).await;
-        if let Err(e) = img::create(&at, &dc.format, size, backing).await {
+        if let Err(e) = agent
+            .pools
+            .create_image(path, &dc.format, dc.virtual_size, backing)
+            .await
+        {
             remove_files(agent, &created).await;
-            return Err(e.into());
+            return Err(e);
         }
         created.push(path.clone());
+        let block = agent.pools.is_logical_path(path).await;
         if at == *path {
             // QEMU, as the guest's uid, reopens it while it arrives (see
             // `sparse`); it goes back to root when that QEMU ends.
@@ -181,6 +200,11 @@ pub async fn create_volumes(
             .find(|k| k.target_dev == dc.target)
         {
             disk.source = Some(path.clone());
+            disk.source_type = if block {
+                tern_model::DiskSourceType::Block
+            } else {
+                tern_model::DiskSourceType::File
+            };
         }
     }
     Ok(created)

@@ -73,6 +73,11 @@ impl Pools {
                         }
                         Store::Nfs { src, .. } => as_network(disk, nfs_source(&src, &v.volume)),
                         Store::Rbd(src) => as_network(disk, rbd_source(&src, &v.volume)),
+                        Store::Logical { target, .. } => {
+                            disk.source_type = DiskSourceType::Block;
+                            disk.remote = None;
+                            disk.source = Some(target.join(&v.volume));
+                        }
                     }
                 }
                 (Some(path), None) if disk.source_type == DiskSourceType::File => {
@@ -250,6 +255,14 @@ impl Pools {
                     .ok()?;
                 Some(shown)
             }
+            Store::Logical { src, target } => {
+                let pool = self.pool_of(&target.join(&file)).await?.name;
+                super::logical::Vg::new(&pool, &src, &target)
+                    .delete(&file)
+                    .await
+                    .ok()?;
+                Some(target.join(&file).display().to_string())
+            }
         }
     }
 }
@@ -277,6 +290,12 @@ impl Pools {
             Store::Rbd(_) => Err(AgentError::Unsupported(format!(
                 "storage pool '{pool}' is an rbd pool: copying a disk into it is not supported; use a dir or netfs pool, or keep the disk on RBD and migrate without copying storage"
             ))),
+            Store::Logical { src, target } => {
+                let exists = super::logical::Vg::new(pool, &src, &target)
+                    .exists(volume)
+                    .await?;
+                Ok((target.join(volume), exists))
+            }
         }
     }
 
@@ -309,6 +328,15 @@ impl Pools {
                 export.remove(&f).await.map_err(|e| {
                     AgentError::Failed(format!("cannot remove {}: {e}", path.display()))
                 })
+            }
+            (Some(Store::Logical { src, target }), Some(f)) => {
+                let pool = self.pool_of(path).await.map(|p| p.name).unwrap_or_default();
+                let vg = super::logical::Vg::new(&pool, &src, &target);
+                let f = f.to_string_lossy();
+                if !vg.exists(&f).await.unwrap_or(true) {
+                    return Ok(());
+                }
+                vg.delete(&f).await
             }
             _ => match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

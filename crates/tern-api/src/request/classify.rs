@@ -209,6 +209,7 @@ mod tests {
                     shared: false,
                     netfs: None,
                     rbd: None,
+                    logical: None,
                 },
                 false,
             ),
