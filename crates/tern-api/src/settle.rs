@@ -6,9 +6,7 @@
 
 use crate::{Client, ClientError, MigrationRequest, Request};
 use std::time::Duration;
-use tern_migrate::protocol::{
-    ConfirmRequest, FinishReply, FinishRequest, PROTOCOL_VERSION,
-};
+use tern_migrate::protocol::{ConfirmRequest, FinishReply, FinishRequest, PROTOCOL_VERSION};
 use tern_migrate::MigrateOptions;
 use uuid::Uuid;
 

@@ -39,7 +39,7 @@ use tern_migrate::protocol::{
     check_version, BeginReply, ConfirmRequest, FinishReply, FinishRequest, IncomingTarget,
     PerformRequest, PrepareReply, PrepareRequest, PROTOCOL_VERSION,
 };
-use tern_migrate::{JobInfo, JobKind, MigrateOptions};
+use tern_migrate::{JobKind, MigrateOptions};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -178,9 +178,9 @@ impl SourceRun {
         };
         let r = async {
             self.perform(&ready, target).await?;
-            let (info, finished) = self.watch().await?;
+            let finished = self.watch().await?;
             let fin = self.finish(finished).await?;
-            self.confirm(fin, info).await
+            self.confirm(fin).await
         }
         .await;
         self.end(r)
@@ -260,7 +260,9 @@ impl SourceRun {
         }
         // The job ends first: `--undefinesource` cannot undefine a domain
         // whose migration is under way.
-        self.job.advance(Phase::Confirm).map_err(RunError::Confirm)?;
+        self.job
+            .advance(Phase::Confirm)
+            .map_err(RunError::Confirm)?;
         self.job
             .advance(Phase::Completed)
             .map_err(RunError::Confirm)?;
@@ -312,7 +314,7 @@ impl SourceRun {
 
     /// Watch: until QEMU is done, or in post-copy, when the destination
     /// must run at once to serve page faults (then Finish happens here).
-    async fn watch(&self) -> std::result::Result<(JobInfo, Option<FinishReply>), RunError> {
+    async fn watch(&self) -> std::result::Result<Option<FinishReply>, RunError> {
         let mut finished = None;
         let info = loop {
             // The run is this job's driver: it is alive.
@@ -339,7 +341,7 @@ impl SourceRun {
             }
             return Err(RunError::Perform(why));
         }
-        Ok((info, finished))
+        Ok(finished)
     }
 
     /// Finish: the source's QEMU completed, so the destination may resume.
@@ -361,11 +363,7 @@ impl SourceRun {
 
     /// Confirm: the destination runs the guest; the source stops and
     /// cleans up.
-    async fn confirm(
-        &self,
-        fin: FinishReply,
-        _info: JobInfo,
-    ) -> std::result::Result<Outcome, RunError> {
+    async fn confirm(&self, fin: FinishReply) -> std::result::Result<Outcome, RunError> {
         if let Some(w) = &fin.error {
             self.job.update(|i| i.warning = Some(w.clone()));
         }
@@ -428,8 +426,7 @@ impl SourceRun {
             Err(e) => e,
         };
         job.event(format!("failed: {e}"));
-        if matches!(e, RunError::Unknown(_) | RunError::Confirm(_)) && !job.phase().is_terminal()
-        {
+        if matches!(e, RunError::Unknown(_) | RunError::Confirm(_)) && !job.phase().is_terminal() {
             // The destination's answer was lost after the memory moved: it
             // may run the guest. The orphan watcher asks it and settles.
             job.event("the destination's verdict is unknown: settling it with the destination");
