@@ -140,3 +140,26 @@ pub fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
     }
     out
 }
+
+/// The images of the cluster's pool [`POOL`], as `client.admin` sees them.
+pub fn images(ceph: &CephCluster) -> Vec<String> {
+    ceph.rbd_ok("admin", &["ls", POOL])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// (provisioned, used) bytes of image `image` of [`POOL`], from `rbd du`:
+/// a copy that kept its holes uses less than it provides.
+pub fn image_usage(ceph: &CephCluster, image: &str) -> (u64, u64) {
+    let out = ceph.rbd_ok(
+        "admin",
+        &["du", "--format", "json", &format!("{POOL}/{image}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("rbd du json");
+    let img = &v["images"][0];
+    (
+        img["provisioned_size"].as_u64().unwrap_or(0),
+        img["used_size"].as_u64().unwrap_or(0),
+    )
+}

@@ -474,7 +474,20 @@ async fn delete_sent_disks(agent: &Agent, job: &Job, def: &tern_model::Domain, o
         .iter()
         .filter(|k| k.device != tern_model::DiskDevice::Cdrom)
     {
-        let Some(p) = &disk.source else { continue };
+        let Some(p) = &disk.source else {
+            // An rbd volume was sent only with `--target-pool`.
+            if let Some(tern_model::DiskRemote::Volume(v)) = &disk.remote {
+                if o.target_pool.is_some() && agent.pools.is_rbd(&v.pool).await {
+                    match agent.pools.remove_disk_volume(disk).await {
+                        Some(shown) => job.event(format!("deleted source disk {shown}")),
+                        None => {
+                            job.event(format!("cannot delete source disk {}/{}", v.pool, v.volume))
+                        }
+                    }
+                }
+            }
+            continue;
+        };
         let on_export = agent.pools.img_path(p).await != *p;
         if on_export && o.target_pool.is_none() {
             continue;

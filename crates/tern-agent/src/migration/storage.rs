@@ -177,7 +177,8 @@ pub async fn create_volumes(
             .iter_mut()
             .find(|k| k.target_dev == dc.target)
         {
-            disk.source = Some(path.clone());
+            // A file, or a volume disk of the rbd pool the image is in.
+            agent.pools.point_disk(disk, path).await;
         }
     }
     Ok(created)

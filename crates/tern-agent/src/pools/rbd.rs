@@ -57,6 +57,32 @@ pub(super) fn check_source(src: &RbdSource) -> Result<()> {
     Ok(())
 }
 
+/// What `qemu-img` opens image `image` of `src` by: QEMU's legacy
+/// `rbd:POOL/IMAGE:opt=val…` filename, with the monitors, the cephx id and
+/// the key as a file (`keyfile`, mode 0600), never the key itself, and no
+/// host ceph.conf (`conf=/dev/null`), as the agent's own `rbd` calls.
+/// `:` inside a value is escaped as QEMU's parser wants (`\:`).
+pub fn img_filename(src: &RbdSource, image: &str, keyfile: Option<&std::path::Path>) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    let mut s = format!(
+        "rbd:{}/{}:conf=/dev/null:mon_host={}:client_mount_timeout={MOUNT_TIMEOUT_SECS}",
+        esc(&src.name),
+        esc(image),
+        esc(&src.mon_host())
+    );
+    match (&src.auth, keyfile) {
+        (Some(a), Some(k)) => {
+            s.push_str(&format!(
+                ":id={}:keyfile={}",
+                esc(&a.username),
+                esc(&k.display().to_string())
+            ));
+        }
+        _ => s.push_str(":auth_client_required=none"),
+    }
+    s
+}
+
 /// One rbd pool's view of its cluster.
 pub(super) struct Cluster<'a> {
     pool: &'a str,
@@ -393,6 +419,30 @@ mod tests {
                 secret: SecretRef::Usage("client.x secret".into()),
             }),
         }
+    }
+
+    #[test]
+    fn qemu_img_gets_monitors_id_and_key_file_but_never_the_key() {
+        let s = src("127.0.0.1", "rbd", "qemu");
+        let f = img_filename(
+            &s,
+            "vm1",
+            Some(std::path::Path::new("/var/lib/tern/secrets/u.value")),
+        );
+        assert_eq!(
+            f,
+            "rbd:rbd/vm1:conf=/dev/null:mon_host=127.0.0.1\\:6789:client_mount_timeout=10:id=qemu:keyfile=/var/lib/tern/secrets/u.value"
+        );
+        let mut open = s.clone();
+        open.auth = None;
+        open.hosts.push(NetHost {
+            name: "10.0.0.2".into(),
+            port: None,
+        });
+        assert_eq!(
+            img_filename(&open, "vm1", None),
+            "rbd:rbd/vm1:conf=/dev/null:mon_host=127.0.0.1\\:6789,10.0.0.2\\:6789:client_mount_timeout=10:auth_client_required=none"
+        );
     }
 
     #[test]
