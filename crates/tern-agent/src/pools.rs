@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 
 mod proof;
 mod rbd;
+pub mod rbd_clients;
 mod remote;
 mod resolve;
 

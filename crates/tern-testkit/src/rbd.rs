@@ -163,3 +163,39 @@ pub fn image_usage(ceph: &CephCluster, image: &str) -> (u64, u64) {
         img["used_size"].as_u64().unwrap_or(0),
     )
 }
+
+/// Whether client address `addr` is on the cluster's OSD blocklist.
+pub fn blocklisted(ceph: &CephCluster, addr: &str) -> bool {
+    ceph.admin_ok(&["osd", "blocklist", "ls"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(addr))
+}
+
+/// Waits (up to `timeout`) until `addr` is on the blocklist (`on`) or off it.
+pub fn wait_blocklisted(ceph: &CephCluster, addr: &str, on: bool, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while blocklisted(ceph, addr) != on {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} {} the blocklist after {timeout:?}: {}",
+            if on { "never went on" } else { "stayed on" },
+            ceph.admin_ok(&["osd", "blocklist", "ls"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The client addresses watching image `image` of [`POOL`].
+pub fn watchers(ceph: &CephCluster, image: &str) -> Vec<String> {
+    let out = ceph.rbd_ok(
+        "admin",
+        &["status", "--format", "json", &format!("{POOL}/{image}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("rbd status json");
+    v["watchers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["address"].as_str().map(str::to_string))
+        .collect()
+}

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use tern_testkit::ceph::{skip_without_ceph, CephCluster, POOL, QEMU_ID};
 use tern_testkit::rbd::{
     add_rbd_pool, define_guest_with_disk, define_secret, files_holding, network_disk_xml,
-    qemu_cmdlines, volume_disk_xml, wait_disk_ok, RBD_POOL, SECRET_USAGE, SECRET_UUID,
+    qemu_cmdlines, volume_disk_xml, wait_disk_ok, watchers, RBD_POOL, SECRET_USAGE, SECRET_UUID,
 };
 use tern_testkit::{HostPair, Which};
 
@@ -123,17 +123,6 @@ fn a_blocklisted_client_cannot_write_and_another_takes_over() {
     let _ = old.kill();
     let _ = old.wait();
     ceph.admin_ok(&["osd", "blocklist", "rm", &addr]);
-}
-
-/// The image's watchers, as `rbd status` lists them (one per client that
-/// has it open).
-fn watchers(ceph: &CephCluster, image: &str) -> Vec<String> {
-    let status = ceph.rbd_ok("admin", &["status", &format!("{POOL}/{image}")]);
-    status
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("watcher="))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Issue 21: two hosts define the secret and the rbd pool as virsh users

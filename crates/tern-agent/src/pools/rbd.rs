@@ -360,6 +360,34 @@ impl<'a> Cluster<'a> {
             .unwrap_or_default())
     }
 
+    /// Adds (or with `remove`, removes) `addrs` to the cluster's OSD
+    /// blocklist, then reads the blocklist back: the addresses it confirms
+    /// are on it (with `remove`: off it). A blocklisted client's every
+    /// write is refused by the OSDs, so a cut-off host cannot corrupt an
+    /// image another host now runs (issue 21). Adding needs the mon cap
+    /// `profile rbd`; removing needs `allow command "osd blocklist"`.
+    pub(super) async fn blocklist(&self, addrs: &[String], remove: bool) -> Result<Vec<String>> {
+        for a in addrs {
+            check_client_addr(a)?;
+            let op = if remove { "rm" } else { "add" };
+            if let Err(e) = self.call("ceph", &["osd", "blocklist", op, a]).await {
+                // Removing an entry that is gone is not an error.
+                if !(remove && e.to_string().contains("isn't blocklisted")) {
+                    return Err(e);
+                }
+            }
+        }
+        let out = self
+            .call("ceph", &["osd", "dump", "--format", "json"])
+            .await?;
+        let listed = blocklisted(&out);
+        Ok(addrs
+            .iter()
+            .filter(|a| listed.contains(a) != remove)
+            .cloned()
+            .collect())
+    }
+
     /// `vol-resize`: refused while a QEMU has the image open (the guest
     /// would not learn its new size).
     pub(super) async fn resize(&self, name: &str, bytes: u64, shrink: bool) -> Result<()> {
@@ -399,6 +427,42 @@ impl<'a> Cluster<'a> {
         self.call("rbd", &["rm", "--no-progress", &self.spec(name)])
             .await
             .map(|_| ())
+    }
+}
+
+/// Refuses what is not a Ceph client address (`IP:PORT/NONCE`, IPv6 in
+/// brackets): it goes on a `ceph` command line.
+pub fn check_client_addr(a: &str) -> Result<()> {
+    let ok = a.contains('/')
+        && a.len() < 80
+        && a.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b":./[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "'{a}' is not a Ceph client address (IP:PORT/NONCE, as 'rbd status' shows watchers)"
+        )))
+    }
+}
+
+/// The addresses on the OSD map's blocklist, from `ceph osd dump --format
+/// json` (`blocklist`, `blacklist` before Pacific; an object keyed by
+/// address, or a list of `{addr}` records).
+pub fn blocklisted(osd_dump: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(osd_dump).unwrap_or_default();
+    let list = if v["blocklist"].is_null() {
+        &v["blacklist"]
+    } else {
+        &v["blocklist"]
+    };
+    match list {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|e| e["addr"].as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -443,6 +507,20 @@ mod tests {
             img_filename(&open, "vm1", None),
             "rbd:rbd/vm1:conf=/dev/null:mon_host=127.0.0.1\\:6789,10.0.0.2\\:6789:client_mount_timeout=10:auth_client_required=none"
         );
+    }
+
+    #[test]
+    fn blocklists_are_read_in_both_forms_and_addresses_checked() {
+        let obj = br#"{"epoch":9,"blocklist":{"127.0.0.1:0/3012345":"2026-12-06T16:00:00"}}"#;
+        assert_eq!(blocklisted(obj), vec!["127.0.0.1:0/3012345".to_string()]);
+        let arr = br#"{"blacklist":[{"addr":"10.0.0.2:0/77","until":"x"}]}"#;
+        assert_eq!(blocklisted(arr), vec!["10.0.0.2:0/77".to_string()]);
+        assert!(blocklisted(b"{}").is_empty());
+        assert!(check_client_addr("127.0.0.1:0/3012345").is_ok());
+        assert!(check_client_addr("[::1]:0/42").is_ok());
+        for bad in ["127.0.0.1", "a;b/1", "1.2.3.4:0/1 --yes", ""] {
+            assert!(check_client_addr(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

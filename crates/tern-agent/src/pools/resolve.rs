@@ -308,6 +308,37 @@ impl Pools {
             })
     }
 
+    /// The client addresses that have image `image` of rbd pool `pool`
+    /// open (its watchers).
+    pub async fn rbd_watchers(&self, pool: &str, image: &str) -> Result<Vec<String>> {
+        let Store::Rbd(src) = self.active_store(pool).await? else {
+            return Err(AgentError::Invalid(format!(
+                "storage pool '{pool}' is not an rbd pool"
+            )));
+        };
+        super::rbd::Cluster::new(pool, &src, &self.secrets)
+            .watchers(image)
+            .await
+    }
+
+    /// Blocklists (or un-blocklists) client addresses in the cluster of
+    /// rbd pool `pool`; the addresses the cluster confirms.
+    pub async fn rbd_blocklist(
+        &self,
+        pool: &str,
+        addrs: &[String],
+        remove: bool,
+    ) -> Result<Vec<String>> {
+        let Store::Rbd(src) = self.active_store(pool).await? else {
+            return Err(AgentError::Invalid(format!(
+                "storage pool '{pool}' is not an rbd pool; only Ceph clients are blocklisted"
+            )));
+        };
+        super::rbd::Cluster::new(pool, &src, &self.secrets)
+            .blocklist(addrs, remove)
+            .await
+    }
+
     /// Points `disk` at a copy placed at `path` (from [`Pools::volume_slot`]):
     /// an image of an rbd pool becomes a `type='volume'` disk of that pool
     /// (what QEMU opens through librbd), anything else a file disk.

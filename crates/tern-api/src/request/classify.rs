@@ -51,7 +51,8 @@ impl Request {
             | Request::PoolUndefine { .. }
             | Request::VolCreateAs { .. }
             | Request::VolResize { .. }
-            | Request::VolDelete { .. } => false,
+            | Request::VolDelete { .. }
+            | Request::RbdBlocklist { .. } => false,
             Request::Migration(m) => m.is_read_only(),
             Request::Secret(s) => s.is_read_only(),
         }
@@ -268,6 +269,14 @@ mod tests {
                 true,
             ),
             (
+                Request::RbdBlocklist {
+                    pool: "p".into(),
+                    addrs: vec![],
+                    remove: false,
+                },
+                false,
+            ),
+            (
                 m(M::MigrateBegin {
                     name: n(),
                     options: o(),
@@ -465,6 +474,7 @@ mod tests {
             | Request::VolDelete { .. }
             | Request::ServerInfo
             | Request::FenceLease { .. }
+            | Request::RbdBlocklist { .. }
             | Request::Events { .. }
             | Request::Secret(_) => {}
             Request::Migration(m) => match m {
