@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 mod proof;
 mod rbd;
 pub mod rbd_clients;
+mod rbd_identity;
 mod remote;
 mod resolve;
 

@@ -119,6 +119,7 @@ pub async fn drive_with(
                 source_name: Some(name.to_string()),
                 source_tls_identity: begin.tls_identity.clone(),
                 source_nvram_dir: begin.nvram_dir.clone(),
+                source_ceph_fsids: begin.ceph_fsids.clone(),
             },
         }))
         .await

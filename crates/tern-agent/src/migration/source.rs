@@ -199,6 +199,16 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
     } else {
         Vec::new()
     };
+    // RBD disks that stay where they are: the destination checks that its
+    // monitors place them in the same cluster.
+    let ceph_fsids = if o.cold && o.target_pool.is_some() {
+        Default::default()
+    } else {
+        match agent.pools.resolve_disks(&d).await {
+            Ok(r) => agent.pools.rbd_fsids(&r).await?,
+            Err(_) => Default::default(),
+        }
+    };
     Ok(BeginReply {
         version: PROTOCOL_VERSION,
         domain: d,
@@ -213,6 +223,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
             None
         },
         nvram_dir: Some(crate::guest_setup::nvram_dir(agent)),
+        ceph_fsids,
     })
 }
 

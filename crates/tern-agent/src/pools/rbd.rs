@@ -242,6 +242,19 @@ impl<'a> Cluster<'a> {
             .map(|_| ())
     }
 
+    /// The cluster's fsid (`ceph fsid`): the identity of the storage.
+    pub(super) async fn fsid(&self) -> Result<String> {
+        let out = self.call("ceph", &["fsid"]).await?;
+        let fsid = String::from_utf8_lossy(&out).trim().to_string();
+        if fsid.is_empty() {
+            return Err(AgentError::Failed(format!(
+                "{}: ceph fsid printed nothing",
+                self.what
+            )));
+        }
+        Ok(fsid)
+    }
+
     /// `pool-start`: the cluster answers and the Ceph pool exists.
     pub(super) async fn check(&self) -> Result<()> {
         self.call("rbd", &["ls", &self.src.name]).await.map(|_| ())

@@ -297,6 +297,7 @@ mod tests {
                         source_name: None,
                         source_tls_identity: None,
                         source_nvram_dir: None,
+                        source_ceph_fsids: Default::default(),
                     },
                 }),
                 false,
@@ -505,9 +506,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 39 plain requests + 20 migration requests (+1 for compcache's
+        // 40 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 39 + 20 + 1);
+        assert_eq!(all.len(), 40 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");
