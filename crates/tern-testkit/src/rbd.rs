@@ -88,8 +88,20 @@ pub fn network_disk_xml(ceph: &CephCluster, image: &str, dev: &str) -> String {
     )
 }
 
-/// Defines on `h` the test guest `name` whose only disk is `disk_xml`
-/// (as vda; `disk_mb` MiB of it written and verified by the guest).
+/// The XML of the test guest `name` whose only disk is `disk_xml` (as
+/// vda; `disk_mb` MiB of it written and verified by the guest).
+pub fn guest_xml_with_disk(name: &str, workload: &str, disk_mb: u64, disk_xml: &str) -> String {
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    let spec = GuestSpec::new(name, &img).workload(&format!(
+        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
+    ));
+    spec.to_xml().replace(
+        "    <serial type='pty'>",
+        &format!("{disk_xml}    <serial type='pty'>"),
+    )
+}
+
+/// Defines on `h` the guest of [`guest_xml_with_disk`].
 pub fn define_guest_with_disk(
     h: &TernHost,
     name: &str,
@@ -97,14 +109,7 @@ pub fn define_guest_with_disk(
     disk_mb: u64,
     disk_xml: &str,
 ) {
-    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
-    let spec = GuestSpec::new(name, &img).workload(&format!(
-        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
-    ));
-    let xml = spec.to_xml().replace(
-        "    <serial type='pty'>",
-        &format!("{disk_xml}    <serial type='pty'>"),
-    );
+    let xml = guest_xml_with_disk(name, workload, disk_mb, disk_xml);
     let file = h.state_dir().with_file_name(format!("{name}.xml"));
     std::fs::write(&file, xml).expect("guest XML");
     h.ok(&["define", file.to_str().expect("utf-8")]);
