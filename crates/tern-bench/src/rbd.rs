@@ -90,7 +90,7 @@ const WORKLOAD: &str = "tern.mem=32 tern.dirty=5";
 /// The two hosts of one round: on loopback (RBD, dir) or in network
 /// namespaces with the NFS server (NFS).
 enum Hosts {
-    Pair(HostPair),
+    Pair(Box<HostPair>),
     Nfs(Box<NfsPair>),
 }
 
@@ -130,13 +130,13 @@ fn setup(
             p.a.ok(&["vol-create-as", RBD_POOL, &vol, &size]);
             define_guest_with_disk(&p.a, name, WORKLOAD, disk_mb, &volume_disk_xml(&vol, "vda"));
             p.a.ok(&["start", name]);
-            Hosts::Pair(p)
+            Hosts::Pair(Box::new(p))
         }
         Mode::DirCopy => {
             let mut p = HostPair::start(&format!("bdir{i}"), &[], &[]);
             p.add_local_pools();
             boot_guest_in(&p.a, "images", name, WORKLOAD, disk_mb, None);
-            Hosts::Pair(p)
+            Hosts::Pair(Box::new(p))
         }
         Mode::Nfs => {
             let p = NfsPair::start(&format!("bnfs{i}"));
