@@ -403,6 +403,10 @@ impl Pools {
                 allocation,
                 available,
                 access: p.access,
+                ceph_fsid: match (p.active, p.store()) {
+                    (true, Store::Rbd(src)) => self.pool_fsid(&p.def.name, &src).await,
+                    _ => None,
+                },
             });
         }
         out

@@ -430,6 +430,10 @@ fn a_destination_whose_monitors_are_another_cluster_is_refused_by_fsid() {
     let h = tern_testkit::TernHost::start("rbdfsid");
     add_rbd_pool(&h, &ceph);
     h.ok(&["vol-create-as", RBD_POOL, "fsid-disk", "16M"]);
+    // The pool reports its cluster's fsid (what the scheduler compares).
+    let info: serde_json::Value =
+        serde_json::from_str(&h.ok(&["pool-info", RBD_POOL, "--json"])).expect("pool-info json");
+    assert_eq!(info["ceph_fsid"], ceph.fsid(), "{info}");
     let xml = guest_xml_with_disk(
         "fsidvm",
         "tern.mem=16",

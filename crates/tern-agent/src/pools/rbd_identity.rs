@@ -46,7 +46,42 @@ pub fn fsid_mismatch(target: &str, source: &str, here: &str) -> Option<String> {
     })
 }
 
+/// Fsids learned per (pool, monitors, Ceph pool): asked once, not at every
+/// report.
+static FSIDS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
 impl Pools {
+    /// The fsid of rbd pool `name`'s cluster, asked once per definition;
+    /// `None` while the cluster does not answer.
+    pub(super) async fn pool_fsid(&self, name: &str, src: &RbdSource) -> Option<String> {
+        let key = format!("{name}|{}|{}", src.mon_host(), src.name);
+        let known = FSIDS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if known.is_some() {
+            return known;
+        }
+        match super::rbd::Cluster::new(name, src, &self.secrets)
+            .fsid()
+            .await
+        {
+            Ok(f) => {
+                FSIDS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(pool = %name, error = %e, "cannot read the Ceph cluster's fsid");
+                None
+            }
+        }
+    }
+
     /// The fsid of each RBD disk's cluster of `d` (disks resolved), by
     /// target: what the source tells the destination in Begin.
     pub async fn rbd_fsids(&self, d: &Domain) -> Result<BTreeMap<String, String>> {
