@@ -3,9 +3,9 @@
 //! the disk a volume of an rbd pool on the test kit's single-node Ceph (no
 //! storage copied), a volume of the walk-through's NFS pool (nfs-ganesha in
 //! its own network namespace, reached by QEMU over `nfs://`; no storage
-//! copied, the share proven by a token written over the export), and a
-//! volume of a local dir pool with `--copy-storage-all` (the disk
-//! mirrored). Prints one table row per round and mode: the wall time of
+//! copied, the share proven by a token written over the export), a volume
+//! of a directory both hosts see (no storage copied), and a volume of a
+//! local dir pool with `--copy-storage-all` (the disk mirrored). Prints one table row per round and mode: the wall time of
 //! `tern migrate`, what the completed job says it moved, and QEMU's
 //! downtime. `--modes` picks some of them.
 
@@ -30,8 +30,9 @@ pub struct RbdArgs {
     /// that).
     #[arg(long, default_value_t = 64)]
     disk_mb: u64,
-    /// Which storage to measure, comma-separated: rbd, nfs, dir.
-    #[arg(long, value_delimiter = ',', default_value = "rbd,nfs,dir")]
+    /// Which storage to measure, comma-separated: rbd, nfs, shared (a
+    /// directory both hosts see), dir (mirrored).
+    #[arg(long, value_delimiter = ',', default_value = "rbd,nfs,shared,dir")]
     modes: Vec<String>,
 }
 
@@ -44,6 +45,8 @@ enum Mode {
     DirCopy,
     /// A volume of an NFS pool QEMU reaches over `nfs://`: shared.
     Nfs,
+    /// A volume of a directory both hosts see (the pair's `shared` pool).
+    SharedDir,
 }
 
 impl Mode {
@@ -52,6 +55,7 @@ impl Mode {
             Mode::Rbd => "rbd pool (shared)",
             Mode::DirCopy => "dir pool, --copy-storage-all",
             Mode::Nfs => "netfs pool over nfs:// (shared)",
+            Mode::SharedDir => "local shared dir pool",
         }
     }
 
@@ -60,13 +64,14 @@ impl Mode {
             "rbd" => Ok(Mode::Rbd),
             "nfs" => Ok(Mode::Nfs),
             "dir" => Ok(Mode::DirCopy),
-            other => bail!("unknown mode '{other}'; give --modes with rbd, nfs or dir"),
+            "shared" => Ok(Mode::SharedDir),
+            other => bail!("unknown mode '{other}'; give --modes with rbd, nfs, shared or dir"),
         }
     }
 
     fn flags(self) -> &'static [&'static str] {
         match self {
-            Mode::Rbd | Mode::Nfs => &["--live"],
+            Mode::Rbd | Mode::Nfs | Mode::SharedDir => &["--live"],
             Mode::DirCopy => &["--live", "--copy-storage-all"],
         }
     }
@@ -136,6 +141,11 @@ fn setup(
             let mut p = HostPair::start(&format!("bdir{i}"), &[], &[]);
             p.add_local_pools();
             boot_guest_in(&p.a, "images", name, WORKLOAD, disk_mb, None);
+            Hosts::Pair(Box::new(p))
+        }
+        Mode::SharedDir => {
+            let p = HostPair::start(&format!("bsh{i}"), &[], &[]);
+            boot_guest_in(&p.a, "shared", name, WORKLOAD, disk_mb, None);
             Hosts::Pair(Box::new(p))
         }
         Mode::Nfs => {

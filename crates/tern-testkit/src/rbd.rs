@@ -204,3 +204,22 @@ pub fn watchers(ceph: &CephCluster, image: &str) -> Vec<String> {
         .filter_map(|w| w["address"].as_str().map(str::to_string))
         .collect()
 }
+
+/// The client addresses holding a lock on image `image` of [`POOL`]
+/// (`rbd lock ls`: the exclusive lock a writer's librbd takes shows there).
+pub fn lockers(ceph: &CephCluster, image: &str) -> Vec<String> {
+    let out = ceph.rbd_ok(
+        "admin",
+        &["lock", "ls", "--format", "json", &format!("{POOL}/{image}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let entries: Vec<serde_json::Value> = match v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(m) => m.into_iter().map(|(_, e)| e).collect(),
+        _ => Vec::new(),
+    };
+    entries
+        .iter()
+        .filter_map(|e| e["address"].as_str().map(str::to_string))
+        .collect()
+}

@@ -13,7 +13,7 @@ use tern_testkit::cluster::{
     enable_host_down_policy, rescues_succeeded, wait_log, wait_server, LONG,
 };
 use tern_testkit::rbd::{
-    add_rbd_pool, blocklisted, define_guest_with_disk, volume_disk_xml, wait_blocklisted,
+    add_rbd_pool, blocklisted, define_guest_with_disk, lockers, volume_disk_xml, wait_blocklisted,
     wait_disk_ok, watchers, RBD_POOL,
 };
 use tern_testkit::{SerialLog, TestController};
@@ -92,6 +92,12 @@ fn a_dead_hosts_rbd_client_is_blocklisted_before_its_guest_is_rescued() {
         "two clients have the image: {on_image:?}"
     );
     assert_ne!(on_image[0], addr);
+    // The rescued guest's QEMU broke the fenced client's exclusive lock and holds it.
+    assert_eq!(
+        lockers(&ceph, "vm-disk"),
+        on_image,
+        "the exclusive lock's owner"
+    );
 
     // A comes back with its fenced QEMU; the entry stays while it runs.
     a.restart();
