@@ -9,8 +9,9 @@
 //! rescue opens, whatever that host does. A confirmed blocklist is the
 //! host's RBD verdict ([`crate::fencing::Verdict::Proven`]); a guest whose
 //! client was never reported cannot be fenced this way and its host's
-//! fencing stays unproven. The entries are stored (`rbd-fenced/HOST`) and
-//! removed once the host is back and none of the fenced guests runs there.
+//! fencing stays unproven. The entries are stored (`rbd-fenced/HOST`). When
+//! the host is back, fenced QEMUs of guests rescued elsewhere are destroyed
+//! there, and once none of the fenced guests runs there the entries go.
 
 use crate::evacuate::host_client;
 use crate::fencing::Verdict;
@@ -216,6 +217,46 @@ pub async fn fence(
     out
 }
 
+/// Whether guest `name`, still running on `host` after its client was
+/// fenced there, is a stale copy: its server was rescued from that host
+/// and runs elsewhere.
+pub fn is_stale(
+    name: &str,
+    host: &str,
+    f: &Fenced,
+    server: &tern_api::cluster::ServerRecord,
+) -> bool {
+    f.domains.iter().any(|d| d == name)
+        && server.host != host
+        && server.rescued_from.as_deref() == Some(host)
+}
+
+/// Ends the fenced QEMUs still running on a returned host whose guests
+/// were rescued elsewhere: the blocklist keeps them from writing, and
+/// once they are gone the entries can go.
+async fn end_stale_copies(ctl: &Arc<Controller>, h: &HostRecord, f: &Fenced) {
+    let name = &h.report.name;
+    for d in h.report.domains.iter().filter(|d| d.active) {
+        let Ok(server) = ctl.inv.server(&d.name).await else {
+            continue;
+        };
+        if !is_stale(&d.name, name, f, &server) {
+            continue;
+        }
+        let Ok(c) = host_client(h) else { return };
+        tracing::warn!(host = %name, server = %d.name, runs_on = %server.host, "ending a fenced stale copy on a returned host");
+        if let Err(e) = c
+            .with_timeout(CALL_TIMEOUT)
+            .call::<serde_json::Value>(&Request::Destroy {
+                name: d.name.clone(),
+            })
+            .await
+        {
+            tracing::warn!(host = %name, server = %d.name, error = %e, "cannot end a fenced stale copy");
+        }
+    }
+}
+
 /// For a host that is online: removes the blocklist entries made when it
 /// was declared down, once its old QEMUs are gone.
 pub async fn cleanup(ctl: &Arc<Controller>, h: &HostRecord, hosts: &[HostRecord]) {
@@ -225,6 +266,7 @@ pub async fn cleanup(ctl: &Arc<Controller>, h: &HostRecord, hosts: &[HostRecord]
         return;
     };
     if !may_remove(&f, &h.report) {
+        end_stale_copies(ctl, h, &f).await;
         return;
     }
     for (pool, addrs) in &f.pools {
@@ -317,6 +359,27 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_a_rescued_servers_fenced_copy_is_stale() {
+        let f = Fenced {
+            pools: BTreeMap::new(),
+            domains: vec!["vm1".into()],
+        };
+        let rec = |host: &str, from: Option<&str>| tern_api::cluster::ServerRecord {
+            domain: dom("vm1", "rbd:vms/vm1-disk", true),
+            host: host.into(),
+            state: tern_api::cluster::ServerState::Running,
+            error: None,
+            rescued_from: from.map(str::to_string),
+        };
+        assert!(is_stale("vm1", "a", &f, &rec("b", Some("a"))));
+        // Not rescued (the rescue was cancelled): the guest still lives on a.
+        assert!(!is_stale("vm1", "a", &f, &rec("a", None)));
+        assert!(!is_stale("vm1", "a", &f, &rec("b", None)));
+        // A guest whose client was not fenced is not touched.
+        assert!(!is_stale("vm2", "a", &f, &rec("b", Some("a"))));
     }
 
     #[test]

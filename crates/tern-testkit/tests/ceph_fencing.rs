@@ -3,8 +3,9 @@
 //! the controller blocklists that QEMU's client address (which the agent
 //! reported while healthy) through the other host, and only then rescues
 //! the guest there. The old guest's own disk checks show its I/O failing
-//! from then on; the rescued guest verifies every block at boot. When the
-//! host comes back and its old QEMU is gone, the entry is removed. Real
+//! from then on; the rescued guest verifies every block at boot and holds
+//! the image's exclusive lock. When the host comes back, the controller
+//! ends its fenced stale copy and then removes the entry. Real
 //! Ceph, real QEMU under TCG, a real controller; needs root and the Ceph
 //! packages.
 
@@ -12,6 +13,7 @@ use tern_testkit::ceph::{skip_without_ceph, CephCluster};
 use tern_testkit::cluster::{
     enable_host_down_policy, rescues_succeeded, wait_log, wait_server, LONG,
 };
+use tern_testkit::fencing::runs_guest;
 use tern_testkit::rbd::{
     add_rbd_pool, blocklisted, define_guest_with_disk, lockers, volume_disk_xml, wait_blocklisted,
     wait_disk_ok, watchers, RBD_POOL,
@@ -99,14 +101,13 @@ fn a_dead_hosts_rbd_client_is_blocklisted_before_its_guest_is_rescued() {
         "the exclusive lock's owner"
     );
 
-    // A comes back with its fenced QEMU; the entry stays while it runs.
+    // A comes back with its fenced QEMU: the controller ends that stale
+    // copy, and only then removes the entry.
     a.restart();
-    c.wait_json(&["host-show", "a"], LONG, "a online", |v| {
-        v["status"] == "online"
-    });
-    assert!(blocklisted(&ceph, &addr));
-    // The operator ends the stale copy; the controller then removes the entry.
-    a.ok(&["destroy", "vm"]);
     wait_blocklisted(&ceph, &addr, false, LONG);
+    assert!(
+        !runs_guest(&a.state_dir(), "vm"),
+        "the entry went while A's fenced QEMU still runs"
+    );
     wait_disk_ok(&b, "vm", 1);
 }
