@@ -17,6 +17,11 @@ use tokio::process::Command;
 /// How long one `rbd`/`ceph` call may take: an unreachable monitor
 /// otherwise hangs it for minutes.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a fence's blocklist entry lasts: ten years, not Ceph's default
+/// hour, after which a still-running QEMU of a cut-off host could write
+/// again. Tern removes the entry itself once the host is back and its old
+/// QEMUs are gone.
+const BLOCKLIST_SECONDS: &str = "315360000";
 /// librados' own limit on reaching the monitors (`client_mount_timeout`,
 /// 300 s by default): a wrong key makes it retry until then, silently.
 const MOUNT_TIMEOUT_SECS: &str = "10";
@@ -382,8 +387,12 @@ impl<'a> Cluster<'a> {
     pub(super) async fn blocklist(&self, addrs: &[String], remove: bool) -> Result<Vec<String>> {
         for a in addrs {
             check_client_addr(a)?;
-            let op = if remove { "rm" } else { "add" };
-            if let Err(e) = self.call("ceph", &["osd", "blocklist", op, a]).await {
+            let args: Vec<&str> = if remove {
+                vec!["osd", "blocklist", "rm", a]
+            } else {
+                vec!["osd", "blocklist", "add", a, BLOCKLIST_SECONDS]
+            };
+            if let Err(e) = self.call("ceph", &args).await {
                 // Removing an entry that is gone is not an error.
                 if !(remove && e.to_string().contains("isn't blocklisted")) {
                     return Err(e);
