@@ -39,6 +39,7 @@ PKGS=(
   ceph-mgr             # its manager: a cluster without one never reports HEALTH_OK
   ceph-osd             # its one BlueStore OSD, on a sparse file
   ceph-common          # ceph, rbd, ceph-authtool: pools, images, blocklists, keys
+  lvm2                 # logical (LVM) pools, and the volume groups their tests make on loop devices
 )
 
 missing=()

@@ -30,8 +30,9 @@ if [ "$have" != "$CARGO_DEB_VERSION" ]; then
   exit 1
 fi
 
-# Every binary a package ships: ternd's package carries tern-fence too.
-cargo build --profile "$profile" -p tern-agent --bin ternd --bin tern-fence \
+# Every binary a package ships: ternd's package carries tern-fence and
+# tern-watchdog too.
+cargo build --profile "$profile" -p tern-agent --bin ternd --bin tern-fence --bin tern-watchdog \
   -p tern-cli --bin tern -p tern-controller --bin tern-controller
 
 docs=target/docs

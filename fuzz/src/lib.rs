@@ -127,6 +127,7 @@ pub fn agent_config(data: &[u8]) {
     if let Ok(c) = tern_agent::settings::ServerSettings::parse(s) {
         assert!(c.limits.max_clients >= 1 && c.limits.max_workers >= 1);
         let _ = tern_agent::confine::user::qemu_args(&c.qemu, None);
+        let _ = tern_agent::confine::guest_uids::UidRange::parse(&c.qemu.uid_range);
     }
 }
 

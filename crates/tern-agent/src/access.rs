@@ -161,6 +161,7 @@ mod tests {
             name: "vm".into(),
             dest_uri: "tern+tls://evil/system".into(),
             options: Default::default(),
+            id: None,
         });
         assert_eq!(check(&g, &p2p).unwrap_err().message, PEER_REFUSAL);
         let destroy = Request::Destroy { name: "vm".into() };

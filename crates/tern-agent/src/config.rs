@@ -77,6 +77,9 @@ pub struct AgentConfig {
     pub labels: Vec<(String, String)>,
     /// Timings of the storage-lease fence (see [`crate::fence`]).
     pub fence: crate::fence::config::FenceSettings,
+    /// The watchdog the fence feeds while armed (see
+    /// [`crate::fence::watchdog`]).
+    pub fence_watchdog: crate::fence::watchdog::WatchdogSpec,
 }
 
 /// Deliberate delays and failures, for tests of the failure paths.
@@ -117,6 +120,7 @@ impl AgentConfig {
             host_name: None,
             labels: Vec::new(),
             fence: Default::default(),
+            fence_watchdog: Default::default(),
         }
     }
 }

@@ -5,9 +5,12 @@
 //! Either way QEMU would open what it names (as root, before this existed):
 //! a serial file appended to any file, a kernel path read any file into
 //! the guest. So every path must lie in a storage pool or under a directory
-//! the operator listed, and QEMU itself runs as a user that owns only its
-//! own domain's files.
+//! the operator listed, and each guest's QEMU runs as a uid of its own
+//! that owns only its own domain's files while it runs ([`guest_uids`],
+//! [`ownership`]).
 
+pub mod guest_uids;
+pub mod ownership;
 pub mod paths;
 pub mod user;
 
@@ -22,26 +25,36 @@ pub const DEFAULT_QEMU_USER: &str = "tern-qemu";
 /// ```toml
 /// [qemu]
 /// user = "tern-qemu"                 # "root" keeps QEMU privileged (not advised)
+/// uid_range = "1900000000-1900009999" # one uid per guest; "" = all run as `user`
 /// sandbox = true                     # -sandbox on (seccomp)
 /// allowed_paths = ["/srv/iso", "/dev/vg0"]   # besides the storage pools
+/// shared_filesystems = ["/srv/shared"]      # shared although local by type
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QemuSettings {
     /// User QEMU drops to (`-run-with user=`); "root" runs it unconfined.
     pub user: String,
+    /// Where each guest's own uid comes from (`FIRST-LAST`); empty: every
+    /// guest runs as `user` (see [`guest_uids`]).
+    pub uid_range: String,
     /// Whether QEMU gets `-sandbox on` (seccomp filters).
     pub sandbox: bool,
     /// Directories (or files) besides the storage pools a definition may name.
     pub allowed_paths: Vec<PathBuf>,
+    /// Directories other hosts see too although their filesystem type is a
+    /// local one (libvirt's `shared_filesystems`); see `pools::sharedfs`.
+    pub shared_filesystems: Vec<PathBuf>,
 }
 
 impl Default for QemuSettings {
     fn default() -> Self {
         QemuSettings {
             user: DEFAULT_QEMU_USER.into(),
+            uid_range: guest_uids::DEFAULT_UID_RANGE.into(),
             sandbox: true,
             allowed_paths: Vec::new(),
+            shared_filesystems: Vec::new(),
         }
     }
 }
@@ -54,6 +67,8 @@ pub async fn check_domain_paths(
     d: &tern_model::Domain,
 ) -> crate::error::Result<()> {
     let mut dirs = agent.pools.targets().await;
+    // A logical volume's path (/dev/VG/LV) leads to its device node.
+    dirs.extend(agent.pools.logical_device_nodes().await);
     dirs.extend(agent.cfg.server.qemu.allowed_paths.iter().cloned());
     // The agent's own NVRAM directory is made on first use; it must exist
     // for a store in it to be recognised.
@@ -81,8 +96,8 @@ pub async fn check_domain_paths(
     Ok(())
 }
 
-/// Hands a hot-plugged local disk to QEMU's user (which opens it after it
-/// dropped privileges) and lets that user through its directory, as
+/// Hands a hot-plugged local disk to its guest's uid (QEMU opens it after
+/// it dropped privileges) and lets that user through its directory, as
 /// libvirt's DAC driver does for a disk attached live. Network and
 /// cdrom-less disks need nothing; nothing happens when QEMU runs as root.
 pub fn hand_over_disk(
@@ -90,7 +105,8 @@ pub fn hand_over_disk(
     d: &tern_model::Domain,
     target: &str,
 ) -> crate::error::Result<()> {
-    let user = agent.qemu_user.as_ref();
+    let user = agent.guest_user(d.uuid)?;
+    let user = user.as_ref();
     let Some(src) = d
         .devices
         .disks

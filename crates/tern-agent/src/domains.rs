@@ -82,6 +82,7 @@ impl Agent {
             accel: e.run.as_ref().map(|r| r.accel.clone()),
             console_pty: e.run.as_ref().and_then(|r| r.console_pty.clone()),
             console_log: Some(console_path(&run_dir, d).display().to_string()),
+            security_label: self.security_label(slot.uuid),
         })
     }
 
@@ -214,7 +215,7 @@ impl Agent {
             }),
             Err(err) => {
                 drop(e);
-                self.domains.remove(&slot);
+                self.forget_domain(&slot);
                 let _ = std::fs::remove_dir_all(self.layout.run_dir(&d.name));
                 Err(err)
             }
@@ -404,7 +405,9 @@ impl Agent {
             crate::guest_setup::remove_tpm_state(self, &e.def);
             let _ = std::fs::remove_dir_all(self.layout.run_dir(&slot.name));
             drop(e);
-            self.domains.remove(&slot);
+            // Its uid goes back to the range (a running domain keeps it
+            // until it ends, see `monitor`).
+            self.forget_domain(&slot);
         }
         Ok(removed)
     }

@@ -59,6 +59,9 @@ pub enum AgentError {
     /// A name was refused.
     #[error("{0}")]
     Name(#[from] tern_model::names::NameError),
+    /// Another agent refused, with its own code, kept across the hop.
+    #[error("{}", .0.message)]
+    Peer(tern_api::ApiError),
 }
 
 impl AgentError {
@@ -71,9 +74,10 @@ impl AgentError {
     }
 }
 
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> ApiError {
-        let code = match &e {
+impl AgentError {
+    /// The API's class of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
             AgentError::NoDomain(_)
             | AgentError::NoPool(_)
             | AgentError::NoNetwork(_)
@@ -86,10 +90,16 @@ impl From<AgentError> for ApiError {
             AgentError::Timeout(_) => ErrorCode::Timeout,
             AgentError::Failed(_) | AgentError::Qmp(_) | AgentError::Img(_) => ErrorCode::Failed,
             AgentError::State { .. } => ErrorCode::Internal,
-        };
+            AgentError::Peer(e) => e.code,
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> ApiError {
         // Errors must stay one line on the client's terminal.
         let msg = e.to_string().replace('\n', " ");
-        ApiError::new(code, msg)
+        ApiError::new(e.code(), msg)
     }
 }
 

@@ -108,9 +108,11 @@ pub async fn pin_identity(agent: &Agent, d: &mut Domain, accel: Accel) -> Result
 /// closes its socket (`--terminate`). A fresh (empty) state directory is
 /// what a migration destination needs: QEMU brings the TPM state along.
 ///
-/// swtpm runs as QEMU's unprivileged user (`--runas`), which it becomes
-/// before it creates its socket and log: it is given its state directory
-/// and `<run>/swtpm/`, and nothing else of the agent's.
+/// swtpm runs as the guest's uid and QEMU's group from its first
+/// instruction (started so, not with `--runas`, which would take the
+/// group from the uid): it is given its state directory and
+/// `<run>/swtpm/`, and nothing else of the agent's; both go back to root
+/// when the guest's QEMU ends.
 pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()> {
     if d.devices.tpms.is_empty() {
         return Ok(());
@@ -119,16 +121,18 @@ pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()
     std::fs::create_dir_all(&state).map_err(|e| AgentError::state(&state, e))?;
     let dir = swtpm_dir(run_dir);
     std::fs::create_dir_all(&dir).map_err(|e| AgentError::state(&dir, e))?;
-    let user = agent.qemu_user.as_ref();
+    let user = agent.guest_user(d.uuid)?;
     for p in [&state, &dir] {
-        crate::confine::user::hand_over_dir(p, user).map_err(|e| AgentError::state(p, e))?;
+        crate::confine::user::hand_over_dir(p, user.as_ref())
+            .map_err(|e| AgentError::state(p, e))?;
     }
     let sock = swtpm_socket(run_dir);
     let _ = std::fs::remove_file(&sock);
     let mut cmd = tokio::process::Command::new("swtpm");
     cmd.arg("socket");
-    if let Some(u) = user {
-        cmd.args(["--runas", &u.name]);
+    if let Some(u) = &user {
+        // setgid, no supplementary groups, setuid: before exec.
+        cmd.uid(u.uid).gid(u.gid);
     }
     let out = cmd
         .arg("--tpm2")

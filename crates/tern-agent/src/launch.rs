@@ -121,6 +121,16 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     agent.pools.check_rbd_disks(d).await?;
     crate::confine::check_domain_paths(agent, d).await?;
     preflight(agent, d)?;
+    let mem_path = crate::hugepages::mem_path(d)?;
+    let pins = crate::pinning::plan_here(d)?;
+    // The guest's own uid (see `confine::guest_uids`). At a boot its
+    // images go back to root first if a QEMU that ended without its agent
+    // left them a guest uid's (a migration destination has just handed
+    // the volumes it received to this guest's uid).
+    let user = agent.guest_user(d.uuid)?;
+    if mode != LaunchMode::Incoming {
+        crate::confine::ownership::reclaim(agent, d).await;
+    }
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;
     let run_dir = agent.layout.run_dir(&d.name);
@@ -170,6 +180,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         });
     if let Err(e) = guest_setup::start_swtpm(agent, d, &run_dir).await {
         netdev::remove_taps(&taps).await;
+        crate::confine::ownership::give_back_domain(agent, d, user.as_ref()).await;
         return Err(e);
     }
     let spec = LaunchSpec {
@@ -181,22 +192,24 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
         spice_port,
         incoming: mode == LaunchMode::Incoming,
         paused: matches!(mode, LaunchMode::Boot { paused: true }),
+        mem_path,
     };
     let staged = match agent
         .pools
         .secrets
-        .stage_for_qemu(d, &run_dir, agent.qemu_user.as_ref())
+        .stage_for_qemu(d, &run_dir, user.as_ref())
     {
         Ok(s) => s,
         Err(e) => {
             netdev::remove_taps(&taps).await;
+            crate::confine::ownership::give_back_domain(agent, d, user.as_ref()).await;
             return Err(e);
         }
     };
     let mut args = cmdline::build_command_line(&spec);
     args.extend(crate::confine::user::qemu_args(
         &agent.cfg.server.qemu,
-        agent.qemu_user.as_ref(),
+        user.as_ref(),
     ));
     tracing::info!(domain = %d.name, args = %args.join(" "), "starting QEMU");
     let result = spawn_and_connect(agent, d, &run_dir, &args).await;
@@ -204,6 +217,14 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     crate::secrets::remove_staged(&staged);
     match result {
         Ok((pid, start_time, qmp)) => {
+            if let Some(plan) = &pins {
+                if let Err(e) = crate::pinning::apply(&qmp, pid, &d.name, plan).await {
+                    let _ = qmp.execute("quit", None).await;
+                    netdev::remove_taps(&taps).await;
+                    crate::confine::ownership::give_back_domain(agent, d, user.as_ref()).await;
+                    return Err(e);
+                }
+            }
             let console_pty = console_pty(&qmp, d).await;
             Ok(Running {
                 id: agent.next_id(),
@@ -220,6 +241,7 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
             netdev::remove_taps(&taps).await;
             let _ = std::fs::remove_file(cmdline::qmp_socket(&run_dir));
             let _ = std::fs::remove_file(cmdline::pid_file(&run_dir));
+            crate::confine::ownership::give_back_domain(agent, d, user.as_ref()).await;
             Err(e)
         }
     }

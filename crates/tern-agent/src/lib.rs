@@ -21,6 +21,7 @@ pub mod guest_agent;
 pub mod guest_events;
 pub mod guest_setup;
 pub mod hotplug;
+pub mod hugepages;
 pub mod launch;
 pub mod limits;
 pub mod listen;
@@ -30,6 +31,7 @@ pub mod monitor;
 pub mod netdev;
 pub mod netfs;
 pub mod networks;
+pub mod pinning;
 pub mod pools;
 pub mod procs;
 pub mod registry;
@@ -70,6 +72,9 @@ pub struct Agent {
     pub host_tag: String,
     /// The user QEMU drops to; `None` keeps it root (see [`confine::user`]).
     pub qemu_user: Option<confine::user::QemuUser>,
+    /// Each guest's own uid, when `[qemu] uid_range` is set (see
+    /// [`confine::guest_uids`]).
+    pub guest_uids: Option<confine::guest_uids::UidTable>,
     accel: OnceCell<AccelChoice>,
     /// `host-model` resolved per accelerator, probed once from this QEMU binary.
     host_cpus: tokio::sync::Mutex<Vec<(&'static str, tern_qemu::identity::HostCpu)>>,
@@ -92,6 +97,8 @@ impl Agent {
         let host_tag = short_hash(&cfg.state_dir.display().to_string());
         let qemu_user = confine::user::lookup(&cfg.server.qemu)?;
         confine::user::grant_userfaultfd(qemu_user.as_ref());
+        let guest_uids =
+            confine::ownership::open_table(&cfg.server.qemu, qemu_user.as_ref(), &cfg.state_dir)?;
         for dir in [cfg.state_dir.clone(), layout.runs()] {
             confine::user::let_through(&dir, qemu_user.as_ref()).map_err(|e| {
                 anyhow::anyhow!("cannot let QEMU's user through {}: {e}", dir.display())
@@ -111,6 +118,7 @@ impl Agent {
             machines,
             host_tag,
             qemu_user,
+            guest_uids,
             accel: OnceCell::new(),
             host_cpus: Default::default(),
             next_id: AtomicU32::new(1),
@@ -119,6 +127,7 @@ impl Agent {
         agent.pools.autostart().await;
         monitor::reattach_all(&agent).await;
         migration::recover::recover_all(&agent, unfinished).await;
+        agent.sweep_guest_uids();
         Ok(agent)
     }
 

@@ -65,6 +65,7 @@ struct FenceMetrics {
     armed: Gauge,
     fenced: Gauge,
     pools: Gauge,
+    watchdog: Gauge,
 }
 
 fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -98,6 +99,7 @@ impl FenceMetrics {
             armed: plain_gauge(r, "tern_fence_armed", "1 when the fence kills the guests if it cannot renew (the host's auto-migrate-on-host-down policy)."),
             fenced: plain_gauge(r, "tern_fence_fenced", "1 when the fence killed the guests and waits for the agent to be back in the cluster."),
             pools: plain_gauge(r, "tern_fence_lease_pools", "Shared pools carrying this host's lease."),
+            watchdog: plain_gauge(r, "tern_fence_watchdog_timeout_seconds", "Timeout of the watchdog the fence feeds (0: none armed; an armed fence without one does not survive its own death with the agent's)."),
         }
     }
 
@@ -110,6 +112,7 @@ impl FenceMetrics {
         self.armed.set(f64::from(u8::from(s.armed)));
         self.fenced.set(f64::from(u8::from(s.fenced)));
         self.pools.set(s.pools as f64);
+        self.watchdog.set(s.watchdog_ms as f64 / 1000.0);
     }
 }
 

@@ -94,19 +94,22 @@ async fn watch(agent: Arc<Agent>, slot: Arc<DomainSlot>, qmp: Qmp, pid: u32) {
         tracing::info!(domain = %slot.name, pid, %reason, "guest stopped");
     }
     if let Some(run) = e.run.take() {
-        finish_run(&agent, &slot.name, &run.taps).await;
+        finish_run(&agent, &run.live, &run.taps).await;
     }
     if !e.persistent {
-        agent.domains.remove(&slot);
+        agent.forget_domain(&slot);
     }
     slot.set(DomainState::ShutOff, reason);
 }
 
-/// Removes what a run left: taps, sockets, the run-time record. The
-/// console log stays for `tern console` until the next start.
-pub async fn finish_run(agent: &Agent, name: &str, taps: &[String]) {
+/// Removes what a run left: taps, sockets, the run-time record, and gives
+/// the files handed to the guest's uid back to root. The console log stays
+/// for `tern console` until the next start.
+pub async fn finish_run(agent: &Agent, live: &tern_model::Domain, taps: &[String]) {
     netdev::remove_taps(taps).await;
-    let dir = agent.layout.run_dir(name);
+    let user = agent.held_user(live.uuid);
+    crate::confine::ownership::give_back_domain(agent, live, user.as_ref()).await;
+    let dir = agent.layout.run_dir(&live.name);
     for f in [
         registry::runtime_path(&dir),
         cmdline::qmp_socket(&dir),
@@ -210,10 +213,10 @@ async fn reattach_one(agent: &Arc<Agent>, rec: RuntimeRecord) {
         }
         None => {
             tracing::warn!(domain = %name, pid = rec.pid, "QEMU ended while the agent was away");
-            finish_run(agent, &name, &rec.taps).await;
+            finish_run(agent, &rec.live, &rec.taps).await;
             if !e.persistent {
                 drop(e);
-                agent.domains.remove(&slot);
+                agent.forget_domain(&slot);
                 return;
             }
             slot.set(DomainState::ShutOff, StateReason::Crashed);

@@ -7,25 +7,34 @@
 //! mounted and volumes are `nfs://` URLs (see `netfs` and `pools::remote`).
 //! An `rbd` pool is a Ceph pool: volumes are RBD images that QEMU opens
 //! through librbd with a cephx key from a secret (see `pools::rbd`).
+//! A `logical` pool is an LVM volume group: volumes are logical volumes,
+//! block devices under `/dev/VG` (see `pools::logical`).
 
 use crate::config::write_atomic;
 use crate::error::{AgentError, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tern_model::names::validate_name;
-use tern_model::{NetfsAccess, NetfsSource, PoolDef, PoolInfo, PoolKind, RbdSource, VolumeInfo};
+use tern_model::{
+    LogicalSource, NetfsAccess, NetfsSource, PoolDef, PoolInfo, PoolKind, RbdSource, VolumeInfo,
+};
 use tern_qemu::img;
 use tokio::sync::Mutex;
 
+mod define;
+mod logical;
+mod logical_copies;
 mod proof;
 mod rbd;
 pub mod rbd_clients;
 mod rbd_identity;
 mod remote;
 mod resolve;
+pub mod sharedfs;
 
 pub use crate::secrets::Secrets;
 
+pub use logical::is_block_device;
 pub use resolve::{block_source, check_network_drivers};
 
 #[derive(Debug, Clone)]
@@ -51,12 +60,25 @@ pub enum Store {
     },
     /// RBD images in a Ceph pool.
     Rbd(RbdSource),
+    /// Logical volumes of an LVM volume group, block devices under `target`.
+    Logical {
+        /// The group.
+        src: LogicalSource,
+        /// The pool's target (`/dev/VG`).
+        target: PathBuf,
+    },
 }
 
 impl Pool {
     fn store(&self) -> Store {
         if let Some(r) = &self.def.rbd {
             return Store::Rbd(r.clone());
+        }
+        if let Some(l) = &self.def.logical {
+            return Store::Logical {
+                src: l.clone(),
+                target: self.def.target.clone(),
+            };
         }
         match (&self.def.source, self.access) {
             (Some(src), Some(NetfsAccess::Qemu)) => Store::Nfs {
@@ -130,7 +152,7 @@ impl Pools {
                                 marker.is_ok() && crate::netfs::is_mounted(&def.target)
                             }
                             (PoolKind::Dir, _) => marker.is_ok() && def.target.is_dir(),
-                            (PoolKind::Rbd, _) => marker.is_ok(),
+                            (PoolKind::Rbd | PoolKind::Logical, _) => marker.is_ok(),
                         };
                         let access = access.filter(|_| active && def.kind == PoolKind::Netfs);
                         map.insert(
@@ -169,7 +191,7 @@ impl Pools {
         }
     }
 
-    fn save(&self, def: &PoolDef) -> Result<()> {
+    pub(super) fn save(&self, def: &PoolDef) -> Result<()> {
         let path = self.dir.join(format!("{}.json", def.name));
         let text = serde_json::to_vec_pretty(def)
             .map_err(|e| AgentError::Failed(format!("cannot serialise pool: {e}")))?;
@@ -180,110 +202,13 @@ impl Pools {
         self.dir.join(format!("{name}.active"))
     }
 
-    /// `pool-define-as NAME dir --target PATH [--shared]`, or with `netfs`
-    /// the export (a netfs pool is always shared).
-    pub async fn define(
-        &self,
-        name: &str,
-        target: &Path,
-        shared: bool,
-        netfs: Option<NetfsSource>,
-    ) -> Result<()> {
-        validate_name("pool", name)?;
-        if let Some(src) = &netfs {
-            remote::check_source(src)?;
-        }
-        if target.as_os_str().is_empty() {
-            return Err(AgentError::Invalid(format!(
-                "pool '{name}' has no target directory; give --target PATH (rbd pools take --source-host and --source-name instead)"
-            )));
-        }
-        if !target.is_absolute() {
-            return Err(AgentError::Invalid(format!(
-                "pool target '{}' is not an absolute path; give the full directory path",
-                target.display()
-            )));
-        }
-        let mut m = self.pools.lock().await;
-        if m.contains_key(name) {
-            return Err(AgentError::Conflict(format!(
-                "storage pool '{name}' already exists; undefine it first or pick another name"
-            )));
-        }
-        if let Some(p) = m.values().find(|p| p.def.target == target) {
-            return Err(AgentError::Conflict(format!(
-                "directory '{}' is already the target of pool '{}'",
-                target.display(),
-                p.def.name
-            )));
-        }
-        let def = PoolDef {
-            name: name.into(),
-            target: target.into(),
-            shared: shared || netfs.is_some(),
-            autostart: false,
-            kind: if netfs.is_some() {
-                PoolKind::Netfs
-            } else {
-                PoolKind::Dir
-            },
-            source: netfs,
-            rbd: None,
-        };
-        self.save(&def)?;
-        m.insert(
-            name.into(),
-            Pool {
-                def,
-                active: false,
-                access: None,
-            },
-        );
-        Ok(())
-    }
-
-    /// `pool-define-as NAME rbd --source-host MON --source-name POOL
-    /// [--auth-username ID --secret-usage|uuid S]`: an rbd pool, always
-    /// shared (every host reaching the cluster sees the same images). It
-    /// has no directory: its target is the relative `rbd:CEPHPOOL`, which
-    /// no disk path (always absolute) lies under, and which is what
-    /// `domblklist` shows its volumes under (`rbd:CEPHPOOL/VOLUME`), so
-    /// the cluster report finds their pool. (An empty target would hold
-    /// every path: `Path::starts_with("")` is always true.)
-    pub async fn define_rbd(&self, name: &str, src: RbdSource) -> Result<()> {
-        validate_name("pool", name)?;
-        rbd::check_source(&src)?;
-        let mut m = self.pools.lock().await;
-        if m.contains_key(name) {
-            return Err(AgentError::Conflict(format!(
-                "storage pool '{name}' already exists; undefine it first or pick another name"
-            )));
-        }
-        let def = PoolDef {
-            name: name.into(),
-            target: PathBuf::from(format!("rbd:{}", src.name)),
-            shared: true,
-            autostart: false,
-            kind: PoolKind::Rbd,
-            source: None,
-            rbd: Some(src),
-        };
-        self.save(&def)?;
-        m.insert(
-            name.into(),
-            Pool {
-                def,
-                active: false,
-                access: None,
-            },
-        );
-        Ok(())
-    }
-
     /// `pool-build`: creates the directory.
     pub async fn build(&self, name: &str) -> Result<()> {
         let m = self.pools.lock().await;
         let p = m.get(name).ok_or_else(|| AgentError::NoPool(name.into()))?;
+        if let Some(src) = &p.def.logical {
+            return logical::Vg::new(name, src, &p.def.target).build().await;
+        }
         std::fs::create_dir_all(&p.def.target).map_err(|e| {
             AgentError::Failed(format!(
                 "cannot create directory '{}' of pool '{name}': {e}",
@@ -307,6 +232,15 @@ impl Pools {
             rbd::Cluster::new(name, src, &self.secrets).check().await?;
             let marker = self.marker(name);
             std::fs::write(&marker, "rbd").map_err(|e| AgentError::state(&marker, e))?;
+            p.active = true;
+            return Ok(());
+        }
+        if let Some(src) = &p.def.logical {
+            logical::Vg::new(name, src, &p.def.target)
+                .activate()
+                .await?;
+            let marker = self.marker(name);
+            std::fs::write(&marker, "logical").map_err(|e| AgentError::state(&marker, e))?;
             p.active = true;
             return Ok(());
         }
@@ -352,6 +286,11 @@ impl Pools {
                 "storage pool '{name}' is not active"
             )));
         }
+        if let Some(src) = &p.def.logical {
+            logical::Vg::new(name, src, &p.def.target)
+                .deactivate()
+                .await?;
+        }
         if p.access == Some(NetfsAccess::Mount) {
             crate::netfs::unmount(&p.def.target)
                 .await
@@ -395,6 +334,9 @@ impl Pools {
                         .space()
                         .await
                 }
+                (true, Store::Logical { src, target }) => {
+                    logical::Vg::new(&p.def.name, &src, &target).space().await
+                }
             };
             out.push(PoolInfo {
                 def: p.def.clone(),
@@ -430,6 +372,9 @@ impl Pools {
             ))),
             Store::Rbd(_) => Err(AgentError::Unsupported(format!(
                 "storage pool '{name}' is an rbd pool: its volumes are RBD images, not local files; use a dir or netfs pool for this"
+            ))),
+            Store::Logical { .. } => Err(AgentError::Unsupported(format!(
+                "storage pool '{name}' is a logical pool: its volumes are LVM block devices, not files; use a dir or netfs pool for this"
             ))),
         }
     }
@@ -503,6 +448,10 @@ impl Pools {
                 let c = rbd::Cluster::new(pool, &src, &self.secrets);
                 return c.create(name, capacity, format, backing).await;
             }
+            Store::Logical { src, target } => {
+                let vg = logical::Vg::new(pool, &src, &target);
+                return vg.create(name, capacity, format, backing).await;
+            }
             Store::Dir(_) => {}
         }
         let path = self.vol_path(pool, name).await?;
@@ -552,6 +501,9 @@ impl Pools {
                 return remote::Vols::new(pool, &src, &target).list().await
             }
             Store::Rbd(src) => return rbd::Cluster::new(pool, &src, &self.secrets).list().await,
+            Store::Logical { src, target } => {
+                return logical::Vg::new(pool, &src, &target).list().await
+            }
             Store::Dir(_) => {}
         }
         let dir = self.active_dir(pool).await?;
@@ -589,6 +541,9 @@ impl Pools {
                 return rbd::Cluster::new(pool, &src, &self.secrets)
                     .info(name)
                     .await
+            }
+            Store::Logical { src, target } => {
+                return logical::Vg::new(pool, &src, &target).info(name).await
             }
             Store::Dir(_) => {}
         }
@@ -674,6 +629,11 @@ impl Pools {
                 let url = PathBuf::from(src.url(name));
                 img::resize(&url, &info.format, size, shrink).await?
             }
+            Store::Logical { src, target } => {
+                logical::Vg::new(pool, &src, &target)
+                    .resize(name, size, shrink)
+                    .await?
+            }
             Store::Dir(dir) => img::resize(&dir.join(name), &info.format, size, shrink).await?,
         }
         self.vol_info(pool, name).await
@@ -690,6 +650,9 @@ impl Pools {
                 return rbd::Cluster::new(pool, &src, &self.secrets)
                     .delete(name)
                     .await
+            }
+            Store::Logical { src, target } => {
+                return logical::Vg::new(pool, &src, &target).delete(name).await
             }
             Store::Dir(_) => {}
         }

@@ -282,8 +282,19 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
                 name,
                 target,
                 shared,
+                logical: Some(src),
+                ..
+            } => ok(a
+                .pools
+                .define_logical(&name, src, Some(&target), shared)
+                .await?)?,
+            Request::PoolDefineAs {
+                name,
+                target,
+                shared,
                 netfs,
                 rbd: None,
+                logical: None,
             } => ok(a.pools.define(&name, &target, shared, netfs).await?)?,
             Request::PoolBuild { name } => ok(a.pools.build(&name).await?)?,
             Request::PoolStart { name } => ok(a.pools.start(&name).await?)?,

@@ -45,6 +45,11 @@ pub struct LeaseRecord {
     /// Wall-clock time of the write, ms since the epoch: for people and
     /// logs only, never for deciding.
     pub written_ms: u64,
+    /// The timeout of the watchdog the fence feeds after each counted
+    /// renewal, ms; 0 when none is armed. A host with one stops its guests
+    /// within its promise even if its fence process dies or freezes too.
+    #[serde(default)]
+    pub watchdog_ms: u64,
 }
 
 /// The lease file of `host` in a pool whose target is `pool_dir`.

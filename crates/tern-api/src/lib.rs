@@ -9,7 +9,6 @@
 
 pub mod client;
 pub mod cluster;
-pub mod driver;
 pub mod error;
 pub mod event;
 pub mod fence;
@@ -17,6 +16,7 @@ pub mod peer;
 pub mod request;
 pub mod response;
 pub mod rest;
+pub mod settle;
 pub mod transport;
 pub mod types;
 

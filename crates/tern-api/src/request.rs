@@ -176,6 +176,9 @@ pub enum Request {
         /// The Ceph pool of an rbd pool (whose `target` is empty).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rbd: Option<tern_model::RbdSource>,
+        /// The volume group of a logical pool (`target` empty or `/dev/VG`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logical: Option<tern_model::LogicalSource>,
     },
     /// Create a pool's directory (`pool-build`).
     PoolBuild {
@@ -368,7 +371,10 @@ pub enum MigrationRequest {
         /// Domain name.
         name: String,
     },
-    /// Source: drive the whole migration from this agent (`--p2p`).
+    /// Source: run the whole migration from this agent (every flow: the
+    /// managed `tern migrate`, `--p2p` and the controller's jobs). The
+    /// reply comes once the destination prepared; the caller then follows
+    /// the job.
     MigrateP2p {
         /// Domain name or uuid.
         name: String,
@@ -376,6 +382,10 @@ pub enum MigrationRequest {
         dest_uri: String,
         /// Options.
         options: MigrateOptions,
+        /// The migration's id, when the caller keeps its own record of it
+        /// (the controller); a new one otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<uuid::Uuid>,
     },
     /// `domjobinfo [--completed]`.
     JobInfo {
@@ -520,6 +530,7 @@ mod migration_tests {
                 live: true,
                 ..Default::default()
             },
+            id: None,
         });
         let s = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), p);

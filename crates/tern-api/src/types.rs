@@ -43,6 +43,11 @@ pub struct DomainInfo {
     pub console_pty: Option<String>,
     /// Where the console log is kept on the host.
     pub console_log: Option<String>,
+    /// The uid and gid its QEMU runs as on this host, as libvirt's DAC
+    /// label (`+UID:+GID`); absent when QEMU runs as root or the guest
+    /// holds no uid yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_label: Option<String>,
 }
 
 /// One row of `domblklist`.

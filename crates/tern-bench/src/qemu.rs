@@ -54,6 +54,7 @@ impl QemuProc {
             spice_port: None,
             incoming,
             paused: false,
+            mem_path: None,
         };
         let args = cmdline::build_command_line(&spec);
         let log_path = cmdline::qemu_log(run_dir);

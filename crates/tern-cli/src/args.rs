@@ -330,16 +330,21 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Define a directory pool, a netfs (NFS) pool or an rbd (Ceph) pool.
+    /// Define a directory pool, a netfs (NFS) pool, an rbd (Ceph) pool or
+    /// a logical (LVM) pool.
     PoolDefineAs {
         /// Pool name.
         name: String,
-        /// Pool type: "dir", "netfs" or "rbd" (or give --type).
-        #[arg(value_parser = ["dir", "netfs", "rbd"])]
+        /// Pool type: "dir", "netfs", "rbd" or "logical" (or give --type).
+        #[arg(value_parser = ["dir", "netfs", "rbd", "logical"])]
         pool_type: Option<String>,
         /// Pool type, as `virsh pool-define-as --type`.
-        #[arg(long = "type", value_name = "TYPE", value_parser = ["dir", "netfs", "rbd"])]
+        #[arg(long = "type", value_name = "TYPE", value_parser = ["dir", "netfs", "rbd", "logical"])]
         type_flag: Option<String>,
+        /// logical: a physical volume of the group (repeatable); pool-build
+        /// makes the group on them, and LVM sees only these devices.
+        #[arg(long)]
+        source_dev: Vec<PathBuf>,
         /// Directory (for netfs, where the export is mounted or named); rbd
         /// pools have none.
         #[arg(long)]
@@ -353,7 +358,7 @@ pub enum Cmd {
         /// rbd: the monitors' port when --source-host gives none (6789).
         #[arg(long)]
         source_port: Option<u16>,
-        /// rbd: the Ceph pool.
+        /// rbd: the Ceph pool; logical: the volume group.
         #[arg(long)]
         source_name: Option<String>,
         /// rbd: "ceph" (cephx).

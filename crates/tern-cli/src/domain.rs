@@ -78,6 +78,10 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 if let Some(l) = &i.console_log {
                     pairs.push(("Console log", l.clone()));
                 }
+                if let Some(l) = &i.security_label {
+                    pairs.push(("Security model", "dac".into()));
+                    pairs.push(("Security label", l.clone()));
+                }
                 print!("{}", kv(&pairs));
             }
         }

@@ -48,9 +48,9 @@ pub enum CliError {
     /// The ssh proxy could not reach the agent.
     #[error("{0}")]
     Proxy(String),
-    /// A migration failed.
+    /// A migration failed; the source agent's job says why.
     #[error("{0}")]
-    Migrate(#[from] tern_api::driver::DriveError),
+    Migrate(String),
     /// The guest agent answered with an error.
     #[error("{0}")]
     GuestAgent(String),

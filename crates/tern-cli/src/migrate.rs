@@ -2,12 +2,12 @@
 
 use crate::args::Cmd;
 use crate::table::kv;
-use crate::{connect, print_json, read_file, CliError, Result};
+use crate::{print_json, read_file, CliError, Result};
 use clap::Args;
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
-use tern_api::{driver, Client, MigrationRequest, Request};
+use tern_api::{Client, MigrationRequest, Request};
 use tern_migrate::policy::Forecast;
 use tern_migrate::{JobEvent, JobInfo, JobKind, MigrateOptions, TimeoutAction};
 
@@ -368,8 +368,17 @@ async fn forecast(
                 if f.prediction.converges { "yes" } else { "no" }.into()
             ),
             ("Iterations", f.prediction.iterations.to_string()),
-            ("Total time", format!("{} ms", f.prediction.total_ms)),
-            ("Downtime", format!("{} ms", f.prediction.downtime_ms)),
+            (
+                "Total time",
+                forecast_span(f.prediction.total_ms, f.range.as_ref().map(|r| r.total))
+            ),
+            (
+                "Downtime",
+                forecast_span(
+                    f.prediction.downtime_ms,
+                    f.range.as_ref().map(|r| r.downtime)
+                )
+            ),
             (
                 "Page deltas",
                 f.delta_fraction
@@ -387,7 +396,50 @@ async fn forecast(
             ("Verdict", f.verdict.clone()),
         ])
     );
+    if let Some(r) = &f.range {
+        print!("{}", forecast_inputs(&r.inputs));
+    }
     Ok(())
+}
+
+/// "1200 ms (p10-p90 900-1800 ms)" when the agent gave a range.
+fn forecast_span(median: u64, r: Option<tern_migrate::forecast::Range>) -> String {
+    match r {
+        Some(r) => format!("{} ms (p10-p90 {}-{} ms)", r.p50_ms, r.p10_ms, r.p90_ms),
+        None => format!("{median} ms"),
+    }
+}
+
+/// The forecast's inputs, one line each: median, p10-p90, source.
+fn forecast_inputs(i: &tern_migrate::forecast::Inputs) -> String {
+    use tern_migrate::forecast::Estimate;
+    let rate = |e: &Estimate| {
+        format!(
+            "{:.0} MiB/s ({:.0}-{:.0}): {}",
+            e.p50 / 1048576.0,
+            e.p10 / 1048576.0,
+            e.p90 / 1048576.0,
+            e.source
+        )
+    };
+    let ms = |e: &Estimate| format!("{:.0} ms ({:.0}-{:.0}): {}", e.p50, e.p10, e.p90, e.source);
+    kv(&[
+        (
+            "Input: zero pages",
+            format!(
+                "{:.0} % ({:.0}-{:.0}): {}",
+                i.zero_fraction.p50 * 100.0,
+                i.zero_fraction.p10 * 100.0,
+                i.zero_fraction.p90 * 100.0,
+                i.zero_fraction.source
+            ),
+        ),
+        ("Input: send rate", rate(&i.send_rate)),
+        ("Input: thread rate", rate(&i.thread_rate)),
+        ("Input: dirty rate", rate(&i.dirty_rate)),
+        ("Input: setup", ms(&i.setup_ms)),
+        ("Input: switch-over", ms(&i.switch_ms)),
+    ])
 }
 
 async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
@@ -411,47 +463,37 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
             .await?;
         return follow(src, a, &mut progress, t0).await;
     }
-    if a.p2p {
-        let _: Value = src
-            .call(&Request::Migration(MigrationRequest::MigrateP2p {
-                name: a.domain.clone(),
-                dest_uri: a.desturi.clone(),
-                options: o.clone(),
-            }))
-            .await?;
-        return follow(src, a, &mut progress, t0).await;
-    }
-    let dst = connect(Some(&a.desturi))?;
-    let id = uuid::Uuid::new_v4();
-    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel.clone());
-    let out = driver::drive_with(src, &dst, id, &a.domain, &o, &cancel, |i| progress.show(i)).await;
-    watcher.abort();
-    let out = out?;
-    if let Some(w) = &out.warning {
-        eprintln!("warning: {w}");
-    }
+    // Every flow is run by the source agent (managed or `--p2p`: the
+    // difference is only whose view of the destination URI it is); this
+    // command follows the job, and Ctrl-C aborts it.
+    let _: Value = src
+        .call(&Request::Migration(MigrationRequest::MigrateP2p {
+            name: a.domain.clone(),
+            dest_uri: a.desturi.clone(),
+            options: o.clone(),
+            id: None,
+        }))
+        .await?;
+    follow(src, a, &mut progress, t0).await
+}
+
+/// The last line of a successful migration, as virsh prints it.
+fn done_line(a: &MigrateArgs, o: &MigrateOptions, fin: &JobInfo, wall: Duration) -> String {
     if o.cold {
-        progress.done();
-        println!(
+        format!(
             "Migrated '{}' (shut off) to {} in {:.2} s: {:.1} MiB of disk data, {:.1} MiB on the wire, {:.1} MiB resumed",
             a.domain,
             a.desturi,
-            t0.elapsed().as_secs_f64(),
-            out.info.disk_total as f64 / 1048576.0,
-            out.info.wire_bytes as f64 / 1048576.0,
-            out.info.resumed_bytes as f64 / 1048576.0
-        );
+            wall.as_secs_f64(),
+            fin.disk_total as f64 / 1048576.0,
+            fin.wire_bytes as f64 / 1048576.0,
+            fin.resumed_bytes as f64 / 1048576.0
+        )
     } else if o.offline {
-        println!("Domain '{}' definition migrated to {}", a.domain, a.desturi);
+        format!("Domain '{}' definition migrated to {}", a.domain, a.desturi)
     } else {
-        progress.done();
-        println!(
-            "{}",
-            summary(&a.domain, &a.desturi, &out.info, t0.elapsed())
-        );
+        summary(&a.domain, &a.desturi, fin, wall)
     }
-    Ok(())
 }
 
 /// Follows the source agent's job to its end (`--p2p`, `--postcopy-resume`):
@@ -484,18 +526,22 @@ async fn follow(src: &Client, a: &MigrateArgs, progress: &mut Progress, t0: Inst
             .await?;
         if fin.phase == "completed" {
             progress.done();
-            println!("{}", summary(&a.domain, &a.desturi, &fin, t0.elapsed()));
+            if let Some(w) = &fin.warning {
+                eprintln!("warning: {w}");
+            }
+            let o = a.options()?;
+            println!("{}", done_line(a, &o, &fin, t0.elapsed()));
             return Ok(());
         }
-        return Err(CliError::Usage(fin.error.unwrap_or_else(|| {
+        return Err(CliError::Migrate(fin.error.unwrap_or_else(|| {
             format!("migration ended in phase {}", fin.phase)
         })));
     }
 }
 
 /// Ctrl-C on `tern migrate` aborts the migration, as in virsh: the first
-/// one asks the source to abort its job (before Perform, the driver stops
-/// and rolls back instead); a second one leaves at once, and the agents
+/// one asks the source to abort its job (before Perform, its run rolls
+/// back instead); a second one leaves at once, and the agents
 /// settle the migration by themselves (their orphan timers).
 fn abort_on_ctrl_c(
     src: Client,

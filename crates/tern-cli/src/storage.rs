@@ -52,8 +52,43 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             auth_username,
             secret_usage,
             secret_uuid,
+            source_dev,
             ..
         } => {
+            let kind = pool_type.as_deref().or(type_flag.as_deref());
+            if kind == Some("logical") {
+                if source_host.is_some() || source_path.is_some() || access.is_some() {
+                    return Err(CliError::Usage(
+                        "a logical pool takes --source-name VG, --source-dev DEVICE and --target /dev/VG only".into(),
+                    ));
+                }
+                let vg = source_name.ok_or_else(|| {
+                    CliError::Usage(
+                        "a logical pool needs its volume group: give --source-name VG".into(),
+                    )
+                })?;
+                let _: Value = c
+                    .call(&Request::PoolDefineAs {
+                        name: name.clone(),
+                        target: target.unwrap_or_default(),
+                        shared,
+                        netfs: None,
+                        rbd: None,
+                        logical: Some(tern_model::LogicalSource {
+                            vg,
+                            devices: source_dev,
+                        }),
+                    })
+                    .await?;
+                println!("Pool {name} defined");
+                return Ok(());
+            }
+            if !source_dev.is_empty() {
+                return Err(CliError::Usage(
+                    "--source-dev applies to logical pools only; give --type logical or drop it"
+                        .into(),
+                ));
+            }
             let flags = crate::rbd_args::RbdFlags {
                 host: source_host.clone(),
                 port: source_port,
@@ -63,7 +98,6 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 secret_usage,
                 secret_uuid,
             };
-            let kind = pool_type.as_deref().or(type_flag.as_deref());
             if kind == Some("rbd") {
                 if target.is_some() || source_path.is_some() || access.is_some() {
                     return Err(CliError::Usage(
@@ -78,6 +112,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                         shared: true,
                         netfs: None,
                         rbd: Some(rbd),
+                        logical: None,
                     })
                     .await?;
                 println!("Pool {name} defined");
@@ -107,6 +142,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                     shared,
                     netfs,
                     rbd: None,
+                    logical: None,
                 })
                 .await?;
             println!("Pool {name} defined");

@@ -38,6 +38,7 @@ pub struct Observation {
     armed: bool,
     fence_after_ms: u64,
     io_timeout_ms: u64,
+    watchdog_ms: u64,
     first_seen: Instant,
     last_seen: Instant,
 }
@@ -47,6 +48,8 @@ pub struct Observation {
 pub enum Verdict {
     /// The host promised nothing (its fence is not armed).
     NotArmed,
+    /// Its fence feeds no watchdog, and this controller requires one.
+    NoWatchdog,
     /// Still renewing, or not stood still long enough: this much longer.
     Waiting(Duration),
     /// Stood still long enough: the host's guests are dead.
@@ -66,6 +69,7 @@ pub fn observe(prev: Option<&Observation>, rec: &LeaseRecord, now: Instant) -> O
             armed: rec.armed,
             fence_after_ms: rec.fence_after_ms,
             io_timeout_ms: rec.io_timeout_ms,
+            watchdog_ms: rec.watchdog_ms,
             first_seen: now,
             last_seen: now,
         },
@@ -80,10 +84,14 @@ pub fn required_wait(fence_after_ms: u64, io_timeout_ms: u64) -> Duration {
     Duration::from_millis(fence_after_ms + io_timeout_ms + margin)
 }
 
-/// The verdict on one lease.
-pub fn verdict(o: &Observation) -> Verdict {
+/// The verdict on one lease; `require_watchdog`: only a host whose fence
+/// feeds a watchdog can be proven fenced.
+pub fn verdict(o: &Observation, require_watchdog: bool) -> Verdict {
     if !o.armed {
         return Verdict::NotArmed;
+    }
+    if require_watchdog && o.watchdog_ms == 0 {
+        return Verdict::NoWatchdog;
     }
     let need = required_wait(o.fence_after_ms, o.io_timeout_ms);
     let still = o.last_seen.duration_since(o.first_seen);
@@ -205,9 +213,13 @@ pub async fn watch_tick(ctl: &Arc<Controller>, hosts: &[HostRecord]) -> Result<(
                 per.insert(pool.clone(), o.clone());
                 o
             };
-            let v = verdict(&o);
+            let v = verdict(&o, ctl.cfg.fence_require_watchdog);
+            let dog = match o.watchdog_ms {
+                0 => "no watchdog".to_string(),
+                t => format!("watchdog {t} ms"),
+            };
             evidence.push(format!(
-                "pool {pool}: lease {}#{} (read by {}) {v:?}",
+                "pool {pool}: lease {}#{} ({dog}, read by {}) {v:?}",
                 &o.instance[..o.instance.len().min(8)],
                 o.counter,
                 reader.report.name
@@ -255,6 +267,9 @@ pub fn summary(v: &[Verdict]) -> String {
     if v.contains(&Verdict::NotArmed) {
         return "the host's fence is not armed: its fencing cannot be proven".into();
     }
+    if v.contains(&Verdict::NoWatchdog) {
+        return "the host's fence feeds no watchdog and this controller requires one (--fence-require-watchdog): a fence that died with the agent would not have stopped the guests, so its fencing cannot be proven; start ternd with --fence-watchdog, or stop the host and act by hand".into();
+    }
     let left = v
         .iter()
         .filter_map(|v| match v {
@@ -277,6 +292,10 @@ mod tests {
     use tern_api::fence::{LEASE_MAGIC, LEASE_VERSION};
 
     fn rec(instance: &str, counter: u64, armed: bool) -> LeaseRecord {
+        rec_dog(instance, counter, armed, 0)
+    }
+
+    fn rec_dog(instance: &str, counter: u64, armed: bool, watchdog_ms: u64) -> LeaseRecord {
         LeaseRecord {
             magic: LEASE_MAGIC.into(),
             version: LEASE_VERSION,
@@ -287,6 +306,7 @@ mod tests {
             fence_after_ms: 5000,
             io_timeout_ms: 1000,
             written_ms: 0,
+            watchdog_ms,
         }
     }
 
@@ -297,21 +317,41 @@ mod tests {
         let need = required_wait(5000, 1000);
         assert_eq!(need, Duration::from_millis(6500));
         let o = observe(None, &rec("i", 1, true), t0);
-        assert_eq!(verdict(&o), Verdict::Waiting(need));
+        assert_eq!(verdict(&o, false), Verdict::Waiting(need));
         // Renewed: the wait starts again.
         let o = observe(Some(&o), &rec("i", 2, true), ms(6000));
-        assert_eq!(verdict(&o), Verdict::Waiting(need));
+        assert_eq!(verdict(&o, false), Verdict::Waiting(need));
         let o = observe(Some(&o), &rec("i", 2, true), ms(12_000));
-        assert_eq!(verdict(&o), Verdict::Waiting(Duration::from_millis(500)));
+        assert_eq!(
+            verdict(&o, false),
+            Verdict::Waiting(Duration::from_millis(500))
+        );
         let o2 = observe(Some(&o), &rec("i", 2, true), ms(12_500));
-        assert_eq!(verdict(&o2), Verdict::Proven(need));
+        assert_eq!(verdict(&o2, false), Verdict::Proven(need));
         // A restarted fence (new instance, same counter) is a renewal.
         let o3 = observe(Some(&o), &rec("j", 2, true), ms(12_500));
-        assert!(matches!(verdict(&o3), Verdict::Waiting(_)));
+        assert!(matches!(verdict(&o3, false), Verdict::Waiting(_)));
         // An unarmed lease proves nothing however long it stands.
         let u = observe(None, &rec("i", 1, false), t0);
         let u = observe(Some(&u), &rec("i", 1, false), ms(60_000));
-        assert_eq!(verdict(&u), Verdict::NotArmed);
+        assert_eq!(verdict(&u, false), Verdict::NotArmed);
+    }
+
+    #[test]
+    fn a_controller_that_requires_a_watchdog_proves_only_hosts_that_feed_one() {
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(60);
+        let none = observe(None, &rec("i", 1, true), t0);
+        let none = observe(Some(&none), &rec("i", 1, true), late);
+        assert_eq!(verdict(&none, true), Verdict::NoWatchdog);
+        assert!(matches!(verdict(&none, false), Verdict::Proven(_)));
+        assert!(summary(&[Verdict::NoWatchdog]).contains("--fence-require-watchdog"));
+        let fed = observe(None, &rec_dog("i", 1, true, 3000), t0);
+        let fed = observe(Some(&fed), &rec_dog("i", 1, true, 3000), late);
+        assert!(matches!(verdict(&fed, true), Verdict::Proven(_)));
+        // The promise still comes first: unarmed proves nothing.
+        let u = observe(None, &rec_dog("i", 1, false, 3000), t0);
+        assert_eq!(verdict(&u, true), Verdict::NotArmed);
     }
 
     #[test]

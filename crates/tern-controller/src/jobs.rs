@@ -14,7 +14,7 @@ use tern_api::cluster::{
     ForecastRow, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerRecord,
     ServerState,
 };
-use tern_api::driver::{self, DriveError};
+use tern_api::settle;
 use tern_api::{Client, DomainInfo, MigrationRequest, Request};
 use tern_migrate::{JobInfo, MigrateOptions};
 use tern_scheduler::{plan, MoveKind, MoveRequest, Queued, Step};
@@ -456,7 +456,10 @@ pub fn migrate_options(
 /// A migration's outcome as the runner reports it.
 pub type Outcome = std::result::Result<(), String>;
 
-/// Drives or resumes one migration job's data movement.
+/// Starts or resumes one migration job: the source agent runs it (its
+/// `migration::run`), and the controller follows the source's job. A
+/// controller restarted mid-job follows the run it finds there, or, when
+/// the source has none, settles what the run left.
 pub async fn drive(
     src: &Client,
     dst: &Client,
@@ -467,10 +470,18 @@ pub async fn drive(
     let id = Uuid::parse_str(&job.migration_id).map_err(|e| e.to_string())?;
     let name = job.server.as_str();
     if !recovering {
-        return driver::drive(src, dst, id, name, options, |_| {})
-            .await
-            .map(|_| ())
-            .map_err(|e: DriveError| e.to_string());
+        let dest_uri = dst
+            .uri()
+            .ok_or_else(|| format!("the destination {} has no connection URI", dst.describe()))?;
+        src.call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigrateP2p {
+            name: name.to_string(),
+            dest_uri: dest_uri.to_string(),
+            options: options.clone(),
+            id: Some(id),
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+        return follow(src, dst, id, name).await;
     }
     let info: JobInfo = match src
         .call(&Request::Migration(MigrationRequest::JobInfo {
@@ -484,18 +495,15 @@ pub async fn drive(
         // The source cannot say where QEMU stands: a whole copy on the
         // destination stays paused for whoever settles the migration (the
         // source agent, or the evacuation once its host is fenced).
-        Err(e) if driver::dest_holds_everything(dst, id).await => {
+        Err(e) if settle::dest_holds_everything(dst, id).await => {
             return Err(format!(
                 "the source cannot be reached ({e}) and the destination holds the whole guest, paused; it stays so until the migration is settled"
             ))
         }
         Err(_) => JobInfo::default(),
     };
-    if info.phase == "perform" {
-        return driver::complete(src, dst, id, name, name, options, |_| {})
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+    if info.kind != tern_migrate::JobKind::None {
+        return follow(src, dst, id, name).await;
     }
     let active = |c: &Client| {
         let c = c.clone();
@@ -519,8 +527,60 @@ pub async fn drive(
     {
         return Ok(());
     }
-    driver::roll_back(src, dst, id, name, name, options).await;
+    settle::roll_back(src, dst, id, name, name, options).await;
     Err("the controller restarted before the migration's data moved; rolled back".into())
+}
+
+/// How many failed looks at the source's job the controller tolerates
+/// (about a second apart) before it stops following.
+const FOLLOW_RETRIES: u32 = 10;
+
+/// Follows the source's run of migration `id` to its end.
+async fn follow(src: &Client, dst: &Client, id: Uuid, name: &str) -> Outcome {
+    let mut failures = 0;
+    loop {
+        let r: std::result::Result<JobInfo, _> = src
+            .call(&Request::Migration(MigrationRequest::JobInfo {
+                name: name.to_string(),
+                completed: false,
+                wait_ms: 500,
+            }))
+            .await;
+        match r {
+            Ok(i) if i.kind == tern_migrate::JobKind::None => break,
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures < FOLLOW_RETRIES {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                if settle::dest_holds_everything(dst, id).await {
+                    return Err(format!(
+                        "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
+                    ));
+                }
+                return Err(format!(
+                    "lost contact with the source ({e}); its agent settles the migration when it is back"
+                ));
+            }
+        }
+    }
+    let fin: JobInfo = src
+        .call(&Request::Migration(MigrationRequest::JobInfo {
+            name: name.to_string(),
+            completed: true,
+            wait_ms: 0,
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    if fin.phase == "completed" {
+        Ok(())
+    } else {
+        Err(fin
+            .error
+            .unwrap_or_else(|| format!("migration ended in phase {}", fin.phase)))
+    }
 }
 
 #[cfg(test)]

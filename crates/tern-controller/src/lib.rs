@@ -76,6 +76,10 @@ pub struct ControllerConfig {
     pub api_tls: bool,
     /// Tests: exit right after marking a host down, before its rescues.
     pub fault_exit_after_mark_down: bool,
+    /// Prove a host fenced only if its fence feeds a watchdog (its lease
+    /// names one): without it, a fence that died or froze with the agent
+    /// would not have stopped the guests (`docs/FENCING.md`).
+    pub fence_require_watchdog: bool,
 }
 
 impl ControllerConfig {
@@ -94,6 +98,7 @@ impl ControllerConfig {
             migration_tls: false,
             api_tls: false,
             fault_exit_after_mark_down: false,
+            fence_require_watchdog: false,
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct JobInfo {
     pub auto_converge_throttle: Option<u64>,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// What went wrong after the destination took the guest over (its
+    /// definition could not be stored, say): the migration still succeeded.
+    pub warning: Option<String>,
     /// Steps the convergence policy took.
     pub policy_steps: u64,
     /// The policy's last step, with the figures behind it.
@@ -102,6 +105,18 @@ pub struct JobInfo {
     /// The migration switched to post-copy.
     #[serde(default)]
     pub went_postcopy: bool,
+    /// Tern's forecast of the time until QEMU completes, ms (pre-copy,
+    /// from the run in hand: [`crate::forecast::Follower`]).
+    #[serde(default)]
+    pub forecast_remaining_ms: Option<u64>,
+    /// Tern's forecast of the final pause, ms.
+    #[serde(default)]
+    pub forecast_downtime_ms: Option<u64>,
+    /// The forecasts made during the run (one every
+    /// [`crate::forecast::RECORD_EVERY_MS`]), to check against what
+    /// followed (`tern-bench converge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forecast_updates: Vec<crate::forecast::ForecastUpdate>,
 }
 
 impl JobInfo {
@@ -273,11 +288,22 @@ impl JobInfo {
         add("Normal data", mib(self.normal_data));
         if let Some(d) = self.downtime_ms {
             add("Total downtime", format!("{d} ms"));
+        } else if let Some(f) = self.forecast_downtime_ms {
+            add(
+                "Expected downtime",
+                format!(
+                    "{f} ms (Tern's forecast; QEMU's estimate {} ms)",
+                    self.expected_downtime_ms
+                ),
+            );
         } else {
             add(
                 "Expected downtime",
                 format!("{} ms", self.expected_downtime_ms),
             );
+        }
+        if let (Some(r), None) = (self.forecast_remaining_ms, self.downtime_ms) {
+            add("Expected remaining", format!("{r} ms"));
         }
         if let Some(s) = self.setup_time_ms {
             add("Setup time", format!("{s} ms"));
@@ -390,6 +416,14 @@ mod tests {
         ] {
             assert!(keys.iter().any(|x| x == k), "{k}");
         }
+        j.forecast_remaining_ms = Some(800);
+        j.forecast_downtime_ms = Some(25);
+        let lines = j.lines();
+        let get = |k: &str| lines.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+        assert_eq!(get("Expected remaining").as_deref(), Some("800 ms"));
+        assert!(get("Expected downtime")
+            .unwrap()
+            .starts_with("25 ms (Tern's forecast"));
         j.update_from_qemu(&json!({"status": "completed", "downtime": 12, "total-time": 1500}));
         assert_eq!(j.kind, JobKind::Completed);
         assert_eq!(j.downtime_ms, Some(12));

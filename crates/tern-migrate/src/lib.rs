@@ -5,6 +5,8 @@
 //! versioned agent-to-agent protocol ([`protocol`]). How bytes move is not
 //! this crate's business: QEMU moves memory, the agents move control.
 
+pub mod downtime;
+pub mod forecast;
 pub mod jobinfo;
 pub mod options;
 pub mod phase;

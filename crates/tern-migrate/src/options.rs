@@ -4,7 +4,8 @@
 //! Tern's defaults, documented for operators:
 //! - bandwidth: unlimited (QEMU's own default caps at 128 MiB/s, which
 //!   Tern never inherits: it always sets `max-bandwidth` explicitly);
-//! - maximum downtime: 300 ms;
+//! - maximum downtime: 300 ms without the policy; the policy starts at
+//!   30 ms and raises it when the measured rates say so (up to 1000 ms);
 //! - multifd channels with `--parallel`: 2, compression none.
 
 use serde::{Deserialize, Serialize};
@@ -434,8 +435,10 @@ impl MigrateOptions {
     /// The downtime limit QEMU starts with.
     pub fn initial_downtime_ms(&self) -> u64 {
         match (self.policy_on(), self.max_downtime_ms) {
-            (true, Some(m)) => m.min(DEFAULT_MAX_DOWNTIME_MS),
-            (true, None) => DEFAULT_MAX_DOWNTIME_MS,
+            // The policy starts low and raises the limit when the measured
+            // rates say so (crate::downtime).
+            (true, Some(m)) => m.min(crate::downtime::START_MS),
+            (true, None) => crate::downtime::START_MS,
             (false, m) => m.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
         }
     }
@@ -547,7 +550,13 @@ mod tests {
         };
         let p = o.source_parameters();
         assert_eq!(p["max-bandwidth"], json!(UNLIMITED_BANDWIDTH));
-        assert_eq!(p["downtime-limit"], json!(300));
+        // The policy starts low (crate::downtime); without it, QEMU's 300 ms.
+        assert_eq!(p["downtime-limit"], json!(crate::downtime::START_MS));
+        let plain = MigrateOptions {
+            no_policy: true,
+            ..o.clone()
+        };
+        assert_eq!(plain.source_parameters()["downtime-limit"], json!(300));
         assert!(!p.contains_key("multifd-channels"));
     }
 
@@ -570,7 +579,8 @@ mod tests {
         assert_eq!(p["multifd-channels"], json!(4));
         assert_eq!(p["multifd-compression"], json!("zstd"));
         assert_eq!(p["max-bandwidth"], json!(100u64 << 20));
-        assert_eq!(p["downtime-limit"], json!(50));
+        // Under the policy --max-downtime is the ceiling; it starts lower.
+        assert_eq!(p["downtime-limit"], json!(crate::downtime::START_MS));
         assert_eq!(p["cpu-throttle-initial"], json!(30));
         let caps = o.source_capabilities();
         assert!(caps.contains(&("multifd", true)));

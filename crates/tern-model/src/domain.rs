@@ -54,6 +54,87 @@ pub struct Domain {
     /// `<sysinfo type='smbios'>`.
     #[serde(default)]
     pub sysinfo: Option<Sysinfo>,
+    /// `<memoryBacking>`: huge pages, KSM and preallocation of guest RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_backing: Option<MemoryBacking>,
+    /// `<cputune>`: vCPU and emulator threads pinned to host CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cputune: Option<CpuTune>,
+    /// `<vcpu cpuset=>`: the host CPUs every vCPU and the emulator may run
+    /// on unless `<cputune>` pins them otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_cpuset: Option<String>,
+    /// `<numatune><memory>`: the host NUMA nodes guest RAM comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numatune: Option<NumaTune>,
+    /// `<iothreads>N</iothreads>`: I/O threads QEMU runs (`-object
+    /// iothread`), numbered 1..=N, for disks that name one.
+    #[serde(default)]
+    pub iothreads: u32,
+}
+
+/// `<numatune><memory mode= nodeset=/>`: a memory policy QEMU sets on
+/// guest RAM itself (`host-nodes=`, `policy=`), without cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumaTune {
+    /// `strict`, `preferred` or `interleave`.
+    pub mode: String,
+    /// Host NUMA nodes, as libvirt writes them (`0-1,^3`).
+    pub nodeset: String,
+}
+
+impl NumaTune {
+    /// QEMU's `policy=` for the mode.
+    pub fn qemu_policy(&self) -> &'static str {
+        match self.mode.as_str() {
+            "preferred" => "preferred",
+            "interleave" => "interleave",
+            _ => "bind",
+        }
+    }
+}
+
+/// `<cputune>`: thread pinning, which the agent applies with
+/// `sched_setaffinity` on QEMU's threads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CpuTune {
+    /// `<vcpupin vcpu= cpuset=>`.
+    #[serde(default)]
+    pub vcpupins: Vec<VcpuPin>,
+    /// `<emulatorpin cpuset=>`: QEMU's threads other than the vCPUs.
+    #[serde(default)]
+    pub emulatorpin: Option<String>,
+}
+
+/// One `<vcpupin>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuPin {
+    /// The vCPU's index.
+    pub vcpu: u32,
+    /// Host CPUs, as libvirt writes them (`0-3,^2`).
+    pub cpuset: String,
+}
+
+/// `<memoryBacking>`: how the host backs guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemoryBacking {
+    /// `<hugepages>`: guest RAM on hugetlbfs (`memory-backend-file`).
+    #[serde(default)]
+    pub hugepages: Option<Hugepages>,
+    /// `<nosharepages/>`: KSM does not merge this guest's pages (`mem-merge=off`).
+    #[serde(default)]
+    pub nosharepages: bool,
+    /// `<allocation mode='immediate'>`: all RAM allocated at start (`prealloc=on`).
+    #[serde(default)]
+    pub preallocate: bool,
+}
+
+/// `<hugepages>`, with at most one page size for all guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hugepages {
+    /// `<page size=>` in KiB; `None`: the host's default huge page size.
+    #[serde(default)]
+    pub page_size_kib: Option<u64>,
 }
 
 /// `<os>`: firmware-less direct kernel boot or disk boot.
@@ -272,6 +353,10 @@ pub struct Disk {
     /// `<driver detect_zeroes=...>`: off, on or unmap.
     #[serde(default)]
     pub detect_zeroes: Option<String>,
+    /// `<driver iothread=N>`: the I/O thread (1..=`iothreads`) a virtio
+    /// disk runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iothread: Option<u32>,
     /// `<boot order=...>`: per-device boot priority.
     #[serde(default)]
     pub boot_order: Option<u32>,

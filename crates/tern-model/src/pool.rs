@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// A storage pool: a directory (`pool-define-as NAME dir --target PATH`)
-/// or an NFS export (`pool-define-as NAME netfs --source-host H
-/// --source-path P --target DIR`).
+/// A storage pool: a directory (`pool-define-as NAME dir --target PATH`),
+/// an NFS export (`pool-define-as NAME netfs --source-host H
+/// --source-path P --target DIR`), a Ceph pool (`rbd`) or an LVM volume
+/// group (`pool-define-as NAME logical --source-name VG [--source-dev PV]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolDef {
     /// Pool name, unique per host.
@@ -26,6 +27,9 @@ pub struct PoolDef {
     /// The Ceph pool of an rbd pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbd: Option<RbdSource>,
+    /// The volume group of a logical (LVM) pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical: Option<LogicalSource>,
 }
 
 /// What `pool-list` / `pool-info` show.
@@ -90,6 +94,9 @@ pub enum PoolKind {
     Netfs,
     /// A Ceph RBD pool: volumes are RBD images, opened by QEMU through librbd.
     Rbd,
+    /// An LVM volume group: volumes are logical volumes, block devices
+    /// under `/dev/VG`.
+    Logical,
 }
 
 impl PoolKind {
@@ -99,6 +106,7 @@ impl PoolKind {
             PoolKind::Dir => "dir",
             PoolKind::Netfs => "netfs",
             PoolKind::Rbd => "rbd",
+            PoolKind::Logical => "logical",
         }
     }
 }
@@ -155,6 +163,59 @@ impl RbdSource {
             .map(|h| format!("{}:{}", h.name, h.port.unwrap_or(6789)))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// The LVM side of a logical pool (`--source-name VG`, `--source-dev
+/// PV` (repeatable)), as libvirt's `<pool type='logical'><source><name/>
+/// <device path=/></source>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalSource {
+    /// The volume group's name.
+    pub vg: String,
+    /// Its physical volumes: `pool-build` makes them and the group; when
+    /// given, every LVM command of the pool sees only these devices
+    /// (`--devices`), never the rest of the host's disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<PathBuf>,
+}
+
+impl LogicalSource {
+    /// Refuses a volume group name LVM would not take, or device paths
+    /// that are not plain absolute paths.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = !self.vg.is_empty()
+            && !self.vg.starts_with('-')
+            && self.vg != "."
+            && self.vg != ".."
+            && self.vg.len() <= 127
+            && self
+                .vg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b));
+        if !ok {
+            return Err(format!(
+                "volume group '{}' is not a name LVM takes (letters, digits, '+_.-', not starting with '-'); give --source-name VG",
+                self.vg
+            ));
+        }
+        for d in &self.devices {
+            let plain = d.is_absolute()
+                && !d.components().any(|c| c == std::path::Component::ParentDir)
+                && !d.to_string_lossy().contains(',');
+            if !plain {
+                return Err(format!(
+                    "source device '{}' is not a plain absolute path; give --source-dev /dev/DEVICE",
+                    d.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory LVM names the group's volumes under: `/dev/VG`.
+    pub fn default_target(&self) -> PathBuf {
+        PathBuf::from("/dev").join(&self.vg)
     }
 }
 
@@ -233,6 +294,34 @@ mod tests {
         assert_eq!(d.kind, PoolKind::Dir);
         assert_eq!(d.source, None);
         assert_eq!(d.rbd, None);
+    }
+
+    #[test]
+    fn logical_sources_take_lvm_names_and_plain_devices() {
+        let src = |vg: &str, dev: &str| LogicalSource {
+            vg: vg.into(),
+            devices: vec![PathBuf::from(dev)],
+        };
+        assert!(src("vg0", "/dev/sdb").check().is_ok());
+        assert!(src("tern-t_1.x+", "/dev/loop3").check().is_ok());
+        assert_eq!(
+            src("vg0", "/dev/sdb").default_target(),
+            PathBuf::from("/dev/vg0")
+        );
+        for bad in ["", "-vg", "..", "a/b", "a b"] {
+            let e = src(bad, "/dev/sdb").check().unwrap_err();
+            assert!(e.contains("--source-name"), "{e}");
+        }
+        for bad in ["sdb", "/dev/../etc/x", "/dev/a,/dev/b"] {
+            let e = src("vg", bad).check().unwrap_err();
+            assert!(e.contains("--source-dev"), "{e}");
+        }
+        let d: PoolDef = serde_json::from_str(
+            r#"{"name":"p","target":"/dev/vg","shared":false,"autostart":false,"kind":"logical","logical":{"vg":"vg"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.kind, PoolKind::Logical);
+        assert!(d.logical.unwrap().devices.is_empty());
     }
 
     #[test]

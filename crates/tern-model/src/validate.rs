@@ -23,6 +23,14 @@ pub enum ValidationError {
     /// `<memory>` is zero.
     #[error("memory is 0 KiB; give the domain some memory")]
     ZeroMemory,
+    /// `<memory>` is not a whole number of the requested huge pages.
+    #[error("memory of {memory_kib} KiB is not a whole number of {page_kib} KiB huge pages; make <memory> a multiple of the <hugepages><page size=>")]
+    HugepageMultiple {
+        /// The guest's memory.
+        memory_kib: u64,
+        /// The page size asked for.
+        page_kib: u64,
+    },
     /// `<currentMemory>` is zero.
     #[error("currentMemory is 0 KiB; give the domain some memory or drop <currentMemory>")]
     ZeroCurrentMemory,
@@ -162,6 +170,19 @@ fn validate_memory(d: &Domain) -> Result {
             current: d.current_memory_kib,
             maximum: d.memory_kib,
         });
+    }
+    let page = d
+        .memory_backing
+        .as_ref()
+        .and_then(|m| m.hugepages)
+        .and_then(|h| h.page_size_kib);
+    if let Some(page_kib) = page {
+        if !d.memory_kib.is_multiple_of(page_kib) {
+            return Err(ValidationError::HugepageMultiple {
+                memory_kib: d.memory_kib,
+                page_kib,
+            });
+        }
     }
     Ok(())
 }

@@ -42,12 +42,14 @@
 //! # Ok::<(), tern_model::xml::XmlError>(())
 //! ```
 
+mod cputune;
 mod devices;
 mod export;
 mod export_guest;
 pub(crate) mod guest_devices;
 mod hotplug;
 mod import;
+mod memory;
 mod netdisk;
 pub(crate) mod platform;
 mod units;
@@ -59,6 +61,7 @@ use crate::text::one_line;
 use thiserror::Error;
 
 pub use crate::validate::{validate, ValidationError};
+pub use cputune::parse_cpuset;
 pub use export::to_xml;
 pub use hotplug::{parse_device, HotDevice};
 pub use import::parse_domain;

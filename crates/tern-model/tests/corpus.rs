@@ -194,7 +194,9 @@ fn nova_with_cpu_shares_is_refused_by_name() {
         .replace("<clock", "<cputune><shares>2048</shares></cputune><clock");
     let err = parse_domain(&xml).unwrap_err().to_string();
     assert!(
-        err.starts_with("element <cputune> (host resource tuning) is not supported"),
+        err.starts_with(
+            "<cputune><shares> (CPU bandwidth needs libvirt's cgroups) is not supported"
+        ),
         "{err}"
     );
 }

@@ -95,6 +95,7 @@ fn seed004_parses_with_the_expected_fields() {
                 io: None,
                 discard: None,
                 detect_zeroes: None,
+                iothread: None,
                 boot_order: None,
                 serial: None,
                 address: Some(Address::pci(0, 4)),
@@ -113,6 +114,7 @@ fn seed004_parses_with_the_expected_fields() {
                 io: None,
                 discard: None,
                 detect_zeroes: None,
+                iothread: None,
                 boot_order: None,
                 serial: None,
                 address: Some(Address::Drive {

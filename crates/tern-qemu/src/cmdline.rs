@@ -8,6 +8,7 @@
 
 mod devices;
 pub mod hotplug;
+mod memory;
 mod platform;
 
 pub use devices::{channel_socket, swtpm_dir, swtpm_socket};
@@ -70,6 +71,9 @@ pub struct LaunchSpec<'a> {
     pub incoming: bool,
     /// Start with vCPUs stopped (`-S`).
     pub paused: bool,
+    /// The hugetlbfs directory guest RAM lives in, for a guest with
+    /// `<memoryBacking><hugepages/>` (the agent picks it per host).
+    pub mem_path: Option<PathBuf>,
 }
 
 /// Path of the QMP socket inside a run directory.
@@ -123,7 +127,11 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-name", &format!("guest={},debug-threads=on", d.name)]);
     push(&["-uuid", &d.uuid.to_string()]);
     push(&["-nodefaults", "-no-user-config"]);
-    push(&["-machine", &platform::machine_opts(d)]);
+    let (ram, machine_ram) = memory::memory_args(spec);
+    if let Some(o) = &ram {
+        push(&["-object", o]);
+    }
+    push(&["-machine", &(platform::machine_opts(d) + &machine_ram)]);
     push(&["-accel", spec.accel.as_str()]);
     push(&["-cpu", &platform::cpu_opts(d, spec.accel)]);
     push(&["-m", &format!("{}M", d.memory_kib.div_ceil(1024))]);
@@ -157,6 +165,10 @@ pub fn build_command_line(spec: &LaunchSpec<'_>) -> Vec<String> {
     devices::pci_controllers(d, &mut a);
     devices::controllers(d, &mut a);
     netblock::secret_objects(d, &spec.run_dir, &mut a);
+    // `<iothreads>N`: iothread1..iothreadN, which disks name.
+    for t in 1..=d.iothreads {
+        a.extend(["-object".to_string(), format!("iothread,id=iothread{t}")]);
+    }
     disks(d, &mut a);
     nics(spec, &mut a);
     serials(spec, &mut a);
@@ -302,9 +314,13 @@ fn disks(d: &Domain, a: &mut Vec<String>) {
         let id = &disk.target_dev;
         let at = drive_bus(d, disk);
         let cd = disk.device == DiskDevice::Cdrom;
+        let iothread = disk
+            .iothread
+            .map(|t| format!(",iothread=iothread{t}"))
+            .unwrap_or_default();
         let dev = match disk.target_bus {
             DiskBus::Virtio => format!(
-                "virtio-blk-pci,id={id}{drive},write-cache={}{at}{boot}{serial}",
+                "virtio-blk-pci,id={id}{drive},write-cache={}{at}{boot}{serial}{iothread}",
                 onoff(write_cache)
             ),
             DiskBus::Ide | DiskBus::Sata => {

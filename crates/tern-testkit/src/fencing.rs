@@ -11,14 +11,26 @@ use std::time::{Duration, Instant};
 /// The pid of a host's fence process, if one runs (checked by its
 /// command line, so a reused pid is never taken for it).
 pub fn fence_pid(h: &TernHost) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(h.state_dir().join("fence/fence.pid"))
+    daemon_pid(h, "fence/fence.pid", "tern-fence")
+}
+
+/// The pid of a host's guest watchdog (`tern-watchdog`, started by its
+/// fence under `ternd --fence-watchdog guests`), if one runs.
+pub fn watchdog_pid(h: &TernHost) -> Option<u32> {
+    daemon_pid(h, "fence/watchdog.pid", "tern-watchdog")
+}
+
+/// The pid in `file` under the host's state directory, if that process
+/// lives and its command line names `binary`.
+fn daemon_pid(h: &TernHost, file: &str, binary: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(h.state_dir().join(file))
         .ok()?
         .trim()
         .parse()
         .ok()?;
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let live = live_pid(pid);
-    (live && String::from_utf8_lossy(&cmd).contains("tern-fence")).then_some(pid)
+    (live && String::from_utf8_lossy(&cmd).contains(binary)).then_some(pid)
 }
 
 /// Waits until the host's fence process runs; its pid.
@@ -47,8 +59,38 @@ pub fn signal_fence(h: &TernHost, sig: i32) {
     }
 }
 
+/// Sends `sig` to the host's guest watchdog, if it runs.
+pub fn signal_watchdog(h: &TernHost, sig: i32) {
+    if let Some(p) = watchdog_pid(h) {
+        // SAFETY: kill with a pid checked to be the host's tern-watchdog.
+        unsafe {
+            libc::kill(p as i32, sig);
+        }
+    }
+}
+
+/// The double fault: the agent is killed (SIGKILL) and, at the same
+/// moment, its fence process gets `sig` (SIGKILL, or SIGSTOP: frozen, it
+/// holds its lock and renews nothing); the host's QEMUs are left alone.
+/// Returns the fence's pid (a stopped one is killed when `h` is dropped).
+pub fn fail_agent_and_fence(h: &mut TernHost, sig: i32) -> u32 {
+    let fence = fence_pid(h).expect("the host's fence process runs");
+    // SAFETY: kill with a pid checked to be the host's fence process.
+    unsafe {
+        libc::kill(fence as i32, sig);
+    }
+    h.kill9();
+    fence
+}
+
+/// Whether process `pid` is stopped (`SIGSTOP`: state T).
+pub fn pid_stopped(pid: u32) -> bool {
+    proc_state(pid).as_deref() == Some("T")
+}
+
 /// The host dies: its fence process, every QEMU and the agent, SIGKILL.
 pub fn kill_host(h: &mut TernHost) {
+    signal_watchdog(h, libc::SIGKILL);
     signal_fence(h, libc::SIGKILL);
     for p in h.qemu_pids() {
         // SAFETY: pids from the test host's own state directory.
@@ -123,14 +165,16 @@ pub fn wait_pid_gone(pid: u32, timeout: Duration) {
 }
 
 fn live_pid(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit(')')
+    !matches!(proc_state(pid).as_deref(), Some("Z") | Some("X") | None)
+}
+
+/// The state letter of process `pid` (`/proc/PID/stat`), if it exists.
+fn proc_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
         .next()
-        .and_then(|r| r.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
 }
 
 /// Whether a live QEMU runs guest `name` from the state directory `state`.
@@ -206,8 +250,36 @@ pub fn birth(path: &Path) -> std::time::SystemTime {
 
 /// `host`'s lease in the pool directory `pool`, as JSON, if written.
 pub fn lease(pool: &Path, host: &str) -> Option<serde_json::Value> {
-    let b = std::fs::read(pool.join(".tern-fence").join(format!("{host}.lease"))).ok()?;
+    lease_file(&pool.join(".tern-fence").join(format!("{host}.lease")))
+}
+
+/// A lease file, as JSON, if written (a half-written one reads as none).
+pub fn lease_file(path: &Path) -> Option<serde_json::Value> {
+    let b = std::fs::read(path).ok()?;
     serde_json::from_slice(&b).ok()
+}
+
+/// Waits until the lease file `path` holds a record for which `pred`
+/// holds; that record.
+pub fn wait_lease_file(
+    path: &Path,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = lease_file(path).filter(|l| pred(l)) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} reads {:?}",
+            path.display(),
+            lease_file(path)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until `host`'s lease in `pool` is armed (the agent heard the
@@ -222,6 +294,115 @@ pub fn wait_armed(pool: &Path, host: &str, timeout: Duration) -> u64 {
         }
         assert!(Instant::now() < deadline, "lease of {host} never armed");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `host`'s lease in `pool` says its fence feeds a watchdog;
+/// the watchdog's timeout then, ms.
+pub fn wait_watchdog_fed(pool: &Path, host: &str, timeout: Duration) -> u64 {
+    let path = pool.join(".tern-fence").join(format!("{host}.lease"));
+    watchdog_ms(&wait_lease_file(&path, "a watchdog named", timeout, |l| {
+        watchdog_ms(l) > 0
+    }))
+}
+
+/// The watchdog timeout a lease record names, ms (0: none).
+pub fn watchdog_ms(lease: &serde_json::Value) -> u64 {
+    lease["watchdog_ms"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the host's `tern-watchdog` processes, all told, were armed
+/// (fed after being disarmed) `times` times (from their shared log).
+pub fn wait_watchdog_armed(h: &TernHost, times: usize, timeout: Duration) {
+    let log = h.state_dir().join("fence/watchdog.log");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("fed: armed").count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}'s watchdog was not armed {times} times: {}",
+            h.opts.name,
+            crate::tail(&text, 10)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Notes, through a pidfd, the wall-clock moment a process ended (taken
+/// when the end is seen, so never before it).
+#[derive(Debug)]
+pub struct ExitWatch {
+    pid: u32,
+    ended: Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExitWatch {
+    /// Starts watching `pid`, which must live now.
+    pub fn start(pid: u32) -> ExitWatch {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: pidfd_open takes a pid and flags; returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the kernel just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (ended.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            while !s.load(Ordering::Relaxed) {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
+                    *e.lock().unwrap() = Some(std::time::SystemTime::now());
+                    return;
+                }
+            }
+        });
+        ExitWatch {
+            pid,
+            ended,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits (up to `timeout`) for the process to end; when it was seen to.
+    pub fn wait(&self, timeout: Duration) -> std::time::SystemTime {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = *self.ended.lock().unwrap() {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} never ended",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -54,15 +54,45 @@ pub struct HostOptions {
     /// Extra environment of `ternd` (and so of its QEMUs), e.g. `TZ`.
     pub env: Vec<(String, String)>,
     /// Body of the config file's `[qemu]` table; `None` gives
-    /// [`default_qemu_table`] (test files live in temp and target dirs).
+    /// [`default_qemu_table`] (test files live in temp and target dirs)
+    /// and a `uid_range` of the host's own ([`crate::creds::test_uid_range`]).
     pub qemu: Option<String>,
 }
 
 /// The `[qemu]` table test hosts get by default: definitions may name
 /// files under the temp directory, the workspace's target directory (the
 /// test guest's kernel and initrd) and /boot (the host kernel the UEFI
-/// tests boot), besides the pools.
+/// tests boot), besides the pools. The temp directory is also declared a
+/// shared filesystem: every test host runs on this one machine, so a
+/// `--shared` dir pool there is seen by all of them (see
+/// [`local_qemu_table`] for hosts that must not assume it).
 pub fn default_qemu_table() -> String {
+    format!(
+        "{}shared_filesystems = [{:?}]\n",
+        local_qemu_table(),
+        std::env::temp_dir().display().to_string()
+    )
+}
+
+/// [`default_qemu_table`] that also lets definitions name `extra` (block
+/// devices a test made, say).
+pub fn qemu_table_allowing(extra: &[PathBuf]) -> String {
+    let target = crate::guest::workspace_root().join("target");
+    let mut allowed = vec![
+        std::env::temp_dir().display().to_string(),
+        target.display().to_string(),
+        "/boot".to_string(),
+    ];
+    allowed.extend(extra.iter().map(|p| p.display().to_string()));
+    format!(
+        "allowed_paths = {allowed:?}\nshared_filesystems = [{:?}]\n",
+        std::env::temp_dir().display().to_string()
+    )
+}
+
+/// [`default_qemu_table`] without `shared_filesystems`: a host that trusts
+/// a `--shared` dir pool only when its filesystem type is a shared one.
+pub fn local_qemu_table() -> String {
     let target = crate::guest::workspace_root().join("target");
     format!(
         "allowed_paths = [{:?}, {:?}, \"/boot\"]\n",
@@ -103,6 +133,15 @@ impl TernHost {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
             .expect("open the host's root for search");
+        let mut opts = opts;
+        if opts.qemu.is_none() {
+            // Each test host its own guest uids (kept across restarts).
+            let (first, last) = crate::creds::test_uid_range(&root);
+            opts.qemu = Some(format!(
+                "{}uid_range = \"{first}-{last}\"\n",
+                default_qemu_table()
+            ));
+        }
         let mut h = TernHost {
             opts,
             root,
@@ -394,7 +433,9 @@ pub fn tail(text: &str, n: usize) -> String {
 
 impl Drop for TernHost {
     fn drop(&mut self) {
-        // The fence process outlives the agent by design; not the test.
+        // The fence process and its watchdog outlive the agent by design;
+        // not the test. (The watchdog first: it would kill the guests.)
+        crate::fencing::signal_watchdog(self, libc::SIGKILL);
         crate::fencing::signal_fence(self, libc::SIGKILL);
         for pid in self.qemu_pids() {
             // SAFETY: kill with a pid read from our own state directory.

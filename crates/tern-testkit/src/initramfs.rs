@@ -43,6 +43,8 @@ for arg in $(cat /proc/cmdline); do
         tern.net_hotplug=1) nh=1 ;;
     esac
 done
+# The vCPUs the guest sees: online at boot and possible (hot-pluggable).
+echo "TERN-CPUS online=$(cat /sys/devices/system/cpu/online) possible=$(cat /sys/devices/system/cpu/possible)"
 # The guest's wall clock as its kernel set it from the RTC at boot.
 echo "TERN-CLOCK epoch=$(date -u +%s)"
 # tern.watchdog_stall=N: arm the guest's hardware watchdog (pinged every

@@ -336,6 +336,13 @@ async fn migrate_dialog(l: &Lab, c: &Client) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(forecast.contains("downtime"), "{forecast}");
+    // A range, and each input with its source.
+    assert!(forecast.contains("median"), "{forecast}");
+    let inputs = text(c, "#forecast-inputs").await;
+    assert!(
+        inputs.contains("Send rate") && inputs.contains("--bandwidth") && inputs.contains("Setup"),
+        "{inputs}"
+    );
     shot(c, &l.dir, "migrate").await;
 }
 

@@ -273,7 +273,7 @@ cells! {
     source_qemu_killed_after_completion: KillQemu(A), Point(A, "source-completed") => B;
     dest_qemu_killed_before_cont: KillQemu(B), Point(B, "dest-before-cont") => A;
     driver_killed_in_precopy: KillDriver, Precopy => B;
-    driver_killed_after_prepare: KillDriver, Point(B, "dest-prepared") => A;
+    driver_killed_after_prepare: KillDriver, Point(B, "dest-prepared") => B;
     driver_killed_before_cont: KillDriver, Point(B, "dest-before-cont") => B;
     ctrl_c_in_precopy: CtrlC, Precopy => A;
     link_cut_after_qemu_completed: CutLink, Point(A, "source-completed") => A;

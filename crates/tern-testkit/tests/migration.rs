@@ -188,18 +188,35 @@ fn postcopy_after_precopy_completes() {
             "--live",
             "--postcopy",
             "--postcopy-after-precopy",
+            // The convergence policy may raise the downtime limit and
+            // throttle the guest until pre-copy converges within its first
+            // pass on a loaded machine (the soak saw 5 of 24 do so), and
+            // then there is nothing to switch: this test is about the
+            // switch, so QEMU keeps its own downtime limit.
+            "--no-policy",
             "--bandwidth",
-            "30",
+            "20",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // CI failed here once without saying where: every check names the
+    // job's events and its completed statistics.
+    let ev = p.a.tern(&["domjobevents", "pc1"]);
+    let done = p.a.tern(&["domjobinfo", "pc1", "--completed"]);
+    let why = format!(
+        "stderr: {}\nevents: {}\ncompleted: {}\nsource log: {}\ndestination log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&ev.stdout),
+        String::from_utf8_lossy(&done.stdout),
+        tern_testkit::tail(&std::fs::read_to_string(p.a.log()).unwrap_or_default(), 30),
+        tern_testkit::tail(&std::fs::read_to_string(p.b.log()).unwrap_or_default(), 30),
     );
-    let ev = p.a.ok(&["domjobevents", "pc1"]);
-    assert!(ev.contains("switching to post-copy"), "{ev}");
-    assert!(state(&p.b, "pc1").starts_with("running"));
+    assert!(out.status.success(), "{why}");
+    assert!(
+        String::from_utf8_lossy(&ev.stdout).contains("switching to post-copy"),
+        "{why}"
+    );
+    let on_b = state(&p.b, "pc1");
+    assert!(on_b.starts_with("running"), "{on_b}\n{why}");
     let text =
         p.b.wait_console("pc1", Duration::from_secs(240), "memory verified", |t| {
             SerialLog::parse(t).count("TERN-MEM ok") >= 2
@@ -524,9 +541,34 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     // capped at that thread's rate.
     let source = f["bandwidth_source"].as_str().unwrap_or("");
     assert!(
-        source == "measured to the destination" || source.starts_with("one migration thread"),
+        source.starts_with("measured to the destination")
+            || source.starts_with("one migration thread"),
         "{f}"
     );
+    // A range, its median the point figure, each input with its source.
+    let r = &f["range"];
+    let (lo, mid, hi) = (
+        r["total"]["p10_ms"].as_u64().unwrap(),
+        r["total"]["p50_ms"].as_u64().unwrap(),
+        r["total"]["p90_ms"].as_u64().unwrap(),
+    );
+    assert!(lo <= mid && mid <= hi && lo > 0, "{f}");
+    assert_eq!(f["prediction"]["total_ms"].as_u64(), Some(mid), "{f}");
+    for k in [
+        "zero_fraction",
+        "send_rate",
+        "thread_rate",
+        "dirty_rate",
+        "setup_ms",
+        "switch_ms",
+    ] {
+        let e = &r["inputs"][k];
+        assert!(
+            e["p10"].as_f64() <= e["p50"].as_f64() && e["p50"].as_f64() <= e["p90"].as_f64(),
+            "{k}: {f}"
+        );
+        assert!(!e["source"].as_str().unwrap_or("").is_empty(), "{k}: {f}");
+    }
     assert_eq!(f["prediction"]["converges"], true, "{f}");
     // An easy guest: --postcopy would leave post-copy unarmed.
     assert_eq!(f["arm_postcopy"], false, "{f}");
@@ -537,7 +579,10 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     assert!(dry.status.success());
     let text = String::from_utf8_lossy(&dry.stdout);
     assert!(
-        text.contains("Start plan") && text.contains("Verdict"),
+        text.contains("Start plan")
+            && text.contains("Verdict")
+            && text.contains("p10-p90")
+            && text.contains("Input: send rate"),
         "{text}"
     );
     assert_eq!(state(&p.a, "fc1"), "running (booted)");
@@ -551,4 +596,13 @@ fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(state(&p.b, "fc1"), "running (migrated)");
+    // The source followed the run with forecasts of what was left.
+    let done: serde_json::Value =
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "fc1", "--completed", "--json"])).unwrap();
+    let ups = done["forecast_updates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!ups.is_empty(), "{done}");
+    assert!(ups[0]["remaining_ms"].as_u64().is_some(), "{done}");
 }

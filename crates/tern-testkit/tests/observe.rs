@@ -4,8 +4,11 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use tern_testkit::cluster::{jobs, wait_server};
 use tern_testkit::events::EventStream;
+use tern_testkit::fencing::{armed_pair, kill_host, ArmedPair};
 use tern_testkit::pair::boot_guest;
+use tern_testkit::pair::wait_job_active;
 use tern_testkit::scrape::{http_get, promtool_check, sample};
 use tern_testkit::{free_port, FaultPoint, HostPair, TestController, Which::A};
 
@@ -97,6 +100,153 @@ fn metrics_show_a_live_migration_and_pass_promtool() {
     }
     let (status, _) = http_get(ma, "/");
     assert_eq!(status, 404);
+}
+
+/// A running migration's gauges, as one scrape saw them.
+#[derive(Debug, PartialEq)]
+struct Live {
+    remaining: Option<f64>,
+    rate: Option<f64>,
+    dirty: Option<f64>,
+    iteration: Option<f64>,
+    throttle: Option<f64>,
+}
+
+/// What the gauges must say for the job figures `i` (`domjobinfo --json`).
+fn live_from_job(i: &serde_json::Value) -> Live {
+    let n = |k: &str| i[k].as_u64().unwrap_or(0) as f64;
+    Live {
+        remaining: Some(n("data_remaining")),
+        rate: Some(n("memory_bandwidth").max(n("disk_rate"))),
+        dirty: Some(n("dirty_rate")),
+        iteration: Some(n("iteration")),
+        throttle: Some(n("auto_converge_throttle") / 100.0),
+    }
+}
+
+fn live_from_metrics(text: &str, l: &[(&str, &str)]) -> Live {
+    Live {
+        remaining: sample(text, "tern_migration_remaining_bytes", l),
+        rate: sample(text, "tern_migration_transfer_rate_bytes_per_second", l),
+        dirty: sample(text, "tern_migration_dirty_rate_bytes_per_second", l),
+        iteration: sample(text, "tern_migration_iteration", l),
+        throttle: sample(text, "tern_migration_cpu_throttle_ratio", l),
+    }
+}
+
+/// The per-migration gauges carry the running job's own figures while it
+/// runs, and vanish when it ends.
+#[test]
+fn live_gauges_show_the_running_migrations_figures() {
+    let ma = metrics_addr();
+    let p = HostPair::start("gauges", &["--metrics-listen", &ma.to_string()], &[]);
+    p.boot("lg1", "tern.mem=24 tern.dirty=8");
+    let child = p.migrate_bg(A, "lg1", &["--live", "--bandwidth", "3", "--no-policy"]);
+    wait_job_active(&p.a, "lg1");
+    let job = || -> serde_json::Value {
+        serde_json::from_str(&p.a.ok(&["domjobinfo", "lg1", "--json"])).expect("domjobinfo JSON")
+    };
+    let l = [("domain", "lg1"), ("role", "source")];
+    // The agent refreshes the job from QEMU a few times a second: compare
+    // a scrape taken between two identical job snapshots, once the second
+    // pass measured a dirty rate.
+    let mut seen = None;
+    for _ in 0..600 {
+        let before = job();
+        let text = scrape(ma);
+        let after = job();
+        let same = live_from_job(&before) == live_from_job(&after);
+        if same && before["iteration"].as_u64().unwrap_or(0) >= 2 {
+            seen = Some((before, text));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (info, text) = seen.expect("a stable job snapshot in the second pass");
+    let want = live_from_job(&info);
+    assert_eq!(live_from_metrics(&text, &l), want, "{info}\n{text}");
+    assert!(
+        want.remaining > Some(0.0) && want.rate > Some(0.0),
+        "{info}"
+    );
+    assert!(want.dirty > Some(0.0), "the guest dirties memory: {info}");
+    let running = [("role", "source"), ("phase", "perform")];
+    assert_eq!(
+        sample(&text, "tern_migrations_running", &running),
+        Some(1.0),
+        "{text}"
+    );
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    p.a.ok(&["domjobabort", "lg1"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let text = scrape(ma);
+    assert_eq!(
+        live_from_metrics(&text, &l),
+        Live {
+            remaining: None,
+            rate: None,
+            dirty: None,
+            iteration: None,
+            throttle: None
+        },
+        "{text}"
+    );
+    let cancelled = [("kind", "live"), ("flow", "precopy"), ("role", "source")];
+    assert_eq!(
+        sample(&text, "tern_migrations_cancelled_total", &cancelled),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// A host's death shows on the controller: the host down, the leader's
+/// declaration counted, and one rescue that succeeded.
+#[test]
+fn controller_metrics_count_a_hosts_death_and_its_rescue() {
+    let m = metrics_addr();
+    let c = TestController::file(&["--metrics-listen", &m.to_string()]);
+    let ArmedPair {
+        mut a,
+        b: _b,
+        pool: _pool,
+    } = armed_pair(&c, &[], &[]);
+    let text = scrape(m);
+    assert_eq!(
+        sample(&text, "tern_controller_hosts_declared_down_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    kill_host(&mut a);
+    wait_server(&c, "vm", "b", "running");
+    let rescued = jobs(&c)
+        .into_iter()
+        .filter(|j| j["kind"] == "rescue" && j["state"] == "succeeded")
+        .count();
+    assert_eq!(rescued, 1);
+    let text = scrape(m);
+    let got = |name, labels: &[(&str, &str)]| sample(&text, name, labels);
+    assert_eq!(
+        got("tern_cluster_rescues", &[("state", "succeeded")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        got("tern_cluster_hosts", &[("status", "down")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        got("tern_controller_hosts_declared_down_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        got("tern_cluster_servers", &[("state", "running")]),
+        Some(1.0),
+        "{text}"
+    );
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
 }
 
 #[test]

@@ -116,6 +116,13 @@ struct Args {
     /// Fence: a lease write slower than this does not count, ms.
     #[arg(long, default_value_t = 1000)]
     fence_io_timeout_ms: u64,
+    /// Fence: the watchdog the fence feeds while the host-down policy
+    /// arms it, so that guests stop even if the fence and the agent both
+    /// die or freeze: a watchdog device such as /dev/watchdog (softdog or
+    /// hardware; the kernel resets the host), `guests` (the tern-watchdog
+    /// process kills the guests instead), or `none` (see docs/FENCING.md).
+    #[arg(long, default_value = "none", env = "TERND_FENCE_WATCHDOG")]
+    fence_watchdog: tern_agent::fence::watchdog::WatchdogSpec,
 }
 
 /// `--auth` values for plain TCP.
@@ -206,6 +213,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     cfg.fence.validate().map_err(|e| anyhow::anyhow!(e))?;
+    args.fence_watchdog
+        .check(&cfg.fence)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    cfg.fence_watchdog = args.fence_watchdog;
 
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir)

@@ -1,14 +1,17 @@
 //! The unprivileged user QEMU runs as.
 //!
 //! QEMU starts as root, opens what its command line names (disks, kernel,
-//! firmware, sockets, the console pty), then drops to this user
-//! (`-run-with user=`, which also sets its groups, so `kvm` membership
-//! keeps /dev/kvm usable) under seccomp (`-sandbox on`). After that it can
-//! open nothing the user may not: not another guest's disks, not the
-//! agent's state. The few files it must open later are handed to it one by
-//! one ([`hand_over`]): the migration TLS credentials while they are
-//! loaded, the directory `pmemsave` writes into, and /dev/userfaultfd for
-//! post-copy.
+//! firmware, sockets, the console pty, /dev/kvm), then drops under seccomp
+//! (`-sandbox on`) to the guest's own uid with this user's group
+//! (`-run-with user=UID:GID`, see [`super::guest_uids`]), or to this user
+//! itself (`-run-with user=NAME`) when no uid range is configured. After
+//! that it can open nothing its uid may not: not another guest's disks,
+//! not the agent's state. The few files it must open later are handed to
+//! it one by one ([`hand_over`], owner only) and given back to root
+//! ([`give_back`]) when it no longer needs them: a disk attached live, a
+//! received volume, the TPM state, the migration TLS credentials while
+//! they are loaded, the directory `pmemsave` writes into; /dev/userfaultfd
+//! (post-copy) is open to the group.
 //!
 //! `-sandbox` leaves `elevateprivileges` allowed: QEMU installs its filter
 //! before dropping privileges, and `elevateprivileges=deny` would kill it at
@@ -23,12 +26,24 @@ use thiserror::Error;
 /// The user QEMU drops to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuUser {
-    /// Its name, as `-run-with user=` takes it.
+    /// What `-run-with user=` takes: the shared user's name, or
+    /// `UID:GID` for a guest's own uid.
     pub name: String,
     /// Its uid.
     pub uid: u32,
     /// Its primary gid.
     pub gid: u32,
+}
+
+impl QemuUser {
+    /// A guest's own identity: its `uid` with this user's group.
+    pub fn guest(&self, uid: u32) -> QemuUser {
+        QemuUser {
+            name: format!("{uid}:{}", self.gid),
+            uid,
+            gid: self.gid,
+        }
+    }
 }
 
 /// Why the configured user cannot be used.
@@ -86,12 +101,46 @@ pub fn qemu_args(settings: &QemuSettings, user: Option<&QemuUser>) -> Vec<String
 }
 
 /// Gives `path` to QEMU's user, for a file QEMU opens after it dropped
-/// privileges; nothing to do when QEMU runs as root.
+/// privileges; nothing to do when QEMU runs as root. Owner only: a file
+/// becomes 0600, a directory 0700 (the group is shared by every guest).
 pub fn hand_over(path: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
-    match user {
-        Some(u) => std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)),
-        None => Ok(()),
+    use std::os::unix::fs::PermissionsExt;
+    let Some(u) = user else { return Ok(()) };
+    let meta = std::fs::symlink_metadata(path)?;
+    std::os::unix::fs::lchown(path, Some(u.uid), Some(u.gid))?;
+    let mode = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        // A socket or device keeps its mode; only its owner may use it
+        // once its group gets nothing.
+        meta.permissions().mode() & 0o700
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Gives back to root what `uid` holds at `path` and, for a directory,
+/// below it (symlinks are not followed). Files another user owns are left
+/// alone. Returns how many entries changed owner.
+pub fn give_back(path: &Path, uid: u32) -> std::io::Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            n += give_back(&e?.path(), uid)?;
+        }
     }
+    if meta.uid() == uid {
+        std::os::unix::fs::lchown(path, Some(0), Some(0))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Lets QEMU's group pass through `dir` (group-owned, mode 0710: search

@@ -73,6 +73,9 @@ pub struct FenceConfig {
     pub nfs: Vec<tern_model::NetfsSource>,
     /// Timings.
     pub settings: FenceSettings,
+    /// The watchdog the fence feeds while armed (`ternd --fence-watchdog`).
+    #[serde(default)]
+    pub watchdog: super::watchdog::WatchdogSpec,
 }
 
 /// What the fence did (`STATE/fence/fenced.json`).
@@ -106,6 +109,9 @@ pub struct FenceStatus {
     pub fencings: u64,
     /// When the last renewal that counted started, ms since the epoch.
     pub last_renewal_ms: Option<u64>,
+    /// Timeout of the watchdog it feeds, ms (0: none armed).
+    #[serde(default)]
+    pub watchdog_ms: u64,
 }
 
 /// Paths of the fence's files.
@@ -221,6 +227,7 @@ mod tests {
             pools: vec!["/p".into()],
             nfs: Vec::new(),
             settings: FenceSettings::default(),
+            watchdog: super::super::watchdog::WatchdogSpec::Guests,
         };
         f.save_config(&c).unwrap();
         assert_eq!(f.load_config(), Some(c));

@@ -5,7 +5,8 @@
 //! the agent dies or restarts; one runs per state directory (a lock).
 
 use super::config::{FenceConfig, FenceDir, FenceStatus, FencedRecord};
-use super::policy::{turn, Turn};
+use super::policy::{may_feed, turn, Turn};
+use super::watchdog::{Feeder, WatchdogSpec};
 use super::{kill, lease};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -51,6 +52,8 @@ struct Fence {
     armed: bool,
     fenced: bool,
     pending: Pending,
+    /// The watchdog it feeds after each counted renewal, when armed.
+    dog: Feeder,
     /// What it did, for the agent's metrics.
     status: FenceStatus,
 }
@@ -64,29 +67,43 @@ fn now_ms() -> u64 {
 
 /// Takes the fence lock of `state_dir`: `None` if another fence holds it.
 fn lock(dir: &FenceDir) -> Result<Option<std::fs::File>, DaemonError> {
+    hold(dir.root(), &dir.lock(), &dir.pid())
+}
+
+/// Takes the lock file `lock` (creating `root` first) and writes this
+/// process's pid to `pid`: `None` if another process holds the lock.
+pub(crate) fn hold(
+    root: &Path,
+    lock: &Path,
+    pid: &Path,
+) -> Result<Option<std::fs::File>, DaemonError> {
     let io = |p: &Path| {
         let path = p.display().to_string();
         move |source| DaemonError::Io { path, source }
     };
-    std::fs::create_dir_all(dir.root()).map_err(io(dir.root()))?;
+    std::fs::create_dir_all(root).map_err(io(root))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.lock())
-        .map_err(io(&dir.lock()))?;
+        .open(lock)
+        .map_err(io(lock))?;
     // SAFETY: flock on a descriptor we own; released when it closes.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Ok(None);
     }
-    std::fs::write(dir.pid(), std::process::id().to_string()).map_err(io(&dir.pid()))?;
+    std::fs::write(pid, std::process::id().to_string()).map_err(io(pid))?;
     Ok(Some(f))
 }
 
 /// Whether a fence process holds `state_dir`'s lock now.
 pub fn running(state_dir: &Path) -> bool {
-    let dir = FenceDir::of(state_dir);
-    let Ok(f) = std::fs::OpenOptions::new().read(true).open(dir.lock()) else {
+    held(&FenceDir::of(state_dir).lock())
+}
+
+/// Whether some process holds the lock file `lock` now.
+pub(crate) fn held(lock: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new().read(true).open(lock) else {
         return false;
     };
     // SAFETY: flock on a descriptor we own; released when it closes.
@@ -110,6 +127,7 @@ pub fn run(state_dir: &Path) -> Result<(), DaemonError> {
         last_ok: Instant::now(),
         armed: false,
         pending: HashMap::new(),
+        dog: Feeder::new(state_dir),
         status: FenceStatus::default(),
     };
     tracing::info!(fenced = f.fenced, "fence process running");
@@ -136,12 +154,22 @@ impl Fence {
             self.instance = uuid::Uuid::new_v4().simple().to_string();
             self.last_ok = Instant::now();
         }
+        if !self.fenced && fenced_now {
+            // The watchdog (tern-watchdog) got there first: count it too.
+            tracing::warn!("the guests were fenced by the watchdog");
+            self.status.fencings += 1;
+        }
         self.fenced = fenced_now;
         if cfg.armed != self.armed {
             tracing::info!(armed = cfg.armed, pools = ?cfg.pools, "fence armed state changed");
             // Nothing was promised before arming: the clock starts now.
             self.last_ok = Instant::now();
             self.armed = cfg.armed;
+        }
+        if !cfg.armed || cfg.watchdog == WatchdogSpec::None {
+            // No promise, no watchdog: disarmed on purpose (a no-op when
+            // none is open).
+            self.dog.disarm();
         }
         let due = Duration::from_millis(s.fence_after_ms.saturating_sub(s.kill_budget_ms));
         match turn(cfg.armed, self.fenced, self.last_ok.elapsed(), s) {
@@ -162,6 +190,12 @@ impl Fence {
                     self.last_ok = start;
                     self.status.renewals += 1;
                     self.status.last_renewal_ms = Some(started_ms);
+                    // Checked again now: a fence frozen in the middle of the
+                    // renewal, or fenced meanwhile, feeds nothing.
+                    let fenced = self.dir.fenced().exists();
+                    if may_feed(cfg.armed, fenced, start.elapsed(), s) {
+                        self.dog.feed(&cfg.watchdog, s);
+                    }
                 } else {
                     self.status.renewal_failures += 1;
                 }
@@ -187,6 +221,7 @@ impl Fence {
         self.status.armed = self.armed;
         self.status.fenced = self.fenced;
         self.status.pools = (cfg.pools.len() + cfg.nfs.len()) as u64;
+        self.status.watchdog_ms = self.dog.armed().map_or(0, |t| t.as_millis() as u64);
         if let Err(e) = self.dir.save_status(&self.status) {
             tracing::debug!(error = %e, "cannot write the fence status");
         }
@@ -233,6 +268,7 @@ impl Fence {
             fence_after_ms: cfg.settings.fence_after_ms,
             io_timeout_ms: cfg.settings.io_timeout_ms,
             written_ms: now_ms(),
+            watchdog_ms: self.dog.armed().map_or(0, |t| t.as_millis() as u64),
         };
         let mut ok = true;
         let mut started = Vec::new();

@@ -99,6 +99,7 @@ mod tests {
             fence_after_ms: 5000,
             io_timeout_ms: 1000,
             written_ms: 1,
+            watchdog_ms: 0,
         };
         write(d.path(), &rec).unwrap();
         assert_eq!(read(d.path(), "a").unwrap(), Some(rec.clone()));

@@ -15,6 +15,8 @@ pub mod daemon;
 pub mod kill;
 pub mod lease;
 pub mod policy;
+pub mod standin;
+pub mod watchdog;
 
 use crate::error::{AgentError, Result};
 use crate::pools::Store;
@@ -48,6 +50,9 @@ pub async fn read_lease(agent: &Arc<Agent>, pool: &str, host: &str) -> Result<Op
             Store::Rbd(_) => Err(AgentError::Unsupported(format!(
                 "pool '{pool}' is an rbd pool, which carries no lease file: RBD guests are fenced by blocklisting their clients in Ceph"
             ))),
+            Store::Logical { .. } => Err(AgentError::Unsupported(format!(
+                "pool '{pool}' is a logical (LVM) pool, which carries no lease file; keep leases on a shared dir or netfs pool"
+            ))),
         }
     };
     match tokio::time::timeout(READ_TIMEOUT, read).await {
@@ -69,7 +74,7 @@ async fn lease_pools(agent: &Arc<Agent>) -> (Vec<std::path::PathBuf>, Vec<NetfsS
         match agent.pools.active_store(&p.def.name).await {
             Ok(Store::Dir(d)) => dirs.push(d),
             Ok(Store::Nfs { src, .. }) => nfs.push(src),
-            Ok(Store::Rbd(_)) | Err(_) => {}
+            Ok(Store::Rbd(_)) | Ok(Store::Logical { .. }) | Err(_) => {}
         }
     }
     dirs.sort();
@@ -88,6 +93,7 @@ pub async fn sync(agent: &Arc<Agent>, host: &str, armed: bool) {
         pools,
         nfs,
         settings: agent.cfg.fence,
+        watchdog: agent.cfg.fence_watchdog.clone(),
     };
     if dir.load_config().as_ref() != Some(&want) {
         tracing::info!(armed, pools = ?want.pools, "fence configuration");

@@ -116,7 +116,8 @@ async fn add_key(
     target: &str,
     run_dir: &std::path::Path,
 ) -> Result<Option<String>> {
-    let user = agent.qemu_user.as_ref();
+    let user = agent.guest_user(live.uuid)?;
+    let user = user.as_ref();
     let dir =
         crate::confine::user::qemu_dir(run_dir, user).map_err(|e| AgentError::state(run_dir, e))?;
     let Some(file) = agent.pools.secrets.stage_disk(live, target, &dir, user)? else {
@@ -203,6 +204,7 @@ async fn plug_nic(
         spice_port: None,
         incoming: false,
         paused: false,
+        mem_path: None,
     };
     let undo_tap = || async {
         if let Some(t) = &tap {
@@ -381,6 +383,7 @@ async fn finish(agent: &Agent, slot: &DomainSlot, e: &mut DomainEntry, id: &str,
         Leftover::Disk { target } => {
             del_nodes(&run.qmp, &[file_node(target), drive_node(target)]).await;
             del_key(&run.qmp, &tern_qemu::cmdline::disk_secret_id(target)).await;
+            give_back_disk(agent, &run.live, target).await;
             run.live.devices.disks.retain(|d| d.target_dev != *target);
         }
         Leftover::Nic { mac, netdev, tap } => {
@@ -401,6 +404,28 @@ async fn finish(agent: &Agent, slot: &DomainSlot, e: &mut DomainEntry, id: &str,
         }
     }
     save_live(agent, slot, e);
+}
+
+/// A detached disk's file goes back to root from the guest's uid (QEMU
+/// closed it with `blockdev-del`).
+async fn give_back_disk(agent: &Agent, live: &Domain, target: &str) {
+    let Some(u) = agent.held_user(live.uuid) else {
+        return;
+    };
+    let Ok(resolved) = agent.pools.resolve_disks(live).await else {
+        return;
+    };
+    let src = resolved
+        .devices
+        .disks
+        .iter()
+        .find(|d| d.target_dev == target)
+        .and_then(|d| d.source.clone());
+    if let Some(src) = src {
+        if let Err(e) = crate::confine::user::give_back(&src, u.uid) {
+            tracing::warn!(path = %src.display(), error = %e, "cannot give a detached disk back to root");
+        }
+    }
 }
 
 /// The id of the NIC whose MAC is `mac`.

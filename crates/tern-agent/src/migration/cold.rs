@@ -96,8 +96,19 @@ pub async fn prepare(
                 f.volume
             )));
         }
-        // A pool only QEMU reaches takes the file through a staged copy.
-        let to_export = agent.pools.img_path(&path).await != path;
+        // A pool only QEMU reaches, and a logical pool, take the file
+        // through a staged copy.
+        let logical = agent.pools.is_logical_path(&path).await;
+        if logical {
+            agent
+                .pools
+                .accepts_image(&pool, &f.format, f.depth > 0 || f.backing_volume.is_some())
+                .await
+                .map_err(|e| {
+                    AgentError::Conflict(format!("the destination cannot take '{}': {e}", f.volume))
+                })?;
+        }
+        let to_export = logical || agent.pools.img_path(&path).await != path;
         if to_export && (f.depth > 0 || f.backing_volume.is_some()) {
             return Err(AgentError::Unsupported(format!(
                 "'{}' is part of a backing chain, and pool '{pool}' is reached by QEMU itself (nfs:// or rbd:), where a chain's backing names cannot be re-pointed; flatten the disk first, or pass --target-pool with a directory pool",

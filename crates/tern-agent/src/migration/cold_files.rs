@@ -45,6 +45,13 @@ pub async fn describe(agent: &Agent, d: &Domain, copy_exports: bool) -> Result<V
             tern_model::DiskFormat::Qcow2 => "qcow2",
         };
         let url = agent.pools.img_path(top).await;
+        if crate::pools::is_block_device(top) {
+            // A logical volume (or another block device): read whole into
+            // a staged file and sent from there; it always travels.
+            let f = exported_file(agent, disk, top, top, format, out.len()).await?;
+            out.push(f);
+            continue;
+        }
         if url != *top {
             // On an export only QEMU reaches: shared, so it stays in place
             // unless the operator named a pool to copy it into.
@@ -145,9 +152,10 @@ async fn push_chain(
 }
 
 /// A disk file on an export only QEMU reaches, copied out with
-/// `--target-pool`: staged byte for byte into the state directory at
-/// Perform and sent from there. Single files only: a chain's backing names
-/// would have to be rewritten on the export.
+/// `--target-pool`, or a block device (a logical volume): staged byte for
+/// byte into the state directory at Perform and sent from there. Single
+/// files only: a chain's backing names would have to be rewritten on the
+/// export.
 async fn exported_file(
     agent: &Agent,
     disk: &tern_model::Disk,

@@ -1,5 +1,6 @@
 //! Cold copies to and from a netfs pool that only QEMU reaches (over
-//! `nfs://`, on a host without a kernel NFS client): the transfer engine
+//! `nfs://`, on a host without a kernel NFS client), and to and from
+//! logical volumes (block devices, written in place): the transfer engine
 //! reads and writes local files, so such a file is staged in the agent's
 //! state directory. The source copies the export's file there byte for
 //! byte and sends the staged copy; the destination receives into a staged
@@ -65,7 +66,7 @@ pub fn incoming_path(agent: &Agent, session: &str) -> Result<PathBuf> {
 /// file, which is sent as it is.
 pub async fn stage_out(agent: &Agent, path: &Path, session: &str) -> Result<Option<Staged>> {
     let url = agent.pools.img_path(path).await;
-    if url == path {
+    if url == path && !crate::pools::is_block_device(path) {
         return Ok(None);
     }
     let staged = Staged(dir(agent)?.join(format!("{session}.out")));
@@ -84,6 +85,10 @@ pub async fn stage_out(agent: &Agent, path: &Path, session: &str) -> Result<Opti
 /// `final_path` (a path under a netfs pool's target) lives, checks it, and
 /// drops the staged file.
 pub async fn upload(agent: &Agent, staged: Staged, final_path: &Path) -> Result<()> {
+    if agent.pools.is_logical_path(final_path).await {
+        // Into a new logical volume of a logical pool.
+        return agent.pools.write_to_volume(staged.path(), final_path).await;
+    }
     let url = agent.pools.img_path(final_path).await;
     if url == final_path {
         return Err(AgentError::Failed(format!(

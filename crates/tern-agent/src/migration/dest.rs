@@ -248,7 +248,7 @@ pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
     let e = slot.inner.lock().await;
     if !e.persistent {
         drop(e);
-        agent.domains.remove(slot);
+        agent.forget_domain(slot);
         let _ = std::fs::remove_dir_all(agent.layout.run_dir(&slot.name));
     }
 }

@@ -13,8 +13,9 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_migrate::plan::{arm_postcopy, effective_memory, link_estimate, start_plan, Sample};
-use tern_migrate::policy::{predict, predict_with_policy, Forecast};
+use tern_migrate::forecast::Measured;
+use tern_migrate::plan::{arm_postcopy, start_plan, Sample, ZERO_PAGE_COST};
+use tern_migrate::policy::{predict, predict_with_policy, Forecast, Prediction};
 use tern_migrate::MigrateOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,45 +47,77 @@ pub async fn forecast(
     let probe = match dest_uri {
         Some(u) => probe_link(agent, u)
             .await
-            .map_err(|e| format!("assumed 1 GiB/s (probe failed: {e})")),
-        None => Err("assumed 1 GiB/s (no destination given)".to_string()),
+            .map_err(|e| format!("probe failed: {e}")),
+        None => Err("no destination given".to_string()),
     };
+    let probe_loopback = matches!(probe, Ok((_, true)));
+    let probe = probe.map(|(rate, _)| rate);
     let cap = o.bandwidth_mib.filter(|m| *m > 0).map(|m| m << 20);
-    let link = link_estimate(probe, agent.jobs.pace(), cap, o.parallel);
-    let (bandwidth, source) = (link.bandwidth, link.source);
-    let downtime = o.initial_downtime_ms();
-    let effective = effective_memory(memory, zero_fraction, link.link_bound);
-    let alone = predict(effective, bandwidth, dirty_rate, downtime, 30);
+    let cpu_rate = tokio::task::spawn_blocking(copy_speed)
+        .await
+        .unwrap_or(0)
+        .max(1);
+    let inputs = tern_migrate::forecast::inputs(&Measured {
+        memory,
+        zero_fraction,
+        zero_samples: REGIONS,
+        dirty_rate,
+        cpu_rate,
+        learned_ratio: agent.jobs.thread_ratio(),
+        probe,
+        probe_loopback,
+        cap,
+    });
     let cfg = o.policy_config();
+    let range = tern_migrate::forecast::range(&cfg, &inputs);
+    let bandwidth = inputs.send_rate.p50 as u64;
+    let source = inputs.send_rate.source.clone();
+    let downtime = o.initial_downtime_ms();
+    // What the first pass sends, in bytes at the send rate (zero pages at
+    // their scan cost on the thread).
+    let effective = (memory as f64 * (1.0 - zero_fraction)
+        + memory as f64 * zero_fraction * ZERO_PAGE_COST * inputs.send_rate.p50
+            / inputs.thread_rate.p50.max(1.0)) as u64;
+    let alone = predict(effective, bandwidth, dirty_rate, downtime, 30);
+    let policy_point = predict_with_policy(
+        &cfg,
+        effective,
+        bandwidth,
+        dirty_rate,
+        range.downtime_limit_ms,
+    );
     let prediction = if o.policy_on() {
-        predict_with_policy(&cfg, effective, bandwidth, dirty_rate, downtime)
+        Prediction {
+            total_ms: range.total.p50_ms,
+            downtime_ms: range.downtime.p50_ms,
+            ..policy_point
+        }
     } else {
         alone
     };
     let secs = |ms: u64| ms as f64 / 1000.0;
+    let span = format!(
+        "{:.1}-{:.1} s (median {:.1} s), pause {}-{} ms",
+        secs(range.total.p10_ms),
+        secs(range.total.p90_ms),
+        secs(range.total.p50_ms),
+        range.downtime.p10_ms,
+        range.downtime.p90_ms
+    );
     let verdict = if alone.converges && alone.total_ms <= cfg.deadline_ms {
+        format!("converges in {} passes: {span}", prediction.iterations,)
+    } else if o.policy_on() && policy_point.downtime_ms <= cfg.max_downtime_ms {
         format!(
-            "converges in {} passes: about {:.1} s with {} ms downtime",
-            prediction.iterations,
-            secs(prediction.total_ms),
-            prediction.downtime_ms
-        )
-    } else if o.policy_on() && prediction.downtime_ms <= cfg.max_downtime_ms {
-        format!(
-            "does not converge on its own: the policy finishes it in about {:.1} s ({}) with {} ms downtime",
-            secs(prediction.total_ms),
-            if prediction.downtime_ms == tern_migrate::policy::POSTCOPY_SWITCH_MS {
+            "does not converge on its own: the policy finishes it ({}): {span}",
+            if policy_point.downtime_ms == tern_migrate::policy::POSTCOPY_SWITCH_MS {
                 "switching to post-copy"
             } else {
                 "with a longer downtime limit"
             },
-            prediction.downtime_ms
         )
     } else if o.policy_on() {
         format!(
-            "does not converge on its own: the policy pauses the guest at the deadline, finishing in about {:.1} s with a {:.1} s pause (allow --postcopy to avoid it)",
-            secs(prediction.total_ms),
-            secs(prediction.downtime_ms)
+            "does not converge on its own: the policy pauses the guest at the deadline: {span} (allow --postcopy to avoid it)"
         )
     } else {
         "does not converge: use the policy (default), --auto-converge, --postcopy or --timeout"
@@ -110,16 +143,57 @@ pub async fn forecast(
         dirty_rate,
         bandwidth,
         bandwidth_source: source,
-        downtime_limit_ms: downtime,
+        downtime_limit_ms: if o.policy_on() {
+            range.downtime_limit_ms
+        } else {
+            downtime
+        },
         prediction,
         verdict,
         delta_fraction: pages.delta_fraction,
         compress_ratio: pages.compress_ratio,
         plan,
         arm_postcopy: arm,
+        range: Some(range),
+        cpu_rate,
     };
     agent.jobs.remember_forecast(name, f.clone());
     Ok(f)
+}
+
+/// This host's single-thread copy speed now, bytes/s: pages checked for
+/// zeros and copied, as QEMU's migration thread does, in six 50 ms windows,
+/// the median of them (on a shared machine one window may fall into
+/// another process's time slice). memcmp and memcpy run at the same speed
+/// in debug and release builds, so the figure does not depend on how the
+/// agent was built. It moves with the host's load, which is what the
+/// forecast needs it for.
+fn copy_speed() -> u64 {
+    const PAGE: usize = 4096;
+    let src = vec![0x5au8; 4 << 20];
+    let zero = [0u8; PAGE];
+    let mut dst = vec![0u8; 1 << 20];
+    let mut zeros = 0u64;
+    let mut windows = Vec::new();
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        while t0.elapsed() < Duration::from_millis(50) {
+            for (i, page) in src.chunks_exact(PAGE).enumerate() {
+                if page == zero.as_slice() {
+                    zeros += 1;
+                    continue;
+                }
+                let at = (i * PAGE) % dst.len();
+                dst[at..at + PAGE].copy_from_slice(page);
+            }
+            bytes += src.len() as u64;
+        }
+        windows.push((bytes as f64 / t0.elapsed().as_secs_f64()) as u64);
+    }
+    std::hint::black_box((&dst, zeros));
+    windows.sort_unstable();
+    windows[windows.len() / 2]
 }
 
 /// What two reads of the same sampled pages showed.
@@ -186,7 +260,8 @@ const REGION_PAGES: u64 = 4;
 async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64) -> Vec<Vec<u8>> {
     let dir = agent.layout.run_dir(name);
     // QEMU writes the file after it dropped to its own user.
-    let dir = crate::confine::user::qemu_dir(&dir, agent.qemu_user.as_ref()).unwrap_or(dir);
+    let user = agent.guest_user_of(name).ok().flatten();
+    let dir = crate::confine::user::qemu_dir(&dir, user.as_ref()).unwrap_or(dir);
     let file = dir.join("sample.page");
     let regions = (memory / 4096 / REGION_PAGES).max(1);
     let mut out = Vec::new();
@@ -218,8 +293,10 @@ async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64
     out
 }
 
-/// Streams bytes for half a second into a sink the destination opened.
-async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
+/// Streams bytes for half a second into a sink the destination opened,
+/// after the sink's one-time token (see [`probe_sink`]): bytes/s, and
+/// whether the sink was on this host's loopback.
+async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<(u64, bool)> {
     let uri: tern_model::uri::ConnectUri = dest_uri
         .parse()
         .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
@@ -227,32 +304,56 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<u64> {
         .peer_client(&uri)
         .map_err(|e| AgentError::Invalid(e.to_string()))?
         .with_timeout(Duration::from_secs(10));
-    let (host, port): (String, u16) = dst
+    let reply: serde_json::Value = dst
         .call(&tern_api::Request::Migration(
             tern_api::MigrationRequest::ProbeSink {},
         ))
         .await
         .map_err(|e| AgentError::Failed(e.to_string()))?;
-    let _ = agent;
+    let (host, port, token) = sink_reply(&reply)
+        .ok_or_else(|| AgentError::Failed(format!("the destination's probe answered {reply}")))?;
     let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| AgentError::Failed(format!("cannot reach the destination's probe: {e}")))?;
+    let failed = |e: std::io::Error| AgentError::Failed(format!("probe stream failed: {e}"));
+    // An older destination sends no token and expects none.
+    if let Some(t) = token {
+        s.write_all(t.as_bytes()).await.map_err(failed)?;
+    }
     let buf = vec![0x5au8; 1 << 20];
     let t0 = Instant::now();
     let mut sent = 0u64;
     while t0.elapsed() < Duration::from_millis(500) {
-        s.write_all(&buf)
-            .await
-            .map_err(|e| AgentError::Failed(format!("probe stream failed: {e}")))?;
+        s.write_all(&buf).await.map_err(failed)?;
         sent += buf.len() as u64;
     }
     let _ = s.shutdown().await;
-    Ok((sent as f64 / t0.elapsed().as_secs_f64()) as u64)
+    let loopback = s.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    Ok(((sent as f64 / t0.elapsed().as_secs_f64()) as u64, loopback))
 }
 
-/// Destination side of the probe: accept one stream on a migration port,
-/// read and discard it (at most 30 s).
-pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16)> {
+/// `[host, port, token]` (or an older agent's `[host, port]`).
+fn sink_reply(v: &serde_json::Value) -> Option<(String, u16, Option<String>)> {
+    let a = v.as_array()?;
+    let host = a.first()?.as_str()?.to_string();
+    let port = u16::try_from(a.get(1)?.as_u64()?).ok()?;
+    let token = a.get(2).and_then(|t| t.as_str()).map(str::to_string);
+    Some((host, port, token))
+}
+
+/// How long a connection to the probe sink has to present the token.
+const TOKEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections to the probe sink checked at once; more are closed.
+const MAX_KNOCKING: usize = 32;
+
+/// Destination side of the probe: on a migration port, read and discard
+/// the one stream that starts with a fresh token (at most 30 s in all).
+/// The token goes to the source only in this authenticated API's answer,
+/// so a third party on the migration network can no longer feed the
+/// estimate; each connection gets 5 s to present it, on its
+/// own task, so silent connections do not hold up the real one.
+pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16, String)> {
     let mut listener = None;
     for p in agent.cfg.migration_ports.clone() {
         if let Ok(l) =
@@ -264,20 +365,43 @@ pub async fn probe_sink(agent: &Arc<Agent>) -> Result<(String, u16)> {
     }
     let (l, port) = listener
         .ok_or_else(|| AgentError::Failed("no free migration port for the probe".into()))?;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let want = token.clone().into_bytes();
     tokio::spawn(async move {
-        let work = async {
-            if let Ok((mut s, _)) = l.accept().await {
-                let mut buf = vec![0u8; 1 << 20];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), sink(l, want)).await;
     });
-    Ok((agent.migration_address(), port))
+    Ok((agent.migration_address(), port, token))
+}
+
+/// Accepts until one connection presents `token`, then drains it.
+async fn sink(l: tokio::net::TcpListener, token: Vec<u8>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_KNOCKING));
+    let mut stream = loop {
+        tokio::select! {
+            Some(s) = rx.recv() => break s,
+            accepted = l.accept() => {
+                let Ok((mut s, _)) = accepted else { continue };
+                let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                let (tx, token) = (tx.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut got = vec![0u8; token.len()];
+                    let read = tokio::time::timeout(TOKEN_WAIT, s.read_exact(&mut got)).await;
+                    drop(slot);
+                    if matches!(read, Ok(Ok(_))) && got == token {
+                        let _ = tx.send(s).await;
+                    }
+                });
+            }
+        }
+    };
+    drop(l);
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -297,5 +421,39 @@ mod tests {
         assert!((d - 1.0 / 4096.0).abs() < 1e-9);
         assert!(f.compress_ratio > 10.0);
         assert_eq!(page_figures(&before, &before).delta_fraction, None);
+    }
+
+    #[tokio::test]
+    async fn the_sink_drains_only_the_stream_that_presents_its_token() {
+        use tokio::net::TcpStream;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let token = b"0123456789abcdef0123456789abcdef".to_vec();
+        let task = tokio::spawn(sink(l, token.clone()));
+        // A silent connection does not hold it up; a wrong token is closed.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut wrong = TcpStream::connect(addr).await.unwrap();
+        wrong.write_all(&[b'x'; 32]).await.unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(wrong.read(&mut b).await.unwrap_or(0), 0, "wrong token kept");
+        // 8 MiB is more than the socket buffers hold: it goes through
+        // only because the sink drains this stream; the sink ends at its end.
+        let mut real = TcpStream::connect(addr).await.unwrap();
+        real.write_all(&token).await.unwrap();
+        real.write_all(&vec![0u8; 8 << 20]).await.unwrap();
+        real.shutdown().await.unwrap();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn the_sink_reply_carries_a_token_or_comes_from_an_older_agent() {
+        let v = serde_json::json!(["10.0.0.2", 49152, "abc"]);
+        assert_eq!(
+            sink_reply(&v),
+            Some(("10.0.0.2".into(), 49152, Some("abc".into())))
+        );
+        let old = serde_json::json!(["10.0.0.2", 49152]);
+        assert_eq!(sink_reply(&old), Some(("10.0.0.2".into(), 49152, None)));
+        assert_eq!(sink_reply(&serde_json::json!(["h", 70000])), None);
     }
 }

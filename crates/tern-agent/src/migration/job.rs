@@ -365,6 +365,9 @@ pub struct Jobs {
     pace: Mutex<Option<u64>>,
     /// The last forecast of each domain, for the policy's start plan.
     forecasts: Mutex<HashMap<String, (std::time::Instant, tern_migrate::policy::Forecast)>>,
+    /// Moving average of migration pace over the copy speed measured by
+    /// the forecast before it (see `tern_migrate::forecast::THREAD_PER_CPU`).
+    thread_ratio: Mutex<Option<f64>>,
 }
 
 /// A migration found by its id.
@@ -507,6 +510,28 @@ impl Jobs {
         *self.pace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Past migrations' pace over the copy speed their forecasts measured.
+    pub fn thread_ratio(&self) -> Option<f64> {
+        *self.thread_ratio.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns the pace-to-copy-speed ratio from a finished migration that
+    /// had a forecast shortly before.
+    fn learn_ratio(&self, domain: &str, pace: u64) {
+        let Some(f) = self.fresh_forecast(domain, std::time::Duration::from_secs(120)) else {
+            return;
+        };
+        if f.cpu_rate == 0 {
+            return;
+        }
+        let sample = pace as f64 / f.cpu_rate as f64;
+        let mut r = self.thread_ratio.lock().unwrap_or_else(|p| p.into_inner());
+        *r = Some(match *r {
+            Some(old) => (old * 3.0 + sample) / 4.0,
+            None => sample,
+        });
+    }
+
     /// Moves a finished job to the completed table.
     pub fn finish(&self, job: &Arc<Job>) {
         job.close_tunnel(job.phase() != Phase::Completed);
@@ -529,6 +554,8 @@ impl Jobs {
                 Some(old) => (old * 3 + rate) / 4,
                 None => rate,
             });
+            drop(p);
+            self.learn_ratio(&job.domain, rate);
         }
         let rec = job.record();
         if let Some(dir) = &self.dir {

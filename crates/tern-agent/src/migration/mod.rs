@@ -18,6 +18,7 @@ pub mod postcopy;
 pub mod qemu_tls;
 pub mod record;
 pub mod recover;
+pub mod run;
 pub mod source;
 mod sparse;
 pub mod storage;
@@ -54,8 +55,9 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
             name,
             dest_uri,
             options,
+            id,
         } => {
-            source::p2p(agent, &name, &dest_uri, options).await?;
+            run::start(agent, &name, &dest_uri, options, id).await?;
             ok(json!(null))
         }
         MigrationRequest::JobInfo {

@@ -7,6 +7,7 @@ use crate::error::AgentError;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tern_migrate::forecast::{self, Follower, Prior};
 use tern_migrate::policy::{self, Action, Observation, PolicyState};
 use tern_migrate::protocol::PerformRequest;
 use tern_migrate::{JobInfo, JobKind, MigrateOptions, TimeoutAction};
@@ -148,6 +149,24 @@ struct Watch<'a> {
     recovery_failed: bool,
     policy: Option<policy::PolicyConfig>,
     pstate: PolicyState,
+    /// Forecasts the rest of the run from the run so far.
+    follower: Follower,
+}
+
+/// QEMU's figures as the policy and the forecast see them.
+fn observation(info: &JobInfo) -> Observation {
+    Observation {
+        elapsed_ms: info.time_elapsed_ms,
+        iteration: info.iteration,
+        remaining: info.memory_remaining,
+        bandwidth: info.memory_bandwidth,
+        dirty_rate: info.dirty_rate,
+        throttle: info.auto_converge_throttle.unwrap_or(0),
+        transferred: info.memory_processed,
+        zero_pages: info.constant_pages,
+        memory: info.memory_total,
+        page_size: info.page_size,
+    }
 }
 
 impl<'a> Watch<'a> {
@@ -161,6 +180,18 @@ impl<'a> Watch<'a> {
     ) -> Self {
         let policy = o.policy_on().then(|| o.policy_config());
         let pstate = PolicyState::new(o.initial_downtime_ms());
+        // What the forecast before the run sampled (zero pages, dirty rate).
+        let follower = Follower::new(
+            agent
+                .jobs
+                .fresh_forecast(&job.domain, Duration::from_secs(120))
+                .map(|f| Prior {
+                    zero_fraction: Some(f.zero_fraction),
+                    dirty_rate: f.dirty_rate,
+                    send_rate: f.bandwidth,
+                })
+                .unwrap_or_default(),
+        );
         Watch {
             agent,
             job,
@@ -183,6 +214,7 @@ impl<'a> Watch<'a> {
             recovery_failed: false,
             policy,
             pstate,
+            follower,
         }
     }
 
@@ -205,6 +237,7 @@ impl<'a> Watch<'a> {
                 let _ = self.qmp.execute("migrate_cancel", None).await;
             }
             self.stall_check(&info).await;
+            self.follow(&info);
             self.policy_step(&info).await;
             self.recover_postcopy(&info).await;
             let asked = *post_rx.borrow_and_update();
@@ -380,20 +413,35 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// The forecast of the rest of a pre-copy run, in the job and, one
+    /// every `RECORD_EVERY_MS`, in its record of updates.
+    fn follow(&mut self, info: &JobInfo) {
+        if info.qemu_status != MigrationStatus::Active {
+            return;
+        }
+        self.follower.see(&observation(info));
+        let cfg = self.policy.unwrap_or_else(|| self.o.policy_config());
+        let Some(u) = self.follower.forecast(&cfg, self.pstate.downtime_ms) else {
+            return;
+        };
+        self.job.update(|i| {
+            i.forecast_remaining_ms = Some(u.remaining_ms);
+            i.forecast_downtime_ms = Some(u.downtime_ms);
+            if forecast::worth_recording(i.forecast_updates.last(), &u)
+                && i.forecast_updates.len() < forecast::MAX_UPDATES
+            {
+                i.forecast_updates.push(u);
+            }
+        });
+    }
+
     /// The convergence policy's step for this look, if it takes one.
     async fn policy_step(&mut self, info: &JobInfo) {
         let Some(cfg) = &self.policy else { return };
         if info.qemu_status != MigrationStatus::Active {
             return;
         }
-        let obs = Observation {
-            elapsed_ms: info.time_elapsed_ms,
-            iteration: info.iteration,
-            remaining: info.memory_remaining,
-            bandwidth: info.memory_bandwidth,
-            dirty_rate: info.dirty_rate,
-            throttle: info.auto_converge_throttle.unwrap_or(0),
-        };
+        let obs = observation(info);
         // One JSON line per look: the traces the policy's tests replay
         // (crates/tern-migrate/traces) are cut from these.
         tracing::debug!(

@@ -88,7 +88,7 @@ pub async fn add_credentials(
     let dir = run_dir.join("migration-tls");
     // QEMU reads them after it dropped to its own user.
     let staged = stage(&pki, endpoint, &dir).and_then(|()| {
-        crate::confine::user::hand_over_dir(&dir, agent.qemu_user.as_ref())
+        crate::confine::user::hand_over_dir(&dir, agent.guest_user_at(run_dir)?.as_ref())
             .map_err(|e| AgentError::state(&dir, e))
     });
     let added = match staged {

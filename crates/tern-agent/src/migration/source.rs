@@ -9,14 +9,12 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tern_api::driver;
 use tern_migrate::protocol::{
     check_version, BeginReply, ConfirmRequest, PerformRequest, PROTOCOL_VERSION,
 };
 use tern_migrate::{JobKind, MigrateOptions, Phase, Role, TimeoutAction};
 use tern_model::{xml, CacheMode, DomainState, StateReason};
 use tern_qemu::{MigrationStatus, RunState};
-use uuid::Uuid;
 
 /// Refuses disk setups that corrupt data when two hosts open the image:
 /// images outside a shared pool, or a host page cache that would hold
@@ -35,6 +33,14 @@ pub async fn check_storage(
             continue;
         }
         match agent.pools.pool_of(src).await {
+            Some(p) if p.shared && p.kind == tern_model::PoolKind::Dir => {
+                // Declared shared: the filesystem must say so too.
+                crate::pools::sharedfs::check_shared_dir(
+                    &p.name,
+                    &p.target,
+                    &agent.cfg.server.qemu.shared_filesystems,
+                )?
+            }
             Some(p) if p.shared => {}
             Some(p) => {
                 return Err(AgentError::Conflict(format!(
@@ -611,70 +617,4 @@ pub fn end_failed(agent: &Agent, job: &Arc<Job>) {
     });
     job.event("migration failed; the guest keeps running on the source");
     agent.jobs.finish(job);
-}
-
-/// `--p2p`: this agent drives the migration; the client may go away.
-pub async fn p2p(
-    agent: &Arc<Agent>,
-    name: &str,
-    dest_uri: &str,
-    options: MigrateOptions,
-) -> Result<()> {
-    options
-        .validate()
-        .map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let uri: tern_model::uri::ConnectUri = dest_uri
-        .parse()
-        .map_err(|e: tern_model::uri::UriError| AgentError::Invalid(e.to_string()))?;
-    let dst = agent
-        .peer_client(&uri)
-        .map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let slot = agent.domains.find(name)?;
-    if let Some(why) = agent.unplugs.refusal(&slot.name) {
-        return Err(AgentError::Conflict(format!(
-            "cannot migrate '{name}': {why}"
-        )));
-    }
-    let id = Uuid::new_v4();
-    let job = Job::new(id, Role::Source, &slot.name, options.clone());
-    agent.jobs.insert(job.clone())?;
-    job.advance(Phase::Begin)?;
-    job.event(format!("peer-to-peer migration to {dest_uri}"));
-    let src = tern_api::Client::unix(agent.cfg.socket.clone());
-    let agent = agent.clone();
-    let name = slot.name.clone();
-    tokio::spawn(async move {
-        let r = driver::drive(&src, &dst, id, &name, &options, |_| {}).await;
-        let Err(e) = r else { return };
-        job.event(format!("failed: {e}"));
-        if matches!(
-            e,
-            driver::DriveError::Unknown(_) | driver::DriveError::Confirm(_)
-        ) && !job.phase().is_terminal()
-        {
-            // The destination's answer was lost after the memory moved: it
-            // may run the guest. The orphan watcher asks it and settles.
-            job.event("the destination's verdict is unknown: settling it with the destination");
-            return;
-        }
-        job.update(|i| {
-            if i.kind != JobKind::Cancelled {
-                i.kind = JobKind::Failed;
-            }
-            i.error = Some(e.to_string());
-        });
-        if !job.phase().is_terminal() {
-            let to = if job.phase() == Phase::Begin {
-                Phase::Failed
-            } else {
-                Phase::Confirm
-            };
-            let _ = job.advance(to);
-            if to == Phase::Confirm {
-                let _ = job.advance(Phase::Failed);
-            }
-        }
-        agent.jobs.finish(&job);
-    });
-    Ok(())
 }

@@ -116,6 +116,20 @@ pub async fn create_volumes(
                 dc.volume
             )));
         }
+        agent
+            .pools
+            .accepts_image(
+                &pool,
+                &dc.format,
+                dc.mode == CopyMode::Top && dc.backing.is_some(),
+            )
+            .await
+            .map_err(|e| {
+                AgentError::Conflict(format!(
+                    "the destination cannot hold disk '{}' ({}): {e}",
+                    dc.target, dc.format
+                ))
+            })?;
         if let (CopyMode::Top, Some((b, _))) = (dc.mode, &dc.backing) {
             // The new image would make QEMU read its backing file: only
             // images of this host's pools qualify, never any path a peer names.
@@ -147,6 +161,8 @@ pub async fn create_volumes(
             )));
         }
     }
+    // Received volumes belong to this guest's uid on this host.
+    let user = agent.guest_user(d.uuid)?;
     // Recorded before any is created: an agent killed half-way knows every
     // file that may be its own (none existed before: checked above).
     let planned: Vec<PathBuf> = plan.iter().map(|(_, p, _)| p.clone()).collect();
@@ -157,17 +173,22 @@ pub async fn create_volumes(
             (CopyMode::Top, Some((b, f))) => Some((b.as_path(), f.as_str())),
             _ => None,
         };
-        let size = Some(dc.virtual_size);
-        // A volume of a pool QEMU reaches over NFS is created on its URL.
+        // A volume of a pool QEMU reaches over NFS is created on its URL,
+        // one of a logical pool as a logical volume.
         let at = agent.pools.img_path(path).await;
-        if let Err(e) = img::create(&at, &dc.format, size, backing).await {
+        if let Err(e) = agent
+            .pools
+            .create_image(path, &dc.format, dc.virtual_size, backing)
+            .await
+        {
             remove_files(agent, &created).await;
-            return Err(e.into());
+            return Err(e);
         }
         created.push(path.clone());
         if at == *path {
-            // QEMU's own user reopens it while it arrives (see `sparse`).
-            if let Err(e) = crate::confine::user::hand_over(path, agent.qemu_user.as_ref()) {
+            // QEMU, as the guest's uid, reopens it while it arrives (see
+            // `sparse`); it goes back to root when that QEMU ends.
+            if let Err(e) = crate::confine::user::hand_over(path, user.as_ref()) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot give a received volume to QEMU's user");
             }
         }

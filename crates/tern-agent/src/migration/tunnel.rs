@@ -93,7 +93,8 @@ fn sink(job: &Arc<Job>) -> EventSink {
 /// kernel take at most 107 bytes). They live in the run directory's part
 /// that QEMU's unprivileged user may use (see `crate::confine::user`).
 fn socket(agent: &Agent, run_dir: &Path, name: &str) -> Result<PathBuf> {
-    let dir = crate::confine::user::qemu_dir(run_dir, agent.qemu_user.as_ref())
+    let user = agent.guest_user_at(run_dir)?;
+    let dir = crate::confine::user::qemu_dir(run_dir, user.as_ref())
         .map_err(|e| AgentError::state(run_dir, e))?;
     let p = dir.join(name);
     if p.as_os_str().len() > 107 {
@@ -181,7 +182,7 @@ pub fn outgoing(agent: &Agent, job: &Arc<Job>, run_dir: &Path, req: &PerformRequ
         let out = Outbound::listen(&path, kind, r, config.clone(), req.id, sink(job))
             .map_err(|e| AgentError::Failed(e.to_string()))?;
         // QEMU, unprivileged, connects to it.
-        crate::confine::user::hand_over(&path, agent.qemu_user.as_ref())
+        crate::confine::user::hand_over(&path, agent.guest_user_at(run_dir)?.as_ref())
             .map_err(|e| AgentError::state(&path, e))?;
         Ok::<_, AgentError>(out)
     };

@@ -124,7 +124,7 @@ impl Pools {
                     }
                 }
                 // Only netfs pools carry tokens.
-                Store::Rbd(_) => {}
+                Store::Rbd(_) | Store::Logical { .. } => {}
             }
         }
     }
@@ -155,7 +155,7 @@ async fn leave_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
                 .write_small(&name, id.to_string().as_bytes())
                 .await
                 .map_err(|e| fail(e.to_string()))?,
-            Store::Rbd(_) => {}
+            Store::Rbd(_) | Store::Logical { .. } => {}
         }
     }
     Ok(())
@@ -183,7 +183,7 @@ async fn check_tokens(pools: Vec<(String, Store)>, id: &Uuid) -> Result<()> {
                 }
                 t
             }
-            Store::Rbd(_) => continue,
+            Store::Rbd(_) | Store::Logical { .. } => continue,
         };
         if found.as_deref() != Some(id.to_string().as_bytes()) {
             return Err(AgentError::Conflict(format!(

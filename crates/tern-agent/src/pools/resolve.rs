@@ -73,6 +73,11 @@ impl Pools {
                         }
                         Store::Nfs { src, .. } => as_network(disk, nfs_source(&src, &v.volume)),
                         Store::Rbd(src) => as_network(disk, rbd_source(&src, &v.volume)),
+                        Store::Logical { target, .. } => {
+                            disk.source_type = DiskSourceType::Block;
+                            disk.remote = None;
+                            disk.source = Some(target.join(&v.volume));
+                        }
                     }
                 }
                 (Some(path), None) if disk.source_type == DiskSourceType::File => {
@@ -256,6 +261,14 @@ impl Pools {
                     .ok()?;
                 Some(shown)
             }
+            Store::Logical { src, target } => {
+                let pool = self.pool_of(&target.join(&file)).await?.name;
+                super::logical::Vg::new(&pool, &src, &target)
+                    .delete(&file)
+                    .await
+                    .ok()?;
+                Some(target.join(&file).display().to_string())
+            }
         }
     }
 }
@@ -289,6 +302,12 @@ impl Pools {
                     .iter()
                     .any(|v| v.name == volume);
                 Ok((rbd_target(&src).join(volume), exists))
+            }
+            Store::Logical { src, target } => {
+                let exists = super::logical::Vg::new(pool, &src, &target)
+                    .exists(volume)
+                    .await?;
+                Ok((target.join(volume), exists))
             }
         }
     }
@@ -341,7 +360,8 @@ impl Pools {
 
     /// Points `disk` at a copy placed at `path` (from [`Pools::volume_slot`]):
     /// an image of an rbd pool becomes a `type='volume'` disk of that pool
-    /// (what QEMU opens through librbd), anything else a file disk.
+    /// (what QEMU opens through librbd), a logical volume a block disk,
+    /// anything else a file disk.
     pub async fn point_disk(&self, disk: &mut Disk, path: &Path) {
         match self.rbd_holding(path).await {
             Some((pool, _, volume)) => {
@@ -353,7 +373,12 @@ impl Pools {
                 }));
             }
             None => {
-                disk.source_type = DiskSourceType::File;
+                // A logical volume is a block device.
+                disk.source_type = if self.is_logical_path(path).await {
+                    DiskSourceType::Block
+                } else {
+                    DiskSourceType::File
+                };
                 disk.remote = None;
                 disk.source = Some(path.to_path_buf());
             }
@@ -411,6 +436,15 @@ impl Pools {
                 export.remove(&f).await.map_err(|e| {
                     AgentError::Failed(format!("cannot remove {}: {e}", path.display()))
                 })
+            }
+            (Some(Store::Logical { src, target }), Some(f)) => {
+                let pool = self.pool_of(path).await.map(|p| p.name).unwrap_or_default();
+                let vg = super::logical::Vg::new(&pool, &src, &target);
+                let f = f.to_string_lossy();
+                if !vg.exists(&f).await.unwrap_or(true) {
+                    return Ok(());
+                }
+                vg.delete(&f).await
             }
             _ => match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -193,7 +193,7 @@ async fn migrate_once(
             _ => None,
         },
         workload_mib_s,
-        forecast_ms: None,
+        ..Default::default()
     }))
 }
 

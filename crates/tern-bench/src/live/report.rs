@@ -91,9 +91,17 @@ pub struct Run {
     pub workload_mib_s: Option<f64>,
     /// Tern only, when asked: `tern migrate-forecast`'s total time, ms.
     pub forecast_ms: Option<u64>,
+    /// Tern only, when asked: the forecast's p10 and p90, ms.
+    pub forecast_span: Option<(u64, u64)>,
+    /// Tern only: the error of the forecasts in force at 25, 50 and 75 %
+    /// of QEMU's run, on the time that followed ((forecast - real) / real).
+    pub run_errors: [Option<f64>; 3],
 }
 
 /// How one migration ended.
+// A benchmark holds a few dozen of these: their size does not matter,
+// and boxing `Run` would touch every place one is built.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Completed, guest running on the destination.
@@ -156,6 +164,8 @@ pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
         breakdown: mid.breakdown,
         workload_mib_s: mid.workload_mib_s,
         forecast_ms: mid.forecast_ms,
+        forecast_span: mid.forecast_span,
+        run_errors: mid.run_errors,
     }))
 }
 

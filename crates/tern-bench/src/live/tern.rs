@@ -98,20 +98,24 @@ async fn migrate_once(
     let (out_path, err_path) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
     let out = std::fs::File::create(&out_path).context("create the CLI's stdout file")?;
     let err = std::fs::File::create(&err_path).context("create the CLI's stderr file")?;
-    let forecast_ms = if bench.forecast {
+    let (forecast_ms, forecast_span) = if bench.forecast {
         let f = forecast(from, to, name, flags)?;
+        let span = f.range.as_ref().map(|r| (r.total.p10_ms, r.total.p90_ms));
         notes.push(format!(
-            "{who}: forecast {} ms from {} MiB at {} MiB/s ({}), {:.0} % zero pages, dirtying {} MiB/s",
+            "{who}: forecast {} ms (p10-p90 {}) from {} MiB at {} MiB/s ({}), {:.0} % zero pages, dirtying {} MiB/s, copy speed {} MiB/s, downtime {} ms",
             f.prediction.total_ms,
+            span.map_or("–".into(), |(a, b)| format!("{a}-{b} ms")),
             f.memory >> 20,
             f.bandwidth >> 20,
             f.bandwidth_source,
             f.zero_fraction * 100.0,
-            f.dirty_rate >> 20
+            f.dirty_rate >> 20,
+            f.cpu_rate >> 20,
+            f.prediction.downtime_ms,
         ));
-        Some(f.prediction.total_ms)
+        (Some(f.prediction.total_ms), span)
     } else {
-        None
+        (None, None)
     };
     let log_from = crate::guest::log_len(&from.console_log(name));
     let t0 = Instant::now();
@@ -160,7 +164,9 @@ async fn migrate_once(
         return Ok(Outcome::Failed(format!("{status}: {}", e.trim())));
     }
     let workload_mib_s = crate::guest::workload_rate(&from.console_log(name), log_from);
-    let figures = job_figures(from, name)?;
+    let info = job_info(from, name)?;
+    let figures = Figures::from_jobinfo(&info);
+    let run_errors = run_errors(&info, who, notes);
     let (src_events, dst_events) = (events(from, name), events(to, name));
     // The direct driver does not run Tern's convergence policy: say so
     // when the policy changed anything.
@@ -189,7 +195,35 @@ async fn migrate_once(
         },
         workload_mib_s,
         forecast_ms,
+        forecast_span,
+        run_errors,
     }))
+}
+
+/// The fractions of a run at which its forecasts are checked.
+pub const CHECK_AT: [f64; 3] = [0.25, 0.5, 0.75];
+
+/// The errors of the forecasts the source agent made during the run, at
+/// [`CHECK_AT`] of QEMU's total time, on the time that really followed;
+/// each check goes into the notes.
+fn run_errors(info: &JobInfo, who: &str, notes: &mut Vec<String>) -> [Option<f64>; 3] {
+    let mut out = [None; 3];
+    for (k, at) in CHECK_AT.iter().enumerate() {
+        let c = tern_migrate::forecast::check_at(&info.forecast_updates, info.time_elapsed_ms, *at);
+        if let Some(c) = c {
+            notes.push(format!(
+                "{who}: at {:.0} % ({} ms) the forecast said {} ms more and a {} ms pause; {} ms followed ({:+.0} %)",
+                at * 100.0,
+                c.update.at_ms,
+                c.update.remaining_ms,
+                c.update.downtime_ms,
+                c.actual_remaining_ms,
+                c.error * 100.0
+            ));
+            out[k] = Some(c.error);
+        }
+    }
+    out
 }
 
 /// `tern migrate-forecast --json` with the migration's bandwidth limit.
@@ -223,15 +257,18 @@ fn forecast(
 
 /// QEMU's figures as `tern domjobinfo --completed --json` reports them.
 pub(crate) fn job_figures(src: &TernHost, name: &str) -> Result<Figures> {
+    job_info(src, name).map(|j| Figures::from_jobinfo(&j))
+}
+
+/// `tern domjobinfo --completed --json`.
+pub(crate) fn job_info(src: &TernHost, name: &str) -> Result<JobInfo> {
     let o = src.tern(&["domjobinfo", name, "--completed", "--json"]);
     anyhow::ensure!(
         o.status.success(),
         "tern domjobinfo --completed failed: {}",
         String::from_utf8_lossy(&o.stderr).trim()
     );
-    let j: JobInfo =
-        serde_json::from_slice(&o.stdout).context("parse tern domjobinfo --completed --json")?;
-    Ok(Figures::from_jobinfo(&j))
+    serde_json::from_slice(&o.stdout).context("parse tern domjobinfo --completed --json")
 }
 
 /// Milliseconds since the Unix epoch, the agents' event clock.

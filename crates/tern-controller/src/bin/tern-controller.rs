@@ -54,6 +54,12 @@ struct Args {
     /// Agents' heartbeat interval, ms.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// Rescue a down host's guests only if its fence feeds a watchdog
+    /// (`ternd --fence-watchdog`; its storage lease names one): a host
+    /// without one is safe only while its fence process outlives its agent,
+    /// so its rescues wait for an operator (see docs/FENCING.md).
+    #[arg(long)]
+    fence_require_watchdog: bool,
     /// Grace between a lapse and declaring the host down, ms.
     #[arg(long, default_value_t = 2000)]
     grace_ms: u64,
@@ -173,6 +179,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     cfg.grace = Duration::from_millis(a.grace_ms);
     cfg.leader_ttl = Duration::from_millis(a.leader_ttl_ms);
     cfg.fault_exit_after_mark_down = a.fault_exit_after_mark_down;
+    cfg.fence_require_watchdog = a.fence_require_watchdog;
     cfg.limits = tern_scheduler::Limits {
         per_host_outbound: a.max_outbound_per_host.max(1),
         per_host_inbound: a.max_inbound_per_host.max(1),

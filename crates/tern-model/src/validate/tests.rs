@@ -31,6 +31,11 @@ fn valid() -> Domain {
         clock_timers: vec![],
         vcpus_current: None,
         sysinfo: None,
+        memory_backing: None,
+        cputune: None,
+        vcpu_cpuset: None,
+        numatune: None,
+        iothreads: 0,
     }
 }
 
@@ -49,6 +54,7 @@ fn disk(dev: &str) -> Disk {
         io: None,
         discard: None,
         detect_zeroes: None,
+        iothread: None,
         boot_order: None,
         serial: None,
         address: None,

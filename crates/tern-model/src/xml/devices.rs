@@ -178,6 +178,7 @@ fn parse_disk(node: Node) -> Result<Disk> {
         io,
         discard,
         detect_zeroes,
+        iothread,
     } = driver.unwrap_or_default();
     super::netdisk::attach_auth(&mut remote, auth)?;
     let (target_dev, target_bus) = target.ok_or_else(|| missing("<disk><target dev=...>"))?;
@@ -196,6 +197,7 @@ fn parse_disk(node: Node) -> Result<Disk> {
         io,
         discard,
         detect_zeroes,
+        iothread,
         boot_order,
         serial,
         address: address.flatten(),
@@ -209,6 +211,7 @@ struct DriverOpts {
     io: Option<String>,
     discard: Option<String>,
     detect_zeroes: Option<String>,
+    iothread: Option<u32>,
 }
 
 impl Default for DriverOpts {
@@ -219,6 +222,7 @@ impl Default for DriverOpts {
             io: None,
             discard: None,
             detect_zeroes: None,
+            iothread: None,
         }
     }
 }
@@ -250,7 +254,7 @@ fn parse_disk_driver(node: Node) -> Result<DriverOpts> {
     for (attr, _) in node.attributes().map(|a| (a.name(), a.value())) {
         if !matches!(
             attr,
-            "name" | "type" | "cache" | "io" | "discard" | "detect_zeroes"
+            "name" | "type" | "cache" | "io" | "discard" | "detect_zeroes" | "iothread"
         ) {
             return Err(XmlError::Unsupported {
                 what: format!("<disk><driver {attr}=...>"),
@@ -292,6 +296,10 @@ fn parse_disk_driver(node: Node) -> Result<DriverOpts> {
         io: one_of_attr(node, "io", &["native", "threads", "io_uring"])?,
         discard: one_of_attr(node, "discard", &["unmap", "ignore"])?,
         detect_zeroes: one_of_attr(node, "detect_zeroes", &["off", "on", "unmap"])?,
+        iothread: node
+            .attribute("iothread")
+            .map(|t| parse_number(t, "<disk><driver iothread=>"))
+            .transpose()?,
     })
 }
 

@@ -34,13 +34,26 @@ pub fn to_xml(d: &Domain) -> String {
     let kib = || vec![("unit", "KiB".to_string())];
     w.text("memory", kib(), &d.memory_kib.to_string());
     w.text("currentMemory", kib(), &d.current_memory_kib.to_string());
+    if let Some(mb) = &d.memory_backing {
+        super::memory::write_memory_backing(&mut w, mb);
+    }
     let mut vcpu = vec![("placement", "static".to_string())];
     push_opt(
         &mut vcpu,
         "current",
         d.vcpus_current.map(|c| c.to_string()).as_deref(),
     );
+    push_opt(&mut vcpu, "cpuset", d.vcpu_cpuset.as_deref());
     w.text("vcpu", vcpu, &d.vcpus.to_string());
+    if d.iothreads > 0 {
+        w.text("iothreads", vec![], &d.iothreads.to_string());
+    }
+    if let Some(t) = &d.cputune {
+        super::cputune::write_cputune(&mut w, t);
+    }
+    if let Some(t) = &d.numatune {
+        super::memory::write_numatune(&mut w, t);
+    }
     if let Some(info) = &d.sysinfo {
         super::export_guest::write_sysinfo(&mut w, info);
     }
@@ -237,6 +250,11 @@ fn write_disk(w: &mut Writer, disk: &Disk) {
     push_opt(&mut driver, "io", disk.io.as_deref());
     push_opt(&mut driver, "discard", disk.discard.as_deref());
     push_opt(&mut driver, "detect_zeroes", disk.detect_zeroes.as_deref());
+    push_opt(
+        &mut driver,
+        "iothread",
+        disk.iothread.map(|t| t.to_string()).as_deref(),
+    );
     w.empty("driver", driver);
     if let Some(source) = &disk.source {
         w.empty("source", vec![(source_attr, path(source))]);

@@ -54,6 +54,10 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
     let mut on_crash = None;
     let mut devices = None;
     let mut sysinfo = None;
+    let mut memory_backing = None;
+    let mut cputune = None;
+    let mut numatune = None;
+    let mut iothreads = None;
 
     for child in elements(root) {
         if child.tag_name().namespace().is_some() {
@@ -76,6 +80,18 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
             "on_crash" => set_once(&mut on_crash, parse_lifecycle(child)?, child)?,
             "devices" => set_once(&mut devices, parse_devices(child)?, child)?,
             "sysinfo" => set_once(&mut sysinfo, parse_sysinfo(child)?, child)?,
+            "cputune" => set_once(&mut cputune, super::cputune::parse_cputune(child)?, child)?,
+            "iothreads" => set_once(
+                &mut iothreads,
+                parse_number::<u32>(&text(child), "<iothreads>")?,
+                child,
+            )?,
+            "numatune" => set_once(&mut numatune, super::memory::parse_numatune(child)?, child)?,
+            "memoryBacking" => set_once(
+                &mut memory_backing,
+                super::memory::parse_memory_backing(child)?,
+                child,
+            )?,
             ignored if IGNORED_TOP_LEVEL.contains(&ignored) => {}
             other => return Err(refuse_top_level(other)),
         }
@@ -83,7 +99,21 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
 
     let name = name.ok_or_else(|| missing("<name>"))?;
     let memory_kib = memory.ok_or_else(|| missing("<memory>"))?;
-    let (vcpus, vcpus_current) = vcpus.unwrap_or((1, None));
+    let (vcpus, vcpus_current, vcpu_cpuset) = vcpus.unwrap_or((1, None, None));
+    if let Some(p) = cputune
+        .as_ref()
+        .and_then(|t: &crate::domain::CpuTune| t.vcpupins.iter().find(|p| p.vcpu >= vcpus))
+    {
+        return Err(invalid(
+            "<vcpupin vcpu=>",
+            &p.vcpu.to_string(),
+            &format!(
+                "pin vCPU {} only if the domain has it: it has {vcpus} (0-{})",
+                p.vcpu,
+                vcpus - 1
+            ),
+        ));
+    }
     let (mut cpu, topology) = cpu.unwrap_or((None, None));
     if let Some(topology) = topology {
         check_topology(topology, vcpus)?;
@@ -122,9 +152,44 @@ pub fn parse_domain(xml: &str) -> Result<Domain> {
         clock_timers,
         vcpus_current,
         sysinfo,
+        memory_backing,
+        cputune,
+        vcpu_cpuset,
+        numatune,
+        iothreads: iothreads.unwrap_or(0),
     };
+    check_iothreads(&domain)?;
     validate(&domain)?;
     Ok(domain)
+}
+
+/// A disk's `<driver iothread=N>` needs a virtio disk and N within
+/// `<iothreads>`.
+fn check_iothreads(d: &Domain) -> Result<()> {
+    for disk in &d.devices.disks {
+        let Some(t) = disk.iothread else { continue };
+        if disk.target_bus != crate::domain::DiskBus::Virtio {
+            return Err(invalid(
+                "<disk><driver iothread=>",
+                &t.to_string(),
+                &format!(
+                    "only virtio disks run in an I/O thread; drop it from disk '{}'",
+                    disk.target_dev
+                ),
+            ));
+        }
+        if t == 0 || t > d.iothreads {
+            return Err(invalid(
+                "<disk><driver iothread=>",
+                &t.to_string(),
+                &format!(
+                    "use 1 to {} (the domain's <iothreads>), or raise <iothreads>",
+                    d.iothreads
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refusal of a top-level element outside the honoured and ignored lists.
@@ -132,9 +197,8 @@ fn refuse_top_level(name: &str) -> XmlError {
     let why = match name {
         "maxMemory" => " (memory hotplug)",
         "vcpus" => " (vCPU hotplug)",
-        "cputune" | "numatune" | "memtune" | "blkiotune" => " (host resource tuning)",
-        "memoryBacking" => " (hugepages or shared memory backing)",
-        "iothreads" | "iothreadids" => " (dedicated I/O threads)",
+        "memtune" | "blkiotune" => " (host resource tuning)",
+        "iothreadids" => " (named I/O thread ids; give <iothreads>N</iothreads>)",
         "bootloader" | "bootloader_args" => " (host-side boot loader)",
         "idmap" => " (container id mapping)",
         "genid" => " (VM generation ID)",
@@ -176,9 +240,40 @@ fn parse_memory(node: Node) -> Result<u64> {
     })
 }
 
-/// `<vcpu current=...>N</vcpu>`: N the maximum, `current` the vCPUs online
-/// at start; `placement=` and `cpuset=` are host pinning and are ignored.
-fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>)> {
+/// `<vcpu current=... cpuset=...>N</vcpu>`: N the maximum, `current` the
+/// vCPUs online at start, `cpuset` the host CPUs they (and the emulator)
+/// run on. `placement='static'` is what QEMU does anyway; numad placement
+/// (`placement='auto'`) is refused by name.
+fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>, Option<String>)> {
+    let cpuset = match node.attribute("cpuset") {
+        None => None,
+        Some(raw) => {
+            super::cputune::parse_cpuset(raw).map_err(|e| {
+                invalid(
+                    "<vcpu cpuset=>",
+                    raw,
+                    &format!("{e}; write host CPUs such as '0-3,^2'"),
+                )
+            })?;
+            Some(raw.to_string())
+        }
+    };
+    match node.attribute("placement") {
+        None | Some("static") => {}
+        Some("auto") => {
+            return Err(XmlError::Unsupported {
+                what: "<vcpu placement='auto'> (numad placement)".to_string(),
+                fix: "use placement='static' or drop it".to_string(),
+            })
+        }
+        Some(other) => {
+            return Err(invalid(
+                "<vcpu placement=>",
+                other,
+                "use placement='static'",
+            ))
+        }
+    }
     let count: u32 = parse_number(&text(node), "<vcpu>")?;
     let current = match node.attribute("current") {
         None => None,
@@ -194,7 +289,7 @@ fn parse_vcpu(node: Node) -> Result<(u32, Option<u32>)> {
             (current != count).then_some(current)
         }
     };
-    Ok((count, current))
+    Ok((count, current, cpuset))
 }
 
 fn parse_lifecycle(node: Node) -> Result<LifecycleAction> {

@@ -119,6 +119,7 @@ fn rich() -> Domain {
                     io: None,
                     discard: None,
                     detect_zeroes: None,
+                    iothread: None,
                     boot_order: None,
                     serial: None,
                     address: None,
@@ -137,6 +138,7 @@ fn rich() -> Domain {
                     io: None,
                     discard: None,
                     detect_zeroes: None,
+                    iothread: None,
                     boot_order: None,
                     serial: None,
                     address: None,
@@ -155,6 +157,7 @@ fn rich() -> Domain {
                     io: None,
                     discard: None,
                     detect_zeroes: None,
+                    iothread: None,
                     boot_order: None,
                     serial: None,
                     address: None,
@@ -251,6 +254,11 @@ fn rich() -> Domain {
         clock_timers: vec![],
         vcpus_current: None,
         sysinfo: None,
+        memory_backing: None,
+        cputune: None,
+        vcpu_cpuset: None,
+        numatune: None,
+        iothreads: 0,
     }
 }
 

@@ -173,6 +173,7 @@ mod tests {
             io: None,
             discard: None,
             detect_zeroes: None,
+            iothread: None,
             boot_order: None,
             serial: None,
             address: None,

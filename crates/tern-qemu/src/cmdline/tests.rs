@@ -41,6 +41,7 @@ fn guest() -> Domain {
                 io: None,
                 discard: None,
                 detect_zeroes: None,
+                iothread: None,
                 boot_order: None,
                 serial: None,
                 address: None,
@@ -64,6 +65,11 @@ fn guest() -> Domain {
         clock_timers: vec![],
         vcpus_current: None,
         sysinfo: None,
+        memory_backing: None,
+        cputune: None,
+        vcpu_cpuset: None,
+        numatune: None,
+        iothreads: 0,
     }
 }
 
@@ -81,6 +87,7 @@ fn command_line_has_guest_visible_devices_and_host_wiring() {
         spice_port: None,
         incoming: true,
         paused: false,
+        mem_path: None,
     };
     let a = build_command_line(&spec).join(" ");
     assert!(a.contains("-m 256M"), "{a}");
@@ -140,6 +147,7 @@ fn line(d: &Domain) -> String {
         spice_port: Some(5930),
         incoming: false,
         paused: true,
+        mem_path: None,
     };
     build_command_line(&spec).join(" ")
 }
@@ -329,4 +337,85 @@ fn models_and_listen_addresses_cannot_carry_options() {
     );
     d.devices.graphics[0].listen = Some("::1".into());
     assert!(line(&d).contains("-vnc [::1]:0"));
+}
+
+#[test]
+fn hugepages_put_guest_ram_on_the_hugetlbfs_the_agent_picked() {
+    let mut d = guest();
+    d.memory_backing = Some(tern_model::MemoryBacking {
+        hugepages: Some(tern_model::Hugepages {
+            page_size_kib: None,
+        }),
+        nosharepages: true,
+        preallocate: true,
+    });
+    let spec = LaunchSpec {
+        domain: &d,
+        accel: Accel::Tcg,
+        run_dir: "/run/t".into(),
+        nets: vec![],
+        vnc_display: None,
+        spice_port: None,
+        incoming: false,
+        paused: false,
+        mem_path: Some("/dev/huge,pages".into()),
+    };
+    let a = build_command_line(&spec).join(" ");
+    assert!(
+        a.contains("-object memory-backend-file,id=pc.ram,mem-path=/dev/huge,,pages,size=256M,share=off,prealloc=on,merge=off"),
+        "{a}"
+    );
+    assert!(a.contains(",memory-backend=pc.ram"), "{a}");
+    assert!(a.contains("-m 256M"), "{a}");
+}
+
+#[test]
+fn nosharepages_alone_turns_merging_off_on_the_machine() {
+    let mut d = guest();
+    d.memory_backing = Some(tern_model::MemoryBacking {
+        nosharepages: true,
+        ..Default::default()
+    });
+    let a = line(&d);
+    assert!(a.contains(",mem-merge=off"), "{a}");
+    assert!(!a.contains("memory-backend"), "{a}");
+    d.memory_backing = Some(tern_model::MemoryBacking {
+        preallocate: true,
+        ..Default::default()
+    });
+    let a = line(&d);
+    assert!(
+        a.contains("-object memory-backend-ram,id=pc.ram,size=256M,prealloc=on"),
+        "{a}"
+    );
+}
+
+#[test]
+fn numatune_binds_guest_ram_to_host_nodes() {
+    let mut d = guest();
+    d.numatune = Some(tern_model::NumaTune {
+        mode: "strict".into(),
+        nodeset: "0,2".into(),
+    });
+    let a = line(&d);
+    assert!(
+        a.contains(
+            "-object memory-backend-ram,id=pc.ram,size=256M,host-nodes=0,host-nodes=2,policy=bind"
+        ),
+        "{a}"
+    );
+    assert!(a.contains(",memory-backend=pc.ram"), "{a}");
+}
+
+#[test]
+fn iothreads_are_objects_that_virtio_disks_run_in() {
+    let mut d = guest();
+    d.iothreads = 2;
+    d.devices.disks[0].iothread = Some(2);
+    let a = line(&d);
+    assert!(
+        a.contains("-object iothread,id=iothread1 -object iothread,id=iothread2"),
+        "{a}"
+    );
+    assert!(a.contains(",iothread=iothread2"), "{a}");
 }

@@ -403,6 +403,7 @@ function syncPick() {
 
 function staleForecast() {
   $("forecast-text").textContent = "Options changed: forecast again.";
+  $("forecast-inputs").replaceChildren();
 }
 
 async function openMigrate(name) {
@@ -419,6 +420,7 @@ async function openMigrate(name) {
   $("migrate-form").reset();
   $("migrate-error").textContent = "";
   $("forecast-text").textContent = "Choose a destination, then forecast.";
+  $("forecast-inputs").replaceChildren();
   $("verdicts").replaceChildren(h("tr", {}, h("td", { colspan: 3 }, "Asking the scheduler…")));
   $("migrate").showModal();
   await loadVerdicts();
@@ -450,10 +452,31 @@ async function runTimeForecast() {
     const r = await api("/api/time-forecast", { server: m.name, opts: migrateOpts() });
     const f = r.forecast;
     const p = f.prediction;
+    const g = f.range;
+    const span = g
+      ? `${ms(g.total.p10_ms)}–${ms(g.total.p90_ms)} in all (median ${ms(g.total.p50_ms)}),` +
+        ` ${ms(g.downtime.p10_ms)}–${ms(g.downtime.p90_ms)} of downtime (median ${ms(g.downtime.p50_ms)})`
+      : `about ${ms(p.total_ms)} in all, ${ms(p.downtime_ms)} of downtime`;
     $("forecast-text").textContent =
-      `To ${r.host}: about ${ms(p.total_ms)} in all, ${ms(p.downtime_ms)} of downtime` +
+      `To ${r.host}: ${span}` +
       ` (${p.converges ? "converges" : "does not converge without the policy"}; link ${rate(f.bandwidth)},` +
       ` guest dirtying ${rate(f.dirty_rate)}). ${f.verdict}`;
+    const list = $("forecast-inputs");
+    list.replaceChildren();
+    if (g) {
+      const i = g.inputs;
+      const r3 = (e, f) => `${f(e.p50)} (${f(e.p10)}–${f(e.p90)}): ${e.source}`;
+      const pct = (v) => `${Math.round(v * 100)} %`;
+      const ms0 = (v) => `${Math.round(v)} ms`;
+      for (const [k, v] of [
+        ["Zero pages", r3(i.zero_fraction, pct)],
+        ["Send rate", r3(i.send_rate, rate)],
+        ["One migration thread", r3(i.thread_rate, rate)],
+        ["Guest dirtying", r3(i.dirty_rate, rate)],
+        ["Setup", r3(i.setup_ms, ms0)],
+        ["Switch-over", r3(i.switch_ms, ms0)],
+      ]) list.append(h("li", {}, `${k}: ${v}`));
+    }
   } catch (e) {
     $("forecast-text").textContent = e.message;
   } finally {

@@ -27,7 +27,6 @@ fn refuses_devices_tern_cannot_honour() {
         ("<channel type='unix'><target type='guestfwd' name='x'/></channel>", "<channel><target type='guestfwd'>"),
         ("<audio id='1' type='pulseaudio'/>", "<audio type='pulseaudio'>"),
         ("<memballoon model='virtio'><address type='ccw' cssid='0xfe'/></memballoon>", "<address type='ccw'>"),
-        ("<disk type='file'><driver name='qemu' type='raw' iothread='1'/><source file='/a'/><target dev='vda'/></disk>", "<disk><driver iothread=...>"),
         ("<disk type='file'><driver name='qemu' type='raw' io='posix'/><source file='/a'/><target dev='vda'/></disk>", "<disk><driver io=> value 'posix'"),
         ("<interface type='user'><address type='pci' slot='0x40'/></interface>", "<address type='pci'> value 'slot 0x40"),
     ] {
@@ -131,7 +130,33 @@ fn refuses_unsupported_domain_settings() {
     );
     refused(
         &doc("<cputune><shares>1024</shares></cputune>"),
-        "element <cputune>",
+        "<cputune><shares> (CPU bandwidth needs libvirt's cgroups)",
+    );
+    refused(
+        &doc("<numatune><memnode cellid='0' mode='strict' nodeset='0'/></numatune>"),
+        "<numatune><memnode>",
+    );
+    refused(
+        &doc("<iothreads>1</iothreads><iothreadids><iothread id='1'/></iothreadids>"),
+        "element <iothreadids>",
+    );
+    refused(
+        &with_devices(
+            "<disk type='file'><driver name='qemu' type='raw' iothread='2'/><source file='/a'/><target dev='vda' bus='virtio'/></disk>",
+        )
+        .replace("<os>", "<iothreads>1</iothreads><os>"),
+        "use 1 to 1 (the domain's <iothreads>)",
+    );
+    refused(
+        &with_devices(
+            "<disk type='file'><driver name='qemu' type='raw' iothread='1'/><source file='/a'/><target dev='sda' bus='sata'/></disk>",
+        )
+        .replace("<os>", "<iothreads>1</iothreads><os>"),
+        "only virtio disks run in an I/O thread",
+    );
+    refused(
+        &doc("<vcpu placement='auto'>1</vcpu>"),
+        "<vcpu placement='auto'>",
     );
     refused(&doc("<bogus/>"), "element <bogus>");
     refused(

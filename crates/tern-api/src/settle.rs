@@ -1,0 +1,102 @@
+//! What a follower of a migration may still do itself. Every migration is
+//! run by its source agent (`tern-agent`'s `migration::run`); the CLI and
+//! the controller only start it and follow the source's job. When a
+//! controller restarts and finds a job whose run never started, or loses
+//! the source, these are the only steps it takes on its own.
+
+use crate::{Client, ClientError, MigrationRequest, Request};
+use std::time::Duration;
+use tern_migrate::protocol::{ConfirmRequest, FinishReply, FinishRequest, PROTOCOL_VERSION};
+use tern_migrate::MigrateOptions;
+use uuid::Uuid;
+
+/// Whether the destination holds migration `id`'s whole guest, paused and
+/// never run (its incoming QEMU completed): the one copy worth keeping
+/// when the source can no longer be asked.
+pub async fn dest_holds_everything(dst: &Client, id: Uuid) -> bool {
+    let req = tern_migrate::protocol::QueryRequest {
+        version: PROTOCOL_VERSION,
+        id,
+    };
+    let r = dst
+        .clone()
+        .with_timeout(Duration::from_secs(5))
+        .call::<tern_migrate::protocol::QueryReply>(&Request::Migration(
+            MigrationRequest::MigrateQuery { req },
+        ))
+        .await;
+    match r {
+        Ok(r) => {
+            check_reply_version(r.version).is_ok()
+                && matches!(
+                    r.view,
+                    tern_migrate::recovery::PeerView::Prepared { complete: true }
+                )
+        }
+        Err(_) => false,
+    }
+}
+
+/// Refuses a reply from an agent whose protocol this build does not speak.
+fn check_reply_version(v: u32) -> Result<(), String> {
+    tern_migrate::protocol::check_version(v).map_err(|e| e.to_string())
+}
+
+async fn finish_call(
+    dst: &Client,
+    id: Uuid,
+    dest_name: &str,
+    success: bool,
+    options: &MigrateOptions,
+) -> Result<FinishReply, ClientError> {
+    let req = FinishRequest {
+        version: PROTOCOL_VERSION,
+        id,
+        name: dest_name.to_string(),
+        success,
+        options: options.clone(),
+    };
+    let reply = dst
+        .call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req }))
+        .await?;
+    tern_migrate::protocol::check_version(reply.version).map_err(|e| ClientError::Decode {
+        target: dst.describe(),
+        message: e.to_string(),
+    })?;
+    Ok(reply)
+}
+
+async fn confirm_call(
+    src: &Client,
+    id: Uuid,
+    name: &str,
+    success: bool,
+    options: &MigrateOptions,
+) -> Result<serde_json::Value, ClientError> {
+    let req = ConfirmRequest {
+        version: PROTOCOL_VERSION,
+        id,
+        name: name.to_string(),
+        success,
+        options: options.clone(),
+    };
+    src.call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigrateConfirm {
+        req,
+    }))
+    .await
+}
+
+/// Abandons a migration whose Perform may never have started: the
+/// destination discards what it prepared, the source resumes. Errors are
+/// ignored: either side may never have heard of the migration.
+pub async fn roll_back(
+    src: &Client,
+    dst: &Client,
+    id: Uuid,
+    name: &str,
+    dest_name: &str,
+    options: &MigrateOptions,
+) {
+    let _ = finish_call(dst, id, dest_name, false, options).await;
+    let _ = confirm_call(src, id, name, false, options).await;
+}

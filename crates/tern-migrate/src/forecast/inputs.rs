@@ -1,0 +1,237 @@
+//! The forecast's inputs from what the agent measured just before: each
+//! figure with its spread and where it came from.
+
+use super::{Estimate, Inputs, SWITCH_MS};
+use crate::policy::SETUP_MS;
+
+/// What a forecast measured on the source just before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// Guest memory, bytes.
+    pub memory: u64,
+    /// Fraction of the sampled pages that were all zero.
+    pub zero_fraction: f64,
+    /// Places sampled (pages come in runs, so these count, not pages).
+    pub zero_samples: u64,
+    /// QEMU's `calc-dirty-rate`, bytes/s.
+    pub dirty_rate: u64,
+    /// This host's single-thread copy speed now, bytes/s (see
+    /// [`THREAD_PER_CPU`]).
+    pub cpu_rate: u64,
+    /// The ratio of migration pace to copy speed this host's past
+    /// migrations showed, if any.
+    pub learned_ratio: Option<f64>,
+    /// The link to the destination, bytes/s, or why it is not known.
+    pub probe: Result<u64, String>,
+    /// The probe's sink was on this host's loopback: the probe then
+    /// measured this host's CPUs, as the migration will use them (see
+    /// [`THREAD_PER_LOOPBACK_PROBE`]).
+    pub probe_loopback: bool,
+    /// The operator's `--bandwidth`, bytes/s.
+    pub cap: Option<u64>,
+}
+
+/// One migration thread's pace (normal pages, bytes/s) over this host's
+/// single-thread copy speed measured just before ([`Measured::cpu_rate`]):
+/// QEMU scans the dirty bitmap, checks each page for zeros, copies it into
+/// its stream and the destination copies it out again, with the guest's
+/// vCPU thread competing for the same cores. Measured with
+/// `tern-bench converge` on the two-core TCG machine under load (an idle
+/// 2 GiB guest: 390 MiB/s against a copy speed of 6.7 GiB/s,
+/// docs/BENCHMARKS.md).
+pub const THREAD_PER_CPU: f64 = 0.06;
+
+/// One migration thread's pace (effective bytes/s) over a loopback probe
+/// measured just before: both push bytes through the kernel from one
+/// process to another on the same CPUs, so both move together with the
+/// host's load. Five `tern-bench converge` migrations under load (load
+/// average 8-14) gave 0.19, 0.27, 0.28, 0.37 and 0.38; the single-thread
+/// copy speed's ratio varied three times as much (0.06-0.17).
+pub const THREAD_PER_LOOPBACK_PROBE: (f64, f64, f64) = (0.2, 0.28, 0.38);
+
+/// What a guest under TCG dirties while it migrates, as a fraction of what
+/// `calc-dirty-rate` measured just before (p10, median, p90): the
+/// migration's dirty tracking and its thread take CPU from the guest
+/// (`tern-bench converge` under load: 37 of 44 MiB/s, 74 of 149).
+pub const DIRTY_WHILE_MIGRATING: (f64, f64, f64) = (0.45, 0.7, 1.0);
+
+/// One migration thread's pace on a quiet machine, bytes/s (`tern-bench
+/// converge` session 4: 845-885 MiB/s). Fixed costs scale with how much
+/// slower the host is now.
+pub const QUIET_THREAD_RATE: f64 = 870.0 * 1048576.0;
+
+/// Pure: the inputs, named by source.
+pub fn inputs(m: &Measured) -> Inputs {
+    let mib = |b: f64| b / 1048576.0;
+    let (ratio, ratio_source, ratio_spread) = match m.learned_ratio {
+        Some(r) => (r, "this host's past migrations", 0.2),
+        None => (THREAD_PER_CPU, "the calibrated ratio", 0.35),
+    };
+    let thread_rate = match (&m.probe, m.probe_loopback) {
+        (Ok(p), true) => {
+            let (lo, mid, hi) = THREAD_PER_LOOPBACK_PROBE;
+            let p = *p as f64;
+            Estimate {
+                p10: p * lo,
+                p50: p * mid,
+                p90: p * hi,
+                source: format!(
+                    "one migration thread here now: the loopback probe measured {:.0} MiB/s, x{mid} (calibrated)",
+                    mib(p)
+                ),
+            }
+        }
+        _ => Estimate::spread(
+            m.cpu_rate as f64 * ratio,
+            ratio_spread,
+            format!(
+                "one migration thread here now: copy speed measured {:.0} MiB/s x {ratio:.3} ({ratio_source})",
+                mib(m.cpu_rate as f64)
+            ),
+        ),
+    };
+    let thread = thread_rate.p50;
+    let send_rate = match (&m.probe, m.cap) {
+        (_, Some(c)) if (c as f64) < thread => Estimate::spread(
+            c as f64,
+            0.05,
+            "--bandwidth (slower than one migration thread)",
+        ),
+        (Ok(p), _) if (*p as f64) < thread => Estimate::spread(
+            *p as f64,
+            0.2,
+            "measured to the destination (the link is slower than one migration thread)",
+        ),
+        (Ok(p), _) => Estimate {
+            source: format!(
+                "one migration thread (the link measured {:.0} MiB/s, faster)",
+                mib(*p as f64)
+            ),
+            ..thread_rate.clone()
+        },
+        (Err(why), _) => Estimate {
+            source: format!("one migration thread (link not measured: {why})"),
+            ..thread_rate.clone()
+        },
+    };
+    let z = m.zero_fraction.clamp(0.0, 1.0);
+    let n = m.zero_samples.max(1) as f64;
+    let zero_fraction = Estimate::around(
+        z,
+        1.2816 * (z * (1.0 - z) / n).sqrt(),
+        0.0,
+        1.0,
+        format!("{} sampled places of guest memory", m.zero_samples),
+    );
+    let d = m.dirty_rate as f64;
+    let dirty_rate = Estimate {
+        p10: d * DIRTY_WHILE_MIGRATING.0,
+        p50: d * DIRTY_WHILE_MIGRATING.1,
+        p90: d * DIRTY_WHILE_MIGRATING.2,
+        source: format!(
+            "QEMU's calc-dirty-rate over one second ({:.0} MiB/s), x{:.2}: a guest under TCG dirties less while it migrates",
+            mib(d),
+            DIRTY_WHILE_MIGRATING.1
+        ),
+    };
+    let slowdown = (QUIET_THREAD_RATE / thread.max(1.0)).max(1.0);
+    let setup_ms = Estimate::spread(
+        SETUP_MS as f64 * slowdown.sqrt(),
+        0.4,
+        format!(
+            "{SETUP_MS} ms on a quiet host, x{:.1} for this host's speed now",
+            slowdown.sqrt()
+        ),
+    );
+    let switch_ms = Estimate::spread(
+        SWITCH_MS as f64 * slowdown.sqrt(),
+        0.5,
+        format!(
+            "{SWITCH_MS} ms device state and last sync, x{:.1} for this host's speed now",
+            slowdown.sqrt()
+        ),
+    );
+    Inputs {
+        memory: m.memory,
+        zero_fraction,
+        send_rate,
+        thread_rate,
+        dirty_rate,
+        setup_ms,
+        switch_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn measured() -> Measured {
+        Measured {
+            memory: 2048 * MIB,
+            zero_fraction: 0.43,
+            zero_samples: 256,
+            dirty_rate: 0,
+            cpu_rate: 4000 * MIB,
+            learned_ratio: None,
+            probe: Ok(700 * MIB),
+            probe_loopback: false,
+            cap: None,
+        }
+    }
+
+    #[test]
+    fn the_thread_not_a_fast_probe_sets_the_pace_and_says_so() {
+        let i = inputs(&measured());
+        let thread = 4000.0 * THREAD_PER_CPU * MIB as f64;
+        assert!((i.send_rate.p50 - thread).abs() < 1.0);
+        assert!(
+            i.send_rate.source.contains("link measured 700 MiB/s"),
+            "{i:?}"
+        );
+        assert!(i.thread_rate.source.contains("calibrated"));
+    }
+
+    #[test]
+    fn a_slower_link_or_cap_sets_the_pace() {
+        let slow = inputs(&Measured {
+            probe: Ok(50 * MIB),
+            ..measured()
+        });
+        assert_eq!(slow.send_rate.p50, (50 * MIB) as f64);
+        let capped = inputs(&Measured {
+            cap: Some(20 * MIB),
+            ..measured()
+        });
+        assert!(capped.send_rate.source.starts_with("--bandwidth"));
+        let local = inputs(&Measured {
+            probe_loopback: true,
+            ..measured()
+        });
+        assert!((local.thread_rate.p50 - 700.0 * 0.28 * MIB as f64).abs() < 1.0);
+        assert!(local.send_rate.source.starts_with("one migration thread"));
+        assert!(local.thread_rate.source.contains("loopback probe"));
+        let learned = inputs(&Measured {
+            learned_ratio: Some(0.1),
+            ..measured()
+        });
+        assert!(learned.thread_rate.source.contains("past migrations"));
+    }
+
+    #[test]
+    fn a_slow_host_pays_more_fixed_time() {
+        let quiet = inputs(&Measured {
+            cpu_rate: (QUIET_THREAD_RATE / THREAD_PER_CPU) as u64,
+            ..measured()
+        });
+        assert!((quiet.setup_ms.p50 - SETUP_MS as f64).abs() < 1.0);
+        let busy = inputs(&Measured {
+            cpu_rate: (QUIET_THREAD_RATE / THREAD_PER_CPU / 4.0) as u64,
+            ..measured()
+        });
+        assert!((busy.setup_ms.p50 - 2.0 * SETUP_MS as f64).abs() < 1.0);
+        assert!(busy.zero_fraction.p10 < 0.43 && busy.zero_fraction.p90 > 0.43);
+    }
+}
