@@ -246,6 +246,7 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
     let facts = agent.facts().await;
     let pools = agent.pools.list(true).await;
     let mut domains = Vec::new();
+    let mut running = Vec::new();
     for s in agent.list(true).await {
         let (Ok(info), Ok(blk), Ok(xml)) = (
             agent.dominfo(&s.name).await,
@@ -254,6 +255,13 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
         ) else {
             continue;
         };
+        if let Some(id) = s.id {
+            running.push(crate::pools::rbd_clients::Running {
+                name: s.name.clone(),
+                id,
+                sources: blk.iter().filter_map(|b| b.source.clone()).collect(),
+            });
+        }
         let disks = blk
             .iter()
             .filter(|b| b.device == "disk")
@@ -299,6 +307,7 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
             xml,
         });
     }
+    let rbd_clients = agent.pools.rbd_clients(&pools, &running).await;
     HostReport {
         name: agent
             .cfg
@@ -320,5 +329,6 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
             .collect(),
         labels: agent.cfg.labels.iter().cloned().collect(),
         domains,
+        rbd_clients,
     }
 }

@@ -26,6 +26,8 @@ mod logical;
 mod logical_copies;
 mod proof;
 mod rbd;
+pub mod rbd_clients;
+mod rbd_identity;
 mod remote;
 mod resolve;
 pub mod sharedfs;
@@ -343,6 +345,10 @@ impl Pools {
                 allocation,
                 available,
                 access: p.access,
+                ceph_fsid: match (p.active, p.store()) {
+                    (true, Store::Rbd(src)) => self.pool_fsid(&p.def.name, &src).await,
+                    _ => None,
+                },
             });
         }
         out

@@ -188,6 +188,25 @@ pub struct HostReport {
     pub labels: BTreeMap<String, String>,
     /// Defined and transient domains.
     pub domains: Vec<DomainReport>,
+    /// The Ceph clients of this host's running guests (their RBD images'
+    /// watchers): what the controller blocklists when the host is declared
+    /// down, before any of them is rescued.
+    #[serde(default)]
+    pub rbd_clients: Vec<RbdClient>,
+}
+
+/// One RBD image a running guest has open, and the client address its
+/// QEMU has in the Ceph cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RbdClient {
+    /// The domain.
+    pub domain: String,
+    /// The rbd pool (its name on the hosts).
+    pub pool: String,
+    /// The image.
+    pub image: String,
+    /// The client address (`IP:PORT/NONCE`).
+    pub addr: String,
 }
 
 /// One domain on a host.

@@ -285,6 +285,20 @@ pub enum Request {
         /// The host whose lease to read.
         host: String,
     },
+    /// Blocklists (or, with `remove`, un-blocklists) Ceph client addresses
+    /// in the cluster of rbd pool `pool` on this host, and answers the
+    /// addresses the cluster's blocklist confirms (with `remove`: the ones
+    /// no longer on it). The controller fences a dead host's RBD clients
+    /// through another host that sees the pool (issue 21).
+    RbdBlocklist {
+        /// An rbd pool on this host.
+        pool: String,
+        /// Client addresses (`IP:PORT/NONCE`), as `rbd status` shows them.
+        addrs: Vec<String>,
+        /// Remove the entries instead of adding them.
+        #[serde(default)]
+        remove: bool,
+    },
     /// Agent events (`event`): lifecycle, migration phases, iterations and
     /// job events, as a long poll. Answered by the API server without a
     /// worker, like `ServerInfo`, so watchers never starve requests.

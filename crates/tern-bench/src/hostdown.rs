@@ -8,12 +8,19 @@
 //! its lease stood still past its promise); the server runs on the other
 //! host; the guest there prints TERN-READY. Prints a table with the median
 //! and the worst of each column.
+//!
+//! `--storage rbd` (issue 21): the guest's disk is a volume of an rbd pool
+//! on the test kit's single-node Ceph instead, with no lease: the host is
+//! proven fenced once the controller has blocklisted the Ceph client its
+//! agent reported for the guest.
 
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::{Duration, Instant};
+use tern_testkit::ceph::{skip_without_ceph, CephCluster};
 use tern_testkit::cluster::{boot_on_pool, enable_host_down_policy, shared_pool, wait_server};
 use tern_testkit::fencing::{kill_host, wait_armed};
+use tern_testkit::rbd::{add_rbd_pool, define_guest_with_disk, volume_disk_xml, RBD_POOL};
 use tern_testkit::{SerialLog, TestController};
 
 /// Options.
@@ -22,6 +29,10 @@ pub struct HostDownArgs {
     /// Rounds (the issue's target run is 10).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// Where the guest's disk lives: `dir` (a shared directory, fenced by
+    /// its lease) or `rbd` (Ceph, fenced by the OSD blocklist).
+    #[arg(long, default_value = "dir")]
+    storage: String,
 }
 
 /// The moments of one round, from the host's death.
@@ -51,16 +62,50 @@ fn json(c: &TestController, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn round(i: usize) -> Result<Round> {
+fn round(i: usize, ceph: Option<&CephCluster>) -> Result<Round> {
     let c = TestController::file(&[]);
     let (na, nb) = (format!("a{i}"), format!("b{i}"));
     let mut a = TestController::host(&[&c], &na, &[]);
     let b = TestController::host(&[&c], &nb, &[]);
-    let pool = shared_pool(&[&a, &b], "shared");
-    boot_on_pool(&a, "vm", "shared");
+    let pool = match ceph {
+        None => {
+            let pool = shared_pool(&[&a, &b], "shared");
+            boot_on_pool(&a, "vm", "shared");
+            Some(pool)
+        }
+        Some(ceph) => {
+            for h in [&a, &b] {
+                add_rbd_pool(h, ceph);
+            }
+            let vol = format!("hd{i}-disk");
+            a.ok(&["vol-create-as", RBD_POOL, &vol, "16M"]);
+            define_guest_with_disk(
+                &a,
+                "vm",
+                "tern.mem=16 tern.dirty=0",
+                2,
+                &volume_disk_xml(&vol, "vda"),
+            );
+            a.ok(&["start", "vm"]);
+            None
+        }
+    };
     wait_server(&c, "vm", &na, "running");
     enable_host_down_policy(&c, &na);
-    wait_armed(pool.path(), &na, Duration::from_secs(60));
+    match &pool {
+        Some(p) => {
+            wait_armed(p.path(), &na, Duration::from_secs(60));
+        }
+        // Fenced by Ceph: the controller must know the guest's client.
+        None => {
+            wait("the guest's RBD client reported", || {
+                json(&c, &["host-show", &na])["report"]["rbd_clients"]
+                    .as_array()
+                    .is_some_and(|l| !l.is_empty())
+                    .then_some(())
+            })?;
+        }
+    }
     let t0 = Instant::now();
     let wall0 = std::time::SystemTime::now();
     kill_host(&mut a);
@@ -114,12 +159,21 @@ pub async fn run(a: HostDownArgs) -> Result<()> {
     if a.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
+    let rbd = match a.storage.as_str() {
+        "dir" => false,
+        "rbd" => true,
+        other => bail!("unknown --storage '{other}'; give dir or rbd"),
+    };
+    if rbd && skip_without_ceph("tern-bench hostdown --storage rbd") {
+        bail!("Ceph is not installed");
+    }
     let rounds = tokio::task::spawn_blocking(move || {
+        let ceph = rbd.then(CephCluster::start);
         println!("| round | host down | proven fenced, rescue starts | server running elsewhere | guest ready elsewhere |");
         println!("|------:|----------:|-----------------------------:|------------------------:|----------------------:|");
         let mut out = Vec::new();
         for i in 0..a.rounds {
-            let r = round(i)?;
+            let r = round(i, ceph.as_ref())?;
             println!(
                 "| {i:>5} | {:>7.1} s | {:>26.1} s | {:>21.1} s | {:>19.1} s |",
                 r.down.as_secs_f64(),

@@ -66,7 +66,7 @@ enum Cmd {
     /// with the host proven fenced first.
     Hostdown(hostdown::HostDownArgs),
     /// RBD (issue 21): live migration with the disk on Ceph RBD (shared)
-    /// against a local dir pool with `--copy-storage-all`.
+    /// against NFS (shared) and a local dir pool with `--copy-storage-all`.
     Rbd(rbd::RbdArgs),
 }
 

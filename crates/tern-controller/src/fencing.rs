@@ -9,7 +9,9 @@
 //! stood still for the host's promise plus the write timeout plus a
 //! margin, the host's guests are dead: the proof is stored
 //! (`fenced/HOST/SINCE`) and only then may rescues of that death start
-//! ([`proven`]). No clock is compared with another host's clock.
+//! ([`proven`]). No clock is compared with another host's clock. RBD pools
+//! carry no lease: their guests' Ceph clients are blocklisted instead
+//! ([`crate::rbd_fence`]), and a confirmed blocklist is that pool's proof.
 
 use crate::error::Result;
 use crate::evacuate::host_client;
@@ -186,6 +188,7 @@ pub async fn watch_tick(ctl: &Arc<Controller>, hosts: &[HostRecord]) -> Result<(
         let since = match h.status {
             HostStatus::Online => {
                 ctl.fence_watch().remove(name);
+                crate::rbd_fence::cleanup(ctl, h, hosts).await;
                 continue;
             }
             HostStatus::Lapsed { .. } => None,
@@ -223,7 +226,19 @@ pub async fn watch_tick(ctl: &Arc<Controller>, hosts: &[HostRecord]) -> Result<(
             ));
             verdicts.push(v);
         }
-        ctl.set_fence_note(name, summary(&verdicts));
+        // RBD-backed guests: their Ceph clients blocklisted once the host
+        // is down (see `rbd_fence`).
+        let mut why_not = None;
+        if since.is_some() {
+            for (v, line) in crate::rbd_fence::fence(ctl, h, hosts).await {
+                if v == Verdict::NotArmed {
+                    why_not = Some(line.clone());
+                }
+                evidence.push(line);
+                verdicts.push(v);
+            }
+        }
+        ctl.set_fence_note(name, why_not.unwrap_or_else(|| summary(&verdicts)));
         let Some(since_ms) = since else { continue };
         if host_proven(&verdicts) {
             let proof = FenceProof {

@@ -23,6 +23,7 @@ pub mod listen;
 pub mod metrics;
 #[cfg(test)]
 mod operator_tests;
+pub mod rbd_fence;
 pub mod rescue;
 pub mod rescue_check;
 pub mod rest;

@@ -74,6 +74,7 @@ pub fn host_views(
                         name: p.def.name.clone(),
                         shared: p.def.shared,
                         free_bytes: p.available,
+                        identity: p.identity(),
                     })
                     .collect(),
                 networks: r.networks.clone(),

@@ -158,6 +158,11 @@ pub struct BeginReply {
     /// destination agent's own directory.
     #[serde(default)]
     pub nvram_dir: Option<std::path::PathBuf>,
+    /// The Ceph fsid of each RBD disk's cluster as the source sees it, by
+    /// target: the destination refuses a disk its monitors place in
+    /// another cluster (issue 21).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ceph_fsids: std::collections::BTreeMap<String, String>,
 }
 
 /// How one disk's contents reach the destination.
@@ -295,6 +300,9 @@ pub struct PrepareRequest {
     /// [`BeginReply::nvram_dir`], relayed by the driver.
     #[serde(default)]
     pub source_nvram_dir: Option<std::path::PathBuf>,
+    /// [`BeginReply::ceph_fsids`], relayed by the driver.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub source_ceph_fsids: std::collections::BTreeMap<String, String>,
 }
 
 /// Where to send memory.

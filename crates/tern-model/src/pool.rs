@@ -49,6 +49,21 @@ pub struct PoolInfo {
     /// How an active netfs pool reaches its export (never `Auto`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<NetfsAccess>,
+    /// An active rbd pool's Ceph cluster fsid: with the Ceph pool's name,
+    /// the identity of the storage (two hosts' pools of one name are the
+    /// same storage only when both agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_fsid: Option<String>,
+}
+
+impl PoolInfo {
+    /// What identifies the storage beyond the pool's name, when known:
+    /// `ceph:FSID/CEPHPOOL` for an rbd pool.
+    pub fn identity(&self) -> Option<String> {
+        let fsid = self.ceph_fsid.as_ref()?;
+        let pool = self.def.rbd.as_ref()?;
+        Some(format!("ceph:{fsid}/{}", pool.name))
+    }
 }
 
 /// What `vol-list` / `vol-info` show.

@@ -42,6 +42,11 @@ pub enum Rejection<'a> {
         /// Pool.
         pool: Text<'a>,
     },
+    /// The pool of that name here is other storage (another Ceph cluster).
+    SharedPoolOther {
+        /// Pool.
+        pool: Text<'a>,
+    },
     /// Not enough room for copied local disks.
     Disk {
         /// Pool.
@@ -122,6 +127,10 @@ impl fmt::Display for Rejection<'_> {
             Rejection::SharedPoolUnreachable { pool } => {
                 write!(f, "shared pool '{pool}' is not reachable from this host")
             }
+            Rejection::SharedPoolOther { pool } => write!(
+                f,
+                "pool '{pool}' on this host is other storage than on the source (another Ceph cluster fsid)"
+            ),
             Rejection::Disk { pool, need, free } => write!(
                 f,
                 "pool '{pool}' needs {} MiB free for copied disks, has {} MiB",
@@ -182,6 +191,7 @@ impl Rejection<'_> {
             Rejection::SharedPoolUnreachable { pool } => {
                 Rejection::SharedPoolUnreachable { pool: o(pool) }
             }
+            Rejection::SharedPoolOther { pool } => Rejection::SharedPoolOther { pool: o(pool) },
             Rejection::Disk { pool, need, free } => Rejection::Disk {
                 pool: o(pool),
                 need,
@@ -334,16 +344,27 @@ pub fn memory<'a>(
 pub fn storage<'a>(
     r: &'a MoveRequest,
     s: &'a ServerView,
-    _: Option<&'a HostView>,
+    src: Option<&'a HostView>,
     c: &'a HostView,
 ) -> Result<(), Rejection<'a>> {
     let mut need: Vec<(&str, u64)> = Vec::new();
     for d in &s.disks {
         if d.shared {
-            if !c.pool(&d.pool).is_some_and(|p| p.shared) {
+            let Some(here) = c.pool(&d.pool).filter(|p| p.shared) else {
                 return Err(Rejection::SharedPoolUnreachable {
                     pool: Cow::Borrowed(&d.pool),
                 });
+            };
+            let there = src.and_then(|h| h.pool(&d.pool));
+            if let (Some(a), Some(b)) = (
+                there.and_then(|p| p.identity.as_ref()),
+                here.identity.as_ref(),
+            ) {
+                if a != b {
+                    return Err(Rejection::SharedPoolOther {
+                        pool: Cow::Borrowed(&d.pool),
+                    });
+                }
             }
             continue;
         }

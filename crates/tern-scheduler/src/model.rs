@@ -12,6 +12,11 @@ pub struct PoolView {
     pub shared: bool,
     /// Bytes free.
     pub free_bytes: u64,
+    /// What identifies the storage beyond the name, when known (an rbd
+    /// pool's `ceph:FSID/CEPHPOOL`): pools of one name with different
+    /// identities are different storage.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// A host as the scheduler sees it.

@@ -59,11 +59,13 @@ pub fn hosts(n: usize, seed: u64) -> Vec<HostView> {
                         name: "shared".into(),
                         shared: true,
                         free_bytes: 10 << 40,
+                        identity: None,
                     },
                     PoolView {
                         name: "local".into(),
                         shared: false,
                         free_bytes: r.below(2 << 40),
+                        identity: None,
                     },
                 ],
                 networks: vec!["br0".into(), "br-storage".into()],

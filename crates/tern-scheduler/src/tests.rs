@@ -18,11 +18,13 @@ fn host(name: &str) -> HostView {
                 name: "shared".into(),
                 shared: true,
                 free_bytes: 1 << 40,
+                identity: None,
             },
             PoolView {
                 name: "local".into(),
                 shared: false,
                 free_bytes: 10 << 30,
+                identity: None,
             },
         ],
         networks: vec!["br0".into()],
@@ -99,6 +101,28 @@ fn resources_are_checked() {
     let mut b = host("b");
     b.schedulable = false;
     assert_eq!(reject(&live(), &s, &a, &b), Some(Rejection::Unschedulable));
+}
+
+#[test]
+fn a_shared_pool_of_the_same_name_on_another_ceph_cluster_is_other_storage() {
+    let s = server("a");
+    let (mut a, mut b) = (host("a"), host("b"));
+    a.pools[0].identity = Some("ceph:1111/vms".into());
+    b.pools[0].identity = Some("ceph:2222/vms".into());
+    let req = live();
+    let r = reject(&req, &s, &a, &b);
+    assert_eq!(
+        r,
+        Some(Rejection::SharedPoolOther {
+            pool: "shared".into()
+        })
+    );
+    assert!(r.unwrap().to_string().contains("fsid"));
+    b.pools[0].identity = Some("ceph:1111/vms".into());
+    assert_eq!(reject(&live(), &s, &a, &b), None);
+    // Unknown on either side (a cluster that did not answer): the name decides.
+    b.pools[0].identity = None;
+    assert_eq!(reject(&live(), &s, &a, &b), None);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// The pool every cluster starts with, initialised for RBD.
 pub const POOL: &str = "tern";
 /// The client id the tests give QEMU (`client.qemu`, `profile rbd` on
-/// [`POOL`]): a second identity, so fencing one client leaves the admin
+/// [`POOL`], and the mon's `osd blocklist` command): a second identity, so fencing one client leaves the admin
 /// able to act.
 pub const QEMU_ID: &str = "qemu";
 /// Size of the OSD's sparse block file: holes cost nothing on disk.
@@ -229,7 +229,16 @@ impl CephCluster {
             (
                 "client.qemu",
                 self.keyring(QEMU_ID),
-                &["mon", "profile rbd", "osd", &rbd_cap, "mgr", &rbd_cap],
+                // `osd blocklist` on the mon: Tern removes the entries of a
+                // fenced host that came back (profile rbd only adds them).
+                &[
+                    "mon",
+                    "profile rbd, allow command \"osd blocklist\"",
+                    "osd",
+                    &rbd_cap,
+                    "mgr",
+                    &rbd_cap,
+                ],
             ),
             (
                 "mgr.x",

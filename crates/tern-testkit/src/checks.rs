@@ -2,7 +2,7 @@
 //! (NFS, RBD, mirrors): new verified disk passes, a clean power-off, a
 //! boot that verifies every block written before, and a file's allocation.
 
-use crate::{SerialLog, TernHost};
+use crate::{build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -76,4 +76,21 @@ pub fn live_migrate(from: &TernHost, flags: &[&str], name: &str, dest: &str) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Defines and boots the test guest on `h` with its disk (vda) at the
+/// file `path` of `format`, and waits for two verified disk passes.
+pub fn boot_with_disk(h: &TernHost, name: &str, path: &Path, format: &str) {
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    let mut spec = GuestSpec::new(name, &img)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.disks.push(TestDisk {
+        path: path.to_path_buf(),
+        format: format.into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    h.define_guest(&spec);
+    h.ok(&["start", name]);
+    wait_disk_ok(h, name, 2);
 }

@@ -88,8 +88,20 @@ pub fn network_disk_xml(ceph: &CephCluster, image: &str, dev: &str) -> String {
     )
 }
 
-/// Defines on `h` the test guest `name` whose only disk is `disk_xml`
-/// (as vda; `disk_mb` MiB of it written and verified by the guest).
+/// The XML of the test guest `name` whose only disk is `disk_xml` (as
+/// vda; `disk_mb` MiB of it written and verified by the guest).
+pub fn guest_xml_with_disk(name: &str, workload: &str, disk_mb: u64, disk_xml: &str) -> String {
+    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    let spec = GuestSpec::new(name, &img).workload(&format!(
+        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
+    ));
+    spec.to_xml().replace(
+        "    <serial type='pty'>",
+        &format!("{disk_xml}    <serial type='pty'>"),
+    )
+}
+
+/// Defines on `h` the guest of [`guest_xml_with_disk`].
 pub fn define_guest_with_disk(
     h: &TernHost,
     name: &str,
@@ -97,14 +109,7 @@ pub fn define_guest_with_disk(
     disk_mb: u64,
     disk_xml: &str,
 ) {
-    let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
-    let spec = GuestSpec::new(name, &img).workload(&format!(
-        "{workload} tern.disk=/dev/vda tern.disk_mb={disk_mb} tern.verify_rate=32"
-    ));
-    let xml = spec.to_xml().replace(
-        "    <serial type='pty'>",
-        &format!("{disk_xml}    <serial type='pty'>"),
-    );
+    let xml = guest_xml_with_disk(name, workload, disk_mb, disk_xml);
     let file = h.state_dir().with_file_name(format!("{name}.xml"));
     std::fs::write(&file, xml).expect("guest XML");
     h.ok(&["define", file.to_str().expect("utf-8")]);
@@ -139,4 +144,82 @@ pub fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The images of the cluster's pool [`POOL`], as `client.admin` sees them.
+pub fn images(ceph: &CephCluster) -> Vec<String> {
+    ceph.rbd_ok("admin", &["ls", POOL])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// (provisioned, used) bytes of image `image` of [`POOL`], from `rbd du`:
+/// a copy that kept its holes uses less than it provides.
+pub fn image_usage(ceph: &CephCluster, image: &str) -> (u64, u64) {
+    let out = ceph.rbd_ok(
+        "admin",
+        &["du", "--format", "json", &format!("{POOL}/{image}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("rbd du json");
+    let img = &v["images"][0];
+    (
+        img["provisioned_size"].as_u64().unwrap_or(0),
+        img["used_size"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Whether client address `addr` is on the cluster's OSD blocklist.
+pub fn blocklisted(ceph: &CephCluster, addr: &str) -> bool {
+    ceph.admin_ok(&["osd", "blocklist", "ls"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(addr))
+}
+
+/// Waits (up to `timeout`) until `addr` is on the blocklist (`on`) or off it.
+pub fn wait_blocklisted(ceph: &CephCluster, addr: &str, on: bool, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while blocklisted(ceph, addr) != on {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} {} the blocklist after {timeout:?}: {}",
+            if on { "never went on" } else { "stayed on" },
+            ceph.admin_ok(&["osd", "blocklist", "ls"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The client addresses watching image `image` of [`POOL`].
+pub fn watchers(ceph: &CephCluster, image: &str) -> Vec<String> {
+    let out = ceph.rbd_ok(
+        "admin",
+        &["status", "--format", "json", &format!("{POOL}/{image}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("rbd status json");
+    v["watchers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["address"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The client addresses holding a lock on image `image` of [`POOL`]
+/// (`rbd lock ls`: the exclusive lock a writer's librbd takes shows there).
+pub fn lockers(ceph: &CephCluster, image: &str) -> Vec<String> {
+    let out = ceph.rbd_ok(
+        "admin",
+        &["lock", "ls", "--format", "json", &format!("{POOL}/{image}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let entries: Vec<serde_json::Value> = match v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(m) => m.into_iter().map(|(_, e)| e).collect(),
+        _ => Vec::new(),
+    };
+    entries
+        .iter()
+        .filter_map(|e| e["address"].as_str().map(str::to_string))
+        .collect()
 }

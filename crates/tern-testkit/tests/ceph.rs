@@ -9,8 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use tern_testkit::ceph::{skip_without_ceph, CephCluster, POOL, QEMU_ID};
 use tern_testkit::rbd::{
-    add_rbd_pool, define_guest_with_disk, define_secret, files_holding, network_disk_xml,
-    qemu_cmdlines, volume_disk_xml, wait_disk_ok, RBD_POOL, SECRET_USAGE, SECRET_UUID,
+    add_rbd_pool, define_guest_with_disk, define_secret, files_holding, guest_xml_with_disk,
+    network_disk_xml, qemu_cmdlines, volume_disk_xml, wait_disk_ok, watchers, RBD_POOL,
+    SECRET_USAGE, SECRET_UUID,
 };
 use tern_testkit::{HostPair, Which};
 
@@ -123,17 +124,6 @@ fn a_blocklisted_client_cannot_write_and_another_takes_over() {
     let _ = old.kill();
     let _ = old.wait();
     ceph.admin_ok(&["osd", "blocklist", "rm", &addr]);
-}
-
-/// The image's watchers, as `rbd status` lists them (one per client that
-/// has it open).
-fn watchers(ceph: &CephCluster, image: &str) -> Vec<String> {
-    let status = ceph.rbd_ok("admin", &["status", &format!("{POOL}/{image}")]);
-    status
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("watcher="))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Issue 21: two hosts define the secret and the rbd pool as virsh users
@@ -407,4 +397,73 @@ fn a_hot_plugged_rbd_disk_gets_its_key_and_migrates() {
         dump.contains(&format!("<auth username='{QEMU_ID}'>")),
         "{dump}"
     );
+}
+
+/// Sends a Prepare request straight to `h`'s agent, as a source agent
+/// would (the testkit library has no API client); the agent's answer, or its error as text.
+pub fn raw_prepare(
+    h: &tern_testkit::TernHost,
+    req: tern_migrate::protocol::PrepareRequest,
+) -> Result<tern_migrate::protocol::PrepareReply, String> {
+    use tern_api::{Client, MigrationRequest, Request};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(Client::unix(h.socket()).call(&Request::Migration(
+        MigrationRequest::MigratePrepare { req },
+    )))
+    .map_err(|e| e.to_string())
+}
+
+/// Issue 21: an RBD disk is identified by its cluster's fsid. A source
+/// whose view of the guest's RBD disk is another Ceph cluster (another
+/// fsid for the same monitors' pool and image names) is refused at
+/// Prepare, naming the disk and both clusters, before anything starts.
+#[test]
+fn a_destination_whose_monitors_are_another_cluster_is_refused_by_fsid() {
+    let test = "a_destination_whose_monitors_are_another_cluster_is_refused_by_fsid";
+    if skip_without_ceph(test) {
+        return;
+    }
+    let ceph = CephCluster::start();
+    let h = tern_testkit::TernHost::start("rbdfsid");
+    add_rbd_pool(&h, &ceph);
+    h.ok(&["vol-create-as", RBD_POOL, "fsid-disk", "16M"]);
+    // The pool reports its cluster's fsid (what the scheduler compares).
+    let info: serde_json::Value =
+        serde_json::from_str(&h.ok(&["pool-info", RBD_POOL, "--json"])).expect("pool-info json");
+    assert_eq!(info["ceph_fsid"], ceph.fsid(), "{info}");
+    let xml = guest_xml_with_disk(
+        "fsidvm",
+        "tern.mem=16",
+        4,
+        &volume_disk_xml("fsid-disk", "vda"),
+    );
+    let domain = tern_model::xml::parse_domain(&xml).expect("guest XML");
+    let other = "0f0e0d0c-0b0a-4090-8070-605040302010";
+    let req = tern_migrate::protocol::PrepareRequest {
+        version: tern_migrate::protocol::PROTOCOL_VERSION,
+        id: uuid::Uuid::new_v4(),
+        domain,
+        options: tern_migrate::MigrateOptions {
+            live: true,
+            ..Default::default()
+        },
+        source_host: "elsewhere".into(),
+        disks: vec![],
+        files: vec![],
+        source_uri: None,
+        source_name: None,
+        source_tls_identity: None,
+        source_nvram_dir: None,
+        source_ceph_fsids: [("vda".to_string(), other.to_string())].into(),
+    };
+    let e = raw_prepare(&h, req).expect_err("another cluster's disk was accepted");
+    assert!(
+        e.contains("disk 'vda'") && e.contains(other) && e.contains(ceph.fsid()),
+        "{e}"
+    );
+    assert!(h.qemu_pids().is_empty(), "a QEMU started");
+    assert!(!h.ok(&["list", "--all"]).contains("fsidvm"));
 }

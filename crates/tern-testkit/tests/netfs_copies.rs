@@ -5,31 +5,14 @@
 //! kernel, so the agent stages files it copies (see cold_stage.rs). Real
 //! QEMU under TCG; needs root and the NFS packages.
 
-use std::path::Path;
-use tern_testkit::checks::{allocated, boot_and_verify, live_migrate, shut_off, wait_disk_ok};
+use tern_testkit::checks::{
+    allocated, boot_and_verify, boot_with_disk, live_migrate, shut_off, wait_disk_ok,
+};
 use tern_testkit::netns::skip_unless_root;
 use tern_testkit::nfs::{skip_without_nfs_server, NfsPair};
-use tern_testkit::{build_or_reuse, BuildOptions, GuestSpec, TernHost, TestDisk};
 
 fn skip(test: &str) -> bool {
     skip_unless_root(test) || skip_without_nfs_server(test)
-}
-
-/// Defines and boots the test guest with its disk at `path`, and waits for
-/// two verified disk passes.
-fn boot_with_disk(h: &TernHost, name: &str, path: &Path, format: &str) {
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new(name, &img)
-        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
-    spec.disks.push(TestDisk {
-        path: path.to_path_buf(),
-        format: format.into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
-    h.define_guest(&spec);
-    h.ok(&["start", name]);
-    wait_disk_ok(h, name, 2);
 }
 
 /// A cold migration of a guest whose disk is on the shared export moves

@@ -39,6 +39,7 @@ fn request(name: &str, disks: Vec<DiskCopy>, o: MigrateOptions) -> PrepareReques
         source_name: None,
         source_tls_identity: None,
         source_nvram_dir: None,
+        source_ceph_fsids: Default::default(),
     }
 }
 

@@ -111,7 +111,7 @@ pub async fn prepare(
         let to_export = logical || agent.pools.img_path(&path).await != path;
         if to_export && (f.depth > 0 || f.backing_volume.is_some()) {
             return Err(AgentError::Unsupported(format!(
-                "'{}' is part of a backing chain, and pool '{pool}' is reached over nfs://, where a chain's backing names cannot be re-pointed; flatten the disk first, or pass --target-pool with a directory pool",
+                "'{}' is part of a backing chain, and pool '{pool}' is reached by QEMU itself (nfs:// or rbd:), where a chain's backing names cannot be re-pointed; flatten the disk first, or pass --target-pool with a directory pool",
                 f.volume
             )));
         }
@@ -440,16 +440,10 @@ pub async fn finish(
             .iter()
             .find(|(f, _)| !f.nvram && f.target == disk.target_dev && f.depth == 0)
         {
-            // A `type='volume'` disk becomes a file disk (or a block disk
-            // in a logical pool): the copy's pool may not be the one the
-            // source named.
-            disk.source_type = if agent.pools.is_logical_path(p).await {
-                tern_model::DiskSourceType::Block
-            } else {
-                tern_model::DiskSourceType::File
-            };
-            disk.remote = None;
-            disk.source = Some(p.clone());
+            // A `type='volume'` disk becomes a file disk (the copy's pool
+            // may not be the one the source named), an image written into
+            // an rbd pool a volume disk of that pool.
+            agent.pools.point_disk(disk, p).await;
         }
     }
     let name = d.name.clone();

@@ -34,7 +34,7 @@ pub async fn describe(agent: &Agent, d: &Domain, copy_exports: bool) -> Result<V
         if disk.device == DiskDevice::Cdrom {
             continue;
         }
-        let Some(top) = disk_file(agent, disk).await? else {
+        let Some(top) = disk_file(agent, disk, copy_exports).await? else {
             continue;
         };
         let top = &top;
@@ -71,12 +71,17 @@ pub async fn describe(agent: &Agent, d: &Domain, copy_exports: bool) -> Result<V
 
 /// The file a disk names on this host (its path, or its volume's path
 /// under the pool's target); `None` for a network disk, which stays.
-async fn disk_file(agent: &Agent, disk: &tern_model::Disk) -> Result<Option<PathBuf>> {
+async fn disk_file(
+    agent: &Agent,
+    disk: &tern_model::Disk,
+    copy_exports: bool,
+) -> Result<Option<PathBuf>> {
     match (&disk.source, &disk.remote) {
         (Some(p), None) => Ok(Some(p.clone())),
         (_, Some(tern_model::DiskRemote::Volume(v))) => {
-            if agent.pools.is_rbd(&v.pool).await {
-                // An RBD image: shared, it stays.
+            if agent.pools.is_rbd(&v.pool).await && !copy_exports {
+                // An RBD image: shared, it stays unless `--target-pool`
+                // names where to copy it (then it is read as an export is).
                 return Ok(None);
             }
             let (path, _) = agent.pools.volume_slot(&v.pool, &v.volume).await?;

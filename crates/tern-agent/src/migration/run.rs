@@ -214,6 +214,7 @@ impl SourceRun {
             source_name: Some(self.name.clone()),
             source_tls_identity: begin.tls_identity.clone(),
             source_nvram_dir: begin.nvram_dir.clone(),
+            source_ceph_fsids: begin.ceph_fsids.clone(),
         };
         let prep: PrepareReply = self
             .dst

@@ -205,6 +205,16 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
     } else {
         Vec::new()
     };
+    // RBD disks that stay where they are: the destination checks that its
+    // monitors place them in the same cluster.
+    let ceph_fsids = if o.cold && o.target_pool.is_some() {
+        Default::default()
+    } else {
+        match agent.pools.resolve_disks(&d).await {
+            Ok(r) => agent.pools.rbd_fsids(&r).await?,
+            Err(_) => Default::default(),
+        }
+    };
     Ok(BeginReply {
         version: PROTOCOL_VERSION,
         domain: d,
@@ -219,6 +229,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
             None
         },
         nvram_dir: Some(crate::guest_setup::nvram_dir(agent)),
+        ceph_fsids,
     })
 }
 
@@ -480,7 +491,20 @@ async fn delete_sent_disks(agent: &Agent, job: &Job, def: &tern_model::Domain, o
         .iter()
         .filter(|k| k.device != tern_model::DiskDevice::Cdrom)
     {
-        let Some(p) = &disk.source else { continue };
+        let Some(p) = &disk.source else {
+            // An rbd volume was sent only with `--target-pool`.
+            if let Some(tern_model::DiskRemote::Volume(v)) = &disk.remote {
+                if o.target_pool.is_some() && agent.pools.is_rbd(&v.pool).await {
+                    match agent.pools.remove_disk_volume(disk).await {
+                        Some(shown) => job.event(format!("deleted source disk {shown}")),
+                        None => {
+                            job.event(format!("cannot delete source disk {}/{}", v.pool, v.volume))
+                        }
+                    }
+                }
+            }
+            continue;
+        };
         let on_export = agent.pools.img_path(p).await != *p;
         if on_export && o.target_pool.is_none() {
             continue;

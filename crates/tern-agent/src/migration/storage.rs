@@ -185,7 +185,6 @@ pub async fn create_volumes(
             return Err(e);
         }
         created.push(path.clone());
-        let block = agent.pools.is_logical_path(path).await;
         if at == *path {
             // QEMU, as the guest's uid, reopens it while it arrives (see
             // `sparse`); it goes back to root when that QEMU ends.
@@ -199,12 +198,8 @@ pub async fn create_volumes(
             .iter_mut()
             .find(|k| k.target_dev == dc.target)
         {
-            disk.source = Some(path.clone());
-            disk.source_type = if block {
-                tern_model::DiskSourceType::Block
-            } else {
-                tern_model::DiskSourceType::File
-            };
+            // A file, or a volume disk of the rbd pool the image is in.
+            agent.pools.point_disk(disk, path).await;
         }
     }
     Ok(created)

@@ -17,6 +17,11 @@ use tokio::process::Command;
 /// How long one `rbd`/`ceph` call may take: an unreachable monitor
 /// otherwise hangs it for minutes.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a fence's blocklist entry lasts: ten years, not Ceph's default
+/// hour, after which a still-running QEMU of a cut-off host could write
+/// again. Tern removes the entry itself once the host is back and its old
+/// QEMUs are gone.
+const BLOCKLIST_SECONDS: &str = "315360000";
 /// librados' own limit on reaching the monitors (`client_mount_timeout`,
 /// 300 s by default): a wrong key makes it retry until then, silently.
 const MOUNT_TIMEOUT_SECS: &str = "10";
@@ -55,6 +60,32 @@ pub(super) fn check_source(src: &RbdSource) -> Result<()> {
         a.check().map_err(|e| AgentError::Invalid(e.to_string()))?;
     }
     Ok(())
+}
+
+/// What `qemu-img` opens image `image` of `src` by: QEMU's legacy
+/// `rbd:POOL/IMAGE:opt=val…` filename, with the monitors, the cephx id and
+/// the key as a file (`keyfile`, mode 0600), never the key itself, and no
+/// host ceph.conf (`conf=/dev/null`), as the agent's own `rbd` calls.
+/// `:` inside a value is escaped as QEMU's parser wants (`\:`).
+pub fn img_filename(src: &RbdSource, image: &str, keyfile: Option<&std::path::Path>) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    let mut s = format!(
+        "rbd:{}/{}:conf=/dev/null:mon_host={}:client_mount_timeout={MOUNT_TIMEOUT_SECS}",
+        esc(&src.name),
+        esc(image),
+        esc(&src.mon_host())
+    );
+    match (&src.auth, keyfile) {
+        (Some(a), Some(k)) => {
+            s.push_str(&format!(
+                ":id={}:keyfile={}",
+                esc(&a.username),
+                esc(&k.display().to_string())
+            ));
+        }
+        _ => s.push_str(":auth_client_required=none"),
+    }
+    s
 }
 
 /// One rbd pool's view of its cluster.
@@ -216,6 +247,19 @@ impl<'a> Cluster<'a> {
             .map(|_| ())
     }
 
+    /// The cluster's fsid (`ceph fsid`): the identity of the storage.
+    pub(super) async fn fsid(&self) -> Result<String> {
+        let out = self.call("ceph", &["fsid"]).await?;
+        let fsid = String::from_utf8_lossy(&out).trim().to_string();
+        if fsid.is_empty() {
+            return Err(AgentError::Failed(format!(
+                "{}: ceph fsid printed nothing",
+                self.what
+            )));
+        }
+        Ok(fsid)
+    }
+
     /// `pool-start`: the cluster answers and the Ceph pool exists.
     pub(super) async fn check(&self) -> Result<()> {
         self.call("rbd", &["ls", &self.src.name]).await.map(|_| ())
@@ -334,6 +378,38 @@ impl<'a> Cluster<'a> {
             .unwrap_or_default())
     }
 
+    /// Adds (or with `remove`, removes) `addrs` to the cluster's OSD
+    /// blocklist, then reads the blocklist back: the addresses it confirms
+    /// are on it (with `remove`: off it). A blocklisted client's every
+    /// write is refused by the OSDs, so a cut-off host cannot corrupt an
+    /// image another host now runs (issue 21). Adding needs the mon cap
+    /// `profile rbd`; removing needs `allow command "osd blocklist"`.
+    pub(super) async fn blocklist(&self, addrs: &[String], remove: bool) -> Result<Vec<String>> {
+        for a in addrs {
+            check_client_addr(a)?;
+            let args: Vec<&str> = if remove {
+                vec!["osd", "blocklist", "rm", a]
+            } else {
+                vec!["osd", "blocklist", "add", a, BLOCKLIST_SECONDS]
+            };
+            if let Err(e) = self.call("ceph", &args).await {
+                // Removing an entry that is gone is not an error.
+                if !(remove && e.to_string().contains("isn't blocklisted")) {
+                    return Err(e);
+                }
+            }
+        }
+        let out = self
+            .call("ceph", &["osd", "dump", "--format", "json"])
+            .await?;
+        let listed = blocklisted(&out);
+        Ok(addrs
+            .iter()
+            .filter(|a| listed.contains(a) != remove)
+            .cloned()
+            .collect())
+    }
+
     /// `vol-resize`: refused while a QEMU has the image open (the guest
     /// would not learn its new size).
     pub(super) async fn resize(&self, name: &str, bytes: u64, shrink: bool) -> Result<()> {
@@ -376,6 +452,42 @@ impl<'a> Cluster<'a> {
     }
 }
 
+/// Refuses what is not a Ceph client address (`IP:PORT/NONCE`, IPv6 in
+/// brackets): it goes on a `ceph` command line.
+pub fn check_client_addr(a: &str) -> Result<()> {
+    let ok = a.contains('/')
+        && a.len() < 80
+        && a.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b":./[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "'{a}' is not a Ceph client address (IP:PORT/NONCE, as 'rbd status' shows watchers)"
+        )))
+    }
+}
+
+/// The addresses on the OSD map's blocklist, from `ceph osd dump --format
+/// json` (`blocklist`, `blacklist` before Pacific; an object keyed by
+/// address, or a list of `{addr}` records).
+pub fn blocklisted(osd_dump: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(osd_dump).unwrap_or_default();
+    let list = if v["blocklist"].is_null() {
+        &v["blacklist"]
+    } else {
+        &v["blocklist"]
+    };
+    match list {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|e| e["addr"].as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +504,44 @@ mod tests {
                 username: user.into(),
                 secret: SecretRef::Usage("client.x secret".into()),
             }),
+        }
+    }
+
+    #[test]
+    fn qemu_img_gets_monitors_id_and_key_file_but_never_the_key() {
+        let s = src("127.0.0.1", "rbd", "qemu");
+        let f = img_filename(
+            &s,
+            "vm1",
+            Some(std::path::Path::new("/var/lib/tern/secrets/u.value")),
+        );
+        assert_eq!(
+            f,
+            "rbd:rbd/vm1:conf=/dev/null:mon_host=127.0.0.1\\:6789:client_mount_timeout=10:id=qemu:keyfile=/var/lib/tern/secrets/u.value"
+        );
+        let mut open = s.clone();
+        open.auth = None;
+        open.hosts.push(NetHost {
+            name: "10.0.0.2".into(),
+            port: None,
+        });
+        assert_eq!(
+            img_filename(&open, "vm1", None),
+            "rbd:rbd/vm1:conf=/dev/null:mon_host=127.0.0.1\\:6789,10.0.0.2\\:6789:client_mount_timeout=10:auth_client_required=none"
+        );
+    }
+
+    #[test]
+    fn blocklists_are_read_in_both_forms_and_addresses_checked() {
+        let obj = br#"{"epoch":9,"blocklist":{"127.0.0.1:0/3012345":"2026-12-06T16:00:00"}}"#;
+        assert_eq!(blocklisted(obj), vec!["127.0.0.1:0/3012345".to_string()]);
+        let arr = br#"{"blacklist":[{"addr":"10.0.0.2:0/77","until":"x"}]}"#;
+        assert_eq!(blocklisted(arr), vec!["10.0.0.2:0/77".to_string()]);
+        assert!(blocklisted(b"{}").is_empty());
+        assert!(check_client_addr("127.0.0.1:0/3012345").is_ok());
+        assert!(check_client_addr("[::1]:0/42").is_ok());
+        for bad in ["127.0.0.1", "a;b/1", "1.2.3.4:0/1 --yes", ""] {
+            assert!(check_client_addr(bad).is_err(), "{bad}");
         }
     }
 

@@ -128,6 +128,12 @@ impl Pools {
     }
 }
 
+/// An rbd pool's target, `rbd:CEPHPOOL` (see `Pools::define`): where
+/// [`Pools::volume_slot`] names its images.
+fn rbd_target(src: &RbdSource) -> PathBuf {
+    PathBuf::from(format!("rbd:{}", src.name))
+}
+
 /// The first protocol `drivers` lacks.
 fn missing_driver(protocols: &[NetProtocol], drivers: &[String]) -> Option<NetProtocol> {
     protocols
@@ -287,14 +293,94 @@ impl Pools {
                     .map_err(|e| AgentError::Failed(format!("storage pool '{pool}': {e}")))?;
                 Ok((target.join(volume), exists))
             }
-            Store::Rbd(_) => Err(AgentError::Unsupported(format!(
-                "storage pool '{pool}' is an rbd pool: copying a disk into it is not supported; use a dir or netfs pool, or keep the disk on RBD and migrate without copying storage"
-            ))),
+            Store::Rbd(src) => {
+                // `rbd:CEPHPOOL/IMAGE`: the pool's relative target and the
+                // image, what `img_path` turns into qemu-img's filename.
+                let exists = super::rbd::Cluster::new(pool, &src, &self.secrets)
+                    .list()
+                    .await?
+                    .iter()
+                    .any(|v| v.name == volume);
+                Ok((rbd_target(&src).join(volume), exists))
+            }
             Store::Logical { src, target } => {
                 let exists = super::logical::Vg::new(pool, &src, &target)
                     .exists(volume)
                     .await?;
                 Ok((target.join(volume), exists))
+            }
+        }
+    }
+
+    /// The active rbd pool whose target (`rbd:CEPHPOOL`) holds `path`:
+    /// (pool name, its source, the image name).
+    async fn rbd_holding(&self, path: &Path) -> Option<(String, RbdSource, String)> {
+        let image = path.file_name()?.to_string_lossy().into_owned();
+        let m = self.pools.lock().await;
+        m.values()
+            .filter(|p| p.active && path.parent() == Some(p.def.target.as_path()))
+            .find_map(|p| {
+                p.def
+                    .rbd
+                    .clone()
+                    .map(|r| (p.def.name.clone(), r, image.clone()))
+            })
+    }
+
+    /// The client addresses that have image `image` of rbd pool `pool`
+    /// open (its watchers).
+    pub async fn rbd_watchers(&self, pool: &str, image: &str) -> Result<Vec<String>> {
+        let Store::Rbd(src) = self.active_store(pool).await? else {
+            return Err(AgentError::Invalid(format!(
+                "storage pool '{pool}' is not an rbd pool"
+            )));
+        };
+        super::rbd::Cluster::new(pool, &src, &self.secrets)
+            .watchers(image)
+            .await
+    }
+
+    /// Blocklists (or un-blocklists) client addresses in the cluster of
+    /// rbd pool `pool`; the addresses the cluster confirms.
+    pub async fn rbd_blocklist(
+        &self,
+        pool: &str,
+        addrs: &[String],
+        remove: bool,
+    ) -> Result<Vec<String>> {
+        let Store::Rbd(src) = self.active_store(pool).await? else {
+            return Err(AgentError::Invalid(format!(
+                "storage pool '{pool}' is not an rbd pool; only Ceph clients are blocklisted"
+            )));
+        };
+        super::rbd::Cluster::new(pool, &src, &self.secrets)
+            .blocklist(addrs, remove)
+            .await
+    }
+
+    /// Points `disk` at a copy placed at `path` (from [`Pools::volume_slot`]):
+    /// an image of an rbd pool becomes a `type='volume'` disk of that pool
+    /// (what QEMU opens through librbd), a logical volume a block disk,
+    /// anything else a file disk.
+    pub async fn point_disk(&self, disk: &mut Disk, path: &Path) {
+        match self.rbd_holding(path).await {
+            Some((pool, _, volume)) => {
+                disk.source_type = DiskSourceType::Volume;
+                disk.source = None;
+                disk.remote = Some(DiskRemote::Volume(tern_model::VolumeSource {
+                    pool,
+                    volume,
+                }));
+            }
+            None => {
+                // A logical volume is a block device.
+                disk.source_type = if self.is_logical_path(path).await {
+                    DiskSourceType::Block
+                } else {
+                    DiskSourceType::File
+                };
+                disk.remote = None;
+                disk.source = Some(path.to_path_buf());
             }
         }
     }
@@ -307,9 +393,24 @@ impl Pools {
 
     /// What qemu-img opens for `path`: the path itself, or the `nfs://`
     /// URL of a file under a pool QEMU reaches over NFS.
+    /// For an image of an rbd pool (`rbd:CEPHPOOL/IMAGE`), QEMU's `rbd:`
+    /// filename with the pool's monitors and key file.
     pub async fn img_path(&self, path: &Path) -> PathBuf {
         match (self.store_holding(path).await, path.file_name()) {
             (Some(Store::Nfs { src, .. }), Some(f)) => PathBuf::from(src.url(&f.to_string_lossy())),
+            (Some(Store::Rbd(src)), Some(f)) => {
+                let key = src.auth.as_ref().and_then(|a| {
+                    self.secrets
+                        .value_file(&a.secret)
+                        .map_err(|e| tracing::warn!(error = %e, "rbd image without its key"))
+                        .ok()
+                });
+                PathBuf::from(super::rbd::img_filename(
+                    &src,
+                    &f.to_string_lossy(),
+                    key.as_deref(),
+                ))
+            }
             _ => path.to_path_buf(),
         }
     }
@@ -317,6 +418,13 @@ impl Pools {
     /// Removes the file a disk path names (see [`Pools::img_path`]);
     /// a file already gone is not an error.
     pub async fn remove_path(&self, path: &Path) -> Result<()> {
+        if let Some((pool, src, image)) = self.rbd_holding(path).await {
+            let c = super::rbd::Cluster::new(&pool, &src, &self.secrets);
+            if !c.list().await?.iter().any(|v| v.name == image) {
+                return Ok(());
+            }
+            return c.delete(&image).await;
+        }
         match (self.store_holding(path).await, path.file_name()) {
             (Some(Store::Nfs { src, .. }), Some(f)) => {
                 let export = crate::netfs::Export::new(&src);

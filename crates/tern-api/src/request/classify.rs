@@ -51,7 +51,8 @@ impl Request {
             | Request::PoolUndefine { .. }
             | Request::VolCreateAs { .. }
             | Request::VolResize { .. }
-            | Request::VolDelete { .. } => false,
+            | Request::VolDelete { .. }
+            | Request::RbdBlocklist { .. } => false,
             Request::Migration(m) => m.is_read_only(),
             Request::Secret(s) => s.is_read_only(),
         }
@@ -269,6 +270,14 @@ mod tests {
                 true,
             ),
             (
+                Request::RbdBlocklist {
+                    pool: "p".into(),
+                    addrs: vec![],
+                    remove: false,
+                },
+                false,
+            ),
+            (
                 m(M::MigrateBegin {
                     name: n(),
                     options: o(),
@@ -289,6 +298,7 @@ mod tests {
                         source_name: None,
                         source_tls_identity: None,
                         source_nvram_dir: None,
+                        source_ceph_fsids: Default::default(),
                     },
                 }),
                 false,
@@ -467,6 +477,7 @@ mod tests {
             | Request::VolDelete { .. }
             | Request::ServerInfo
             | Request::FenceLease { .. }
+            | Request::RbdBlocklist { .. }
             | Request::Events { .. }
             | Request::Secret(_) => {}
             Request::Migration(m) => match m {
@@ -497,9 +508,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 39 plain requests + 20 migration requests (+1 for compcache's
+        // 40 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 39 + 20 + 1);
+        assert_eq!(all.len(), 40 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

@@ -108,6 +108,11 @@ async fn admit(agent: &Arc<Agent>, req: &PrepareRequest) -> Result<Option<Arc<Do
                 .check_rbd_disks(&resolved)
                 .await
                 .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
+            agent
+                .pools
+                .check_rbd_fsids(&resolved, &req.source_ceph_fsids)
+                .await
+                .map_err(|e| AgentError::Conflict(format!("on the destination: {e}")))?;
         }
     }
     if !req.options.unsafe_ && !req.options.offline && !req.options.cold {

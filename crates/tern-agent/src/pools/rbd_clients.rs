@@ -1,0 +1,145 @@
+//! The Ceph clients of this host's running guests, for the cluster report:
+//! what the controller blocklists when it declares this host down (issue
+//! 21), so that a QEMU still running on a cut-off host cannot write to an
+//! image once its guest is rescued elsewhere.
+//!
+//! A client is known by its address in the cluster (`IP:PORT/NONCE`, the
+//! image's watcher). While an image has exactly one watcher and this host
+//! runs its guest, that watcher is this host's QEMU; the address is kept
+//! for that run of the guest (its run-time id), so during a live migration,
+//! when the destination's QEMU watches too, each host goes on reporting
+//! only its own client: the source the one it had, the destination none
+//! until the source's QEMU is gone.
+
+use super::Pools;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use tern_api::cluster::RbdClient;
+use tern_model::{PoolInfo, PoolKind};
+
+/// Addresses learned per (domain, run-time id, pool, image).
+type Known = HashMap<(String, u32, String, String), String>;
+
+static KNOWN: LazyLock<Mutex<Known>> = LazyLock::new(Default::default);
+
+/// One running guest's RBD images: (domain, run-time id, `domblklist`
+/// sources).
+pub struct Running {
+    /// The domain.
+    pub name: String,
+    /// Its run-time id (new at each start).
+    pub id: u32,
+    /// Its disks' sources as `domblklist` shows them (`rbd:CEPHPOOL/IMAGE`).
+    pub sources: Vec<String>,
+}
+
+/// The rbd pool and image a `domblklist` source names, if any.
+/// A `<disk type='network'>` shows as `rbd://MON/CEPHPOOL/IMAGE`, a
+/// volume as `rbd:CEPHPOOL/IMAGE`; either counts when an rbd pool of this
+/// host names the same Ceph pool.
+pub fn image_of(pools: &[PoolInfo], source: &str) -> Option<(String, String)> {
+    let rest = match source.strip_prefix("rbd://") {
+        Some(net) => net.split_once('/')?.1,
+        None => source.strip_prefix("rbd:")?,
+    };
+    let (ceph_pool, image) = rest.split_once('/')?;
+    let pool = pools.iter().find(|p| {
+        p.def.kind == PoolKind::Rbd
+            && p.active
+            && p.def.rbd.as_ref().is_some_and(|r| r.name == ceph_pool)
+    })?;
+    Some((pool.def.name.clone(), image.to_string()))
+}
+
+/// What a report says of one image: the address kept for this run, or
+/// the single watcher (then kept); nothing while it is ambiguous.
+pub fn own_address(kept: Option<&String>, watchers: &[String]) -> Option<String> {
+    match (kept, watchers) {
+        (Some(k), _) => Some(k.clone()),
+        (None, [only]) => Some(only.clone()),
+        _ => None,
+    }
+}
+
+impl Pools {
+    /// The Ceph clients of `running` guests' RBD images.
+    pub async fn rbd_clients(&self, pools: &[PoolInfo], running: &[Running]) -> Vec<RbdClient> {
+        let mut out = Vec::new();
+        let mut seen: Vec<(String, u32, String, String)> = Vec::new();
+        for r in running {
+            for src in &r.sources {
+                let Some((pool, image)) = image_of(pools, src) else {
+                    continue;
+                };
+                let key = (r.name.clone(), r.id, pool.clone(), image.clone());
+                seen.push(key.clone());
+                let kept = known().get(&key).cloned();
+                let watchers = if kept.is_some() {
+                    Vec::new()
+                } else {
+                    match self.rbd_watchers(&pool, &image).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::warn!(%pool, %image, error = %e, "cannot read an image's watchers");
+                            continue;
+                        }
+                    }
+                };
+                let Some(addr) = own_address(kept.as_ref(), &watchers) else {
+                    continue;
+                };
+                known().insert(key, addr.clone());
+                out.push(RbdClient {
+                    domain: r.name.clone(),
+                    pool,
+                    image,
+                    addr,
+                });
+            }
+        }
+        // Runs that ended are forgotten.
+        known().retain(|k, _| seen.contains(k));
+        out
+    }
+}
+
+fn known() -> MutexGuard<'static, Known> {
+    KNOWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_watcher_is_this_hosts_client_and_is_kept_for_the_run() {
+        let a = "127.0.0.1:0/11".to_string();
+        let b = "127.0.0.1:0/22".to_string();
+        assert_eq!(own_address(None, std::slice::from_ref(&a)), Some(a.clone()));
+        // Two watchers (a migration): only a kept address is reported.
+        assert_eq!(own_address(None, &[a.clone(), b.clone()]), None);
+        assert_eq!(own_address(Some(&a), &[a.clone(), b]), Some(a.clone()));
+        assert_eq!(own_address(None, &[]), None);
+    }
+
+    #[test]
+    fn only_rbd_pool_sources_name_an_image() {
+        let pool: PoolInfo = serde_json::from_value(serde_json::json!({
+            "name": "ceph", "target": "rbd:vms", "shared": true, "autostart": false,
+            "kind": "rbd", "active": true, "capacity": 0, "allocation": 0, "available": 0,
+            "rbd": {"hosts": [{"name": "127.0.0.1", "port": 6789}], "name": "vms"}
+        }))
+        .unwrap();
+        let pools = [pool];
+        assert_eq!(
+            image_of(&pools, "rbd:vms/vm1-disk"),
+            Some(("ceph".to_string(), "vm1-disk".to_string()))
+        );
+        assert_eq!(
+            image_of(&pools, "rbd://127.0.0.1:6789/vms/vm2"),
+            Some(("ceph".to_string(), "vm2".to_string()))
+        );
+        assert_eq!(image_of(&pools, "rbd:other/vm1-disk"), None);
+        assert_eq!(image_of(&pools, "/var/lib/tern/images/vm1.raw"), None);
+    }
+}
