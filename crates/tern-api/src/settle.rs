@@ -86,6 +86,15 @@ async fn confirm_call(
     .await
 }
 
+/// Discards the destination's partial copy of migration `id` (its
+/// incoming QEMU never loaded the whole guest, so it never ran it): what a
+/// follower that lost the source does, so that a rescue of the guest is
+/// not blocked by a copy that can never run. Errors are ignored: the
+/// destination's orphan timer does the same later.
+pub async fn discard_partial(dst: &Client, id: Uuid, dest_name: &str, options: &MigrateOptions) {
+    let _ = finish_call(dst, id, dest_name, false, options).await;
+}
+
 /// Abandons a migration whose Perform may never have started: the
 /// destination discards what it prepared, the source resumes. Errors are
 /// ignored: either side may never have heard of the migration.

@@ -466,10 +466,23 @@ async fn migrate(src: &Client, a: &MigrateArgs) -> Result<()> {
     // Every flow is run by the source agent (managed or `--p2p`: the
     // difference is only whose view of the destination URI it is); this
     // command follows the job, and Ctrl-C aborts it.
+    let dest_uri = if a.p2p {
+        a.desturi.clone()
+    } else {
+        // The URI as this client gave it, without its own credentials:
+        // the source reaches the destination with its host certificate.
+        let u: tern_model::uri::ConnectUri = a
+            .desturi
+            .parse()
+            .map_err(|e: tern_model::uri::UriError| CliError::Usage(e.to_string()))?;
+        tern_api::peer::for_source(&u)
+            .map_err(CliError::Usage)?
+            .to_string()
+    };
     let _: Value = src
         .call(&Request::Migration(MigrationRequest::MigrateP2p {
             name: a.domain.clone(),
-            dest_uri: a.desturi.clone(),
+            dest_uri,
             options: o.clone(),
             id: None,
         }))

@@ -481,7 +481,7 @@ pub async fn drive(
         }))
         .await
         .map_err(|e| e.to_string())?;
-        return follow(src, dst, id, name).await;
+        return follow(src, dst, id, name, options).await;
     }
     let info: JobInfo = match src
         .call(&Request::Migration(MigrationRequest::JobInfo {
@@ -503,7 +503,7 @@ pub async fn drive(
         Err(_) => JobInfo::default(),
     };
     if info.kind != tern_migrate::JobKind::None {
-        return follow(src, dst, id, name).await;
+        return follow(src, dst, id, name, options).await;
     }
     let active = |c: &Client| {
         let c = c.clone();
@@ -533,10 +533,19 @@ pub async fn drive(
 
 /// How many failed looks at the source's job the controller tolerates
 /// (about a second apart) before it stops following.
-const FOLLOW_RETRIES: u32 = 10;
+const FOLLOW_RETRIES: u32 = 3;
 
-/// Follows the source's run of migration `id` to its end.
-async fn follow(src: &Client, dst: &Client, id: Uuid, name: &str) -> Outcome {
+/// Follows the source's run of migration `id` to its end. Losing the
+/// source, it keeps a destination copy that holds the whole guest (paused,
+/// for whoever settles the migration) and discards a partial one, which
+/// could never run and would block a rescue.
+async fn follow(
+    src: &Client,
+    dst: &Client,
+    id: Uuid,
+    name: &str,
+    options: &MigrateOptions,
+) -> Outcome {
     let mut failures = 0;
     loop {
         let r: std::result::Result<JobInfo, _> = src
@@ -560,8 +569,9 @@ async fn follow(src: &Client, dst: &Client, id: Uuid, name: &str) -> Outcome {
                         "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
                     ));
                 }
+                settle::discard_partial(dst, id, name, options).await;
                 return Err(format!(
-                    "lost contact with the source ({e}); its agent settles the migration when it is back"
+                    "lost contact with the source ({e}); the destination's partial copy was discarded, and the source agent settles its side when it is back"
                 ));
             }
         }

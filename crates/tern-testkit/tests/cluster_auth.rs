@@ -275,14 +275,16 @@ fn the_migration_tls_setting_sends_cold_copies_over_tls() {
     });
     a.define_guest(&spec);
     wait_server(&c, "cold", "a", "ready");
-    // Both hosts have reported their pools (the scheduler checks room).
+    // Both hosts have reported their pools running (the scheduler checks
+    // room: a report taken between pool-define and pool-start says 0 free,
+    // and a full run once migrated on that one).
     c.wait_json(&["host-list"], LONG, "two hosts with their pools", |v| {
         v.as_array().is_some_and(|h| {
             h.len() == 2
                 && h.iter().all(|h| {
-                    h["report"]["pools"]
-                        .as_array()
-                        .is_some_and(|p| !p.is_empty())
+                    h["report"]["pools"].as_array().is_some_and(|p| {
+                        !p.is_empty() && p.iter().all(|p| p["available"].as_u64() > Some(0))
+                    })
                 })
         })
     });

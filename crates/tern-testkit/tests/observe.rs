@@ -77,7 +77,8 @@ fn metrics_show_a_live_migration_and_pass_promtool() {
     assert!(moved > 0, "{info}");
     let got = sample(&src, "tern_migration_transferred_bytes_sum", &on("source"));
     assert_eq!(got, Some(moved as f64), "{src}");
-    let begin = [("verb", "migrate-begin"), ("status", "ok")];
+    // The source agent runs the migration: one request starts it.
+    let begin = [("verb", "migrate-p2p"), ("status", "ok")];
     assert_eq!(
         sample(&src, "tern_agent_api_requests_total", &begin),
         Some(1.0),
