@@ -531,6 +531,13 @@ fn timeout_postcopy_switches_a_slow_migration_to_postcopy() {
 fn forecast_samples_the_guest_and_dry_run_changes_nothing() {
     let p = pair("fc");
     p.boot("fc1", "tern.mem=64 tern.dirty=10");
+    // The forecast samples the dirty rate: wait until the guest says it
+    // dirties (a full run once sampled it before the dirtier started).
+    p.a.wait_console("fc1", Duration::from_secs(90), "dirtying", |t| {
+        t.lines().any(|l| {
+            l.contains("TERN-HB") && l.contains("dirtied_mib=") && !l.contains("dirtied_mib=0")
+        })
+    });
     let buri = p.b.uri();
     let f: serde_json::Value =
         serde_json::from_str(&p.a.ok(&["migrate-forecast", "--json", "--postcopy", "fc1", &buri]))
