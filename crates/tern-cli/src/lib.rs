@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod device;
 mod domain;
 pub mod event;
+mod forecast_view;
 pub mod migrate;
 mod netfs_args;
 pub mod network;

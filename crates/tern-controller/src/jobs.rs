@@ -1,11 +1,12 @@
 //! Migration jobs: created by the API, queued, started by the leader when
-//! the scheduler finds a destination within the limits, driven with the
-//! same migration driver as `tern migrate`, and resumed or rolled back by
-//! a leader that finds a running job nobody drives (after a restart or a
-//! hand-over).
+//! the scheduler finds a destination within the limits, run by the source
+//! agent and followed from here ([`crate::follow`]), and resumed or rolled
+//! back by a leader that finds a running job nobody follows (after a
+//! restart or a hand-over).
 
 use crate::error::{CtlError, Result};
 use crate::evacuate::host_client;
+pub use crate::follow::{drive, Outcome};
 use crate::inventory::{now_ms, JOBS};
 use crate::views::{host_views, server_view};
 use crate::Controller;
@@ -14,9 +15,8 @@ use tern_api::cluster::{
     ForecastRow, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerRecord,
     ServerState,
 };
-use tern_api::settle;
-use tern_api::{Client, DomainInfo, MigrationRequest, Request};
-use tern_migrate::{JobInfo, MigrateOptions};
+use tern_api::{MigrationRequest, Request};
+use tern_migrate::MigrateOptions;
 use tern_scheduler::{plan, MoveKind, MoveRequest, Queued, Step};
 use uuid::Uuid;
 
@@ -451,146 +451,6 @@ pub fn migrate_options(
         _ => m.offline = true,
     }
     m
-}
-
-/// A migration's outcome as the runner reports it.
-pub type Outcome = std::result::Result<(), String>;
-
-/// Starts or resumes one migration job: the source agent runs it (its
-/// `migration::run`), and the controller follows the source's job. A
-/// controller restarted mid-job follows the run it finds there, or, when
-/// the source has none, settles what the run left.
-pub async fn drive(
-    src: &Client,
-    dst: &Client,
-    job: &JobRecord,
-    options: &MigrateOptions,
-    recovering: bool,
-) -> Outcome {
-    let id = Uuid::parse_str(&job.migration_id).map_err(|e| e.to_string())?;
-    let name = job.server.as_str();
-    if !recovering {
-        let dest_uri = dst
-            .uri()
-            .ok_or_else(|| format!("the destination {} has no connection URI", dst.describe()))?;
-        src.call::<serde_json::Value>(&Request::Migration(MigrationRequest::MigrateP2p {
-            name: name.to_string(),
-            dest_uri: dest_uri.to_string(),
-            options: options.clone(),
-            id: Some(id),
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
-        return follow(src, dst, id, name, options).await;
-    }
-    let info: JobInfo = match src
-        .call(&Request::Migration(MigrationRequest::JobInfo {
-            name: name.to_string(),
-            completed: false,
-            wait_ms: 0,
-        }))
-        .await
-    {
-        Ok(i) => i,
-        // The source cannot say where QEMU stands: a whole copy on the
-        // destination stays paused for whoever settles the migration (the
-        // source agent, or the evacuation once its host is fenced).
-        Err(e) if settle::dest_holds_everything(dst, id).await => {
-            return Err(format!(
-                "the source cannot be reached ({e}) and the destination holds the whole guest, paused; it stays so until the migration is settled"
-            ))
-        }
-        Err(_) => JobInfo::default(),
-    };
-    if info.kind != tern_migrate::JobKind::None {
-        return follow(src, dst, id, name, options).await;
-    }
-    let active = |c: &Client| {
-        let c = c.clone();
-        async move {
-            c.call::<DomainInfo>(&Request::DomInfo {
-                name: name.to_string(),
-            })
-            .await
-            .map(|i| i.summary.id.is_some())
-            .unwrap_or(false)
-        }
-    };
-    let dest_has_it = dst
-        .call::<DomainInfo>(&Request::DomInfo {
-            name: name.to_string(),
-        })
-        .await
-        .is_ok();
-    if info.phase == "completed"
-        || (dest_has_it && !active(src).await && options.live == active(dst).await)
-    {
-        return Ok(());
-    }
-    settle::roll_back(src, dst, id, name, name, options).await;
-    Err("the controller restarted before the migration's data moved; rolled back".into())
-}
-
-/// How many failed looks at the source's job the controller tolerates
-/// (about a second apart) before it stops following.
-const FOLLOW_RETRIES: u32 = 3;
-
-/// Follows the source's run of migration `id` to its end. Losing the
-/// source, it keeps a destination copy that holds the whole guest (paused,
-/// for whoever settles the migration) and discards a partial one, which
-/// could never run and would block a rescue.
-async fn follow(
-    src: &Client,
-    dst: &Client,
-    id: Uuid,
-    name: &str,
-    options: &MigrateOptions,
-) -> Outcome {
-    let mut failures = 0;
-    loop {
-        let r: std::result::Result<JobInfo, _> = src
-            .call(&Request::Migration(MigrationRequest::JobInfo {
-                name: name.to_string(),
-                completed: false,
-                wait_ms: 500,
-            }))
-            .await;
-        match r {
-            Ok(i) if i.kind == tern_migrate::JobKind::None => break,
-            Ok(_) => failures = 0,
-            Err(e) => {
-                failures += 1;
-                if failures < FOLLOW_RETRIES {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-                if settle::dest_holds_everything(dst, id).await {
-                    return Err(format!(
-                        "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
-                    ));
-                }
-                settle::discard_partial(dst, id, name, options).await;
-                return Err(format!(
-                    "lost contact with the source ({e}); the destination's partial copy was discarded, and the source agent settles its side when it is back"
-                ));
-            }
-        }
-    }
-    let fin: JobInfo = src
-        .call(&Request::Migration(MigrationRequest::JobInfo {
-            name: name.to_string(),
-            completed: true,
-            wait_ms: 0,
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
-    if fin.phase == "completed" {
-        Ok(())
-    } else {
-        Err(fin
-            .error
-            .unwrap_or_else(|| format!("migration ended in phase {}", fin.phase)))
-    }
 }
 
 #[cfg(test)]

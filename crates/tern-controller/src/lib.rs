@@ -15,6 +15,7 @@ pub mod console;
 pub mod error;
 pub mod evacuate;
 pub mod fencing;
+pub mod follow;
 pub mod health;
 pub mod interrupted;
 pub mod inventory;
