@@ -43,6 +43,18 @@ pub fn http_request(
     (status, body.to_string())
 }
 
+/// A free loopback address for a daemon's `--metrics-listen`.
+pub fn metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
+}
+
+/// `/metrics` at `addr`, which must answer 200.
+pub fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// The value of the sample of family `name` whose labels include every
 /// pair of `labels` (e.g. `("role", "source")`), if the text has one.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

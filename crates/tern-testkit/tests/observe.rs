@@ -2,27 +2,16 @@
 //! live migration between two agents, linted by Debian's `promtool`, and
 //! `tern event --loop` printing a migration's phases as it runs.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 use tern_testkit::cluster::{jobs, wait_server};
 use tern_testkit::events::EventStream;
 use tern_testkit::fencing::{armed_pair, kill_host, ArmedPair};
 use tern_testkit::pair::boot_guest;
 use tern_testkit::pair::wait_job_active;
-use tern_testkit::scrape::{http_get, promtool_check, sample};
-use tern_testkit::{free_port, FaultPoint, HostPair, TestController, Which::A};
+use tern_testkit::scrape::{http_get, metrics_addr, promtool_check, sample, scrape};
+use tern_testkit::{FaultPoint, HostPair, TestController, Which::A};
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
 
 #[test]
 fn metrics_show_a_live_migration_and_pass_promtool() {

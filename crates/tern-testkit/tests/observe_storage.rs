@@ -3,23 +3,12 @@
 //! fence's lease renewals (and a fencing) as the host's real fence process
 //! writes its lease on a shared pool; both linted by `promtool`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 use tern_testkit::fencing::cut_lease;
-use tern_testkit::scrape::{http_get, promtool_check, sample, wait_metrics};
-use tern_testkit::{free_port, HostPair, TestController, Which::A};
+use tern_testkit::scrape::{metrics_addr, promtool_check, sample, scrape, wait_metrics};
+use tern_testkit::{HostPair, TestController, Which::A};
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
 
 #[test]
 fn cold_copy_metrics_show_the_bytes_of_a_cold_migration() {
