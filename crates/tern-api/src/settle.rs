@@ -37,6 +37,40 @@ pub async fn dest_holds_everything(dst: &Client, id: Uuid) -> bool {
     }
 }
 
+/// Whether the destination took migration `id` over and its run there is
+/// over: the guest runs on the destination and the migration succeeded,
+/// whatever the source can still say. A follower asks this when the source
+/// stops answering right after a run ends, as a host that shuts down does
+/// once its guests moved away.
+pub async fn dest_took_over(dst: &Client, id: Uuid, dest_name: &str) -> bool {
+    let req = tern_migrate::protocol::QueryRequest {
+        version: PROTOCOL_VERSION,
+        id,
+    };
+    let dst = dst.clone().with_timeout(Duration::from_secs(5));
+    let owns = matches!(
+        dst.call::<tern_migrate::protocol::QueryReply>(&Request::Migration(
+            MigrationRequest::MigrateQuery { req },
+        ))
+        .await,
+        Ok(r) if check_reply_version(r.version).is_ok()
+            && r.view == tern_migrate::recovery::PeerView::Owns
+    );
+    if !owns {
+        return false;
+    }
+    // Owning while its job still runs is post-copy: not over yet.
+    matches!(
+        dst.call::<tern_migrate::JobInfo>(&Request::Migration(MigrationRequest::JobInfo {
+            name: dest_name.to_string(),
+            completed: false,
+            wait_ms: 0,
+        }))
+        .await,
+        Ok(i) if i.kind == tern_migrate::JobKind::None
+    )
+}
+
 /// Refuses a reply from an agent whose protocol this build does not speak.
 fn check_reply_version(v: u32) -> Result<(), String> {
     tern_migrate::protocol::check_version(v).map_err(|e| e.to_string())

@@ -120,6 +120,9 @@ async fn follow(
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
+                if settle::dest_took_over(dst, id, name).await {
+                    return Ok(());
+                }
                 if settle::dest_holds_everything(dst, id).await {
                     return Err(format!(
                         "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
@@ -132,14 +135,21 @@ async fn follow(
             }
         }
     }
-    let fin: JobInfo = src
+    let fin: JobInfo = match src
         .call(&Request::Migration(MigrationRequest::JobInfo {
             name: name.to_string(),
             completed: true,
             wait_ms: 0,
         }))
         .await
-        .map_err(|e| e.to_string())?;
+    {
+        Ok(fin) => fin,
+        // The source may stop answering as soon as its run ended (a host
+        // shutting down once its guests moved away): the destination says
+        // whether the guest arrived.
+        Err(_) if settle::dest_took_over(dst, id, name).await => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
     if fin.phase == "completed" {
         Ok(())
     } else {

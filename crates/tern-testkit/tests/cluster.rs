@@ -434,7 +434,8 @@ fn a_host_shutting_down_moves_its_running_servers_away_first() {
     assert_eq!(j.len(), 1, "{j:#?}");
     assert_eq!(
         (j[0]["kind"].as_str(), j[0]["state"].as_str()),
-        (Some("live-migrate"), Some("succeeded"))
+        (Some("live-migrate"), Some("succeeded")),
+        "{j:#?}"
     );
     // Not a candidate while it is gone.
     assert_eq!(c.json(&["host-show", "a"])["shutting_down"], true);
