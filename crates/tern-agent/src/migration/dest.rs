@@ -1,7 +1,7 @@
-//! The destination side: Prepare (define, start QEMU paused with
-//! `-incoming defer`, listen) and Finish (resume, or discard everything
-//! Prepare created). Each is one function listing its phases in order, in
-//! `dest/prepare.rs` and `dest/finish.rs`; this file holds the steps they
+//! The destination side: one run per migration (`dest/run.rs`), from
+//! Prepare (define, start QEMU paused with `-incoming defer`, listen,
+//! `dest/prepare.rs`) to the verdict (resume, or discard everything
+//! Prepare created, `dest/finish.rs`). This file holds the steps they
 //! share with recovery (starting the incoming QEMU, `cont`, discarding).
 
 use super::qemu_tls::Endpoint;
@@ -20,7 +20,7 @@ use tern_migrate::options::TLS_CREDS_ID;
 use tern_migrate::protocol::{
     FinishReply, FinishRequest, IncomingTarget, NbdTarget, PrepareRequest, PROTOCOL_VERSION,
 };
-use tern_migrate::{Phase, Role};
+use tern_migrate::Phase;
 use tern_model::{DomainState, StateReason};
 use tern_qemu::MigrationStatus;
 
@@ -29,34 +29,11 @@ const LOAD_WAIT: Duration = Duration::from_secs(60);
 
 mod finish;
 mod prepare;
-pub use finish::finish;
-pub use prepare::prepare;
+mod run;
+pub use run::{finish, prepare, resume, Verdict};
 
 fn invalid(e: impl ToString) -> AgentError {
     AgentError::Invalid(e.to_string())
-}
-
-/// A driver that lost Finish's reply (the connection, or this agent, died
-/// after `cont`) asks again: the guest already runs here, and the answer
-/// stands.
-fn repeated_finish(agent: &Agent, req: &FinishRequest) -> Option<FinishReply> {
-    use super::job::Found;
-    if !req.success {
-        return None;
-    }
-    let runs_here = match agent.jobs.by_id(req.id)? {
-        Found::Running(j) => {
-            j.role == Role::Destination
-                && matches!(j.phase(), Phase::Finish | Phase::Completed)
-                && j.links().owns
-        }
-        Found::Done(r) => r.role == Role::Destination && r.phase == Phase::Completed,
-    };
-    runs_here.then_some(FinishReply {
-        version: PROTOCOL_VERSION,
-        resumed: true,
-        error: None,
-    })
 }
 
 pub(super) async fn remove_created(agent: &Agent, job: &Job) {

@@ -56,6 +56,9 @@ pub struct Job {
     pub cold: Mutex<Option<cold::Incoming>>,
     /// The tunnel's ends, with `--tunnelled`.
     tunnel: Mutex<Option<tunnel::Ends>>,
+    /// Destination: where Finish hands its verdict to the migration's run
+    /// (`dest::run`); `None` once the run ended, or before it started.
+    verdicts: Mutex<Option<tokio::sync::mpsc::Sender<super::dest::Verdict>>>,
     /// Bumped on every change, for long polls.
     changed: watch::Sender<u64>,
     /// The records directory, once the job is in the table.
@@ -105,6 +108,7 @@ impl Job {
             receiving: Mutex::new(Vec::new()),
             cold: Mutex::new(None),
             tunnel: Mutex::new(None),
+            verdicts: Mutex::new(None),
             changed: watch::channel(0).0,
             dir: Mutex::new(None),
             links: Mutex::new(Links::default()),
@@ -299,6 +303,28 @@ impl Job {
             }
             self.event(t.summary());
         }
+    }
+
+    /// Destination: the run of this migration now takes verdicts here.
+    pub fn set_verdicts(&self, tx: tokio::sync::mpsc::Sender<super::dest::Verdict>) {
+        *self.verdicts.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Destination: where to hand a verdict, while a run awaits one.
+    pub fn verdicts(&self) -> Option<tokio::sync::mpsc::Sender<super::dest::Verdict>> {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Destination: the run ended; later verdicts are answered from the
+    /// job's record.
+    pub fn close_verdicts(&self) {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Current phase.

@@ -21,14 +21,14 @@ use tern_migrate::protocol::{
     check_version, FinishReply, FinishRequest, QueryReply, QueryRequest, PROTOCOL_VERSION,
 };
 use tern_migrate::recovery::{
-    dest_action, dest_orphan, dest_view, source_action, source_view, DestAction, PeerView,
-    QemuSeen, SourceAction,
+    dest_action, dest_view, source_action, source_view, DestAction, PeerView, QemuSeen,
+    SourceAction,
 };
 use tern_migrate::{JobKind, Phase, Role};
 use tern_qemu::{MigrationStatus, RunState};
 
 /// How often the watchers look.
-const TICK: Duration = Duration::from_secs(1);
+pub(super) const TICK: Duration = Duration::from_secs(1);
 
 /// After a restart: rebuilds every migration that was under way from its
 /// record and settles it (in the background: a peer may need asking).
@@ -66,7 +66,7 @@ pub async fn recover_all(agent: &Arc<Agent>, records: Vec<JobRecord>) {
 }
 
 /// What QEMU says about a domain's migration.
-async fn seen(agent: &Agent, domain: &str) -> (QemuSeen, Option<tern_qemu::Qmp>) {
+pub(super) async fn seen(agent: &Agent, domain: &str) -> (QemuSeen, Option<tern_qemu::Qmp>) {
     let Some(slot) = agent.domains.get(domain) else {
         return (QemuSeen::Gone, None);
     };
@@ -97,7 +97,7 @@ pub(super) fn peer_of(agent: &Agent, job: &Job) -> Result<tern_api::Client> {
 
 /// Asks the other side where the migration stands; `None` when it cannot
 /// be reached (or speaks protocol version 1, which has no query).
-async fn ask(agent: &Agent, job: &Job) -> Option<PeerView> {
+pub(super) async fn ask(agent: &Agent, job: &Job) -> Option<PeerView> {
     ask_full(agent, job).await.map(|r| r.view)
 }
 
@@ -215,7 +215,7 @@ pub fn watch_source(agent: &Arc<Agent>, job: &Arc<Job>) {
     });
 }
 
-fn is_current(agent: &Agent, job: &Arc<Job>) -> bool {
+pub(super) fn is_current(agent: &Agent, job: &Arc<Job>) -> bool {
     agent
         .jobs
         .get(&job.domain)
@@ -331,7 +331,7 @@ async fn finish_on_destination(agent: &Agent, job: &Job, success: bool) -> Optio
 }
 
 /// Ends a job whose domain is gone from this host.
-fn close(agent: &Agent, job: &Arc<Job>, to: Phase) {
+pub(super) fn close(agent: &Agent, job: &Arc<Job>, to: Phase) {
     let from = job.phase();
     if !agent.jobs.claim(job, from, to) {
         let _ = job.advance(to);
@@ -356,12 +356,12 @@ async fn recover_dest(agent: &Arc<Agent>, job: &Arc<Job>) {
     match action {
         DestAction::Keep | DestAction::TakeOver => keep_here(agent, job).await,
         DestAction::Discard => discard_here(agent, job, "the incoming guest cannot run here").await,
-        DestAction::AwaitFinish => watch_dest(agent, job),
+        DestAction::AwaitFinish => super::dest::resume(agent, job),
     }
 }
 
 /// Destination: the guest runs here; makes it so in the job table.
-async fn keep_here(agent: &Arc<Agent>, job: &Arc<Job>) {
+pub(super) async fn keep_here(agent: &Arc<Agent>, job: &Arc<Job>) {
     let Some(slot) = agent.domains.get(&job.domain) else {
         return close(agent, job, Phase::Failed);
     };
@@ -394,7 +394,7 @@ async fn discard_here(agent: &Arc<Agent>, job: &Arc<Job>, why: &str) {
     close(agent, job, Phase::Failed);
 }
 
-async fn discard_slot(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>) {
+pub(super) async fn discard_slot(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>) {
     job.close_tunnel(true);
     let running = slot.inner.lock().await.run.as_ref().map(|r| r.qmp.clone());
     if let Some(qmp) = running {
@@ -406,71 +406,4 @@ async fn discard_slot(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, job: &Arc<Job>
     }
     super::dest::discard(agent, slot).await;
     super::dest::remove_created(agent, job).await;
-}
-
-/// Destination: the orphan timer of a prepared migration. While the
-/// incoming stream moves, or a driver or the source speaks, it waits; once
-/// neither happened for the timeout it asks the source and settles.
-pub fn watch_dest(agent: &Arc<Agent>, job: &Arc<Job>) {
-    let (agent, job) = (agent.clone(), job.clone());
-    tokio::spawn(async move {
-        let mut last_bytes = None;
-        loop {
-            tokio::time::sleep(TICK).await;
-            if !is_current(&agent, &job) || job.phase() != Phase::Prepare {
-                return;
-            }
-            let (qemu, qmp) = seen(&agent, &job.domain).await;
-            if let Some(q) = &qmp {
-                if let Ok((_, v)) = q.migration().await {
-                    let b = v["ram"]["transferred"].as_u64();
-                    if b.is_some() && b != last_bytes {
-                        last_bytes = b;
-                        job.touch();
-                    }
-                }
-            }
-            if dest_action(qemu, false) == DestAction::Keep {
-                // Post-copy started without a Finish reaching us.
-                keep_here(&agent, &job).await;
-                return;
-            }
-            if job.untouched_for() < agent.cfg.orphan_timeout {
-                continue;
-            }
-            let source = ask(&agent, &job).await;
-            let complete = matches!(
-                qemu,
-                QemuSeen::Alive {
-                    migration: MigrationStatus::Completed,
-                    ..
-                }
-            );
-            match dest_orphan(source, complete) {
-                DestAction::AwaitFinish => job.touch(),
-                DestAction::TakeOver | DestAction::Keep => {
-                    if job.advance(Phase::Finish).is_ok() {
-                        job.event("the source's copy is gone: resuming the guest here");
-                        keep_here(&agent, &job).await;
-                    }
-                    return;
-                }
-                DestAction::Discard => {
-                    let why = format!(
-                        "no driver finished this migration for {} s and the source says {}",
-                        agent.cfg.orphan_timeout.as_secs(),
-                        source.map_or("nothing (unreachable)".to_string(), |v| format!("{v:?}"))
-                    );
-                    if agent.jobs.claim(&job, Phase::Prepare, Phase::Failed) {
-                        job.event(format!("{why}: discarding the incoming guest"));
-                        if let Some(slot) = agent.domains.get(&job.domain) {
-                            discard_slot(&agent, &slot, &job).await;
-                        }
-                        agent.jobs.finish(&job);
-                    }
-                    return;
-                }
-            }
-        }
-    });
 }

@@ -1,18 +1,19 @@
-//! Destination, Finish, phase by phase: the driver's verdict is recorded,
-//! then the guest is taken over (`cont`: from then on this host owns it)
-//! or everything Prepare created is given up. [`finish`] lists the phases.
+//! Destination, the verdict applied, phase by phase: the last part of the
+//! destination's run (`run.rs`). The verdict is recorded, then the guest
+//! is taken over (`cont`: from then on this host owns it) or everything
+//! Prepare created is given up. [`apply`] lists the phases.
 
-use super::{discard, finish_offline, invalid, remove_created, repeated_finish, resume_here};
+use super::{discard, finish_offline, remove_created, resume_here};
 use crate::error::Result;
 use crate::registry::DomainSlot;
 use crate::Agent;
 use std::sync::Arc;
-use tern_migrate::protocol::{check_version, FinishReply, FinishRequest, PROTOCOL_VERSION};
+use tern_migrate::protocol::{FinishReply, FinishRequest, PROTOCOL_VERSION};
 use tern_migrate::{JobKind, Phase};
 
 use super::super::Job;
 
-fn reply(resumed: bool, error: Option<String>) -> FinishReply {
+pub(super) fn reply(resumed: bool, error: Option<String>) -> FinishReply {
     FinishReply {
         version: PROTOCOL_VERSION,
         resumed,
@@ -20,41 +21,41 @@ fn reply(resumed: bool, error: Option<String>) -> FinishReply {
     }
 }
 
-/// Finish: the driver's verdict on a migration this host prepared.
-pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishReply> {
-    check_version(req.version).map_err(invalid)?;
-    if let Some(r) = repeated_finish(agent, &req) {
-        return Ok(r);
-    }
-    let job = verdict(agent, &req).await?;
+/// Applies the source's verdict (Finish) on a migration this host
+/// prepared, and ends the job.
+pub(super) async fn apply(
+    agent: &Arc<Agent>,
+    job: &Arc<Job>,
+    req: &FinishRequest,
+) -> Result<FinishReply> {
+    verdict(agent, job, req).await?;
     if req.options.cold {
-        return finish_cold(agent, &job, &req).await;
+        return finish_cold(agent, job, req).await;
     }
     if req.options.offline {
-        return finish_offline(agent, &job, &req).await;
+        return finish_offline(agent, job, req).await;
     }
     let slot = match agent.domains.find(&req.name) {
         Ok(s) => s,
-        Err(e) => return incoming_gone(agent, &job, &req, e).await,
+        Err(e) => return incoming_gone(agent, job, req, e).await,
     };
     let r = if req.success {
-        take_over(agent, &slot, &job, &req).await?
+        take_over(agent, &slot, job, req).await
     } else {
-        give_up(agent, &slot, &job, &req).await?
+        give_up(agent, &slot, job, req).await
     };
-    agent.jobs.finish(&job);
-    Ok(r)
+    agent.jobs.finish(job);
+    r
 }
 
 /// Phase 1: the verdict on disk (phase Finish) before acting on it.
-async fn verdict(agent: &Arc<Agent>, req: &FinishRequest) -> Result<Arc<Job>> {
-    let job = agent.jobs.get_id(&req.name, req.id)?;
+async fn verdict(agent: &Arc<Agent>, job: &Arc<Job>, req: &FinishRequest) -> Result<()> {
     job.touch();
     job.advance(Phase::Finish)?;
     if !req.success {
         agent.pools.clear_tokens(&req.id).await;
     }
-    Ok(job)
+    Ok(())
 }
 
 /// Phase 2, cold migration: the received files are kept and the domain

@@ -1,12 +1,12 @@
-//! Destination, Prepare, phase by phase. [`prepare`] lists the phases in
-//! order; each is one function. Nothing is created before the migration
-//! is on disk ([`record`]), and every phase after it either completes or
-//! is undone by [`roll_back`], so a refused or failed Prepare leaves no
-//! QEMU, volume or transient domain behind.
+//! Destination, Prepare, phase by phase: the first part of the
+//! destination's run (`run.rs`). [`prepare`] lists the phases in order;
+//! each is one function. Nothing is created before the migration is on
+//! disk ([`record`]), and every phase after it either completes or is
+//! undone by [`roll_back`], so a refused or failed Prepare leaves no QEMU,
+//! volume or transient domain behind.
 
 use super::{discard, invalid, remove_created, start_incoming};
 use crate::error::{AgentError, Result};
-use crate::faults;
 use crate::registry::DomainSlot;
 use crate::Agent;
 use std::sync::Arc;
@@ -14,18 +14,27 @@ use tern_migrate::protocol::{
     check_version, IncomingTarget, NbdTarget, PrepareReply, PrepareRequest, PROTOCOL_VERSION,
 };
 use tern_migrate::{Phase, Role};
+use tokio::sync::mpsc;
 
 use super::super::Job;
+use super::Verdict;
 
-/// Prepare: everything the destination needs before memory flows.
-pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareReply> {
+/// Prepare: everything the destination needs before memory flows. Returns
+/// the job (which takes its verdicts on `verdicts` from the moment it is
+/// recorded) and the answer for the source.
+pub async fn prepare(
+    agent: &Arc<Agent>,
+    req: PrepareRequest,
+    verdicts: mpsc::Sender<Verdict>,
+) -> Result<(Arc<Job>, PrepareReply)> {
     let existing = admit(agent, &req).await?;
     let mut req = req;
     crate::guest_setup::rehome_nvram(agent, &mut req.domain, req.source_nvram_dir.as_deref());
     crate::guest_setup::check_nvram_owner(agent, &req.domain).await?;
-    let job = record(agent, &req)?;
+    let job = record(agent, &req, verdicts)?;
     if req.options.offline || req.options.cold {
-        return prepare_copy(agent, &job, req, existing).await;
+        let reply = prepare_copy(agent, &job, req, existing).await?;
+        return Ok((job, reply));
     }
     let slot = match existing {
         Some(s) => s,
@@ -46,7 +55,10 @@ pub async fn prepare(agent: &Arc<Agent>, req: PrepareRequest) -> Result<PrepareR
     }
     .await;
     match started {
-        Ok((id, target, nbd)) => Ok(listening(agent, &job, id, target, nbd).await),
+        Ok((id, target, nbd)) => {
+            let reply = listening(&job, id, target, nbd);
+            Ok((job, reply))
+        }
         Err(e) => {
             roll_back(agent, &slot, &job).await;
             Err(e)
@@ -131,13 +143,19 @@ async fn admit(agent: &Arc<Agent>, req: &PrepareRequest) -> Result<Option<Arc<Do
 
 /// Phase 2: the migration, and who its source is, on disk before anything
 /// is created: an orphaned destination asks the source where it stands.
-fn record(agent: &Arc<Agent>, req: &PrepareRequest) -> Result<Arc<Job>> {
+/// From here a Finish finds the run (a verdict that comes early waits).
+fn record(
+    agent: &Arc<Agent>,
+    req: &PrepareRequest,
+    verdicts: mpsc::Sender<Verdict>,
+) -> Result<Arc<Job>> {
     let job = Job::new(
         req.id,
         Role::Destination,
         &req.domain.name,
         req.options.clone(),
     );
+    job.set_verdicts(verdicts);
     agent.jobs.insert(job.clone())?;
     let prepared = job
         .set_links(|l| {
@@ -253,9 +271,8 @@ async fn create_volumes(
     Ok(req)
 }
 
-/// Phase 4 done: QEMU listens. Arms the orphan timer and answers.
-async fn listening(
-    agent: &Arc<Agent>,
+/// Phase 4 done: QEMU listens; the answer for the source.
+fn listening(
     job: &Arc<Job>,
     id: uuid::Uuid,
     target: IncomingTarget,
@@ -269,8 +286,6 @@ async fn listening(
     } else {
         format!("QEMU listening on {}", target.qemu_uri())
     });
-    super::super::recover::watch_dest(agent, job);
-    faults::point(agent, "dest-prepared").await;
     PrepareReply {
         version: PROTOCOL_VERSION,
         id,
