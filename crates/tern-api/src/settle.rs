@@ -10,6 +10,58 @@ use tern_migrate::protocol::{ConfirmRequest, FinishReply, FinishRequest, PROTOCO
 use tern_migrate::MigrateOptions;
 use uuid::Uuid;
 
+/// How a follower watches the source's job.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow {
+    /// Each look waits up to this long for the job to change (a long poll).
+    pub wait: Duration,
+    /// Pause between looks.
+    pub pause: Duration,
+    /// Failed looks in a row that are retried (a second apart) before the
+    /// last error is returned.
+    pub retries: u32,
+}
+
+/// Follows the source's job of `name` until it ends, showing each look to
+/// `progress`, and returns the completed job as the source reports it.
+/// The CLI and the controller both follow a migration this way; what each
+/// does when the source is lost differs, so the error is theirs to handle.
+pub async fn follow_job(
+    src: &Client,
+    name: &str,
+    how: Follow,
+    mut progress: impl FnMut(&tern_migrate::JobInfo),
+) -> Result<tern_migrate::JobInfo, ClientError> {
+    let look = |completed, wait_ms| {
+        Request::Migration(MigrationRequest::JobInfo {
+            name: name.to_string(),
+            completed,
+            wait_ms,
+        })
+    };
+    let wait_ms = how.wait.as_millis() as u64;
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(how.pause).await;
+        match src
+            .call::<tern_migrate::JobInfo>(&look(false, wait_ms))
+            .await
+        {
+            Ok(i) if i.kind == tern_migrate::JobKind::None => break,
+            Ok(i) => {
+                failures = 0;
+                progress(&i);
+            }
+            Err(_) if failures < how.retries => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    src.call(&look(true, 0)).await
+}
+
 /// Whether the destination holds migration `id`'s whole guest, paused and
 /// never run (its incoming QEMU completed): the one copy worth keeping
 /// when the source can no longer be asked.

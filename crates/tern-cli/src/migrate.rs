@@ -408,39 +408,24 @@ async fn follow(src: &Client, a: &MigrateArgs, progress: &mut Progress, t0: Inst
     // and Ctrl-C aborts it, as virsh does.
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let cur: JobInfo = src
-            .call(&Request::Migration(MigrationRequest::JobInfo {
-                name: a.domain.clone(),
-                completed: false,
-                wait_ms: 0,
-            }))
-            .await?;
-        if cur.kind != JobKind::None {
-            progress.show(&cur);
-            continue;
+    let how = tern_api::settle::Follow {
+        wait: Duration::ZERO,
+        pause: Duration::from_millis(200),
+        retries: 0,
+    };
+    let fin = tern_api::settle::follow_job(src, &a.domain, how, |cur| progress.show(cur)).await?;
+    if fin.phase == "completed" {
+        progress.done();
+        if let Some(w) = &fin.warning {
+            eprintln!("warning: {w}");
         }
-        let fin: JobInfo = src
-            .call(&Request::Migration(MigrationRequest::JobInfo {
-                name: a.domain.clone(),
-                completed: true,
-                wait_ms: 0,
-            }))
-            .await?;
-        if fin.phase == "completed" {
-            progress.done();
-            if let Some(w) = &fin.warning {
-                eprintln!("warning: {w}");
-            }
-            let o = a.options()?;
-            println!("{}", done_line(a, &o, &fin, t0.elapsed()));
-            return Ok(());
-        }
-        return Err(CliError::Migrate(fin.error.unwrap_or_else(|| {
-            format!("migration ended in phase {}", fin.phase)
-        })));
+        let o = a.options()?;
+        println!("{}", done_line(a, &o, &fin, t0.elapsed()));
+        return Ok(());
     }
+    Err(CliError::Migrate(fin.error.unwrap_or_else(|| {
+        format!("migration ended in phase {}", fin.phase)
+    })))
 }
 
 /// Ctrl-C on `tern migrate` aborts the migration, as in virsh: the first

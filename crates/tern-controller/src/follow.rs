@@ -87,14 +87,20 @@ pub async fn drive(
     Err("the controller restarted before the migration's data moved; rolled back".into())
 }
 
-/// How many failed looks at the source's job the controller tolerates
-/// (about a second apart) before it stops following.
-const FOLLOW_RETRIES: u32 = 3;
+/// How the controller watches a source's job: long polls, and 3 failed
+/// looks (about a second apart) tolerated before it stops following.
+const FOLLOW: settle::Follow = settle::Follow {
+    wait: std::time::Duration::from_millis(500),
+    pause: std::time::Duration::ZERO,
+    retries: 2,
+};
 
 /// Follows the source's run of migration `id` to its end. Losing the
-/// source, it keeps a destination copy that holds the whole guest (paused,
-/// for whoever settles the migration) and discards a partial one, which
-/// could never run and would block a rescue.
+/// source, it asks the destination: a guest that arrived there is a
+/// success (a source host shutting down stops answering once its guests
+/// moved away); a copy that holds the whole guest stays paused, for
+/// whoever settles the migration; a partial one, which could never run
+/// and would block a rescue, is discarded.
 async fn follow(
     src: &Client,
     dst: &Client,
@@ -102,59 +108,25 @@ async fn follow(
     name: &str,
     options: &MigrateOptions,
 ) -> Outcome {
-    let mut failures = 0;
-    loop {
-        let r: std::result::Result<JobInfo, _> = src
-            .call(&Request::Migration(MigrationRequest::JobInfo {
-                name: name.to_string(),
-                completed: false,
-                wait_ms: 500,
-            }))
-            .await;
-        match r {
-            Ok(i) if i.kind == tern_migrate::JobKind::None => break,
-            Ok(_) => failures = 0,
-            Err(e) => {
-                failures += 1;
-                if failures < FOLLOW_RETRIES {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-                if settle::dest_took_over(dst, id, name).await {
-                    return Ok(());
-                }
-                if settle::dest_holds_everything(dst, id).await {
-                    return Err(format!(
-                        "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
-                    ));
-                }
-                settle::discard_partial(dst, id, name, options).await;
-                return Err(format!(
-                    "lost contact with the source ({e}); the destination's partial copy was discarded, and the source agent settles its side when it is back"
-                ));
-            }
+    let e = match settle::follow_job(src, name, FOLLOW, |_| {}).await {
+        Ok(fin) if fin.phase == "completed" => return Ok(()),
+        Ok(fin) => {
+            return Err(fin
+                .error
+                .unwrap_or_else(|| format!("migration ended in phase {}", fin.phase)))
         }
-    }
-    let fin: JobInfo = match src
-        .call(&Request::Migration(MigrationRequest::JobInfo {
-            name: name.to_string(),
-            completed: true,
-            wait_ms: 0,
-        }))
-        .await
-    {
-        Ok(fin) => fin,
-        // The source may stop answering as soon as its run ended (a host
-        // shutting down once its guests moved away): the destination says
-        // whether the guest arrived.
-        Err(_) if settle::dest_took_over(dst, id, name).await => return Ok(()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => e,
     };
-    if fin.phase == "completed" {
-        Ok(())
-    } else {
-        Err(fin
-            .error
-            .unwrap_or_else(|| format!("migration ended in phase {}", fin.phase)))
+    if settle::dest_took_over(dst, id, name).await {
+        return Ok(());
     }
+    if settle::dest_holds_everything(dst, id).await {
+        return Err(format!(
+            "lost contact with the source after the destination loaded the whole guest ({e}); the copy there stays paused until the migration is settled"
+        ));
+    }
+    settle::discard_partial(dst, id, name, options).await;
+    Err(format!(
+        "lost contact with the source ({e}); the destination's partial copy was discarded, and the source agent settles its side when it is back"
+    ))
 }
