@@ -14,14 +14,8 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERND_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    // Text on standard error, filtered by TERND_LOG, as ternd logs.
+    tern_log::init(tern_log::LogFormat::Text, "TERND_LOG");
     let a = Args::parse();
     if let Err(e) = tern_agent::fence::daemon::run(&a.state_dir) {
         eprintln!("tern-fence: {e}");
