@@ -381,3 +381,60 @@ fn dest_pool_fills_during_mirror() {
     p.wait_settled_on(Which::B, name, Duration::from_secs(60));
     p.assert_guest_whole_on(Which::B, name);
 }
+
+/// A verdict that reaches the destination while its Prepare is still under
+/// way (held at `dest-prepared`, before its answer) waits for the
+/// destination's run to take it: it is applied after the answer, never
+/// beside a Prepare half done. The verdict here is "failed" (as a
+/// controller rolling back sends it), so the destination gives everything
+/// up, the source's Perform fails, and the guest stays whole on A.
+#[test]
+fn a_verdict_during_prepare_waits_for_its_answer() {
+    use tern_api::{Client, MigrationRequest, Request};
+    use tern_migrate::protocol::{FinishReply, FinishRequest, PROTOCOL_VERSION};
+    let mut b_args: Vec<&str> = ORPHAN.to_vec();
+    b_args.extend(["--fault-stop-at", "dest-prepared"]);
+    let p = HostPair::start("verdict-wait", ORPHAN, &b_args);
+    let name = "fm-vw";
+    p.boot(name, "tern.mem=48 tern.dirty=0");
+    let mut driver = p.migrate_bg(Which::A, name, &["--live"]);
+    let fp = FaultPoint::of(&p.b, "dest-prepared");
+    fp.wait_reached(Duration::from_secs(90));
+    let rec = p.b.state_dir().join("jobs").join(format!("{name}.json"));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rec).expect("B's job record")).unwrap();
+    let req = FinishRequest {
+        version: PROTOCOL_VERSION,
+        id: rec["id"].as_str().unwrap().parse().unwrap(),
+        name: name.to_string(),
+        success: false,
+        options: serde_json::from_value(rec["options"].clone()).unwrap(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let socket = p.b.socket();
+    let finisher = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(
+            Client::unix(socket)
+                .call::<FinishReply>(&Request::Migration(MigrationRequest::MigrateFinish { req })),
+        );
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    // Held before its answer, the run takes no verdict.
+    if let Ok(r) = rx.recv_timeout(Duration::from_secs(3)) {
+        panic!("a verdict was applied before Prepare answered: {r:?}");
+    }
+    fp.release();
+    let r = rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the verdict was never answered")
+        .expect("Finish failed");
+    assert!(!r.resumed, "{r:?}");
+    let _ = finisher.join();
+    println!(
+        "driver said: {}",
+        wait_child(&mut driver, Duration::from_secs(120))
+    );
+    p.wait_settled_on(Which::A, name, Duration::from_secs(90));
+    p.assert_guest_whole_on(Which::A, name);
+}
