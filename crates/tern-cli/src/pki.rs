@@ -85,43 +85,59 @@ pub fn run(cmd: PkiCmd) -> Result<()> {
             dir,
             out,
             days,
-        } => {
-            let ca = PkiDir::new(&dir);
-            let out = PkiDir::new(out.unwrap_or(dir));
-            tern_pki::issue_server(&ca, &out, &host, Validity::days(days)?)?;
-            println!(
-                "server certificate for {host} in {}",
-                out.server_cert().display()
-            );
-        }
+        } => issue(
+            tern_pki::issue_server,
+            "server",
+            &host,
+            dir,
+            out,
+            days,
+            |o| o.server_cert(),
+        )?,
         PkiCmd::IssueClient {
             name,
             dir,
             out,
             days,
-        } => {
-            let ca = PkiDir::new(&dir);
-            let out = PkiDir::new(out.unwrap_or(dir));
-            tern_pki::issue_client(&ca, &out, &name, Validity::days(days)?)?;
-            println!(
-                "client certificate for {name} in {}",
-                out.client_cert().display()
-            );
-        }
+        } => issue(
+            tern_pki::issue_client,
+            "client",
+            &name,
+            dir,
+            out,
+            days,
+            |o| o.client_cert(),
+        )?,
         PkiCmd::IssueHost {
             name,
             dir,
             out,
             days,
-        } => {
-            let ca = PkiDir::new(&dir);
-            let out = PkiDir::new(out.unwrap_or(dir));
-            tern_pki::issue_host(&ca, &out, &name, Validity::days(days)?)?;
-            println!(
-                "host certificate for {name} in {}",
-                out.client_cert().display()
-            );
-        }
+        } => issue(tern_pki::issue_host, "host", &name, dir, out, days, |o| {
+            o.client_cert()
+        })?,
     }
+    Ok(())
+}
+
+/// One `tern pki issue-*` verb: `f` issues the certificate for `subject`
+/// from the CA in `dir` into `out` (default: `dir`); `cert` names the file
+/// written, for the line printed.
+fn issue(
+    f: fn(&PkiDir, &PkiDir, &str, Validity) -> std::result::Result<(), tern_pki::IssueError>,
+    kind: &str,
+    subject: &str,
+    dir: PathBuf,
+    out: Option<PathBuf>,
+    days: u32,
+    cert: fn(&PkiDir) -> PathBuf,
+) -> Result<()> {
+    let ca = PkiDir::new(&dir);
+    let out = PkiDir::new(out.unwrap_or(dir));
+    f(&ca, &out, subject, Validity::days(days)?)?;
+    println!(
+        "{kind} certificate for {subject} in {}",
+        cert(&out).display()
+    );
     Ok(())
 }

@@ -120,39 +120,27 @@ pub fn load_roots(dir: &PkiDir) -> Result<Arc<RootCertStore>, TlsError> {
 /// A server configuration from `dir`: serves `servercert.pem` and requires
 /// a client certificate signed by `cacert.pem`.
 pub fn server_config(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
-    let roots = load_roots(dir)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Verifier {
-            path: dir.ca_cert(),
-            message: e.to_string(),
-        })?;
-    let chain = load_certs(&dir.server_cert())?;
-    let key = load_key(&dir.server_key())?;
-    let cfg_err = |source| TlsError::Config {
-        dir: dir.root().to_path_buf(),
-        source,
-    };
-    let cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(cfg_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(cfg_err)?;
-    Ok(Arc::new(cfg))
+    server_config_with(dir, true)
 }
 
 /// As [`server_config`], but a client certificate is asked for, not
 /// required (the web console: browsers without one log in with a password).
 pub fn server_config_optional_client(dir: &PkiDir) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(dir, false)
+}
+
+/// TLS 1.3 only, serving `servercert.pem`, verifying client certificates
+/// against `cacert.pem`; `required` says whether a client must show one.
+fn server_config_with(dir: &PkiDir, required: bool) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = load_roots(dir)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier {
-            path: dir.ca_cert(),
-            message: e.to_string(),
-        })?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if !required {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| TlsError::Verifier {
+        path: dir.ca_cert(),
+        message: e.to_string(),
+    })?;
     let chain = load_certs(&dir.server_cert())?;
     let key = load_key(&dir.server_key())?;
     let cfg_err = |source| TlsError::Config {

@@ -53,47 +53,25 @@ impl TestPki {
 
     /// Issues a server certificate for `host` into `dir(name)`; returns it.
     pub fn server(&self, name: &str, host: &str) -> PathBuf {
-        let out = self.dir(name);
-        let ca = self.ca();
-        self.run(&[
-            "issue-server",
-            host,
-            "--dir",
-            self.s(&ca),
-            "--out",
-            self.s(&out),
-        ]);
-        out
+        self.issue("issue-server", name, host)
     }
 
     /// Issues a client certificate with CN `cn` into `dir(name)`; returns it.
     pub fn client(&self, name: &str, cn: &str) -> PathBuf {
-        let out = self.dir(name);
-        let ca = self.ca();
-        self.run(&[
-            "issue-client",
-            cn,
-            "--dir",
-            self.s(&ca),
-            "--out",
-            self.s(&out),
-        ]);
-        out
+        self.issue("issue-client", name, cn)
     }
 
     /// Issues a cluster host's certificate (`tern pki issue-host HOST`:
     /// CN `host` and the host mark) into `dir(name)`; returns it.
     pub fn host(&self, name: &str, host: &str) -> PathBuf {
+        self.issue("issue-host", name, host)
+    }
+
+    /// `tern pki ISSUE SUBJECT --dir CA --out dir(name)`.
+    fn issue(&self, issue: &str, name: &str, subject: &str) -> PathBuf {
         let out = self.dir(name);
         let ca = self.ca();
-        self.run(&[
-            "issue-host",
-            host,
-            "--dir",
-            self.s(&ca),
-            "--out",
-            self.s(&out),
-        ]);
+        self.run(&[issue, subject, "--dir", self.s(&ca), "--out", self.s(&out)]);
         out
     }
 
