@@ -317,54 +317,72 @@ pub async fn fence(
     }
     let mut out = Vec::new();
     for (pool, f) in pools {
-        let Some(r) = reader(&pool, name, hosts) else {
-            out.push((
-                Verdict::Waiting(Duration::from_secs(1)),
-                format!(
-                    "pool {pool}: no other online host sees it to blocklist {} and the clients of {}",
-                    f.addrs.join(", "),
-                    f.images.join(", ")
-                ),
-            ));
-            continue;
-        };
-        let res = call(r, &pool, &f.addrs, false, &f.images, &spare).await;
-        out.push(match res {
-            Ok(done) if f.addrs.iter().all(|a| done.contains(a)) => {
-                let found: Vec<&String> = done.iter().filter(|a| !f.addrs.contains(a)).collect();
-                if !found.is_empty() {
-                    let list = rec.pools.entry(pool.clone()).or_default();
-                    list.extend(found.iter().map(|a| a.to_string()));
-                    list.dedup();
-                    if let Err(e) = ctl.lead().put(&key, &rec).await {
-                        tracing::warn!(host = %name, error = %e, "cannot record the RBD fence's found clients");
-                    }
+        let (v, line, found) = fence_pool(name, &pool, &f, hosts, &spare).await;
+        if !found.is_empty() {
+            let list = rec.pools.entry(pool.clone()).or_default();
+            for a in found {
+                if !list.contains(&a) {
+                    list.push(a);
                 }
-                tracing::warn!(host = %name, %pool, ?done, by = %r.report.name, "RBD clients blocklisted");
-                let what = if done.is_empty() {
-                    "no client to blocklist".to_string()
-                } else {
-                    format!("blocklisted {}", done.join(", "))
-                };
-                (
-                    Verdict::Proven(Duration::ZERO),
-                    format!("pool {pool}: {what} (by {})", r.report.name),
-                )
             }
-            Ok(done) => (
-                Verdict::Waiting(Duration::from_secs(1)),
-                format!("pool {pool}: the blocklist confirms only {done:?} of {:?}", f.addrs),
-            ),
-            Err(e) => {
-                tracing::warn!(host = %name, %pool, error = %e, "blocklisting RBD clients failed");
-                (
-                    Verdict::Waiting(Duration::from_secs(1)),
-                    format!("pool {pool}: blocklisting through {} failed: {e}", r.report.name),
-                )
+            if let Err(e) = ctl.lead().put(&key, &rec).await {
+                tracing::warn!(host = %name, error = %e, "cannot record the RBD fence's found clients");
             }
-        });
+        }
+        out.push((v, line));
     }
     out
+}
+
+/// Fences one rbd pool of dead host `name` through another host: the
+/// verdict, its line of evidence, and the addresses found on the images
+/// (beyond the reported ones) that the blocklist confirms.
+async fn fence_pool(
+    name: &str,
+    pool: &str,
+    f: &PoolFence,
+    hosts: &[HostRecord],
+    spare: &[String],
+) -> (Verdict, String, Vec<String>) {
+    let wait = Verdict::Waiting(Duration::from_secs(1));
+    let Some(r) = reader(pool, name, hosts) else {
+        let line = format!(
+            "pool {pool}: no other online host sees it to blocklist {} and the clients of {}",
+            f.addrs.join(", "),
+            f.images.join(", ")
+        );
+        return (wait, line, Vec::new());
+    };
+    match call(r, pool, &f.addrs, false, &f.images, spare).await {
+        Ok(done) if f.addrs.iter().all(|a| done.contains(a)) => {
+            tracing::warn!(host = %name, %pool, ?done, by = %r.report.name, "RBD clients blocklisted");
+            let what = if done.is_empty() {
+                "no client to blocklist".to_string()
+            } else {
+                format!("blocklisted {}", done.join(", "))
+            };
+            let found = done.into_iter().filter(|a| !f.addrs.contains(a)).collect();
+            let line = format!("pool {pool}: {what} (by {})", r.report.name);
+            (Verdict::Proven(Duration::ZERO), line, found)
+        }
+        Ok(done) => {
+            let line = format!(
+                "pool {pool}: the blocklist confirms only {done:?} of {:?}",
+                f.addrs
+            );
+            // Entries made all the same: recorded, so they are removed later.
+            let found = done.into_iter().filter(|a| !f.addrs.contains(a)).collect();
+            (wait, line, found)
+        }
+        Err(e) => {
+            tracing::warn!(host = %name, %pool, error = %e, "blocklisting RBD clients failed");
+            let line = format!(
+                "pool {pool}: blocklisting through {} failed: {e}",
+                r.report.name
+            );
+            (wait, line, Vec::new())
+        }
+    }
 }
 
 /// Whether guest `name`, still running on `host` after its client was
