@@ -307,7 +307,11 @@ pub async fn report(agent: &Arc<Agent>, api_uri: &str) -> HostReport {
             xml,
         });
     }
-    let rbd_clients = agent.pools.rbd_clients(&pools, &running).await;
+    let rbd_clients = if agent.cfg.faults.hide_rbd_clients {
+        Vec::new()
+    } else {
+        agent.pools.rbd_clients(&pools, &running).await
+    };
     HostReport {
         name: agent
             .cfg

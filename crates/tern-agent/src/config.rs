@@ -92,6 +92,9 @@ pub struct Faults {
     pub stop_at: Option<String>,
     /// Refuse the first `start` of a domain (a rescue that fails once).
     pub refuse_start_once: bool,
+    /// Report no RBD client addresses (a host that dies before it ever
+    /// reported its guest's Ceph client).
+    pub hide_rbd_clients: bool,
 }
 
 impl AgentConfig {

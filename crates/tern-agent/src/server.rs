@@ -349,9 +349,16 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::Migration(m) => crate::migration::dispatch(a, m).await?,
             Request::Secret(r) => crate::secrets::dispatch(&a.pools.secrets, r)?,
             Request::FenceLease { pool, host } => ok(crate::fence::read_lease(a, &pool, &host).await?)?,
-            Request::RbdBlocklist { pool, addrs, remove } => {
-                ok(a.pools.rbd_blocklist(&pool, &addrs, remove).await?)?
-            }
+            Request::RbdBlocklist {
+                pool,
+                addrs,
+                remove,
+                images,
+                spare,
+            } => ok(a
+                .pools
+                .rbd_blocklist(&pool, &addrs, remove, &images, &spare)
+                .await?)?,
             Request::Events {
                 after,
                 domain,

@@ -189,7 +189,7 @@ pub struct HostReport {
     /// Defined and transient domains.
     pub domains: Vec<DomainReport>,
     /// The Ceph clients of this host's running guests (their RBD images'
-    /// watchers): what the controller blocklists when the host is declared
+    /// watchers and exclusive lock owners): what the controller blocklists when the host is declared
     /// down, before any of them is rescued.
     #[serde(default)]
     pub rbd_clients: Vec<RbdClient>,
@@ -207,6 +207,10 @@ pub struct RbdClient {
     pub image: String,
     /// The client address (`IP:PORT/NONCE`).
     pub addr: String,
+    /// Whether this client holds the image's exclusive lock (the writer;
+    /// librbd takes it at the guest's first write).
+    #[serde(default)]
+    pub lock_owner: bool,
 }
 
 /// One domain on a host.

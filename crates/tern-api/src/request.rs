@@ -298,6 +298,16 @@ pub enum Request {
         /// Remove the entries instead of adding them.
         #[serde(default)]
         remove: bool,
+        /// Images of the pool whose every client (watchers and exclusive
+        /// lock owners, as the cluster shows them now) is blocklisted too,
+        /// except `spare` and the answering host's own guests' clients:
+        /// a guest whose client its dead host never reported is still
+        /// fenced. The reply lists these addresses as well.
+        #[serde(default)]
+        images: Vec<String>,
+        /// Addresses never blocklisted (other live hosts' own clients).
+        #[serde(default)]
+        spare: Vec<String>,
     },
     /// Agent events (`event`): lifecycle, migration phases, iterations and
     /// job events, as a long poll. Answered by the API server without a

@@ -229,8 +229,8 @@ pub async fn watch_tick(ctl: &Arc<Controller>, hosts: &[HostRecord]) -> Result<(
         // RBD-backed guests: their Ceph clients blocklisted once the host
         // is down (see `rbd_fence`).
         let mut why_not = None;
-        if since.is_some() {
-            for (v, line) in crate::rbd_fence::fence(ctl, h, hosts).await {
+        if let Some(since_ms) = since {
+            for (v, line) in crate::rbd_fence::fence(ctl, h, hosts, since_ms).await {
                 if v == Verdict::NotArmed {
                     why_not = Some(line.clone());
                 }

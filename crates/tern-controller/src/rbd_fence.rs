@@ -7,9 +7,20 @@
 //! back: from then on the OSDs refuse every write of those clients, so a
 //! QEMU still running on the cut-off host cannot touch an image its guest's
 //! rescue opens, whatever that host does. A confirmed blocklist is the
-//! host's RBD verdict ([`crate::fencing::Verdict::Proven`]); a guest whose
-//! client was never reported cannot be fenced this way and its host's
-//! fencing stays unproven. The entries are stored (`rbd-fenced/HOST`). When
+//! host's RBD verdict ([`crate::fencing::Verdict::Proven`]).
+//!
+//! The reports alone leave a gap: a host that dies right after starting a
+//! guest never reported that guest's client. So the same call also
+//! blocklists every client the cluster itself shows at fence time on the
+//! images of the servers the inventory places on the dead host: their
+//! watchers and exclusive lock owners (the lock record outlives an
+//! expired watch, so a writer is found even once its host has been cut
+//! off for longer than the 30 s watch timeout). Addresses other live
+//! hosts report, the reading host's own clients, and images of servers in
+//! a migration (whose destination may hold them open) are spared. Only a
+//! running guest whose client was never reported and whose images cannot
+//! be read this way leaves the host's fencing unproven. The entries are
+//! stored (`rbd-fenced/HOST`). When
 //! the host is back, fenced QEMUs of guests rescued elsewhere are destroyed
 //! there, and once none of the fenced guests runs there the entries go.
 
@@ -20,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tern_api::cluster::{HostRecord, HostReport, HostStatus};
+use tern_api::cluster::{DomainReport, HostRecord, HostReport, HostStatus};
 use tern_api::Request;
 
 /// Store prefix of blocklist entries made for a host: `rbd-fenced/HOST`.
@@ -29,13 +40,28 @@ pub const RBD_FENCED: &str = "rbd-fenced/";
 /// How long one blocklist call through another host may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// What fencing one rbd pool of a dead host takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolFence {
+    /// Client addresses the host reported.
+    pub addrs: Vec<String>,
+    /// Images of its guests whose every client the cluster shows at fence
+    /// time (watchers and exclusive lock owners) is blocklisted too.
+    pub images: Vec<String>,
+}
+
 /// What fencing a dead host's RBD clients takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// None of its running guests has an RBD disk.
+    /// None of its guests has an RBD disk.
     Nothing,
-    /// Blocklist these addresses, per rbd pool.
-    Fence(BTreeMap<String, Vec<String>>),
+    /// Blocklist these clients, per rbd pool, for these guests.
+    Fence {
+        /// Per rbd pool.
+        pools: BTreeMap<String, PoolFence>,
+        /// The guests whose clients they are.
+        domains: Vec<String>,
+    },
     /// A guest's client is unknown: the host cannot be fenced this way.
     Unknown(String),
 }
@@ -54,11 +80,63 @@ fn on_rbd(path: &str) -> bool {
     path.starts_with("rbd:")
 }
 
-/// What to blocklist for `dead`, from its last report: every reported
-/// client of its running RBD-backed guests, except addresses another host
-/// (`others`) reports as its own.
-pub fn plan(dead: &HostReport, others: &[&HostReport]) -> Plan {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// The rbd pool of `pools` (its name on the hosts) and the image a disk
+/// is: `rbd:CEPHPOOL/IMAGE` (a volume) or `rbd://MON/CEPHPOOL/IMAGE` (a
+/// network disk).
+pub fn rbd_image(pools: &[tern_model::PoolInfo], path: &str) -> Option<(String, String)> {
+    let rest = match path.strip_prefix("rbd://") {
+        Some(net) => net.split_once('/')?.1,
+        None => path.strip_prefix("rbd:")?,
+    };
+    let (ceph_pool, image) = rest.split_once('/')?;
+    let pool = pools.iter().find(|p| {
+        p.def.kind == tern_model::PoolKind::Rbd
+            && p.def.rbd.as_ref().is_some_and(|r| r.name == ceph_pool)
+    })?;
+    Some((pool.def.name.clone(), image.to_string()))
+}
+
+/// What to blocklist for `dead`, from its last report and the servers
+/// the cluster places on it (`homed`):
+/// - every reported client of its running RBD-backed guests, except
+///   addresses another live host (`others`) reports as its own;
+/// - every client the cluster shows at fence time on the images of the
+///   servers homed there, so that a guest started just before the host
+///   died, whose client was never reported, is fenced too; except images
+///   of a server in a migration (`busy`: its destination may hold the
+///   image open) or running on another live host.
+///
+/// Only a running guest with no reported client whose images cannot be
+/// read this way leaves the host unfenceable by Ceph.
+pub fn plan(
+    dead: &HostReport,
+    homed: &[&DomainReport],
+    others: &[&HostReport],
+    busy: &[String],
+) -> Plan {
+    let mut pools: BTreeMap<String, PoolFence> = BTreeMap::new();
+    let mut domains: Vec<String> = Vec::new();
+    let elsewhere = |n: &str| {
+        others
+            .iter()
+            .any(|o| o.domains.iter().any(|d| d.active && d.name == n))
+    };
+    let mut readable: Vec<&str> = Vec::new();
+    for d in homed {
+        if busy.contains(&d.name) || elsewhere(&d.name) {
+            continue;
+        }
+        for k in d.disks.iter().filter(|k| on_rbd(&k.path)) {
+            let Some((pool, image)) = rbd_image(&dead.pools, &k.path) else {
+                continue;
+            };
+            let e = pools.entry(pool).or_default();
+            if !e.images.contains(&image) {
+                e.images.push(image);
+            }
+            readable.push(&d.name);
+        }
+    }
     for d in dead
         .domains
         .iter()
@@ -69,7 +147,7 @@ pub fn plan(dead: &HostReport, others: &[&HostReport]) -> Plan {
             .iter()
             .filter(|c| c.domain == d.name)
             .collect();
-        if mine.is_empty() {
+        if mine.is_empty() && !readable.contains(&d.name.as_str()) {
             return Plan::Unknown(format!(
                 "the Ceph client of {} on {} was never reported: its RBD fencing cannot be proven",
                 d.name, dead.name
@@ -79,18 +157,42 @@ pub fn plan(dead: &HostReport, others: &[&HostReport]) -> Plan {
             let claimed = others
                 .iter()
                 .any(|o| o.rbd_clients.iter().any(|x| x.addr == c.addr));
-            let list = out.entry(c.pool.clone()).or_default();
-            if !claimed && !list.contains(&c.addr) {
-                list.push(c.addr.clone());
+            let e = pools.entry(c.pool.clone()).or_default();
+            if !claimed && !e.addrs.contains(&c.addr) {
+                e.addrs.push(c.addr.clone());
             }
         }
+        if !domains.contains(&d.name) {
+            domains.push(d.name.clone());
+        }
     }
-    out.retain(|_, v| !v.is_empty());
-    if out.is_empty() {
+    for n in readable {
+        if !domains.iter().any(|d| d == n) {
+            domains.push(n.to_string());
+        }
+    }
+    pools.retain(|_, v| !v.addrs.is_empty() || !v.images.is_empty());
+    domains.sort();
+    if pools.is_empty() {
         Plan::Nothing
     } else {
-        Plan::Fence(out)
+        Plan::Fence { pools, domains }
     }
+}
+
+/// The servers whose images a fence must not read: those in a migration
+/// that has not ended, or whose migration from `host` failed in the last
+/// minute (its destination may hold the image open, see
+/// [`crate::interrupted`]).
+pub fn busy(jobs: &[tern_api::cluster::JobRecord], host: &str, since_ms: u64) -> Vec<String> {
+    jobs.iter()
+        .filter(|j| j.kind != tern_api::cluster::JobKind::Rescue)
+        .filter(|j| {
+            !j.state.is_terminal()
+                || (j.source == host && j.finished_ms.is_some_and(|f| f + 60_000 >= since_ms))
+        })
+        .map(|j| j.server.clone())
+        .collect()
 }
 
 /// Whether the entries made for a host that is back may go: none of the
@@ -125,6 +227,8 @@ async fn call(
     pool: &str,
     addrs: &[String],
     remove: bool,
+    images: &[String],
+    spare: &[String],
 ) -> Result<Vec<String>, String> {
     let c = host_client(reader)
         .map_err(|e| e.to_string())?
@@ -133,41 +237,78 @@ async fn call(
         pool: pool.to_string(),
         addrs: addrs.to_vec(),
         remove,
+        images: images.to_vec(),
+        spare: spare.to_vec(),
     })
     .await
     .map_err(|e| e.to_string())
 }
 
-/// For a down host: blocklists its guests' RBD clients through hosts that
-/// see the same pools; one verdict and one line of evidence per pool, or
-/// none when the host runs no RBD-backed guest.
-pub async fn fence(
+/// The plan for down host `h` at `since_ms`, from the inventory.
+async fn plan_for(
     ctl: &Arc<Controller>,
     h: &HostRecord,
     hosts: &[HostRecord],
-) -> Vec<(Verdict, String)> {
+    since_ms: u64,
+) -> Plan {
     let name = &h.report.name;
     let others: Vec<&HostReport> = hosts
         .iter()
         .filter(|r| &r.report.name != name && r.status == HostStatus::Online)
         .map(|r| &r.report)
         .collect();
-    let pools = match plan(&h.report, &others) {
+    let servers = ctl.lead().servers().await.unwrap_or_default();
+    let homed: Vec<&DomainReport> = servers
+        .iter()
+        .filter(|s| &s.host == name)
+        .map(|s| &s.domain)
+        .collect();
+    let jobs = ctl.lead().jobs().await.unwrap_or_default();
+    plan(&h.report, &homed, &others, &busy(&jobs, name, since_ms))
+}
+
+/// For a down host: blocklists its guests' RBD clients (those it reported
+/// and those its guests' images show now) through hosts that see the same
+/// pools; one verdict and one line of evidence per pool, or none when the
+/// host runs no RBD-backed guest.
+pub async fn fence(
+    ctl: &Arc<Controller>,
+    h: &HostRecord,
+    hosts: &[HostRecord],
+    since_ms: u64,
+) -> Vec<(Verdict, String)> {
+    let name = &h.report.name;
+    let (pools, domains) = match plan_for(ctl, h, hosts, since_ms).await {
         Plan::Nothing => return Vec::new(),
         Plan::Unknown(why) => return vec![(Verdict::NotArmed, why)],
-        Plan::Fence(p) => p,
+        Plan::Fence { pools, domains } => (pools, domains),
     };
-    // Recorded before the first entry is made: cleanup must know them all.
-    let rec = Fenced {
-        pools: pools.clone(),
-        domains: h
-            .report
-            .rbd_clients
-            .iter()
-            .map(|c| c.domain.clone())
-            .collect(),
+    let spare: Vec<String> = hosts
+        .iter()
+        .filter(|r| &r.report.name != name && r.status == HostStatus::Online)
+        .flat_map(|r| r.report.rbd_clients.iter().map(|c| c.addr.clone()))
+        .collect();
+    let key = format!("{RBD_FENCED}{name}");
+    // Recorded before the first entry is made: cleanup must know them all
+    // (the addresses found on the images are added once confirmed).
+    let mut rec: Fenced = match ctl.lead().get::<Fenced>(&key).await {
+        Ok(Some((_, f))) => f,
+        _ => Fenced::default(),
     };
-    if let Err(e) = ctl.lead().put(&format!("{RBD_FENCED}{name}"), &rec).await {
+    for (pool, f) in &pools {
+        let list = rec.pools.entry(pool.clone()).or_default();
+        for a in &f.addrs {
+            if !list.contains(a) {
+                list.push(a.clone());
+            }
+        }
+    }
+    for d in &domains {
+        if !rec.domains.contains(d) {
+            rec.domains.push(d.clone());
+        }
+    }
+    if let Err(e) = ctl.lead().put(&key, &rec).await {
         tracing::warn!(host = %name, error = %e, "cannot record the RBD fence");
         return vec![(
             Verdict::Waiting(Duration::from_secs(1)),
@@ -175,46 +316,73 @@ pub async fn fence(
         )];
     }
     let mut out = Vec::new();
-    for (pool, addrs) in pools {
-        let Some(r) = reader(&pool, name, hosts) else {
-            out.push((
-                Verdict::Waiting(Duration::from_secs(1)),
-                format!(
-                    "pool {pool}: no other online host sees it to blocklist {}",
-                    addrs.join(", ")
-                ),
-            ));
-            continue;
-        };
-        match call(r, &pool, &addrs, false).await {
-            Ok(done) if done.len() == addrs.len() => {
-                tracing::warn!(host = %name, %pool, ?addrs, by = %r.report.name, "RBD clients blocklisted");
-                out.push((
-                    Verdict::Proven(Duration::ZERO),
-                    format!(
-                        "pool {pool}: blocklisted {} (by {})",
-                        addrs.join(", "),
-                        r.report.name
-                    ),
-                ));
+    for (pool, f) in pools {
+        let (v, line, found) = fence_pool(name, &pool, &f, hosts, &spare).await;
+        if !found.is_empty() {
+            let list = rec.pools.entry(pool.clone()).or_default();
+            for a in found {
+                if !list.contains(&a) {
+                    list.push(a);
+                }
             }
-            Ok(done) => out.push((
-                Verdict::Waiting(Duration::from_secs(1)),
-                format!("pool {pool}: the blocklist confirms only {done:?} of {addrs:?}"),
-            )),
-            Err(e) => {
-                tracing::warn!(host = %name, %pool, error = %e, "blocklisting RBD clients failed");
-                out.push((
-                    Verdict::Waiting(Duration::from_secs(1)),
-                    format!(
-                        "pool {pool}: blocklisting through {} failed: {e}",
-                        r.report.name
-                    ),
-                ));
+            if let Err(e) = ctl.lead().put(&key, &rec).await {
+                tracing::warn!(host = %name, error = %e, "cannot record the RBD fence's found clients");
             }
         }
+        out.push((v, line));
     }
     out
+}
+
+/// Fences one rbd pool of dead host `name` through another host: the
+/// verdict, its line of evidence, and the addresses found on the images
+/// (beyond the reported ones) that the blocklist confirms.
+async fn fence_pool(
+    name: &str,
+    pool: &str,
+    f: &PoolFence,
+    hosts: &[HostRecord],
+    spare: &[String],
+) -> (Verdict, String, Vec<String>) {
+    let wait = Verdict::Waiting(Duration::from_secs(1));
+    let Some(r) = reader(pool, name, hosts) else {
+        let line = format!(
+            "pool {pool}: no other online host sees it to blocklist {} and the clients of {}",
+            f.addrs.join(", "),
+            f.images.join(", ")
+        );
+        return (wait, line, Vec::new());
+    };
+    match call(r, pool, &f.addrs, false, &f.images, spare).await {
+        Ok(done) if f.addrs.iter().all(|a| done.contains(a)) => {
+            tracing::warn!(host = %name, %pool, ?done, by = %r.report.name, "RBD clients blocklisted");
+            let what = if done.is_empty() {
+                "no client to blocklist".to_string()
+            } else {
+                format!("blocklisted {}", done.join(", "))
+            };
+            let found = done.into_iter().filter(|a| !f.addrs.contains(a)).collect();
+            let line = format!("pool {pool}: {what} (by {})", r.report.name);
+            (Verdict::Proven(Duration::ZERO), line, found)
+        }
+        Ok(done) => {
+            let line = format!(
+                "pool {pool}: the blocklist confirms only {done:?} of {:?}",
+                f.addrs
+            );
+            // Entries made all the same: recorded, so they are removed later.
+            let found = done.into_iter().filter(|a| !f.addrs.contains(a)).collect();
+            (wait, line, found)
+        }
+        Err(e) => {
+            tracing::warn!(host = %name, %pool, error = %e, "blocklisting RBD clients failed");
+            let line = format!(
+                "pool {pool}: blocklisting through {} failed: {e}",
+                r.report.name
+            );
+            (wait, line, Vec::new())
+        }
+    }
 }
 
 /// Whether guest `name`, still running on `host` after its client was
@@ -274,7 +442,7 @@ pub async fn cleanup(ctl: &Arc<Controller>, h: &HostRecord, hosts: &[HostRecord]
         let Some(r) = reader(pool, "", hosts) else {
             return;
         };
-        match call(r, pool, addrs, true).await {
+        match call(r, pool, addrs, true, &[], &[]).await {
             Ok(done) if done.len() == addrs.len() => {}
             Ok(_) | Err(_) => {
                 tracing::warn!(host = %name, %pool, "cannot remove the RBD blocklist entries yet");
@@ -317,6 +485,7 @@ mod tests {
             pool: "ceph".into(),
             image: format!("{domain}-disk"),
             addr: addr.into(),
+            lock_owner: true,
         }
     }
 
@@ -326,6 +495,26 @@ mod tests {
             domains,
             rbd_clients: clients,
             ..Default::default()
+        }
+    }
+
+    fn rbd_pool() -> tern_model::PoolInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": "ceph", "target": "rbd:vms", "shared": true, "autostart": false,
+            "kind": "rbd", "active": true, "capacity": 0, "allocation": 0, "available": 0,
+            "rbd": {"hosts": [{"name": "127.0.0.1", "port": 6789}], "name": "vms"}
+        }))
+        .unwrap()
+    }
+
+    fn fence(pool: &str, addrs: &[&str], images: &[&str], domains: &[&str]) -> Plan {
+        let f = PoolFence {
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            images: images.iter().map(|a| a.to_string()).collect(),
+        };
+        Plan::Fence {
+            pools: [(pool.to_string(), f)].into(),
+            domains: domains.iter().map(|a| a.to_string()).collect(),
         }
     }
 
@@ -339,26 +528,97 @@ mod tests {
             ],
             vec![client("vm1", "127.0.0.1:0/1")],
         );
-        let want: BTreeMap<_, _> = [("ceph".to_string(), vec!["127.0.0.1:0/1".to_string()])].into();
-        assert_eq!(plan(&a, &[]), Plan::Fence(want));
+        assert_eq!(
+            plan(&a, &[], &[], &[]),
+            fence("ceph", &["127.0.0.1:0/1"], &[], &["vm1"])
+        );
         // The address is another live host's own client: never blocklisted.
         let b = host("b", vec![], vec![client("vm1", "127.0.0.1:0/1")]);
-        assert_eq!(plan(&a, &[&b]), Plan::Nothing);
+        assert_eq!(plan(&a, &[], &[&b], &[]), Plan::Nothing);
         // No RBD guest running: nothing to do.
         let idle = host("a", vec![dom("vm1", "rbd:vms/vm1-disk", false)], vec![]);
-        assert_eq!(plan(&idle, &[]), Plan::Nothing);
+        assert_eq!(plan(&idle, &[], &[], &[]), Plan::Nothing);
+    }
+
+    #[test]
+    fn the_images_of_servers_homed_on_the_dead_host_are_read_at_fence_time() {
+        // Reported shut off, started since, never reported running: its
+        // image's clients are read and blocklisted, and it counts as fenced.
+        let mut a = host("a", vec![dom("vm1", "rbd:vms/vm1-disk", false)], vec![]);
+        a.pools = vec![rbd_pool()];
+        let vm1 = dom("vm1", "rbd:vms/vm1-disk", false);
+        let net = dom("vm2", "rbd://127.0.0.1:6789/vms/vm2-disk", true);
+        assert_eq!(
+            plan(&a, &[&vm1], &[], &[]),
+            fence("ceph", &[], &["vm1-disk"], &["vm1"])
+        );
+        // Running and unreported, but its image can be read: fenced.
+        a.domains.push(net.clone());
+        assert_eq!(
+            plan(&a, &[&vm1, &net], &[], &[]),
+            fence("ceph", &[], &["vm1-disk", "vm2-disk"], &["vm1", "vm2"])
+        );
+        // In a migration (its destination may have the image open): not
+        // read, so its unreported client leaves the host unfenceable.
+        assert!(matches!(
+            plan(&a, &[&vm1, &net], &[], &["vm2".into()]),
+            Plan::Unknown(_)
+        ));
+        // Running on another live host: its image is not this host's.
+        let b = host("b", vec![dom("vm1", "rbd:vms/vm1-disk", true)], vec![]);
+        assert_eq!(
+            plan(&a, &[&vm1, &net], &[&b], &[]),
+            fence("ceph", &[], &["vm2-disk"], &["vm2"])
+        );
     }
 
     #[test]
     fn a_guest_whose_client_is_unknown_cannot_be_fenced_by_ceph() {
         let a = host("a", vec![dom("vm1", "rbd:vms/vm1-disk", true)], vec![]);
-        match plan(&a, &[]) {
+        // Not homed on a per the inventory (or no rbd pool names it).
+        match plan(&a, &[], &[], &[]) {
             Plan::Unknown(why) => assert!(
                 why.contains("vm1") && why.contains("never reported"),
                 "{why}"
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_open_or_recently_failed_migrations_keep_images_unread() {
+        use tern_api::cluster::{JobKind, JobRecord, JobState};
+        let job = |server: &str, kind: JobKind, state: JobState, finished: Option<u64>| JobRecord {
+            id: format!("j-{server}"),
+            kind,
+            server: server.into(),
+            source: "a".into(),
+            dest: Some("b".into()),
+            state,
+            migration_id: String::new(),
+            opts: Default::default(),
+            note: None,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: finished,
+            prior_state: tern_api::cluster::ServerState::Running,
+            cancel_requested: false,
+            attempts: 0,
+            retry_at_ms: None,
+            term: None,
+        };
+        let jobs = [
+            job("open", JobKind::LiveMigrate, JobState::Running, None),
+            job(
+                "failed",
+                JobKind::LiveMigrate,
+                JobState::Failed,
+                Some(95_000),
+            ),
+            job("old", JobKind::LiveMigrate, JobState::Failed, Some(10_000)),
+            job("rescue", JobKind::Rescue, JobState::Running, None),
+        ];
+        assert_eq!(busy(&jobs, "a", 100_000), vec!["open", "failed"]);
     }
 
     #[test]

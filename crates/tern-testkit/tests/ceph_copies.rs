@@ -2,7 +2,8 @@
 //! (issue 21): a cold migration from the rbd pool into a directory pool and
 //! back (holes kept, every byte compared by the agent, the guest verifying
 //! its disk at boot on each host), and a running guest's disk mirrored from
-//! a directory pool into an RBD image with `--copy-storage-all`. Real QEMU
+//! a directory pool into an RBD image with `--copy-storage-all`, keeping
+//! its holes. Real QEMU
 //! under TCG, real Ceph; needs root and the Ceph packages.
 
 use tern_testkit::ceph::{skip_without_ceph, CephCluster, POOL};
@@ -123,17 +124,36 @@ fn a_local_disk_is_mirrored_into_the_rbd_pool() {
     }
     let (ceph, p, locals) = setup("rmir");
     let name = "rbdmir";
-    p.a.ok(&["vol-create-as", "local", "mir01", "16M", "--format", "raw"]);
-    boot_with_disk(&p.a, name, &locals[0].path().join("mir01"), "raw");
+    // 64 MiB, of which the guest writes its first 4 MiB: one RBD object.
+    p.a.ok(&["vol-create-as", "local", "mir01", "64M", "--format", "raw"]);
+    let source = locals[0].path().join("mir01");
+    boot_with_disk(&p.a, name, &source, "raw");
+    let src = allocated(&source);
+    assert!(src > 0 && src < 16 << 20, "the source holds {src} bytes");
 
     let into = ["--copy-storage-all", "--target-pool", RBD_POOL];
     live_migrate(&p.a, &into, name, &p.b.uri());
     wait_disk_ok(&p.b, name, 2);
+    // The holes stayed holes: the image uses what the source held (RBD
+    // counts whole 4 MiB objects; the guest's region is one).
+    let (size, used) = image_usage(&ceph, "mir01");
+    let ev = p.b.ok(&["domjobevents", name]);
+    eprintln!(
+        "allocated: source {} KiB, RBD image {} KiB of {} KiB",
+        src >> 10,
+        used >> 10,
+        size >> 10
+    );
+    assert!(
+        used * 100 <= src.max(4 << 20) * 105,
+        "the RBD image uses {used} bytes for the source's {src}; B's events:\n{ev}"
+    );
+    assert!(!ev.contains("keep discard=unmap"), "{ev}");
     assert_eq!(p.qemu_counts(), (0, 1), "the guest runs on B only");
     let blk = p.b.ok(&["domblklist", name]);
     assert!(blk.contains(&format!("rbd:{POOL}/mir01")), "{blk}");
     assert!(images(&ceph).contains(&"mir01".to_string()));
-    assert_eq!(image_usage(&ceph, "mir01").0, 16 << 20);
+    assert_eq!(size, 64 << 20);
     assert!(
         !locals[1].path().join("mir01").exists(),
         "B's local pool got the copy"

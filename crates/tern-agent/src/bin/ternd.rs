@@ -106,6 +106,10 @@ struct Args {
     /// Refuse the first domain start (tests: a rescue that fails once).
     #[arg(long, hide = true)]
     fault_refuse_start_once: bool,
+    /// Report no RBD client addresses (tests: a host that dies before it
+    /// ever reported its guest's Ceph client).
+    #[arg(long, hide = true)]
+    fault_hide_rbd_clients: bool,
     /// Fence: a host in a cluster promises its guests are dead this long
     /// after its last storage lease renewal, ms (see docs/FENCING.md).
     #[arg(long, default_value_t = 5000)]
@@ -206,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(std::time::Duration::from_millis);
     cfg.faults.stop_at = args.fault_stop_at;
     cfg.faults.refuse_start_once = args.fault_refuse_start_once;
+    cfg.faults.hide_rbd_clients = args.fault_hide_rbd_clients;
     cfg.fence = tern_agent::fence::config::FenceSettings {
         renew_ms: args.fence_renew_ms,
         fence_after_ms: args.fence_after_ms,

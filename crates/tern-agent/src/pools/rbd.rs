@@ -378,6 +378,29 @@ impl<'a> Cluster<'a> {
             .unwrap_or_default())
     }
 
+    /// The client addresses holding a lock on image `name` (`rbd lock
+    /// ls`): on Ceph 16 the exclusive lock a writing QEMU's librbd takes
+    /// (`auto COOKIE`) shows there, with its owner's address, and stays
+    /// after the owner's watch has expired, until it is broken.
+    pub(super) async fn lock_owners(&self, name: &str) -> Result<Vec<String>> {
+        let out = self
+            .call("rbd", &["lock", "ls", "--format", "json", &self.spec(name)])
+            .await?;
+        Ok(lock_owners(&out))
+    }
+
+    /// Every client of image `name`: its watchers and its lock owners,
+    /// each address once.
+    pub(super) async fn clients(&self, name: &str) -> Result<Vec<String>> {
+        let mut all = self.watchers(name).await?;
+        for o in self.lock_owners(name).await? {
+            if !all.contains(&o) {
+                all.push(o);
+            }
+        }
+        Ok(all)
+    }
+
     /// Adds (or with `remove`, removes) `addrs` to the cluster's OSD
     /// blocklist, then reads the blocklist back: the addresses it confirms
     /// are on it (with `remove`: off it). A blocklisted client's every
@@ -468,6 +491,24 @@ pub fn check_client_addr(a: &str) -> Result<()> {
     }
 }
 
+/// The lock owners' addresses from `rbd lock ls --format json`: a list of
+/// `{id, locker, address}` (Ceph 16), or an object keyed by lock id.
+pub fn lock_owners(lock_ls: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(lock_ls).unwrap_or_default();
+    let entries: Vec<&serde_json::Value> = match &v {
+        serde_json::Value::Array(a) => a.iter().collect(),
+        serde_json::Value::Object(m) => m.values().collect(),
+        _ => Vec::new(),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for a in entries.iter().filter_map(|e| e["address"].as_str()) {
+        if !out.iter().any(|o| o == a) {
+            out.push(a.to_string());
+        }
+    }
+    out
+}
+
 /// The addresses on the OSD map's blocklist, from `ceph osd dump --format
 /// json` (`blocklist`, `blacklist` before Pacific; an object keyed by
 /// address, or a list of `{addr}` records).
@@ -543,6 +584,19 @@ mod tests {
         for bad in ["127.0.0.1", "a;b/1", "1.2.3.4:0/1 --yes", ""] {
             assert!(check_client_addr(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lock_owners_are_read_in_both_forms() {
+        let list = br#"[{"id":"auto 140187866763600","locker":"client.4121","address":"127.0.0.1:0/1174912146"}]"#;
+        assert_eq!(
+            lock_owners(list),
+            vec!["127.0.0.1:0/1174912146".to_string()]
+        );
+        let obj = br#"{"auto 1":{"locker":"client.9","address":"10.0.0.2:0/7"}}"#;
+        assert_eq!(lock_owners(obj), vec!["10.0.0.2:0/7".to_string()]);
+        assert!(lock_owners(b"[]").is_empty());
+        assert!(lock_owners(b"").is_empty());
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! when the destination's QEMU watches too, each host goes on reporting
 //! only its own client: the source the one it had, the destination none
 //! until the source's QEMU is gone.
+//!
+//! Each client is also reported as the image's exclusive lock owner once
+//! `rbd lock ls` shows it holding the lock (librbd takes it at the guest's
+//! first write): the writer. The lock record outlives a watch that expired
+//! (a host cut off for 30 s), which is why the controller's fence also
+//! reads the lock owners of a dead host's images at fence time.
 
 use super::Pools;
 use std::collections::HashMap;
@@ -17,8 +23,9 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 use tern_api::cluster::RbdClient;
 use tern_model::{PoolInfo, PoolKind};
 
-/// Addresses learned per (domain, run-time id, pool, image).
-type Known = HashMap<(String, u32, String, String), String>;
+/// Per (domain, run-time id, pool, image): the address learned, and
+/// whether it was seen holding the image's exclusive lock.
+type Known = HashMap<(String, u32, String, String), (String, bool)>;
 
 static KNOWN: LazyLock<Mutex<Known>> = LazyLock::new(Default::default);
 
@@ -73,27 +80,16 @@ impl Pools {
                 };
                 let key = (r.name.clone(), r.id, pool.clone(), image.clone());
                 seen.push(key.clone());
-                let kept = known().get(&key).cloned();
-                let watchers = if kept.is_some() {
-                    Vec::new()
-                } else {
-                    match self.rbd_watchers(&pool, &image).await {
-                        Ok(w) => w,
-                        Err(e) => {
-                            tracing::warn!(%pool, %image, error = %e, "cannot read an image's watchers");
-                            continue;
-                        }
-                    }
-                };
-                let Some(addr) = own_address(kept.as_ref(), &watchers) else {
+                let Some((addr, lock_owner)) = self.learn(&key, &pool, &image).await else {
                     continue;
                 };
-                known().insert(key, addr.clone());
+                known().insert(key, (addr.clone(), lock_owner));
                 out.push(RbdClient {
                     domain: r.name.clone(),
                     pool,
                     image,
                     addr,
+                    lock_owner,
                 });
             }
         }
@@ -101,6 +97,41 @@ impl Pools {
         known().retain(|k, _| seen.contains(k));
         out
     }
+
+    /// One image's client for this run and whether it holds the lock:
+    /// from what is kept, asking the cluster only what is not known yet.
+    async fn learn(
+        &self,
+        key: &(String, u32, String, String),
+        pool: &str,
+        image: &str,
+    ) -> Option<(String, bool)> {
+        let kept = known().get(key).cloned();
+        let got = match &kept {
+            Some((_, true)) => return kept,
+            Some(_) => self
+                .rbd_lock_owners(pool, image)
+                .await
+                .map(|o| (Vec::new(), o)),
+            None => self.rbd_watchers_and_owners(pool, image).await,
+        };
+        let (watchers, owners) = match got {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(%pool, %image, error = %e, "cannot read an image's watchers and lock owners");
+                return kept;
+            }
+        };
+        let addr = own_address(kept.as_ref().map(|k| &k.0), &watchers)?;
+        let owner = owners.contains(&addr);
+        Some((addr, owner))
+    }
+}
+
+/// Every address this host keeps as one of its own guests' clients: a
+/// fence this host carries out for a dead one never blocklists them.
+pub fn own_addresses() -> Vec<String> {
+    known().values().map(|(a, _)| a.clone()).collect()
 }
 
 fn known() -> MutexGuard<'static, Known> {

@@ -328,34 +328,68 @@ impl Pools {
     }
 
     /// The client addresses that have image `image` of rbd pool `pool`
-    /// open (its watchers).
-    pub async fn rbd_watchers(&self, pool: &str, image: &str) -> Result<Vec<String>> {
+    /// open (its watchers) and those holding its lock.
+    pub async fn rbd_watchers_and_owners(
+        &self,
+        pool: &str,
+        image: &str,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let Store::Rbd(src) = self.active_store(pool).await? else {
+            return Err(AgentError::Invalid(format!(
+                "storage pool '{pool}' is not an rbd pool"
+            )));
+        };
+        let c = super::rbd::Cluster::new(pool, &src, &self.secrets);
+        Ok((c.watchers(image).await?, c.lock_owners(image).await?))
+    }
+
+    /// The lock owners of image `image` of rbd pool `pool`.
+    pub async fn rbd_lock_owners(&self, pool: &str, image: &str) -> Result<Vec<String>> {
         let Store::Rbd(src) = self.active_store(pool).await? else {
             return Err(AgentError::Invalid(format!(
                 "storage pool '{pool}' is not an rbd pool"
             )));
         };
         super::rbd::Cluster::new(pool, &src, &self.secrets)
-            .watchers(image)
+            .lock_owners(image)
             .await
     }
 
     /// Blocklists (or un-blocklists) client addresses in the cluster of
     /// rbd pool `pool`; the addresses the cluster confirms.
+    /// With `images`, every client those images have now (watchers and
+    /// lock owners) is added too, except `spare` and this host's own
+    /// guests' clients (see [`Request::RbdBlocklist`]).
+    ///
+    /// [`Request::RbdBlocklist`]: tern_api::Request::RbdBlocklist
     pub async fn rbd_blocklist(
         &self,
         pool: &str,
         addrs: &[String],
         remove: bool,
+        images: &[String],
+        spare: &[String],
     ) -> Result<Vec<String>> {
         let Store::Rbd(src) = self.active_store(pool).await? else {
             return Err(AgentError::Invalid(format!(
                 "storage pool '{pool}' is not an rbd pool; only Ceph clients are blocklisted"
             )));
         };
-        super::rbd::Cluster::new(pool, &src, &self.secrets)
-            .blocklist(addrs, remove)
-            .await
+        let c = super::rbd::Cluster::new(pool, &src, &self.secrets);
+        let mut all = addrs.to_vec();
+        if !remove {
+            let own = super::rbd_clients::own_addresses();
+            for image in images {
+                tern_model::names::validate_name("volume", image)?;
+                for a in c.clients(image).await? {
+                    if !all.contains(&a) && !spare.contains(&a) && !own.contains(&a) {
+                        tracing::warn!(%pool, %image, addr = %a, "fencing a client the dead host never reported");
+                        all.push(a);
+                    }
+                }
+            }
+        }
+        c.blocklist(&all, remove).await
     }
 
     /// Points `disk` at a copy placed at `path` (from [`Pools::volume_slot`]):

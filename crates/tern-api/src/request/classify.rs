@@ -274,6 +274,8 @@ mod tests {
                     pool: "p".into(),
                     addrs: vec![],
                     remove: false,
+                    images: vec![],
+                    spare: vec![],
                 },
                 false,
             ),
