@@ -40,6 +40,9 @@ PKGS=(
   ceph-osd             # its one BlueStore OSD, on a sparse file
   ceph-common          # ceph, rbd, ceph-authtool: pools, images, blocklists, keys
   lvm2                 # logical (LVM) pools, and the volume groups their tests make on loop devices
+  virtinst             # virt-install: scripts/virt-install-corpus.sh writes the corpus with it
+  libvirt-clients      # virsh, whose embedded QEMU driver reports this host's capabilities to it
+  libvirt-daemon-driver-qemu # that driver (run in-process: no libvirt daemon is started)
 )
 
 missing=()

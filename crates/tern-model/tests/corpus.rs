@@ -30,6 +30,23 @@ pub const CORPUS: &[(&str, &str)] = &[
         "proxmox-converted.xml",
         include_str!("fixtures/corpus/proxmox-converted.xml"),
     ),
+    // Written by virt-install itself (scripts/virt-install-corpus.sh).
+    (
+        "virt-install/debian12-defaults.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-defaults.xml"),
+    ),
+    (
+        "virt-install/debian12-q35-bios.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-q35-bios.xml"),
+    ),
+    (
+        "virt-install/debian12-q35-uefi.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-q35-uefi.xml"),
+    ),
+    (
+        "virt-install/debian12-i440fx-vnc.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-i440fx-vnc.xml"),
+    ),
 ];
 
 /// Elements and attributes accepted and dropped (README, "Accepted and
