@@ -9,7 +9,7 @@
 # firmware, CPU modes), probed from the installed QEMU. virt-install then
 # runs against libvirt's in-process test driver (test:///default) told to
 # report those capabilities as qemu:///system (virtinst's own test hook,
-# `__virtinst_test__`, with `predictable` UUIDs and MACs), and prints the XML
+# `__virtinst_test__`; UUIDs and MACs random, as always), and prints the XML
 # (`--print-xml`) without defining anything anywhere.
 #
 # Bookworm's osinfo-db (0.20221130) predates Debian 12, so
@@ -46,7 +46,7 @@ done
 vi() {
   local machine=$1 file=$2 cmd
   shift 2
-  local uri="__virtinst_test__test:///default,caps=$work/caps/caps.xml,domcaps=$work/caps/$machine.xml,fakeuri=qemu:///system,predictable"
+  local uri="__virtinst_test__test:///default,caps=$work/caps/caps.xml,domcaps=$work/caps/$machine.xml,fakeuri=qemu:///system"
   # An XML comment cannot hold "--": the options (all written --opt=value)
   # are printed without their two leading dashes.
   cmd="virt-install print-xml $(printf '%s\n' "$@" | sed 's/^--//' | tr '\n' ' ')"

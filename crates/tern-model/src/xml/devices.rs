@@ -30,6 +30,7 @@ pub(super) fn is_runtime_only(node: Node) -> bool {
 /// Parses `<devices>`. Devices outside the honoured list are refused.
 pub(super) fn parse_devices(node: Node) -> Result<Devices> {
     let mut devices = Devices::default();
+    let mut unindexed = Vec::new();
     for child in elements(node) {
         if child.tag_name().namespace().is_some() {
             return Err(refuse_device(&qualified_name(child)));
@@ -45,7 +46,12 @@ pub(super) fn parse_devices(node: Node) -> Result<Devices> {
             "console" => devices.consoles.push(parse_console(child)?),
             "graphics" => devices.graphics.push(parse_graphics(child)?),
             "video" => devices.videos.push(parse_video(child)?),
-            "controller" => devices.controllers.push(parse_controller(child)?),
+            "controller" => {
+                if child.attribute("index").is_none() {
+                    unindexed.push(devices.controllers.len());
+                }
+                devices.controllers.push(parse_controller(child)?);
+            }
             "input" => devices.inputs.push(parse_input(child)?),
             // `<stats period>` is accepted and dropped (the agent polls
             // on its own schedule).
@@ -74,7 +80,54 @@ pub(super) fn parse_devices(node: Node) -> Result<Devices> {
             other => return Err(refuse_device(other)),
         }
     }
+    number_controllers(&mut devices.controllers, &unindexed)?;
     Ok(devices)
+}
+
+/// Gives each controller written without `index=` the lowest index its
+/// type leaves free, in document order, as libvirt does (virt-install
+/// writes fourteen `<controller type="pci" model="pcie-root-port"/>` and
+/// no indexes), then refuses two controllers of one type at one index
+/// (USB companions, with `<master>`, share their EHCI controller's).
+fn number_controllers(controllers: &mut [Controller], unindexed: &[usize]) -> Result<()> {
+    use std::collections::BTreeSet;
+    let mut taken: BTreeSet<(String, u32)> = controllers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !unindexed.contains(i))
+        .map(|(_, c)| (c.controller_type.clone(), c.index))
+        .collect();
+    for &i in unindexed {
+        // A USB companion (`<master startport>`) shares its EHCI's index.
+        if controllers[i].detail.master_startport.is_some() {
+            let master = controllers[..i]
+                .iter()
+                .rev()
+                .find(|c| c.controller_type == "usb" && c.detail.master_startport.is_none());
+            controllers[i].index = master.map_or(0, |m| m.index);
+            continue;
+        }
+        let kind = controllers[i].controller_type.clone();
+        let index = (0..)
+            .find(|n| !taken.contains(&(kind.clone(), *n)))
+            .unwrap_or(0);
+        taken.insert((kind, index));
+        controllers[i].index = index;
+    }
+    let mut seen = BTreeSet::new();
+    for c in controllers
+        .iter()
+        .filter(|c| c.detail.master_startport.is_none())
+    {
+        if !seen.insert((c.controller_type.as_str(), c.index)) {
+            return Err(XmlError::InvalidValue {
+                what: format!("<controller type='{}' index=>", c.controller_type),
+                value: c.index.to_string(),
+                expected: "an index no other controller of that type has".to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refusal of a device element Tern does not honour.
