@@ -23,9 +23,9 @@ fn define_file(host: &TernHost, file: &str, xml: &str) {
 /// virt-install's XML at their own image.
 fn with_disk(doc: &str, disk: &std::path::Path) -> String {
     let xml = corpus_xml(doc);
-    let path = "/var/lib/libvirt/images/debian12.qcow2";
-    assert_eq!(xml.matches(path).count(), 1, "{doc}");
-    xml.replace(path, &disk.display().to_string())
+    let source = "<source file=\"/var/lib/libvirt/images/debian12.qcow2\"/>";
+    assert_eq!(xml.matches(source).count(), 1, "{doc}");
+    xml.replace(source, &format!("<source file=\"{}\"/>", disk.display()))
 }
 
 #[test]
