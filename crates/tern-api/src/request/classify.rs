@@ -35,6 +35,7 @@ impl Request {
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
             | Request::AttachDevice { .. }
+            | Request::SetVcpus { .. }
             | Request::DetachDevice { .. }
             | Request::NetDefineAs { .. }
             | Request::NetUndefine { .. }
@@ -165,6 +166,14 @@ mod tests {
                 Request::AttachDevice {
                     name: n(),
                     xml: n(),
+                    flags: Default::default(),
+                },
+                false,
+            ),
+            (
+                Request::SetVcpus {
+                    name: n(),
+                    count: 2,
                     flags: Default::default(),
                 },
                 false,
@@ -452,6 +461,7 @@ mod tests {
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
             | Request::AttachDevice { .. }
+            | Request::SetVcpus { .. }
             | Request::DetachDevice { .. }
             | Request::NetDefineAs { .. }
             | Request::NetUndefine { .. }
