@@ -13,6 +13,7 @@ cargo build --workspace --all-targets
 cargo run -q -p tern-testkit --bin tern-testguest >/dev/null
 # The Debian guest (debootstrap; about 4 minutes once, then cached).
 scripts/debian-guest.sh >/dev/null
+scripts/debian-grub-disk.sh >/dev/null
 # The .deb packages (debug build) and the clean root their test installs into.
 scripts/package.sh --dev >/dev/null
 scripts/pkgtest-root.sh
