@@ -6,8 +6,12 @@
 //! offers, lowest free slot first, so the plugged vCPUs are the ones a
 //! QEMU started with `-smp N` has. The live definition's `current` follows,
 //! and a migration sends it: the destination starts with the same vCPUs.
-//! Unplugging is refused: QEMU only removes vCPUs the guest releases, and
-//! a migrated guest's vCPUs are no longer removable devices there.
+//! Unplugging is refused. QEMU 10 and a Linux guest do remove a vCPU
+//! (`device_del`, the guest ejects it; QEMU then announces only the
+//! `DEVICE_DELETED` of its local APIC), but a Tern live migration of that
+//! guest afterwards sent nothing and never finished (seen under TCG; a
+//! plain `migrate` to a file of the same QEMU completed), so a guest that
+//! lost a vCPU live could be stranded.
 
 use super::{save_live, scope};
 use crate::error::{AgentError, Result};
