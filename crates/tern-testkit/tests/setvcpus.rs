@@ -15,8 +15,8 @@ fn wait_online(h: &TernHost, name: &str, online: &str) -> String {
     let want = format!("TERN-CPUS online={online} possible=0-2");
     h.wait_console(name, Duration::from_secs(120), &want.clone(), |t| {
         t.lines()
-            .filter(|l| l.contains("TERN-CPUS"))
-            .last()
+            .rev()
+            .find(|l| l.contains("TERN-CPUS"))
             .is_some_and(|l| l.trim().ends_with(&want))
     })
 }
