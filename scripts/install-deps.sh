@@ -40,6 +40,14 @@ PKGS=(
   ceph-osd             # its one BlueStore OSD, on a sparse file
   ceph-common          # ceph, rbd, ceph-authtool: pools, images, blocklists, keys
   lvm2                 # logical (LVM) pools, and the volume groups their tests make on loop devices
+  virtinst             # virt-install: scripts/virt-install-corpus.sh writes the corpus with it
+  libvirt-clients      # virsh, whose embedded QEMU driver reports this host's capabilities to it
+  libvirt-daemon-driver-qemu # that driver (run in-process: no libvirt daemon is started)
+  grub-pc-bin          # GRUB for BIOS: the Debian guest's bootable disk (scripts/debian-grub-disk.sh)
+  grub-efi-amd64-bin   # GRUB for UEFI, on the same disk
+  dosfstools           # mkfs.fat: that disk's EFI system partition
+  mtools               # mcopy: fills the ESP without mounting it
+  fdisk                # sfdisk: that disk's GPT
 )
 
 missing=()

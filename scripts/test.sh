@@ -22,6 +22,8 @@ if ! wait "$debian_pid"; then
   echo "test: building the Debian guest failed (scripts/debian-guest.sh)" >&2
   exit 1
 fi
+# The Debian guest on a GRUB disk (from the same root; seconds, cached).
+scripts/debian-grub-disk.sh >/dev/null
 # The .deb packages (debug build) and the clean root their test installs into.
 scripts/package.sh --dev >/dev/null
 scripts/pkgtest-root.sh

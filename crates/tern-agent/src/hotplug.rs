@@ -14,6 +14,7 @@
 //! machine.
 
 mod qemu;
+mod vcpus;
 
 use crate::error::{AgentError, Result};
 use crate::registry::{self, DomainEntry, DomainSlot};

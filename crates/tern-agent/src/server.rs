@@ -255,6 +255,9 @@ pub async fn dispatch(agent: &Arc<Agent>, req: Request) -> Result<Vec<u8>, ApiEr
             Request::AttachDevice { name, xml, flags } => {
                 ok(a.attach_device(&name, &xml, flags).await?)?
             }
+            Request::SetVcpus { name, count, flags } => {
+                ok(a.set_vcpus(&name, count, flags).await?)?
+            }
             Request::DetachDevice { name, xml, flags } => {
                 ok(a.detach_device(&name, &xml, flags).await?)?
             }

@@ -119,6 +119,17 @@ pub enum Request {
         #[serde(default)]
         flags: crate::types::DeviceFlags,
     },
+    /// Change how many vCPUs are online (`setvcpus`): hot-plug into the
+    /// running guest (`--live`), or the stored `<vcpu current=>` (`--config`).
+    SetVcpus {
+        /// Domain name or uuid.
+        name: String,
+        /// vCPUs online afterwards (1 to the `<vcpu>` maximum).
+        count: u32,
+        /// Which definitions change.
+        #[serde(default)]
+        flags: crate::types::DeviceFlags,
+    },
     /// Send a non-maskable interrupt to the guest (`inject-nmi`).
     InjectNmi {
         /// Domain name or uuid.

@@ -1,5 +1,5 @@
-//! `attach-device`, `detach-device`, `attach-interface` and
-//! `detach-interface`, with virsh's arguments and flags.
+//! `attach-device`, `detach-device`, `attach-interface`,
+//! `detach-interface` and `setvcpus`, with virsh's arguments and flags.
 
 use crate::{CliError, Result};
 use clap::{Args, Subcommand};
@@ -53,6 +53,16 @@ pub enum DeviceCmd {
         domain: String,
         /// XML file holding the <disk> (by its target) or <interface> (by its MAC).
         file: PathBuf,
+        /// Which definitions change.
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Set how many vCPUs are online (hot-plug with --live, up to <vcpu>'s maximum).
+    Setvcpus {
+        /// Domain name or uuid.
+        domain: String,
+        /// vCPUs online afterwards.
+        count: u32,
         /// Which definitions change.
         #[command(flatten)]
         scope: Scope,
@@ -162,6 +172,15 @@ pub async fn run(c: &Client, cmd: DeviceCmd) -> Result<()> {
         } => Request::DetachDevice {
             name: domain,
             xml: read(&file)?,
+            flags: scope.into(),
+        },
+        DeviceCmd::Setvcpus {
+            domain,
+            count,
+            scope,
+        } => Request::SetVcpus {
+            name: domain,
+            count,
             flags: scope.into(),
         },
         DeviceCmd::AttachInterface {

@@ -44,6 +44,7 @@
 
 mod cputune;
 mod devices;
+mod disk;
 mod export;
 mod export_guest;
 pub(crate) mod guest_devices;

@@ -30,6 +30,23 @@ pub const CORPUS: &[(&str, &str)] = &[
         "proxmox-converted.xml",
         include_str!("fixtures/corpus/proxmox-converted.xml"),
     ),
+    // Written by virt-install itself (scripts/virt-install-corpus.sh).
+    (
+        "virt-install/debian12-defaults.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-defaults.xml"),
+    ),
+    (
+        "virt-install/debian12-q35-bios.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-q35-bios.xml"),
+    ),
+    (
+        "virt-install/debian12-q35-uefi.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-q35-uefi.xml"),
+    ),
+    (
+        "virt-install/debian12-i440fx-vnc.xml",
+        include_str!("fixtures/corpus/virt-install/debian12-i440fx-vnc.xml"),
+    ),
 ];
 
 /// Elements and attributes accepted and dropped (README, "Accepted and
@@ -216,4 +233,40 @@ fn virt_install_with_a_libvirt_network_keeps_the_network() {
         tern_model::InterfaceKind::Network { network } if network == "default"
     ));
     assert!(tern_model::xml::to_xml(&d).contains("<source network='default'/>"));
+}
+
+/// virt-install writes its PCIe root ports without `index=`: each gets
+/// the next free index (1..=14 after pcie-root's 0), so every one of
+/// them reaches QEMU as its own port.
+#[test]
+fn virt_install_root_ports_get_their_own_indexes() {
+    let (name, xml) = CORPUS
+        .iter()
+        .find(|(n, _)| *n == "virt-install/debian12-q35-bios.xml")
+        .unwrap();
+    let d = define(name, xml);
+    let pci: Vec<(u32, Option<&str>)> = d
+        .devices
+        .controllers
+        .iter()
+        .filter(|c| c.controller_type == "pci")
+        .map(|c| (c.index, c.model.as_deref()))
+        .collect();
+    assert_eq!(pci[0], (0, Some("pcie-root")));
+    let ports: Vec<u32> = pci[1..].iter().map(|(i, _)| *i).collect();
+    assert_eq!(ports, (1..=14).collect::<Vec<_>>());
+    assert!(to_xml(&d).contains("<controller type='pci' index='14' model='pcie-root-port'>"));
+}
+
+#[test]
+fn two_controllers_at_one_index_are_refused_by_name() {
+    let xml = CORPUS[0].1.replace(
+        "<controller type='pci' index='2' model='pcie-root-port'>",
+        "<controller type='pci' index='1' model='pcie-root-port'>",
+    );
+    let err = parse_domain(&xml).unwrap_err().to_string();
+    assert!(
+        err.contains("<controller type='pci' index=>") && err.contains('1'),
+        "{err}"
+    );
 }

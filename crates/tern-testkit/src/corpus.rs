@@ -15,6 +15,16 @@ pub const CORPUS: &[&str] = &[
     "proxmox-converted.xml",
 ];
 
+/// The documents virt-install wrote itself (scripts/virt-install-corpus.sh):
+/// they name libvirt's network `default` and disks under
+/// /var/lib/libvirt/images.
+pub const VIRT_INSTALL: &[&str] = &[
+    "virt-install/debian12-defaults.xml",
+    "virt-install/debian12-q35-bios.xml",
+    "virt-install/debian12-q35-uefi.xml",
+    "virt-install/debian12-i440fx-vnc.xml",
+];
+
 /// The corpus document `name`, as written.
 pub fn corpus_xml(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +45,7 @@ pub fn corpus_for_host(name: &str, dir: &Path) -> String {
             let start = from + at + "<source ".len() + attr.len();
             let end = start + xml[start..].find(quote).expect("closing quote");
             n += 1;
-            let image = dir.join(format!("{name}-{n}.img"));
+            let image = dir.join(format!("{}-{n}.img", name.replace('/', "_")));
             create_image(&image, format_before(&xml, start));
             let image = image.display().to_string();
             xml.replace_range(start..end, &image);
@@ -51,7 +61,7 @@ pub fn corpus_for_host(name: &str, dir: &Path) -> String {
     xml = swap_bridges(&xml);
     if let (Some(s), Some(e)) = (xml.find("</nvram>"), xml.find("<nvram")) {
         let open_end = e + xml[e..].find('>').expect("nvram tag") + 1;
-        let vars: PathBuf = dir.join(format!("{name}_VARS.fd"));
+        let vars: PathBuf = dir.join(format!("{}_VARS.fd", name.replace('/', "_")));
         xml.replace_range(open_end..s, &vars.display().to_string());
     }
     xml
@@ -102,4 +112,10 @@ fn swap_bridges(xml: &str) -> String {
 /// test guest's own ELF `vmlinux` only boots through PVH.
 pub fn efi_stub_kernel() -> PathBuf {
     crate::kernel::newest_kernel(Path::new("/boot")).expect("a /boot/vmlinuz-* kernel")
+}
+
+/// The `<name>` of a domain document.
+pub fn domain_name(xml: &str) -> String {
+    let s = xml.find("<name>").expect("<name>") + "<name>".len();
+    xml[s..s + xml[s..].find("</name>").expect("</name>")].to_string()
 }

@@ -48,6 +48,57 @@ pub fn debian_guest() -> DebianGuest {
         .clone()
 }
 
+/// The guest on a disk that boots through GRUB (scripts/debian-grub-disk.sh,
+/// cached): GPT, GRUB for SeaBIOS and for OVMF, the same root filesystem
+/// as partition 3. Returns the raw disk (use it as a backing file).
+pub fn debian_grub_disk() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = workspace_root().join("scripts/debian-grub-disk.sh");
+            let out = std::process::Command::new(&script)
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+            assert!(
+                out.status.success(),
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            workspace_root()
+                .join(stdout.lines().last().unwrap_or_default().trim())
+                .join("disk.raw")
+        })
+        .clone()
+}
+
+/// Runs `path args...` in the guest through its agent (`guest-exec`) and
+/// returns what it printed: the guest's own account, not the host's.
+pub fn agent_exec(host: &crate::TernHost, name: &str, path: &str, args: &[&str]) -> String {
+    let request = serde_json::json!({
+        "execute": "guest-exec",
+        "arguments": {"path": path, "arg": args, "capture-output": true},
+    });
+    let started: serde_json::Value =
+        serde_json::from_str(&host.ok(&["qemu-agent-command", name, &request.to_string()]))
+            .expect("guest-exec reply");
+    let pid = started["return"]["pid"].as_u64().expect("guest-exec pid");
+    let status = format!(r#"{{"execute":"guest-exec-status","arguments":{{"pid":{pid}}}}}"#);
+    for _ in 0..300 {
+        let st: serde_json::Value =
+            serde_json::from_str(&host.ok(&["qemu-agent-command", name, &status]))
+                .expect("guest-exec-status reply");
+        if st["return"]["exited"] == true {
+            let out = base64_decode(st["return"]["out-data"].as_str().unwrap_or_default())
+                .expect("base64 output");
+            return String::from_utf8_lossy(&out).to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("guest-exec of {path} never exited");
+}
+
 /// The domain XML `virt-install --print-xml` writes for
 /// `virt-install --name NAME --osinfo debian12 --memory 1024 --vcpus 1
 /// --boot uefi,kernel=K,initrd=I,kernel_args="root=/dev/vda rw

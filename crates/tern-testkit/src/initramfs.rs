@@ -45,6 +45,20 @@ for arg in $(cat /proc/cmdline); do
 done
 # The vCPUs the guest sees: online at boot and possible (hot-pluggable).
 echo "TERN-CPUS online=$(cat /sys/devices/system/cpu/online) possible=$(cat /sys/devices/system/cpu/possible)"
+# A vCPU plugged later (setvcpus --live) arrives offline: bring it online,
+# as a distribution's udev rule does, and report each new online set.
+(seen=$(cat /sys/devices/system/cpu/online)
+ while :; do
+     for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+         [ "$(cat "$c" 2>/dev/null)" = 0 ] && echo 1 >"$c"
+     done
+     now=$(cat /sys/devices/system/cpu/online)
+     if [ "$now" != "$seen" ]; then
+         echo "TERN-CPUS online=$now possible=$(cat /sys/devices/system/cpu/possible)" >/dev/console
+         seen=$now
+     fi
+     sleep 1
+ done) &
 # The guest's wall clock as its kernel set it from the RTC at boot.
 echo "TERN-CLOCK epoch=$(date -u +%s)"
 # tern.watchdog_stall=N: arm the guest's hardware watchdog (pinged every

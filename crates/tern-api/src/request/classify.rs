@@ -35,6 +35,7 @@ impl Request {
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
             | Request::AttachDevice { .. }
+            | Request::SetVcpus { .. }
             | Request::DetachDevice { .. }
             | Request::NetDefineAs { .. }
             | Request::NetUndefine { .. }
@@ -165,6 +166,14 @@ mod tests {
                 Request::AttachDevice {
                     name: n(),
                     xml: n(),
+                    flags: Default::default(),
+                },
+                false,
+            ),
+            (
+                Request::SetVcpus {
+                    name: n(),
+                    count: 2,
                     flags: Default::default(),
                 },
                 false,
@@ -454,6 +463,7 @@ mod tests {
             | Request::QemuAgentCommand { .. }
             | Request::InjectNmi { .. }
             | Request::AttachDevice { .. }
+            | Request::SetVcpus { .. }
             | Request::DetachDevice { .. }
             | Request::NetDefineAs { .. }
             | Request::NetUndefine { .. }
@@ -510,9 +520,9 @@ mod tests {
     #[test]
     fn every_request_is_classified_read_only_or_not() {
         let all = every_request();
-        // 40 plain requests + 20 migration requests (+1 for compcache's
+        // 41 plain requests + 20 migration requests (+1 for compcache's
         // two forms): every variant appears.
-        assert_eq!(all.len(), 40 + 20 + 1);
+        assert_eq!(all.len(), 41 + 20 + 1);
         for (r, read_only) in &all {
             covered(r);
             assert_eq!(r.is_read_only(), *read_only, "{r:?}");

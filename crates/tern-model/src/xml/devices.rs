@@ -1,5 +1,6 @@
 //! Domain XML import: the `<devices>` element.
 
+use super::disk::{parse_boot_order, parse_disk};
 use super::guest_devices::{
     parse_address, parse_audio, parse_channel, parse_panic, parse_redirdev, parse_rng, parse_sound,
     parse_tpm, parse_watchdog,
@@ -11,8 +12,8 @@ use super::import::{
 use super::platform::yes_no;
 use super::XmlError;
 use crate::domain::{
-    CacheMode, CharDev, Console, Controller, Devices, Disk, DiskBus, DiskDevice, DiskFormat,
-    DiskSourceType, Graphics, Input, Interface, InterfaceKind, Serial, Video, VirtualPort,
+    CharDev, Console, Controller, Devices, Graphics, Input, Interface, InterfaceKind, Serial,
+    Video, VirtualPort,
 };
 use crate::guest::{ControllerDetail, SpiceOptions};
 use roxmltree::Node;
@@ -22,13 +23,14 @@ use std::path::PathBuf;
 /// (libvirt's device alias); accepted and dropped.
 const RUNTIME_ONLY: &[&str] = &["alias"];
 
-fn is_runtime_only(node: Node) -> bool {
+pub(super) fn is_runtime_only(node: Node) -> bool {
     node.tag_name().namespace().is_none() && RUNTIME_ONLY.contains(&node.tag_name().name())
 }
 
 /// Parses `<devices>`. Devices outside the honoured list are refused.
 pub(super) fn parse_devices(node: Node) -> Result<Devices> {
     let mut devices = Devices::default();
+    let mut unindexed = Vec::new();
     for child in elements(node) {
         if child.tag_name().namespace().is_some() {
             return Err(refuse_device(&qualified_name(child)));
@@ -44,7 +46,12 @@ pub(super) fn parse_devices(node: Node) -> Result<Devices> {
             "console" => devices.consoles.push(parse_console(child)?),
             "graphics" => devices.graphics.push(parse_graphics(child)?),
             "video" => devices.videos.push(parse_video(child)?),
-            "controller" => devices.controllers.push(parse_controller(child)?),
+            "controller" => {
+                if child.attribute("index").is_none() {
+                    unindexed.push(devices.controllers.len());
+                }
+                devices.controllers.push(parse_controller(child)?);
+            }
             "input" => devices.inputs.push(parse_input(child)?),
             // `<stats period>` is accepted and dropped (the agent polls
             // on its own schedule).
@@ -73,7 +80,54 @@ pub(super) fn parse_devices(node: Node) -> Result<Devices> {
             other => return Err(refuse_device(other)),
         }
     }
+    number_controllers(&mut devices.controllers, &unindexed)?;
     Ok(devices)
+}
+
+/// Gives each controller written without `index=` the lowest index its
+/// type leaves free, in document order, as libvirt does (virt-install
+/// writes fourteen `<controller type="pci" model="pcie-root-port"/>` and
+/// no indexes), then refuses two controllers of one type at one index
+/// (USB companions, with `<master>`, share their EHCI controller's).
+fn number_controllers(controllers: &mut [Controller], unindexed: &[usize]) -> Result<()> {
+    use std::collections::BTreeSet;
+    let mut taken: BTreeSet<(String, u32)> = controllers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !unindexed.contains(i))
+        .map(|(_, c)| (c.controller_type.clone(), c.index))
+        .collect();
+    for &i in unindexed {
+        // A USB companion (`<master startport>`) shares its EHCI's index.
+        if controllers[i].detail.master_startport.is_some() {
+            let master = controllers[..i]
+                .iter()
+                .rev()
+                .find(|c| c.controller_type == "usb" && c.detail.master_startport.is_none());
+            controllers[i].index = master.map_or(0, |m| m.index);
+            continue;
+        }
+        let kind = controllers[i].controller_type.clone();
+        let index = (0..)
+            .find(|n| !taken.contains(&(kind.clone(), *n)))
+            .unwrap_or(0);
+        taken.insert((kind, index));
+        controllers[i].index = index;
+    }
+    let mut seen = BTreeSet::new();
+    for c in controllers
+        .iter()
+        .filter(|c| c.detail.master_startport.is_none())
+    {
+        if !seen.insert((c.controller_type.as_str(), c.index)) {
+            return Err(XmlError::InvalidValue {
+                what: format!("<controller type='{}' index=>", c.controller_type),
+                value: c.index.to_string(),
+                expected: "an index no other controller of that type has".to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refusal of a device element Tern does not honour.
@@ -95,264 +149,6 @@ fn refuse_device(name: &str) -> XmlError {
         what: format!("device <{name}>{why}"),
         fix: "remove it from the domain XML".to_string(),
     }
-}
-
-fn parse_disk(node: Node) -> Result<Disk> {
-    let source_type =
-        match required_attr(node, "type")? {
-            "file" => DiskSourceType::File,
-            "block" => DiskSourceType::Block,
-            "network" => DiskSourceType::Network,
-            "volume" => DiskSourceType::Volume,
-            other => return Err(XmlError::Unsupported {
-                what: format!("<disk type='{other}'>"),
-                fix: "use type='file' with <source file=...>, type='block' with <source dev=...>, type='network' or type='volume'"
-                    .to_string(),
-            }),
-        };
-    let device = match node.attribute("device").unwrap_or("disk") {
-        "disk" => DiskDevice::Disk,
-        "cdrom" => DiskDevice::Cdrom,
-        "floppy" => {
-            return Err(XmlError::Unsupported {
-                what: "<disk device='floppy'>".to_string(),
-                fix: "remove the floppy disk from the domain XML".to_string(),
-            })
-        }
-        "lun" => {
-            return Err(XmlError::Unsupported {
-                what: "<disk device='lun'> (SCSI command passthrough)".to_string(),
-                fix: "use device='disk'".to_string(),
-            })
-        }
-        other => {
-            return Err(invalid(
-                "<disk device=>",
-                other,
-                "use device='disk' or 'cdrom'",
-            ))
-        }
-    };
-
-    let mut driver = None;
-    let mut source = None;
-    let mut target = None;
-    let mut readonly = false;
-    let mut shareable = false;
-    let mut boot_order = None;
-    let mut serial = None;
-    let mut address = None;
-    let mut remote = None;
-    let mut auth = None;
-    let names_no_path = matches!(
-        source_type,
-        DiskSourceType::Network | DiskSourceType::Volume
-    );
-    for child in elements(node) {
-        match child.tag_name().name() {
-            "driver" => set_once(&mut driver, parse_disk_driver(child)?, child)?,
-            "boot" => set_once(&mut boot_order, parse_boot_order(child)?, child)?,
-            "serial" => set_once(&mut serial, super::import::text(child), child)?,
-            "address" => set_once(&mut address, parse_address(child)?, child)?,
-            "source" if names_no_path => set_once(
-                &mut remote,
-                super::netdisk::parse_source(child, source_type)?,
-                child,
-            )?,
-            "source" => set_once(&mut source, parse_disk_source(child, source_type)?, child)?,
-            "target" => set_once(&mut target, parse_disk_target(child)?, child)?,
-            "auth" if source_type == DiskSourceType::Network => {
-                set_once(&mut auth, super::netdisk::parse_auth(child)?, child)?
-            }
-            "readonly" => readonly = true,
-            "shareable" => shareable = true,
-            // The backing chain as libvirt probed it; Tern reads it from the image.
-            "backingStore" => {}
-            _ if is_runtime_only(child) => {}
-            _ => return Err(unsupported_child(node, child)),
-        }
-    }
-    let DriverOpts {
-        format,
-        cache,
-        io,
-        discard,
-        detect_zeroes,
-        iothread,
-    } = driver.unwrap_or_default();
-    super::netdisk::attach_auth(&mut remote, auth)?;
-    let (target_dev, target_bus) = target.ok_or_else(|| missing("<disk><target dev=...>"))?;
-    Ok(Disk {
-        source_type,
-        device,
-        format,
-        cache,
-        source: source.flatten(),
-        remote,
-        target_dev,
-        target_bus,
-        // libvirt treats every cdrom as read-only.
-        readonly: readonly || device == DiskDevice::Cdrom,
-        shareable,
-        io,
-        discard,
-        detect_zeroes,
-        iothread,
-        boot_order,
-        serial,
-        address: address.flatten(),
-    })
-}
-
-/// What `<disk><driver>` says.
-struct DriverOpts {
-    format: DiskFormat,
-    cache: Option<CacheMode>,
-    io: Option<String>,
-    discard: Option<String>,
-    detect_zeroes: Option<String>,
-    iothread: Option<u32>,
-}
-
-impl Default for DriverOpts {
-    fn default() -> Self {
-        DriverOpts {
-            format: DiskFormat::Raw,
-            cache: None,
-            io: None,
-            discard: None,
-            detect_zeroes: None,
-            iothread: None,
-        }
-    }
-}
-
-/// `<boot order=N>` on a disk or interface.
-pub(super) fn parse_boot_order(node: Node) -> Result<u32> {
-    let order: u32 = parse_number(required_attr(node, "order")?, "<boot order=>")?;
-    if order == 0 {
-        return Err(invalid("<boot order=>", "0", "boot orders start at 1"));
-    }
-    Ok(order)
-}
-
-/// An optional attribute that must be one of `allowed`.
-fn one_of_attr(node: Node, attr: &'static str, allowed: &[&str]) -> Result<Option<String>> {
-    match node.attribute(attr) {
-        None => Ok(None),
-        Some(v) if allowed.contains(&v) => Ok(Some(v.to_string())),
-        Some(v) => Err(invalid(
-            &format!("<disk><driver {attr}=>"),
-            v,
-            &format!("use {}", allowed.join(", ")),
-        )),
-    }
-}
-
-/// `<driver name='qemu' type=... cache=... io=... discard=... detect_zeroes=...>`.
-fn parse_disk_driver(node: Node) -> Result<DriverOpts> {
-    for (attr, _) in node.attributes().map(|a| (a.name(), a.value())) {
-        if !matches!(
-            attr,
-            "name" | "type" | "cache" | "io" | "discard" | "detect_zeroes" | "iothread"
-        ) {
-            return Err(XmlError::Unsupported {
-                what: format!("<disk><driver {attr}=...>"),
-                fix: "remove the attribute".to_string(),
-            });
-        }
-    }
-    if let Some(name) = node.attribute("name").filter(|n| *n != "qemu") {
-        return Err(invalid("<disk><driver name=>", name, "use name='qemu'"));
-    }
-    let format = match node.attribute("type").unwrap_or("raw") {
-        "raw" => DiskFormat::Raw,
-        "qcow2" => DiskFormat::Qcow2,
-        other => {
-            return Err(XmlError::Unsupported {
-                what: format!("disk image format '{other}'"),
-                fix: "convert the image with `qemu-img convert -O qcow2` and use type='qcow2', or use type='raw'".to_string(),
-            })
-        }
-    };
-    let cache = match node.attribute("cache") {
-        None | Some("default") => None,
-        Some("none") => Some(CacheMode::None),
-        Some("writethrough") => Some(CacheMode::Writethrough),
-        Some("writeback") => Some(CacheMode::Writeback),
-        Some("directsync") => Some(CacheMode::Directsync),
-        Some("unsafe") => Some(CacheMode::Unsafe),
-        Some(other) => {
-            return Err(invalid(
-                "<disk><driver cache=>",
-                other,
-                "use none, writethrough, writeback, directsync or unsafe",
-            ))
-        }
-    };
-    Ok(DriverOpts {
-        format,
-        cache,
-        io: one_of_attr(node, "io", &["native", "threads", "io_uring"])?,
-        discard: one_of_attr(node, "discard", &["unmap", "ignore"])?,
-        detect_zeroes: one_of_attr(node, "detect_zeroes", &["off", "on", "unmap"])?,
-        iothread: node
-            .attribute("iothread")
-            .map(|t| parse_number(t, "<disk><driver iothread=>"))
-            .transpose()?,
-    })
-}
-
-/// `<source file=...>` for file disks, `<source dev=...>` for block disks;
-/// `None` when the element names neither (an empty cdrom).
-fn parse_disk_source(node: Node, source_type: DiskSourceType) -> Result<Option<PathBuf>> {
-    let (wanted, other, kind) = match source_type {
-        DiskSourceType::File => ("file", "dev", "file"),
-        DiskSourceType::Block => ("dev", "file", "block"),
-        DiskSourceType::Network | DiskSourceType::Volume => return Ok(None),
-    };
-    if let Some(path) = node.attribute(wanted) {
-        return Ok(Some(PathBuf::from(path)));
-    }
-    if node.attribute(other).is_some() {
-        return Err(XmlError::InvalidValue {
-            what: format!("<disk type='{kind}'><source>"),
-            value: format!("{other}=..."),
-            expected: format!(
-                "a {kind} disk takes <source {wanted}=...>; fix the attribute or the disk type"
-            ),
-        });
-    }
-    Ok(None)
-}
-
-/// `<target dev=... bus=...>`; without `bus=` the bus follows the name:
-/// vd* → virtio, hd* → ide, sd* → sata.
-fn parse_disk_target(node: Node) -> Result<(String, DiskBus)> {
-    let dev = required_attr(node, "dev")?;
-    let bus = match node.attribute("bus") {
-        Some("virtio") => DiskBus::Virtio,
-        Some("ide") => DiskBus::Ide,
-        Some("sata") => DiskBus::Sata,
-        Some("scsi") => DiskBus::Scsi,
-        Some(other) => {
-            return Err(XmlError::Unsupported {
-                what: format!("disk bus '{other}'"),
-                fix: "use bus='virtio', 'sata', 'scsi' or 'ide'".to_string(),
-            })
-        }
-        None if dev.starts_with("vd") => DiskBus::Virtio,
-        None if dev.starts_with("hd") => DiskBus::Ide,
-        None if dev.starts_with("sd") => DiskBus::Sata,
-        None => {
-            return Err(invalid(
-                "<disk><target dev=> without bus=",
-                dev,
-                "name it vdX, hdX or sdX, or add bus='virtio', 'sata', 'scsi' or 'ide'",
-            ))
-        }
-    };
-    Ok((dev.to_string(), bus))
 }
 
 fn parse_interface(node: Node) -> Result<Interface> {
