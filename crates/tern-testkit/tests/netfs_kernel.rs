@@ -1,0 +1,125 @@
+//! The kernel-mount mode of netfs pools (issue 20), run for real: this
+//! machine's kernel has no NFS client, so `ternd` runs inside the Debian
+//! test guest (Debian's kernel, nfs-common), booted under TCG in a network
+//! namespace of the test's own. A real nfs-ganesha serves the export on
+//! that namespace's loopback, which the guest reaches as 10.0.2.2 through
+//! QEMU's user network. The guest's `tern` runs the walk-through's pool
+//! commands; the host checks the volume in ganesha's exported directory.
+//! One boot for the whole file (TCG boots take minutes).
+
+use std::net::Ipv4Addr;
+use tern_testkit::debian_vm::{DebianVm, GuestAgent, HOST_LOOPBACK};
+use tern_testkit::netns::{skip_unless_root, Lab, Side};
+use tern_testkit::nfs::{skip_without_nfs_server, NfsServer};
+
+/// The walk-through's target, trailing slash and all.
+const TARGET: &str = "/mykvm/nfspool/";
+
+/// Lines of the guest's /proc/mounts whose mount point is the pool's target.
+fn target_mounts(vm: &DebianVm) -> Vec<String> {
+    vm.sh_ok("cat /proc/mounts")
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some(TARGET.trim_end_matches('/')))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
+    let name = "walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian";
+    if skip_unless_root(name) || skip_without_nfs_server(name) {
+        return;
+    }
+    // Declared in reverse order of dropping: the agent stops first, then
+    // QEMU, then the server, then the namespaces.
+    let lab = Lab::start();
+    let ns = lab.ns(Side::A);
+    let nfs = NfsServer::start(&ns, Ipv4Addr::LOCALHOST);
+    let vm = DebianVm::boot(Some(&ns));
+    let agent = GuestAgent::start(&vm);
+
+    agent.ok(&[
+        "pool-define-as",
+        "nfspool",
+        "--type",
+        "netfs",
+        "--source-host",
+        HOST_LOOPBACK,
+        "--source-path",
+        nfs.export_path(),
+        "--target",
+        TARGET,
+    ]);
+    agent.ok(&["pool-build", "nfspool"]);
+    assert!(target_mounts(&vm).is_empty(), "mounted before pool-start");
+    agent.ok(&["pool-start", "nfspool"]);
+
+    // The automatic choice took the kernel client, with libvirt's options.
+    let info = agent.ok(&["pool-info", "nfspool"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Access") && l.contains("mount (kernel NFS client)")),
+        "{info}"
+    );
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("State") && l.contains("running")),
+        "{info}"
+    );
+    let mounts = target_mounts(&vm);
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let fields: Vec<&str> = mounts[0].split(' ').collect();
+    assert_eq!(fields[0], format!("{HOST_LOOPBACK}:/nfs"), "{mounts:?}");
+    assert!(fields[2].starts_with("nfs"), "{mounts:?}");
+    let opts: Vec<&str> = fields[3].split(',').collect();
+    for o in ["nodev", "nosuid", "noexec"] {
+        assert!(opts.contains(&o), "{o} missing: {mounts:?}");
+    }
+
+    agent.ok(&[
+        "vol-create-as",
+        "nfspool",
+        "test01",
+        "64M",
+        "--format",
+        "qcow2",
+    ]);
+    // The server has it: a qcow2 header in ganesha's exported directory.
+    let on_server = nfs.export_dir().join("test01");
+    let head = std::fs::read(&on_server)
+        .unwrap_or_else(|e| panic!("{} on the server: {e}", on_server.display()));
+    assert_eq!(&head[..4], b"QFI\xfb", "not a qcow2 header");
+    let size = u64::from_be_bytes(head[24..32].try_into().unwrap());
+    assert_eq!(size, 64 << 20, "qcow2 virtual size");
+    // And the guest sees it as a file under the target.
+    vm.sh_ok(&format!("test -f {TARGET}test01"));
+
+    let list = agent.ok(&["vol-list", "nfspool"]);
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some("test01")
+                && l.contains(&format!("{TARGET}test01").replace("//", "/"))),
+        "{list}"
+    );
+    agent.ok(&["vol-delete", "test01", "--pool", "nfspool"]);
+    assert!(!on_server.exists(), "test01 is still on the server");
+
+    agent.ok(&["pool-destroy", "nfspool"]);
+    assert!(
+        target_mounts(&vm).is_empty(),
+        "pool-destroy left the export mounted"
+    );
+    let info = agent.ok(&["pool-info", "nfspool"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("State") && l.contains("inactive")),
+        "{info}"
+    );
+    agent.ok(&["pool-undefine", "nfspool"]);
+    let all = agent.ok(&["pool-list", "--all"]);
+    assert!(!all.contains("nfspool"), "{all}");
+    drop(agent);
+    drop(vm);
+    drop(nfs);
+    drop(lab);
+}
