@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian test guest (issue 16: a real distribution guest next to
 # the busybox test guest): Debian made by debootstrap with systemd, udev and
-# qemu-guest-agent (and nfs-common, qemu-utils), its root filesystem an ext4 image made without loop
+# qemu-guest-agent (and nfs-common, qemu-utils, qemu-system-x86 for ternd
+# inside it), its root filesystem an ext4 image made without loop
 # mounts (mkfs.ext4 -d), booted with Debian's own kernel and initrd
 # (direct kernel boot, root=/dev/vda). A service prints to the serial
 # console what the tests believe: `TERN-READY systemd=<state>` once systemd
@@ -17,8 +18,8 @@ mirror=http://deb.debian.org/debian
 suite=bookworm
 packages=systemd,systemd-sysv,udev,qemu-guest-agent,linux-image-amd64,iproute2,kmod,initramfs-tools
 # The kernel-mount netfs test (issue 20) runs ternd inside the guest: it
-# mounts with mount.nfs and creates volumes with qemu-img.
-packages=$packages,nfs-common,qemu-utils
+# mounts with mount.nfs, creates volumes with qemu-img and probes QEMU.
+packages=$packages,nfs-common,qemu-utils,qemu-system-x86
 key=$(sha256sum "$0" | cut -c1-16)
 out=target/debian-guest/$key
 if [ -f "$out/.done" ]; then

@@ -285,13 +285,17 @@ impl<'a> GuestAgent<'a> {
     /// /var/lib/ternd, TCG); waits for its socket.
     pub fn start(vm: &'a DebianVm) -> GuestAgent<'a> {
         vm.mount_bins();
+        // What scripts/install-deps.sh does on a host: the QEMU user.
+        vm.sh_ok("id tern-qemu >/dev/null 2>&1 || useradd --system --user-group tern-qemu");
         vm.sh_ok(&format!(
             "systemd-run --unit=ternd --setenv=TERND_LOG=info,tern_agent=debug \
              {BIN_MOUNT}/ternd --state-dir /var/lib/ternd --socket {GUEST_SOCKET} --accel tcg \
              || exit 1; i=0; while [ ! -S {GUEST_SOCKET} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
              test -S {GUEST_SOCKET} || {{ journalctl -u ternd --no-pager | tail -30 >&2; exit 1; }}"
         ));
-        GuestAgent { vm }
+        let agent = GuestAgent { vm };
+        agent.ok(&["pool-list", "--all"]);
+        agent
     }
 
     /// Runs `tern ARGS...` in the guest against this agent.
@@ -306,13 +310,15 @@ impl<'a> GuestAgent<'a> {
     /// [`GuestAgent::tern`], panicking with stderr on failure; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.tern(args);
-        assert!(
-            o.code == 0,
-            "tern {} in the guest failed ({}): {}",
-            args.join(" "),
-            o.code,
-            o.stderr
-        );
+        if o.code != 0 {
+            panic!(
+                "tern {} in the guest failed ({}): {}\nternd's journal:\n{}",
+                args.join(" "),
+                o.code,
+                o.stderr,
+                crate::tail(&self.log(), 30)
+            );
+        }
         o.stdout
     }
 

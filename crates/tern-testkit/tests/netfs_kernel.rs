@@ -67,6 +67,7 @@ fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
         "{info}"
     );
     let mounts = target_mounts(&vm);
+    eprintln!("the guest's mount of the pool: {mounts:?}");
     assert_eq!(mounts.len(), 1, "{mounts:?}");
     let fields: Vec<&str> = mounts[0].split(' ').collect();
     assert_eq!(fields[0], format!("{HOST_LOOPBACK}:/nfs"), "{mounts:?}");
@@ -105,9 +106,10 @@ fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
     assert!(!on_server.exists(), "test01 is still on the server");
 
     agent.ok(&["pool-destroy", "nfspool"]);
+    let left = target_mounts(&vm);
     assert!(
-        target_mounts(&vm).is_empty(),
-        "pool-destroy left the export mounted"
+        left.is_empty(),
+        "pool-destroy left the export mounted: {left:?}"
     );
     let info = agent.ok(&["pool-info", "nfspool"]);
     assert!(
