@@ -214,6 +214,21 @@ impl DebianVm {
         o.stdout
     }
 
+    /// Writes `text` to `path` in the guest (through the agent's
+    /// `guest-file-*` calls, so any content goes).
+    pub fn write_file(&self, path: &str, text: &str) {
+        let h = self.agent(&json!({
+            "execute": "guest-file-open",
+            "arguments": {"path": path, "mode": "w"}
+        }));
+        let handle = h.as_i64().expect("guest-file-open handle");
+        self.agent(&json!({
+            "execute": "guest-file-write",
+            "arguments": {"handle": handle, "buf-b64": base64_encode(text.as_bytes())}
+        }));
+        self.agent(&json!({"execute": "guest-file-close", "arguments": {"handle": handle}}));
+    }
+
     /// Mounts the share of the host's binaries on [`BIN_MOUNT`].
     pub fn mount_bins(&self) {
         self.sh_ok(&format!(
@@ -298,6 +313,19 @@ impl<'a> GuestAgent<'a> {
         agent
     }
 
+    /// Restarts `ternd` (as a host reboot or an upgrade would) and waits
+    /// until it answers again.
+    pub fn restart(&self) {
+        self.vm.sh_ok("systemctl restart ternd");
+        for _ in 0..300 {
+            if self.tern(&["pool-list", "--all"]).code == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.ok(&["pool-list", "--all"]);
+    }
+
     /// Runs `tern ARGS...` in the guest against this agent.
     pub fn tern(&self, args: &[&str]) -> GuestOutput {
         let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
@@ -322,6 +350,31 @@ impl<'a> GuestAgent<'a> {
         o.stdout
     }
 
+    /// Polls `tern console DOMAIN` in the guest until `pred` holds; panics
+    /// with the console's tail after `timeout` (nested TCG is slow).
+    pub fn wait_console(
+        &self,
+        domain: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.tern(&["console", domain]).stdout;
+            if pred(&text) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} on {domain}'s console in the guest:\n{}",
+                    crate::tail(&text, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     /// The agent's log so far (its journal).
     pub fn log(&self) -> String {
         self.vm.sh("journalctl -u ternd --no-pager").stdout
@@ -336,6 +389,28 @@ impl Drop for GuestAgent<'_> {
     }
 }
 
+/// Standard base64 with padding (what `guest-file-write` takes).
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// `'text'` for /bin/sh.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -344,6 +419,15 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for s in ["", "a", "ab", "abc", "<domain>\n</domain>\n"] {
+            let enc = base64_encode(s.as_bytes());
+            assert_eq!(base64_decode(&enc).unwrap(), s.as_bytes(), "{enc}");
+        }
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+    }
 
     #[test]
     fn shell_quote_survives_quotes() {

@@ -8,12 +8,18 @@
 //! One boot for the whole file (TCG boots take minutes).
 
 use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
 use tern_testkit::debian_vm::{DebianVm, GuestAgent, HOST_LOOPBACK};
 use tern_testkit::netns::{skip_unless_root, Lab, Side};
 use tern_testkit::nfs::{skip_without_nfs_server, NfsServer};
+use tern_testkit::{build_or_reuse, BuildOptions, GuestImage, GuestSpec, SerialLog, TestDisk};
 
 /// The walk-through's target, trailing slash and all.
 const TARGET: &str = "/mykvm/nfspool/";
+/// Names of the test guest's boot files on the export.
+const KERNEL: &str = "tg-vmlinux";
+const INITRD: &str = "tg-initrd";
 
 /// Lines of the guest's /proc/mounts whose mount point is the pool's target.
 fn target_mounts(vm: &DebianVm) -> Vec<String> {
@@ -35,6 +41,10 @@ fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
     let lab = Lab::start();
     let ns = lab.ns(Side::A);
     let nfs = NfsServer::start(&ns, Ipv4Addr::LOCALHOST);
+    // The nested guest's boot files, put on the export by the host.
+    let image = build_or_reuse(&BuildOptions::default()).expect("test guest");
+    std::fs::copy(&image.kernel, nfs.export_dir().join(KERNEL)).unwrap();
+    std::fs::copy(&image.initrd, nfs.export_dir().join(INITRD)).unwrap();
     let vm = DebianVm::boot(Some(&ns));
     let agent = GuestAgent::start(&vm);
 
@@ -95,6 +105,19 @@ fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
     // And the guest sees it as a file under the target.
     vm.sh_ok(&format!("test -f {TARGET}test01"));
 
+    nested_guest_runs_from_the_pool(&vm, &agent);
+    // What it wrote went to the server, and the image is sound there.
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q", "-f", "qcow2"])
+        .arg(&on_server)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check on the server's copy: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
     let list = agent.ok(&["vol-list", "nfspool"]);
     assert!(
         list.lines()
@@ -124,4 +147,54 @@ fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
     drop(vm);
     drop(nfs);
     drop(lab);
+}
+
+/// A busybox test guest defined in the guest, booted (nested TCG) from the
+/// pool: kernel and initramfs are files on the export, its disk is the
+/// qcow2 volume `test01` (cache none). Its workload formats and verifies a
+/// checksummed region on that disk. While it runs the export is busy:
+/// `pool-destroy` is refused and the pool stays up.
+fn nested_guest_runs_from_the_pool(vm: &DebianVm, agent: &GuestAgent) {
+    let on_pool = |f: &str| Path::new(TARGET).join(f);
+    let image = GuestImage {
+        kernel: on_pool(KERNEL),
+        initrd: on_pool(INITRD),
+    };
+    let mut spec = GuestSpec::new("nested", &image)
+        .workload("tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=4");
+    spec.memory_mib = 160;
+    spec.disks.push(TestDisk {
+        path: on_pool("test01"),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    vm.write_file("/root/nested.xml", &spec.to_xml());
+    agent.ok(&["define", "/root/nested.xml"]);
+    agent.ok(&["start", "nested"]);
+    let text = agent.wait_console("nested", Duration::from_secs(900), "disk checks", |t| {
+        let log = SerialLog::parse(t);
+        t.contains("TERN-FAIL")
+            || (log.has("TERN-DISK formatted") && log.count("TERN-DISK ok") >= 2)
+    });
+    assert!(!text.contains("TERN-FAIL"), "{text}");
+    let busy = agent.tern(&["pool-destroy", "nfspool"]);
+    assert!(
+        busy.code != 0,
+        "pool-destroy with a guest on the pool: {}",
+        busy.stdout
+    );
+    eprintln!(
+        "pool-destroy with the guest running: {}",
+        busy.stderr.trim()
+    );
+    assert_eq!(target_mounts(vm).len(), 1, "the export must stay mounted");
+    let info = agent.ok(&["pool-info", "nfspool"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("State") && l.contains("running")),
+        "{info}"
+    );
+    agent.ok(&["destroy", "nested"]);
+    agent.ok(&["undefine", "nested"]);
 }
