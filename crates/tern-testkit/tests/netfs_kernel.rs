@@ -8,7 +8,7 @@
 //! One boot for the whole file (TCG boots take minutes).
 //!
 //! With `TERN_NESTED_TCG=1` a busybox guest also boots from the pool
-//! under nested TCG (about 11 minutes here, so CI leaves it out).
+//! under nested TCG (7 to 11 minutes here, so CI leaves it out).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
