@@ -81,6 +81,12 @@ fn walk_through_netfs_pool_mounts_with_the_kernel_client_inside_debian() {
             .any(|l| l.starts_with("State") && l.contains("running")),
         "{info}"
     );
+    // The target as libvirt keeps it, without the trailing slash.
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Target") && l.trim_end().ends_with(" /mykvm/nfspool")),
+        "{info}"
+    );
     let mounts = target_mounts(&vm);
     eprintln!("the guest's mount of the pool: {mounts:?}");
     assert_eq!(mounts.len(), 1, "{mounts:?}");
