@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian test guest (issue 16: a real distribution guest next to
 # the busybox test guest): Debian made by debootstrap with systemd, udev and
-# qemu-guest-agent, its root filesystem an ext4 image made without loop
+# qemu-guest-agent (and nfs-common, and QEMU from backports, for ternd
+# inside it), its root filesystem an ext4 image made without loop
 # mounts (mkfs.ext4 -d), booted with Debian's own kernel and initrd
 # (direct kernel boot, root=/dev/vda). A service prints to the serial
 # console what the tests believe: `TERN-READY systemd=<state>` once systemd
@@ -16,6 +17,9 @@ cd "$(dirname "$0")/.."
 mirror=http://deb.debian.org/debian
 suite=bookworm
 packages=systemd,systemd-sysv,udev,qemu-guest-agent,linux-image-amd64,iproute2,kmod,initramfs-tools
+# The kernel-mount netfs test (issue 20) runs ternd inside the guest: it
+# mounts with mount.nfs; QEMU and qemu-img come from backports below.
+packages=$packages,nfs-common
 key=$(sha256sum "$0" | cut -c1-16)
 out=target/debian-guest/$key
 if [ -f "$out/.done" ]; then
@@ -32,6 +36,17 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$tmp/root" "$mirro
   exit 1
 }
 root=$tmp/root
+# QEMU as scripts/install-deps.sh installs it on bookworm (Tern needs 10,
+# from bookworm-backports), for ternd inside the guest.
+echo "deb $mirror $suite-backports main" >"$root/etc/apt/sources.list.d/backports.list"
+{
+  chroot "$root" apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
+      -t "$suite-backports" qemu-system-x86 qemu-utils
+} >"$tmp/qemu.log" 2>&1 || {
+  tail -20 "$tmp/qemu.log" >&2
+  exit 1
+}
 echo tern-debian >"$root/etc/hostname"
 printf '/dev/vda / ext4 rw,discard 0 1\n' >"$root/etc/fstab"
 # No root password: the guest is only ever on a test's own host.

@@ -104,28 +104,45 @@ fn nfs_module_installed() -> bool {
         .unwrap_or(false)
 }
 
-/// The `mount` command line libvirt uses for a netfs pool of format nfs:
-/// `mount -t nfs HOST:PATH TARGET -o nodev,nosuid,noexec`.
+/// The `mount` command line libvirt uses for a netfs pool of format nfs
+/// (`virStorageBackendFileSystemMountCmd`): `mount -o nodev,nosuid,noexec
+/// -t nfs HOST:PATH TARGET`, the target without a trailing slash (libvirt
+/// keeps pool targets sanitised; /proc/mounts never shows one).
 pub fn mount_args(src: &NetfsSource, target: &Path) -> Vec<String> {
     vec![
+        "-o".into(),
+        "nodev,nosuid,noexec".into(),
         "-t".into(),
         "nfs".into(),
         format!("{}:{}", src.host, src.path),
-        target.display().to_string(),
-        "-o".into(),
-        "nodev,nosuid,noexec".into(),
+        plain(target),
     ]
 }
 
-/// Whether `target` is a mount point (listed in /proc/self/mountinfo).
+/// `target` as the kernel lists mount points: components joined by single
+/// slashes, no trailing slash (`/mykvm/nfspool/` is `/mykvm/nfspool`).
+fn plain(target: &Path) -> String {
+    target
+        .components()
+        .collect::<std::path::PathBuf>()
+        .display()
+        .to_string()
+}
+
+/// Whether `target` is a mount point (listed in /proc/self/mountinfo),
+/// however its path is spelled (a trailing slash, as in the walk-through's
+/// `--target /mykvm/nfspool/`, names the same mount point).
 pub fn is_mounted(target: &Path) -> bool {
-    let t = target.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split(' ').nth(4).is_some_and(|p| unescape_mount(p) == t))
-        })
+        .map(|m| mountinfo_lists(&m, target))
         .unwrap_or(false)
+}
+
+fn mountinfo_lists(mountinfo: &str, target: &Path) -> bool {
+    let t = plain(target);
+    mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| unescape_mount(p) == t))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -185,7 +202,7 @@ pub async fn unmount(target: &Path) -> Result<()> {
     if !is_mounted(target) {
         return Ok(());
     }
-    run("umount", &[target.display().to_string()]).await
+    run("umount", &[plain(target)]).await
 }
 
 #[cfg(test)]
@@ -201,9 +218,18 @@ mod tests {
             access: NetfsAccess::Mount,
         };
         assert_eq!(
-            mount_args(&src, Path::new("/mykvm/nfspool")).join(" "),
-            "-t nfs 192.168.1.101:/nfs /mykvm/nfspool -o nodev,nosuid,noexec"
+            mount_args(&src, Path::new("/mykvm/nfspool/")).join(" "),
+            "-o nodev,nosuid,noexec -t nfs 192.168.1.101:/nfs /mykvm/nfspool"
         );
+    }
+
+    #[test]
+    fn a_target_with_a_trailing_slash_is_found_mounted() {
+        let info = "36 35 0:40 / /mykvm/nfspool rw,nosuid,nodev,noexec,relatime shared:1 - nfs4 10.0.2.2:/nfs rw\n";
+        assert!(mountinfo_lists(info, Path::new("/mykvm/nfspool/")));
+        assert!(mountinfo_lists(info, Path::new("/mykvm//nfspool")));
+        assert!(!mountinfo_lists(info, Path::new("/mykvm")));
+        assert!(!mountinfo_lists(info, Path::new("/mykvm/nfspool2")));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod corpus;
 mod cpio;
 pub mod creds;
 pub mod debian;
+pub mod debian_vm;
 mod domxml;
 mod elf;
 mod error;

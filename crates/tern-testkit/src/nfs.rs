@@ -120,11 +120,18 @@ impl NfsServer {
         std::fs::create_dir_all(&recovery).unwrap();
         let conf = dir.path().join("ganesha.conf");
         std::fs::write(&conf, ganesha_config(addr, &export, &recovery)).unwrap();
+        // rpcbind always listens on loopback; `-h 127.0.0.1` on top makes
+        // bookworm's rpcbind abort ("double free") before it serves.
+        let only = if addr.is_loopback() {
+            String::new()
+        } else {
+            format!("-h {addr}")
+        };
         let script = format!(
             "set -e\n\
              mount -t tmpfs tern-nfs /run\n\
              mkdir -p /run/rpcbind /run/ganesha\n\
-             rpcbind -f -h {addr} &\n\
+             rpcbind -f {only} &\n\
              i=0; while [ ! -S /run/rpcbind.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n\
              exec ganesha.nfsd -F -f {conf} -L {log} -p /run/ganesha/ganesha.pid\n",
             conf = conf.display(),

@@ -278,7 +278,7 @@ fn netfs_pool_start_names_an_unreachable_server() {
     assert!(info.contains("inactive"), "{info}");
     a.ok(&["pool-undefine", "far"]);
 
-    // Forced kernel access: `mount -t nfs` runs, and its failure (this
+    // Forced kernel access: `mount ... -t nfs` runs, and its failure (this
     // kernel may have no NFS client; the server is not there anyway) is
     // reported with the command, leaving the pool inactive.
     a.ok(&[
@@ -299,7 +299,7 @@ fn netfs_pool_start_names_an_unreachable_server() {
     assert!(err.contains("cannot start pool 'mnt'"), "{err}");
     assert!(
         err.contains(&format!(
-            "mount -t nfs {c}:/nfs {target} -o nodev,nosuid,noexec"
+            "mount -o nodev,nosuid,noexec -t nfs {c}:/nfs {target}"
         )),
         "{err}"
     );

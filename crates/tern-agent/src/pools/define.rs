@@ -31,6 +31,11 @@ impl Pools {
                 target.display()
             )));
         }
+        // Kept as libvirt keeps a pool's target path: no trailing or
+        // doubled slashes (`/mykvm/nfspool/` is `/mykvm/nfspool`), the way
+        // the kernel lists it once mounted.
+        let target: PathBuf = target.components().collect();
+        let target = target.as_path();
         let mut m = self.pools.lock().await;
         if m.contains_key(name) {
             return Err(AgentError::Conflict(format!(
