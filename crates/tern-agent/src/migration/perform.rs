@@ -13,6 +13,8 @@ use tern_migrate::protocol::PerformRequest;
 use tern_migrate::{JobInfo, JobKind, MigrateOptions, TimeoutAction};
 use tern_qemu::MigrationStatus;
 
+mod stall;
+
 /// How often Perform reads QEMU's figures.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -147,6 +149,11 @@ struct Watch<'a> {
     /// stall is called within four stall periods of one.
     last_recovery: Instant,
     recovery_failed: bool,
+    /// Stall periods in a row with a cancel that changed nothing.
+    unanswered_cancels: u32,
+    /// Set when QEMU's pre-copy neither moves nor ends after a cancel: the
+    /// status it is stuck in.
+    stuck: Option<MigrationStatus>,
     policy: Option<policy::PolicyConfig>,
     pstate: PolicyState,
     /// Forecasts the rest of the run from the run so far.
@@ -212,6 +219,8 @@ impl<'a> Watch<'a> {
                 .checked_sub(RECOVER_EVERY)
                 .unwrap_or_else(Instant::now),
             recovery_failed: false,
+            unanswered_cancels: 0,
+            stuck: None,
             policy,
             pstate,
             follower,
@@ -237,6 +246,10 @@ impl<'a> Watch<'a> {
                 let _ = self.qmp.execute("migrate_cancel", None).await;
             }
             self.stall_check(&info).await;
+            if let Some(status) = self.stuck {
+                self.give_up(status);
+                return;
+            }
             self.follow(&info);
             self.policy_step(&info).await;
             self.recover_postcopy(&info).await;
@@ -244,6 +257,22 @@ impl<'a> Watch<'a> {
             self.timeout(&info).await;
             self.switch_to_postcopy(&info, asked).await;
         }
+    }
+
+    /// Ends the job failed while QEMU's migration is stuck in `status`:
+    /// it never completed, so the destination never had the whole guest
+    /// and the source's copy stays the one (the run tells the destination
+    /// to give up, and resumes the guest here if it was paused).
+    fn give_up(&self, status: MigrationStatus) {
+        let why = format!(
+            "QEMU's migration neither moved nor ended after migrate_cancel (still {status}); \
+             ending the job: the guest stays on this host"
+        );
+        self.job.event(&why);
+        self.job.update(|i| {
+            i.kind = JobKind::Failed;
+            i.error = Some(why.clone());
+        });
     }
 
     fn announce_policy(&self) {
@@ -370,49 +399,6 @@ impl<'a> Watch<'a> {
         ));
     }
 
-    /// No bytes moving: a stalled post-copy is paused (to be resumed when
-    /// the link returns); a stalled pre-copy is cancelled.
-    async fn stall_check(&mut self, info: &JobInfo) {
-        let (job, qmp, stall) = (&self.job, &self.qmp, self.stall);
-        if self.last_status == MigrationStatus::PostcopyPaused
-            && info.qemu_status != MigrationStatus::PostcopyPaused
-        {
-            // Resumed, by this watch or by the operator.
-            self.last_recovery = Instant::now();
-        }
-        if info.memory_processed != self.last_bytes || info.qemu_status != self.last_status {
-            // Bytes moved, or QEMU changed state (a post-copy recovery
-            // resends its bitmap before pages flow again): not a stall.
-            self.last_bytes = info.memory_processed;
-            self.last_status = info.qemu_status;
-            self.last_progress = Instant::now();
-        } else if postcopy_stalled(info.qemu_status, self.last_progress.elapsed(), stall)
-            && self.last_recovery.elapsed() > stall * 4
-        {
-            // A dead link leaves QEMU waiting on TCP for many minutes; a
-            // paused post-copy can be resumed when the link returns.
-            job.event(format!(
-                "no post-copy progress for {} s: pausing it, to resume when the destination answers",
-                stall.as_secs()
-            ));
-            let _ = qmp.execute_oob("migrate-pause", None).await;
-            self.last_progress = Instant::now();
-        } else if self.last_progress.elapsed() > stall && !info.qemu_status.is_postcopy() {
-            job.event(format!(
-                "no progress for {} s: the link to the destination looks down; cancelling",
-                stall.as_secs()
-            ));
-            let _ = qmp.execute("migrate_cancel", None).await;
-            job.update(|i| {
-                i.error = Some(format!(
-                    "migration made no progress for {} s (link to the destination down?)",
-                    stall.as_secs()
-                ))
-            });
-            self.last_progress = Instant::now();
-        }
-    }
-
     /// The forecast of the rest of a pre-copy run, in the job and, one
     /// every `RECORD_EVERY_MS`, in its record of updates.
     fn follow(&mut self, info: &JobInfo) {
@@ -469,27 +455,6 @@ impl<'a> Watch<'a> {
             i.policy_last = Some(d.reason.clone());
             i.downtime_limit_ms = Some(downtime);
         });
-    }
-
-    /// A paused post-copy the operator does not hold: try to resume it.
-    async fn recover_postcopy(&mut self, info: &JobInfo) {
-        if info.qemu_status != MigrationStatus::PostcopyPaused
-            || *self.job.postcopy_hold.borrow()
-            || self.last_recovery.elapsed() <= RECOVER_EVERY
-        {
-            return;
-        }
-        self.last_recovery = Instant::now();
-        match super::postcopy::recover(self.agent, &self.job, &self.qmp).await {
-            Ok(()) => self.last_progress = Instant::now(),
-            Err(e) if !self.recovery_failed => {
-                self.recovery_failed = true;
-                self.job.event(format!(
-                    "post-copy paused: {e}; trying again until it answers"
-                ));
-            }
-            Err(_) => {}
-        }
     }
 
     /// `--timeout`: pause the guest, or switch to post-copy, once.
@@ -584,20 +549,6 @@ async fn with_final_figures(qmp: &tern_qemu::Qmp, mut q: serde_json::Value) -> s
     q
 }
 
-/// Whether a post-copy stopped moving for long enough to pause it (so it
-/// can be resumed when the link returns): pages stand still for `stall`
-/// while active, or a recovery's handshake hangs four times as long (it
-/// resends a bitmap first, slowly on a loaded host).
-fn postcopy_stalled(status: MigrationStatus, still: Duration, stall: Duration) -> bool {
-    match status {
-        MigrationStatus::PostcopyActive => still > stall,
-        MigrationStatus::PostcopyRecover | MigrationStatus::PostcopyRecoverSetup => {
-            still > stall * 4
-        }
-        _ => false,
-    }
-}
-
 /// QEMU lives but does not answer `query-migrate`: on a dead link its
 /// migration thread blocks in a send, and the main loop waits behind it.
 /// That QEMU is not lost (in post-copy it holds the guest's missing
@@ -667,33 +618,5 @@ async fn apply(qmp: &tern_qemu::Qmp, job: &Job, a: &Action) {
     };
     if let Err(e) = r {
         job.event(format!("policy step {a:?} refused by QEMU: {e}"));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_recovering_post_copy_gets_longer_than_an_active_one() {
-        let stall = Duration::from_secs(3);
-        let s = Duration::from_secs(4);
-        assert!(postcopy_stalled(MigrationStatus::PostcopyActive, s, stall));
-        assert!(!postcopy_stalled(
-            MigrationStatus::PostcopyRecover,
-            s,
-            stall
-        ));
-        assert!(postcopy_stalled(
-            MigrationStatus::PostcopyRecover,
-            Duration::from_secs(13),
-            stall
-        ));
-        assert!(!postcopy_stalled(
-            MigrationStatus::PostcopyPaused,
-            s * 10,
-            stall
-        ));
-        assert!(!postcopy_stalled(MigrationStatus::Active, s * 10, stall));
     }
 }
