@@ -194,13 +194,18 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
         log.matches("authz check for O=Tern,CN=viewer is denied")
             .count()
     };
+    // B's guard closes it before QEMU sees it: C is not the source host.
+    let c_addr = lab.host_addr(Side::C).to_string();
+    let b_events = || String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    let ev = b_events();
+    assert!(
+        ev.contains(&format!("guard closed a connection from {c_addr}:"))
+            && ev.contains("not an address of the source host"),
+        "{ev}"
+    );
     let qemu_log_path = b.state_dir().join("run").join(name).join("qemu.log");
     let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
-    assert_eq!(
-        denials(&log),
-        1,
-        "incoming port: B's QEMU did not deny by tls-authz:\n{log}"
-    );
+    assert_eq!(denials(&log), 0, "incoming port: C reached B's QEMU:\n{log}");
 
     // C without TLS: the NBD server insists on TLS.
     let e = nbd_from_c(&lab, &nbd, "drive-vda", None).unwrap_err();
@@ -211,10 +216,10 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
     let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
     assert_eq!(
         denials(&log),
-        2,
+        1,
         "NBD: B's QEMU did not deny by tls-authz:\n{log}"
     );
-    let b_events = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    let b_events = b_events();
     assert!(
         b_events.contains("only O=Tern,OU=Tern hosts,CN=dpa may connect"),
         "{b_events}"
@@ -262,16 +267,18 @@ fn a_silent_connection_does_not_stall_a_tls_migration() {
     let mut child = slow_tls_migration(&lab, &a, name);
     let incoming = wait_endpoint(&b, name, "QEMU listening on ", &mut child);
     let nbd = wait_endpoint(&a, name, "to nbd://", &mut child);
-    let silent: Vec<TcpStream> = [&incoming, &nbd]
+    // From C, and from A itself (the source host's address: the guard
+    // lets it in, then waits for its first bytes).
+    let silent: Vec<TcpStream> = [(Side::A, &incoming), (Side::C, &incoming), (Side::C, &nbd)]
         .iter()
-        .map(|ep| {
+        .map(|(side, ep)| {
             let addr: std::net::SocketAddr = ep.parse().unwrap();
-            lab.in_ns(Side::C, || TcpStream::connect(addr))
+            lab.in_ns(*side, || TcpStream::connect(addr))
                 .unwrap()
-                .unwrap_or_else(|e| panic!("C cannot connect to {ep}: {e}"))
+                .unwrap_or_else(|e| panic!("{side:?} cannot connect to {ep}: {e}"))
         })
         .collect();
-    eprintln!("silent connections from C to {incoming} (incoming) and {nbd} (NBD)");
+    eprintln!("silent connections from A and C to {incoming} (incoming), from C to {nbd} (NBD)");
 
     // Bounds only a stalled migration (it would wait forever).
     let deadline = Instant::now() + 3 * LONG;
@@ -295,7 +302,20 @@ fn a_silent_connection_does_not_stall_a_tls_migration() {
     );
     let mut silent = silent.into_iter();
     wait_closed_by_server(silent.next().unwrap(), LONG);
+    wait_closed_by_server(silent.next().unwrap(), LONG);
     drop(silent);
+    let ev = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    for (side, why) in [
+        (Side::A, "silent (or too slow) for the first bytes"),
+        (Side::C, "not an address of the source host"),
+    ] {
+        let from = format!("guard closed a connection from {}:", lab.host_addr(side));
+        assert!(
+            ev.lines().any(|l| l.contains(&from) && l.contains(why)),
+            "no '{from} ... {why}' in B's events:\n{ev}"
+        );
+    }
+    assert!(ev.contains("guard passed 1 stream(s) to QEMU"), "{ev}");
     assert_eq!(
         b.ok(&["domstate", name, "--reason"]).trim(),
         "running (migrated)"
