@@ -127,6 +127,25 @@ pub fn set_user(path: &Path, uid: u32, grant: bool) -> io::Result<()> {
     set(path, &encode(&next))
 }
 
+/// Takes away the entries of the named users `stale` picks (entries an
+/// agent that was killed with its QEMU left). Returns them.
+pub fn drop_users(path: &Path, stale: impl Fn(u32) -> bool) -> io::Result<Vec<u32>> {
+    let _lock = lock(path)?;
+    let Some(now) = get(path)?.and_then(|b| decode(&b)) else {
+        return Ok(Vec::new());
+    };
+    let gone: Vec<u32> = now
+        .iter()
+        .filter(|e| e.tag == USER && stale(e.id))
+        .map(|e| e.id)
+        .collect();
+    if !gone.is_empty() {
+        let next = gone.iter().fold(now, |acc, uid| with_user(&acc, *uid, None));
+        set(path, &encode(&next))?;
+    }
+    Ok(gone)
+}
+
 /// Named users that hold an entry on `path`.
 pub fn users(path: &Path) -> io::Result<Vec<u32>> {
     Ok(get(path)?

@@ -224,6 +224,11 @@ impl UidTable {
         Some(uid)
     }
 
+    /// Every uid held now.
+    pub fn held(&self) -> Vec<u32> {
+        self.lock().values().copied().collect()
+    }
+
     /// Frees the uids of domains `keep` does not name (agent start: the
     /// table may hold domains that ended while no agent ran).
     pub fn retain(&self, keep: &[Uuid]) -> Vec<(Uuid, u32)> {

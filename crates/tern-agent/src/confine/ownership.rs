@@ -131,6 +131,19 @@ impl Agent {
         for (uuid, uid) in table.retain(&keep) {
             tracing::info!(%uuid, uid, "guest uid of a domain gone while no agent ran released");
         }
+        // /dev/userfaultfd entries of this range's uids no guest holds.
+        let (range, held) = (table.range(), table.held());
+        let dev = Path::new("/dev/userfaultfd");
+        if dev.exists() {
+            let stale = |uid: u32| uid >= range.first && uid <= range.last && !held.contains(&uid);
+            match super::acl::drop_users(dev, stale) {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::info!(?gone, "stale /dev/userfaultfd entries of guest uids removed")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read /dev/userfaultfd's ACL"),
+            }
+        }
     }
 }
 
