@@ -128,7 +128,8 @@ pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()
     crate::confine::user::let_guests_through(&tpm_root, user.as_ref(), per_guest)
         .and_then(|()| crate::confine::user::hand_over_tree(&state, user.as_ref()))
         .map_err(|e| AgentError::state(&state, e))?;
-    crate::confine::user::hand_over_dir(&dir, user.as_ref()).map_err(|e| AgentError::state(&dir, e))?;
+    crate::confine::user::hand_over_dir(&dir, user.as_ref())
+        .map_err(|e| AgentError::state(&dir, e))?;
     let sock = swtpm_socket(run_dir);
     let _ = std::fs::remove_file(&sock);
     let mut cmd = tokio::process::Command::new("swtpm");

@@ -205,7 +205,11 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
     );
     let qemu_log_path = b.state_dir().join("run").join(name).join("qemu.log");
     let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
-    assert_eq!(denials(&log), 0, "incoming port: C reached B's QEMU:\n{log}");
+    assert_eq!(
+        denials(&log),
+        0,
+        "incoming port: C reached B's QEMU:\n{log}"
+    );
 
     // C without TLS: the NBD server insists on TLS.
     let e = nbd_from_c(&lab, &nbd, "drive-vda", None).unwrap_err();

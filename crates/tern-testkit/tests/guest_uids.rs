@@ -146,8 +146,7 @@ fn each_guest_has_its_own_uid_which_follows_a_storage_migration_and_is_released_
     let probe = runs.join("g1-group-probe");
     std::fs::write(&probe, b"g1's group only\n").unwrap();
     std::os::unix::fs::chown(&probe, Some(0), Some(c1.gid)).unwrap();
-    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o640))
-        .unwrap();
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     c1.open(&probe).expect("g1 reads a file of its group");
     denied(&c2, "a file of g1's group", &probe);
     let uuid2 = info(&h.a, "g2", "UUID").unwrap();

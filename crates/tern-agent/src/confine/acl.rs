@@ -48,7 +48,7 @@ pub fn from_mode(mode: u32) -> Vec<Entry> {
 
 /// Decodes the xattr; `None` if it is not a version-2 ACL.
 pub fn decode(b: &[u8]) -> Option<Vec<Entry>> {
-    if b.len() < 4 || (b.len() - 4) % 8 != 0 {
+    if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) {
         return None;
     }
     if u32::from_le_bytes(b[..4].try_into().ok()?) != VERSION {
@@ -140,7 +140,9 @@ pub fn drop_users(path: &Path, stale: impl Fn(u32) -> bool) -> io::Result<Vec<u3
         .map(|e| e.id)
         .collect();
     if !gone.is_empty() {
-        let next = gone.iter().fold(now, |acc, uid| with_user(&acc, *uid, None));
+        let next = gone
+            .iter()
+            .fold(now, |acc, uid| with_user(&acc, *uid, None));
         set(path, &encode(&next))?;
     }
     Ok(gone)

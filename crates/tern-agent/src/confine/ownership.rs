@@ -138,7 +138,10 @@ impl Agent {
             let stale = |uid: u32| uid >= range.first && uid <= range.last && !held.contains(&uid);
             match super::acl::drop_users(dev, stale) {
                 Ok(gone) if !gone.is_empty() => {
-                    tracing::info!(?gone, "stale /dev/userfaultfd entries of guest uids removed")
+                    tracing::info!(
+                        ?gone,
+                        "stale /dev/userfaultfd entries of guest uids removed"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read /dev/userfaultfd's ACL"),

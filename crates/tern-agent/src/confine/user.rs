@@ -2,8 +2,8 @@
 //!
 //! QEMU starts as root, opens what its command line names (disks, kernel,
 //! firmware, sockets, the console pty, /dev/kvm), then drops under seccomp
-//! (`-sandbox on`) to the guest's own uid with this user's group
-//! (`-run-with user=UID:GID`, see [`super::guest_uids`]), or to this user
+//! (`-sandbox on`) to the guest's own uid and group
+//! (`-run-with user=UID:UID`, see [`super::guest_uids`]), or to this user
 //! itself (`-run-with user=NAME`) when no uid range is configured. After
 //! that it can open nothing its uid may not: not another guest's disks,
 //! not the agent's state. The few files it must open later are handed to
@@ -11,7 +11,8 @@
 //! ([`give_back`]) when it no longer needs them: a disk attached live, a
 //! received volume, the TPM state, the migration TLS credentials while
 //! they are loaded, the directory `pmemsave` writes into; /dev/userfaultfd
-//! (post-copy) is open to the group.
+//! (post-copy) is open to the shared user's group, or to each incoming
+//! QEMU's own uid by an ACL entry ([`userfaultfd_for`]).
 //!
 //! `-sandbox` leaves `elevateprivileges` allowed: QEMU installs its filter
 //! before dropping privileges, and `elevateprivileges=deny` would kill it at

@@ -14,11 +14,23 @@ fn a_tls_stream_passes_only_with_a_whole_client_hello() {
     assert_eq!(judge(&h[..100], true), Verdict::Wait);
     assert_eq!(judge(&h, true), Verdict::Pass);
     assert!(matches!(judge(b"GET / HTTP/1.1", true), Verdict::Refuse(_)));
-    assert!(matches!(judge(&[22, 2, 0, 0, 1, 1], true), Verdict::Refuse(_)));
+    assert!(matches!(
+        judge(&[22, 2, 0, 0, 1, 1], true),
+        Verdict::Refuse(_)
+    ));
     // A ServerHello, or a record of length 0.
-    assert!(matches!(judge(&[22, 3, 3, 0, 4, 2], true), Verdict::Refuse(_)));
-    assert!(matches!(judge(&[22, 3, 3, 0, 0, 1], true), Verdict::Refuse(_)));
-    assert!(matches!(judge(&[22, 3, 3, 0xff, 0xff, 1], true), Verdict::Refuse(_)));
+    assert!(matches!(
+        judge(&[22, 3, 3, 0, 4, 2], true),
+        Verdict::Refuse(_)
+    ));
+    assert!(matches!(
+        judge(&[22, 3, 3, 0, 0, 1], true),
+        Verdict::Refuse(_)
+    ));
+    assert!(matches!(
+        judge(&[22, 3, 3, 0xff, 0xff, 1], true),
+        Verdict::Refuse(_)
+    ));
 }
 
 #[test]
@@ -115,18 +127,27 @@ async fn the_guard_relays_talkers_and_closes_the_silent() {
     .unwrap();
     let p = path.clone();
     let direct = tokio::task::spawn_blocking(move || {
-        through(Box::new(std::os::unix::net::UnixStream::connect(p).unwrap()))
+        through(Box::new(
+            std::os::unix::net::UnixStream::connect(p).unwrap(),
+        ))
     })
     .await
     .unwrap();
     eprintln!("256 MiB: through the guard {guarded:.0} MiB/s, straight to the unix socket {direct:.0} MiB/s");
-    assert!(g.summary().contains("passed 1 stream(s)"), "{}", g.summary());
+    assert!(
+        g.summary().contains("passed 1 stream(s)"),
+        "{}",
+        g.summary()
+    );
     assert!(g.summary().contains("closed 1 other"), "{}", g.summary());
     // Only one stream was wanted: the guard no longer listens.
     tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_ok() {
-            assert!(std::time::Instant::now() < deadline, "the guard still listens");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guard still listens"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     })
