@@ -60,8 +60,8 @@ fn this_host_has_its_loopback_address() {
 
 /// A unix "QEMU" that echoes, behind a guard on loopback: a silent client
 /// is closed, a client that sends is relayed both ways, the guard stops
-/// after `streams`. Also prints the relay's throughput next to a direct
-/// unix socket's (a figure, not an assertion).
+/// after `streams`. Also prints the relay's throughput next to the same
+/// sink reached straight over TCP and unix (figures, not assertions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_relays_talkers_and_closes_the_silent() {
     use std::io::{Read, Write};
@@ -70,24 +70,17 @@ async fn the_guard_relays_talkers_and_closes_the_silent() {
     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
-            let mut s = s.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 20];
-                let mut first = true;
-                let mut total = 0u64;
-                loop {
-                    let n = s.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        let _ = s.write_all(&total.to_be_bytes());
-                        return;
-                    }
-                    total += n as u64;
-                    if first {
-                        s.write_all(&buf[..n.min(8)]).unwrap();
-                        first = false;
-                    }
-                }
-            });
+            let s = s.unwrap();
+            std::thread::spawn(move || sink(s));
+        }
+    });
+    // The same sink on TCP: what QEMU was without the guard.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let s = s.unwrap();
+            std::thread::spawn(move || sink(s));
         }
     });
     let policy = Policy {
@@ -133,7 +126,15 @@ async fn the_guard_relays_talkers_and_closes_the_silent() {
     })
     .await
     .unwrap();
-    eprintln!("256 MiB: through the guard {guarded:.0} MiB/s, straight to the unix socket {direct:.0} MiB/s");
+    let plain = tokio::task::spawn_blocking(move || {
+        through(Box::new(std::net::TcpStream::connect(tcp_addr).unwrap()))
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "256 MiB: TCP through the guard to the unix sink {guarded:.0} MiB/s; \
+         TCP straight to the same sink {plain:.0} MiB/s; unix straight {direct:.0} MiB/s"
+    );
     assert!(
         g.summary().contains("passed 1 stream(s)"),
         "{}",
@@ -153,6 +154,26 @@ async fn the_guard_relays_talkers_and_closes_the_silent() {
     })
     .await
     .unwrap();
+}
+
+/// A "QEMU" that echoes the first 8 bytes it reads and, at the end, how
+/// many it read.
+fn sink(mut s: impl std::io::Read + std::io::Write) {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut first = true;
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            let _ = s.write_all(&total.to_be_bytes());
+            return;
+        }
+        total += n as u64;
+        if first {
+            s.write_all(&buf[..n.min(8)]).unwrap();
+            first = false;
+        }
+    }
 }
 
 trait ReadWrite: std::io::Read + std::io::Write {
