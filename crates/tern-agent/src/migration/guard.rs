@@ -18,8 +18,9 @@
 //! The bytes of a handed-over connection are moved by splice(2) (see
 //! [`splice`]): no copy through the agent. Handing the accepted socket
 //! itself to QEMU (`getfd` and `migrate-incoming fd:NAME`) would cost even
-//! less, but QEMU 10 refuses multifd on a socket fd, and one path for every
-//! migration is simpler to trust.
+//! less, but an `fd:` channel is one connection (QEMU's multifd over `fd:`
+//! is for files), so `--parallel` needs a listening socket, and one path
+//! for every migration is simpler to trust.
 
 mod splice;
 
