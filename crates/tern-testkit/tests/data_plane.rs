@@ -331,6 +331,51 @@ fn a_silent_connection_does_not_stall_a_tls_migration() {
     assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
 }
 
+/// `--tls --parallel`: the guard hands QEMU the main stream and each
+/// multifd channel (each opens with its own ClientHello), then stops
+/// listening; the guest goes on verifying its memory on B.
+#[test]
+fn a_tls_parallel_migration_passes_the_guard_with_every_channel() {
+    let test = "a_tls_parallel_migration_passes_the_guard_with_every_channel";
+    if skip_unless_root(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let pki = TestPki::new();
+    let (a, _ia) = agent(&lab, &pki, Side::A, "pga");
+    let (b, _ib) = agent(&lab, &pki, Side::B, "pgb");
+    let name = "pg1";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    a.define_guest(&GuestSpec::new(name, &img).workload("tern.mem=16 tern.verify_rate=8"));
+    a.ok(&["start", name]);
+    a.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+    let dest = format!("tern+tls://{}:16714/system", lab.host_addr(Side::B));
+    let out = a.tern(&[
+        "migrate",
+        "--live",
+        "--p2p",
+        "--tls",
+        "--parallel",
+        "--parallel-connections",
+        "3",
+        name,
+        &dest,
+    ]);
+    let ev = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\nB events:\n{ev}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ev.contains("guard passed 4 stream(s) to QEMU"), "{ev}");
+    let before = SerialLog::parse(&b.ok(&["console", name])).count("TERN-MEM ok");
+    let text = b.wait_console(name, LONG, "memory verified on B", |t| {
+        let l = SerialLog::parse(t);
+        l.count("TERN-MEM ok") > before || !l.failures.is_empty()
+    });
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
+
 /// A raw disk of `mib` MiB whose every 4 KiB block starts with `marker`
 /// (what an eavesdropper would look for), the rest pseudo-random.
 fn marked_disk(path: &std::path::Path, marker: &str, mib: usize) {
