@@ -130,9 +130,6 @@ pub async fn launch(agent: &Agent, d: &Domain, mode: LaunchMode) -> Result<Runni
     let user = agent.guest_user(d.uuid)?;
     if mode != LaunchMode::Incoming {
         crate::confine::ownership::reclaim(agent, d).await;
-    } else {
-        // A post-copy destination opens /dev/userfaultfd as the guest.
-        crate::confine::user::userfaultfd_for(user.as_ref(), true);
     }
     firmware::prepare_firmware(d)
         .map_err(|e| AgentError::Invalid(format!("domain '{}': {e}", d.name)))?;

@@ -3,7 +3,8 @@
 //! With a group per guest, nothing but an ACL entry can open one file to
 //! several guests' QEMUs: /dev/userfaultfd, which a post-copy
 //! destination's QEMU opens after it dropped to its own uid. The entry is
-//! added when an incoming QEMU starts and removed when it ends.
+//! added when the incoming QEMU of a post-copy migration starts and
+//! removed when it ends.
 //!
 //! The ACL is the kernel's `system.posix_acl_access` xattr (version 2,
 //! then entries of tag, permissions and id, little-endian, sorted by tag
@@ -208,17 +209,23 @@ fn set(path: &Path, value: &[u8]) -> io::Result<()> {
 
 /// An exclusive lock shared by every agent of this host for `path`.
 fn lock(path: &Path) -> io::Result<std::fs::File> {
-    let name = path.to_string_lossy().replace('/', "_");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(format!("/run/tern-acl{name}.lock"))?;
+        .open(lock_path(path))?;
     // SAFETY: flock on a descriptor we own; released when `f` is dropped.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(f)
+}
+
+/// The lock file of `path` (for /dev/userfaultfd:
+/// `/run/tern-acl_dev_userfaultfd.lock`).
+fn lock_path(path: &Path) -> String {
+    let name = path.to_string_lossy().replace('/', "_");
+    format!("/run/tern-acl{name}.lock")
 }
 
 #[cfg(test)]
@@ -261,5 +268,6 @@ mod tests {
         assert_eq!(users(&f).unwrap(), [1900009999]);
         set_user(&f, 1900009999, false).unwrap();
         assert!(users(&f).unwrap().is_empty());
+        let _ = std::fs::remove_file(lock_path(&f));
     }
 }

@@ -221,7 +221,7 @@ pub fn qemu_dir(run_dir: &Path, user: Option<&QemuUser>) -> std::io::Result<Path
 }
 
 /// Lets the guest's own uid open /dev/userfaultfd (an ACL entry), for an
-/// incoming QEMU that may have to take post-copy pages; `grant: false`
+/// incoming QEMU of a post-copy migration; `grant: false`
 /// takes the entry away when that QEMU ends. Nothing to do for the shared
 /// user (its group may, [`grant_userfaultfd`]). Logged, never fatal: only
 /// post-copy depends on it.

@@ -87,6 +87,11 @@ async fn start_incoming(
     drop(e);
 
     let o = &req.options;
+    if o.postcopy {
+        // QEMU opens /dev/userfaultfd as the guest (it checks already when
+        // the capability is set); the entry goes when this QEMU ends.
+        crate::confine::user::userfaultfd_for(agent.held_user(slot.uuid).as_ref(), true);
+    }
     let mut caps = o.shared_capabilities();
     caps.push(("events", true));
     set_capabilities(&qmp, &caps).await?;
