@@ -13,7 +13,8 @@
 //! [`FIRST_BYTES`] and look right (a whole TLS handshake record holding a
 //! ClientHello with `--tls`, any byte without); others are closed. Once as
 //! many streams as the migration opens (1, plus the multifd channels) were
-//! handed over, the guard stops listening.
+//! handed over, the guard stops listening. Post-copy recovery gets a guard
+//! of its own ([`recovery`]).
 //!
 //! The bytes of a handed-over connection are moved by splice(2) (see
 //! [`splice`]): no copy through the agent. Handing the accepted socket
@@ -326,6 +327,42 @@ pub(super) async fn incoming(
     let guard = Guard::start(listen, ports, sock, policy, events).await?;
     let port = guard.port();
     job.set_tunnel(super::tunnel::Ends::Guard(guard));
+    Ok(port)
+}
+
+/// How long a recovery's guard waits for its one stream.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Destination, post-copy recovery: a guard in front of the unix socket
+/// `migrate-recover` made QEMU listen on, for one stream, from any address
+/// (the job that knew the source's may be gone); it stops listening after
+/// that stream or [`RECOVERY_WINDOW`]. Returns its port.
+pub(super) async fn recovery(
+    agent: &crate::Agent,
+    domain: &str,
+    qemu: PathBuf,
+    tls: bool,
+) -> Result<u16> {
+    let policy = Policy {
+        tls,
+        peers: Vec::new(),
+        streams: 1,
+    };
+    let name = domain.to_string();
+    let events = Arc::new(move |m: String| tracing::info!(domain = %name, "{m}"));
+    let guard = Guard::start(
+        &agent.migration_bind_address(),
+        agent.cfg.migration_ports.clone(),
+        qemu,
+        policy,
+        events,
+    )
+    .await?;
+    let port = guard.port();
+    tokio::spawn(async move {
+        tokio::time::sleep(RECOVERY_WINDOW).await;
+        drop(guard);
+    });
     Ok(port)
 }
 
