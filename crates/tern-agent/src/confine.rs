@@ -9,6 +9,7 @@
 //! that owns only its own domain's files while it runs ([`guest_uids`],
 //! [`ownership`]).
 
+pub mod acl;
 pub mod guest_uids;
 pub mod ownership;
 pub mod paths;
@@ -118,7 +119,7 @@ pub fn hand_over_disk(
     };
     let give = || -> std::io::Result<()> {
         if let Some(dir) = src.parent() {
-            user::let_through(dir, user)?;
+            user::let_guests_through(dir, user, user.is_some_and(|u| u.own))?;
         }
         user::hand_over(src, user)
     };

@@ -122,10 +122,14 @@ pub async fn start_swtpm(agent: &Agent, d: &Domain, run_dir: &Path) -> Result<()
     let dir = swtpm_dir(run_dir);
     std::fs::create_dir_all(&dir).map_err(|e| AgentError::state(&dir, e))?;
     let user = agent.guest_user(d.uuid)?;
-    for p in [&state, &dir] {
-        crate::confine::user::hand_over_dir(p, user.as_ref())
-            .map_err(|e| AgentError::state(p, e))?;
-    }
+    // `<state>/tpm` holds every guest's state: all may pass, none list.
+    let tpm_root = agent.cfg.state_dir.join("tpm");
+    let per_guest = user.as_ref().is_some_and(|u| u.own);
+    crate::confine::user::let_guests_through(&tpm_root, user.as_ref(), per_guest)
+        .and_then(|()| crate::confine::user::hand_over_tree(&state, user.as_ref()))
+        .map_err(|e| AgentError::state(&state, e))?;
+    crate::confine::user::hand_over_dir(&dir, user.as_ref())
+        .map_err(|e| AgentError::state(&dir, e))?;
     let sock = swtpm_socket(run_dir);
     let _ = std::fs::remove_file(&sock);
     let mut cmd = tokio::process::Command::new("swtpm");

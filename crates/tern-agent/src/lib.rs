@@ -100,9 +100,10 @@ impl Agent {
         let guest_uids =
             confine::ownership::open_table(&cfg.server.qemu, qemu_user.as_ref(), &cfg.state_dir)?;
         for dir in [cfg.state_dir.clone(), layout.runs()] {
-            confine::user::let_through(&dir, qemu_user.as_ref()).map_err(|e| {
-                anyhow::anyhow!("cannot let QEMU's user through {}: {e}", dir.display())
-            })?;
+            let per_guest = guest_uids.is_some();
+            confine::user::let_guests_through(&dir, qemu_user.as_ref(), per_guest).map_err(
+                |e| anyhow::anyhow!("cannot let QEMU's user through {}: {e}", dir.display()),
+            )?;
         }
         let pools = pools::Pools::load(layout.pools());
         let networks = networks::Networks::load(layout.networks());

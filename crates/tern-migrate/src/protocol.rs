@@ -163,6 +163,10 @@ pub struct BeginReply {
     /// another cluster (issue 21).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub ceph_fsids: std::collections::BTreeMap<String, String>,
+    /// The source host's own addresses: the destination's guard hands
+    /// QEMU only connections from these (empty: from any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// How one disk's contents reach the destination.
@@ -303,6 +307,9 @@ pub struct PrepareRequest {
     /// [`BeginReply::ceph_fsids`], relayed by the driver.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub source_ceph_fsids: std::collections::BTreeMap<String, String>,
+    /// [`BeginReply::addresses`], relayed by the driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Where to send memory.

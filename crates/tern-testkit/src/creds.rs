@@ -134,3 +134,70 @@ pub fn owned_by(dir: &Path, uid: u32) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Removes the /dev/userfaultfd ACL entries of uids `first..=last` (what a
+/// post-copy destination's agent grants its guest and, killed by a test
+/// before the guest ended, cannot take back).
+pub fn forget_userfaultfd_entries(first: u32, last: u32) {
+    use std::ffi::CString;
+    let dev = CString::new("/dev/userfaultfd").unwrap();
+    let name = CString::new("system.posix_acl_access").unwrap();
+    // The lock the agents take for the same file (tern_agent::confine::acl).
+    let Ok(lock) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/tern-acl_dev_userfaultfd.lock")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; released when `lock` drops.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: NUL-terminated strings; `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            dev.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 12 {
+        return;
+    }
+    let (head, body) = buf[..n as usize].split_at(4);
+    let mut entries: Vec<[u8; 8]> = body
+        .chunks_exact(8)
+        .map(|c| c.try_into().unwrap())
+        .collect();
+    let user = |e: &[u8; 8]| u16::from_le_bytes([e[0], e[1]]) == 0x02;
+    let id = |e: &[u8; 8]| u32::from_le_bytes(e[4..8].try_into().unwrap());
+    let before = entries.len();
+    entries.retain(|e| !(user(e) && (first..=last).contains(&id(e))));
+    if entries.len() == before {
+        return;
+    }
+    if !entries
+        .iter()
+        .any(|e| user(e) || u16::from_le_bytes([e[0], e[1]]) == 0x08)
+    {
+        // No named entry left: no mask either (a plain mode again).
+        entries.retain(|e| u16::from_le_bytes([e[0], e[1]]) != 0x10);
+    }
+    let mut out = head.to_vec();
+    for e in &entries {
+        out.extend_from_slice(e);
+    }
+    // SAFETY: NUL-terminated strings; `out` is readable for its length.
+    unsafe {
+        libc::setxattr(
+            dev.as_ptr(),
+            name.as_ptr(),
+            out.as_ptr().cast(),
+            out.len(),
+            0,
+        );
+    }
+}

@@ -444,6 +444,8 @@ impl Drop for TernHost {
             }
         }
         self.kill9();
+        let (first, last) = crate::creds::test_uid_range(&self.root);
+        crate::creds::forget_userfaultfd_entries(first, last);
         // Taps created for bridged guests are named tn<hosttag>...; the
         // agent removes them when it sees QEMU end, which it no longer can.
         // They are cleaned by the namespace helpers that created bridges.

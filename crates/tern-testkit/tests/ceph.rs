@@ -458,6 +458,7 @@ fn a_destination_whose_monitors_are_another_cluster_is_refused_by_fsid() {
         source_tls_identity: None,
         source_nvram_dir: None,
         source_ceph_fsids: [("vda".to_string(), other.to_string())].into(),
+        source_addresses: Vec::new(),
     };
     let e = raw_prepare(&h, req).expect_err("another cluster's disk was accepted");
     assert!(

@@ -8,9 +8,11 @@
 //! The migration then completes and the guest verifies its disk on B.
 //! Needs root (namespaces); skips otherwise.
 
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_testkit::capture::Capture;
+use tern_testkit::flood::wait_closed_by_server;
 use tern_testkit::netns::{skip_unless_root, Lab, Side, LINK_IF};
 use tern_testkit::pki::TestPki;
 use tern_testkit::{bin, build_or_reuse, BuildOptions, GuestSpec, SerialLog, TernHost, TestDisk};
@@ -111,6 +113,43 @@ fn listeners(lab: &Lab, side: Side, port: &str) -> Vec<String> {
         .collect()
 }
 
+/// Starts guest `name` on `a` with a 24 MiB qcow2 disk in pool "images"
+/// (at `pool`) that it keeps writing and verifying; waits for its first
+/// disk check.
+fn start_disk_guest(a: &TernHost, pool: &std::path::Path, name: &str) {
+    let vol = format!("{name}.qcow2");
+    a.ok(&["vol-create-as", "images", &vol, "24M", "--format", "qcow2"]);
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    let mut spec = GuestSpec::new(name, &img).workload(
+        "tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=16 tern.disk_rate=64 tern.verify_rate=8",
+    );
+    spec.disks.push(TestDisk {
+        path: pool.join(&vol),
+        format: "qcow2".into(),
+        target: "vda".into(),
+        cache: "none".into(),
+    });
+    a.define_guest(&spec);
+    a.ok(&["start", name]);
+    a.wait_console(name, LONG, "disk writes", |t| {
+        SerialLog::parse(t).count("TERN-DISK ok") >= 1
+    });
+}
+
+/// A slow `--tls` live migration with storage of `name` from A to B,
+/// driven by A (`--p2p`: only A reaches B's address): the disk mirror
+/// takes seconds before memory flows, so both of B's ports wait a while.
+fn slow_tls_migration(lab: &Lab, a: &TernHost, name: &str) -> Child {
+    let dest = format!("tern+tls://{}:16714/system", lab.host_addr(Side::B));
+    Command::new(bin("tern"))
+        .args(["-c", &a.uri(), "migrate", "--live", "--p2p", "--tls"])
+        .args(["--copy-storage-all", "--bandwidth", "2", name, &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
     let test = "tls_migration_listeners_refuse_other_namespaces_and_other_identities";
@@ -122,40 +161,8 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
     let (a, ia) = agent(&lab, &pki, Side::A, "dpa");
     let (b, _ib) = agent(&lab, &pki, Side::B, "dpb");
     let name = "dp1";
-    a.ok(&[
-        "vol-create-as",
-        "images",
-        "dp1.qcow2",
-        "24M",
-        "--format",
-        "qcow2",
-    ]);
-    let img = build_or_reuse(&BuildOptions::default()).unwrap();
-    let mut spec = GuestSpec::new(name, &img).workload(
-        "tern.mem=16 tern.dirty=0 tern.disk=/dev/vda tern.disk_mb=16 tern.disk_rate=64 tern.verify_rate=8",
-    );
-    spec.disks.push(TestDisk {
-        path: ia.path().join("dp1.qcow2"),
-        format: "qcow2".into(),
-        target: "vda".into(),
-        cache: "none".into(),
-    });
-    a.define_guest(&spec);
-    a.ok(&["start", name]);
-    a.wait_console(name, LONG, "disk writes", |t| {
-        SerialLog::parse(t).count("TERN-DISK ok") >= 1
-    });
-
-    // A slow --tls migration with storage, driven by A (--p2p: only A
-    // reaches B's address).
-    let dest = format!("tern+tls://{}:16714/system", lab.host_addr(Side::B));
-    let mut child = Command::new(bin("tern"))
-        .args(["-c", &a.uri(), "migrate", "--live", "--p2p", "--tls"])
-        .args(["--copy-storage-all", "--bandwidth", "2", name, &dest])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    start_disk_guest(&a, ia.path(), name);
+    let mut child = slow_tls_migration(&lab, &a, name);
     let incoming = wait_endpoint(&b, name, "QEMU listening on ", &mut child);
     let nbd = wait_endpoint(&a, name, "to nbd://", &mut child);
     let b_addr = lab.host_addr(Side::B).to_string();
@@ -187,12 +194,21 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
         log.matches("authz check for O=Tern,CN=viewer is denied")
             .count()
     };
+    // B's guard closes it before QEMU sees it: C is not the source host.
+    let c_addr = lab.host_addr(Side::C).to_string();
+    let b_events = || String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    let ev = b_events();
+    assert!(
+        ev.contains(&format!("guard closed a connection from {c_addr}:"))
+            && ev.contains("not an address of the source host"),
+        "{ev}"
+    );
     let qemu_log_path = b.state_dir().join("run").join(name).join("qemu.log");
     let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
     assert_eq!(
         denials(&log),
-        1,
-        "incoming port: B's QEMU did not deny by tls-authz:\n{log}"
+        0,
+        "incoming port: C reached B's QEMU:\n{log}"
     );
 
     // C without TLS: the NBD server insists on TLS.
@@ -204,10 +220,10 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
     let log = std::fs::read_to_string(&qemu_log_path).unwrap_or_default();
     assert_eq!(
         denials(&log),
-        2,
+        1,
         "NBD: B's QEMU did not deny by tls-authz:\n{log}"
     );
-    let b_events = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    let b_events = b_events();
     assert!(
         b_events.contains("only O=Tern,OU=Tern hosts,CN=dpa may connect"),
         "{b_events}"
@@ -229,6 +245,133 @@ fn tls_migration_listeners_refuse_other_namespaces_and_other_identities() {
     let text = b.wait_console(name, LONG, "disk verified on B", |t| {
         let l = SerialLog::parse(t);
         l.count("TERN-DISK ok") >= 3 || !l.failures.is_empty()
+    });
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
+
+/// One silent TCP connection from C to B's incoming-migration port (and
+/// one to its NBD port), opened while the migration waits and kept open:
+/// QEMU does the incoming TLS handshake on its main loop with a blocking
+/// socket, so with QEMU listening there itself the migration stayed in
+/// `setup` for as long as the connection stayed open. The agent's guard
+/// in front of the port closes the silent connection; the migration
+/// completes and the guest verifies its disk on B.
+#[test]
+fn a_silent_connection_does_not_stall_a_tls_migration() {
+    let test = "a_silent_connection_does_not_stall_a_tls_migration";
+    if skip_unless_root(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let pki = TestPki::new();
+    let (a, ia) = agent(&lab, &pki, Side::A, "sga");
+    let (b, _ib) = agent(&lab, &pki, Side::B, "sgb");
+    let name = "sg1";
+    start_disk_guest(&a, ia.path(), name);
+    let mut child = slow_tls_migration(&lab, &a, name);
+    let incoming = wait_endpoint(&b, name, "QEMU listening on ", &mut child);
+    let nbd = wait_endpoint(&a, name, "to nbd://", &mut child);
+    // From C, and from A itself (the source host's address: the guard
+    // lets it in, then waits for its first bytes).
+    let silent: Vec<TcpStream> = [(Side::A, &incoming), (Side::C, &incoming), (Side::C, &nbd)]
+        .iter()
+        .map(|(side, ep)| {
+            let addr: std::net::SocketAddr = ep.parse().unwrap();
+            lab.in_ns(*side, || TcpStream::connect(addr))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{side:?} cannot connect to {ep}: {e}"))
+        })
+        .collect();
+    eprintln!("silent connections from A and C to {incoming} (incoming), from C to {nbd} (NBD)");
+
+    // Bounds only a stalled migration (it would wait forever).
+    let deadline = Instant::now() + 3 * LONG;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "the migration stalled with a silent connection open\nA events:\n{}\nB events:\n{}",
+                a.ok(&["domjobevents", name]),
+                String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "migration failed: {}\nB events:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout)
+    );
+    let mut silent = silent.into_iter();
+    wait_closed_by_server(silent.next().unwrap(), LONG);
+    wait_closed_by_server(silent.next().unwrap(), LONG);
+    drop(silent);
+    let ev = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    for (side, why) in [
+        (Side::A, "silent (or too slow) for the first bytes"),
+        (Side::C, "not an address of the source host"),
+    ] {
+        let from = format!("guard closed a connection from {}:", lab.host_addr(side));
+        assert!(
+            ev.lines().any(|l| l.contains(&from) && l.contains(why)),
+            "no '{from} ... {why}' in B's events:\n{ev}"
+        );
+    }
+    assert!(ev.contains("guard passed 1 stream(s) to QEMU"), "{ev}");
+    assert_eq!(
+        b.ok(&["domstate", name, "--reason"]).trim(),
+        "running (migrated)"
+    );
+    let text = b.wait_console(name, LONG, "disk verified on B", |t| {
+        let l = SerialLog::parse(t);
+        l.count("TERN-DISK ok") >= 3 || !l.failures.is_empty()
+    });
+    assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
+}
+
+/// `--tls --parallel`: the guard hands QEMU the main stream and each
+/// multifd channel (each opens with its own ClientHello), then stops
+/// listening; the guest goes on verifying its memory on B.
+#[test]
+fn a_tls_parallel_migration_passes_the_guard_with_every_channel() {
+    let test = "a_tls_parallel_migration_passes_the_guard_with_every_channel";
+    if skip_unless_root(test) {
+        return;
+    }
+    let lab = Lab::start();
+    let pki = TestPki::new();
+    let (a, _ia) = agent(&lab, &pki, Side::A, "pga");
+    let (b, _ib) = agent(&lab, &pki, Side::B, "pgb");
+    let name = "pg1";
+    let img = build_or_reuse(&BuildOptions::default()).unwrap();
+    a.define_guest(&GuestSpec::new(name, &img).workload("tern.mem=16 tern.verify_rate=8"));
+    a.ok(&["start", name]);
+    a.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
+    let dest = format!("tern+tls://{}:16714/system", lab.host_addr(Side::B));
+    let out = a.tern(&[
+        "migrate",
+        "--live",
+        "--p2p",
+        "--tls",
+        "--parallel",
+        "--parallel-connections",
+        "3",
+        name,
+        &dest,
+    ]);
+    let ev = String::from_utf8_lossy(&b.tern(&["domjobevents", name]).stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\nB events:\n{ev}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ev.contains("guard passed 4 stream(s) to QEMU"), "{ev}");
+    let before = SerialLog::parse(&b.ok(&["console", name])).count("TERN-MEM ok");
+    let text = b.wait_console(name, LONG, "memory verified on B", |t| {
+        let l = SerialLog::parse(t);
+        l.count("TERN-MEM ok") > before || !l.failures.is_empty()
     });
     assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
 }

@@ -40,6 +40,7 @@ fn creds(h: &TernHost, name: &str) -> Creds {
         "{name}'s label"
     );
     assert_eq!(c.groups, [c.gid], "{name}: the one group -run-with sets");
+    assert_eq!(c.gid, c.uid, "{name}: its own group, numbered as its uid");
     let (first, last) = test_uid_range(&h.root);
     assert!((first..=last).contains(&c.uid), "{name}: uid {}", c.uid);
     c
@@ -136,10 +137,18 @@ fn each_guest_has_its_own_uid_which_follows_a_storage_migration_and_is_released_
     h.a.ok(&["start", "g1"]);
     h.a.ok(&["start", "g2"]);
 
-    // Two QEMUs, two uids of the host's range, one shared group.
+    // Two QEMUs, two uids of the host's range, two groups.
     let (c1, c2) = (creds(&h.a, "g1"), creds(&h.a, "g2"));
     assert_ne!(c1.uid, c2.uid);
-    assert_eq!(c1.gid, c2.gid);
+    assert_ne!(c1.gid, c2.gid);
+    // What g1's group may read, g1 alone reads.
+    let runs = h.a.state_dir().join("run");
+    let probe = runs.join("g1-group-probe");
+    std::fs::write(&probe, b"g1's group only\n").unwrap();
+    std::os::unix::fs::chown(&probe, Some(0), Some(c1.gid)).unwrap();
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    c1.open(&probe).expect("g1 reads a file of its group");
+    denied(&c2, "a file of g1's group", &probe);
     let uuid2 = info(&h.a, "g2", "UUID").unwrap();
     let tpm2 = h.a.state_dir().join("tpm").join(&uuid2);
     let swtpm = pids_of("swtpm", &tpm2.display().to_string());

@@ -40,6 +40,7 @@ fn request(name: &str, disks: Vec<DiskCopy>, o: MigrateOptions) -> PrepareReques
         source_tls_identity: None,
         source_nvram_dir: None,
         source_ceph_fsids: Default::default(),
+        source_addresses: Vec::new(),
     }
 }
 

@@ -7,10 +7,10 @@
 //! each domain gets a uid of its own from `[qemu] uid_range`, kept in
 //! `<state>/qemu-uids.json` from its first start until it is undefined (a
 //! restarted agent keeps it; a transient domain gives it back when it
-//! ends). The group stays the QEMU user's (`tern-qemu`): QEMU's numeric
-//! `-run-with user=UID:GID` sets that one group, which carries only the
-//! passage through the agent's directories and /dev/userfaultfd; no file
-//! handed to a guest grants its group anything.
+//! ends). Its gid is the same number (`-run-with user=UID:UID` sets that
+//! one group), so no two guests share a group either: directories every
+//! guest passes get others' search bit, and /dev/userfaultfd an ACL entry
+//! per incoming QEMU (`super::acl`).
 //!
 //! Uids are host-local: they never travel in the migration protocol, and a
 //! destination picks its own.
@@ -222,6 +222,11 @@ impl UidTable {
             tracing::warn!(error = %e, "cannot record a released guest uid");
         }
         Some(uid)
+    }
+
+    /// Every uid held now.
+    pub fn held(&self) -> Vec<u32> {
+        self.lock().values().copied().collect()
     }
 
     /// Frees the uids of domains `keep` does not name (agent start: the

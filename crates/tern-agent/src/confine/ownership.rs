@@ -45,6 +45,8 @@ pub fn open_table(
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     range.check_free(&read("/etc/passwd"), &read("/etc/subuid"), "user")?;
     range.check_free("", &read("/etc/subgid"), "subgid")?;
+    // Each guest's gid is its uid: no group of this host may hold one.
+    range.check_free(&read("/etc/group"), "", "group")?;
     Ok(Some(UidTable::open(
         &state_dir.join("qemu-uids.json"),
         range,
@@ -97,11 +99,11 @@ impl Agent {
     /// libvirt's DAC label of a domain holding a uid: `+UID:+GID`.
     pub fn security_label(&self, uuid: Uuid) -> Option<String> {
         let shared = self.qemu_user.as_ref()?;
-        let uid = match &self.guest_uids {
-            Some(t) => t.get(uuid)?,
-            None => shared.uid,
+        let (uid, gid) = match &self.guest_uids {
+            Some(t) => t.get(uuid).map(|u| (u, u))?,
+            None => (shared.uid, shared.gid),
         };
-        Some(format!("+{uid}:+{}", shared.gid))
+        Some(format!("+{uid}:+{gid}"))
     }
 
     /// Removes a domain's slot and, when no slot of that uuid is left,
@@ -128,6 +130,22 @@ impl Agent {
         let keep: Vec<Uuid> = self.domains.all().iter().map(|s| s.uuid).collect();
         for (uuid, uid) in table.retain(&keep) {
             tracing::info!(%uuid, uid, "guest uid of a domain gone while no agent ran released");
+        }
+        // /dev/userfaultfd entries of this range's uids no guest holds.
+        let (range, held) = (table.range(), table.held());
+        let dev = Path::new("/dev/userfaultfd");
+        if dev.exists() {
+            let stale = |uid: u32| uid >= range.first && uid <= range.last && !held.contains(&uid);
+            match super::acl::drop_users(dev, stale) {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::info!(
+                        ?gone,
+                        "stale /dev/userfaultfd entries of guest uids removed"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read /dev/userfaultfd's ACL"),
+            }
         }
     }
 }
@@ -157,6 +175,7 @@ async fn domain_paths(agent: &Agent, d: &Domain) -> Vec<PathBuf> {
 /// domain's files; called when that QEMU has ended.
 pub async fn give_back_domain(agent: &Agent, d: &Domain, user: Option<&QemuUser>) {
     let Some(u) = user else { return };
+    user::userfaultfd_for(Some(u), false);
     for p in domain_paths(agent, d).await {
         match user::give_back(&p, u.uid) {
             Ok(0) => {}

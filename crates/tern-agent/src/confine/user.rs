@@ -2,8 +2,8 @@
 //!
 //! QEMU starts as root, opens what its command line names (disks, kernel,
 //! firmware, sockets, the console pty, /dev/kvm), then drops under seccomp
-//! (`-sandbox on`) to the guest's own uid with this user's group
-//! (`-run-with user=UID:GID`, see [`super::guest_uids`]), or to this user
+//! (`-sandbox on`) to the guest's own uid and group
+//! (`-run-with user=UID:UID`, see [`super::guest_uids`]), or to this user
 //! itself (`-run-with user=NAME`) when no uid range is configured. After
 //! that it can open nothing its uid may not: not another guest's disks,
 //! not the agent's state. The few files it must open later are handed to
@@ -11,7 +11,8 @@
 //! ([`give_back`]) when it no longer needs them: a disk attached live, a
 //! received volume, the TPM state, the migration TLS credentials while
 //! they are loaded, the directory `pmemsave` writes into; /dev/userfaultfd
-//! (post-copy) is open to the group.
+//! (post-copy) is open to the shared user's group, or to each incoming
+//! QEMU's own uid by an ACL entry ([`userfaultfd_for`]).
 //!
 //! `-sandbox` leaves `elevateprivileges` allowed: QEMU installs its filter
 //! before dropping privileges, and `elevateprivileges=deny` would kill it at
@@ -33,15 +34,20 @@ pub struct QemuUser {
     pub uid: u32,
     /// Its primary gid.
     pub gid: u32,
+    /// A guest's own uid and group (not the shared user): directories
+    /// several guests pass through cannot use its group.
+    pub own: bool,
 }
 
 impl QemuUser {
-    /// A guest's own identity: its `uid` with this user's group.
+    /// A guest's own identity: its `uid`, and a group of the same number
+    /// that no other guest has.
     pub fn guest(&self, uid: u32) -> QemuUser {
         QemuUser {
-            name: format!("{uid}:{}", self.gid),
+            name: format!("{uid}:{uid}"),
             uid,
-            gid: self.gid,
+            gid: uid,
+            own: true,
         }
     }
 }
@@ -82,6 +88,7 @@ pub fn lookup(settings: &QemuSettings) -> Result<Option<QemuUser>, UserError> {
         name: pw_name.to_string_lossy().into_owned(),
         uid,
         gid,
+        own: false,
     }))
 }
 
@@ -145,6 +152,8 @@ pub fn give_back(path: &Path, uid: u32) -> std::io::Result<usize> {
 
 /// Lets QEMU's group pass through `dir` (group-owned, mode 0710: search
 /// but not list), so it reaches the one directory handed to it below.
+/// Only for a directory of one guest (its run directory), or of all when
+/// they share the QEMU user's group; see [`let_guests_through`].
 pub fn let_through(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let Some(u) = user else { return Ok(()) };
@@ -152,8 +161,34 @@ pub fn let_through(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
 }
 
+/// Lets every guest's QEMU pass through `dir`, a directory several guests
+/// use (the state and run directories, `<state>/tpm`, a pool directory
+/// holding hot-plugged disks). `per_guest`: each guest has its own group,
+/// so only the others' search bit can serve them all (added to the mode,
+/// nothing else changes: search, not list); else the shared QEMU user's
+/// group, as [`let_through`].
+pub fn let_guests_through(
+    dir: &Path,
+    user: Option<&QemuUser>,
+    per_guest: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if user.is_none() {
+        return Ok(());
+    }
+    if !per_guest {
+        return let_through(dir, user);
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))?;
+    }
+    Ok(())
+}
+
 /// [`hand_over`] of a directory in a run directory and of the files
-/// directly in it; the run directory lets QEMU's group through.
+/// directly in it; the run directory (the guest's own) lets QEMU's group
+/// through.
 pub fn hand_over_dir(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
     if user.is_none() {
         return Ok(());
@@ -161,6 +196,11 @@ pub fn hand_over_dir(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()>
     if let Some(run_dir) = dir.parent() {
         let_through(run_dir, user)?;
     }
+    hand_over_tree(dir, user)
+}
+
+/// [`hand_over`] of a directory and of the files directly in it.
+pub fn hand_over_tree(dir: &Path, user: Option<&QemuUser>) -> std::io::Result<()> {
     hand_over(dir, user)?;
     for e in std::fs::read_dir(dir)? {
         hand_over(&e?.path(), user)?;
@@ -178,6 +218,24 @@ pub fn qemu_dir(run_dir: &Path, user: Option<&QemuUser>) -> std::io::Result<Path
     }
     hand_over_dir(&dir, user)?;
     Ok(dir)
+}
+
+/// Lets the guest's own uid open /dev/userfaultfd (an ACL entry), for an
+/// incoming QEMU of a post-copy migration; `grant: false`
+/// takes the entry away when that QEMU ends. Nothing to do for the shared
+/// user (its group may, [`grant_userfaultfd`]). Logged, never fatal: only
+/// post-copy depends on it.
+pub fn userfaultfd_for(user: Option<&QemuUser>, grant: bool) {
+    let Some(u) = user.filter(|u| u.own) else {
+        return;
+    };
+    let dev = Path::new("/dev/userfaultfd");
+    if !dev.exists() {
+        return;
+    }
+    if let Err(e) = super::acl::set_user(dev, u.uid, grant) {
+        tracing::warn!(error = %e, uid = u.uid, grant, "cannot change /dev/userfaultfd's ACL; post-copy into this guest may fail");
+    }
 }
 
 /// Lets QEMU's group open /dev/userfaultfd, which a post-copy destination

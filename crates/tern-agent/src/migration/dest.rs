@@ -64,6 +64,11 @@ async fn start_incoming(
     drop(e);
 
     let o = &req.options;
+    if o.postcopy {
+        // QEMU opens /dev/userfaultfd as the guest (it checks already when
+        // the capability is set); the entry goes when this QEMU ends.
+        crate::confine::user::userfaultfd_for(agent.held_user(slot.uuid).as_ref(), true);
+    }
     let mut caps = o.shared_capabilities();
     caps.push(("events", true));
     set_capabilities(&qmp, &caps).await?;
@@ -118,32 +123,12 @@ async fn start_incoming(
     if o.tunnelled {
         return tunnelled_incoming(agent, &qmp, req, job, &listen, &advertise).await;
     }
-    let (first, last) = match wanted.as_ref().and_then(|w| w.port) {
-        Some(p) => (p, p),
-        None => (
-            *agent.cfg.migration_ports.start(),
-            *agent.cfg.migration_ports.end(),
-        ),
+    let ports = match wanted.as_ref().and_then(|w| w.port) {
+        Some(p) => p..=p,
+        None => agent.cfg.migration_ports.clone(),
     };
-    // QEMU walks the range and binds the first free port itself: probing a
-    // port here and handing it over would race every other process on
-    // this machine (another agent's QEMU or NBD server, an outgoing
-    // connection's ephemeral port), and a failed `migrate-incoming` leaves
-    // QEMU's incoming state at "setup", refusing every retry.
-    let channel = json!([{
-        "channel-type": "main",
-        "addr": {"transport": "socket", "type": "inet", "host": listen,
-                 "port": first.to_string(), "to": last},
-    }]);
-    qmp.execute("migrate-incoming", Some(json!({ "channels": channel })))
-        .await
-        .map_err(|e| {
-            AgentError::Failed(format!(
-                "the destination QEMU could not listen for migration on {listen} ports \
-                 {first}-{last}: {e}"
-            ))
-        })?;
-    let port = listening_port(&qmp).await?;
+    // QEMU listens on a unix socket; the agent's guard on the network.
+    let port = super::guard::incoming(agent, &qmp, req, job, &listen, ports).await?;
     let nbd = if req.disks.is_empty() {
         None
     } else {
@@ -157,22 +142,6 @@ async fn start_incoming(
         },
         nbd,
     ))
-}
-
-/// The port QEMU bound for `migrate-incoming`, from `query-migrate`'s
-/// `socket-address`.
-async fn listening_port(qmp: &tern_qemu::Qmp) -> Result<u16> {
-    let info = qmp.execute("query-migrate", None).await?;
-    info.get("socket-address")
-        .and_then(|a| a.as_array())
-        .into_iter()
-        .flatten()
-        .find_map(|a| a.get("port")?.as_str()?.parse::<u16>().ok())
-        .ok_or_else(|| {
-            AgentError::Failed(format!(
-                "the destination QEMU listens for migration but did not say on which port: {info}"
-            ))
-        })
 }
 
 /// `--tunnelled`: QEMU listens on a unix socket (and exports the disks on

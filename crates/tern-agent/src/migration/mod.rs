@@ -12,6 +12,7 @@ pub mod cold_stage;
 pub mod cold_tls;
 pub mod dest;
 pub mod forecast;
+pub mod guard;
 pub mod job;
 mod perform;
 pub mod postcopy;

@@ -54,9 +54,9 @@ pub async fn recover(agent: &Agent, job: &Job, qmp: &Qmp) -> Result<()> {
 /// broken connection.
 pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let domain = match agent.jobs.by_id(req.id) {
-        Some(Found::Running(j)) if j.role == Role::Destination => j.domain.clone(),
-        Some(Found::Done(r)) if r.role == Role::Destination => r.domain.clone(),
+    let (domain, tls) = match agent.jobs.by_id(req.id) {
+        Some(Found::Running(j)) if j.role == Role::Destination => (j.domain.clone(), j.options.tls),
+        Some(Found::Done(r)) if r.role == Role::Destination => (r.domain.clone(), r.options.tls),
         _ => {
             return Err(AgentError::Conflict(format!(
                 "no incoming migration {} here to recover",
@@ -76,15 +76,10 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
     // Only out-of-band commands here: the destination's main loop may be
     // blocked on a page that the broken link will not bring, and every
     // in-band command (query-migrate included) would wait with it.
-    let port = free_port(agent).ok_or_else(|| {
-        AgentError::Failed("no free port in the migration range for the recovery".into())
-    })?;
-    let bind = agent.migration_bind_address();
-    let uri = if bind.contains(':') {
-        format!("tcp:[{bind}]:{port}")
-    } else {
-        format!("tcp:{bind}:{port}")
-    };
+    // QEMU listens on a unix socket, behind a guard (see `super::guard`).
+    let run_dir = agent.layout.run_dir(&domain);
+    let sock = super::tunnel::socket(agent, &run_dir, "guard-recover.sock")?;
+    let uri = format!("unix:{}", sock.display());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // The source saw the link break; this side may not have yet.
@@ -102,6 +97,7 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+    let port = super::guard::recovery(agent, &domain, sock, tls).await?;
     tracing::info!(domain, port, "waiting for the post-copy recovery channel");
     Ok(RecoverReply {
         version: PROTOCOL_VERSION,
@@ -110,14 +106,5 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
             port,
             tunnel: false,
         },
-    })
-}
-
-/// A port of the migration range nobody listens on now. QEMU binds it a
-/// moment later; a race with another listener makes `migrate-recover`
-/// fail, and the source simply asks again.
-fn free_port(agent: &Agent) -> Option<u16> {
-    agent.cfg.migration_ports.clone().find(|p| {
-        std::net::TcpListener::bind((agent.migration_bind_address().as_str(), *p)).is_ok()
     })
 }

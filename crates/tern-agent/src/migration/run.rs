@@ -215,6 +215,7 @@ impl SourceRun {
             source_tls_identity: begin.tls_identity.clone(),
             source_nvram_dir: begin.nvram_dir.clone(),
             source_ceph_fsids: begin.ceph_fsids.clone(),
+            source_addresses: begin.addresses.clone(),
         };
         let prep: PrepareReply = self
             .dst

@@ -230,6 +230,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         },
         nvram_dir: Some(crate::guest_setup::nvram_dir(agent)),
         ceph_fsids,
+        addresses: super::guard::own_addresses(),
     })
 }
 

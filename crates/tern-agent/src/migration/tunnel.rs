@@ -19,6 +19,9 @@ pub enum Ends {
     Inbound(Inbound),
     /// Source: the sockets QEMU connects to.
     Outbound(Outgoing),
+    /// Destination without `--tunnelled`: the guard in front of QEMU's
+    /// unix socket (see `super::guard`).
+    Guard(super::guard::Guard),
 }
 
 impl Ends {
@@ -26,6 +29,7 @@ impl Ends {
     pub fn abort(&self) {
         match self {
             Ends::Inbound(i) => i.abort(),
+            Ends::Guard(g) => g.abort(),
             Ends::Outbound(o) => {
                 o.memory.abort();
                 if let Some(n) = &o.nbd {
@@ -38,6 +42,7 @@ impl Ends {
     /// One line for the job's events: streams and bytes carried.
     pub fn summary(&self) -> String {
         let (streams, up, down) = match self {
+            Ends::Guard(g) => return g.summary(),
             Ends::Inbound(i) => i.stats().totals(),
             Ends::Outbound(o) => {
                 let (a, b, c) = o.memory.stats().totals();
@@ -92,7 +97,7 @@ fn sink(job: &Arc<Job>) -> EventSink {
 /// The socket paths of a domain's tunnel, checked for length (QEMU and the
 /// kernel take at most 107 bytes). They live in the run directory's part
 /// that QEMU's unprivileged user may use (see `crate::confine::user`).
-fn socket(agent: &Agent, run_dir: &Path, name: &str) -> Result<PathBuf> {
+pub(super) fn socket(agent: &Agent, run_dir: &Path, name: &str) -> Result<PathBuf> {
     let user = agent.guest_user_at(run_dir)?;
     let dir = crate::confine::user::qemu_dir(run_dir, user.as_ref())
         .map_err(|e| AgentError::state(run_dir, e))?;

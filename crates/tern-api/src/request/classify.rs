@@ -310,6 +310,7 @@ mod tests {
                         source_tls_identity: None,
                         source_nvram_dir: None,
                         source_ceph_fsids: Default::default(),
+                        source_addresses: Vec::new(),
                     },
                 }),
                 false,

@@ -1,0 +1,409 @@
+//! The destination's guard in front of QEMU's incoming-migration port.
+//!
+//! QEMU 10 does an incoming migration's TLS handshake on its main loop with
+//! a blocking socket: one TCP connection that says nothing (or a ClientHello
+//! and then nothing) freezes the whole destination QEMU, its QMP and its
+//! NBD server included, for as long as it stays open (the mirror and the
+//! migration stall; test `data_plane.rs`,
+//! `a_silent_connection_does_not_stall_a_tls_migration`). So QEMU no longer
+//! listens on the network: it waits on a unix socket in its run directory,
+//! and this agent listens on the migration address instead. A connection
+//! reaches QEMU only if it comes from one of the source host's addresses
+//! (the source names them in Begin) and its first bytes arrive within
+//! [`FIRST_BYTES`] and look right (a whole TLS handshake record holding a
+//! ClientHello with `--tls`, any byte without); others are closed. Once as
+//! many streams as the migration opens (1, plus the multifd channels) were
+//! handed over, the guard stops listening. Post-copy recovery gets a guard
+//! of its own ([`recovery`]).
+//!
+//! The bytes of a handed-over connection are moved by splice(2) (see
+//! [`splice`]): no copy through the agent. Handing the accepted socket
+//! itself to QEMU (`getfd` and `migrate-incoming fd:NAME`) would cost even
+//! less, but an `fd:` channel is one connection (QEMU's multifd over `fd:`
+//! is for files), so `--parallel` needs a listening socket, and one path
+//! for every migration is simpler to trust.
+
+mod splice;
+
+use super::Job;
+use crate::error::{AgentError, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// How long a new connection may take to show its first bytes.
+pub const FIRST_BYTES: Duration = Duration::from_secs(5);
+/// Connections being screened at once; more are closed at once.
+const SCREENING: usize = 32;
+/// The largest TLS record (2^14 plus expansion), what a peek may need.
+const RECORD_MAX: usize = 16384 + 2048 + 5;
+
+/// What a connection's first bytes say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not enough bytes yet.
+    Wait,
+    /// Hand it to QEMU.
+    Pass,
+    /// Close it, for this reason.
+    Refuse(&'static str),
+}
+
+/// Judges the first bytes of a connection (`tls`: the migration is
+/// wrapped in TLS, so a client must open with a ClientHello).
+pub fn judge(first: &[u8], tls: bool) -> Verdict {
+    if !tls {
+        return if first.is_empty() {
+            Verdict::Wait
+        } else {
+            Verdict::Pass
+        };
+    }
+    // Record: type 22 (handshake), version 3.x, length; body: type 1
+    // (ClientHello).
+    if first.first().is_some_and(|&t| t != 22) {
+        return Verdict::Refuse("not a TLS handshake");
+    }
+    if first.get(1).is_some_and(|&v| v != 3) {
+        return Verdict::Refuse("not a TLS version");
+    }
+    if first.len() < 6 {
+        return Verdict::Wait;
+    }
+    let len = usize::from(u16::from_be_bytes([first[3], first[4]]));
+    if len == 0 || len + 5 > RECORD_MAX {
+        return Verdict::Refuse("a TLS record of impossible length");
+    }
+    if first[5] != 1 {
+        return Verdict::Refuse("a TLS handshake that is not a ClientHello");
+    }
+    if first.len() < len + 5 {
+        return Verdict::Wait;
+    }
+    Verdict::Pass
+}
+
+/// Who may reach QEMU through the guard.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The migration is wrapped in TLS.
+    pub tls: bool,
+    /// The source host's addresses; empty: any (a source that did not say).
+    pub peers: Vec<IpAddr>,
+    /// Streams QEMU takes: 1, plus the multifd channels.
+    pub streams: usize,
+}
+
+impl Policy {
+    /// Whether a connection from `ip` may be screened at all.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.peers.is_empty() || self.peers.iter().any(|p| p.to_canonical() == ip)
+    }
+}
+
+/// Counters of one guard.
+#[derive(Debug, Default)]
+struct Stats {
+    passed: AtomicU64,
+    refused: AtomicU64,
+    to_qemu: Arc<AtomicU64>,
+    from_qemu: Arc<AtomicU64>,
+}
+
+/// A running guard; dropping it stops listening (handed-over streams go on
+/// until QEMU or the source closes them, or [`Guard::abort`]).
+#[derive(Debug)]
+pub struct Guard {
+    port: u16,
+    accept: tokio::task::AbortHandle,
+    relays: Arc<Mutex<Vec<splice::Ends>>>,
+    stats: Arc<Stats>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Guard {
+    /// The port the source is told about.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Ends every handed-over stream now (the migration failed).
+    pub fn abort(&self) {
+        self.accept.abort();
+        for e in self.relays.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            e.stop();
+        }
+    }
+
+    /// One line for the job's events.
+    pub fn summary(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "guard passed {} stream(s) to QEMU ({} MiB in, {} MiB out), closed {} other connection(s)",
+            s.passed.load(Ordering::Relaxed),
+            s.to_qemu.load(Ordering::Relaxed) >> 20,
+            s.from_qemu.load(Ordering::Relaxed) >> 20,
+            s.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Listens on `listen`, the first free port of `ports`, and hands what
+    /// `policy` admits to the unix socket `qemu`. `events` gets one line
+    /// per refusal.
+    pub async fn start(
+        listen: &str,
+        ports: impl IntoIterator<Item = u16>,
+        qemu: PathBuf,
+        policy: Policy,
+        events: Arc<dyn Fn(String) + Send + Sync>,
+    ) -> Result<Guard> {
+        let (listener, port) = bind(listen, ports).await?;
+        let stats = Arc::new(Stats::default());
+        let relays = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(serve(
+            listener,
+            qemu,
+            policy,
+            stats.clone(),
+            Arc::downgrade(&relays),
+            events,
+        ));
+        Ok(Guard {
+            port,
+            accept: task.abort_handle(),
+            relays,
+            stats,
+        })
+    }
+}
+
+async fn bind(listen: &str, ports: impl IntoIterator<Item = u16>) -> Result<(TcpListener, u16)> {
+    let mut range = (u16::MAX, 0);
+    for p in ports {
+        range = (range.0.min(p), range.1.max(p));
+        match TcpListener::bind((listen, p)).await {
+            Ok(l) => {
+                let p = l.local_addr().map(|a| a.port()).unwrap_or(p);
+                return Ok((l, p));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                return Err(AgentError::Failed(format!(
+                    "the migration guard cannot listen on {listen}: {e}"
+                )))
+            }
+        }
+    }
+    Err(AgentError::Failed(format!(
+        "the migration guard found no free port on {listen} in {}-{}; widen --migration-ports",
+        range.0, range.1
+    )))
+}
+
+/// Accepts, screens and hands over until `policy.streams` passed.
+async fn serve(
+    listener: TcpListener,
+    qemu: PathBuf,
+    policy: Policy,
+    stats: Arc<Stats>,
+    relays: Weak<Mutex<Vec<splice::Ends>>>,
+    events: Arc<dyn Fn(String) + Send + Sync>,
+) {
+    let mut screening: JoinSet<(SocketAddr, Result<TcpStream, &'static str>)> = JoinSet::new();
+    let mut passed = 0;
+    let refuse = |peer: SocketAddr, why: &str| {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        events(format!("guard closed a connection from {peer}: {why}"));
+    };
+    while passed < policy.streams {
+        tokio::select! {
+            a = listener.accept() => {
+                let Ok((sock, peer)) = a else { continue };
+                if !policy.admits(peer.ip()) {
+                    refuse(peer, "not an address of the source host");
+                } else if screening.len() >= SCREENING {
+                    refuse(peer, "too many connections waiting");
+                } else {
+                    let tls = policy.tls;
+                    screening.spawn(async move { (peer, screen(sock, tls).await) });
+                }
+            }
+            Some(Ok((peer, r))) = screening.join_next(), if !screening.is_empty() => match r {
+                Err(why) => refuse(peer, why),
+                Ok(sock) => match hand_over(sock, &qemu, &stats) {
+                    Ok(ends) => {
+                        passed += 1;
+                        stats.passed.fetch_add(1, Ordering::Relaxed);
+                        match relays.upgrade() {
+                            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()).push(ends),
+                            None => ends.stop(),
+                        }
+                    }
+                    Err(e) => events(format!("guard could not hand {peer} to QEMU: {e}")),
+                },
+            },
+        }
+    }
+}
+
+/// Waits (at most [`FIRST_BYTES`]) for the connection's first bytes and
+/// judges them, without consuming them.
+async fn screen(sock: TcpStream, tls: bool) -> std::result::Result<TcpStream, &'static str> {
+    let mut buf = vec![0u8; RECORD_MAX];
+    let judged = tokio::time::timeout(FIRST_BYTES, async {
+        loop {
+            let n = sock.peek(&mut buf).await.map_err(|_| "a socket error")?;
+            if n == 0 {
+                return Err("closed before it said anything");
+            }
+            match judge(&buf[..n], tls) {
+                Verdict::Pass => return Ok(()),
+                Verdict::Refuse(why) => return Err(why),
+                // Part of a record: the rest is on its way.
+                Verdict::Wait => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    match judged {
+        Ok(Ok(())) => Ok(sock),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err("silent (or too slow) for the first bytes"),
+    }
+}
+
+/// Connects to QEMU's socket and starts relaying `sock` to it.
+fn hand_over(sock: TcpStream, qemu: &PathBuf, stats: &Stats) -> std::io::Result<splice::Ends> {
+    let tcp = sock.into_std()?;
+    let _ = tcp.set_nodelay(true);
+    let unix = std::os::unix::net::UnixStream::connect(qemu)?;
+    splice::relay(tcp, unix, stats.to_qemu.clone(), stats.from_qemu.clone())
+}
+
+/// Destination, Prepare: QEMU listens on a unix socket, the guard on the
+/// migration address; the job keeps the guard. Returns the guard's port.
+pub(super) async fn incoming(
+    agent: &crate::Agent,
+    qmp: &tern_qemu::Qmp,
+    req: &tern_migrate::protocol::PrepareRequest,
+    job: &Arc<Job>,
+    listen: &str,
+    ports: std::ops::RangeInclusive<u16>,
+) -> Result<u16> {
+    let run_dir = agent.layout.run_dir(&req.domain.name);
+    let sock = super::tunnel::socket(agent, &run_dir, "guard-mem.sock")?;
+    qmp.execute(
+        "migrate-incoming",
+        Some(serde_json::json!({ "uri": format!("unix:{}", sock.display()) })),
+    )
+    .await?;
+    let o = &req.options;
+    let policy = Policy {
+        tls: o.tls,
+        peers: req.source_addresses.clone(),
+        streams: 1 + if o.parallel {
+            o.parallel_connections
+                .unwrap_or(tern_migrate::options::DEFAULT_PARALLEL_CONNECTIONS) as usize
+        } else {
+            0
+        },
+    };
+    let weak = Arc::downgrade(job);
+    let events = Arc::new(move |m: String| {
+        if let Some(j) = weak.upgrade() {
+            j.event(m);
+        }
+    });
+    let guard = Guard::start(listen, ports, sock, policy, events).await?;
+    let port = guard.port();
+    job.set_tunnel(super::tunnel::Ends::Guard(guard));
+    Ok(port)
+}
+
+/// How long a recovery's guard waits for its one stream.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Destination, post-copy recovery: a guard in front of the unix socket
+/// `migrate-recover` made QEMU listen on, for one stream, from any address
+/// (the job that knew the source's may be gone); it stops listening after
+/// that stream or [`RECOVERY_WINDOW`]. Returns its port.
+pub(super) async fn recovery(
+    agent: &crate::Agent,
+    domain: &str,
+    qemu: PathBuf,
+    tls: bool,
+) -> Result<u16> {
+    let policy = Policy {
+        tls,
+        peers: Vec::new(),
+        streams: 1,
+    };
+    let name = domain.to_string();
+    let events = Arc::new(move |m: String| tracing::info!(domain = %name, "{m}"));
+    let guard = Guard::start(
+        &agent.migration_bind_address(),
+        agent.cfg.migration_ports.clone(),
+        qemu,
+        policy,
+        events,
+    )
+    .await?;
+    let port = guard.port();
+    tokio::spawn(async move {
+        tokio::time::sleep(RECOVERY_WINDOW).await;
+        drop(guard);
+    });
+    Ok(port)
+}
+
+/// This host's own addresses (what the source tells the destination's
+/// guard in Begin): every address of every interface.
+pub fn own_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, alive
+        // until freeifaddrs; its ifa_addr is null or a sockaddr of the
+        // family it names.
+        unsafe {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let s = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let s = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(s.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests;
