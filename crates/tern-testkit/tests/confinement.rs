@@ -362,6 +362,20 @@ fn closed_by_server(mut s: std::os::unix::net::UnixStream) {
     }
 }
 
+/// Whether the server closed `s` already (a read finds the end at once).
+fn closed_now(s: &std::os::unix::net::UnixStream) -> bool {
+    use std::io::Read;
+    let _ = s.set_nonblocking(true);
+    let mut buf = [0u8; 64];
+    let closed = match (&*s).read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = s.set_nonblocking(false);
+    closed
+}
+
 /// umask 077, socket modes, console on read-write only, the read-only
 /// share of connections, idle and slow-header timeouts.
 #[test]
@@ -413,9 +427,14 @@ fn private_files_console_read_write_only_and_read_only_share_with_timeouts() {
             break idle;
         }
         tries += 1;
+        // An idle reader can itself be turned away, when the connection of
+        // the `tern` run before it still held its place (the server frees
+        // it when it sees the close, later on a loaded machine); the third
+        // reader then takes the place that frees. That try proves nothing.
+        let an_idle_one_was_refused = idle.iter().any(closed_now);
         assert!(
-            start.elapsed() >= idle_timeout && tries < 5,
-            "a third reader got in {:?} after the idle ones connected",
+            (start.elapsed() >= idle_timeout || an_idle_one_was_refused) && tries < 5,
+            "a third reader got in {:?} after the idle ones connected, both still open",
             start.elapsed()
         );
         for s in idle {
