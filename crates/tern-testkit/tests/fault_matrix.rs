@@ -263,11 +263,11 @@ use Which::{A, B};
 cells! {
     source_agent_killed_in_precopy: KillAgent(A), Precopy => A;
     p2p_source_agent_killed_in_precopy: KillAgent(A), PrecopyP2p => A;
-    p2p_dest_agent_killed_in_precopy: KillAgent(B), PrecopyP2p => B;
+    p2p_dest_agent_killed_in_precopy: KillAgent(B), PrecopyP2p => A;
     source_agent_killed_after_qemu_completed: KillAgent(A), Point(A, "source-completed") => B;
     source_agent_killed_in_confirm: KillAgent(A), Point(A, "source-before-quit") => B;
     dest_agent_killed_in_prepare: KillAgent(B), Point(B, "dest-prepared") => A;
-    dest_agent_killed_in_precopy: KillAgent(B), Precopy => B;
+    dest_agent_killed_in_precopy: KillAgent(B), Precopy => A;
     dest_agent_killed_before_cont: KillAgent(B), Point(B, "dest-before-cont") => B;
     dest_agent_killed_after_cont: KillAgent(B), Point(B, "dest-after-cont") => B;
     source_qemu_killed_after_completion: KillQemu(A), Point(A, "source-completed") => B;
@@ -280,7 +280,7 @@ cells! {
     link_cut_before_cont: CutLink, Point(B, "dest-before-cont") => B;
     link_cut_in_confirm: CutLink, Point(A, "source-before-quit") => B;
     source_agent_killed_in_mirror: KillAgent(A), Mirror => A;
-    dest_agent_killed_in_mirror: KillAgent(B), Mirror => B;
+    dest_agent_killed_in_mirror: KillAgent(B), Mirror => A;
     dest_qemu_killed_in_mirror: KillQemu(B), Mirror => A;
     driver_killed_in_mirror: KillDriver, Mirror => B;
     source_agent_killed_in_postcopy: KillAgent(A), Postcopy => B;
