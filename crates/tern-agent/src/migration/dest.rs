@@ -30,7 +30,7 @@ const LOAD_WAIT: Duration = Duration::from_secs(60);
 mod finish;
 mod prepare;
 mod run;
-pub use run::{finish, prepare, resume, Verdict};
+pub use run::{attach, finish, prepare, resume, Verdict};
 
 fn invalid(e: impl ToString) -> AgentError {
     AgentError::Invalid(e.to_string())

@@ -42,6 +42,9 @@ pub async fn recover_all(agent: &Arc<Agent>, records: Vec<JobRecord>) {
             rec.phase = Phase::Prepare;
         }
         let job = Job::from_record(&rec);
+        // A destination takes verdicts from the moment its job is back in
+        // the table: a Finish that comes while it recovers waits for it.
+        let verdicts = (rec.role == Role::Destination).then(|| super::dest::attach(&job));
         if finish_died {
             job.event("the Finish under way died with the agent; waiting for a new verdict");
         }
@@ -59,7 +62,11 @@ pub async fn recover_all(agent: &Arc<Agent>, records: Vec<JobRecord>) {
         tokio::spawn(async move {
             match job.role {
                 Role::Source => settle_source_until_done(&agent, &job).await,
-                Role::Destination => recover_dest(&agent, &job).await,
+                Role::Destination => {
+                    if let Some(verdicts) = verdicts {
+                        recover_dest(&agent, &job, verdicts).await
+                    }
+                }
             }
         });
     }
@@ -341,7 +348,11 @@ pub(super) fn close(agent: &Agent, job: &Arc<Job>, to: Phase) {
 
 /// Destination, after a restart: keeps a guest that ran here, discards one
 /// that cannot, and waits (with the orphan timer) for the rest.
-async fn recover_dest(agent: &Arc<Agent>, job: &Arc<Job>) {
+async fn recover_dest(
+    agent: &Arc<Agent>,
+    job: &Arc<Job>,
+    verdicts: tokio::sync::mpsc::Receiver<super::dest::Verdict>,
+) {
     let (qemu, _) = seen(agent, &job.domain).await;
     let plain = !job.options.cold && !job.options.offline;
     let action = if plain {
@@ -356,8 +367,12 @@ async fn recover_dest(agent: &Arc<Agent>, job: &Arc<Job>) {
     match action {
         DestAction::Keep | DestAction::TakeOver => keep_here(agent, job).await,
         DestAction::Discard => discard_here(agent, job, "the incoming guest cannot run here").await,
-        DestAction::AwaitFinish => super::dest::resume(agent, job),
+        DestAction::AwaitFinish => return super::dest::resume(agent, job, verdicts),
     }
+    // Ended here: a verdict that came meanwhile is answered from the
+    // job's record (its sender sees the channel close).
+    job.close_verdicts();
+    drop(verdicts);
 }
 
 /// Destination: the guest runs here; makes it so in the job table.

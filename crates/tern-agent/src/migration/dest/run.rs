@@ -106,11 +106,19 @@ pub async fn finish(agent: &Arc<Agent>, req: FinishRequest) -> Result<FinishRepl
     }
 }
 
-/// Restarts the run of a migration recovered from its record (the agent
-/// restarted while it awaited its verdict): phases 3 and 4 only.
-pub fn resume(agent: &Arc<Agent>, job: &Arc<Job>) {
+/// Opens a recovered job's verdict channel, before the job is back in the
+/// table: a Finish that arrives while the agent decides what the job needs
+/// waits in it. Verdicts left in it when recovery ends the job itself
+/// (keeps or discards the guest) are answered from the job's record.
+pub fn attach(job: &Arc<Job>) -> mpsc::Receiver<Verdict> {
     let (tx, verdicts) = mpsc::channel(4);
     job.set_verdicts(tx);
+    verdicts
+}
+
+/// Restarts the run of a migration recovered from its record (the agent
+/// restarted while it awaited its verdict): phases 3 and 4 only.
+pub fn resume(agent: &Arc<Agent>, job: &Arc<Job>, verdicts: mpsc::Receiver<Verdict>) {
     let mut run = DestRun {
         agent: agent.clone(),
         job: job.clone(),
