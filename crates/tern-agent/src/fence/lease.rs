@@ -14,7 +14,14 @@ use tern_model::NetfsSource;
 pub fn write(pool: &Path, rec: &LeaseRecord) -> std::io::Result<()> {
     let path = lease_path(pool, &rec.host);
     let dir = path.parent().unwrap_or(pool);
-    std::fs::create_dir_all(dir)?;
+    // Only the lease directory, never the pool's own: a pool directory
+    // that vanished (storage gone, or a test's pool removed) must make the
+    // renewal fail, not come back as a local directory the lease then
+    // pretends is shared.
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     let tmp = path.with_extension("lease.tmp");
     let data = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
     {
