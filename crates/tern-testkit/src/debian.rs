@@ -26,18 +26,7 @@ pub fn debian_guest() -> DebianGuest {
     static BUILT: OnceLock<DebianGuest> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let script = workspace_root().join("scripts/debian-guest.sh");
-            let out = std::process::Command::new(&script)
-                .output()
-                .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-            assert!(
-                out.status.success(),
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let dir = workspace_root().join(stdout.lines().last().unwrap_or_default().trim());
+            let dir = run_cache_script("scripts/debian-guest.sh");
             DebianGuest {
                 root: dir.join("root.raw"),
                 kernel: dir.join("vmlinuz"),
@@ -54,22 +43,7 @@ pub fn debian_guest() -> DebianGuest {
 pub fn debian_grub_disk() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let script = workspace_root().join("scripts/debian-grub-disk.sh");
-            let out = std::process::Command::new(&script)
-                .output()
-                .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-            assert!(
-                out.status.success(),
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            workspace_root()
-                .join(stdout.lines().last().unwrap_or_default().trim())
-                .join("disk.raw")
-        })
+        .get_or_init(|| run_cache_script("scripts/debian-grub-disk.sh").join("disk.raw"))
         .clone()
 }
 
@@ -196,6 +170,24 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// Runs one of the caching build scripts and returns the path its last
+/// line prints (relative to the workspace). Panics with its output on
+/// failure.
+fn run_cache_script(script: &str) -> PathBuf {
+    let script = workspace_root().join(script);
+    let out = std::process::Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    workspace_root().join(stdout.lines().last().unwrap_or_default().trim())
 }
 
 #[cfg(test)]

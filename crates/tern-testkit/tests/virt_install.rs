@@ -95,14 +95,7 @@ fn debian_booted_by_grub_from_virt_install_xml_live_migrates() {
         h.add_pool("images", dir, false);
         h.add_pool("golden", golden, false);
     }
-    let top = ia.path().join("debian12.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&disk)
-        .arg(&top)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let top = overlay(&disk, &ia.path().join("debian12.qcow2"));
     let doc = "virt-install/debian12-q35-bios.xml";
     let xml = with_disk(doc, &top);
     assert!(!xml.contains("<kernel"), "the firmware must boot the disk");
@@ -183,14 +176,7 @@ fn grub_boot(lab: &str, doc: &str, efi: bool) {
     let p = LabPair::start(lab, &[]);
     p.a.ok(&["net-define-as", "default", "--bridge", "br0"]);
     let dir = tempfile::tempdir().unwrap();
-    let top = dir.path().join(format!("{efi}.qcow2"));
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&disk)
-        .arg(&top)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let top = overlay(&disk, &dir.path().join(format!("{efi}.qcow2")));
     let xml = with_disk(doc, &top);
     let name = domain_name(&xml);
     define_file(&p.a, "grub.xml", &xml);
@@ -214,4 +200,17 @@ fn grub_boot(lab: &str, doc: &str, efi: bool) {
         "{doc}: {cmdline}"
     );
     p.a.ok(&["destroy", &name]);
+}
+
+/// A qcow2 overlay at `top` on the raw GRUB disk, so a test writes nothing
+/// into the shared cached image.
+fn overlay(disk: &std::path::Path, top: &std::path::Path) -> std::path::PathBuf {
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(disk)
+        .arg(top)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    top.to_path_buf()
 }
