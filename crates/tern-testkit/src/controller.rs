@@ -290,6 +290,21 @@ impl TestController {
         }
     }
 
+    /// Waits until every host in `names` is listed online: an agent that
+    /// has only just started may not have registered yet, and verbs that
+    /// name it answer "no host" until it has.
+    pub fn wait_online(&self, names: &[&str]) {
+        let what = format!("hosts {names:?} online");
+        self.wait_json(&["host-list"], Duration::from_secs(120), &what, |v| {
+            names.iter().all(|n| {
+                v.as_array().is_some_and(|hs| {
+                    hs.iter()
+                        .any(|h| h["report"]["name"] == *n && h["status"] == "online")
+                })
+            })
+        });
+    }
+
     /// Starts an agent named `name` that joins `controllers`, with extra
     /// `ternd` arguments (e.g. `--fact cpu_model=Other`).
     pub fn host(controllers: &[&TestController], name: &str, extra: &[&str]) -> TernHost {

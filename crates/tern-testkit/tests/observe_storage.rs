@@ -76,6 +76,7 @@ fn fence_metrics_count_the_lease_renewals_and_a_fencing() {
         .tempdir()
         .unwrap();
     a.add_pool("shared", pool.path(), true);
+    c.wait_online(&["a"]);
     c.ok(&[
         "host-auto-migrate-on-host-down",
         "a",
