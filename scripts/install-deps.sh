@@ -48,6 +48,7 @@ PKGS=(
   dosfstools           # mkfs.fat: that disk's EFI system partition
   mtools               # mcopy: fills the ESP without mounting it
   fdisk                # sfdisk: that disk's GPT
+  jq                   # scripts/run-tests.sh reads cargo's list of test binaries with it
 )
 
 missing=()

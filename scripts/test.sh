@@ -33,4 +33,6 @@ scripts/pkgtest-root.sh
 # dependencies compiled above are reused.
 CARGO_TARGET_DIR=target cargo build --manifest-path fuzz/Cargo.toml --all-targets
 CARGO_TARGET_DIR=target cargo test --manifest-path fuzz/Cargo.toml
-cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"
+# Every test binary, two at a time, longest first (scripts/run-tests.sh
+# says why); TERN_TEST_JOBS=1 runs them one after another.
+scripts/run-tests.sh "$@"

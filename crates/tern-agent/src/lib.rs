@@ -96,6 +96,8 @@ impl Agent {
         let machines = tern_qemu::probe::machine_types(&cfg.qemu_binary).await?;
         let host_tag = short_hash(&cfg.state_dir.display().to_string());
         let qemu_user = confine::user::lookup(&cfg.server.qemu)?;
+        confine::user::check_qemu_version(&qemu_version, qemu_user.as_ref())
+            .map_err(anyhow::Error::msg)?;
         confine::user::grant_userfaultfd(qemu_user.as_ref());
         let guest_uids =
             confine::ownership::open_table(&cfg.server.qemu, qemu_user.as_ref(), &cfg.state_dir)?;

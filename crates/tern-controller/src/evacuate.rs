@@ -298,7 +298,10 @@ async fn queue_rescue(
         migration_id: uuid::Uuid::new_v4().to_string(),
         opts: MigrateRequestOptions {
             rescue_mode: true,
-            auto_start: true,
+            // A server that was shut off when its host died is defined on
+            // the rescue host and stays shut off, as Nova's evacuate and
+            // Proxmox HA (requested state "stopped") leave it.
+            auto_start: s.domain.active || s.state == ServerState::Running,
             ..Default::default()
         },
         note: Some(format!("host {host} died; waiting for its fencing")),

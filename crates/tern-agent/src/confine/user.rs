@@ -107,6 +107,31 @@ pub fn qemu_args(settings: &QemuSettings, user: Option<&QemuUser>) -> Vec<String
     a
 }
 
+/// The oldest QEMU that knows `-run-with user=` (9.1; older ones only had
+/// `-runas`, since removed).
+pub const RUN_WITH_SINCE: (u32, u32) = (9, 1);
+
+/// Refuses, when the agent starts, a QEMU too old to drop to `user`: such
+/// a QEMU would otherwise only fail at each guest's start, with QEMU's
+/// own "invalid option". An unparsable version is let through (QEMU then
+/// says what it lacks). Nothing to check when QEMU runs as root.
+pub fn check_qemu_version(version: &str, user: Option<&QemuUser>) -> Result<(), String> {
+    let Some(u) = user else { return Ok(()) };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    if (major, minor) >= RUN_WITH_SINCE {
+        return Ok(());
+    }
+    Err(format!(
+        "QEMU {version} cannot run guests as '{}' (-run-with needs QEMU {}.{} or newer): \
+         install QEMU 10 from bookworm-backports (scripts/install-deps.sh does), \
+         or set user = \"root\" in ternd's [qemu] table to run QEMU unconfined",
+        u.name, RUN_WITH_SINCE.0, RUN_WITH_SINCE.1
+    ))
+}
+
 /// Gives `path` to QEMU's user, for a file QEMU opens after it dropped
 /// privileges; nothing to do when QEMU runs as root. Owner only: a file
 /// becomes 0600, a directory 0700 (the group is shared by every guest).
@@ -291,5 +316,24 @@ mod tests {
         );
         s.user = "a,b".into();
         assert!(matches!(lookup(&s), Err(UserError::BadName(_))));
+    }
+
+    #[test]
+    fn a_qemu_without_run_with_is_refused_only_when_it_must_drop_privileges() {
+        let u = QemuUser {
+            name: "tern-qemu".into(),
+            uid: 1,
+            gid: 1,
+            own: false,
+        };
+        assert!(check_qemu_version("10.0.2", Some(&u)).is_ok());
+        assert!(check_qemu_version("9.1.0", Some(&u)).is_ok());
+        assert!(check_qemu_version("unknown", Some(&u)).is_ok());
+        assert!(check_qemu_version("7.2.22", None).is_ok());
+        let e = check_qemu_version("7.2.22", Some(&u)).unwrap_err();
+        assert!(
+            e.contains("QEMU 7.2.22") && e.contains("9.1") && e.contains("bookworm-backports"),
+            "{e}"
+        );
     }
 }
