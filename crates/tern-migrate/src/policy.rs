@@ -262,6 +262,11 @@ pub struct Forecast {
     /// bytes/s (what one migration thread's rate is scaled from).
     #[serde(default)]
     pub cpu_rate: u64,
+    /// The loopback probe's rate when the forecast was made, bytes/s (0:
+    /// the probe went to another host or failed): what a migration that
+    /// follows learns its thread-to-probe ratio against.
+    #[serde(default)]
+    pub loopback_probe: u64,
 }
 
 /// Runs pre-copy forward: `remaining` bytes to send at `bandwidth`, the

@@ -51,6 +51,10 @@ pub async fn forecast(
         None => Err("no destination given".to_string()),
     };
     let probe_loopback = matches!(probe, Ok((_, true)));
+    let loopback_probe = match probe {
+        Ok((rate, true)) => rate,
+        _ => 0,
+    };
     let probe = probe.map(|(rate, _)| rate);
     let cap = o.bandwidth_mib.filter(|m| *m > 0).map(|m| m << 20);
     let cpu_rate = tokio::task::spawn_blocking(copy_speed)
@@ -64,6 +68,7 @@ pub async fn forecast(
         dirty_rate,
         cpu_rate,
         learned_ratio: agent.jobs.thread_ratio(),
+        learned_probe_ratio: agent.jobs.probe_ratio(),
         probe,
         probe_loopback,
         cap,
@@ -156,6 +161,7 @@ pub async fn forecast(
         arm_postcopy: arm,
         range: Some(range),
         cpu_rate,
+        loopback_probe,
     };
     agent.jobs.remember_forecast(name, f.clone());
     Ok(f)

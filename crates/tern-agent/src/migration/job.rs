@@ -394,6 +394,10 @@ pub struct Jobs {
     /// Moving average of migration pace over the copy speed measured by
     /// the forecast before it (see `tern_migrate::forecast::THREAD_PER_CPU`).
     thread_ratio: Mutex<Option<f64>>,
+    /// Moving average of migration pace over the loopback probe measured
+    /// by the forecast before it (see
+    /// `tern_migrate::forecast::THREAD_PER_LOOPBACK_PROBE`).
+    probe_ratio: Mutex<Option<f64>>,
 }
 
 /// A migration found by its id.
@@ -541,21 +545,30 @@ impl Jobs {
         *self.thread_ratio.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Learns the pace-to-copy-speed ratio from a finished migration that
-    /// had a forecast shortly before.
+    /// Past migrations' pace over the loopback probe their forecasts
+    /// measured.
+    pub fn probe_ratio(&self) -> Option<f64> {
+        *self.probe_ratio.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns the pace-to-copy-speed and pace-to-loopback-probe ratios
+    /// from a finished migration that had a forecast shortly before.
     fn learn_ratio(&self, domain: &str, pace: u64) {
         let Some(f) = self.fresh_forecast(domain, std::time::Duration::from_secs(120)) else {
             return;
         };
-        if f.cpu_rate == 0 {
-            return;
-        }
-        let sample = pace as f64 / f.cpu_rate as f64;
-        let mut r = self.thread_ratio.lock().unwrap_or_else(|p| p.into_inner());
-        *r = Some(match *r {
-            Some(old) => (old * 3.0 + sample) / 4.0,
-            None => sample,
-        });
+        let learn = |slot: &Mutex<Option<f64>>, measured: u64| {
+            if measured == 0 {
+                return;
+            }
+            let mut r = slot.lock().unwrap_or_else(|p| p.into_inner());
+            *r = Some(tern_migrate::forecast::learn(
+                *r,
+                pace as f64 / measured as f64,
+            ));
+        };
+        learn(&self.thread_ratio, f.cpu_rate);
+        learn(&self.probe_ratio, f.loopback_probe);
     }
 
     /// Moves a finished job to the completed table.

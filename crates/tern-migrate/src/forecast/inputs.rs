@@ -21,6 +21,9 @@ pub struct Measured {
     /// The ratio of migration pace to copy speed this host's past
     /// migrations showed, if any.
     pub learned_ratio: Option<f64>,
+    /// The ratio of migration pace to the loopback probe this host's past
+    /// migrations showed, if any (see [`THREAD_PER_LOOPBACK_PROBE`]).
+    pub learned_probe_ratio: Option<f64>,
     /// The link to the destination, bytes/s, or why it is not known.
     pub probe: Result<u64, String>,
     /// The probe's sink was on this host's loopback: the probe then
@@ -60,6 +63,23 @@ pub const DIRTY_WHILE_MIGRATING: (f64, f64, f64) = (0.45, 0.7, 1.0);
 /// slower the host is now.
 pub const QUIET_THREAD_RATE: f64 = 870.0 * 1048576.0;
 
+/// Learned ratios are kept within this range: one odd migration (a guest
+/// that stopped, a host swapping) must not throw the next forecast off by
+/// more than the calibration's own spread.
+pub const LEARNED_RATIO_BOUNDS: (f64, f64) = (0.02, 1.0);
+
+/// Pure: a learned ratio after one more migration's `sample`, a moving
+/// average that gives the newest migration a quarter of the weight (the
+/// host's speed drifts; one sample is noisy).
+pub fn learn(old: Option<f64>, sample: f64) -> f64 {
+    let (lo, hi) = LEARNED_RATIO_BOUNDS;
+    let s = sample.clamp(lo, hi);
+    match old {
+        Some(o) => (o * 3.0 + s) / 4.0,
+        None => s,
+    }
+}
+
 /// Pure: the inputs, named by source.
 pub fn inputs(m: &Measured) -> Inputs {
     let mib = |b: f64| b / 1048576.0;
@@ -68,6 +88,17 @@ pub fn inputs(m: &Measured) -> Inputs {
         None => (THREAD_PER_CPU, "the calibrated ratio", 0.35),
     };
     let thread_rate = match (&m.probe, m.probe_loopback) {
+        (Ok(p), true) if m.learned_probe_ratio.is_some() => {
+            let r = m.learned_probe_ratio.unwrap_or(THREAD_PER_LOOPBACK_PROBE.1);
+            Estimate::spread(
+                *p as f64 * r,
+                0.2,
+                format!(
+                    "one migration thread here now: the loopback probe measured {:.0} MiB/s, x{r:.2} (this host's past migrations)",
+                    mib(*p as f64)
+                ),
+            )
+        }
         (Ok(p), true) => {
             let (lo, mid, hi) = THREAD_PER_LOOPBACK_PROBE;
             let p = *p as f64;
@@ -176,6 +207,7 @@ mod tests {
             dirty_rate: 0,
             cpu_rate: 4000 * MIB,
             learned_ratio: None,
+            learned_probe_ratio: None,
             probe: Ok(700 * MIB),
             probe_loopback: false,
             cap: None,
@@ -218,6 +250,21 @@ mod tests {
             ..measured()
         });
         assert!(learned.thread_rate.source.contains("past migrations"));
+        let local_learned = inputs(&Measured {
+            probe_loopback: true,
+            learned_probe_ratio: Some(0.41),
+            ..measured()
+        });
+        assert!((local_learned.thread_rate.p50 - 700.0 * 0.41 * MIB as f64).abs() < 1.0);
+        assert!(local_learned.thread_rate.source.contains("past migrations"));
+    }
+
+    #[test]
+    fn learning_weighs_the_newest_migration_a_quarter_and_bounds_it() {
+        assert_eq!(learn(None, 0.4), 0.4);
+        assert!((learn(Some(0.28), 0.4) - 0.31).abs() < 1e-9);
+        assert_eq!(learn(None, 50.0), LEARNED_RATIO_BOUNDS.1);
+        assert_eq!(learn(None, 0.0), LEARNED_RATIO_BOUNDS.0);
     }
 
     #[test]
