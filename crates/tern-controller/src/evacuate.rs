@@ -298,10 +298,13 @@ async fn queue_rescue(
         migration_id: uuid::Uuid::new_v4().to_string(),
         opts: MigrateRequestOptions {
             rescue_mode: true,
-            // A server that was shut off when its host died is defined on
-            // the rescue host and stays shut off, as Nova's evacuate and
-            // Proxmox HA (requested state "stopped") leave it.
-            auto_start: s.domain.active || s.state == ServerState::Running,
+            // Always started, even when the last report said shut off: a
+            // guest started on the host just before it died was never
+            // reported running (ceph_fencing's "host dying right after a
+            // start" test), and the controller does not own a requested
+            // state (Proxmox HA's started/stopped) that would tell the two
+            // apart, because operators start guests on the agents directly.
+            auto_start: true,
             ..Default::default()
         },
         note: Some(format!("host {host} died; waiting for its fencing")),

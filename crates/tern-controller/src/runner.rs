@@ -42,10 +42,7 @@ pub async fn run(ctl: &Arc<Controller>, job: &JobRecord, recovering: bool) -> Re
             match crate::rescue_check::check(&server.domain.name, &server.domain.xml, &dst_h.report)
             {
                 // The definition the controller stored, checked against the rescue host.
-                Ok(()) => {
-                    let (name, xml) = (&server.domain.name, &server.domain.xml);
-                    rescue(&dst, name, xml, job.opts.auto_start).await
-                }
+                Ok(()) => rescue(&dst, &server.domain.name, &server.domain.xml).await,
                 Err(why) => Err(format!("not rescued: {why}")),
             }
         }
@@ -134,10 +131,9 @@ async fn start(dst: &Client, name: &str) -> Outcome {
     .map_err(|e| format!("moved, but starting it failed: {e}"))
 }
 
-/// Restarts a dead host's server from its definition (only defines it when
-/// it was shut off: `start` false). Idempotent: a resumed rescue finds the
-/// server already running and stops there.
-async fn rescue(dst: &Client, name: &str, xml: &str, start_it: bool) -> Outcome {
+/// Restarts a dead host's server from its definition. Idempotent: a
+/// resumed rescue finds the server already running and stops there.
+async fn rescue(dst: &Client, name: &str, xml: &str) -> Outcome {
     let running = dst
         .call::<DomainInfo>(&Request::DomInfo {
             name: name.to_string(),
@@ -153,9 +149,6 @@ async fn rescue(dst: &Client, name: &str, xml: &str, start_it: bool) -> Outcome 
     })
     .await
     .map_err(|e| format!("defining it on the rescue host failed: {e}"))?;
-    if !start_it {
-        return Ok(());
-    }
     start(dst, name).await
 }
 
@@ -188,7 +181,7 @@ async fn finish(
             match (&outcome, job.kind) {
                 (Ok(()), kind) => {
                     s.host = dest.to_string();
-                    let running = live || job.opts.auto_start;
+                    let running = live || kind == JobKind::Rescue || job.opts.auto_start;
                     s.state = if running {
                         ServerState::Running
                     } else {

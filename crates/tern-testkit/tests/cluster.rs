@@ -17,14 +17,6 @@ fn boot(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64) {
 /// As [`boot`], with `touched_mib` of memory filled by the workload (so a
 /// migration has that much to send).
 fn boot_touching(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64, touched_mib: u64) {
-    define(h, name, pool, mem_mib, touched_mib);
-    h.ok(&["start", name]);
-    h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
-}
-
-/// Defines the test guest `name` on `h` (with an 8 MiB disk in `pool`, if
-/// given) without starting it.
-fn define(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64, touched_mib: u64) {
     let img = build_or_reuse(&BuildOptions::default()).unwrap();
     let mut spec = GuestSpec::new(name, &img);
     spec.memory_mib = mem_mib;
@@ -43,6 +35,8 @@ fn define(h: &TernHost, name: &str, pool: Option<&str>, mem_mib: u64, touched_mi
         });
     }
     h.define_guest(&spec);
+    h.ok(&["start", name]);
+    h.wait_console(name, LONG, "TERN-READY", |t| SerialLog::parse(t).ready());
 }
 
 /// New heartbeats on `h`'s console for `name`.
@@ -211,11 +205,8 @@ fn host_down_restarts_shared_servers_elsewhere_exactly_once() {
     a.add_pool("local", local.path(), false);
     boot(&a, "web", Some("shared"), 128);
     boot(&a, "db", Some("local"), 128);
-    // Shut off when its host dies: defined elsewhere, and left shut off.
-    define(&a, "spare", Some("shared"), 128, 16);
     wait_server(&c, "web", "a", "running");
     wait_server(&c, "db", "a", "running");
-    wait_server(&c, "spare", "a", "ready");
     c.ok(&[
         "host-auto-migrate-on-host-down",
         "a",
@@ -242,8 +233,6 @@ fn host_down_restarts_shared_servers_elsewhere_exactly_once() {
         v["state"] == "lost"
     });
     assert_eq!(db["host"], "a");
-    wait_server(&c, "spare", "b", "ready");
-    assert_eq!(b.ok(&["domstate", "spare"]).trim(), "shut off");
     let hosts = c.json(&["host-list"]);
     assert!(hosts[0]["status"]["down"].is_object(), "{hosts}");
 
@@ -267,7 +256,7 @@ fn host_down_restarts_shared_servers_elsewhere_exactly_once() {
     }
     let rescues: Vec<_> = jobs(&c)
         .into_iter()
-        .filter(|j| j["kind"] == "rescue" && j["server"] == "web")
+        .filter(|j| j["kind"] == "rescue")
         .collect();
     assert_eq!(rescues.len(), 1, "{rescues:#?}");
     assert_eq!(rescues[0]["state"], "succeeded");
