@@ -11,10 +11,34 @@
 # under cargo's own "Running" header, so a failure reads as it always did.
 #
 # Usage: scripts/run-tests.sh [ARGS...]   (ARGS go to every test binary,
-# e.g. a name filter). Doc tests run last, through cargo.
+# e.g. a name filter). Doc tests run last, through cargo. The binaries are
+# run by xargs -P (through this script's --one mode), not by shell job
+# control: a first version that counted `jobs` exited early in a full run
+# for a reason not found.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(realpath "$0")
+cd "$(dirname "$self")/.."
 jobs_max=${TERN_TEST_JOBS:-2}
+
+# --one LINE [ARGS...]: run one binary of the queue (see below), record its
+# exit code and print its whole output at once.
+if [[ ${1:-} == --one ]]; then
+  IFS=$'\t' read -r i m n src exe <<<"$2"
+  shift 2
+  logs=$TERN_TEST_LOGS
+  echo "$n" >"$logs/$i.name"
+  rc=0
+  (cd "$(dirname "$m")" && "$exe" --test-threads=2 "$@") >"$logs/$i.out" 2>&1 || rc=$?
+  echo "$rc" >"$logs/$i.rc"
+  label=$src
+  [[ $src == src/* ]] && label="unittests $src"
+  {
+    flock 9
+    echo "     Running $label (${exe#"$PWD"/})"
+    cat "$logs/$i.out"
+  } 9>"$logs/print.lock"
+  exit 0
+fi
 
 # The slowest binaries, measured over full runs (seconds at
 # --test-threads=2 on two cores): started first. Others follow in any order.
@@ -45,35 +69,18 @@ done <<<"$list"
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
-run_one() {
-  local i=$1 m=$2 src=$3 exe=$4
-  shift 4
-  local rc=0
-  (cd "$(dirname "$m")" && "$exe" --test-threads=2 "$@") >"$logs/$i.out" 2>&1 || rc=$?
-  echo "$rc" >"$logs/$i.rc"
-  # One whole log at a time on our output.
-  {
-    flock 9
-    echo "     Running $src (${exe#"$PWD"/})"
-    cat "$logs/$i.out"
-  } 9>"$logs/print.lock"
-}
-
-i=0
-for line in "${ordered[@]}"; do
-  IFS=$'\t' read -r m n src exe <<<"$line"
-  while (($(jobs -rp | wc -l) >= jobs_max)); do
-    wait -n || true
-  done
-  run_one "$i" "$m" "$src" "$exe" "$@" &
-  echo "$n" >"$logs/$i.name"
-  i=$((i + 1))
-done
-wait
+# One line per binary, numbered, for xargs: it keeps TERN_TEST_JOBS of them
+# running (each through this script's --one mode below) and waits for all.
+for k in "${!ordered[@]}"; do
+  printf '%s\t%s\n' "$k" "${ordered[$k]}"
+done >"$logs/queue"
+export TERN_TEST_LOGS=$logs
+xargs -a "$logs/queue" -d '\n' -P "$jobs_max" -I{} "$self" --one {} "$@" || true
+i=${#ordered[@]}
 
 failed=()
 for ((k = 0; k < i; k++)); do
-  [[ $(cat "$logs/$k.rc" 2>/dev/null || echo 1) == 0 ]] || failed+=("$(cat "$logs/$k.name")")
+  [[ $(cat "$logs/$k.rc" 2>/dev/null || echo 1) == 0 ]] || failed+=("$(cat "$logs/$k.name" 2>/dev/null || echo "#$k")")
 done
 doc_rc=0
 cargo test --workspace --doc --no-fail-fast -- "$@" || doc_rc=$?
