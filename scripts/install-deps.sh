@@ -43,6 +43,12 @@ PKGS=(
   virtinst             # virt-install: scripts/virt-install-corpus.sh writes the corpus with it
   libvirt-clients      # virsh, whose embedded QEMU driver reports this host's capabilities to it
   libvirt-daemon-driver-qemu # that driver (run in-process: no libvirt daemon is started)
+  # libvirtd, for the benchmarks' libvirt baseline (crates/tern-bench/src/libvirt.rs
+  # starts two in network and mount namespaces of their own). Bookworm's package ships
+  # no systemd units and no maintainer scripts (those are in libvirt-daemon-system,
+  # which is NOT installed), so installing it starts no system libvirtd, creates no
+  # network and touches neither /etc/libvirt nor the host's firewall.
+  libvirt-daemon
   grub-pc-bin          # GRUB for BIOS: the Debian guest's bootable disk (scripts/debian-grub-disk.sh)
   grub-efi-amd64-bin   # GRUB for UEFI, on the same disk
   dosfstools           # mkfs.fat: that disk's EFI system partition

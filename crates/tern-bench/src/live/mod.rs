@@ -87,6 +87,8 @@ pub struct Bench {
     pub logs: Option<PathBuf>,
     /// Ask `tern migrate-forecast` before each `tern migrate`.
     pub forecast: bool,
+    /// CPU readings around each `tern migrate` (issue 19), if measured.
+    pub cpu: Option<crate::cpu::Meter>,
     // Dropped last: the hosts' QEMUs are gone before the disk is removed.
     _pool: tempfile::TempDir,
 }
@@ -172,6 +174,7 @@ impl Bench {
             repeat: s.repeat,
             logs: s.logs,
             forecast: false,
+            cpu: None,
             _pool: pool,
         })
     }
@@ -318,7 +321,7 @@ pub(crate) fn summary(o: &Outcome) -> String {
 
 /// Adds what the heartbeats and the destination console showed beyond the
 /// gap to a row's notes.
-fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
+pub(crate) fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
     match after {
         AfterMigration::Running => {}
         AfterMigration::Crashed(l) => {
