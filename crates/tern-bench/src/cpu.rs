@@ -5,13 +5,24 @@
 //! `cpu.stat` `usage_usec` counts every task that ever ran in it,
 //! including the source QEMU that exits at the end of the migration and
 //! the destination QEMU that starts during it, which sampling
-//! `/proc/PID/stat` before and after would miss. The arithmetic is in
-//! small pure functions ([`per_gib`], [`cores_for`]).
+//! `/proc/PID/stat` before and after would miss. The guest's own vCPU
+//! threads (`CPU n/TCG`) are not the transport's cost (an idle guest's
+//! verifier and a dirtying guest's writer run for as long as the migration
+//! lasts): a thread samples their run time (`/proc/TID/schedstat`) every
+//! few milliseconds during the migration, and their share is taken out.
+//! The arithmetic is in small pure functions ([`per_gib`], [`VcpuTrack`],
+//! [`cores_for`]).
 
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// How often the vCPU threads' run time is sampled during a migration.
+const VCPU_SAMPLE: Duration = Duration::from_millis(10);
 
 /// 25 Gbit/s in GiB/s (25e9 / 8 / 2^30 ≈ 2.91): the link the issue asks
 /// the cost to be put against.
@@ -60,9 +71,10 @@ impl Cost {
 
     /// The cost of one migration from readings of the two sides' groups
     /// just before and just after it; `a_is_src` says which way it went.
+    /// The guest's vCPU time in the span is not counted.
     pub fn from_readings(span: Span, a_is_src: bool, bytes: u64) -> Option<Cost> {
-        let a = per_gib(span.before.a, span.after.a, bytes)?;
-        let b = per_gib(span.before.b, span.after.b, bytes)?;
+        let a = per_gib(span.before.a + span.vcpu.a, span.after.a, bytes)?;
+        let b = per_gib(span.before.b + span.vcpu.b, span.after.b, bytes)?;
         Some(if a_is_src {
             Cost { src: a, dst: b }
         } else {
@@ -105,6 +117,50 @@ pub struct Span {
     pub before: Reading,
     /// After it returned.
     pub after: Reading,
+    /// CPU microseconds the guest's vCPU threads ran in between.
+    pub vcpu: Reading,
+}
+
+/// Run time of vCPU threads over a span, from samples: a thread seen at
+/// the start counts from its first value, one born later (the
+/// destination's vCPU) from zero, and each up to the last value seen (the
+/// source's vCPU stops at the switch-over, before its QEMU exits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VcpuTrack {
+    first: HashMap<u32, u64>,
+    last: HashMap<u32, u64>,
+}
+
+impl VcpuTrack {
+    /// Adds one sample: run time in ns by thread id.
+    pub fn observe(&mut self, sample: &HashMap<u32, u64>, at_start: bool) {
+        for (&tid, &ns) in sample {
+            self.first
+                .entry(tid)
+                .or_insert(if at_start { ns } else { 0 });
+            self.last.insert(tid, ns);
+        }
+    }
+
+    /// Microseconds run over the span, all threads together.
+    pub fn usec(&self) -> u64 {
+        let ns: u64 = self
+            .last
+            .iter()
+            .map(|(tid, &l)| l.saturating_sub(self.first.get(tid).copied().unwrap_or(0)))
+            .sum();
+        ns / 1000
+    }
+}
+
+/// Whether a thread name is a QEMU vCPU's (`CPU 0/TCG`, `CPU 1/KVM`).
+pub fn is_vcpu_thread(comm: &str) -> bool {
+    comm.starts_with("CPU ") && comm.contains('/')
+}
+
+/// The first field of `/proc/TID/schedstat`: ns the thread has run.
+pub fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// A cgroup (v2) that one side's processes and their children run in.
@@ -161,6 +217,22 @@ impl CpuGroup {
         }
     }
 
+    /// Run time (ns) of every QEMU vCPU thread in the group now.
+    pub fn vcpu_ns(&self) -> HashMap<u32, u64> {
+        let text = std::fs::read_to_string(self.path.join("cgroup.threads")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .filter(|tid| {
+                std::fs::read_to_string(format!("/proc/{tid}/comm"))
+                    .is_ok_and(|c| is_vcpu_thread(c.trim()))
+            })
+            .filter_map(|tid| {
+                let s = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).ok()?;
+                Some((tid, parse_schedstat(&s)?))
+            })
+            .collect()
+    }
+
     /// Pids in the group now.
     pub fn pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.procs"))
@@ -212,6 +284,14 @@ pub struct Meter {
     a: Arc<CpuGroup>,
     b: Arc<CpuGroup>,
     spans: Mutex<Vec<Span>>,
+    sampler: Mutex<Option<Sampler>>,
+}
+
+/// The thread sampling both sides' vCPU threads during one migration.
+#[derive(Debug)]
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(VcpuTrack, VcpuTrack)>,
 }
 
 impl Meter {
@@ -221,31 +301,76 @@ impl Meter {
             a,
             b,
             spans: Mutex::default(),
+            sampler: Mutex::default(),
         }
     }
 
     /// Both sides now (0 for a side that cannot be read: its cost then
-    /// comes out wrong rather than the migration failing; see the notes).
-    pub fn read(&self) -> Reading {
+    /// comes out wrong rather than the migration failing).
+    fn read(&self) -> Reading {
         Reading {
             a: self.a.usage_usec().unwrap_or(0),
             b: self.b.usage_usec().unwrap_or(0),
         }
     }
 
-    /// Records one migration: `before` was read just before it started,
-    /// the other reading is taken now.
+    /// Call just before a migration starts: reads both sides and starts
+    /// sampling their vCPU threads. Pass the reading to [`Meter::record`].
+    pub fn begin(&self) -> Reading {
+        // A migration that timed out was never recorded: end its sampler.
+        let _ = self.stop_sampler();
+        let (a, b) = (self.a.clone(), self.b.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let mut ta = VcpuTrack::default();
+        let mut tb = VcpuTrack::default();
+        ta.observe(&a.vcpu_ns(), true);
+        tb.observe(&b.vcpu_ns(), true);
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                std::thread::sleep(VCPU_SAMPLE);
+                ta.observe(&a.vcpu_ns(), false);
+                tb.observe(&b.vcpu_ns(), false);
+            }
+            (ta, tb)
+        });
+        *self.sampler.lock().unwrap_or_else(|p| p.into_inner()) = Some(Sampler { stop, thread });
+        self.read()
+    }
+
+    /// Call just after the migration returned: records its span.
     pub fn record(&self, before: Reading) {
         let after = self.read();
+        let vcpu = self.stop_sampler().map_or(Reading::default(), |(ta, tb)| Reading {
+            a: ta.usec(),
+            b: tb.usec(),
+        });
         self.spans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Span { before, after });
+            .push(Span {
+                before,
+                after,
+                vcpu,
+            });
+    }
+
+    /// Stops the running sampler, if any, and returns what it saw.
+    fn stop_sampler(&self) -> Option<(VcpuTrack, VcpuTrack)> {
+        let s = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        s.stop.store(true, Ordering::Relaxed);
+        s.thread.join().ok()
     }
 
     /// The spans recorded since the last call, in migration order.
     pub fn take(&self) -> Vec<Span> {
         std::mem::take(&mut *self.spans.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let _ = self.stop_sampler();
     }
 }
 
@@ -282,9 +407,11 @@ mod tests {
         let span = Span {
             before: Reading { a: 0, b: 1_000_000 },
             after: Reading {
-                a: 2_000_000,
+                a: 2_500_000,
                 b: 2_000_000,
             },
+            // Half a second of A's time was the guest's vCPU.
+            vcpu: Reading { a: 500_000, b: 0 },
         };
         let there = Cost::from_readings(span, true, 1 << 30).unwrap();
         assert_eq!((there.src, there.dst), (2.0, 1.0));
@@ -292,6 +419,22 @@ mod tests {
         assert_eq!((back.src, back.dst), (1.0, 2.0));
         assert_eq!(back.total(), 3.0);
         assert_eq!(Cost::from_readings(span, true, 0), None);
+    }
+
+    #[test]
+    fn vcpu_time_counts_from_the_start_or_from_birth() {
+        let mut t = VcpuTrack::default();
+        // The source's vCPU has run 5 s before the migration.
+        t.observe(&HashMap::from([(10, 5_000_000_000)]), true);
+        t.observe(&HashMap::from([(10, 5_200_000_000)]), false);
+        // The destination's vCPU appears during it; the source's exits.
+        t.observe(&HashMap::from([(20, 30_000_000)]), false);
+        t.observe(&HashMap::from([(20, 50_000_000)]), false);
+        assert_eq!(t.usec(), 200_000 + 50_000);
+        assert!(is_vcpu_thread("CPU 0/TCG"));
+        assert!(is_vcpu_thread("CPU 3/KVM"));
+        assert!(!is_vcpu_thread("live_migration"));
+        assert_eq!(parse_schedstat("66474 104093 2\n"), Some(66474));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! own ([`CpuGroup`]) with every QEMU it starts, which both measures their
 //! CPU time and ends every one of them on drop.
 
+pub mod live;
 pub mod migrate;
 
 use crate::cpu::{CpuGroup, Meter};

@@ -570,6 +570,7 @@ mod tests {
         Span {
             before: Reading::default(),
             after: Reading { a, b },
+            vcpu: Reading::default(),
         }
     }
 

@@ -136,7 +136,7 @@ async fn once(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let cpu0 = plan.meter.map(|m| m.read());
+    let cpu0 = plan.meter.map(|m| m.begin());
     let t0 = Instant::now();
     let child = cmd.spawn().context("run virsh migrate")?;
     let waited = tokio::time::timeout(plan.timeout, child.wait_with_output()).await;

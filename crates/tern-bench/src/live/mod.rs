@@ -26,6 +26,10 @@ pub enum Driver {
     Tern,
     /// QMP from this program.
     Qmp,
+    /// `virsh migrate --live` between two libvirtds (issue 19), alone.
+    Libvirt,
+    /// `virsh migrate --live --p2p` between two libvirtds, alone.
+    LibvirtP2p,
 }
 
 /// `tern-bench live` options. The defaults are the documented run.
@@ -197,6 +201,18 @@ pub fn check_binaries() -> Result<PathBuf> {
 
 /// Runs the matrix and prints the tables on stdout (progress on stderr).
 pub async fn run(args: LiveArgs) -> Result<()> {
+    if let Some(d @ (Driver::Libvirt | Driver::LibvirtP2p)) = args.only {
+        return crate::libvirt::live::run(crate::libvirt::live::LiveSetup {
+            sizes: args.sizes,
+            rates: args.rates,
+            verify_rate: args.verify_rate,
+            settle: Duration::from_secs(args.settle),
+            timeout: Duration::from_secs(args.timeout),
+            repeat: args.repeat,
+            p2p: d == Driver::LibvirtP2p,
+        })
+        .await;
+    }
     let qemu_version = qemu_version(&args.qemu)?;
     if let Some(d) = &args.logs {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;

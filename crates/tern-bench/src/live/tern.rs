@@ -118,7 +118,7 @@ async fn migrate_once(
         (None, None)
     };
     let log_from = crate::guest::log_len(&from.console_log(name));
-    let cpu0 = bench.cpu.as_ref().map(|m| m.read());
+    let cpu0 = bench.cpu.as_ref().map(|m| m.begin());
     let t0 = Instant::now();
     let t0_ms = epoch_ms();
     let mut child = tokio::process::Command::new(bin("tern"))
