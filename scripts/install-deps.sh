@@ -139,6 +139,21 @@ if getent group kvm >/dev/null && ! id -nG tern-qemu | grep -qw kvm; then
   $SUDO usermod -aG kvm tern-qemu
 fi
 
+# libvirtd's QEMU driver resolves its built-in QEMU user and group
+# (libvirt-qemu) at start, before reading qemu.conf, and fails without them;
+# libvirt-daemon-system (not installed, see above) would create them. The
+# benchmark's daemons still run QEMU as root (their private qemu.conf).
+if ! getent group libvirt-qemu >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO groupadd --system libvirt-qemu
+fi
+if ! id libvirt-qemu >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "install-deps: creating the libvirt-qemu user (libvirtd's QEMU driver needs it to exist)"
+  $SUDO useradd --system --gid libvirt-qemu --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin libvirt-qemu
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo is missing; install a Rust toolchain (rustup) first" >&2
   exit 1

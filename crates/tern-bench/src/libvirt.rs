@@ -104,8 +104,9 @@ impl Libvirtd {
     pub fn start(lab: &Lab, side: Side) -> Result<Libvirtd> {
         let addr = lab.host_addr(side);
         let root = crate::guest::scratch("tern-bench-libvirtd-")?;
-        for d in ["etc", "lib", "log", "cache"] {
-            std::fs::create_dir(root.path().join(d)).context("create libvirt dirs")?;
+        // log/qemu: the consoles' directory, which libvirt does not create.
+        for d in ["etc", "lib", "log/qemu", "cache"] {
+            std::fs::create_dir_all(root.path().join(d)).context("create libvirt dirs")?;
         }
         std::fs::write(root.path().join("etc/libvirtd.conf"), libvirtd_conf(addr))?;
         std::fs::write(root.path().join("etc/qemu.conf"), qemu_conf(addr))?;

@@ -450,7 +450,7 @@ fn table(cells: &[Cell]) -> String {
             Some(Outcome::DidNotConverge { after, .. }) => {
                 format!("did not converge in {} s | | | | |", after.as_secs())
             }
-            Some(Outcome::Failed(e)) => format!("failed: {} | | | | |", e.replace('|', "/")),
+            Some(Outcome::Failed(e)) => format!("failed: {} | | | | |", e.replace('|', "/").replace('\n', " ")),
             None => "no run | | | | |".into(),
         };
         out.push_str(&format!(
