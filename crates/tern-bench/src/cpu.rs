@@ -209,8 +209,7 @@ impl CpuGroup {
     /// CPU microseconds of every task that ran in the group so far.
     pub fn usage_usec(&self) -> Result<u64> {
         let p = self.path.join("cpu.stat");
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+        let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
         match parse_usage_usec(&text) {
             Some(u) => Ok(u),
             None => bail!("{} has no usage_usec", p.display()),
@@ -341,10 +340,12 @@ impl Meter {
     /// Call just after the migration returned: records its span.
     pub fn record(&self, before: Reading) {
         let after = self.read();
-        let vcpu = self.stop_sampler().map_or(Reading::default(), |(ta, tb)| Reading {
-            a: ta.usec(),
-            b: tb.usec(),
-        });
+        let vcpu = self
+            .stop_sampler()
+            .map_or(Reading::default(), |(ta, tb)| Reading {
+                a: ta.usec(),
+                b: tb.usec(),
+            });
         self.spans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -357,7 +358,11 @@ impl Meter {
 
     /// Stops the running sampler, if any, and returns what it saw.
     fn stop_sampler(&self) -> Option<(VcpuTrack, VcpuTrack)> {
-        let s = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let s = self
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
         s.stop.store(true, Ordering::Relaxed);
         s.thread.join().ok()
     }

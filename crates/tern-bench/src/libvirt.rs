@@ -286,7 +286,11 @@ pub fn domain_xml(spec_xml: &str, console: &str) -> Result<String> {
     );
     Ok(spec_xml
         .replacen("<domain type='kvm'>", "<domain type='qemu'>", 1)
-        .replacen("  </os>\n", "  </os>\n  <cpu mode='maximum' migratable='on'/>\n", 1)
+        .replacen(
+            "  </os>\n",
+            "  </os>\n  <cpu mode='maximum' migratable='on'/>\n",
+            1,
+        )
         .replacen(PTY, &devices, 1))
 }
 

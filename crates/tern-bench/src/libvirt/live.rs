@@ -134,7 +134,10 @@ fn table(rows: &[Row]) -> String {
             Some(Outcome::DidNotConverge { after, .. }) => {
                 format!("did not converge in {} s | | | | |", after.as_secs())
             }
-            Some(Outcome::Failed(e)) => format!("failed: {} | | | | |", e.replace('|', "/").replace('\n', " ")),
+            Some(Outcome::Failed(e)) => format!(
+                "failed: {} | | | | |",
+                e.replace('|', "/").replace('\n', " ")
+            ),
             None => "no run | | | | |".into(),
         };
         out.push_str(&format!(

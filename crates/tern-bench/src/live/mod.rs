@@ -337,7 +337,7 @@ pub(crate) fn summary(o: &Outcome) -> String {
 
 /// Adds what the heartbeats and the destination console showed beyond the
 /// gap to a row's notes.
-pub(crate) fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
+pub fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
     match after {
         AfterMigration::Running => {}
         AfterMigration::Crashed(l) => {
