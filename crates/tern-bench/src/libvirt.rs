@@ -147,6 +147,21 @@ impl Libvirtd {
             root,
         };
         d.wait_up(lab)?;
+        // libvirtd probes QEMU's capabilities the first time it needs them:
+        // on the destination that is the first incoming migration, which
+        // would carry seconds of probing (time and CPU) that no later one
+        // does. Probe now, outside every measured span.
+        let o = d.virsh(
+            lab,
+            &["domcapabilities", "--virttype", "qemu", "--arch", "x86_64"],
+        );
+        if !o.status.success() {
+            bail!(
+                "libvirtd in {} cannot probe QEMU: {}",
+                d.ns,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
         Ok(d)
     }
 
