@@ -43,6 +43,12 @@ PKGS=(
   virtinst             # virt-install: scripts/virt-install-corpus.sh writes the corpus with it
   libvirt-clients      # virsh, whose embedded QEMU driver reports this host's capabilities to it
   libvirt-daemon-driver-qemu # that driver (run in-process: no libvirt daemon is started)
+  # libvirtd, for the benchmarks' libvirt baseline (crates/tern-bench/src/libvirt.rs
+  # starts two in network and mount namespaces of their own). Bookworm's package ships
+  # no systemd units and no maintainer scripts (those are in libvirt-daemon-system,
+  # which is NOT installed), so installing it starts no system libvirtd, creates no
+  # network and touches neither /etc/libvirt nor the host's firewall.
+  libvirt-daemon
   grub-pc-bin          # GRUB for BIOS: the Debian guest's bootable disk (scripts/debian-grub-disk.sh)
   grub-efi-amd64-bin   # GRUB for UEFI, on the same disk
   dosfstools           # mkfs.fat: that disk's EFI system partition
@@ -132,6 +138,21 @@ fi
 if getent group kvm >/dev/null && ! id -nG tern-qemu | grep -qw kvm; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO usermod -aG kvm tern-qemu
+fi
+
+# libvirtd's QEMU driver resolves its built-in QEMU user and group
+# (libvirt-qemu) at start, before reading qemu.conf, and fails without them;
+# libvirt-daemon-system (not installed, see above) would create them. The
+# benchmark's daemons still run QEMU as root (their private qemu.conf).
+if ! getent group libvirt-qemu >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO groupadd --system libvirt-qemu
+fi
+if ! id libvirt-qemu >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "install-deps: creating the libvirt-qemu user (libvirtd's QEMU driver needs it to exist)"
+  $SUDO useradd --system --gid libvirt-qemu --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin libvirt-qemu
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -12,9 +12,11 @@
 //! or in `$TERN_BIN_DIR`.
 
 mod converge;
+mod cpu;
 mod engine;
 mod guest;
 mod hostdown;
+mod libvirt;
 mod live;
 mod nfs;
 mod qemu;
@@ -52,8 +54,9 @@ enum Cmd {
     Converge(converge::ConvergeArgs),
     /// The cold-copy engine alone (in process) against cp, rsync and scp.
     Engine(engine::EngineArgs),
-    /// Transports (issue 5): native TCP, native --tls, --tunnelled and
-    /// --tunnelled --parallel 4, idle and dirtying, in one run.
+    /// Transports (issue 5): native TCP, native --tls, --tunnelled,
+    /// --tunnelled --parallel 4 and libvirt's --p2p --tunnelled, idle and
+    /// dirtying, in one run, with CPU seconds per GiB (issue 19).
     Transports(transports::TransportsArgs),
     /// Soak (issue 13): many live migrations back and forth across
     /// managed, p2p, storage copy and post-copy, counting failed

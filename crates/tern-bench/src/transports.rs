@@ -8,8 +8,16 @@
 //! nothing else. MiB/s is QEMU's `ram.transferred` over its `total-time`;
 //! wall time is the CLI's. A line for the tunnel alone (no QEMU: bytes
 //! pushed through `tern-tunnel` in this process) shows its ceiling here.
+//!
+//! Issue 19 adds libvirt's own tunnel (`virsh migrate --live --p2p
+//! --tunnelled` between two libvirtds in network namespaces, the same
+//! guest) and, for every row, the CPU seconds per GiB moved on each side:
+//! the agent (or libvirtd) and every QEMU it runs, from their cgroups
+//! ([`crate::cpu`]), read just before and just after each migration.
 
+use crate::cpu::{self, Cost, CpuGroup, Meter};
 use crate::guest::Case;
+use crate::libvirt::LibvirtPair;
 use crate::live::report::{aggregate, Outcome};
 use crate::live::{self, Bench, BenchSetup};
 use anyhow::{Context, Result};
@@ -29,6 +37,9 @@ pub enum Transport {
     Tunnel,
     /// Through the tunnel with four multifd channels.
     TunnelParallel,
+    /// libvirt's tunnel: `virsh migrate --live --p2p --tunnelled` between
+    /// two libvirtds (skipped with a note when libvirtd is not installed).
+    Libvirt,
 }
 
 impl Transport {
@@ -38,11 +49,17 @@ impl Transport {
             Transport::Tls => "native --tls",
             Transport::Tunnel => "--tunnelled",
             Transport::TunnelParallel => "--tunnelled --parallel 4",
+            Transport::Libvirt => "libvirt --p2p --tunnelled",
         }
     }
 
     fn flags(self) -> Vec<String> {
-        let f: &[&str] = match self {
+        self.flags_str().iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The migrate command's flags for this transport.
+    fn flags_str(self) -> &'static [&'static str] {
+        match self {
             Transport::Tcp => &["--p2p"],
             Transport::Tls => &["--p2p", "--tls"],
             Transport::Tunnel => &["--p2p", "--tunnelled"],
@@ -53,8 +70,8 @@ impl Transport {
                 "--parallel-connections",
                 "4",
             ],
-        };
-        f.iter().map(|s| s.to_string()).collect()
+            Transport::Libvirt => &["--p2p", "--tunnelled"],
+        }
     }
 }
 
@@ -72,7 +89,7 @@ pub struct TransportsArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tcp,tls,tunnel,tunnel-parallel"
+        default_value = "tcp,tls,tunnel,tunnel-parallel,libvirt"
     )]
     transports: Vec<Transport>,
     /// Migrations per cell (back and forth); the table shows medians.
@@ -106,6 +123,8 @@ struct Cell {
     load: Option<f64>,
     other_qemus: usize,
     notes: Vec<String>,
+    /// Median CPU seconds per GiB on each side, if measured.
+    cost: Option<Cost>,
 }
 
 /// Runs every transport on every load and prints the table.
@@ -134,7 +153,7 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let bench = Bench::start(BenchSetup {
+    let mut bench = Bench::start(BenchSetup {
         verify_rate: a.verify_rate,
         settle: Duration::from_secs(a.settle),
         timeout: Duration::from_secs(a.timeout),
@@ -143,6 +162,13 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
         logs: a.logs.clone(),
         pki_dir: Some(dir),
     })?;
+    let mut run_notes = Vec::new();
+    match tern_meter(&bench) {
+        Ok(m) => bench.cpu = Some(m),
+        Err(e) => run_notes.push(format!("no CPU accounting for Tern's rows: {e:#}")),
+    }
+    // Declared after the bench: its QEMUs end before the bench's disk goes.
+    let mut libvirt = Libvirt::NotStarted;
     let started = Instant::now();
     let mut cells = Vec::new();
     for &dirty in &a.rates {
@@ -152,18 +178,42 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
         };
         for &t in &a.transports {
             let label = format!("{} MiB, dirty {dirty} MiB/s, {}", a.memory, t.label());
-            eprintln!("tern-bench: {label} ...");
             let (load, other_qemus) = (crate::sys::loadavg(), crate::sys::qemu_processes());
             let mut notes = Vec::new();
-            let runs = live::tern::run(&bench, case, &t.flags(), &mut notes)
-                .await
-                .unwrap_or_else(|e| vec![Outcome::Failed(format!("{e:#}"))]);
+            let (runs, spans) = if t == Transport::Libvirt {
+                let Some((pair, meter)) = libvirt.get(&mut run_notes) else {
+                    continue;
+                };
+                eprintln!("tern-bench: {label} ...");
+                if !run_notes.iter().any(|n| n.starts_with(LIBVIRT_TIME)) {
+                    run_notes.push(format!("{LIBVIRT_TIME}{LIBVIRT_TIME_WHY}"));
+                }
+                let plan = crate::libvirt::migrate::Plan {
+                    guest: &bench.guest,
+                    settle: bench.settle,
+                    timeout: bench.timeout,
+                    repeat: bench.repeat,
+                    meter: Some(meter),
+                };
+                let flags: Vec<&str> = t.flags_str().to_vec();
+                let runs = crate::libvirt::migrate::run(pair, &plan, case, &flags, &mut notes)
+                    .await
+                    .unwrap_or_else(|e| vec![Outcome::Failed(format!("{e:#}"))]);
+                (runs, meter.take())
+            } else {
+                eprintln!("tern-bench: {label} ...");
+                let runs = live::tern::run(&bench, case, &t.flags(), &mut notes)
+                    .await
+                    .unwrap_or_else(|e| vec![Outcome::Failed(format!("{e:#}"))]);
+                (runs, bench.cpu.as_ref().map_or(Vec::new(), |m| m.take()))
+            };
             for o in &runs {
                 eprintln!("tern-bench: {label}: {}", live::summary(o));
             }
             cells.push(Cell {
                 transport: t,
                 case,
+                cost: cell_cost(&runs, &spans),
                 outcome: aggregate(&runs),
                 load,
                 other_qemus,
@@ -174,14 +224,20 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "Transports: {cores} cores, TCG, {qemu_version}, {} MiB guest (tern.mem = RAM/2), \
-         `tern migrate --live --p2p` between two agents on loopback, median of {} migrations \
-         per cell; load average {} before the run; whole run {} s\n",
+         `tern migrate --live --p2p` between two agents on loopback, libvirt's row between two \
+         libvirtds in network namespaces, median of {} migrations per cell; load average {} \
+         before the run; whole run {} s\n",
         a.memory,
         bench.repeat,
         load_before.map_or("?".into(), |l| format!("{l:.2}")),
         started.elapsed().as_secs()
     );
     println!("{}", table(&cells));
+    println!("{}", cost_table(&cells));
+    for line in tunnel_checks(&cells) {
+        println!("{line}");
+    }
+    println!();
     if let Some((mib, secs, cpu)) = raw {
         println!(
             "Tunnel alone (no QEMU; one stream, both TLS ends in one process): \
@@ -190,6 +246,9 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
             mib as f64 / secs,
             mib as f64 / cpu
         );
+    }
+    for n in &run_notes {
+        println!("- {n}");
     }
     for c in cells.iter().filter(|c| !c.notes.is_empty()) {
         println!(
@@ -200,6 +259,162 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The note on libvirt's times, once per run.
+const LIBVIRT_TIME: &str = "libvirt's \"QEMU total\" is libvirt's job time";
+const LIBVIRT_TIME_WHY: &str = " (`time_elapsed`: from the start of its migration job, the \
+    destination's QEMU start included, to QEMU's completion; libvirt does not report QEMU's own \
+    total-time), so its MiB/s is a lower bound.";
+
+/// The libvirt baseline, started at its first row.
+enum Libvirt {
+    NotStarted,
+    Running(Box<LibvirtPair>, Meter),
+    Unavailable,
+}
+
+impl Libvirt {
+    /// The daemons and their meter; starts them the first time. When they
+    /// cannot run, says why once in the run's notes and skips the rows.
+    fn get(&mut self, notes: &mut Vec<String>) -> Option<(&LibvirtPair, &Meter)> {
+        if matches!(self, Libvirt::NotStarted) {
+            eprintln!("tern-bench: starting two libvirtds in network namespaces ...");
+            *self = match LibvirtPair::start() {
+                Ok(p) => {
+                    let m = p.meter();
+                    Libvirt::Running(Box::new(p), m)
+                }
+                Err(e) => {
+                    notes.push(format!("libvirt's row skipped: {e:#}"));
+                    eprintln!("tern-bench: libvirt's row skipped: {e:#}");
+                    Libvirt::Unavailable
+                }
+            };
+        }
+        match self {
+            Libvirt::Running(p, m) => Some((&**p, &*m)),
+            _ => None,
+        }
+    }
+}
+
+/// Both agents' cgroups (each `ternd` with every QEMU it starts later).
+fn tern_meter(bench: &Bench) -> Result<Meter> {
+    let group = |name: &str, h: &tern_testkit::TernHost| -> Result<CpuGroup> {
+        let g = CpuGroup::create(name)?;
+        g.add(h.pid().context("the agent is not running")?)?;
+        Ok(g)
+    };
+    Ok(Meter::new(
+        group("ternd-a", &bench.a)?.into(),
+        group("ternd-b", &bench.b)?.into(),
+    ))
+}
+
+/// The median cost of a cell's completed migrations; run `i` went from A
+/// to B when `i` is even (both drivers go back and forth). `spans[i]` are
+/// the readings around run `i`.
+fn cell_cost(runs: &[Outcome], spans: &[cpu::Span]) -> Option<Cost> {
+    let costs: Vec<Cost> = runs
+        .iter()
+        .zip(spans)
+        .enumerate()
+        .filter_map(|(i, (o, s))| match o {
+            Outcome::Done(r) => Cost::from_readings(*s, i % 2 == 0, r.figures.bytes),
+            _ => None,
+        })
+        .collect();
+    Cost::median(&costs)
+}
+
+/// The guest column's text for a case.
+fn guest_label(case: Case) -> String {
+    if case.dirty_mib_s == 0 {
+        "idle".to_string()
+    } else {
+        format!("dirty {} MiB/s", case.dirty_mib_s)
+    }
+}
+
+/// CPU seconds per GiB moved, per side and together, and the cores each
+/// host would keep busy at 25 Gbit/s.
+fn cost_table(cells: &[Cell]) -> String {
+    let mut out = format!(
+        "CPU seconds per GiB moved (QEMU's ram.transferred), each side's agent or libvirtd \
+         with its QEMUs, median; cores = CPU s/GiB × {:.2} GiB/s (25 Gbit/s):\n\n\
+         | guest | transport | source CPU s/GiB | destination CPU s/GiB | both | source cores at 25 Gbit/s | destination cores at 25 Gbit/s |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+        cpu::LINK_25G_GIB_S
+    );
+    for c in cells {
+        let cols = match c.cost {
+            Some(k) => format!(
+                "{:.2} | {:.2} | {:.2} | {:.1} | {:.1}",
+                k.src,
+                k.dst,
+                k.total(),
+                cpu::cores_for(k.src, cpu::LINK_25G_GIB_S),
+                cpu::cores_for(k.dst, cpu::LINK_25G_GIB_S)
+            ),
+            None => "? | ? | ? | ? | ?".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {cols} |\n",
+            guest_label(c.case),
+            c.transport.label()
+        ));
+    }
+    out
+}
+
+/// The issue's check, per guest load: the tunnel (each of Tern's tunnel
+/// rows) costs at most QEMU's own TLS per GiB, both sides together.
+fn tunnel_checks(cells: &[Cell]) -> Vec<String> {
+    let mut cases: Vec<Case> = Vec::new();
+    for c in cells {
+        if !cases.contains(&c.case) {
+            cases.push(c.case);
+        }
+    }
+    let total = |case: Case, t: Transport| {
+        cells
+            .iter()
+            .find(|c| c.case == case && c.transport == t)
+            .and_then(|c| c.cost)
+            .map(|k| k.total())
+    };
+    cases
+        .into_iter()
+        .map(|case| {
+            let tunnels =
+                [Transport::Tunnel, Transport::TunnelParallel].map(|t| (t.label(), total(case, t)));
+            check_line(&guest_label(case), total(case, Transport::Tls), &tunnels)
+        })
+        .collect()
+}
+
+/// One check line: each tunnel's CPU s/GiB against TLS's, and whether it
+/// holds ("no figure" where either is missing).
+fn check_line(guest: &str, tls: Option<f64>, tunnels: &[(&str, Option<f64>)]) -> String {
+    let parts: Vec<String> = tunnels
+        .iter()
+        .map(|(label, v)| match (v, tls) {
+            (Some(v), Some(t)) => format!(
+                "{label} {v:.2} vs --tls {t:.2}: {}",
+                if cpu::at_most(*v, t) {
+                    "holds"
+                } else {
+                    "does not hold"
+                }
+            ),
+            _ => format!("{label}: no figure"),
+        })
+        .collect();
+    format!(
+        "- Check, {guest}: the tunnel costs at most QEMU's own TLS per GiB (CPU s/GiB, both sides): {}",
+        parts.join("; ")
+    )
 }
 
 fn mib_s(o: &Outcome) -> Option<f64> {
@@ -223,11 +438,7 @@ fn table(cells: &[Cell]) -> String {
             .find(|b| b.transport == Transport::Tcp && b.case == c.case)
             .and_then(|b| b.outcome.as_ref())
             .and_then(mib_s);
-        let guest = if c.case.dirty_mib_s == 0 {
-            "idle".to_string()
-        } else {
-            format!("dirty {} MiB/s", c.case.dirty_mib_s)
-        };
+        let guest = guest_label(c.case);
         let load = c.load.map_or("?".into(), |l| format!("{l:.2}"));
         let row = match &c.outcome {
             Some(o @ Outcome::Done(r)) => {
@@ -248,7 +459,10 @@ fn table(cells: &[Cell]) -> String {
             Some(Outcome::DidNotConverge { after, .. }) => {
                 format!("did not converge in {} s | | | | |", after.as_secs())
             }
-            Some(Outcome::Failed(e)) => format!("failed: {} | | | | |", e.replace('|', "/")),
+            Some(Outcome::Failed(e)) => format!(
+                "failed: {} | | | | |",
+                e.replace('|', "/").replace('\n', " ")
+            ),
             None => "no run | | | | |".into(),
         };
         out.push_str(&format!(
@@ -346,4 +560,63 @@ fn cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::{Reading, Span};
+    use crate::live::report::{Figures, Run};
+
+    fn done(bytes: u64) -> Outcome {
+        Outcome::Done(Run {
+            figures: Figures {
+                bytes,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn span(a: u64, b: u64) -> Span {
+        Span {
+            before: Reading::default(),
+            after: Reading { a, b },
+            vcpu: Reading::default(),
+        }
+    }
+
+    #[test]
+    fn a_cells_cost_follows_each_runs_direction() {
+        // Run 1 A to B: A (source) 2 s, B 1 s; run 2 B to A: B (source)
+        // 4 s, A 1 s; one GiB each. Medians (upper): source 4, destination 1.
+        let runs = [done(1 << 30), done(1 << 30)];
+        let spans = [span(2_000_000, 1_000_000), span(1_000_000, 4_000_000)];
+        let c = cell_cost(&runs, &spans).unwrap();
+        assert_eq!((c.src, c.dst), (4.0, 1.0));
+        // A failed run and a run without readings do not count.
+        let runs = [done(1 << 30), Outcome::Failed("x".into()), done(1 << 30)];
+        let c = cell_cost(&runs, &spans[..1]).unwrap();
+        assert_eq!((c.src, c.dst), (2.0, 1.0));
+        assert!(cell_cost(&runs, &[]).is_none());
+    }
+
+    #[test]
+    fn the_check_line_says_which_tunnel_holds() {
+        let l = check_line(
+            "idle",
+            Some(1.5),
+            &[
+                ("--tunnelled", Some(1.2)),
+                ("--tunnelled --parallel 4", Some(1.8)),
+            ],
+        );
+        assert!(l.contains("--tunnelled 1.20 vs --tls 1.50: holds"), "{l}");
+        assert!(
+            l.contains("--parallel 4 1.80 vs --tls 1.50: does not hold"),
+            "{l}"
+        );
+        let l = check_line("idle", None, &[("--tunnelled", Some(1.2))]);
+        assert!(l.contains("--tunnelled: no figure"), "{l}");
+    }
 }

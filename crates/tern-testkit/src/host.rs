@@ -152,6 +152,12 @@ impl TernHost {
         h
     }
 
+    /// The `ternd` process's pid, while it runs (a benchmark moves it into
+    /// a cgroup to account its CPU time and its QEMUs').
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// State directory.
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")

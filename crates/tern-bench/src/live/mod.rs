@@ -26,6 +26,10 @@ pub enum Driver {
     Tern,
     /// QMP from this program.
     Qmp,
+    /// `virsh migrate --live` between two libvirtds (issue 19), alone.
+    Libvirt,
+    /// `virsh migrate --live --p2p` between two libvirtds, alone.
+    LibvirtP2p,
 }
 
 /// `tern-bench live` options. The defaults are the documented run.
@@ -87,6 +91,8 @@ pub struct Bench {
     pub logs: Option<PathBuf>,
     /// Ask `tern migrate-forecast` before each `tern migrate`.
     pub forecast: bool,
+    /// CPU readings around each `tern migrate` (issue 19), if measured.
+    pub cpu: Option<crate::cpu::Meter>,
     // Dropped last: the hosts' QEMUs are gone before the disk is removed.
     _pool: tempfile::TempDir,
 }
@@ -172,6 +178,7 @@ impl Bench {
             repeat: s.repeat,
             logs: s.logs,
             forecast: false,
+            cpu: None,
             _pool: pool,
         })
     }
@@ -194,6 +201,18 @@ pub fn check_binaries() -> Result<PathBuf> {
 
 /// Runs the matrix and prints the tables on stdout (progress on stderr).
 pub async fn run(args: LiveArgs) -> Result<()> {
+    if let Some(d @ (Driver::Libvirt | Driver::LibvirtP2p)) = args.only {
+        return crate::libvirt::live::run(crate::libvirt::live::LiveSetup {
+            sizes: args.sizes,
+            rates: args.rates,
+            verify_rate: args.verify_rate,
+            settle: Duration::from_secs(args.settle),
+            timeout: Duration::from_secs(args.timeout),
+            repeat: args.repeat,
+            p2p: d == Driver::LibvirtP2p,
+        })
+        .await;
+    }
     let qemu_version = qemu_version(&args.qemu)?;
     if let Some(d) = &args.logs {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
@@ -318,7 +337,7 @@ pub(crate) fn summary(o: &Outcome) -> String {
 
 /// Adds what the heartbeats and the destination console showed beyond the
 /// gap to a row's notes.
-fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
+pub fn note_watch(who: &str, r: &WatchReport, after: &AfterMigration, notes: &mut Vec<String>) {
     match after {
         AfterMigration::Running => {}
         AfterMigration::Crashed(l) => {

@@ -118,6 +118,7 @@ async fn migrate_once(
         (None, None)
     };
     let log_from = crate::guest::log_len(&from.console_log(name));
+    let cpu0 = bench.cpu.as_ref().map(|m| m.begin());
     let t0 = Instant::now();
     let t0_ms = epoch_ms();
     let mut child = tokio::process::Command::new(bin("tern"))
@@ -158,6 +159,9 @@ async fn migrate_once(
     let wall = t0.elapsed();
     let end = Instant::now();
     let end_ms = epoch_ms();
+    if let (Some(m), Some(c0)) = (&bench.cpu, cpu0) {
+        m.record(c0);
+    }
     if !status.success() {
         let _ = watcher.finish();
         let e = std::fs::read_to_string(&err_path).unwrap_or_default();
