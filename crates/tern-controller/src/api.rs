@@ -268,6 +268,9 @@ async fn heartbeat(
 /// controller restart), one read serves all of them.
 pub const PEERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The online hosts' (name, API URI) and when they were read.
+pub type PeersRead = (std::time::Instant, Arc<Vec<(String, String)>>);
+
 /// API URIs of the other online hosts, at most [`PEERS_MAX_AGE`] old.
 async fn peers(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
     let cached = ctl

@@ -125,7 +125,7 @@ pub struct Controller {
     fence_notes: Mutex<HashMap<String, String>>,
     /// The online hosts' (name, API URI), as last read for heartbeat
     /// replies ([`api::PEERS_MAX_AGE`]).
-    peers: Mutex<Option<(std::time::Instant, Arc<Vec<(String, String)>>)>>,
+    peers: Mutex<Option<api::PeersRead>>,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.

@@ -126,7 +126,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(store: StoreKind, a: &ScaleArgs) -> Result<Cluster> {
-        let extra = vec![
+        let extra = [
             "--lease-ttl-ms".to_string(),
             a.lease_ttl_ms.to_string(),
             "--grace-ms".to_string(),
