@@ -55,6 +55,10 @@ pub struct ScaleArgs {
     /// The controller's grace after a lapse, ms (`--grace-ms`).
     #[arg(long, default_value_t = 2000)]
     grace_ms: u64,
+    /// Another `tern-controller` argument (repeat it), e.g.
+    /// `--controller-arg=--max-anonymous-clients --controller-arg=200`.
+    #[arg(long = "controller-arg", allow_hyphen_values = true)]
+    controller_args: Vec<String>,
 }
 
 /// Which store a run uses.
@@ -126,12 +130,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start(store: StoreKind, a: &ScaleArgs) -> Result<Cluster> {
-        let extra = [
+        let mut extra = vec![
             "--lease-ttl-ms".to_string(),
             a.lease_ttl_ms.to_string(),
             "--grace-ms".to_string(),
             a.grace_ms.to_string(),
         ];
+        extra.extend(a.controller_args.iter().cloned());
         tokio::task::spawn_blocking(move || {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let etcd = (store == StoreKind::Etcd).then(|| EtcdCluster::start(3));
