@@ -277,7 +277,8 @@ pub struct HeartbeatReply {
     pub reregister: bool,
     /// As in [`RegisterReply::fence`].
     pub fence: bool,
-    /// As in [`RegisterReply::peers`].
+    /// Empty: the list is in [`RegisterReply::peers`] (sent on every
+    /// heartbeat it cost O(hosts) bytes each, O(hosts²) per interval).
     #[serde(default)]
     pub peers: Vec<String>,
 }

@@ -21,6 +21,7 @@ mod live;
 mod nfs;
 mod qemu;
 mod rbd;
+mod scale;
 mod soak;
 mod storage;
 mod sys;
@@ -71,6 +72,9 @@ enum Cmd {
     /// RBD (issue 21): live migration with the disk on Ceph RBD (shared)
     /// against NFS (shared) and a local dir pool with `--copy-storage-all`.
     Rbd(rbd::RbdArgs),
+    /// Cluster scale (issue 19): N simulated agents over mutual TLS
+    /// against one controller, on the file store and a three-member etcd.
+    ClusterScale(scale::ScaleArgs),
 }
 
 #[tokio::main]
@@ -86,6 +90,7 @@ async fn main() -> ExitCode {
             Cmd::Hostdown(a) => hostdown::run(a).await,
             Cmd::Nfs(a) => nfs::run(a).await,
             Cmd::Rbd(a) => rbd::run(a).await,
+            Cmd::ClusterScale(a) => scale::run(a).await,
             Cmd::Engine(a) => tokio::task::spawn_blocking(move || engine::run(a)).await?,
         }
     };

@@ -182,7 +182,8 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         auto_migrate_on_host_shutdown: false,
         shutting_down: false,
     };
-    let fence = if ctl.inv.create(&key, &rec).await? {
+    let created = ctl.inv.create(&key, &rec).await?;
+    let fence = if created {
         false
     } else {
         let r = ctl
@@ -199,7 +200,14 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         r.is_some_and(|h| h.auto_migrate_on_host_down)
     };
     tracing::info!(host = %name, "host registered");
-    apply_sync(ctl, &report).await?;
+    // A host new to the cluster owns no record yet (host records are never
+    // removed, and jobs only move servers to known hosts): reading every
+    // server for each of thousands of new hosts made joining O(hosts²).
+    let scope = match created {
+        true => SyncScope::Reported,
+        false => SyncScope::All,
+    };
+    apply_sync(ctl, &report, scope).await?;
     Ok(RegisterReply {
         lease,
         lease_ttl_ms: ctl.cfg.lease_ttl.as_millis() as u64,
@@ -231,8 +239,13 @@ async fn heartbeat(
         Err(StoreError::LeaseExpired(_)) => return Ok(gone),
         Err(e) => return Err(e.into()),
     }
-    if rec.report != report {
+    if rec.report == report {
+        apply_sync(ctl, &report, SyncScope::Reported).await?;
+    } else {
         check_report(&report, ctl.cfg.api_tls)?;
+        // Synced before the report is stored: a sync that fails is made
+        // again, in full, on the next heartbeat.
+        apply_sync(ctl, &report, SyncScope::All).await?;
         ctl.inv
             .update_host(host, |h| {
                 h.report = report.clone();
@@ -240,30 +253,94 @@ async fn heartbeat(
             })
             .await?;
     }
-    apply_sync(ctl, &report).await?;
     Ok(HeartbeatReply {
         reregister: false,
         fence: rec.auto_migrate_on_host_down,
-        peers: peers(ctl, host).await?,
+        // O(hosts) bytes on every heartbeat is O(hosts²) per interval;
+        // agents get the list when they register.
+        peers: Vec::new(),
     })
 }
 
-/// API URIs of the other online hosts.
+/// How stale the peer list in register replies may be. It is
+/// informational (agents do not act on it), and reading it means decoding
+/// every host's record: when thousands of hosts register at once (a
+/// controller restart), one read serves all of them.
+pub const PEERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The online hosts' (name, API URI) and when they were read.
+pub type PeersRead = (std::time::Instant, Arc<Vec<(String, String)>>);
+
+/// API URIs of the other online hosts, at most [`PEERS_MAX_AGE`] old.
 async fn peers(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
-    Ok(ctl
-        .inv
-        .hosts()
-        .await?
-        .into_iter()
-        .filter(|h| h.report.name != host && h.status == HostStatus::Online)
-        .map(|h| h.report.api_uri)
+    let cached = ctl
+        .peers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .filter(|(at, _)| at.elapsed() < PEERS_MAX_AGE)
+        .map(|(_, l)| l);
+    let online = match cached {
+        Some(l) => l,
+        None => {
+            let l: Arc<Vec<(String, String)>> = Arc::new(
+                ctl.inv
+                    .hosts()
+                    .await?
+                    .into_iter()
+                    .filter(|h| h.status == HostStatus::Online)
+                    .map(|h| (h.report.name, h.report.api_uri))
+                    .collect(),
+            );
+            *ctl.peers.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), l.clone()));
+            l
+        }
+    };
+    Ok(online
+        .iter()
+        .filter(|(name, _)| name != host)
+        .map(|(_, uri)| uri.clone())
         .collect())
 }
 
+/// Which server records a sync reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncScope {
+    /// Every record: finds the host's records it no longer reports, too.
+    /// When a known host registers again and whenever a report changed.
+    All,
+    /// The records the report names: creates and refreshes them (a record
+    /// a job moved here, say), removes nothing. For a new host, and for a
+    /// heartbeat repeating the last report, whose removals the last full
+    /// sync made: reading every record on each heartbeat cost O(servers)
+    /// per heartbeat.
+    Reported,
+}
+
+/// The server records `scope` reads for `report`.
+async fn sync_records(
+    ctl: &Arc<Controller>,
+    report: &HostReport,
+    scope: SyncScope,
+) -> Result<Vec<tern_api::cluster::ServerRecord>> {
+    if scope == SyncScope::All {
+        return ctl.inv.servers().await;
+    }
+    let mut out = Vec::with_capacity(report.domains.len());
+    for d in &report.domains {
+        let key = format!("{SERVERS}{}", d.name);
+        if let Some((_, r)) = ctl.inv.get::<tern_api::cluster::ServerRecord>(&key).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// Brings server records in line with a host's report.
-async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport) -> Result<()> {
+async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport, scope: SyncScope) -> Result<()> {
     let host = report.name.as_str();
-    let servers = ctl.inv.servers().await?;
+    let servers = sync_records(ctl, report, scope).await?;
     for c in reconcile(host, &report.domains, &servers) {
         match c {
             Change::Create(r) => {

@@ -60,7 +60,9 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
         .into_iter()
         .map(|e| e.key[ALIVE.len()..].to_string())
         .collect();
-    for h in ctl.lead().hosts().await? {
+    let listed = ctl.lead().hosts().await?;
+    let mut changed = false;
+    for h in &listed {
         let name = h.report.name.clone();
         let now = now_ms();
         match step(
@@ -71,6 +73,7 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
         ) {
             Action::Stay => {}
             Action::Set(s) => {
+                changed = true;
                 tracing::info!(host = %name, status = ?s, "host status");
                 ctl.lead()
                     .update_host(&name, |r| {
@@ -82,10 +85,18 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
                     })
                     .await?;
             }
-            Action::Probe => probe(ctl, &h, now).await?,
+            Action::Probe => {
+                changed = true;
+                probe(ctl, h, now).await?
+            }
         }
     }
-    let hosts = ctl.lead().hosts().await?;
+    // Read every host again only if this tick changed one: at thousands
+    // of hosts each read decodes every report.
+    let hosts = match changed {
+        true => ctl.lead().hosts().await?,
+        false => listed,
+    };
     crate::fencing::watch_tick(ctl, &hosts).await?;
     for h in &hosts {
         let HostStatus::Down { since_ms } = h.status else {

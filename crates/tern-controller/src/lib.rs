@@ -123,6 +123,9 @@ pub struct Controller {
     fence_watch: Mutex<fencing::Watch>,
     /// Per host, why its fencing is not proven yet (shown on rescue jobs).
     fence_notes: Mutex<HashMap<String, String>>,
+    /// The online hosts' (name, API URI), as last read for heartbeat
+    /// replies ([`api::PEERS_MAX_AGE`]).
+    peers: Mutex<Option<api::PeersRead>>,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.
@@ -160,6 +163,7 @@ impl Controller {
             runners: Mutex::default(),
             fence_watch: Mutex::default(),
             fence_notes: Mutex::default(),
+            peers: Mutex::default(),
             cfg,
         }))
     }

@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Largest answer to a list. gRPC's default, 4 MiB, is the records of a
+/// few hundred hosts (each carries its host's report, with every domain's
+/// XML): past it every list failed, and with it registration.
+const MAX_LIST_BYTES: usize = 1 << 30;
+
 /// A store on etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -218,7 +223,10 @@ impl Store for EtcdStore {
         let k = &self.k(prefix);
         let opts = || Some(GetOptions::new().with_prefix());
         let r = self
-            .call(|mut c| async move { c.get(k.as_str(), opts()).await })
+            .call(|c| async move {
+                let mut kv = c.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
+                kv.get(k.as_str(), opts()).await
+            })
             .await?;
         Ok(r.kvs().iter().map(|kv| self.entry(kv)).collect())
     }

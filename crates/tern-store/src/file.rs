@@ -39,6 +39,10 @@ struct Snapshot {
 struct State {
     snap: Snapshot,
     deadlines: BTreeMap<LeaseId, Instant>,
+    /// No lease expires before this (it may be earlier than the true first
+    /// deadline, since renewals only move deadlines later): every store
+    /// call sweeps, and without it each would walk every lease.
+    next_expiry: Option<Instant>,
 }
 
 /// The embedded file store.
@@ -96,14 +100,19 @@ impl FileStore {
             Err(e) => return Err(io(&path)(e)),
         };
         let now = Instant::now();
-        let deadlines = snap
+        let deadlines: BTreeMap<LeaseId, Instant> = snap
             .leases
             .iter()
             .map(|(id, ttl)| (*id, now + Duration::from_millis(*ttl)))
             .collect();
+        let next_expiry = deadlines.values().min().copied();
         Ok(FileStore {
             path,
-            state: Mutex::new(State { snap, deadlines }),
+            state: Mutex::new(State {
+                snap,
+                deadlines,
+                next_expiry,
+            }),
             _lock: lock,
         })
     }
@@ -139,8 +148,12 @@ impl FileStore {
     }
 }
 
-/// Drops expired leases and their keys; whether anything changed.
+/// Drops expired leases and their keys; whether anything changed. Walks
+/// the leases only once the earliest deadline may have passed.
 fn sweep(st: &mut State, now: Instant) -> bool {
+    if st.next_expiry.is_none_or(|t| t > now) {
+        return false;
+    }
     let dead: Vec<LeaseId> = st
         .deadlines
         .iter()
@@ -150,6 +163,7 @@ fn sweep(st: &mut State, now: Instant) -> bool {
     for id in &dead {
         drop_lease(st, *id);
     }
+    st.next_expiry = st.deadlines.values().min().copied();
     !dead.is_empty()
 }
 
@@ -263,7 +277,9 @@ impl Store for FileStore {
             let id = st.snap.next_lease;
             st.snap.next_lease += 1;
             st.snap.leases.insert(id, ttl.as_millis() as u64);
-            st.deadlines.insert(id, Instant::now() + ttl);
+            let deadline = Instant::now() + ttl;
+            st.deadlines.insert(id, deadline);
+            st.next_expiry = Some(st.next_expiry.map_or(deadline, |t| t.min(deadline)));
             Ok((id, true))
         })
     }
@@ -381,6 +397,26 @@ mod tests {
         }
         let s = FileStore::open(d.path()).unwrap();
         assert_eq!(s.get("k").await.unwrap().unwrap().value, b"v");
+    }
+
+    #[tokio::test]
+    async fn a_renewed_lease_outlives_its_first_deadline() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let a = s.grant(Duration::from_millis(300)).await.unwrap();
+        let b = s.grant(Duration::from_millis(300)).await.unwrap();
+        s.put("alive/a", b"1".to_vec(), Some(a)).await.unwrap();
+        s.put("alive/b", b"1".to_vec(), Some(b)).await.unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.keep_alive(a).await.unwrap();
+        }
+        assert!(s.get("alive/a").await.unwrap().is_some());
+        assert!(s.get("alive/b").await.unwrap().is_none());
+        assert!(matches!(
+            s.keep_alive(b).await,
+            Err(StoreError::LeaseExpired(_))
+        ));
     }
 
     #[tokio::test]
