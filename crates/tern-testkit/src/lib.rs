@@ -40,6 +40,7 @@ pub mod hugepages;
 mod initramfs;
 mod kernel;
 pub mod lvm;
+pub mod vm_lvm;
 pub mod netns;
 pub mod nfs;
 pub mod pair;
