@@ -40,7 +40,6 @@ pub mod hugepages;
 mod initramfs;
 mod kernel;
 pub mod lvm;
-pub mod vm_lvm;
 pub mod netns;
 pub mod nfs;
 pub mod pair;
@@ -51,6 +50,7 @@ pub mod rbd;
 pub mod scrape;
 mod serial;
 pub mod sshd;
+pub mod vm_lvm;
 mod vmlinux;
 pub mod watch;
 

@@ -86,7 +86,10 @@ pub fn sha256(vm: &DebianVm, dev: &str) -> String {
     let out = vm.sh_ok(&format!(
         "exec bash -c 'set -o pipefail; dd if={dev} bs=1M iflag=direct status=none | sha256sum'"
     ));
-    out.split_whitespace().next().unwrap_or_default().to_string()
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A domain without a kernel whose only disk is block device `dev`

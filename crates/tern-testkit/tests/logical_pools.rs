@@ -58,7 +58,13 @@ fn json(agent: &GuestAgent, args: &[&str]) -> serde_json::Value {
 }
 
 fn domstate(agent: &GuestAgent, name: &str) -> String {
-    agent.ok(&["domstate", name]).lines().next().unwrap_or("").trim().to_string()
+    agent
+        .ok(&["domstate", name])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -87,8 +93,12 @@ fn logical_pools_on_real_lvm_inside_debian_copy_block_disks_cold_and_live() {
     // nothing may have loaded yet: pool-start must not need it loaded.
     // Debian's boot loads it (lvm2's services): unloaded here, so that
     // pool-start meets the module not loaded, as on a host without them.
-    let dm = vm.sh("modprobe -r dm_mod; grep -w device-mapper /proc/misc; ls -l /dev/mapper/control");
-    eprintln!("device-mapper before pool-start: {}{}", dm.stdout, dm.stderr);
+    let dm =
+        vm.sh("modprobe -r dm_mod; grep -w device-mapper /proc/misc; ls -l /dev/mapper/control");
+    eprintln!(
+        "device-mapper before pool-start: {}{}",
+        dm.stdout, dm.stderr
+    );
     let a = GuestAgent::start_as(&vm, "ternd-a", Some(&config(1_900_100_000)));
     let b = GuestAgent::start_as(&vm, "ternd-b", Some(&config(1_900_200_000)));
     let (dev_a, dev_b) = (vm.extra_disk(0), vm.extra_disk(1));
@@ -173,14 +183,19 @@ fn volumes_live_and_die_with_lvm(vm: &DebianVm, a: &GuestAgent) {
         }
     );
     vm.sh_ok("test -b /dev/vgA/scratch");
+    // The pool's room is the group's, as vgs counts it.
+    let (_, free) = vg_space(vm, "vgA").unwrap();
+    let info = json(a, &["pool-info", "vgA", "--json"]);
+    assert_eq!(info["available"], free, "{info}");
     let v = json(a, &["vol-info", "scratch", "--pool", "vgA", "--json"]);
     assert_eq!(v["format"], "raw", "{v}");
     assert_eq!(v["capacity"], 12 << 20, "{v}");
     assert_eq!(v["path"], "/dev/vgA/scratch", "{v}");
     let list = a.ok(&["vol-list", "vgA"]);
     assert!(
-        list.lines().any(|l| l.split_whitespace().next() == Some("scratch")
-            && l.contains("/dev/vgA/scratch")),
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some("scratch")
+                && l.contains("/dev/vgA/scratch")),
         "{list}"
     );
     let err = a.tern(&["vol-create-as", "vgA", "q", "8M", "--format", "qcow2"]);
@@ -336,9 +351,15 @@ fn nested_guest_moves_live_between_groups(
     a.ok(&["start", "nested"]);
     let disk_checks = |t: &str| {
         let log = SerialLog::parse(t);
-        t.contains("TERN-FAIL") || (log.has("TERN-DISK formatted") && log.count("TERN-DISK ok") >= 2)
+        t.contains("TERN-FAIL")
+            || (log.has("TERN-DISK formatted") && log.count("TERN-DISK ok") >= 2)
     };
-    let text = a.wait_console("nested", Duration::from_secs(1200), "disk checks", disk_checks);
+    let text = a.wait_console(
+        "nested",
+        Duration::from_secs(1200),
+        "disk checks",
+        disk_checks,
+    );
     assert!(!text.contains("TERN-FAIL"), "{text}");
     a.ok(&[
         "migrate",
@@ -353,9 +374,12 @@ fn nested_guest_moves_live_between_groups(
     ]);
     assert_block_disk_on_b(b, "nested", "nested-disk");
     let before = SerialLog::parse(&b.ok(&["console", "nested"])).count("TERN-DISK ok");
-    let text = b.wait_console("nested", Duration::from_secs(600), "disk checks on B", |t| {
-        t.contains("TERN-FAIL") || SerialLog::parse(t).count("TERN-DISK ok") >= before + 2
-    });
+    let text = b.wait_console(
+        "nested",
+        Duration::from_secs(600),
+        "disk checks on B",
+        |t| t.contains("TERN-FAIL") || SerialLog::parse(t).count("TERN-DISK ok") >= before + 2,
+    );
     assert!(!text.contains("TERN-FAIL"), "{text}");
     b.ok(&["destroy", "nested"]);
     b.ok(&["undefine", "nested"]);
