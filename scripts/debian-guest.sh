@@ -20,6 +20,9 @@ packages=systemd,systemd-sysv,udev,qemu-guest-agent,linux-image-amd64,iproute2,k
 # The kernel-mount netfs test (issue 20) runs ternd inside the guest: it
 # mounts with mount.nfs; QEMU and qemu-img come from backports below.
 packages=$packages,nfs-common
+# The logical-pool test (issue 16) runs two ternd with LVM volume groups on
+# the guest's extra disks: Debian's kernel has device-mapper, this host's not.
+packages=$packages,lvm2
 key=$(sha256sum "$0" | cut -c1-16)
 out=target/debian-guest/$key
 if [ -f "$out/.done" ]; then

@@ -358,7 +358,7 @@ pub enum Cmd {
         /// rbd: the monitors' port when --source-host gives none (6789).
         #[arg(long)]
         source_port: Option<u16>,
-        /// rbd: the Ceph pool; logical: the volume group.
+        /// rbd: the Ceph pool; logical: the volume group (the pool's name when omitted).
         #[arg(long)]
         source_name: Option<String>,
         /// rbd: "ceph" (cephx).

@@ -62,11 +62,9 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                         "a logical pool takes --source-name VG, --source-dev DEVICE and --target /dev/VG only".into(),
                     ));
                 }
-                let vg = source_name.ok_or_else(|| {
-                    CliError::Usage(
-                        "a logical pool needs its volume group: give --source-name VG".into(),
-                    )
-                })?;
+                // As libvirt: the volume group is named after the pool
+                // unless --source-name says otherwise.
+                let vg = source_name.unwrap_or_else(|| name.clone());
                 let _: Value = c
                     .call(&Request::PoolDefineAs {
                         name: name.clone(),

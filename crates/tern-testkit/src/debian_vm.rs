@@ -34,6 +34,21 @@ pub const HOST_LOOPBACK: &str = "10.0.2.2";
 pub struct DebianVm {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    disks: usize,
+}
+
+/// How to boot a [`DebianVm`] beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct VmOptions {
+    /// The network namespace QEMU runs in (`None`: the test's own).
+    pub netns: Option<String>,
+    /// Extra blank virtio disks of these sizes in MiB (sparse raw files in
+    /// the VM's temporary directory), seen in the guest as
+    /// [`DebianVm::extra_disk`] `0, 1, ...` (`/dev/vdb`, `/dev/vdc`, ...).
+    pub disks_mib: Vec<u64>,
+    /// Extra read-only 9p shares, (mount tag, host directory); mounted in
+    /// the guest with [`DebianVm::mount_share`].
+    pub shares: Vec<(String, std::path::PathBuf)>,
 }
 
 /// What a command run in the guest did.
@@ -52,6 +67,15 @@ impl DebianVm {
     /// and waits until systemd says it finished booting (TCG: minutes on
     /// a busy machine). Panics with the console's tail if it does not.
     pub fn boot(netns: Option<&str>) -> DebianVm {
+        Self::boot_with(&VmOptions {
+            netns: netns.map(str::to_string),
+            ..Default::default()
+        })
+    }
+
+    /// [`DebianVm::boot`] with extra disks and shares.
+    pub fn boot_with(opts: &VmOptions) -> DebianVm {
+        let netns = opts.netns.as_deref();
         let g = debian_guest();
         let dir = tempfile::Builder::new()
             .prefix("tern-debvm-")
@@ -116,10 +140,31 @@ impl DebianVm {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("qemu.stderr")).expect("stderr file"));
+        for (i, mib) in opts.disks_mib.iter().enumerate() {
+            let file = dir.path().join(format!("disk{i}.raw"));
+            std::fs::File::create(&file)
+                .and_then(|f| f.set_len(mib << 20))
+                .expect("extra disk file");
+            // Writeback caching: the file is scratch, gone with the VM.
+            cmd.args([
+                "-drive",
+                &format!("file={},if=virtio,format=raw,cache=unsafe", p(&file)),
+            ]);
+        }
+        for (tag, path) in &opts.shares {
+            cmd.args([
+                "-virtfs",
+                &format!(
+                    "local,path={},mount_tag={tag},security_model=none,readonly=on",
+                    p(path)
+                ),
+            ]);
+        }
         let child = cmd.spawn().expect("spawn qemu-system-x86_64");
         let mut vm = DebianVm {
             child: Some(child),
             dir,
+            disks: opts.disks_mib.len(),
         };
         vm.wait_ready(Duration::from_secs(900));
         vm
@@ -229,11 +274,25 @@ impl DebianVm {
         self.agent(&json!({"execute": "guest-file-close", "arguments": {"handle": handle}}));
     }
 
-    /// Mounts the share of the host's binaries on [`BIN_MOUNT`].
+    /// Mounts the share of the host's binaries on [`BIN_MOUNT`] (once;
+    /// later calls find it mounted).
     pub fn mount_bins(&self) {
+        self.mount_share(BIN_TAG, BIN_MOUNT);
+    }
+
+    /// Mounts 9p share `tag` (see [`VmOptions::shares`]) read-only on `at`,
+    /// unless something is mounted there already.
+    pub fn mount_share(&self, tag: &str, at: &str) {
         self.sh_ok(&format!(
-            "mkdir -p {BIN_MOUNT} && mount -t 9p -o trans=virtio,version=9p2000.L,ro {BIN_TAG} {BIN_MOUNT}"
+            "mkdir -p {at} && {{ mountpoint -q {at} || mount -t 9p -o trans=virtio,version=9p2000.L,ro {tag} {at}; }}"
         ));
+    }
+
+    /// The guest's device of extra disk `i` ([`VmOptions::disks_mib`]).
+    pub fn extra_disk(&self, i: usize) -> String {
+        assert!(i < self.disks, "the VM has {} extra disks", self.disks);
+        // vda is the root; the extra disks follow in order.
+        format!("/dev/vd{}", (b'b' + i as u8) as char)
     }
 }
 
@@ -287,36 +346,63 @@ impl Drop for DebianVm {
 }
 
 /// A `ternd` running inside a [`DebianVm`] as a systemd unit, with the
-/// binaries from the share, and the `tern` CLI pointed at it.
+/// binaries from the share, and the `tern` CLI pointed at it. Several can
+/// run side by side ([`GuestAgent::start_as`]), each its own unit, state
+/// directory and socket.
 pub struct GuestAgent<'a> {
     vm: &'a DebianVm,
+    unit: String,
+    socket: String,
 }
-
-/// The guest agent's API socket.
-const GUEST_SOCKET: &str = "/run/ternd.sock";
 
 impl<'a> GuestAgent<'a> {
     /// Mounts the binaries and starts `ternd` (unit `ternd`, state in
-    /// /var/lib/ternd, TCG); waits for its socket.
+    /// /var/lib/ternd, socket /run/ternd.sock, TCG); waits for its socket.
     pub fn start(vm: &'a DebianVm) -> GuestAgent<'a> {
+        Self::start_as(vm, "ternd", None)
+    }
+
+    /// Starts a `ternd` as unit `unit`, with state in /var/lib/UNIT, its
+    /// API on /run/UNIT.sock and, when given, `config` (TOML) as its
+    /// `--config` file; waits for its socket.
+    pub fn start_as(vm: &'a DebianVm, unit: &str, config: Option<&str>) -> GuestAgent<'a> {
         vm.mount_bins();
         // What scripts/install-deps.sh does on a host: the QEMU user.
         vm.sh_ok("id tern-qemu >/dev/null 2>&1 || useradd --system --user-group tern-qemu");
+        let socket = format!("/run/{unit}.sock");
+        let config_arg = match config {
+            Some(text) => {
+                let file = format!("/etc/{unit}.toml");
+                vm.write_file(&file, text);
+                format!("--config {file}")
+            }
+            None => String::new(),
+        };
         vm.sh_ok(&format!(
-            "systemd-run --unit=ternd --setenv=TERND_LOG=info,tern_agent=debug \
-             {BIN_MOUNT}/ternd --state-dir /var/lib/ternd --socket {GUEST_SOCKET} --accel tcg \
-             || exit 1; i=0; while [ ! -S {GUEST_SOCKET} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
-             test -S {GUEST_SOCKET} || {{ journalctl -u ternd --no-pager | tail -30 >&2; exit 1; }}"
+            "systemd-run --unit={unit} --setenv=TERND_LOG=info,tern_agent=debug \
+             {BIN_MOUNT}/ternd --state-dir /var/lib/{unit} --socket {socket} --accel tcg {config_arg} \
+             || exit 1; i=0; while [ ! -S {socket} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+             test -S {socket} || {{ journalctl -u {unit} --no-pager | tail -30 >&2; exit 1; }}"
         ));
-        let agent = GuestAgent { vm };
+        let agent = GuestAgent {
+            vm,
+            unit: unit.into(),
+            socket,
+        };
         agent.ok(&["pool-list", "--all"]);
         agent
+    }
+
+    /// The URI `tern` (and a migration's source agent) reaches this agent
+    /// at, inside the guest.
+    pub fn uri(&self) -> String {
+        format!("tern+unix:///system?socket={}", self.socket)
     }
 
     /// Restarts `ternd` (as a host reboot or an upgrade would) and waits
     /// until it answers again.
     pub fn restart(&self) {
-        self.vm.sh_ok("systemctl restart ternd");
+        self.vm.sh_ok(&format!("systemctl restart {}", self.unit));
         for _ in 0..300 {
             if self.tern(&["pool-list", "--all"]).code == 0 {
                 return;
@@ -330,7 +416,8 @@ impl<'a> GuestAgent<'a> {
     pub fn tern(&self, args: &[&str]) -> GuestOutput {
         let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         self.vm.sh(&format!(
-            "{BIN_MOUNT}/tern -c 'tern+unix:///system?socket={GUEST_SOCKET}' {}",
+            "{BIN_MOUNT}/tern -c {} {}",
+            shell_quote(&self.uri()),
             quoted.join(" ")
         ))
     }
@@ -377,14 +464,16 @@ impl<'a> GuestAgent<'a> {
 
     /// The agent's log so far (its journal).
     pub fn log(&self) -> String {
-        self.vm.sh("journalctl -u ternd --no-pager").stdout
+        self.vm
+            .sh(&format!("journalctl -u {} --no-pager", self.unit))
+            .stdout
     }
 }
 
 impl Drop for GuestAgent<'_> {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            let _ = self.vm.sh("systemctl stop ternd");
+            let _ = self.vm.sh(&format!("systemctl stop {}", self.unit));
         }
     }
 }

@@ -40,10 +40,6 @@ fn a_logical_pool_builds_its_group_on_its_own_devices_and_refuses_bad_input() {
     // Bad input is refused by name and changes nothing.
     for (args, says) in [
         (
-            vec!["pool-define-as", "lv", "logical", "--source-dev", &dev],
-            "--source-name VG",
-        ),
-        (
             vec![
                 "pool-define-as",
                 "lv",

@@ -28,6 +28,25 @@ pub fn has_device_mapper() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether device-mapper is there, after loading its module when this
+/// kernel has it as one not loaded yet (Debian's kernel does; its boot
+/// usually loads it, but a host that unloaded it, or booted without
+/// lvm2's services, has none listed until something loads it, which LVM's
+/// own tools would do on first use).
+async fn ensure_device_mapper() -> bool {
+    if has_device_mapper() {
+        return true;
+    }
+    let mut cmd = Command::new("modprobe");
+    cmd.arg("dm_mod")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let _ = tokio::time::timeout(CALL_TIMEOUT, cmd.status()).await;
+    has_device_mapper()
+}
+
 /// The arguments every command of `src` starts with: its devices only.
 pub fn device_args(src: &LogicalSource) -> Vec<String> {
     if src.devices.is_empty() {
@@ -172,9 +191,9 @@ impl<'a> Vg<'a> {
     pub(super) async fn activate(&self) -> Result<()> {
         self.run("vgs", &["--noheadings", "-o", "vg_name", &self.src.vg])
             .await?;
-        if !has_device_mapper() {
+        if !ensure_device_mapper().await {
             return Err(AgentError::Unsupported(format!(
-                "storage pool '{}' is a logical pool, but this host's kernel has no device-mapper, so the logical volumes of '{}' cannot be opened; load it (modprobe dm_mod) or use a dir pool",
+                "storage pool '{}' is a logical pool, but this host's kernel has no device-mapper (modprobe dm_mod failed), so the logical volumes of '{}' cannot be opened; use a kernel with device-mapper, or a dir pool",
                 self.pool, self.src.vg
             )));
         }
