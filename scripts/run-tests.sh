@@ -42,7 +42,7 @@ fi
 
 # The slowest binaries, measured over full runs (seconds at
 # --test-threads=2 on two cores): started first. Others follow in any order.
-SLOW=(virt_install fault_matrix ceph postcopy_recovery migration fencing
+SLOW=(virt_install fault_matrix logical_pools ceph postcopy_recovery migration fencing
   cluster data_plane ceph_fencing guests fencing_watchdog confinement
   netfs_kernel debian_guest ceph_copies leaders netfs observe)
 
