@@ -304,20 +304,11 @@ async fn one(
                 plan.options.max_downtime_ms = steps.first().map(|s| s.1);
                 plan.downtime_steps = steps.into_iter().skip(1).collect();
             }
-            // Starting the destination QEMU counts, as it does in Tern's time.
-            direct::run(bench, case, &plan, notes).await.map(|d| {
-                d.outcomes
-                    .into_iter()
-                    .zip(d.dest_starts.iter().copied())
-                    .map(|(o, start)| match o {
-                        Outcome::Done(mut r) => {
-                            r.wall += start;
-                            Outcome::Done(r)
-                        }
-                        o => o,
-                    })
-                    .collect()
-            })
+            // The direct driver's clock includes starting the destination
+            // QEMU, as Tern's does.
+            direct::run(bench, case, &plan, notes)
+                .await
+                .map(|d| d.outcomes)
         }
         other => anyhow::bail!("unknown method {other:?}: use tern, qemu or nova"),
     };

@@ -408,9 +408,13 @@ async fn follow(src: &Client, a: &MigrateArgs, progress: &mut Progress, t0: Inst
     // and Ctrl-C aborts it, as virsh does.
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _watcher = abort_on_ctrl_c(src.clone(), a.domain.clone(), cancel);
+    // Long polls: the agent answers as soon as the job changes or ends
+    // (a look every 200 ms made the command return up to 200 ms after the
+    // guest ran on the destination), and at least every 500 ms, for the
+    // progress bar.
     let how = tern_api::settle::Follow {
-        wait: Duration::ZERO,
-        pause: Duration::from_millis(200),
+        wait: Duration::from_millis(500),
+        pause: Duration::ZERO,
         retries: 0,
     };
     let fin = tern_api::settle::follow_job(src, &a.domain, how, |cur| progress.show(cur)).await?;

@@ -367,11 +367,13 @@ impl Job {
         }
     }
 
-    /// Waits until the job changes, at most `d`.
-    pub async fn wait_change(&self, d: std::time::Duration) {
+    /// Wakes at every later change of the job (its phase, QEMU's status,
+    /// its kind, its end): subscribe before looking at the job, and a
+    /// change made while looking is not missed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
         let mut rx = self.changed.subscribe();
         rx.borrow_and_update();
-        let _ = tokio::time::timeout(d, rx.changed()).await;
+        rx
     }
 
     /// Events from index `since`.
@@ -611,6 +613,16 @@ impl Jobs {
         if m.get(&job.domain).is_some_and(|j| Arc::ptr_eq(j, job)) {
             m.remove(&job.domain);
         }
+        drop(m);
+        // Long polls waiting on the job learn that it is over.
+        job.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Whether `job` is still the current job of its domain (not finished).
+    pub fn is_current(&self, job: &Arc<Job>) -> bool {
+        self.cur()
+            .get(&job.domain)
+            .is_some_and(|j| Arc::ptr_eq(j, job))
     }
 
     /// The last finished job of a domain.
@@ -620,5 +632,31 @@ impl Jobs {
             .unwrap_or_else(|p| p.into_inner())
             .get(domain)
             .map(|r| (r.info.clone(), r.events.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_end_of_a_job_wakes_whoever_waits_on_it() {
+        let jobs = Jobs::default();
+        let job = Job::new(Uuid::new_v4(), Role::Source, "g", MigrateOptions::default());
+        jobs.insert(job.clone()).unwrap();
+        assert!(jobs.is_current(&job));
+        // Subscribed before the end, and the end comes after the kind
+        // already said "completed": the waiter still learns it.
+        let mut changes = job.changes();
+        job.update(|i| i.kind = JobKind::Completed);
+        changes.borrow_and_update();
+        jobs.finish(&job);
+        assert!(!jobs.is_current(&job));
+        tokio::time::timeout(std::time::Duration::from_secs(5), changes.changed())
+            .await
+            .expect("finish wakes the waiter")
+            .unwrap();
+        assert!(jobs.get("g").is_none());
+        assert!(jobs.completed("g").is_some());
     }
 }

@@ -30,7 +30,7 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use tern_api::MigrationRequest;
-use tern_migrate::{JobKind, MigrateOptions};
+use tern_migrate::MigrateOptions;
 
 pub use job::{Job, JobState, Jobs};
 /// Runs a migration request.
@@ -70,10 +70,15 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
                 if let Some(j) = agent.jobs.get(&name) {
                     // A driver's long poll: it is alive.
                     j.touch();
-                    let k = j.info().kind;
-                    if !matches!(k, JobKind::Completed | JobKind::Failed | JobKind::Cancelled) {
-                        j.wait_change(std::time::Duration::from_millis(wait_ms.min(5000)))
-                            .await;
+                    // Subscribed before the look: a change while looking
+                    // wakes it. A job that ended (its kind says so) but
+                    // is not yet out of the table is waited for too:
+                    // leaving the table wakes the poll, and the follower
+                    // learns the end without asking in a loop.
+                    let mut changes = j.changes();
+                    if agent.jobs.is_current(&j) {
+                        let wait = std::time::Duration::from_millis(wait_ms.min(5000));
+                        let _ = tokio::time::timeout(wait, changes.changed()).await;
                     }
                 }
             }

@@ -318,6 +318,7 @@ impl SourceRun {
     /// must run at once to serve page faults (then Finish happens here).
     async fn watch(&self) -> std::result::Result<Option<FinishReply>, RunError> {
         let mut finished = None;
+        let mut changes = self.job.changes();
         let info = loop {
             // The run is this job's driver: it is alive.
             self.job.touch();
@@ -331,7 +332,7 @@ impl SourceRun {
             ) {
                 break info;
             }
-            self.job.wait_change(POLL).await;
+            let _ = tokio::time::timeout(POLL, changes.changed()).await;
         };
         if info.kind != JobKind::Completed {
             let why = info

@@ -1,7 +1,9 @@
-//! Case (b): the same QEMU migration driven directly over QMP, with the
-//! command line, capabilities and parameters Tern uses, and no agent.
+//! The floor: the same QEMU migration driven directly over QMP, with the
+//! command line, capabilities and parameters Tern uses, and no agent. Its
+//! clock runs from launching the destination QEMU to its `cont`, as
+//! Tern's includes starting the destination.
 
-use super::report::{Figures, Outcome, Run};
+use super::report::{Breakdown, Figures, Outcome, Run};
 use super::Bench;
 use crate::guest::{after_migration, wait_ready, AfterMigration, Case};
 use crate::qemu::QemuProc;
@@ -45,10 +47,9 @@ impl Plan {
 /// What the direct case measured.
 #[derive(Debug, Default)]
 pub struct Direct {
-    /// How each migration ended.
+    /// How each migration ended; the wall clock includes launching the
+    /// destination QEMU (the breakdown's Prepare).
     pub outcomes: Vec<Outcome>,
-    /// Time to start each destination QEMU and connect to its monitor.
-    pub dest_starts: Vec<Duration>,
 }
 
 /// Boots the case's guest in a QEMU of our own, lets it settle, and
@@ -74,9 +75,8 @@ pub async fn run(
         let t_dst = Instant::now();
         let dst_dir = tmp.path().join(format!("q{i}"));
         let dst = QemuProc::launch(&bench.qemu, &domain, &dst_dir, true).await?;
-        d.dest_starts.push(t_dst.elapsed());
         let who = format!("QMP #{i}");
-        let o = migrate_once(bench, (&src, &dst), &who, plan, notes)
+        let o = migrate_once(bench, (&src, &dst), t_dst, &who, plan, notes)
             .await
             .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
         bench.keep_logs(
@@ -96,11 +96,12 @@ pub async fn run(
     Ok(d)
 }
 
-/// One migration from `src` to the freshly started `dst`: `migrate` to the
-/// destination's `cont`.
+/// One migration from `src` to `dst`, launched at `launched`: timed from
+/// then to the destination's `cont`.
 async fn migrate_once(
     bench: &Bench,
     (src, dst): (&QemuProc, &QemuProc),
+    launched: Instant,
     who: &str,
     plan: &Plan,
     notes: &mut Vec<String>,
@@ -122,6 +123,7 @@ async fn migrate_once(
     dst.qmp
         .execute("migrate-incoming", Some(json!({ "uri": uri })))
         .await?;
+    let listening = Instant::now();
     set_capabilities(&src.qmp, &o.source_capabilities()).await?;
     src.qmp
         .execute(
@@ -171,14 +173,24 @@ async fn migrate_once(
             });
         }
     };
+    let seen_completed = Instant::now();
     wait_loaded(&dst.qmp, &mut dst_events).await?;
     dst.qmp.execute("cont", None).await?;
-    let wall = t0.elapsed();
     let end = Instant::now();
+    let wall = end - launched;
+    let ms = |a: Instant, b: Instant| Some(b.saturating_duration_since(a).as_millis() as u64);
 
     let workload_mib_s = crate::guest::workload_rate(&src.console_log(), log_from);
     let times_late = Figures::from_query(&done).times_missing();
     let figures = final_figures(&src.qmp, &done).await?;
+    let breakdown = Breakdown {
+        prepare: ms(launched, listening),
+        handoff: ms(listening, t0),
+        copy: ms(t0, seen_completed),
+        resume: ms(seen_completed, end),
+        qemu_total_ms: figures.total_ms,
+        ..Default::default()
+    };
     let after = after_migration(&watcher, &dst.console_log(), end).await;
     let rep = watcher.finish();
     super::note_watch(who, &rep, &after, notes);
@@ -186,7 +198,7 @@ async fn migrate_once(
         wall,
         figures,
         gap: (after == AfterMigration::Running).then_some(rep.max_gap),
-        breakdown: None,
+        breakdown: Some(breakdown),
         times_late,
         crash: match after {
             AfterMigration::Crashed(l) => Some(l),

@@ -1,9 +1,12 @@
-//! `tern-bench live`: live migration with shared storage (issue 3).
+//! `tern-bench live`: live migration with shared storage (issues 3 and 19).
 //!
-//! For every guest size and dirty rate, the same guest is migrated twice:
-//! (a) with `tern migrate --live` between two `ternd`s, (b) by this program
-//! over QMP, with the QEMU command line, capabilities and parameters Tern
-//! would use. The difference in wall-clock time is Tern's control overhead.
+//! For every guest size and dirty rate, the same guest is migrated by each
+//! [`Driver`] in turn: `tern migrate --live` between two `ternd`s (managed,
+//! and `--p2p`), and this program over QMP, with the QEMU command line,
+//! capabilities and parameters Tern would use, the destination QEMU's
+//! start-up included (the floor). Each flow's control overhead is its wall
+//! clock minus QEMU's own total-time; the difference from the floor's is
+//! what Tern adds.
 
 pub mod direct;
 pub mod report;
@@ -13,23 +16,54 @@ pub mod tern;
 use crate::guest::{AfterMigration, Case, GuestSetup};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use report::{Outcome, Row};
+use report::{DriverRuns, Outcome, Row};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tern_testkit::watch::WatchReport;
 use tern_testkit::{BuildOptions, TernHost};
 
-/// Which way to migrate.
+/// Which way to migrate. Each driver is measured by [`run_driver`], the
+/// one place that maps a driver to its code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Driver {
-    /// `tern migrate --live` between two agents.
+    /// `tern migrate --live` between two agents (the managed flow).
     Tern,
-    /// QMP from this program.
+    /// `tern migrate --live --p2p` between two agents.
+    TernP2p,
+    /// QMP from this program: the floor every flow is compared with.
     Qmp,
     /// `virsh migrate --live` between two libvirtds (issue 19), alone.
     Libvirt,
     /// `virsh migrate --live --p2p` between two libvirtds, alone.
     LibvirtP2p,
+}
+
+impl Driver {
+    /// How the tables name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Driver::Tern => "tern",
+            Driver::TernP2p => "tern --p2p",
+            Driver::Qmp => "QMP",
+        }
+    }
+}
+
+/// Measures `case` with one driver: each migration's outcome, and what was
+/// odd into `notes`. A new driver is one arm here.
+async fn run_driver(
+    bench: &Bench,
+    case: Case,
+    driver: Driver,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Outcome>> {
+    match driver {
+        Driver::Tern => tern::run(bench, case, &[], notes).await,
+        Driver::TernP2p => tern::run(bench, case, &["--p2p".to_string()], notes).await,
+        Driver::Qmp => direct::run(bench, case, &direct::Plan::tern_defaults(), notes)
+            .await
+            .map(|d| d.outcomes),
+    }
 }
 
 /// `tern-bench live` options. The defaults are the documented run.
@@ -58,9 +92,15 @@ pub struct LiveArgs {
     /// Keep every migration's two console logs in this directory.
     #[arg(long)]
     logs: Option<PathBuf>,
-    /// Measure only one way.
-    #[arg(long, value_enum)]
-    only: Option<Driver>,
+    /// Drivers, in the order they run each case (`--only` is an alias).
+    #[arg(
+        long,
+        alias = "only",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tern,tern-p2p,qmp"
+    )]
+    drivers: Vec<Driver>,
     /// Before each case, wait up to this many seconds for other people's
     /// QEMUs to end (on a shared machine they compete for the cores; the
     /// conditions table records how many ran either way).
@@ -236,7 +276,7 @@ pub async fn run(args: LiveArgs) -> Result<()> {
                 dirty_mib_s,
             };
             wait_quiet(Duration::from_secs(args.quiet_wait)).await;
-            rows.push(measure(&bench, case, args.only).await);
+            rows.push(measure(&bench, case, &args.drivers).await);
         }
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -250,9 +290,16 @@ pub async fn run(args: LiveArgs) -> Result<()> {
         started.elapsed().as_secs()
     );
     println!("{}", table::results_table(&rows));
-    println!("Where Tern's wall-clock time goes (ms, from the agents' job events):\n");
+    println!(
+        "Where the wall-clock time goes (ms; Tern's from the agents' job events, QMP's from \
+         its own clock; the run with the median overhead):\n"
+    );
     println!("{}", table::breakdown_table(&rows));
     println!("{}", table::conditions_table(&rows));
+    println!("Issue 19's targets, per flow:\n");
+    for l in table::check_lines(&rows) {
+        println!("- {l}");
+    }
     Ok(())
 }
 
@@ -271,62 +318,50 @@ async fn wait_quiet(max: Duration) {
     }
 }
 
-/// Measures one case both ways (or the one asked for).
-async fn measure(bench: &Bench, case: Case, only: Option<Driver>) -> Row {
+/// Measures one case with every driver asked for, in turn.
+async fn measure(bench: &Bench, case: Case, drivers: &[Driver]) -> Row {
     let mut row = Row {
         case,
-        tern: Vec::new(),
-        direct: Vec::new(),
-        dest_start: None,
+        drivers: Vec::new(),
         other_qemus: crate::sys::qemu_processes(),
         load: crate::sys::loadavg(),
-        notes: Vec::new(),
     };
     let label = format!("{} MiB, dirty {} MiB/s", case.memory_mib, case.dirty_mib_s);
-    if only != Some(Driver::Qmp) {
-        eprintln!("tern-bench: {label}: tern migrate --live ...");
-        row.tern = tern::run(bench, case, &[], &mut row.notes)
+    for &driver in drivers {
+        eprintln!("tern-bench: {label}: {} ...", driver.label());
+        let mut notes = Vec::new();
+        let outcomes = run_driver(bench, case, driver, &mut notes)
             .await
             .unwrap_or_else(|e| vec![Outcome::Failed(format!("{e:#}"))]);
-        for o in &row.tern {
-            eprintln!("tern-bench: {label}: tern: {}", summary(o));
+        for o in &outcomes {
+            eprintln!("tern-bench: {label}: {}: {}", driver.label(), summary(o));
         }
-    }
-    if only != Some(Driver::Tern) {
-        eprintln!("tern-bench: {label}: direct QMP ...");
-        match direct::run(bench, case, &direct::Plan::tern_defaults(), &mut row.notes).await {
-            Ok(d) => {
-                row.dest_start = median(d.dest_starts);
-                row.direct = d.outcomes;
-            }
-            Err(e) => row.direct = vec![Outcome::Failed(format!("{e:#}"))],
-        }
-        for o in &row.direct {
-            eprintln!("tern-bench: {label}: QMP: {}", summary(o));
-        }
+        row.drivers.push(DriverRuns {
+            driver,
+            outcomes,
+            notes,
+        });
     }
     row
-}
-
-/// The median (the upper of the middle two).
-fn median(mut v: Vec<Duration>) -> Option<Duration> {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied()
 }
 
 /// One line for the progress log.
 pub(crate) fn summary(o: &Outcome) -> String {
     match o {
         Outcome::Done(r) => format!(
-            "{} ms wall, QEMU {} ms, downtime {} ms, {:.0} MiB, {} iterations, gap {}",
+            "{} ms wall, QEMU {} ms, overhead {}, downtime {} ms, {:.0} MiB, {} iterations, gap {}{}",
             r.wall.as_millis(),
             r.figures.total_ms,
+            report::overhead_ms(r).map_or("?".into(), |o| format!("{o} ms")),
             r.figures.downtime_ms,
             r.figures.bytes as f64 / 1048576.0,
             r.figures.iterations,
             r.gap
                 .map(|g| format!("{} ms", g.as_millis()))
-                .unwrap_or_else(|| "not seen".into())
+                .unwrap_or_else(|| "not seen".into()),
+            r.breakdown
+                .map(|b| format!("; phases {}", table::phases_brief(&b)))
+                .unwrap_or_default()
         ),
         Outcome::DidNotConverge { after, .. } => {
             format!("did not converge in {} s; cancelled", after.as_secs())

@@ -1,5 +1,6 @@
 //! What one migration measured, and how repeated runs fold into one row.
 
+use super::Driver;
 use crate::guest::Case;
 use serde_json::Value;
 use std::time::Duration;
@@ -47,24 +48,36 @@ impl Figures {
     }
 }
 
-/// Where the wall-clock time of `tern migrate` went, from the two agents'
-/// job events (ms; `None` when an event was not found).
+/// Where a migration's wall-clock time went, phase by phase (ms; `None`
+/// when a phase does not apply to the driver or an event was not found).
+/// Tern's phases come from the two agents' job events; the QMP driver's
+/// from its own clock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Breakdown {
-    /// CLI start to the destination's Prepare (CLI start-up, Begin).
-    pub to_prepare: Option<u64>,
-    /// Prepare: destination QEMU started, capabilities set, listening.
+    /// Tern: CLI start to the source's Begin (CLI start-up, connecting,
+    /// the request).
+    pub start: Option<u64>,
+    /// Tern: the source's Begin to the destination's Prepare (the source's
+    /// checks, the destination's machine types, the Prepare request).
+    pub begin: Option<u64>,
+    /// Prepare: destination QEMU started, capabilities set, listening
+    /// (QMP: launching the destination QEMU, its capabilities,
+    /// `migrate-incoming`).
     pub prepare: Option<u64>,
-    /// Listening to the source's `migrate` (Prepare reply, Perform set-up).
+    /// Listening to the source's `migrate` (Tern: the Prepare reply and
+    /// Perform's set-up; QMP: the source's capabilities and parameters).
     pub handoff: Option<u64>,
-    /// `migrate` to the source agent seeing QEMU completed (QEMU's
-    /// total-time plus the agent's polling).
+    /// `migrate` to QEMU's "completed" seen (QEMU's total-time plus the
+    /// time to notice).
     pub copy: Option<u64>,
-    /// QEMU completed to the guest running on the destination (the CLI's
-    /// polling, Finish, `cont`).
+    /// QEMU completed to the guest running on the destination (Finish and
+    /// `cont`).
     pub resume: Option<u64>,
-    /// Guest running to the CLI's exit (Confirm: the source QEMU stops).
+    /// Tern: guest running to the source's job ending (Confirm: the source
+    /// QEMU quits and is reaped).
     pub confirm: Option<u64>,
+    /// Tern: the source's job ending to the CLI's exit (the CLI noticing).
+    pub exit: Option<u64>,
     /// QEMU's total-time of the same run, ms (0 when QEMU did not say).
     pub qemu_total_ms: u64,
 }
@@ -79,7 +92,7 @@ pub struct Run {
     /// Longest wait between heartbeats on the consoles, if the guest was
     /// seen running on the destination.
     pub gap: Option<Duration>,
-    /// Tern only: the phases of its wall-clock time.
+    /// The phases of its wall-clock time.
     pub breakdown: Option<Breakdown>,
     /// The first `query-migrate` that said "completed" had no total-time
     /// yet (QEMU 7.2 sets the status before the times).
@@ -127,7 +140,8 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
 /// Folds repeated migrations of one case into one outcome: the first that
 /// did not complete, else the median of every figure separately (runs in
 /// which QEMU had not filled in its times do not count for those), and the
-/// phase breakdown of the run with the median wall-clock time.
+/// phase breakdown of the run with the median control time (wall clock
+/// minus QEMU's total-time, see [`control_ms`]).
 pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
     if let Some(bad) = runs.iter().find(|o| !matches!(o, Outcome::Done(_))) {
         return Some(bad.clone());
@@ -147,9 +161,9 @@ pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
     let mt =
         |f: &dyn Fn(&Run) -> u64| median(with_times.iter().map(|r| f(r)).collect()).unwrap_or(0);
     // The phases of one run add up; medians taken phase by phase would not.
-    let mut by_wall = done.clone();
-    by_wall.sort_by_key(|r| r.wall);
-    let mid = by_wall[by_wall.len() / 2];
+    let mut by_control = done.clone();
+    by_control.sort_by_key(|r| overhead_ms(r));
+    let mid = by_control[by_control.len() / 2];
     Some(Outcome::Done(Run {
         wall: median(done.iter().map(|r| r.wall).collect()).unwrap_or_default(),
         figures: Figures {
@@ -181,13 +195,17 @@ pub fn control_ms(runs: &[Outcome]) -> Option<i64> {
     median(
         runs.iter()
             .filter_map(|o| match o {
-                Outcome::Done(r) if !r.figures.times_missing() => {
-                    Some(r.wall.as_millis() as i64 - r.figures.total_ms as i64)
-                }
+                Outcome::Done(r) => overhead_ms(r),
                 _ => None,
             })
             .collect(),
     )
+}
+
+/// Wall clock minus QEMU's total-time of one run, ms (`None` when QEMU
+/// did not give its times).
+pub fn overhead_ms(r: &Run) -> Option<i64> {
+    (!r.figures.times_missing()).then(|| r.wall.as_millis() as i64 - r.figures.total_ms as i64)
 }
 
 /// How many completed runs first saw "completed" without QEMU's times.
@@ -197,24 +215,75 @@ pub fn times_late(runs: &[Outcome]) -> usize {
         .count()
 }
 
-/// One row: a case measured both ways, plus what else was going on.
+/// One driver's migrations of a case.
+#[derive(Debug, Clone)]
+pub struct DriverRuns {
+    /// Who migrated.
+    pub driver: Driver,
+    /// Each repetition.
+    pub outcomes: Vec<Outcome>,
+    /// Oddities: `TERN-FAIL` lines, heartbeats going backwards, failures.
+    pub notes: Vec<String>,
+}
+
+/// One row: a case measured by every driver asked for, plus what else was
+/// going on.
 #[derive(Debug, Clone)]
 pub struct Row {
     /// Guest RAM and dirty rate.
     pub case: Case,
-    /// Through `tern migrate --live`, each repetition.
-    pub tern: Vec<Outcome>,
-    /// Direct QMP, each repetition.
-    pub direct: Vec<Outcome>,
-    /// Median time to start the destination QEMU and connect to it (direct
-    /// case), which Tern does inside its wall clock.
-    pub dest_start: Option<Duration>,
+    /// Each driver's migrations, in the order they ran.
+    pub drivers: Vec<DriverRuns>,
     /// Other processes' QEMUs running when the case started.
     pub other_qemus: usize,
     /// 1-minute load average when the case started.
     pub load: Option<f64>,
-    /// Oddities: `TERN-FAIL` lines, heartbeats going backwards, ...
-    pub notes: Vec<String>,
+}
+
+impl Row {
+    /// The migrations of driver `d`, if it ran.
+    pub fn of(&self, d: Driver) -> Option<&DriverRuns> {
+        self.drivers.iter().find(|r| r.driver == d)
+    }
+}
+
+/// How much more than the floor's control time a flow may take (issue 19).
+pub const OVERHEAD_MARGIN_MS: i64 = 40;
+/// How much longer than QEMU's downtime the guest may see itself paused
+/// (issue 19).
+pub const PAUSE_MARGIN_MS: u64 = 60;
+
+/// Issue 19's two targets for one flow of a case: its median control time
+/// within [`OVERHEAD_MARGIN_MS`] of the floor's (`floor`: QEMU driven
+/// directly), and its median guest-visible pause within
+/// [`PAUSE_MARGIN_MS`] of its median downtime. One line, or `None` when
+/// the flow did not complete every run.
+pub fn check_line(label: &str, runs: &[Outcome], floor: Option<&[Outcome]>) -> Option<String> {
+    let mine = control_ms(runs)?;
+    let Some(Outcome::Done(agg)) = aggregate(runs) else {
+        return None;
+    };
+    let verdict = |ok: bool| if ok { "holds" } else { "OVER" };
+    let overhead = match floor.and_then(control_ms) {
+        Some(f) => format!(
+            "median overhead {mine} ms, QMP's {f} + {OVERHEAD_MARGIN_MS} = {} ms: {}",
+            f + OVERHEAD_MARGIN_MS,
+            verdict(mine <= f + OVERHEAD_MARGIN_MS)
+        ),
+        None => format!("median overhead {mine} ms, no QMP floor measured"),
+    };
+    let pause = match agg.gap {
+        Some(g) if !agg.figures.times_missing() => {
+            let (g, d) = (g.as_millis() as u64, agg.figures.downtime_ms);
+            format!(
+                "guest pause {g} ms, downtime {d} + {PAUSE_MARGIN_MS} = {} ms: {}",
+                d + PAUSE_MARGIN_MS,
+                verdict(g <= d + PAUSE_MARGIN_MS)
+            )
+        }
+        _ => "guest pause not measured".into(),
+    };
+    Some(format!("{label}: {overhead}; {pause}"))
 }
 
 #[cfg(test)]
@@ -248,5 +317,42 @@ mod tests {
         assert_eq!(control_ms(&runs), Some(300));
         let failed = [run(1500, 1200), Outcome::Failed("x".into())];
         assert_eq!(control_ms(&failed), None);
+    }
+
+    #[test]
+    fn check_line_compares_with_the_floor_and_the_downtime() {
+        let run = |w: u64, t: u64, down: u64, gap: u64| {
+            Outcome::Done(Run {
+                wall: Duration::from_millis(w),
+                figures: Figures {
+                    total_ms: t,
+                    downtime_ms: down,
+                    ..Default::default()
+                },
+                gap: Some(Duration::from_millis(gap)),
+                ..Default::default()
+            })
+        };
+        let floor = [run(600, 500, 90, 150), run(590, 500, 90, 150)];
+        // Overheads 130, 150, 140: median 140 <= 100 + 40.
+        let good = [
+            run(630, 500, 80, 130),
+            run(650, 500, 90, 160),
+            run(640, 500, 100, 150),
+        ];
+        let l = check_line("tern", &good, Some(&floor)).unwrap();
+        assert!(
+            l.contains("median overhead 140 ms, QMP's 100 + 40 = 140 ms: holds"),
+            "{l}"
+        );
+        assert!(
+            l.contains("guest pause 150 ms, downtime 90 + 60 = 150 ms: holds"),
+            "{l}"
+        );
+        let slow = [run(700, 500, 20, 200)];
+        let l = check_line("tern --p2p", &slow, Some(&floor)).unwrap();
+        assert!(l.contains("200 ms, QMP's 100 + 40 = 140 ms: OVER"), "{l}");
+        assert!(l.contains("downtime 20 + 60 = 80 ms: OVER"), "{l}");
+        assert!(check_line("x", &[Outcome::Failed("no".into())], Some(&floor)).is_none());
     }
 }

@@ -1,6 +1,10 @@
 //! The markdown tables `tern-bench live` prints.
 
-use super::report::{aggregate, control_ms, times_late, Outcome, Row};
+use super::report::{
+    aggregate, check_line, control_ms, overhead_ms, times_late, Breakdown, DriverRuns, Outcome,
+    Row, Run,
+};
+use super::Driver;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -20,57 +24,55 @@ fn time_cell(v: u64, missing: bool) -> String {
     }
 }
 
-/// The six cells of one driver: wall, QEMU total, downtime, MiB, iterations, gap.
+/// The cells of one driver's median run: wall, QEMU total, downtime, guest
+/// pause, MiB, iterations.
 fn cells(o: Option<&Outcome>) -> Vec<String> {
+    let blank = |first: String| {
+        let mut v = vec![first];
+        v.extend(std::iter::repeat_n(String::new(), 5));
+        v
+    };
     match o {
-        None => vec![
-            "skipped".into(),
-            "".into(),
-            "".into(),
-            "".into(),
-            "".into(),
-            "".into(),
-        ],
+        None => blank("skipped".into()),
         Some(Outcome::Done(r)) => {
             let miss = r.figures.times_missing();
             vec![
                 ms(r.wall),
                 time_cell(r.figures.total_ms, miss),
                 time_cell(r.figures.downtime_ms, miss),
-                mib(r.figures.bytes),
-                r.figures.iterations.to_string(),
                 match (&r.crash, r.gap) {
                     (None, Some(g)) => ms(g),
                     (None, None) => "none".into(),
                     (Some(_), Some(g)) => format!("{}‡", ms(g)),
                     (Some(_), None) => "crash‡".into(),
                 },
+                mib(r.figures.bytes),
+                r.figures.iterations.to_string(),
             ]
         }
-        Some(Outcome::DidNotConverge { after, figures }) => vec![
-            format!("did not converge in {} s", after.as_secs()),
-            "".into(),
-            "".into(),
-            mib(figures.bytes),
-            figures.iterations.to_string(),
-            "".into(),
-        ],
-        Some(Outcome::Failed(_)) => vec![
-            "failed".into(),
-            "".into(),
-            "".into(),
-            "".into(),
-            "".into(),
-            "".into(),
-        ],
+        Some(Outcome::DidNotConverge { after, figures }) => {
+            let mut v = blank(format!("did not converge in {} s", after.as_secs()));
+            v[4] = mib(figures.bytes);
+            v[5] = figures.iterations.to_string();
+            v
+        }
+        Some(Outcome::Failed(_)) => blank("failed".into()),
     }
 }
 
-fn wall(o: Option<&Outcome>) -> Option<Duration> {
-    match o {
-        Some(Outcome::Done(r)) => Some(r.wall),
-        _ => None,
-    }
+/// Every (case, driver) pair that ran, in order.
+fn each(rows: &[Row]) -> impl Iterator<Item = (&Row, &DriverRuns)> {
+    rows.iter()
+        .flat_map(|r| r.drivers.iter().map(move |d| (r, d)))
+}
+
+/// The leading cells: the case and the driver.
+fn case_cells(r: &Row, d: &DriverRuns) -> Vec<String> {
+    vec![
+        r.case.memory_mib.to_string(),
+        r.case.dirty_mib_s.to_string(),
+        d.driver.label().to_string(),
+    ]
 }
 
 /// Renders rows as a markdown table with aligned columns, numbers to the
@@ -111,69 +113,51 @@ fn markdown(header: &[&str], rows: &[Vec<String>], text_last: bool) -> String {
     out
 }
 
-/// The results table: Tern and direct QMP side by side, and Tern's
-/// overhead: the difference of the median wall clocks, and the difference
-/// of the control times (wall clock minus QEMU's total-time, see
-/// [`control_ms`]).
+/// The results table: one line per case and driver, with each driver's
+/// medians and its control overhead (wall clock minus QEMU's total-time,
+/// see [`control_ms`]) beside the floor's (QEMU driven directly).
 pub fn results_table(rows: &[Row]) -> String {
     let header = [
         "RAM MiB",
         "dirty MiB/s",
-        "Tern wall ms",
+        "driver",
+        "wall ms",
         "QEMU total ms",
         "downtime ms",
+        "guest pause ms",
         "MiB sent",
         "iter",
-        "guest gap ms",
-        "QMP wall ms",
-        "QEMU total ms",
-        "downtime ms",
-        "MiB sent",
-        "iter",
-        "guest gap ms",
-        "Δ wall ms",
-        "Δ control ms",
+        "overhead ms",
+        "Δ overhead ms",
     ];
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let (t, d) = (aggregate(&r.tern), aggregate(&r.direct));
-            let mut v = vec![
-                r.case.memory_mib.to_string(),
-                r.case.dirty_mib_s.to_string(),
-            ];
-            v.extend(cells(t.as_ref()));
-            v.extend(cells(d.as_ref()));
-            v.push(match (wall(t.as_ref()), wall(d.as_ref())) {
-                (Some(t), Some(d)) => {
-                    format!("{:+}", t.as_millis() as i128 - d.as_millis() as i128)
-                }
-                _ => String::new(),
-            });
-            v.push(match (control_ms(&r.tern), control_ms(&r.direct)) {
-                (Some(t), Some(d)) => format!("{:+}", t - d),
+    let body: Vec<Vec<String>> = each(rows)
+        .map(|(r, d)| {
+            let mut v = case_cells(r, d);
+            v.extend(cells(aggregate(&d.outcomes).as_ref()));
+            let mine = control_ms(&d.outcomes);
+            v.push(mine.map(|c| c.to_string()).unwrap_or_default());
+            let floor = r.of(Driver::Qmp).and_then(|q| control_ms(&q.outcomes));
+            v.push(match (mine, floor) {
+                _ if d.driver == Driver::Qmp => "floor".into(),
+                (Some(m), Some(f)) => format!("{:+}", m - f),
                 _ => String::new(),
             });
             v
         })
         .collect();
     let mut out = markdown(&header, &body, false);
-    let missing = rows.iter().any(|r| {
-        [aggregate(&r.tern), aggregate(&r.direct)]
+    let medians: Vec<Option<Outcome>> = each(rows).map(|(_, d)| aggregate(&d.outcomes)).collect();
+    let any = |f: &dyn Fn(&Run) -> bool| {
+        medians
             .iter()
-            .any(|o| matches!(o, Some(Outcome::Done(x)) if x.figures.times_missing()))
-    });
-    let crashed = rows.iter().any(|r| {
-        [aggregate(&r.tern), aggregate(&r.direct)]
-            .iter()
-            .any(|o| matches!(o, Some(Outcome::Done(x)) if x.crash.is_some()))
-    });
-    if crashed {
+            .any(|o| matches!(o, Some(Outcome::Done(x)) if f(x)))
+    };
+    if any(&|x| x.crash.is_some()) {
         out.push_str(
             "\n‡ the guest crashed on the destination after a migration of this cell (kernel oops or TERN-FAIL); repetitions stopped there, see the notes.\n",
         );
     }
-    if missing {
+    if any(&|x| x.figures.times_missing()) {
         out.push_str(
             "\n† in every run QEMU reported status \"completed\" with total-time and downtime still 0 (read before QEMU filled them in).\n",
         );
@@ -181,85 +165,136 @@ pub fn results_table(rows: &[Row]) -> String {
     out
 }
 
-/// The conditions table: destination start time, load, other QEMUs, notes.
+/// The conditions table: every run's wall clock and overhead, load, other
+/// QEMUs, notes.
 pub fn conditions_table(rows: &[Row]) -> String {
     let header = [
         "RAM MiB",
         "dirty MiB/s",
-        "Tern walls ms",
-        "QMP walls ms",
-        "QMP dest start ms",
+        "driver",
+        "walls ms",
+        "overheads ms",
         "load (1 min)",
         "other QEMUs",
         "notes",
     ];
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut notes = r.notes.clone();
-            for (who, runs) in [("tern", &r.tern), ("QMP", &r.direct)] {
-                for o in runs.iter() {
-                    if let Outcome::Failed(e) = o {
-                        notes.push(format!("{who} failed: {e}"));
-                    }
-                }
-                let n = times_late(runs);
-                if n > 0 {
-                    notes.push(format!(
-                        "{who}: first \"completed\" had total-time/downtime 0 in {n} of {} runs",
-                        runs.len()
-                    ));
+    let body: Vec<Vec<String>> = each(rows)
+        .map(|(r, d)| {
+            let mut notes = d.notes.clone();
+            for o in &d.outcomes {
+                if let Outcome::Failed(e) = o {
+                    notes.push(format!("failed: {e}"));
                 }
             }
-            vec![
-                r.case.memory_mib.to_string(),
-                r.case.dirty_mib_s.to_string(),
-                walls(&r.tern),
-                walls(&r.direct),
-                r.dest_start.map(ms).unwrap_or_default(),
+            let n = times_late(&d.outcomes);
+            if n > 0 {
+                notes.push(format!(
+                    "first \"completed\" had total-time/downtime 0 in {n} of {} runs",
+                    d.outcomes.len()
+                ));
+            }
+            let mut v = case_cells(r, d);
+            v.extend([
+                walls(&d.outcomes),
+                overheads(&d.outcomes),
                 r.load.map(|l| format!("{l:.2}")).unwrap_or_default(),
                 r.other_qemus.to_string(),
                 notes.join("; ").replace('|', "\\|").replace('\n', " "),
-            ]
+            ]);
+            v
         })
         .collect();
     markdown(&header, &body, true)
 }
 
-/// Where Tern's wall-clock time went, for the cases that completed.
+/// Where each driver's wall-clock time went, in the run with its median
+/// overhead; "–" where a phase is not the driver's or was not seen.
 pub fn breakdown_table(rows: &[Row]) -> String {
     let header = [
         "RAM MiB",
         "dirty MiB/s",
-        "CLI to Prepare",
+        "driver",
+        "CLI to Begin",
+        "Begin",
         "Prepare",
         "hand-off",
         "copy (QEMU total)",
         "resume",
-        "Confirm + exit",
+        "Confirm",
+        "CLI exit",
+        "overhead",
     ];
-    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .filter_map(|r| match aggregate(&r.tern) {
-            Some(Outcome::Done(run)) => Some((r.case, run)),
+    let opt = |v: Option<u64>| v.map_or_else(|| "–".into(), |v| v.to_string());
+    let body: Vec<Vec<String>> = each(rows)
+        .filter_map(|(r, d)| match aggregate(&d.outcomes) {
+            Some(Outcome::Done(run)) => Some((r, d, run)),
             _ => None,
         })
-        .map(|(case, run)| {
+        .map(|(r, d, run)| {
             let b = run.breakdown.unwrap_or_default();
-            vec![
-                case.memory_mib.to_string(),
-                case.dirty_mib_s.to_string(),
-                opt(b.to_prepare),
+            let mut v = case_cells(r, d);
+            v.extend([
+                opt(b.start),
+                opt(b.begin),
                 opt(b.prepare),
                 opt(b.handoff),
                 format!("{} ({})", opt(b.copy), b.qemu_total_ms),
                 opt(b.resume),
                 opt(b.confirm),
-            ]
+                opt(b.exit),
+                overhead_ms(&run).map_or_else(|| "–".into(), |o| o.to_string()),
+            ]);
+            v
         })
         .collect();
     markdown(&header, &body, false)
+}
+
+/// One line per flow and case with issue 19's two targets, against the
+/// QMP driver's floor of the same case.
+pub fn check_lines(rows: &[Row]) -> Vec<String> {
+    each(rows)
+        .filter(|(_, d)| d.driver != Driver::Qmp)
+        .filter_map(|(r, d)| {
+            let label = format!(
+                "{} MiB, dirty {} MiB/s, {}",
+                r.case.memory_mib,
+                r.case.dirty_mib_s,
+                d.driver.label()
+            );
+            let floor = r.of(Driver::Qmp).map(|q| q.outcomes.as_slice());
+            check_line(&label, &d.outcomes, floor)
+        })
+        .collect()
+}
+
+/// A breakdown on one line, for the progress log.
+pub fn phases_brief(b: &Breakdown) -> String {
+    [
+        ("start", b.start),
+        ("begin", b.begin),
+        ("prepare", b.prepare),
+        ("hand-off", b.handoff),
+        ("copy", b.copy),
+        ("resume", b.resume),
+        ("confirm", b.confirm),
+        ("exit", b.exit),
+    ]
+    .iter()
+    .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// Each completed run's wall clock minus QEMU's total-time, e.g. "120 95 130".
+pub fn overheads(runs: &[Outcome]) -> String {
+    runs.iter()
+        .filter_map(|o| match o {
+            Outcome::Done(r) => Some(overhead_ms(r).map_or("?".into(), |v| v.to_string())),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Wall-clock times of the runs that completed, e.g. "1033 980 1100".
@@ -277,7 +312,30 @@ pub fn walls(runs: &[Outcome]) -> String {
 mod tests {
     use super::*;
     use crate::guest::Case;
-    use crate::live::report::{Figures, Run};
+    use crate::live::report::Figures;
+
+    fn done(w: u64, t: u64) -> Outcome {
+        Outcome::Done(Run {
+            wall: Duration::from_millis(w),
+            figures: Figures {
+                total_ms: t,
+                downtime_ms: 40,
+                bytes: 300 << 20,
+                iterations: 3,
+            },
+            gap: Some(Duration::from_millis(120)),
+            times_late: t == 0,
+            ..Default::default()
+        })
+    }
+
+    fn runs(driver: Driver, outcomes: Vec<Outcome>) -> DriverRuns {
+        DriverRuns {
+            driver,
+            outcomes,
+            notes: vec![],
+        }
+    }
 
     #[test]
     fn table_shows_overhead_and_non_convergence() {
@@ -285,61 +343,90 @@ mod tests {
             memory_mib: 512,
             dirty_mib_s: 20,
         };
-        let done = |w, t| {
-            Outcome::Done(Run {
-                wall: Duration::from_millis(w),
-                figures: Figures {
-                    total_ms: t,
-                    downtime_ms: 40,
-                    bytes: 300 << 20,
-                    iterations: 3,
-                },
-                gap: Some(Duration::from_millis(120)),
-                breakdown: None,
-                times_late: t == 0,
-                crash: None,
-                ..Default::default()
-            })
-        };
         let rows = vec![
             Row {
                 case,
-                tern: vec![done(1500, 0), done(1400, 0), done(1600, 0)],
-                direct: vec![done(1100, 1050), done(900, 0), done(1000, 1010)],
-                dest_start: Some(Duration::from_millis(90)),
+                drivers: vec![
+                    runs(
+                        Driver::Tern,
+                        vec![done(1500, 1300), done(1400, 1250), done(1600, 0)],
+                    ),
+                    runs(Driver::TernP2p, vec![done(1500, 0), done(1400, 0)]),
+                    runs(
+                        Driver::Qmp,
+                        vec![done(1100, 1050), done(900, 0), done(1000, 1010)],
+                    ),
+                ],
                 other_qemus: 0,
                 load: Some(1.0),
-                notes: vec![],
             },
             Row {
                 case,
-                tern: vec![
-                    done(1500, 700),
-                    Outcome::DidNotConverge {
-                        after: Duration::from_secs(120),
-                        figures: Figures::default(),
-                    },
+                drivers: vec![
+                    runs(
+                        Driver::Tern,
+                        vec![
+                            done(1500, 700),
+                            Outcome::DidNotConverge {
+                                after: Duration::from_secs(120),
+                                figures: Figures::default(),
+                            },
+                        ],
+                    ),
+                    runs(Driver::Qmp, vec![Outcome::Failed("boom | bang".into())]),
                 ],
-                direct: vec![Outcome::Failed("boom | bang".into())],
-                dest_start: None,
                 other_qemus: 2,
                 load: None,
-                notes: vec![],
             },
         ];
         let t = results_table(&rows);
-        // Medians: 1500 - 1000; QEMU's times only from runs that had them.
-        assert!(t.contains("+500"), "{t}");
+        // Overheads: tern 200 (of 200, 150), QMP 50 (of 50, -10): +150;
+        // QEMU's times only from runs that had them.
+        assert!(t.contains(" 200 |") && t.contains(" +150 |"), "{t}");
+        assert!(t.contains("floor"), "{t}");
         assert!(t.contains("0†"), "{t}");
         assert!(t.contains(" 1050 |"), "{t}");
         assert!(t.contains("did not converge in 120 s"), "{t}");
         let c = conditions_table(&rows);
-        assert!(c.contains("QMP failed: boom \\| bang"), "{c}");
+        assert!(c.contains("failed: boom \\| bang"), "{c}");
         assert!(c.contains("1100 900 1000"), "{c}");
+        assert!(c.contains("200 150 ?"), "{c}");
         assert!(
-            c.contains("QMP: first \"completed\" had total-time/downtime 0 in 1 of 3 runs"),
+            c.contains("first \"completed\" had total-time/downtime 0 in 1 of 3 runs"),
             "{c}"
         );
+        let checks = check_lines(&rows);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert!(
+            checks[0].starts_with("512 MiB, dirty 20 MiB/s, tern: median overhead 200 ms"),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
+    fn breakdown_rows_name_the_driver() {
+        let mut r = done(700, 500);
+        if let Outcome::Done(run) = &mut r {
+            run.breakdown = Some(Breakdown {
+                prepare: Some(90),
+                copy: Some(505),
+                qemu_total_ms: 500,
+                ..Default::default()
+            });
+        }
+        let rows = vec![Row {
+            case: Case {
+                memory_mib: 256,
+                dirty_mib_s: 0,
+            },
+            drivers: vec![runs(Driver::Qmp, vec![r])],
+            other_qemus: 0,
+            load: None,
+        }];
+        let b = breakdown_table(&rows);
+        assert!(b.contains(" QMP |"), "{b}");
+        assert!(b.contains("505 (500)"), "{b}");
+        assert!(b.contains(" 200 |"), "{b}");
     }
 
     #[test]
@@ -350,12 +437,9 @@ mod tests {
                 total_ms: 800,
                 ..Default::default()
             },
-            gap: None,
-            breakdown: None,
-            times_late: false,
             crash: Some("BUG: kernel NULL pointer dereference".into()),
             ..Default::default()
         };
-        assert_eq!(cells(Some(&Outcome::Done(run)))[5], "crash‡");
+        assert_eq!(cells(Some(&Outcome::Done(run)))[3], "crash‡");
     }
 }

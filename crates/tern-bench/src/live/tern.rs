@@ -58,7 +58,11 @@ pub async fn run(
     for i in 0..bench.repeat {
         tokio::time::sleep(bench.settle).await;
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
-        let who = format!("tern #{}", i + 1);
+        let who = if flags.is_empty() {
+            format!("tern #{}", i + 1)
+        } else {
+            format!("tern {} #{}", flags.join(" "), i + 1)
+        };
         let o = migrate_once(bench, (from, to), &name, &who, flags, notes)
             .await
             .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
@@ -300,18 +304,55 @@ fn breakdown(es: &[JobEvent], ed: &[JobEvent], t0_ms: u64, end_ms: u64) -> Break
             .map(|e| e.at_ms)
     };
     let span = |from: Option<u64>, to: Option<u64>| to?.checked_sub(from?);
+    let begin = at(es, "phase begin");
     let prepare = at(ed, "phase prepare");
     let listening = at(ed, "QEMU listening");
     let sending = at(es, "sending memory");
     let completed = at(es, "QEMU completed");
     let runs = at(ed, "guest runs on this host");
+    let stopped = at(es, "source stopped");
     Breakdown {
-        to_prepare: span(Some(t0_ms), prepare),
+        start: span(Some(t0_ms), begin),
+        begin: span(begin, prepare),
         prepare: span(prepare, listening),
         handoff: span(listening, sending),
         copy: span(sending, completed),
         resume: span(completed, runs),
-        confirm: span(runs, Some(end_ms)),
+        confirm: span(runs, stopped),
+        exit: span(stopped, Some(end_ms)),
         qemu_total_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breakdown_splits_the_wall_clock_at_the_events() {
+        let ev = |at_ms, message: &str| JobEvent {
+            at_ms,
+            phase: String::new(),
+            message: message.into(),
+        };
+        let src = [
+            ev(1010, "phase begin"),
+            ev(1200, "sending memory to tcp:x"),
+            ev(1700, "QEMU completed: downtime 50 ms"),
+            ev(
+                1790,
+                "source stopped and cleaned; the guest runs on the destination",
+            ),
+        ];
+        let dst = [
+            ev(1030, "phase prepare"),
+            ev(1150, "QEMU listening on tcp:x"),
+            ev(1720, "guest runs on this host"),
+        ];
+        let b = breakdown(&src, &dst, 1000, 1900);
+        assert_eq!(
+            [b.start, b.begin, b.prepare, b.handoff, b.copy, b.resume, b.confirm, b.exit],
+            [10, 20, 120, 50, 500, 20, 70, 110].map(Some)
+        );
     }
 }
