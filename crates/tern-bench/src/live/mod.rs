@@ -45,6 +45,8 @@ impl Driver {
             Driver::Tern => "tern",
             Driver::TernP2p => "tern --p2p",
             Driver::Qmp => "QMP",
+            Driver::Libvirt => "libvirt",
+            Driver::LibvirtP2p => "libvirt --p2p",
         }
     }
 }
@@ -63,6 +65,10 @@ async fn run_driver(
         Driver::Qmp => direct::run(bench, case, &direct::Plan::tern_defaults(), notes)
             .await
             .map(|d| d.outcomes),
+        // They bring their own two libvirtds, so [`run`] runs them alone.
+        Driver::Libvirt | Driver::LibvirtP2p => {
+            bail!("the libvirt drivers run alone: --drivers libvirt or --drivers libvirt-p2p")
+        }
     }
 }
 
@@ -241,7 +247,7 @@ pub fn check_binaries() -> Result<PathBuf> {
 
 /// Runs the matrix and prints the tables on stdout (progress on stderr).
 pub async fn run(args: LiveArgs) -> Result<()> {
-    if let Some(d @ (Driver::Libvirt | Driver::LibvirtP2p)) = args.only {
+    if let [d @ (Driver::Libvirt | Driver::LibvirtP2p)] = args.drivers[..] {
         return crate::libvirt::live::run(crate::libvirt::live::LiveSetup {
             sizes: args.sizes,
             rates: args.rates,
