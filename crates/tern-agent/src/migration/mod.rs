@@ -30,7 +30,11 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use tern_api::MigrationRequest;
-use tern_migrate::MigrateOptions;
+use tern_migrate::{JobKind, MigrateOptions};
+
+/// How long a long poll waits on a job that has ended but is still in the
+/// table (confirming, or a cold destination syncing), ms.
+const ENDED_JOB_WAIT_MS: u64 = 20;
 
 pub use job::{Job, JobState, Jobs};
 /// Runs a migration request.
@@ -72,12 +76,25 @@ pub async fn dispatch(agent: &Arc<Agent>, req: MigrationRequest) -> Result<Vec<u
                     j.touch();
                     // Subscribed before the look: a change while looking
                     // wakes it. A job that ended (its kind says so) but
-                    // is not yet out of the table is waited for too:
-                    // leaving the table wakes the poll, and the follower
-                    // learns the end without asking in a loop.
+                    // is not yet out of the table is waited for only
+                    // briefly: leaving the table wakes the poll, but a
+                    // cold copy's destination stays in the table while it
+                    // syncs, and a follower that only needs the end must
+                    // not wait for that (a 500 ms wait there made every
+                    // cold migration 0.4-0.8 s slower); the short wait
+                    // still keeps a follower from asking in a tight loop.
                     let mut changes = j.changes();
                     if agent.jobs.is_current(&j) {
-                        let wait = std::time::Duration::from_millis(wait_ms.min(5000));
+                        let ended = matches!(
+                            j.info().kind,
+                            JobKind::Completed | JobKind::Failed | JobKind::Cancelled
+                        );
+                        let ms = if ended {
+                            ENDED_JOB_WAIT_MS
+                        } else {
+                            wait_ms.min(5000)
+                        };
+                        let wait = std::time::Duration::from_millis(ms.min(wait_ms));
                         let _ = tokio::time::timeout(wait, changes.changed()).await;
                     }
                 }
