@@ -18,7 +18,7 @@
 use crate::cpu::{self, Cost, CpuGroup, Meter};
 use crate::guest::Case;
 use crate::libvirt::LibvirtPair;
-use crate::live::report::{aggregate, Outcome};
+use crate::live::report::{aggregate, unfinished_cells, Outcome};
 use crate::live::{self, Bench, BenchSetup};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -456,14 +456,7 @@ fn table(cells: &[Cell]) -> String {
                     r.figures.bytes as f64 / 1048576.0
                 )
             }
-            Some(Outcome::DidNotConverge { after, .. }) => {
-                format!("did not converge in {} s | | | | |", after.as_secs())
-            }
-            Some(Outcome::Failed(e)) => format!(
-                "failed: {} | | | | |",
-                e.replace('|', "/").replace('\n', " ")
-            ),
-            None => "no run | | | | |".into(),
+            o => unfinished_cells(o.as_ref(), 6).unwrap_or_default(),
         };
         out.push_str(&format!(
             "| {guest} | {} | {row} | {load} | {} |\n",

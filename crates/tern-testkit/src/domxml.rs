@@ -59,6 +59,24 @@ impl GuestSpec {
         self
     }
 
+    /// Renders the XML with every disk under `/dev` as libvirt writes a
+    /// disk on a block device (an LVM volume, a loop device): `<disk
+    /// type='block'>` with `<source dev=>`.
+    pub fn to_xml_block_devices(&self) -> String {
+        let mut xml = self.to_xml();
+        for d in self.disks.iter().filter(|d| d.path.starts_with("/dev")) {
+            let file = format!("<source file='{}'/>", d.path.display());
+            let Some(at) = xml.find(&file) else { continue };
+            let dev = format!("<source dev='{}'/>", d.path.display());
+            xml.replace_range(at..at + file.len(), &dev);
+            let open = "<disk type='file'";
+            if let Some(start) = xml[..at].rfind(open) {
+                xml.replace_range(start..start + open.len(), "<disk type='block'");
+            }
+        }
+        xml
+    }
+
     /// Renders the XML.
     pub fn to_xml(&self) -> String {
         let mut devs = String::new();

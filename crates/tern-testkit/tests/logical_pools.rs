@@ -281,17 +281,7 @@ fn live_copy_of_a_running_qemu(vm: &DebianVm, a: &GuestAgent, b: &GuestAgent) {
     a.ok(&["start", "live1"]);
     assert_eq!(domstate(a, "live1"), "running");
     let t = Instant::now();
-    a.ok(&[
-        "migrate",
-        "--live",
-        "--persistent",
-        "--undefinesource",
-        "--copy-storage-all",
-        "--target-pool",
-        "vgB",
-        "live1",
-        &b.uri(),
-    ]);
+    live_copy_into_vg_b(a, b, "live1");
     eprintln!(
         "live migration with a {VOL} logical volume: {:?}",
         t.elapsed()
@@ -339,13 +329,7 @@ fn nested_guest_moves_live_between_groups(
         target: "vda".into(),
         cache: "none".into(),
     });
-    let xml = spec
-        .to_xml()
-        .replace("<disk type='file'", "<disk type='block'")
-        .replace(
-            "<source file='/dev/vgA/nested-disk'/>",
-            "<source dev='/dev/vgA/nested-disk'/>",
-        );
+    let xml = spec.to_xml_block_devices();
     vm.write_file("/root/nested.xml", &xml);
     a.ok(&["define", "/root/nested.xml"]);
     a.ok(&["start", "nested"]);
@@ -361,17 +345,7 @@ fn nested_guest_moves_live_between_groups(
         disk_checks,
     );
     assert!(!text.contains("TERN-FAIL"), "{text}");
-    a.ok(&[
-        "migrate",
-        "--live",
-        "--persistent",
-        "--undefinesource",
-        "--copy-storage-all",
-        "--target-pool",
-        "vgB",
-        "nested",
-        &b.uri(),
-    ]);
+    live_copy_into_vg_b(a, b, "nested");
     assert_block_disk_on_b(b, "nested", "nested-disk");
     let before = SerialLog::parse(&b.ok(&["console", "nested"])).count("TERN-DISK ok");
     let text = b.wait_console(
@@ -385,4 +359,20 @@ fn nested_guest_moves_live_between_groups(
     b.ok(&["undefine", "nested"]);
     a.ok(&["vol-delete", "nested-disk", "--pool", "vgA"]);
     b.ok(&["vol-delete", "nested-disk", "--pool", "vgB"]);
+}
+
+/// `tern migrate --live --copy-storage-all` of `name` from `a` into `b`'s
+/// logical pool vgB, keeping it defined only there.
+fn live_copy_into_vg_b(a: &GuestAgent, b: &GuestAgent, name: &str) {
+    a.ok(&[
+        "migrate",
+        "--live",
+        "--persistent",
+        "--undefinesource",
+        "--copy-storage-all",
+        "--target-pool",
+        "vgB",
+        name,
+        &b.uri(),
+    ]);
 }

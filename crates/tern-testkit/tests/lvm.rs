@@ -224,13 +224,7 @@ fn define_on_device(h: &TernHost, name: &str, dev: &std::path::Path) {
         target: "vda".into(),
         cache: "none".into(),
     });
-    let xml = spec
-        .to_xml()
-        .replace("<disk type='file'", "<disk type='block'")
-        .replace(
-            &format!("<source file='{}'/>", dev.display()),
-            &format!("<source dev='{}'/>", dev.display()),
-        );
+    let xml = spec.to_xml_block_devices();
     let file = h.root.join(format!("{name}.xml"));
     std::fs::write(&file, xml).unwrap();
     h.ok(&["define", file.to_str().unwrap()]);

@@ -6,7 +6,7 @@
 use super::migrate::{self, Plan};
 use super::LibvirtPair;
 use crate::guest::{Case, GuestSetup};
-use crate::live::report::{aggregate, control_ms, Outcome};
+use crate::live::report::{aggregate, control_ms, unfinished_cells, Outcome};
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 use tern_testkit::BuildOptions;
@@ -131,14 +131,7 @@ fn table(rows: &[Row]) -> String {
                 x.figures.iterations,
                 x.gap.map_or("none".into(), |g| g.as_millis().to_string()),
             ),
-            Some(Outcome::DidNotConverge { after, .. }) => {
-                format!("did not converge in {} s | | | | |", after.as_secs())
-            }
-            Some(Outcome::Failed(e)) => format!(
-                "failed: {} | | | | |",
-                e.replace('|', "/").replace('\n', " ")
-            ),
-            None => "no run | | | | |".into(),
+            o => unfinished_cells(o.as_ref(), 6).unwrap_or_default(),
         };
         out.push_str(&format!(
             "| {} | {} | {cells} | {} | {} | {} | {} |\n",

@@ -131,6 +131,22 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// A table row's cells for a migration that did not finish (it did not
+/// converge, failed, or never ran), the reason first and then empty cells
+/// up to `width` columns; `None` for a finished one, whose cells each
+/// table writes itself.
+pub fn unfinished_cells(o: Option<&Outcome>, width: usize) -> Option<String> {
+    let first = match o {
+        Some(Outcome::Done(_)) => return None,
+        Some(Outcome::DidNotConverge { after, .. }) => {
+            format!("did not converge in {} s", after.as_secs())
+        }
+        Some(Outcome::Failed(e)) => format!("failed: {}", e.replace('|', "/").replace('\n', " ")),
+        None => "no run".into(),
+    };
+    Some(format!("{first}{}", " |".repeat(width.saturating_sub(1))))
+}
+
 /// The median of some values (the upper one of the middle two).
 fn median<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
     v.sort_unstable();
@@ -288,6 +304,28 @@ pub fn check_line(label: &str, runs: &[Outcome], floor: Option<&[Outcome]>) -> O
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_unfinished_migration_fills_its_row_with_the_reason() {
+        let late = Outcome::DidNotConverge {
+            after: Duration::from_secs(90),
+            figures: Figures::default(),
+        };
+        assert_eq!(
+            unfinished_cells(Some(&late), 6).as_deref(),
+            Some("did not converge in 90 s | | | | |")
+        );
+        let failed = Outcome::Failed("a|b\nc".into());
+        assert_eq!(
+            unfinished_cells(Some(&failed), 6).as_deref(),
+            Some("failed: a/b c | | | | |")
+        );
+        assert_eq!(
+            unfinished_cells(None, 6).as_deref(),
+            Some("no run | | | | |")
+        );
+    }
+
     use super::*;
     use serde_json::json;
 
