@@ -376,7 +376,9 @@ impl TernHost {
     }
 
     /// Polls the console until `pred` holds for its text, or panics after
-    /// `timeout` with the console shown.
+    /// `timeout` with the console shown. A console silent for
+    /// [`CONSOLE_STALL`] ends the wait early, with what the guest's QEMU
+    /// was doing (see [`crate::stall`]).
     pub fn wait_console(
         &self,
         domain: &str,
@@ -384,21 +386,70 @@ impl TernHost {
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Instant::now() + timeout;
+        self.try_wait_console(domain, timeout, what, pred)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::wait_console`] that returns why it gave up, so that a test
+    /// can say what to do about a guest that froze (see `virt_install`'s
+    /// GRUB boots).
+    pub fn try_wait_console(
+        &self,
+        domain: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, ConsoleGaveUp> {
+        let start = Instant::now();
+        let mut last_change = start;
+        let mut last_len = 0;
         loop {
             let o = self.tern(&["console", domain]);
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
             if pred(&text) {
-                return text;
+                return Ok(text);
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what} on {domain}'s console; last output:\n{}",
-                    tail(&text, 20)
-                );
+            if text.len() != last_len {
+                last_len = text.len();
+                last_change = Instant::now();
+            }
+            let stalled = last_change.elapsed() > CONSOLE_STALL;
+            if stalled || start.elapsed() > timeout {
+                let run_dir = self.state_dir().join("run").join(domain);
+                return Err(ConsoleGaveUp {
+                    stalled,
+                    message: format!(
+                        "{} after {:?} waiting for {what} on {domain}'s console; last output:\n{}\n{}",
+                        if stalled { "silent for too long" } else { "timed out" },
+                        start.elapsed(),
+                        tail(&text, 20),
+                        crate::stall::diagnose(&run_dir)
+                    ),
+                });
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// How long a console may stay silent before a wait gives up on it. A
+/// Debian guest under TCG prints nothing for about two minutes while
+/// systemd waits for the network; five is a guest that stopped.
+pub const CONSOLE_STALL: Duration = Duration::from_secs(300);
+
+/// A console wait that gave up.
+#[derive(Debug)]
+pub struct ConsoleGaveUp {
+    /// The console stopped growing for [`CONSOLE_STALL`] (rather than the
+    /// whole wait running out).
+    pub stalled: bool,
+    /// What was waited for, the console's tail and the QEMU's state.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConsoleGaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 

@@ -50,6 +50,7 @@ pub mod rbd;
 pub mod scrape;
 mod serial;
 pub mod sshd;
+pub mod stall;
 pub mod vm_lvm;
 mod vmlinux;
 pub mod watch;
