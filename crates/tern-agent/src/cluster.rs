@@ -45,7 +45,10 @@ pub fn api_uri(agent: &Agent) -> Option<String> {
 
 /// A client for a controller URL, presenting this host's certificate.
 fn controller(agent: &Agent, url: &str) -> Result<Client, tern_api::ClientError> {
+    // One kept connection per controller: a heartbeat is then a request,
+    // not a TLS handshake (see `Client::keep_alive`).
     controller_client_with_pki(url, &tern_pki::PkiDir::new(&agent.cfg.pki_dir))
+        .map(Client::keep_alive)
 }
 
 /// Runs forever: register, heartbeat, re-register, fence.
@@ -76,6 +79,7 @@ pub async fn run(agent: Arc<Agent>) {
     crate::fence::ensure_running(&agent);
     let mut which = 0usize;
     let mut session: Option<Session> = None;
+    let mut failures = 0u32;
     loop {
         let report = report(&agent, &uri).await;
         let host = report.name.clone();
@@ -123,15 +127,26 @@ pub async fn run(agent: Arc<Agent>) {
                 }
             },
         };
-        if !ok {
+        let every = session
+            .as_ref()
+            .map(|s| Duration::from_millis(s.reply.heartbeat_ms.max(100)));
+        let wait = if ok {
+            failures = 0;
+            every.unwrap_or(RETRY)
+        } else {
             // Another controller may be the one that answers.
             which += 1;
-        }
-        let every = session.as_ref().map_or(RETRY, |s| {
-            Duration::from_millis(s.reply.heartbeat_ms.max(100))
-        });
-        tokio::time::sleep(if ok { every } else { every.min(RETRY) / 2 }).await;
+            failures += 1;
+            tern_api::cluster::retry_delay(failures, every, unit_random())
+        };
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// A number in [0, 1) that differs from host to host and call to call,
+/// to spread retries (`retry_delay`).
+fn unit_random() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 /// Whether this stop of the agent is a host shutdown.

@@ -1,5 +1,6 @@
 //! The host API client: one HTTP/1.1 request per call, over whatever byte
-//! stream the connection URI names.
+//! stream the connection URI names; a new connection per call unless the
+//! client keeps one ([`Client::keep_alive`]).
 
 use crate::transport::{last_stderr_line, SshStream, SshTarget, TlsTarget};
 use crate::{ApiError, Request, API_VERSION, CALL_PATH, DEFAULT_SOCKET, VERSION_HEADER};
@@ -98,6 +99,8 @@ pub struct Client {
     target: Target,
     timeout: Duration,
     uri: Option<String>,
+    /// The connection kept between calls, when the client keeps one.
+    kept: Option<crate::kept::Kept>,
 }
 
 impl Client {
@@ -147,6 +150,7 @@ impl Client {
             target,
             timeout: CALL_TIMEOUT,
             uri: Some(uri.to_string()),
+            kept: None,
         })
     }
 
@@ -169,12 +173,25 @@ impl Client {
         self
     }
 
+    /// Keeps one TCP or TLS connection open between this client's calls
+    /// (and its clones'), instead of a new connection, and for TLS a new
+    /// handshake, per call. An agent heartbeating its controller every
+    /// second keeps one: thousands of agents each redoing a mutual-TLS
+    /// handshake per heartbeat would spend the controller's CPU on
+    /// handshakes. Calls made while another is in flight use a connection
+    /// of their own, as without it.
+    pub fn keep_alive(mut self) -> Client {
+        self.kept = Some(crate::kept::Kept::default());
+        self
+    }
+
     /// A client for a unix socket path.
     pub fn unix(path: impl Into<PathBuf>) -> Client {
         Client {
             target: Target::Unix(path.into()),
             timeout: CALL_TIMEOUT,
             uri: None,
+            kept: None,
         }
     }
 
@@ -184,6 +201,7 @@ impl Client {
             target: Target::Tcp(host.into(), port),
             timeout: CALL_TIMEOUT,
             uri: None,
+            kept: None,
         }
     }
 
@@ -199,6 +217,7 @@ impl Client {
             }),
             timeout: CALL_TIMEOUT,
             uri: None,
+            kept: None,
         })
     }
 
@@ -319,6 +338,15 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Bytes), ClientError> {
         let req = Exchange { method, path, body };
+        if let (Some(kept), Target::Tcp(..) | Target::Tls(_)) = (&self.kept, &self.target) {
+            if let Ok(mut slot) = kept.try_lock() {
+                let sent = self.kept_round_trip(&mut slot, req).await;
+                return match &self.target {
+                    Target::Tls(_) => sent.map_err(|e| self.tls_error(e)),
+                    _ => sent,
+                };
+            }
+        }
         Ok(match &self.target {
             Target::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
@@ -410,22 +438,110 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let http = |message: String| ClientError::Http {
-            target: self.describe(),
-            message,
+        let (mut sender, conn_task) = self.handshake(stream).await?;
+        let resp = sender
+            .send_request(self.request(x)?)
+            .await
+            .map_err(|e| self.hyper_error(e));
+        let out = match resp {
+            Ok(resp) => self.read(resp).await,
+            Err(e) => Err(e),
         };
-        // A TLS refusal hides inside hyper's error: say it plainly.
-        let hyper_err = |e: hyper::Error| match tern_pki::explain_tls_failure(&e, Side::Client) {
+        conn_task.abort();
+        out
+    }
+
+    /// One call on the kept connection `slot`, which is (re)made when it
+    /// is missing or was closed (by the server's idle timeout, say) before
+    /// the request went out. A request that went out and failed is not
+    /// sent again: the call fails, and the next one connects anew.
+    async fn kept_round_trip(
+        &self,
+        slot: &mut Option<crate::kept::Sender>,
+        x: Exchange<'_>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let mut req = self.request(x)?;
+        if let Some(sender) = slot.as_mut() {
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return self.read(resp).await,
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => {
+                            *slot = None;
+                            return Err(self.hyper_error(e.into_error()));
+                        }
+                    },
+                }
+            }
+        }
+        self.kept_connect_and_send(slot, req).await
+    }
+
+    async fn kept_connect_and_send(
+        &self,
+        slot: &mut Option<crate::kept::Sender>,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        *slot = None;
+        let (mut sender, _conn) = match &self.target {
+            Target::Tcp(h, port) => {
+                let s = connect_within(tokio::net::TcpStream::connect((h.as_str(), *port)))
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        target: self.describe(),
+                        source,
+                    })?;
+                let _ = s.set_nodelay(true);
+                self.handshake(s).await?
+            }
+            Target::Tls(t) => self.handshake(self.connect_tls(t).await?).await?,
+            Target::Unix(_) | Target::Ssh(_) => {
+                unreachable!("only TCP and TLS connections are kept")
+            }
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.hyper_error(e))?;
+        let out = self.read(resp).await?;
+        *slot = Some(sender);
+        Ok(out)
+    }
+
+    /// HTTP/1.1 over `stream`: the sender, and the task driving the
+    /// connection (it ends when the sender is dropped or the peer closes).
+    async fn handshake<S>(
+        &self,
+        stream: S,
+    ) -> Result<(crate::kept::Sender, tokio::task::JoinHandle<()>), ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.hyper_error(e))?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender, task))
+    }
+
+    /// A TLS refusal hides inside hyper's error: say it plainly.
+    fn hyper_error(&self, e: hyper::Error) -> ClientError {
+        match tern_pki::explain_tls_failure(&e, Side::Client) {
             Some(reason) => ClientError::Tls {
                 target: self.describe(),
                 reason,
             },
-            None => http(e.to_string()),
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(hyper_err)?;
-        let conn_task = tokio::spawn(conn);
+            None => ClientError::Http {
+                target: self.describe(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    fn request(&self, x: Exchange<'_>) -> Result<hyper::Request<Full<Bytes>>, ClientError> {
         let mut req = hyper::Request::builder()
             .method(x.method)
             .uri(x.path)
@@ -434,18 +550,24 @@ impl Client {
         if x.body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req
-            .body(Full::new(Bytes::from(x.body.unwrap_or_default())))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(hyper_err)?;
+        req.body(Full::new(Bytes::from(x.body.unwrap_or_default())))
+            .map_err(|e| ClientError::Http {
+                target: self.describe(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn read(
+        &self,
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<(u16, Bytes), ClientError> {
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(hyper_err)?
+            .map_err(|e| self.hyper_error(e))?
             .to_bytes();
-        conn_task.abort();
         Ok((status, bytes))
     }
 }

@@ -482,6 +482,38 @@ pub struct StatusReply {
     pub leader: Option<String>,
 }
 
+/// How long an agent waits after its `failures`-th failed call in a row
+/// (1 for the first) before the next: the protocol's retry rule, which
+/// the agent and `tern-bench cluster-scale`'s simulated agents share.
+///
+/// Agents cut off together (a controller restarting, a switch rebooting)
+/// must not come back as one herd: the controller admits only so many TLS
+/// handshakes at once (`--max-anonymous-clients`) and turns away the rest,
+/// who would all retry together again. So every wait is partly random
+/// (`unit_random` in [0, 1), half of the wait at most), and an agent that
+/// is not registered doubles its wait from 0.5 s up to
+/// [`MAX_REGISTER_RETRY`]. A registered agent keeps retrying within half
+/// a heartbeat period to a whole one, so that a short outage costs it no
+/// lease.
+pub fn retry_delay(
+    failures: u32,
+    registered: Option<std::time::Duration>,
+    unit_random: f64,
+) -> std::time::Duration {
+    use std::time::Duration;
+    let full = match registered {
+        Some(heartbeat) => heartbeat.max(Duration::from_millis(100)),
+        None => {
+            let doublings = failures.saturating_sub(1).min(16);
+            (Duration::from_millis(500) * (1u32 << doublings)).min(MAX_REGISTER_RETRY)
+        }
+    };
+    full.mul_f64(0.5 + 0.5 * unit_random.clamp(0.0, 1.0))
+}
+
+/// The longest wait between two registration attempts.
+pub const MAX_REGISTER_RETRY: std::time::Duration = std::time::Duration::from_secs(16);
+
 /// A client for a controller URL, with client certificates from
 /// `$TERN_PKI_DIR` (else /etc/pki/tern): see [`controller_client_with_pki`].
 pub fn controller_client(url: &str) -> Result<Client, ClientError> {
@@ -522,6 +554,21 @@ pub fn controller_client_with_pki(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unregistered_agents_back_off_and_spread_out() {
+        use std::time::Duration;
+        let ms = |f, r| retry_delay(f, None, r).as_millis();
+        assert_eq!((ms(1, 0.0), ms(1, 0.999_999)), (250, 499));
+        assert_eq!(ms(2, 0.0), 500);
+        assert_eq!(ms(4, 1.0), 4000);
+        // Capped, however long the outage.
+        assert_eq!(retry_delay(40, None, 1.0), MAX_REGISTER_RETRY);
+        // Registered: within one heartbeat, never growing.
+        let hb = Some(Duration::from_secs(1));
+        assert_eq!(retry_delay(1, hb, 0.0), retry_delay(30, hb, 0.0));
+        assert_eq!(retry_delay(30, hb, 1.0), Duration::from_secs(1));
+    }
 
     #[test]
     fn requests_are_tagged_and_strict() {

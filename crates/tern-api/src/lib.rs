@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod error;
 pub mod event;
 pub mod fence;
+mod kept;
 pub mod peer;
 pub mod request;
 pub mod response;

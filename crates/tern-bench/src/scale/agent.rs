@@ -23,8 +23,6 @@ use tern_api::Client;
 use tern_model::{HostFacts, PoolDef, PoolInfo, PoolKind};
 use tern_pki::PkiDir;
 
-/// Wait between failed registrations, as `ternd` (`RETRY / 2`).
-const RETRY: Duration = Duration::from_millis(500);
 /// Per-call time limit, as `ternd`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -234,7 +232,10 @@ impl Agent {
     ) -> anyhow::Result<Agent> {
         Ok(Agent {
             i,
-            client: controller_client_with_pki(url, pki)?.with_timeout(CALL_TIMEOUT),
+            // As `ternd`: one kept connection to the controller.
+            client: controller_client_with_pki(url, pki)?
+                .with_timeout(CALL_TIMEOUT)
+                .keep_alive(),
             report: host_report(i, servers),
             state: Arc::default(),
             shared,
@@ -242,6 +243,7 @@ impl Agent {
     }
 
     async fn register(&self) -> RegisterReply {
+        let mut failures = 0u32;
         loop {
             let req = ClusterRequest::Register {
                 report: self.report.clone(),
@@ -256,7 +258,10 @@ impl Agent {
                     self.shared
                         .register_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(RETRY).await;
+                    // As `ternd`: backing off, spread out.
+                    failures += 1;
+                    let r = spread(self.i.wrapping_add(failures as usize * 7919));
+                    tokio::time::sleep(tern_api::cluster::retry_delay(failures, None, r)).await;
                 }
             }
         }
@@ -291,7 +296,13 @@ impl Agent {
                     *self.state.last_ok.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Instant::now());
                 }
-                Err(e) => self.shared.failed(rtt, e.to_string()),
+                Err(e) => {
+                    self.shared.failed(rtt, e.to_string());
+                    // As `ternd`: the next try within a heartbeat period.
+                    let r = spread(self.i.wrapping_add(t.elapsed().subsec_nanos() as usize));
+                    tokio::time::sleep(tern_api::cluster::retry_delay(1, Some(every), r)).await;
+                    continue;
+                }
             }
             tokio::time::sleep(every).await;
         }
