@@ -69,7 +69,9 @@ pub struct ConvergeArgs {
     /// `tern.verify_rate`, MiB/s.
     #[arg(long, default_value_t = 8)]
     verify_rate: u64,
-    /// Only these methods (tern, qemu, nova).
+    /// Only these methods (tern, qemu, nova; also qemu-postcopy: QEMU's
+    /// defaults with the postcopy-ram capability on both sides, as Tern
+    /// sets it with `--postcopy`, to weigh what the capability costs).
     #[arg(long, value_delimiter = ',', default_value = "tern,qemu,nova")]
     methods: Vec<String>,
     /// Keep every migration's console logs in this directory.
@@ -265,6 +267,7 @@ fn static_name(m: &str) -> &'static str {
     match m {
         "tern" => "tern (policy)",
         "qemu" => "QEMU defaults",
+        "qemu-postcopy" => "QEMU defaults + postcopy-ram",
         _ => "Nova steps",
     }
 }
@@ -289,7 +292,7 @@ async fn one(
             }
             tern::run(bench, case, &flags, notes).await
         }
-        "qemu" | "nova" => {
+        "qemu" | "qemu-postcopy" | "nova" => {
             let mut plan = Plan {
                 options: MigrateOptions {
                     live: true,
@@ -299,6 +302,7 @@ async fn one(
                 },
                 downtime_steps: Vec::new(),
             };
+            plan.options.postcopy = m == "qemu-postcopy";
             if m == "nova" {
                 let steps = nova_steps(a.memory.div_ceil(1024));
                 plan.options.max_downtime_ms = steps.first().map(|s| s.1);
@@ -310,7 +314,7 @@ async fn one(
                 .await
                 .map(|d| d.outcomes)
         }
-        other => anyhow::bail!("unknown method {other:?}: use tern, qemu or nova"),
+        other => anyhow::bail!("unknown method {other:?}: use tern, qemu, qemu-postcopy or nova"),
     };
     Ok(match r {
         Ok(v) => v

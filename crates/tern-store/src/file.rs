@@ -1,9 +1,14 @@
-//! The embedded store: one controller, one directory, one JSON snapshot.
+//! The embedded store: one controller, one directory, a JSON snapshot and
+//! a write-ahead log.
 //!
-//! Every change rewrites `store.json` atomically (temp file, fsync,
+//! Every change is appended to `store.wal` and synced before the call
+//! returns ([`wal`]): O(change) per write. Once the log outgrows the
+//! snapshot, `store.json` is rewritten atomically (temp file, fsync,
 //! rename, fsync of the directory), so a crash leaves the old or the new
-//! snapshot, never a mix. That is O(size) per write: fine for the one
-//! controller of a small cluster; etcd is the store for scale.
+//! snapshot, never a mix, and the log starts again. One controller per
+//! directory (a lock file); etcd is the store for several controllers.
+
+mod wal;
 
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -38,6 +43,11 @@ struct Snapshot {
 #[derive(Debug)]
 struct State {
     snap: Snapshot,
+    /// Changes made by the call in progress, for the log.
+    pending: Vec<wal::Record>,
+    wal: wal::Wal,
+    /// Size of the last snapshot written (or read).
+    snapshot_bytes: u64,
     deadlines: BTreeMap<LeaseId, Instant>,
     /// No lease expires before this (it may be earlier than the true first
     /// deadline, since renewals only move deadlines later): every store
@@ -77,8 +87,10 @@ impl FileStore {
             return Err(StoreError::Locked(dir.display().to_string()));
         }
         let path = dir.join("store.json");
-        let snap = match std::fs::read(&path) {
+        let mut snapshot_bytes = 0;
+        let mut snap = match std::fs::read(&path) {
             Ok(b) => {
+                snapshot_bytes = b.len() as u64;
                 let s: Snapshot = serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
                     path: path.display().to_string(),
                     message: e.to_string(),
@@ -99,6 +111,10 @@ impl FileStore {
             },
             Err(e) => return Err(io(&path)(e)),
         };
+        let (wal, records) = wal::Wal::open(&dir.join("store.wal"))?;
+        for r in records {
+            replay(&mut snap, r);
+        }
         let now = Instant::now();
         let deadlines: BTreeMap<LeaseId, Instant> = snap
             .leases
@@ -110,6 +126,9 @@ impl FileStore {
             path,
             state: Mutex::new(State {
                 snap,
+                pending: Vec::new(),
+                wal,
+                snapshot_bytes,
                 deadlines,
                 next_expiry,
             }),
@@ -117,17 +136,24 @@ impl FileStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, bool)>) -> Result<T> {
+    /// Runs `f` on the state under the lock, then logs what it changed
+    /// before returning (compacting the log into the snapshot when it has
+    /// grown enough). Expired leases go first.
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let expired = sweep(&mut st, Instant::now());
-        let (out, changed) = f(&mut st)?;
-        if changed || expired {
-            self.save(&st.snap)?;
+        sweep(&mut st, Instant::now());
+        let out = f(&mut st);
+        let pending = std::mem::take(&mut st.pending);
+        st.wal.append(&pending)?;
+        if wal::compact_after(st.wal.len(), st.snapshot_bytes) {
+            st.snapshot_bytes = self.save(&st.snap)?;
+            st.wal.reset()?;
         }
-        Ok(out)
+        out
     }
 
-    fn save(&self, snap: &Snapshot) -> Result<()> {
+    /// Writes the snapshot atomically; its size.
+    fn save(&self, snap: &Snapshot) -> Result<u64> {
         let data = serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt {
             path: self.path.display().to_string(),
             message: e.to_string(),
@@ -144,15 +170,15 @@ impl FileStore {
                 let _ = d.sync_all();
             }
         }
-        Ok(())
+        Ok(data.len() as u64)
     }
 }
 
-/// Drops expired leases and their keys; whether anything changed. Walks
-/// the leases only once the earliest deadline may have passed.
-fn sweep(st: &mut State, now: Instant) -> bool {
+/// Drops expired leases and their keys. Walks the leases only once the
+/// earliest deadline may have passed.
+fn sweep(st: &mut State, now: Instant) {
     if st.next_expiry.is_none_or(|t| t > now) {
-        return false;
+        return;
     }
     let dead: Vec<LeaseId> = st
         .deadlines
@@ -164,13 +190,47 @@ fn sweep(st: &mut State, now: Instant) -> bool {
         drop_lease(st, *id);
     }
     st.next_expiry = st.deadlines.values().min().copied();
-    !dead.is_empty()
 }
 
 fn drop_lease(st: &mut State, id: LeaseId) {
     st.deadlines.remove(&id);
-    st.snap.leases.remove(&id);
-    st.snap.keys.retain(|_, k| k.lease != Some(id));
+    st.pending.push(wal::Record::Revoke { id });
+    replay(&mut st.snap, wal::Record::Revoke { id });
+}
+
+/// Applies one logged change to a snapshot (at open, and as each change
+/// is made, so that both go one way).
+fn replay(snap: &mut Snapshot, r: wal::Record) {
+    use wal::Record;
+    match r {
+        Record::Put {
+            key,
+            value,
+            revision,
+            lease,
+        } => {
+            snap.revision = snap.revision.max(revision);
+            snap.keys.insert(
+                key,
+                StoredKey {
+                    value,
+                    revision,
+                    lease,
+                },
+            );
+        }
+        Record::Delete { key } => {
+            snap.keys.remove(&key);
+        }
+        Record::Grant { id, ttl_ms } => {
+            snap.leases.insert(id, ttl_ms);
+            snap.next_lease = snap.next_lease.max(id + 1);
+        }
+        Record::Revoke { id } => {
+            snap.leases.remove(&id);
+            snap.keys.retain(|_, k| k.lease != Some(id));
+        }
+    }
 }
 
 fn entry(key: &str, k: &StoredKey) -> Entry {
@@ -194,33 +254,38 @@ fn write(st: &mut State, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> R
         path: key.to_string(),
         message: format!("value is not UTF-8: {e}"),
     })?;
-    st.snap.revision += 1;
-    let revision = st.snap.revision;
-    st.snap.keys.insert(
-        key.to_string(),
-        StoredKey {
-            value,
-            revision,
-            lease,
-        },
-    );
-    Ok(revision)
+    let r = wal::Record::Put {
+        key: key.to_string(),
+        value,
+        revision: st.snap.revision + 1,
+        lease,
+    };
+    st.pending.push(r.clone());
+    replay(&mut st.snap, r);
+    Ok(st.snap.revision)
 }
 
 #[async_trait::async_trait]
 impl Store for FileStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        self.with(|st| Ok((st.snap.keys.get(key).map(|k| entry(key, k)), false)))
+        self.with(|st| Ok(st.snap.keys.get(key).map(|k| entry(key, k))))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<u64> {
-        self.with(|st| Ok((write(st, key, value, lease)?, true)))
+        self.with(|st| write(st, key, value, lease))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         self.with(|st| {
-            let had = st.snap.keys.remove(key).is_some();
-            Ok((had, had))
+            let had = st.snap.keys.contains_key(key);
+            if had {
+                let r = wal::Record::Delete {
+                    key: key.to_string(),
+                };
+                st.pending.push(r.clone());
+                replay(&mut st.snap, r);
+            }
+            Ok(had)
         })
     }
 
@@ -234,9 +299,9 @@ impl Store for FileStore {
         self.with(|st| {
             let cur = st.snap.keys.get(key).map(|k| k.revision);
             if cur != expected {
-                return Ok((None, false));
+                return Ok(None);
             }
-            Ok((Some(write(st, key, value, lease)?), true))
+            Ok(Some(write(st, key, value, lease)?))
         })
     }
 
@@ -253,9 +318,9 @@ impl Store for FileStore {
             }
             let cur = st.snap.keys.get(key).map(|k| k.revision);
             if cur != expected {
-                return Ok((None, false));
+                return Ok(None);
             }
-            Ok((Some(write(st, key, value, None)?), true))
+            Ok(Some(write(st, key, value, None)?))
         })
     }
 
@@ -268,19 +333,23 @@ impl Store for FileStore {
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(k, v)| entry(k, v))
                 .collect();
-            Ok((v, false))
+            Ok(v)
         })
     }
 
     async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
         self.with(|st| {
             let id = st.snap.next_lease;
-            st.snap.next_lease += 1;
-            st.snap.leases.insert(id, ttl.as_millis() as u64);
+            let r = wal::Record::Grant {
+                id,
+                ttl_ms: ttl.as_millis() as u64,
+            };
+            st.pending.push(r.clone());
+            replay(&mut st.snap, r);
             let deadline = Instant::now() + ttl;
             st.deadlines.insert(id, deadline);
             st.next_expiry = Some(st.next_expiry.map_or(deadline, |t| t.min(deadline)));
-            Ok((id, true))
+            Ok(id)
         })
     }
 
@@ -293,14 +362,14 @@ impl Store for FileStore {
                 .ok_or(StoreError::LeaseExpired(lease))?;
             st.deadlines
                 .insert(lease, Instant::now() + Duration::from_millis(ttl));
-            Ok(((), false))
+            Ok(())
         })
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
         self.with(|st| {
             drop_lease(st, lease);
-            Ok(((), true))
+            Ok(())
         })
     }
 }
@@ -440,5 +509,42 @@ mod tests {
             s.put("x", b"1".to_vec(), Some(l)).await,
             Err(StoreError::LeaseExpired(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn changes_live_in_the_log_until_it_outgrows_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let l = s.grant(Duration::from_secs(60)).await.unwrap();
+        s.put("hosts/a", b"{}".to_vec(), Some(l)).await.unwrap();
+        s.put("jobs/1", b"x".to_vec(), None).await.unwrap();
+        s.delete("jobs/1").await.unwrap();
+        let last = s.put("jobs/2", b"y".to_vec(), None).await.unwrap();
+        // Nothing rewrote the snapshot: every change is in the log.
+        assert!(!d.path().join("store.json").exists());
+        drop(s);
+        let s = FileStore::open(d.path()).unwrap();
+        assert!(s.get("hosts/a").await.unwrap().is_some());
+        assert!(s.get("jobs/1").await.unwrap().is_none());
+        assert_eq!(s.get("jobs/2").await.unwrap().unwrap().revision, last);
+        // Revisions and lease ids go on from where they were.
+        assert!(s.put("jobs/3", b"z".to_vec(), None).await.unwrap() > last);
+        assert!(s.grant(Duration::from_secs(1)).await.unwrap() > l);
+        s.revoke(l).await.unwrap();
+        // 9 MiB of changes: the log is folded into the snapshot.
+        let big = vec![b'v'; 64 << 10];
+        for i in 0..150 {
+            s.put(&format!("big/{}", i % 3), big.clone(), None)
+                .await
+                .unwrap();
+        }
+        let wal = std::fs::metadata(d.path().join("store.wal")).unwrap().len();
+        assert!(wal < 8 << 20, "log of {wal} bytes was not compacted");
+        assert!(d.path().join("store.json").exists());
+        drop(s);
+        let s = FileStore::open(d.path()).unwrap();
+        assert!(s.get("hosts/a").await.unwrap().is_none());
+        assert_eq!(s.list("big/").await.unwrap().len(), 3);
+        assert!(s.get("jobs/3").await.unwrap().is_some());
     }
 }

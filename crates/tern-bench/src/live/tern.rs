@@ -123,6 +123,7 @@ async fn migrate_once(
     };
     let log_from = crate::guest::log_len(&from.console_log(name));
     let cpu0 = bench.cpu.as_ref().map(|m| m.begin());
+    let agents0 = (agent_cpu_ms(from), agent_cpu_ms(to));
     let t0 = Instant::now();
     let t0_ms = epoch_ms();
     let mut child = tokio::process::Command::new(bin("tern"))
@@ -163,6 +164,18 @@ async fn migrate_once(
     let wall = t0.elapsed();
     let end = Instant::now();
     let end_ms = epoch_ms();
+    if let (Some(f0), Some(t0c), Some(f1), Some(t1c)) =
+        (agents0.0, agents0.1, agent_cpu_ms(from), agent_cpu_ms(to))
+    {
+        // The agents compete with both QEMUs for the cores: what they
+        // spend is what Tern adds around QEMU's own copy.
+        notes.push(format!(
+            "{who}: the agents' own CPU during the migration: source {} ms, destination {} ms (wall {} ms)",
+            f1.saturating_sub(f0),
+            t1c.saturating_sub(t0c),
+            wall.as_millis()
+        ));
+    }
     if let (Some(m), Some(c0)) = (&bench.cpu, cpu0) {
         m.record(c0);
     }
@@ -322,6 +335,19 @@ fn breakdown(es: &[JobEvent], ed: &[JobEvent], t0_ms: u64, end_ms: u64) -> Break
         exit: span(stopped, Some(end_ms)),
         qemu_total_ms: 0,
     }
+}
+
+/// CPU milliseconds (user + system) a host's `ternd` itself has used.
+fn agent_cpu_ms(host: &TernHost) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", host.pid()?)).ok()?;
+    let rest: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1000 / hz)
 }
 
 #[cfg(test)]
