@@ -161,6 +161,19 @@ impl Qmp {
         self.send(command, args, COMMAND_TIMEOUT, self.oob).await
     }
 
+    /// Runs a command that takes a file descriptor (`getfd`, `add-fd`):
+    /// `fd` travels with the command's bytes (SCM_RIGHTS), and QEMU keeps
+    /// its own copy; the caller may close `fd` afterwards.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.send_inner(command, args, COMMAND_TIMEOUT, false, Some(fd))
+            .await
+    }
+
     /// Runs a command with an explicit reply timeout.
     pub async fn execute_timeout(
         &self,
@@ -177,6 +190,17 @@ impl Qmp {
         args: Option<Value>,
         timeout: Duration,
         oob: bool,
+    ) -> Result<Value, QmpError> {
+        self.send_inner(command, args, timeout, oob, None).await
+    }
+
+    async fn send_inner(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        timeout: Duration,
+        oob: bool,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<Value, QmpError> {
         if *self.closed.borrow() {
             return Err(QmpError::Closed);
@@ -195,7 +219,16 @@ impl Qmp {
         lock(&self.pending).insert(id, tx);
         {
             let mut w = self.writer.lock().await;
-            if let Err(e) = w.write_all(text.as_bytes()).await {
+            let bytes = text.as_bytes();
+            let first = match fd {
+                Some(fd) => send_with_fd(w.as_ref(), bytes, fd).await,
+                None => Ok(0),
+            };
+            let sent = match first {
+                Ok(n) => w.write_all(&bytes[n..]).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
                 lock(&self.pending).remove(&id);
                 return Err(if e.kind() == std::io::ErrorKind::BrokenPipe {
                     QmpError::Closed
@@ -315,4 +348,59 @@ async fn read_loop(
     }
     lock(&pending).clear();
     let _ = closed.send(true);
+}
+
+/// Sends the first bytes of `bytes` with `fd` attached (SCM_RIGHTS), as
+/// QEMU's monitor expects a descriptor: with the command that takes it.
+/// Returns how many bytes went (at least one; the rest follow plainly).
+async fn send_with_fd(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg_fd(stream.as_raw_fd(), bytes, fd.as_raw_fd())
+        });
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One sendmsg(2) of `bytes` on `sock` carrying `fd`.
+fn sendmsg_fd(sock: i32, bytes: &[u8], fd: i32) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: a zeroed msghdr is a valid empty header; every pointer set
+    // below points into `iov`, `bytes` or `control`, alive for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: `control` is CMSG_SPACE(4) bytes, room for one header and
+    // one descriptor; CMSG_FIRSTHDR of such a buffer is non-null.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+    }
+    // SAFETY: `msg` is fully initialised above; MSG_NOSIGNAL turns a
+    // closed peer into EPIPE rather than a signal.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }

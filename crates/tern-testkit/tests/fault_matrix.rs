@@ -263,11 +263,13 @@ use Which::{A, B};
 cells! {
     source_agent_killed_in_precopy: KillAgent(A), Precopy => A;
     p2p_source_agent_killed_in_precopy: KillAgent(A), PrecopyP2p => A;
-    p2p_dest_agent_killed_in_precopy: KillAgent(B), PrecopyP2p => A;
+    // QEMU holds the stream's socket itself (the guard hands it over), so
+    // the copy goes on without the agent and its restarted self finishes it.
+    p2p_dest_agent_killed_in_precopy: KillAgent(B), PrecopyP2p => B;
     source_agent_killed_after_qemu_completed: KillAgent(A), Point(A, "source-completed") => B;
     source_agent_killed_in_confirm: KillAgent(A), Point(A, "source-before-quit") => B;
     dest_agent_killed_in_prepare: KillAgent(B), Point(B, "dest-prepared") => A;
-    dest_agent_killed_in_precopy: KillAgent(B), Precopy => A;
+    dest_agent_killed_in_precopy: KillAgent(B), Precopy => B;
     dest_agent_killed_before_cont: KillAgent(B), Point(B, "dest-before-cont") => B;
     dest_agent_killed_after_cont: KillAgent(B), Point(B, "dest-after-cont") => B;
     source_qemu_killed_after_completion: KillQemu(A), Point(A, "source-completed") => B;

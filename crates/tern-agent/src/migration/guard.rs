@@ -16,12 +16,17 @@
 //! handed over, the guard stops listening. Post-copy recovery gets a guard
 //! of its own ([`recovery`]).
 //!
-//! The bytes of a handed-over connection are moved by splice(2) (see
-//! [`splice`]): no copy through the agent. Handing the accepted socket
-//! itself to QEMU (`getfd` and `migrate-incoming fd:NAME`) would cost even
-//! less, but an `fd:` channel is one connection (QEMU's multifd over `fd:`
-//! is for files), so `--parallel` needs a listening socket, and one path
-//! for every migration is simpler to trust.
+//! How a screened connection reaches QEMU ([`Target`]): a migration of one
+//! stream (the default) hands QEMU the accepted socket itself (`getfd`,
+//! then `migrate-incoming fd:NAME`), so the agent is out of the data path
+//! altogether. Relaying the bytes, even by splice(2), cost the destination
+//! agent 40-120 ms of CPU per 2 GiB guest on two cores, CPU that both
+//! QEMUs wanted (`tern-bench converge` notes the agents' CPU). An `fd:`
+//! channel is one connection, though (QEMU's multifd over `fd:` is for
+//! files), so `--parallel` keeps QEMU on a unix socket in its run directory
+//! and the guard moves each channel's bytes by splice(2) (see [`splice`]),
+//! as does post-copy recovery, whose QEMU listens through
+//! `migrate-recover`.
 
 mod splice;
 
@@ -106,10 +111,26 @@ impl Policy {
     }
 }
 
+/// Where a screened connection goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// QEMU listens on this unix socket; the guard relays the bytes.
+    Relay(PathBuf),
+    /// QEMU waits (`-incoming defer`) for the connection itself: the guard
+    /// passes the socket with `getfd` and starts `migrate-incoming fd:`.
+    /// For a migration of one stream only.
+    Socket(tern_qemu::Qmp),
+}
+
+/// The name the handed-over socket has in QEMU (`getfd`).
+const FD_NAME: &str = "tern-migration";
+
 /// Counters of one guard.
 #[derive(Debug, Default)]
 struct Stats {
     passed: AtomicU64,
+    /// Of those, handed to QEMU as sockets (no bytes through the guard).
+    sockets: AtomicU64,
     refused: AtomicU64,
     to_qemu: Arc<AtomicU64>,
     from_qemu: Arc<AtomicU64>,
@@ -148,22 +169,28 @@ impl Guard {
     /// One line for the job's events.
     pub fn summary(&self) -> String {
         let s = &self.stats;
+        let how = match s.sockets.load(Ordering::Relaxed) {
+            0 => format!(
+                "relayed: {} MiB in, {} MiB out",
+                s.to_qemu.load(Ordering::Relaxed) >> 20,
+                s.from_qemu.load(Ordering::Relaxed) >> 20
+            ),
+            _ => "the socket itself, nothing relayed".to_string(),
+        };
         format!(
-            "guard passed {} stream(s) to QEMU ({} MiB in, {} MiB out), closed {} other connection(s)",
+            "guard passed {} stream(s) to QEMU ({how}), closed {} other connection(s)",
             s.passed.load(Ordering::Relaxed),
-            s.to_qemu.load(Ordering::Relaxed) >> 20,
-            s.from_qemu.load(Ordering::Relaxed) >> 20,
             s.refused.load(Ordering::Relaxed),
         )
     }
 
     /// Listens on `listen`, the first free port of `ports`, and hands what
-    /// `policy` admits to the unix socket `qemu`. `events` gets one line
+    /// `policy` admits to QEMU as `qemu` says. `events` gets one line
     /// per refusal.
     pub async fn start(
         listen: &str,
         ports: impl IntoIterator<Item = u16>,
-        qemu: PathBuf,
+        qemu: Target,
         policy: Policy,
         events: Arc<dyn Fn(String) + Send + Sync>,
     ) -> Result<Guard> {
@@ -213,7 +240,7 @@ async fn bind(listen: &str, ports: impl IntoIterator<Item = u16>) -> Result<(Tcp
 /// Accepts, screens and hands over until `policy.streams` passed.
 async fn serve(
     listener: TcpListener,
-    qemu: PathBuf,
+    qemu: Target,
     policy: Policy,
     stats: Arc<Stats>,
     relays: Weak<Mutex<Vec<splice::Ends>>>,
@@ -240,13 +267,14 @@ async fn serve(
             }
             Some(Ok((peer, r))) = screening.join_next(), if !screening.is_empty() => match r {
                 Err(why) => refuse(peer, why),
-                Ok(sock) => match hand_over(sock, &qemu, &stats) {
+                Ok(sock) => match hand_over(sock, &qemu, &stats).await {
                     Ok(ends) => {
                         passed += 1;
                         stats.passed.fetch_add(1, Ordering::Relaxed);
-                        match relays.upgrade() {
-                            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()).push(ends),
-                            None => ends.stop(),
+                        match (relays.upgrade(), ends) {
+                            (Some(r), Some(ends)) => r.lock().unwrap_or_else(|p| p.into_inner()).push(ends),
+                            (None, Some(ends)) => ends.stop(),
+                            (_, None) => {}
                         }
                     }
                     Err(e) => events(format!("guard could not hand {peer} to QEMU: {e}")),
@@ -282,12 +310,42 @@ async fn screen(sock: TcpStream, tls: bool) -> std::result::Result<TcpStream, &'
     }
 }
 
-/// Connects to QEMU's socket and starts relaying `sock` to it.
-fn hand_over(sock: TcpStream, qemu: &PathBuf, stats: &Stats) -> std::io::Result<splice::Ends> {
-    let tcp = sock.into_std()?;
+/// Gives `sock` to QEMU: the socket itself, or a relay to QEMU's unix
+/// socket (whose ends are returned).
+async fn hand_over(
+    sock: TcpStream,
+    qemu: &Target,
+    stats: &Stats,
+) -> std::result::Result<Option<splice::Ends>, String> {
+    let tcp = sock.into_std().map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let unix = std::os::unix::net::UnixStream::connect(qemu)?;
-    splice::relay(tcp, unix, stats.to_qemu.clone(), stats.from_qemu.clone())
+    match qemu {
+        Target::Relay(path) => {
+            let unix = std::os::unix::net::UnixStream::connect(path).map_err(|e| e.to_string())?;
+            splice::relay(tcp, unix, stats.to_qemu.clone(), stats.from_qemu.clone())
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        Target::Socket(qmp) => {
+            use std::os::fd::AsFd;
+            // QEMU sets the descriptor's modes itself; ours closes on drop.
+            qmp.execute_with_fd(
+                "getfd",
+                Some(serde_json::json!({ "fdname": FD_NAME })),
+                tcp.as_fd(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            qmp.execute(
+                "migrate-incoming",
+                Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            stats.sockets.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
 }
 
 /// Destination, Prepare: QEMU listens on a unix socket, the guard on the
@@ -300,13 +358,6 @@ pub(super) async fn incoming(
     listen: &str,
     ports: std::ops::RangeInclusive<u16>,
 ) -> Result<u16> {
-    let run_dir = agent.layout.run_dir(&req.domain.name);
-    let sock = super::tunnel::socket(agent, &run_dir, "guard-mem.sock")?;
-    qmp.execute(
-        "migrate-incoming",
-        Some(serde_json::json!({ "uri": format!("unix:{}", sock.display()) })),
-    )
-    .await?;
     let o = &req.options;
     let policy = Policy {
         tls: o.tls,
@@ -318,13 +369,25 @@ pub(super) async fn incoming(
             0
         },
     };
+    let target = if policy.streams == 1 {
+        Target::Socket(qmp.clone())
+    } else {
+        let run_dir = agent.layout.run_dir(&req.domain.name);
+        let sock = super::tunnel::socket(agent, &run_dir, "guard-mem.sock")?;
+        qmp.execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": format!("unix:{}", sock.display()) })),
+        )
+        .await?;
+        Target::Relay(sock)
+    };
     let weak = Arc::downgrade(job);
     let events = Arc::new(move |m: String| {
         if let Some(j) = weak.upgrade() {
             j.event(m);
         }
     });
-    let guard = Guard::start(listen, ports, sock, policy, events).await?;
+    let guard = Guard::start(listen, ports, target, policy, events).await?;
     let port = guard.port();
     job.set_tunnel(super::tunnel::Ends::Guard(guard));
     Ok(port)
@@ -353,7 +416,7 @@ pub(super) async fn recovery(
     let guard = Guard::start(
         &agent.migration_bind_address(),
         agent.cfg.migration_ports.clone(),
-        qemu,
+        Target::Relay(qemu),
         policy,
         events,
     )

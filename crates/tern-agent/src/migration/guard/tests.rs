@@ -89,9 +89,15 @@ async fn the_guard_relays_talkers_and_closes_the_silent() {
         streams: 1,
     };
     let events: Arc<dyn Fn(String) + Send + Sync> = Arc::new(|m| eprintln!("{m}"));
-    let g = Guard::start("127.0.0.1", 0..=0, path.clone(), policy, events)
-        .await
-        .unwrap();
+    let g = Guard::start(
+        "127.0.0.1",
+        0..=0,
+        Target::Relay(path.clone()),
+        policy,
+        events,
+    )
+    .await
+    .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], g.port()));
     let silent = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
