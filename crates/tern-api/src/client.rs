@@ -358,14 +358,8 @@ impl Client {
                 self.exchange(s, req).await?
             }
             Target::Tcp(h, port) => {
-                let s = connect_within(tokio::net::TcpStream::connect((h.as_str(), *port)))
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        target: self.describe(),
-                        source,
-                    })?;
-                let _ = s.set_nodelay(true);
-                self.exchange(s, req).await?
+                self.exchange(self.connect_tcp(h, *port).await?, req)
+                    .await?
             }
             Target::Tls(t) => {
                 let s = self.connect_tls(t).await?;
@@ -394,17 +388,26 @@ impl Client {
         })
     }
 
-    async fn connect_tls(
+    async fn connect_tcp(
         &self,
-        t: &TlsTarget,
-    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
-        let tcp = connect_within(tokio::net::TcpStream::connect((t.host.as_str(), t.port)))
+        host: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, ClientError> {
+        let s = connect_within(tokio::net::TcpStream::connect((host, port)))
             .await
             .map_err(|source| ClientError::Connect {
                 target: self.describe(),
                 source,
             })?;
-        let _ = tcp.set_nodelay(true);
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+
+    async fn connect_tls(
+        &self,
+        t: &TlsTarget,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let tcp = self.connect_tcp(&t.host, t.port).await?;
         let name = tern_pki::tls::server_name(&t.host)?;
         let connector = tokio_rustls::TlsConnector::from(t.config.clone());
         connect_within(connector.connect(name, tcp))
@@ -485,16 +488,7 @@ impl Client {
     ) -> Result<(u16, Bytes), ClientError> {
         *slot = None;
         let (mut sender, _conn) = match &self.target {
-            Target::Tcp(h, port) => {
-                let s = connect_within(tokio::net::TcpStream::connect((h.as_str(), *port)))
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        target: self.describe(),
-                        source,
-                    })?;
-                let _ = s.set_nodelay(true);
-                self.handshake(s).await?
-            }
+            Target::Tcp(h, port) => self.handshake(self.connect_tcp(h, *port).await?).await?,
             Target::Tls(t) => self.handshake(self.connect_tls(t).await?).await?,
             Target::Unix(_) | Target::Ssh(_) => {
                 unreachable!("only TCP and TLS connections are kept")

@@ -1,7 +1,7 @@
 //! Reading the controller and its store from outside: CPU and memory from
 //! `/proc/PID`, bytes written to disk from `/proc/PID/io`, and store
-//! writes counted by the store itself (the file store's revision at the
-//! head of its snapshot; etcd's `etcd_mvcc_put_total` and
+//! writes counted by the store itself (the file store's revision: at the
+//! head of its snapshot, or in the last write of its log; etcd's `etcd_mvcc_put_total` and
 //! `etcd_mvcc_delete_total` on a member's `/metrics`).
 
 use super::report::{cpu_seconds, metric_sum, status_kib};
@@ -46,7 +46,8 @@ impl Proc {
 /// Where store writes are counted.
 #[derive(Debug, Clone)]
 pub enum Writes {
-    /// The file store's snapshot: its revision grows by one per key written.
+    /// The file store's directory: its revision grows by one per key
+    /// written.
     File(PathBuf),
     /// An etcd member's metrics endpoint.
     Etcd(SocketAddr),
@@ -56,7 +57,7 @@ impl Writes {
     /// For a controller's `--store` argument.
     pub fn for_store(store: &str) -> Option<Writes> {
         if let Some(dir) = store.strip_prefix("file:") {
-            return Some(Writes::File(PathBuf::from(dir).join("store.json")));
+            return Some(Writes::File(PathBuf::from(dir)));
         }
         let first = store.strip_prefix("etcd:")?.split(',').next()?;
         let addr = first.trim_start_matches("http://").parse().ok()?;
@@ -66,12 +67,18 @@ impl Writes {
     /// Writes so far, if they can be read.
     pub fn count(&self) -> Option<f64> {
         match self {
-            Writes::File(p) => {
+            Writes::File(dir) => {
                 // The snapshot starts {"magic":..,"version":..,"revision":N: read
-                // its head only, however big the file is.
+                // its head only, however big the file is. Writes since are
+                // lines of the log; the last one carrying a revision has
+                // the store's.
                 let mut head = [0u8; 256];
-                let n = std::fs::File::open(p).ok()?.read(&mut head).ok()?;
-                snapshot_revision(&String::from_utf8_lossy(&head[..n])).map(|r| r as f64)
+                let snap = std::fs::File::open(dir.join("store.json"))
+                    .and_then(|mut f| f.read(&mut head))
+                    .ok()
+                    .and_then(|n| snapshot_revision(&String::from_utf8_lossy(&head[..n])));
+                let logged = log_revision(&dir.join("store.wal"));
+                snap.max(logged).map(|r| r as f64)
             }
             Writes::Etcd(addr) => {
                 let (status, text) = tern_testkit::scrape::http_get(*addr, "/metrics");
@@ -83,6 +90,20 @@ impl Writes {
             }
         }
     }
+}
+
+/// The revision of the last write in a file store's log: the last
+/// `"revision":N` in its final 64 KiB.
+fn log_revision(path: &std::path::Path) -> Option<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let at = text.rfind("\"revision\":")?;
+    snapshot_revision(&text[at..])
 }
 
 /// The `"revision":N` near the head of a file-store snapshot.
@@ -107,7 +128,7 @@ mod tests {
     fn stores_name_their_counter() {
         assert!(matches!(
             Writes::for_store("file:/tmp/x"),
-            Some(Writes::File(p)) if p == std::path::Path::new("/tmp/x/store.json")
+            Some(Writes::File(p)) if p == std::path::Path::new("/tmp/x")
         ));
         assert!(matches!(
             Writes::for_store("etcd:http://127.0.0.1:2379,http://127.0.0.1:2380"),
