@@ -32,7 +32,8 @@
 //! defaults and Nova's steps, Tern's median total against the fastest, and
 //! the guest's pause against QEMU's downtime plus 60 ms.
 //!
-//! Every migration boots a fresh guest, and the methods take turns
+//! One migration of each method warms the machine up first and is not
+//! counted (`--warm-up`). Every migration boots a fresh guest, and the methods take turns
 //! migration by migration (`--repeat` rounds, the first method rotating),
 //! so that drifts in the machine's speed fall on every method alike; the
 //! table shows each cell's median, and Tern's ratio to QEMU's defaults is
@@ -89,6 +90,12 @@ pub struct ConvergeArgs {
     /// turns in that case.
     #[arg(long, default_value_t = 3)]
     repeat: u32,
+    /// Migrations of each method, on the first case, before any is
+    /// counted: the first migrations of a run meet cold caches (QEMU's
+    /// binary and firmware, the agents' first guest), and the method that
+    /// goes first in round 1 would carry that alone.
+    #[arg(long, default_value_t = 1)]
+    warm_up: u32,
 }
 
 /// One case: a dirty rate and a bandwidth limit.
@@ -196,6 +203,22 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
     let rounds = bench.repeat;
     bench.repeat = 1;
     let started = Instant::now();
+    if let Some(&load) = loads.first() {
+        let case = Case {
+            memory_mib: a.memory,
+            dirty_mib_s: load.dirty,
+        };
+        for _ in 0..a.warm_up {
+            for m in &a.methods {
+                let o = one(&bench, &a, case, load, m, &mut Vec::new()).await?;
+                eprintln!(
+                    "tern-bench: warm-up, not counted: {}: {m}: {}",
+                    load.label(),
+                    brief(&o)
+                );
+            }
+        }
+    }
     let mut cells = Vec::new();
     for &load in &loads {
         let case = Case {

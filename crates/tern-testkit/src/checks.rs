@@ -43,14 +43,21 @@ pub fn shut_off(h: &TernHost, name: &str) {
 }
 
 /// Starts the shut-off guest on `h` and waits until it verified at boot
-/// every block it wrote before.
+/// every block it wrote before, and is ready: the disk thread reports
+/// "verified" while the workload may still be filling its memory, before
+/// it listens to the power button, and a [`shut_off`] then would press a
+/// button nobody hears (two CI-style runs failed so, "the guest ignored
+/// the ACPI power button").
 pub fn boot_and_verify(h: &TernHost, name: &str) {
     h.ok(&["start", name]);
     let text = h.wait_console(
         name,
         Duration::from_secs(90),
-        "the disk verified at boot",
-        |t| t.contains("TERN-DISK verified") || t.contains("TERN-FAIL"),
+        "the disk verified at boot, and TERN-READY",
+        |t| {
+            (t.contains("TERN-DISK verified") && SerialLog::parse(t).ready())
+                || t.contains("TERN-FAIL")
+        },
     );
     assert!(SerialLog::parse(&text).failures.is_empty(), "{text}");
     assert!(text.contains("TERN-DISK verified"), "{text}");
@@ -79,7 +86,8 @@ pub fn live_migrate(from: &TernHost, flags: &[&str], name: &str, dest: &str) -> 
 }
 
 /// Defines and boots the test guest on `h` with its disk (vda) at the
-/// file `path` of `format`, and waits for two verified disk passes.
+/// file `path` of `format`, and waits for it to be ready and for two
+/// verified disk passes.
 pub fn boot_with_disk(h: &TernHost, name: &str, path: &Path, format: &str) {
     let img = build_or_reuse(&BuildOptions::default()).expect("test guest");
     let mut spec = GuestSpec::new(name, &img)
@@ -92,5 +100,10 @@ pub fn boot_with_disk(h: &TernHost, name: &str, path: &Path, format: &str) {
     });
     h.define_guest(&spec);
     h.ok(&["start", name]);
+    // Ready first: only then does the guest hear the power button (see
+    // `boot_and_verify`).
+    h.wait_console(name, Duration::from_secs(90), "TERN-READY", |t| {
+        SerialLog::parse(t).ready() || t.contains("TERN-FAIL")
+    });
     wait_disk_ok(h, name, 2);
 }

@@ -44,8 +44,10 @@ fn err_line(o: &std::process::Output) -> String {
 /// Boots the guest once so its disk holds checksummed blocks, then shuts it down.
 fn write_blocks(h: &TernHost, name: &str) {
     h.ok(&["start", name]);
+    // Ready too: before it, the guest may not hear the power button yet.
     h.wait_console(name, Duration::from_secs(90), "disk writes", |t| {
-        SerialLog::parse(t).count("TERN-DISK ok") >= 2
+        let l = SerialLog::parse(t);
+        l.count("TERN-DISK ok") >= 2 && l.ready()
     });
     h.ok(&["shutdown", name]);
 }

@@ -133,6 +133,10 @@ fn copy_storage_inc_moves_only_the_top_image() {
     ));
     h.a.ok(&["start", "inc0"]);
     wait_disk_ok(&h.a, "inc0", "formatting the base");
+    // Ready too: before it, the guest may not hear the power button yet.
+    h.a.wait_console("inc0", Duration::from_secs(90), "TERN-READY", |t| {
+        SerialLog::parse(t).ready()
+    });
     h.a.ok(&["shutdown", "inc0"]);
     h.a.ok(&["undefine", "inc0"]);
     // The guest now runs on an overlay; the base is visible to both hosts
