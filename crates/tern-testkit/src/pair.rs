@@ -495,15 +495,26 @@ pub fn wait_ready_within(h: &TernHost, name: &str, above: u64, timeout: Duration
 
 /// Waits until `h`'s job for `name` moved some memory.
 pub fn wait_job_active(h: &TernHost, name: &str) {
+    wait_memory_sent(h, name, 1);
+}
+
+/// Waits until the migration job of `name` on source `h` has sent at
+/// least `bytes` of memory. More than the sockets between the two QEMUs
+/// can buffer (a few MiB on loopback) means the destination QEMU itself
+/// is reading the stream, not only its host's kernel.
+pub fn wait_memory_sent(h: &TernHost, name: &str, bytes: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let o = h.tern(&["domjobinfo", name, "--json"]);
         if let Ok(j) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
-            if j["kind"] == "unbounded" && j["memory_processed"].as_u64().unwrap_or(0) > 0 {
+            if j["kind"] == "unbounded" && j["memory_processed"].as_u64().unwrap_or(0) >= bytes {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "job never became active");
+        assert!(
+            Instant::now() < deadline,
+            "the job never sent {bytes} bytes of memory"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

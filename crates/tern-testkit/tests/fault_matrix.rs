@@ -13,7 +13,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 use tern_testkit::netns::skip_unless_root;
-use tern_testkit::pair::{interrupt, kill9, try_state, wait_job_active, wait_mirror_active};
+use tern_testkit::pair::{interrupt, kill9, try_state, wait_memory_sent, wait_mirror_active};
 use tern_testkit::{FaultPoint, HostPair, Which};
 
 /// What goes wrong.
@@ -135,7 +135,11 @@ fn run(cell: &Cell) {
             Some(fp)
         }
         Moment::Precopy | Moment::PrecopyP2p => {
-            wait_job_active(&p.a, name);
+            // Memory moving means the destination QEMU reads the stream:
+            // before the guard has handed it the socket, killing the
+            // destination agent ends the migration (guest on the source),
+            // after it the copy goes on (guest on the destination).
+            wait_memory_sent(&p.a, name, 24 << 20);
             None
         }
         Moment::Mirror => {
