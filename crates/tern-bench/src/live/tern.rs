@@ -339,15 +339,8 @@ fn breakdown(es: &[JobEvent], ed: &[JobEvent], t0_ms: u64, end_ms: u64) -> Break
 
 /// CPU milliseconds (user + system) a host's `ternd` itself has used.
 fn agent_cpu_ms(host: &TernHost) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", host.pid()?)).ok()?;
-    let rest: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(ticks * 1000 / hz)
+    let secs = crate::scale::probe::Proc(host.pid()?).cpu();
+    Some((secs * 1000.0) as u64)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! `migrate-forecast`. Prints one markdown table per store ([`report`]).
 
 mod agent;
-mod probe;
+pub(crate) mod probe;
 mod report;
 
 use agent::{Agent, AgentState, Shared};
