@@ -24,6 +24,9 @@ const RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 struct Session {
     reply: RegisterReply,
+    /// Digest of the last report the controller took: heartbeats send only
+    /// the digest while the report stays the same.
+    acked: Option<String>,
 }
 
 /// The address the controller reaches this host's API at: its mutual-TLS
@@ -83,8 +86,9 @@ pub async fn run(agent: Arc<Agent>) {
     loop {
         let report = report(&agent, &uri).await;
         let host = report.name.clone();
+        let digest = report.digest();
         let (url, client) = &clients[which % clients.len()];
-        let ok = match &session {
+        let ok = match &mut session {
             None => match client
                 .call_json::<_, RegisterReply>(&ClusterRequest::Register { report })
                 .await
@@ -93,7 +97,10 @@ pub async fn run(agent: Arc<Agent>) {
                     tracing::info!(controller = %url, lease = r.lease, "registered with the controller");
                     crate::fence::clear_fenced(&agent);
                     crate::fence::sync(&agent, &host, r.fence).await;
-                    session = Some(Session { reply: r });
+                    session = Some(Session {
+                        reply: r,
+                        acked: Some(digest),
+                    });
                     true
                 }
                 Err(e) => {
@@ -105,7 +112,8 @@ pub async fn run(agent: Arc<Agent>) {
                 .call_json::<_, HeartbeatReply>(&ClusterRequest::Heartbeat {
                     host: report.name.clone(),
                     lease: s.reply.lease,
-                    report,
+                    report: (s.acked.as_ref() != Some(&digest)).then_some(report),
+                    digest: digest.clone(),
                 })
                 .await
             {
@@ -114,7 +122,13 @@ pub async fn run(agent: Arc<Agent>) {
                     session = None;
                     continue;
                 }
+                Ok(r) if r.send_report => {
+                    tracing::info!(controller = %url, "the controller asked for the whole report");
+                    s.acked = None;
+                    continue;
+                }
                 Ok(r) => {
+                    s.acked = Some(digest);
                     // The controller hears us: it rescues nothing of ours
                     // without first declaring us down.
                     crate::fence::clear_fenced(&agent);

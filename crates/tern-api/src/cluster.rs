@@ -54,8 +54,15 @@ pub enum ClusterRequest {
         host: String,
         /// The lease from `register`.
         lease: i64,
-        /// What the host runs now.
-        report: HostReport,
+        /// What the host runs now; left out when it is the report the
+        /// controller last acknowledged (`digest` says so). A report is
+        /// about 1.5 KB per domain, and decoding it on every heartbeat was
+        /// most of what a heartbeat cost the controller.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<HostReport>,
+        /// [`HostReport::digest`] of the report the host runs now, sent or not.
+        #[serde(default)]
+        digest: String,
     },
     /// Hosts.
     HostList,
@@ -195,6 +202,19 @@ pub struct HostReport {
     pub rbd_clients: Vec<RbdClient>,
 }
 
+impl HostReport {
+    /// A digest of the report (SHA-256 of its JSON, in hex): equal for
+    /// equal reports, so a heartbeat can name its report without sending it.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest(&json)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// One RBD image a running guest has open, and the client address its
 /// QEMU has in the Ceph cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,7 +291,7 @@ pub struct RegisterReply {
 }
 
 /// Answer to `heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     /// The lease is gone: register again.
     pub reregister: bool,
@@ -281,6 +301,11 @@ pub struct HeartbeatReply {
     /// heartbeat it cost O(hosts) bytes each, O(hosts²) per interval).
     #[serde(default)]
     pub peers: Vec<String>,
+    /// The heartbeat left its report out, and the controller's copy has
+    /// another digest (it restarted onto an older record, say): send the
+    /// whole report now. The lease was renewed all the same.
+    #[serde(default)]
+    pub send_report: bool,
 }
 
 /// A host's health, as the controller's state machine sees it.
@@ -320,6 +345,10 @@ pub struct HostRecord {
     /// registers again.
     #[serde(default)]
     pub shutting_down: bool,
+    /// [`HostReport::digest`] of `report`, so a heartbeat that sends only
+    /// a digest is checked without encoding the report again.
+    #[serde(default)]
+    pub report_digest: String,
 }
 
 /// Server states, as Cloudpods names them.

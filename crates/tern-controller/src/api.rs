@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tern_api::cluster::{
     ClusterRequest, HeartbeatReply, HostRecord, HostReport, HostStatus, JobRecord, RegisterReply,
@@ -101,7 +102,8 @@ pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<
             host,
             lease,
             report,
-        } => ok(heartbeat(ctl, &host, lease, report).await?),
+            digest,
+        } => ok(heartbeat(ctl, &host, lease, report, &digest).await?),
         ClusterRequest::HostList => ok(ctl.inv.hosts().await?),
         ClusterRequest::HostShow { id } => ok(ctl.inv.host(&id).await?),
         ClusterRequest::ServerList => ok(ctl.inv.servers().await?),
@@ -181,15 +183,19 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         auto_migrate_on_host_down: false,
         auto_migrate_on_host_shutdown: false,
         shutting_down: false,
+        report_digest: report.digest(),
     };
     let created = ctl.inv.create(&key, &rec).await?;
+    // The report this host made before, if it is known.
+    let mut before = None;
     let fence = if created {
         false
     } else {
         let r = ctl
             .inv
             .update_host(&name, |h| {
-                h.report = report.clone();
+                before = Some(std::mem::replace(&mut h.report, report.clone()));
+                h.report_digest = rec.report_digest.clone();
                 h.status = HostStatus::Online;
                 h.lease = lease;
                 // Back from a clean shutdown: schedulable again.
@@ -203,9 +209,9 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
     // A host new to the cluster owns no record yet (host records are never
     // removed, and jobs only move servers to known hosts): reading every
     // server for each of thousands of new hosts made joining O(hosts²).
-    let scope = match created {
-        true => SyncScope::Reported,
-        false => SyncScope::All,
+    let scope = match &before {
+        None => SyncScope::Reported,
+        Some(old) => SyncScope::Returning(old),
     };
     apply_sync(ctl, &report, scope).await?;
     Ok(RegisterReply {
@@ -221,14 +227,30 @@ async fn heartbeat(
     ctl: &Arc<Controller>,
     host: &str,
     lease: i64,
-    report: HostReport,
+    report: Option<HostReport>,
+    digest: &str,
 ) -> Result<HeartbeatReply> {
     let gone = HeartbeatReply {
         reregister: true,
-        fence: false,
-        peers: Vec::new(),
+        ..HeartbeatReply::default()
     };
-    let Some((_, rec)) = ctl.inv.get::<HostRecord>(&format!("{HOSTS}{host}")).await? else {
+    // The host's record and its servers' in one round trip; decoded only
+    // if they changed since the last heartbeat. Without a report, the
+    // servers are the ones the stored report names, if it is the same.
+    let (rec, servers) = match &report {
+        Some(r) => {
+            let names = r.domains.iter().map(|d| d.name.as_str());
+            ctl.inv.host_and_servers(host, names).await?
+        }
+        None => match ctl.inv.host_and_servers(host, std::iter::empty()).await? {
+            (Some(rec), _) if rec.report_digest == digest => {
+                let names = rec.report.domains.iter().map(|d| d.name.as_str());
+                ctl.inv.host_and_servers(host, names).await?
+            }
+            other => other,
+        },
+    };
+    let Some(rec) = rec else {
         return Ok(gone);
     };
     if rec.lease != lease || matches!(rec.status, HostStatus::Down { .. }) {
@@ -239,27 +261,48 @@ async fn heartbeat(
         Err(StoreError::LeaseExpired(_)) => return Ok(gone),
         Err(e) => return Err(e.into()),
     }
-    if rec.report == report {
-        apply_sync(ctl, &report, SyncScope::Reported).await?;
-    } else {
-        check_report(&report, ctl.cfg.api_tls)?;
-        // Synced before the report is stored: a sync that fails is made
-        // again, in full, on the next heartbeat.
-        apply_sync(ctl, &report, SyncScope::All).await?;
-        ctl.inv
-            .update_host(host, |h| {
-                h.report = report.clone();
-                Ok(true)
-            })
-            .await?;
-    }
-    Ok(HeartbeatReply {
-        reregister: false,
+    let reply = HeartbeatReply {
         fence: rec.auto_migrate_on_host_down,
-        // O(hosts) bytes on every heartbeat is O(hosts²) per interval;
-        // agents get the list when they register.
-        peers: Vec::new(),
-    })
+        ..HeartbeatReply::default()
+    };
+    match report {
+        None if rec.report_digest == digest && !digest.is_empty() => {
+            apply_changes(ctl, &rec.report, &servers).await?;
+        }
+        None => {
+            return Ok(HeartbeatReply {
+                send_report: true,
+                ..reply
+            })
+        }
+        Some(report) => {
+            // The agent's digest is kept as it sent it, so an agent of
+            // another version (whose JSON may differ) still matches itself.
+            let digest = match digest {
+                "" => report.digest(),
+                d => d.to_string(),
+            };
+            if rec.report == report {
+                apply_changes(ctl, &report, &servers).await?;
+            } else {
+                check_report(&report, ctl.cfg.api_tls)?;
+                // Synced before the report is stored: a sync that fails is
+                // made again on the next heartbeat, against the same
+                // stored report.
+                apply_sync(ctl, &report, SyncScope::Since(&rec.report)).await?;
+            }
+            if rec.report != report || rec.report_digest != digest {
+                ctl.inv
+                    .update_host(host, |h| {
+                        h.report = report.clone();
+                        h.report_digest = digest.clone();
+                        Ok(true)
+                    })
+                    .await?;
+            }
+        }
+    }
+    Ok(reply)
 }
 
 /// How stale the peer list in register replies may be. It is
@@ -304,44 +347,120 @@ async fn peers(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Which server records a sync reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SyncScope {
-    /// Every record: finds the host's records it no longer reports, too.
-    /// When a known host registers again and whenever a report changed.
-    All,
-    /// The records the report names: creates and refreshes them (a record
-    /// a job moved here, say), removes nothing. For a new host, and for a
-    /// heartbeat repeating the last report, whose removals the last full
-    /// sync made: reading every record on each heartbeat cost O(servers)
-    /// per heartbeat.
+/// Which server records a sync reads, besides the ones the report names.
+/// None reads every server record: that was O(servers) per changed report
+/// and per returning host, and a mass re-registration O(hosts × servers).
+#[derive(Debug, Clone, Copy)]
+enum SyncScope<'a> {
+    /// No more: a new host, which owns no record yet.
     Reported,
+    /// The ones the host's previous report named, among which are those it
+    /// no longer has: a heartbeat whose report changed.
+    Since(&'a HostReport),
+    /// Those, and every record that says it is on this host: a known host
+    /// registering again may have lost a server that a job moved to it
+    /// before it reported it.
+    Returning(&'a HostReport),
 }
 
-/// The server records `scope` reads for `report`.
-async fn sync_records(
+/// How old the listing of where servers are may be when a known host
+/// registers again. It only nominates records; each is read again before
+/// anything is decided. When thousands of hosts register again at once
+/// (the store was unreachable for longer than the lease), one listing
+/// serves all of them.
+pub const PLACEMENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where each server is, by host, and when that was read.
+pub type PlacementRead = (std::time::Instant, Arc<HashMap<String, Vec<String>>>);
+
+/// Names of the servers whose records say they are on `host`, from a
+/// listing at most [`PLACEMENT_MAX_AGE`] old.
+async fn placed_on(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
+    let cached = ctl
+        .placement
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .filter(|(at, _)| at.elapsed() < PLACEMENT_MAX_AGE)
+        .map(|(_, m)| m);
+    let by_host = match cached {
+        Some(m) => m,
+        None => {
+            let mut m: HashMap<String, Vec<String>> = HashMap::new();
+            for s in ctl.inv.servers_shared().await? {
+                m.entry(s.host.clone())
+                    .or_default()
+                    .push(s.domain.name.clone());
+            }
+            let m = Arc::new(m);
+            *ctl.placement.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), m.clone()));
+            m
+        }
+    };
+    Ok(by_host.get(host).cloned().unwrap_or_default())
+}
+
+/// The names of the server records `scope` reads for `report`.
+async fn sync_names(
     ctl: &Arc<Controller>,
     report: &HostReport,
-    scope: SyncScope,
-) -> Result<Vec<tern_api::cluster::ServerRecord>> {
-    if scope == SyncScope::All {
-        return ctl.inv.servers().await;
-    }
-    let mut out = Vec::with_capacity(report.domains.len());
-    for d in &report.domains {
-        let key = format!("{SERVERS}{}", d.name);
-        if let Some((_, r)) = ctl.inv.get::<tern_api::cluster::ServerRecord>(&key).await? {
-            out.push(r);
+    scope: SyncScope<'_>,
+) -> Result<Vec<String>> {
+    Ok(match scope {
+        SyncScope::Reported => names_to_read(report, None, Vec::new()),
+        SyncScope::Since(old) => names_to_read(report, Some(old), Vec::new()),
+        SyncScope::Returning(old) => {
+            names_to_read(report, Some(old), placed_on(ctl, &report.name).await?)
         }
-    }
-    Ok(out)
+    })
+}
+
+/// The servers named in `report`, in the host's previous report `old`,
+/// and in `placed`, once each.
+fn names_to_read(
+    report: &HostReport,
+    old: Option<&HostReport>,
+    placed: Vec<String>,
+) -> Vec<String> {
+    let mut names = placed;
+    let reports = std::iter::once(report).chain(old);
+    names.extend(reports.flat_map(|r| r.domains.iter().map(|d| d.name.clone())));
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Brings server records in line with a host's report.
-async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport, scope: SyncScope) -> Result<()> {
+async fn apply_sync(
+    ctl: &Arc<Controller>,
+    report: &HostReport,
+    scope: SyncScope<'_>,
+) -> Result<()> {
+    let keys: Vec<String> = sync_names(ctl, report, scope)
+        .await?
+        .iter()
+        .map(|n| format!("{SERVERS}{n}"))
+        .collect();
+    let servers: Vec<_> = ctl
+        .inv
+        .kept::<tern_api::cluster::ServerRecord>(&keys)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    apply_changes(ctl, report, &servers).await
+}
+
+/// Makes the changes [`reconcile`] finds between a host's report and the
+/// server records read for it.
+async fn apply_changes(
+    ctl: &Arc<Controller>,
+    report: &HostReport,
+    servers: &[Arc<tern_api::cluster::ServerRecord>],
+) -> Result<()> {
     let host = report.name.as_str();
-    let servers = sync_records(ctl, report, scope).await?;
-    for c in reconcile(host, &report.domains, &servers) {
+    for c in reconcile(host, &report.domains, servers) {
         match c {
             Change::Create(r) => {
                 ctl.inv
@@ -383,6 +502,7 @@ async fn apply_sync(ctl: &Arc<Controller>, report: &HostReport, scope: SyncScope
                     auto_migrate_on_host_down: false,
                     auto_migrate_on_host_shutdown: false,
                     shutting_down: false,
+                    report_digest: String::new(),
                 })
                 .map_err(|source| CtlError::Agent {
                     host: host.to_string(),
@@ -592,7 +712,42 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::auto_migrate_policy;
+    use super::{auto_migrate_policy, names_to_read};
+    use tern_api::cluster::{DomainReport, HostReport};
+
+    fn report(domains: &[&str]) -> HostReport {
+        let d = |n: &&str| DomainReport {
+            name: n.to_string(),
+            uuid: String::new(),
+            active: true,
+            vcpus: 1,
+            memory_mib: 64,
+            disks: vec![],
+            networks: vec![],
+            machine: None,
+            xml: String::new(),
+        };
+        HostReport {
+            name: "h1".into(),
+            domains: domains.iter().map(d).collect(),
+            ..HostReport::default()
+        }
+    }
+
+    #[test]
+    fn a_sync_reads_the_servers_of_both_reports_and_the_placed_ones_once() {
+        let new = report(&["b", "c"]);
+        assert_eq!(names_to_read(&new, None, vec![]), ["b", "c"]);
+        // A changed report: "a" was dropped, so its record must be read.
+        let old = report(&["a", "b"]);
+        assert_eq!(names_to_read(&new, Some(&old), vec![]), ["a", "b", "c"]);
+        // A returning host: "m" was moved here before the host reported it.
+        let placed = vec!["m".to_string(), "c".to_string()];
+        assert_eq!(
+            names_to_read(&new, Some(&old), placed),
+            ["a", "b", "c", "m"]
+        );
+    }
 
     #[test]
     fn shutdown_policy_needs_the_host_down_policy() {

@@ -99,7 +99,11 @@ fn strip_cn(p: &str) -> &str {
 fn host_named(r: &ClusterRequest) -> Vec<&str> {
     match r {
         ClusterRequest::Register { report } => vec![&report.name],
-        ClusterRequest::Heartbeat { host, report, .. } => vec![host, &report.name],
+        ClusterRequest::Heartbeat { host, report, .. } => {
+            let mut names = vec![host.as_str()];
+            names.extend(report.iter().map(|r| r.name.as_str()));
+            names
+        }
         ClusterRequest::HostShutdown { host } => vec![host],
         _ => Vec::new(),
     }
@@ -170,10 +174,11 @@ mod tests {
         let hb = ClusterRequest::Heartbeat {
             host: "a".into(),
             lease: 1,
-            report: HostReport {
+            report: Some(HostReport {
                 name: "b".into(),
                 ..Default::default()
-            },
+            }),
+            digest: String::new(),
         };
         assert!(check(&a, &hb).is_err());
         assert!(check(&a, &ClusterRequest::JobList).is_ok());

@@ -60,7 +60,7 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
         .into_iter()
         .map(|e| e.key[ALIVE.len()..].to_string())
         .collect();
-    let listed = ctl.lead().hosts().await?;
+    let listed = ctl.lead().hosts_shared().await?;
     let mut changed = false;
     for h in &listed {
         let name = h.report.name.clone();
@@ -94,7 +94,7 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
     // Read every host again only if this tick changed one: at thousands
     // of hosts each read decodes every report.
     let hosts = match changed {
-        true => ctl.lead().hosts().await?,
+        true => ctl.lead().hosts_shared().await?,
         false => listed,
     };
     crate::fencing::watch_tick(ctl, &hosts).await?;

@@ -137,7 +137,7 @@ pub async fn proven(ctl: &Arc<Controller>, host: &str, since_ms: u64) -> Result<
 }
 
 /// The pools `host` keeps a lease on, each with a host that can read it.
-fn readers<'a>(host: &HostRecord, hosts: &'a [HostRecord]) -> Vec<(String, &'a HostRecord)> {
+fn readers<'a>(host: &HostRecord, hosts: &'a [Arc<HostRecord>]) -> Vec<(String, &'a HostRecord)> {
     host.report
         .pools
         .iter()
@@ -155,7 +155,7 @@ fn readers<'a>(host: &HostRecord, hosts: &'a [HostRecord]) -> Vec<(String, &'a H
                             .iter()
                             .any(|q| q.def.name == p.def.name && q.def.shared && q.active)
                 })
-                .map(|r| (p.def.name.clone(), r))
+                .map(|r| (p.def.name.clone(), &**r))
         })
         .collect()
 }
@@ -182,7 +182,7 @@ pub type Watch = HashMap<String, HashMap<String, Observation>>;
 
 /// Reads the leases of every lapsed or down host and stores a proof for
 /// each down host whose leases all stood still long enough.
-pub async fn watch_tick(ctl: &Arc<Controller>, hosts: &[HostRecord]) -> Result<()> {
+pub async fn watch_tick(ctl: &Arc<Controller>, hosts: &[Arc<HostRecord>]) -> Result<()> {
     // One read for every host's blocklist record (almost always none),
     // rather than a read per online host on every tick.
     let fenced: std::collections::HashSet<String> = ctl

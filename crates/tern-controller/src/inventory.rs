@@ -2,9 +2,11 @@
 //! JSON under fixed prefixes. Updates are read-modify-CAS loops, so two
 //! controllers (or a heartbeat and a job) never lose each other's writes.
 
+use crate::decoded::Decoded;
 use crate::error::{CtlError, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tern_api::cluster::{HostRecord, JobRecord, ServerRecord};
 use tern_store::{Guard, Store};
@@ -26,6 +28,29 @@ pub struct Inventory {
     /// Set on the leader's view: every conditional write also needs the
     /// leader's term to be current ([`tern_store::Guard`]).
     guard: Option<Guard>,
+    /// Host records as last decoded, shared by every view of one store.
+    hosts_seen: Arc<Decoded<HostRecord>>,
+    /// Server records as last decoded.
+    servers_seen: Arc<Decoded<ServerRecord>>,
+}
+
+/// Record types the inventory keeps decoded ([`Decoded`]): the ones read
+/// on every heartbeat and every tick.
+pub trait Kept: DeserializeOwned + Send + Sync + 'static {
+    /// This type's cache in `inv`.
+    fn seen(inv: &Inventory) -> &Decoded<Self>;
+}
+
+impl Kept for HostRecord {
+    fn seen(inv: &Inventory) -> &Decoded<Self> {
+        &inv.hosts_seen
+    }
+}
+
+impl Kept for ServerRecord {
+    fn seen(inv: &Inventory) -> &Decoded<Self> {
+        &inv.servers_seen
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
@@ -43,7 +68,12 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl Inventory {
     /// Wraps a store.
     pub fn new(store: Arc<dyn Store>) -> Inventory {
-        Inventory { store, guard: None }
+        Inventory {
+            store,
+            guard: None,
+            hosts_seen: Arc::default(),
+            servers_seen: Arc::default(),
+        }
     }
 
     /// The same records, with every conditional write guarded by `guard`.
@@ -51,6 +81,8 @@ impl Inventory {
         Inventory {
             store: self.store.clone(),
             guard: Some(guard),
+            hosts_seen: self.hosts_seen.clone(),
+            servers_seen: self.servers_seen.clone(),
         }
     }
 
@@ -76,6 +108,83 @@ impl Inventory {
             Some(e) => Ok(Some((e.revision, decode(key, &e.value)?))),
             None => Ok(None),
         }
+    }
+
+    /// The record at `key` given its current revision (`None`: absent),
+    /// decoded only if that revision was not decoded before.
+    async fn resolve<T: Kept>(&self, key: &str, rev: Option<u64>) -> Result<Option<Arc<T>>> {
+        let seen = T::seen(self);
+        let Some(rev) = rev else {
+            seen.forget(key);
+            return Ok(None);
+        };
+        if let Some(v) = seen.at(key, rev) {
+            return Ok(Some(v));
+        }
+        // Changed since: read it (it may have moved on again; the value
+        // read is kept at its own revision).
+        match self.store.get(key).await? {
+            Some(e) => {
+                let v = Arc::new(decode::<T>(key, &e.value)?);
+                seen.keep(key, e.revision, v.clone());
+                Ok(Some(v))
+            }
+            None => {
+                seen.forget(key);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The records at `keys`, in order, in one round trip to the store
+    /// when none changed since they were last read.
+    pub async fn kept<T: Kept>(&self, keys: &[String]) -> Result<Vec<Option<Arc<T>>>> {
+        let revs = self.store.revisions(keys).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, r) in keys.iter().zip(revs) {
+            out.push(self.resolve(k, r).await?);
+        }
+        Ok(out)
+    }
+
+    /// A host's record and the server records named `servers`, with one
+    /// round trip to the store when none changed: what a heartbeat reads.
+    pub async fn host_and_servers(
+        &self,
+        host: &str,
+        servers: impl Iterator<Item = &str>,
+    ) -> Result<(Option<Arc<HostRecord>>, Vec<Arc<ServerRecord>>)> {
+        let mut keys = vec![format!("{HOSTS}{host}")];
+        keys.extend(servers.map(|s| format!("{SERVERS}{s}")));
+        let mut revs = self.store.revisions(&keys).await?.into_iter();
+        let host = self.resolve(&keys[0], revs.next().flatten()).await?;
+        let mut found = Vec::with_capacity(keys.len() - 1);
+        for (k, r) in keys[1..].iter().zip(revs) {
+            if let Some(s) = self.resolve(k, r).await? {
+                found.push(s);
+            }
+        }
+        Ok((host, found))
+    }
+
+    /// Every record under `prefix`, decoding only those that changed since
+    /// the last listing; unreadable ones are skipped with a warning.
+    pub async fn list_kept<T: Kept>(&self, prefix: &str) -> Result<Vec<Arc<T>>> {
+        let listed = self.store.list_revisions(prefix).await?;
+        let mut out = Vec::with_capacity(listed.len());
+        for (k, r) in &listed {
+            match self.resolve::<T>(k, Some(*r)).await {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => {}
+                Err(CtlError::Record { key, message }) => {
+                    tracing::warn!(%key, error = %message, "skipping record")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let present: HashSet<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        T::seen(self).retain_listed(prefix, &present);
+        Ok(out)
     }
 
     /// Every record under a prefix; unreadable ones are skipped with a warning.
@@ -142,12 +251,33 @@ impl Inventory {
 
     /// Every host.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
-        self.list(HOSTS).await
+        Ok(self
+            .hosts_shared()
+            .await?
+            .iter()
+            .map(|h| (**h).clone())
+            .collect())
+    }
+
+    /// Every host, shared with the cache: for the leader's tick, which
+    /// would otherwise copy every report four times a second.
+    pub async fn hosts_shared(&self) -> Result<Vec<Arc<HostRecord>>> {
+        self.list_kept(HOSTS).await
     }
 
     /// Every server.
     pub async fn servers(&self) -> Result<Vec<ServerRecord>> {
-        self.list(SERVERS).await
+        Ok(self
+            .servers_shared()
+            .await?
+            .iter()
+            .map(|s| (**s).clone())
+            .collect())
+    }
+
+    /// Every server, shared with the cache.
+    pub async fn servers_shared(&self) -> Result<Vec<Arc<ServerRecord>>> {
+        self.list_kept(SERVERS).await
     }
 
     /// Every job, oldest first.

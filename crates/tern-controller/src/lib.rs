@@ -12,6 +12,7 @@ pub mod agents;
 pub mod api;
 pub mod authz;
 pub mod console;
+pub mod decoded;
 pub mod error;
 pub mod evacuate;
 pub mod fencing;
@@ -24,6 +25,8 @@ pub mod listen;
 pub mod metrics;
 #[cfg(test)]
 mod operator_tests;
+#[cfg(test)]
+mod heartbeat_tests;
 pub mod rbd_fence;
 pub mod rescue;
 pub mod rescue_check;
@@ -126,6 +129,8 @@ pub struct Controller {
     /// The online hosts' (name, API URI), as last read for heartbeat
     /// replies ([`api::PEERS_MAX_AGE`]).
     peers: Mutex<Option<api::PeersRead>>,
+    /// Where servers are, for hosts that register again ([`api::PlacementRead`]).
+    placement: Mutex<Option<api::PlacementRead>>,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.
@@ -164,6 +169,7 @@ impl Controller {
             fence_watch: Mutex::default(),
             fence_notes: Mutex::default(),
             peers: Mutex::default(),
+            placement: Mutex::default(),
             cfg,
         }))
     }

@@ -30,6 +30,7 @@ async fn cluster(dir: &std::path::Path) -> Arc<Controller> {
         auto_migrate_on_host_down: false,
         auto_migrate_on_host_shutdown: false,
         shutting_down: false,
+        report_digest: String::new(),
     };
     ctl.inv.put(&format!("{HOSTS}a"), &host).await.unwrap();
     let server = ServerRecord {

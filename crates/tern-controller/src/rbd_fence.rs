@@ -211,15 +211,17 @@ pub fn may_remove(f: &Fenced, back: &HostReport) -> bool {
 }
 
 /// An online host other than `not` with rbd pool `pool` active.
-fn reader<'a>(pool: &str, not: &str, hosts: &'a [HostRecord]) -> Option<&'a HostRecord> {
-    hosts.iter().find(|r| {
-        r.report.name != not
-            && r.status == HostStatus::Online
-            && r.report
-                .pools
-                .iter()
-                .any(|p| p.def.name == pool && p.active && p.def.kind == tern_model::PoolKind::Rbd)
-    })
+fn reader<'a>(pool: &str, not: &str, hosts: &'a [Arc<HostRecord>]) -> Option<&'a HostRecord> {
+    hosts
+        .iter()
+        .find(|r| {
+            r.report.name != not
+                && r.status == HostStatus::Online
+                && r.report.pools.iter().any(|p| {
+                    p.def.name == pool && p.active && p.def.kind == tern_model::PoolKind::Rbd
+                })
+        })
+        .map(|r| &**r)
 }
 
 async fn call(
@@ -248,7 +250,7 @@ async fn call(
 async fn plan_for(
     ctl: &Arc<Controller>,
     h: &HostRecord,
-    hosts: &[HostRecord],
+    hosts: &[Arc<HostRecord>],
     since_ms: u64,
 ) -> Plan {
     let name = &h.report.name;
@@ -274,7 +276,7 @@ async fn plan_for(
 pub async fn fence(
     ctl: &Arc<Controller>,
     h: &HostRecord,
-    hosts: &[HostRecord],
+    hosts: &[Arc<HostRecord>],
     since_ms: u64,
 ) -> Vec<(Verdict, String)> {
     let name = &h.report.name;
@@ -341,7 +343,7 @@ async fn fence_pool(
     name: &str,
     pool: &str,
     f: &PoolFence,
-    hosts: &[HostRecord],
+    hosts: &[Arc<HostRecord>],
     spare: &[String],
 ) -> (Verdict, String, Vec<String>) {
     let wait = Verdict::Waiting(Duration::from_secs(1));
@@ -427,7 +429,7 @@ async fn end_stale_copies(ctl: &Arc<Controller>, h: &HostRecord, f: &Fenced) {
 
 /// For a host that is online: removes the blocklist entries made when it
 /// was declared down, once its old QEMUs are gone.
-pub async fn cleanup(ctl: &Arc<Controller>, h: &HostRecord, hosts: &[HostRecord]) {
+pub async fn cleanup(ctl: &Arc<Controller>, h: &HostRecord, hosts: &[Arc<HostRecord>]) {
     let name = &h.report.name;
     let key = format!("{RBD_FENCED}{name}");
     let Ok(Some((_, f))) = ctl.lead().get::<Fenced>(&key).await else {

@@ -39,7 +39,12 @@ pub fn reported_state(d: &DomainReport) -> ServerState {
 }
 
 /// Changes implied by `host` reporting `domains`.
-pub fn reconcile(host: &str, domains: &[DomainReport], servers: &[ServerRecord]) -> Vec<Change> {
+pub fn reconcile<S: std::borrow::Borrow<ServerRecord>>(
+    host: &str,
+    domains: &[DomainReport],
+    servers: &[S],
+) -> Vec<Change> {
+    let servers: Vec<&ServerRecord> = servers.iter().map(|s| s.borrow()).collect();
     let mut out = Vec::new();
     for d in domains {
         match servers.iter().find(|s| s.domain.name == d.name) {

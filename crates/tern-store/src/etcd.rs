@@ -21,6 +21,10 @@ use std::time::Duration;
 /// XML): past it every list failed, and with it registration.
 const MAX_LIST_BYTES: usize = 1 << 30;
 
+/// etcd's default limit on the operations in one transaction
+/// (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
 /// A store on etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -231,6 +235,53 @@ impl Store for EtcdStore {
         Ok(r.kvs().iter().map(|kv| self.entry(kv)).collect())
     }
 
+    async fn revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        // etcd refuses a transaction of more than `--max-txn-ops` (128 by
+        // default) operations.
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::get(self.k(k), Some(GetOptions::new().with_keys_only())))
+                .collect();
+            let txn = &Txn::new().and_then(ops);
+            let r = self
+                .call(|mut c| async move { c.txn(txn.clone()).await })
+                .await?;
+            for op in r.op_responses() {
+                if let etcd_client::TxnOpResponse::Get(g) = op {
+                    out.push(g.kvs().first().map(|kv| kv.mod_revision() as u64));
+                }
+            }
+        }
+        if out.len() != keys.len() {
+            return Err(StoreError::from(etcd_client::Error::InvalidArgs(format!(
+                "etcd answered {} of {} reads in a transaction",
+                out.len(),
+                keys.len()
+            ))));
+        }
+        Ok(out)
+    }
+
+    async fn list_revisions(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let k = &self.k(prefix);
+        let opts = || Some(GetOptions::new().with_prefix().with_keys_only());
+        let r = self
+            .call(|c| async move {
+                let mut kv = c.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
+                kv.get(k.as_str(), opts()).await
+            })
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                let e = self.entry(kv);
+                (e.key, e.revision)
+            })
+            .collect())
+    }
+
     async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let r = self
@@ -240,16 +291,14 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let e = |e| lease_err(Some(lease), e);
-        let (mut keeper, mut stream) = self
-            .call(|mut c| async move { c.lease_keep_alive(lease).await })
+        // Opening the keep-alive stream sends one renewal and waits for its
+        // answer (a TTL of 0, "lease not found", is an error): that is the
+        // renewal. A second one on the same stream, as before, doubled the
+        // cost of every heartbeat.
+        self.call(|mut c| async move { c.lease_keep_alive(lease).await })
             .await
-            .map_err(e)?;
-        keeper.keep_alive().await.map_err(e)?;
-        match stream.message().await.map_err(e)? {
-            Some(r) if r.ttl() > 0 => Ok(()),
-            _ => Err(StoreError::LeaseExpired(lease)),
-        }
+            .map(drop)
+            .map_err(|e| lease_err(Some(lease), e))
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {

@@ -337,6 +337,27 @@ impl Store for FileStore {
         })
     }
 
+    async fn revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>> {
+        self.with(|st| {
+            Ok(keys
+                .iter()
+                .map(|k| st.snap.keys.get(k).map(|v| v.revision))
+                .collect())
+        })
+    }
+
+    async fn list_revisions(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        self.with(|st| {
+            Ok(st
+                .snap
+                .keys
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.revision))
+                .collect())
+        })
+    }
+
     async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
         self.with(|st| {
             let id = st.snap.next_lease;
@@ -415,6 +436,24 @@ mod tests {
         assert_eq!(l, vec!["b/1", "b/2"]);
         assert!(s.delete("c").await.unwrap());
         assert!(!s.delete("c").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn revisions_without_values() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let r1 = s.put("h/a", b"1".to_vec(), None).await.unwrap();
+        let r2 = s.put("h/b", b"2".to_vec(), None).await.unwrap();
+        s.put("i", b"3".to_vec(), None).await.unwrap();
+        let keys = ["h/b".to_string(), "h/x".to_string(), "h/a".to_string()];
+        assert_eq!(
+            s.revisions(&keys).await.unwrap(),
+            vec![Some(r2), None, Some(r1)]
+        );
+        assert_eq!(
+            s.list_revisions("h/").await.unwrap(),
+            vec![("h/a".to_string(), r1), ("h/b".to_string(), r2)]
+        );
     }
 
     #[tokio::test]

@@ -128,6 +128,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<u64>>;
     /// Every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>>;
+    /// Each key's revision (`None`: absent), without its value, in one
+    /// round trip. A caller that keeps decoded values by revision (the
+    /// controller, for host and server records) then reads only the keys
+    /// that changed: a heartbeat of a host with ten servers was eleven
+    /// reads, each carrying a record with its XML.
+    async fn revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>>;
+    /// Every key starting with `prefix` with its revision, in key order,
+    /// without values; as [`Store::revisions`], for a whole prefix.
+    async fn list_revisions(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
     /// A new lease that lives `ttl` unless renewed.
     async fn grant(&self, ttl: Duration) -> Result<LeaseId>;
     /// Renews a lease for another TTL; [`StoreError::LeaseExpired`] if gone.

@@ -61,6 +61,34 @@ async fn kv_cas_and_prefix_lists() {
     assert!(!s.delete("b/1").await.unwrap());
 }
 
+/// Revisions without values, in one transaction per 128 keys (etcd's
+/// default `--max-txn-ops`), so 300 keys need three.
+#[tokio::test]
+async fn revisions_come_without_values_in_chunks_etcd_accepts() {
+    let e = Etcd::start();
+    let s = store(&e, "/t3/").await;
+    let mut keys = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..300 {
+        let k = format!("k/{i:03}");
+        // Every third key is never written.
+        let rev = match i % 3 {
+            0 => None,
+            _ => Some(s.put(&k, vec![b'x'; 100], None).await.unwrap()),
+        };
+        keys.push(k);
+        want.push(rev);
+    }
+    assert_eq!(s.revisions(&keys).await.unwrap(), want);
+    let listed = s.list_revisions("k/").await.unwrap();
+    let expected: Vec<(String, u64)> = keys
+        .iter()
+        .zip(&want)
+        .filter_map(|(k, r)| r.map(|r| (k.clone(), r)))
+        .collect();
+    assert_eq!(listed, expected);
+}
+
 #[tokio::test]
 async fn lease_keys_vanish_when_not_renewed() {
     let e = Etcd::start();

@@ -274,14 +274,21 @@ impl Agent {
         let every = Duration::from_millis(reply.heartbeat_ms.max(100));
         // Real agents are not in step: spread the first heartbeats.
         tokio::time::sleep(every.mul_f64(spread(self.i))).await;
+        // As `ternd`: the digest of the report the controller took; only
+        // the digest is sent while the report stays the same.
+        let mut acked = Some(self.report.digest());
         loop {
             if self.state.stopped.load(Ordering::Relaxed) {
                 return;
             }
+            // Computed on every heartbeat, as `ternd` does (its report may
+            // change between two).
+            let digest = self.report.digest();
             let req = ClusterRequest::Heartbeat {
                 host: self.report.name.clone(),
                 lease: reply.lease,
-                report: self.report.clone(),
+                report: (acked.as_ref() != Some(&digest)).then(|| self.report.clone()),
+                digest: digest.clone(),
             };
             let t = Instant::now();
             let r = self.client.call_json::<_, HeartbeatReply>(&req).await;
@@ -290,8 +297,15 @@ impl Agent {
                 Ok(h) if h.reregister => {
                     self.shared.failed(rtt, "told to register again".into());
                     reply = self.register().await;
+                    acked = Some(digest);
+                }
+                Ok(h) if h.send_report => {
+                    self.shared.record(rtt, true);
+                    acked = None;
+                    continue;
                 }
                 Ok(_) => {
+                    acked = Some(digest);
                     self.shared.record(rtt, true);
                     *self.state.last_ok.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Instant::now());

@@ -177,6 +177,7 @@ async fn maintenance_is_entered_and_left_from_the_console() {
         auto_migrate_on_host_down: false,
         auto_migrate_on_host_shutdown: false,
         shutting_down: false,
+        report_digest: String::new(),
     };
     ctl.inv
         .create(&format!("{}h1", crate::inventory::HOSTS), &rec)
