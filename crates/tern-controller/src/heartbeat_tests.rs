@@ -119,7 +119,10 @@ async fn a_returning_host_drops_records_placed_on_it_that_it_no_longer_has() {
     // A record of another host is not this host's to remove.
     moved.domain.name = "other".into();
     moved.host = "h2".into();
-    ctl.inv.put(&format!("{SERVERS}other"), &moved).await.unwrap();
+    ctl.inv
+        .put(&format!("{SERVERS}other"), &moved)
+        .await
+        .unwrap();
     assert_eq!(servers(&ctl).await, ["a", "m", "other"]);
 
     let _: RegisterReply = call(

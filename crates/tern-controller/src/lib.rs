@@ -18,6 +18,8 @@ pub mod evacuate;
 pub mod fencing;
 pub mod follow;
 pub mod health;
+#[cfg(test)]
+mod heartbeat_tests;
 pub mod interrupted;
 pub mod inventory;
 pub mod jobs;
@@ -25,8 +27,6 @@ pub mod listen;
 pub mod metrics;
 #[cfg(test)]
 mod operator_tests;
-#[cfg(test)]
-mod heartbeat_tests;
 pub mod rbd_fence;
 pub mod rescue;
 pub mod rescue_check;
