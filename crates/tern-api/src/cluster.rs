@@ -10,8 +10,9 @@
 //! ternd                         tern-controller                      tern
 //!   | register {report} ---------->|  host record, lease granted        |
 //!   |<--------- {lease, ttl, hb}   |                                    |
-//!   | heartbeat {lease, report} -->|  lease renewed, servers synced     |
-//!   |<--------- {fence, reregister}|                                    |
+//!   | heartbeat {lease, digest} -->|  lease renewed, servers synced     |
+//!   |<--------- {fence, reregister}|  (the report itself only when it   |
+//!   |                              |   changed, or on send_report)      |
 //!   |        ...every heartbeat... |<-- POST /v1/servers/ID/migrate ---|
 //!   |                              |  job queued ---------------------->|
 //!   |<== migrate-begin/prepare/... |  (leader: scheduler + limits, then |

@@ -311,35 +311,25 @@ async fn heartbeat(
 /// controller restart), one read serves all of them.
 pub const PEERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The online hosts' (name, API URI) and when they were read.
-pub type PeersRead = (std::time::Instant, Arc<Vec<(String, String)>>);
+/// The online hosts' names and API URIs, for [`crate::recent::Recent`].
+pub type Peers = Vec<(String, String)>;
 
 /// API URIs of the other online hosts, at most [`PEERS_MAX_AGE`] old.
 async fn peers(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
-    let cached = ctl
+    let online = ctl
         .peers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .filter(|(at, _)| at.elapsed() < PEERS_MAX_AGE)
-        .map(|(_, l)| l);
-    let online = match cached {
-        Some(l) => l,
-        None => {
-            let l: Arc<Vec<(String, String)>> = Arc::new(
+        .get(|| async {
+            Ok::<_, CtlError>(
                 ctl.inv
-                    .hosts()
+                    .hosts_shared()
                     .await?
-                    .into_iter()
+                    .iter()
                     .filter(|h| h.status == HostStatus::Online)
-                    .map(|h| (h.report.name, h.report.api_uri))
+                    .map(|h| (h.report.name.clone(), h.report.api_uri.clone()))
                     .collect(),
-            );
-            *ctl.peers.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::Instant::now(), l.clone()));
-            l
-        }
-    };
+            )
+        })
+        .await?;
     Ok(online
         .iter()
         .filter(|(name, _)| name != host)
@@ -370,34 +360,24 @@ enum SyncScope<'a> {
 /// serves all of them.
 pub const PLACEMENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Where each server is, by host, and when that was read.
-pub type PlacementRead = (std::time::Instant, Arc<HashMap<String, Vec<String>>>);
+/// Names of the servers on each host, by their records.
+pub type Placement = HashMap<String, Vec<String>>;
 
 /// Names of the servers whose records say they are on `host`, from a
 /// listing at most [`PLACEMENT_MAX_AGE`] old.
 async fn placed_on(ctl: &Arc<Controller>, host: &str) -> Result<Vec<String>> {
-    let cached = ctl
+    let by_host = ctl
         .placement
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .filter(|(at, _)| at.elapsed() < PLACEMENT_MAX_AGE)
-        .map(|(_, m)| m);
-    let by_host = match cached {
-        Some(m) => m,
-        None => {
-            let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        .get(|| async {
+            let mut m = Placement::new();
             for s in ctl.inv.servers_shared().await? {
                 m.entry(s.host.clone())
                     .or_default()
                     .push(s.domain.name.clone());
             }
-            let m = Arc::new(m);
-            *ctl.placement.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::Instant::now(), m.clone()));
-            m
-        }
-    };
+            Ok::<_, CtlError>(m)
+        })
+        .await?;
     Ok(by_host.get(host).cloned().unwrap_or_default())
 }
 

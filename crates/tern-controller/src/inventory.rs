@@ -34,6 +34,10 @@ pub struct Inventory {
     servers_seen: Arc<Decoded<ServerRecord>>,
 }
 
+/// A listing that finds more changed records than this reads them all in
+/// one request rather than one by one.
+const BULK_READ_AFTER: usize = 16;
+
 /// Record types the inventory keeps decoded ([`Decoded`]): the ones read
 /// on every heartbeat and every tick.
 pub trait Kept: DeserializeOwned + Send + Sync + 'static {
@@ -171,6 +175,18 @@ impl Inventory {
     /// the last listing; unreadable ones are skipped with a warning.
     pub async fn list_kept<T: Kept>(&self, prefix: &str) -> Result<Vec<Arc<T>>> {
         let listed = self.store.list_revisions(prefix).await?;
+        let seen = T::seen(self);
+        let changed = listed
+            .iter()
+            .filter(|(k, r)| seen.at(k, *r).is_none())
+            .count();
+        let present: HashSet<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        seen.retain_listed(prefix, &present);
+        if changed > BULK_READ_AFTER {
+            // Many changed (a cold cache, many hosts registering): one
+            // listing with values, not a read per key.
+            return self.list_decoding_changed(prefix).await;
+        }
         let mut out = Vec::with_capacity(listed.len());
         for (k, r) in &listed {
             match self.resolve::<T>(k, Some(*r)).await {
@@ -182,8 +198,28 @@ impl Inventory {
                 Err(e) => return Err(e),
             }
         }
-        let present: HashSet<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
-        T::seen(self).retain_listed(prefix, &present);
+        Ok(out)
+    }
+
+    /// Every record under `prefix`, values and all, decoding those not
+    /// decoded at their revision before.
+    async fn list_decoding_changed<T: Kept>(&self, prefix: &str) -> Result<Vec<Arc<T>>> {
+        let seen = T::seen(self);
+        let mut out = Vec::new();
+        for e in self.store.list(prefix).await? {
+            if let Some(v) = seen.at(&e.key, e.revision) {
+                out.push(v);
+                continue;
+            }
+            match decode::<T>(&e.key, &e.value) {
+                Ok(v) => {
+                    let v = Arc::new(v);
+                    seen.keep(&e.key, e.revision, v.clone());
+                    out.push(v);
+                }
+                Err(err) => tracing::warn!(error = %err, "skipping record"),
+            }
+        }
         Ok(out)
     }
 

@@ -28,6 +28,7 @@ pub mod metrics;
 #[cfg(test)]
 mod operator_tests;
 pub mod rbd_fence;
+pub mod recent;
 pub mod rescue;
 pub mod rescue_check;
 pub mod rest;
@@ -128,9 +129,10 @@ pub struct Controller {
     fence_notes: Mutex<HashMap<String, String>>,
     /// The online hosts' (name, API URI), as last read for heartbeat
     /// replies ([`api::PEERS_MAX_AGE`]).
-    peers: Mutex<Option<api::PeersRead>>,
-    /// Where servers are, for hosts that register again ([`api::PlacementRead`]).
-    placement: Mutex<Option<api::PlacementRead>>,
+    /// The online hosts, for register replies.
+    peers: recent::Recent<api::Peers>,
+    /// Where servers are, for hosts that register again.
+    placement: recent::Recent<api::Placement>,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.
@@ -168,8 +170,8 @@ impl Controller {
             runners: Mutex::default(),
             fence_watch: Mutex::default(),
             fence_notes: Mutex::default(),
-            peers: Mutex::default(),
-            placement: Mutex::default(),
+            peers: recent::Recent::new(api::PEERS_MAX_AGE),
+            placement: recent::Recent::new(api::PLACEMENT_MAX_AGE),
             cfg,
         }))
     }

@@ -13,7 +13,6 @@ mod wal;
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -154,23 +153,27 @@ impl FileStore {
 
     /// Writes the snapshot atomically; its size.
     fn save(&self, snap: &Snapshot) -> Result<u64> {
-        let data = serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
         let tmp = self.path.with_extension("tmp");
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&data).map_err(io(&tmp))?;
+        let size = {
+            let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            // Streamed: at thousands of hosts the snapshot is hundreds of
+            // MB, and a buffer of it was the controller's peak memory.
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            serde_json::to_writer(&mut w, snap).map_err(|e| StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let f = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
             f.sync_all().map_err(io(&tmp))?;
-        }
+            f.metadata().map_err(io(&tmp))?.len()
+        };
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
         if let Some(dir) = self.path.parent() {
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();
             }
         }
-        Ok(data.len() as u64)
+        Ok(size)
     }
 }
 
