@@ -440,13 +440,10 @@ async fn apply_changes(
     servers: &[Arc<tern_api::cluster::ServerRecord>],
 ) -> Result<()> {
     let host = report.name.as_str();
+    let mut created = Vec::new();
     for c in reconcile(host, &report.domains, servers) {
         match c {
-            Change::Create(r) => {
-                ctl.inv
-                    .create(&format!("{SERVERS}{}", r.domain.name), &r)
-                    .await?;
-            }
+            Change::Create(r) => created.push((format!("{SERVERS}{}", r.domain.name), r)),
             Change::Refresh {
                 name,
                 domain,
@@ -512,6 +509,7 @@ async fn apply_changes(
             }
         }
     }
+    ctl.inv.create_all(&created).await?;
     Ok(())
 }
 

@@ -246,6 +246,27 @@ impl Inventory {
         self.cas(key, None, encode(v)).await
     }
 
+    /// Writes each record that is absent, in one request when all are
+    /// (a host joining); one by one otherwise.
+    pub async fn create_all<T: Serialize>(&self, records: &[(String, T)]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.guard.is_none() {
+            let encoded: Vec<(String, Vec<u8>)> = records
+                .iter()
+                .map(|(k, v)| (k.clone(), encode(v)))
+                .collect();
+            if self.store.create_all(&encoded).await? {
+                return Ok(());
+            }
+        }
+        for (k, v) in records {
+            self.create(k, v).await?;
+        }
+        Ok(())
+    }
+
     /// Applies `f` to a record until the write is not raced. `f` returns
     /// whether it changed anything (nothing is written otherwise). The
     /// record after the update, or `None` if it does not exist.

@@ -10,11 +10,15 @@
 //! and a controller whose store fails cannot rescue anything.
 
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp,
+};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Largest answer to a list. gRPC's default, 4 MiB, is the records of a
 /// few hundred hosts (each carries its host's report, with every domain's
@@ -25,12 +29,33 @@ const MAX_LIST_BYTES: usize = 1 << 30;
 /// (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 
+/// How long an unused keep-alive stream is kept (its lease's host has
+/// stopped renewing it, or another controller now gets its heartbeats).
+const KEEPER_IDLE: Duration = Duration::from_secs(60);
+
+/// How long a renewal on a kept stream may take before the stream is
+/// given up and another opened.
+const KEEPER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open keep-alive stream for one lease, and when it was last used.
+struct Keeper {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    used: Instant,
+}
+
+/// Open keep-alive streams by lease: a renewal on an open stream is one
+/// message each way, where opening a stream per renewal (as etcd-client's
+/// API invites) cost a new gRPC stream on every host's every heartbeat.
+type Keepers = Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<Keeper>>>>;
+
 /// A store on etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
     members: Arc<Vec<Client>>,
     pinned: Arc<AtomicUsize>,
     prefix: String,
+    keepers: Arc<Keepers>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -60,6 +85,7 @@ impl EtcdStore {
             members: Arc::new(members),
             pinned: Arc::new(AtomicUsize::new(0)),
             prefix: prefix.to_string(),
+            keepers: Arc::default(),
         })
     }
 
@@ -92,6 +118,12 @@ impl EtcdStore {
         Err(last.expect("at least one member"))
     }
 
+    fn keepers_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Arc<tokio::sync::Mutex<Keeper>>>> {
+        self.keepers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn k(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -104,6 +136,17 @@ impl EtcdStore {
             revision: kv.mod_revision() as u64,
             lease: (kv.lease() != 0).then_some(kv.lease()),
         }
+    }
+}
+
+/// One renewal on an open stream: whether the lease lives, or `None` if
+/// the stream failed and another should be opened.
+async fn renew(k: &mut Keeper) -> Option<bool> {
+    k.used = Instant::now();
+    k.keeper.keep_alive().await.ok()?;
+    match tokio::time::timeout(KEEPER_TIMEOUT, k.stream.message()).await {
+        Ok(Ok(Some(r))) => Some(r.ttl() > 0),
+        _ => None,
     }
 }
 
@@ -185,6 +228,28 @@ impl Store for EtcdStore {
             .map_err(|e| lease_err(lease, e))?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision() as u64)))
+    }
+
+    async fn create_all(&self, entries: &[(String, Vec<u8>)]) -> Result<bool> {
+        // A transaction holds a compare and a put per key.
+        for chunk in entries.chunks(MAX_TXN_OPS / 2) {
+            let absent = chunk
+                .iter()
+                .map(|(k, _)| Compare::mod_revision(self.k(k), CompareOp::Equal, 0))
+                .collect::<Vec<_>>();
+            let puts = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(self.k(k), v.clone(), None))
+                .collect::<Vec<_>>();
+            let txn = &Txn::new().when(absent).and_then(puts);
+            let r = self
+                .call(|mut c| async move { c.txn(txn.clone()).await })
+                .await?;
+            if !r.succeeded() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn compare_and_swap_guarded(
@@ -291,17 +356,44 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let kept = self.keepers_map().get(&lease).cloned();
+        if let Some(k) = kept {
+            let mut k = k.lock().await;
+            match renew(&mut k).await {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    self.keepers_map().remove(&lease);
+                    return Err(StoreError::LeaseExpired(lease));
+                }
+                // The stream broke (its member died, say): open another.
+                None => {
+                    self.keepers_map().remove(&lease);
+                }
+            }
+        }
         // Opening the keep-alive stream sends one renewal and waits for its
         // answer (a TTL of 0, "lease not found", is an error): that is the
-        // renewal. A second one on the same stream, as before, doubled the
-        // cost of every heartbeat.
-        self.call(|mut c| async move { c.lease_keep_alive(lease).await })
+        // renewal. The stream stays open for the next one.
+        let (keeper, stream) = self
+            .call(|mut c| async move { c.lease_keep_alive(lease).await })
             .await
-            .map(drop)
-            .map_err(|e| lease_err(Some(lease), e))
+            .map_err(|e| lease_err(Some(lease), e))?;
+        let now = Instant::now();
+        let mut m = self.keepers_map();
+        m.retain(|_, k| k.try_lock().map_or(true, |k| now - k.used < KEEPER_IDLE));
+        m.insert(
+            lease,
+            Arc::new(tokio::sync::Mutex::new(Keeper {
+                keeper,
+                stream,
+                used: now,
+            })),
+        );
+        Ok(())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        self.keepers_map().remove(&lease);
         let r = self
             .call(|mut c| async move { c.lease_revoke(lease).await })
             .await;

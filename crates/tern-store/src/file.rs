@@ -308,6 +308,18 @@ impl Store for FileStore {
         })
     }
 
+    async fn create_all(&self, entries: &[(String, Vec<u8>)]) -> Result<bool> {
+        self.with(|st| {
+            if entries.iter().any(|(k, _)| st.snap.keys.contains_key(k)) {
+                return Ok(false);
+            }
+            for (k, v) in entries {
+                write(st, k, v.clone(), None)?;
+            }
+            Ok(true)
+        })
+    }
+
     async fn compare_and_swap_guarded(
         &self,
         key: &str,
@@ -457,6 +469,17 @@ mod tests {
             s.list_revisions("h/").await.unwrap(),
             vec![("h/a".to_string(), r1), ("h/b".to_string(), r2)]
         );
+    }
+
+    #[tokio::test]
+    async fn create_all_writes_all_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let e = |k: &str| (k.to_string(), b"v".to_vec());
+        assert!(s.create_all(&[e("s/a"), e("s/b")]).await.unwrap());
+        assert!(!s.create_all(&[e("s/c"), e("s/b")]).await.unwrap());
+        assert!(s.get("s/c").await.unwrap().is_none());
+        assert_eq!(s.list("s/").await.unwrap().len(), 2);
     }
 
     #[tokio::test]

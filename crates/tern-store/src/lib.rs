@@ -126,6 +126,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         value: Vec<u8>,
         guard: &Guard,
     ) -> Result<Option<u64>>;
+    /// Writes every entry if none of the keys exists, atomically; whether
+    /// it did. A host joining reports its servers, each a new record:
+    /// written one by one they were one round trip (and on the file store
+    /// one fsync) each.
+    async fn create_all(&self, entries: &[(String, Vec<u8>)]) -> Result<bool>;
     /// Every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>>;
     /// Each key's revision (`None`: absent), without its value, in one

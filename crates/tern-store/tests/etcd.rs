@@ -89,6 +89,41 @@ async fn revisions_come_without_values_in_chunks_etcd_accepts() {
     assert_eq!(listed, expected);
 }
 
+/// All or nothing, in transactions of 64 keys (a compare and a put each).
+#[tokio::test]
+async fn create_all_writes_all_or_nothing() {
+    let e = Etcd::start();
+    let s = store(&e, "/t4/").await;
+    let entries = |n: usize, from: usize| -> Vec<(String, Vec<u8>)> {
+        (from..from + n)
+            .map(|i| (format!("s/{i:03}"), b"v".to_vec()))
+            .collect()
+    };
+    assert!(s.create_all(&entries(100, 0)).await.unwrap());
+    assert_eq!(s.list("s/").await.unwrap().len(), 100);
+    // Keys 99 and 100: one exists, so nothing of its transaction is written.
+    assert!(!s.create_all(&entries(2, 99)).await.unwrap());
+    assert!(s.get("s/100").await.unwrap().is_none());
+}
+
+/// Renewals after the first go over the stream the first one opened.
+#[tokio::test]
+async fn a_lease_renewed_on_its_kept_stream_outlives_its_ttl() {
+    let e = Etcd::start();
+    let s = store(&e, "/t5/").await;
+    let l = s.grant(Duration::from_secs(1)).await.unwrap();
+    s.put("alive/h1", b"1".to_vec(), Some(l)).await.unwrap();
+    for _ in 0..10 {
+        s.keep_alive(l).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(s.get("alive/h1").await.unwrap().is_some());
+    s.revoke(l).await.unwrap();
+    assert!(s.get("alive/h1").await.unwrap().is_none());
+    let r = s.keep_alive(l).await;
+    assert!(matches!(r, Err(StoreError::LeaseExpired(_))), "{r:?}");
+}
+
 #[tokio::test]
 async fn lease_keys_vanish_when_not_renewed() {
     let e = Etcd::start();
