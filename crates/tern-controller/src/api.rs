@@ -104,9 +104,17 @@ pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<
             report,
             digest,
         } => ok(heartbeat(ctl, &host, lease, report, &digest).await?),
-        ClusterRequest::HostList => ok(ctl.inv.hosts().await?),
+        // Encoded from the kept records, not copies of them: at 50 000
+        // servers a copy of every record was the controller's peak memory.
+        ClusterRequest::HostList => {
+            let hosts = ctl.inv.hosts_shared().await?;
+            ok(hosts.iter().map(|h| &**h).collect::<Vec<_>>())
+        }
         ClusterRequest::HostShow { id } => ok(ctl.inv.host(&id).await?),
-        ClusterRequest::ServerList => ok(ctl.inv.servers().await?),
+        ClusterRequest::ServerList => {
+            let servers = ctl.inv.servers_shared().await?;
+            ok(servers.iter().map(|s| &**s).collect::<Vec<_>>())
+        }
         ClusterRequest::ServerShow { id } => ok(ctl.inv.server(&id).await?),
         ClusterRequest::ServerMigrate { id, opts } => {
             ok(jobs::create(ctl, &id, false, opts).await?)
