@@ -178,8 +178,8 @@ pub async fn forecast(
     opts: &MigrateRequestOptions,
 ) -> Result<Vec<ForecastRow>> {
     let s = ctl.inv.server(server).await?;
-    let hosts = ctl.inv.hosts().await?;
-    let servers = ctl.inv.servers().await?;
+    let hosts = ctl.inv.hosts_shared().await?;
+    let servers = ctl.inv.servers_shared().await?;
     let jobs = ctl.inv.jobs().await?;
     let live = live.unwrap_or(s.domain.active);
     let kind = if live {

@@ -1,5 +1,7 @@
 //! The scheduler's view of the inventory.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
 use tern_api::cluster::{HostRecord, HostStatus, JobRecord, JobState, ServerRecord};
 use tern_scheduler::{DiskNeed, HostView, PoolView, ServerView};
 
@@ -31,19 +33,26 @@ pub fn server_view(s: &ServerRecord) -> ServerView {
 
 /// Every host as the scheduler sees it: load from the servers placed on
 /// it, migrations in flight from the running jobs.
-pub fn host_views(
-    hosts: &[HostRecord],
-    servers: &[ServerRecord],
+pub fn host_views<H: Borrow<HostRecord>, S: Borrow<ServerRecord>>(
+    hosts: &[H],
+    servers: &[S],
     jobs: &[JobRecord],
 ) -> Vec<HostView> {
+    // Summed once per host up front: a scan of every server per host was
+    // 250 million steps at 5 000 hosts and 50 000 servers.
+    let mut load: HashMap<&str, (u32, u64)> = HashMap::new();
+    for s in servers {
+        let s = s.borrow();
+        let e = load.entry(s.host.as_str()).or_default();
+        *e = (e.0 + s.domain.vcpus, e.1 + s.domain.memory_mib);
+    }
     hosts
         .iter()
         .map(|h| {
+            let h = h.borrow();
             let r = &h.report;
-            let mine = servers.iter().filter(|s| s.host == r.name);
-            let (vcpus_used, memory_used_mib) = mine.fold((0u32, 0u64), |(c, m), s| {
-                (c + s.domain.vcpus, m + s.domain.memory_mib)
-            });
+            let (vcpus_used, memory_used_mib) =
+                load.get(r.name.as_str()).copied().unwrap_or_default();
             let running = jobs.iter().filter(|j| j.state == JobState::Running);
             let (mut inbound, mut outbound) = (0, 0);
             for j in running {
