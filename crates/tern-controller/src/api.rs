@@ -699,26 +699,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::{auto_migrate_policy, names_to_read};
-    use tern_api::cluster::{DomainReport, HostReport};
-
-    fn report(domains: &[&str]) -> HostReport {
-        let d = |n: &&str| DomainReport {
-            name: n.to_string(),
-            uuid: String::new(),
-            active: true,
-            vcpus: 1,
-            memory_mib: 64,
-            disks: vec![],
-            networks: vec![],
-            machine: None,
-            xml: String::new(),
-        };
-        HostReport {
-            name: "h1".into(),
-            domains: domains.iter().map(d).collect(),
-            ..HostReport::default()
-        }
-    }
+    use crate::heartbeat_tests::report;
 
     #[test]
     fn a_sync_reads_the_servers_of_both_reports_and_the_placed_ones_once() {

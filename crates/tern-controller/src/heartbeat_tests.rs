@@ -18,7 +18,8 @@ async fn controller(dir: &std::path::Path) -> Arc<Controller> {
     Controller::open(cfg).await.unwrap()
 }
 
-fn report(domains: &[&str]) -> HostReport {
+/// A report of host `h1` running `domains` (shared with `api`'s tests).
+pub(crate) fn report(domains: &[&str]) -> HostReport {
     let d = |n: &&str| DomainReport {
         name: n.to_string(),
         uuid: String::new(),

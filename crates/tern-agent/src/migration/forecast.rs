@@ -69,6 +69,7 @@ pub async fn forecast(
         cpu_rate,
         learned_ratio: agent.jobs.thread_ratio(),
         learned_probe_ratio: agent.jobs.probe_ratio(),
+        learned_pace: agent.jobs.pace(),
         probe,
         probe_loopback,
         cap,
