@@ -250,13 +250,26 @@ async fn heartbeat(
             let names = r.domains.iter().map(|d| d.name.as_str());
             ctl.inv.host_and_servers(host, names).await?
         }
-        None => match ctl.inv.host_and_servers(host, std::iter::empty()).await? {
-            (Some(rec), _) if rec.report_digest == digest => {
-                let names = rec.report.domains.iter().map(|d| d.name.as_str());
-                ctl.inv.host_and_servers(host, names).await?
+        None => {
+            // The servers the stored report names, guessed from the host's
+            // record as last read: one round trip while that still holds.
+            let names = |h: &HostRecord| -> Vec<String> {
+                h.report.domains.iter().map(|d| d.name.clone()).collect()
+            };
+            let guess = ctl
+                .inv
+                .host_as_last_read(host)
+                .map(|h| names(&h))
+                .unwrap_or_default();
+            let guessed = guess.iter().map(String::as_str);
+            match ctl.inv.host_and_servers(host, guessed).await? {
+                (Some(rec), _) if rec.report_digest == digest && names(&rec) != guess => {
+                    let named = rec.report.domains.iter().map(|d| d.name.as_str());
+                    ctl.inv.host_and_servers(host, named).await?
+                }
+                read => read,
             }
-            other => other,
-        },
+        }
     };
     let Some(rec) = rec else {
         return Ok(gone);

@@ -45,6 +45,12 @@ impl<T> Decoded<T> {
         }
     }
 
+    /// The value of `key` as last decoded, at whatever revision: a guess
+    /// that a read of the revision then confirms or not.
+    pub fn last(&self, key: &str) -> Option<Arc<T>> {
+        self.lock().get(key).map(|(_, v)| v.clone())
+    }
+
     /// Keeps `value` as `key`'s value at `revision`, unless a later one is
     /// kept already (two readers may race).
     pub fn keep(&self, key: &str, revision: u64, value: Arc<T>) {
@@ -86,6 +92,7 @@ mod tests {
         assert!(d.at("a", 5).is_some());
         d.keep("a", 7, Arc::new("seven".into()));
         assert!(d.at("a", 7).is_some());
+        assert_eq!(d.last("a").as_deref().map(String::as_str), Some("seven"));
         d.forget("a");
         assert!(d.at("a", 7).is_none());
     }

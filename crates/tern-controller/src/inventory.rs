@@ -151,6 +151,12 @@ impl Inventory {
         Ok(out)
     }
 
+    /// A host's record as last decoded, without asking the store (it may
+    /// have changed since).
+    pub fn host_as_last_read(&self, host: &str) -> Option<Arc<HostRecord>> {
+        self.hosts_seen.last(&format!("{HOSTS}{host}"))
+    }
+
     /// A host's record and the server records named `servers`, with one
     /// round trip to the store when none changed: what a heartbeat reads.
     pub async fn host_and_servers(

@@ -9,12 +9,43 @@ use std::time::Duration;
 /// Patience for cluster waits (TCG guests on a shared two-core machine).
 pub const LONG: Duration = Duration::from_secs(120);
 
+/// A shared pool's directory, removed when dropped even while a host's
+/// fence process still renews its lease there. Tests declare the pool
+/// after their hosts, so it is dropped first: a lease written during the
+/// removal made `remove_dir_all` fail on a directory no longer empty, and
+/// the pool stayed behind in /tmp. The fence never recreates a pool's
+/// own directory, so a removal retried a moment later holds.
+#[derive(Debug)]
+pub struct SharedDir(std::path::PathBuf);
+
+impl SharedDir {
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            match std::fs::remove_dir_all(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        eprintln!("could not remove the shared pool {}", self.0.display());
+    }
+}
+
 /// A directory every host sees as the shared pool `name`.
-pub fn shared_pool(hosts: &[&TernHost], name: &str) -> tempfile::TempDir {
+pub fn shared_pool(hosts: &[&TernHost], name: &str) -> SharedDir {
     let d = tempfile::Builder::new()
         .prefix("tern-fshared-")
         .tempdir()
-        .expect("temp dir");
+        .expect("temp dir")
+        .keep();
+    let d = SharedDir(d);
     for h in hosts {
         h.add_pool(name, d.path(), true);
     }

@@ -432,7 +432,7 @@ pub struct ArmedPair {
     /// The other host.
     pub b: TernHost,
     /// The shared pool's directory (removed after both hosts ended).
-    pub pool: tempfile::TempDir,
+    pub pool: crate::cluster::SharedDir,
 }
 
 /// Starts an [`ArmedPair`] under controller `c`, with extra `ternd`

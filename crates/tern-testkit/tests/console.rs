@@ -21,15 +21,8 @@ use tern_testkit::{
 const LONG: Duration = Duration::from_secs(180);
 
 /// A directory every host sees as the pool "shared".
-fn shared_pool(hosts: &[&TernHost]) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("tern-console-shared-")
-        .tempdir()
-        .unwrap();
-    for h in hosts {
-        h.add_pool("shared", d.path(), true);
-    }
-    d
+fn shared_pool(hosts: &[&TernHost]) -> tern_testkit::cluster::SharedDir {
+    tern_testkit::cluster::shared_pool(hosts, "shared")
 }
 
 /// Boots `name` on `h` with its disk in the shared pool and 64 MiB of
@@ -193,7 +186,7 @@ struct Lab {
     x: TernHost,
     base: String,
     dir: PathBuf,
-    _pool: tempfile::TempDir,
+    _pool: tern_testkit::cluster::SharedDir,
     _tmp: tempfile::TempDir,
 }
 

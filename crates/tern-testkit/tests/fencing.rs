@@ -134,7 +134,7 @@ struct Partition {
     c: TestController,
     a: TernHost,
     b: TernHost,
-    pool: tempfile::TempDir,
+    pool: tern_testkit::cluster::SharedDir,
     lab: Lab,
 }
 
