@@ -132,7 +132,7 @@ pub struct Controller {
     /// The online hosts, for register replies.
     peers: recent::Recent<api::Peers>,
     /// Where servers are, for hosts that register again.
-    placement: recent::Recent<api::Placement>,
+    placement: recent::Recent<sync::apply::Placement>,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.
@@ -171,7 +171,7 @@ impl Controller {
             fence_watch: Mutex::default(),
             fence_notes: Mutex::default(),
             peers: recent::Recent::new(api::PEERS_MAX_AGE),
-            placement: recent::Recent::new(api::PLACEMENT_MAX_AGE),
+            placement: recent::Recent::new(sync::apply::PLACEMENT_MAX_AGE),
             cfg,
         }))
     }

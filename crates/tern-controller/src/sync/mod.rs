@@ -6,6 +6,8 @@
 //! to, so a guest arriving on a destination does not move the record
 //! before the job says it succeeded.
 
+pub mod apply;
+
 use tern_api::cluster::{DomainReport, ServerRecord, ServerState};
 
 /// One change to apply.
