@@ -229,6 +229,43 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
     })
 }
 
+/// The host's record and its servers' for a heartbeat, in one round trip
+/// while nothing changed; decoded only if they changed since the last
+/// heartbeat. Without a report, the servers are the ones the stored report
+/// names, if it is the same.
+async fn heartbeat_records(
+    ctl: &Arc<Controller>,
+    host: &str,
+    report: Option<&HostReport>,
+    digest: &str,
+) -> Result<(
+    Option<Arc<HostRecord>>,
+    Vec<Arc<tern_api::cluster::ServerRecord>>,
+)> {
+    if let Some(r) = report {
+        let names = r.domains.iter().map(|d| d.name.as_str());
+        return ctl.inv.host_and_servers(host, names).await;
+    }
+    // The servers the stored report names, guessed from the host's record
+    // as last read: one round trip while that still holds.
+    let names = |h: &HostRecord| -> Vec<String> {
+        h.report.domains.iter().map(|d| d.name.clone()).collect()
+    };
+    let guess = ctl
+        .inv
+        .host_as_last_read(host)
+        .map(|h| names(&h))
+        .unwrap_or_default();
+    let guessed = guess.iter().map(String::as_str);
+    match ctl.inv.host_and_servers(host, guessed).await? {
+        (Some(rec), _) if rec.report_digest == digest && names(&rec) != guess => {
+            let named = rec.report.domains.iter().map(|d| d.name.as_str());
+            ctl.inv.host_and_servers(host, named).await
+        }
+        read => Ok(read),
+    }
+}
+
 async fn heartbeat(
     ctl: &Arc<Controller>,
     host: &str,
@@ -240,35 +277,7 @@ async fn heartbeat(
         reregister: true,
         ..HeartbeatReply::default()
     };
-    // The host's record and its servers' in one round trip; decoded only
-    // if they changed since the last heartbeat. Without a report, the
-    // servers are the ones the stored report names, if it is the same.
-    let (rec, servers) = match &report {
-        Some(r) => {
-            let names = r.domains.iter().map(|d| d.name.as_str());
-            ctl.inv.host_and_servers(host, names).await?
-        }
-        None => {
-            // The servers the stored report names, guessed from the host's
-            // record as last read: one round trip while that still holds.
-            let names = |h: &HostRecord| -> Vec<String> {
-                h.report.domains.iter().map(|d| d.name.clone()).collect()
-            };
-            let guess = ctl
-                .inv
-                .host_as_last_read(host)
-                .map(|h| names(&h))
-                .unwrap_or_default();
-            let guessed = guess.iter().map(String::as_str);
-            match ctl.inv.host_and_servers(host, guessed).await? {
-                (Some(rec), _) if rec.report_digest == digest && names(&rec) != guess => {
-                    let named = rec.report.domains.iter().map(|d| d.name.as_str());
-                    ctl.inv.host_and_servers(host, named).await?
-                }
-                read => read,
-            }
-        }
-    };
+    let (rec, servers) = heartbeat_records(ctl, host, report.as_ref(), digest).await?;
     let Some(rec) = rec else {
         return Ok(gone);
     };
