@@ -108,7 +108,8 @@ fn write_seeds() {
             ClusterRequest::Heartbeat {
                 host: "host-a".into(),
                 lease: 7,
-                report: report.clone(),
+                report: Some(report.clone()),
+                digest: report.digest(),
             },
         ),
         ("host-list", ClusterRequest::HostList),
