@@ -65,6 +65,13 @@ done
 if ls /boot/vmlinuz-* >/dev/null 2>&1; then
   missing=("${missing[@]/linux-image-amd64}")
 fi
+# On bookworm QEMU comes from bookworm-backports (below): installing
+# bookworm's 7.2 first breaks apt's resolver when a backported qemu-utils
+# is already there (seen on a fresh machine), and would be replaced anyway.
+if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = "bookworm" ]; then
+  missing=("${missing[@]/qemu-system-x86}")
+  missing=("${missing[@]/qemu-utils}")
+fi
 missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 
 if [ ${#missing[@]} -gt 0 ]; then
