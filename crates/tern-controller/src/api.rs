@@ -4,14 +4,13 @@
 use crate::authz::{self, Caller};
 use crate::error::{CtlError, Result};
 use crate::inventory::{ALIVE, HOSTS};
+use crate::reply::Reply;
 use crate::sync::apply::{apply_changes, apply_sync, SyncScope};
 use crate::{jobs, Controller};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::Response;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::sync::Arc;
@@ -25,17 +24,20 @@ use tern_store::StoreError;
 /// Largest request accepted (reports carry every domain's XML).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
-use tern_api::response::{error_response, json_response};
+use tern_api::response::error_response;
 
-fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
-    serde_json::to_vec(&v).map_err(|e| CtlError::Invalid(e.to_string()))
+fn ok<T: Serialize>(v: T) -> Result<Reply> {
+    serde_json::to_vec(&v)
+        .map(Reply::Json)
+        .map_err(|e| CtlError::Invalid(e.to_string()))
 }
 
 pub(crate) async fn handle(
     ctl: Arc<Controller>,
     caller: Arc<Caller>,
     req: hyper::Request<Incoming>,
-) -> std::result::Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> std::result::Result<axum::response::Response, std::convert::Infallible> {
+    let error_response = |e| error_response(e).map(axum::body::Body::new);
     // Refuse before reading the body: a refused identity sends nothing big.
     if let Caller::Refused(why) = caller.as_ref() {
         return Ok(error_response(ApiError::new(
@@ -87,13 +89,13 @@ pub(crate) async fn handle(
         )),
     };
     Ok(match r {
-        Ok(b) => json_response(200, b),
+        Ok(reply) => reply.into_response(200),
         Err(e) => error_response(e),
     })
 }
 
 /// Runs one request.
-pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<u8>> {
+pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Reply> {
     match req {
         ClusterRequest::Register { report } => ok(register(ctl, report).await?),
         ClusterRequest::Heartbeat {
@@ -102,17 +104,12 @@ pub async fn dispatch(ctl: &Arc<Controller>, req: ClusterRequest) -> Result<Vec<
             report,
             digest,
         } => ok(heartbeat(ctl, &host, lease, report, &digest).await?),
-        // Encoded from the kept records, not copies of them: at 50 000
-        // servers a copy of every record was the controller's peak memory.
-        ClusterRequest::HostList => {
-            let hosts = ctl.inv.hosts_shared().await?;
-            ok(hosts.iter().map(|h| &**h).collect::<Vec<_>>())
-        }
+        // Encoded from the kept records as the connection takes them (see
+        // crate::reply): at 50 000 servers, a copy of every record and then
+        // the whole answer in one buffer were the controller's peak memory.
+        ClusterRequest::HostList => Ok(Reply::Hosts(ctl.inv.hosts_shared().await?)),
         ClusterRequest::HostShow { id } => ok(ctl.inv.host(&id).await?),
-        ClusterRequest::ServerList => {
-            let servers = ctl.inv.servers_shared().await?;
-            ok(servers.iter().map(|s| &**s).collect::<Vec<_>>())
-        }
+        ClusterRequest::ServerList => Ok(Reply::Servers(ctl.inv.servers_shared().await?)),
         ClusterRequest::ServerShow { id } => ok(ctl.inv.server(&id).await?),
         ClusterRequest::ServerMigrate { id, opts } => {
             ok(jobs::create(ctl, &id, false, opts).await?)
@@ -428,7 +425,7 @@ async fn host_shutdown(ctl: &Arc<Controller>, host: &str) -> Result<ShutdownRepl
         .await?;
     tracing::warn!(%host, "host shutting down: moving its running servers away");
     let mut jobs_out = Vec::new();
-    for s in ctl.inv.servers().await? {
+    for s in ctl.inv.servers_shared().await? {
         if s.host != host || !s.domain.active || s.state.in_flight() {
             continue;
         }
@@ -458,7 +455,7 @@ async fn maintenance(ctl: &Arc<Controller>, host: &str) -> Result<Vec<JobRecord>
         .await?;
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for s in ctl.inv.servers().await? {
+    for s in ctl.inv.servers_shared().await? {
         if s.host != host || s.state.in_flight() {
             continue;
         }
@@ -502,7 +499,11 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
-    let svc = service_fn(move |req| crate::rest::route(ctl.clone(), caller.clone(), req));
+    // Boxed per request: hyper keeps room for the service's future for as
+    // long as the connection lives, and unboxed that future (every
+    // request's state machine, inline) was 20 KB on each of thousands of
+    // idle agent connections.
+    let svc = service_fn(move |req| Box::pin(crate::rest::route(ctl.clone(), caller.clone(), req)));
     if let Err(e) = http1::Builder::new()
         .max_buf_size(64 << 10)
         .timer(hyper_util::rt::TokioTimer::new())

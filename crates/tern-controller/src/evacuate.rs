@@ -189,7 +189,7 @@ pub async fn evacuate(ctl: &Arc<Controller>, host: &HostRecord, since_ms: u64) -
     let jobs = ctl.lead().jobs().await?;
     let fenced = crate::fencing::proven(ctl, name, since_ms).await?;
     let mut complete = true;
-    for s in ctl.lead().servers().await? {
+    for s in ctl.lead().servers_shared().await? {
         if s.host != *name {
             continue;
         }

@@ -40,7 +40,7 @@ pub(crate) fn report(domains: &[&str]) -> HostReport {
 }
 
 async fn call<T: serde::de::DeserializeOwned>(ctl: &Arc<Controller>, req: ClusterRequest) -> T {
-    serde_json::from_slice(&dispatch(ctl, req).await.unwrap()).unwrap()
+    serde_json::from_slice(&dispatch(ctl, req).await.unwrap().into_bytes().unwrap()).unwrap()
 }
 
 async fn heartbeat(

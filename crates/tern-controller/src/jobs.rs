@@ -316,8 +316,8 @@ pub async fn schedule_tick(ctl: &Arc<Controller>) -> Result<()> {
     if queued.is_empty() {
         return Ok(());
     }
-    let hosts = ctl.lead().hosts().await?;
-    let servers = ctl.lead().servers().await?;
+    let hosts = ctl.lead().hosts_shared().await?;
+    let servers = ctl.lead().servers_shared().await?;
     let views = host_views(&hosts, &servers, &jobs);
     let mut queue = Vec::new();
     for j in &queued {

@@ -29,6 +29,7 @@ pub mod metrics;
 mod operator_tests;
 pub mod rbd_fence;
 pub mod recent;
+pub mod reply;
 pub mod rescue;
 pub mod rescue_check;
 pub mod rest;

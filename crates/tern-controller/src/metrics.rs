@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{Encoder, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use std::borrow::Borrow;
 use std::sync::{Arc, OnceLock};
 use tern_api::cluster::{HostRecord, HostStatus, JobKind, JobRecord, ServerRecord};
 
@@ -105,7 +106,12 @@ impl Metrics {
     }
 
     /// Sets the cluster gauges from the store's records.
-    pub fn set_cluster(&self, hosts: &[HostRecord], servers: &[ServerRecord], jobs: &[JobRecord]) {
+    pub fn set_cluster<H: Borrow<HostRecord>, S: Borrow<ServerRecord>>(
+        &self,
+        hosts: &[H],
+        servers: &[S],
+        jobs: &[JobRecord],
+    ) {
         for g in [&self.hosts, &self.servers, &self.jobs, &self.rescues] {
             g.reset();
         }
@@ -114,12 +120,12 @@ impl Metrics {
         }
         for h in hosts {
             self.hosts
-                .with_label_values(&[host_status(&h.status)])
+                .with_label_values(&[host_status(&h.borrow().status)])
                 .inc();
         }
         for s in servers {
             self.servers
-                .with_label_values(&[&s.state.to_string()])
+                .with_label_values(&[&s.borrow().state.to_string()])
                 .inc();
         }
         for j in jobs {
@@ -137,8 +143,8 @@ impl Metrics {
     pub async fn render(&self, ctl: &Controller) -> String {
         let read = async {
             Ok::<_, crate::error::CtlError>((
-                ctl.inv.hosts().await?,
-                ctl.inv.servers().await?,
+                ctl.inv.hosts_shared().await?,
+                ctl.inv.servers_shared().await?,
                 ctl.inv.jobs().await?,
             ))
         };

@@ -259,7 +259,7 @@ async fn plan_for(
         .filter(|r| &r.report.name != name && r.status == HostStatus::Online)
         .map(|r| &r.report)
         .collect();
-    let servers = ctl.lead().servers().await.unwrap_or_default();
+    let servers = ctl.lead().servers_shared().await.unwrap_or_default();
     let homed: Vec<&DomainReport> = servers
         .iter()
         .filter(|s| &s.host == name)

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tern_api::cluster::{ClusterRequest, JobRecord, ServerState};
-use tern_api::response::{error_response, json_response};
+use tern_api::response::error_response;
 use tern_api::rest::MigrateBody;
 use tern_api::{ApiError, ErrorCode};
 use utoipa::ToSchema;
@@ -121,8 +121,7 @@ pub async fn route(
         req.extensions_mut().insert(caller);
         return router(ctl).oneshot(req).await;
     }
-    let r = crate::api::handle(ctl, caller, req).await?;
-    Ok(r.map(axum::body::Body::new))
+    crate::api::handle(ctl, caller, req).await
 }
 
 async fn not_found() -> Response {
@@ -168,7 +167,7 @@ async fn call(
         return r;
     }
     match dispatch(ctl, req).await {
-        Ok(body) => json_response(status, body).into_response(),
+        Ok(reply) => reply.into_response(status),
         Err(e) => error(ApiError::from(e)),
     }
 }
