@@ -21,7 +21,9 @@ use crate::policy::{predict_with_policy, Observation, PolicyConfig, SETUP_MS};
 use serde::{Deserialize, Serialize};
 
 mod inputs;
-pub use inputs::{inputs, learn, Measured, QUIET_THREAD_RATE, THREAD_PER_CPU};
+pub use inputs::{
+    inputs, learn, learn_error, EstimateErrors, Measured, QUIET_THREAD_RATE, THREAD_PER_CPU,
+};
 
 /// One input of a forecast: its likely value, the span it probably falls
 /// in, and where it came from.

@@ -70,6 +70,7 @@ pub async fn forecast(
         learned_ratio: agent.jobs.thread_ratio(),
         learned_probe_ratio: agent.jobs.probe_ratio(),
         learned_pace: agent.jobs.pace(),
+        learned_errors: agent.jobs.estimate_errors(),
         probe,
         probe_loopback,
         cap,

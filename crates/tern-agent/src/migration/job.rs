@@ -400,6 +400,9 @@ pub struct Jobs {
     /// by the forecast before it (see
     /// `tern_migrate::forecast::THREAD_PER_LOOPBACK_PROBE`).
     probe_ratio: Mutex<Option<f64>>,
+    /// How far the probe-scaled and the pace estimates of the thread rate
+    /// missed, as learned so far (probe, pace).
+    errors: Mutex<(Option<f64>, Option<f64>)>,
 }
 
 /// A migration found by its id.
@@ -553,12 +556,45 @@ impl Jobs {
         *self.probe_ratio.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How far the two thread-rate estimates missed on past migrations,
+    /// once both were tried (see `tern_migrate::forecast::EstimateErrors`).
+    pub fn estimate_errors(&self) -> Option<tern_migrate::forecast::EstimateErrors> {
+        match *self.errors.lock().unwrap_or_else(|p| p.into_inner()) {
+            (Some(probe), Some(pace)) => {
+                Some(tern_migrate::forecast::EstimateErrors { probe, pace })
+            }
+            _ => None,
+        }
+    }
+
+    /// Learns how far each thread-rate estimate, as it stood before this
+    /// migration (`pace_before`, and the forecast's probe reading times
+    /// the probe ratio), missed the pace `pace` it achieved.
+    fn learn_errors(
+        &self,
+        f: &tern_migrate::policy::Forecast,
+        pace: u64,
+        pace_before: Option<u64>,
+    ) {
+        use tern_migrate::forecast::learn_error;
+        let achieved = pace as f64;
+        let probe_est = self
+            .probe_ratio()
+            .map_or(0.0, |r| f.loopback_probe as f64 * r);
+        let pace_est = pace_before.unwrap_or(0) as f64;
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        e.0 = learn_error(e.0, probe_est, achieved);
+        e.1 = learn_error(e.1, pace_est, achieved);
+    }
+
     /// Learns the pace-to-copy-speed and pace-to-loopback-probe ratios
-    /// from a finished migration that had a forecast shortly before.
-    fn learn_ratio(&self, domain: &str, pace: u64) {
+    /// from a finished migration that had a forecast shortly before, and
+    /// how far the estimates missed.
+    fn learn_ratio(&self, domain: &str, pace: u64, pace_before: Option<u64>) {
         let Some(f) = self.fresh_forecast(domain, std::time::Duration::from_secs(120)) else {
             return;
         };
+        self.learn_errors(&f, pace, pace_before);
         let learn = |slot: &Mutex<Option<f64>>, measured: u64| {
             if measured == 0 {
                 return;
@@ -591,12 +627,13 @@ impl Jobs {
             .filter(|_| job.role == Role::Source)
         {
             let mut p = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+            let before = *p;
             *p = Some(match *p {
                 Some(old) => (old * 3 + rate) / 4,
                 None => rate,
             });
             drop(p);
-            self.learn_ratio(&job.domain, rate);
+            self.learn_ratio(&job.domain, rate, before);
         }
         let rec = job.record();
         if let Some(dir) = &self.dir {
