@@ -9,6 +9,7 @@
 //! (about one in four failed in `the_etcd_store_fails_over_when_a_member_dies`),
 //! and a controller whose store fails cannot rescue anything.
 
+use crate::coalesce::{Coalescer, ReadBatch};
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
@@ -28,6 +29,9 @@ const MAX_LIST_BYTES: usize = 1 << 30;
 /// etcd's default limit on the operations in one transaction
 /// (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
+
+/// Grouped revision reads in flight at once (see [`crate::coalesce`]).
+const REVISION_READS_IN_FLIGHT: usize = 4;
 
 /// How long an unused keep-alive stream is kept (its lease's host has
 /// stopped renewing it, or another controller now gets its heartbeats).
@@ -56,6 +60,9 @@ pub struct EtcdStore {
     pinned: Arc<AtomicUsize>,
     prefix: String,
     keepers: Arc<Keepers>,
+    /// Groups concurrent revision reads (see [`crate::coalesce`]); `None`
+    /// on the store the grouping itself reads through.
+    coalescer: Option<Coalescer>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -81,12 +88,55 @@ impl EtcdStore {
                 "no etcd endpoint".into(),
             )));
         }
-        Ok(EtcdStore {
+        let mut store = EtcdStore {
             members: Arc::new(members),
             pinned: Arc::new(AtomicUsize::new(0)),
             prefix: prefix.to_string(),
             keepers: Arc::default(),
-        })
+            coalescer: None,
+        };
+        let raw = store.clone();
+        let read: ReadBatch = Arc::new(move |keys: Vec<String>| {
+            let raw = raw.clone();
+            Box::pin(async move { raw.read_revisions(&keys).await.ok() })
+        });
+        store.coalescer = Some(Coalescer::start(
+            read,
+            MAX_TXN_OPS,
+            REVISION_READS_IN_FLIGHT,
+        ));
+        Ok(store)
+    }
+
+    /// The revisions of `keys` in transactions of at most
+    /// [`MAX_TXN_OPS`] reads, without grouping.
+    async fn read_revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        // etcd refuses a transaction of more than `--max-txn-ops` (128 by
+        // default) operations.
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::get(self.k(k), Some(GetOptions::new().with_keys_only())))
+                .collect();
+            let txn = &Txn::new().and_then(ops);
+            let r = self
+                .call(|mut c| async move { c.txn(txn.clone()).await })
+                .await?;
+            for op in r.op_responses() {
+                if let etcd_client::TxnOpResponse::Get(g) = op {
+                    out.push(g.kvs().first().map(|kv| kv.mod_revision() as u64));
+                }
+            }
+        }
+        if out.len() != keys.len() {
+            return Err(StoreError::from(etcd_client::Error::InvalidArgs(format!(
+                "etcd answered {} of {} reads in a transaction",
+                out.len(),
+                keys.len()
+            ))));
+        }
+        Ok(out)
     }
 
     /// Runs `f` on the pinned member; when that member cannot answer, on
@@ -301,32 +351,12 @@ impl Store for EtcdStore {
     }
 
     async fn revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>> {
-        let mut out = Vec::with_capacity(keys.len());
-        // etcd refuses a transaction of more than `--max-txn-ops` (128 by
-        // default) operations.
-        for chunk in keys.chunks(MAX_TXN_OPS) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|k| TxnOp::get(self.k(k), Some(GetOptions::new().with_keys_only())))
-                .collect();
-            let txn = &Txn::new().and_then(ops);
-            let r = self
-                .call(|mut c| async move { c.txn(txn.clone()).await })
-                .await?;
-            for op in r.op_responses() {
-                if let etcd_client::TxnOpResponse::Get(g) = op {
-                    out.push(g.kvs().first().map(|kv| kv.mod_revision() as u64));
-                }
+        if let Some(c) = &self.coalescer {
+            if let Some(r) = c.revisions(keys).await {
+                return Ok(r);
             }
         }
-        if out.len() != keys.len() {
-            return Err(StoreError::from(etcd_client::Error::InvalidArgs(format!(
-                "etcd answered {} of {} reads in a transaction",
-                out.len(),
-                keys.len()
-            ))));
-        }
-        Ok(out)
+        self.read_revisions(keys).await
     }
 
     async fn list_revisions(&self, prefix: &str) -> Result<Vec<(String, u64)>> {

@@ -13,6 +13,7 @@
 //!   every host a full lease before calling it down.
 //! - [`EtcdStore`]: several controllers on an etcd cluster.
 
+pub mod coalesce;
 pub mod election;
 pub mod etcd;
 pub mod file;

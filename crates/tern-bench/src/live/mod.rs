@@ -65,9 +65,9 @@ async fn run_driver(
         Driver::Qmp => direct::run(bench, case, &direct::Plan::tern_defaults(), notes)
             .await
             .map(|d| d.outcomes),
-        // They bring their own two libvirtds, so [`run`] runs them alone.
+        // They bring their own two libvirtds: [`run`] runs them after ours.
         Driver::Libvirt | Driver::LibvirtP2p => {
-            bail!("the libvirt drivers run alone: --drivers libvirt or --drivers libvirt-p2p")
+            bail!("the libvirt drivers run after the others, not case by case")
         }
     }
 }
@@ -98,13 +98,15 @@ pub struct LiveArgs {
     /// Keep every migration's two console logs in this directory.
     #[arg(long)]
     logs: Option<PathBuf>,
-    /// Drivers, in the order they run each case (`--only` is an alias).
+    /// Drivers, in the order they run each case (`--only` is an alias);
+    /// libvirt's run after the others, on the same cases, and are skipped
+    /// with a note when libvirt is not installed.
     #[arg(
         long,
         alias = "only",
         value_enum,
         value_delimiter = ',',
-        default_value = "tern,tern-p2p,qmp"
+        default_value = "tern,tern-p2p,qmp,libvirt,libvirt-p2p"
     )]
     drivers: Vec<Driver>,
     /// Before each case, wait up to this many seconds for other people's
@@ -247,18 +249,44 @@ pub fn check_binaries() -> Result<PathBuf> {
 
 /// Runs the matrix and prints the tables on stdout (progress on stderr).
 pub async fn run(args: LiveArgs) -> Result<()> {
-    if let [d @ (Driver::Libvirt | Driver::LibvirtP2p)] = args.drivers[..] {
-        return crate::libvirt::live::run(crate::libvirt::live::LiveSetup {
-            sizes: args.sizes,
-            rates: args.rates,
+    let is_libvirt = |d: &Driver| matches!(d, Driver::Libvirt | Driver::LibvirtP2p);
+    let libvirt: Vec<Driver> = args.drivers.iter().copied().filter(is_libvirt).collect();
+    let ours: Vec<Driver> = args
+        .drivers
+        .iter()
+        .copied()
+        .filter(|d| !is_libvirt(d))
+        .collect();
+    if !ours.is_empty() {
+        run_ours(&args, &ours).await?;
+    }
+    // libvirt's drivers bring their own two libvirtds, so they run after
+    // ours, on the same cases, with the same columns.
+    for d in libvirt {
+        if let Some(why) = crate::libvirt::unavailable() {
+            if ours.is_empty() {
+                bail!("cannot measure libvirt: {why}");
+            }
+            println!("\n{}: not measured ({why})", d.label());
+            continue;
+        }
+        println!("\nThe same cases with `virsh migrate` ({}):\n", d.label());
+        crate::libvirt::live::run(crate::libvirt::live::LiveSetup {
+            sizes: args.sizes.clone(),
+            rates: args.rates.clone(),
             verify_rate: args.verify_rate,
             settle: Duration::from_secs(args.settle),
             timeout: Duration::from_secs(args.timeout),
             repeat: args.repeat,
             p2p: d == Driver::LibvirtP2p,
         })
-        .await;
+        .await?;
     }
+    Ok(())
+}
+
+/// Runs the matrix with Tern's flows and QMP, and prints their tables.
+async fn run_ours(args: &LiveArgs, drivers: &[Driver]) -> Result<()> {
     let qemu_version = qemu_version(&args.qemu)?;
     if let Some(d) = &args.logs {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
@@ -282,7 +310,7 @@ pub async fn run(args: LiveArgs) -> Result<()> {
                 dirty_mib_s,
             };
             wait_quiet(Duration::from_secs(args.quiet_wait)).await;
-            rows.push(measure(&bench, case, &args.drivers).await);
+            rows.push(measure(&bench, case, drivers).await);
         }
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
