@@ -196,6 +196,9 @@ impl<'a> Watch<'a> {
                     zero_fraction: Some(f.zero_fraction),
                     dirty_rate: f.dirty_rate,
                     send_rate: f.bandwidth,
+                    later_pass_speedup: f.range.as_ref().map_or(1.0, |r| {
+                        tern_migrate::forecast::later_pass_speedup(&r.inputs)
+                    }),
                 })
                 .unwrap_or_default(),
         );

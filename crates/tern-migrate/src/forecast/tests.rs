@@ -135,6 +135,7 @@ fn following_the_idle_run_forecasts_what_followed() {
         zero_fraction: Some(0.43),
         dirty_rate: 0,
         send_rate: 0,
+        later_pass_speedup: 0.0,
     };
     let ups = follow(&obs, prior, 300);
     assert!(ups.len() > 10);
@@ -153,6 +154,7 @@ fn following_the_hot_run_forecasts_what_followed() {
         zero_fraction: Some(0.43),
         dirty_rate: 44 << 20,
         send_rate: 0,
+        later_pass_speedup: 0.0,
     };
     let ups = follow(&obs, prior, 300);
     // The passes after the first went twice as fast as the first on that
@@ -196,6 +198,7 @@ fn following_runs_with_byte_counts_uses_them() {
         zero_fraction: Some(0.43),
         dirty_rate: 0,
         send_rate: 0,
+        later_pass_speedup: 0.0,
     };
     let ups = follow(&idle, prior, 30);
     for at in [0.25, 0.5, 0.75] {
@@ -207,10 +210,36 @@ fn following_runs_with_byte_counts_uses_them() {
         zero_fraction: Some(0.44),
         dirty_rate: 71 << 20,
         send_rate: 0,
+        later_pass_speedup: 0.0,
     };
     let ups = follow(&hot, prior, 30);
     let c = check_at(&ups, 5484, 0.75).expect("a forecast by then");
     assert!(c.error.abs() <= 0.5, "hot at 0.75: {c:?}");
+}
+
+#[test]
+fn later_passes_priced_faster_than_the_first_follow_the_hot_run() {
+    // The hot guest on QEMU 10 (session 14): the first pass at 370 MiB/s,
+    // the second at 1.2-1.5 GB/s; QEMU completed at about 3 771 ms.
+    let hot = trace("dirty-200-unlimited-fast-pass2-qemu10.jsonl");
+    let prior = |speedup| Prior {
+        zero_fraction: Some(0.43),
+        dirty_rate: 192 << 20,
+        send_rate: 425 << 20,
+        later_pass_speedup: speedup,
+    };
+    let errors = |speedup| -> Vec<f64> {
+        let ups = follow(&hot, prior(speedup), 30);
+        [0.25, 0.5, 0.75]
+            .iter()
+            .map(|at| check_at(&ups, 3771, *at).expect("a forecast by then").error)
+            .collect()
+    };
+    // Priced at the first pass's rate: about twice what followed.
+    let flat = errors(1.0);
+    assert!(flat.iter().all(|e| *e > 0.6), "{flat:?}");
+    let sped = errors(LATER_PASS_SPEEDUP);
+    assert!(sped.iter().all(|e| e.abs() < 0.4), "{sped:?}");
 }
 
 #[test]
@@ -224,10 +253,31 @@ fn following_a_guest_faster_than_the_link_expects_postcopy() {
         zero_fraction: Some(0.43),
         dirty_rate: 100 << 20,
         send_rate: 100 << 20,
+        later_pass_speedup: 0.0,
     };
     let ups = follow(&obs, prior, 1000);
     for at in [0.5, 0.75] {
         let c = check_at(&ups, 30_900, at).expect("a forecast by then");
         assert!(c.error.abs() <= 0.3, "at {at}: {c:?}");
     }
+}
+
+#[test]
+fn only_a_thread_bound_first_pass_expects_faster_later_passes() {
+    let est = |p50: f64| Estimate::spread(p50, 0.1, "test");
+    let inputs = |send: f64, thread: f64| Inputs {
+        memory: 1 << 30,
+        zero_fraction: est(0.4),
+        send_rate: est(send),
+        thread_rate: est(thread),
+        dirty_rate: est(0.0),
+        setup_ms: est(100.0),
+        switch_ms: est(30.0),
+    };
+    assert_eq!(
+        later_pass_speedup(&inputs(400.0, 400.0)),
+        LATER_PASS_SPEEDUP
+    );
+    // A 100 MiB/s cap or link under a 400 MiB/s thread: no faster later.
+    assert_eq!(later_pass_speedup(&inputs(100.0, 400.0)), 1.0);
 }
