@@ -208,7 +208,7 @@ pub struct Decision {
 }
 
 /// What the model expects.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Prediction {
     /// Whether pre-copy alone reaches the downtime budget.
     pub converges: bool,
@@ -221,7 +221,7 @@ pub struct Prediction {
 }
 
 /// What `migrate-forecast` prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Forecast {
     /// Guest memory, bytes.
     pub memory: u64,

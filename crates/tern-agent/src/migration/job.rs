@@ -2,6 +2,7 @@
 //! record ([`super::record`]) before it enters a new phase, and the last
 //! finished job of each domain, kept across restarts.
 
+use super::learned::Learned;
 use super::record::{self, JobRecord, Links, RECORD_FORMAT};
 use super::{cold, tunnel};
 use crate::error::{AgentError, Result};
@@ -389,20 +390,8 @@ pub struct Jobs {
     dir: Option<PathBuf>,
     current: Mutex<HashMap<String, Arc<Job>>>,
     completed: Mutex<HashMap<String, JobRecord>>,
-    /// Moving average of the pace (bytes/s) of outgoing migrations.
-    pace: Mutex<Option<u64>>,
-    /// The last forecast of each domain, for the policy's start plan.
-    forecasts: Mutex<HashMap<String, (std::time::Instant, tern_migrate::policy::Forecast)>>,
-    /// Moving average of migration pace over the copy speed measured by
-    /// the forecast before it (see `tern_migrate::forecast::THREAD_PER_CPU`).
-    thread_ratio: Mutex<Option<f64>>,
-    /// Moving average of migration pace over the loopback probe measured
-    /// by the forecast before it (see
-    /// `tern_migrate::forecast::THREAD_PER_LOOPBACK_PROBE`).
-    probe_ratio: Mutex<Option<f64>>,
-    /// How far the probe-scaled and the pace estimates of the thread rate
-    /// missed, as learned so far (probe, pace).
-    errors: Mutex<(Option<f64>, Option<f64>)>,
+    /// What finished migrations taught the next forecasts.
+    pub learned: Learned,
 }
 
 /// A migration found by its id.
@@ -524,8 +513,7 @@ impl Jobs {
 
     /// Keeps a domain's forecast for the start plan of its next migration.
     pub fn remember_forecast(&self, domain: &str, f: tern_migrate::policy::Forecast) {
-        let mut m = self.forecasts.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(domain.to_string(), (std::time::Instant::now(), f));
+        self.learned.remember_forecast(domain, f)
     }
 
     /// A domain's forecast, if it was made less than `max_age` ago.
@@ -534,79 +522,7 @@ impl Jobs {
         domain: &str,
         max_age: std::time::Duration,
     ) -> Option<tern_migrate::policy::Forecast> {
-        let m = self.forecasts.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(domain)
-            .filter(|(at, _)| at.elapsed() <= max_age)
-            .map(|(_, f)| f.clone())
-    }
-
-    /// The pace past outgoing migrations achieved, bytes/s.
-    pub fn pace(&self) -> Option<u64> {
-        *self.pace.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Past migrations' pace over the copy speed their forecasts measured.
-    pub fn thread_ratio(&self) -> Option<f64> {
-        *self.thread_ratio.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Past migrations' pace over the loopback probe their forecasts
-    /// measured.
-    pub fn probe_ratio(&self) -> Option<f64> {
-        *self.probe_ratio.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How far the two thread-rate estimates missed on past migrations,
-    /// once both were tried (see `tern_migrate::forecast::EstimateErrors`).
-    pub fn estimate_errors(&self) -> Option<tern_migrate::forecast::EstimateErrors> {
-        match *self.errors.lock().unwrap_or_else(|p| p.into_inner()) {
-            (Some(probe), Some(pace)) => {
-                Some(tern_migrate::forecast::EstimateErrors { probe, pace })
-            }
-            _ => None,
-        }
-    }
-
-    /// Learns how far each thread-rate estimate, as it stood before this
-    /// migration (`pace_before`, and the forecast's probe reading times
-    /// the probe ratio), missed the pace `pace` it achieved.
-    fn learn_errors(
-        &self,
-        f: &tern_migrate::policy::Forecast,
-        pace: u64,
-        pace_before: Option<u64>,
-    ) {
-        use tern_migrate::forecast::learn_error;
-        let achieved = pace as f64;
-        let probe_est = self
-            .probe_ratio()
-            .map_or(0.0, |r| f.loopback_probe as f64 * r);
-        let pace_est = pace_before.unwrap_or(0) as f64;
-        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        e.0 = learn_error(e.0, probe_est, achieved);
-        e.1 = learn_error(e.1, pace_est, achieved);
-    }
-
-    /// Learns the pace-to-copy-speed and pace-to-loopback-probe ratios
-    /// from a finished migration that had a forecast shortly before, and
-    /// how far the estimates missed.
-    fn learn_ratio(&self, domain: &str, pace: u64, pace_before: Option<u64>) {
-        let Some(f) = self.fresh_forecast(domain, std::time::Duration::from_secs(120)) else {
-            return;
-        };
-        self.learn_errors(&f, pace, pace_before);
-        let learn = |slot: &Mutex<Option<f64>>, measured: u64| {
-            if measured == 0 {
-                return;
-            }
-            let mut r = slot.lock().unwrap_or_else(|p| p.into_inner());
-            *r = Some(tern_migrate::forecast::learn(
-                *r,
-                pace as f64 / measured as f64,
-            ));
-        };
-        learn(&self.thread_ratio, f.cpu_rate);
-        learn(&self.probe_ratio, f.loopback_probe);
+        self.learned.fresh_forecast(domain, max_age)
     }
 
     /// Moves a finished job to the completed table.
@@ -626,14 +542,7 @@ impl Jobs {
             .pace_sample(capped)
             .filter(|_| job.role == Role::Source)
         {
-            let mut p = self.pace.lock().unwrap_or_else(|p| p.into_inner());
-            let before = *p;
-            *p = Some(match *p {
-                Some(old) => (old * 3 + rate) / 4,
-                None => rate,
-            });
-            drop(p);
-            self.learn_ratio(&job.domain, rate, before);
+            self.learned.learn(&job.domain, rate);
         }
         let rec = job.record();
         if let Some(dir) = &self.dir {

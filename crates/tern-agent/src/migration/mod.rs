@@ -14,6 +14,7 @@ pub mod dest;
 pub mod forecast;
 pub mod guard;
 pub mod job;
+pub mod learned;
 mod perform;
 pub mod postcopy;
 pub mod qemu_tls;
