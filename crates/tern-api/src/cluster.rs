@@ -352,6 +352,23 @@ pub struct HostRecord {
     pub report_digest: String,
 }
 
+impl HostRecord {
+    /// The record of a host that just registered with `report` under
+    /// `lease`: online, schedulable, no policies turned on yet.
+    pub fn online(report: HostReport, lease: i64) -> HostRecord {
+        HostRecord {
+            report_digest: report.digest(),
+            report,
+            status: HostStatus::Online,
+            lease,
+            maintenance: false,
+            auto_migrate_on_host_down: false,
+            auto_migrate_on_host_shutdown: false,
+            shutting_down: false,
+        }
+    }
+}
+
 /// Server states, as Cloudpods names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

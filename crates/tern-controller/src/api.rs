@@ -178,16 +178,7 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         .put(&format!("{ALIVE}{name}"), b"1".to_vec(), Some(lease))
         .await?;
     let key = format!("{HOSTS}{name}");
-    let rec = HostRecord {
-        report: report.clone(),
-        status: HostStatus::Online,
-        lease,
-        maintenance: false,
-        auto_migrate_on_host_down: false,
-        auto_migrate_on_host_shutdown: false,
-        shutting_down: false,
-        report_digest: report.digest(),
-    };
+    let rec = HostRecord::online(report.clone(), lease);
     let created = ctl.inv.create(&key, &rec).await?;
     // The report this host made before, if it is known.
     let mut before = None;

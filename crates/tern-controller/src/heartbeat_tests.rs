@@ -61,11 +61,11 @@ async fn heartbeat(
 async fn servers(ctl: &Arc<Controller>) -> Vec<String> {
     let mut v: Vec<String> = ctl
         .inv
-        .servers()
+        .servers_shared()
         .await
         .unwrap()
-        .into_iter()
-        .map(|s| s.domain.name)
+        .iter()
+        .map(|s| s.domain.name.clone())
         .collect();
     v.sort();
     v

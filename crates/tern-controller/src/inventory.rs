@@ -317,30 +317,10 @@ impl Inventory {
             })
     }
 
-    /// Every host.
-    pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
-        Ok(self
-            .hosts_shared()
-            .await?
-            .iter()
-            .map(|h| (**h).clone())
-            .collect())
-    }
-
     /// Every host, shared with the cache: for the leader's tick, which
     /// would otherwise copy every report four times a second.
     pub async fn hosts_shared(&self) -> Result<Vec<Arc<HostRecord>>> {
         self.list_kept(HOSTS).await
-    }
-
-    /// Every server.
-    pub async fn servers(&self) -> Result<Vec<ServerRecord>> {
-        Ok(self
-            .servers_shared()
-            .await?
-            .iter()
-            .map(|s| (**s).clone())
-            .collect())
     }
 
     /// Every server, shared with the cache.

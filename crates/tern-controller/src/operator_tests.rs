@@ -8,8 +8,8 @@ use crate::{jobs, Controller, ControllerConfig, ELECTION};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tern_api::cluster::{
-    DiskReport, DomainReport, HostRecord, HostReport, HostStatus, JobRecord, JobState,
-    ServerRecord, ServerState,
+    DiskReport, DomainReport, HostRecord, HostReport, JobRecord, JobState, ServerRecord,
+    ServerState,
 };
 use tern_store::{Election, StoreError};
 
@@ -19,19 +19,13 @@ async fn cluster(dir: &std::path::Path) -> Arc<Controller> {
         &format!("file:{}", dir.display()),
     );
     let ctl = Controller::open(cfg).await.unwrap();
-    let host = HostRecord {
-        report: HostReport {
+    let host = HostRecord::online(
+        HostReport {
             name: "a".into(),
             ..Default::default()
         },
-        status: HostStatus::Online,
-        lease: 0,
-        maintenance: false,
-        auto_migrate_on_host_down: false,
-        auto_migrate_on_host_shutdown: false,
-        shutting_down: false,
-        report_digest: String::new(),
-    };
+        0,
+    );
     ctl.inv.put(&format!("{HOSTS}a"), &host).await.unwrap();
     let server = ServerRecord {
         domain: DomainReport {

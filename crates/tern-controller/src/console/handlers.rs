@@ -237,14 +237,14 @@ async fn best_host(c: &Console, server: &str, o: &MigrateRequestOptions) -> Resu
 /// the same [`crate::views::host_views`] the scheduler runs on.
 pub async fn hosts(State(c): State<Arc<Console>>, h: HeaderMap) -> Res {
     c.session(&h)?;
-    let hosts = c.ctl.inv.hosts().await?;
-    let servers = c.ctl.inv.servers().await?;
+    let hosts = c.ctl.inv.hosts_shared().await?;
+    let servers = c.ctl.inv.servers_shared().await?;
     let jobs = c.ctl.inv.jobs().await?;
     let views = crate::views::host_views(&hosts, &servers, &jobs);
     let out: Vec<Value> = hosts
         .iter()
         .zip(views)
-        .map(|(r, v)| json!({"record": r, "view": v}))
+        .map(|(r, v)| json!({"record": &**r, "view": v}))
         .collect();
     Ok(Json(out).into_response())
 }

@@ -162,23 +162,17 @@ async fn roles_decide_what_a_session_may_send() {
 
 #[tokio::test]
 async fn maintenance_is_entered_and_left_from_the_console() {
-    use tern_api::cluster::{HostRecord, HostReport, HostStatus};
+    use tern_api::cluster::{HostRecord, HostReport};
     let d = tempfile::tempdir().unwrap();
     let (app, ctl) = console_and_controller(d.path()).await;
-    let rec = HostRecord {
-        report: HostReport {
+    let rec = HostRecord::online(
+        HostReport {
             name: "h1".into(),
             api_uri: "tern+tcp://127.0.0.1:9".into(),
             ..Default::default()
         },
-        status: HostStatus::Online,
-        lease: 0,
-        maintenance: false,
-        auto_migrate_on_host_down: false,
-        auto_migrate_on_host_shutdown: false,
-        shutting_down: false,
-        report_digest: String::new(),
-    };
+        0,
+    );
     ctl.inv
         .create(&format!("{}h1", crate::inventory::HOSTS), &rec)
         .await

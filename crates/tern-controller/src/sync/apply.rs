@@ -4,12 +4,11 @@
 
 use super::{reconcile, Change};
 use crate::error::{CtlError, Result};
-use crate::evacuate::host_client;
 use crate::inventory::SERVERS;
 use crate::Controller;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tern_api::cluster::{HostRecord, HostReport, HostStatus};
+use tern_api::cluster::HostReport;
 use tern_api::Request;
 
 /// Which server records a sync reads, besides the ones the report names.
@@ -146,20 +145,11 @@ pub(crate) async fn apply_changes(
                 }
             }
             Change::Undefine(name) => {
-                let c = host_client(&HostRecord {
-                    report: report.clone(),
-                    status: HostStatus::Online,
-                    lease: 0,
-                    maintenance: false,
-                    auto_migrate_on_host_down: false,
-                    auto_migrate_on_host_shutdown: false,
-                    shutting_down: false,
-                    report_digest: String::new(),
-                })
-                .map_err(|source| CtlError::Agent {
-                    host: host.to_string(),
-                    source,
-                })?;
+                let c =
+                    crate::agents::client(&report.api_uri).map_err(|source| CtlError::Agent {
+                        host: host.to_string(),
+                        source,
+                    })?;
                 tracing::info!(%host, server = %name, "removing a stale definition from a returning host");
                 let r = c
                     .call::<serde_json::Value>(&Request::Undefine {
