@@ -128,13 +128,14 @@ fn cold(a: &StorageArgs) -> Result<()> {
     let runs = a.runs.max(1);
     let mut rows = Vec::new();
 
-    // Tern: agent to agent, the definition and the disk, XXH3-128 per chunk,
-    // rename at the destination, the fdatasync deferred (the source keeps
-    // its disk). Each run starts from a clean destination (the copy and its
+    // Tern: agent to agent, the definition and the disk, a keyed BLAKE3
+    // MAC per chunk (see `tern-agent`'s `cold_mac`), rename at the
+    // destination, the fdatasync deferred (the source keeps its disk).
+    // Each run starts from a clean destination (the copy and its
     // definition removed), after the last run's copy reached the disk.
     let mut durable_at = Vec::new();
     let mut tern = ColdRow {
-        tool: "tern migrate --cold (2 agents, XXH3-128, sync deferred)",
+        tool: "tern migrate --cold (2 agents, keyed BLAKE3 MAC per chunk, sync deferred)",
         secs: Vec::new(),
         wire: String::new(),
         disk: 0,

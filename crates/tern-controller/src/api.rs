@@ -171,6 +171,7 @@ fn check_report(r: &HostReport, api_tls: bool) -> Result<()> {
 
 async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterReply> {
     check_report(&report, ctl.cfg.api_tls)?;
+    let t0 = std::time::Instant::now();
     let name = report.name.clone();
     let store = &ctl.inv.store;
     let lease = store.grant(ctl.cfg.lease_ttl).await?;
@@ -199,7 +200,6 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
             .await?;
         r.is_some_and(|h| h.auto_migrate_on_host_down)
     };
-    tracing::info!(host = %name, "host registered");
     // A host new to the cluster owns no record yet (host records are never
     // removed, and jobs only move servers to known hosts): reading every
     // server for each of thousands of new hosts made joining O(hosts²).
@@ -208,13 +208,46 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
         Some(old) => SyncScope::Returning(old),
     };
     apply_sync(ctl, &report, scope).await?;
+    let peers = peers(ctl, &name).await?;
+    let lease = fresh_lease(ctl, &name, lease).await?;
+    let ms = t0.elapsed().as_millis() as u64;
+    tracing::info!(host = %name, ms, "host registered");
     Ok(RegisterReply {
         lease,
         lease_ttl_ms: ctl.cfg.lease_ttl.as_millis() as u64,
         heartbeat_ms: ctl.cfg.heartbeat.as_millis() as u64,
         fence,
-        peers: peers(ctl, &name).await?,
+        peers,
     })
+}
+
+/// The host's lease, renewed as the reply leaves, so the agent has a whole
+/// lease from the moment it learns it. A registration's clock starts at
+/// the grant: when a busy store made the rest of it take longer than the
+/// agent's first heartbeat could make up for, that heartbeat found the
+/// lease gone, the agent registered again, slowly again, and at 5 000
+/// hosts on etcd most agents did nothing else. A lease that lapsed while
+/// registering is replaced (alive key and record) rather than refused.
+async fn fresh_lease(ctl: &Arc<Controller>, name: &str, lease: i64) -> Result<i64> {
+    let store = &ctl.inv.store;
+    match store.keep_alive(lease).await {
+        Ok(()) => return Ok(lease),
+        Err(StoreError::LeaseExpired(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(host = %name, "lease lapsed while registering; granting another");
+    let lease = store.grant(ctl.cfg.lease_ttl).await?;
+    store
+        .put(&format!("{ALIVE}{name}"), b"1".to_vec(), Some(lease))
+        .await?;
+    ctl.inv
+        .update_host(name, |h| {
+            h.lease = lease;
+            h.status = HostStatus::Online;
+            Ok(true)
+        })
+        .await?;
+    Ok(lease)
 }
 
 /// The host's record and its servers' for a heartbeat, in one round trip

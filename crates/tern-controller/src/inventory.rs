@@ -38,6 +38,29 @@ pub struct Inventory {
 /// one request rather than one by one.
 const BULK_READ_AFTER: usize = 16;
 
+/// How a listing reads the records that changed since they were decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkRead {
+    /// A read per changed record (few changed).
+    OneByOne,
+    /// The changed records only, many per round trip.
+    Changed,
+    /// The whole prefix with values (most changed: a cold cache).
+    Listing,
+}
+
+/// Policy: few changed records are read one by one; many, together; and
+/// when most of the prefix changed, the prefix is listed whole.
+fn bulk_read(changed: usize, listed: usize) -> BulkRead {
+    if changed <= BULK_READ_AFTER {
+        BulkRead::OneByOne
+    } else if changed * 2 > listed {
+        BulkRead::Listing
+    } else {
+        BulkRead::Changed
+    }
+}
+
 /// Record types the inventory keeps decoded ([`Decoded`]): the ones read
 /// on every heartbeat and every tick.
 pub trait Kept: DeserializeOwned + Send + Sync + 'static {
@@ -187,16 +210,20 @@ impl Inventory {
     pub async fn list_kept<T: Kept>(&self, prefix: &str) -> Result<Vec<Arc<T>>> {
         let listed = self.store.list_revisions(prefix).await?;
         let seen = T::seen(self);
-        let changed = listed
+        let stale: Vec<String> = listed
             .iter()
             .filter(|(k, r)| seen.at(k, *r).is_none())
-            .count();
+            .map(|(k, _)| k.clone())
+            .collect();
         let present: HashSet<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
         seen.retain_listed(prefix, &present);
-        if changed > BULK_READ_AFTER {
-            // Many changed (a cold cache, many hosts registering): one
-            // listing with values, not a read per key.
-            return self.list_decoding_changed(prefix).await;
+        match bulk_read(stale.len(), listed.len()) {
+            // A cold cache: one listing with values.
+            BulkRead::Listing => return self.list_decoding_changed(prefix).await,
+            // Many changed (hosts registering): only those, many keys per
+            // round trip.
+            BulkRead::Changed => self.keep_many::<T>(&stale).await?,
+            BulkRead::OneByOne => {}
         }
         let mut out = Vec::with_capacity(listed.len());
         for (k, r) in &listed {
@@ -210,6 +237,19 @@ impl Inventory {
             }
         }
         Ok(out)
+    }
+
+    /// Reads and keeps the records at `keys` (changed since last decoded),
+    /// many per round trip.
+    async fn keep_many<T: Kept>(&self, keys: &[String]) -> Result<()> {
+        let seen = T::seen(self);
+        for e in self.store.get_many(keys).await?.into_iter().flatten() {
+            match decode::<T>(&e.key, &e.value) {
+                Ok(v) => seen.keep(&e.key, e.revision, Arc::new(v)),
+                Err(err) => tracing::warn!(error = %err, "skipping record"),
+            }
+        }
+        Ok(())
     }
 
     /// Every record under `prefix`, values and all, decoding those not
@@ -382,4 +422,21 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_changes_are_read_one_by_one_many_together_and_most_by_listing() {
+        assert_eq!(bulk_read(0, 5000), BulkRead::OneByOne);
+        assert_eq!(bulk_read(BULK_READ_AFTER, 5000), BulkRead::OneByOne);
+        // Hosts registering: a few hundred of thousands changed.
+        assert_eq!(bulk_read(300, 5000), BulkRead::Changed);
+        assert_eq!(bulk_read(2500, 5000), BulkRead::Changed);
+        // A cold cache.
+        assert_eq!(bulk_read(2501, 5000), BulkRead::Listing);
+        assert_eq!(bulk_read(5000, 5000), BulkRead::Listing);
+    }
 }

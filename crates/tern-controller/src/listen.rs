@@ -56,7 +56,7 @@ pub async fn serve_tls(
         match listener.accept().await {
             Ok((s, addr)) => {
                 let _ = s.set_nodelay(true);
-                let slot = handshakes.admit();
+                let slot = handshakes.admit().await;
                 tokio::spawn(connection(
                     ctl.clone(),
                     acceptor.clone(),
@@ -81,9 +81,13 @@ async fn connection(
     rules: Arc<Rules>,
     tcp: TcpStream,
     addr: String,
-    slot: Slot,
+    mut slot: Slot,
     idle: Duration,
 ) {
+    if !slot.hello(&tcp, HANDSHAKE_TIMEOUT).await {
+        tracing::info!(%addr, "closing a connection that said nothing (or was displaced first)");
+        return;
+    }
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
     let Some(done) = slot.run(handshake).await else {
         return;

@@ -361,6 +361,15 @@ impl Store for FileStore {
         })
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        self.with(|st| {
+            Ok(keys
+                .iter()
+                .map(|k| st.snap.keys.get(k).map(|v| entry(k, v)))
+                .collect())
+        })
+    }
+
     async fn list_revisions(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         self.with(|st| {
             Ok(st
@@ -468,6 +477,21 @@ mod tests {
         assert_eq!(
             s.list_revisions("h/").await.unwrap(),
             vec![("h/a".to_string(), r1), ("h/b".to_string(), r2)]
+        );
+        let many: Vec<Option<(String, Vec<u8>)>> = s
+            .get_many(&keys)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.map(|e| (e.key, e.value)))
+            .collect();
+        assert_eq!(
+            many,
+            vec![
+                Some(("h/b".to_string(), b"2".to_vec())),
+                None,
+                Some(("h/a".to_string(), b"1".to_vec()))
+            ]
         );
     }
 

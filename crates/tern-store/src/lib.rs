@@ -140,6 +140,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// that changed: a heartbeat of a host with ten servers was eleven
     /// reads, each carrying a record with its XML.
     async fn revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>>;
+    /// Several keys' entries (`None`: absent), in order, in as few round
+    /// trips as the store allows. A listing that finds a few hundred of
+    /// thousands of records changed (hosts registering) reads just those:
+    /// reading the whole prefix again, every health tick, was hundreds of
+    /// megabytes a second out of etcd at 5 000 hosts.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
     /// Every key starting with `prefix` with its revision, in key order,
     /// without values; as [`Store::revisions`], for a whole prefix.
     async fn list_revisions(&self, prefix: &str) -> Result<Vec<(String, u64)>>;

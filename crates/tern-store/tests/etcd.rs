@@ -61,8 +61,9 @@ async fn kv_cas_and_prefix_lists() {
     assert!(!s.delete("b/1").await.unwrap());
 }
 
-/// Revisions without values, in one transaction per 128 keys (etcd's
-/// default `--max-txn-ops`), so 300 keys need three.
+/// Revisions without values, and chosen keys with them, in one
+/// transaction per 128 keys (etcd's default `--max-txn-ops`), so 300 keys
+/// need three.
 #[tokio::test]
 async fn revisions_come_without_values_in_chunks_etcd_accepts() {
     let e = Etcd::start();
@@ -80,6 +81,18 @@ async fn revisions_come_without_values_in_chunks_etcd_accepts() {
         want.push(rev);
     }
     assert_eq!(s.revisions(&keys).await.unwrap(), want);
+    // The same keys with their values, also three transactions.
+    let got = s.get_many(&keys).await.unwrap();
+    let got: Vec<Option<(String, u64, usize)>> = got
+        .into_iter()
+        .map(|e| e.map(|e| (e.key, e.revision, e.value.len())))
+        .collect();
+    let with_values: Vec<Option<(String, u64, usize)>> = keys
+        .iter()
+        .zip(&want)
+        .map(|(k, r)| r.map(|r| (k.clone(), r, 100)))
+        .collect();
+    assert_eq!(got, with_values);
     let listed = s.list_revisions("k/").await.unwrap();
     let expected: Vec<(String, u64)> = keys
         .iter()

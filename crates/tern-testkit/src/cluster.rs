@@ -176,8 +176,9 @@ pub fn wait_log(path: &std::path::Path, from: usize, needle: &str) -> String {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{} never said {needle:?}",
-            path.display()
+            "{} never said {needle:?}; its end:\n{}",
+            path.display(),
+            crate::tail(&text, 40)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

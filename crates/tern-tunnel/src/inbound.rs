@@ -179,7 +179,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
             continue;
         };
         let ctx = ctx.clone();
-        let slot = handshakes.admit();
+        let slot = handshakes.admit().await;
         tokio::spawn(async move {
             stream(tcp, addr.to_string(), &ctx, slot).await;
             drop(permit);
@@ -187,9 +187,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
     }
 }
 
-async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx, slot: Slot) {
+async fn stream(tcp: TcpStream, addr: String, ctx: &Ctx, mut slot: Slot) {
     let _ = tcp.set_nodelay(true);
     keepalive(&tcp);
+    if !slot.hello(&tcp, HANDSHAKE_TIMEOUT).await {
+        tracing::info!(%addr, "tunnel connection said nothing (or was displaced first)");
+        return;
+    }
     let tcp = crate::read_buffered(tcp);
     let opened = slot
         .run(tokio::time::timeout(HANDSHAKE_TIMEOUT, async {

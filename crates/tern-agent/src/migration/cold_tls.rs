@@ -113,10 +113,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = handshakes.admit();
+        let mut slot = handshakes.admit().await;
         let (acceptor, source) = (acceptor.clone(), source.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            if !slot.hello(&tcp, HANDSHAKE_TIMEOUT).await {
+                tracing::info!(%addr, "cold copy connection said nothing (or was displaced first)");
+                return;
+            }
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
             let mut tls = match slot.run(handshake).await {
                 Some(Ok(Ok(t))) => t,

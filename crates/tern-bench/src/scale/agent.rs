@@ -161,6 +161,8 @@ pub struct Shared {
     pub registered: AtomicUsize,
     /// Failed register calls.
     pub register_failures: AtomicU64,
+    /// The first failed register call's error (printed with the figures).
+    pub first_register_error: Mutex<Option<String>>,
     /// Heartbeats failed or refused while recording.
     pub hb_failures: AtomicU64,
     /// Record heartbeat round trips now.
@@ -254,10 +256,15 @@ impl Agent {
                         Some(Instant::now());
                     return r;
                 }
-                Err(_) => {
+                Err(e) => {
                     self.shared
                         .register_failures
                         .fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .first_register_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert_with(|| format!("{e:#}"));
                     // As `ternd`: backing off, spread out.
                     failures += 1;
                     let r = spread(self.i.wrapping_add(failures as usize * 7919));

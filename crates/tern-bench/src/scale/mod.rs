@@ -282,6 +282,15 @@ async fn register_all(w: &Watch, f: &mut Figures, limit: Duration) {
     f.register = t0.elapsed();
     f.registered = w.shared.registered.load(Ordering::Relaxed);
     f.register_failures = w.shared.register_failures.load(Ordering::Relaxed);
+    if let Some(e) = w
+        .shared
+        .first_register_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        eprintln!("cluster-scale: first failed register call: {e}");
+    }
     let w1 = count(&w.writes).await;
     f.register_writes_per_s = w0.zip(w1).map(|(a, b)| rate(b - a, f.register));
 }
