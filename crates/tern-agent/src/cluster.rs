@@ -90,6 +90,8 @@ pub async fn run(agent: Arc<Agent>) {
         let (url, client) = &clients[which % clients.len()];
         let ok = match &mut session {
             None => match client
+                .clone()
+                .with_timeout(tern_api::cluster::REGISTER_TIMEOUT)
                 .call_json::<_, RegisterReply>(&ClusterRequest::Register { report })
                 .await
             {

@@ -23,7 +23,8 @@ use tern_api::Client;
 use tern_model::{HostFacts, PoolDef, PoolInfo, PoolKind};
 use tern_pki::PkiDir;
 
-/// Per-call time limit, as `ternd`.
+/// Per-call time limit for heartbeats, as `ternd` (a registration has
+/// `tern_api::cluster::REGISTER_TIMEOUT`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The name of simulated host `i`.
@@ -250,7 +251,11 @@ impl Agent {
             let req = ClusterRequest::Register {
                 report: self.report.clone(),
             };
-            match self.client.call_json::<_, RegisterReply>(&req).await {
+            let client = self
+                .client
+                .clone()
+                .with_timeout(tern_api::cluster::REGISTER_TIMEOUT);
+            match client.call_json::<_, RegisterReply>(&req).await {
                 Ok(r) => {
                     *self.state.last_ok.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Instant::now());

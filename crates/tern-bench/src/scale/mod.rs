@@ -282,17 +282,16 @@ async fn register_all(w: &Watch, f: &mut Figures, limit: Duration) {
     f.register = t0.elapsed();
     f.registered = w.shared.registered.load(Ordering::Relaxed);
     f.register_failures = w.shared.register_failures.load(Ordering::Relaxed);
-    if let Some(e) = w
-        .shared
-        .first_register_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
+    if let Some(e) = take_first(&w.shared.first_register_error) {
         eprintln!("cluster-scale: first failed register call: {e}");
     }
     let w1 = count(&w.writes).await;
     f.register_writes_per_s = w0.zip(w1).map(|(a, b)| rate(b - a, f.register));
+}
+
+/// The first error kept in `slot`, taken.
+fn take_first(slot: &std::sync::Mutex<Option<String>>) -> Option<String> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// Records heartbeats, CPU and writes over `window`.
@@ -310,13 +309,7 @@ async fn heartbeats(w: &Watch, f: &mut Figures, window: Duration) {
     f.hb_p50_us = percentile(&mut samples, 0.50);
     f.hb_p99_us = percentile(&mut samples, 0.99);
     f.hb_failures = w.shared.hb_failures.load(Ordering::Relaxed);
-    if let Some(e) = w
-        .shared
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
+    if let Some(e) = take_first(&w.shared.first_error) {
         eprintln!("cluster-scale: first failed heartbeat of the window: {e}");
     }
     f.cpu_per_s = rate(cpu1 - cpu0, window);
