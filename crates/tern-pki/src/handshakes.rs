@@ -73,8 +73,8 @@ enum Room {
     Free,
     /// Displace the handshake at this place in the queue.
     Displace(usize),
-    /// Every handshake is talking and younger than the limit: wait this
-    /// long at most.
+    /// None may be displaced yet (the silent ones are within their
+    /// grace, the talking ones within their time): wait this long at most.
     Wait(Duration),
 }
 

@@ -185,18 +185,37 @@ impl Disk {
     }
 }
 
+/// Opens the disk, waiting up to `wait_s` for it: for its node to appear
+/// and then for the device behind it. A hot-plugged disk's node can exist
+/// before its driver has finished setting it up, and opening it then
+/// fails with ENXIO ("No such device or address"): the netfs hot-plug
+/// test failed so once under load.
 fn open_device(dev: &str, wait_s: u64) -> Result<File, String> {
     let path = Path::new(dev);
     let deadline = clock::mono_ns() + wait_s * 1_000_000_000;
-    while !path.exists() && clock::mono_ns() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(path);
+        match opened {
+            Ok(f) => return Ok(f),
+            Err(e) if not_there_yet(&e) && clock::mono_ns() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "open {dev} failed: {e} (is the virtio disk attached?)"
+                ))
+            }
+        }
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("open {dev} failed: {e} (is the virtio disk attached?)"))
+}
+
+/// Whether an open failed only because the disk is not (yet) there.
+fn not_there_yet(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO)
 }
 
 /// Set up the region (verify or format), signal `ready`, then run forever.
