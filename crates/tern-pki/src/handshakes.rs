@@ -53,7 +53,6 @@ pub struct Handshakes {
     table: Arc<Mutex<Table>>,
     freed: Arc<Notify>,
     max: usize,
-    displace_after: Duration,
 }
 
 /// One connection's place among the handshakes; freed on drop.
@@ -110,7 +109,6 @@ impl Handshakes {
             table: Arc::default(),
             freed: Arc::default(),
             max: max.max(1),
-            displace_after: DISPLACE_AFTER,
         }
     }
 
@@ -131,7 +129,7 @@ impl Handshakes {
                     .iter()
                     .map(|e| (e.admitted.elapsed(), e.talking))
                     .collect();
-                match room(&running, self.max, self.displace_after) {
+                match room(&running, self.max, DISPLACE_AFTER) {
                     Room::Free => return self.push(&mut t),
                     Room::Displace(i) => {
                         if let Some(e) = t.queue.remove(i) {
