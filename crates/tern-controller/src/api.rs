@@ -3,7 +3,7 @@
 
 use crate::authz::{self, Caller};
 use crate::error::{CtlError, Result};
-use crate::inventory::{ALIVE, HOSTS};
+use crate::inventory::{Read, ALIVE, HOSTS};
 use crate::reply::Reply;
 use crate::sync::apply::{apply_changes, apply_sync, SyncScope};
 use crate::{jobs, Controller};
@@ -250,25 +250,26 @@ async fn fresh_lease(ctl: &Arc<Controller>, name: &str, lease: i64) -> Result<i6
     Ok(lease)
 }
 
-/// The host's record and its servers' for a heartbeat, in one round trip
-/// while nothing changed; decoded only if they changed since the last
-/// heartbeat. Without a report, the servers are the ones the stored report
-/// names, if it is the same.
+/// The host's record and its servers' for a heartbeat, without a round
+/// trip to the store while nothing changed (see [`Read::Recent`]); decoded
+/// only if they changed since the last heartbeat. Without a report, the
+/// servers are the ones the stored report names, if it is the same.
 async fn heartbeat_records(
     ctl: &Arc<Controller>,
     host: &str,
     report: Option<&HostReport>,
     digest: &str,
+    read: Read,
 ) -> Result<(
     Option<Arc<HostRecord>>,
     Vec<Arc<tern_api::cluster::ServerRecord>>,
 )> {
     if let Some(r) = report {
         let names = r.domains.iter().map(|d| d.name.as_str());
-        return ctl.inv.host_and_servers(host, names).await;
+        return ctl.inv.host_and_servers(host, names, read).await;
     }
     // The servers the stored report names, guessed from the host's record
-    // as last read: one round trip while that still holds.
+    // as last read: one read while that still holds.
     let names = |h: &HostRecord| -> Vec<String> {
         h.report.domains.iter().map(|d| d.name.clone()).collect()
     };
@@ -278,13 +279,19 @@ async fn heartbeat_records(
         .map(|h| names(&h))
         .unwrap_or_default();
     let guessed = guess.iter().map(String::as_str);
-    match ctl.inv.host_and_servers(host, guessed).await? {
+    match ctl.inv.host_and_servers(host, guessed, read).await? {
         (Some(rec), _) if rec.report_digest == digest && names(&rec) != guess => {
             let named = rec.report.domains.iter().map(|d| d.name.as_str());
-            ctl.inv.host_and_servers(host, named).await
+            ctl.inv.host_and_servers(host, named, read).await
         }
-        read => Ok(read),
+        found => Ok(found),
     }
+}
+
+/// Whether the host's record says its agent must register again: the
+/// lease it renews is not the record's, or the host was declared down.
+fn must_reregister(rec: Option<&HostRecord>, lease: i64) -> bool {
+    rec.is_none_or(|r| r.lease != lease || matches!(r.status, HostStatus::Down { .. }))
 }
 
 async fn heartbeat(
@@ -298,11 +305,17 @@ async fn heartbeat(
         reregister: true,
         ..HeartbeatReply::default()
     };
-    let (rec, servers) = heartbeat_records(ctl, host, report.as_ref(), digest).await?;
+    let mut read = heartbeat_records(ctl, host, report.as_ref(), digest, Read::Recent).await?;
+    // A recent read may predate the registration that wrote this lease:
+    // only a linearizable one may send the agent to register again.
+    if must_reregister(read.0.as_deref(), lease) {
+        read = heartbeat_records(ctl, host, report.as_ref(), digest, Read::Linearizable).await?;
+    }
+    let (rec, servers) = read;
     let Some(rec) = rec else {
         return Ok(gone);
     };
-    if rec.lease != lease || matches!(rec.status, HostStatus::Down { .. }) {
+    if must_reregister(Some(&rec), lease) {
         return Ok(gone);
     }
     match ctl.inv.store.keep_alive(lease).await {

@@ -2,13 +2,14 @@
 //! records a report creates and removes, and the digest-only heartbeat.
 
 use crate::api::dispatch;
-use crate::inventory::SERVERS;
+use crate::inventory::{HOSTS, SERVERS};
 use crate::{Controller, ControllerConfig};
 use std::sync::Arc;
 use tern_api::cluster::{
     ClusterRequest, DomainReport, HeartbeatReply, HostReport, RegisterReply, ServerRecord,
     ServerState,
 };
+use tern_store::{Entry, Guard, LeaseId, Result as StoreResult, Store};
 
 async fn controller(dir: &std::path::Path) -> Arc<Controller> {
     let cfg = ControllerConfig::new(
@@ -134,4 +135,117 @@ async fn a_returning_host_drops_records_placed_on_it_that_it_no_longer_has() {
     )
     .await;
     assert_eq!(servers(&ctl).await, ["a", "other"]);
+}
+
+/// A file store whose recent revisions ([`Store::revisions_recent`]) stay
+/// as they were when frozen, as an etcd watch's copy that lags.
+#[derive(Debug)]
+struct Behind {
+    inner: tern_store::FileStore,
+    frozen: std::sync::Mutex<Option<std::collections::HashMap<String, Option<u64>>>>,
+}
+
+impl Behind {
+    /// From now on, recent answers are the revisions of `keys` as they are now.
+    async fn freeze(&self, keys: &[String]) {
+        let revs = self.inner.revisions(keys).await.unwrap();
+        let m = keys.iter().cloned().zip(revs).collect();
+        *self.frozen.lock().unwrap() = Some(m);
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Behind {
+    async fn get(&self, key: &str) -> StoreResult<Option<Entry>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<u64> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        self.inner.delete(key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> StoreResult<Option<u64>> {
+        self.inner
+            .compare_and_swap(key, expected, value, lease)
+            .await
+    }
+    async fn compare_and_swap_guarded(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        guard: &Guard,
+    ) -> StoreResult<Option<u64>> {
+        self.inner
+            .compare_and_swap_guarded(key, expected, value, guard)
+            .await
+    }
+    async fn create_all(&self, entries: &[(String, Vec<u8>)]) -> StoreResult<bool> {
+        self.inner.create_all(entries).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<Entry>> {
+        self.inner.list(prefix).await
+    }
+    async fn revisions(&self, keys: &[String]) -> StoreResult<Vec<Option<u64>>> {
+        self.inner.revisions(keys).await
+    }
+    async fn revisions_recent(&self, keys: &[String]) -> StoreResult<Vec<Option<u64>>> {
+        let frozen = self.frozen.lock().unwrap().clone();
+        match frozen {
+            Some(m) => Ok(keys.iter().map(|k| m.get(k).copied().flatten()).collect()),
+            None => self.inner.revisions(keys).await,
+        }
+    }
+    async fn list_revisions(&self, prefix: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.inner.list_revisions(prefix).await
+    }
+    async fn grant(&self, ttl: std::time::Duration) -> StoreResult<LeaseId> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: LeaseId) -> StoreResult<()> {
+        self.inner.revoke(lease).await
+    }
+}
+
+/// A heartbeat reads revisions that may be a moment old. One that
+/// predates the host's new registration finds the old lease in the
+/// record: that must not send the agent to register again (which, at
+/// thousands of hosts, would feed on itself). Only a linearizable read
+/// may; the old lease is still told to go.
+#[tokio::test]
+async fn a_moment_old_read_never_sends_an_agent_to_register_again() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = ControllerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("file:{}", d.path().display()),
+    );
+    let store = Arc::new(Behind {
+        inner: tern_store::FileStore::open(d.path().to_str().unwrap()).unwrap(),
+        frozen: Default::default(),
+    });
+    let ctl = Controller::on_store(cfg, store.clone());
+    let r = report(&["a"]);
+    let first: RegisterReply = call(&ctl, ClusterRequest::Register { report: r.clone() }).await;
+    let hb = heartbeat(&ctl, first.lease, None, r.digest()).await;
+    assert!(!hb.reregister, "{hb:?}");
+
+    store
+        .freeze(&[format!("{HOSTS}h1"), format!("{SERVERS}a")])
+        .await;
+    let again: RegisterReply = call(&ctl, ClusterRequest::Register { report: r.clone() }).await;
+    assert_ne!(again.lease, first.lease);
+    let hb = heartbeat(&ctl, again.lease, None, r.digest()).await;
+    assert!(!hb.reregister, "the new lease was sent away: {hb:?}");
+    let hb = heartbeat(&ctl, first.lease, None, r.digest()).await;
+    assert!(hb.reregister, "the old lease was kept: {hb:?}");
 }

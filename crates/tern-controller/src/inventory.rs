@@ -97,6 +97,16 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     b
 }
 
+/// How current a read of revisions must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Every write that finished before the read.
+    Linearizable,
+    /// Possibly a moment behind (see [`tern_store::recent`]): for a reader
+    /// whose every write re-reads its record, as a heartbeat's do.
+    Recent,
+}
+
 impl Inventory {
     /// Wraps a store.
     pub fn new(store: Arc<dyn Store>) -> Inventory {
@@ -185,16 +195,22 @@ impl Inventory {
         self.hosts_seen.last(&format!("{HOSTS}{host}"))
     }
 
-    /// A host's record and the server records named `servers`, with one
-    /// round trip to the store when none changed: what a heartbeat reads.
+    /// A host's record and the server records named `servers`, without a
+    /// round trip to the store when none changed (or one, on a store that
+    /// cannot tell `Read::Recent` apart): what a heartbeat reads.
     pub async fn host_and_servers(
         &self,
         host: &str,
         servers: impl Iterator<Item = &str>,
+        read: Read,
     ) -> Result<(Option<Arc<HostRecord>>, Vec<Arc<ServerRecord>>)> {
         let mut keys = vec![format!("{HOSTS}{host}")];
         keys.extend(servers.map(|s| format!("{SERVERS}{s}")));
-        let mut revs = self.store.revisions(&keys).await?.into_iter();
+        let revs = match read {
+            Read::Recent => self.store.revisions_recent(&keys).await?,
+            Read::Linearizable => self.store.revisions(&keys).await?,
+        };
+        let mut revs = revs.into_iter();
         let host = self.resolve(&keys[0], revs.next().flatten()).await?;
         let mut found = Vec::with_capacity(keys.len() - 1);
         for (k, r) in keys[1..].iter().zip(revs) {

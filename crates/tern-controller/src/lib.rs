@@ -162,8 +162,14 @@ impl Controller {
             // election key left by our previous life is stale.
             store.delete(&format!("election/{ELECTION}")).await?;
         }
+        Ok(Controller::on_store(cfg, store))
+    }
+
+    /// A controller on a store already open (`cfg.store` only names it):
+    /// tests wrap a store to change how it answers.
+    pub fn on_store(cfg: ControllerConfig, store: Arc<dyn tern_store::Store>) -> Arc<Controller> {
         let election = Election::new(store.clone(), ELECTION, cfg.leader_ttl);
-        Ok(Arc::new(Controller {
+        Arc::new(Controller {
             inv: Inventory::new(store),
             election,
             leader: AtomicBool::new(false),
@@ -174,7 +180,7 @@ impl Controller {
             peers: recent::Recent::new(api::PEERS_MAX_AGE),
             placement: recent::Recent::new(sync::apply::PLACEMENT_MAX_AGE),
             cfg,
-        }))
+        })
     }
 
     /// Whether this controller leads now.

@@ -17,6 +17,7 @@
 //! could do.
 
 use crate::coalesce::{Coalescer, ReadBatch};
+use crate::recent::Recent;
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
@@ -25,7 +26,7 @@ use etcd_client::{
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Largest answer to a list. gRPC's default, 4 MiB, is the records of a
@@ -81,6 +82,9 @@ pub struct EtcdStore {
     /// Groups concurrent revision reads (see [`crate::coalesce`]); `None`
     /// on the store the grouping itself reads through.
     coalescer: Option<Coalescer>,
+    /// Revisions kept by a watch (see [`crate::recent`]), started by the
+    /// first [`Store::revisions_recent`].
+    recent: Arc<OnceLock<Arc<Recent>>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -122,6 +126,7 @@ impl EtcdStore {
             prefix: prefix.to_string(),
             keepers: Arc::default(),
             coalescer: None,
+            recent: Arc::default(),
         };
         let raw = store.clone();
         let read: ReadBatch = Arc::new(move |keys: Vec<String>| {
@@ -460,6 +465,20 @@ impl Store for EtcdStore {
             }
         }
         self.read_revisions(keys).await
+    }
+
+    async fn revisions_recent(&self, keys: &[String]) -> Result<Vec<Option<u64>>> {
+        let recent = self.recent.get_or_init(|| {
+            Recent::follow(
+                Arc::downgrade(&self.members),
+                Arc::downgrade(&self.pinned),
+                self.prefix.clone(),
+            )
+        });
+        match recent.revisions(keys.iter().map(|k| self.k(k).into_bytes())) {
+            Some(revs) => Ok(revs),
+            None => self.revisions(keys).await,
+        }
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {

@@ -17,6 +17,7 @@ pub mod coalesce;
 pub mod election;
 pub mod etcd;
 pub mod file;
+pub mod recent;
 
 pub use election::{Election, Leadership};
 pub use etcd::EtcdStore;
@@ -140,6 +141,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// that changed: a heartbeat of a host with ten servers was eleven
     /// reads, each carrying a record with its XML.
     async fn revisions(&self, keys: &[String]) -> Result<Vec<Option<u64>>>;
+    /// As [`Store::revisions`], but possibly a moment behind the newest
+    /// writes (never by more than [`recent::FRESH_FOR`]), and usually
+    /// without a round trip. Only for a reader whose writes each re-read
+    /// and compare revisions, so that a stale answer costs a failed
+    /// comparison: a heartbeat, which asks only whether anything changed.
+    async fn revisions_recent(&self, keys: &[String]) -> Result<Vec<Option<u64>>> {
+        self.revisions(keys).await
+    }
     /// Several keys' entries (`None`: absent), in order, in as few round
     /// trips as the store allows. A listing that finds a few hundred of
     /// thousands of records changed (hosts registering) reads just those:

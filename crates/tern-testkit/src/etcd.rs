@@ -182,6 +182,19 @@ impl EtcdCluster {
         None
     }
 
+    /// Sends `sig` to member `i` if it runs: SIGSTOP freezes it with its
+    /// connections open (a member that answers nothing, and whose watches
+    /// go silent rather than break), SIGCONT thaws it.
+    pub fn signal(&self, i: usize, sig: i32) {
+        if let Some(c) = &self.children[i] {
+            // SAFETY: kill with the pid of a child this cluster spawned and
+            // has not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Kills member `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {

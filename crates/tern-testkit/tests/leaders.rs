@@ -193,3 +193,70 @@ async fn the_etcd_store_fails_over_when_a_member_dies() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// A heartbeat's revisions come from a watch
+/// (`Store::revisions_recent`). When the member that watch follows
+/// freezes, connections open and silent, the copy must stop answering and
+/// follow the new leader: a write made through the survivors shows within
+/// seconds. A copy that trusted its watch would answer the old revision
+/// for as long as the member stays frozen.
+#[tokio::test]
+async fn recent_revisions_follow_writes_and_leave_a_frozen_member() {
+    let etcd = EtcdCluster::start(3);
+    let s = tern_store::open(&format!("etcd:{}", etcd.endpoints()))
+        .await
+        .unwrap();
+    let keys = vec!["h/a".to_string(), "h/b".to_string()];
+    let wait = Duration::from_secs(10);
+    wait_recent_revisions(&*s, &keys, &[None, None], wait).await;
+    let ra = s.put("h/a", b"1".to_vec(), None).await.unwrap();
+    let rb = s.put("h/b", b"1".to_vec(), None).await.unwrap();
+    wait_recent_revisions(&*s, &keys, &[Some(ra), Some(rb)], wait).await;
+    assert!(s.delete("h/a").await.unwrap());
+    wait_recent_revisions(&*s, &keys, &[None, Some(rb)], wait).await;
+
+    // The store pins the leader, and its watch runs there.
+    let l = etcd.leader().expect("an etcd leader");
+    etcd.signal(l, libc::SIGSTOP);
+    let survivors: Vec<&str> = (0..3)
+        .filter(|i| *i != l)
+        .map(|i| etcd.urls[i].as_str())
+        .collect();
+    let t = tern_store::open(&format!("etcd:{}", survivors.join(",")))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rb2 = loop {
+        // The survivors need a moment to elect a new leader.
+        match t.put("h/b", b"2".to_vec(), None).await {
+            Ok(r) => break r,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no write: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_recent_revisions(&*s, &keys, &[None, Some(rb2)], Duration::from_secs(30)).await;
+    etcd.signal(l, libc::SIGCONT);
+}
+
+/// Waits until `store`'s recent revisions of `keys`
+/// ([`tern_store::Store::revisions_recent`]) are `want`; panics with the
+/// last answer after `timeout`.
+async fn wait_recent_revisions(
+    store: &dyn tern_store::Store,
+    keys: &[String],
+    want: &[Option<u64>],
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = store.revisions_recent(keys).await;
+        if matches!(&got, Ok(g) if g == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recent revisions of {keys:?} are {got:?}, not {want:?}, after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
