@@ -27,6 +27,10 @@ pub enum CtlError {
         #[source]
         source: tern_api::ClientError,
     },
+    /// Too much work is queued to take this on now; the caller should
+    /// retry later (agents back off and do).
+    #[error("{0}")]
+    Busy(String),
     /// A record in the store does not decode.
     #[error("store record {key} is unreadable: {message}")]
     Record {
@@ -56,6 +60,7 @@ pub fn error_code(e: &CtlError) -> ErrorCode {
         CtlError::NotFound(_) => ErrorCode::NotFound,
         CtlError::Conflict(_) => ErrorCode::Conflict,
         CtlError::Invalid(_) => ErrorCode::InvalidArgument,
+        CtlError::Busy(_) => ErrorCode::Timeout,
         CtlError::Agent { source, .. } => client_code(source),
         CtlError::Record { .. } => ErrorCode::Internal,
     }

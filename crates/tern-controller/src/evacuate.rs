@@ -18,7 +18,7 @@ use crate::rescue::{decide, Decision, ServerFacts};
 use crate::Controller;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_api::cluster::{
     HostRecord, HostStatus, JobKind, JobRecord, JobState, MigrateRequestOptions, ServerRecord,
     ServerState,
@@ -29,7 +29,7 @@ use tern_api::{Client, Request};
 pub const EVACUATED: &str = "evacuated/";
 
 /// How long the confirming probe waits for the agent.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A client for a host's API: its reported URI, if that may be followed
 /// (see [`crate::agents`]), with the controller's certificates.
@@ -49,48 +49,60 @@ async fn answers(h: &HostRecord) -> bool {
     }
 }
 
+/// Host actions (status writes and probes) one tick runs at once. A probe
+/// waits up to [`PROBE_TIMEOUT`] for a silent agent: one after another, a
+/// rack of forty dead hosts took forty seconds to be declared down, and at
+/// 5 000 hosts a tick that found thousands of leases changed wrote their
+/// statuses for twenty seconds.
+const ACTIONS_AT_ONCE: usize = 16;
+
+/// How old the listing of lease keys may be when it decides that a host's
+/// status changes. Listing every host's record can take seconds at
+/// thousands of hosts; a host that registered meanwhile was marked lapsed
+/// on a listing older than its lease, and online again a tick later.
+const ALIVE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The hosts whose lease key exists, and when that was listed.
+struct Alive {
+    names: HashSet<String>,
+    listed_at: Instant,
+}
+
+impl Alive {
+    async fn list(ctl: &Controller) -> Result<Alive> {
+        let listed_at = Instant::now();
+        let names = ctl
+            .inv
+            .store
+            .list(ALIVE)
+            .await?
+            .into_iter()
+            .map(|e| e.key[ALIVE.len()..].to_string())
+            .collect();
+        Ok(Alive { names, listed_at })
+    }
+}
+
 /// Looks at every host's lease and acts on lapses, then watches fencing
 /// and evacuates every down host whose evacuation is unfinished.
 pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
-    let alive: HashSet<String> = ctl
-        .inv
-        .store
-        .list(ALIVE)
-        .await?
-        .into_iter()
-        .map(|e| e.key[ALIVE.len()..].to_string())
-        .collect();
+    let mut alive = Alive::list(ctl).await?;
     let listed = ctl.lead().hosts_shared().await?;
-    let mut changed = false;
+    let grace = ctl.cfg.grace.as_millis() as u64;
+    let mut actions = Vec::new();
     for h in &listed {
-        let name = h.report.name.clone();
-        let now = now_ms();
-        match step(
-            h.status,
-            alive.contains(&name),
-            now,
-            ctl.cfg.grace.as_millis() as u64,
-        ) {
-            Action::Stay => {}
-            Action::Set(s) => {
-                changed = true;
-                tracing::info!(host = %name, status = ?s, "host status");
-                ctl.lead()
-                    .update_host(&name, |r| {
-                        let same = r.status == h.status;
-                        if same {
-                            r.status = s;
-                        }
-                        Ok(same)
-                    })
-                    .await?;
-            }
-            Action::Probe => {
-                changed = true;
-                probe(ctl, h, now).await?
-            }
+        let decide = |a: &Alive| step(h.status, a.names.contains(&h.report.name), now_ms(), grace);
+        let mut action = decide(&alive);
+        if action != Action::Stay && alive.listed_at.elapsed() > ALIVE_MAX_AGE {
+            alive = Alive::list(ctl).await?;
+            action = decide(&alive);
+        }
+        if action != Action::Stay {
+            actions.push((h.clone(), action));
         }
     }
+    let changed = !actions.is_empty();
+    act_on_all(ctl, actions).await?;
     // Read every host again only if this tick changed one: at thousands
     // of hosts each read decodes every report.
     let hosts = match changed {
@@ -112,6 +124,55 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the tick's host actions, [`ACTIONS_AT_ONCE`] at a time; the first
+/// error, once all have run. Dropping the future (leadership lost) aborts
+/// them.
+async fn act_on_all(ctl: &Arc<Controller>, actions: Vec<(Arc<HostRecord>, Action)>) -> Result<()> {
+    let mut running = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    let mut note = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
+        if let Ok(Err(e)) = r {
+            first_error.get_or_insert(e);
+        }
+    };
+    for (h, action) in actions {
+        if running.len() >= ACTIONS_AT_ONCE {
+            if let Some(r) = running.join_next().await {
+                note(r);
+            }
+        }
+        let ctl = ctl.clone();
+        running.spawn(async move { act_on(&ctl, &h, action).await });
+    }
+    while let Some(r) = running.join_next().await {
+        note(r);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One host's action: a new status (written only if the record still has
+/// the status it was decided from), or a probe.
+async fn act_on(ctl: &Arc<Controller>, h: &HostRecord, action: Action) -> Result<()> {
+    let name = &h.report.name;
+    match action {
+        Action::Stay => Ok(()),
+        Action::Set(s) => {
+            tracing::info!(host = %name, status = ?s, "host status");
+            ctl.lead()
+                .update_host(name, |r| {
+                    let same = r.status == h.status;
+                    if same {
+                        r.status = s;
+                    }
+                    Ok(same)
+                })
+                .await?;
+            Ok(())
+        }
+        Action::Probe => probe(ctl, h, now_ms()).await,
+    }
 }
 
 /// Grace is over: probes the agent; marks the host down if it is silent.

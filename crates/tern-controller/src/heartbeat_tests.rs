@@ -249,3 +249,32 @@ async fn a_moment_old_read_never_sends_an_agent_to_register_again() {
     let hb = heartbeat(&ctl, first.lease, None, r.digest()).await;
     assert!(hb.reregister, "the old lease was kept: {hb:?}");
 }
+
+/// When registrations are queued past their wait, a newcomer is refused
+/// as busy at once, having changed nothing, and registers once there is
+/// room. (The clock is Tokio's paused one: the wait passes as soon as
+/// nothing else can run.)
+#[tokio::test(start_paused = true)]
+async fn a_registration_that_cannot_get_a_turn_is_refused_as_busy() {
+    let d = tempfile::tempdir().unwrap();
+    let ctl = controller(d.path()).await;
+    let all = crate::api::REGISTRATIONS_AT_ONCE as u32;
+    let held = ctl.registering.acquire_many(all).await.unwrap();
+    let req = ClusterRequest::Register {
+        report: report(&["a"]),
+    };
+    let refused = dispatch(&ctl, req.clone()).await.expect_err("refused");
+    let e = tern_api::ApiError::from(refused);
+    assert_eq!(e.code, tern_api::ErrorCode::Timeout, "{e:?}");
+    assert!(
+        e.message.contains("busy") && e.message.contains("retry"),
+        "{e:?}"
+    );
+    assert!(
+        servers(&ctl).await.is_empty(),
+        "a refused registration wrote"
+    );
+    drop(held);
+    let _: RegisterReply = call(&ctl, req).await;
+    assert_eq!(servers(&ctl).await, ["a"]);
+}

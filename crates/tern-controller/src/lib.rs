@@ -19,6 +19,8 @@ pub mod fencing;
 pub mod follow;
 pub mod health;
 #[cfg(test)]
+mod health_tests;
+#[cfg(test)]
 mod heartbeat_tests;
 pub mod interrupted;
 pub mod inventory;
@@ -128,12 +130,12 @@ pub struct Controller {
     fence_watch: Mutex<fencing::Watch>,
     /// Per host, why its fencing is not proven yet (shown on rescue jobs).
     fence_notes: Mutex<HashMap<String, String>>,
-    /// The online hosts' (name, API URI), as last read for heartbeat
-    /// replies ([`api::PEERS_MAX_AGE`]).
-    /// The online hosts, for register replies.
+    /// The online hosts, for register replies ([`api::PEERS_MAX_AGE`]).
     peers: recent::Recent<api::Peers>,
     /// Where servers are, for hosts that register again.
     placement: recent::Recent<sync::apply::Placement>,
+    /// Registrations served at once (see [`api::REGISTRATIONS_AT_ONCE`]).
+    registering: tokio::sync::Semaphore,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.
@@ -179,6 +181,7 @@ impl Controller {
             fence_notes: Mutex::default(),
             peers: recent::Recent::new(api::PEERS_MAX_AGE),
             placement: recent::Recent::new(sync::apply::PLACEMENT_MAX_AGE),
+            registering: tokio::sync::Semaphore::new(api::REGISTRATIONS_AT_ONCE),
             cfg,
         })
     }

@@ -55,7 +55,7 @@ async fn cluster(dir: &std::path::Path) -> Arc<Controller> {
 }
 
 /// Makes `ctl` lead, as its run loop does on winning the election.
-async fn lead(ctl: &Controller, id: &str) -> u64 {
+pub(crate) async fn lead(ctl: &Controller, id: &str) -> u64 {
     let e = Election::new(ctl.inv.store.clone(), ELECTION, ctl.cfg.leader_ttl);
     let l = e
         .try_campaign(id)
