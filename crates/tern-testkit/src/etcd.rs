@@ -182,6 +182,12 @@ impl EtcdCluster {
         None
     }
 
+    /// The process ids of the members still running (a benchmark reads
+    /// their CPU from `/proc`).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// Sends `sig` to member `i` if it runs: SIGSTOP freezes it with its
     /// connections open (a member that answers nothing, and whose watches
     /// go silent rather than break), SIGCONT thaws it.

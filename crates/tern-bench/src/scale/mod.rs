@@ -207,7 +207,8 @@ async fn issue_certs(
 async fn case(store: StoreKind, hosts: usize, a: &ScaleArgs) -> Result<Figures> {
     let started = Instant::now();
     let cluster = Cluster::start(store, a).await?;
-    let r = measure(&cluster.ctl, hosts, a).await;
+    let store = cluster.etcd.as_ref().map_or(Vec::new(), |e| e.pids());
+    let r = measure(&cluster.ctl, store, hosts, a).await;
     cluster.stop().await;
     let mut f = r?;
     f.wall = started.elapsed();
@@ -227,14 +228,22 @@ async fn count(w: &Option<Writes>) -> Option<f64> {
 struct Watch {
     ctl: Proc,
     me: Proc,
+    /// The etcd members (none on the file store).
+    store: Vec<Proc>,
     writes: Option<Writes>,
     shared: Arc<Shared>,
 }
 
-async fn measure(ctl: &TestController, hosts: usize, a: &ScaleArgs) -> Result<Figures> {
+async fn measure(
+    ctl: &TestController,
+    store: Vec<u32>,
+    hosts: usize,
+    a: &ScaleArgs,
+) -> Result<Figures> {
     let w = Watch {
         ctl: Proc(ctl.pid().context("controller pid")?),
         me: Proc(std::process::id()),
+        store: store.into_iter().map(Proc).collect(),
         writes: Writes::for_store(&ctl.store),
         shared: Arc::new(Shared::default()),
     };
@@ -296,12 +305,15 @@ fn take_first(slot: &std::sync::Mutex<Option<String>>) -> Option<String> {
 
 /// Records heartbeats, CPU and writes over `window`.
 async fn heartbeats(w: &Watch, f: &mut Figures, window: Duration) {
+    let store_cpu = || w.store.iter().map(Proc::cpu).sum::<f64>();
     let (cpu0, my0, disk0) = (w.ctl.cpu(), w.me.cpu(), w.ctl.write_bytes());
+    let store0 = store_cpu();
     let w0 = count(&w.writes).await;
     w.shared.recording.store(true, Ordering::Relaxed);
     tokio::time::sleep(window).await;
     w.shared.recording.store(false, Ordering::Relaxed);
     let (cpu1, my1, disk1) = (w.ctl.cpu(), w.me.cpu(), w.ctl.write_bytes());
+    let store1 = store_cpu();
     let w1 = count(&w.writes).await;
     let mut samples =
         std::mem::take(&mut *w.shared.samples.lock().unwrap_or_else(|p| p.into_inner()));
@@ -314,6 +326,7 @@ async fn heartbeats(w: &Watch, f: &mut Figures, window: Duration) {
     }
     f.cpu_per_s = rate(cpu1 - cpu0, window);
     f.bench_cpu_per_s = rate(my1 - my0, window);
+    f.store_cpu_per_s = (!w.store.is_empty()).then(|| rate(store1 - store0, window));
     f.writes_per_s = w0.zip(w1).map(|(a, b)| rate(b - a, window));
     f.disk_bytes_per_s = disk0.zip(disk1).map(|(a, b)| rate(b - a, window));
 }

@@ -96,6 +96,9 @@ pub struct Figures {
     /// This benchmark's own CPU (the simulated agents' TLS and JSON) in
     /// the window, seconds per second: it competes with the controller.
     pub bench_cpu_per_s: f64,
+    /// The etcd members' CPU in the window, all three together, seconds
+    /// per second (`None` on the file store, which is the controller).
+    pub store_cpu_per_s: Option<f64>,
     /// Controller CPU over the whole run, seconds.
     pub cpu_total: f64,
     /// Controller peak RSS, bytes.
@@ -173,6 +176,10 @@ fn rows(runs: &[Figures]) -> Vec<(&'static str, Vec<String>)> {
         (
             "simulated agents' CPU (heartbeats)",
             col(&|r| format!("{:.2} s/s", r.bench_cpu_per_s)),
+        ),
+        (
+            "etcd members' CPU (heartbeats)",
+            col(&|r| opt(r.store_cpu_per_s, |c| format!("{c:.2} s/s"))),
         ),
         (
             "controller CPU (whole run)",
