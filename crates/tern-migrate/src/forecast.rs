@@ -377,6 +377,14 @@ impl Follower {
         }
     }
 
+    /// The zero fraction, sampled during the run when no forecast before
+    /// it did (a prior one stays: it was sampled before the pass began).
+    pub fn learn_zero_fraction(&mut self, fraction: f64) {
+        if self.prior.zero_fraction.is_none() {
+            self.prior.zero_fraction = Some(fraction.clamp(0.0, 1.0));
+        }
+    }
+
     /// Takes one look in.
     pub fn see(&mut self, obs: &Observation) {
         if self.first.is_none() {

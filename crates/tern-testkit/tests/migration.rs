@@ -142,6 +142,16 @@ fn dirtying_guest_completes_with_auto_converge() {
         "auto-converge: throttle {}, iterations {}",
         job["auto_converge_throttle"], job["iteration"]
     );
+    // No forecast came before this run: the source sampled the guest's
+    // zero pages during it, for its in-run forecasts.
+    let ev = p.a.ok(&["domjobevents", "ac1"]);
+    assert!(ev.contains("sampled as zero pages"), "{ev}");
+    assert!(
+        job["forecast_updates"]
+            .as_array()
+            .is_some_and(|u| !u.is_empty()),
+        "{job}"
+    );
 }
 
 #[test]

@@ -215,8 +215,6 @@ struct PageFigures {
 /// Pure: zero pages and compressibility from the first read; for pages
 /// that differ between the reads, the mean fraction of bytes that changed.
 fn page_figures(before: &[Vec<u8>], after: &[Vec<u8>]) -> PageFigures {
-    let n = before.len().max(1) as f64;
-    let zero = before.iter().filter(|p| p.iter().all(|&b| b == 0)).count() as f64;
     let mut deltas = Vec::new();
     for (a, b) in before.iter().zip(after) {
         if a.len() == b.len() && a != b {
@@ -230,7 +228,7 @@ fn page_figures(before: &[Vec<u8>], after: &[Vec<u8>]) -> PageFigures {
         _ => 1.0,
     };
     PageFigures {
-        zero_fraction: zero / n,
+        zero_fraction: zero_fraction(before),
         delta_fraction: (!deltas.is_empty())
             .then(|| deltas.iter().sum::<f64>() / deltas.len() as f64),
         compress_ratio,
@@ -266,11 +264,31 @@ const REGION_PAGES: u64 = 4;
 /// Reads the sample pages with `pmemsave`; regions that could not be read
 /// are left out.
 async fn read_pages(agent: &Agent, qmp: &tern_qemu::Qmp, name: &str, memory: u64) -> Vec<Vec<u8>> {
+    read_pages_into(qmp, &sample_file(agent, name, "sample.page"), memory).await
+}
+
+/// Where QEMU may write a sample (`pmemsave`) for the agent to read: in the
+/// domain's run directory, as QEMU's own user.
+pub(super) fn sample_file(agent: &Agent, name: &str, file: &str) -> std::path::PathBuf {
     let dir = agent.layout.run_dir(name);
     // QEMU writes the file after it dropped to its own user.
     let user = agent.guest_user_of(name).ok().flatten();
     let dir = crate::confine::user::qemu_dir(&dir, user.as_ref()).unwrap_or(dir);
-    let file = dir.join("sample.page");
+    dir.join(file)
+}
+
+/// How much of `pages` is zero (0 for none read).
+pub(super) fn zero_fraction(pages: &[Vec<u8>]) -> f64 {
+    let zero = pages.iter().filter(|p| p.iter().all(|&b| b == 0)).count();
+    zero as f64 / pages.len().max(1) as f64
+}
+
+/// [`read_pages`] through `file`, which is removed after.
+pub(super) async fn read_pages_into(
+    qmp: &tern_qemu::Qmp,
+    file: &std::path::Path,
+    memory: u64,
+) -> Vec<Vec<u8>> {
     let regions = (memory / 4096 / REGION_PAGES).max(1);
     let mut out = Vec::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ memory;

@@ -14,6 +14,7 @@ use tern_migrate::{JobInfo, JobKind, MigrateOptions, TimeoutAction};
 use tern_qemu::MigrationStatus;
 
 mod stall;
+mod zero_sample;
 
 /// How often Perform reads QEMU's figures.
 const POLL: Duration = Duration::from_millis(100);
@@ -158,6 +159,8 @@ struct Watch<'a> {
     pstate: PolicyState,
     /// Forecasts the rest of the run from the run so far.
     follower: Follower,
+    /// Its zero fraction, when no forecast before the run gave it.
+    zero_sample: zero_sample::ZeroSample,
 }
 
 /// QEMU's figures as the policy and the forecast see them.
@@ -188,10 +191,19 @@ impl<'a> Watch<'a> {
         let policy = o.policy_on().then(|| o.policy_config());
         let pstate = PolicyState::new(o.initial_downtime_ms());
         // What the forecast before the run sampled (zero pages, dirty rate).
+        let before = agent
+            .jobs
+            .fresh_forecast(&job.domain, Duration::from_secs(120));
+        let zero_sample = match before {
+            Some(_) => zero_sample::ZeroSample::Settled,
+            None => zero_sample::ZeroSample::Due(super::forecast::sample_file(
+                agent,
+                &job.domain,
+                "sample-run.page",
+            )),
+        };
         let follower = Follower::new(
-            agent
-                .jobs
-                .fresh_forecast(&job.domain, Duration::from_secs(120))
+            before
                 .map(|f| Prior {
                     zero_fraction: Some(f.zero_fraction),
                     dirty_rate: f.dirty_rate,
@@ -227,6 +239,7 @@ impl<'a> Watch<'a> {
             policy,
             pstate,
             follower,
+            zero_sample,
         }
     }
 
@@ -407,6 +420,15 @@ impl<'a> Watch<'a> {
     fn follow(&mut self, info: &JobInfo) {
         if info.qemu_status != MigrationStatus::Active {
             return;
+        }
+        let sampled = self
+            .zero_sample
+            .step(&self.qmp, info.memory_total, &mut self.follower);
+        if let Some(z) = sampled {
+            self.job.event(format!(
+                "forecast: {:.0} % of the guest's memory sampled as zero pages (no forecast before the run)",
+                z * 100.0
+            ));
         }
         self.follower.see(&observation(info));
         let cfg = self.policy.unwrap_or_else(|| self.o.policy_config());

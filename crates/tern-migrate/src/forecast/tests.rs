@@ -281,3 +281,35 @@ fn only_a_thread_bound_first_pass_expects_faster_later_passes() {
     // A 100 MiB/s cap or link under a 400 MiB/s thread: no faster later.
     assert_eq!(later_pass_speedup(&inputs(100.0, 400.0)), 1.0);
 }
+
+/// A run started without a forecast (no `migrate-forecast` first, as a
+/// plain `tern migrate` is) has no zero fraction: it priced every page
+/// left as data, and an idle guest's last pages are mostly zero. The
+/// source samples the fraction in the background during the run and
+/// hands it to the follower: the forecasts after that are as good as with
+/// a forecast before the run.
+#[test]
+fn a_run_without_a_forecast_learns_the_zero_fraction_during_it() {
+    let idle = trace("idle-unlimited-counts.jsonl");
+    let unknown = follow(&idle, Prior::default(), 30);
+    let blind = check_at(&unknown, 4639, 0.75).expect("a forecast by then");
+    assert!(blind.error > 0.6, "priced as data: {blind:?}");
+
+    let mut f = Follower::new(Prior::default());
+    let mut ups: Vec<ForecastUpdate> = Vec::new();
+    for (i, o) in idle.iter().enumerate() {
+        if i == 2 {
+            f.learn_zero_fraction(0.43);
+        }
+        f.see(o);
+        if let Some(u) = f.forecast(&cfg(), 30) {
+            if worth_recording(ups.last(), &u) {
+                ups.push(u);
+            }
+        }
+    }
+    for at in [0.25, 0.5, 0.75] {
+        let c = check_at(&ups, 4639, at).expect("a forecast by then");
+        assert!(c.error.abs() <= 0.3, "learned, at {at}: {c:?}");
+    }
+}
