@@ -310,12 +310,12 @@ pub(super) async fn read_pages_into(
             )
             .await;
         if r.is_ok() {
-            if let Ok(b) = std::fs::read(&file) {
+            if let Ok(b) = std::fs::read(file) {
                 out.extend(b.chunks(4096).map(<[u8]>::to_vec));
             }
         }
     }
-    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(file);
     out
 }
 
