@@ -18,16 +18,13 @@
 
 use crate::coalesce::{Coalescer, ReadBatch};
 use crate::recent::Recent;
+use crate::renew::{Renewals, Renewed};
 use crate::{Entry, Guard, LeaseId, Result, Store, StoreError};
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp,
-};
-use std::collections::HashMap;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest answer to a list. gRPC's default, 4 MiB, is the records of a
 /// few hundred hosts (each carries its host's report, with every domain's
@@ -41,14 +38,6 @@ const MAX_TXN_OPS: usize = 128;
 /// Grouped revision reads in flight at once (see [`crate::coalesce`]).
 const REVISION_READS_IN_FLIGHT: usize = 4;
 
-/// How long an unused keep-alive stream is kept (its lease's host has
-/// stopped renewing it, or another controller now gets its heartbeats).
-const KEEPER_IDLE: Duration = Duration::from_secs(60);
-
-/// How long a renewal on a kept stream may take before the stream is
-/// given up and another opened.
-const KEEPER_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How often the store checks that it is pinned to the leader.
 const LEADER_CHECK: Duration = Duration::from_secs(2);
 
@@ -60,25 +49,16 @@ const LEADER_CHECK: Duration = Duration::from_secs(2);
 /// etcd's 2 GiB quota, past which it takes no more writes.
 const COMPACT_EVERY: Duration = Duration::from_secs(300);
 
-/// An open keep-alive stream for one lease, and when it was last used.
-struct Keeper {
-    keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
-    used: Instant,
-}
-
-/// Open keep-alive streams by lease: a renewal on an open stream is one
-/// message each way, where opening a stream per renewal (as etcd-client's
-/// API invites) cost a new gRPC stream on every host's every heartbeat.
-type Keepers = Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<Keeper>>>>;
-
 /// A store on etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
     members: Arc<Vec<Client>>,
     pinned: Arc<AtomicUsize>,
     prefix: String,
-    keepers: Arc<Keepers>,
+    /// The keep-alive stream every renewal goes on (see [`crate::renew`]).
+    renewals: Arc<Mutex<Option<Arc<Renewals>>>>,
+    /// Held while a keep-alive stream is opened, so one is.
+    opening: Arc<tokio::sync::Mutex<()>>,
     /// Groups concurrent revision reads (see [`crate::coalesce`]); `None`
     /// on the store the grouping itself reads through.
     coalescer: Option<Coalescer>,
@@ -124,7 +104,8 @@ impl EtcdStore {
             members,
             pinned,
             prefix: prefix.to_string(),
-            keepers: Arc::default(),
+            renewals: Arc::default(),
+            opening: Arc::default(),
             coalescer: None,
             recent: Arc::default(),
         };
@@ -215,10 +196,15 @@ impl EtcdStore {
         Err(last.expect("at least one member"))
     }
 
-    fn keepers_map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Arc<tokio::sync::Mutex<Keeper>>>> {
-        self.keepers.lock().unwrap_or_else(|p| p.into_inner())
+    /// The open keep-alive stream, if it is on the member the store is
+    /// pinned to (after an election, renewals follow the new leader).
+    fn usable_renewals(&self) -> Option<Arc<Renewals>> {
+        let pinned = self.pinned.load(Ordering::Relaxed) % self.members.len();
+        self.renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|r| r.is_open() && r.member == pinned)
     }
 
     fn k(&self, key: &str) -> String {
@@ -294,17 +280,6 @@ async fn compact_history(
             }
         }
         seen = now.or(seen);
-    }
-}
-
-/// One renewal on an open stream: whether the lease lives, or `None` if
-/// the stream failed and another should be opened.
-async fn renew(k: &mut Keeper) -> Option<bool> {
-    k.used = Instant::now();
-    k.keeper.keep_alive().await.ok()?;
-    match tokio::time::timeout(KEEPER_TIMEOUT, k.stream.message()).await {
-        Ok(Ok(Some(r))) => Some(r.ttl() > 0),
-        _ => None,
     }
 }
 
@@ -512,44 +487,40 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let kept = self.keepers_map().get(&lease).cloned();
-        if let Some(k) = kept {
-            let mut k = k.lock().await;
-            match renew(&mut k).await {
-                Some(true) => return Ok(()),
-                Some(false) => {
-                    self.keepers_map().remove(&lease);
-                    return Err(StoreError::LeaseExpired(lease));
-                }
+        let renew = |r: Arc<Renewals>| async move {
+            match r.renew(lease).await {
+                Renewed::Yes => Some(Ok(())),
+                Renewed::Expired => Some(Err(StoreError::LeaseExpired(lease))),
                 // The stream broke (its member died, say): open another.
-                None => {
-                    self.keepers_map().remove(&lease);
-                }
+                Renewed::Broken => None,
+            }
+        };
+        if let Some(r) = self.usable_renewals() {
+            if let Some(done) = renew(r).await {
+                return done;
             }
         }
-        // Opening the keep-alive stream sends one renewal and waits for its
-        // answer (a TTL of 0, "lease not found", is an error): that is the
-        // renewal. The stream stays open for the next one.
+        let _opening = self.opening.lock().await;
+        // Another renewal may have opened one while this one waited.
+        if let Some(r) = self.usable_renewals() {
+            if let Some(done) = renew(r).await {
+                return done;
+            }
+        }
+        // Opening the stream sends one renewal and waits for its answer (a
+        // TTL of 0, "lease not found", is an error): that is this renewal.
         let (keeper, stream) = self
             .call(|mut c| async move { c.lease_keep_alive(lease).await })
             .await
             .map_err(|e| lease_err(Some(lease), e))?;
-        let now = Instant::now();
-        let mut m = self.keepers_map();
-        m.retain(|_, k| k.try_lock().map_or(true, |k| now - k.used < KEEPER_IDLE));
-        m.insert(
-            lease,
-            Arc::new(tokio::sync::Mutex::new(Keeper {
-                keeper,
-                stream,
-                used: now,
-            })),
-        );
+        // `call` pins the member that answered.
+        let member = self.pinned.load(Ordering::Relaxed) % self.members.len();
+        *self.renewals.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Renewals::start(keeper, stream, member));
         Ok(())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
-        self.keepers_map().remove(&lease);
         let r = self
             .call(|mut c| async move { c.lease_revoke(lease).await })
             .await;

@@ -18,6 +18,7 @@ pub mod election;
 pub mod etcd;
 pub mod file;
 pub mod recent;
+pub mod renew;
 
 pub use election::{Election, Leadership};
 pub use etcd::EtcdStore;

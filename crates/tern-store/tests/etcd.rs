@@ -189,3 +189,54 @@ async fn election_hands_over_when_the_leader_stops_renewing() {
     lb.resign().await.unwrap();
     assert_eq!(a.leader().await.unwrap(), None);
 }
+
+/// Every lease's renewals go on one keep-alive stream (etcd counts the
+/// streams it served): fifty hosts' leases renewed together, round after
+/// round past their TTL, open one stream, not fifty. A lease revoked
+/// among them is reported expired; the others live on.
+#[tokio::test]
+async fn many_leases_are_renewed_on_one_stream() {
+    let e = Etcd::start();
+    let s = store(&e, "/t6/").await;
+    let streams = || {
+        tern_testkit::etcd::metric(
+            &e.url,
+            "grpc_server_started_total{grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\",grpc_type=\"bidi_stream\"}",
+        )
+        .expect("etcd counts the keep-alive streams it served")
+    };
+    let before = streams();
+    let mut leases = Vec::new();
+    for i in 0..50 {
+        let l = s.grant(Duration::from_secs(1)).await.unwrap();
+        s.put(&format!("alive/h{i}"), b"1".to_vec(), Some(l))
+            .await
+            .unwrap();
+        leases.push(l);
+    }
+    for round in 0..8 {
+        if round == 3 {
+            s.revoke(leases[0]).await.unwrap();
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for &l in &leases {
+            let s = s.clone();
+            set.spawn(async move { (l, s.keep_alive(l).await) });
+        }
+        while let Some(r) = set.join_next().await {
+            let (l, r) = r.unwrap();
+            match (l == leases[0] && round >= 3, r) {
+                (true, Err(StoreError::LeaseExpired(_))) | (false, Ok(())) => {}
+                (revoked, r) => panic!("round {round}, lease {l:x} (revoked {revoked}): {r:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(s.get("alive/h0").await.unwrap().is_none());
+    assert_eq!(s.list("alive/").await.unwrap().len(), 49);
+    let opened = streams() - before;
+    assert!(
+        (1.0..=2.0).contains(&opened),
+        "{opened} keep-alive streams for 50 leases"
+    );
+}

@@ -210,6 +210,21 @@ impl EtcdCluster {
     }
 }
 
+/// The value of one Prometheus counter or gauge on an etcd's `/metrics`
+/// (`name` with its labels exactly as etcd prints them), if listed.
+pub fn metric(url: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// `POST /v3/maintenance/status` through etcd's JSON gateway.
 fn status(url: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
