@@ -21,7 +21,10 @@
 //!
 //! What a reader gets is therefore every write older than [`FRESH_FOR`],
 //! and usually every write older than a few milliseconds, but not
-//! necessarily the newest. That is right only for a reader whose every
+//! necessarily the newest. (etcd before 3.4.25 and 3.5.8 may answer a
+//! progress request ahead of events still queued for the watch, etcd
+//! issue 15220: that can confirm a copy a few milliseconds early, never
+//! one that stopped moving.) That is right only for a reader whose every
 //! write re-reads its record and compares revisions (all of the
 //! controller's writes do), so a stale revision costs a failed comparison
 //! and never a lost update.
