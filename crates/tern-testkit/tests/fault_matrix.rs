@@ -209,7 +209,8 @@ fn run(cell: &Cell) {
 }
 
 /// Waits until the source's QEMU is in post-copy and the destination runs
-/// the guest (its Finish is done), with pages still to pull.
+/// the guest (from QEMU's switch on: its Finish may still be under way),
+/// with pages still to pull.
 fn wait_postcopy_running(p: &HostPair, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -225,6 +225,12 @@ fn postcopy_after_precopy_completes() {
         String::from_utf8_lossy(&ev.stdout).contains("switching to post-copy"),
         "{why}"
     );
+    // The destination started the guest at QEMU's switch, not at Finish.
+    let dest_ev = p.b.ok(&["domjobevents", "pc1"]);
+    assert!(
+        dest_ev.contains("starts here as soon as QEMU has its state"),
+        "{dest_ev}\n{why}"
+    );
     let on_b = state(&p.b, "pc1");
     assert!(on_b.starts_with("running"), "{on_b}\n{why}");
     let text =

@@ -28,6 +28,7 @@ use tern_qemu::MigrationStatus;
 const LOAD_WAIT: Duration = Duration::from_secs(60);
 
 mod finish;
+mod postcopy_start;
 mod prepare;
 mod run;
 pub use run::{attach, finish, prepare, resume, Verdict};
@@ -72,6 +73,9 @@ async fn start_incoming(
     let mut caps = o.shared_capabilities();
     caps.push(("events", true));
     set_capabilities(&qmp, &caps).await?;
+    if postcopy_start::starts_at_switch(o) {
+        postcopy_start::arm(&qmp, job);
+    }
     let params = o.shared_parameters();
     if !params.is_empty() {
         qmp.execute(
@@ -256,7 +260,11 @@ pub(super) async fn resume_here(
     if o.suspend {
         slot.set(DomainState::Paused, StateReason::Migrated);
     } else {
-        qmp.execute("cont", None).await?;
+        // In post-copy the guest may run already (see `postcopy_start`); a
+        // second `cont` would show as a pause and a resume.
+        if !qmp.run_state().await?.is_running() {
+            qmp.execute("cont", None).await?;
+        }
         slot.set(DomainState::Running, StateReason::Migrated);
     }
     // From here on this host is the copy, whatever fails next.
