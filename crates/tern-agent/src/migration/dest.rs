@@ -262,7 +262,8 @@ pub(super) async fn resume_here(
     } else {
         // In post-copy the guest may run already (see `postcopy_start`); a
         // second `cont` would show as a pause and a resume.
-        if !qmp.run_state().await?.is_running() {
+        let may_run = postcopy_start::starts_at_switch(o);
+        if !(may_run && qmp.run_state().await?.is_running()) {
             qmp.execute("cont", None).await?;
         }
         slot.set(DomainState::Running, StateReason::Migrated);
