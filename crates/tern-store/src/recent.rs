@@ -169,6 +169,8 @@ enum Ended {
     Cancelled(String),
     #[error("the watch stream closed")]
     Closed,
+    #[error("the copy is no longer wanted")]
+    Dropped,
     #[error("the member did not confirm in time")]
     Stuck,
     #[error("the store moved to another member")]
@@ -235,7 +237,7 @@ async fn follow_once(
             .collect();
         recent
             .upgrade()
-            .ok_or(Ended::Closed)?
+            .ok_or(Ended::Dropped)?
             .reset(revisions, revision);
         let opts = WatchOptions::new()
             .with_prefix()
@@ -254,7 +256,7 @@ async fn follow_once(
                     if r.canceled() {
                         return Err(Ended::Cancelled(r.cancel_reason().to_string()));
                     }
-                    let Some(copy) = recent.upgrade() else { return Err(Ended::Closed) };
+                    let Some(copy) = recent.upgrade() else { return Err(Ended::Dropped) };
                     let applied = copy.apply(&r);
                     if let Some(t) = confirmed_by(pending, applied) {
                         copy.confirm(t);
@@ -263,7 +265,7 @@ async fn follow_once(
                 }
                 _ = tick.tick() => {
                     if recent.strong_count() == 0 {
-                        return Err(Ended::Closed);
+                        return Err(Ended::Dropped);
                     }
                     if pinned.load(Ordering::Relaxed) % member.n != member.at {
                         return Err(Ended::Moved);
@@ -281,7 +283,7 @@ async fn follow_once(
     };
     let ended: Result<(), Ended> = run.await;
     match ended {
-        Err(Ended::Closed) if recent.strong_count() == 0 => None,
+        Err(Ended::Dropped) => None,
         Err(e) => Some(e),
         Ok(()) => None,
     }
