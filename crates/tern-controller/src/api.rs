@@ -3,7 +3,7 @@
 
 use crate::authz::{self, Caller};
 use crate::error::{CtlError, Result};
-use crate::inventory::{Read, ALIVE, HOSTS};
+use crate::inventory::{now_ms, Read, ALIVE, HOSTS};
 use crate::reply::Reply;
 use crate::sync::apply::{apply_changes, apply_sync, SyncScope};
 use crate::{jobs, Controller};
@@ -254,13 +254,19 @@ async fn register(ctl: &Arc<Controller>, report: HostReport) -> Result<RegisterR
 /// registering is replaced (alive key and record) rather than refused.
 async fn fresh_lease(ctl: &Arc<Controller>, name: &str, lease: i64) -> Result<i64> {
     let store = &ctl.inv.store;
+    let sent = now_ms();
     match store.keep_alive(lease).await {
-        Ok(()) => return Ok(lease),
+        Ok(()) => {
+            ctl.lease_renewed(name, lease, sent);
+            return Ok(lease);
+        }
         Err(StoreError::LeaseExpired(_)) => {}
         Err(e) => return Err(e.into()),
     }
     tracing::info!(host = %name, "lease lapsed while registering; granting another");
+    let sent = now_ms();
     let lease = store.grant(ctl.cfg.lease_ttl).await?;
+    ctl.lease_renewed(name, lease, sent);
     store
         .put(&format!("{ALIVE}{name}"), b"1".to_vec(), Some(lease))
         .await?;
@@ -342,8 +348,9 @@ async fn heartbeat(
     if must_reregister(Some(&rec), lease) {
         return Ok(gone);
     }
+    let sent = now_ms();
     match ctl.inv.store.keep_alive(lease).await {
-        Ok(()) => {}
+        Ok(()) => ctl.lease_renewed(host, lease, sent),
         Err(StoreError::LeaseExpired(_)) => return Ok(gone),
         Err(e) => return Err(e.into()),
     }

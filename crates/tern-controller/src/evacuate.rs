@@ -12,7 +12,7 @@
 //! started only once the host is proven fenced ([`crate::fencing`]).
 
 use crate::error::Result;
-use crate::health::{step, Action};
+use crate::health::{down_at, step, Action, Timing};
 use crate::inventory::{now_ms, ALIVE, JOBS};
 use crate::rescue::{decide, Decision, ServerFacts};
 use crate::Controller;
@@ -88,10 +88,12 @@ impl Alive {
 pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
     let mut alive = Alive::list(ctl).await?;
     let listed = ctl.lead().hosts_shared().await?;
-    let grace = ctl.cfg.grace.as_millis() as u64;
     let mut actions = Vec::new();
     for h in &listed {
-        let decide = |a: &Alive| step(h.status, a.names.contains(&h.report.name), now_ms(), grace);
+        let decide = |a: &Alive| {
+            let name = &h.report.name;
+            step(h.status, a.names.contains(name), timing(ctl, h))
+        };
         let mut action = decide(&alive);
         if action != Action::Stay && alive.listed_at.elapsed() > ALIVE_MAX_AGE {
             alive = Alive::list(ctl).await?;
@@ -124,6 +126,16 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The times one host's health is decided by, now.
+fn timing(ctl: &Controller, h: &HostRecord) -> Timing {
+    Timing {
+        now_ms: now_ms(),
+        grace_ms: ctl.cfg.grace.as_millis() as u64,
+        probe_lead_ms: (PROBE_TIMEOUT + ctl.cfg.tick).as_millis() as u64,
+        lease_end_ms: ctl.lease_ends.end_of(&h.report.name, h.lease),
+    }
 }
 
 /// Runs the tick's host actions, [`ACTIONS_AT_ONCE`] at a time; the first
@@ -171,13 +183,18 @@ async fn act_on(ctl: &Arc<Controller>, h: &HostRecord, action: Action) -> Result
                 .await?;
             Ok(())
         }
-        Action::Probe => probe(ctl, h, now_ms()).await,
+        Action::Probe => probe(ctl, h).await,
     }
 }
 
-/// Grace is over: probes the agent; marks the host down if it is silent.
-async fn probe(ctl: &Arc<Controller>, h: &HostRecord, now: u64) -> Result<()> {
+/// The grace is nearly over: probes the agent; if it is silent, marks the
+/// host down when the grace is over, unless its record changed meanwhile
+/// (it registered again).
+async fn probe(ctl: &Arc<Controller>, h: &HostRecord) -> Result<()> {
     let name = &h.report.name;
+    let HostStatus::Lapsed { since_ms } = h.status else {
+        return Ok(());
+    };
     if answers(h).await {
         // Alive but not heartbeating: wait another grace.
         tracing::warn!(host = %name, "lease lapsed but the agent answers; waiting");
@@ -189,10 +206,14 @@ async fn probe(ctl: &Arc<Controller>, h: &HostRecord, now: u64) -> Result<()> {
             .await?;
         return Ok(());
     }
+    let due = down_at(since_ms, ctl.cfg.grace.as_millis() as u64);
+    let wait = due.saturating_sub(now_ms());
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let now = now_ms();
     let mut won = false;
     ctl.lead()
         .update_host(name, |r| {
-            won = matches!(r.status, HostStatus::Lapsed { .. });
+            won = r.status == h.status;
             if won {
                 r.status = HostStatus::Down { since_ms: now };
             }

@@ -136,6 +136,9 @@ pub struct Controller {
     placement: recent::Recent<sync::apply::Placement>,
     /// Registrations served at once (see [`api::REGISTRATIONS_AT_ONCE`]).
     registering: tokio::sync::Semaphore,
+    /// When the host leases this controller renewed run out, so that a
+    /// lapse's grace counts from the lease's end.
+    lease_ends: health::LeaseEnds,
 }
 
 /// Renews the leader's lease every `every` until that fails; then says so.
@@ -182,6 +185,7 @@ impl Controller {
             peers: recent::Recent::new(api::PEERS_MAX_AGE),
             placement: recent::Recent::new(sync::apply::PLACEMENT_MAX_AGE),
             registering: tokio::sync::Semaphore::new(api::REGISTRATIONS_AT_ONCE),
+            lease_ends: health::LeaseEnds::default(),
             cfg,
         })
     }
@@ -272,6 +276,14 @@ impl Controller {
                 h.abort();
             }
         }
+    }
+
+    /// Notes that `host`'s lease was granted or renewed by a request sent
+    /// at `sent_ms` (ms since the epoch), so that a lapse's grace counts
+    /// from the lease's end ([`health`]).
+    pub(crate) fn lease_renewed(&self, host: &str, lease: i64, sent_ms: u64) {
+        let ttl = self.cfg.lease_ttl.as_millis() as u64;
+        self.lease_ends.renewed(host, lease, sent_ms, ttl);
     }
 
     /// One look at the cluster: host health, then jobs.

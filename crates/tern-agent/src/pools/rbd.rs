@@ -25,6 +25,11 @@ const BLOCKLIST_SECONDS: &str = "315360000";
 /// librados' own limit on reaching the monitors (`client_mount_timeout`,
 /// 300 s by default): a wrong key makes it retry until then, silently.
 const MOUNT_TIMEOUT_SECS: &str = "10";
+/// librados' own limit on one monitor command once connected
+/// (`rados_mon_op_timeout`, none by default). [`CALL_TIMEOUT`] bounds the
+/// wait only while this agent lives: a `ceph df` whose agent was killed,
+/// and whose monitor went away, was still waiting 25 minutes later.
+const MON_OP_TIMEOUT_SECS: &str = "25";
 
 /// Refuses a definition that cannot reach a cluster.
 pub(super) fn check_source(src: &RbdSource) -> Result<()> {
@@ -144,6 +149,8 @@ impl<'a> Cluster<'a> {
             "/dev/null".into(),
             "--client-mount-timeout".into(),
             MOUNT_TIMEOUT_SECS.into(),
+            "--rados-mon-op-timeout".into(),
+            MON_OP_TIMEOUT_SECS.into(),
         ];
         a.push("-m".into());
         a.push(self.src.mon_host());
