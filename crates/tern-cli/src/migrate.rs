@@ -247,6 +247,7 @@ impl MigrateArgs {
             tls: self.tls,
             no_throttle: false,
             start_plan: None,
+            postcopy_preempt: false,
             dest_machines: None,
         };
         let mut o = o;

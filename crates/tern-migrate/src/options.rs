@@ -136,6 +136,12 @@ pub struct MigrateOptions {
     /// start plan (capabilities chosen from a fresh forecast), as the line
     /// that explains it.
     pub start_plan: Option<String>,
+    /// Set by the source agent at Begin, not the operator: post-copy's
+    /// page requests travel on a connection of their own (QEMU's
+    /// `postcopy-preempt`), because the start plan foresees post-copy.
+    /// Only where [`MigrateOptions::preempt_fits`]; see
+    /// [`MigrateOptions::preempts`].
+    pub postcopy_preempt: bool,
     /// Set by the driver, not the operator: the machine types the
     /// destination's QEMU offers (from its `nodeinfo`), so that Begin
     /// refuses a guest pinned to a machine the destination lacks before
@@ -393,7 +399,50 @@ impl MigrateOptions {
     /// Capabilities both QEMUs must agree on (set on the destination
     /// before `migrate-incoming`, and on the source before `migrate`).
     pub fn shared_capabilities(&self) -> Vec<(&'static str, bool)> {
-        vec![("multifd", self.parallel), ("postcopy-ram", self.postcopy)]
+        vec![
+            ("multifd", self.parallel),
+            ("postcopy-ram", self.postcopy),
+            ("postcopy-preempt", self.preempts()),
+        ]
+    }
+
+    /// Whether post-copy's page requests could have a connection of their
+    /// own here. In post-copy the guest waits for every page it touches
+    /// that has not arrived; on one connection the page it asked for
+    /// queues behind the background copy in both socket buffers.
+    /// QEMU 10 does not combine `postcopy-preempt` with multifd, and the
+    /// tunnel carries a fixed set of streams.
+    pub fn preempt_fits(&self) -> bool {
+        self.postcopy && !self.parallel && !self.tunnelled
+    }
+
+    /// Whether Begin should choose `postcopy-preempt`: where it fits, when
+    /// post-copy is sure (`--postcopy-after-precopy`) or the forecast
+    /// armed it because pre-copy alone would not finish (`foreseen`). Not
+    /// for a post-copy that is merely allowed: see [`Self::preempts`].
+    pub fn wants_preempt(&self, foreseen: bool) -> bool {
+        self.preempt_fits() && (self.postcopy_after_precopy || foreseen)
+    }
+
+    /// Whether this migration uses `postcopy-preempt`: chosen at Begin
+    /// ([`MigrateOptions::postcopy_preempt`]), where it fits. Not always:
+    /// the second connection means the destination relays the migration
+    /// stream through its guard instead of handing QEMU the socket,
+    /// which costs CPU in pre-copy (see the agent's `guard`).
+    pub fn preempts(&self) -> bool {
+        self.postcopy_preempt && self.preempt_fits()
+    }
+
+    /// The streams the destination's QEMU takes for this migration: the
+    /// main one, each multifd channel and post-copy's preempt channel.
+    pub fn incoming_streams(&self) -> usize {
+        let multifd = match self.parallel {
+            true => self
+                .parallel_connections
+                .unwrap_or(DEFAULT_PARALLEL_CONNECTIONS) as usize,
+            false => 0,
+        };
+        1 + multifd + usize::from(self.preempts())
     }
 
     /// Whether disks are mirrored along a live migration.
@@ -523,6 +572,73 @@ impl MigrateOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preempt_only_where_chosen_and_where_it_fits() {
+        let post = MigrateOptions {
+            live: true,
+            postcopy: true,
+            ..Default::default()
+        };
+        let cap = |o: &MigrateOptions| {
+            o.shared_capabilities()
+                .into_iter()
+                .find(|(c, _)| *c == "postcopy-preempt")
+                .map(|(_, on)| on)
+        };
+        assert_eq!(cap(&post), Some(false), "not chosen");
+        assert_eq!(post.incoming_streams(), 1);
+        let chosen = MigrateOptions {
+            postcopy_preempt: true,
+            ..post.clone()
+        };
+        assert_eq!(cap(&chosen), Some(true));
+        assert_eq!(chosen.incoming_streams(), 2);
+        for no in [
+            MigrateOptions {
+                postcopy: false,
+                ..chosen.clone()
+            },
+            MigrateOptions {
+                parallel: true,
+                ..chosen.clone()
+            },
+            MigrateOptions {
+                tunnelled: true,
+                p2p: true,
+                ..chosen.clone()
+            },
+        ] {
+            assert_eq!(cap(&no), Some(false), "{no:?}");
+        }
+        let parallel = MigrateOptions {
+            parallel: true,
+            parallel_connections: Some(4),
+            ..chosen
+        };
+        assert_eq!(parallel.incoming_streams(), 5);
+    }
+
+    #[test]
+    fn preempt_is_wanted_when_postcopy_is_sure_or_foreseen() {
+        let allowed = MigrateOptions {
+            live: true,
+            postcopy: true,
+            ..Default::default()
+        };
+        assert!(!allowed.wants_preempt(false), "merely allowed");
+        assert!(allowed.wants_preempt(true), "foreseen");
+        let sure = MigrateOptions {
+            postcopy_after_precopy: true,
+            ..allowed.clone()
+        };
+        assert!(sure.wants_preempt(false));
+        let parallel = MigrateOptions {
+            parallel: true,
+            ..sure
+        };
+        assert!(!parallel.wants_preempt(true), "does not fit");
+    }
 
     #[test]
     fn a_machine_the_destination_lacks_is_refused_by_name() {

@@ -231,6 +231,16 @@ fn postcopy_after_precopy_completes() {
         dest_ev.contains("starts here as soon as QEMU has its state"),
         "{dest_ev}\n{why}"
     );
+    // Post-copy was sure, so its page requests had a connection of their
+    // own: the guard handed QEMU two streams.
+    assert!(
+        String::from_utf8_lossy(&ev.stdout).contains("(postcopy-preempt)"),
+        "{why}"
+    );
+    assert!(
+        dest_ev.contains("guard passed 2 stream(s)"),
+        "{dest_ev}\n{why}"
+    );
     let on_b = state(&p.b, "pc1");
     assert!(on_b.starts_with("running"), "{on_b}\n{why}");
     let text =

@@ -79,7 +79,24 @@ fn postcopy_pauses_resumes_and_survives_a_link_cut() {
         if done["kind"] == "completed" && state(&p.b, name).starts_with("running") {
             break;
         }
-        assert!(Instant::now() < deadline, "the destination never took over");
+        if Instant::now() > deadline {
+            let events = |h: &tern_testkit::host::TernHost| {
+                let out = h.tern(&["domjobevents", name]);
+                let info = h.tern(&["domjobinfo", name, "--json"]);
+                format!(
+                    "{}{}{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&info.stdout),
+                    String::from_utf8_lossy(&info.stderr)
+                )
+            };
+            panic!(
+                "the destination never took over\nsource:\n{}\ndestination:\n{}",
+                events(&p.a),
+                events(&p.b)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 

@@ -12,9 +12,14 @@
 //! (the source names them in Begin) and its first bytes arrive within
 //! [`FIRST_BYTES`] and look right (a whole TLS handshake record holding a
 //! ClientHello with `--tls`, any byte without); others are closed. Once as
-//! many streams as the migration opens (1, plus the multifd channels) were
-//! handed over, the guard stops listening. Post-copy recovery gets a guard
+//! many streams as the migration opens (1, plus the multifd channels or
+//! post-copy's preempt channel) were handed over, the guard stops listening. Post-copy recovery gets a guard
 //! of its own ([`recovery`]).
+//!
+//! With `postcopy-preempt` the source opens a second connection when it
+//! switches to post-copy, for the pages the guest waits for; QEMU takes
+//! that only on a socket it listens on itself, so such a migration is
+//! relayed too.
 //!
 //! How a screened connection reaches QEMU ([`Target`]): a migration of one
 //! stream (the default) hands QEMU the accepted socket itself (`getfd`,
@@ -99,8 +104,15 @@ pub struct Policy {
     pub tls: bool,
     /// The source host's addresses; empty: any (a source that did not say).
     pub peers: Vec<IpAddr>,
-    /// Streams QEMU takes: 1, plus the multifd channels.
+    /// Streams QEMU takes: 1, plus the multifd channels or post-copy's
+    /// preempt channel.
     pub streams: usize,
+    /// The streams after the first may say nothing at first: without
+    /// TLS, QEMU opens post-copy's preempt channel silently and writes to
+    /// it only when the guest asks for a page. Such a connection is
+    /// handed over at once (the main stream is QEMU's already; a silent
+    /// connection stalls QEMU only in a TLS handshake).
+    pub quiet_after_first: bool,
 }
 
 impl Policy {
@@ -108,6 +120,22 @@ impl Policy {
     pub fn admits(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.peers.is_empty() || self.peers.iter().any(|p| p.to_canonical() == ip)
+    }
+
+    /// Whether a connection that comes after `passed` streams were handed
+    /// over must show its first bytes before it is.
+    pub fn screens(&self, passed: usize) -> bool {
+        self.tls || !self.quiet_after_first || passed == 0
+    }
+
+    /// The policy for migration options `o` from the source's `peers`.
+    pub fn for_migration(o: &tern_migrate::MigrateOptions, peers: Vec<IpAddr>) -> Policy {
+        Policy {
+            tls: o.tls,
+            peers,
+            streams: o.incoming_streams(),
+            quiet_after_first: o.preempts(),
+        }
     }
 }
 
@@ -260,6 +288,8 @@ async fn serve(
                     refuse(peer, "not an address of the source host");
                 } else if screening.len() >= SCREENING {
                     refuse(peer, "too many connections waiting");
+                } else if !policy.screens(passed) {
+                    screening.spawn(async move { (peer, Ok(sock)) });
                 } else {
                     let tls = policy.tls;
                     screening.spawn(async move { (peer, screen(sock, tls).await) });
@@ -359,16 +389,7 @@ pub(super) async fn incoming(
     ports: std::ops::RangeInclusive<u16>,
 ) -> Result<u16> {
     let o = &req.options;
-    let policy = Policy {
-        tls: o.tls,
-        peers: req.source_addresses.clone(),
-        streams: 1 + if o.parallel {
-            o.parallel_connections
-                .unwrap_or(tern_migrate::options::DEFAULT_PARALLEL_CONNECTIONS) as usize
-        } else {
-            0
-        },
-    };
+    let policy = Policy::for_migration(o, req.source_addresses.clone());
     let target = if policy.streams == 1 {
         Target::Socket(qmp.clone())
     } else {
@@ -397,19 +418,19 @@ pub(super) async fn incoming(
 const RECOVERY_WINDOW: Duration = Duration::from_secs(300);
 
 /// Destination, post-copy recovery: a guard in front of the unix socket
-/// `migrate-recover` made QEMU listen on, for one stream, from any address
-/// (the job that knew the source's may be gone); it stops listening after
-/// that stream or [`RECOVERY_WINDOW`]. Returns its port.
+/// `migrate-recover` made QEMU listen on, for the main stream and the
+/// preempt channel if the migration has one, from any
+/// address (the job that knew the source's may be gone); it stops
+/// listening after them or [`RECOVERY_WINDOW`]. Returns its port.
 pub(super) async fn recovery(
     agent: &crate::Agent,
     domain: &str,
     qemu: PathBuf,
-    tls: bool,
+    o: &tern_migrate::MigrateOptions,
 ) -> Result<u16> {
     let policy = Policy {
-        tls,
-        peers: Vec::new(),
-        streams: 1,
+        streams: 1 + usize::from(o.preempts()),
+        ..Policy::for_migration(o, Vec::new())
     };
     let name = domain.to_string();
     let events = Arc::new(move |m: String| tracing::info!(domain = %name, "{m}"));

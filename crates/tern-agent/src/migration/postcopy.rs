@@ -54,9 +54,13 @@ pub async fn recover(agent: &Agent, job: &Job, qmp: &Qmp) -> Result<()> {
 /// broken connection.
 pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> {
     check_version(req.version).map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let (domain, tls) = match agent.jobs.by_id(req.id) {
-        Some(Found::Running(j)) if j.role == Role::Destination => (j.domain.clone(), j.options.tls),
-        Some(Found::Done(r)) if r.role == Role::Destination => (r.domain.clone(), r.options.tls),
+    let (domain, o) = match agent.jobs.by_id(req.id) {
+        Some(Found::Running(j)) if j.role == Role::Destination => {
+            (j.domain.clone(), j.options.clone())
+        }
+        Some(Found::Done(r)) if r.role == Role::Destination => {
+            (r.domain.clone(), r.options.clone())
+        }
         _ => {
             return Err(AgentError::Conflict(format!(
                 "no incoming migration {} here to recover",
@@ -97,7 +101,7 @@ pub async fn listen(agent: &Agent, req: RecoverRequest) -> Result<RecoverReply> 
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let port = super::guard::recovery(agent, &domain, sock, tls).await?;
+    let port = super::guard::recovery(agent, &domain, sock, &o).await?;
     tracing::info!(domain, port, "waiting for the post-copy recovery channel");
     Ok(RecoverReply {
         version: PROTOCOL_VERSION,

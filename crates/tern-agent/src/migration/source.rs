@@ -9,6 +9,7 @@ use crate::Agent;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use tern_migrate::policy::Forecast;
 use tern_migrate::protocol::{
     check_version, BeginReply, ConfirmRequest, PerformRequest, PROTOCOL_VERSION,
 };
@@ -79,11 +80,7 @@ const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The options with the policy's start plan applied, when a fresh forecast
 /// of this guest made one and the operator left those knobs alone.
-fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Option<MigrateOptions> {
-    if !active || !o.policy_on() {
-        return None;
-    }
-    let forecast = agent.jobs.fresh_forecast(name, PLAN_MAX_AGE)?;
+fn planned(o: &MigrateOptions, forecast: &Forecast) -> Option<MigrateOptions> {
     let mut p = o.clone();
     let mut why = Vec::new();
     // `--postcopy` allows post-copy; arming it costs pre-copy time, so not
@@ -98,7 +95,10 @@ fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Optio
             forecast.prediction.total_ms as f64 / 1000.0
         ));
     }
-    let plan = forecast.plan.filter(|_| !o.compressed && !o.parallel);
+    let plan = forecast
+        .plan
+        .clone()
+        .filter(|_| !o.compressed && !o.parallel);
     let Some(plan) = plan else {
         if why.is_empty() {
             return None;
@@ -120,6 +120,37 @@ fn planned(agent: &Agent, name: &str, o: &MigrateOptions, active: bool) -> Optio
     why.insert(0, plan.reason);
     p.start_plan = Some(why.join("; "));
     Some(p)
+}
+
+/// The options Begin settles on: the start plan of a fresh forecast (see
+/// [`planned`]), and post-copy's preempt channel where post-copy is sure
+/// or foreseen ([`MigrateOptions::wants_preempt`]). `None`: as asked.
+fn begin_options(
+    agent: &Agent,
+    name: &str,
+    o: &MigrateOptions,
+    active: bool,
+) -> Option<MigrateOptions> {
+    if !active || !o.live {
+        return None;
+    }
+    let forecast = o
+        .policy_on()
+        .then(|| agent.jobs.fresh_forecast(name, PLAN_MAX_AGE))
+        .flatten();
+    let mut p = forecast.as_ref().and_then(|f| planned(o, f));
+    let foreseen = forecast.is_some_and(|f| f.arm_postcopy == Some(true));
+    if p.as_ref().unwrap_or(o).wants_preempt(foreseen) {
+        let mut q = p.unwrap_or_else(|| o.clone());
+        q.postcopy_preempt = true;
+        let line = "post-copy's page requests get a connection of their own (postcopy-preempt)";
+        q.start_plan = Some(match q.start_plan.take() {
+            Some(plan) => format!("{plan}; {line}"),
+            None => format!("start plan: {line}"),
+        });
+        p = Some(q);
+    }
+    p
 }
 
 /// Begin: validates and describes the guest for the destination.
@@ -221,7 +252,7 @@ pub async fn begin(agent: &Arc<Agent>, name: &str, o: &MigrateOptions) -> Result
         active,
         disks,
         files,
-        options: planned(agent, name, o, active),
+        options: begin_options(agent, name, o, active),
         source_uri: Some(agent.self_uri()),
         tls_identity: if o.tls {
             Some(super::qemu_tls::own_identity(agent)?)

@@ -67,7 +67,8 @@ struct Args {
     /// so its rescues wait for an operator (see docs/FENCING.md).
     #[arg(long)]
     fence_require_watchdog: bool,
-    /// Grace between a lapse and declaring the host down, ms.
+    /// Grace between a host's lease running out and declaring the host
+    /// down, ms (its agent is probed within the grace's last second).
     #[arg(long, default_value_t = 2000)]
     grace_ms: u64,
     /// Leader lease, ms (how soon another controller takes over).

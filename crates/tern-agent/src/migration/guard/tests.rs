@@ -45,6 +45,7 @@ fn only_the_source_hosts_addresses_are_admitted() {
         tls: true,
         peers: vec!["10.0.0.1".parse().unwrap()],
         streams: 1,
+        quiet_after_first: false,
     };
     assert!(p.admits("10.0.0.1".parse().unwrap()));
     assert!(p.admits("::ffff:10.0.0.1".parse().unwrap()));
@@ -87,6 +88,7 @@ async fn the_guard_relays_talkers_and_closes_the_silent() {
         tls: false,
         peers: vec!["127.0.0.1".parse().unwrap()],
         streams: 1,
+        quiet_after_first: false,
     };
     let events: Arc<dyn Fn(String) + Send + Sync> = Arc::new(|m| eprintln!("{m}"));
     let g = Guard::start(
@@ -194,4 +196,38 @@ impl ReadWrite for std::os::unix::net::UnixStream {
     fn finish(&mut self) {
         self.shutdown(std::net::Shutdown::Write).unwrap();
     }
+}
+
+/// Post-copy's preempt channel opens silently without TLS: only the
+/// streams after the first may, and never under TLS (where a silent
+/// connection would stall QEMU's handshake).
+#[test]
+fn only_a_later_stream_without_tls_skips_the_first_bytes() {
+    let o = tern_migrate::MigrateOptions {
+        live: true,
+        postcopy: true,
+        postcopy_preempt: true,
+        ..Default::default()
+    };
+    let p = Policy::for_migration(&o, vec![]);
+    assert_eq!(p.streams, 2);
+    assert!(p.screens(0), "the main stream is screened");
+    assert!(!p.screens(1), "the preempt channel is not");
+    let tls = Policy::for_migration(
+        &tern_migrate::MigrateOptions {
+            tls: true,
+            ..o.clone()
+        },
+        vec![],
+    );
+    assert!(tls.screens(1));
+    let plain = Policy::for_migration(
+        &tern_migrate::MigrateOptions {
+            postcopy_preempt: false,
+            ..o
+        },
+        vec![],
+    );
+    assert_eq!(plain.streams, 1);
+    assert!(plain.screens(1));
 }
