@@ -396,13 +396,16 @@ fn median(r: Result<Vec<Outcome>>, notes: &mut Vec<String>) -> Outcome {
         .collect();
     if runs.len() > 1 {
         notes.push(format!(
-            "totals of {} runs, in order (QEMU's own total-time): {} s",
+            "totals of {} runs, in order (QEMU's own total-time; downtime, pause seen by the guest): {}",
             runs.len(),
             runs.iter()
                 .map(|r| format!(
-                    "{:.2} (QEMU {:.2})",
+                    "{:.2} s (QEMU {:.2} s; {} ms, {})",
                     r.wall.as_secs_f64(),
-                    r.figures.total_ms as f64 / 1000.0
+                    r.figures.total_ms as f64 / 1000.0,
+                    r.figures.downtime_ms,
+                    r.gap
+                        .map_or("–".into(), |g| format!("{} ms", g.as_millis()))
                 ))
                 .collect::<Vec<_>>()
                 .join(" / ")

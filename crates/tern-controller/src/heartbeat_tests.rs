@@ -138,11 +138,23 @@ async fn a_returning_host_drops_records_placed_on_it_that_it_no_longer_has() {
 }
 
 /// A file store whose recent revisions ([`Store::revisions_recent`]) stay
-/// as they were when frozen, as an etcd watch's copy that lags.
+/// as they were when frozen, as an etcd watch's copy that lags; and whose
+/// next renewal may find its lease lapsed, as a slow registration's did.
 #[derive(Debug)]
 struct Behind {
     inner: tern_store::FileStore,
     frozen: std::sync::Mutex<Option<std::collections::HashMap<String, Option<u64>>>>,
+    lapse_next_renewal: std::sync::atomic::AtomicBool,
+}
+
+impl Behind {
+    fn open(dir: &std::path::Path) -> Behind {
+        Behind {
+            inner: tern_store::FileStore::open(dir.to_str().unwrap()).unwrap(),
+            frozen: Default::default(),
+            lapse_next_renewal: Default::default(),
+        }
+    }
 }
 
 impl Behind {
@@ -210,6 +222,10 @@ impl Store for Behind {
         self.inner.grant(ttl).await
     }
     async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        if self.lapse_next_renewal.swap(false, Ordering::SeqCst) {
+            self.inner.revoke(lease).await?;
+        }
         self.inner.keep_alive(lease).await
     }
     async fn revoke(&self, lease: LeaseId) -> StoreResult<()> {
@@ -229,10 +245,7 @@ async fn a_moment_old_read_never_sends_an_agent_to_register_again() {
         "127.0.0.1:0".parse().unwrap(),
         &format!("file:{}", d.path().display()),
     );
-    let store = Arc::new(Behind {
-        inner: tern_store::FileStore::open(d.path().to_str().unwrap()).unwrap(),
-        frozen: Default::default(),
-    });
+    let store = Arc::new(Behind::open(d.path()));
     let ctl = Controller::on_store(cfg, store.clone());
     let r = report(&["a"]);
     let first: RegisterReply = call(&ctl, ClusterRequest::Register { report: r.clone() }).await;
@@ -277,4 +290,38 @@ async fn a_registration_that_cannot_get_a_turn_is_refused_as_busy() {
     drop(held);
     let _: RegisterReply = call(&ctl, req).await;
     assert_eq!(servers(&ctl).await, ["a"]);
+}
+
+/// A registration slow enough that its lease lapsed before the reply: the
+/// host gets a fresh lease (alive key and record), not one that is gone,
+/// and a heartbeat on it is answered.
+#[tokio::test]
+async fn a_lease_that_lapsed_while_registering_is_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = ControllerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("file:{}", d.path().display()),
+    );
+    let store = Arc::new(Behind::open(d.path()));
+    let ctl = Controller::on_store(cfg, store.clone());
+    store
+        .lapse_next_renewal
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = report(&["a"]);
+    let reg: RegisterReply = call(&ctl, ClusterRequest::Register { report: r.clone() }).await;
+    let rec = ctl.inv.host("h1").await.unwrap();
+    assert_eq!(rec.lease, reg.lease, "the record names the fresh lease");
+    assert_eq!(rec.status, tern_api::cluster::HostStatus::Online);
+    let alive = store
+        .get(&format!("{}h1", crate::inventory::ALIVE))
+        .await
+        .unwrap();
+    assert_eq!(
+        alive.and_then(|e| e.lease),
+        Some(reg.lease),
+        "the alive key is on it"
+    );
+    assert!(ctl.lease_ends.end_of("h1", reg.lease).is_some());
+    let hb = heartbeat(&ctl, reg.lease, None, r.digest()).await;
+    assert!(!hb.reregister, "{hb:?}");
 }

@@ -271,7 +271,8 @@ async fn measure(
     let admin = controller_client_with_pki(&ctl.url, &PkiDir::new(ctl.pki.dir("admin")))?
         .with_timeout(Duration::from_secs(300));
     if f.registered > 0 {
-        f.down_after = dead_host(&admin, &states[0], f.lease_plus_grace * 4).await;
+        (f.down_after, f.declared_after) =
+            dead_host(&admin, &states[0], f.lease_plus_grace * 4).await;
     }
     queries(&admin, &mut f).await;
     f.cpu_total = w.ctl.cpu();
@@ -361,8 +362,14 @@ async fn queries(admin: &Client, f: &mut Figures) {
 }
 
 /// Stops `victim`'s heartbeats; the time from its last answered one until
-/// the controller lists its host down (`None`: not within `limit`).
-async fn dead_host(admin: &Client, victim: &AgentState, limit: Duration) -> Option<Duration> {
+/// the controller lists its host down (`None`: not within `limit`), and
+/// until the moment the controller's record says it declared it down
+/// (the listing adds up to one 50 ms poll and the call's own time).
+async fn dead_host(
+    admin: &Client,
+    victim: &AgentState,
+    limit: Duration,
+) -> (Option<Duration>, Option<Duration>) {
     victim.stopped.store(true, Ordering::Relaxed);
     let host = agent::host_name(0);
     let t = Instant::now();
@@ -370,17 +377,26 @@ async fn dead_host(admin: &Client, victim: &AgentState, limit: Duration) -> Opti
         let req = ClusterRequest::HostShow { id: host.clone() };
         let rec = admin.call_json::<_, HostRecord>(&req).await;
         if let Ok(HostRecord {
-            status: HostStatus::Down { .. },
+            status: HostStatus::Down { since_ms },
             ..
         }) = rec
         {
             let seen = Instant::now();
-            let last = *victim.last_ok.lock().unwrap_or_else(|p| p.into_inner());
-            return last.map(|l| seen - l);
+            let Some(last) = *victim.last_ok.lock().unwrap_or_else(|p| p.into_inner()) else {
+                return (None, None);
+            };
+            // The last answer on the controller's clock (the same host's).
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let last_ms = now_ms.saturating_sub(last.elapsed().as_millis() as u64);
+            let declared = Duration::from_millis(since_ms.saturating_sub(last_ms));
+            return (Some(seen - last), Some(declared));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    None
+    (None, None)
 }
 
 /// The median of three timed calls, and what the last one returned.
