@@ -128,6 +128,10 @@ pub async fn health_tick(ctl: &Arc<Controller>) -> Result<()> {
     Ok(())
 }
 
+/// How late the store itself may delete an expired lease's keys: etcd
+/// looks for expired leases every 500 ms; with margin.
+const NOTICE_LAG_STORE: Duration = Duration::from_secs(1);
+
 /// The times one host's health is decided by, now.
 fn timing(ctl: &Controller, h: &HostRecord) -> Timing {
     Timing {
@@ -135,6 +139,7 @@ fn timing(ctl: &Controller, h: &HostRecord) -> Timing {
         grace_ms: ctl.cfg.grace.as_millis() as u64,
         probe_lead_ms: (PROBE_TIMEOUT + ctl.cfg.tick).as_millis() as u64,
         lease_end_ms: ctl.lease_ends.end_of(&h.report.name, h.lease),
+        notice_lag_max_ms: (NOTICE_LAG_STORE + ctl.cfg.tick * 2).as_millis() as u64,
     }
 }
 

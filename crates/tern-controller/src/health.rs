@@ -46,9 +46,14 @@ pub struct Timing {
     /// How long before the grace ends the probe is made: the probe's own
     /// timeout plus one tick, so that the tick that starts it may be late.
     pub probe_lead_ms: u64,
-    /// When this host's lease ran out or runs out, if this controller
-    /// renewed it last.
+    /// When this host's lease ran out or runs out, as far as this
+    /// controller knows (it renewed the lease at least once).
     pub lease_end_ms: Option<u64>,
+    /// How late a lapse may be noticed: the store's own expiry check
+    /// (etcd's every 500 ms) and the leader's ticks. A known end older
+    /// than this is not the lease's real end: another controller renewed
+    /// it since, and counting from it would skip the grace.
+    pub notice_lag_max_ms: u64,
 }
 
 /// The next action for a host whose lease key is `alive` (or not).
@@ -56,7 +61,7 @@ pub fn step(status: HostStatus, alive: bool, t: Timing) -> Action {
     match (status, alive) {
         (HostStatus::Online, true) => Action::Stay,
         (HostStatus::Online, false) => Action::Set(HostStatus::Lapsed {
-            since_ms: lapsed_since(t.lease_end_ms, t.now_ms),
+            since_ms: lapsed_since(t.lease_end_ms, t.now_ms, t.notice_lag_max_ms),
         }),
         (HostStatus::Lapsed { .. }, true) => Action::Set(HostStatus::Online),
         (HostStatus::Lapsed { since_ms }, false) if probe_due(since_ms, t) => Action::Probe,
@@ -68,11 +73,12 @@ pub fn step(status: HostStatus, alive: bool, t: Timing) -> Action {
 }
 
 /// When a lease whose key is gone lapsed: when it ran out, if that is
-/// known and past; otherwise now (a lease renewed elsewhere, or one that
-/// was revoked before its end).
-pub fn lapsed_since(lease_end_ms: Option<u64>, now_ms: u64) -> u64 {
+/// known, past, and no older than a lapse can be noticed late
+/// (`lag_max_ms`); otherwise now (a lease renewed elsewhere since, or one
+/// revoked before its end).
+pub fn lapsed_since(lease_end_ms: Option<u64>, now_ms: u64, lag_max_ms: u64) -> u64 {
     match lease_end_ms {
-        Some(end) if end <= now_ms => end,
+        Some(end) if end <= now_ms && now_ms - end <= lag_max_ms => end,
         _ => now_ms,
     }
 }
@@ -130,6 +136,7 @@ mod tests {
             grace_ms: 2000,
             probe_lead_ms: 1250,
             lease_end_ms: None,
+            notice_lag_max_ms: 1500,
         }
     }
 
@@ -164,8 +171,12 @@ mod tests {
         );
         // An end still ahead (the key was revoked, or clocks disagree):
         // counted from now, never from the future.
-        assert_eq!(lapsed_since(Some(5000), 1700), 1700);
-        assert_eq!(lapsed_since(None, 1700), 1700);
+        assert_eq!(lapsed_since(Some(5000), 1700, 1500), 1700);
+        assert_eq!(lapsed_since(None, 1700, 1500), 1700);
+        // An end long past: another controller renewed the lease since
+        // this one last did; its end is unknown here, so the grace is
+        // counted whole from now.
+        assert_eq!(lapsed_since(Some(1000), 9000, 1500), 9000);
     }
 
     #[test]

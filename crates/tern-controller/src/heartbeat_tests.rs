@@ -233,6 +233,17 @@ impl Store for Behind {
     }
 }
 
+/// A controller on a [`Behind`] store in `dir`.
+fn on_behind(dir: &std::path::Path) -> (Arc<Behind>, Arc<Controller>) {
+    let cfg = ControllerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("file:{}", dir.display()),
+    );
+    let store = Arc::new(Behind::open(dir));
+    let ctl = Controller::on_store(cfg, store.clone());
+    (store, ctl)
+}
+
 /// A heartbeat reads revisions that may be a moment old. One that
 /// predates the host's new registration finds the old lease in the
 /// record: that must not send the agent to register again (which, at
@@ -241,12 +252,7 @@ impl Store for Behind {
 #[tokio::test]
 async fn a_moment_old_read_never_sends_an_agent_to_register_again() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = ControllerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        &format!("file:{}", d.path().display()),
-    );
-    let store = Arc::new(Behind::open(d.path()));
-    let ctl = Controller::on_store(cfg, store.clone());
+    let (store, ctl) = on_behind(d.path());
     let r = report(&["a"]);
     let first: RegisterReply = call(&ctl, ClusterRequest::Register { report: r.clone() }).await;
     let hb = heartbeat(&ctl, first.lease, None, r.digest()).await;
@@ -298,12 +304,7 @@ async fn a_registration_that_cannot_get_a_turn_is_refused_as_busy() {
 #[tokio::test]
 async fn a_lease_that_lapsed_while_registering_is_replaced() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = ControllerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        &format!("file:{}", d.path().display()),
-    );
-    let store = Arc::new(Behind::open(d.path()));
-    let ctl = Controller::on_store(cfg, store.clone());
+    let (store, ctl) = on_behind(d.path());
     store
         .lapse_next_renewal
         .store(true, std::sync::atomic::Ordering::SeqCst);
