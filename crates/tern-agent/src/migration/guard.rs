@@ -13,8 +13,8 @@
 //! [`FIRST_BYTES`] and look right (a whole TLS handshake record holding a
 //! ClientHello with `--tls`, any byte without); others are closed. Once as
 //! many streams as the migration opens (1, plus the multifd channels or
-//! post-copy's preempt channel) were handed over, the guard stops listening. Post-copy recovery gets a guard
-//! of its own ([`recovery`]).
+//! post-copy's preempt channel) were handed over, the guard stops
+//! listening. Post-copy recovery gets a guard of its own ([`recovery`]).
 //!
 //! With `postcopy-preempt` the source opens a second connection when it
 //! switches to post-copy, for the pages the guest waits for; QEMU takes
@@ -419,9 +419,10 @@ const RECOVERY_WINDOW: Duration = Duration::from_secs(300);
 
 /// Destination, post-copy recovery: a guard in front of the unix socket
 /// `migrate-recover` made QEMU listen on, for the main stream and the
-/// preempt channel if the migration has one, from any
-/// address (the job that knew the source's may be gone); it stops
-/// listening after them or [`RECOVERY_WINDOW`]. Returns its port.
+/// preempt channel if the migration has one (post-copy has no multifd
+/// channels), from any address (the job that knew the source's may be
+/// gone); it stops listening after them or [`RECOVERY_WINDOW`]. Returns
+/// its port.
 pub(super) async fn recovery(
     agent: &crate::Agent,
     domain: &str,
