@@ -269,18 +269,25 @@ async fn compact_history(
         let (Some(m), Some(p)) = (members.upgrade(), pinned.upgrade()) else {
             return;
         };
-        let mut c = m[p.load(Ordering::Relaxed) % m.len()].clone();
-        let now = match c.status().await {
-            Ok(s) => s.header().map(|h| h.revision()),
-            Err(_) => None,
-        };
-        if let Some(rev) = seen.filter(|r| *r > 0) {
-            if let Err(e) = c.compact(rev, None).await {
-                tracing::debug!(revision = rev, error = %e, "etcd compaction skipped");
-            }
-        }
-        seen = now.or(seen);
+        let c = m[p.load(Ordering::Relaxed) % m.len()].clone();
+        seen = compact_step(c, seen).await;
     }
+}
+
+/// One period of [`compact_history`]: compacts to `seen` (the revision
+/// of one period before), and returns the revision now, to compact to
+/// next time (or `seen` again if the member did not say).
+async fn compact_step(mut c: Client, seen: Option<i64>) -> Option<i64> {
+    let now = match c.status().await {
+        Ok(s) => s.header().map(|h| h.revision()),
+        Err(_) => None,
+    };
+    if let Some(rev) = seen.filter(|r| *r > 0) {
+        if let Err(e) = c.compact(rev, None).await {
+            tracing::debug!(revision = rev, error = %e, "etcd compaction skipped");
+        }
+    }
+    now.or(seen)
 }
 
 /// Whether `e` says the member could not serve the call (down, cut off,
@@ -531,5 +538,37 @@ impl Store for EtcdStore {
                 e => Err(e),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// History older than one period goes, newer history stays: a
+    /// revision seen at the last step can no longer be read after the
+    /// next, one written since still can.
+    #[tokio::test]
+    async fn each_step_compacts_to_the_revision_the_last_one_saw() {
+        let e = tern_testkit::Etcd::start();
+        let mut c = Client::connect([e.url.as_str()], None).await.unwrap();
+        let first = c.put("k", "1", None).await.unwrap();
+        let first = first.header().unwrap().revision();
+        let seen = compact_step(c.clone(), None).await;
+        assert_eq!(seen, Some(first), "the first step only looks");
+        let kept = c.put("k", "2", None).await.unwrap();
+        let kept = kept.header().unwrap().revision();
+        c.put("k", "3", None).await.unwrap();
+        let at = |r: i64| Some(etcd_client::GetOptions::new().with_revision(r));
+        assert!(
+            c.get("k", at(first - 1)).await.is_ok(),
+            "nothing compacted yet"
+        );
+        let next = compact_step(c.clone(), seen).await;
+        assert!(next > seen, "{next:?} after {seen:?}");
+        let gone = c.get("k", at(first - 1)).await;
+        assert!(gone.is_err(), "history before the seen revision is kept");
+        let v = c.get("k", at(kept)).await.unwrap();
+        assert_eq!(v.kvs()[0].value(), b"2", "history since was compacted");
     }
 }
