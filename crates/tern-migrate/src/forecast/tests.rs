@@ -249,15 +249,21 @@ fn following_a_guest_faster_than_the_link_expects_postcopy() {
     // 30.9 s. Pre-copy alone would converge only in minutes; the forecast
     // follows the policy instead.
     let obs = trace("dirty-200-over-100.jsonl");
+    // The dirty rate the forecast before the run sampled: 184-208 MiB/s
+    // in session 17's capped runs (QEMU's own figure in the later passes
+    // is per pass, about 100 MiB/s, the guest rewriting its 1 GiB).
     let prior = Prior {
         zero_fraction: Some(0.43),
-        dirty_rate: 100 << 20,
+        dirty_rate: 200 << 20,
         send_rate: 100 << 20,
         later_pass_speedup: 0.0,
     };
     let ups = follow(&obs, prior, 1000);
-    for at in [0.5, 0.75] {
+    // At a quarter the first pass still runs: the two stalled passes to
+    // come are priced too.
+    for at in [0.25, 0.5, 0.75] {
         let c = check_at(&ups, 30_900, at).expect("a forecast by then");
+        eprintln!("at {at}: {:+.0} %", c.error * 100.0);
         assert!(c.error.abs() <= 0.3, "at {at}: {c:?}");
     }
 }
