@@ -386,10 +386,7 @@ async fn dead_host(
                 return (None, None);
             };
             // The last answer on the controller's clock (the same host's).
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
+            let now_ms = crate::live::tern::epoch_ms();
             let last_ms = now_ms.saturating_sub(last.elapsed().as_millis() as u64);
             let declared = Duration::from_millis(since_ms.saturating_sub(last_ms));
             return (Some(seen - last), Some(declared));

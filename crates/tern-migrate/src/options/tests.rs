@@ -2,13 +2,18 @@
 
 use super::*;
 
-#[test]
-fn preempt_only_where_chosen_and_where_it_fits() {
-    let post = MigrateOptions {
+/// A live migration that allows post-copy, and nothing else.
+fn live_postcopy() -> MigrateOptions {
+    MigrateOptions {
         live: true,
         postcopy: true,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn preempt_only_where_chosen_and_where_it_fits() {
+    let post = live_postcopy();
     let cap = |o: &MigrateOptions| {
         o.shared_capabilities()
             .into_iter()
@@ -50,11 +55,7 @@ fn preempt_only_where_chosen_and_where_it_fits() {
 
 #[test]
 fn preempt_is_wanted_when_postcopy_is_sure_or_foreseen() {
-    let allowed = MigrateOptions {
-        live: true,
-        postcopy: true,
-        ..Default::default()
-    };
+    let allowed = live_postcopy();
     assert!(!allowed.wants_preempt(false), "merely allowed");
     assert!(allowed.wants_preempt(true), "foreseen");
     let sure = MigrateOptions {
