@@ -396,7 +396,7 @@ fn median(r: Result<Vec<Outcome>>, notes: &mut Vec<String>) -> Outcome {
         .collect();
     if runs.len() > 1 {
         notes.push(format!(
-            "totals of {} runs, in order (QEMU's own total-time; downtime, pause seen by the guest): {}",
+            "totals of {} runs, in order (QEMU's own total-time; downtime, pause seen by the guest, of which frozen): {}",
             runs.len(),
             runs.iter()
                 .map(|r| format!(
@@ -404,8 +404,7 @@ fn median(r: Result<Vec<Outcome>>, notes: &mut Vec<String>) -> Outcome {
                     r.wall.as_secs_f64(),
                     r.figures.total_ms as f64 / 1000.0,
                     r.figures.downtime_ms,
-                    r.gap
-                        .map_or("–".into(), |g| format!("{} ms", g.as_millis()))
+                    crate::live::report::pause_text(r)
                 ))
                 .collect::<Vec<_>>()
                 .join(" / ")
@@ -452,7 +451,11 @@ impl Medians {
         if let Some(d) = self.downtime_ms {
             r.figures.downtime_ms = d;
         }
-        r.gap = self.gap.or(r.gap);
+        if self.gap.is_some() {
+            // The median pause is another run's: its split is not this one's.
+            r.gap = self.gap;
+            r.gap_guest = None;
+        }
         r.forecast_ms = self.forecast_ms.or(r.forecast_ms);
         r.forecast_span = self.forecast_span.or(r.forecast_span);
         r.run_errors = self.run_errors;

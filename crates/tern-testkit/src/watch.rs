@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 pub struct Seen {
     /// Heartbeat counter.
     pub seq: u64,
+    /// The guest's own uptime in the line, ms.
+    pub up_ms: u64,
     /// When the line appeared in a log.
     pub at: Instant,
 }
@@ -46,6 +48,13 @@ pub struct WatchReport {
     pub last_seq: u64,
     /// Longest host-time wait between consecutive heartbeats.
     pub max_gap: Duration,
+    /// The guest's own clock across the same two heartbeats. Under TCG
+    /// the guest's clocks stop while QEMU is paused, so `max_gap` minus
+    /// this is the time the guest was frozen (stopped, or not yet
+    /// resumed), and this minus the heartbeat period is how late the
+    /// guest itself was (throttled, starved, or translating code afresh
+    /// on a new host).
+    pub max_gap_guest: Duration,
     /// Whether the counter ever went backwards (a reboot or a second copy).
     pub went_backwards: bool,
     /// Heartbeat numbers never seen.
@@ -157,6 +166,7 @@ fn poll(
             if let Some(hb) = parse_heartbeat(l) {
                 seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
                     seq: hb.seq,
+                    up_ms: hb.up_ms,
                     at: now,
                 });
             } else if l.starts_with("TERN-FAIL") {
@@ -172,10 +182,15 @@ fn poll(
 /// Summarises heartbeats in arrival order.
 pub fn report(seen: &[Seen], failures: Vec<String>) -> WatchReport {
     let mut max_gap = Duration::ZERO;
+    let mut max_gap_guest = Duration::ZERO;
     let mut went_backwards = false;
     let mut missing = 0;
     for w in seen.windows(2) {
-        max_gap = max_gap.max(w[1].at.saturating_duration_since(w[0].at));
+        let gap = w[1].at.saturating_duration_since(w[0].at);
+        if gap > max_gap {
+            max_gap = gap;
+            max_gap_guest = Duration::from_millis(w[1].up_ms.saturating_sub(w[0].up_ms));
+        }
         if w[1].seq <= w[0].seq {
             went_backwards = true;
         } else {
@@ -187,6 +202,7 @@ pub fn report(seen: &[Seen], failures: Vec<String>) -> WatchReport {
         first_seq: seen.first().map(|s| s.seq).unwrap_or(0),
         last_seq: seen.last().map(|s| s.seq).unwrap_or(0),
         max_gap,
+        max_gap_guest,
         went_backwards,
         missing,
         failures,
@@ -200,15 +216,21 @@ mod tests {
     #[test]
     fn gap_and_order_from_arrivals() {
         let t = Instant::now();
-        let s = |seq, ms| Seen {
+        let s = |seq, ms, up_ms| Seen {
             seq,
+            up_ms,
             at: t + Duration::from_millis(ms),
         };
-        let r = report(&[s(1, 0), s(2, 50), s(3, 400), s(5, 450)], vec![]);
+        let r = report(
+            &[s(1, 0, 10), s(2, 50, 60), s(3, 400, 125), s(5, 450, 175)],
+            vec![],
+        );
         assert_eq!(r.max_gap, Duration::from_millis(350));
+        // The guest's clock moved 65 ms of those 350: frozen for 285.
+        assert_eq!(r.max_gap_guest, Duration::from_millis(65));
         assert!(!r.went_backwards);
         assert_eq!(r.missing, 1);
-        let r = report(&[s(7, 0), s(1, 10)], vec![]);
+        let r = report(&[s(7, 0, 0), s(1, 10, 0)], vec![]);
         assert!(r.went_backwards);
     }
 

@@ -173,6 +173,7 @@ async fn once(
         wall,
         figures,
         gap: (after == AfterMigration::Running).then_some(rep.max_gap),
+        gap_guest: (after == AfterMigration::Running).then_some(rep.max_gap_guest),
         times_late: figures.times_missing(),
         crash: match after {
             AfterMigration::Crashed(l) => Some(l),

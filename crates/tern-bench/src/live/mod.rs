@@ -390,9 +390,7 @@ pub(crate) fn summary(o: &Outcome) -> String {
             r.figures.downtime_ms,
             r.figures.bytes as f64 / 1048576.0,
             r.figures.iterations,
-            r.gap
-                .map(|g| format!("{} ms", g.as_millis()))
-                .unwrap_or_else(|| "not seen".into()),
+            report::pause_text(r),
             r.breakdown
                 .map(|b| format!("; phases {}", table::phases_brief(&b)))
                 .unwrap_or_default()

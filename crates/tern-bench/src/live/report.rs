@@ -92,6 +92,9 @@ pub struct Run {
     /// Longest wait between heartbeats on the consoles, if the guest was
     /// seen running on the destination.
     pub gap: Option<Duration>,
+    /// The guest's own clock across the same two heartbeats: `gap` minus
+    /// this is the time the guest was frozen ([`tern_testkit::WatchReport`]).
+    pub gap_guest: Option<Duration>,
     /// The phases of its wall-clock time.
     pub breakdown: Option<Breakdown>,
     /// The first `query-migrate` that said "completed" had no total-time
@@ -189,6 +192,8 @@ pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
             iterations: m(&|r| r.figures.iterations),
         },
         gap: median(done.iter().filter_map(|r| r.gap).collect()),
+        // Belongs to one pause; a median of each would pair two runs.
+        gap_guest: None,
         times_late: done.iter().any(|r| r.times_late),
         crash: done.iter().find_map(|r| r.crash.clone()),
         breakdown: mid.breakdown,
@@ -222,6 +227,22 @@ pub fn control_ms(runs: &[Outcome]) -> Option<i64> {
 /// did not give its times).
 pub fn overhead_ms(r: &Run) -> Option<i64> {
     (!r.figures.times_missing()).then(|| r.wall.as_millis() as i64 - r.figures.total_ms as i64)
+}
+
+/// The guest's pause as a progress note: "111 ms (frozen 58 ms)", where
+/// frozen is the part its own clock did not see (QEMU stopped, or the
+/// destination not yet resumed); the rest is the heartbeat period plus
+/// however late the guest itself was. "not seen" without a pause.
+pub fn pause_text(r: &Run) -> String {
+    match (r.gap, r.gap_guest) {
+        (Some(g), Some(guest)) => format!(
+            "{} ms (frozen {} ms)",
+            g.as_millis(),
+            g.saturating_sub(guest).as_millis()
+        ),
+        (Some(g), None) => format!("{} ms", g.as_millis()),
+        (None, _) => "not seen".into(),
+    }
 }
 
 /// How many completed runs first saw "completed" without QEMU's times.

@@ -208,6 +208,7 @@ async fn migrate_once(
         wall,
         figures,
         gap: (after == AfterMigration::Running).then_some(rep.max_gap),
+        gap_guest: (after == AfterMigration::Running).then_some(rep.max_gap_guest),
         breakdown: Some(breakdown),
         times_late: figures.times_missing(),
         crash: match after {
