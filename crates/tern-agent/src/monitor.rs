@@ -39,13 +39,27 @@ pub fn install(agent: &Arc<Agent>, slot: &Arc<DomainSlot>, entry: &mut DomainEnt
     tokio::spawn(watch(agent.clone(), slot.clone(), qmp, pid));
 }
 
+/// Logs a QEMU event with QEMU's own time (debug): the moments of a
+/// switch-over (the source's STOP, the destination's RESUME, each side's
+/// MIGRATION status) on one clock, to the microsecond.
+fn logged<'a>(domain: &str, ev: &'a tern_qemu::QmpEvent) -> &'a tern_qemu::QmpEvent {
+    tracing::debug!(
+        domain,
+        event = %ev.name,
+        status = ev.data["status"].as_str().unwrap_or(""),
+        qemu_us = ev.timestamp_us,
+        "QEMU event"
+    );
+    ev
+}
+
 async fn watch(agent: Arc<Agent>, slot: Arc<DomainSlot>, qmp: Qmp, pid: u32) {
     let mut events = qmp.events();
     let mut guest_shutdown = false;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Ok(ev) => match ev.name.as_str() {
+                Ok(ev) => match logged(&slot.name, &ev).name.as_str() {
                     "SHUTDOWN" if ev.data["guest"].as_bool().unwrap_or(false) => {
                         guest_shutdown = true;
                         slot.set(DomainState::InShutdown, StateReason::Shutdown);

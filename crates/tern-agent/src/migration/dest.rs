@@ -203,6 +203,58 @@ pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
     }
 }
 
+/// How long the load wait sleeps when no MIGRATION event comes: events
+/// wake it at once; this only bounds a lost one.
+const LOAD_LOOK: Duration = Duration::from_millis(20);
+
+/// Waits until the incoming QEMU has the whole guest (or is in post-copy).
+/// Finish often arrives while QEMU is still loading the last pages the
+/// source sent (an idle guest's last pass ends in zero pages, which the
+/// source sends far faster than the destination takes them in): the wait
+/// ends on QEMU's MIGRATION event, since every millisecond here is pause
+/// the guest sees. Looking every 5 ms cost up to 5 of them.
+async fn wait_loaded(qmp: &tern_qemu::Qmp) -> Result<()> {
+    let mut events = qmp.events();
+    let deadline = Instant::now() + LOAD_WAIT;
+    loop {
+        let (status, q) = qmp.migration().await?;
+        match status {
+            MigrationStatus::Completed => return Ok(()),
+            s if s.is_postcopy() => return Ok(()),
+            MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                return Err(AgentError::Failed(format!(
+                    "incoming migration {status}: {}",
+                    q["error-desc"].as_str().unwrap_or("unknown error")
+                )))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(AgentError::Timeout(
+                    "the incoming QEMU did not finish loading in time".into(),
+                ))
+            }
+            _ => next_migration_event(&mut events, LOAD_LOOK).await,
+        }
+    }
+}
+
+/// Returns at the next MIGRATION event, or after `wait`.
+async fn next_migration_event(
+    events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
+    wait: Duration,
+) {
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.name == "MIGRATION" => return,
+                Ok(_) => {}
+                // Lagged: look at QEMU again; closed: the query says why.
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
 /// Resumes the incoming guest. Errors before `cont` mean the guest never
 /// ran here; once `cont` succeeded this host is the copy, so a later
 /// failure (the definition cannot be saved, say) is only a warning: the
@@ -219,26 +271,7 @@ pub(super) async fn resume_here(
         .as_ref()
         .map(|r| r.qmp.clone())
         .ok_or_else(|| AgentError::Failed("the incoming QEMU is gone".into()))?;
-    let deadline = Instant::now() + LOAD_WAIT;
-    loop {
-        let (status, q) = qmp.migration().await?;
-        match status {
-            MigrationStatus::Completed => break,
-            s if s.is_postcopy() => break,
-            MigrationStatus::Failed | MigrationStatus::Cancelled => {
-                return Err(AgentError::Failed(format!(
-                    "incoming migration {status}: {}",
-                    q["error-desc"].as_str().unwrap_or("unknown error")
-                )))
-            }
-            _ if Instant::now() > deadline => {
-                return Err(AgentError::Timeout(
-                    "the incoming QEMU did not finish loading in time".into(),
-                ))
-            }
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
+    wait_loaded(&qmp).await?;
     if o.copies_storage() {
         let _ = qmp.execute("nbd-server-stop", None).await;
         // The disks as their definition says, before the guest runs here.
