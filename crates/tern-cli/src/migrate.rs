@@ -325,8 +325,13 @@ impl Progress {
 }
 
 fn summary(domain: &str, dest: &str, i: &JobInfo, wall: Duration) -> String {
+    // QEMU's downtime ends when the source has sent everything; the guest
+    // runs again only once the destination has it all and resumed.
+    let stopped = i
+        .guest_stopped_ms
+        .map_or(String::new(), |g| format!(" (guest stopped {g} ms)"));
     format!(
-        "Migrated '{domain}' to {dest} in {:.2} s: downtime {} ms, {:.1} MiB sent, {} iterations",
+        "Migrated '{domain}' to {dest} in {:.2} s: downtime {} ms{stopped}, {:.1} MiB sent, {} iterations",
         wall.as_secs_f64(),
         i.downtime_ms.unwrap_or(0),
         i.memory_processed as f64 / 1048576.0,

@@ -77,6 +77,12 @@ pub struct JobInfo {
     pub expected_downtime_ms: u64,
     /// Measured downtime once completed, ms.
     pub downtime_ms: Option<u64>,
+    /// The guest's whole pause at the switch-over, ms: the source QEMU's
+    /// STOP to the destination QEMU's RESUME, each on its host's clock
+    /// (as close as the hosts' time keeping). QEMU's downtime ends when the
+    /// source has sent the last byte; this also holds the destination
+    /// taking in what was still on the wire and the `cont` that follows.
+    pub guest_stopped_ms: Option<u64>,
     /// Setup time, ms.
     pub setup_time_ms: Option<u64>,
     /// xbzrle cache size, bytes.
@@ -296,6 +302,12 @@ impl JobInfo {
         add("Normal data", mib(self.normal_data));
         if let Some(d) = self.downtime_ms {
             add("Total downtime", format!("{d} ms"));
+            if let Some(g) = self.guest_stopped_ms {
+                add(
+                    "Guest stopped",
+                    format!("{g} ms (the source's STOP to the destination's RESUME)"),
+                );
+            }
         } else if let Some(f) = self.forecast_downtime_ms {
             add(
                 "Expected downtime",
@@ -355,10 +367,29 @@ fn mib(b: u64) -> String {
     format!("{:.3} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+/// The guest's pause at the switch-over, ms, from the source QEMU's STOP
+/// and the destination QEMU's RESUME (µs on their hosts' clocks); `None`
+/// when either is unknown or the clocks disagree so much that the resume
+/// seems to come first.
+pub fn guest_stopped_ms(stopped_us: Option<u64>, resumed_us: Option<u64>) -> Option<u64> {
+    let (s, r) = (stopped_us?, resumed_us?);
+    r.checked_sub(s).map(|us| us.div_ceil(1000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_guest_stopped_from_stop_to_resume_rounded_up() {
+        assert_eq!(guest_stopped_ms(Some(1_000_000), Some(1_021_400)), Some(22));
+        assert_eq!(guest_stopped_ms(Some(5), Some(5)), Some(0));
+        assert_eq!(guest_stopped_ms(None, Some(5)), None);
+        assert_eq!(guest_stopped_ms(Some(5), None), None);
+        // Clocks that disagree by more than the pause: no figure.
+        assert_eq!(guest_stopped_ms(Some(10_000), Some(9_000)), None);
+    }
 
     #[test]
     fn pace_only_from_uncapped_precopy_migrations() {
@@ -399,6 +430,22 @@ mod tests {
             ..i
         };
         assert_eq!(failed.pace_sample(false), None);
+    }
+
+    #[test]
+    fn the_guest_stopped_line_follows_qemu_s_downtime() {
+        let mut j = JobInfo {
+            kind: JobKind::Completed,
+            downtime_ms: Some(12),
+            ..Default::default()
+        };
+        let has = |j: &JobInfo| j.lines().iter().any(|(k, _)| k == "Guest stopped");
+        assert!(!has(&j), "only when the two moments were seen");
+        j.guest_stopped_ms = Some(31);
+        let lines = j.lines();
+        let at = |k: &str| lines.iter().position(|(l, _)| l == k).unwrap();
+        assert_eq!(at("Guest stopped"), at("Total downtime") + 1);
+        assert!(lines[at("Guest stopped")].1.starts_with("31 ms"));
     }
 
     #[test]

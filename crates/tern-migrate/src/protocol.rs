@@ -408,6 +408,13 @@ pub struct FinishReply {
     pub resumed: bool,
     /// Why not, if not.
     pub error: Option<String>,
+    /// When the guest started running here, on the destination QEMU's
+    /// clock (its RESUME event, µs since the epoch), if this Finish saw
+    /// it: with the source QEMU's STOP, the pause the guest really had,
+    /// which QEMU's own downtime figure does not cover (it ends when the
+    /// source has sent everything, not when the destination runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at_us: Option<u64>,
 }
 
 /// Tell the source how the destination ended.
@@ -547,6 +554,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             resumed: false,
             error: Some("x".into()),
+            resumed_at_us: Some(1_796_675_190_654_228),
         });
         round_trip(&ConfirmRequest {
             version: PROTOCOL_VERSION,

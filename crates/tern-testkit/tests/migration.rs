@@ -93,11 +93,18 @@ fn idle_guest_migrates_and_keeps_counting() {
         serde_json::from_str(&p.a.ok(&["domjobinfo", "idle1", "--completed", "--json"])).unwrap();
     assert_eq!(job["kind"], "completed");
     println!(
-        "idle migration: QEMU downtime {} ms, guest-observed gap {} ms, {} heartbeats missed",
+        "idle migration: QEMU downtime {} ms, guest stopped {} ms, guest-observed gap {} ms, {} heartbeats missed",
         job["downtime_ms"],
+        job["guest_stopped_ms"],
         report.max_gap.as_millis(),
         report.missing
     );
+    // The source's STOP and the destination's RESUME both reached the
+    // job, and the pause they span holds QEMU's downtime (which starts a
+    // moment before the STOP event: a millisecond of slack, and rounding).
+    let stopped = job["guest_stopped_ms"].as_u64().expect("guest_stopped_ms");
+    let downtime = job["downtime_ms"].as_u64().unwrap_or(0);
+    assert!(stopped + 2 >= downtime, "{job}");
     let ev = p.a.ok(&["domjobevents", "idle1"]);
     for phase in ["[begin]", "[perform]", "[confirm]", "[completed]"] {
         assert!(ev.contains(phase), "missing {phase} in events:\n{ev}");
@@ -225,7 +232,12 @@ fn postcopy_after_precopy_completes() {
         String::from_utf8_lossy(&ev.stdout).contains("switching to post-copy"),
         "{why}"
     );
-    // The destination started the guest at QEMU's switch, not at Finish.
+    // The destination started the guest at QEMU's switch, not at Finish,
+    // and the source's job knows how long the guest was stopped then.
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains("Guest stopped:"),
+        "{why}"
+    );
     let dest_ev = p.b.ok(&["domjobevents", "pc1"]);
     assert!(
         dest_ev.contains("starts here as soon as QEMU has its state"),

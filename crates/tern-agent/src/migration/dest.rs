@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tern_migrate::options::parse_migrate_uri;
 use tern_migrate::options::TLS_CREDS_ID;
 use tern_migrate::protocol::{
-    FinishReply, FinishRequest, IncomingTarget, NbdTarget, PrepareRequest, PROTOCOL_VERSION,
+    FinishReply, FinishRequest, IncomingTarget, NbdTarget, PrepareRequest,
 };
 use tern_migrate::Phase;
 use tern_model::{DomainState, StateReason};
@@ -237,6 +237,28 @@ async fn wait_loaded(qmp: &tern_qemu::Qmp) -> Result<()> {
     }
 }
 
+/// The time of the RESUME event that a `cont` just made, on QEMU's clock,
+/// if it comes within `wait`. After a plain `cont` QEMU sends the event
+/// before the command's reply, so it is normally queued already.
+pub(super) async fn resumed_at(
+    events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
+    wait: Duration,
+) -> Option<u64> {
+    tokio::time::timeout(wait, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.name == "RESUME" => return Some(e.timestamp_us),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Returns at the next MIGRATION event, or after `wait`.
 async fn next_migration_event(
     events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
@@ -297,7 +319,11 @@ pub(super) async fn resume_here(
         // second `cont` would show as a pause and a resume.
         let may_run = postcopy_start::starts_at_switch(o);
         if !(may_run && qmp.run_state().await?.is_running()) {
+            let mut events = qmp.events();
             qmp.execute("cont", None).await?;
+            if let Some(us) = resumed_at(&mut events, Duration::from_millis(50)).await {
+                job.note_resumed(us);
+            }
         }
         slot.set(DomainState::Running, StateReason::Migrated);
     }
@@ -353,19 +379,11 @@ async fn finish_offline(
         Ok(()) => {
             job.advance(Phase::Completed)?;
             job.event("definition stored");
-            FinishReply {
-                version: PROTOCOL_VERSION,
-                resumed: true,
-                error: None,
-            }
+            finish::reply(true, None)
         }
         Err(e) => {
             job.advance(Phase::Failed)?;
-            FinishReply {
-                version: PROTOCOL_VERSION,
-                resumed: false,
-                error: Some(e.to_string()),
-            }
+            finish::reply(false, Some(e.to_string()))
         }
     };
     agent.jobs.finish(job);

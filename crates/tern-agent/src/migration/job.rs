@@ -8,6 +8,7 @@ use super::{cold, tunnel};
 use crate::error::{AgentError, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tern_api::event::EventKind;
@@ -69,6 +70,10 @@ pub struct Job {
     /// When a driver (or the peer) last spoke about this job: the orphan
     /// timers count from here.
     touched: Mutex<Instant>,
+    /// The switch-over's two moments on QEMU's clocks (µs since the epoch,
+    /// 0 until seen): the source's STOP, the destination's RESUME.
+    stopped_at_us: AtomicU64,
+    resumed_at_us: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -114,6 +119,8 @@ impl Job {
             dir: Mutex::new(None),
             links: Mutex::new(Links::default()),
             touched: Mutex::new(Instant::now()),
+            stopped_at_us: AtomicU64::new(0),
+            resumed_at_us: AtomicU64::new(0),
         })
     }
 
@@ -188,6 +195,27 @@ impl Job {
     pub fn set_links(&self, f: impl FnOnce(&mut Links)) -> Result<()> {
         f(&mut self.links.lock().unwrap_or_else(|p| p.into_inner()));
         self.persist()
+    }
+
+    /// Notes QEMU's STOP on the source during the migration (its event's
+    /// time): the first moment of the guest's pause.
+    pub fn note_stopped(&self, qemu_us: u64) {
+        self.stopped_at_us.store(qemu_us, Ordering::Relaxed);
+    }
+
+    /// Notes QEMU's RESUME on the destination: the last moment of the pause.
+    pub fn note_resumed(&self, qemu_us: u64) {
+        self.resumed_at_us.store(qemu_us, Ordering::Relaxed);
+    }
+
+    /// The source's STOP, if seen.
+    pub fn stopped_at(&self) -> Option<u64> {
+        Some(self.stopped_at_us.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// The destination's RESUME, if seen.
+    pub fn resumed_at(&self) -> Option<u64> {
+        Some(self.resumed_at_us.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
     /// A driver or the peer spoke about this job.

@@ -250,7 +250,7 @@ impl<'a> Watch<'a> {
         let mut post_rx = self.job.postcopy.subscribe();
         let mut events = self.qmp.events();
         loop {
-            let io_error = wake(&mut events).await;
+            let io_error = wake(&mut events, &self.job).await;
             self.abort_on_io_error(io_error).await;
             let info = match self.look().await {
                 Look::Going(i) => i,
@@ -538,8 +538,12 @@ impl<'a> Watch<'a> {
 }
 
 /// Waits for QEMU's MIGRATION events (completion above all) or the tick;
-/// true on a disk I/O error.
-async fn wake(events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>) -> bool {
+/// true on a disk I/O error. Notes the guest's STOP on the way: the start
+/// of its pause at the switch-over.
+async fn wake(
+    events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
+    job: &Job,
+) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(POLL) => false,
         io = async {
@@ -547,6 +551,7 @@ async fn wake(events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>
                 match events.recv().await {
                     Ok(ev) if ev.name == "MIGRATION" => return false,
                     Ok(ev) if ev.name == "BLOCK_IO_ERROR" => return true,
+                    Ok(ev) if ev.name == "STOP" => job.note_stopped(ev.timestamp_us),
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
                     Err(_) => return std::future::pending::<bool>().await,

@@ -361,6 +361,11 @@ impl SourceRun {
             let _ = self.confirm_call(false).await;
             return Err(RunError::Finish(why));
         }
+        if let Some(ms) =
+            tern_migrate::jobinfo::guest_stopped_ms(self.job.stopped_at(), fin.resumed_at_us)
+        {
+            self.job.update(|i| i.guest_stopped_ms = Some(ms));
+        }
         Ok(fin)
     }
 

@@ -132,6 +132,9 @@ async fn migrate_once(
         )
         .await?;
     let mut src_events = src.qmp.events();
+    // The switch-over's two moments on QEMU's clocks, as Tern's agents
+    // take them (`domjobinfo`'s "Guest stopped").
+    let mut src_stop = src.qmp.events();
 
     let watcher = ConsoleWatcher::start();
     watcher.add(src.console_log(), false);
@@ -175,7 +178,12 @@ async fn migrate_once(
     };
     let seen_completed = Instant::now();
     wait_loaded(&dst.qmp, &mut dst_events).await?;
+    let mut dst_resume = dst.qmp.events();
     dst.qmp.execute("cont", None).await?;
+    let stopped_ms = tern_migrate::jobinfo::guest_stopped_ms(
+        last_event(&mut src_stop, "STOP"),
+        last_event(&mut dst_resume, "RESUME"),
+    );
     let end = Instant::now();
     let wall = end - launched;
     let ms = |a: Instant, b: Instant| Some(b.saturating_duration_since(a).as_millis() as u64);
@@ -199,6 +207,7 @@ async fn migrate_once(
         figures,
         gap: (after == AfterMigration::Running).then_some(rep.max_gap),
         gap_guest: (after == AfterMigration::Running).then_some(rep.max_gap_guest),
+        stopped_ms,
         breakdown: Some(breakdown),
         times_late,
         crash: match after {
@@ -222,6 +231,19 @@ async fn set_capabilities(qmp: &Qmp, caps: &[(&str, bool)]) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The time of the last `name` event already received, on QEMU's clock.
+fn last_event(rx: &mut Receiver<QmpEvent>, name: &str) -> Option<u64> {
+    let mut at = None;
+    loop {
+        match rx.try_recv() {
+            Ok(e) if e.name == name => at = Some(e.timestamp_us),
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return at,
+        }
+    }
 }
 
 /// Returns at the next `MIGRATION` event, or after `wait`.

@@ -95,6 +95,10 @@ pub struct Run {
     /// The guest's own clock across the same two heartbeats: `gap` minus
     /// this is the time the guest was frozen ([`tern_testkit::WatchReport`]).
     pub gap_guest: Option<Duration>,
+    /// The source QEMU's STOP to the destination QEMU's RESUME, ms, from
+    /// their events: QEMU's downtime plus the destination's last load and
+    /// the `cont`.
+    pub stopped_ms: Option<u64>,
     /// The phases of its wall-clock time.
     pub breakdown: Option<Breakdown>,
     /// The first `query-migrate` that said "completed" had no total-time
@@ -194,6 +198,7 @@ pub fn aggregate(runs: &[Outcome]) -> Option<Outcome> {
         gap: median(done.iter().filter_map(|r| r.gap).collect()),
         // Belongs to one pause; a median of each would pair two runs.
         gap_guest: None,
+        stopped_ms: median(done.iter().filter_map(|r| r.stopped_ms).collect()),
         times_late: done.iter().any(|r| r.times_late),
         crash: done.iter().find_map(|r| r.crash.clone()),
         breakdown: mid.breakdown,
@@ -229,14 +234,19 @@ pub fn overhead_ms(r: &Run) -> Option<i64> {
     (!r.figures.times_missing()).then(|| r.wall.as_millis() as i64 - r.figures.total_ms as i64)
 }
 
-/// The guest's pause as a progress note: "111 ms (frozen 58 ms)", where
-/// frozen is the part its own clock did not see (QEMU stopped, or the
-/// destination not yet resumed); the rest is the heartbeat period plus
+/// The guest's pause as a progress note: "111 ms (frozen 58 ms, QEMU's
+/// STOP to RESUME 52 ms)", where frozen is the part its own clock did not
+/// see (QEMU stopped, or the destination not yet resumed), measured from
+/// the heartbeats, and the last figure is the same stop timed by the two
+/// QEMUs' events; the rest of the pause is the heartbeat period plus
 /// however late the guest itself was. "not seen" without a pause.
 pub fn pause_text(r: &Run) -> String {
+    let stopped = r
+        .stopped_ms
+        .map_or(String::new(), |s| format!(", QEMU's STOP to RESUME {s} ms"));
     match (r.gap, r.gap_guest) {
         (Some(g), Some(guest)) => format!(
-            "{} ms (frozen {} ms)",
+            "{} ms (frozen {} ms{stopped})",
             g.as_millis(),
             g.saturating_sub(guest).as_millis()
         ),

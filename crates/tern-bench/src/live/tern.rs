@@ -209,6 +209,7 @@ async fn migrate_once(
         figures,
         gap: (after == AfterMigration::Running).then_some(rep.max_gap),
         gap_guest: (after == AfterMigration::Running).then_some(rep.max_gap_guest),
+        stopped_ms: info.guest_stopped_ms,
         breakdown: Some(breakdown),
         times_late: figures.times_missing(),
         crash: match after {

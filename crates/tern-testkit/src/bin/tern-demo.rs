@@ -146,6 +146,9 @@ fn main() {
         "downtime (QEMU)             {:>8} ms",
         n(&job["downtime_ms"])
     );
+    if let Some(g) = job["guest_stopped_ms"].as_u64() {
+        println!("guest stopped (QEMU events) {g:>8} ms  (the source's STOP to the destination's RESUME)");
+    }
     println!(
         "downtime (guest heartbeats) {:>8} ms  (longest wait between two heartbeats, 50 ms apart)",
         report.max_gap.as_millis()

@@ -18,6 +18,7 @@ pub(super) fn reply(resumed: bool, error: Option<String>) -> FinishReply {
         version: PROTOCOL_VERSION,
         resumed,
         error,
+        resumed_at_us: None,
     }
 }
 
@@ -113,7 +114,10 @@ async fn take_over(
             job.advance(Phase::Completed)?;
             job.update(|i| i.kind = JobKind::Completed);
             job.event("guest runs on this host");
-            Ok(reply(true, warning))
+            Ok(FinishReply {
+                resumed_at_us: job.resumed_at(),
+                ..reply(true, warning)
+            })
         }
         Err(e) => {
             job.event(format!("cannot take over: {e}"));

@@ -28,6 +28,10 @@ use tern_migrate::MigrateOptions;
 use tern_qemu::MigrationStatus;
 use tokio::sync::broadcast::error::RecvError;
 
+/// How long the armed start waits to see the guest run (the source's RUN
+/// follows its device state, which the destination loads first).
+const RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pure: whether the destination starts the guest itself at the switch.
 pub fn starts_at_switch(o: &MigrateOptions) -> bool {
     o.postcopy && !o.suspend && !o.copies_storage()
@@ -48,7 +52,16 @@ pub(super) fn arm(qmp: &tern_qemu::Qmp, job: &Arc<Job>) {
             };
             if status.is_postcopy() {
                 let said = qmp.execute("cont", None).await;
+                // In post-copy `cont` only arms the start: the guest runs
+                // when the source's RUN arrives, an instant later.
+                let resumed = match said {
+                    Ok(_) => super::resumed_at(&mut events, RUN_WAIT).await,
+                    Err(_) => None,
+                };
                 if let Some(j) = job.upgrade() {
+                    if let Some(us) = resumed {
+                        j.note_resumed(us);
+                    }
                     j.event(match said {
                         Ok(_) => "post-copy: the guest starts here as soon as QEMU has its state, without waiting for Finish".to_string(),
                         Err(e) => format!("post-copy: could not arm the start at the switch ({e}); Finish starts the guest"),
