@@ -208,11 +208,11 @@ pub(super) async fn discard(agent: &Arc<Agent>, slot: &Arc<DomainSlot>) {
 const LOAD_LOOK: Duration = Duration::from_millis(20);
 
 /// Waits until the incoming QEMU has the whole guest (or is in post-copy).
-/// Finish often arrives while QEMU is still loading the last pages the
-/// source sent (an idle guest's last pass ends in zero pages, which the
-/// source sends far faster than the destination takes them in): the wait
-/// ends on QEMU's MIGRATION event, since every millisecond here is pause
-/// the guest sees. Looking every 5 ms cost up to 5 of them.
+/// Finish often arrives while QEMU is still loading what was on the wire
+/// when the source finished (QEMU's downtime ends when the source has
+/// sent its last byte): the wait ends on QEMU's MIGRATION event, since
+/// every millisecond here is pause the guest sees. Looking every 5 ms cost
+/// up to 5 of them.
 async fn wait_loaded(qmp: &tern_qemu::Qmp) -> Result<()> {
     let mut events = qmp.events();
     let deadline = Instant::now() + LOAD_WAIT;
@@ -232,24 +232,27 @@ async fn wait_loaded(qmp: &tern_qemu::Qmp) -> Result<()> {
                     "the incoming QEMU did not finish loading in time".into(),
                 ))
             }
-            _ => next_migration_event(&mut events, LOAD_LOOK).await,
+            _ => {
+                next_event(&mut events, "MIGRATION", LOAD_LOOK).await;
+            }
         }
     }
 }
 
-/// The time of the RESUME event that a `cont` just made, on QEMU's clock,
-/// if it comes within `wait`. After a plain `cont` QEMU sends the event
-/// before the command's reply, so it is normally queued already.
-pub(super) async fn resumed_at(
+/// The time (QEMU's clock, µs since the epoch) of the next `name` event,
+/// if it comes within `wait`. `None` also when events were lost (the
+/// caller then asks QEMU) or the monitor closed. After a plain `cont`
+/// QEMU sends RESUME before the command's reply, so it is queued already.
+pub(super) async fn next_event(
     events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
+    name: &str,
     wait: Duration,
 ) -> Option<u64> {
     tokio::time::timeout(wait, async {
         loop {
             match events.recv().await {
-                Ok(e) if e.name == "RESUME" => return Some(e.timestamp_us),
+                Ok(e) if e.name == name => return Some(e.timestamp_us),
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return None,
             }
         }
@@ -257,24 +260,6 @@ pub(super) async fn resumed_at(
     .await
     .ok()
     .flatten()
-}
-
-/// Returns at the next MIGRATION event, or after `wait`.
-async fn next_migration_event(
-    events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
-    wait: Duration,
-) {
-    let _ = tokio::time::timeout(wait, async {
-        loop {
-            match events.recv().await {
-                Ok(e) if e.name == "MIGRATION" => return,
-                Ok(_) => {}
-                // Lagged: look at QEMU again; closed: the query says why.
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
 }
 
 /// Resumes the incoming guest. Errors before `cont` mean the guest never
@@ -321,7 +306,7 @@ pub(super) async fn resume_here(
         if !(may_run && qmp.run_state().await?.is_running()) {
             let mut events = qmp.events();
             qmp.execute("cont", None).await?;
-            if let Some(us) = resumed_at(&mut events, Duration::from_millis(50)).await {
+            if let Some(us) = next_event(&mut events, "RESUME", Duration::from_millis(50)).await {
                 job.note_resumed(us);
             }
         }
