@@ -13,5 +13,5 @@ pub mod qmp;
 pub mod states;
 
 pub use cmdline::{build_command_line, LaunchSpec, NetBackend};
-pub use qmp::{Qmp, QmpError, QmpEvent};
+pub use qmp::{next_event, Qmp, QmpError, QmpEvent};
 pub use states::{BlockJob, BlockJobStatus, MigrationStatus, MirrorEnd, RunState};

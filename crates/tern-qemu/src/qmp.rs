@@ -256,7 +256,32 @@ impl Qmp {
     pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
         self.events.subscribe()
     }
+}
 
+/// The next `name` event on `events`, if it comes within `wait`. `None`
+/// also when events were lost (the caller then asks QEMU) or the monitor
+/// closed, so a caller that waits for a state change looks at QEMU again
+/// either way rather than trusting the stream.
+pub async fn next_event(
+    events: &mut broadcast::Receiver<QmpEvent>,
+    name: &str,
+    wait: std::time::Duration,
+) -> Option<QmpEvent> {
+    tokio::time::timeout(wait, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.name == name => return Some(e),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+impl Qmp {
     /// True once the socket has closed.
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()

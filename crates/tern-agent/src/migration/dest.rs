@@ -233,33 +233,23 @@ async fn wait_loaded(qmp: &tern_qemu::Qmp) -> Result<()> {
                 ))
             }
             _ => {
-                next_event(&mut events, "MIGRATION", LOAD_LOOK).await;
+                tern_qemu::next_event(&mut events, "MIGRATION", LOAD_LOOK).await;
             }
         }
     }
 }
 
-/// The time (QEMU's clock, µs since the epoch) of the next `name` event,
-/// if it comes within `wait`. `None` also when events were lost (the
-/// caller then asks QEMU) or the monitor closed. After a plain `cont`
-/// QEMU sends RESUME before the command's reply, so it is queued already.
-pub(super) async fn next_event(
+/// The time (QEMU's clock, µs since the epoch) of the next `name` event
+/// within `wait`. After a plain `cont` QEMU sends RESUME before the
+/// command's reply, so it is queued already.
+pub(super) async fn event_time(
     events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
     name: &str,
     wait: Duration,
 ) -> Option<u64> {
-    tokio::time::timeout(wait, async {
-        loop {
-            match events.recv().await {
-                Ok(e) if e.name == name => return Some(e.timestamp_us),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    })
-    .await
-    .ok()
-    .flatten()
+    tern_qemu::next_event(events, name, wait)
+        .await
+        .map(|e| e.timestamp_us)
 }
 
 /// Resumes the incoming guest. Errors before `cont` mean the guest never
@@ -306,7 +296,7 @@ pub(super) async fn resume_here(
         if !(may_run && qmp.run_state().await?.is_running()) {
             let mut events = qmp.events();
             qmp.execute("cont", None).await?;
-            if let Some(us) = next_event(&mut events, "RESUME", Duration::from_millis(50)).await {
+            if let Some(us) = event_time(&mut events, "RESUME", Duration::from_millis(50)).await {
                 job.note_resumed(us);
             }
         }

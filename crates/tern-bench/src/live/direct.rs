@@ -246,19 +246,10 @@ fn last_event(rx: &mut Receiver<QmpEvent>, name: &str) -> Option<u64> {
     }
 }
 
-/// Returns at the next `MIGRATION` event, or after `wait`.
+/// Returns at the next `MIGRATION` event, or after `wait` (or when events
+/// were lost: the caller asks QEMU either way).
 async fn migration_event(rx: &mut Receiver<QmpEvent>, wait: Duration) {
-    let _ = tokio::time::timeout(wait, async {
-        loop {
-            match rx.recv().await {
-                Ok(e) if e.name == "MIGRATION" => return,
-                Ok(_) => {}
-                // Lagged or closed: let the caller ask QEMU.
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
+    tern_qemu::next_event(rx, "MIGRATION", wait).await;
 }
 
 /// Waits until the destination has loaded everything.

@@ -55,7 +55,7 @@ pub(super) fn arm(qmp: &tern_qemu::Qmp, job: &Arc<Job>) {
                 // In post-copy `cont` only arms the start: the guest runs
                 // when the source's RUN arrives, an instant later.
                 let resumed = match said {
-                    Ok(_) => super::next_event(&mut events, "RESUME", RUN_WAIT).await,
+                    Ok(_) => super::event_time(&mut events, "RESUME", RUN_WAIT).await,
                     Err(_) => None,
                 };
                 if let Some(j) = job.upgrade() {
