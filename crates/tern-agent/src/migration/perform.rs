@@ -13,8 +13,11 @@ use tern_migrate::protocol::PerformRequest;
 use tern_migrate::{JobInfo, JobKind, MigrateOptions, TimeoutAction};
 use tern_qemu::MigrationStatus;
 
+mod events;
 mod stall;
 mod zero_sample;
+
+use events::{note_queued_stop, wake};
 
 /// How often Perform reads QEMU's figures.
 const POLL: Duration = Duration::from_millis(100);
@@ -255,7 +258,12 @@ impl<'a> Watch<'a> {
             let info = match self.look().await {
                 Look::Going(i) => i,
                 Look::Again => continue,
-                Look::Ended => return,
+                Look::Ended => {
+                    // The tick may have found the migration completed before
+                    // the queued STOP was read.
+                    note_queued_stop(&mut events, &self.job);
+                    return;
+                }
             };
             if *cancel_rx.borrow_and_update() && !self.cancelled {
                 self.cancelled = true;
@@ -534,30 +542,6 @@ impl<'a> Watch<'a> {
             }
             Err(e) => self.job.event(format!("post-copy refused: {e}")),
         }
-    }
-}
-
-/// Waits for QEMU's MIGRATION events (completion above all) or the tick;
-/// true on a disk I/O error. Notes the guest's STOP on the way: the start
-/// of its pause at the switch-over.
-async fn wake(
-    events: &mut tokio::sync::broadcast::Receiver<tern_qemu::QmpEvent>,
-    job: &Job,
-) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(POLL) => false,
-        io = async {
-            loop {
-                match events.recv().await {
-                    Ok(ev) if ev.name == "MIGRATION" => return false,
-                    Ok(ev) if ev.name == "BLOCK_IO_ERROR" => return true,
-                    Ok(ev) if ev.name == "STOP" => job.note_stopped(ev.timestamp_us),
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
-                    Err(_) => return std::future::pending::<bool>().await,
-                }
-            }
-        } => io,
     }
 }
 
