@@ -5,7 +5,7 @@
 //! - bandwidth: unlimited (QEMU's own default caps at 128 MiB/s, which
 //!   Tern never inherits: it always sets `max-bandwidth` explicitly);
 //! - maximum downtime: 300 ms without the policy; the policy starts at
-//!   30 ms and raises it when the measured rates say so (up to 1000 ms);
+//!   10 ms and raises it when the measured rates say so (up to 1000 ms);
 //! - multifd channels with `--parallel`: 2, compression none.
 
 use serde::{Deserialize, Serialize};

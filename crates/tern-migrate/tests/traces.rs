@@ -55,7 +55,7 @@ fn a_guest_dirtying_faster_than_the_link_gets_a_longer_pause_then_postcopy() {
     let steps = replay(&cfg, st, &obs);
     let actions: Vec<&Action> = steps.iter().map(|(_, a)| a).collect();
     // Recorded (policy of the time, 300 ms start): 995 ms, then the
-    // 1000 ms ceiling, then post-copy at pass 4. From 30 ms with the
+    // 1000 ms ceiling, then post-copy at pass 4. From the start limit with the
     // smoothed send rate: the ceiling once no limit converges, then
     // post-copy at the same look.
     assert!(
@@ -121,7 +121,7 @@ fn an_idle_guest_keeps_the_low_starting_limit() {
 #[test]
 fn a_hot_guest_the_link_outpaces_keeps_the_low_limit_too() {
     // 2 GiB guest asked to dirty 200 MiB/s (40 managed under load) over an
-    // unlimited link: the passes a 30 ms limit adds cost less than 5 % of
+    // unlimited link: the passes the start limit adds cost less than 5 % of
     // the 7.4 s run, so the policy takes no step (QEMU's default 300 ms
     // limit paused it 219 ms in the recorded run).
     let obs = trace("dirty-200-unlimited.jsonl");
