@@ -341,6 +341,10 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<(u64, bool)> {
     let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| AgentError::Failed(format!("cannot reach the destination's probe: {e}")))?;
+    // Asked now: once the sink has closed its end, the kernel no longer
+    // knows the peer (ENOTCONN), and a loopback probe read as a remote
+    // one sent the forecast to the copy-speed estimate.
+    let loopback = s.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let failed = |e: std::io::Error| AgentError::Failed(format!("probe stream failed: {e}"));
     // An older destination sends no token and expects none.
     if let Some(t) = token {
@@ -354,7 +358,6 @@ async fn probe_link(agent: &Arc<Agent>, dest_uri: &str) -> Result<(u64, bool)> {
         sent += buf.len() as u64;
     }
     let _ = s.shutdown().await;
-    let loopback = s.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     Ok(((sent as f64 / t0.elapsed().as_secs_f64()) as u64, loopback))
 }
 

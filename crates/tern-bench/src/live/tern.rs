@@ -117,6 +117,13 @@ async fn migrate_once(
             f.cpu_rate >> 20,
             f.prediction.downtime_ms,
         ));
+        if let Some(r) = &f.range {
+            notes.push(format!(
+                "{who}: forecast's thread rate {} MiB/s: {}",
+                r.inputs.thread_rate.p50 as u64 >> 20,
+                r.inputs.thread_rate.source
+            ));
+        }
         (Some(f.prediction.total_ms), span)
     } else {
         (None, None)
