@@ -14,7 +14,8 @@
 //!   500 ms in 10 steps, `live_migration_downtime_delay` 75 s per GiB of
 //!   data, at least 2 GiB: 50 ms at the start, +45 ms every 150 s).
 //!
-//! Every method gets the same bandwidth limit. Total time is the wall
+//! Every method gets the same bandwidth limit, in post-copy too (Tern's
+//! `--postcopy-bandwidth`; the direct methods never switch). Total time is the wall
 //! clock from the command to the guest running on the destination, with
 //! the destination QEMU's start-up for the direct methods too (Tern's
 //! includes it). A migration still copying
@@ -85,6 +86,12 @@ pub struct ConvergeArgs {
     /// postcopy-ram capability from the start, on both sides.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     tern_postcopy: bool,
+    /// In the cases over a slower link, the link's rate caps post-copy
+    /// too (`--postcopy-bandwidth`), as a real link would; false leaves
+    /// post-copy uncapped on loopback (QEMU applies `--bandwidth` only in
+    /// pre-copy), as sessions before 19 measured the capped case.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    link_caps_postcopy: bool,
     /// Migrations per case and method, the methods taking turns; the table
     /// shows the median. A migration that does not finish ends its method's
     /// turns in that case.
@@ -312,6 +319,9 @@ async fn one(
             }
             if let Some(b) = load.bandwidth {
                 flags.extend(["--bandwidth".to_string(), b.to_string()]);
+                if a.tern_postcopy && a.link_caps_postcopy {
+                    flags.extend(["--postcopy-bandwidth".to_string(), b.to_string()]);
+                }
             }
             tern::run(bench, case, &flags, notes).await
         }

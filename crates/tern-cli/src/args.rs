@@ -152,6 +152,10 @@ pub enum Cmd {
         /// Post-copy will be allowed (as `migrate --postcopy`).
         #[arg(long)]
         postcopy: bool,
+        /// Planned cap once in post-copy, MiB/s (as `migrate
+        /// --postcopy-bandwidth`): post-copy's tail is priced at it.
+        #[arg(long, requires = "postcopy")]
+        postcopy_bandwidth: Option<u64>,
         /// The policy's deadline, seconds (as `migrate --deadline`).
         #[arg(long)]
         deadline: Option<u64>,

@@ -594,6 +594,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
             bandwidth,
             max_downtime,
             postcopy,
+            postcopy_bandwidth,
             deadline,
             json,
         } => {
@@ -602,6 +603,7 @@ pub(crate) async fn run(c: &Client, cmd: Cmd) -> Result<()> {
                 bandwidth_mib: bandwidth,
                 max_downtime_ms: max_downtime,
                 postcopy,
+                postcopy_bandwidth_mib: postcopy_bandwidth,
                 deadline_s: deadline,
                 ..Default::default()
             };

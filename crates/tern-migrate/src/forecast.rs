@@ -27,7 +27,7 @@ pub use inputs::{
 
 /// One input of a forecast: its likely value, the span it probably falls
 /// in, and where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Estimate {
     /// Low end (10th percentile).
     pub p10: f64,
@@ -108,6 +108,12 @@ pub struct Inputs {
     /// Ms of the final pause whatever is left to send: the last bitmap
     /// sync, the device state, starting the destination's vCPUs.
     pub switch_ms: Estimate,
+    /// Bytes/s the destination pulls the rest at once in post-copy: the
+    /// link or `--postcopy-bandwidth` (QEMU does not apply `--bandwidth`
+    /// there), or one migration thread on pages already placed. Absent
+    /// (zero) in a forecast from an older agent.
+    #[serde(default)]
+    pub postcopy_rate: Estimate,
 }
 
 /// A forecast range with the inputs behind it.
@@ -133,6 +139,7 @@ struct Draw {
     dirty: f64,
     setup: f64,
     switch: f64,
+    postcopy: f64,
 }
 
 /// Of what the guest dirties during the first pass, the fraction the next
@@ -168,7 +175,7 @@ fn model(cfg: &PolicyConfig, memory: u64, d: &Draw) -> (u64, u64, u64) {
         (first_pass_s * 1000.0) as u64,
     )
     .unwrap_or(cfg.max_downtime_ms);
-    let p = predict_with_policy(cfg, effective, send, dirty, limit);
+    let p = predict_with_policy(cfg, effective, send, dirty, limit, d.postcopy as u64);
     let copy = p.total_ms.saturating_sub(SETUP_MS);
     let pause = p.downtime_ms + d.switch as u64;
     (copy + d.setup as u64 + d.switch as u64, pause, limit)
@@ -251,7 +258,7 @@ fn percentiles(mut v: Vec<u64>) -> Range {
 /// The draws are the same every time (a Latin hypercube with fixed
 /// seeds), so the same inputs give the same range.
 pub fn range(cfg: &PolicyConfig, inputs: &Inputs) -> RangeForecast {
-    let strata: Vec<Vec<usize>> = (0..6).map(|j| shuffled(DRAWS, j as u64 + 1)).collect();
+    let strata: Vec<Vec<usize>> = (0..7).map(|j| shuffled(DRAWS, j as u64 + 1)).collect();
     let z = |j: usize, i: usize| inverse_normal((strata[j][i] as f64 + 0.5) / DRAWS as f64);
     let mut totals = Vec::with_capacity(DRAWS);
     let mut pauses = Vec::with_capacity(DRAWS);
@@ -263,6 +270,7 @@ pub fn range(cfg: &PolicyConfig, inputs: &Inputs) -> RangeForecast {
             dirty: inputs.dirty_rate.at(z(3, i)),
             setup: inputs.setup_ms.at(z(4, i)),
             switch: inputs.switch_ms.at(z(5, i)),
+            postcopy: inputs.postcopy_rate.at(z(6, i)),
         };
         let (t, p, _) = model(cfg, inputs.memory, &d);
         totals.push(t);
@@ -275,6 +283,7 @@ pub fn range(cfg: &PolicyConfig, inputs: &Inputs) -> RangeForecast {
         dirty: inputs.dirty_rate.p50,
         setup: inputs.setup_ms.p50,
         switch: inputs.switch_ms.p50,
+        postcopy: inputs.postcopy_rate.p50,
     };
     let (_, _, limit) = model(cfg, inputs.memory, &median);
     RangeForecast {
@@ -322,6 +331,10 @@ pub struct Prior {
     /// link or a cap, set the first pass's pace; 1 or 0 otherwise).
     #[serde(default)]
     pub later_pass_speedup: f64,
+    /// The post-copy rate it forecast, bytes/s ([`Inputs::postcopy_rate`]);
+    /// 0: not known, and post-copy's tail is [`POSTCOPY_TAIL_S`].
+    #[serde(default)]
+    pub postcopy_rate: u64,
 }
 
 /// How much faster the passes after the first went than the first, when
@@ -488,7 +501,14 @@ impl Follower {
         }
         // The policy's steps run forward: a longer pause, post-copy on
         // stalled passes, the pause at the deadline.
-        let p = predict_with_policy(&left_cfg, after_first, bw, dirty, limit_ms);
+        let p = predict_with_policy(
+            &left_cfg,
+            after_first,
+            bw,
+            dirty,
+            limit_ms,
+            self.prior.postcopy_rate,
+        );
         let tail = crate::policy::Prediction {
             total_ms: p.total_ms.saturating_sub(SETUP_MS),
             ..p
@@ -525,20 +545,38 @@ impl Follower {
         let passes = crate::policy::STALLED_PASSES_FOR_POSTCOPY;
         // After the switch the destination pulls the rest at post-copy's
         // own pace, which `--bandwidth` does not cap (the recorded capped
-        // run: under a second for what a pass took 10 s to send).
+        // run: under a second for what a pass took 10 s to send), but the
+        // link and `--postcopy-bandwidth` do.
         let s = if o.iteration <= 1 {
             let (first_left_s, after_first) = first;
-            first_left_s + f64::from(passes) * after_first as f64 / bw + POSTCOPY_TAIL_S
+            first_left_s
+                + f64::from(passes) * after_first as f64 / bw
+                + self.postcopy_tail_s(after_first)
         } else {
             let pass_s = self.pass.1 as f64 / bw;
             let more = passes.saturating_sub(self.stalled + 1);
-            o.remaining as f64 / bw + f64::from(more) * pass_s + POSTCOPY_TAIL_S
+            // Passes that stall leave as much as they began with.
+            let left_at_switch = self.pass.1.max(o.remaining);
+            o.remaining as f64 / bw
+                + f64::from(more) * pass_s
+                + self.postcopy_tail_s(left_at_switch)
         };
         Some(ForecastUpdate {
             at_ms: o.elapsed_ms,
             remaining_ms: (s * 1000.0) as u64,
             downtime_ms: crate::policy::POSTCOPY_SWITCH_MS,
         })
+    }
+}
+
+impl Follower {
+    /// Pure: seconds post-copy takes for `left` bytes at the prior's
+    /// post-copy rate, [`POSTCOPY_TAIL_S`] when that is not known.
+    fn postcopy_tail_s(&self, left: u64) -> f64 {
+        match self.prior.postcopy_rate {
+            0 => POSTCOPY_TAIL_S,
+            r => left as f64 / r as f64,
+        }
     }
 }
 

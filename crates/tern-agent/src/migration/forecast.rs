@@ -74,6 +74,7 @@ pub async fn forecast(
         probe,
         probe_loopback,
         cap,
+        postcopy_cap: o.postcopy_bandwidth_mib.filter(|m| *m > 0).map(|m| m << 20),
     });
     let cfg = o.policy_config();
     let range = tern_migrate::forecast::range(&cfg, &inputs);
@@ -92,6 +93,7 @@ pub async fn forecast(
         bandwidth,
         dirty_rate,
         range.downtime_limit_ms,
+        inputs.postcopy_rate.p50 as u64,
     );
     let prediction = if o.policy_on() {
         Prediction {

@@ -214,6 +214,10 @@ impl<'a> Watch<'a> {
                     later_pass_speedup: f.range.as_ref().map_or(1.0, |r| {
                         tern_migrate::forecast::later_pass_speedup(&r.inputs)
                     }),
+                    postcopy_rate: f
+                        .range
+                        .as_ref()
+                        .map_or(0, |r| r.inputs.postcopy_rate.p50 as u64),
                 })
                 .unwrap_or_default(),
         );

@@ -266,9 +266,11 @@ fn forecast(
     let mut args = vec!["migrate-forecast", "--json", name];
     let to_uri = to.uri();
     args.push(&to_uri);
-    if let Some(i) = flags.iter().position(|f| f == "--bandwidth") {
-        if let Some(bw) = flags.get(i + 1) {
-            args.extend(["--bandwidth", bw]);
+    for flag in ["--bandwidth", "--postcopy-bandwidth"] {
+        if let Some(i) = flags.iter().position(|f| f == flag) {
+            if let Some(bw) = flags.get(i + 1) {
+                args.extend([flag, bw.as_str()]);
+            }
         }
     }
     if flags.iter().any(|f| f == "--postcopy") {

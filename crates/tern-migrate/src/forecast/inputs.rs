@@ -38,6 +38,8 @@ pub struct Measured {
     pub probe_loopback: bool,
     /// The operator's `--bandwidth`, bytes/s.
     pub cap: Option<u64>,
+    /// The operator's `--postcopy-bandwidth`, bytes/s.
+    pub postcopy_cap: Option<u64>,
 }
 
 /// One migration thread's pace (normal pages, bytes/s) over this host's
@@ -273,6 +275,7 @@ pub fn inputs(m: &Measured) -> Inputs {
             slowdown.sqrt()
         ),
     );
+    let postcopy_rate = postcopy_rate(m, &thread_rate);
     Inputs {
         memory: m.memory,
         zero_fraction,
@@ -281,7 +284,40 @@ pub fn inputs(m: &Measured) -> Inputs {
         dirty_rate,
         setup_ms,
         switch_ms,
+        postcopy_rate,
     }
+}
+
+/// Pure: what post-copy's background copy runs at, the slowest of one
+/// migration thread on pages the destination has placed before (as the
+/// later passes go, [`super::LATER_PASS_SPEEDUP`]), the link when the
+/// probe crossed one, and `--postcopy-bandwidth`. `--bandwidth` is not
+/// among them: QEMU applies only `max-postcopy-bandwidth` in post-copy.
+fn postcopy_rate(m: &Measured, thread_rate: &Estimate) -> Estimate {
+    let mib = |b: f64| b / 1048576.0;
+    let speedup = super::LATER_PASS_SPEEDUP;
+    let mut best = Estimate {
+        p10: thread_rate.p10 * speedup,
+        p50: thread_rate.p50 * speedup,
+        p90: thread_rate.p90 * speedup,
+        source: format!(
+            "one migration thread on pages placed before ({:.0} MiB/s x{speedup})",
+            mib(thread_rate.p50)
+        ),
+    };
+    if let (Ok(p), false) = (&m.probe, m.probe_loopback) {
+        if (*p as f64) < best.p50 {
+            best = Estimate::spread(
+                *p as f64,
+                0.2,
+                format!("the link, measured {:.0} MiB/s", mib(*p as f64)),
+            );
+        }
+    }
+    if let Some(c) = m.postcopy_cap.filter(|c| (*c as f64) < best.p50) {
+        best = Estimate::spread(c as f64, 0.05, "--postcopy-bandwidth");
+    }
+    best
 }
 
 #[cfg(test)]
@@ -304,6 +340,7 @@ mod tests {
             probe: Ok(700 * MIB),
             probe_loopback: false,
             cap: None,
+            postcopy_cap: None,
         }
     }
 
@@ -415,6 +452,32 @@ mod tests {
         // copy speed 27 GB/s) is learned as it is.
         let r = 370.0 / 27_000.0;
         assert_eq!(learn(None, r), r);
+    }
+
+    #[test]
+    fn post_copy_goes_at_the_link_or_its_own_cap_never_the_bandwidth_cap() {
+        let thread = inputs(&measured()).thread_rate.p50;
+        // A fast link with `--bandwidth`: one thread on placed pages.
+        let capped = inputs(&Measured {
+            cap: Some(100 * MIB),
+            probe: Ok(10_000 * MIB),
+            ..measured()
+        });
+        assert!((capped.postcopy_rate.p50 - 3.0 * thread).abs() < 1.0);
+        // `--postcopy-bandwidth` below that.
+        let own = inputs(&Measured {
+            postcopy_cap: Some(100 * MIB),
+            ..measured()
+        });
+        assert_eq!(own.postcopy_rate.p50, 100.0 * MIB as f64);
+        assert_eq!(own.postcopy_rate.source, "--postcopy-bandwidth");
+        // A remote link slower than the thread.
+        let link = inputs(&Measured {
+            probe: Ok(50 * MIB),
+            probe_loopback: false,
+            ..measured()
+        });
+        assert_eq!(link.postcopy_rate.p50, 50.0 * MIB as f64);
     }
 
     #[test]
