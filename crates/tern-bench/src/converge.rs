@@ -44,7 +44,7 @@ use crate::guest::Case;
 use crate::live::direct::{self, Plan};
 use crate::live::report::{Outcome, Run};
 use crate::live::{tern, Bench, BenchSetup};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -103,6 +103,13 @@ pub struct ConvergeArgs {
     /// goes first in round 1 would carry that alone.
     #[arg(long, default_value_t = 1)]
     warm_up: u32,
+    /// The agents run in two network namespaces joined by a veth link,
+    /// and a case over a slower link shapes it (tbf, both ways, a 20 ms
+    /// queue) instead of passing `--bandwidth`: the link then limits
+    /// everything, post-copy's page requests included, as a real one
+    /// does. Tern only: the direct methods run their QEMUs on loopback.
+    #[arg(long)]
+    shaped: bool,
 }
 
 /// One case: a dirty rate and a bandwidth limit.
@@ -110,13 +117,16 @@ pub struct ConvergeArgs {
 struct Load {
     dirty: u64,
     bandwidth: Option<u64>,
+    /// The limit is a shaped veth link, not QEMU's rate limit.
+    shaped: bool,
 }
 
 impl Load {
     fn label(&self) -> String {
+        let how = if self.shaped { " (shaped veth)" } else { "" };
         match self.bandwidth {
-            Some(b) => format!("{} MiB/s over a {b} MiB/s link", self.dirty),
-            None => format!("{} MiB/s, unlimited link", self.dirty),
+            Some(b) => format!("{} MiB/s over a {b} MiB/s link{how}", self.dirty),
+            None => format!("{} MiB/s, unlimited link{how}", self.dirty),
         }
     }
 }
@@ -174,6 +184,7 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
         .map(|&dirty| Load {
             dirty,
             bandwidth: None,
+            shaped: a.shaped,
         })
         .collect();
     for o in a.over.iter().filter(|o| !o.is_empty()) {
@@ -188,7 +199,13 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
                 b.parse()
                     .with_context(|| format!("--over {o}: bad bandwidth"))?,
             ),
+            shaped: a.shaped,
         });
+    }
+    if a.shaped {
+        if let Some(m) = a.methods.iter().find(|m| m.as_str() != "tern") {
+            bail!("--shaped measures Tern only (the direct methods' QEMUs run on loopback): drop {m} from --methods");
+        }
     }
     if let Some(d) = &a.logs {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
@@ -201,6 +218,7 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
         repeat: a.repeat.max(1),
         logs: a.logs.clone(),
         pki_dir: None,
+        lab: a.shaped,
     })?;
     bench.forecast = true;
     // Each migration boots its own guest, and the methods take turns
@@ -232,6 +250,9 @@ pub async fn run(a: ConvergeArgs) -> Result<()> {
             memory_mib: a.memory,
             dirty_mib_s: load.dirty,
         };
+        if let Some(lab) = &bench.lab {
+            lab.shape_link(load.bandwidth.map(|b| b << 20));
+        }
         let n = a.methods.len();
         let mut runs: Vec<Vec<Outcome>> = vec![Vec::new(); n];
         let mut notes: Vec<Vec<String>> = vec![Vec::new(); n];
@@ -317,7 +338,7 @@ async fn one(
             if a.tern_postcopy {
                 flags.push("--postcopy".to_string());
             }
-            if let Some(b) = load.bandwidth {
+            if let Some(b) = load.bandwidth.filter(|_| !load.shaped) {
                 flags.extend(["--bandwidth".to_string(), b.to_string()]);
                 if a.tern_postcopy && a.link_caps_postcopy {
                     flags.extend(["--postcopy-bandwidth".to_string(), b.to_string()]);

@@ -161,6 +161,7 @@ pub async fn run(a: TransportsArgs) -> Result<()> {
         repeat: a.repeat.max(1),
         logs: a.logs.clone(),
         pki_dir: Some(dir),
+        lab: false,
     })?;
     let mut run_notes = Vec::new();
     match tern_meter(&bench) {

@@ -347,6 +347,42 @@ impl Lab {
         ip_ok(&["-n", &self.ns(Side::B), "link", "set", LINK_IF, "up"]);
     }
 
+    /// Shapes the a–b link to `bytes_per_s` each way (a token bucket,
+    /// `tc qdisc replace ... tbf`, at both ends), or removes the shaping
+    /// (`None`). The queue holds 20 ms of traffic, as a switch port's
+    /// buffer would: a link that is full makes every new packet wait
+    /// behind what is queued, which is what post-copy's page requests meet
+    /// on a real link and QEMU's own rate limit never shows.
+    pub fn shape_link(&self, bytes_per_s: Option<u64>) {
+        for s in [Side::A, Side::B] {
+            let ns = self.ns(s);
+            let o = match bytes_per_s {
+                Some(r) => {
+                    // A burst of at least one timer tick's worth at the rate
+                    // (HZ 100 is the slowest kernel), never under 1 MiB.
+                    let burst = (r / 100).max(1 << 20);
+                    Command::new("tc")
+                        .args(["-n", &ns, "qdisc", "replace", "dev", LINK_IF, "root", "tbf"])
+                        .args(["rate", &format!("{}bit", r * 8)])
+                        .args(["burst", &burst.to_string(), "latency", "20ms"])
+                        .stdin(Stdio::null())
+                        .output()
+                }
+                None => Command::new("tc")
+                    .args(["-n", &ns, "qdisc", "del", "dev", LINK_IF, "root"])
+                    .stdin(Stdio::null())
+                    .output(),
+            }
+            .unwrap_or_else(|e| panic!("cannot run tc: {e}; install iproute2"));
+            // Deleting a qdisc that is not there fails harmlessly.
+            assert!(
+                o.status.success() || bytes_per_s.is_none(),
+                "tc in {ns} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+
     /// Cuts IP traffic between two sides only (a blackhole route each
     /// way); every other pair still talks, over the same bridges.
     pub fn cut_between(&self, x: Side, y: Side) {

@@ -236,6 +236,56 @@ fn lab_link_cut_and_restore() {
 }
 
 #[test]
+fn lab_link_shaped_to_a_rate() {
+    if skip_unless_root("lab_link_shaped_to_a_rate") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let lab = Lab::start();
+    let b = SocketAddr::from((lab.host_addr(Side::B), 0));
+    let l = lab
+        .in_ns(Side::B, || std::net::TcpListener::bind(b))
+        .unwrap()
+        .unwrap();
+    let to = l.local_addr().unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        while let Ok(k @ 1..) = s.read(&mut buf) {
+            n += k as u64;
+        }
+        n
+    });
+    // 48 MiB through a link shaped to 32 MiB/s (a 1 MiB burst): at least
+    // 1.4 s whatever the machine; unshaped, veth carries it in a blink.
+    const MIB: usize = 1 << 20;
+    lab.shape_link(Some(32 << 20));
+    let mut s = lab
+        .in_ns(Side::A, || std::net::TcpStream::connect(to))
+        .unwrap()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let chunk = vec![0x5au8; MIB];
+    for _ in 0..48 {
+        s.write_all(&chunk).unwrap();
+    }
+    drop(s);
+    assert_eq!(sink.join().unwrap(), 48 * MIB as u64);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1400), "not shaped: {took:?}");
+    lab.shape_link(None);
+    let shown = std::process::Command::new("tc")
+        .args(["-n", &lab.ns(Side::A), "qdisc", "show", "dev", "tl0"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&shown.stdout).contains("tbf"),
+        "the shaping stayed"
+    );
+}
+
+#[test]
 fn link_cut_during_perform_leaves_guest_on_source() {
     if skip_unless_root("link_cut_during_perform_leaves_guest_on_source") {
         return;

@@ -141,6 +141,9 @@ pub struct Bench {
     pub forecast: bool,
     /// CPU readings around each `tern migrate` (issue 19), if measured.
     pub cpu: Option<crate::cpu::Meter>,
+    /// The network namespaces the agents run in, when they migrate over a
+    /// real (veth) link that a case may shape; dropped after the hosts.
+    pub lab: Option<tern_testkit::Lab>,
     // Dropped last: the hosts' QEMUs are gone before the disk is removed.
     _pool: tempfile::TempDir,
 }
@@ -178,6 +181,10 @@ pub struct BenchSetup {
     /// `--pki-dir` of both agents (server and client certificates), for
     /// transports that need them.
     pub pki_dir: Option<PathBuf>,
+    /// Run the agents in two network namespaces joined by a veth link
+    /// (see [`tern_testkit::Lab`]), so that a case can shape it; the CLI
+    /// still reaches them over their unix sockets.
+    pub lab: bool,
 }
 
 impl Bench {
@@ -192,15 +199,22 @@ impl Bench {
         .context("build the test guest")?;
         let pool = crate::guest::scratch("tern-bench-pool-")?;
         eprintln!("tern-bench: starting two agents from {}", bin_dir.display());
-        let host = |name: &str| {
+        let lab = s.lab.then(tern_testkit::Lab::start);
+        let host = |name: &str, side| {
+            let base = match &lab {
+                Some(l) => l.host_options(side, name),
+                None => tern_testkit::HostOptions {
+                    name: name.into(),
+                    ..Default::default()
+                },
+            };
             TernHost::start_with(tern_testkit::HostOptions {
-                name: name.into(),
                 pki_dir: s.pki_dir.clone(),
-                ..Default::default()
+                ..base
             })
         };
-        let a = host("bench-a");
-        let b = host("bench-b");
+        let a = host("bench-a", tern_testkit::Side::A);
+        let b = host("bench-b", tern_testkit::Side::B);
         for h in [&a, &b] {
             h.add_pool("shared", pool.path(), true);
         }
@@ -227,6 +241,7 @@ impl Bench {
             logs: s.logs,
             forecast: false,
             cpu: None,
+            lab,
             _pool: pool,
         })
     }
@@ -299,6 +314,7 @@ async fn run_ours(args: &LiveArgs, drivers: &[Driver]) -> Result<()> {
         repeat: args.repeat.max(1),
         logs: args.logs.clone(),
         pki_dir: None,
+        lab: false,
     })?;
 
     let started = Instant::now();
