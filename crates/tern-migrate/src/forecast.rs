@@ -567,9 +567,7 @@ impl Follower {
             downtime_ms: crate::policy::POSTCOPY_SWITCH_MS,
         })
     }
-}
 
-impl Follower {
     /// Pure: seconds post-copy takes for `left` bytes at the prior's
     /// post-copy rate, [`POSTCOPY_TAIL_S`] when that is not known.
     fn postcopy_tail_s(&self, left: u64) -> f64 {
