@@ -552,9 +552,13 @@ impl Follower {
             first_left_s
                 + f64::from(passes) * after_first as f64 / bw
                 + self.postcopy_tail_s(after_first)
+        } else if self.stalled >= passes {
+            // The policy switches at this look: what is left goes once,
+            // in post-copy, not in this pass.
+            self.postcopy_tail_s(o.remaining)
         } else {
             let pass_s = self.pass.1 as f64 / bw;
-            let more = passes.saturating_sub(self.stalled + 1);
+            let more = passes - (self.stalled + 1);
             // Passes that stall leave as much as they began with.
             let left_at_switch = self.pass.1.max(o.remaining);
             o.remaining as f64 / bw

@@ -296,6 +296,12 @@ fn post_copy_over_a_real_link_is_priced_at_the_link() {
         let more = b.update.remaining_ms as i64 - a.update.remaining_ms as i64;
         assert!((7_000..11_000).contains(&more), "at {at}: {more} ms");
     }
+    // At the look where the policy switches (the second stalled pass
+    // seen), only post-copy is left: 1.07 GB at 100 MiB/s, not that plus
+    // a pass of pre-copy.
+    let last = link.last().expect("forecasts");
+    assert_eq!(last.at_ms, 30_053);
+    assert!((9_500..11_000).contains(&last.remaining_ms), "{last:?}");
 }
 
 #[test]
