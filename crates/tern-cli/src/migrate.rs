@@ -93,7 +93,9 @@ pub struct MigrateArgs {
     /// Switch to post-copy after the first pre-copy pass.
     #[arg(long)]
     pub postcopy_after_precopy: bool,
-    /// Bandwidth cap once in post-copy, MiB/s (default: unlimited).
+    /// Bandwidth cap once in post-copy, MiB/s (default: unlimited). QEMU's
+    /// rate limit also delays the pages the guest faults on: expect
+    /// pauses of a second at 100 MiB/s.
     #[arg(long)]
     pub postcopy_bandwidth: Option<u64>,
     /// Resume a post-copy migration that a broken link or
