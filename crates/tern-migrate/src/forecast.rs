@@ -537,8 +537,7 @@ impl Follower {
         dirty: u64,
         first: (f64, u64),
     ) -> Option<ForecastUpdate> {
-        let stalls = dirty.saturating_mul(5) >= bw.saturating_mul(4);
-        if !cfg.knobs.postcopy || !stalls || dirty == 0 {
+        if !crate::policy::stalls_for_postcopy(cfg, bw, dirty) || dirty == 0 {
             return None;
         }
         let bw = bw.max(1) as f64;

@@ -338,7 +338,7 @@ pub fn predict_with_policy(
     // Passes that shrink the remainder by less than a fifth are the
     // evidence the policy switches to post-copy on (two in a row), however
     // slowly pre-copy would converge otherwise.
-    let stalls = cfg.knobs.postcopy && dirty_rate.saturating_mul(5) >= bandwidth.saturating_mul(4);
+    let stalls = stalls_for_postcopy(cfg, bandwidth, dirty_rate);
     let plain = predict(remaining, bandwidth, dirty_rate, downtime_ms, 30);
     if plain.converges && plain.total_ms <= cfg.deadline_ms && !stalls {
         return with_setup(plain);
@@ -376,6 +376,14 @@ pub fn predict_with_policy(
         total_ms: cfg.deadline_ms.max(ms(t1 + t2)) + ms(pause),
         downtime_ms: ms(pause),
     })
+}
+
+/// Pure: post-copy is allowed and the guest dirties at least four fifths
+/// of what is sent, so passes will not shrink the remainder by a fifth:
+/// the evidence the policy switches to post-copy on, and what the
+/// forecasts price as post-copy.
+pub fn stalls_for_postcopy(cfg: &PolicyConfig, bandwidth: u64, dirty_rate: u64) -> bool {
+    cfg.knobs.postcopy && dirty_rate.saturating_mul(5) >= bandwidth.saturating_mul(4)
 }
 
 /// Pure: pre-copy until the policy has seen [`STALLED_PASSES_FOR_POSTCOPY`]
