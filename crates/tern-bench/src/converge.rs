@@ -126,7 +126,11 @@ struct Load {
 
 impl Load {
     fn label(&self) -> String {
-        let how = if self.shaped { " (shaped veth)" } else { "" };
+        let how = match (self.shaped, self.bandwidth) {
+            (false, _) => "",
+            (true, Some(_)) => " (shaped veth)",
+            (true, None) => " (veth)",
+        };
         match self.bandwidth {
             Some(b) => format!("{} MiB/s over a {b} MiB/s link{how}", self.dirty),
             None => format!("{} MiB/s, unlimited link{how}", self.dirty),
