@@ -355,9 +355,6 @@ pub fn predict_with_policy(
     // remainder does not shrink), then what the guest dirtied meanwhile.
     let t1 = whole / bw;
     let left1 = (dirty_rate as f64 * t1).min(whole);
-    let t2 = left1 / bw;
-    let left2 = (dirty_rate as f64 * t2).min(whole);
-    let ms = |s: f64| (s * 1000.0) as u64;
     if cfg.knobs.postcopy {
         return with_setup(postcopy_prediction(
             (t1, left1),
@@ -367,6 +364,9 @@ pub fn predict_with_policy(
             postcopy_rate,
         ));
     }
+    let t2 = left1 / bw;
+    let left2 = (dirty_rate as f64 * t2).min(whole);
+    let ms = |s: f64| (s * 1000.0) as u64;
     // Paused at the deadline: the remainder has settled where the guest
     // re-dirties what each pass sends.
     let pause = left2 / bw;
